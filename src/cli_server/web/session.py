@@ -1,0 +1,91 @@
+"""Who is calling: the session cookie, and the same-origin rule for state changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import define
+from twisted.web.iweb import IRequest
+
+from cli_server.accounts import Accounts, User
+from cli_server.errors import Forbidden, Unauthorized
+
+_SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
+
+
+@define(eq=False)
+class SessionCookies:
+    """Reads and writes the main-site session cookie.
+
+    Over https the name carries the ``__Host-`` prefix, which makes browsers refuse it unless it
+    is Secure, host-only and Path=/ — so a sandbox subdomain can never set or shadow it.
+    """
+
+    _accounts: Accounts
+    _secure: bool
+    _lifetime: float
+    _origin: str
+
+    @property
+    def name(self) -> bytes:
+        return b"__Host-cli_session" if self._secure else b"cli_session"
+
+    def token(self, request: IRequest) -> str | None:
+        raw = request.getCookie(self.name)
+        if not raw:
+            return None
+        try:
+            return str(raw.decode("ascii"))
+        except UnicodeDecodeError:
+            return None
+
+    async def user(self, request: IRequest) -> User:
+        token = self.token(request)
+        user = await self._accounts.session_user(token) if token else None
+        if user is None:
+            raise Unauthorized("log in first (no valid session)")
+        return user
+
+    def set(self, request: IRequest, token: str) -> None:
+        req: Any = request  # IRequest does not declare addCookie's keyword arguments
+        req.addCookie(
+            self.name,
+            token.encode("ascii"),
+            path=b"/",
+            max_age=str(int(self._lifetime)),
+            httpOnly=True,
+            secure=self._secure,
+            sameSite="lax",
+        )
+
+    def clear(self, request: IRequest) -> None:
+        req: Any = request
+        req.addCookie(
+            self.name,
+            b"",
+            path=b"/",
+            max_age="0",
+            httpOnly=True,
+            secure=self._secure,
+            sameSite="lax",
+        )
+
+    def check_origin(self, request: IRequest) -> None:
+        """Refuse a state change whose ``Origin`` is some other site.
+
+        Sandbox subdomains are same-site with us, so SameSite cookies alone do not stop a page
+        in a sandbox from posting to the API; browsers always send ``Origin`` on such requests.
+        """
+        if request.method in _SAFE_METHODS:
+            return
+        raw = request.getHeader(b"origin")
+        if raw is None:
+            return  # not a browser, or a same-origin navigation of an old browser
+        origin = raw.decode("latin-1").rstrip("/").lower()
+        allowed = {self._origin}
+        host = request.getHeader(b"host")
+        if host:
+            scheme = "https" if self._secure else "http"
+            allowed.add(f"{scheme}://{host.decode('latin-1').lower()}")
+        if origin not in allowed:
+            raise Forbidden("cross-origin request refused", code="bad_origin")

@@ -1,0 +1,60 @@
+"""The main site: health probes and the REST API, composed from one Klein app per area."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import define
+from klein import Klein
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+
+from cli_server.db.pool import Database
+from cli_server.errors import NotFound, ServiceUnavailable
+from cli_server.web.auth_api import AuthAPI
+from cli_server.web.responses import error_body, install_json_errors, json_response
+from cli_server.web.workspaces_api import WorkspacesAPI
+
+
+@define(eq=False)
+class MainSite:
+    _db: Database
+    _auth: AuthAPI
+    _workspaces: WorkspacesAPI
+    _ready: Any  # () -> bool: start-up (database, migrations) finished
+
+    app = Klein()
+    install_json_errors(app)
+
+    @app.route("/healthz", methods=["GET", "HEAD"])
+    def healthz(self, request: IRequest) -> bytes:
+        """Liveness: the process runs and the reactor turns."""
+        return json_response(request, {"status": "ok"})
+
+    @app.route("/readyz", methods=["GET", "HEAD"])
+    async def readyz(self, request: IRequest) -> bytes:
+        """Readiness: started, and PostgreSQL answers now."""
+        if not self._ready():
+            return json_response(request, error_body("starting", "still starting"), 503)
+        await self._db.ping()  # DatabaseUnavailable -> 503
+        return json_response(request, {"status": "ready"})
+
+    def _started(self) -> None:
+        if not self._ready():
+            raise ServiceUnavailable(
+                "cli-server is still starting; try again in a moment", code="starting"
+            )
+
+    @app.route("/api/auth", branch=True, strict_slashes=False)
+    def auth(self, request: IRequest) -> IResource:
+        self._started()
+        return self._auth.app.resource()
+
+    @app.route("/api/workspaces", branch=True, strict_slashes=False)
+    def workspaces(self, request: IRequest) -> IResource:
+        self._started()
+        return self._workspaces.app.resource()
+
+    @app.route("/api", branch=True)
+    def unknown_api(self, request: IRequest) -> bytes:
+        raise NotFound("no such API route")

@@ -1,0 +1,104 @@
+"""``/api/workspaces``: workspaces and their members."""
+
+from __future__ import annotations
+
+import uuid
+
+from attrs import define
+from klein import Klein
+from twisted.web.iweb import IRequest
+
+from cli_server.errors import BadRequest, NotFound
+from cli_server.roles import ROLE_NAMES, Role
+from cli_server.web.body import read_json_object, required_text
+from cli_server.web.responses import install_json_errors, json_response, no_content
+from cli_server.web.session import SessionCookies
+from cli_server.workspaces import Workspaces
+
+
+def parse_id(text: str, what: str) -> str:
+    """Ids are UUIDs; anything else cannot exist, so it is a 404 like any unknown id."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise NotFound(f"no such {what}", code=f"{what}_not_found") from None
+
+
+def parse_role(body: dict[str, object], default: Role | None = None) -> Role:
+    value = body.get("role")
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, str) or value not in ROLE_NAMES:
+        raise BadRequest(f"role must be one of {', '.join(ROLE_NAMES)}", field="role")
+    return Role.parse(value)
+
+
+@define(eq=False)
+class WorkspacesAPI:
+    _workspaces: Workspaces
+    _cookies: SessionCookies
+
+    app = Klein()
+    install_json_errors(app)
+
+    @app.route("/", methods=["GET"], strict_slashes=False)
+    async def list_workspaces(self, request: IRequest) -> bytes:
+        user = await self._cookies.user(request)
+        return json_response(request, await self._workspaces.list_for(user.id))
+
+    @app.route("/", methods=["POST"], strict_slashes=False)
+    async def create_workspace(self, request: IRequest) -> bytes:
+        self._cookies.check_origin(request)
+        user = await self._cookies.user(request)
+        name = required_text(read_json_object(request), "name", max_length=100)
+        return json_response(request, await self._workspaces.create(user.id, name), 201)
+
+    @app.route("/<workspace_id>", methods=["GET"])
+    async def get_workspace(self, request: IRequest, workspace_id: str) -> bytes:
+        user = await self._cookies.user(request)
+        wid = parse_id(workspace_id, "workspace")
+        return json_response(request, await self._workspaces.get(wid, user.id))
+
+    @app.route("/<workspace_id>", methods=["DELETE"])
+    async def delete_workspace(self, request: IRequest, workspace_id: str) -> bytes:
+        self._cookies.check_origin(request)
+        user = await self._cookies.user(request)
+        await self._workspaces.delete(parse_id(workspace_id, "workspace"), user.id)
+        return no_content(request)
+
+    @app.route("/<workspace_id>/members", methods=["GET"])
+    async def list_members(self, request: IRequest, workspace_id: str) -> bytes:
+        user = await self._cookies.user(request)
+        wid = parse_id(workspace_id, "workspace")
+        return json_response(request, await self._workspaces.members(wid, user.id))
+
+    @app.route("/<workspace_id>/members", methods=["POST"])
+    async def add_member(self, request: IRequest, workspace_id: str) -> bytes:
+        self._cookies.check_origin(request)
+        user = await self._cookies.user(request)
+        wid = parse_id(workspace_id, "workspace")
+        await self._workspaces.role_of(wid, user.id)
+        body = read_json_object(request)
+        username = required_text(body, "username", max_length=254)
+        role = parse_role(body, default=Role.DEVELOPER)
+        member = await self._workspaces.add_member(wid, user.id, username, role)
+        return json_response(request, member, 201)
+
+    @app.route("/<workspace_id>/members/<member_id>", methods=["PUT"])
+    async def update_member(self, request: IRequest, workspace_id: str, member_id: str) -> bytes:
+        self._cookies.check_origin(request)
+        user = await self._cookies.user(request)
+        wid = parse_id(workspace_id, "workspace")
+        await self._workspaces.role_of(wid, user.id)
+        mid = parse_id(member_id, "member")
+        role = parse_role(read_json_object(request))
+        return json_response(request, await self._workspaces.set_role(wid, user.id, mid, role))
+
+    @app.route("/<workspace_id>/members/<member_id>", methods=["DELETE"])
+    async def remove_member(self, request: IRequest, workspace_id: str, member_id: str) -> bytes:
+        self._cookies.check_origin(request)
+        user = await self._cookies.user(request)
+        wid = parse_id(workspace_id, "workspace")
+        await self._workspaces.role_of(wid, user.id)
+        await self._workspaces.remove_member(wid, user.id, parse_id(member_id, "member"))
+        return no_content(request)

@@ -1,0 +1,10 @@
+# Keep this module tiny: twistd imports every plugin module when it scans for plugins, and an
+# import error here would make the subcommand silently disappear. The real modules load lazily.
+from twisted.application.service import ServiceMaker
+
+cliServer = ServiceMaker(
+    "cli-server",
+    "cli_server.tap.server",
+    "Workspaces, opencode sandboxes, their subdomain proxy and the agent tunnel hub.",
+    "cli-server",
+)

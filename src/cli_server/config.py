@@ -83,6 +83,35 @@ def default_data_dir() -> Path:
     return base / "cli-server"
 
 
+def parse_backend(text: str) -> str:
+    value = text.strip().lower()
+    if value == "process":
+        return value
+    if value in ("docker", "k8s"):
+        raise ValueError(f"the {value} backend is not available in this release; use process")
+    raise ValueError(f"{text!r} is not a backend (process, docker, k8s)")
+
+
+def parse_positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise ValueError(f"{text!r} must be at least 1")
+    return value
+
+
+def default_max_sandboxes() -> int:
+    """About 0.5 GiB per opencode, leaving a quarter of the memory to everything else."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            kib = int(meminfo.readline().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 8
+    return max(1, int(kib * 0.75 / (512 * 1024)))
+
+
 @frozen
 class ServerConfig:
     """Everything `twistd cli-server` was told, parsed and checked."""
@@ -93,6 +122,12 @@ class ServerConfig:
     base_domain: str
     base_scheme: str
     session_lifetime: float
+    backend: str = "process"
+    opencode_bin: str | None = None
+    max_sandboxes: int = 8
+    idle_timeout: float = 1800.0
+    allow_unisolated: bool = False
+    anthropic_proxy_url: str | None = None
 
     @property
     def origin(self) -> str:

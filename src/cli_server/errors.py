@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ApiError(Exception):
-    status = 500
-    code = "internal_error"
+    status: int = 500
+    code: str = "internal_error"
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -16,6 +18,10 @@ class ApiError(Exception):
     def headers(self) -> dict[str, str]:
         return {}
 
+    def details(self) -> dict[str, Any]:
+        """Extra fields for the error object, e.g. the field at fault."""
+        return {}
+
 
 class BadRequest(ApiError):
     status, code = 400, "invalid_request"
@@ -23,6 +29,9 @@ class BadRequest(ApiError):
     def __init__(self, message: str, *, field: str | None = None, code: str | None = None) -> None:
         super().__init__(message, code=code)
         self.field = field
+
+    def details(self) -> dict[str, Any]:
+        return {"field": self.field} if self.field else {}
 
 
 class Unauthorized(ApiError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from attrs import define, field
@@ -22,10 +23,16 @@ from cli_server.config import ServerConfig
 from cli_server.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from cli_server.db.migrations import migrate
 from cli_server.db.pool import Database, DatabaseUnavailable
+from cli_server.sandboxes.activity import ActivityRecorder
+from cli_server.sandboxes.manager import SandboxManager
+from cli_server.sandboxes.monitor import IdleMonitor, Reconciler
+from cli_server.sandboxes.opencode import OpencodeClient
+from cli_server.sandboxes.process_backend import ProcessBackend
 from cli_server.services import OrderedMultiService, PeriodicService
 from cli_server.threads import ThreadPoolService
 from cli_server.web.auth_api import AuthAPI, AuthLimits
 from cli_server.web.request import BoundedRequest
+from cli_server.web.sandboxes_api import SandboxesAPI, WorkspaceSandboxesAPI
 from cli_server.web.session import SessionCookies
 from cli_server.web.site import MainSite
 from cli_server.web.workspaces_api import WorkspacesAPI
@@ -45,6 +52,8 @@ class DatabaseService(Service):
     db: Database
     _embedded: EmbeddedPostgres | None
     _on_fatal: Any  # (message: str) -> None
+    # run after migrations, before ``ready`` (e.g. the reconciler's first sweep)
+    after_migrate: list[Any] = field(factory=list, init=False)
     ready: bool = field(default=False, init=False)
     _boot: Deferred[None] | None = field(default=None, init=False)
     _log = Logger()
@@ -68,6 +77,8 @@ class DatabaseService(Service):
                 )
                 await deferLater(self._reactor, delay)
                 delay = min(delay * 2, 10.0)
+        for hook in self.after_migrate:
+            await hook()
         self.ready = True
         self._log.info("database ready")
 
@@ -109,12 +120,30 @@ def exit_on_fatal(reactor: Any) -> Any:
 
 
 @define(eq=False)
+class SandboxService(Service):
+    """Owns the running sandboxes: on shutdown, finish in-flight work, then stop them all."""
+
+    _manager: SandboxManager
+    _backend: ProcessBackend
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        await self._manager.drain()
+        await self._backend.close()
+
+
+@define(eq=False)
 class Server:
     """The built service tree plus the pieces tests and siblings reach into."""
 
     root: OrderedMultiService
     site: Site
     database: DatabaseService
+    manager: SandboxManager
+    backend: Any
 
 
 def buildServer(config: ServerConfig, reactor: Any) -> IService:
@@ -128,6 +157,7 @@ def build(
     passwords: Passwords | None = None,
     limits: AuthLimits | None = None,
     on_fatal: Any = None,
+    backend: Any = None,
 ) -> Server:
     root = OrderedMultiService(reactor)
 
@@ -153,17 +183,56 @@ def build(
         reactor, limits.registrations_per_address, limits.registration_window
     )
     auth = AuthAPI(accounts, cookies, per_user, per_address, registrations)
-    site = MainSite(db, auth, WorkspacesAPI(Workspaces(db), cookies), lambda: database.ready)
+    opencode = OpencodeClient(reactor)
+    if backend is None:
+        backend = ProcessBackend(
+            reactor,
+            config.data_dir,
+            Path(config.opencode_bin or "opencode"),
+            opencode,
+            env={"ANTHROPIC_BASE_URL": anthropic_base_url(config)},
+            isolated=not config.allow_unisolated,
+        )
+    workspaces = Workspaces(db)
+    manager = SandboxManager(db, backend, workspaces, config.max_sandboxes)
+    sandboxes = SandboxService(manager, backend)
+    sandboxes.setName("sandboxes")
+    sandboxes.setServiceParent(root)
+    activity = ActivityRecorder(db, reactor)
+    reconciler = Reconciler(db, backend, manager)
+    idle = IdleMonitor(db, backend, manager, opencode, activity, config.idle_timeout)
+    database.after_migrate.append(reconciler.sweep)
+
+    site = MainSite(
+        db,
+        auth,
+        WorkspacesAPI(workspaces, cookies, manager, WorkspaceSandboxesAPI(manager, cookies)),
+        SandboxesAPI(manager, cookies),
+        lambda: database.ready,
+    )
 
     async def housekeeping() -> None:
         for limiter in (per_user, per_address, registrations):
             limiter.prune()
+        activity.prune()
         if database.ready:
             await accounts.purge_expired_sessions()
 
-    chores = PeriodicService(reactor, 600.0, housekeeping, "housekeeping")
-    chores.setName("housekeeping")
-    chores.setServiceParent(root)
+    def when_ready(job: Any) -> Any:
+        async def run() -> None:
+            if database.ready:
+                await job()
+
+        return run
+
+    for name, interval, job in [
+        ("housekeeping", 600.0, housekeeping),
+        ("reconciler", 30.0, when_ready(reconciler.sweep)),
+        ("idle-monitor", min(60.0, config.idle_timeout / 4), when_ready(idle.sweep)),
+    ]:
+        periodic = PeriodicService(reactor, interval, job, name)
+        periodic.setName(name)
+        periodic.setServiceParent(root)
 
     web = Site(site.app.resource(), requestFactory=BoundedRequest)
     web.displayTracebacks = False
@@ -171,4 +240,10 @@ def build(
         listener = StreamServerEndpointService(serverFromString(reactor, description), web)
         listener.setName(f"http-{n}")
         listener.setServiceParent(root)
-    return Server(root, web, database)
+    return Server(root, web, database, manager, backend)
+
+
+def anthropic_base_url(config: ServerConfig) -> str:
+    """What sandboxes get as ANTHROPIC_BASE_URL: the server's proxy, ending in /v1."""
+    base = config.anthropic_proxy_url or "http://127.0.0.1:4097/proxy/anthropic"
+    return base.rstrip("/") + ("" if base.rstrip("/").endswith("/v1") else "/v1")

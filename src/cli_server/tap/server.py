@@ -7,27 +7,62 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from attrs import frozen
 from twisted.application.service import IService
 from twisted.python import usage
 
 from cli_server.config import (
     ServerConfig,
     default_data_dir,
+    default_max_sandboxes,
+    parse_backend,
     parse_base_domain,
     parse_base_scheme,
     parse_db_url,
     parse_duration,
+    parse_positive_int,
 )
 
-# option name -> (environment variable, parser, default); the command line wins over the
-# environment, which wins over the default.
-_SETTINGS: dict[str, tuple[str | None, Callable[[str], Any], str | None]] = {
-    "data-dir": ("CLI_SERVER_DATA", lambda v: Path(v).expanduser().absolute(), None),
-    "db-url": ("DATABASE_URL", parse_db_url, None),
-    "base-domain": ("BASE_DOMAIN", parse_base_domain, "localhost:8080"),
-    "base-scheme": ("BASE_SCHEME", parse_base_scheme, "http"),
-    "session-lifetime": ("SESSION_LIFETIME", parse_duration, "7d"),
-}
+
+@frozen
+class Setting:
+    """One option: its environment variable, parser, default and help."""
+
+    env: str | None
+    parse: Callable[[str], Any]
+    default: str | None
+    help: str
+    default_help: str | None = None
+
+    def help_text(self) -> str:
+        shown = self.default_help or self.default
+        notes = [f"env {self.env}"] if self.env else []
+        notes += [f"default {shown}"] if shown else []
+        return f"{self.help} [{'; '.join(notes)}]" if notes else self.help
+
+
+# The command line wins over the environment, which wins over the default.
+SETTINGS: dict[str, Setting] = {
+    "data-dir": Setting("CLI_SERVER_DATA", lambda v: Path(v).expanduser().absolute(), None,
+                        "State directory.", "/var/lib/cli-server as root, else per user"),
+    "db-url": Setting("DATABASE_URL", parse_db_url, None, "PostgreSQL URL.",
+                      "an embedded PostgreSQL under --data-dir"),
+    "base-domain": Setting("BASE_DOMAIN", parse_base_domain, "localhost:8080",
+                           "Public host[:port]; sandboxes live at oc-ID.<this>."),
+    "base-scheme": Setting("BASE_SCHEME", parse_base_scheme, "http", "http or https."),
+    "session-lifetime": Setting("SESSION_LIFETIME", parse_duration, "7d",
+                                "How long a login lasts, e.g. 12h."),
+    "backend": Setting("BACKEND", parse_backend, "process", "Where sandboxes run."),
+    "opencode-bin": Setting("OPENCODE_BIN", str, None, "The opencode binary.",
+                            "opencode on PATH, else ./node_modules"),
+    "max-sandboxes": Setting("MAX_SANDBOXES", parse_positive_int, None,
+                             "Most sandboxes running at once.",
+                             "0.5 GiB each within 3/4 of the memory"),
+    "idle-timeout": Setting("IDLE_TIMEOUT", parse_duration, "30m",
+                            "Pause a sandbox after this long without activity."),
+    "anthropic-proxy-url": Setting("ANTHROPIC_PROXY_URL", str, None,
+                                   "URL sandboxes use for the server's Anthropic proxy."),
+}  # fmt: skip
 
 
 class Options(usage.Options):
@@ -36,28 +71,16 @@ class Options(usage.Options):
         "Serve the cli-server web UI, REST API, sandbox subdomain proxy and agent tunnel. "
         "With no --db-url an embedded PostgreSQL is started under --data-dir."
     )
-    optParameters = [
-        ["data-dir", None, None, "State directory [env CLI_SERVER_DATA; default per user]."],
-        ["db-url", None, None, "PostgreSQL URL [env DATABASE_URL; default: embedded]."],
-        [
-            "base-domain",
-            None,
-            None,
-            "Public host[:port]; sandboxes get oc-ID.<this> "
-            "[env BASE_DOMAIN; default localhost:8080].",
-        ],
-        ["base-scheme", None, None, "http or https [env BASE_SCHEME; default http]."],
-        [
-            "session-lifetime",
-            None,
-            None,
-            "How long a login lasts, e.g. 12h, 7d [env SESSION_LIFETIME; default 7d].",
-        ],
-    ]
+    optParameters = [[name, None, None, setting.help_text()] for name, setting in SETTINGS.items()]
+    optFlags = [
+        ["allow-unisolated", None, "Run sandboxes without bubblewrap or network isolation "
+         "(only where nothing else can; never on shared hosts)."],
+    ]  # fmt: skip
 
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, environ: Mapping[str, str] | None = None, preflight: bool = True) -> None:
         super().__init__()
         self._environ = os.environ if environ is None else environ
+        self._preflight = preflight
         self["listen"] = []
 
     def opt_listen(self, description: str) -> None:
@@ -68,21 +91,44 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = ["tcp:8080"]
-        for name, (env, parse, default) in _SETTINGS.items():
+        for name, setting in SETTINGS.items():
             raw, source = self[name], f"--{name}"
-            if raw is None and env is not None and self._environ.get(env):
-                raw, source = self._environ[env], env
+            if raw is None and setting.env is not None and self._environ.get(setting.env):
+                raw, source = self._environ[setting.env], setting.env
             if raw is None:
-                raw = default
+                raw = setting.default
             if raw is None:
                 continue
             try:
-                self[name] = parse(raw)
+                self[name] = setting.parse(raw)
             except ValueError as e:
                 raise usage.UsageError(f"{source}: {e}") from None
         if self["data-dir"] is None:
             self["data-dir"] = default_data_dir()
+        if self["max-sandboxes"] is None:
+            self["max-sandboxes"] = default_max_sandboxes()
         self._checkListen()
+        if self._preflight:
+            self._checkHost()
+
+    def _checkHost(self) -> None:
+        """Refuse at once what would make every sandbox fail later."""
+        from cli_server.sandboxes.process_backend import check_isolation_tools, find_opencode
+
+        found = find_opencode(self["opencode-bin"])
+        if found is None or not found.is_file():
+            where = self["opencode-bin"] or "on PATH or in ./node_modules"
+            raise usage.UsageError(
+                f"--opencode-bin: opencode not found {where}; run "
+                "'npm install opencode-ai@1.18.33' here or pass --opencode-bin"
+            )
+        self["opencode-bin"] = str(found)
+        why = check_isolation_tools()
+        if why is not None and not self["allow-unisolated"]:
+            raise usage.UsageError(
+                f"--backend process: cannot isolate sandboxes: {why}; "
+                "pass --allow-unisolated to run them without isolation"
+            )
 
     def _checkListen(self) -> None:
         from twisted.internet.endpoints import serverFromString
@@ -102,6 +148,12 @@ class Options(usage.Options):
             base_domain=self["base-domain"],
             base_scheme=self["base-scheme"],
             session_lifetime=self["session-lifetime"],
+            backend=self["backend"],
+            opencode_bin=self["opencode-bin"],
+            max_sandboxes=self["max-sandboxes"],
+            idle_timeout=self["idle-timeout"],
+            allow_unisolated=bool(self["allow-unisolated"]),
+            anthropic_proxy_url=self["anthropic-proxy-url"],
         )
 
 

@@ -12,7 +12,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
 from cli_server.db.pool import DatabaseUnavailable
-from cli_server.errors import ApiError, BadRequest
+from cli_server.errors import ApiError
 from cli_server.json import dumps
 
 _log = Logger(namespace="cli_server.web")
@@ -43,8 +43,8 @@ def install_json_errors(app: Klein) -> None:
         assert isinstance(error, ApiError)
         for name, value in error.headers().items():
             request.setHeader(name, value)
-        extra = {"field": error.field} if isinstance(error, BadRequest) and error.field else {}
-        return json_response(request, error_body(error.code, error.message, **extra), error.status)
+        body = error_body(error.code, error.message, **error.details())
+        return json_response(request, body, error.status)
 
     @app.handle_errors(DatabaseUnavailable)
     def db_down(self: Any, request: IRequest, failure: Failure) -> bytes:

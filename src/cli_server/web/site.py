@@ -13,6 +13,7 @@ from cli_server.db.pool import Database
 from cli_server.errors import NotFound, ServiceUnavailable
 from cli_server.web.auth_api import AuthAPI
 from cli_server.web.responses import error_body, install_json_errors, json_response
+from cli_server.web.sandboxes_api import SandboxesAPI
 from cli_server.web.workspaces_api import WorkspacesAPI
 
 _ALL = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -23,6 +24,7 @@ class MainSite:
     _db: Database
     _auth: AuthAPI
     _workspaces: WorkspacesAPI
+    _sandboxes: SandboxesAPI
     _ready: Any  # () -> bool: start-up (database, migrations) finished
 
     app = Klein()
@@ -61,6 +63,10 @@ class MainSite:
     @app.route("/api/workspaces", branch=True, strict_slashes=False, methods=_ALL)
     def workspaces(self, request: IRequest) -> IResource:
         return self._mount(request, self._workspaces.app)
+
+    @app.route("/api/sandboxes", branch=True, strict_slashes=False, methods=_ALL)
+    def sandboxes(self, request: IRequest) -> IResource:
+        return self._mount(request, self._sandboxes.app)
 
     @app.route("/api", branch=True, methods=_ALL)
     def unknown_api(self, request: IRequest) -> bytes:

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import uuid
-
 from attrs import define
 from klein import Klein
 from twisted.web.iweb import IRequest
 
-from cli_server.errors import BadRequest, NotFound
+from cli_server.errors import BadRequest
 from cli_server.roles import ROLE_NAMES, Role
+from cli_server.sandboxes.manager import SandboxManager
 from cli_server.web.body import read_json_object, required_text
+from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content
+from cli_server.web.sandboxes_api import WorkspaceSandboxesAPI
 from cli_server.web.session import SessionCookies
 from cli_server.workspaces import Workspaces
-
-
-def parse_id(text: str, what: str) -> str:
-    """Ids are UUIDs; anything else cannot exist, so it is a 404 like any unknown id."""
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        raise NotFound(f"no such {what}", code=f"{what}_not_found") from None
 
 
 def parse_role(body: dict[str, object], default: Role | None = None) -> Role:
@@ -37,6 +30,8 @@ def parse_role(body: dict[str, object], default: Role | None = None) -> Role:
 class WorkspacesAPI:
     _workspaces: Workspaces
     _cookies: SessionCookies
+    _manager: SandboxManager
+    _sandboxes: WorkspaceSandboxesAPI
 
     app = Klein()
     install_json_errors(app)
@@ -63,7 +58,7 @@ class WorkspacesAPI:
     async def delete_workspace(self, request: IRequest, workspace_id: str) -> bytes:
         self._cookies.check_origin(request)
         user = await self._cookies.user(request)
-        await self._workspaces.delete(parse_id(workspace_id, "workspace"), user.id)
+        await self._manager.delete_workspace(parse_id(workspace_id, "workspace"), user.id)
         return no_content(request)
 
     @app.route("/<workspace_id>/members", methods=["GET"])
@@ -102,3 +97,11 @@ class WorkspacesAPI:
         await self._workspaces.role_of(wid, user.id)
         await self._workspaces.remove_member(wid, user.id, parse_id(member_id, "member"))
         return no_content(request)
+
+    @app.route("/<workspace_id>/sandboxes", methods=["GET"], strict_slashes=False)
+    async def list_sandboxes(self, request: IRequest, workspace_id: str) -> bytes:
+        return await self._sandboxes.list(request, workspace_id)
+
+    @app.route("/<workspace_id>/sandboxes", methods=["POST"], strict_slashes=False)
+    async def create_sandbox(self, request: IRequest, workspace_id: str) -> bytes:
+        return await self._sandboxes.create(request, workspace_id)

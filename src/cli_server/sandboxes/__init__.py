@@ -1,0 +1,1 @@
+"""Sandboxes: opencode servers on a backend, their lifecycle, idleness and repair."""

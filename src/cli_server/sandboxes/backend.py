@@ -1,0 +1,87 @@
+"""The interface every sandbox backend implements (process, docker, k8s).
+
+Every method returns a Deferred. Callers (the manager, reconciler, proxy) know nothing else
+about a backend, so later backends fit without changing them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from enum import StrEnum
+from functools import wraps
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+from attrs import frozen
+from twisted.internet.defer import Deferred
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def deferred(f: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Deferred[T]]:
+    """Make an ``async def`` method return a Deferred, as the backend interface promises."""
+
+    @wraps(f)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Deferred[T]:
+        return Deferred.fromCoroutine(f(*args, **kwargs))
+
+    return wrapper
+
+
+@frozen(repr=False)
+class SandboxSpec:
+    """What a backend needs to run one sandbox. Secrets stay out of ``repr`` (and so logs)."""
+
+    id: str
+    workspace_id: str
+    password: str  # opencode's OPENCODE_SERVER_PASSWORD
+    proxy_token: str  # this run's Anthropic proxy token
+
+    def __repr__(self) -> str:
+        return f"SandboxSpec(id={self.id!r}, workspace_id={self.workspace_id!r})"
+
+
+@frozen
+class Endpoint:
+    """Where the server reaches a sandbox's opencode (HTTP, Basic auth with its password)."""
+
+    host: str
+    port: int
+
+
+class State(StrEnum):
+    RUNNING = "running"  # opencode process alive
+    STOPPED = "stopped"  # known to the backend, not running (its state is kept)
+    MISSING = "missing"  # the backend knows nothing of it
+
+
+@frozen
+class Observed:
+    state: State
+    endpoint: Endpoint | None = None
+
+
+class SandboxBackend(Protocol):
+    name: str
+
+    def start(self, spec: SandboxSpec) -> Deferred[Endpoint]:
+        """Create or resume the sandbox and wait until opencode answers."""
+
+    def stop(self, sandbox_id: str) -> Deferred[None]:
+        """Pause: stop opencode, keep its HOME and the workspace disk."""
+
+    def delete(self, sandbox_id: str) -> Deferred[None]:
+        """Stop and remove everything the sandbox owns (not the workspace disk)."""
+
+    def delete_workspace(self, workspace_id: str) -> Deferred[None]:
+        """Remove a workspace's shared disk; its sandboxes are already deleted."""
+
+    def describe(self, sandbox_id: str) -> Deferred[Observed]:
+        """What the backend sees now."""
+
+    def list_owned(self) -> Deferred[list[str]]:
+        """Ids of every sandbox this backend holds any state or process for."""
+
+
+class BackendError(Exception):
+    """A backend could not do what was asked; the message is shown to users as ``error``."""

@@ -1,0 +1,324 @@
+"""The sandbox lifecycle: API operations, background starts, and atomic status transitions.
+
+Every status change is one ``UPDATE ... WHERE status = ANY(...)``: whoever loses a race sees
+zero rows and answers 409 with the status that won. Operations on one sandbox are also
+serialised in-process with a lock, so the backend never gets a pause and a resume at once.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import psycopg2.errors
+from attrs import define, field
+from twisted.internet.defer import Deferred, DeferredLock, gatherResults
+from twisted.logger import Logger
+
+from cli_server.auth.tokens import new_token, token_hash
+from cli_server.db.pool import Database, Row, Transaction
+from cli_server.errors import ApiError, Conflict, NotFound, ServiceUnavailable
+from cli_server.roles import Role
+from cli_server.sandboxes.backend import BackendError, SandboxBackend, SandboxSpec
+from cli_server.sandboxes.model import (
+    OCCUPYING,
+    PAUSABLE,
+    RESUMABLE,
+    SANDBOX_COLUMNS,
+    Status,
+    sandbox_json,
+)
+from cli_server.workspaces import Workspaces
+
+_CAPACITY_LOCK = 0x63617061  # "capa": serialises capacity checks across servers
+
+
+class InvalidState(Conflict):
+    code = "invalid_state"
+
+    def __init__(self, status: str, wanted: str) -> None:
+        super().__init__(f"cannot {wanted} a sandbox that is {status}")
+        self.current = status
+
+    def details(self) -> dict[str, Any]:
+        return {"sandbox_status": self.current}
+
+
+@define(eq=False)
+class SandboxManager:
+    _db: Database
+    _backend: SandboxBackend
+    _workspaces: Workspaces
+    _max_sandboxes: int
+    _url_for: Any = None  # (sandbox_id) -> str | None, filled in by the subdomain proxy
+    _locks: dict[str, DeferredLock] = field(factory=dict, init=False)
+    _tasks: set[Deferred[None]] = field(factory=set, init=False)
+    _log = Logger()
+
+    @property
+    def workspaces(self) -> Workspaces:
+        return self._workspaces
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def to_json(self, row: Row) -> dict[str, Any]:
+        return sandbox_json(row, self._url_for(str(row["id"])) if self._url_for else None)
+
+    async def list(self, workspace_id: str, actor_id: str) -> list[dict[str, Any]]:
+        await self._workspaces.role_of(workspace_id, actor_id)
+        rows = await self._db.query(
+            f"SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE workspace_id = %s"
+            " ORDER BY created_at, id",
+            (workspace_id,),
+        )
+        return [self.to_json(r) for r in rows]
+
+    async def _row(self, sandbox_id: str) -> Row:
+        rows = await self._db.query(
+            f"SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE id = %s", (sandbox_id,)
+        )
+        if not rows:
+            raise NotFound("no such sandbox", code="sandbox_not_found")
+        return rows[0]
+
+    async def authorized(self, sandbox_id: str, actor_id: str, at_least: Role) -> Row:
+        """The sandbox row, if the actor may act on it; 404 for non-members (no oracle)."""
+        row = await self._row(sandbox_id)
+        try:
+            await self._workspaces.require(str(row["workspace_id"]), actor_id, at_least)
+        except NotFound:
+            raise NotFound("no such sandbox", code="sandbox_not_found") from None
+        return row
+
+    async def get(self, sandbox_id: str, actor_id: str) -> dict[str, Any]:
+        return self.to_json(await self.authorized(sandbox_id, actor_id, Role.GUEST))
+
+    # -- transitions ---------------------------------------------------------------------------
+
+    async def _transition(
+        self, sandbox_id: str, allowed: Iterable[Status], to: Status, **columns: Any
+    ) -> Row | None:
+        """Compare-and-set the status; None if the sandbox was not in ``allowed``."""
+        sets = ["status = %s", "updated_at = now()"]
+        args: list[Any] = [to.value]
+        for name, value in columns.items():
+            sets.append(f"{name} = now()" if value is _NOW else f"{name} = %s")
+            if value is not _NOW:
+                args.append(value)
+        rows = await self._db.query(
+            f"UPDATE sandboxes SET {', '.join(sets)} WHERE id = %s AND status = ANY(%s)"
+            f" RETURNING {SANDBOX_COLUMNS}",
+            (*args, sandbox_id, [s.value for s in allowed]),
+        )
+        return rows[0] if rows else None
+
+    async def _occupied(self, tx: Transaction) -> None:
+        await tx.execute("SELECT pg_advisory_xact_lock(%s)", (_CAPACITY_LOCK,))
+        row = await tx.one(
+            "SELECT count(*) AS n FROM sandboxes WHERE NOT is_local AND status = ANY(%s)",
+            ([s.value for s in OCCUPYING],),
+        )
+        if row is not None and row["n"] >= self._max_sandboxes:
+            raise ServiceUnavailable(
+                f"this server is at its limit of {self._max_sandboxes} running sandboxes; "
+                "pause or delete one, or raise --max-sandboxes",
+                code="capacity",
+            )
+
+    # -- operations ----------------------------------------------------------------------------
+
+    async def create(self, workspace_id: str, actor_id: str, name: str) -> dict[str, Any]:
+        await self._workspaces.require(workspace_id, actor_id, Role.DEVELOPER)
+        sandbox_id = str(uuid.uuid4())
+
+        async def work(tx: Transaction) -> Row | None:
+            await self._occupied(tx)
+            return await tx.one(
+                "INSERT INTO sandboxes (id, workspace_id, name, status, backend, created_by,"
+                " opencode_password) VALUES (%s, %s, %s, 'creating', %s, %s, %s)"
+                f" RETURNING {SANDBOX_COLUMNS}",
+                (
+                    sandbox_id,
+                    workspace_id,
+                    name,
+                    self._backend.name,
+                    actor_id,
+                    secrets.token_urlsafe(32),
+                ),
+            )
+
+        try:
+            row = await self._db.transaction(work)
+        except psycopg2.errors.ForeignKeyViolation:
+            raise NotFound("no such workspace", code="workspace_not_found") from None
+        assert row is not None
+        self._background(sandbox_id, self._start(sandbox_id, Status.CREATING))
+        self._log.info(
+            "sandbox {sandbox_id} created in {workspace_id}",
+            sandbox_id=sandbox_id,
+            workspace_id=workspace_id,
+        )
+        return self.to_json(row)
+
+    async def pause(self, sandbox_id: str, actor_id: str) -> dict[str, Any]:
+        row = await self.authorized(sandbox_id, actor_id, Role.DEVELOPER)
+        self._cloud_only(row, "pause")
+        paused = await self._transition(sandbox_id, PAUSABLE, Status.PAUSING)
+        if paused is None:
+            raise InvalidState((await self._row(sandbox_id))["status"], "pause")
+        self._background(sandbox_id, self._stop(sandbox_id))
+        return self.to_json(paused)
+
+    async def resume(self, sandbox_id: str, actor_id: str) -> dict[str, Any]:
+        row = await self.authorized(sandbox_id, actor_id, Role.DEVELOPER)
+        self._cloud_only(row, "resume")
+        resumed = await self._begin_resume(sandbox_id)
+        if resumed is None:
+            raise InvalidState((await self._row(sandbox_id))["status"], "resume")
+        self._background(sandbox_id, self._start(sandbox_id, Status.RESUMING))
+        return self.to_json(resumed)
+
+    async def _begin_resume(self, sandbox_id: str) -> Row | None:
+        async def work(tx: Transaction) -> Row | None:
+            current = await tx.one("SELECT status FROM sandboxes WHERE id = %s", (sandbox_id,))
+            if current is None or current["status"] not in RESUMABLE:
+                return None
+            await self._occupied(tx)
+            return await tx.one(
+                "UPDATE sandboxes SET status = 'resuming', error = NULL, updated_at = now()"
+                f" WHERE id = %s AND status = ANY(%s) RETURNING {SANDBOX_COLUMNS}",
+                (sandbox_id, [s.value for s in RESUMABLE]),
+            )
+
+        return await self._db.transaction(work)
+
+    async def delete(self, sandbox_id: str, actor_id: str) -> None:
+        await self.authorized(sandbox_id, actor_id, Role.DEVELOPER)
+        await self._delete(sandbox_id)
+
+    async def _delete(self, sandbox_id: str) -> None:
+        async with self._lock(sandbox_id):
+            await self._backend.delete(sandbox_id)
+            await self._db.execute("DELETE FROM sandboxes WHERE id = %s", (sandbox_id,))
+        self._log.info("sandbox {sandbox_id} deleted", sandbox_id=sandbox_id)
+
+    async def delete_workspace(self, workspace_id: str, actor_id: str) -> None:
+        """Sandboxes first (their processes stop), then the row, then the shared disk."""
+        await self._workspaces.require(workspace_id, actor_id, Role.OWNER)
+        rows = await self._db.query(
+            "SELECT id FROM sandboxes WHERE workspace_id = %s", (workspace_id,)
+        )
+        for row in rows:
+            await self._delete(str(row["id"]))
+        await self._workspaces.delete(workspace_id, actor_id)
+        await self._backend.delete_workspace(workspace_id)
+
+    def _cloud_only(self, row: Row, verb: str) -> None:
+        if row["is_local"]:
+            raise InvalidState("a local sandbox (it follows its agent)", verb)
+
+    # -- background work -----------------------------------------------------------------------
+
+    def _lock(self, sandbox_id: str) -> DeferredLock:
+        return self._locks.setdefault(sandbox_id, DeferredLock())
+
+    def busy(self, sandbox_id: str) -> bool:
+        """Whether this process is working on the sandbox (the reconciler leaves it alone)."""
+        lock = self._locks.get(sandbox_id)
+        return lock is not None and lock.locked
+
+    def _background(self, sandbox_id: str, work: Any) -> None:
+        async def locked() -> None:
+            async with self._lock(sandbox_id):
+                await work
+            lock = self._locks.get(sandbox_id)
+            if lock is not None and not lock.locked and not lock.waiting:
+                del self._locks[sandbox_id]
+
+        d = Deferred.fromCoroutine(locked())
+        self._tasks.add(d)
+        d.addErrback(
+            lambda f: self._log.failure(
+                "sandbox {sandbox_id} task failed", f, sandbox_id=sandbox_id
+            )
+        )
+        d.addBoth(lambda _: self._tasks.discard(d))
+
+    async def _start(self, sandbox_id: str, expected: Status) -> None:
+        rows = await self._db.query(
+            "SELECT workspace_id, opencode_password FROM sandboxes WHERE id = %s AND status = %s",
+            (sandbox_id, expected.value),
+        )
+        if not rows:
+            return  # deleted or moved on meanwhile
+        token = new_token()
+        await self._db.execute(
+            "UPDATE sandboxes SET proxy_token_hash = %s WHERE id = %s",
+            (token_hash(token), sandbox_id),
+        )
+        spec = SandboxSpec(
+            sandbox_id, str(rows[0]["workspace_id"]), rows[0]["opencode_password"], token
+        )
+        try:
+            await self._backend.start(spec)
+        except Exception as e:
+            message = str(e) if isinstance(e, BackendError | ApiError) else "internal error"
+            if not isinstance(e, BackendError):
+                self._log.failure("starting sandbox {sandbox_id}", sandbox_id=sandbox_id)
+            self._log.warn(
+                "sandbox {sandbox_id} failed to start: {error}",
+                sandbox_id=sandbox_id,
+                error=message,
+            )
+            await self._backend.stop(sandbox_id)
+            await self._transition(sandbox_id, [expected], Status.FAILED, error=message[:1000])
+            return
+        running = await self._transition(
+            sandbox_id,
+            [expected],
+            Status.RUNNING,
+            error=None,
+            last_activity_at=_NOW,
+            paused_at=None,
+        )
+        if running is None:  # deleted while starting
+            await self._backend.stop(sandbox_id)
+
+    async def _stop(self, sandbox_id: str) -> None:
+        try:
+            await self._backend.stop(sandbox_id)
+        except Exception as e:
+            self._log.failure("pausing sandbox {sandbox_id}", sandbox_id=sandbox_id)
+            await self._transition(
+                sandbox_id, [Status.PAUSING], Status.FAILED, error=f"pause failed: {e}"[:1000]
+            )
+            return
+        await self._transition(sandbox_id, [Status.PAUSING], Status.PAUSED, paused_at=_NOW)
+
+    async def pause_idle(self, sandbox_id: str) -> bool:
+        """The idle monitor's pause: only from running; True if it paused."""
+        if await self._transition(sandbox_id, PAUSABLE, Status.PAUSING) is None:
+            return False
+        self._background(sandbox_id, self._stop(sandbox_id))
+        return True
+
+    async def force(self, sandbox_id: str, was: Status, to: Status, error: str | None) -> bool:
+        """The reconciler's transition: compare-and-set from exactly ``was``."""
+        columns: dict[str, Any] = {"error": error}
+        if to is Status.PAUSED:
+            columns["paused_at"] = _NOW
+        return await self._transition(sandbox_id, [was], to, **columns) is not None
+
+    async def drain(self) -> None:
+        """Wait for background work (server shutdown)."""
+        if self._tasks:
+            await gatherResults(list(self._tasks), consumeErrors=True)
+
+
+class _Now:
+    """Marker for "set this column to now()" in _transition."""
+
+
+_NOW: Any = _Now()

@@ -1,0 +1,49 @@
+"""Sandbox statuses, the transitions between them, and the API's view of a sandbox."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from cli_server.db.pool import Row
+from cli_server.json import iso
+
+
+class Status(StrEnum):
+    CREATING = "creating"
+    RUNNING = "running"
+    PAUSING = "pausing"
+    PAUSED = "paused"
+    RESUMING = "resuming"
+    OFFLINE = "offline"  # local (tunnel) sandboxes whose agent is disconnected
+    FAILED = "failed"
+
+
+# Statuses an operation may start from. Everything else answers 409 with the current status.
+PAUSABLE = (Status.RUNNING,)
+RESUMABLE = (Status.PAUSED, Status.FAILED)
+# Mid-transition statuses: only the task that set them (or the reconciler after a crash) moves on.
+TRANSIENT = (Status.CREATING, Status.PAUSING, Status.RESUMING)
+# Statuses that hold a slot of capacity (a live opencode process, or one about to be).
+OCCUPYING = (Status.CREATING, Status.RUNNING, Status.RESUMING, Status.PAUSING)
+
+SANDBOX_COLUMNS = (
+    "id, workspace_id, name, status, error, is_local, backend, created_at, last_activity_at,"
+    " paused_at"
+)
+
+
+def sandbox_json(row: Row, url: str | None = None) -> dict[str, Any]:
+    """What the API shows: never the opencode password or proxy token."""
+    return {
+        "id": str(row["id"]),
+        "workspace_id": str(row["workspace_id"]),
+        "name": row["name"],
+        "status": row["status"],
+        "error": row["error"],
+        "is_local": row["is_local"],
+        "created_at": iso(row["created_at"]),
+        "last_activity_at": iso(row["last_activity_at"]),
+        "paused_at": iso(row["paused_at"]),
+        "url": url,
+    }

@@ -1,0 +1,137 @@
+"""The idle monitor and the reconciler: periodic sweeps over the sandboxes table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import define
+from twisted.logger import Logger
+
+from cli_server.db.pool import Database
+from cli_server.sandboxes.activity import ActivityRecorder
+from cli_server.sandboxes.backend import BackendError, SandboxBackend, State
+from cli_server.sandboxes.manager import SandboxManager
+from cli_server.sandboxes.model import Status
+from cli_server.sandboxes.opencode import OpencodeClient
+
+
+@define(eq=False)
+class IdleMonitor:
+    """Pauses running cloud sandboxes idle for ``idle_timeout`` — unless the agent is working.
+
+    Idle means no recorded activity (proxied requests, WebSocket traffic, Anthropic calls)
+    for the timeout. Before pausing, we ask opencode ``GET /session/status``: a busy session
+    counts as activity, so a long task is never cut off. If opencode cannot answer, we do not
+    pause on a guess; the reconciler deals with dead processes.
+    """
+
+    _db: Database
+    _backend: SandboxBackend
+    _manager: SandboxManager
+    _opencode: OpencodeClient
+    _activity: ActivityRecorder
+    _idle_timeout: float
+    _log = Logger()
+
+    async def sweep(self) -> None:
+        rows = await self._db.query(
+            "SELECT id, opencode_password FROM sandboxes WHERE status = 'running'"
+            " AND NOT is_local AND last_activity_at < now() - make_interval(secs => %s)",
+            (self._idle_timeout,),
+        )
+        for row in rows:
+            await self._consider(str(row["id"]), row["opencode_password"])
+
+    async def _consider(self, sandbox_id: str, password: str) -> None:
+        if self._manager.busy(sandbox_id):
+            return
+        observed = await self._backend.describe(sandbox_id)
+        if observed.state is State.RUNNING and observed.endpoint is not None:
+            try:
+                working = await self._opencode.busy(observed.endpoint, password)
+            except Exception as e:
+                self._log.warn(
+                    "sandbox {sandbox_id}: session status unknown ({why}); not pausing",
+                    sandbox_id=sandbox_id,
+                    why=_why(e),
+                )
+                return
+            if working:
+                self._activity.touch(sandbox_id)
+                return
+        if await self._manager.pause_idle(sandbox_id):
+            self._log.info(
+                "sandbox {sandbox_id} paused after {idle:.0f}s idle",
+                sandbox_id=sandbox_id,
+                idle=self._idle_timeout,
+            )
+
+
+@define(eq=False)
+class Reconciler:
+    """Makes the table and the backend agree, at start and periodically.
+
+    - creating/pausing/resuming with no task of ours behind it (a crash interrupted it):
+      running if the backend runs it, else paused (creating: failed, with a readable error);
+    - running, but the process is gone: paused — HOME and the workspace disk are intact;
+    - backend state with no row: deleted.
+    """
+
+    _db: Database
+    _backend: SandboxBackend
+    _manager: SandboxManager
+    _log = Logger()
+
+    async def sweep(self) -> None:
+        rows = await self._db.query(
+            "SELECT id, status FROM sandboxes WHERE NOT is_local AND backend = %s",
+            (self._backend.name,),
+        )
+        known = set()
+        for row in rows:
+            sandbox_id, status = str(row["id"]), Status(row["status"])
+            known.add(sandbox_id)
+            if not self._manager.busy(sandbox_id):
+                await self._repair(sandbox_id, status)
+        for sandbox_id in await self._backend.list_owned():
+            if sandbox_id not in known and not self._manager.busy(sandbox_id):
+                self._log.info(
+                    "removing sandbox {sandbox_id}: it has no row", sandbox_id=sandbox_id
+                )
+                await self._backend.delete(sandbox_id)
+
+    async def _repair(self, sandbox_id: str, status: Status) -> None:
+        if status not in (Status.CREATING, Status.PAUSING, Status.RESUMING, Status.RUNNING):
+            return
+        observed = await self._backend.describe(sandbox_id)
+        alive = observed.state is State.RUNNING
+        if status is Status.RUNNING and alive:
+            return
+        if alive and status is not Status.PAUSING:
+            target, error = Status.RUNNING, None
+        elif status is Status.CREATING:
+            target, error = Status.FAILED, "start was interrupted (server restart); resume to retry"
+            await self._stop_quietly(sandbox_id)
+        else:
+            target, error = Status.PAUSED, None
+            await self._stop_quietly(sandbox_id)
+        changed = await self._manager.force(sandbox_id, status, target, error)
+        if changed:
+            self._log.info(
+                "sandbox {sandbox_id}: {old} -> {new} (reconciled)",
+                sandbox_id=sandbox_id,
+                old=status.value,
+                new=target.value,
+            )
+
+    async def _stop_quietly(self, sandbox_id: str) -> None:
+        try:
+            await self._backend.stop(sandbox_id)
+        except BackendError as e:
+            self._log.warn(
+                "sandbox {sandbox_id}: cleanup failed: {why}", sandbox_id=sandbox_id, why=str(e)
+            )
+
+
+def _why(error: Any) -> str:
+    return str(error) or type(error).__name__

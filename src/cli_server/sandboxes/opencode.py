@@ -1,0 +1,81 @@
+"""Talking to a sandbox's opencode server: health and whether its agent is busy."""
+
+from __future__ import annotations
+
+import json
+from base64 import b64encode
+from typing import Any
+
+from attrs import define
+from twisted.internet.defer import CancelledError, TimeoutError
+from twisted.internet.error import ConnectError, ConnectionClosed
+from twisted.internet.task import deferLater
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, readBody
+from twisted.web.http_headers import Headers
+
+from cli_server.sandboxes.backend import BackendError, Endpoint
+
+
+def basic_auth(password: str) -> bytes:
+    return b"Basic " + b64encode(f"opencode:{password}".encode())
+
+
+@define(eq=False)
+class OpencodeClient:
+    """Short, bounded requests. Connections are not kept: these calls are rare."""
+
+    _reactor: Any
+
+    async def get_json(
+        self, endpoint: Endpoint, password: str, path: str, timeout: float = 2.0
+    ) -> tuple[int, Any]:
+        agent = Agent(
+            self._reactor,
+            pool=HTTPConnectionPool(self._reactor, persistent=False),
+            connectTimeout=timeout,
+        )
+        url = f"http://{endpoint.host}:{endpoint.port}{path}".encode()
+        d = agent.request(b"GET", url, Headers({b"authorization": [basic_auth(password)]}))
+        d.addTimeout(timeout, self._reactor)
+        response = await d
+        body_d = readBody(response)
+        body_d.addTimeout(timeout, self._reactor)
+        body = await body_d
+        try:
+            return response.code, json.loads(body) if body else None
+        except ValueError:
+            return response.code, None
+
+    async def wait_healthy(self, endpoint: Endpoint, password: str, *, timeout: float) -> None:
+        """Poll ``/global/health`` with a 1 s timeout per try.
+
+        A connection made just as opencode's port opens can hang forever, hence the short
+        per-try timeout rather than one long wait.
+        """
+        waited, last = 0.0, "no answer"
+        while waited < timeout:
+            try:
+                code, body = await self.get_json(endpoint, password, "/global/health", 1.0)
+                if code == 200 and isinstance(body, dict) and body.get("healthy"):
+                    return
+                last = f"HTTP {code}"
+            except (
+                TimeoutError,
+                CancelledError,
+                ConnectError,
+                ConnectionClosed,
+                ResponseFailed,
+            ) as e:
+                last = type(e).__name__
+            await deferLater(self._reactor, 0.25)
+            waited += 1.25
+        raise BackendError(f"opencode did not become healthy ({last})")
+
+    async def busy(self, endpoint: Endpoint, password: str) -> bool:
+        """Whether any session's agent is working (``GET /session/status``)."""
+        code, body = await self.get_json(endpoint, password, "/session/status", 3.0)
+        if code != 200 or not isinstance(body, dict):
+            raise BackendError(f"session status answered HTTP {code}")
+        return any(
+            isinstance(s, dict) and s.get("type") not in (None, "idle") for s in body.values()
+        )

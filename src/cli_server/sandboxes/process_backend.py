@@ -1,0 +1,655 @@
+"""The default backend: each sandbox is `opencode serve` under bubblewrap on this host.
+
+Per sandbox, as root:
+- a network namespace of its own (a bind-mounted nsfs file), with slirp4netns giving it a
+  user-mode uplink and one forward from 127.0.0.1:<port> on the host to port 4096 inside;
+  ``--disable-host-loopback`` keeps the host's loopback services (our API, PostgreSQL) out
+  of reach, and other sandboxes live in other namespaces;
+- bubblewrap, entered as the unprivileged ``cli-sandbox`` account, with new user, pid, ipc,
+  uts and cgroup namespaces, no capabilities, read-only /usr, a private HOME kept across
+  pause/resume and the workspace disk at /data/disk0;
+- a cgroup (v1 memory and pids) when the machine lets us write one.
+
+Every helper process dies with the server: bubblewrap has ``--die-with-parent`` and
+slirp4netns ``--exit-fd`` on a pipe we hold, so even a SIGKILLed server leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from attrs import define, field, frozen
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from cli_server.process import run_process
+from cli_server.sandboxes.backend import (
+    BackendError,
+    Endpoint,
+    Observed,
+    SandboxSpec,
+    State,
+    deferred,
+)
+from cli_server.sandboxes.opencode import OpencodeClient
+from cli_server.sandboxes.unixjson import unix_json_call
+
+SANDBOX_ACCOUNT = "cli-sandbox"
+GUEST_PORT = 4096
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+_OUTPUT_TAIL = 4000
+
+
+@frozen
+class Limits:
+    memory_bytes: int = 2 * 1024**3
+    pids: int = 1024
+
+
+@frozen
+class Account:
+    uid: int
+    gid: int
+
+
+def sandbox_account() -> Account | None:
+    """Root runs sandboxes as ``cli-sandbox`` (created on first use); others as themselves."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(SANDBOX_ACCOUNT)
+    except KeyError:
+        import subprocess
+
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                SANDBOX_ACCOUNT,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        entry = pwd.getpwnam(SANDBOX_ACCOUNT)
+    return Account(entry.pw_uid, entry.pw_gid)
+
+
+def find_opencode(explicit: str | None) -> Path | None:
+    """``--opencode-bin``, else ``opencode`` on PATH, else ./node_modules (npm install here)."""
+    if explicit:
+        return Path(explicit)
+    candidates = [
+        Path.cwd() / "node_modules" / "opencode-linux-x64" / "bin" / "opencode",
+        Path(__file__).resolve().parents[3]
+        / "node_modules"
+        / "opencode-linux-x64"
+        / "bin"
+        / "opencode",
+    ]
+    on_path = shutil.which("opencode")
+    if on_path:
+        candidates.insert(0, Path(on_path))
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _reachable_by_others(path: Path) -> bool:
+    return all(p.stat().st_mode & stat.S_IXOTH for p in path.parents)
+
+
+def publish_binary(binary: Path, data_dir: Path) -> Path:
+    """A path to ``binary`` that the sandbox account can open.
+
+    An install under /root (mode 0700) hides it; we hard-link (or copy) it into the data dir
+    once, keyed by size and mtime, instead of opening up the operator's home.
+    """
+    if _reachable_by_others(binary.resolve()) and binary.stat().st_mode & stat.S_IXOTH:
+        return binary
+    st = binary.stat()
+    target = data_dir / "bin" / f"{binary.name}-{st.st_size}-{int(st.st_mtime)}"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.with_suffix(".tmp")
+        staging.unlink(missing_ok=True)
+        try:
+            os.link(binary, staging)
+        except OSError:
+            shutil.copy2(binary, staging)
+        staging.chmod(0o755)
+        staging.rename(target)
+    return target
+
+
+class _SandboxProtocol(ProcessProtocol):
+    """Watches opencode's output for its "listening" line and notices when it exits."""
+
+    def __init__(self) -> None:
+        self.listening: Deferred[None] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+        self.output = bytearray()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        self.output += data
+        del self.output[:-_OUTPUT_TAIL]
+        if not self.listening.called and b"listening on" in self.output:
+            self.listening.callback(None)
+
+    def processEnded(self, reason: Failure) -> None:
+        if not self.listening.called:
+            self.listening.errback(BackendError(f"opencode exited: {self.tail()}"))
+        self.ended.callback(None)
+
+    def tail(self) -> str:
+        text = self.output.decode("utf-8", "replace").strip()
+        return " | ".join(text.splitlines()[-5:]) or "(no output)"
+
+
+class _SlirpProtocol(ProcessProtocol):
+    """slirp4netns: ready when it writes to its --ready-fd (3)."""
+
+    def __init__(self) -> None:
+        self.ready: Deferred[None] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+        self.output = bytearray()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == 3 and not self.ready.called:
+            self.ready.callback(None)
+        else:
+            self.output += data
+            del self.output[:-_OUTPUT_TAIL]
+
+    def processEnded(self, reason: Failure) -> None:
+        if not self.ready.called:
+            text = self.output.decode("utf-8", "replace").strip()
+            self.ready.errback(BackendError(f"slirp4netns failed: {text[-300:]}"))
+        self.ended.callback(None)
+
+
+@define(eq=False)
+class _Live:
+    port: int
+    sandbox: Any  # IProcessTransport
+    sandbox_proto: _SandboxProtocol
+    slirp: Any  # None when unisolated
+    slirp_proto: _SlirpProtocol | None
+
+
+@define(eq=False)
+class ProcessBackend:
+    """Sandboxes as local processes; see the module docstring."""
+
+    _reactor: Any
+    _data_dir: Path
+    _opencode: Path
+    _opencode_client: OpencodeClient
+    _env: Mapping[str, str] = field(factory=dict)  # extra environment (the Anthropic proxy URL)
+    _limits: Limits = field(factory=Limits)
+    _account: Account | None = field(factory=sandbox_account)
+    _isolated: bool = True  # False only with --allow-unisolated
+    _start_timeout: float = 60.0
+    _live: dict[str, _Live] = field(factory=dict, init=False)
+    name = "process"
+    _log = Logger()
+
+    # -- layout -------------------------------------------------------------------------------
+
+    def _sandbox_dir(self, sandbox_id: str) -> Path:
+        return self._data_dir / "sandboxes" / sandbox_id
+
+    def _disk(self, workspace_id: str) -> Path:
+        return self._data_dir / "workspaces" / workspace_id / "disk"
+
+    def _owned_dir(self, path: Path) -> None:
+        """A directory only the sandbox account (and root) can use."""
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o700)
+        if self._account is not None:
+            os.chown(path, self._account.uid, self._account.gid)
+
+    def _prepare(self, spec: SandboxSpec) -> Path:
+        for shared in (self._data_dir, self._data_dir / "sandboxes", self._data_dir / "workspaces"):
+            shared.mkdir(parents=True, exist_ok=True)
+            shared.chmod(shared.stat().st_mode | stat.S_IXOTH)  # enter, not list
+        if self._account is not None and not _reachable_by_others(self._data_dir):
+            raise BackendError(
+                f"the sandbox account cannot enter {self._data_dir}; make its parents "
+                "searchable (chmod o+x) or use another --data-dir"
+            )
+        box = self._sandbox_dir(spec.id)
+        box.mkdir(exist_ok=True)
+        box.chmod(0o711)
+        (self._disk(spec.workspace_id).parent).mkdir(exist_ok=True)
+        self._disk(spec.workspace_id).parent.chmod(0o711)
+        self._owned_dir(self._disk(spec.workspace_id))
+        self._owned_dir(box / "home")
+        return box
+
+    # -- start --------------------------------------------------------------------------------
+
+    @deferred
+    async def start(self, spec: SandboxSpec) -> Endpoint:
+        if spec.id in self._live:
+            return Endpoint("127.0.0.1", self._live[spec.id].port)
+        box = self._prepare(spec)
+        await self._teardown(spec.id)  # leftovers of a crash: stale netns mount, cgroup
+        opencode = publish_binary(self._opencode, self._data_dir)
+        if not self._isolated:
+            return await self._start_unisolated(spec, box, opencode)
+        netns = box / "netns"
+        netns.touch()
+        await self._must("unshare", [f"--net={netns}", "true"])
+        await self._must("nsenter", [f"--net={netns}", "ip", "link", "set", "lo", "up"])
+        slirp, slirp_proto = self._spawn_slirp(box, netns)
+        live: _Live | None = None
+        try:
+            await _within(self._reactor, slirp_proto.ready, 10, "slirp4netns did not start")
+            port = _free_port()
+            reply = await unix_json_call(
+                self._reactor,
+                str(box / "slirp.sock"),
+                {
+                    "execute": "add_hostfwd",
+                    "arguments": {
+                        "proto": "tcp",
+                        "host_addr": "127.0.0.1",
+                        "host_port": port,
+                        "guest_port": GUEST_PORT,
+                    },
+                },
+                timeout=5,
+            )
+            if "error" in reply:
+                raise BackendError(f"port forward refused: {reply['error']}")
+            sandbox, proto = self._spawn_sandbox(spec, box, netns, opencode)
+            live = _Live(port, sandbox, proto, slirp, slirp_proto)
+            self._live[spec.id] = live
+            proto.ended.addCallback(lambda _: self._exited(spec.id, live))
+            await _within(
+                self._reactor,
+                proto.listening,
+                self._start_timeout,
+                "opencode did not start listening",
+            )
+            endpoint = Endpoint("127.0.0.1", port)
+            await self._opencode_client.wait_healthy(
+                endpoint, spec.password, timeout=self._start_timeout
+            )
+            return endpoint
+        except BaseException:
+            if live is None:
+                _signal(slirp, "KILL")
+            await self._stop_live(spec.id)
+            await self._teardown(spec.id)
+            raise
+
+    async def _start_unisolated(self, spec: SandboxSpec, box: Path, opencode: Path) -> Endpoint:
+        """--allow-unisolated: opencode as a plain process on a loopback port, no namespaces."""
+        port = _free_port()
+        home = box / "home"
+        env = {**self._environment(spec, str(home)), "PATH": os.environ.get("PATH", "/usr/bin")}
+        argv = [str(opencode), "serve", "--hostname", "127.0.0.1", "--port", str(port)]
+        proto = _SandboxProtocol()
+        account = self._account
+        transport = self._reactor.spawnProcess(
+            proto,
+            argv[0],
+            argv,
+            env=env,
+            path=str(self._disk(spec.workspace_id)),
+            uid=account.uid if account else None,
+            gid=account.gid if account else None,
+        )
+        (box / "pid").write_text(str(transport.pid))
+        live = _Live(port, transport, proto, None, None)
+        self._live[spec.id] = live
+        proto.ended.addCallback(lambda _: self._exited(spec.id, live))
+        try:
+            await _within(
+                self._reactor,
+                proto.listening,
+                self._start_timeout,
+                "opencode did not start listening",
+            )
+            endpoint = Endpoint("127.0.0.1", port)
+            await self._opencode_client.wait_healthy(
+                endpoint, spec.password, timeout=self._start_timeout
+            )
+        except BaseException:
+            await self._stop_live(spec.id)
+            raise
+        return endpoint
+
+    def _environment(self, spec: SandboxSpec, home: str) -> dict[str, str]:
+        return {
+            "HOME": home,
+            "XDG_CONFIG_HOME": f"{home}/.config",
+            "XDG_DATA_HOME": f"{home}/.local/share",
+            "XDG_CACHE_HOME": f"{home}/.cache",
+            "XDG_STATE_HOME": f"{home}/.local/state",
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "TERM": "xterm-256color",
+            "OPENCODE_SERVER_PASSWORD": spec.password,
+            "OPENCODE_DISABLE_MODELS_FETCH": "1",
+            "OPENCODE_DISABLE_AUTOUPDATE": "1",
+            "OPENCODE_DISABLE_DEFAULT_PLUGINS": "1",
+            "ANTHROPIC_API_KEY": spec.proxy_token,
+            **self._env,
+        }
+
+    async def _must(self, tool: str, args: list[str]) -> None:
+        result = await run_process(
+            self._reactor,
+            [_which(tool), *args],
+            timeout=15,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        )
+        if result.code != 0:
+            raise BackendError(f"{tool} failed: {result.output.strip()[-300:]}")
+
+    def _spawn_slirp(self, box: Path, netns: Path) -> tuple[Any, _SlirpProtocol]:
+        (box / "slirp.sock").unlink(missing_ok=True)
+        proto = _SlirpProtocol()
+        argv = [
+            _which("slirp4netns"),
+            "--configure",
+            "--mtu=65520",
+            "--disable-host-loopback",
+            "--netns-type=path",
+            f"--api-socket={box / 'slirp.sock'}",
+            "--ready-fd=3",
+            "--exit-fd=4",
+            str(netns),
+            "tap0",
+        ]
+        # fd 4 is a pipe only we write to: when this process dies, slirp4netns sees EOF and exits.
+        transport = self._reactor.spawnProcess(
+            proto, argv[0], argv, env={}, childFDs={0: "w", 1: "r", 2: "r", 3: "r", 4: "w"}
+        )
+        return transport, proto
+
+    def _sandbox_argv(self, spec: SandboxSpec, box: Path, netns: Path, opencode: Path) -> list[str]:
+        env = self._environment(spec, "/home/opencode")
+        bwrap = [
+            _which("bwrap"),
+            "--unshare-user",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop",
+            "ALL",
+            "--uid",
+            "1000",
+            "--gid",
+            "1000",
+            "--hostname",
+            "sandbox",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+            "--symlink",
+            "usr/lib",
+            "/lib",
+            "--symlink",
+            "usr/lib64",
+            "/lib64",
+            "--symlink",
+            "usr/bin",
+            "/bin",
+            "--symlink",
+            "usr/sbin",
+            "/sbin",
+            "--ro-bind-try",
+            "/etc/ssl",
+            "/etc/ssl",
+            "--ro-bind-try",
+            "/etc/ca-certificates",
+            "/etc/ca-certificates",
+            "--ro-bind-try",
+            "/etc/resolv.conf",
+            "/etc/resolv.conf",
+            "--ro-bind-try",
+            "/etc/hosts",
+            "/etc/hosts",
+            "--ro-bind-try",
+            "/etc/localtime",
+            "/etc/localtime",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--tmpfs",
+            "/tmp",
+            "--bind",
+            str(box / "home"),
+            "/home/opencode",
+            "--bind",
+            str(self._disk(spec.workspace_id)),
+            "/data/disk0",
+            "--ro-bind",
+            str(opencode),
+            "/opt/opencode/bin/opencode",
+            "--chdir",
+            "/data/disk0",
+            "--clearenv",
+        ]
+        for name, value in env.items():
+            bwrap += ["--setenv", name, value]
+        bwrap += [
+            "/opt/opencode/bin/opencode",
+            "serve",
+            "--hostname",
+            "0.0.0.0",
+            "--port",
+            str(GUEST_PORT),
+        ]
+        enter = [_which("nsenter"), f"--net={netns}"]
+        if self._account is not None:
+            enter += ["-S", str(self._account.uid), "-G", str(self._account.gid)]
+        argv = enter + bwrap
+        cgroups = self._make_cgroups(spec.id)
+        if cgroups:
+            # Join the cgroups before exec, so no process of the sandbox ever runs outside them.
+            joins = " && ".join(f'echo $$ > "{c}/cgroup.procs"' for c in cgroups)
+            argv = ["/bin/sh", "-c", f'{joins} && exec "$@"', "sh", *argv]
+        return argv
+
+    def _spawn_sandbox(
+        self, spec: SandboxSpec, box: Path, netns: Path, opencode: Path
+    ) -> tuple[Any, _SandboxProtocol]:
+        proto = _SandboxProtocol()
+        argv = self._sandbox_argv(spec, box, netns, opencode)
+        transport = self._reactor.spawnProcess(proto, argv[0], argv, env={}, path="/")
+        (box / "pid").write_text(str(transport.pid))
+        return transport, proto
+
+    def _make_cgroups(self, sandbox_id: str) -> list[Path]:
+        """v1 memory and pids cgroups; an empty list where the machine does not allow them."""
+        made = []
+        settings = {
+            "memory": {"memory.limit_in_bytes": str(self._limits.memory_bytes)},
+            "pids": {"pids.max": str(self._limits.pids)},
+        }
+        for controller, values in settings.items():
+            group = _CGROUP_ROOT / controller / "cli-server" / sandbox_id
+            try:
+                group.mkdir(parents=True, exist_ok=True)
+                for name, value in values.items():
+                    (group / name).write_text(value)
+            except OSError:
+                continue
+            made.append(group)
+        return made
+
+    def _exited(self, sandbox_id: str, live: _Live) -> None:
+        if self._live.get(sandbox_id) is live:
+            del self._live[sandbox_id]
+            if live.slirp is not None:
+                _signal(live.slirp, "TERM")
+            self._log.info(
+                "sandbox {sandbox_id} process exited: {tail}",
+                sandbox_id=sandbox_id,
+                tail=live.sandbox_proto.tail(),
+            )
+
+    # -- stop, delete -------------------------------------------------------------------------
+
+    async def _stop_live(self, sandbox_id: str) -> None:
+        live = self._live.pop(sandbox_id, None)
+        if live is None:
+            return
+        _signal(live.sandbox, "TERM")
+        try:
+            await _within(self._reactor, live.sandbox_proto.ended, 10, "")
+        except BackendError:
+            _signal(live.sandbox, "KILL")
+            await _within(self._reactor, live.sandbox_proto.ended, 10, "sandbox did not die")
+        if live.slirp is None or live.slirp_proto is None:
+            return
+        _signal(live.slirp, "TERM")
+        try:
+            await _within(self._reactor, live.slirp_proto.ended, 5, "")
+        except BackendError:
+            _signal(live.slirp, "KILL")
+
+    async def _teardown(self, sandbox_id: str) -> None:
+        """Undo what a start set up outside our processes: netns mount, cgroups, pid file."""
+        box = self._sandbox_dir(sandbox_id)
+        self._kill_leftover(box)
+        netns = box / "netns"
+        if netns.exists():
+            if os.path.ismount(netns):
+                await run_process(self._reactor, [_which("umount"), str(netns)], timeout=15)
+            netns.unlink(missing_ok=True)
+        (box / "slirp.sock").unlink(missing_ok=True)
+        for controller in ("memory", "pids"):
+            group = _CGROUP_ROOT / controller / "cli-server" / sandbox_id
+            try:
+                group.rmdir()
+            except OSError:
+                pass
+
+    def _kill_leftover(self, box: Path) -> None:
+        """A process recorded in the pid file that still runs our sandbox (after a crash)."""
+        pid_file = box / "pid"
+        try:
+            pid = int(pid_file.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            pid_file.unlink(missing_ok=True)
+            return
+        if str(box).encode() in cmdline:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        pid_file.unlink(missing_ok=True)
+
+    @deferred
+    async def stop(self, sandbox_id: str) -> None:
+        await self._stop_live(sandbox_id)
+        await self._teardown(sandbox_id)
+
+    @deferred
+    async def delete(self, sandbox_id: str) -> None:
+        await self._stop_live(sandbox_id)
+        await self._teardown(sandbox_id)
+        shutil.rmtree(self._sandbox_dir(sandbox_id), ignore_errors=True)
+
+    @deferred
+    async def delete_workspace(self, workspace_id: str) -> None:
+        shutil.rmtree(self._data_dir / "workspaces" / workspace_id, ignore_errors=True)
+
+    @deferred
+    async def describe(self, sandbox_id: str) -> Observed:
+        live = self._live.get(sandbox_id)
+        if live is not None:
+            return Observed(State.RUNNING, Endpoint("127.0.0.1", live.port))
+        if self._sandbox_dir(sandbox_id).exists():
+            return Observed(State.STOPPED)
+        return Observed(State.MISSING)
+
+    @deferred
+    async def list_owned(self) -> list[str]:
+        root = self._data_dir / "sandboxes"
+        on_disk = {p.name for p in root.iterdir()} if root.exists() else set()
+        return sorted(on_disk | set(self._live))
+
+    @deferred
+    async def close(self) -> None:
+        """Server shutdown: stop every sandbox (their HOME and disks stay)."""
+        for sandbox_id in list(self._live):
+            await self._stop_live(sandbox_id)
+            await self._teardown(sandbox_id)
+
+
+def _which(tool: str) -> str:
+    found = shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if found is None:
+        raise BackendError(f"{tool} is not installed")
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _signal(transport: Any, sig: str) -> None:
+    try:
+        transport.signalProcess(sig)
+    except (ProcessExitedAlready, OSError):
+        pass
+
+
+async def _within(reactor: Any, d: Deferred[Any], seconds: float, message: str) -> None:
+    """Wait for a signal Deferred (fired once by a protocol) with a deadline.
+
+    ``d`` itself is never cancelled: its protocol will fire it later, and a cancelled Deferred
+    would then raise AlreadyCalledError inside the protocol.
+    """
+    outcome: Deferred[Any] = Deferred()
+
+    def settle(result: Any) -> None:
+        if not outcome.called:
+            outcome.callback(result)  # a Failure runs outcome's errbacks
+
+    d.addBoth(settle)
+    outcome.addTimeout(seconds, reactor)
+    try:
+        await outcome
+    except TimeoutError:
+        raise BackendError(message or "timed out") from None
+
+
+def check_isolation_tools() -> str | None:
+    """Why this machine cannot isolate sandboxes, or None if it can."""
+    missing = [
+        t
+        for t in ("bwrap", "slirp4netns", "nsenter", "unshare")
+        if not shutil.which(t, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    ]
+    if missing:
+        return f"{', '.join(missing)} not found (apt-get install bubblewrap slirp4netns)"
+    if os.geteuid() != 0:
+        return "the process backend needs root to give each sandbox its own network namespace"
+    return None

@@ -1,0 +1,51 @@
+"""One JSON request/response over a unix socket (slirp4netns' API socket)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+
+
+class _OneShot(Protocol):
+    def __init__(self, request: bytes) -> None:
+        self._request = request
+        self._buffer = b""
+        self.reply: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self._request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer += data
+        try:
+            json.loads(self._buffer)
+        except ValueError:
+            return  # not complete yet
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        if not self.reply.called:
+            self.reply.callback(self._buffer)
+
+
+async def unix_json_call(
+    reactor: Any, path: str, request: dict[str, Any], *, timeout: float
+) -> dict[str, Any]:
+    proto = _OneShot(json.dumps(request).encode())
+    connecting = connectProtocol(UNIXClientEndpoint(reactor, path, timeout=timeout), proto)
+    connecting.addTimeout(timeout, reactor)
+    await connecting
+    proto.reply.addTimeout(timeout, reactor)
+    raw = await proto.reply
+    try:
+        reply = json.loads(raw)
+    except ValueError:
+        return {"error": f"unreadable reply {raw[:200]!r}"}
+    return reply if isinstance(reply, dict) else {"error": "reply is not an object"}

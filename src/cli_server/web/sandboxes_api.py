@@ -1,0 +1,72 @@
+"""Sandbox routes: ``/api/workspaces/{wid}/sandboxes`` and ``/api/sandboxes/{id}``."""
+
+from __future__ import annotations
+
+from attrs import define
+from klein import Klein
+from twisted.web.iweb import IRequest
+
+from cli_server.sandboxes.manager import SandboxManager
+from cli_server.web.body import read_json_object, required_text
+from cli_server.web.ids import parse_id
+from cli_server.web.responses import install_json_errors, json_response, no_content
+from cli_server.web.session import SessionCookies
+
+
+@define(eq=False)
+class WorkspaceSandboxesAPI:
+    """Mounted under ``/api/workspaces/<wid>/sandboxes`` by the workspaces app."""
+
+    _manager: SandboxManager
+    _cookies: SessionCookies
+
+    async def list(self, request: IRequest, workspace_id: str) -> bytes:
+        user = await self._cookies.user(request)
+        wid = parse_id(workspace_id, "workspace")
+        return json_response(request, await self._manager.list(wid, user.id))
+
+    async def create(self, request: IRequest, workspace_id: str) -> bytes:
+        self._cookies.check_origin(request)
+        user = await self._cookies.user(request)
+        wid = parse_id(workspace_id, "workspace")
+        await self._manager.workspaces.role_of(wid, user.id)
+        name = required_text(read_json_object(request), "name", max_length=100)
+        return json_response(request, await self._manager.create(wid, user.id, name), 201)
+
+
+@define(eq=False)
+class SandboxesAPI:
+    """``/api/sandboxes/<id>`` and its actions."""
+
+    _manager: SandboxManager
+    _cookies: SessionCookies
+
+    app = Klein()
+    install_json_errors(app)
+
+    @app.route("/<sandbox_id>", methods=["GET"])
+    async def get_sandbox(self, request: IRequest, sandbox_id: str) -> bytes:
+        user = await self._cookies.user(request)
+        sid = parse_id(sandbox_id, "sandbox")
+        return json_response(request, await self._manager.get(sid, user.id))
+
+    @app.route("/<sandbox_id>", methods=["DELETE"])
+    async def delete_sandbox(self, request: IRequest, sandbox_id: str) -> bytes:
+        self._cookies.check_origin(request)
+        user = await self._cookies.user(request)
+        await self._manager.delete(parse_id(sandbox_id, "sandbox"), user.id)
+        return no_content(request)
+
+    @app.route("/<sandbox_id>/pause", methods=["POST"])
+    async def pause_sandbox(self, request: IRequest, sandbox_id: str) -> bytes:
+        self._cookies.check_origin(request)
+        user = await self._cookies.user(request)
+        sid = parse_id(sandbox_id, "sandbox")
+        return json_response(request, await self._manager.pause(sid, user.id))
+
+    @app.route("/<sandbox_id>/resume", methods=["POST"])
+    async def resume_sandbox(self, request: IRequest, sandbox_id: str) -> bytes:
+        self._cookies.check_origin(request)
+        user = await self._cookies.user(request)
+        sid = parse_id(sandbox_id, "sandbox")
+        return json_response(request, await self._manager.resume(sid, user.id))

@@ -24,6 +24,7 @@ from cli_server.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from cli_server.db.migrations import migrate
 from cli_server.db.pool import Database, DatabaseUnavailable
 from cli_server.sandboxes.activity import ActivityRecorder
+from cli_server.sandboxes.backend import SandboxBackend
 from cli_server.sandboxes.manager import SandboxManager
 from cli_server.sandboxes.monitor import IdleMonitor, Reconciler
 from cli_server.sandboxes.opencode import OpencodeClient
@@ -124,7 +125,7 @@ class SandboxService(Service):
     """Owns the running sandboxes: on shutdown, finish in-flight work, then stop them all."""
 
     _manager: SandboxManager
-    _backend: ProcessBackend
+    _backend: SandboxBackend
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -200,7 +201,7 @@ def build(
     sandboxes.setServiceParent(root)
     activity = ActivityRecorder(db, reactor)
     reconciler = Reconciler(db, backend, manager)
-    idle = IdleMonitor(db, backend, manager, opencode, activity, config.idle_timeout)
+    idle = IdleMonitor(db, backend, manager, opencode, activity, config.idle_timeout, reactor)
     database.after_migrate.append(reconciler.sweep)
 
     site = MainSite(

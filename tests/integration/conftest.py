@@ -17,6 +17,7 @@ from cli_server.db.embedded import EmbeddedPostgres
 from cli_server.db.migrations import migrate
 from cli_server.db.pool import Database
 from cli_server.server import Server, build
+from cli_server.testing import FakeBackend
 from cli_server.threads import synchronous_runner
 from cli_server.web.auth_api import AuthLimits
 
@@ -103,7 +104,12 @@ class Running:
 
 
 async def start_server(
-    db_url: str, *, limits: AuthLimits | None = None, wait_ready: bool = True
+    db_url: str,
+    *,
+    limits: AuthLimits | None = None,
+    wait_ready: bool = True,
+    backend: Any = None,
+    config: ServerConfig | None = None,
 ) -> Running:
     reactor = _reactor()
 
@@ -111,12 +117,13 @@ async def start_server(
         raise AssertionError(f"server could not start: {message}")
 
     server = build(
-        server_config(db_url),
+        config or server_config(db_url),
         reactor,
         passwords=Passwords(synchronous_runner, cheap_hasher()),
         limits=limits
         or AuthLimits(registrations_per_address=10_000, login_failures_per_address=10_000),
         on_fatal=fatal,
+        backend=backend if backend is not None else FakeBackend(),
     )
     server.root.startService()
     if wait_ready:

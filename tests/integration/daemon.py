@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .helpers import free_port
+from .helpers import free_port, opencode_binary
 
 
 def twistd() -> str:
@@ -67,6 +67,7 @@ class Daemon:
             "--pidfile=",
             f"--logfile={self.log}",
             "cli-server",
+            f"--opencode-bin={opencode_binary()}",
             "--data-dir",
             str(self.data_dir),
             "--listen",

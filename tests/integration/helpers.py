@@ -120,3 +120,12 @@ async def wait_until(reactor: Any, check: Any, timeout: float = 30.0, step: floa
 
 def running_as_root() -> bool:
     return os.geteuid() == 0
+
+
+def opencode_binary() -> Path:
+    """The real opencode (npm opencode-ai@1.18.33, installed by the README's test command)."""
+    from cli_server.sandboxes.process_backend import find_opencode
+
+    found = find_opencode(os.environ.get("OPENCODE_BIN"))
+    assert found is not None, "opencode is not installed: run 'npm install' in the checkout"
+    return found

@@ -12,7 +12,7 @@ from cli_server.tap.server import Options
 
 
 def parse(argv: list[str], environ: dict[str, str] | None = None) -> Options:
-    options = Options(environ=environ or {})
+    options = Options(environ=environ or {}, preflight=False)
     options.parseOptions(argv)
     return options
 
@@ -86,6 +86,7 @@ class OptionsTests(SynchronousTestCase):
                 "BASE_SCHEME": "https",
                 "CLI_SERVER_DATA": "/srv/cli",
                 "SESSION_LIFETIME": "12h",
+                "MAX_SANDBOXES": "8",
             },
         ).config()
         self.assertEqual(
@@ -120,6 +121,27 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(config.listen, ("tcp:9000", "unix:/tmp/cli.sock"))
         self.assertEqual(config.data_dir, Path("/var/tmp/x"))
 
+    def test_sandbox_settings(self) -> None:
+        """Backend, capacity and idleness come from options or the original's env vars."""
+        config = parse(
+            ["--max-sandboxes", "3", "--allow-unisolated"],
+            {"IDLE_TIMEOUT": "5m", "BACKEND": "process"},
+        ).config()
+        self.assertEqual(
+            (config.backend, config.max_sandboxes, config.idle_timeout), ("process", 3, 300.0)
+        )
+        self.assertTrue(config.allow_unisolated)
+        self.assertGreaterEqual(parse([]).config().max_sandboxes, 1)
+
+    def test_preflight(self) -> None:
+        """A missing opencode binary is refused at start, naming the option and the fix."""
+        options = Options(environ={})
+        error = self.assertRaises(
+            usage.UsageError, options.parseOptions, ["--opencode-bin", "/nonexistent/opencode"]
+        )
+        self.assertIn("--opencode-bin: opencode not found /nonexistent/opencode", str(error))
+        self.assertIn("npm install opencode-ai@1.18.33", str(error))
+
     def test_errors_name_the_source(self) -> None:
         """A bad value names the option, or the variable it came from."""
         cases = [
@@ -128,6 +150,10 @@ class OptionsTests(SynchronousTestCase):
             (["--session-lifetime", "0"], {}, "--session-lifetime: '0' must be longer than zero"),
             (["--listen", "bogus:1"], {}, "--listen 'bogus:1'"),
             (["--db-url", "nonsense"], {}, "--db-url: not a PostgreSQL connection string"),
+            (["--max-sandboxes", "0"], {}, "--max-sandboxes: '0' must be at least 1"),
+            ([], {"IDLE_TIMEOUT": "forever"}, "IDLE_TIMEOUT: 'forever' is not a duration"),
+            (["--backend", "docker"], {}, "--backend: the docker backend is not available"),
+            (["--backend", "vm"], {}, "--backend: 'vm' is not a backend"),
         ]
         for argv, environ, message in cases:
             error = self.assertRaises(usage.UsageError, parse, argv, environ)

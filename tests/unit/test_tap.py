@@ -11,7 +11,7 @@ from cli_server.tap.server import Options, makeService
 class MakeServiceTests(SynchronousTestCase):
     def test_tree(self) -> None:
         """Children start in dependency order and each --listen gets a listener."""
-        options = Options(environ={})
+        options = Options(environ={}, preflight=False)
         options.parseOptions(
             [
                 "--db-url",
@@ -25,7 +25,17 @@ class MakeServiceTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         root = makeService(options, reactor=reactor)
         self.assertEqual(
-            [s.name for s in root], ["threads", "database", "housekeeping", "http-0", "http-1"]
+            [s.name for s in root],
+            [
+                "threads",
+                "database",
+                "sandboxes",
+                "housekeeping",
+                "reconciler",
+                "idle-monitor",
+                "http-0",
+                "http-1",
+            ],
         )
         self.assertEqual(reactor.tcpServers, [])  # nothing bound before start
         root.getServiceNamed("http-0").startService()

@@ -82,6 +82,9 @@ class SandboxBackend(Protocol):
     def list_owned(self) -> Deferred[list[str]]:
         """Ids of every sandbox this backend holds any state or process for."""
 
+    def close(self) -> Deferred[None]:
+        """Server shutdown: stop every running sandbox, keeping their state."""
+
 
 class BackendError(Exception):
     """A backend could not do what was asked; the message is shown to users as ``error``."""

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from attrs import define
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from cli_server.db.pool import Database
 from cli_server.sandboxes.activity import ActivityRecorder
-from cli_server.sandboxes.backend import BackendError, SandboxBackend, State
+from cli_server.sandboxes.backend import BackendError, Endpoint, SandboxBackend, State
 from cli_server.sandboxes.manager import SandboxManager
 from cli_server.sandboxes.model import Status
-from cli_server.sandboxes.opencode import OpencodeClient
+
+
+class AgentStatus(Protocol):
+    """Asks a sandbox's opencode whether its agent is working (OpencodeClient in production)."""
+
+    async def busy(self, endpoint: Endpoint, password: str) -> bool: ...
 
 
 @define(eq=False)
@@ -28,16 +34,19 @@ class IdleMonitor:
     _db: Database
     _backend: SandboxBackend
     _manager: SandboxManager
-    _opencode: OpencodeClient
+    _opencode: AgentStatus
     _activity: ActivityRecorder
     _idle_timeout: float
+    _clock: IReactorTime
     _log = Logger()
 
     async def sweep(self) -> None:
+        # The cutoff comes from our clock, not the database's, so tests can move time.
+        cutoff = self._clock.seconds() - self._idle_timeout
         rows = await self._db.query(
             "SELECT id, opencode_password FROM sandboxes WHERE status = 'running'"
-            " AND NOT is_local AND last_activity_at < now() - make_interval(secs => %s)",
-            (self._idle_timeout,),
+            " AND NOT is_local AND last_activity_at < to_timestamp(%s)",
+            (cutoff,),
         )
         for row in rows:
             await self._consider(str(row["id"]), row["opencode_password"])

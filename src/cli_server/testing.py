@@ -1,0 +1,111 @@
+"""Fakes for tests and integrators, behaving like the real things they stand for."""
+
+from __future__ import annotations
+
+from attrs import define, field
+from twisted.internet.defer import Deferred
+
+from cli_server.sandboxes.backend import (
+    BackendError,
+    Endpoint,
+    Observed,
+    SandboxSpec,
+    State,
+    deferred,
+)
+
+
+@define(eq=False)
+class FakeBackend:
+    """An in-memory sandbox backend (FAKE: no processes). Starts can be held or made to fail.
+
+    ``hold()`` makes the next starts wait until ``release()``; ``fail_next`` makes the next
+    start raise BackendError with that message; ``crash(id)`` simulates a dead process.
+    """
+
+    name: str = "process"
+    running: dict[str, Endpoint] = field(factory=dict)
+    stopped: set[str] = field(factory=set)
+    disks: set[str] = field(factory=set)
+    specs: dict[str, SandboxSpec] = field(factory=dict)
+    calls: list[tuple[str, str]] = field(factory=list)
+    fail_next: str | None = None
+    _gate: Deferred[None] | None = None
+    _next_port: int = 20000
+
+    def hold(self) -> None:
+        self._gate = Deferred()
+
+    def release(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.callback(None)
+
+    def crash(self, sandbox_id: str) -> None:
+        self.running.pop(sandbox_id, None)
+        self.stopped.add(sandbox_id)
+
+    @deferred
+    async def start(self, spec: SandboxSpec) -> Endpoint:
+        self.calls.append(("start", spec.id))
+        self.specs[spec.id] = spec
+        self.disks.add(spec.workspace_id)
+        if self._gate is not None:
+            await self._gate
+        if self.fail_next is not None:
+            message, self.fail_next = self.fail_next, None
+            self.stopped.add(spec.id)
+            raise BackendError(message)
+        self._next_port += 1
+        endpoint = Endpoint("127.0.0.1", self._next_port)
+        self.running[spec.id] = endpoint
+        self.stopped.discard(spec.id)
+        return endpoint
+
+    @deferred
+    async def stop(self, sandbox_id: str) -> None:
+        self.calls.append(("stop", sandbox_id))
+        if self.running.pop(sandbox_id, None) is not None or sandbox_id in self.specs:
+            self.stopped.add(sandbox_id)
+
+    @deferred
+    async def delete(self, sandbox_id: str) -> None:
+        self.calls.append(("delete", sandbox_id))
+        self.running.pop(sandbox_id, None)
+        self.stopped.discard(sandbox_id)
+        self.specs.pop(sandbox_id, None)
+
+    @deferred
+    async def delete_workspace(self, workspace_id: str) -> None:
+        self.calls.append(("delete_workspace", workspace_id))
+        self.disks.discard(workspace_id)
+
+    @deferred
+    async def describe(self, sandbox_id: str) -> Observed:
+        if sandbox_id in self.running:
+            return Observed(State.RUNNING, self.running[sandbox_id])
+        if sandbox_id in self.stopped:
+            return Observed(State.STOPPED)
+        return Observed(State.MISSING)
+
+    @deferred
+    async def list_owned(self) -> list[str]:
+        return sorted(set(self.running) | self.stopped)
+
+    @deferred
+    async def close(self) -> None:
+        for sandbox_id in list(self.running):
+            self.crash(sandbox_id)
+
+
+@define(eq=False)
+class FakeAgentStatus:
+    """FAKE opencode session status: ``working`` ids answer busy, ``broken`` ids fail."""
+
+    working: set[int] = field(factory=set)  # ports of busy sandboxes
+    broken: set[int] = field(factory=set)
+
+    async def busy(self, endpoint: Endpoint, password: str) -> bool:
+        if endpoint.port in self.broken:
+            raise BackendError("opencode did not answer")
+        return endpoint.port in self.working

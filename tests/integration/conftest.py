@@ -82,6 +82,7 @@ def server_config(db_url: str | None, data_dir: Any = "/nonexistent") -> ServerC
         base_domain="localhost:8080",
         base_scheme="http",
         session_lifetime=3600.0,
+        max_sandboxes=1000,
     )
 
 

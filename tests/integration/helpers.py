@@ -67,7 +67,7 @@ class Api:
     def http(self) -> HTTPClient:
         return HTTPClient(Agent(self.reactor, pool=self.pool), cookiejar=self.jar)
 
-    async def call(
+    def call(
         self,
         method: str,
         path: str,
@@ -75,6 +75,17 @@ class Api:
         *,
         raw: bytes | None = None,
         headers: dict[str, str] | None = None,
+    ) -> Deferred[Reply]:
+        """A Deferred, so calls can also be raced with gatherResults."""
+        return Deferred.fromCoroutine(self._call(method, path, body, raw, headers))
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        raw: bytes | None,
+        headers: dict[str, str] | None,
     ) -> Reply:
         hdrs = dict(headers or {})
         data = raw

@@ -1,0 +1,178 @@
+"""Idle monitor and reconciler: a fake clock and a FAKE backend, real PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest_twisted
+from attrs import define
+from twisted.internet.task import Clock
+
+from cli_server.db.pool import Database
+from cli_server.sandboxes.activity import ActivityRecorder
+from cli_server.sandboxes.manager import SandboxManager
+from cli_server.sandboxes.monitor import IdleMonitor, Reconciler
+from cli_server.testing import FakeAgentStatus, FakeBackend
+from cli_server.workspaces import Workspaces
+
+from .conftest import _reactor
+
+IDLE = 600.0
+
+
+@define
+class World:
+    db: Database
+    clock: Clock
+    backend: FakeBackend
+    agents: FakeAgentStatus
+    manager: SandboxManager
+    activity: ActivityRecorder
+    idle: IdleMonitor
+    reconciler: Reconciler
+    user: str
+    workspace: str
+
+    async def sandbox(self, status: str = "running") -> str:
+        made = await self.manager.create(self.workspace, self.user, "s")
+        await self.manager.drain()
+        if status != "running":
+            await self.db.execute("UPDATE sandboxes SET status = %s WHERE id = %s",
+                                  (status, made["id"]))  # fmt: skip
+        return str(made["id"])
+
+    async def status(self, sandbox_id: str) -> str | None:
+        rows = await self.db.query("SELECT status FROM sandboxes WHERE id = %s", (sandbox_id,))
+        return rows[0]["status"] if rows else None
+
+    def port(self, sandbox_id: str) -> int:
+        return self.backend.running[sandbox_id].port
+
+
+@pytest_twisted.async_yield_fixture
+async def world(db_url: str) -> AsyncIterator[World]:
+    db = Database(_reactor(), db_url)
+    user = str(uuid.uuid4())
+    await db.execute("INSERT INTO users (id, username) VALUES (%s, 'u')", (user,))
+    workspace = await Workspaces(db).create(user, "w")
+    clock = Clock()
+    clock.advance(time.time())  # the fake clock starts at the database's "now"
+    backend, agents = FakeBackend(), FakeAgentStatus()
+    manager = SandboxManager(db, backend, Workspaces(db), 100)
+    activity = ActivityRecorder(db, clock)
+    yield World(db, clock, backend, agents, manager, activity,
+                IdleMonitor(db, backend, manager, agents, activity, IDLE, clock),
+                Reconciler(db, backend, manager), user, workspace["id"])  # fmt: skip
+    await manager.drain()
+    db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_sandbox_is_paused(world: World) -> None:
+    """No activity for the timeout: paused, and its process stopped."""
+    sid = await world.sandbox()
+    await world.idle.sweep()
+    assert await world.status(sid) == "running"
+    world.clock.advance(IDLE + 1)
+    await world.idle.sweep()
+    await world.manager.drain()
+    assert await world.status(sid) == "paused"
+    assert sid not in world.backend.running
+
+
+@pytest_twisted.ensureDeferred
+async def test_busy_agent_is_never_paused(world: World) -> None:
+    """A session that is working counts as activity, however long it runs."""
+    sid = await world.sandbox()
+    world.agents.working.add(world.port(sid))
+    for _ in range(3):
+        world.clock.advance(IDLE + 1)
+        await world.idle.sweep()
+        await world.manager.drain()
+        assert await world.status(sid) == "running"
+    world.agents.working.clear()
+    world.clock.advance(IDLE + 1)
+    await world.idle.sweep()
+    await world.manager.drain()
+    assert await world.status(sid) == "paused"
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_agent_status_is_not_a_reason_to_pause(world: World) -> None:
+    """If opencode cannot say whether it is busy, the monitor does not guess."""
+    sid = await world.sandbox()
+    world.agents.broken.add(world.port(sid))
+    world.clock.advance(IDLE + 1)
+    await world.idle.sweep()
+    assert await world.status(sid) == "running"
+
+
+@pytest_twisted.ensureDeferred
+async def test_activity_defers_pausing_and_is_throttled(world: World) -> None:
+    """touch() moves last_activity_at; repeated touches within the throttle write once."""
+    sid = await world.sandbox()
+    world.clock.advance(IDLE - 10)
+    await world.db.execute("UPDATE sandboxes SET last_activity_at = to_timestamp(%s)",
+                           (world.clock.seconds() - IDLE + 5,))  # fmt: skip
+    await world.idle.sweep()
+    assert await world.status(sid) == "running"
+    world.activity.touch(sid)
+    world.activity.touch(sid)
+    assert list(world.activity._written) == [sid]
+    world.clock.advance(31)
+    world.activity.prune()
+    assert world.activity._written == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_running_cloud_sandboxes_are_considered(world: World) -> None:
+    """Paused, failed and local sandboxes are left alone."""
+    paused = await world.sandbox("paused")
+    local = await world.sandbox()
+    await world.db.execute("UPDATE sandboxes SET is_local = true WHERE id = %s", (local,))
+    world.clock.advance(IDLE + 1)
+    await world.idle.sweep()
+    await world.manager.drain()
+    assert (await world.status(paused), await world.status(local)) == ("paused", "running")
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconciler_repairs_every_interrupted_state(world: World) -> None:
+    """Rows left mid-transition or running without a process end somewhere sane."""
+    alive = await world.sandbox()
+    dead = await world.sandbox()
+    world.backend.crash(dead)
+    creating = await world.sandbox("creating")
+    world.backend.crash(creating)
+    pausing = await world.sandbox("pausing")
+    resuming_alive = await world.sandbox("resuming")
+    resuming_dead = await world.sandbox("resuming")
+    world.backend.crash(resuming_dead)
+    orphan = "99999999-9999-4999-8999-999999999999"
+    world.backend.stopped.add(orphan)
+
+    await world.reconciler.sweep()
+    assert await world.status(alive) == "running"
+    assert await world.status(dead) == "paused"
+    assert await world.status(creating) == "failed"
+    assert await world.status(pausing) == "paused"
+    assert pausing not in world.backend.running
+    assert await world.status(resuming_alive) == "running"
+    assert await world.status(resuming_dead) == "paused"
+    assert ("delete", orphan) in world.backend.calls
+    (row,) = await world.db.query("SELECT error FROM sandboxes WHERE id = %s", (creating,))
+    assert "resume to retry" in row["error"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconciler_leaves_work_in_progress_alone(world: World) -> None:
+    """A sandbox this process is still starting is not "repaired" from under it."""
+    world.backend.hold()
+    made = await world.manager.create(world.workspace, world.user, "slow")
+    await world.reconciler.sweep()
+    assert await world.status(made["id"]) == "creating"
+    world.backend.release()
+    await world.manager.drain()
+    assert await world.status(made["id"]) == "running"

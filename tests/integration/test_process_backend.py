@@ -1,0 +1,203 @@
+"""Real opencode under real bubblewrap and slirp4netns: lifecycle, isolation, measurements."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import pytest_twisted
+from twisted.web.client import Agent, FileBodyProducer, readBody
+from twisted.web.http_headers import Headers
+
+from cli_server.sandboxes.backend import Endpoint
+from cli_server.sandboxes.opencode import OpencodeClient, basic_auth
+from cli_server.sandboxes.process_backend import ProcessBackend, check_isolation_tools
+from cli_server.server import anthropic_base_url
+
+from .conftest import Running, _reactor, server_config, start_server, stop_server
+from .helpers import Api, opencode_binary, remove_dir, scratch_dir, wait_until
+from .sandbox_shell import can_connect, descendants, opencode_pid, run_inside
+
+pytestmark = pytest.mark.skipif(
+    check_isolation_tools() is not None and not os.environ.get("CI"),
+    reason=f"cannot isolate here: {check_isolation_tools()}",
+)  # in CI this never skips: the README's test command installs what it needs
+
+
+@attrs.define
+class Real:
+    app: Running
+    backend: ProcessBackend
+    data_dir: Path
+    owner: Api
+    workspaces: dict[str, str]
+
+    async def create(self, workspace: str, name: str) -> tuple[str, float]:
+        began = time.monotonic()
+        made = await self.owner.call("POST", f"/api/workspaces/{self.workspaces[workspace]}"
+                                     "/sandboxes", {"name": name})  # fmt: skip
+        assert made.code == 201, made
+        await self.wait(made.body["id"], "running")
+        return made.body["id"], time.monotonic() - began
+
+    async def wait(self, sandbox_id: str, status: str) -> None:
+        async def reached() -> bool:
+            reply = await self.owner.call("GET", f"/api/sandboxes/{sandbox_id}")
+            assert reply.body["status"] != "failed", reply.body
+            return bool(reply.body["status"] == status)
+
+        await wait_until(_reactor(), reached, timeout=90, step=0.1)
+
+    async def endpoint(self, sandbox_id: str) -> tuple[Endpoint, str]:
+        observed = await self.backend.describe(sandbox_id)
+        assert observed.endpoint is not None
+        (row,) = await self.app.db.query(
+            "SELECT opencode_password FROM sandboxes WHERE id = %s", (sandbox_id,)
+        )
+        return observed.endpoint, row["opencode_password"]
+
+    def pid(self, sandbox_id: str) -> int:
+        return opencode_pid(self.backend._live[sandbox_id].sandbox.pid)
+
+
+@pytest_twisted.async_yield_fixture
+async def real(db_url: str) -> AsyncIterator[Real]:
+    reactor = _reactor()
+    root = scratch_dir("cli-test-sbx-")
+    data_dir = root / "data"
+    config = attrs.evolve(server_config(db_url), data_dir=data_dir)
+    backend = ProcessBackend(
+        reactor,
+        data_dir,
+        opencode_binary(),
+        OpencodeClient(reactor),
+        env={"ANTHROPIC_BASE_URL": anthropic_base_url(config)},
+    )
+    app = await start_server(db_url, config=config, backend=backend)
+    owner = app.client()
+    await owner.register_and_login("owner")
+    workspaces = {}
+    for name in ("a", "b"):
+        workspaces[name] = (await owner.call("POST", "/api/workspaces", {"name": name})).body["id"]
+    yield Real(app, backend, data_dir, owner, workspaces)
+    await stop_server(app)
+    remove_dir(root)
+
+
+def _rss_mib(pid: int) -> float:
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+@pytest_twisted.ensureDeferred
+async def test_lifecycle_with_real_opencode(real: Real) -> None:
+    """create, running (auth enforced), pause, resume (sessions kept), delete (no process)."""
+    client = OpencodeClient(_reactor())
+    sid, create_s = await real.create("a", "first")
+    endpoint, password = await real.endpoint(sid)
+    assert (await client.get_json(endpoint, password, "/global/health"))[0] == 200
+    assert (await client.get_json(endpoint, "wrong", "/global/health"))[0] == 401
+
+    agent_pid = real.pid(sid)
+    session = await _post_json(endpoint, password, "/session", {"title": "kept"})
+    rss = _rss_mib(real.backend._live[sid].sandbox.pid)
+
+    assert (await real.owner.call("POST", f"/api/sandboxes/{sid}/pause")).code == 200
+    await real.wait(sid, "paused")
+    assert not Path(f"/proc/{agent_pid}").exists()
+    began = time.monotonic()
+    assert (await real.owner.call("POST", f"/api/sandboxes/{sid}/resume")).code == 200
+    await real.wait(sid, "running")
+    resume_s = time.monotonic() - began
+    endpoint, password = await real.endpoint(sid)
+    code, sessions = await client.get_json(endpoint, password, "/session")
+    assert code == 200 and session["id"] in [s["id"] for s in sessions]
+
+    last_pid = real.pid(sid)
+    assert (await real.owner.call("DELETE", f"/api/sandboxes/{sid}")).code == 204
+    assert not Path(f"/proc/{last_pid}").exists()
+    assert not (real.data_dir / "sandboxes" / sid).exists()
+    assert basic_auth(password).startswith(b"Basic ")
+    print(f"\ncreate->running {create_s:.2f}s, resume->running {resume_s:.2f}s, "
+          f"RSS {rss:.0f} MiB (fresh, one session)")  # fmt: skip
+
+
+async def _post_json(endpoint: Endpoint, password: str, path: str, body: Any) -> Any:
+
+    from cli_server.sandboxes.opencode import basic_auth
+
+    agent = Agent(_reactor())
+    d = agent.request(b"POST", f"http://{endpoint.host}:{endpoint.port}{path}".encode(),
+                      Headers({b"authorization": [basic_auth(password)],
+                               b"content-type": [b"application/json"]}),
+                      FileBodyProducer(BytesIO(json.dumps(body).encode())))  # fmt: skip
+    d.addTimeout(10, _reactor())
+    response = await d
+    assert response.code == 200, response.code
+    return json.loads(await readBody(response))
+
+
+@pytest_twisted.ensureDeferred
+async def test_isolation(real: Real) -> None:
+    """Inside a sandbox: no host loopback, no other sandbox, no server files; the workspace
+    disk is shared within the workspace only."""
+    a1, _ = await real.create("a", "a1")
+    a2, _ = await real.create("a", "a2")
+    b1, _ = await real.create("b", "b1")
+    inside_a1, inside_a2, inside_b1 = real.pid(a1), real.pid(a2), real.pid(b1)
+    server_port = real.app.port.getHost().port
+    other = (await real.endpoint(b1))[0].port
+
+    # Our own opencode answers inside; the host's services and other sandboxes do not.
+    assert can_connect(inside_a1, "127.0.0.1", 4096)
+    for host, port in [
+        ("127.0.0.1", server_port),
+        ("10.0.2.2", server_port),
+        ("127.0.0.1", other),
+        ("10.0.2.2", other),
+        ("10.0.2.2", 4096),
+    ]:
+        assert not can_connect(inside_a1, host, port), (host, port)
+
+    who = run_inside(inside_a1, "id -u; cat /proc/self/status | grep CapEff")
+    assert who.stdout.split()[0] == "1000"
+    assert "0000000000000000" in who.stdout
+    secrets_visible = run_inside(
+        inside_a1, f"ls {real.data_dir} {real.data_dir}/postgres /root 2>&1; cat /etc/shadow"
+    )
+    assert secrets_visible.returncode != 0
+    assert "PG_VERSION" not in secrets_visible.stdout
+    assert run_inside(inside_a1, "touch /usr/bin/x").returncode != 0  # read-only system
+
+    assert run_inside(inside_a1, "echo shared > /data/disk0/note").returncode == 0
+    assert run_inside(inside_a2, "cat /data/disk0/note").stdout.strip() == "shared"
+    assert run_inside(inside_b1, "cat /data/disk0/note").returncode != 0
+    home = run_inside(inside_a2, "ls -A /home/opencode; cat /proc/1/cmdline | tr '\\0' ' '")
+    assert "bwrap" in home.stdout or "opencode" in home.stdout  # its own pid namespace
+
+
+@pytest_twisted.ensureDeferred
+async def test_environment_holds_only_its_own_secrets(real: Real) -> None:
+    """opencode gets its password and proxy token, and nothing of the server's."""
+    sid, _ = await real.create("a", "env")
+    env = Path(f"/proc/{real.pid(sid)}/environ").read_bytes().split(b"\0")
+    names = {e.split(b"=", 1)[0].decode() for e in env if e}
+    assert {"OPENCODE_SERVER_PASSWORD", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "HOME",
+            "OPENCODE_DISABLE_AUTOUPDATE"} <= names  # fmt: skip
+    assert not {"DATABASE_URL", "CLI_SERVER_DATA", "PGPASSWORD"} & names
+    base = next(e for e in env if e.startswith(b"ANTHROPIC_BASE_URL="))
+    assert base.endswith(b"/v1")

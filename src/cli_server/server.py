@@ -134,6 +134,10 @@ class SandboxService(Service):
     async def _stop(self) -> None:
         await self._manager.drain()
         await self._backend.close()
+        try:
+            await self._manager.paused_by_shutdown()
+        except DatabaseUnavailable:
+            pass  # the reconciler marks them paused at the next start
 
 
 @define(eq=False)

@@ -12,6 +12,7 @@ from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any
 
+import pytest
 from attrs import define, field
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
@@ -140,3 +141,17 @@ def opencode_binary() -> Path:
     found = find_opencode(os.environ.get("OPENCODE_BIN"))
     assert found is not None, "opencode is not installed: run 'npm install' in the checkout"
     return found
+
+
+def _isolation_missing() -> str | None:
+    from cli_server.sandboxes.process_backend import check_isolation_tools
+
+    return check_isolation_tools()
+
+
+# Tests that need bubblewrap, slirp4netns and root. Outside CI they skip with the reason; in
+# CI (CI=true) they never skip, so a missing install step fails loudly instead of hiding.
+needs_isolation = pytest.mark.skipif(
+    _isolation_missing() is not None and not os.environ.get("CI"),
+    reason=f"cannot isolate sandboxes here: {_isolation_missing()}",
+)

@@ -10,15 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from cli_server.sandboxes.process_backend import check_isolation_tools
-
 from .daemon import Daemon, processes_mentioning
-from .helpers import remove_dir, scratch_dir
+from .helpers import needs_isolation, remove_dir, scratch_dir
 from .sandbox_shell import cmdline, descendants
 
-pytestmark = pytest.mark.skipif(
-    check_isolation_tools() is not None, reason=f"cannot isolate here: {check_isolation_tools()}"
-)
+pytestmark = needs_isolation
 
 
 @pytest.fixture

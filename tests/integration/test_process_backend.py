@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import AsyncIterator
 from io import BytesIO
@@ -11,24 +10,25 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import pytest
 import pytest_twisted
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 
-from cli_server.sandboxes.backend import Endpoint
+from cli_server.sandboxes.backend import Endpoint, SandboxSpec
 from cli_server.sandboxes.opencode import OpencodeClient, basic_auth
-from cli_server.sandboxes.process_backend import ProcessBackend, check_isolation_tools
+from cli_server.sandboxes.process_backend import ProcessBackend
 from cli_server.server import anthropic_base_url
 
 from .conftest import Running, _reactor, server_config, start_server, stop_server
-from .helpers import Api, opencode_binary, remove_dir, scratch_dir, wait_until
+from .helpers import (
+    Api,
+    needs_isolation,
+    opencode_binary,
+    remove_dir,
+    scratch_dir,
+    wait_until,
+)
 from .sandbox_shell import can_connect, descendants, opencode_pid, run_inside
-
-pytestmark = pytest.mark.skipif(
-    check_isolation_tools() is not None and not os.environ.get("CI"),
-    reason=f"cannot isolate here: {check_isolation_tools()}",
-)  # in CI this never skips: the README's test command installs what it needs
 
 
 @attrs.define
@@ -103,6 +103,7 @@ def _rss_mib(pid: int) -> float:
     return total / 1024
 
 
+@needs_isolation
 @pytest_twisted.ensureDeferred
 async def test_lifecycle_with_real_opencode(real: Real) -> None:
     """create, running (auth enforced), pause, resume (sessions kept), delete (no process)."""
@@ -151,6 +152,7 @@ async def _post_json(endpoint: Endpoint, password: str, path: str, body: Any) ->
     return json.loads(await readBody(response))
 
 
+@needs_isolation
 @pytest_twisted.ensureDeferred
 async def test_isolation(real: Real) -> None:
     """Inside a sandbox: no host loopback, no other sandbox, no server files; the workspace
@@ -190,6 +192,7 @@ async def test_isolation(real: Real) -> None:
     assert "bwrap" in home.stdout or "opencode" in home.stdout  # its own pid namespace
 
 
+@needs_isolation
 @pytest_twisted.ensureDeferred
 async def test_environment_holds_only_its_own_secrets(real: Real) -> None:
     """opencode gets its password and proxy token, and nothing of the server's."""
@@ -201,3 +204,28 @@ async def test_environment_holds_only_its_own_secrets(real: Real) -> None:
     assert not {"DATABASE_URL", "CLI_SERVER_DATA", "PGPASSWORD"} & names
     base = next(e for e in env if e.startswith(b"ANTHROPIC_BASE_URL="))
     assert base.endswith(b"/v1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_unisolated_mode() -> None:
+    """--allow-unisolated: opencode runs as a plain loopback process, with the same lifecycle."""
+    reactor = _reactor()
+    root = scratch_dir("cli-test-uniso-")
+    client = OpencodeClient(reactor)
+    backend = ProcessBackend(reactor, root / "data", opencode_binary(), client, isolated=False)
+    spec = SandboxSpec("33333333-3333-4333-8333-333333333333",
+                       "44444444-4444-4444-8444-444444444444", "pw", "tok")  # fmt: skip
+    try:
+        endpoint = await backend.start(spec)
+        assert endpoint.host == "127.0.0.1"
+        assert (await client.get_json(endpoint, "pw", "/global/health"))[0] == 200
+        pid = backend._live[spec.id].sandbox.pid
+        await backend.stop(spec.id)
+        assert not Path(f"/proc/{pid}").exists()
+        assert (await backend.describe(spec.id)).state.value == "stopped"
+        await backend.start(spec)
+        await backend.delete(spec.id)
+        assert (await backend.describe(spec.id)).state.value == "missing"
+    finally:
+        await backend.close()
+        remove_dir(root)

@@ -311,6 +311,14 @@ class SandboxManager:
             columns["paused_at"] = _NOW
         return await self._transition(sandbox_id, [was], to, **columns) is not None
 
+    async def paused_by_shutdown(self) -> None:
+        """An orderly server stop paused every cloud sandbox; say so in the table."""
+        await self._db.execute(
+            "UPDATE sandboxes SET status = 'paused', paused_at = now(), updated_at = now()"
+            " WHERE status = 'running' AND NOT is_local AND backend = %s",
+            (self._backend.name,),
+        )
+
     async def drain(self) -> None:
         """Wait for background work (server shutdown)."""
         if self._tasks:

@@ -22,7 +22,7 @@ import shutil
 import signal
 import socket
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -641,15 +641,14 @@ async def _within(reactor: Any, d: Deferred[Any], seconds: float, message: str) 
         raise BackendError(message or "timed out") from None
 
 
-def check_isolation_tools() -> str | None:
+def check_isolation_tools(
+    which: Callable[..., str | None] = shutil.which, euid: Callable[[], int] = os.geteuid
+) -> str | None:
     """Why this machine cannot isolate sandboxes, or None if it can."""
-    missing = [
-        t
-        for t in ("bwrap", "slirp4netns", "nsenter", "unshare")
-        if not shutil.which(t, path="/usr/sbin:/usr/bin:/sbin:/bin")
-    ]
+    tools = ("bwrap", "slirp4netns", "nsenter", "unshare", "ip")
+    missing = [t for t in tools if not which(t, path="/usr/sbin:/usr/bin:/sbin:/bin")]
     if missing:
-        return f"{', '.join(missing)} not found (apt-get install bubblewrap slirp4netns)"
-    if os.geteuid() != 0:
-        return "the process backend needs root to give each sandbox its own network namespace"
+        return f"{', '.join(missing)} not found (apt-get install bubblewrap slirp4netns iproute2)"
+    if euid() != 0:
+        return "each sandbox needs its own network namespace, which only root can create"
     return None

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest_twisted
-from twisted.web.client import Agent, FileBodyProducer, readBody
-from twisted.web.http_headers import Headers
+from treq.client import HTTPClient
+from twisted.web.client import Agent
 
 from cli_server.sandboxes.backend import Endpoint, SandboxSpec
 from cli_server.sandboxes.opencode import OpencodeClient, basic_auth
@@ -141,15 +139,13 @@ async def _post_json(endpoint: Endpoint, password: str, path: str, body: Any) ->
 
     from cli_server.sandboxes.opencode import basic_auth
 
-    agent = Agent(_reactor())
-    d = agent.request(b"POST", f"http://{endpoint.host}:{endpoint.port}{path}".encode(),
-                      Headers({b"authorization": [basic_auth(password)],
-                               b"content-type": [b"application/json"]}),
-                      FileBodyProducer(BytesIO(json.dumps(body).encode())))  # fmt: skip
+    http = HTTPClient(Agent(_reactor()))
+    d = http.post(f"http://{endpoint.host}:{endpoint.port}{path}", json=body,
+                  headers={"authorization": basic_auth(password)})  # fmt: skip
     d.addTimeout(10, _reactor())
     response = await d
     assert response.code == 200, response.code
-    return json.loads(await readBody(response))
+    return await response.json()
 
 
 @needs_isolation

@@ -7,10 +7,11 @@ from base64 import b64encode
 from typing import Any
 
 from attrs import define
+from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, TimeoutError
 from twisted.internet.error import ConnectError, ConnectionClosed
 from twisted.internet.task import deferLater
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, readBody
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
 
 from cli_server.sandboxes.backend import BackendError, Endpoint
@@ -29,16 +30,13 @@ class OpencodeClient:
     async def get_json(
         self, endpoint: Endpoint, password: str, path: str, timeout: float = 2.0
     ) -> tuple[int, Any]:
-        agent = Agent(
-            self._reactor,
-            pool=HTTPConnectionPool(self._reactor, persistent=False),
-            connectTimeout=timeout,
-        )
-        url = f"http://{endpoint.host}:{endpoint.port}{path}".encode()
-        d = agent.request(b"GET", url, Headers({b"authorization": [basic_auth(password)]}))
+        pool = HTTPConnectionPool(self._reactor, persistent=False)
+        http = HTTPClient(Agent(self._reactor, pool=pool, connectTimeout=timeout))
+        url = f"http://{endpoint.host}:{endpoint.port}{path}"
+        d = http.get(url, headers=Headers({b"authorization": [basic_auth(password)]}))
         d.addTimeout(timeout, self._reactor)
         response = await d
-        body_d = readBody(response)
+        body_d = response.content()
         body_d.addTimeout(timeout, self._reactor)
         body = await body_d
         try:

@@ -171,6 +171,12 @@ async def test_isolation(real: Real) -> None:
     ]:
         assert not can_connect(inside_a1, host, port), (host, port)
 
+    memory = Path("/sys/fs/cgroup/memory")
+    if memory.is_dir() and os.access(memory, os.W_OK):  # limits apply where cgroups allow
+        assert f"memory:/cli-server/{a1}" in Path(f"/proc/{inside_a1}/cgroup").read_text()
+        assert (memory / "cli-server" / a1 / "memory.limit_in_bytes").read_text().strip() == str(
+            2 * 1024**3
+        )
     who = run_inside(inside_a1, "id -u; cat /proc/self/status | grep CapEff")
     assert who.stdout.split()[0] == "1000"
     assert "0000000000000000" in who.stdout

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Measure sandbox create->running and resume->running times and RSS per sandbox.
+
+Starts a real `twistd cli-server` (embedded PostgreSQL, process backend, real opencode) on a
+scratch data dir and loopback port, creates N sandboxes one after another, pauses and resumes
+each, and prints a table. Run as root from the checkout after the README's Quick start:
+
+    .venv/bin/python benchmarks/sandbox_lifecycle.py --count 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.cookiejar
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Client:
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+        )
+
+    def call(self, method: str, path: str, body: object = None) -> tuple[int, dict]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            self.base + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with self.opener.open(req, timeout=30) as r:
+                raw = r.read()
+                return r.status, json.loads(raw) if raw else {}
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def wait(self, sandbox_id: str, status: str, timeout: float = 120) -> float:
+        began = time.monotonic()
+        while time.monotonic() - began < timeout:
+            got = self.call("GET", f"/api/sandboxes/{sandbox_id}")[1]["status"]
+            if got == status:
+                return time.monotonic() - began
+            if got == "failed":
+                raise SystemExit(
+                    f"sandbox failed: {self.call('GET', f'/api/sandboxes/{sandbox_id}')}"
+                )
+            time.sleep(0.02)
+        raise SystemExit(f"timeout waiting for {status}")
+
+
+def rss_mib_of_sandboxes() -> list[float]:
+    sizes = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if not (proc / "cmdline").read_bytes().startswith(b"/opt/opencode/bin/opencode\0serve"):
+                continue
+            for line in (proc / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    sizes.append(int(line.split()[1]) / 1024)
+        except OSError:
+            continue
+    return sizes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--count", type=int, default=5)
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="cli-bench-"))
+    root.chmod(0o711)
+    port = free_port()
+    twistd = str(Path(sys.executable).parent / "twistd")
+    server = subprocess.Popen(
+        [
+            twistd,
+            "-n",
+            "--pidfile=",
+            f"--logfile={root / 'server.log'}",
+            "cli-server",
+            "--data-dir",
+            str(root / "data"),
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+        ],
+        start_new_session=True,
+    )
+    try:
+        client = Client(f"http://127.0.0.1:{port}")
+        began = time.monotonic()
+        while True:
+            try:
+                if client.call("GET", "/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        start_s = time.monotonic() - began
+        client.call("POST", "/api/auth/register", {"username": "bench", "password": "benchmark1"})
+        client.call("POST", "/api/auth/login", {"username": "bench", "password": "benchmark1"})
+        wid = client.call("POST", "/api/workspaces", {"name": "bench"})[1]["id"]
+        creates, resumes, ids = [], [], []
+        for n in range(args.count):
+            t = time.monotonic()
+            sid = client.call("POST", f"/api/workspaces/{wid}/sandboxes", {"name": f"b{n}"})[1][
+                "id"
+            ]
+            client.wait(sid, "running")
+            creates.append(time.monotonic() - t)
+            ids.append(sid)
+        rss = rss_mib_of_sandboxes()
+        for sid in ids:
+            client.call("POST", f"/api/sandboxes/{sid}/pause")
+            client.wait(sid, "paused")
+            t = time.monotonic()
+            client.call("POST", f"/api/sandboxes/{sid}/resume")
+            client.wait(sid, "running")
+            resumes.append(time.monotonic() - t)
+        print(f"server start to ready (cold, embedded PostgreSQL initdb): {start_s:.2f} s")
+        for name, values in (("create -> running", creates), ("resume -> running", resumes)):
+            print(
+                f"{name}: median {statistics.median(values):.2f} s, "
+                f"min {min(values):.2f} s, max {max(values):.2f} s (n={len(values)})"
+            )
+        print(
+            f"RSS per idle opencode: median {statistics.median(rss):.0f} MiB "
+            f"(n={len(rss)}, no prompt yet)"
+        )
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -143,3 +145,15 @@ async def app(db_url: str) -> AsyncIterator[Running]:
     running = await start_server(db_url)
     yield running
     await stop_server(running)
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A data dir for a `twistd cli-server` subprocess; anything left running in it is killed."""
+    from .daemon import processes_mentioning
+
+    root = scratch_dir("cli-test-daemon-")
+    yield root / "data"
+    for pid in processes_mentioning(str(root)):  # never leave a stray postgres behind
+        subprocess.run(["kill", "-9", str(pid)], check=False)
+    remove_dir(root)

@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from .daemon import Daemon, processes_mentioning
-from .helpers import needs_isolation, remove_dir, scratch_dir
+from .helpers import needs_isolation
 from .sandbox_shell import cmdline, descendants
 
 pytestmark = needs_isolation
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    root = scratch_dir("cli-test-crash-")
-    yield root / "data"
-    for pid in processes_mentioning(str(root)):
-        subprocess.run(["kill", "-9", str(pid)], check=False)
-    remove_dir(root)
 
 
 def wait_status(server: Daemon, sandbox_id: str, wanted: str, timeout: float = 90) -> None:

@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from .daemon import Daemon, clean_env, processes_mentioning, twistd
-from .helpers import remove_dir, scratch_dir
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    root = scratch_dir("cli-test-restart-")
-    yield root / "data"
-    for pid in processes_mentioning(str(root)):  # never leave a stray postgres behind
-        subprocess.run(["kill", "-9", str(pid)], check=False)
-    remove_dir(root)
-
 
 # twistd re-raises SIGTERM after its orderly shutdown, so the exit status is "killed by SIGTERM".
 ORDERLY = (0, -signal.SIGTERM)
@@ -143,14 +131,15 @@ def test_binaries_copied_when_hidden(data_dir: Path) -> None:
     """As root, binaries in an unreachable venv are copied into the data dir and still run."""
     import pwd
 
-    from cli_server.db.embedded import _ensure_account, _public_copy, _wheel_bin_dir
+    from cli_server.db.embedded import _DB_USER, _public_copy, _wheel_bin_dir
+    from cli_server.system_accounts import ensure_system_account
 
     data_dir.mkdir(parents=True)
     copied = _public_copy(_wheel_bin_dir(), data_dir)
     assert copied.is_relative_to(data_dir)
     assert _public_copy(_wheel_bin_dir(), data_dir) == copied  # once per version
     prefix: list[str] = []
-    account = _ensure_account()
+    account = ensure_system_account(_DB_USER)
     if account is not None:  # run them as the database account, as the server will
         prefix = ["runuser", "-u", pwd.getpwuid(account.uid).pw_name, "--"]
     for tool in ("psql", "pg_ctl", "initdb", "postgres"):

@@ -14,11 +14,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from cli_server.sandboxes.backend import SandboxSpec
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.process_backend import (
-    Account,
     ProcessBackend,
     check_isolation_tools,
     publish_binary,
 )
+from cli_server.system_accounts import SystemAccount
 from cli_server.tap.server import Options
 
 
@@ -95,7 +95,7 @@ class ArgvTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         backend = ProcessBackend(reactor, data, Path("/bin/true"), OpencodeClient(reactor),
                                  env={"ANTHROPIC_BASE_URL": "http://127.0.0.1:4097/p/v1"},
-                                 account=Account(999, 999))  # fmt: skip
+                                 account=SystemAccount(999, 999))  # fmt: skip
         spec = SandboxSpec("s-1", "w-1", "the-password", "the-token")
         os.environ["SECRET_OF_THE_SERVER"] = "x"
         self.addCleanup(os.environ.pop, "SECRET_OF_THE_SERVER")

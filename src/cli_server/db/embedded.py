@@ -11,10 +11,8 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import os
-import pwd
 import shutil
 import stat
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from attrs import define, field
 from twisted.logger import Logger
 
 from cli_server.process import ProcessResult, run_process
+from cli_server.system_accounts import SystemAccount, ensure_system_account
 
 DB_NAME = "cli_server"
 _DB_USER = "cli-server-db"  # system account the cluster runs as when we are root
@@ -76,30 +75,6 @@ def _public_copy(bin_dir: Path, data_dir: Path) -> Path:
     return wanted
 
 
-@define(frozen=True)
-class _Account:
-    uid: int
-    gid: int
-    name: str
-
-
-def _ensure_account() -> _Account | None:
-    """PostgreSQL refuses to run as root, so root runs it as a system user of its own."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        entry = pwd.getpwnam(_DB_USER)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", _DB_USER],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        entry = pwd.getpwnam(_DB_USER)
-    return _Account(entry.pw_uid, entry.pw_gid, _DB_USER)
-
-
 def _check_reachable(path: Path) -> None:
     """Every parent of the cluster must be searchable by the database account."""
     parent = _unreachable_parent(path)
@@ -117,7 +92,7 @@ class EmbeddedPostgres:
     _data_dir: Path
     _reactor: Any
     _timeout: float = 60.0
-    _account: _Account | None = field(default=None, init=False)
+    _account: SystemAccount | None = field(default=None, init=False)
     _socket_dir: Path = field(init=False)
     _bin_dir: Path = field(factory=_wheel_bin_dir, init=False)
     _started: bool = field(default=False, init=False)
@@ -140,7 +115,7 @@ class EmbeddedPostgres:
 
     def _prepare(self) -> None:
         """Blocking file-system setup; cheap, so it runs on the reactor thread at start."""
-        self._account = _ensure_account()
+        self._account = ensure_system_account(_DB_USER)
         self._data_dir.mkdir(parents=True, exist_ok=True)
         socket_dir = self._socket_dir
         for d in (self.pgdata, socket_dir):

@@ -17,7 +17,6 @@ slirp4netns ``--exit-fd`` on a pipe we hold, so even a SIGKILLed server leaves n
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -44,6 +43,7 @@ from cli_server.sandboxes.backend import (
 )
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.unixjson import unix_json_call
+from cli_server.system_accounts import SystemAccount, ensure_system_account
 
 SANDBOX_ACCOUNT = "cli-sandbox"
 GUEST_PORT = 4096
@@ -57,36 +57,9 @@ class Limits:
     pids: int = 1024
 
 
-@frozen
-class Account:
-    uid: int
-    gid: int
-
-
-def sandbox_account() -> Account | None:
-    """Root runs sandboxes as ``cli-sandbox`` (created on first use); others as themselves."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        entry = pwd.getpwnam(SANDBOX_ACCOUNT)
-    except KeyError:
-        import subprocess
-
-        subprocess.run(
-            [
-                "useradd",
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                SANDBOX_ACCOUNT,
-            ],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        entry = pwd.getpwnam(SANDBOX_ACCOUNT)
-    return Account(entry.pw_uid, entry.pw_gid)
+def sandbox_account() -> SystemAccount | None:
+    """Root runs sandboxes as ``cli-sandbox``; others run them as themselves."""
+    return ensure_system_account(SANDBOX_ACCOUNT)
 
 
 def find_opencode(explicit: str | None) -> Path | None:
@@ -134,23 +107,28 @@ def publish_binary(binary: Path, data_dir: Path) -> Path:
     return target
 
 
-class _SandboxProtocol(ProcessProtocol):
-    """Watches opencode's output for its "listening" line and notices when it exits."""
+class _Watched(ProcessProtocol):
+    """A helper process we wait on: ``ready`` fires when ``is_ready`` says so (or fails if the
+    process exits first), ``ended`` when it exits. The tail of its output explains failures."""
 
-    def __init__(self) -> None:
-        self.listening: Deferred[None] = Deferred()
+    def __init__(self, what: str, is_ready: Callable[[int, bytes], bool]) -> None:
+        self._what = what
+        self._is_ready = is_ready
+        self.ready: Deferred[None] = Deferred()
         self.ended: Deferred[None] = Deferred()
         self.output = bytearray()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        self.output += data
-        del self.output[:-_OUTPUT_TAIL]
-        if not self.listening.called and b"listening on" in self.output:
-            self.listening.callback(None)
+        if childFD in (1, 2):
+            self.output += data
+            del self.output[:-_OUTPUT_TAIL]
+            data = bytes(self.output)
+        if not self.ready.called and self._is_ready(childFD, data):
+            self.ready.callback(None)
 
     def processEnded(self, reason: Failure) -> None:
-        if not self.listening.called:
-            self.listening.errback(BackendError(f"opencode exited: {self.tail()}"))
+        if not self.ready.called:
+            self.ready.errback(BackendError(f"{self._what} exited: {self.tail()}"))
         self.ended.callback(None)
 
     def tail(self) -> str:
@@ -158,35 +136,21 @@ class _SandboxProtocol(ProcessProtocol):
         return " | ".join(text.splitlines()[-5:]) or "(no output)"
 
 
-class _SlirpProtocol(ProcessProtocol):
-    """slirp4netns: ready when it writes to its --ready-fd (3)."""
+def _opencode_watch() -> _Watched:
+    return _Watched("opencode", lambda fd, output: b"listening on" in output)
 
-    def __init__(self) -> None:
-        self.ready: Deferred[None] = Deferred()
-        self.ended: Deferred[None] = Deferred()
-        self.output = bytearray()
 
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if childFD == 3 and not self.ready.called:
-            self.ready.callback(None)
-        else:
-            self.output += data
-            del self.output[:-_OUTPUT_TAIL]
-
-    def processEnded(self, reason: Failure) -> None:
-        if not self.ready.called:
-            text = self.output.decode("utf-8", "replace").strip()
-            self.ready.errback(BackendError(f"slirp4netns failed: {text[-300:]}"))
-        self.ended.callback(None)
+def _slirp_watch() -> _Watched:
+    return _Watched("slirp4netns", lambda fd, data: fd == 3)  # it writes to --ready-fd=3
 
 
 @define(eq=False)
 class _Live:
     port: int
     sandbox: Any  # IProcessTransport
-    sandbox_proto: _SandboxProtocol
+    sandbox_proto: _Watched
     slirp: Any  # None when unisolated
-    slirp_proto: _SlirpProtocol | None
+    slirp_proto: _Watched | None
 
 
 @define(eq=False)
@@ -199,7 +163,7 @@ class ProcessBackend:
     _opencode_client: OpencodeClient
     _env: Mapping[str, str] = field(factory=dict)  # extra environment (the Anthropic proxy URL)
     _limits: Limits = field(factory=Limits)
-    _account: Account | None = field(factory=sandbox_account)
+    _account: SystemAccount | None = field(factory=sandbox_account)
     _isolated: bool = True  # False only with --allow-unisolated
     _start_timeout: float = 60.0
     _live: dict[str, _Live] = field(factory=dict, init=False)
@@ -277,19 +241,7 @@ class ProcessBackend:
                 raise BackendError(f"port forward refused: {reply['error']}")
             sandbox, proto = self._spawn_sandbox(spec, box, netns, opencode)
             live = _Live(port, sandbox, proto, slirp, slirp_proto)
-            self._live[spec.id] = live
-            proto.ended.addCallback(lambda _: self._exited(spec.id, live))
-            await _within(
-                self._reactor,
-                proto.listening,
-                self._start_timeout,
-                "opencode did not start listening",
-            )
-            endpoint = Endpoint("127.0.0.1", port)
-            await self._opencode_client.wait_healthy(
-                endpoint, spec.password, timeout=self._start_timeout
-            )
-            return endpoint
+            return await self._until_healthy(spec, live)
         except BaseException:
             if live is None:
                 _signal(slirp, "KILL")
@@ -303,7 +255,7 @@ class ProcessBackend:
         home = box / "home"
         env = {**self._environment(spec, str(home)), "PATH": os.environ.get("PATH", "/usr/bin")}
         argv = [str(opencode), "serve", "--hostname", "127.0.0.1", "--port", str(port)]
-        proto = _SandboxProtocol()
+        proto = _opencode_watch()
         account = self._account
         transport = self._reactor.spawnProcess(
             proto,
@@ -315,23 +267,21 @@ class ProcessBackend:
             gid=account.gid if account else None,
         )
         (box / "pid").write_text(str(transport.pid))
-        live = _Live(port, transport, proto, None, None)
-        self._live[spec.id] = live
-        proto.ended.addCallback(lambda _: self._exited(spec.id, live))
         try:
-            await _within(
-                self._reactor,
-                proto.listening,
-                self._start_timeout,
-                "opencode did not start listening",
-            )
-            endpoint = Endpoint("127.0.0.1", port)
-            await self._opencode_client.wait_healthy(
-                endpoint, spec.password, timeout=self._start_timeout
-            )
+            return await self._until_healthy(spec, _Live(port, transport, proto, None, None))
         except BaseException:
             await self._stop_live(spec.id)
             raise
+
+    async def _until_healthy(self, spec: SandboxSpec, live: _Live) -> Endpoint:
+        """Track a just-spawned opencode; wait for its "listening" line, then for health."""
+        self._live[spec.id] = live
+        live.sandbox_proto.ended.addCallback(lambda _: self._exited(spec.id, live))
+        await _within(self._reactor, live.sandbox_proto.ready, self._start_timeout,
+                      "opencode did not start listening")  # fmt: skip
+        endpoint = Endpoint("127.0.0.1", live.port)
+        await self._opencode_client.wait_healthy(endpoint, spec.password,
+                                                 timeout=self._start_timeout)  # fmt: skip
         return endpoint
 
     def _environment(self, spec: SandboxSpec, home: str) -> dict[str, str]:
@@ -362,9 +312,9 @@ class ProcessBackend:
         if result.code != 0:
             raise BackendError(f"{tool} failed: {result.output.strip()[-300:]}")
 
-    def _spawn_slirp(self, box: Path, netns: Path) -> tuple[Any, _SlirpProtocol]:
+    def _spawn_slirp(self, box: Path, netns: Path) -> tuple[Any, _Watched]:
         (box / "slirp.sock").unlink(missing_ok=True)
-        proto = _SlirpProtocol()
+        proto = _slirp_watch()
         argv = [
             _which("slirp4netns"),
             "--configure",
@@ -474,8 +424,8 @@ class ProcessBackend:
 
     def _spawn_sandbox(
         self, spec: SandboxSpec, box: Path, netns: Path, opencode: Path
-    ) -> tuple[Any, _SandboxProtocol]:
-        proto = _SandboxProtocol()
+    ) -> tuple[Any, _Watched]:
+        proto = _opencode_watch()
         argv = self._sandbox_argv(spec, box, netns, opencode)
         transport = self._reactor.spawnProcess(proto, argv[0], argv, env={}, path="/")
         (box / "pid").write_text(str(transport.pid))

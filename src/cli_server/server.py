@@ -23,6 +23,10 @@ from cli_server.config import ServerConfig
 from cli_server.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from cli_server.db.migrations import migrate
 from cli_server.db.pool import Database, DatabaseUnavailable
+from cli_server.proxy.access import SandboxAccess
+from cli_server.proxy.forward import Forwarder
+from cli_server.proxy.site import SandboxCookie, SandboxSite
+from cli_server.proxy.urls import SandboxUrls
 from cli_server.sandboxes.activity import ActivityRecorder
 from cli_server.sandboxes.backend import SandboxBackend
 from cli_server.sandboxes.manager import SandboxManager
@@ -32,6 +36,7 @@ from cli_server.sandboxes.process_backend import ProcessBackend
 from cli_server.services import OrderedMultiService, PeriodicService
 from cli_server.threads import ThreadPoolService
 from cli_server.web.auth_api import AuthAPI, AuthLimits
+from cli_server.web.dispatch import HostDispatcher
 from cli_server.web.request import BoundedRequest
 from cli_server.web.sandboxes_api import SandboxesAPI, WorkspaceSandboxesAPI
 from cli_server.web.session import SessionCookies
@@ -177,6 +182,7 @@ def build(
     database.setName("database")
     database.setServiceParent(root)
 
+    sandbox_access = SandboxAccess(db, reactor, config.session_lifetime)
     limits = limits or AuthLimits()
     accounts = Accounts(db, passwords or Passwords(hashing.run), reactor, config.session_lifetime)
     cookies = SessionCookies(
@@ -187,7 +193,7 @@ def build(
     registrations = FailureLimiter(
         reactor, limits.registrations_per_address, limits.registration_window
     )
-    auth = AuthAPI(accounts, cookies, per_user, per_address, registrations)
+    auth = AuthAPI(accounts, cookies, per_user, per_address, registrations, sandbox_access)
     opencode = OpencodeClient(reactor)
     if backend is None:
         backend = ProcessBackend(
@@ -199,7 +205,10 @@ def build(
             isolated=not config.allow_unisolated,
         )
     workspaces = Workspaces(db)
-    manager = SandboxManager(db, backend, workspaces, config.max_sandboxes)
+    urls = SandboxUrls(config.base_scheme, config.base_domain)
+    manager = SandboxManager(
+        db, backend, workspaces, config.max_sandboxes, urls.home, sandbox_access.status_changed
+    )
     sandboxes = SandboxService(manager, backend)
     sandboxes.setName("sandboxes")
     sandboxes.setServiceParent(root)
@@ -211,9 +220,23 @@ def build(
     site = MainSite(
         db,
         auth,
-        WorkspacesAPI(workspaces, cookies, manager, WorkspaceSandboxesAPI(manager, cookies)),
-        SandboxesAPI(manager, cookies),
+        WorkspacesAPI(
+            workspaces, cookies, manager, WorkspaceSandboxesAPI(manager, cookies), sandbox_access
+        ),
+        SandboxesAPI(manager, cookies, sandbox_access, urls),
         lambda: database.ready,
+    )
+    proxy = SandboxSite(
+        sandbox_access,
+        manager,
+        backend,
+        activity,
+        Forwarder.create(reactor),
+        SandboxCookie(config.secure_cookies, config.session_lifetime),
+        reactor,
+        urls.base_host,
+        config.base_scheme.encode(),
+        urls.dashboard,
     )
 
     async def housekeeping() -> None:
@@ -222,6 +245,7 @@ def build(
         activity.prune()
         if database.ready:
             await accounts.purge_expired_sessions()
+            await sandbox_access.purge_expired()
 
     def when_ready(job: Any) -> Any:
         async def run() -> None:
@@ -239,7 +263,8 @@ def build(
         periodic.setName(name)
         periodic.setServiceParent(root)
 
-    web = Site(site.app.resource(), requestFactory=BoundedRequest)
+    root_resource = HostDispatcher(site.app.resource(), proxy, urls.base_host)
+    web = Site(root_resource, requestFactory=BoundedRequest)
     web.displayTracebacks = False
     for n, description in enumerate(config.listen):
         listener = StreamServerEndpointService(serverFromString(reactor, description), web)

@@ -52,7 +52,8 @@ class SandboxManager:
     _backend: SandboxBackend
     _workspaces: Workspaces
     _max_sandboxes: int
-    _url_for: Any = None  # (sandbox_id) -> str | None, filled in by the subdomain proxy
+    _url_for: Any = None  # (sandbox_id) -> str: its subdomain
+    _on_change: Any = None  # (sandbox_id) -> None: drop what the proxy cached about it
     _locks: dict[str, DeferredLock] = field(factory=dict, init=False)
     _tasks: set[Deferred[None]] = field(factory=set, init=False)
     _log = Logger()
@@ -112,6 +113,8 @@ class SandboxManager:
             f" RETURNING {SANDBOX_COLUMNS}",
             (*args, sandbox_id, [s.value for s in allowed]),
         )
+        if rows and self._on_change is not None:
+            self._on_change(sandbox_id)
         return rows[0] if rows else None
 
     async def _occupied(self, tx: Transaction) -> None:
@@ -177,6 +180,8 @@ class SandboxManager:
         resumed = await self._begin_resume(sandbox_id)
         if resumed is None:
             raise InvalidState((await self._row(sandbox_id))["status"], "resume")
+        if self._on_change is not None:
+            self._on_change(sandbox_id)
         self._background(sandbox_id, self._start(sandbox_id, Status.RESUMING))
         return self.to_json(resumed)
 
@@ -202,6 +207,8 @@ class SandboxManager:
         async with self._lock(sandbox_id):
             await self._backend.delete(sandbox_id)
             await self._db.execute("DELETE FROM sandboxes WHERE id = %s", (sandbox_id,))
+            if self._on_change is not None:
+                self._on_change(sandbox_id)
         self._log.info("sandbox {sandbox_id} deleted", sandbox_id=sandbox_id)
 
     async def delete_workspace(self, workspace_id: str, actor_id: str) -> None:

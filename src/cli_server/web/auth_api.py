@@ -12,6 +12,7 @@ from twisted.web.iweb import IRequest
 from cli_server.accounts import Accounts
 from cli_server.auth.ratelimit import FailureLimiter
 from cli_server.errors import BadRequest, TooManyRequests, Unauthorized
+from cli_server.proxy.access import SandboxAccess
 from cli_server.web.body import read_json_object, required_text, text_field
 from cli_server.web.responses import install_json_errors, json_response, no_content
 from cli_server.web.session import SessionCookies
@@ -38,6 +39,7 @@ class AuthAPI:
     _per_user: FailureLimiter
     _per_address: FailureLimiter
     _registrations: FailureLimiter
+    _sandbox_access: SandboxAccess
 
     app = Klein()
     install_json_errors(app)
@@ -85,10 +87,11 @@ class AuthAPI:
     @app.route("/logout", methods=["POST"])
     async def logout(self, request: IRequest) -> bytes:
         self._cookies.check_origin(request)
-        await self._cookies.user(request)
+        user = await self._cookies.user(request)
         token = self._cookies.token(request)
         assert token is not None
         await self._accounts.close_session(token)
+        await self._sandbox_access.revoke_user(user.id)
         self._cookies.clear(request)
         return no_content(request)
 

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 from twisted.web import server
 
-MAX_BODY = 1024 * 1024
+MAX_BODY = 1024 * 1024  # the API's JSON bodies
+MAX_SANDBOX_BODY = 64 * 1024 * 1024  # uploads through a sandbox's proxy
 
 
 class BoundedRequest(server.Request):
-    """Stops storing a body past ``MAX_BODY``; handlers then answer 413.
+    """Stops storing a body past its cap; handlers then answer 413.
 
     twisted.web reads the whole body before rendering, spilling large ones to a temporary file;
-    without a cap a client could fill the disk with one request.
+    without a cap a client could fill the disk with one request. Sandbox subdomains get a
+    larger cap than the API.
     """
 
     body_too_large = False
     _received = 0
+    _cap: int | None = None
 
     def handleContentChunk(self, data: bytes) -> None:
+        if self._cap is None:
+            host = (self.getHeader(b"host") or b"").split(b":", 1)[0].lower()
+            self._cap = MAX_SANDBOX_BODY if host.startswith(b"oc-") else MAX_BODY
         self._received += len(data)
-        if self._received > MAX_BODY:
+        if self._received > self._cap:
             self.body_too_large = True
             return
         super().handleContentChunk(data)

@@ -6,6 +6,9 @@ from attrs import define
 from klein import Klein
 from twisted.web.iweb import IRequest
 
+from cli_server.proxy.access import SandboxAccess
+from cli_server.proxy.urls import SandboxUrls
+from cli_server.roles import Role
 from cli_server.sandboxes.manager import SandboxManager
 from cli_server.web.body import read_json_object, required_text
 from cli_server.web.ids import parse_id
@@ -40,6 +43,8 @@ class SandboxesAPI:
 
     _manager: SandboxManager
     _cookies: SessionCookies
+    _access: SandboxAccess
+    _urls: SandboxUrls
 
     app = Klein()
     install_json_errors(app)
@@ -70,3 +75,13 @@ class SandboxesAPI:
         user = await self._cookies.user(request)
         sid = parse_id(sandbox_id, "sandbox")
         return json_response(request, await self._manager.resume(sid, user.id))
+
+    @app.route("/<sandbox_id>/open", methods=["POST"])
+    async def open_sandbox(self, request: IRequest, sandbox_id: str) -> bytes:
+        """A one-time link that signs the caller in on the sandbox's own subdomain."""
+        self._cookies.check_origin(request)
+        user = await self._cookies.user(request)
+        sid = parse_id(sandbox_id, "sandbox")
+        await self._manager.authorized(sid, user.id, Role.GUEST)
+        ticket = await self._access.mint_ticket(user.id, sid)
+        return json_response(request, {"url": self._urls.opener(sid, ticket)})

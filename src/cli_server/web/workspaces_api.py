@@ -7,6 +7,7 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 
 from cli_server.errors import BadRequest
+from cli_server.proxy.access import SandboxAccess
 from cli_server.roles import ROLE_NAMES, Role
 from cli_server.sandboxes.manager import SandboxManager
 from cli_server.web.body import read_json_object, required_text
@@ -32,6 +33,7 @@ class WorkspacesAPI:
     _cookies: SessionCookies
     _manager: SandboxManager
     _sandboxes: WorkspaceSandboxesAPI
+    _access: SandboxAccess
 
     app = Klein()
     install_json_errors(app)
@@ -87,7 +89,9 @@ class WorkspacesAPI:
         await self._workspaces.role_of(wid, user.id)
         mid = parse_id(member_id, "member")
         role = parse_role(read_json_object(request))
-        return json_response(request, await self._workspaces.set_role(wid, user.id, mid, role))
+        member = await self._workspaces.set_role(wid, user.id, mid, role)
+        await self._access.revoke_member(mid, wid)
+        return json_response(request, member)
 
     @app.route("/<workspace_id>/members/<member_id>", methods=["DELETE"])
     async def remove_member(self, request: IRequest, workspace_id: str, member_id: str) -> bytes:
@@ -95,7 +99,9 @@ class WorkspacesAPI:
         user = await self._cookies.user(request)
         wid = parse_id(workspace_id, "workspace")
         await self._workspaces.role_of(wid, user.id)
-        await self._workspaces.remove_member(wid, user.id, parse_id(member_id, "member"))
+        mid = parse_id(member_id, "member")
+        await self._workspaces.remove_member(wid, user.id, mid)
+        await self._access.revoke_member(mid, wid)
         return no_content(request)
 
     @app.route("/<workspace_id>/sandboxes", methods=["GET"], strict_slashes=False)

@@ -1,0 +1,1 @@
+"""The sandbox subdomains: browser authentication and the streaming reverse proxy."""

@@ -1,0 +1,143 @@
+"""Who may use a sandbox's subdomain: one-time tickets and per-(user, sandbox) sessions.
+
+The main session never leaves the main origin. ``POST /api/sandboxes/{id}/open`` mints a
+ticket (single use, 60 s, bound to the user and the sandbox); the subdomain redeems it for a
+session of its own, kept in a host-only cookie. Only hashes of tickets and sessions are
+stored. Sessions die with logout, removal from the workspace, a role change and the sandbox.
+
+Every proxied request needs the caller's role and the sandbox's status and password; a short
+cache (``ttl`` seconds, dropped at once on revocation in this process) keeps the database
+out of the hot path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import define, field, frozen
+from twisted.internet.interfaces import IReactorTime
+
+from cli_server.auth.tokens import new_token, token_hash
+from cli_server.db.pool import Database
+from cli_server.roles import Role
+
+TICKET_SECONDS = 60
+
+
+@frozen(repr=False)
+class Access:
+    """A browser session's view of its sandbox, as of ``fetched_at``."""
+
+    user_id: str
+    sandbox_id: str
+    workspace_id: str
+    role: Role
+    status: str
+    is_local: bool
+    password: str
+    fetched_at: float
+
+    def __repr__(self) -> str:  # the password stays out of logs
+        return f"Access(user_id={self.user_id!r}, sandbox_id={self.sandbox_id!r})"
+
+
+@define(eq=False)
+class SandboxAccess:
+    _db: Database
+    _clock: IReactorTime
+    _session_lifetime: float
+    _ttl: float = 2.0
+    _cache: dict[bytes, Access] = field(factory=dict, init=False)
+
+    async def mint_ticket(self, user_id: str, sandbox_id: str) -> str:
+        ticket = new_token()
+        await self._db.execute(
+            "INSERT INTO sandbox_tickets (ticket_hash, user_id, sandbox_id, expires_at)"
+            " VALUES (%s, %s, %s, now() + make_interval(secs => %s))",
+            (token_hash(ticket), user_id, sandbox_id, TICKET_SECONDS),
+        )
+        return ticket
+
+    async def redeem(self, ticket: str, sandbox_id: str) -> str | None:
+        """A new session token for the ticket's user, if the ticket is fresh, unused and for
+        this sandbox. Redeeming burns the ticket even when the answer is no."""
+        rows = await self._db.query(
+            "UPDATE sandbox_tickets SET used_at = now() WHERE ticket_hash = %s"
+            " AND used_at IS NULL RETURNING user_id, sandbox_id, expires_at > now() AS fresh",
+            (token_hash(ticket),),
+        )
+        if not rows or not rows[0]["fresh"] or str(rows[0]["sandbox_id"]) != sandbox_id:
+            return None
+        token = new_token()
+        await self._db.execute(
+            "INSERT INTO sandbox_sessions (token_hash, user_id, sandbox_id, expires_at)"
+            " VALUES (%s, %s, %s, now() + make_interval(secs => %s))",
+            (token_hash(token), str(rows[0]["user_id"]), sandbox_id, self._session_lifetime),
+        )
+        return token
+
+    async def lookup(self, token: str, sandbox_id: str) -> Access | None:
+        key = token_hash(token)
+        cached = self._cache.get(key)
+        now = self._clock.seconds()
+        if cached is not None and now - cached.fetched_at < self._ttl:
+            return cached if cached.sandbox_id == sandbox_id else None
+        rows = await self._db.query(
+            "SELECT ss.user_id, s.id AS sandbox_id, s.workspace_id, m.role, s.status,"
+            " s.is_local, s.opencode_password FROM sandbox_sessions ss"
+            " JOIN sandboxes s ON s.id = ss.sandbox_id"
+            " JOIN workspace_members m ON m.workspace_id = s.workspace_id"
+            "  AND m.user_id = ss.user_id"
+            " WHERE ss.token_hash = %s AND ss.expires_at > now()",
+            (key,),
+        )
+        if not rows:
+            self._cache.pop(key, None)
+            return None
+        row = rows[0]
+        access = Access(
+            str(row["user_id"]),
+            str(row["sandbox_id"]),
+            str(row["workspace_id"]),
+            Role.parse(row["role"]),
+            row["status"],
+            row["is_local"],
+            row["opencode_password"],
+            now,
+        )
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = access
+        return access if access.sandbox_id == sandbox_id else None
+
+    def forget(self, **match: Any) -> None:
+        """Drop cached sessions whose fields equal ``match`` (e.g. user_id=...)."""
+        for key, access in list(self._cache.items()):
+            if all(getattr(access, name) == value for name, value in match.items()):
+                del self._cache[key]
+
+    async def revoke_user(self, user_id: str) -> None:
+        """Logout: every sandbox session of the user ends."""
+        await self._db.execute("DELETE FROM sandbox_sessions WHERE user_id = %s", (user_id,))
+        self.forget(user_id=user_id)
+
+    async def revoke_member(self, user_id: str, workspace_id: str) -> None:
+        """Removal from a workspace or a role change: that workspace's sandbox sessions end."""
+        await self._db.execute(
+            "DELETE FROM sandbox_sessions WHERE user_id = %s AND sandbox_id IN"
+            " (SELECT id FROM sandboxes WHERE workspace_id = %s)",
+            (user_id, workspace_id),
+        )
+        self.forget(user_id=user_id, workspace_id=workspace_id)
+
+    def revoke_sandbox(self, sandbox_id: str) -> None:
+        """The sandbox is gone (its rows cascade); forget what we cached."""
+        self.forget(sandbox_id=sandbox_id)
+
+    def status_changed(self, sandbox_id: str) -> None:
+        """A pause or resume here: the next request re-reads the status."""
+        self.forget(sandbox_id=sandbox_id)
+
+    async def purge_expired(self) -> None:
+        await self._db.execute("DELETE FROM sandbox_tickets WHERE expires_at < now()")
+        await self._db.execute("DELETE FROM sandbox_sessions WHERE expires_at < now()")

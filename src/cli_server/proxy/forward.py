@@ -1,0 +1,193 @@
+"""Forwarding one browser request to a sandbox's opencode, streaming the answer back.
+
+Built on ``twisted.web.client.Agent`` with a persistent pool (HTTP/1.1 keep-alive to each
+sandbox), not on ``twisted.web.proxy`` (HTTP/1.0, a connection per request, buffered bodies).
+Response bodies stream with backpressure: the upstream connection is the producer for the
+browser's connection, so a slow reader pauses its own upstream only. Server-sent events pass
+through as they arrive, without a timeout once the headers are in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from attrs import define
+from twisted.internet.defer import CancelledError
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Cooperator
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IRequest, IResponse
+
+from cli_server.sandboxes.backend import Endpoint
+from cli_server.sandboxes.opencode import basic_auth
+
+HOP_BY_HOP = {
+    b"connection",
+    b"keep-alive",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"proxy-connection",
+}
+# Credentials of ours that must never reach a sandbox, in any form.
+OUR_COOKIES = {b"cli_session", b"__Host-cli_session", b"cli_sandbox", b"__Host-cli_sandbox"}
+CREDENTIAL_PARAMS = {b"auth_token", b"ticket", b"token"}
+_DROPPED_REQUEST = HOP_BY_HOP | {
+    b"authorization",
+    b"cookie",
+    b"forwarded",
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"x-forwarded-proto",
+    b"x-real-ip",
+    b"content-length",
+}
+
+
+def clean_query(uri: bytes) -> bytes:
+    """The request target without credential parameters (opencode accepts ``?auth_token=``)."""
+    path, sep, query = uri.partition(b"?")
+    if not sep:
+        return uri
+    kept = [
+        (k, v)
+        for k, v in parse_qsl(query, keep_blank_values=True)
+        if k.lower() not in CREDENTIAL_PARAMS
+    ]
+    return path + (b"?" + urlencode(kept).encode() if kept else b"")
+
+
+def clean_cookie_header(values: list[bytes]) -> bytes | None:
+    kept = []
+    for value in values:
+        for part in value.split(b";"):
+            name = part.split(b"=", 1)[0].strip()
+            if name and name not in OUR_COOKIES:
+                kept.append(part.strip())
+    return b"; ".join(kept) or None
+
+
+def safe_set_cookie(value: bytes) -> bool:
+    """A sandbox may set host-only cookies for itself, never ones that reach other hosts
+    (``Domain=``) or that shadow ours."""
+    parts = [p.strip() for p in value.split(b";")]
+    name = parts[0].split(b"=", 1)[0].strip()
+    if name in OUR_COOKIES or name.lower().startswith(b"__host-cli"):
+        return False
+    return not any(p.lower().startswith(b"domain") for p in parts[1:])
+
+
+def upstream_headers(request: IRequest, password: str, scheme: bytes) -> Headers:
+    """The browser's headers minus hop-by-hop, credentials and spoofable forwarding headers,
+    plus opencode's Basic credential and forwarding headers we set ourselves."""
+    headers = Headers()
+    for name, values in request.requestHeaders.getAllRawHeaders():
+        if name.lower() not in _DROPPED_REQUEST:
+            headers.setRawHeaders(name, values)
+    cookie = clean_cookie_header(request.requestHeaders.getRawHeaders(b"cookie", []))
+    if cookie:
+        headers.setRawHeaders(b"cookie", [cookie])
+    headers.setRawHeaders(b"authorization", [basic_auth(password)])
+    peer: Any = request.getClientAddress()
+    headers.setRawHeaders(b"x-forwarded-for", [str(getattr(peer, "host", "")).encode()])
+    headers.setRawHeaders(b"x-forwarded-proto", [scheme])
+    host = request.getHeader(b"host")
+    if host:
+        headers.setRawHeaders(b"x-forwarded-host", [host])
+    return headers
+
+
+class _Relay(Protocol):
+    """Copies a response body to the browser; the upstream transport is its producer."""
+
+    def __init__(self, request: Any) -> None:
+        self._request = request
+        self._gone = False
+
+    def connectionMade(self) -> None:
+        self._request.registerProducer(self.transport, True)
+        self._request.notifyFinish().addErrback(self._browser_gone)
+
+    def _browser_gone(self, failure: Failure) -> None:
+        self._gone = True
+        producer: Any = self.transport
+        if producer is not None:
+            producer.stopProducing()  # aborts the upstream request
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._gone:
+            self._request.write(data)
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
+        if self._gone:
+            return
+        self._request.unregisterProducer()
+        if not reason.check(ResponseDone, PotentialDataLoss):
+            # The sandbox broke off mid-body; the browser must not take a cut body as whole.
+            self._request.channel.loseConnection() if self._request.channel else None
+            return
+        self._request.finish()
+
+
+@define(eq=False)
+class Forwarder:
+    _reactor: Any
+    _pool: HTTPConnectionPool
+    _cooperator: Cooperator  # reads request bodies into the upstream, on our reactor
+    _header_timeout: float = 120.0
+    _log = Logger()
+
+    @classmethod
+    def create(cls, reactor: Any) -> Forwarder:
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = 32
+        pool.cachedConnectionTimeout = 60
+        return cls(reactor, pool, Cooperator(scheduler=lambda f: reactor.callLater(0, f)))
+
+    async def forward(self, request: Any, endpoint: Endpoint, password: str, scheme: bytes) -> bool:
+        """Send ``request`` on and stream the response; False if the sandbox did not answer."""
+        agent = Agent(self._reactor, pool=self._pool, connectTimeout=10)
+        url = f"http://{endpoint.host}:{endpoint.port}".encode() + clean_query(request.uri)
+        body = None
+        content = request.content
+        if content is not None:
+            content.seek(0, 2)
+            if content.tell() or request.method in (b"POST", b"PUT", b"PATCH"):
+                content.seek(0)
+                body = FileBodyProducer(content, cooperator=self._cooperator)
+        d = agent.request(request.method, url, upstream_headers(request, password, scheme), body)
+        d.addTimeout(self._header_timeout, self._reactor)
+        request.notifyFinish().addErrback(lambda _: d.cancel() if not d.called else None)
+        try:
+            response: IResponse = await d
+        except CancelledError:
+            return True  # the browser left; nothing to answer
+        except Exception as e:
+            self._log.info("sandbox at {port} did not answer: {why}", port=endpoint.port, why=e)
+            return False
+        request.setResponseCode(response.code, response.phrase)
+        for name, values in response.headers.getAllRawHeaders():
+            lower = name.lower()
+            if lower in HOP_BY_HOP or lower == b"content-length":
+                continue
+            if lower == b"set-cookie":
+                values = [v for v in values if safe_set_cookie(v)]
+            if values:
+                request.responseHeaders.setRawHeaders(name, values)
+        known = isinstance(response.length, int)  # else UNKNOWN_LENGTH: chunked or until close
+        if known and response.length:
+            request.setHeader(b"content-length", str(response.length).encode())
+        if (known and response.length == 0) or request.method == b"HEAD":
+            response.deliverBody(Protocol())  # nothing to copy; releases the connection
+            request.finish()
+            return True
+        response.deliverBody(_Relay(request))
+        return True

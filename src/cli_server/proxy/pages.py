@@ -1,0 +1,63 @@
+"""Small HTML pages the subdomain shows instead of raw errors."""
+
+from __future__ import annotations
+
+from html import escape
+
+from twisted.web.iweb import IRequest
+
+_STYLE = (
+    "body{font:16px/1.5 system-ui,sans-serif;margin:0;display:grid;place-items:center;"
+    "min-height:100vh;background:#f6f7f9;color:#1d2330}"
+    "@media(prefers-color-scheme:dark){body{background:#14161b;color:#e6e8ee}"
+    "main{background:#1d2027!important}}"
+    "main{max-width:28rem;padding:2rem;border-radius:12px;background:#fff;"
+    "box-shadow:0 2px 12px #0002}h1{font-size:1.3rem;margin:0 0 .5rem}"
+    "a,button{font:inherit;color:#fff;background:#3056d3;border:0;border-radius:8px;"
+    "padding:.5rem 1rem;text-decoration:none;cursor:pointer;display:inline-block;margin-top:1rem}"
+)
+
+STATUS_TEXT = {
+    "creating": ("Starting your sandbox", "opencode is starting; this page reloads by itself."),
+    "resuming": (
+        "Resuming your sandbox",
+        "opencode is starting again; this page reloads by itself.",
+    ),
+    "pausing": ("Pausing", "The sandbox is being paused."),
+    "paused": ("This sandbox is paused", "Its files and sessions are kept. Resume it to continue."),
+    "offline": ("The agent is offline", "The laptop running this sandbox is not connected."),
+    "failed": ("This sandbox failed to start", "Resume retries; the dashboard shows the error."),
+    "starting": ("Starting your sandbox", "opencode is not answering yet; this page reloads."),
+}
+
+
+def page(
+    request: IRequest,
+    status: int,
+    title: str,
+    text: str,
+    *,
+    dashboard: str,
+    refresh: int | None = None,
+    resume: bool = False,
+) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"text/html; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"referrer-policy", b"no-referrer")
+    request.setHeader(b"x-frame-options", b"DENY")
+    head = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
+    action = (
+        '<form method="post" action="/_cli/resume"><button type="submit">Resume</button></form>'
+        if resume
+        else ""
+    )
+    body = (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f'<meta name="viewport" content="width=device-width,initial-scale=1">{head}'
+        f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body><main>"
+        f"<h1>{escape(title)}</h1><p>{escape(text)}</p>{action}"
+        f'<a href="{escape(dashboard)}" style="background:#666">Back to the dashboard</a>'
+        f"</main></body></html>"
+    )
+    return body.encode("utf-8")

@@ -1,0 +1,200 @@
+"""``oc-{id}.{base_domain}``: browser auth, status pages, and the proxy to opencode."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs
+
+from attrs import define
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from cli_server.errors import ApiError
+from cli_server.proxy.access import Access, SandboxAccess
+from cli_server.proxy.forward import Forwarder, upstream_headers
+from cli_server.proxy.hosts import sandbox_for_host
+from cli_server.proxy.pages import STATUS_TEXT, page
+from cli_server.proxy.websocket import splice
+from cli_server.roles import Role
+from cli_server.sandboxes.activity import ActivityRecorder
+from cli_server.sandboxes.backend import SandboxBackend, State
+from cli_server.sandboxes.manager import SandboxManager
+
+_GUEST_METHODS = (b"GET", b"HEAD")
+_AUTH_PATH = b"/_cli/auth"
+_RESUME_PATH = b"/_cli/resume"
+
+
+@define(eq=False)
+class SandboxCookie:
+    """The subdomain's own cookie: host-only (no Domain), so each sandbox origin has its own."""
+
+    secure: bool
+    lifetime: float
+
+    @property
+    def name(self) -> bytes:
+        return b"__Host-cli_sandbox" if self.secure else b"cli_sandbox"
+
+    def read(self, request: Any) -> str | None:
+        raw = request.getCookie(self.name)
+        try:
+            return raw.decode("ascii") if raw else None
+        except UnicodeDecodeError:
+            return None
+
+    def write(self, request: Any, token: str) -> None:
+        request.addCookie(
+            self.name,
+            token.encode("ascii"),
+            path=b"/",
+            httpOnly=True,
+            secure=self.secure,
+            sameSite="lax",
+            max_age=str(int(self.lifetime)),
+        )
+
+
+@define(eq=False)
+class SandboxSite(Resource):
+    """Serves every request whose Host is a sandbox subdomain (see HostDispatcher)."""
+
+    _access: SandboxAccess
+    _manager: SandboxManager
+    _backend: SandboxBackend
+    _activity: ActivityRecorder
+    _forwarder: Forwarder
+    _cookie: SandboxCookie
+    _reactor: Any
+    _base_host: bytes
+    _scheme: bytes
+    _dashboard: str
+    isLeaf = True
+    _log = Logger()
+
+    def __attrs_post_init__(self) -> None:
+        Resource.__init__(self)
+
+    def render(self, request: Any) -> Any:
+        d = Deferred.fromCoroutine(self._handle(request))
+        d.addErrback(self._failed, request)
+        return NOT_DONE_YET
+
+    def _failed(self, failure: Any, request: Any) -> None:
+        self._log.failure("proxying {uri}", failure, uri=request.uri)
+        if not request.finished and not request.startedWriting and request.channel:
+            self._finish(
+                request,
+                page(
+                    request,
+                    502,
+                    "Something went wrong",
+                    "The sandbox could not be reached.",
+                    dashboard=self._dashboard,
+                ),
+            )
+
+    def _finish(self, request: Any, body: bytes) -> None:
+        if request.finished or request.channel is None:
+            return
+        request.write(body)
+        request.finish()
+
+    def _page(self, request: Any, status: int, title: str, text: str, **kw: Any) -> None:
+        self._finish(request, page(request, status, title, text, dashboard=self._dashboard, **kw))
+
+    async def _handle(self, request: Any) -> None:
+        is_sandbox, sandbox_id = sandbox_for_host(request.getHeader(b"host"), self._base_host)
+        if not request.uri.startswith(b"/"):  # absolute-URI request lines are not for us
+            return self._page(request, 400, "Bad request", "That address cannot be served.")
+        if sandbox_id is None:
+            return self._not_found(request)
+        if getattr(request, "body_too_large", False):
+            return self._page(request, 413, "Too large", "That upload is larger than 64 MiB.")
+        path = request.path
+        if path == _AUTH_PATH:
+            return await self._redeem(request, sandbox_id)
+        token = self._cookie.read(request)
+        access = await self._access.lookup(token, sandbox_id) if token else None
+        if access is None:
+            request.setHeader(b"referrer-policy", b"no-referrer")
+            return self._page(
+                request,
+                401,
+                "Open this sandbox from the dashboard",
+                "Your access here has ended or was never granted.",
+            )
+        if path == _RESUME_PATH:
+            return await self._resume(request, access)
+        upgrade = (request.getHeader(b"upgrade") or b"").lower() == b"websocket"
+        if access.role < Role.DEVELOPER and (request.method not in _GUEST_METHODS or upgrade):
+            return self._page(
+                request,
+                403,
+                "Read-only access",
+                "Guests can look, but not prompt, type or change anything.",
+            )
+        if access.status != "running":
+            return self._status_page(request, access.status, access)
+        observed = await self._backend.describe(sandbox_id)
+        if observed.state is not State.RUNNING or observed.endpoint is None:
+            return self._status_page(request, "starting", access)
+        self._activity.touch(sandbox_id)
+        if upgrade:
+            headers = upstream_headers(request, access.password, self._scheme)
+            ok = await splice(
+                self._reactor,
+                request,
+                observed.endpoint,
+                headers,
+                lambda: self._activity.touch(sandbox_id),
+            )
+        else:
+            ok = await self._forwarder.forward(
+                request, observed.endpoint, access.password, self._scheme
+            )
+        if not ok:
+            self._status_page(request, "starting", access)
+
+    def _not_found(self, request: Any) -> None:
+        self._page(request, 404, "No such sandbox", "It does not exist, or you may not see it.")
+
+    def _status_page(self, request: Any, status: str, access: Access) -> None:
+        title, text = STATUS_TEXT.get(status, ("Unavailable", "Try again in a moment."))
+        can_resume = status in ("paused", "failed") and access.role >= Role.DEVELOPER
+        refresh = None if status in ("paused", "failed") else 3
+        self._page(request, 503, title, text, refresh=refresh, resume=can_resume)
+
+    async def _redeem(self, request: Any, sandbox_id: str) -> None:
+        request.setHeader(b"referrer-policy", b"no-referrer")
+        query = parse_qs(request.uri.partition(b"?")[2].decode("latin-1"))
+        ticket = (query.get("ticket") or [""])[0]
+        token = await self._access.redeem(ticket, sandbox_id) if ticket else None
+        if token is None:
+            return self._page(
+                request,
+                401,
+                "This link has expired",
+                "A sandbox link works once, for a minute. Open it again.",
+            )
+        self._cookie.write(request, token)
+        request.setResponseCode(303)
+        request.setHeader(b"location", b"/")  # fixed: never an open redirect
+        request.setHeader(b"cache-control", b"no-store")
+        self._finish(request, b"")
+
+    async def _resume(self, request: Any, access: Access) -> None:
+        origin = request.getHeader(b"origin")
+        own = self._scheme + b"://" + (request.getHeader(b"host") or b"").lower()
+        if request.method != b"POST" or (origin is not None and origin.lower() != own):
+            return self._page(request, 403, "Not allowed", "Use the Resume button.")
+        try:
+            await self._manager.resume(access.sandbox_id, access.user_id)
+        except ApiError as e:
+            return self._page(request, e.status, "Cannot resume", e.message)
+        self._access.status_changed(access.sandbox_id)
+        request.setResponseCode(303)
+        request.setHeader(b"location", b"/")
+        self._finish(request, b"")

@@ -1,0 +1,96 @@
+"""Passing a WebSocket upgrade (opencode's terminal, ``/pty/{id}/connect``) through.
+
+We take the browser's connection over from twisted.web, open a TCP connection to the
+sandbox, send it the upgrade request (with our header hygiene applied), and from then on copy
+bytes both ways. Each side is the other's producer, so a slow peer slows only this pair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+
+from cli_server.sandboxes.backend import Endpoint
+
+
+class _Side(Protocol):
+    """One end of the splice: what it receives goes to ``peer``."""
+
+    def __init__(self, on_data: Callable[[], None]) -> None:
+        self.peer: _Side | None = None
+        self._on_data = on_data
+        self._pending: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self._on_data()
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.write(data)
+        else:
+            self._pending.append(data)
+
+    def flush_to(self, peer: _Side) -> None:
+        self.peer = peer
+        assert peer.transport is not None
+        for data in self._pending:
+            peer.transport.write(data)
+        self._pending.clear()
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.loseConnection()
+
+
+def _head(request: Any, headers: Headers) -> bytes:
+    lines = [request.method + b" " + request.uri + b" HTTP/1.1"]
+    for name, values in headers.getAllRawHeaders():
+        lines += [name + b": " + v for v in values]
+    for name in (b"connection", b"upgrade"):
+        for value in request.requestHeaders.getRawHeaders(name, []):
+            lines.append(name + b": " + value)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def splice(
+    reactor: Any,
+    request: Any,
+    endpoint: Endpoint,
+    headers: Headers,
+    on_data: Callable[[], None],
+    timeout: float = 10.0,
+) -> bool:
+    """Connect the browser's connection to the sandbox; False if the sandbox is unreachable."""
+    upstream = _Side(on_data)
+    try:
+        connecting = connectProtocol(
+            TCP4ClientEndpoint(reactor, endpoint.host, endpoint.port, timeout=timeout), upstream
+        )
+        connecting.addTimeout(timeout, reactor)
+        await connecting
+    except Exception:
+        return False
+    browser = _Side(on_data)
+    transport, request.channel.transport = request.channel.transport, None
+    if isinstance(transport, ProtocolWrapper):
+        transport.wrappedProtocol = browser
+    elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
+        transport.protocol.wrappedProtocol = browser
+    else:
+        transport.protocol = browser
+    browser.makeConnection(transport)
+    producer = getattr(transport, "_networkProducer", None)
+    if producer is not None:
+        producer.resumeProducing()  # twisted.web paused reading while it served the request
+    assert upstream.transport is not None
+    upstream.transport.write(_head(request, headers))
+    browser.flush_to(upstream)
+    upstream.flush_to(browser)
+    other: Any = upstream.transport
+    transport.registerProducer(other, True)
+    other.registerProducer(transport, True)
+    return True

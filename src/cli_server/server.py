@@ -154,6 +154,8 @@ class Server:
     database: DatabaseService
     manager: SandboxManager
     backend: Any
+    activity: ActivityRecorder
+    proxy_access: SandboxAccess
 
 
 def buildServer(config: ServerConfig, reactor: Any) -> IService:
@@ -270,7 +272,7 @@ def build(
         listener = StreamServerEndpointService(serverFromString(reactor, description), web)
         listener.setName(f"http-{n}")
         listener.setServiceParent(root)
-    return Server(root, web, database, manager, backend)
+    return Server(root, web, database, manager, backend, activity, sandbox_access)
 
 
 def anthropic_base_url(config: ServerConfig) -> str:

@@ -30,6 +30,7 @@ class FakeBackend:
     specs: dict[str, SandboxSpec] = field(factory=dict)
     calls: list[tuple[str, str]] = field(factory=list)
     fail_next: str | None = None
+    serve_at: int | None = None  # every sandbox "runs" at this port (e.g. a recording server)
     _gate: Deferred[None] | None = None
     _next_port: int = 20000
 
@@ -57,7 +58,7 @@ class FakeBackend:
             self.stopped.add(spec.id)
             raise BackendError(message)
         self._next_port += 1
-        endpoint = Endpoint("127.0.0.1", self._next_port)
+        endpoint = Endpoint("127.0.0.1", self.serve_at or self._next_port)
         self.running[spec.id] = endpoint
         self.stopped.discard(spec.id)
         return endpoint

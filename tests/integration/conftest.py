@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
@@ -18,14 +20,35 @@ from cli_server.config import ServerConfig
 from cli_server.db.embedded import EmbeddedPostgres
 from cli_server.db.migrations import migrate
 from cli_server.db.pool import Database
-from cli_server.server import Server, build
+from cli_server.sandboxes.backend import Endpoint
+from cli_server.sandboxes.opencode import OpencodeClient
+from cli_server.sandboxes.process_backend import ProcessBackend
+from cli_server.server import Server, anthropic_base_url, build
 from cli_server.testing import FakeBackend
 from cli_server.threads import synchronous_runner
 from cli_server.web.auth_api import AuthLimits
 
-from .helpers import Api, remove_dir, scratch_dir, wait_until
+from .helpers import Api, opencode_binary, remove_dir, scratch_dir, wait_until
+from .sandbox_shell import opencode_pid
 
 TEMPLATE = "cli_template"
+
+
+@pytest.fixture(autouse=True)
+def logged_failures_fail_the_test() -> Iterator[None]:
+    """Plain pytest does not fail a test that logs a traceback, as trial does; we do."""
+    from twisted.logger import globalLogPublisher
+
+    failures: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_failure") is not None:
+            failures.append(str(event["log_failure"].getTraceback()))
+
+    globalLogPublisher.addObserver(observe)
+    yield
+    globalLogPublisher.removeObserver(observe)
+    assert not failures, "logged failures:\n" + "\n".join(failures)
 
 
 def _reactor() -> Any:
@@ -156,4 +179,67 @@ def data_dir() -> Iterator[Path]:
     yield root / "data"
     for pid in processes_mentioning(str(root)):  # never leave a stray postgres behind
         subprocess.run(["kill", "-9", str(pid)], check=False)
+    remove_dir(root)
+
+
+@attrs.define
+class Real:
+    """An in-process server with the real process backend: real opencode under bubblewrap."""
+
+    app: Running
+    backend: ProcessBackend
+    data_dir: Path
+    owner: Api
+    workspaces: dict[str, str]
+
+    async def create(self, workspace: str, name: str) -> tuple[str, float]:
+        began = time.monotonic()
+        made = await self.owner.call(
+            "POST", f"/api/workspaces/{self.workspaces[workspace]}/sandboxes", {"name": name}
+        )
+        assert made.code == 201, made
+        await self.wait(made.body["id"], "running")
+        return made.body["id"], time.monotonic() - began
+
+    async def wait(self, sandbox_id: str, status: str) -> None:
+        async def reached() -> bool:
+            reply = await self.owner.call("GET", f"/api/sandboxes/{sandbox_id}")
+            assert reply.body["status"] != "failed", reply.body
+            return bool(reply.body["status"] == status)
+
+        await wait_until(_reactor(), reached, timeout=90, step=0.1)
+
+    async def endpoint(self, sandbox_id: str) -> tuple[Endpoint, str]:
+        observed = await self.backend.describe(sandbox_id)
+        assert observed.endpoint is not None
+        (row,) = await self.app.db.query(
+            "SELECT opencode_password FROM sandboxes WHERE id = %s", (sandbox_id,)
+        )
+        return observed.endpoint, row["opencode_password"]
+
+    def pid(self, sandbox_id: str) -> int:
+        return opencode_pid(self.backend._live[sandbox_id].sandbox.pid)
+
+
+@pytest_twisted.async_yield_fixture
+async def real(db_url: str) -> AsyncIterator[Real]:
+    reactor = _reactor()
+    root = scratch_dir("cli-test-sbx-")
+    data_dir = root / "data"
+    config = attrs.evolve(server_config(db_url), data_dir=data_dir)
+    backend = ProcessBackend(
+        reactor,
+        data_dir,
+        opencode_binary(),
+        OpencodeClient(reactor),
+        env={"ANTHROPIC_BASE_URL": anthropic_base_url(config)},
+    )
+    app = await start_server(db_url, config=config, backend=backend)
+    owner = app.client()
+    await owner.register_and_login("owner")
+    workspaces = {}
+    for name in ("a", "b"):
+        workspaces[name] = (await owner.call("POST", "/api/workspaces", {"name": name})).body["id"]
+    yield Real(app, backend, data_dir, owner, workspaces)
+    await stop_server(app)
     remove_dir(root)

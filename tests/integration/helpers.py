@@ -93,7 +93,9 @@ class Api:
         if body is not None:
             data = json.dumps(body).encode()
             hdrs.setdefault("Content-Type", "application/json")
-        d = self.http.request(method, self.base + path, data=data, headers=hdrs)
+        d = self.http.request(
+            method, self.base + path, data=data, headers=hdrs, allow_redirects=False
+        )
         d.addTimeout(30, self.reactor)
         response = await d
         content = await response.content()

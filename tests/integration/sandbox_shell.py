@@ -46,10 +46,30 @@ def opencode_pid(root_pid: int) -> int:
 
 def run_inside(pid: int, script: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["nsenter", "-t", str(pid), "--user", "--net", "--mount", "--uts", "--ipc", "--pid",
-         "--root", "--wd", "-S", "1000", "-G", "1000", "/usr/bin/bash", "-c", script],
-        capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        [
+            "nsenter",
+            "-t",
+            str(pid),
+            "--user",
+            "--net",
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--pid",
+            "--root",
+            "--wd",
+            "-S",
+            "1000",
+            "-G",
+            "1000",
+            "/usr/bin/bash",
+            "-c",
+            script,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def can_connect(pid: int, host: str, port: int) -> bool:

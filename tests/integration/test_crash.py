@@ -42,8 +42,10 @@ def test_sigkill_with_running_sandboxes(data_dir: Path) -> None:
         == 200
     )
     wid = server.request("POST", "/api/workspaces", {"name": "w"})[1]["id"]
-    ids = [server.request("POST", f"/api/workspaces/{wid}/sandboxes", {"name": n})[1]["id"]
-           for n in ("one", "two")]  # fmt: skip
+    ids = [
+        server.request("POST", f"/api/workspaces/{wid}/sandboxes", {"name": n})[1]["id"]
+        for n in ("one", "two")
+    ]
     for sid in ids:
         wait_status(server, sid, "running")
     assert server.proc is not None

@@ -39,8 +39,9 @@ class World:
         made = await self.manager.create(self.workspace, self.user, "s")
         await self.manager.drain()
         if status != "running":
-            await self.db.execute("UPDATE sandboxes SET status = %s WHERE id = %s",
-                                  (status, made["id"]))  # fmt: skip
+            await self.db.execute(
+                "UPDATE sandboxes SET status = %s WHERE id = %s", (status, made["id"])
+            )
         return str(made["id"])
 
     async def status(self, sandbox_id: str) -> str | None:
@@ -62,9 +63,18 @@ async def world(db_url: str) -> AsyncIterator[World]:
     backend, agents = FakeBackend(), FakeAgentStatus()
     manager = SandboxManager(db, backend, Workspaces(db), 100)
     activity = ActivityRecorder(db, clock)
-    yield World(db, clock, backend, agents, manager, activity,
-                IdleMonitor(db, backend, manager, agents, activity, IDLE, clock),
-                Reconciler(db, backend, manager), user, workspace["id"])  # fmt: skip
+    yield World(
+        db,
+        clock,
+        backend,
+        agents,
+        manager,
+        activity,
+        IdleMonitor(db, backend, manager, agents, activity, IDLE, clock),
+        Reconciler(db, backend, manager),
+        user,
+        workspace["id"],
+    )
     await manager.drain()
     db.close()
 
@@ -114,8 +124,10 @@ async def test_activity_defers_pausing_and_is_throttled(world: World) -> None:
     """touch() moves last_activity_at; repeated touches within the throttle write once."""
     sid = await world.sandbox()
     world.clock.advance(IDLE - 10)
-    await world.db.execute("UPDATE sandboxes SET last_activity_at = to_timestamp(%s)",
-                           (world.clock.seconds() - IDLE + 5,))  # fmt: skip
+    await world.db.execute(
+        "UPDATE sandboxes SET last_activity_at = to_timestamp(%s)",
+        (world.clock.seconds() - IDLE + 5,),
+    )
     await world.idle.sweep()
     assert await world.status(sid) == "running"
     world.activity.touch(sid)

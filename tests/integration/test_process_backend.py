@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest_twisted
 from treq.client import HTTPClient
 from twisted.web.client import Agent
@@ -16,78 +14,15 @@ from twisted.web.client import Agent
 from cli_server.sandboxes.backend import Endpoint, SandboxSpec
 from cli_server.sandboxes.opencode import OpencodeClient, basic_auth
 from cli_server.sandboxes.process_backend import ProcessBackend
-from cli_server.server import anthropic_base_url
 
-from .conftest import Running, _reactor, server_config, start_server, stop_server
+from .conftest import Real, _reactor
 from .helpers import (
-    Api,
     needs_isolation,
     opencode_binary,
     remove_dir,
     scratch_dir,
-    wait_until,
 )
-from .sandbox_shell import can_connect, descendants, opencode_pid, run_inside
-
-
-@attrs.define
-class Real:
-    app: Running
-    backend: ProcessBackend
-    data_dir: Path
-    owner: Api
-    workspaces: dict[str, str]
-
-    async def create(self, workspace: str, name: str) -> tuple[str, float]:
-        began = time.monotonic()
-        made = await self.owner.call("POST", f"/api/workspaces/{self.workspaces[workspace]}"
-                                     "/sandboxes", {"name": name})  # fmt: skip
-        assert made.code == 201, made
-        await self.wait(made.body["id"], "running")
-        return made.body["id"], time.monotonic() - began
-
-    async def wait(self, sandbox_id: str, status: str) -> None:
-        async def reached() -> bool:
-            reply = await self.owner.call("GET", f"/api/sandboxes/{sandbox_id}")
-            assert reply.body["status"] != "failed", reply.body
-            return bool(reply.body["status"] == status)
-
-        await wait_until(_reactor(), reached, timeout=90, step=0.1)
-
-    async def endpoint(self, sandbox_id: str) -> tuple[Endpoint, str]:
-        observed = await self.backend.describe(sandbox_id)
-        assert observed.endpoint is not None
-        (row,) = await self.app.db.query(
-            "SELECT opencode_password FROM sandboxes WHERE id = %s", (sandbox_id,)
-        )
-        return observed.endpoint, row["opencode_password"]
-
-    def pid(self, sandbox_id: str) -> int:
-        return opencode_pid(self.backend._live[sandbox_id].sandbox.pid)
-
-
-@pytest_twisted.async_yield_fixture
-async def real(db_url: str) -> AsyncIterator[Real]:
-    reactor = _reactor()
-    root = scratch_dir("cli-test-sbx-")
-    data_dir = root / "data"
-    config = attrs.evolve(server_config(db_url), data_dir=data_dir)
-    backend = ProcessBackend(
-        reactor,
-        data_dir,
-        opencode_binary(),
-        OpencodeClient(reactor),
-        env={"ANTHROPIC_BASE_URL": anthropic_base_url(config)},
-    )
-    app = await start_server(db_url, config=config, backend=backend)
-    owner = app.client()
-    await owner.register_and_login("owner")
-    workspaces = {}
-    for name in ("a", "b"):
-        workspaces[name] = (await owner.call("POST", "/api/workspaces", {"name": name})).body["id"]
-    yield Real(app, backend, data_dir, owner, workspaces)
-    await stop_server(app)
-    remove_dir(root)
+from .sandbox_shell import can_connect, descendants, run_inside
 
 
 def _rss_mib(pid: int) -> float:
@@ -132,8 +67,10 @@ async def test_lifecycle_with_real_opencode(real: Real) -> None:
     assert not Path(f"/proc/{last_pid}").exists()
     assert not (real.data_dir / "sandboxes" / sid).exists()
     assert basic_auth(password).startswith(b"Basic ")
-    print(f"\ncreate->running {create_s:.2f}s, resume->running {resume_s:.2f}s, "
-          f"RSS {rss:.0f} MiB (fresh, one session)")  # fmt: skip
+    print(
+        f"\ncreate->running {create_s:.2f}s, resume->running {resume_s:.2f}s, "
+        f"RSS {rss:.0f} MiB (fresh, one session)"
+    )
 
 
 async def _post_json(endpoint: Endpoint, password: str, path: str, body: Any) -> Any:
@@ -141,8 +78,11 @@ async def _post_json(endpoint: Endpoint, password: str, path: str, body: Any) ->
     from cli_server.sandboxes.opencode import basic_auth
 
     http = HTTPClient(Agent(_reactor()))
-    d = http.post(f"http://{endpoint.host}:{endpoint.port}{path}", json=body,
-                  headers={"authorization": basic_auth(password)})  # fmt: skip
+    d = http.post(
+        f"http://{endpoint.host}:{endpoint.port}{path}",
+        json=body,
+        headers={"authorization": basic_auth(password)},
+    )
     d.addTimeout(10, _reactor())
     response = await d
     assert response.code == 200, response.code
@@ -202,8 +142,13 @@ async def test_environment_holds_only_its_own_secrets(real: Real) -> None:
     sid, _ = await real.create("a", "env")
     env = Path(f"/proc/{real.pid(sid)}/environ").read_bytes().split(b"\0")
     names = {e.split(b"=", 1)[0].decode() for e in env if e}
-    assert {"OPENCODE_SERVER_PASSWORD", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "HOME",
-            "OPENCODE_DISABLE_AUTOUPDATE"} <= names  # fmt: skip
+    assert {
+        "OPENCODE_SERVER_PASSWORD",
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_BASE_URL",
+        "HOME",
+        "OPENCODE_DISABLE_AUTOUPDATE",
+    } <= names
     assert not {"DATABASE_URL", "CLI_SERVER_DATA", "PGPASSWORD"} & names
     base = next(e for e in env if e.startswith(b"ANTHROPIC_BASE_URL="))
     assert base.endswith(b"/v1")
@@ -216,8 +161,9 @@ async def test_unisolated_mode() -> None:
     root = scratch_dir("cli-test-uniso-")
     client = OpencodeClient(reactor)
     backend = ProcessBackend(reactor, root / "data", opencode_binary(), client, isolated=False)
-    spec = SandboxSpec("33333333-3333-4333-8333-333333333333",
-                       "44444444-4444-4444-8444-444444444444", "pw", "tok")  # fmt: skip
+    spec = SandboxSpec(
+        "33333333-3333-4333-8333-333333333333", "44444444-4444-4444-8444-444444444444", "pw", "tok"
+    )
     try:
         endpoint = await backend.start(spec)
         assert endpoint.host == "127.0.0.1"

@@ -129,10 +129,14 @@ SANDBOX_CASES: list[tuple[str, str, Any, tuple[int, ...]]] = [
     ("POST", "/api/sandboxes/{s}/pause", None, (401, 404, 403, 200, 200, 200)),
     ("POST", "/api/sandboxes/{p}/resume", None, (401, 404, 403, 200, 200, 200)),
     ("DELETE", "/api/sandboxes/{s}", None, (401, 404, 403, 204, 204, 204)),
-    ("GET", "/api/sandboxes/00000000-0000-4000-8000-000000000000", None,
-     (401, 404, 404, 404, 404, 404)),
+    (
+        "GET",
+        "/api/sandboxes/00000000-0000-4000-8000-000000000000",
+        None,
+        (401, 404, 404, 404, 404, 404),
+    ),
     ("GET", "/api/sandboxes/not-an-id", None, (401, 404, 404, 404, 404, 404)),
-]  # fmt: skip
+]
 
 
 @pytest_twisted.ensureDeferred
@@ -143,10 +147,12 @@ async def test_sandbox_authorization_matrix(app: Running) -> None:
     mismatches = []
     for method, path, body, expected in SANDBOX_CASES:
         for actor, status in zip(SANDBOX_ACTORS, expected, strict=True):
-            running = (await owner.call("POST", f"/api/workspaces/{wid}/sandboxes",
-                                        {"name": "r"})).body["id"]  # fmt: skip
-            paused = (await owner.call("POST", f"/api/workspaces/{wid}/sandboxes",
-                                       {"name": "p"})).body["id"]  # fmt: skip
+            running = (
+                await owner.call("POST", f"/api/workspaces/{wid}/sandboxes", {"name": "r"})
+            ).body["id"]
+            paused = (
+                await owner.call("POST", f"/api/workspaces/{wid}/sandboxes", {"name": "p"})
+            ).body["id"]
             await wait_status(owner, running, "running")
             await wait_status(owner, paused, "running")
             await owner.call("POST", f"/api/sandboxes/{paused}/pause")
@@ -164,8 +170,16 @@ async def test_bad_sandbox_input_changes_nothing(app: Running) -> None:
     people, wid = await team(app)
     dev = people["developer"]
     path = f"/api/workspaces/{wid}/sandboxes"
-    for body in [{"name": ""}, {"name": "   "}, {"name": "x" * 101}, {"name": 5}, {},
-                 {"name": "a\u0000"}, {"name": "\u202eabc"}, {"name": ["x"]}]:  # fmt: skip
+    for body in [
+        {"name": ""},
+        {"name": "   "},
+        {"name": "x" * 101},
+        {"name": 5},
+        {},
+        {"name": "a\u0000"},
+        {"name": "\u202eabc"},
+        {"name": ["x"]},
+    ]:
         reply = await dev.call("POST", path, body)
         assert (reply.code, reply.body["error"].get("field")) == (400, "name"), (body, reply)
     assert (
@@ -215,12 +229,14 @@ async def test_concurrent_pause_resume_delete(app: Running) -> None:
     for _ in range(5):
         sid = (await dev.call("POST", f"/api/workspaces/{wid}/sandboxes", {"name": "r"})).body["id"]
         await wait_status(dev, sid, "running")
-        replies = await gatherResults([
-            dev.call("POST", f"/api/sandboxes/{sid}/pause"),
-            dev.call("POST", f"/api/sandboxes/{sid}/resume"),
-            dev.call("DELETE", f"/api/sandboxes/{sid}"),
-            dev.call("POST", f"/api/sandboxes/{sid}/pause"),
-        ])  # fmt: skip
+        replies = await gatherResults(
+            [
+                dev.call("POST", f"/api/sandboxes/{sid}/pause"),
+                dev.call("POST", f"/api/sandboxes/{sid}/resume"),
+                dev.call("DELETE", f"/api/sandboxes/{sid}"),
+                dev.call("POST", f"/api/sandboxes/{sid}/pause"),
+            ]
+        )
         codes = [r.code for r in replies]
         assert all(c in (200, 204, 404, 409) for c in codes), codes
         assert codes[2] == 204

@@ -91,6 +91,7 @@ async def splice(
     browser.flush_to(upstream)
     upstream.flush_to(browser)
     other: Any = upstream.transport
+    transport.unregisterProducer()  # the HTTP channel was its producer until now
     transport.registerProducer(other, True)
     other.registerProducer(transport, True)
     return True

@@ -1,0 +1,356 @@
+"""The subdomain proxy against a FAKE sandbox (an upstream that records what it receives),
+with real PostgreSQL; the same paths with real opencode are in test_proxy_opencode.py."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+
+from cli_server.testing import FakeBackend
+
+from .conftest import Running, _reactor, server_config, start_server, stop_server
+from .helpers import Api, wait_until
+from .test_sandboxes_api import team, wait_status
+from .upstream import Recorder, serve
+
+
+@attrs.define
+class Proxy:
+    app: Running
+    upstream: Recorder
+    people: dict[str, Api]
+    workspace: str
+    sandbox: str
+
+    def host(self, sandbox_id: str | None = None) -> str:
+        return f"oc-{sandbox_id or self.sandbox}.localhost:8080"
+
+    async def open(self, who: str, sandbox_id: str | None = None) -> str:
+        """Sign ``who`` in on the sandbox's subdomain; returns the sandbox cookie value."""
+        sid = sandbox_id or self.sandbox
+        url = (await self.people[who].call("POST", f"/api/sandboxes/{sid}/open")).body["url"]
+        prefix = f"http://{self.host(sid)}"
+        assert url.startswith(prefix + "/_cli/auth?ticket=")
+        reply = await self.visit(url[len(prefix) :], sandbox_id=sid)
+        assert reply.code == 303, reply
+        cookie = reply.headers.getRawHeaders("set-cookie")[0]
+        assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Domain" not in cookie
+        return str(cookie.split(";")[0].split("=", 1)[1])
+
+    async def visit(
+        self,
+        path: str,
+        method: str = "GET",
+        *,
+        cookie: str | None = None,
+        sandbox_id: str | None = None,
+        headers: dict[str, str] | None = None,
+        body: Any = None,
+    ) -> Any:
+        hdrs = {"Host": self.host(sandbox_id), **(headers or {})}
+        if cookie:
+            hdrs["Cookie"] = f"cli_sandbox={cookie}"
+        return await self.app.client().call(method, path, body, headers=hdrs)
+
+
+@pytest_twisted.async_yield_fixture
+async def proxy(db_url: str) -> AsyncIterator[Proxy]:
+    reactor = _reactor()
+    recorder, port = serve(reactor)
+    backend = FakeBackend(serve_at=port.getHost().port)
+    app = await start_server(db_url, backend=backend, config=server_config(db_url))
+    people, wid = await team(app)
+    sid = (
+        await people["owner"].call("POST", f"/api/workspaces/{wid}/sandboxes", {"name": "p"})
+    ).body["id"]
+    await wait_status(people["owner"], sid, "running")
+    yield Proxy(app, recorder, people, wid, sid)
+    await stop_server(app)
+    await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_forwarding_and_header_hygiene(proxy: Proxy) -> None:
+    """Our cookies, Authorization, tickets and spoofed forwarding headers never reach the
+    sandbox; opencode's Basic credential and our X-Forwarded-* do."""
+    cookie = await proxy.open("developer")
+    reply = await proxy.visit(
+        "/echo?x=1&auth_token=steal&ticket=t&token=k&y=2",
+        headers={
+            "Cookie": f"cli_sandbox={cookie}; cli_session=main; theirs=ok",
+            "Authorization": "Bearer mine",
+            "X-Forwarded-For": "6.6.6.6",
+            "X-Forwarded-Host": "evil.example",
+            "X-Forwarded-Proto": "https",
+            "Forwarded": "for=6.6.6.6",
+        },
+    )
+    assert reply.code == 200, reply
+    seen = proxy.upstream.seen[-1]
+    assert seen["uri"] == "/echo?x=1&y=2"
+    headers = seen["headers"]
+    assert headers["cookie"] == ["theirs=ok"]
+    (row,) = await proxy.app.db.query("SELECT opencode_password FROM sandboxes")
+    from cli_server.sandboxes.opencode import basic_auth
+
+    assert headers["authorization"] == [basic_auth(row["opencode_password"]).decode()]
+    assert headers["x-forwarded-for"] == ["127.0.0.1"]
+    assert headers["x-forwarded-proto"] == ["http"]
+    assert headers["x-forwarded-host"] == [proxy.host()]
+    assert headers["host"] == [proxy.host()]  # opencode's Origin checks see the public host
+    assert "forwarded" not in headers
+    everything = json.dumps(proxy.upstream.seen)
+    assert "steal" not in everything and "main" not in everything and cookie not in everything
+
+
+@pytest_twisted.ensureDeferred
+async def test_post_body_and_repeated_headers(proxy: Proxy) -> None:
+    """Bodies reach the sandbox; several Set-Cookie survive, unsafe ones do not."""
+    cookie = await proxy.open("developer")
+    posted = await proxy.visit("/session", "POST", cookie=cookie, body={"title": "é"})
+    assert posted.code == 200 and json.loads(proxy.upstream.seen[-1]["body"]) == {"title": "é"}
+    cookies = await proxy.visit("/cookies", cookie=cookie)
+    assert cookies.headers.getRawHeaders("set-cookie") == ["a=1; Path=/", "d=4; HttpOnly"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_tickets(proxy: Proxy) -> None:
+    """A ticket works once, for one sandbox, for a minute; failures are HTML pages."""
+    dev = proxy.people["developer"]
+    url = (await dev.call("POST", f"/api/sandboxes/{proxy.sandbox}/open")).body["url"]
+    path = url.split(proxy.host(), 1)[1]
+    other = (
+        await dev.call("POST", f"/api/workspaces/{proxy.workspace}/sandboxes", {"name": "other"})
+    ).body["id"]
+    await wait_status(dev, other, "running")
+    wrong_host = await proxy.visit(path, sandbox_id=other)
+    assert wrong_host.code == 401 and b"expired" in wrong_host.body
+    assert (await proxy.visit(path)).code == 401  # burnt by the wrong-host attempt
+
+    url = (await dev.call("POST", f"/api/sandboxes/{proxy.sandbox}/open")).body["url"]
+    path = url.split(proxy.host(), 1)[1]
+    assert (await proxy.visit(path)).code == 303
+    reused = await proxy.visit(path)
+    assert reused.code == 401 and reused.headers.getRawHeaders("referrer-policy") == ["no-referrer"]
+
+    url = (await dev.call("POST", f"/api/sandboxes/{proxy.sandbox}/open")).body["url"]
+    await proxy.app.db.execute("UPDATE sandbox_tickets SET expires_at = now() - interval '1s'")
+    assert (await proxy.visit(url.split(proxy.host(), 1)[1])).code == 401
+    assert (await proxy.visit("/_cli/auth")).code == 401
+    rows = await proxy.app.db.query("SELECT ticket_hash FROM sandbox_tickets")
+    assert all(len(bytes(r["ticket_hash"])) == 32 for r in rows)  # hashes only
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_cookie_wrong_sandbox_and_unknown_hosts(proxy: Proxy) -> None:
+    """Without a session: 401 page; a session for one sandbox opens no other; unknown and
+    malformed sandbox hosts are 404; the main site does not route on spoofed headers."""
+    none = await proxy.visit("/")
+    assert none.code == 401 and b"dashboard" in none.body
+    assert proxy.upstream.seen == []
+    cookie = await proxy.open("developer")
+    other = (
+        await proxy.people["developer"].call(
+            "POST", f"/api/workspaces/{proxy.workspace}/sandboxes", {"name": "o"}
+        )
+    ).body["id"]
+    assert (await proxy.visit("/", cookie=cookie, sandbox_id=other)).code == 401
+    unknown = await proxy.visit("/", sandbox_id="00000000-0000-4000-8000-000000000000")
+    assert unknown.code == 401  # no session there; no hint whether it exists
+    client = proxy.app.client()
+    for host in ("oc-nope.localhost:8080", "x.localhost:8080", "OC-BAD.LOCALHOST"):
+        assert (await client.call("GET", "/", headers={"Host": host})).code == 404
+    upper = await proxy.visit("/echo", cookie=cookie, headers={"Host": proxy.host().upper()})
+    assert upper.code == 200
+    spoof = await client.call(
+        "GET", "/api/auth/providers", headers={"X-Forwarded-Host": proxy.host()}
+    )
+    assert spoof.code == 200 and spoof.body == []
+    assert all(s["uri"] != "/api/auth/providers" for s in proxy.upstream.seen)
+    evil = await client.call("GET", "/", headers={"Host": f"oc-{proxy.sandbox}.evil.example"})
+    assert evil.headers.getRawHeaders("set-cookie") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_path_tricks_stay_inside(proxy: Proxy) -> None:
+    """Odd paths are passed to the sandbox as paths; an absolute-URI request line is refused."""
+    cookie = await proxy.open("developer")
+    for path in ("//evil.example/x", "/..%2f..%2fetc/passwd", "/a/../../b"):
+        reply = await proxy.visit(path, cookie=cookie)
+        assert reply.code == 200, (path, reply)
+        assert proxy.upstream.seen[-1]["headers"]["host"] == [proxy.host()]
+    raw = await _raw(
+        proxy,
+        b"GET http://evil.example/ HTTP/1.1\r\nHost: "
+        + proxy.host().encode()
+        + b"\r\nCookie: cli_sandbox="
+        + cookie.encode()
+        + b"\r\nConnection: close\r\n\r\n",
+    )
+    assert raw.startswith(b"HTTP/1.1 400"), raw[:100]
+
+
+async def _raw(proxy: Proxy, data: bytes) -> bytes:
+    reactor = _reactor()
+    done: Deferred[bytes] = Deferred()
+
+    class Raw(Protocol):
+        buf = b""
+
+        def connectionMade(self) -> None:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+        def dataReceived(self, chunk: bytes) -> None:
+            self.buf += chunk
+
+        def connectionLost(self, reason: Any = None) -> None:
+            done.callback(self.buf)
+
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", proxy.app.port.getHost().port)
+    await connectProtocol(endpoint, Raw())
+    done.addTimeout(10, reactor)
+    return await done
+
+
+@pytest_twisted.ensureDeferred
+async def test_guest_is_read_only(proxy: Proxy) -> None:
+    """Guests may GET, HEAD and read events; other methods and WebSockets are 403."""
+    cookie = await proxy.open("guest")
+    assert (await proxy.visit("/echo", cookie=cookie)).code == 200
+    assert (await proxy.visit("/echo", "HEAD", cookie=cookie)).code == 200
+    assert (await proxy.visit("/sse", cookie=cookie)).code == 200
+    before = len(proxy.upstream.seen)
+    for method in ("POST", "PUT", "PATCH", "DELETE"):
+        assert (await proxy.visit("/session", method, cookie=cookie, body={})).code == 403
+    ws = await proxy.visit(
+        "/pty/1/connect",
+        cookie=cookie,
+        headers={
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        },
+    )
+    assert ws.code == 403
+    assert len(proxy.upstream.seen) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_pages_and_resume(proxy: Proxy) -> None:
+    """A paused sandbox shows a 503 page; developers get Resume (same-origin POST only)."""
+    dev_cookie, guest_cookie = await proxy.open("developer"), await proxy.open("guest")
+    owner = proxy.people["owner"]
+    await owner.call("POST", f"/api/sandboxes/{proxy.sandbox}/pause")
+    await wait_status(owner, proxy.sandbox, "paused")
+    proxy.app.server.proxy_access.forget()
+    paused = await proxy.visit("/", cookie=dev_cookie)
+    assert paused.code == 503 and b"paused" in paused.body and b"/_cli/resume" in paused.body
+    guest = await proxy.visit("/", cookie=guest_cookie)
+    assert guest.code == 503 and b"/_cli/resume" not in guest.body
+    forged = await proxy.visit(
+        "/_cli/resume", "POST", cookie=dev_cookie, headers={"Origin": "http://evil.example"}
+    )
+    assert forged.code == 403
+    assert (await proxy.visit("/_cli/resume", "POST", cookie=guest_cookie)).code == 403
+    resumed = await proxy.visit(
+        "/_cli/resume", "POST", cookie=dev_cookie, headers={"Origin": f"http://{proxy.host()}"}
+    )
+    assert resumed.code == 303
+    await wait_status(owner, proxy.sandbox, "running")
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions_are_revoked(proxy: Proxy) -> None:
+    """Logout, member removal, role change and sandbox deletion end subdomain sessions."""
+    people, wid = proxy.people, proxy.workspace
+    cookie = await proxy.open("developer")
+    await people["developer"].call("POST", "/api/auth/logout")
+    assert (await proxy.visit("/echo", cookie=cookie)).code == 401
+
+    cookie = await proxy.open("maintainer")
+    maintainer_id = people["maintainer"].user["id"]  # type: ignore[index]
+    await people["owner"].call(
+        "PUT", f"/api/workspaces/{wid}/members/{maintainer_id}", {"role": "developer"}
+    )
+    assert (await proxy.visit("/echo", cookie=cookie)).code == 401
+
+    cookie = await proxy.open("guest")
+    guest_id = people["guest"].user["id"]  # type: ignore[index]
+    await people["owner"].call("DELETE", f"/api/workspaces/{wid}/members/{guest_id}")
+    assert (await proxy.visit("/echo", cookie=cookie)).code == 401
+
+    cookie = await proxy.open("owner")
+    await people["owner"].call("DELETE", f"/api/sandboxes/{proxy.sandbox}")
+    assert (await proxy.visit("/echo", cookie=cookie)).code == 401
+
+
+@pytest_twisted.ensureDeferred
+async def test_streaming_and_activity(proxy: Proxy) -> None:
+    """SSE events arrive as they are sent; a 1 MiB body arrives whole; activity is recorded."""
+    cookie = await proxy.open("developer")
+    await proxy.app.db.execute("UPDATE sandboxes SET last_activity_at = now() - interval '1h'")
+    proxy.app.server.activity._written.clear()
+    big = await proxy.visit("/big", cookie=cookie)
+    assert len(big.body) == 1024 * 1024
+    (row,) = await proxy.app.db.query(
+        "SELECT last_activity_at > now() - interval '1 minute' AS recent FROM sandboxes"
+    )
+    assert row["recent"]
+    events: list[tuple[float, bytes]] = []
+    reactor = _reactor()
+    done: Deferred[None] = Deferred()
+
+    class Events(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            events.append((reactor.seconds(), data))
+
+        def connectionLost(self, reason: Any = None) -> None:
+            done.callback(None)
+
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", proxy.app.port.getHost().port)
+    client = await connectProtocol(endpoint, Events())
+    client.transport.write(
+        f"GET /sse HTTP/1.1\r\nHost: {proxy.host()}\r\nCookie: "
+        f"cli_sandbox={cookie}\r\nConnection: close\r\n\r\n".encode()
+    )
+    done.addTimeout(10, reactor)
+    await done
+    text = b"".join(d for _, d in events)
+    assert b"data: first" in text and b"data: second" in text
+    first = next(t for t, d in events if b"data: first" in d)
+    second = next(t for t, d in events if b"data: second" in d)
+    assert second - first >= 0.15  # delivered as sent, not buffered to the end
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_reader_is_backpressured(proxy: Proxy) -> None:
+    """A client that stops reading pauses its upstream instead of growing our memory, and
+    other requests are served meanwhile."""
+    cookie = await proxy.open("developer")
+    reactor = _reactor()
+
+    class Stalled(Protocol):
+        def connectionMade(self) -> None:
+            self.transport.pauseProducing()  # type: ignore[union-attr]  # never read
+
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", proxy.app.port.getHost().port)
+    stalled = await connectProtocol(endpoint, Stalled())
+    stalled.transport.write(
+        f"GET /flood HTTP/1.1\r\nHost: {proxy.host()}\r\nCookie: "
+        f"cli_sandbox={cookie}\r\n\r\n".encode()
+    )
+    await wait_until(reactor, lambda: proxy.upstream.flood_paused, timeout=20)
+    streamed = proxy.upstream.streamed
+    assert streamed < 64 * 2**20, f"{streamed} bytes pulled for a reader that reads nothing"
+    quick = await proxy.visit("/echo", cookie=cookie)
+    assert quick.code == 200
+    assert proxy.upstream.streamed - streamed < 2**20
+    stalled.transport.abortConnection()

@@ -37,7 +37,7 @@ from cli_server.services import OrderedMultiService, PeriodicService
 from cli_server.threads import ThreadPoolService
 from cli_server.web.auth_api import AuthAPI, AuthLimits
 from cli_server.web.dispatch import HostDispatcher
-from cli_server.web.request import BoundedRequest
+from cli_server.web.request import BoundedRequest, QuietSandboxSite
 from cli_server.web.sandboxes_api import SandboxesAPI, WorkspaceSandboxesAPI
 from cli_server.web.session import SessionCookies
 from cli_server.web.site import MainSite
@@ -266,7 +266,7 @@ def build(
         periodic.setServiceParent(root)
 
     root_resource = HostDispatcher(site.app.resource(), proxy, urls.base_host)
-    web = Site(root_resource, requestFactory=BoundedRequest)
+    web = QuietSandboxSite(root_resource, requestFactory=BoundedRequest)
     web.displayTracebacks = False
     for n, description in enumerate(config.listen):
         listener = StreamServerEndpointService(serverFromString(reactor, description), web)

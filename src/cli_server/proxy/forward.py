@@ -148,7 +148,7 @@ class Forwarder:
     @classmethod
     def create(cls, reactor: Any) -> Forwarder:
         pool = HTTPConnectionPool(reactor, persistent=True)
-        pool.maxPersistentPerHost = 32
+        pool.maxPersistentPerHost = 128  # one per concurrent browser request, reused
         pool.cachedConnectionTimeout = 60
         return cls(reactor, pool, Cooperator(scheduler=lambda f: reactor.callLater(0, f)))
 
@@ -156,9 +156,11 @@ class Forwarder:
         """Send ``request`` on and stream the response; False if the sandbox did not answer."""
         agent = Agent(self._reactor, pool=self._pool, connectTimeout=10)
         url = f"http://{endpoint.host}:{endpoint.port}".encode() + clean_query(request.uri)
+        if request.finished or request.channel is None:
+            return True  # the browser left before we got here
         body = None
         content = request.content
-        if content is not None:
+        if content is not None and not content.closed:
             content.seek(0, 2)
             if content.tell() or request.method in (b"POST", b"PUT", b"PATCH"):
                 content.seek(0)

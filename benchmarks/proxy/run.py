@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""Proxy benchmark: direct vs nginx vs cli-server, measured in one run on this machine.
+
+    apt-get install -y nginx wrk          # once
+    .venv/bin/python benchmarks/proxy/run.py [--seconds 10] [--streams 500]
+
+Starts nginx as the plain-HTTP upstream (small and 1 MiB files) and as a reverse proxy, a
+small Twisted upstream for SSE and WebSocket echo, and cli-server (real service tree, embedded
+PostgreSQL, a FAKE backend pointing its sandboxes at those upstreams), all on 127.0.0.1. Then:
+wrk for small-GET req/s and latency and 1 MiB throughput; our own asyncio clients for event
+latency across N concurrent SSE streams and for WebSocket echo round trips. Prints a Markdown
+table. Every loop is bounded; everything started is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+user root;
+error_log {dir}/error.log warn;
+pid {dir}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fcgi; uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
+  upstream files {{ server 127.0.0.1:{files}; keepalive 64; }}
+  upstream streams {{ server 127.0.0.1:{streams}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{files}; root {dir}/www; }}
+  server {{
+    listen 127.0.0.1:{proxy};
+    location / {{ proxy_pass http://files; proxy_http_version 1.1;
+                 proxy_set_header Connection ""; }}
+    location /sse {{ proxy_pass http://streams; proxy_http_version 1.1;
+                    proxy_set_header Connection ""; proxy_buffering off;
+                    proxy_read_timeout 1h; }}
+    location /ws {{ proxy_pass http://streams; proxy_http_version 1.1;
+                   proxy_set_header Upgrade $http_upgrade;
+                   proxy_set_header Connection "upgrade"; proxy_read_timeout 1h; }}
+  }}
+}}
+"""
+
+
+def wrk(url: str, headers: dict[str, str], seconds: int, connections: int) -> dict[str, float]:
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    for name, value in headers.items():
+        argv[1:1] = ["-H", f"{name}: {value}"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
+    result = {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "errors": sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out)),
+    }
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result["errors"] += int(non2xx.group(1)) if non2xx else 0
+    for pct in ("50", "99"):
+        m = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
+        if m:
+            scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+            result[f"p{pct}_ms"] = float(m.group(1)) * scale
+    transfer = re.search(r"Transfer/sec:\s+([\d.]+)(KB|MB|GB)", out)
+    if transfer:
+        result["mib_s"] = (
+            float(transfer.group(1)) * {"KB": 1 / 1024, "MB": 1, "GB": 1024}[transfer.group(2)]
+        )
+    return result
+
+
+async def sse_latency(port: int, headers: dict[str, str], streams: int, seconds: float
+                      ) -> dict[str, float]:  # fmt: skip
+    """Open ``streams`` event streams; every event carries its send time."""
+    latencies: list[float] = []
+    errors = 0
+    request = "GET /sse HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n"
+
+    async def one() -> None:
+        nonlocal errors
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            errors += 1
+            return
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items() if k != "Host")
+        writer.write(request.format(host=headers.get("Host", "127.0.0.1"), extra=extra).encode())
+        deadline = time.time() + seconds
+        try:
+            while time.time() < deadline:
+                line = await asyncio.wait_for(reader.readline(), timeout=5)
+                if not line:
+                    errors += 1
+                    return
+                if line.startswith(b"data: "):
+                    latencies.append((time.time() - float(line[6:].strip())) * 1000)
+        except (TimeoutError, OSError, ValueError):
+            errors += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(one() for _ in range(streams)))
+    latencies.sort()
+    return {
+        "events": len(latencies),
+        "p50_ms": statistics.median(latencies) if latencies else float("nan"),
+        "p99_ms": latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
+        "errors": errors,
+    }
+
+
+async def ws_echo(port: int, headers: dict[str, str], rounds: int) -> dict[str, float]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = ["GET /ws HTTP/1.1", f"Host: {headers.get('Host', '127.0.0.1')}",
+             "Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
+             "Sec-WebSocket-Version: 13"]  # fmt: skip
+    lines += [f"{k}: {v}" for k, v in headers.items() if k != "Host"]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+    if b" 101 " not in head.split(b"\r\n", 1)[0]:
+        raise SystemExit(f"no upgrade: {head[:200]!r}")
+    payload = b"x" * 32
+    rtts = []
+    for _ in range(rounds):
+        mask = os.urandom(4)
+        frame = bytes([0x82, 0x80 | len(payload)]) + mask + bytes(
+            b ^ mask[i % 4] for i, b in enumerate(payload))  # fmt: skip
+        began = time.perf_counter()
+        writer.write(frame)
+        header = await asyncio.wait_for(reader.readexactly(2), timeout=5)
+        await reader.readexactly(header[1] & 0x7F)
+        rtts.append((time.perf_counter() - began) * 1000)
+    writer.close()
+    rtts.sort()
+    return {"p50_ms": statistics.median(rtts), "p99_ms": rtts[int(len(rtts) * 0.99)]}
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--streams", type=int, default=500)
+    ap.add_argument("--rounds", type=int, default=2000)
+    args = ap.parse_args()
+    for tool in ("nginx", "wrk"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing: apt-get install -y nginx wrk")
+    work = Path(tempfile.mkdtemp(prefix="cli-bench-"))
+    work.chmod(0o711)
+    (work / "www").mkdir()
+    (work / "www" / "small").write_bytes(b"x" * 100)
+    (work / "www" / "big").write_bytes(os.urandom(1024 * 1024))
+    files, streams, proxy, ours = free_port(), free_port(), free_port(), free_port()
+    (work / "nginx.conf").write_text(NGINX_CONF.format(dir=work, files=files, streams=streams,
+                                                       proxy=proxy))  # fmt: skip
+    procs = []
+    try:
+        procs.append(subprocess.Popen(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)],
+                                      start_new_session=True))  # fmt: skip
+        procs.append(subprocess.Popen([sys.executable, str(HERE / "backend.py"), str(streams)],
+                                      start_new_session=True))  # fmt: skip
+        server = subprocess.Popen(
+            [sys.executable, str(HERE / "server.py"), str(ours), str(files), str(streams)],
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        procs.append(server)
+        assert server.stdout is not None
+        info = json.loads(server.stdout.readline())
+        time.sleep(1)
+        plain, stream = info["sandboxes"]
+        ours_plain = {"Host": plain["host"], "Cookie": plain["cookie"]}
+        ours_stream = {"Host": stream["host"], "Cookie": stream["cookie"]}
+        targets = {
+            "direct": (files, streams, {}, {}),
+            "nginx": (proxy, proxy, {}, {}),
+            "cli-server": (ours, ours, ours_plain, ours_stream),
+        }
+        rows = {}
+        for name, (http_port, stream_port, hdrs, shdrs) in targets.items():
+            small = wrk(f"http://127.0.0.1:{http_port}/small", hdrs, args.seconds, 50)
+            big = wrk(f"http://127.0.0.1:{http_port}/big", hdrs, args.seconds, 10)
+            rss_before = rss_mib(server.pid)
+            sse = asyncio.run(sse_latency(stream_port, shdrs, args.streams, args.seconds))
+            ws = asyncio.run(ws_echo(stream_port, shdrs, args.rounds))
+            rows[name] = (small, big, sse, ws, rss_before)
+            print(f"{name}: done", file=sys.stderr, flush=True)
+        print(
+            f"\n{args.streams} SSE streams, wrk -t2 -c50 (small) / -c10 (1 MiB), "
+            f"{args.seconds} s each\n"
+        )
+        print(
+            "| target | small GET req/s | p50 / p99 ms | 1 MiB GET MiB/s | SSE p50 / p99 ms "
+            "| WS echo p50 / p99 ms | errors |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for name, (small, big, sse, ws, _) in rows.items():
+            errors = int(small["errors"] + big["errors"] + sse["errors"])
+            print(
+                f"| {name} | {small['rps']:.0f} | {small.get('p50_ms', 0):.2f} / "
+                f"{small.get('p99_ms', 0):.2f} | {big.get('mib_s', 0):.0f} | "
+                f"{sse['p50_ms']:.2f} / {sse['p99_ms']:.2f} | {ws['p50_ms']:.3f} / "
+                f"{ws['p99_ms']:.3f} | {errors} |"
+            )
+        ratio = rows["cli-server"][0]["rps"] / rows["nginx"][0]["rps"]
+        added = rows["cli-server"][2]["p99_ms"] - rows["direct"][2]["p99_ms"]
+        print(f"\nsmall-GET throughput cli-server/nginx: {ratio:.2f}x (target >= 0.5)")
+        print(f"SSE p99 added by cli-server over direct: {added:.2f} ms (target <= 5)")
+        # Memory per open stream: hold the streams open again and compare the server's RSS.
+        before = rss_mib(server.pid)
+
+        async def hold() -> float:
+            conns = []
+            for _ in range(args.streams):
+                r, w = await asyncio.open_connection("127.0.0.1", ours)
+                w.write(f"GET /sse HTTP/1.1\r\nHost: {stream['host']}\r\nCookie: "
+                        f"{stream['cookie']}\r\n\r\n".encode())  # fmt: skip
+                conns.append((r, w))
+            await asyncio.sleep(2)
+            during = rss_mib(server.pid)
+            for _, w in conns:
+                w.close()
+            return during
+
+        during = asyncio.run(hold())
+        print(
+            f"cli-server RSS: {before:.0f} MiB idle, {during:.0f} MiB with {args.streams} "
+            f"open SSE streams: {(during - before) * 1024 / args.streams:.1f} KiB per stream"
+        )
+    finally:
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""cli-server for the benchmark: the real service tree (embedded PostgreSQL, API, proxy) with
+a FAKE backend whose sandboxes "run" at the benchmark's upstream ports. Prints one JSON line
+with the port, the sandboxes' hosts and a sandbox cookie for each, then serves."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from twisted.internet import defer, reactor
+
+from cli_server.config import ServerConfig
+from cli_server.sandboxes.backend import Endpoint, SandboxSpec
+from cli_server.server import build
+from cli_server.testing import FakeBackend
+
+
+class PortsBackend(FakeBackend):
+    """Sandbox number n runs at ``ports[n]`` (FAKE: no processes)."""
+
+    def __init__(self, ports: list[int]) -> None:
+        super().__init__()
+        self.ports, self.assigned = ports, {}
+
+    def start(self, spec: SandboxSpec):  # type: ignore[no-untyped-def]
+        port = self.assigned.setdefault(spec.id, self.ports[len(self.assigned)])
+        self.running[spec.id] = Endpoint("127.0.0.1", port)
+        return defer.succeed(self.running[spec.id])
+
+
+async def setup(port: int, upstreams: list[int]) -> None:
+    data = Path(tempfile.mkdtemp(prefix="cli-bench-proxy-"))
+    data.chmod(0o711)
+    config = ServerConfig(
+        listen=(f"tcp:{port}:interface=127.0.0.1",),
+        data_dir=data,
+        db_url=None,
+        base_domain=f"localhost:{port}",
+        base_scheme="http",
+        session_lifetime=86400.0,
+        max_sandboxes=100,
+    )
+    server = build(config, reactor, backend=PortsBackend(upstreams))
+    server.root.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", server.root.stopService)
+    while not server.database.ready:
+        await defer.Deferred.fromCoroutine(_sleep(0.05))
+    from http.cookiejar import CookieJar
+
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent
+
+    http = HTTPClient(Agent(reactor), cookiejar=CookieJar())
+    base = f"http://127.0.0.1:{port}"
+    await http.post(
+        base + "/api/auth/register", json={"username": "bench", "password": "benchmark1"}
+    )
+    await http.post(base + "/api/auth/login", json={"username": "bench", "password": "benchmark1"})
+    wid = (await (await http.post(base + "/api/workspaces", json={"name": "b"})).json())["id"]
+    out = []
+    for n in range(len(upstreams)):
+        made = await (
+            await http.post(f"{base}/api/workspaces/{wid}/sandboxes", json={"name": f"s{n}"})
+        ).json()
+        while (await (await http.get(f"{base}/api/sandboxes/{made['id']}")).json())[
+            "status"
+        ] != "running":
+            await defer.Deferred.fromCoroutine(_sleep(0.05))
+        url = (await (await http.post(f"{base}/api/sandboxes/{made['id']}/open")).json())["url"]
+        host = f"oc-{made['id']}.localhost:{port}"
+        redeemed = await http.get(
+            base + url.split(host, 1)[1], headers={"Host": host}, allow_redirects=False
+        )
+        cookie = redeemed.headers.getRawHeaders("set-cookie")[0].split(";")[0]
+        out.append({"host": host, "cookie": cookie})
+    print(json.dumps({"sandboxes": out}), flush=True)
+
+
+async def _sleep(seconds: float) -> None:
+    from twisted.internet.task import deferLater
+
+    await deferLater(reactor, seconds)
+
+
+if __name__ == "__main__":
+    port, upstreams = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
+    d = defer.Deferred.fromCoroutine(setup(port, upstreams))
+    d.addErrback(lambda f: (f.printTraceback(), reactor.stop()))
+    reactor.run()

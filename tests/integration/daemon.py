@@ -72,6 +72,8 @@ class Daemon:
             str(self.data_dir),
             "--listen",
             f"tcp:{self.port}:interface=127.0.0.1",
+            "--base-domain",
+            f"localhost:{self.port}",
             *self.extra,
         ]
         self.proc = subprocess.Popen(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from attrs import define
+from attrs import define, field
 from klein import Klein
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
@@ -14,6 +14,7 @@ from cli_server.errors import NotFound, ServiceUnavailable
 from cli_server.web.auth_api import AuthAPI
 from cli_server.web.responses import error_body, install_json_errors, json_response
 from cli_server.web.sandboxes_api import SandboxesAPI
+from cli_server.web.webui import WebUI
 from cli_server.web.workspaces_api import WorkspacesAPI
 
 _ALL = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -26,6 +27,7 @@ class MainSite:
     _workspaces: WorkspacesAPI
     _sandboxes: SandboxesAPI
     _ready: Any  # () -> bool: start-up (database, migrations) finished
+    _ui: IResource = field(factory=WebUI)
 
     app = Klein()
     install_json_errors(app)
@@ -67,6 +69,10 @@ class MainSite:
     @app.route("/api/sandboxes", branch=True, strict_slashes=False, methods=_ALL)
     def sandboxes(self, request: IRequest) -> IResource:
         return self._mount(request, self._sandboxes.app)
+
+    @app.route("/", branch=True, methods=["GET", "HEAD"])
+    def web_ui(self, request: IRequest) -> IResource:
+        return self._ui
 
     @app.route("/api", branch=True, methods=_ALL)
     def unknown_api(self, request: IRequest) -> bytes:

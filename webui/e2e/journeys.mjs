@@ -1,0 +1,173 @@
+// End-to-end journeys in headless Chromium (Debian's, driven by playwright-core) against a
+// real cli-server with real opencode sandboxes.
+//
+//   node e2e/journeys.mjs http://localhost:8080 ../docs/screenshots
+//
+// Exits non-zero on the first failed expectation. Saves screenshots of the main screens.
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const [base, shots = "screenshots"] = process.argv.slice(2);
+if (!base) {
+  console.error("usage: node e2e/journeys.mjs BASE_URL [SCREENSHOT_DIR]");
+  process.exit(2);
+}
+mkdirSync(shots, { recursive: true });
+const started = Date.now();
+const timings = [];
+const TIMEOUT = 60_000;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  args: [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ],
+});
+
+async function journey(name, work) {
+  const t = Date.now();
+  const context = await browser.newContext({ viewport: { width: 1200, height: 800 } });
+  context.setDefaultTimeout(TIMEOUT);
+  try {
+    await work(context);
+  } finally {
+    await context.close();
+  }
+  timings.push(`${name}: ${((Date.now() - t) / 1000).toFixed(1)} s`);
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: join(shots, `${name}.png`) });
+}
+
+async function register(page, username) {
+  await page.goto(base);
+  await page.getByRole("button", { name: "New here? Create an account" }).click();
+  await page.getByLabel("Username").fill(username);
+  await page.getByLabel("Password").fill("correct horse battery");
+  await page.getByRole("button", { name: "Create account" }).click();
+  await page.locator("summary[aria-label='Account menu']").waitFor();
+}
+
+async function signIn(page, username) {
+  await page.goto(base);
+  await page.getByLabel("Username").fill(username);
+  await page.getByLabel("Password").fill("correct horse battery");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.locator("summary[aria-label='Account menu']").waitFor();
+}
+
+function statusOf(page, name) {
+  return page.locator("li.sandbox", { hasText: name }).getByRole("status");
+}
+
+try {
+  await journey("failed login shows an error", async (context) => {
+    const page = await context.newPage();
+    await page.goto(base);
+    await page.getByLabel("Username").fill("nobody");
+    await page.getByLabel("Password").fill("not the password");
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("alert").filter({ hasText: "Wrong username or password" }).waitFor();
+    await shot(page, "login-error");
+  });
+
+  await journey("owner: workspace, member, sandbox lifecycle, open", async (context) => {
+    const page = await context.newPage();
+    await register(page, "alice");
+    await page.getByText("No workspaces yet").waitFor();
+    await shot(page, "dashboard-empty");
+    await page.getByLabel("New workspace").fill("Platform team");
+    await page.getByRole("button", { name: "Create workspace" }).click();
+    await page.getByRole("heading", { name: "Platform team" }).waitFor();
+
+    const api = await context.request.post(`${base}/api/auth/register`, {
+      data: { username: "bob", password: "correct horse battery" },
+    });
+    if (api.status() !== 201) throw new Error(`registering bob: HTTP ${api.status()}`);
+    await page.getByRole("tab", { name: "Members" }).click();
+    await page.getByPlaceholder("Username to add").fill("bob");
+    await page.getByLabel("Role for the new member").selectOption("guest");
+    await page.getByRole("button", { name: "Add member" }).click();
+    await page.getByRole("cell", { name: "bob" }).waitFor();
+    await page.getByPlaceholder("Username to add").fill("ghost");
+    await page.getByRole("button", { name: "Add member" }).click();
+    await page.getByRole("alert").filter({ hasText: "No user has that username" }).waitFor();
+    await shot(page, "members");
+
+    await page.getByRole("tab", { name: "Sandboxes" }).click();
+    await page.getByText("No sandboxes yet.").waitFor();
+    await page.getByPlaceholder("Name a new sandbox").fill("api-refactor");
+    await page.getByRole("button", { name: "New sandbox" }).click();
+    await statusOf(page, "api-refactor").filter({ hasText: "Running" }).waitFor();
+    await shot(page, "sandbox-running");
+
+    const card = page.locator("li.sandbox", { hasText: "api-refactor" });
+    await card.getByRole("button", { name: "Pause" }).click();
+    await statusOf(page, "api-refactor").filter({ hasText: "Paused" }).waitFor();
+    await card.getByRole("button", { name: "Resume" }).click();
+    await statusOf(page, "api-refactor").filter({ hasText: "Running" }).waitFor();
+
+    const [tab] = await Promise.all([
+      context.waitForEvent("page"),
+      card.getByRole("button", { name: "Open" }).click(),
+    ]);
+    await tab.waitForURL(/^http:\/\/oc-[0-9a-f-]+\.localhost:\d+\/$/);
+    await tab.waitForLoadState("load");
+    await tab.locator("#root, body").first().waitFor();
+    await tab.waitForTimeout(1500); // let opencode's UI paint (never wait for networkidle)
+    const title = await tab.title();
+    if (!/opencode/i.test(title)) throw new Error(`opened tab title is ${title}`);
+    await shot(tab, "opencode-through-proxy");
+    await tab.close();
+
+    await card.getByRole("button", { name: "Delete" }).click();
+    await page.getByRole("button", { name: "Delete sandbox" }).click();
+    await page.getByText("No sandboxes yet.").waitFor();
+
+    await page.getByPlaceholder("Name a new sandbox").fill("for-the-guest");
+    await page.getByRole("button", { name: "New sandbox" }).click();
+    await statusOf(page, "for-the-guest").filter({ hasText: "Running" }).waitFor();
+  });
+
+  await journey("guest sees no mutating controls", async (context) => {
+    const page = await context.newPage();
+    await signIn(page, "bob");
+    await page.getByRole("heading", { name: "Platform team" }).waitFor();
+    await statusOf(page, "for-the-guest").filter({ hasText: "Running" }).waitFor();
+    for (const name of ["New sandbox", "Pause", "Resume", "Delete", "Delete workspace"]) {
+      if ((await page.getByRole("button", { name, exact: true }).count()) !== 0)
+        throw new Error(`a guest sees "${name}"`);
+    }
+    await page.getByText("You are a guest here").waitFor();
+    await shot(page, "guest-view");
+    await page.getByRole("tab", { name: "Members" }).click();
+    if ((await page.getByRole("button", { name: "Add member" }).count()) !== 0)
+      throw new Error("a guest can add members");
+    await page.locator("summary[aria-label='Account menu']").click();
+    await page.getByRole("button", { name: "Sign out" }).click();
+    await page.getByRole("button", { name: "Sign in" }).waitFor();
+  });
+
+  await journey("phone width", async (context) => {
+    const page = await context.newPage();
+    await page.setViewportSize({ width: 390, height: 844 });
+    await signIn(page, "alice");
+    await page.getByRole("heading", { name: "Platform team" }).waitFor();
+    await shot(page, "phone");
+  });
+} catch (error) {
+  console.error(`E2E FAILED: ${error?.stack ?? error}`);
+  await browser.close();
+  process.exit(1);
+}
+await browser.close();
+console.log(timings.join("\n"));
+console.log(`all journeys passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);

@@ -1,0 +1,159 @@
+import { type FormEvent, useCallback, useEffect, useState } from "react";
+import { api, atLeast, describe, type Sandbox, type Workspace } from "./api";
+import { ConfirmButton } from "./Confirm";
+
+const MOVING = new Set(["creating", "resuming", "pausing"]);
+const LABEL: Record<string, string> = {
+  creating: "Starting…",
+  resuming: "Resuming…",
+  pausing: "Pausing…",
+  running: "Running",
+  paused: "Paused",
+  offline: "Offline",
+  failed: "Failed",
+};
+
+interface Props {
+  workspace: Workspace;
+  pollMs?: number;
+}
+
+export function Sandboxes({ workspace, pollMs = 2000 }: Props) {
+  const [sandboxes, setSandboxes] = useState<Sandbox[] | null>(null);
+  const [name, setName] = useState("");
+  const [error, setError] = useState<string | null>(null);
+  const canChange = atLeast(workspace.role, "developer");
+
+  const load = useCallback(async () => {
+    try {
+      setSandboxes(await api.sandboxes(workspace.id));
+    } catch (e) {
+      setError(describe(e));
+    }
+  }, [workspace.id]);
+
+  useEffect(() => {
+    setSandboxes(null);
+    void load();
+  }, [load]);
+
+  // Live status: poll quickly while something is moving, slowly otherwise.
+  const moving = sandboxes?.some((s) => MOVING.has(s.status)) ?? false;
+  useEffect(() => {
+    const timer = setInterval(() => void load(), moving ? pollMs / 4 : pollMs);
+    return () => clearInterval(timer);
+  }, [load, moving, pollMs]);
+
+  async function act(work: () => Promise<unknown>) {
+    setError(null);
+    try {
+      await work();
+    } catch (e) {
+      setError(describe(e));
+    }
+    await load();
+  }
+
+  async function create(event: FormEvent) {
+    event.preventDefault();
+    await act(async () => {
+      await api.createSandbox(workspace.id, name);
+      setName("");
+    });
+  }
+
+  async function open(sandbox: Sandbox) {
+    // Open the tab first (browsers allow that only during the click), then send it to the
+    // one-time link once the server has minted it.
+    const tab = window.open("about:blank", "_blank");
+    try {
+      const { url } = await api.open(sandbox.id);
+      if (tab) tab.location.href = url;
+      else window.location.href = url;
+    } catch (e) {
+      tab?.close();
+      setError(describe(e));
+    }
+  }
+
+  return (
+    <section aria-label="Sandboxes">
+      {canChange && (
+        <form onSubmit={create} className="row">
+          <label className="grow">
+            <span className="sr-only">Sandbox name</span>
+            <input
+              name="sandbox"
+              required
+              maxLength={100}
+              placeholder="Name a new sandbox"
+              value={name}
+              onChange={(e) => setName(e.target.value)}
+            />
+          </label>
+          <button type="submit" className="primary">
+            New sandbox
+          </button>
+        </form>
+      )}
+      {error && (
+        <p className="error" role="alert">
+          {error}
+        </p>
+      )}
+      {sandboxes === null && <p className="muted">Loading sandboxes…</p>}
+      {sandboxes?.length === 0 && (
+        <div className="empty">
+          <p>No sandboxes yet.</p>
+          <p className="muted">
+            {canChange
+              ? "Name one above: it starts opencode in about two seconds."
+              : "A developer of this workspace can start one."}
+          </p>
+        </div>
+      )}
+      <ul className="plain cards">
+        {sandboxes?.map((s) => (
+          <li key={s.id} className="card sandbox" data-status={s.status}>
+            <div className="row between">
+              <strong>{s.name}</strong>
+              <span className={`status ${s.status}`} role="status">
+                {MOVING.has(s.status) && <span className="spinner" aria-hidden="true" />}
+                {LABEL[s.status] ?? s.status}
+              </span>
+            </div>
+            {s.status === "failed" && s.error && <p className="error">{s.error}</p>}
+            <div className="row">
+              <button
+                type="button"
+                className="primary"
+                disabled={s.status !== "running"}
+                onClick={() => void open(s)}
+              >
+                Open
+              </button>
+              {canChange && s.status === "running" && (
+                <button type="button" onClick={() => void act(() => api.pause(s.id))}>
+                  Pause
+                </button>
+              )}
+              {canChange && (s.status === "paused" || s.status === "failed") && (
+                <button type="button" onClick={() => void act(() => api.resume(s.id))}>
+                  Resume
+                </button>
+              )}
+              {canChange && (
+                <ConfirmButton
+                  label="Delete"
+                  question={`Delete sandbox "${s.name}"? Its opencode sessions go; the workspace disk stays.`}
+                  confirmLabel="Delete sandbox"
+                  onConfirm={() => void act(() => api.deleteSandbox(s.id))}
+                />
+              )}
+            </div>
+          </li>
+        ))}
+      </ul>
+    </section>
+  );
+}

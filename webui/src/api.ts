@@ -1,0 +1,109 @@
+// A small typed client for the cli-server API. The session lives in an HttpOnly cookie that
+// this code never sees; requests are same-origin, so the browser's Origin header satisfies
+// the server's rule for state-changing calls.
+
+export type Role = "owner" | "maintainer" | "developer" | "guest";
+export const ROLES: Role[] = ["owner", "maintainer", "developer", "guest"];
+const RANK: Record<Role, number> = { guest: 1, developer: 2, maintainer: 3, owner: 4 };
+export const atLeast = (role: Role, wanted: Role): boolean => RANK[role] >= RANK[wanted];
+
+export interface User {
+  id: string;
+  username: string;
+  email: string | null;
+}
+export interface Workspace {
+  id: string;
+  name: string;
+  role: Role;
+  created_at: string;
+}
+export interface Member {
+  user_id: string;
+  username: string;
+  role: Role;
+}
+export type Status =
+  | "creating"
+  | "running"
+  | "pausing"
+  | "paused"
+  | "resuming"
+  | "offline"
+  | "failed";
+export interface Sandbox {
+  id: string;
+  workspace_id: string;
+  name: string;
+  status: Status;
+  error: string | null;
+  is_local: boolean;
+  created_at: string;
+  url: string | null;
+}
+
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
+  const init: RequestInit = { method, credentials: "same-origin", headers: {} };
+  if (body !== undefined) {
+    init.headers = { "Content-Type": "application/json" };
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  if (response.status === 204) return undefined as T;
+  const data: unknown = await response.json().catch(() => null);
+  if (!response.ok) {
+    const error = (data as { error?: { code?: string; message?: string } } | null)?.error;
+    throw new ApiError(
+      response.status,
+      error?.code ?? "http_error",
+      error?.message ?? `request failed (HTTP ${response.status})`,
+    );
+  }
+  return data as T;
+}
+
+export const api = {
+  me: () => call<User>("GET", "/api/auth/me"),
+  login: (username: string, password: string) =>
+    call<User>("POST", "/api/auth/login", { username, password }),
+  register: (username: string, password: string) =>
+    call<User>("POST", "/api/auth/register", { username, password }),
+  logout: () => call<void>("POST", "/api/auth/logout"),
+  providers: () => call<{ name: string; login_url: string }[]>("GET", "/api/auth/providers"),
+  workspaces: () => call<Workspace[]>("GET", "/api/workspaces"),
+  createWorkspace: (name: string) => call<Workspace>("POST", "/api/workspaces", { name }),
+  deleteWorkspace: (id: string) => call<void>("DELETE", `/api/workspaces/${id}`),
+  members: (id: string) => call<Member[]>("GET", `/api/workspaces/${id}/members`),
+  addMember: (id: string, username: string, role: Role) =>
+    call<Member>("POST", `/api/workspaces/${id}/members`, { username, role }),
+  setRole: (id: string, userId: string, role: Role) =>
+    call<Member>("PUT", `/api/workspaces/${id}/members/${userId}`, { role }),
+  removeMember: (id: string, userId: string) =>
+    call<void>("DELETE", `/api/workspaces/${id}/members/${userId}`),
+  sandboxes: (id: string) => call<Sandbox[]>("GET", `/api/workspaces/${id}/sandboxes`),
+  createSandbox: (id: string, name: string) =>
+    call<Sandbox>("POST", `/api/workspaces/${id}/sandboxes`, { name }),
+  pause: (id: string) => call<Sandbox>("POST", `/api/sandboxes/${id}/pause`),
+  resume: (id: string) => call<Sandbox>("POST", `/api/sandboxes/${id}/resume`),
+  deleteSandbox: (id: string) => call<void>("DELETE", `/api/sandboxes/${id}`),
+  open: (id: string) => call<{ url: string }>("POST", `/api/sandboxes/${id}/open`),
+};
+
+export function describe(error: unknown): string {
+  if (error instanceof ApiError) {
+    if (error.status === 403 && error.code === "forbidden")
+      return `Your role does not allow this: ${error.message}.`;
+    return error.message.charAt(0).toUpperCase() + error.message.slice(1);
+  }
+  return "The server could not be reached. Check your connection and try again.";
+}

@@ -97,6 +97,9 @@ def test_wheel_install_finds_plugin(work: Path) -> None:
     assert "twisted/plugins/cli_server_plugins.py" in names
     assert "twisted/__init__.py" not in names and "twisted/plugins/__init__.py" not in names
     assert "cli_server/db/migrations/0001_initial.sql" in names
+    # The built web UI ships in the wheel (the README's commands build it before installing).
+    assert "cli_server/webui_dist/index.html" in names, "build the UI: npm run build -w webui"
+    assert any(n.startswith("cli_server/webui_dist/assets/") and n.endswith(".js") for n in names)
     assert not wheel.name.startswith("cli_server-0.0.0"), "incremental did not set the version"
 
     python = _venv(work / "venv")

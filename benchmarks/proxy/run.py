@@ -92,8 +92,9 @@ def wrk(url: str, headers: dict[str, str], seconds: int, connections: int) -> di
     return result
 
 
-async def sse_latency(port: int, headers: dict[str, str], streams: int, seconds: float
-                      ) -> dict[str, float]:  # fmt: skip
+async def sse_latency(
+    port: int, headers: dict[str, str], streams: int, seconds: float, watch_pid: int = 0
+) -> dict[str, float]:
     """Open ``streams`` event streams; every event carries its send time."""
     latencies: list[float] = []
     errors = 0
@@ -122,22 +123,32 @@ async def sse_latency(port: int, headers: dict[str, str], streams: int, seconds:
         finally:
             writer.close()
 
-    await asyncio.gather(*(one() for _ in range(streams)))
+    async def sample() -> float:
+        await asyncio.sleep(seconds / 2)
+        return rss_mib(watch_pid) if watch_pid else float("nan")
+
+    *_, rss_during = await asyncio.gather(*(one() for _ in range(streams)), sample())
     latencies.sort()
     return {
         "events": len(latencies),
         "p50_ms": statistics.median(latencies) if latencies else float("nan"),
         "p99_ms": latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
         "errors": errors,
+        "rss_during": rss_during,
     }
 
 
 async def ws_echo(port: int, headers: dict[str, str], rounds: int) -> dict[str, float]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     key = base64.b64encode(os.urandom(16)).decode()
-    lines = ["GET /ws HTTP/1.1", f"Host: {headers.get('Host', '127.0.0.1')}",
-             "Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
-             "Sec-WebSocket-Version: 13"]  # fmt: skip
+    lines = [
+        "GET /ws HTTP/1.1",
+        f"Host: {headers.get('Host', '127.0.0.1')}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+    ]
     lines += [f"{k}: {v}" for k, v in headers.items() if k != "Host"]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
@@ -147,8 +158,11 @@ async def ws_echo(port: int, headers: dict[str, str], rounds: int) -> dict[str, 
     rtts = []
     for _ in range(rounds):
         mask = os.urandom(4)
-        frame = bytes([0x82, 0x80 | len(payload)]) + mask + bytes(
-            b ^ mask[i % 4] for i, b in enumerate(payload))  # fmt: skip
+        frame = (
+            bytes([0x82, 0x80 | len(payload)])
+            + mask
+            + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        )
         began = time.perf_counter()
         writer.write(frame)
         header = await asyncio.wait_for(reader.readexactly(2), timeout=5)
@@ -181,14 +195,21 @@ def main() -> None:
     (work / "www" / "small").write_bytes(b"x" * 100)
     (work / "www" / "big").write_bytes(os.urandom(1024 * 1024))
     files, streams, proxy, ours = free_port(), free_port(), free_port(), free_port()
-    (work / "nginx.conf").write_text(NGINX_CONF.format(dir=work, files=files, streams=streams,
-                                                       proxy=proxy))  # fmt: skip
+    (work / "nginx.conf").write_text(
+        NGINX_CONF.format(dir=work, files=files, streams=streams, proxy=proxy)
+    )
     procs = []
     try:
-        procs.append(subprocess.Popen(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)],
-                                      start_new_session=True))  # fmt: skip
-        procs.append(subprocess.Popen([sys.executable, str(HERE / "backend.py"), str(streams)],
-                                      start_new_session=True))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                ["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)], start_new_session=True
+            )
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(HERE / "backend.py"), str(streams)], start_new_session=True
+            )
+        )
         server = subprocess.Popen(
             [sys.executable, str(HERE / "server.py"), str(ours), str(files), str(streams)],
             stdout=subprocess.PIPE,
@@ -212,7 +233,8 @@ def main() -> None:
             small = wrk(f"http://127.0.0.1:{http_port}/small", hdrs, args.seconds, 50)
             big = wrk(f"http://127.0.0.1:{http_port}/big", hdrs, args.seconds, 10)
             rss_before = rss_mib(server.pid)
-            sse = asyncio.run(sse_latency(stream_port, shdrs, args.streams, args.seconds))
+            watch = server.pid if name == "cli-server" else 0
+            sse = asyncio.run(sse_latency(stream_port, shdrs, args.streams, args.seconds, watch))
             ws = asyncio.run(ws_echo(stream_port, shdrs, args.rounds))
             rows[name] = (small, big, sse, ws, rss_before)
             print(f"{name}: done", file=sys.stderr, flush=True)
@@ -237,26 +259,11 @@ def main() -> None:
         added = rows["cli-server"][2]["p99_ms"] - rows["direct"][2]["p99_ms"]
         print(f"\nsmall-GET throughput cli-server/nginx: {ratio:.2f}x (target >= 0.5)")
         print(f"SSE p99 added by cli-server over direct: {added:.2f} ms (target <= 5)")
-        # Memory per open stream: hold the streams open again and compare the server's RSS.
-        before = rss_mib(server.pid)
-
-        async def hold() -> float:
-            conns = []
-            for _ in range(args.streams):
-                r, w = await asyncio.open_connection("127.0.0.1", ours)
-                w.write(f"GET /sse HTTP/1.1\r\nHost: {stream['host']}\r\nCookie: "
-                        f"{stream['cookie']}\r\n\r\n".encode())  # fmt: skip
-                conns.append((r, w))
-            await asyncio.sleep(2)
-            during = rss_mib(server.pid)
-            for _, w in conns:
-                w.close()
-            return during
-
-        during = asyncio.run(hold())
+        idle, during = rows["cli-server"][4], rows["cli-server"][2]["rss_during"]
         print(
-            f"cli-server RSS: {before:.0f} MiB idle, {during:.0f} MiB with {args.streams} "
-            f"open SSE streams: {(during - before) * 1024 / args.streams:.1f} KiB per stream"
+            f"cli-server RSS: {idle:.0f} MiB before the stream test, {during:.0f} MiB with "
+            f"{args.streams} open SSE streams: "
+            f"{(during - idle) * 1024 / args.streams:.0f} KiB per stream"
         )
     finally:
         for proc in procs:

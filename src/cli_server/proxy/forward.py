@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from attrs import define
 from twisted.internet.defer import CancelledError
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
@@ -21,7 +22,8 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IRequest, IResponse
+from twisted.web.iweb import IAgentEndpointFactory, IRequest, IResponse
+from zope.interface import implementer
 
 from cli_server.sandboxes.backend import Endpoint
 from cli_server.sandboxes.opencode import basic_auth
@@ -142,6 +144,7 @@ class Forwarder:
     _reactor: Any
     _pool: HTTPConnectionPool
     _cooperator: Cooperator  # reads request bodies into the upstream, on our reactor
+    _agent: Agent
     _header_timeout: float = 120.0
     _log = Logger()
 
@@ -150,11 +153,13 @@ class Forwarder:
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 128  # one per concurrent browser request, reused
         pool.cachedConnectionTimeout = 60
-        return cls(reactor, pool, Cooperator(scheduler=lambda f: reactor.callLater(0, f)))
+        cooperator = Cooperator(scheduler=lambda f: reactor.callLater(0, f))
+        agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor), pool=pool)
+        return cls(reactor, pool, cooperator, agent)
 
     async def forward(self, request: Any, endpoint: Endpoint, password: str, scheme: bytes) -> bool:
         """Send ``request`` on and stream the response; False if the sandbox did not answer."""
-        agent = Agent(self._reactor, pool=self._pool, connectTimeout=10)
+        agent = self._agent
         url = f"http://{endpoint.host}:{endpoint.port}".encode() + clean_query(request.uri)
         if request.finished or request.channel is None:
             return True  # the browser left before we got here
@@ -193,3 +198,22 @@ class Forwarder:
             return True
         response.deliverBody(_Relay(request))
         return True
+
+
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    """Sandbox addresses are IP literals; one endpoint object per address, no name lookups."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._known: dict[tuple[bytes, int], TCP4ClientEndpoint] = {}
+
+    def endpointForURI(self, uri: Any) -> TCP4ClientEndpoint:
+        key = (uri.host, uri.port)
+        endpoint = self._known.get(key)
+        if endpoint is None:
+            if len(self._known) > 4096:
+                self._known.clear()
+            endpoint = TCP4ClientEndpoint(self._reactor, uri.host.decode(), uri.port, timeout=10)
+            self._known[key] = endpoint
+        return endpoint

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from attrs import frozen
+from attrs import field, frozen
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -128,6 +128,10 @@ class ServerConfig:
     idle_timeout: float = 1800.0
     allow_unisolated: bool = False
     anthropic_proxy_url: str | None = None
+    anthropic_base_url: str = "https://api.anthropic.com"
+    # Secrets: only from the environment (a command line is visible to every local user).
+    anthropic_api_key: str | None = field(default=None, repr=False)
+    anthropic_auth_token: str | None = field(default=None, repr=False)
 
     @property
     def origin(self) -> str:

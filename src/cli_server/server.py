@@ -17,6 +17,9 @@ from twisted.logger import Logger
 from twisted.web.server import Site
 
 from cli_server.accounts import Accounts
+from cli_server.anthropic.listener import adopt, listen_in_netns, proxy_site
+from cli_server.anthropic.proxy import AnthropicProxy, Upstream
+from cli_server.anthropic.usage import UsageStore
 from cli_server.auth.passwords import Passwords
 from cli_server.auth.ratelimit import FailureLimiter
 from cli_server.config import ServerConfig
@@ -32,7 +35,7 @@ from cli_server.sandboxes.backend import SandboxBackend
 from cli_server.sandboxes.manager import SandboxManager
 from cli_server.sandboxes.monitor import IdleMonitor, Reconciler
 from cli_server.sandboxes.opencode import OpencodeClient
-from cli_server.sandboxes.process_backend import ProcessBackend
+from cli_server.sandboxes.process_backend import ANTHROPIC_PORT, ProcessBackend
 from cli_server.services import OrderedMultiService, PeriodicService
 from cli_server.threads import ThreadPoolService
 from cli_server.web.auth_api import AuthAPI, AuthLimits
@@ -156,6 +159,7 @@ class Server:
     backend: Any
     activity: ActivityRecorder
     proxy_access: SandboxAccess
+    anthropic: AnthropicProxy
 
 
 def buildServer(config: ServerConfig, reactor: Any) -> IService:
@@ -197,13 +201,30 @@ def build(
     )
     auth = AuthAPI(accounts, cookies, per_user, per_address, registrations, sandbox_access)
     opencode = OpencodeClient(reactor)
+    activity = ActivityRecorder(db, reactor)
+    usage = UsageStore(db)
+    upstream = None
+    if config.anthropic_api_key or config.anthropic_auth_token:
+        upstream = Upstream(
+            config.anthropic_base_url, config.anthropic_api_key, config.anthropic_auth_token
+        )
+    anthropic = AnthropicProxy(db, reactor, upstream, usage, activity)
+    anthropic_site = proxy_site(anthropic, BoundedRequest)
+
+    def door(netns: Path | None) -> tuple[Any, int]:
+        listening = adopt(
+            reactor, listen_in_netns(netns, ANTHROPIC_PORT if netns else 0), anthropic_site
+        )
+        return listening, listening.getHost().port
+
     if backend is None:
         backend = ProcessBackend(
             reactor,
             config.data_dir,
             Path(config.opencode_bin or "opencode"),
             opencode,
-            env={"ANTHROPIC_BASE_URL": anthropic_base_url(config)},
+            door=door,
+            anthropic_url=anthropic_base_url(config) if config.anthropic_proxy_url else None,
             isolated=not config.allow_unisolated,
         )
     workspaces = Workspaces(db)
@@ -214,16 +235,21 @@ def build(
     sandboxes = SandboxService(manager, backend)
     sandboxes.setName("sandboxes")
     sandboxes.setServiceParent(root)
-    activity = ActivityRecorder(db, reactor)
     reconciler = Reconciler(db, backend, manager)
     idle = IdleMonitor(db, backend, manager, opencode, activity, config.idle_timeout, reactor)
     database.after_migrate.append(reconciler.sweep)
 
     site = MainSite(
         db,
+        anthropic,
         auth,
         WorkspacesAPI(
-            workspaces, cookies, manager, WorkspaceSandboxesAPI(manager, cookies), sandbox_access
+            workspaces,
+            cookies,
+            manager,
+            WorkspaceSandboxesAPI(manager, cookies),
+            sandbox_access,
+            usage,
         ),
         SandboxesAPI(manager, cookies, sandbox_access, urls),
         lambda: database.ready,
@@ -272,10 +298,10 @@ def build(
         listener = StreamServerEndpointService(serverFromString(reactor, description), web)
         listener.setName(f"http-{n}")
         listener.setServiceParent(root)
-    return Server(root, web, database, manager, backend, activity, sandbox_access)
+    return Server(root, web, database, manager, backend, activity, sandbox_access, anthropic)
 
 
 def anthropic_base_url(config: ServerConfig) -> str:
     """What sandboxes get as ANTHROPIC_BASE_URL: the server's proxy, ending in /v1."""
-    base = config.anthropic_proxy_url or "http://127.0.0.1:4097/proxy/anthropic"
+    base = config.anthropic_proxy_url or f"http://127.0.0.1:{ANTHROPIC_PORT}/proxy/anthropic"
     return base.rstrip("/") + ("" if base.rstrip("/").endswith("/v1") else "/v1")

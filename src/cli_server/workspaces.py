@@ -98,6 +98,12 @@ class Workspaces:
             raise NotFound("no such workspace", code="workspace_not_found")
         return workspace_json(row[0])
 
+    async def set_budget(self, workspace_id: str, monthly_tokens: int | None) -> None:
+        await self._db.execute(
+            "UPDATE workspaces SET monthly_token_budget = %s WHERE id = %s",
+            (monthly_tokens, workspace_id),
+        )
+
     async def delete(self, workspace_id: str, actor_id: str) -> None:
         await self.require(workspace_id, actor_id, Role.OWNER)
         await self._db.execute("DELETE FROM workspaces WHERE id = %s", (workspace_id,))

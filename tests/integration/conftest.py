@@ -21,17 +21,19 @@ from cli_server.db.embedded import EmbeddedPostgres
 from cli_server.db.migrations import migrate
 from cli_server.db.pool import Database
 from cli_server.sandboxes.backend import Endpoint
-from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.process_backend import ProcessBackend
-from cli_server.server import Server, anthropic_base_url, build
+from cli_server.server import Server, build
 from cli_server.testing import FakeBackend
 from cli_server.threads import synchronous_runner
 from cli_server.web.auth_api import AuthLimits
 
+from .fake_anthropic import FakeAnthropic
+from .fake_anthropic import serve as serve_fake_anthropic
 from .helpers import Api, opencode_binary, remove_dir, scratch_dir, wait_until
 from .sandbox_shell import opencode_pid
 
 TEMPLATE = "cli_template"
+FAKE_KEY = "sk-ant-fake-server-key"
 
 
 @pytest.fixture(autouse=True)
@@ -149,7 +151,7 @@ async def start_server(
         limits=limits
         or AuthLimits(registrations_per_address=10_000, login_failures_per_address=10_000),
         on_fatal=fatal,
-        backend=backend if backend is not None else FakeBackend(),
+        backend=None if backend == "real" else backend if backend is not None else FakeBackend(),
     )
     server.root.startService()
     if wait_ready:
@@ -191,6 +193,7 @@ class Real:
     data_dir: Path
     owner: Api
     workspaces: dict[str, str]
+    anthropic: FakeAnthropic  # FAKE upstream the server's Anthropic proxy forwards to
 
     async def create(self, workspace: str, name: str) -> tuple[str, float]:
         began = time.monotonic()
@@ -223,23 +226,24 @@ class Real:
 
 @pytest_twisted.async_yield_fixture
 async def real(db_url: str) -> AsyncIterator[Real]:
-    reactor = _reactor()
     root = scratch_dir("cli-test-sbx-")
     data_dir = root / "data"
-    config = attrs.evolve(server_config(db_url), data_dir=data_dir)
-    backend = ProcessBackend(
-        reactor,
-        data_dir,
-        opencode_binary(),
-        OpencodeClient(reactor),
-        env={"ANTHROPIC_BASE_URL": anthropic_base_url(config)},
+    fake, fake_port = serve_fake_anthropic(_reactor())
+    config = attrs.evolve(
+        server_config(db_url),
+        data_dir=data_dir,
+        opencode_bin=str(opencode_binary()),
+        anthropic_api_key=FAKE_KEY,
+        anthropic_base_url=f"http://127.0.0.1:{fake_port.getHost().port}",
     )
-    app = await start_server(db_url, config=config, backend=backend)
+    app = await start_server(db_url, config=config, backend="real")
+    backend = app.server.backend
     owner = app.client()
     await owner.register_and_login("owner")
     workspaces = {}
     for name in ("a", "b"):
         workspaces[name] = (await owner.call("POST", "/api/workspaces", {"name": name})).body["id"]
-    yield Real(app, backend, data_dir, owner, workspaces)
+    yield Real(app, backend, data_dir, owner, workspaces, fake)
     await stop_server(app)
+    await fake_port.stopListening()
     remove_dir(root)

@@ -11,6 +11,7 @@ import pytest_twisted
 from treq.client import HTTPClient
 from twisted.web.client import Agent
 
+from cli_server.auth.tokens import token_hash
 from cli_server.sandboxes.backend import Endpoint, SandboxSpec
 from cli_server.sandboxes.opencode import OpencodeClient, basic_auth
 from cli_server.sandboxes.process_backend import ProcessBackend
@@ -151,7 +152,11 @@ async def test_environment_holds_only_its_own_secrets(real: Real) -> None:
     } <= names
     assert not {"DATABASE_URL", "CLI_SERVER_DATA", "PGPASSWORD"} & names
     base = next(e for e in env if e.startswith(b"ANTHROPIC_BASE_URL="))
-    assert base.endswith(b"/v1")
+    assert base == b"ANTHROPIC_BASE_URL=http://127.0.0.1:4097/proxy/anthropic/v1"
+    assert b"sk-ant-fake-server-key" not in b"\0".join(env)  # the real key never goes in
+    token = next(e for e in env if e.startswith(b"ANTHROPIC_API_KEY=")).split(b"=", 1)[1]
+    (row,) = await real.app.db.query("SELECT proxy_token_hash FROM sandboxes WHERE id = %s", (sid,))
+    assert bytes(row["proxy_token_hash"]) == token_hash(token.decode())  # its own token
 
 
 @pytest_twisted.ensureDeferred

@@ -99,3 +99,33 @@ async def test_opencode_through_the_proxy(real: Real) -> None:
     wire.transport.write(frame(b"echo $((6*7))-from-$(id -u)\n"))
     await wait_until(reactor, lambda: b"42-from-1000" in wire.received, timeout=15)
     wire.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_prompt_reaches_claude_through_the_anthropic_proxy(real: Real) -> None:
+    """opencode in a sandbox, prompted through the subdomain, answers with the (FAKE) upstream's
+    text: its call went through the door in its namespace, with our key, and was metered."""
+    from .fake_anthropic import REPLY
+
+    sid, _ = await real.create("a", "prompt")
+    cookie = await open_sandbox(real, sid)
+    host = f"oc-{sid}.localhost:8080"
+    client = real.app.client()
+    headers = {"Host": host, "Cookie": f"cli_sandbox={cookie}"}
+    session = (await client.call("POST", "/session", {"title": "t"}, headers=headers)).body
+    reply = await client.call(
+        "POST",
+        f"/session/{session['id']}/message",
+        {
+            "model": {"providerID": "anthropic", "modelID": "claude-sonnet-4-5"},
+            "parts": [{"type": "text", "text": "Say hello"}],
+        },
+        headers=headers,
+    )
+    assert reply.code == 200, reply
+    texts = [p.get("text", "") for p in reply.body.get("parts", []) if p.get("type") == "text"]
+    assert REPLY in " ".join(texts), reply.body
+    seen = real.anthropic.seen
+    assert seen and all(s["headers"]["x-api-key"] == ["sk-ant-fake-server-key"] for s in seen)
+    usage = (await real.owner.call("GET", f"/api/workspaces/{real.workspaces['a']}/usage")).body
+    assert usage["month"]["requests"] >= 1 and usage["month"]["total_tokens"] > 0

@@ -93,17 +93,33 @@ class ArgvTests(SynchronousTestCase):
         secrets; the server's environment is not inherited."""
         data = Path(tempfile.mkdtemp())
         reactor = MemoryReactorClock()
-        backend = ProcessBackend(reactor, data, Path("/bin/true"), OpencodeClient(reactor),
-                                 env={"ANTHROPIC_BASE_URL": "http://127.0.0.1:4097/p/v1"},
-                                 account=SystemAccount(999, 999))  # fmt: skip
+        backend = ProcessBackend(
+            reactor,
+            data,
+            Path("/bin/true"),
+            OpencodeClient(reactor),
+            account=SystemAccount(999, 999),
+        )
         spec = SandboxSpec("s-1", "w-1", "the-password", "the-token")
         os.environ["SECRET_OF_THE_SERVER"] = "x"
         self.addCleanup(os.environ.pop, "SECRET_OF_THE_SERVER")
-        argv = backend._sandbox_argv(spec, data / "sandboxes" / "s-1", data / "netns",
-                                     Path("/bin/true"))  # fmt: skip
+        argv = backend._sandbox_argv(
+            spec,
+            data / "sandboxes" / "s-1",
+            data / "netns",
+            Path("/bin/true"),
+            "http://127.0.0.1:4097/p/v1",
+        )
         joined = " ".join(argv)
-        for flag in ("--unshare-user", "--unshare-pid", "--die-with-parent", "--cap-drop ALL",
-                     "--clearenv", "--new-session", "-S 999 -G 999"):  # fmt: skip
+        for flag in (
+            "--unshare-user",
+            "--unshare-pid",
+            "--die-with-parent",
+            "--cap-drop ALL",
+            "--clearenv",
+            "--new-session",
+            "-S 999 -G 999",
+        ):
             self.assertIn(flag, joined)
         self.assertIn(f"--bind {data}/workspaces/w-1/disk /data/disk0", joined)
         self.assertIn("--setenv OPENCODE_SERVER_PASSWORD the-password", joined)

@@ -47,6 +47,7 @@ from cli_server.system_accounts import SystemAccount, ensure_system_account
 
 SANDBOX_ACCOUNT = "cli-sandbox"
 GUEST_PORT = 4096
+ANTHROPIC_PORT = 4097  # the Anthropic proxy's door, on the sandbox's own loopback
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 _OUTPUT_TAIL = 4000
 
@@ -161,12 +162,16 @@ class ProcessBackend:
     _data_dir: Path
     _opencode: Path
     _opencode_client: OpencodeClient
-    _env: Mapping[str, str] = field(factory=dict)  # extra environment (the Anthropic proxy URL)
+    _env: Mapping[str, str] = field(factory=dict)  # extra environment for every sandbox
+    # (netns or None) -> (IListeningPort, port): the Anthropic proxy's door into a sandbox
+    _door: Any = None
+    _anthropic_url: str | None = None  # ANTHROPIC_PROXY_URL: overrides the door's address
     _limits: Limits = field(factory=Limits)
     _account: SystemAccount | None = field(factory=sandbox_account)
     _isolated: bool = True  # False only with --allow-unisolated
     _start_timeout: float = 60.0
     _live: dict[str, _Live] = field(factory=dict, init=False)
+    _doors: dict[str, Any] = field(factory=dict, init=False)
     name = "process"
     _log = Logger()
 
@@ -218,6 +223,7 @@ class ProcessBackend:
         netns.touch()
         await self._must("unshare", [f"--net={netns}", "true"])
         await self._must("nsenter", [f"--net={netns}", "ip", "link", "set", "lo", "up"])
+        anthropic = self._open_door(spec.id, netns)
         slirp, slirp_proto = self._spawn_slirp(box, netns)
         live: _Live | None = None
         try:
@@ -239,7 +245,7 @@ class ProcessBackend:
             )
             if "error" in reply:
                 raise BackendError(f"port forward refused: {reply['error']}")
-            sandbox, proto = self._spawn_sandbox(spec, box, netns, opencode)
+            sandbox, proto = self._spawn_sandbox(spec, box, netns, opencode, anthropic)
             live = _Live(port, sandbox, proto, slirp, slirp_proto)
             return await self._until_healthy(spec, live)
         except BaseException:
@@ -253,7 +259,11 @@ class ProcessBackend:
         """--allow-unisolated: opencode as a plain process on a loopback port, no namespaces."""
         port = _free_port()
         home = box / "home"
-        env = {**self._environment(spec, str(home)), "PATH": os.environ.get("PATH", "/usr/bin")}
+        anthropic = self._open_door(spec.id, None)
+        env = {
+            **self._environment(spec, str(home), anthropic),
+            "PATH": os.environ.get("PATH", "/usr/bin"),
+        }
         argv = [str(opencode), "serve", "--hostname", "127.0.0.1", "--port", str(port)]
         proto = _opencode_watch()
         account = self._account
@@ -284,7 +294,25 @@ class ProcessBackend:
                                                  timeout=self._start_timeout)  # fmt: skip
         return endpoint
 
-    def _environment(self, spec: SandboxSpec, home: str) -> dict[str, str]:
+    def _open_door(self, sandbox_id: str, netns: Path | None) -> str:
+        """Open the Anthropic proxy's door for a sandbox; returns its ANTHROPIC_BASE_URL."""
+        if self._anthropic_url:
+            return self._anthropic_url
+        if self._door is None:
+            return f"http://127.0.0.1:{ANTHROPIC_PORT}/proxy/anthropic/v1"
+        try:
+            listening, port = self._door(netns)
+        except OSError as e:
+            raise BackendError(f"cannot open the Anthropic proxy in the sandbox: {e}") from e
+        self._doors[sandbox_id] = listening
+        return f"http://127.0.0.1:{port}/proxy/anthropic/v1"
+
+    def _close_door(self, sandbox_id: str) -> None:
+        door = self._doors.pop(sandbox_id, None)
+        if door is not None:
+            door.stopListening()
+
+    def _environment(self, spec: SandboxSpec, home: str, anthropic_url: str) -> dict[str, str]:
         return {
             "HOME": home,
             "XDG_CONFIG_HOME": f"{home}/.config",
@@ -299,6 +327,7 @@ class ProcessBackend:
             "OPENCODE_DISABLE_AUTOUPDATE": "1",
             "OPENCODE_DISABLE_DEFAULT_PLUGINS": "1",
             "ANTHROPIC_API_KEY": spec.proxy_token,
+            "ANTHROPIC_BASE_URL": anthropic_url,
             **self._env,
         }
 
@@ -333,8 +362,10 @@ class ProcessBackend:
         )
         return transport, proto
 
-    def _sandbox_argv(self, spec: SandboxSpec, box: Path, netns: Path, opencode: Path) -> list[str]:
-        env = self._environment(spec, "/home/opencode")
+    def _sandbox_argv(
+        self, spec: SandboxSpec, box: Path, netns: Path, opencode: Path, anthropic_url: str
+    ) -> list[str]:
+        env = self._environment(spec, "/home/opencode", anthropic_url)
         bwrap = [
             _which("bwrap"),
             "--unshare-user",
@@ -423,10 +454,10 @@ class ProcessBackend:
         return argv
 
     def _spawn_sandbox(
-        self, spec: SandboxSpec, box: Path, netns: Path, opencode: Path
+        self, spec: SandboxSpec, box: Path, netns: Path, opencode: Path, anthropic_url: str
     ) -> tuple[Any, _Watched]:
         proto = _opencode_watch()
-        argv = self._sandbox_argv(spec, box, netns, opencode)
+        argv = self._sandbox_argv(spec, box, netns, opencode, anthropic_url)
         transport = self._reactor.spawnProcess(proto, argv[0], argv, env={}, path="/")
         (box / "pid").write_text(str(transport.pid))
         return transport, proto
@@ -463,6 +494,7 @@ class ProcessBackend:
     # -- stop, delete -------------------------------------------------------------------------
 
     async def _stop_live(self, sandbox_id: str) -> None:
+        self._close_door(sandbox_id)
         live = self._live.pop(sandbox_id, None)
         if live is None:
             return

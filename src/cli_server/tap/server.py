@@ -43,26 +43,54 @@ class Setting:
 
 # The command line wins over the environment, which wins over the default.
 SETTINGS: dict[str, Setting] = {
-    "data-dir": Setting("CLI_SERVER_DATA", lambda v: Path(v).expanduser().absolute(), None,
-                        "State directory.", "/var/lib/cli-server as root, else per user"),
-    "db-url": Setting("DATABASE_URL", parse_db_url, None, "PostgreSQL URL.",
-                      "an embedded PostgreSQL under --data-dir"),
-    "base-domain": Setting("BASE_DOMAIN", parse_base_domain, "localhost:8080",
-                           "Public host[:port]; sandboxes live at oc-ID.<this>."),
+    "data-dir": Setting(
+        "CLI_SERVER_DATA",
+        lambda v: Path(v).expanduser().absolute(),
+        None,
+        "State directory.",
+        "/var/lib/cli-server as root, else per user",
+    ),
+    "db-url": Setting(
+        "DATABASE_URL",
+        parse_db_url,
+        None,
+        "PostgreSQL URL.",
+        "an embedded PostgreSQL under --data-dir",
+    ),
+    "base-domain": Setting(
+        "BASE_DOMAIN",
+        parse_base_domain,
+        "localhost:8080",
+        "Public host[:port]; sandboxes live at oc-ID.<this>.",
+    ),
     "base-scheme": Setting("BASE_SCHEME", parse_base_scheme, "http", "http or https."),
-    "session-lifetime": Setting("SESSION_LIFETIME", parse_duration, "7d",
-                                "How long a login lasts, e.g. 12h."),
+    "session-lifetime": Setting(
+        "SESSION_LIFETIME", parse_duration, "7d", "How long a login lasts, e.g. 12h."
+    ),
     "backend": Setting("BACKEND", parse_backend, "process", "Where sandboxes run."),
-    "opencode-bin": Setting("OPENCODE_BIN", str, None, "The opencode binary.",
-                            "opencode on PATH, else ./node_modules"),
-    "max-sandboxes": Setting("MAX_SANDBOXES", parse_positive_int, None,
-                             "Most sandboxes running at once.",
-                             "0.5 GiB each within 3/4 of the memory"),
-    "idle-timeout": Setting("IDLE_TIMEOUT", parse_duration, "30m",
-                            "Pause a sandbox after this long without activity."),
-    "anthropic-proxy-url": Setting("ANTHROPIC_PROXY_URL", str, None,
-                                   "URL sandboxes use for the server's Anthropic proxy."),
-}  # fmt: skip
+    "opencode-bin": Setting(
+        "OPENCODE_BIN", str, None, "The opencode binary.", "opencode on PATH, else ./node_modules"
+    ),
+    "max-sandboxes": Setting(
+        "MAX_SANDBOXES",
+        parse_positive_int,
+        None,
+        "Most sandboxes running at once.",
+        "0.5 GiB each within 3/4 of the memory",
+    ),
+    "idle-timeout": Setting(
+        "IDLE_TIMEOUT", parse_duration, "30m", "Pause a sandbox after this long without activity."
+    ),
+    "anthropic-base-url": Setting(
+        "ANTHROPIC_BASE_URL",
+        str,
+        "https://api.anthropic.com",
+        "The Anthropic API the proxy forwards to.",
+    ),
+    "anthropic-proxy-url": Setting(
+        "ANTHROPIC_PROXY_URL", str, None, "URL sandboxes use for the server's Anthropic proxy."
+    ),
+}
 
 
 class Options(usage.Options):
@@ -73,9 +101,13 @@ class Options(usage.Options):
     )
     optParameters = [[name, None, None, setting.help_text()] for name, setting in SETTINGS.items()]
     optFlags = [
-        ["allow-unisolated", None, "Run sandboxes without bubblewrap or network isolation "
-         "(only where nothing else can; never on shared hosts)."],
-    ]  # fmt: skip
+        [
+            "allow-unisolated",
+            None,
+            "Run sandboxes without bubblewrap or network isolation "
+            "(only where nothing else can; never on shared hosts).",
+        ],
+    ]
 
     def __init__(self, environ: Mapping[str, str] | None = None, preflight: bool = True) -> None:
         super().__init__()
@@ -154,6 +186,9 @@ class Options(usage.Options):
             idle_timeout=self["idle-timeout"],
             allow_unisolated=bool(self["allow-unisolated"]),
             anthropic_proxy_url=self["anthropic-proxy-url"],
+            anthropic_base_url=self["anthropic-base-url"],
+            anthropic_api_key=self._environ.get("ANTHROPIC_API_KEY") or None,
+            anthropic_auth_token=self._environ.get("ANTHROPIC_AUTH_TOKEN") or None,
         )
 
 

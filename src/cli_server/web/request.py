@@ -6,6 +6,7 @@ from twisted.web import http, server
 
 MAX_BODY = 1024 * 1024  # the API's JSON bodies
 MAX_SANDBOX_BODY = 64 * 1024 * 1024  # uploads through a sandbox's proxy
+MAX_ANTHROPIC_BODY = 32 * 1024 * 1024  # prompts with images and long contexts
 
 
 class BoundedRequest(server.Request):
@@ -23,7 +24,13 @@ class BoundedRequest(server.Request):
     def handleContentChunk(self, data: bytes) -> None:
         if self._cap is None:
             host = (self.getHeader(b"host") or b"").split(b":", 1)[0].lower()
-            self._cap = MAX_SANDBOX_BODY if host.startswith(b"oc-") else MAX_BODY
+            if host.startswith(b"oc-"):
+                self._cap = MAX_SANDBOX_BODY
+            elif getattr(self.channel, "_path", b"").startswith(b"/proxy/anthropic/"):
+                # (the request line is parsed before the body; ``uri`` is set only after it)
+                self._cap = MAX_ANTHROPIC_BODY
+            else:
+                self._cap = MAX_BODY
         self._received += len(data)
         if self._received > self._cap:
             self.body_too_large = True

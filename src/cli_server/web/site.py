@@ -23,6 +23,7 @@ _ALL = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 @define(eq=False)
 class MainSite:
     _db: Database
+    _anthropic: IResource
     _auth: AuthAPI
     _workspaces: WorkspacesAPI
     _sandboxes: SandboxesAPI
@@ -69,6 +70,10 @@ class MainSite:
     @app.route("/api/sandboxes", branch=True, strict_slashes=False, methods=_ALL)
     def sandboxes(self, request: IRequest) -> IResource:
         return self._mount(request, self._sandboxes.app)
+
+    @app.route("/proxy/anthropic", branch=True, methods=_ALL)
+    def anthropic_proxy(self, request: IRequest) -> IResource:
+        return self._anthropic
 
     @app.route("/", branch=True, methods=["GET", "HEAD"])
     def web_ui(self, request: IRequest) -> IResource:

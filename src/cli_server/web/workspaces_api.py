@@ -6,6 +6,7 @@ from attrs import define
 from klein import Klein
 from twisted.web.iweb import IRequest
 
+from cli_server.anthropic.usage import UsageStore
 from cli_server.errors import BadRequest
 from cli_server.proxy.access import SandboxAccess
 from cli_server.roles import ROLE_NAMES, Role
@@ -34,6 +35,7 @@ class WorkspacesAPI:
     _manager: SandboxManager
     _sandboxes: WorkspaceSandboxesAPI
     _access: SandboxAccess
+    _usage: UsageStore
 
     app = Klein()
     install_json_errors(app)
@@ -111,3 +113,33 @@ class WorkspacesAPI:
     @app.route("/<workspace_id>/sandboxes", methods=["POST"], strict_slashes=False)
     async def create_sandbox(self, request: IRequest, workspace_id: str) -> bytes:
         return await self._sandboxes.create(request, workspace_id)
+
+    @app.route("/<workspace_id>/usage", methods=["GET"])
+    async def usage(self, request: IRequest, workspace_id: str) -> bytes:
+        """This month's Anthropic token usage, by sandbox, model and day, and the budget."""
+        user = await self._cookies.user(request)
+        wid = parse_id(workspace_id, "workspace")
+        await self._workspaces.role_of(wid, user.id)
+        return json_response(request, await self._usage.report(wid))
+
+    @app.route("/<workspace_id>/budget", methods=["PUT"])
+    async def set_budget(self, request: IRequest, workspace_id: str) -> bytes:
+        """Owners set a monthly token budget (null: none)."""
+        self._cookies.check_origin(request)
+        user = await self._cookies.user(request)
+        wid = parse_id(workspace_id, "workspace")
+        await self._workspaces.require(wid, user.id, Role.OWNER)
+        body = read_json_object(request)
+        if "monthly_tokens" not in body:
+            raise BadRequest(
+                "monthly_tokens is required (a whole number, or null)", field="monthly_tokens"
+            )
+        value = body["monthly_tokens"]
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 10**15
+        ):
+            raise BadRequest(
+                "monthly_tokens must be a whole number from 0, or null", field="monthly_tokens"
+            )
+        await self._workspaces.set_budget(wid, value)
+        return json_response(request, await self._usage.report(wid))

@@ -1,0 +1,101 @@
+"""A door to the Anthropic proxy inside a sandbox's own network namespace, and nothing else.
+
+A process sandbox has no route to the host's loopback. We create a listening socket on
+127.0.0.1:4097 *inside* the sandbox's namespace — from a short-lived thread that enters the
+namespace with setns(2), binds, and leaves — and the reactor serves it with a site that has only
+the Anthropic proxy. The host's loopback never sees the port; the sandbox sees nothing else.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from cli_server.anthropic.proxy import AnthropicProxy, anthropic_error
+
+SANDBOX_PORT = 4097
+_CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def listen_in_netns(netns: Path | None, port: int = SANDBOX_PORT) -> socket.socket:
+    """A listening TCP socket on 127.0.0.1:``port`` inside ``netns`` (or here, if None)."""
+    result: list[Any] = []
+
+    def work() -> None:
+        try:
+            own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+            target = os.open(netns, os.O_RDONLY) if netns is not None else None
+            try:
+                if target is not None:
+                    _setns(target)
+                try:
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    sock.bind(("127.0.0.1", port))
+                    sock.listen(128)
+                    sock.setblocking(False)
+                    result.append(sock)
+                finally:
+                    if target is not None:
+                        _setns(own)  # this thread ends right after anyway
+            finally:
+                os.close(own)
+                if target is not None:
+                    os.close(target)
+        except BaseException as e:  # handed back to the caller
+            result.append(e)
+
+    thread = threading.Thread(target=work, name="netns-listen")
+    thread.start()
+    thread.join(10)
+    if not result:
+        raise OSError("timed out creating the sandbox's proxy socket")
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    sock: socket.socket = result[0]
+    return sock
+
+
+class _OnlyProxy(Resource):
+    """What a sandbox may reach through its door: the Anthropic proxy, nothing else."""
+
+    isLeaf = True
+
+    def __init__(self, proxy: AnthropicProxy) -> None:
+        super().__init__()
+        self._proxy = proxy
+
+    def render(self, request: Any) -> Any:
+        if request.uri.startswith(b"/proxy/anthropic/"):
+            return self._proxy.render(request)
+        return anthropic_error(request, 404, "not_found_error", "only /proxy/anthropic/v1/")
+
+
+class _UnloggedSite(Site):
+    def log(self, request: Any) -> None:
+        """Sandboxes' model calls are metered, not access-logged."""
+
+
+def proxy_site(proxy: AnthropicProxy, request_factory: Any) -> Site:
+    return _UnloggedSite(_OnlyProxy(proxy), requestFactory=request_factory)
+
+
+def adopt(reactor: Any, sock: socket.socket, site: Site) -> Any:
+    """Serve an already-listening socket; returns the IListeningPort (stopListening to close)."""
+    port = reactor.adoptStreamPort(sock.fileno(), socket.AF_INET, site)
+    sock.close()  # the reactor holds its own duplicate of the descriptor
+    return port

@@ -101,6 +101,8 @@ async def test_sdk_calls_use_the_real_key(world: World) -> None:
     assert usage["month"]["total_tokens"] == 2 * (11 + 7 + 3 + 2)
     assert usage["by_model"][0]["model"] == "claude-sonnet-4-6"
     assert usage["by_sandbox"][0]["sandbox_id"] == world.sandbox
+    sandbox = (await world.people["guest"].call("GET", f"/api/sandboxes/{world.sandbox}")).body
+    assert sandbox["usage"] == {"tokens_this_month": 46}
     (row,) = await world.app.db.query("SELECT count(*) AS n FROM anthropic_usage")
     assert row["n"] == 1  # one row per day, sandbox and model
     everything = await world.app.db.query("SELECT * FROM sandboxes")

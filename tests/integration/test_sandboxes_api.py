@@ -58,6 +58,7 @@ async def test_lifecycle(app: Running) -> None:
         "last_activity_at",
         "paused_at",
         "url",
+        "usage",
     }
     sid = made.body["id"]
     await wait_status(dev, sid, "running")
@@ -79,7 +80,9 @@ async def test_lifecycle(app: Running) -> None:
     await wait_status(dev, sid, "running")
     listed = await people["guest"].call("GET", f"/api/workspaces/{wid}/sandboxes")
     assert [s["id"] for s in listed.body] == [sid]
-    assert "password" not in str(listed.body) and "token" not in str(listed.body)
+    spec = app.server.backend.specs[sid]
+    assert spec.password not in str(listed.body) and spec.proxy_token not in str(listed.body)
+    assert "password" not in str(listed.body)
     assert (await dev.call("DELETE", f"/api/sandboxes/{sid}")).code == 204
     assert (await dev.call("GET", f"/api/sandboxes/{sid}")).code == 404
     backend = app.server.backend

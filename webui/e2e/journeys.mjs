@@ -104,6 +104,7 @@ try {
 
     await page.getByRole("tab", { name: "Sandboxes" }).click();
     await page.getByText("No sandboxes yet.").waitFor();
+    await page.getByText("Claude this month").waitFor();
     await page.getByPlaceholder("Name a new sandbox").fill("api-refactor");
     await page.getByRole("button", { name: "New sandbox" }).click();
     await statusOf(page, "api-refactor").filter({ hasText: "Running" }).waitFor();

@@ -42,8 +42,18 @@ function workspace(role: Workspace["role"]): Workspace {
 
 afterEach(() => vi.restoreAllMocks());
 
+/** Answers the panel's two calls: the sandbox list and the workspace's usage. */
+function serve(list: Sandbox[]) {
+  return vi.spyOn(globalThis, "fetch").mockImplementation((input) => {
+    const body = String(input).endsWith("/usage")
+      ? { month: { requests: 3, total_tokens: 1234 }, monthly_token_budget: 5000 }
+      : list;
+    return Promise.resolve(new Response(JSON.stringify(body)));
+  });
+}
+
 test("developers see every control; failed sandboxes show their error", async () => {
-  vi.spyOn(globalThis, "fetch").mockResolvedValue(new Response(JSON.stringify(sandboxes)));
+  serve(sandboxes);
   render(<Sandboxes workspace={workspace("developer")} pollMs={60_000} />);
   await screen.findByText("alpha");
   expect(screen.getByRole("button", { name: "New sandbox" })).toBeTruthy();
@@ -55,7 +65,7 @@ test("developers see every control; failed sandboxes show their error", async ()
 });
 
 test("guests see no mutating controls, only Open", async () => {
-  vi.spyOn(globalThis, "fetch").mockResolvedValue(new Response(JSON.stringify(sandboxes)));
+  serve(sandboxes);
   render(<Sandboxes workspace={workspace("guest")} pollMs={60_000} />);
   await screen.findByText("alpha");
   for (const name of ["New sandbox", "Pause", "Resume", "Delete"]) {
@@ -65,7 +75,11 @@ test("guests see no mutating controls, only Open", async () => {
 });
 
 test("an empty workspace says what to do next", async () => {
-  vi.spyOn(globalThis, "fetch").mockResolvedValue(new Response("[]"));
+  serve([]);
   render(<Sandboxes workspace={workspace("owner")} pollMs={60_000} />);
   expect(await screen.findByText("No sandboxes yet.")).toBeTruthy();
+  expect((await screen.findByText("1,234")).closest("p")?.textContent).toContain(
+    "of a 5,000 budget",
+  );
+  expect(screen.getByRole("button", { name: "Remove budget" })).toBeTruthy();
 });

@@ -1,6 +1,7 @@
 import { type FormEvent, useCallback, useEffect, useState } from "react";
 import { api, atLeast, describe, type Sandbox, type Workspace } from "./api";
 import { ConfirmButton } from "./Confirm";
+import { Usage } from "./Usage";
 
 const MOVING = new Set(["creating", "resuming", "pausing"]);
 const LABEL: Record<string, string> = {
@@ -22,11 +23,13 @@ export function Sandboxes({ workspace, pollMs = 2000 }: Props) {
   const [sandboxes, setSandboxes] = useState<Sandbox[] | null>(null);
   const [name, setName] = useState("");
   const [error, setError] = useState<string | null>(null);
+  const [ticks, setTicks] = useState(0);
   const canChange = atLeast(workspace.role, "developer");
 
   const load = useCallback(async () => {
     try {
       setSandboxes(await api.sandboxes(workspace.id));
+      setTicks((n) => n + 1);
     } catch (e) {
       setError(describe(e));
     }
@@ -78,6 +81,7 @@ export function Sandboxes({ workspace, pollMs = 2000 }: Props) {
 
   return (
     <section aria-label="Sandboxes">
+      <Usage workspace={workspace} refreshKey={Math.floor(ticks / 5)} />
       {canChange && (
         <form onSubmit={create} className="row">
           <label className="grow">
@@ -123,6 +127,11 @@ export function Sandboxes({ workspace, pollMs = 2000 }: Props) {
               </span>
             </div>
             {s.status === "failed" && s.error && <p className="error">{s.error}</p>}
+            {s.usage && s.usage.tokens_this_month > 0 && (
+              <p className="muted small">
+                {s.usage.tokens_this_month.toLocaleString("en")} tokens this month
+              </p>
+            )}
             <div className="row">
               <button
                 type="button"

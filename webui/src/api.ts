@@ -40,6 +40,11 @@ export interface Sandbox {
   is_local: boolean;
   created_at: string;
   url: string | null;
+  usage?: { tokens_this_month: number };
+}
+export interface UsageReport {
+  month: { requests: number; total_tokens: number };
+  monthly_token_budget: number | null;
 }
 
 export class ApiError extends Error {
@@ -97,6 +102,9 @@ export const api = {
   resume: (id: string) => call<Sandbox>("POST", `/api/sandboxes/${id}/resume`),
   deleteSandbox: (id: string) => call<void>("DELETE", `/api/sandboxes/${id}`),
   open: (id: string) => call<{ url: string }>("POST", `/api/sandboxes/${id}/open`),
+  usage: (id: string) => call<UsageReport>("GET", `/api/workspaces/${id}/usage`),
+  setBudget: (id: string, monthlyTokens: number | null) =>
+    call<UsageReport>("PUT", `/api/workspaces/${id}/budget`, { monthly_tokens: monthlyTokens }),
 };
 
 export function describe(error: unknown): string {

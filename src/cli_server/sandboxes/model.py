@@ -29,7 +29,10 @@ OCCUPYING = (Status.CREATING, Status.RUNNING, Status.RESUMING, Status.PAUSING)
 
 SANDBOX_COLUMNS = (
     "id, workspace_id, name, status, error, is_local, backend, created_at, last_activity_at,"
-    " paused_at"
+    " paused_at, (SELECT coalesce(sum(u.input_tokens + u.output_tokens"
+    " + u.cache_creation_tokens + u.cache_read_tokens), 0) FROM anthropic_usage u"
+    " WHERE u.sandbox_id = sandboxes.id AND u.day >= date_trunc('month', current_date))"
+    " AS tokens_this_month"
 )
 
 
@@ -46,4 +49,5 @@ def sandbox_json(row: Row, url: str | None = None) -> dict[str, Any]:
         "last_activity_at": iso(row["last_activity_at"]),
         "paused_at": iso(row["paused_at"]),
         "url": url,
+        "usage": {"tokens_this_month": int(row.get("tokens_this_month") or 0)},
     }

@@ -85,10 +85,10 @@ def default_data_dir() -> Path:
 
 def parse_backend(text: str) -> str:
     value = text.strip().lower()
-    if value == "process":
+    if value in ("process", "docker"):
         return value
-    if value in ("docker", "k8s"):
-        raise ValueError(f"the {value} backend is not available in this release; use process")
+    if value == "k8s":
+        raise ValueError("the k8s backend is not available in this release; use process or docker")
     raise ValueError(f"{text!r} is not a backend (process, docker, k8s)")
 
 
@@ -129,6 +129,8 @@ class ServerConfig:
     allow_unisolated: bool = False
     anthropic_proxy_url: str | None = None
     anthropic_base_url: str = "https://api.anthropic.com"
+    docker_url: str | None = None
+    agent_image: str | None = None
     # Secrets: only from the environment (a command line is visible to every local user).
     anthropic_api_key: str | None = field(default=None, repr=False)
     anthropic_auth_token: str | None = field(default=None, repr=False)

@@ -32,6 +32,7 @@ from cli_server.proxy.site import SandboxCookie, SandboxSite
 from cli_server.proxy.urls import SandboxUrls
 from cli_server.sandboxes.activity import ActivityRecorder
 from cli_server.sandboxes.backend import SandboxBackend
+from cli_server.sandboxes.docker_backend import DockerBackend, DockerSettings
 from cli_server.sandboxes.manager import SandboxManager
 from cli_server.sandboxes.monitor import IdleMonitor, Reconciler
 from cli_server.sandboxes.opencode import OpencodeClient
@@ -142,6 +143,8 @@ class SandboxService(Service):
     async def _stop(self) -> None:
         await self._manager.drain()
         await self._backend.close()
+        if getattr(self._backend, "survives_restart", False):
+            return  # its sandboxes keep running; the next start adopts them
         try:
             await self._manager.paused_by_shutdown()
         except DatabaseUnavailable:
@@ -217,6 +220,14 @@ def build(
         )
         return listening, listening.getHost().port
 
+    if backend is None and config.backend == "docker":
+        engine = ThreadPoolService(reactor, "docker", 4)
+        engine.setName("docker-threads")
+        engine.setServiceParent(root)
+        settings = DockerSettings(
+            config.docker_url, config.agent_image or "", docker_anthropic_url(config)
+        )
+        backend = DockerBackend(engine.run, settings, instance_id(config), opencode)
     if backend is None:
         backend = ProcessBackend(
             reactor,
@@ -305,3 +316,27 @@ def anthropic_base_url(config: ServerConfig) -> str:
     """What sandboxes get as ANTHROPIC_BASE_URL: the server's proxy, ending in /v1."""
     base = config.anthropic_proxy_url or f"http://127.0.0.1:{ANTHROPIC_PORT}/proxy/anthropic"
     return base.rstrip("/") + ("" if base.rstrip("/").endswith("/v1") else "/v1")
+
+
+def instance_id(config: ServerConfig) -> str:
+    """This server's name on the engine's labels: stable across restarts, distinct per data dir
+    and host, and needing no I/O."""
+    import hashlib
+    import socket
+
+    seed = f"{socket.gethostname()}:{config.data_dir.absolute()}"
+    return hashlib.sha256(seed.encode()).hexdigest()[:16]
+
+
+def docker_anthropic_url(config: ServerConfig) -> str:
+    """How a container reaches our Anthropic proxy: ANTHROPIC_PROXY_URL, else the host's
+    gateway at the port of our first TCP listener."""
+    if config.anthropic_proxy_url:
+        return anthropic_base_url(config)
+    port = 8080
+    for description in config.listen:
+        parts = description.split(":")
+        if parts[0] == "tcp" and len(parts) > 1 and parts[1].isdigit():
+            port = int(parts[1])
+            break
+    return f"http://host.docker.internal:{port}/proxy/anthropic/v1"

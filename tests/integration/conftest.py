@@ -121,6 +121,7 @@ class Running:
         self.port = port
         self.reactor = reactor
         self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.stopped = False
         self.base = f"http://127.0.0.1:{port.getHost().port}"
 
     @property
@@ -161,6 +162,10 @@ async def start_server(
 
 
 async def stop_server(running: Running) -> None:
+    """Stop listening and stop the service tree; a second call does nothing."""
+    if running.stopped:
+        return
+    running.stopped = True
     await running.port.stopListening()
     await running.server.root.stopService()
 

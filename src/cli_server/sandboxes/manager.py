@@ -279,7 +279,7 @@ class SandboxManager:
                 sandbox_id=sandbox_id,
                 error=message,
             )
-            await self._backend.stop(sandbox_id)
+            await self._cleanup(sandbox_id)
             await self._transition(sandbox_id, [expected], Status.FAILED, error=message[:1000])
             return
         running = await self._transition(
@@ -291,7 +291,16 @@ class SandboxManager:
             paused_at=None,
         )
         if running is None:  # deleted while starting
+            await self._cleanup(sandbox_id)
+
+    async def _cleanup(self, sandbox_id: str) -> None:
+        """Best-effort stop after a failure; the reconciler retries what this cannot do."""
+        try:
             await self._backend.stop(sandbox_id)
+        except BackendError as e:
+            self._log.warn(
+                "sandbox {sandbox_id}: cleanup failed: {why}", sandbox_id=sandbox_id, why=str(e)
+            )
 
     async def _stop(self, sandbox_id: str) -> None:
         try:

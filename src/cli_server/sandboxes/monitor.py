@@ -92,6 +92,13 @@ class Reconciler:
     _log = Logger()
 
     async def sweep(self) -> None:
+        """One pass; if the backend cannot answer (engine down), say so and try next time."""
+        try:
+            await self._sweep()
+        except BackendError as e:
+            self._log.warn("reconciler: the backend did not answer: {why}", why=str(e))
+
+    async def _sweep(self) -> None:
         rows = await self._db.query(
             "SELECT id, status FROM sandboxes WHERE NOT is_local AND backend = %s",
             (self._backend.name,),

@@ -81,6 +81,16 @@ SETTINGS: dict[str, Setting] = {
     "idle-timeout": Setting(
         "IDLE_TIMEOUT", parse_duration, "30m", "Pause a sandbox after this long without activity."
     ),
+    "docker-url": Setting(
+        "DOCKER_HOST",
+        str,
+        None,
+        "Docker engine for --backend docker.",
+        "the SDK's default (DOCKER_HOST, /var/run/docker.sock)",
+    ),
+    "agent-image": Setting(
+        "AGENT_IMAGE", str, None, "Sandbox image for --backend docker (required there)."
+    ),
     "anthropic-base-url": Setting(
         "ANTHROPIC_BASE_URL",
         str,
@@ -140,7 +150,13 @@ class Options(usage.Options):
         if self["max-sandboxes"] is None:
             self["max-sandboxes"] = default_max_sandboxes()
         self._checkListen()
-        if self._preflight:
+        if self["backend"] == "docker":
+            if not self["agent-image"]:
+                raise usage.UsageError(
+                    "--agent-image: the docker backend needs a sandbox image, e.g. the one "
+                    "docker/build-offline-image prints [env AGENT_IMAGE]"
+                )
+        elif self._preflight:
             self._checkHost()
 
     def _checkHost(self) -> None:
@@ -187,6 +203,8 @@ class Options(usage.Options):
             allow_unisolated=bool(self["allow-unisolated"]),
             anthropic_proxy_url=self["anthropic-proxy-url"],
             anthropic_base_url=self["anthropic-base-url"],
+            docker_url=self["docker-url"],
+            agent_image=self["agent-image"],
             anthropic_api_key=self._environ.get("ANTHROPIC_API_KEY") or None,
             anthropic_auth_token=self._environ.get("ANTHROPIC_AUTH_TOKEN") or None,
         )

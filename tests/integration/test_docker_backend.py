@@ -1,0 +1,321 @@
+"""The docker backend against a real Docker engine that this module starts privately."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import pytest_twisted
+
+from cli_server.sandboxes.docker_backend import DockerBackend, DockerSettings
+from cli_server.sandboxes.opencode import OpencodeClient
+from cli_server.threads import ThreadPoolService
+
+from .conftest import Running, _reactor, server_config, start_server, stop_server
+from .helpers import Api
+from .test_sandboxes_api import team
+
+ROOT = Path(__file__).resolve().parents[2]
+INSTANCE = "test-instance"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("dockerd") is None and not os.environ.get("CI"),
+    reason="dockerd is not installed (apt-get install docker.io containerd busybox-static)",
+)
+
+
+@attrs.define
+class Engine:
+    host: str
+    image: str
+
+    def docker(self, *args: str) -> str:
+        return subprocess.run(
+            ["docker", *args],
+            env={**os.environ, "DOCKER_HOST": self.host},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    """A private dockerd (its own data root and socket) and the offline sandbox image."""
+    root = Path("/tmp") / f"cli-dockerd-{os.getpid()}"  # short: the socket path has a limit
+    root.mkdir(exist_ok=True)
+    (root / "daemon.json").write_text("{}")
+    sock = root / "docker.sock"
+    log = open(root / "dockerd.log", "wb")
+    proc = subprocess.Popen(
+        [
+            "dockerd",
+            "--storage-driver=overlay2",
+            f"--data-root={root / 'data'}",
+            f"--exec-root={root / 'exec'}",
+            f"--pidfile={root / 'dockerd.pid'}",
+            f"--host=unix://{sock}",
+            f"--config-file={root / 'daemon.json'}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    host = f"unix://{sock}"
+    try:
+        deadline = time.monotonic() + 60
+        while (
+            subprocess.run(
+                ["docker", "version"], env={**os.environ, "DOCKER_HOST": host}, capture_output=True
+            ).returncode
+            != 0
+        ):
+            assert time.monotonic() < deadline, (root / "dockerd.log").read_text()[-2000:]
+            assert proc.poll() is None, (root / "dockerd.log").read_text()[-2000:]
+            time.sleep(0.2)
+        built = subprocess.run(
+            [str(ROOT / "docker" / "build-offline-image")],
+            env={**os.environ, "DOCKER_HOST": host},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert built.returncode == 0, built.stderr
+        yield Engine(host, built.stdout.strip().splitlines()[-1])
+    finally:
+        subprocess.run(
+            ["docker", "rm", "-f", *_all_containers(host)],
+            env={**os.environ, "DOCKER_HOST": host},
+            capture_output=True,
+        )
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+        subprocess.run(["umount", "-R", str(root / "exec")], capture_output=True)
+        subprocess.run(["umount", "-R", str(root / "data")], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _all_containers(host: str) -> list[str]:
+    out = subprocess.run(
+        ["docker", "ps", "-aq"],
+        env={**os.environ, "DOCKER_HOST": host},
+        capture_output=True,
+        text=True,
+    ).stdout
+    return out.split()
+
+
+@attrs.define
+class DockerWorld:
+    app: Running
+    engine: Engine
+    backend: DockerBackend
+    pool: ThreadPoolService
+    people: dict[str, Api]
+    workspace: str
+
+
+async def _start(db_url: str, engine: Engine, image: str | None = None) -> DockerWorld:
+    reactor = _reactor()
+    pool = ThreadPoolService(reactor, "docker-test", 4)
+    pool.startService()
+    settings = DockerSettings(
+        engine.host, image or engine.image, "http://host.docker.internal:1/proxy/anthropic/v1"
+    )
+    backend = DockerBackend(pool.run, settings, INSTANCE, OpencodeClient(reactor))
+    config = attrs.evolve(server_config(db_url), backend="docker")
+    app = await start_server(db_url, config=config, backend=backend)
+    return DockerWorld(app, engine, backend, pool, {}, "")
+
+
+@pytest_twisted.async_yield_fixture
+async def world(db_url: str, engine: Engine) -> AsyncIterator[DockerWorld]:
+    w = await _start(db_url, engine)
+    w.people, w.workspace = await team(w.app)
+    yield w
+    try:
+        await stop_server(w.app)
+    finally:
+        w.pool.stopService()
+    ids = w.engine.docker("ps", "-aq", "--filter", f"label=cli-server.instance={INSTANCE}")
+    if ids.split():
+        w.engine.docker("rm", "-f", *ids.split())
+    volumes = w.engine.docker(
+        "volume", "ls", "-q", "--filter", f"label=cli-server.instance={INSTANCE}"
+    )
+    if volumes.split():
+        w.engine.docker("volume", "rm", "-f", *volumes.split())
+
+
+async def _create(w: DockerWorld, name: str, workspace: str | None = None) -> str:
+    made = await w.people["developer"].call(
+        "POST", f"/api/workspaces/{workspace or w.workspace}/sandboxes", {"name": name}
+    )
+    assert made.code == 201, made
+    return str(made.body["id"])
+
+
+async def _wait(w: DockerWorld, sid: str, status: str) -> None:
+    from .helpers import wait_until
+
+    async def reached() -> bool:
+        reply = await w.people["owner"].call("GET", f"/api/sandboxes/{sid}")
+        assert reply.body["status"] != "failed", reply.body
+        return bool(reply.body["status"] == status)
+
+    await wait_until(_reactor(), reached, timeout=120, step=0.2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_docker_lifecycle(world: DockerWorld) -> None:
+    """create → running → pause → resume (session kept) → delete (nothing of ours left)."""
+    began = time.monotonic()
+    sid = await _create(world, "box")
+    await _wait(world, sid, "running")
+    create_s = time.monotonic() - began
+    client = OpencodeClient(_reactor())
+    observed = await world.backend.describe(sid)
+    (row,) = await world.app.db.query("SELECT opencode_password FROM sandboxes")
+    password = row["opencode_password"]
+    assert observed.endpoint is not None
+    assert (await client.get_json(observed.endpoint, password, "/global/health"))[0] == 200
+    assert (await client.get_json(observed.endpoint, "wrong", "/global/health"))[0] == 401
+    inspect = world.engine.docker(
+        "inspect",
+        "--format",
+        "{{.Config.User}} {{.HostConfig.Init}} {{.HostConfig.Memory}} {{.HostConfig.PidsLimit}}",
+        f"cli-sbx-{sid}",
+    )
+    assert inspect.split() == ["1000:1000", "true", str(2 * 1024**3), "1024"]
+    env = world.engine.docker("inspect", "--format", "{{json .Config.Env}}", f"cli-sbx-{sid}")
+    assert "sk-ant" not in env and "ANTHROPIC_API_KEY" in env
+
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent
+
+    from cli_server.sandboxes.opencode import basic_auth
+
+    http = HTTPClient(Agent(_reactor()))
+    made = await http.post(
+        f"http://127.0.0.1:{observed.endpoint.port}/session",
+        json={"title": "kept"},
+        headers={"authorization": basic_auth(password)},
+    )
+    session = await made.json()
+
+    await world.people["developer"].call("POST", f"/api/sandboxes/{sid}/pause")
+    await _wait(world, sid, "paused")
+    assert "Exited" in world.engine.docker("ps", "-a", "--filter", f"name=cli-sbx-{sid}")
+    began = time.monotonic()
+    await world.people["developer"].call("POST", f"/api/sandboxes/{sid}/resume")
+    await _wait(world, sid, "running")
+    resume_s = time.monotonic() - began
+    observed = await world.backend.describe(sid)
+    assert observed.endpoint is not None
+    code, sessions = await client.get_json(observed.endpoint, password, "/session")
+    assert session["id"] in [s["id"] for s in sessions]
+
+    assert (await world.people["developer"].call("DELETE", f"/api/sandboxes/{sid}")).code == 204
+    label = f"label=cli-server.sandbox={sid}"
+    assert world.engine.docker("ps", "-aq", "--filter", label).strip() == ""
+    assert world.engine.docker("volume", "ls", "-q", "--filter", label).strip() == ""
+    assert f"cli-ws-{world.workspace}" in world.engine.docker("volume", "ls", "-q")
+    print(f"\ndocker: create->running {create_s:.2f}s, resume->running {resume_s:.2f}s")
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconciliation_and_adoption(world: DockerWorld, db_url: str) -> None:
+    """A foreign container survives; a container killed behind our back is noticed; a
+    restarted server adopts running containers."""
+    foreign = world.engine.docker(
+        "run", "-d", "--name", "foreign", "--entrypoint", "/bin/sleep", world.engine.image, "300"
+    ).strip()
+    workspace_b = (await world.people["owner"].call("POST", "/api/workspaces", {"name": "b"})).body[
+        "id"
+    ]
+    await world.people["owner"].call(
+        "POST",
+        f"/api/workspaces/{workspace_b}/members",
+        {"username": "developer", "role": "developer"},
+    )
+    killed = await _create(world, "killed")
+    kept = await _create(world, "kept", workspace_b)
+    await _wait(world, killed, "running")
+    await _wait(world, kept, "running")
+    volumes = world.engine.docker("volume", "ls", "-q").split()
+    assert f"cli-ws-{world.workspace}" in volumes and f"cli-ws-{workspace_b}" in volumes
+
+    world.engine.docker("kill", f"cli-sbx-{killed}")
+    reconciler = world.app.server.root.getServiceNamed("reconciler")
+    await reconciler._job()
+    await _wait(world, killed, "paused")
+    assert foreign in world.engine.docker("ps", "-q", "--no-trunc")
+
+    await stop_server(world.app)  # containers keep running
+    assert kept[:12] in world.engine.docker("ps", "--format", "{{.Names}}")
+    again = await _start(db_url, world.engine)
+    try:
+        owner = again.app.client()
+        await owner.call(
+            "POST", "/api/auth/login", {"username": "owner", "password": "password123"}
+        )
+        reply = await owner.call("GET", f"/api/sandboxes/{kept}")
+        assert reply.body["status"] == "running"
+        observed = await again.backend.describe(kept)
+        assert observed.endpoint is not None
+    finally:
+        await stop_server(again.app)
+        again.pool.stopService()
+    world.engine.docker("rm", "-f", "foreign")
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_image_fails_readably(db_url: str, engine: Engine) -> None:
+    """An image the engine does not have: the sandbox is failed with a readable error."""
+    w = await _start(db_url, engine, image="cli-server-sandbox:does-not-exist")
+    try:
+        w.people, w.workspace = await team(w.app)
+        sid = await _create(w, "x")
+        from .helpers import wait_until
+
+        async def failed() -> Any:
+            body = (await w.people["owner"].call("GET", f"/api/sandboxes/{sid}")).body
+            return body["status"] == "failed" and body
+
+        await wait_until(_reactor(), failed, timeout=60)
+        body = (await w.people["owner"].call("GET", f"/api/sandboxes/{sid}")).body
+        assert "is not on the Docker engine" in body["error"]
+        assert (await w.people["owner"].call("GET", "/readyz")).code == 200
+    finally:
+        await stop_server(w.app)
+        w.pool.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreachable_engine_fails_readably(db_url: str) -> None:
+    """No engine at the address: failed with the reason; the server keeps serving."""
+    w = await _start(db_url, Engine("unix:///tmp/no-such-docker.sock", "x"))
+    try:
+        w.people, w.workspace = await team(w.app)
+        sid = await _create(w, "x")
+        from .helpers import wait_until
+
+        async def failed() -> bool:
+            body = (await w.people["owner"].call("GET", f"/api/sandboxes/{sid}")).body
+            return bool(body["status"] == "failed")
+
+        await wait_until(_reactor(), failed, timeout=60)
+        body = (await w.people["owner"].call("GET", f"/api/sandboxes/{sid}")).body
+        assert body["error"].startswith("Docker engine:")
+    finally:
+        await stop_server(w.app)
+        w.pool.stopService()

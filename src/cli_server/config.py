@@ -130,6 +130,7 @@ class ServerConfig:
     anthropic_proxy_url: str | None = None
     anthropic_base_url: str = "https://api.anthropic.com"
     docker_url: str | None = None
+    docker_network: str | None = None
     agent_image: str | None = None
     # Secrets: only from the environment (a command line is visible to every local user).
     anthropic_api_key: str | None = field(default=None, repr=False)

@@ -225,7 +225,10 @@ def build(
         engine.setName("docker-threads")
         engine.setServiceParent(root)
         settings = DockerSettings(
-            config.docker_url, config.agent_image or "", docker_anthropic_url(config)
+            config.docker_url,
+            config.agent_image or "",
+            docker_anthropic_url(config),
+            network=config.docker_network,
         )
         backend = DockerBackend(engine.run, settings, instance_id(config), opencode)
     if backend is None:

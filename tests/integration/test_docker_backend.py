@@ -212,6 +212,14 @@ async def test_docker_lifecycle(world: DockerWorld) -> None:
     )
     session = await made.json()
 
+    # The browser path: a ticket, the sandbox's subdomain, opencode's UI through the proxy.
+    url = (await world.people["developer"].call("POST", f"/api/sandboxes/{sid}/open")).body["url"]
+    host = f"oc-{sid}.localhost:8080"
+    redeemed = await world.app.client().call("GET", url.split(host, 1)[1], headers={"Host": host})
+    cookie = redeemed.headers.getRawHeaders("set-cookie")[0].split(";")[0]
+    page = await world.app.client().call("GET", "/", headers={"Host": host, "Cookie": cookie})
+    assert page.code == 200 and b"<html" in page.body.lower()
+
     await world.people["developer"].call("POST", f"/api/sandboxes/{sid}/pause")
     await _wait(world, sid, "paused")
     assert "Exited" in world.engine.docker("ps", "-a", "--filter", f"name=cli-sbx-{sid}")
@@ -319,3 +327,36 @@ async def test_unreachable_engine_fails_readably(db_url: str) -> None:
     finally:
         await stop_server(w.app)
         w.pool.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_network_mode(db_url: str, engine: Engine) -> None:
+    """With --docker-network (a server in a container), sandboxes join that network and are
+    reached at their address there; no port is published on the host."""
+    engine.docker("network", "create", "cli-test-net")
+    reactor = _reactor()
+    pool = ThreadPoolService(reactor, "docker-net-test", 2)
+    pool.startService()
+    settings = DockerSettings(
+        engine.host, engine.image, "http://server:8080/proxy/anthropic/v1", network="cli-test-net"
+    )
+    backend = DockerBackend(pool.run, settings, INSTANCE, OpencodeClient(reactor))
+    app = await start_server(
+        db_url, config=attrs.evolve(server_config(db_url), backend="docker"), backend=backend
+    )
+    try:
+        w = DockerWorld(app, engine, backend, pool, *await team(app))
+        sid = await _create(w, "net")
+        await _wait(w, sid, "running")
+        observed = await backend.describe(sid)
+        assert observed.endpoint is not None and observed.endpoint.port == 4096
+        assert not observed.endpoint.host.startswith("127.")
+        ports = engine.docker(
+            "inspect", "--format", "{{json .NetworkSettings.Ports}}", f"cli-sbx-{sid}"
+        )
+        assert "HostPort" not in ports
+        await w.people["developer"].call("DELETE", f"/api/sandboxes/{sid}")
+    finally:
+        await stop_server(app)
+        pool.stopService()
+        engine.docker("network", "rm", "cli-test-net")

@@ -42,6 +42,9 @@ class DockerSettings:
     url: str | None  # DOCKER_HOST form; None: the SDK's defaults (environment, local socket)
     image: str
     anthropic_url: str  # ANTHROPIC_BASE_URL as a container sees it
+    # A user-defined network to join instead of publishing a port: for a server that itself
+    # runs in a container on that network (compose); sandboxes are then reached by address.
+    network: str | None = None
     memory_bytes: int = 2 * 1024**3
     pids: int = 1024
     nano_cpus: int = 2 * 10**9
@@ -76,7 +79,9 @@ class DockerBackend:
     def _labels(self, **more: str) -> dict[str, str]:
         return {f"{LABEL}.instance": self._instance, **{f"{LABEL}.{k}": v for k, v in more.items()}}
 
-    def _thd_start(self, sandbox_id: str, workspace_id: str, env: dict[str, str]) -> int:
+    def _thd_start(
+        self, sandbox_id: str, workspace_id: str, env: dict[str, str]
+    ) -> tuple[str, int]:
         import docker.errors
 
         client = self._thd_client()
@@ -108,8 +113,7 @@ class DockerBackend:
                 f"cli-ws-{workspace_id}": {"bind": "/data/disk0", "mode": "rw"},
                 f"cli-home-{sandbox_id}": {"bind": "/home/opencode", "mode": "rw"},
             },
-            ports={f"{GUEST_PORT}/tcp": ("127.0.0.1", None)},
-            extra_hosts={"host.docker.internal": "host-gateway"},
+            **self._networking(),
             mem_limit=self._settings.memory_bytes,
             pids_limit=self._settings.pids,
             nano_cpus=self._settings.nano_cpus,
@@ -117,16 +121,31 @@ class DockerBackend:
             security_opt=["no-new-privileges"],
         )
         container.start()
-        return self._thd_port(sandbox_id)
+        return self._thd_address(sandbox_id)
 
-    def _thd_port(self, sandbox_id: str) -> int:
+    def _networking(self) -> dict[str, Any]:
+        if self._settings.network:
+            return {"network": self._settings.network}
+        return {
+            "ports": {f"{GUEST_PORT}/tcp": ("127.0.0.1", None)},
+            "extra_hosts": {"host.docker.internal": "host-gateway"},
+        }
+
+    def _thd_address(self, sandbox_id: str) -> tuple[str, int]:
+        """Where opencode answers, re-read from the engine (it changes at every start)."""
         container = self._thd_client().containers.get(f"cli-sbx-{sandbox_id}")
-        bindings = (container.attrs["NetworkSettings"]["Ports"] or {}).get(f"{GUEST_PORT}/tcp")
+        settings = container.attrs["NetworkSettings"]
+        if self._settings.network:
+            ip = (settings.get("Networks") or {}).get(self._settings.network, {}).get("IPAddress")
+            if not ip:
+                raise BackendError(f"the sandbox has no address on {self._settings.network}")
+            return str(ip), GUEST_PORT
+        bindings = (settings["Ports"] or {}).get(f"{GUEST_PORT}/tcp")
         if not bindings:
             raise BackendError("the engine published no port for opencode")
-        return int(bindings[0]["HostPort"])
+        return "127.0.0.1", int(bindings[0]["HostPort"])
 
-    def _thd_state(self, sandbox_id: str) -> tuple[str, int | None]:
+    def _thd_state(self, sandbox_id: str) -> tuple[str, tuple[str, int] | None]:
         import docker.errors
 
         client = self._thd_client()
@@ -139,7 +158,7 @@ class DockerBackend:
             except docker.errors.NotFound:
                 return "missing", None
         if container.status == "running":
-            return "running", self._thd_port(sandbox_id)
+            return "running", self._thd_address(sandbox_id)
         return "stopped", None
 
     def _thd_stop(self, sandbox_id: str) -> None:
@@ -208,10 +227,10 @@ class DockerBackend:
 
     @deferred
     async def start(self, spec: SandboxSpec) -> Endpoint:
-        port = await self._engine(
+        host, port = await self._engine(
             self._thd_start, spec.id, spec.workspace_id, self._environment(spec)
         )
-        endpoint = Endpoint("127.0.0.1", port)
+        endpoint = Endpoint(host, port)
         await self._opencode_client.wait_healthy(
             endpoint, spec.password, timeout=self._start_timeout
         )
@@ -232,9 +251,9 @@ class DockerBackend:
 
     @deferred
     async def describe(self, sandbox_id: str) -> Observed:
-        state, port = await self._engine(self._thd_state, sandbox_id)
-        if state == "running" and port is not None:
-            return Observed(State.RUNNING, Endpoint("127.0.0.1", port))
+        state, address = await self._engine(self._thd_state, sandbox_id)
+        if state == "running" and address is not None:
+            return Observed(State.RUNNING, Endpoint(*address))
         return Observed(State.STOPPED if state == "stopped" else State.MISSING)
 
     @deferred

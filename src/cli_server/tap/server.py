@@ -88,6 +88,12 @@ SETTINGS: dict[str, Setting] = {
         "Docker engine for --backend docker.",
         "the SDK's default (DOCKER_HOST, /var/run/docker.sock)",
     ),
+    "docker-network": Setting(
+        "DOCKER_NETWORK",
+        str,
+        None,
+        "Join sandboxes to this network instead of publishing ports (for a server in a container).",
+    ),
     "agent-image": Setting(
         "AGENT_IMAGE", str, None, "Sandbox image for --backend docker (required there)."
     ),
@@ -204,6 +210,7 @@ class Options(usage.Options):
             anthropic_proxy_url=self["anthropic-proxy-url"],
             anthropic_base_url=self["anthropic-base-url"],
             docker_url=self["docker-url"],
+            docker_network=self["docker-network"],
             agent_image=self["agent-image"],
             anthropic_api_key=self._environ.get("ANTHROPIC_API_KEY") or None,
             anthropic_auth_token=self._environ.get("ANTHROPIC_AUTH_TOKEN") or None,

@@ -133,6 +133,17 @@ class OptionsTests(SynchronousTestCase):
         self.assertTrue(config.allow_unisolated)
         self.assertGreaterEqual(parse([]).config().max_sandboxes, 1)
 
+    def test_docker_settings(self) -> None:
+        """The docker backend takes its engine, image and network from options or env."""
+        config = parse(
+            ["--backend", "docker", "--agent-image", "img:1"],
+            {"DOCKER_HOST": "unix:///x.sock", "DOCKER_NETWORK": "net"},
+        ).config()
+        self.assertEqual(
+            (config.backend, config.agent_image, config.docker_url, config.docker_network),
+            ("docker", "img:1", "unix:///x.sock", "net"),
+        )
+
     def test_preflight(self) -> None:
         """A missing opencode binary is refused at start, naming the option and the fix."""
         options = Options(environ={})
@@ -152,7 +163,12 @@ class OptionsTests(SynchronousTestCase):
             (["--db-url", "nonsense"], {}, "--db-url: not a PostgreSQL connection string"),
             (["--max-sandboxes", "0"], {}, "--max-sandboxes: '0' must be at least 1"),
             ([], {"IDLE_TIMEOUT": "forever"}, "IDLE_TIMEOUT: 'forever' is not a duration"),
-            (["--backend", "docker"], {}, "--backend: the docker backend is not available"),
+            (
+                ["--backend", "docker"],
+                {},
+                "--agent-image: the docker backend needs a sandbox image",
+            ),
+            (["--backend", "k8s"], {}, "--backend: the k8s backend is not available"),
             (["--backend", "vm"], {}, "--backend: 'vm' is not a backend"),
         ]
         for argv, environ, message in cases:

@@ -1,5 +1,6 @@
 import { type FormEvent, useEffect, useState } from "react";
 import { api, describe, type User } from "./api";
+import { Alert } from "./useAction";
 
 interface Props {
   onSignedIn: (user: User) => void;
@@ -61,11 +62,7 @@ export function AuthScreen({ onSignedIn }: Props) {
             onChange={(e) => setPassword(e.target.value)}
           />
         </label>
-        {error && (
-          <p className="error" role="alert">
-            {error}
-          </p>
-        )}
+        <Alert message={error} />
         <button type="submit" className="primary" disabled={busy}>
           {busy ? "Please wait…" : mode === "login" ? "Sign in" : "Create account"}
         </button>

@@ -3,6 +3,7 @@ import { api, atLeast, describe, type User, type Workspace } from "./api";
 import { ConfirmButton } from "./Confirm";
 import { Members } from "./Members";
 import { Sandboxes } from "./Sandboxes";
+import { Alert } from "./useAction";
 
 interface Props {
   user: User;
@@ -110,11 +111,7 @@ export function Dashboard({ user, onSignedOut }: Props) {
             Create workspace
           </button>
         </form>
-        {error && (
-          <p className="error" role="alert">
-            {error}
-          </p>
-        )}
+        <Alert message={error} />
       </nav>
       <main className="content">
         {current ? (

@@ -10,6 +10,7 @@ import {
   type Workspace,
 } from "./api";
 import { ConfirmButton } from "./Confirm";
+import { Alert, useAction } from "./useAction";
 
 interface Props {
   workspace: Workspace;
@@ -21,16 +22,16 @@ export function Members({ workspace, me, onLeft }: Props) {
   const [members, setMembers] = useState<Member[] | null>(null);
   const [username, setUsername] = useState("");
   const [role, setRole] = useState<Role>("developer");
-  const [error, setError] = useState<string | null>(null);
   const isOwner = workspace.role === "owner";
   const canAdd = atLeast(workspace.role, "maintainer");
   const addable = ROLES.filter((r) => isOwner || r !== "owner");
 
+  const [loadError, setLoadError] = useState<string | null>(null);
   const load = useCallback(async () => {
     try {
       setMembers(await api.members(workspace.id));
     } catch (e) {
-      setError(describe(e));
+      setLoadError(describe(e));
     }
   }, [workspace.id]);
 
@@ -38,15 +39,8 @@ export function Members({ workspace, me, onLeft }: Props) {
     void load();
   }, [load]);
 
-  async function act(work: () => Promise<unknown>) {
-    setError(null);
-    try {
-      await work();
-    } catch (e) {
-      setError(describe(e));
-    }
-    await load();
-  }
+  const { error, act } = useAction(load);
+  const shown = error ?? loadError;
 
   async function add(event: FormEvent) {
     event.preventDefault();
@@ -90,11 +84,7 @@ export function Members({ workspace, me, onLeft }: Props) {
           </button>
         </form>
       )}
-      {error && (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      )}
+      <Alert message={shown} />
       {members === null && <p className="muted">Loading members…</p>}
       <table className="members">
         <thead>

@@ -2,6 +2,7 @@ import { type FormEvent, useCallback, useEffect, useState } from "react";
 import { api, atLeast, describe, type Sandbox, type Workspace } from "./api";
 import { ConfirmButton } from "./Confirm";
 import { Usage } from "./Usage";
+import { Alert, useAction } from "./useAction";
 
 const MOVING = new Set(["creating", "resuming", "pausing"]);
 const LABEL: Record<string, string> = {
@@ -22,16 +23,16 @@ interface Props {
 export function Sandboxes({ workspace, pollMs = 2000 }: Props) {
   const [sandboxes, setSandboxes] = useState<Sandbox[] | null>(null);
   const [name, setName] = useState("");
-  const [error, setError] = useState<string | null>(null);
   const [ticks, setTicks] = useState(0);
   const canChange = atLeast(workspace.role, "developer");
 
+  const [loadError, setLoadError] = useState<string | null>(null);
   const load = useCallback(async () => {
     try {
       setSandboxes(await api.sandboxes(workspace.id));
       setTicks((n) => n + 1);
     } catch (e) {
-      setError(describe(e));
+      setLoadError(describe(e));
     }
   }, [workspace.id]);
 
@@ -47,15 +48,8 @@ export function Sandboxes({ workspace, pollMs = 2000 }: Props) {
     return () => clearInterval(timer);
   }, [load, moving, pollMs]);
 
-  async function act(work: () => Promise<unknown>) {
-    setError(null);
-    try {
-      await work();
-    } catch (e) {
-      setError(describe(e));
-    }
-    await load();
-  }
+  const { error, setError, act } = useAction(load);
+  const shown = error ?? loadError;
 
   async function create(event: FormEvent) {
     event.preventDefault();
@@ -100,11 +94,7 @@ export function Sandboxes({ workspace, pollMs = 2000 }: Props) {
           </button>
         </form>
       )}
-      {error && (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      )}
+      <Alert message={shown} />
       {sandboxes === null && <p className="muted">Loading sandboxes…</p>}
       {sandboxes?.length === 0 && (
         <div className="empty">

@@ -1,5 +1,6 @@
 import { type FormEvent, useEffect, useState } from "react";
 import { api, describe, type UsageReport, type Workspace } from "./api";
+import { Alert } from "./useAction";
 
 const number = new Intl.NumberFormat("en");
 
@@ -61,11 +62,7 @@ export function Usage({ workspace, refreshKey }: Props) {
           <button type="submit">{budget.trim() === "" ? "Remove budget" : "Set budget"}</button>
         </form>
       )}
-      {error && (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      )}
+      <Alert message={error} />
     </div>
   );
 }

@@ -498,19 +498,18 @@ class ProcessBackend:
         live = self._live.pop(sandbox_id, None)
         if live is None:
             return
-        _signal(live.sandbox, "TERM")
+        await self._terminate(live.sandbox, live.sandbox_proto, grace=10)
+        if live.slirp is not None and live.slirp_proto is not None:
+            await self._terminate(live.slirp, live.slirp_proto, grace=5)
+
+    async def _terminate(self, transport: Any, watched: _Watched, grace: float) -> None:
+        """SIGTERM, and SIGKILL if it has not exited after ``grace`` seconds."""
+        _signal(transport, "TERM")
         try:
-            await _within(self._reactor, live.sandbox_proto.ended, 10, "")
+            await _within(self._reactor, watched.ended, grace, "")
         except BackendError:
-            _signal(live.sandbox, "KILL")
-            await _within(self._reactor, live.sandbox_proto.ended, 10, "sandbox did not die")
-        if live.slirp is None or live.slirp_proto is None:
-            return
-        _signal(live.slirp, "TERM")
-        try:
-            await _within(self._reactor, live.slirp_proto.ended, 5, "")
-        except BackendError:
-            _signal(live.slirp, "KILL")
+            _signal(transport, "KILL")
+            await _within(self._reactor, watched.ended, 10, "process did not die")
 
     async def _teardown(self, sandbox_id: str) -> None:
         """Undo what a start set up outside our processes: netns mount, cgroups, pid file."""

@@ -102,6 +102,30 @@ def parse_positive_int(text: str) -> int:
     return value
 
 
+def parse_size(text: str) -> int:
+    """``512m``, ``2g``, ``1.5G`` or plain bytes."""
+    value = text.strip().lower().removesuffix("b").removesuffix("i")
+    scale = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}.get(value[-1:], 1)
+    number = value[:-1] if value[-1:] in "kmgt" and value else value
+    try:
+        size = int(float(number) * scale)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size such as 512m or 2g") from None
+    if size < 64 * 1024**2:
+        raise ValueError(f"{text!r} is below the 64 MiB opencode needs at the very least")
+    return size
+
+
+def parse_cpus(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of CPUs such as 2 or 0.5") from None
+    if not 0.01 <= value <= 1024:
+        raise ValueError(f"{text!r} must be between 0.01 and 1024")
+    return value
+
+
 def default_max_sandboxes() -> int:
     """About 0.5 GiB per opencode, leaving a quarter of the memory to everything else."""
     try:
@@ -129,6 +153,9 @@ class ServerConfig:
     allow_unisolated: bool = False
     anthropic_proxy_url: str | None = None
     anthropic_base_url: str = "https://api.anthropic.com"
+    sandbox_memory: int = 2 * 1024**3
+    sandbox_pids: int = 1024
+    sandbox_cpus: float = 2.0
     docker_url: str | None = None
     docker_network: str | None = None
     agent_image: str | None = None

@@ -36,7 +36,7 @@ from cli_server.sandboxes.docker_backend import DockerBackend, DockerSettings
 from cli_server.sandboxes.manager import SandboxManager
 from cli_server.sandboxes.monitor import IdleMonitor, Reconciler
 from cli_server.sandboxes.opencode import OpencodeClient
-from cli_server.sandboxes.process_backend import ANTHROPIC_PORT, ProcessBackend
+from cli_server.sandboxes.process_backend import ANTHROPIC_PORT, Limits, ProcessBackend
 from cli_server.services import OrderedMultiService, PeriodicService
 from cli_server.threads import ThreadPoolService
 from cli_server.web.auth_api import AuthAPI, AuthLimits
@@ -229,6 +229,9 @@ def build(
             config.agent_image or "",
             docker_anthropic_url(config),
             network=config.docker_network,
+            memory_bytes=config.sandbox_memory,
+            pids=config.sandbox_pids,
+            nano_cpus=int(config.sandbox_cpus * 1e9),
         )
         backend = DockerBackend(engine.run, settings, instance_id(config), opencode)
     if backend is None:
@@ -240,6 +243,7 @@ def build(
             door=door,
             anthropic_url=anthropic_base_url(config) if config.anthropic_proxy_url else None,
             isolated=not config.allow_unisolated,
+            limits=Limits(config.sandbox_memory, config.sandbox_pids),
         )
     workspaces = Workspaces(db)
     urls = SandboxUrls(config.base_scheme, config.base_domain)

@@ -144,6 +144,23 @@ class OptionsTests(SynchronousTestCase):
             ("docker", "img:1", "unix:///x.sock", "net"),
         )
 
+    def test_sandbox_limits(self) -> None:
+        """Memory, processes and CPUs per sandbox; sizes take k/m/g suffixes."""
+        config = parse(
+            ["--sandbox-memory", "1.5g", "--sandbox-pids", "64"], {"SANDBOX_CPUS": "0.5"}
+        ).config()
+        self.assertEqual(
+            (config.sandbox_memory, config.sandbox_pids, config.sandbox_cpus),
+            (int(1.5 * 1024**3), 64, 0.5),
+        )
+        self.assertEqual(parse([]).config().sandbox_memory, 2 * 1024**3)
+        for argv, message in [
+            (["--sandbox-memory", "lots"], "is not a size"),
+            (["--sandbox-memory", "1m"], "below the 64 MiB"),
+            (["--sandbox-cpus", "0"], "between 0.01 and 1024"),
+        ]:
+            self.assertIn(message, str(self.assertRaises(usage.UsageError, parse, argv)))
+
     def test_preflight(self) -> None:
         """A missing opencode binary is refused at start, naming the option and the fix."""
         options = Options(environ={})

@@ -18,9 +18,11 @@ from cli_server.config import (
     parse_backend,
     parse_base_domain,
     parse_base_scheme,
+    parse_cpus,
     parse_db_url,
     parse_duration,
     parse_positive_int,
+    parse_size,
 )
 
 
@@ -77,6 +79,18 @@ SETTINGS: dict[str, Setting] = {
         None,
         "Most sandboxes running at once.",
         "0.5 GiB each within 3/4 of the memory",
+    ),
+    "sandbox-memory": Setting(
+        "SANDBOX_MEMORY", parse_size, "2g", "Memory limit of each sandbox, e.g. 1g, 512m."
+    ),
+    "sandbox-pids": Setting(
+        "SANDBOX_PIDS", parse_positive_int, "1024", "Most processes in each sandbox."
+    ),
+    "sandbox-cpus": Setting(
+        "SANDBOX_CPUS",
+        parse_cpus,
+        "2",
+        "CPUs each docker sandbox may use (process backend: not limited).",
     ),
     "idle-timeout": Setting(
         "IDLE_TIMEOUT", parse_duration, "30m", "Pause a sandbox after this long without activity."
@@ -209,6 +223,9 @@ class Options(usage.Options):
             allow_unisolated=bool(self["allow-unisolated"]),
             anthropic_proxy_url=self["anthropic-proxy-url"],
             anthropic_base_url=self["anthropic-base-url"],
+            sandbox_memory=self["sandbox-memory"],
+            sandbox_pids=self["sandbox-pids"],
+            sandbox_cpus=self["sandbox-cpus"],
             docker_url=self["docker-url"],
             docker_network=self["docker-network"],
             agent_image=self["agent-image"],

@@ -184,8 +184,12 @@ def build(
     hashing.setName("threads")
     hashing.setServiceParent(root)
 
-    embedded = None if config.db_url else EmbeddedPostgres(config.data_dir, reactor)
-    dsn = config.db_url if config.db_url else embedded.dsn  # type: ignore[union-attr]
+    embedded = None
+    if config.db_url:
+        dsn = config.db_url
+    else:
+        embedded = EmbeddedPostgres(config.data_dir, reactor)
+        dsn = embedded.dsn
     db = Database(reactor, dsn)
     database = DatabaseService(reactor, db, embedded, on_fatal or exit_on_fatal(reactor))
     database.setName("database")

@@ -287,11 +287,16 @@ class ProcessBackend:
         """Track a just-spawned opencode; wait for its "listening" line, then for health."""
         self._live[spec.id] = live
         live.sandbox_proto.ended.addCallback(lambda _: self._exited(spec.id, live))
-        await _within(self._reactor, live.sandbox_proto.ready, self._start_timeout,
-                      "opencode did not start listening")  # fmt: skip
+        await _within(
+            self._reactor,
+            live.sandbox_proto.ready,
+            self._start_timeout,
+            "opencode did not start listening",
+        )
         endpoint = Endpoint("127.0.0.1", live.port)
-        await self._opencode_client.wait_healthy(endpoint, spec.password,
-                                                 timeout=self._start_timeout)  # fmt: skip
+        await self._opencode_client.wait_healthy(
+            endpoint, spec.password, timeout=self._start_timeout
+        )
         return endpoint
 
     def _open_door(self, sandbox_id: str, netns: Path | None) -> str:

@@ -26,6 +26,7 @@ from cli_server.config import ServerConfig
 from cli_server.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from cli_server.db.migrations import migrate
 from cli_server.db.pool import Database, DatabaseUnavailable
+from cli_server.metrics import Metrics
 from cli_server.proxy.access import SandboxAccess
 from cli_server.proxy.forward import Forwarder
 from cli_server.proxy.site import SandboxCookie, SandboxSite
@@ -215,7 +216,8 @@ def build(
         upstream = Upstream(
             config.anthropic_base_url, config.anthropic_api_key, config.anthropic_auth_token
         )
-    anthropic = AnthropicProxy(db, reactor, upstream, usage, activity)
+    metrics = Metrics()
+    anthropic = AnthropicProxy(db, reactor, upstream, usage, activity, metrics)
     anthropic_site = proxy_site(anthropic, BoundedRequest)
 
     def door(netns: Path | None) -> tuple[Any, int]:
@@ -275,6 +277,7 @@ def build(
         ),
         SandboxesAPI(manager, cookies, sandbox_access, urls),
         lambda: database.ready,
+        metrics=metrics,
     )
     proxy = SandboxSite(
         sandbox_access,
@@ -287,6 +290,7 @@ def build(
         urls.base_host,
         config.base_scheme.encode(),
         urls.dashboard,
+        metrics,
     )
 
     async def housekeeping() -> None:
@@ -308,6 +312,7 @@ def build(
         ("housekeeping", 600.0, housekeeping),
         ("reconciler", 30.0, when_ready(reconciler.sweep)),
         ("idle-monitor", min(60.0, config.idle_timeout / 4), when_ready(idle.sweep)),
+        ("metrics", 15.0, when_ready(lambda: metrics.refresh(db))),
     ]:
         periodic = PeriodicService(reactor, interval, job, name)
         periodic.setName(name)

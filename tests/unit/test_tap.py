@@ -33,6 +33,7 @@ class MakeServiceTests(SynchronousTestCase):
                 "housekeeping",
                 "reconciler",
                 "idle-monitor",
+                "metrics",
                 "http-0",
                 "http-1",
             ],

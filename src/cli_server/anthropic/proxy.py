@@ -85,6 +85,7 @@ class AnthropicProxy(Resource):
     _upstream: Upstream | None
     _usage: UsageStore
     _activity: ActivityRecorder
+    _metrics: Any = None
     _connect_timeout: float = 10.0
     _header_timeout: float = 600.0  # a long non-streaming answer takes minutes
     _silence_timeout: float = 300.0  # no byte for this long mid-reply: give up
@@ -248,6 +249,15 @@ class AnthropicProxy(Resource):
         )
         await done
         usage = meter.finish()
+        if self._metrics is not None:
+            self._metrics.anthropic_calls.labels(str(response.code)).inc()
+            for kind in (
+                "input_tokens",
+                "output_tokens",
+                "cache_creation_tokens",
+                "cache_read_tokens",
+            ):
+                self._metrics.anthropic_tokens.labels(kind).inc(getattr(usage, kind))
         if response.code < 300 and usage.total:
             await self._usage.record(caller.sandbox_id, caller.workspace_id, usage)
 

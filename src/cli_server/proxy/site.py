@@ -71,6 +71,7 @@ class SandboxSite(Resource):
     _base_host: bytes
     _scheme: bytes
     _dashboard: str
+    _metrics: Any = None
     isLeaf = True
     _log = Logger()
 
@@ -142,6 +143,8 @@ class SandboxSite(Resource):
         if observed.state is not State.RUNNING or observed.endpoint is None:
             return self._status_page(request, "starting", access)
         self._activity.touch(sandbox_id)
+        if self._metrics is not None:
+            self._metrics.proxied.labels("websocket" if upgrade else "http").inc()
         if upgrade:
             headers = upstream_headers(request, access.password, self._scheme)
             ok = await splice(

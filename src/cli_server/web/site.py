@@ -11,6 +11,7 @@ from twisted.web.resource import IResource
 
 from cli_server.db.pool import Database
 from cli_server.errors import NotFound, ServiceUnavailable
+from cli_server.metrics import Metrics
 from cli_server.web.auth_api import AuthAPI
 from cli_server.web.responses import error_body, install_json_errors, json_response
 from cli_server.web.sandboxes_api import SandboxesAPI
@@ -28,6 +29,7 @@ class MainSite:
     _workspaces: WorkspacesAPI
     _sandboxes: SandboxesAPI
     _ready: Any  # () -> bool: start-up (database, migrations) finished
+    _metrics: Any = field(factory=lambda: Metrics())
     _ui: IResource = field(factory=WebUI)
 
     app = Klein()
@@ -70,6 +72,17 @@ class MainSite:
     @app.route("/api/sandboxes", branch=True, strict_slashes=False, methods=_ALL)
     def sandboxes(self, request: IRequest) -> IResource:
         return self._mount(request, self._sandboxes.app)
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: IRequest) -> bytes:
+        """Prometheus text, for scrapers on this host only (it counts sandboxes)."""
+        peer: Any = request.getClientAddress()
+        if getattr(peer, "host", "") not in ("127.0.0.1", "::1") or request.getHeader(
+            b"x-forwarded-for"
+        ):
+            raise NotFound("no such API route")
+        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+        return bytes(self._metrics.render())
 
     @app.route("/proxy/anthropic", branch=True, methods=_ALL)
     def anthropic_proxy(self, request: IRequest) -> IResource:

@@ -1,0 +1,48 @@
+"""Prometheus metrics, on a registry of our own (tests build as many servers as they like)."""
+
+from __future__ import annotations
+
+from attrs import define, field
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from cli_server.db.pool import Database
+from cli_server.sandboxes.model import Status
+
+
+@define(eq=False)
+class Metrics:
+    registry: CollectorRegistry = field(factory=CollectorRegistry)
+    proxied: Counter = field(init=False)
+    anthropic_calls: Counter = field(init=False)
+    anthropic_tokens: Counter = field(init=False)
+    sandboxes: Gauge = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.proxied = Counter(
+            "cli_proxied_requests",
+            "Requests proxied to sandboxes",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.anthropic_calls = Counter(
+            "cli_anthropic_requests",
+            "Calls to the Anthropic proxy",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.anthropic_tokens = Counter(
+            "cli_anthropic_tokens", "Tokens metered by the proxy", ["kind"], registry=self.registry
+        )
+        self.sandboxes = Gauge(
+            "cli_sandboxes", "Sandboxes by status", ["status"], registry=self.registry
+        )
+
+    async def refresh(self, db: Database) -> None:
+        """Counts that live in the database, read on a timer rather than at scrape time."""
+        rows = await db.query("SELECT status, count(*) AS n FROM sandboxes GROUP BY status")
+        counts = {r["status"]: r["n"] for r in rows}
+        for status in Status:
+            self.sandboxes.labels(status.value).set(counts.get(status.value, 0))
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.registry))

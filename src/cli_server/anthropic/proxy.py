@@ -13,12 +13,9 @@ from typing import Any
 
 from attrs import define, field, frozen
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -26,7 +23,7 @@ from twisted.web.server import NOT_DONE_YET
 from cli_server.anthropic.usage import UsageMeter, UsageStore
 from cli_server.auth.tokens import token_hash
 from cli_server.db.pool import Database, DatabaseUnavailable
-from cli_server.proxy.forward import HOP_BY_HOP
+from cli_server.proxy.forward import HOP_BY_HOP, Relay, copy_response_headers
 from cli_server.sandboxes.activity import ActivityRecorder
 
 PREFIX = b"/proxy/anthropic"
@@ -238,15 +235,14 @@ class AnthropicProxy(Resource):
                 ),
             )
         request.setResponseCode(response.code, response.phrase)
-        for header, values in response.headers.getAllRawHeaders():
-            if header.lower() not in HOP_BY_HOP and header.lower() != b"content-length":
-                request.responseHeaders.setRawHeaders(header, values)
+        copy_response_headers(response, request)
         kind = response.headers.getRawHeaders(b"content-type", [b""])[0]
         meter = UsageMeter(streaming=kind.startswith(b"text/event-stream"))
         done: Deferred[None] = Deferred()
-        response.deliverBody(
-            _MeteredRelay(request, meter, done, self._reactor, self._silence_timeout)
+        relay = Relay(
+            request, tap=meter.feed, done=done, reactor=self._reactor, silence=self._silence_timeout
         )
+        response.deliverBody(relay)
         await done
         usage = meter.finish()
         if self._metrics is not None:
@@ -260,52 +256,3 @@ class AnthropicProxy(Resource):
                 self._metrics.anthropic_tokens.labels(kind).inc(getattr(usage, kind))
         if response.code < 300 and usage.total:
             await self._usage.record(caller.sandbox_id, caller.workspace_id, usage)
-
-
-class _MeteredRelay(Protocol):
-    """Copies the reply to the sandbox as it arrives, lets the meter read it, and gives up
-    after a long silence. The upstream is the producer for the sandbox's connection."""
-
-    def __init__(
-        self, request: Any, meter: UsageMeter, done: Deferred[None], reactor: Any, silence: float
-    ) -> None:
-        self._request, self._meter, self._done = request, meter, done
-        self._reactor, self._silence = reactor, silence
-        self._timer: IDelayedCall | None = None
-        self._gone = False
-
-    def connectionMade(self) -> None:
-        self._request.registerProducer(self.transport, True)
-        self._request.notifyFinish().addErrback(lambda _: self._abort())
-        self._timer = self._reactor.callLater(self._silence, self._silent)
-
-    def _abort(self) -> None:
-        """The sandbox hung up: stop reading the reply."""
-        self._gone = True
-        producer: Any = self.transport
-        if producer is not None:
-            producer.stopProducing()
-
-    def _silent(self) -> None:
-        """The upstream went quiet mid-reply: end both sides rather than hang forever."""
-        self._abort()
-        if self._request.channel is not None:
-            self._request.channel.loseConnection()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(self._silence)
-        self._meter.feed(data)
-        if not self._gone:
-            self._request.write(data)
-
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        if not self._gone:
-            self._request.unregisterProducer()
-            if reason.check(ResponseDone, PotentialDataLoss):
-                self._request.finish()
-            elif self._request.channel is not None:
-                self._request.channel.loseConnection()
-        self._done.callback(None)

@@ -9,12 +9,14 @@ through as they arrive, without a timeout once the headers are in.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from attrs import define
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
@@ -107,36 +109,81 @@ def upstream_headers(request: IRequest, password: str, scheme: bytes) -> Headers
     return headers
 
 
-class _Relay(Protocol):
-    """Copies a response body to the browser; the upstream transport is its producer."""
+class Relay(Protocol):
+    """Copies a response body to the client as it arrives; the upstream transport is the
+    producer for the client's connection, so a slow reader pauses only its own upstream.
 
-    def __init__(self, request: Any) -> None:
-        self._request = request
+    Optional: ``tap`` sees every chunk (usage metering), ``done`` fires when the body ends,
+    and with ``silence`` seconds and a ``reactor`` an upstream that goes quiet that long is
+    given up on, ending both sides rather than hanging for ever.
+    """
+
+    def __init__(
+        self,
+        request: Any,
+        *,
+        tap: Callable[[bytes], None] | None = None,
+        done: Deferred[None] | None = None,
+        reactor: Any = None,
+        silence: float | None = None,
+    ) -> None:
+        self._request, self._tap, self._done = request, tap, done
+        self._reactor, self._silence = reactor, silence
+        self._timer: IDelayedCall | None = None
         self._gone = False
 
     def connectionMade(self) -> None:
         self._request.registerProducer(self.transport, True)
-        self._request.notifyFinish().addErrback(self._browser_gone)
+        self._request.notifyFinish().addErrback(lambda _: self._abort())
+        if self._silence is not None:
+            self._timer = self._reactor.callLater(self._silence, self._silent)
 
-    def _browser_gone(self, failure: Failure) -> None:
+    def _abort(self) -> None:
+        """The client hung up: stop reading (and so abort) the upstream response."""
         self._gone = True
         producer: Any = self.transport
         if producer is not None:
-            producer.stopProducing()  # aborts the upstream request
+            producer.stopProducing()
+
+    def _silent(self) -> None:
+        self._abort()
+        if self._request.channel is not None:
+            self._request.channel.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._timer is not None and self._timer.active() and self._silence is not None:
+            self._timer.reset(self._silence)
+        if self._tap is not None:
+            self._tap(data)
         if not self._gone:
             self._request.write(data)
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
-        if self._gone:
-            return
-        self._request.unregisterProducer()
-        if not reason.check(ResponseDone, PotentialDataLoss):
-            # The sandbox broke off mid-body; the browser must not take a cut body as whole.
-            self._request.channel.loseConnection() if self._request.channel else None
-            return
-        self._request.finish()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if not self._gone:
+            self._request.unregisterProducer()
+            if reason.check(ResponseDone, PotentialDataLoss):
+                self._request.finish()
+            elif self._request.channel is not None:
+                # The upstream broke off mid-body: the client must not take a cut body as whole.
+                self._request.channel.loseConnection()
+        if self._done is not None:
+            self._done.callback(None)
+
+
+def copy_response_headers(
+    response: IResponse, request: Any, keep_cookie: Callable[[bytes], bool] = lambda v: True
+) -> None:
+    """The upstream's headers minus hop-by-hop ones and its Content-Length (we re-frame)."""
+    for name, values in response.headers.getAllRawHeaders():
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower == b"content-length":
+            continue
+        if lower == b"set-cookie":
+            values = [v for v in values if keep_cookie(v)]
+        if values:
+            request.responseHeaders.setRawHeaders(name, values)
 
 
 @define(eq=False)
@@ -181,14 +228,7 @@ class Forwarder:
             self._log.info("sandbox at {port} did not answer: {why}", port=endpoint.port, why=e)
             return False
         request.setResponseCode(response.code, response.phrase)
-        for name, values in response.headers.getAllRawHeaders():
-            lower = name.lower()
-            if lower in HOP_BY_HOP or lower == b"content-length":
-                continue
-            if lower == b"set-cookie":
-                values = [v for v in values if safe_set_cookie(v)]
-            if values:
-                request.responseHeaders.setRawHeaders(name, values)
+        copy_response_headers(response, request, safe_set_cookie)
         known = isinstance(response.length, int)  # else UNKNOWN_LENGTH: chunked or until close
         if known and response.length:
             request.setHeader(b"content-length", str(response.length).encode())
@@ -196,7 +236,7 @@ class Forwarder:
             response.deliverBody(Protocol())  # nothing to copy; releases the connection
             request.finish()
             return True
-        response.deliverBody(_Relay(request))
+        response.deliverBody(Relay(request))
         return True
 
 

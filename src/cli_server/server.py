@@ -40,6 +40,9 @@ from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.process_backend import ANTHROPIC_PORT, Limits, ProcessBackend
 from cli_server.services import OrderedMultiService, PeriodicService
 from cli_server.threads import ThreadPoolService
+from cli_server.tunnel.agents import LocalAgents
+from cli_server.tunnel.hub import TunnelHub
+from cli_server.web.agents_api import AgentsAPI
 from cli_server.web.auth_api import AuthAPI, AuthLimits
 from cli_server.web.dispatch import HostDispatcher
 from cli_server.web.request import BoundedRequest, QuietSandboxSite
@@ -136,12 +139,15 @@ class SandboxService(Service):
 
     _manager: SandboxManager
     _backend: SandboxBackend
+    _tunnels: TunnelHub | None = None
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        if self._tunnels is not None:
+            self._tunnels.close_all()  # agents reconnect when we are back
         await self._manager.drain()
         await self._backend.close()
         if getattr(self._backend, "survives_restart", False):
@@ -164,6 +170,7 @@ class Server:
     activity: ActivityRecorder
     proxy_access: SandboxAccess
     anthropic: AnthropicProxy
+    tunnels: TunnelHub
 
 
 def buildServer(config: ServerConfig, reactor: Any) -> IService:
@@ -256,7 +263,13 @@ def build(
     manager = SandboxManager(
         db, backend, workspaces, config.max_sandboxes, urls.home, sandbox_access.status_changed
     )
-    sandboxes = SandboxService(manager, backend)
+    tunnels = TunnelHub(db, reactor, sandbox_access.status_changed, activity.touch)
+    manager.tunnels = tunnels
+    agents = LocalAgents(
+        db, workspaces, config.origin, config.origin.rstrip("/") + "/proxy/anthropic/v1"
+    )
+    database.after_migrate.append(tunnels.mark_all_offline)
+    sandboxes = SandboxService(manager, backend, tunnels)
     sandboxes.setName("sandboxes")
     sandboxes.setServiceParent(root)
     reconciler = Reconciler(db, backend, manager)
@@ -274,8 +287,10 @@ def build(
             WorkspaceSandboxesAPI(manager, cookies),
             sandbox_access,
             usage,
+            agents,
         ),
         SandboxesAPI(manager, cookies, sandbox_access, urls),
+        AgentsAPI(agents, tunnels),
         lambda: database.ready,
         metrics=metrics,
     )
@@ -284,13 +299,14 @@ def build(
         manager,
         backend,
         activity,
-        Forwarder.create(reactor),
+        Forwarder.create(reactor, tunnels),
         SandboxCookie(config.secure_cookies, config.session_lifetime),
         reactor,
         urls.base_host,
         config.base_scheme.encode(),
         urls.dashboard,
         metrics,
+        tunnels,
     )
 
     async def housekeeping() -> None:
@@ -300,6 +316,7 @@ def build(
         if database.ready:
             await accounts.purge_expired_sessions()
             await sandbox_access.purge_expired()
+            await agents.purge_expired()
 
     def when_ready(job: Any) -> Any:
         async def run() -> None:
@@ -325,7 +342,9 @@ def build(
         listener = StreamServerEndpointService(serverFromString(reactor, description), web)
         listener.setName(f"http-{n}")
         listener.setServiceParent(root)
-    return Server(root, web, database, manager, backend, activity, sandbox_access, anthropic)
+    return Server(
+        root, web, database, manager, backend, activity, sandbox_access, anthropic, tunnels
+    )
 
 
 def anthropic_base_url(config: ServerConfig) -> str:

@@ -139,6 +139,7 @@ async def start_server(
     wait_ready: bool = True,
     backend: Any = None,
     config: ServerConfig | None = None,
+    port: int = 0,
 ) -> Running:
     reactor = _reactor()
 
@@ -157,8 +158,8 @@ async def start_server(
     server.root.startService()
     if wait_ready:
         await wait_until(reactor, lambda: server.database.ready)
-    port = reactor.listenTCP(0, server.site, interface="127.0.0.1")
-    return Running(server, port, reactor)
+    listening = reactor.listenTCP(port, server.site, interface="127.0.0.1")
+    return Running(server, listening, reactor)
 
 
 async def stop_server(running: Running) -> None:

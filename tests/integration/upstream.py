@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+from hashlib import sha256
 from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
@@ -24,6 +26,13 @@ class Recorder(Resource):
         self.flood_paused = False
 
     def render(self, request: Any) -> Any:
+        if request.path == b"/digest":  # an upload's length and SHA-256, not kept
+            body = request.content.read()
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps({"length": len(body), "sha256": sha256(body).hexdigest()}).encode()
+        if request.path == b"/random":  # ?n= bytes that are the same for the same n
+            n = int(request.args[b"n"][0])
+            return random.Random(n).randbytes(n)
         headers = {
             k.decode().lower(): [v.decode() for v in vs]
             for k, vs in request.requestHeaders.getAllRawHeaders()

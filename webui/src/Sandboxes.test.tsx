@@ -1,6 +1,6 @@
-import { render, screen } from "@testing-library/react";
+import { act, fireEvent, render, screen, within } from "@testing-library/react";
 import { afterEach, expect, test, vi } from "vitest";
-import type { Sandbox, Workspace } from "./api";
+import type { AgentCode, Sandbox, Workspace } from "./api";
 import { Sandboxes } from "./Sandboxes";
 
 const sandboxes: Sandbox[] = [
@@ -40,16 +40,55 @@ function workspace(role: Workspace["role"]): Workspace {
   return { id: "w", name: "W", role, created_at: "2026-11-28T00:00:00Z" };
 }
 
-afterEach(() => vi.restoreAllMocks());
+afterEach(() => {
+  vi.useRealTimers();
+  vi.restoreAllMocks();
+});
 
-/** Answers the panel's two calls: the sandbox list and the workspace's usage. */
-function serve(list: Sandbox[]) {
+/** Answers the panel's calls: the sandbox list, the workspace's usage and agent codes. */
+function serve(list: Sandbox[] | (() => Sandbox[]), codes: AgentCode[] = []) {
   return vi.spyOn(globalThis, "fetch").mockImplementation((input) => {
-    const body = String(input).endsWith("/usage")
+    const url = String(input);
+    if (url.endsWith("/agent-code")) {
+      const code = codes.shift();
+      return Promise.resolve(
+        code
+          ? new Response(JSON.stringify(code), { status: 201 })
+          : new Response(
+              JSON.stringify({ error: { code: "forbidden", message: "developers only" } }),
+              { status: 403 },
+            ),
+      );
+    }
+    const body = url.endsWith("/usage")
       ? { month: { requests: 3, total_tokens: 1234 }, monthly_token_budget: 5000 }
-      : list;
+      : typeof list === "function"
+        ? list()
+        : list;
     return Promise.resolve(new Response(JSON.stringify(body)));
   });
+}
+
+const code: AgentCode = {
+  code: "AbC-123_xyz",
+  expires_at: "2026-11-28T10:00:00Z",
+  server_url: "http://localhost:8080",
+};
+
+const local: Sandbox = {
+  id: "s9",
+  workspace_id: "w",
+  name: "ana-laptop",
+  status: "offline",
+  error: null,
+  is_local: true,
+  created_at: "2026-11-28T00:00:00Z",
+  url: null,
+};
+
+/** Lets a navigator.clipboard exist (or not) for one test; jsdom has none. */
+function clipboard(value: Pick<Clipboard, "writeText"> | undefined) {
+  Object.defineProperty(navigator, "clipboard", { value, configurable: true });
 }
 
 test("developers see every control; failed sandboxes show their error", async () => {
@@ -68,7 +107,7 @@ test("guests see no mutating controls, only Open", async () => {
   serve(sandboxes);
   render(<Sandboxes workspace={workspace("guest")} pollMs={60_000} />);
   await screen.findByText("alpha");
-  for (const name of ["New sandbox", "Pause", "Resume", "Delete"]) {
+  for (const name of ["New sandbox", "Pause", "Resume", "Delete", "Connect a local agent"]) {
     expect(screen.queryByRole("button", { name })).toBeNull();
   }
   expect(screen.getAllByRole("button", { name: "Open" })).toHaveLength(3);
@@ -82,4 +121,121 @@ test("an empty workspace says what to do next", async () => {
     "of a 5,000 budget",
   );
   expect(screen.getByRole("button", { name: "Remove budget" })).toBeTruthy();
+});
+
+test("developers get a one-time code and the exact command to run on the laptop", async () => {
+  vi.setSystemTime(new Date("2026-11-28T09:50:00Z"));
+  const fetch = serve(sandboxes, [code]);
+  render(<Sandboxes workspace={workspace("developer")} pollMs={60_000} />);
+  await screen.findByText("alpha");
+  const opener = screen.getByRole("button", { name: "Connect a local agent" });
+  fireEvent.click(opener);
+
+  const dialog = screen.getByRole("dialog", { name: "Connect a local agent" });
+  const name = within(dialog).getByLabelText("Laptop name");
+  expect(document.activeElement).toBe(name);
+  const command = await within(dialog).findByText(/--code AbC-123_xyz/);
+  expect(command.tagName).toBe("PRE");
+  expect(command.textContent).toBe(
+    "twistd -n cli-agent --server http://localhost:8080 --code AbC-123_xyz --name my-laptop --opencode-url http://127.0.0.1:4096",
+  );
+  expect(dialog.textContent).toContain("expires in 10:00");
+  expect(dialog.textContent).toContain("Start opencode serve --port 4096 on the laptop first.");
+  const post = fetch.mock.calls.find(([url]) => String(url).endsWith("/agent-code"));
+  expect(String(post?.[0])).toBe("/api/workspaces/w/agent-code");
+  expect(post?.[1]).toMatchObject({ method: "POST", credentials: "same-origin" });
+  expect(post?.[1]?.body).toBeUndefined();
+
+  // Names with anything beyond [A-Za-z0-9._-] are quoted for the shell.
+  fireEvent.change(name, { target: { value: "Ana's laptop" } });
+  expect(command.textContent).toContain(`--name 'Ana'\\''s laptop' --opencode-url`);
+
+  const writeText = vi.fn(() => Promise.resolve());
+  clipboard({ writeText });
+  try {
+    fireEvent.click(within(dialog).getByRole("button", { name: "Copy" }));
+    expect(await within(dialog).findByText("Copied to the clipboard.")).toBeTruthy();
+    expect(writeText).toHaveBeenCalledWith(command.textContent);
+  } finally {
+    clipboard(undefined);
+  }
+
+  // Without a clipboard the command gets selected and the user is told to copy it by hand.
+  fireEvent.click(within(dialog).getByRole("button", { name: "Copy" }));
+  expect(await within(dialog).findByText(/the command is selected/)).toBeTruthy();
+  expect(window.getSelection()?.toString()).toBe(command.textContent);
+
+  // Escape closes it, gives focus back and reloads the list (the laptop may have joined).
+  const calls = fetch.mock.calls.length;
+  await act(async () => {
+    fireEvent.keyDown(dialog, { key: "Escape" });
+  });
+  expect(screen.queryByRole("dialog")).toBeNull();
+  expect(document.activeElement).toBe(opener);
+  expect(fetch.mock.calls.length).toBeGreaterThan(calls);
+});
+
+test("a failed code request shows the server's message in the dialog", async () => {
+  serve(sandboxes, []);
+  render(<Sandboxes workspace={workspace("developer")} pollMs={60_000} />);
+  fireEvent.click(await screen.findByRole("button", { name: "Connect a local agent" }));
+  const dialog = screen.getByRole("dialog");
+  expect((await within(dialog).findByRole("alert")).textContent).toBe(
+    "Your role does not allow this: developers only.",
+  );
+  expect(within(dialog).getByRole("button", { name: "Get a new code" })).toBeTruthy();
+});
+
+test("an expired code says so and a new one can be fetched", async () => {
+  vi.useFakeTimers({ shouldAdvanceTime: true });
+  vi.setSystemTime(new Date("2026-11-28T09:50:00Z"));
+  const fresh = { ...code, code: "second-code", expires_at: "2026-11-28T10:10:30Z" };
+  serve(sandboxes, [code, fresh]);
+  render(<Sandboxes workspace={workspace("developer")} pollMs={60_000} />);
+  fireEvent.click(await screen.findByRole("button", { name: "Connect a local agent" }));
+  const dialog = screen.getByRole("dialog");
+  await within(dialog).findByText(/--code AbC-123_xyz/);
+  expect(dialog.textContent).toContain("expires in 10:00");
+
+  await act(() => vi.advanceTimersByTimeAsync(9 * 60_000 + 55_000));
+  expect(dialog.textContent).toMatch(/expires in 0:0[45]/);
+
+  await act(() => vi.advanceTimersByTimeAsync(6_000));
+  expect(within(dialog).getByText("This code has expired.")).toBeTruthy();
+  expect(within(dialog).queryByText(/--code AbC-123_xyz/)).toBeNull();
+  expect(within(dialog).queryByRole("button", { name: "Copy" })).toBeNull();
+
+  fireEvent.click(within(dialog).getByRole("button", { name: "Get a new code" }));
+  await within(dialog).findByText(/--code second-code/);
+  expect(within(dialog).queryByText("This code has expired.")).toBeNull();
+  expect(dialog.textContent).toMatch(/expires in 10:2\d/);
+});
+
+test("local sandboxes are badged, offer no pause or resume, and follow their agent live", async () => {
+  let status: Sandbox["status"] = "offline";
+  serve(() => [sandboxes[0] as Sandbox, { ...local, status }]);
+  render(<Sandboxes workspace={workspace("owner")} pollMs={50} />);
+  const card = (await screen.findByText("ana-laptop")).closest("li") as HTMLElement;
+  expect(within(card).getByText("local").className).toBe("badge");
+  const offline = within(card).getByRole("status");
+  expect(offline.textContent).toBe("Offline");
+  expect(offline.getAttribute("title")).toBe("the agent is not connected");
+  expect((within(card).getByRole("button", { name: "Open" }) as HTMLButtonElement).disabled).toBe(
+    true,
+  );
+  for (const name of ["Pause", "Resume"]) {
+    expect(within(card).queryByRole("button", { name })).toBeNull();
+  }
+  expect(within(card).getByRole("dialog", { hidden: true }).textContent).toContain(
+    "revokes its agent",
+  );
+
+  status = "running";
+  expect(await within(card).findByText("Running")).toBeTruthy();
+  expect(within(card).queryByRole("button", { name: "Pause" })).toBeNull();
+  expect((within(card).getByRole("button", { name: "Open" }) as HTMLButtonElement).disabled).toBe(
+    false,
+  );
+  // The cloud sandbox next to it keeps its Pause.
+  expect(screen.getAllByRole("button", { name: "Pause" })).toHaveLength(1);
 });

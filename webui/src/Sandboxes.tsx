@@ -1,6 +1,7 @@
 import { type FormEvent, useCallback, useEffect, useState } from "react";
 import { api, atLeast, describe, type Sandbox, type Workspace } from "./api";
 import { ConfirmButton } from "./Confirm";
+import { LocalAgentButton } from "./LocalAgent";
 import { Usage } from "./Usage";
 import { Alert, useAction } from "./useAction";
 
@@ -13,6 +14,9 @@ const LABEL: Record<string, string> = {
   paused: "Paused",
   offline: "Offline",
   failed: "Failed",
+};
+const TITLE: Record<string, string> = {
+  offline: "the agent is not connected",
 };
 
 interface Props {
@@ -92,6 +96,7 @@ export function Sandboxes({ workspace, pollMs = 2000 }: Props) {
           <button type="submit" className="primary">
             New sandbox
           </button>
+          <LocalAgentButton workspaceId={workspace.id} onClosed={() => void load()} />
         </form>
       )}
       <Alert message={shown} />
@@ -110,13 +115,25 @@ export function Sandboxes({ workspace, pollMs = 2000 }: Props) {
         {sandboxes?.map((s) => (
           <li key={s.id} className="card sandbox" data-status={s.status}>
             <div className="row between">
-              <strong>{s.name}</strong>
-              <span className={`status ${s.status}`} role="status">
+              <span className="row tight">
+                <strong>{s.name}</strong>
+                {s.is_local && (
+                  <span className="badge" title="runs on a laptop, joined through a local agent">
+                    local
+                  </span>
+                )}
+              </span>
+              <span className={`status ${s.status}`} role="status" title={TITLE[s.status]}>
                 {MOVING.has(s.status) && <span className="spinner" aria-hidden="true" />}
                 {LABEL[s.status] ?? s.status}
               </span>
             </div>
             {s.status === "failed" && s.error && <p className="error">{s.error}</p>}
+            {s.is_local && s.status === "offline" && (
+              <p className="muted small">
+                Its agent is not connected; it comes back when the laptop reconnects.
+              </p>
+            )}
             {s.usage && s.usage.tokens_this_month > 0 && (
               <p className="muted small">
                 {s.usage.tokens_this_month.toLocaleString("en")} tokens this month
@@ -131,12 +148,12 @@ export function Sandboxes({ workspace, pollMs = 2000 }: Props) {
               >
                 Open
               </button>
-              {canChange && s.status === "running" && (
+              {canChange && !s.is_local && s.status === "running" && (
                 <button type="button" onClick={() => void act(() => api.pause(s.id))}>
                   Pause
                 </button>
               )}
-              {canChange && (s.status === "paused" || s.status === "failed") && (
+              {canChange && !s.is_local && (s.status === "paused" || s.status === "failed") && (
                 <button type="button" onClick={() => void act(() => api.resume(s.id))}>
                   Resume
                 </button>
@@ -144,7 +161,11 @@ export function Sandboxes({ workspace, pollMs = 2000 }: Props) {
               {canChange && (
                 <ConfirmButton
                   label="Delete"
-                  question={`Delete sandbox "${s.name}"? Its opencode sessions go; the workspace disk stays.`}
+                  question={
+                    s.is_local
+                      ? `Delete local sandbox "${s.name}"? This revokes its agent; the laptop needs a new code to join again.`
+                      : `Delete sandbox "${s.name}"? Its opencode sessions go; the workspace disk stays.`
+                  }
                   confirmLabel="Delete sandbox"
                   onConfirm={() => void act(() => api.deleteSandbox(s.id))}
                 />

@@ -42,6 +42,12 @@ export interface Sandbox {
   url: string | null;
   usage?: { tokens_this_month: number };
 }
+/** A one-time code that lets a laptop's cli-agent join a workspace as a local sandbox. */
+export interface AgentCode {
+  code: string;
+  expires_at: string;
+  server_url: string;
+}
 export interface UsageReport {
   month: { requests: number; total_tokens: number };
   monthly_token_budget: number | null;
@@ -101,6 +107,7 @@ export const api = {
   pause: (id: string) => call<Sandbox>("POST", `/api/sandboxes/${id}/pause`),
   resume: (id: string) => call<Sandbox>("POST", `/api/sandboxes/${id}/resume`),
   deleteSandbox: (id: string) => call<void>("DELETE", `/api/sandboxes/${id}`),
+  agentCode: (id: string) => call<AgentCode>("POST", `/api/workspaces/${id}/agent-code`),
   open: (id: string) => call<{ url: string }>("POST", `/api/sandboxes/${id}/open`),
   usage: (id: string) => call<UsageReport>("GET", `/api/workspaces/${id}/usage`),
   setBudget: (id: string, monthlyTokens: number | null) =>

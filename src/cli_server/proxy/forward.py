@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode
 from attrs import define
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
@@ -196,12 +196,12 @@ class Forwarder:
     _log = Logger()
 
     @classmethod
-    def create(cls, reactor: Any) -> Forwarder:
+    def create(cls, reactor: Any, tunnels: Any = None) -> Forwarder:
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 128  # one per concurrent browser request, reused
         pool.cachedConnectionTimeout = 60
         cooperator = Cooperator(scheduler=lambda f: reactor.callLater(0, f))
-        agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor), pool=pool)
+        agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor, tunnels), pool=pool)
         return cls(reactor, pool, cooperator, agent)
 
     async def forward(self, request: Any, endpoint: Endpoint, password: str, scheme: bytes) -> bool:
@@ -240,20 +240,37 @@ class Forwarder:
         return True
 
 
+TUNNEL_SUFFIX = ".tunnel"
+
+
+def through_tunnel(sandbox_id: str) -> Endpoint:
+    """A local sandbox's address: reached over its agent's tunnel, not over TCP."""
+    return Endpoint(sandbox_id + TUNNEL_SUFFIX, 80)
+
+
+def client_endpoint(reactor: Any, endpoint: Endpoint, tunnels: Any) -> IStreamClientEndpoint:
+    if endpoint.host.endswith(TUNNEL_SUFFIX) and tunnels is not None:
+        return tunnels.endpoint(endpoint.host.removesuffix(TUNNEL_SUFFIX))  # type: ignore[no-any-return]
+    return TCP4ClientEndpoint(reactor, endpoint.host, endpoint.port, timeout=10)
+
+
 @implementer(IAgentEndpointFactory)
 class _Endpoints:
-    """Sandbox addresses are IP literals; one endpoint object per address, no name lookups."""
+    """Sandbox addresses are IP literals (or tunnels); one endpoint object per address, no
+    name lookups."""
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, tunnels: Any) -> None:
         self._reactor = reactor
-        self._known: dict[tuple[bytes, int], TCP4ClientEndpoint] = {}
+        self._tunnels = tunnels
+        self._known: dict[tuple[bytes, int], IStreamClientEndpoint] = {}
 
-    def endpointForURI(self, uri: Any) -> TCP4ClientEndpoint:
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
         key = (uri.host, uri.port)
         endpoint = self._known.get(key)
         if endpoint is None:
             if len(self._known) > 4096:
                 self._known.clear()
-            endpoint = TCP4ClientEndpoint(self._reactor, uri.host.decode(), uri.port, timeout=10)
+            address = Endpoint(uri.host.decode(), uri.port)
+            endpoint = client_endpoint(self._reactor, address, self._tunnels)
             self._known[key] = endpoint
         return endpoint

@@ -13,7 +13,12 @@ from twisted.web.server import NOT_DONE_YET
 
 from cli_server.errors import ApiError
 from cli_server.proxy.access import Access, SandboxAccess
-from cli_server.proxy.forward import Forwarder, upstream_headers
+from cli_server.proxy.forward import (
+    Forwarder,
+    client_endpoint,
+    through_tunnel,
+    upstream_headers,
+)
 from cli_server.proxy.hosts import sandbox_for_host
 from cli_server.proxy.pages import STATUS_TEXT, page
 from cli_server.proxy.websocket import splice
@@ -72,6 +77,7 @@ class SandboxSite(Resource):
     _scheme: bytes
     _dashboard: str
     _metrics: Any = None
+    _tunnels: Any = None  # TunnelHub: how local sandboxes are reached
     isLeaf = True
     _log = Logger()
 
@@ -139,9 +145,15 @@ class SandboxSite(Resource):
             )
         if access.status != "running":
             return self._status_page(request, access.status, access)
-        observed = await self._backend.describe(sandbox_id)
-        if observed.state is not State.RUNNING or observed.endpoint is None:
-            return self._status_page(request, "starting", access)
+        if access.is_local:
+            if self._tunnels is None or self._tunnels.session(sandbox_id) is None:
+                return self._status_page(request, "offline", access)
+            endpoint = through_tunnel(sandbox_id)
+        else:
+            observed = await self._backend.describe(sandbox_id)
+            if observed.state is not State.RUNNING or observed.endpoint is None:
+                return self._status_page(request, "starting", access)
+            endpoint = observed.endpoint
         self._activity.touch(sandbox_id)
         if self._metrics is not None:
             self._metrics.proxied.labels("websocket" if upgrade else "http").inc()
@@ -150,16 +162,14 @@ class SandboxSite(Resource):
             ok = await splice(
                 self._reactor,
                 request,
-                observed.endpoint,
+                client_endpoint(self._reactor, endpoint, self._tunnels),
                 headers,
                 lambda: self._activity.touch(sandbox_id),
             )
         else:
-            ok = await self._forwarder.forward(
-                request, observed.endpoint, access.password, self._scheme
-            )
+            ok = await self._forwarder.forward(request, endpoint, access.password, self._scheme)
         if not ok:
-            self._status_page(request, "starting", access)
+            self._status_page(request, "offline" if access.is_local else "starting", access)
 
     def _not_found(self, request: Any) -> None:
         self._page(request, 404, "No such sandbox", "It does not exist, or you may not see it.")

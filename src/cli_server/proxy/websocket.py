@@ -1,8 +1,9 @@
 """Passing a WebSocket upgrade (opencode's terminal, ``/pty/{id}/connect``) through.
 
-We take the browser's connection over from twisted.web, open a TCP connection to the
-sandbox, send it the upgrade request (with our header hygiene applied), and from then on copy
-bytes both ways. Each side is the other's producer, so a slow peer slows only this pair.
+We take the browser's connection over from twisted.web, open a connection to the sandbox
+(TCP, or a stream of a local sandbox's tunnel), send it the upgrade request (with our header
+hygiene applied), and from then on copy bytes both ways. Each side is the other's producer,
+so a slow peer slows only this pair.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import connectProtocol
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
-
-from cli_server.sandboxes.backend import Endpoint
 
 
 class _Side(Protocol):
@@ -59,7 +59,7 @@ def _head(request: Any, headers: Headers) -> bytes:
 async def splice(
     reactor: Any,
     request: Any,
-    endpoint: Endpoint,
+    endpoint: IStreamClientEndpoint,
     headers: Headers,
     on_data: Callable[[], None],
     timeout: float = 10.0,
@@ -67,9 +67,7 @@ async def splice(
     """Connect the browser's connection to the sandbox; False if the sandbox is unreachable."""
     upstream = _Side(on_data)
     try:
-        connecting = connectProtocol(
-            TCP4ClientEndpoint(reactor, endpoint.host, endpoint.port, timeout=timeout), upstream
-        )
+        connecting = connectProtocol(endpoint, upstream)
         connecting.addTimeout(timeout, reactor)
         await connecting
     except Exception:

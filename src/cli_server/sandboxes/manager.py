@@ -54,6 +54,7 @@ class SandboxManager:
     _max_sandboxes: int
     _url_for: Any = None  # (sandbox_id) -> str: its subdomain
     _on_change: Any = None  # (sandbox_id) -> None: drop what the proxy cached about it
+    tunnels: Any = None  # TunnelHub: deleting a local sandbox revokes its agent's tunnel
     _locks: dict[str, DeferredLock] = field(factory=dict, init=False)
     _tasks: set[Deferred[None]] = field(factory=set, init=False)
     _log = Logger()
@@ -200,13 +201,16 @@ class SandboxManager:
         return await self._db.transaction(work)
 
     async def delete(self, sandbox_id: str, actor_id: str) -> None:
-        await self.authorized(sandbox_id, actor_id, Role.DEVELOPER)
-        await self._delete(sandbox_id)
+        row = await self.authorized(sandbox_id, actor_id, Role.DEVELOPER)
+        await self._delete(sandbox_id, row["is_local"])
 
-    async def _delete(self, sandbox_id: str) -> None:
+    async def _delete(self, sandbox_id: str, is_local: bool) -> None:
         async with self._lock(sandbox_id):
-            await self._backend.delete(sandbox_id)
+            if not is_local:
+                await self._backend.delete(sandbox_id)
             await self._db.execute("DELETE FROM sandboxes WHERE id = %s", (sandbox_id,))
+            if is_local and self.tunnels is not None:
+                self.tunnels.revoke(sandbox_id)
             if self._on_change is not None:
                 self._on_change(sandbox_id)
         self._log.info("sandbox {sandbox_id} deleted", sandbox_id=sandbox_id)
@@ -215,10 +219,10 @@ class SandboxManager:
         """Sandboxes first (their processes stop), then the row, then the shared disk."""
         await self._workspaces.require(workspace_id, actor_id, Role.OWNER)
         rows = await self._db.query(
-            "SELECT id FROM sandboxes WHERE workspace_id = %s", (workspace_id,)
+            "SELECT id, is_local FROM sandboxes WHERE workspace_id = %s", (workspace_id,)
         )
         for row in rows:
-            await self._delete(str(row["id"]))
+            await self._delete(str(row["id"]), row["is_local"])
         await self._workspaces.delete(workspace_id, actor_id)
         await self._backend.delete_workspace(workspace_id)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from twisted.web import http, server
 
 MAX_BODY = 1024 * 1024  # the API's JSON bodies
@@ -38,9 +41,35 @@ class BoundedRequest(server.Request):
         super().handleContentChunk(data)
 
 
+class _Redacted:
+    """A request as the access log sees it: credential query parameters blanked out."""
+
+    def __init__(self, request: http.Request) -> None:
+        self._request = request
+        path, sep, query = request.uri.partition(b"?")
+        if sep:
+            query = _CREDENTIALS.sub(rb"\1=redacted", query)
+        self.uri = path + sep + query
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
+_CREDENTIALS = re.compile(rb"(?i)(?<![^&])(token|ticket|auth_token|code)=[^&]*")
+
+
+def redacting_log_formatter(timestamp: str, request: http.Request) -> str:
+    line: str = http.combinedLogFormatter(timestamp, _Redacted(request))
+    return line
+
+
 class QuietSandboxSite(server.Site):
-    """Access-logs the main site only: a sandbox's UI makes hundreds of asset, event and
-    terminal requests per minute, and logging each would cost more than proxying it."""
+    """Access-logs the main site only (a sandbox's UI makes hundreds of asset, event and
+    terminal requests per minute, and logging each would cost more than proxying it), and
+    never a credential in a query string (the tunnel accepts ``?token=``)."""
+
+    def __init__(self, resource: Any, **kwargs: Any) -> None:
+        super().__init__(resource, logFormatter=redacting_log_formatter, **kwargs)
 
     def log(self, request: http.Request) -> None:
         host = (request.getHeader(b"host") or b"").lower()

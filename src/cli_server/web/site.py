@@ -12,6 +12,7 @@ from twisted.web.resource import IResource
 from cli_server.db.pool import Database
 from cli_server.errors import NotFound, ServiceUnavailable
 from cli_server.metrics import Metrics
+from cli_server.web.agents_api import AgentsAPI
 from cli_server.web.auth_api import AuthAPI
 from cli_server.web.responses import error_body, install_json_errors, json_response
 from cli_server.web.sandboxes_api import SandboxesAPI
@@ -28,6 +29,7 @@ class MainSite:
     _auth: AuthAPI
     _workspaces: WorkspacesAPI
     _sandboxes: SandboxesAPI
+    _agents: AgentsAPI
     _ready: Any  # () -> bool: start-up (database, migrations) finished
     _metrics: Any = field(factory=lambda: Metrics())
     _ui: IResource = field(factory=WebUI)
@@ -48,12 +50,15 @@ class MainSite:
         await self._db.ping()  # DatabaseUnavailable -> 503
         return json_response(request, {"status": "ready"})
 
-    def _mount(self, request: IRequest, app: Klein) -> IResource:
-        """Hand the rest of the path to a sub-app, once start-up has finished."""
+    def _require_ready(self) -> None:
         if not self._ready():
             raise ServiceUnavailable(
                 "cli-server is still starting; try again in a moment", code="starting"
             )
+
+    def _mount(self, request: IRequest, app: Klein) -> IResource:
+        """Hand the rest of the path to a sub-app, once start-up has finished."""
+        self._require_ready()
         req: Any = request
         if not req.postpath:
             # "/api/workspaces" without a slash: let the sub-app see "/" so that werkzeug
@@ -72,6 +77,16 @@ class MainSite:
     @app.route("/api/sandboxes", branch=True, strict_slashes=False, methods=_ALL)
     def sandboxes(self, request: IRequest) -> IResource:
         return self._mount(request, self._sandboxes.app)
+
+    @app.route("/api/agent/register", methods=["POST"])
+    async def register_agent(self, request: IRequest) -> bytes:
+        self._require_ready()
+        return await self._agents.register(request)
+
+    @app.route("/api/tunnel/<sandbox_id>", methods=["GET"])
+    async def tunnel(self, request: IRequest, sandbox_id: str) -> IResource | bytes:
+        self._require_ready()
+        return await self._agents.tunnel(request, sandbox_id)
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request: IRequest) -> bytes:

@@ -11,6 +11,7 @@ from cli_server.errors import BadRequest
 from cli_server.proxy.access import SandboxAccess
 from cli_server.roles import ROLE_NAMES, Role
 from cli_server.sandboxes.manager import SandboxManager
+from cli_server.tunnel.agents import LocalAgents
 from cli_server.web.body import read_json_object, required_text
 from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content
@@ -36,6 +37,7 @@ class WorkspacesAPI:
     _sandboxes: WorkspaceSandboxesAPI
     _access: SandboxAccess
     _usage: UsageStore
+    _agents: LocalAgents
 
     app = Klein()
     install_json_errors(app)
@@ -113,6 +115,14 @@ class WorkspacesAPI:
     @app.route("/<workspace_id>/sandboxes", methods=["POST"], strict_slashes=False)
     async def create_sandbox(self, request: IRequest, workspace_id: str) -> bytes:
         return await self._sandboxes.create(request, workspace_id)
+
+    @app.route("/<workspace_id>/agent-code", methods=["POST"])
+    async def agent_code(self, request: IRequest, workspace_id: str) -> bytes:
+        """A one-time code (10 minutes) with which a laptop's agent joins the workspace."""
+        self._cookies.check_origin(request)
+        user = await self._cookies.user(request)
+        wid = parse_id(workspace_id, "workspace")
+        return json_response(request, await self._agents.mint_code(wid, user.id), 201)
 
     @app.route("/<workspace_id>/usage", methods=["GET"])
     async def usage(self, request: IRequest, workspace_id: str) -> bytes:

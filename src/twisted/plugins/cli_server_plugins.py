@@ -8,3 +8,10 @@ cliServer = ServiceMaker(
     "Workspaces, opencode sandboxes, their subdomain proxy and the agent tunnel hub.",
     "cli-server",
 )
+
+cliAgent = ServiceMaker(
+    "cli-agent",
+    "cli_server.tap.agent",
+    "Joins this machine's opencode to a cli-server workspace through the tunnel.",
+    "cli-agent",
+)

@@ -1,0 +1,33 @@
+"""The ``cli-server`` command, for people who know the original's spelling.
+
+``cli-server serve [options]`` runs ``twistd -n cli-server [options]``;
+``cli-server agent connect [options]`` runs ``twistd -n cli-agent [options]``.
+Both run in the foreground without a pid file, so a server and an agent can share a directory.
+"""
+
+from __future__ import annotations
+
+import sys
+
+_USAGE = """usage: cli-server serve [server options]      (twistd -n cli-server --help)
+       cli-server agent connect [agent options]  (twistd -n cli-agent --help)"""
+
+
+def twistd_argv(argv: list[str]) -> list[str] | None:
+    """The twistd command line for ours, or None if ours is not understood."""
+    if argv[:1] == ["serve"]:
+        return ["twistd", "--nodaemon", "--pidfile=", "cli-server", *argv[1:]]
+    if argv[:2] == ["agent", "connect"]:
+        return ["twistd", "--nodaemon", "--pidfile=", "cli-agent", *argv[2:]]
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = twistd_argv(sys.argv[1:] if argv is None else argv)
+    if args is None:
+        print(_USAGE, file=sys.stderr)
+        raise SystemExit(2)
+    from twisted.scripts.twistd import run
+
+    sys.argv = args
+    run()

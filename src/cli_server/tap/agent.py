@@ -1,0 +1,87 @@
+"""`twistd cli-agent`: join this machine's opencode to a workspace through the tunnel."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from cli_server.tunnel.agent import AgentError, TunnelAgent, check_url, default_config_path
+
+
+class Options(usage.Options):
+    synopsis = (
+        "--server URL --code CODE --name NAME [--opencode-url URL]  (first time)\n"
+        "       twistd -n cli-agent [--opencode-url URL]  (afterwards)"
+    )
+    longdesc = (
+        "Connects the opencode running on this machine (opencode serve) to a cli-server "
+        "workspace as a local sandbox, so the team opens it in the browser. Get a code from "
+        "the dashboard's 'Connect a local agent'; the credentials it buys are saved, so later "
+        "runs need no code."
+    )
+    optParameters = [
+        ["server", None, None, "The cli-server's URL, e.g. https://cli.example.com."],
+        ["code", None, None, "One-time registration code from the dashboard (10 minutes)."],
+        ["name", None, None, "This sandbox's name in the workspace [default: the hostname]."],
+        [
+            "opencode-url",
+            None,
+            None,
+            "Where opencode listens here [default: the saved one, else http://127.0.0.1:4096].",
+        ],
+        ["config", None, None, "Credentials file [default: ~/.cli-server/agent.json]."],
+    ]
+    optFlags = [
+        [
+            "use-server-key",
+            None,
+            "At registration, ask for a token of the server's Anthropic proxy, so opencode "
+            "here can use the server's key (written to anthropic.env next to --config).",
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            for option in ("server", "opencode-url"):
+                if self[option] is not None:
+                    self[option] = check_url(f"--{option}", self[option])
+        except AgentError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["code"] is not None:
+            if not self["server"]:
+                raise usage.UsageError("--code needs --server (the cli-server's URL)")
+            self["name"] = (self["name"] or socket.gethostname()).strip()
+            if not 1 <= len(self["name"]) <= 100:
+                raise usage.UsageError("--name must be 1 to 100 characters")
+        elif self["use-server-key"]:
+            raise usage.UsageError("--use-server-key is chosen at registration: pass --code too")
+        config = Path(self["config"]).expanduser() if self["config"] else default_config_path()
+        if self["code"] is None and not config.exists():
+            raise usage.UsageError(
+                f"no saved credentials in {config}: register first with --server URL --code "
+                "CODE --name NAME (the dashboard's 'Connect a local agent' shows the command)"
+            )
+        self["config"] = config.absolute()
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor as globalReactor
+
+        reactor = globalReactor
+    from cli_server.tunnel.agent import exit_with_error
+
+    return TunnelAgent(
+        reactor,
+        options["config"],
+        opencode_url=options["opencode-url"],
+        server=options["server"],
+        code=options["code"],
+        name=options["name"],
+        use_server_key=bool(options["use-server-key"]),
+        on_fatal=exit_with_error(reactor),
+    )

@@ -1,0 +1,491 @@
+"""The laptop's side of the tunnel: ``twistd -n cli-agent``.
+
+The agent registers once with a code (or loads the credentials it saved), dials the server's
+``/api/tunnel/{id}`` WebSocket through a ``ClientService`` (jittered exponential backoff from
+1 s to 60 s, reset after a stable connection), and connects every stream the server opens to
+the local opencode over TCP. A tunnel the server revoked, or a token it refuses, stops the
+agent with one clear line instead of retrying for ever.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import treq
+from attrs import asdict, define, evolve, field, frozen
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.application.internet import ClientService
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Protocol
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from cli_server._version import __version__
+from cli_server.tunnel.carrier import SessionCarrier
+from cli_server.tunnel.frames import MAX_MESSAGE
+from cli_server.tunnel.mux import Session, Stream
+
+STABLE_AFTER = 30.0  # a connection that lasted this long resets the backoff
+CONNECT_TIMEOUT = 10.0
+_FATAL_GOAWAY = {
+    "revoked": "this local sandbox was deleted from its workspace; register again with a new "
+    "code (--code)",
+    "replaced": "another agent connected with the same credentials; this one stops",
+    "version": "the server speaks another tunnel protocol version; upgrade cli-server here",
+}
+
+
+class AgentError(Exception):
+    """Something the user must fix; the message is one line that says what."""
+
+
+def default_config_path() -> Path:
+    return Path.home() / ".cli-server" / "agent.json"
+
+
+@frozen(repr=False)
+class Credentials:
+    """What registration returned, kept in ``agent.json`` (0600, in a 0700 directory)."""
+
+    server: str
+    sandbox_id: str
+    workspace_id: str
+    tunnel_token: str
+    name: str
+    opencode_url: str
+    anthropic: dict[str, str] | None = None
+
+    def __repr__(self) -> str:
+        return f"Credentials(server={self.server!r}, sandbox_id={self.sandbox_id!r})"
+
+    @classmethod
+    def load(cls, path: Path) -> Credentials:
+        try:
+            raw = json.loads(path.read_text())
+            return cls(**raw)
+        except FileNotFoundError:
+            raise AgentError(
+                f"no saved credentials in {path}: register first with --server, --code and "
+                "--name (the dashboard's 'Connect a local agent' shows the command)"
+            ) from None
+        except (OSError, ValueError, TypeError) as e:
+            raise AgentError(f"cannot read {path}: {e}; register again with --code") from None
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        write_private(path, json.dumps(asdict(self), indent=2) + "\n")
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, replacing any old one atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def check_url(option: str, url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise AgentError(f"{option} {url!r}: give an http:// or https:// URL with a host")
+    try:
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        raise AgentError(f"{option} {url!r}: the port is not a number from 1 to 65535") from None
+    return url.rstrip("/")
+
+
+def tunnel_url(server: str, sandbox_id: str) -> str:
+    parts = urlsplit(server)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}/api/tunnel/{sandbox_id}"
+
+
+def client_endpoint(reactor: Any, url: str) -> IStreamClientEndpoint:
+    parts = urlsplit(url)
+    secure = parts.scheme in ("https", "wss")
+    host = parts.hostname or ""
+    port = parts.port or (443 if secure else 80)
+    tcp = HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+    if secure:
+        return wrapClientTLS(optionsForClientTLS(host), tcp)
+    return tcp
+
+
+async def register(
+    reactor: Any, server: str, code: str, name: str, opencode_url: str, use_server_key: bool
+) -> Credentials:
+    """Trade a one-time code for a local sandbox and its tunnel token."""
+    try:
+        response = await treq.post(
+            server + "/api/agent/register",
+            json={"code": code, "name": name, "use_server_key": use_server_key},
+            timeout=30,
+            reactor=reactor,
+        )
+        body = await response.json() if response.code != 204 else {}
+    except ValueError:
+        raise AgentError(f"{server} did not answer like a cli-server; check --server") from None
+    except Exception as e:
+        raise AgentError(f"cannot reach the server at {server}: {e}") from None
+    if response.code == 401:
+        raise AgentError(
+            "the server refused the code: it is unknown, already used or expired (codes work "
+            "once, for 10 minutes); get a new one from the dashboard"
+        )
+    if response.code != 201 or not isinstance(body, dict) or "tunnel_token" not in body:
+        message = body.get("error", {}).get("message") if isinstance(body, dict) else None
+        raise AgentError(f"registration failed ({response.code}): {message or 'no details'}")
+    return Credentials(
+        server=server,
+        sandbox_id=body["sandbox_id"],
+        workspace_id=body["workspace_id"],
+        tunnel_token=body["tunnel_token"],
+        name=body.get("name", name),
+        opencode_url=opencode_url,
+        anthropic=body.get("anthropic"),
+    )
+
+
+@define
+class Backoff:
+    """``ClientService``'s retry policy: 1 s, 2 s, 4 s … 60 s, each with up to half taken
+    off at random (so agents that lost the same server do not return in step)."""
+
+    random: Callable[[], float] = random.random
+    initial: float = 1.0
+    maximum: float = 60.0
+    failures: int = 0
+
+    def __call__(self, attempt: int) -> float:
+        delay = min(self.maximum, self.initial * 2.0**self.failures)
+        self.failures += 1
+        return delay * (0.5 + self.random() / 2)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class _ToTunnel(Protocol):
+    """The TCP connection to opencode: what it sends goes into the stream."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+
+    def connectionMade(self) -> None:
+        self.stream.registerProducer(self.transport, True)  # type: ignore[arg-type]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.stream.write(data)
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        self.stream.unregisterProducer()
+        self.stream.loseConnection()
+
+
+class _ToOpencode(Protocol):
+    """The stream: what the server sends goes to opencode."""
+
+    def __init__(self, opencode: _ToTunnel) -> None:
+        self.opencode = opencode
+
+    def connectionMade(self) -> None:
+        opencode: Any = self.opencode.transport
+        opencode.registerProducer(self.transport, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.opencode.transport is not None
+        self.opencode.transport.write(data)
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        transport: Any = self.opencode.transport
+        if transport is None:
+            return
+        transport.unregisterProducer()
+        if reason.check(ConnectionDone):
+            transport.loseConnection()
+        else:
+            transport.abortConnection()  # the browser went away: abort opencode's request
+
+
+@define(eq=False)
+class OpencodeConnector:
+    """Connects each new stream to the local opencode."""
+
+    _endpoint: IStreamClientEndpoint
+    _url: str
+    _log = Logger()
+    _warned: bool = False
+
+    def accept(self, session: Session, stream: Stream) -> None:
+        side = _ToTunnel(stream)
+        d = connectProtocol(self._endpoint, side)
+
+        def connected(_: object) -> None:
+            if stream.closed:
+                assert side.transport is not None
+                side.transport.loseConnection()
+                return
+            self._warned = False
+            session.accept_stream(stream, _ToOpencode(side))
+
+        def failed(f: Failure) -> None:
+            if not self._warned:
+                self._warned = True
+                self._log.warn(
+                    "opencode is not reachable at {url}: {why}; is 'opencode serve' running?",
+                    url=self._url,
+                    why=f.getErrorMessage(),
+                )
+            stream.reset(f"opencode is not reachable on the agent's machine ({self._url})")
+
+        d.addCallbacks(connected, failed)
+
+
+class TunnelClientFactory(WebSocketClientFactory):
+    def __init__(self, agent: TunnelAgent, credentials: Credentials) -> None:
+        super().__init__(
+            tunnel_url(credentials.server, credentials.sandbox_id),
+            headers={"Authorization": f"Bearer {credentials.tunnel_token}"},
+            useragent=f"cli-agent/{__version__.public()}",
+        )
+        self.protocol = TunnelClientProtocol
+        self.agent = agent
+        self.setProtocolOptions(
+            maxFramePayloadSize=MAX_MESSAGE,
+            maxMessagePayloadSize=MAX_MESSAGE,
+            autoFragmentSize=0,
+            openHandshakeTimeout=15,
+            closeHandshakeTimeout=5,
+        )
+
+
+# (type: ignore: Autobahn's own two bases disagree on ``peer`` once a mixin comes first)
+class TunnelClientProtocol(SessionCarrier, WebSocketClientProtocol):  # type: ignore[misc]
+    factory: TunnelClientFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.welcomed: Deferred[None] = Deferred()
+
+    def onOpen(self) -> None:
+        self.session = session = self.factory.agent.new_session(self.send_frame, self.close_tunnel)
+        session.ready.addCallback(self._welcomed)
+        session.start()
+
+    def _welcomed(self, session: Session) -> None:
+        self.factory.agent.connected(session)
+        self.welcomed.callback(None)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.deliver(payload, isBinary)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        session = self.session
+        if session is not None:
+            session.connection_lost()
+        status = None
+        line = getattr(self, "http_status_line", None)
+        if isinstance(line, str) and len(line.split()) > 1 and line.split()[1].isdigit():
+            status = int(line.split()[1])
+        why = reason or (f"HTTP {status}" if status and status != 101 else "connection lost")
+        self.factory.agent.disconnected(
+            session.goaway if session else None, status, why, was_up=self.welcomed.called
+        )
+        if not self.welcomed.called:
+            self.welcomed.errback(ConnectionDone(why))
+
+
+@define(eq=False)
+class TunnelAgent(Service):
+    """Keeps one tunnel to the server up, for as long as the server wants it."""
+
+    _reactor: Any
+    _config_path: Path
+    _opencode_url: str | None = None
+    _server: str | None = None
+    _code: str | None = field(default=None, repr=False)
+    _name: str | None = None
+    _use_server_key: bool = False
+    _on_fatal: Callable[[str], None] | None = None
+    backoff: Backoff = field(factory=Backoff)
+    ping_interval: float = 15.0
+    dead_after: float = 45.0
+    credentials: Credentials | None = field(default=None, init=False)
+    _client: ClientService | None = field(default=None, init=False)
+    _connector: OpencodeConnector | None = field(default=None, init=False)
+    _up_since: float | None = field(default=None, init=False)
+    _log = Logger()
+
+    def startService(self) -> None:
+        super().startService()
+        d = Deferred.fromCoroutine(self._start())
+        d.addErrback(self._start_failed)
+
+    def _start_failed(self, failure: Failure) -> None:
+        if failure.check(AgentError):
+            self._fatal(str(failure.value))
+        else:
+            self._log.failure("the agent could not start", failure)
+            self._fatal("the agent could not start (see the log above)")
+
+    async def _start(self) -> None:
+        if self._code:
+            if not self._server or not self._name:
+                raise AgentError("--code needs --server and --name")
+            opencode_url = self._opencode_url or "http://127.0.0.1:4096"
+            credentials = await register(
+                self._reactor,
+                self._server,
+                self._code,
+                self._name,
+                opencode_url,
+                self._use_server_key,
+            )
+            credentials.save(self._config_path)
+            self._log.info(
+                "registered as local sandbox {name} ({sandbox_id}); credentials saved in {path}",
+                name=credentials.name,
+                sandbox_id=credentials.sandbox_id,
+                path=str(self._config_path),
+            )
+            if credentials.anthropic:
+                env = self._config_path.with_name("anthropic.env")
+                write_private(
+                    env,
+                    f"ANTHROPIC_BASE_URL={credentials.anthropic['base_url']}\n"
+                    f"ANTHROPIC_API_KEY={credentials.anthropic['api_key']}\n",
+                )
+                self._log.info(
+                    "opencode here may use the server's Anthropic key while this agent is "
+                    "connected: start it with 'set -a; . {env}; set +a; opencode serve'",
+                    env=str(env),
+                )
+        else:
+            credentials = Credentials.load(self._config_path)
+            if self._server and self._server != credentials.server:
+                raise AgentError(
+                    f"{self._config_path} belongs to {credentials.server}; pass --code to "
+                    f"register with {self._server}, or --config for another file"
+                )
+            if self._opencode_url and self._opencode_url != credentials.opencode_url:
+                credentials = evolve(credentials, opencode_url=self._opencode_url)
+                credentials.save(self._config_path)
+        self.credentials = credentials
+        self._connector = OpencodeConnector(
+            client_endpoint(self._reactor, credentials.opencode_url), credentials.opencode_url
+        )
+        self._client = ClientService(
+            client_endpoint(self._reactor, credentials.server),
+            TunnelClientFactory(self, credentials),
+            retryPolicy=self.backoff,
+            clock=self._reactor,
+            prepareConnection=_welcomed,
+        )
+        self._log.info(
+            "connecting to {server} as {name}; opencode at {url}",
+            server=credentials.server,
+            name=credentials.name,
+            url=credentials.opencode_url,
+        )
+        if self.running:
+            self._client.startService()
+
+    def new_session(self, send: Callable[[bytes], None], close: Any) -> Session:
+        assert self.credentials is not None and self._connector is not None
+        connector = self._connector
+        session: Session
+
+        def accept(stream: Stream) -> None:
+            connector.accept(session, stream)
+
+        session = Session(
+            self._reactor,
+            send,
+            close,
+            is_server=False,
+            label=self.credentials.sandbox_id,
+            accept=accept,
+            agent_name=f"cli-agent/{__version__.public()}",
+            ping_interval=self.ping_interval,
+            dead_after=self.dead_after,
+        )
+        return session
+
+    def connected(self, session: Session) -> None:
+        self._up_since = self._reactor.seconds()
+        self._log.info(
+            "connected: the browser reaches this opencode at {server} (tunnel protocol {v})",
+            server=self.credentials.server if self.credentials else "?",
+            v=session.version,
+        )
+
+    def disconnected(
+        self, goaway: tuple[str, str] | None, status: int | None, why: str, was_up: bool
+    ) -> None:
+        if was_up and self._up_since is not None:
+            if self._reactor.seconds() - self._up_since >= STABLE_AFTER:
+                self.backoff.reset()
+            self._up_since = None
+        if goaway is not None and goaway[0] in _FATAL_GOAWAY:
+            return self._fatal(_FATAL_GOAWAY[goaway[0]])
+        if status in (401, 403):
+            return self._fatal(
+                "the server refused this agent's token: the local sandbox was deleted or the "
+                "token is wrong; register again with a new code (--code)"
+            )
+        if not self.running:
+            return
+        detail = f"{goaway[1]}" if goaway else why
+        if was_up:
+            self._log.warn("disconnected from the server ({why}); reconnecting", why=detail)
+        else:
+            self._log.info("could not connect ({why}); will retry", why=detail)
+
+    def _fatal(self, message: str) -> None:
+        self._log.error("cli-agent stops: {message}", message=message)
+        if self._client is not None and self._client.running:
+            self._client.stopService()
+        if self._on_fatal is not None:
+            self._on_fatal(message)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._client is not None and self._client.running:
+            d: Deferred[None] = self._client.stopService()
+            return d
+        return None
+
+
+def _welcomed(protocol: Any) -> Deferred[None]:
+    """ClientService counts a connection as made once the server said welcome."""
+    welcomed: Deferred[None] = protocol.welcomed
+    return welcomed
+
+
+def exit_with_error(reactor: Any) -> Callable[[str], None]:
+    """Print one line, stop the reactor and exit with status 1 (twistd cannot set it)."""
+
+    def fatal(message: str) -> None:
+        print(f"cli-agent: {message}", file=sys.stderr, flush=True)
+        reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        if reactor.running:
+            reactor.stop()
+        else:
+            reactor.callWhenRunning(reactor.stop)
+
+    return fatal

@@ -1,0 +1,110 @@
+"""Registering local agents: one-time codes, local sandbox rows, and tunnel tokens.
+
+A developer asks for a code on the dashboard (single use, 10 minutes); the agent trades it
+for a local sandbox and a long-lived tunnel token. Only hashes of both are stored, and
+neither ever appears in a log line.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from typing import Any
+
+from attrs import define
+
+from cli_server.auth.tokens import new_token, token_hash
+from cli_server.db.pool import Database, Transaction
+from cli_server.errors import Unauthorized
+from cli_server.json import iso
+from cli_server.roles import Role
+from cli_server.workspaces import Workspaces
+
+CODE_SECONDS = 600
+
+
+@define(eq=False)
+class LocalAgents:
+    _db: Database
+    _workspaces: Workspaces
+    _server_url: str  # what the agent passes as --server (shown in the UI's command)
+    _anthropic_url: str  # the Anthropic proxy as the laptop reaches it, ending in /v1
+
+    async def mint_code(self, workspace_id: str, actor_id: str) -> dict[str, Any]:
+        await self._workspaces.require(workspace_id, actor_id, Role.DEVELOPER)
+        code = secrets.token_urlsafe(24)
+        row = await self._db.query(
+            "INSERT INTO agent_codes (code_hash, workspace_id, created_by, expires_at)"
+            " VALUES (%s, %s, %s, now() + make_interval(secs => %s)) RETURNING expires_at",
+            (token_hash(code), workspace_id, actor_id, CODE_SECONDS),
+        )
+        return {
+            "code": code,
+            "expires_at": iso(row[0]["expires_at"]),
+            "server_url": self._server_url,
+        }
+
+    async def register(self, code: str, name: str, use_server_key: bool) -> dict[str, Any]:
+        """A new local sandbox for the code's workspace; the code is burnt either way."""
+
+        async def work(tx: Transaction) -> dict[str, Any] | None:
+            used = await tx.one(
+                "UPDATE agent_codes SET used_at = now() WHERE code_hash = %s AND used_at IS NULL"
+                " RETURNING workspace_id, created_by, expires_at > now() AS fresh",
+                (token_hash(code),),
+            )
+            if used is None or not used["fresh"]:
+                return None
+            # The code is only as good as its creator's standing in the workspace now.
+            member = await tx.one(
+                "SELECT role FROM workspace_members WHERE workspace_id = %s AND user_id = %s",
+                (used["workspace_id"], used["created_by"]),
+            )
+            if member is None or Role.parse(member["role"]) < Role.DEVELOPER:
+                return None
+            sandbox_id = str(uuid.uuid4())
+            tunnel_token = new_token()
+            proxy_token = new_token() if use_server_key else None
+            await tx.execute(
+                "INSERT INTO sandboxes (id, workspace_id, name, status, is_local, backend,"
+                " created_by, opencode_password, tunnel_token_hash, proxy_token_hash)"
+                " VALUES (%s, %s, %s, 'offline', true, 'local', %s, %s, %s, %s)",
+                (
+                    sandbox_id,
+                    used["workspace_id"],
+                    name,
+                    used["created_by"],
+                    secrets.token_urlsafe(32),
+                    token_hash(tunnel_token),
+                    token_hash(proxy_token) if proxy_token else None,
+                ),
+            )
+            answer: dict[str, Any] = {
+                "sandbox_id": sandbox_id,
+                "workspace_id": str(used["workspace_id"]),
+                "tunnel_token": tunnel_token,
+                "name": name,
+            }
+            if proxy_token:
+                answer["anthropic"] = {"base_url": self._anthropic_url, "api_key": proxy_token}
+            return answer
+
+        answer = await self._db.transaction(work)
+        if answer is None:
+            raise Unauthorized(
+                "this code is unknown, already used or expired; get a new one from the dashboard",
+                code="invalid_code",
+            )
+        return answer
+
+    async def verify(self, sandbox_id: str, token: str) -> bool:
+        rows = await self._db.query(
+            "SELECT 1 FROM sandboxes WHERE id = %s AND is_local AND tunnel_token_hash = %s",
+            (sandbox_id, token_hash(token)),
+        )
+        return bool(rows)
+
+    async def purge_expired(self) -> None:
+        await self._db.execute(
+            "DELETE FROM agent_codes WHERE expires_at < now() - interval '1 day'"
+        )

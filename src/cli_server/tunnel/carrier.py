@@ -1,0 +1,33 @@
+"""What the server's and the agent's WebSocket protocols share: a tunnel session's frames go
+out as binary messages, and messages come in to it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cli_server.tunnel.mux import PING_TIMEOUT, Session
+
+
+class SessionCarrier:
+    """Mixed into an Autobahn WebSocket protocol (listed first among its bases)."""
+
+    session: Session | None = None
+    sendMessage: Any
+    sendClose: Any
+    dropConnection: Any
+
+    def send_frame(self, message: bytes) -> None:
+        self.sendMessage(message, isBinary=True)
+
+    def close_tunnel(self, code: int, reason: str) -> None:
+        if code == PING_TIMEOUT:
+            self.dropConnection(abort=True)  # a silent peer would not finish a close handshake
+        else:
+            self.sendClose(code, reason)
+
+    def deliver(self, payload: bytes, is_binary: bool) -> None:
+        if self.session is None:
+            return
+        if not is_binary:
+            return self.session.fail("protocol", "text messages are not part of the protocol")
+        self.session.message_received(payload)

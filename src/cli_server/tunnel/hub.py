@@ -1,0 +1,212 @@
+"""The server's side of the tunnel: live tunnels by sandbox, their WebSocket protocol, and
+the endpoint through which the subdomain proxy reaches a local sandbox.
+
+One live tunnel per sandbox: a new connection with the same credentials replaces the old one
+(its agent is told so and stops). The table says ``running`` while a tunnel is live and
+``offline`` otherwise; each status write is serialised per sandbox and writes what is true
+when it runs, so a quick disconnect/reconnect can never leave the wrong word behind.
+
+Tunnels live in this process's memory. With several replicas, the proxy must reach the
+replica that holds a sandbox's tunnel; that routing is future work (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import define, field
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.defer import Deferred, DeferredLock, fail
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from cli_server.db.pool import Database, DatabaseUnavailable
+from cli_server.tunnel.carrier import SessionCarrier
+from cli_server.tunnel.frames import MAX_MESSAGE
+from cli_server.tunnel.mux import Session, Stream, TunnelAddress
+
+HELLO_TIMEOUT = 10.0
+
+
+@define(eq=False)
+class TunnelHub:
+    _db: Database
+    _clock: Any
+    _on_change: Any = None  # (sandbox_id) -> None: drop what the proxy cached about it
+    _on_data: Any = None  # (sandbox_id) -> None: activity
+    ping_interval: float = 15.0
+    dead_after: float = 45.0
+    _live: dict[str, Session] = field(factory=dict, init=False)
+    _locks: dict[str, DeferredLock] = field(factory=dict, init=False)
+    _log = Logger()
+
+    def session(self, sandbox_id: str) -> Session | None:
+        return self._live.get(sandbox_id)
+
+    @property
+    def count(self) -> int:
+        return len(self._live)
+
+    def endpoint(self, sandbox_id: str) -> IStreamClientEndpoint:
+        return TunnelEndpoint(self, sandbox_id)
+
+    def resource(self, sandbox_id: str) -> WebSocketResource:
+        """The WebSocket resource for one authenticated agent connection."""
+        factory = TunnelServerFactory(self, sandbox_id)
+        factory.setProtocolOptions(
+            maxFramePayloadSize=MAX_MESSAGE,
+            maxMessagePayloadSize=MAX_MESSAGE,
+            autoFragmentSize=0,
+            openHandshakeTimeout=HELLO_TIMEOUT,
+            closeHandshakeTimeout=5,
+        )
+        return WebSocketResource(factory)
+
+    def new_session(self, sandbox_id: str, send: Any, close: Any) -> Session:
+        return Session(
+            self._clock,
+            send,
+            close,
+            is_server=True,
+            label=sandbox_id,
+            ping_interval=self.ping_interval,
+            dead_after=self.dead_after,
+        )
+
+    def attach(self, sandbox_id: str, session: Session) -> None:
+        old = self._live.get(sandbox_id)
+        self._live[sandbox_id] = session
+        if old is not None:
+            old.say_goodbye(
+                "replaced", "another agent connected with this sandbox's credentials", 4009
+            )
+            old.connection_lost()
+        agent = session.hello["agent"] if session.hello is not None else "?"
+        self._log.info(
+            "tunnel for {sandbox_id} connected ({agent})", sandbox_id=sandbox_id, agent=agent
+        )
+        self._record(sandbox_id)
+
+    def detach(self, sandbox_id: str, session: Session) -> None:
+        if self._live.get(sandbox_id) is not session:
+            return  # replaced or revoked already
+        del self._live[sandbox_id]
+        self._log.info("tunnel for {sandbox_id} disconnected", sandbox_id=sandbox_id)
+        self._record(sandbox_id)
+
+    def revoke(self, sandbox_id: str) -> None:
+        """The sandbox was deleted: close its tunnel and tell the agent to stop for good."""
+        session = self._live.pop(sandbox_id, None)
+        if session is not None:
+            session.say_goodbye(
+                "revoked", "this local sandbox was deleted from its workspace", 4003
+            )
+            session.connection_lost()
+
+    def close_all(self) -> None:
+        """Server shutdown: agents will reconnect when we are back."""
+        for session in list(self._live.values()):
+            session.say_goodbye("restarting", "the server is stopping", 4001)
+        self._live.clear()
+
+    async def mark_all_offline(self) -> None:
+        """At start nothing is connected yet, whatever the table says after a crash."""
+        await self._db.execute(
+            "UPDATE sandboxes SET status = 'offline', updated_at = now()"
+            " WHERE is_local AND status <> 'offline'"
+        )
+
+    def _record(self, sandbox_id: str) -> None:
+        lock = self._locks.setdefault(sandbox_id, DeferredLock())
+
+        async def write() -> None:
+            async with lock:
+                live = sandbox_id in self._live
+                try:
+                    await self._db.execute(
+                        "UPDATE sandboxes SET status = %s, error = NULL, updated_at = now()"
+                        + (", last_activity_at = now()" if live else "")
+                        + " WHERE id = %s AND is_local AND status <> %s",
+                        (
+                            "running" if live else "offline",
+                            sandbox_id,
+                            "running" if live else "offline",
+                        ),
+                    )
+                except DatabaseUnavailable:
+                    self._log.warn("tunnel status of {sandbox_id} not saved", sandbox_id=sandbox_id)
+            if not lock.locked and not lock.waiting:
+                self._locks.pop(sandbox_id, None)
+            if self._on_change is not None:
+                self._on_change(sandbox_id)
+
+        Deferred.fromCoroutine(write()).addErrback(
+            lambda f: self._log.failure("saving tunnel status", f)
+        )
+
+
+class TunnelServerFactory(WebSocketServerFactory):
+    def __init__(self, hub: TunnelHub, sandbox_id: str) -> None:
+        super().__init__()
+        self.protocol = TunnelServerProtocol
+        self.hub = hub
+        self.sandbox_id = sandbox_id
+
+
+# (type: ignore: Autobahn's own two bases disagree on ``peer`` once a mixin comes first)
+class TunnelServerProtocol(SessionCarrier, WebSocketServerProtocol):  # type: ignore[misc]
+    factory: TunnelServerFactory
+    _hello_timer: Any = None
+
+    def onOpen(self) -> None:
+        hub: TunnelHub = self.factory.hub
+        sandbox_id: str = self.factory.sandbox_id
+        self.session = session = hub.new_session(sandbox_id, self.send_frame, self.close_tunnel)
+        session.ready.addCallback(lambda _: hub.attach(sandbox_id, session))
+        session.start()
+        self._hello_timer = hub._clock.callLater(HELLO_TIMEOUT, self._no_hello)
+
+    def _no_hello(self) -> None:
+        if self.session is not None and self.session.version is None:
+            self.session.fail("protocol", "no hello within 10 s")
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.deliver(payload, isBinary)
+        hub = self.factory.hub
+        if hub._on_data is not None:
+            hub._on_data(self.factory.sandbox_id)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._hello_timer is not None and self._hello_timer.active():
+            self._hello_timer.cancel()
+        if self.session is not None:
+            self.session.connection_lost()
+            self.factory.hub.detach(self.factory.sandbox_id, self.session)
+
+
+@implementer(IStreamClientEndpoint)
+@define(eq=False)
+class TunnelEndpoint:
+    """Connects a protocol to a new stream of the sandbox's live tunnel (the agent connects
+    the stream's other end to its opencode)."""
+
+    _hub: TunnelHub
+    _sandbox_id: str
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        session = self._hub.session(self._sandbox_id)
+        if session is None or session.version is None:
+            return fail(ConnectError("the agent of this local sandbox is not connected"))
+
+        def attach(stream: Stream) -> IProtocol:
+            protocol = factory.buildProtocol(TunnelAddress(self._sandbox_id, stream.id))
+            if protocol is None:
+                stream.reset("refused")
+                raise ConnectError("the factory refused the stream")
+            stream.attach(protocol)
+            return protocol
+
+        return session.open_stream().addCallback(attach)

@@ -1,0 +1,369 @@
+"""Local agents end to end: a real `twistd cli-agent` process joins a "laptop" opencode (the
+real binary, or the FAKE upstream for byte-exact bulk transfers) to a workspace through the
+tunnel, and the browser reaches it through the subdomain proxy."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest_twisted
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+
+from .conftest import Running, _reactor, server_config, start_server, stop_server
+from .daemon import twistd
+from .helpers import Api, free_port, opencode_binary, remove_dir, scratch_dir, wait_until
+from .test_proxy_opencode import Wire, frame
+from .upstream import Recorder, serve
+
+
+@attrs.define
+class Laptop:
+    """The laptop: a `twistd cli-agent` process with its own HOME and config file."""
+
+    root: Path
+    server: str
+    target: str  # the "opencode" URL on the laptop
+    proc: subprocess.Popen[bytes] | None = None
+    runs: int = 0
+
+    @property
+    def config(self) -> Path:
+        return self.root / "home" / ".cli-server" / "agent.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / f"agent-{self.runs}.log"
+
+    def start(self, *args: str) -> None:
+        self.runs += 1
+        env = {**os.environ, "HOME": str(self.root / "home")}
+        self.proc = subprocess.Popen(
+            [twistd(), "-n", "--pidfile=", f"--logfile={self.log}", "cli-agent", *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=self.root,
+            start_new_session=True,
+        )
+
+    def register(self, code: str, *extra: str) -> None:
+        args = ["--server", self.server, "--code", code, "--name", "laptop"]
+        self.start(*args, "--opencode-url", self.target, *extra)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def exited(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        proc = self.proc
+        await wait_until(_reactor(), lambda: proc.poll() is not None, timeout=timeout)
+        return int(proc.returncode)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self.proc is not None and self.proc.stderr:
+            self.proc.stderr.close()
+
+    def logs(self) -> str:
+        return "\n".join(
+            (self.root / f"agent-{n}.log").read_text(errors="replace")
+            for n in range(1, self.runs + 1)
+            if (self.root / f"agent-{n}.log").exists()
+        )
+
+
+@attrs.define
+class Team:
+    app: Running
+    port: int
+    db_url: str
+    owner: Api
+    workspace: str
+    root: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def code(self) -> str:
+        made = await self.owner.call("POST", f"/api/workspaces/{self.workspace}/agent-code")
+        assert made.code == 201, made
+        return str(made.body["code"])
+
+    async def local_sandbox(self) -> dict[str, Any]:
+        listed = await self.owner.call("GET", f"/api/workspaces/{self.workspace}/sandboxes")
+        local = [s for s in listed.body if s["is_local"]]
+        assert len(local) == 1, listed.body
+        return dict(local[0])
+
+    async def wait_status(self, status: str, timeout: float = 30) -> float:
+        began = time.monotonic()
+
+        async def reached() -> bool:
+            listed = await self.owner.call("GET", f"/api/workspaces/{self.workspace}/sandboxes")
+            return any(s["is_local"] and s["status"] == status for s in listed.body)
+
+        await wait_until(_reactor(), reached, timeout=timeout, step=0.05)
+        return time.monotonic() - began
+
+    async def open(self, sandbox_id: str) -> tuple[str, str]:
+        """The sandbox's Host and a subdomain session cookie, through the ticket flow."""
+        url = (await self.owner.call("POST", f"/api/sandboxes/{sandbox_id}/open")).body["url"]
+        host = f"oc-{sandbox_id}.localhost:{self.port}"
+        reply = await self.app.client().call("GET", url.split(host, 1)[1], headers={"Host": host})
+        assert reply.code == 303, reply
+        cookie = reply.headers.getRawHeaders("set-cookie")[0].split(";")[0].split("=", 1)[1]
+        return host, str(cookie)
+
+    async def restart(self) -> None:
+        await stop_server(self.app)
+        self.app = await self._start()
+
+    async def _start(self) -> Running:
+        config = attrs.evolve(server_config(self.db_url), base_domain=f"localhost:{self.port}")
+        return await start_server(self.db_url, config=config, port=self.port)
+
+
+@pytest_twisted.async_yield_fixture
+async def team(db_url: str) -> AsyncIterator[Team]:
+    root = scratch_dir("cli-test-tunnel-")
+    port = free_port()
+    config = attrs.evolve(server_config(db_url), base_domain=f"localhost:{port}")
+    app = await start_server(db_url, config=config, port=port)
+    owner = app.client()
+    await owner.register_and_login("owner")
+    workspace = (await owner.call("POST", "/api/workspaces", {"name": "team"})).body["id"]
+    made = Team(app, port, db_url, owner, workspace, root)
+    yield made
+    await stop_server(made.app)
+    remove_dir(root)
+
+
+def start_opencode(root: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A real `opencode serve` on the "laptop" (no password, as people run it locally)."""
+    home = root / "oc-home"
+    project = root / "project"
+    project.mkdir(parents=True)
+    port = free_port()
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "OPENCODE_DISABLE_MODELS_FETCH": "1",
+        "OPENCODE_DISABLE_AUTOUPDATE": "1",
+        "OPENCODE_DISABLE_DEFAULT_PLUGINS": "1",
+    }
+    proc = subprocess.Popen(
+        [str(opencode_binary()), "serve", "--port", str(port), "--hostname", "127.0.0.1"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def raw_get(port: int, request: bytes) -> Wire:
+    wire = Wire()
+    await connectProtocol(TCP4ClientEndpoint(_reactor(), "127.0.0.1", port), wire)
+    assert wire.transport is not None
+    wire.transport.write(request)
+    return wire
+
+
+@pytest_twisted.ensureDeferred
+async def test_local_opencode_through_the_tunnel(team: Team) -> None:
+    """Register with a code; through the proxy the UI, health, events, a session and the
+    terminal work; a frozen agent goes offline within the dead-peer timeout; the agent comes
+    back without a code; a restarted server is found again by itself; deleting the sandbox
+    stops the agent for good."""
+    reactor = _reactor()
+    team.app.server.tunnels.ping_interval = 0.5
+    team.app.server.tunnels.dead_after = 2.0
+    opencode, opencode_url = start_opencode(team.root)
+    laptop = Laptop(team.root, team.base, opencode_url)
+    try:
+        await wait_until(reactor, lambda: _answers(opencode_url), timeout=60, step=0.2)
+        code = await team.code()
+        laptop.register(code)
+        await team.wait_status("running")
+        sandbox = await team.local_sandbox()
+        assert laptop.config.stat().st_mode & 0o777 == 0o600
+        assert laptop.config.parent.stat().st_mode & 0o777 == 0o700
+        saved = json.loads(laptop.config.read_text())
+        assert saved["sandbox_id"] == sandbox["id"]
+
+        host, cookie = await team.open(sandbox["id"])
+        client = team.app.client()
+        headers = {"Host": host, "Cookie": f"cli_sandbox={cookie}"}
+        page = await client.call("GET", "/", headers=headers)
+        assert page.code == 200 and b"<html" in page.body.lower()
+        asset = page.body.split(b'src="', 1)[1].split(b'"', 1)[0].decode()
+        loaded = await client.call("GET", asset, headers=headers)
+        assert loaded.code == 200 and len(loaded.body) > 100_000
+        health = await client.call("GET", "/global/health", headers=headers)
+        assert health.code == 200 and health.body["healthy"] is True
+        session = await client.call("POST", "/session", {"title": "via tunnel"}, headers=headers)
+        assert session.code == 200 and session.body["id"], session
+
+        events = await raw_get(
+            team.port,
+            f"GET /event HTTP/1.1\r\nHost: {host}\r\nCookie: cli_sandbox={cookie}\r\n\r\n".encode(),
+        )
+        await wait_until(reactor, lambda: b"server.connected" in events.received, timeout=15)
+
+        pty = await client.call("POST", "/pty", {}, headers=headers)
+        assert pty.code == 200, pty
+        key = base64.b64encode(os.urandom(16)).decode()
+        wire = await raw_get(
+            team.port,
+            f"GET /pty/{pty.body['id']}/connect HTTP/1.1\r\nHost: {host}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\nOrigin: http://{host}\r\n"
+            f"Cookie: cli_sandbox={cookie}\r\n\r\n".encode(),
+        )
+        await wait_until(reactor, lambda: b"101 Switching Protocols" in wire.received, timeout=15)
+        assert wire.transport is not None
+        wire.transport.write(frame(b"echo tunnel-$((6*7))\n"))
+        await wait_until(reactor, lambda: b"tunnel-42" in wire.received, timeout=15)
+
+        # A frozen laptop (no FIN, no pings): offline within the dead-peer timeout, and the
+        # open event stream ends rather than hanging.
+        laptop.signal(signal.SIGSTOP)
+        offline_after = await team.wait_status("offline", timeout=10)
+        assert offline_after < 2.0 + 0.5 + 1.5, offline_after
+        await wait_until(reactor, lambda: events.closed.called, timeout=10)
+        gone = await client.call("GET", "/global/health", headers=headers)
+        assert gone.code == 503 and b"offline" in gone.body
+        laptop.signal(signal.SIGCONT)
+        laptop.kill()
+
+        # Back without a code: the saved credentials are enough.
+        began = time.monotonic()
+        laptop.start("--opencode-url", opencode_url)
+        await team.wait_status("running")
+        print(f"\nagent restart to running: {time.monotonic() - began:.2f} s")
+        assert (await client.call("GET", "/global/health", headers=headers)).code == 200
+
+        # The server restarts; the agent finds it again by itself.
+        began = time.monotonic()
+        await team.restart()
+        await team.wait_status("running", timeout=30)
+        print(f"server restart to tunnel back: {time.monotonic() - began:.2f} s")
+        host, cookie = await team.open(sandbox["id"])
+        headers = {"Host": host, "Cookie": f"cli_sandbox={cookie}"}
+        again = await team.app.client().call("GET", "/global/health", headers=headers)
+        assert again.code == 200, again
+
+        # Deleting the sandbox revokes the agent: it says so and stops retrying.
+        deleted = await team.owner.call("DELETE", f"/api/sandboxes/{sandbox['id']}")
+        assert deleted.code == 204
+        assert await laptop.exited() == 1
+        logs = laptop.logs()
+        assert "cli-agent stops: this local sandbox was deleted from its workspace" in logs
+        assert saved["tunnel_token"] not in logs and code not in logs
+    finally:
+        laptop.kill()
+        opencode.kill()
+        opencode.wait(10)
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url + "/global/health", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+@pytest_twisted.async_yield_fixture
+async def fake_laptop(team: Team) -> AsyncIterator[tuple[Laptop, Recorder, dict[str, str]]]:
+    """An agent whose "opencode" is the FAKE upstream, registered and running."""
+    recorder, port = serve(_reactor())
+    laptop = Laptop(team.root, team.base, f"http://127.0.0.1:{port.getHost().port}")
+    laptop.register(await team.code())
+    try:
+        await team.wait_status("running")
+        sandbox = await team.local_sandbox()
+        host, cookie = await team.open(sandbox["id"])
+        yield laptop, recorder, {"Host": host, "Cookie": f"cli_sandbox={cookie}"}
+    finally:
+        laptop.kill()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_fifty_megabytes_each_way_arrive_intact(
+    team: Team, fake_laptop: tuple[Laptop, Recorder, dict[str, str]]
+) -> None:
+    _, recorder, headers = fake_laptop
+    client = team.app.client()
+    n = 50 * 2**20
+    began = time.monotonic()
+    down = await client.call("GET", f"/random?n={n}", headers=headers)
+    took = time.monotonic() - began
+    assert down.code == 200
+    assert (
+        hashlib.sha256(down.body).digest() == hashlib.sha256(random.Random(n).randbytes(n)).digest()
+    )
+    print(f"\n50 MiB down through the tunnel: {took:.2f} s ({n / took / 1e6:.0f} MB/s)")
+    upload = os.urandom(n)
+    began = time.monotonic()
+    up = await client.call("POST", "/digest", raw=upload, headers=headers)
+    took = time.monotonic() - began
+    assert up.code == 200, up
+    assert up.body == {"length": n, "sha256": hashlib.sha256(upload).hexdigest()}
+    print(f"50 MiB up through the tunnel: {took:.2f} s ({n / took / 1e6:.0f} MB/s)")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reader_that_stops_holds_back_only_its_own_stream(
+    team: Team, fake_laptop: tuple[Laptop, Recorder, dict[str, str]]
+) -> None:
+    """A browser that stops reading: the agent's upstream is paused after a bounded amount,
+    the server buffers no more than a window, and other requests still go through."""
+    reactor = _reactor()
+    _, recorder, headers = fake_laptop
+
+    class Stalled(Protocol):
+        def connectionMade(self) -> None:
+            self.transport.pauseProducing()  # type: ignore[union-attr]  # never read
+
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", team.port)
+    stalled = await connectProtocol(endpoint, Stalled())
+    stalled.transport.write(
+        f"GET /flood HTTP/1.1\r\nHost: {headers['Host']}\r\nCookie: "
+        f"{headers['Cookie']}\r\n\r\n".encode()
+    )
+    await wait_until(reactor, lambda: recorder.streamed > 0 and recorder.flood_paused, timeout=20)
+    history: list[int] = []
+
+    def settled() -> bool:
+        history.append(recorder.streamed)
+        return len(history) > 2 and history[-1] == history[-2] == history[-3]
+
+    await wait_until(reactor, settled, timeout=20, step=0.5)
+    streamed = recorder.streamed
+    assert streamed < 32 * 2**20, f"{streamed} bytes pulled for a reader that reads nothing"
+    for _ in range(20):
+        quick = await team.app.client().call("GET", "/echo", headers=headers)
+        assert quick.code == 200
+    assert recorder.streamed - streamed < 2**20
+    stalled.transport.abortConnection()

@@ -1,4 +1,4 @@
-"""`twistd cli-server` is found after `pip install .` and after `pip install -e .`.
+"""`twistd cli-server` and `twistd cli-agent` are found after `pip install .` and `-e .`.
 
 The twisted plugin lives outside our package (src/twisted/plugins, a namespace without
 __init__.py), which build tools drop easily; these tests install for real into fresh virtual
@@ -107,7 +107,14 @@ def test_wheel_install_finds_plugin(work: Path) -> None:
     elsewhere = work / "elsewhere"
     elsewhere.mkdir()
     assert "site-packages" in _where(python, elsewhere)
-    assert "cli-server" in _twistd_help(python, elsewhere)
+    listed = _twistd_help(python, elsewhere)
+    assert "cli-server" in listed and "cli-agent" in listed
+    # The original's spelling: a `cli-server` command that runs the agent or the server.
+    script = python.parent / "cli-server"
+    agent = subprocess.run(
+        [str(script), "agent", "connect", "--help"], cwd=elsewhere, capture_output=True, text=True
+    )
+    assert "--opencode-url" in agent.stdout and "--code" in agent.stdout, agent
 
 
 def test_editable_install_finds_plugin(work: Path) -> None:
@@ -117,4 +124,5 @@ def test_editable_install_finds_plugin(work: Path) -> None:
     elsewhere = work / "elsewhere"
     elsewhere.mkdir()
     assert _where(python, elsewhere).startswith(str(ROOT / "src"))
-    assert "cli-server" in _twistd_help(python, elsewhere)
+    listed = _twistd_help(python, elsewhere)
+    assert "cli-server" in listed and "cli-agent" in listed

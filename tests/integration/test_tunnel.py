@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -21,8 +22,10 @@ import pytest_twisted
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
-from .conftest import Running, _reactor, server_config, start_server, stop_server
+from .conftest import FAKE_KEY, Running, _reactor, server_config, start_server, stop_server
 from .daemon import twistd
+from .fake_anthropic import FakeAnthropic
+from .fake_anthropic import serve as serve_fake_anthropic
 from .helpers import Api, free_port, opencode_binary, remove_dir, scratch_dir, wait_until
 from .test_proxy_opencode import Wire, frame
 from .upstream import Recorder, serve
@@ -95,6 +98,8 @@ class Team:
     owner: Api
     workspace: str
     root: Path
+    anthropic: FakeAnthropic  # FAKE Anthropic upstream behind the server's proxy
+    anthropic_port: Any
 
     @property
     def base(self) -> str:
@@ -135,22 +140,30 @@ class Team:
         self.app = await self._start()
 
     async def _start(self) -> Running:
-        config = attrs.evolve(server_config(self.db_url), base_domain=f"localhost:{self.port}")
-        return await start_server(self.db_url, config=config, port=self.port)
+        return await start_server(self.db_url, config=self.config, port=self.port)
+
+    @property
+    def config(self) -> Any:
+        return attrs.evolve(
+            server_config(self.db_url),
+            base_domain=f"localhost:{self.port}",
+            anthropic_api_key=FAKE_KEY,
+            anthropic_base_url=f"http://127.0.0.1:{self.anthropic_port.getHost().port}",
+        )
 
 
 @pytest_twisted.async_yield_fixture
 async def team(db_url: str) -> AsyncIterator[Team]:
     root = scratch_dir("cli-test-tunnel-")
-    port = free_port()
-    config = attrs.evolve(server_config(db_url), base_domain=f"localhost:{port}")
-    app = await start_server(db_url, config=config, port=port)
-    owner = app.client()
-    await owner.register_and_login("owner")
-    workspace = (await owner.call("POST", "/api/workspaces", {"name": "team"})).body["id"]
-    made = Team(app, port, db_url, owner, workspace, root)
+    anthropic, anthropic_port = serve_fake_anthropic(_reactor())
+    made = Team(None, free_port(), db_url, None, "", root, anthropic, anthropic_port)  # type: ignore[arg-type]
+    made.app = await made._start()
+    made.owner = made.app.client()
+    await made.owner.register_and_login("owner")
+    made.workspace = (await made.owner.call("POST", "/api/workspaces", {"name": "t"})).body["id"]
     yield made
     await stop_server(made.app)
+    await anthropic_port.stopListening()
     remove_dir(root)
 
 
@@ -207,6 +220,12 @@ async def test_local_opencode_through_the_tunnel(team: Team) -> None:
         assert laptop.config.parent.stat().st_mode & 0o777 == 0o700
         saved = json.loads(laptop.config.read_text())
         assert saved["sandbox_id"] == sandbox["id"]
+
+        # A real browser: the Open link signs in on the subdomain and opencode's UI renders.
+        dom = await chromium_dom(
+            (await team.owner.call("POST", f"/api/sandboxes/{sandbox['id']}/open")).body["url"]
+        )
+        assert "<title>OpenCode</title>" in dom and 'data-component="' in dom, dom[-2000:]
 
         host, cookie = await team.open(sandbox["id"])
         client = team.app.client()
@@ -281,6 +300,21 @@ async def test_local_opencode_through_the_tunnel(team: Team) -> None:
         laptop.kill()
         opencode.kill()
         opencode.wait(10)
+
+
+async def chromium_dom(url: str) -> str:
+    """The DOM headless Chromium shows after loading ``url`` (``*.localhost`` resolves to
+    loopback there), run as a child process so the in-process server keeps serving."""
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is required: apt-get install chromium"
+    args = ("--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000")
+    out, err, code = await getProcessOutputAndValue(
+        chromium, (*args, "--dump-dom", url), env=dict(os.environ)
+    )
+    assert code == 0, err[-2000:]
+    return out.decode("utf-8", "replace")
 
 
 def _answers(url: str) -> bool:
@@ -367,3 +401,41 @@ async def test_a_reader_that_stops_holds_back_only_its_own_stream(
         assert quick.code == 200
     assert recorder.streamed - streamed < 2**20
     stalled.transport.abortConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_use_server_key(team: Team) -> None:
+    """An agent registered with --use-server-key gets a proxy token (in anthropic.env, 0600)
+    with which the laptop's opencode calls Claude through the server, with the server's key;
+    the token works only while the agent is connected."""
+    recorder, port = serve(_reactor())
+    laptop = Laptop(team.root, team.base, f"http://127.0.0.1:{port.getHost().port}")
+    try:
+        laptop.register(await team.code(), "--use-server-key")
+        await team.wait_status("running")
+        env_file = laptop.config.with_name("anthropic.env")
+        assert env_file.stat().st_mode & 0o777 == 0o600
+        env = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+        assert env["ANTHROPIC_BASE_URL"] == f"http://localhost:{team.port}/proxy/anthropic/v1"
+        path = "/proxy/anthropic/v1/messages"
+        body = {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": []}
+        client = team.app.client()
+        answered = await client.call(
+            "POST", path, body, headers={"x-api-key": env["ANTHROPIC_API_KEY"]}
+        )
+        assert answered.code == 200, answered
+        assert team.anthropic.seen[-1]["headers"]["x-api-key"] == [FAKE_KEY]
+        assert env["ANTHROPIC_API_KEY"] not in laptop.logs()
+        laptop.kill()
+        await team.wait_status("offline")
+
+        async def refused() -> bool:  # (the proxy caches a token's standing for 5 s)
+            reply = await client.call(
+                "POST", path, body, headers={"x-api-key": env["ANTHROPIC_API_KEY"]}
+            )
+            return reply.code == 401
+
+        await wait_until(_reactor(), refused, timeout=10, step=0.5)
+    finally:
+        laptop.kill()
+        await port.stopListening()

@@ -168,8 +168,17 @@ class SandboxSite(Resource):
             )
         else:
             ok = await self._forwarder.forward(request, endpoint, access.password, self._scheme)
-        if not ok:
-            self._status_page(request, "offline" if access.is_local else "starting", access)
+        if not ok and access.is_local:
+            self._page(
+                request,
+                502,
+                "opencode is not answering",
+                "The agent is connected, but opencode on its machine did not answer. "
+                "Is 'opencode serve' running there?",
+                refresh=5,
+            )
+        elif not ok:
+            self._status_page(request, "starting", access)
 
     def _not_found(self, request: Any) -> None:
         self._page(request, 404, "No such sandbox", "It does not exist, or you may not see it.")

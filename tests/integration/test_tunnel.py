@@ -439,3 +439,29 @@ async def test_use_server_key(team: Team) -> None:
     finally:
         laptop.kill()
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_in_flight_requests_end_clearly_when_the_agent_dies(
+    team: Team, fake_laptop: tuple[Laptop, Recorder, dict[str, str]]
+) -> None:
+    """A request still waiting for its answer gets the offline page (503), and a body being
+    streamed is cut off: never an empty or truncated 200 that looks complete."""
+    reactor = _reactor()
+    laptop, recorder, headers = fake_laptop
+    cookie_line = f"Cookie: {headers['Cookie']}\r\n"
+    waiting = await raw_get(
+        team.port, f"GET /hang HTTP/1.1\r\nHost: {headers['Host']}\r\n{cookie_line}\r\n".encode()
+    )
+    streaming = await raw_get(
+        team.port, f"GET /flood HTTP/1.1\r\nHost: {headers['Host']}\r\n{cookie_line}\r\n".encode()
+    )
+    await wait_until(reactor, lambda: len(streaming.received) > 2**20, timeout=20)
+    await wait_until(reactor, lambda: any(s["uri"] == "/hang" for s in recorder.seen))
+    laptop.kill()
+    await wait_until(reactor, lambda: waiting.received.startswith(b"HTTP/1.1 "), timeout=20)
+    assert waiting.received.startswith(b"HTTP/1.1 503"), waiting.received[:200]
+    assert b"offline" in waiting.received
+    await wait_until(reactor, lambda: streaming.closed.called, timeout=20)
+    assert streaming.received.startswith(b"HTTP/1.1 200")
+    assert not streaming.received.endswith(b"0\r\n\r\n")  # no clean end of a chunked body

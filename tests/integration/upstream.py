@@ -46,6 +46,8 @@ class Recorder(Resource):
             }
         )
         path = request.path
+        if path == b"/hang":  # never answers
+            return NOT_DONE_YET
         if path == b"/cookies":
             request.responseHeaders.setRawHeaders(
                 b"set-cookie",

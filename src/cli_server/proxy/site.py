@@ -168,7 +168,9 @@ class SandboxSite(Resource):
             )
         else:
             ok = await self._forwarder.forward(request, endpoint, access.password, self._scheme)
-        if not ok and access.is_local:
+        if not ok and access.is_local and self._tunnels.session(sandbox_id) is None:
+            self._status_page(request, "offline", access)  # the agent left meanwhile
+        elif not ok and access.is_local:
             self._page(
                 request,
                 502,

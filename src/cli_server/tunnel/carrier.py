@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from autobahn.websocket.protocol import WebSocketProtocol
+
 from cli_server.tunnel.mux import PING_TIMEOUT, Session
 
 
@@ -12,12 +14,16 @@ class SessionCarrier:
     """Mixed into an Autobahn WebSocket protocol (listed first among its bases)."""
 
     session: Session | None = None
+    state: Any
     sendMessage: Any
     sendClose: Any
     dropConnection: Any
 
     def send_frame(self, message: bytes) -> None:
-        self.sendMessage(message, isBinary=True)
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.sendMessage(message, isBinary=True)
+        # else the connection is closing: the session hears of it in onClose, and nothing
+        # sent now could arrive anyway
 
     def close_tunnel(self, code: int, reason: str) -> None:
         if code == PING_TIMEOUT:

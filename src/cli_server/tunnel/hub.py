@@ -40,6 +40,7 @@ class TunnelHub:
     ping_interval: float = 15.0
     dead_after: float = 45.0
     _live: dict[str, Session] = field(factory=dict, init=False)
+    _pending: dict[str, set[Session]] = field(factory=dict, init=False)  # open, no hello yet
     _locks: dict[str, DeferredLock] = field(factory=dict, init=False)
     _log = Logger()
 
@@ -66,7 +67,7 @@ class TunnelHub:
         return WebSocketResource(factory)
 
     def new_session(self, sandbox_id: str, send: Any, close: Any) -> Session:
-        return Session(
+        session = Session(
             self._clock,
             send,
             close,
@@ -75,8 +76,18 @@ class TunnelHub:
             ping_interval=self.ping_interval,
             dead_after=self.dead_after,
         )
+        self._pending.setdefault(sandbox_id, set()).add(session)
+        return session
+
+    def _unpend(self, sandbox_id: str, session: Session) -> None:
+        pending = self._pending.get(sandbox_id)
+        if pending is not None:
+            pending.discard(session)
+            if not pending:
+                del self._pending[sandbox_id]
 
     def attach(self, sandbox_id: str, session: Session) -> None:
+        self._unpend(sandbox_id, session)
         old = self._live.get(sandbox_id)
         self._live[sandbox_id] = session
         if old is not None:
@@ -91,6 +102,7 @@ class TunnelHub:
         self._record(sandbox_id)
 
     def detach(self, sandbox_id: str, session: Session) -> None:
+        self._unpend(sandbox_id, session)
         if self._live.get(sandbox_id) is not session:
             return  # replaced or revoked already
         del self._live[sandbox_id]
@@ -99,8 +111,10 @@ class TunnelHub:
 
     def revoke(self, sandbox_id: str) -> None:
         """The sandbox was deleted: close its tunnel and tell the agent to stop for good."""
-        session = self._live.pop(sandbox_id, None)
-        if session is not None:
+        # (connections still before their hello too: they were let in with the old token)
+        sessions = self._pending.pop(sandbox_id, set())
+        live = self._live.pop(sandbox_id, None)
+        for session in [*sessions, *([live] if live is not None else [])]:
             session.say_goodbye(
                 "revoked", "this local sandbox was deleted from its workspace", 4003
             )
@@ -183,8 +197,9 @@ class TunnelServerProtocol(SessionCarrier, WebSocketServerProtocol):  # type: ig
         if self._hello_timer is not None and self._hello_timer.active():
             self._hello_timer.cancel()
         if self.session is not None:
-            self.session.connection_lost()
+            # detach first, so requests failing with the streams see the sandbox offline
             self.factory.hub.detach(self.factory.sandbox_id, self.session)
+            self.session.connection_lost()
 
 
 @implementer(IStreamClientEndpoint)

@@ -74,7 +74,10 @@ class Credentials:
     def load(cls, path: Path) -> Credentials:
         try:
             raw = json.loads(path.read_text())
-            return cls(**raw)
+            made = cls(**raw)
+            if not all(isinstance(v, str) for k, v in raw.items() if k != "anthropic"):
+                raise TypeError("a field is not a string")
+            return made
         except FileNotFoundError:
             raise AgentError(
                 f"no saved credentials in {path}: register first with --server, --code and "
@@ -93,6 +96,7 @@ def write_private(path: Path, text: str) -> None:
     """Write a file only its owner can read, replacing any old one atomically."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # (an old leftover .tmp keeps its mode through O_CREAT)
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
@@ -103,9 +107,11 @@ def check_url(option: str, url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise AgentError(f"{option} {url!r}: give an http:// or https:// URL with a host")
     try:
-        parts.port  # noqa: B018 (raises on a bad port)
+        port = parts.port  # (raises on a bad port, but lets 0 through)
     except ValueError:
-        raise AgentError(f"{option} {url!r}: the port is not a number from 1 to 65535") from None
+        port = 0
+    if port == 0:
+        raise AgentError(f"{option} {url!r}: the port is not a number from 1 to 65535")
     return url.rstrip("/")
 
 
@@ -148,7 +154,8 @@ async def register(
             "once, for 10 minutes); get a new one from the dashboard"
         )
     if response.code != 201 or not isinstance(body, dict) or "tunnel_token" not in body:
-        message = body.get("error", {}).get("message") if isinstance(body, dict) else None
+        error = body.get("error") if isinstance(body, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
         raise AgentError(f"registration failed ({response.code}): {message or 'no details'}")
     return Credentials(
         server=server,
@@ -173,7 +180,8 @@ class Backoff:
 
     def __call__(self, attempt: int) -> float:
         delay = min(self.maximum, self.initial * 2.0**self.failures)
-        self.failures += 1
+        if delay < self.maximum:  # (2.0 ** 1024 overflows: stop counting at the cap)
+            self.failures += 1
         return delay * (0.5 + self.random() / 2)
 
     def reset(self) -> None:

@@ -16,6 +16,7 @@ class Metrics:
     anthropic_calls: Counter = field(init=False)
     anthropic_tokens: Counter = field(init=False)
     sandboxes: Gauge = field(init=False)
+    tunnels: Gauge = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.proxied = Counter(
@@ -35,6 +36,9 @@ class Metrics:
         )
         self.sandboxes = Gauge(
             "cli_sandboxes", "Sandboxes by status", ["status"], registry=self.registry
+        )
+        self.tunnels = Gauge(
+            "cli_tunnels", "Local agents connected to this process", registry=self.registry
         )
 
     async def refresh(self, db: Database) -> None:

@@ -263,7 +263,7 @@ def build(
     manager = SandboxManager(
         db, backend, workspaces, config.max_sandboxes, urls.home, sandbox_access.status_changed
     )
-    tunnels = TunnelHub(db, reactor, sandbox_access.status_changed, activity.touch)
+    tunnels = TunnelHub(db, reactor, sandbox_access.status_changed, activity.touch, metrics)
     manager.tunnels = tunnels
     agents = LocalAgents(
         db, workspaces, config.origin, config.origin.rstrip("/") + "/proxy/anthropic/v1"

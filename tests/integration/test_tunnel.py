@@ -221,6 +221,9 @@ async def test_local_opencode_through_the_tunnel(team: Team) -> None:
         saved = json.loads(laptop.config.read_text())
         assert saved["sandbox_id"] == sandbox["id"]
 
+        assert team.app.server.tunnels.count == 1
+        assert b"cli_tunnels 1.0" in (await team.app.client().call("GET", "/metrics")).body
+
         # A real browser: the Open link signs in on the subdomain and opencode's UI renders.
         dom = await chromium_dom(
             (await team.owner.call("POST", f"/api/sandboxes/{sandbox['id']}/open")).body["url"]

@@ -34,9 +34,10 @@ HELLO_TIMEOUT = 10.0
 @define(eq=False)
 class TunnelHub:
     _db: Database
-    _clock: Any
+    clock: Any
     _on_change: Any = None  # (sandbox_id) -> None: drop what the proxy cached about it
     _on_data: Any = None  # (sandbox_id) -> None: activity
+    _metrics: Any = None
     ping_interval: float = 15.0
     dead_after: float = 45.0
     _live: dict[str, Session] = field(factory=dict, init=False)
@@ -68,7 +69,7 @@ class TunnelHub:
 
     def new_session(self, sandbox_id: str, send: Any, close: Any) -> Session:
         session = Session(
-            self._clock,
+            self.clock,
             send,
             close,
             is_server=True,
@@ -109,6 +110,11 @@ class TunnelHub:
         self._log.info("tunnel for {sandbox_id} disconnected", sandbox_id=sandbox_id)
         self._record(sandbox_id)
 
+    def touch(self, sandbox_id: str) -> None:
+        """Tunnel traffic is activity (local sandboxes are never paused, but it shows)."""
+        if self._on_data is not None:
+            self._on_data(sandbox_id)
+
     def revoke(self, sandbox_id: str) -> None:
         """The sandbox was deleted: close its tunnel and tell the agent to stop for good."""
         # (connections still before their hello too: they were let in with the old token)
@@ -125,6 +131,7 @@ class TunnelHub:
         for session in list(self._live.values()):
             session.say_goodbye("restarting", "the server is stopping", 4001)
         self._live.clear()
+        self._gauge()
 
     async def mark_all_offline(self) -> None:
         """At start nothing is connected yet, whatever the table says after a crash."""
@@ -133,7 +140,12 @@ class TunnelHub:
             " WHERE is_local AND status <> 'offline'"
         )
 
+    def _gauge(self) -> None:
+        if self._metrics is not None:
+            self._metrics.tunnels.set(len(self._live))
+
     def _record(self, sandbox_id: str) -> None:
+        self._gauge()
         lock = self._locks.setdefault(sandbox_id, DeferredLock())
 
         async def write() -> None:
@@ -181,7 +193,7 @@ class TunnelServerProtocol(SessionCarrier, WebSocketServerProtocol):  # type: ig
         self.session = session = hub.new_session(sandbox_id, self.send_frame, self.close_tunnel)
         session.ready.addCallback(lambda _: hub.attach(sandbox_id, session))
         session.start()
-        self._hello_timer = hub._clock.callLater(HELLO_TIMEOUT, self._no_hello)
+        self._hello_timer = hub.clock.callLater(HELLO_TIMEOUT, self._no_hello)
 
     def _no_hello(self) -> None:
         if self.session is not None and self.session.version is None:
@@ -189,9 +201,7 @@ class TunnelServerProtocol(SessionCarrier, WebSocketServerProtocol):  # type: ig
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.deliver(payload, isBinary)
-        hub = self.factory.hub
-        if hub._on_data is not None:
-            hub._on_data(self.factory.sandbox_id)
+        self.factory.hub.touch(self.factory.sandbox_id)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._hello_timer is not None and self._hello_timer.active():

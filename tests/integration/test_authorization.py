@@ -123,6 +123,27 @@ CASES = [
         {"role": "guest"},
         (401, 404, 403, 403, 403, 404),
     ),
+    Case(
+        "agent code",
+        "POST",
+        "/api/workspaces/{w}/agent-code",
+        None,
+        (401, 404, 403, 201, 201, 201),
+    ),
+    Case(
+        "agent code, unknown workspace",
+        "POST",
+        "/api/workspaces/00000000-0000-4000-8000-000000000000/agent-code",
+        None,
+        (401, 404, 404, 404, 404, 404),
+    ),
+    Case(
+        "register an agent with a bogus code (a session is no substitute)",
+        "POST",
+        "/api/agent/register",
+        {"code": "not-a-code", "name": "laptop"},
+        (401, 401, 401, 401, 401, 401),
+    ),
     Case("me", "GET", "/api/auth/me", None, (401, 200, 200, 200, 200, 200)),
     Case("providers", "GET", "/api/auth/providers", None, (200, 200, 200, 200, 200, 200)),
 ]
@@ -231,3 +252,9 @@ async def test_cross_origin_state_change_refused(app: Running) -> None:
     assert own.code == 201
     listed = await owner.call("GET", "/api/workspaces", headers={"Origin": "http://evil.example"})
     assert listed.code == 200 and len(listed.body) == 1
+    for origin in ("http://evil.example", "http://oc-123.localhost:8080"):
+        code = await owner.call(
+            "POST", f"/api/workspaces/{own.body['id']}/agent-code", headers={"Origin": origin}
+        )
+        assert (code.code, code.error_code) == (403, "bad_origin")
+    assert await app.db.query("SELECT code_hash FROM agent_codes") == []

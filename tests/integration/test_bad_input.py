@@ -11,12 +11,13 @@ from .helpers import Api
 
 HUGE = b'{"name": "' + b"x" * (2 * 1024 * 1024) + b'"}'
 JSON = {"Content-Type": "application/json"}
+TABLES = ("users", "sessions", "workspaces", "workspace_members", "agent_codes", "sandboxes")
 
 
 async def snapshot(app: Running) -> dict[str, str]:
     """Every row we own, per table; equal snapshots mean nothing changed."""
     tables = {}
-    for table in ("users", "sessions", "workspaces", "workspace_members"):
+    for table in TABLES:
         rows = await app.db.query(f"SELECT * FROM {table} ORDER BY 1, 2")
         tables[table] = json.dumps(rows, default=_plain, sort_keys=True)
     return tables
@@ -77,6 +78,9 @@ async def test_bad_input_changes_nothing(app: Running) -> None:
     member_path = f"/api/workspaces/{wid}/members/{other.user['id']}"
     added = await owner.call("POST", f"/api/workspaces/{wid}/members", {"username": "other"})
     assert added.code == 201
+    minted = await owner.call("POST", f"/api/workspaces/{wid}/agent-code")
+    assert minted.code == 201
+    code = minted.body["code"]  # refused registrations must not burn it
     before = await snapshot(app)
 
     problems: list[str] = []
@@ -144,6 +148,25 @@ async def test_bad_input_changes_nothing(app: Running) -> None:
         raw_cases("role") + field_cases({"role": "guest"}, "role", ["superuser", "OWNER", 1, ""]),
         "change role",
     )
+    agent = {"code": code, "name": "laptop"}
+    problems += await expect(
+        app.client(),
+        "POST",
+        "/api/agent/register",
+        raw_cases("code")
+        + field_cases(agent, "code", ["", 5, "x" * 201, "a\u0000b", ["x"]])
+        + field_cases(agent, "name", TEXT_ATTACKS + ["x" * 101])
+        + [(SURROGATE[:-1] + b', "code": "x"}', JSON, 400, "name")]
+        + [
+            ({**agent, "use_server_key": v}, {}, 400, "use_server_key")
+            for v in ["yes", "true", 1, 0, None, [], {}]
+        ]
+        + [({**agent, "code": "not-the-code"}, {}, 401, None)],
+        "register agent",
+    )
+    for bad in ("00000000-0000-4000-8000-000000000000", "nope", "0000"):
+        path = f"/api/workspaces/{bad}/agent-code"
+        problems += await expect(owner, "POST", path, [(None, {}, 404, None)], "agent code")
     assert not problems, "\n".join(problems)
     assert await snapshot(app) == before
 

@@ -197,7 +197,7 @@ class TunnelServerProtocol(SessionCarrier, WebSocketServerProtocol):  # type: ig
 
     def _no_hello(self) -> None:
         if self.session is not None and self.session.version is None:
-            self.session.fail("protocol", "no hello within 10 s")
+            self.session.fail("protocol", f"no hello within {HELLO_TIMEOUT:g} s")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.deliver(payload, isBinary)

@@ -19,7 +19,6 @@ import asyncio
 import base64
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -29,6 +28,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from wrk import wrk  # noqa: E402  (benchmarks/wrk.py, shared by the benchmark scripts)
 
 HERE = Path(__file__).resolve().parent
 
@@ -66,30 +68,6 @@ http {{
   }}
 }}
 """
-
-
-def wrk(url: str, headers: dict[str, str], seconds: int, connections: int) -> dict[str, float]:
-    argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url]
-    for name, value in headers.items():
-        argv[1:1] = ["-H", f"{name}: {value}"]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
-    result = {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "errors": sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out)),
-    }
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    result["errors"] += int(non2xx.group(1)) if non2xx else 0
-    for pct in ("50", "99"):
-        m = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
-        if m:
-            scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-            result[f"p{pct}_ms"] = float(m.group(1)) * scale
-    transfer = re.search(r"Transfer/sec:\s+([\d.]+)(KB|MB|GB)", out)
-    if transfer:
-        result["mib_s"] = (
-            float(transfer.group(1)) * {"KB": 1 / 1024, "MB": 1, "GB": 1024}[transfer.group(2)]
-        )
-    return result
 
 
 async def sse_latency(

@@ -364,3 +364,32 @@ def test_nan_and_huge_numbers() -> None:
     reject(raw(b'{"t":"ping","s":0,"n":NaN}'), "not an integer")
     reject(raw(b'{"t":"credit","s":1,"n":Infinity}'), "not an integer")
     reject(raw(b'{"t":"ping","s":0,"n":' + b"9" * 4090 + b"}"), "not JSON|bad header")
+
+
+def _both(message: bytes) -> tuple[Any, Any]:
+    """What the data-frame fast path and the full JSON path make of ``message``."""
+    from cli_server.tunnel import frames
+
+    outcomes = []
+    for decoder in (frames.decode, frames._decode):
+        try:
+            outcomes.append(decoder(message))
+        except ProtocolError:
+            outcomes.append("refused")
+    return outcomes[0], outcomes[1]
+
+
+@given(
+    st.one_of(
+        st.integers(min_value=-5, max_value=2**32).map(str),
+        st.text(alphabet="0123456789+-. e", min_size=0, max_size=12),
+    ),
+    st.binary(max_size=64),
+    st.sampled_from(["", " ", "}", ',"x":1']),
+)
+def test_the_data_fast_path_agrees_with_the_json_path(
+    stream: str, payload: bytes, tail: str
+) -> None:
+    header = ('{"t":"data","s":' + stream + tail + "}").encode()
+    fast, slow = _both(struct.pack(">I", len(header)) + header + payload)
+    assert fast == slow

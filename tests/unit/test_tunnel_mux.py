@@ -1044,3 +1044,36 @@ class PingTests(PairTestCase):
         self.assertEqual(bytes(sp.received), b"tick" * 30)
         self.assertEqual(sp.lost, [])
         self.assertEqual(pair.a.closes, [(4008, "ping timeout")])  # the agent heard nothing
+
+
+class FairSendingTests(PairTestCase):
+    """The session is its connection's producer and serves streams one frame each in turn."""
+
+    def test_a_full_connection_holds_data_but_not_control_frames(self) -> None:
+        pair = self.pair()
+        stream, _, _, _ = pair.open()
+        pair.agent.pauseProducing()  # the agent's connection buffer is full
+        before = len(pair.a.sent)
+        pair.accepted[-1][0].write(b"x" * 40_000)
+        self.assertEqual(pair.a.data_sent(stream.id), 0)
+        pair.server.send(encode("ping", n=99))
+        pair.pump()
+        self.assertEqual([f["n"] for f in pair.a.frames("pong")][-1], 99)  # control still flows
+        self.assertEqual(pair.a.data_sent(stream.id), 0, pair.a.sent[before:])
+        pair.agent.resumeProducing()
+        pair.pump()
+        self.assertEqual(pair.a.data_sent(stream.id), 40_000)
+
+    def test_streams_take_turns(self) -> None:
+        pair = self.pair()
+        first, _, _, _ = pair.open()
+        second, _, _, _ = pair.open()
+        pair.agent.pauseProducing()
+        agent_first, agent_second = pair.accepted[-2][0], pair.accepted[-1][0]
+        agent_first.write(b"a" * 5 * 16384)  # a big download queued first
+        agent_second.write(b"b" * 100)  # then one small event
+        pair.agent.resumeProducing()
+        order = [f.stream for f in pair.a.frames("data")]
+        # The event goes out second, not behind the whole download.
+        self.assertEqual(order[:3], [first.id, second.id, first.id])
+        self.assertEqual(order.count(first.id), 5)

@@ -291,7 +291,8 @@ class TunnelClientProtocol(SessionCarrier, WebSocketClientProtocol):  # type: ig
         self.welcomed: Deferred[None] = Deferred()
 
     def onOpen(self) -> None:
-        self.session = session = self.factory.agent.new_session(self.send_frame, self.close_tunnel)
+        session = self.factory.agent.new_session(self.send_frame, self.close_tunnel)
+        self.carry(session)
         session.ready.addCallback(self._welcomed)
         session.start()
 

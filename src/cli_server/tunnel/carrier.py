@@ -14,10 +14,21 @@ class SessionCarrier:
     """Mixed into an Autobahn WebSocket protocol (listed first among its bases)."""
 
     session: Session | None = None
+    transport: Any
     state: Any
     sendMessage: Any
     sendClose: Any
     dropConnection: Any
+
+    def carry(self, session: Session) -> None:
+        """Carry ``session``: it becomes the producer of our connection, so a full send buffer
+        pauses its data frames (and not, say, an event queued behind megabytes of another
+        stream's download)."""
+        self.session = session
+        transport = self.transport
+        if getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()  # (twisted.web's channel, until the upgrade)
+        transport.registerProducer(session, True)
 
     def send_frame(self, message: bytes) -> None:
         if self.state == WebSocketProtocol.STATE_OPEN:

@@ -68,7 +68,35 @@ def encode(type: str, stream: int = 0, payload: bytes = b"", **fields: Any) -> b
     return _LENGTH.pack(len(header)) + header + payload
 
 
+_DATA_HEAD = b'{"t":"data","s":'
+
+
 def decode(message: bytes) -> Frame:
+    fast = _decode_data(message)
+    return fast if fast is not None else _decode(message)
+
+
+def _decode_data(message: bytes) -> Frame | None:
+    """Data frames as we encode them, without a JSON parse (they are most of the traffic).
+    Anything else, or anything unusual, takes the full path."""
+    if len(message) > MAX_MESSAGE or len(message) < 4:
+        return None
+    (length,) = _LENGTH.unpack_from(message)
+    if not 18 <= length <= 27 or len(message) < 4 + length or message[4:20] != _DATA_HEAD:
+        return None
+    if message[3 + length] != 0x7D:  # "}"
+        return None
+    digits = message[20 : 3 + length]
+    if not digits.isdigit() or digits[0] == 0x30:  # (JSON forbids leading zeros; 0 is no stream)
+        return None
+    stream = int(digits)
+    payload = message[4 + length :]
+    if stream > MAX_STREAM_ID or len(payload) > MAX_PAYLOAD:
+        return None
+    return Frame("data", stream, {}, payload)
+
+
+def _decode(message: bytes) -> Frame:
     if len(message) < 4:
         raise ProtocolError("frame shorter than its length prefix")
     if len(message) > MAX_MESSAGE:

@@ -190,7 +190,8 @@ class TunnelServerProtocol(SessionCarrier, WebSocketServerProtocol):  # type: ig
     def onOpen(self) -> None:
         hub: TunnelHub = self.factory.hub
         sandbox_id: str = self.factory.sandbox_id
-        self.session = session = hub.new_session(sandbox_id, self.send_frame, self.close_tunnel)
+        session = hub.new_session(sandbox_id, self.send_frame, self.close_tunnel)
+        self.carry(session)
         session.ready.addCallback(lambda _: hub.attach(sandbox_id, session))
         session.start()
         self._hello_timer = hub.clock.callLater(HELLO_TIMEOUT, self._no_hello)

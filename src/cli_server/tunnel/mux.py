@@ -147,23 +147,37 @@ class Stream:
     # -- sending ---------------------------------------------------------------------------
 
     def _flush(self) -> None:
-        send = self._session.send
-        while self._out and self._credit > 0 and not self.closed:
-            chunk = self._out[0]
-            n = min(len(chunk), MAX_PAYLOAD, self._credit)
-            if n < len(chunk):
-                self._out[0] = chunk[n:]
-                chunk = chunk[:n]
-            else:
-                self._out.popleft()
-            self._out_size -= n
-            self._credit -= n
-            send(self._data_prefix + chunk)
+        """Queue our data with the session (which sends it in turn with other streams'), or
+        finish with ``end`` once everything is out."""
+        if self.closed:
+            return
+        if self._out and self._credit > 0:
+            self._session.schedule(self)
+        self._after_send()
+
+    def send_one(self) -> bool:
+        """The session's turn for us: send one frame; True if we have more to send."""
+        if self.closed or not self._out or self._credit <= 0:
+            return False
+        chunk = self._out[0]
+        n = min(len(chunk), MAX_PAYLOAD, self._credit)
+        if n < len(chunk):
+            self._out[0] = chunk[n:]
+            chunk = chunk[:n]
+        else:
+            self._out.popleft()
+        self._out_size -= n
+        self._credit -= n
+        self._session.send(self._data_prefix + chunk)
+        self._after_send()
+        return bool(self._out) and self._credit > 0 and not self.closed
+
+    def _after_send(self) -> None:
         if self.closed:
             return
         if not self._out and self.disconnecting and not self._sent_end:
             self._sent_end = True
-            send(encode("end", self.id))
+            self._session.send(encode("end", self.id))
             self._maybe_done()
         if self._producer and self._producer_paused and self._out_size <= _LOW_WATER:
             self._producer_paused = False
@@ -242,6 +256,7 @@ class Stream:
             self.protocol.connectionLost(Failure(error))
 
 
+@implementer(IPushProducer)
 class Session:
     """One tunnel: the frames of one WebSocket connection, as streams.
 
@@ -277,6 +292,13 @@ class Session:
         self._accept = accept
         self._agent_name = agent_name
         self._streams: dict[int, Stream] = {}
+        # Streams with data and credit, served one frame each in turn, while the connection
+        # takes more (the session is its transport's producer): one busy stream cannot queue
+        # megabytes ahead of another's next event. Control frames do not wait here.
+        self._ready: deque[Stream] = deque()
+        self._queued: set[int] = set()
+        self._writable = True
+        self._pumping = False
         self._opening: dict[int, tuple[Deferred[Stream], IDelayedCall]] = {}
         self._last_id = 0
         self._lost = False
@@ -297,6 +319,39 @@ class Session:
         self._pings.start(self._ping_interval, now=False)
         if not self._is_server:
             self.send(encode("hello", versions=list(SUPPORTED_VERSIONS), agent=self._agent_name))
+
+    # -- sending data fairly -----------------------------------------------------------------
+
+    def schedule(self, stream: Stream) -> None:
+        if stream.id not in self._queued:
+            self._queued.add(stream.id)
+            self._ready.append(stream)
+        self._pump()
+
+    def _pump(self) -> None:
+        if self._pumping:
+            return  # (a send that leads back here: the running loop picks the stream up)
+        self._pumping = True
+        try:
+            while self._writable and self._ready and not self._lost:
+                stream = self._ready.popleft()
+                if stream.send_one():
+                    self._ready.append(stream)
+                else:
+                    self._queued.discard(stream.id)
+        finally:
+            self._pumping = False
+
+    def pauseProducing(self) -> None:
+        """The connection's buffer is full: hold data frames back."""
+        self._writable = False
+
+    def resumeProducing(self) -> None:
+        self._writable = True
+        self._pump()
+
+    def stopProducing(self) -> None:
+        self._writable = False
 
     def forget(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)

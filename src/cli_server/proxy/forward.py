@@ -210,9 +210,9 @@ class Forwarder:
         url = f"http://{endpoint.host}:{endpoint.port}".encode() + clean_query(request.uri)
         if request.finished or request.channel is None:
             return True  # the browser left before we got here
-        body = None
+        body = getattr(request, "streamed_body", None)
         content = request.content
-        if content is not None and not content.closed:
+        if body is None and content is not None and not content.closed:
             content.seek(0, 2)
             if content.tell() or request.method in (b"POST", b"PUT", b"PATCH"):
                 content.seek(0)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
+from io import BytesIO
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from twisted.web import http, server
+
+from cli_server.web.streamed_body import StreamedBody
 
 MAX_BODY = 1024 * 1024  # the API's JSON bodies
 MAX_SANDBOX_BODY = 64 * 1024 * 1024  # uploads through a sandbox's proxy
@@ -13,18 +17,64 @@ MAX_ANTHROPIC_BODY = 32 * 1024 * 1024  # prompts with images and long contexts
 
 
 class BoundedRequest(server.Request):
-    """Stops storing a body past its cap; handlers then answer 413.
+    """Stops storing a body past its cap; handlers then answer 413. Streams bodies sent to a
+    sandbox's subdomain instead of storing them.
 
     twisted.web reads the whole body before rendering, spilling large ones to a temporary file;
-    without a cap a client could fill the disk with one request. Sandbox subdomains get a
-    larger cap than the API.
+    without a cap a client could fill the disk with one request. A request with a body for a
+    sandbox is rendered as soon as its headers are in, and its body is handed on while it
+    arrives (``streamed_body``), so uploads have no size limit and take no disk.
     """
 
     body_too_large = False
+    streamed_body: StreamedBody | None = None
     _received = 0
     _cap: int | None = None
 
+    def gotLength(self, length: int | None) -> None:
+        super().gotLength(length)
+        if length == 0 or not self._for_sandbox():
+            return
+        channel: Any = self.channel
+        line: list[Any] = [getattr(channel, n, None) for n in ("_command", "_path", "_version")]
+        if None in line:
+            return  # (a twisted.web without these: buffer as before)
+        opened: Any = self.content
+        if not isinstance(opened, BytesIO):
+            opened.close()  # the temporary file twisted.web opened for a large body
+        self.content = BytesIO()
+        self.streamed_body = StreamedBody(channel.transport, length)
+        # Render in a turn of our own: never inside the channel's parsing of this connection.
+        channel.callLater(0, partial(self._render_early, *line))
+
+    def _for_sandbox(self) -> bool:
+        host = (self.getHeader(b"host") or b"").split(b":", 1)[0].lower()
+        return host.startswith(b"oc-")
+
+    def _render_early(self, command: bytes, path: bytes, version: bytes) -> None:
+        if getattr(self, "channel", None) is None:
+            return  # the browser left already
+        self.method, self.uri, self.clientproto = command, path, version
+        self.path, sep, query = path.partition(b"?")
+        self.args = http.parse_qs(query, 1) if sep else {}
+        self.process()
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self.streamed_body is not None:
+            self.streamed_body.finish()  # rendering started when the headers came
+        else:
+            super().requestReceived(command, path, version)
+
+    def finish(self) -> None:
+        if self.streamed_body is not None and not self.streamed_body.complete and self.channel:
+            # Answered before the whole body came (an error page, an early reply): this
+            # connection cannot carry another request, so it closes after this answer.
+            self.channel.persistent = False
+        super().finish()
+
     def handleContentChunk(self, data: bytes) -> None:
+        if self.streamed_body is not None:
+            return self.streamed_body.feed(data)
         if self._cap is None:
             host = (self.getHeader(b"host") or b"").split(b":", 1)[0].lower()
             if host.startswith(b"oc-"):

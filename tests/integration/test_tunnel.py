@@ -268,6 +268,7 @@ async def test_local_opencode_through_the_tunnel(team: Team) -> None:
         # open event stream ends rather than hanging.
         laptop.signal(signal.SIGSTOP)
         offline_after = await team.wait_status("offline", timeout=10)
+        print(f"\nfrozen agent to offline (dead-peer timeout 2 s): {offline_after:.2f} s")
         assert offline_after < 2.0 + 0.5 + 1.5, offline_after
         await wait_until(reactor, lambda: events.closed.called, timeout=10)
         gone = await client.call("GET", "/global/health", headers=headers)
@@ -279,7 +280,7 @@ async def test_local_opencode_through_the_tunnel(team: Team) -> None:
         began = time.monotonic()
         laptop.start("--opencode-url", opencode_url)
         await team.wait_status("running")
-        print(f"\nagent restart to running: {time.monotonic() - began:.2f} s")
+        print(f"agent restart to running: {time.monotonic() - began:.2f} s")
         assert (await client.call("GET", "/global/health", headers=headers)).code == 200
 
         # The server restarts; the agent finds it again by itself.

@@ -268,6 +268,7 @@ def build(
     agents = LocalAgents(
         db, workspaces, config.origin, config.origin.rstrip("/") + "/proxy/anthropic/v1"
     )
+    agents.on_revoke = tunnels.revoke
     database.after_migrate.append(tunnels.mark_all_offline)
     sandboxes = SandboxService(manager, backend, tunnels)
     sandboxes.setName("sandboxes")
@@ -336,7 +337,7 @@ def build(
         periodic.setServiceParent(root)
 
     root_resource = HostDispatcher(site.app.resource(), proxy, urls.base_host)
-    web = QuietSandboxSite(root_resource, requestFactory=BoundedRequest)
+    web = QuietSandboxSite(root_resource, urls.base_host, requestFactory=BoundedRequest)
     web.displayTracebacks = False
     for n, description in enumerate(config.listen):
         listener = StreamServerEndpointService(serverFromString(reactor, description), web)

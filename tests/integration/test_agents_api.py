@@ -634,3 +634,27 @@ async def test_a_query_token_works_and_is_never_logged(app: Running) -> None:
     assert sum("token=redacted" in line.lower() for line in access) >= 4, access
     assert any("?x=1&token=redacted " in line for line in access), access
     assert any("?%74oken=redacted " in line for line in access), access
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_agent_stops_when_its_owner_leaves_or_becomes_a_guest(app: Running) -> None:
+    """An agent acts for whoever registered it: removed from the workspace or demoted to
+    guest, their tunnels are revoked, their tokens refused and their Anthropic token dead."""
+    people, wid = await team(app)
+    sid, token = await local_sandbox(app, people["developer"], wid)
+    peer = await connected(app, sid, token)
+    await wait_status(people["owner"], sid, "running")
+    members = (await people["owner"].call("GET", f"/api/workspaces/{wid}/members")).body
+    dev_id = next(m["user_id"] for m in members if m["username"] == "developer")
+    demoted = await people["owner"].call(
+        "PUT", f"/api/workspaces/{wid}/members/{dev_id}", {"role": "guest"}
+    )
+    assert demoted.code == 200, demoted
+    assert await closed(peer) == 4003
+    assert peer.goaways == ["revoked"]
+    refused = await app.client().call(
+        "GET", f"/api/tunnel/{sid}", headers={**UPGRADE, "Authorization": f"Bearer {token}"}
+    )
+    assert refused.code == 401
+    (row,) = await app.db.query("SELECT proxy_token_hash FROM sandboxes WHERE id = %s", (sid,))
+    assert row["proxy_token_hash"] is None

@@ -195,3 +195,38 @@ async def test_uploads_larger_than_the_old_64_mib_cap_arrive_whole(recorded: Pro
     )
     assert reply.code == 200, reply
     assert reply.body == {"length": len(upload), "sha256": hashlib.sha256(upload).hexdigest()}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_upload_is_not_cut_by_the_answer_timeout(raw: Setup) -> None:
+    """The proxy waits at most its header timeout for an answer, counted from the end of the
+    upload, not from its start."""
+    from twisted.internet.task import deferLater
+
+    forwarder = raw.proxy.app.server.site.resource._sandboxes._forwarder
+    forwarder._header_timeout = 0.5
+    body = os.urandom(4 * 64 * 1024)
+    wire = await raw.send(len(body), b"")
+    assert wire.transport is not None
+    for n in range(4):  # 4 pieces, 0.3 s apart: 1.2 s in all, over twice the timeout
+        await deferLater(_reactor(), 0.3, lambda: None)
+        wire.transport.write(body[n * 65536 : (n + 1) * 65536])
+    digest = hashlib.sha256(body).hexdigest().encode()
+    await wait(lambda: digest in wire.received)
+    assert wire.received.startswith(b"HTTP/1.1 200")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_before_the_body_ends_closes_the_connection_cleanly(raw: Setup) -> None:
+    """Refused before the upload is in (here: no valid cookie): the page says Connection:
+    close, the connection closes, and what the browser still sends is dropped, not parsed."""
+    raw.cookie = "not-a-session"
+    wire = await raw.send(64 * MiB, os.urandom(MiB))
+    await wait(lambda: b"</html>" in wire.received)
+    head = wire.received.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 401") and b"connection: close" in head
+    assert wire.transport is not None
+    wire.transport.write(os.urandom(MiB) + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await wait(lambda: wire.closed.called)
+    assert wire.received.count(b"HTTP/1.1") == 1
+    assert raw.upstreams.connections == []  # nothing reached the sandbox

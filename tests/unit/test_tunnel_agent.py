@@ -170,7 +170,7 @@ class RunningAgent:
 @pytest.mark.parametrize(
     ("goaway", "words"),
     [
-        ("revoked", ["deleted", "register again", "--code"]),
+        ("revoked", ["the server's words", "register again", "--code"]),
         ("replaced", ["another agent", "same credentials"]),
         ("version", ["protocol version", "upgrade"]),
     ],

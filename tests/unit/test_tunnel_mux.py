@@ -18,7 +18,7 @@ from typing import Any, TypeVar, cast
 from attrs import frozen
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
@@ -1051,18 +1051,24 @@ class FairSendingTests(PairTestCase):
 
     def test_a_full_connection_holds_data_but_not_control_frames(self) -> None:
         pair = self.pair()
-        stream, _, _, _ = pair.open()
+        stream, _, agent_stream, _ = pair.open()
         pair.agent.pauseProducing()  # the agent's connection buffer is full
-        before = len(pair.a.sent)
-        pair.accepted[-1][0].write(b"x" * 40_000)
-        self.assertEqual(pair.a.data_sent(stream.id), 0)
-        pair.server.send(encode("ping", n=99))
+        agent_stream.write(b"x" * 40_000)
+        stream.write(b"y" * 300_000)  # the server sends; the agent must grant credit
         pair.pump()
-        self.assertEqual([f["n"] for f in pair.a.frames("pong")][-1], 99)  # control still flows
-        self.assertEqual(pair.a.data_sent(stream.id), 0, pair.a.sent[before:])
+        self.assertEqual(pair.a.data_sent(stream.id), 0)  # held back
+        self.assertGreater(pair.a.credit_sent(stream.id), 0)  # control frames still go
         pair.agent.resumeProducing()
         pair.pump()
         self.assertEqual(pair.a.data_sent(stream.id), 40_000)
+
+    def test_a_peer_that_floods_while_we_are_congested_is_cut_off(self) -> None:
+        pair = self.pair()
+        pair.server.pauseProducing()
+        for n in range(1001):
+            pair.server.message_received(encode("ping", n=n))
+        self.assertEqual(pair.s.frames("pong"), [])  # no answers pile up
+        self.assertEqual(pair.s.closes[-1][0], 4002)
 
     def test_streams_take_turns(self) -> None:
         pair = self.pair()
@@ -1077,3 +1083,14 @@ class FairSendingTests(PairTestCase):
         # The event goes out second, not behind the whole download.
         self.assertEqual(order[:3], [first.id, second.id, first.id])
         self.assertEqual(order.count(first.id), 5)
+
+    def test_cancelling_an_open_drops_both_halves(self) -> None:
+        pair = self.pair(mode="pending")  # the agent is still connecting to opencode
+        d = pair.server.open_stream()
+        pair.pump()
+        d.cancel()
+        pair.pump()
+        self.assertIsInstance(failure_of(d).value, CancelledError)
+        self.assertEqual(pair.server.streams, 0)
+        self.assertEqual(pair.agent.streams, 0)
+        self.assertTrue(pair.pending[-1].closed)

@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from cli_server.sandboxes.backend import Endpoint
 from cli_server.sandboxes.opencode import basic_auth
+from cli_server.web.streamed_body import StreamedBody
 
 HOP_BY_HOP = {
     b"connection",
@@ -218,7 +219,15 @@ class Forwarder:
                 content.seek(0)
                 body = FileBodyProducer(content, cooperator=self._cooperator)
         d = agent.request(request.method, url, upstream_headers(request, password, scheme), body)
-        d.addTimeout(self._header_timeout, self._reactor)
+        if isinstance(body, StreamedBody):
+            # (the client's Deferred waits for the whole body: time the answer, not the upload)
+            def start_timing(_: object) -> None:
+                if not d.called:
+                    d.addTimeout(self._header_timeout, self._reactor)
+
+            body.when_complete().addCallback(start_timing)
+        else:
+            d.addTimeout(self._header_timeout, self._reactor)
         request.notifyFinish().addErrback(lambda _: d.cancel() if not d.called else None)
         try:
             response: IResponse = await d

@@ -450,6 +450,8 @@ class TunnelAgent(Service):
             if self._reactor.seconds() - self._up_since >= STABLE_AFTER:
                 self.backoff.reset()
             self._up_since = None
+        if goaway is not None and goaway[0] == "revoked" and goaway[1]:
+            return self._fatal(f"{goaway[1]}; register again with a new code (--code)")
         if goaway is not None and goaway[0] in _FATAL_GOAWAY:
             return self._fatal(_FATAL_GOAWAY[goaway[0]])
         if status in (401, 403):

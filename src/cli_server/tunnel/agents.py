@@ -21,6 +21,8 @@ from cli_server.roles import Role
 from cli_server.workspaces import Workspaces
 
 CODE_SECONDS = 600
+# Roles that may run an agent (and so keep one running), as stored in workspace_members.
+_AGENT_ROLES = ", ".join(f"'{r.label}'" for r in Role if r >= Role.DEVELOPER)
 
 
 @define(eq=False)
@@ -29,6 +31,7 @@ class LocalAgents:
     _workspaces: Workspaces
     _server_url: str  # what the agent passes as --server (shown in the UI's command)
     _anthropic_url: str  # the Anthropic proxy as the laptop reaches it, ending in /v1
+    on_revoke: Any = None  # (sandbox_id, why) -> None: close its tunnel for good
 
     async def mint_code(self, workspace_id: str, actor_id: str) -> dict[str, Any]:
         await self._workspaces.require(workspace_id, actor_id, Role.DEVELOPER)
@@ -98,11 +101,34 @@ class LocalAgents:
         return answer
 
     async def verify(self, sandbox_id: str, token: str) -> bool:
+        """The token is this local sandbox's, and whoever registered it may still run one."""
         rows = await self._db.query(
-            "SELECT 1 FROM sandboxes WHERE id = %s AND is_local AND tunnel_token_hash = %s",
+            "SELECT 1 FROM sandboxes s JOIN workspace_members m"
+            " ON m.workspace_id = s.workspace_id AND m.user_id = s.created_by"
+            " WHERE s.id = %s AND s.is_local AND s.tunnel_token_hash = %s"
+            f" AND m.role IN ({_AGENT_ROLES})",
             (sandbox_id, token_hash(token)),
         )
         return bool(rows)
+
+    async def member_changed(self, user_id: str, workspace_id: str) -> None:
+        """A member left or lost the developer role: their agents in the workspace stop."""
+        rows = await self._db.query(
+            "SELECT s.id FROM sandboxes s WHERE s.workspace_id = %s AND s.created_by = %s"
+            " AND s.is_local AND NOT EXISTS (SELECT 1 FROM workspace_members m"
+            " WHERE m.workspace_id = s.workspace_id AND m.user_id = s.created_by"
+            f" AND m.role IN ({_AGENT_ROLES}))",
+            (workspace_id, user_id),
+        )
+        for row in rows:
+            await self._db.execute(
+                "UPDATE sandboxes SET proxy_token_hash = NULL WHERE id = %s", (row["id"],)
+            )
+            if self.on_revoke is not None:
+                self.on_revoke(
+                    str(row["id"]),
+                    "whoever registered this agent is no longer a developer in the workspace",
+                )
 
     async def purge_expired(self) -> None:
         await self._db.execute(

@@ -115,15 +115,16 @@ class TunnelHub:
         if self._on_data is not None:
             self._on_data(sandbox_id)
 
-    def revoke(self, sandbox_id: str) -> None:
-        """The sandbox was deleted: close its tunnel and tell the agent to stop for good."""
+    def revoke(
+        self, sandbox_id: str, why: str = "this local sandbox was deleted from its workspace"
+    ) -> None:
+        """Close the sandbox's tunnel and tell its agent to stop for good."""
         # (connections still before their hello too: they were let in with the old token)
         sessions = self._pending.pop(sandbox_id, set())
         live = self._live.pop(sandbox_id, None)
+        self._gauge()
         for session in [*sessions, *([live] if live is not None else [])]:
-            session.say_goodbye(
-                "revoked", "this local sandbox was deleted from its workspace", 4003
-            )
+            session.say_goodbye("revoked", why, 4003)
             session.connection_lost()
 
     def close_all(self) -> None:
@@ -224,7 +225,7 @@ class TunnelEndpoint:
 
     def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         session = self._hub.session(self._sandbox_id)
-        if session is None or session.version is None:
+        if session is None or session.version is None or session.lost:
             return fail(ConnectError("the agent of this local sandbox is not connected"))
 
         def attach(stream: Stream) -> IProtocol:

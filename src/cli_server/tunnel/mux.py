@@ -49,7 +49,8 @@ _CREDIT_BATCH = WINDOW // 4  # grant credit in batches, not per frame
 _HIGH_WATER = WINDOW  # unsent bytes at which the stream pauses its producer
 _LOW_WATER = WINDOW // 2
 OPEN_TIMEOUT = 10.0
-PING_TIMEOUT = 4008  # the WebSocket close code for a peer that stopped answering
+MAX_REPLIES_WHILE_CONGESTED = 1000
+PING_TIMEOUT = 4008  # (internal) a peer that stopped answering: the carrier drops the connection
 
 
 @implementer(IAddress)
@@ -251,6 +252,9 @@ class Stream:
         self._out.clear()
         self._inbox.clear()
         self._out_size = 0
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.stopProducing()  # what was writing into us has nowhere to go
         if self.protocol is not None and not self._told_lost:
             self._told_lost = True
             self.protocol.connectionLost(Failure(error))
@@ -299,6 +303,7 @@ class Session:
         self._queued: set[int] = set()
         self._writable = True
         self._pumping = False
+        self._replies_while_congested = 0
         self._opening: dict[int, tuple[Deferred[Stream], IDelayedCall]] = {}
         self._last_id = 0
         self._lost = False
@@ -309,6 +314,10 @@ class Session:
         self._ping_interval = ping_interval
         self._ping_n = 0
         self._log = Logger()
+
+    @property
+    def lost(self) -> bool:
+        return self._lost
 
     @property
     def streams(self) -> int:
@@ -348,7 +357,16 @@ class Session:
 
     def resumeProducing(self) -> None:
         self._writable = True
+        self._replies_while_congested = 0
         self._pump()
+
+    def _owe_reply(self) -> None:
+        """A peer that makes us answer while it does not read (pings, frames for streams
+        that do not exist) would grow our send buffer without end: hang up on it."""
+        if not self._writable:
+            self._replies_while_congested += 1
+            if self._replies_while_congested > MAX_REPLIES_WHILE_CONGESTED:
+                self.fail("protocol", "too many frames that need an answer while not reading")
 
     def stopProducing(self) -> None:
         self._writable = False
@@ -366,7 +384,7 @@ class Session:
         stream_id = self._last_id
         stream = Stream(self, stream_id, peer_window=0)
         self._streams[stream_id] = stream
-        d: Deferred[Stream] = Deferred()
+        d: Deferred[Stream] = Deferred(lambda _: self._open_cancelled(stream_id))
         timer = self._clock.callLater(timeout, self._open_timed_out, stream_id)
         self._opening[stream_id] = (d, timer)
         self.send(encode("open", stream_id, window=self.window))
@@ -378,6 +396,14 @@ class Session:
         if stream is not None:
             stream.reset("timed out opening")
         d.errback(ConnectError("the agent did not open the stream in time"))
+
+    def _open_cancelled(self, stream_id: int) -> None:
+        """The caller gave up (a browser that left): the agent drops its half too."""
+        _, timer = self._opening.pop(stream_id)
+        timer.cancel()
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.reset("cancelled")
 
     def _opened(self, stream_id: int, error: str | None = None) -> None:
         d, timer = self._opening.pop(stream_id)
@@ -415,6 +441,7 @@ class Session:
             return self._on_open(frame)
         if stream is None:
             if frame.type in ("data", "end", "opened"):
+                self._owe_reply()
                 self.send(encode("reset", frame.stream, reason="unknown stream"))
             return  # (credit and reset for a stream that is gone are harmless)
         if frame.type == "opened":
@@ -446,7 +473,10 @@ class Session:
 
     def _tunnel_frame(self, frame: Frame) -> None:
         if frame.type == "ping":
-            self.send(encode("pong", n=frame["n"]))
+            if self._writable:  # (congested: any frame of ours shows we are alive)
+                self.send(encode("pong", n=frame["n"]))
+            else:
+                self._owe_reply()
         elif frame.type == "pong":
             pass
         elif frame.type == "goaway":

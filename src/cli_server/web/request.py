@@ -9,6 +9,7 @@ from urllib.parse import unquote_to_bytes
 
 from twisted.web import http, server
 
+from cli_server.proxy.hosts import sandbox_for_host
 from cli_server.web.streamed_body import StreamedBody
 
 MAX_BODY = 1024 * 1024  # the API's JSON bodies
@@ -48,8 +49,7 @@ class BoundedRequest(server.Request):
         channel.callLater(0, partial(self._render_early, *line))
 
     def _for_sandbox(self) -> bool:
-        host = (self.getHeader(b"host") or b"").split(b":", 1)[0].lower()
-        return host.startswith(b"oc-")
+        return for_sandbox(self, getattr(self.channel, "site", None))
 
     def _render_early(self, command: bytes, path: bytes, version: bytes) -> None:
         if getattr(self, "channel", None) is None:
@@ -65,19 +65,34 @@ class BoundedRequest(server.Request):
         else:
             super().requestReceived(command, path, version)
 
-    def finish(self) -> None:
-        if self.streamed_body is not None and not self.streamed_body.complete and self.channel:
+    def _answering_early(self) -> bool:
+        body = self.streamed_body
+        return body is not None and not body.complete and self.channel is not None
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting and self._answering_early():
             # Answered before the whole body came (an error page, an early reply): this
-            # connection cannot carry another request, so it closes after this answer.
+            # connection cannot carry another request, and says so.
             self.channel.persistent = False
+            self.setHeader(b"connection", b"close")
+        super().write(data)
+
+    def finish(self) -> None:
+        if self._answering_early():
+            channel: Any = self.channel
+            channel.persistent = False
+            assert self.streamed_body is not None
+            self.streamed_body.stopProducing()
+            # What the browser still sends is dropped: over TLS, data keeps arriving after
+            # the channel's loseConnection, and the channel must not parse it as a request.
+            channel.dataReceived = _discard
         super().finish()
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.streamed_body is not None:
             return self.streamed_body.feed(data)
         if self._cap is None:
-            host = (self.getHeader(b"host") or b"").split(b":", 1)[0].lower()
-            if host.startswith(b"oc-"):
+            if self._for_sandbox():
                 self._cap = MAX_SANDBOX_BODY
             elif getattr(self.channel, "_path", b"").startswith(b"/proxy/anthropic/"):
                 # (the request line is parsed before the body; ``uri`` is set only after it)
@@ -89,6 +104,19 @@ class BoundedRequest(server.Request):
             self.body_too_large = True
             return
         super().handleContentChunk(data)
+
+
+def _discard(data: bytes) -> None:
+    pass
+
+
+def for_sandbox(request: Any, site: Any) -> bool:
+    """Whether the request's Host is a sandbox subdomain, by the router's own rule."""
+    base_host = getattr(site, "base_host", None)
+    host = request.getHeader(b"host")
+    if base_host is None:  # (a site built without one, in tests)
+        return (host or b"").lower().startswith(b"oc-")
+    return sandbox_for_host(host, base_host)[0]
 
 
 class _Redacted:
@@ -129,10 +157,10 @@ class QuietSandboxSite(server.Site):
     terminal requests per minute, and logging each would cost more than proxying it), and
     never a credential in a query string (the tunnel accepts ``?token=``)."""
 
-    def __init__(self, resource: Any, **kwargs: Any) -> None:
+    def __init__(self, resource: Any, base_host: bytes | None = None, **kwargs: Any) -> None:
         super().__init__(resource, logFormatter=redacting_log_formatter, **kwargs)
+        self.base_host = base_host
 
     def log(self, request: http.Request) -> None:
-        host = (request.getHeader(b"host") or b"").lower()
-        if not host.startswith(b"oc-"):
+        if not for_sandbox(request, self):
             super().log(request)

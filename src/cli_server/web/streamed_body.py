@@ -31,10 +31,20 @@ class StreamedBody:
         self._paused = False  # by the upstream connection
         self._holding = False  # we paused the browser's connection
         self._stopped = False
+        self._waiting: list[Deferred[None]] = []
 
     @property
     def complete(self) -> bool:
         return self._complete
+
+    def when_complete(self) -> Deferred[None]:
+        """Fires once the browser has sent the whole body."""
+        d: Deferred[None] = Deferred()
+        if self._complete:
+            d.callback(None)
+        else:
+            self._waiting.append(d)
+        return d
 
     # -- from the browser ------------------------------------------------------------------
 
@@ -46,12 +56,16 @@ class StreamedBody:
             return
         self._chunks.append(data)
         self._buffered += len(data)
-        if self._buffered > HIGH_WATER and not self._holding:
+        if self._buffered > HIGH_WATER:
+            # (again even if we paused before: the HTTP channel resumes its transport too)
             self._holding = True
             self._network.pauseProducing()
 
     def finish(self) -> None:
         self._complete = True
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
         self._flush()
 
     # -- IBodyProducer, for the upstream connection ----------------------------------------

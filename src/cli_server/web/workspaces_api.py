@@ -95,6 +95,7 @@ class WorkspacesAPI:
         role = parse_role(read_json_object(request))
         member = await self._workspaces.set_role(wid, user.id, mid, role)
         await self._access.revoke_member(mid, wid)
+        await self._agents.member_changed(mid, wid)
         return json_response(request, member)
 
     @app.route("/<workspace_id>/members/<member_id>", methods=["DELETE"])
@@ -106,6 +107,7 @@ class WorkspacesAPI:
         mid = parse_id(member_id, "member")
         await self._workspaces.remove_member(wid, user.id, mid)
         await self._access.revoke_member(mid, wid)
+        await self._agents.member_changed(mid, wid)
         return no_content(request)
 
     @app.route("/<workspace_id>/sandboxes", methods=["GET"], strict_slashes=False)

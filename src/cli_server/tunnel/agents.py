@@ -21,8 +21,13 @@ from cli_server.roles import Role
 from cli_server.workspaces import Workspaces
 
 CODE_SECONDS = 600
-# Roles that may run an agent (and so keep one running), as stored in workspace_members.
-_AGENT_ROLES = ", ".join(f"'{r.label}'" for r in Role if r >= Role.DEVELOPER)
+# Whoever registered local sandbox ``s`` may still run an agent (developer or more).
+_REGISTRANT_MAY_RUN_IT = (
+    "EXISTS (SELECT 1 FROM workspace_members m WHERE m.workspace_id = s.workspace_id"
+    " AND m.user_id = s.created_by AND m.role IN ("
+    + ", ".join(f"'{r.label}'" for r in Role if r >= Role.DEVELOPER)
+    + "))"
+)
 
 
 @define(eq=False)
@@ -103,10 +108,8 @@ class LocalAgents:
     async def verify(self, sandbox_id: str, token: str) -> bool:
         """The token is this local sandbox's, and whoever registered it may still run one."""
         rows = await self._db.query(
-            "SELECT 1 FROM sandboxes s JOIN workspace_members m"
-            " ON m.workspace_id = s.workspace_id AND m.user_id = s.created_by"
-            " WHERE s.id = %s AND s.is_local AND s.tunnel_token_hash = %s"
-            f" AND m.role IN ({_AGENT_ROLES})",
+            "SELECT 1 FROM sandboxes s WHERE s.id = %s AND s.is_local"
+            f" AND s.tunnel_token_hash = %s AND {_REGISTRANT_MAY_RUN_IT}",
             (sandbox_id, token_hash(token)),
         )
         return bool(rows)
@@ -115,9 +118,7 @@ class LocalAgents:
         """A member left or lost the developer role: their agents in the workspace stop."""
         rows = await self._db.query(
             "SELECT s.id FROM sandboxes s WHERE s.workspace_id = %s AND s.created_by = %s"
-            " AND s.is_local AND NOT EXISTS (SELECT 1 FROM workspace_members m"
-            " WHERE m.workspace_id = s.workspace_id AND m.user_id = s.created_by"
-            f" AND m.role IN ({_AGENT_ROLES}))",
+            f" AND s.is_local AND NOT {_REGISTRANT_MAY_RUN_IT}",
             (workspace_id, user_id),
         )
         for row in rows:

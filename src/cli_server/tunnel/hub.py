@@ -29,6 +29,7 @@ from cli_server.tunnel.frames import MAX_MESSAGE
 from cli_server.tunnel.mux import Session, Stream, TunnelAddress
 
 HELLO_TIMEOUT = 10.0
+_REMEMBER_REVOKED = 60.0  # longer than a token check can take before its connection opens
 
 
 @define(eq=False)
@@ -42,6 +43,7 @@ class TunnelHub:
     dead_after: float = 45.0
     _live: dict[str, Session] = field(factory=dict, init=False)
     _pending: dict[str, set[Session]] = field(factory=dict, init=False)  # open, no hello yet
+    _revoked: dict[str, tuple[float, str]] = field(factory=dict, init=False)  # when, why
     _locks: dict[str, DeferredLock] = field(factory=dict, init=False)
     _log = Logger()
 
@@ -89,6 +91,12 @@ class TunnelHub:
 
     def attach(self, sandbox_id: str, session: Session) -> None:
         self._unpend(sandbox_id, session)
+        revoked = self._revoked.get(sandbox_id)
+        if revoked is not None and self.clock.seconds() - revoked[0] < _REMEMBER_REVOKED:
+            # (its token was checked just before the sandbox went: it must not come back)
+            session.say_goodbye("revoked", revoked[1], 4003)
+            session.connection_lost()
+            return
         old = self._live.get(sandbox_id)
         self._live[sandbox_id] = session
         if old is not None:
@@ -119,6 +127,9 @@ class TunnelHub:
         self, sandbox_id: str, why: str = "this local sandbox was deleted from its workspace"
     ) -> None:
         """Close the sandbox's tunnel and tell its agent to stop for good."""
+        now = self.clock.seconds()
+        self._revoked = {k: v for k, v in self._revoked.items() if now - v[0] < _REMEMBER_REVOKED}
+        self._revoked[sandbox_id] = (now, why)
         # (connections still before their hello too: they were let in with the old token)
         sessions = self._pending.pop(sandbox_id, set())
         live = self._live.pop(sandbox_id, None)

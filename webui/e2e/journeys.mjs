@@ -138,12 +138,44 @@ try {
     await statusOf(page, "for-the-guest").filter({ hasText: "Running" }).waitFor();
   });
 
+  await journey("owner: connect a local agent", async (context) => {
+    const page = await context.newPage();
+    await signIn(page, "alice");
+    await page.getByRole("heading", { name: "Platform team" }).waitFor();
+    await page.getByRole("button", { name: "Connect a local agent" }).click();
+    const dialog = page.getByRole("dialog", { name: "Connect a local agent" });
+    await dialog.waitFor();
+    const command = dialog.locator(".command pre");
+    await command.filter({ hasText: "twistd -n cli-agent" }).waitFor();
+    const text = (await command.textContent()) ?? "";
+    for (const part of ["twistd -n cli-agent", "--server "]) {
+      if (!text.includes(part)) throw new Error(`the agent command lacks "${part}": ${text}`);
+    }
+    const code = /--code '?([^\s']+)/.exec(text)?.[1] ?? "";
+    if (code.length < 20) throw new Error(`the agent command's --code is too short: ${text}`);
+    await dialog.getByText("The code expires in").waitFor();
+    const left = (await dialog.locator("time.countdown").textContent()) ?? "";
+    if (!/^\d+:\d{2}$/.test(left)) throw new Error(`the countdown reads "${left}"`);
+    await dialog.getByRole("button", { name: "Copy" }).waitFor();
+    await shot(page, "local-agent");
+    await page.keyboard.press("Escape");
+    await dialog.waitFor({ state: "detached" });
+    await page.getByRole("button", { name: "Connect a local agent" }).waitFor();
+  });
+
   await journey("guest sees no mutating controls", async (context) => {
     const page = await context.newPage();
     await signIn(page, "bob");
     await page.getByRole("heading", { name: "Platform team" }).waitFor();
     await statusOf(page, "for-the-guest").filter({ hasText: "Running" }).waitFor();
-    for (const name of ["New sandbox", "Pause", "Resume", "Delete", "Delete workspace"]) {
+    for (const name of [
+      "New sandbox",
+      "Connect a local agent",
+      "Pause",
+      "Resume",
+      "Delete",
+      "Delete workspace",
+    ]) {
       if ((await page.getByRole("button", { name, exact: true }).count()) !== 0)
         throw new Error(`a guest sees "${name}"`);
     }

@@ -27,6 +27,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IRequest, IResponse
 from zope.interface import implementer
 
+from cli_server.nodelay import NoDelayEndpoint
 from cli_server.sandboxes.backend import Endpoint
 from cli_server.sandboxes.opencode import basic_auth
 from cli_server.web.streamed_body import StreamedBody
@@ -260,7 +261,7 @@ def through_tunnel(sandbox_id: str) -> Endpoint:
 def client_endpoint(reactor: Any, endpoint: Endpoint, tunnels: Any) -> IStreamClientEndpoint:
     if endpoint.host.endswith(TUNNEL_SUFFIX) and tunnels is not None:
         return tunnels.endpoint(endpoint.host.removesuffix(TUNNEL_SUFFIX))  # type: ignore[no-any-return]
-    return TCP4ClientEndpoint(reactor, endpoint.host, endpoint.port, timeout=10)
+    return NoDelayEndpoint(TCP4ClientEndpoint(reactor, endpoint.host, endpoint.port, timeout=10))
 
 
 @implementer(IAgentEndpointFactory)

@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cli_server._version import __version__
+from cli_server.nodelay import no_delay
 from cli_server.tunnel.carrier import SessionCarrier
 from cli_server.tunnel.frames import MAX_MESSAGE
 from cli_server.tunnel.mux import Session, Stream
@@ -195,6 +196,7 @@ class _ToTunnel(Protocol):
         self.stream = stream
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         self.stream.registerProducer(self.transport, True)  # type: ignore[arg-type]
 
     def dataReceived(self, data: bytes) -> None:
@@ -292,6 +294,7 @@ class TunnelClientProtocol(SessionCarrier, WebSocketClientProtocol):  # type: ig
 
     def onOpen(self) -> None:
         session = self.factory.agent.new_session(self.send_frame, self.close_tunnel)
+        no_delay(self.transport)
         self.carry(session)
         session.ready.addCallback(self._welcomed)
         session.start()

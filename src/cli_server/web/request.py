@@ -9,6 +9,7 @@ from urllib.parse import unquote_to_bytes
 
 from twisted.web import http, server
 
+from cli_server.nodelay import no_delay
 from cli_server.proxy.hosts import sandbox_for_host
 from cli_server.web.streamed_body import StreamedBody
 
@@ -64,6 +65,13 @@ class BoundedRequest(server.Request):
             self.streamed_body.finish()  # rendering started when the headers came
         else:
             super().requestReceived(command, path, version)
+
+    def process(self) -> None:
+        channel: Any = self.channel
+        if not getattr(channel, "no_delay", False):  # once per connection
+            channel.no_delay = True
+            no_delay(channel.transport)
+        super().process()
 
     def _answering_early(self) -> bool:
         body = self.streamed_body

@@ -17,7 +17,7 @@ import sys
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from attrs import asdict
@@ -57,7 +57,7 @@ from cli_server.tunnel.agent import (
 from cli_server.tunnel.frames import Frame, decode
 from cli_server.tunnel.mux import OPEN_TIMEOUT, WINDOW, Session, Stream
 
-T = TypeVar("T")
+from .deferreds import failure_of, result_of
 
 SERVER = "http://server.example:8080"
 OPENCODE = "http://127.0.0.1:4096"
@@ -70,27 +70,6 @@ CREDENTIALS = Credentials(
     name="laptop",
     opencode_url=OPENCODE,
 )
-
-
-def result_of(d: Deferred[T]) -> T:
-    """The result of a Deferred that has fired successfully (raises its failure otherwise)."""
-    results: list[T] = []
-    failures: list[Failure] = []
-    d.addCallbacks(results.append, failures.append)
-    if failures:
-        failures[0].raiseException()
-    assert results, "the Deferred has not fired"
-    return results[0]
-
-
-def failure_of(d: Deferred[Any]) -> Failure:
-    """The failure of a Deferred that has failed (and handles it)."""
-    results: list[Any] = []
-    failures: list[Failure] = []
-    d.addCallbacks(results.append, failures.append)
-    assert not results, f"the Deferred succeeded with {results[0]!r}"
-    assert failures, "the Deferred has not fired"
-    return failures[0]
 
 
 def mode(path: Path) -> int:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from attrs import frozen
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectError, ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
@@ -30,32 +30,11 @@ from zope.interface import implementer
 from cli_server.tunnel.frames import MAX_PAYLOAD, Frame, decode, encode
 from cli_server.tunnel.mux import OPEN_TIMEOUT, WINDOW, Session, Stream, TunnelAddress
 
-T = TypeVar("T")
+from .deferreds import failure_of, result_of
 
 
 def blob(n: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(n)
-
-
-def result_of(d: Deferred[T]) -> T:
-    """The result of a Deferred that has fired successfully (raises its failure otherwise)."""
-    results: list[T] = []
-    failures: list[Failure] = []
-    d.addCallbacks(results.append, failures.append)
-    if failures:
-        failures[0].raiseException()
-    assert results, "the Deferred has not fired"
-    return results[0]
-
-
-def failure_of(d: Deferred[Any]) -> Failure:
-    """The failure of a Deferred that has failed (and handles it)."""
-    results: list[Any] = []
-    failures: list[Failure] = []
-    d.addCallbacks(results.append, failures.append)
-    assert not results, f"the Deferred succeeded with {results[0]!r}"
-    assert failures, "the Deferred has not fired"
-    return failures[0]
 
 
 class Recorder(Protocol):

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -331,12 +332,15 @@ def _answers(url: str) -> bool:
         return False
 
 
-@pytest_twisted.async_yield_fixture
-async def fake_laptop(team: Team) -> AsyncIterator[tuple[Laptop, Recorder, dict[str, str]]]:
-    """An agent whose "opencode" is the FAKE upstream, registered and running."""
+@asynccontextmanager
+async def laptop_on_fake_upstream(
+    team: Team, *extra: str
+) -> AsyncIterator[tuple[Laptop, Recorder, dict[str, str]]]:
+    """An agent whose "opencode" is the FAKE upstream, registered (with ``extra`` options) and
+    running; with the Host and Cookie headers that reach it through the proxy."""
     recorder, port = serve(_reactor())
     laptop = Laptop(team.root, team.base, f"http://127.0.0.1:{port.getHost().port}")
-    laptop.register(await team.code())
+    laptop.register(await team.code(), *extra)
     try:
         await team.wait_status("running")
         sandbox = await team.local_sandbox()
@@ -345,6 +349,12 @@ async def fake_laptop(team: Team) -> AsyncIterator[tuple[Laptop, Recorder, dict[
     finally:
         laptop.kill()
         await port.stopListening()
+
+
+@pytest_twisted.async_yield_fixture
+async def fake_laptop(team: Team) -> AsyncIterator[tuple[Laptop, Recorder, dict[str, str]]]:
+    async with laptop_on_fake_upstream(team) as running:
+        yield running
 
 
 @pytest_twisted.ensureDeferred
@@ -412,11 +422,7 @@ async def test_use_server_key(team: Team) -> None:
     """An agent registered with --use-server-key gets a proxy token (in anthropic.env, 0600)
     with which the laptop's opencode calls Claude through the server, with the server's key;
     the token works only while the agent is connected."""
-    recorder, port = serve(_reactor())
-    laptop = Laptop(team.root, team.base, f"http://127.0.0.1:{port.getHost().port}")
-    try:
-        laptop.register(await team.code(), "--use-server-key")
-        await team.wait_status("running")
+    async with laptop_on_fake_upstream(team, "--use-server-key") as (laptop, _, _):
         env_file = laptop.config.with_name("anthropic.env")
         assert env_file.stat().st_mode & 0o777 == 0o600
         env = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
@@ -440,9 +446,6 @@ async def test_use_server_key(team: Team) -> None:
             return reply.code == 401
 
         await wait_until(_reactor(), refused, timeout=10, step=0.5)
-    finally:
-        laptop.kill()
-        await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred

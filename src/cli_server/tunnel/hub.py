@@ -17,7 +17,7 @@ from typing import Any
 from attrs import define, field
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.internet.defer import Deferred, DeferredLock, fail
+from twisted.internet.defer import Deferred, DeferredLock, fail, maybeDeferred
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.logger import Logger
@@ -236,7 +236,7 @@ class TunnelEndpoint:
 
     def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         session = self._hub.session(self._sandbox_id)
-        if session is None or session.version is None or session.lost:
+        if session is None:
             return fail(ConnectError("the agent of this local sandbox is not connected"))
 
         def attach(stream: Stream) -> IProtocol:
@@ -247,4 +247,6 @@ class TunnelEndpoint:
             stream.attach(protocol)
             return protocol
 
-        return session.open_stream().addCallback(attach)
+        # (a session still in the hub may be past its hello or already lost: open_stream
+        # refuses those with ConnectError too)
+        return maybeDeferred(session.open_stream).addCallback(attach)

@@ -228,8 +228,7 @@ class Stream:
             protocol.dataReceived(data)
         if self.closed:
             return
-        batch = min(_CREDIT_BATCH, max(1, self._session.window // 4))  # never above the window
-        if self._unacked >= batch and not self._paused and not self._got_end:
+        if self._unacked >= self._session.credit_batch and not self._paused and not self._got_end:
             self._session.send(encode("credit", self.id, n=self._unacked))
             self._window_left += self._unacked
             self._unacked = 0
@@ -286,6 +285,7 @@ class Session:
         self.send = send
         self.label = label
         self.window = window
+        self.credit_batch = min(_CREDIT_BATCH, max(1, window // 4))  # never above the window
         self.version: int | None = None
         self.ready: Deferred[Session] = Deferred()  # fires after hello/welcome, never fails
         self.goaway: tuple[str, str] | None = None  # what the peer said when it hung up
@@ -314,10 +314,6 @@ class Session:
         self._ping_interval = ping_interval
         self._ping_n = 0
         self._log = Logger()
-
-    @property
-    def lost(self) -> bool:
-        return self._lost
 
     @property
     def streams(self) -> int:

@@ -6,6 +6,8 @@ scratch data dir and loopback port, creates N sandboxes one after another, pause
 each, and prints a table. Run as root from the checkout after the README's Quick start:
 
     .venv/bin/python benchmarks/sandbox_lifecycle.py --count 5
+    DOCKER_HOST=unix:///run/docker.sock .venv/bin/python benchmarks/sandbox_lifecycle.py \
+        --count 5 --backend docker --agent-image cli-server-sandbox:1.18.33
 """
 
 from __future__ import annotations
@@ -72,8 +74,9 @@ def rss_mib_of_sandboxes() -> list[float]:
         if not proc.name.isdigit():
             continue
         try:
-            if not (proc / "cmdline").read_bytes().startswith(b"/opt/opencode/bin/opencode\0serve"):
-                continue
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if len(argv) < 2 or Path(argv[0].decode()).name != "opencode" or argv[1] != b"serve":
+                continue  # opencode itself, under bubblewrap or in a container alike
             for line in (proc / "status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     sizes.append(int(line.split()[1]) / 1024)
@@ -85,7 +88,12 @@ def rss_mib_of_sandboxes() -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=5)
+    ap.add_argument("--backend", default="process", choices=["process", "docker"])
+    ap.add_argument("--agent-image", help="the sandbox image, with --backend docker")
     args = ap.parse_args()
+    backend = ["--backend", args.backend]
+    if args.agent_image:
+        backend += ["--agent-image", args.agent_image]
     root = Path(tempfile.mkdtemp(prefix="cli-bench-"))
     root.chmod(0o711)
     port = free_port()
@@ -101,6 +109,7 @@ def main() -> None:
             str(root / "data"),
             "--listen",
             f"tcp:{port}:interface=127.0.0.1",
+            *backend,
         ],
         start_new_session=True,
     )
@@ -135,6 +144,9 @@ def main() -> None:
             client.call("POST", f"/api/sandboxes/{sid}/resume")
             client.wait(sid, "running")
             resumes.append(time.monotonic() - t)
+        for sid in ids:  # docker containers outlive the server: leave none behind
+            client.call("DELETE", f"/api/sandboxes/{sid}")
+        print(f"backend: {args.backend} {args.agent_image or ''}")
         print(f"server start to ready (cold, embedded PostgreSQL initdb): {start_s:.2f} s")
         for name, values in (("create -> running", creates), ("resume -> running", resumes)):
             print(

@@ -27,6 +27,7 @@ from cli_server.testing import FakeBackend
 from cli_server.threads import synchronous_runner
 from cli_server.web.auth_api import AuthLimits
 
+from .docker_engine import Engine, private_engine
 from .fake_anthropic import FakeAnthropic
 from .fake_anthropic import serve as serve_fake_anthropic
 from .helpers import Api, opencode_binary, remove_dir, scratch_dir, wait_until
@@ -253,3 +254,10 @@ async def real(db_url: str) -> AsyncIterator[Real]:
     await stop_server(app)
     await fake_port.stopListening()
     remove_dir(root)
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[Engine]:
+    """A private real Docker engine with the offline sandbox image, shared by the docker tests."""
+    with private_engine() as started:
+        yield started

@@ -1,117 +1,34 @@
-"""The docker backend against a real Docker engine that this module starts privately."""
+"""The docker backend against a real Docker engine started privately for the test run."""
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
-import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import attrs
-import pytest
 import pytest_twisted
+from twisted.internet.threads import deferToThread
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from cli_server.sandboxes.docker_backend import DockerBackend, DockerSettings
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.threads import ThreadPoolService
 
 from .conftest import Running, _reactor, server_config, start_server, stop_server
+from .docker_engine import Engine, needs_dockerd
 from .helpers import Api
 from .test_sandboxes_api import team
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTANCE = "test-instance"
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("dockerd") is None and not os.environ.get("CI"),
-    reason="dockerd is not installed (apt-get install docker.io containerd busybox-static)",
-)
-
-
-@attrs.define
-class Engine:
-    host: str
-    image: str
-
-    def docker(self, *args: str) -> str:
-        return subprocess.run(
-            ["docker", *args],
-            env={**os.environ, "DOCKER_HOST": self.host},
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        ).stdout
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[Engine]:
-    """A private dockerd (its own data root and socket) and the offline sandbox image."""
-    root = Path("/tmp") / f"cli-dockerd-{os.getpid()}"  # short: the socket path has a limit
-    root.mkdir(exist_ok=True)
-    (root / "daemon.json").write_text("{}")
-    sock = root / "docker.sock"
-    log = open(root / "dockerd.log", "wb")
-    proc = subprocess.Popen(
-        [
-            "dockerd",
-            "--storage-driver=overlay2",
-            f"--data-root={root / 'data'}",
-            f"--exec-root={root / 'exec'}",
-            f"--pidfile={root / 'dockerd.pid'}",
-            f"--host=unix://{sock}",
-            f"--config-file={root / 'daemon.json'}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    host = f"unix://{sock}"
-    try:
-        deadline = time.monotonic() + 60
-        while (
-            subprocess.run(
-                ["docker", "version"], env={**os.environ, "DOCKER_HOST": host}, capture_output=True
-            ).returncode
-            != 0
-        ):
-            assert time.monotonic() < deadline, (root / "dockerd.log").read_text()[-2000:]
-            assert proc.poll() is None, (root / "dockerd.log").read_text()[-2000:]
-            time.sleep(0.2)
-        built = subprocess.run(
-            [str(ROOT / "docker" / "build-offline-image")],
-            env={**os.environ, "DOCKER_HOST": host},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert built.returncode == 0, built.stderr
-        yield Engine(host, built.stdout.strip().splitlines()[-1])
-    finally:
-        subprocess.run(
-            ["docker", "rm", "-f", *_all_containers(host)],
-            env={**os.environ, "DOCKER_HOST": host},
-            capture_output=True,
-        )
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
-        subprocess.run(["umount", "-R", str(root / "exec")], capture_output=True)
-        subprocess.run(["umount", "-R", str(root / "data")], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _all_containers(host: str) -> list[str]:
-    out = subprocess.run(
-        ["docker", "ps", "-aq"],
-        env={**os.environ, "DOCKER_HOST": host},
-        capture_output=True,
-        text=True,
-    ).stdout
-    return out.split()
+pytestmark = needs_dockerd
 
 
 @attrs.define
@@ -238,6 +155,57 @@ async def test_docker_lifecycle(world: DockerWorld) -> None:
     assert world.engine.docker("volume", "ls", "-q", "--filter", label).strip() == ""
     assert f"cli-ws-{world.workspace}" in world.engine.docker("volume", "ls", "-q")
     print(f"\ndocker: create->running {create_s:.2f}s, resume->running {resume_s:.2f}s")
+
+
+class _Hello(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> bytes:
+        return b"host"
+
+
+def _http_from(engine: Engine, container: str, address: str, port: int) -> str:
+    """The status line a sandbox gets from address:port ('' if it cannot connect in 3 s).
+    busybox nc, not wget: the static busybox's wget crashes in its name-service lookups."""
+    request = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 3 {address} {port}"
+    done = subprocess.run(
+        ["docker", "exec", container, "sh", "-c", request],
+        env={**os.environ, "DOCKER_HOST": engine.host},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return (done.stdout.splitlines() or [""])[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sandboxes_cannot_reach_each_other(world: DockerWorld) -> None:
+    """Our network disables inter-container traffic: a sandbox cannot open another sandbox's
+    port (on the engine's default bridge it could), yet it reaches a service on the host (the
+    Anthropic proxy's path) through host.docker.internal."""
+    host_side = _reactor().listenTCP(0, Site(_Hello()), interface="0.0.0.0")
+    try:
+        first, second = await _create(world, "a"), await _create(world, "b")
+        await _wait(world, first, "running")
+        await _wait(world, second, "running")
+        network = world.engine.docker(
+            "inspect", "-f", "{{json .NetworkSettings.Networks}}", f"cli-sbx-{second}"
+        )
+        (address,) = [n["IPAddress"] for n in json.loads(network).values()]
+        # The engine's hosts entry for host.docker.internal (busybox does not resolve names).
+        hosts = world.engine.docker("exec", f"cli-sbx-{first}", "cat", "/etc/hosts")
+        (gateway,) = [ln.split()[0] for ln in hosts.splitlines() if "host.docker.internal" in ln]
+        port = host_side.getHost().port
+        to_host = await deferToThread(_http_from, world.engine, f"cli-sbx-{first}", gateway, port)
+        assert to_host == "HTTP/1.0 200 OK"
+        to_other = await deferToThread(_http_from, world.engine, f"cli-sbx-{first}", address, 4096)
+        assert to_other == ""
+        icc = world.engine.docker(
+            "network", "inspect", "-f", "{{json .Options}}", f"cli-sandboxes-{INSTANCE}"
+        )
+        assert json.loads(icc)["com.docker.network.bridge.enable_icc"] == "false"
+    finally:
+        await host_side.stopListening()
 
 
 @pytest_twisted.ensureDeferred

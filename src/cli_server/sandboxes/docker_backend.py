@@ -10,7 +10,10 @@ All engine calls go through the blocking ``docker`` SDK on our own bounded threa
   lives in the container itself. Pause **stops** it (frees its memory, unlike
   ``docker pause``), so a paused sandbox costs only disk.
 - opencode's port is published on 127.0.0.1 only, at a port the engine picks; the address is
-  re-read after every start.
+  re-read after every start. The containers sit on a bridge network of our own with
+  inter-container traffic disabled, so a sandbox cannot reach another sandbox's ports (the
+  engine's default bridge allows that); they still reach the internet and our Anthropic proxy
+  through the host.
 - Everything we create carries ``cli-server.instance=<this server's id>``; reconciliation and
   cleanup touch only those, never foreign containers or volumes.
 - Containers keep running across a server restart; the server adopts them.
@@ -18,6 +21,7 @@ All engine calls go through the blocking ``docker`` SDK on our own bounded threa
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from attrs import define, field
@@ -59,6 +63,7 @@ class DockerBackend:
     _opencode_client: OpencodeClient
     _start_timeout: float = 90.0
     _client: Any = field(default=None, init=False)
+    _network_lock: threading.Lock = field(factory=threading.Lock, init=False)
     name = "docker"
     survives_restart = True
 
@@ -101,6 +106,7 @@ class DockerBackend:
                 client.volumes.get(volume)
             except docker.errors.NotFound:
                 client.volumes.create(name=volume, labels=labels)
+        networking = self._networking()
         container = client.containers.create(
             self._settings.image,
             name=f"cli-sbx-{sandbox_id}",
@@ -113,7 +119,7 @@ class DockerBackend:
                 f"cli-ws-{workspace_id}": {"bind": "/data/disk0", "mode": "rw"},
                 f"cli-home-{sandbox_id}": {"bind": "/home/opencode", "mode": "rw"},
             },
-            **self._networking(),
+            **networking,
             mem_limit=self._settings.memory_bytes,
             pids_limit=self._settings.pids,
             nano_cpus=self._settings.nano_cpus,
@@ -127,9 +133,30 @@ class DockerBackend:
         if self._settings.network:
             return {"network": self._settings.network}
         return {
+            "network": self._thd_isolated_network(),
             "ports": {f"{GUEST_PORT}/tcp": ("127.0.0.1", None)},
             "extra_hosts": {"host.docker.internal": "host-gateway"},
         }
+
+    def _thd_isolated_network(self) -> str:
+        """Our bridge network without inter-container traffic, made on first use. The lock
+        matters: an engine happily creates two networks with one name."""
+        import docker.errors
+
+        name = f"cli-sandboxes-{self._instance}"
+        with self._network_lock:
+            client = self._thd_client()
+            try:
+                client.networks.get(name)
+            except docker.errors.NotFound:
+                client.networks.create(
+                    name,
+                    driver="bridge",
+                    labels=self._labels(kind="network"),
+                    options={"com.docker.network.bridge.enable_icc": "false"},
+                    check_duplicate=True,
+                )
+        return name
 
     def _thd_address(self, sandbox_id: str) -> tuple[str, int]:
         """Where opencode answers, re-read from the engine (it changes at every start)."""

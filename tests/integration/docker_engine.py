@@ -1,0 +1,107 @@
+"""A private, real Docker engine (its own data root and socket) for the docker tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import attrs
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+needs_dockerd = pytest.mark.skipif(
+    shutil.which("dockerd") is None and not os.environ.get("CI"),
+    reason="dockerd is not installed (apt-get install docker.io containerd busybox-static)",
+)
+
+
+@attrs.define
+class Engine:
+    host: str
+    image: str  # the offline sandbox image (docker/build-offline-image)
+
+    @property
+    def socket(self) -> Path:
+        return Path(self.host.removeprefix("unix://"))
+
+    def docker(self, *args: str, timeout: float = 120) -> str:
+        return self.run(["docker", *args], timeout=timeout)
+
+    def run(self, argv: list[str], timeout: float = 120, env: dict[str, str] | None = None) -> str:
+        """A command against this engine; its output, or an assertion that shows its stderr."""
+        done = subprocess.run(
+            argv,
+            env={**os.environ, "DOCKER_HOST": self.host, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert done.returncode == 0, f"{argv[:3]} exited {done.returncode}: {done.stderr[-3000:]}"
+        return done.stdout
+
+    def containers(self) -> list[str]:
+        return self.docker("ps", "-aq").split()
+
+
+@contextmanager
+def private_engine() -> Iterator[Engine]:
+    root = Path("/tmp") / f"cli-dockerd-{os.getpid()}"  # short: the socket path has a limit
+    root.mkdir(exist_ok=True)
+    (root / "daemon.json").write_text("{}")
+    sock = root / "docker.sock"
+    log = open(root / "dockerd.log", "wb")
+    proc = subprocess.Popen(
+        [
+            "dockerd",
+            "--storage-driver=overlay2",
+            f"--data-root={root / 'data'}",
+            f"--exec-root={root / 'exec'}",
+            f"--pidfile={root / 'dockerd.pid'}",
+            f"--host=unix://{sock}",
+            f"--config-file={root / 'daemon.json'}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    host = f"unix://{sock}"
+    try:
+        deadline = time.monotonic() + 60
+        while (
+            subprocess.run(
+                ["docker", "version"], env={**os.environ, "DOCKER_HOST": host}, capture_output=True
+            ).returncode
+            != 0
+        ):
+            assert time.monotonic() < deadline, (root / "dockerd.log").read_text()[-2000:]
+            assert proc.poll() is None, (root / "dockerd.log").read_text()[-2000:]
+            time.sleep(0.2)
+        engine = Engine(host, "")
+        built = engine.run([str(ROOT / "docker" / "build-offline-image")], timeout=300)
+        engine.image = built.strip().splitlines()[-1]
+        yield engine
+    finally:
+        subprocess.run(
+            ["docker", "rm", "-f", *Engine(host, "").containers()],
+            env={**os.environ, "DOCKER_HOST": host},
+            capture_output=True,
+        )
+        # The engine leaves its networks' firewall rules behind when it stops: remove them.
+        subprocess.run(
+            ["docker", "network", "prune", "-f"],
+            env={**os.environ, "DOCKER_HOST": host},
+            capture_output=True,
+        )
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+        log.close()
+        subprocess.run(["umount", "-R", str(root / "exec")], capture_output=True)
+        subprocess.run(["umount", "-R", str(root / "data")], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)

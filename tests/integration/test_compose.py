@@ -1,0 +1,213 @@
+"""compose.yml as an operator runs it: the server image built from docker/Dockerfile.server,
+PostgreSQL, the engine's socket, and docker sandboxes reached through the subdomain proxy.
+
+The engine is a private real dockerd without registry access, so `debian:bookworm-slim` is
+bootstrapped from Debian's mirror (docker/bootstrap-debian-image) and PostgreSQL is a STAND-IN
+for the official image (postgres_standin/: Debian's PostgreSQL with the same environment
+contract). Everything else is what a user gets: the real builds of both images, compose, the
+server, and opencode in the full sandbox image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import requests
+
+from .docker_engine import ROOT, Engine, needs_dockerd
+from .helpers import free_port
+
+HERE = Path(__file__).resolve().parent
+PROJECT = "clicompose"
+STANDIN = "cli-test/postgres-standin:15"
+SERVER_IMAGE = "cli-server:compose-test"
+SANDBOX_IMAGE = "cli-server-sandbox:compose-test"
+KEY = "sk-ant-compose-test-key-never-in-a-sandbox"
+
+pytestmark = [
+    needs_dockerd,
+    pytest.mark.skipif(
+        (shutil.which("docker-compose") is None or shutil.which("debootstrap") is None)
+        and not os.environ.get("CI"),
+        reason="needs docker-compose and debootstrap (apt-get install docker-compose debootstrap)",
+    ),
+]
+
+
+def _extra_ca_certs() -> str:
+    """The CAs this host adds to the system's (a TLS-re-signing egress proxy, say): the builds
+    inside the engine download through the same network."""
+    return "".join(
+        p.read_text() for p in sorted(Path("/usr/local/share/ca-certificates").glob("*.crt"))
+    )
+
+
+@attrs.define
+class Deployment:
+    engine: Engine
+    port: int
+    env: dict[str, str]
+
+    def compose(self, *args: str, timeout: float = 120) -> str:
+        argv = ["docker-compose", "-p", PROJECT, "-f", str(ROOT / "compose.yml"), *args]
+        return self.engine.run(argv, timeout=timeout, env=self.env)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def wait_ready(self, timeout: float = 120) -> float:
+        started = time.monotonic()
+        while True:
+            try:
+                if requests.get(self.url("/readyz"), timeout=2).status_code == 200:
+                    return time.monotonic() - started
+            except requests.RequestException:
+                pass
+            assert time.monotonic() - started < timeout, self.compose("logs", "--tail=60")
+            time.sleep(0.5)
+
+    def through_proxy(self, sandbox_id: str, path: str, cookie: str) -> requests.Response:
+        """A request to the sandbox's subdomain (Host names it; *.localhost need not resolve)."""
+        host = f"oc-{sandbox_id}.localhost:{self.port}"
+        return requests.get(self.url(path), headers={"Host": host, "Cookie": cookie}, timeout=10)
+
+    def open(self, api: requests.Session, sandbox_id: str) -> str:
+        """Redeem an Open link as the browser does; the subdomain's session cookie."""
+        url = api.post(self.url(f"/api/sandboxes/{sandbox_id}/open"), timeout=10).json()["url"]
+        ticket_path = url.split(f":{self.port}", 1)[1]
+        host = f"oc-{sandbox_id}.localhost:{self.port}"
+        redeemed = requests.get(
+            self.url(ticket_path), headers={"Host": host}, allow_redirects=False, timeout=10
+        )
+        assert redeemed.status_code in (302, 303), redeemed.text
+        return redeemed.headers["Set-Cookie"].split(";", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def deployment(engine: Engine) -> Iterator[Deployment]:
+    engine.run([str(ROOT / "docker" / "bootstrap-debian-image")], timeout=300)
+    engine.docker("build", "-q", "-t", STANDIN, str(HERE / "postgres_standin"), timeout=300)
+    started = time.monotonic()
+    engine.docker(
+        "build", "-q", "-t", SANDBOX_IMAGE, "-f", str(ROOT / "docker" / "Dockerfile.sandbox"),
+        "--build-arg", f"EXTRA_CA_CERTS={_extra_ca_certs()}", str(ROOT), timeout=900,
+    )  # fmt: skip
+    print(f"\ndocker/Dockerfile.sandbox built in {time.monotonic() - started:.1f} s")
+    port = free_port()
+    env = {
+        "DOCKER_SOCKET": str(engine.socket),
+        "PORT": str(port),
+        "BASE_DOMAIN": f"localhost:{port}",
+        "AGENT_IMAGE": SANDBOX_IMAGE,
+        "POSTGRES_IMAGE": STANDIN,
+        "SERVER_IMAGE": SERVER_IMAGE,
+        "ANTHROPIC_API_KEY": KEY,
+        "EXTRA_CA_CERTS": _extra_ca_certs(),
+    }
+    deployed = Deployment(engine, port, env)
+    try:
+        started = time.monotonic()
+        deployed.compose("up", "-d", "--build", timeout=900)
+        deployed.wait_ready()
+        print(f"compose up --build → /readyz: {time.monotonic() - started:.1f} s")
+        yield deployed
+    finally:
+        # Sandboxes are the server's containers, not compose's: remove any a failure left, so
+        # that `down` can remove the network they sit on.
+        ours = engine.docker("ps", "-aq", "--filter", "label=cli-server.kind=sandbox").split()
+        if ours:
+            engine.docker("rm", "-f", *ours)
+        deployed.compose("down", "-v", "--remove-orphans", timeout=180)
+
+
+def _sandbox(d: Deployment, api: requests.Session, sid: str) -> dict[str, Any]:
+    reply = api.get(d.url(f"/api/sandboxes/{sid}"), timeout=10)
+    assert reply.status_code == 200, reply.text
+    body: dict[str, Any] = reply.json()
+    return body
+
+
+def _wait_status(d: Deployment, api: requests.Session, sid: str, status: str) -> float:
+    started = time.monotonic()
+    while (seen := _sandbox(d, api, sid))["status"] != status:
+        assert seen["status"] not in ("failed",) or status == "failed", seen
+        assert time.monotonic() - started < 120, seen
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def test_compose_runs_docker_sandboxes_that_survive_a_new_server_container(
+    deployment: Deployment,
+) -> None:
+    d, engine = deployment, deployment.engine
+    api = requests.Session()
+    account = {"username": "operator", "password": "password123"}
+    assert api.post(d.url("/api/auth/register"), json=account, timeout=10).status_code == 201
+    assert api.post(d.url("/api/auth/login"), json=account, timeout=10).status_code == 200
+    made = api.post(d.url("/api/workspaces"), json={"name": "compose"}, timeout=10)
+    wid = made.json()["id"]
+    made = api.post(d.url(f"/api/workspaces/{wid}/sandboxes"), json={"name": "one"}, timeout=10)
+    assert made.status_code == 201, made.text
+    sid = made.json()["id"]
+    print(f"create → running: {_wait_status(d, api, sid, 'running'):.2f} s")
+
+    # The opencode UI and API through the subdomain proxy, into a container on cli-sandboxes.
+    cookie = d.open(api, sid)
+    page = d.through_proxy(sid, "/", cookie)
+    assert page.status_code == 200 and "<html" in page.text.lower(), page.text[:300]
+    health = d.through_proxy(sid, "/global/health", cookie)
+    assert health.status_code == 200 and health.json()["healthy"] is True
+
+    # The sandbox reaches the server's Anthropic proxy by name and never sees the real key.
+    container = f"cli-sbx-{sid}"
+    sandbox_env = json.loads(engine.docker("inspect", "-f", "{{json .Config.Env}}", container))
+    assert "ANTHROPIC_BASE_URL=http://server:8080/proxy/anthropic/v1" in sandbox_env
+    assert not any(KEY in entry for entry in sandbox_env)
+    reached = engine.docker(
+        "exec", container, "curl", "-sS", "-m", "5", "http://server:8080/healthz"
+    )  # fmt: skip
+    assert reached
+
+    # The tools the image promises, as the sandbox's user, in its workspace disk and HOME.
+    tools = engine.docker(
+        "exec", container, "sh", "-c",
+        "id -u && go version && cargo --version && gcc --version && node --version && fd --version"
+        " && python3 --version && git --version && touch /data/disk0/made && touch ~/made",
+    )  # fmt: skip
+    assert tools.startswith("1000\n") and "go1.23" in tools and "v20." in tools, tools
+
+    # The server itself runs unprivileged.
+    server = d.compose("ps", "-q", "server").strip()
+    processes = engine.docker("top", server, "-eo", "pid,uid,args")
+    assert any("twistd" in line and line.split()[1] != "0" for line in processes.splitlines()), (
+        processes
+    )
+
+    # A new server container (a new image, `up --force-recreate`) adopts the running sandbox:
+    # same container, same session cookie, the proxy still works.
+    before = engine.docker("inspect", "-f", "{{.Id}}", container)
+    started = time.monotonic()
+    d.compose("up", "-d", "--force-recreate", "--no-build", "--no-deps", "server", timeout=180)
+    d.wait_ready()
+    print(f"server recreated → ready: {time.monotonic() - started:.1f} s")
+    assert d.compose("ps", "-q", "server").strip() != server
+    assert _sandbox(d, api, sid)["status"] == "running"
+    assert engine.docker("inspect", "-f", "{{.Id}}", container) == before
+    assert d.through_proxy(sid, "/global/health", cookie).json()["healthy"] is True
+
+    # Deleting the sandbox removes its container and its own volume, not the workspace's.
+    assert api.delete(d.url(f"/api/sandboxes/{sid}"), timeout=30).status_code in (200, 202, 204)
+    deadline = time.monotonic() + 60
+    while engine.docker("ps", "-aq", "--filter", f"name={container}").strip():
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    volumes = engine.docker("volume", "ls", "-q").split()
+    assert f"cli-home-{sid}" not in volumes and f"cli-ws-{wid}" in volumes

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Measure sandbox create->running and resume->running times and RSS per sandbox.
+"""Measure sandbox create->running and resume->running times, RSS per sandbox, and small GETs
+through the subdomain proxy to a running sandbox (wrk, opencode's /global/health).
 
 Starts a real `twistd cli-server` (embedded PostgreSQL, process backend, real opencode) on a
 scratch data dir and loopback port, creates N sandboxes one after another, pauses and resumes
@@ -13,6 +14,7 @@ each, and prints a table. Run as root from the checkout after the README's Quick
 from __future__ import annotations
 
 import argparse
+import http.client
 import http.cookiejar
 import json
 import os
@@ -27,6 +29,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from wrk import wrk  # noqa: E402  (benchmarks/wrk.py, shared by the benchmark scripts)
 
 
 def free_port() -> int:
@@ -68,6 +73,19 @@ class Client:
         raise SystemExit(f"timeout waiting for {status}")
 
 
+def sandbox_cookie(client: Client, port: int, sandbox_id: str) -> str:
+    """Redeem an Open link as the browser does; the subdomain's session cookie."""
+    url = client.call("POST", f"/api/sandboxes/{sandbox_id}/open")[1]["url"]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request(
+        "GET", url.split(f":{port}", 1)[1], headers={"Host": f"oc-{sandbox_id}.localhost:{port}"}
+    )
+    reply = conn.getresponse()
+    cookie = reply.getheader("Set-Cookie") or ""
+    conn.close()
+    return cookie.split(";", 1)[0]
+
+
 def rss_mib_of_sandboxes() -> list[float]:
     sizes = []
     for proc in Path("/proc").iterdir():
@@ -90,6 +108,7 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=5)
     ap.add_argument("--backend", default="process", choices=["process", "docker"])
     ap.add_argument("--agent-image", help="the sandbox image, with --backend docker")
+    ap.add_argument("--proxy-seconds", type=int, default=5, help="wrk through the proxy; 0: skip")
     args = ap.parse_args()
     backend = ["--backend", args.backend]
     if args.agent_image:
@@ -109,12 +128,15 @@ def main() -> None:
             str(root / "data"),
             "--listen",
             f"tcp:{port}:interface=127.0.0.1",
+            "--base-domain",
+            f"localhost:{port}",
             *backend,
         ],
         start_new_session=True,
     )
+    client = Client(f"http://127.0.0.1:{port}")
+    workspaces: list[str] = []
     try:
-        client = Client(f"http://127.0.0.1:{port}")
         began = time.monotonic()
         while True:
             try:
@@ -122,12 +144,15 @@ def main() -> None:
                     break
             except OSError:
                 pass
+            if server.poll() is not None or time.monotonic() - began > 120:
+                raise SystemExit(f"the server did not start: see {root / 'server.log'}")
             time.sleep(0.05)
         start_s = time.monotonic() - began
         client.call("POST", "/api/auth/register", {"username": "bench", "password": "benchmark1"})
         client.call("POST", "/api/auth/login", {"username": "bench", "password": "benchmark1"})
         wid = client.call("POST", "/api/workspaces", {"name": "bench"})[1]["id"]
         creates, resumes, ids = [], [], []
+        workspaces.append(wid)
         for n in range(args.count):
             t = time.monotonic()
             sid = client.call("POST", f"/api/workspaces/{wid}/sandboxes", {"name": f"b{n}"})[1][
@@ -137,6 +162,14 @@ def main() -> None:
             creates.append(time.monotonic() - t)
             ids.append(sid)
         rss = rss_mib_of_sandboxes()
+        proxied = None
+        if args.proxy_seconds:
+            headers = {
+                "Host": f"oc-{ids[0]}.localhost:{port}",
+                "Cookie": sandbox_cookie(client, port, ids[0]),
+            }
+            url = f"http://127.0.0.1:{port}/global/health"
+            proxied = wrk(url, headers, args.proxy_seconds, 16)
         for sid in ids:
             client.call("POST", f"/api/sandboxes/{sid}/pause")
             client.wait(sid, "paused")
@@ -144,8 +177,6 @@ def main() -> None:
             client.call("POST", f"/api/sandboxes/{sid}/resume")
             client.wait(sid, "running")
             resumes.append(time.monotonic() - t)
-        for sid in ids:  # docker containers outlive the server: leave none behind
-            client.call("DELETE", f"/api/sandboxes/{sid}")
         print(f"backend: {args.backend} {args.agent_image or ''}")
         print(f"server start to ready (cold, embedded PostgreSQL initdb): {start_s:.2f} s")
         for name, values in (("create -> running", creates), ("resume -> running", resumes)):
@@ -153,11 +184,23 @@ def main() -> None:
                 f"{name}: median {statistics.median(values):.2f} s, "
                 f"min {min(values):.2f} s, max {max(values):.2f} s (n={len(values)})"
             )
+        if proxied is not None:
+            print(
+                f"small GET through the proxy (wrk -c16, /global/health): {proxied['rps']:.0f} "
+                f"req/s, p50 {proxied.get('p50_ms', 0):.2f} ms, p99 {proxied.get('p99_ms', 0):.2f}"
+                f" ms, errors {proxied['errors']:.0f}"
+            )
         print(
             f"RSS per idle opencode: median {statistics.median(rss):.0f} MiB "
             f"(n={len(rss)}, no prompt yet)"
         )
     finally:
+        # Docker objects outlive the server: leave none behind (containers, volumes, network).
+        for wid in workspaces:
+            client.call("DELETE", f"/api/workspaces/{wid}")
+        if args.backend == "docker" and (root / "data" / "instance-id").exists():
+            instance = (root / "data" / "instance-id").read_text().strip()
+            subprocess.run(["docker", "network", "rm", f"cli-sandboxes-{instance}"], check=False)
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(60)
         shutil.rmtree(root, ignore_errors=True)

@@ -28,6 +28,7 @@ from cli_server.db.migrations import migrate
 from cli_server.db.pool import Database, DatabaseUnavailable
 from cli_server.metrics import Metrics
 from cli_server.proxy.access import SandboxAccess
+from cli_server.proxy.endpoints import RunningEndpoints
 from cli_server.proxy.forward import Forwarder
 from cli_server.proxy.site import SandboxCookie, SandboxSite
 from cli_server.proxy.urls import SandboxUrls
@@ -246,7 +247,7 @@ def build(
             pids=config.sandbox_pids,
             nano_cpus=int(config.sandbox_cpus * 1e9),
         )
-        backend = DockerBackend(engine.run, settings, instance_id(config), opencode)
+        backend = DockerBackend(engine.run, settings, instance_id(config.data_dir), opencode)
     if backend is None:
         backend = ProcessBackend(
             reactor,
@@ -260,8 +261,14 @@ def build(
         )
     workspaces = Workspaces(db)
     urls = SandboxUrls(config.base_scheme, config.base_domain)
+    endpoints = RunningEndpoints(backend, reactor)
+
+    def status_changed(sandbox_id: str) -> None:
+        sandbox_access.status_changed(sandbox_id)
+        endpoints.forget(sandbox_id)
+
     manager = SandboxManager(
-        db, backend, workspaces, config.max_sandboxes, urls.home, sandbox_access.status_changed
+        db, backend, workspaces, config.max_sandboxes, urls.home, status_changed
     )
     tunnels = TunnelHub(db, reactor, sandbox_access.status_changed, activity.touch, metrics)
     manager.tunnels = tunnels
@@ -298,7 +305,7 @@ def build(
     proxy = SandboxSite(
         sandbox_access,
         manager,
-        backend,
+        endpoints,
         activity,
         Forwarder.create(reactor, tunnels),
         SandboxCookie(config.secure_cookies, config.session_lifetime),
@@ -354,14 +361,30 @@ def anthropic_base_url(config: ServerConfig) -> str:
     return base.rstrip("/") + ("" if base.rstrip("/").endswith("/v1") else "/v1")
 
 
-def instance_id(config: ServerConfig) -> str:
-    """This server's name on the engine's labels: stable across restarts, distinct per data dir
-    and host, and needing no I/O."""
-    import hashlib
-    import socket
+def instance_id(data_dir: Path) -> str:
+    """This server's name on the engine's labels: random once, then kept in the data directory,
+    so it survives restarts and a recreated container, and two servers (two compose projects on
+    one engine, say) never take each other's sandboxes for their own."""
+    import re
+    import secrets
 
-    seed = f"{socket.gethostname()}:{config.data_dir.absolute()}"
-    return hashlib.sha256(seed.encode()).hexdigest()[:16]
+    path = data_dir / "instance-id"
+    if path.exists():
+        known = path.read_text().strip()
+        if re.fullmatch(r"[0-9a-f]{16}", known):
+            return known
+        raise RuntimeError(f"{path} should hold 16 hex digits (this server's instance id)")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    made = secrets.token_hex(8)
+    draft = path.with_name(f".instance-id.{made}")
+    draft.write_text(made + "\n")
+    try:
+        os.link(draft, path)  # whole or not at all, and never over an id written meanwhile
+    except FileExistsError:
+        return instance_id(data_dir)
+    finally:
+        draft.unlink()
+    return made
 
 
 def docker_anthropic_url(config: ServerConfig) -> str:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -88,19 +89,26 @@ def private_engine() -> Iterator[Engine]:
         engine.image = built.strip().splitlines()[-1]
         yield engine
     finally:
-        subprocess.run(
-            ["docker", "rm", "-f", *Engine(host, "").containers()],
-            env={**os.environ, "DOCKER_HOST": host},
-            capture_output=True,
-        )
-        # The engine leaves its networks' firewall rules behind when it stops: remove them.
-        subprocess.run(
-            ["docker", "network", "prune", "-f"],
-            env={**os.environ, "DOCKER_HOST": host},
-            capture_output=True,
-        )
+        # Best effort each: a dead or hung engine must not keep the rest from running.
+        quiet: dict[str, Any] = {
+            "env": {**os.environ, "DOCKER_HOST": host},
+            "capture_output": True,
+            "timeout": 60,
+        }
+        try:
+            left = subprocess.run(["docker", "ps", "-aq"], text=True, **quiet).stdout.split()
+            if left:
+                subprocess.run(["docker", "rm", "-f", *left], **quiet)
+            # The engine leaves its networks' firewall rules behind when it stops.
+            subprocess.run(["docker", "network", "prune", "-f"], **quiet)
+        except subprocess.TimeoutExpired:
+            pass
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
         log.close()
         subprocess.run(["umount", "-R", str(root / "exec")], capture_output=True)
         subprocess.run(["umount", "-R", str(root / "data")], capture_output=True)

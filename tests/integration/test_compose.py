@@ -121,11 +121,13 @@ def deployment(engine: Engine) -> Iterator[Deployment]:
         yield deployed
     finally:
         # Sandboxes are the server's containers, not compose's: remove any a failure left, so
-        # that `down` can remove the network they sit on.
-        ours = engine.docker("ps", "-aq", "--filter", "label=cli-server.kind=sandbox").split()
-        if ours:
-            engine.docker("rm", "-f", *ours)
-        deployed.compose("down", "-v", "--remove-orphans", timeout=180)
+        # that `down` can remove the network they sit on. Each step whatever the last did.
+        try:
+            ours = engine.docker("ps", "-aq", "--filter", "label=cli-server.kind=sandbox")
+            if ours.split():
+                engine.docker("rm", "-f", *ours.split())
+        finally:
+            deployed.compose("down", "-v", "--remove-orphans", timeout=180)
 
 
 def _sandbox(d: Deployment, api: requests.Session, sid: str) -> dict[str, Any]:
@@ -172,7 +174,7 @@ def test_compose_runs_docker_sandboxes_that_survive_a_new_server_container(
     assert "ANTHROPIC_BASE_URL=http://server:8080/proxy/anthropic/v1" in sandbox_env
     assert not any(KEY in entry for entry in sandbox_env)
     reached = engine.docker(
-        "exec", container, "curl", "-sS", "-m", "5", "http://server:8080/healthz"
+        "exec", container, "curl", "-fsS", "-m", "5", "http://server:8080/healthz"
     )  # fmt: skip
     assert reached
 
@@ -184,12 +186,15 @@ def test_compose_runs_docker_sandboxes_that_survive_a_new_server_container(
     )  # fmt: skip
     assert tools.startswith("1000\n") and "go1.23" in tools and "v20." in tools, tools
 
-    # The server itself runs unprivileged.
+    # The server itself runs unprivileged: its own uid, no capabilities, no way back to root.
+    # (server-entrypoint execs it, so it is the container's first process.)
     server = d.compose("ps", "-q", "server").strip()
-    processes = engine.docker("top", server, "-eo", "pid,uid,args")
-    assert any("twistd" in line and line.split()[1] != "0" for line in processes.splitlines()), (
-        processes
-    )
+    assert "twistd" in engine.docker("exec", server, "cat", "/proc/1/cmdline")
+    status = engine.docker("exec", server, "cat", "/proc/1/status")
+    fields = {k: v.split() for k, _, v in (ln.partition(":") for ln in status.splitlines())}
+    assert fields["Uid"] == [fields["Uid"][0]] * 4 and fields["Uid"][0] != "0", fields["Uid"]
+    assert int(fields["CapEff"][0], 16) == 0 and int(fields["CapBnd"][0], 16) == 0
+    assert fields["NoNewPrivs"] == ["1"]
 
     # A new server container (a new image, `up --force-recreate`) adopts the running sandbox:
     # same container, same session cookie, the proxy still works.

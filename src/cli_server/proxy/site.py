@@ -13,6 +13,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from cli_server.errors import ApiError
 from cli_server.proxy.access import Access, SandboxAccess
+from cli_server.proxy.endpoints import RunningEndpoints
 from cli_server.proxy.forward import (
     Forwarder,
     client_endpoint,
@@ -24,7 +25,6 @@ from cli_server.proxy.pages import STATUS_TEXT, page
 from cli_server.proxy.websocket import splice
 from cli_server.roles import Role
 from cli_server.sandboxes.activity import ActivityRecorder
-from cli_server.sandboxes.backend import SandboxBackend, State
 from cli_server.sandboxes.manager import SandboxManager
 
 _GUEST_METHODS = (b"GET", b"HEAD")
@@ -68,7 +68,7 @@ class SandboxSite(Resource):
 
     _access: SandboxAccess
     _manager: SandboxManager
-    _backend: SandboxBackend
+    _endpoints: RunningEndpoints
     _activity: ActivityRecorder
     _forwarder: Forwarder
     _cookie: SandboxCookie
@@ -150,10 +150,10 @@ class SandboxSite(Resource):
                 return self._status_page(request, "offline", access)
             endpoint = through_tunnel(sandbox_id)
         else:
-            observed = await self._backend.describe(sandbox_id)
-            if observed.state is not State.RUNNING or observed.endpoint is None:
+            running = await self._endpoints.get(sandbox_id)
+            if running is None:
                 return self._status_page(request, "starting", access)
-            endpoint = observed.endpoint
+            endpoint = running
         self._activity.touch(sandbox_id)
         if self._metrics is not None:
             self._metrics.proxied.labels("websocket" if upgrade else "http").inc()
@@ -180,6 +180,7 @@ class SandboxSite(Resource):
                 refresh=5,
             )
         elif not ok:
+            self._endpoints.forget(sandbox_id)  # it may have moved: ask the backend next time
             self._status_page(request, "starting", access)
 
     def _not_found(self, request: Any) -> None:

@@ -135,6 +135,10 @@ class Relay(Protocol):
         self._gone = False
 
     def connectionMade(self) -> None:
+        if self._request.channel is None:
+            # The client left between the upstream's headers and this body: nobody to copy to.
+            self._abort()
+            return
         self._request.registerProducer(self.transport, True)
         self._request.notifyFinish().addErrback(lambda _: self._abort())
         if self._silence is not None:

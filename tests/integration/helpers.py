@@ -34,6 +34,15 @@ def remove_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def chromium_dom_argv(url: str) -> list[str]:
+    """Headless Chromium printing the DOM it shows after loading ``url`` (``*.localhost``
+    resolves to loopback there, so sandbox subdomains need no DNS)."""
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is required: apt-get install chromium"
+    flags = ["--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000"]
+    return [chromium, *flags, "--dump-dom", url]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ import pytest
 import requests
 
 from .docker_engine import ROOT, Engine, needs_dockerd
-from .helpers import free_port
+from .helpers import chromium_dom_argv, free_port
 
 HERE = Path(__file__).resolve().parent
 PROJECT = "clicompose"
@@ -167,6 +168,12 @@ def test_compose_runs_docker_sandboxes_that_survive_a_new_server_container(
     assert page.status_code == 200 and "<html" in page.text.lower(), page.text[:300]
     health = d.through_proxy(sid, "/global/health", cookie)
     assert health.status_code == 200 and health.json()["healthy"] is True
+
+    # A real browser: the Open link signs in on the subdomain and opencode's UI renders.
+    link = api.post(d.url(f"/api/sandboxes/{sid}/open"), timeout=10).json()["url"]
+    shown = subprocess.run(chromium_dom_argv(link), capture_output=True, text=True, timeout=120)
+    assert "<title>OpenCode</title>" in shown.stdout, shown.stderr[-2000:]
+    assert 'data-component="' in shown.stdout, shown.stdout[-2000:]
 
     # The sandbox reaches the server's Anthropic proxy by name and never sees the real key.
     container = f"cli-sbx-{sid}"

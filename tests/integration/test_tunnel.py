@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import time
@@ -27,7 +26,15 @@ from .conftest import FAKE_KEY, Running, _reactor, server_config, start_server, 
 from .daemon import twistd
 from .fake_anthropic import FakeAnthropic
 from .fake_anthropic import serve as serve_fake_anthropic
-from .helpers import Api, free_port, opencode_binary, remove_dir, scratch_dir, wait_until
+from .helpers import (
+    Api,
+    chromium_dom_argv,
+    free_port,
+    opencode_binary,
+    remove_dir,
+    scratch_dir,
+    wait_until,
+)
 from .test_proxy_opencode import Wire, frame
 from .upstream import Recorder, serve
 
@@ -308,16 +315,12 @@ async def test_local_opencode_through_the_tunnel(team: Team) -> None:
 
 
 async def chromium_dom(url: str) -> str:
-    """The DOM headless Chromium shows after loading ``url`` (``*.localhost`` resolves to
-    loopback there), run as a child process so the in-process server keeps serving."""
+    """Chromium's DOM of ``url``, run as a child process so the in-process server keeps
+    serving."""
     from twisted.internet.utils import getProcessOutputAndValue
 
-    chromium = shutil.which("chromium")
-    assert chromium, "chromium is required: apt-get install chromium"
-    args = ("--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000")
-    out, err, code = await getProcessOutputAndValue(
-        chromium, (*args, "--dump-dom", url), env=dict(os.environ)
-    )
+    chromium, *args = chromium_dom_argv(url)
+    out, err, code = await getProcessOutputAndValue(chromium, args, env=dict(os.environ))
     assert code == 0, err[-2000:]
     return out.decode("utf-8", "replace")
 

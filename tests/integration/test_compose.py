@@ -104,6 +104,7 @@ def deployment(engine: Engine) -> Iterator[Deployment]:
     print(f"\ndocker/Dockerfile.sandbox built in {time.monotonic() - started:.1f} s")
     port = free_port()
     env = {
+        "DB_PORT": str(free_port()),
         "DOCKER_SOCKET": str(engine.socket),
         "PORT": str(port),
         "BASE_DOMAIN": f"localhost:{port}",
@@ -121,12 +122,13 @@ def deployment(engine: Engine) -> Iterator[Deployment]:
         print(f"compose up --build → /readyz: {time.monotonic() - started:.1f} s")
         yield deployed
     finally:
-        # Sandboxes are the server's containers, not compose's: remove any a failure left, so
-        # that `down` can remove the network they sit on. Each step whatever the last did.
+        # Sandboxes and their network are the server's, not compose's: remove what a failure
+        # left. Each step whatever the last did.
         try:
             ours = engine.docker("ps", "-aq", "--filter", "label=cli-server.kind=sandbox")
             if ours.split():
                 engine.docker("rm", "-f", *ours.split())
+            engine.docker("network", "prune", "-f", "--filter", "label=cli-server.kind=network")
         finally:
             deployed.compose("down", "-v", "--remove-orphans", timeout=180)
 
@@ -162,7 +164,7 @@ def test_compose_runs_docker_sandboxes_that_survive_a_new_server_container(
     sid = made.json()["id"]
     print(f"create → running: {_wait_status(d, api, sid, 'running'):.2f} s")
 
-    # The opencode UI and API through the subdomain proxy, into a container on cli-sandboxes.
+    # The opencode UI and API through the subdomain proxy, into the sandbox's container.
     cookie = d.open(api, sid)
     page = d.through_proxy(sid, "/", cookie)
     assert page.status_code == 200 and "<html" in page.text.lower(), page.text[:300]
@@ -175,15 +177,32 @@ def test_compose_runs_docker_sandboxes_that_survive_a_new_server_container(
     assert "<title>OpenCode</title>" in shown.stdout, shown.stderr[-2000:]
     assert 'data-component="' in shown.stdout, shown.stdout[-2000:]
 
-    # The sandbox reaches the server's Anthropic proxy by name and never sees the real key.
+    # The sandbox reaches the server's Anthropic proxy through the host and never sees the key.
     container = f"cli-sbx-{sid}"
     sandbox_env = json.loads(engine.docker("inspect", "-f", "{{json .Config.Env}}", container))
-    assert "ANTHROPIC_BASE_URL=http://server:8080/proxy/anthropic/v1" in sandbox_env
+    proxy_url = f"http://host.docker.internal:{d.port}/proxy/anthropic/v1"
+    assert f"ANTHROPIC_BASE_URL={proxy_url}" in sandbox_env
     assert not any(KEY in entry for entry in sandbox_env)
-    reached = engine.docker(
-        "exec", container, "curl", "-fsS", "-m", "5", "http://server:8080/healthz"
-    )  # fmt: skip
-    assert reached
+    healthz = f"http://host.docker.internal:{d.port}/healthz"
+    assert engine.docker("exec", container, "curl", "-fsS", "-m", "5", healthz)
+
+    # ... but not another sandbox, whose opencode the host itself does reach.
+    other = api.post(d.url(f"/api/workspaces/{wid}/sandboxes"), json={"name": "two"}, timeout=10)
+    _wait_status(d, api, other.json()["id"], "running")
+    networks = engine.docker(
+        "inspect", "-f", "{{json .NetworkSettings.Networks}}", f"cli-sbx-{other.json()['id']}"
+    )
+    (address,) = [n["IPAddress"] for n in json.loads(networks).values()]
+    assert requests.get(f"http://{address}:4096/", timeout=5).status_code == 401
+    blocked = subprocess.run(
+        ["docker", "exec", container, "curl", "-sS", "-m", "3", f"http://{address}:4096/"],
+        env={**os.environ, "DOCKER_HOST": engine.host},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert blocked.returncode != 0 and "401" not in blocked.stdout, blocked
+    assert api.delete(d.url(f"/api/sandboxes/{other.json()['id']}"), timeout=30).ok
 
     # The tools the image promises, as the sandbox's user, in its workspace disk and HOME.
     tools = engine.docker(

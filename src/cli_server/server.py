@@ -261,7 +261,9 @@ def build(
         )
     workspaces = Workspaces(db)
     urls = SandboxUrls(config.base_scheme, config.base_domain)
-    endpoints = RunningEndpoints(backend, reactor)
+    # Only the docker backend's answer costs anything (engine calls); the process backend's is
+    # free and exact, so it is asked every time.
+    endpoints = RunningEndpoints(backend, reactor, ttl=1.0 if config.backend == "docker" else 0.0)
 
     def status_changed(sandbox_id: str) -> None:
         sandbox_access.status_changed(sandbox_id)
@@ -365,25 +367,36 @@ def instance_id(data_dir: Path) -> str:
     """This server's name on the engine's labels: random once, then kept in the data directory,
     so it survives restarts and a recreated container, and two servers (two compose projects on
     one engine, say) never take each other's sandboxes for their own."""
+    import contextlib
     import re
     import secrets
 
     path = data_dir / "instance-id"
+
+    def known() -> str:
+        text = path.read_text().strip()
+        if not re.fullmatch(r"[0-9a-f]{16}", text):
+            raise RuntimeError(f"{path} should hold 16 hex digits (this server's instance id)")
+        return text
+
     if path.exists():
-        known = path.read_text().strip()
-        if re.fullmatch(r"[0-9a-f]{16}", known):
-            return known
-        raise RuntimeError(f"{path} should hold 16 hex digits (this server's instance id)")
-    data_dir.mkdir(parents=True, exist_ok=True)
+        return known()
     made = secrets.token_hex(8)
     draft = path.with_name(f".instance-id.{made}")
-    draft.write_text(made + "\n")
     try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with open(draft, "w") as f:
+            f.write(made + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # never an empty id after a power cut
         os.link(draft, path)  # whole or not at all, and never over an id written meanwhile
     except FileExistsError:
-        return instance_id(data_dir)
+        return known()  # another start wrote it first
+    except OSError as e:
+        raise RuntimeError(f"cannot write this server's instance id to {path}: {e}") from e
     finally:
-        draft.unlink()
+        with contextlib.suppress(OSError):  # (never made, or a directory that is not one)
+            draft.unlink()
     return made
 
 

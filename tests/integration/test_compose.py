@@ -36,9 +36,9 @@ KEY = "sk-ant-compose-test-key-never-in-a-sandbox"
 pytestmark = [
     needs_dockerd,
     pytest.mark.skipif(
-        (shutil.which("docker-compose") is None or shutil.which("debootstrap") is None)
+        any(shutil.which(tool) is None for tool in ("docker-compose", "debootstrap", "chromium"))
         and not os.environ.get("CI"),
-        reason="needs docker-compose and debootstrap (apt-get install docker-compose debootstrap)",
+        reason="needs docker-compose, debootstrap and chromium (apt-get install …)",
     ),
 ]
 
@@ -225,6 +225,10 @@ def test_compose_runs_docker_sandboxes_that_survive_a_new_server_container(
     # A new server container (a new image, `up --force-recreate`) adopts the running sandbox:
     # same container, same session cookie, the proxy still works.
     before = engine.docker("inspect", "-f", "{{.Id}}", container)
+    label = '{{index .Config.Labels "cli-server.instance"}}'
+    instance = engine.docker("inspect", "-f", label, container).strip()
+    id_file = "/var/lib/cli-server/instance-id"
+    assert instance == engine.docker("exec", server, "cat", id_file).strip()
     started = time.monotonic()
     d.compose("up", "-d", "--force-recreate", "--no-build", "--no-deps", "server", timeout=180)
     d.wait_ready()
@@ -232,6 +236,9 @@ def test_compose_runs_docker_sandboxes_that_survive_a_new_server_container(
     assert d.compose("ps", "-q", "server").strip() != server
     assert _sandbox(d, api, sid)["status"] == "running"
     assert engine.docker("inspect", "-f", "{{.Id}}", container) == before
+    new_server = d.compose("ps", "-q", "server").strip()
+    kept = engine.docker("exec", new_server, "cat", id_file).strip()
+    assert kept == instance  # the new container is the same server to the engine's labels
     assert d.through_proxy(sid, "/global/health", cookie).json()["healthy"] is True
 
     # Deleting the sandbox removes its container and its own volume, not the workspace's.

@@ -27,3 +27,16 @@ def test_a_damaged_id_is_refused_rather_than_replaced(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="16 hex digits"):
         instance_id(tmp_path)
     assert (tmp_path / "instance-id").read_text() == "not an id\n"
+
+
+def test_a_dangling_link_in_its_place_is_an_error_not_a_loop(tmp_path: Path) -> None:
+    (tmp_path / "instance-id").symlink_to(tmp_path / "nowhere")
+    with pytest.raises((RuntimeError, OSError)):
+        instance_id(tmp_path)
+
+
+def test_a_data_directory_it_cannot_write_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(RuntimeError, match="cannot write this server's instance id"):
+        instance_id(blocker / "data")

@@ -103,3 +103,36 @@ def test_sandboxes_are_remembered_separately() -> None:
     backend.calls[0].callback(Observed(State.RUNNING, HERE))
     backend.calls[1].callback(Observed(State.RUNNING, MOVED))
     assert (result_of(a), result_of(b)) == (HERE, MOVED)
+
+
+def test_a_request_after_a_status_change_does_not_join_the_lookup_before_it() -> None:
+    cache, backend, _ = _cache()
+    early = cache.get("s")
+    cache.forget("s")  # e.g. paused while the backend was being asked
+    late = cache.get("s")
+    assert len(backend.calls) == 2  # the late request asks afresh
+    backend.calls[1].callback(Observed(State.STOPPED))
+    backend.calls[0].callback(Observed(State.RUNNING, HERE))
+    assert result_of(early) == HERE and result_of(late) is None
+    cache.get("s")
+    assert len(backend.calls) == 3  # neither answer was remembered as running
+
+
+def test_a_clock_stepped_backwards_makes_an_answer_stale() -> None:
+    cache, backend, clock = _cache()
+    clock.advance(1000)
+    first = cache.get("s")
+    backend.calls[0].callback(Observed(State.RUNNING, HERE))
+    result_of(first)
+    clock.rightNow -= 3600  # an NTP step of an hour back
+    cache.get("s")
+    assert len(backend.calls) == 2
+
+
+def test_a_malformed_backend_answer_fails_its_waiters_and_the_next_request_asks_again() -> None:
+    cache, backend, _ = _cache()
+    first = cache.get("s")
+    backend.calls[0].callback(None)  # type: ignore[arg-type]
+    assert failure_of(first).check(AttributeError)
+    cache.get("s")
+    assert len(backend.calls) == 2

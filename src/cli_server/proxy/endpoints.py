@@ -24,39 +24,44 @@ class RunningEndpoints:
     _clock: Any  # IReactorTime
     _ttl: float = 1.0
     _known: dict[str, tuple[Endpoint, float]] = field(factory=dict, init=False)
+    # The waiters of the lookup in flight per sandbox; forget() detaches the list, so a request
+    # after a status change never joins a lookup that began before it.
     _asking: dict[str, list[Deferred[Endpoint | None]]] = field(factory=dict, init=False)
-    _stale: set[str] = field(factory=set, init=False)  # forgotten while being asked
 
     def get(self, sandbox_id: str) -> Deferred[Endpoint | None]:
         """The sandbox's endpoint if the backend sees it running, else None."""
         known = self._known.get(sandbox_id)
-        if known is not None and self._clock.seconds() - known[1] < self._ttl:
+        # (a clock stepped backwards makes an answer stale, never fresh for longer)
+        if known is not None and 0 <= self._clock.seconds() - known[1] < self._ttl:
             return succeed(known[0])
         waiter: Deferred[Endpoint | None] = Deferred()
-        waiters = self._asking.setdefault(sandbox_id, [])
-        waiters.append(waiter)
-        if len(waiters) == 1:
-            Deferred.fromCoroutine(self._ask(sandbox_id))
+        waiters = self._asking.get(sandbox_id)
+        if waiters is None:
+            waiters = self._asking[sandbox_id] = [waiter]
+            Deferred.fromCoroutine(self._ask(sandbox_id, waiters))
+        else:
+            waiters.append(waiter)
         return waiter
 
     def forget(self, sandbox_id: str) -> None:
-        """The sandbox changed status, or did not answer: ask the backend next time. An answer
-        already on its way is passed on but not remembered (it may predate the change)."""
+        """The sandbox changed status, or did not answer: ask the backend next time. A lookup
+        already on its way still answers its own waiters but is not remembered."""
         self._known.pop(sandbox_id, None)
-        if sandbox_id in self._asking:
-            self._stale.add(sandbox_id)
+        self._asking.pop(sandbox_id, None)
 
-    async def _ask(self, sandbox_id: str) -> None:
+    async def _ask(self, sandbox_id: str, waiters: list[Deferred[Endpoint | None]]) -> None:
+        outcome: Endpoint | Exception | None
         try:
             observed = await self._backend.describe(sandbox_id)
+            outcome = observed.endpoint if observed.state is State.RUNNING else None
         except Exception as e:  # every waiter sees the backend's failure
-            self._stale.discard(sandbox_id)
-            for waiter in self._asking.pop(sandbox_id, []):
-                waiter.errback(e)
-            return
-        endpoint = observed.endpoint if observed.state is State.RUNNING else None
-        if endpoint is not None and sandbox_id not in self._stale:
-            self._known[sandbox_id] = (endpoint, self._clock.seconds())
-        self._stale.discard(sandbox_id)
-        for waiter in self._asking.pop(sandbox_id, []):
-            waiter.callback(endpoint)
+            outcome = e
+        if self._asking.get(sandbox_id) is waiters:  # not forgotten meanwhile
+            del self._asking[sandbox_id]
+            if isinstance(outcome, Endpoint):
+                self._known[sandbox_id] = (outcome, self._clock.seconds())
+        for waiter in waiters:
+            if isinstance(outcome, Exception):
+                waiter.errback(outcome)
+            else:
+                waiter.callback(outcome)

@@ -185,7 +185,12 @@ class DockerBackend:
             except docker.errors.NotFound:
                 return "missing", None
         if container.status == "running":
-            return "running", self._thd_address(sandbox_id)
+            try:
+                return "running", self._thd_address(sandbox_id)
+            except BackendError:
+                # Running but unreachable as we are configured now (made under another
+                # networking setting): treated as stopped, so it is paused and recreated.
+                return "stopped", None
         return "stopped", None
 
     def _thd_stop(self, sandbox_id: str) -> None:

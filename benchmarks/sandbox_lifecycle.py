@@ -16,49 +16,22 @@ from __future__ import annotations
 import argparse
 import http.client
 import http.cookiejar
-import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from local_api import Api, free_port  # noqa: E402  (benchmarks/local_api.py, shared)
 from wrk import wrk  # noqa: E402  (benchmarks/wrk.py, shared by the benchmark scripts)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Client:
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.opener = urllib.request.build_opener(
-            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
-        )
-
-    def call(self, method: str, path: str, body: object = None) -> tuple[int, dict]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(
-            self.base + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
-        try:
-            with self.opener.open(req, timeout=30) as r:
-                raw = r.read()
-                return r.status, json.loads(raw) if raw else {}
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"{}")
-
+class Client(Api):
     def wait(self, sandbox_id: str, status: str, timeout: float = 120) -> float:
         began = time.monotonic()
         while time.monotonic() - began < timeout:

@@ -59,14 +59,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
+from local_api import Api, free_port  # noqa: E402  (benchmarks/local_api.py, shared)
 from upstream import expected_bulk  # noqa: E402
 from wrk import wrk  # noqa: E402  (benchmarks/wrk.py, shared by the benchmark scripts)
 
@@ -76,12 +75,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def listening(port: int) -> bool:
@@ -277,27 +270,6 @@ def _own_cpu() -> float:
 
 
 # -- the cli-server API ------------------------------------------------------------------
-
-
-class Api:
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.opener = urllib.request.build_opener(
-            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
-        )
-
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(
-            self.base + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
-        try:
-            with self.opener.open(req, timeout=15) as response:
-                raw = response.read()
-                return response.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as e:
-            raw = e.read()
-            return e.code, json.loads(raw) if raw else None
 
 
 def wait_for(what: str, check: Any, timeout: float, step: float = 0.1, proc: Any = None) -> Any:
@@ -732,7 +704,7 @@ def start_everything(procs: Processes, work: Path, twistd: list[str]) -> dict[st
         cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    api = Api(base)
+    api = Api(base, timeout=15)
     try:
         wait_for("cli-server /readyz", lambda: api.call("GET", "/readyz")[0] == 200, 120,
                  0.1, server)  # fmt: skip

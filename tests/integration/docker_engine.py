@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import attrs
 import pytest
@@ -35,15 +34,21 @@ class Engine:
     def docker(self, *args: str, timeout: float = 120) -> str:
         return self.run(["docker", *args], timeout=timeout)
 
-    def run(self, argv: list[str], timeout: float = 120, env: dict[str, str] | None = None) -> str:
-        """A command against this engine; its output, or an assertion that shows its stderr."""
-        done = subprocess.run(
+    def attempt(
+        self, argv: list[str], timeout: float = 120, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """A command against this engine, whatever its exit status."""
+        return subprocess.run(
             argv,
             env={**os.environ, "DOCKER_HOST": self.host, **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,
         )
+
+    def run(self, argv: list[str], timeout: float = 120, env: dict[str, str] | None = None) -> str:
+        """A command against this engine; its output, or an assertion that shows its stderr."""
+        done = self.attempt(argv, timeout, env)
         assert done.returncode == 0, f"{argv[:3]} exited {done.returncode}: {done.stderr[-3000:]}"
         return done.stdout
 
@@ -90,17 +95,13 @@ def private_engine() -> Iterator[Engine]:
         yield engine
     finally:
         # Best effort each: a dead or hung engine must not keep the rest from running.
-        quiet: dict[str, Any] = {
-            "env": {**os.environ, "DOCKER_HOST": host},
-            "capture_output": True,
-            "timeout": 60,
-        }
+        leaving = Engine(host, "")
         try:
-            left = subprocess.run(["docker", "ps", "-aq"], text=True, **quiet).stdout.split()
+            left = leaving.attempt(["docker", "ps", "-aq"], timeout=60).stdout.split()
             if left:
-                subprocess.run(["docker", "rm", "-f", *left], **quiet)
+                leaving.attempt(["docker", "rm", "-f", *left], timeout=60)
             # The engine leaves its networks' firewall rules behind when it stops.
-            subprocess.run(["docker", "network", "prune", "-f"], **quiet)
+            leaving.attempt(["docker", "network", "prune", "-f"], timeout=60)
         except subprocess.TimeoutExpired:
             pass
         os.killpg(proc.pid, signal.SIGTERM)

@@ -194,13 +194,8 @@ def test_compose_runs_docker_sandboxes_that_survive_a_new_server_container(
     )
     (address,) = [n["IPAddress"] for n in json.loads(networks).values()]
     assert requests.get(f"http://{address}:4096/", timeout=5).status_code == 401
-    blocked = subprocess.run(
-        ["docker", "exec", container, "curl", "-sS", "-m", "3", f"http://{address}:4096/"],
-        env={**os.environ, "DOCKER_HOST": engine.host},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    curl = ["docker", "exec", container, "curl", "-sS", "-m", "3", f"http://{address}:4096/"]
+    blocked = engine.attempt(curl, timeout=60)
     assert blocked.returncode != 0 and "401" not in blocked.stdout, blocked
     assert api.delete(d.url(f"/api/sandboxes/{other.json()['id']}"), timeout=30).ok
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -168,13 +166,7 @@ def _http_from(engine: Engine, container: str, address: str, port: int) -> str:
     """The status line a sandbox gets from address:port ('' if it cannot connect in 3 s).
     busybox nc, not wget: the static busybox's wget crashes in its name-service lookups."""
     request = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 3 {address} {port}"
-    done = subprocess.run(
-        ["docker", "exec", container, "sh", "-c", request],
-        env={**os.environ, "DOCKER_HOST": engine.host},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = engine.attempt(["docker", "exec", container, "sh", "-c", request], timeout=60)
     return (done.stdout.splitlines() or [""])[0]
 
 

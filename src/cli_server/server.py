@@ -29,8 +29,11 @@ from cli_server.db.pool import Database, DatabaseUnavailable
 from cli_server.metrics import Metrics
 from cli_server.proxy.access import SandboxAccess
 from cli_server.proxy.endpoints import RunningEndpoints
+from cli_server.proxy.fast_path import FastPath
 from cli_server.proxy.forward import Forwarder
+from cli_server.proxy.front_door import FrontDoorFactory
 from cli_server.proxy.site import SandboxCookie, SandboxSite
+from cli_server.proxy.upstream import UpstreamPool
 from cli_server.proxy.urls import SandboxUrls
 from cli_server.sandboxes.activity import ActivityRecorder
 from cli_server.sandboxes.backend import SandboxBackend
@@ -164,7 +167,8 @@ class Server:
     """The built service tree plus the pieces tests and siblings reach into."""
 
     root: OrderedMultiService
-    site: Site
+    site: Site  # twisted.web's, behind the front door
+    front_door: FrontDoorFactory  # what the listening ports serve
     database: DatabaseService
     manager: SandboxManager
     backend: Any
@@ -304,13 +308,14 @@ def build(
         lambda: database.ready,
         metrics=metrics,
     )
+    sandbox_cookie = SandboxCookie(config.secure_cookies, config.session_lifetime)
     proxy = SandboxSite(
         sandbox_access,
         manager,
         endpoints,
         activity,
         Forwarder.create(reactor, tunnels),
-        SandboxCookie(config.secure_cookies, config.session_lifetime),
+        sandbox_cookie,
         reactor,
         urls.base_host,
         config.base_scheme.encode(),
@@ -348,12 +353,33 @@ def build(
     root_resource = HostDispatcher(site.app.resource(), proxy, urls.base_host)
     web = QuietSandboxSite(root_resource, urls.base_host, requestFactory=BoundedRequest)
     web.displayTracebacks = False
+    fast = FastPath(
+        sandbox_access,
+        endpoints,
+        activity,
+        UpstreamPool(reactor),
+        urls.base_host,
+        config.base_scheme.encode(),
+        sandbox_cookie.name,
+        urls.dashboard,
+        metrics,
+    )
+    front_door = FrontDoorFactory(web, fast, reactor)
     for n, description in enumerate(config.listen):
-        listener = StreamServerEndpointService(serverFromString(reactor, description), web)
+        listener = StreamServerEndpointService(serverFromString(reactor, description), front_door)
         listener.setName(f"http-{n}")
         listener.setServiceParent(root)
     return Server(
-        root, web, database, manager, backend, activity, sandbox_access, anthropic, tunnels
+        root,
+        web,
+        front_door,
+        database,
+        manager,
+        backend,
+        activity,
+        sandbox_access,
+        anthropic,
+        tunnels,
     )
 
 

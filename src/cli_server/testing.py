@@ -81,6 +81,9 @@ class FakeBackend:
         self.calls.append(("delete_workspace", workspace_id))
         self.disks.discard(workspace_id)
 
+    def endpoint_now(self, sandbox_id: str) -> Endpoint | None:
+        return self.running.get(sandbox_id)
+
     @deferred
     async def describe(self, sandbox_id: str) -> Observed:
         if sandbox_id in self.running:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from attrs import define, field, frozen
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from cli_server.auth.tokens import new_token, token_hash
@@ -76,12 +77,24 @@ class SandboxAccess:
         )
         return token
 
-    async def lookup(self, token: str, sandbox_id: str) -> Access | None:
+    def cached(self, token: str, sandbox_id: str) -> Access | None:
+        """The session's fresh cached answer for this sandbox, if there is one (else ask
+        ``lookup``)."""
+        cached = self._cache.get(token_hash(token))
+        if cached is not None and 0 <= self._clock.seconds() - cached.fetched_at < self._ttl:
+            return cached if cached.sandbox_id == sandbox_id else None
+        return None
+
+    def lookup(self, token: str, sandbox_id: str) -> Deferred[Access | None]:
+        """Fires at once (no database) while the session's cached answer is fresh."""
         key = token_hash(token)
         cached = self._cache.get(key)
+        if cached is not None and 0 <= self._clock.seconds() - cached.fetched_at < self._ttl:
+            return succeed(cached if cached.sandbox_id == sandbox_id else None)
+        return Deferred.fromCoroutine(self._fetch(key, sandbox_id))
+
+    async def _fetch(self, key: bytes, sandbox_id: str) -> Access | None:
         now = self._clock.seconds()
-        if cached is not None and now - cached.fetched_at < self._ttl:
-            return cached if cached.sandbox_id == sandbox_id else None
         rows = await self._db.query(
             "SELECT ss.user_id, s.id AS sandbox_id, s.workspace_id, m.role, s.status,"
             " s.is_local, s.opencode_password FROM sandbox_sessions ss"

@@ -28,6 +28,18 @@ class RunningEndpoints:
     # after a status change never joins a lookup that began before it.
     _asking: dict[str, list[Deferred[Endpoint | None]]] = field(factory=dict, init=False)
 
+    def cached(self, sandbox_id: str) -> Endpoint | None:
+        """The endpoint, if it is known without asking the backend (else ask ``get``): from a
+        backend that knows its own exactly (``endpoint_now``), or a fresh remembered answer."""
+        now = getattr(self._backend, "endpoint_now", None)
+        if now is not None:
+            endpoint: Endpoint | None = now(sandbox_id)
+            return endpoint
+        known = self._known.get(sandbox_id)
+        if known is not None and 0 <= self._clock.seconds() - known[1] < self._ttl:
+            return known[0]
+        return None
+
     def get(self, sandbox_id: str) -> Deferred[Endpoint | None]:
         """The sandbox's endpoint if the backend sees it running, else None."""
         known = self._known.get(sandbox_id)

@@ -46,7 +46,7 @@ HOP_BY_HOP = {
 # Credentials of ours that must never reach a sandbox, in any form.
 OUR_COOKIES = {b"cli_session", b"__Host-cli_session", b"cli_sandbox", b"__Host-cli_sandbox"}
 CREDENTIAL_PARAMS = {b"auth_token", b"ticket", b"token"}
-_DROPPED_REQUEST = HOP_BY_HOP | {
+DROPPED_REQUEST = HOP_BY_HOP | {
     b"authorization",
     b"cookie",
     b"forwarded",
@@ -96,7 +96,7 @@ def upstream_headers(request: IRequest, password: str, scheme: bytes) -> Headers
     plus opencode's Basic credential and forwarding headers we set ourselves."""
     headers = Headers()
     for name, values in request.requestHeaders.getAllRawHeaders():
-        if name.lower() not in _DROPPED_REQUEST:
+        if name.lower() not in DROPPED_REQUEST:
             headers.setRawHeaders(name, values)
     cookie = clean_cookie_header(request.requestHeaders.getRawHeaders(b"cookie", []))
     if cookie:

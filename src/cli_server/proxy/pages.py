@@ -31,6 +31,14 @@ STATUS_TEXT = {
 }
 
 
+PAGE_HEADERS = (
+    (b"content-type", b"text/html; charset=utf-8"),
+    (b"cache-control", b"no-store"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+)
+
+
 def page(
     request: IRequest,
     status: int,
@@ -42,10 +50,14 @@ def page(
     resume: bool = False,
 ) -> bytes:
     request.setResponseCode(status)
-    request.setHeader(b"content-type", b"text/html; charset=utf-8")
-    request.setHeader(b"cache-control", b"no-store")
-    request.setHeader(b"referrer-policy", b"no-referrer")
-    request.setHeader(b"x-frame-options", b"DENY")
+    for name, value in PAGE_HEADERS:
+        request.setHeader(name, value)
+    return page_html(title, text, dashboard=dashboard, refresh=refresh, resume=resume)
+
+
+def page_html(
+    title: str, text: str, *, dashboard: str, refresh: int | None = None, resume: bool = False
+) -> bytes:
     head = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
     action = (
         '<form method="post" action="/_cli/resume"><button type="submit">Resume</button></form>'

@@ -14,9 +14,10 @@ from typing import Any
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
+
+from cli_server.proxy.takeover import hand_over
 
 
 class _Side(Protocol):
@@ -74,12 +75,7 @@ async def splice(
         return False
     browser = _Side(on_data)
     transport, request.channel.transport = request.channel.transport, None
-    if isinstance(transport, ProtocolWrapper):
-        transport.wrappedProtocol = browser
-    elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
-        transport.protocol.wrappedProtocol = browser
-    else:
-        transport.protocol = browser
+    hand_over(transport, browser)
     browser.makeConnection(transport)
     producer = getattr(transport, "_networkProducer", None)
     if producer is not None:

@@ -564,6 +564,11 @@ class ProcessBackend:
     async def delete_workspace(self, workspace_id: str) -> None:
         shutil.rmtree(self._data_dir / "workspaces" / workspace_id, ignore_errors=True)
 
+    def endpoint_now(self, sandbox_id: str) -> Endpoint | None:
+        """Where a running sandbox answers, known here without waiting (the proxy's hot path)."""
+        live = self._live.get(sandbox_id)
+        return Endpoint("127.0.0.1", live.port) if live is not None else None
+
     @deferred
     async def describe(self, sandbox_id: str) -> Observed:
         live = self._live.get(sandbox_id)

@@ -1,0 +1,118 @@
+"""Which requests the front door relays itself, and what it sends the sandbox.
+
+A request qualifies when its head is plain (``request_head.py``), its Host names a sandbox,
+its path is not one of ours (``/_cli/...``), its cookie holds a live session whose role
+allows the method, and the sandbox runs on a backend here (not a laptop's tunnel). Every
+other request, including every one that ends in a page of ours, goes to ``SandboxSite``.
+The header hygiene is the same as ``forward.upstream_headers``: the same sets of names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import define, field, frozen
+from twisted.internet.defer import Deferred
+
+from cli_server.proxy.access import Access, SandboxAccess
+from cli_server.proxy.endpoints import RunningEndpoints
+from cli_server.proxy.forward import DROPPED_REQUEST, clean_cookie_header, clean_query
+from cli_server.proxy.hosts import sandbox_for_host
+from cli_server.proxy.request_head import RequestHead, cookie_value
+from cli_server.proxy.upstream import UpstreamPool
+from cli_server.roles import Role
+from cli_server.sandboxes.activity import ActivityRecorder
+from cli_server.sandboxes.backend import Endpoint
+from cli_server.sandboxes.opencode import basic_auth
+
+# The fast path forwards a Content-Length body as it is, so keeps that header.
+_DROPPED = DROPPED_REQUEST - {b"content-length"}
+
+
+@frozen
+class Route:
+    sandbox_id: str
+    endpoint: Endpoint
+    authorization: bytes  # opencode's Basic credential, as a header value
+
+
+@define(eq=False)
+class FastPath:
+    access: SandboxAccess
+    endpoints: RunningEndpoints
+    activity: ActivityRecorder
+    pool: UpstreamPool
+    base_host: bytes
+    scheme: bytes
+    cookie_name: bytes
+    dashboard: str
+    metrics: Any = None
+    # For the sandbox to begin answering once the upload is in, and for an idle browser
+    # connection's next request (or a head to arrive whole).
+    timeout: float = 120.0
+    _counted: Any = field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.metrics is not None:
+            self._counted = self.metrics.proxied.labels("http")
+
+    def route(self, head: RequestHead) -> Route | None | Deferred[Route | None]:
+        """Where to send ``head``, or None for SandboxSite. Answers at once, without a
+        Deferred, when the session and the sandbox's address are known here, as they are for
+        all but about one request a second."""
+        _, sandbox_id = sandbox_for_host(head.host, self.base_host)
+        if sandbox_id is None or head.path.startswith(b"/_cli/"):
+            return None
+        token = cookie_value(head.cookies, self.cookie_name)
+        if token is None:
+            return None
+        access = self.access.cached(token, sandbox_id)
+        if access is None:
+            return self.access.lookup(token, sandbox_id).addCallback(self._allowed, head)
+        return self._allowed(access, head)
+
+    def _allowed(
+        self, access: Access | None, head: RequestHead
+    ) -> Route | None | Deferred[Route | None]:
+        if access is None or access.status != "running" or access.is_local:
+            return None
+        if access.role < Role.DEVELOPER and head.method != b"GET":
+            return None  # SandboxSite answers with its read-only page
+        sandbox_id, password = access.sandbox_id, access.password
+        endpoint = self.endpoints.cached(sandbox_id)
+        if endpoint is not None:
+            return Route(sandbox_id, endpoint, basic_auth(password))
+        return self.endpoints.get(sandbox_id).addCallback(
+            lambda found: Route(sandbox_id, found, basic_auth(password)) if found else None
+        )
+
+    def used(self, route: Route) -> None:
+        self.activity.touch(route.sandbox_id)
+        if self._counted is not None:
+            self._counted.inc()
+
+    def failed(self, route: Route) -> None:
+        """The sandbox did not answer: it may have moved; ask the backend next time."""
+        self.endpoints.forget(route.sandbox_id)
+
+    def upstream_head(self, head: RequestHead, route: Route, peer: bytes) -> bytes:
+        """``head`` as the sandbox gets it: see ``forward.upstream_headers``."""
+        out = [head.method, b" ", clean_query(head.target), b" HTTP/1.1\r\n"]
+        for name, value in head.headers:
+            if name.lower() not in _DROPPED:
+                out += (name, b": ", value, b"\r\n")
+        cookie = clean_cookie_header(head.cookies) if head.cookies else None
+        if cookie:
+            out += (b"cookie: ", cookie, b"\r\n")
+        out += (
+            b"authorization: ",
+            route.authorization,
+            b"\r\nx-forwarded-for: ",
+            peer,
+            b"\r\nx-forwarded-proto: ",
+            self.scheme,
+            b"\r\nx-forwarded-host: ",
+            head.host,
+            b"\r\n\r\n",
+        )
+        return b"".join(out)

@@ -1,0 +1,388 @@
+"""The listening port's protocol: relays the common sandbox request itself, gives every other
+connection to twisted.web.
+
+twisted.web parses each request into a ``Request`` with header objects, and its client
+(``Agent``) does the same for each answer; for a proxy that was most of the time spent per
+request, one Python reactor serving a tenth of what nginx does. The front door reads each
+request head itself (``request_head.py``, strict), asks ``FastPath`` whether it may relay
+it, and if so sends it over a pooled keep-alive connection (``upstream.py``) and copies the
+answer back, re-framed, with flow control both ways. Requests the fast path does not take
+(the main site, tickets, pages of ours, WebSocket upgrades, anything unusual) are not
+answered here: the connection is handed, with every byte of that request, to twisted.web's
+channel for good, and ``HostDispatcher`` serves it as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import define, field
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from cli_server.nodelay import no_delay
+from cli_server.proxy.fast_path import FastPath, Route
+from cli_server.proxy.forward import HOP_BY_HOP, safe_set_cookie
+from cli_server.proxy.pages import PAGE_HEADERS, page_html
+from cli_server.proxy.request_head import MAX_HEAD, RequestHead, head_end, parse_head
+from cli_server.proxy.send_now import send_now
+from cli_server.proxy.takeover import hand_over
+from cli_server.proxy.upstream import Framing, UpstreamConnection
+from cli_server.web.request import MAX_SANDBOX_BODY
+
+
+@define(eq=False)
+class _Exchange:
+    """One request in flight on a browser connection."""
+
+    head: RequestHead
+    route: Route | None = None
+    upstream: UpstreamConnection | None = None
+    raw_head: bytes = b""
+    request: bytes = b""  # the head as the sandbox gets it
+    body_left: int = 0  # body bytes still to come from the browser
+    body_sent: int = 0  # body bytes passed on to the sandbox
+    pending: list[bytes] = field(factory=list)  # body bytes before the upstream is there
+    reused: bool = False
+    retried: bool = False
+    timed_out: bool = False
+    framing: Framing | None = None  # set once the answer's head is in
+    close: bool = False  # the browser connection ends with this answer
+    waiting: bool = False  # for the sandbox to begin its answer, on the connection's timer
+
+
+class FrontDoor(Protocol):
+    _log = Logger()
+
+    def __init__(self, fast: FastPath, site: Any, address: Any, reactor: Any) -> None:
+        self._fast, self._site, self._address, self._reactor = fast, site, address, reactor
+        self._buffer = b""  # bytes read and not yet used: the next request's head, at least
+        self._exchange: _Exchange | None = None
+        self._out: list[bytes] = []  # answer bytes gathered in one read from the upstream
+        self._paused = False
+        self._gone = False  # the browser left, or the connection went to twisted.web
+        self._timer: IDelayedCall | None = None  # idle, or waiting for an answer: one timer
+        self._due = 0.0
+        self._peer = b""
+
+    def connectionMade(self) -> None:
+        no_delay(self.transport)
+        self._peer = str(getattr(self.transport.getPeer(), "host", "")).encode()  # type: ignore[union-attr]
+        self._deadline(self._fast.timeout)
+
+    # the browser's side
+
+    def dataReceived(self, data: bytes) -> None:
+        ex = self._exchange
+        if ex is not None and ex.body_left:
+            data = self._body(ex, data)
+            if not data:
+                return
+        self._buffer += data
+        if ex is None:
+            self._next()
+        elif len(self._buffer) > MAX_HEAD:
+            self._pause()  # a pipelined request waits; don't read more meanwhile
+
+    def _body(self, ex: _Exchange, data: bytes) -> bytes:
+        """Passes the body part of ``data`` on; returns what follows it."""
+        part = data[: ex.body_left]
+        ex.body_left -= len(part)
+        if ex.upstream is None:
+            ex.pending.append(part)
+        else:
+            ex.body_sent += len(part)
+            ex.upstream.write(part)
+            if not ex.body_left:
+                ex.upstream.transport.unregisterProducer()  # type: ignore[union-attr]
+                self._wait_answer(ex)
+        return data[len(part) :]
+
+    def _next(self) -> None:
+        """Take up the next request, once its head is whole."""
+        size = head_end(self._buffer)
+        if size < 0:
+            if len(self._buffer) > MAX_HEAD:
+                self._hand_off(self._buffer)  # twisted.web says what is wrong
+            return
+        head = parse_head(self._buffer[:size], MAX_SANDBOX_BODY)
+        if head is None:
+            self._hand_off(self._buffer)
+            return
+        ex = self._exchange = _Exchange(head)
+        routing = self._fast.route(head)
+        if isinstance(routing, Deferred):
+            self._pause()  # a database or backend lookup: wait, reading nothing more
+            routing.addCallback(self._routed, ex).addErrback(self._route_failed, ex)
+        else:
+            self._routed(routing, ex)
+
+    def _route_failed(self, failure: Failure, ex: _Exchange) -> None:
+        self._log.failure("routing {target}", failure, target=ex.head.target)
+        if ex is self._exchange and not self._gone:
+            self._hand_off(self._buffer)  # SandboxSite looks again and answers
+
+    def _routed(self, route: Route | None, ex: _Exchange) -> None:
+        if self._gone or ex is not self._exchange:
+            return
+        if self._paused:
+            self._resume()
+        if route is None:
+            self._hand_off(self._buffer)
+            return
+        head = ex.head
+        self._fast.used(route)
+        ex.route = route
+        ex.raw_head, self._buffer = self._buffer[: head.size], self._buffer[head.size :]
+        ex.request = self._fast.upstream_head(head, route, self._peer)
+        ex.body_left = head.content_length
+        if ex.body_left:
+            rest, self._buffer = self._buffer, b""
+            self._buffer = self._body(ex, rest)
+            if ex.body_left:
+                self._pause()  # until the upstream connection can take the body
+        self._connect(ex)
+
+    def _connect(self, ex: _Exchange) -> None:
+        assert ex.route is not None
+        reused = self._fast.pool.take(ex.route.endpoint)
+        if reused is not None:
+            self._send(reused, ex, True)
+            return
+        connecting = self._fast.pool.connect(ex.route.endpoint)
+        connecting.addCallbacks(self._send, self._unreachable, (ex, False), {}, (ex,))
+
+    def _send(self, upstream: UpstreamConnection, ex: _Exchange, reused: bool) -> None:
+        if self._gone or ex is not self._exchange:
+            self._fast.pool.give_back(upstream)  # unused: the browser left meanwhile
+            return
+        ex.upstream, ex.reused = upstream, reused
+        body, ex.pending = b"".join(ex.pending), []
+        ex.body_sent += len(body)
+        upstream.start(self, ex.request + body)
+        if ex.body_left:
+            upstream.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
+            self._resume()
+        else:
+            self._wait_answer(ex)
+
+    def _wait_answer(self, ex: _Exchange) -> None:
+        """Time the sandbox's answer from the end of the upload, however long that took."""
+        if ex.framing is None:
+            ex.waiting = True
+            self._deadline(self._fast.timeout)
+
+    def _unreachable(self, failure: Failure, ex: _Exchange) -> None:
+        if not self._gone and ex is self._exchange:
+            self._failed(ex)
+
+    def _expired(self) -> None:
+        ex = self._exchange
+        if ex is None:
+            self._close()  # idle too long
+        elif ex.waiting and ex.upstream is not None:
+            ex.timed_out = True  # upstream_lost answers the browser
+            ex.upstream.transport.abortConnection()  # type: ignore[union-attr]
+        # (else the timer was for something that has ended)
+
+    def _failed(self, ex: _Exchange) -> None:
+        """No answer came: a request without a body goes to SandboxSite, which knows what to
+        show (it asks the backend again); a body already passed on cannot be sent twice."""
+        assert ex.route is not None
+        self._fast.failed(ex.route)
+        ex.waiting = False
+        if not ex.timed_out and not ex.head.content_length:
+            self._hand_off(ex.raw_head + self._buffer)
+            return
+        if ex.timed_out:
+            title, text = "The sandbox is not answering", "It took too long. Try again."
+            self._page(504, title, text)
+        else:
+            self._page(502, "The sandbox could not be reached", "Try again in a moment.")
+
+    def _page(self, status: int, title: str, text: str) -> None:
+        body = page_html(title, text, dashboard=self._fast.dashboard)
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, title.encode())]
+        head += [name + b": " + value + b"\r\n" for name, value in PAGE_HEADERS]
+        head.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
+        self._exchange = None
+        self._out.clear()
+        send_now(self.transport, b"".join(head) + body)
+        self._close()
+
+    # the sandbox's side (see upstream.Client)
+
+    def response_head(
+        self, code: int, reason: bytes, headers: list[tuple[bytes, bytes]], framing: Framing
+    ) -> None:
+        ex = self._exchange
+        assert ex is not None and ex.upstream is not None
+        ex.waiting = False
+        ex.framing = framing
+        out = [b"HTTP/1.1 %d %s\r\n" % (code, reason)]
+        for name, value in headers:
+            lower = name.lower()
+            if lower in HOP_BY_HOP or (lower == b"content-length" and framing != Framing.LENGTH):
+                continue
+            if lower == b"set-cookie" and not safe_set_cookie(value):
+                continue
+            out += (name, b": ", value, b"\r\n")
+        if framing in (Framing.CHUNKED, Framing.UNTIL_CLOSE):
+            out.append(b"transfer-encoding: chunked\r\n")
+        # An answer before the whole body came ends the connection: the rest is not read.
+        ex.close = ex.head.close or ex.body_left > 0
+        if ex.close:
+            out.append(b"connection: close\r\n")
+        out.append(b"\r\n")
+        self._out.append(b"".join(out))
+        self.transport.registerProducer(ex.upstream.transport, True)  # type: ignore[union-attr]
+
+    def response_body(self, data: bytes) -> None:
+        ex = self._exchange
+        if ex is None:
+            return
+        if ex.framing is Framing.LENGTH:
+            self._out.append(data)
+        else:
+            self._out += (b"%x\r\n" % len(data), data, b"\r\n")
+
+    def flush(self) -> None:
+        if self._out and not self._gone:
+            data = b"".join(self._out)
+            self._out.clear()
+            send_now(self.transport, data)
+
+    def response_end(self, keep_alive: bool) -> None:
+        ex = self._exchange
+        if ex is None or ex.upstream is None:
+            return
+        if ex.framing in (Framing.CHUNKED, Framing.UNTIL_CLOSE):
+            self._out.append(b"0\r\n\r\n")
+        self.flush()
+        if not self._gone:
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
+        if keep_alive and not ex.body_left:
+            self._fast.pool.give_back(ex.upstream)
+        else:
+            ex.upstream.transport.loseConnection()  # type: ignore[union-attr]
+        self._exchange = None
+        if self._gone:
+            return
+        if ex.close:
+            self._close()
+            return
+        if self._paused:
+            self._resume()
+        self._deadline(self._fast.timeout)
+        if self._buffer:
+            self._next()
+
+    def upstream_lost(self, answered: bool) -> None:
+        ex = self._exchange
+        if ex is None or self._gone:
+            return
+        if answered and ex.framing is Framing.UNTIL_CLOSE:
+            self.response_end(False)  # that is how such a body ends
+        elif answered:
+            self.flush()
+            self._exchange = None
+            self._close()  # cut short: the browser must not take a part for the whole
+        elif ex.reused and not ex.retried and not ex.timed_out and ex.body_sent == 0:
+            # A pooled connection the sandbox had closed meanwhile: once more, on a new one.
+            assert ex.upstream is not None
+            if not ex.upstream.received:
+                ex.retried = True
+                ex.upstream = None
+                ex.waiting = False
+                if ex.body_left:
+                    self._pause()
+                self._connect(ex)
+                return
+            self._failed(ex)
+        else:
+            self._failed(ex)
+
+    # the connection
+
+    def _hand_off(self, data: bytes) -> None:
+        """twisted.web serves this connection from now on, starting with ``data``."""
+        self._gone = True
+        self._stop_timer()
+        self._exchange = None
+        transport: Any = self.transport
+        if self._paused:
+            self._paused = False
+            transport.resumeProducing()
+        channel = self._site.buildProtocol(self._address)
+        hand_over(transport, channel)
+        channel.makeConnection(transport)
+        if data:
+            channel.dataReceived(data)
+
+    def _close(self) -> None:
+        self._gone = True
+        self._stop_timer()
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        self._gone = True
+        self._stop_timer()
+        ex, self._exchange = self._exchange, None
+        if ex is not None:
+            ex.waiting = False
+            if ex.upstream is not None:
+                ex.upstream.client = None  # the answer is not wanted, nor the connection
+                ex.upstream.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _pause(self) -> None:
+        if not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def _resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def _deadline(self, seconds: float) -> None:
+        """Sets when the connection's one timer should act. Only a time is stored: the timer
+        re-arms itself when it finds its time moved on, so a request costs no timer calls.
+        (Both waits are ``fast.timeout``, so a deadline is never moved sooner.)"""
+        self._due = self._reactor.seconds() + seconds
+        if self._timer is None:
+            self._timer = self._reactor.callLater(seconds, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        left = self._due - self._reactor.seconds()
+        if left > 0:
+            self._timer = self._reactor.callLater(left, self._check_deadline)
+            return
+        self._timer = None
+        self._expired()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+
+class FrontDoorFactory(Factory):
+    """What each listening port serves: a FrontDoor per connection, over ``site``."""
+
+    def __init__(self, site: Any, fast: FastPath, reactor: Any) -> None:
+        self.site, self.fast, self._reactor = site, fast, reactor
+
+    def startFactory(self) -> None:
+        self.site.doStart()
+
+    def stopFactory(self) -> None:
+        self.site.doStop()
+        self.fast.pool.close_idle()
+
+    def buildProtocol(self, addr: Any) -> FrontDoor:
+        door = FrontDoor(self.fast, self.site, addr, self._reactor)
+        door.factory = self
+        return door

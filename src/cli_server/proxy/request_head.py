@@ -1,0 +1,108 @@
+"""A strict reader of the HTTP/1.1 request heads the proxy's fast path takes.
+
+The fast path (``front_door.py``) handles the common request only: HTTP/1.1, a plain method,
+an origin-form target, no body or a ``Content-Length`` one, no upgrade. Anything else, and
+anything even slightly malformed, reads as None here and goes to twisted.web, which answers
+it as it always has. Being strict is what keeps two parsers from disagreeing about where a
+request ends (request smuggling): this one never guesses.
+"""
+
+from __future__ import annotations
+
+import re
+
+from attrs import frozen
+
+MAX_HEAD = 64 * 1024
+# Methods a browser's fetch sends with no body or a Content-Length one. HEAD is left to
+# twisted.web: its answer has a Content-Length and no body, which our response parser
+# would wait for.
+FAST_METHODS = frozenset({b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"})
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+# Control bytes other than tab, CR and LF; a CR or LF outside a CRLF is caught by counting.
+_BAD_BYTE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
+# Headers after which the request is not one the fast path relays as it is.
+_NOT_PLAIN = frozenset({b"transfer-encoding", b"upgrade", b"expect", b"te"})
+
+
+@frozen
+class RequestHead:
+    method: bytes
+    target: bytes
+    headers: list[tuple[bytes, bytes]]  # as sent: names in their case, values trimmed
+    size: int  # bytes of the head, blank line included
+    host: bytes
+    content_length: int
+    close: bool  # the client said Connection: close
+    cookies: list[bytes]
+
+    @property
+    def path(self) -> bytes:
+        return self.target.partition(b"?")[0]
+
+
+def head_end(buffer: bytes) -> int:
+    """The size of the head at the start of ``buffer``, or -1 while it is incomplete."""
+    end = buffer.find(b"\r\n\r\n")
+    return end + 4 if end >= 0 else -1
+
+
+def parse_head(raw: bytes, max_body: int) -> RequestHead | None:
+    """``raw`` is one whole head (through the blank line); None unless it is plainly fast."""
+    crlf = raw.count(b"\r\n")
+    if raw.count(b"\r") != crlf or raw.count(b"\n") != crlf or _BAD_BYTE.search(raw):
+        return None
+    lines = raw[:-4].split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in FAST_METHODS:
+        return None
+    method, target = parts[0], parts[1]
+    if not target.startswith(b"/") or _BAD_TARGET.search(target):
+        return None
+    headers: list[tuple[bytes, bytes]] = []
+    host: bytes | None = None
+    length: bytes | None = None
+    close = False
+    cookies: list[bytes] = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.match(name):
+            return None  # also: obs-fold, a space before the colon
+        value = value.strip(b" \t")
+        lower = name.lower()
+        if lower in _NOT_PLAIN:
+            return None
+        if lower == b"host":
+            if host is not None:
+                return None
+            host = value
+        elif lower == b"content-length":
+            if length is not None or not value.isdigit() or len(value) > 12:
+                return None
+            length = value
+        elif lower == b"connection":
+            tokens = {t.strip().lower() for t in value.split(b",")}
+            if b"upgrade" in tokens:
+                return None
+            close = close or b"close" in tokens
+        elif lower == b"cookie":
+            cookies.append(value)
+        headers.append((name, value))
+    size = int(length) if length is not None else 0
+    if host is None or size > max_body:
+        return None
+    return RequestHead(method, target, headers, len(raw), host, size, close, cookies)
+
+
+def cookie_value(cookies: list[bytes], name: bytes) -> str | None:
+    """The first value of cookie ``name`` in the request's Cookie headers."""
+    for header in cookies:
+        for part in header.split(b";"):
+            key, eq, value = part.strip().partition(b"=")
+            if eq and key == name:
+                try:
+                    return value.decode("ascii") or None
+                except UnicodeDecodeError:
+                    return None
+    return None

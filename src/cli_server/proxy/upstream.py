@@ -1,0 +1,224 @@
+"""Keep-alive HTTP/1.1 connections to sandboxes, for the proxy's fast path.
+
+An ``UpstreamConnection`` carries one request at a time and reads the answer with httptools
+(llhttp, Node's parser, in C). What it reads goes to its ``client``, the browser connection it
+is serving, which re-frames it; between requests it waits in the ``UpstreamPool``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+from typing import Protocol as Interface
+
+import httptools
+from attrs import define, field
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from cli_server.nodelay import no_delay
+from cli_server.proxy.send_now import send_now
+from cli_server.sandboxes.backend import Endpoint
+
+
+class Framing(Enum):
+    NONE = "none"  # 204, 304: no body
+    LENGTH = "length"  # Content-Length
+    CHUNKED = "chunked"
+    UNTIL_CLOSE = "until-close"  # neither: the body ends when the connection does
+
+
+class Client(Interface):
+    """What an upstream connection reports to (the browser connection it serves)."""
+
+    def response_head(
+        self, code: int, reason: bytes, headers: list[tuple[bytes, bytes]], framing: Framing
+    ) -> None: ...
+
+    def response_body(self, data: bytes) -> None: ...
+
+    def response_end(self, keep_alive: bool) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def upstream_lost(self, answered: bool) -> None: ...
+
+
+class UpstreamConnection(Protocol):
+    pool: UpstreamPool | None = None
+    _log = Logger()
+
+    def __init__(self, key: tuple[str, int]) -> None:
+        self.key = key
+        self.client: Client | None = None
+        self.received = False  # any byte of an answer on this connection's current request
+        self.idle_since = 0.0  # when it went back to the pool
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._framing = Framing.NONE
+        self._answered = False  # the final (not 1xx) head is in
+        self._ended = False
+        self._keep_alive = False
+
+    def connectionMade(self) -> None:
+        no_delay(self.transport)
+
+    def start(self, client: Client, data: bytes) -> None:
+        """Send a request head (and what there is of its body) on behalf of ``client``."""
+        self.client, self.received, self._answered, self._ended = client, False, False, False
+        send_now(self.transport, data)
+
+    def write(self, data: bytes) -> None:
+        send_now(self.transport, data)
+
+    def dataReceived(self, data: bytes) -> None:
+        client = self.client
+        if client is None:  # an idle connection that talks: not one to reuse
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        self.received = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as e:  # connectionLost tells the client
+            if isinstance(e, httptools.HttpParserCallbackError) and e.__context__ is not None:
+                self._log.failure("relaying from {key}", Failure(e.__context__), key=self.key)
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        if self.client is not None:
+            self.client.flush()
+        if self._ended:
+            self._ended = False
+            self.client = None
+            client.response_end(self._keep_alive)
+
+    # httptools callbacks, called from feed_data
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        code = self._parser.get_status_code()
+        headers, self._headers = self._headers, []
+        reason, self._reason = self._reason, b""
+        if 100 <= code < 200:
+            if code == 101:  # we never ask for an upgrade here
+                raise _Unasked101()
+            return  # 100 Continue, 103 Early Hints: informational, not relayed
+        names = {name.lower() for name, _ in headers}
+        if code in (204, 304):
+            self._framing = Framing.NONE
+        elif b"transfer-encoding" in names:
+            self._framing = Framing.CHUNKED
+        elif b"content-length" in names:
+            self._framing = Framing.LENGTH
+        else:
+            self._framing = Framing.UNTIL_CLOSE
+        self._answered = True
+        assert self.client is not None
+        self.client.response_head(code, reason or b"-", headers, self._framing)
+
+    def on_body(self, data: bytes) -> None:
+        if self.client is not None:
+            self.client.response_body(data)
+
+    def on_message_complete(self) -> None:
+        if self._answered:
+            self._ended = True
+            # (asked now: once feed_data returns, the parser has moved on to the next message)
+            keep = self._framing is not Framing.UNTIL_CLOSE and self._parser.should_keep_alive()
+            self._keep_alive = keep
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        if self.pool is not None:
+            self.pool.discard(self)
+        client, self.client = self.client, None
+        if client is not None:
+            client.upstream_lost(self._answered)
+
+
+class _Unasked101(Exception):
+    pass
+
+
+def _tcp(reactor: Any) -> Callable[[Endpoint, UpstreamConnection], Deferred[Any]]:
+    def connect(endpoint: Endpoint, protocol: UpstreamConnection) -> Deferred[Any]:
+        tcp = TCP4ClientEndpoint(reactor, endpoint.host, endpoint.port, timeout=10)
+        connecting: Deferred[Any] = connectProtocol(tcp, protocol)
+        return connecting
+
+    return connect
+
+
+@define(eq=False)
+class UpstreamPool:
+    """Idle keep-alive connections per sandbox address, the most recently used first."""
+
+    _reactor: Any
+    _connector: Callable[[Endpoint, UpstreamConnection], Deferred[Any]] | None = None
+    max_idle: int = 64  # per address
+    idle_seconds: float = 60.0
+    _idle: dict[tuple[str, int], list[UpstreamConnection]] = field(factory=dict, init=False)
+    _sweeper: IDelayedCall | None = field(default=None, init=False)
+
+    def take(self, endpoint: Endpoint) -> UpstreamConnection | None:
+        key = (endpoint.host, endpoint.port)
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if not idle:
+                del self._idle[key]
+            if not conn.transport.disconnecting:  # type: ignore[union-attr]
+                return conn  # (else the sweeper closed it; connectionLost has not run yet)
+        return None
+
+    def connect(self, endpoint: Endpoint) -> Deferred[UpstreamConnection]:
+        conn = UpstreamConnection((endpoint.host, endpoint.port))
+        conn.pool = self
+        connector = self._connector or _tcp(self._reactor)
+        return connector(endpoint, conn).addCallback(lambda _: conn)
+
+    def give_back(self, conn: UpstreamConnection) -> None:
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) >= self.max_idle:
+            conn.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        conn.idle_since = self._reactor.seconds()
+        idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = self._reactor.callLater(self.idle_seconds, self._sweep)
+
+    def _sweep(self) -> None:
+        """Closes connections idle for ``idle_seconds``: one timer for the pool, not one per
+        connection and request."""
+        self._sweeper = None
+        stale = self._reactor.seconds() - self.idle_seconds
+        for idle in list(self._idle.values()):
+            for conn in [c for c in idle if c.idle_since <= stale]:
+                conn.transport.loseConnection()  # type: ignore[union-attr]
+        if self._idle:
+            self._sweeper = self._reactor.callLater(self.idle_seconds / 2, self._sweep)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+            if not idle:
+                del self._idle[conn.key]
+
+    def close_idle(self) -> None:
+        if self._sweeper is not None and self._sweeper.active():
+            self._sweeper.cancel()
+        self._sweeper = None
+        for idle in list(self._idle.values()):
+            for conn in list(idle):
+                conn.transport.loseConnection()  # type: ignore[union-attr]
+        self._idle.clear()

@@ -1,0 +1,385 @@
+"""The proxy's front door, in memory: string transports for the browser and the sandbox, a
+Clock for time, and FAKE session/endpoint lookups (the real ones are in the integration
+tests, which all go through the front door too)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import define, field
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from cli_server.proxy.access import Access
+from cli_server.proxy.fast_path import FastPath
+from cli_server.proxy.front_door import FrontDoor
+from cli_server.proxy.upstream import UpstreamConnection, UpstreamPool
+from cli_server.roles import Role
+from cli_server.sandboxes.backend import Endpoint
+
+SID = "0b6f1a3e-1111-4222-8333-444455556666"
+HOST = f"oc-{SID}.localhost:8080".encode()
+TOKEN = "session-token"
+HERE = Endpoint("127.0.0.1", 41000)
+
+
+@define
+class FakeAccess:
+    """Sessions by token; ``slow`` makes lookups wait for the test."""
+
+    role: Role = Role.DEVELOPER
+    status: str = "running"
+    slow: bool = False
+    waiting: list[Deferred[Any]] = field(factory=list)
+
+    def _access(self, token: str, sandbox_id: str) -> Access | None:
+        if token != TOKEN or sandbox_id != SID:
+            return None
+        return Access("u", SID, "w", self.role, self.status, False, "pw", 0.0)
+
+    def cached(self, token: str, sandbox_id: str) -> Access | None:
+        return None if self.slow else self._access(token, sandbox_id)
+
+    def lookup(self, token: str, sandbox_id: str) -> Deferred[Access | None]:
+        d: Deferred[Access | None] = Deferred()
+        self.waiting.append(d)
+        d.callback(None) if not self.slow else None
+        d.addCallback(lambda _: self._access(token, sandbox_id))
+        return d
+
+
+@define
+class FakeEndpoints:
+    endpoint: Endpoint | None = HERE
+    forgotten: list[str] = field(factory=list)
+
+    def cached(self, sandbox_id: str) -> Endpoint | None:
+        return self.endpoint
+
+    def get(self, sandbox_id: str) -> Deferred[Endpoint | None]:
+        return succeed(self.endpoint)
+
+    def forget(self, sandbox_id: str) -> None:
+        self.forgotten.append(sandbox_id)
+
+
+@define
+class FakeActivity:
+    touched: list[str] = field(factory=list)
+
+    def touch(self, sandbox_id: str) -> None:
+        self.touched.append(sandbox_id)
+
+
+class Channel(Protocol):
+    """Stands in for twisted.web's channel: records what it is handed."""
+
+    def __init__(self) -> None:
+        self.received = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+
+@define
+class FakeSite:
+    channels: list[Channel] = field(factory=list)
+
+    def buildProtocol(self, addr: Any) -> Channel:
+        self.channels.append(Channel())
+        return self.channels[-1]
+
+
+@define
+class Sandbox:
+    """Upstream connections the pool opens, each on a string transport."""
+
+    connections: list[UpstreamConnection] = field(factory=list)
+    hold: bool = False  # leave connection attempts pending
+    pending: list[tuple[Deferred[Any], UpstreamConnection]] = field(factory=list)
+
+    def connect(self, endpoint: Endpoint, conn: UpstreamConnection) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        if self.hold:
+            self.pending.append((d, conn))
+        else:
+            self.attach(d, conn)
+        return d
+
+    def attach(self, d: Deferred[Any], conn: UpstreamConnection) -> None:
+        conn.makeConnection(StringTransport())
+        self.connections.append(conn)
+        d.callback(conn)
+
+    def sent(self, n: int = -1) -> bytes:
+        transport: Any = self.connections[n].transport
+        return bytes(transport.value())
+
+    def answer(self, data: bytes, n: int = -1) -> None:
+        self.connections[n].dataReceived(data)
+
+
+@define
+class Door:
+    door: FrontDoor
+    browser: StringTransport
+    sandbox: Sandbox
+    site: FakeSite
+    access: FakeAccess
+    endpoints: FakeEndpoints
+    activity: FakeActivity
+    clock: Clock
+
+    def send(self, data: bytes) -> None:
+        self.door.dataReceived(data)
+
+    def got(self) -> bytes:
+        return bytes(self.browser.value())
+
+
+def door(**access: Any) -> Door:
+    clock, sandbox, site = Clock(), Sandbox(), FakeSite()
+    fakes: dict[str, Any] = {
+        "access": FakeAccess(**access),
+        "endpoints": FakeEndpoints(),
+        "activity": FakeActivity(),
+    }
+    pool = UpstreamPool(clock, sandbox.connect)
+    fast = FastPath(
+        fakes["access"],
+        fakes["endpoints"],
+        fakes["activity"],
+        pool,
+        b"localhost",
+        b"http",
+        b"cli_sandbox",
+        "http://localhost:8080/",
+    )
+    front = FrontDoor(fast, site, None, clock)
+    browser = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 5555))
+    front.makeConnection(browser)
+    return Door(
+        front, browser, sandbox, site, fakes["access"], fakes["endpoints"], fakes["activity"], clock
+    )
+
+
+def get(
+    path: bytes = b"/x", *extra: bytes, cookie: bytes = b"cli_sandbox=" + TOKEN.encode()
+) -> bytes:
+    lines = [b"GET " + path + b" HTTP/1.1", b"Host: " + HOST]
+    if cookie:
+        lines.append(b"Cookie: " + cookie)
+    return b"\r\n".join([*lines, *extra]) + b"\r\n\r\n"
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi"
+
+
+def test_a_request_reaches_the_sandbox_cleaned_and_the_answer_comes_back() -> None:
+    d = door()
+    d.send(
+        get(
+            b"/file?token=secret&directory=%2Ftmp",
+            b"Authorization: Bearer ours",
+            b"X-Forwarded-For: 6.6.6.6",
+            b"Forwarded: for=6.6.6.6",
+            cookie=b"cli_sandbox=" + TOKEN.encode() + b"; theme=dark; cli_session=main",
+        )
+    )
+    head = d.sandbox.sent().lower()
+    assert head.startswith(b"get /file?directory=%2ftmp http/1.1\r\n")
+    assert b"secret" not in head and b"bearer" not in head and b"6.6.6.6" not in head
+    assert TOKEN.encode() not in head and b"cli_session" not in head
+    assert b"cookie: theme=dark\r\n" in head
+    assert b"authorization: basic b3blbmnvzgu6chc=\r\n" in head  # opencode:pw
+    assert b"x-forwarded-for: 10.1.2.3\r\n" in head and b"x-forwarded-proto: http\r\n" in head
+    assert b"x-forwarded-host: " + HOST.lower() + b"\r\n" in head
+    d.sandbox.answer(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nSet-Cookie: a=1; Path=/\r\n"
+        b"Set-Cookie: b=2; Domain=localhost\r\nSet-Cookie: cli_sandbox=x\r\n"
+        b"Connection: keep-alive\r\n\r\nhi"
+    )
+    answer = d.got()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\nhi")
+    assert b"Set-Cookie: a=1; Path=/\r\n" in answer
+    assert b"Domain" not in answer and b"cli_sandbox" not in answer
+    assert b"Connection" not in answer
+    assert d.activity.touched == [SID]
+
+
+def test_keep_alive_both_ways_and_pipelined_requests_in_order() -> None:
+    d = door()
+    d.send(get(b"/1") + get(b"/2"))
+    assert d.sandbox.sent().startswith(b"GET /1 ")
+    d.sandbox.answer(OK)
+    assert len(d.sandbox.connections) == 1  # the same connection carries the second
+    assert d.sandbox.sent().count(b"GET /2 ") == 1
+    d.sandbox.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbye")
+    assert d.got().count(b"HTTP/1.1 200") == 2 and d.got().endswith(b"bye")
+    assert not d.browser.disconnecting
+
+
+def test_chunked_and_until_close_answers_are_sent_chunked() -> None:
+    d = door()
+    d.send(get(b"/events"))
+    d.sandbox.answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    assert d.got().endswith(b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    d.sandbox.answer(b"0\r\n\r\n")
+    assert d.got().endswith(b"0\r\n\r\n")
+    d.send(get(b"/old"))
+    d.sandbox.answer(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil")
+    upstream: Any = d.sandbox.connections[-1].transport
+    d.sandbox.connections[-1].connectionLost()
+    assert d.got().endswith(b"5\r\nuntil\r\n0\r\n\r\n")
+    assert upstream is not None and not d.browser.disconnecting
+
+
+def test_a_body_streams_on_and_reading_waits_for_the_sandbox_connection() -> None:
+    d = door()
+    d.sandbox.hold = True
+    d.send(
+        b"POST /upload HTTP/1.1\r\nHost: "
+        + HOST
+        + b"\r\nCookie: cli_sandbox="
+        + TOKEN.encode()
+        + b"\r\nContent-Length: 10\r\n\r\n0123"
+    )
+    assert d.browser.producerState == "paused"  # held until the sandbox can take it
+    pending, conn = d.sandbox.pending.pop()
+    d.sandbox.attach(pending, conn)
+    assert d.browser.producerState == "producing"
+    sent = d.sandbox.sent()
+    assert b"Content-Length: 10\r\n" in sent and sent.endswith(b"\r\n\r\n0123")
+    d.send(b"456789" + get(b"/next"))
+    assert d.sandbox.sent().endswith(b"\r\n\r\n0123456789")  # /next waits its turn
+    d.sandbox.answer(OK)
+    assert d.sandbox.sent().split(b"0123456789", 1)[1].startswith(b"GET /next HTTP/1.1\r\n")
+    assert len(d.sandbox.connections) == 1
+
+
+def test_what_the_fast_path_does_not_take_goes_to_twisted_web_byte_for_byte() -> None:
+    cases = [
+        get(cookie=b""),  # no session: SandboxSite's page
+        get(cookie=b"cli_sandbox=someone-else"),
+        get(b"/_cli/auth?ticket=t"),
+        b"HEAD / HTTP/1.1\r\nHost: " + HOST + b"\r\n\r\n",
+        b"GET / HTTP/1.0\r\nHost: " + HOST + b"\r\n\r\n",
+        get(b"/pty/1/connect", b"Upgrade: websocket", b"Connection: Upgrade"),
+        b"POST / HTTP/1.1\r\nHost: " + HOST + b"\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: "
+        + HOST
+        + b"\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        b"GET / HTTP/1.1\r\nHost: " + HOST + b"\r\nX-Folded: a\r\n b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: " + HOST + b"\nX-Bare: lf\r\n\r\n",
+        b"GET http://evil/ HTTP/1.1\r\nHost: " + HOST + b"\r\n\r\n",
+        b"GET /api/auth/me HTTP/1.1\r\nHost: localhost:8080\r\n\r\n",  # the main site
+    ]
+    for raw in cases:
+        d = door()
+        d.send(raw + b"MORE")
+        assert [c.received for c in d.site.channels] == [raw + b"MORE"], raw
+        assert d.sandbox.connections == [], raw
+    guest = door(role=Role.GUEST)
+    post = (
+        b"POST / HTTP/1.1\r\nHost: "
+        + HOST
+        + b"\r\nCookie: cli_sandbox="
+        + TOKEN.encode()
+        + b"\r\nContent-Length: 0\r\n\r\n"
+    )
+    guest.send(post)
+    assert guest.site.channels[0].received == post  # the read-only page
+    paused = door(status="paused")
+    paused.send(get())
+    assert paused.site.channels[0].received == get()  # the status page
+
+
+def test_a_slow_session_lookup_pauses_reading_until_it_answers() -> None:
+    d = door(slow=True)
+    d.send(get())
+    assert d.browser.producerState == "paused" and d.sandbox.connections == []
+    d.access.waiting[0].callback(None)
+    assert d.browser.producerState == "producing"
+    assert d.sandbox.sent().startswith(b"GET /x ")
+
+
+def test_a_sandbox_that_breaks_off_mid_body_cuts_the_browser_off() -> None:
+    d = door()
+    d.send(get())
+    d.sandbox.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+    d.sandbox.connections[-1].connectionLost()
+    assert d.got().endswith(b"half") and d.browser.disconnecting
+
+
+def test_no_answer_hands_a_bodiless_request_to_twisted_web_and_forgets_the_address() -> None:
+    d = door()
+    d.send(get())
+    d.sandbox.connections[-1].connectionLost()
+    assert d.site.channels[0].received == get()
+    assert d.endpoints.forgotten == [SID]
+
+
+def test_no_answer_to_an_upload_is_a_502_page() -> None:
+    d = door()
+    d.send(
+        b"PUT /f HTTP/1.1\r\nHost: "
+        + HOST
+        + b"\r\nCookie: cli_sandbox="
+        + TOKEN.encode()
+        + b"\r\nContent-Length: 2\r\n\r\nab"
+    )
+    d.sandbox.connections[-1].connectionLost()
+    assert d.got().startswith(b"HTTP/1.1 502 ") and b"text/html" in d.got()
+    assert d.browser.disconnecting and d.site.channels == []
+
+
+def test_a_pooled_connection_the_sandbox_closed_is_retried_once_on_a_new_one() -> None:
+    d = door()
+    d.send(get(b"/1"))
+    d.sandbox.answer(OK)
+    d.send(get(b"/2"))
+    d.sandbox.connections[0].connectionLost()  # it had closed while idle: nothing came back
+    assert len(d.sandbox.connections) == 2 and d.sandbox.sent().startswith(b"GET /2 ")
+    d.sandbox.answer(OK)
+    assert d.got().count(b"200 OK") == 2
+
+
+def test_timeouts_an_answer_that_never_starts_and_an_idle_browser() -> None:
+    d = door()
+    d.send(get())
+    d.clock.advance(119)
+    assert d.got() == b""
+    d.clock.advance(2)
+    upstream: Any = d.sandbox.connections[-1].transport
+    assert upstream.disconnecting  # aborted; the reactor then reports the loss:
+    d.sandbox.connections[-1].connectionLost()
+    assert d.got().startswith(b"HTTP/1.1 504 ") and d.browser.disconnecting
+    assert d.site.channels == []  # not tried again by SandboxSite
+    idle = door()
+    idle.clock.advance(121)
+    assert idle.browser.disconnecting
+
+
+def test_a_browser_that_leaves_aborts_its_sandbox_request() -> None:
+    d = door()
+    d.send(get(b"/events"))
+    d.sandbox.answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    upstream: Any = d.sandbox.connections[-1].transport
+    assert d.browser.producer is upstream  # a slow reader pauses its own upstream only
+    d.door.connectionLost()
+    assert upstream.disconnecting
+
+
+def test_the_sandbox_may_not_send_an_upgrade_it_was_not_asked_for() -> None:
+    d = door()
+    d.send(get())
+    d.sandbox.answer(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n"
+    )
+    upstream: Any = d.sandbox.connections[-1].transport
+    assert upstream.disconnecting and d.got() == b""
+    d.sandbox.connections[-1].connectionLost()
+    assert d.site.channels[0].received == get()  # SandboxSite tries, and answers

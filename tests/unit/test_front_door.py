@@ -34,6 +34,11 @@ class FakeAccess:
     status: str = "running"
     slow: bool = False
     waiting: list[Deferred[Any]] = field(factory=list)
+    clock: Clock = field(factory=Clock)
+    generation: int = 0
+
+    def fresh_until(self, access: Access) -> float:
+        return access.fetched_at + 2.0
 
     def _access(self, token: str, sandbox_id: str) -> Access | None:
         if token != TOKEN or sandbox_id != SID:
@@ -55,6 +60,7 @@ class FakeAccess:
 class FakeEndpoints:
     endpoint: Endpoint | None = HERE
     forgotten: list[str] = field(factory=list)
+    generation: int = 0
 
     def cached(self, sandbox_id: str) -> Endpoint | None:
         return self.endpoint
@@ -64,6 +70,7 @@ class FakeEndpoints:
 
     def forget(self, sandbox_id: str) -> None:
         self.forgotten.append(sandbox_id)
+        self.generation += 1
 
 
 @define
@@ -143,7 +150,7 @@ class Door:
 def door(**access: Any) -> Door:
     clock, sandbox, site = Clock(), Sandbox(), FakeSite()
     fakes: dict[str, Any] = {
-        "access": FakeAccess(**access),
+        "access": FakeAccess(**access, clock=clock),
         "endpoints": FakeEndpoints(),
         "activity": FakeActivity(),
     }
@@ -383,3 +390,34 @@ def test_the_sandbox_may_not_send_an_upgrade_it_was_not_asked_for() -> None:
     assert upstream.disconnecting and d.got() == b""
     d.sandbox.connections[-1].connectionLost()
     assert d.site.channels[0].received == get()  # SandboxSite tries, and answers
+
+
+def test_a_remembered_route_dies_with_a_revocation_and_keeps_the_guest_rule() -> None:
+    d = door()
+    d.send(get(b"/1"))
+    d.sandbox.answer(OK)
+    d.access.role = Role.GUEST  # a role change revokes: the caches forget
+    d.access.generation += 1
+    post = (
+        b"POST / HTTP/1.1\r\nHost: "
+        + HOST
+        + b"\r\nCookie: cli_sandbox="
+        + TOKEN.encode()
+        + b"\r\nContent-Length: 0\r\n\r\n"
+    )
+    d.send(post)
+    assert d.site.channels[0].received == post  # asked again: now a guest, so the page
+
+
+def test_a_remembered_route_lasts_a_second_at_most() -> None:
+    d = door()
+    d.send(get(b"/1"))
+    d.sandbox.answer(OK)
+    d.access.status = "paused"  # changed elsewhere (another replica): no forget() here
+    d.clock.advance(0.5)
+    d.send(get(b"/2"))
+    d.sandbox.answer(OK)
+    assert d.got().count(b"200 OK") == 2  # still the remembered route
+    d.clock.advance(0.6)
+    d.send(get(b"/3"))
+    assert d.site.channels[0].received == get(b"/3")  # looked up again: the status page

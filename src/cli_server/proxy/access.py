@@ -49,6 +49,8 @@ class SandboxAccess:
     _session_lifetime: float
     _ttl: float = 2.0
     _cache: dict[bytes, Access] = field(factory=dict, init=False)
+    # Counts forget() calls: what was cached from this object before a change is stale.
+    generation: int = field(default=0, init=False)
 
     async def mint_ticket(self, user_id: str, sandbox_id: str) -> str:
         ticket = new_token()
@@ -76,6 +78,14 @@ class SandboxAccess:
             (token_hash(token), str(rows[0]["user_id"]), sandbox_id, self._session_lifetime),
         )
         return token
+
+    @property
+    def clock(self) -> IReactorTime:
+        return self._clock
+
+    def fresh_until(self, access: Access) -> float:
+        """When the cache stops trusting ``access``."""
+        return access.fetched_at + self._ttl
 
     def cached(self, token: str, sandbox_id: str) -> Access | None:
         """The session's fresh cached answer for this sandbox, if there is one (else ask
@@ -125,6 +135,7 @@ class SandboxAccess:
 
     def forget(self, **match: Any) -> None:
         """Drop cached sessions whose fields equal ``match`` (e.g. user_id=...)."""
+        self.generation += 1
         for key, access in list(self._cache.items()):
             if all(getattr(access, name) == value for name, value in match.items()):
                 del self._cache[key]

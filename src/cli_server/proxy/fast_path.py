@@ -34,6 +34,11 @@ class Route:
     sandbox_id: str
     endpoint: Endpoint
     authorization: bytes  # opencode's Basic credential, as a header value
+    role: Role
+
+
+_Key = tuple[bytes, tuple[bytes, ...]]  # Host and Cookie headers
+MEMO_SECONDS = 1.0
 
 
 @define(eq=False)
@@ -50,41 +55,78 @@ class FastPath:
     # For the sandbox to begin answering once the upload is in, and for an idle browser
     # connection's next request (or a head to arrive whole).
     timeout: float = 120.0
+    clock: Any = None  # IReactorTime; the access cache's when None
     _counted: Any = field(default=None, init=False)
+    # Routes just found, by the headers that found them: for a second, and only while
+    # nothing was forgotten in the session and endpoint caches since (revocations, status
+    # changes and failed forwards all forget), so they are never staler than those caches.
+    _recent: dict[_Key, tuple[Route, float, int]] = field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.metrics is not None:
             self._counted = self.metrics.proxied.labels("http")
+        if self.clock is None:
+            self.clock = self.access.clock
 
     def route(self, head: RequestHead) -> Route | None | Deferred[Route | None]:
         """Where to send ``head``, or None for SandboxSite. Answers at once, without a
         Deferred, when the session and the sandbox's address are known here, as they are for
         all but about one request a second."""
+        if head.path.startswith(b"/_cli/"):
+            return None
+        key = (head.host, tuple(head.cookies))
+        recent = self._recent.get(key)
+        if recent is not None:
+            route, until, generation = recent
+            if generation == self._generation() and self.clock.seconds() < until:
+                return route if self._may(route.role, head) else None
         _, sandbox_id = sandbox_for_host(head.host, self.base_host)
-        if sandbox_id is None or head.path.startswith(b"/_cli/"):
+        if sandbox_id is None:
             return None
         token = cookie_value(head.cookies, self.cookie_name)
         if token is None:
             return None
         access = self.access.cached(token, sandbox_id)
         if access is None:
-            return self.access.lookup(token, sandbox_id).addCallback(self._allowed, head)
-        return self._allowed(access, head)
+            lookup = self.access.lookup(token, sandbox_id)
+            return lookup.addCallback(self._allowed, head, key, self._generation())
+        return self._allowed(access, head, key, self._generation())
+
+    def _generation(self) -> int:
+        return self.access.generation + self.endpoints.generation
+
+    @staticmethod
+    def _may(role: Role, head: RequestHead) -> bool:
+        return role >= Role.DEVELOPER or head.method == b"GET"  # else the read-only page
 
     def _allowed(
-        self, access: Access | None, head: RequestHead
+        self, access: Access | None, head: RequestHead, key: _Key, generation: int
     ) -> Route | None | Deferred[Route | None]:
         if access is None or access.status != "running" or access.is_local:
             return None
-        if access.role < Role.DEVELOPER and head.method != b"GET":
-            return None  # SandboxSite answers with its read-only page
-        sandbox_id, password = access.sandbox_id, access.password
-        endpoint = self.endpoints.cached(sandbox_id)
-        if endpoint is not None:
-            return Route(sandbox_id, endpoint, basic_auth(password))
-        return self.endpoints.get(sandbox_id).addCallback(
-            lambda found: Route(sandbox_id, found, basic_auth(password)) if found else None
-        )
+        endpoint = self.endpoints.cached(access.sandbox_id)
+        if endpoint is None:
+            found = self.endpoints.get(access.sandbox_id)
+            return found.addCallback(self._found, access, head, key, generation)
+        return self._found(endpoint, access, head, key, generation)
+
+    def _found(
+        self,
+        endpoint: Endpoint | None,
+        access: Access,
+        head: RequestHead,
+        key: _Key,
+        generation: int,
+    ) -> Route | None:
+        if endpoint is None:
+            return None
+        route = Route(access.sandbox_id, endpoint, basic_auth(access.password), access.role)
+        if generation == self._generation():  # (nothing was forgotten while we looked)
+            if len(self._recent) > 10_000:
+                self._recent.clear()
+            until = min(self.clock.seconds() + MEMO_SECONDS, self.access.fresh_until(access))
+            self._recent[key] = (route, until, generation)
+        return route if self._may(access.role, head) else None
 
     def used(self, route: Route) -> None:
         self.activity.touch(route.sandbox_id)

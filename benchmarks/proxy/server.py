@@ -4,6 +4,7 @@ with the port, the sandboxes' hosts and a sandbox cookie for each, then serves."
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import tempfile
@@ -43,6 +44,7 @@ async def setup(port: int, upstreams: list[int]) -> None:
         max_sandboxes=100,
     )
     server = build(config, reactor, backend=PortsBackend(upstreams))
+    gc.freeze()  # as buildServer (twistd's) does
     server.root.startService()
     reactor.addSystemEventTrigger("before", "shutdown", server.root.stopService)
     while not server.database.ready:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from attrs import define, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
@@ -17,6 +19,8 @@ class Metrics:
     anthropic_tokens: Counter = field(init=False)
     sandboxes: Gauge = field(init=False)
     tunnels: Gauge = field(init=False)
+    # Counts kept elsewhere as plain integers (on hot paths), added in before each scrape.
+    _flushes: list[Callable[[], None]] = field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.proxied = Counter(
@@ -48,5 +52,10 @@ class Metrics:
         for status in Status:
             self.sandboxes.labels(status.value).set(counts.get(status.value, 0))
 
+    def flush_before_render(self, flush: Callable[[], None]) -> None:
+        self._flushes.append(flush)
+
     def render(self) -> bytes:
+        for flush in self._flushes:
+            flush()
         return bytes(generate_latest(self.registry))

@@ -182,6 +182,15 @@ def get(
     return b"\r\n".join([*lines, *extra]) + b"\r\n\r\n"
 
 
+def upload(path: bytes, body: bytes) -> bytes:
+    head = [
+        b"POST " + path + b" HTTP/1.1",
+        b"Host: " + HOST,
+        b"Cookie: cli_sandbox=" + TOKEN.encode(),
+    ]
+    return b"\r\n".join([*head, b"Content-Length: %d" % len(body)]) + b"\r\n\r\n" + body
+
+
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi"
 
 
@@ -290,13 +299,7 @@ def test_what_the_fast_path_does_not_take_goes_to_twisted_web_byte_for_byte() ->
         assert [c.received for c in d.site.channels] == [raw + b"MORE"], raw
         assert d.sandbox.connections == [], raw
     guest = door(role=Role.GUEST)
-    post = (
-        b"POST / HTTP/1.1\r\nHost: "
-        + HOST
-        + b"\r\nCookie: cli_sandbox="
-        + TOKEN.encode()
-        + b"\r\nContent-Length: 0\r\n\r\n"
-    )
+    post = upload(b"/", b"")
     guest.send(post)
     assert guest.site.channels[0].received == post  # the read-only page
     paused = door(status="paused")
@@ -398,13 +401,7 @@ def test_a_remembered_route_dies_with_a_revocation_and_keeps_the_guest_rule() ->
     d.sandbox.answer(OK)
     d.access.role = Role.GUEST  # a role change revokes: the caches forget
     d.access.generation += 1
-    post = (
-        b"POST / HTTP/1.1\r\nHost: "
-        + HOST
-        + b"\r\nCookie: cli_sandbox="
-        + TOKEN.encode()
-        + b"\r\nContent-Length: 0\r\n\r\n"
-    )
+    post = upload(b"/", b"")
     d.send(post)
     assert d.site.channels[0].received == post  # asked again: now a guest, so the page
 
@@ -421,3 +418,131 @@ def test_a_remembered_route_lasts_a_second_at_most() -> None:
     d.clock.advance(0.6)
     d.send(get(b"/3"))
     assert d.site.channels[0].received == get(b"/3")  # looked up again: the status page
+
+
+def test_a_connection_a_slow_reader_paused_goes_back_to_the_pool_reading() -> None:
+    d = door()
+    d.send(get(b"/big"))
+    d.sandbox.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+    upstream: Any = d.sandbox.connections[-1].transport
+    d.browser.producer.pauseProducing()  # what Twisted does when the browser's buffer fills
+    assert upstream.producerState == "paused"
+    d.sandbox.answer(b"cd")
+    assert d.browser.producer is None and upstream.producerState == "producing"
+    d.send(get(b"/next"))
+    assert len(d.sandbox.connections) == 1 and b"GET /next HTTP/1.1" in d.sandbox.sent()
+
+
+def test_the_browser_reads_again_once_an_upload_is_in_even_if_its_last_bytes_paused_it() -> None:
+    d = door()
+    d.send(upload(b"/f", b"0123456789")[:-4])
+    upstream: Any = d.sandbox.connections[-1].transport
+    upstream.producer.pauseProducing()  # the sandbox's buffer filled
+    assert d.browser.producerState == "paused"
+    d.send(b"6789")
+    assert upstream.producer is None and d.browser.producerState == "producing"
+
+
+def test_a_sandbox_that_drops_an_upload_gets_the_browser_a_page_not_a_reset() -> None:
+    d = door()
+    d.send(upload(b"/f", b"0123456789")[:-4])
+    upstream: Any = d.sandbox.connections[-1].transport
+    upstream.producer.stopProducing()  # what Twisted does as the connection goes
+    d.sandbox.connections[-1].connectionLost()
+    assert d.browser.producerState != "stopped"
+    assert d.got().startswith(b"HTTP/1.1 502 ") and d.site.channels == []
+
+
+def test_a_request_that_is_not_safe_to_repeat_is_never_sent_twice() -> None:
+    d = door()
+    d.send(get(b"/1"))
+    d.sandbox.answer(OK)
+    d.send(upload(b"/prompt", b""))  # a POST without a body
+    d.sandbox.connections[0].connectionLost()  # the pooled connection was dead
+    assert len(d.sandbox.connections) == 1 and d.site.channels == []
+    assert d.got().count(b"HTTP/1.1 502 ") == 1
+
+
+def test_bytes_after_an_answer_are_not_the_next_answer() -> None:
+    d = door()
+    d.send(get(b"/1"))
+    d.sandbox.answer(OK + b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil")
+    first: Any = d.sandbox.connections[0].transport
+    assert b"evil" not in d.got() and d.got().count(b"HTTP/1.1") == 1
+    assert first.disconnecting  # not reused
+    d.send(get(b"/2"))
+    assert len(d.sandbox.connections) == 2
+    chunked = door()
+    chunked.send(get(b"/t"))
+    chunked.sandbox.answer(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nhi\r\n0\r\nSet-Cookie: late=1\r\n\r\n"
+    )
+    chunked.send(get(b"/u"))
+    chunked.sandbox.answer(OK)
+    assert b"late=1" not in chunked.got()  # a trailer is not a header of the next answer
+
+
+def test_stalled_uploads_and_lookups_time_out() -> None:
+    d = door()
+    d.send(upload(b"/f", b"0123456789")[:-4])
+    upstream: Any = d.sandbox.connections[-1].transport
+    d.clock.advance(60)
+    d.send(b"67")  # slow is fine
+    d.clock.advance(119)
+    assert not d.browser.disconnecting
+    d.clock.advance(2)
+    assert d.browser.disconnecting and upstream.disconnecting
+    slow = door(slow=True)
+    slow.send(get())
+    slow.clock.advance(121)
+    assert slow.browser.disconnecting
+
+
+def test_a_bug_after_routing_closes_the_connection_instead_of_handing_off_a_cut_stream() -> None:
+    d = door(slow=True)
+
+    def broken(*args: Any) -> bytes:
+        raise RuntimeError("a bug")
+
+    d.door._fast.pool._connector = broken
+    d.send(get())
+    d.access.waiting[0].callback(None)
+    assert d.browser.disconnecting and d.site.channels == []
+
+
+def test_small_cases_bare_lf_heads_guests_no_content_and_connection_close() -> None:
+    bare = door()
+    bare.send(b"GET / HTTP/1.1\nHost: x\n\n")
+    assert bare.site.channels[0].received == b"GET / HTTP/1.1\nHost: x\n\n"
+    guest = door(role=Role.GUEST)
+    options = get().replace(b"GET ", b"OPTIONS ", 1)
+    guest.send(options)
+    assert guest.site.channels[0].received == options
+    d = door()
+    d.send(get(b"/1"))
+    d.sandbox.answer(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+    assert d.got().startswith(b"HTTP/1.1 204 No Content\r\n")
+    assert b"chunked" not in d.got() and b"ontent-length" not in d.got()
+    d.send(get(b"/2", b"Connection: close") + get(b"/3"))
+    d.sandbox.answer(OK)
+    assert d.browser.disconnecting and b"connection: close" in d.got()
+    assert b"GET /3" not in d.sandbox.sent()
+
+
+def test_a_connection_goes_to_a_real_twisted_web_channel_after_fast_requests() -> None:
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    class Hello(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> bytes:
+            return b"main site"
+
+    d = door()
+    d.send(get(b"/1"))
+    d.sandbox.answer(OK)
+    d.door._site = Site(Hello())
+    d.send(b"GET /api HTTP/1.1\r\nHost: localhost:8080\r\n\r\n")
+    assert d.got().endswith(b"main site")

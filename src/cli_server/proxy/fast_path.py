@@ -57,6 +57,7 @@ class FastPath:
     timeout: float = 120.0
     clock: Any = None  # IReactorTime; the access cache's when None
     _counted: Any = field(default=None, init=False)
+    _relayed: int = field(default=0, init=False)  # not yet added to the metric
     # Routes just found, by the headers that found them: for a second, and only while
     # nothing was forgotten in the session and endpoint caches since (revocations, status
     # changes and failed forwards all forget), so they are never staler than those caches.
@@ -65,6 +66,7 @@ class FastPath:
     def __attrs_post_init__(self) -> None:
         if self.metrics is not None:
             self._counted = self.metrics.proxied.labels("http")
+            self.metrics.flush_before_render(self._count)
         if self.clock is None:
             self.clock = self.access.clock
 
@@ -130,8 +132,12 @@ class FastPath:
 
     def used(self, route: Route) -> None:
         self.activity.touch(route.sandbox_id)
-        if self._counted is not None:
-            self._counted.inc()
+        self._relayed += 1
+
+    def _count(self) -> None:
+        if self._counted is not None and self._relayed:
+            self._counted.inc(self._relayed)
+        self._relayed = 0
 
     def failed(self, route: Route) -> None:
         """The sandbox did not answer: it may have moved; ask the backend next time."""

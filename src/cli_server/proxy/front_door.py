@@ -18,10 +18,11 @@ from typing import Any
 
 from attrs import define, field
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from cli_server.nodelay import no_delay
 from cli_server.proxy.fast_path import FastPath, Route
@@ -32,6 +33,10 @@ from cli_server.proxy.send_now import send_now
 from cli_server.proxy.takeover import hand_over
 from cli_server.proxy.upstream import Framing, UpstreamConnection
 from cli_server.web.request import MAX_SANDBOX_BODY
+
+# Methods that may be sent again when a sandbox dropped the request unanswered, as
+# twisted.web's client does (with no body; HEAD never comes here).
+_IDEMPOTENT = frozenset({b"GET", b"OPTIONS", b"DELETE"})
 
 
 @define(eq=False)
@@ -53,6 +58,29 @@ class _Exchange:
     close: bool = False  # the browser connection ends with this answer
     waiting: bool = False  # for the sandbox to begin its answer, on the connection's timer
 
+    @property
+    def repeatable(self) -> bool:
+        return self.head.method in _IDEMPOTENT and not self.head.content_length
+
+
+@implementer(IPushProducer)
+class _Upload:
+    """What the sandbox's connection pauses while an upload outruns it: the browser's reading,
+    through the door, which also pauses reading for reasons of its own. It is never told to
+    stop the browser: a sandbox that drops the upload gets an answer to the browser instead."""
+
+    def __init__(self, door: FrontDoor) -> None:
+        self._door = door
+
+    def pauseProducing(self) -> None:
+        self._door.hold(True)
+
+    def resumeProducing(self) -> None:
+        self._door.hold(False)
+
+    def stopProducing(self) -> None:
+        pass
+
 
 class FrontDoor(Protocol):
     _log = Logger()
@@ -62,9 +90,13 @@ class FrontDoor(Protocol):
         self._buffer = b""  # bytes read and not yet used: the next request's head, at least
         self._exchange: _Exchange | None = None
         self._out: list[bytes] = []  # answer bytes gathered in one read from the upstream
-        self._paused = False
+        # Reading from the browser stops while we wait (a lookup, a pipelined request, the
+        # upstream connection) or while the sandbox cannot take an upload's bytes as fast.
+        self._waiting = False
+        self._held = False
+        self._reading = True
         self._gone = False  # the browser left, or the connection went to twisted.web
-        self._timer: IDelayedCall | None = None  # idle, or waiting for an answer: one timer
+        self._timer: IDelayedCall | None = None  # one timer: idle, answer, upload, lookup
         self._due = 0.0
         self._peer = b""
 
@@ -76,6 +108,8 @@ class FrontDoor(Protocol):
     # the browser's side
 
     def dataReceived(self, data: bytes) -> None:
+        if self._gone:
+            return  # (closing: what still arrives is not a request)
         ex = self._exchange
         if ex is not None and ex.body_left:
             data = self._body(ex, data)
@@ -85,12 +119,13 @@ class FrontDoor(Protocol):
         if ex is None:
             self._next()
         elif len(self._buffer) > MAX_HEAD:
-            self._pause()  # a pipelined request waits; don't read more meanwhile
+            self._wait(True)  # a pipelined request waits; don't read more meanwhile
 
     def _body(self, ex: _Exchange, data: bytes) -> bytes:
         """Passes the body part of ``data`` on; returns what follows it."""
         part = data[: ex.body_left]
         ex.body_left -= len(part)
+        self._deadline(self._fast.timeout)  # an upload may be slow, not stalled
         if ex.upstream is None:
             ex.pending.append(part)
         else:
@@ -98,6 +133,7 @@ class FrontDoor(Protocol):
             ex.upstream.write(part)
             if not ex.body_left:
                 ex.upstream.transport.unregisterProducer()  # type: ignore[union-attr]
+                self.hold(False)
                 self._wait_answer(ex)
         return data[len(part) :]
 
@@ -105,8 +141,8 @@ class FrontDoor(Protocol):
         """Take up the next request, once its head is whole."""
         size = head_end(self._buffer)
         if size < 0:
-            if len(self._buffer) > MAX_HEAD:
-                self._hand_off(self._buffer)  # twisted.web says what is wrong
+            if len(self._buffer) > MAX_HEAD or b"\n\n" in self._buffer or b"\n\r\n" in self._buffer:
+                self._hand_off(self._buffer)  # twisted.web reads (or refuses) such a head
             return
         head = parse_head(self._buffer[:size], MAX_SANDBOX_BODY)
         if head is None:
@@ -115,24 +151,29 @@ class FrontDoor(Protocol):
         ex = self._exchange = _Exchange(head)
         routing = self._fast.route(head)
         if isinstance(routing, Deferred):
-            self._pause()  # a database or backend lookup: wait, reading nothing more
-            routing.addCallback(self._routed, ex).addErrback(self._route_failed, ex)
+            self._wait(True)  # a database or backend lookup: wait, reading nothing more
+            self._deadline(self._fast.timeout)
+            routing.addCallbacks(self._routed, self._route_failed, (ex,), {}, (ex,))
+            routing.addErrback(self._crashed)
         else:
             self._routed(routing, ex)
 
     def _route_failed(self, failure: Failure, ex: _Exchange) -> None:
         self._log.failure("routing {target}", failure, target=ex.head.target)
         if ex is self._exchange and not self._gone:
-            self._hand_off(self._buffer)  # SandboxSite looks again and answers
+            self._hand_off(self._buffer)  # (the head is still there) SandboxSite answers
+
+    def _crashed(self, failure: Failure) -> None:
+        self._log.failure("proxying", failure)
+        self._abandon()
 
     def _routed(self, route: Route | None, ex: _Exchange) -> None:
         if self._gone or ex is not self._exchange:
             return
-        if self._paused:
-            self._resume()
         if route is None:
             self._hand_off(self._buffer)
             return
+        self._wait(False)
         head = ex.head
         self._fast.used(route)
         ex.route = route
@@ -143,17 +184,18 @@ class FrontDoor(Protocol):
             rest, self._buffer = self._buffer, b""
             self._buffer = self._body(ex, rest)
             if ex.body_left:
-                self._pause()  # until the upstream connection can take the body
+                self._wait(True)  # until the upstream connection can take the body
         self._connect(ex)
 
     def _connect(self, ex: _Exchange) -> None:
         assert ex.route is not None
-        reused = self._fast.pool.take(ex.route.endpoint)
+        reused = self._fast.pool.take(ex.route)
         if reused is not None:
             self._send(reused, ex, True)
             return
-        connecting = self._fast.pool.connect(ex.route.endpoint)
+        connecting = self._fast.pool.connect(ex.route)
         connecting.addCallbacks(self._send, self._unreachable, (ex, False), {}, (ex,))
+        connecting.addErrback(self._crashed)
 
     def _send(self, upstream: UpstreamConnection, ex: _Exchange, reused: bool) -> None:
         if self._gone or ex is not self._exchange:
@@ -164,8 +206,8 @@ class FrontDoor(Protocol):
         ex.body_sent += len(body)
         upstream.start(self, ex.request + body)
         if ex.body_left:
-            upstream.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
-            self._resume()
+            upstream.transport.registerProducer(_Upload(self), True)  # type: ignore[union-attr]
+            self._wait(False)
         else:
             self._wait_answer(ex)
 
@@ -177,7 +219,7 @@ class FrontDoor(Protocol):
 
     def _unreachable(self, failure: Failure, ex: _Exchange) -> None:
         if not self._gone and ex is self._exchange:
-            self._failed(ex)
+            self._failed(ex, sent=False)
 
     def _expired(self) -> None:
         ex = self._exchange
@@ -186,22 +228,25 @@ class FrontDoor(Protocol):
         elif ex.waiting and ex.upstream is not None:
             ex.timed_out = True  # upstream_lost answers the browser
             ex.upstream.transport.abortConnection()  # type: ignore[union-attr]
-        # (else the timer was for something that has ended)
+        elif ex.framing is None:
+            self._abandon()  # a lookup or an upload that stalled
+        # (else an answer is streaming: it has no time limit)
 
-    def _failed(self, ex: _Exchange) -> None:
-        """No answer came: a request without a body goes to SandboxSite, which knows what to
-        show (it asks the backend again); a body already passed on cannot be sent twice."""
+    def _failed(self, ex: _Exchange, sent: bool) -> None:
+        """No answer came. A request that did not reach the sandbox, or that may be sent
+        again, goes to SandboxSite, which knows what to show (it asks the backend again).
+        Others get a page: a POST must not reach opencode twice."""
         assert ex.route is not None
         self._fast.failed(ex.route)
         ex.waiting = False
-        if not ex.timed_out and not ex.head.content_length:
+        if not sent:
+            self._hand_off(ex.raw_head + b"".join(ex.pending) + self._buffer)
+        elif ex.repeatable and not ex.timed_out:
             self._hand_off(ex.raw_head + self._buffer)
-            return
-        if ex.timed_out:
-            title, text = "The sandbox is not answering", "It took too long. Try again."
-            self._page(504, title, text)
+        elif ex.timed_out:
+            self._page(504, "The sandbox is not answering", "It took too long. Try again.")
         else:
-            self._page(502, "The sandbox could not be reached", "Try again in a moment.")
+            self._page(502, "The sandbox did not answer", "It may have restarted. Try again.")
 
     def _page(self, status: int, title: str, text: str) -> None:
         body = page_html(title, text, dashboard=self._fast.dashboard)
@@ -262,20 +307,24 @@ class FrontDoor(Protocol):
         if ex.framing in (Framing.CHUNKED, Framing.UNTIL_CLOSE):
             self._out.append(b"0\r\n\r\n")
         self.flush()
+        upstream: Any = ex.upstream.transport
         if not self._gone:
             self.transport.unregisterProducer()  # type: ignore[union-attr]
         if keep_alive and not ex.body_left:
+            upstream.resumeProducing()  # (a slow reader may have paused it last)
             self._fast.pool.give_back(ex.upstream)
+        elif ex.body_left:
+            upstream.abortConnection()  # answered early: it need not read the rest
         else:
-            ex.upstream.transport.loseConnection()  # type: ignore[union-attr]
+            upstream.loseConnection()
         self._exchange = None
         if self._gone:
             return
         if ex.close:
             self._close()
             return
-        if self._paused:
-            self._resume()
+        self.hold(False)
+        self._wait(False)
         self._deadline(self._fast.timeout)
         if self._buffer:
             self._next()
@@ -284,26 +333,25 @@ class FrontDoor(Protocol):
         ex = self._exchange
         if ex is None or self._gone:
             return
+        assert ex.upstream is not None
+        if ex.body_left:
+            self.hold(False)  # (the upload's producer went with the connection)
         if answered and ex.framing is Framing.UNTIL_CLOSE:
             self.response_end(False)  # that is how such a body ends
         elif answered:
             self.flush()
             self._exchange = None
             self._close()  # cut short: the browser must not take a part for the whole
-        elif ex.reused and not ex.retried and not ex.timed_out and ex.body_sent == 0:
+        elif (
+            ex.reused and ex.repeatable and not (ex.retried or ex.timed_out or ex.upstream.received)
+        ):
             # A pooled connection the sandbox had closed meanwhile: once more, on a new one.
-            assert ex.upstream is not None
-            if not ex.upstream.received:
-                ex.retried = True
-                ex.upstream = None
-                ex.waiting = False
-                if ex.body_left:
-                    self._pause()
-                self._connect(ex)
-                return
-            self._failed(ex)
+            ex.retried = True
+            ex.upstream = None
+            ex.waiting = False
+            self._connect(ex)
         else:
-            self._failed(ex)
+            self._failed(ex, sent=True)
 
     # the connection
 
@@ -312,15 +360,23 @@ class FrontDoor(Protocol):
         self._gone = True
         self._stop_timer()
         self._exchange = None
+        self._waiting = self._held = False
+        self._apply_reading()
         transport: Any = self.transport
-        if self._paused:
-            self._paused = False
-            transport.resumeProducing()
         channel = self._site.buildProtocol(self._address)
         hand_over(transport, channel)
         channel.makeConnection(transport)
         if data:
             channel.dataReceived(data)
+
+    def _abandon(self) -> None:
+        """Give up on this connection and its request, if any."""
+        ex, self._exchange = self._exchange, None
+        if ex is not None and ex.upstream is not None:
+            ex.upstream.client = None
+            ex.upstream.transport.abortConnection()  # type: ignore[union-attr]
+        if not self._gone:
+            self._close()
 
     def _close(self) -> None:
         self._gone = True
@@ -337,15 +393,23 @@ class FrontDoor(Protocol):
                 ex.upstream.client = None  # the answer is not wanted, nor the connection
                 ex.upstream.transport.abortConnection()  # type: ignore[union-attr]
 
-    def _pause(self) -> None:
-        if not self._paused:
-            self._paused = True
-            self.transport.pauseProducing()  # type: ignore[union-attr]
+    def hold(self, held: bool) -> None:
+        """The sandbox cannot take an upload's bytes as fast (``_Upload``), or now can."""
+        self._held = held
+        self._apply_reading()
 
-    def _resume(self) -> None:
-        if self._paused:
-            self._paused = False
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+    def _wait(self, waiting: bool) -> None:
+        self._waiting = waiting
+        self._apply_reading()
+
+    def _apply_reading(self) -> None:
+        reading = not (self._waiting or self._held)
+        if reading != self._reading:
+            self._reading = reading
+            if reading:
+                self.transport.resumeProducing()  # type: ignore[union-attr]
+            else:
+                self.transport.pauseProducing()  # type: ignore[union-attr]
 
     def _deadline(self, seconds: float) -> None:
         """Sets when the connection's one timer should act. Only a time is stored: the timer

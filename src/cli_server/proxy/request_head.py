@@ -96,13 +96,17 @@ def parse_head(raw: bytes, max_body: int) -> RequestHead | None:
 
 
 def cookie_value(cookies: list[bytes], name: bytes) -> str | None:
-    """The first value of cookie ``name`` in the request's Cookie headers."""
+    """The value of cookie ``name`` in the request's Cookie headers: the last one, as
+    twisted.web's ``getCookie`` reads it, so both paths pick the same session."""
+    found: bytes | None = None
     for header in cookies:
         for part in header.split(b";"):
-            key, eq, value = part.strip().partition(b"=")
+            key, eq, value = part.lstrip().partition(b"=")
             if eq and key == name:
-                try:
-                    return value.decode("ascii") or None
-                except UnicodeDecodeError:
-                    return None
-    return None
+                found = value
+    if not found:
+        return None
+    try:
+        return found.decode("ascii")
+    except UnicodeDecodeError:
+        return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from typing import Protocol as Interface
 
 import httptools
@@ -24,6 +24,9 @@ from twisted.python.failure import Failure
 from cli_server.nodelay import no_delay
 from cli_server.proxy.send_now import send_now
 from cli_server.sandboxes.backend import Endpoint
+
+if TYPE_CHECKING:
+    from cli_server.proxy.fast_path import Route
 
 
 class Framing(Enum):
@@ -53,7 +56,7 @@ class UpstreamConnection(Protocol):
     pool: UpstreamPool | None = None
     _log = Logger()
 
-    def __init__(self, key: tuple[str, int]) -> None:
+    def __init__(self, key: tuple[str, str, int]) -> None:
         self.key = key
         self.client: Client | None = None
         self.received = False  # any byte of an answer on this connection's current request
@@ -62,8 +65,10 @@ class UpstreamConnection(Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
         self._framing = Framing.NONE
+        self._in_head = False  # between a message's start and its headers' end (no trailers)
         self._answered = False  # the final (not 1xx) head is in
-        self._ended = False
+        self._ended = False  # the final answer is complete
+        self._extra = False  # bytes after it: the connection is not reused
         self._keep_alive = False
 
     def connectionMade(self) -> None:
@@ -71,7 +76,8 @@ class UpstreamConnection(Protocol):
 
     def start(self, client: Client, data: bytes) -> None:
         """Send a request head (and what there is of its body) on behalf of ``client``."""
-        self.client, self.received, self._answered, self._ended = client, False, False, False
+        self.client, self.received = client, False
+        self._answered = self._ended = self._extra = False
         send_now(self.transport, data)
 
     def write(self, data: bytes) -> None:
@@ -85,27 +91,39 @@ class UpstreamConnection(Protocol):
         self.received = True
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as e:  # connectionLost tells the client
-            if isinstance(e, httptools.HttpParserCallbackError) and e.__context__ is not None:
-                self._log.failure("relaying from {key}", Failure(e.__context__), key=self.key)
-            self.transport.abortConnection()  # type: ignore[union-attr]
+        except httptools.HttpParserError as e:
+            if not self._ended:  # connectionLost tells the client
+                if isinstance(e, httptools.HttpParserCallbackError) and e.__context__:
+                    self._log.failure("relaying from {key}", Failure(e.__context__), key=self.key)
+                self.transport.abortConnection()  # type: ignore[union-attr]
+                return
+            self._extra = True  # garbage after a whole answer: that answer still stands
+        if not self._ended:
+            client.flush()
             return
-        if self.client is not None:
-            self.client.flush()
-        if self._ended:
-            self._ended = False
-            self.client = None
-            client.response_end(self._keep_alive)
+        self.client = None
+        client.response_end(self._keep_alive and not self._extra)
 
     # httptools callbacks, called from feed_data
 
+    def on_message_begin(self) -> None:
+        if self._ended:
+            self._extra = True  # a second answer to one request: ignored, and no reuse
+            return
+        self._headers, self._reason, self._in_head = [], b"", True
+
     def on_status(self, reason: bytes) -> None:
-        self._reason += reason
+        if not self._ended:
+            self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        if self._in_head and not self._ended:
+            self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self._ended:
+            return
+        self._in_head = False
         code = self._parser.get_status_code()
         headers, self._headers = self._headers, []
         reason, self._reason = self._reason, b""
@@ -127,11 +145,11 @@ class UpstreamConnection(Protocol):
         self.client.response_head(code, reason or b"-", headers, self._framing)
 
     def on_body(self, data: bytes) -> None:
-        if self.client is not None:
+        if self.client is not None and not self._ended:
             self.client.response_body(data)
 
     def on_message_complete(self) -> None:
-        if self._answered:
+        if self._answered and not self._ended:
             self._ended = True
             # (asked now: once feed_data returns, the parser has moved on to the next message)
             keep = self._framing is not Framing.UNTIL_CLOSE and self._parser.should_keep_alive()
@@ -160,17 +178,18 @@ def _tcp(reactor: Any) -> Callable[[Endpoint, UpstreamConnection], Deferred[Any]
 
 @define(eq=False)
 class UpstreamPool:
-    """Idle keep-alive connections per sandbox address, the most recently used first."""
+    """Idle keep-alive connections per sandbox and address, the most recently used first
+    (by sandbox too: a connection is never reused for another sandbox that got its port)."""
 
     _reactor: Any
     _connector: Callable[[Endpoint, UpstreamConnection], Deferred[Any]] | None = None
     max_idle: int = 64  # per address
     idle_seconds: float = 60.0
-    _idle: dict[tuple[str, int], list[UpstreamConnection]] = field(factory=dict, init=False)
+    _idle: dict[tuple[str, str, int], list[UpstreamConnection]] = field(factory=dict, init=False)
     _sweeper: IDelayedCall | None = field(default=None, init=False)
 
-    def take(self, endpoint: Endpoint) -> UpstreamConnection | None:
-        key = (endpoint.host, endpoint.port)
+    def take(self, route: Route) -> UpstreamConnection | None:
+        key = (route.sandbox_id, route.endpoint.host, route.endpoint.port)
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
@@ -180,8 +199,9 @@ class UpstreamPool:
                 return conn  # (else the sweeper closed it; connectionLost has not run yet)
         return None
 
-    def connect(self, endpoint: Endpoint) -> Deferred[UpstreamConnection]:
-        conn = UpstreamConnection((endpoint.host, endpoint.port))
+    def connect(self, route: Route) -> Deferred[UpstreamConnection]:
+        endpoint = route.endpoint
+        conn = UpstreamConnection((route.sandbox_id, endpoint.host, endpoint.port))
         conn.pool = self
         connector = self._connector or _tcp(self._reactor)
         return connector(endpoint, conn).addCallback(lambda _: conn)

@@ -29,7 +29,7 @@ def test_a_plain_head_is_read() -> None:
     assert (parsed.method, parsed.target, parsed.path) == (b"POST", b"/a?b=c", b"/a")
     assert parsed.host == b"oc-x.localhost:8080" and parsed.content_length == 5
     assert parsed.close and parsed.size == len(raw)
-    assert parsed.cookies == [b"a=1; cli_sandbox=tok", b"b=2"]
+    assert parsed.cookies == (b"a=1; cli_sandbox=tok", b"b=2")
     assert cookie_value(parsed.cookies, b"cli_sandbox") == "tok"
     assert cookie_value(parsed.cookies, b"other") is None
 

@@ -58,6 +58,9 @@ class FastPath:
     clock: Any = None  # IReactorTime; the access cache's when None
     _counted: Any = field(default=None, init=False)
     _relayed: int = field(default=0, init=False)  # not yet added to the metric
+    # The headers a sandbox gets are a pure function of the browser's header block, the
+    # credential and the peer: worked out once per distinct block (bounded).
+    _headers: dict[tuple[bytes, bytes, bytes], bytes] = field(factory=dict, init=False)
     # Routes just found, by the headers that found them: for a second, and only while
     # nothing was forgotten in the session and endpoint caches since (revocations, status
     # changes and failed forwards all forget), so they are never staler than those caches.
@@ -76,7 +79,7 @@ class FastPath:
         all but about one request a second."""
         if head.path.startswith(b"/_cli/"):
             return None
-        key = (head.host, tuple(head.cookies))
+        key = (head.host, head.cookies)
         recent = self._recent.get(key)
         if recent is not None:
             route, until, generation = recent
@@ -145,11 +148,21 @@ class FastPath:
 
     def upstream_head(self, head: RequestHead, route: Route, peer: bytes) -> bytes:
         """``head`` as the sandbox gets it: see ``forward.upstream_headers``."""
-        out = [head.method, b" ", clean_query(head.target), b" HTTP/1.1\r\n"]
-        for name, value in head.headers:
+        line = b"%s %s HTTP/1.1\r\n" % (head.method, clean_query(head.target))
+        key = (head.block, route.authorization, peer)
+        headers = self._headers.get(key)
+        if headers is None:
+            if len(self._headers) >= 2048:
+                self._headers.clear()
+            headers = self._headers[key] = self._upstream_headers(head, route, peer)
+        return line + headers
+
+    def _upstream_headers(self, head: RequestHead, route: Route, peer: bytes) -> bytes:
+        out: list[bytes] = []
+        for name, value in head.fields.headers:
             if name.lower() not in _DROPPED:
                 out += (name, b": ", value, b"\r\n")
-        cookie = clean_cookie_header(head.cookies) if head.cookies else None
+        cookie = clean_cookie_header(list(head.cookies)) if head.cookies else None
         if cookie:
             out += (b"cookie: ", cookie, b"\r\n")
         out += (

@@ -37,6 +37,8 @@ from cli_server.web.request import MAX_SANDBOX_BODY
 # Methods that may be sent again when a sandbox dropped the request unanswered, as
 # twisted.web's client does (with no body; HEAD never comes here).
 _IDEMPOTENT = frozenset({b"GET", b"OPTIONS", b"DELETE"})
+# Not copied from the sandbox's head: hop by hop, or framing (we frame the body ourselves).
+_FRAMING_OR_HOP = frozenset(HOP_BY_HOP | {b"content-length"})
 
 
 @define(eq=False)
@@ -261,21 +263,34 @@ class FrontDoor(Protocol):
     # the sandbox's side (see upstream.Client)
 
     def response_head(
-        self, code: int, reason: bytes, headers: list[tuple[bytes, bytes]], framing: Framing
-    ) -> None:
+        self, code: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> Framing:
         ex = self._exchange
         assert ex is not None and ex.upstream is not None
         ex.waiting = False
-        ex.framing = framing
         out = [b"HTTP/1.1 %d %s\r\n" % (code, reason)]
+        chunked = length = None
         for name, value in headers:
             lower = name.lower()
-            if lower in HOP_BY_HOP or (lower == b"content-length" and framing != Framing.LENGTH):
+            if lower in _FRAMING_OR_HOP:
+                if lower == b"transfer-encoding":
+                    chunked = True
+                elif lower == b"content-length":
+                    length = value
                 continue
             if lower == b"set-cookie" and not safe_set_cookie(value):
                 continue
             out += (name, b": ", value, b"\r\n")
-        if framing in (Framing.CHUNKED, Framing.UNTIL_CLOSE):
+        if code in (204, 304):
+            framing = Framing.NONE
+        elif chunked:
+            framing = Framing.CHUNKED
+        elif length is not None:
+            framing = Framing.LENGTH  # (llhttp has checked it: one value, digits)
+            out += (b"content-length: ", length, b"\r\n")
+        else:
+            framing = Framing.UNTIL_CLOSE
+        if framing is Framing.CHUNKED or framing is Framing.UNTIL_CLOSE:
             out.append(b"transfer-encoding: chunked\r\n")
         # An answer before the whole body came ends the connection: the rest is not read.
         ex.close = ex.head.close or ex.body_left > 0
@@ -283,7 +298,9 @@ class FrontDoor(Protocol):
             out.append(b"connection: close\r\n")
         out.append(b"\r\n")
         self._out.append(b"".join(out))
+        ex.framing = framing
         self.transport.registerProducer(ex.upstream.transport, True)  # type: ignore[union-attr]
+        return framing
 
     def response_body(self, data: bytes) -> None:
         ex = self._exchange

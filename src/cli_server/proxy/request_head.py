@@ -27,19 +27,43 @@ _NOT_PLAIN = frozenset({b"transfer-encoding", b"upgrade", b"expect", b"te"})
 
 
 @frozen
-class RequestHead:
-    method: bytes
-    target: bytes
-    headers: list[tuple[bytes, bytes]]  # as sent: names in their case, values trimmed
-    size: int  # bytes of the head, blank line included
+class Fields:
+    """What the fast path needs from a header block; a pure function of its bytes."""
+
+    headers: tuple[tuple[bytes, bytes], ...]  # as sent: names in their case, values trimmed
     host: bytes
     content_length: int
     close: bool  # the client said Connection: close
-    cookies: list[bytes]
+    cookies: tuple[bytes, ...]
+
+
+@frozen
+class RequestHead:
+    method: bytes
+    target: bytes
+    block: bytes  # the header lines as sent, blank line included
+    fields: Fields
+    size: int  # bytes of the head, blank line included
 
     @property
     def path(self) -> bytes:
         return self.target.partition(b"?")[0]
+
+    @property
+    def host(self) -> bytes:
+        return self.fields.host
+
+    @property
+    def content_length(self) -> int:
+        return self.fields.content_length
+
+    @property
+    def close(self) -> bool:
+        return self.fields.close
+
+    @property
+    def cookies(self) -> tuple[bytes, ...]:
+        return self.fields.cookies
 
 
 def head_end(buffer: bytes) -> int:
@@ -48,24 +72,45 @@ def head_end(buffer: bytes) -> int:
     return end + 4 if end >= 0 else -1
 
 
+# A browser sends the same header block to a sandbox request after request (only the
+# request line changes), so blocks already read are remembered, bounded.
+_KNOWN: dict[bytes, Fields | None] = {}
+_KNOWN_MAX = 2048
+
+
 def parse_head(raw: bytes, max_body: int) -> RequestHead | None:
     """``raw`` is one whole head (through the blank line); None unless it is plainly fast."""
-    crlf = raw.count(b"\r\n")
-    if raw.count(b"\r") != crlf or raw.count(b"\n") != crlf or _BAD_BYTE.search(raw):
-        return None
-    lines = raw[:-4].split(b"\r\n")
-    parts = lines[0].split(b" ")
+    first = raw.find(b"\r\n")
+    parts = raw[:first].split(b" ")
     if len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in FAST_METHODS:
         return None
     method, target = parts[0], parts[1]
     if not target.startswith(b"/") or _BAD_TARGET.search(target):
+        return None  # (no CR, LF or other control byte in the request line, then)
+    block = raw[first + 2 :]
+    try:
+        fields = _KNOWN[block]
+    except KeyError:
+        fields = read_fields(block)
+        if len(_KNOWN) >= _KNOWN_MAX:
+            _KNOWN.clear()
+        _KNOWN[block] = fields
+    if fields is None or fields.content_length > max_body:
+        return None
+    return RequestHead(method, target, block, fields, len(raw))
+
+
+def read_fields(block: bytes) -> Fields | None:
+    """``block`` is a head's header lines through the blank line; None unless plain."""
+    crlf = block.count(b"\r\n")
+    if block.count(b"\r") != crlf or block.count(b"\n") != crlf or _BAD_BYTE.search(block):
         return None
     headers: list[tuple[bytes, bytes]] = []
     host: bytes | None = None
     length: bytes | None = None
     close = False
     cookies: list[bytes] = []
-    for line in lines[1:]:
+    for line in block[:-4].split(b"\r\n") if block != b"\r\n" else ():
         name, colon, value = line.partition(b":")
         if not colon or not _TOKEN.match(name):
             return None  # also: obs-fold, a space before the colon
@@ -89,13 +134,13 @@ def parse_head(raw: bytes, max_body: int) -> RequestHead | None:
         elif lower == b"cookie":
             cookies.append(value)
         headers.append((name, value))
-    size = int(length) if length is not None else 0
-    if host is None or size > max_body:
+    if host is None:
         return None
-    return RequestHead(method, target, headers, len(raw), host, size, close, cookies)
+    size = int(length) if length is not None else 0
+    return Fields(tuple(headers), host, size, close, tuple(cookies))
 
 
-def cookie_value(cookies: list[bytes], name: bytes) -> str | None:
+def cookie_value(cookies: tuple[bytes, ...], name: bytes) -> str | None:
     """The value of cookie ``name`` in the request's Cookie headers: the last one, as
     twisted.web's ``getCookie`` reads it, so both paths pick the same session."""
     found: bytes | None = None

@@ -40,8 +40,9 @@ class Client(Interface):
     """What an upstream connection reports to (the browser connection it serves)."""
 
     def response_head(
-        self, code: int, reason: bytes, headers: list[tuple[bytes, bytes]], framing: Framing
-    ) -> None: ...
+        self, code: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> Framing:
+        """Relays the head; says how the body is framed (it reads the headers anyway)."""
 
     def response_body(self, data: bytes) -> None: ...
 
@@ -131,18 +132,9 @@ class UpstreamConnection(Protocol):
             if code == 101:  # we never ask for an upgrade here
                 raise _Unasked101()
             return  # 100 Continue, 103 Early Hints: informational, not relayed
-        names = {name.lower() for name, _ in headers}
-        if code in (204, 304):
-            self._framing = Framing.NONE
-        elif b"transfer-encoding" in names:
-            self._framing = Framing.CHUNKED
-        elif b"content-length" in names:
-            self._framing = Framing.LENGTH
-        else:
-            self._framing = Framing.UNTIL_CLOSE
         self._answered = True
         assert self.client is not None
-        self.client.response_head(code, reason or b"-", headers, self._framing)
+        self._framing = self.client.response_head(code, reason or b"-", headers)
 
     def on_body(self, data: bytes) -> None:
         if self.client is not None and not self._ended:

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from local_api import free_port  # noqa: E402  (benchmarks/local_api.py, shared)
@@ -152,11 +153,37 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def _median_row(rows: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """Each number of a table row: its median over the rounds (errors: their sum)."""
+    merged: list[Any] = []
+    for column in zip(*rows, strict=True):
+        if isinstance(column[0], dict):
+            keys = column[0].keys()
+            merged.append(
+                {
+                    k: sum(c[k] for c in column)
+                    if k == "errors"
+                    else statistics.median(c[k] for c in column)
+                    for k in keys
+                }
+            )
+        else:
+            merged.append(statistics.median(column))
+    return tuple(merged)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--streams", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=2000)
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="rounds over all targets, interleaved; the table shows medians (this machine "
+        "is shared: a burst of someone else's load should not decide a ratio)",
+    )
     args = ap.parse_args()
     for tool in ("nginx", "wrk"):
         if not shutil.which(tool):
@@ -200,16 +227,29 @@ def main() -> None:
             "nginx": (proxy, proxy, {}, {}),
             "cli-server": (ours, ours, ours_plain, ours_stream),
         }
-        rows = {}
-        for name, (http_port, stream_port, hdrs, shdrs) in targets.items():
-            small = wrk(f"http://127.0.0.1:{http_port}/small", hdrs, args.seconds, 50)
-            big = wrk(f"http://127.0.0.1:{http_port}/big", hdrs, args.seconds, 10)
-            rss_before = rss_mib(server.pid)
-            watch = server.pid if name == "cli-server" else 0
-            sse = asyncio.run(sse_latency(stream_port, shdrs, args.streams, args.seconds, watch))
-            ws = asyncio.run(ws_echo(stream_port, shdrs, args.rounds))
-            rows[name] = (small, big, sse, ws, rss_before)
-            print(f"{name}: done", file=sys.stderr, flush=True)
+        rounds: list[dict[str, Any]] = []
+        for n in range(args.repeat):
+            rows = {}
+            for name, (http_port, stream_port, hdrs, shdrs) in targets.items():
+                small = wrk(f"http://127.0.0.1:{http_port}/small", hdrs, args.seconds, 50)
+                big = wrk(f"http://127.0.0.1:{http_port}/big", hdrs, args.seconds, 10)
+                rss_before = rss_mib(server.pid)
+                watch = server.pid if name == "cli-server" else 0
+                sse = asyncio.run(
+                    sse_latency(stream_port, shdrs, args.streams, args.seconds, watch)
+                )
+                ws = asyncio.run(ws_echo(stream_port, shdrs, args.rounds))
+                rows[name] = (small, big, sse, ws, rss_before)
+                print(f"round {n + 1}: {name} done", file=sys.stderr, flush=True)
+            rounds.append(rows)
+            ratio = rows["cli-server"][0]["rps"] / rows["nginx"][0]["rps"]
+            extra = rows["cli-server"][2]["p99_ms"] - rows["direct"][2]["p99_ms"]
+            print(
+                f"round {n + 1}: small GET {ratio:.2f}x nginx, SSE p99 added {extra:.2f} ms",
+                file=sys.stderr,
+                flush=True,
+            )
+        rows = {name: _median_row([r[name] for r in rounds]) for name in targets}
         print(
             f"\n{args.streams} SSE streams, wrk -t2 -c50 (small) / -c10 (1 MiB), "
             f"{args.seconds} s each\n"
@@ -227,10 +267,16 @@ def main() -> None:
                 f"{sse['p50_ms']:.2f} / {sse['p99_ms']:.2f} | {ws['p50_ms']:.3f} / "
                 f"{ws['p99_ms']:.3f} | {errors} |"
             )
-        ratio = rows["cli-server"][0]["rps"] / rows["nginx"][0]["rps"]
-        added = rows["cli-server"][2]["p99_ms"] - rows["direct"][2]["p99_ms"]
-        print(f"\nsmall-GET throughput cli-server/nginx: {ratio:.2f}x (target >= 0.5)")
-        print(f"SSE p99 added by cli-server over direct: {added:.2f} ms (target <= 5)")
+        ratios = [r["cli-server"][0]["rps"] / r["nginx"][0]["rps"] for r in rounds]
+        added = [r["cli-server"][2]["p99_ms"] - r["direct"][2]["p99_ms"] for r in rounds]
+        print(
+            f"\nsmall-GET throughput cli-server/nginx: {statistics.median(ratios):.2f}x "
+            f"(target >= 0.5; rounds: {', '.join(f'{x:.2f}' for x in ratios)})"
+        )
+        print(
+            f"SSE p99 added by cli-server over direct: {statistics.median(added):.2f} ms "
+            f"(target <= 5; rounds: {', '.join(f'{x:.1f}' for x in added)})"
+        )
         idle, during = rows["cli-server"][4], rows["cli-server"][2]["rss_during"]
         print(
             f"cli-server RSS: {idle:.0f} MiB before the stream test, {during:.0f} MiB with "

@@ -546,3 +546,34 @@ def test_a_connection_goes_to_a_real_twisted_web_channel_after_fast_requests() -
     d.door._site = Site(Hello())
     d.send(b"GET /api HTTP/1.1\r\nHost: localhost:8080\r\n\r\n")
     assert d.got().endswith(b"main site")
+
+
+def test_a_sandbox_that_dies_mid_answer_leaves_no_producer_holding_the_browser_open() -> None:
+    d = door()
+    d.send(get(b"/events"))
+    d.sandbox.answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+    d.sandbox.connections[-1].connectionLost()
+    assert d.browser.disconnecting and d.browser.producer is None
+
+
+def test_a_remembered_route_is_not_used_once_the_sandbox_answers_elsewhere_or_time_steps_back() -> (
+    None
+):
+    d = door()
+    d.send(get(b"/1"))
+    d.sandbox.answer(OK)
+    d.endpoints.endpoint = Endpoint("127.0.0.1", 41001)  # restarted on another port
+    d.send(get(b"/2"))
+    assert d.sandbox.connections[-1].key == (SID, "127.0.0.1", 41001)
+    d.sandbox.answer(OK)
+    d.access.status = "paused"  # (seen only by a fresh lookup)
+    d.clock.rightNow -= 3600  # the wall clock stepped back an hour
+    d.send(get(b"/3"))
+    assert d.site.channels[0].received == get(b"/3")
+
+
+def test_heads_over_twisted_webs_limit_are_left_to_it() -> None:
+    d = door()
+    big = get(b"/x", b"X-Big: " + b"a" * 17000)
+    d.send(big)
+    assert d.site.channels[0].received == big and d.sandbox.connections == []

@@ -104,7 +104,7 @@ class SandboxAccess:
         return Deferred.fromCoroutine(self._fetch(key, sandbox_id))
 
     async def _fetch(self, key: bytes, sandbox_id: str) -> Access | None:
-        now = self._clock.seconds()
+        now, generation = self._clock.seconds(), self.generation
         rows = await self._db.query(
             "SELECT ss.user_id, s.id AS sandbox_id, s.workspace_id, m.role, s.status,"
             " s.is_local, s.opencode_password FROM sandbox_sessions ss"
@@ -128,9 +128,10 @@ class SandboxAccess:
             row["opencode_password"],
             now,
         )
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[key] = access
+        if generation == self.generation:  # (a revocation while we asked: don't keep this)
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[key] = access
         return access if access.sandbox_id == sandbox_id else None
 
     def forget(self, **match: Any) -> None:

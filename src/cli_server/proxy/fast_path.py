@@ -18,7 +18,7 @@ from cli_server.proxy.access import Access, SandboxAccess
 from cli_server.proxy.endpoints import RunningEndpoints
 from cli_server.proxy.forward import DROPPED_REQUEST, clean_cookie_header, clean_query
 from cli_server.proxy.hosts import sandbox_for_host
-from cli_server.proxy.request_head import RequestHead, cookie_value
+from cli_server.proxy.request_head import MEMO_BLOCK, RequestHead, cookie_value
 from cli_server.proxy.upstream import UpstreamPool
 from cli_server.roles import Role
 from cli_server.sandboxes.activity import ActivityRecorder
@@ -64,7 +64,8 @@ class FastPath:
     # Routes just found, by the headers that found them: for a second, and only while
     # nothing was forgotten in the session and endpoint caches since (revocations, status
     # changes and failed forwards all forget), so they are never staler than those caches.
-    _recent: dict[_Key, tuple[Route, float, int]] = field(factory=dict, init=False)
+    # (route, when, for how long, generation); a clock stepped back makes an entry stale
+    _recent: dict[_Key, tuple[Route, float, float, int]] = field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.metrics is not None:
@@ -82,8 +83,12 @@ class FastPath:
         key = (head.host, head.cookies)
         recent = self._recent.get(key)
         if recent is not None:
-            route, until, generation = recent
-            if generation == self._generation() and self.clock.seconds() < until:
+            route, since, span, generation = recent
+            if (
+                generation == self._generation()
+                and 0 <= self.clock.seconds() - since < span
+                and self.endpoints.cached(route.sandbox_id) == route.endpoint
+            ):
                 return route if self._may(route.role, head) else None
         _, sandbox_id = sandbox_for_host(head.host, self.base_host)
         if sandbox_id is None:
@@ -126,11 +131,13 @@ class FastPath:
         if endpoint is None:
             return None
         route = Route(access.sandbox_id, endpoint, basic_auth(access.password), access.role)
-        if generation == self._generation():  # (nothing was forgotten while we looked)
-            if len(self._recent) > 10_000:
+        # (only if nothing was forgotten while we looked, and for keys of a sane size)
+        if generation == self._generation() and sum(map(len, key[1])) <= 4096:
+            if len(self._recent) >= 4096:
                 self._recent.clear()
-            until = min(self.clock.seconds() + MEMO_SECONDS, self.access.fresh_until(access))
-            self._recent[key] = (route, until, generation)
+            now = self.clock.seconds()
+            span = min(MEMO_SECONDS, self.access.fresh_until(access) - now)
+            self._recent[key] = (route, now, span, generation)
         return route if self._may(access.role, head) else None
 
     def used(self, route: Route) -> None:
@@ -152,9 +159,11 @@ class FastPath:
         key = (head.block, route.authorization, peer)
         headers = self._headers.get(key)
         if headers is None:
-            if len(self._headers) >= 2048:
-                self._headers.clear()
-            headers = self._headers[key] = self._upstream_headers(head, route, peer)
+            headers = self._upstream_headers(head, route, peer)
+            if len(head.block) <= MEMO_BLOCK:
+                if len(self._headers) >= 1024:
+                    self._headers.clear()
+                self._headers[key] = headers
         return line + headers
 
     def _upstream_headers(self, head: RequestHead, route: Route, peer: bytes) -> bytes:

@@ -146,7 +146,7 @@ class FrontDoor(Protocol):
             if len(self._buffer) > MAX_HEAD or b"\n\n" in self._buffer or b"\n\r\n" in self._buffer:
                 self._hand_off(self._buffer)  # twisted.web reads (or refuses) such a head
             return
-        head = parse_head(self._buffer[:size], MAX_SANDBOX_BODY)
+        head = parse_head(self._buffer[:size], MAX_SANDBOX_BODY) if size <= MAX_HEAD else None
         if head is None:
             self._hand_off(self._buffer)
             return
@@ -344,7 +344,10 @@ class FrontDoor(Protocol):
         self._wait(False)
         self._deadline(self._fast.timeout)
         if self._buffer:
-            self._next()
+            try:  # (we are in the sandbox connection's call: its caller must not see our bugs)
+                self._next()
+            except Exception:
+                self._crashed(Failure())
 
     def upstream_lost(self, answered: bool) -> None:
         ex = self._exchange
@@ -398,7 +401,12 @@ class FrontDoor(Protocol):
     def _close(self) -> None:
         self._gone = True
         self._stop_timer()
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        transport: Any = self.transport
+        if transport.producer is not None:
+            # (a registered producer would keep the connection open: Twisted resumes it
+            # instead of closing once the buffer is written)
+            transport.unregisterProducer()
+        transport.loseConnection()
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
         self._gone = True

@@ -13,7 +13,7 @@ import re
 
 from attrs import frozen
 
-MAX_HEAD = 64 * 1024
+MAX_HEAD = 16 * 1024  # as twisted.web's limit on a request's headers (it refuses more)
 # Methods a browser's fetch sends with no body or a Content-Length one. HEAD is left to
 # twisted.web: its answer has a Content-Length and no body, which our response parser
 # would wait for.
@@ -75,7 +75,9 @@ def head_end(buffer: bytes) -> int:
 # A browser sends the same header block to a sandbox request after request (only the
 # request line changes), so blocks already read are remembered, bounded.
 _KNOWN: dict[bytes, Fields | None] = {}
-_KNOWN_MAX = 2048
+_UNKNOWN: Fields | None = Fields((), b"", 0, False, ())  # (a sentinel)
+_KNOWN_MAX = 1024  # entries of at most MEMO_BLOCK bytes: a few MiB at worst
+MEMO_BLOCK = 2048
 
 
 def parse_head(raw: bytes, max_body: int) -> RequestHead | None:
@@ -88,13 +90,13 @@ def parse_head(raw: bytes, max_body: int) -> RequestHead | None:
     if not target.startswith(b"/") or _BAD_TARGET.search(target):
         return None  # (no CR, LF or other control byte in the request line, then)
     block = raw[first + 2 :]
-    try:
-        fields = _KNOWN[block]
-    except KeyError:
+    fields = _KNOWN.get(block, _UNKNOWN)
+    if fields is _UNKNOWN:
         fields = read_fields(block)
-        if len(_KNOWN) >= _KNOWN_MAX:
-            _KNOWN.clear()
-        _KNOWN[block] = fields
+        if len(block) <= MEMO_BLOCK:
+            if len(_KNOWN) >= _KNOWN_MAX:
+                _KNOWN.clear()
+            _KNOWN[block] = fields
     if fields is None or fields.content_length > max_body:
         return None
     return RequestHead(method, target, block, fields, len(raw))

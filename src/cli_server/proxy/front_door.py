@@ -309,12 +309,13 @@ class FrontDoor(Protocol):
         if ex.framing is Framing.LENGTH:
             self._out.append(data)
         else:
-            self._out += (b"%x\r\n" % len(data), data, b"\r\n")
+            self._out.append(b"%x\r\n%s\r\n" % (len(data), data))
 
     def flush(self) -> None:
-        if self._out and not self._gone:
-            data = b"".join(self._out)
-            self._out.clear()
+        out = self._out
+        if out and not self._gone:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
             send_now(self.transport, data)
 
     def response_end(self, keep_alive: bool) -> None:

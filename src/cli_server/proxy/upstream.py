@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 
 from cli_server.nodelay import no_delay
 from cli_server.proxy.send_now import send_now
+from cli_server.proxy.takeover import hand_over
 from cli_server.sandboxes.backend import Endpoint
 
 if TYPE_CHECKING:
@@ -196,7 +197,14 @@ class UpstreamPool:
         conn = UpstreamConnection((route.sandbox_id, endpoint.host, endpoint.port))
         conn.pool = self
         connector = self._connector or _tcp(self._reactor)
-        return connector(endpoint, conn).addCallback(lambda _: conn)
+        return connector(endpoint, conn).addCallback(self._connected, conn)
+
+    @staticmethod
+    def _connected(_: object, conn: UpstreamConnection) -> UpstreamConnection:
+        # The endpoint's wrapper only passes calls on; every answer byte would go through it.
+        if conn.transport is not None:
+            hand_over(conn.transport, conn)
+        return conn
 
     def give_back(self, conn: UpstreamConnection) -> None:
         idle = self._idle.setdefault(conn.key, [])

@@ -332,7 +332,7 @@ def test_no_answer_hands_a_bodiless_request_to_twisted_web_and_forgets_the_addre
     assert d.endpoints.forgotten == [SID]
 
 
-def test_no_answer_to_an_upload_is_a_502_page() -> None:
+def test_no_answer_to_an_upload_is_the_starting_page_not_a_second_send() -> None:
     d = door()
     d.send(
         b"PUT /f HTTP/1.1\r\nHost: "
@@ -342,7 +342,8 @@ def test_no_answer_to_an_upload_is_a_502_page() -> None:
         + b"\r\nContent-Length: 2\r\n\r\nab"
     )
     d.sandbox.connections[-1].connectionLost()
-    assert d.got().startswith(b"HTTP/1.1 502 ") and b"text/html" in d.got()
+    assert d.got().startswith(b"HTTP/1.1 503 ") and b"text/html" in d.got()
+    assert b"Starting your sandbox" in d.got() and b'http-equiv="refresh"' in d.got()
     assert d.browser.disconnecting and d.site.channels == []
 
 
@@ -450,7 +451,7 @@ def test_a_sandbox_that_drops_an_upload_gets_the_browser_a_page_not_a_reset() ->
     upstream.producer.stopProducing()  # what Twisted does as the connection goes
     d.sandbox.connections[-1].connectionLost()
     assert d.browser.producerState != "stopped"
-    assert d.got().startswith(b"HTTP/1.1 502 ") and d.site.channels == []
+    assert d.got().startswith(b"HTTP/1.1 503 ") and d.site.channels == []
 
 
 def test_a_request_that_is_not_safe_to_repeat_is_never_sent_twice() -> None:
@@ -460,7 +461,7 @@ def test_a_request_that_is_not_safe_to_repeat_is_never_sent_twice() -> None:
     d.send(upload(b"/prompt", b""))  # a POST without a body
     d.sandbox.connections[0].connectionLost()  # the pooled connection was dead
     assert len(d.sandbox.connections) == 1 and d.site.channels == []
-    assert d.got().count(b"HTTP/1.1 502 ") == 1
+    assert d.got().count(b"HTTP/1.1 503 ") == 1
 
 
 def test_bytes_after_an_answer_are_not_the_next_answer() -> None:

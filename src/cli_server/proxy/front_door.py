@@ -27,7 +27,7 @@ from zope.interface import implementer
 from cli_server.nodelay import no_delay
 from cli_server.proxy.fast_path import FastPath, Route
 from cli_server.proxy.forward import HOP_BY_HOP, safe_set_cookie
-from cli_server.proxy.pages import PAGE_HEADERS, page_html
+from cli_server.proxy.pages import PAGE_HEADERS, STATUS_TEXT, page_html
 from cli_server.proxy.request_head import MAX_HEAD, RequestHead, head_end, parse_head
 from cli_server.proxy.send_now import send_now
 from cli_server.proxy.takeover import hand_over
@@ -248,10 +248,10 @@ class FrontDoor(Protocol):
         elif ex.timed_out:
             self._page(504, "The sandbox is not answering", "It took too long. Try again.")
         else:
-            self._page(502, "The sandbox did not answer", "It may have restarted. Try again.")
+            self._page(503, *STATUS_TEXT["starting"], refresh=3)  # as SandboxSite says it
 
-    def _page(self, status: int, title: str, text: str) -> None:
-        body = page_html(title, text, dashboard=self._fast.dashboard)
+    def _page(self, status: int, title: str, text: str, refresh: int | None = None) -> None:
+        body = page_html(title, text, dashboard=self._fast.dashboard, refresh=refresh)
         head = [b"HTTP/1.1 %d %s\r\n" % (status, title.encode())]
         head += [name + b": " + value + b"\r\n" for name, value in PAGE_HEADERS]
         head.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))

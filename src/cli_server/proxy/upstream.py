@@ -176,7 +176,7 @@ class UpstreamPool:
 
     _reactor: Any
     _connector: Callable[[Endpoint, UpstreamConnection], Deferred[Any]] | None = None
-    max_idle: int = 64  # per address
+    max_idle: int = 64  # per sandbox and address
     idle_seconds: float = 60.0
     _idle: dict[tuple[str, str, int], list[UpstreamConnection]] = field(factory=dict, init=False)
     _sweeper: IDelayedCall | None = field(default=None, init=False)

@@ -90,18 +90,23 @@ class SandboxAccess:
     def cached(self, token: str, sandbox_id: str) -> Access | None:
         """The session's fresh cached answer for this sandbox, if there is one (else ask
         ``lookup``)."""
-        cached = self._cache.get(token_hash(token))
-        if cached is not None and 0 <= self._clock.seconds() - cached.fetched_at < self._ttl:
-            return cached if cached.sandbox_id == sandbox_id else None
-        return None
+        cached = self._fresh(token_hash(token))
+        return cached if cached is not None and cached.sandbox_id == sandbox_id else None
 
     def lookup(self, token: str, sandbox_id: str) -> Deferred[Access | None]:
         """Fires at once (no database) while the session's cached answer is fresh."""
         key = token_hash(token)
-        cached = self._cache.get(key)
-        if cached is not None and 0 <= self._clock.seconds() - cached.fetched_at < self._ttl:
+        cached = self._fresh(key)
+        if cached is not None:
             return succeed(cached if cached.sandbox_id == sandbox_id else None)
         return Deferred.fromCoroutine(self._fetch(key, sandbox_id))
+
+    def _fresh(self, key: bytes) -> Access | None:
+        # (a clock stepped backwards makes an answer stale, never fresh for longer)
+        cached = self._cache.get(key)
+        if cached is not None and 0 <= self._clock.seconds() - cached.fetched_at < self._ttl:
+            return cached
+        return None
 
     async def _fetch(self, key: bytes, sandbox_id: str) -> Access | None:
         now, generation = self._clock.seconds(), self.generation

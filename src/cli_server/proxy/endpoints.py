@@ -36,17 +36,13 @@ class RunningEndpoints:
         if now is not None:
             endpoint: Endpoint | None = now(sandbox_id)
             return endpoint
-        known = self._known.get(sandbox_id)
-        if known is not None and 0 <= self._clock.seconds() - known[1] < self._ttl:
-            return known[0]
-        return None
+        return self._fresh(sandbox_id)
 
     def get(self, sandbox_id: str) -> Deferred[Endpoint | None]:
         """The sandbox's endpoint if the backend sees it running, else None."""
-        known = self._known.get(sandbox_id)
-        # (a clock stepped backwards makes an answer stale, never fresh for longer)
-        if known is not None and 0 <= self._clock.seconds() - known[1] < self._ttl:
-            return succeed(known[0])
+        known = self._fresh(sandbox_id)
+        if known is not None:
+            return succeed(known)
         waiter: Deferred[Endpoint | None] = Deferred()
         waiters = self._asking.get(sandbox_id)
         if waiters is None:
@@ -55,6 +51,13 @@ class RunningEndpoints:
         else:
             waiters.append(waiter)
         return waiter
+
+    def _fresh(self, sandbox_id: str) -> Endpoint | None:
+        known = self._known.get(sandbox_id)
+        # (a clock stepped backwards makes an answer stale, never fresh for longer)
+        if known is not None and 0 <= self._clock.seconds() - known[1] < self._ttl:
+            return known[0]
+        return None
 
     def forget(self, sandbox_id: str) -> None:
         """The sandbox changed status, or did not answer: ask the backend next time. A lookup

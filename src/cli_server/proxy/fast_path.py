@@ -171,7 +171,7 @@ class FastPath:
         for name, value in head.fields.headers:
             if name.lower() not in _DROPPED:
                 out += (name, b": ", value, b"\r\n")
-        cookie = clean_cookie_header(list(head.cookies)) if head.cookies else None
+        cookie = clean_cookie_header(head.cookies) if head.cookies else None
         if cookie:
             out += (b"cookie: ", cookie, b"\r\n")
         out += (

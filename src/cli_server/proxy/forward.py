@@ -9,7 +9,7 @@ through as they arrive, without a timeout once the headers are in.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -71,7 +71,7 @@ def clean_query(uri: bytes) -> bytes:
     return path + (b"?" + urlencode(kept).encode() if kept else b"")
 
 
-def clean_cookie_header(values: list[bytes]) -> bytes | None:
+def clean_cookie_header(values: Iterable[bytes]) -> bytes | None:
     kept = []
     for value in values:
         for part in value.split(b";"):

@@ -392,10 +392,7 @@ class FrontDoor(Protocol):
 
     def _abandon(self) -> None:
         """Give up on this connection and its request, if any."""
-        ex, self._exchange = self._exchange, None
-        if ex is not None and ex.upstream is not None:
-            ex.upstream.client = None
-            ex.upstream.transport.abortConnection()  # type: ignore[union-attr]
+        self._drop_exchange()
         if not self._gone:
             self._close()
 
@@ -412,12 +409,14 @@ class FrontDoor(Protocol):
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
         self._gone = True
         self._stop_timer()
+        self._drop_exchange()
+
+    def _drop_exchange(self) -> None:
+        """The request in flight is given up: its answer is not wanted, nor its connection."""
         ex, self._exchange = self._exchange, None
-        if ex is not None:
-            ex.waiting = False
-            if ex.upstream is not None:
-                ex.upstream.client = None  # the answer is not wanted, nor the connection
-                ex.upstream.transport.abortConnection()  # type: ignore[union-attr]
+        if ex is not None and ex.upstream is not None:
+            ex.upstream.client = None
+            ex.upstream.transport.abortConnection()  # type: ignore[union-attr]
 
     def hold(self, held: bool) -> None:
         """The sandbox cannot take an upload's bytes as fast (``_Upload``), or now can."""

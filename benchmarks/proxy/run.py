@@ -7,9 +7,9 @@
 Starts nginx as the plain-HTTP upstream (small and 1 MiB files) and as a reverse proxy, a
 small Twisted upstream for SSE and WebSocket echo, and cli-server (real service tree, embedded
 PostgreSQL, a FAKE backend pointing its sandboxes at those upstreams), all on 127.0.0.1. Then:
-wrk for small-GET req/s and latency and 1 MiB throughput; our own asyncio clients for event
-latency across N concurrent SSE streams and for WebSocket echo round trips. Prints a Markdown
-table. Every loop is bounded; everything started is stopped.
+wrk for small-GET req/s and latency and 1 MiB throughput; our own clients for event latency
+across N concurrent SSE streams (sse_client.py) and for WebSocket echo round trips. Prints a
+Markdown table. Every loop is bounded; everything started is stopped.
 """
 
 from __future__ import annotations
@@ -65,50 +65,29 @@ http {{
 """
 
 
-async def sse_latency(
+def sse_latency(
     port: int, headers: dict[str, str], streams: int, seconds: float, watch_pid: int = 0
 ) -> dict[str, float]:
-    """Open ``streams`` event streams; every event carries its send time."""
-    latencies: list[float] = []
-    errors = 0
-    request = "GET /sse HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n"
-
-    async def one() -> None:
-        nonlocal errors
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            errors += 1
-            return
-        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items() if k != "Host")
-        writer.write(request.format(host=headers.get("Host", "127.0.0.1"), extra=extra).encode())
-        deadline = time.time() + seconds
-        try:
-            while time.time() < deadline:
-                line = await asyncio.wait_for(reader.readline(), timeout=5)
-                if not line:
-                    errors += 1
-                    return
-                if line.startswith(b"data: "):
-                    latencies.append((time.time() - float(line[6:].strip())) * 1000)
-        except (TimeoutError, OSError, ValueError):
-            errors += 1
-        finally:
-            writer.close()
-
-    async def sample() -> float:
-        await asyncio.sleep(seconds / 2)
-        return rss_mib(watch_pid) if watch_pid else float("nan")
-
-    *_, rss_during = await asyncio.gather(*(one() for _ in range(streams)), sample())
-    latencies.sort()
-    return {
-        "events": len(latencies),
-        "p50_ms": statistics.median(latencies) if latencies else float("nan"),
-        "p99_ms": latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
-        "errors": errors,
-        "rss_during": rss_during,
-    }
+    """Event latency over ``streams`` streams (``sse_client.py``, its own process); the RSS of
+    ``watch_pid`` and its children (the stream relay) halfway through."""
+    cookie = headers.get("Cookie", "-")
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            str(HERE / "sse_client.py"),
+            str(port),
+            headers.get("Host", "127.0.0.1"),
+            cookie,
+            str(streams),
+            str(seconds),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2 + seconds / 2)  # (sse_client.WARMUP, then halfway)
+    rss_during = tree_rss_mib(watch_pid) if watch_pid else float("nan")
+    out, _ = client.communicate(timeout=seconds + 120)
+    return {**json.loads(out), "rss_during": rss_during}
 
 
 async def ws_echo(port: int, headers: dict[str, str], rounds: int) -> dict[str, float]:
@@ -151,6 +130,12 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def tree_rss_mib(pid: int) -> float:
+    """RSS of ``pid`` and its children (cli-server's stream relay is one)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return rss_mib(pid) + sum(rss_mib(int(child)) for child in children)
 
 
 def _median_row(rows: list[tuple[Any, ...]]) -> tuple[Any, ...]:
@@ -233,11 +218,9 @@ def main() -> None:
             for name, (http_port, stream_port, hdrs, shdrs) in targets.items():
                 small = wrk(f"http://127.0.0.1:{http_port}/small", hdrs, args.seconds, 50)
                 big = wrk(f"http://127.0.0.1:{http_port}/big", hdrs, args.seconds, 10)
-                rss_before = rss_mib(server.pid)
+                rss_before = tree_rss_mib(server.pid)
                 watch = server.pid if name == "cli-server" else 0
-                sse = asyncio.run(
-                    sse_latency(stream_port, shdrs, args.streams, args.seconds, watch)
-                )
+                sse = sse_latency(stream_port, shdrs, args.streams, args.seconds, watch)
                 ws = asyncio.run(ws_echo(stream_port, shdrs, args.rounds))
                 rows[name] = (small, big, sse, ws, rss_before)
                 print(f"round {n + 1}: {name} done", file=sys.stderr, flush=True)
@@ -279,7 +262,8 @@ def main() -> None:
         )
         idle, during = rows["cli-server"][4], rows["cli-server"][2]["rss_during"]
         print(
-            f"cli-server RSS: {idle:.0f} MiB before the stream test, {during:.0f} MiB with "
+            f"cli-server RSS (with its stream relay): {idle:.0f} MiB before the stream test, "
+            f"{during:.0f} MiB with "
             f"{args.streams} open SSE streams: "
             f"{(during - idle) * 1024 / args.streams:.0f} KiB per stream"
         )

@@ -19,6 +19,7 @@ class Metrics:
     anthropic_tokens: Counter = field(init=False)
     sandboxes: Gauge = field(init=False)
     tunnels: Gauge = field(init=False)
+    relayed_streams: Gauge = field(init=False)
     # Counts kept elsewhere as plain integers (on hot paths), added in before each scrape.
     _flushes: list[Callable[[], None]] = field(factory=list, init=False)
 
@@ -43,6 +44,11 @@ class Metrics:
         )
         self.tunnels = Gauge(
             "cli_tunnels", "Local agents connected to this process", registry=self.registry
+        )
+        self.relayed_streams = Gauge(
+            "cli_relayed_streams",
+            "Event streams the stream relay process carries now",
+            registry=self.registry,
         )
 
     async def refresh(self, db: Database) -> None:

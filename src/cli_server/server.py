@@ -33,7 +33,9 @@ from cli_server.proxy.endpoints import RunningEndpoints
 from cli_server.proxy.fast_path import FastPath
 from cli_server.proxy.forward import Forwarder
 from cli_server.proxy.front_door import FrontDoorFactory
+from cli_server.proxy.live import LiveStreams
 from cli_server.proxy.site import SandboxCookie, SandboxSite
+from cli_server.proxy.stream_relay import StreamRelay
 from cli_server.proxy.upstream import UpstreamPool
 from cli_server.proxy.urls import SandboxUrls
 from cli_server.sandboxes.activity import ActivityRecorder
@@ -177,6 +179,7 @@ class Server:
     proxy_access: SandboxAccess
     anthropic: AnthropicProxy
     tunnels: TunnelHub
+    stream_relay: StreamRelay
 
 
 def buildServer(config: ServerConfig, reactor: Any) -> IService:
@@ -314,6 +317,7 @@ def build(
         metrics=metrics,
     )
     sandbox_cookie = SandboxCookie(config.secure_cookies, config.session_lifetime)
+    live = LiveStreams()  # terminals and event streams open in this process
     proxy = SandboxSite(
         sandbox_access,
         manager,
@@ -327,6 +331,7 @@ def build(
         urls.dashboard,
         metrics,
         tunnels,
+        live=live,
     )
 
     async def housekeeping() -> None:
@@ -358,6 +363,16 @@ def build(
     root_resource = HostDispatcher(site.app.resource(), proxy, urls.base_host)
     web = QuietSandboxSite(root_resource, urls.base_host, requestFactory=BoundedRequest)
     web.displayTracebacks = False
+    # (before the listeners: stopped after them, so nothing is handed to it while it stops)
+    relay = StreamRelay(reactor, metrics.relayed_streams)
+    relay.setName("stream-relay")
+    relay.setServiceParent(root)
+
+    def cut_streams(**match: str) -> None:
+        live.cut(**match)
+        relay.cut(**match)
+
+    sandbox_access.cut_streams = cut_streams
     fast = FastPath(
         sandbox_access,
         endpoints,
@@ -368,6 +383,8 @@ def build(
         sandbox_cookie.name,
         urls.dashboard,
         metrics,
+        relay=relay,
+        live=live,
     )
     front_door = FrontDoorFactory(web, fast, reactor)
     for n, description in enumerate(config.listen):
@@ -385,6 +402,7 @@ def build(
         sandbox_access,
         anthropic,
         tunnels,
+        relay,
     )
 
 

@@ -16,8 +16,23 @@ import pytest
 from attrs import define, field
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
+
+
+class Wire(Protocol):
+    """A raw connection: what arrives is kept in ``received``; ``closed`` fires at its end."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.closed: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed.callback(None)
 
 
 def scratch_dir(prefix: str) -> Path:

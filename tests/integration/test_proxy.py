@@ -4,10 +4,12 @@ with real PostgreSQL; the same paths with real opencode are in test_proxy_openco
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -16,7 +18,7 @@ from twisted.internet.protocol import Protocol
 from cli_server.testing import FakeBackend
 
 from .conftest import Running, _reactor, server_config, start_server, stop_server
-from .helpers import Api, wait_until
+from .helpers import Api, Wire, wait_until
 from .test_sandboxes_api import team, wait_status
 from .upstream import Recorder, serve
 
@@ -328,6 +330,46 @@ async def test_streaming_and_activity(proxy: Proxy) -> None:
     first = next(t for t, d in events if b"data: first" in d)
     second = next(t for t, d in events if b"data: second" in d)
     assert second - first >= 0.15  # delivered as sent, not buffered to the end
+
+
+async def _stream(proxy: Proxy, path: str, cookie: str) -> Wire:
+    endpoint = TCP4ClientEndpoint(_reactor(), "127.0.0.1", proxy.app.port.getHost().port)
+    client = await connectProtocol(endpoint, Wire())
+    head = f"GET {path} HTTP/1.1\r\nHost: {proxy.host()}\r\nCookie: cli_sandbox={cookie}\r\n"
+    client.transport.write(head.encode() + b"\r\n")  # type: ignore[union-attr]
+    client.closed.addTimeout(10, _reactor())
+    return client
+
+
+@pytest_twisted.ensureDeferred
+async def test_event_streams_are_carried_by_the_stream_relay(proxy: Proxy) -> None:
+    """An event stream moves to the relay process after its head and first event: it ends
+    as it would here, ends when the session is revoked, and the relay ends with the server."""
+    reactor, relay = _reactor(), proxy.app.server.stream_relay
+    cookie = await proxy.open("developer")
+    await wait_until(reactor, lambda: relay.ready, timeout=10)
+    finite = await _stream(proxy, "/sse", cookie)
+    await wait_until(reactor, lambda: relay.carrying == 1, timeout=10)
+    await finite.closed
+    head, _, body = finite.received.partition(b"\r\n\r\n")
+    assert b"connection: close" in head and b"transfer-encoding: chunked" in head
+    assert body == b"d\r\ndata: first\n\n\r\ne\r\ndata: second\n\n\r\n0\r\n\r\n"
+    await wait_until(reactor, lambda: relay.carrying == 0, timeout=10)
+
+    ticking = await _stream(proxy, "/ticks", cookie)
+    await wait_until(reactor, lambda: ticking.received.count(b"data: tick") >= 3, timeout=10)
+    assert relay.carrying == 1
+    await proxy.people["developer"].call("POST", "/api/auth/logout")
+    await ticking.closed  # cut by the revocation, with no ending chunk
+    assert not ticking.received.endswith(b"0\r\n\r\n")
+    await wait_until(reactor, lambda: proxy.upstream.ticking == 0, timeout=10)
+    assert relay.carrying == 0
+
+    child = relay._process.pid
+    await stop_server(proxy.app)
+    assert relay._process is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
 
 
 @pytest_twisted.ensureDeferred

@@ -7,28 +7,12 @@ import os
 from typing import Any
 
 import pytest_twisted
-from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
 
 from .conftest import Real, _reactor
-from .helpers import needs_isolation, wait_until
+from .helpers import Wire, needs_isolation, wait_until
 
 pytestmark = needs_isolation
-
-
-class Wire(Protocol):
-    """A raw client connection: what arrives is kept in ``received``."""
-
-    def __init__(self) -> None:
-        self.received = b""
-        self.closed: Deferred[None] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.closed.callback(None)
 
 
 async def connect(real: Real) -> Wire:
@@ -55,8 +39,9 @@ async def open_sandbox(real: Real, sandbox_id: str) -> str:
 
 @pytest_twisted.ensureDeferred
 async def test_opencode_through_the_proxy(real: Real) -> None:
-    """The UI and its assets load, health answers, /event says server.connected, a session
-    is created, and the terminal WebSocket runs a command inside the sandbox."""
+    """The UI and its assets load, health answers, /event says server.connected (carried by
+    the stream relay), a session is created, and the terminal WebSocket runs a command inside
+    the sandbox; logging out ends both the event stream and the terminal."""
     reactor = _reactor()
     sid, _ = await real.create("a", "web")
     cookie = await open_sandbox(real, sid)
@@ -83,7 +68,7 @@ async def test_opencode_through_the_proxy(real: Real) -> None:
         f"GET /event HTTP/1.1\r\nHost: {host}\r\nCookie: cli_sandbox={cookie}\r\n\r\n".encode()
     )
     await wait_until(reactor, lambda: b"server.connected" in events.received, timeout=15)
-    events.transport.loseConnection()
+    await wait_until(reactor, lambda: real.app.server.stream_relay.carrying == 1, timeout=15)
 
     pty = await get("/pty", "POST", {})
     assert pty.code == 200, pty
@@ -98,7 +83,11 @@ async def test_opencode_through_the_proxy(real: Real) -> None:
     await wait_until(reactor, lambda: b"101 Switching Protocols" in wire.received, timeout=15)
     wire.transport.write(frame(b"echo $((6*7))-from-$(id -u)\n"))
     await wait_until(reactor, lambda: b"42-from-1000" in wire.received, timeout=15)
-    wire.transport.loseConnection()
+
+    await real.owner.call("POST", "/api/auth/logout")
+    for cut in (events.closed, wire.closed):
+        await cut.addTimeout(10, reactor)
+    assert real.app.server.stream_relay.carrying == 0
 
 
 @pytest_twisted.ensureDeferred

@@ -8,6 +8,7 @@ from hashlib import sha256
 from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import LoopingCall
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
@@ -24,6 +25,7 @@ class Recorder(Resource):
         self.seen: list[dict[str, Any]] = []
         self.streamed = 0  # bytes written by /flood so far
         self.flood_paused = False
+        self.ticking = 0  # open /ticks streams
 
     def render(self, request: Any) -> Any:
         if request.path == b"/digest":  # an upload's length and SHA-256, not kept
@@ -66,6 +68,19 @@ class Recorder(Resource):
             request.write(b"data: first\n\n")
             self.reactor.callLater(0.2, request.write, b"data: second\n\n")
             self.reactor.callLater(0.4, request.finish)
+            return NOT_DONE_YET
+        if path == b"/ticks":  # an event every 50 ms until the browser leaves
+            request.setHeader(b"content-type", b"text/event-stream")
+            ticks = LoopingCall(request.write, b"data: tick\n\n")
+            ticks.clock = self.reactor
+            ticks.start(0.05)
+            self.ticking += 1
+
+            def stop(_: object) -> None:
+                ticks.stop()
+                self.ticking -= 1
+
+            request.notifyFinish().addBoth(stop)
             return NOT_DONE_YET
         if path == b"/flood":
             Flood(self, request).start()

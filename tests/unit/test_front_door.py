@@ -16,6 +16,7 @@ from twisted.internet.testing import StringTransport
 from cli_server.proxy.access import Access
 from cli_server.proxy.fast_path import FastPath
 from cli_server.proxy.front_door import FrontDoor
+from cli_server.proxy.live import LiveStreams
 from cli_server.proxy.upstream import UpstreamConnection, UpstreamPool
 from cli_server.roles import Role
 from cli_server.sandboxes.backend import Endpoint
@@ -147,7 +148,25 @@ class Door:
         return bytes(self.browser.value())
 
 
-def door(**access: Any) -> Door:
+@define
+class FakeRelay:
+    """Stands in for the stream relay: takes streams when ``accept``, records them."""
+
+    accept: bool = True
+    ready: bool = True
+    carried: list[tuple[bool, dict[str, str]]] = field(factory=list)
+    let_go_of: list[Any] = field(factory=list)
+
+    def carry(self, browser: Any, sandbox: Any, chunked: bool, match: dict[str, str]) -> bool:
+        if self.accept:
+            self.carried.append((chunked, match))
+        return self.accept
+
+    def let_go(self, *transports: Any) -> None:
+        self.let_go_of += transports
+
+
+def door(relay: FakeRelay | None = None, live: LiveStreams | None = None, **access: Any) -> Door:
     clock, sandbox, site = Clock(), Sandbox(), FakeSite()
     fakes: dict[str, Any] = {
         "access": FakeAccess(**access, clock=clock),
@@ -164,6 +183,8 @@ def door(**access: Any) -> Door:
         b"http",
         b"cli_sandbox",
         "http://localhost:8080/",
+        relay=relay,  # type: ignore[arg-type]
+        live=live,
     )
     front = FrontDoor(fast, site, None, clock)
     browser = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 5555))
@@ -578,3 +599,96 @@ def test_heads_over_twisted_webs_limit_are_left_to_it() -> None:
     big = get(b"/x", b"X-Big: " + b"a" * 17000)
     d.send(big)
     assert d.site.channels[0].received == big and d.sandbox.connections == []
+
+
+EVENTS = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_an_event_stream_goes_to_the_stream_relay_between_two_chunks() -> None:
+    relay = FakeRelay()
+    d = door(relay)
+    d.send(get(b"/event"))
+    d.sandbox.answer(EVENTS + b'23\r\ndata: {"type":"server.con')  # mid-chunk: not yet
+    assert relay.carried == []
+    assert d.got().endswith(b'connection: close\r\n\r\n19\r\ndata: {"type":"server.con\r\n')
+    d.sandbox.answer(b'nected"}\n\n\r\n3')  # a size line begun: not yet either
+    assert relay.carried == []
+    d.sandbox.answer(b"\r\nabc\r\n")  # between chunks: carried
+    assert relay.carried == [(True, {"user_id": "u", "workspace_id": "w", "sandbox_id": SID})]
+    upstream = d.sandbox.connections[0]
+    assert relay.let_go_of == [d.browser, upstream.transport]
+    # Both connections are the relay's now: neither is written to, pooled or timed here.
+    assert d.door._exchange is None and upstream.client is None and upstream.pool is None
+    assert d.door._fast.pool._idle == {}
+    before = d.got()
+    d.clock.advance(1000)
+    assert d.got() == before and not d.browser.disconnecting
+
+
+def test_an_event_stream_framed_by_its_close_goes_at_once_and_others_stay() -> None:
+    relay = FakeRelay()
+    d = door(relay)
+    d.send(get(b"/event"))
+    d.sandbox.answer(b"HTTP/1.1 200 OK\r\ncontent-type: Text/Event-Stream; charset=utf-8\r\n\r\nda")
+    assert [chunked for chunked, _ in relay.carried] == [False]
+    # Not an event stream, one with a length, or no relay: relayed here, connection kept.
+    for answer, with_relay in [
+        (OK, FakeRelay()),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 2\r\n\r\nhi",
+            FakeRelay(),
+        ),
+        (EVENTS + b"2\r\nhi\r\n", None),
+        (EVENTS + b"2\r\nhi\r\n", FakeRelay(ready=False)),
+    ]:
+        d = door(with_relay)
+        d.send(get(b"/event"))
+        d.sandbox.answer(answer)
+        assert b"connection: close" not in d.got()
+        assert d.door._exchange is None or d.door._exchange.upstream is not None
+        assert with_relay is None or with_relay.carried == []
+
+
+def test_an_event_stream_the_relay_cannot_take_stays_here_and_is_offered_again() -> None:
+    relay = FakeRelay(accept=False)
+    d = door(relay)
+    d.send(get(b"/event"))
+    d.sandbox.answer(EVENTS + b"2\r\nhi\r\n")
+    assert d.got().endswith(b"connection: close\r\n\r\n2\r\nhi\r\n")
+    relay.accept = True
+    d.sandbox.answer(b"3\r\nyou\r\n")
+    assert d.got().endswith(b"2\r\nhi\r\n3\r\nyou\r\n")
+    assert len(relay.carried) == 1
+    # A stream that ends here ends as any answer: the terminating chunk, then the close.
+    d = door(FakeRelay(accept=False))
+    d.send(get(b"/event"))
+    d.sandbox.answer(EVENTS + b"2\r\nhi\r\n0\r\n\r\n")
+    assert d.got().endswith(b"2\r\nhi\r\n0\r\n\r\n") and d.browser.disconnecting
+
+
+def test_an_event_stream_relayed_here_ends_when_its_session_is_revoked() -> None:
+    live = LiveStreams()
+    d = door(live=live)
+    d.send(get(b"/event"))
+    d.sandbox.answer(EVENTS + b"2\r\nhi\r\n")
+    assert len(live) == 1
+    live.cut(user_id="someone else")
+    live.cut(user_id="u", workspace_id="another")
+    assert not d.browser.disconnecting
+    live.cut(user_id="u", workspace_id="w")
+    assert d.browser.disconnecting and len(live) == 0
+    assert d.sandbox.connections[0].transport.disconnecting  # type: ignore[union-attr]
+    # One that ends, or whose browser leaves, is off the list; other answers never on it.
+    for ending in (b"0\r\n\r\n", None):
+        d = door(live=live)
+        d.send(get(b"/event"))
+        d.sandbox.answer(EVENTS + b"2\r\nhi\r\n")
+        if ending is None:
+            d.door.connectionLost()
+        else:
+            d.sandbox.answer(ending)
+        assert len(live) == 0
+    d = door(live=live)
+    d.send(get())
+    d.sandbox.answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n")
+    assert len(live) == 0

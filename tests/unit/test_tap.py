@@ -34,6 +34,7 @@ class MakeServiceTests(SynchronousTestCase):
                 "reconciler",
                 "idle-monitor",
                 "metrics",
+                "stream-relay",
                 "http-0",
                 "http-1",
             ],

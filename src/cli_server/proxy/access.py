@@ -12,6 +12,7 @@ out of the hot path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from attrs import define, field, frozen
@@ -51,6 +52,8 @@ class SandboxAccess:
     _cache: dict[bytes, Access] = field(factory=dict, init=False)
     # Counts forget() calls: what was cached from this object before a change is stale.
     generation: int = field(default=0, init=False)
+    # Ends open streams carried elsewhere (the stream relay's) whose session was revoked.
+    cut_streams: Callable[..., None] | None = field(default=None, init=False)
 
     async def mint_ticket(self, user_id: str, sandbox_id: str) -> str:
         ticket = new_token()
@@ -150,6 +153,7 @@ class SandboxAccess:
         """Logout: every sandbox session of the user ends."""
         await self._db.execute("DELETE FROM sandbox_sessions WHERE user_id = %s", (user_id,))
         self.forget(user_id=user_id)
+        self._cut(user_id=user_id)
 
     async def revoke_member(self, user_id: str, workspace_id: str) -> None:
         """Removal from a workspace or a role change: that workspace's sandbox sessions end."""
@@ -159,10 +163,16 @@ class SandboxAccess:
             (user_id, workspace_id),
         )
         self.forget(user_id=user_id, workspace_id=workspace_id)
+        self._cut(user_id=user_id, workspace_id=workspace_id)
 
     def revoke_sandbox(self, sandbox_id: str) -> None:
         """The sandbox is gone (its rows cascade); forget what we cached."""
         self.forget(sandbox_id=sandbox_id)
+        self._cut(sandbox_id=sandbox_id)
+
+    def _cut(self, **match: str) -> None:
+        if self.cut_streams is not None:
+            self.cut_streams(**match)
 
     def status_changed(self, sandbox_id: str) -> None:
         """A pause or resume here: the next request re-reads the status."""

@@ -18,7 +18,9 @@ from cli_server.proxy.access import Access, SandboxAccess
 from cli_server.proxy.endpoints import RunningEndpoints
 from cli_server.proxy.forward import DROPPED_REQUEST, clean_cookie_header, clean_query
 from cli_server.proxy.hosts import sandbox_for_host
+from cli_server.proxy.live import LiveStreams
 from cli_server.proxy.request_head import MEMO_BLOCK, RequestHead, cookie_value
+from cli_server.proxy.stream_relay import StreamRelay
 from cli_server.proxy.upstream import UpstreamPool
 from cli_server.roles import Role
 from cli_server.sandboxes.activity import ActivityRecorder
@@ -35,6 +37,8 @@ class Route:
     endpoint: Endpoint
     authorization: bytes  # opencode's Basic credential, as a header value
     role: Role
+    user_id: str
+    workspace_id: str
 
 
 _Key = tuple[bytes, tuple[bytes, ...]]  # Host and Cookie headers
@@ -56,6 +60,8 @@ class FastPath:
     # connection's next request (or a head to arrive whole).
     timeout: float = 120.0
     clock: Any = None  # IReactorTime; the access cache's when None
+    relay: StreamRelay | None = None  # carries event streams once they run, if there
+    live: LiveStreams | None = None  # event streams relayed here, cut on revocation
     _counted: Any = field(default=None, init=False)
     _relayed: int = field(default=0, init=False)  # not yet added to the metric
     # The headers a sandbox gets are a pure function of the browser's header block, the
@@ -130,7 +136,14 @@ class FastPath:
     ) -> Route | None:
         if endpoint is None:
             return None
-        route = Route(access.sandbox_id, endpoint, basic_auth(access.password), access.role)
+        route = Route(
+            access.sandbox_id,
+            endpoint,
+            basic_auth(access.password),
+            access.role,
+            access.user_id,
+            access.workspace_id,
+        )
         # (only if nothing was forgotten while we looked, and for keys of a sane size)
         if generation == self._generation() and sum(map(len, key[1])) <= 4096:
             if len(self._recent) >= 4096:

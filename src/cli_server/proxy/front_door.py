@@ -58,6 +58,7 @@ class _Exchange:
     timed_out: bool = False
     framing: Framing | None = None  # set once the answer's head is in
     close: bool = False  # the browser connection ends with this answer
+    carry: bool = False  # an event stream, for the stream relay once it can take it
     waiting: bool = False  # for the sandbox to begin its answer, on the connection's timer
 
     @property
@@ -101,6 +102,8 @@ class FrontDoor(Protocol):
         self._timer: IDelayedCall | None = None  # one timer: idle, answer, upload, lookup
         self._due = 0.0
         self._peer = b""
+        self._live: int | None = None  # our handle in fast.live while an event stream runs
+        self._carrying = False  # the answer is an event stream for the stream relay
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
@@ -270,9 +273,12 @@ class FrontDoor(Protocol):
         ex.waiting = False
         out = [b"HTTP/1.1 %d %s\r\n" % (code, reason)]
         chunked = length = None
+        event_stream = False
         for name, value in headers:
             lower = name.lower()
-            if lower in _FRAMING_OR_HOP:
+            if lower == b"content-type":
+                event_stream = value[:17].lower() == b"text/event-stream"
+            elif lower in _FRAMING_OR_HOP:
                 if lower == b"transfer-encoding":
                     chunked = True
                 elif lower == b"content-length":
@@ -294,6 +300,17 @@ class FrontDoor(Protocol):
             out.append(b"transfer-encoding: chunked\r\n")
         # An answer before the whole body came ends the connection: the rest is not read.
         ex.close = ex.head.close or ex.body_left > 0
+        # An event stream goes to the stream relay, which carries it to its end and then
+        # closes the connection (the browser opens a new one for its next request).
+        relay = self._fast.relay
+        if event_stream and framing is not Framing.LENGTH and not ex.body_left:
+            ex.carry = self._carrying = relay is not None and relay.ready
+            ex.close = ex.close or ex.carry
+        if event_stream and self._fast.live is not None and ex.route is not None:
+            route = ex.route  # (until carried, a revocation cuts it here)
+            self._live = self._fast.live.add(
+                route.user_id, route.workspace_id, route.sandbox_id, self._abandon
+            )
         if ex.close:
             out.append(b"connection: close\r\n")
         out.append(b"\r\n")
@@ -317,11 +334,42 @@ class FrontDoor(Protocol):
             data = out[0] if len(out) == 1 else b"".join(out)
             out.clear()
             send_now(self.transport, data)
+        if self._carrying and not self._gone and self._exchange is not None:
+            self._carry(self._exchange)
+
+    def _carry(self, ex: _Exchange) -> None:
+        """Hands a running event stream to the stream relay when nothing is half-way: the
+        sandbox's answer stands between chunks, nothing waits to be written, and the browser
+        sent nothing more. Until then (and if the relay cannot take it) it stays here."""
+        upstream = ex.upstream
+        relay = self._fast.relay
+        if upstream is None or relay is None or self._buffer or not upstream.resumable:
+            return
+        assert ex.route is not None
+        route = ex.route
+        match = {
+            "user_id": route.user_id,
+            "workspace_id": route.workspace_id,
+            "sandbox_id": route.sandbox_id,
+        }
+        if not relay.carry(
+            self.transport, upstream.transport, ex.framing is Framing.CHUNKED, match
+        ):
+            return
+        self._gone = True
+        self._stop_timer()
+        self._exchange = None
+        upstream.client, upstream.pool = None, None
+        self.transport.unregisterProducer()  # type: ignore[union-attr]
+        relay.let_go(self.transport, upstream.transport)
 
     def response_end(self, keep_alive: bool) -> None:
         ex = self._exchange
         if ex is None or ex.upstream is None:
             return
+        if self._live is not None:
+            self._unlist()
+        self._carrying = False
         if ex.framing in (Framing.CHUNKED, Framing.UNTIL_CLOSE):
             self._out.append(b"0\r\n\r\n")
         self.flush()
@@ -410,10 +458,17 @@ class FrontDoor(Protocol):
         self._gone = True
         self._stop_timer()
         self._drop_exchange()
+        self._unlist()
+
+    def _unlist(self) -> None:
+        if self._live is not None and self._fast.live is not None:
+            self._fast.live.remove(self._live)
+        self._live = None
 
     def _drop_exchange(self) -> None:
         """The request in flight is given up: its answer is not wanted, nor its connection."""
         ex, self._exchange = self._exchange, None
+        self._carrying = False
         if ex is not None and ex.upstream is not None:
             ex.upstream.client = None
             ex.upstream.transport.abortConnection()  # type: ignore[union-attr]

@@ -21,6 +21,7 @@ from cli_server.proxy.forward import (
     upstream_headers,
 )
 from cli_server.proxy.hosts import sandbox_for_host
+from cli_server.proxy.live import LiveStreams
 from cli_server.proxy.pages import STATUS_TEXT, page
 from cli_server.proxy.websocket import splice
 from cli_server.roles import Role
@@ -78,6 +79,7 @@ class SandboxSite(Resource):
     _dashboard: str
     _metrics: Any = None
     _tunnels: Any = None  # TunnelHub: how local sandboxes are reached
+    live: LiveStreams | None = None  # terminals open here, cut when their session is revoked
     isLeaf = True
     _log = Logger()
 
@@ -159,13 +161,16 @@ class SandboxSite(Resource):
             self._metrics.proxied.labels("websocket" if upgrade else "http").inc()
         if upgrade:
             headers = upstream_headers(request, access.password, self._scheme)
-            ok = await splice(
+            side = await splice(
                 self._reactor,
                 request,
                 client_endpoint(self._reactor, endpoint, self._tunnels),
                 headers,
                 lambda: self._activity.touch(sandbox_id),
             )
+            ok = side is not None
+            if side is not None and self.live is not None and not side.lost:
+                self._listed(side, access, self.live)
         else:
             ok = await self._forwarder.forward(request, endpoint, access.password, self._scheme)
         if not ok and access.is_local and self._tunnels.session(sandbox_id) is None:
@@ -182,6 +187,15 @@ class SandboxSite(Resource):
         elif not ok:
             self._endpoints.forget(sandbox_id)  # it may have moved: ask the backend next time
             self._status_page(request, "starting", access)
+
+    @staticmethod
+    def _listed(side: Any, access: Access, live: LiveStreams) -> None:
+        """A terminal ends with its session: revocation cuts it."""
+        transport = side.transport
+        handle = live.add(
+            access.user_id, access.workspace_id, access.sandbox_id, transport.abortConnection
+        )
+        side.on_lost = lambda: live.remove(handle)
 
     def _not_found(self, request: Any) -> None:
         self._page(request, 404, "No such sandbox", "It does not exist, or you may not see it.")

@@ -72,6 +72,11 @@ class UpstreamConnection(Protocol):
         self._ended = False  # the final answer is complete
         self._extra = False  # bytes after it: the connection is not reused
         self._keep_alive = False
+        # Stopped between two chunks of a chunked answer (or right after its head), as far as
+        # the callbacks tell; ``resumable`` adds what they cannot (a size line begun).
+        self._between_chunks = False
+        self._last_crlf = False  # the last read ended in CRLF
+        self._lost = False
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
@@ -91,6 +96,7 @@ class UpstreamConnection(Protocol):
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
         self.received = True
+        self._last_crlf = data.endswith(b"\r\n")
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as e:
@@ -134,12 +140,29 @@ class UpstreamConnection(Protocol):
                 raise _Unasked101()
             return  # 100 Continue, 103 Early Hints: informational, not relayed
         self._answered = True
+        self._between_chunks = True
         assert self.client is not None
         self._framing = self.client.response_head(code, reason or b"-", headers)
 
     def on_body(self, data: bytes) -> None:
         if self.client is not None and not self._ended:
             self.client.response_body(data)
+
+    def on_chunk_header(self) -> None:
+        self._between_chunks = False
+
+    def on_chunk_complete(self) -> None:
+        self._between_chunks = True
+
+    @property
+    def resumable(self) -> bool:
+        """Whether a parser that starts fresh after the head would read the rest of this
+        answer exactly as this one would: the answer is being relayed, not complete, and (if
+        chunked) the last read ended right after a chunk or the head. A partial size line
+        fires no callback, but cannot end in CRLF without completing."""
+        if not self._answered or self._ended or self._extra or self._lost:
+            return False
+        return self._framing is Framing.UNTIL_CLOSE or (self._between_chunks and self._last_crlf)
 
     def on_message_complete(self) -> None:
         if self._answered and not self._ended:
@@ -149,6 +172,7 @@ class UpstreamConnection(Protocol):
             self._keep_alive = keep
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        self._lost = True
         if self.pool is not None:
             self.pool.discard(self)
         client, self.client = self.client, None

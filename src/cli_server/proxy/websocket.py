@@ -27,6 +27,8 @@ class _Side(Protocol):
         self.peer: _Side | None = None
         self._on_data = on_data
         self._pending: list[bytes] = []
+        self.lost = False
+        self.on_lost: Callable[[], None] | None = None
 
     def dataReceived(self, data: bytes) -> None:
         self._on_data()
@@ -43,6 +45,9 @@ class _Side(Protocol):
         self._pending.clear()
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        self.lost = True
+        if self.on_lost is not None:
+            self.on_lost()
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.loseConnection()
 
@@ -64,15 +69,16 @@ async def splice(
     headers: Headers,
     on_data: Callable[[], None],
     timeout: float = 10.0,
-) -> bool:
-    """Connect the browser's connection to the sandbox; False if the sandbox is unreachable."""
+) -> _Side | None:
+    """Connect the browser's connection to the sandbox; returns the browser's side, or None
+    if the sandbox is unreachable."""
     upstream = _Side(on_data)
     try:
         connecting = connectProtocol(endpoint, upstream)
         connecting.addTimeout(timeout, reactor)
         await connecting
     except Exception:
-        return False
+        return None
     browser = _Side(on_data)
     transport, request.channel.transport = request.channel.transport, None
     hand_over(transport, browser)
@@ -88,4 +94,4 @@ async def splice(
     transport.unregisterProducer()  # the HTTP channel was its producer until now
     transport.registerProducer(other, True)
     other.registerProducer(transport, True)
-    return True
+    return browser

@@ -1,0 +1,268 @@
+"""The stream relay's process: carries open event streams for the front door.
+
+An event stream (``/event``, SSE) is one long answer of small writes. Relaying each write
+through Twisted's reactor costs about 40 µs of CPU, most of it dispatch, and when a burst of
+events arrives on hundreds of streams at once they queue behind one another and behind every
+other request. Once an event stream's head has been relayed and the answer stands between two
+chunks, the front door sends both of its sockets here (``stream_relay.py``) and forgets
+them. This loop only reads the sandbox's bytes, frames them as chunks again and writes them
+to the browser, with flow control: a few microseconds of Python per event, on its own core.
+
+Run as ``python -m cli_server.proxy.relay_process FD``; FD is one end of a ``SOCK_SEQPACKET``
+pair. Messages from the server: ``S`` + stream id + framing, with two descriptors (the
+browser's, the sandbox's); ``X`` + stream ids: cut these (their session was revoked). To the
+server: ``E`` + stream id: that stream ended. The loop ends when the server's end closes, so
+the relay never outlives the server; its streams close with it.
+
+Only the standard library and httptools: it starts in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+
+import httptools
+
+START = struct.Struct("!cQ?")  # b"S", stream id, chunked (else the body ends at close)
+ID = struct.Struct("!Q")
+_CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+_READ = select.EPOLLIN
+_READ_WRITE = select.EPOLLIN | select.EPOLLOUT
+# What a browser may send on a stream's connection (our answer said "connection: close"):
+# nothing, so anything past this is not a browser.
+_BROWSER_SLACK = 64 * 1024
+
+
+class _Stream:
+    """One event stream: the browser's socket, the sandbox's, and what waits to be written."""
+
+    __slots__ = (
+        "id",
+        "browser",
+        "sandbox",
+        "parser",
+        "out",
+        "ended",
+        "finishing",
+        "heard",
+        "blocked",
+    )
+
+    def __init__(
+        self, stream_id: int, browser: socket.socket, sandbox: socket.socket, chunked: bool
+    ):
+        self.id, self.browser, self.sandbox = stream_id, browser, sandbox
+        self.out: list[bytes] = []
+        self.ended = False  # the sandbox's answer is complete
+        self.finishing = False  # write what is left, then close
+        self.heard = 0  # bytes the browser sent anyway
+        self.blocked = False  # waiting for the browser to take ``out``; the sandbox unread
+        self.parser: httptools.HttpResponseParser | None = None
+        if chunked:
+            # The server read the real head and is between two chunks: a parser given an
+            # equivalent head is exactly where the server's was.
+            self.parser = httptools.HttpResponseParser(self)
+            self.parser.feed_data(_CHUNKED_HEAD)
+
+    # httptools callbacks
+
+    def on_body(self, data: bytes) -> None:
+        self.out.append(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def on_message_complete(self) -> None:
+        self.ended = True
+
+
+class Relay:
+    def __init__(self, control: socket.socket) -> None:
+        self._control = control
+        self._poll = select.epoll()
+        self._poll.register(control.fileno(), _READ)
+        self._streams: dict[int, _Stream] = {}
+        self._by_fd: dict[int, tuple[_Stream, bool]] = {}  # fd: (stream, is the sandbox's)
+
+    def run(self) -> None:
+        try:
+            while self.step(-1):
+                pass
+        finally:
+            for stream in list(self._streams.values()):
+                self._close(stream, report=False)
+
+    def step(self, timeout: float) -> bool:
+        """One wait and what it brought; False once the server is gone."""
+        for fd, events in self._poll.poll(timeout):
+            if fd == self._control.fileno():
+                if not self._control_message():
+                    return False
+                continue
+            entry = self._by_fd.get(fd)
+            if entry is None:
+                continue  # (closed earlier in this batch)
+            stream, from_sandbox = entry
+            if from_sandbox:
+                if not stream.blocked or events & (select.EPOLLERR | select.EPOLLHUP):
+                    self._from_sandbox(stream)  # (while the browser catches up: errors only)
+                continue
+            if events & select.EPOLLOUT:
+                self._write(stream)
+            if events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+                self._from_browser(stream)
+        return True
+
+    # the server
+
+    def _control_message(self) -> bool:
+        try:
+            msg, fds, _, _ = socket.recv_fds(self._control, 4096, 2)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if not msg:
+            return False
+        if msg[:1] == b"S" and len(msg) == START.size and len(fds) == 2:
+            _, stream_id, chunked = START.unpack(msg)
+            self.adopt(
+                stream_id, socket.socket(fileno=fds[0]), socket.socket(fileno=fds[1]), chunked
+            )
+            return True
+        for fd in fds:  # (nothing we asked for)
+            os.close(fd)
+        if msg[:1] == b"X":
+            for (stream_id,) in ID.iter_unpack(msg[1 : 1 + (len(msg) - 1) // 8 * 8]):
+                stream = self._streams.get(stream_id)
+                if stream is not None:
+                    self._close(stream)
+        return True
+
+    def adopt(
+        self, stream_id: int, browser: socket.socket, sandbox: socket.socket, chunked: bool
+    ) -> None:
+        stream = _Stream(stream_id, browser, sandbox, chunked)
+        browser.setblocking(False)
+        sandbox.setblocking(False)
+        self._streams[stream_id] = stream
+        self._by_fd[browser.fileno()] = (stream, False)
+        self._by_fd[sandbox.fileno()] = (stream, True)
+        self._poll.register(browser.fileno(), _READ)
+        self._poll.register(sandbox.fileno(), _READ)
+        # (bytes may have arrived between the server's last read and now: epoll reports
+        # them, since it reports a socket's state, not its changes)
+
+    def _report(self, stream_id: int) -> None:
+        try:
+            self._control.send(b"E" + ID.pack(stream_id))
+        except OSError:
+            pass  # (the server is behind or gone: it only counts)
+
+    # a stream
+
+    def _from_sandbox(self, stream: _Stream) -> None:
+        try:
+            data = stream.sandbox.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            if stream.parser is None or stream.ended:
+                self._finish(stream)  # an answer framed by its connection ends so
+            else:
+                self._close(stream)  # cut short: the browser must not see an ending
+            return
+        if stream.parser is None:
+            stream.out.append(b"%x\r\n%s\r\n" % (len(data), data))
+        elif not stream.ended:
+            try:
+                stream.parser.feed_data(data)
+            except httptools.HttpParserError:
+                if not stream.ended:  # (bytes after the end are ignored, as the server does)
+                    self._close(stream)
+                    return
+        if stream.ended:
+            self._finish(stream)
+        else:
+            self._write(stream)
+
+    def _finish(self, stream: _Stream) -> None:
+        stream.out.append(b"0\r\n\r\n")
+        stream.finishing = True
+        self._write(stream)
+
+    def _write(self, stream: _Stream) -> None:
+        if stream.id not in self._streams:
+            return
+        out = stream.out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            try:
+                sent = stream.browser.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._close(stream)
+                return
+            out.clear()
+            if sent < len(data):
+                # The browser reads slowly: stop reading the sandbox until it catches up, so
+                # what waits here is at most one read.
+                out.append(data[sent:])
+                if not stream.blocked:
+                    stream.blocked = True
+                    self._poll.modify(stream.browser.fileno(), _READ_WRITE)
+                    self._poll.modify(stream.sandbox.fileno(), 0)
+                return
+        if stream.finishing:
+            self._close(stream)
+        elif stream.blocked:
+            stream.blocked = False
+            self._poll.modify(stream.browser.fileno(), _READ)
+            self._poll.modify(stream.sandbox.fileno(), _READ)
+
+    def _from_browser(self, stream: _Stream) -> None:
+        if stream.id not in self._streams:
+            return
+        try:
+            data = stream.browser.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        stream.heard += len(data)
+        if not data or stream.heard > _BROWSER_SLACK:
+            self._close(stream)  # the browser left
+
+    def _close(self, stream: _Stream, report: bool = True) -> None:
+        if self._streams.pop(stream.id, None) is None:
+            return
+        for sock in (stream.browser, stream.sandbox):
+            self._by_fd.pop(sock.fileno(), None)
+            try:
+                self._poll.unregister(sock.fileno())
+            except OSError:
+                pass
+            sock.close()
+        if report:
+            self._report(stream.id)
+
+    @property
+    def carrying(self) -> int:
+        return len(self._streams)
+
+
+def main() -> None:
+    # Ctrl-C at a terminal reaches the whole process group: the server stops in order and
+    # closes our control socket, which is when we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    control = socket.socket(fileno=int(sys.argv[1]))
+    Relay(control).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""The server's side of the stream relay: a child process that carries open event streams.
+
+See ``relay_process.py`` for why. ``StreamRelay`` starts the child, sends it a stream's two
+sockets (``carry``), lets Twisted forget them (``let_go``), cuts streams whose session was
+revoked, and starts the child again if it dies (its streams die with it; browsers'
+``EventSource`` reconnects). While there is no child, or it is behind, or a socket is not
+plain TCP (TLS), streams stay in the front door: carrying is an optimisation, never needed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Any
+
+from attrs import define, field
+from twisted.application.service import Service
+from twisted.internet import error
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from cli_server.proxy.relay_process import ID, START
+from cli_server.proxy.send_now import idle_tcp
+
+_ENV = ("PATH", "PYTHONPATH", "LANG", "LC_ALL")  # what the child needs of ours: no secrets
+
+
+@define(eq=False)
+class StreamRelay(Service):
+    reactor: Any
+    gauge: Any = None  # Prometheus gauge of streams carried, if metrics are on
+    stop_timeout: float = 5.0
+    _log = Logger()
+    _control: socket.socket | None = field(default=None, init=False)
+    _reports: _Reports | None = field(default=None, init=False)
+    _process: Any = field(default=None, init=False)
+    _ended: Deferred[None] | None = field(default=None, init=False)
+    _restart: Any = field(default=None, init=False)
+    _backoff: float = field(default=1.0, init=False)
+    _next_id: int = field(default=0, init=False)
+    # what each carried stream is for: its match fields (user_id, workspace_id, sandbox_id)
+    _streams: dict[int, dict[str, str]] = field(factory=dict, init=False)
+
+    def startService(self) -> None:
+        super().startService()
+        self._start_child()
+
+    @property
+    def ready(self) -> bool:
+        return self._control is not None
+
+    @property
+    def carrying(self) -> int:
+        return len(self._streams)
+
+    def _start_child(self) -> None:
+        self._restart = None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
+        protocol = _Child(self)
+        env = {name: os.environ[name] for name in _ENV if name in os.environ}
+        argv = [sys.executable, "-m", "cli_server.proxy.relay_process", "3"]
+        fds = {0: "w", 1: "r", 2: "r", 3: theirs.fileno()}
+        try:
+            self._process = self.reactor.spawnProcess(
+                protocol, sys.executable, argv, env=env, childFDs=fds
+            )
+        except OSError:
+            self._log.failure("starting the stream relay; event streams stay in the server")
+            ours.close()
+            return
+        finally:
+            theirs.close()
+        self._ended = Deferred()
+        self._control = ours
+        self._reports = _Reports(ours, self)
+        self.reactor.addReader(self._reports)
+
+    def carry(self, browser: Any, sandbox: Any, chunked: bool, match: dict[str, str]) -> bool:
+        """Sends both connections' sockets to the child; True if it has them now. The caller
+        then forgets them and calls ``let_go``."""
+        control = self._control
+        if control is None or not (idle_tcp(browser) and idle_tcp(sandbox)):
+            return False
+        self._next_id += 1
+        fds = [browser.getHandle().fileno(), sandbox.getHandle().fileno()]
+        try:
+            socket.send_fds(control, [START.pack(b"S", self._next_id, chunked)], fds)
+        except OSError:  # (BlockingIOError: the child is behind; the stream stays here)
+            return False
+        self._streams[self._next_id] = match
+        self._count()
+        return True
+
+    def let_go(self, *transports: Any) -> None:
+        """Twisted forgets connections whose sockets the child now has, without closing them
+        for it: a shutdown() here would end the child's connection too."""
+        for transport in transports:
+            self.reactor.removeReader(transport)
+            self.reactor.removeWriter(transport)
+            os.close(transport.getHandle().detach())
+            transport.connectionLost(Failure(error.ConnectionDone("carried by the stream relay")))
+
+    def cut(self, **match: str) -> None:
+        """Ends carried streams whose fields equal ``match`` (a revoked session's)."""
+        ids = [
+            stream_id
+            for stream_id, fields in self._streams.items()
+            if all(fields.get(name) == value for name, value in match.items())
+        ]
+        if not ids or self._control is None:
+            return
+        for start in range(0, len(ids), 500):  # (a message is at most a few KiB)
+            batch = ids[start : start + 500]
+            try:
+                self._control.send(b"X" + b"".join(ID.pack(i) for i in batch))
+            except OSError:
+                self._log.warn("the stream relay is not taking messages; restarting it")
+                self._process.signalProcess("KILL")
+                return
+
+    def ended(self, stream_id: int) -> None:
+        self._streams.pop(stream_id, None)
+        self._count()
+
+    def _count(self) -> None:
+        if self.gauge is not None:
+            self.gauge.set(len(self._streams))
+
+    def _control_lost(self) -> None:
+        if self._reports is not None:
+            self.reactor.removeReader(self._reports)
+            self._reports = None
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+
+    def child_ended(self, reason: Failure) -> None:
+        self._control_lost()
+        self._streams.clear()
+        self._count()
+        self._process = None
+        ended, self._ended = self._ended, None
+        if ended is not None:
+            ended.callback(None)
+        if self.running:
+            self._log.warn(
+                "the stream relay exited ({reason}); starting it again in {delay:.0f} s",
+                reason=reason.getErrorMessage(),
+                delay=self._backoff,
+            )
+            self._restart = self.reactor.callLater(self._backoff, self._start_child)
+            self._backoff = min(self._backoff * 2, 60.0)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._restart is not None and self._restart.active():
+            self._restart.cancel()
+        self._restart = None
+        ended = self._ended
+        if ended is None:
+            return succeed(None)
+        self._control_lost()  # the child sees its end close, closes its streams and exits
+        kill = self.reactor.callLater(self.stop_timeout, self._kill)
+        return ended.addBoth(lambda _: kill.cancel() if kill.active() else None)
+
+    def _kill(self) -> None:
+        if self._process is not None:
+            try:
+                self._process.signalProcess("KILL")
+            except error.ProcessExitedAlready:
+                pass
+
+
+@implementer(IReadDescriptor)
+class _Reports:
+    """The child's messages: which streams ended."""
+
+    def __init__(self, sock: socket.socket, relay: StreamRelay) -> None:
+        self._sock, self._relay = sock, relay
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def doRead(self) -> Any:
+        for _ in range(1000):  # (a bounded batch per reactor turn)
+            try:
+                msg = self._sock.recv(64)
+            except BlockingIOError:
+                return None
+            except OSError:
+                return CONNECTION_LOST
+            if not msg:
+                return CONNECTION_DONE
+            if msg[:1] == b"E" and len(msg) == 1 + ID.size:
+                self._relay.ended(ID.unpack(msg[1:])[0])
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._relay._control_lost()
+
+    def logPrefix(self) -> str:
+        return "stream-relay"
+
+
+class _Child(ProcessProtocol):
+    _log = Logger()
+
+    def __init__(self, relay: StreamRelay) -> None:
+        self._relay = relay
+
+    def errReceived(self, data: bytes) -> None:
+        self._log.warn("stream relay: {text}", text=data.decode(errors="replace").rstrip())
+
+    def processEnded(self, reason: Failure) -> None:
+        self._relay.child_ended(reason)

@@ -286,6 +286,7 @@ def build(
     )
     tunnels = TunnelHub(db, reactor, sandbox_access.status_changed, activity.touch, metrics)
     manager.tunnels = tunnels
+    manager.on_delete = sandbox_access.revoke_sandbox
     agents = LocalAgents(
         db, workspaces, config.origin, config.origin.rstrip("/") + "/proxy/anthropic/v1"
     )
@@ -317,7 +318,7 @@ def build(
         metrics=metrics,
     )
     sandbox_cookie = SandboxCookie(config.secure_cookies, config.session_lifetime)
-    live = LiveStreams()  # terminals and event streams open in this process
+    live = LiveStreams(reactor)  # terminals and event streams open in this process
     proxy = SandboxSite(
         sandbox_access,
         manager,

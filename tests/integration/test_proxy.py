@@ -344,7 +344,8 @@ async def _stream(proxy: Proxy, path: str, cookie: str) -> Wire:
 @pytest_twisted.ensureDeferred
 async def test_event_streams_are_carried_by_the_stream_relay(proxy: Proxy) -> None:
     """An event stream moves to the relay process after its head and first event: it ends
-    as it would here, ends when the session is revoked, and the relay ends with the server."""
+    as it would here, ends when its session is revoked or its sandbox deleted, and the relay
+    ends with the server."""
     reactor, relay = _reactor(), proxy.app.server.stream_relay
     cookie = await proxy.open("developer")
     await wait_until(reactor, lambda: relay.ready, timeout=10)
@@ -363,7 +364,13 @@ async def test_event_streams_are_carried_by_the_stream_relay(proxy: Proxy) -> No
     await ticking.closed  # cut by the revocation, with no ending chunk
     assert not ticking.received.endswith(b"0\r\n\r\n")
     await wait_until(reactor, lambda: proxy.upstream.ticking == 0, timeout=10)
-    assert relay.carrying == 0
+    await wait_until(reactor, lambda: relay.carrying == 0, timeout=10)
+    # Deleting the sandbox ends its streams too (this fake sandbox would tick on).
+    ticking = await _stream(proxy, "/ticks", await proxy.open("owner"))
+    await wait_until(reactor, lambda: relay.carrying == 1, timeout=10)
+    await proxy.people["owner"].call("DELETE", f"/api/sandboxes/{proxy.sandbox}")
+    await ticking.closed
+    await wait_until(reactor, lambda: relay.carrying == 0, timeout=10)
 
     child = relay._process.pid
     await stop_server(proxy.app)

@@ -87,7 +87,7 @@ async def test_opencode_through_the_proxy(real: Real) -> None:
     await real.owner.call("POST", "/api/auth/logout")
     for cut in (events.closed, wire.closed):
         await cut.addTimeout(10, reactor)
-    assert real.app.server.stream_relay.carrying == 0
+    await wait_until(reactor, lambda: real.app.server.stream_relay.carrying == 0, timeout=10)
 
 
 @pytest_twisted.ensureDeferred

@@ -667,7 +667,7 @@ def test_an_event_stream_the_relay_cannot_take_stays_here_and_is_offered_again()
 
 
 def test_an_event_stream_relayed_here_ends_when_its_session_is_revoked() -> None:
-    live = LiveStreams()
+    live = LiveStreams(Clock())
     d = door(live=live)
     d.send(get(b"/event"))
     d.sandbox.answer(EVENTS + b"2\r\nhi\r\n")
@@ -692,3 +692,20 @@ def test_an_event_stream_relayed_here_ends_when_its_session_is_revoked() -> None
     d.send(get())
     d.sandbox.answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n")
     assert len(live) == 0
+
+
+def test_a_revocation_while_the_answer_was_awaited_ends_the_stream_at_its_head() -> None:
+    clock = Clock()
+    live = LiveStreams(clock)
+    d = door(live=live)
+    d.send(get(b"/event"))  # (the session was read at 0.0)
+    live.cut(user_id="u")  # nothing open yet to cut
+    d.sandbox.answer(EVENTS + b"2\r\nhi\r\n")
+    assert d.browser.disconnecting and d.got() == b"" and len(live) == 0
+    # Remembered for a while, and only against sessions read before it.
+    assert live.add("u", "w", SID, since=1.0, end=lambda: None) is not None
+    assert live.add("u", "w", SID, since=-1.0, end=lambda: None) is None
+    clock.advance(301)
+    live.cut(sandbox_id="other")  # (revocations are pruned as new ones come)
+    assert live._revoked == [(301.0, {"sandbox_id": "other"})]
+    assert live.add("u", "w", SID, since=-1.0, end=lambda: None) is not None

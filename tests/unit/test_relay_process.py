@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 
 import pytest
 
@@ -139,3 +140,47 @@ def test_revoked_streams_are_cut_and_the_relay_ends_with_the_server() -> None:
     assert not s.relay.step(0)
     s.relay.run()  # (returns at once: the server is gone) and closes what it carried
     assert s.closed()
+
+
+def test_a_sandbox_that_resets_while_the_browser_is_slow_is_not_read_until_it_catches_up() -> None:
+    s = Stream(chunked=False)
+    s.browser.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.sandbox.setblocking(False)
+    stream = next(iter(s.relay._streams.values()))
+    for _ in range(100):
+        try:
+            s.sandbox.send(b"x" * 65536)
+        except BlockingIOError:
+            break
+        s.turn(1)
+    assert stream.blocked
+    s.sandbox.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.sandbox.close()  # a reset
+    waiting = sum(map(len, stream.out))
+    assert s.relay._poll.poll(0) == []  # nothing to do (no error reported over and over)
+    assert sum(map(len, stream.out)) == waiting
+    for _ in range(10_000):  # the browser reads: the stream ends, without its last chunk
+        s.read()
+        if s.relay.carrying == 0:
+            break
+    assert s.relay.carrying == 0
+    assert s.report() == b"E" + ID.pack(7)
+
+
+def test_reports_wait_for_a_server_that_reads_slowly() -> None:
+    s = Stream()
+    s.relay._control.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sent = 0
+    while True:  # the server does not read: the relay's socket fills up
+        try:
+            s.relay._control.send(b"E" + ID.pack(0))
+            sent += 1
+        except BlockingIOError:
+            break
+    s.control.send(b"X" + ID.pack(7))
+    assert s.turn()  # the cut happens; its report waits instead of blocking the relay
+    assert s.relay.carrying == 0 and len(s.relay._reports) == 1
+    for _ in range(sent):
+        assert s.report() == b"E" + ID.pack(0)
+    s.turn()
+    assert s.report() == b"E" + ID.pack(7) and s.relay._reports == []

@@ -39,6 +39,7 @@ class Route:
     role: Role
     user_id: str
     workspace_id: str
+    fetched_at: float  # when the session behind it was read (see live.LiveStreams)
 
 
 _Key = tuple[bytes, tuple[bytes, ...]]  # Host and Cookie headers
@@ -143,6 +144,7 @@ class FastPath:
             access.role,
             access.user_id,
             access.workspace_id,
+            access.fetched_at,
         )
         # (only if nothing was forgotten while we looked, and for keys of a sane size)
         if generation == self._generation() and sum(map(len, key[1])) <= 4096:

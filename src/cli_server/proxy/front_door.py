@@ -58,7 +58,6 @@ class _Exchange:
     timed_out: bool = False
     framing: Framing | None = None  # set once the answer's head is in
     close: bool = False  # the browser connection ends with this answer
-    carry: bool = False  # an event stream, for the stream relay once it can take it
     waiting: bool = False  # for the sandbox to begin its answer, on the connection's timer
 
     @property
@@ -279,8 +278,8 @@ class FrontDoor(Protocol):
             if lower == b"content-type":
                 event_stream = value[:17].lower() == b"text/event-stream"
             elif lower in _FRAMING_OR_HOP:
-                if lower == b"transfer-encoding":
-                    chunked = True
+                if lower == b"transfer-encoding":  # (llhttp: chunked if it is the last coding)
+                    chunked = value.rstrip().lower().endswith(b"chunked")
                 elif lower == b"content-length":
                     length = value
                 continue
@@ -291,6 +290,8 @@ class FrontDoor(Protocol):
             framing = Framing.NONE
         elif chunked:
             framing = Framing.CHUNKED
+        elif chunked is False:
+            framing = Framing.UNTIL_CLOSE  # another transfer coding: llhttp reads to the close
         elif length is not None:
             framing = Framing.LENGTH  # (llhttp has checked it: one value, digits)
             out += (b"content-length: ", length, b"\r\n")
@@ -301,23 +302,34 @@ class FrontDoor(Protocol):
         # An answer before the whole body came ends the connection: the rest is not read.
         ex.close = ex.head.close or ex.body_left > 0
         # An event stream goes to the stream relay, which carries it to its end and then
-        # closes the connection (the browser opens a new one for its next request).
+        # closes the connection (the browser opens a new one for its next request): one
+        # framed as the relay reads it, chunked or ended by its close with no other coding.
         relay = self._fast.relay
-        if event_stream and framing is not Framing.LENGTH and not ex.body_left:
-            ex.carry = self._carrying = relay is not None and relay.ready
-            ex.close = ex.close or ex.carry
-        if event_stream and self._fast.live is not None and ex.route is not None:
-            route = ex.route  # (until carried, a revocation cuts it here)
-            self._live = self._fast.live.add(
-                route.user_id, route.workspace_id, route.sandbox_id, self._abandon
-            )
+        plain = framing is Framing.CHUNKED or (framing is Framing.UNTIL_CLOSE and chunked is None)
+        if event_stream and plain and not ex.body_left:
+            self._carrying = relay is not None and relay.ready
+            ex.close = ex.close or self._carrying
         if ex.close:
             out.append(b"connection: close\r\n")
         out.append(b"\r\n")
         self._out.append(b"".join(out))
         ex.framing = framing
         self.transport.registerProducer(ex.upstream.transport, True)  # type: ignore[union-attr]
+        if event_stream:
+            self._list(ex)
         return framing
+
+    def _list(self, ex: _Exchange) -> None:
+        """An event stream runs for hours: until carried, a revocation cuts it here (and one
+        that came while we waited for this answer, at once)."""
+        live, route = self._fast.live, ex.route
+        if live is None or route is None:
+            return
+        self._live = live.add(
+            route.user_id, route.workspace_id, route.sandbox_id, route.fetched_at, self._abandon
+        )
+        if self._live is None:
+            self._abandon()
 
     def response_body(self, data: bytes) -> None:
         ex = self._exchange

@@ -4,39 +4,70 @@ A request is checked when it starts; a terminal (WebSocket) or an event stream t
 hours. When a session is revoked (logout, removal from the workspace, a role change, the
 sandbox deleted), ``SandboxAccess`` cuts what that session has open here, as the stream
 relay does for the streams it carries.
+
+A connection is listed only once it is open, some time after its session was read (a
+connection to the sandbox, its answer's head); a revocation in between would find nothing
+to cut. So revocations are remembered for a while, and a connection listed with a session
+read before a matching revocation is refused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from attrs import define, field
+
+_Whose = tuple[str, str, str]  # user_id, workspace_id, sandbox_id
+# Longer than any wait between reading a session and listing its connection (an answer's
+# head may take 120 s, a connection 10 s, a cached session 2 s).
+REMEMBER_SECONDS = 300.0
 
 
 @define(eq=False)
 class LiveStreams:
-    # handle: (user_id, workspace_id, sandbox_id), how to end it
-    _open: dict[int, tuple[tuple[str, str, str], Callable[[], None]]] = field(
-        factory=dict, init=False
-    )
+    _clock: Any  # IReactorTime
+    _open: dict[int, tuple[_Whose, Callable[[], None]]] = field(factory=dict, init=False)
     _next: int = field(default=0, init=False)
+    _revoked: list[tuple[float, dict[str, str]]] = field(factory=list, init=False)
 
-    def add(self, user_id: str, workspace_id: str, sandbox_id: str, end: Callable[[], None]) -> int:
+    def add(
+        self,
+        user_id: str,
+        workspace_id: str,
+        sandbox_id: str,
+        since: float,
+        end: Callable[[], None],
+    ) -> int | None:
+        """Lists a connection whose session was read at ``since``; None if that session has
+        been revoked since (the caller ends the connection)."""
+        whose = (user_id, workspace_id, sandbox_id)
+        for at, match in self._revoked:
+            if at >= since and _matches(whose, match):
+                return None
         self._next += 1
-        self._open[self._next] = ((user_id, workspace_id, sandbox_id), end)
+        self._open[self._next] = (whose, end)
         return self._next
 
-    def remove(self, handle: int) -> None:
-        self._open.pop(handle, None)
+    def remove(self, handle: int | None) -> None:
+        if handle is not None:
+            self._open.pop(handle, None)
 
     def cut(self, **match: str) -> None:
         """Ends the connections whose user_id, workspace_id and sandbox_id equal ``match``'s."""
-        wanted = [(name, value) for name, value in match.items()]
-        for handle, ((user_id, workspace_id, sandbox_id), end) in list(self._open.items()):
-            fields = {"user_id": user_id, "workspace_id": workspace_id, "sandbox_id": sandbox_id}
-            if all(fields[name] == value for name, value in wanted):
+        now = self._clock.seconds()
+        self._revoked = [(at, m) for at, m in self._revoked if now - at < REMEMBER_SECONDS]
+        self._revoked = self._revoked[-10_000:] + [(now, match)]
+        for handle, (whose, end) in list(self._open.items()):
+            if _matches(whose, match):
                 del self._open[handle]
                 end()
 
     def __len__(self) -> int:
         return len(self._open)
+
+
+def _matches(whose: _Whose, match: dict[str, str]) -> bool:
+    user_id, workspace_id, sandbox_id = whose
+    fields = {"user_id": user_id, "workspace_id": workspace_id, "sandbox_id": sandbox_id}
+    return all(fields.get(name) == value for name, value in match.items())

@@ -20,6 +20,7 @@ Only the standard library and httptools: it starts in a fraction of a second.
 from __future__ import annotations
 
 import os
+import resource
 import select
 import signal
 import socket
@@ -41,25 +42,15 @@ _BROWSER_SLACK = 64 * 1024
 class _Stream:
     """One event stream: the browser's socket, the sandbox's, and what waits to be written."""
 
-    __slots__ = (
-        "id",
-        "browser",
-        "sandbox",
-        "parser",
-        "out",
-        "ended",
-        "finishing",
-        "heard",
-        "blocked",
-    )
+    __slots__ = ("id", "browser", "sandbox", "parser", "out", "ended", "heard", "blocked")
 
     def __init__(
         self, stream_id: int, browser: socket.socket, sandbox: socket.socket, chunked: bool
     ):
-        self.id, self.browser, self.sandbox = stream_id, browser, sandbox
+        self.id, self.browser = stream_id, browser
+        self.sandbox: socket.socket | None = sandbox  # None once its part is over
         self.out: list[bytes] = []
         self.ended = False  # the sandbox's answer is complete
-        self.finishing = False  # write what is left, then close
         self.heard = 0  # bytes the browser sent anyway
         self.blocked = False  # waiting for the browser to take ``out``; the sandbox unread
         self.parser: httptools.HttpResponseParser | None = None
@@ -80,9 +71,11 @@ class _Stream:
 
 class Relay:
     def __init__(self, control: socket.socket) -> None:
+        control.setblocking(False)  # (a server that reads slowly must not stop every stream)
         self._control = control
         self._poll = select.epoll()
         self._poll.register(control.fileno(), _READ)
+        self._reports: list[bytes] = []  # to the server, once it can take them
         self._streams: dict[int, _Stream] = {}
         self._by_fd: dict[int, tuple[_Stream, bool]] = {}  # fd: (stream, is the sandbox's)
 
@@ -92,28 +85,34 @@ class Relay:
                 pass
         finally:
             for stream in list(self._streams.values()):
-                self._close(stream, report=False)
+                self._close(stream)
 
     def step(self, timeout: float) -> bool:
         """One wait and what it brought; False once the server is gone."""
         for fd, events in self._poll.poll(timeout):
             if fd == self._control.fileno():
-                if not self._control_message():
-                    return False
+                if events & select.EPOLLOUT:
+                    self._send_reports()
+                if events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+                    if not self._control_message():
+                        return False
                 continue
             entry = self._by_fd.get(fd)
             if entry is None:
                 continue  # (closed earlier in this batch)
             stream, from_sandbox = entry
             if from_sandbox:
-                if not stream.blocked or events & (select.EPOLLERR | select.EPOLLHUP):
-                    self._from_sandbox(stream)  # (while the browser catches up: errors only)
+                self._from_sandbox(stream)
                 continue
             if events & select.EPOLLOUT:
                 self._write(stream)
             if events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
                 self._from_browser(stream)
         return True
+
+    @property
+    def carrying(self) -> int:
+        return len(self._streams)
 
     # the server
 
@@ -126,13 +125,14 @@ class Relay:
             return False
         if not msg:
             return False
-        if msg[:1] == b"S" and len(msg) == START.size and len(fds) == 2:
+        if msg[:1] == b"S" and len(msg) == START.size:
             _, stream_id, chunked = START.unpack(msg)
-            self.adopt(
-                stream_id, socket.socket(fileno=fds[0]), socket.socket(fileno=fds[1]), chunked
-            )
-            return True
-        for fd in fds:  # (nothing we asked for)
+            if len(fds) == 2:
+                browser, sandbox = (socket.socket(fileno=fd) for fd in fds)
+                self.adopt(stream_id, browser, sandbox, chunked)
+                return True
+            self._report(stream_id)  # (out of descriptors: it ends here, and is counted so)
+        for fd in fds:  # (nothing we can use)
             os.close(fd)
         if msg[:1] == b"X":
             for (stream_id,) in ID.iter_unpack(msg[1 : 1 + (len(msg) - 1) // 8 * 8]):
@@ -156,16 +156,31 @@ class Relay:
         # them, since it reports a socket's state, not its changes)
 
     def _report(self, stream_id: int) -> None:
-        try:
-            self._control.send(b"E" + ID.pack(stream_id))
-        except OSError:
-            pass  # (the server is behind or gone: it only counts)
+        self._reports.append(b"E" + ID.pack(stream_id))
+        if len(self._reports) == 1:
+            self._send_reports()
+
+    def _send_reports(self) -> None:
+        reports = self._reports
+        while reports:
+            try:
+                self._control.send(reports[0])
+            except BlockingIOError:
+                break
+            except OSError:
+                reports.clear()  # the server is gone: run() ends at the next wait
+                break
+            del reports[0]
+        self._poll.modify(self._control.fileno(), _READ_WRITE if reports else _READ)
 
     # a stream
 
     def _from_sandbox(self, stream: _Stream) -> None:
+        sandbox = stream.sandbox
+        if sandbox is None:
+            return
         try:
-            data = stream.sandbox.recv(65536)
+            data = sandbox.recv(65536)
         except BlockingIOError:
             return
         except OSError:
@@ -178,7 +193,7 @@ class Relay:
             return
         if stream.parser is None:
             stream.out.append(b"%x\r\n%s\r\n" % (len(data), data))
-        elif not stream.ended:
+        else:
             try:
                 stream.parser.feed_data(data)
             except httptools.HttpParserError:
@@ -191,9 +206,19 @@ class Relay:
             self._write(stream)
 
     def _finish(self, stream: _Stream) -> None:
+        """The answer is complete: its last chunk goes out, then the browser's connection
+        closes. The sandbox's part is over, so it is neither read nor watched again."""
+        self._drop_sandbox(stream)
         stream.out.append(b"0\r\n\r\n")
-        stream.finishing = True
         self._write(stream)
+
+    def _drop_sandbox(self, stream: _Stream) -> None:
+        sandbox, stream.sandbox = stream.sandbox, None
+        if sandbox is not None:
+            self._by_fd.pop(sandbox.fileno(), None)
+            if not stream.blocked:
+                self._poll.unregister(sandbox.fileno())
+            sandbox.close()
 
     def _write(self, stream: _Stream) -> None:
         if stream.id not in self._streams:
@@ -216,14 +241,15 @@ class Relay:
                 if not stream.blocked:
                     stream.blocked = True
                     self._poll.modify(stream.browser.fileno(), _READ_WRITE)
-                    self._poll.modify(stream.sandbox.fileno(), 0)
+                    if stream.sandbox is not None:  # (not watched at all: its errors wait too)
+                        self._poll.unregister(stream.sandbox.fileno())
                 return
-        if stream.finishing:
-            self._close(stream)
+        if stream.sandbox is None:
+            self._close(stream)  # all written
         elif stream.blocked:
             stream.blocked = False
             self._poll.modify(stream.browser.fileno(), _READ)
-            self._poll.modify(stream.sandbox.fileno(), _READ)
+            self._poll.register(stream.sandbox.fileno(), _READ)
 
     def _from_browser(self, stream: _Stream) -> None:
         if stream.id not in self._streams:
@@ -238,28 +264,25 @@ class Relay:
         if not data or stream.heard > _BROWSER_SLACK:
             self._close(stream)  # the browser left
 
-    def _close(self, stream: _Stream, report: bool = True) -> None:
+    def _close(self, stream: _Stream) -> None:
         if self._streams.pop(stream.id, None) is None:
             return
-        for sock in (stream.browser, stream.sandbox):
-            self._by_fd.pop(sock.fileno(), None)
-            try:
-                self._poll.unregister(sock.fileno())
-            except OSError:
-                pass
-            sock.close()
-        if report:
-            self._report(stream.id)
-
-    @property
-    def carrying(self) -> int:
-        return len(self._streams)
+        self._drop_sandbox(stream)
+        self._by_fd.pop(stream.browser.fileno(), None)
+        self._poll.unregister(stream.browser.fileno())
+        stream.browser.close()
+        self._report(stream.id)
 
 
 def main() -> None:
     # Ctrl-C at a terminal reaches the whole process group: the server stops in order and
     # closes our control socket, which is when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Two descriptors per stream: as many as the system lets us have.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1 << 20 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)
+    if wanted > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     control = socket.socket(fileno=int(sys.argv[1]))
     Relay(control).run()
 

@@ -79,7 +79,7 @@ class SandboxSite(Resource):
     _dashboard: str
     _metrics: Any = None
     _tunnels: Any = None  # TunnelHub: how local sandboxes are reached
-    live: LiveStreams | None = None  # terminals open here, cut when their session is revoked
+    live: LiveStreams | None = None  # what runs here, cut when its session is revoked
     isLeaf = True
     _log = Logger()
 
@@ -128,13 +128,7 @@ class SandboxSite(Resource):
         token = self._cookie.read(request)
         access = await self._access.lookup(token, sandbox_id) if token else None
         if access is None:
-            request.setHeader(b"referrer-policy", b"no-referrer")
-            return self._page(
-                request,
-                401,
-                "Open this sandbox from the dashboard",
-                "Your access here has ended or was never granted.",
-            )
+            return self._revoked(request)
         if path == _RESUME_PATH:
             return await self._resume(request, access)
         upgrade = (request.getHeader(b"upgrade") or b"").lower() == b"websocket"
@@ -159,6 +153,21 @@ class SandboxSite(Resource):
         self._activity.touch(sandbox_id)
         if self._metrics is not None:
             self._metrics.proxied.labels("websocket" if upgrade else "http").inc()
+        # Listed while it runs, for revocation to cut (a terminal, an event stream, a download)
+        handle = None
+        if self.live is not None:
+            transport = request.channel.transport if request.channel is not None else None
+            if transport is None:
+                return None  # the browser left meanwhile
+            handle = self.live.add(
+                access.user_id,
+                sandbox_id=sandbox_id,
+                workspace_id=access.workspace_id,
+                since=access.fetched_at,
+                end=transport.abortConnection,
+            )
+            if handle is None:
+                return self._revoked(request)
         if upgrade:
             headers = upstream_headers(request, access.password, self._scheme)
             side = await splice(
@@ -169,10 +178,17 @@ class SandboxSite(Resource):
                 lambda: self._activity.touch(sandbox_id),
             )
             ok = side is not None
-            if side is not None and self.live is not None and not side.lost:
-                self._listed(side, access, self.live)
+            if side is not None and not side.lost and self.live is not None:
+                live = self.live
+                side.on_lost = lambda: live.remove(handle)
+            elif self.live is not None:
+                self.live.remove(handle)
         else:
-            ok = await self._forwarder.forward(request, endpoint, access.password, self._scheme)
+            try:
+                ok = await self._forwarder.forward(request, endpoint, access.password, self._scheme)
+            finally:
+                if self.live is not None:
+                    self.live.remove(handle)
         if not ok and access.is_local and self._tunnels.session(sandbox_id) is None:
             self._status_page(request, "offline", access)  # the agent left meanwhile
         elif not ok and access.is_local:
@@ -188,14 +204,14 @@ class SandboxSite(Resource):
             self._endpoints.forget(sandbox_id)  # it may have moved: ask the backend next time
             self._status_page(request, "starting", access)
 
-    @staticmethod
-    def _listed(side: Any, access: Access, live: LiveStreams) -> None:
-        """A terminal ends with its session: revocation cuts it."""
-        transport = side.transport
-        handle = live.add(
-            access.user_id, access.workspace_id, access.sandbox_id, transport.abortConnection
+    def _revoked(self, request: Any) -> None:
+        request.setHeader(b"referrer-policy", b"no-referrer")
+        self._page(
+            request,
+            401,
+            "Open this sandbox from the dashboard",
+            "Your access here has ended or was never granted.",
         )
-        side.on_lost = lambda: live.remove(handle)
 
     def _not_found(self, request: Any) -> None:
         self._page(request, 404, "No such sandbox", "It does not exist, or you may not see it.")

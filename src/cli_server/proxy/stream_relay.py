@@ -43,6 +43,9 @@ class StreamRelay(Service):
     _ended: Deferred[None] | None = field(default=None, init=False)
     _restart: Any = field(default=None, init=False)
     _backoff: float = field(default=1.0, init=False)
+    _started_at: float = field(default=0.0, init=False)
+    _outbox: list[bytes] = field(factory=list, init=False)  # cuts for the child to take
+    _retry: Any = field(default=None, init=False)
     _next_id: int = field(default=0, init=False)
     # what each carried stream is for: its match fields (user_id, workspace_id, sandbox_id)
     _streams: dict[int, dict[str, str]] = field(factory=dict, init=False)
@@ -78,6 +81,7 @@ class StreamRelay(Service):
         finally:
             theirs.close()
         self._ended = Deferred()
+        self._started_at = self.reactor.seconds()
         self._control = ours
         self._reports = _Reports(ours, self)
         self.reactor.addReader(self._reports)
@@ -104,7 +108,12 @@ class StreamRelay(Service):
         for transport in transports:
             self.reactor.removeReader(transport)
             self.reactor.removeWriter(transport)
-            os.close(transport.getHandle().detach())
+            # Our descriptor now names /dev/null instead of the socket (the child has its
+            # own): Twisted's shutdown() on it fails harmlessly, its close() closes that.
+            fd = transport.getHandle().fileno()
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            os.dup2(null, fd, inheritable=False)
+            os.close(null)
             transport.connectionLost(Failure(error.ConnectionDone("carried by the stream relay")))
 
     def cut(self, **match: str) -> None:
@@ -114,16 +123,24 @@ class StreamRelay(Service):
             for stream_id, fields in self._streams.items()
             if all(fields.get(name) == value for name, value in match.items())
         ]
-        if not ids or self._control is None:
-            return
         for start in range(0, len(ids), 500):  # (a message is at most a few KiB)
-            batch = ids[start : start + 500]
+            self._outbox.append(b"X" + b"".join(ID.pack(i) for i in ids[start : start + 500]))
+        if self._retry is None:
+            self._send_outbox()
+
+    def _send_outbox(self) -> None:
+        """Cuts go out in order; those the child cannot take yet are tried again shortly."""
+        self._retry = None
+        while self._outbox and self._control is not None:
             try:
-                self._control.send(b"X" + b"".join(ID.pack(i) for i in batch))
-            except OSError:
-                self._log.warn("the stream relay is not taking messages; restarting it")
-                self._process.signalProcess("KILL")
+                self._control.send(self._outbox[0])
+            except BlockingIOError:
+                self._retry = self.reactor.callLater(0.05, self._send_outbox)
                 return
+            except OSError:
+                break  # the child is gone, and its streams with it
+            del self._outbox[0]
+        self._outbox.clear()
 
     def ended(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)
@@ -149,7 +166,13 @@ class StreamRelay(Service):
         ended, self._ended = self._ended, None
         if ended is not None:
             ended.callback(None)
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        self._outbox.clear()
         if self.running:
+            if self.reactor.seconds() - self._started_at > 60:
+                self._backoff = 1.0  # (it ran well: this is not a crash loop)
             self._log.warn(
                 "the stream relay exited ({reason}); starting it again in {delay:.0f} s",
                 reason=reason.getErrorMessage(),
@@ -163,6 +186,8 @@ class StreamRelay(Service):
         if self._restart is not None and self._restart.active():
             self._restart.cancel()
         self._restart = None
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
         ended = self._ended
         if ended is None:
             return succeed(None)

@@ -55,6 +55,7 @@ class SandboxManager:
     _url_for: Any = None  # (sandbox_id) -> str: its subdomain
     _on_change: Any = None  # (sandbox_id) -> None: drop what the proxy cached about it
     tunnels: Any = None  # TunnelHub: deleting a local sandbox revokes its agent's tunnel
+    on_delete: Any = None  # (sandbox_id) -> None: its sessions end, and what they have open
     _locks: dict[str, DeferredLock] = field(factory=dict, init=False)
     _tasks: set[Deferred[None]] = field(factory=set, init=False)
     _log = Logger()
@@ -213,6 +214,8 @@ class SandboxManager:
                 self.tunnels.revoke(sandbox_id)
             if self._on_change is not None:
                 self._on_change(sandbox_id)
+            if self.on_delete is not None:
+                self.on_delete(sandbox_id)
         self._log.info("sandbox {sandbox_id} deleted", sandbox_id=sandbox_id)
 
     async def delete_workspace(self, workspace_id: str, actor_id: str) -> None:

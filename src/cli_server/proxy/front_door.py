@@ -279,7 +279,7 @@ class FrontDoor(Protocol):
                 event_stream = value[:17].lower() == b"text/event-stream"
             elif lower in _FRAMING_OR_HOP:
                 if lower == b"transfer-encoding":  # (llhttp: chunked if it is the last coding)
-                    chunked = value.rstrip().lower().endswith(b"chunked")
+                    chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
                 elif lower == b"content-length":
                     length = value
                 continue

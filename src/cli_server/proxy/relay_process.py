@@ -63,6 +63,8 @@ class _Stream:
     # httptools callbacks
 
     def on_body(self, data: bytes) -> None:
+        if self.ended:
+            return  # (a second answer in the same read: ignored, as the server does)
         self.out.append(b"%x\r\n%s\r\n" % (len(data), data))
 
     def on_message_complete(self) -> None:
@@ -282,7 +284,10 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = 1 << 20 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)
     if wanted > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            pass  # (fs.nr_open is lower: what we have will do)
     control = socket.socket(fileno=int(sys.argv[1]))
     Relay(control).run()
 

@@ -154,12 +154,14 @@ class SandboxSite(Resource):
         if self._metrics is not None:
             self._metrics.proxied.labels("websocket" if upgrade else "http").inc()
         # Listed while it runs, for revocation to cut (a terminal, an event stream, a download)
+        # Listed until it ends, for revocation to cut (a terminal, an event stream, a download)
+        live = self.live
         handle = None
-        if self.live is not None:
+        if live is not None:
             transport = request.channel.transport if request.channel is not None else None
             if transport is None:
                 return None  # the browser left meanwhile
-            handle = self.live.add(
+            handle = live.add(
                 access.user_id,
                 sandbox_id=sandbox_id,
                 workspace_id=access.workspace_id,
@@ -168,6 +170,9 @@ class SandboxSite(Resource):
             )
             if handle is None:
                 return self._revoked(request)
+            # (fires when the answer is complete or the connection is lost; forward() returns
+            # once the head is relayed, while the body may stream for hours)
+            request.notifyFinish().addBoth(lambda _: live.remove(handle))
         if upgrade:
             headers = upstream_headers(request, access.password, self._scheme)
             side = await splice(
@@ -178,17 +183,12 @@ class SandboxSite(Resource):
                 lambda: self._activity.touch(sandbox_id),
             )
             ok = side is not None
-            if side is not None and not side.lost and self.live is not None:
-                live = self.live
+            if live is not None and side is not None:  # (the request never finishes now)
                 side.on_lost = lambda: live.remove(handle)
-            elif self.live is not None:
-                self.live.remove(handle)
+                if side.lost:
+                    live.remove(handle)
         else:
-            try:
-                ok = await self._forwarder.forward(request, endpoint, access.password, self._scheme)
-            finally:
-                if self.live is not None:
-                    self.live.remove(handle)
+            ok = await self._forwarder.forward(request, endpoint, access.password, self._scheme)
         if not ok and access.is_local and self._tunnels.session(sandbox_id) is None:
             self._status_page(request, "offline", access)  # the agent left meanwhile
         elif not ok and access.is_local:

@@ -46,12 +46,16 @@ class StreamRelay(Service):
     _started_at: float = field(default=0.0, init=False)
     _outbox: list[bytes] = field(factory=list, init=False)  # cuts for the child to take
     _retry: Any = field(default=None, init=False)
+    _stuck_since: float | None = field(default=None, init=False)  # cuts waiting since
+    _null: int = field(default=-1, init=False)  # /dev/null, what let_go points sockets at
     _next_id: int = field(default=0, init=False)
     # what each carried stream is for: its match fields (user_id, workspace_id, sandbox_id)
     _streams: dict[int, dict[str, str]] = field(factory=dict, init=False)
 
     def startService(self) -> None:
         super().startService()
+        # (opened once: dup2 needs no free descriptor, so letting go cannot fail on EMFILE)
+        self._null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._start_child()
 
     @property
@@ -110,10 +114,7 @@ class StreamRelay(Service):
             self.reactor.removeWriter(transport)
             # Our descriptor now names /dev/null instead of the socket (the child has its
             # own): Twisted's shutdown() on it fails harmlessly, its close() closes that.
-            fd = transport.getHandle().fileno()
-            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-            os.dup2(null, fd, inheritable=False)
-            os.close(null)
+            os.dup2(self._null, transport.getHandle().fileno(), inheritable=False)
             transport.connectionLost(Failure(error.ConnectionDone("carried by the stream relay")))
 
     def cut(self, **match: str) -> None:
@@ -129,18 +130,28 @@ class StreamRelay(Service):
             self._send_outbox()
 
     def _send_outbox(self) -> None:
-        """Cuts go out in order; those the child cannot take yet are tried again shortly."""
+        """Cuts go out in order; those the child cannot take yet are tried again shortly,
+        for a few seconds: then the child is stopped, and every stream with it, so that a
+        revocation always wins."""
         self._retry = None
         while self._outbox and self._control is not None:
             try:
                 self._control.send(self._outbox[0])
             except BlockingIOError:
-                self._retry = self.reactor.callLater(0.05, self._send_outbox)
-                return
+                now = self.reactor.seconds()
+                if self._stuck_since is None:
+                    self._stuck_since = now
+                if now - self._stuck_since < 5.0:
+                    self._retry = self.reactor.callLater(0.05, self._send_outbox)
+                    return
+                self._log.warn("the stream relay takes no cuts: stopping it")
+                self._kill()
+                break
             except OSError:
                 break  # the child is gone, and its streams with it
             del self._outbox[0]
         self._outbox.clear()
+        self._stuck_since = None
 
     def ended(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)
@@ -188,6 +199,10 @@ class StreamRelay(Service):
         self._restart = None
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
+        self._retry = None
+        if self._null >= 0:
+            os.close(self._null)
+            self._null = -1
         ended = self._ended
         if ended is None:
             return succeed(None)

@@ -79,6 +79,9 @@ async def splice(
         await connecting
     except Exception:
         return None
+    if request.channel is None or request.channel.transport is None:
+        upstream.transport.abortConnection()  # type: ignore[union-attr]  # the browser left
+        return None
     browser = _Side(on_data)
     transport, request.channel.transport = request.channel.transport, None
     hand_over(transport, browser)

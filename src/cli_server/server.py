@@ -370,7 +370,7 @@ def build(
     relay.setServiceParent(root)
 
     def cut_streams(**match: str) -> None:
-        live.cut(**match)
+        live.cut(sandbox_access.revocations, **match)
         relay.cut(**match)
 
     sandbox_access.cut_streams = cut_streams

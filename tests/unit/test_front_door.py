@@ -672,10 +672,10 @@ def test_an_event_stream_relayed_here_ends_when_its_session_is_revoked() -> None
     d.send(get(b"/event"))
     d.sandbox.answer(EVENTS + b"2\r\nhi\r\n")
     assert len(live) == 1
-    live.cut(user_id="someone else")
-    live.cut(user_id="u", workspace_id="another")
+    live.cut(1, user_id="someone else")
+    live.cut(2, user_id="u", workspace_id="another")
     assert not d.browser.disconnecting
-    live.cut(user_id="u", workspace_id="w")
+    live.cut(3, user_id="u", workspace_id="w")
     assert d.browser.disconnecting and len(live) == 0
     assert d.sandbox.connections[0].transport.disconnecting  # type: ignore[union-attr]
     # One that ends, or whose browser leaves, is off the list; other answers never on it.
@@ -699,13 +699,16 @@ def test_a_revocation_while_the_answer_was_awaited_ends_the_stream_at_its_head()
     live = LiveStreams(clock)
     d = door(live=live)
     d.send(get(b"/event"))  # (the session was read at 0.0)
-    live.cut(user_id="u")  # nothing open yet to cut
+    live.cut(1, user_id="u")  # nothing open yet to cut (the session was read at count 0)
     d.sandbox.answer(EVENTS + b"2\r\nhi\r\n")
     assert d.browser.disconnecting and d.got() == b"" and len(live) == 0
     # Remembered for a while, and only against sessions read before it.
-    assert live.add("u", "w", SID, since=1.0, end=lambda: None) is not None
-    assert live.add("u", "w", SID, since=-1.0, end=lambda: None) is None
-    clock.advance(301)
-    live.cut(sandbox_id="other")  # (revocations are pruned as new ones come)
-    assert live._revoked == [(301.0, {"sandbox_id": "other"})]
-    assert live.add("u", "w", SID, since=-1.0, end=lambda: None) is not None
+    assert live.add("u", "w", SID, seen=1, end=lambda: None) is not None
+    assert live.add("u", "w", SID, seen=0, end=lambda: None) is None
+    clock.advance(-3600)  # a clock stepped back forgets nothing
+    live.cut(2, sandbox_id="other")
+    assert live.add("u", "w", SID, seen=0, end=lambda: None) is None
+    clock.advance(3600 + 301)
+    live.cut(3, sandbox_id="other")  # (revocations are pruned as new ones come)
+    assert live._revoked == [(301.0, 3, {"sandbox_id": "other"})]
+    assert live.add("u", "w", SID, seen=0, end=lambda: None) is not None

@@ -38,6 +38,7 @@ class Access:
     is_local: bool
     password: str
     fetched_at: float
+    revocations: int = 0  # SandboxAccess.revocations when it was read (see live.py)
 
     def __repr__(self) -> str:  # the password stays out of logs
         return f"Access(user_id={self.user_id!r}, sandbox_id={self.sandbox_id!r})"
@@ -52,8 +53,10 @@ class SandboxAccess:
     _cache: dict[bytes, Access] = field(factory=dict, init=False)
     # Counts forget() calls: what was cached from this object before a change is stale.
     generation: int = field(default=0, init=False)
-    # Ends open streams carried elsewhere (the stream relay's) whose session was revoked.
+    # Ends open connections (terminals, event streams) whose session was revoked.
     cut_streams: Callable[..., None] | None = field(default=None, init=False)
+    # Counts revocations: a connection listed with a session read before one is refused.
+    revocations: int = field(default=0, init=False)
 
     async def mint_ticket(self, user_id: str, sandbox_id: str) -> str:
         ticket = new_token()
@@ -112,7 +115,7 @@ class SandboxAccess:
         return None
 
     async def _fetch(self, key: bytes, sandbox_id: str) -> Access | None:
-        now, generation = self._clock.seconds(), self.generation
+        now, generation, revocations = self._clock.seconds(), self.generation, self.revocations
         rows = await self._db.query(
             "SELECT ss.user_id, s.id AS sandbox_id, s.workspace_id, m.role, s.status,"
             " s.is_local, s.opencode_password FROM sandbox_sessions ss"
@@ -135,6 +138,7 @@ class SandboxAccess:
             row["is_local"],
             row["opencode_password"],
             now,
+            revocations,
         )
         if generation == self.generation:  # (a revocation while we asked: don't keep this)
             if len(self._cache) > 10_000:
@@ -171,6 +175,7 @@ class SandboxAccess:
         self._cut(sandbox_id=sandbox_id)
 
     def _cut(self, **match: str) -> None:
+        self.revocations += 1
         if self.cut_streams is not None:
             self.cut_streams(**match)
 

@@ -39,7 +39,7 @@ class Route:
     role: Role
     user_id: str
     workspace_id: str
-    fetched_at: float  # when the session behind it was read (see live.LiveStreams)
+    revocations: int  # revocations counted when its session was read (see live.py)
 
 
 _Key = tuple[bytes, tuple[bytes, ...]]  # Host and Cookie headers
@@ -144,7 +144,7 @@ class FastPath:
             access.role,
             access.user_id,
             access.workspace_id,
-            access.fetched_at,
+            access.revocations,
         )
         # (only if nothing was forgotten while we looked, and for keys of a sane size)
         if generation == self._generation() and sum(map(len, key[1])) <= 4096:

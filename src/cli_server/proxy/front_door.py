@@ -326,7 +326,7 @@ class FrontDoor(Protocol):
         if live is None or route is None:
             return
         self._live = live.add(
-            route.user_id, route.workspace_id, route.sandbox_id, route.fetched_at, self._abandon
+            route.user_id, route.workspace_id, route.sandbox_id, route.revocations, self._abandon
         )
         if self._live is None:
             self._abandon()

@@ -7,8 +7,8 @@ relay does for the streams it carries.
 
 A connection is listed only once it is open, some time after its session was read (a
 connection to the sandbox, its answer's head); a revocation in between would find nothing
-to cut. So revocations are remembered for a while, and a connection listed with a session
-read before a matching revocation is refused.
+to cut. So revocations are remembered, numbered by ``SandboxAccess.revocations``, and a
+connection whose session was read before a matching one (a lower count) is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from attrs import define, field
 
 _Whose = tuple[str, str, str]  # user_id, workspace_id, sandbox_id
 # Longer than any wait between reading a session and listing its connection (an answer's
-# head may take 120 s, a connection 10 s, a cached session 2 s).
+# head may take 120 s, a connection 10 s, a cached session 2 s). The clock only prunes.
 REMEMBER_SECONDS = 300.0
 
 
@@ -29,21 +29,17 @@ class LiveStreams:
     _clock: Any  # IReactorTime
     _open: dict[int, tuple[_Whose, Callable[[], None]]] = field(factory=dict, init=False)
     _next: int = field(default=0, init=False)
-    _revoked: list[tuple[float, dict[str, str]]] = field(factory=list, init=False)
+    # (when, its number, whose): revocations of the last REMEMBER_SECONDS
+    _revoked: list[tuple[float, int, dict[str, str]]] = field(factory=list, init=False)
 
     def add(
-        self,
-        user_id: str,
-        workspace_id: str,
-        sandbox_id: str,
-        since: float,
-        end: Callable[[], None],
+        self, user_id: str, workspace_id: str, sandbox_id: str, seen: int, end: Callable[[], None]
     ) -> int | None:
-        """Lists a connection whose session was read at ``since``; None if that session has
-        been revoked since (the caller ends the connection)."""
+        """Lists a connection whose session was read when ``seen`` revocations had been
+        counted; None if a later one revoked it (the caller ends the connection)."""
         whose = (user_id, workspace_id, sandbox_id)
-        for at, match in self._revoked:
-            if at >= since and _matches(whose, match):
+        for _, number, match in self._revoked:
+            if number > seen and _matches(whose, match):
                 return None
         self._next += 1
         self._open[self._next] = (whose, end)
@@ -53,11 +49,12 @@ class LiveStreams:
         if handle is not None:
             self._open.pop(handle, None)
 
-    def cut(self, **match: str) -> None:
-        """Ends the connections whose user_id, workspace_id and sandbox_id equal ``match``'s."""
+    def cut(self, number: int, **match: str) -> None:
+        """Ends the connections whose user_id, workspace_id and sandbox_id equal ``match``'s;
+        ``number`` is this revocation's count."""
         now = self._clock.seconds()
-        self._revoked = [(at, m) for at, m in self._revoked if now - at < REMEMBER_SECONDS]
-        self._revoked = self._revoked[-10_000:] + [(now, match)]
+        kept = [r for r in self._revoked if now - r[0] < REMEMBER_SECONDS]
+        self._revoked = [*kept[-10_000:], (now, number, match)]
         for handle, (whose, end) in list(self._open.items()):
             if _matches(whose, match):
                 del self._open[handle]

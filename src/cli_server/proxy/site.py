@@ -165,7 +165,7 @@ class SandboxSite(Resource):
                 access.user_id,
                 sandbox_id=sandbox_id,
                 workspace_id=access.workspace_id,
-                since=access.fetched_at,
+                seen=access.revocations,
                 end=transport.abortConnection,
             )
             if handle is None:

@@ -13,6 +13,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import StringTransport
 
+from cli_server.proxy.live import Whose
 from cli_server.proxy.stream_relay import StreamRelay
 
 from .conftest import _reactor
@@ -46,8 +47,10 @@ async def test_the_relay_carries_a_pair_comes_back_when_killed_and_ends_with_the
         # browser <-> [server side: ours_b]   [ours_s] <-> sandbox
         browser, ours_b = await tcp_pair(0)
         ours_s, sandbox = await tcp_pair(0)
-        assert not relay.carry(StringTransport(), ours_s.transport, True, {})  # not TCP
-        assert relay.carry(ours_b.transport, ours_s.transport, False, {"user_id": "u"})
+        assert not relay.carry(
+            StringTransport(), ours_s.transport, True, Whose("u", "w", "s")
+        )  # not TCP
+        assert relay.carry(ours_b.transport, ours_s.transport, False, Whose("u", "w", "s"))
         relay.let_go(ours_b.transport, ours_s.transport)
         await ours_b.closed  # Twisted forgot both, without closing them for the child
         sandbox.transport.write(b"data: 1\n\n")  # type: ignore[union-attr]

@@ -16,7 +16,7 @@ from twisted.internet.testing import StringTransport
 from cli_server.proxy.access import Access
 from cli_server.proxy.fast_path import FastPath
 from cli_server.proxy.front_door import FrontDoor
-from cli_server.proxy.live import LiveStreams
+from cli_server.proxy.live import LiveStreams, Whose
 from cli_server.proxy.upstream import UpstreamConnection, UpstreamPool
 from cli_server.roles import Role
 from cli_server.sandboxes.backend import Endpoint
@@ -154,12 +154,12 @@ class FakeRelay:
 
     accept: bool = True
     ready: bool = True
-    carried: list[tuple[bool, dict[str, str]]] = field(factory=list)
+    carried: list[tuple[bool, Whose]] = field(factory=list)
     let_go_of: list[Any] = field(factory=list)
 
-    def carry(self, browser: Any, sandbox: Any, chunked: bool, match: dict[str, str]) -> bool:
+    def carry(self, browser: Any, sandbox: Any, chunked: bool, whose: Whose) -> bool:
         if self.accept:
-            self.carried.append((chunked, match))
+            self.carried.append((chunked, whose))
         return self.accept
 
     def let_go(self, *transports: Any) -> None:
@@ -614,7 +614,7 @@ def test_an_event_stream_goes_to_the_stream_relay_between_two_chunks() -> None:
     d.sandbox.answer(b'nected"}\n\n\r\n3')  # a size line begun: not yet either
     assert relay.carried == []
     d.sandbox.answer(b"\r\nabc\r\n")  # between chunks: carried
-    assert relay.carried == [(True, {"user_id": "u", "workspace_id": "w", "sandbox_id": SID})]
+    assert relay.carried == [(True, Whose("u", "w", SID))]
     upstream = d.sandbox.connections[0]
     assert relay.let_go_of == [d.browser, upstream.transport]
     # Both connections are the relay's now: neither is written to, pooled or timed here.
@@ -703,12 +703,12 @@ def test_a_revocation_while_the_answer_was_awaited_ends_the_stream_at_its_head()
     d.sandbox.answer(EVENTS + b"2\r\nhi\r\n")
     assert d.browser.disconnecting and d.got() == b"" and len(live) == 0
     # Remembered for a while, and only against sessions read before it.
-    assert live.add("u", "w", SID, seen=1, end=lambda: None) is not None
-    assert live.add("u", "w", SID, seen=0, end=lambda: None) is None
+    assert live.add(Whose("u", "w", SID), seen=1, end=lambda: None) is not None
+    assert live.add(Whose("u", "w", SID), seen=0, end=lambda: None) is None
     clock.advance(-3600)  # a clock stepped back forgets nothing
     live.cut(2, sandbox_id="other")
-    assert live.add("u", "w", SID, seen=0, end=lambda: None) is None
+    assert live.add(Whose("u", "w", SID), seen=0, end=lambda: None) is None
     clock.advance(3600 + 301)
     live.cut(3, sandbox_id="other")  # (revocations are pruned as new ones come)
     assert live._revoked == [(301.0, 3, {"sandbox_id": "other"})]
-    assert live.add("u", "w", SID, seen=0, end=lambda: None) is not None
+    assert live.add(Whose("u", "w", SID), seen=0, end=lambda: None) is not None

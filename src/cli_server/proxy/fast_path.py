@@ -18,7 +18,7 @@ from cli_server.proxy.access import Access, SandboxAccess
 from cli_server.proxy.endpoints import RunningEndpoints
 from cli_server.proxy.forward import DROPPED_REQUEST, clean_cookie_header, clean_query
 from cli_server.proxy.hosts import sandbox_for_host
-from cli_server.proxy.live import LiveStreams
+from cli_server.proxy.live import LiveStreams, Whose
 from cli_server.proxy.request_head import MEMO_BLOCK, RequestHead, cookie_value
 from cli_server.proxy.stream_relay import StreamRelay
 from cli_server.proxy.upstream import UpstreamPool
@@ -40,6 +40,10 @@ class Route:
     user_id: str
     workspace_id: str
     revocations: int  # revocations counted when its session was read (see live.py)
+
+    @property
+    def whose(self) -> Whose:
+        return Whose(self.user_id, self.workspace_id, self.sandbox_id)
 
 
 _Key = tuple[bytes, tuple[bytes, ...]]  # Host and Cookie headers

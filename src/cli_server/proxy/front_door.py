@@ -325,9 +325,7 @@ class FrontDoor(Protocol):
         live, route = self._fast.live, ex.route
         if live is None or route is None:
             return
-        self._live = live.add(
-            route.user_id, route.workspace_id, route.sandbox_id, route.revocations, self._abandon
-        )
+        self._live = live.add(route.whose, route.revocations, self._abandon)
         if self._live is None:
             self._abandon()
 
@@ -358,15 +356,8 @@ class FrontDoor(Protocol):
         if upstream is None or relay is None or self._buffer or not upstream.resumable:
             return
         assert ex.route is not None
-        route = ex.route
-        match = {
-            "user_id": route.user_id,
-            "workspace_id": route.workspace_id,
-            "sandbox_id": route.sandbox_id,
-        }
-        if not relay.carry(
-            self.transport, upstream.transport, ex.framing is Framing.CHUNKED, match
-        ):
+        chunked = ex.framing is Framing.CHUNKED
+        if not relay.carry(self.transport, upstream.transport, chunked, ex.route.whose):
             return
         self._gone = True
         self._stop_timer()

@@ -16,9 +16,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from attrs import define, field
+from attrs import define, field, frozen
 
-_Whose = tuple[str, str, str]  # user_id, workspace_id, sandbox_id
+
+@frozen
+class Whose:
+    """Whose session a connection serves, as revocations name it."""
+
+    user_id: str
+    workspace_id: str
+    sandbox_id: str
+
+    def matches(self, match: dict[str, str]) -> bool:
+        """Whether every field named in ``match`` (e.g. user_id=...) has that value."""
+        return all(getattr(self, name) == value for name, value in match.items())
+
+
 # Longer than any wait between reading a session and listing its connection (an answer's
 # head may take 120 s, a connection 10 s, a cached session 2 s). The clock only prunes.
 REMEMBER_SECONDS = 300.0
@@ -27,19 +40,16 @@ REMEMBER_SECONDS = 300.0
 @define(eq=False)
 class LiveStreams:
     _clock: Any  # IReactorTime
-    _open: dict[int, tuple[_Whose, Callable[[], None]]] = field(factory=dict, init=False)
+    _open: dict[int, tuple[Whose, Callable[[], None]]] = field(factory=dict, init=False)
     _next: int = field(default=0, init=False)
     # (when, its number, whose): revocations of the last REMEMBER_SECONDS
     _revoked: list[tuple[float, int, dict[str, str]]] = field(factory=list, init=False)
 
-    def add(
-        self, user_id: str, workspace_id: str, sandbox_id: str, seen: int, end: Callable[[], None]
-    ) -> int | None:
+    def add(self, whose: Whose, seen: int, end: Callable[[], None]) -> int | None:
         """Lists a connection whose session was read when ``seen`` revocations had been
         counted; None if a later one revoked it (the caller ends the connection)."""
-        whose = (user_id, workspace_id, sandbox_id)
         for _, number, match in self._revoked:
-            if number > seen and _matches(whose, match):
+            if number > seen and whose.matches(match):
                 return None
         self._next += 1
         self._open[self._next] = (whose, end)
@@ -56,15 +66,9 @@ class LiveStreams:
         kept = [r for r in self._revoked if now - r[0] < REMEMBER_SECONDS]
         self._revoked = [*kept[-10_000:], (now, number, match)]
         for handle, (whose, end) in list(self._open.items()):
-            if _matches(whose, match):
+            if whose.matches(match):
                 del self._open[handle]
                 end()
 
     def __len__(self) -> int:
         return len(self._open)
-
-
-def _matches(whose: _Whose, match: dict[str, str]) -> bool:
-    user_id, workspace_id, sandbox_id = whose
-    fields = {"user_id": user_id, "workspace_id": workspace_id, "sandbox_id": sandbox_id}
-    return all(fields.get(name) == value for name, value in match.items())

@@ -21,7 +21,7 @@ from cli_server.proxy.forward import (
     upstream_headers,
 )
 from cli_server.proxy.hosts import sandbox_for_host
-from cli_server.proxy.live import LiveStreams
+from cli_server.proxy.live import LiveStreams, Whose
 from cli_server.proxy.pages import STATUS_TEXT, page
 from cli_server.proxy.websocket import splice
 from cli_server.roles import Role
@@ -153,7 +153,6 @@ class SandboxSite(Resource):
         self._activity.touch(sandbox_id)
         if self._metrics is not None:
             self._metrics.proxied.labels("websocket" if upgrade else "http").inc()
-        # Listed while it runs, for revocation to cut (a terminal, an event stream, a download)
         # Listed until it ends, for revocation to cut (a terminal, an event stream, a download)
         live = self.live
         handle = None
@@ -161,13 +160,8 @@ class SandboxSite(Resource):
             transport = request.channel.transport if request.channel is not None else None
             if transport is None:
                 return None  # the browser left meanwhile
-            handle = live.add(
-                access.user_id,
-                sandbox_id=sandbox_id,
-                workspace_id=access.workspace_id,
-                seen=access.revocations,
-                end=transport.abortConnection,
-            )
+            whose = Whose(access.user_id, access.workspace_id, sandbox_id)
+            handle = live.add(whose, access.revocations, transport.abortConnection)
             if handle is None:
                 return self._revoked(request)
             # (fires when the answer is complete or the connection is lost; forward() returns

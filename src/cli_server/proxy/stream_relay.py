@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from cli_server.proxy.live import Whose
 from cli_server.proxy.relay_process import ID, START
 from cli_server.proxy.send_now import idle_tcp
 
@@ -49,8 +50,7 @@ class StreamRelay(Service):
     _stuck_since: float | None = field(default=None, init=False)  # cuts waiting since
     _null: int = field(default=-1, init=False)  # /dev/null, what let_go points sockets at
     _next_id: int = field(default=0, init=False)
-    # what each carried stream is for: its match fields (user_id, workspace_id, sandbox_id)
-    _streams: dict[int, dict[str, str]] = field(factory=dict, init=False)
+    _streams: dict[int, Whose] = field(factory=dict, init=False)  # whose each carried one is
 
     def startService(self) -> None:
         super().startService()
@@ -90,7 +90,7 @@ class StreamRelay(Service):
         self._reports = _Reports(ours, self)
         self.reactor.addReader(self._reports)
 
-    def carry(self, browser: Any, sandbox: Any, chunked: bool, match: dict[str, str]) -> bool:
+    def carry(self, browser: Any, sandbox: Any, chunked: bool, whose: Whose) -> bool:
         """Sends both connections' sockets to the child; True if it has them now. The caller
         then forgets them and calls ``let_go``."""
         control = self._control
@@ -102,7 +102,7 @@ class StreamRelay(Service):
             socket.send_fds(control, [START.pack(b"S", self._next_id, chunked)], fds)
         except OSError:  # (BlockingIOError: the child is behind; the stream stays here)
             return False
-        self._streams[self._next_id] = match
+        self._streams[self._next_id] = whose
         self._count()
         return True
 
@@ -119,11 +119,7 @@ class StreamRelay(Service):
 
     def cut(self, **match: str) -> None:
         """Ends carried streams whose fields equal ``match`` (a revoked session's)."""
-        ids = [
-            stream_id
-            for stream_id, fields in self._streams.items()
-            if all(fields.get(name) == value for name, value in match.items())
-        ]
+        ids = [stream_id for stream_id, whose in self._streams.items() if whose.matches(match)]
         for start in range(0, len(ids), 500):  # (a message is at most a few KiB)
             self._outbox.append(b"X" + b"".join(ID.pack(i) for i in ids[start : start + 500]))
         if self._retry is None:

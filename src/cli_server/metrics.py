@@ -47,7 +47,7 @@ class Metrics:
         )
         self.relayed_streams = Gauge(
             "cli_relayed_streams",
-            "Event streams the stream relay process carries now",
+            "Event streams and keep-alive connections the relay process carries now",
             registry=self.registry,
         )
 

@@ -387,6 +387,7 @@ def build(
         relay=relay,
         live=live,
     )
+    relay.on_relayed = fast.relayed  # (what the relay process relayed counts as activity)
     front_door = FrontDoorFactory(web, fast, reactor)
     for n, description in enumerate(config.listen):
         listener = StreamServerEndpointService(serverFromString(reactor, description), front_door)

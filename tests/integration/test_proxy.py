@@ -14,6 +14,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 
 from cli_server.testing import FakeBackend
 
@@ -302,12 +303,20 @@ async def test_streaming_and_activity(proxy: Proxy) -> None:
     proxy.app.server.activity._written.clear()
     big = await proxy.visit("/big", cookie=cookie)
     assert len(big.body) == 1024 * 1024
-    (row,) = await proxy.app.db.query(
-        "SELECT last_activity_at > now() - interval '1 minute' AS recent FROM sandboxes"
-    )
-    assert row["recent"]
-    events: list[tuple[float, bytes]] = []
     reactor = _reactor()
+    recent: list[bool] = []
+
+    async def recorded() -> None:  # (the relay process reports what it relayed each second)
+        (row,) = await proxy.app.db.query(
+            "SELECT last_activity_at > now() - interval '1 minute' AS recent FROM sandboxes"
+        )
+        recent.append(row["recent"])
+
+    while not (recent and recent[-1]):
+        assert len(recent) < 50, "no activity recorded"
+        await recorded()
+        await deferLater(reactor, 0.1)
+    events: list[tuple[float, bytes]] = []
     done: Deferred[None] = Deferred()
 
     class Events(Protocol):
@@ -342,19 +351,26 @@ async def _stream(proxy: Proxy, path: str, cookie: str, extra: str = "") -> Wire
 
 
 @pytest_twisted.ensureDeferred
-async def test_event_streams_are_carried_by_the_stream_relay(proxy: Proxy) -> None:
-    """An event stream moves to the relay process after its head and first event: it ends
-    as it would here, ends when its session is revoked or its sandbox deleted, and the relay
-    ends with the server."""
+async def test_event_streams_are_carried_by_the_relay_process(proxy: Proxy) -> None:
+    """A GET goes to the relay process with its keep-alive connection, which serves it and
+    what follows: an event stream ends there as it would here and the connection serves the
+    next request; streams end when their session is revoked or their sandbox deleted, and
+    the relay ends with the server."""
     reactor, relay = _reactor(), proxy.app.server.stream_relay
     cookie = await proxy.open("developer")
     await wait_until(reactor, lambda: relay.ready, timeout=10)
     finite = await _stream(proxy, "/sse", cookie)
-    await wait_until(reactor, lambda: relay.carrying == 1, timeout=10)
-    await finite.closed
+    await wait_until(reactor, lambda: finite.received.endswith(b"0\r\n\r\n"), timeout=10)
     head, _, body = finite.received.partition(b"\r\n\r\n")
-    assert b"connection: close" in head and b"transfer-encoding: chunked" in head
+    assert b"connection: close" not in head and b"transfer-encoding: chunked" in head
     assert body == b"d\r\ndata: first\n\n\r\ne\r\ndata: second\n\n\r\n0\r\n\r\n"
+    assert relay.carrying == 1  # the connection, waiting for its next request there
+    finite.received = b""
+    head = f"GET /next HTTP/1.1\r\nHost: {proxy.host()}\r\nCookie: cli_sandbox={cookie}\r\n"
+    finite.transport.write(head.encode() + b"\r\n")  # type: ignore[union-attr]
+    await wait_until(reactor, lambda: b'"uri": "/next"' in finite.received, timeout=10)
+    assert finite.received.startswith(b"HTTP/1.1 200 OK\r\n")
+    finite.transport.loseConnection()  # type: ignore[union-attr]
     await wait_until(reactor, lambda: relay.carrying == 0, timeout=10)
 
     ticking = await _stream(proxy, "/ticks", cookie)

@@ -17,6 +17,7 @@ from cli_server.proxy.access import Access
 from cli_server.proxy.fast_path import FastPath
 from cli_server.proxy.front_door import FrontDoor
 from cli_server.proxy.live import LiveStreams, Whose
+from cli_server.proxy.relay_wire import Back, Grant
 from cli_server.proxy.upstream import UpstreamConnection, UpstreamPool
 from cli_server.roles import Role
 from cli_server.sandboxes.backend import Endpoint
@@ -37,6 +38,8 @@ class FakeAccess:
     waiting: list[Deferred[Any]] = field(factory=list)
     clock: Clock = field(factory=Clock)
     generation: int = 0
+    fetched: float = 0.0  # when sessions were read (as the cache's timestamps)
+    refreshed: int = 0
 
     def fresh_until(self, access: Access) -> float:
         return access.fetched_at + 2.0
@@ -44,7 +47,12 @@ class FakeAccess:
     def _access(self, token: str, sandbox_id: str) -> Access | None:
         if token != TOKEN or sandbox_id != SID:
             return None
-        return Access("u", SID, "w", self.role, self.status, False, "pw", 0.0)
+        return Access("u", SID, "w", self.role, self.status, False, "pw", self.fetched)
+
+    def refresh(self, token: str, sandbox_id: str) -> Deferred[None]:
+        self.refreshed += 1
+        self.fetched = self.clock.seconds()
+        return succeed(None)
 
     def cached(self, token: str, sandbox_id: str) -> Access | None:
         return None if self.slow else self._access(token, sandbox_id)
@@ -150,23 +158,39 @@ class Door:
 
 @define
 class FakeRelay:
-    """Stands in for the stream relay: takes streams when ``accept``, records them."""
+    """Stands in for the relay process's service: takes connections when ``keep``, records
+    them."""
 
-    accept: bool = True
+    keep: bool = True
     ready: bool = True
-    carried: list[tuple[bool, Whose]] = field(factory=list)
+    served: list[tuple[Any, ...]] = field(factory=list)  # (grant, seconds, data, whose, lease)
     let_go_of: list[Any] = field(factory=list)
 
-    def carry(self, browser: Any, sandbox: Any, chunked: bool, whose: Whose) -> bool:
-        if self.accept:
-            self.carried.append((chunked, whose))
-        return self.accept
+    def serve(self, browser: Any, sandbox: Any, *rest: Any) -> bool:
+        if self.keep:
+            self.served.append(rest)
+        return self.keep
 
     def let_go(self, *transports: Any) -> None:
         self.let_go_of += transports
 
 
-def door(relay: FakeRelay | None = None, live: LiveStreams | None = None, **access: Any) -> Door:
+@define
+class FakeFactory:
+    """Stands in for the listening port's factory: where a relay's connection comes back."""
+
+    taken_back: list[Any] = field(factory=list)
+
+    def take_back(self, *args: Any) -> None:
+        self.taken_back.append(args)
+
+
+def door(
+    relay: FakeRelay | None = None,
+    live: LiveStreams | None = None,
+    replay: tuple[bytes, Back] | None = None,
+    **access: Any,
+) -> Door:
     clock, sandbox, site = Clock(), Sandbox(), FakeSite()
     fakes: dict[str, Any] = {
         "access": FakeAccess(**access, clock=clock),
@@ -187,6 +211,8 @@ def door(relay: FakeRelay | None = None, live: LiveStreams | None = None, **acce
         live=live,
     )
     front = FrontDoor(fast, site, None, clock)
+    front.factory = FakeFactory()
+    front.replay = replay
     browser = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 5555))
     front.makeConnection(browser)
     return Door(
@@ -604,68 +630,6 @@ def test_heads_over_twisted_webs_limit_are_left_to_it() -> None:
 EVENTS = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
-def test_an_event_stream_goes_to_the_stream_relay_between_two_chunks() -> None:
-    relay = FakeRelay()
-    d = door(relay)
-    d.send(get(b"/event"))
-    d.sandbox.answer(EVENTS + b'23\r\ndata: {"type":"server.con')  # mid-chunk: not yet
-    assert relay.carried == []
-    assert d.got().endswith(b'connection: close\r\n\r\n19\r\ndata: {"type":"server.con\r\n')
-    d.sandbox.answer(b'nected"}\n\n\r\n3')  # a size line begun: not yet either
-    assert relay.carried == []
-    d.sandbox.answer(b"\r\nabc\r\n")  # between chunks: carried
-    assert relay.carried == [(True, Whose("u", "w", SID))]
-    upstream = d.sandbox.connections[0]
-    assert relay.let_go_of == [d.browser, upstream.transport]
-    # Both connections are the relay's now: neither is written to, pooled or timed here.
-    assert d.door._exchange is None and upstream.client is None and upstream.pool is None
-    assert d.door._fast.pool._idle == {}
-    before = d.got()
-    d.clock.advance(1000)
-    assert d.got() == before and not d.browser.disconnecting
-
-
-def test_an_event_stream_framed_by_its_close_goes_at_once_and_others_stay() -> None:
-    relay = FakeRelay()
-    d = door(relay)
-    d.send(get(b"/event"))
-    d.sandbox.answer(b"HTTP/1.1 200 OK\r\ncontent-type: Text/Event-Stream; charset=utf-8\r\n\r\nda")
-    assert [chunked for chunked, _ in relay.carried] == [False]
-    # Not an event stream, one with a length, or no relay: relayed here, connection kept.
-    for answer, with_relay in [
-        (OK, FakeRelay()),
-        (
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 2\r\n\r\nhi",
-            FakeRelay(),
-        ),
-        (EVENTS + b"2\r\nhi\r\n", None),
-        (EVENTS + b"2\r\nhi\r\n", FakeRelay(ready=False)),
-    ]:
-        d = door(with_relay)
-        d.send(get(b"/event"))
-        d.sandbox.answer(answer)
-        assert b"connection: close" not in d.got()
-        assert d.door._exchange is None or d.door._exchange.upstream is not None
-        assert with_relay is None or with_relay.carried == []
-
-
-def test_an_event_stream_the_relay_cannot_take_stays_here_and_is_offered_again() -> None:
-    relay = FakeRelay(accept=False)
-    d = door(relay)
-    d.send(get(b"/event"))
-    d.sandbox.answer(EVENTS + b"2\r\nhi\r\n")
-    assert d.got().endswith(b"connection: close\r\n\r\n2\r\nhi\r\n")
-    relay.accept = True
-    d.sandbox.answer(b"3\r\nyou\r\n")
-    assert d.got().endswith(b"2\r\nhi\r\n3\r\nyou\r\n")
-    assert len(relay.carried) == 1
-    # A stream that ends here ends as any answer: the terminating chunk, then the close.
-    d = door(FakeRelay(accept=False))
-    d.send(get(b"/event"))
-    d.sandbox.answer(EVENTS + b"2\r\nhi\r\n0\r\n\r\n")
-    assert d.got().endswith(b"2\r\nhi\r\n0\r\n\r\n") and d.browser.disconnecting
-
-
 def test_an_event_stream_relayed_here_ends_when_its_session_is_revoked() -> None:
     live = LiveStreams(Clock())
     d = door(live=live)
@@ -712,3 +676,79 @@ def test_a_revocation_while_the_answer_was_awaited_ends_the_stream_at_its_head()
     live.cut(3, sandbox_id="other")  # (revocations are pruned as new ones come)
     assert live._revoked == [(301.0, 3, {"sandbox_id": "other"})]
     assert live.add(Whose("u", "w", SID), seen=0, end=lambda: None) is not None
+
+
+def test_a_get_goes_to_the_relay_process_with_its_connection_and_what_follows() -> None:
+    relay = FakeRelay()
+    d = door(relay, LiveStreams(Clock()))
+    d.send(get(b"/a") + b"GET /b HTTP/1.1\r\n")
+    upstream = d.sandbox.connections[0]
+    [(grant, seconds, data, whose, lease)] = relay.served
+    assert grant == Grant(
+        HOST,
+        (b"cli_sandbox=" + TOKEN.encode(),),
+        b"Basic b3BlbmNvZGU6cHc=",
+        b"10.1.2.3",
+        b"http",
+        SID.encode(),
+    )
+    assert seconds == 1.0 and whose == Whose("u", "w", SID)
+    assert data == get(b"/a") + b"GET /b HTTP/1.1\r\n"  # the request, and what came after
+    lease.take_back("sock", b"GET /c", Back.ASK, SID)  # it comes back through the factory
+    assert d.door.factory.taken_back == [("sock", b"GET /c", Back.ASK, SID)]  # type: ignore[union-attr]
+    # Both connections are the relay's now: nothing is written, pooled or timed here.
+    assert relay.let_go_of == [d.browser, upstream.transport]
+    assert d.sandbox.sent() == b"" and d.got() == b"" and d.clock.getDelayedCalls() == []
+    assert d.activity.touched == []  # (the relay process counts it, with what follows)
+
+
+def test_what_the_relay_process_does_not_take_is_relayed_here() -> None:
+    relay = FakeRelay()
+    d = door(relay)
+    d.send(upload(b"/u", b"body"))  # a body
+    assert relay.served == [] and d.sandbox.sent().endswith(b"\r\n\r\nbody")
+    d.sandbox.answer(OK)
+    d.send(get())  # the next request on the connection goes
+    assert len(relay.served) == 1
+    live = LiveStreams(Clock())
+    d = door(FakeRelay(), live)
+    live.cut(1, user_id="u")  # revoked after its session was read (0 revocations then)
+    d.send(get())
+    assert d.door.factory.taken_back == [] and d.sandbox.sent().startswith(b"GET /x ")  # type: ignore[union-attr]
+    d = door(FakeRelay(keep=False))  # the relay could not take it
+    d.send(get())
+    d.sandbox.answer(OK)
+    assert d.got().endswith(b"hi")
+
+
+def test_a_connection_back_from_the_relay_process_takes_up_where_it_left_off() -> None:
+    relay = FakeRelay()
+    d = door(relay, replay=(get(b"/again"), Back.DROPPED))
+    # Dropped by the sandbox there: this request is tried here, on a new sandbox connection.
+    assert relay.served == [] and d.sandbox.sent().startswith(b"GET /again ")
+    d.sandbox.answer(OK)
+    assert d.got().endswith(b"hi")
+    d.send(get(b"/next"))
+    assert len(relay.served) == 1  # and the next may go again
+    d = door(relay, replay=(get(b"/other"), Back.ASK))
+    assert len(relay.served) == 2  # routed again (its grant had run out, say) and sent back
+    d = door(relay, replay=(b"", Back.TIMED_OUT))
+    assert d.got().startswith(b"HTTP/1.1 504 ") and d.browser.disconnecting
+
+
+def test_a_grant_is_renewed_while_its_request_would_be_routed_the_same_way() -> None:
+    relay, live = FakeRelay(), LiveStreams(Clock())
+    d = door(relay, live)
+    d.send(get())
+    lease = relay.served[0][-1]
+    assert lease.renew() == 1.0
+    d.clock.advance(1.5)  # (a cached session is good for 2 s: it is read again, a second given)
+    renewed = lease.renew()
+    assert isinstance(renewed, Deferred) and renewed.result == 1.0 and d.access.refreshed == 1
+    assert lease.renew() == 1.0 and d.access.refreshed == 1  # (read: not again for a while)
+    d.endpoints.endpoint = Endpoint("127.0.0.1", 41001)  # the sandbox moved
+    assert lease.renew() is None
+    d.endpoints.endpoint = HERE
+    d.access.role = Role.GUEST  # (a role change revokes: the cut closes it there as well)
+    live.cut(1, user_id="u")
+    assert lease.renew() is None

@@ -23,7 +23,8 @@ from twisted.web.server import NOT_DONE_YET
 from cli_server.anthropic.usage import UsageMeter, UsageStore
 from cli_server.auth.tokens import token_hash
 from cli_server.db.pool import Database, DatabaseUnavailable
-from cli_server.proxy.forward import HOP_BY_HOP, Relay, copy_response_headers
+from cli_server.proxy.forward import Relay, copy_response_headers
+from cli_server.proxy.hygiene import HOP_BY_HOP
 from cli_server.sandboxes.activity import ActivityRecorder
 
 PREFIX = b"/proxy/anthropic"

@@ -57,6 +57,8 @@ class SandboxAccess:
     cut_streams: Callable[..., None] | None = field(default=None, init=False)
     # Counts revocations: a connection listed with a session read before one is refused.
     revocations: int = field(default=0, init=False)
+    # Sessions being read again ahead of time (``refresh``), and who waits for each.
+    _refreshing: dict[bytes, list[Deferred[None]]] = field(factory=dict, init=False)
 
     async def mint_ticket(self, user_id: str, sandbox_id: str) -> str:
         ticket = new_token()
@@ -106,6 +108,26 @@ class SandboxAccess:
         if cached is not None:
             return succeed(cached if cached.sandbox_id == sandbox_id else None)
         return Deferred.fromCoroutine(self._fetch(key, sandbox_id))
+
+    def refresh(self, token: str, sandbox_id: str) -> Deferred[None]:
+        """Reads the session again now, before its cached answer runs out (so that what
+        was granted on it can be renewed without a gap); one read at a time per session.
+        Fires when the cache has the new answer (``cached``), or the read failed (the next
+        ``lookup`` tries again)."""
+        key = token_hash(token)
+        mine: Deferred[None] = Deferred()
+        waiting = self._refreshing.get(key)
+        if waiting is not None:
+            waiting.append(mine)
+            return mine
+        self._refreshing[key] = [mine]
+
+        def done(_: object) -> None:
+            for waiter in self._refreshing.pop(key, []):
+                waiter.callback(None)
+
+        Deferred.fromCoroutine(self._fetch(key, sandbox_id)).addBoth(done)
+        return mine
 
     def _fresh(self, key: bytes) -> Access | None:
         # (a clock stepped backwards makes an answer stale, never fresh for longer)

@@ -4,7 +4,7 @@ A request qualifies when its head is plain (``request_head.py``), its Host names
 its path is not one of ours (``/_cli/...``), its cookie holds a live session whose role
 allows the method, and the sandbox runs on a backend here (not a laptop's tunnel). Every
 other request, including every one that ends in a page of ours, goes to ``SandboxSite``.
-The header hygiene is the same as ``forward.upstream_headers``: the same sets of names.
+The header hygiene is ``hygiene.py``'s, as on every path.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from twisted.internet.defer import Deferred
 
 from cli_server.proxy.access import Access, SandboxAccess
 from cli_server.proxy.endpoints import RunningEndpoints
-from cli_server.proxy.forward import DROPPED_REQUEST, clean_cookie_header, clean_query
 from cli_server.proxy.hosts import sandbox_for_host
+from cli_server.proxy.hygiene import clean_query, plain_upstream_headers
 from cli_server.proxy.live import LiveStreams, Whose
 from cli_server.proxy.request_head import MEMO_BLOCK, RequestHead, cookie_value
 from cli_server.proxy.stream_relay import StreamRelay
@@ -26,9 +26,6 @@ from cli_server.roles import Role
 from cli_server.sandboxes.activity import ActivityRecorder
 from cli_server.sandboxes.backend import Endpoint
 from cli_server.sandboxes.opencode import basic_auth
-
-# The fast path forwards a Content-Length body as it is, so keeps that header.
-_DROPPED = DROPPED_REQUEST - {b"content-length"}
 
 
 @frozen
@@ -40,6 +37,7 @@ class Route:
     user_id: str
     workspace_id: str
     revocations: int  # revocations counted when its session was read (see live.py)
+    fresh_until: float = 0.0  # when the session cache stops trusting what it was found with
 
     @property
     def whose(self) -> Whose:
@@ -149,6 +147,7 @@ class FastPath:
             access.user_id,
             access.workspace_id,
             access.revocations,
+            self.access.fresh_until(access),
         )
         # (only if nothing was forgotten while we looked, and for keys of a sane size)
         if generation == self._generation() and sum(map(len, key[1])) <= 4096:
@@ -163,6 +162,51 @@ class FastPath:
         self.activity.touch(route.sandbox_id)
         self._relayed += 1
 
+    def relayed(self, sandbox_id: str, count: int) -> None:
+        """Requests the relay process relayed for this sandbox (it says so once a second)."""
+        self.activity.touch(sandbox_id)
+        self._relayed += count
+
+    def renewal(self, head: RequestHead, granted: Route) -> float | None | Deferred[float | None]:
+        """Seconds more a grant given with ``granted`` for ``head``'s connection may hold:
+        while ``head`` would be routed the same way now (same session, sandbox, address and
+        credential, nothing revoked since), else None."""
+        return self._renewal(head, granted, True)
+
+    def _renewal(
+        self, head: RequestHead, granted: Route, refresh: bool
+    ) -> float | None | Deferred[float | None]:
+        routing = self.route(head)
+        if isinstance(routing, Deferred):
+            return routing.addCallback(self._renewed, head, granted, refresh)
+        return self._renewed(routing, head, granted, refresh)
+
+    def _renewed(
+        self, route: Route | None, head: RequestHead, granted: Route, refresh: bool
+    ) -> float | None | Deferred[float | None]:
+        if (
+            route is None
+            or route.whose != granted.whose
+            or route.endpoint != granted.endpoint
+            or route.authorization != granted.authorization
+            or (self.live is not None and self.live.revoked(granted.whose, granted.revocations))
+        ):
+            return None
+        seconds = self.grant_seconds(route)
+        token = cookie_value(head.cookies, self.cookie_name)
+        if seconds >= MEMO_SECONDS or not refresh or token is None:
+            return seconds
+        # The session's cached answer runs out within the second: read it again now, rather
+        # than let the grant lapse and every connection it covers come back at once.
+        self._recent.pop((head.host, head.cookies), None)
+        again = self.access.refresh(token, granted.sandbox_id)
+        return again.addCallback(lambda _: self._renewal(head, granted, False))
+
+    def grant_seconds(self, route: Route) -> float:
+        """How long the relay process may serve further requests with ``route``: as long as
+        a route found now would be remembered here."""
+        return min(MEMO_SECONDS, route.fresh_until - float(self.clock.seconds()))
+
     def _count(self) -> None:
         if self._counted is not None and self._relayed:
             self._counted.inc(self._relayed)
@@ -170,7 +214,10 @@ class FastPath:
 
     def failed(self, route: Route) -> None:
         """The sandbox did not answer: it may have moved; ask the backend next time."""
-        self.endpoints.forget(route.sandbox_id)
+        self.failed_sandbox(route.sandbox_id)
+
+    def failed_sandbox(self, sandbox_id: str) -> None:
+        self.endpoints.forget(sandbox_id)
 
     def upstream_head(self, head: RequestHead, route: Route, peer: bytes) -> bytes:
         """``head`` as the sandbox gets it: see ``forward.upstream_headers``."""
@@ -178,30 +225,11 @@ class FastPath:
         key = (head.block, route.authorization, peer)
         headers = self._headers.get(key)
         if headers is None:
-            headers = self._upstream_headers(head, route, peer)
+            headers = plain_upstream_headers(
+                head.fields.headers, head.cookies, head.host, route.authorization, peer, self.scheme
+            )
             if len(head.block) <= MEMO_BLOCK:
                 if len(self._headers) >= 1024:
                     self._headers.clear()
                 self._headers[key] = headers
         return line + headers
-
-    def _upstream_headers(self, head: RequestHead, route: Route, peer: bytes) -> bytes:
-        out: list[bytes] = []
-        for name, value in head.fields.headers:
-            if name.lower() not in _DROPPED:
-                out += (name, b": ", value, b"\r\n")
-        cookie = clean_cookie_header(head.cookies) if head.cookies else None
-        if cookie:
-            out += (b"cookie: ", cookie, b"\r\n")
-        out += (
-            b"authorization: ",
-            route.authorization,
-            b"\r\nx-forwarded-for: ",
-            peer,
-            b"\r\nx-forwarded-proto: ",
-            self.scheme,
-            b"\r\nx-forwarded-host: ",
-            head.host,
-            b"\r\n\r\n",
-        )
-        return b"".join(out)

@@ -9,9 +9,8 @@ through as they arrive, without a timeout once the headers are in.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
 
 from attrs import define
 from twisted.internet.defer import CancelledError, Deferred
@@ -28,67 +27,16 @@ from twisted.web.iweb import IAgentEndpointFactory, IRequest, IResponse
 from zope.interface import implementer
 
 from cli_server.nodelay import NoDelayEndpoint
+from cli_server.proxy.hygiene import (
+    DROPPED_REQUEST,
+    HOP_BY_HOP,
+    clean_cookie_header,
+    clean_query,
+    safe_set_cookie,
+)
 from cli_server.sandboxes.backend import Endpoint
 from cli_server.sandboxes.opencode import basic_auth
 from cli_server.web.streamed_body import StreamedBody
-
-HOP_BY_HOP = {
-    b"connection",
-    b"keep-alive",
-    b"proxy-authenticate",
-    b"proxy-authorization",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-    b"proxy-connection",
-}
-# Credentials of ours that must never reach a sandbox, in any form.
-OUR_COOKIES = {b"cli_session", b"__Host-cli_session", b"cli_sandbox", b"__Host-cli_sandbox"}
-CREDENTIAL_PARAMS = {b"auth_token", b"ticket", b"token"}
-DROPPED_REQUEST = HOP_BY_HOP | {
-    b"authorization",
-    b"cookie",
-    b"forwarded",
-    b"x-forwarded-for",
-    b"x-forwarded-host",
-    b"x-forwarded-proto",
-    b"x-real-ip",
-    b"content-length",
-}
-
-
-def clean_query(uri: bytes) -> bytes:
-    """The request target without credential parameters (opencode accepts ``?auth_token=``)."""
-    path, sep, query = uri.partition(b"?")
-    if not sep:
-        return uri
-    kept = [
-        (k, v)
-        for k, v in parse_qsl(query, keep_blank_values=True)
-        if k.lower() not in CREDENTIAL_PARAMS
-    ]
-    return path + (b"?" + urlencode(kept).encode() if kept else b"")
-
-
-def clean_cookie_header(values: Iterable[bytes]) -> bytes | None:
-    kept = []
-    for value in values:
-        for part in value.split(b";"):
-            name = part.split(b"=", 1)[0].strip()
-            if name and name not in OUR_COOKIES:
-                kept.append(part.strip())
-    return b"; ".join(kept) or None
-
-
-def safe_set_cookie(value: bytes) -> bool:
-    """A sandbox may set host-only cookies for itself, never ones that reach other hosts
-    (``Domain=``) or that shadow ours."""
-    parts = [p.strip() for p in value.split(b";")]
-    name = parts[0].split(b"=", 1)[0].strip()
-    if name in OUR_COOKIES or name.lower().startswith(b"__host-cli"):
-        return False
-    return not any(p.lower().startswith(b"domain") for p in parts[1:])
 
 
 def upstream_headers(request: IRequest, password: str, scheme: bytes) -> Headers:

@@ -6,7 +6,9 @@ twisted.web parses each request into a ``Request`` with header objects, and its 
 request, one Python reactor serving a tenth of what nginx does. The front door reads each
 request head itself (``request_head.py``, strict), asks ``FastPath`` whether it may relay
 it, and if so sends it over a pooled keep-alive connection (``upstream.py``) and copies the
-answer back, re-framed, with flow control both ways. Requests the fast path does not take
+answer back, re-framed, with flow control both ways; or, for a GET with no body, gives the
+connection to the relay process, which serves it from then on while its requests are like
+that one (``relay_keepalive.py``, ``stream_relay.py``). Requests the fast path does not take
 (the main site, tickets, pages of ours, WebSocket upgrades, anything unusual) are not
 answered here: the connection is handed, with every byte of that request, to twisted.web's
 channel for good, and ``HostDispatcher`` serves it as before.
@@ -14,9 +16,10 @@ channel for good, and ``HostDispatcher`` serves it as before.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
-from attrs import define, field
+from attrs import define, field, frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
@@ -25,20 +28,19 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cli_server.nodelay import no_delay
+from cli_server.proxy.answer import LAST_CHUNK, Framing, chunk, reframe
 from cli_server.proxy.fast_path import FastPath, Route
-from cli_server.proxy.forward import HOP_BY_HOP, safe_set_cookie
 from cli_server.proxy.pages import PAGE_HEADERS, STATUS_TEXT, page_html
+from cli_server.proxy.relay_wire import Back, Grant
 from cli_server.proxy.request_head import MAX_HEAD, RequestHead, head_end, parse_head
 from cli_server.proxy.send_now import send_now
 from cli_server.proxy.takeover import hand_over
-from cli_server.proxy.upstream import Framing, UpstreamConnection
+from cli_server.proxy.upstream import UpstreamConnection
 from cli_server.web.request import MAX_SANDBOX_BODY
 
 # Methods that may be sent again when a sandbox dropped the request unanswered, as
 # twisted.web's client does (with no body; HEAD never comes here).
 _IDEMPOTENT = frozenset({b"GET", b"OPTIONS", b"DELETE"})
-# Not copied from the sandbox's head: hop by hop, or framing (we frame the body ourselves).
-_FRAMING_OR_HOP = frozenset(HOP_BY_HOP | {b"content-length"})
 
 
 @define(eq=False)
@@ -63,6 +65,24 @@ class _Exchange:
     @property
     def repeatable(self) -> bool:
         return self.head.method in _IDEMPOTENT and not self.head.content_length
+
+
+@frozen
+class _Lease:
+    """A connection given to the relay process (``stream_relay.Lease``): its grant is renewed
+    while the request it was given with would be routed the same way, and it comes back
+    through the port's factory."""
+
+    fast: FastPath
+    factory: FrontDoorFactory
+    head: RequestHead
+    route: Route
+
+    def renew(self) -> float | None | Deferred[float | None]:
+        return self.fast.renewal(self.head, self.route)
+
+    def take_back(self, sock: socket.socket, data: bytes, why: Back, sandbox_id: str) -> None:
+        self.factory.take_back(sock, data, why, sandbox_id)
 
 
 @implementer(IPushProducer)
@@ -102,12 +122,23 @@ class FrontDoor(Protocol):
         self._due = 0.0
         self._peer = b""
         self._live: int | None = None  # our handle in fast.live while an event stream runs
-        self._carrying = False  # the answer is an event stream for the stream relay
+        # Whether the next request may go to the relay process with this connection: not
+        # when it just came back from there unanswered (see ``FrontDoorFactory.take_back``).
+        self._may_pass = True
+        self.replay: tuple[bytes, Back] | None = None  # what it brought back from there
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
         self._peer = str(getattr(self.transport.getPeer(), "host", "")).encode()  # type: ignore[union-attr]
         self._deadline(self._fast.timeout)
+        if self.replay is not None:
+            data, why = self.replay
+            self.replay = None
+            if why is Back.TIMED_OUT:
+                self._page(504, "The sandbox is not answering", "It took too long. Try again.")
+                return
+            self._may_pass = why is not Back.DROPPED  # (this time we try it ourselves)
+            self.dataReceived(data)
 
     # the browser's side
 
@@ -179,7 +210,6 @@ class FrontDoor(Protocol):
             return
         self._wait(False)
         head = ex.head
-        self._fast.used(route)
         ex.route = route
         ex.raw_head, self._buffer = self._buffer[: head.size], self._buffer[head.size :]
         ex.request = self._fast.upstream_head(head, route, self._peer)
@@ -206,6 +236,10 @@ class FrontDoor(Protocol):
             self._fast.pool.give_back(upstream)  # unused: the browser left meanwhile
             return
         ex.upstream, ex.reused = upstream, reused
+        if self._pass_on(ex, upstream):
+            return  # (the relay process counts it, with what follows)
+        if not ex.retried and ex.route is not None:
+            self._fast.used(ex.route)
         body, ex.pending = b"".join(ex.pending), []
         ex.body_sent += len(body)
         upstream.start(self, ex.request + body)
@@ -214,6 +248,40 @@ class FrontDoor(Protocol):
             self._wait(False)
         else:
             self._wait_answer(ex)
+
+    def _pass_on(self, ex: _Exchange, upstream: UpstreamConnection) -> bool:
+        """A GET with no body goes, with its browser connection and the sandbox connection
+        picked for it, to the relay process, which serves the connection from then on while
+        its requests are like this one (``relay_keepalive.py``). True if it took them."""
+        relay, route, head, factory = self._fast.relay, ex.route, ex.head, self.factory
+        if relay is None or route is None or factory is None or not self._may_pass:
+            return False
+        if head.method != b"GET" or head.content_length or not relay.ready:
+            return False
+        live = self._fast.live
+        if live is not None and live.revoked(route.whose, route.revocations):
+            return False  # (this request was let in before; the connection is not)
+        grant = Grant(
+            head.host,
+            head.cookies,
+            route.authorization,
+            self._peer,
+            self._fast.scheme,
+            route.sandbox_id.encode(),
+        )
+        seconds = self._fast.grant_seconds(route)
+        lease = _Lease(self._fast, factory, head, route)
+        data = ex.raw_head + self._buffer
+        if not relay.serve(
+            self.transport, upstream.transport, grant, seconds, data, route.whose, lease
+        ):
+            return False
+        self._gone = True
+        self._stop_timer()
+        self._exchange = None
+        upstream.client, upstream.pool = None, None
+        relay.let_go(self.transport, upstream.transport)
+        return True
 
     def _wait_answer(self, ex: _Exchange) -> None:
         """Time the sandbox's answer from the end of the upload, however long that took."""
@@ -270,58 +338,23 @@ class FrontDoor(Protocol):
         ex = self._exchange
         assert ex is not None and ex.upstream is not None
         ex.waiting = False
-        out = [b"HTTP/1.1 %d %s\r\n" % (code, reason)]
-        chunked = length = None
-        event_stream = False
-        for name, value in headers:
-            lower = name.lower()
-            if lower == b"content-type":
-                event_stream = value[:17].lower() == b"text/event-stream"
-            elif lower in _FRAMING_OR_HOP:
-                if lower == b"transfer-encoding":  # (llhttp: chunked if it is the last coding)
-                    chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-                elif lower == b"content-length":
-                    length = value
-                continue
-            if lower == b"set-cookie" and not safe_set_cookie(value):
-                continue
-            out += (name, b": ", value, b"\r\n")
-        if code in (204, 304):
-            framing = Framing.NONE
-        elif chunked:
-            framing = Framing.CHUNKED
-        elif chunked is False:
-            framing = Framing.UNTIL_CLOSE  # another transfer coding: llhttp reads to the close
-        elif length is not None:
-            framing = Framing.LENGTH  # (llhttp has checked it: one value, digits)
-            out += (b"content-length: ", length, b"\r\n")
-        else:
-            framing = Framing.UNTIL_CLOSE
-        if framing is Framing.CHUNKED or framing is Framing.UNTIL_CLOSE:
-            out.append(b"transfer-encoding: chunked\r\n")
+        answer = reframe(code, reason, headers)
+        out = [answer.lines]
         # An answer before the whole body came ends the connection: the rest is not read.
         ex.close = ex.head.close or ex.body_left > 0
-        # An event stream goes to the stream relay, which carries it to its end and then
-        # closes the connection (the browser opens a new one for its next request): one
-        # framed as the relay reads it, chunked or ended by its close with no other coding.
-        relay = self._fast.relay
-        plain = framing is Framing.CHUNKED or (framing is Framing.UNTIL_CLOSE and chunked is None)
-        if event_stream and plain and not ex.body_left:
-            self._carrying = relay is not None and relay.ready
-            ex.close = ex.close or self._carrying
         if ex.close:
             out.append(b"connection: close\r\n")
         out.append(b"\r\n")
         self._out.append(b"".join(out))
-        ex.framing = framing
+        ex.framing = answer.framing
         self.transport.registerProducer(ex.upstream.transport, True)  # type: ignore[union-attr]
-        if event_stream:
+        if answer.event_stream:
             self._list(ex)
-        return framing
+        return answer.framing
 
     def _list(self, ex: _Exchange) -> None:
-        """An event stream runs for hours: until carried, a revocation cuts it here (and one
-        that came while we waited for this answer, at once)."""
+        """An event stream runs for hours: a revocation cuts it here (and one that came while
+        we waited for this answer, at once)."""
         live, route = self._fast.live, ex.route
         if live is None or route is None:
             return
@@ -336,7 +369,7 @@ class FrontDoor(Protocol):
         if ex.framing is Framing.LENGTH:
             self._out.append(data)
         else:
-            self._out.append(b"%x\r\n%s\r\n" % (len(data), data))
+            self._out.append(chunk(data))
 
     def flush(self) -> None:
         out = self._out
@@ -344,27 +377,6 @@ class FrontDoor(Protocol):
             data = out[0] if len(out) == 1 else b"".join(out)
             out.clear()
             send_now(self.transport, data)
-        if self._carrying and not self._gone and self._exchange is not None:
-            self._carry(self._exchange)
-
-    def _carry(self, ex: _Exchange) -> None:
-        """Hands a running event stream to the stream relay when nothing is half-way: the
-        sandbox's answer stands between chunks, nothing waits to be written, and the browser
-        sent nothing more. Until then (and if the relay cannot take it) it stays here."""
-        upstream = ex.upstream
-        relay = self._fast.relay
-        if upstream is None or relay is None or self._buffer or not upstream.resumable:
-            return
-        assert ex.route is not None
-        chunked = ex.framing is Framing.CHUNKED
-        if not relay.carry(self.transport, upstream.transport, chunked, ex.route.whose):
-            return
-        self._gone = True
-        self._stop_timer()
-        self._exchange = None
-        upstream.client, upstream.pool = None, None
-        self.transport.unregisterProducer()  # type: ignore[union-attr]
-        relay.let_go(self.transport, upstream.transport)
 
     def response_end(self, keep_alive: bool) -> None:
         ex = self._exchange
@@ -372,9 +384,9 @@ class FrontDoor(Protocol):
             return
         if self._live is not None:
             self._unlist()
-        self._carrying = False
+        self._may_pass = True
         if ex.framing in (Framing.CHUNKED, Framing.UNTIL_CLOSE):
-            self._out.append(b"0\r\n\r\n")
+            self._out.append(LAST_CHUNK)
         self.flush()
         upstream: Any = ex.upstream.transport
         if not self._gone:
@@ -471,7 +483,6 @@ class FrontDoor(Protocol):
     def _drop_exchange(self) -> None:
         """The request in flight is given up: its answer is not wanted, nor its connection."""
         ex, self._exchange = self._exchange, None
-        self._carrying = False
         if ex is not None and ex.upstream is not None:
             ex.upstream.client = None
             ex.upstream.transport.abortConnection()  # type: ignore[union-attr]
@@ -521,6 +532,7 @@ class FrontDoorFactory(Factory):
 
     def __init__(self, site: Any, fast: FastPath, reactor: Any) -> None:
         self.site, self.fast, self._reactor = site, fast, reactor
+        self._replay: tuple[bytes, Back] | None = None  # for the connection being taken back
 
     def startFactory(self) -> None:
         self.site.doStart()
@@ -532,4 +544,20 @@ class FrontDoorFactory(Factory):
     def buildProtocol(self, addr: Any) -> FrontDoor:
         door = FrontDoor(self.fast, self.site, addr, self._reactor)
         door.factory = self
+        door.replay, self._replay = self._replay, None
         return door
+
+    def take_back(self, sock: socket.socket, data: bytes, why: Back, sandbox_id: str) -> None:
+        """A connection the relay process served comes back: a FrontDoor takes it up as a
+        new one, starting with ``data``, the bytes the browser sent that were not used."""
+        if why is Back.TIMED_OUT:
+            self.fast.failed_sandbox(sandbox_id)  # it may have moved: ask the backend next time
+        self._replay = (data, why)
+        try:
+            sock.setblocking(False)
+            self._reactor.adoptStreamConnection(sock.fileno(), sock.family, self)
+        except OSError:
+            pass  # (the browser left meanwhile: nothing to take up)
+        finally:
+            self._replay = None
+            sock.close()  # (the reactor has its own descriptor)

@@ -48,12 +48,17 @@ class LiveStreams:
     def add(self, whose: Whose, seen: int, end: Callable[[], None]) -> int | None:
         """Lists a connection whose session was read when ``seen`` revocations had been
         counted; None if a later one revoked it (the caller ends the connection)."""
-        for _, number, match in self._revoked:
-            if number > seen and whose.matches(match):
-                return None
+        if self.revoked(whose, seen):
+            return None
         self._next += 1
         self._open[self._next] = (whose, end)
         return self._next
+
+    def revoked(self, whose: Whose, seen: int) -> bool:
+        """Whether a revocation after the first ``seen`` matches ``whose``."""
+        if not self._revoked or self._revoked[-1][1] <= seen:
+            return False  # (none since: the common case, without a scan)
+        return any(n > seen and whose.matches(match) for _, n, match in self._revoked)
 
     def remove(self, handle: int | None) -> None:
         if handle is not None:

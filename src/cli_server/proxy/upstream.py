@@ -1,18 +1,16 @@
 """Keep-alive HTTP/1.1 connections to sandboxes, for the proxy's fast path.
 
-An ``UpstreamConnection`` carries one request at a time and reads the answer with httptools
-(llhttp, Node's parser, in C). What it reads goes to its ``client``, the browser connection it
+An ``UpstreamConnection`` carries one request at a time and reads the answer with an
+``AnswerReader`` (llhttp). What it reads goes to its ``client``, the browser connection it
 is serving, which re-frames it; between requests it waits in the ``UpstreamPool``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import Enum
 from typing import TYPE_CHECKING, Any
 from typing import Protocol as Interface
 
-import httptools
 from attrs import define, field
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -22,30 +20,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cli_server.nodelay import no_delay
+from cli_server.proxy.answer import AnswerReader, AnswerSink, Framing, Read
 from cli_server.proxy.send_now import send_now
 from cli_server.proxy.takeover import hand_over
 from cli_server.sandboxes.backend import Endpoint
+
+__all__ = ["Client", "Framing", "UpstreamConnection", "UpstreamPool"]
 
 if TYPE_CHECKING:
     from cli_server.proxy.fast_path import Route
 
 
-class Framing(Enum):
-    NONE = "none"  # 204, 304: no body
-    LENGTH = "length"  # Content-Length
-    CHUNKED = "chunked"
-    UNTIL_CLOSE = "until-close"  # neither: the body ends when the connection does
-
-
-class Client(Interface):
+class Client(AnswerSink, Interface):
     """What an upstream connection reports to (the browser connection it serves)."""
-
-    def response_head(
-        self, code: int, reason: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> Framing:
-        """Relays the head; says how the body is framed (it reads the headers anyway)."""
-
-    def response_body(self, data: bytes) -> None: ...
 
     def response_end(self, keep_alive: bool) -> None: ...
 
@@ -54,37 +41,22 @@ class Client(Interface):
     def upstream_lost(self, answered: bool) -> None: ...
 
 
-class UpstreamConnection(Protocol):
+class UpstreamConnection(AnswerReader, Protocol):
     pool: UpstreamPool | None = None
     _log = Logger()
 
     def __init__(self, key: tuple[str, str, int]) -> None:
+        AnswerReader.__init__(self)
         self.key = key
         self.client: Client | None = None
-        self.received = False  # any byte of an answer on this connection's current request
         self.idle_since = 0.0  # when it went back to the pool
-        self._parser = httptools.HttpResponseParser(self)
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._reason = b""
-        self._framing = Framing.NONE
-        self._in_head = False  # between a message's start and its headers' end (no trailers)
-        self._answered = False  # the final (not 1xx) head is in
-        self._ended = False  # the final answer is complete
-        self._extra = False  # bytes after it: the connection is not reused
-        self._keep_alive = False
-        # Stopped between two chunks of a chunked answer (or right after its head), as far as
-        # the callbacks tell; ``resumable`` adds what they cannot (a size line begun).
-        self._between_chunks = False
-        self._last_crlf = False  # the last read ended in CRLF
-        self._lost = False
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
 
     def start(self, client: Client, data: bytes) -> None:
         """Send a request head (and what there is of its body) on behalf of ``client``."""
-        self.client, self.received = client, False
-        self._answered = self._ended = self._extra = False
+        self.begin(client)
         send_now(self.transport, data)
 
     def write(self, data: bytes) -> None:
@@ -95,93 +67,23 @@ class UpstreamConnection(Protocol):
         if client is None:  # an idle connection that talks: not one to reuse
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
-        self.received = True
-        self._last_crlf = data.endswith(b"\r\n")
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as e:
-            if not self._ended:  # connectionLost tells the client
-                if isinstance(e, httptools.HttpParserCallbackError) and e.__context__:
-                    self._log.failure("relaying from {key}", Failure(e.__context__), key=self.key)
-                self.transport.abortConnection()  # type: ignore[union-attr]
-                return
-            self._extra = True  # garbage after a whole answer: that answer still stands
-        if not self._ended:
+        read = self.feed(data)
+        if read is Read.BROKEN:  # (connectionLost tells the client)
+            if self.error is not None:
+                self._log.failure("relaying from {key}", Failure(self.error), key=self.key)
+            self.transport.abortConnection()  # type: ignore[union-attr]
+        elif read is Read.MORE:
             client.flush()
-            return
-        self.client = None
-        client.response_end(self._keep_alive and not self._extra)
-
-    # httptools callbacks, called from feed_data
-
-    def on_message_begin(self) -> None:
-        if self._ended:
-            self._extra = True  # a second answer to one request: ignored, and no reuse
-            return
-        self._headers, self._reason, self._in_head = [], b"", True
-
-    def on_status(self, reason: bytes) -> None:
-        if not self._ended:
-            self._reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._in_head and not self._ended:
-            self._headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        if self._ended:
-            return
-        self._in_head = False
-        code = self._parser.get_status_code()
-        headers, self._headers = self._headers, []
-        reason, self._reason = self._reason, b""
-        if 100 <= code < 200:
-            if code == 101:  # we never ask for an upgrade here
-                raise _Unasked101()
-            return  # 100 Continue, 103 Early Hints: informational, not relayed
-        self._answered = True
-        self._between_chunks = True
-        assert self.client is not None
-        self._framing = self.client.response_head(code, reason or b"-", headers)
-
-    def on_body(self, data: bytes) -> None:
-        if self.client is not None and not self._ended:
-            self.client.response_body(data)
-
-    def on_chunk_header(self) -> None:
-        self._between_chunks = False
-
-    def on_chunk_complete(self) -> None:
-        self._between_chunks = True
-
-    @property
-    def resumable(self) -> bool:
-        """Whether a parser that starts fresh after the head would read the rest of this
-        answer exactly as this one would: the answer is being relayed, not complete, and (if
-        chunked) the last read ended right after a chunk or the head. A partial size line
-        fires no callback, but cannot end in CRLF without completing."""
-        if not self._answered or self._ended or self._extra or self._lost:
-            return False
-        return self._framing is Framing.UNTIL_CLOSE or (self._between_chunks and self._last_crlf)
-
-    def on_message_complete(self) -> None:
-        if self._answered and not self._ended:
-            self._ended = True
-            # (asked now: once feed_data returns, the parser has moved on to the next message)
-            keep = self._framing is not Framing.UNTIL_CLOSE and self._parser.should_keep_alive()
-            self._keep_alive = keep
+        else:
+            self.client = None
+            client.response_end(self.reusable)
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
-        self._lost = True
         if self.pool is not None:
             self.pool.discard(self)
         client, self.client = self.client, None
         if client is not None:
-            client.upstream_lost(self._answered)
-
-
-class _Unasked101(Exception):
-    pass
+            client.upstream_lost(self.answered)
 
 
 def _tcp(reactor: Any) -> Callable[[Endpoint, UpstreamConnection], Deferred[Any]]:

@@ -1,0 +1,187 @@
+"""Reading a sandbox's answer and writing it on to the browser, re-framed.
+
+``AnswerReader`` reads one answer at a time from a keep-alive sandbox connection with
+httptools (llhttp, Node's parser, in C) and tells its ``client`` what it found;
+``reframe`` is what the browser gets of the answer's head. Both are pure (no Twisted): the
+front door (``upstream.py``) and the relay process (``relay_process.py``) read answers
+with them, so the two never differ.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Protocol
+
+import httptools
+from attrs import frozen
+
+from cli_server.proxy.hygiene import HOP_BY_HOP, safe_set_cookie
+
+
+class Framing(Enum):
+    NONE = "none"  # 204, 304: no body
+    LENGTH = "length"  # Content-Length
+    CHUNKED = "chunked"
+    UNTIL_CLOSE = "until-close"  # neither: the body ends when the connection does
+
+
+class Read(Enum):
+    MORE = "more"  # the answer goes on
+    ENDED = "ended"  # it is complete: ``reusable`` says whether another may follow
+    BROKEN = "broken"  # not HTTP (or a callback failed: ``error``): the connection must end
+
+
+class AnswerSink(Protocol):
+    """What a reader tells, as it reads: the browser connection it serves."""
+
+    def response_head(
+        self, code: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> Framing:
+        """Relays the head; says how the body is framed (it reads the headers anyway)."""
+
+    def response_body(self, data: bytes) -> None: ...
+
+
+class AnswerReader:
+    """One sandbox connection's answers, one request at a time."""
+
+    def __init__(self) -> None:
+        self.client: AnswerSink | None = None
+        self.received = False  # any byte of an answer to the current request
+        self.error: BaseException | None = None  # what a callback raised, if BROKEN
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._framing = Framing.NONE
+        self._in_head = False  # between a message's start and its headers' end (no trailers)
+        self._answered = False  # the final (not 1xx) head is in
+        self._ended = False  # the final answer is complete
+        self._extra = False  # bytes after it: the connection is not reused
+        self._keep_alive = False
+
+    def begin(self, client: AnswerSink) -> None:
+        """A request went out on behalf of ``client``: its answer goes there."""
+        self.client, self.received = client, False
+        self._answered = self._ended = self._extra = False
+
+    def feed(self, data: bytes) -> Read:
+        self.received = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            if not self._ended:
+                callback = isinstance(e, httptools.HttpParserCallbackError)
+                self.error = e.__context__ if callback else None
+                return Read.BROKEN
+            self._extra = True  # garbage after a whole answer: that answer still stands
+        return Read.ENDED if self._ended else Read.MORE
+
+    @property
+    def answered(self) -> bool:
+        return self._answered
+
+    @property
+    def reusable(self) -> bool:
+        """After ENDED: the connection may carry another request."""
+        return self._keep_alive and not self._extra
+
+    # httptools callbacks, called from feed_data
+
+    def on_message_begin(self) -> None:
+        if self._ended:
+            self._extra = True  # a second answer to one request: ignored, and no reuse
+            return
+        self._headers, self._reason, self._in_head = [], b"", True
+
+    def on_status(self, reason: bytes) -> None:
+        if not self._ended:
+            self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head and not self._ended:
+            self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self._ended:
+            return
+        self._in_head = False
+        code = self._parser.get_status_code()
+        headers, self._headers = self._headers, []
+        reason, self._reason = self._reason, b""
+        if 100 <= code < 200:
+            if code == 101:  # we never ask for an upgrade here
+                raise UnaskedUpgrade()
+            return  # 100 Continue, 103 Early Hints: informational, not relayed
+        self._answered = True
+        assert self.client is not None
+        self._framing = self.client.response_head(code, reason or b"-", headers)
+
+    def on_body(self, data: bytes) -> None:
+        if self.client is not None and not self._ended:
+            self.client.response_body(data)
+
+    def on_message_complete(self) -> None:
+        if self._answered and not self._ended:
+            self._ended = True
+            # (asked now: once feed_data returns, the parser has moved on to the next message)
+            keep = self._framing is not Framing.UNTIL_CLOSE and self._parser.should_keep_alive()
+            self._keep_alive = keep
+
+
+class UnaskedUpgrade(Exception):
+    """A 101 answer to a request that asked for no upgrade."""
+
+
+# Not copied from the sandbox's head: hop by hop, or framing (we frame the body ourselves).
+_FRAMING_OR_HOP = frozenset(HOP_BY_HOP | {b"content-length"})
+
+
+@frozen
+class Reframed:
+    """An answer's head as the browser gets it."""
+
+    lines: bytes  # status line and header lines, without Connection or the blank line
+    framing: Framing
+    event_stream: bool  # text/event-stream
+
+
+def reframe(code: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> Reframed:
+    """The sandbox's head minus hop-by-hop headers and unsafe cookies, its body to be sent
+    with a Content-Length or chunked."""
+    out = [b"HTTP/1.1 %d %s\r\n" % (code, reason)]
+    chunked = length = None
+    event_stream = False
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"content-type":
+            event_stream = value[:17].lower() == b"text/event-stream"
+        elif lower in _FRAMING_OR_HOP:
+            if lower == b"transfer-encoding":  # (llhttp: chunked if it is the last coding)
+                chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+            elif lower == b"content-length":
+                length = value
+            continue
+        if lower == b"set-cookie" and not safe_set_cookie(value):
+            continue
+        out += (name, b": ", value, b"\r\n")
+    if code in (204, 304):
+        framing = Framing.NONE
+    elif chunked:
+        framing = Framing.CHUNKED
+    elif chunked is False:
+        framing = Framing.UNTIL_CLOSE  # another transfer coding: llhttp reads to the close
+    elif length is not None:
+        framing = Framing.LENGTH  # (llhttp has checked it: one value, digits)
+        out += (b"content-length: ", length, b"\r\n")
+    else:
+        framing = Framing.UNTIL_CLOSE
+    if framing is Framing.CHUNKED or framing is Framing.UNTIL_CLOSE:
+        out.append(b"transfer-encoding: chunked\r\n")
+    return Reframed(b"".join(out), framing, event_stream)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"

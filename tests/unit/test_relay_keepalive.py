@@ -1,0 +1,404 @@
+"""Keep-alive connections served by the relay process's loop, driven step by step over real
+socket pairs with a hand-moved clock (no child process: ``test_stream_relay.py`` starts the
+real one)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+
+from cli_server.proxy.relay_keepalive import KeptConnection
+from cli_server.proxy.relay_process import Relay
+from cli_server.proxy.relay_wire import (
+    BACK,
+    ID,
+    RENEWED,
+    Back,
+    Grant,
+    keep_message,
+    read_activity,
+)
+
+HOST = b"oc-s1.localhost:8080"
+COOKIE = b"cli_sandbox=tok; theme=dark"
+GRANT = Grant(HOST, (COOKIE,), b"Basic b3BlbmNvZGU6cHc=", b"10.1.2.3", b"http", b"s1")
+
+
+def get(path: bytes = b"/x", *extra: bytes, cookie: bytes = COOKIE, host: bytes = HOST) -> bytes:
+    lines = [b"GET " + path + b" HTTP/1.1", b"Host: " + host, b"Cookie: " + cookie, *extra]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+
+
+class Kept:
+    """A relay serving one browser connection: ``browser`` and ``sandbox`` are the far ends
+    of its two sockets, ``control`` the server's end."""
+
+    def __init__(self, first: bytes = b"", seconds: float = 1.0) -> None:
+        self.now = 100.0
+        self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.relay = Relay(theirs, clock=lambda: self.now)
+        self.browser, browser_near = socket.socketpair()
+        self.sandbox, sandbox_near = socket.socketpair()
+        for far in (self.browser, self.sandbox, self.control):
+            far.settimeout(5)
+        message = keep_message(7, self.now + seconds, GRANT, first or get())
+        socket.send_fds(self.control, [message], [browser_near.fileno(), sandbox_near.fileno()])
+        browser_near.close()  # (the relay has its own copies now, as from the server)
+        sandbox_near.close()
+        self.turn()
+
+    def turn(self) -> None:
+        for _ in range(4):
+            assert self.relay.step(0)
+
+    def upstream(self) -> bytes:
+        """What the sandbox got."""
+        self.turn()
+        return _drain(self.sandbox)
+
+    def got(self) -> bytes:
+        """What the browser got."""
+        self.turn()
+        return _drain(self.browser)
+
+    def answer(self, data: bytes) -> bytes:
+        self.sandbox.sendall(data)
+        return self.got()
+
+    def report(self, kinds: bytes = b"BE") -> tuple[bytes, list[int]]:
+        """The relay's next message to the server of these kinds (see relay_wire.py): by
+        default a connection that ended or comes back, not activity or renewals."""
+        self.turn()
+        while True:
+            msg, fds, _, _ = socket.recv_fds(self.control, 1 << 18, 2)
+            if msg[:1] in kinds:
+                return msg, fds
+
+    def back(self) -> tuple[Back, bytes, socket.socket]:
+        """The connection, given back: why, the bytes, and the browser's socket."""
+        msg, fds = self.report()
+        assert msg[:1] == b"B" and len(fds) == 1, msg
+        _, conn_id, why = BACK.unpack_from(msg)
+        assert conn_id == 7 and self.relay.carrying == 0
+        return Back(why), msg[BACK.size :], socket.socket(fileno=fds[0])
+
+
+def _drain(sock: socket.socket) -> bytes:
+    sock.setblocking(False)
+    out = b""
+    try:
+        while data := sock.recv(65536):
+            out += data
+    except BlockingIOError:
+        pass
+    finally:
+        sock.settimeout(5)
+    return out
+
+
+def _closed(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_requests_are_relayed_cleaned_one_after_another_and_counted() -> None:
+    k = Kept(get(b"/file?token=secret&directory=%2Ftmp", b"Authorization: Bearer ours"))
+    head = k.upstream()
+    assert head.startswith(b"GET /file?directory=%2Ftmp HTTP/1.1\r\n")
+    assert b"secret" not in head and b"Bearer" not in head and b"tok" not in head
+    assert (
+        b"cookie: theme=dark\r\n" in head and b"authorization: Basic b3BlbmNvZGU6cHc=\r\n" in head
+    )
+    assert b"x-forwarded-for: 10.1.2.3\r\nx-forwarded-proto: http\r\n" in head
+    assert (
+        k.answer(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nSet-Cookie: a=1\r\n"
+            b"Set-Cookie: b=2; Domain=localhost\r\nConnection: keep-alive\r\n\r\nhi"
+        )
+        == b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\ncontent-length: 2\r\n\r\nhi"
+    )
+    for n in range(3):  # the same connection, both sides
+        k.browser.sendall(get(b"/n%d" % n))
+        assert k.upstream().startswith(b"GET /n%d HTTP/1.1\r\n" % n)
+        assert k.answer(OK).endswith(b"\r\n\r\nhi")
+    assert k.relay.carrying == 1
+    k.now += 1.5
+    k.relay.tick()
+    msg, _ = k.report(b"A")
+    assert read_activity(msg) == {"s1": 4}  # every request answered
+
+
+def test_pipelined_requests_are_answered_in_order() -> None:
+    k = Kept(get(b"/a") + get(b"/b"))
+    assert k.upstream().startswith(b"GET /a ")
+    assert k.answer(OK).endswith(b"hi")
+    assert k.upstream().startswith(b"GET /b ")
+    assert k.answer(OK).endswith(b"hi")
+
+
+def test_a_request_the_grant_does_not_cover_goes_back_with_its_bytes() -> None:
+    for request in [
+        get(cookie=b"cli_sandbox=other"),  # another session
+        get(host=b"oc-s2.localhost:8080"),  # another sandbox
+        get(b"/_cli/auth?ticket=t"),  # ours
+        b"POST /x HTTP/1.1\r\nHost: " + HOST + b"\r\nContent-Length: 1\r\n\r\nx",
+        b"HEAD /x HTTP/1.1\r\nHost: " + HOST + b"\r\n\r\n",
+        get(b"/x", b"Upgrade: websocket", b"Connection: upgrade"),
+        b"GET /x HTTP/1.1\nHost: x\n\n",  # not strict
+    ]:
+        k = Kept()
+        k.upstream()
+        k.answer(OK)
+        k.browser.sendall(request)
+        why, data, sock = k.back()
+        assert why is Back.ASK and data == request
+        assert k.upstream() == b"" and _closed(k.sandbox)  # its sandbox connection is closed
+        sock.sendall(b"still the browser's")  # the same connection, now the server's
+        assert k.browser.recv(100) == b"still the browser's"
+
+
+def test_the_grant_runs_out_but_the_first_request_is_always_served() -> None:
+    k = Kept(seconds=-1.0)
+    assert k.upstream().startswith(b"GET /x ")
+    k.answer(OK)
+    k.browser.sendall(get(b"/y"))
+    why, data, _ = k.back()
+    assert why is Back.ASK and data == get(b"/y")
+    k = Kept(seconds=1.0)
+    k.answer(OK)
+    k.now += 1.0
+    k.browser.sendall(get(b"/y"))
+    assert k.back()[0] is Back.ASK
+
+
+def test_a_request_the_sandbox_drops_goes_back_for_the_server_to_try() -> None:
+    k = Kept(get(b"/a") + b"GET /b")
+    k.upstream()
+    k.sandbox.close()
+    why, data, _ = k.back()
+    assert why is Back.DROPPED and data == get(b"/a") + b"GET /b"
+
+
+def test_a_sandbox_that_closes_between_requests_sends_the_connection_back() -> None:
+    k = Kept()
+    k.upstream()
+    k.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+    why, data, _ = k.back()  # (not reused: the server finds another for what comes)
+    assert why is Back.ASK and data == b""
+    k = Kept()
+    k.upstream()
+    k.answer(OK)
+    k.sandbox.close()  # an idle keep-alive connection the sandbox ended
+    assert k.back()[0] is Back.ASK
+
+
+def test_a_silent_sandbox_times_out_and_an_idle_browser_is_closed() -> None:
+    k = Kept()
+    k.upstream()
+    k.now += 119
+    k.relay.tick()
+    assert k.relay.carrying == 1
+    k.now += 2
+    k.relay.tick()
+    why, data, _ = k.back()
+    assert why is Back.TIMED_OUT and data == b"" and _closed(k.sandbox)
+
+    k = Kept()
+    k.upstream()
+    k.answer(OK)
+    k.now += 121
+    k.relay.tick()
+    assert k.report()[0] == b"E" + ID.pack(7)
+    assert _closed(k.browser) and _closed(k.sandbox)
+
+
+def test_a_streamed_answer_has_no_time_limit_and_is_chunked_again() -> None:
+    k = Kept()
+    k.upstream()
+    got = k.answer(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    )
+    assert got.endswith(b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    k.now += 1000
+    k.relay.tick()
+    assert k.answer(b"3;x=1\r\nabc\r\n0\r\n\r\n") == b"3\r\nabc\r\n0\r\n\r\n"
+    k.browser.sendall(get(b"/next"))  # the grant ran out meanwhile: the server decides
+    assert k.back()[:2] == (Back.ASK, get(b"/next"))
+
+
+def test_an_answer_ended_by_its_close_is_chunked_and_ends_cleanly() -> None:
+    k = Kept()
+    k.upstream()
+    assert k.answer(b"HTTP/1.1 200 OK\r\n\r\nabc").endswith(b"\r\n\r\n3\r\nabc\r\n")
+    k.sandbox.close()
+    assert k.got() == b"0\r\n\r\n"
+    assert k.back()[0] is Back.ASK  # the browser's connection goes on, with the server
+
+
+def test_an_answer_cut_short_closes_the_browser_without_an_ending() -> None:
+    k = Kept()
+    k.upstream()
+    k.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    k.sandbox.close()
+    assert k.got() == b"" and _closed(k.browser)
+    assert k.report()[0] == b"E" + ID.pack(7)
+
+
+def test_connection_close_is_honoured() -> None:
+    k = Kept(get(b"/x", b"Connection: close"))
+    k.upstream()
+    assert k.answer(OK) == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi"
+    assert _closed(k.browser)
+
+
+def test_a_slow_browser_stops_the_reading_of_its_sandbox() -> None:
+    k = Kept()
+    k.upstream()
+    k.browser.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    k.sandbox.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n")
+    k.sandbox.setblocking(False)
+    sent = 0
+    try:
+        for _ in range(2000):
+            sent += k.sandbox.send(b"x" * 65536)
+            k.turn()
+    except BlockingIOError:
+        pass
+    conn = k.relay._kept[7]
+    assert conn.blocked and sent < 16 * 2**20  # the sandbox was stopped, not read on
+    waiting = sum(map(len, conn.out))
+    assert waiting <= 65536 + 100
+    assert len(_drain(k.browser)) > 0
+    k.turn()
+    assert not conn.blocked or sum(map(len, conn.out)) < waiting
+
+
+def test_a_cut_or_a_browser_that_leaves_ends_both_connections() -> None:
+    k = Kept()
+    k.upstream()
+    k.control.send(b"X" + ID.pack(99) + ID.pack(7))
+    assert k.report()[0] == b"E" + ID.pack(7)
+    assert _closed(k.browser) and _closed(k.sandbox)
+    k = Kept()
+    k.upstream()
+    k.browser.close()
+    assert k.report()[0] == b"E" + ID.pack(7)
+    assert _closed(k.sandbox)
+
+
+def test_a_connection_whose_first_request_is_not_covered_goes_straight_back() -> None:
+    k = Kept(b"HEAD /x HTTP/1.1\r\nHost: " + HOST + b"\r\n\r\n")
+    why, data, _ = k.back()
+    assert why is Back.ASK and data.startswith(b"HEAD /x ")
+
+
+def test_a_bug_on_one_connection_closes_that_connection_not_the_relay(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    k = Kept()
+    k.upstream()
+    k.answer(OK)
+
+    def broken(self: KeptConnection, events: int) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(KeptConnection, "from_browser", broken)
+    k.browser.sendall(get(b"/y"))
+    assert k.report()[0] == b"E" + ID.pack(7)  # closed, reported, and the loop goes on
+    assert _closed(k.browser) and _closed(k.sandbox) and k.relay.step(0)
+    assert "RuntimeError: a bug" in capsys.readouterr().err  # (the server logs our stderr)
+
+
+def test_a_connection_in_use_has_its_grant_renewed_before_it_runs_out() -> None:
+    k = Kept(seconds=0.8)
+    k.upstream()
+    k.answer(OK)
+    k.browser.sendall(get(b"/a"))  # 0.8 s left: not yet
+    k.upstream()
+    k.answer(OK)
+    k.now += 0.4
+    k.browser.sendall(get(b"/b"))  # 0.4 s left: served, and a renewal asked for, once
+    assert k.upstream().startswith(b"GET /b ")
+    assert k.report(b"R")[0] == b"R" + ID.pack(7)
+    k.answer(OK)
+    k.browser.sendall(get(b"/c"))
+    assert k.upstream().startswith(b"GET /c ") and k.relay.carrying == 1
+    k.control.send(RENEWED.pack(b"G", 7, k.now + 1.0))
+    k.answer(OK)
+    k.now += 0.7  # past the first grant, within the renewed one
+    k.browser.sendall(get(b"/d"))
+    assert k.upstream().startswith(b"GET /d ")
+    assert k.report(b"R")[0] == b"R" + ID.pack(7)
+    k.control.send(RENEWED.pack(b"G", 7, 0.0))  # not renewed: it runs out, then goes back
+    k.answer(OK)
+    k.now += 0.31
+    k.browser.sendall(get(b"/e"))
+    assert k.back()[:2] == (Back.ASK, get(b"/e"))
+
+
+def test_unknown_messages_are_ignored_and_the_relay_ends_with_the_server() -> None:
+    k = Kept()
+    k.upstream()
+    k.control.send(b"?")  # nothing it knows
+    k.turn()
+    assert k.relay.carrying == 1
+    k.control.close()
+    assert not k.relay.step(0)
+    k.relay.run()  # (returns at once: the server is gone) and closes what it carried
+    assert _closed(k.browser) and _closed(k.sandbox)
+
+
+def test_a_sandbox_that_resets_while_the_browser_is_slow_is_not_read_until_it_catches_up() -> None:
+    k = Kept()
+    k.turn()  # (the request is left unread: closing then is a reset, as with TCP)
+    k.browser.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    k.sandbox.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
+    k.sandbox.setblocking(False)
+    conn = k.relay._kept[7]
+    for _ in range(100):
+        try:
+            k.sandbox.send(b"x" * 65536)
+        except BlockingIOError:
+            break
+        k.turn()
+    assert conn.blocked
+    k.sandbox.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    k.sandbox.close()  # a reset
+    waiting = sum(map(len, conn.out))
+    assert k.relay.poll.poll(0) == []  # nothing to do (no error reported over and over)
+    assert sum(map(len, conn.out)) == waiting
+    for _ in range(10_000):  # the browser reads: the answer ends, without its last chunk
+        got = k.got()  # (an answer ended by its close: a reset is not such an end)
+        if k.relay.carrying == 0:
+            break
+    assert not got.endswith(b"0\r\n\r\n") and _closed(k.browser)
+    assert k.report()[0] == b"E" + ID.pack(7)
+
+
+def test_reports_wait_for_a_server_that_reads_slowly() -> None:
+    k = Kept()
+    k.relay._control.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sent = 0
+    while True:  # the server does not read: the relay's socket fills up
+        try:
+            k.relay._control.send(b"E" + ID.pack(0))
+            sent += 1
+        except BlockingIOError:
+            break
+    k.control.send(b"X" + ID.pack(7))
+    k.turn()  # the cut happens; its report waits instead of blocking the relay
+    assert k.relay.carrying == 0 and len(k.relay._reports) == 1
+    for _ in range(sent):
+        assert k.report()[0] == b"E" + ID.pack(0)
+    assert k.report()[0] == b"E" + ID.pack(7) and k.relay._reports == []

@@ -280,6 +280,7 @@ def build(
     def status_changed(sandbox_id: str) -> None:
         sandbox_access.status_changed(sandbox_id)
         endpoints.forget(sandbox_id)
+        relay.expire(sandbox_id)  # (the relay is built below, before anything can change)
 
     manager = SandboxManager(
         db, backend, workspaces, config.max_sandboxes, urls.home, status_changed

@@ -423,3 +423,46 @@ async def test_slow_reader_is_backpressured(proxy: Proxy) -> None:
     assert quick.code == 200
     assert proxy.upstream.streamed - streamed < 2**20
     stalled.transport.abortConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_keep_alive_connection_moves_between_the_relay_process_and_the_server(
+    proxy: Proxy,
+) -> None:
+    """GETs on a connection are served by the relay process, its grant renewed while the
+    connection is in use (the same connection for seconds of 1 s grants); a POST on it
+    comes back to the server, which answers it, and the next GET goes to the relay again; a
+    status change of the sandbox sends it back with its next request."""
+    reactor, relay = _reactor(), proxy.app.server.stream_relay
+    cookie = await proxy.open("developer")
+    await wait_until(reactor, lambda: relay.ready, timeout=10)
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", proxy.app.port.getHost().port)
+    client = await connectProtocol(endpoint, Wire())
+    head = f"Host: {proxy.host()}\r\nCookie: cli_sandbox={cookie}\r\n"
+
+    async def ask(request: str, body: bytes = b"") -> None:
+        client.received = b""
+        client.transport.write(request.encode() + head.encode() + b"\r\n" + body)  # type: ignore[union-attr]
+        path = request.split()[1]
+        await wait_until(
+            reactor, lambda: f'"uri": "{path}"'.encode() in client.received, timeout=10
+        )
+        assert client.received.startswith(b"HTTP/1.1 200 OK\r\n")
+
+    await ask("GET /first HTTP/1.1\r\n")
+    [first] = list(relay._carried)
+    for n in range(8):  # 2.4 s: past the first grant and the session cache's 2 s
+        await deferLater(reactor, 0.3)
+        await ask(f"GET /n{n} HTTP/1.1\r\n")
+    assert list(relay._carried) == [first]  # renewed: it never came back
+
+    await ask("POST /p HTTP/1.1\r\nContent-Length: 2\r\n", b"{}")  # back, answered here
+    assert relay.carrying == 0 and proxy.upstream.seen[-1]["body"] == "{}"
+    await ask("GET /again HTTP/1.1\r\n")
+    [again] = list(relay._carried)
+    assert again != first
+
+    relay.expire(proxy.sandbox)  # (as a status change does)
+    await ask("GET /after HTTP/1.1\r\n")  # back, routed afresh, and given again
+    assert list(relay._carried) not in ([], [again])
+    assert not client.closed.called

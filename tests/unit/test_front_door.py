@@ -4,18 +4,21 @@ tests, which all go through the front door too)."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from attrs import define, field
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionLost
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from cli_server.proxy.access import Access
 from cli_server.proxy.fast_path import FastPath
-from cli_server.proxy.front_door import FrontDoor
+from cli_server.proxy.front_door import FrontDoor, FrontDoorFactory
 from cli_server.proxy.live import LiveStreams, Whose
 from cli_server.proxy.relay_wire import Back, Grant
 from cli_server.proxy.upstream import UpstreamConnection, UpstreamPool
@@ -298,6 +301,12 @@ def test_chunked_and_until_close_answers_are_sent_chunked() -> None:
     d.sandbox.connections[-1].connectionLost()
     assert d.got().endswith(b"5\r\nuntil\r\n0\r\n\r\n")
     assert upstream is not None and not d.browser.disconnecting
+    # A reset is not how such an answer ends: the browser is cut off, with no ending.
+    d = door()
+    d.send(get(b"/old"))
+    d.sandbox.answer(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil")
+    d.sandbox.connections[-1].connectionLost(Failure(ConnectionLost("reset")))
+    assert d.got().endswith(b"5\r\nuntil\r\n") and d.browser.disconnecting
 
 
 def test_a_body_streams_on_and_reading_waits_for_the_sandbox_connection() -> None:
@@ -714,7 +723,7 @@ def test_what_the_relay_process_does_not_take_is_relayed_here() -> None:
     d = door(FakeRelay(), live)
     live.cut(1, user_id="u")  # revoked after its session was read (0 revocations then)
     d.send(get())
-    assert d.door.factory.taken_back == [] and d.sandbox.sent().startswith(b"GET /x ")  # type: ignore[union-attr]
+    assert d.door._fast.relay.served == [] and d.sandbox.sent().startswith(b"GET /x ")  # type: ignore[union-attr]
     d = door(FakeRelay(keep=False))  # the relay could not take it
     d.send(get())
     d.sandbox.answer(OK)
@@ -749,6 +758,22 @@ def test_a_grant_is_renewed_while_its_request_would_be_routed_the_same_way() -> 
     d.endpoints.endpoint = Endpoint("127.0.0.1", 41001)  # the sandbox moved
     assert lease.renew() is None
     d.endpoints.endpoint = HERE
-    d.access.role = Role.GUEST  # (a role change revokes: the cut closes it there as well)
-    live.cut(1, user_id="u")
+    assert lease.renew() == 1.0
+    live.cut(1, user_id="u")  # revoked (logout, removal, a role change)
     assert lease.renew() is None
+
+
+def test_a_connection_that_timed_out_there_makes_the_sandbox_asked_again() -> None:
+    d = door()
+    adopted: list[tuple[Any, ...]] = []
+
+    class Reactor:
+        def adoptStreamConnection(self, fd: int, family: int, factory: Any) -> None:
+            adopted.append((family, factory._replay))
+
+    factory = FrontDoorFactory(FakeSite(), d.door._fast, Reactor())
+    a, b = socket.socketpair()
+    factory.take_back(a, b"", Back.TIMED_OUT, SID)
+    assert d.endpoints.forgotten == [SID] and adopted == [(socket.AF_UNIX, (b"", Back.TIMED_OUT))]
+    assert factory._replay is None and a.fileno() == -1  # (the reactor has its own)
+    b.close()

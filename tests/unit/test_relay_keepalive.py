@@ -310,10 +310,10 @@ def test_a_bug_on_one_connection_closes_that_connection_not_the_relay(
     k.upstream()
     k.answer(OK)
 
-    def broken(self: KeptConnection, events: int) -> None:
+    def broken(self: KeptConnection) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(KeptConnection, "from_browser", broken)
+    monkeypatch.setattr(KeptConnection, "next_request", broken)
     k.browser.sendall(get(b"/y"))
     assert k.report()[0] == b"E" + ID.pack(7)  # closed, reported, and the loop goes on
     assert _closed(k.browser) and _closed(k.sandbox) and k.relay.step(0)

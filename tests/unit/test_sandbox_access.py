@@ -49,3 +49,12 @@ def test_a_session_is_read_again_once_however_many_ask_and_then_cached_afresh() 
     failed = access.refresh("tok", SID)
     db.queries[2].errback(RuntimeError("the database is down"))
     assert failed.called  # (the next lookup asks again)
+
+
+def test_a_read_that_overlaps_a_revocation_is_not_cached() -> None:
+    db, clock = FakeDatabase(), Clock()
+    access = SandboxAccess(db, clock, 3600.0)  # type: ignore[arg-type]
+    refreshed = access.refresh("tok", SID)
+    access.forget(user_id="u")  # (as a revocation does, while the read is under way)
+    db.queries[0].callback([ROW])
+    assert refreshed.called and access.cached("tok", SID) is None

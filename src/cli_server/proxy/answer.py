@@ -3,7 +3,7 @@
 ``AnswerReader`` reads one answer at a time from a keep-alive sandbox connection with
 httptools (llhttp, Node's parser, in C) and tells its ``client`` what it found;
 ``reframe`` is what the browser gets of the answer's head. Both are pure (no Twisted): the
-front door (``upstream.py``) and the relay process (``relay_process.py``) read answers
+front door (``upstream.py``) and the relay process (``relay_keepalive.py``) read answers
 with them, so the two never differ.
 """
 

@@ -63,7 +63,7 @@ class FastPath:
     # connection's next request (or a head to arrive whole).
     timeout: float = 120.0
     clock: Any = None  # IReactorTime; the access cache's when None
-    relay: StreamRelay | None = None  # carries event streams once they run, if there
+    relay: StreamRelay | None = None  # serves keep-alive connections from a GET on, if there
     live: LiveStreams | None = None  # event streams relayed here, cut on revocation
     _counted: Any = field(default=None, init=False)
     _relayed: int = field(default=0, init=False)  # not yet added to the metric
@@ -195,12 +195,17 @@ class FastPath:
         seconds = self.grant_seconds(route)
         token = cookie_value(head.cookies, self.cookie_name)
         if seconds >= MEMO_SECONDS or not refresh or token is None:
-            return seconds
+            return seconds if seconds > 0 else None
         # The session's cached answer runs out within the second: read it again now, rather
         # than let the grant lapse and every connection it covers come back at once.
-        self._recent.pop((head.host, head.cookies), None)
         again = self.access.refresh(token, granted.sandbox_id)
-        return again.addCallback(lambda _: self._renewal(head, granted, False))
+        return again.addCallback(self._refreshed, head, granted)
+
+    def _refreshed(
+        self, _: object, head: RequestHead, granted: Route
+    ) -> float | None | Deferred[float | None]:
+        self._recent.pop((head.host, head.cookies), None)  # (it remembers the old answer)
+        return self._renewal(head, granted, False)
 
     def grant_seconds(self, route: Route) -> float:
         """How long the relay process may serve further requests with ``route``: as long as

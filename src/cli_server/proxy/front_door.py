@@ -413,15 +413,15 @@ class FrontDoor(Protocol):
             except Exception:
                 self._crashed(Failure())
 
-    def upstream_lost(self, answered: bool) -> None:
+    def upstream_lost(self, answered: bool, clean: bool = True) -> None:
         ex = self._exchange
         if ex is None or self._gone:
             return
         assert ex.upstream is not None
         if ex.body_left:
             self.hold(False)  # (the upload's producer went with the connection)
-        if answered and ex.framing is Framing.UNTIL_CLOSE:
-            self.response_end(False)  # that is how such a body ends
+        if answered and ex.framing is Framing.UNTIL_CLOSE and clean:
+            self.response_end(False)  # that is how such a body ends (a reset is not)
         elif answered:
             self.flush()
             self._exchange = None

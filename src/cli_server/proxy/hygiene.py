@@ -1,7 +1,7 @@
 """What a sandbox may and may not see of a browser's request, and a browser of its answer.
 
 Pure functions of bytes, with no Twisted: the twisted.web path (``forward.py``), the front
-door (``fast_path.py``) and the relay process (``relay_process.py``) all clean requests with
+door (``fast_path.py``) and the relay process (``relay_keepalive.py``) all clean requests with
 these, so the three never differ about what a sandbox gets.
 """
 

@@ -52,8 +52,8 @@ class Loop(Protocol):
     poll: select.epoll
     clock: Callable[[], float]
 
-    def attach(self, fd: int, conn: KeptConnection) -> None:
-        """Events on ``fd`` go to ``conn``."""
+    def attach(self, fd: int, conn: KeptConnection, handler: Callable[[int], None]) -> None:
+        """Events on ``fd`` go to ``handler`` (one of ``conn``'s)."""
 
     def detach(self, fd: int) -> None: ...
 
@@ -128,9 +128,9 @@ class KeptConnection:
         self._masks: dict[int, int | None] = {}  # fd: what epoll watches (None: not there)
         self._block = b""  # the last header block seen, and what the sandbox gets for it
         self._headers = b""
-        for sock in (browser, sandbox):
+        for sock, handler in ((browser, self.from_browser), (sandbox, self.from_sandbox)):
             sock.setblocking(False)
-            loop.attach(sock.fileno(), self)
+            loop.attach(sock.fileno(), self, handler)
             self._masks[sock.fileno()] = None
         self._watch()  # (then the loop lists it, and calls next_request)
 
@@ -212,10 +212,9 @@ class KeptConnection:
         self._send_sandbox(b"GET %s HTTP/1.1\r\n%s" % (clean_query(head.target), self._headers))
 
     def renewed(self, until: float) -> None:
-        """The server's answer to ``renew``: the grant holds until then, or (0) is not
-        renewed, and the connection goes back when it runs out (and is not asked again)."""
-        if until > 0:
-            self.until, self.renewing = until, False
+        """The grant now holds until then: renewed, or over (the connection goes back with
+        its next request)."""
+        self.until, self.renewing = until, False
 
     def _send_sandbox(self, data: bytes) -> bool:
         """False if the sandbox's connection broke (``sandbox_lost`` has dealt with it)."""

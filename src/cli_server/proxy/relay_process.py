@@ -46,7 +46,8 @@ class Relay:
         # To the server, once it can take them: a message, and a socket to send along.
         self._reports: list[tuple[bytes, socket.socket | None]] = []
         self._kept: dict[int, KeptConnection] = {}
-        self._by_fd: dict[int, KeptConnection] = {}  # each of its two sockets
+        # each connection's two sockets: the connection, and what handles their events
+        self._by_fd: dict[int, tuple[KeptConnection, Callable[[int], None]]] = {}
         self._relayed: dict[bytes, int] = {}  # requests per sandbox since the last report
         self._tick_at = clock() + 1.0
 
@@ -69,17 +70,17 @@ class Relay:
                     if not self._control_message():
                         return False
                 continue
-            conn = self._by_fd.get(fd)
-            if conn is None:
+            entry = self._by_fd.get(fd)
+            if entry is None:
                 continue  # (closed earlier in this batch)
-            try:
-                if conn.sandbox is not None and fd == conn.sandbox.fileno():
-                    conn.from_sandbox(events)
-                else:
-                    conn.from_browser(events)
-            except Exception:
-                self._failed(conn)
+            self._guard(entry[0], entry[1], events)
         return True
+
+    def _guard(self, conn: KeptConnection, call: Callable[..., None], *args: object) -> None:
+        try:
+            call(*args)
+        except Exception:
+            self._failed(conn)
 
     def _failed(self, conn: KeptConnection) -> None:
         """A bug met on one connection costs that connection, not all the others here: it
@@ -95,7 +96,7 @@ class Relay:
         now = self.clock()
         self._tick_at = now + 1.0
         for conn in list(self._kept.values()):
-            conn.expired(now)
+            self._guard(conn, conn.expired, now)
         if self._relayed:
             counts, self._relayed = self._relayed, {}
             self._report(activity_message(counts))
@@ -125,12 +126,12 @@ class Relay:
             _, conn_id, until = RENEWED.unpack(msg)
             conn = self._kept.get(conn_id)
             if conn is not None:
-                conn.renewed(until)
+                self._guard(conn, conn.renewed, until)
         elif kind == b"X":
             for (conn_id,) in ID.iter_unpack(msg[1 : 1 + (len(msg) - 1) // 8 * 8]):
                 conn = self._kept.get(conn_id)
                 if conn is not None:
-                    conn.close_both()
+                    self._guard(conn, conn.close_both)
         return True
 
     def _keep(self, msg: bytes, fds: list[int]) -> None:
@@ -145,19 +146,24 @@ class Relay:
             if len(msg) >= 1 + ID.size:  # (out of descriptors, or garbled: it ends here)
                 self._report(b"E" + msg[1 : 1 + ID.size])
             return
-        conn = KeptConnection(self, conn_id, socks[0], socks[1], grant, until, data)
-        self._kept[conn_id] = conn
         try:
-            conn.next_request()
+            conn = KeptConnection(self, conn_id, socks[0], socks[1], grant, until, data)
         except Exception:
-            self._failed(conn)
+            traceback.print_exc()
+            for sock in socks:
+                self.detach(sock.fileno())
+                sock.close()  # (epoll forgets a closed socket by itself)
+            self._report(b"E" + ID.pack(conn_id))
+            return
+        self._kept[conn_id] = conn
+        self._guard(conn, conn.next_request)
         # (bytes may have arrived between the server's last read and now: epoll reports
         # them, since it reports a socket's state, not its changes)
 
     # what a kept connection tells (relay_keepalive.Loop)
 
-    def attach(self, fd: int, conn: KeptConnection) -> None:
-        self._by_fd[fd] = conn
+    def attach(self, fd: int, conn: KeptConnection, handler: Callable[[int], None]) -> None:
+        self._by_fd[fd] = (conn, handler)
 
     def detach(self, fd: int) -> None:
         self._by_fd.pop(fd, None)

@@ -5,7 +5,8 @@ From the server:
 - ``K`` keep-alive connection: a browser connection from its next request on, with the
   sandbox connection to serve it and a grant (``Grant``) saying which requests it may take.
 - ``X``: cut these (their session was revoked).
-- ``G``: a connection's grant holds until then (0: it is not renewed), answering an ``R``.
+- ``G``: a connection's grant now holds until then: longer (answering an ``R``), or already
+  over (0: not renewed, or its sandbox's status changed).
 
 From the relay process:
 - ``E``: a connection ended.
@@ -79,7 +80,10 @@ def keep_message(conn_id: int, until: float, grant: Grant, data: bytes) -> bytes
 
 def read_keep(msg: bytes) -> tuple[int, float, Grant, bytes]:
     """ValueError unless ``msg`` is a ``K`` message."""
-    _, conn_id, until = KEEP.unpack_from(msg)
+    try:
+        _, conn_id, until = KEEP.unpack_from(msg)
+    except struct.error as e:
+        raise ValueError(str(e)) from e
     fields = unpack_fields(msg[KEEP.size :])
     if len(fields) < 6:
         raise ValueError("a grant without its fields")

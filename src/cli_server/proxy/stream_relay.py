@@ -167,10 +167,20 @@ class StreamRelay(Service):
         if self._retry is None:
             self._send_outbox()
 
+    def expire(self, sandbox_id: str) -> None:
+        """The sandbox's status changed: grants for it are over, so each connection comes
+        back with its next request and is routed afresh (a request or stream under way
+        goes on; a sandbox that stops ends it anyway)."""
+        for conn_id, whose in self._carried.items():
+            if whose.sandbox_id == sandbox_id:
+                self._outbox.append(RENEWED.pack(b"G", conn_id, 0.0))
+        if self._retry is None:
+            self._send_outbox()
+
     def _send_outbox(self) -> None:
-        """Cuts go out in order; those the child cannot take yet are tried again shortly,
-        for a few seconds: then the child is stopped, and every connection with it, so that a
-        revocation always wins."""
+        """Cuts and expiries go out in order; those the child cannot take yet are tried again
+        shortly, for a few seconds: then the child is stopped, and every connection with it,
+        so that a revocation always wins."""
         self._retry = None
         while self._outbox and self._control is not None:
             try:

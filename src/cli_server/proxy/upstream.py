@@ -14,8 +14,9 @@ from typing import Protocol as Interface
 from attrs import define, field
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -38,7 +39,9 @@ class Client(AnswerSink, Interface):
 
     def flush(self) -> None: ...
 
-    def upstream_lost(self, answered: bool) -> None: ...
+    def upstream_lost(self, answered: bool, clean: bool) -> None:
+        """The connection ended: ``answered`` once the answer's head was in, ``clean`` if
+        closed rather than reset (only a clean close ends an answer framed by its close)."""
 
 
 class UpstreamConnection(AnswerReader, Protocol):
@@ -78,12 +81,12 @@ class UpstreamConnection(AnswerReader, Protocol):
             self.client = None
             client.response_end(self.reusable)
 
-    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.pool is not None:
             self.pool.discard(self)
         client, self.client = self.client, None
         if client is not None:
-            client.upstream_lost(self.answered)
+            client.upstream_lost(self.answered, reason.check(ConnectionDone) is not None)
 
 
 def _tcp(reactor: Any) -> Callable[[Endpoint, UpstreamConnection], Deferred[Any]]:

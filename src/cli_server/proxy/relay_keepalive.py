@@ -8,10 +8,12 @@ that connection itself, as long as each is covered by the grant: a plain head (r
 Cookie headers, not one of our ``/_cli/`` paths, and the grant not run out (it holds as long
 as the front door would trust its own cached routing: at most a second). Anything else goes
 back to the server with every byte not yet used (``Back.ASK``), where the front door takes
-it up as a new connection. A revocation cuts the connection here as it does an event stream.
+it up as a new connection. While a connection is in use, the server renews its grant; a
+revocation cuts it at once; a status change of its sandbox ends the grant.
 
 Per request that is a few microseconds of Python around four system calls, where Twisted's
-reactor spends about seventy: ordinary requests get the same relief as event streams did.
+reactor spends about seventy; event streams (``/event``) run here too, for as long as they
+last.
 
 Only the standard library, attrs and httptools: the relay process imports this.
 """

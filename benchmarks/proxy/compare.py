@@ -6,7 +6,7 @@
 
 Each version's ``src`` directory goes first on PYTHONPATH (the relay process inherits it),
 runs the proxy benchmark's server (``server.py``: the real service tree, a FAKE backend)
-in front of one nginx serving a 100-byte file, and takes ``--rounds`` wrk runs
+in front of the same nginx as ``run.py``'s, for its 100-byte file, and takes ``--rounds`` wrk runs
 (``-t2 -c50``); the versions alternate so that this shared machine's swings fall on both.
 """
 
@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,15 +26,8 @@ from local_api import free_port  # noqa: E402  (benchmarks/local_api.py, shared)
 from wrk import wrk  # noqa: E402  (benchmarks/wrk.py, shared by the benchmark scripts)
 
 HERE = Path(__file__).resolve().parent
-NGINX_CONF = """
-worker_processes 1; daemon off; user root; error_log {dir}/error.log warn; pid {dir}/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off; client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fcgi; uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
-  server {{ listen 127.0.0.1:{files}; root {dir}/www; }}
-}}
-"""
+sys.path.insert(0, str(HERE))
+from run import start_nginx, stop  # noqa: E402  (the benchmark beside this one)
 
 
 def run_version(src: str, files: int, seconds: int) -> dict[str, float]:
@@ -67,18 +58,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seconds", type=int, default=8)
     args = ap.parse_args()
-    for tool in ("nginx", "wrk"):
-        if not shutil.which(tool):
-            raise SystemExit(f"{tool} is missing: apt-get install -y nginx wrk")
-    work = Path(tempfile.mkdtemp(prefix="cli-compare-"))
-    work.chmod(0o711)
-    (work / "www").mkdir()
-    (work / "www" / "small").write_bytes(b"x" * 100)
-    files = free_port()
-    (work / "nginx.conf").write_text(NGINX_CONF.format(dir=work, files=files))
-    nginx = subprocess.Popen(
-        ["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)], start_new_session=True
-    )
+    work, nginx, (files, _, _) = start_nginx("cli-compare-")
     results: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
     try:
         time.sleep(0.5)
@@ -93,9 +73,7 @@ def main() -> None:
                     flush=True,
                 )
     finally:
-        nginx.terminate()
-        nginx.wait(timeout=30)
-        shutil.rmtree(work, ignore_errors=True)
+        stop([nginx], work)
     before = statistics.median(r["rps"] for r in results["before"])
     after = statistics.median(r["rps"] for r in results["after"])
     print(f"median: before {before:.0f} req/s, after {after:.0f} req/s ({after / before:.2f}x)")

@@ -157,6 +157,39 @@ def _median_row(rows: list[tuple[Any, ...]]) -> tuple[Any, ...]:
     return tuple(merged)
 
 
+def start_nginx(prefix: str) -> tuple[Path, subprocess.Popen[bytes], tuple[int, int, int]]:
+    """A work directory with the small and 1 MiB files, and nginx serving them; also its
+    reverse proxy (to the files and to a stream upstream, if one runs). Returns the
+    directory, the process and its ports: files, streams upstream, proxy."""
+    for tool in ("nginx", "wrk"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing: apt-get install -y nginx wrk")
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    work.chmod(0o711)
+    (work / "www").mkdir()
+    (work / "www" / "small").write_bytes(b"x" * 100)
+    (work / "www" / "big").write_bytes(os.urandom(1024 * 1024))
+    ports = (free_port(), free_port(), free_port())
+    (work / "nginx.conf").write_text(
+        NGINX_CONF.format(dir=work, files=ports[0], streams=ports[1], proxy=ports[2])
+    )
+    nginx = subprocess.Popen(
+        ["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)], start_new_session=True
+    )
+    return work, nginx, ports
+
+
+def stop(procs: list[subprocess.Popen[Any]], work: Path) -> None:
+    """Ends what was started (each in its own session) and removes the work directory."""
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
@@ -170,25 +203,10 @@ def main() -> None:
         "is shared: a burst of someone else's load should not decide a ratio)",
     )
     args = ap.parse_args()
-    for tool in ("nginx", "wrk"):
-        if not shutil.which(tool):
-            raise SystemExit(f"{tool} is missing: apt-get install -y nginx wrk")
-    work = Path(tempfile.mkdtemp(prefix="cli-bench-"))
-    work.chmod(0o711)
-    (work / "www").mkdir()
-    (work / "www" / "small").write_bytes(b"x" * 100)
-    (work / "www" / "big").write_bytes(os.urandom(1024 * 1024))
-    files, streams, proxy, ours = free_port(), free_port(), free_port(), free_port()
-    (work / "nginx.conf").write_text(
-        NGINX_CONF.format(dir=work, files=files, streams=streams, proxy=proxy)
-    )
-    procs = []
+    work, nginx, (files, streams, proxy) = start_nginx("cli-bench-")
+    ours = free_port()
+    procs = [nginx]
     try:
-        procs.append(
-            subprocess.Popen(
-                ["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)], start_new_session=True
-            )
-        )
         procs.append(
             subprocess.Popen(
                 [sys.executable, str(HERE / "backend.py"), str(streams)], start_new_session=True
@@ -268,13 +286,7 @@ def main() -> None:
             f"{(during - idle) * 1024 / args.streams:.0f} KiB per stream"
         )
     finally:
-        for proc in procs:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(proc.pid, signal.SIGKILL)
-        shutil.rmtree(work, ignore_errors=True)
+        stop(procs, work)
 
 
 if __name__ == "__main__":

@@ -153,9 +153,7 @@ class FastPath:
         if generation == self._generation() and sum(map(len, key[1])) <= 4096:
             if len(self._recent) >= 4096:
                 self._recent.clear()
-            now = self.clock.seconds()
-            span = min(MEMO_SECONDS, self.access.fresh_until(access) - now)
-            self._recent[key] = (route, now, span, generation)
+            self._recent[key] = (route, self.clock.seconds(), self.grant_seconds(route), generation)
         return route if self._may(access.role, head) else None
 
     def used(self, route: Route) -> None:

@@ -32,6 +32,7 @@ def get(path: bytes = b"/x", *extra: bytes, cookie: bytes = COOKIE, host: bytes 
 
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+CORP = b"cross-origin-resource-policy: same-origin\r\n"  # on every sandbox answer
 
 
 class Kept:
@@ -125,7 +126,7 @@ def test_requests_are_relayed_cleaned_one_after_another_and_counted() -> None:
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nSet-Cookie: a=1\r\n"
             b"Set-Cookie: b=2; Domain=localhost\r\nConnection: keep-alive\r\n\r\nhi"
         )
-        == b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\ncontent-length: 2\r\n\r\nhi"
+        == b"HTTP/1.1 200 OK\r\n" + CORP + b"Set-Cookie: a=1\r\ncontent-length: 2\r\n\r\nhi"
     )
     for n in range(3):  # the same connection, both sides
         k.browser.sendall(get(b"/n%d" % n))
@@ -155,6 +156,10 @@ def test_a_request_the_grant_does_not_cover_goes_back_with_its_bytes() -> None:
         b"HEAD /x HTTP/1.1\r\nHost: " + HOST + b"\r\n\r\n",
         get(b"/x", b"Upgrade: websocket", b"Connection: upgrade"),
         b"GET /x HTTP/1.1\nHost: x\n\n",  # not strict
+        # a page of another sandbox reading this one (CORS): the server answers it, 403
+        get(b"/x", b"Origin: http://oc-s2.localhost:8080"),
+        get(b"/x", b"Origin: null", b"Sec-Fetch-Site: same-site"),
+        get(b"/x", b"Origin: http://" + HOST, b"Origin: http://" + HOST),
     ]:
         k = Kept()
         k.upstream()
@@ -165,6 +170,26 @@ def test_a_request_the_grant_does_not_cover_goes_back_with_its_bytes() -> None:
         assert k.upstream() == b"" and _closed(k.sandbox)  # its sandbox connection is closed
         sock.sendall(b"still the browser's")  # the same connection, now the server's
         assert k.browser.recv(100) == b"still the browser's"
+
+
+def test_same_origin_reads_are_relayed_and_sandbox_cookies_and_cors_grants_are_not() -> None:
+    """What a sandbox answers reaches the browser without cookies for other hosts or with our
+    names, and without CORS grants; its own page's reads (Origin = itself) are relayed."""
+    k = Kept(get(b"/x", b"Origin: http://" + HOST, b"Sec-Fetch-Site: same-origin"))
+    assert k.upstream().startswith(b"GET /x HTTP/1.1\r\n")
+    got = k.answer(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nSet-Cookie: ok=1; Path=/\r\n"
+        b"Set-Cookie: cli_session=evil; Domain=localhost; Path=/\r\n"
+        b"Set-Cookie: CLI_Sandbox=evil\r\nSet-Cookie: __Secure-cli_sandbox=evil; Secure\r\n"
+        b"Set-Cookie: lost\r\nSet-Cookie: t=1; domain = .localhost\r\n"
+        b"Access-Control-Allow-Origin: *\r\nAccess-Control-Allow-Credentials: true\r\n"
+        b"Cross-Origin-Resource-Policy: cross-origin\r\n\r\nhi"
+    )
+    assert got == (
+        b"HTTP/1.1 200 OK\r\n" + CORP + b"Set-Cookie: ok=1; Path=/\r\ncontent-length: 2\r\n\r\nhi"
+    )
+    k.browser.sendall(get(b"/y"))  # (no Origin: a navigation or a subresource)
+    assert k.upstream().startswith(b"GET /y HTTP/1.1\r\n")
 
 
 def test_the_grant_runs_out_but_the_first_request_is_always_served() -> None:
@@ -258,7 +283,9 @@ def test_an_answer_cut_short_closes_the_browser_without_an_ending() -> None:
 def test_connection_close_is_honoured() -> None:
     k = Kept(get(b"/x", b"Connection: close"))
     k.upstream()
-    assert k.answer(OK) == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi"
+    assert k.answer(OK) == (
+        b"HTTP/1.1 200 OK\r\n" + CORP + b"content-length: 2\r\nconnection: close\r\n\r\nhi"
+    )
     assert _closed(k.browser)
 
 

@@ -2,7 +2,8 @@
 
 ``AnswerReader`` reads one answer at a time from a keep-alive sandbox connection with
 httptools (llhttp, Node's parser, in C) and tells its ``client`` what it found;
-``reframe`` is what the browser gets of the answer's head. Both are pure (no Twisted): the
+``reframe`` is what the browser gets of the answer's head (``clean_upgrade_answer`` of a
+WebSocket upgrade's). All are pure (no Twisted): the
 front door (``upstream.py``) and the relay process (``relay_keepalive.py``) read answers
 with them, so the two never differ.
 """
@@ -15,7 +16,7 @@ from typing import Protocol
 import httptools
 from attrs import frozen
 
-from cli_server.proxy.hygiene import HOP_BY_HOP, safe_set_cookie
+from cli_server.proxy.hygiene import ANSWER_LINES, HOP_BY_HOP, kept_answer_header
 
 
 class Framing(Enum):
@@ -146,9 +147,9 @@ class Reframed:
 
 
 def reframe(code: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> Reframed:
-    """The sandbox's head minus hop-by-hop headers and unsafe cookies, its body to be sent
-    with a Content-Length or chunked."""
-    out = [b"HTTP/1.1 %d %s\r\n" % (code, reason)]
+    """The sandbox's head minus hop-by-hop headers, unsafe cookies and CORS grants (plus ours,
+    ``hygiene.ANSWER_HEADERS``), its body to be sent with a Content-Length or chunked."""
+    out = [b"HTTP/1.1 %d %s\r\n" % (code, reason), ANSWER_LINES]
     chunked = length = None
     event_stream = False
     for name, value in headers:
@@ -161,7 +162,7 @@ def reframe(code: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> Ref
             elif lower == b"content-length":
                 length = value
             continue
-        if lower == b"set-cookie" and not safe_set_cookie(value):
+        if not kept_answer_header(lower, value):
             continue
         out += (name, b": ", value, b"\r\n")
     if code in (204, 304):
@@ -185,3 +186,22 @@ def chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+def clean_upgrade_answer(raw: bytes) -> bytes | None:
+    """The head of a sandbox's answer to a WebSocket upgrade (``raw``, through the blank
+    line) as the browser gets it: every header kept as sent (a 101 needs its Upgrade and
+    Connection) but unsafe cookies and CORS grants, as on every answer (``reframe``); None if
+    it is not a head we can read line by line (the splice then ends)."""
+    lines = raw[:-4].split(b"\r\n")
+    if not lines[0].startswith(b"HTTP/1.1 ") or b"\n" in raw[:-4].replace(b"\r\n", b""):
+        return None
+    out = [lines[0], b"\r\n", ANSWER_LINES]
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name != name.strip() or b"\r" in line:
+            return None  # (obs-fold, a space before the colon, a stray CR)
+        if kept_answer_header(name.lower(), value.strip()):
+            out += (line, b"\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)

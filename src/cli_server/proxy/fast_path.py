@@ -1,7 +1,8 @@
 """Which requests the front door relays itself, and what it sends the sandbox.
 
 A request qualifies when its head is plain (``request_head.py``), its Host names a sandbox,
-its path is not one of ours (``/_cli/...``), its cookie holds a live session whose role
+its path is not one of ours (``/_cli/...``), no page of another origin sent it
+(``hygiene.cross_origin``), its cookie holds a live session whose role
 allows the method, and the sandbox runs on a backend here (not a laptop's tunnel). Every
 other request, including every one that ends in a page of ours, goes to ``SandboxSite``.
 The header hygiene is ``hygiene.py``'s, as on every path.
@@ -87,8 +88,8 @@ class FastPath:
         """Where to send ``head``, or None for SandboxSite. Answers at once, without a
         Deferred, when the session and the sandbox's address are known here, as they are for
         all but about one request a second."""
-        if head.path.startswith(b"/_cli/"):
-            return None
+        if head.path.startswith(b"/_cli/") or head.cross_origin(self.scheme):
+            return None  # (SandboxSite refuses a request from another origin, with its page)
         key = (head.host, head.cookies)
         recent = self._recent.get(key)
         if recent is not None:

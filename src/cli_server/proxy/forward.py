@@ -28,11 +28,12 @@ from zope.interface import implementer
 
 from cli_server.nodelay import NoDelayEndpoint
 from cli_server.proxy.hygiene import (
+    ANSWER_HEADERS,
     DROPPED_REQUEST,
     HOP_BY_HOP,
     clean_cookie_header,
     clean_query,
-    safe_set_cookie,
+    kept_answer_header,
 )
 from cli_server.sandboxes.backend import Endpoint
 from cli_server.sandboxes.opencode import basic_auth
@@ -127,15 +128,15 @@ class Relay(Protocol):
 
 
 def copy_response_headers(
-    response: IResponse, request: Any, keep_cookie: Callable[[bytes], bool] = lambda v: True
+    response: IResponse, request: Any, keep: Callable[[bytes, bytes], bool] = lambda n, v: True
 ) -> None:
-    """The upstream's headers minus hop-by-hop ones and its Content-Length (we re-frame)."""
+    """The upstream's headers minus hop-by-hop ones, its Content-Length (we re-frame) and
+    those ``keep`` (lower-case name, value) refuses."""
     for name, values in response.headers.getAllRawHeaders():
         lower = name.lower()
         if lower in HOP_BY_HOP or lower == b"content-length":
             continue
-        if lower == b"set-cookie":
-            values = [v for v in values if keep_cookie(v)]
+        values = [v for v in values if keep(lower, v)]
         if values:
             request.responseHeaders.setRawHeaders(name, values)
 
@@ -190,7 +191,9 @@ class Forwarder:
             self._log.info("sandbox at {port} did not answer: {why}", port=endpoint.port, why=e)
             return False
         request.setResponseCode(response.code, response.phrase)
-        copy_response_headers(response, request, safe_set_cookie)
+        copy_response_headers(response, request, kept_answer_header)
+        for name, value in ANSWER_HEADERS:
+            request.responseHeaders.setRawHeaders(name, [value])
         known = isinstance(response.length, int)  # else UNKNOWN_LENGTH: chunked or until close
         if known and response.length:
             request.setHeader(b"content-length", str(response.length).encode())

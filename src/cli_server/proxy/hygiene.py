@@ -61,14 +61,113 @@ def clean_cookie_header(values: Iterable[bytes]) -> bytes | None:
     return b"; ".join(kept) or None
 
 
+# Our cookie names as a browser may be told to store them: any case, any prefix.
+_OUR_BARE_NAMES = (b"cli_session", b"cli_sandbox")
+_PREFIXES = (b"__host-", b"__secure-")
+
+
 def safe_set_cookie(value: bytes) -> bool:
-    """A sandbox may set host-only cookies for itself, never ones that reach other hosts
-    (``Domain=``) or that shadow ours."""
+    """A sandbox may set named, host-only cookies for itself, never ones that reach other
+    hosts (``Domain=``), shadow ours (in any case or prefixed form) or have no name (a
+    browser stores ``Set-Cookie: x`` under the empty name, which a page may read as ours)."""
     parts = [p.strip() for p in value.split(b";")]
-    name = parts[0].split(b"=", 1)[0].strip()
-    if name in OUR_COOKIES or name.lower().startswith(b"__host-cli"):
+    name, eq, _ = parts[0].partition(b"=")
+    bare = name.strip().lower()
+    for prefix in _PREFIXES:
+        bare = bare.removeprefix(prefix)
+    if not eq or not name.strip() or bare in _OUR_BARE_NAMES:
         return False
-    return not any(p.lower().startswith(b"domain") for p in parts[1:])
+    return not any(p.split(b"=", 1)[0].strip().lower() == b"domain" for p in parts[1:])
+
+
+def kept_answer_header(lower: bytes, value: bytes) -> bool:
+    """Whether a sandbox's answer header (name in lower case) may reach the browser, on every
+    answer path (101 included): unsafe cookies and CORS grants do not. A page on one sandbox
+    origin must never read another's answers, and ours add ``ANSWER_HEADERS`` instead."""
+    if lower == b"set-cookie":
+        return safe_set_cookie(value)
+    return not lower.startswith(b"access-control-") and lower != b"cross-origin-resource-policy"
+
+
+# Added to every sandbox answer: no page of another origin may even embed what it says.
+ANSWER_HEADERS = ((b"cross-origin-resource-policy", b"same-origin"),)
+ANSWER_LINES = b"".join(name + b": " + value + b"\r\n" for name, value in ANSWER_HEADERS)
+
+# Requests that change nothing, as browsers send them without an Origin of their own.
+SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+
+
+def only(values: list[bytes] | tuple[bytes, ...]) -> bytes | None:
+    """A header sent once: its value; sent more than once: b"" (matches no origin and no
+    Sec-Fetch-Site, so a request that repeats one is refused); absent: None."""
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else b""
+
+
+def cross_origin(
+    method: bytes, upgrade: bool, origin: bytes | None, fetch_site: bytes | None, own: bytes
+) -> bool:
+    """Whether a request to the origin ``own`` (``scheme://host[:port]``, as the browser names
+    it) comes from a page of another origin and must be refused before it reaches a sandbox.
+
+    Sandbox subdomains are same-site with each other, so their SameSite cookies travel with
+    requests one sandbox's page sends another: Origin is what tells them apart. A foreign
+    Origin is refused on every request (a CORS read too); a state change or WebSocket with no
+    Origin or ``null`` (a page with ``Referrer-Policy: no-referrer`` sends that) passes only
+    if ``Sec-Fetch-Site`` says ``same-origin``. A request with neither header is not from a
+    browser (browsers send Origin on every state change and upgrade) and passes."""
+    if origin is not None and origin != b"null":
+        return origin.lower() != own.lower()
+    if origin is None and method in SAFE_METHODS and not upgrade:
+        return False  # a navigation, a subresource: no page reads what it gets
+    if fetch_site is not None:
+        return fetch_site.lower() != b"same-origin"
+    return origin is not None  # ``null`` from a browser without fetch metadata: unplaceable
+
+
+def cookie_values(headers: Iterable[bytes], name: bytes) -> list[bytes]:
+    """Every value of cookie ``name`` in a request's Cookie headers, in order (names compare
+    exactly, as browsers keep them)."""
+    found = []
+    for header in headers:
+        for part in header.split(b";"):
+            key, eq, value = part.strip().partition(b"=")
+            if eq and key.strip() == name:
+                found.append(value.strip())
+    return found
+
+
+def session_token(headers: Iterable[bytes], name: bytes) -> str | None:
+    """The session cookie ``name`` if the request carries exactly one. Two are what a tossed
+    cookie looks like (another host set one for a parent domain, or for a longer path): which
+    is ours cannot be told, so neither authenticates (see ``clearing_cookies``)."""
+    values = cookie_values(headers, name)
+    if len(values) != 1 or not values[0]:
+        return None
+    try:
+        return values[0].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+def clearing_cookies(name: bytes, domain: bytes, path: bytes, secure: bool) -> list[bytes]:
+    """Set-Cookie values that expire every ``name`` cookie the browser could have sent to
+    ``path``: host-only or for ``domain``, on each path that covers it. (A cookie is replaced
+    only by one with its name, domain and path; a ``__Host-`` one is host-only at ``/``.)"""
+    paths = [b"/"]
+    segments = [s for s in path.split(b"?")[0].split(b"/")[1:] if s]
+    for i in range(1, min(len(segments), 8) + 1):
+        prefix = b"/" + b"/".join(segments[:i])
+        paths += [prefix, prefix + b"/"]
+    tail = b"; Max-Age=0; HttpOnly; SameSite=Lax" + (b"; Secure" if secure else b"")
+    out = []
+    domains = [b""] if name.startswith(b"__Host-") else [b"", b"; Domain=" + domain]
+    for where in domains:
+        for p in paths:
+            if b";" not in p and b"," not in p:
+                out.append(name + b"=; Path=" + p + where + tail)
+    return out
 
 
 # A plain head (request_head.py) keeps its Content-Length: its body is forwarded as it is.

@@ -5,9 +5,10 @@ GET with no body on a plain TCP connection, sends the browser's socket here with
 connection it had picked and a ``Grant``. From then on this process relays the requests on
 that connection itself, as long as each is covered by the grant: a plain head (read by
 ``request_head.py``, as the front door reads it), a GET with no body, the same Host and
-Cookie headers, not one of our ``/_cli/`` paths, and the grant not run out (it holds as long
-as the front door would trust its own cached routing: at most a second). Anything else goes
-back to the server with every byte not yet used (``Back.ASK``), where the front door takes
+Cookie headers, not one of our ``/_cli/`` paths, not sent by a page of another origin
+(``hygiene.cross_origin``: a CORS read from another sandbox), and the grant not run out (it
+holds as long as the front door would trust its own cached routing: at most a second). Anything else
+goes back to the server with every byte not yet used (``Back.ASK``), where the front door takes
 it up as a new connection. While a connection is in use, the server renews its grant; a
 revocation cuts it at once; a status change of its sandbox ends the grant.
 
@@ -188,6 +189,7 @@ class KeptConnection:
             or head.host != grant.host
             or head.cookies != grant.cookies
             or head.path.startswith(b"/_cli/")
+            or head.cross_origin(grant.scheme)  # (the server answers it: 403)
             or (not self.first and now >= self.until)
         ):
             self.give_back(Back.ASK)

@@ -13,6 +13,8 @@ import re
 
 from attrs import frozen
 
+from cli_server.proxy.hygiene import cross_origin, only, session_token
+
 MAX_HEAD = 16 * 1024  # as twisted.web's limit on a request's headers (it refuses more)
 # Methods a browser's fetch sends with no body or a Content-Length one. HEAD is left to
 # twisted.web: its answer has a Content-Length and no body, which our response parser
@@ -35,6 +37,8 @@ class Fields:
     content_length: int
     close: bool  # the client said Connection: close
     cookies: tuple[bytes, ...]
+    origin: bytes | None = None  # b"" when sent more than once (see hygiene.only)
+    fetch_site: bytes | None = None  # Sec-Fetch-Site, the same way
 
 
 @frozen
@@ -64,6 +68,11 @@ class RequestHead:
     @property
     def cookies(self) -> tuple[bytes, ...]:
         return self.fields.cookies
+
+    def cross_origin(self, scheme: bytes) -> bool:
+        """Whether a page of another origin sent this (``hygiene.cross_origin``)."""
+        own = scheme + b"://" + self.fields.host
+        return cross_origin(self.method, False, self.fields.origin, self.fields.fetch_site, own)
 
 
 def head_end(buffer: bytes) -> int:
@@ -112,6 +121,8 @@ def read_fields(block: bytes) -> Fields | None:
     length: bytes | None = None
     close = False
     cookies: list[bytes] = []
+    origins: list[bytes] = []
+    sites: list[bytes] = []
     for line in block[:-4].split(b"\r\n") if block != b"\r\n" else ():
         name, colon, value = line.partition(b":")
         if not colon or not _TOKEN.match(name):
@@ -135,25 +146,18 @@ def read_fields(block: bytes) -> Fields | None:
             close = close or b"close" in tokens
         elif lower == b"cookie":
             cookies.append(value)
+        elif lower == b"origin":
+            origins.append(value)
+        elif lower == b"sec-fetch-site":
+            sites.append(value)
         headers.append((name, value))
     if host is None:
         return None
     size = int(length) if length is not None else 0
-    return Fields(tuple(headers), host, size, close, tuple(cookies))
+    return Fields(tuple(headers), host, size, close, tuple(cookies), only(origins), only(sites))
 
 
 def cookie_value(cookies: tuple[bytes, ...], name: bytes) -> str | None:
-    """The value of cookie ``name`` in the request's Cookie headers: the last one, as
-    twisted.web's ``getCookie`` reads it, so both paths pick the same session."""
-    found: bytes | None = None
-    for header in cookies:
-        for part in header.split(b";"):
-            key, eq, value = part.lstrip().partition(b"=")
-            if eq and key == name:
-                found = value
-    if not found:
-        return None
-    try:
-        return found.decode("ascii")
-    except UnicodeDecodeError:
-        return None
+    """The session cookie ``name`` if the request carries it once (``hygiene.session_token``,
+    as SandboxSite reads it, so both paths accept the same sessions)."""
+    return session_token(cookies, name)

@@ -21,6 +21,13 @@ from cli_server.proxy.forward import (
     upstream_headers,
 )
 from cli_server.proxy.hosts import sandbox_for_host
+from cli_server.proxy.hygiene import (
+    clearing_cookies,
+    cookie_values,
+    cross_origin,
+    only,
+    session_token,
+)
 from cli_server.proxy.live import LiveStreams, Whose
 from cli_server.proxy.pages import STATUS_TEXT, page
 from cli_server.proxy.websocket import splice
@@ -45,11 +52,16 @@ class SandboxCookie:
         return b"__Host-cli_sandbox" if self.secure else b"cli_sandbox"
 
     def read(self, request: Any) -> str | None:
-        raw = request.getCookie(self.name)
-        try:
-            return raw.decode("ascii") if raw else None
-        except UnicodeDecodeError:
-            return None
+        """The session, if the request carries its cookie once (``hygiene.session_token``)."""
+        return session_token(request.requestHeaders.getRawHeaders(b"cookie", []), self.name)
+
+    def clear_doubles(self, request: Any, base_host: bytes) -> None:
+        """A request with more than one of our cookies (one tossed by another sandbox's page
+        for the parent domain, say) is told to forget them all."""
+        cookies = request.requestHeaders.getRawHeaders(b"cookie", [])
+        if len(cookie_values(cookies, self.name)) > 1:
+            for value in clearing_cookies(self.name, base_host, request.path, self.secure):
+                request.cookies.append(value)
 
     def write(self, request: Any, token: str) -> None:
         request.addCookie(
@@ -120,6 +132,10 @@ class SandboxSite(Resource):
             return self._page(request, 400, "Bad request", "That address cannot be served.")
         if sandbox_id is None:
             return self._not_found(request)
+        if self._cross_origin(request):
+            return self._page(
+                request, 403, "Not allowed", "Another site's page cannot act on this sandbox."
+            )
         if getattr(request, "body_too_large", False):
             return self._page(request, 413, "Too large", "That upload is larger than 64 MiB.")
         path = request.path
@@ -131,7 +147,7 @@ class SandboxSite(Resource):
             return self._revoked(request)
         if path == _RESUME_PATH:
             return await self._resume(request, access)
-        upgrade = (request.getHeader(b"upgrade") or b"").lower() == b"websocket"
+        upgrade = _upgrade(request)
         if access.role < Role.DEVELOPER and (request.method not in _GUEST_METHODS or upgrade):
             return self._page(
                 request,
@@ -198,7 +214,18 @@ class SandboxSite(Resource):
             self._endpoints.forget(sandbox_id)  # it may have moved: ask the backend next time
             self._status_page(request, "starting", access)
 
+    def _cross_origin(self, request: Any) -> bool:
+        headers = request.requestHeaders
+        return cross_origin(
+            request.method,
+            _upgrade(request),
+            only(headers.getRawHeaders(b"origin", [])),
+            only(headers.getRawHeaders(b"sec-fetch-site", [])),
+            self._scheme + b"://" + (request.getHeader(b"host") or b""),
+        )
+
     def _revoked(self, request: Any) -> None:
+        self._cookie.clear_doubles(request, self._base_host)
         request.setHeader(b"referrer-policy", b"no-referrer")
         self._page(
             request,
@@ -235,9 +262,7 @@ class SandboxSite(Resource):
         self._finish(request, b"")
 
     async def _resume(self, request: Any, access: Access) -> None:
-        origin = request.getHeader(b"origin")
-        own = self._scheme + b"://" + (request.getHeader(b"host") or b"").lower()
-        if request.method != b"POST" or (origin is not None and origin.lower() != own):
+        if request.method != b"POST":  # (its origin is checked as every request's)
             return self._page(request, 403, "Not allowed", "Use the Resume button.")
         try:
             await self._manager.resume(access.sandbox_id, access.user_id)
@@ -247,3 +272,8 @@ class SandboxSite(Resource):
         request.setResponseCode(303)
         request.setHeader(b"location", b"/")
         self._finish(request, b"")
+
+
+def _upgrade(request: Any) -> bool:
+    """A WebSocket upgrade (twisted.web reads the last Upgrade header, and so do we)."""
+    return (request.getHeader(b"upgrade") or b"").lower() == b"websocket"

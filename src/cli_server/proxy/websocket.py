@@ -2,7 +2,9 @@
 
 We take the browser's connection over from twisted.web, open a connection to the sandbox
 (TCP, or a stream of a local sandbox's tunnel), send it the upgrade request (with our header
-hygiene applied), and from then on copy bytes both ways. Each side is the other's producer,
+hygiene applied, credential parameters gone), pass its answer's head on with the same
+hygiene as every answer (no sandbox cookie for other hosts or with our names), and from then
+on copy bytes both ways. Each side is the other's producer,
 so a slow peer slows only this pair.
 """
 
@@ -17,21 +19,36 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
+from cli_server.proxy.answer import clean_upgrade_answer
+from cli_server.proxy.hygiene import clean_query
+from cli_server.proxy.request_head import MAX_HEAD, head_end
 from cli_server.proxy.takeover import hand_over
 
 
 class _Side(Protocol):
-    """One end of the splice: what it receives goes to ``peer``."""
+    """One end of the splice: what it receives goes to ``peer``. The sandbox's end first reads
+    the head of its answer whole and passes it on cleaned (``clean_upgrade_answer``)."""
 
-    def __init__(self, on_data: Callable[[], None]) -> None:
+    def __init__(self, on_data: Callable[[], None], answer: bool = False) -> None:
         self.peer: _Side | None = None
         self._on_data = on_data
         self._pending: list[bytes] = []
+        self._head: bytes | None = b"" if answer else None  # until the answer's head is in
         self.lost = False
         self.on_lost: Callable[[], None] | None = None
 
     def dataReceived(self, data: bytes) -> None:
         self._on_data()
+        if self._head is not None:
+            head = self._head + data
+            end = head_end(head)
+            cleaned = clean_upgrade_answer(head[:end]) if 0 < end <= MAX_HEAD else None
+            if cleaned is None:
+                self._head = head
+                if end > 0 or len(head) > MAX_HEAD or b"\n\n" in head:
+                    self.transport.abortConnection()  # type: ignore[union-attr]  # not for us
+                return
+            self._head, data = None, cleaned + head[end:]
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.write(data)
         else:
@@ -53,7 +70,7 @@ class _Side(Protocol):
 
 
 def _head(request: Any, headers: Headers) -> bytes:
-    lines = [request.method + b" " + request.uri + b" HTTP/1.1"]
+    lines = [request.method + b" " + clean_query(request.uri) + b" HTTP/1.1"]
     for name, values in headers.getAllRawHeaders():
         lines += [name + b": " + v for v in values]
     for name in (b"connection", b"upgrade"):
@@ -72,7 +89,7 @@ async def splice(
 ) -> _Side | None:
     """Connect the browser's connection to the sandbox; returns the browser's side, or None
     if the sandbox is unreachable."""
-    upstream = _Side(on_data)
+    upstream = _Side(on_data, answer=True)
     try:
         connecting = connectProtocol(endpoint, upstream)
         connecting.addTimeout(timeout, reactor)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from attrs import define
 from twisted.web.iweb import IRequest
 
 from cli_server.accounts import Accounts, User
 from cli_server.errors import Forbidden, Unauthorized
+from cli_server.proxy.hygiene import clearing_cookies, cookie_values, session_token
 
 _SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
 
@@ -31,20 +33,27 @@ class SessionCookies:
         return b"__Host-cli_session" if self._secure else b"cli_session"
 
     def token(self, request: IRequest) -> str | None:
-        raw = request.getCookie(self.name)
-        if not raw:
-            return None
-        try:
-            return str(raw.decode("ascii"))
-        except UnicodeDecodeError:
-            return None
+        """The session, if the request carries its cookie once (``hygiene.session_token``)."""
+        return session_token(_cookie_headers(request), self.name)
 
     async def user(self, request: IRequest) -> User:
         token = self.token(request)
         user = await self._accounts.session_user(token) if token else None
         if user is None:
+            self._clear_doubles(request)
             raise Unauthorized("log in first (no valid session)")
         return user
+
+    def _clear_doubles(self, request: IRequest) -> None:
+        """Two session cookies are one too many: one was tossed (set for the parent domain or
+        a longer path by a page on another host). Neither counts; the browser is told to
+        forget both, wherever they were set."""
+        if len(cookie_values(_cookie_headers(request), self.name)) > 1:
+            req: Any = request
+            host = urlsplit(self._origin).hostname or ""
+            req.cookies.extend(
+                clearing_cookies(self.name, host.encode("ascii"), req.path, self._secure)
+            )
 
     def set(self, request: IRequest, token: str) -> None:
         req: Any = request  # IRequest does not declare addCookie's keyword arguments
@@ -89,3 +98,8 @@ class SessionCookies:
             allowed.add(f"{scheme}://{host.decode('latin-1').lower()}")
         if origin not in allowed:
             raise Forbidden("cross-origin request refused", code="bad_origin")
+
+
+def _cookie_headers(request: IRequest) -> list[bytes]:
+    """Every Cookie header: ``getCookie`` reads only the last of a name, hiding a second."""
+    return list(request.requestHeaders.getRawHeaders(b"cookie", []))

@@ -777,3 +777,56 @@ def test_a_connection_that_timed_out_there_makes_the_sandbox_asked_again() -> No
     assert d.endpoints.forgotten == [SID] and adopted == [(socket.AF_UNIX, (b"", Back.TIMED_OUT))]
     assert factory._replay is None and a.fileno() == -1  # (the reactor has its own)
     b.close()
+
+
+def post(*extra: bytes, cookie: bytes = b"cli_sandbox=" + TOKEN.encode()) -> bytes:
+    lines = [b"POST /session HTTP/1.1", b"Host: " + HOST, b"Cookie: " + cookie, *extra]
+    return b"\r\n".join([*lines, b"Content-Length: 2"]) + b"\r\n\r\n{}"
+
+
+OWN = b"Origin: http://" + HOST
+
+
+def test_requests_from_other_origins_and_doubled_sessions_go_to_twisted_web() -> None:
+    """SandboxSite refuses them (403, 401): the fast path never relays them, not even on a
+    connection whose route it remembers."""
+    other = b"Origin: http://oc-0b6f1a3e-2222-4222-8333-444455556666.localhost:8080"
+    cases = [
+        post(other),
+        post(other, b"Sec-Fetch-Site: same-origin"),  # Origin decides when it is there
+        post(b"Origin: null", b"Sec-Fetch-Site: same-site"),
+        post(b"Origin: null"),  # a browser, with no fetch metadata to place it
+        post(b"Sec-Fetch-Site: cross-site"),
+        post(OWN, OWN),  # twice: not one we can trust
+        post(b"Origin: null", b"Sec-Fetch-Site: same-origin", b"Sec-Fetch-Site: same-origin"),
+        post(b"Origin: http://" + HOST.replace(b"8080", b"8081")),
+        post(b"Origin: https://" + HOST),
+        get(b"/x", other),  # a CORS read of another sandbox
+        get(b"/x", b"Origin: null", b"Sec-Fetch-Site: cross-site"),
+        get(cookie=b"cli_sandbox=" + TOKEN.encode() + b"; cli_sandbox=" + TOKEN.encode()),
+        get(b"/x", b"Cookie: cli_sandbox=tossed"),  # a second Cookie header
+    ]
+    for raw in cases:
+        d = door()
+        d.send(get(b"/first"))  # (a route to remember)
+        d.sandbox.answer(OK)
+        d.send(raw + b"MORE")
+        assert [c.received for c in d.site.channels] == [raw + b"MORE"], raw
+        assert len(d.sandbox.connections) == 1 and d.sandbox.sent().count(b"HTTP/1.1") == 1, raw
+
+
+def test_same_origin_state_changes_are_relayed() -> None:
+    """A sandbox's own page: its Origin, or ``null`` with Sec-Fetch-Site: same-origin (a page
+    with Referrer-Policy: no-referrer), or no browser at all (neither header)."""
+    for raw in [
+        post(OWN, b"Sec-Fetch-Site: same-origin"),
+        post(OWN.upper().replace(b"ORIGIN", b"Origin")),  # hosts compare in any case
+        post(b"Origin: null", b"Sec-Fetch-Site: same-origin"),
+        post(b"Sec-Fetch-Site: same-origin"),
+        post(),
+        get(b"/x", OWN),
+    ]:
+        d = door()
+        d.send(raw)
+        assert d.site.channels == [], raw
+        assert d.sandbox.sent().split(b" ", 1)[0] == raw.split(b" ", 1)[0], raw

@@ -1,0 +1,92 @@
+// Cross-sandbox attacks in headless Chromium (Debian's, driven by playwright-core): a page
+// served by sandbox A attacks sandbox B while the victim is signed in on both and on the main
+// site; then B's own page uses B, and B's paused page is resumed with its button.
+//
+//   node e2e/isolation.mjs '{"base": ..., "a": TICKET_URL, "b": TICKET_URL, ...}'
+//
+// Prints one JSON line of what happened (the test decides); exits non-zero if it could not
+// finish. A hostile upstream (the test's FAKE sandbox) serves /attack.html and /own.html.
+import { chromium } from "playwright-core";
+
+const plan = JSON.parse(process.argv[2]);
+const TIMEOUT = 20_000;
+setTimeout(() => {
+  console.error("isolation.mjs: out of time");
+  process.exit(3);
+}, 150_000).unref();
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  args: [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ],
+});
+const report = { statuses: [], cookies: [] };
+try {
+  const context = await browser.newContext();
+  context.setDefaultTimeout(TIMEOUT);
+  const page = await context.newPage();
+  // Every answer the browser saw from B, by method and path (no-cors answers included).
+  const hostB = new URL(plan.b).host;
+  page.on("response", (r) => {
+    const url = new URL(r.url());
+    if (url.host === hostB) {
+      report.statuses.push([r.request().method(), url.pathname + url.search, r.status()]);
+    }
+  });
+
+  const login = await context.request.post(`${plan.base}/api/auth/login`, {
+    data: { username: plan.username, password: plan.password },
+  });
+  if (login.status() !== 200) throw new Error(`login: HTTP ${login.status()}`);
+  for (const ticket of [plan.a, plan.b]) {
+    const opened = await page.goto(ticket);
+    if (opened.status() !== 200) throw new Error(`opening ${ticket}: HTTP ${opened.status()}`);
+  }
+  const a = new URL(plan.a).origin;
+  const b = new URL(plan.b).origin;
+
+  // Sandbox A's page attacks B: a no-cors POST, a form POST, a WebSocket, a CORS read.
+  await page.goto(`${a}/attack.html?target=${encodeURIComponent(b)}`);
+  await page.waitForFunction(() => window.done === true);
+  report.attack = await page.evaluate(() => window.results);
+
+  // B's own page: a POST and a WebSocket keep working (the upstream's 101 carries cookies
+  // for the parent domain and with our names: none may be stored).
+  await page.goto(`${b}/own.html`);
+  await page.waitForFunction(() => window.done === true);
+  report.own = await page.evaluate(() => window.results);
+  report.cookies = (await context.cookies()).map((c) => `${c.name}=${c.value}@${c.domain}`);
+  const me = await context.request.get(`${plan.base}/api/auth/me`);
+  report.me = [me.status(), me.status() === 200 ? (await me.json()).username : null];
+
+  // B paused: its page offers Resume; the button (a form POST from a no-referrer page, so
+  // Origin: null with Sec-Fetch-Site: same-origin) resumes it.
+  const paused = await context.request.post(`${plan.base}/api/sandboxes/${plan.bId}/pause`);
+  if (paused.status() !== 200 && paused.status() !== 202) {
+    throw new Error(`pause: HTTP ${paused.status()}`);
+  }
+  const button = page.getByRole("button", { name: "Resume" });
+  for (let tries = 0; ; tries++) {
+    await page.goto(`${b}/`);
+    if (await button.count()) break;
+    if (tries > 40) throw new Error("no Resume button on B's page");
+    await page.waitForTimeout(250);
+  }
+  const [resumed] = await Promise.all([
+    page.waitForResponse((r) => r.url().endsWith("/_cli/resume")),
+    button.click(),
+  ]);
+  report.resume = resumed.status();
+  report.resumeOrigin = await resumed.request().headerValue("origin");
+  report.resumeSite = await resumed.request().headerValue("sec-fetch-site");
+  console.log(JSON.stringify(report));
+} finally {
+  await browser.close();
+}

@@ -52,6 +52,11 @@ def page(
     request.setResponseCode(status)
     for name, value in PAGE_HEADERS:
         request.setHeader(name, value)
+    if resume:
+        # The Resume form must carry this page's Origin: from a no-referrer page a browser
+        # sends ``Origin: null``, which only fetch metadata can place, and browsers send none
+        # over plain http (but to localhost). The page's URL still reaches nobody else.
+        request.setHeader(b"referrer-policy", b"same-origin")
     return page_html(title, text, dashboard=dashboard, refresh=refresh, resume=resume)
 
 

@@ -117,3 +117,24 @@ class SessionCookieTests(SynchronousTestCase):
         ]:
             req = request(headers={b"origin": origin, b"host": b"localhost:8080"})
             self.assertRaises(Forbidden, cookies.check_origin, req)
+
+    def test_two_session_cookies_are_nobody_and_are_cleared(self) -> None:
+        """One cookie tossed next to ours (for the parent domain, say): neither counts, and
+        the answer expires both, host-only and for the parent domain; one alone counts."""
+        cookies = self.cookies(False)
+        req = Request(DummyChannel())
+        req.requestHeaders.setRawHeaders(b"cookie", [b"cli_session=mine", b"cli_session=tossed"])
+        req.path = b"/api/auth/me"
+        self.assertIsNone(cookies.token(req))
+        cookies._clear_doubles(req)
+        self.assertEqual(len(req.cookies), 14)
+        self.assertIn(b"cli_session=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax", req.cookies)
+        self.assertIn(
+            b"cli_session=; Path=/api; Domain=localhost; Max-Age=0; HttpOnly; SameSite=Lax",
+            req.cookies,
+        )
+        alone = Request(DummyChannel())
+        alone.requestHeaders.setRawHeaders(b"cookie", [b"x=1; cli_session=mine"])
+        self.assertEqual(cookies.token(alone), "mine")
+        cookies._clear_doubles(alone)
+        self.assertEqual(alone.cookies, [])

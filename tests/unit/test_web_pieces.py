@@ -133,6 +133,9 @@ class SessionCookieTests(SynchronousTestCase):
             b"cli_session=; Path=/api; Domain=localhost; Max-Age=0; HttpOnly; SameSite=Lax",
             req.cookies,
         )
+        cookies.set(req, "new")  # signing in again: the old ones go, then the new one is set
+        self.assertEqual(len(req.cookies), 29)
+        self.assertTrue(req.cookies[-1].startswith(b"cli_session=new;"))
         alone = Request(DummyChannel())
         alone.requestHeaders.setRawHeaders(b"cookie", [b"x=1; cli_session=mine"])
         self.assertEqual(cookies.token(alone), "mine")

@@ -255,6 +255,7 @@ class SandboxSite(Resource):
                 "This link has expired",
                 "A sandbox link works once, for a minute. Open it again.",
             )
+        self._cookie.clear_doubles(request, self._base_host)  # (before: ours comes last)
         self._cookie.write(request, token)
         request.setResponseCode(303)
         request.setHeader(b"location", b"/")  # fixed: never an open redirect

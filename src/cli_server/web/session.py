@@ -56,6 +56,7 @@ class SessionCookies:
             )
 
     def set(self, request: IRequest, token: str) -> None:
+        self._clear_doubles(request)  # (first: the new cookie, set after, is the one kept)
         req: Any = request  # IRequest does not declare addCookie's keyword arguments
         req.addCookie(
             self.name,

@@ -169,10 +169,7 @@ async def _fresh_workspace(people: dict[str, Api]) -> str:
         ("maintainer", "maintainer"),
         ("extra", "developer"),
     ]:
-        added = await owner.call(
-            "POST", f"/api/workspaces/{wid}/members", {"username": name, "role": role}
-        )
-        assert added.code == 201, added
+        await owner.add_member(wid, people[name], role)
     return wid
 
 

@@ -56,9 +56,10 @@ class SandboxManager:
     _on_change: Any = None  # (sandbox_id) -> None: drop what the proxy cached about it
     tunnels: Any = None  # TunnelHub: deleting a local sandbox revokes its agent's tunnel
     on_delete: Any = None  # (sandbox_id) -> None: its sessions end, and what they have open
-    # Fair shares of --max-sandboxes: one workspace or one account cannot take every slot.
-    _max_per_workspace: int = 10
-    _max_per_user: int = 5
+    # Fair shares of --max-sandboxes: one workspace or one account cannot take every slot
+    # (None: no limit but the server's).
+    _max_per_workspace: int | None = None
+    _max_per_user: int | None = None
     _locks: dict[str, DeferredLock] = field(factory=dict, init=False)
     _tasks: set[Deferred[None]] = field(factory=set, init=False)
     _log = Logger()
@@ -139,14 +140,14 @@ class SandboxManager:
                 "pause or delete one, or raise --max-sandboxes",
                 code="capacity",
             )
-        if row["in_workspace"] >= self._max_per_workspace:
+        if self._max_per_workspace is not None and row["in_workspace"] >= self._max_per_workspace:
             raise Conflict(
                 f"this workspace already has {row['in_workspace']} running sandboxes, its limit"
                 f" of {self._max_per_workspace}; pause or delete one of them first (the server's"
                 " operator sets the limit with --max-sandboxes-per-workspace)",
                 code="workspace_sandbox_limit",
             )
-        if row["by_user"] >= self._max_per_user:
+        if self._max_per_user is not None and row["by_user"] >= self._max_per_user:
             raise Conflict(
                 f"you already run {row['by_user']} sandboxes, the limit of"
                 f" {self._max_per_user} per person; pause or delete one you started first (the"

@@ -353,6 +353,7 @@ def build(
             await accounts.purge_expired_sessions()
             await sandbox_access.purge_expired()
             await agents.purge_expired()
+            await workspaces.purge_expired_invitations()
 
     def when_ready(job: Any) -> Any:
         async def run() -> None:

@@ -331,6 +331,10 @@ class Workspaces:
             raise Forbidden("only the one who invited or an owner can revoke an invitation")
         await self._db.execute("DELETE FROM workspace_invitations WHERE id = %s", (invitation_id,))
 
+    async def purge_expired_invitations(self) -> None:
+        """Housekeeping: expired invitations are already invisible; drop their rows."""
+        await self._db.execute("DELETE FROM workspace_invitations WHERE expires_at <= now()")
+
     async def _member(self, workspace_id: str, user_id: str) -> dict[str, Any]:
         rows = await self._db.query(
             _MEMBERS + " WHERE m.workspace_id = %s AND m.user_id = %s", (workspace_id, user_id)

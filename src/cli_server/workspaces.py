@@ -356,6 +356,7 @@ class Workspaces:
                 "UPDATE workspace_members SET role = %s WHERE workspace_id = %s AND user_id = %s",
                 (role.label, workspace_id, user_id),
             )
+            await _drop_invitations_beyond(tx, workspace_id, user_id, role)
 
         await self._db.transaction(work)
         return await self._member(workspace_id, user_id)
@@ -375,8 +376,28 @@ class Workspaces:
                 "DELETE FROM workspace_members WHERE workspace_id = %s AND user_id = %s",
                 (workspace_id, user_id),
             )
+            await _drop_invitations_beyond(tx, workspace_id, user_id, None)
 
         await self._db.transaction(work)
+
+
+async def _drop_invitations_beyond(
+    tx: Transaction, workspace_id: str, inviter_id: str, role: Role | None
+) -> None:
+    """An invitation lasts only while its sender could still send it: leaving, removal or
+    demotion withdraws the ones they no longer could (none from guests and developers, no
+    owner invitations from maintainers)."""
+    if role is None or role < Role.MAINTAINER:
+        allowed: list[str] = []
+    elif role < Role.OWNER:
+        allowed = [r.label for r in Role if r < Role.OWNER]
+    else:
+        return
+    await tx.execute(
+        "DELETE FROM workspace_invitations WHERE workspace_id = %s AND invited_by = %s"
+        " AND NOT role = ANY(%s)",
+        (workspace_id, inviter_id, allowed),
+    )
 
 
 def _no_invitation() -> NotFound:

@@ -315,3 +315,37 @@ async def test_direct_members_everyone(db_url: str) -> None:
         assert [w["id"] for w in (await p["friend"].call("GET", "/api/workspaces")).body] == [wid]
     finally:
         await stop_server(app)
+
+
+@pytest_twisted.ensureDeferred
+async def test_invitations_end_with_their_senders_rights(app: Running) -> None:
+    """A maintainer demoted or removed can no longer bring anyone in through invitations
+    sent before: those beyond their new role are withdrawn at once."""
+    p = await people(app, "owner", "maint", "friend", "pal")
+    owner, maint = p["owner"], p["maint"]
+    assert maint.user is not None
+    wid = (await owner.call("POST", "/api/workspaces", {"name": "w"})).body["id"]
+    await owner.add_member(wid, maint, "maintainer")
+    path = f"/api/workspaces/{wid}/members"
+    sent = await maint.call("POST", path, {"username": "friend", "role": "maintainer"})
+    kept = await owner.call("POST", path, {"username": "pal", "role": "developer"})
+    assert sent.code == kept.code == 201
+    member = f"{path}/{maint.user['id']}"
+    assert (await owner.call("PUT", member, {"role": "developer"})).code == 200
+    assert (await p["friend"].call("GET", "/api/invitations")).body == []
+    late = await p["friend"].call("POST", f"/api/invitations/{sent.body['invitation_id']}/accept")
+    assert late.code == 404
+    assert len((await p["pal"].call("GET", "/api/invitations")).body) == 1
+
+    assert (await owner.call("PUT", member, {"role": "owner"})).code == 200
+    as_owner = await maint.call("POST", path, {"username": "friend", "role": "owner"})
+    assert as_owner.code == 201
+    assert (await owner.call("PUT", member, {"role": "maintainer"})).code == 200
+    assert (await p["friend"].call("GET", "/api/invitations")).body == []
+    as_dev = await maint.call("POST", path, {"username": "friend", "role": "developer"})
+    assert as_dev.code == 201
+    (pending,) = (await p["friend"].call("GET", "/api/invitations")).body
+    assert pending["role"] == "developer"
+    assert (await owner.call("DELETE", member)).code == 204
+    assert (await p["friend"].call("GET", "/api/invitations")).body == []
+    assert len((await p["pal"].call("GET", "/api/invitations")).body) == 1

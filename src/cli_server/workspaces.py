@@ -211,6 +211,10 @@ class Workspaces:
             raise Conflict("that user is already a member", code="already_member") from None
         except psycopg2.errors.ForeignKeyViolation:
             raise NotFound("no such workspace", code="workspace_not_found") from None
+        await self._db.execute(
+            "DELETE FROM workspace_invitations WHERE workspace_id = %s AND user_id = %s",
+            (workspace_id, user_id),
+        )
         return {"status": "member", **await self._member(workspace_id, user_id)}
 
     async def _invite(

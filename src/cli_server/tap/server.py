@@ -98,7 +98,8 @@ SETTINGS: dict[str, Setting] = {
         parse_direct_members,
         None,
         "Email domains (comma-separated) whose users a colleague of the same domain adds to a"
-        " workspace directly, without an invitation; * for everyone.",
+        " workspace directly, without an invitation; * for everyone. Only where users cannot"
+        " pick an address they do not own (verified sign-in, closed registration).",
         "none: every new member is invited and must accept",
     ),
     "sandbox-memory": Setting(

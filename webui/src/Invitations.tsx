@@ -23,6 +23,9 @@ export function Invitations({ onJoined }: Props) {
 
   useEffect(() => {
     void load();
+    // New invitations appear without a reload; they are few and the call is cheap.
+    const timer = setInterval(() => void load(), 30_000);
+    return () => clearInterval(timer);
   }, [load]);
 
   async function answer(invitation: Invitation, accept: boolean) {

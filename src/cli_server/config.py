@@ -126,6 +126,22 @@ def parse_cpus(text: str) -> float:
     return value
 
 
+def parse_direct_members(text: str) -> tuple[str, ...]:
+    """Comma-separated email domains whose users may be added to a workspace without an
+    invitation by someone of the same domain; ``*`` lets anyone add anyone; empty: nobody."""
+    domains: list[str] = []
+    for part in text.split(","):
+        domain = part.strip().lower().removeprefix("@").rstrip(".")
+        if not domain:
+            continue
+        if domain != "*" and (":" in domain or _HOST.match(domain) is None):
+            raise ValueError(
+                f"{part.strip()!r} is not an email domain such as example.com (or * for anyone)"
+            )
+        domains.append(domain)
+    return tuple(domains)
+
+
 def default_max_sandboxes() -> int:
     """About 0.5 GiB per opencode, leaving a quarter of the memory to everything else."""
     try:
@@ -149,6 +165,9 @@ class ServerConfig:
     backend: str = "process"
     opencode_bin: str | None = None
     max_sandboxes: int = 8
+    max_sandboxes_per_workspace: int = 10
+    max_sandboxes_per_user: int = 5
+    direct_members: tuple[str, ...] = ()
     idle_timeout: float = 1800.0
     allow_unisolated: bool = False
     anthropic_proxy_url: str | None = None

@@ -52,6 +52,7 @@ from cli_server.tunnel.hub import TunnelHub
 from cli_server.web.agents_api import AgentsAPI
 from cli_server.web.auth_api import AuthAPI, AuthLimits
 from cli_server.web.dispatch import HostDispatcher
+from cli_server.web.invitations_api import InvitationsAPI
 from cli_server.web.request import BoundedRequest, QuietSandboxSite
 from cli_server.web.sandboxes_api import SandboxesAPI, WorkspaceSandboxesAPI
 from cli_server.web.session import SessionCookies
@@ -271,7 +272,7 @@ def build(
             isolated=not config.allow_unisolated,
             limits=Limits(config.sandbox_memory, config.sandbox_pids),
         )
-    workspaces = Workspaces(db)
+    workspaces = Workspaces(db, config.direct_members)
     urls = SandboxUrls(config.base_scheme, config.base_domain)
     # Only the docker backend's answer costs anything (engine calls); the process backend's is
     # free and exact, so it is asked every time.
@@ -283,7 +284,14 @@ def build(
         relay.expire(sandbox_id)  # (the relay is built below, before anything can change)
 
     manager = SandboxManager(
-        db, backend, workspaces, config.max_sandboxes, urls.home, status_changed
+        db,
+        backend,
+        workspaces,
+        config.max_sandboxes,
+        urls.home,
+        status_changed,
+        max_per_workspace=config.max_sandboxes_per_workspace,
+        max_per_user=config.max_sandboxes_per_user,
     )
     tunnels = TunnelHub(db, reactor, sandbox_access.status_changed, activity.touch, metrics)
     manager.tunnels = tunnels
@@ -317,6 +325,7 @@ def build(
         AgentsAPI(agents, tunnels),
         lambda: database.ready,
         metrics=metrics,
+        invitations=InvitationsAPI(workspaces, cookies),
     )
     sandbox_cookie = SandboxCookie(config.secure_cookies, config.session_lifetime)
     live = LiveStreams(reactor)  # terminals and event streams open in this process
@@ -344,6 +353,7 @@ def build(
             await accounts.purge_expired_sessions()
             await sandbox_access.purge_expired()
             await agents.purge_expired()
+            await workspaces.purge_expired_invitations()
 
     def when_ready(job: Any) -> Any:
         async def run() -> None:

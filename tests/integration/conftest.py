@@ -111,6 +111,8 @@ def server_config(db_url: str | None, data_dir: Any = "/nonexistent") -> ServerC
         base_scheme="http",
         session_lifetime=3600.0,
         max_sandboxes=1000,
+        max_sandboxes_per_workspace=1000,
+        max_sandboxes_per_user=1000,
     )
 
 

@@ -140,6 +140,22 @@ class Api:
         assert logged.code == 200, logged
         self.user = logged.body
 
+    async def add_member(self, workspace_id: str, invitee: Api, role: str = "developer") -> str:
+        """Make ``invitee`` (logged in) a member the way people join: this client invites,
+        ``invitee`` accepts. Returns the invitee's user id."""
+        assert invitee.user is not None, "log the invitee in first"
+        invited = await self.call(
+            "POST",
+            f"/api/workspaces/{workspace_id}/members",
+            {"username": invitee.user["username"], "role": role},
+        )
+        assert invited.code in (200, 201), invited
+        if invited.body["status"] == "invited":
+            iid = invited.body["invitation_id"]
+            accepted = await invitee.call("POST", f"/api/invitations/{iid}/accept")
+            assert accepted.code == 200 and accepted.body["role"] == role, accepted
+        return str(invitee.user["id"])
+
 
 async def wait_until(reactor: Any, check: Any, timeout: float = 30.0, step: float = 0.05) -> None:
     """Poll ``check()`` (sync or async) until it is truthy; integration tests only."""

@@ -144,6 +144,35 @@ CASES = [
         {"code": "not-a-code", "name": "laptop"},
         (401, 401, 401, 401, 401, 401),
     ),
+    Case(
+        "pending invitations of a workspace",
+        "GET",
+        "/api/workspaces/{w}/invitations",
+        None,
+        (401, 404, 403, 403, 200, 200),
+    ),
+    Case("my invitations", "GET", "/api/invitations", None, (401, 200, 200, 200, 200, 200)),
+    Case(
+        "accept an unknown invitation",
+        "POST",
+        "/api/invitations/00000000-0000-4000-8000-000000000000/accept",
+        None,
+        (401, 404, 404, 404, 404, 404),
+    ),
+    Case(
+        "decline an unknown invitation",
+        "POST",
+        "/api/invitations/00000000-0000-4000-8000-000000000000/decline",
+        None,
+        (401, 404, 404, 404, 404, 404),
+    ),
+    Case(
+        "revoke an unknown invitation",
+        "DELETE",
+        "/api/invitations/00000000-0000-4000-8000-000000000000",
+        None,
+        (401, 404, 404, 404, 404, 404),
+    ),
     Case("me", "GET", "/api/auth/me", None, (401, 200, 200, 200, 200, 200)),
     Case("providers", "GET", "/api/auth/providers", None, (200, 200, 200, 200, 200, 200)),
 ]
@@ -169,10 +198,7 @@ async def _fresh_workspace(people: dict[str, Api]) -> str:
         ("maintainer", "maintainer"),
         ("extra", "developer"),
     ]:
-        added = await owner.call(
-            "POST", f"/api/workspaces/{wid}/members", {"username": name, "role": role}
-        )
-        assert added.code == 201, added
+        await owner.add_member(wid, people[name], role)
     return wid
 
 

@@ -210,11 +210,7 @@ async def test_reconciliation_and_adoption(world: DockerWorld, db_url: str) -> N
     workspace_b = (await world.people["owner"].call("POST", "/api/workspaces", {"name": "b"})).body[
         "id"
     ]
-    await world.people["owner"].call(
-        "POST",
-        f"/api/workspaces/{workspace_b}/members",
-        {"username": "developer", "role": "developer"},
-    )
+    await world.people["owner"].add_member(workspace_b, world.people["developer"], "developer")
     killed = await _create(world, "killed")
     kept = await _create(world, "kept", workspace_b)
     await _wait(world, killed, "running")

@@ -33,10 +33,7 @@ async def team(app: Running) -> tuple[dict[str, Api], str]:
         await people[name].register_and_login(name)
     wid = (await people["owner"].call("POST", "/api/workspaces", {"name": "w"})).body["id"]
     for name in ("maintainer", "developer", "guest"):
-        reply = await people["owner"].call(
-            "POST", f"/api/workspaces/{wid}/members", {"username": name, "role": name}
-        )
-        assert reply.code == 201
+        await people["owner"].add_member(wid, people[name], name)
     return people, wid
 
 

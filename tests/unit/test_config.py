@@ -191,3 +191,44 @@ class OptionsTests(SynchronousTestCase):
         for argv, environ, message in cases:
             error = self.assertRaises(usage.UsageError, parse, argv, environ)
             self.assertIn(message, str(error))
+
+
+class TenancyOptionsTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        """Out of the box: 10 sandboxes per workspace, 5 per person, nobody added directly."""
+        config = parse([]).config()
+        self.assertEqual(
+            (config.max_sandboxes_per_workspace, config.max_sandboxes_per_user), (10, 5)
+        )
+        self.assertEqual(config.direct_members, ())
+
+    def test_options_and_environment(self) -> None:
+        """The limits and direct adds come from options or their environment variables."""
+        config = parse(
+            ["--max-sandboxes-per-user", "2"],
+            {"MAX_SANDBOXES_PER_WORKSPACE": "7", "DIRECT_MEMBERS": " @Corp.Example , b.example."},
+        ).config()
+        self.assertEqual(
+            (
+                config.max_sandboxes_per_workspace,
+                config.max_sandboxes_per_user,
+                config.direct_members,
+            ),
+            (7, 2, ("corp.example", "b.example")),
+        )
+        self.assertEqual(parse(["--direct-members", "*"]).config().direct_members, ("*",))
+        self.assertEqual(parse(["--direct-members", " , "]).config().direct_members, ())
+
+    def test_bad_values(self) -> None:
+        """A bad limit or domain fails at start with one line naming where it came from."""
+        cases = [
+            (["--max-sandboxes-per-user", "0"], {}, "--max-sandboxes-per-user: '0' must be"),
+            ([], {"MAX_SANDBOXES_PER_WORKSPACE": "many"}, "MAX_SANDBOXES_PER_WORKSPACE: 'many'"),
+            (["--direct-members", "a@b.example"], {}, "--direct-members: 'a@b.example' is not"),
+            ([], {"DIRECT_MEMBERS": "x.example:80"}, "DIRECT_MEMBERS: 'x.example:80' is not"),
+            (["--direct-members", "*.example"], {}, "an email domain such as example.com"),
+        ]
+        for argv, environ, message in cases:
+            error = str(self.assertRaises(usage.UsageError, parse, argv, environ))
+            self.assertIn(message, error)
+            self.assertNotIn("\n", error)

@@ -88,15 +88,28 @@ try {
     await page.getByRole("button", { name: "Create workspace" }).click();
     await page.getByRole("heading", { name: "Platform team" }).waitFor();
 
-    const api = await context.request.post(`${base}/api/auth/register`, {
-      data: { username: "bob", password: "correct horse battery" },
-    });
-    if (api.status() !== 201) throw new Error(`registering bob: HTTP ${api.status()}`);
+    for (const name of ["bob", "carol"]) {
+      const api = await context.request.post(`${base}/api/auth/register`, {
+        data: { username: name, password: "correct horse battery" },
+      });
+      if (api.status() !== 201) throw new Error(`registering ${name}: HTTP ${api.status()}`);
+    }
     await page.getByRole("tab", { name: "Members" }).click();
-    await page.getByPlaceholder("Username to add").fill("bob");
-    await page.getByLabel("Role for the new member").selectOption("guest");
-    await page.getByRole("button", { name: "Add member" }).click();
-    await page.getByRole("cell", { name: "bob" }).waitFor();
+    for (const name of ["bob", "carol"]) {
+      await page.getByPlaceholder("Username to add").fill(name);
+      await page.getByLabel("Role for the new member").selectOption("guest");
+      await page.getByRole("button", { name: "Add member" }).click();
+      await page
+        .getByRole("status")
+        .filter({ hasText: `Invited ${name}` })
+        .waitFor();
+    }
+    // Invited, not members: they show as pending until they accept.
+    const pending = page.getByRole("table", { name: "Pending invitations" });
+    await pending.getByRole("cell", { name: "bob (pending)" }).waitFor();
+    await pending.getByRole("cell", { name: "carol (pending)" }).waitFor();
+    if ((await page.getByRole("table").first().getByText("bob").count()) !== 0)
+      throw new Error("bob is listed as a member before accepting");
     await page.getByPlaceholder("Username to add").fill("ghost");
     await page.getByRole("button", { name: "Add member" }).click();
     await page.getByRole("alert").filter({ hasText: "No user has that username" }).waitFor();
@@ -163,9 +176,28 @@ try {
     await page.getByRole("button", { name: "Connect a local agent" }).waitFor();
   });
 
+  await journey("invitee declines: nothing of the workspace is shown", async (context) => {
+    const page = await context.newPage();
+    await signIn(page, "carol");
+    await page.getByText("No workspaces yet").waitFor();
+    const invitations = page.getByRole("region", { name: "Invitations" });
+    await invitations.getByText("alice").waitFor();
+    if ((await page.getByRole("button", { name: /^Platform team/ }).count()) !== 0)
+      throw new Error("carol sees the workspace before answering");
+    await page.getByRole("button", { name: "Decline the invitation to Platform team" }).click();
+    await invitations.waitFor({ state: "detached" });
+    await page.reload();
+    await page.getByText("No workspaces yet").waitFor();
+    if ((await page.getByRole("region", { name: "Invitations" }).count()) !== 0)
+      throw new Error("the declined invitation came back");
+  });
+
   await journey("guest sees no mutating controls", async (context) => {
     const page = await context.newPage();
     await signIn(page, "bob");
+    await page.getByText("No workspaces yet").waitFor();
+    await shot(page, "invitation");
+    await page.getByRole("button", { name: "Accept the invitation to Platform team" }).click();
     await page.getByRole("heading", { name: "Platform team" }).waitFor();
     await statusOf(page, "for-the-guest").filter({ hasText: "Running" }).waitFor();
     for (const name of [

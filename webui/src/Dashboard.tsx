@@ -1,6 +1,7 @@
 import { type FormEvent, useCallback, useEffect, useState } from "react";
 import { api, atLeast, describe, type User, type Workspace } from "./api";
 import { ConfirmButton } from "./Confirm";
+import { Invitations } from "./Invitations";
 import { Members } from "./Members";
 import { Sandboxes } from "./Sandboxes";
 import { Alert } from "./useAction";
@@ -76,6 +77,12 @@ export function Dashboard({ user, onSignedOut }: Props) {
         </details>
       </header>
       <nav className="sidebar" aria-label="Workspaces">
+        <Invitations
+          onJoined={(joined) => {
+            setSelected(joined.id);
+            void load();
+          }}
+        />
         <h2>Workspaces</h2>
         {workspaces === null && <p className="muted">Loading…</p>}
         {workspaces?.length === 0 && (

@@ -4,6 +4,7 @@ import {
   atLeast,
   describe,
   type Member,
+  type PendingInvitation,
   ROLES,
   type Role,
   type User,
@@ -20,6 +21,8 @@ interface Props {
 
 export function Members({ workspace, me, onLeft }: Props) {
   const [members, setMembers] = useState<Member[] | null>(null);
+  const [pending, setPending] = useState<PendingInvitation[]>([]);
+  const [notice, setNotice] = useState<string | null>(null);
   const [username, setUsername] = useState("");
   const [role, setRole] = useState<Role>("developer");
   const isOwner = workspace.role === "owner";
@@ -30,10 +33,12 @@ export function Members({ workspace, me, onLeft }: Props) {
   const load = useCallback(async () => {
     try {
       setMembers(await api.members(workspace.id));
+      if (atLeast(workspace.role, "maintainer"))
+        setPending(await api.pendingInvitations(workspace.id));
     } catch (e) {
       setLoadError(describe(e));
     }
-  }, [workspace.id]);
+  }, [workspace.id, workspace.role]);
 
   useEffect(() => {
     void load();
@@ -44,9 +49,15 @@ export function Members({ workspace, me, onLeft }: Props) {
 
   async function add(event: FormEvent) {
     event.preventDefault();
+    setNotice(null);
     await act(async () => {
-      await api.addMember(workspace.id, username, role);
+      const added = await api.addMember(workspace.id, username, role);
       setUsername("");
+      setNotice(
+        added.status === "invited"
+          ? `Invited ${added.username}: they join once they accept.`
+          : `${added.username} is now a member.`,
+      );
     });
   }
 
@@ -85,6 +96,11 @@ export function Members({ workspace, me, onLeft }: Props) {
         </form>
       )}
       <Alert message={shown} />
+      {notice && !shown && (
+        <p className="notice" role="status">
+          {notice}
+        </p>
+      )}
       {members === null && <p className="muted">Loading members…</p>}
       <table className="members">
         <thead>
@@ -145,6 +161,44 @@ export function Members({ workspace, me, onLeft }: Props) {
           ))}
         </tbody>
       </table>
+      {canAdd && pending.length > 0 && (
+        <table className="members pending" aria-label="Pending invitations">
+          <thead>
+            <tr>
+              <th scope="col">Invited</th>
+              <th scope="col">Role</th>
+              <th scope="col">By</th>
+              <th scope="col">
+                <span className="sr-only">Actions</span>
+              </th>
+            </tr>
+          </thead>
+          <tbody>
+            {pending.map((p) => (
+              <tr key={p.id}>
+                <td>
+                  {p.username} <span className="muted">(pending)</span>
+                </td>
+                <td>
+                  <span className="badge">{p.role}</span>
+                </td>
+                <td>{p.invited_by ?? "—"}</td>
+                <td className="end">
+                  {(isOwner || p.invited_by === me.username) && (
+                    <button
+                      type="button"
+                      aria-label={`Revoke the invitation of ${p.username}`}
+                      onClick={() => void act(() => api.revokeInvitation(p.id))}
+                    >
+                      Revoke
+                    </button>
+                  )}
+                </td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
     </section>
   );
 }

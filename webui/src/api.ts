@@ -23,6 +23,28 @@ export interface Member {
   username: string;
   role: Role;
 }
+/** An invitation to the signed-in user; they join only by accepting it. */
+export interface Invitation {
+  id: string;
+  workspace_id: string;
+  workspace_name: string;
+  role: Role;
+  invited_by: string | null;
+  created_at: string;
+  expires_at: string;
+}
+/** A workspace's pending invitation, as its owners and maintainers see it. */
+export interface PendingInvitation {
+  id: string;
+  username: string;
+  role: Role;
+  invited_by: string | null;
+  created_at: string;
+  expires_at: string;
+}
+export type AddResult =
+  | ({ status: "invited"; invitation_id: string } & PendingInvitation)
+  | ({ status: "member" } & Member);
 export type Status =
   | "creating"
   | "running"
@@ -96,7 +118,13 @@ export const api = {
   deleteWorkspace: (id: string) => call<void>("DELETE", `/api/workspaces/${id}`),
   members: (id: string) => call<Member[]>("GET", `/api/workspaces/${id}/members`),
   addMember: (id: string, username: string, role: Role) =>
-    call<Member>("POST", `/api/workspaces/${id}/members`, { username, role }),
+    call<AddResult>("POST", `/api/workspaces/${id}/members`, { username, role }),
+  pendingInvitations: (id: string) =>
+    call<PendingInvitation[]>("GET", `/api/workspaces/${id}/invitations`),
+  revokeInvitation: (id: string) => call<void>("DELETE", `/api/invitations/${id}`),
+  invitations: () => call<Invitation[]>("GET", "/api/invitations"),
+  acceptInvitation: (id: string) => call<Workspace>("POST", `/api/invitations/${id}/accept`),
+  declineInvitation: (id: string) => call<void>("POST", `/api/invitations/${id}/decline`),
   setRole: (id: string, userId: string, role: Role) =>
     call<Member>("PUT", `/api/workspaces/${id}/members/${userId}`, { role }),
   removeMember: (id: string, userId: string) =>

@@ -56,6 +56,10 @@ class SandboxManager:
     _on_change: Any = None  # (sandbox_id) -> None: drop what the proxy cached about it
     tunnels: Any = None  # TunnelHub: deleting a local sandbox revokes its agent's tunnel
     on_delete: Any = None  # (sandbox_id) -> None: its sessions end, and what they have open
+    # Fair shares of --max-sandboxes: one workspace or one account cannot take every slot
+    # (None: no limit but the server's).
+    _max_per_workspace: int | None = None
+    _max_per_user: int | None = None
     _locks: dict[str, DeferredLock] = field(factory=dict, init=False)
     _tasks: set[Deferred[None]] = field(factory=set, init=False)
     _log = Logger()
@@ -119,17 +123,36 @@ class SandboxManager:
             self._on_change(sandbox_id)
         return rows[0] if rows else None
 
-    async def _occupied(self, tx: Transaction) -> None:
+    async def _occupied(self, tx: Transaction, workspace_id: str, user_id: str) -> None:
+        """Refuse a start past any limit. Under one lock for all servers, so concurrent starts
+        are counted one after the other and no limit is exceeded."""
         await tx.execute("SELECT pg_advisory_xact_lock(%s)", (_CAPACITY_LOCK,))
         row = await tx.one(
-            "SELECT count(*) AS n FROM sandboxes WHERE NOT is_local AND status = ANY(%s)",
-            ([s.value for s in OCCUPYING],),
+            "SELECT count(*) AS n, count(*) FILTER (WHERE workspace_id = %s) AS in_workspace,"
+            " count(*) FILTER (WHERE started_by = %s) AS by_user"
+            " FROM sandboxes WHERE NOT is_local AND status = ANY(%s)",
+            (workspace_id, user_id, [s.value for s in OCCUPYING]),
         )
-        if row is not None and row["n"] >= self._max_sandboxes:
+        assert row is not None
+        if row["n"] >= self._max_sandboxes:
             raise ServiceUnavailable(
                 f"this server is at its limit of {self._max_sandboxes} running sandboxes; "
                 "pause or delete one, or raise --max-sandboxes",
                 code="capacity",
+            )
+        if self._max_per_workspace is not None and row["in_workspace"] >= self._max_per_workspace:
+            raise Conflict(
+                f"this workspace already has {row['in_workspace']} running sandboxes, its limit"
+                f" of {self._max_per_workspace}; pause or delete one of them first (the server's"
+                " operator sets the limit with --max-sandboxes-per-workspace)",
+                code="workspace_sandbox_limit",
+            )
+        if self._max_per_user is not None and row["by_user"] >= self._max_per_user:
+            raise Conflict(
+                f"you already run {row['by_user']} sandboxes, the limit of"
+                f" {self._max_per_user} per person; pause or delete one you started first (the"
+                " server's operator sets the limit with --max-sandboxes-per-user)",
+                code="user_sandbox_limit",
             )
 
     # -- operations ----------------------------------------------------------------------------
@@ -139,16 +162,17 @@ class SandboxManager:
         sandbox_id = str(uuid.uuid4())
 
         async def work(tx: Transaction) -> Row | None:
-            await self._occupied(tx)
+            await self._occupied(tx, workspace_id, actor_id)
             return await tx.one(
                 "INSERT INTO sandboxes (id, workspace_id, name, status, backend, created_by,"
-                " opencode_password) VALUES (%s, %s, %s, 'creating', %s, %s, %s)"
+                " started_by, opencode_password) VALUES (%s, %s, %s, 'creating', %s, %s, %s, %s)"
                 f" RETURNING {SANDBOX_COLUMNS}",
                 (
                     sandbox_id,
                     workspace_id,
                     name,
                     self._backend.name,
+                    actor_id,
                     actor_id,
                     secrets.token_urlsafe(32),
                 ),
@@ -179,7 +203,7 @@ class SandboxManager:
     async def resume(self, sandbox_id: str, actor_id: str) -> dict[str, Any]:
         row = await self.authorized(sandbox_id, actor_id, Role.DEVELOPER)
         self._cloud_only(row, "resume")
-        resumed = await self._begin_resume(sandbox_id)
+        resumed = await self._begin_resume(sandbox_id, actor_id)
         if resumed is None:
             raise InvalidState((await self._row(sandbox_id))["status"], "resume")
         if self._on_change is not None:
@@ -187,16 +211,20 @@ class SandboxManager:
         self._background(sandbox_id, self._start(sandbox_id, Status.RESUMING))
         return self.to_json(resumed)
 
-    async def _begin_resume(self, sandbox_id: str) -> Row | None:
+    async def _begin_resume(self, sandbox_id: str, actor_id: str) -> Row | None:
+        """From now on the sandbox counts against the resumer's per-user limit."""
+
         async def work(tx: Transaction) -> Row | None:
-            current = await tx.one("SELECT status FROM sandboxes WHERE id = %s", (sandbox_id,))
+            current = await tx.one(
+                "SELECT status, workspace_id FROM sandboxes WHERE id = %s", (sandbox_id,)
+            )
             if current is None or current["status"] not in RESUMABLE:
                 return None
-            await self._occupied(tx)
+            await self._occupied(tx, str(current["workspace_id"]), actor_id)
             return await tx.one(
-                "UPDATE sandboxes SET status = 'resuming', error = NULL, updated_at = now()"
-                f" WHERE id = %s AND status = ANY(%s) RETURNING {SANDBOX_COLUMNS}",
-                (sandbox_id, [s.value for s in RESUMABLE]),
+                "UPDATE sandboxes SET status = 'resuming', error = NULL, updated_at = now(),"
+                f" started_by = %s WHERE id = %s AND status = ANY(%s) RETURNING {SANDBOX_COLUMNS}",
+                (actor_id, sandbox_id, [s.value for s in RESUMABLE]),
             )
 
         return await self._db.transaction(work)

@@ -20,6 +20,7 @@ from cli_server.config import (
     parse_base_scheme,
     parse_cpus,
     parse_db_url,
+    parse_direct_members,
     parse_duration,
     parse_positive_int,
     parse_size,
@@ -79,6 +80,27 @@ SETTINGS: dict[str, Setting] = {
         None,
         "Most sandboxes running at once.",
         "0.5 GiB each within 3/4 of the memory",
+    ),
+    "max-sandboxes-per-workspace": Setting(
+        "MAX_SANDBOXES_PER_WORKSPACE",
+        parse_positive_int,
+        "10",
+        "Most sandboxes running at once in one workspace.",
+    ),
+    "max-sandboxes-per-user": Setting(
+        "MAX_SANDBOXES_PER_USER",
+        parse_positive_int,
+        "5",
+        "Most sandboxes running at once that one person started or resumed.",
+    ),
+    "direct-members": Setting(
+        "DIRECT_MEMBERS",
+        parse_direct_members,
+        None,
+        "Email domains (comma-separated) whose users a colleague of the same domain adds to a"
+        " workspace directly, without an invitation; * for everyone. Only where users cannot"
+        " pick an address they do not own (verified sign-in, closed registration).",
+        "none: every new member is invited and must accept",
     ),
     "sandbox-memory": Setting(
         "SANDBOX_MEMORY", parse_size, "2g", "Memory limit of each sandbox, e.g. 1g, 512m."
@@ -219,6 +241,9 @@ class Options(usage.Options):
             backend=self["backend"],
             opencode_bin=self["opencode-bin"],
             max_sandboxes=self["max-sandboxes"],
+            max_sandboxes_per_workspace=self["max-sandboxes-per-workspace"],
+            max_sandboxes_per_user=self["max-sandboxes-per-user"],
+            direct_members=self["direct-members"] or (),
             idle_timeout=self["idle-timeout"],
             allow_unisolated=bool(self["allow-unisolated"]),
             anthropic_proxy_url=self["anthropic-proxy-url"],

@@ -14,6 +14,7 @@ from cli_server.errors import NotFound, ServiceUnavailable
 from cli_server.metrics import Metrics
 from cli_server.web.agents_api import AgentsAPI
 from cli_server.web.auth_api import AuthAPI
+from cli_server.web.invitations_api import InvitationsAPI
 from cli_server.web.responses import error_body, install_json_errors, json_response
 from cli_server.web.sandboxes_api import SandboxesAPI
 from cli_server.web.webui import WebUI
@@ -33,6 +34,7 @@ class MainSite:
     _ready: Any  # () -> bool: start-up (database, migrations) finished
     _metrics: Any = field(factory=lambda: Metrics())
     _ui: IResource = field(factory=WebUI)
+    _invitations: InvitationsAPI | None = None
 
     app = Klein()
     install_json_errors(app)
@@ -73,6 +75,12 @@ class MainSite:
     @app.route("/api/workspaces", branch=True, strict_slashes=False, methods=_ALL)
     def workspaces(self, request: IRequest) -> IResource:
         return self._mount(request, self._workspaces.app)
+
+    @app.route("/api/invitations", branch=True, strict_slashes=False, methods=_ALL)
+    def invitations(self, request: IRequest) -> IResource:
+        if self._invitations is None:
+            raise NotFound("no such API route")
+        return self._mount(request, self._invitations.app)
 
     @app.route("/api/sandboxes", branch=True, strict_slashes=False, methods=_ALL)
     def sandboxes(self, request: IRequest) -> IResource:

@@ -75,6 +75,9 @@ class WorkspacesAPI:
 
     @app.route("/<workspace_id>/members", methods=["POST"])
     async def add_member(self, request: IRequest, workspace_id: str) -> bytes:
+        """Invite someone (201 ``{"status": "invited", "invitation_id"}``; 200 when the same
+        invitation was pending already), or add them where the operator allows direct adds
+        (``{"status": "member"}``)."""
         self._cookies.check_origin(request)
         user = await self._cookies.user(request)
         wid = parse_id(workspace_id, "workspace")
@@ -82,8 +85,15 @@ class WorkspacesAPI:
         body = read_json_object(request)
         username = required_text(body, "username", max_length=254)
         role = parse_role(body, default=Role.DEVELOPER)
-        member = await self._workspaces.add_member(wid, user.id, username, role)
-        return json_response(request, member, 201)
+        answer, created = await self._workspaces.add_member(wid, user.id, username, role)
+        return json_response(request, answer, 201 if created else 200)
+
+    @app.route("/<workspace_id>/invitations", methods=["GET"])
+    async def list_invitations(self, request: IRequest, workspace_id: str) -> bytes:
+        """Pending invitations, for owners and maintainers."""
+        user = await self._cookies.user(request)
+        wid = parse_id(workspace_id, "workspace")
+        return json_response(request, await self._workspaces.pending(wid, user.id))
 
     @app.route("/<workspace_id>/members/<member_id>", methods=["PUT"])
     async def update_member(self, request: IRequest, workspace_id: str, member_id: str) -> bytes:

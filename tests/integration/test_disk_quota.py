@@ -19,9 +19,11 @@ from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.process_backend import ProcessBackend
 
 from .conftest import FAKE_KEY, Real, _reactor, server_config, start_server, stop_server
+from .daemon import Daemon
 from .fake_anthropic import serve as serve_fake_anthropic
 from .helpers import needs_isolation, opencode_binary, remove_dir, scratch_dir, wait_until
 from .sandbox_shell import opencode_pid, run_inside
+from .test_crash import wait_status
 
 MIB = 1024**2
 SMALL = 64 * MIB
@@ -306,3 +308,44 @@ async def test_restart_adopts_mounts_and_moves_old_data(scratch: Path) -> None:
         await second.close()
     # Loop devices clear themselves once the last sandbox process lets go of the file system.
     await wait_until(reactor, lambda: not loops_of(data), timeout=15)
+
+
+@needs_isolation
+@needs_loop
+def test_killed_server_restarts_onto_its_mounts(data_dir: Path) -> None:
+    """`twistd cli-server` with 64 MiB quotas, SIGKILLed while a sandbox runs: its mounts stay;
+    the restarted server resumes the sandbox on them (files kept, one mount each, quota still
+    enforced), and an orderly stop unmounts everything."""
+    sizes = ("--workspace-disk-size", "64m", "--sandbox-home-size", "64m")
+    server = Daemon(data_dir, *sizes)
+    server.start()
+    for path in ("/api/auth/register", "/api/auth/login"):
+        server.request("POST", path, {"username": "quota", "password": "password123"})
+    wid = server.request("POST", "/api/workspaces", {"name": "w"})[1]["id"]
+    sid = server.request("POST", f"/api/workspaces/{wid}/sandboxes", {"name": "s"})[1]["id"]
+    wait_status(server, sid, "running")
+    assert server.proc is not None
+    pid = opencode_pid(server.proc.pid)
+    wrote = run_inside(pid, "echo kept > /data/disk0/f && echo kept > /home/opencode/f")
+    assert wrote.returncode == 0, wrote.stderr
+    assert len(our_mounts(data_dir)) == 2
+
+    server.stop(signal.SIGKILL)
+    assert len(our_mounts(data_dir)) == 2  # the mounts outlive the server
+
+    try:
+        server.start()
+        assert server.request("POST", f"/api/sandboxes/{sid}/resume")[0] == 200
+        wait_status(server, sid, "running")
+        assert server.proc is not None
+        pid = opencode_pid(server.proc.pid)
+        assert run_inside(pid, "cat /data/disk0/f /home/opencode/f").stdout.split() == [
+            "kept",
+            "kept",
+        ]
+        mounts = our_mounts(data_dir)
+        assert len(mounts) == 2 and len(set(mounts)) == 2, mounts  # adopted, not doubled
+        assert "No space left on device" in fill(pid, "/data/disk0/big").stdout
+    finally:
+        server.stop(signal.SIGTERM)
+    assert our_mounts(data_dir) == []

@@ -162,6 +162,9 @@ async def test_foreign_mount_is_left_alone(scratch: Path) -> None:
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
     with pytest.raises(Exception, match="has a mount we did not make"):
         await quotas.attach(disk, SMALL, None)
+    assert await quotas.detach(disk)  # no image of ours: not ours to unmount
+    assert os.path.ismount(disk)
+    (scratch / "disk.img").write_bytes(b"")
     with pytest.raises(Exception, match="has a mount we did not make"):
         await quotas.detach(disk)
     await quotas.detach_all(scratch)

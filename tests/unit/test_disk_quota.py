@@ -188,6 +188,8 @@ class AttachTests(SynchronousTestCase):
             settle(self.quotas.attach(self.disk, 64 * MIB, None)), BackendError
         )
         self.assertIn("a mount we did not make", str(failure.value))
+        self.assertTrue(self.successResultOf(settle(self.quotas.detach(self.disk))))  # no image
+        self.image.write_bytes(b"")
         self.failureResultOf(settle(self.quotas.detach(self.disk)), BackendError)
         self.successResultOf(settle(self.quotas.detach_all(self.root)))
         self.assertEqual(self.fake.calls, [])

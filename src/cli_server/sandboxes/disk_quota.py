@@ -228,7 +228,10 @@ class DiskQuotas:
 
         A busy mount stays (the next ``attach`` adopts it) unless ``lazy``: then it is detached
         now and released when its last user goes, for a directory about to be removed.
+        Without an image nothing of ours can be mounted there; an operator's mount is left be.
         """
+        if not image_of(directory).exists():
+            return True
         lock = self._lock(directory)
         await lock.acquire()
         try:

@@ -18,6 +18,7 @@ directory (renamed ``X.old``) removed. An interrupted move is undone or finished
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Awaitable, Callable, Sequence
@@ -285,7 +286,8 @@ class DiskQuotas:
         mountpoint.mkdir(mode=0o700, exist_ok=True)
         await self._mount(staging, mountpoint)
         try:
-            (mountpoint / "lost+found").rmdir()  # e2fsck makes it again when it needs one
+            with contextlib.suppress(FileNotFoundError):
+                (mountpoint / "lost+found").rmdir()  # e2fsck makes it again when it needs one
             if old_files:
                 copied = await self._run(
                     ["cp", "-a", "--", f"{directory}/.", f"{mountpoint}/"], 3600

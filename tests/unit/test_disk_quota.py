@@ -67,8 +67,8 @@ class FakeTools:
 
     def mount(self, image: str, point: str) -> None:
         device = f"/dev/loop{len(self.backing)}"
-        self.backing[device] = image
-        self.mounts.append(Mount(point, "ext4", device))
+        self.backing[device] = os.path.realpath(image)  # as the kernel shows them
+        self.mounts.append(Mount(os.path.realpath(point), "ext4", device))
         if image.endswith(".img.new"):
             (Path(point) / "lost+found").mkdir()  # as mkfs makes it
 
@@ -84,7 +84,7 @@ class FakeTools:
             point = argv[-1]
             if point in self.busy and "-l" not in argv:
                 return succeed(ProcessResult(tuple(argv), 32, "target is busy"))
-            top = [m for m in self.mounts if m.point == point][-1]
+            top = [m for m in self.mounts if m.point == os.path.realpath(point)][-1]
             self.mounts.remove(top)
         elif tool == "rm":
             old = Path(argv[-1])
@@ -179,6 +179,19 @@ class AttachTests(SynchronousTestCase):
         self.fake.calls.clear()
         self.attach()
         self.assertEqual(self.fake.calls, [])
+
+    def test_adopted_through_a_symlink(self) -> None:
+        """A data dir reached through a symlink: the kernel's resolved paths still match."""
+        link = Path(tempfile.mkdtemp()) / "link"
+        self.addCleanup(shutil.rmtree, link.parent)
+        link.symlink_to(self.root)
+        self.successResultOf(settle(self.quotas.attach(link / "disk", 64 * MIB, None)))
+        self.fake.calls.clear()
+        self.successResultOf(settle(self.quotas.attach(link / "disk", 64 * MIB, None)))
+        self.assertEqual(self.fake.calls, [])
+        self.assertEqual(self.quotas.ours_under(link), [self.disk])
+        self.assertTrue(self.successResultOf(settle(self.quotas.detach(link / "disk"))))
+        self.assertEqual(self.fake.mounts, [])
 
     def test_foreign_mount(self) -> None:
         """Someone else's mount is neither covered nor unmounted."""

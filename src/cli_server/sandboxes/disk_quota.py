@@ -161,17 +161,19 @@ class DiskQuotas:
 
         Something else mounted there is an error: we never mount over it or unmount it.
         """
-        on_it = [m for m in parse_mountinfo(self._read_mounts()) if m.point == str(directory)]
+        # The kernel names mount points and loop files by their paths with symlinks resolved.
+        real = os.path.realpath(directory)
+        on_it = [m for m in parse_mountinfo(self._read_mounts()) if m.point == real]
         if not on_it:
             return None
         top = on_it[-1]
-        if top.fstype == "ext4" and self._backing_file(top.source) == str(image_of(directory)):
+        if top.fstype == "ext4" and self._backing_file(top.source) == real + ".img":
             return top.source
         raise BackendError(f"{directory} has a mount we did not make ({top.source})")
 
     def ours_under(self, root: Path) -> list[Path]:
         """Every mount of one of our images below ``root``, deepest first."""
-        found = []
+        found, root = [], Path(os.path.realpath(root))
         for m in parse_mountinfo(self._read_mounts()):
             point = Path(m.point)
             if m.fstype != "ext4" or root not in point.parents:
@@ -322,7 +324,8 @@ class DiskQuotas:
         """Undo a move that did not commit; finish the clean-up of one that did."""
         staging, mountpoint = _staging_image(directory), _staging(directory)
         if mountpoint.exists():
-            if any(m.point == str(mountpoint) for m in parse_mountinfo(self._read_mounts())):
+            real = os.path.realpath(mountpoint)
+            if any(m.point == real for m in parse_mountinfo(self._read_mounts())):
                 await self._unmount(mountpoint, lazy=True)
             mountpoint.rmdir()
         staging.unlink(missing_ok=True)

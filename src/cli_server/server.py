@@ -270,6 +270,7 @@ def build(
             anthropic_url=anthropic_base_url(config) if config.anthropic_proxy_url else None,
             isolated=not config.allow_unisolated,
             limits=Limits(config.sandbox_memory, config.sandbox_pids),
+            egress_allow=config.egress_allow,
         )
     workspaces = Workspaces(db)
     urls = SandboxUrls(config.base_scheme, config.base_domain)

@@ -650,8 +650,8 @@ def _which(tool: str) -> str:
 
 
 def _memory_file(name: str, content: bytes) -> int:
-    """A descriptor of an anonymous in-memory file holding ``content``, at its start: what
-    a child reads to the end, with no size limit (a pipe's) and nothing on disk."""
+    """A descriptor of an anonymous in-memory file holding ``content``, at its start, for a
+    child to read to the end: unlike a pipe it cannot fill up, and nothing goes to disk."""
     descriptor = os.memfd_create(name, os.MFD_CLOEXEC)
     try:
         os.write(descriptor, content)

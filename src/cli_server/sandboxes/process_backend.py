@@ -447,6 +447,9 @@ class ProcessBackend:
             "--ro-bind-try",
             "/etc/localtime",
             "/etc/localtime",
+            "--ro-bind-try",  # where Debian's cc, c++, editor... links point
+            "/etc/alternatives",
+            "/etc/alternatives",
             "--proc",
             "/proc",
             "--dev",

@@ -273,6 +273,7 @@ def build(
             isolated=not config.allow_unisolated,
             limits=Limits(config.sandbox_memory, config.sandbox_pids),
             disk_sizes=DiskSizes(config.workspace_disk_size, config.sandbox_home_size),
+            egress_allow=config.egress_allow,
         )
     workspaces = Workspaces(db, config.direct_members)
     urls = SandboxUrls(config.base_scheme, config.base_domain)

@@ -161,6 +161,17 @@ class OptionsTests(SynchronousTestCase):
         ]:
             self.assertIn(message, str(self.assertRaises(usage.UsageError, parse, argv)))
 
+    def test_egress_allow(self) -> None:
+        """--egress-allow / EGRESS_ALLOW: comma-separated CIDRs, none by default; a bad
+        entry fails at start naming the option and the entry."""
+        self.assertEqual(parse([]).config().egress_allow, ())
+        config = parse([], {"EGRESS_ALLOW": "10.1.0.0/16, 192.0.2.9"}).config()
+        self.assertEqual([str(n) for n in config.egress_allow], ["10.1.0.0/16", "192.0.2.9/32"])
+        error = self.assertRaises(usage.UsageError, parse, ["--egress-allow", "10.0.0.0/8,lan"])
+        self.assertEqual(
+            str(error), "--egress-allow: 'lan' is not an IP network (e.g. 10.1.0.0/16)"
+        )
+
     def test_preflight(self) -> None:
         """A missing opencode binary is refused at start, naming the option and the fix."""
         options = Options(environ={})

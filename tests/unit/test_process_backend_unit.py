@@ -6,6 +6,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
@@ -14,10 +15,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from cli_server.sandboxes.backend import SandboxSpec
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.process_backend import (
+    ARGS_FD,
+    SECCOMP_FD,
     ProcessBackend,
     check_isolation_tools,
     publish_binary,
 )
+from cli_server.sandboxes.seccomp import SeccompError, sandbox_filter
 from cli_server.system_accounts import SystemAccount
 from cli_server.tap.server import Options
 
@@ -31,8 +35,25 @@ class PreflightTests(SynchronousTestCase):
 
         why = check_isolation_tools(which, lambda: 0)
         self.assertEqual(
-            why, "bwrap, slirp4netns not found (apt-get install bubblewrap slirp4netns iproute2)"
+            why,
+            "bwrap, slirp4netns not found "
+            "(apt-get install bubblewrap slirp4netns iproute2 nftables)",
         )
+        why = check_isolation_tools(
+            lambda t, path: None if t == "nft" else f"/usr/bin/{t}", lambda: 0
+        )
+        self.assertEqual(
+            why, "nft not found (apt-get install bubblewrap slirp4netns iproute2 nftables)"
+        )
+
+    def test_seccomp_needed(self) -> None:
+        """Without libseccomp there is no filter, and so no isolation."""
+
+        def no_library() -> bytes:
+            raise SeccompError("libseccomp not found (x); apt-get install libseccomp2")
+
+        why = check_isolation_tools(lambda t, path: f"/usr/bin/{t}", lambda: 0, no_library)
+        self.assertEqual(why, "libseccomp not found (x); apt-get install libseccomp2")
 
     def test_needs_root(self) -> None:
         """An ordinary user cannot make network namespaces."""
@@ -47,7 +68,7 @@ class PreflightTests(SynchronousTestCase):
         import cli_server.sandboxes.process_backend as pb
 
         original = pb.check_isolation_tools
-        pb.check_isolation_tools = lambda: "bwrap not found"  # type: ignore[assignment]
+        pb.check_isolation_tools = lambda: "bwrap not found"  # type: ignore[assignment,misc]
         self.addCleanup(setattr, pb, "check_isolation_tools", original)
         options = Options(environ={})
         error = self.assertRaises(
@@ -122,11 +143,65 @@ class ArgvTests(SynchronousTestCase):
         ):
             self.assertIn(flag, joined)
         self.assertIn(f"--bind {data}/workspaces/w-1/disk /data/disk0", joined)
-        self.assertIn("--setenv OPENCODE_SERVER_PASSWORD the-password", joined)
-        self.assertIn("--setenv ANTHROPIC_API_KEY the-token", joined)
-        self.assertIn("--setenv ANTHROPIC_BASE_URL http://127.0.0.1:4097/p/v1", joined)
+        self.assertIn("--unshare-user --disable-userns", joined)
+        self.assertIn(f"--seccomp {SECCOMP_FD} --clearenv --args {ARGS_FD} /opt/", joined)
+        # The environment, secrets included, goes through a descriptor, never the argv.
+        self.assertNotIn("the-password", joined)
+        self.assertNotIn("the-token", joined)
+        self.assertNotIn("--setenv", joined)
+        words = backend._sandbox_args(spec, "http://127.0.0.1:4097/p/v1").split(b"\0")
+        self.assertEqual(words[-1], b"")
+        triples = [tuple(words[i : i + 3]) for i in range(0, len(words) - 1, 3)]
+        self.assertEqual({t[0] for t in triples}, {b"--setenv"})
+        env = {t[1]: t[2] for t in triples}
+        self.assertEqual(env[b"OPENCODE_SERVER_PASSWORD"], b"the-password")
+        self.assertEqual(env[b"ANTHROPIC_API_KEY"], b"the-token")
+        self.assertEqual(env[b"ANTHROPIC_BASE_URL"], b"http://127.0.0.1:4097/p/v1")
+        self.assertNotIn(b"SECRET_OF_THE_SERVER", env)
         self.assertNotIn("SECRET_OF_THE_SERVER", joined)
         self.assertIn("--ro-bind /usr /usr", joined)
         self.assertNotIn("--share-net", joined)
         self.assertNotIn(f"--bind {data} ", joined)
         self.assertEqual(repr(spec), "SandboxSpec(id='s-1', workspace_id='w-1')")
+
+
+class _SpawnRecorder(MemoryReactorClock):
+    """Records spawns, with what each descriptor given to the child held at that moment."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[tuple[list[str], dict[int, object], dict[int, bytes]]] = []
+
+    def spawnProcess(self, proto: object, executable: str, args: list[str], **kw: Any) -> Any:
+        fds = kw["childFDs"]
+        held = {n: os.pread(fd, 1 << 20, 0) for n, fd in fds.items() if isinstance(fd, int)}
+        self.spawned.append((args, fds, held))
+        return _FakeTransport()
+
+
+class _FakeTransport:
+    pid = 424242
+
+
+class SpawnTests(SynchronousTestCase):
+    def test_secrets_and_filter_through_descriptors(self) -> None:
+        """bubblewrap gets the environment and the seccomp filter on its descriptors, which
+        the server closes once the child has them."""
+        data = Path(tempfile.mkdtemp())
+        reactor = _SpawnRecorder()
+        backend = ProcessBackend(
+            reactor, data, Path("/bin/true"), OpencodeClient(reactor), account=None
+        )
+        box = data / "sandboxes" / "s-1"
+        box.mkdir(parents=True)
+        spec = SandboxSpec("s-1", "w-1", "the-password", "the-token")
+        before = set(os.listdir("/proc/self/fd"))
+        backend._spawn_sandbox(spec, box, data / "netns", Path("/bin/true"), "http://x/v1")
+        self.assertEqual(set(os.listdir("/proc/self/fd")), before)
+        ((argv, fds, held),) = reactor.spawned
+        self.assertEqual(set(fds), {0, 1, 2, ARGS_FD, SECCOMP_FD})
+        self.assertIn(b"the-password", held[ARGS_FD])
+        self.assertIn(b"the-token", held[ARGS_FD])
+        self.assertEqual(held[SECCOMP_FD], sandbox_filter())
+        self.assertNotIn("the-password", " ".join(argv))
+        self.assertEqual((box / "pid").read_text(), "424242")

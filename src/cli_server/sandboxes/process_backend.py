@@ -5,11 +5,17 @@ Per sandbox, as root:
   user-mode uplink and one forward from 127.0.0.1:<port> on the host to port 4096 inside;
   ``--disable-host-loopback`` keeps the host's loopback services (our API, PostgreSQL) out
   of reach, and other sandboxes live in other namespaces;
+- an nftables table in that namespace, loaded before anything runs there: the sandbox
+  reaches the internet, its own loopback (opencode, the Anthropic door) and slirp's DNS, and
+  nothing of this host or private networks (see egress.py; ``--egress-allow`` opens ranges);
 - bubblewrap, entered as the unprivileged ``cli-sandbox`` account, with new user, pid, ipc,
-  uts and cgroup namespaces, no capabilities, read-only /usr, a private HOME kept across
-  pause/resume and the workspace disk at /data/disk0;
+  uts and cgroup namespaces, no capabilities, no further user namespaces, a seccomp filter
+  (see seccomp.py), read-only /usr, a private HOME kept across pause/resume and the workspace
+  disk at /data/disk0;
 - HOME and the workspace disk each their own loop-mounted ext4 image of a fixed size
   (disk_quota.py), so a sandbox that fills one gets ENOSPC and the host's disk stays free;
+- the sandbox's environment, its secrets with it, given to bubblewrap through a descriptor
+  (``--args``), never on a command line, which every local user can read in /proc;
 - a cgroup (v1 memory and pids) when the machine lets us write one.
 
 Every helper process dies with the server: bubblewrap has ``--die-with-parent`` and
@@ -35,6 +41,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cli_server.process import run_process
+from cli_server.sandboxes import seccomp
 from cli_server.sandboxes.backend import (
     BackendError,
     Endpoint,
@@ -44,6 +51,7 @@ from cli_server.sandboxes.backend import (
     deferred,
 )
 from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes
+from cli_server.sandboxes.egress import EgressPolicy, Network, host_addresses
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.unixjson import unix_json_call
 from cli_server.system_accounts import SystemAccount, ensure_system_account
@@ -51,6 +59,9 @@ from cli_server.system_accounts import SystemAccount, ensure_system_account
 SANDBOX_ACCOUNT = "cli-sandbox"
 GUEST_PORT = 4096
 ANTHROPIC_PORT = 4097  # the Anthropic proxy's door, on the sandbox's own loopback
+SLIRP_DNS = "10.0.2.3"  # slirp4netns's resolver, the one private address a sandbox may use
+ARGS_FD = 3  # bubblewrap reads its --setenv arguments from this descriptor
+SECCOMP_FD = 4  # and its seccomp filter from this one
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 _OUTPUT_TAIL = 4000
 
@@ -172,6 +183,7 @@ class ProcessBackend:
     _limits: Limits = field(factory=Limits)
     _account: SystemAccount | None = field(factory=sandbox_account)
     _isolated: bool = True  # False only with --allow-unisolated
+    _egress_allow: tuple[Network, ...] = ()  # --egress-allow: private ranges a sandbox may reach
     _start_timeout: float = 60.0
     _disk_sizes: DiskSizes = field(factory=DiskSizes)  # 0: a plain directory, no quota
     _quotas: DiskQuotas = field(
@@ -256,6 +268,7 @@ class ProcessBackend:
         netns.touch()
         await self._must("unshare", [f"--net={netns}", "true"])
         await self._must("nsenter", [f"--net={netns}", "ip", "link", "set", "lo", "up"])
+        await self._limit_egress(box, netns)
         anthropic = self._open_door(spec.id, netns)
         slirp, slirp_proto = self._spawn_slirp(box, netns)
         live: _Live | None = None
@@ -369,6 +382,22 @@ class ProcessBackend:
             **self._env,
         }
 
+    def egress_policy(self) -> EgressPolicy:
+        """Read the host's addresses at every start: interfaces come and go (docker0, VPNs)."""
+        return EgressPolicy(host_addresses(), self._egress_allow)
+
+    async def _limit_egress(self, box: Path, netns: Path) -> None:
+        """Load the egress rules into the sandbox's namespace before anything runs in it."""
+        rules = box / "egress.nft"
+        rules.unlink(missing_ok=True)
+        descriptor = os.open(rules, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(self.egress_policy().nft_ruleset(dns=[SLIRP_DNS]))
+        try:
+            await self._must("nsenter", [f"--net={netns}", _which("nft"), "-f", str(rules)])
+        finally:
+            rules.unlink(missing_ok=True)
+
     async def _must(self, tool: str, args: list[str]) -> None:
         result = await run_process(
             self._reactor,
@@ -403,10 +432,10 @@ class ProcessBackend:
     def _sandbox_argv(
         self, spec: SandboxSpec, box: Path, netns: Path, opencode: Path, anthropic_url: str
     ) -> list[str]:
-        env = self._environment(spec, "/home/opencode", anthropic_url)
         bwrap = [
             _which("bwrap"),
             "--unshare-user",
+            "--disable-userns",
             "--unshare-pid",
             "--unshare-ipc",
             "--unshare-uts",
@@ -451,6 +480,9 @@ class ProcessBackend:
             "--ro-bind-try",
             "/etc/localtime",
             "/etc/localtime",
+            "--ro-bind-try",  # where Debian's cc, c++, editor... links point
+            "/etc/alternatives",
+            "/etc/alternatives",
             "--proc",
             "/proc",
             "--dev",
@@ -468,11 +500,11 @@ class ProcessBackend:
             "/opt/opencode/bin/opencode",
             "--chdir",
             "/data/disk0",
+            "--seccomp",
+            str(SECCOMP_FD),
             "--clearenv",
-        ]
-        for name, value in env.items():
-            bwrap += ["--setenv", name, value]
-        bwrap += [
+            "--args",  # the environment, secrets included, from a descriptor
+            str(ARGS_FD),
             "/opt/opencode/bin/opencode",
             "serve",
             "--hostname",
@@ -491,12 +523,33 @@ class ProcessBackend:
             argv = ["/bin/sh", "-c", f'{joins} && exec "$@"', "sh", *argv]
         return argv
 
+    def _sandbox_args(self, spec: SandboxSpec, anthropic_url: str) -> bytes:
+        """What bubblewrap reads from ARGS_FD: NUL-terminated ``--setenv NAME VALUE`` triples."""
+        env = self._environment(spec, "/home/opencode", anthropic_url)
+        words = [w for name, value in env.items() for w in ("--setenv", name, value)]
+        return b"".join(w.encode() + b"\0" for w in words)
+
     def _spawn_sandbox(
         self, spec: SandboxSpec, box: Path, netns: Path, opencode: Path, anthropic_url: str
     ) -> tuple[Any, _Watched]:
         proto = _opencode_watch()
         argv = self._sandbox_argv(spec, box, netns, opencode, anthropic_url)
-        transport = self._reactor.spawnProcess(proto, argv[0], argv, env={}, path="/")
+        args = _memory_file("bwrap-args", self._sandbox_args(spec, anthropic_url))
+        try:
+            rules = _memory_file("bwrap-seccomp", seccomp.sandbox_filter())
+            try:
+                transport = self._reactor.spawnProcess(
+                    proto,
+                    argv[0],
+                    argv,
+                    env={},
+                    path="/",
+                    childFDs={0: "w", 1: "r", 2: "r", ARGS_FD: args, SECCOMP_FD: rules},
+                )
+            finally:
+                os.close(rules)
+        finally:
+            os.close(args)
         (box / "pid").write_text(str(transport.pid))
         return transport, proto
 
@@ -638,6 +691,19 @@ def _which(tool: str) -> str:
     return found
 
 
+def _memory_file(name: str, content: bytes) -> int:
+    """A descriptor of an anonymous in-memory file holding ``content``, at its start, for a
+    child to read to the end: unlike a pipe it cannot fill up, and nothing goes to disk."""
+    descriptor = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        os.write(descriptor, content)
+        os.lseek(descriptor, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -672,13 +738,22 @@ async def _within(reactor: Any, d: Deferred[Any], seconds: float, message: str) 
 
 
 def check_isolation_tools(
-    which: Callable[..., str | None] = shutil.which, euid: Callable[[], int] = os.geteuid
+    which: Callable[..., str | None] = shutil.which,
+    euid: Callable[[], int] = os.geteuid,
+    seccomp_filter: Callable[[], bytes] = seccomp.sandbox_filter,
 ) -> str | None:
     """Why this machine cannot isolate sandboxes, or None if it can."""
-    tools = ("bwrap", "slirp4netns", "nsenter", "unshare", "ip")
+    tools = ("bwrap", "slirp4netns", "nsenter", "unshare", "ip", "nft")
     missing = [t for t in tools if not which(t, path="/usr/sbin:/usr/bin:/sbin:/bin")]
     if missing:
-        return f"{', '.join(missing)} not found (apt-get install bubblewrap slirp4netns iproute2)"
+        return (
+            f"{', '.join(missing)} not found "
+            "(apt-get install bubblewrap slirp4netns iproute2 nftables)"
+        )
     if euid() != 0:
         return "each sandbox needs its own network namespace, which only root can create"
+    try:
+        seccomp_filter()
+    except seccomp.SeccompError as e:
+        return str(e)
     return None

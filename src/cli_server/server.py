@@ -287,6 +287,7 @@ def build(
     )
     tunnels = TunnelHub(db, reactor, sandbox_access.status_changed, activity.touch, metrics)
     manager.tunnels = tunnels
+    backend.on_exit = manager.exited  # a sandbox whose opencode dies is failed at once
     manager.on_delete = sandbox_access.revoke_sandbox
     agents = LocalAgents(
         db, workspaces, config.origin, config.origin.rstrip("/") + "/proxy/anthropic/v1"

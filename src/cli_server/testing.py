@@ -8,6 +8,7 @@ from twisted.internet.defer import Deferred
 from cli_server.sandboxes.backend import (
     BackendError,
     Endpoint,
+    ExitListener,
     Observed,
     SandboxSpec,
     State,
@@ -33,6 +34,7 @@ class FakeBackend:
     serve_at: int | None = None  # every sandbox "runs" at this port (e.g. a recording server)
     _gate: Deferred[None] | None = None
     _next_port: int = 20000
+    on_exit: ExitListener | None = None
 
     def hold(self) -> None:
         self._gate = Deferred()
@@ -45,6 +47,12 @@ class FakeBackend:
     def crash(self, sandbox_id: str) -> None:
         self.running.pop(sandbox_id, None)
         self.stopped.add(sandbox_id)
+
+    def die(self, sandbox_id: str, why: str = "opencode was killed (SIGKILL)") -> None:
+        """A process that ends by itself, reported the way the process backend reports it."""
+        self.crash(sandbox_id)
+        if self.on_exit is not None:
+            self.on_exit(sandbox_id, why)
 
     @deferred
     async def start(self, spec: SandboxSpec) -> Endpoint:

@@ -61,8 +61,16 @@ class Observed:
     endpoint: Endpoint | None = None
 
 
+# (sandbox_id, why): a sandbox's opencode ended without being asked to, e.g.
+# "opencode was killed (SIGKILL, out of memory)". Called on the reactor thread.
+ExitListener = Callable[[str, str], None]
+
+
 class SandboxBackend(Protocol):
     name: str
+    # Set by the server; a backend that cannot notice exits as they happen leaves it unused
+    # (the reconciler finds those). Never called for a stop, pause or delete we asked for.
+    on_exit: ExitListener | None
 
     def start(self, spec: SandboxSpec) -> Deferred[Endpoint]:
         """Create or resume the sandbox and wait until opencode answers."""

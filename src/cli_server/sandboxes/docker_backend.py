@@ -29,6 +29,7 @@ from attrs import define, field
 from cli_server.sandboxes.backend import (
     BackendError,
     Endpoint,
+    ExitListener,
     Observed,
     SandboxSpec,
     State,
@@ -64,6 +65,8 @@ class DockerBackend:
     _start_timeout: float = 90.0
     _client: Any = field(default=None, init=False)
     _network_lock: threading.Lock = field(factory=threading.Lock, init=False)
+    # Not called: a container that dies is found by the reconciler's next sweep.
+    on_exit: ExitListener | None = field(default=None, init=False)
     name = "docker"
     survives_restart = True
 

@@ -36,6 +36,7 @@ from cli_server.process import run_process
 from cli_server.sandboxes.backend import (
     BackendError,
     Endpoint,
+    ExitListener,
     Observed,
     SandboxSpec,
     State,
@@ -118,6 +119,7 @@ class _Watched(ProcessProtocol):
         self.ready: Deferred[None] = Deferred()
         self.ended: Deferred[None] = Deferred()
         self.output = bytearray()
+        self.reason: BaseException | None = None  # ProcessDone or ProcessTerminated
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD in (1, 2):
@@ -128,6 +130,7 @@ class _Watched(ProcessProtocol):
             self.ready.callback(None)
 
     def processEnded(self, reason: Failure) -> None:
+        self.reason = reason.value
         if not self.ready.called:
             self.ready.errback(BackendError(f"{self._what} exited: {self.tail()}"))
         self.ended.callback(None)
@@ -172,6 +175,7 @@ class ProcessBackend:
     _start_timeout: float = 60.0
     _live: dict[str, _Live] = field(factory=dict, init=False)
     _doors: dict[str, Any] = field(factory=dict, init=False)
+    on_exit: ExitListener | None = field(default=None, init=False)
     name = "process"
     _log = Logger()
 
@@ -486,15 +490,23 @@ class ProcessBackend:
         return made
 
     def _exited(self, sandbox_id: str, live: _Live) -> None:
+        """opencode ended. A stop we asked for took it out of ``_live`` first, so reaching the
+        branch below means it died by itself (killed, OOM-killed, crashed): say so at once."""
         if self._live.get(sandbox_id) is live:
             del self._live[sandbox_id]
             if live.slirp is not None:
                 _signal(live.slirp, "TERM")
-            self._log.info(
-                "sandbox {sandbox_id} process exited: {tail}",
+            why = _exit_reason(live.sandbox_proto.reason, bwrap=live.slirp is not None)
+            if why.endswith("(SIGKILL)") and _oom_killed(sandbox_id):
+                why = why[:-1] + ", out of memory)"
+            self._log.warn(
+                "sandbox {sandbox_id}: {why}: {tail}",
                 sandbox_id=sandbox_id,
+                why=why,
                 tail=live.sandbox_proto.tail(),
             )
+            if self.on_exit is not None:
+                self.on_exit(sandbox_id, why)
 
     # -- stop, delete -------------------------------------------------------------------------
 
@@ -590,6 +602,37 @@ class ProcessBackend:
         for sandbox_id in list(self._live):
             await self._stop_live(sandbox_id)
             await self._teardown(sandbox_id)
+
+
+def _exit_reason(ended: BaseException | None, *, bwrap: bool) -> str:
+    """A sentence for the sandbox's ``error``. bubblewrap reports a child killed by signal N
+    as exit status 128 + N, so under it such a status is read as that signal."""
+    code = getattr(ended, "exitCode", None)
+    number = getattr(ended, "signal", None)
+    if number is None and bwrap and isinstance(code, int) and 128 < code < 128 + 65:
+        number = code - 128
+    if number is not None:
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return f"opencode was killed ({name})"
+    if code:
+        return f"opencode exited with status {code}"
+    return "opencode exited"
+
+
+def _oom_killed(sandbox_id: str) -> bool:
+    """Whether the kernel's OOM killer acted in the sandbox's memory cgroup (v1)."""
+    control = _CGROUP_ROOT / "memory" / "cli-server" / sandbox_id / "memory.oom_control"
+    try:
+        for line in control.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == "oom_kill" and value.strip().isdigit():
+                return int(value) > 0
+    except OSError:
+        pass
+    return False
 
 
 def _which(tool: str) -> str:

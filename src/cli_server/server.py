@@ -24,7 +24,7 @@ from cli_server.anthropic.usage import UsageStore
 from cli_server.auth.passwords import Passwords
 from cli_server.auth.ratelimit import FailureLimiter
 from cli_server.config import ServerConfig
-from cli_server.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
+from cli_server.db.embedded import EmbeddedPostgres, EmbeddedPostgresError, Supervisor
 from cli_server.db.migrations import migrate
 from cli_server.db.pool import Database, DatabaseUnavailable
 from cli_server.metrics import Metrics
@@ -215,6 +215,13 @@ def build(
     database = DatabaseService(reactor, db, embedded, on_fatal or exit_on_fatal(reactor))
     database.setName("database")
     database.setServiceParent(root)
+    if embedded is not None:
+        # (after the database: stopped before it, so a stop is never taken for a crash)
+        supervisor = PeriodicService(
+            reactor, 1.0, Supervisor(embedded, reactor).check, "database supervisor"
+        )
+        supervisor.setName("database-supervisor")
+        supervisor.setServiceParent(root)
 
     sandbox_access = SandboxAccess(db, reactor, config.session_lifetime)
     limits = limits or AuthLimits()

@@ -81,17 +81,21 @@ async def test_login_errors_do_not_reveal_usernames(app: Running) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_failed_logins_are_rate_limited(db_url: str) -> None:
-    """After the limit, 429 with Retry-After, even for the right password; others unaffected."""
+    """After the free tries, 429 with Retry-After for that account from that address, even
+    with the right password; others unaffected. The address's own limit stops accounts never
+    used from there, not people who logged in from there before."""
     running = await start_server(
         db_url,
         limits=AuthLimits(
-            login_failures_per_user=3, login_failures_per_address=5, registrations_per_address=100
+            login_failures_per_pair=3, login_failures_per_address=5, registrations_per_address=100
         ),
     )
     try:
         victim, other = running.client(), running.client()
         await victim.register_and_login("victim")
         await other.register_and_login("other")
+        newcomer = {"username": "newcomer", "password": "password123"}
+        assert (await running.client().call("POST", "/api/auth/register", newcomer)).code == 201
         for _ in range(3):
             bad = await running.client().call(
                 "POST", "/api/auth/login", {"username": "VICTIM", "password": "guess-guess"}
@@ -110,10 +114,12 @@ async def test_failed_logins_are_rate_limited(db_url: str) -> None:
             await running.client().call(
                 "POST", "/api/auth/login", {"username": "other", "password": "guess-guess"}
             )
-        blocked = await running.client().call(
+        blocked = await running.client().call("POST", "/api/auth/login", newcomer)
+        assert blocked.code == 429 and "from this address" in blocked.body["error"]["message"]
+        known = await running.client().call(
             "POST", "/api/auth/login", {"username": "other", "password": "password123"}
         )
-        assert blocked.code == 429
+        assert known.code == 200
     finally:
         await stop_server(running)
 

@@ -1,6 +1,6 @@
 """Availability (issue 16, class 8) with real components: a sandbox whose opencode is killed
 from inside is failed at once, with the reason, and resumes; a killed embedded PostgreSQL is
-restarted while the server runs."""
+restarted while the server runs; behind a trusted proxy sandboxes see the real client."""
 
 from __future__ import annotations
 
@@ -10,13 +10,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest_twisted
 from twisted.internet.task import deferLater
 
-from .conftest import Real, _reactor
+from cli_server.client_address import parse_trusted_proxies
+from cli_server.testing import FakeBackend
+
+from .conftest import Real, _reactor, server_config, start_server, stop_server
 from .daemon import Daemon, processes_mentioning
 from .helpers import needs_isolation
 from .sandbox_shell import run_inside
+from .test_sandboxes_api import wait_status
+from .upstream import serve
 
 
 def _pid_inside(host_pid: int) -> int:
@@ -118,3 +124,42 @@ def test_killed_embedded_postgres_is_restarted(data_dir: Path) -> None:
     server.stop(signal.SIGTERM)
     assert processes_mentioning(str(data_dir)) == [], "orderly stop left processes"
     print(f"\nAPI back {recovered:.2f} s after kill -9 of the postmaster ({len(seen)} tries)")
+
+
+@pytest_twisted.ensureDeferred
+async def test_sandboxes_see_the_client_a_trusted_proxy_names(db_url: str) -> None:
+    """Behind --trusted-proxies the X-Forwarded-For a sandbox gets is the client's address
+    (rightmost untrusted hop), on the fast path (GET) and twisted.web's (POST) alike."""
+    recorder, port = serve(_reactor())
+    config = attrs.evolve(
+        server_config(db_url), trusted_proxies=parse_trusted_proxies("127.0.0.0/8")
+    )
+    app = await start_server(
+        db_url, backend=FakeBackend(serve_at=port.getHost().port), config=config
+    )
+    try:
+        owner = app.client()
+        await owner.register_and_login("owner")
+        wid = (await owner.call("POST", "/api/workspaces", {"name": "w"})).body["id"]
+        sid = (await owner.call("POST", f"/api/workspaces/{wid}/sandboxes", {"name": "s"})).body[
+            "id"
+        ]
+        await wait_status(owner, sid, "running")
+        host = f"oc-{sid}.localhost:8080"
+        url = (await owner.call("POST", f"/api/sandboxes/{sid}/open")).body["url"]
+        opened = await app.client().call("GET", url.split(":8080", 1)[1], headers={"Host": host})
+        cookie = opened.headers.getRawHeaders("set-cookie")[0].split(";")[0]
+        headers = {
+            "Host": host,
+            "Cookie": cookie,
+            "Origin": f"http://{host}",
+            "X-Forwarded-For": "6.6.6.6, 203.0.113.5, 127.0.0.9",
+        }
+        for method, body in (("GET", None), ("POST", {"x": 1})):
+            reply = await app.client().call(method, "/echo", body, headers=headers)
+            assert reply.code == 200, (method, reply)
+            seen = recorder.seen[-1]["headers"]
+            assert seen["x-forwarded-for"] == ["203.0.113.5"], (method, seen)
+    finally:
+        await stop_server(app)
+        await port.stopListening()

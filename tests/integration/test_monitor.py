@@ -157,6 +157,8 @@ async def test_reconciler_repairs_every_interrupted_state(world: World) -> None:
     alive = await world.sandbox()
     dead = await world.sandbox()
     world.backend.crash(dead)
+    killed = await world.sandbox()  # the backend can tell how it ended (a dead container)
+    world.backend.crash(killed, "opencode was killed (SIGKILL, out of memory)")
     creating = await world.sandbox("creating")
     world.backend.crash(creating)
     pausing = await world.sandbox("pausing")
@@ -169,6 +171,11 @@ async def test_reconciler_repairs_every_interrupted_state(world: World) -> None:
     await world.reconciler.sweep()
     assert await world.status(alive) == "running"
     assert await world.status(dead) == "paused"
+    (row,) = await world.db.query("SELECT status, error FROM sandboxes WHERE id = %s", (killed,))
+    assert (row["status"], row["error"]) == (
+        "failed",
+        "opencode was killed (SIGKILL, out of memory)",
+    )
     assert await world.status(creating) == "failed"
     assert await world.status(pausing) == "paused"
     assert pausing not in world.backend.running

@@ -41,6 +41,7 @@ from cli_server.sandboxes.backend import (
     SandboxSpec,
     State,
     deferred,
+    exit_reason,
 )
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.unixjson import unix_json_call
@@ -496,9 +497,13 @@ class ProcessBackend:
             del self._live[sandbox_id]
             if live.slirp is not None:
                 _signal(live.slirp, "TERM")
-            why = _exit_reason(live.sandbox_proto.reason, bwrap=live.slirp is not None)
-            if why.endswith("(SIGKILL)") and _oom_killed(sandbox_id):
-                why = why[:-1] + ", out of memory)"
+            ended = live.sandbox_proto.reason
+            why = exit_reason(
+                getattr(ended, "exitCode", None),
+                getattr(ended, "signal", None),
+                oom=_oom_killed(sandbox_id),
+                via_init=live.slirp is not None,  # (bubblewrap)
+            )
             self._log.warn(
                 "sandbox {sandbox_id}: {why}: {tail}",
                 sandbox_id=sandbox_id,
@@ -602,24 +607,6 @@ class ProcessBackend:
         for sandbox_id in list(self._live):
             await self._stop_live(sandbox_id)
             await self._teardown(sandbox_id)
-
-
-def _exit_reason(ended: BaseException | None, *, bwrap: bool) -> str:
-    """A sentence for the sandbox's ``error``. bubblewrap reports a child killed by signal N
-    as exit status 128 + N, so under it such a status is read as that signal."""
-    code = getattr(ended, "exitCode", None)
-    number = getattr(ended, "signal", None)
-    if number is None and bwrap and isinstance(code, int) and 128 < code < 128 + 65:
-        number = code - 128
-    if number is not None:
-        try:
-            name = signal.Signals(number).name
-        except ValueError:
-            name = f"signal {number}"
-        return f"opencode was killed ({name})"
-    if code:
-        return f"opencode exited with status {code}"
-    return "opencode exited"
 
 
 def _oom_killed(sandbox_id: str) -> bool:

@@ -170,8 +170,8 @@ class EmbeddedPostgres:
             self._log.info("adopting the embedded PostgreSQL that is already running")
         else:
             await self._launch()
+        self.wanted = True  # (from here on a postmaster that dies is started again)
         await self._ensure_database()
-        self.wanted = True
 
     async def _launch(self) -> None:
         options = f"-h '' -k {self._socket_dir} -c unix_socket_permissions=0700"

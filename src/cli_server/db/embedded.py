@@ -97,7 +97,7 @@ class EmbeddedPostgres:
     _socket_dir: Path = field(init=False)
     _bin_dir: Path = field(factory=_wheel_bin_dir, init=False)
     _started: bool = field(default=False, init=False)
-    # start() finished and stop() not called: the supervisor keeps it running meanwhile
+    # running (started or adopted) and stop() not called: the supervisor keeps it running
     wanted: bool = field(default=False, init=False)
     _log = Logger()
 

@@ -101,7 +101,7 @@ def test_killed_embedded_postgres_is_restarted(data_dir: Path) -> None:
 
     os.kill(first, signal.SIGKILL)
     began = time.monotonic()
-    seen = []
+    seen: list[Any] = []
     while time.monotonic() - began < 30:
         code, body = server.request("GET", "/api/workspaces")
         if code == 200 and seen:

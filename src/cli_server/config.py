@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -190,6 +191,8 @@ class ServerConfig:
     docker_network: str | None = None
     agent_image: str | None = None
     egress_allow: tuple[Network, ...] = ()  # private ranges sandboxes may reach anyway
+    # peers whose X-Forwarded-For / Forwarded name the client (client_address.py)
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     # Secrets: only from the environment (a command line is visible to every local user).
     anthropic_api_key: str | None = field(default=None, repr=False)
     anthropic_auth_token: str | None = field(default=None, repr=False)

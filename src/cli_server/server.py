@@ -23,8 +23,9 @@ from cli_server.anthropic.proxy import AnthropicProxy, Upstream
 from cli_server.anthropic.usage import UsageStore
 from cli_server.auth.passwords import Passwords
 from cli_server.auth.ratelimit import FailureLimiter
+from cli_server.client_address import TrustedProxies
 from cli_server.config import ServerConfig
-from cli_server.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
+from cli_server.db.embedded import EmbeddedPostgres, EmbeddedPostgresError, Supervisor
 from cli_server.db.migrations import migrate
 from cli_server.db.pool import Database, DatabaseUnavailable
 from cli_server.metrics import Metrics
@@ -217,6 +218,13 @@ def build(
     database = DatabaseService(reactor, db, embedded, on_fatal or exit_on_fatal(reactor))
     database.setName("database")
     database.setServiceParent(root)
+    if embedded is not None:
+        # (after the database: stopped before it, so a stop is never taken for a crash)
+        supervisor = PeriodicService(
+            reactor, 1.0, Supervisor(embedded, reactor).check, "database supervisor"
+        )
+        supervisor.setName("database-supervisor")
+        supervisor.setServiceParent(root)
 
     sandbox_access = SandboxAccess(db, reactor, config.session_lifetime)
     limits = limits or AuthLimits()
@@ -224,12 +232,11 @@ def build(
     cookies = SessionCookies(
         accounts, config.secure_cookies, config.session_lifetime, config.origin
     )
-    per_user = FailureLimiter(reactor, limits.login_failures_per_user, limits.login_window)
-    per_address = FailureLimiter(reactor, limits.login_failures_per_address, limits.login_window)
+    logins = limits.guard(reactor)
     registrations = FailureLimiter(
         reactor, limits.registrations_per_address, limits.registration_window
     )
-    auth = AuthAPI(accounts, cookies, per_user, per_address, registrations, sandbox_access)
+    auth = AuthAPI(accounts, cookies, logins, registrations, sandbox_access)
     opencode = OpencodeClient(reactor)
     activity = ActivityRecorder(db, reactor)
     usage = UsageStore(db)
@@ -298,6 +305,7 @@ def build(
     )
     tunnels = TunnelHub(db, reactor, sandbox_access.status_changed, activity.touch, metrics)
     manager.tunnels = tunnels
+    backend.on_exit = manager.exited  # a sandbox whose opencode dies is failed at once
     manager.on_delete = sandbox_access.revoke_sandbox
     agents = LocalAgents(
         db, workspaces, config.origin, config.origin.rstrip("/") + "/proxy/anthropic/v1"
@@ -349,8 +357,8 @@ def build(
     )
 
     async def housekeeping() -> None:
-        for limiter in (per_user, per_address, registrations):
-            limiter.prune()
+        logins.prune()
+        registrations.prune()
         activity.prune()
         if database.ready:
             await accounts.purge_expired_sessions()
@@ -376,7 +384,12 @@ def build(
         periodic.setServiceParent(root)
 
     root_resource = HostDispatcher(site.app.resource(), proxy, urls.base_host)
-    web = QuietSandboxSite(root_resource, urls.base_host, requestFactory=BoundedRequest)
+    web = QuietSandboxSite(
+        root_resource,
+        urls.base_host,
+        TrustedProxies(config.trusted_proxies),
+        requestFactory=BoundedRequest,
+    )
     web.displayTracebacks = False
     # (before the listeners: stopped after them, so nothing is handed to it while it stops)
     relay = StreamRelay(reactor, metrics.relayed_streams)

@@ -8,6 +8,7 @@ from twisted.internet.defer import Deferred
 from cli_server.sandboxes.backend import (
     BackendError,
     Endpoint,
+    ExitListener,
     Observed,
     SandboxSpec,
     State,
@@ -33,6 +34,8 @@ class FakeBackend:
     serve_at: int | None = None  # every sandbox "runs" at this port (e.g. a recording server)
     _gate: Deferred[None] | None = None
     _next_port: int = 20000
+    on_exit: ExitListener | None = None
+    exits: dict[str, str] = field(factory=dict)  # what describe() says of a crash, if told
 
     def hold(self) -> None:
         self._gate = Deferred()
@@ -42,9 +45,17 @@ class FakeBackend:
         if gate is not None:
             gate.callback(None)
 
-    def crash(self, sandbox_id: str) -> None:
+    def crash(self, sandbox_id: str, why: str | None = None) -> None:
         self.running.pop(sandbox_id, None)
         self.stopped.add(sandbox_id)
+        if why is not None:
+            self.exits[sandbox_id] = why
+
+    def die(self, sandbox_id: str, why: str = "opencode was killed (SIGKILL)") -> None:
+        """A process that ends by itself, reported the way the process backend reports it."""
+        self.crash(sandbox_id)
+        if self.on_exit is not None:
+            self.on_exit(sandbox_id, why)
 
     @deferred
     async def start(self, spec: SandboxSpec) -> Endpoint:
@@ -61,6 +72,7 @@ class FakeBackend:
         endpoint = Endpoint("127.0.0.1", self.serve_at or self._next_port)
         self.running[spec.id] = endpoint
         self.stopped.discard(spec.id)
+        self.exits.pop(spec.id, None)
         return endpoint
 
     @deferred
@@ -89,7 +101,7 @@ class FakeBackend:
         if sandbox_id in self.running:
             return Observed(State.RUNNING, self.running[sandbox_id])
         if sandbox_id in self.stopped:
-            return Observed(State.STOPPED)
+            return Observed(State.STOPPED, exit=self.exits.get(sandbox_id))
         return Observed(State.MISSING)
 
     @deferred

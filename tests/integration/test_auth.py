@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import attrs
 import pytest_twisted
 
 from cli_server.auth.tokens import token_hash
+from cli_server.client_address import parse_trusted_proxies
 from cli_server.web.auth_api import AuthLimits
 
-from .conftest import Running, start_server, stop_server
+from .conftest import Running, server_config, start_server, stop_server
 
 
 def _cookie(client) -> str:  # type: ignore[no-untyped-def]
@@ -81,17 +85,21 @@ async def test_login_errors_do_not_reveal_usernames(app: Running) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_failed_logins_are_rate_limited(db_url: str) -> None:
-    """After the limit, 429 with Retry-After, even for the right password; others unaffected."""
+    """After the free tries, 429 with Retry-After for that account from that address, even
+    with the right password; others unaffected. The address's own limit stops accounts never
+    used from there, not people who logged in from there before."""
     running = await start_server(
         db_url,
         limits=AuthLimits(
-            login_failures_per_user=3, login_failures_per_address=5, registrations_per_address=100
+            login_failures_per_pair=3, login_failures_per_address=5, registrations_per_address=100
         ),
     )
     try:
         victim, other = running.client(), running.client()
         await victim.register_and_login("victim")
         await other.register_and_login("other")
+        newcomer = {"username": "newcomer", "password": "password123"}
+        assert (await running.client().call("POST", "/api/auth/register", newcomer)).code == 201
         for _ in range(3):
             bad = await running.client().call(
                 "POST", "/api/auth/login", {"username": "VICTIM", "password": "guess-guess"}
@@ -110,10 +118,12 @@ async def test_failed_logins_are_rate_limited(db_url: str) -> None:
             await running.client().call(
                 "POST", "/api/auth/login", {"username": "other", "password": "guess-guess"}
             )
-        blocked = await running.client().call(
+        blocked = await running.client().call("POST", "/api/auth/login", newcomer)
+        assert blocked.code == 429 and "from this address" in blocked.body["error"]["message"]
+        known = await running.client().call(
             "POST", "/api/auth/login", {"username": "other", "password": "password123"}
         )
-        assert blocked.code == 429
+        assert known.code == 200
     finally:
         await stop_server(running)
 
@@ -130,5 +140,75 @@ async def test_registrations_are_rate_limited(db_url: str) -> None:
             )
             codes.append(reply.code)
         assert codes == [201, 201, 429]
+    finally:
+        await stop_server(running)
+
+
+async def _login(running: Running, username: str, password: str, address: str) -> Any:
+    """A login from ``address``, as the trusted proxy in front (127.0.0.1) reports it."""
+    return await running.client().call(
+        "POST",
+        "/api/auth/login",
+        {"username": username, "password": password},
+        headers={"X-Forwarded-For": f"6.6.6.6, {address}"},  # (the left hop is a lie)
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_guessing_slows_the_attacker_and_never_locks_out_the_owner(db_url: str) -> None:
+    """Behind a trusted proxy, with the default limits: one address guessing the owner's
+    password gets 5 tries, then 429s; a spray from many addresses then slows new addresses
+    for that account; failures for 20 names from one shared address touch nobody else there;
+    through it all the owner logs in from the address they used before."""
+    config = attrs.evolve(server_config(db_url), trusted_proxies=parse_trusted_proxies("127.0.0.1"))
+    running = await start_server(
+        db_url, config=config, limits=AuthLimits(registrations_per_address=100)
+    )
+    try:
+        for name in ("owner", "colleague"):
+            made = await running.client().call(
+                "POST", "/api/auth/register", {"username": name, "password": "password123"}
+            )
+            assert made.code == 201
+        home, nat = "198.51.100.10", "192.0.2.1"
+        assert (await _login(running, "owner", "password123", home)).code == 200
+        assert (await _login(running, "colleague", "password123", nat)).code == 200
+
+        codes = [(await _login(running, "owner", "guess-guess", "203.0.113.66")).code]
+        for _ in range(29):
+            codes.append((await _login(running, "owner", "guess-guess", "203.0.113.66")).code)
+        assert codes == [401] * 5 + [429] * 25, codes
+        limited = await _login(running, "owner", "password123", "203.0.113.66")
+        assert limited.code == 429 and int(limited.headers.getRawHeaders("retry-after")[0]) >= 1
+        assert (await _login(running, "owner", "password123", home)).code == 200
+        assert (await _login(running, "owner", "password123", "198.51.100.11")).code == 200
+
+        sprayed_codes = [  # a spray: one guess from each of 20 more addresses
+            (await _login(running, "owner", "guess-guess", f"203.0.113.{n}")).code
+            for n in range(20)
+        ]
+        assert sprayed_codes == [401] * 15 + [429] * 5, sprayed_codes  # 20 for the account
+        sprayed = await _login(running, "owner", "password123", "198.51.100.12")
+        assert sprayed.code == 429 and "for this account" in sprayed.body["error"]["message"]
+        assert (await _login(running, "owner", "password123", home)).code == 200
+
+        for n in range(20):  # everyone behind one NAT: 20 names fail there
+            assert (await _login(running, f"nobody{n}", "guess-guess", nat)).code == 401
+        assert (await _login(running, "colleague", "password123", nat)).code == 200
+        assert (await _login(running, "owner", "password123", nat)).code == 429  # (sprayed)
+    finally:
+        await stop_server(running)
+
+
+@pytest_twisted.ensureDeferred
+async def test_forwarding_headers_from_an_untrusted_peer_change_nothing(db_url: str) -> None:
+    """Without --trusted-proxies a client rotating X-Forwarded-For is still one address."""
+    running = await start_server(db_url, limits=AuthLimits(registrations_per_address=100))
+    try:
+        await running.client().register_and_login("owner")
+        codes = [
+            (await _login(running, "owner", "guess-guess", f"203.0.113.{n}")).code for n in range(8)
+        ]
+        assert codes == [401] * 5 + [429] * 3, codes
     finally:
         await stop_server(running)

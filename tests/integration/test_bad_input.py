@@ -45,6 +45,20 @@ def raw_cases(prefix_field: str) -> list[tuple[bytes, dict[str, str], int, str |
         (b"\xff\xfe{}", JSON, 400, "body"),
         (json.dumps({prefix_field: "ok"}).encode(), {"Content-Type": "text/plain"}, 415, None),
         (HUGE, JSON, 413, None),
+        # parser attacks: each once gave a 500 (RecursionError) or a value nobody meant
+        (b"[" * 100_000, JSON, 400, "body"),
+        (b'{"a":' * 100_000, JSON, 400, "body"),
+        (
+            b'{"%s": "x", "%s": "y"}' % (prefix_field.encode(), prefix_field.encode()),
+            JSON,
+            400,
+            "body",
+        ),
+        (b'{"%s": %s}' % (prefix_field.encode(), b"9" * 5000), JSON, 400, "body"),
+        (b'{"%s": 1e999}' % prefix_field.encode(), JSON, 400, "body"),
+        (b'{"%s": NaN}' % prefix_field.encode(), JSON, 400, "body"),
+        (b'{"%s": "\xed\xa0\x80"}' % prefix_field.encode(), JSON, 400, "body"),
+        (b'{"%s": "\xc0\xaf"}' % prefix_field.encode(), JSON, 400, "body"),
     ]
 
 

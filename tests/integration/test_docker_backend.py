@@ -202,8 +202,8 @@ async def test_sandboxes_cannot_reach_each_other(world: DockerWorld) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_reconciliation_and_adoption(world: DockerWorld, db_url: str) -> None:
-    """A foreign container survives; a container killed behind our back is noticed; a
-    restarted server adopts running containers."""
+    """A foreign container survives; a container killed behind our back is noticed (failed,
+    with how it ended); a restarted server adopts running containers."""
     foreign = world.engine.docker(
         "run", "-d", "--name", "foreign", "--entrypoint", "/bin/sleep", world.engine.image, "300"
     ).strip()
@@ -221,7 +221,11 @@ async def test_reconciliation_and_adoption(world: DockerWorld, db_url: str) -> N
     world.engine.docker("kill", f"cli-sbx-{killed}")
     reconciler = world.app.server.root.getServiceNamed("reconciler")
     await reconciler._job()
-    await _wait(world, killed, "paused")
+    reply = await world.people["owner"].call("GET", f"/api/sandboxes/{killed}")
+    assert (reply.body["status"], reply.body["error"]) == (
+        "failed",
+        "opencode was killed (SIGKILL)",
+    ), reply.body
     assert foreign in world.engine.docker("ps", "-q", "--no-trunc")
 
     await stop_server(world.app)  # containers keep running

@@ -62,6 +62,7 @@ async def world(db_url: str) -> AsyncIterator[World]:
     clock.advance(time.time())  # the fake clock starts at the database's "now"
     backend, agents = FakeBackend(), FakeAgentStatus()
     manager = SandboxManager(db, backend, Workspaces(db), 100)
+    backend.on_exit = manager.exited
     activity = ActivityRecorder(db, clock)
     yield World(
         db,
@@ -156,6 +157,8 @@ async def test_reconciler_repairs_every_interrupted_state(world: World) -> None:
     alive = await world.sandbox()
     dead = await world.sandbox()
     world.backend.crash(dead)
+    killed = await world.sandbox()  # the backend can tell how it ended (a dead container)
+    world.backend.crash(killed, "opencode was killed (SIGKILL, out of memory)")
     creating = await world.sandbox("creating")
     world.backend.crash(creating)
     pausing = await world.sandbox("pausing")
@@ -168,6 +171,11 @@ async def test_reconciler_repairs_every_interrupted_state(world: World) -> None:
     await world.reconciler.sweep()
     assert await world.status(alive) == "running"
     assert await world.status(dead) == "paused"
+    (row,) = await world.db.query("SELECT status, error FROM sandboxes WHERE id = %s", (killed,))
+    assert (row["status"], row["error"]) == (
+        "failed",
+        "opencode was killed (SIGKILL, out of memory)",
+    )
     assert await world.status(creating) == "failed"
     assert await world.status(pausing) == "paused"
     assert pausing not in world.backend.running
@@ -188,3 +196,21 @@ async def test_reconciler_leaves_work_in_progress_alone(world: World) -> None:
     world.backend.release()
     await world.manager.drain()
     assert await world.status(made["id"]) == "running"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_exit_nobody_asked_for_fails_the_sandbox_at_once(world: World) -> None:
+    """The backend reports a dead opencode: failed with the reason, no sweep needed; an exit
+    while pausing (we caused it) is not a failure; Resume starts the failed one again."""
+    dying, pausing = await world.sandbox(), await world.sandbox("pausing")
+    world.backend.die(dying, "opencode was killed (SIGKILL)")
+    world.backend.die(pausing)
+    await world.manager.drain()
+    (row,) = await world.db.query("SELECT status, error FROM sandboxes WHERE id = %s", (dying,))
+    assert (row["status"], row["error"]) == ("failed", "opencode was killed (SIGKILL)")
+    assert ("stop", dying) in world.backend.calls  # what outlived opencode is cleaned up
+    assert await world.status(pausing) == "pausing"
+    await world.manager.resume(dying, world.user)
+    await world.manager.drain()
+    (row,) = await world.db.query("SELECT status, error FROM sandboxes WHERE id = %s", (dying,))
+    assert (row["status"], row["error"]) == ("running", None)

@@ -15,9 +15,10 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from attrs import define, field
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from cli_server.process import ProcessResult, run_process
@@ -96,6 +97,8 @@ class EmbeddedPostgres:
     _socket_dir: Path = field(init=False)
     _bin_dir: Path = field(factory=_wheel_bin_dir, init=False)
     _started: bool = field(default=False, init=False)
+    # running (started or adopted) and stop() not called: the supervisor keeps it running
+    wanted: bool = field(default=False, init=False)
     _log = Logger()
 
     def __attrs_post_init__(self) -> None:
@@ -166,24 +169,66 @@ class EmbeddedPostgres:
         if status.code == 0:
             self._log.info("adopting the embedded PostgreSQL that is already running")
         else:
-            options = f"-h '' -k {self._socket_dir} -c unix_socket_permissions=0700"
-            result = await self._pg(
-                "pg_ctl",
-                "start",
-                "-w",
-                "-t",
-                str(int(self._timeout)),
-                "-D",
-                str(self.pgdata),
-                "-l",
-                str(self.pgdata / "server.log"),
-                "-o",
-                options,
-            )
-            if result.code != 0:
-                log_tail = _tail(self.pgdata / "server.log")
-                raise EmbeddedPostgresError(f"PostgreSQL did not start: {log_tail}")
+            await self._launch()
+        self.wanted = True  # (from here on a postmaster that dies is started again)
         await self._ensure_database()
+
+    async def _launch(self) -> None:
+        options = f"-h '' -k {self._socket_dir} -c unix_socket_permissions=0700"
+        result = await self._pg(
+            "pg_ctl",
+            "start",
+            "-w",
+            "-t",
+            str(int(self._timeout)),
+            "-D",
+            str(self.pgdata),
+            "-l",
+            str(self.pgdata / "server.log"),
+            "-o",
+            options,
+        )
+        if result.code != 0:
+            log_tail = _tail(self.pgdata / "server.log")
+            raise EmbeddedPostgresError(f"PostgreSQL did not start: {log_tail}")
+
+    def _recorded(self, lock_file: Path) -> tuple[int, str | None] | None:
+        """The pid a lock file names and its /proc state letter (None: no such process)."""
+        try:
+            pid = int(lock_file.read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+        try:
+            stat_line = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return pid, None
+        comm, _, rest = stat_line.partition(" (")[2].rpartition(") ")  # "pid (comm) S ..."
+        return pid, (rest[:1] if comm == "postgres" else "?")
+
+    def postmaster(self) -> int | None:
+        """The running postmaster's pid, or None if it is gone (killed, crashed)."""
+        recorded = self._recorded(self.pgdata / "postmaster.pid")
+        if recorded is None:
+            return None
+        pid, state = recorded
+        # an unreaped zombie is as dead as a missing process; another program under a reused
+        # pid means ours is gone too
+        return pid if state not in (None, "Z", "X", "?") else None
+
+    async def restart(self) -> None:
+        """Start the cluster again after its postmaster died (the supervisor's call)."""
+        if not self.wanted:
+            return
+        # postgres refuses lock files whose pid still answers kill(0), as an unreaped zombie
+        # does: a dead postmaster's (data dir, socket) go, a live one's stay.
+        for lock_file in (
+            self.pgdata / "postmaster.pid",
+            self._socket_dir / f"{_SOCKET_NAME}.lock",
+        ):
+            recorded = self._recorded(lock_file)
+            if recorded is not None and recorded[1] in (None, "Z", "X"):
+                lock_file.unlink(missing_ok=True)
+        await self._launch()
 
     async def _ensure_database(self) -> None:
         psql = ["psql", "-h", str(self._socket_dir), "-U", "postgres", "-d", "postgres", "-tAc"]
@@ -200,6 +245,7 @@ class EmbeddedPostgres:
         if not self._started:
             return
         self._started = False
+        self.wanted = False
         result = await self._pg(
             "pg_ctl", "stop", "-m", "fast", "-w", "-t", "30", "-D", str(self.pgdata), timeout=40
         )
@@ -212,3 +258,53 @@ def _tail(path: Path, lines: int = 5) -> str:
         return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
     except OSError:
         return "(no server log)"
+
+
+class Supervised(Protocol):
+    wanted: bool
+
+    def postmaster(self) -> int | None: ...
+
+    async def restart(self) -> None: ...
+
+
+@define(eq=False)
+class Supervisor:
+    """Keeps the embedded PostgreSQL running: ``check`` (every second) restarts a dead one.
+
+    Failed restarts back off exponentially from ``min_delay`` to ``max_delay`` and go on for
+    as long as the server runs: meanwhile the API answers 503 ``database_unavailable`` and the
+    pool reconnects once PostgreSQL is back. Each attempt is logged.
+    """
+
+    _postgres: Supervised
+    _clock: IReactorTime
+    _min_delay: float = 1.0
+    _max_delay: float = 30.0
+    _delay: float = field(default=0.0, init=False)
+    _not_before: float = field(default=0.0, init=False)
+    restarts: int = field(default=0, init=False)
+    _log = Logger()
+
+    async def check(self) -> None:
+        if not self._postgres.wanted or self._postgres.postmaster() is not None:
+            self._delay = 0.0
+            return
+        now = self._clock.seconds()
+        if now < self._not_before:
+            return
+        self._log.warn("embedded PostgreSQL is not running; restarting it")
+        try:
+            await self._postgres.restart()
+        except EmbeddedPostgresError as e:
+            self._delay = min(max(self._delay * 2, self._min_delay), self._max_delay)
+            self._not_before = self._clock.seconds() + self._delay
+            self._log.error(
+                "restarting embedded PostgreSQL failed ({why}); next try in {delay:.0f} s",
+                why=str(e),
+                delay=self._delay,
+            )
+            return
+        self.restarts += 1
+        self._delay = 0.0
+        self._log.info("embedded PostgreSQL restarted")

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from cli_server.client_address import TrustedProxies
 from cli_server.nodelay import no_delay
 from cli_server.proxy.answer import LAST_CHUNK, Framing, chunk, reframe
 from cli_server.proxy.fast_path import FastPath, Route
@@ -140,6 +141,22 @@ class FrontDoor(Protocol):
             self._may_pass = why is not Back.DROPPED  # (this time we try it ourselves)
             self.dataReceived(data)
 
+    def _proxies(self) -> TrustedProxies:
+        trusted = getattr(self._site, "trusted_proxies", None)
+        return trusted if isinstance(trusted, TrustedProxies) else TrustedProxies()
+
+    def _client(self, head: RequestHead) -> bytes:
+        """The client's address for X-Forwarded-For, by the one rule (``client_address``)."""
+        trusted = self._proxies()
+        if not trusted.trusts_peer(self._peer.decode()):
+            return self._peer
+        fields = head.fields.headers
+        return trusted.client(
+            self._peer.decode(),
+            [v for n, v in fields if n.lower() == b"x-forwarded-for"],
+            [v for n, v in fields if n.lower() == b"forwarded"],
+        ).encode()
+
     # the browser's side
 
     def dataReceived(self, data: bytes) -> None:
@@ -212,7 +229,7 @@ class FrontDoor(Protocol):
         head = ex.head
         ex.route = route
         ex.raw_head, self._buffer = self._buffer[: head.size], self._buffer[head.size :]
-        ex.request = self._fast.upstream_head(head, route, self._peer)
+        ex.request = self._fast.upstream_head(head, route, self._client(head))
         ex.body_left = head.content_length
         if ex.body_left:
             rest, self._buffer = self._buffer, b""
@@ -256,6 +273,8 @@ class FrontDoor(Protocol):
         relay, route, head, factory = self._fast.relay, ex.route, ex.head, self.factory
         if relay is None or route is None or factory is None or not self._may_pass:
             return False
+        if self._proxies().trusts_peer(self._peer.decode()):
+            return False  # a proxy's connection carries many clients; the grant names one
         if head.method != b"GET" or head.content_length or not relay.ready:
             return False
         live = self._fast.live

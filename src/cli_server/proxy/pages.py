@@ -26,7 +26,10 @@ STATUS_TEXT = {
     "pausing": ("Pausing", "The sandbox is being paused."),
     "paused": ("This sandbox is paused", "Its files and sessions are kept. Resume it to continue."),
     "offline": ("The agent is offline", "The laptop running this sandbox is not connected."),
-    "failed": ("This sandbox failed to start", "Resume retries; the dashboard shows the error."),
+    "failed": (
+        "This sandbox failed",
+        "Its files are kept. Resume starts it again; the dashboard shows why.",
+    ),
     "starting": ("Starting your sandbox", "opencode is not answering yet; this page reloads."),
 }
 

@@ -6,6 +6,7 @@ about a backend, so later backends fit without changing them.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Coroutine
 from enum import StrEnum
 from functools import wraps
@@ -59,10 +60,38 @@ class State(StrEnum):
 class Observed:
     state: State
     endpoint: Endpoint | None = None
+    # why a process nobody stopped ended (``exit_reason``), where the backend can still tell
+    exit: str | None = None
+
+
+def exit_reason(code: int | None, number: int | None, *, oom: bool, via_init: bool) -> str:
+    """A sentence for a sandbox's ``error``: how its opencode ended. ``via_init``: the status
+    comes from a parent that reports a child killed by signal N as 128 + N (bubblewrap,
+    docker-init)."""
+    if number is None and via_init and code is not None and 128 < code < 128 + 65:
+        number = code - 128
+    memory = ", out of memory" if oom else ""
+    if number is not None:
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return f"opencode was killed ({name}{memory})"
+    if oom:
+        return "opencode ran out of memory"
+    return f"opencode exited with status {code}" if code else "opencode exited"
+
+
+# (sandbox_id, why): a sandbox's opencode ended without being asked to, e.g.
+# "opencode was killed (SIGKILL, out of memory)". Called on the reactor thread.
+ExitListener = Callable[[str, str], None]
 
 
 class SandboxBackend(Protocol):
     name: str
+    # Set by the server; a backend that cannot notice exits as they happen leaves it unused
+    # (the reconciler finds those). Never called for a stop, pause or delete we asked for.
+    on_exit: ExitListener | None
 
     def start(self, spec: SandboxSpec) -> Deferred[Endpoint]:
         """Create or resume the sandbox and wait until opencode answers."""

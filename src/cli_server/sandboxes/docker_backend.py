@@ -29,10 +29,12 @@ from attrs import define, field
 from cli_server.sandboxes.backend import (
     BackendError,
     Endpoint,
+    ExitListener,
     Observed,
     SandboxSpec,
     State,
     deferred,
+    exit_reason,
 )
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.threads import Runner
@@ -64,6 +66,8 @@ class DockerBackend:
     _start_timeout: float = 90.0
     _client: Any = field(default=None, init=False)
     _network_lock: threading.Lock = field(factory=threading.Lock, init=False)
+    # Not called: a container that dies is found by the reconciler's next sweep.
+    on_exit: ExitListener | None = field(default=None, init=False)
     name = "docker"
     survives_restart = True
 
@@ -172,7 +176,7 @@ class DockerBackend:
             raise BackendError("the engine published no port for opencode")
         return "127.0.0.1", int(bindings[0]["HostPort"])
 
-    def _thd_state(self, sandbox_id: str) -> tuple[str, tuple[str, int] | None]:
+    def _thd_state(self, sandbox_id: str) -> tuple[str, tuple[str, int] | None, str | None]:
         import docker.errors
 
         client = self._thd_client()
@@ -181,17 +185,17 @@ class DockerBackend:
         except docker.errors.NotFound:
             try:
                 client.volumes.get(f"cli-home-{sandbox_id}")
-                return "stopped", None
+                return "stopped", None, None
             except docker.errors.NotFound:
-                return "missing", None
+                return "missing", None, None
         if container.status == "running":
             try:
-                return "running", self._thd_address(sandbox_id)
+                return "running", self._thd_address(sandbox_id), None
             except BackendError:
                 # Running but unreachable as we are configured now (made under another
                 # networking setting): treated as stopped, so it is paused and recreated.
-                return "stopped", None
-        return "stopped", None
+                return "stopped", None, None
+        return "stopped", None, _container_exit(container.attrs.get("State") or {})
 
     def _thd_stop(self, sandbox_id: str) -> None:
         import docker.errors
@@ -283,10 +287,10 @@ class DockerBackend:
 
     @deferred
     async def describe(self, sandbox_id: str) -> Observed:
-        state, address = await self._engine(self._thd_state, sandbox_id)
+        state, address, ended = await self._engine(self._thd_state, sandbox_id)
         if state == "running" and address is not None:
             return Observed(State.RUNNING, Endpoint(*address))
-        return Observed(State.STOPPED if state == "stopped" else State.MISSING)
+        return Observed(State.STOPPED if state == "stopped" else State.MISSING, exit=ended)
 
     @deferred
     async def list_owned(self) -> list[str]:
@@ -300,6 +304,20 @@ class DockerBackend:
     @deferred
     async def check(self) -> None:
         await self._engine(self._thd_ping)
+
+
+def _container_exit(state: dict[str, Any]) -> str | None:
+    """How an exited container's opencode ended, from the engine's ``State`` (under
+    ``init=True`` a signal N shows as status 128 + N); None if it never ran."""
+    if state.get("Status") != "exited":
+        return None
+    code = state.get("ExitCode")
+    return exit_reason(
+        code if isinstance(code, int) else None,
+        None,
+        oom=bool(state.get("OOMKilled")),
+        via_init=True,
+    )
 
 
 def _short(error: Exception) -> str:

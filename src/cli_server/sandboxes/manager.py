@@ -348,6 +348,20 @@ class SandboxManager:
             return
         await self._transition(sandbox_id, [Status.PAUSING], Status.PAUSED, paused_at=_NOW)
 
+    def exited(self, sandbox_id: str, why: str) -> None:
+        """The backend saw a running sandbox's opencode end by itself (the backend's
+        ``on_exit``): failed at once, with the reason; Resume starts it again."""
+        self._background(sandbox_id, self._exited(sandbox_id, why))
+
+    async def _exited(self, sandbox_id: str, why: str) -> None:
+        # Only from running: a pause, resume or delete under way made (or handles) that exit.
+        failed = await self._transition(
+            sandbox_id, [Status.RUNNING], Status.FAILED, error=why[:1000]
+        )
+        if failed is not None:
+            self._log.warn("sandbox {sandbox_id} failed: {why}", sandbox_id=sandbox_id, why=why)
+            await self._cleanup(sandbox_id)  # what outlives opencode: network, door, cgroups
+
     async def pause_idle(self, sandbox_id: str) -> bool:
         """The idle monitor's pause: only from running; True if it paused."""
         if await self._transition(sandbox_id, PAUSABLE, Status.PAUSING) is None:

@@ -82,7 +82,9 @@ class Reconciler:
 
     - creating/pausing/resuming with no task of ours behind it (a crash interrupted it):
       running if the backend runs it, else paused (creating: failed, with a readable error);
-    - running, but the process is gone: paused — HOME and the workspace disk are intact;
+    - running, but the process is gone: failed with the reason where the backend can tell how
+      it ended (a container that died; the process backend reports deaths as they happen,
+      ``SandboxBackend.on_exit``), else paused — HOME and the workspace disk are intact;
     - backend state with no row: deleted.
     """
 
@@ -125,6 +127,9 @@ class Reconciler:
             return
         if alive and status is not Status.PAUSING:
             target, error = Status.RUNNING, None
+        elif status is Status.RUNNING and observed.exit is not None:
+            target, error = Status.FAILED, observed.exit
+            await self._stop_quietly(sandbox_id)
         elif status is Status.CREATING:
             target, error = Status.FAILED, "start was interrupted (server restart); resume to retry"
             await self._stop_quietly(sandbox_id)

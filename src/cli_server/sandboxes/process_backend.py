@@ -45,10 +45,12 @@ from cli_server.sandboxes import seccomp
 from cli_server.sandboxes.backend import (
     BackendError,
     Endpoint,
+    ExitListener,
     Observed,
     SandboxSpec,
     State,
     deferred,
+    exit_reason,
 )
 from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes
 from cli_server.sandboxes.egress import EgressPolicy, Network, host_addresses
@@ -132,6 +134,7 @@ class _Watched(ProcessProtocol):
         self.ready: Deferred[None] = Deferred()
         self.ended: Deferred[None] = Deferred()
         self.output = bytearray()
+        self.reason: BaseException | None = None  # ProcessDone or ProcessTerminated
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD in (1, 2):
@@ -142,6 +145,7 @@ class _Watched(ProcessProtocol):
             self.ready.callback(None)
 
     def processEnded(self, reason: Failure) -> None:
+        self.reason = reason.value
         if not self.ready.called:
             self.ready.errback(BackendError(f"{self._what} exited: {self.tail()}"))
         self.ended.callback(None)
@@ -193,6 +197,7 @@ class ProcessBackend:
     # workspace id -> sandboxes started since its disk was mounted; unmounted when none is left
     _disk_users: dict[str, set[str]] = field(factory=dict, init=False)
     _doors: dict[str, Any] = field(factory=dict, init=False)
+    on_exit: ExitListener | None = field(default=None, init=False)
     name = "process"
     _log = Logger()
 
@@ -572,15 +577,27 @@ class ProcessBackend:
         return made
 
     def _exited(self, sandbox_id: str, live: _Live) -> None:
+        """opencode ended. A stop we asked for took it out of ``_live`` first, so reaching the
+        branch below means it died by itself (killed, OOM-killed, crashed): say so at once."""
         if self._live.get(sandbox_id) is live:
             del self._live[sandbox_id]
             if live.slirp is not None:
                 _signal(live.slirp, "TERM")
-            self._log.info(
-                "sandbox {sandbox_id} process exited: {tail}",
+            ended = live.sandbox_proto.reason
+            why = exit_reason(
+                getattr(ended, "exitCode", None),
+                getattr(ended, "signal", None),
+                oom=_oom_killed(sandbox_id),
+                via_init=live.slirp is not None,  # (bubblewrap)
+            )
+            self._log.warn(
+                "sandbox {sandbox_id}: {why}: {tail}",
                 sandbox_id=sandbox_id,
+                why=why,
                 tail=live.sandbox_proto.tail(),
             )
+            if self.on_exit is not None:
+                self.on_exit(sandbox_id, why)
 
     # -- stop, delete -------------------------------------------------------------------------
 
@@ -682,6 +699,19 @@ class ProcessBackend:
             await self._teardown(sandbox_id)
         self._disk_users.clear()
         await self._quotas.detach_all(self._data_dir)
+
+
+def _oom_killed(sandbox_id: str) -> bool:
+    """Whether the kernel's OOM killer acted in the sandbox's memory cgroup (v1)."""
+    control = _CGROUP_ROOT / "memory" / "cli-server" / sandbox_id / "memory.oom_control"
+    try:
+        for line in control.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == "oom_kill" and value.strip().isdigit():
+                return int(value) > 0
+    except OSError:
+        pass
+    return False
 
 
 def _which(tool: str) -> str:

@@ -11,6 +11,7 @@ from attrs import frozen
 from twisted.application.service import IService
 from twisted.python import usage
 
+from cli_server.client_address import parse_trusted_proxies
 from cli_server.config import (
     ServerConfig,
     default_data_dir,
@@ -160,6 +161,14 @@ SETTINGS: dict[str, Setting] = {
         "CIDRs sandboxes may reach although on this host or private, comma-separated.",
         "none: the internet only",
     ),
+    "trusted-proxies": Setting(
+        "TRUSTED_PROXIES",
+        parse_trusted_proxies,
+        None,
+        "Comma-separated addresses/CIDRs of reverse proxies whose X-Forwarded-For (or "
+        "Forwarded) names the client; from anyone else those headers are ignored.",
+        "none",
+    ),
     "anthropic-proxy-url": Setting(
         "ANTHROPIC_PROXY_URL", str, None, "URL sandboxes use for the server's Anthropic proxy."
     ),
@@ -299,6 +308,7 @@ class Options(usage.Options):
             docker_network=self["docker-network"],
             agent_image=self["agent-image"],
             egress_allow=self["egress-allow"] or (),
+            trusted_proxies=self["trusted-proxies"] or (),
             anthropic_api_key=self._environ.get("ANTHROPIC_API_KEY") or None,
             anthropic_auth_token=self._environ.get("ANTHROPIC_AUTH_TOKEN") or None,
         )

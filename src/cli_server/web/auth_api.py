@@ -7,10 +7,11 @@ from typing import Any
 
 from attrs import define
 from klein import Klein
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from cli_server.accounts import Accounts
-from cli_server.auth.ratelimit import FailureLimiter
+from cli_server.auth.ratelimit import Backoff, FailureLimiter, KnownAddresses, LoginGuard
 from cli_server.errors import BadRequest, TooManyRequests, Unauthorized
 from cli_server.proxy.access import SandboxAccess
 from cli_server.web.body import read_json_object, required_text, text_field
@@ -23,21 +24,39 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 @define(frozen=True)
 class AuthLimits:
-    """How many tries before 429; generous enough for people, tight enough for scripts."""
+    """Free tries before delays start (see ``LoginGuard``); each further failure doubles the
+    wait, from ``login_first_wait`` up to ``login_longest_wait``. Failures are forgotten
+    ``login_window`` after the last one."""
 
-    login_failures_per_user: int = 5
-    login_failures_per_address: int = 20
-    login_window: float = 15 * 60.0
+    login_failures_per_pair: int = 5  # one account from one address
+    login_failures_per_user: int = 20  # one account, from addresses it never logged in from
+    login_failures_per_address: int = 100  # one address, for accounts never used from there
+    login_first_wait: float = 1.0
+    login_longest_wait: float = 15 * 60.0
+    login_window: float = 60 * 60.0
+    known_address_for: float = 30 * 86400.0
     registrations_per_address: int = 20
     registration_window: float = 60 * 60.0
+
+    def guard(self, clock: IReactorTime) -> LoginGuard:
+        def backoff(free: int) -> Backoff:
+            return Backoff(
+                clock, free, self.login_first_wait, self.login_longest_wait, self.login_window
+            )
+
+        return LoginGuard(
+            backoff(self.login_failures_per_pair),
+            backoff(self.login_failures_per_user),
+            backoff(self.login_failures_per_address),
+            KnownAddresses(clock, self.known_address_for),
+        )
 
 
 @define(eq=False)
 class AuthAPI:
     _accounts: Accounts
     _cookies: SessionCookies
-    _per_user: FailureLimiter
-    _per_address: FailureLimiter
+    _logins: LoginGuard
     _registrations: FailureLimiter
     _sandbox_access: SandboxAccess
 
@@ -61,8 +80,9 @@ class AuthAPI:
             raise BadRequest("email must look like name@example.com", field="email")
         address = _address(request)
         _limit(self._registrations, address, "too many registrations from this address")
-        user = await self._accounts.register(username, password, email or None)
+        # Every attempt counts, taken names too: registering is also a way to probe names.
         self._registrations.failed(address)
+        user = await self._accounts.register(username, password, email or None)
         return json_response(request, user.to_json(), 201)
 
     @app.route("/login", methods=["POST"])
@@ -71,15 +91,16 @@ class AuthAPI:
         body = read_json_object(request)
         username = required_text(body, "username", max_length=254)
         password = required_text(body, "password", max_length=1024, strip=False)
-        user_key, address = username.lower(), _address(request)
-        _limit(self._per_address, address, "too many failed logins from this address")
-        _limit(self._per_user, user_key, "too many failed logins for this account")
+        account, address = username.lower(), _address(request)
+        waiting = self._logins.retry_after(account, address)
+        if waiting is not None:
+            wait, why = waiting
+            raise TooManyRequests(f"{why}; try again in {wait} s", retry_after=wait)
         user = await self._accounts.authenticate(username, password)
         if user is None:
-            self._per_user.failed(user_key)
-            self._per_address.failed(address)
+            self._logins.failed(account, address)
             raise Unauthorized("wrong username or password", code="invalid_credentials")
-        self._per_user.forget(user_key)
+        self._logins.succeeded(account, address)
         token = await self._accounts.open_session(user)
         self._cookies.set(request, token)
         return json_response(request, user.to_json())
@@ -112,5 +133,5 @@ def _limit(limiter: FailureLimiter, key: str, message: str) -> None:
 
 
 def _address(request: IRequest) -> str:
-    peer: Any = request.getClientAddress()
+    peer: Any = request.getClientAddress()  # behind --trusted-proxies: the forwarded client
     return str(getattr(peer, "host", "unix"))

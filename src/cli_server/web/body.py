@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import unicodedata
 from typing import Any
 
@@ -23,12 +24,63 @@ def read_json_object(request: IRequest) -> dict[str, Any]:
         # Also a CSRF guard: browsers cannot send application/json cross-site without CORS.
         raise UnsupportedMediaType("send the body as Content-Type: application/json")
     try:
-        value = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"the body is not valid UTF-8 (byte {e.start})", field="body") from None
+    try:
+        value = json.loads(
+            text,
+            object_pairs_hook=_unique_keys,
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
+            parse_constant=_no_constant,
+        )
+    except RecursionError:
+        # The decoder recurses once per level: a deep body must be the client's fault, not a 500.
+        raise BadRequest("the body is nested too deeply", field="body") from None
+    except _Refused as e:
+        raise BadRequest(f"the body is not acceptable JSON: {e}", field="body") from None
+    except ValueError as e:
         raise BadRequest(f"the body is not valid JSON: {e}", field="body") from None
     if not isinstance(value, dict):
         raise BadRequest("the body must be a JSON object", field="body")
     return value
+
+
+class _Refused(ValueError):
+    """Valid JSON we do not accept: the message says what."""
+
+
+_MAX_DIGITS = 30  # far beyond any count or id we take; bounds int() and later arithmetic
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Two values for one key would be read differently by different parsers: refuse both.
+    value: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in value:
+            raise _Refused(f"the key {key[:40]!r} appears twice")
+        value[key] = item
+    return value
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > _MAX_DIGITS:
+        raise _Refused(f"a number has more than {_MAX_DIGITS} digits")
+    return int(digits)
+
+
+def _finite_float(text: str) -> float:
+    if len(text) > 2 * _MAX_DIGITS:
+        raise _Refused(f"a number is longer than {2 * _MAX_DIGITS} characters")
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Refused("a number is too large")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise _Refused(f"{name} is not JSON")
 
 
 def _check_text(field: str, value: str) -> str:

@@ -7,8 +7,11 @@ from io import BytesIO
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IAddress
 from twisted.web import http, server
 
+from cli_server.client_address import TrustedProxies
 from cli_server.nodelay import no_delay
 from cli_server.proxy.hosts import sandbox_for_host
 from cli_server.web.streamed_body import StreamedBody
@@ -65,6 +68,25 @@ class BoundedRequest(server.Request):
             self.streamed_body.finish()  # rendering started when the headers came
         else:
             super().requestReceived(command, path, version)
+
+    def getClientAddress(self) -> IAddress:
+        """The peer, or the client a trusted proxy forwarded for: what the login limits, the
+        access log and the sandboxes' X-Forwarded-For all see (``client_address``)."""
+        peer: IAddress = super().getClientAddress()
+        trusted = getattr(getattr(self, "channel", None), "site", None)
+        trusted = getattr(trusted, "trusted_proxies", None)
+        host = getattr(peer, "host", None)
+        if not isinstance(trusted, TrustedProxies) or not isinstance(host, str):
+            return peer
+        if not trusted.trusts_peer(host):
+            return peer
+        headers = self.requestHeaders
+        client = trusted.client(
+            host,
+            headers.getRawHeaders(b"x-forwarded-for", []),
+            headers.getRawHeaders(b"forwarded", []),
+        )
+        return (IPv6Address if ":" in client else IPv4Address)("TCP", client, 0)
 
     def process(self) -> None:
         channel: Any = self.channel
@@ -165,9 +187,16 @@ class QuietSandboxSite(server.Site):
     terminal requests per minute, and logging each would cost more than proxying it), and
     never a credential in a query string (the tunnel accepts ``?token=``)."""
 
-    def __init__(self, resource: Any, base_host: bytes | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        resource: Any,
+        base_host: bytes | None = None,
+        trusted_proxies: TrustedProxies | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(resource, logFormatter=redacting_log_formatter, **kwargs)
         self.base_host = base_host
+        self.trusted_proxies = trusted_proxies or TrustedProxies()
 
     def log(self, request: http.Request) -> None:
         if not for_sandbox(request, self):

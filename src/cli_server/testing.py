@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from attrs import define, field
 from twisted.internet.defer import Deferred
 
@@ -31,6 +33,10 @@ class FakeBackend:
     calls: list[tuple[str, str]] = field(factory=list)
     fail_next: str | None = None
     serve_at: int | None = None  # every sandbox "runs" at this port (e.g. a recording server)
+    # (sandbox_id, None) -> (IListeningPort, port): opens each running sandbox an Anthropic
+    # proxy door on the host's loopback, as the process backend does when unisolated
+    door: Any = None
+    doors: dict[str, tuple[Any, int]] = field(factory=dict)
     _gate: Deferred[None] | None = None
     _next_port: int = 20000
 
@@ -45,6 +51,12 @@ class FakeBackend:
     def crash(self, sandbox_id: str) -> None:
         self.running.pop(sandbox_id, None)
         self.stopped.add(sandbox_id)
+        self._close_door(sandbox_id)
+
+    def _close_door(self, sandbox_id: str) -> None:
+        door = self.doors.pop(sandbox_id, None)
+        if door is not None:
+            door[0].stopListening()
 
     @deferred
     async def start(self, spec: SandboxSpec) -> Endpoint:
@@ -61,6 +73,8 @@ class FakeBackend:
         endpoint = Endpoint("127.0.0.1", self.serve_at or self._next_port)
         self.running[spec.id] = endpoint
         self.stopped.discard(spec.id)
+        if self.door is not None and spec.id not in self.doors:
+            self.doors[spec.id] = self.door(spec.id, None)
         return endpoint
 
     @deferred
@@ -68,6 +82,7 @@ class FakeBackend:
         self.calls.append(("stop", sandbox_id))
         if self.running.pop(sandbox_id, None) is not None or sandbox_id in self.specs:
             self.stopped.add(sandbox_id)
+        self._close_door(sandbox_id)
 
     @deferred
     async def delete(self, sandbox_id: str) -> None:
@@ -75,6 +90,7 @@ class FakeBackend:
         self.running.pop(sandbox_id, None)
         self.stopped.discard(sandbox_id)
         self.specs.pop(sandbox_id, None)
+        self._close_door(sandbox_id)
 
     @deferred
     async def delete_workspace(self, workspace_id: str) -> None:

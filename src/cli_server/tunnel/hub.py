@@ -45,10 +45,17 @@ class TunnelHub:
     _pending: dict[str, set[Session]] = field(factory=dict, init=False)  # open, no hello yet
     _revoked: dict[str, tuple[float, str]] = field(factory=dict, init=False)  # when, why
     _locks: dict[str, DeferredLock] = field(factory=dict, init=False)
+    _addresses: dict[Session, str] = field(factory=dict, init=False)  # live tunnels' peers
     _log = Logger()
 
     def session(self, sandbox_id: str) -> Session | None:
         return self._live.get(sandbox_id)
+
+    def address(self, sandbox_id: str) -> str | None:
+        """The address the sandbox's live tunnel comes from (its agent's Anthropic calls must
+        come from there too); None while it has none."""
+        session = self._live.get(sandbox_id)
+        return None if session is None else self._addresses.get(session)
 
     @property
     def count(self) -> int:
@@ -89,8 +96,11 @@ class TunnelHub:
             if not pending:
                 del self._pending[sandbox_id]
 
-    def attach(self, sandbox_id: str, session: Session) -> None:
+    def attach(self, sandbox_id: str, session: Session, address: str | None = None) -> None:
         self._unpend(sandbox_id, session)
+        self._addresses = {s: a for s, a in self._addresses.items() if s in self._live.values()}
+        if address is not None:
+            self._addresses[session] = address
         revoked = self._revoked.get(sandbox_id)
         if revoked is not None and self.clock.seconds() - revoked[0] < _REMEMBER_REVOKED:
             # (its token was checked just before the sandbox went: it must not come back)
@@ -204,7 +214,8 @@ class TunnelServerProtocol(SessionCarrier, WebSocketServerProtocol):  # type: ig
         sandbox_id: str = self.factory.sandbox_id
         session = hub.new_session(sandbox_id, self.send_frame, self.close_tunnel)
         self.carry(session)
-        session.ready.addCallback(lambda _: hub.attach(sandbox_id, session))
+        peer = getattr(self.transport.getPeer(), "host", None)
+        session.ready.addCallback(lambda _: hub.attach(sandbox_id, session, peer))
         session.start()
         self._hello_timer = hub.clock.callLater(HELLO_TIMEOUT, self._no_hello)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
@@ -17,9 +18,10 @@ from twisted.internet.threads import deferToThread
 
 from cli_server.auth.tokens import new_token
 
-from .conftest import Running, _reactor, server_config, start_server, stop_server
+from .conftest import Real, Running, _reactor, server_config, start_server, stop_server
 from .fake_anthropic import REPLY, FakeAnthropic, serve
-from .helpers import Api, Wire, wait_until
+from .helpers import Api, Wire, needs_isolation, wait_until
+from .sandbox_shell import run_inside
 from .test_sandboxes_api import team, wait_status
 
 REAL_KEY = "sk-ant-real-key-never-shown"
@@ -484,3 +486,39 @@ async def test_delete_ends_the_token_at_once(world: World) -> None:
         hold.gate.callback(None)
         assert (await deleting).code == 204
     assert len(world.fake.seen) == 1
+
+
+def _token_in(pid: int) -> str:
+    """What a guest reads through opencode's /provider: the sandbox's own token."""
+    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return next(e for e in env if e.startswith(b"ANTHROPIC_API_KEY=")).split(b"=", 1)[1].decode()
+
+
+def _curl_door(pid: int, token: str) -> int:
+    """From inside a real sandbox, a message call through its door; the HTTP status."""
+    body = json.dumps(MESSAGE)
+    done = run_inside(
+        pid,
+        "curl -s -o /dev/null -w '%{http_code}' -m 10 -H 'content-type: application/json'"
+        f" -H 'x-api-key: {token}' -d '{body}' http://127.0.0.1:4097{CALL}",
+    )
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
+@needs_isolation
+@pytest_twisted.ensureDeferred
+async def test_real_sandboxes_spend_only_through_their_own_door(real: Real) -> None:
+    """Real opencode under bubblewrap: code in sandbox B that holds sandbox A's token (read
+    from A by a guest) cannot spend with it through B's door, nor on the server's listener;
+    each sandbox's own token works from inside it."""
+    a, _ = await real.create("a", "victim")
+    b, _ = await real.create("b", "attacker")
+    token_a, token_b = _token_in(real.pid(a)), _token_in(real.pid(b))
+    assert await deferToThread(_curl_door, real.pid(b), token_a) == 401
+    stolen = await real.app.client().call("POST", CALL, MESSAGE, headers={"x-api-key": token_a})
+    assert stolen.code == 401, stolen
+    assert real.anthropic.seen == []
+    assert await deferToThread(_curl_door, real.pid(a), token_a) == 200
+    assert await deferToThread(_curl_door, real.pid(b), token_b) == 200
+    assert len(real.anthropic.seen) == 2

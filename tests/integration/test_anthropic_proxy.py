@@ -17,14 +17,19 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.threads import deferToThread
 
 from cli_server.auth.tokens import new_token
+from cli_server.sandboxes.docker_backend import DockerBackend, DockerSettings
+from cli_server.sandboxes.opencode import OpencodeClient
+from cli_server.threads import ThreadPoolService
 
 from .conftest import Real, Running, _reactor, server_config, start_server, stop_server
+from .docker_engine import Engine, needs_dockerd
 from .fake_anthropic import REPLY, FakeAnthropic, serve
 from .helpers import Api, Wire, needs_isolation, wait_until
 from .sandbox_shell import run_inside
 from .test_sandboxes_api import team, wait_status
 
 REAL_KEY = "sk-ant-real-key-never-shown"
+DOCKER_INSTANCE = "test-anthropic"
 
 
 @attrs.define
@@ -77,10 +82,16 @@ async def _world(db_url: str, **config: Any) -> tuple[World, Any]:
     return World(app, fake, port.getHost().port, people, wid, sid), port
 
 
-async def _sandbox(developer: Api, workspace: str, name: str = "ai") -> str:
+async def _sandbox(developer: Api, workspace: str, name: str = "ai", wait: float = 10) -> str:
     made = await developer.call("POST", f"/api/workspaces/{workspace}/sandboxes", {"name": name})
     sid = str(made.body["id"])
-    await wait_status(developer, sid, "running")
+
+    async def running() -> bool:
+        reply = await developer.call("GET", f"/api/sandboxes/{sid}")
+        assert reply.body["status"] != "failed", reply.body
+        return bool(reply.body["status"] == "running")
+
+    await wait_until(_reactor(), running, timeout=wait, step=0.1)
     return sid
 
 
@@ -522,3 +533,91 @@ async def test_real_sandboxes_spend_only_through_their_own_door(real: Real) -> N
     assert await deferToThread(_curl_door, real.pid(a), token_a) == 200
     assert await deferToThread(_curl_door, real.pid(b), token_b) == 200
     assert len(real.anthropic.seen) == 2
+
+
+def _post_from_container(
+    engine: Engine, container: str, address: str, port: int, token: str
+) -> str:
+    """From inside a container, a message call to address:port; the status line ('' if none).
+    (busybox nc: the image has no curl, and busybox's wget crashes in its name lookups.)"""
+    body = json.dumps(MESSAGE)
+    head = (
+        f"POST {CALL} HTTP/1.0\\r\\nHost: x\\r\\nx-api-key: {token}\\r\\n"
+        f"content-type: application/json\\r\\ncontent-length: {len(body)}\\r\\n\\r\\n"
+    )
+    request = f"printf '{head}%s' '{body}' | busybox nc -w 5 {address} {port}"
+    done = engine.attempt(["docker", "exec", container, "sh", "-c", request], timeout=60)
+    return (done.stdout.splitlines() or [""])[0].strip()
+
+
+def _container_token(engine: Engine, sandbox_id: str) -> str:
+    env = json.loads(
+        engine.docker("inspect", "--format", "{{json .Config.Env}}", f"cli-sbx-{sandbox_id}")
+    )
+    return str(next(e for e in env if e.startswith("ANTHROPIC_API_KEY=")).split("=", 1)[1])
+
+
+@needs_dockerd
+@pytest_twisted.ensureDeferred
+async def test_docker_tokens_work_only_from_their_own_container(
+    db_url: str, engine: Engine
+) -> None:
+    """Docker sandboxes call the proxy on the server's listener: a token is accepted only from
+    its own container's address — not from another container, not from the host."""
+    reactor = _reactor()
+    fake, fake_port = serve(reactor)
+    pool = ThreadPoolService(reactor, "docker-test", 4)
+    pool.startService()
+    settings = DockerSettings(
+        engine.host, engine.image, "http://host.docker.internal:1/proxy/anthropic/v1"
+    )
+    backend = DockerBackend(pool.run, settings, DOCKER_INSTANCE, OpencodeClient(reactor))
+    config = attrs.evolve(
+        server_config(db_url),
+        backend="docker",
+        anthropic_api_key=REAL_KEY,
+        anthropic_base_url=f"http://127.0.0.1:{fake_port.getHost().port}",
+    )
+    app = await start_server(db_url, config=config, backend=backend)
+    gateway_port = None
+    try:
+        people, wid = await team(app)
+        a = await _sandbox(people["developer"], wid, "a", wait=120)
+        b = await _sandbox(people["developer"], wid, "b", wait=120)
+        hosts = engine.docker("exec", f"cli-sbx-{a}", "cat", "/etc/hosts")
+        (gateway,) = [ln.split()[0] for ln in hosts.splitlines() if "host.docker.internal" in ln]
+        # the server's listener where containers reach it (the host's side of their bridge)
+        gateway_port = reactor.listenTCP(0, app.server.front_door, interface=gateway)
+        port = gateway_port.getHost().port
+        token_a, token_b = _container_token(engine, a), _container_token(engine, b)
+
+        def from_(container: str, token: str) -> Any:
+            return deferToThread(
+                _post_from_container, engine, f"cli-sbx-{container}", gateway, port, token
+            )
+
+        assert (await from_(b, token_a)).split()[1] == "401"
+        stolen = await app.client().call("POST", CALL, MESSAGE, headers={"x-api-key": token_a})
+        assert stolen.code == 401, stolen
+        assert fake.seen == []
+        assert (await from_(a, token_a)).split()[1] == "200"
+        assert (await from_(b, token_b)).split()[1] == "200"
+        assert len(fake.seen) == 2
+    finally:
+        if gateway_port is not None:
+            await gateway_port.stopListening()
+        try:
+            await stop_server(app)
+        finally:
+            pool.stopService()
+            await fake_port.stopListening()
+            ids = engine.docker(
+                "ps", "-aq", "--filter", f"label=cli-server.instance={DOCKER_INSTANCE}"
+            )
+            if ids.split():
+                engine.docker("rm", "-f", *ids.split())
+            volumes = engine.docker(
+                "volume", "ls", "-q", "--filter", f"label=cli-server.instance={DOCKER_INSTANCE}"
+            )
+            if volumes.split():
+                engine.docker("volume", "rm", "-f", *volumes.split())

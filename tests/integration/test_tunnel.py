@@ -20,9 +20,10 @@ from typing import Any
 
 import attrs
 import pytest_twisted
+import treq
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.web.client import Agent, FileBodyProducer, readBody
+from twisted.web.client import Agent, FileBodyProducer
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
@@ -473,7 +474,7 @@ async def _post_from(source: str, port: int, path: str, body: Any, headers: dict
         Headers({k: [v] for k, v in {**headers, "content-type": "application/json"}.items()}),
         FileBodyProducer(BytesIO(json.dumps(body).encode())),
     )
-    await readBody(response)
+    await treq.content(response)
     return int(response.code)
 
 

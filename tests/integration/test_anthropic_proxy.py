@@ -41,9 +41,16 @@ class World:
     workspace: str
     sandbox: str
 
+    port: Any  # the fake upstream's listening port
+
     @property
     def token(self) -> str:
         return self.token_of(self.sandbox)
+
+    async def fake_port_down(self) -> None:
+        """The upstream stops answering (connections refused)."""
+        await self.port.stopListening()
+        await self.app.server.anthropic._agent._pool.closeCachedConnections()
 
     def token_of(self, sandbox_id: str) -> str:
         return str(self.app.server.backend.specs[sandbox_id].proxy_token)
@@ -79,7 +86,7 @@ async def _world(db_url: str, **config: Any) -> tuple[World, Any]:
     app.server.backend.door = app.server.anthropic_door
     people, wid = await team(app)
     sid = await _sandbox(people["developer"], wid)
-    return World(app, fake, port.getHost().port, people, wid, sid), port
+    return World(app, fake, port.getHost().port, people, wid, sid, port), port
 
 
 async def _sandbox(developer: Api, workspace: str, name: str = "ai", wait: float = 10) -> str:
@@ -100,7 +107,8 @@ async def world(db_url: str) -> AsyncIterator[World]:
     w, port = await _world(db_url)
     yield w
     await stop_server(w.app)
-    await port.stopListening()
+    if port.connected:
+        await port.stopListening()
 
 
 def ask(client: anthropic.Anthropic, stream: bool = False) -> Any:
@@ -291,7 +299,7 @@ async def test_no_key_configured(db_url: str) -> None:
         await port.stopListening()
 
 
-MESSAGE = {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": []}
+MESSAGE: dict[str, Any] = {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": []}
 CALL = "/proxy/anthropic/v1/messages"
 
 
@@ -410,7 +418,8 @@ async def test_a_cut_call_settles_at_its_worst_case(world: World) -> None:
     await wait_until(_reactor(), lambda: b"message_start" in wire.received, timeout=10)
     (held,) = await world.app.db.query("SELECT tokens FROM anthropic_reservations")
     assert held["tokens"] > 64
-    wire.transport.abortConnection()
+    transport: Any = wire.transport
+    transport.abortConnection()
 
     await wait_until(_reactor(), lambda: _no_holds(world), timeout=10)
     usage = (
@@ -424,7 +433,8 @@ async def _raw_post(world: World, max_tokens: int) -> Wire:
     port = world.app.server.backend.doors[world.sandbox][1]
     wire = Wire()
     await connectProtocol(TCP4ClientEndpoint(_reactor(), "127.0.0.1", port), wire)
-    wire.transport.write(
+    transport: Any = wire.transport
+    transport.write(
         b"POST /proxy/anthropic/v1/messages HTTP/1.1\r\nHost: x\r\n"
         + f"x-api-key: {world.token}\r\ncontent-type: application/json\r\n".encode()
         + f"content-length: {len(body)}\r\n\r\n".encode()
@@ -621,3 +631,36 @@ async def test_docker_tokens_work_only_from_their_own_container(
             )
             if volumes.split():
                 engine.docker("volume", "rm", "-f", *volumes.split())
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_secret_in_logs_or_answers(world: World) -> None:
+    """Neither the real key nor a proxy token shows in the server's log or in any answer,
+    whatever the call: allowed, refused, stolen, off the allow-list, failed upstream."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    lines: list[str] = []
+
+    def observe(event: Any) -> None:
+        lines.append(formatEvent(event) + repr(event))
+
+    observer: Any = observe
+    globalLogPublisher.addObserver(observer)
+    try:
+        own = {"x-api-key": world.token}
+        answers = [
+            await world.api().call("POST", CALL, MESSAGE, headers=own),
+            await world.api(world.app.base).call("POST", CALL, MESSAGE, headers=own),
+            await world.api().call("POST", "/proxy/anthropic/v1/files", {}, headers=own),
+            await world.api().call("POST", CALL, {"max_tokens": "x"}, headers=own),
+        ]
+        await world.fake_port_down()
+        answers.append(await world.api().call("POST", CALL, MESSAGE, headers=own))
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert [a.code for a in answers] == [200, 401, 404, 400, 502]
+    everything = "\n".join(lines) + "\n".join(
+        f"{a.body}{list(a.headers.getAllRawHeaders())}" for a in answers
+    )
+    assert world.token not in everything and REAL_KEY not in everything
+    assert any("did not answer" in line for line in lines)  # (the log was captured)

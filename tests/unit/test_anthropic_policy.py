@@ -150,9 +150,9 @@ def test_the_meter_knows_when_it_saw_a_reply_s_whole_usage() -> None:
     delta = {"type": "message_delta", "usage": {"output_tokens": 4}}
     meter = UsageMeter(streaming=True)
     meter.feed(b"event: message_start\ndata: " + json.dumps(start).encode() + b"\n\n")
-    assert meter.began and not meter.complete
+    assert _seen(meter) == (True, False)
     meter.feed(b"data: " + json.dumps(delta).encode() + b"\n\n")
-    assert meter.complete and meter.finish().total == 13
+    assert _seen(meter) == (True, True) and meter.finish().total == 13
     plain = UsageMeter(streaming=False)
     plain.feed(
         json.dumps({"model": "m", "usage": {"input_tokens": 2, "output_tokens": 3}}).encode()
@@ -162,3 +162,7 @@ def test_the_meter_knows_when_it_saw_a_reply_s_whole_usage() -> None:
     cut.feed(b'{"model": "m", "usage": {"input_')
     cut.finish()
     assert not cut.complete and not cut.began
+
+
+def _seen(meter: UsageMeter) -> tuple[bool, bool]:
+    return meter.began, meter.complete

@@ -450,12 +450,23 @@ async def test_use_server_key(team: Team) -> None:
         assert elsewhere == 401
         assert len(team.anthropic.seen) == 1
         sandbox_id = (await team.local_sandbox())["id"]
+        team.anthropic.stream_pause = 30.0  # a call still streaming when the agent goes
+        streamed = json.dumps({**body, "stream": True}).encode()
+        running = await raw_get(
+            team.port,
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nx-api-key: {env['ANTHROPIC_API_KEY']}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(streamed)}\r\n\r\n".encode()
+            + streamed,
+        )
+        await wait_until(_reactor(), lambda: b"message_start" in running.received, timeout=10)
         laptop.kill()
         tunnels = team.app.server.tunnels
         await wait_until(_reactor(), lambda: tunnels.session(sandbox_id) is None, timeout=10)
         refused = await client.call("POST", path, body, headers=token)
         assert refused.code == 401, refused
-        assert len(team.anthropic.seen) == 1
+        await running.closed  # cut (the stream had 30 s to go)
+        assert b"message_stop" not in running.received
+        assert len(team.anthropic.seen) == 2
 
 
 async def _post_from(source: str, port: int, path: str, body: Any, headers: dict[str, str]) -> int:

@@ -26,6 +26,8 @@ from cli_server.anthropic.usage import Usage, UsageMeter
         (b"GET", b"/v1/models"),
         (b"GET", b"/v1/models/claude-sonnet-4-6"),
         (b"GET", b"/v1/models/claude-3-5-sonnet@20241022"),
+        (b"POST", b"/v1/messages?beta=true"),
+        (b"GET", b"/v1/models?limit=20&after_id=claude-x"),
     ],
 )
 def test_the_messages_api_passes(method: bytes, path: bytes) -> None:
@@ -59,6 +61,10 @@ def test_the_messages_api_passes(method: bytes, path: bytes) -> None:
         (b"GET", b"/v1/models/" + b"a" * 200),
         (b"POST", b""),
         (b"POST", b"/messages"),
+        (b"POST", b"/v1/files?x=/v1/messages"),
+        (b"POST", b"/v1/messages?/../../v1/files"),
+        (b"POST", b"/v1/messages#/../files"),
+        (b"GET", b"/v1/models?q=a b"),
     ],
 )
 def test_everything_else_is_refused(method: bytes, path: bytes) -> None:
@@ -67,6 +73,7 @@ def test_everything_else_is_refused(method: bytes, path: bytes) -> None:
 
 def test_only_creating_a_message_spends() -> None:
     assert spends(b"POST", b"/v1/messages")
+    assert spends(b"POST", b"/v1/messages?beta=true")
     assert not spends(b"POST", b"/v1/messages/count_tokens")
     assert not spends(b"GET", b"/v1/models")
 

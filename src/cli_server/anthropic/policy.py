@@ -26,16 +26,23 @@ _EXACT = {
 _MODEL = re.compile(rb"/v1/models/[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 
 
-def allowed(method: bytes, path: bytes) -> bool:
-    """Whether ``method`` on ``path`` (query excluded, as sent: no decoding) may pass."""
+_QUERY = re.compile(rb"[A-Za-z0-9_.~=&%-]*")  # (?beta=true, ?limit=20&after_id=...)
+
+
+def allowed(method: bytes, target: bytes) -> bool:
+    """Whether ``method`` on ``target`` (a path and maybe a query, as sent: no decoding) may
+    pass."""
+    path, _, query = target.partition(b"?")
+    if _QUERY.fullmatch(query) is None:
+        return False
     if (method, path) in _EXACT:
         return True
     return method == b"GET" and _MODEL.fullmatch(path) is not None
 
 
-def spends(method: bytes, path: bytes) -> bool:
+def spends(method: bytes, target: bytes) -> bool:
     """Only creating a message costs tokens (counting them and listing models is free)."""
-    return method == b"POST" and path == MESSAGES
+    return method == b"POST" and target.partition(b"?")[0] == MESSAGES
 
 
 class BadCall(ValueError):

@@ -70,6 +70,20 @@ class Upstream:
         return b"authorization", b"Bearer " + self.auth_token.encode()
 
 
+class _FinishHeld:
+    """A request whose ``finish`` waits for whoever holds it; everything else passes."""
+
+    def __init__(self, request: Any) -> None:
+        self.finish_wanted = False
+        self._request = request
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+    def finish(self) -> None:
+        self.finish_wanted = True
+
+
 # (sandbox_id, is_local) -> the addresses its calls may come from on the main listener
 Sources = Callable[[str, bool], Awaitable[Collection[str]]]
 
@@ -164,13 +178,13 @@ class AnthropicProxy(Resource):
 
     def _finish(self, request: Any, body: bytes) -> None:
         if not request.finished and request.channel is not None:
-            request.write(body)
+            if body:
+                request.write(body)
             request.finish()
 
     async def _handle(self, request: Any, door: str | None) -> None:
         rest = request.uri[len(PREFIX) :] if request.uri.startswith(PREFIX + b"/") else b""
-        path = rest.split(b"?", 1)[0]
-        if not allowed(request.method, path):
+        if not allowed(request.method, rest):
             return self._finish(
                 request,
                 anthropic_error(
@@ -213,7 +227,7 @@ class AnthropicProxy(Resource):
             )
         held: Estimate | None = None
         hold: str | None = None
-        if spends(request.method, path):
+        if spends(request.method, rest):
             try:
                 held = estimate(self._body(request))
             except BadCall as e:
@@ -238,14 +252,19 @@ class AnthropicProxy(Resource):
         running = self._running.setdefault(caller.sandbox_id, set())
         running.add(request)
         usage: Usage | None = None
+        # A spending call's reply ends only once its hold is settled: the caller's next call
+        # must not find this one still holding the budget.
+        answer = _FinishHeld(request) if hold is not None else request
         try:
-            usage = await self._forward(request, rest, held)
+            usage = await self._forward(answer, rest, held)
         finally:
             running.discard(request)
             if not running and self._running.get(caller.sandbox_id) is running:
                 del self._running[caller.sandbox_id]
             if hold is not None:
                 await self._settle(hold, caller, usage or Usage())
+            if isinstance(answer, _FinishHeld) and answer.finish_wanted:
+                self._finish(request, b"")
 
     async def _settle(self, hold: str, caller: _Caller, usage: Usage) -> None:
         try:

@@ -114,7 +114,7 @@ class UsageStore:
 
         async def work(tx: Transaction) -> tuple[str | None, int | None]:
             row = await tx.one(
-                "SELECT monthly_token_budget FROM workspaces WHERE id = %s FOR UPDATE",
+                "SELECT monthly_token_budget FROM workspaces WHERE id = %s FOR NO KEY UPDATE",
                 (workspace_id,),
             )
             if row is None:

@@ -298,11 +298,13 @@ class DockerBackend:
     async def stop(self, sandbox_id: str) -> None:
         self._sources.pop(sandbox_id, None)
         await self._engine(self._thd_stop, sandbox_id)
+        self._sources.pop(sandbox_id, None)  # (asked again while it stopped)
 
     @deferred
     async def delete(self, sandbox_id: str) -> None:
         self._sources.pop(sandbox_id, None)
         await self._engine(self._thd_remove_container, sandbox_id)
+        self._sources.pop(sandbox_id, None)
         await self._engine(self._thd_remove_volume, f"cli-home-{sandbox_id}")
 
     @deferred

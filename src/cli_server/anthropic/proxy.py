@@ -157,13 +157,18 @@ class AnthropicProxy(Resource):
         d.addErrback(lambda f: self._log.failure("re-checking {id}", f, id=sandbox_id))
 
     async def _recheck(self, sandbox_id: str) -> None:
-        rows = await self._db.query(
-            "SELECT is_local FROM sandboxes WHERE id = %s AND status = ANY(%s)"
-            " AND proxy_token_hash IS NOT NULL",
-            (sandbox_id, list(_LIVE)),
-        )
-        if rows and not (rows[0]["is_local"] and not await self._sources(sandbox_id, True)):
-            return
+        try:
+            rows = await self._db.query(
+                "SELECT is_local FROM sandboxes WHERE id = %s AND status = ANY(%s)"
+                " AND proxy_token_hash IS NOT NULL",
+                (sandbox_id, list(_LIVE)),
+            )
+        except DatabaseUnavailable:
+            return  # (its next call is refused with a 503 anyway)
+        if rows and not rows[0]["is_local"]:
+            return  # still live
+        if rows and await self._sources(sandbox_id, True):
+            return  # a local sandbox whose tunnel is still up
         for request in list(self._running.get(sandbox_id, ())):
             if request.channel is not None:
                 request.channel.loseConnection()

@@ -554,7 +554,8 @@ def _post_from_container(
         f"POST {CALL} HTTP/1.0\\r\\nHost: x\\r\\nx-api-key: {token}\\r\\n"
         f"content-type: application/json\\r\\ncontent-length: {len(body)}\\r\\n\\r\\n"
     )
-    request = f"printf '{head}%s' '{body}' | busybox nc -w 5 {address} {port}"
+    # (busybox nc stops reading when its input ends: the input stays open until the answer)
+    request = f"(printf '{head}%s' '{body}'; sleep 3) | busybox nc -w 5 {address} {port}"
     done = engine.attempt(["docker", "exec", container, "sh", "-c", request], timeout=60)
     return (done.stdout.splitlines() or [""])[0].strip()
 

@@ -409,6 +409,27 @@ async def _no_holds(world: World) -> bool:
 
 
 @pytest_twisted.ensureDeferred
+async def test_holds_left_by_a_crash_run_out(world: World) -> None:
+    """A server that died mid-call leaves its hold behind: it counts until it expires, then it
+    is dropped and the budget is free again."""
+    owner = world.people["owner"]
+    await owner.call("PUT", f"/api/workspaces/{world.workspace}/budget", {"monthly_tokens": 1000})
+    own = {"x-api-key": world.token}
+    orphan = (
+        "INSERT INTO anthropic_reservations (workspace_id, sandbox_id, tokens, expires_at)"
+        " VALUES (%s, %s, 5000, now() + make_interval(secs => %s))"
+    )
+    await world.app.db.execute(orphan, (world.workspace, world.sandbox, 3600))
+    blocked = await world.api().call("POST", CALL, MESSAGE, headers=own)
+    assert blocked.code == 429, blocked
+    await world.app.db.execute("DELETE FROM anthropic_reservations")
+    await world.app.db.execute(orphan, (world.workspace, world.sandbox, -1))  # ran out
+    passed = await world.api().call("POST", CALL, MESSAGE, headers=own)
+    assert passed.code == 200, passed
+    assert await _no_holds(world)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_cut_call_settles_at_its_worst_case(world: World) -> None:
     """A stream the caller abandons before its final usage is charged its max_tokens for
     output, and its hold is released."""

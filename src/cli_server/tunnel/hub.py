@@ -98,7 +98,6 @@ class TunnelHub:
 
     def attach(self, sandbox_id: str, session: Session, address: str | None = None) -> None:
         self._unpend(sandbox_id, session)
-        self._addresses = {s: a for s, a in self._addresses.items() if s in self._live.values()}
         if address is not None:
             self._addresses[session] = address
         revoked = self._revoked.get(sandbox_id)
@@ -106,10 +105,12 @@ class TunnelHub:
             # (its token was checked just before the sandbox went: it must not come back)
             session.say_goodbye("revoked", revoked[1], 4003)
             session.connection_lost()
+            self._addresses.pop(session, None)
             return
         old = self._live.get(sandbox_id)
         self._live[sandbox_id] = session
         if old is not None:
+            self._addresses.pop(old, None)
             old.say_goodbye(
                 "replaced", "another agent connected with this sandbox's credentials", 4009
             )
@@ -125,6 +126,7 @@ class TunnelHub:
         if self._live.get(sandbox_id) is not session:
             return  # replaced or revoked already
         del self._live[sandbox_id]
+        self._addresses.pop(session, None)
         self._log.info("tunnel for {sandbox_id} disconnected", sandbox_id=sandbox_id)
         self._record(sandbox_id)
 
@@ -143,6 +145,8 @@ class TunnelHub:
         # (connections still before their hello too: they were let in with the old token)
         sessions = self._pending.pop(sandbox_id, set())
         live = self._live.pop(sandbox_id, None)
+        if live is not None:
+            self._addresses.pop(live, None)
         self._gauge()
         for session in [*sessions, *([live] if live is not None else [])]:
             session.say_goodbye("revoked", why, 4003)
@@ -153,6 +157,7 @@ class TunnelHub:
         for session in list(self._live.values()):
             session.say_goodbye("restarting", "the server is stopping", 4001)
         self._live.clear()
+        self._addresses.clear()
         self._gauge()
 
     async def mark_all_offline(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,7 @@ class Server:
     anthropic: AnthropicProxy
     tunnels: TunnelHub
     stream_relay: StreamRelay
+    anthropic_door: Any = None  # (sandbox_id, netns or None) -> (IListeningPort, port)
 
 
 def buildServer(config: ServerConfig, reactor: Any) -> IService:
@@ -246,13 +248,21 @@ def build(
             config.anthropic_base_url, config.anthropic_api_key, config.anthropic_auth_token
         )
     metrics = Metrics()
-    anthropic = AnthropicProxy(db, reactor, upstream, usage, activity, metrics)
-    anthropic_site = proxy_site(anthropic, BoundedRequest)
 
-    def door(netns: Path | None) -> tuple[Any, int]:
-        listening = adopt(
-            reactor, listen_in_netns(netns, ANTHROPIC_PORT if netns else 0), anthropic_site
-        )
+    async def sources(sandbox_id: str, is_local: bool) -> Collection[str]:
+        """Where a sandbox's Anthropic calls may come from on the main listener: a local
+        agent's live tunnel; a backend's own answer (docker: the container's addresses)."""
+        if is_local:
+            address = tunnels.address(sandbox_id)
+            return (address,) if address else ()
+        addresses = getattr(backend, "source_addresses", None)
+        return await addresses(sandbox_id) if addresses is not None else ()
+
+    anthropic = AnthropicProxy(db, reactor, upstream, usage, activity, metrics, sources)
+
+    def door(sandbox_id: str, netns: Path | None) -> tuple[Any, int]:
+        site = proxy_site(anthropic, BoundedRequest, sandbox_id)
+        listening = adopt(reactor, listen_in_netns(netns, ANTHROPIC_PORT if netns else 0), site)
         return listening, listening.getHost().port
 
     if backend is None and config.backend == "docker":
@@ -290,6 +300,7 @@ def build(
 
     def status_changed(sandbox_id: str) -> None:
         sandbox_access.status_changed(sandbox_id)
+        anthropic.status_changed(sandbox_id)
         endpoints.forget(sandbox_id)
         relay.expire(sandbox_id)  # (the relay is built below, before anything can change)
 
@@ -303,7 +314,12 @@ def build(
         max_per_workspace=config.max_sandboxes_per_workspace,
         max_per_user=config.max_sandboxes_per_user,
     )
-    tunnels = TunnelHub(db, reactor, sandbox_access.status_changed, activity.touch, metrics)
+
+    def tunnel_changed(sandbox_id: str) -> None:
+        sandbox_access.status_changed(sandbox_id)
+        anthropic.status_changed(sandbox_id)
+
+    tunnels = TunnelHub(db, reactor, tunnel_changed, activity.touch, metrics)
     manager.tunnels = tunnels
     backend.on_exit = manager.exited  # a sandbox whose opencode dies is failed at once
     manager.on_delete = sandbox_access.revoke_sandbox
@@ -432,6 +448,7 @@ def build(
         anthropic,
         tunnels,
         relay,
+        door,
     )
 
 

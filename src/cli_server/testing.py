@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from attrs import define, field
 from twisted.internet.defer import Deferred
 
@@ -32,6 +34,10 @@ class FakeBackend:
     calls: list[tuple[str, str]] = field(factory=list)
     fail_next: str | None = None
     serve_at: int | None = None  # every sandbox "runs" at this port (e.g. a recording server)
+    # (sandbox_id, None) -> (IListeningPort, port): opens each running sandbox an Anthropic
+    # proxy door on the host's loopback, as the process backend does when unisolated
+    door: Any = None
+    doors: dict[str, tuple[Any, int]] = field(factory=dict)
     _gate: Deferred[None] | None = None
     _next_port: int = 20000
     on_exit: ExitListener | None = None
@@ -50,6 +56,12 @@ class FakeBackend:
         self.stopped.add(sandbox_id)
         if why is not None:
             self.exits[sandbox_id] = why
+        self._close_door(sandbox_id)
+
+    def _close_door(self, sandbox_id: str) -> None:
+        door = self.doors.pop(sandbox_id, None)
+        if door is not None:
+            door[0].stopListening()
 
     def die(self, sandbox_id: str, why: str = "opencode was killed (SIGKILL)") -> None:
         """A process that ends by itself, reported the way the process backend reports it."""
@@ -73,6 +85,8 @@ class FakeBackend:
         self.running[spec.id] = endpoint
         self.stopped.discard(spec.id)
         self.exits.pop(spec.id, None)
+        if self.door is not None and spec.id not in self.doors:
+            self.doors[spec.id] = self.door(spec.id, None)
         return endpoint
 
     @deferred
@@ -80,6 +94,7 @@ class FakeBackend:
         self.calls.append(("stop", sandbox_id))
         if self.running.pop(sandbox_id, None) is not None or sandbox_id in self.specs:
             self.stopped.add(sandbox_id)
+        self._close_door(sandbox_id)
 
     @deferred
     async def delete(self, sandbox_id: str) -> None:
@@ -87,6 +102,7 @@ class FakeBackend:
         self.running.pop(sandbox_id, None)
         self.stopped.discard(sandbox_id)
         self.specs.pop(sandbox_id, None)
+        self._close_door(sandbox_id)
 
     @deferred
     async def delete_workspace(self, workspace_id: str) -> None:

@@ -112,7 +112,8 @@ class FakeAnthropic(Resource):
             request.write(event("message_stop", {}))
             request.finish()
 
-        self.reactor.callLater(self.stream_pause, rest)
+        later = self.reactor.callLater(self.stream_pause, rest)
+        request.notifyFinish().addErrback(lambda _: later.cancel() if later.active() else None)
         return NOT_DONE_YET
 
 

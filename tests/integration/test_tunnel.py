@@ -14,13 +14,19 @@ import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest_twisted
+import treq
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
+from twisted.web.client import Agent, FileBodyProducer
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 
 from .conftest import FAKE_KEY, Running, _reactor, server_config, start_server, stop_server
 from .daemon import twistd
@@ -424,7 +430,8 @@ async def test_a_reader_that_stops_holds_back_only_its_own_stream(
 async def test_use_server_key(team: Team) -> None:
     """An agent registered with --use-server-key gets a proxy token (in anthropic.env, 0600)
     with which the laptop's opencode calls Claude through the server, with the server's key;
-    the token works only while the agent is connected."""
+    the token works only from the address the agent's tunnel comes from, and only while it is
+    connected: the moment the server sees the tunnel go, the token is refused."""
     async with laptop_on_fake_upstream(team, "--use-server-key") as (laptop, _, _):
         env_file = laptop.config.with_name("anthropic.env")
         assert env_file.stat().st_mode & 0o777 == 0o600
@@ -433,22 +440,53 @@ async def test_use_server_key(team: Team) -> None:
         path = "/proxy/anthropic/v1/messages"
         body = {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": []}
         client = team.app.client()
-        answered = await client.call(
-            "POST", path, body, headers={"x-api-key": env["ANTHROPIC_API_KEY"]}
-        )
+        token = {"x-api-key": env["ANTHROPIC_API_KEY"]}
+        answered = await client.call("POST", path, body, headers=token)
         assert answered.code == 200, answered
         assert team.anthropic.seen[-1]["headers"]["x-api-key"] == [FAKE_KEY]
         assert env["ANTHROPIC_API_KEY"] not in laptop.logs()
+        # the tunnel comes from 127.0.0.1; the same token from 127.0.0.2 is somebody else
+        elsewhere = await _post_from("127.0.0.2", team.port, path, body, token)
+        assert elsewhere == 401
+        assert len(team.anthropic.seen) == 1
+        sandbox_id = (await team.local_sandbox())["id"]
+        team.anthropic.stream_pause = 30.0  # a call still streaming when the agent goes
+        streamed = json.dumps({**body, "stream": True}).encode()
+        running = await raw_get(
+            team.port,
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nx-api-key: {env['ANTHROPIC_API_KEY']}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(streamed)}\r\n\r\n".encode()
+            + streamed,
+        )
+        await wait_until(_reactor(), lambda: b"message_start" in running.received, timeout=10)
         laptop.kill()
-        await team.wait_status("offline")
+        tunnels = team.app.server.tunnels
+        await wait_until(_reactor(), lambda: tunnels.session(sandbox_id) is None, timeout=10)
+        refused = await client.call("POST", path, body, headers=token)
+        assert refused.code == 401, refused
+        await running.closed  # cut (the stream had 30 s to go)
+        assert b"message_stop" not in running.received
+        assert len(team.anthropic.seen) == 2
 
-        async def refused() -> bool:  # (the proxy caches a token's standing for 5 s)
-            reply = await client.call(
-                "POST", path, body, headers={"x-api-key": env["ANTHROPIC_API_KEY"]}
-            )
-            return reply.code == 401
 
-        await wait_until(_reactor(), refused, timeout=10, step=0.5)
+async def _post_from(source: str, port: int, path: str, body: Any, headers: dict[str, str]) -> int:
+    """POST from another loopback address than 127.0.0.1; the answer's status."""
+    reactor = _reactor()
+
+    @implementer(IAgentEndpointFactory)
+    class From:
+        def endpointForURI(self, uri: Any) -> TCP4ClientEndpoint:
+            return TCP4ClientEndpoint(reactor, uri.host, uri.port, bindAddress=(source, 0))
+
+    agent = Agent.usingEndpointFactory(reactor, From())
+    response = await agent.request(
+        b"POST",
+        f"http://127.0.0.1:{port}{path}".encode(),
+        Headers({k: [v] for k, v in {**headers, "content-type": "application/json"}.items()}),
+        FileBodyProducer(BytesIO(json.dumps(body).encode())),
+    )
+    await treq.content(response)
+    return int(response.code)
 
 
 @pytest_twisted.ensureDeferred

@@ -4,6 +4,7 @@ A process sandbox has no route to the host's loopback. We create a listening soc
 127.0.0.1:4097 *inside* the sandbox's namespace — from a short-lived thread that enters the
 namespace with setns(2), binds, and leaves — and the reactor serves it with a site that has only
 the Anthropic proxy. The host's loopback never sees the port; the sandbox sees nothing else.
+Each door knows its sandbox: the proxy takes only that sandbox's token through it.
 """
 
 from __future__ import annotations
@@ -75,13 +76,14 @@ class _OnlyProxy(Resource):
 
     isLeaf = True
 
-    def __init__(self, proxy: AnthropicProxy) -> None:
+    def __init__(self, proxy: AnthropicProxy, sandbox_id: str) -> None:
         super().__init__()
         self._proxy = proxy
+        self._sandbox_id = sandbox_id
 
     def render(self, request: Any) -> Any:
         if request.uri.startswith(b"/proxy/anthropic/"):
-            return self._proxy.render(request)
+            return self._proxy.serve(request, self._sandbox_id)
         return anthropic_error(request, 404, "not_found_error", "only /proxy/anthropic/v1/")
 
 
@@ -90,8 +92,9 @@ class _UnloggedSite(Site):
         """Sandboxes' model calls are metered, not access-logged."""
 
 
-def proxy_site(proxy: AnthropicProxy, request_factory: Any) -> Site:
-    return _UnloggedSite(_OnlyProxy(proxy), requestFactory=request_factory)
+def proxy_site(proxy: AnthropicProxy, request_factory: Any, sandbox_id: str) -> Site:
+    """The site behind one sandbox's door."""
+    return _UnloggedSite(_OnlyProxy(proxy, sandbox_id), requestFactory=request_factory)
 
 
 def adopt(reactor: Any, sock: socket.socket, site: Site) -> Any:

@@ -1,14 +1,21 @@
 """``/proxy/anthropic/v1/...``: a sandbox's calls to Claude, with the server's credentials.
 
 The sandbox authenticates with its own proxy token (``x-api-key`` or ``Bearer``), stored only
-as a hash and re-issued at every start. We replace — never append — the credentials with the
+as a hash and re-issued at every start. A token is only good on its sandbox's own network path
+(anyone who can read the sandbox can read its token): a process sandbox's door into its network
+namespace, or — on the main listener — the container address of a docker sandbox, the address
+of a local agent's live tunnel. It is checked against the table at every call, so a pause, a
+delete or a dropped tunnel ends it at once (and cuts the calls it has running). Only the
+Messages API passes (``policy``). We replace — never append — the credentials with the
 configured key or auth token, stream the reply back as it comes (SSE included), meter its
-token usage on the way past, enforce workspace budgets, and record sandbox activity.
+token usage on the way past, hold a message call's worst case against the workspace's budget
+while it runs, and record sandbox activity.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from attrs import define, field, frozen
@@ -20,7 +27,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from cli_server.anthropic.usage import UsageMeter, UsageStore
+from cli_server.anthropic.policy import BadCall, Estimate, allowed, charge, estimate, spends
+from cli_server.anthropic.usage import Usage, UsageMeter, UsageStore
 from cli_server.auth.tokens import token_hash
 from cli_server.db.pool import Database, DatabaseUnavailable
 from cli_server.proxy.forward import Relay, copy_response_headers
@@ -62,11 +70,33 @@ class Upstream:
         return b"authorization", b"Bearer " + self.auth_token.encode()
 
 
+class _FinishHeld:
+    """A request whose ``finish`` waits for whoever holds it; everything else passes."""
+
+    def __init__(self, request: Any) -> None:
+        self.finish_wanted = False
+        self._request = request
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+    def finish(self) -> None:
+        self.finish_wanted = True
+
+
+# (sandbox_id, is_local) -> the addresses its calls may come from on the main listener
+Sources = Callable[[str, bool], Awaitable[Collection[str]]]
+
+
+async def _nowhere(sandbox_id: str, is_local: bool) -> Collection[str]:
+    return ()
+
+
 @frozen
 class _Caller:
     sandbox_id: str
     workspace_id: str
-    fetched_at: float
+    is_local: bool
 
 
 def anthropic_error(request: Any, status: int, kind: str, message: str) -> bytes:
@@ -74,6 +104,15 @@ def anthropic_error(request: Any, status: int, kind: str, message: str) -> bytes
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
+
+
+def plain_host(host: str) -> str:
+    return host[7:] if host.startswith("::ffff:") else host  # (IPv4 on a dual-stack socket)
+
+
+def peer_host(request: Any) -> str | None:
+    host = getattr(request.getClientAddress(), "host", None)
+    return plain_host(host) if isinstance(host, str) else None
 
 
 @define(eq=False)
@@ -84,11 +123,12 @@ class AnthropicProxy(Resource):
     _usage: UsageStore
     _activity: ActivityRecorder
     _metrics: Any = None
+    _sources: Sources = _nowhere
     _connect_timeout: float = 10.0
     _header_timeout: float = 600.0  # a long non-streaming answer takes minutes
     _silence_timeout: float = 300.0  # no byte for this long mid-reply: give up
-    _ttl: float = 5.0
-    _callers: dict[bytes, _Caller] = field(factory=dict, init=False)
+    _hold: float = 3600.0  # a budget hold outlives any call; a crashed server's runs out
+    _running: dict[str, set[Any]] = field(factory=dict, init=False)  # sandbox -> its calls
     _agent: Agent = field(init=False)
     isLeaf = True
     _log = Logger()
@@ -100,9 +140,38 @@ class AnthropicProxy(Resource):
         self._agent = Agent(self._reactor, pool=pool, connectTimeout=self._connect_timeout)
 
     def render(self, request: Any) -> Any:
-        d = Deferred.fromCoroutine(self._handle(request))
+        """The main listener's ``/proxy/anthropic``: no sandbox's door."""
+        return self.serve(request, None)
+
+    def serve(self, request: Any, door: str | None) -> Any:
+        """A call that came in through ``door`` (a sandbox id) or the main listener (None)."""
+        d = Deferred.fromCoroutine(self._handle(request, door))
         d.addErrback(self._failed, request)
         return NOT_DONE_YET
+
+    def status_changed(self, sandbox_id: str) -> None:
+        """A sandbox changed status: if its token is no longer good, cut its running calls."""
+        if sandbox_id not in self._running:
+            return
+        d = Deferred.fromCoroutine(self._recheck(sandbox_id))
+        d.addErrback(lambda f: self._log.failure("re-checking {id}", f, id=sandbox_id))
+
+    async def _recheck(self, sandbox_id: str) -> None:
+        try:
+            rows = await self._db.query(
+                "SELECT is_local FROM sandboxes WHERE id = %s AND status = ANY(%s)"
+                " AND proxy_token_hash IS NOT NULL",
+                (sandbox_id, list(_LIVE)),
+            )
+        except DatabaseUnavailable:
+            return  # (its next call is refused with a 503 anyway)
+        if rows and not rows[0]["is_local"]:
+            return  # still live
+        if rows and await self._sources(sandbox_id, True):
+            return  # a local sandbox whose tunnel is still up
+        for request in list(self._running.get(sandbox_id, ())):
+            if request.channel is not None:
+                request.channel.loseConnection()
 
     def _failed(self, failure: Failure, request: Any) -> None:
         if failure.check(DatabaseUnavailable):
@@ -114,15 +183,22 @@ class AnthropicProxy(Resource):
 
     def _finish(self, request: Any, body: bytes) -> None:
         if not request.finished and request.channel is not None:
-            request.write(body)
+            if body:
+                request.write(body)
             request.finish()
 
-    async def _handle(self, request: Any) -> None:
-        path = request.uri[len(PREFIX) :] if request.uri.startswith(PREFIX) else b""
-        if not path.startswith(b"/v1/"):
+    async def _handle(self, request: Any, door: str | None) -> None:
+        rest = request.uri[len(PREFIX) :] if request.uri.startswith(PREFIX + b"/") else b""
+        if not allowed(request.method, rest):
             return self._finish(
                 request,
-                anthropic_error(request, 404, "not_found_error", "use /proxy/anthropic/v1/..."),
+                anthropic_error(
+                    request,
+                    404,
+                    "not_found_error",
+                    "only the Messages API passes this proxy: POST /v1/messages, POST "
+                    "/v1/messages/count_tokens, GET /v1/models and GET /v1/models/{id}",
+                ),
             )
         if self._upstream is None:
             return self._finish(
@@ -135,7 +211,7 @@ class AnthropicProxy(Resource):
                     "ANTHROPIC_AUTH_TOKEN) in the server's environment and restart it",
                 ),
             )
-        caller = await self._caller(request)
+        caller = await self._caller(request, door)
         if caller is None:
             return self._finish(
                 request,
@@ -144,7 +220,7 @@ class AnthropicProxy(Resource):
                     401,
                     "authentication_error",
                     "invalid proxy token: use the ANTHROPIC_API_KEY this sandbox was started "
-                    "with (a sandbox must be running)",
+                    "with, from inside that sandbox (a sandbox must be running)",
                 ),
             )
         if getattr(request, "body_too_large", False):
@@ -154,57 +230,91 @@ class AnthropicProxy(Resource):
                     request, 413, "request_too_large", "request bodies are limited to 32 MiB"
                 ),
             )
-        spent, budget = await self._over_budget(caller.workspace_id)
-        if spent:
-            return self._finish(
-                request,
-                anthropic_error(
-                    request,
-                    429,
-                    "rate_limit_error",
-                    f"this workspace has used its monthly budget of {budget} tokens; an owner can "
-                    "raise it",
-                ),
+        held: Estimate | None = None
+        hold: str | None = None
+        if spends(request.method, rest):
+            try:
+                held = estimate(self._body(request))
+            except BadCall as e:
+                return self._finish(
+                    request, anthropic_error(request, 400, "invalid_request_error", str(e))
+                )
+            hold, budget = await self._usage.reserve(
+                caller.sandbox_id, caller.workspace_id, held.tokens, self._hold
             )
+            if hold is None:
+                return self._finish(
+                    request,
+                    anthropic_error(
+                        request,
+                        429,
+                        "rate_limit_error",
+                        f"this workspace has used its monthly budget of {budget} tokens (or "
+                        "calls running now hold the rest); an owner can raise it",
+                    ),
+                )
         self._activity.touch(caller.sandbox_id)
-        await self._forward(request, path, caller)
+        running = self._running.setdefault(caller.sandbox_id, set())
+        running.add(request)
+        usage: Usage | None = None
+        # A spending call's reply ends only once its hold is settled: the caller's next call
+        # must not find this one still holding the budget.
+        answer = _FinishHeld(request) if hold is not None else request
+        try:
+            usage = await self._forward(answer, rest, held)
+        finally:
+            running.discard(request)
+            if not running and self._running.get(caller.sandbox_id) is running:
+                del self._running[caller.sandbox_id]
+            if hold is not None:
+                await self._settle(hold, caller, usage or Usage())
+            if isinstance(answer, _FinishHeld) and answer.finish_wanted:
+                self._finish(request, b"")
 
-    async def _caller(self, request: Any) -> _Caller | None:
+    async def _settle(self, hold: str, caller: _Caller, usage: Usage) -> None:
+        try:
+            await self._usage.settle(hold, caller.sandbox_id, caller.workspace_id, usage)
+        except DatabaseUnavailable:
+            self._log.warn(
+                "usage of a call by {sandbox_id} not saved (database down); its hold runs out",
+                sandbox_id=caller.sandbox_id,
+            )
+
+    @staticmethod
+    def _body(request: Any) -> bytes:
+        content = request.content
+        if content is None or content.closed:
+            return b""
+        content.seek(0)
+        body: bytes = content.read()
+        return body
+
+    async def _caller(self, request: Any, door: str | None) -> _Caller | None:
         token = request.getHeader(b"x-api-key")
         if token is None:
             auth = request.getHeader(b"authorization") or b""
             token = auth[7:] if auth[:7].lower() == b"bearer " else None
         if not token:
             return None
-        key = token_hash(token.decode("utf-8", "replace"))
-        now = self._reactor.seconds()
-        cached = self._callers.get(key)
-        if cached is not None and now - cached.fetched_at < self._ttl:
-            return cached
+        # Never cached: a pause, delete or dropped tunnel must end the token at once.
         rows = await self._db.query(
-            "SELECT id, workspace_id FROM sandboxes WHERE proxy_token_hash = %s"
+            "SELECT id, workspace_id, is_local FROM sandboxes WHERE proxy_token_hash = %s"
             " AND status = ANY(%s)",
-            (key, list(_LIVE)),
+            (token_hash(token.decode("utf-8", "replace")), list(_LIVE)),
         )
         if not rows:
-            self._callers.pop(key, None)
             return None
-        if len(self._callers) > 10_000:
-            self._callers.clear()
-        caller = _Caller(str(rows[0]["id"]), str(rows[0]["workspace_id"]), now)
-        self._callers[key] = caller
+        caller = _Caller(str(rows[0]["id"]), str(rows[0]["workspace_id"]), rows[0]["is_local"])
+        if door is not None:
+            return caller if door == caller.sandbox_id else None
+        host = peer_host(request)
+        sources = await self._sources(caller.sandbox_id, caller.is_local)
+        if host is None or host not in {plain_host(s) for s in sources}:
+            return None
         return caller
 
-    async def _over_budget(self, workspace_id: str) -> tuple[bool, int | None]:
-        rows = await self._db.query(
-            "SELECT monthly_token_budget FROM workspaces WHERE id = %s", (workspace_id,)
-        )
-        budget = rows[0]["monthly_token_budget"] if rows else None
-        if budget is None:
-            return False, None
-        return await self._usage.month_total(workspace_id) >= budget, int(budget)
-
-    async def _forward(self, request: Any, path: bytes, caller: _Caller) -> None:
+    async def _forward(self, request: Any, rest: bytes, held: Estimate | None) -> Usage | None:
+        """Pass the call on; what it cost (None: no answer, so nothing)."""
         assert self._upstream is not None
         headers = Headers()
         for name, values in request.requestHeaders.getAllRawHeaders():
@@ -219,22 +329,23 @@ class AnthropicProxy(Resource):
         if content is not None and not content.closed:
             content.seek(0)
             body = FileBodyProducer(content)
-        url = self._upstream.base_url.rstrip("/").encode() + path
+        url = self._upstream.base_url.rstrip("/").encode() + rest
         d = self._agent.request(request.method, url, headers, body)
         d.addTimeout(self._header_timeout, self._reactor)
         request.notifyFinish().addErrback(lambda _: d.cancel() if not d.called else None)
         try:
             response = await d
         except CancelledError:
-            return
+            return None
         except Exception as e:
             self._log.warn("Anthropic upstream did not answer: {why}", why=type(e).__name__)
-            return self._finish(
+            self._finish(
                 request,
                 anthropic_error(
                     request, 502, "api_error", "the Anthropic API did not answer; try again"
                 ),
             )
+            return None
         request.setResponseCode(response.code, response.phrase)
         copy_response_headers(response, request)
         kind = response.headers.getRawHeaders(b"content-type", [b""])[0]
@@ -246,6 +357,10 @@ class AnthropicProxy(Resource):
         response.deliverBody(relay)
         await done
         usage = meter.finish()
+        if held is not None:
+            usage = charge(usage, held, response.code, meter.complete, meter.began)
+        elif response.code >= 300 or not meter.complete:
+            usage = Usage(usage.model)  # (a call that spends nothing)
         if self._metrics is not None:
             self._metrics.anthropic_calls.labels(str(response.code)).inc()
             for kind in (
@@ -255,5 +370,4 @@ class AnthropicProxy(Resource):
                 "cache_read_tokens",
             ):
                 self._metrics.anthropic_tokens.labels(kind).inc(getattr(usage, kind))
-        if response.code < 300 and usage.total:
-            await self._usage.record(caller.sandbox_id, caller.workspace_id, usage)
+        return usage

@@ -68,6 +68,7 @@ class DockerBackend:
     _network_lock: threading.Lock = field(factory=threading.Lock, init=False)
     # Not called: a container that dies is found by the reconciler's next sweep.
     on_exit: ExitListener | None = field(default=None, init=False)
+    _sources: dict[str, frozenset[str]] = field(factory=dict, init=False)  # see source_addresses
     name = "docker"
     survives_restart = True
 
@@ -236,6 +237,20 @@ class DockerBackend:
         }
         return sorted(i for i in ids if i)
 
+    def _thd_sources(self, sandbox_id: str) -> frozenset[str]:
+        import docker.errors
+
+        try:
+            container = self._thd_client().containers.get(f"cli-sbx-{sandbox_id}")
+        except docker.errors.NotFound:
+            return frozenset()
+        if container.status != "running":
+            return frozenset()
+        networks = (container.attrs["NetworkSettings"].get("Networks") or {}).values()
+        return frozenset(
+            str(a) for n in networks for a in (n.get("IPAddress"), n.get("GlobalIPv6Address")) if a
+        )
+
     def _thd_ping(self) -> None:
         self._thd_client().ping()
 
@@ -261,8 +276,19 @@ class DockerBackend:
         except Exception as e:
             raise BackendError(f"Docker engine: {_short(e)}") from e
 
+    async def source_addresses(self, sandbox_id: str) -> frozenset[str]:
+        """The running container's addresses: the Anthropic proxy takes the sandbox's token
+        only from there. Asked of the engine once per start (addresses change at each)."""
+        known = self._sources.get(sandbox_id)
+        if known is None:
+            known = await self._engine(self._thd_sources, sandbox_id)
+            if known:
+                self._sources[sandbox_id] = known
+        return known
+
     @deferred
     async def start(self, spec: SandboxSpec) -> Endpoint:
+        self._sources.pop(spec.id, None)
         host, port = await self._engine(
             self._thd_start, spec.id, spec.workspace_id, self._environment(spec)
         )
@@ -274,11 +300,15 @@ class DockerBackend:
 
     @deferred
     async def stop(self, sandbox_id: str) -> None:
+        self._sources.pop(sandbox_id, None)
         await self._engine(self._thd_stop, sandbox_id)
+        self._sources.pop(sandbox_id, None)  # (asked again while it stopped)
 
     @deferred
     async def delete(self, sandbox_id: str) -> None:
+        self._sources.pop(sandbox_id, None)
         await self._engine(self._thd_remove_container, sandbox_id)
+        self._sources.pop(sandbox_id, None)
         await self._engine(self._thd_remove_volume, f"cli-home-{sandbox_id}")
 
     @deferred

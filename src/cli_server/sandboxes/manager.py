@@ -234,6 +234,10 @@ class SandboxManager:
         await self._delete(sandbox_id, row["is_local"])
 
     async def _delete(self, sandbox_id: str, is_local: bool) -> None:
+        # Its Anthropic token ends now, not once the backend has taken it down.
+        await self._db.execute(
+            "UPDATE sandboxes SET proxy_token_hash = NULL WHERE id = %s", (sandbox_id,)
+        )
         async with self._lock(sandbox_id):
             if not is_local:
                 await self._backend.delete(sandbox_id)

@@ -181,7 +181,8 @@ class ProcessBackend:
     _opencode: Path
     _opencode_client: OpencodeClient
     _env: Mapping[str, str] = field(factory=dict)  # extra environment for every sandbox
-    # (netns or None) -> (IListeningPort, port): the Anthropic proxy's door into a sandbox
+    # (sandbox_id, netns or None) -> (IListeningPort, port): the Anthropic proxy's door into
+    # a sandbox, taking only that sandbox's token
     _door: Any = None
     _anthropic_url: str | None = None  # ANTHROPIC_PROXY_URL: overrides the door's address
     _limits: Limits = field(factory=Limits)
@@ -357,7 +358,7 @@ class ProcessBackend:
         if self._door is None:
             return f"http://127.0.0.1:{ANTHROPIC_PORT}/proxy/anthropic/v1"
         try:
-            listening, port = self._door(netns)
+            listening, port = self._door(sandbox_id, netns)
         except OSError as e:
             raise BackendError(f"cannot open the Anthropic proxy in the sandbox: {e}") from e
         self._doors[sandbox_id] = listening

@@ -45,10 +45,17 @@ class TunnelHub:
     _pending: dict[str, set[Session]] = field(factory=dict, init=False)  # open, no hello yet
     _revoked: dict[str, tuple[float, str]] = field(factory=dict, init=False)  # when, why
     _locks: dict[str, DeferredLock] = field(factory=dict, init=False)
+    _addresses: dict[Session, str] = field(factory=dict, init=False)  # live tunnels' peers
     _log = Logger()
 
     def session(self, sandbox_id: str) -> Session | None:
         return self._live.get(sandbox_id)
+
+    def address(self, sandbox_id: str) -> str | None:
+        """The address the sandbox's live tunnel comes from (its agent's Anthropic calls must
+        come from there too); None while it has none."""
+        session = self._live.get(sandbox_id)
+        return None if session is None else self._addresses.get(session)
 
     @property
     def count(self) -> int:
@@ -89,17 +96,21 @@ class TunnelHub:
             if not pending:
                 del self._pending[sandbox_id]
 
-    def attach(self, sandbox_id: str, session: Session) -> None:
+    def attach(self, sandbox_id: str, session: Session, address: str | None = None) -> None:
         self._unpend(sandbox_id, session)
+        if address is not None:
+            self._addresses[session] = address
         revoked = self._revoked.get(sandbox_id)
         if revoked is not None and self.clock.seconds() - revoked[0] < _REMEMBER_REVOKED:
             # (its token was checked just before the sandbox went: it must not come back)
             session.say_goodbye("revoked", revoked[1], 4003)
             session.connection_lost()
+            self._addresses.pop(session, None)
             return
         old = self._live.get(sandbox_id)
         self._live[sandbox_id] = session
         if old is not None:
+            self._addresses.pop(old, None)
             old.say_goodbye(
                 "replaced", "another agent connected with this sandbox's credentials", 4009
             )
@@ -115,6 +126,7 @@ class TunnelHub:
         if self._live.get(sandbox_id) is not session:
             return  # replaced or revoked already
         del self._live[sandbox_id]
+        self._addresses.pop(session, None)
         self._log.info("tunnel for {sandbox_id} disconnected", sandbox_id=sandbox_id)
         self._record(sandbox_id)
 
@@ -133,6 +145,8 @@ class TunnelHub:
         # (connections still before their hello too: they were let in with the old token)
         sessions = self._pending.pop(sandbox_id, set())
         live = self._live.pop(sandbox_id, None)
+        if live is not None:
+            self._addresses.pop(live, None)
         self._gauge()
         for session in [*sessions, *([live] if live is not None else [])]:
             session.say_goodbye("revoked", why, 4003)
@@ -143,6 +157,7 @@ class TunnelHub:
         for session in list(self._live.values()):
             session.say_goodbye("restarting", "the server is stopping", 4001)
         self._live.clear()
+        self._addresses.clear()
         self._gauge()
 
     async def mark_all_offline(self) -> None:
@@ -204,7 +219,8 @@ class TunnelServerProtocol(SessionCarrier, WebSocketServerProtocol):  # type: ig
         sandbox_id: str = self.factory.sandbox_id
         session = hub.new_session(sandbox_id, self.send_frame, self.close_tunnel)
         self.carry(session)
-        session.ready.addCallback(lambda _: hub.attach(sandbox_id, session))
+        peer = getattr(self.transport.getPeer(), "host", None)
+        session.ready.addCallback(lambda _: hub.attach(sandbox_id, session, peer))
         session.start()
         self._hello_timer = hub.clock.callLater(HELLO_TIMEOUT, self._no_hello)
 

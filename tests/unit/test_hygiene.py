@@ -127,6 +127,8 @@ def test_cors_grants_are_dropped_from_sandbox_answers() -> None:
     assert not kept_answer_header(b"access-control-allow-origin", b"*")
     assert not kept_answer_header(b"access-control-allow-credentials", b"true")
     assert not kept_answer_header(b"cross-origin-resource-policy", b"cross-origin")
+    assert not kept_answer_header(b"clear-site-data", b'"cookies"')
+    assert not kept_answer_header(b"alt-svc", b'h2="elsewhere.example:443"')
     assert kept_answer_header(b"content-type", b"text/html")
     assert ANSWER_HEADERS == ((b"cross-origin-resource-policy", b"same-origin"),)
 

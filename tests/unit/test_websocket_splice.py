@@ -58,3 +58,31 @@ def test_the_upgrade_request_loses_credential_parameters() -> None:
     head = _head(request, Headers())
     assert head.startswith(b"GET /pty/1/connect?directory=%2Ftmp HTTP/1.1\r\n")
     assert b"steal" not in head and b"upgrade: websocket" in head
+
+
+def test_interim_answers_are_dropped_and_the_101_after_them_is_cleaned() -> None:
+    interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+    whole = interim + HOSTILE + b"\x81\x02hi"
+    for cut in (5, len(interim) - 2, len(interim) + 3, len(whole)):
+        sandbox, _, browser = splice()
+        sandbox.dataReceived(whole[:cut])
+        sandbox.dataReceived(whole[cut:])
+        got = browser.value()
+        assert got.startswith(b"HTTP/1.1 101 Switching Protocols\r\n"), cut
+        assert b"evil" not in got and b"Set-Cookie: ok=1\r\n" in got, cut
+        assert got.endswith(b"\r\n\r\n\x81\x02hi"), cut
+
+
+def test_an_answer_that_is_no_upgrade_passes_cleaned_and_ends_both_sides() -> None:
+    refusal = (
+        b"HTTP/1.1 401 Unauthorized\r\nSet-Cookie: cli_session=evil; Domain=example.com\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    after = b"HTTP/1.1 101 Switching Protocols\r\nSet-Cookie: cli_sandbox=evil\r\n\r\n"
+    sandbox, sandbox_transport, browser_transport = splice()
+    sandbox.dataReceived(refusal + after)
+    sandbox.dataReceived(b"more")
+    got = browser_transport.value()
+    assert got.startswith(b"HTTP/1.1 401 Unauthorized\r\n") and got.endswith(b"\r\n\r\n")
+    assert b"evil" not in got and b"more" not in got
+    assert sandbox_transport.disconnecting and browser_transport.disconnecting

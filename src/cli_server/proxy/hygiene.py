@@ -80,13 +80,19 @@ def safe_set_cookie(value: bytes) -> bool:
     return not any(p.split(b"=", 1)[0].strip().lower() == b"domain" for p in parts[1:])
 
 
+# Answer headers that act beyond the sandbox's own origin: ``Clear-Site-Data`` clears the
+# whole site's cookies (the main site's session with them), ``Alt-Svc`` may name another host
+# for this origin; a sandbox's own CORP would replace ours (``ANSWER_HEADERS``).
+_DROPPED_ANSWER = frozenset({b"cross-origin-resource-policy", b"clear-site-data", b"alt-svc"})
+
+
 def kept_answer_header(lower: bytes, value: bytes) -> bool:
     """Whether a sandbox's answer header (name in lower case) may reach the browser, on every
     answer path (101 included): unsafe cookies and CORS grants do not. A page on one sandbox
     origin must never read another's answers, and ours add ``ANSWER_HEADERS`` instead."""
     if lower == b"set-cookie":
         return safe_set_cookie(value)
-    return not lower.startswith(b"access-control-") and lower != b"cross-origin-resource-policy"
+    return not lower.startswith(b"access-control-") and lower not in _DROPPED_ANSWER
 
 
 # Added to every sandbox answer: no page of another origin may even embed what it says.

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cli_server.nodelay import no_delay
-from cli_server.proxy.answer import AnswerReader, AnswerSink, Framing, Read
+from cli_server.proxy.answer import AnswerReader, AnswerSink, Framing, Read, UnaskedUpgrade
 from cli_server.proxy.send_now import send_now
 from cli_server.proxy.takeover import hand_over
 from cli_server.sandboxes.backend import Endpoint
@@ -72,7 +72,9 @@ class UpstreamConnection(AnswerReader, Protocol):
             return
         read = self.feed(data)
         if read is Read.BROKEN:  # (connectionLost tells the client)
-            if self.error is not None:
+            if isinstance(self.error, UnaskedUpgrade):  # a sandbox's doing, not a bug of ours
+                self._log.info("sandbox {key} answered 101 to a plain request", key=self.key)
+            elif self.error is not None:
                 self._log.failure("relaying from {key}", Failure(self.error), key=self.key)
             self.transport.abortConnection()  # type: ignore[union-attr]
         elif read is Read.MORE:

@@ -34,25 +34,61 @@ class _Side(Protocol):
         self._on_data = on_data
         self._pending: list[bytes] = []
         self._head: bytes | None = b"" if answer else None  # until the answer's head is in
+        self._ended = False  # an answer that was no 101: nothing more is relayed
         self.lost = False
         self.on_lost: Callable[[], None] | None = None
 
     def dataReceived(self, data: bytes) -> None:
+        if self._ended:
+            return
         self._on_data()
         if self._head is not None:
-            head = self._head + data
-            end = head_end(head)
-            cleaned = clean_upgrade_answer(head[:end]) if 0 < end <= MAX_HEAD else None
-            if cleaned is None:
-                self._head = head
-                if end > 0 or len(head) > MAX_HEAD or b"\n\n" in head:
-                    self.transport.abortConnection()  # type: ignore[union-attr]  # not for us
-                return
-            self._head, data = None, cleaned + head[end:]
+            data = self._answer_head(self._head + data)
+        self._send(data)
+
+    def _answer_head(self, buffered: bytes) -> bytes:
+        """Reads the answer's heads: interim ones (``100``, ``103``) are dropped, a ``101``
+        passes cleaned and the splice begins; any other answer passes cleaned and the
+        connection ends after it, so no byte after a head nobody cleaned reaches the browser.
+        Returns what to relay now (the cleaned 101 and what follows it)."""
+        while True:
+            end = head_end(buffered)
+            if end <= 0:
+                self._head = buffered
+                if len(buffered) > MAX_HEAD or b"\n\n" in buffered:
+                    self._abort()
+                return b""
+            status = _status(buffered)
+            cleaned = clean_upgrade_answer(buffered[:end]) if end <= MAX_HEAD else None
+            if status is None or cleaned is None:
+                self._abort()  # not a head we can read line by line: not for us
+                return b""
+            buffered = buffered[end:]
+            if status == 101:
+                self._head = None
+                return cleaned + buffered
+            if status >= 200:
+                self._head, self._ended = None, True
+                self._send(cleaned)
+                self._close_both()
+                return b""
+
+    def _send(self, data: bytes) -> None:
+        if not data:
+            return
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.write(data)
         else:
             self._pending.append(data)
+
+    def _abort(self) -> None:
+        self._head, self._ended = None, True
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _close_both(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.loseConnection()
 
     def flush_to(self, peer: _Side) -> None:
         self.peer = peer
@@ -60,6 +96,8 @@ class _Side(Protocol):
         for data in self._pending:
             peer.transport.write(data)
         self._pending.clear()
+        if self._ended:
+            peer.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
         self.lost = True
@@ -67,6 +105,15 @@ class _Side(Protocol):
             self.on_lost()
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.loseConnection()
+
+
+def _status(head: bytes) -> int | None:
+    """The status code of an ``HTTP/1.1 NNN ...`` head (``clean_upgrade_answer`` checks the
+    rest of it)."""
+    code = head[9:12]
+    if len(code) != 3 or not code.isdigit() or head[12:13] not in (b" ", b"\r"):
+        return None
+    return int(code)
 
 
 def _head(request: Any, headers: Headers) -> bytes:

@@ -92,6 +92,14 @@ def parse_backend(text: str) -> str:
     raise ValueError(f"{text!r} is not a backend (process, docker, k8s)")
 
 
+def parse_docker_firewall(text: str) -> bool:
+    """``auto``: write the docker sandboxes' egress rules when we can; ``off``: never."""
+    value = text.strip().lower()
+    if value in ("auto", "off"):
+        return value == "auto"
+    raise ValueError(f"{text!r} is neither auto nor off")
+
+
 def parse_positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -158,6 +166,7 @@ class ServerConfig:
     sandbox_cpus: float = 2.0
     docker_url: str | None = None
     docker_network: str | None = None
+    docker_firewall: bool = True
     agent_image: str | None = None
     # Secrets: only from the environment (a command line is visible to every local user).
     anthropic_api_key: str | None = field(default=None, repr=False)

@@ -40,7 +40,7 @@ from cli_server.proxy.upstream import UpstreamPool
 from cli_server.proxy.urls import SandboxUrls
 from cli_server.sandboxes.activity import ActivityRecorder
 from cli_server.sandboxes.backend import SandboxBackend
-from cli_server.sandboxes.docker_backend import DockerBackend, DockerSettings
+from cli_server.sandboxes.docker_backend import DockerBackend, DockerPreparation, DockerSettings
 from cli_server.sandboxes.manager import SandboxManager
 from cli_server.sandboxes.monitor import IdleMonitor, Reconciler
 from cli_server.sandboxes.opencode import OpencodeClient
@@ -258,8 +258,10 @@ def build(
             memory_bytes=config.sandbox_memory,
             pids=config.sandbox_pids,
             nano_cpus=int(config.sandbox_cpus * 1e9),
+            firewall=config.docker_firewall,
         )
         backend = DockerBackend(engine.run, settings, instance_id(config.data_dir), opencode)
+        DockerPreparation(backend).setServiceParent(root)
     if backend is None:
         backend = ProcessBackend(
             reactor,

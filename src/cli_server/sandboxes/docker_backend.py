@@ -12,8 +12,16 @@ All engine calls go through the blocking ``docker`` SDK on our own bounded threa
 - opencode's port is published on 127.0.0.1 only, at a port the engine picks; the address is
   re-read after every start. The containers sit on a bridge network of our own with
   inter-container traffic disabled, so a sandbox cannot reach another sandbox's ports (the
-  engine's default bridge allows that); they still reach the internet and our Anthropic proxy
-  through the host.
+  engine's default bridge allows that). ``host.docker.internal`` is that network's gateway,
+  where our Anthropic proxy is reached.
+- Egress (docker_firewall.py): before every start the host's firewall is told that our bridge
+  reaches the internet and, of the host, only the Anthropic door; private, link-local and
+  other denied networks are rejected unless allowed. Where the server cannot write the rules
+  (not root, the engine on another host, or turned off) it logs, at start, the commands an
+  operator must run. With ``--docker-network`` the operator's network is theirs to guard.
+- Kernel surface: uid 1000, every capability dropped, ``no-new-privileges`` and the engine's
+  default seccomp profile (which refuses new user namespaces); an engine without seccomp is
+  refused.
 - Everything we create carries ``cli-server.instance=<this server's id>``; reconciliation and
   cleanup touch only those, never foreign containers or volumes.
 - Containers keep running across a server restart; the server adopts them.
@@ -22,10 +30,15 @@ All engine calls go through the blocking ``docker`` SDK on our own bounded threa
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from attrs import define, field
+from twisted.application.service import Service
+from twisted.logger import Logger
 
+from cli_server.sandboxes import docker_firewall
 from cli_server.sandboxes.backend import (
     BackendError,
     Endpoint,
@@ -34,6 +47,7 @@ from cli_server.sandboxes.backend import (
     State,
     deferred,
 )
+from cli_server.sandboxes.docker_firewall import EgressRules, Network
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.threads import Runner
 
@@ -53,6 +67,18 @@ class DockerSettings:
     pids: int = 1024
     nano_cpus: int = 2 * 10**9
     timeout: float = 60.0  # per engine call
+    # Egress: False leaves the host's firewall alone (the operator applies the rules we log).
+    firewall: bool = True
+    egress_denied: tuple[Network, ...] = ()
+    egress_allowed: tuple[Network, ...] = ()
+
+    @property
+    def door_port(self) -> int | None:
+        """The host port sandboxes reach our Anthropic proxy at, if it is on the host."""
+        url = urlsplit(self.anthropic_url)
+        if url.hostname != "host.docker.internal":
+            return None  # elsewhere (ANTHROPIC_PROXY_URL): an ordinary destination
+        return url.port or (443 if url.scheme == "https" else 80)
 
 
 @define(eq=False)
@@ -62,8 +88,13 @@ class DockerBackend:
     _instance: str  # this server's id, on every label
     _opencode_client: OpencodeClient
     _start_timeout: float = 90.0
+    # Where the host's firewall is written (tests give fakes); the engine host's own by default.
+    _firewall_apply: Callable[[EgressRules], None] = docker_firewall.apply
+    _firewall_refusal: Callable[[str], str | None] = docker_firewall.cannot_apply
     _client: Any = field(default=None, init=False)
     _network_lock: threading.Lock = field(factory=threading.Lock, init=False)
+    _seccomp_checked: bool = field(default=False, init=False)
+    _log = Logger()
     name = "docker"
     survives_restart = True
 
@@ -97,7 +128,9 @@ class DockerBackend:
                 f"image {self._settings.image} is not on the Docker engine: build it "
                 "(docker/build-offline-image) or pull it, or set --agent-image"
             ) from None
+        self._thd_check_seccomp()
         self._thd_remove_container(sandbox_id)
+        networking = self._thd_networking()
         for volume, labels in (
             (f"cli-ws-{workspace_id}", self._labels(workspace=workspace_id, kind="workspace")),
             (f"cli-home-{sandbox_id}", self._labels(sandbox=sandbox_id, kind="home")),
@@ -106,7 +139,6 @@ class DockerBackend:
                 client.volumes.get(volume)
             except docker.errors.NotFound:
                 client.volumes.create(name=volume, labels=labels)
-        networking = self._networking()
         container = client.containers.create(
             self._settings.image,
             name=f"cli-sbx-{sandbox_id}",
@@ -129,34 +161,102 @@ class DockerBackend:
         container.start()
         return self._thd_address(sandbox_id)
 
-    def _networking(self) -> dict[str, Any]:
+    def _thd_networking(self) -> dict[str, Any]:
+        """The container's network settings; on our own network, with its firewall rules
+        written first (a refusal to write them fails the start: never an unguarded sandbox)."""
         if self._settings.network:
             return {"network": self._settings.network}
+        name, rules = self._thd_isolated_network()
+        if self._thd_firewall_refusal(rules) is None:
+            try:
+                self._firewall_apply(rules)
+            except (RuntimeError, OSError) as e:
+                raise BackendError(f"cannot write the sandboxes' firewall rules: {e}") from e
         return {
-            "network": self._thd_isolated_network(),
+            "network": name,
             "ports": {f"{GUEST_PORT}/tcp": ("127.0.0.1", None)},
-            "extra_hosts": {"host.docker.internal": "host-gateway"},
+            # Our gateway, not the engine's host-gateway (docker0): the firewall lets our
+            # bridge reach the host there, at the Anthropic door only.
+            "extra_hosts": {"host.docker.internal": rules.gateway or "host-gateway"},
         }
 
-    def _thd_isolated_network(self) -> str:
-        """Our bridge network without inter-container traffic, made on first use. The lock
-        matters: an engine happily creates two networks with one name."""
+    def _thd_firewall_refusal(self, rules: EgressRules) -> str | None:
+        """Why we do not write the rules ourselves, or None if we do."""
+        if not self._settings.firewall:
+            return "the docker firewall is turned off (--docker-firewall off)"
+        return self._firewall_refusal(rules.bridge)
+
+    def _thd_isolated_network(self) -> tuple[str, EgressRules]:
+        """Our bridge network without inter-container traffic, made on first use, and the
+        firewall rules for its bridge. The lock matters: an engine happily creates two
+        networks with one name."""
         import docker.errors
 
         name = f"cli-sandboxes-{self._instance}"
         with self._network_lock:
             client = self._thd_client()
             try:
-                client.networks.get(name)
+                network = client.networks.get(name)
             except docker.errors.NotFound:
-                client.networks.create(
+                network = client.networks.create(
                     name,
                     driver="bridge",
                     labels=self._labels(kind="network"),
-                    options={"com.docker.network.bridge.enable_icc": "false"},
+                    options={
+                        "com.docker.network.bridge.enable_icc": "false",
+                        "com.docker.network.bridge.name": docker_firewall.bridge_name(
+                            self._instance
+                        ),
+                    },
                     check_duplicate=True,
                 )
-        return name
+                network.reload()
+        attrs = network.attrs
+        # A network made before we named bridges has the engine's name for it.
+        bridge = (attrs.get("Options") or {}).get("com.docker.network.bridge.name") or (
+            "br-" + str(attrs["Id"])[:12]
+        )
+        gateways = [
+            c["Gateway"]
+            for c in (attrs.get("IPAM") or {}).get("Config") or []
+            if c.get("Gateway") and ":" not in c["Gateway"]
+        ]
+        rules = EgressRules(
+            docker_firewall.chain_prefix(self._instance),
+            bridge,
+            gateways[0] if gateways else None,
+            self._settings.door_port,
+            self._settings.egress_denied,
+            self._settings.egress_allowed,
+        )
+        return name, rules
+
+    def _thd_check_seccomp(self) -> None:
+        """The engine's default seccomp profile is what refuses new user namespaces and other
+        kernel surface inside a container: an engine without one (or with it switched off by
+        default) runs no sandbox of ours."""
+        if self._seccomp_checked:
+            return
+        options = self._thd_client().info().get("SecurityOptions") or []
+        seccomp = [o for o in options if "name=seccomp" in o]
+        if not seccomp or any("profile=unconfined" in o for o in seccomp):
+            raise BackendError(
+                "the Docker engine applies no seccomp profile to containers "
+                f"(its security options: {', '.join(options) or 'none'}); sandboxes need one"
+            )
+        self._seccomp_checked = True
+
+    def _thd_prepare(self) -> tuple[str, str] | None:
+        """At server start: our network and its rules now; or (why not, the operator's
+        commands) when we do not write them."""
+        if self._settings.network:
+            return None
+        _, rules = self._thd_isolated_network()
+        why = self._thd_firewall_refusal(rules)
+        if why is not None:
+            return why, rules.operator_script()
+        self._firewall_apply(rules)
+        return None
 
     def _thd_address(self, sandbox_id: str) -> tuple[str, int]:
         """Where opencode answers, re-read from the engine (it changes at every start)."""
@@ -258,6 +358,31 @@ class DockerBackend:
             raise BackendError(f"Docker engine: {_short(e)}") from e
 
     @deferred
+    async def prepare(self) -> None:
+        """Server start: write the firewall rules, or say what the operator must apply. Never
+        fails: every sandbox start tries again (and refuses if writing them fails)."""
+        try:
+            undone = await self._engine(self._thd_prepare)
+        except (BackendError, RuntimeError, OSError) as e:
+            self._log.warn("docker backend: not prepared yet: {why}", why=str(e))
+            return
+        if self._settings.network:
+            self._log.info(
+                "docker backend: sandboxes join {network}; what they can reach there is "
+                "up to that network's firewall",
+                network=self._settings.network,
+            )
+        if undone is not None:
+            why, script = undone
+            self._log.warn(
+                "docker backend: sandboxes' egress rules NOT applied ({why}); without them a "
+                "sandbox reaches every host address and private network. As root on the "
+                "engine's host, run:\n{script}",
+                why=why,
+                script=script,
+            )
+
+    @deferred
     async def start(self, spec: SandboxSpec) -> Endpoint:
         host, port = await self._engine(
             self._thd_start, spec.id, spec.workspace_id, self._environment(spec)
@@ -300,6 +425,17 @@ class DockerBackend:
     @deferred
     async def check(self) -> None:
         await self._engine(self._thd_ping)
+
+
+@define(eq=False)
+class DockerPreparation(Service):
+    """Prepares the backend once the service tree (and the engine's thread pool) runs."""
+
+    _backend: DockerBackend
+
+    def startService(self) -> None:
+        super().startService()
+        self._backend.prepare()
 
 
 def _short(error: Exception) -> str:

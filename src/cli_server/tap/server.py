@@ -20,6 +20,7 @@ from cli_server.config import (
     parse_base_scheme,
     parse_cpus,
     parse_db_url,
+    parse_docker_firewall,
     parse_duration,
     parse_positive_int,
     parse_size,
@@ -107,6 +108,13 @@ SETTINGS: dict[str, Setting] = {
         str,
         None,
         "Join sandboxes to this network instead of publishing ports (for a server in a container).",
+    ),
+    "docker-firewall": Setting(
+        "DOCKER_FIREWALL",
+        parse_docker_firewall,
+        "auto",
+        "auto: as root on the engine's host, write the host firewall rules that keep docker "
+        "sandboxes off the host and private networks; off: log them for the operator.",
     ),
     "agent-image": Setting(
         "AGENT_IMAGE", str, None, "Sandbox image for --backend docker (required there)."
@@ -228,6 +236,7 @@ class Options(usage.Options):
             sandbox_cpus=self["sandbox-cpus"],
             docker_url=self["docker-url"],
             docker_network=self["docker-network"],
+            docker_firewall=self["docker-firewall"],
             agent_image=self["agent-image"],
             anthropic_api_key=self._environ.get("ANTHROPIC_API_KEY") or None,
             anthropic_auth_token=self._environ.get("ANTHROPIC_AUTH_TOKEN") or None,

@@ -56,9 +56,47 @@ class Engine:
         return self.docker("ps", "-aq").split()
 
 
+_OURS = ("DOCKER", "CLI-SBX-")  # chains the engine and our docker backend add
+_BRIDGES = ("docker0", "br-", "clisbx-")
+
+
+def _host_firewall() -> tuple[str, str, set[str]]:
+    """The IPv4 forwarding switch, FORWARD policy and interfaces, to put back after the
+    engine."""
+    forwarding = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
+    listed = subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True, text=True)
+    policy = (listed.stdout.splitlines() or ["-P FORWARD ACCEPT"])[0].split()[-1]
+    return forwarding, policy, set(os.listdir("/sys/class/net"))
+
+
+def _remove_engine_traces(forwarding: str, policy: str, interfaces: set[str]) -> None:
+    """What a stopped engine leaves on the host: its chains and their jumps (and ours, made
+    by the docker backend), its bridges, the forwarding switch and FORWARD policy it set."""
+    for tool in ("iptables", "ip6tables"):
+        for table in ("filter", "nat"):
+            listed = subprocess.run([tool, "-t", table, "-S"], capture_output=True, text=True)
+            rules = [ln.split() for ln in listed.stdout.splitlines()]
+            for words in rules:  # jumps and rules about our bridges, in built-in chains
+                if words[:1] == ["-A"] and not words[1].startswith(_OURS):
+                    mention = " ".join(words[2:])
+                    if any(b in mention for b in _BRIDGES) or "-j DOCKER" in mention:
+                        subprocess.run([tool, "-t", table, "-D", *words[1:]], capture_output=True)
+            chains = [w[1] for w in rules if w[:1] == ["-N"] and w[1].startswith(_OURS)]
+            for chain in chains:
+                subprocess.run([tool, "-t", table, "-F", chain], capture_output=True)
+            for chain in chains:
+                subprocess.run([tool, "-t", table, "-X", chain], capture_output=True)
+    subprocess.run(["iptables", "-P", "FORWARD", policy], capture_output=True)
+    Path("/proc/sys/net/ipv4/ip_forward").write_text(forwarding)
+    for name in set(os.listdir("/sys/class/net")) - interfaces:
+        if name.startswith(_BRIDGES):
+            subprocess.run(["ip", "link", "del", name], capture_output=True)
+
+
 @contextmanager
 def private_engine() -> Iterator[Engine]:
     root = Path("/tmp") / f"cli-dockerd-{os.getpid()}"  # short: the socket path has a limit
+    before = _host_firewall()
     root.mkdir(exist_ok=True)
     (root / "daemon.json").write_text("{}")
     sock = root / "docker.sock"
@@ -114,3 +152,4 @@ def private_engine() -> Iterator[Engine]:
         subprocess.run(["umount", "-R", str(root / "exec")], capture_output=True)
         subprocess.run(["umount", "-R", str(root / "data")], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+        _remove_engine_traces(*before)

@@ -47,7 +47,8 @@ from cli_server.sandboxes.backend import (
     State,
     deferred,
 )
-from cli_server.sandboxes.docker_firewall import EgressRules, Network
+from cli_server.sandboxes.docker_firewall import EgressRules
+from cli_server.sandboxes.egress import EgressPolicy
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.threads import Runner
 
@@ -69,8 +70,8 @@ class DockerSettings:
     timeout: float = 60.0  # per engine call
     # Egress: False leaves the host's firewall alone (the operator applies the rules we log).
     firewall: bool = True
-    egress_denied: tuple[Network, ...] = ()
-    egress_allowed: tuple[Network, ...] = ()
+    # Its host addresses do not matter here: the INPUT chain refuses every one of them.
+    egress: EgressPolicy = EgressPolicy()
 
     @property
     def door_port(self) -> int | None:
@@ -226,8 +227,8 @@ class DockerBackend:
             bridge,
             gateways[0] if gateways else None,
             self._settings.door_port,
-            self._settings.egress_denied,
-            self._settings.egress_allowed,
+            tuple(self._settings.egress.denied()),
+            self._settings.egress.allow,
         )
         return name, rules
 

@@ -25,12 +25,12 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
-from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from attrs import frozen
 
-Network = IPv4Network | IPv6Network
+from cli_server.sandboxes.egress import Network
+
 Run = Callable[..., "subprocess.CompletedProcess[str]"]
 
 _TOOLS = {4: "iptables", 6: "ip6tables"}

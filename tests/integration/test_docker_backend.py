@@ -84,7 +84,7 @@ async def _wait(w: DockerWorld, sid: str, status: str) -> None:
 
     async def reached() -> bool:
         reply = await w.people["owner"].call("GET", f"/api/sandboxes/{sid}")
-        assert reply.body["status"] != "failed", reply.body
+        assert reply.body["status"] != "failed", reply.body.get("error")
         return bool(reply.body["status"] == status)
 
     await wait_until(_reactor(), reached, timeout=120, step=0.2)

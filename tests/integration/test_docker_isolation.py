@@ -324,3 +324,40 @@ async def test_kernel_surface(guarded: Guarded) -> None:
     info = json.loads(w.engine.docker("info", "-f", "{{json .SecurityOptions}}"))
     assert "name=seccomp,profile=default" in info
     assert os.path.exists(f"/sys/class/net/{docker_firewall.bridge_name(INSTANCE)}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_container_layer_cannot_fill_the_disk(guarded: Guarded) -> None:
+    """The container's own layer (on the engine's disk, without a limit) takes no writes:
+    the root file system is read-only even where the image gives uid 1000 a directory, and
+    scratch space is a sized memory file system that answers ENOSPC when full."""
+    w = guarded
+    sid = await _create(w, "disk")
+    await _wait(w, sid, "running")
+    me = f"cli-sbx-{sid}"
+    assert w.engine.docker("inspect", "-f", "{{.HostConfig.ReadonlyRootfs}}", me).strip() == "true"
+    for path in ("/data/escape", "/home/escape", "/escape"):
+        tried = w.engine.attempt(["docker", "exec", me, "busybox", "touch", path])
+        assert tried.returncode != 0 and "Read-only file system" in tried.stderr, (path, tried)
+    scratch = w.backend._settings.scratch_bytes // 1024**2
+    fill = w.engine.attempt(
+        [
+            "docker",
+            "exec",
+            me,
+            "busybox",
+            "dd",
+            "if=/dev/zero",
+            "of=/tmp/fill",
+            "bs=1M",
+            f"count={scratch + 16}",
+        ]
+    )
+    assert fill.returncode != 0 and "No space left on device" in fill.stderr, fill
+    w.engine.docker("exec", me, "busybox", "rm", "/tmp/fill")
+    # Its writable layer is still empty (the volumes and tmpfs are not in it).
+    layer = w.engine.docker("ps", "-s", "--filter", f"name={me}", "--format", "{{.Size}}")
+    assert layer.split()[0] in ("0B", "0"), layer
+    # opencode keeps running on a read-only root (test_docker_lifecycle: sessions too).
+    observed = await w.backend.describe(sid)
+    assert observed.endpoint is not None

@@ -22,6 +22,9 @@ All engine calls go through the blocking ``docker`` SDK on our own bounded threa
 - Kernel surface: uid 1000, every capability dropped, ``no-new-privileges`` and the engine's
   default seccomp profile (which refuses new user namespaces); an engine without seccomp is
   refused.
+- Disk: the root file system is read-only, so the container's layer on the engine's disk
+  never grows; /tmp and /var/tmp are memory file systems of a quarter of the memory limit
+  each. (The two volumes have no size limit yet.)
 - Everything we create carries ``cli-server.instance=<this server's id>``; reconciliation and
   cleanup touch only those, never foreign containers or volumes.
 - Containers keep running across a server restart; the server adopts them.
@@ -54,6 +57,7 @@ from cli_server.threads import Runner
 
 GUEST_PORT = 4096
 LABEL = "cli-server"
+SCRATCH = ("/tmp", "/var/tmp")  # writable, in memory; everything else but the volumes is not
 
 
 @define(frozen=True)
@@ -72,6 +76,11 @@ class DockerSettings:
     firewall: bool = True
     # Its host addresses do not matter here: the INPUT chain refuses every one of them.
     egress: EgressPolicy = EgressPolicy()
+
+    @property
+    def scratch_bytes(self) -> int:
+        """Each of /tmp and /var/tmp: a quarter of the memory limit (they take from it)."""
+        return self.memory_bytes // 4
 
     @property
     def door_port(self) -> int | None:
@@ -158,6 +167,13 @@ class DockerBackend:
             nano_cpus=self._settings.nano_cpus,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
+            # Nothing is written to the container's own layer, which lies on the engine's
+            # disk without a limit: scratch space is memory (counted in mem_limit), sized.
+            read_only=True,
+            tmpfs={
+                path: f"rw,nosuid,nodev,size={self._settings.scratch_bytes},mode=1777"
+                for path in SCRATCH
+            },
         )
         container.start()
         return self._thd_address(sandbox_id)

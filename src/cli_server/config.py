@@ -124,6 +124,13 @@ def parse_size(text: str) -> int:
     return size
 
 
+def parse_quota(text: str) -> int:
+    """A disk quota: a size such as ``10g``, or ``off`` (0) for none."""
+    if text.strip().lower() in ("off", "0"):
+        return 0
+    return parse_size(text)
+
+
 def parse_cpus(text: str) -> float:
     try:
         value = float(text)
@@ -164,6 +171,8 @@ class ServerConfig:
     sandbox_memory: int = 2 * 1024**3
     sandbox_pids: int = 1024
     sandbox_cpus: float = 2.0
+    workspace_disk_size: int = 10 * 1024**3  # process backend; 0 = no quota
+    sandbox_home_size: int = 2 * 1024**3
     docker_url: str | None = None
     docker_network: str | None = None
     docker_firewall: bool = True

@@ -40,6 +40,7 @@ from cli_server.proxy.upstream import UpstreamPool
 from cli_server.proxy.urls import SandboxUrls
 from cli_server.sandboxes.activity import ActivityRecorder
 from cli_server.sandboxes.backend import SandboxBackend
+from cli_server.sandboxes.disk_quota import DiskSizes
 from cli_server.sandboxes.docker_backend import DockerBackend, DockerPreparation, DockerSettings
 from cli_server.sandboxes.manager import SandboxManager
 from cli_server.sandboxes.monitor import IdleMonitor, Reconciler
@@ -272,6 +273,7 @@ def build(
             anthropic_url=anthropic_base_url(config) if config.anthropic_proxy_url else None,
             isolated=not config.allow_unisolated,
             limits=Limits(config.sandbox_memory, config.sandbox_pids),
+            disk_sizes=DiskSizes(config.workspace_disk_size, config.sandbox_home_size),
         )
     workspaces = Workspaces(db)
     urls = SandboxUrls(config.base_scheme, config.base_domain)

@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
 import tempfile
 from http.cookiejar import CookieJar
 from pathlib import Path
@@ -46,6 +47,17 @@ def scratch_dir(prefix: str) -> Path:
 
 
 def remove_dir(path: Path) -> None:
+    """Unmount what a test left mounted below ``path`` (quota images, netns files), then
+    remove it: removing through a mount would leave the mount and its loop device behind."""
+    from cli_server.sandboxes.disk_quota import parse_mountinfo
+
+    below = [
+        m.point
+        for m in parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+        if Path(m.point).is_relative_to(path)
+    ]
+    for point in sorted(set(below), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
     shutil.rmtree(path, ignore_errors=True)
 
 

@@ -8,6 +8,8 @@ Per sandbox, as root:
 - bubblewrap, entered as the unprivileged ``cli-sandbox`` account, with new user, pid, ipc,
   uts and cgroup namespaces, no capabilities, read-only /usr, a private HOME kept across
   pause/resume and the workspace disk at /data/disk0;
+- HOME and the workspace disk each their own loop-mounted ext4 image of a fixed size
+  (disk_quota.py), so a sandbox that fills one gets ENOSPC and the host's disk stays free;
 - a cgroup (v1 memory and pids) when the machine lets us write one.
 
 Every helper process dies with the server: bubblewrap has ``--die-with-parent`` and
@@ -25,7 +27,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from attrs import define, field, frozen
+from attrs import Factory, define, field, frozen
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
@@ -41,6 +43,7 @@ from cli_server.sandboxes.backend import (
     State,
     deferred,
 )
+from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.unixjson import unix_json_call
 from cli_server.system_accounts import SystemAccount, ensure_system_account
@@ -170,7 +173,13 @@ class ProcessBackend:
     _account: SystemAccount | None = field(factory=sandbox_account)
     _isolated: bool = True  # False only with --allow-unisolated
     _start_timeout: float = 60.0
+    _disk_sizes: DiskSizes = field(factory=DiskSizes)  # 0: a plain directory, no quota
+    _quotas: DiskQuotas = field(
+        default=Factory(lambda self: DiskQuotas.on(self._reactor), takes_self=True)
+    )
     _live: dict[str, _Live] = field(factory=dict, init=False)
+    # workspace id -> sandboxes started since its disk was mounted; unmounted when none is left
+    _disk_users: dict[str, set[str]] = field(factory=dict, init=False)
     _doors: dict[str, Any] = field(factory=dict, init=False)
     name = "process"
     _log = Logger()
@@ -190,7 +199,7 @@ class ProcessBackend:
         if self._account is not None:
             os.chown(path, self._account.uid, self._account.gid)
 
-    def _prepare(self, spec: SandboxSpec) -> Path:
+    async def _prepare(self, spec: SandboxSpec) -> Path:
         for shared in (self._data_dir, self._data_dir / "sandboxes", self._data_dir / "workspaces"):
             shared.mkdir(parents=True, exist_ok=True)
             shared.chmod(shared.stat().st_mode | stat.S_IXOTH)  # enter, not list
@@ -202,11 +211,35 @@ class ProcessBackend:
         box = self._sandbox_dir(spec.id)
         box.mkdir(exist_ok=True)
         box.chmod(0o711)
-        (self._disk(spec.workspace_id).parent).mkdir(exist_ok=True)
-        self._disk(spec.workspace_id).parent.chmod(0o711)
-        self._owned_dir(self._disk(spec.workspace_id))
-        self._owned_dir(box / "home")
+        disk, home = self._disk(spec.workspace_id), box / "home"
+        disk.parent.mkdir(exist_ok=True)
+        disk.parent.chmod(0o711)
+        # Counted before the mount, so a sibling stopping meanwhile does not unmount it.
+        self._disk_users.setdefault(spec.workspace_id, set()).add(spec.id)
+        await self._under_quota(disk, self._disk_sizes.workspace)
+        await self._under_quota(home, self._disk_sizes.home)
+        self._owned_dir(disk)
+        self._owned_dir(home)
         return box
+
+    async def _under_quota(self, directory: Path, size: int) -> None:
+        if size:
+            account = self._account
+            owner = (account.uid, account.gid) if account is not None else None
+            await self._quotas.attach(directory, size, owner)
+
+    async def _release(self, sandbox_id: str, *, removing: bool = False) -> None:
+        """Unmount what the sandbox's start mounted: its HOME, and its workspace's disk when no
+        other sandbox started since uses it. A busy mount stays (adopted at the next start)
+        unless the directory is about to be removed."""
+        home = self._sandbox_dir(sandbox_id) / "home"
+        await self._quotas.detach(home, lazy=removing)
+        for workspace_id, users in list(self._disk_users.items()):
+            if sandbox_id in users:
+                users.discard(sandbox_id)
+                if not users:
+                    del self._disk_users[workspace_id]
+                    await self._quotas.detach(self._disk(workspace_id))
 
     # -- start --------------------------------------------------------------------------------
 
@@ -214,7 +247,7 @@ class ProcessBackend:
     async def start(self, spec: SandboxSpec) -> Endpoint:
         if spec.id in self._live:
             return Endpoint("127.0.0.1", self._live[spec.id].port)
-        box = self._prepare(spec)
+        box = await self._prepare(spec)
         await self._teardown(spec.id)  # leftovers of a crash: stale netns mount, cgroup
         opencode = publish_binary(self._opencode, self._data_dir)
         if not self._isolated:
@@ -553,15 +586,19 @@ class ProcessBackend:
     async def stop(self, sandbox_id: str) -> None:
         await self._stop_live(sandbox_id)
         await self._teardown(sandbox_id)
+        await self._release(sandbox_id)
 
     @deferred
     async def delete(self, sandbox_id: str) -> None:
         await self._stop_live(sandbox_id)
         await self._teardown(sandbox_id)
+        await self._release(sandbox_id, removing=True)  # never remove files through a mount
         shutil.rmtree(self._sandbox_dir(sandbox_id), ignore_errors=True)
 
     @deferred
     async def delete_workspace(self, workspace_id: str) -> None:
+        self._disk_users.pop(workspace_id, None)
+        await self._quotas.detach(self._disk(workspace_id), lazy=True)
         shutil.rmtree(self._data_dir / "workspaces" / workspace_id, ignore_errors=True)
 
     def endpoint_now(self, sandbox_id: str) -> Endpoint | None:
@@ -586,10 +623,12 @@ class ProcessBackend:
 
     @deferred
     async def close(self) -> None:
-        """Server shutdown: stop every sandbox (their HOME and disks stay)."""
+        """Server shutdown: stop every sandbox (their HOME and disks stay, unmounted)."""
         for sandbox_id in list(self._live):
             await self._stop_live(sandbox_id)
             await self._teardown(sandbox_id)
+        self._disk_users.clear()
+        await self._quotas.detach_all(self._data_dir)
 
 
 def _which(tool: str) -> str:

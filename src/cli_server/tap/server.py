@@ -23,6 +23,7 @@ from cli_server.config import (
     parse_docker_firewall,
     parse_duration,
     parse_positive_int,
+    parse_quota,
     parse_size,
 )
 
@@ -92,6 +93,18 @@ SETTINGS: dict[str, Setting] = {
         parse_cpus,
         "2",
         "CPUs each docker sandbox may use (process backend: not limited).",
+    ),
+    "workspace-disk-size": Setting(
+        "WORKSPACE_DISK_SIZE",
+        parse_quota,
+        "10g",
+        "Disk quota of each workspace's shared disk, or off (process backend).",
+    ),
+    "sandbox-home-size": Setting(
+        "SANDBOX_HOME_SIZE",
+        parse_quota,
+        "2g",
+        "Disk quota of each sandbox's HOME, or off (process backend).",
     ),
     "idle-timeout": Setting(
         "IDLE_TIMEOUT", parse_duration, "30m", "Pause a sandbox after this long without activity."
@@ -205,6 +218,27 @@ class Options(usage.Options):
                 f"--backend process: cannot isolate sandboxes: {why}; "
                 "pass --allow-unisolated to run them without isolation"
             )
+        self._checkDiskQuota()
+
+    def _checkDiskQuota(self) -> None:
+        """Quotas need root and loop devices: refused without them, unless turned off; with
+        --allow-unisolated they apply where the host can and are left off where it cannot."""
+        from cli_server.sandboxes.disk_quota import check_disk_quota
+
+        sizes = ("workspace-disk-size", "sandbox-home-size")
+        if not any(self[name] for name in sizes):
+            return
+        why = check_disk_quota()
+        if why is None:
+            return
+        if self["allow-unisolated"]:
+            for name in sizes:
+                self[name] = 0
+            return
+        raise usage.UsageError(
+            f"--workspace-disk-size: cannot give sandboxes disk quotas: {why}; pass "
+            "--workspace-disk-size=off --sandbox-home-size=off to run without them"
+        )
 
     def _checkListen(self) -> None:
         from twisted.internet.endpoints import serverFromString
@@ -234,6 +268,8 @@ class Options(usage.Options):
             sandbox_memory=self["sandbox-memory"],
             sandbox_pids=self["sandbox-pids"],
             sandbox_cpus=self["sandbox-cpus"],
+            workspace_disk_size=self["workspace-disk-size"],
+            sandbox_home_size=self["sandbox-home-size"],
             docker_url=self["docker-url"],
             docker_network=self["docker-network"],
             docker_firewall=self["docker-firewall"],

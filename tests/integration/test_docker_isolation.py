@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from ipaddress import ip_network
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -27,6 +28,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from cli_server.sandboxes import docker_firewall
+from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes, image_of
 from cli_server.sandboxes.docker_backend import DockerBackend, DockerSettings
 from cli_server.sandboxes.egress import EgressPolicy
 from cli_server.sandboxes.opencode import OpencodeClient
@@ -34,7 +36,7 @@ from cli_server.threads import ThreadPoolService
 
 from .conftest import _reactor, server_config, start_server, stop_server
 from .docker_engine import Engine, needs_dockerd
-from .helpers import free_port
+from .helpers import free_port, remove_dir, scratch_dir
 from .test_docker_backend import DockerWorld, _create, _wait
 from .test_sandboxes_api import team
 
@@ -48,6 +50,7 @@ BEYOND = {  # private destinations behind the same "router", none the host's own
 }
 HOST_PRIVATE = "10.98.0.1"  # the host's own, on its end of the veth pair
 HOST_LINK_LOCAL = "169.254.1.1"  # the same
+QUOTA = 64 * 1024**2
 
 pytestmark = needs_dockerd
 
@@ -112,6 +115,7 @@ def outside() -> Iterator[Outside]:
 @attrs.define
 class Guarded(DockerWorld):
     door: int = 0  # the Anthropic door's port on the host
+    public: Any = None  # its listening port on every host address
 
 
 class _Hello(Resource):
@@ -121,51 +125,80 @@ class _Hello(Resource):
         return b"host"
 
 
-def _backend(pool: ThreadPoolService, engine: Engine, door: int, **egress: Any) -> DockerBackend:
+def _backend(
+    pool: ThreadPoolService,
+    engine: Engine,
+    door: int,
+    disk_root: Path | None = None,
+    **egress: Any,
+) -> DockerBackend:
     settings = DockerSettings(
         engine.host,
         engine.image,
         f"http://host.docker.internal:{door}/proxy/anthropic/v1",
         egress=EgressPolicy(**egress),
+        disks=DiskSizes(QUOTA, QUOTA) if disk_root else DiskSizes(),
+        disk_root=disk_root,
     )
-    return DockerBackend(pool.run, settings, INSTANCE, OpencodeClient(_reactor()))
+    quotas = DiskQuotas.on(_reactor()) if disk_root else None
+    return DockerBackend(pool.run, settings, INSTANCE, OpencodeClient(_reactor()), quotas=quotas)
 
 
-@pytest_twisted.async_yield_fixture
-async def guarded(db_url: str, engine: Engine) -> AsyncIterator[Guarded]:
+async def _guarded(db_url: str, engine: Engine, disk_root: Path | None = None) -> Guarded:
     reactor = _reactor()
     pool = ThreadPoolService(reactor, "docker-isolation", 4)
     pool.startService()
     door = free_port()
-    backend = _backend(pool, engine, door)
+    backend = _backend(pool, engine, door, disk_root)
     config = attrs.evolve(server_config(db_url), backend="docker")
     app = await start_server(db_url, config=config, backend=backend)
     # The door as a real deployment has it: the server's port on every host address.
     public = reactor.listenTCP(door, app.server.front_door, interface="0.0.0.0")
-    world = Guarded(app, engine, backend, pool, *await team(app), door=door)
+    return Guarded(app, engine, backend, pool, *await team(app), door=door, public=public)
+
+
+async def _dismantle(w: Guarded) -> None:
+    await w.public.stopListening()
+    await stop_server(w.app)
+    w.pool.stopService()
+    mine = f"label=cli-server.instance={INSTANCE}"
+    ids = w.engine.docker("ps", "-aq", "--filter", mine).split()
+    if ids:
+        w.engine.docker("rm", "-f", *ids)
+    volumes = w.engine.docker("volume", "ls", "-q", "--filter", mine).split()
+    if volumes:
+        w.engine.docker("volume", "rm", "-f", *volumes)
+    w.engine.attempt(["docker", "network", "rm", f"cli-sandboxes-{INSTANCE}"])
+    docker_firewall.remove(
+        docker_firewall.EgressRules(
+            docker_firewall.chain_prefix(INSTANCE),
+            docker_firewall.bridge_name(INSTANCE),
+            None,
+            None,
+            (),
+        )
+    )
+
+
+@pytest_twisted.async_yield_fixture
+async def guarded(db_url: str, engine: Engine) -> AsyncIterator[Guarded]:
+    world = await _guarded(db_url, engine)
     try:
         yield world
     finally:
-        await public.stopListening()
-        await stop_server(app)
-        pool.stopService()
-        mine = f"label=cli-server.instance={INSTANCE}"
-        ids = engine.docker("ps", "-aq", "--filter", mine).split()
-        if ids:
-            engine.docker("rm", "-f", *ids)
-        volumes = engine.docker("volume", "ls", "-q", "--filter", mine).split()
-        if volumes:
-            engine.docker("volume", "rm", "-f", *volumes)
-        engine.attempt(["docker", "network", "rm", f"cli-sandboxes-{INSTANCE}"])
-        docker_firewall.remove(
-            docker_firewall.EgressRules(
-                docker_firewall.chain_prefix(INSTANCE),
-                docker_firewall.bridge_name(INSTANCE),
-                None,
-                None,
-                (),
-            )
-        )
+        await _dismantle(world)
+
+
+@pytest_twisted.async_yield_fixture
+async def quota_world(db_url: str, engine: Engine) -> AsyncIterator[Guarded]:
+    """Sandboxes whose volumes have 64 MiB quotas, their images under a scratch directory."""
+    root = scratch_dir("cli-test-docker-disks-")
+    world = await _guarded(db_url, engine, root / "disks")
+    try:
+        yield world
+    finally:
+        await _dismantle(world)
+        remove_dir(root)
 
 
 def _probe(engine: Engine, container: str, targets: list[tuple[str, int]]) -> dict[str, str]:
@@ -361,3 +394,64 @@ async def test_container_layer_cannot_fill_the_disk(guarded: Guarded) -> None:
     # opencode keeps running on a read-only root (test_docker_lifecycle: sessions too).
     observed = await w.backend.describe(sid)
     assert observed.endpoint is not None
+
+
+def _fill(
+    w: Guarded, container: str, path: str, megabytes: int
+) -> subprocess.CompletedProcess[str]:
+    argv = ["busybox", "dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={megabytes}"]
+    return w.engine.attempt(["docker", "exec", container, *argv])
+
+
+def _mounted(directory: Path) -> bool:
+    return f" {directory} " in Path("/proc/self/mountinfo").read_text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_volumes_have_quotas(quota_world: Guarded) -> None:
+    """A sandbox fills its workspace disk and its HOME: ENOSPC at the quota, the host holds
+    no more than the quota for each, and a sandbox of another workspace (and the server)
+    keep working. Files survive pause/resume (HOME unmounted while paused); deleting the
+    sandbox and the workspace removes their images."""
+    w = quota_world
+    root = w.backend._settings.disk_root
+    assert root is not None
+    other = (await w.people["owner"].call("POST", "/api/workspaces", {"name": "other"})).body["id"]
+    await w.people["owner"].call(
+        "POST", f"/api/workspaces/{other}/members", {"username": "developer", "role": "developer"}
+    )
+    filler, bystander = await _create(w, "filler"), await _create(w, "bystander", other)
+    await _wait(w, filler, "running")
+    await _wait(w, bystander, "running")
+    me = f"cli-sbx-{filler}"
+    workspace_dir, home_dir = root / "workspaces" / w.workspace, root / "homes" / filler
+    device = w.engine.docker(
+        "volume", "inspect", "-f", "{{.Options.device}}", f"cli-ws-{w.workspace}"
+    ).strip()
+    assert device == str(workspace_dir) and _mounted(workspace_dir) and _mounted(home_dir)
+
+    w.engine.docker("exec", me, "sh", "-c", "echo kept > /data/disk0/kept; echo kept > ~/kept")
+    for path, directory in (("/data/disk0/fill", workspace_dir), ("/home/opencode/fill", home_dir)):
+        filled = await deferToThread(_fill, w, me, path, 2 * QUOTA // 1024**2)
+        assert filled.returncode != 0 and "No space left on device" in filled.stderr, filled
+        held = image_of(directory).stat().st_blocks * 512
+        assert held <= QUOTA, (directory, held)
+    # The other workspace's sandbox and the server are unaffected.
+    wrote = await deferToThread(_fill, w, f"cli-sbx-{bystander}", "/data/disk0/some", 8)
+    assert wrote.returncode == 0, wrote
+    assert (await w.people["owner"].call("GET", "/readyz")).code == 200
+
+    w.engine.docker("exec", me, "busybox", "rm", "/data/disk0/fill", "/home/opencode/fill")
+    await w.people["developer"].call("POST", f"/api/sandboxes/{filler}/pause")
+    await _wait(w, filler, "paused")
+    assert not _mounted(home_dir) and _mounted(workspace_dir)
+    await w.people["developer"].call("POST", f"/api/sandboxes/{filler}/resume")
+    await _wait(w, filler, "running")
+    kept = w.engine.docker("exec", me, "cat", "/data/disk0/kept", "/home/opencode/kept")
+    assert kept.split() == ["kept", "kept"]
+
+    assert (await w.people["developer"].call("DELETE", f"/api/sandboxes/{filler}")).code == 204
+    assert not _mounted(home_dir) and not image_of(home_dir).exists()
+    assert (await w.people["developer"].call("DELETE", f"/api/sandboxes/{bystander}")).code == 204
+    assert (await w.people["owner"].call("DELETE", f"/api/workspaces/{w.workspace}")).code == 204
+    assert not _mounted(workspace_dir) and not image_of(workspace_dir).exists()

@@ -24,7 +24,9 @@ All engine calls go through the blocking ``docker`` SDK on our own bounded threa
   refused.
 - Disk: the root file system is read-only, so the container's layer on the engine's disk
   never grows; /tmp and /var/tmp are memory file systems of a quarter of the memory limit
-  each. (The two volumes have no size limit yet.)
+  each. As root beside the engine, each volume is a bind of its own loop-mounted ext4 image
+  (disk_quota.py) of --workspace-disk-size / --sandbox-home-size: a full one answers ENOSPC.
+  A volume made before quotas keeps no limit.
 - Everything we create carries ``cli-server.instance=<this server's id>``; reconciliation and
   cleanup touch only those, never foreign containers or volumes.
 - Containers keep running across a server restart; the server adopts them.
@@ -32,8 +34,10 @@ All engine calls go through the blocking ``docker`` SDK on our own bounded threa
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -50,6 +54,7 @@ from cli_server.sandboxes.backend import (
     State,
     deferred,
 )
+from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes, check_disk_quota, image_of
 from cli_server.sandboxes.docker_firewall import EgressRules
 from cli_server.sandboxes.egress import EgressPolicy
 from cli_server.sandboxes.opencode import OpencodeClient
@@ -76,6 +81,10 @@ class DockerSettings:
     firewall: bool = True
     # Its host addresses do not matter here: the INPUT chain refuses every one of them.
     egress: EgressPolicy = EgressPolicy()
+    # Volume quotas: each volume a bind of a loop-mounted image under disk_root (on the
+    # engine's host); 0 or no disk_root: plain volumes on the engine's disk.
+    disks: DiskSizes = DiskSizes()
+    disk_root: Path | None = None
 
     @property
     def scratch_bytes(self) -> int:
@@ -101,9 +110,13 @@ class DockerBackend:
     # Where the host's firewall is written (tests give fakes); the engine host's own by default.
     _firewall_apply: Callable[[EgressRules], None] = docker_firewall.apply
     _firewall_refusal: Callable[[str], str | None] = docker_firewall.cannot_apply
+    _quotas: DiskQuotas | None = None  # None: no volume quotas
+    _quota_refusal: Callable[[], str | None] = check_disk_quota
     _client: Any = field(default=None, init=False)
     _network_lock: threading.Lock = field(factory=threading.Lock, init=False)
     _seccomp_checked: bool = field(default=False, init=False)
+    _quota_why_not: str | None = field(default=None, init=False)  # decided once, at first use
+    _quota_decided: bool = field(default=False, init=False)
     _log = Logger()
     name = "docker"
     survives_restart = True
@@ -126,7 +139,7 @@ class DockerBackend:
         return {f"{LABEL}.instance": self._instance, **{f"{LABEL}.{k}": v for k, v in more.items()}}
 
     def _thd_start(
-        self, sandbox_id: str, workspace_id: str, env: dict[str, str]
+        self, sandbox_id: str, workspace_id: str, env: dict[str, str], disks: dict[str, Path]
     ) -> tuple[str, int]:
         import docker.errors
 
@@ -148,7 +161,11 @@ class DockerBackend:
             try:
                 client.volumes.get(volume)
             except docker.errors.NotFound:
-                client.volumes.create(name=volume, labels=labels)
+                if volume in disks:  # the engine binds our quota file system at each start
+                    device = {"type": "none", "o": "bind", "device": str(disks[volume])}
+                    client.volumes.create(name=volume, labels=labels, driver_opts=device)
+                else:
+                    client.volumes.create(name=volume, labels=labels)
         container = client.containers.create(
             self._settings.image,
             name=f"cli-sbx-{sandbox_id}",
@@ -389,6 +406,13 @@ class DockerBackend:
                 "up to that network's firewall",
                 network=self._settings.network,
             )
+        refused = self._quota_refused()
+        if refused is not None and self._settings.disks != DiskSizes(0, 0):
+            self._log.warn(
+                "docker backend: sandbox volumes have NO size limit ({why}); a sandbox can "
+                "fill the engine's disk",
+                why=refused,
+            )
         if undone is not None:
             why, script = undone
             self._log.warn(
@@ -399,10 +423,58 @@ class DockerBackend:
                 script=script,
             )
 
+    # -- volume quotas --------------------------------------------------------------------------
+
+    def _quota_refused(self) -> str | None:
+        """Why volumes get no quota, or None when they do (decided once)."""
+        if not self._quota_decided:
+            self._quota_decided = True
+            if self._quotas is None or self._settings.disk_root is None:
+                self._quota_why_not = "no disk root configured"
+            elif not (self._settings.disks.workspace or self._settings.disks.home):
+                self._quota_why_not = "turned off (--workspace-disk-size/--sandbox-home-size)"
+            elif self._settings.url and not self._settings.url.startswith("unix://"):
+                self._quota_why_not = "the engine is not on this host"
+            else:
+                self._quota_why_not = self._quota_refusal()
+        return self._quota_why_not
+
+    def _disk_dir(self, kind: str, name: str) -> Path:
+        assert self._settings.disk_root is not None
+        return self._settings.disk_root / kind / name
+
+    async def _attach_disks(self, spec: SandboxSpec) -> dict[str, Path]:
+        """Mount the sandbox's quota file systems; {volume name: directory} for those it has."""
+        if self._quota_refused() is not None or self._quotas is None:
+            return {}
+        sizes = self._settings.disks
+        wanted = [
+            (f"cli-ws-{spec.workspace_id}", self._disk_dir("workspaces", spec.workspace_id)),
+            (f"cli-home-{spec.id}", self._disk_dir("homes", spec.id)),
+        ]
+        disks = {}
+        for (volume, directory), size in zip(wanted, (sizes.workspace, sizes.home), strict=True):
+            if size:
+                directory.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+                await self._quotas.attach(directory, size, (1000, 1000))
+                directory.chmod(0o700)
+                disks[volume] = directory
+        return disks
+
+    async def _detach(self, directory: Path, *, removing: bool) -> None:
+        """Unmount a quota file system (a busy one stays unless it is being removed); when
+        removing, then delete its image and directory."""
+        if self._quotas is None or self._settings.disk_root is None:
+            return
+        await self._quotas.detach(directory, lazy=removing)
+        if removing:
+            await self._run(_remove_disk, directory)
+
     @deferred
     async def start(self, spec: SandboxSpec) -> Endpoint:
+        disks = await self._attach_disks(spec)
         host, port = await self._engine(
-            self._thd_start, spec.id, spec.workspace_id, self._environment(spec)
+            self._thd_start, spec.id, spec.workspace_id, self._environment(spec), disks
         )
         endpoint = Endpoint(host, port)
         await self._opencode_client.wait_healthy(
@@ -413,15 +485,21 @@ class DockerBackend:
     @deferred
     async def stop(self, sandbox_id: str) -> None:
         await self._engine(self._thd_stop, sandbox_id)
+        if self._settings.disk_root is not None:  # a paused sandbox holds no loop device
+            await self._detach(self._disk_dir("homes", sandbox_id), removing=False)
 
     @deferred
     async def delete(self, sandbox_id: str) -> None:
         await self._engine(self._thd_remove_container, sandbox_id)
         await self._engine(self._thd_remove_volume, f"cli-home-{sandbox_id}")
+        if self._settings.disk_root is not None:
+            await self._detach(self._disk_dir("homes", sandbox_id), removing=True)
 
     @deferred
     async def delete_workspace(self, workspace_id: str) -> None:
         await self._engine(self._thd_remove_volume, f"cli-ws-{workspace_id}")
+        if self._settings.disk_root is not None:
+            await self._detach(self._disk_dir("workspaces", workspace_id), removing=True)
 
     @deferred
     async def describe(self, sandbox_id: str) -> Observed:
@@ -453,6 +531,12 @@ class DockerPreparation(Service):
     def startService(self) -> None:
         super().startService()
         self._backend.prepare()
+
+
+def _remove_disk(directory: Path) -> None:
+    """A quota file system's directory and image, once it is unmounted (blocking)."""
+    shutil.rmtree(directory, ignore_errors=True)
+    image_of(directory).unlink(missing_ok=True)
 
 
 def _short(error: Exception) -> str:

@@ -98,13 +98,13 @@ SETTINGS: dict[str, Setting] = {
         "WORKSPACE_DISK_SIZE",
         parse_quota,
         "10g",
-        "Disk quota of each workspace's shared disk, or off (process backend).",
+        "Disk quota of each workspace's shared disk, or off.",
     ),
     "sandbox-home-size": Setting(
         "SANDBOX_HOME_SIZE",
         parse_quota,
         "2g",
-        "Disk quota of each sandbox's HOME, or off (process backend).",
+        "Disk quota of each sandbox's HOME, or off.",
     ),
     "idle-timeout": Setting(
         "IDLE_TIMEOUT", parse_duration, "30m", "Pause a sandbox after this long without activity."

@@ -119,6 +119,8 @@ class FakeIptables:
 
     def __call__(self, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         self.calls.append(argv)
+        assert argv[1] == "-w", argv  # always waiting for the engine's lock
+        argv = [argv[0], *argv[2:]]
         tool = argv[0].removesuffix("-restore")
         if argv[0] == self.refuse:
             return subprocess.CompletedProcess(argv, 1, "", "iptables: Permission denied.\n")
@@ -385,3 +387,37 @@ class PrepareTests(SynchronousTestCase):
             (rules.bridge, rules.gateway, rules.door_port), ("br-0123456789ab", "172.20.0.1", 9)
         )
         self.assertIn(ip_network("169.254.0.0/16"), rules.denied)
+
+
+class QuotaDecisionTests(SynchronousTestCase):
+    def _backend(self, url: str | None = None, sizes: Any = None, refusal: Any = None) -> Any:
+        from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes
+
+        settings = DockerSettings(
+            url,
+            "image",
+            "http://host.docker.internal:8080/proxy/anthropic/v1",
+            disks=sizes if sizes is not None else DiskSizes(64 * 1024**2, 64 * 1024**2),
+            disk_root=Path("/nonexistent/docker-disks"),
+        )
+        return DockerBackend(
+            synchronous_runner,
+            settings,
+            "i",
+            OpencodeClient(MemoryReactorClock()),
+            quotas=DiskQuotas(lambda argv, timeout: self.fail(f"ran {argv}")),
+            quota_refusal=refusal or (lambda: None),
+        )
+
+    def test_when_volumes_get_quotas(self) -> None:
+        """Quotas apply with a local engine (its socket) where the host can loop-mount; a
+        remote engine, sizes turned off or a host without loop devices get none, and the
+        reason is kept for the start-up warning."""
+        from cli_server.sandboxes.disk_quota import DiskSizes
+
+        self.assertIsNone(self._backend()._quota_refused())
+        self.assertIsNone(self._backend("unix:///run/docker.sock")._quota_refused())
+        self.assertIn("not on this host", self._backend("tcp://10.0.0.5:2376")._quota_refused())
+        self.assertIn("turned off", self._backend(sizes=DiskSizes(0, 0))._quota_refused())
+        refused = self._backend(refusal=lambda: "needs root")
+        self.assertEqual(refused._quota_refused(), "needs root")

@@ -114,6 +114,7 @@ class DockerBackend:
     _quota_refusal: Callable[[], str | None] = check_disk_quota
     _client: Any = field(default=None, init=False)
     _network_lock: threading.Lock = field(factory=threading.Lock, init=False)
+    _firewall_lock: threading.Lock = field(factory=threading.Lock, init=False)
     _seccomp_checked: bool = field(default=False, init=False)
     _quota_why_not: str | None = field(default=None, init=False)  # decided once, at first use
     _quota_decided: bool = field(default=False, init=False)
@@ -203,7 +204,8 @@ class DockerBackend:
         name, rules = self._thd_isolated_network()
         if self._thd_firewall_refusal(rules) is None:
             try:
-                self._firewall_apply(rules)
+                with self._firewall_lock:  # two starts at once would both add a jump
+                    self._firewall_apply(rules)
             except (RuntimeError, OSError) as e:
                 raise BackendError(f"cannot write the sandboxes' firewall rules: {e}") from e
         return {
@@ -289,7 +291,8 @@ class DockerBackend:
         why = self._thd_firewall_refusal(rules)
         if why is not None:
             return why, rules.operator_script()
-        self._firewall_apply(rules)
+        with self._firewall_lock:
+            self._firewall_apply(rules)
         return None
 
     def _thd_address(self, sandbox_id: str) -> tuple[str, int]:

@@ -122,17 +122,18 @@ def cannot_apply(
 
 def apply(rules: EgressRules, run: Run = subprocess.run, timeout: float = 30.0) -> None:
     """Write the rules (blocking: call it on a thread). Raises RuntimeError with the tool's
-    complaint if the firewall refuses them."""
+    complaint if the firewall refuses them. ``-w``: wait for the lock the engine also takes."""
     for family, tool in _TOOLS.items():
-        _call(run, [f"{tool}-restore", "--noflush"], timeout, rules.restore_text(family))
+        _call(run, [f"{tool}-restore", "-w", "--noflush"], timeout, rules.restore_text(family))
         parent = "DOCKER-USER" if _has_chain(run, tool, "DOCKER-USER", timeout) else "FORWARD"
         wanted = rules.jumps(parent)
         for chain, rule in wanted:
-            if run([tool, "-C", chain, *rule], capture_output=True, timeout=timeout).returncode:
-                _call(run, [tool, "-I", chain, "1", *rule], timeout)
+            checked = run([tool, "-w", "-C", chain, *rule], capture_output=True, timeout=timeout)
+            if checked.returncode:
+                _call(run, [tool, "-w", "-I", chain, "1", *rule], timeout)
         for chain in {parent, "INPUT"}:
             for rule in _stale_jumps(run, tool, chain, rules, wanted, timeout):
-                _call(run, [tool, "-D", chain, *rule], timeout)
+                _call(run, [tool, "-w", "-D", chain, *rule], timeout)
 
 
 def remove(rules: EgressRules, run: Run = subprocess.run, timeout: float = 30.0) -> None:
@@ -141,11 +142,11 @@ def remove(rules: EgressRules, run: Run = subprocess.run, timeout: float = 30.0)
         for chain in ("DOCKER-USER", "FORWARD", "INPUT"):
             if _has_chain(run, tool, chain, timeout):
                 for rule in _stale_jumps(run, tool, chain, rules, [], timeout):
-                    _call(run, [tool, "-D", chain, *rule], timeout)
+                    _call(run, [tool, "-w", "-D", chain, *rule], timeout)
         for ours in (rules.forward_chain, rules.host_chain):
             if _has_chain(run, tool, ours, timeout):
-                _call(run, [tool, "-F", ours], timeout)
-                _call(run, [tool, "-X", ours], timeout)
+                _call(run, [tool, "-w", "-F", ours], timeout)
+                _call(run, [tool, "-w", "-X", ours], timeout)
 
 
 def _stale_jumps(
@@ -156,7 +157,7 @@ def _stale_jumps(
     wanted: Sequence[tuple[str, list[str]]],
     timeout: float,
 ) -> list[list[str]]:
-    listed = _call(run, [tool, "-S", chain], timeout).splitlines()
+    listed = _call(run, [tool, "-w", "-S", chain], timeout).splitlines()
     targets = {rules.forward_chain, rules.host_chain}
     keep = [rule for parent, rule in wanted if parent == chain]
     stale = []
@@ -171,7 +172,7 @@ def _stale_jumps(
 
 
 def _has_chain(run: Run, tool: str, chain: str, timeout: float) -> bool:
-    return run([tool, "-S", chain], capture_output=True, timeout=timeout).returncode == 0
+    return run([tool, "-w", "-S", chain], capture_output=True, timeout=timeout).returncode == 0
 
 
 def _call(run: Run, argv: list[str], timeout: float, stdin: str | None = None) -> str:

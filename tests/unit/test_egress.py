@@ -127,6 +127,7 @@ class RulesetTests(SynchronousTestCase):
         dns = lines.index("    ip daddr 10.0.2.3 meta l4proto { tcp, udp } th dport 53 accept")
         v4 = next(i for i, line in enumerate(lines) if line.startswith("    ip daddr {"))
         v6 = next(i for i, line in enumerate(lines) if line.startswith("    ip6 daddr {"))
+        self.assertEqual(lines[body + 1], "    ct state established,related accept")
         self.assertLess(body, dns)
         self.assertLess(dns, v4)
         self.assertIn("192.0.2.2/32", lines[v4])

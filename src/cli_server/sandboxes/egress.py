@@ -106,8 +106,9 @@ class EgressPolicy:
     def nft_ruleset(self, table: str = "cli_sandbox", dns: Iterable[Address | str] = ()) -> str:
         """An ``inet`` table for ``nft -f -`` inside a sandbox's network namespace.
 
-        Its own loopback and DNS to ``dns`` (on port 53) pass; the denied networks are
-        refused at once (not dropped), so a client fails fast instead of hanging.
+        Its own loopback, answers on connections made to it and DNS to ``dns`` (port 53)
+        pass; new connections to the denied networks are refused at once (not dropped), so
+        a client fails fast instead of hanging.
         """
         denied = self.denied()
         lines = [
@@ -117,6 +118,9 @@ class EgressPolicy:
             "  chain output {",
             "    type filter hook output priority 0; policy accept;",
             '    oifname "lo" accept',
+            # answers to connections made to the sandbox (its port forward comes from the
+            # gateway's address); the sandbox's own new connections are judged below
+            "    ct state established,related accept",
         ]
         for server in (ipaddress.ip_address(d) for d in dns):
             family = "ip" if server.version == 4 else "ip6"

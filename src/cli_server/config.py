@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 
 from attrs import field, frozen
 
+from cli_server.sandboxes.egress import Network
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _HOST = re.compile(
@@ -177,6 +179,7 @@ class ServerConfig:
     docker_network: str | None = None
     docker_firewall: bool = True
     agent_image: str | None = None
+    egress_allow: tuple[Network, ...] = ()  # private ranges sandboxes may reach anyway
     # Secrets: only from the environment (a command line is visible to every local user).
     anthropic_api_key: str | None = field(default=None, repr=False)
     anthropic_auth_token: str | None = field(default=None, repr=False)

@@ -42,6 +42,7 @@ from cli_server.sandboxes.activity import ActivityRecorder
 from cli_server.sandboxes.backend import SandboxBackend
 from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes
 from cli_server.sandboxes.docker_backend import DockerBackend, DockerPreparation, DockerSettings
+from cli_server.sandboxes.egress import EgressPolicy
 from cli_server.sandboxes.manager import SandboxManager
 from cli_server.sandboxes.monitor import IdleMonitor, Reconciler
 from cli_server.sandboxes.opencode import OpencodeClient
@@ -260,6 +261,7 @@ def build(
             pids=config.sandbox_pids,
             nano_cpus=int(config.sandbox_cpus * 1e9),
             firewall=config.docker_firewall,
+            egress=EgressPolicy(allow=config.egress_allow),
             disks=DiskSizes(config.workspace_disk_size, config.sandbox_home_size),
             disk_root=config.data_dir / "docker-disks",
         )

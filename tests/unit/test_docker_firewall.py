@@ -317,6 +317,18 @@ class OptionTests(SynchronousTestCase):
             str(caught.exception), "--docker-firewall: 'maybe' is neither auto nor off"
         )
 
+    def test_egress_allow_reaches_the_docker_rules(self) -> None:
+        """EGRESS_ALLOW's networks are what the docker rules let through."""
+        options = Options(environ={"EGRESS_ALLOW": "10.99.0.0/24, 192.168.5.7"}, preflight=False)
+        options.parseOptions(["--backend", "docker", "--agent-image", "img"])
+        allow = options.config().egress_allow
+        self.assertEqual(allow, (ip_network("10.99.0.0/24"), ip_network("192.168.5.7/32")))
+        policy = EgressPolicy(allow=allow)
+        text = _rules(denied=tuple(policy.denied()), allowed=allow).restore_text(4)
+        self.assertIn("-A CLI-SBX-abcd1234-FWD -d 10.99.0.0/24 -j RETURN", text)
+        self.assertIn("-A CLI-SBX-abcd1234-HOST -d 192.168.5.7/32 -j ACCEPT", text)
+        self.assertNotIn("-d 10.0.0.0/8 -j REJECT", text)
+
 
 @define
 class FakeNetwork:

@@ -26,6 +26,7 @@ from cli_server.config import (
     parse_quota,
     parse_size,
 )
+from cli_server.sandboxes.egress import parse_allow
 
 
 @frozen
@@ -137,6 +138,13 @@ SETTINGS: dict[str, Setting] = {
         str,
         "https://api.anthropic.com",
         "The Anthropic API the proxy forwards to.",
+    ),
+    "egress-allow": Setting(
+        "EGRESS_ALLOW",
+        parse_allow,
+        None,
+        "CIDRs sandboxes may reach although on this host or private, comma-separated.",
+        "none: the internet only",
     ),
     "anthropic-proxy-url": Setting(
         "ANTHROPIC_PROXY_URL", str, None, "URL sandboxes use for the server's Anthropic proxy."
@@ -274,6 +282,7 @@ class Options(usage.Options):
             docker_network=self["docker-network"],
             docker_firewall=self["docker-firewall"],
             agent_image=self["agent-image"],
+            egress_allow=self["egress-allow"] or (),
             anthropic_api_key=self._environ.get("ANTHROPIC_API_KEY") or None,
             anthropic_auth_token=self._environ.get("ANTHROPIC_AUTH_TOKEN") or None,
         )

@@ -88,8 +88,14 @@ def _remove_engine_traces(forwarding: str, policy: str, interfaces: set[str]) ->
                 subprocess.run([tool, "-t", table, "-X", chain], capture_output=True)
     subprocess.run(["iptables", "-P", "FORWARD", policy], capture_output=True)
     Path("/proc/sys/net/ipv4/ip_forward").write_text(forwarding)
-    for name in set(os.listdir("/sys/class/net")) - interfaces:
-        if name.startswith(_BRIDGES):
+    for name in os.listdir("/sys/class/net"):
+        # docker0 and ours are this engine's even if a crashed run left them; other br-*
+        # bridges only if they are new.
+        if (
+            name == "docker0"
+            or name.startswith("clisbx-")
+            or (name.startswith("br-") and name not in interfaces)
+        ):
             subprocess.run(["ip", "link", "del", name], capture_output=True)
 
 

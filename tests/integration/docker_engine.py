@@ -14,6 +14,8 @@ from pathlib import Path
 import attrs
 import pytest
 
+from .helpers import remove_dir
+
 ROOT = Path(__file__).resolve().parents[2]
 
 needs_dockerd = pytest.mark.skipif(
@@ -69,9 +71,25 @@ def _host_firewall() -> tuple[str, str, set[str]]:
     return forwarding, policy, set(os.listdir("/sys/class/net"))
 
 
+def _other_engines() -> list[int]:
+    """Engines still running on this host (another test run's): they share docker0 and the
+    firewall's chains with ours."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "dockerd":
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
 def _remove_engine_traces(forwarding: str, policy: str, interfaces: set[str]) -> None:
     """What a stopped engine leaves on the host: its chains and their jumps (and ours, made
-    by the docker backend), its bridges, the forwarding switch and FORWARD policy it set."""
+    by the docker backend), its bridges, the forwarding switch and FORWARD policy it set.
+    Left for the last one to stop while another engine runs."""
+    if _other_engines():
+        return
     for tool in ("iptables", "ip6tables"):
         for table in ("filter", "nat"):
             listed = subprocess.run([tool, "-t", table, "-S"], capture_output=True, text=True)
@@ -155,7 +173,6 @@ def private_engine() -> Iterator[Engine]:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         log.close()
-        subprocess.run(["umount", "-R", str(root / "exec")], capture_output=True)
-        subprocess.run(["umount", "-R", str(root / "data")], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        # Every mount below root (the engine's nsfs files under exec/netns among them).
+        remove_dir(root)
         _remove_engine_traces(*before)

@@ -65,6 +65,8 @@ _BRIDGES = ("docker0", "br-", "clisbx-")
 def _host_firewall() -> tuple[str, str, set[str]]:
     """The IPv4 forwarding switch, FORWARD policy and interfaces, to put back after the
     engine."""
+    if _other_engines():  # what we see is theirs: the host's own is the kernel's default
+        return "0", "ACCEPT", set(os.listdir("/sys/class/net"))
     forwarding = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
     listed = subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True, text=True)
     policy = (listed.stdout.splitlines() or ["-P FORWARD ACCEPT"])[0].split()[-1]

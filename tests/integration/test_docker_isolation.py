@@ -174,7 +174,7 @@ async def _dismantle(w: Guarded) -> None:
             docker_firewall.chain_prefix(INSTANCE),
             docker_firewall.bridge_name(INSTANCE),
             None,
-            None,
+            (),
             (),
         )
     )
@@ -298,6 +298,21 @@ async def test_sandbox_reaches_internet_and_door_only(guarded: Guarded, outside:
         await w.backend.prepare()  # back to the default
         seen = await deferToThread(_probe, w.engine, me, [(BEYOND["rfc1918"], outside.port)])
         assert seen[f"{BEYOND['rfc1918']}:{outside.port}"] == ""
+
+        # ANTHROPIC_PROXY_URL naming one of the host's other addresses: the door is there
+        # now, at its port only.
+        named = f"http://{lan[0]}:{w.door}/proxy/anthropic/v1"
+        moved = DockerBackend(
+            w.pool.run,
+            attrs.evolve(w.backend._settings, anthropic_url=named),
+            INSTANCE,
+            OpencodeClient(_reactor()),
+        )
+        await moved.prepare()
+        seen = await deferToThread(_probe, w.engine, me, [(lan[0], w.door), (lan[0], service)])
+        assert seen[f"{lan[0]}:{w.door}"] == "HTTP/1.0 200 OK"
+        assert seen[f"{lan[0]}:{service}"] == ""
+        await w.backend.prepare()
     finally:
         await host_side.stopListening()
 

@@ -28,7 +28,7 @@ def _rules(**changes: Any) -> EgressRules:
         prefix="CLI-SBX-abcd1234",
         bridge="clisbx-abcd1234",
         gateway="172.18.0.1",
-        door_port=8080,
+        doors=(("172.18.0.1", 8080),),
         denied=tuple(EgressPolicy(allow=[ip_network("10.1.0.0/16")]).denied()),
         allowed=(ip_network("10.1.0.0/16"),),
     )
@@ -45,7 +45,10 @@ class RenderingTests(SynchronousTestCase):
         self.assertEqual(
             fwd[0], "-A CLI-SBX-abcd1234-FWD -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"
         )
-        self.assertEqual(fwd[1], "-A CLI-SBX-abcd1234-FWD -d 10.1.0.0/16 -j RETURN")
+        self.assertEqual(
+            fwd[1], "-A CLI-SBX-abcd1234-FWD -d 172.18.0.1/32 -p tcp --dport 8080 -j RETURN"
+        )
+        self.assertEqual(fwd[2], "-A CLI-SBX-abcd1234-FWD -d 10.1.0.0/16 -j RETURN")
         for network in ("169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"):
             self.assertIn(f"-A CLI-SBX-abcd1234-FWD -d {network} -j REJECT", fwd)
         self.assertTrue(all(ln.endswith(("RETURN", "REJECT")) for ln in fwd))
@@ -76,7 +79,7 @@ class RenderingTests(SynchronousTestCase):
     def test_no_door_without_a_port_and_none_in_ipv6(self) -> None:
         """No door on the host (the proxy elsewhere): the host is closed entirely; IPv6 has
         no door and rejects the IPv6 denied networks."""
-        closed = _rules(door_port=None).restore_text(4)
+        closed = _rules(doors=()).restore_text(4)
         self.assertNotIn("--dport", closed)
         six = _rules().restore_text(6)
         self.assertNotIn("--dport", six)
@@ -193,7 +196,8 @@ class ApplyTests(SynchronousTestCase):
         use is removed."""
         host = _engine_host()
         docker_firewall.apply(_rules(bridge="br-0123456789ab"), run=host)
-        docker_firewall.apply(_rules(allowed=(), denied=(ip_network("10.0.0.0/8"),)), run=host)
+        changed = _rules(allowed=(), denied=(ip_network("10.0.0.0/8"),), doors=())
+        docker_firewall.apply(changed, run=host)
         v4 = host.chains["iptables"]
         self.assertEqual(
             v4["DOCKER-USER"],
@@ -272,12 +276,31 @@ def _backend(
 
 
 class BackendSettingsTests(SynchronousTestCase):
-    def test_door_port(self) -> None:
-        """The door is on the host only when sandboxes reach the proxy at host.docker.internal."""
-        self.assertEqual(_backend()._settings.door_port, 8080)
-        self.assertEqual(_backend("http://host.docker.internal/v1")._settings.door_port, 80)
-        self.assertIsNone(
-            _backend("https://cli.example.com/proxy/anthropic/v1")._settings.door_port
+    def test_doors(self) -> None:
+        """The door: our gateway for host.docker.internal; else ANTHROPIC_PROXY_URL's
+        address (a literal, or what its name resolves to), at its port."""
+        self.assertEqual(_backend()._thd_doors("172.18.0.1"), (("172.18.0.1", 8080),))
+        self.assertEqual(_backend()._thd_doors(None), ())
+        on_host = _backend("http://host.docker.internal/v1")
+        self.assertEqual(on_host._thd_doors("172.18.0.1"), (("172.18.0.1", 80),))
+        literal = _backend("https://192.0.2.2/proxy/anthropic/v1")
+        self.assertEqual(literal._thd_doors("172.18.0.1"), (("192.0.2.2", 443),))
+        named = _backend("http://localhost:8443/proxy/anthropic/v1")  # from /etc/hosts
+        self.assertIn(("127.0.0.1", 8443), named._thd_doors("172.18.0.1"))
+        nowhere = _backend("http://no-such-name.invalid:8080/proxy/anthropic/v1")
+        self.assertEqual(nowhere._thd_doors("172.18.0.1"), ())
+
+    def test_door_elsewhere_passes_both_chains(self) -> None:
+        """A proxy on another private address passes forwarding too; the host only at its
+        port."""
+        only = _rules(doors=(("10.1.2.3", 443),), allowed=(), denied=(ip_network("10.0.0.0/8"),))
+        text = only.restore_text(4)
+        self.assertIn("-A CLI-SBX-abcd1234-FWD -d 10.1.2.3/32 -p tcp --dport 443 -j RETURN", text)
+        self.assertIn("-A CLI-SBX-abcd1234-HOST -d 10.1.2.3/32 -p tcp --dport 443 -j ACCEPT", text)
+        fwd = [ln for ln in text.splitlines() if "-FWD" in ln and ln.startswith("-A")]
+        self.assertLess(
+            fwd.index("-A CLI-SBX-abcd1234-FWD -d 10.1.2.3/32 -p tcp --dport 443 -j RETURN"),
+            fwd.index("-A CLI-SBX-abcd1234-FWD -d 10.0.0.0/8 -j REJECT"),
         )
 
     def test_engine_without_seccomp_is_refused(self) -> None:
@@ -396,7 +419,8 @@ class PrepareTests(SynchronousTestCase):
         self.successResultOf(backend.prepare())
         (rules,) = written
         self.assertEqual(
-            (rules.bridge, rules.gateway, rules.door_port), ("br-0123456789ab", "172.20.0.1", 9)
+            (rules.bridge, rules.gateway, rules.doors),
+            ("br-0123456789ab", "172.20.0.1", (("172.20.0.1", 9),)),
         )
         self.assertIn(ip_network("169.254.0.0/16"), rules.denied)
 

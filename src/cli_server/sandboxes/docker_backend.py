@@ -35,6 +35,7 @@ All engine calls go through the blocking ``docker`` SDK on our own bounded threa
 from __future__ import annotations
 
 import shutil
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -92,12 +93,12 @@ class DockerSettings:
         return self.memory_bytes // 4
 
     @property
-    def door_port(self) -> int | None:
-        """The host port sandboxes reach our Anthropic proxy at, if it is on the host."""
+    def door(self) -> tuple[str, int] | None:
+        """The host name and port sandboxes reach our Anthropic proxy at."""
         url = urlsplit(self.anthropic_url)
-        if url.hostname != "host.docker.internal":
-            return None  # elsewhere (ANTHROPIC_PROXY_URL): an ordinary destination
-        return url.port or (443 if url.scheme == "https" else 80)
+        if not url.hostname:
+            return None
+        return url.hostname, url.port or (443 if url.scheme == "https" else 80)
 
 
 @define(eq=False)
@@ -257,15 +258,32 @@ class DockerBackend:
             for c in (attrs.get("IPAM") or {}).get("Config") or []
             if c.get("Gateway") and ":" not in c["Gateway"]
         ]
+        gateway = gateways[0] if gateways else None
         rules = EgressRules(
             docker_firewall.chain_prefix(self._instance),
             bridge,
-            gateways[0] if gateways else None,
-            self._settings.door_port,
+            gateway,
+            self._thd_doors(gateway),
             tuple(self._settings.egress.denied()),
             self._settings.egress.allow,
         )
         return name, rules
+
+    def _thd_doors(self, gateway: str | None) -> tuple[tuple[str, int], ...]:
+        """Where the Anthropic proxy is, as addresses: our gateway for host.docker.internal,
+        else what ANTHROPIC_PROXY_URL's name resolves to now (the host's public name, say;
+        looked up again at every start). A name that does not resolve opens nothing."""
+        if self._settings.door is None:
+            return ()
+        host, port = self._settings.door
+        if host == "host.docker.internal":
+            return ((gateway, port),) if gateway else ()
+        try:
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            return ()
+        # (an IPv6 link-local address comes with its scope, "%eth0", which rules cannot use)
+        return tuple(dict.fromkeys((str(info[4][0]).split("%")[0], port) for info in found))
 
     def _thd_check_seccomp(self) -> None:
         """The engine's default seccomp profile is what refuses new user namespaces and other

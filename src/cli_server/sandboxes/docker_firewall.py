@@ -8,8 +8,10 @@ Traffic from the sandboxes' bridge takes one of two paths on the host, and each 
   stays reachable;
 - to one of the host's own addresses (its LAN address, docker0, our bridge's gateway, any
   interface it has): ``INPUT``, which ``DOCKER-USER`` never sees. Our ``…-HOST`` chain accepts
-  only the Anthropic door (the server's port on our gateway), answers to connections the host
-  opened (the engine's port forwarding to opencode), and allowed networks; it rejects the rest.
+  only the Anthropic door (the server's port on our gateway, or the address and port of
+  ANTHROPIC_PROXY_URL), answers to connections the host opened (the engine's port forwarding
+  to opencode), and allowed networks; it rejects the rest. The door passes ``…-FWD`` too, for
+  a proxy URL on a private address elsewhere.
 
 Both are jumped to with ``-i <our bridge>``, so nothing else on the host is touched. A chain
 is replaced whole by one ``iptables-restore --noflush`` (no moment without rules), the jumps
@@ -25,6 +27,7 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
+from ipaddress import ip_network
 from pathlib import Path
 
 from attrs import frozen
@@ -52,8 +55,8 @@ class EgressRules:
 
     prefix: str
     bridge: str
-    gateway: str | None  # the bridge's IPv4 gateway, where the Anthropic door is reached
-    door_port: int | None  # the server's port there; None: no door on the host
+    gateway: str | None  # the bridge's IPv4 gateway (host.docker.internal in a sandbox)
+    doors: tuple[tuple[str, int], ...]  # (address, TCP port) of the Anthropic proxy
     denied: tuple[Network, ...]
     allowed: tuple[Network, ...] = ()
 
@@ -72,14 +75,18 @@ class EgressRules:
         denied = [n for n in self.denied if n.version == family]
         fwd, host = self.forward_chain, self.host_chain
         established = "-m conntrack --ctstate RELATED,ESTABLISHED"
+        doors = [
+            f"-d {ip_network(address)} -p tcp --dport {port}"
+            for address, port in self.doors
+            if ip_network(address).version == family
+        ]
         lines = ["*filter", f":{fwd} - [0:0]", f":{host} - [0:0]"]
         lines.append(f"-A {fwd} {established} -j RETURN")
+        lines += [f"-A {fwd} {door} -j RETURN" for door in doors]
         lines += [f"-A {fwd} -d {n} -j RETURN" for n in ours]
         lines += [f"-A {fwd} -d {n} -j REJECT" for n in denied]
         lines.append(f"-A {host} {established} -j ACCEPT")
-        if family == 4 and self.gateway and self.door_port:
-            door = f"-d {self.gateway}/32 -p tcp --dport {self.door_port}"
-            lines.append(f"-A {host} {door} -j ACCEPT")
+        lines += [f"-A {host} {door} -j ACCEPT" for door in doors]
         lines += [f"-A {host} -d {n} -j ACCEPT" for n in ours]
         lines += [f"-A {host} -j REJECT", "COMMIT", ""]
         return "\n".join(lines)

@@ -24,6 +24,7 @@ import attrs
 import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -435,9 +436,23 @@ async def test_volumes_have_quotas(quota_world: Guarded) -> None:
     await w.people["owner"].call(
         "POST", f"/api/workspaces/{other}/members", {"username": "developer", "role": "developer"}
     )
-    filler, bystander = await _create(w, "filler"), await _create(w, "bystander", other)
-    await _wait(w, filler, "running")
-    await _wait(w, bystander, "running")
+    # The other workspace's volume predates quotas: it keeps working, without a limit, and
+    # the server says so.
+    w.engine.docker("volume", "create", f"cli-ws-{other}")
+    warnings: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("volume"):
+            warnings.append(str(event["volume"]))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        filler, bystander = await _create(w, "filler"), await _create(w, "bystander", other)
+        await _wait(w, filler, "running")
+        await _wait(w, bystander, "running")
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert warnings == [f"cli-ws-{other}"]
     me = f"cli-sbx-{filler}"
     workspace_dir, home_dir = root / "workspaces" / w.workspace, root / "homes" / filler
     device = w.engine.docker(

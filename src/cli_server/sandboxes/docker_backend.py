@@ -142,7 +142,9 @@ class DockerBackend:
 
     def _thd_start(
         self, sandbox_id: str, workspace_id: str, env: dict[str, str], disks: dict[str, Path]
-    ) -> tuple[str, int]:
+    ) -> tuple[tuple[str, int], list[str]]:
+        """Recreate and start the container: (where opencode answers, the volumes that should
+        have a quota but were made without one)."""
         import docker.errors
 
         client = self._thd_client()
@@ -156,12 +158,16 @@ class DockerBackend:
         self._thd_check_seccomp()
         self._thd_remove_container(sandbox_id)
         networking = self._thd_networking()
+        unbounded: list[str] = []
         for volume, labels in (
             (f"cli-ws-{workspace_id}", self._labels(workspace=workspace_id, kind="workspace")),
             (f"cli-home-{sandbox_id}", self._labels(sandbox=sandbox_id, kind="home")),
         ):
             try:
-                client.volumes.get(volume)
+                found = client.volumes.get(volume)
+                options = found.attrs.get("Options") or {}
+                if volume in disks and options.get("device") != str(disks[volume]):
+                    unbounded.append(volume)  # made before quotas: kept, data and all
             except docker.errors.NotFound:
                 if volume in disks:  # the engine binds our quota file system at each start
                     device = {"type": "none", "o": "bind", "device": str(disks[volume])}
@@ -195,7 +201,7 @@ class DockerBackend:
             },
         )
         container.start()
-        return self._thd_address(sandbox_id)
+        return self._thd_address(sandbox_id), unbounded
 
     def _thd_networking(self) -> dict[str, Any]:
         """The container's network settings; on our own network, with its firewall rules
@@ -494,9 +500,15 @@ class DockerBackend:
     @deferred
     async def start(self, spec: SandboxSpec) -> Endpoint:
         disks = await self._attach_disks(spec)
-        host, port = await self._engine(
+        (host, port), unbounded = await self._engine(
             self._thd_start, spec.id, spec.workspace_id, self._environment(spec), disks
         )
+        for volume in unbounded:
+            self._log.warn(
+                "docker backend: volume {volume} was made before disk quotas and has no size "
+                "limit; move its files into a new volume to give it one",
+                volume=volume,
+            )
         endpoint = Endpoint(host, port)
         await self._opencode_client.wait_healthy(
             endpoint, spec.password, timeout=self._start_timeout

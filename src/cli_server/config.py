@@ -95,6 +95,14 @@ def parse_backend(text: str) -> str:
     raise ValueError(f"{text!r} is not a backend (process, docker, k8s)")
 
 
+def parse_docker_firewall(text: str) -> bool:
+    """``auto``: write the docker sandboxes' egress rules when we can; ``off``: never."""
+    value = text.strip().lower()
+    if value in ("auto", "off"):
+        return value == "auto"
+    raise ValueError(f"{text!r} is neither auto nor off")
+
+
 def parse_positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -189,6 +197,7 @@ class ServerConfig:
     sandbox_home_size: int = 2 * 1024**3
     docker_url: str | None = None
     docker_network: str | None = None
+    docker_firewall: bool = True
     agent_image: str | None = None
     egress_allow: tuple[Network, ...] = ()  # private ranges sandboxes may reach anyway
     # peers whose X-Forwarded-For / Forwarded name the client (client_address.py)

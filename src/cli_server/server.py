@@ -42,8 +42,9 @@ from cli_server.proxy.upstream import UpstreamPool
 from cli_server.proxy.urls import SandboxUrls
 from cli_server.sandboxes.activity import ActivityRecorder
 from cli_server.sandboxes.backend import SandboxBackend
-from cli_server.sandboxes.disk_quota import DiskSizes
-from cli_server.sandboxes.docker_backend import DockerBackend, DockerSettings
+from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes
+from cli_server.sandboxes.docker_backend import DockerBackend, DockerPreparation, DockerSettings
+from cli_server.sandboxes.egress import EgressPolicy
 from cli_server.sandboxes.manager import SandboxManager
 from cli_server.sandboxes.monitor import IdleMonitor, Reconciler
 from cli_server.sandboxes.opencode import OpencodeClient
@@ -277,8 +278,19 @@ def build(
             memory_bytes=config.sandbox_memory,
             pids=config.sandbox_pids,
             nano_cpus=int(config.sandbox_cpus * 1e9),
+            firewall=config.docker_firewall,
+            egress=EgressPolicy(allow=config.egress_allow),
+            disks=DiskSizes(config.workspace_disk_size, config.sandbox_home_size),
+            disk_root=config.data_dir / "docker-disks",
         )
-        backend = DockerBackend(engine.run, settings, instance_id(config.data_dir), opencode)
+        backend = DockerBackend(
+            engine.run,
+            settings,
+            instance_id(config.data_dir),
+            opencode,
+            quotas=DiskQuotas.on(reactor),
+        )
+        DockerPreparation(backend).setServiceParent(root)
     if backend is None:
         backend = ProcessBackend(
             reactor,

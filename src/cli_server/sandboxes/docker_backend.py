@@ -12,8 +12,21 @@ All engine calls go through the blocking ``docker`` SDK on our own bounded threa
 - opencode's port is published on 127.0.0.1 only, at a port the engine picks; the address is
   re-read after every start. The containers sit on a bridge network of our own with
   inter-container traffic disabled, so a sandbox cannot reach another sandbox's ports (the
-  engine's default bridge allows that); they still reach the internet and our Anthropic proxy
-  through the host.
+  engine's default bridge allows that). ``host.docker.internal`` is that network's gateway,
+  where our Anthropic proxy is reached.
+- Egress (docker_firewall.py): before every start the host's firewall is told that our bridge
+  reaches the internet and, of the host, only the Anthropic door; private, link-local and
+  other denied networks are rejected unless allowed. Where the server cannot write the rules
+  (not root, the engine on another host, or turned off) it logs, at start, the commands an
+  operator must run. With ``--docker-network`` the operator's network is theirs to guard.
+- Kernel surface: uid 1000, every capability dropped, ``no-new-privileges`` and the engine's
+  default seccomp profile (which refuses new user namespaces); an engine without seccomp is
+  refused.
+- Disk: the root file system is read-only, so the container's layer on the engine's disk
+  never grows; /tmp and /var/tmp are memory file systems of a quarter of the memory limit
+  each. As root beside the engine, each volume is a bind of its own loop-mounted ext4 image
+  (disk_quota.py) of --workspace-disk-size / --sandbox-home-size: a full one answers ENOSPC.
+  A volume made before quotas keeps no limit.
 - Everything we create carries ``cli-server.instance=<this server's id>``; reconciliation and
   cleanup touch only those, never foreign containers or volumes.
 - Containers keep running across a server restart; the server adopts them.
@@ -21,11 +34,19 @@ All engine calls go through the blocking ``docker`` SDK on our own bounded threa
 
 from __future__ import annotations
 
+import shutil
+import socket
 import threading
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from attrs import define, field
+from twisted.application.service import Service
+from twisted.logger import Logger
 
+from cli_server.sandboxes import docker_firewall
 from cli_server.sandboxes.backend import (
     BackendError,
     Endpoint,
@@ -36,11 +57,15 @@ from cli_server.sandboxes.backend import (
     deferred,
     exit_reason,
 )
+from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes, check_disk_quota, image_of
+from cli_server.sandboxes.docker_firewall import EgressRules
+from cli_server.sandboxes.egress import EgressPolicy
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.threads import Runner
 
 GUEST_PORT = 4096
 LABEL = "cli-server"
+SCRATCH = ("/tmp", "/var/tmp")  # writable, in memory; everything else but the volumes is not
 
 
 @define(frozen=True)
@@ -55,6 +80,27 @@ class DockerSettings:
     pids: int = 1024
     nano_cpus: int = 2 * 10**9
     timeout: float = 60.0  # per engine call
+    # Egress: False leaves the host's firewall alone (the operator applies the rules we log).
+    firewall: bool = True
+    # Its host addresses do not matter here: the INPUT chain refuses every one of them.
+    egress: EgressPolicy = EgressPolicy()
+    # Volume quotas: each volume a bind of a loop-mounted image under disk_root (on the
+    # engine's host); 0 or no disk_root: plain volumes on the engine's disk.
+    disks: DiskSizes = DiskSizes()
+    disk_root: Path | None = None
+
+    @property
+    def scratch_bytes(self) -> int:
+        """Each of /tmp and /var/tmp: a quarter of the memory limit (they take from it)."""
+        return self.memory_bytes // 4
+
+    @property
+    def door(self) -> tuple[str, int] | None:
+        """The host name and port sandboxes reach our Anthropic proxy at."""
+        url = urlsplit(self.anthropic_url)
+        if not url.hostname:
+            return None
+        return url.hostname, url.port or (443 if url.scheme == "https" else 80)
 
 
 @define(eq=False)
@@ -64,11 +110,21 @@ class DockerBackend:
     _instance: str  # this server's id, on every label
     _opencode_client: OpencodeClient
     _start_timeout: float = 90.0
+    # Where the host's firewall is written (tests give fakes); the engine host's own by default.
+    _firewall_apply: Callable[[EgressRules], None] = docker_firewall.apply
+    _firewall_refusal: Callable[[str], str | None] = docker_firewall.cannot_apply
+    _quotas: DiskQuotas | None = None  # None: no volume quotas
+    _quota_refusal: Callable[[], str | None] = check_disk_quota
     _client: Any = field(default=None, init=False)
     _network_lock: threading.Lock = field(factory=threading.Lock, init=False)
     # Not called: a container that dies is found by the reconciler's next sweep.
     on_exit: ExitListener | None = field(default=None, init=False)
     _sources: dict[str, frozenset[str]] = field(factory=dict, init=False)  # see source_addresses
+    _firewall_lock: threading.Lock = field(factory=threading.Lock, init=False)
+    _seccomp_checked: bool = field(default=False, init=False)
+    _quota_why_not: str | None = field(default=None, init=False)  # decided once, at first use
+    _quota_decided: bool = field(default=False, init=False)
+    _log = Logger()
     name = "docker"
     survives_restart = True
 
@@ -90,8 +146,10 @@ class DockerBackend:
         return {f"{LABEL}.instance": self._instance, **{f"{LABEL}.{k}": v for k, v in more.items()}}
 
     def _thd_start(
-        self, sandbox_id: str, workspace_id: str, env: dict[str, str]
-    ) -> tuple[str, int]:
+        self, sandbox_id: str, workspace_id: str, env: dict[str, str], disks: dict[str, Path]
+    ) -> tuple[tuple[str, int], list[str]]:
+        """Recreate and start the container: (where opencode answers, the volumes that should
+        have a quota but were made without one)."""
         import docker.errors
 
         client = self._thd_client()
@@ -102,16 +160,25 @@ class DockerBackend:
                 f"image {self._settings.image} is not on the Docker engine: build it "
                 "(docker/build-offline-image) or pull it, or set --agent-image"
             ) from None
+        self._thd_check_seccomp()
         self._thd_remove_container(sandbox_id)
+        networking = self._thd_networking()
+        unbounded: list[str] = []
         for volume, labels in (
             (f"cli-ws-{workspace_id}", self._labels(workspace=workspace_id, kind="workspace")),
             (f"cli-home-{sandbox_id}", self._labels(sandbox=sandbox_id, kind="home")),
         ):
             try:
-                client.volumes.get(volume)
+                found = client.volumes.get(volume)
+                options = found.attrs.get("Options") or {}
+                if volume in disks and options.get("device") != str(disks[volume]):
+                    unbounded.append(volume)  # made before quotas: kept, data and all
             except docker.errors.NotFound:
-                client.volumes.create(name=volume, labels=labels)
-        networking = self._networking()
+                if volume in disks:  # the engine binds our quota file system at each start
+                    device = {"type": "none", "o": "bind", "device": str(disks[volume])}
+                    client.volumes.create(name=volume, labels=labels, driver_opts=device)
+                else:
+                    client.volumes.create(name=volume, labels=labels)
         container = client.containers.create(
             self._settings.image,
             name=f"cli-sbx-{sandbox_id}",
@@ -130,38 +197,132 @@ class DockerBackend:
             nano_cpus=self._settings.nano_cpus,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
+            # Nothing is written to the container's own layer, which lies on the engine's
+            # disk without a limit: scratch space is memory (counted in mem_limit), sized.
+            read_only=True,
+            tmpfs={
+                path: f"rw,nosuid,nodev,size={self._settings.scratch_bytes},mode=1777"
+                for path in SCRATCH
+            },
         )
         container.start()
-        return self._thd_address(sandbox_id)
+        return self._thd_address(sandbox_id), unbounded
 
-    def _networking(self) -> dict[str, Any]:
+    def _thd_networking(self) -> dict[str, Any]:
+        """The container's network settings; on our own network, with its firewall rules
+        written first (a refusal to write them fails the start: never an unguarded sandbox)."""
         if self._settings.network:
             return {"network": self._settings.network}
+        name, rules = self._thd_isolated_network()
+        if self._thd_firewall_refusal(rules) is None:
+            try:
+                with self._firewall_lock:  # two starts at once would both add a jump
+                    self._firewall_apply(rules)
+            except (RuntimeError, OSError) as e:
+                raise BackendError(f"cannot write the sandboxes' firewall rules: {e}") from e
         return {
-            "network": self._thd_isolated_network(),
+            "network": name,
             "ports": {f"{GUEST_PORT}/tcp": ("127.0.0.1", None)},
-            "extra_hosts": {"host.docker.internal": "host-gateway"},
+            # Our gateway, not the engine's host-gateway (docker0): the firewall lets our
+            # bridge reach the host there, at the Anthropic door only.
+            "extra_hosts": {"host.docker.internal": rules.gateway or "host-gateway"},
         }
 
-    def _thd_isolated_network(self) -> str:
-        """Our bridge network without inter-container traffic, made on first use. The lock
-        matters: an engine happily creates two networks with one name."""
+    def _thd_firewall_refusal(self, rules: EgressRules) -> str | None:
+        """Why we do not write the rules ourselves, or None if we do."""
+        if not self._settings.firewall:
+            return "the docker firewall is turned off (--docker-firewall off)"
+        return self._firewall_refusal(rules.bridge)
+
+    def _thd_isolated_network(self) -> tuple[str, EgressRules]:
+        """Our bridge network without inter-container traffic, made on first use, and the
+        firewall rules for its bridge. The lock matters: an engine happily creates two
+        networks with one name."""
         import docker.errors
 
         name = f"cli-sandboxes-{self._instance}"
         with self._network_lock:
             client = self._thd_client()
             try:
-                client.networks.get(name)
+                network = client.networks.get(name)
             except docker.errors.NotFound:
-                client.networks.create(
+                network = client.networks.create(
                     name,
                     driver="bridge",
                     labels=self._labels(kind="network"),
-                    options={"com.docker.network.bridge.enable_icc": "false"},
+                    options={
+                        "com.docker.network.bridge.enable_icc": "false",
+                        "com.docker.network.bridge.name": docker_firewall.bridge_name(
+                            self._instance
+                        ),
+                    },
                     check_duplicate=True,
                 )
-        return name
+                network.reload()
+        attrs = network.attrs
+        # A network made before we named bridges has the engine's name for it.
+        bridge = (attrs.get("Options") or {}).get("com.docker.network.bridge.name") or (
+            "br-" + str(attrs["Id"])[:12]
+        )
+        gateways = [
+            c["Gateway"]
+            for c in (attrs.get("IPAM") or {}).get("Config") or []
+            if c.get("Gateway") and ":" not in c["Gateway"]
+        ]
+        gateway = gateways[0] if gateways else None
+        rules = EgressRules(
+            docker_firewall.chain_prefix(self._instance),
+            bridge,
+            gateway,
+            self._thd_doors(gateway),
+            tuple(self._settings.egress.denied()),
+            self._settings.egress.allow,
+        )
+        return name, rules
+
+    def _thd_doors(self, gateway: str | None) -> tuple[tuple[str, int], ...]:
+        """Where the Anthropic proxy is, as addresses: our gateway for host.docker.internal,
+        else what ANTHROPIC_PROXY_URL's name resolves to now (the host's public name, say;
+        looked up again at every start). A name that does not resolve opens nothing."""
+        if self._settings.door is None:
+            return ()
+        host, port = self._settings.door
+        if host == "host.docker.internal":
+            return ((gateway, port),) if gateway else ()
+        try:
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            return ()
+        # (an IPv6 link-local address comes with its scope, "%eth0", which rules cannot use)
+        return tuple(dict.fromkeys((str(info[4][0]).split("%")[0], port) for info in found))
+
+    def _thd_check_seccomp(self) -> None:
+        """The engine's default seccomp profile is what refuses new user namespaces and other
+        kernel surface inside a container: an engine without one (or with it switched off by
+        default) runs no sandbox of ours."""
+        if self._seccomp_checked:
+            return
+        options = self._thd_client().info().get("SecurityOptions") or []
+        seccomp = [o for o in options if "name=seccomp" in o]
+        if not seccomp or any("profile=unconfined" in o for o in seccomp):
+            raise BackendError(
+                "the Docker engine applies no seccomp profile to containers "
+                f"(its security options: {', '.join(options) or 'none'}); sandboxes need one"
+            )
+        self._seccomp_checked = True
+
+    def _thd_prepare(self) -> tuple[str, str] | None:
+        """At server start: our network and its rules now; or (why not, the operator's
+        commands) when we do not write them."""
+        if self._settings.network:
+            return None
+        _, rules = self._thd_isolated_network()
+        why = self._thd_firewall_refusal(rules)
+        if why is not None:
+            return why, rules.operator_script()
+        with self._firewall_lock:
+            self._firewall_apply(rules)
+        return None
 
     def _thd_address(self, sandbox_id: str) -> tuple[str, int]:
         """Where opencode answers, re-read from the engine (it changes at every start)."""
@@ -287,11 +448,97 @@ class DockerBackend:
         return known
 
     @deferred
+    async def prepare(self) -> None:
+        """Server start: write the firewall rules, or say what the operator must apply. Never
+        fails: every sandbox start tries again (and refuses if writing them fails)."""
+        try:
+            undone = await self._engine(self._thd_prepare)
+        except (BackendError, RuntimeError, OSError) as e:
+            self._log.warn("docker backend: not prepared yet: {why}", why=str(e))
+            return
+        if self._settings.network:
+            self._log.info(
+                "docker backend: sandboxes join {network}; what they can reach there is "
+                "up to that network's firewall",
+                network=self._settings.network,
+            )
+        refused = self._quota_refused()
+        if refused is not None and self._settings.disks != DiskSizes(0, 0):
+            self._log.warn(
+                "docker backend: sandbox volumes have NO size limit ({why}); a sandbox can "
+                "fill the engine's disk",
+                why=refused,
+            )
+        if undone is not None:
+            why, script = undone
+            self._log.warn(
+                "docker backend: sandboxes' egress rules NOT applied ({why}); without them a "
+                "sandbox reaches every host address and private network. As root on the "
+                "engine's host, run:\n{script}",
+                why=why,
+                script=script,
+            )
+
+    # -- volume quotas --------------------------------------------------------------------------
+
+    def _quota_refused(self) -> str | None:
+        """Why volumes get no quota, or None when they do (decided once)."""
+        if not self._quota_decided:
+            self._quota_decided = True
+            if self._quotas is None or self._settings.disk_root is None:
+                self._quota_why_not = "no disk root configured"
+            elif not (self._settings.disks.workspace or self._settings.disks.home):
+                self._quota_why_not = "turned off (--workspace-disk-size/--sandbox-home-size)"
+            elif self._settings.url and not self._settings.url.startswith("unix://"):
+                self._quota_why_not = "the engine is not on this host"
+            else:
+                self._quota_why_not = self._quota_refusal()
+        return self._quota_why_not
+
+    def _disk_dir(self, kind: str, name: str) -> Path:
+        assert self._settings.disk_root is not None
+        return self._settings.disk_root / kind / name
+
+    async def _attach_disks(self, spec: SandboxSpec) -> dict[str, Path]:
+        """Mount the sandbox's quota file systems; {volume name: directory} for those it has."""
+        if self._quota_refused() is not None or self._quotas is None:
+            return {}
+        sizes = self._settings.disks
+        wanted = [
+            (f"cli-ws-{spec.workspace_id}", self._disk_dir("workspaces", spec.workspace_id)),
+            (f"cli-home-{spec.id}", self._disk_dir("homes", spec.id)),
+        ]
+        disks = {}
+        for (volume, directory), size in zip(wanted, (sizes.workspace, sizes.home), strict=True):
+            if size:
+                directory.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+                await self._quotas.attach(directory, size, (1000, 1000))
+                directory.chmod(0o700)
+                disks[volume] = directory
+        return disks
+
+    async def _detach(self, directory: Path, *, removing: bool) -> None:
+        """Unmount a quota file system (a busy one stays unless it is being removed); when
+        removing, then delete its image and directory."""
+        if self._quotas is None or self._settings.disk_root is None:
+            return
+        await self._quotas.detach(directory, lazy=removing)
+        if removing:
+            await self._run(_remove_disk, directory)
+
+    @deferred
     async def start(self, spec: SandboxSpec) -> Endpoint:
         self._sources.pop(spec.id, None)
-        host, port = await self._engine(
-            self._thd_start, spec.id, spec.workspace_id, self._environment(spec)
+        disks = await self._attach_disks(spec)
+        (host, port), unbounded = await self._engine(
+            self._thd_start, spec.id, spec.workspace_id, self._environment(spec), disks
         )
+        for volume in unbounded:
+            self._log.warn(
+                "docker backend: volume {volume} was made before disk quotas and has no size "
+                "limit; move its files into a new volume to give it one",
+                volume=volume,
+            )
         endpoint = Endpoint(host, port)
         await self._opencode_client.wait_healthy(
             endpoint, spec.password, timeout=self._start_timeout
@@ -303,6 +550,8 @@ class DockerBackend:
         self._sources.pop(sandbox_id, None)
         await self._engine(self._thd_stop, sandbox_id)
         self._sources.pop(sandbox_id, None)  # (asked again while it stopped)
+        if self._settings.disk_root is not None:  # a paused sandbox holds no loop device
+            await self._detach(self._disk_dir("homes", sandbox_id), removing=False)
 
     @deferred
     async def delete(self, sandbox_id: str) -> None:
@@ -310,10 +559,14 @@ class DockerBackend:
         await self._engine(self._thd_remove_container, sandbox_id)
         self._sources.pop(sandbox_id, None)
         await self._engine(self._thd_remove_volume, f"cli-home-{sandbox_id}")
+        if self._settings.disk_root is not None:
+            await self._detach(self._disk_dir("homes", sandbox_id), removing=True)
 
     @deferred
     async def delete_workspace(self, workspace_id: str) -> None:
         await self._engine(self._thd_remove_volume, f"cli-ws-{workspace_id}")
+        if self._settings.disk_root is not None:
+            await self._detach(self._disk_dir("workspaces", workspace_id), removing=True)
 
     @deferred
     async def describe(self, sandbox_id: str) -> Observed:
@@ -348,6 +601,23 @@ def _container_exit(state: dict[str, Any]) -> str | None:
         oom=bool(state.get("OOMKilled")),
         via_init=True,
     )
+
+
+@define(eq=False)
+class DockerPreparation(Service):
+    """Prepares the backend once the service tree (and the engine's thread pool) runs."""
+
+    _backend: DockerBackend
+
+    def startService(self) -> None:
+        super().startService()
+        self._backend.prepare()
+
+
+def _remove_disk(directory: Path) -> None:
+    """A quota file system's directory and image, once it is unmounted (blocking)."""
+    shutil.rmtree(directory, ignore_errors=True)
+    image_of(directory).unlink(missing_ok=True)
 
 
 def _short(error: Exception) -> str:

@@ -50,8 +50,10 @@ class OpencodeClient:
         A connection made just as opencode's port opens can hang forever, hence the short
         per-try timeout rather than one long wait.
         """
-        waited, last = 0.0, "no answer"
-        while waited < timeout:
+        # By the clock: a refused try (a published port before opencode listens) takes no
+        # time at all, so counting tries would give up long before ``timeout``.
+        deadline, last = self._reactor.seconds() + timeout, "no answer"
+        while self._reactor.seconds() < deadline:
             try:
                 code, body = await self.get_json(endpoint, password, "/global/health", 1.0)
                 if code == 200 and isinstance(body, dict) and body.get("healthy"):
@@ -66,7 +68,6 @@ class OpencodeClient:
             ) as e:
                 last = type(e).__name__
             await deferLater(self._reactor, 0.25)
-            waited += 1.25
         raise BackendError(f"opencode did not become healthy ({last})")
 
     async def busy(self, endpoint: Endpoint, password: str) -> bool:

@@ -22,6 +22,7 @@ from cli_server.config import (
     parse_cpus,
     parse_db_url,
     parse_direct_members,
+    parse_docker_firewall,
     parse_duration,
     parse_positive_int,
     parse_quota,
@@ -121,13 +122,13 @@ SETTINGS: dict[str, Setting] = {
         "WORKSPACE_DISK_SIZE",
         parse_quota,
         "10g",
-        "Disk quota of each workspace's shared disk, or off (process backend).",
+        "Disk quota of each workspace's shared disk, or off.",
     ),
     "sandbox-home-size": Setting(
         "SANDBOX_HOME_SIZE",
         parse_quota,
         "2g",
-        "Disk quota of each sandbox's HOME, or off (process backend).",
+        "Disk quota of each sandbox's HOME, or off.",
     ),
     "idle-timeout": Setting(
         "IDLE_TIMEOUT", parse_duration, "30m", "Pause a sandbox after this long without activity."
@@ -144,6 +145,13 @@ SETTINGS: dict[str, Setting] = {
         str,
         None,
         "Join sandboxes to this network instead of publishing ports (for a server in a container).",
+    ),
+    "docker-firewall": Setting(
+        "DOCKER_FIREWALL",
+        parse_docker_firewall,
+        "auto",
+        "auto: as root on the engine's host, write the host firewall rules that keep docker "
+        "sandboxes off the host and private networks; off: log them for the operator.",
     ),
     "agent-image": Setting(
         "AGENT_IMAGE", str, None, "Sandbox image for --backend docker (required there)."
@@ -306,6 +314,7 @@ class Options(usage.Options):
             sandbox_home_size=self["sandbox-home-size"],
             docker_url=self["docker-url"],
             docker_network=self["docker-network"],
+            docker_firewall=self["docker-firewall"],
             agent_image=self["agent-image"],
             egress_allow=self["egress-allow"] or (),
             trusted_proxies=self["trusted-proxies"] or (),

@@ -214,3 +214,16 @@ class ServerConfig:
     @property
     def secure_cookies(self) -> bool:
         return self.base_scheme == "https"
+
+    def warnings(self) -> list[str]:
+        """What an operator should hear at start: settings that work, but protect less."""
+        host = self.base_domain.rsplit(":", 1)[0]
+        if self.base_scheme == "http" and host != "localhost" and not host.endswith(".localhost"):
+            # Browsers keep *.localhost apart; under any other name, a page on a sandbox
+            # subdomain can set a cookie for the whole base domain over plain http.
+            return [
+                f"BASE_SCHEME is http for {self.base_domain}: a page in any sandbox can sign "
+                "browsers into another account of this server (a cookie set for the parent "
+                "domain). Use https (--base-scheme https behind TLS) for more than one user."
+            ]
+        return []

@@ -189,6 +189,8 @@ class Server:
 
 
 def buildServer(config: ServerConfig, reactor: Any) -> IService:
+    for warning in config.warnings():
+        Logger().warn("{warning}", warning=warning)
     service = build(config, reactor).root
     # What exists now (modules, the service tree) lives as long as the process: moving it out
     # of the collector's view makes each full collection cheaper while the proxy churns.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -189,6 +190,11 @@ class OptionsTests(SynchronousTestCase):
             (["--session-lifetime", "0"], {}, "--session-lifetime: '0' must be longer than zero"),
             (["--listen", "bogus:1"], {}, "--listen 'bogus:1'"),
             (["--db-url", "nonsense"], {}, "--db-url: not a PostgreSQL connection string"),
+            (
+                ["--db-url", "postgres://cli:secret@db:5432/cli"],
+                {},
+                "--db-url: a password on the command line is visible to every local user",
+            ),
             (["--max-sandboxes", "0"], {}, "--max-sandboxes: '0' must be at least 1"),
             ([], {"IDLE_TIMEOUT": "forever"}, "IDLE_TIMEOUT: 'forever' is not a duration"),
             (
@@ -243,3 +249,16 @@ class TenancyOptionsTests(SynchronousTestCase):
             error = str(self.assertRaises(usage.UsageError, parse, argv, environ))
             self.assertIn(message, error)
             self.assertNotIn("\n", error)
+
+
+class WarningTests(SynchronousTestCase):
+    def test_plain_http_under_a_real_name_is_warned_about(self) -> None:
+        """Over http, a sandbox page can toss a cookie for the whole base domain; browsers
+        keep *.localhost apart, so a local trial is not warned about."""
+        base = ServerConfig((), Path("/d"), None, "localhost:8080", "http", 60.0)
+        self.assertEqual(base.warnings(), [])
+        self.assertEqual(attrs.evolve(base, base_domain="dev.localhost").warnings(), [])
+        team = attrs.evolve(base, base_domain="cli.example.com")
+        (warning,) = team.warnings()
+        self.assertIn("BASE_SCHEME is http for cli.example.com", warning)
+        self.assertEqual(attrs.evolve(team, base_scheme="https").warnings(), [])

@@ -213,6 +213,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = ["tcp:8080"]
+        db_url_argument = self["db-url"] is not None
         for name, setting in SETTINGS.items():
             raw, source = self[name], f"--{name}"
             if raw is None and setting.env is not None and self._environ.get(setting.env):
@@ -225,6 +226,11 @@ class Options(usage.Options):
                 self[name] = setting.parse(raw)
             except ValueError as e:
                 raise usage.UsageError(f"{source}: {e}") from None
+        if db_url_argument and _has_password(self["db-url"]):
+            raise usage.UsageError(
+                "--db-url: a password on the command line is visible to every local user; "
+                "pass the URL in DATABASE_URL, or the password in a PGPASSFILE"
+            )
         if self["data-dir"] is None:
             self["data-dir"] = default_data_dir()
         if self["max-sandboxes"] is None:
@@ -321,6 +327,15 @@ class Options(usage.Options):
             anthropic_api_key=self._environ.get("ANTHROPIC_API_KEY") or None,
             anthropic_auth_token=self._environ.get("ANTHROPIC_AUTH_TOKEN") or None,
         )
+
+
+def _has_password(db_url: str) -> bool:
+    from psycopg2.extensions import parse_dsn
+
+    try:
+        return bool(parse_dsn(db_url).get("password"))
+    except Exception:
+        return False  # (parse_db_url has already accepted it)
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:

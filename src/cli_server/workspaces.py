@@ -134,8 +134,8 @@ class Workspaces:
         return _check(Role.parse(rows[0]["role"]) if rows else None, Role.GUEST)
 
     async def require(self, workspace_id: str, user_id: str, at_least: Role) -> Role:
-        """An early answer without taking any lock. It guards nothing by itself: every change
-        checks again with ``_authorize`` inside its own transaction."""
+        """The caller's role now, outside any transaction. The changes made here use it only to
+        refuse early, without the workspace lock, and check again with ``_authorize``."""
         return _check(await self.role_of(workspace_id, user_id), at_least)
 
     async def get(self, workspace_id: str, user_id: str) -> dict[str, Any]:

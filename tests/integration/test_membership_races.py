@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, gatherResults
 
 from cli_server.workspaces import Workspaces
 
-from .conftest import Running
+from .conftest import Running, server_config, start_server, stop_server
 from .helpers import Api, Reply
 from .test_invitations import people
 
@@ -134,6 +134,36 @@ async def test_demoted_owner_cannot_invite_an_owner_in_flight(
     invited = await interleave(app, hold, inviting, demote)
     assert invited.code == 403, invited
     assert await invitations(app, wid) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_removed_maintainer_cannot_add_directly_in_flight(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the operator allows direct adds (--direct-members '*'), the add made after the
+    removal would make the puppet a member at once: it must not."""
+    config = attrs.evolve(server_config(db_url), direct_members=("*",))
+    app = await start_server(db_url, config=config)
+    try:
+        p = await people(app, "owner", "mal", "puppet")
+        owner, mal, puppet = p["owner"], p["mal"], p["puppet"]
+        wid = await workspace(owner)
+        await owner.add_member(wid, mal, "maintainer")
+        hold = hold_after(monkeypatch, "require", uid(mal))
+        adding = mal.call(
+            "POST", f"/api/workspaces/{wid}/members", {"username": "puppet", "role": "maintainer"}
+        )
+
+        async def remove() -> None:
+            removed = await owner.call("DELETE", f"/api/workspaces/{wid}/members/{uid(mal)}")
+            assert removed.code == 204, removed
+
+        added = await interleave(app, hold, adding, remove)
+        assert (added.code, added.error_code) == (404, "workspace_not_found"), added
+        assert await role(app, wid, puppet) is None
+        assert (await puppet.call("GET", "/api/workspaces")).body == []
+    finally:
+        await stop_server(app)
 
 
 @pytest_twisted.ensureDeferred

@@ -211,6 +211,29 @@ async def test_removed_owner_cannot_remove_in_flight(
 
 
 @pytest_twisted.ensureDeferred
+async def test_two_owners_removing_each_other(
+    app: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second removal comes from someone no longer a member: it gets the stranger's 404,
+    not a last-owner 409 that would tell them about the workspace, and one owner remains."""
+    p = await people(app, "alice", "bob")
+    alice, bob = p["alice"], p["bob"]
+    wid = await workspace(alice)
+    await alice.add_member(wid, bob, "owner")
+    hold = hold_after(monkeypatch, "require", uid(bob))
+    removing = bob.call("DELETE", f"/api/workspaces/{wid}/members/{uid(alice)}")
+
+    async def remove() -> None:
+        removed = await alice.call("DELETE", f"/api/workspaces/{wid}/members/{uid(bob)}")
+        assert removed.code == 204, removed
+
+    answer = await interleave(app, hold, removing, remove)
+    assert (answer.code, answer.error_code) == (404, "workspace_not_found"), answer
+    assert await role(app, wid, alice) == "owner"
+    assert await role(app, wid, bob) is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_demoted_owner_cannot_set_the_budget_in_flight(
     app: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:

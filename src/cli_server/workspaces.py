@@ -6,7 +6,6 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-import psycopg2.errors
 from attrs import define
 
 from cli_server.db.pool import Database, Row, Transaction
@@ -132,15 +131,12 @@ class Workspaces:
             "SELECT role FROM workspace_members WHERE workspace_id = %s AND user_id = %s",
             (workspace_id, user_id),
         )
-        if not rows:
-            raise NotFound("no such workspace", code="workspace_not_found")
-        return Role.parse(rows[0]["role"])
+        return _check(Role.parse(rows[0]["role"]) if rows else None, Role.GUEST)
 
     async def require(self, workspace_id: str, user_id: str, at_least: Role) -> Role:
-        role = await self.role_of(workspace_id, user_id)
-        if role < at_least:
-            raise Forbidden(f"this needs the {at_least.label} role or higher in the workspace")
-        return role
+        """The caller's role now, outside any transaction. The changes made here use it only to
+        refuse early, without the workspace lock, and check again with ``_authorize``."""
+        return _check(await self.role_of(workspace_id, user_id), at_least)
 
     async def get(self, workspace_id: str, user_id: str) -> dict[str, Any]:
         row = await self._db.query(
@@ -150,15 +146,26 @@ class Workspaces:
             raise NotFound("no such workspace", code="workspace_not_found")
         return workspace_json(row[0])
 
-    async def set_budget(self, workspace_id: str, monthly_tokens: int | None) -> None:
-        await self._db.execute(
-            "UPDATE workspaces SET monthly_token_budget = %s WHERE id = %s",
-            (monthly_tokens, workspace_id),
-        )
+    async def set_budget(
+        self, workspace_id: str, actor_id: str, monthly_tokens: int | None
+    ) -> None:
+        async def work(tx: Transaction) -> None:
+            await _authorize(tx, workspace_id, actor_id, Role.OWNER)
+            await tx.execute(
+                "UPDATE workspaces SET monthly_token_budget = %s WHERE id = %s",
+                (monthly_tokens, workspace_id),
+            )
+
+        await self._db.transaction(work)
 
     async def delete(self, workspace_id: str, actor_id: str) -> None:
         await self.require(workspace_id, actor_id, Role.OWNER)
-        await self._db.execute("DELETE FROM workspaces WHERE id = %s", (workspace_id,))
+
+        async def work(tx: Transaction) -> None:
+            await _authorize(tx, workspace_id, actor_id, Role.OWNER)
+            await tx.execute("DELETE FROM workspaces WHERE id = %s", (workspace_id,))
+
+        await self._db.transaction(work)
 
     async def members(self, workspace_id: str, actor_id: str) -> list[dict[str, Any]]:
         await self.role_of(workspace_id, actor_id)
@@ -176,9 +183,9 @@ class Workspaces:
         Returns the answer and whether something new was made: inviting someone again
         returns the same pending invitation, with the new role and a fresh expiry.
         """
+        # Refused callers learn nothing about usernames; _add_directly and _invite check again.
         actor_role = await self.require(workspace_id, actor_id, Role.MAINTAINER)
-        if role == Role.OWNER and actor_role < Role.OWNER:
-            raise Forbidden("only an owner can add another owner")
+        _check(actor_role, *_invite_rule(role))
         users = await self._db.query(
             "SELECT id, email, (SELECT email FROM users WHERE id = %s) AS actor_email"
             " FROM users WHERE lower(username) = lower(%s)",
@@ -188,7 +195,7 @@ class Workspaces:
             raise NotFound("no user has that username", code="user_not_found")
         user_id = str(users[0]["id"])
         if self._direct(users[0]["actor_email"], users[0]["email"]):
-            return await self._add_directly(workspace_id, user_id, role), True
+            return await self._add_directly(workspace_id, actor_id, user_id, role), True
         return await self._invite(workspace_id, actor_id, user_id, role)
 
     def _direct(self, actor_email: str | None, invitee_email: str | None) -> bool:
@@ -201,32 +208,37 @@ class Workspaces:
             and (email_domain(actor_email) == domain)
         )
 
-    async def _add_directly(self, workspace_id: str, user_id: str, role: Role) -> dict[str, Any]:
-        try:
-            await self._db.execute(
-                "INSERT INTO workspace_members (workspace_id, user_id, role) VALUES (%s, %s, %s)",
+    async def _add_directly(
+        self, workspace_id: str, actor_id: str, user_id: str, role: Role
+    ) -> dict[str, Any]:
+        async def work(tx: Transaction) -> Row | None:
+            await _authorize(tx, workspace_id, actor_id, *_invite_rule(role))
+            added = await tx.one(
+                "INSERT INTO workspace_members (workspace_id, user_id, role) VALUES (%s, %s, %s)"
+                " ON CONFLICT DO NOTHING RETURNING user_id",
                 (workspace_id, user_id, role.label),
             )
-        except psycopg2.errors.UniqueViolation:
-            raise Conflict("that user is already a member", code="already_member") from None
-        except psycopg2.errors.ForeignKeyViolation:
-            raise NotFound("no such workspace", code="workspace_not_found") from None
-        await self._db.execute(
-            "DELETE FROM workspace_invitations WHERE workspace_id = %s AND user_id = %s",
-            (workspace_id, user_id),
-        )
-        return {"status": "member", **await self._member(workspace_id, user_id)}
+            if added is None:
+                raise Conflict("that user is already a member", code="already_member")
+            await tx.execute(
+                "DELETE FROM workspace_invitations WHERE workspace_id = %s AND user_id = %s",
+                (workspace_id, user_id),
+            )
+            return await tx.one(
+                _MEMBERS + " WHERE m.workspace_id = %s AND m.user_id = %s",
+                (workspace_id, user_id),
+            )
+
+        row = await self._db.transaction(work)
+        assert row is not None
+        return {"status": "member", **member_json(row)}
 
     async def _invite(
         self, workspace_id: str, actor_id: str, user_id: str, role: Role
     ) -> tuple[dict[str, Any], bool]:
-        async def work(tx: Transaction) -> Row | None:
-            await _lock_workspace(tx, workspace_id)
-            member = await tx.one(
-                "SELECT 1 AS x FROM workspace_members WHERE workspace_id = %s AND user_id = %s",
-                (workspace_id, user_id),
-            )
-            if member is not None:
+        async def work(tx: Transaction) -> tuple[Row, Row | None]:
+            await _authorize(tx, workspace_id, actor_id, *_invite_rule(role))
+            if await _role_in(tx, workspace_id, user_id) is not None:
                 raise Conflict("that user is already a member", code="already_member")
             # An expired invitation is gone: a new one gets a new id.
             await tx.execute(
@@ -234,7 +246,7 @@ class Workspaces:
                 " WHERE workspace_id = %s AND user_id = %s AND expires_at <= now()",
                 (workspace_id, user_id),
             )
-            return await tx.one(
+            made = await tx.one(
                 "INSERT INTO workspace_invitations"
                 " (id, workspace_id, user_id, role, invited_by, expires_at)"
                 " VALUES (%s, %s, %s, %s, %s, now() + %s)"
@@ -250,12 +262,13 @@ class Workspaces:
                     INVITATION_LIFETIME,
                 ),
             )
+            assert made is not None
+            return made, await tx.one(_INVITATIONS + " AND i.id = %s", (made["id"],))
 
-        row = await self._db.transaction(work)
-        assert row is not None
-        (pending,) = await self._db.query(_INVITATIONS + " AND i.id = %s", (row["id"],))
-        answer = {"status": "invited", "invitation_id": str(row["id"]), **pending_json(pending)}
-        return answer, bool(row["created"])
+        made, pending = await self._db.transaction(work)
+        assert pending is not None
+        answer = {"status": "invited", "invitation_id": str(made["id"]), **pending_json(pending)}
+        return answer, bool(made["created"])
 
     async def invitations_for(self, user_id: str) -> list[dict[str, Any]]:
         """The caller's pending invitations."""
@@ -273,7 +286,8 @@ class Workspaces:
         return [pending_json(r) for r in rows]
 
     async def accept(self, invitation_id: str, user_id: str) -> dict[str, Any]:
-        """The invitee joins with the invited role; the invitation is used up."""
+        """The invitee joins with the invited role, if its sender could still send it; the
+        invitation is used up either way."""
         found = await self._db.query(
             "SELECT workspace_id FROM workspace_invitations"
             " WHERE id = %s AND user_id = %s AND expires_at > now()",
@@ -283,27 +297,39 @@ class Workspaces:
             raise _no_invitation()
         workspace_id = str(found[0]["workspace_id"])
 
-        async def work(tx: Transaction) -> None:
+        async def work(tx: Transaction) -> Row | None:
             await _lock_workspace(tx, workspace_id)
             invitation = await tx.one(
                 "DELETE FROM workspace_invitations"
-                " WHERE id = %s AND user_id = %s AND expires_at > now() RETURNING role",
+                " WHERE id = %s AND user_id = %s AND expires_at > now()"
+                " RETURNING role, invited_by",
                 (invitation_id, user_id),
             )
             if invitation is None:  # declined, revoked or accepted meanwhile
-                raise _no_invitation()
+                return None
+            inviter = invitation["invited_by"]
+            sender = None if inviter is None else await _role_in(tx, workspace_id, str(inviter))
+            needed, _ = _invite_rule(Role.parse(invitation["role"]))
+            if sender is None or sender < needed:  # its sender left or lost the right
+                return None
             # Already a member (added directly meanwhile): the membership stands as it is.
             await tx.execute(
                 "INSERT INTO workspace_members (workspace_id, user_id, role) VALUES (%s, %s, %s)"
                 " ON CONFLICT DO NOTHING",
                 (workspace_id, user_id, invitation["role"]),
             )
+            return await tx.one(
+                _WORKSPACE_FOR_MEMBER + " WHERE w.id = %s AND m.user_id = %s",
+                (workspace_id, user_id),
+            )
 
         try:
-            await self._db.transaction(work)
+            joined = await self._db.transaction(work)
         except NotFound:
             raise _no_invitation() from None
-        return await self.get(workspace_id, user_id)
+        if joined is None:
+            raise _no_invitation()
+        return workspace_json(joined)
 
     async def decline(self, invitation_id: str, user_id: str) -> None:
         rows = await self._db.query(
@@ -317,43 +343,46 @@ class Workspaces:
         """The invitee declines; the inviter or an owner withdraws. Anyone else: 404, or 403
         for a maintainer who did not send it."""
         rows = await self._db.query(
-            "SELECT workspace_id, user_id, invited_by FROM workspace_invitations WHERE id = %s",
-            (invitation_id,),
+            "SELECT workspace_id FROM workspace_invitations WHERE id = %s", (invitation_id,)
         )
         if not rows:
             raise _no_invitation()
-        if str(rows[0]["user_id"]) == actor_id:
-            await self.decline(invitation_id, actor_id)
-            return
+        workspace_id = str(rows[0]["workspace_id"])
+
+        async def work(tx: Transaction) -> None:
+            await _lock_workspace(tx, workspace_id)
+            invitation = await tx.one(
+                "SELECT user_id, invited_by FROM workspace_invitations WHERE id = %s",
+                (invitation_id,),
+            )
+            if invitation is None:
+                raise _no_invitation()
+            if str(invitation["user_id"]) != actor_id:
+                try:
+                    role = await _authorize(tx, workspace_id, actor_id, Role.MAINTAINER)
+                except (NotFound, Forbidden):
+                    raise _no_invitation() from None  # they cannot list invitations
+                if role < Role.OWNER and str(invitation["invited_by"]) != actor_id:
+                    raise Forbidden("only the one who invited or an owner can revoke an invitation")
+            await tx.execute("DELETE FROM workspace_invitations WHERE id = %s", (invitation_id,))
+
         try:
-            role = await self.role_of(str(rows[0]["workspace_id"]), actor_id)
+            await self._db.transaction(work)
         except NotFound:
             raise _no_invitation() from None
-        if role < Role.MAINTAINER:
-            raise _no_invitation()  # they cannot list invitations, so none exists for them
-        if role < Role.OWNER and str(rows[0]["invited_by"]) != actor_id:
-            raise Forbidden("only the one who invited or an owner can revoke an invitation")
-        await self._db.execute("DELETE FROM workspace_invitations WHERE id = %s", (invitation_id,))
 
     async def purge_expired_invitations(self) -> None:
         """Housekeeping: expired invitations are already invisible; drop their rows."""
         await self._db.execute("DELETE FROM workspace_invitations WHERE expires_at <= now()")
-
-    async def _member(self, workspace_id: str, user_id: str) -> dict[str, Any]:
-        rows = await self._db.query(
-            _MEMBERS + " WHERE m.workspace_id = %s AND m.user_id = %s", (workspace_id, user_id)
-        )
-        if not rows:
-            raise NotFound("no such member", code="member_not_found")
-        return member_json(rows[0])
 
     async def set_role(
         self, workspace_id: str, actor_id: str, user_id: str, role: Role
     ) -> dict[str, Any]:
         await self.require(workspace_id, actor_id, Role.OWNER)
 
-        async def work(tx: Transaction) -> None:
-            current = await _lock_member(tx, workspace_id, user_id)
+        async def work(tx: Transaction) -> Row | None:
+            await _authorize(tx, workspace_id, actor_id, Role.OWNER)
+            current = await _member_role(tx, workspace_id, user_id)
             if current == Role.OWNER and role != Role.OWNER:
                 await _refuse_last_owner(tx, workspace_id, "demoted")
             await tx.execute(
@@ -361,19 +390,23 @@ class Workspaces:
                 (role.label, workspace_id, user_id),
             )
             await _drop_invitations_beyond(tx, workspace_id, user_id, role)
+            return await tx.one(
+                _MEMBERS + " WHERE m.workspace_id = %s AND m.user_id = %s",
+                (workspace_id, user_id),
+            )
 
-        await self._db.transaction(work)
-        return await self._member(workspace_id, user_id)
+        row = await self._db.transaction(work)
+        assert row is not None
+        return member_json(row)
 
     async def remove_member(self, workspace_id: str, actor_id: str, user_id: str) -> None:
         """Owners remove anyone; every member may leave."""
-        if actor_id != user_id:
-            await self.require(workspace_id, actor_id, Role.OWNER)
-        else:
-            await self.role_of(workspace_id, actor_id)
+        needed = Role.GUEST if actor_id == user_id else Role.OWNER
+        await self.require(workspace_id, actor_id, needed)
 
         async def work(tx: Transaction) -> None:
-            current = await _lock_member(tx, workspace_id, user_id)
+            await _authorize(tx, workspace_id, actor_id, needed)
+            current = await _member_role(tx, workspace_id, user_id)
             if current == Role.OWNER:
                 await _refuse_last_owner(tx, workspace_id, "removed")
             await tx.execute(
@@ -383,6 +416,42 @@ class Workspaces:
             await _drop_invitations_beyond(tx, workspace_id, user_id, None)
 
         await self._db.transaction(work)
+
+
+def _check(role: Role | None, at_least: Role, why: str | None = None) -> Role:
+    """The answer to everyone below ``at_least``: 404 to non-members, so ids of other
+    workspaces leak nothing, 403 to members."""
+    if role is None:
+        raise NotFound("no such workspace", code="workspace_not_found")
+    if role < at_least:
+        raise Forbidden(why or f"this needs the {at_least.label} role or higher in the workspace")
+    return role
+
+
+def _invite_rule(role: Role) -> tuple[Role, str | None]:
+    """Who may send an invitation for ``role`` (and the refusal): owners invite owners,
+    maintainers and owners everyone else."""
+    if role == Role.OWNER:
+        return Role.OWNER, "only an owner can add another owner"
+    return Role.MAINTAINER, None
+
+
+async def _authorize(
+    tx: Transaction, workspace_id: str, actor_id: str, at_least: Role, why: str | None = None
+) -> Role:
+    """Check the actor's role after the workspace lock, in the transaction of the change it
+    guards: a role lost while the request was in flight counts as never held, and the change
+    is not made."""
+    await _lock_workspace(tx, workspace_id)
+    return _check(await _role_in(tx, workspace_id, actor_id), at_least, why)
+
+
+async def _role_in(tx: Transaction, workspace_id: str, user_id: str) -> Role | None:
+    row = await tx.one(
+        "SELECT role FROM workspace_members WHERE workspace_id = %s AND user_id = %s",
+        (workspace_id, user_id),
+    )
+    return None if row is None else Role.parse(row["role"])
 
 
 async def _drop_invitations_beyond(
@@ -410,22 +479,18 @@ def _no_invitation() -> NotFound:
 
 
 async def _lock_workspace(tx: Transaction, workspace_id: str) -> None:
-    """Serialises membership changes of one workspace (invite, accept, demote, remove)."""
+    """Serialises membership changes of one workspace (invite, accept, demote, remove) and
+    the authorization checks made under it, so that two owners demoting each other at once
+    do not both pass the last-owner check, and no check sees a role already taken away."""
     if await tx.one("SELECT id FROM workspaces WHERE id = %s FOR UPDATE", (workspace_id,)) is None:
         raise NotFound("no such workspace", code="workspace_not_found")
 
 
-async def _lock_member(tx: Transaction, workspace_id: str, user_id: str) -> Role:
-    # Lock the workspace row first: two owners demoting each other at once must not both pass
-    # the last-owner check.
-    await _lock_workspace(tx, workspace_id)
-    row = await tx.one(
-        "SELECT role FROM workspace_members WHERE workspace_id = %s AND user_id = %s",
-        (workspace_id, user_id),
-    )
-    if row is None:
+async def _member_role(tx: Transaction, workspace_id: str, user_id: str) -> Role:
+    role = await _role_in(tx, workspace_id, user_id)
+    if role is None:
         raise NotFound("no such member", code="member_not_found")
-    return Role.parse(row["role"])
+    return role
 
 
 async def _refuse_last_owner(tx: Transaction, workspace_id: str, verb: str) -> None:

@@ -163,5 +163,5 @@ class WorkspacesAPI:
             raise BadRequest(
                 "monthly_tokens must be a whole number from 0, or null", field="monthly_tokens"
             )
-        await self._workspaces.set_budget(wid, value)
+        await self._workspaces.set_budget(wid, user.id, value)
         return json_response(request, await self._usage.report(wid))

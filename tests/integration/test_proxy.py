@@ -472,7 +472,7 @@ def _answers(data: bytes) -> list[tuple[int, bytes, bytes]]:
     """The whole answers in ``data``, in order: status, head, body (by Content-Length or
     chunked framing; an answer not whole yet is left out). Each is parsed where the last one
     ended: a status line follows a body directly, not after a line break."""
-    answers = []
+    answers: list[tuple[int, bytes, bytes]] = []
     while True:
         end = data.find(b"\r\n\r\n")
         if end < 0:
@@ -560,7 +560,7 @@ async def test_refused_requests_on_a_relayed_connection_are_answered_and_never_r
     assert await ask(client, ("POST /six HTTP/1.1", fetched, b"{}")) == [403]
     assert not client.closed.called
     assert seen()[-3:] == ["/one", "/two", "/five"], seen()
-    client.transport.loseConnection()  # type: ignore[union-attr]
+    client.transport.loseConnection()
 
     client = await connectProtocol(endpoint, Wire())
     assert await ask(client, ("GET /a HTTP/1.1", "", b"")) == [200]
@@ -578,4 +578,4 @@ async def test_refused_requests_on_a_relayed_connection_are_answered_and_never_r
     assert not client.closed.called
     assert seen()[-5:] == ["/a", "/b", "/c", "/e", "/f"], seen()
     assert not [uri for uri in seen() if uri in ("/three", "/four", "/six", "/d", "/g")]
-    client.transport.loseConnection()  # type: ignore[union-attr]
+    client.transport.loseConnection()

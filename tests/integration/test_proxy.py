@@ -551,6 +551,7 @@ async def test_refused_requests_on_a_relayed_connection_are_answered_and_never_r
     [carried] = list(relay._carried)
     assert await ask(client, ("GET /two HTTP/1.1", "", b"")) == [200]
     assert list(relay._carried) == [carried]  # relayed there: it never came back
+    await deferLater(reactor, 0.5)  # (as a page would, some time later)
     assert await ask(client, ("GET /three HTTP/1.1", foreign, b"")) == [403]
     assert relay.carrying == 0  # given back, and refused here
     assert await ask(client, ("POST /four HTTP/1.1", foreign, b"{}")) == [403]

@@ -466,3 +466,117 @@ async def test_a_keep_alive_connection_moves_between_the_relay_process_and_the_s
     await ask("GET /after HTTP/1.1\r\n")  # back, routed afresh, and given again
     assert list(relay._carried) not in ([], [again])
     assert not client.closed.called
+
+
+def _answers(data: bytes) -> list[tuple[int, bytes, bytes]]:
+    """The whole answers in ``data``, in order: status, head, body (by Content-Length or
+    chunked framing; an answer not whole yet is left out). Each is parsed where the last one
+    ended: a status line follows a body directly, not after a line break."""
+    answers: list[tuple[int, bytes, bytes]] = []
+    while True:
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return answers
+        head, rest = data[:end], data[end + 4 :]
+        assert head.startswith(b"HTTP/1.1 "), data[:200]
+        fields = {
+            name.strip().lower(): value.strip()
+            for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+        }
+        if fields.get(b"transfer-encoding") == b"chunked":
+            body = b""
+            while True:
+                size_end = rest.find(b"\r\n")
+                if size_end < 0:
+                    return answers
+                size = int(rest[:size_end], 16)
+                if len(rest) < size_end + 2 + size + 2:
+                    return answers
+                body += rest[size_end + 2 : size_end + 2 + size]
+                rest = rest[size_end + 2 + size + 2 :]
+                if not size:
+                    break
+        else:
+            length = int(fields.get(b"content-length", b"0"))
+            if len(rest) < length:
+                return answers
+            body, rest = rest[:length], rest[length:]
+        answers.append((int(head[9:12]), head, body))
+        data = rest
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_requests_on_a_relayed_connection_are_answered_and_never_relayed(
+    proxy: Proxy,
+) -> None:
+    """On one keep-alive connection the relay process serves: same-origin GETs are relayed;
+    a GET and a POST sent by a page of another origin are answered 403 by the server, and
+    never reach the sandbox; a same-origin GET after them is answered again. Each answer
+    comes within seconds. The same after the connection went back to the server (a POST)
+    and was handed to the relay again, with the refused request sent in the same write as
+    a relayed one."""
+    reactor, relay = _reactor(), proxy.app.server.stream_relay
+    cookie = await proxy.open("developer")
+    await wait_until(reactor, lambda: relay.ready, timeout=10)
+    # (a page of another sandbox reading or posting to this one)
+    foreign = "Origin: http://oc-0b6f1a3e-2222-4222-8333-444455556666.localhost:8080\r\n"
+    head = f"Host: {proxy.host()}\r\nCookie: cli_sandbox={cookie}\r\n"
+
+    async def ask(client: Wire, *requests: tuple[str, str, bytes]) -> list[int]:
+        """Sends ``requests`` (request line, extra headers, body) in one write; the status
+        of each answer, all of which must come within 5 s."""
+        before = len(_answers(client.received))
+        data = b"".join(
+            f"{line}\r\n{head}{extra}".encode()
+            + (b"content-length: %d\r\n" % len(body) if body else b"")
+            + b"\r\n"
+            + body
+            for line, extra, body in requests
+        )
+        client.transport.write(data)  # type: ignore[union-attr]
+        wanted = before + len(requests)
+        await wait_until(
+            reactor,
+            lambda: len(_answers(client.received)) >= wanted or client.closed.called,
+            timeout=5,
+        )
+        return [status for status, _, _ in _answers(client.received)[before:]]
+
+    def seen() -> list[str]:
+        return [s["uri"] for s in proxy.upstream.seen]
+
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", proxy.app.port.getHost().port)
+    client = await connectProtocol(endpoint, Wire())
+    assert await ask(client, ("GET /one HTTP/1.1", "", b"")) == [200]
+    [carried] = list(relay._carried)
+    assert await ask(client, ("GET /two HTTP/1.1", "", b"")) == [200]
+    assert list(relay._carried) == [carried]  # relayed there: it never came back
+    await deferLater(reactor, 0.5)  # (as a page would, some time later)
+    assert await ask(client, ("GET /three HTTP/1.1", foreign, b"")) == [403]
+    assert relay.carrying == 0  # given back, and refused here
+    assert await ask(client, ("POST /four HTTP/1.1", foreign, b"{}")) == [403]
+    assert await ask(client, ("GET /five HTTP/1.1", "", b"")) == [200]
+    # (a fetch that says it came from another site, with no Origin, is refused the same)
+    fetched = "Sec-Fetch-Site: same-site\r\n"
+    assert await ask(client, ("POST /six HTTP/1.1", fetched, b"{}")) == [403]
+    assert not client.closed.called
+    assert seen()[-3:] == ["/one", "/two", "/five"], seen()
+    client.transport.loseConnection()
+
+    client = await connectProtocol(endpoint, Wire())
+    assert await ask(client, ("GET /a HTTP/1.1", "", b"")) == [200]
+    [first] = list(relay._carried)
+    assert await ask(client, ("POST /b HTTP/1.1", "", b"{}")) == [200]  # back to the server
+    assert relay.carrying == 0
+    assert await ask(client, ("GET /c HTTP/1.1", "", b"")) == [200]
+    [again] = list(relay._carried)  # handed over again
+    assert again != first
+    refused = ("GET /d HTTP/1.1", foreign, b"")
+    assert await ask(client, ("GET /e HTTP/1.1", "", b""), refused) == [200, 403]
+    assert relay.carrying == 0
+    assert await ask(client, ("GET /f HTTP/1.1", "", b"")) == [200]
+    assert await ask(client, ("POST /g HTTP/1.1", foreign, b"{}")) == [403]
+    assert not client.closed.called
+    assert seen()[-5:] == ["/a", "/b", "/c", "/e", "/f"], seen()
+    assert not [uri for uri in seen() if uri in ("/three", "/four", "/six", "/d", "/g")]
+    client.transport.loseConnection()

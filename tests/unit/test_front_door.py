@@ -815,6 +815,18 @@ def test_requests_from_other_origins_and_doubled_sessions_go_to_twisted_web() ->
         assert len(d.sandbox.connections) == 1 and d.sandbox.sent().count(b"HTTP/1.1") == 1, raw
 
 
+def test_a_refused_request_the_relay_process_gave_back_goes_to_twisted_web() -> None:
+    """The relay process gives back a request of another origin with what followed it: the
+    door that takes the connection up neither relays it nor passes it on, twisted.web gets
+    those bytes (SandboxSite answers 403), and the sandbox nothing."""
+    other = b"Origin: http://oc-0b6f1a3e-2222-4222-8333-444455556666.localhost:8080"
+    for raw in [get(b"/x", other), post(other)]:
+        relay = FakeRelay()
+        d = door(relay, replay=(raw + get(b"/next"), Back.ASK))
+        assert [c.received for c in d.site.channels] == [raw + get(b"/next")], raw
+        assert relay.served == [] and d.sandbox.connections == [] and d.got() == b"", raw
+
+
 def test_same_origin_state_changes_are_relayed() -> None:
     """A sandbox's own page: its Origin, or ``null`` with Sec-Fetch-Site: same-origin (a page
     with Referrer-Policy: no-referrer), or no browser at all (neither header)."""

@@ -172,6 +172,23 @@ def test_a_request_the_grant_does_not_cover_goes_back_with_its_bytes() -> None:
         assert k.browser.recv(100) == b"still the browser's"
 
 
+def test_a_refused_request_sent_with_a_relayed_one_goes_back_once_that_one_is_answered() -> None:
+    """A GET of another origin pipelined behind a relayed one (or arriving while it is
+    answered): the first answer reaches the browser whole, then the connection goes back with
+    exactly the refused request's bytes, which the sandbox never gets."""
+    refused = get(b"/refused", b"Origin: http://oc-s2.localhost:8080")
+    for together in (True, False):
+        k = Kept(get(b"/a") + (refused if together else b""))
+        assert k.upstream().startswith(b"GET /a ")
+        if not together:
+            k.browser.sendall(refused)  # (while the sandbox has not answered yet)
+            k.turn()
+        assert k.answer(OK).endswith(b"hi")
+        why, data, _ = k.back()
+        assert why is Back.ASK and data == refused
+        assert k.upstream() == b"" and _closed(k.sandbox)
+
+
 def test_same_origin_reads_are_relayed_and_sandbox_cookies_and_cors_grants_are_not() -> None:
     """What a sandbox answers reaches the browser without cookies for other hosts or with our
     names, and without CORS grants; its own page's reads (Origin = itself) are relayed."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -601,8 +602,12 @@ async def test_docker_tokens_work_only_from_their_own_container(
     fake, fake_port = serve(reactor)
     pool = ThreadPoolService(reactor, "docker-test", 4)
     pool.startService()
+    # the sandboxes' firewall opens the proxy URL's port only: the listener below takes it
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     settings = DockerSettings(
-        engine.host, engine.image, "http://host.docker.internal:1/proxy/anthropic/v1"
+        engine.host, engine.image, f"http://host.docker.internal:{port}/proxy/anthropic/v1"
     )
     backend = DockerBackend(pool.run, settings, DOCKER_INSTANCE, OpencodeClient(reactor))
     config = attrs.evolve(
@@ -620,8 +625,7 @@ async def test_docker_tokens_work_only_from_their_own_container(
         hosts = engine.docker("exec", f"cli-sbx-{a}", "cat", "/etc/hosts")
         (gateway,) = [ln.split()[0] for ln in hosts.splitlines() if "host.docker.internal" in ln]
         # the server's listener where containers reach it (the host's side of their bridge)
-        gateway_port = reactor.listenTCP(0, app.server.front_door, interface=gateway)
-        port = gateway_port.getHost().port
+        gateway_port = reactor.listenTCP(port, app.server.front_door, interface=gateway)
         token_a, token_b = _container_token(engine, a), _container_token(engine, b)
 
         def from_(container: str, token: str) -> Any:

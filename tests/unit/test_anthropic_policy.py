@@ -192,6 +192,7 @@ def _user(*blocks: Any) -> list[dict[str, Any]]:
     return [{"role": "user", "content": list(blocks)}]
 
 
+_TEXT: dict[str, Any] = {"type": "text", "text": "deep"}
 _URL_IMAGE = {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}
 
 
@@ -268,7 +269,7 @@ _URL_IMAGE = {"type": "image", "source": {"type": "url", "url": "https://example
                     functools.reduce(
                         lambda inner, _: {"type": "tool_result", "content": [inner]},
                         range(30),
-                        {"type": "text", "text": "deep"},
+                        _TEXT,
                     )
                 )
             ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +17,9 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.threads import deferToThread
 
+from cli_server.anthropic.usage import UsageStore
 from cli_server.auth.tokens import new_token
+from cli_server.client_address import parse_trusted_proxies
 from cli_server.sandboxes.docker_backend import DockerBackend, DockerSettings
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.threads import ThreadPoolService
@@ -172,14 +175,14 @@ async def test_credentials_are_replaced_not_appended(world: World) -> None:
         {"model": "m", "max_tokens": 1, "messages": []},
         headers={
             "Authorization": f"Bearer {world.token}",
-            "anthropic-beta": "tools-2024",
+            "anthropic-beta": "tools-2024, prompt-caching-2024-07-31,files-api-2025-04-14",
             "anthropic-version": "2099-01-01",
         },
     )
     assert reply.code == 200
     seen = world.fake.seen[-1]["headers"]
     assert seen["x-api-key"] == [REAL_KEY] and "authorization" not in seen
-    assert seen["anthropic-beta"] == ["tools-2024"]
+    assert seen["anthropic-beta"] == ["prompt-caching-2024-07-31"]  # only the safe ones
     assert seen["anthropic-version"] == ["2099-01-01"]
 
 
@@ -599,8 +602,12 @@ async def test_docker_tokens_work_only_from_their_own_container(
     fake, fake_port = serve(reactor)
     pool = ThreadPoolService(reactor, "docker-test", 4)
     pool.startService()
+    # the sandboxes' firewall opens the proxy URL's port only: the listener below takes it
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     settings = DockerSettings(
-        engine.host, engine.image, "http://host.docker.internal:1/proxy/anthropic/v1"
+        engine.host, engine.image, f"http://host.docker.internal:{port}/proxy/anthropic/v1"
     )
     backend = DockerBackend(pool.run, settings, DOCKER_INSTANCE, OpencodeClient(reactor))
     config = attrs.evolve(
@@ -618,8 +625,7 @@ async def test_docker_tokens_work_only_from_their_own_container(
         hosts = engine.docker("exec", f"cli-sbx-{a}", "cat", "/etc/hosts")
         (gateway,) = [ln.split()[0] for ln in hosts.splitlines() if "host.docker.internal" in ln]
         # the server's listener where containers reach it (the host's side of their bridge)
-        gateway_port = reactor.listenTCP(0, app.server.front_door, interface=gateway)
-        port = gateway_port.getHost().port
+        gateway_port = reactor.listenTCP(port, app.server.front_door, interface=gateway)
         token_a, token_b = _container_token(engine, a), _container_token(engine, b)
 
         def from_(container: str, token: str) -> Any:
@@ -685,3 +691,192 @@ async def test_no_secret_in_logs_or_answers(world: World) -> None:
     )
     assert world.token not in everything and REAL_KEY not in everything
     assert any("did not answer" in line for line in lines)  # (the log was captured)
+
+
+@pytest_twisted.ensureDeferred
+async def test_input_anthropic_would_fetch_itself_is_refused(world: World) -> None:
+    """A small body naming a URL document, a file, a server tool, MCP servers or a container
+    would make Anthropic pull in input its size does not bound: 20 such calls at once with
+    max_tokens 1 must not spend a budget of 1000 many times over. Each is refused with a 400
+    naming what, and nothing reaches Anthropic; unsafe betas are dropped on the way."""
+    owner = world.people["owner"]
+    await owner.call("PUT", f"/api/workspaces/{world.workspace}/budget", {"monthly_tokens": 1000})
+    world.fake.stream_pause = 0.3
+    world.fake.usage = {
+        "input_tokens": 100_000,  # what Anthropic would report for the fetched document
+        "output_tokens": 1,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+    }
+    client = world.api()
+    own = {"x-api-key": world.token}
+    url_document = {"type": "document", "source": {"type": "url", "url": "https://x/big.pdf"}}
+    fetching = {
+        **MESSAGE,
+        "max_tokens": 1,
+        "stream": True,
+        "messages": [{"role": "user", "content": [url_document]}],
+    }
+    replies = await gatherResults(
+        [client.call("POST", CALL, fetching, headers=own) for _ in range(20)]
+    )
+    assert [r.code for r in replies] == [400] * 20, [r.code for r in replies]
+    error = replies[0].body["error"]
+    assert error["type"] == "invalid_request_error" and "'url' source" in error["message"]
+    image = {"type": "image", "source": {"type": "url", "url": "https://x/a.png"}}
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "web_search"),
+        ({"tools": [{"type": "web_fetch_20250910", "name": "web_fetch"}]}, "web_fetch"),
+        ({"tools": [{"type": "code_execution_20250825", "name": "x"}]}, "code_execution"),
+        ({"mcp_servers": [{"type": "url", "url": "https://x", "name": "m"}]}, "mcp_servers"),
+        ({"container": "container_1"}, "container"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "tool_result", "tool_use_id": "t", "content": [image]}
+                        ],
+                    }
+                ]
+            },
+            "'url' source",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "document", "source": {"type": "file", "file_id": "f"}}
+                        ],
+                    }
+                ]
+            },
+            "'file' source",
+        ),
+        ({"max_tokens": 2**63}, "max_tokens"),  # (was a 500 from the database)
+        ({"max_tokens": 2**31}, "max_tokens"),
+    ]
+    for extra, named in cases:
+        reply = await client.call("POST", CALL, {**MESSAGE, **extra}, headers=own)
+        assert reply.code == 400, (extra, reply)
+        assert reply.body["type"] == "error", reply
+        assert named in reply.body["error"]["message"], (named, reply.body)
+    assert world.fake.seen == []
+    assert await _no_holds(world)
+    usage = (await owner.call("GET", f"/api/workspaces/{world.workspace}/usage")).body
+    assert usage["month"]["total_tokens"] == 0
+    # betas that would pull input in (files, MCP, code execution) never reach Anthropic
+    world.fake.usage = {"input_tokens": 1, "output_tokens": 1}
+    unsafe = "files-api-2025-04-14,mcp-client-2025-04-04,code-execution-2025-05-22"
+    reply = await client.call("POST", CALL, MESSAGE, headers={**own, "anthropic-beta": unsafe})
+    assert reply.code == 200, reply
+    assert "anthropic-beta" not in world.fake.seen[-1]["headers"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pause_cuts_a_call_still_waiting_for_its_budget(world: World) -> None:
+    """A call whose token was good but which still waits for its budget hold (the workspace
+    row is busy with other callers' holds) when the sandbox is paused never goes out, and
+    its hold is released."""
+    gate: Deferred[None] = Deferred()
+    entered: Deferred[None] = Deferred()
+    original = UsageStore.reserve
+
+    async def busy(self_: UsageStore, *args: Any) -> Any:
+        if not entered.called:
+            entered.callback(None)
+        await gate
+        return await original(self_, *args)
+
+    with patch.object(UsageStore, "reserve", busy):
+        world.fake.stream_pause = 3.0
+        waiting = await _raw_post(world, 64)
+        await entered
+        dev = world.people["developer"]
+        paused = await dev.call("POST", f"/api/sandboxes/{world.sandbox}/pause")
+        assert paused.code == 200, paused
+        await wait_status(dev, world.sandbox, "paused")
+        gate.callback(None)
+        await waiting.closed
+    assert b"message_start" not in waiting.received
+    assert world.fake.seen == []
+    await wait_until(_reactor(), lambda: _no_holds(world), timeout=10)
+    usage = (
+        await world.people["owner"].call("GET", f"/api/workspaces/{world.workspace}/usage")
+    ).body
+    assert usage["month"]["total_tokens"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_forwarded_address_cannot_claim_a_sandbox_s_source(db_url: str) -> None:
+    """With --trusted-proxies covering the network sandboxes share, sandbox B writing
+    X-Forwarded-For: <A's address> with A's token is still refused: the token is bound to
+    the TCP peer, and the forwarded address does not count (either way)."""
+    w, port = await _world(db_url, trusted_proxies=parse_trusted_proxies("127.0.0.0/8"))
+    try:
+        proxy = w.app.server.anthropic
+        client = w.api(w.app.base)
+        own = {"x-api-key": w.token}
+
+        def from_(*addresses: str) -> Any:
+            async def sources(sandbox_id: str, is_local: bool) -> Any:
+                return addresses if sandbox_id == w.sandbox else ()
+
+            return patch.object(proxy, "_sources", sources)
+
+        with from_("10.77.0.2"):  # A's container address; the caller is somewhere else
+            for forwarded in (
+                {"x-forwarded-for": "10.77.0.2"},
+                {"forwarded": "for=10.77.0.2"},
+                {"x-forwarded-for": "10.77.0.2, 10.77.0.2"},
+            ):
+                reply = await client.call("POST", CALL, MESSAGE, headers={**own, **forwarded})
+                assert reply.code == 401, (forwarded, reply)
+        assert w.fake.seen == []
+        with from_("127.0.0.1"):  # the caller really is at A's address
+            reply = await client.call(
+                "POST", CALL, MESSAGE, headers={**own, "x-forwarded-for": "10.99.0.9"}
+            )
+            assert reply.code == 200, reply
+        assert len(w.fake.seen) == 1
+    finally:
+        await stop_server(w.app)
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_free_calls_are_rate_limited_and_counting_stops_with_the_budget(
+    world: World,
+) -> None:
+    """Counting tokens costs nothing, so it is limited per sandbox (60 a minute): a sandbox
+    firing 80 at once gets 429s in Anthropic's shape past that; another sandbox is not
+    affected. Once the workspace's budget is spent, counting is refused too."""
+    other = await _sandbox(world.people["developer"], world.workspace, "other")
+    client = world.api()
+    own = {"x-api-key": world.token}
+    count = "/proxy/anthropic/v1/messages/count_tokens"
+    began = time.monotonic()
+    replies = await gatherResults(
+        [client.call("POST", count, MESSAGE, headers=own) for _ in range(80)]
+    )
+    elapsed = time.monotonic() - began
+    codes = [r.code for r in replies]
+    passed = codes.count(200)
+    assert codes.count(429) == 80 - passed, codes
+    assert 60 <= passed <= 60 + int(elapsed) + 1, (passed, elapsed)
+    limited = next(r for r in replies if r.code == 429)
+    assert limited.body["error"]["type"] == "rate_limit_error", limited.body
+    assert len(world.fake.seen) == passed
+    theirs = {"x-api-key": world.token_of(other)}
+    other_api = world.api(world.door(other))
+    assert (await other_api.call("POST", count, MESSAGE, headers=theirs)).code == 200
+    owner = world.people["owner"]
+    await owner.call("PUT", f"/api/workspaces/{world.workspace}/budget", {"monthly_tokens": 10})
+    assert (await other_api.call("POST", CALL, MESSAGE, headers=theirs)).code == 200  # 23
+    refused = await other_api.call("POST", count, MESSAGE, headers=theirs)
+    assert refused.code == 429, refused
+    assert "monthly budget of 10 tokens" in refused.body["error"]["message"]
+    assert len(world.fake.seen) == passed + 2

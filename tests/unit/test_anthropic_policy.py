@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from typing import Any
 
 import pytest
+from twisted.internet.task import Clock
 
 from cli_server.anthropic.policy import (
+    MAX_TOKENS,
     BadCall,
     Estimate,
+    RateLimit,
     admits,
     allowed,
     charge,
     estimate,
+    safe_betas,
     spends,
 )
 from cli_server.anthropic.usage import Usage, UsageMeter
@@ -97,6 +103,9 @@ def test_the_estimate_bounds_input_by_size_and_output_by_max_tokens() -> None:
         b'{"max_tokens": 64.0}',
         b'{"max_tokens": true}',
         b'{"max_tokens": null}',
+        b'{"max_tokens": 2147483648}',
+        b'{"max_tokens": 9223372036854775808}',  # (the database refused this one with a 500)
+        b"[" * 100_000 + b"]" * 100_000,  # deeper than the parser goes
         # the last key wins here, maybe the first upstream: what we hold must be what is sent
         b'{"max_tokens": 1, "max_tokens": 64000}',
         b'{"max_tokens": 1, "messages": [{"role": "user", "role": "assistant"}]}',
@@ -173,3 +182,187 @@ def test_the_meter_knows_when_it_saw_a_reply_s_whole_usage() -> None:
 
 def _seen(meter: UsageMeter) -> tuple[bool, bool]:
     return meter.began, meter.complete
+
+
+def _call(**fields: Any) -> bytes:
+    return json.dumps({"model": "m", "max_tokens": 1, "messages": [], **fields}).encode()
+
+
+def _user(*blocks: Any) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": list(blocks)}]
+
+
+_TEXT: dict[str, Any] = {"type": "text", "text": "deep"}
+_URL_IMAGE = {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        (_call(messages=_user(_URL_IMAGE)), "'url' source"),
+        (
+            _call(messages=_user({"type": "document", "source": {"type": "url", "url": "x"}})),
+            "'document' block with a 'url' source",
+        ),
+        (
+            _call(messages=_user({"type": "document", "source": {"type": "file", "file_id": "f"}})),
+            "'file' source",
+        ),
+        (_call(messages=_user({"type": "image", "file_id": "f"})), "file_id"),
+        (_call(messages=_user({"type": "container_upload", "file_id": "f"})), "file_id"),
+        (_call(messages=_user({"type": "image", "source": {"type": ["url"]}})), "source"),
+        (_call(messages=_user({"type": "image", "source": {"url": "x"}})), "'None' source"),
+        (
+            _call(
+                messages=_user({"type": "tool_result", "tool_use_id": "t", "content": [_URL_IMAGE]})
+            ),
+            "'url' source",
+        ),
+        (
+            _call(
+                messages=_user(
+                    {
+                        "type": "document",
+                        "source": {"type": "content", "content": [_URL_IMAGE]},
+                    }
+                )
+            ),
+            "'url' source",
+        ),
+        (
+            _call(
+                messages=[
+                    {"role": "user", "content": "hi"},
+                    {
+                        "role": "assistant",
+                        "content": [
+                            {
+                                "type": "web_fetch_tool_result",
+                                "tool_use_id": "t",
+                                "content": {
+                                    "type": "web_fetch_result",
+                                    "content": {
+                                        "type": "document",
+                                        "source": {"type": "url", "url": "x"},
+                                    },
+                                },
+                            }
+                        ],
+                    },
+                ]
+            ),
+            "'url' source",
+        ),
+        (_call(system=[{"type": "text", "text": "a"}, _URL_IMAGE]), "'url' source"),
+        (_call(tools=[{"type": "web_search_20250305", "name": "web_search"}]), "web_search"),
+        (_call(tools=[{"type": "web_fetch_20250910", "name": "web_fetch"}]), "web_fetch"),
+        (_call(tools=[{"type": "code_execution_20250825", "name": "c"}]), "code_execution"),
+        (_call(tools=[{"type": "bash_20250124", "name": "bash"}]), "bash"),
+        (_call(tools=[{"type": "mcp_toolset", "mcp_server_name": "s"}]), "mcp_toolset"),
+        (_call(tools=[{"type": {"x": 1}, "name": "odd"}]), "tool"),
+        (_call(mcp_servers=[{"type": "url", "url": "https://x", "name": "s"}]), "mcp_servers"),
+        (_call(container="container_1"), "container"),
+        (_call(container={"skills": [{"type": "anthropic", "skill_id": "pdf"}]}), "container"),
+        (
+            _call(
+                messages=_user(
+                    functools.reduce(
+                        lambda inner, _: {"type": "tool_result", "content": [inner]},
+                        range(30),
+                        _TEXT,
+                    )
+                )
+            ),
+            "nested too deeply",
+        ),
+    ],
+)
+def test_input_anthropic_would_fetch_itself_is_refused(body: bytes, named: str) -> None:
+    """What the body does not carry cannot be bounded by its size: refused, saying what."""
+    with pytest.raises(BadCall) as refused:
+        estimate(body)
+    assert named in str(refused.value), refused.value
+
+
+def test_input_carried_in_the_body_passes() -> None:
+    """Inline images and documents, custom tools (whatever their schemas name), tool
+    results and the echo of earlier server tool calls are in the body: they pass."""
+    inline = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "x"}}
+    body = _call(
+        system=[{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}],
+        tools=[
+            {
+                "name": "read",
+                "input_schema": {
+                    "type": "object",
+                    "properties": {"file_id": {"type": "string"}, "source": {"type": "url"}},
+                },
+            },
+            {"type": "custom", "name": "edit", "input_schema": {"type": "object"}},
+        ],
+        messages=[
+            {"role": "user", "content": [inline, {"type": "text", "text": "hi"}]},
+            {
+                "role": "assistant",
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "id": "t",
+                        "name": "read",
+                        "input": {"file_id": "f", "source": {"type": "url"}},
+                    }
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "t", "content": [inline]},
+                    {
+                        "type": "document",
+                        "source": {"type": "text", "media_type": "text/plain", "data": "d"},
+                    },
+                    {
+                        "type": "document",
+                        "source": {"type": "content", "content": [{"type": "text", "text": "c"}]},
+                    },
+                ],
+            },
+        ],
+        container=None,
+        mcp_servers=[],
+    )
+    assert estimate(body) == Estimate(1, len(body))
+
+
+def test_max_tokens_up_to_the_limit_is_held() -> None:
+    body = _call(max_tokens=MAX_TOKENS)
+    assert estimate(body).tokens == MAX_TOKENS + len(body)
+
+
+def test_only_betas_that_keep_input_in_the_body_pass() -> None:
+    sent = [
+        b"files-api-2025-04-14, prompt-caching-2024-07-31",
+        b"mcp-client-2025-04-04,interleaved-thinking-2025-05-14 ,code-execution-2025-05-22",
+        b"web-fetch-2025-09-10,skills-2025-10-02,\xff,,fine-grained-tool-streaming-2025-05-14",
+    ]
+    assert safe_betas(sent) == (
+        b"fine-grained-tool-streaming-2025-05-14,interleaved-thinking-2025-05-14,"
+        b"prompt-caching-2024-07-31"
+    )
+    assert safe_betas([b"files-api-2025-04-14"]) is None
+    assert safe_betas([]) is None
+
+
+def test_free_calls_are_rate_limited_per_sandbox() -> None:
+    """A bucket of ``rate`` that refills at ``rate`` a minute, per sandbox, on the clock given."""
+    clock = Clock()
+    limit = RateLimit(3)
+    assert [limit.take("a", clock.seconds()) for _ in range(4)] == [True, True, True, False]
+    assert limit.take("b", clock.seconds())  # each sandbox has its own
+    clock.advance(19)
+    assert not limit.take("a", clock.seconds())  # a third of a minute: one call back, almost
+    clock.advance(1.5)
+    assert limit.take("a", clock.seconds())
+    assert not limit.take("a", clock.seconds())
+    clock.advance(3600)
+    assert [limit.take("a", clock.seconds()) for _ in range(4)] == [True, True, True, False]

@@ -5,11 +5,13 @@ as a hash and re-issued at every start. A token is only good on its sandbox's ow
 (anyone who can read the sandbox can read its token): a process sandbox's door into its network
 namespace, or — on the main listener — the container address of a docker sandbox, the address
 of a local agent's live tunnel. It is checked against the table at every call, so a pause, a
-delete or a dropped tunnel ends it at once (and cuts the calls it has running). Only the
-Messages API passes (``policy``). We replace — never append — the credentials with the
-configured key or auth token, stream the reply back as it comes (SSE included), meter its
-token usage on the way past, hold a message call's worst case against the workspace's budget
-while it runs, and record sandbox activity.
+delete or a dropped tunnel ends it at once (and cuts the calls it has running, from the
+moment its token is checked: a call still waiting for its budget hold is cut too). Only the
+Messages API passes (``policy``), with only the betas known to keep its input in its body.
+We replace — never append — the credentials with the configured key or auth token, stream the
+reply back as it comes (SSE included), meter its token usage on the way past, hold a message
+call's worst case against the workspace's budget while it runs, rate-limit the free calls
+(counting tokens, listing models) per sandbox, and record sandbox activity.
 """
 
 from __future__ import annotations
@@ -27,7 +29,16 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from cli_server.anthropic.policy import BadCall, Estimate, allowed, charge, estimate, spends
+from cli_server.anthropic.policy import (
+    BadCall,
+    Estimate,
+    RateLimit,
+    allowed,
+    charge,
+    estimate,
+    safe_betas,
+    spends,
+)
 from cli_server.anthropic.usage import Usage, UsageMeter, UsageStore
 from cli_server.auth.tokens import token_hash
 from cli_server.db.pool import Database, DatabaseUnavailable
@@ -49,6 +60,7 @@ _DROPPED = HOP_BY_HOP | {
     b"x-forwarded-host",
     b"x-forwarded-proto",
     b"x-real-ip",
+    b"anthropic-beta",  # (only the safe ones are sent on: ``safe_betas``)
 }
 
 
@@ -97,6 +109,7 @@ class _Caller:
     sandbox_id: str
     workspace_id: str
     is_local: bool
+    digest: bytes = field(repr=False)  # its token's hash
 
 
 def anthropic_error(request: Any, status: int, kind: str, message: str) -> bytes:
@@ -111,7 +124,10 @@ def plain_host(host: str) -> str:
 
 
 def peer_host(request: Any) -> str | None:
-    host = getattr(request.getClientAddress(), "host", None)
+    """The TCP peer: never a forwarded address, which whoever connects can write (a trusted
+    proxy's network may be the very one sandboxes share)."""
+    channel = request.channel
+    host = getattr(channel.getPeer(), "host", None) if channel is not None else None
     return plain_host(host) if isinstance(host, str) else None
 
 
@@ -128,6 +144,8 @@ class AnthropicProxy(Resource):
     _header_timeout: float = 600.0  # a long non-streaming answer takes minutes
     _silence_timeout: float = 300.0  # no byte for this long mid-reply: give up
     _hold: float = 3600.0  # a budget hold outlives any call; a crashed server's runs out
+    _free_calls_per_minute: float = 60.0  # counting tokens and listing models, per sandbox
+    _free_calls: RateLimit = field(init=False)
     _running: dict[str, set[Any]] = field(factory=dict, init=False)  # sandbox -> its calls
     _agent: Agent = field(init=False)
     isLeaf = True
@@ -138,6 +156,7 @@ class AnthropicProxy(Resource):
         pool = HTTPConnectionPool(self._reactor, persistent=True)
         pool.maxPersistentPerHost = 64
         self._agent = Agent(self._reactor, pool=pool, connectTimeout=self._connect_timeout)
+        self._free_calls = RateLimit(self._free_calls_per_minute)
 
     def render(self, request: Any) -> Any:
         """The main listener's ``/proxy/anthropic``: no sandbox's door."""
@@ -158,20 +177,24 @@ class AnthropicProxy(Resource):
 
     async def _recheck(self, sandbox_id: str) -> None:
         try:
-            rows = await self._db.query(
-                "SELECT is_local FROM sandboxes WHERE id = %s AND status = ANY(%s)"
-                " AND proxy_token_hash IS NOT NULL",
-                (sandbox_id, list(_LIVE)),
-            )
+            if await self._live(sandbox_id, None):
+                return
         except DatabaseUnavailable:
             return  # (its next call is refused with a 503 anyway)
-        if rows and not rows[0]["is_local"]:
-            return  # still live
-        if rows and await self._sources(sandbox_id, True):
-            return  # a local sandbox whose tunnel is still up
         for request in list(self._running.get(sandbox_id, ())):
             if request.channel is not None:
                 request.channel.loseConnection()
+
+    async def _live(self, sandbox_id: str, digest: bytes | None) -> bool:
+        """Whether the sandbox is still live (with a token of hash ``digest``, if given)."""
+        rows = await self._db.query(
+            "SELECT is_local FROM sandboxes WHERE id = %s AND status = ANY(%s)"
+            " AND proxy_token_hash = coalesce(%s, proxy_token_hash)",
+            (sandbox_id, list(_LIVE), digest),
+        )
+        if rows and not rows[0]["is_local"]:
+            return True
+        return bool(rows) and bool(await self._sources(sandbox_id, True))  # its tunnel is up
 
     def _failed(self, failure: Failure, request: Any) -> None:
         if failure.check(DatabaseUnavailable):
@@ -213,16 +236,30 @@ class AnthropicProxy(Resource):
             )
         caller = await self._caller(request, door)
         if caller is None:
-            return self._finish(
-                request,
-                anthropic_error(
-                    request,
-                    401,
-                    "authentication_error",
-                    "invalid proxy token: use the ANTHROPIC_API_KEY this sandbox was started "
-                    "with, from inside that sandbox (a sandbox must be running)",
-                ),
-            )
+            return self._finish(request, self._unknown(request))
+        # Counted as running from here, before anything else is awaited: a pause or delete
+        # from now on cuts it, wherever it is.
+        running = self._running.setdefault(caller.sandbox_id, set())
+        running.add(request)
+        try:
+            await self._admit(request, rest, caller)
+        finally:
+            running.discard(request)
+            if not running and self._running.get(caller.sandbox_id) is running:
+                del self._running[caller.sandbox_id]
+
+    @staticmethod
+    def _unknown(request: Any) -> bytes:
+        return anthropic_error(
+            request,
+            401,
+            "authentication_error",
+            "invalid proxy token: use the ANTHROPIC_API_KEY this sandbox was started "
+            "with, from inside that sandbox (a sandbox must be running)",
+        )
+
+    async def _admit(self, request: Any, rest: bytes, caller: _Caller) -> None:
+        """Everything between a good token and the call going out, then the call."""
         if getattr(request, "body_too_large", False):
             return self._finish(
                 request,
@@ -243,33 +280,49 @@ class AnthropicProxy(Resource):
                 caller.sandbox_id, caller.workspace_id, held.tokens, self._hold
             )
             if hold is None:
+                return self._finish(request, self._spent(request, budget))
+        else:
+            if not self._free_calls.take(caller.sandbox_id, self._reactor.seconds()):
                 return self._finish(
                     request,
                     anthropic_error(
                         request,
                         429,
                         "rate_limit_error",
-                        f"this workspace has used its monthly budget of {budget} tokens (or "
-                        "calls running now hold the rest); an owner can raise it",
+                        f"this sandbox may count tokens or list models "
+                        f"{self._free_calls_per_minute:g} times a minute; try again shortly",
                     ),
                 )
-        self._activity.touch(caller.sandbox_id)
-        running = self._running.setdefault(caller.sandbox_id, set())
-        running.add(request)
+            if rest.startswith(b"/v1/messages/count_tokens"):
+                budget = await self._usage.exhausted(caller.workspace_id)
+                if budget is not None:
+                    return self._finish(request, self._spent(request, budget))
         usage: Usage | None = None
         # A spending call's reply ends only once its hold is settled: the caller's next call
         # must not find this one still holding the budget.
         answer = _FinishHeld(request) if hold is not None else request
         try:
+            # Whatever changed while we waited (for the budget above, for the database when
+            # the token was checked) is seen here; what changes later cuts the call.
+            if request.channel is None or not await self._live(caller.sandbox_id, caller.digest):
+                return self._finish(answer, self._unknown(answer))
+            self._activity.touch(caller.sandbox_id)
             usage = await self._forward(answer, rest, held)
         finally:
-            running.discard(request)
-            if not running and self._running.get(caller.sandbox_id) is running:
-                del self._running[caller.sandbox_id]
             if hold is not None:
                 await self._settle(hold, caller, usage or Usage())
             if isinstance(answer, _FinishHeld) and answer.finish_wanted:
                 self._finish(request, b"")
+
+    @staticmethod
+    def _spent(request: Any, budget: int | None) -> bytes:
+        return anthropic_error(
+            request,
+            429,
+            "rate_limit_error",
+            f"this workspace has used its monthly budget of {budget} tokens (or "
+            "calls running now hold the rest); an owner can raise it",
+        )
 
     async def _settle(self, hold: str, caller: _Caller, usage: Usage) -> None:
         try:
@@ -297,14 +350,16 @@ class AnthropicProxy(Resource):
         if not token:
             return None
         # Never cached: a pause, delete or dropped tunnel must end the token at once.
+        digest = token_hash(token.decode("utf-8", "replace"))
         rows = await self._db.query(
             "SELECT id, workspace_id, is_local FROM sandboxes WHERE proxy_token_hash = %s"
             " AND status = ANY(%s)",
-            (token_hash(token.decode("utf-8", "replace")), list(_LIVE)),
+            (digest, list(_LIVE)),
         )
         if not rows:
             return None
-        caller = _Caller(str(rows[0]["id"]), str(rows[0]["workspace_id"]), rows[0]["is_local"])
+        row = rows[0]
+        caller = _Caller(str(row["id"]), str(row["workspace_id"]), row["is_local"], digest)
         if door is not None:
             return caller if door == caller.sandbox_id else None
         host = peer_host(request)
@@ -320,6 +375,9 @@ class AnthropicProxy(Resource):
         for name, values in request.requestHeaders.getAllRawHeaders():
             if name.lower() not in _DROPPED:
                 headers.setRawHeaders(name, values)
+        betas = safe_betas(request.requestHeaders.getRawHeaders(b"anthropic-beta", []))
+        if betas is not None:
+            headers.setRawHeaders(b"anthropic-beta", [betas])
         name, value = self._upstream.credentials()
         headers.setRawHeaders(name, [value])
         if not headers.hasHeader(b"anthropic-version"):

@@ -144,6 +144,20 @@ class UsageStore:
 
         return await self._db.transaction(work)
 
+    async def exhausted(self, workspace_id: str) -> int | None:
+        """The workspace's budget if this month's usage has reached it (None: it has not)."""
+
+        async def work(tx: Transaction) -> int | None:
+            row = await tx.one(
+                "SELECT monthly_token_budget FROM workspaces WHERE id = %s", (workspace_id,)
+            )
+            if row is None or row["monthly_token_budget"] is None:
+                return None
+            budget = int(row["monthly_token_budget"])
+            return budget if await _month_total(tx, workspace_id) >= budget else None
+
+        return await self._db.transaction(work)
+
     async def settle(self, hold: str, sandbox_id: str, workspace_id: str, usage: Usage) -> None:
         """Replace a call's hold by what it really cost, in one step."""
 

@@ -217,13 +217,20 @@ class ServerConfig:
 
     def warnings(self) -> list[str]:
         """What an operator should hear at start: settings that work, but protect less."""
+        said = []
         host = self.base_domain.rsplit(":", 1)[0]
         if self.base_scheme == "http" and host != "localhost" and not host.endswith(".localhost"):
             # Browsers keep *.localhost apart; under any other name, a page on a sandbox
             # subdomain can set a cookie for the whole base domain over plain http.
-            return [
+            said.append(
                 f"BASE_SCHEME is http for {self.base_domain}: a page in any sandbox can sign "
                 "browsers into another account of this server (a cookie set for the parent "
                 "domain). Use https (--base-scheme https behind TLS) for more than one user."
-            ]
-        return []
+            )
+        if self.backend == "process" and self.anthropic_proxy_url:
+            said.append(
+                "ANTHROPIC_PROXY_URL is set with the process backend: a sandbox's token is "
+                "accepted only through its own door, so calls through that URL are refused; "
+                "unset it to give sandboxes their doors"
+            )
+        return said

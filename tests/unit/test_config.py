@@ -262,3 +262,10 @@ class WarningTests(SynchronousTestCase):
         (warning,) = team.warnings()
         self.assertIn("BASE_SCHEME is http for cli.example.com", warning)
         self.assertEqual(attrs.evolve(team, base_scheme="https").warnings(), [])
+
+    def test_a_proxy_url_the_process_backend_cannot_use_is_warned_about(self) -> None:
+        base = ServerConfig((), Path("/d"), None, "localhost:8080", "http", 60.0)
+        (warning,) = attrs.evolve(base, anthropic_proxy_url="http://10.0.0.1/x").warnings()
+        self.assertIn("ANTHROPIC_PROXY_URL is set with the process backend", warning)
+        docker = attrs.evolve(base, backend="docker", anthropic_proxy_url="http://10.0.0.1/x")
+        self.assertEqual(docker.warnings(), [])

@@ -211,6 +211,9 @@ class CgroupTests(SynchronousTestCase):
         self.successResultOf(defer.ensureDeferred(backend._teardown("s-1")))
         self.assertFalse(group.exists())
         self.assertTrue((root / "cli-server").exists())
+        with capturedLogs() as events:
+            backend.check_limits()  # writable: nothing to say
+        self.assertEqual(events, [])
 
     def test_v1_memory_and_pids(self) -> None:
         """cgroup v1: a group in each of the memory and pids hierarchies."""
@@ -232,6 +235,7 @@ class CgroupTests(SynchronousTestCase):
         (root / "cgroup.subtree_control").mkdir()  # writing it fails, as a busy one would
         backend = _backend(root)
         with capturedLogs() as events:
+            backend.check_limits()  # at server start
             self.assertEqual(backend._make_cgroups("s-1"), [])
             self.assertEqual(backend._make_cgroups("s-2"), [])
         (event,) = events

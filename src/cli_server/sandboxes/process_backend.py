@@ -633,6 +633,12 @@ class ProcessBackend:
             return []
         return groups
 
+    def check_limits(self) -> None:
+        """At server start: make and remove a probe group, so that a machine where limits
+        cannot be written is said at once (the warning is given once)."""
+        if self._isolated and self._make_cgroups(".probe"):
+            self._remove_cgroups(".probe")
+
     def _remove_cgroups(self, sandbox_id: str) -> None:
         for group in self._cgroups(sandbox_id):
             try:

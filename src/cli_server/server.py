@@ -306,6 +306,7 @@ def build(
             disk_sizes=DiskSizes(config.workspace_disk_size, config.sandbox_home_size),
             egress_allow=config.egress_allow,
         )
+        backend.check_limits()
     workspaces = Workspaces(db, config.direct_members)
     urls = SandboxUrls(config.base_scheme, config.base_domain)
     # Only the docker backend's answer costs anything (engine calls); the process backend's is

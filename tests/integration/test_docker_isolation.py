@@ -1,10 +1,11 @@
 """Issue 16, classes 4 and 5 on the docker backend, attacked from inside real containers.
 
 The world around the sandbox is built on this machine only: a network namespace behind a veth
-pair stands for the rest of the world, with a "public" address (198.51.100.7) beside private,
-shared and metadata ones, all answering HTTP on one port; the host's end of the pair also
-holds a private and a link-local address of the host's own (this kernel has no dummy
-interfaces).
+pair stands for the rest of the world: a neighbour on a public network the host is attached
+to (198.51.100.7, its LAN's router say), and beyond it as router a "public" address
+(203.0.113.7), private, shared and metadata ones, all answering HTTP on one port; the host's
+end of the pair also holds a private and a link-local address of the host's own (this kernel
+has no dummy interfaces).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from .test_sandboxes_api import team
 
 INSTANCE = "test-isolation"
 NETNS = "cli-test-outside"
-PUBLIC = "198.51.100.7"  # TEST-NET-2: stands for any internet address
+PUBLIC = "203.0.113.7"  # TEST-NET-3, through a router: stands for any internet address
+NEIGHBOUR = "198.51.100.7"  # TEST-NET-2, on the host's own (public) network: not the internet
 BEYOND = {  # private destinations behind the same "router", none the host's own
     "rfc1918": "10.99.0.7",
     "shared": "100.64.0.7",
@@ -82,13 +84,14 @@ def outside() -> Iterator[Outside]:
             _ip("addr", "add", f"{address}/32", "dev", "clitestv0")
         _ip("link", "set", "clitestv0", "up")
         inside = ["ip", "-n", NETNS]
-        for address in (f"{PUBLIC}/24", *(f"{a}/32" for a in BEYOND.values())):
+        for address in (f"{NEIGHBOUR}/24", *(f"{a}/32" for a in (PUBLIC, *BEYOND.values()))):
             _ip(*inside[1:], "addr", "add", address, "dev", "clitestv1")
         _ip(*inside[1:], "link", "set", "clitestv1", "up")
         _ip(*inside[1:], "link", "set", "lo", "up")
         _ip(*inside[1:], "route", "add", "default", "via", "198.51.100.1")
         for address in BEYOND.values():
             _ip("route", "add", f"{address}/32", "dev", "clitestv0")
+        _ip("route", "add", f"{PUBLIC}/32", "via", NEIGHBOUR, "dev", "clitestv0")
         port = free_port()
         server = subprocess.Popen(
             ["ip", "netns", "exec", NETNS, sys.executable, "-m", "http.server", str(port)],
@@ -262,7 +265,7 @@ async def test_sandbox_reaches_internet_and_door_only(guarded: Guarded, outside:
         lan = [a for a in host_addresses if a not in (gateway, HOST_PRIVATE, HOST_LINK_LOCAL)]
         blocked = [(a, service) for a in host_addresses]
         blocked += [(a, w.door) for a in host_addresses if a != gateway]
-        blocked += [(a, outside.port) for a in BEYOND.values()]
+        blocked += [(a, outside.port) for a in (NEIGHBOUR, *BEYOND.values())]
         blocked += [(other_address, 4096)]
         allowed = [(gateway, w.door), (PUBLIC, outside.port)]
         seen = await deferToThread(_probe, w.engine, me, allowed + blocked)

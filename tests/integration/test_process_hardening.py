@@ -22,6 +22,8 @@ from twisted.web.client import Agent
 
 from cli_server.sandboxes.egress import host_addresses
 from cli_server.sandboxes.opencode import basic_auth
+from cli_server.sandboxes.process_backend import Limits
+from cli_server.sandboxes.seccomp import highest_known_syscall
 
 from .conftest import Real, _reactor
 from .helpers import needs_isolation, wait_until
@@ -83,10 +85,13 @@ async def test_no_secret_on_any_command_line(real: Real) -> None:
 
 
 @contextmanager
-def _networks_to_attack() -> Iterator[tuple[int, str]]:
+def _networks_to_attack() -> Iterator[tuple[int, str, str]]:
     """A listener on every host address (port P); a veth whose host end adds a private and
-    the metadata address to this host; behind it a "public" machine (198.51.100.2:P, in a
-    network namespace of its own, not an address of this host). All removed afterwards."""
+    the metadata address to this host and puts it on a public network (203.0.113.0/24, not a
+    private range); on that network a neighbour (203.0.113.2:P, in a network namespace of its
+    own), which is also the router to a "public" machine (198.51.100.2:P, reached through
+    it, as the internet is). Yields (P, the public machine, the neighbour); all removed
+    afterwards."""
     tag = str(os.getpid() % 100000)
     ns, veth = f"cli-pub-{tag}", f"clv{tag}"
     listener = socket.socket()
@@ -101,12 +106,14 @@ def _networks_to_attack() -> Iterator[tuple[int, str]]:
     try:
         ip("netns", "add", ns)
         ip("link", "add", veth, "type", "veth", "peer", "name", "eth9", "netns", ns)
-        ip("addr", "add", "198.51.100.1/30", "dev", veth)
+        ip("addr", "add", "203.0.113.1/24", "dev", veth)
         ip("addr", "add", "10.213.7.1/32", "dev", veth)
         ip("addr", "add", "169.254.169.254/32", "dev", veth)
         ip("link", "set", veth, "up")
-        ip("-n", ns, "addr", "add", "198.51.100.2/30", "dev", "eth9")
+        ip("-n", ns, "addr", "add", "203.0.113.2/24", "dev", "eth9")
+        ip("-n", ns, "addr", "add", "198.51.100.2/32", "dev", "eth9")
         ip("-n", ns, "link", "set", "eth9", "up")
+        ip("route", "add", "198.51.100.2/32", "via", "203.0.113.2", "dev", veth)
         public = subprocess.Popen(
             [
                 "ip",
@@ -116,13 +123,13 @@ def _networks_to_attack() -> Iterator[tuple[int, str]]:
                 "python3",
                 "-c",
                 "import socket, time\n"
-                f"s = socket.socket(); s.bind(('198.51.100.2', {port})); s.listen(64)\n"
+                f"s = socket.socket(); s.bind(('0.0.0.0', {port})); s.listen(64)\n"
                 "print('up', flush=True); time.sleep(300)",
             ],
             stdout=subprocess.PIPE,
         )
         assert public.stdout is not None and public.stdout.readline() == b"up\n"
-        yield port, "198.51.100.2"
+        yield port, "198.51.100.2", "203.0.113.2"
     finally:
         if public is not None:
             public.kill()
@@ -136,9 +143,10 @@ def _networks_to_attack() -> Iterator[tuple[int, str]]:
 @pytest_twisted.ensureDeferred
 async def test_sandbox_reaches_the_internet_but_not_the_host(real: Real) -> None:
     """From inside a sandbox: every address of this host, slirp's gateway, private and
-    metadata addresses are refused; a public address answers; the Anthropic door answers;
-    an allowed CIDR becomes reachable for sandboxes started after it is allowed."""
-    with _networks_to_attack() as (port, public):
+    metadata addresses, and a neighbour on a public network this host is attached to are
+    refused; a public address beyond a router answers; the Anthropic door answers; an
+    allowed CIDR becomes reachable for sandboxes started after it is allowed."""
+    with _networks_to_attack() as (port, public, neighbour):
         sid, _ = await real.create("a", "egress")
         inside = real.pid(sid)
         mine = [
@@ -147,9 +155,12 @@ async def test_sandbox_reaches_the_internet_but_not_the_host(real: Real) -> None
             if a.version == 4 and not a.is_loopback and str(a) not in ("10.213.7.1",)
         ]
         assert mine, "this host has an address besides loopback"
-        for host in [*mine, "10.213.7.1", "169.254.169.254", "10.0.2.2"]:
+        for host in [*mine, "10.213.7.1", "169.254.169.254", "10.0.2.2", neighbour]:
             assert not can_connect(inside, host, port), host
         assert can_connect(inside, public, port)
+        # (the host itself reaches the neighbour: it is the sandbox's rules that refuse it)
+        with socket.create_connection((neighbour, port), timeout=5):
+            pass
         assert can_connect(inside, "127.0.0.1", 4096)  # its own opencode
 
         door = _environ(inside)["ANTHROPIC_BASE_URL"].split(":")[2].split("/")[0]
@@ -195,6 +206,8 @@ found = {
     "acct": call(163, 0),
     "clone3": call(435, 0, 0),
     "personality_read_implies_exec": call(135, 0x0400000),
+    "socket_vsock": call(41, 40, 1, 0),
+    "newer_than_the_filter": call(int(sys.argv[2]) + 1, 0, 0, 0, 0),
 }
 try:
     fcntl.ioctl(0, termios.TIOCSTI, b" ")
@@ -264,19 +277,25 @@ async def test_kernel_surface(real: Real) -> None:
     (disk / "work.sh").write_text(WORK)
     (disk / "int80.c").write_text(INT80)
 
-    await _pty(real, sid, "/usr/bin/python3", ["/data/disk0/probe.py", "/data/disk0/p.json"])
+    highest = str(highest_known_syscall())
+    await _pty(
+        real, sid, "/usr/bin/python3", ["/data/disk0/probe.py", "/data/disk0/p.json", highest]
+    )
     filtered: dict[str, Any] = json.loads(await _read_when_there(disk / "p.json", 30))
     for name, outcome in filtered.items():
-        expected = "ENOSYS" if name == "clone3" else "EPERM"
+        expected = "ENOSYS" if name in ("clone3", "newer_than_the_filter") else "EPERM"
         assert outcome == expected, (name, outcome, filtered)
 
     # Control: the same namespaces and user, without the filter (nsenter is not its child).
-    control = run_inside(real.pid(sid), "python3 /data/disk0/probe.py /data/disk0/c.json")
+    control = run_inside(
+        real.pid(sid), f"python3 /data/disk0/probe.py /data/disk0/c.json {highest}"
+    )
     assert control.returncode == 0, control
     unfiltered = json.loads((disk / "c.json").read_text())
     assert unfiltered["keyctl"] != "EPERM", unfiltered
     assert unfiltered["personality_read_implies_exec"] == "ok", unfiltered
     assert unfiltered["clone3"] != "ENOSYS", unfiltered
+    assert unfiltered["socket_vsock"] != "EPERM", unfiltered  # a vsock, or no transport
 
     # No nested user namespace even outside the filter: bubblewrap's --disable-userns.
     nested = run_inside(real.pid(sid), "unshare -U true")
@@ -303,3 +322,48 @@ async def test_kernel_surface(real: Real) -> None:
 
     health = await OpencodeClient(_reactor()).get_json(endpoint, password, "/global/health")
     assert health[0] == 200
+
+
+@needs_isolation
+@pytest_twisted.ensureDeferred
+async def test_memory_it_can_fill_is_bounded(real: Real) -> None:
+    """Inside a sandbox: writing past /tmp's size (a quarter of its memory) or /dev/shm's
+    (an eighth) fails with ENOSPC; the root and /dev are read-only. Its slirp4netns runs
+    under a seccomp filter of its own. Its cgroups go when it goes."""
+    real.backend._limits = Limits(memory_bytes=1024**3, pids=512)
+    sid, _ = await real.create("a", "bounded")
+    inside = real.pid(sid)
+    mib = 1024**2
+    fill = run_inside(
+        inside,
+        f"head -c {257 * mib} /dev/zero > /tmp/fill; echo tmp=$?; "
+        f"head -c {129 * mib} /dev/zero > /dev/shm/fill; echo shm=$?; "
+        "stat -f -c %b:%S /tmp /dev/shm; rm -f /tmp/fill /dev/shm/fill; "
+        "touch /fill; echo root=$?; touch /dev/fill; echo dev=$?; "
+        "touch /home/opencode/ok && echo home-writable",
+        timeout=60,
+    )
+    out = fill.stdout + fill.stderr
+    assert "tmp=1" in out and "shm=1" in out, out
+    assert out.count("No space left on device") == 2, out
+    tmp_size, shm_size = (
+        int(blocks) * int(size)
+        for blocks, size in (line.split(":") for line in fill.stdout.split()[2:4])
+    )
+    assert (tmp_size, shm_size) == (256 * mib, 128 * mib), out
+    assert "root=1" in out and "dev=1" in out and "home-writable" in out, out
+    assert out.count("Read-only file system") == 2, out
+
+    slirp = real.backend._live[sid].slirp.pid
+    status = Path(f"/proc/{slirp}/status").read_text()
+    assert re.search(r"^Seccomp:\s+2$", status, re.MULTILINE), status
+    assert re.search(r"^NoNewPrivs:\s+1$", status, re.MULTILINE), status
+    assert not Path(f"/proc/{slirp}/root{real.data_dir}").exists()  # an empty root of its own
+
+    groups = real.backend._cgroups(sid)
+    bwrap = real.backend._live[sid].sandbox.pid
+    joined = [g for g in groups if str(bwrap) in (g / "cgroup.procs").read_text().split()]
+    assert joined == groups and groups, groups
+    done = await real.owner.call("DELETE", f"/api/sandboxes/{sid}")
+    assert done.code == 204, done
+    await wait_until(_reactor(), lambda: not any(g.exists() for g in groups), timeout=30)

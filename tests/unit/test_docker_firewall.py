@@ -17,7 +17,7 @@ from cli_server.sandboxes import docker_firewall
 from cli_server.sandboxes.backend import BackendError
 from cli_server.sandboxes.docker_backend import DockerBackend, DockerSettings
 from cli_server.sandboxes.docker_firewall import EgressRules
-from cli_server.sandboxes.egress import EgressPolicy
+from cli_server.sandboxes.egress import EgressPolicy, attached_networks
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.tap.server import Options
 from cli_server.threads import synchronous_runner
@@ -340,6 +340,20 @@ class OptionTests(SynchronousTestCase):
             str(caught.exception), "--docker-firewall: 'maybe' is neither auto nor off"
         )
 
+    def test_attached_networks_rejected(self) -> None:
+        """A public network beside the host (its LAN, its router) is rejected when routed,
+        as the private ranges are; the allow-list still opens part of it."""
+        policy = EgressPolicy(
+            host_networks=[ip_network("203.0.113.0/24"), ip_network("2001:db8:1::/64")],
+            allow=[ip_network("203.0.113.128/25")],
+        )
+        rules = _rules(denied=tuple(policy.denied()), allowed=policy.allow)
+        self.assertIn("-A CLI-SBX-abcd1234-FWD -d 203.0.113.0/25 -j REJECT", rules.restore_text(4))
+        self.assertIn(
+            "-A CLI-SBX-abcd1234-FWD -d 203.0.113.128/25 -j RETURN", rules.restore_text(4)
+        )
+        self.assertIn("-A CLI-SBX-abcd1234-FWD -d 2001:db8:1::/64 -j REJECT", rules.restore_text(6))
+
     def test_egress_allow_reaches_the_docker_rules(self) -> None:
         """EGRESS_ALLOW's networks are what the docker rules let through."""
         options = Options(environ={"EGRESS_ALLOW": "10.99.0.0/24, 192.168.5.7"}, preflight=False)
@@ -423,6 +437,12 @@ class PrepareTests(SynchronousTestCase):
             ("br-0123456789ab", "172.20.0.1", (("172.20.0.1", 9),)),
         )
         self.assertIn(ip_network("169.254.0.0/16"), rules.denied)
+        # and the networks this host's interfaces are on (a public LAN, its router)
+        attached = attached_networks()
+        self.assertTrue(attached)
+        for network in attached:
+            for end in (network[0], network[-1]):
+                self.assertTrue(any(end in denied for denied in rules.denied), network)
 
 
 class QuotaDecisionTests(SynchronousTestCase):

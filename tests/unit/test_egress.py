@@ -8,7 +8,12 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from cli_server.sandboxes.egress import EgressPolicy, host_addresses, parse_allow
+from cli_server.sandboxes.egress import (
+    EgressPolicy,
+    attached_networks,
+    host_addresses,
+    parse_allow,
+)
 
 FIB_TRIE = """\
 Main:
@@ -28,10 +33,42 @@ Main:
               /24 link UNICAST
            |-- 192.0.2.2
               /32 host LOCAL
+     +-- 203.0.113.0/24 2 0 2
+           |-- 203.0.113.0
+              /24 link UNICAST
+     |-- 198.51.100.0
+        /26 universe UNICAST
+     |-- 128.0.0.0
+        /1 link UNICAST
 Local:
      |-- 192.0.2.2
         /32 host LOCAL
+Id 1000:
+     |-- 192.0.2.0
+        /24 link UNICAST
+     |-- 100.99.0.0
+        /28 link UNICAST
 """
+Z = "0" * 32
+# dest, prefix length, next hop, flags, device; source (::/0), metric, refs, use between
+IPV6_ROUTE = "".join(
+    f"{dest} {length} {Z} 00 {hop} 00000100 00000001 00000000 {flags} {device}\n"
+    for dest, length, hop, flags, device in (
+        ("20010db8000100000000000000000000", "40", Z, "00000001", "eth0"),
+        ("fe800000000000000000000000000000", "40", Z, "00000001", "eth0"),
+        (Z, "00", "20010db8000100000000000000000001", "00000003", "eth0"),
+        (
+            "20010db8000900000000000000000000",
+            "30",
+            "20010db8000100000000000000000001",
+            "00000003",
+            "eth0",
+        ),
+        ("20000000000000000000000000000000", "03", Z, "00000001", "wg0"),
+        ("ff000000000000000000000000000000", "08", Z, "00000001", "eth0"),
+        (Z, "00", Z, "00200200", "lo"),
+    )
+)
 IF_INET6 = """\
 fd000000000000000000000000000002 04 40 00 82     eth0
 00000000000000000000000000000001 01 80 10 80       lo
@@ -141,6 +178,56 @@ class RulesetTests(SynchronousTestCase):
         rules = EgressPolicy(allow=["0.0.0.0/0"]).nft_ruleset()
         self.assertNotIn("    ip daddr {", rules)
         self.assertIn("    ip6 daddr {", rules)
+
+
+def _proc() -> Path:
+    proc = Path(tempfile.mkdtemp())
+    (proc / "net").mkdir()
+    (proc / "net" / "fib_trie").write_text(FIB_TRIE)
+    (proc / "net" / "if_inet6").write_text(IF_INET6)
+    (proc / "net" / "ipv6_route").write_text(IPV6_ROUTE)
+    return proc
+
+
+class AttachedNetworksTests(SynchronousTestCase):
+    def test_networks_beside_the_host(self) -> None:
+        """On-link routes of every table (IPv4 scope link, IPv6 without a gateway), once
+        each; not routes through a gateway, defaults, rejects, nor catch-alls wider than
+        /8 and /16 (a VPN's way to the internet)."""
+        self.assertEqual(
+            attached_networks(_proc()),
+            tuple(
+                ipaddress.ip_network(n)
+                for n in (
+                    "192.0.2.0/24",
+                    "203.0.113.0/24",
+                    "100.99.0.0/28",
+                    "2001:db8:1::/64",
+                    "fe80::/64",
+                )
+            ),
+        )
+        self.assertEqual(attached_networks(Path(tempfile.mkdtemp())), ())
+
+    def test_denied_on_this_host(self) -> None:
+        """A public LAN beside the host (its router, its neighbours) is denied; the rest of
+        the internet, reached through the router, is not; the allow-list still wins."""
+        policy = EgressPolicy(allow=parse_allow("203.0.113.128/25")).on_this_host(_proc())
+        self.assertIn(ipaddress.ip_address("192.0.2.2"), policy.host_addresses[1])
+        for neighbour in ("192.0.2.1", "203.0.113.7", "2001:db8:1::1"):
+            self.assertFalse(policy.permits(neighbour), neighbour)
+        for far in ("198.51.100.9", "203.0.113.200", "2001:db8:9::1", "8.8.8.8", "128.1.1.1"):
+            self.assertTrue(policy.permits(far), far)
+        rules = policy.nft_ruleset()
+        self.assertIn("203.0.113.0/25", rules)
+        self.assertIn("2001:db8:1::/64", rules)
+
+    def test_this_machine(self) -> None:
+        """Every network this machine's interfaces are on (its eth0's) is denied."""
+        policy = EgressPolicy().on_this_host()
+        for network in attached_networks():
+            self.assertFalse(policy.permits(network[0]), network)
+            self.assertFalse(policy.permits(network[-1]), network)
 
 
 class HostAddressesTests(SynchronousTestCase):

@@ -8,7 +8,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -17,6 +19,7 @@ from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.process_backend import (
     ARGS_FD,
     SECCOMP_FD,
+    Limits,
     ProcessBackend,
     check_isolation_tools,
     publish_binary,
@@ -120,6 +123,8 @@ class ArgvTests(SynchronousTestCase):
             Path("/bin/true"),
             OpencodeClient(reactor),
             account=SystemAccount(999, 999),
+            limits=Limits(memory_bytes=1024**3),
+            cgroup_root=Path(tempfile.mkdtemp()),
         )
         spec = SandboxSpec("s-1", "w-1", "the-password", "the-token")
         os.environ["SECRET_OF_THE_SERVER"] = "x"
@@ -162,7 +167,84 @@ class ArgvTests(SynchronousTestCase):
         self.assertIn("--ro-bind /usr /usr", joined)
         self.assertNotIn("--share-net", joined)
         self.assertNotIn(f"--bind {data} ", joined)
+        # Memory the sandbox can fill is bounded; the rest of its root and /dev is read-only.
+        self.assertIn(f"--size {256 * 1024**2} --tmpfs /tmp", joined)
+        self.assertIn(f"--size {128 * 1024**2} --tmpfs /dev/shm", joined)
+        self.assertEqual(joined.count("--tmpfs"), joined.count("--size"))
+        self.assertIn("--remount-ro /dev --remount-ro / --chdir", joined)
         self.assertEqual(repr(spec), "SandboxSpec(id='s-1', workspace_id='w-1')")
+
+
+def _backend(cgroups: Path, reactor: Any = None) -> ProcessBackend:
+    reactor = reactor or MemoryReactorClock()
+    return ProcessBackend(
+        reactor,
+        Path(tempfile.mkdtemp()),
+        Path("/bin/true"),
+        OpencodeClient(reactor),
+        account=None,
+        limits=Limits(memory_bytes=512 * 1024**2, pids=77),
+        cgroup_root=cgroups,
+    )
+
+
+class CgroupTests(SynchronousTestCase):
+    def test_v2_one_group_with_both_limits(self) -> None:
+        """cgroup v2: one group per sandbox under cli-server, both controllers handed down to
+        it, memory (no swap) and pids limits written; removed at teardown, parent kept."""
+        root = Path(tempfile.mkdtemp())
+        (root / "cgroup.controllers").write_text("cpu memory pids\n")
+        backend = _backend(root)
+        (group,) = backend._make_cgroups("s-1")
+        self.assertEqual(group, root / "cli-server" / "s-1")
+        self.assertEqual((root / "cgroup.subtree_control").read_text(), "+memory +pids")
+        self.assertEqual(
+            (root / "cli-server" / "cgroup.subtree_control").read_text(), "+memory +pids"
+        )
+        self.assertEqual((group / "memory.max").read_text(), str(512 * 1024**2))
+        self.assertEqual((group / "pids.max").read_text(), "77")
+        self.assertFalse((group / "memory.swap.max").exists())  # no swap accounting here
+        (group / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+        self.assertTrue(backend._oom_killed("s-1"))
+        for name in ("memory.max", "pids.max", "memory.events"):
+            (group / name).unlink()  # (a real cgroup's files go with it)
+        self.successResultOf(defer.ensureDeferred(backend._teardown("s-1")))
+        self.assertFalse(group.exists())
+        self.assertTrue((root / "cli-server").exists())
+        with capturedLogs() as events:
+            backend.check_limits()  # writable: nothing to say
+        self.assertEqual(events, [])
+
+    def test_v1_memory_and_pids(self) -> None:
+        """cgroup v1: a group in each of the memory and pids hierarchies."""
+        root = Path(tempfile.mkdtemp())
+        for controller in ("memory", "pids"):
+            (root / controller).mkdir()
+        backend = _backend(root)
+        groups = backend._make_cgroups("s-1")
+        self.assertEqual(groups, [root / "memory/cli-server/s-1", root / "pids/cli-server/s-1"])
+        self.assertEqual((groups[0] / "memory.limit_in_bytes").read_text(), str(512 * 1024**2))
+        self.assertEqual((groups[1] / "pids.max").read_text(), "77")
+        self.assertFalse(backend._oom_killed("s-1"))
+
+    def test_no_cgroups_said_once(self) -> None:
+        """Where no group can be made, the sandbox runs without one, nothing is left behind
+        and the server says so once, loudly."""
+        root = Path(tempfile.mkdtemp())
+        (root / "cgroup.controllers").write_text("")
+        (root / "cgroup.subtree_control").mkdir()  # writing it fails, as a busy one would
+        backend = _backend(root)
+        with capturedLogs() as events:
+            backend.check_limits()  # at server start
+            self.assertEqual(backend._make_cgroups("s-1"), [])
+            self.assertEqual(backend._make_cgroups("s-2"), [])
+        (event,) = events
+        self.assertIn("WITHOUT memory and pids limits", formatEvent(event))
+        self.assertEqual(os.listdir(root / "cli-server"), [])
+        argv = backend._sandbox_argv(
+            SandboxSpec("s-3", "w", "p", "t"), root, root / "netns", Path("/bin/true"), "u"
+        )
+        self.assertTrue(argv[0].endswith("nsenter"), argv[:3])  # no cgroup join
 
 
 class _SpawnRecorder(MemoryReactorClock):
@@ -205,3 +287,14 @@ class SpawnTests(SynchronousTestCase):
         self.assertEqual(held[SECCOMP_FD], sandbox_filter())
         self.assertNotIn("the-password", " ".join(argv))
         self.assertEqual((box / "pid").read_text(), "424242")
+
+    def test_slirp_in_its_own_sandbox(self) -> None:
+        """slirp4netns (root) is started with its own mount sandbox and seccomp filter."""
+        reactor = _SpawnRecorder()
+        backend = _backend(Path(tempfile.mkdtemp()), reactor)
+        box = Path(tempfile.mkdtemp())
+        backend._spawn_slirp(box, box / "netns")
+        ((argv, _, _),) = reactor.spawned
+        self.assertIn("--enable-sandbox", argv)
+        self.assertIn("--enable-seccomp", argv)
+        self.assertIn("--disable-host-loopback", argv)

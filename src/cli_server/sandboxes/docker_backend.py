@@ -82,7 +82,7 @@ class DockerSettings:
     timeout: float = 60.0  # per engine call
     # Egress: False leaves the host's firewall alone (the operator applies the rules we log).
     firewall: bool = True
-    # Its host addresses do not matter here: the INPUT chain refuses every one of them.
+    # Host addresses and attached networks are read at each start (on_this_host).
     egress: EgressPolicy = EgressPolicy()
     # Volume quotas: each volume a bind of a loop-mounted image under disk_root (on the
     # engine's host); 0 or no disk_root: plain volumes on the engine's disk.
@@ -275,7 +275,7 @@ class DockerBackend:
             bridge,
             gateway,
             self._thd_doors(gateway),
-            tuple(self._settings.egress.denied()),
+            tuple(self._settings.egress.on_this_host().denied()),
             self._settings.egress.allow,
         )
         return name, rules

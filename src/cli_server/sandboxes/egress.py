@@ -1,10 +1,16 @@
 """Where a sandbox may connect to: the internet, yes; the host and private networks, no.
 
 A pure policy, shared by the backends: ``EgressPolicy.denied()`` is the list of networks a
-sandbox must not reach (the host's own addresses, private, shared, link-local, loopback,
-multicast and reserved ranges, both families) minus what the operator allows
-(``--egress-allow``). ``EgressPolicy.nft_ruleset()`` renders it as an nftables table for a
-sandbox's own network namespace; ``host_addresses()`` reads this machine's addresses.
+sandbox must not reach (the host's own addresses, the networks its interfaces are attached
+to, private, shared, link-local, loopback, multicast and reserved ranges, both families)
+minus what the operator allows (``--egress-allow``). ``EgressPolicy.nft_ruleset()`` renders
+it as an nftables table for a sandbox's own network namespace; ``on_this_host()`` fills in
+this machine's addresses and attached networks, read from the kernel.
+
+Attached networks matter on a host whose LAN is not a private range (a public /24, a
+provider's on-link /64): its neighbours and router are not the internet. They are read
+when rules are written, at each sandbox start; an address or route added while a sandbox
+runs is not in that sandbox's rules until it restarts.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import ipaddress
 from collections.abc import Iterable
 from pathlib import Path
 
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -90,11 +96,20 @@ class EgressPolicy:
 
     host_addresses: tuple[Network, ...] = field(default=(), converter=_networks)
     allow: tuple[Network, ...] = field(default=(), converter=_networks)
+    # the networks directly attached to this host's interfaces (its LAN, its neighbours)
+    host_networks: tuple[Network, ...] = field(default=(), converter=_networks)
+
+    def on_this_host(self, proc: Path = Path("/proc")) -> EgressPolicy:
+        """This policy with the host's addresses and attached networks as they are now
+        (blocking reads of /proc: the host's network namespace)."""
+        return evolve(
+            self, host_addresses=host_addresses(proc), host_networks=attached_networks(proc)
+        )
 
     def denied(self) -> list[Network]:
         """The denied networks, allowed parts cut out, collapsed; IPv4 first."""
         cut: list[Network] = []
-        for network in (*ALWAYS_DENIED, *self.host_addresses):
+        for network in (*ALWAYS_DENIED, *self.host_addresses, *self.host_networks):
             cut += _subtract(network, self.allow)
         return _collapse(cut)
 
@@ -158,3 +173,39 @@ def host_addresses(proc: Path = Path("/proc")) -> tuple[Address, ...]:
         if len(digits) == 32:
             found.append(ipaddress.IPv6Address(int(digits, 16)))
     return tuple(dict.fromkeys(found))
+
+
+# Routes wider than these are tunnels' catch-alls (a VPN's 0.0.0.0/1 through wg0), the way
+# to the internet rather than a network beside the host.
+_WIDEST_ATTACHED = {4: 8, 6: 16}
+_RTF_GATEWAY, _RTF_REJECT = 0x0002, 0x0200
+
+
+def attached_networks(proc: Path = Path("/proc")) -> tuple[Network, ...]:
+    """The networks this host reaches without a router, both families, from the kernel's
+    routing tables (every table): IPv4 routes of scope link, IPv6 routes with no gateway.
+    Default routes and tunnels' catch-alls (wider than /8, /16) are not networks beside us."""
+    found: list[Network] = []
+    try:
+        lines = (proc / "net" / "fib_trie").read_text().splitlines()
+    except OSError:
+        lines = []
+    leaf = None
+    for line in lines:
+        text = line.strip()
+        if "|--" in line:
+            leaf = text.split("|--", 1)[1].strip()
+        elif leaf and text.startswith("/") and text.split()[1:] == ["link", "UNICAST"]:
+            found.append(ipaddress.ip_network(f"{leaf}{text.split()[0]}", strict=False))
+    try:
+        routes = (proc / "net" / "ipv6_route").read_text().splitlines()
+    except OSError:
+        routes = []
+    for route in routes:
+        words = route.split()
+        if len(words) < 10 or int(words[4], 16) or int(words[8], 16) & (_RTF_GATEWAY | _RTF_REJECT):
+            continue
+        address = ipaddress.IPv6Address(int(words[0], 16))
+        found.append(ipaddress.IPv6Network(f"{address}/{int(words[1], 16)}", strict=False))
+    wide_enough = [n for n in found if n.prefixlen >= _WIDEST_ATTACHED[n.version]]
+    return tuple(dict.fromkeys(wide_enough))

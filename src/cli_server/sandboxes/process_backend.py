@@ -10,13 +10,20 @@ Per sandbox, as root:
   nothing of this host or private networks (see egress.py; ``--egress-allow`` opens ranges);
 - bubblewrap, entered as the unprivileged ``cli-sandbox`` account, with new user, pid, ipc,
   uts and cgroup namespaces, no capabilities, no further user namespaces, a seccomp filter
-  (see seccomp.py), read-only /usr, a private HOME kept across pause/resume and the workspace
-  disk at /data/disk0;
+  (see seccomp.py), read-only /usr, a read-only root and /dev, a private HOME kept across
+  pause/resume and the workspace disk at /data/disk0; /tmp and /dev/shm are in memory, each
+  with a size bound (a quarter and an eighth of the memory limit), so filling them fails
+  with ENOSPC instead of taking the host's memory;
 - HOME and the workspace disk each their own loop-mounted ext4 image of a fixed size
   (disk_quota.py), so a sandbox that fills one gets ENOSPC and the host's disk stays free;
 - the sandbox's environment, its secrets with it, given to bubblewrap through a descriptor
   (``--args``), never on a command line, which every local user can read in /proc;
-- a cgroup (v1 memory and pids) when the machine lets us write one.
+- a cgroup with the memory and pids limits (v1 memory and pids controllers, or one v2
+  group under /sys/fs/cgroup/cli-server), when the machine lets us write one; where it does
+  not, the server says once that sandboxes run without these limits.
+
+slirp4netns, which runs as root, runs with its own sandbox and seccomp filter
+(``--enable-sandbox --enable-seccomp``): an empty root, no capabilities beyond what it needs.
 
 Every helper process dies with the server: bubblewrap has ``--die-with-parent`` and
 slirp4netns ``--exit-fd`` on a pipe we hold, so even a SIGKILLed server leaves nothing running.
@@ -53,7 +60,7 @@ from cli_server.sandboxes.backend import (
     exit_reason,
 )
 from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes
-from cli_server.sandboxes.egress import EgressPolicy, Network, host_addresses
+from cli_server.sandboxes.egress import EgressPolicy, Network
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.unixjson import unix_json_call
 from cli_server.system_accounts import SystemAccount, ensure_system_account
@@ -72,6 +79,16 @@ _OUTPUT_TAIL = 4000
 class Limits:
     memory_bytes: int = 2 * 1024**3
     pids: int = 1024
+
+    @property
+    def tmp_bytes(self) -> int:
+        """/tmp's size in a sandbox: a quarter of its memory (a tmpfs takes from it)."""
+        return self.memory_bytes // 4
+
+    @property
+    def shm_bytes(self) -> int:
+        """/dev/shm's size: an eighth of its memory."""
+        return self.memory_bytes // 8
 
 
 def sandbox_account() -> SystemAccount | None:
@@ -194,11 +211,13 @@ class ProcessBackend:
     _quotas: DiskQuotas = field(
         default=Factory(lambda self: DiskQuotas.on(self._reactor), takes_self=True)
     )
+    _cgroup_root: Path = _CGROUP_ROOT
     _live: dict[str, _Live] = field(factory=dict, init=False)
     # workspace id -> sandboxes started since its disk was mounted; unmounted when none is left
     _disk_users: dict[str, set[str]] = field(factory=dict, init=False)
     _doors: dict[str, Any] = field(factory=dict, init=False)
     on_exit: ExitListener | None = field(default=None, init=False)
+    _unlimited_said: bool = field(default=False, init=False)
     name = "process"
     _log = Logger()
 
@@ -389,8 +408,9 @@ class ProcessBackend:
         }
 
     def egress_policy(self) -> EgressPolicy:
-        """Read the host's addresses at every start: interfaces come and go (docker0, VPNs)."""
-        return EgressPolicy(host_addresses(), self._egress_allow)
+        """Read the host's addresses and attached networks at every start: interfaces come
+        and go (docker0, VPNs). A sandbox keeps the rules of its start."""
+        return EgressPolicy(allow=self._egress_allow).on_this_host()
 
     async def _limit_egress(self, box: Path, netns: Path) -> None:
         """Load the egress rules into the sandbox's namespace before anything runs in it."""
@@ -422,6 +442,9 @@ class ProcessBackend:
             "--configure",
             "--mtu=65520",
             "--disable-host-loopback",
+            # it runs as root: an empty root of its own, capabilities dropped, a seccomp filter
+            "--enable-sandbox",
+            "--enable-seccomp",
             "--netns-type=path",
             f"--api-socket={box / 'slirp.sock'}",
             "--ready-fd=3",
@@ -493,6 +516,14 @@ class ProcessBackend:
             "/proc",
             "--dev",
             "/dev",
+            # Memory the sandbox may fill, each with a bound (without one a tmpfs takes half
+            # the host's memory); the root and /dev are made read-only below.
+            "--size",
+            str(self._limits.shm_bytes),
+            "--tmpfs",
+            "/dev/shm",
+            "--size",
+            str(self._limits.tmp_bytes),
             "--tmpfs",
             "/tmp",
             "--bind",
@@ -504,6 +535,10 @@ class ProcessBackend:
             "--ro-bind",
             str(opencode),
             "/opt/opencode/bin/opencode",
+            "--remount-ro",
+            "/dev",
+            "--remount-ro",
+            "/",
             "--chdir",
             "/data/disk0",
             "--seccomp",
@@ -559,23 +594,71 @@ class ProcessBackend:
         (box / "pid").write_text(str(transport.pid))
         return transport, proto
 
+    def _cgroups(self, sandbox_id: str) -> list[Path]:
+        """Where a sandbox's cgroups are (or would be): v2's one group, or v1's two."""
+        root = self._cgroup_root
+        if (root / "cgroup.controllers").exists():
+            return [root / "cli-server" / sandbox_id]
+        return [root / c / "cli-server" / sandbox_id for c in ("memory", "pids")]
+
     def _make_cgroups(self, sandbox_id: str) -> list[Path]:
-        """v1 memory and pids cgroups; an empty list where the machine does not allow them."""
-        made = []
-        settings = {
-            "memory": {"memory.limit_in_bytes": str(self._limits.memory_bytes)},
-            "pids": {"pids.max": str(self._limits.pids)},
-        }
-        for controller, values in settings.items():
-            group = _CGROUP_ROOT / controller / "cli-server" / sandbox_id
-            try:
+        """The sandbox's cgroups with its limits written; an empty list (said once) where the
+        machine does not let us make them."""
+        memory, pids = str(self._limits.memory_bytes), str(self._limits.pids)
+        groups = self._cgroups(sandbox_id)
+        try:
+            if len(groups) == 1:  # v2: our group's parent hands down both controllers
+                parent = groups[0].parent
+                parent.mkdir(exist_ok=True)
+                for delegating in (parent.parent, parent):
+                    (delegating / "cgroup.subtree_control").write_text("+memory +pids")
+                settings = [{"memory.max": memory, "memory.swap.max": "0", "pids.max": pids}]
+            else:
+                settings = [{"memory.limit_in_bytes": memory}, {"pids.max": pids}]
+            for group, values in zip(groups, settings, strict=True):
                 group.mkdir(parents=True, exist_ok=True)
                 for name, value in values.items():
-                    (group / name).write_text(value)
+                    if name != "memory.swap.max" or (group / name).exists():
+                        (group / name).write_text(value)
+        except OSError as e:
+            self._remove_cgroups(sandbox_id)
+            if not self._unlimited_said:
+                self._unlimited_said = True
+                self._log.warn(
+                    "sandboxes run WITHOUT memory and pids limits: cannot write their cgroup "
+                    "under {root} ({why})",
+                    root=self._cgroup_root,
+                    why=e,
+                )
+            return []
+        return groups
+
+    def check_limits(self) -> None:
+        """At server start: make and remove a probe group, so that a machine where limits
+        cannot be written is said at once (the warning is given once)."""
+        if self._isolated and self._make_cgroups(".probe"):
+            self._remove_cgroups(".probe")
+
+    def _remove_cgroups(self, sandbox_id: str) -> None:
+        for group in self._cgroups(sandbox_id):
+            try:
+                group.rmdir()
             except OSError:
-                continue
-            made.append(group)
-        return made
+                pass
+
+    def _oom_killed(self, sandbox_id: str) -> bool:
+        """Whether the kernel's OOM killer acted in the sandbox's memory cgroup."""
+        for group in self._cgroups(sandbox_id):
+            for events in ("memory.events", "memory.oom_control"):  # v2, v1
+                try:
+                    lines = (group / events).read_text().splitlines()
+                except OSError:
+                    continue
+                for line in lines:
+                    name, _, value = line.partition(" ")
+                    if name == "oom_kill" and value.strip().isdigit():
+                        return int(value) > 0
+        return False
 
     def _exited(self, sandbox_id: str, live: _Live) -> None:
         """opencode ended. A stop we asked for took it out of ``_live`` first, so reaching the
@@ -588,7 +671,7 @@ class ProcessBackend:
             why = exit_reason(
                 getattr(ended, "exitCode", None),
                 getattr(ended, "signal", None),
-                oom=_oom_killed(sandbox_id),
+                oom=self._oom_killed(sandbox_id),
                 via_init=live.slirp is not None,  # (bubblewrap)
             )
             self._log.warn(
@@ -630,12 +713,7 @@ class ProcessBackend:
                 await run_process(self._reactor, [_which("umount"), str(netns)], timeout=15)
             netns.unlink(missing_ok=True)
         (box / "slirp.sock").unlink(missing_ok=True)
-        for controller in ("memory", "pids"):
-            group = _CGROUP_ROOT / controller / "cli-server" / sandbox_id
-            try:
-                group.rmdir()
-            except OSError:
-                pass
+        self._remove_cgroups(sandbox_id)
 
     def _kill_leftover(self, box: Path) -> None:
         """A process recorded in the pid file that still runs our sandbox (after a crash)."""
@@ -700,19 +778,6 @@ class ProcessBackend:
             await self._teardown(sandbox_id)
         self._disk_users.clear()
         await self._quotas.detach_all(self._data_dir)
-
-
-def _oom_killed(sandbox_id: str) -> bool:
-    """Whether the kernel's OOM killer acted in the sandbox's memory cgroup (v1)."""
-    control = _CGROUP_ROOT / "memory" / "cli-server" / sandbox_id / "memory.oom_control"
-    try:
-        for line in control.read_text().splitlines():
-            name, _, value = line.partition(" ")
-            if name == "oom_kill" and value.strip().isdigit():
-                return int(value) > 0
-    except OSError:
-        pass
-    return False
 
 
 def _which(tool: str) -> str:

@@ -8,7 +8,13 @@ Decisions that differ from a plain deny: ``clone3`` answers ENOSYS, as under Doc
 library falls back to ``clone``, whose namespace flags can be inspected (clone3 passes them in
 memory a filter cannot read); ``ptrace`` stays allowed (debuggers, strace), as Docker allows
 it: a sandbox's processes live in their own pid and user namespaces and can trace only each
-other.
+other; ``socket(AF_VSOCK)`` fails, as under Docker: vsock belongs to no network namespace, so
+it would reach the hypervisor and its other guests past the sandbox's firewall.
+
+Calls newer than the filter (numbers above the highest one libseccomp knows on this
+architecture, so no rule could name them) answer ENOSYS, as container runtimes answer calls
+their profile does not list: a kernel upgrade adds no surface, and the C library falls back
+to older calls. A denied name that does not resolve is an error at start, never skipped.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import ctypes.util
 import errno
 import ipaddress
 import os
+import struct
 from collections.abc import Iterable, Sequence
 from functools import cache
 
@@ -91,6 +98,15 @@ DENIED_SYSCALLS: tuple[str, ...] = (
     "get_mempolicy",
 )
 
+# Names in DENIED_SYSCALLS that x86-64 does not have (32-bit x86 only): skipped there. Any
+# other name that libseccomp cannot resolve is an error.
+NOT_ON_X86_64 = frozenset({"stime", "umount", "vm86", "vm86old"})
+
+# Socket families refused to socket(): vsock reaches the hypervisor whatever the network
+# namespace (others are per namespace, or need capabilities a sandbox has not).
+AF_VSOCK = 40
+DENIED_SOCKET_FAMILIES = (AF_VSOCK,)
+
 # Namespace flags refused to clone and unshare (a new user namespace is also stopped by
 # ``bwrap --disable-userns``; this covers the others too).
 CLONE_NEWNS = 0x00020000
@@ -118,6 +134,8 @@ PERSONALITIES = (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)
 
 _ACT_ALLOW = 0x7FFF0000
 _CMP_MASKED_EQ = 7
+_X32_SYSCALL_BIT = 0x40000000  # x32 calls; libseccomp's program kills them
+_HIGHEST_PROBED = 4095  # numbers checked for names when finding the highest known one
 
 
 def _act_errno(code: int) -> int:
@@ -149,6 +167,9 @@ def rules() -> list[_Rule]:
         out.append(_Rule("clone", errno.EPERM, ((0, _CMP_MASKED_EQ, flag, flag),)))
     for flag in (*NAMESPACE_FLAGS, CLONE_NEWTIME):
         out.append(_Rule("unshare", errno.EPERM, ((0, _CMP_MASKED_EQ, flag, flag),)))
+    for family in DENIED_SOCKET_FAMILIES:
+        # an int: the kernel reads 32 bits
+        out.append(_Rule("socket", errno.EPERM, ((0, _CMP_MASKED_EQ, 0xFFFFFFFF, family),)))
     for request in (TIOCSTI, TIOCLINUX):
         # the kernel reads the request as 32 bits: compare only those, whatever is above
         out.append(_Rule("ioctl", errno.EPERM, ((1, _CMP_MASKED_EQ, 0xFFFFFFFF, request),)))
@@ -187,6 +208,9 @@ def _library() -> ctypes.CDLL:
     lib.seccomp_init.argtypes = [ctypes.c_uint32]
     lib.seccomp_release.argtypes = [ctypes.c_void_p]
     lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_syscall_resolve_num_arch.restype = ctypes.c_void_p  # a malloc'd name, or NULL
+    lib.seccomp_syscall_resolve_num_arch.argtypes = [ctypes.c_uint32, ctypes.c_int]
+    lib.seccomp_arch_native.restype = ctypes.c_uint32
     lib.seccomp_rule_add_array.argtypes = [
         ctypes.c_void_p,
         ctypes.c_uint32,
@@ -198,10 +222,48 @@ def _library() -> ctypes.CDLL:
     return lib
 
 
+def highest_known_syscall(lib: ctypes.CDLL | None = None) -> int:
+    """The highest syscall number libseccomp has a name for on this architecture."""
+    lib = lib or _library()
+    libc = ctypes.CDLL(None)
+    libc.free.argtypes = [ctypes.c_void_p]
+    highest = -1
+    for number in range(_HIGHEST_PROBED + 1):
+        name = lib.seccomp_syscall_resolve_num_arch(0, number)  # 0: the native architecture
+        if name:
+            libc.free(name)
+            highest = number
+    if highest < 0:
+        raise SeccompError("libseccomp knows no syscall of this architecture")
+    return highest
+
+
+def _newer_calls_enosys(arch: int, highest: int) -> bytes:
+    """Classic BPF run before libseccomp's program: on this architecture, a call numbered
+    above ``highest`` (and not an x32 call) returns ENOSYS; anything else falls through."""
+
+    def op(code: int, jt: int, jf: int, k: int) -> bytes:
+        return struct.pack("<HBBI", code, jt, jf, k)
+
+    ld_w_abs, jeq_k, jgt_k, jge_k, ret_k = 0x20, 0x15, 0x25, 0x35, 0x06
+    return b"".join(
+        (
+            op(ld_w_abs, 0, 0, 4),  # seccomp_data.arch
+            op(jeq_k, 0, 4, arch),  # another ABI: to libseccomp's program
+            op(ld_w_abs, 0, 0, 0),  # seccomp_data.nr
+            op(jgt_k, 0, 2, highest),  # known: to libseccomp's program
+            op(jge_k, 1, 0, _X32_SYSCALL_BIT),  # x32: to libseccomp's program (kills it)
+            op(ret_k, 0, 0, _act_errno(errno.ENOSYS)),
+        )
+    )
+
+
 def compile_filter(rule_list: Iterable[_Rule]) -> bytes:
     """Classic BPF for this machine's architecture (other ABIs, e.g. 32-bit calls on x86-64,
-    are killed by libseccomp's default); syscalls this architecture lacks are skipped."""
+    are killed by libseccomp's default). Calls newer than libseccomp's table answer ENOSYS;
+    a rule whose call does not resolve raises SeccompError unless x86-64 lacks that call."""
     lib = _library()
+    highest = highest_known_syscall(lib)
     ctx = lib.seccomp_init(_ACT_ALLOW)
     if not ctx:
         raise SeccompError("seccomp_init failed")
@@ -209,7 +271,12 @@ def compile_filter(rule_list: Iterable[_Rule]) -> bytes:
         for rule in rule_list:
             number = lib.seccomp_syscall_resolve_name(rule.syscall.encode())
             if number < 0:
-                continue
+                if rule.syscall in NOT_ON_X86_64:
+                    continue
+                raise SeccompError(
+                    f"libseccomp cannot resolve the syscall {rule.syscall!r} on this "
+                    "architecture, so the sandbox filter cannot deny it"
+                )
             compare: Sequence[tuple[int, int, int, int]] = rule.compare
             array = (_ArgCmp * max(len(compare), 1))(*(_ArgCmp(*c) for c in compare))
             result = lib.seccomp_rule_add_array(
@@ -226,7 +293,7 @@ def compile_filter(rule_list: Iterable[_Rule]) -> bytes:
             chunks = []
             while chunk := os.read(memory, 65536):
                 chunks.append(chunk)
-            return b"".join(chunks)
+            return _newer_calls_enosys(lib.seccomp_arch_native(), highest) + b"".join(chunks)
         finally:
             os.close(memory)
     finally:

@@ -9,14 +9,16 @@ from io import BytesIO
 from typing import Any
 
 import pytest
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
+from zope.interface import implementer
 
 from cli_server.anthropic.listener import MAX_CONNECTIONS, _DoorSite
-from cli_server.web.request import BodyBudget, BoundedRequest, QuietSandboxSite
+from cli_server.web.request import LINGER, BodyBudget, BoundedRequest, QuietSandboxSite
 
 MIB = 1024 * 1024
 
@@ -40,16 +42,17 @@ def no_temporary_files(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
 
 
-def site(budget: int = 256 * MIB) -> tuple[QuietSandboxSite, Clock]:
+def site(budget: int = 256 * MIB, share: int | None = None) -> tuple[QuietSandboxSite, Clock]:
     clock = Clock()
     web = QuietSandboxSite(Echo(), b"example.test", requestFactory=BoundedRequest, reactor=clock)
-    web.body_budget = BodyBudget(budget)  # type: ignore[attr-defined]
+    web.body_budget = BodyBudget(budget, share or budget)  # type: ignore[attr-defined]
     return web, clock
 
 
-def connect(web: Any) -> tuple[Any, StringTransport]:
-    protocol = web.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
-    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1234))
+def connect(web: Any, peer: str = "127.0.0.1") -> tuple[Any, StringTransport]:
+    address = (IPv6Address if ":" in peer else IPv4Address)("TCP", peer, 1234)
+    protocol = web.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
     protocol.makeConnection(transport)
     return protocol, transport
 
@@ -90,6 +93,36 @@ def test_oversized_length_refused_before_the_body() -> None:
     answer = json.loads(transport.value().split(b"\r\n\r\n", 1)[1])
     assert answer["error"]["code"] == "payload_too_large"
     assert "1 MiB" in answer["error"]["message"]
+    assert transport.disconnecting
+
+
+@implementer(ITCPTransport)
+class TCPish(StringTransport):
+    """A StringTransport that, like TCP, can close for writing only."""
+
+    write_closed = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
+
+
+def test_refused_connection_lingers_so_the_answer_arrives() -> None:
+    """Over TCP the refusal half-closes and drops what still comes for LINGER seconds: an
+    immediate close with unread data would reset the connection and lose the answer."""
+    web, clock = site()
+    protocol = web.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+    transport = TCPish(peerAddress=IPv4Address("TCP", "127.0.0.1", 1234))
+    protocol.makeConnection(transport)
+    protocol.dataReceived(head("/api/auth/login", 2 * MIB) + b"x" * 1000)
+    clock.advance(0)
+    assert status(transport) == 413
+    assert transport.write_closed and not transport.disconnecting
+    protocol.dataReceived(b"y" * MIB)  # dropped, not parsed as a request
+    assert transport.value().count(b"HTTP/1.1") == 1
+    clock.advance(LINGER)
     assert transport.disconnecting
 
 
@@ -161,6 +194,31 @@ def test_budget_shared_by_unfinished_bodies() -> None:
     clock.advance(0)
     assert status(transport) == 200
     assert web.body_budget.held == MIB  # type: ignore[attr-defined]
+
+
+def test_one_source_holds_a_share() -> None:
+    """One address (or one IPv6 /64) holds at most its share; another still gets in."""
+    web, clock = site(budget=8 * MIB, share=2 * MIB)
+    sources = ["10.0.0.1", "2001:db8::1", "2001:db8::2", "10.0.0.2"]
+    answers = []
+    for peer in sources:
+        protocol, transport = connect(web, peer)
+        protocol.dataReceived(head("/proxy/anthropic/v1/messages", 2 * MIB) + b"s" * (MIB + 1))
+        answers.append(transport)
+    clock.advance(0)
+    # 10.0.0.1 and 10.0.0.2 each hold theirs; the /64's second body does not fit its share.
+    assert [t.value()[:12] for t in answers] == [b"", b"", b"HTTP/1.1 503", b""]
+    assert web.body_budget.held == 3 * (MIB + 1)  # type: ignore[attr-defined]
+
+    door = _DoorSite(Echo(), requestFactory=BoundedRequest, reactor=clock)
+    door.body_budget = web.body_budget  # type: ignore[attr-defined]
+    protocol = door.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(head("/proxy/anthropic/v1/messages", 2 * MIB) + b"d" * MIB)
+    clock.advance(0)
+    assert transport.value() == b""  # a door is a source of its own
+    assert web.body_budget.held == 4 * MIB + 3  # type: ignore[attr-defined]
 
 
 def test_sandbox_uploads_still_stream() -> None:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Hashable
 from functools import partial
 from io import BytesIO
+from ipaddress import ip_network
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from attrs import define
+from attrs import define, field
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, ITCPTransport
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
@@ -24,6 +26,7 @@ MAX_SANDBOX_BODY = 64 * 1024 * 1024  # uploads through a sandbox's proxy
 MAX_ANTHROPIC_BODY = 32 * 1024 * 1024  # prompts with images and long contexts
 MAX_BODIES_IN_MEMORY = 256 * 1024 * 1024  # every body being received or served, together
 IDLE_TIMEOUT = 60  # seconds a connection may send nothing (mid-body too) before it is closed
+LINGER = 2.0  # seconds we read and drop the rest of a refused body before closing
 
 _ANTHROPIC_PATH = b"/proxy/anthropic/"
 
@@ -32,25 +35,36 @@ _ANTHROPIC_PATH = b"/proxy/anthropic/"
 class BodyBudget:
     """The bytes of request bodies held in memory by all requests of all our sites together:
     past ``limit`` a body is refused (503) rather than stored, so many slow or unfinished
-    bodies cost a bounded amount of memory and no disk."""
+    bodies cost a bounded amount of memory and no disk. One source (a client address, an
+    IPv6 /64, or one sandbox's door) may hold at most ``share`` of it, so a single one cannot
+    keep everyone else's bodies out."""
 
     limit: int
+    share: int
     held: int = 0
+    _by_source: dict[Hashable, int] = field(factory=dict)
 
-    def has_room(self, size: int) -> bool:
-        return self.held + size <= self.limit
+    def has_room(self, source: Hashable, size: int) -> bool:
+        mine = self._by_source.get(source, 0)
+        return self.held + size <= self.limit and mine + size <= self.share
 
-    def take(self, size: int) -> bool:
-        if not self.has_room(size):
+    def take(self, source: Hashable, size: int) -> bool:
+        if not self.has_room(source, size):
             return False
         self.held += size
+        self._by_source[source] = self._by_source.get(source, 0) + size
         return True
 
-    def give_back(self, size: int) -> None:
+    def give_back(self, source: Hashable, size: int) -> None:
         self.held -= size
+        left = self._by_source.pop(source, 0) - size
+        if left > 0:
+            self._by_source[source] = left
 
 
-BODIES = BodyBudget(MAX_BODIES_IN_MEMORY)  # shared by the main site and the sandboxes' doors
+BODIES = BodyBudget(
+    MAX_BODIES_IN_MEMORY, MAX_BODIES_IN_MEMORY // 4
+)  # shared by the main site and the sandboxes' doors
 
 
 class BoundedRequest(server.Request):
@@ -75,6 +89,7 @@ class BoundedRequest(server.Request):
     _early = False  # rendered or answered before the whole body came
     _body_done = False
     _refusal: tuple[int, str, str] | None = None  # (status, code, message) once refused
+    _source_key: Hashable | None = None
 
     def gotLength(self, length: int | None) -> None:
         # (not twisted.web's: it opens a temporary file for a body over 100 kB)
@@ -96,7 +111,7 @@ class BoundedRequest(server.Request):
         self._cap = MAX_ANTHROPIC_BODY if path.startswith(_ANTHROPIC_PATH) else MAX_BODY
         if length is not None and length > self._cap:
             self._refuse_too_large()
-        elif not self._budget().has_room(length or 1):  # (bytes are counted as they come)
+        elif not self._budget().has_room(self._source(), length or 1):  # (counted as they come)
             self._refuse_busy()
 
     def _line(self) -> tuple[bytes, bytes, bytes] | None:
@@ -109,6 +124,23 @@ class BoundedRequest(server.Request):
     def _budget(self) -> BodyBudget:
         budget = getattr(getattr(self.channel, "site", None), "body_budget", None)
         return budget if isinstance(budget, BodyBudget) else BODIES
+
+    def _source(self) -> Hashable:
+        """Whose bodies these are, for the budget's shares: a door's sandbox, else the client
+        address (an IPv6 address by its /64, which one client usually has whole)."""
+        if self._source_key is None:
+            site = getattr(self.channel, "site", None)
+            if getattr(site, "only_anthropic", False):
+                self._source_key = ("door", id(site))
+            else:
+                host = str(getattr(self.getClientAddress(), "host", ""))
+                if ":" in host:
+                    try:
+                        host = str(ip_network(f"{host}/64", strict=False))
+                    except ValueError:
+                        pass
+                self._source_key = ("address", host)
+        return self._source_key
 
     def _for_sandbox(self) -> bool:
         site = getattr(self.channel, "site", None)
@@ -196,7 +228,7 @@ class BoundedRequest(server.Request):
             self._cap = MAX_BODY
         if self._received + len(data) > self._cap:
             return self._refuse_too_large()
-        if not self._budget().take(len(data)):
+        if not self._budget().take(self._source(), len(data)):
             return self._refuse_busy()
         self._received += len(data)
         content: Any = self.content
@@ -204,7 +236,7 @@ class BoundedRequest(server.Request):
 
     def _release(self) -> None:
         if self._received:
-            self._budget().give_back(self._received)
+            self._budget().give_back(self._source(), self._received)
             self._received = 0
 
     def getClientAddress(self) -> IAddress:
@@ -253,6 +285,7 @@ class BoundedRequest(server.Request):
             # What the browser still sends is dropped: over TLS, data keeps arriving after
             # the channel's loseConnection, and the channel must not parse it as a request.
             channel.dataReceived = _discard
+            channel.loseConnection = partial(_lingering_close, channel, channel.loseConnection)
         self._release()
         super().finish()
 
@@ -263,6 +296,20 @@ class BoundedRequest(server.Request):
 
 def _discard(data: bytes) -> None:
     pass
+
+
+def _lingering_close(channel: Any, close: Any) -> None:
+    """Closes a connection answered before its body came so that the client sees the answer.
+
+    Closing a TCP socket with unread data in it sends a reset, and the client's system drops
+    our answer with it. So we close our side for writing only, drop what still comes for a
+    moment (``LINGER``), and then close (TLS and other transports: at once, as before)."""
+    transport = channel.transport
+    if not ITCPTransport.providedBy(transport):
+        close()
+        return
+    transport.loseWriteConnection()
+    channel.callLater(LINGER, close)
 
 
 def for_sandbox(request: Any, site: Any) -> bool:

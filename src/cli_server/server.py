@@ -304,7 +304,7 @@ def build(
             disk_sizes=DiskSizes(config.workspace_disk_size, config.sandbox_home_size),
             egress_allow=config.egress_allow,
         )
-    workspaces = Workspaces(db, config.direct_members, config.max_workspaces_per_user)
+    workspaces = Workspaces(db, config.direct_members, max_owned=config.max_workspaces_per_user)
     urls = SandboxUrls(config.base_scheme, config.base_domain)
     # Only the docker backend's answer costs anything (engine calls); the process backend's is
     # free and exact, so it is asked every time.

@@ -185,6 +185,8 @@ class ServerConfig:
     max_sandboxes: int = 8
     max_sandboxes_per_workspace: int = 10
     max_sandboxes_per_user: int = 5
+    max_sandboxes_stored_per_workspace: int = 20
+    max_workspaces_per_user: int = 10
     direct_members: tuple[str, ...] = ()
     idle_timeout: float = 1800.0
     allow_unisolated: bool = False

@@ -307,7 +307,7 @@ def build(
             egress_allow=config.egress_allow,
         )
         backend.check_limits()
-    workspaces = Workspaces(db, config.direct_members)
+    workspaces = Workspaces(db, config.direct_members, max_owned=config.max_workspaces_per_user)
     urls = SandboxUrls(config.base_scheme, config.base_domain)
     # Only the docker backend's answer costs anything (engine calls); the process backend's is
     # free and exact, so it is asked every time.
@@ -328,6 +328,7 @@ def build(
         status_changed,
         max_per_workspace=config.max_sandboxes_per_workspace,
         max_per_user=config.max_sandboxes_per_user,
+        max_stored_per_workspace=config.max_sandboxes_stored_per_workspace,
     )
 
     def tunnel_changed(sandbox_id: str) -> None:

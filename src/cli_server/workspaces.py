@@ -96,6 +96,9 @@ class Workspaces:
 
     _db: Database
     _direct_members: tuple[str, ...] = ()
+    # Each workspace may hold disk images on the host (its files, its sandboxes' homes), kept
+    # while paused: one account must not make them without end (None: no limit).
+    _max_owned: int | None = None
 
     async def list_for(self, user_id: str) -> list[dict[str, Any]]:
         rows = await self._db.query(
@@ -107,6 +110,8 @@ class Workspaces:
         workspace_id = str(uuid.uuid4())
 
         async def work(tx: Transaction) -> Row | None:
+            if self._max_owned is not None:
+                await self._room_for_one_more(tx, user_id, self._max_owned)
             await tx.execute(
                 "INSERT INTO workspaces (id, name, created_by) VALUES (%s, %s, %s)",
                 (workspace_id, name, user_id),
@@ -124,6 +129,27 @@ class Workspaces:
         row = await self._db.transaction(work)
         assert row is not None
         return workspace_json(row)
+
+    @staticmethod
+    async def _room_for_one_more(tx: Transaction, user_id: str, limit: int) -> None:
+        """Refuse a workspace past the limit. Counts those the user owns or created (handing
+        one to someone else does not make room); the user's row lock puts concurrent creates
+        by one user one after the other, so none is counted twice."""
+        await tx.execute("SELECT 1 FROM users WHERE id = %s FOR NO KEY UPDATE", (user_id,))
+        row = await tx.one(
+            "SELECT count(*) AS n FROM workspaces w WHERE w.created_by = %s OR EXISTS ("
+            " SELECT 1 FROM workspace_members m WHERE m.workspace_id = w.id"
+            " AND m.user_id = %s AND m.role = 'owner')",
+            (user_id, user_id),
+        )
+        assert row is not None
+        if row["n"] >= limit:
+            raise Conflict(
+                f"you already own or created {row['n']} workspaces, the limit of {limit} per"
+                " person; delete one first (the server's operator sets the limit with"
+                " --max-workspaces-per-user)",
+                code="user_workspace_limit",
+            )
 
     async def role_of(self, workspace_id: str, user_id: str) -> Role:
         """The caller's role; 404 for non-members so ids of other workspaces leak nothing."""

@@ -113,6 +113,8 @@ def server_config(db_url: str | None, data_dir: Any = "/nonexistent") -> ServerC
         max_sandboxes=1000,
         max_sandboxes_per_workspace=1000,
         max_sandboxes_per_user=1000,
+        max_sandboxes_stored_per_workspace=1000,
+        max_workspaces_per_user=1000,
     )
 
 

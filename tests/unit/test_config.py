@@ -269,3 +269,26 @@ class WarningTests(SynchronousTestCase):
         self.assertIn("ANTHROPIC_PROXY_URL is set with the process backend", warning)
         docker = attrs.evolve(base, backend="docker", anthropic_proxy_url="http://10.0.0.1/x")
         self.assertEqual(docker.warnings(), [])
+
+
+class StorageLimitOptionsTests(SynchronousTestCase):
+    def test_defaults_options_and_environment(self) -> None:
+        """10 workspaces per person and 20 stored sandboxes per workspace out of the box;
+        options or environment variables change them; a bad value fails in one line."""
+        config = parse([]).config()
+        self.assertEqual(
+            (config.max_workspaces_per_user, config.max_sandboxes_stored_per_workspace), (10, 20)
+        )
+        config = parse(
+            ["--max-workspaces-per-user", "2"], {"MAX_SANDBOXES_STORED_PER_WORKSPACE": "4"}
+        ).config()
+        self.assertEqual(
+            (config.max_workspaces_per_user, config.max_sandboxes_stored_per_workspace), (2, 4)
+        )
+        for argv, environ, message in [
+            (["--max-workspaces-per-user", "0"], {}, "--max-workspaces-per-user: '0' must be"),
+            ([], {"MAX_SANDBOXES_STORED_PER_WORKSPACE": "x"}, "MAX_SANDBOXES_STORED_PER_WORKSPACE"),
+        ]:
+            error = str(self.assertRaises(usage.UsageError, parse, argv, environ))
+            self.assertIn(message, error)
+            self.assertNotIn("\n", error)

@@ -20,6 +20,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from cli_server.anthropic.proxy import AnthropicProxy, anthropic_error
+from cli_server.web.request import IDLE_TIMEOUT
 
 SANDBOX_PORT = 4097
 _CLONE_NEWNET = 0x40000000
@@ -87,14 +88,43 @@ class _OnlyProxy(Resource):
         return anthropic_error(request, 404, "not_found_error", "only /proxy/anthropic/v1/")
 
 
-class _UnloggedSite(Site):
+MAX_CONNECTIONS = 32  # open connections through one door: opencode needs a few at a time
+
+
+class _DoorSite(Site):
+    """Serves one sandbox's door. Its bodies are read whole (``only_anthropic``), within the
+    request class's caps; connections that send nothing are closed after ``IDLE_TIMEOUT``; and
+    one sandbox keeps at most ``MAX_CONNECTIONS`` open, so it cannot hold many bodies at
+    once."""
+
+    only_anthropic = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("timeout", IDLE_TIMEOUT)
+        super().__init__(*args, **kwargs)
+        self.open_connections = 0
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if self.open_connections >= MAX_CONNECTIONS:
+            return None  # (the port closes the new connection)
+        protocol: Any = super().buildProtocol(addr)
+        self.open_connections += 1
+        lost = protocol.connectionLost
+
+        def connection_lost(reason: Any) -> None:
+            self.open_connections -= 1
+            lost(reason)
+
+        protocol.connectionLost = connection_lost
+        return protocol
+
     def log(self, request: Any) -> None:
         """Sandboxes' model calls are metered, not access-logged."""
 
 
 def proxy_site(proxy: AnthropicProxy, request_factory: Any, sandbox_id: str) -> Site:
     """The site behind one sandbox's door."""
-    return _UnloggedSite(_OnlyProxy(proxy, sandbox_id), requestFactory=request_factory)
+    return _DoorSite(_OnlyProxy(proxy, sandbox_id), requestFactory=request_factory)
 
 
 def adopt(reactor: Any, sock: socket.socket, site: Site) -> Any:

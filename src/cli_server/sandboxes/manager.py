@@ -60,6 +60,8 @@ class SandboxManager:
     # (None: no limit but the server's).
     _max_per_workspace: int | None = None
     _max_per_user: int | None = None
+    # Sandboxes that exist in one workspace, paused ones too: each keeps a home image on disk.
+    _max_stored_per_workspace: int | None = None
     _locks: dict[str, DeferredLock] = field(factory=dict, init=False)
     _tasks: set[Deferred[None]] = field(factory=set, init=False)
     _log = Logger()
@@ -155,6 +157,24 @@ class SandboxManager:
                 code="user_sandbox_limit",
             )
 
+    async def _stored(self, tx: Transaction, workspace_id: str) -> None:
+        """Refuse a new sandbox past the workspace's limit of sandboxes that exist."""
+        limit = self._max_stored_per_workspace
+        if limit is None:
+            return
+        row = await tx.one(
+            "SELECT count(*) AS n FROM sandboxes WHERE workspace_id = %s AND NOT is_local",
+            (workspace_id,),
+        )
+        assert row is not None
+        if row["n"] >= limit:
+            raise Conflict(
+                f"this workspace already has {row['n']} sandboxes, its limit of {limit}"
+                " (paused ones count: they keep their files); delete one first (the server's"
+                " operator sets the limit with --max-sandboxes-stored-per-workspace)",
+                code="workspace_sandbox_storage_limit",
+            )
+
     # -- operations ----------------------------------------------------------------------------
 
     async def create(self, workspace_id: str, actor_id: str, name: str) -> dict[str, Any]:
@@ -162,7 +182,8 @@ class SandboxManager:
         sandbox_id = str(uuid.uuid4())
 
         async def work(tx: Transaction) -> Row | None:
-            await self._occupied(tx, workspace_id, actor_id)
+            await self._occupied(tx, workspace_id, actor_id)  # (takes the capacity lock)
+            await self._stored(tx, workspace_id)
             return await tx.one(
                 "INSERT INTO sandboxes (id, workspace_id, name, status, backend, created_by,"
                 " started_by, opencode_password) VALUES (%s, %s, %s, 'creating', %s, %s, %s, %s)"

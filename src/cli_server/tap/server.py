@@ -97,6 +97,18 @@ SETTINGS: dict[str, Setting] = {
         "5",
         "Most sandboxes running at once that one person started or resumed.",
     ),
+    "max-sandboxes-stored-per-workspace": Setting(
+        "MAX_SANDBOXES_STORED_PER_WORKSPACE",
+        parse_positive_int,
+        "20",
+        "Most sandboxes that exist in one workspace, paused ones too (each keeps a disk).",
+    ),
+    "max-workspaces-per-user": Setting(
+        "MAX_WORKSPACES_PER_USER",
+        parse_positive_int,
+        "10",
+        "Most workspaces one person may own or have created.",
+    ),
     "direct-members": Setting(
         "DIRECT_MEMBERS",
         parse_direct_members,
@@ -308,6 +320,8 @@ class Options(usage.Options):
             max_sandboxes=self["max-sandboxes"],
             max_sandboxes_per_workspace=self["max-sandboxes-per-workspace"],
             max_sandboxes_per_user=self["max-sandboxes-per-user"],
+            max_sandboxes_stored_per_workspace=self["max-sandboxes-stored-per-workspace"],
+            max_workspaces_per_user=self["max-workspaces-per-user"],
             direct_members=self["direct-members"] or (),
             idle_timeout=self["idle-timeout"],
             allow_unisolated=bool(self["allow-unisolated"]),

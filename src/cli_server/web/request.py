@@ -1,14 +1,19 @@
-"""The Site's request class: caps how much of a request body we keep."""
+"""The Site's request class: request bodies are kept in memory, under caps, never on disk."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Hashable
 from functools import partial
 from io import BytesIO
+from ipaddress import ip_network
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from attrs import define, field
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, ITCPTransport
+from twisted.python.failure import Failure
 from twisted.web import http, server
 
 from cli_server.client_address import TrustedProxies
@@ -19,55 +24,220 @@ from cli_server.web.streamed_body import StreamedBody
 MAX_BODY = 1024 * 1024  # the API's JSON bodies
 MAX_SANDBOX_BODY = 64 * 1024 * 1024  # uploads through a sandbox's proxy
 MAX_ANTHROPIC_BODY = 32 * 1024 * 1024  # prompts with images and long contexts
+MAX_BODIES_IN_MEMORY = 256 * 1024 * 1024  # every body being received or served, together
+IDLE_TIMEOUT = 60  # seconds a connection may send nothing (mid-body too) before it is closed
+LINGER = 2.0  # seconds we read and drop the rest of a refused body before closing
+
+_ANTHROPIC_PATH = b"/proxy/anthropic/"
+
+
+@define
+class BodyBudget:
+    """The bytes of request bodies held in memory by all requests of all our sites together:
+    past ``limit`` a body is refused (503) rather than stored, so many slow or unfinished
+    bodies cost a bounded amount of memory and no disk. One source (a client address, an
+    IPv6 /64, or one sandbox's door) may hold at most ``share`` of it, so a single one cannot
+    keep everyone else's bodies out."""
+
+    limit: int
+    share: int
+    held: int = 0
+    _by_source: dict[Hashable, int] = field(factory=dict)
+
+    def has_room(self, source: Hashable, size: int) -> bool:
+        mine = self._by_source.get(source, 0)
+        return self.held + size <= self.limit and mine + size <= self.share
+
+    def take(self, source: Hashable, size: int) -> bool:
+        if not self.has_room(source, size):
+            return False
+        self.held += size
+        self._by_source[source] = self._by_source.get(source, 0) + size
+        return True
+
+    def give_back(self, source: Hashable, size: int) -> None:
+        self.held -= size
+        left = self._by_source.pop(source, 0) - size
+        if left > 0:
+            self._by_source[source] = left
+
+
+BODIES = BodyBudget(
+    MAX_BODIES_IN_MEMORY, MAX_BODIES_IN_MEMORY // 4
+)  # shared by the main site and the sandboxes' doors
 
 
 class BoundedRequest(server.Request):
-    """Stops storing a body past its cap; handlers then answer 413. Streams bodies sent to a
-    sandbox's subdomain instead of storing them.
+    """Keeps a body in memory under its route's cap and the shared ``BodyBudget``; refuses one
+    that would not fit as soon as that is known. Streams bodies sent to a sandbox's subdomain
+    instead of storing them.
 
-    twisted.web reads the whole body before rendering, spilling large ones to a temporary file;
-    without a cap a client could fill the disk with one request. A request with a body for a
-    sandbox is rendered as soon as its headers are in, and its body is handed on while it
-    arrives (``streamed_body``), so uploads have no size limit and take no disk.
+    twisted.web reads the whole body before rendering, spilling any body over 100 kB to a
+    temporary file, before any handler has checked a token; unfinished bodies on a few
+    connections could fill the host's disk. We never let it open that file. A Content-Length
+    above the route's cap, a body that grows past it (chunked), or one that no longer fits the
+    budget is answered at once (413, or 503 for the budget), before the rest is read, and the
+    connection is closed. A request with a body for a sandbox is rendered as soon as its
+    headers are in, and its body is handed on while it arrives (``streamed_body``), so uploads
+    have no size limit and take no disk.
     """
 
     body_too_large = False
     streamed_body: StreamedBody | None = None
-    _received = 0
+    _received = 0  # body bytes held in memory, counted in the budget
     _cap: int | None = None
+    _early = False  # rendered or answered before the whole body came
+    _body_done = False
+    _refusal: tuple[int, str, str] | None = None  # (status, code, message) once refused
+    _source_key: Hashable | None = None
 
     def gotLength(self, length: int | None) -> None:
-        super().gotLength(length)
-        if length == 0 or not self._for_sandbox():
-            return
-        channel: Any = self.channel
-        line: list[Any] = [getattr(channel, n, None) for n in ("_command", "_path", "_version")]
-        if None in line:
-            return  # (a twisted.web without these: buffer as before)
-        opened: Any = self.content
-        if not isinstance(opened, BytesIO):
-            opened.close()  # the temporary file twisted.web opened for a large body
+        # (not twisted.web's: it opens a temporary file for a body over 100 kB)
         self.content = BytesIO()
-        self.streamed_body = StreamedBody(channel.transport, length)
-        # Render in a turn of our own: never inside the channel's parsing of this connection.
-        channel.callLater(0, partial(self._render_early, *line))
+        channel: Any = self.channel
+        path = getattr(channel, "_path", None) or b""
+        if length == 0:
+            return
+        if self._for_sandbox():
+            line = self._line()
+            if line is None:
+                self._cap = MAX_SANDBOX_BODY  # (a twisted.web without these: buffer, capped)
+                return
+            self.streamed_body = StreamedBody(channel.transport, length)
+            self._early = True
+            # Render in a turn of our own: never inside the channel's parsing of this connection.
+            channel.callLater(0, partial(self._render_early, *line))
+            return
+        self._cap = MAX_ANTHROPIC_BODY if path.startswith(_ANTHROPIC_PATH) else MAX_BODY
+        if length is not None and length > self._cap:
+            self._refuse_too_large()
+        elif not self._budget().has_room(self._source(), length or 1):  # (counted as they come)
+            self._refuse_busy()
+
+    def _line(self) -> tuple[bytes, bytes, bytes] | None:
+        channel: Any = self.channel
+        line = tuple(getattr(channel, n, None) for n in ("_command", "_path", "_version"))
+        if None in line:
+            return None
+        return line  # type: ignore[return-value]
+
+    def _budget(self) -> BodyBudget:
+        budget = getattr(getattr(self.channel, "site", None), "body_budget", None)
+        return budget if isinstance(budget, BodyBudget) else BODIES
+
+    def _source(self) -> Hashable:
+        """Whose bodies these are, for the budget's shares: a door's sandbox, else the client
+        address (an IPv6 address by its /64, which one client usually has whole)."""
+        if self._source_key is None:
+            site = getattr(self.channel, "site", None)
+            if getattr(site, "only_anthropic", False):
+                self._source_key = ("door", id(site))
+            else:
+                host = str(getattr(self.getClientAddress(), "host", ""))
+                if ":" in host:
+                    try:
+                        host = str(ip_network(f"{host}/64", strict=False))
+                    except ValueError:
+                        pass
+                self._source_key = ("address", host)
+        return self._source_key
 
     def _for_sandbox(self) -> bool:
-        return for_sandbox(self, getattr(self.channel, "site", None))
+        site = getattr(self.channel, "site", None)
+        if getattr(site, "only_anthropic", False):
+            return False  # a sandbox's door: its bodies are prompts, read whole and capped
+        return for_sandbox(self, site)
+
+    def _set_line(self, command: bytes, path: bytes, version: bytes) -> None:
+        self.method, self.uri, self.clientproto = command, path, version
+        self.path, sep, query = path.partition(b"?")
+        self.args = http.parse_qs(query, 1) if sep else {}
 
     def _render_early(self, command: bytes, path: bytes, version: bytes) -> None:
         if getattr(self, "channel", None) is None:
             return  # the browser left already
-        self.method, self.uri, self.clientproto = command, path, version
-        self.path, sep, query = path.partition(b"?")
-        self.args = http.parse_qs(query, 1) if sep else {}
+        self._set_line(command, path, version)
         self.process()
 
+    # -- refusing a body ---------------------------------------------------------------------
+
+    def _refuse_too_large(self) -> None:
+        assert self._cap is not None
+        mib = self._cap // (1024 * 1024)
+        self._refuse(413, "payload_too_large", f"the request body is larger than {mib} MiB")
+
+    def _refuse_busy(self) -> None:
+        self._refuse(
+            503,
+            "busy",
+            "the server is receiving too many request bodies at once; try again in a moment",
+        )
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        """Stops storing the body and answers as soon as we may, without reading the rest."""
+        self.body_too_large = True
+        self._refusal = (status, code, message)
+        self._release()
+        self.content = BytesIO()
+        line = self._line()
+        if line is not None and not self._early:
+            self._early = True
+            self.channel.callLater(0, partial(self._answer_refusal, *line))
+
+    def _answer_refusal(self, command: bytes, path: bytes, version: bytes) -> None:
+        if getattr(self, "channel", None) is None or self.finished:
+            return  # the client left already
+        assert self._refusal is not None
+        status, code, message = self._refusal
+        self._set_line(command, path, version)
+        channel: Any = self.channel
+        self.site = channel.site
+        if self.path.startswith(_ANTHROPIC_PATH):  # in Anthropic's shape, for SDKs and opencode
+            kind = "request_too_large" if status == 413 else "overloaded_error"
+            body: Any = {"type": "error", "error": {"type": kind, "message": message}}
+        else:
+            body = {"error": {"code": code, "message": message}}
+        data = json.dumps(body).encode()
+        self.setResponseCode(status)
+        self.setHeader(b"content-type", b"application/json")
+        self.setHeader(b"cache-control", b"no-store")
+        self.setHeader(b"content-length", b"%d" % len(data))
+        if status == 503:
+            self.setHeader(b"retry-after", b"5")
+        self.write(data)
+        self.finish()
+
+    # -- the channel's calls -----------------------------------------------------------------
+
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._body_done = True
         if self.streamed_body is not None:
             self.streamed_body.finish()  # rendering started when the headers came
+        elif self._refusal is not None:
+            if not self._early:  # (a twisted.web without the request line early)
+                self._answer_refusal(command, path, version)
         else:
             super().requestReceived(command, path, version)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.streamed_body is not None:
+            return self.streamed_body.feed(data)
+        if self._refusal is not None:
+            return  # refused: what still comes is dropped
+        if self._cap is None:
+            self._cap = MAX_BODY
+        if self._received + len(data) > self._cap:
+            return self._refuse_too_large()
+        if not self._budget().take(self._source(), len(data)):
+            return self._refuse_busy()
+        self._received += len(data)
+        content: Any = self.content
+        content.write(data)
+
+    def _release(self) -> None:
+        if self._received:
+            self._budget().give_back(self._source(), self._received)
+            self._received = 0
 
     def getClientAddress(self) -> IAddress:
         """The peer, or the client a trusted proxy forwarded for: what the login limits, the
@@ -96,8 +266,7 @@ class BoundedRequest(server.Request):
         super().process()
 
     def _answering_early(self) -> bool:
-        body = self.streamed_body
-        return body is not None and not body.complete and self.channel is not None
+        return self._early and not self._body_done and self.channel is not None
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting and self._answering_early():
@@ -111,33 +280,36 @@ class BoundedRequest(server.Request):
         if self._answering_early():
             channel: Any = self.channel
             channel.persistent = False
-            assert self.streamed_body is not None
-            self.streamed_body.stopProducing()
+            if self.streamed_body is not None:
+                self.streamed_body.stopProducing()
             # What the browser still sends is dropped: over TLS, data keeps arriving after
             # the channel's loseConnection, and the channel must not parse it as a request.
             channel.dataReceived = _discard
+            channel.loseConnection = partial(_lingering_close, channel, channel.loseConnection)
+        self._release()
         super().finish()
 
-    def handleContentChunk(self, data: bytes) -> None:
-        if self.streamed_body is not None:
-            return self.streamed_body.feed(data)
-        if self._cap is None:
-            if self._for_sandbox():
-                self._cap = MAX_SANDBOX_BODY
-            elif getattr(self.channel, "_path", b"").startswith(b"/proxy/anthropic/"):
-                # (the request line is parsed before the body; ``uri`` is set only after it)
-                self._cap = MAX_ANTHROPIC_BODY
-            else:
-                self._cap = MAX_BODY
-        self._received += len(data)
-        if self._received > self._cap:
-            self.body_too_large = True
-            return
-        super().handleContentChunk(data)
+    def connectionLost(self, reason: Failure) -> None:
+        self._release()
+        super().connectionLost(reason)
 
 
 def _discard(data: bytes) -> None:
     pass
+
+
+def _lingering_close(channel: Any, close: Any) -> None:
+    """Closes a connection answered before its body came so that the client sees the answer.
+
+    Closing a TCP socket with unread data in it sends a reset, and the client's system drops
+    our answer with it. So we close our side for writing only, drop what still comes for a
+    moment (``LINGER``), and then close (TLS and other transports: at once, as before)."""
+    transport = channel.transport
+    if not ITCPTransport.providedBy(transport):
+        close()
+        return
+    transport.loseWriteConnection()
+    channel.callLater(LINGER, close)
 
 
 def for_sandbox(request: Any, site: Any) -> bool:
@@ -194,6 +366,7 @@ class QuietSandboxSite(server.Site):
         trusted_proxies: TrustedProxies | None = None,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("timeout", IDLE_TIMEOUT)
         super().__init__(resource, logFormatter=redacting_log_formatter, **kwargs)
         self.base_host = base_host
         self.trusted_proxies = trusted_proxies or TrustedProxies()

@@ -436,9 +436,7 @@ async def test_volumes_have_quotas(quota_world: Guarded) -> None:
     root = w.backend._settings.disk_root
     assert root is not None
     other = (await w.people["owner"].call("POST", "/api/workspaces", {"name": "other"})).body["id"]
-    await w.people["owner"].call(
-        "POST", f"/api/workspaces/{other}/members", {"username": "developer", "role": "developer"}
-    )
+    await w.people["owner"].add_member(other, w.people["developer"])
     # The other workspace's volume predates quotas: it keeps working, without a limit, and
     # the server says so.
     w.engine.docker("volume", "create", f"cli-ws-{other}")

@@ -14,24 +14,14 @@ from collections.abc import Iterable
 
 from attrs import frozen
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+from cli_server.networks import Address, Network, parse_networks
 
 _FOR = re.compile(rb'(?:^|;)\s*for\s*=\s*("[^"]*"|[^;,\s]*)', re.IGNORECASE)
 
 
 def parse_trusted_proxies(text: str) -> tuple[Network, ...]:
     """``"10.0.0.0/8, 127.0.0.1, ::1"``: addresses or CIDR networks, comma-separated."""
-    networks = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(part, strict=False))
-        except ValueError:
-            raise ValueError(f"{part!r} is not an address or network such as 10.0.0.0/8") from None
-    return tuple(networks)
+    return parse_networks(text, "10.0.0.0/8")
 
 
 def _address(text: str) -> Address | None:

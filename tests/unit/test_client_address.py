@@ -63,4 +63,4 @@ class ClientAddressTests(SynchronousTestCase):
         from_env = _parse([], {"TRUSTED_PROXIES": "192.168.1.1"}).config()
         self.assertEqual(from_env.trusted_proxies, (ipaddress.ip_network("192.168.1.1/32"),))
         error = self.assertRaises(usage.UsageError, _parse, [], {"TRUSTED_PROXIES": "10.0.0.0/33"})
-        self.assertIn("TRUSTED_PROXIES: '10.0.0.0/33' is not an address or network", str(error))
+        self.assertIn("TRUSTED_PROXIES: '10.0.0.0/33' is not an IP address or network", str(error))

@@ -170,7 +170,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual([str(n) for n in config.egress_allow], ["10.1.0.0/16", "192.0.2.9/32"])
         error = self.assertRaises(usage.UsageError, parse, ["--egress-allow", "10.0.0.0/8,lan"])
         self.assertEqual(
-            str(error), "--egress-allow: 'lan' is not an IP network (e.g. 10.1.0.0/16)"
+            str(error), "--egress-allow: 'lan' is not an IP address or network (e.g. 10.1.0.0/16)"
         )
 
     def test_preflight(self) -> None:

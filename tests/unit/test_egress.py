@@ -149,7 +149,9 @@ class DeniedTests(SynchronousTestCase):
         )
         self.assertEqual(parse_allow(""), ())
         error = self.assertRaises(ValueError, parse_allow, "10.0.0.0/8,intranet")
-        self.assertEqual(str(error), "'intranet' is not an IP network (e.g. 10.1.0.0/16)")
+        self.assertEqual(
+            str(error), "'intranet' is not an IP address or network (e.g. 10.1.0.0/16)"
+        )
 
 
 class RulesetTests(SynchronousTestCase):

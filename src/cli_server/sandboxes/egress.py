@@ -21,8 +21,7 @@ from pathlib import Path
 
 from attrs import evolve, field, frozen
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from cli_server.networks import Address, Network, parse_networks
 
 # Never the internet: a sandbox has no business there unless the operator says so.
 ALWAYS_DENIED: tuple[Network, ...] = tuple(
@@ -56,17 +55,8 @@ def _networks(values: Iterable[Network | Address | str]) -> tuple[Network, ...]:
 
 
 def parse_allow(text: str) -> tuple[Network, ...]:
-    """``--egress-allow``: comma-separated CIDRs (or single addresses); ValueError names the
-    bad entry."""
-    allowed = []
-    for item in (part.strip() for part in text.split(",")):
-        if not item:
-            continue
-        try:
-            allowed.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ValueError(f"{item!r} is not an IP network (e.g. 10.1.0.0/16)") from None
-    return tuple(allowed)
+    """``--egress-allow``: comma-separated CIDRs (or single addresses)."""
+    return parse_networks(text, "10.1.0.0/16")
 
 
 def _subtract(denied: Network, allowed: Iterable[Network]) -> list[Network]:

@@ -47,6 +47,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cli_server.networks import Network
 from cli_server.process import run_process
 from cli_server.sandboxes import seccomp
 from cli_server.sandboxes.backend import (
@@ -60,7 +61,7 @@ from cli_server.sandboxes.backend import (
     exit_reason,
 )
 from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes
-from cli_server.sandboxes.egress import EgressPolicy, Network
+from cli_server.sandboxes.egress import EgressPolicy
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.unixjson import unix_json_call
 from cli_server.system_accounts import SystemAccount, ensure_system_account

@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -235,9 +236,17 @@ class Real:
         return opencode_pid(self.backend._live[sandbox_id].sandbox.pid)
 
 
-@pytest_twisted.async_yield_fixture
-async def real(db_url: str) -> AsyncIterator[Real]:
-    root = scratch_dir("cli-test-sbx-")
+@asynccontextmanager
+async def real_server(
+    db_url: str,
+    prefix: str = "cli-test-sbx-",
+    stopped: Callable[[Path], None] | None = None,
+    **settings: Any,
+) -> AsyncIterator[Real]:
+    """A server on the real process backend (``settings`` change its config), its owner with
+    workspaces a and b; ``stopped(data_dir)`` checks what the server left once it has stopped,
+    before its scratch directory goes."""
+    root = scratch_dir(prefix)
     data_dir = root / "data"
     fake, fake_port = serve_fake_anthropic(_reactor())
     config = attrs.evolve(
@@ -246,18 +255,28 @@ async def real(db_url: str) -> AsyncIterator[Real]:
         opencode_bin=str(opencode_binary()),
         anthropic_api_key=FAKE_KEY,
         anthropic_base_url=f"http://127.0.0.1:{fake_port.getHost().port}",
+        **settings,
     )
     app = await start_server(db_url, config=config, backend="real")
-    backend = app.server.backend
     owner = app.client()
     await owner.register_and_login("owner")
     workspaces = {}
     for name in ("a", "b"):
         workspaces[name] = (await owner.call("POST", "/api/workspaces", {"name": name})).body["id"]
-    yield Real(app, backend, data_dir, owner, workspaces, fake)
-    await stop_server(app)
-    await fake_port.stopListening()
-    remove_dir(root)
+    try:
+        yield Real(app, app.server.backend, data_dir, owner, workspaces, fake)
+    finally:
+        await stop_server(app)
+        await fake_port.stopListening()
+        if stopped is not None:
+            stopped(data_dir)
+        remove_dir(root)
+
+
+@pytest_twisted.async_yield_fixture
+async def real(db_url: str) -> AsyncIterator[Real]:
+    async with real_server(db_url) as world:
+        yield world
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import attrs
 import pytest
 import pytest_twisted
 
@@ -18,9 +17,12 @@ from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes, check_disk_qu
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.process_backend import ProcessBackend
 
-from .conftest import FAKE_KEY, Real, _reactor, server_config, start_server, stop_server
+from .conftest import (
+    Real,
+    _reactor,
+    real_server,
+)
 from .daemon import Daemon
-from .fake_anthropic import serve as serve_fake_anthropic
 from .helpers import needs_isolation, opencode_binary, remove_dir, scratch_dir, wait_until
 from .sandbox_shell import opencode_pid, run_inside
 from .test_crash import wait_status
@@ -180,32 +182,20 @@ async def test_foreign_mount_is_left_alone(scratch: Path) -> None:
 @pytest_twisted.async_yield_fixture
 async def small(db_url: str) -> AsyncIterator[Real]:
     """The `real` fixture with 64 MiB quotas for HOME and the workspace disk."""
-    root = scratch_dir("cli-test-quota-sbx-")
-    data_dir = root / "data"
-    fake, fake_port = serve_fake_anthropic(_reactor())
-    config = attrs.evolve(
-        server_config(db_url),
-        data_dir=data_dir,
-        opencode_bin=str(opencode_binary()),
-        anthropic_api_key=FAKE_KEY,
-        anthropic_base_url=f"http://127.0.0.1:{fake_port.getHost().port}",
+
+    def unmounted(data_dir: Path) -> None:
+        assert our_mounts(data_dir) == [], "shutdown left quota mounts"
+
+    async with real_server(
+        db_url,
+        "cli-test-quota-sbx-",
+        unmounted,
         workspace_disk_size=SMALL,
         sandbox_home_size=SMALL,
-    )
-    app = await start_server(db_url, config=config, backend="real")
-    owner = app.client()
-    await owner.register_and_login("owner")
-    workspaces = {}
-    for name in ("a", "b"):
-        workspaces[name] = (await owner.call("POST", "/api/workspaces", {"name": name})).body["id"]
-    try:
-        yield Real(app, app.server.backend, data_dir, owner, workspaces, fake)
-    finally:
-        await stop_server(app)
-        await fake_port.stopListening()
-        assert our_mounts(data_dir) == [], "shutdown left quota mounts"
-        remove_dir(root)
-        await wait_until(_reactor(), lambda: not loops_of(root), timeout=15)
+    ) as world:
+        yield world
+    root = world.data_dir.parent
+    await wait_until(_reactor(), lambda: not loops_of(root), timeout=15)
 
 
 def fill(pid: int, path: str) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,7 @@
 //
 // Prints one JSON line of what happened (the test decides); exits non-zero if it could not
 // finish. A hostile upstream (the test's FAKE sandbox) serves /attack.html and /own.html.
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 
 const plan = JSON.parse(process.argv[2]);
 const TIMEOUT = 20_000;
@@ -15,21 +15,11 @@ setTimeout(() => {
   process.exit(3);
 }, 150_000).unref();
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    // The test's base domain is a registrable one (sandboxes same-site, as in production),
-    // served on loopback.
-    `--host-resolver-rules=MAP ${new URL(plan.base).hostname} 127.0.0.1, MAP *.${new URL(plan.base).hostname} 127.0.0.1`,
-  ],
-});
+const browser = await launchChromium([
+  // The test's base domain is a registrable one (sandboxes same-site, as in production),
+  // served on loopback.
+  `--host-resolver-rules=MAP ${new URL(plan.base).hostname} 127.0.0.1, MAP *.${new URL(plan.base).hostname} 127.0.0.1`,
+]);
 const report = { statuses: [], cookies: [] };
 try {
   const context = await browser.newContext();

@@ -6,7 +6,7 @@
 // Exits non-zero on the first failed expectation. Saves screenshots of the main screens.
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 
 const [base, shots = "screenshots"] = process.argv.slice(2);
 if (!base) {
@@ -18,18 +18,7 @@ const started = Date.now();
 const timings = [];
 const TIMEOUT = 60_000;
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const browser = await launchChromium();
 
 async function journey(name, work) {
   const t = Date.now();

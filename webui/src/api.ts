@@ -11,6 +11,8 @@ export interface User {
   id: string;
   username: string;
   email: string | null;
+  /** The instance admin (the first registered user) has the users page. */
+  is_admin?: boolean;
 }
 export interface Workspace {
   id: string;

@@ -172,6 +172,16 @@ class Workspaces:
             raise NotFound("no such workspace", code="workspace_not_found")
         return workspace_json(row[0])
 
+    async def sandbox_counts(self, workspace_id: str) -> dict[str, int]:
+        """How many sandboxes the workspace has and how many run: what deleting it takes with
+        it. Callers check membership first."""
+        rows = await self._db.query(
+            "SELECT count(*) AS total, count(*) FILTER (WHERE status = 'running') AS running"
+            " FROM sandboxes WHERE workspace_id = %s",
+            (workspace_id,),
+        )
+        return {"total": int(rows[0]["total"]), "running": int(rows[0]["running"])}
+
     async def set_budget(
         self, workspace_id: str, actor_id: str, monthly_tokens: int | None
     ) -> None:

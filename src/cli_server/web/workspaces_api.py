@@ -58,7 +58,10 @@ class WorkspacesAPI:
     async def get_workspace(self, request: IRequest, workspace_id: str) -> bytes:
         user = await self._cookies.user(request)
         wid = parse_id(workspace_id, "workspace")
-        return json_response(request, await self._workspaces.get(wid, user.id))
+        workspace = await self._workspaces.get(wid, user.id)
+        # What the delete confirmation names: the sandboxes (and running ones) that go with it.
+        workspace["sandbox_counts"] = await self._workspaces.sandbox_counts(wid)
+        return json_response(request, workspace)
 
     @app.route("/<workspace_id>", methods=["DELETE"])
     async def delete_workspace(self, request: IRequest, workspace_id: str) -> bytes:

@@ -11,5 +11,7 @@ export default defineConfig({
   test: {
     environment: "jsdom",
     globals: true,
+    // styles.test.ts reads the stylesheet's colours ("?raw"), which needs it processed.
+    css: { include: [/styles\.css/] },
   },
 });

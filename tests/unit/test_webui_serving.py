@@ -17,6 +17,7 @@ class WebUITests(SynchronousTestCase):
         (root / "assets").mkdir()
         (root / "index.html").write_text("<!doctype html><title>ui</title>")
         (root / "assets" / "index-abc.js").write_text("console.log(1)")
+        (root / "assets" / "favicon-abc.svg").write_text("<svg/>")
         (root.parent / "secret.txt").write_text("no")
         self.client = StubTreq(WebUI(root))
 
@@ -33,6 +34,19 @@ class WebUITests(SynchronousTestCase):
             self.assertEqual(headers[b"Cache-Control"], [b"no-cache"])
             self.assertIn(b"default-src 'self'", headers[b"Content-Security-Policy"][0])
             self.assertEqual(headers[b"X-Frame-Options"], [b"DENY"])
+
+    def test_dashboard_addresses_serve_the_app(self) -> None:
+        """Every address the dashboard gives out loads the app on reload or from a link."""
+        for path in ("/w/0b7c4c1e", "/w/0b7c4c1e/members", "/account", "/admin/users"):
+            code, headers, body = self.get(path)
+            self.assertEqual((code, body), (200, b"<!doctype html><title>ui</title>"), path)
+            self.assertEqual(headers[b"Content-Type"], [b"text/html; charset=utf-8"])
+
+    def test_favicon_is_typed_svg(self) -> None:
+        """The favicon (emitted into assets/ by the build) is served as SVG."""
+        code, headers, body = self.get("/assets/favicon-abc.svg")
+        self.assertEqual((code, body), (200, b"<svg/>"))
+        self.assertEqual(headers[b"Content-Type"], [b"image/svg+xml"])
 
     def test_hashed_assets_are_cached_for_a_year(self) -> None:
         """Assets are immutable (their names carry a hash) and typed."""

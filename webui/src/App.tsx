@@ -2,9 +2,12 @@ import { useEffect, useState } from "react";
 import { AuthScreen } from "./AuthScreen";
 import { ApiError, api, type User } from "./api";
 import { Dashboard } from "./Dashboard";
+import { useRoute } from "./route";
 
 export function App() {
   const [user, setUser] = useState<User | null | undefined>(undefined);
+  // The address survives signing in: a shared link opens its screen once the user is in.
+  const [route, navigate] = useRoute();
 
   useEffect(() => {
     api
@@ -27,6 +30,8 @@ export function App() {
   return (
     <Dashboard
       user={user}
+      route={route}
+      navigate={navigate}
       onSignedOut={() => {
         setUser(null);
       }}

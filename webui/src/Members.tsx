@@ -1,4 +1,4 @@
-import { type FormEvent, useCallback, useEffect, useState } from "react";
+import { type FormEvent, useCallback, useEffect, useId, useState } from "react";
 import {
   api,
   atLeast,
@@ -10,8 +10,10 @@ import {
   type User,
   type Workspace,
 } from "./api";
-import { ConfirmButton } from "./Confirm";
-import { Alert, useAction } from "./useAction";
+import { ConfirmDialog } from "./Confirm";
+import { useVisiblePoll } from "./poll";
+import { canDepart, isLastOwner, ROLE_HELP, roleChangeQuestion, roleChoices } from "./roles";
+import { Alert } from "./useAction";
 
 interface Props {
   workspace: Workspace;
@@ -19,22 +21,36 @@ interface Props {
   onLeft: () => void;
 }
 
+/** A change waiting for its confirmation. */
+type Pending =
+  | { kind: "role"; member: Member; role: Role }
+  | { kind: "remove"; member: Member }
+  | null;
+
+/** Errors shown next to the control that caused them: "add", or a member's or invitation's id. */
+type Errors = Record<string, string>;
+
 export function Members({ workspace, me, onLeft }: Props) {
   const [members, setMembers] = useState<Member[] | null>(null);
   const [pending, setPending] = useState<PendingInvitation[]>([]);
   const [notice, setNotice] = useState<string | null>(null);
   const [username, setUsername] = useState("");
   const [role, setRole] = useState<Role>("developer");
+  const [asking, setAsking] = useState<Pending>(null);
+  const [errors, setErrors] = useState<Errors>({});
+  const [loadError, setLoadError] = useState<string | null>(null);
+  const helpId = useId();
   const isOwner = workspace.role === "owner";
   const canAdd = atLeast(workspace.role, "maintainer");
   const addable = ROLES.filter((r) => isOwner || r !== "owner");
 
-  const [loadError, setLoadError] = useState<string | null>(null);
   const load = useCallback(async () => {
     try {
       setMembers(await api.members(workspace.id));
       if (atLeast(workspace.role, "maintainer"))
         setPending(await api.pendingInvitations(workspace.id));
+      else setPending([]);
+      setLoadError(null);
     } catch (e) {
       setLoadError(describe(e));
     }
@@ -43,14 +59,24 @@ export function Members({ workspace, me, onLeft }: Props) {
   useEffect(() => {
     void load();
   }, [load]);
+  // Other owners change roles and membership too; keep the list current while it is shown.
+  useVisiblePoll(load, 5000);
 
-  const { error, act } = useAction(load);
-  const shown = error ?? loadError;
+  /** Runs one change; its failure shows next to ``key``'s control. */
+  async function act(key: string, work: () => Promise<unknown>) {
+    setErrors(({ [key]: _, ...rest }) => rest);
+    try {
+      await work();
+    } catch (e) {
+      setErrors((all) => ({ ...all, [key]: describe(e) }));
+    }
+    await load();
+  }
 
   async function add(event: FormEvent) {
     event.preventDefault();
     setNotice(null);
-    await act(async () => {
+    await act("add", async () => {
       const added = await api.addMember(workspace.id, username, role);
       setUsername("");
       setNotice(
@@ -61,47 +87,70 @@ export function Members({ workspace, me, onLeft }: Props) {
     });
   }
 
+  function confirm() {
+    const change = asking;
+    setAsking(null);
+    if (change === null) return;
+    const { member } = change;
+    if (change.kind === "role")
+      void act(member.user_id, () => api.setRole(workspace.id, member.user_id, change.role));
+    else
+      void act(member.user_id, async () => {
+        await api.removeMember(workspace.id, member.user_id);
+        if (member.user_id === me.id) onLeft();
+      });
+  }
+
+  const list = members ?? [];
+  const askingIsMe = asking?.member.user_id === me.id;
   return (
     <section aria-label="Members">
       {canAdd && (
-        <form onSubmit={add} className="row">
-          <label className="grow">
-            <span className="sr-only">Username to add</span>
-            <input
-              name="member"
-              required
-              placeholder="Username to add"
-              value={username}
-              onChange={(e) => setUsername(e.target.value)}
-            />
-          </label>
-          <label>
-            <span className="sr-only">Role for the new member</span>
-            <select
-              name="role"
-              aria-label="Role for the new member"
-              value={role}
-              onChange={(e) => setRole(e.target.value as Role)}
-            >
-              {addable.map((r) => (
-                <option key={r} value={r}>
-                  {r}
-                </option>
-              ))}
-            </select>
-          </label>
-          <button type="submit" className="primary">
-            Add member
-          </button>
+        <form onSubmit={add} className="add-member">
+          <div className="row">
+            <label className="grow">
+              <span className="sr-only">Username to add</span>
+              <input
+                name="member"
+                required
+                placeholder="Username to add"
+                value={username}
+                onChange={(e) => setUsername(e.target.value)}
+              />
+            </label>
+            <label>
+              <span className="sr-only">Role for the new member</span>
+              <select
+                name="role"
+                aria-label="Role for the new member"
+                aria-describedby={helpId}
+                value={role}
+                onChange={(e) => setRole(e.target.value as Role)}
+              >
+                {addable.map((r) => (
+                  <option key={r} value={r}>
+                    {r}
+                  </option>
+                ))}
+              </select>
+            </label>
+            <button type="submit" className="primary">
+              Add member
+            </button>
+          </div>
+          <p id={helpId} className="hint">
+            <span className="role-name">{role}:</span> {ROLE_HELP[role]}
+          </p>
+          <Alert message={errors.add ?? null} />
+          {notice && !errors.add && (
+            <p className="notice" role="status">
+              {notice}
+            </p>
+          )}
         </form>
       )}
-      <Alert message={shown} />
-      {notice && !shown && (
-        <p className="notice" role="status">
-          {notice}
-        </p>
-      )}
-      {members === null && <p className="muted">Loading members…</p>}
+      <Alert message={loadError} />
+      {members === null && !loadError && <p className="muted">Loading members…</p>}
       <table className="members">
         <thead>
           <tr>
@@ -113,54 +162,54 @@ export function Members({ workspace, me, onLeft }: Props) {
           </tr>
         </thead>
         <tbody>
-          {members?.map((m) => (
-            <tr key={m.user_id}>
-              <td>
-                {m.username}
-                {m.user_id === me.id && <span className="muted"> (you)</span>}
-              </td>
-              <td>
-                {isOwner ? (
-                  <select
-                    aria-label={`Role of ${m.username}`}
-                    value={m.role}
-                    onChange={(e) =>
-                      void act(() => api.setRole(workspace.id, m.user_id, e.target.value as Role))
-                    }
-                  >
-                    {ROLES.map((r) => (
-                      <option key={r} value={r}>
-                        {r}
-                      </option>
-                    ))}
-                  </select>
-                ) : (
-                  <span className="badge">{m.role}</span>
-                )}
-              </td>
-              <td className="end">
-                {(isOwner || m.user_id === me.id) && (
-                  <ConfirmButton
-                    label={m.user_id === me.id ? "Leave" : "Remove"}
-                    question={
-                      m.user_id === me.id
-                        ? `Leave "${workspace.name}"?`
-                        : `Remove ${m.username} from "${workspace.name}"?`
-                    }
-                    confirmLabel={m.user_id === me.id ? "Leave" : "Remove"}
-                    onConfirm={() =>
-                      void act(async () => {
-                        await api.removeMember(workspace.id, m.user_id);
-                        if (m.user_id === me.id) onLeft();
-                      })
-                    }
-                  />
-                )}
-              </td>
-            </tr>
-          ))}
+          {list.map((m) => {
+            const isMe = m.user_id === me.id;
+            const last = isLastOwner(m, list);
+            return (
+              <tr key={m.user_id}>
+                <td>
+                  {m.username}
+                  {isMe && <span className="muted"> (you)</span>}
+                </td>
+                <td>
+                  {isOwner && !last ? (
+                    <select
+                      aria-label={`Role of ${m.username}`}
+                      value={m.role}
+                      onChange={(e) =>
+                        setAsking({ kind: "role", member: m, role: e.target.value as Role })
+                      }
+                    >
+                      {roleChoices(m, list).map((r) => (
+                        <option key={r} value={r}>
+                          {r}
+                        </option>
+                      ))}
+                    </select>
+                  ) : (
+                    <span className="badge">{m.role}</span>
+                  )}
+                  {last && <span className="muted small-note"> the only owner</span>}
+                  <Alert message={errors[m.user_id] ?? null} />
+                </td>
+                <td className="end">
+                  {(isOwner || isMe) && canDepart(m, list) && (
+                    <button
+                      type="button"
+                      className="danger"
+                      aria-label={isMe ? "Leave" : `Remove ${m.username}`}
+                      onClick={() => setAsking({ kind: "remove", member: m })}
+                    >
+                      {isMe ? "Leave" : "Remove"}
+                    </button>
+                  )}
+                </td>
+              </tr>
+            );
+          })}
         </tbody>
       </table>
+      {isOwner && list.length > 0 && ownerOnlyNote(list, me)}
       {canAdd && pending.length > 0 && (
         <table className="members pending" aria-label="Pending invitations">
           <thead>
@@ -188,17 +237,75 @@ export function Members({ workspace, me, onLeft }: Props) {
                     <button
                       type="button"
                       aria-label={`Revoke the invitation of ${p.username}`}
-                      onClick={() => void act(() => api.revokeInvitation(p.id))}
+                      onClick={() => void act(p.id, () => api.revokeInvitation(p.id))}
                     >
                       Revoke
                     </button>
                   )}
+                  <Alert message={errors[p.id] ?? null} />
                 </td>
               </tr>
             ))}
           </tbody>
         </table>
       )}
+      <details className="role-help">
+        <summary>What can each role do?</summary>
+        <dl>
+          {ROLES.map((r) => (
+            <div key={r}>
+              <dt>{r}</dt>
+              <dd>{ROLE_HELP[r]}</dd>
+            </div>
+          ))}
+        </dl>
+      </details>
+      <ConfirmDialog
+        open={asking !== null}
+        question={
+          asking === null
+            ? ""
+            : asking.kind === "role"
+              ? roleChangeQuestion(asking.member, asking.role, askingIsMe, workspace.name)
+              : askingIsMe
+                ? `Leave "${workspace.name}"?`
+                : `Remove ${asking.member.username} from "${workspace.name}"?`
+        }
+        confirmLabel={
+          asking?.kind === "role"
+            ? `Make ${askingIsMe ? "me" : asking.member.username} ${asking.role}`
+            : askingIsMe
+              ? "Leave"
+              : "Remove"
+        }
+        tone={asking?.kind === "role" && !askingIsMe ? "primary" : "danger"}
+        onCancel={() => setAsking(null)}
+        onConfirm={confirm}
+      >
+        {asking?.kind === "role" && (
+          <p className="hint">
+            <span className="role-name">{asking.role}:</span> {ROLE_HELP[asking.role]}
+          </p>
+        )}
+        {asking?.kind === "remove" && (
+          <p className="hint">
+            {askingIsMe
+              ? "You lose access at once; an owner or maintainer would have to invite you again."
+              : `${asking.member.username} loses access at once, including opencode tabs already open.`}
+          </p>
+        )}
+      </ConfirmDialog>
     </section>
+  );
+}
+
+/** Why the only owner has no Leave button and no role select. */
+function ownerOnlyNote(members: Member[], me: User) {
+  const mine = members.find((m) => m.user_id === me.id);
+  if (!mine || !isLastOwner(mine, members)) return null;
+  return (
+    <p className="hint">
+      You are the only owner, so you cannot leave or step down: make someone else an owner first.
+    </p>
   );
 }

@@ -152,3 +152,10 @@ export function describe(error: unknown): string {
   }
   return "The server could not be reached. Check your connection and try again.";
 }
+
+/** One workspace with what deleting it takes along (GET /api/workspaces/{id}). */
+export interface WorkspaceDetail extends Workspace {
+  sandbox_counts: { total: number; running: number };
+}
+export const workspaceDetail = (id: string) =>
+  call<WorkspaceDetail>("GET", `/api/workspaces/${id}`);

@@ -1,0 +1,101 @@
+// The dashboard's addresses, over the History API: each workspace and tab has its own URL,
+// Back and Forward work, and a copied link opens the same screen after sign-in.
+import { useCallback, useEffect, useState } from "react";
+
+export type Tab = "sandboxes" | "members";
+export type Route =
+  | { page: "home" }
+  | { page: "workspace"; workspaceId: string; tab: Tab }
+  | { page: "account" }
+  | { page: "users" }
+  | { page: "unknown"; path: string };
+
+export function parseRoute(pathname: string): Route {
+  const parts = pathname.split("/").filter((p) => p !== "");
+  const [first, second, third] = parts.map((p) => {
+    try {
+      return decodeURIComponent(p);
+    } catch {
+      return p;
+    }
+  });
+  if (parts.length === 0) return { page: "home" };
+  if (first === "w" && second && parts.length === 2)
+    return { page: "workspace", workspaceId: second, tab: "sandboxes" };
+  if (first === "w" && second && parts.length === 3 && third === "members")
+    return { page: "workspace", workspaceId: second, tab: "members" };
+  if (first === "account" && parts.length === 1) return { page: "account" };
+  if (first === "admin" && second === "users" && parts.length === 2) return { page: "users" };
+  return { page: "unknown", path: pathname };
+}
+
+export function formatRoute(route: Route): string {
+  switch (route.page) {
+    case "home":
+      return "/";
+    case "workspace": {
+      const base = `/w/${encodeURIComponent(route.workspaceId)}`;
+      return route.tab === "members" ? `${base}/members` : base;
+    }
+    case "account":
+      return "/account";
+    case "users":
+      return "/admin/users";
+    case "unknown":
+      return route.path;
+  }
+}
+
+export const APP_NAME = "cli-server";
+
+/** The page title: most specific first, the product last, e.g. "Platform team · Members —
+ * cli-server". ``workspaceName`` is null while unknown or not accessible. */
+export function titleFor(route: Route, workspaceName: string | null): string {
+  const suffix = ` — ${APP_NAME}`;
+  switch (route.page) {
+    case "home":
+      return APP_NAME;
+    case "workspace":
+      if (workspaceName === null) return `Workspace not found${suffix}`;
+      return `${workspaceName} · ${route.tab === "members" ? "Members" : "Sandboxes"}${suffix}`;
+    case "account":
+      return `Account${suffix}`;
+    case "users":
+      return `Users${suffix}`;
+    case "unknown":
+      return `Page not found${suffix}`;
+  }
+}
+
+export type Navigate = (route: Route, options?: { replace?: boolean }) => void;
+
+/** The current route and a way to change it; follows Back and Forward (popstate). */
+export function useRoute(): [Route, Navigate] {
+  const [route, setRoute] = useState<Route>(() => parseRoute(window.location.pathname));
+  useEffect(() => {
+    const follow = () => setRoute(parseRoute(window.location.pathname));
+    window.addEventListener("popstate", follow);
+    return () => window.removeEventListener("popstate", follow);
+  }, []);
+  const navigate = useCallback<Navigate>((next, options) => {
+    const url = formatRoute(next);
+    if (url !== window.location.pathname) {
+      if (options?.replace) window.history.replaceState(null, "", url);
+      else window.history.pushState(null, "", url);
+    }
+    setRoute(parseRoute(url));
+  }, []);
+  return [route, navigate];
+}
+
+/** Whether a click on a link should stay in the page (a plain left click) rather than let
+ * the browser open a new tab or window. */
+export function isPlainClick(event: {
+  button: number;
+  metaKey: boolean;
+  ctrlKey: boolean;
+  shiftKey: boolean;
+  altKey: boolean;
+}): boolean {
+  return event.button === 0 && !event.metaKey && !event.ctrlKey && !event.shiftKey && !event.altKey;
+}

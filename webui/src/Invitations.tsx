@@ -1,5 +1,7 @@
 import { useCallback, useEffect, useState } from "react";
 import { api, describe, type Invitation, type Workspace } from "./api";
+import { useVisiblePoll } from "./poll";
+import { ROLE_HELP } from "./roles";
 import { Alert } from "./useAction";
 
 interface Props {
@@ -23,10 +25,9 @@ export function Invitations({ onJoined }: Props) {
 
   useEffect(() => {
     void load();
-    // New invitations appear without a reload; they are few and the call is cheap.
-    const timer = setInterval(() => void load(), 30_000);
-    return () => clearInterval(timer);
   }, [load]);
+  // New invitations appear without a reload; they are few and the call is cheap.
+  useVisiblePoll(load, 15_000);
 
   async function answer(invitation: Invitation, accept: boolean) {
     setError(null);
@@ -50,6 +51,10 @@ export function Invitations({ onJoined }: Props) {
             <p>
               <strong>{i.invited_by ?? "Someone"}</strong> invites you to{" "}
               <strong>{i.workspace_name}</strong> as <span className="badge">{i.role}</span>
+            </p>
+            <p className="hint">
+              {ROLE_HELP[i.role]} Nothing of the workspace is shown until you accept; the invitation
+              expires on {new Date(i.expires_at).toLocaleDateString()}.
             </p>
             <div className="row">
               <button

@@ -146,6 +146,7 @@ try {
     await page.getByRole("heading", { name: "Workspace not found" }).waitFor();
     await page.getByText("you no longer have access").waitFor();
     await expectTitle(page, "Workspace not found — cli-server");
+    await shot(page, "workspace-not-found");
     await page.getByRole("link", { name: "Go to your workspaces" }).click();
     await page.getByRole("heading", { name: "Alpha" }).waitFor();
     await expectPath(page, `/w/${alpha.id}`);
@@ -237,6 +238,7 @@ try {
     timings.push(`  removal reached bob's dashboard in ${(removed / 1000).toFixed(1)} s`);
     await expectPath(bobPage, "/");
     await bobPage.getByRole("heading", { name: "Welcome, bob" }).waitFor();
+    await shot(bobPage, "no-longer-access");
     expect((await nav(bobPage).getByRole("link", { name: /^Beta/ }).count()) === 0, "Beta stays");
   });
 

@@ -43,7 +43,8 @@ export function Dashboard({ user, route, navigate, onSignedOut }: Props) {
   const load = useCallback(async () => {
     try {
       const list = await api.workspaces();
-      setWorkspaces(list);
+      // Most polls bring nothing new: keep the same array so nothing re-renders for it.
+      setWorkspaces((old) => (JSON.stringify(old) === JSON.stringify(list) ? old : list));
       setError(null);
     } catch (e) {
       setError(describe(e));

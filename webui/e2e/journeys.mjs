@@ -158,7 +158,7 @@ try {
     await dialog.getByText("The code expires in").waitFor();
     const left = (await dialog.locator("time.countdown").textContent()) ?? "";
     if (!/^\d+:\d{2}$/.test(left)) throw new Error(`the countdown reads "${left}"`);
-    await dialog.getByRole("button", { name: "Copy" }).waitFor();
+    await dialog.getByRole("button", { name: "Copy the connect command" }).waitFor();
     await shot(page, "local-agent");
     await page.keyboard.press("Escape");
     await dialog.waitFor({ state: "detached" });

@@ -21,13 +21,15 @@ export function ClaudeBanner({ claude, role }: Props) {
       </p>
     );
   }
+  // The heading says the first half of the server's sentence; the rest is what to do.
+  const rest = claude.message.replace(/^Claude is not set up on this server:\s*/, "");
   return (
     <section className="claude-banner" aria-labelledby="claude-banner-title">
       <h2 id="claude-banner-title">Claude is not set up on this server</h2>
-      <p>{claude.message}</p>
+      <p>{rest.charAt(0).toUpperCase() + rest.slice(1)}</p>
       <p>
-        Until then, every prompt in opencode fails with this sentence. Whoever runs the server
-        starts it with the key in its environment:
+        Until then, prompts in opencode fail with a message saying so. Whoever runs the server
+        starts it with the key in its environment, for example:
       </p>
       <pre>ANTHROPIC_API_KEY=sk-ant-… twistd -n cli-server</pre>
       <p className="small">

@@ -117,7 +117,7 @@ test("an empty workspace says what to do next", async () => {
   serve([]);
   render(<Sandboxes workspace={workspace("owner")} pollMs={60_000} />);
   expect(await screen.findByText("No sandboxes yet.")).toBeTruthy();
-  expect((await screen.findByText("1.2K of 5K tokens this month")).tagName).toBe("STRONG");
+  expect((await screen.findByText("1.2K of 5K tokens")).tagName).toBe("STRONG");
   expect(screen.getByRole("button", { name: "Remove budget" })).toBeTruthy();
 });
 

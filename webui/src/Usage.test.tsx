@@ -39,7 +39,9 @@ test("owners see what to set and where when Claude is not set up", async () => {
   serve(report(null, false));
   render(<Usage workspace={workspace("owner")} refreshKey={0} />);
   const banner = await screen.findByRole("region", { name: "Claude is not set up on this server" });
-  expect(banner.textContent).toContain(NOT_SET_UP);
+  expect(banner.textContent).toContain(
+    "The administrator sets ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN) in the server's environment and restarts it.",
+  );
   expect(within(banner).getByText(/twistd -n cli-server/).textContent).toContain(
     "ANTHROPIC_API_KEY=",
   );
@@ -79,7 +81,7 @@ test("the budget field shows the budget; Save only once changed; Remove only whe
   render(<Usage workspace={workspace("owner")} refreshKey={0} />);
   const field = (await screen.findByLabelText("Monthly token budget")) as HTMLInputElement;
   expect(field.value).toBe("5,000,000");
-  expect(screen.getByText("1.2M of 5M tokens this month")).toBeTruthy();
+  expect(screen.getByText("1.2M of 5M tokens")).toBeTruthy();
   const bar = screen.getByRole("progressbar", { name: "Monthly budget used" });
   expect(bar.getAttribute("aria-valuetext")).toBe("1,234,567 of 5,000,000 tokens (25%)");
   expect(screen.queryByRole("button", { name: /Save budget|Set budget/ })).toBeNull();

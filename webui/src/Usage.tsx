@@ -82,8 +82,8 @@ export function Usage({ workspace, refreshKey }: Props) {
   const share = cap ? Math.min(1, used / cap) : 0;
   const summary =
     cap === null
-      ? `${exact.format(used)} tokens this month`
-      : `${compact.format(used)} of ${compact.format(cap)} tokens this month`;
+      ? `${exact.format(used)} tokens`
+      : `${compact.format(used)} of ${compact.format(cap)} tokens`;
 
   function submit(event: FormEvent) {
     event.preventDefault();

@@ -235,4 +235,10 @@ class ServerConfig:
                 "accepted only through its own door, so calls through that URL are refused; "
                 "unset it to give sandboxes their doors"
             )
+        if not (self.anthropic_api_key or self.anthropic_auth_token):
+            said.append(
+                "Claude is not set up: neither ANTHROPIC_API_KEY nor ANTHROPIC_AUTH_TOKEN is "
+                "set, so opencode's prompts in sandboxes fail (the dashboard says so). Set one "
+                "in this server's environment and restart it."
+            )
         return said

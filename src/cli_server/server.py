@@ -21,6 +21,7 @@ from twisted.web.server import Site
 from cli_server.accounts import Accounts
 from cli_server.anthropic.listener import adopt, listen_in_netns, proxy_site
 from cli_server.anthropic.proxy import AnthropicProxy, Upstream
+from cli_server.anthropic.setup import ClaudeSetup
 from cli_server.anthropic.usage import UsageStore
 from cli_server.auth.passwords import Passwords
 from cli_server.auth.ratelimit import FailureLimiter
@@ -191,11 +192,22 @@ class Server:
 def buildServer(config: ServerConfig, reactor: Any) -> IService:
     for warning in config.warnings():
         Logger().warn("{warning}", warning=warning)
-    service = build(config, reactor).root
+    server = build(config, reactor)
+    server.database.after_migrate.append(announce(config))  # (last: ready right after it)
+    service = server.root
     # What exists now (modules, the service tree) lives as long as the process: moving it out
     # of the collector's view makes each full collection cheaper while the proxy churns.
     gc.freeze()
     return service
+
+
+def announce(config: ServerConfig) -> Any:
+    """The one line an operator looks for: where to point the browser, once it works."""
+
+    async def ready() -> None:
+        Logger().info("cli-server is ready: open {origin}", origin=config.origin)
+
+    return ready
 
 
 def build(
@@ -245,8 +257,9 @@ def build(
     opencode = OpencodeClient(reactor)
     activity = ActivityRecorder(db, reactor)
     usage = UsageStore(db)
+    claude = ClaudeSetup.of(config.anthropic_api_key, config.anthropic_auth_token)
     upstream = None
-    if config.anthropic_api_key or config.anthropic_auth_token:
+    if claude.configured:
         upstream = Upstream(
             config.anthropic_base_url, config.anthropic_api_key, config.anthropic_auth_token
         )
@@ -363,12 +376,14 @@ def build(
             sandbox_access,
             usage,
             agents,
+            claude,
         ),
         SandboxesAPI(manager, cookies, sandbox_access, urls),
         AgentsAPI(agents, tunnels),
         lambda: database.ready,
         metrics=metrics,
         invitations=InvitationsAPI(workspaces, cookies),
+        claude=claude,
     )
     sandbox_cookie = SandboxCookie(config.secure_cookies, config.session_lifetime)
     live = LiveStreams(reactor)  # terminals and event streams open in this process

@@ -295,7 +295,7 @@ async def test_no_key_configured(db_url: str) -> None:
         reply = await w.api().call(
             "POST", "/proxy/anthropic/v1/messages", {}, headers={"x-api-key": w.token}
         )
-        assert reply.code == 503 and "ANTHROPIC_API_KEY" in reply.body["error"]["message"]
+        assert reply.code == 403 and "ANTHROPIC_API_KEY" in reply.body["error"]["message"]
         assert w.fake.seen == []
     finally:
         await stop_server(w.app)

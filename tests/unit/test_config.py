@@ -255,7 +255,9 @@ class WarningTests(SynchronousTestCase):
     def test_plain_http_under_a_real_name_is_warned_about(self) -> None:
         """Over http, a sandbox page can toss a cookie for the whole base domain; browsers
         keep *.localhost apart, so a local trial is not warned about."""
-        base = ServerConfig((), Path("/d"), None, "localhost:8080", "http", 60.0)
+        base = ServerConfig(
+            (), Path("/d"), None, "localhost:8080", "http", 60.0, anthropic_api_key="k"
+        )
         self.assertEqual(base.warnings(), [])
         self.assertEqual(attrs.evolve(base, base_domain="dev.localhost").warnings(), [])
         team = attrs.evolve(base, base_domain="cli.example.com")
@@ -264,7 +266,9 @@ class WarningTests(SynchronousTestCase):
         self.assertEqual(attrs.evolve(team, base_scheme="https").warnings(), [])
 
     def test_a_proxy_url_the_process_backend_cannot_use_is_warned_about(self) -> None:
-        base = ServerConfig((), Path("/d"), None, "localhost:8080", "http", 60.0)
+        base = ServerConfig(
+            (), Path("/d"), None, "localhost:8080", "http", 60.0, anthropic_auth_token="t"
+        )
         (warning,) = attrs.evolve(base, anthropic_proxy_url="http://10.0.0.1/x").warnings()
         self.assertIn("ANTHROPIC_PROXY_URL is set with the process backend", warning)
         docker = attrs.evolve(base, backend="docker", anthropic_proxy_url="http://10.0.0.1/x")
@@ -292,3 +296,17 @@ class StorageLimitOptionsTests(SynchronousTestCase):
             error = str(self.assertRaises(usage.UsageError, parse, argv, environ))
             self.assertIn(message, error)
             self.assertNotIn("\n", error)
+
+
+class ClaudeWarningTests(SynchronousTestCase):
+    def test_no_anthropic_credentials_is_warned_about(self) -> None:
+        """Without a key or token, prompts fail: the operator hears it once, at start."""
+        base = ServerConfig((), Path("/d"), None, "localhost:8080", "http", 60.0)
+        (warning,) = base.warnings()
+        self.assertIn("Claude is not set up", warning)
+        self.assertIn("ANTHROPIC_API_KEY", warning)
+        for secret in ({"anthropic_api_key": "k"}, {"anthropic_auth_token": "t"}):
+            self.assertEqual(attrs.evolve(base, **secret).warnings(), [])
+        # A base URL alone is not enough: the proxy forwards only with credentials.
+        only_url = attrs.evolve(base, anthropic_base_url="http://127.0.0.1:9")
+        self.assertEqual(len(only_url.warnings()), 1)

@@ -147,8 +147,8 @@ try {
     await page.getByRole("button", { name: "Connect a local agent" }).click();
     const dialog = page.getByRole("dialog", { name: "Connect a local agent" });
     await dialog.waitFor();
-    const command = dialog.locator(".command pre");
-    await command.filter({ hasText: "twistd -n cli-agent" }).waitFor();
+    const command = dialog.locator(".command pre").filter({ hasText: "twistd -n cli-agent" });
+    await command.waitFor();
     const text = (await command.textContent()) ?? "";
     for (const part of ["twistd -n cli-agent", "--server "]) {
       if (!text.includes(part)) throw new Error(`the agent command lacks "${part}": ${text}`);
@@ -158,7 +158,7 @@ try {
     await dialog.getByText("The code expires in").waitFor();
     const left = (await dialog.locator("time.countdown").textContent()) ?? "";
     if (!/^\d+:\d{2}$/.test(left)) throw new Error(`the countdown reads "${left}"`);
-    await dialog.getByRole("button", { name: "Copy" }).waitFor();
+    await dialog.getByRole("button", { name: "Copy the connect command" }).waitFor();
     await shot(page, "local-agent");
     await page.keyboard.press("Escape");
     await dialog.waitFor({ state: "detached" });

@@ -1,6 +1,7 @@
 import { type KeyboardEvent, useCallback, useEffect, useId, useRef, useState } from "react";
 import { type AgentCode, api, describe } from "./api";
 import { Alert } from "./useAction";
+import "./claude.css";
 
 const OPENCODE_URL = "http://127.0.0.1:4096";
 /** Words made only of these need no quoting in a POSIX shell. */
@@ -13,9 +14,15 @@ function shellQuote(word: string, plain: RegExp): string {
   return plain.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
 }
 
-function agentCommand(grant: AgentCode, name: string): string {
+/** Where the install step puts the agent: its own virtualenv, so nothing else changes. */
+const AGENT_HOME = "~/.cli-agent";
+/** cli-server has no separate agent package yet: this installs it from a clone. */
+const INSTALL = `python3 -m venv ${AGENT_HOME} && ${AGENT_HOME}/bin/pip install ./cli-server`;
+const OPENCODE = "opencode serve --port 4096";
+
+export function agentCommand(grant: AgentCode, name: string): string {
   return [
-    "twistd -n cli-agent",
+    `${AGENT_HOME}/bin/twistd -n cli-agent`,
     `--server ${shellQuote(grant.server_url, PLAIN_ARG)}`,
     `--code ${shellQuote(grant.code, PLAIN_ARG)}`,
     `--name ${shellQuote(name, PLAIN_NAME)}`,
@@ -23,10 +30,42 @@ function agentCommand(grant: AgentCode, name: string): string {
   ].join(" ");
 }
 
+/** "14:05": the local time a code expires, for people who look away and come back. */
+function clock(iso: string): string {
+  return new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
 /** "m:ss" for the milliseconds still to go, rounded up to the second. */
 function countdown(ms: number): string {
   const seconds = Math.max(0, Math.ceil(ms / 1000));
   return `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, "0")}`;
+}
+
+/** A command in a copyable block: its Copy button, and what copying did. */
+function Command(props: {
+  label: string;
+  text: string;
+  copied: string;
+  onCopy: (node: HTMLElement | null) => void;
+}) {
+  const block = useRef<HTMLPreElement>(null);
+  return (
+    <>
+      <div className="command">
+        <pre ref={block}>{props.text}</pre>
+        <button
+          type="button"
+          aria-label={`Copy the ${props.label}`}
+          onClick={() => props.onCopy(block.current)}
+        >
+          Copy
+        </button>
+      </div>
+      <p className="muted small" aria-live="polite">
+        {props.copied}
+      </p>
+    </>
+  );
 }
 
 interface Props {
@@ -61,14 +100,13 @@ export function LocalAgentButton({ workspaceId, onClosed }: Props) {
 function LocalAgentDialog({ workspaceId, onClose }: { workspaceId: string; onClose: () => void }) {
   const dialog = useRef<HTMLDialogElement>(null);
   const nameInput = useRef<HTMLInputElement>(null);
-  const command = useRef<HTMLPreElement>(null);
   const titleId = useId();
   const [grant, setGrant] = useState<AgentCode | null>(null);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string | null>(null);
   const [name, setName] = useState("my-laptop");
   const [now, setNow] = useState(() => Date.now());
-  const [copied, setCopied] = useState<string | null>(null);
+  const [copied, setCopied] = useState<{ which: string; message: string } | null>(null);
 
   const request = useCallback(async () => {
     setBusy(true);
@@ -124,31 +162,31 @@ function LocalAgentDialog({ workspaceId, onClose }: { workspaceId: string; onClo
     onClose();
   }
 
-  function selectCommand() {
-    const node = command.current;
-    const selection = window.getSelection();
-    if (!node || !selection) return;
-    const range = document.createRange();
-    range.selectNodeContents(node);
-    selection.removeAllRanges();
-    selection.addRange(range);
-  }
-
-  async function copy(text: string) {
+  /** Copies ``text``; where the browser will not, selects ``node`` for Ctrl+C instead. */
+  async function copy(which: string, text: string, node: HTMLElement | null) {
     // Absent outside secure contexts (plain http on anything but localhost).
     const clipboard: Clipboard | undefined = navigator.clipboard;
     try {
       if (!clipboard) throw new Error("no clipboard");
       await clipboard.writeText(text);
-      setCopied("Copied to the clipboard.");
+      setCopied({ which, message: "Copied to the clipboard." });
     } catch {
-      selectCommand();
-      setCopied(
-        "This browser would not copy it: the command is selected, copy it with Ctrl+C (⌘C on a Mac).",
-      );
+      const selection = window.getSelection();
+      if (node && selection) {
+        const range = document.createRange();
+        range.selectNodeContents(node);
+        selection.removeAllRanges();
+        selection.addRange(range);
+      }
+      setCopied({
+        which,
+        message:
+          "This browser would not copy it: the command is selected, copy it with Ctrl+C (⌘C on a Mac).",
+      });
     }
   }
 
+  const said = (which: string) => (copied?.which === which ? copied.message : "");
   const text = grant ? agentCommand(grant, name) : "";
   return (
     <dialog
@@ -162,51 +200,85 @@ function LocalAgentDialog({ workspaceId, onClose }: { workspaceId: string; onClo
       onKeyDown={onKeyDown}
     >
       <h2 id={titleId}>Connect a local agent</h2>
-      <p className="muted small">
-        Start <code>opencode serve --port 4096</code> on the laptop first. The code works once, for
-        10 minutes; afterwards <code>twistd -n cli-agent --opencode-url {OPENCODE_URL}</code>{" "}
-        reconnects with the saved credentials.
+      <p className="lead">
+        The opencode on your laptop joins this workspace as a <em>local sandbox</em>: the team opens
+        it here like any other, while it works with the laptop's files and tools. The agent dials
+        out to this server, so the laptop needs no open port.
       </p>
-      <label>
-        Laptop name
-        <input
-          ref={nameInput}
-          name="agent-name"
-          maxLength={100}
-          value={name}
-          onChange={(e) => {
-            setName(e.target.value);
-            setCopied(null);
-          }}
-        />
-      </label>
-      {busy && <p className="muted">Requesting a code…</p>}
-      <Alert message={error} />
-      {grant && !expired && (
-        <>
-          <p className="small">
-            Run this on the laptop. The code expires in{" "}
-            <time
-              dateTime={grant.expires_at}
-              title={new Date(grant.expires_at).toLocaleString()}
-              className="countdown"
-            >
-              {Number.isFinite(left) ? countdown(left) : "10 minutes"}
-            </time>
-            .
+      <p>
+        The laptop needs Python 3.11 or newer, <strong>opencode</strong> installed, and a clone of
+        cli-server (the same version as this server).
+      </p>
+      <ol className="steps">
+        <li>
+          <p>Install the agent, once, next to your clone of cli-server:</p>
+          <Command
+            label="install command"
+            text={INSTALL}
+            copied={said("install")}
+            onCopy={(node) => void copy("install", INSTALL, node)}
+          />
+          <p className="muted small">
+            There is no lighter agent-only package yet: this installs the server's libraries too,
+            into its own virtualenv, and uses only the agent.
           </p>
-          <div className="command">
-            <pre ref={command}>{text}</pre>
-            <button type="button" onClick={() => void copy(text)}>
-              Copy
-            </button>
-          </div>
-          <p className="muted small" aria-live="polite">
-            {copied}
-          </p>
-        </>
-      )}
-      {expired && <p className="warning">This code has expired.</p>}
+        </li>
+        <li>
+          <p>Start opencode in the folder it should work in:</p>
+          <Command
+            label="opencode command"
+            text={OPENCODE}
+            copied={said("opencode")}
+            onCopy={(node) => void copy("opencode", OPENCODE, node)}
+          />
+        </li>
+        <li>
+          <p>Connect it to this workspace:</p>
+          <label>
+            Laptop name
+            <input
+              ref={nameInput}
+              name="agent-name"
+              maxLength={100}
+              value={name}
+              onChange={(e) => {
+                setName(e.target.value);
+                setCopied(null);
+              }}
+            />
+          </label>
+          {busy && <p className="muted">Requesting a code…</p>}
+          <Alert message={error} />
+          {grant && !expired && (
+            <>
+              <p>
+                The code expires in{" "}
+                <time
+                  dateTime={grant.expires_at}
+                  title={new Date(grant.expires_at).toLocaleString()}
+                  className="countdown"
+                >
+                  {Number.isFinite(left) ? countdown(left) : "10 minutes"}
+                </time>
+                , at <time dateTime={grant.expires_at}>{clock(grant.expires_at)}</time>; it works
+                once.
+              </p>
+              <Command
+                label="connect command"
+                text={text}
+                copied={said("connect")}
+                onCopy={(node) => void copy("connect", text, node)}
+              />
+            </>
+          )}
+          {expired && <p className="warning">This code has expired.</p>}
+        </li>
+      </ol>
+      <p className="muted small">
+        The sandbox shows up here as <em>local</em> and <em>running</em>. Later,{" "}
+        <code>{AGENT_HOME}/bin/twistd -n cli-agent</code> reconnects with the saved credentials (in{" "}
+        <code>~/.cli-server/agent.json</code>), no code needed.
+      </p>
       <div className="row end">
         {(expired || (!grant && error)) && (
           <button type="button" className="primary" disabled={busy} onClick={() => void request()}>

@@ -117,9 +117,7 @@ test("an empty workspace says what to do next", async () => {
   serve([]);
   render(<Sandboxes workspace={workspace("owner")} pollMs={60_000} />);
   expect(await screen.findByText("No sandboxes yet.")).toBeTruthy();
-  expect((await screen.findByText("1,234")).closest("p")?.textContent).toContain(
-    "of a 5,000 budget",
-  );
+  expect((await screen.findByText("1.2K of 5K tokens")).tagName).toBe("STRONG");
   expect(screen.getByRole("button", { name: "Remove budget" })).toBeTruthy();
 });
 
@@ -137,10 +135,10 @@ test("developers get a one-time code and the exact command to run on the laptop"
   const command = await within(dialog).findByText(/--code AbC-123_xyz/);
   expect(command.tagName).toBe("PRE");
   expect(command.textContent).toBe(
-    "twistd -n cli-agent --server http://localhost:8080 --code AbC-123_xyz --name my-laptop --opencode-url http://127.0.0.1:4096",
+    "~/.cli-agent/bin/twistd -n cli-agent --server http://localhost:8080 --code AbC-123_xyz --name my-laptop --opencode-url http://127.0.0.1:4096",
   );
   expect(dialog.textContent).toContain("expires in 10:00");
-  expect(dialog.textContent).toContain("Start opencode serve --port 4096 on the laptop first.");
+  expect(dialog.textContent).toContain("opencode serve --port 4096");
   const post = fetch.mock.calls.find(([url]) => String(url).endsWith("/agent-code"));
   expect(String(post?.[0])).toBe("/api/workspaces/w/agent-code");
   expect(post?.[1]).toMatchObject({ method: "POST", credentials: "same-origin" });
@@ -153,7 +151,7 @@ test("developers get a one-time code and the exact command to run on the laptop"
   const writeText = vi.fn(() => Promise.resolve());
   clipboard({ writeText });
   try {
-    fireEvent.click(within(dialog).getByRole("button", { name: "Copy" }));
+    fireEvent.click(within(dialog).getByRole("button", { name: "Copy the connect command" }));
     expect(await within(dialog).findByText("Copied to the clipboard.")).toBeTruthy();
     expect(writeText).toHaveBeenCalledWith(command.textContent);
   } finally {
@@ -161,7 +159,7 @@ test("developers get a one-time code and the exact command to run on the laptop"
   }
 
   // Without a clipboard the command gets selected and the user is told to copy it by hand.
-  fireEvent.click(within(dialog).getByRole("button", { name: "Copy" }));
+  fireEvent.click(within(dialog).getByRole("button", { name: "Copy the connect command" }));
   expect(await within(dialog).findByText(/the command is selected/)).toBeTruthy();
   expect(window.getSelection()?.toString()).toBe(command.textContent);
 

@@ -72,9 +72,17 @@ export interface AgentCode {
   expires_at: string;
   server_url: string;
 }
+/** Whether the server's Anthropic proxy has credentials, and what to do if not. */
+export interface ClaudeSetup {
+  configured: boolean;
+  message: string;
+  /** The README section that explains it. */
+  help?: string;
+}
 export interface UsageReport {
   month: { requests: number; total_tokens: number };
   monthly_token_budget: number | null;
+  claude?: ClaudeSetup;
 }
 
 export class ApiError extends Error {

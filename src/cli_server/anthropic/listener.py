@@ -98,6 +98,7 @@ class _DoorSite(Site):
     once."""
 
     only_anthropic = True
+    noisy = False  # (one per sandbox start: no "Starting factory" lines for each)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("timeout", IDLE_TIMEOUT)

@@ -24,7 +24,7 @@ from attrs import define, field, frozen
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.web.client import Agent, FileBodyProducer
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -39,11 +39,13 @@ from cli_server.anthropic.policy import (
     safe_betas,
     spends,
 )
+from cli_server.anthropic.setup import NOT_CONFIGURED
 from cli_server.anthropic.usage import Usage, UsageMeter, UsageStore
 from cli_server.auth.tokens import token_hash
 from cli_server.db.pool import Database, DatabaseUnavailable
 from cli_server.proxy.forward import Relay, copy_response_headers
 from cli_server.proxy.hygiene import HOP_BY_HOP
+from cli_server.quiet import QuietPool
 from cli_server.sandboxes.activity import ActivityRecorder
 
 PREFIX = b"/proxy/anthropic"
@@ -153,7 +155,7 @@ class AnthropicProxy(Resource):
 
     def __attrs_post_init__(self) -> None:
         Resource.__init__(self)
-        pool = HTTPConnectionPool(self._reactor, persistent=True)
+        pool = QuietPool(self._reactor, persistent=True)
         pool.maxPersistentPerHost = 64
         self._agent = Agent(self._reactor, pool=pool, connectTimeout=self._connect_timeout)
         self._free_calls = RateLimit(self._free_calls_per_minute)
@@ -224,15 +226,10 @@ class AnthropicProxy(Resource):
                 ),
             )
         if self._upstream is None:
+            # 403, not 503: opencode retries a 5xx for minutes, showing the sentence cut short
+            # in its retry notice; a 403 ends the turn at once with the whole sentence.
             return self._finish(
-                request,
-                anthropic_error(
-                    request,
-                    503,
-                    "api_error",
-                    "cli-server has no Anthropic credentials: set ANTHROPIC_API_KEY (or "
-                    "ANTHROPIC_AUTH_TOKEN) in the server's environment and restart it",
-                ),
+                request, anthropic_error(request, 403, "permission_error", NOT_CONFIGURED)
             )
         caller = await self._caller(request, door)
         if caller is None:

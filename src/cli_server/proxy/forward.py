@@ -35,6 +35,7 @@ from cli_server.proxy.hygiene import (
     clean_query,
     kept_answer_header,
 )
+from cli_server.quiet import QuietPool
 from cli_server.sandboxes.backend import Endpoint
 from cli_server.sandboxes.opencode import basic_auth
 from cli_server.web.streamed_body import StreamedBody
@@ -152,7 +153,7 @@ class Forwarder:
 
     @classmethod
     def create(cls, reactor: Any, tunnels: Any = None) -> Forwarder:
-        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool = QuietPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 128  # one per concurrent browser request, reused
         pool.cachedConnectionTimeout = 60
         cooperator = Cooperator(scheduler=lambda f: reactor.callLater(0, f))

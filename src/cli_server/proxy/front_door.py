@@ -549,6 +549,8 @@ class FrontDoor(Protocol):
 class FrontDoorFactory(Factory):
     """What each listening port serves: a FrontDoor per connection, over ``site``."""
 
+    noisy = False
+
     def __init__(self, site: Any, fast: FastPath, reactor: Any) -> None:
         self.site, self.fast, self._reactor = site, fast, reactor
         self._replay: tuple[bytes, Back] | None = None  # for the connection being taken back

@@ -13,7 +13,7 @@ from typing import Protocol as Interface
 
 from attrs import define, field
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol, connectionDone
@@ -24,6 +24,7 @@ from cli_server.nodelay import no_delay
 from cli_server.proxy.answer import AnswerReader, AnswerSink, Framing, Read, UnaskedUpgrade
 from cli_server.proxy.send_now import send_now
 from cli_server.proxy.takeover import hand_over
+from cli_server.quiet import connect_quietly
 from cli_server.sandboxes.backend import Endpoint
 
 __all__ = ["Client", "Framing", "UpstreamConnection", "UpstreamPool"]
@@ -94,7 +95,7 @@ class UpstreamConnection(AnswerReader, Protocol):
 def _tcp(reactor: Any) -> Callable[[Endpoint, UpstreamConnection], Deferred[Any]]:
     def connect(endpoint: Endpoint, protocol: UpstreamConnection) -> Deferred[Any]:
         tcp = TCP4ClientEndpoint(reactor, endpoint.host, endpoint.port, timeout=10)
-        connecting: Deferred[Any] = connectProtocol(tcp, protocol)
+        connecting: Deferred[Any] = connect_quietly(tcp, protocol)
         return connecting
 
     return connect

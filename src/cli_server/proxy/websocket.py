@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -23,6 +22,7 @@ from cli_server.proxy.answer import clean_upgrade_answer
 from cli_server.proxy.hygiene import clean_query
 from cli_server.proxy.request_head import MAX_HEAD, head_end
 from cli_server.proxy.takeover import hand_over
+from cli_server.quiet import connect_quietly
 
 
 class _Side(Protocol):
@@ -138,7 +138,7 @@ async def splice(
     if the sandbox is unreachable."""
     upstream = _Side(on_data, answer=True)
     try:
-        connecting = connectProtocol(endpoint, upstream)
+        connecting = connect_quietly(endpoint, upstream)
         connecting.addTimeout(timeout, reactor)
         await connecting
     except Exception:

@@ -11,9 +11,10 @@ from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, TimeoutError
 from twisted.internet.error import ConnectError, ConnectionClosed
 from twisted.internet.task import deferLater
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.client import Agent, ResponseFailed
 from twisted.web.http_headers import Headers
 
+from cli_server.quiet import QuietPool
 from cli_server.sandboxes.backend import BackendError, Endpoint
 
 
@@ -30,7 +31,7 @@ class OpencodeClient:
     async def get_json(
         self, endpoint: Endpoint, password: str, path: str, timeout: float = 2.0
     ) -> tuple[int, Any]:
-        pool = HTTPConnectionPool(self._reactor, persistent=False)
+        pool = QuietPool(self._reactor, persistent=False)
         http = HTTPClient(Agent(self._reactor, pool=pool, connectTimeout=timeout))
         url = f"http://{endpoint.host}:{endpoint.port}{path}"
         d = http.get(url, headers=Headers({b"authorization": [basic_auth(password)]}))

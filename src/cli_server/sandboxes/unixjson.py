@@ -6,9 +6,11 @@ import json
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
+
+from cli_server.quiet import connect_quietly
 
 
 class _OneShot(Protocol):
@@ -39,7 +41,7 @@ async def unix_json_call(
     reactor: Any, path: str, request: dict[str, Any], *, timeout: float
 ) -> dict[str, Any]:
     proto = _OneShot(json.dumps(request).encode())
-    connecting = connectProtocol(UNIXClientEndpoint(reactor, path, timeout=timeout), proto)
+    connecting = connect_quietly(UNIXClientEndpoint(reactor, path, timeout=timeout), proto)
     connecting.addTimeout(timeout, reactor)
     await connecting
     proto.reply.addTimeout(timeout, reactor)

@@ -359,6 +359,8 @@ class QuietSandboxSite(server.Site):
     terminal requests per minute, and logging each would cost more than proxying it), and
     never a credential in a query string (the tunnel accepts ``?token=``)."""
 
+    noisy = False  # (no "Starting factory" lines: the start-up line says where we listen)
+
     def __init__(
         self,
         resource: Any,

@@ -9,6 +9,7 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
+from cli_server.anthropic.setup import ClaudeSetup
 from cli_server.db.pool import Database
 from cli_server.errors import NotFound, ServiceUnavailable
 from cli_server.metrics import Metrics
@@ -35,6 +36,7 @@ class MainSite:
     _metrics: Any = field(factory=lambda: Metrics())
     _ui: IResource = field(factory=WebUI)
     _invitations: InvitationsAPI | None = None
+    _claude: ClaudeSetup | None = None
 
     app = Klein()
     install_json_errors(app)
@@ -50,7 +52,10 @@ class MainSite:
         if not self._ready():
             return json_response(request, error_body("starting", "still starting"), 503)
         await self._db.ping()  # DatabaseUnavailable -> 503
-        return json_response(request, {"status": "ready"})
+        ready = {"status": "ready"}
+        if self._claude is not None:  # (not configured is no unreadiness: it is said, not 503)
+            ready["claude"] = self._claude.readiness
+        return json_response(request, ready)
 
     def _require_ready(self) -> None:
         if not self._ready():

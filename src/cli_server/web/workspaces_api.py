@@ -6,6 +6,7 @@ from attrs import define
 from klein import Klein
 from twisted.web.iweb import IRequest
 
+from cli_server.anthropic.setup import ClaudeSetup
 from cli_server.anthropic.usage import UsageStore
 from cli_server.errors import BadRequest
 from cli_server.proxy.access import SandboxAccess
@@ -29,6 +30,40 @@ def parse_role(body: dict[str, object], default: Role | None = None) -> Role:
     return Role.parse(value)
 
 
+MAX_BUDGET = 10**15
+
+
+def parse_budget(body: dict[str, object]) -> int | None:
+    """``monthly_tokens``: a whole number of tokens a month, or null for no budget."""
+    if "monthly_tokens" not in body:
+        raise BadRequest(
+            "monthly_tokens is missing: send a whole number of tokens a month, e.g. 2000000, "
+            "or null for no budget",
+            field="monthly_tokens",
+        )
+    value = body["monthly_tokens"]
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        got = {str: "text", float: "a fraction", bool: "true or false"}.get(type(value), "that")
+        raise BadRequest(
+            f"monthly_tokens must be a whole number of tokens, e.g. 2000000, not {got} "
+            "(or null for no budget)",
+            field="monthly_tokens",
+        )
+    if value < 0:
+        raise BadRequest(
+            "monthly_tokens cannot be negative: 0 stops all calls, null removes the budget",
+            field="monthly_tokens",
+        )
+    if value > MAX_BUDGET:
+        raise BadRequest(
+            "monthly_tokens can be at most 1000000000000000 (for no limit, send null)",
+            field="monthly_tokens",
+        )
+    return value
+
+
 @define(eq=False)
 class WorkspacesAPI:
     _workspaces: Workspaces
@@ -38,6 +73,7 @@ class WorkspacesAPI:
     _access: SandboxAccess
     _usage: UsageStore
     _agents: LocalAgents
+    _claude: ClaudeSetup = ClaudeSetup(False)
 
     app = Klein()
     install_json_errors(app)
@@ -141,11 +177,15 @@ class WorkspacesAPI:
 
     @app.route("/<workspace_id>/usage", methods=["GET"])
     async def usage(self, request: IRequest, workspace_id: str) -> bytes:
-        """This month's Anthropic token usage, by sandbox, model and day, and the budget."""
+        """This month's Anthropic token usage, by sandbox, model and day, the budget, and
+        whether Claude is set up on this server at all (``claude``)."""
         user = await self._cookies.user(request)
         wid = parse_id(workspace_id, "workspace")
         await self._workspaces.role_of(wid, user.id)
-        return json_response(request, await self._usage.report(wid))
+        return json_response(request, await self._report(wid))
+
+    async def _report(self, wid: str) -> dict[str, object]:
+        return {**await self._usage.report(wid), "claude": self._claude.report()}
 
     @app.route("/<workspace_id>/budget", methods=["PUT"])
     async def set_budget(self, request: IRequest, workspace_id: str) -> bytes:
@@ -154,17 +194,6 @@ class WorkspacesAPI:
         user = await self._cookies.user(request)
         wid = parse_id(workspace_id, "workspace")
         await self._workspaces.require(wid, user.id, Role.OWNER)
-        body = read_json_object(request)
-        if "monthly_tokens" not in body:
-            raise BadRequest(
-                "monthly_tokens is required (a whole number, or null)", field="monthly_tokens"
-            )
-        value = body["monthly_tokens"]
-        if value is not None and (
-            not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 10**15
-        ):
-            raise BadRequest(
-                "monthly_tokens must be a whole number from 0, or null", field="monthly_tokens"
-            )
+        value = parse_budget(read_json_object(request))
         await self._workspaces.set_budget(wid, user.id, value)
-        return json_response(request, await self._usage.report(wid))
+        return json_response(request, await self._report(wid))

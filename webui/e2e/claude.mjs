@@ -1,0 +1,193 @@
+// Browser journeys for Claude's setup, the budget and the local agent dialog, in headless
+// Chromium against a real `twistd cli-server` started WITHOUT Anthropic credentials.
+//
+//   node e2e/claude.mjs ui BASE_URL SCREENSHOT_DIR      (prints "CONNECT <json>" at the end)
+//   node e2e/claude.mjs local BASE_URL SCREENSHOT_DIR   (after the agent ran that command)
+//
+// Exits non-zero on the first failed expectation.
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { launchChromium } from "./chromium.mjs";
+
+const [phase, base, shots = "screenshots"] = process.argv.slice(2);
+if (!base || !["ui", "local"].includes(phase)) {
+  console.error("usage: node e2e/claude.mjs ui|local BASE_URL [SCREENSHOT_DIR]");
+  process.exit(2);
+}
+mkdirSync(shots, { recursive: true });
+const TIMEOUT = 30_000;
+const PASSWORD = "correct horse battery";
+const WORKSPACE = "Claude team";
+const DESKTOP = { width: 1200, height: 800 };
+const PHONE = { width: 390, height: 844 };
+const browser = await launchChromium();
+
+function check(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+async function context() {
+  const made = await browser.newContext({ viewport: DESKTOP });
+  made.setDefaultTimeout(TIMEOUT);
+  return made;
+}
+
+/** Desktop and phone, light and dark: "name", "name-dark", "name-phone", "name-phone-dark". */
+async function shots4(page, name, { phone = true, fullPage = true } = {}) {
+  for (const scheme of ["light", "dark"]) {
+    await page.emulateMedia({ colorScheme: scheme });
+    const suffix = scheme === "dark" ? "-dark" : "";
+    await page.setViewportSize(DESKTOP);
+    await page.screenshot({ path: join(shots, `${name}${suffix}.png`) });
+    if (phone) {
+      await page.setViewportSize(PHONE);
+      await page.screenshot({ path: join(shots, `${name}-phone${suffix}.png`), fullPage });
+    }
+  }
+  await page.emulateMedia({ colorScheme: "light" });
+  await page.setViewportSize(DESKTOP);
+}
+
+async function register(page, username) {
+  await page.goto(base);
+  await page.getByRole("button", { name: "New here? Create an account" }).click();
+  await page.getByLabel("Username").fill(username);
+  await page.getByLabel("Password").fill(PASSWORD);
+  await page.getByRole("button", { name: "Create account" }).click();
+  await page.locator("summary[aria-label='Account menu']").waitFor();
+}
+
+async function signIn(page, username) {
+  await page.goto(base);
+  await page.getByLabel("Username").fill(username);
+  await page.getByLabel("Password").fill(PASSWORD);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.locator("summary[aria-label='Account menu']").waitFor();
+}
+
+async function ui() {
+  const owners = await context();
+  await owners.grantPermissions(["clipboard-read", "clipboard-write"], { origin: base });
+  const page = await owners.newPage();
+  await register(page, "olive");
+  await page.getByLabel("New workspace").fill(WORKSPACE);
+  await page.getByRole("button", { name: "Create workspace" }).click();
+  await page.getByRole("heading", { name: WORKSPACE }).waitFor();
+
+  // The owner is told, in the workspace view, what to set and where.
+  const banner = page.getByRole("region", { name: "Claude is not set up on this server" });
+  await banner.waitFor();
+  const said = (await banner.textContent()) ?? "";
+  for (const words of ["ANTHROPIC_API_KEY", "server's environment", "restarts it"]) {
+    check(said.includes(words), `the banner lacks "${words}": ${said}`);
+  }
+  await page.getByText("Claude this month: 0 tokens (0 requests)").waitFor();
+  await shots4(page, "claude-banner");
+
+  // The budget: a labelled field, validation in words, Save only once changed.
+  const field = page.getByLabel("Monthly token budget");
+  check((await field.inputValue()) === "", "a budget shows before one is set");
+  check((await page.getByRole("button", { name: "Remove budget" }).count()) === 0, "Remove shown");
+  await field.fill("lots");
+  await page.getByText("Enter a whole number of tokens, e.g. 2,000,000.").waitFor();
+  check((await field.getAttribute("aria-invalid")) === "true", "the field is not marked invalid");
+  check((await page.getByRole("button", { name: "Set budget" }).count()) === 0, "Set on bad input");
+  await field.fill("500");
+  await page.getByText("A budget must be at least 1,000 tokens").waitFor();
+  await shots4(page, "budget-invalid", { phone: false });
+  await field.fill("5 000 000");
+  await page.getByRole("button", { name: "Set budget" }).click();
+  await page.getByText("Budget saved: 5,000,000 tokens a month.").waitFor();
+  check((await field.inputValue()) === "5,000,000", "the field does not show the budget");
+  await page.getByText("0 of 5M tokens").waitFor();
+  const bar = page.getByRole("progressbar", { name: "Monthly budget used" });
+  const valuetext = await bar.getAttribute("aria-valuetext");
+  check(valuetext === "0 of 5,000,000 tokens (0%)", `the bar says ${valuetext}`);
+  check((await page.getByRole("button", { name: "Save budget" }).count()) === 0, "Save unchanged");
+  await page.getByRole("button", { name: "Remove budget" }).waitFor();
+  await shots4(page, "budget");
+  await page.getByRole("button", { name: "Remove budget" }).click();
+  await page.getByText("Budget removed").waitFor();
+  check((await page.getByRole("button", { name: "Remove budget" }).count()) === 0, "Remove stays");
+  await field.fill("2,000,000");
+  await page.getByRole("button", { name: "Set budget" }).click();
+  await page.getByText("Budget saved: 2,000,000 tokens a month.").waitFor();
+  // ... and the server's own check, in words, reached with a reload after a direct call.
+  const bad = await page.request.put(`${base}/api/workspaces/${await workspaceId(page)}/budget`, {
+    data: { monthly_tokens: "many" },
+  });
+  const refusal = await bad.json();
+  check(bad.status() === 400 && refusal.error.field === "monthly_tokens", "bad budget accepted");
+
+  // A guest: a short neutral note, the budget read-only.
+  const guests = await context();
+  const guest = await guests.newPage();
+  await register(guest, "gus");
+  const invited = await page.request.post(
+    `${base}/api/workspaces/${await workspaceId(page)}/members`,
+    { data: { username: "gus", role: "guest" } },
+  );
+  check(invited.status() === 201, `inviting gus: HTTP ${invited.status()}`);
+  await guest.reload();
+  await guest.getByRole("button", { name: `Accept the invitation to ${WORKSPACE}` }).click();
+  await guest.getByRole("heading", { name: WORKSPACE }).waitFor();
+  await guest.getByRole("note").filter({ hasText: "Claude is not available yet" }).waitFor();
+  check((await guest.getByRole("region", { name: /not set up/ }).count()) === 0, "guest banner");
+  check(!((await guest.content()) ?? "").includes("ANTHROPIC_API_KEY"), "guest sees the variable");
+  await guest
+    .getByText("Monthly budget: 2,000,000 tokens, set by the workspace's owners.")
+    .waitFor();
+  check((await guest.getByLabel("Monthly token budget").count()) === 0, "a guest edits the budget");
+  await shots4(guest, "claude-guest-note", { phone: false });
+  await guests.close();
+
+  // The local agent dialog: three steps, each copied exactly.
+  await page.getByRole("button", { name: "Connect a local agent" }).click();
+  const dialog = page.getByRole("dialog", { name: "Connect a local agent" });
+  await dialog.getByText("The code expires in").waitFor();
+  const copied = {};
+  for (const which of ["install", "opencode", "connect"]) {
+    const button = dialog.getByRole("button", { name: `Copy the ${which} command` });
+    const shown = await button.evaluate((node) => node.previousElementSibling.textContent);
+    await button.click();
+    await dialog.getByText("Copied to the clipboard.").waitFor();
+    const pasted = await page.evaluate(() => navigator.clipboard.readText());
+    check(pasted === shown, `copying the ${which} command gave ${pasted}, not ${shown}`);
+    copied[which] = pasted;
+  }
+  check(copied.install.includes("pip install"), `install: ${copied.install}`);
+  check(copied.connect.includes(" -n cli-agent --server "), `connect: ${copied.connect}`);
+  await dialog.getByText("Copied to the clipboard.").waitFor();
+  await shots4(page, "agent-dialog", { fullPage: false });
+  await page.keyboard.press("Escape");
+  await dialog.waitFor({ state: "detached" });
+  await owners.close();
+  console.log(`CONNECT ${JSON.stringify(copied.connect)}`);
+}
+
+async function workspaceId(page) {
+  const listed = await (await page.request.get(`${base}/api/workspaces`)).json();
+  return listed.find((w) => w.name === WORKSPACE).id;
+}
+
+async function local() {
+  const owners = await context();
+  const page = await owners.newPage();
+  await signIn(page, "olive");
+  await page.getByRole("heading", { name: WORKSPACE }).waitFor();
+  const card = page.locator("li.sandbox", { hasText: "my-laptop" });
+  await card.getByText("local", { exact: true }).waitFor();
+  await card.getByRole("status").filter({ hasText: "Running" }).waitFor();
+  await page.screenshot({ path: join(shots, "agent-connected.png") });
+  await owners.close();
+}
+
+try {
+  await (phase === "ui" ? ui() : local());
+} catch (error) {
+  console.error(`E2E FAILED: ${error?.stack ?? error}`);
+  await browser.close();
+  process.exit(1);
+}
+await browser.close();
+console.log(`claude journeys (${phase}) passed`);

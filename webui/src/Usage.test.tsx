@@ -1,0 +1,168 @@
+import { fireEvent, render, screen, within } from "@testing-library/react";
+import { afterEach, expect, test, vi } from "vitest";
+import type { UsageReport, Workspace } from "./api";
+import { parseBudget, Usage } from "./Usage";
+
+const NOT_SET_UP =
+  "Claude is not set up on this server: the administrator sets ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN) in the server's environment and restarts it.";
+
+function report(budget: number | null, configured = true, used = 1_234_567): UsageReport {
+  return {
+    month: { requests: 3, total_tokens: used },
+    monthly_token_budget: budget,
+    claude: { configured, message: configured ? "Claude is set up." : NOT_SET_UP },
+  };
+}
+
+function workspace(role: Workspace["role"]): Workspace {
+  return { id: "w", name: "W", role, created_at: "2026-11-28T00:00:00Z" };
+}
+
+/** Answers GET usage with ``first``, and each PUT budget with the budget it was sent. */
+function serve(first: UsageReport) {
+  return vi.spyOn(globalThis, "fetch").mockImplementation((_input, init) => {
+    if (init?.method === "PUT") {
+      const sent = JSON.parse(String(init.body)) as { monthly_tokens: number | null };
+      return Promise.resolve(
+        new Response(JSON.stringify({ ...first, monthly_token_budget: sent.monthly_tokens })),
+      );
+    }
+    return Promise.resolve(new Response(JSON.stringify(first)));
+  });
+}
+
+afterEach(() => {
+  vi.restoreAllMocks();
+});
+
+test("owners see what to set and where when Claude is not set up", async () => {
+  serve(report(null, false));
+  render(<Usage workspace={workspace("owner")} refreshKey={0} />);
+  const banner = await screen.findByRole("region", { name: "Claude is not set up on this server" });
+  expect(banner.textContent).toContain(
+    "The administrator sets ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN) in the server's environment and restarts it.",
+  );
+  expect(within(banner).getByText(/twistd -n cli-server/).textContent).toContain(
+    "ANTHROPIC_API_KEY=",
+  );
+  expect(banner.textContent).toContain("Claude in sandboxes: the Anthropic proxy");
+  expect(screen.queryByRole("note")).toBeNull();
+});
+
+test("maintainers see the banner too; developers and guests a short neutral note", async () => {
+  for (const role of ["maintainer", "developer", "guest"] as const) {
+    serve(report(null, false));
+    const { unmount } = render(<Usage workspace={workspace(role)} refreshKey={0} />);
+    await screen.findByText(/Claude this month/);
+    if (role === "maintainer") {
+      expect(screen.getByRole("region", { name: /not set up/ })).toBeTruthy();
+    } else {
+      expect(screen.queryByRole("region", { name: /not set up/ })).toBeNull();
+      expect(screen.getByRole("note").textContent).toContain(
+        "Claude is not available yet — ask the workspace owner.",
+      );
+      expect(screen.getByRole("note").textContent).not.toContain("ANTHROPIC");
+    }
+    unmount();
+    vi.restoreAllMocks();
+  }
+});
+
+test("a configured server shows no banner", async () => {
+  serve(report(null, true));
+  render(<Usage workspace={workspace("owner")} refreshKey={0} />);
+  await screen.findByText(/Claude this month/);
+  expect(screen.queryByRole("region")).toBeNull();
+  expect(screen.queryByRole("note")).toBeNull();
+});
+
+test("the budget field shows the budget; Save only once changed; Remove only when set", async () => {
+  const fetch = serve(report(5_000_000));
+  render(<Usage workspace={workspace("owner")} refreshKey={0} />);
+  const field = (await screen.findByLabelText("Monthly token budget")) as HTMLInputElement;
+  expect(field.value).toBe("5,000,000");
+  expect(screen.getByText("1.2M of 5M tokens")).toBeTruthy();
+  const bar = screen.getByRole("progressbar", { name: "Monthly budget used" });
+  expect(bar.getAttribute("aria-valuetext")).toBe("1,234,567 of 5,000,000 tokens (25%)");
+  expect(screen.queryByRole("button", { name: /Save budget|Set budget/ })).toBeNull();
+  expect(screen.getByRole("button", { name: "Remove budget" })).toBeTruthy();
+
+  fireEvent.change(field, { target: { value: "lots" } });
+  expect(field.getAttribute("aria-invalid")).toBe("true");
+  expect(screen.getByText("Enter a whole number of tokens, e.g. 2,000,000.").id).toBe(
+    field.getAttribute("aria-describedby"),
+  );
+  expect(screen.queryByRole("button", { name: "Save budget" })).toBeNull();
+  fireEvent.change(field, { target: { value: "500" } });
+  expect(screen.getByText(/must be at least 1,000 tokens/)).toBeTruthy();
+  fireEvent.change(field, { target: { value: "5 000 000" } });
+  expect(screen.queryByRole("button", { name: "Save budget" })).toBeNull(); // (unchanged)
+
+  fireEvent.change(field, { target: { value: "8 000 000" } });
+  fireEvent.click(screen.getByRole("button", { name: "Save budget" }));
+  expect(await screen.findByText("Budget saved: 8,000,000 tokens a month.")).toBeTruthy();
+  const put = fetch.mock.calls.find(([, init]) => init?.method === "PUT");
+  expect(String(put?.[0])).toBe("/api/workspaces/w/budget");
+  expect(JSON.parse(String(put?.[1]?.body))).toEqual({ monthly_tokens: 8_000_000 });
+  expect(field.value).toBe("8,000,000");
+  expect(screen.queryByRole("button", { name: "Save budget" })).toBeNull();
+
+  fireEvent.click(screen.getByRole("button", { name: "Remove budget" }));
+  expect(await screen.findByText(/Budget removed/)).toBeTruthy();
+  expect(field.value).toBe("");
+  expect(screen.queryByRole("button", { name: "Remove budget" })).toBeNull();
+  expect(screen.queryByRole("progressbar")).toBeNull();
+  fireEvent.change(field, { target: { value: "2000000" } });
+  expect(screen.getByRole("button", { name: "Set budget" })).toBeTruthy();
+});
+
+test("others read the budget; no field, no buttons", async () => {
+  for (const role of ["maintainer", "developer", "guest"] as const) {
+    serve(report(5_000_000));
+    const { unmount } = render(<Usage workspace={workspace(role)} refreshKey={0} />);
+    expect(
+      await screen.findByText("Monthly budget: 5,000,000 tokens, set by the workspace's owners."),
+    ).toBeTruthy();
+    expect(screen.queryByLabelText("Monthly token budget")).toBeNull();
+    expect(screen.queryByRole("button")).toBeNull();
+    unmount();
+    vi.restoreAllMocks();
+  }
+});
+
+test("a used-up budget says so, and the server's refusal shows next to the field", async () => {
+  vi.spyOn(globalThis, "fetch").mockImplementation((_input, init) =>
+    Promise.resolve(
+      init?.method === "PUT"
+        ? new Response(
+            JSON.stringify({ error: { code: "forbidden", message: "owners only", field: null } }),
+            { status: 403 },
+          )
+        : new Response(JSON.stringify(report(1_000_000, true, 1_000_000))),
+    ),
+  );
+  render(<Usage workspace={workspace("owner")} refreshKey={0} />);
+  expect(await screen.findByText(/The budget is used up/)).toBeTruthy();
+  fireEvent.change(screen.getByLabelText("Monthly token budget"), {
+    target: { value: "3000000" },
+  });
+  fireEvent.click(screen.getByRole("button", { name: "Save budget" }));
+  expect((await screen.findByRole("alert")).textContent).toBe(
+    "Your role does not allow this: owners only.",
+  );
+});
+
+test("parseBudget reads separators and explains in words", () => {
+  expect(parseBudget("2,000,000")).toEqual({ value: 2_000_000 });
+  expect(parseBudget(" 2 000 000 ")).toEqual({ value: 2_000_000 });
+  expect(parseBudget("1.5")).toEqual({
+    problem: "Enter a whole number of tokens, e.g. 2,000,000.",
+  });
+  expect(parseBudget("-5")).toHaveProperty("problem");
+  expect(parseBudget("999")).toEqual({
+    problem: "A budget must be at least 1,000 tokens: one Claude call needs more.",
+  });
+  expect(parseBudget("1".repeat(17))).toEqual({
+    problem: "That is more tokens than a budget can hold.",
+  });
+});

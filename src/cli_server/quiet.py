@@ -1,27 +1,65 @@
-"""Client connection pools that do not log each connection.
+"""Client connections that do not log each connection.
 
 twisted logs "Starting factory …" and "Stopping factory …" around every connection a noisy
-factory makes; the HTTP client's factory is noisy, and a server that proxies opens thousands of
-connections, burying the lines an operator needs to read."""
+factory makes; the HTTP client's factories are noisy, and a server that proxies opens thousands
+of connections, burying the lines an operator needs to read. Every client connection the server
+makes goes through ``QuietEndpoint``, which turns ``noisy`` off on the factory it is handed."""
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
+from attrs import field, frozen
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IProtocol, IStreamClientEndpoint
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import (
+    IAddress,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
-from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
+from zope.interface import implementer
 
 P = TypeVar("P", bound=IProtocol)
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    noisy = False
+@implementer(IStreamClientEndpoint)
+@frozen
+class QuietEndpoint:
+    _endpoint: IStreamClientEndpoint
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        if isinstance(protocolFactory, Factory):
+            protocolFactory.noisy = False
+        return self._endpoint.connect(protocolFactory)
 
 
-class QuietPool(HTTPConnectionPool):
-    _factory = _QuietClientFactory
+@implementer(IAgentEndpointFactory)
+@frozen
+class QuietEndpoints:
+    """What ``Agent`` connects to by default (TCP, TLS for https), quietly."""
+
+    _reactor: Any  # HostnameEndpoint needs IReactorTCP, IReactorTime and a resolver
+    _connect_timeout: float
+    _tls: IPolicyForHTTPS = field(factory=BrowserLikePolicyForHTTPS)
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            self._reactor, uri.host.decode("ascii"), uri.port, timeout=self._connect_timeout
+        )
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+        return QuietEndpoint(endpoint)
+
+
+def quiet_agent(reactor: Any, pool: HTTPConnectionPool, connect_timeout: float) -> Agent:
+    agent: Agent = Agent.usingEndpointFactory(
+        reactor, QuietEndpoints(reactor, connect_timeout), pool
+    )
+    return agent
 
 
 class _OneShot(Factory):

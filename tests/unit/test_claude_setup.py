@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import URI
 
 from cli_server.anthropic.setup import CONFIGURED, NOT_CONFIGURED, ClaudeSetup
 from cli_server.errors import BadRequest
-from cli_server.quiet import QuietPool, connect_quietly
+from cli_server.quiet import QuietEndpoint, QuietEndpoints, connect_quietly
 from cli_server.web.workspaces_api import parse_budget
 
 
@@ -83,6 +84,18 @@ class QuietTests(SynchronousTestCase):
         noisy.doStop()
         self.assertEqual(len([line for line in self.said if "factory" in line.lower()]), 2)
 
-    def test_the_pool_builds_quiet_factories(self) -> None:
-        pool = QuietPool(MemoryReactorClock(), persistent=False)
-        self.assertFalse(pool._factory.noisy)
+    def test_a_quiet_endpoint_silences_the_factory_it_connects(self) -> None:
+        """The HTTP client's pool makes a noisy factory per connection; ours says nothing."""
+        reactor = MemoryReactorClock()
+        factory = Factory.forProtocol(Protocol)
+        self.assertTrue(factory.noisy)
+        QuietEndpoint(TCP4ClientEndpoint(reactor, "127.0.0.1", 1)).connect(factory)
+        connected = reactor.tcpClients[0][2]
+        connected.doStart()
+        connected.doStop()
+        self.assertEqual([line for line in self.said if "factory" in line.lower()], [])
+
+    def test_the_agent_endpoints_are_quiet_for_http_and_https(self) -> None:
+        endpoints = QuietEndpoints(MemoryReactorClock(), 5.0)
+        for url in (b"http://127.0.0.1:8080/", b"https://api.example.com/v1/messages"):
+            self.assertIsInstance(endpoints.endpointForURI(URI.fromBytes(url)), QuietEndpoint)

@@ -24,7 +24,7 @@ from attrs import define, field, frozen
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -45,7 +45,7 @@ from cli_server.auth.tokens import token_hash
 from cli_server.db.pool import Database, DatabaseUnavailable
 from cli_server.proxy.forward import Relay, copy_response_headers
 from cli_server.proxy.hygiene import HOP_BY_HOP
-from cli_server.quiet import QuietPool
+from cli_server.quiet import quiet_agent
 from cli_server.sandboxes.activity import ActivityRecorder
 
 PREFIX = b"/proxy/anthropic"
@@ -155,9 +155,9 @@ class AnthropicProxy(Resource):
 
     def __attrs_post_init__(self) -> None:
         Resource.__init__(self)
-        pool = QuietPool(self._reactor, persistent=True)
+        pool = HTTPConnectionPool(self._reactor, persistent=True)
         pool.maxPersistentPerHost = 64
-        self._agent = Agent(self._reactor, pool=pool, connectTimeout=self._connect_timeout)
+        self._agent = quiet_agent(self._reactor, pool, self._connect_timeout)
         self._free_calls = RateLimit(self._free_calls_per_minute)
 
     def render(self, request: Any) -> Any:

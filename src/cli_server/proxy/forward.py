@@ -35,7 +35,7 @@ from cli_server.proxy.hygiene import (
     clean_query,
     kept_answer_header,
 )
-from cli_server.quiet import QuietPool
+from cli_server.quiet import QuietEndpoint
 from cli_server.sandboxes.backend import Endpoint
 from cli_server.sandboxes.opencode import basic_auth
 from cli_server.web.streamed_body import StreamedBody
@@ -153,7 +153,7 @@ class Forwarder:
 
     @classmethod
     def create(cls, reactor: Any, tunnels: Any = None) -> Forwarder:
-        pool = QuietPool(reactor, persistent=True)
+        pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 128  # one per concurrent browser request, reused
         pool.cachedConnectionTimeout = 60
         cooperator = Cooperator(scheduler=lambda f: reactor.callLater(0, f))
@@ -237,6 +237,6 @@ class _Endpoints:
             if len(self._known) > 4096:
                 self._known.clear()
             address = Endpoint(uri.host.decode(), uri.port)
-            endpoint = client_endpoint(self._reactor, address, self._tunnels)
+            endpoint = QuietEndpoint(client_endpoint(self._reactor, address, self._tunnels))
             self._known[key] = endpoint
         return endpoint

@@ -11,10 +11,10 @@ from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, TimeoutError
 from twisted.internet.error import ConnectError, ConnectionClosed
 from twisted.internet.task import deferLater
-from twisted.web.client import Agent, ResponseFailed
+from twisted.web.client import HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
 
-from cli_server.quiet import QuietPool
+from cli_server.quiet import quiet_agent
 from cli_server.sandboxes.backend import BackendError, Endpoint
 
 
@@ -31,8 +31,8 @@ class OpencodeClient:
     async def get_json(
         self, endpoint: Endpoint, password: str, path: str, timeout: float = 2.0
     ) -> tuple[int, Any]:
-        pool = QuietPool(self._reactor, persistent=False)
-        http = HTTPClient(Agent(self._reactor, pool=pool, connectTimeout=timeout))
+        pool = HTTPConnectionPool(self._reactor, persistent=False)
+        http = HTTPClient(quiet_agent(self._reactor, pool, timeout))
         url = f"http://{endpoint.host}:{endpoint.port}{path}"
         d = http.get(url, headers=Headers({b"authorization": [basic_auth(password)]}))
         d.addTimeout(timeout, self._reactor)

@@ -210,7 +210,7 @@ async def test_registration_closed(db_url: str) -> None:
     app = await with_mode(db_url, "closed")
     try:
         said = await app.client().call("GET", "/api/auth/registration")
-        assert said.code == 200 and said.body["mode"] == "closed"
+        assert said.code == 200 and (said.body["mode"], said.body["first"]) == ("closed", True)
         assert "3-32 characters" in said.body["username_rule"]
         assert "at least 8 characters" in said.body["password_rule"]
         first = await register(app.client(), "founder")
@@ -219,6 +219,8 @@ async def test_registration_closed(db_url: str) -> None:
         assert (second.code, second.error_code) == (403, "registration_closed")
         assert "ask your administrator" in second.body["error"]["message"]
         assert len(await app.db.query("SELECT 1 FROM users")) == 1
+        said = await app.client().call("GET", "/api/auth/registration")
+        assert said.body["first"] is False
     finally:
         await stop_server(app)
 

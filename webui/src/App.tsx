@@ -1,10 +1,13 @@
 import { useEffect, useState } from "react";
 import { AuthScreen } from "./AuthScreen";
-import { ApiError, api, type User } from "./api";
+import { ApiError, api, onSessionEnded, type User } from "./api";
 import { Dashboard } from "./Dashboard";
 
 export function App() {
   const [user, setUser] = useState<User | null | undefined>(undefined);
+
+  // A 401 anywhere means the session ended elsewhere (revoked, password changed, disabled).
+  useEffect(() => onSessionEnded(() => setUser(null)), []);
 
   useEffect(() => {
     api

@@ -1,9 +1,11 @@
 import { type FormEvent, useCallback, useEffect, useState } from "react";
+import { AccountPage } from "./AccountPage";
 import { api, atLeast, describe, type User, type Workspace } from "./api";
 import { ConfirmButton } from "./Confirm";
 import { Invitations } from "./Invitations";
 import { Members } from "./Members";
 import { Sandboxes } from "./Sandboxes";
+import { UsersPage } from "./UsersPage";
 import { Alert } from "./useAction";
 
 interface Props {
@@ -70,6 +72,11 @@ export function Dashboard({ user, onSignedOut }: Props) {
           <summary aria-label="Account menu">{user.username}</summary>
           <div className="menu card">
             <p className="muted">Signed in as {user.username}</p>
+            {/* TEMPORARY (issue 17 accounts): links until the router adds its own. */}
+            <p className="row tight">
+              <a href="/account">Account</a>
+              {user.is_admin && <a href="/admin/users">Users</a>}
+            </p>
             <button type="button" onClick={logout}>
               Sign out
             </button>
@@ -121,7 +128,10 @@ export function Dashboard({ user, onSignedOut }: Props) {
         <Alert message={error} />
       </nav>
       <main className="content">
-        {current ? (
+        {/* TEMPORARY (issue 17 accounts): the router will render these at their URLs. */}
+        {location.pathname === "/account" && <AccountPage user={user} />}
+        {location.pathname === "/admin/users" && <UsersPage user={user} />}
+        {["/account", "/admin/users"].includes(location.pathname) ? null : current ? (
           <>
             <div className="row between">
               <h1>{current.name}</h1>

@@ -95,12 +95,14 @@ class AuthAPI:
         return json_response(request, user.to_json(), 201)
 
     @app.route("/registration", methods=["GET"])
-    def registration(self, request: IRequest) -> bytes:
-        """What the sign-in screen shows before anyone submits anything."""
+    async def registration(self, request: IRequest) -> bytes:
+        """What the sign-in screen shows before anyone submits anything; ``first`` while
+        there are no accounts (the next one, the admin, may register whatever the mode)."""
         return json_response(
             request,
             {
                 "mode": self._registration,
+                "first": not await self._accounts.has_users(),
                 "username_rule": f"Username: {USERNAME_RULE}.",
                 "password_rule": f"Password: {PASSWORD_RULE}.",
             },

@@ -96,6 +96,10 @@ async function openScenario() {
     const here = await context();
     const there = await context();
     const page = await here.newPage();
+    await page.goto(base);
+    await page.getByRole("button", { name: "New here? Create an account" }).click();
+    await page.getByText("No accounts yet: this first one becomes the administrator").waitFor();
+    await page.screenshot({ path: join(shots, "signup-first.png") });
     await register(page, "alice"); // the first account: the admin
     const other = await there.newPage();
     await signIn(other, "alice");
@@ -191,6 +195,7 @@ async function openScenario() {
     const temporary = (await row.locator("pre.temporary-password").textContent())?.trim();
     expect(temporary && temporary.length >= 12, "a temporary password shown");
     await row.getByRole("button", { name: "Copy" }).waitFor();
+    await page.screenshot({ path: join(shots, "users-reset.png") });
     await signIn(bob, "bob", temporary);
     await admin.close();
     await user.close();

@@ -1,7 +1,8 @@
 """Accounts and the instance in headless Chromium (webui/e2e/accounts.mjs) against a real
 `twistd cli-server`: a password change signs the same user's other browser out; the admin
 disables a user, whose open dashboard is signed out; restarted with ``--registration closed``,
-the sign-in screen says so and offers no sign-up. Screenshots land in docs/screenshots."""
+the sign-in screen says so and offers no sign-up; restarted with ``invite``, a sign-up link
+from the users page creates one account. Screenshots land in docs/screenshots."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def run_journeys(server: Daemon, scenario: str, home: Path) -> None:
 def test_account_journeys(data_dir: Path) -> None:
     """Open registration: password change and session revocation across two browsers, the
     users page's disable/enable/reset; then the same server restarted with registration
-    closed: the sign-in screen says so."""
+    closed: the sign-in screen says so; then by invitation: a sign-up link works once."""
     assert (ROOT / "src/cli_server/webui_dist/index.html").exists(), (
         "the web UI is not built: npm run build -w webui"
     )
@@ -66,3 +67,10 @@ def test_account_journeys(data_dir: Path) -> None:
     finally:
         closed.stop()
     assert "no accounts yet" not in closed.log.read_text()[len(log) :]  # (the same log file)
+
+    invite = Daemon(data_dir, "--registration", "invite")
+    invite.start()
+    try:
+        run_journeys(invite, "invite", data_dir.parent)
+    finally:
+        invite.stop()

@@ -3,10 +3,12 @@
 //
 //   node e2e/accounts.mjs BASE_URL SCREENSHOT_DIR open     # a fresh server, open registration
 //   node e2e/accounts.mjs BASE_URL SCREENSHOT_DIR closed   # the same server restarted closed
+//   node e2e/accounts.mjs BASE_URL SCREENSHOT_DIR invite   # ... and restarted by invitation
 //
 // "open": a password change in one browser signs the same user's other browser out; the
 // admin's users page disables a user, whose open dashboard is signed out. "closed": the
-// sign-in screen says registration is closed and offers no sign-up. Screenshots of the
+// sign-in screen says registration is closed and offers no sign-up. "invite": a sign-up
+// link from the users page creates an account, once. Screenshots of the
 // account page, the users page and the closed sign-in screen, desktop and phone; with
 // DARK_SHOTS=dir, dark-scheme ones there too (for looking, not for docs/).
 import { mkdirSync } from "node:fs";
@@ -15,7 +17,7 @@ import { launchChromium } from "./chromium.mjs";
 
 const [base, shots = "screenshots", scenario = "open"] = process.argv.slice(2);
 if (!base) {
-  console.error("usage: node e2e/accounts.mjs BASE_URL [SCREENSHOT_DIR] [open|closed]");
+  console.error("usage: node e2e/accounts.mjs BASE_URL [SCREENSHOT_DIR] [open|closed|invite]");
   process.exit(2);
 }
 mkdirSync(shots, { recursive: true });
@@ -236,8 +238,50 @@ async function closedScenario() {
   });
 }
 
+async function inviteScenario() {
+  await journey("registration by invite: the admin's sign-up link creates an account", async () => {
+    const admin = await context();
+    const page = await admin.newPage();
+    await page.goto(base);
+    await page.getByText("New accounts need a sign-up link").waitFor();
+    expect(
+      (await page.getByRole("button", { name: "New here? Create an account" }).count()) === 0,
+      "no sign-up offered without a link",
+    );
+    await signIn(page, "alice", "a brand new password");
+    await openFromMenu(page, "Users");
+    await page.getByText("Registration is by invitation").waitFor();
+    await page.getByRole("button", { name: "Create sign-up link" }).click();
+    const url = (await page.locator("pre.signup-url").textContent())?.trim() ?? "";
+    expect(url.includes("/?invite="), `a sign-up link (${url})`);
+    await page.screenshot({ path: join(shots, "users-invite.png") });
+
+    const newcomer = await context();
+    const join_ = await newcomer.newPage();
+    // The link names the server's configured origin; open its path on the address under test.
+    await join_.goto(base + new URL(url).pathname + new URL(url).search);
+    await join_.getByText("You were invited").waitFor();
+    await join_.getByLabel("Username").fill("carol");
+    await join_.getByLabel("Password").fill(PASSWORD);
+    await join_.getByRole("button", { name: "Create account" }).click();
+    await join_.locator("summary[aria-label='Account menu']").waitFor();
+    expect(!join_.url().includes("invite="), "the token left the address bar");
+
+    // The link worked once.
+    const again = await (await context()).newPage();
+    await again.goto(base + new URL(url).pathname + new URL(url).search);
+    await again.getByLabel("Username").fill("dave");
+    await again.getByLabel("Password").fill(PASSWORD);
+    await again.getByRole("button", { name: "Create account" }).click();
+    await again.getByRole("alert").filter({ hasText: "already used" }).waitFor();
+    await admin.close();
+    await newcomer.close();
+  });
+}
+
 try {
   if (scenario === "closed") await closedScenario();
+  else if (scenario === "invite") await inviteScenario();
   else await openScenario();
   console.log(`accounts journeys (${scenario}) passed\n${timings.join("\n")}`);
 } catch (error) {

@@ -255,7 +255,7 @@ async def test_registration_by_invite(db_url: str) -> None:
 
         made = await admin.call("POST", "/api/admin/signup-links")
         assert made.code == 201 and set(made.body) >= {"url", "expires_at"}
-        assert made.body["url"].startswith("http://localhost:8080/?invite=")
+        assert made.body["url"].startswith("http://localhost:8080/#invite=")
         token = made.body["url"].split("invite=", 1)[1]
         (stored,) = await app.db.query("SELECT token_hash, expires_at FROM signup_links")
         assert token.encode() not in bytes(stored["token_hash"])

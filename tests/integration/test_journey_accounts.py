@@ -74,3 +74,4 @@ def test_account_journeys(data_dir: Path) -> None:
         run_journeys(invite, "invite", data_dir.parent)
     finally:
         invite.stop()
+    assert "invite=" not in invite.log.read_text()  # (the link's token stays in the fragment)

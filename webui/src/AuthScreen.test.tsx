@@ -82,7 +82,7 @@ test("closed, but no accounts yet: the first one (the admin) may register", asyn
 });
 
 test("invite mode: a sign-up link opens the form and sends its token", async () => {
-  window.history.replaceState(null, "", "/?invite=TOKEN123");
+  window.history.replaceState(null, "", "/#invite=TOKEN123");
   const fetch = vi.spyOn(globalThis, "fetch").mockImplementation((input) => {
     const url = String(input);
     if (url.endsWith("/registration")) return reply(200, registration("invite"));
@@ -103,7 +103,7 @@ test("invite mode: a sign-up link opens the form and sends its token", async () 
     password: "long enough",
     invite: "TOKEN123",
   });
-  expect(window.location.search).toBe(""); // the token leaves the address bar
+  expect(window.location.hash).toBe(""); // the token leaves the address bar
 });
 
 test("invite mode without a link: no sign-up offered, where to get one said", async () => {

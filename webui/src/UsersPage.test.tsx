@@ -48,7 +48,7 @@ function serve(mode: Registration["mode"] = "open") {
     if (url.endsWith("/password")) return json(200, { password: "Temp-Pass-1234" });
     if (url.endsWith("/api/admin/signup-links") && method === "POST")
       return json(201, {
-        url: "http://localhost/?invite=TOKEN123",
+        url: "http://localhost/#invite=TOKEN123",
         expires_at: "2026-12-13T00:00:00Z",
       });
     if (url.endsWith("/api/admin/signup-links")) return json(200, []);
@@ -133,6 +133,6 @@ test("in invite mode the admin creates a sign-up link and sees its URL", async (
   serve("invite");
   render(<UsersPage user={admin} />);
   fireEvent.click(await screen.findByRole("button", { name: "Create sign-up link" }));
-  expect(await screen.findByText("http://localhost/?invite=TOKEN123")).toBeTruthy();
+  expect(await screen.findByText("http://localhost/#invite=TOKEN123")).toBeTruthy();
   expect(screen.getByText(/Registration is by invitation/)).toBeTruthy();
 });

@@ -231,9 +231,10 @@ export const accountsApi = {
   revokeSignupLink: (id: string) => call<void>("DELETE", `/api/admin/signup-links/${id}`),
 };
 
-/** Sign-up links look like /?invite=TOKEN: the token, if this page was opened from one. */
-export function inviteFromLocation(search: string = window.location.search): string | null {
-  return new URLSearchParams(search).get("invite");
+/** Sign-up links look like /#invite=TOKEN (a fragment: never sent to the server, so never in
+ * its logs): the token, if this page was opened from one. */
+export function inviteFromLocation(hash: string = window.location.hash): string | null {
+  return new URLSearchParams(hash.replace(/^#/, "")).get("invite");
 }
 
 /** "3 minutes ago", "2 days ago": how long since an RFC 3339 moment. */

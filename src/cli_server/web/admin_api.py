@@ -70,7 +70,9 @@ class AdminAPI:
     async def create_signup_link(self, request: IRequest) -> bytes:
         admin = await self._the_admin(request, changes=True)
         token, expires_at = await self._admin.create_signup_link(admin.id, SIGNUP_LINK_SECONDS)
-        url = f"{self._origin.rstrip('/')}/?invite={token}"
+        # In the fragment: browsers never send it, so the token stays out of access logs
+        # and Referer headers.
+        url = f"{self._origin.rstrip('/')}/#invite={token}"
         return json_response(
             request, {"url": url, "expires_at": expires_at, "mode": self._registration}, 201
         )

@@ -15,7 +15,6 @@ from cli_server.db.pool import Database, Row, Transaction
 from cli_server.errors import Conflict, Forbidden
 from cli_server.json import iso
 
-REGISTRATION_MODES = ("open", "invite", "closed")
 SIGNUP_LINK_SECONDS = 7 * 86400
 # A session's last_seen_at is written at most this often: reading a session stays a read.
 SEEN_EVERY = 60

@@ -92,6 +92,14 @@ async def test_change_password(app: Running) -> None:
     ]:
         bad = await here.call("PUT", path, body)
         assert bad.code == 400 and bad.body["error"]["field"] == field, (body, bad)
+    not_json = await here.call(
+        "PUT", path, raw=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert (not_json.code, not_json.body["error"]["field"]) == (400, "body")
+    form = await here.call(
+        "PUT", path, raw=b"current_password=x", headers={"Content-Type": "text/plain"}
+    )
+    assert form.code == 415
     good = {"current_password": PASSWORD, "new_password": "a new long password"}
     foreign = await here.call("PUT", path, good, headers=EVIL)
     assert (foreign.code, foreign.error_code) == (403, "bad_origin")

@@ -68,7 +68,7 @@ class AuthAPI:
     _logins: LoginGuard
     _registrations: FailureLimiter
     _sandbox_access: SandboxAccess
-    _registration: str = "open"  # open, invite or closed (accounts.REGISTRATION_MODES)
+    _registration: str = "open"  # open, invite or closed (config.parse_registration)
 
     app = Klein()
     install_json_errors(app)

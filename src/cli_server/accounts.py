@@ -11,9 +11,18 @@ from twisted.internet.interfaces import IReactorTime
 
 from cli_server.auth.passwords import Passwords
 from cli_server.auth.tokens import new_token, token_hash
-from cli_server.db.pool import Database, Row
-from cli_server.errors import Conflict
+from cli_server.db.pool import Database, Row, Transaction
+from cli_server.errors import Conflict, Forbidden
 from cli_server.json import iso
+
+SIGNUP_LINK_SECONDS = 7 * 86400
+# A session's last_seen_at is written at most this often: reading a session stays a read.
+SEEN_EVERY = 60
+USER_AGENT_LENGTH = 200
+# Every registration takes this lock: "is this the first user?" is decided by one at a time.
+_REGISTRATION_LOCK = 0x636C6972_6567  # "clireg"
+
+_USER_COLUMNS = "u.id, u.username, u.email, u.created_at, u.is_admin"
 
 
 @frozen
@@ -22,10 +31,17 @@ class User:
     username: str
     email: str | None
     created_at: str
+    is_admin: bool = False
 
     @classmethod
     def from_row(cls, row: Row) -> User:
-        return cls(str(row["id"]), row["username"], row["email"], iso(row["created_at"]) or "")
+        return cls(
+            str(row["id"]),
+            row["username"],
+            row["email"],
+            iso(row["created_at"]) or "",
+            bool(row.get("is_admin", False)),
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -33,7 +49,34 @@ class User:
             "username": self.username,
             "email": self.email,
             "created_at": self.created_at,
+            "is_admin": self.is_admin,
         }
+
+
+@frozen
+class Session:
+    """One of a user's login sessions, as they may see it (never its token)."""
+
+    id: str
+    created_at: str
+    last_seen_at: str
+    user_agent: str | None
+    address: str | None
+    current: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "created_at": self.created_at,
+            "last_seen_at": self.last_seen_at,
+            "user_agent": self.user_agent,
+            "address": self.address,
+            "current": self.current,
+        }
+
+
+class AccountDisabled(Forbidden):
+    code = "account_disabled"
 
 
 @define(eq=False)
@@ -43,53 +86,187 @@ class Accounts:
     _clock: IReactorTime
     _session_lifetime: float
 
-    async def register(self, username: str, password: str, email: str | None) -> User:
+    @property
+    def passwords(self) -> Passwords:
+        return self._passwords
+
+    async def register(
+        self,
+        username: str,
+        password: str,
+        email: str | None,
+        mode: str = "open",
+        invite: str | None = None,
+    ) -> User:
+        """A new account, if ``mode`` lets it in. While there are no users at all, anyone may
+        register whatever the mode, and that first user is the instance admin."""
         password_hash = await self._passwords.hash(password)
-        try:
-            rows = await self._db.query(
-                "INSERT INTO users (id, username, email, password_hash) VALUES (%s, %s, %s, %s)"
-                " RETURNING id, username, email, created_at",
-                (str(uuid.uuid4()), username, email, password_hash),
-            )
-        except psycopg2.errors.UniqueViolation as e:
-            constraint = getattr(getattr(e, "diag", None), "constraint_name", "") or ""
-            if "email" in constraint:
-                raise Conflict(
-                    "that email address is already registered", code="email_taken"
-                ) from None
-            raise Conflict("that username is taken", code="username_taken") from None
-        return User.from_row(rows[0])
+
+        async def work(tx: Transaction) -> User:
+            await tx.execute("SELECT pg_advisory_xact_lock(%s)", (_REGISTRATION_LOCK,))
+            first = await tx.one("SELECT 1 FROM users LIMIT 1") is None
+            link_id = None
+            if not first and mode == "closed":
+                raise Forbidden(
+                    "registration is closed on this server; ask your administrator for an account",
+                    code="registration_closed",
+                )
+            if not first and mode == "invite":
+                link_id = await _redeem(tx, invite)
+            user_id = str(uuid.uuid4())
+            try:
+                row = await tx.one(
+                    "INSERT INTO users (id, username, email, password_hash, is_admin)"
+                    " VALUES (%s, %s, %s, %s, %s)"
+                    " RETURNING id, username, email, created_at, is_admin",
+                    (user_id, username, email, password_hash, first),
+                )
+            except psycopg2.errors.UniqueViolation as e:
+                constraint = getattr(getattr(e, "diag", None), "constraint_name", "") or ""
+                if "email" in constraint:
+                    raise Conflict(
+                        "that email address is already registered", code="email_taken"
+                    ) from None
+                raise Conflict("that username is taken", code="username_taken") from None
+            if link_id is not None:
+                await tx.execute(
+                    "UPDATE signup_links SET used_by = %s WHERE id = %s", (user_id, link_id)
+                )
+            assert row is not None
+            return User.from_row(row)
+
+        return await self._db.transaction(work)
+
+    async def has_users(self) -> bool:
+        return bool(await self._db.query("SELECT 1 FROM users LIMIT 1"))
 
     async def authenticate(self, username: str, password: str) -> User | None:
+        """The user if the password is theirs; raises ``AccountDisabled`` (only to whoever
+        knows the password) for a disabled account."""
         rows = await self._db.query(
-            "SELECT id, username, email, created_at, password_hash FROM users"
-            " WHERE lower(username) = lower(%s)",
+            f"SELECT {_USER_COLUMNS}, u.password_hash, u.disabled_at FROM users u"
+            " WHERE lower(u.username) = lower(%s)",
             (username,),
         )
         stored = rows[0]["password_hash"] if rows else None
         ok = await self._passwords.verify(stored, password)
-        return User.from_row(rows[0]) if ok and rows else None
+        if not (ok and rows):
+            return None
+        if rows[0]["disabled_at"] is not None:
+            raise AccountDisabled("this account is disabled; ask your administrator to enable it")
+        return User.from_row(rows[0])
 
-    async def open_session(self, user: User) -> str:
+    async def check_password(self, user_id: str, password: str) -> bool:
+        rows = await self._db.query("SELECT password_hash FROM users WHERE id = %s", (user_id,))
+        return await self._passwords.verify(rows[0]["password_hash"] if rows else None, password)
+
+    async def set_password(self, user_id: str, password: str, keep_token: str | None) -> None:
+        """A new password; every session of the user ends but ``keep_token``'s."""
+        password_hash = await self._passwords.hash(password)
+        keep = token_hash(keep_token) if keep_token else b""
+
+        async def work(tx: Transaction) -> None:
+            await tx.execute(
+                "UPDATE users SET password_hash = %s WHERE id = %s", (password_hash, user_id)
+            )
+            await tx.execute(
+                "DELETE FROM sessions WHERE user_id = %s AND token_hash <> %s", (user_id, keep)
+            )
+
+        await self._db.transaction(work)
+
+    async def open_session(
+        self, user: User, user_agent: str | None = None, address: str | None = None
+    ) -> str:
         token = new_token()
         await self._db.execute(
-            "INSERT INTO sessions (token_hash, user_id, expires_at)"
-            " VALUES (%s, %s, now() + make_interval(secs => %s))",
-            (token_hash(token), user.id, self._session_lifetime),
+            "INSERT INTO sessions (id, token_hash, user_id, expires_at, user_agent, address)"
+            " VALUES (%s, %s, %s, now() + make_interval(secs => %s), %s, %s)",
+            (
+                str(uuid.uuid4()),
+                token_hash(token),
+                user.id,
+                self._session_lifetime,
+                (user_agent or "")[:USER_AGENT_LENGTH] or None,
+                address,
+            ),
         )
+        await self._db.execute("UPDATE users SET last_seen_at = now() WHERE id = %s", (user.id,))
         return token
 
     async def session_user(self, token: str) -> User | None:
+        # One round trip; the two updates write only when last_seen_at is a minute old.
         rows = await self._db.query(
-            "SELECT u.id, u.username, u.email, u.created_at FROM sessions s"
+            "WITH touched AS (UPDATE sessions SET last_seen_at = now()"
+            "  WHERE token_hash = %(hash)s AND expires_at > now()"
+            "  AND last_seen_at < now() - make_interval(secs => %(every)s) RETURNING user_id),"
+            " seen AS (UPDATE users SET last_seen_at = now()"
+            "  WHERE id IN (SELECT user_id FROM touched))"
+            f" SELECT {_USER_COLUMNS} FROM sessions s"
             " JOIN users u ON u.id = s.user_id"
-            " WHERE s.token_hash = %s AND s.expires_at > now()",
-            (token_hash(token),),
+            " WHERE s.token_hash = %(hash)s AND s.expires_at > now()"
+            " AND u.disabled_at IS NULL",
+            {"hash": token_hash(token), "every": SEEN_EVERY},
         )
         return User.from_row(rows[0]) if rows else None
+
+    async def sessions(self, user_id: str, current_token: str) -> list[Session]:
+        current = token_hash(current_token)
+        rows = await self._db.query(
+            "SELECT id, token_hash, created_at, last_seen_at, user_agent, address FROM sessions"
+            " WHERE user_id = %s AND expires_at > now() ORDER BY last_seen_at DESC, created_at",
+            (user_id,),
+        )
+        return [
+            Session(
+                str(r["id"]),
+                iso(r["created_at"]) or "",
+                iso(r["last_seen_at"]) or "",
+                r["user_agent"],
+                r["address"],
+                bytes(r["token_hash"]) == current,
+            )
+            for r in rows
+        ]
+
+    async def close_session_by_id(
+        self, user_id: str, session_id: str, current_token: str
+    ) -> str | None:
+        """Ends one of the user's sessions: "current" if it was ``current_token``'s, "other",
+        or None if they have none with that id."""
+        rows = await self._db.query(
+            "DELETE FROM sessions WHERE id = %s AND user_id = %s RETURNING token_hash",
+            (session_id, user_id),
+        )
+        if not rows:
+            return None
+        return "current" if bytes(rows[0]["token_hash"]) == token_hash(current_token) else "other"
 
     async def close_session(self, token: str) -> None:
         await self._db.execute("DELETE FROM sessions WHERE token_hash = %s", (token_hash(token),))
 
     async def purge_expired_sessions(self) -> None:
         await self._db.execute("DELETE FROM sessions WHERE expires_at <= now()")
+        await self._db.execute("DELETE FROM signup_links WHERE expires_at <= now()")
+
+
+async def _redeem(tx: Transaction, invite: str | None) -> str:
+    """Burns a sign-up link (in the registration's transaction: a refused registration
+    leaves it unused); returns its id."""
+    if not invite:
+        raise Forbidden(
+            "registration here is by invitation: open the sign-up link your administrator gave you",
+            code="invite_required",
+        )
+    row = await tx.one(
+        "UPDATE signup_links SET used_at = now() WHERE token_hash = %s AND used_at IS NULL"
+        " AND expires_at > now() RETURNING id",
+        (token_hash(invite),),
+    )
+    if row is None:
+        raise Forbidden(
+            "this sign-up link was already used, has expired or was revoked; ask your "
+            "administrator for a new one",
+            code="invite_invalid",
+        )
+    return str(row["id"])

@@ -160,6 +160,15 @@ def parse_direct_members(text: str) -> tuple[str, ...]:
     return tuple(domains)
 
 
+def parse_registration(text: str) -> str:
+    """Who may create an account: ``open`` (anyone), ``invite`` (with a sign-up link from the
+    instance admin) or ``closed`` (nobody; the admin resets passwords and enables accounts)."""
+    value = text.strip().lower()
+    if value not in ("open", "invite", "closed"):
+        raise ValueError(f"{text!r} is not a registration mode (open, invite or closed)")
+    return value
+
+
 def default_max_sandboxes() -> int:
     """About 0.5 GiB per opencode, leaving a quarter of the memory to everything else."""
     try:
@@ -204,6 +213,7 @@ class ServerConfig:
     egress_allow: tuple[Network, ...] = ()  # private ranges sandboxes may reach anyway
     # peers whose X-Forwarded-For / Forwarded name the client (client_address.py)
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    registration: str = "open"  # open, invite or closed (parse_registration)
     # Secrets: only from the environment (a command line is visible to every local user).
     anthropic_api_key: str | None = field(default=None, repr=False)
     anthropic_auth_token: str | None = field(default=None, repr=False)

@@ -30,6 +30,7 @@ from cli_server.config import ServerConfig
 from cli_server.db.embedded import EmbeddedPostgres, EmbeddedPostgresError, Supervisor
 from cli_server.db.migrations import migrate
 from cli_server.db.pool import Database, DatabaseUnavailable
+from cli_server.instance_admin import InstanceAdmin
 from cli_server.metrics import Metrics
 from cli_server.proxy.access import SandboxAccess
 from cli_server.proxy.endpoints import RunningEndpoints
@@ -54,6 +55,7 @@ from cli_server.services import OrderedMultiService, PeriodicService
 from cli_server.threads import ThreadPoolService
 from cli_server.tunnel.agents import LocalAgents
 from cli_server.tunnel.hub import TunnelHub
+from cli_server.web.admin_api import AdminAPI
 from cli_server.web.agents_api import AgentsAPI
 from cli_server.web.auth_api import AuthAPI, AuthLimits
 from cli_server.web.dispatch import HostDispatcher
@@ -253,7 +255,7 @@ def build(
     registrations = FailureLimiter(
         reactor, limits.registrations_per_address, limits.registration_window
     )
-    auth = AuthAPI(accounts, cookies, logins, registrations, sandbox_access)
+    auth = AuthAPI(accounts, cookies, logins, registrations, sandbox_access, config.registration)
     opencode = OpencodeClient(reactor)
     activity = ActivityRecorder(db, reactor)
     usage = UsageStore(db)
@@ -384,7 +386,24 @@ def build(
         metrics=metrics,
         invitations=InvitationsAPI(workspaces, cookies),
         claude=claude,
+        admin=AdminAPI(
+            InstanceAdmin(db, accounts.passwords),
+            cookies,
+            sandbox_access,
+            config.origin,
+            config.registration,
+        ),
     )
+
+    async def say_who_registers_first() -> None:
+        if not await accounts.has_users():
+            Logger().info(
+                "no accounts yet: the first one registered becomes the instance admin "
+                "(registration: {mode})",
+                mode=config.registration,
+            )
+
+    database.after_migrate.append(say_who_registers_first)
     sandbox_cookie = SandboxCookie(config.secure_cookies, config.session_lifetime)
     live = LiveStreams(reactor)  # terminals and event streams open in this process
     proxy = SandboxSite(

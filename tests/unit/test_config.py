@@ -310,3 +310,23 @@ class ClaudeWarningTests(SynchronousTestCase):
         # A base URL alone is not enough: the proxy forwards only with credentials.
         only_url = attrs.evolve(base, anthropic_base_url="http://127.0.0.1:9")
         self.assertEqual(len(only_url.warnings()), 1)
+
+
+class RegistrationOptionTests(SynchronousTestCase):
+    def test_default_option_and_environment(self) -> None:
+        """open out of the box; --registration or REGISTRATION, any case, say otherwise."""
+        self.assertEqual(parse([]).config().registration, "open")
+        self.assertEqual(parse([], {"REGISTRATION": "Invite"}).config().registration, "invite")
+        config = parse(["--registration", "closed"], {"REGISTRATION": "open"}).config()
+        self.assertEqual(config.registration, "closed")
+
+    def test_bad_value(self) -> None:
+        """Anything else fails at start with one line naming the modes."""
+        for argv, environ, source in [
+            (["--registration", "invite-only"], {}, "--registration"),
+            ([], {"REGISTRATION": "yes"}, "REGISTRATION"),
+        ]:
+            error = str(self.assertRaises(usage.UsageError, parse, argv, environ))
+            self.assertTrue(error.startswith(f"{source}: "), error)
+            self.assertIn("is not a registration mode (open, invite or closed)", error)
+            self.assertNotIn("\n", error)

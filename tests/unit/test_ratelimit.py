@@ -5,7 +5,13 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from cli_server.auth.ratelimit import Backoff, FailureLimiter, KnownAddresses, LoginGuard
+from cli_server.auth.ratelimit import (
+    Backoff,
+    FailureLimiter,
+    KnownAddresses,
+    LoginGuard,
+    wait_in_words,
+)
 from cli_server.web.auth_api import AuthLimits
 
 
@@ -170,3 +176,34 @@ class LoginGuardTests(SynchronousTestCase):
         self.assertFalse(known.knows(OWNER, "c"))
         known.prune()
         self.assertEqual(known._seen, {})
+
+
+class WaitInWordsTests(SynchronousTestCase):
+    def test_waits_are_said_in_words(self) -> None:
+        """Seconds under a minute, minutes (rounded up) under two hours, then hours."""
+        cases = {
+            0: "1 second",
+            1: "1 second",
+            40: "40 seconds",
+            59: "59 seconds",
+            60: "1 minute",
+            61: "2 minutes",
+            900: "15 minutes",
+            7199: "120 minutes",
+            7200: "2 hours",
+            86400: "24 hours",
+        }
+        for seconds, words in cases.items():
+            self.assertEqual(wait_in_words(seconds), words, seconds)
+
+    def test_login_guard_answer_says_minutes(self) -> None:
+        """The 429 a guessed account meets says its wait in minutes, Retry-After in seconds."""
+        from cli_server.errors import TooManyRequests
+        from cli_server.web.auth_api import _limit
+
+        clock = Clock()
+        limiter = FailureLimiter(clock, 1, 900.0)
+        limiter.failed("203.0.113.9")
+        error = self.assertRaises(TooManyRequests, _limit, limiter, "203.0.113.9", "too many")
+        self.assertEqual(error.message, "too many; try again in 15 minutes")
+        self.assertEqual(error.headers(), {"Retry-After": "900"})

@@ -1,6 +1,6 @@
 import { useEffect, useState } from "react";
 import { AuthScreen } from "./AuthScreen";
-import { ApiError, api, type User } from "./api";
+import { ApiError, api, onSessionEnded, type User } from "./api";
 import { Dashboard } from "./Dashboard";
 import { useRoute } from "./route";
 
@@ -8,6 +8,9 @@ export function App() {
   const [user, setUser] = useState<User | null | undefined>(undefined);
   // The address survives signing in: a shared link opens its screen once the user is in.
   const [route, navigate] = useRoute();
+
+  // A 401 anywhere means the session ended elsewhere (revoked, password changed, disabled).
+  useEffect(() => onSessionEnded(() => setUser(null)), []);
 
   useEffect(() => {
     api

@@ -38,3 +38,80 @@ test("OIDC buttons appear only when the server lists providers", async () => {
   const link = await screen.findByRole("link", { name: "Continue with GitHub" });
   expect(link.getAttribute("href")).toBe("/api/auth/oidc/github/login");
 });
+
+function registration(mode: string, first = false) {
+  return {
+    mode,
+    first,
+    username_rule: "Username: 3-32 characters.",
+    password_rule: "Password: at least 8 characters.",
+  };
+}
+
+test("the rules are shown before submitting a new account", async () => {
+  vi.spyOn(globalThis, "fetch").mockImplementation((input) =>
+    String(input).endsWith("/registration") ? reply(200, registration("open")) : reply(200, []),
+  );
+  render(<AuthScreen onSignedIn={() => undefined} />);
+  fireEvent.click(await screen.findByRole("button", { name: "New here? Create an account" }));
+  expect(screen.getByText("Username: 3-32 characters.")).toBeTruthy();
+  expect(screen.getByText("Password: at least 8 characters.")).toBeTruthy();
+  expect(screen.getByLabelText("Password").getAttribute("aria-describedby")).toBe("password-rule");
+});
+
+test("closed registration: no sign-up, a sentence instead", async () => {
+  vi.spyOn(globalThis, "fetch").mockImplementation((input) =>
+    String(input).endsWith("/registration") ? reply(200, registration("closed")) : reply(200, []),
+  );
+  render(<AuthScreen onSignedIn={() => undefined} />);
+  expect(
+    await screen.findByText("Registration is closed — ask your administrator for an account."),
+  ).toBeTruthy();
+  expect(screen.queryByRole("button", { name: "New here? Create an account" })).toBeNull();
+});
+
+test("closed, but no accounts yet: the first one (the admin) may register", async () => {
+  vi.spyOn(globalThis, "fetch").mockImplementation((input) =>
+    String(input).endsWith("/registration")
+      ? reply(200, registration("closed", true))
+      : reply(200, []),
+  );
+  render(<AuthScreen onSignedIn={() => undefined} />);
+  fireEvent.click(await screen.findByRole("button", { name: "New here? Create an account" }));
+  expect(screen.getByText(/this first one becomes the administrator/)).toBeTruthy();
+});
+
+test("invite mode: a sign-up link opens the form and sends its token", async () => {
+  window.history.replaceState(null, "", "/#invite=TOKEN123");
+  const fetch = vi.spyOn(globalThis, "fetch").mockImplementation((input) => {
+    const url = String(input);
+    if (url.endsWith("/registration")) return reply(200, registration("invite"));
+    if (url.endsWith("/register")) return reply(201, { id: "u", username: "bob" });
+    if (url.endsWith("/login")) return reply(200, { id: "u", username: "bob" });
+    return reply(200, []);
+  });
+  const signedIn = vi.fn();
+  render(<AuthScreen onSignedIn={signedIn} />);
+  expect(await screen.findByText(/You were invited/)).toBeTruthy();
+  fireEvent.change(screen.getByLabelText("Username"), { target: { value: "bob" } });
+  fireEvent.change(screen.getByLabelText("Password"), { target: { value: "long enough" } });
+  fireEvent.click(screen.getByRole("button", { name: "Create account" }));
+  await vi.waitFor(() => expect(signedIn).toHaveBeenCalled());
+  const sent = fetch.mock.calls.find(([url]) => String(url).endsWith("/api/auth/register"));
+  expect(JSON.parse(String(sent?.[1]?.body))).toEqual({
+    username: "bob",
+    password: "long enough",
+    invite: "TOKEN123",
+  });
+  expect(window.location.hash).toBe(""); // the token leaves the address bar
+});
+
+test("invite mode without a link: no sign-up offered, where to get one said", async () => {
+  window.history.replaceState(null, "", "/");
+  vi.spyOn(globalThis, "fetch").mockImplementation((input) =>
+    String(input).endsWith("/registration") ? reply(200, registration("invite")) : reply(200, []),
+  );
+  render(<AuthScreen onSignedIn={() => undefined} />);
+  expect(await screen.findByText(/need a sign-up link/)).toBeTruthy();
+  expect(screen.queryByRole("button", { name: "New here? Create an account" })).toBeNull();
+});

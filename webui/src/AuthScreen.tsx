@@ -1,5 +1,12 @@
 import { type FormEvent, useEffect, useState } from "react";
-import { api, describe, type User } from "./api";
+import {
+  accountsApi,
+  api,
+  describe,
+  inviteFromLocation,
+  type Registration,
+  type User,
+} from "./api";
 import { Alert } from "./useAction";
 
 interface Props {
@@ -7,26 +14,43 @@ interface Props {
 }
 
 export function AuthScreen({ onSignedIn }: Props) {
-  const [mode, setMode] = useState<"login" | "register">("login");
+  const [invite] = useState(() => inviteFromLocation());
+  const [mode, setMode] = useState<"login" | "register">(invite ? "register" : "login");
   const [username, setUsername] = useState("");
   const [password, setPassword] = useState("");
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
   const [providers, setProviders] = useState<{ name: string; login_url: string }[]>([]);
+  const [registration, setRegistration] = useState<Registration | null>(null);
+  const [asked, setAsked] = useState(false); // (no toggle flickers in before the answer)
 
   useEffect(() => {
     api
       .providers()
-      .then(setProviders)
+      .then((list) => setProviders(Array.isArray(list) ? list : []))
       .catch(() => setProviders([]));
+    accountsApi
+      .registration()
+      .then((said) => setRegistration(said?.mode ? said : null))
+      .catch(() => setRegistration(null))
+      .finally(() => setAsked(true));
   }, []);
+
+  // Who may create an account from here: anyone (open), whoever holds a sign-up link
+  // (invite), nobody (closed); and, while there are no accounts, the first person.
+  const how = registration?.mode ?? "open";
+  const mayRegister = registration?.first || how === "open" || (how === "invite" && !!invite);
+  const registering = mode === "register" && mayRegister;
 
   async function submit(event: FormEvent) {
     event.preventDefault();
     setBusy(true);
     setError(null);
     try {
-      if (mode === "register") await api.register(username, password);
+      if (registering) {
+        await accountsApi.register(username, password, invite);
+        if (invite) window.history.replaceState(null, "", "/");
+      }
       onSignedIn(await api.login(username, password));
     } catch (e) {
       setError(describe(e));
@@ -38,8 +62,18 @@ export function AuthScreen({ onSignedIn }: Props) {
   return (
     <main className="center">
       <form className="card auth" onSubmit={submit} aria-labelledby="auth-title">
-        <h1 id="auth-title">{mode === "login" ? "Sign in to cli-server" : "Create an account"}</h1>
+        <h1 id="auth-title">{registering ? "Create an account" : "Sign in to cli-server"}</h1>
         <p className="muted">opencode in your browser, for your whole team.</p>
+        {registering && registration?.first && (
+          <p className="notice" role="note">
+            No accounts yet: this first one becomes the administrator of this server.
+          </p>
+        )}
+        {registering && invite && !registration?.first && (
+          <p className="notice" role="note">
+            You were invited: choose a username and password to create your account.
+          </p>
+        )}
         <label>
           Username
           <input
@@ -47,40 +81,61 @@ export function AuthScreen({ onSignedIn }: Props) {
             autoComplete="username"
             required
             value={username}
+            aria-describedby={registering ? "username-rule" : undefined}
             onChange={(e) => setUsername(e.target.value)}
           />
         </label>
+        {registering && (
+          <p id="username-rule" className="small muted">
+            {registration?.username_rule ??
+              "Username: 3-32 characters: letters, digits, '.', '_' or '-'."}
+          </p>
+        )}
         <label>
           Password
           <input
             name="password"
             type="password"
-            autoComplete={mode === "login" ? "current-password" : "new-password"}
+            autoComplete={registering ? "new-password" : "current-password"}
             required
-            minLength={mode === "register" ? 8 : undefined}
+            minLength={registering ? 8 : undefined}
             value={password}
+            aria-describedby={registering ? "password-rule" : undefined}
             onChange={(e) => setPassword(e.target.value)}
           />
         </label>
+        {registering && (
+          <p id="password-rule" className="small muted">
+            {registration?.password_rule ?? "Password: at least 8 characters."}
+          </p>
+        )}
         <Alert message={error} />
         <button type="submit" className="primary" disabled={busy}>
-          {busy ? "Please wait…" : mode === "login" ? "Sign in" : "Create account"}
+          {busy ? "Please wait…" : registering ? "Create account" : "Sign in"}
         </button>
         {providers.map((p) => (
           <a key={p.name} className="button" href={p.login_url}>
             Continue with {p.name}
           </a>
         ))}
-        <button
-          type="button"
-          className="link"
-          onClick={() => {
-            setMode(mode === "login" ? "register" : "login");
-            setError(null);
-          }}
-        >
-          {mode === "login" ? "New here? Create an account" : "Have an account? Sign in"}
-        </button>
+        {!asked ? null : mayRegister ? (
+          <button
+            type="button"
+            className="link"
+            onClick={() => {
+              setMode(registering ? "login" : "register");
+              setError(null);
+            }}
+          >
+            {registering ? "Have an account? Sign in" : "New here? Create an account"}
+          </button>
+        ) : (
+          <p className="notice" role="note">
+            {how === "closed"
+              ? "Registration is closed — ask your administrator for an account."
+              : "New accounts need a sign-up link — ask your administrator for one."}
+          </p>
+        )}
       </form>
     </main>
   );

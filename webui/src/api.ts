@@ -90,9 +90,21 @@ export class ApiError extends Error {
     readonly status: number,
     readonly code: string,
     message: string,
+    /** The request body's field at fault, when the server names one (400s). */
+    readonly field?: string,
   ) {
     super(message);
   }
+}
+
+/** Told when the server answers 401: the session ended (signed out elsewhere, revoked, the
+ * account disabled). The app goes back to the sign-in screen. */
+let sessionEnded: (() => void) | null = null;
+export function onSessionEnded(listener: (() => void) | null): () => void {
+  sessionEnded = listener;
+  return () => {
+    if (sessionEnded === listener) sessionEnded = null;
+  };
 }
 
 async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
@@ -105,11 +117,14 @@ async function call<T>(method: string, path: string, body?: unknown): Promise<T>
   if (response.status === 204) return undefined as T;
   const data: unknown = await response.json().catch(() => null);
   if (!response.ok) {
-    const error = (data as { error?: { code?: string; message?: string } } | null)?.error;
+    const error = (data as { error?: { code?: string; message?: string; field?: string } } | null)
+      ?.error;
+    if (response.status === 401) sessionEnded?.();
     throw new ApiError(
       response.status,
       error?.code ?? "http_error",
       error?.message ?? `request failed (HTTP ${response.status})`,
+      error?.field,
     );
   }
   return data as T;
@@ -167,3 +182,90 @@ export interface WorkspaceDetail extends Workspace {
 }
 export const workspaceDetail = (id: string) =>
   call<WorkspaceDetail>("GET", `/api/workspaces/${id}`);
+
+// Accounts and the instance (issue 17, item 6).
+
+/** Who may create an account here, and the rules shown before anyone submits. */
+export interface Registration {
+  mode: "open" | "invite" | "closed";
+  /** No accounts yet: the next one registered (the admin) is let in whatever the mode. */
+  first: boolean;
+  username_rule: string;
+  password_rule: string;
+}
+/** One of the signed-in user's login sessions (never its token). */
+export interface Session {
+  id: string;
+  created_at: string;
+  last_seen_at: string;
+  user_agent: string | null;
+  address: string | null;
+  current: boolean;
+}
+/** An account as the instance admin sees it. */
+export interface AdminUser {
+  id: string;
+  username: string;
+  email: string | null;
+  created_at: string;
+  is_admin: boolean;
+  disabled: boolean;
+  last_seen_at: string | null;
+}
+export interface SignupLink {
+  id: string;
+  created_at: string;
+  expires_at: string;
+  used_at: string | null;
+  used_by: string | null;
+}
+
+export const accountsApi = {
+  registration: () => call<Registration>("GET", "/api/auth/registration"),
+  register: (username: string, password: string, invite: string | null) =>
+    call<User>("POST", "/api/auth/register", {
+      username,
+      password,
+      ...(invite ? { invite } : {}),
+    }),
+  changePassword: (currentPassword: string, newPassword: string) =>
+    call<void>("PUT", "/api/auth/password", {
+      current_password: currentPassword,
+      new_password: newPassword,
+    }),
+  sessions: () => call<Session[]>("GET", "/api/auth/sessions"),
+  revokeSession: (id: string) => call<void>("DELETE", `/api/auth/sessions/${id}`),
+  users: () => call<AdminUser[]>("GET", "/api/admin/users"),
+  disableUser: (id: string) => call<void>("POST", `/api/admin/users/${id}/disable`),
+  enableUser: (id: string) => call<void>("POST", `/api/admin/users/${id}/enable`),
+  resetPassword: (id: string) =>
+    call<{ password: string }>("POST", `/api/admin/users/${id}/password`),
+  signupLinks: () => call<SignupLink[]>("GET", "/api/admin/signup-links"),
+  createSignupLink: () =>
+    call<{ url: string; expires_at: string }>("POST", "/api/admin/signup-links"),
+  revokeSignupLink: (id: string) => call<void>("DELETE", `/api/admin/signup-links/${id}`),
+};
+
+/** Sign-up links look like /#invite=TOKEN (a fragment: never sent to the server, so never in
+ * its logs): the token, if this page was opened from one. */
+export function inviteFromLocation(hash: string = window.location.hash): string | null {
+  return new URLSearchParams(hash.replace(/^#/, "")).get("invite");
+}
+
+/** "3 minutes ago", "2 days ago": how long since an RFC 3339 moment. */
+export function ago(moment: string, now: number = Date.now()): string {
+  const seconds = Math.max(0, Math.round((now - Date.parse(moment)) / 1000));
+  if (seconds < 60) return "just now";
+  const steps: [number, string][] = [
+    [86400, "day"],
+    [3600, "hour"],
+    [60, "minute"],
+  ];
+  for (const [size, unit] of steps) {
+    if (seconds >= size) {
+      const n = Math.floor(seconds / size);
+      return `${n} ${unit}${n === 1 ? "" : "s"} ago`;
+    }
+  }
+  return "just now";
+}

@@ -180,5 +180,16 @@ class LoginGuard:
         self._known.prune()
 
 
+def wait_in_words(seconds: int) -> str:
+    """A wait as people say it, rounded up: "40 seconds", "15 minutes", "2 hours"."""
+    if seconds < 60:
+        amount, unit = max(1, seconds), "second"
+    elif seconds < 2 * 3600:
+        amount, unit = math.ceil(seconds / 60), "minute"
+    else:
+        amount, unit = math.ceil(seconds / 3600), "hour"
+    return f"{amount} {unit}{'' if amount == 1 else 's'}"
+
+
 def _pair(account: str, address: str) -> str:
     return f"{account}\0{address}"

@@ -26,6 +26,7 @@ from cli_server.config import (
     parse_duration,
     parse_positive_int,
     parse_quota,
+    parse_registration,
     parse_size,
 )
 from cli_server.sandboxes.egress import parse_allow
@@ -192,6 +193,13 @@ SETTINGS: dict[str, Setting] = {
     "anthropic-proxy-url": Setting(
         "ANTHROPIC_PROXY_URL", str, None, "URL sandboxes use for the server's Anthropic proxy."
     ),
+    "registration": Setting(
+        "REGISTRATION",
+        parse_registration,
+        "open",
+        "Who may create an account: open (anyone), invite (with a one-time sign-up link from"
+        " the instance admin) or closed (nobody). The first account, the admin, always may.",
+    ),
 }
 
 
@@ -338,6 +346,7 @@ class Options(usage.Options):
             agent_image=self["agent-image"],
             egress_allow=self["egress-allow"] or (),
             trusted_proxies=self["trusted-proxies"] or (),
+            registration=self["registration"],
             anthropic_api_key=self._environ.get("ANTHROPIC_API_KEY") or None,
             anthropic_auth_token=self._environ.get("ANTHROPIC_AUTH_TOKEN") or None,
         )

@@ -1,4 +1,4 @@
-"""``/api/auth``: register, log in and out, who am I."""
+"""``/api/auth``: register, log in and out, who am I, one's password and sessions."""
 
 from __future__ import annotations
 
@@ -11,15 +11,24 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from cli_server.accounts import Accounts
-from cli_server.auth.ratelimit import Backoff, FailureLimiter, KnownAddresses, LoginGuard
-from cli_server.errors import BadRequest, TooManyRequests, Unauthorized
+from cli_server.auth.ratelimit import (
+    Backoff,
+    FailureLimiter,
+    KnownAddresses,
+    LoginGuard,
+    wait_in_words,
+)
+from cli_server.errors import BadRequest, Forbidden, NotFound, TooManyRequests, Unauthorized
 from cli_server.proxy.access import SandboxAccess
 from cli_server.web.body import read_json_object, required_text, text_field
+from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content
 from cli_server.web.session import SessionCookies
 
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+USERNAME_RULE = "3-32 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
+PASSWORD_RULE = "at least 8 characters"
 
 
 @define(frozen=True)
@@ -59,6 +68,7 @@ class AuthAPI:
     _logins: LoginGuard
     _registrations: FailureLimiter
     _sandbox_access: SandboxAccess
+    _registration: str = "open"  # open, invite or closed (config.parse_registration)
 
     app = Klein()
     install_json_errors(app)
@@ -69,21 +79,34 @@ class AuthAPI:
         body = read_json_object(request)
         username = required_text(body, "username", max_length=32, min_length=3)
         if not _USERNAME.match(username):
-            raise BadRequest(
-                "username must be 3-32 characters: letters, digits, '.', '_' or '-', "
-                "starting with a letter or digit",
-                field="username",
-            )
-        password = required_text(body, "password", max_length=1024, min_length=8, strip=False)
+            raise BadRequest(f"username must be {USERNAME_RULE}", field="username")
+        password = _new_password(body, "password")
         email = text_field(body, "email", max_length=254, required=False)
         if email is not None and not _EMAIL.match(email):
             raise BadRequest("email must look like name@example.com", field="email")
+        invite = text_field(body, "invite", max_length=200, required=False)
         address = _address(request)
         _limit(self._registrations, address, "too many registrations from this address")
         # Every attempt counts, taken names too: registering is also a way to probe names.
         self._registrations.failed(address)
-        user = await self._accounts.register(username, password, email or None)
+        user = await self._accounts.register(
+            username, password, email or None, self._registration, invite
+        )
         return json_response(request, user.to_json(), 201)
+
+    @app.route("/registration", methods=["GET"])
+    async def registration(self, request: IRequest) -> bytes:
+        """What the sign-in screen shows before anyone submits anything; ``first`` while
+        there are no accounts (the next one, the admin, may register whatever the mode)."""
+        return json_response(
+            request,
+            {
+                "mode": self._registration,
+                "first": not await self._accounts.has_users(),
+                "username_rule": f"Username: {USERNAME_RULE}.",
+                "password_rule": f"Password: {PASSWORD_RULE}.",
+            },
+        )
 
     @app.route("/login", methods=["POST"])
     async def login(self, request: IRequest) -> bytes:
@@ -92,18 +115,67 @@ class AuthAPI:
         username = required_text(body, "username", max_length=254)
         password = required_text(body, "password", max_length=1024, strip=False)
         account, address = username.lower(), _address(request)
-        waiting = self._logins.retry_after(account, address)
-        if waiting is not None:
-            wait, why = waiting
-            raise TooManyRequests(f"{why}; try again in {wait} s", retry_after=wait)
+        self._check_guard(account, address)
         user = await self._accounts.authenticate(username, password)
         if user is None:
             self._logins.failed(account, address)
             raise Unauthorized("wrong username or password", code="invalid_credentials")
         self._logins.succeeded(account, address)
-        token = await self._accounts.open_session(user)
+        agent = request.getHeader(b"user-agent")
+        token = await self._accounts.open_session(
+            user, agent.decode("utf-8", "replace") if agent else None, address
+        )
         self._cookies.set(request, token)
         return json_response(request, user.to_json())
+
+    def _check_guard(self, account: str, address: str) -> None:
+        waiting = self._logins.retry_after(account, address)
+        if waiting is not None:
+            wait, why = waiting
+            raise TooManyRequests(f"{why}; try again in {wait_in_words(wait)}", retry_after=wait)
+
+    @app.route("/password", methods=["PUT"])
+    async def change_password(self, request: IRequest) -> bytes:
+        """A new password; the user's other sessions and all sandbox sessions end. A wrong
+        current password counts as a failed login, so this is no way around the guard."""
+        self._cookies.check_origin(request)
+        user = await self._cookies.user(request)
+        body = read_json_object(request)
+        current = required_text(body, "current_password", max_length=1024, strip=False)
+        new = _new_password(body, "new_password")
+        account, address = user.username.lower(), _address(request)
+        self._check_guard(account, address)
+        if not await self._accounts.check_password(user.id, current):
+            self._logins.failed(account, address)
+            raise Forbidden("the current password is wrong", code="wrong_password")
+        await self._accounts.set_password(user.id, new, keep_token=self._cookies.token(request))
+        await self._sandbox_access.revoke_user(user.id)
+        return no_content(request)
+
+    @app.route("/sessions", methods=["GET"])
+    async def sessions(self, request: IRequest) -> bytes:
+        user = await self._cookies.user(request)
+        token = self._cookies.token(request)
+        assert token is not None  # (a user was found from it)
+        listed = await self._accounts.sessions(user.id, token)
+        return json_response(request, [s.to_json() for s in listed])
+
+    @app.route("/sessions/<session_id>", methods=["DELETE"])
+    async def revoke_session(self, request: IRequest, session_id: str) -> bytes:
+        """Signs one of the caller's sessions out (the current one too: that is a logout).
+        Sandbox sessions are not tied to one login, so all of the user's end with it."""
+        self._cookies.check_origin(request)
+        user = await self._cookies.user(request)
+        sid = parse_id(session_id, "session")
+        token = self._cookies.token(request)
+        assert token is not None  # (a user was found from it)
+        closed = await self._accounts.close_session_by_id(user.id, sid, token)
+        if closed is None:
+            raise NotFound("no such session", code="session_not_found")
+        await self._sandbox_access.revoke_user(user.id)
+        if closed == "current":
+            self._cookies.clear(request)
+        return no_content(request)
 
     @app.route("/logout", methods=["POST"])
     async def logout(self, request: IRequest) -> bytes:
@@ -129,7 +201,14 @@ class AuthAPI:
 def _limit(limiter: FailureLimiter, key: str, message: str) -> None:
     wait = limiter.retry_after(key)
     if wait is not None:
-        raise TooManyRequests(f"{message}; try again in {wait} s", retry_after=wait)
+        raise TooManyRequests(f"{message}; try again in {wait_in_words(wait)}", retry_after=wait)
+
+
+def _new_password(body: dict[str, Any], field: str) -> str:
+    password = text_field(body, field, max_length=1024, min_length=0, strip=False)
+    if password is None or len(password) < 8:
+        raise BadRequest(f"{field} must be {PASSWORD_RULE}", field=field)
+    return password
 
 
 def _address(request: IRequest) -> str:

@@ -13,6 +13,7 @@ from cli_server.anthropic.setup import ClaudeSetup
 from cli_server.db.pool import Database
 from cli_server.errors import NotFound, ServiceUnavailable
 from cli_server.metrics import Metrics
+from cli_server.web.admin_api import AdminAPI
 from cli_server.web.agents_api import AgentsAPI
 from cli_server.web.auth_api import AuthAPI
 from cli_server.web.invitations_api import InvitationsAPI
@@ -37,6 +38,7 @@ class MainSite:
     _ui: IResource = field(factory=WebUI)
     _invitations: InvitationsAPI | None = None
     _claude: ClaudeSetup | None = None
+    _admin: AdminAPI | None = None
 
     app = Klein()
     install_json_errors(app)
@@ -86,6 +88,12 @@ class MainSite:
         if self._invitations is None:
             raise NotFound("no such API route")
         return self._mount(request, self._invitations.app)
+
+    @app.route("/api/admin", branch=True, strict_slashes=False, methods=_ALL)
+    def admin(self, request: IRequest) -> IResource:
+        if self._admin is None:
+            raise NotFound("no such API route")
+        return self._mount(request, self._admin.app)
 
     @app.route("/api/sandboxes", branch=True, strict_slashes=False, methods=_ALL)
     def sandboxes(self, request: IRequest) -> IResource:

@@ -41,7 +41,7 @@ async def test_usage_says_claude_is_not_set_up(app: Running) -> None:
         assert usage.body["claude"] == {
             "configured": False,
             "message": NOT_CONFIGURED,
-            "help": "claude-in-sandboxes-the-anthropic-proxy",
+            "help": "docs/anthropic.md#claude-in-sandboxes-the-anthropic-proxy",
         }
         assert "ANTHROPIC_API_KEY" in usage.body["claude"]["message"]
         assert usage.body["month"]["total_tokens"] == 0

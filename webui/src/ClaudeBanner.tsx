@@ -1,7 +1,7 @@
 import { atLeast, type ClaudeSetup, type Role } from "./api";
 import "./claude.css";
 
-const README_TITLE = "Claude in sandboxes: the Anthropic proxy";
+const DOCS_TITLE = "Claude in sandboxes: the Anthropic proxy";
 
 interface Props {
   claude: ClaudeSetup | undefined;
@@ -34,7 +34,7 @@ export function ClaudeBanner({ claude, role }: Props) {
       <pre>ANTHROPIC_API_KEY=sk-ant-… twistd -n cli-server</pre>
       <p className="small">
         The key stays on the server: sandboxes get a token of their own for its Anthropic proxy.
-        More in the README, section “{README_TITLE}”.
+        More in docs/anthropic.md, “{DOCS_TITLE}”.
       </p>
     </section>
   );

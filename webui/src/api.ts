@@ -76,7 +76,7 @@ export interface AgentCode {
 export interface ClaudeSetup {
   configured: boolean;
   message: string;
-  /** The README section that explains it. */
+  /** The documentation section that explains it: `docs/anthropic.md#<anchor>`. */
   help?: string;
 }
 export interface UsageReport {

@@ -6,8 +6,8 @@ from typing import Any
 
 from attrs import frozen
 
-# The README section an owner is sent to (GitHub's anchor for its heading).
-README_SECTION = "claude-in-sandboxes-the-anthropic-proxy"
+# The documentation an owner is sent to: the page and GitHub's anchor for its heading.
+HELP_SECTION = "docs/anthropic.md#claude-in-sandboxes-the-anthropic-proxy"
 
 NOT_CONFIGURED = (
     "Claude is not set up on this server: the administrator sets ANTHROPIC_API_KEY (or "
@@ -31,7 +31,7 @@ class ClaudeSetup:
         return {
             "configured": self.configured,
             "message": CONFIGURED if self.configured else NOT_CONFIGURED,
-            "help": README_SECTION,
+            "help": HELP_SECTION,
         }
 
     @property

@@ -68,7 +68,7 @@ async def test_opencode_killed_inside_the_sandbox_is_failed_at_once(real: Real) 
         await deferLater(_reactor(), 0.05)
     noticed = time.monotonic() - began
     assert row["status"] == "failed", row
-    assert row["error"] == "opencode was killed (SIGKILL)", row
+    assert row["error"] == "opencode was killed by signal 9 (SIGKILL)", row
     assert noticed < 1.5, f"took {noticed:.2f} s"
 
     page = await _visit(real, sid, "/", cookie)

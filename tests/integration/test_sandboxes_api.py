@@ -56,6 +56,11 @@ async def test_lifecycle(app: Running) -> None:
         "paused_at",
         "url",
         "usage",
+        "short_id",
+        "created_by",
+        "started_at",
+        "last_active_at",
+        "paused_by",
     }
     sid = made.body["id"]
     await wait_status(dev, sid, "running")

@@ -36,7 +36,7 @@ class World:
     workspace: str
 
     async def sandbox(self, status: str = "running") -> str:
-        made = await self.manager.create(self.workspace, self.user, "s")
+        made = await self.manager.create(self.workspace, self.user, f"s-{uuid.uuid4()}")
         await self.manager.drain()
         if status != "running":
             await self.db.execute(

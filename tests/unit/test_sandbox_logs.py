@@ -3,6 +3,8 @@ fields computed from a row."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,8 +17,9 @@ from cli_server.sandboxes.output_log import OutputLog, read_tail
 
 class OutputLogTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.path = Path(self.mktemp())
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        directory = Path(tempfile.mkdtemp(prefix="cli-test-log-"))
+        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+        self.path = directory / "opencode.log"
 
     def test_secrets_split_between_reads_are_blanked(self) -> None:
         log = OutputLog(self.path, ("s3cret-password", "tok-123"))

@@ -72,7 +72,7 @@ async def test_opencode_killed_inside_the_sandbox_is_failed_at_once(real: Real) 
     assert noticed < 1.5, f"took {noticed:.2f} s"
 
     page = await _visit(real, sid, "/", cookie)
-    assert page.code == 503 and b"failed" in page.body, page
+    assert page.code == 503 and b"This sandbox crashed" in page.body, page
     assert (
         sid not in real.backend._live and not (real.data_dir / "sandboxes" / sid / "netns").exists()
     )

@@ -67,10 +67,11 @@ class Observed:
 def exit_reason(code: int | None, number: int | None, *, oom: bool, via_init: bool) -> str:
     """A sentence for a sandbox's ``error``: how its opencode ended. ``via_init``: the status
     comes from a parent that reports a child killed by signal N as 128 + N (bubblewrap,
-    docker-init). The OOM killer's SIGKILL is said as running out of memory."""
+    docker-init). ``oom``: the kernel's OOM killer acted in the sandbox; a SIGKILL then is
+    its doing (another ending is not: it may have killed some other process there)."""
     if number is None and via_init and code is not None and 128 < code < 128 + 65:
         number = code - 128
-    if oom:
+    if oom and number == signal.SIGKILL:
         return "opencode ran out of memory (killed by the kernel's OOM killer)"
     if number is not None:
         try:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest_twisted
@@ -17,6 +19,7 @@ from twisted.internet.defer import gatherResults
 from cli_server.db.embedded import EmbeddedPostgres
 from cli_server.db.migrations import load_migrations, migrate
 from cli_server.db.pool import Database
+from cli_server.sandboxes.process_backend import Limits
 from cli_server.testing import FakeBackend
 
 from .conftest import Real, _reactor, server_config, start_server, stop_server
@@ -324,3 +327,54 @@ async def test_real_opencode_works_on_the_disk_and_its_crash_is_told(real: Real)
     assert row["opencode_password"] not in text
     on_disk = (real.data_dir / "sandboxes" / sid / "opencode.log").read_text()
     assert "opencode server listening" in on_disk and row["opencode_password"] not in on_disk
+
+
+@needs_isolation
+@pytest_twisted.ensureDeferred
+async def test_real_opencode_out_of_memory_is_told(real: Real) -> None:
+    """The kernel's OOM killer ends opencode (made its first choice, and a process in its
+    memory cgroup asks for more than the limit): the sandbox fails at once, saying so."""
+    real.backend._limits = Limits(memory_bytes=512 * 1024**2, pids=512)
+    sid, _ = await real.create("a", "hungry")
+    groups = real.backend._cgroups(sid)
+    memory = next(g for g in groups if "pids" not in g.parts)
+    Path(f"/proc/{real.pid(sid)}/oom_score_adj").write_text("1000")
+    # (a host process, joined to the sandbox's memory cgroup before it allocates)
+    hog = subprocess.Popen(
+        [
+            "/bin/sh",
+            "-c",
+            f'echo $$ > "{memory}/cgroup.procs" && exec python3 -c '
+            "\"import time; x = b'x' * (1 << 30); time.sleep(60)\"",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        async def failed() -> bool:
+            reply = await real.owner.call("GET", f"/api/sandboxes/{sid}")
+            return bool(reply.body["status"] == "failed")
+
+        await wait_until(_reactor(), failed, timeout=30, step=0.1)
+        shown = (await real.owner.call("GET", f"/api/sandboxes/{sid}")).body
+        assert shown["error"] == (
+            "opencode ran out of memory (killed by the kernel's OOM killer)"
+        ), shown
+    finally:
+        hog.kill()
+        hog.wait(timeout=30)
+    logs = await real.owner.call("GET", f"/api/sandboxes/{sid}/logs")
+    assert "--- opencode ran out of memory" in "\n".join(logs.body["lines"]), logs
+    for group in groups:  # (the hog kept it from going with the sandbox)
+        await wait_until(_reactor(), lambda g=group: _gone(g), timeout=30)
+
+
+def _gone(group: Path) -> bool:
+    try:
+        group.rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True

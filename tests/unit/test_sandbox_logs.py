@@ -32,6 +32,7 @@ class OutputLogTests(SynchronousTestCase):
         self.assertEqual(tail.lines[-1], "partial line")
         self.assertFalse(tail.truncated)
         self.assertNotIn(b"s3cret", self.path.read_bytes())
+        self.assertEqual(self.path.stat().st_mode & 0o777, 0o600)
 
     def test_notes_are_marked(self) -> None:
         log = OutputLog(self.path)

@@ -8,6 +8,7 @@ restart and a pause, and goes with the sandbox's deletion.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from attrs import define, field
@@ -54,7 +55,9 @@ class OutputLog:
         try:
             if self.path.exists() and self.path.stat().st_size + len(data) > self.limit:
                 self.path.replace(self.path.with_name(self.path.name + ".1"))
-            with self.path.open("ab") as out:
+            # Only the server's account reads it: it is what a sandbox said, not for others.
+            descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(descriptor, "ab") as out:
                 out.write(data)
         except OSError:
             pass  # (a full or vanished disk costs the log, never the sandbox)

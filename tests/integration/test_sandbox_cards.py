@@ -378,3 +378,32 @@ def _gone(group: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+@needs_isolation
+@pytest_twisted.ensureDeferred
+async def test_a_start_that_fails_is_in_the_log(real: Real) -> None:
+    """An opencode that cannot start (here a stand-in that complains and exits): the sandbox
+    is failed with the reason, and the log holds what it wrote and why the start failed."""
+    broken = real.data_dir / "broken-opencode"
+    real.data_dir.mkdir(parents=True, exist_ok=True)
+    broken.write_text("#!/bin/sh\necho 'config error: no such provider' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    real.backend._opencode = broken
+    made = await real.owner.call(
+        "POST", f"/api/workspaces/{real.workspaces['a']}/sandboxes", {"name": "broken"}
+    )
+    assert made.code == 201, made
+    sid = made.body["id"]
+
+    async def failed() -> bool:
+        reply = await real.owner.call("GET", f"/api/sandboxes/{sid}")
+        return bool(reply.body["status"] == "failed")
+
+    await wait_until(_reactor(), failed, timeout=60, step=0.1)
+    shown = (await real.owner.call("GET", f"/api/sandboxes/{sid}")).body
+    assert "config error: no such provider" in shown["error"], shown
+    lines = (await real.owner.call("GET", f"/api/sandboxes/{sid}/logs")).body["lines"]
+    assert lines[0] == "--- opencode starting ---", lines
+    assert "config error: no such provider" in lines, lines
+    assert lines[-1].startswith("--- the start failed: opencode exited: "), lines

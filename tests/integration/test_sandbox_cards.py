@@ -383,11 +383,15 @@ def _gone(group: Path) -> bool:
 @needs_isolation
 @pytest_twisted.ensureDeferred
 async def test_a_start_that_fails_is_in_the_log(real: Real) -> None:
-    """An opencode that cannot start (here a stand-in that complains and exits): the sandbox
-    is failed with the reason, and the log holds what it wrote and why the start failed."""
+    """An opencode that cannot start (here a stand-in that prints its secrets, complains and
+    exits): the sandbox is failed with the reason, and the log holds what it wrote and why
+    the start failed; neither shows the secrets."""
     broken = real.data_dir / "broken-opencode"
     real.data_dir.mkdir(parents=True, exist_ok=True)
-    broken.write_text("#!/bin/sh\necho 'config error: no such provider' >&2\nexit 3\n")
+    broken.write_text(
+        '#!/bin/sh\necho "password $OPENCODE_SERVER_PASSWORD key $ANTHROPIC_API_KEY"\n'
+        "echo 'config error: no such provider' >&2\nexit 3\n"
+    )
     broken.chmod(0o755)
     real.backend._opencode = broken
     made = await real.owner.call(
@@ -407,3 +411,6 @@ async def test_a_start_that_fails_is_in_the_log(real: Real) -> None:
     assert lines[0] == "--- opencode starting ---", lines
     assert "config error: no such provider" in lines, lines
     assert lines[-1].startswith("--- the start failed: opencode exited: "), lines
+    # Its secrets, printed, are blanked in the log and in the error.
+    assert "password [redacted] key [redacted]" in lines, lines
+    assert "password [redacted] key [redacted]" in shown["error"], shown

@@ -60,6 +60,7 @@ from cli_server.sandboxes.backend import (
     State,
     deferred,
     exit_reason,
+    redact,
 )
 from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes
 from cli_server.sandboxes.egress import EgressPolicy
@@ -181,8 +182,12 @@ class _Watched(ProcessProtocol):
         self.ended.callback(None)
 
     def tail(self) -> str:
+        """The last lines it wrote (shown as a failed start's ``error``: its secrets blanked)."""
         text = self.output.decode("utf-8", "replace").strip()
-        return " | ".join(text.splitlines()[-5:]) or "(no output)"
+        lines = text.splitlines()[-5:]
+        if self.log is not None:
+            lines = redact(lines, list(self.log.secrets))
+        return " | ".join(lines) or "(no output)"
 
 
 def _opencode_watch(log: OutputLog | None = None) -> _Watched:

@@ -71,3 +71,12 @@ class TooManyRequests(ApiError):
 
 class ServiceUnavailable(ApiError):
     status, code = 503, "unavailable"
+
+
+class NameTaken(Conflict):
+    """A name already in use where names are unique; the form shows it next to its name."""
+
+    code = "name_taken"
+
+    def details(self) -> dict[str, Any]:
+        return {"field": "name"}

@@ -11,6 +11,7 @@ from cli_server.sandboxes.backend import (
     BackendError,
     Endpoint,
     ExitListener,
+    LogTail,
     Observed,
     SandboxSpec,
     State,
@@ -42,6 +43,7 @@ class FakeBackend:
     _next_port: int = 20000
     on_exit: ExitListener | None = None
     exits: dict[str, str] = field(factory=dict)  # what describe() says of a crash, if told
+    output: dict[str, list[str]] = field(factory=dict)  # what logs() answers, if told
 
     def hold(self) -> None:
         self._gate = Deferred()
@@ -63,7 +65,7 @@ class FakeBackend:
         if door is not None:
             door[0].stopListening()
 
-    def die(self, sandbox_id: str, why: str = "opencode was killed (SIGKILL)") -> None:
+    def die(self, sandbox_id: str, why: str = "opencode was killed by signal 9 (SIGKILL)") -> None:
         """A process that ends by itself, reported the way the process backend reports it."""
         self.crash(sandbox_id)
         if self.on_exit is not None:
@@ -119,6 +121,10 @@ class FakeBackend:
         if sandbox_id in self.stopped:
             return Observed(State.STOPPED, exit=self.exits.get(sandbox_id))
         return Observed(State.MISSING)
+
+    @deferred
+    async def logs(self, sandbox_id: str) -> LogTail:
+        return LogTail(tuple(self.output.get(sandbox_id, ())), False)
 
     @deferred
     async def list_owned(self) -> list[str]:

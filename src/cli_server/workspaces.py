@@ -6,10 +6,11 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+import psycopg2.errors
 from attrs import define
 
 from cli_server.db.pool import Database, Row, Transaction
-from cli_server.errors import Conflict, Forbidden, NotFound
+from cli_server.errors import Conflict, Forbidden, NameTaken, NotFound
 from cli_server.json import iso
 from cli_server.roles import Role
 
@@ -126,7 +127,11 @@ class Workspaces:
                 (workspace_id, user_id),
             )
 
-        row = await self._db.transaction(work)
+        try:
+            row = await self._db.transaction(work)
+        except psycopg2.errors.UniqueViolation:
+            # The unique index decides, so two creates at once cannot both take the name.
+            raise NameTaken(f'You already have a workspace named "{name}".') from None
         assert row is not None
         return workspace_json(row)
 

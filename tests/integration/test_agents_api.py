@@ -269,7 +269,7 @@ async def test_register_with_the_server_key(app: Running) -> None:
     rows = await app.db.query("SELECT * FROM sandboxes")
     assert bytes(rows[0]["proxy_token_hash"]) == token_hash(key)
     assert nowhere_in(key, rows)
-    plain = await register(app, await mint(people["owner"], wid), use_server_key=False)
+    plain = await register(app, await mint(people["owner"], wid), "desk", use_server_key=False)
     assert plain.code == 201 and "anthropic" not in plain.body
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest_twisted
@@ -189,7 +190,7 @@ async def _people(app: Running) -> dict[str, Api]:
 
 async def _fresh_workspace(people: dict[str, Api]) -> str:
     owner = people["owner"]
-    made = await owner.call("POST", "/api/workspaces", {"name": "matrix"})
+    made = await owner.call("POST", "/api/workspaces", {"name": f"matrix {uuid.uuid4()}"})
     assert made.code == 201, made
     wid = str(made.body["id"])
     for name, role in [

@@ -224,7 +224,7 @@ async def test_reconciliation_and_adoption(world: DockerWorld, db_url: str) -> N
     reply = await world.people["owner"].call("GET", f"/api/sandboxes/{killed}")
     assert (reply.body["status"], reply.body["error"]) == (
         "failed",
-        "opencode was killed (SIGKILL)",
+        "opencode was killed by signal 9 (SIGKILL)",
     ), reply.body
     assert foreign in world.engine.docker("ps", "-q", "--no-trunc")
 

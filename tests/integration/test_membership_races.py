@@ -13,6 +13,7 @@ with a FAKE sandbox backend (membership does not depend on processes).
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import attrs
@@ -63,7 +64,7 @@ async def interleave(app: Running, hold: Hold, held: Deferred[Reply], meanwhile:
 
 
 async def workspace(owner: Api) -> str:
-    made = await owner.call("POST", "/api/workspaces", {"name": "w"})
+    made = await owner.call("POST", "/api/workspaces", {"name": f"w {uuid.uuid4()}"})
     assert made.code == 201, made
     return str(made.body["id"])
 

@@ -36,7 +36,7 @@ class World:
     workspace: str
 
     async def sandbox(self, status: str = "running") -> str:
-        made = await self.manager.create(self.workspace, self.user, "s")
+        made = await self.manager.create(self.workspace, self.user, f"s-{uuid.uuid4()}")
         await self.manager.drain()
         if status != "running":
             await self.db.execute(
@@ -158,7 +158,7 @@ async def test_reconciler_repairs_every_interrupted_state(world: World) -> None:
     dead = await world.sandbox()
     world.backend.crash(dead)
     killed = await world.sandbox()  # the backend can tell how it ended (a dead container)
-    world.backend.crash(killed, "opencode was killed (SIGKILL, out of memory)")
+    world.backend.crash(killed, "opencode ran out of memory (killed by the kernel's OOM killer)")
     creating = await world.sandbox("creating")
     world.backend.crash(creating)
     pausing = await world.sandbox("pausing")
@@ -174,7 +174,7 @@ async def test_reconciler_repairs_every_interrupted_state(world: World) -> None:
     (row,) = await world.db.query("SELECT status, error FROM sandboxes WHERE id = %s", (killed,))
     assert (row["status"], row["error"]) == (
         "failed",
-        "opencode was killed (SIGKILL, out of memory)",
+        "opencode ran out of memory (killed by the kernel's OOM killer)",
     )
     assert await world.status(creating) == "failed"
     assert await world.status(pausing) == "paused"
@@ -203,11 +203,11 @@ async def test_an_exit_nobody_asked_for_fails_the_sandbox_at_once(world: World) 
     """The backend reports a dead opencode: failed with the reason, no sweep needed; an exit
     while pausing (we caused it) is not a failure; Resume starts the failed one again."""
     dying, pausing = await world.sandbox(), await world.sandbox("pausing")
-    world.backend.die(dying, "opencode was killed (SIGKILL)")
+    world.backend.die(dying, "opencode was killed by signal 9 (SIGKILL)")
     world.backend.die(pausing)
     await world.manager.drain()
     (row,) = await world.db.query("SELECT status, error FROM sandboxes WHERE id = %s", (dying,))
-    assert (row["status"], row["error"]) == ("failed", "opencode was killed (SIGKILL)")
+    assert (row["status"], row["error"]) == ("failed", "opencode was killed by signal 9 (SIGKILL)")
     assert ("stop", dying) in world.backend.calls  # what outlived opencode is cleaned up
     assert await world.status(pausing) == "pausing"
     await world.manager.resume(dying, world.user)

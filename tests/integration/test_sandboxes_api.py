@@ -4,6 +4,7 @@ processes; the real one is exercised in test_process_backend.py)."""
 from __future__ import annotations
 
 from typing import Any
+from uuid import uuid4
 
 import attrs
 import pytest_twisted
@@ -56,6 +57,11 @@ async def test_lifecycle(app: Running) -> None:
         "paused_at",
         "url",
         "usage",
+        "short_id",
+        "created_by",
+        "started_at",
+        "last_active_at",
+        "paused_by",
     }
     sid = made.body["id"]
     await wait_status(dev, sid, "running")
@@ -129,6 +135,7 @@ SANDBOX_CASES: list[tuple[str, str, Any, tuple[int, ...]]] = [
     ("POST", "/api/sandboxes/{s}/pause", None, (401, 404, 403, 200, 200, 200)),
     ("POST", "/api/sandboxes/{p}/resume", None, (401, 404, 403, 200, 200, 200)),
     ("DELETE", "/api/sandboxes/{s}", None, (401, 404, 403, 204, 204, 204)),
+    ("GET", "/api/sandboxes/{s}/logs", None, (401, 404, 403, 200, 200, 200)),
     (
         "GET",
         "/api/sandboxes/00000000-0000-4000-8000-000000000000",
@@ -148,16 +155,22 @@ async def test_sandbox_authorization_matrix(app: Running) -> None:
     for method, path, body, expected in SANDBOX_CASES:
         for actor, status in zip(SANDBOX_ACTORS, expected, strict=True):
             running = (
-                await owner.call("POST", f"/api/workspaces/{wid}/sandboxes", {"name": "r"})
+                await owner.call(
+                    "POST", f"/api/workspaces/{wid}/sandboxes", {"name": f"r {uuid4()}"}
+                )
             ).body["id"]
             paused = (
-                await owner.call("POST", f"/api/workspaces/{wid}/sandboxes", {"name": "p"})
+                await owner.call(
+                    "POST", f"/api/workspaces/{wid}/sandboxes", {"name": f"p {uuid4()}"}
+                )
             ).body["id"]
             await wait_status(owner, running, "running")
             await wait_status(owner, paused, "running")
             await owner.call("POST", f"/api/sandboxes/{paused}/pause")
             await wait_status(owner, paused, "paused")
             url = path.format(w=wid, s=running, p=paused)
+            if body is not None and "name" in body:  # (names are unique in a workspace)
+                body = {**body, "name": f"n {actor}"}
             reply = await people[actor].call(method, url, body)
             if reply.code != status:
                 mismatches.append(f"{method} {path} as {actor}: {reply.code} != {status}")

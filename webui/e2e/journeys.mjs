@@ -122,7 +122,7 @@ try {
       context.waitForEvent("page"),
       card.getByRole("button", { name: "Open" }).click(),
     ]);
-    await tab.waitForURL(/^http:\/\/oc-[0-9a-f-]+\.localhost:\d+\/$/);
+    await tab.waitForURL(/^http:\/\/oc-[0-9a-f-]+\.localhost:\d+\//);
     await tab.waitForLoadState("load");
     await tab.locator("#root, body").first().waitFor();
     await tab.waitForTimeout(1500); // let opencode's UI paint (never wait for networkidle)

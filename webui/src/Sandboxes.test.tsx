@@ -237,3 +237,161 @@ test("local sandboxes are badged, offer no pause or resume, and follow their age
   // The cloud sandbox next to it keeps its Pause.
   expect(screen.getAllByRole("button", { name: "Pause" })).toHaveLength(1);
 });
+
+const card: Sandbox = {
+  id: "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+  workspace_id: "w",
+  name: "web",
+  status: "running",
+  error: null,
+  is_local: false,
+  created_at: "2026-12-06T09:00:00Z",
+  url: "http://oc-0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0.localhost:8080/",
+  short_id: "0f1e2d3c",
+  created_by: "ana",
+  started_at: "2026-12-06T09:55:00Z",
+  last_active_at: "2026-12-06T11:57:00Z",
+  paused_at: null,
+  paused_by: null,
+};
+
+/** Answers the list with ``list``, and other calls by their path. */
+function answer(list: Sandbox[], routes: Record<string, () => Response> = {}) {
+  return vi.spyOn(globalThis, "fetch").mockImplementation((input, init) => {
+    const url = String(input);
+    const key = `${init?.method ?? "GET"} ${url}`;
+    if (routes[key]) return Promise.resolve(routes[key]());
+    if (url.endsWith("/usage"))
+      return Promise.resolve(
+        new Response(
+          JSON.stringify({ month: { requests: 0, total_tokens: 0 }, monthly_token_budget: null }),
+        ),
+      );
+    return Promise.resolve(new Response(JSON.stringify(list)));
+  });
+}
+
+test("a card tells its short id, who made it, uptime, activity; its link copies", async () => {
+  vi.useFakeTimers({ shouldAdvanceTime: true });
+  vi.setSystemTime(new Date("2026-12-06T12:00:00Z"));
+  answer([card]);
+  render(<Sandboxes workspace={workspace("developer")} pollMs={60_000} />);
+  const item = (await screen.findByText("web")).closest("li") as HTMLElement;
+  expect(within(item).getByText("0f1e2d3c").getAttribute("title")).toContain(card.id);
+  expect(item.textContent).toContain("Created by ana 3 h ago");
+  expect(item.textContent).toContain("Up 2 h 5 min");
+  expect(item.textContent).toContain("Last active 3 min ago");
+  const created = item.querySelector("time");
+  expect(created?.getAttribute("dateTime")).toBe(card.created_at);
+  expect(created?.getAttribute("title")).toBe(new Date(card.created_at).toLocaleString());
+  expect((within(item).getByLabelText("Link to web") as HTMLInputElement).value).toBe(card.url);
+
+  const writeText = vi.fn(() => Promise.resolve());
+  clipboard({ writeText });
+  try {
+    fireEvent.click(within(item).getByRole("button", { name: "Copy link" }));
+    expect(await within(item).findByRole("button", { name: "Copied" })).toBeTruthy();
+    expect(writeText).toHaveBeenCalledWith(card.url);
+    await act(() => vi.advanceTimersByTimeAsync(2500));
+    expect(within(item).getByRole("button", { name: "Copy link" })).toBeTruthy();
+  } finally {
+    clipboard(undefined);
+  }
+});
+
+test("a paused card says who paused it, or after how long idle", async () => {
+  vi.useFakeTimers({ shouldAdvanceTime: true });
+  vi.setSystemTime(new Date("2026-12-06T12:00:00Z"));
+  const idle: Sandbox = {
+    ...card,
+    status: "paused",
+    started_at: null,
+    paused_at: "2026-12-06T11:30:00Z",
+    paused_by: { kind: "idle", idle_minutes: 30 },
+  };
+  const byBob: Sandbox = {
+    ...idle,
+    id: "s-bob",
+    name: "api",
+    short_id: "11111111",
+    paused_by: { kind: "user", username: "bob" },
+  };
+  answer([idle, byBob]);
+  render(<Sandboxes workspace={workspace("developer")} pollMs={60_000} />);
+  const first = (await screen.findByText("web")).closest("li") as HTMLElement;
+  expect(first.textContent).toContain("Paused after 30 min idle 30 min ago");
+  expect(first.textContent).not.toContain("Up ");
+  const second = screen.getByText("api").closest("li") as HTMLElement;
+  expect(second.textContent).toContain("Paused by bob 30 min ago");
+});
+
+test("a name in use is said next to the name field", async () => {
+  const fetch = answer([card], {
+    "POST /api/workspaces/w/sandboxes": () =>
+      new Response(
+        JSON.stringify({
+          error: {
+            code: "name_taken",
+            message: 'A sandbox named "WEB" already exists in this workspace.',
+            field: "name",
+          },
+        }),
+        { status: 409 },
+      ),
+  });
+  render(<Sandboxes workspace={workspace("developer")} pollMs={60_000} />);
+  await screen.findByText("web");
+  const field = screen.getByPlaceholderText("Name a new sandbox");
+  fireEvent.change(field, { target: { value: "WEB" } });
+  await act(async () => {
+    fireEvent.click(screen.getByRole("button", { name: "New sandbox" }));
+  });
+  const said = await screen.findByText('A sandbox named "WEB" already exists in this workspace.');
+  expect(said.id).toBe("sandbox-name-error");
+  expect(field.getAttribute("aria-invalid")).toBe("true");
+  expect(field.getAttribute("aria-describedby")).toBe("sandbox-name-error");
+  expect((field as HTMLInputElement).value).toBe("WEB"); // kept, to be changed
+  expect(fetch.mock.calls.some(([, init]) => init?.method === "POST")).toBe(true);
+  fireEvent.change(field, { target: { value: "WEB 2" } });
+  expect(screen.queryByText(/already exists/)).toBeNull();
+});
+
+test("a crashed card says why; developers read its log, guests have no Logs", async () => {
+  const crashed: Sandbox = {
+    ...card,
+    status: "failed",
+    started_at: null,
+    error: "opencode was killed by signal 9 (SIGKILL)",
+  };
+  const fetch = answer([crashed], {
+    [`GET /api/sandboxes/${card.id}/logs`]: () =>
+      new Response(
+        JSON.stringify({
+          lines: ["opencode server listening on http://0.0.0.0:4096", "--- killed ---"],
+          truncated: true,
+        }),
+      ),
+  });
+  const { unmount } = render(<Sandboxes workspace={workspace("developer")} pollMs={60_000} />);
+  const item = (await screen.findByText("web")).closest("li") as HTMLElement;
+  expect(within(item).getByRole("status").textContent).toBe("Crashed");
+  expect(item.querySelector(".crash-reason")?.textContent).toBe(
+    "This sandbox crashed: opencode was killed by signal 9 (SIGKILL)",
+  );
+  const logs = within(item).getByRole("button", { name: "Logs" });
+  expect(logs.getAttribute("aria-expanded")).toBe("false");
+  fireEvent.click(logs);
+  const panel = within(item).getByRole("region", { name: "Log of web" });
+  const pre = await within(panel).findByText(/opencode server listening/);
+  expect(pre.tagName).toBe("PRE");
+  expect(pre.textContent).toBe("opencode server listening on http://0.0.0.0:4096\n--- killed ---");
+  expect(panel.textContent).toContain("(older lines left out)");
+  expect(within(item).getByRole("button", { name: "Hide logs" })).toBeTruthy();
+  expect(fetch.mock.calls.some(([url]) => String(url).endsWith("/logs"))).toBe(true);
+  unmount();
+
+  answer([crashed]);
+  render(<Sandboxes workspace={workspace("guest")} pollMs={60_000} />);
+  await screen.findByText("web");
+  expect(screen.queryByRole("button", { name: "Logs" })).toBeNull();
+});

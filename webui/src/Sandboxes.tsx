@@ -1,9 +1,18 @@
-import { type FormEvent, useCallback, useEffect, useState } from "react";
-import { api, atLeast, describe, type Sandbox, type Workspace } from "./api";
+import { type FormEvent, type ReactElement, useCallback, useEffect, useRef, useState } from "react";
+import {
+  ApiError,
+  api,
+  atLeast,
+  describe,
+  type Sandbox,
+  type SandboxLogs,
+  type Workspace,
+} from "./api";
 import { ConfirmButton } from "./Confirm";
 import { LocalAgentButton } from "./LocalAgent";
 import { Usage } from "./Usage";
 import { Alert, useAction } from "./useAction";
+import { absolute, ago, span } from "./when";
 
 const MOVING = new Set(["creating", "resuming", "pausing"]);
 const LABEL: Record<string, string> = {
@@ -13,7 +22,7 @@ const LABEL: Record<string, string> = {
   running: "Running",
   paused: "Paused",
   offline: "Offline",
-  failed: "Failed",
+  failed: "Crashed",
 };
 const TITLE: Record<string, string> = {
   offline: "the agent is not connected",
@@ -54,11 +63,22 @@ export function Sandboxes({ workspace, pollMs = 2000 }: Props) {
 
   const { error, setError, act } = useAction(load);
   const shown = error ?? loadError;
+  const [nameError, setNameError] = useState<string | null>(null);
 
   async function create(event: FormEvent) {
     event.preventDefault();
+    setNameError(null);
     await act(async () => {
-      await api.createSandbox(workspace.id, name);
+      try {
+        await api.createSandbox(workspace.id, name);
+      } catch (e) {
+        // A name in use belongs next to the name field, not in the panel's alert.
+        if (e instanceof ApiError && e.code === "name_taken") {
+          setNameError(e.message);
+          return;
+        }
+        throw e;
+      }
       setName("");
     });
   }
@@ -90,8 +110,18 @@ export function Sandboxes({ workspace, pollMs = 2000 }: Props) {
               maxLength={100}
               placeholder="Name a new sandbox"
               value={name}
-              onChange={(e) => setName(e.target.value)}
+              aria-invalid={nameError ? true : undefined}
+              aria-describedby={nameError ? "sandbox-name-error" : undefined}
+              onChange={(e) => {
+                setName(e.target.value);
+                setNameError(null);
+              }}
             />
+            {nameError && (
+              <span id="sandbox-name-error" className="error field-error" role="alert">
+                {nameError}
+              </span>
+            )}
           </label>
           <button type="submit" className="primary">
             New sandbox
@@ -113,67 +143,242 @@ export function Sandboxes({ workspace, pollMs = 2000 }: Props) {
       )}
       <ul className="plain cards">
         {sandboxes?.map((s) => (
-          <li key={s.id} className="card sandbox" data-status={s.status}>
-            <div className="row between">
-              <span className="row tight">
-                <strong>{s.name}</strong>
-                {s.is_local && (
-                  <span className="badge" title="runs on a laptop, joined through a local agent">
-                    local
-                  </span>
-                )}
-              </span>
-              <span className={`status ${s.status}`} role="status" title={TITLE[s.status]}>
-                {MOVING.has(s.status) && <span className="spinner" aria-hidden="true" />}
-                {LABEL[s.status] ?? s.status}
-              </span>
-            </div>
-            {s.status === "failed" && s.error && <p className="error">{s.error}</p>}
-            {s.is_local && s.status === "offline" && (
-              <p className="muted small">
-                Its agent is not connected; it comes back when the laptop reconnects.
-              </p>
-            )}
-            {s.usage && s.usage.tokens_this_month > 0 && (
-              <p className="muted small">
-                {s.usage.tokens_this_month.toLocaleString("en")} tokens this month
-              </p>
-            )}
-            <div className="row">
-              <button
-                type="button"
-                className="primary"
-                disabled={s.status !== "running"}
-                onClick={() => void open(s)}
-              >
-                Open
-              </button>
-              {canChange && !s.is_local && s.status === "running" && (
-                <button type="button" onClick={() => void act(() => api.pause(s.id))}>
-                  Pause
-                </button>
-              )}
-              {canChange && !s.is_local && (s.status === "paused" || s.status === "failed") && (
-                <button type="button" onClick={() => void act(() => api.resume(s.id))}>
-                  Resume
-                </button>
-              )}
-              {canChange && (
-                <ConfirmButton
-                  label="Delete"
-                  question={
-                    s.is_local
-                      ? `Delete local sandbox "${s.name}"? This revokes its agent; the laptop needs a new code to join again.`
-                      : `Delete sandbox "${s.name}"? Its opencode sessions go; the workspace disk stays.`
-                  }
-                  confirmLabel="Delete sandbox"
-                  onConfirm={() => void act(() => api.deleteSandbox(s.id))}
-                />
-              )}
-            </div>
-          </li>
+          <SandboxCard
+            key={s.id}
+            sandbox={s}
+            canChange={canChange}
+            onOpen={() => void open(s)}
+            act={act}
+          />
         ))}
       </ul>
+    </section>
+  );
+}
+
+interface CardProps {
+  sandbox: Sandbox;
+  canChange: boolean;
+  onOpen: () => void;
+  act: (work: () => Promise<unknown>) => Promise<void>;
+}
+
+function When({ iso, now, prefix }: { iso: string; now: number; prefix: string }) {
+  return (
+    <span>
+      {prefix}{" "}
+      <time dateTime={iso} title={absolute(iso)}>
+        {ago(iso, now)}
+      </time>
+    </span>
+  );
+}
+
+function SandboxCard({ sandbox: s, canChange, onOpen, act }: CardProps) {
+  const now = Date.now();
+  const [logsOpen, setLogsOpen] = useState(false);
+  const facts: ReactElement[] = [];
+  facts.push(
+    <When
+      key="created"
+      iso={s.created_at}
+      now={now}
+      prefix={s.created_by ? `Created by ${s.created_by}` : "Created"}
+    />,
+  );
+  if (s.status === "running" && s.started_at)
+    facts.push(
+      <span key="up" title={`Started ${absolute(s.started_at)}`}>
+        Up {span(Math.max(0, now - Date.parse(s.started_at)))}
+      </span>,
+    );
+  if (s.last_active_at && !s.is_local)
+    facts.push(<When key="active" iso={s.last_active_at} now={now} prefix="Last active" />);
+  return (
+    <li className="card sandbox" data-status={s.status}>
+      <div className="row between">
+        <span className="row tight">
+          <strong>{s.name}</strong>
+          {s.short_id && (
+            <code className="short-id" title={`Sandbox id ${s.id}`}>
+              {s.short_id}
+            </code>
+          )}
+          {s.is_local && (
+            <span className="badge" title="runs on a laptop, joined through a local agent">
+              local
+            </span>
+          )}
+        </span>
+        <span className={`status ${s.status}`} role="status" title={TITLE[s.status]}>
+          {MOVING.has(s.status) && <span className="spinner" aria-hidden="true" />}
+          {LABEL[s.status] ?? s.status}
+        </span>
+      </div>
+      {s.status === "failed" && s.error && (
+        <p className="error crash-reason">
+          <strong>This sandbox crashed:</strong> {s.error}
+        </p>
+      )}
+      <p className="muted small facts">
+        {facts.map((fact, n) => (
+          <span key={fact.key ?? n}>
+            {n > 0 && <span aria-hidden="true"> · </span>}
+            {fact}
+          </span>
+        ))}
+      </p>
+      {s.status === "paused" && <PausedLine sandbox={s} now={now} />}
+      {s.is_local && s.status === "offline" && (
+        <p className="muted small">
+          Its agent is not connected; it comes back when the laptop reconnects.
+        </p>
+      )}
+      {s.usage && s.usage.tokens_this_month > 0 && (
+        <p className="muted small">
+          {s.usage.tokens_this_month.toLocaleString("en")} tokens this month
+        </p>
+      )}
+      {s.url && <CopyLink url={s.url} name={s.name} />}
+      <div className="row">
+        <button
+          type="button"
+          className="primary"
+          disabled={s.status !== "running"}
+          onClick={onOpen}
+        >
+          Open
+        </button>
+        {canChange && !s.is_local && s.status === "running" && (
+          <button type="button" onClick={() => void act(() => api.pause(s.id))}>
+            Pause
+          </button>
+        )}
+        {canChange && !s.is_local && (s.status === "paused" || s.status === "failed") && (
+          <button type="button" onClick={() => void act(() => api.resume(s.id))}>
+            Resume
+          </button>
+        )}
+        {canChange && !s.is_local && (
+          <button
+            type="button"
+            aria-expanded={logsOpen}
+            aria-controls={`logs-${s.id}`}
+            onClick={() => setLogsOpen((open) => !open)}
+          >
+            {logsOpen ? "Hide logs" : "Logs"}
+          </button>
+        )}
+        {canChange && (
+          <ConfirmButton
+            label="Delete"
+            question={
+              s.is_local
+                ? `Delete local sandbox "${s.name}"? This revokes its agent; the laptop needs a new code to join again.`
+                : `Delete sandbox "${s.name}"? Its opencode sessions go; the workspace disk stays.`
+            }
+            confirmLabel="Delete sandbox"
+            onConfirm={() => void act(() => api.deleteSandbox(s.id))}
+          />
+        )}
+      </div>
+      {/* (keyed by status: a crash or restart reads the log again) */}
+      {logsOpen && <LogPanel key={s.status} sandbox={s} />}
+    </li>
+  );
+}
+
+function PausedLine({ sandbox: s, now }: { sandbox: Sandbox; now: number }) {
+  const by = s.paused_by;
+  let who = "Paused";
+  if (by?.kind === "idle")
+    who = by.idle_minutes ? `Paused after ${by.idle_minutes} min idle` : "Paused for idleness";
+  else if (by?.kind === "user") who = `Paused by ${by.username ?? "a former member"}`;
+  return (
+    <p className="muted small paused-by">
+      {s.paused_at ? <When iso={s.paused_at} now={now} prefix={who} /> : who}
+    </p>
+  );
+}
+
+function CopyLink({ url, name }: { url: string; name: string }) {
+  const [copied, setCopied] = useState<"yes" | "no" | null>(null);
+  const input = useRef<HTMLInputElement>(null);
+  useEffect(() => {
+    if (copied === null) return;
+    const timer = setTimeout(() => setCopied(null), 2000);
+    return () => clearTimeout(timer);
+  }, [copied]);
+
+  async function copy() {
+    try {
+      await navigator.clipboard.writeText(url);
+      setCopied("yes");
+    } catch {
+      // No clipboard here (an insecure origin, a refusal): select it for Ctrl+C instead.
+      input.current?.select();
+      setCopied("no");
+    }
+  }
+
+  return (
+    <div className="row tight copy-link">
+      <label className="grow">
+        <span className="sr-only">Link to {name}</span>
+        <input
+          ref={input}
+          readOnly
+          value={url}
+          className="mono small"
+          onFocus={(e) => e.currentTarget.select()}
+        />
+      </label>
+      <button type="button" className="small" onClick={() => void copy()}>
+        {copied === "yes" ? "Copied" : "Copy link"}
+      </button>
+      <span className="sr-only" aria-live="polite">
+        {copied === "yes" ? "Link copied" : copied === "no" ? "Press Ctrl+C to copy" : ""}
+      </span>
+    </div>
+  );
+}
+
+function LogPanel({ sandbox }: { sandbox: Sandbox }) {
+  const [logs, setLogs] = useState<SandboxLogs | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const pre = useRef<HTMLPreElement>(null);
+  const load = useCallback(async () => {
+    try {
+      setLogs(await api.sandboxLogs(sandbox.id));
+      setError(null);
+    } catch (e) {
+      setError(describe(e));
+    }
+  }, [sandbox.id]);
+  useEffect(() => {
+    void load();
+  }, [load]);
+  useEffect(() => {
+    if (logs && pre.current) pre.current.scrollTop = pre.current.scrollHeight;
+  }, [logs]);
+  return (
+    <section id={`logs-${sandbox.id}`} className="log-panel" aria-label={`Log of ${sandbox.name}`}>
+      <div className="row between">
+        <span className="muted small">
+          opencode's output, newest last{logs?.truncated ? " (older lines left out)" : ""}
+        </span>
+        <button type="button" className="small" onClick={() => void load()}>
+          Refresh
+        </button>
+      </div>
+      <Alert message={error} />
+      {logs === null && !error && <p className="muted small">Loading the log…</p>}
+      {logs && (
+        // biome-ignore lint/a11y/noNoninteractiveTabindex: the log scrolls; keyboards must reach it
+        <pre ref={pre} className="log" tabIndex={0}>
+          {logs.lines.length ? logs.lines.join("\n") : "(nothing written yet)"}
+        </pre>
+      )}
     </section>
   );
 }

@@ -65,6 +65,22 @@ export interface Sandbox {
   created_at: string;
   url: string | null;
   usage?: { tokens_this_month: number };
+  // What the card tells (issue 17): optional so older fixtures still type-check.
+  short_id?: string;
+  created_by?: string | null;
+  started_at?: string | null;
+  last_active_at?: string | null;
+  paused_at?: string | null;
+  paused_by?: PausedBy | null;
+}
+/** Who paused a paused sandbox: idleness (after how many minutes) or a person. */
+export type PausedBy =
+  | { kind: "idle"; idle_minutes: number | null }
+  | { kind: "user"; username: string | null };
+/** The end of a sandbox's opencode output. */
+export interface SandboxLogs {
+  lines: string[];
+  truncated: boolean;
 }
 /** A one-time code that lets a laptop's cli-agent join a workspace as a local sandbox. */
 export interface AgentCode {
@@ -162,6 +178,7 @@ export const api = {
   deleteSandbox: (id: string) => call<void>("DELETE", `/api/sandboxes/${id}`),
   agentCode: (id: string) => call<AgentCode>("POST", `/api/workspaces/${id}/agent-code`),
   open: (id: string) => call<{ url: string }>("POST", `/api/sandboxes/${id}/open`),
+  sandboxLogs: (id: string) => call<SandboxLogs>("GET", `/api/sandboxes/${id}/logs`),
   usage: (id: string) => call<UsageReport>("GET", `/api/workspaces/${id}/usage`),
   setBudget: (id: string, monthlyTokens: number | null) =>
     call<UsageReport>("PUT", `/api/workspaces/${id}/budget`, { monthly_tokens: monthlyTokens }),

@@ -39,6 +39,7 @@ class Access:
     password: str
     fetched_at: float
     revocations: int = 0  # SandboxAccess.revocations when it was read (see live.py)
+    error: str | None = None  # why a failed sandbox failed
 
     def __repr__(self) -> str:  # the password stays out of logs
         return f"Access(user_id={self.user_id!r}, sandbox_id={self.sandbox_id!r})"
@@ -140,7 +141,7 @@ class SandboxAccess:
         now, generation, revocations = self._clock.seconds(), self.generation, self.revocations
         rows = await self._db.query(
             "SELECT ss.user_id, s.id AS sandbox_id, s.workspace_id, m.role, s.status,"
-            " s.is_local, s.opencode_password FROM sandbox_sessions ss"
+            " s.is_local, s.opencode_password, s.error FROM sandbox_sessions ss"
             " JOIN sandboxes s ON s.id = ss.sandbox_id"
             " JOIN workspace_members m ON m.workspace_id = s.workspace_id"
             "  AND m.user_id = ss.user_id"
@@ -161,6 +162,7 @@ class SandboxAccess:
             row["opencode_password"],
             now,
             revocations,
+            row.get("error"),
         )
         if generation == self.generation:  # (a revocation while we asked: don't keep this)
             if len(self._cache) > 10_000:

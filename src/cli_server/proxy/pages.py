@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from html import escape
 
 from twisted.web.iweb import IRequest
@@ -27,8 +28,8 @@ STATUS_TEXT = {
     "paused": ("This sandbox is paused", "Its files and sessions are kept. Resume it to continue."),
     "offline": ("The agent is offline", "The laptop running this sandbox is not connected."),
     "failed": (
-        "This sandbox failed",
-        "Its files are kept. Resume starts it again; the dashboard shows why.",
+        "This sandbox crashed",
+        "Its files are kept. Resume starts it again; the dashboard's Logs show its output.",
     ),
     "starting": ("Starting your sandbox", "opencode is not answering yet; this page reloads."),
 }
@@ -81,3 +82,48 @@ def page_html(
         f"</main></body></html>"
     )
     return body.encode("utf-8")
+
+
+# Where every cloud sandbox's workspace disk is, and opencode's working directory.
+WORKSPACE_DIRECTORY = "/data/disk0"
+
+# opencode's web app keeps its list of open projects in the browser (localStorage, the store
+# "opencode.global.dat:server", scope "local" for the server that serves the app), not on the
+# server, so a fresh browser opens on an empty home page whatever opencode's directory is.
+# Landing adds the workspace disk to that list (keeping what is there) and opens a new
+# session in it: the address ``/<base64url(directory)>/session``. Should a later opencode
+# keep its list elsewhere, this still lands on its home page.
+_LANDING_SCRIPT = """
+(function () {
+  var dir = %(directory)s, key = "opencode.global.dat:server";
+  try {
+    var v = JSON.parse(localStorage.getItem(key) || "{}");
+    if (!v || typeof v !== "object") v = {};
+    v.projects = v.projects && typeof v.projects === "object" ? v.projects : {};
+    v.lastProject = v.lastProject && typeof v.lastProject === "object" ? v.lastProject : {};
+    var mine = Array.isArray(v.projects.local) ? v.projects.local : [];
+    if (!mine.some(function (p) { return p && p.worktree === dir; })) {
+      v.projects.local = [{ worktree: dir, expanded: true }].concat(mine);
+    }
+    if (typeof v.lastProject.local !== "string") v.lastProject.local = dir;
+    if (!Array.isArray(v.list)) v.list = [];
+    localStorage.setItem(key, JSON.stringify(v));
+    var b64 = btoa(dir).replace(/\\+/g, "-").replace(/\\//g, "_").replace(/=+$/, "");
+    location.replace("/" + b64 + "/session");
+  } catch (e) {
+    location.replace("/");
+  }
+})();
+"""
+
+
+def landing_html(directory: str = WORKSPACE_DIRECTORY) -> bytes:
+    """The page a sandbox link lands on: opens opencode on ``directory`` (see above)."""
+    script = _LANDING_SCRIPT % {"directory": json.dumps(directory)}
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<title>Opening…</title><style>{_STYLE}</style></head><body><main>"
+        f"<h1>Opening {escape(directory)}…</h1>"
+        '<p><a href="/">Continue</a></p></main>'
+        f"<script>{script}</script></body></html>"
+    ).encode()

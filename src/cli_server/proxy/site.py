@@ -29,7 +29,7 @@ from cli_server.proxy.hygiene import (
     session_token,
 )
 from cli_server.proxy.live import LiveStreams, Whose
-from cli_server.proxy.pages import STATUS_TEXT, page
+from cli_server.proxy.pages import PAGE_HEADERS, STATUS_TEXT, landing_html, page
 from cli_server.proxy.websocket import splice
 from cli_server.roles import Role
 from cli_server.sandboxes.activity import ActivityRecorder
@@ -38,6 +38,7 @@ from cli_server.sandboxes.manager import SandboxManager
 _GUEST_METHODS = (b"GET", b"HEAD")
 _AUTH_PATH = b"/_cli/auth"
 _RESUME_PATH = b"/_cli/resume"
+_LAND_PATH = b"/_cli/open"  # where a sandbox link lands once signed in (landing_html)
 
 
 @define(eq=False)
@@ -147,6 +148,8 @@ class SandboxSite(Resource):
             return self._revoked(request)
         if path == _RESUME_PATH:
             return await self._resume(request, access)
+        if path == _LAND_PATH:
+            return self._land(request, access)
         upgrade = _upgrade(request)
         if access.role < Role.DEVELOPER and (request.method not in _GUEST_METHODS or upgrade):
             return self._page(
@@ -239,6 +242,8 @@ class SandboxSite(Resource):
 
     def _status_page(self, request: Any, status: str, access: Access) -> None:
         title, text = STATUS_TEXT.get(status, ("Unavailable", "Try again in a moment."))
+        if status == "failed" and access.error:
+            text = f"{access.error[:300].rstrip('.')}. {text}"
         can_resume = status in ("paused", "failed") and access.role >= Role.DEVELOPER
         refresh = None if status in ("paused", "failed") else 3
         self._page(request, 503, title, text, refresh=refresh, resume=can_resume)
@@ -249,18 +254,45 @@ class SandboxSite(Resource):
         ticket = (query.get("ticket") or [""])[0]
         token = await self._access.redeem(ticket, sandbox_id) if ticket else None
         if token is None:
+            signed_in = await self._signed_in(request, sandbox_id)
+            if signed_in is not None:
+                # A used or expired link (reloaded, from history) while already signed in
+                # here: the work, not an error. The ticket grants nothing; the cookie does.
+                return self._to_landing(request)
+            request.setHeader(b"referrer-policy", b"no-referrer")
             return self._page(
                 request,
                 401,
                 "This link has expired",
-                "A sandbox link works once, for a minute. Open it again.",
+                "A sandbox link works once, for a minute. Open the sandbox again from the"
+                " dashboard.",
             )
         self._cookie.clear_doubles(request, self._base_host)  # (before: ours comes last)
         self._cookie.write(request, token)
+        self._to_landing(request)
+
+    def _to_landing(self, request: Any) -> None:
         request.setResponseCode(303)
-        request.setHeader(b"location", b"/")  # fixed: never an open redirect
+        request.setHeader(b"location", _LAND_PATH)  # fixed: never an open redirect
         request.setHeader(b"cache-control", b"no-store")
         self._finish(request, b"")
+
+    def _land(self, request: Any, access: Access) -> None:
+        """Into the work: a cloud sandbox's opencode on its workspace disk (landing_html);
+        a local one's (its directory is on the laptop) at its home page."""
+        if access.is_local:
+            request.setResponseCode(303)
+            request.setHeader(b"location", b"/")
+            request.setHeader(b"cache-control", b"no-store")
+            return self._finish(request, b"")
+        for name, value in PAGE_HEADERS:
+            request.setHeader(name, value)
+        self._finish(request, landing_html())
+
+    async def _signed_in(self, request: Any, sandbox_id: str) -> Access | None:
+        """The request's valid session of this sandbox's subdomain, if it has one."""
+        token = self._cookie.read(request)
+        return await self._access.lookup(token, sandbox_id) if token else None
 
     async def _resume(self, request: Any, access: Access) -> None:
         if request.method != b"POST":  # (its origin is checked as every request's)

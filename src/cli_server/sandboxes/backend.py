@@ -67,23 +67,55 @@ class Observed:
 def exit_reason(code: int | None, number: int | None, *, oom: bool, via_init: bool) -> str:
     """A sentence for a sandbox's ``error``: how its opencode ended. ``via_init``: the status
     comes from a parent that reports a child killed by signal N as 128 + N (bubblewrap,
-    docker-init)."""
+    docker-init). ``oom``: the kernel's OOM killer acted in the sandbox; a SIGKILL then is
+    its doing (another ending is not: it may have killed some other process there)."""
     if number is None and via_init and code is not None and 128 < code < 128 + 65:
         number = code - 128
-    memory = ", out of memory" if oom else ""
+    if oom and number == signal.SIGKILL:
+        return "opencode ran out of memory (killed by the kernel's OOM killer)"
     if number is not None:
         try:
             name = signal.Signals(number).name
         except ValueError:
-            name = f"signal {number}"
-        return f"opencode was killed ({name}{memory})"
-    if oom:
-        return "opencode ran out of memory"
+            return f"opencode was killed by signal {number}"
+        return f"opencode was killed by signal {number} ({name})"
     return f"opencode exited with status {code}" if code else "opencode exited"
 
 
+@frozen
+class LogTail:
+    """The end of a sandbox's opencode output (stdout and stderr, start-up errors)."""
+
+    lines: tuple[str, ...]
+    truncated: bool  # older output was left out
+
+
+LOG_TAIL_LINES = 200
+LOG_TAIL_BYTES = 64 * 1024
+
+
+def tail_lines(text: str, *, cut: bool) -> LogTail:
+    """The last LOG_TAIL_LINES lines of at most LOG_TAIL_BYTES of ``text``; ``cut``: ``text``
+    is itself the end of something longer."""
+    data = text.encode("utf-8", "replace")
+    if len(data) > LOG_TAIL_BYTES:
+        data, cut = data[-LOG_TAIL_BYTES:], True
+        data = data[data.find(b"\n") + 1 :]  # (a first line cut in half says nothing)
+    lines = data.decode("utf-8", "replace").splitlines()
+    if len(lines) > LOG_TAIL_LINES:
+        lines, cut = lines[-LOG_TAIL_LINES:], True
+    return LogTail(tuple(lines), cut)
+
+
+def redact(lines: list[str], secrets: list[str]) -> list[str]:
+    """``lines`` with each secret replaced by ``[redacted]``."""
+    for secret in (s for s in secrets if s):
+        lines = [line.replace(secret, "[redacted]") for line in lines]
+    return lines
+
+
 # (sandbox_id, why): a sandbox's opencode ended without being asked to, e.g.
-# "opencode was killed (SIGKILL, out of memory)". Called on the reactor thread.
+# "opencode was killed by signal 9 (SIGKILL)". Called on the reactor thread.
 ExitListener = Callable[[str, str], None]
 
 
@@ -107,6 +139,9 @@ class SandboxBackend(Protocol):
 
     def describe(self, sandbox_id: str) -> Deferred[Observed]:
         """What the backend sees now."""
+
+    def logs(self, sandbox_id: str) -> Deferred[LogTail]:
+        """The end of the sandbox's opencode output, its secrets blanked; empty if none."""
 
     def list_owned(self) -> Deferred[list[str]]:
         """Ids of every sandbox this backend holds any state or process for."""

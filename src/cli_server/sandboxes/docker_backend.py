@@ -48,14 +48,18 @@ from twisted.logger import Logger
 
 from cli_server.sandboxes import docker_firewall
 from cli_server.sandboxes.backend import (
+    LOG_TAIL_LINES,
     BackendError,
     Endpoint,
     ExitListener,
+    LogTail,
     Observed,
     SandboxSpec,
     State,
     deferred,
     exit_reason,
+    redact,
+    tail_lines,
 )
 from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes, check_disk_quota, image_of
 from cli_server.sandboxes.docker_firewall import EgressRules
@@ -367,6 +371,26 @@ class DockerBackend:
         except docker.errors.NotFound:
             pass
 
+    def _thd_logs(self, sandbox_id: str) -> LogTail:
+        """The container's output tail, with the secrets of its environment blanked."""
+        import docker.errors
+
+        try:
+            container = self._thd_client().containers.get(f"cli-sbx-{sandbox_id}")
+        except docker.errors.NotFound:
+            return LogTail((), False)
+        raw = container.logs(stdout=True, stderr=True, tail=LOG_TAIL_LINES + 1)
+        environment = (container.attrs.get("Config") or {}).get("Env") or []
+        secrets = [
+            entry.partition("=")[2]
+            for entry in environment
+            if entry.partition("=")[0] in ("OPENCODE_SERVER_PASSWORD", "ANTHROPIC_API_KEY")
+        ]
+        tail = tail_lines(raw.decode("utf-8", "replace"), cut=False)
+        lines = list(tail.lines)
+        truncated = tail.truncated or len(lines) > LOG_TAIL_LINES
+        return LogTail(tuple(redact(lines[-LOG_TAIL_LINES:], secrets)), truncated)
+
     def _thd_remove_container(self, sandbox_id: str) -> None:
         import docker.errors
 
@@ -574,6 +598,11 @@ class DockerBackend:
         if state == "running" and address is not None:
             return Observed(State.RUNNING, Endpoint(*address))
         return Observed(State.STOPPED if state == "stopped" else State.MISSING, exit=ended)
+
+    @deferred
+    async def logs(self, sandbox_id: str) -> LogTail:
+        tail: LogTail = await self._engine(self._thd_logs, sandbox_id)
+        return tail
 
     @deferred
     async def list_owned(self) -> list[str]:

@@ -19,9 +19,9 @@ from twisted.logger import Logger
 
 from cli_server.auth.tokens import new_token, token_hash
 from cli_server.db.pool import Database, Row, Transaction
-from cli_server.errors import ApiError, Conflict, NotFound, ServiceUnavailable
+from cli_server.errors import ApiError, Conflict, NameTaken, NotFound, ServiceUnavailable
 from cli_server.roles import Role
-from cli_server.sandboxes.backend import BackendError, SandboxBackend, SandboxSpec
+from cli_server.sandboxes.backend import BackendError, SandboxBackend, SandboxSpec, redact
 from cli_server.sandboxes.model import (
     OCCUPYING,
     PAUSABLE,
@@ -103,6 +103,25 @@ class SandboxManager:
 
     async def get(self, sandbox_id: str, actor_id: str) -> dict[str, Any]:
         return self.to_json(await self.authorized(sandbox_id, actor_id, Role.GUEST))
+
+    async def logs(self, sandbox_id: str, actor_id: str) -> dict[str, Any]:
+        """The tail of the sandbox's opencode output, for developers and up; its own secrets
+        are blanked (the backend blanks what it knew when writing; this, what we know now)."""
+        row = await self.authorized(sandbox_id, actor_id, Role.DEVELOPER)
+        if row["is_local"]:
+            raise Conflict(
+                "This sandbox runs on its agent's machine; its opencode log is there, in the"
+                " terminal that runs the agent.",
+                code="logs_on_agent",
+            )
+        secret = await self._db.query(
+            "SELECT opencode_password FROM sandboxes WHERE id = %s", (sandbox_id,)
+        )
+        tail = await self._backend.logs(sandbox_id)
+        lines = list(tail.lines)
+        if secret:
+            lines = redact(lines, [secret[0]["opencode_password"]])
+        return {"lines": lines, "truncated": tail.truncated}
 
     # -- transitions ---------------------------------------------------------------------------
 
@@ -203,6 +222,9 @@ class SandboxManager:
             row = await self._db.transaction(work)
         except psycopg2.errors.ForeignKeyViolation:
             raise NotFound("no such workspace", code="workspace_not_found") from None
+        except psycopg2.errors.UniqueViolation:
+            # The unique index decides, so two creates at once cannot both take the name.
+            raise NameTaken(f'A sandbox named "{name}" already exists in this workspace.') from None
         assert row is not None
         self._background(sandbox_id, self._start(sandbox_id, Status.CREATING))
         self._log.info(
@@ -215,7 +237,9 @@ class SandboxManager:
     async def pause(self, sandbox_id: str, actor_id: str) -> dict[str, Any]:
         row = await self.authorized(sandbox_id, actor_id, Role.DEVELOPER)
         self._cloud_only(row, "pause")
-        paused = await self._transition(sandbox_id, PAUSABLE, Status.PAUSING)
+        paused = await self._transition(
+            sandbox_id, PAUSABLE, Status.PAUSING, paused_kind="user", paused_by=actor_id
+        )
         if paused is None:
             raise InvalidState((await self._row(sandbox_id))["status"], "pause")
         self._background(sandbox_id, self._stop(sandbox_id))
@@ -349,6 +373,9 @@ class SandboxManager:
             error=None,
             last_activity_at=_NOW,
             paused_at=None,
+            started_at=_NOW,
+            paused_kind=None,
+            paused_by=None,
         )
         if running is None:  # deleted while starting
             await self._cleanup(sandbox_id)
@@ -389,7 +416,7 @@ class SandboxManager:
 
     async def pause_idle(self, sandbox_id: str) -> bool:
         """The idle monitor's pause: only from running; True if it paused."""
-        if await self._transition(sandbox_id, PAUSABLE, Status.PAUSING) is None:
+        if await self._transition(sandbox_id, PAUSABLE, Status.PAUSING, paused_kind="idle") is None:
             return False
         self._background(sandbox_id, self._stop(sandbox_id))
         return True
@@ -398,13 +425,16 @@ class SandboxManager:
         """The reconciler's transition: compare-and-set from exactly ``was``."""
         columns: dict[str, Any] = {"error": error}
         if to is Status.PAUSED:
-            columns["paused_at"] = _NOW
+            columns.update(paused_at=_NOW, paused_kind=None, paused_by=None)
+        elif to is Status.RUNNING:
+            columns["started_at"] = _NOW
         return await self._transition(sandbox_id, [was], to, **columns) is not None
 
     async def paused_by_shutdown(self) -> None:
         """An orderly server stop paused every cloud sandbox; say so in the table."""
         await self._db.execute(
-            "UPDATE sandboxes SET status = 'paused', paused_at = now(), updated_at = now()"
+            "UPDATE sandboxes SET status = 'paused', paused_at = now(), updated_at = now(),"
+            " paused_kind = NULL, paused_by = NULL"
             " WHERE status = 'running' AND NOT is_local AND backend = %s",
             (self._backend.name,),
         )

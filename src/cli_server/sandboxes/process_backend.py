@@ -54,15 +54,18 @@ from cli_server.sandboxes.backend import (
     BackendError,
     Endpoint,
     ExitListener,
+    LogTail,
     Observed,
     SandboxSpec,
     State,
     deferred,
     exit_reason,
+    redact,
 )
 from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes
 from cli_server.sandboxes.egress import EgressPolicy
 from cli_server.sandboxes.opencode import OpencodeClient
+from cli_server.sandboxes.output_log import LOG_NAME, OutputLog, read_tail
 from cli_server.sandboxes.unixjson import unix_json_call
 from cli_server.system_accounts import SystemAccount, ensure_system_account
 
@@ -146,9 +149,15 @@ class _Watched(ProcessProtocol):
     """A helper process we wait on: ``ready`` fires when ``is_ready`` says so (or fails if the
     process exits first), ``ended`` when it exits. The tail of its output explains failures."""
 
-    def __init__(self, what: str, is_ready: Callable[[int, bytes], bool]) -> None:
+    def __init__(
+        self,
+        what: str,
+        is_ready: Callable[[int, bytes], bool],
+        log: OutputLog | None = None,
+    ) -> None:
         self._what = what
         self._is_ready = is_ready
+        self.log = log
         self.ready: Deferred[None] = Deferred()
         self.ended: Deferred[None] = Deferred()
         self.output = bytearray()
@@ -156,6 +165,8 @@ class _Watched(ProcessProtocol):
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD in (1, 2):
+            if self.log is not None:
+                self.log.write(data)
             self.output += data
             del self.output[:-_OUTPUT_TAIL]
             data = bytes(self.output)
@@ -164,17 +175,23 @@ class _Watched(ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:
         self.reason = reason.value
+        if self.log is not None:
+            self.log.flush()
         if not self.ready.called:
             self.ready.errback(BackendError(f"{self._what} exited: {self.tail()}"))
         self.ended.callback(None)
 
     def tail(self) -> str:
+        """The last lines it wrote (shown as a failed start's ``error``: its secrets blanked)."""
         text = self.output.decode("utf-8", "replace").strip()
-        return " | ".join(text.splitlines()[-5:]) or "(no output)"
+        lines = text.splitlines()[-5:]
+        if self.log is not None:
+            lines = redact(lines, list(self.log.secrets))
+        return " | ".join(lines) or "(no output)"
 
 
-def _opencode_watch() -> _Watched:
-    return _Watched("opencode", lambda fd, output: b"listening on" in output)
+def _opencode_watch(log: OutputLog | None = None) -> _Watched:
+    return _Watched("opencode", lambda fd, output: b"listening on" in output, log)
 
 
 def _slirp_watch() -> _Watched:
@@ -285,7 +302,25 @@ class ProcessBackend:
     async def start(self, spec: SandboxSpec) -> Endpoint:
         if spec.id in self._live:
             return Endpoint("127.0.0.1", self._live[spec.id].port)
+        try:
+            return await self._start(spec)
+        except BaseException as e:
+            if self._sandbox_dir(spec.id).exists():
+                why = str(e) if isinstance(e, BackendError) else type(e).__name__
+                self._output_log(spec).note(f"the start failed: {why}")
+            raise
+
+    def _output_log(self, spec: SandboxSpec) -> OutputLog:
+        """Where this run's opencode output goes; its secrets never reach the file."""
+        return OutputLog(self._sandbox_dir(spec.id) / LOG_NAME, (spec.password, spec.proxy_token))
+
+    @deferred
+    async def logs(self, sandbox_id: str) -> LogTail:
+        return read_tail(self._sandbox_dir(sandbox_id) / LOG_NAME)
+
+    async def _start(self, spec: SandboxSpec) -> Endpoint:
         box = await self._prepare(spec)
+        self._output_log(spec).note("opencode starting")
         await self._teardown(spec.id)  # leftovers of a crash: stale netns mount, cgroup
         opencode = publish_binary(self._opencode, self._data_dir)
         if not self._isolated:
@@ -337,7 +372,7 @@ class ProcessBackend:
             "PATH": os.environ.get("PATH", "/usr/bin"),
         }
         argv = [str(opencode), "serve", "--hostname", "127.0.0.1", "--port", str(port)]
-        proto = _opencode_watch()
+        proto = _opencode_watch(self._output_log(spec))
         account = self._account
         transport = self._reactor.spawnProcess(
             proto,
@@ -574,7 +609,7 @@ class ProcessBackend:
     def _spawn_sandbox(
         self, spec: SandboxSpec, box: Path, netns: Path, opencode: Path, anthropic_url: str
     ) -> tuple[Any, _Watched]:
-        proto = _opencode_watch()
+        proto = _opencode_watch(self._output_log(spec))
         argv = self._sandbox_argv(spec, box, netns, opencode, anthropic_url)
         args = _memory_file("bwrap-args", self._sandbox_args(spec, anthropic_url))
         try:
@@ -681,6 +716,8 @@ class ProcessBackend:
                 why=why,
                 tail=live.sandbox_proto.tail(),
             )
+            if live.sandbox_proto.log is not None:
+                live.sandbox_proto.log.note(why)
             if self.on_exit is not None:
                 self.on_exit(sandbox_id, why)
 

@@ -11,11 +11,12 @@ import secrets
 import uuid
 from typing import Any
 
+import psycopg2.errors
 from attrs import define
 
 from cli_server.auth.tokens import new_token, token_hash
 from cli_server.db.pool import Database, Transaction
-from cli_server.errors import Unauthorized
+from cli_server.errors import NameTaken, Unauthorized
 from cli_server.json import iso
 from cli_server.roles import Role
 from cli_server.workspaces import Workspaces
@@ -97,7 +98,10 @@ class LocalAgents:
                 answer["anthropic"] = {"base_url": self._anthropic_url, "api_key": proxy_token}
             return answer
 
-        answer = await self._db.transaction(work)
+        try:
+            answer = await self._db.transaction(work)
+        except psycopg2.errors.UniqueViolation:
+            raise NameTaken(f'A sandbox named "{name}" already exists in this workspace.') from None
         if answer is None:
             raise Unauthorized(
                 "this code is unknown, already used or expired; get a new one from the dashboard",

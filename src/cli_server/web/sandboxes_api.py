@@ -76,6 +76,13 @@ class SandboxesAPI:
         sid = parse_id(sandbox_id, "sandbox")
         return json_response(request, await self._manager.resume(sid, user.id))
 
+    @app.route("/<sandbox_id>/logs", methods=["GET"])
+    async def sandbox_logs(self, request: IRequest, sandbox_id: str) -> bytes:
+        """The tail of the sandbox's opencode output (developers and up)."""
+        user = await self._cookies.user(request)
+        sid = parse_id(sandbox_id, "sandbox")
+        return json_response(request, await self._manager.logs(sid, user.id))
+
     @app.route("/<sandbox_id>/open", methods=["POST"])
     async def open_sandbox(self, request: IRequest, sandbox_id: str) -> bytes:
         """A one-time link that signs the caller in on the sandbox's own subdomain."""

@@ -101,3 +101,29 @@ test("tabs are links with their own addresses; Back returns", async () => {
     ),
   );
 });
+
+test("a workspace name already in use is said next to the name field", async () => {
+  vi.spyOn(globalThis, "fetch").mockImplementation((input, init) => {
+    const url = String(input);
+    if (url === "/api/workspaces" && init?.method === "POST") {
+      const error = {
+        code: "name_taken",
+        message: 'You already have a workspace named "Alpha".',
+        field: "name",
+      };
+      return Promise.resolve(new Response(JSON.stringify({ error }), { status: 409 }));
+    }
+    const body = url === "/api/workspaces" ? [alpha] : [];
+    return Promise.resolve(new Response(JSON.stringify(body)));
+  });
+  render(<Routed />);
+  await screen.findByRole("heading", { name: "Alpha" });
+  const field = screen.getByLabelText("New workspace");
+  fireEvent.change(field, { target: { value: "alpha" } });
+  fireEvent.click(screen.getByRole("button", { name: "Create workspace" }));
+  const said = await screen.findByText('You already have a workspace named "Alpha".');
+  expect(said.id).toBe("workspace-name-error");
+  expect(field.getAttribute("aria-invalid")).toBe("true");
+  fireEvent.change(field, { target: { value: "Gamma" } });
+  expect(screen.queryByText('You already have a workspace named "Alpha".')).toBeNull();
+});

@@ -1,6 +1,7 @@
 import { type FormEvent, useCallback, useEffect, useRef, useState } from "react";
 import { AccountPage } from "./AccountPage";
 import {
+  ApiError,
   api,
   describe,
   type User,
@@ -33,6 +34,7 @@ export function Dashboard({ user, route, navigate, onSignedOut }: Props) {
   const [workspaces, setWorkspaces] = useState<Workspace[] | null>(null);
   const [name, setName] = useState("");
   const [error, setError] = useState<string | null>(null);
+  const [nameError, setNameError] = useState<string | null>(null);
   const [gone, setGone] = useState<string | null>(null);
   const [navOpen, setNavOpen] = useState(false);
   const account = useRef<HTMLDetailsElement>(null);
@@ -100,13 +102,16 @@ export function Dashboard({ user, route, navigate, onSignedOut }: Props) {
   async function create(event: FormEvent) {
     event.preventDefault();
     setError(null);
+    setNameError(null);
     try {
       const made = await api.createWorkspace(name);
       setName("");
       await load();
       go({ page: "workspace", workspaceId: made.id, tab: "sandboxes" });
     } catch (e) {
-      setError(describe(e));
+      // A refused name (taken, invalid) belongs next to the name field.
+      if (e instanceof ApiError && e.field === "name") setNameError(describe(e));
+      else setError(describe(e));
     }
   }
 
@@ -193,8 +198,18 @@ export function Dashboard({ user, route, navigate, onSignedOut }: Props) {
               maxLength={100}
               value={name}
               placeholder="e.g. Backend team"
-              onChange={(e) => setName(e.target.value)}
+              aria-invalid={nameError ? true : undefined}
+              aria-describedby={nameError ? "workspace-name-error" : undefined}
+              onChange={(e) => {
+                setName(e.target.value);
+                setNameError(null);
+              }}
             />
+            {nameError && (
+              <span id="workspace-name-error" className="error field-error" role="alert">
+                {nameError}
+              </span>
+            )}
           </label>
           <button type="submit" className="primary">
             Create workspace

@@ -63,13 +63,13 @@ async def card(client: Api, sandbox_id: str) -> dict[str, Any]:
 
 @pytest_twisted.ensureDeferred
 async def test_card_fields_through_a_life(cards: Proxy) -> None:
-    """short_id, created_by, started_at only while running, last_active_at, paused_by a
+    """short_id, created_by, started_at only while running, last_activity_at, paused_by a
     person or idleness (with its minutes), and the failure reason."""
     owner, dev, sid = cards.people["owner"], cards.people["developer"], cards.sandbox
     shown = await card(owner, sid)
     assert shown["short_id"] == sid.replace("-", "")[:8] and len(shown["short_id"]) == 8
     assert shown["created_by"] == "developer"
-    assert shown["started_at"] is not None and shown["last_active_at"] is not None
+    assert shown["started_at"] is not None and shown["last_activity_at"] is not None
     assert shown["paused_by"] is None
     listed = (await owner.call("GET", f"/api/workspaces/{cards.workspace}/sandboxes")).body
     assert listed[0]["short_id"] == shown["short_id"]

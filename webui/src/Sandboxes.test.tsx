@@ -250,7 +250,7 @@ const card: Sandbox = {
   short_id: "0f1e2d3c",
   created_by: "ana",
   started_at: "2026-12-06T09:55:00Z",
-  last_active_at: "2026-12-06T11:57:00Z",
+  last_activity_at: "2026-12-06T11:57:00Z",
   paused_at: null,
   paused_by: null,
 };

@@ -192,8 +192,8 @@ function SandboxCard({ sandbox: s, canChange, onOpen, act }: CardProps) {
         Up {span(Math.max(0, now - Date.parse(s.started_at)))}
       </span>,
     );
-  if (s.last_active_at && !s.is_local)
-    facts.push(<When key="active" iso={s.last_active_at} now={now} prefix="Last active" />);
+  if (s.last_activity_at && !s.is_local)
+    facts.push(<When key="active" iso={s.last_activity_at} now={now} prefix="Last active" />);
   return (
     <li className="card sandbox" data-status={s.status}>
       <div className="row between">

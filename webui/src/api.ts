@@ -69,7 +69,7 @@ export interface Sandbox {
   short_id?: string;
   created_by?: string | null;
   started_at?: string | null;
-  last_active_at?: string | null;
+  last_activity_at?: string | null;
   paused_at?: string | null;
   paused_by?: PausedBy | null;
 }

@@ -74,7 +74,6 @@ def sandbox_json(row: Row, url: str | None = None) -> dict[str, Any]:
         "paused_at": iso(row["paused_at"]),
         "created_by": row.get("created_by_name"),
         "started_at": iso(row.get("started_at")) if running else None,
-        "last_active_at": iso(row["last_activity_at"]),
         "paused_by": paused_by_json(row),
         "url": url,
         "usage": {"tokens_this_month": int(row.get("tokens_this_month") or 0)},

@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 import psycopg2.errors
-from attrs import define, frozen
+from attrs import define, field, frozen
 from twisted.internet.interfaces import IReactorTime
 
 from cli_server.auth.passwords import Passwords
@@ -75,6 +75,15 @@ class Session:
         }
 
 
+@frozen
+class Login:
+    """A password check that passed, and the hash it passed against: the session is opened
+    only if that hash is still the account's (no password change or reset in between)."""
+
+    user: User
+    checked_hash: str = field(repr=False)
+
+
 class AccountDisabled(Forbidden):
     code = "account_disabled"
 
@@ -137,10 +146,16 @@ class Accounts:
 
         return await self._db.transaction(work)
 
+    async def admins(self) -> list[str]:
+        rows = await self._db.query(
+            "SELECT username FROM users WHERE is_admin ORDER BY created_at LIMIT 5"
+        )
+        return [r["username"] for r in rows]
+
     async def has_users(self) -> bool:
         return bool(await self._db.query("SELECT 1 FROM users LIMIT 1"))
 
-    async def authenticate(self, username: str, password: str) -> User | None:
+    async def authenticate(self, username: str, password: str) -> Login | None:
         """The user if the password is theirs; raises ``AccountDisabled`` (only to whoever
         knows the password) for a disabled account."""
         rows = await self._db.query(
@@ -154,7 +169,7 @@ class Accounts:
             return None
         if rows[0]["disabled_at"] is not None:
             raise AccountDisabled("this account is disabled; ask your administrator to enable it")
-        return User.from_row(rows[0])
+        return Login(User.from_row(rows[0]), rows[0]["password_hash"])
 
     async def check_password(self, user_id: str, password: str) -> bool:
         rows = await self._db.query("SELECT password_hash FROM users WHERE id = %s", (user_id,))
@@ -176,32 +191,40 @@ class Accounts:
         await self._db.transaction(work)
 
     async def open_session(
-        self, user: User, user_agent: str | None = None, address: str | None = None
-    ) -> str:
+        self, login: Login, user_agent: str | None = None, address: str | None = None
+    ) -> str | None:
+        """A session token, or None if the password changed or the account was disabled
+        since ``login`` was checked (a login racing a password change must not outlive it)."""
         token = new_token()
-        await self._db.execute(
-            "INSERT INTO sessions (id, token_hash, user_id, expires_at, user_agent, address)"
-            " VALUES (%s, %s, %s, now() + make_interval(secs => %s), %s, %s)",
-            (
-                str(uuid.uuid4()),
-                token_hash(token),
-                user.id,
-                self._session_lifetime,
-                (user_agent or "")[:USER_AGENT_LENGTH] or None,
-                address,
-            ),
+        rows = await self._db.query(
+            "WITH opened AS (INSERT INTO sessions"
+            "  (id, token_hash, user_id, expires_at, user_agent, address)"
+            "  SELECT %(id)s, %(token)s, u.id, now() + make_interval(secs => %(life)s),"
+            "  %(agent)s, %(address)s FROM users u"
+            "  WHERE u.id = %(user)s AND u.password_hash = %(hash)s AND u.disabled_at IS NULL"
+            "  RETURNING user_id)"
+            " UPDATE users SET last_seen_at = now() WHERE id IN (SELECT user_id FROM opened)"
+            " RETURNING id",
+            {
+                "id": str(uuid.uuid4()),
+                "token": token_hash(token),
+                "life": self._session_lifetime,
+                "agent": (user_agent or "")[:USER_AGENT_LENGTH] or None,
+                "address": address,
+                "user": login.user.id,
+                "hash": login.checked_hash,
+            },
         )
-        await self._db.execute("UPDATE users SET last_seen_at = now() WHERE id = %s", (user.id,))
-        return token
+        return token if rows else None
 
     async def session_user(self, token: str) -> User | None:
-        # One round trip; the two updates write only when last_seen_at is a minute old.
+        # One round trip; the update writes only when last_seen_at is a minute old. It touches
+        # the session row only: a users-row lock here, taken after the session's, would
+        # deadlock with password changes, which lock the user and then its sessions.
         rows = await self._db.query(
             "WITH touched AS (UPDATE sessions SET last_seen_at = now()"
             "  WHERE token_hash = %(hash)s AND expires_at > now()"
-            "  AND last_seen_at < now() - make_interval(secs => %(every)s) RETURNING user_id),"
-            " seen AS (UPDATE users SET last_seen_at = now()"
-            "  WHERE id IN (SELECT user_id FROM touched))"
+            "  AND last_seen_at < now() - make_interval(secs => %(every)s) RETURNING user_id)"
             f" SELECT {_USER_COLUMNS} FROM sessions s"
             " JOIN users u ON u.id = s.user_id"
             " WHERE s.token_hash = %(hash)s AND s.expires_at > now()"

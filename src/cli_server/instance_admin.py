@@ -28,7 +28,9 @@ class InstanceAdmin:
 
     async def users(self) -> list[dict[str, Any]]:
         rows = await self._db.query(
-            "SELECT id, username, email, created_at, is_admin, disabled_at, last_seen_at"
+            "SELECT id, username, email, created_at, is_admin, disabled_at,"
+            " greatest(last_seen_at, (SELECT max(s.last_seen_at) FROM sessions s"
+            "  WHERE s.user_id = users.id)) AS last_seen_at"
             " FROM users ORDER BY created_at, lower(username)"
         )
         return [

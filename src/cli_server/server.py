@@ -390,16 +390,25 @@ def build(
             InstanceAdmin(db, accounts.passwords),
             cookies,
             sandbox_access,
+            agents,
             config.origin,
             config.registration,
         ),
     )
 
     async def say_who_registers_first() -> None:
+        admins = await accounts.admins()
         if not await accounts.has_users():
             Logger().info(
                 "no accounts yet: the first one registered becomes the instance admin "
                 "(registration: {mode})",
+                mode=config.registration,
+            )
+        else:
+            # (an upgrade made the oldest account the admin: the operator should know whom)
+            Logger().info(
+                "instance admin: {admins} (registration: {mode})",
+                admins=", ".join(admins) or "none",
                 mode=config.registration,
             )
 

@@ -81,12 +81,14 @@ class SandboxAccess:
         if not rows or not rows[0]["fresh"] or str(rows[0]["sandbox_id"]) != sandbox_id:
             return None
         token = new_token()
-        await self._db.execute(
+        # (only for an account still enabled: a ticket minted just before a disable is void)
+        opened = await self._db.query(
             "INSERT INTO sandbox_sessions (token_hash, user_id, sandbox_id, expires_at)"
-            " VALUES (%s, %s, %s, now() + make_interval(secs => %s))",
-            (token_hash(token), str(rows[0]["user_id"]), sandbox_id, self._session_lifetime),
+            " SELECT %s, u.id, %s, now() + make_interval(secs => %s) FROM users u"
+            " WHERE u.id = %s AND u.disabled_at IS NULL RETURNING user_id",
+            (token_hash(token), sandbox_id, self._session_lifetime, str(rows[0]["user_id"])),
         )
-        return token
+        return token if opened else None
 
     @property
     def clock(self) -> IReactorTime:
@@ -145,6 +147,7 @@ class SandboxAccess:
             " JOIN sandboxes s ON s.id = ss.sandbox_id"
             " JOIN workspace_members m ON m.workspace_id = s.workspace_id"
             "  AND m.user_id = ss.user_id"
+            " JOIN users u ON u.id = ss.user_id AND u.disabled_at IS NULL"
             " WHERE ss.token_hash = %s AND ss.expires_at > now()",
             (key,),
         )
@@ -178,8 +181,11 @@ class SandboxAccess:
                 del self._cache[key]
 
     async def revoke_user(self, user_id: str) -> None:
-        """Logout: every sandbox session of the user ends."""
+        """Logout, a password change, a revoked session, a disabled account: every sandbox
+        session of the user ends, and so do the Open links not yet used (a thief holding one
+        would otherwise outlive the password change)."""
         await self._db.execute("DELETE FROM sandbox_sessions WHERE user_id = %s", (user_id,))
+        await self._db.execute("DELETE FROM sandbox_tickets WHERE user_id = %s", (user_id,))
         self.forget(user_id=user_id)
         self._cut(user_id=user_id)
 

@@ -22,12 +22,13 @@ from cli_server.roles import Role
 from cli_server.workspaces import Workspaces
 
 CODE_SECONDS = 600
-# Whoever registered local sandbox ``s`` may still run an agent (developer or more).
+_DEVELOPER_OR_MORE = ", ".join(f"'{r.label}'" for r in Role if r >= Role.DEVELOPER)
+# Whoever registered local sandbox ``s`` may still run an agent: an enabled account that is a
+# developer or more in the workspace.
 _REGISTRANT_MAY_RUN_IT = (
-    "EXISTS (SELECT 1 FROM workspace_members m WHERE m.workspace_id = s.workspace_id"
-    " AND m.user_id = s.created_by AND m.role IN ("
-    + ", ".join(f"'{r.label}'" for r in Role if r >= Role.DEVELOPER)
-    + "))"
+    "EXISTS (SELECT 1 FROM workspace_members m JOIN users u ON u.id = m.user_id"
+    " WHERE m.workspace_id = s.workspace_id AND m.user_id = s.created_by"
+    f" AND u.disabled_at IS NULL AND m.role IN ({_DEVELOPER_OR_MORE}))"
 )
 
 
@@ -66,7 +67,8 @@ class LocalAgents:
                 return None
             # The code is only as good as its creator's standing in the workspace now.
             member = await tx.one(
-                "SELECT role FROM workspace_members WHERE workspace_id = %s AND user_id = %s",
+                "SELECT m.role FROM workspace_members m JOIN users u ON u.id = m.user_id"
+                " WHERE m.workspace_id = %s AND m.user_id = %s AND u.disabled_at IS NULL",
                 (used["workspace_id"], used["created_by"]),
             )
             if member is None or Role.parse(member["role"]) < Role.DEVELOPER:
@@ -120,20 +122,35 @@ class LocalAgents:
 
     async def member_changed(self, user_id: str, workspace_id: str) -> None:
         """A member left or lost the developer role: their agents in the workspace stop."""
+        await self._stop_unauthorized(
+            user_id,
+            workspace_id,
+            "whoever registered this agent is no longer a developer in the workspace",
+        )
+
+    async def account_disabled(self, user_id: str) -> None:
+        """The instance admin disabled the account: its agents everywhere stop, its unused
+        codes die, and its agents' Anthropic tokens stop working."""
+        await self._db.execute(
+            "DELETE FROM agent_codes WHERE created_by = %s AND used_at IS NULL", (user_id,)
+        )
+        await self._stop_unauthorized(
+            user_id, None, "whoever registered this agent had their account disabled"
+        )
+
+    async def _stop_unauthorized(self, user_id: str, workspace_id: str | None, why: str) -> None:
         rows = await self._db.query(
-            "SELECT s.id FROM sandboxes s WHERE s.workspace_id = %s AND s.created_by = %s"
+            "SELECT s.id FROM sandboxes s WHERE s.created_by = %s"
+            " AND (%s::uuid IS NULL OR s.workspace_id = %s::uuid)"
             f" AND s.is_local AND NOT {_REGISTRANT_MAY_RUN_IT}",
-            (workspace_id, user_id),
+            (user_id, workspace_id, workspace_id),
         )
         for row in rows:
             await self._db.execute(
                 "UPDATE sandboxes SET proxy_token_hash = NULL WHERE id = %s", (row["id"],)
             )
             if self.on_revoke is not None:
-                self.on_revoke(
-                    str(row["id"]),
-                    "whoever registered this agent is no longer a developer in the workspace",
-                )
+                self.on_revoke(str(row["id"]), why)
 
     async def purge_expired(self) -> None:
         await self._db.execute(

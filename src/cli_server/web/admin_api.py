@@ -11,9 +11,10 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 
 from cli_server.accounts import SIGNUP_LINK_SECONDS, User
-from cli_server.errors import Forbidden
+from cli_server.errors import Conflict, Forbidden
 from cli_server.instance_admin import InstanceAdmin
 from cli_server.proxy.access import SandboxAccess
+from cli_server.tunnel.agents import LocalAgents
 from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content
 from cli_server.web.session import SessionCookies
@@ -24,6 +25,7 @@ class AdminAPI:
     _admin: InstanceAdmin
     _cookies: SessionCookies
     _sandbox_access: SandboxAccess
+    _agents: LocalAgents
     _origin: str  # the main site's, for the sign-up links' URLs
     _registration: str = "open"
 
@@ -49,6 +51,7 @@ class AdminAPI:
         uid = parse_id(user_id, "user")
         await self._admin.set_disabled(admin.id, uid, True)
         await self._sandbox_access.revoke_user(uid)
+        await self._agents.account_disabled(uid)
         return no_content(request)
 
     @app.route("/users/<user_id>/enable", methods=["POST"])
@@ -60,8 +63,13 @@ class AdminAPI:
     @app.route("/users/<user_id>/password", methods=["POST"])
     async def reset_password(self, request: IRequest, user_id: str) -> bytes:
         """A temporary password, in this answer only; the user's sessions end."""
-        await self._the_admin(request, changes=True)
+        admin = await self._the_admin(request, changes=True)
         uid = parse_id(user_id, "user")
+        if uid == admin.id:  # a stolen admin session must not become the admin's account
+            raise Conflict(
+                "change your own password on your account page, with your current one",
+                code="own_account",
+            )
         password = await self._admin.reset_password(uid)
         await self._sandbox_access.revoke_user(uid)
         return json_response(request, {"password": password})

@@ -116,17 +116,19 @@ class AuthAPI:
         password = required_text(body, "password", max_length=1024, strip=False)
         account, address = username.lower(), _address(request)
         self._check_guard(account, address)
-        user = await self._accounts.authenticate(username, password)
-        if user is None:
+        login = await self._accounts.authenticate(username, password)
+        if login is None:
             self._logins.failed(account, address)
             raise Unauthorized("wrong username or password", code="invalid_credentials")
         self._logins.succeeded(account, address)
         agent = request.getHeader(b"user-agent")
         token = await self._accounts.open_session(
-            user, agent.decode("utf-8", "replace") if agent else None, address
+            login, agent.decode("utf-8", "replace") if agent else None, address
         )
+        if token is None:  # the password changed (or the account was disabled) meanwhile
+            raise Unauthorized("wrong username or password", code="invalid_credentials")
         self._cookies.set(request, token)
-        return json_response(request, user.to_json())
+        return json_response(request, login.user.to_json())
 
     def _check_guard(self, account: str, address: str) -> None:
         waiting = self._logins.retry_after(account, address)

@@ -44,6 +44,7 @@ class FakeBackend:
     on_exit: ExitListener | None = None
     exits: dict[str, str] = field(factory=dict)  # what describe() says of a crash, if told
     output: dict[str, list[str]] = field(factory=dict)  # what logs() answers, if told
+    logs_fail: str | None = None  # logs() fails with this, as an unreachable engine would
 
     def hold(self) -> None:
         self._gate = Deferred()
@@ -124,6 +125,8 @@ class FakeBackend:
 
     @deferred
     async def logs(self, sandbox_id: str) -> LogTail:
+        if self.logs_fail is not None:
+            raise BackendError(self.logs_fail)
         return LogTail(tuple(self.output.get(sandbox_id, ())), False)
 
     @deferred

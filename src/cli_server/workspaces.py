@@ -131,7 +131,8 @@ class Workspaces:
             row = await self._db.transaction(work)
         except psycopg2.errors.UniqueViolation:
             # The unique index decides, so two creates at once cannot both take the name.
-            raise NameTaken(f'You already have a workspace named "{name}".') from None
+            # (keyed on who created it: a workspace one created and then left still counts)
+            raise NameTaken(f'You already created a workspace named "{name}".') from None
         assert row is not None
         return workspace_json(row)
 

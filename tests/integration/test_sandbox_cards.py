@@ -133,7 +133,7 @@ async def test_workspace_names_are_unique_per_owner(cards: Proxy) -> None:
     owner, dev = cards.people["owner"], cards.people["developer"]
     again = await owner.call("POST", "/api/workspaces", {"name": "W"})  # team() made "w"
     assert (again.code, again.error_code) == (409, "name_taken"), again
-    assert again.body["error"]["message"] == 'You already have a workspace named "W".'
+    assert again.body["error"]["message"] == 'You already created a workspace named "W".'
     assert again.body["error"]["field"] == "name"
     mine = await dev.call("POST", "/api/workspaces", {"name": "w"})
     assert mine.code == 201, mine  # another owner may use the same name
@@ -180,6 +180,14 @@ async def test_logs_blank_the_sandbox_password(cards: Proxy) -> None:
     backend_of(cards).output[sid] = [f"password is {row['opencode_password']}!"]
     reply = await cards.people["developer"].call("GET", f"/api/sandboxes/{sid}/logs")
     assert reply.body["lines"] == ["password is [redacted]!"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_logs_the_backend_cannot_read_answer_503_in_words(cards: Proxy) -> None:
+    backend_of(cards).logs_fail = "the Docker engine did not answer"
+    reply = await cards.people["developer"].call("GET", f"/api/sandboxes/{cards.sandbox}/logs")
+    assert (reply.code, reply.error_code) == (503, "logs_unavailable"), reply
+    assert "the Docker engine did not answer" in reply.body["error"]["message"]
 
 
 @pytest_twisted.ensureDeferred

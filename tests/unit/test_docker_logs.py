@@ -55,5 +55,16 @@ def test_more_than_the_tail_says_truncated() -> None:
     assert tail.lines[-1] == f"line {LOG_TAIL_LINES + 49}"
 
 
+def test_a_secret_cut_by_the_byte_bound_leaves_no_half_behind() -> None:
+    """The tail keeps the last 64 KiB; blanking comes first, so a cut never splits a secret."""
+    client = FakeClient()
+    # One line, no newline: the 64 KiB window starts inside the secret.
+    output = b"pw-123" + b"y" * (64 * 1024 - 3)
+    client.containers.known["cli-sbx-c"] = _container(output)
+    tail = _logs(client, "c")
+    assert tail.truncated and tail.lines
+    assert all("123" not in line for line in tail.lines)
+
+
 def test_no_container_no_log() -> None:
     assert _logs(FakeClient(), "gone") == LogTail((), False)

@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from base64 import b64encode
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from cli_server.sandboxes.backend import LOG_TAIL_BYTES, LOG_TAIL_LINES, redact, tail_lines
+from cli_server.sandboxes.backend import (
+    LOG_TAIL_BYTES,
+    LOG_TAIL_LINES,
+    redact,
+    secret_forms,
+    tail_lines,
+)
 from cli_server.sandboxes.model import paused_by_json, short_id
 from cli_server.sandboxes.output_log import OutputLog, read_tail
 
@@ -65,6 +72,23 @@ class OutputLogTests(SynchronousTestCase):
         log = OutputLog(self.path)
         log.write(b"x" * 20000)
         self.assertTrue(self.path.exists())
+
+    def test_a_secret_across_the_piece_boundary_of_a_long_line_is_blanked(self) -> None:
+        """A line with no newline is written in pieces; no piece may end in half a secret."""
+        secret = "s3cret-password-that-is-long"
+        for split in range(1, len(secret)):
+            log = OutputLog(self.path, (secret,))
+            log.write(b"x" * (17 * 1024 - split) + secret[:split].encode())
+            log.write(secret[split:].encode() + b" and more\n")
+            written = self.path.read_bytes()
+            self.assertNotIn(secret[: max(split, len(secret) - split)].encode(), written)
+            self.assertIn(b"[redacted] and more", written)
+            self.path.unlink()
+
+    def test_the_basic_credential_form_is_blanked_too(self) -> None:
+        log = OutputLog(self.path, tuple(secret_forms("pw-123")))
+        log.write(b"Authorization: Basic " + b64encode(b"opencode:pw-123") + b"\n")
+        self.assertEqual(read_tail(self.path).lines, ("Authorization: Basic [redacted]",))
 
 
 class TailTests(SynchronousTestCase):

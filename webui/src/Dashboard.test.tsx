@@ -108,7 +108,7 @@ test("a workspace name already in use is said next to the name field", async () 
     if (url === "/api/workspaces" && init?.method === "POST") {
       const error = {
         code: "name_taken",
-        message: 'You already have a workspace named "Alpha".',
+        message: 'You already created a workspace named "Alpha".',
         field: "name",
       };
       return Promise.resolve(new Response(JSON.stringify({ error }), { status: 409 }));
@@ -121,9 +121,9 @@ test("a workspace name already in use is said next to the name field", async () 
   const field = screen.getByLabelText("New workspace");
   fireEvent.change(field, { target: { value: "alpha" } });
   fireEvent.click(screen.getByRole("button", { name: "Create workspace" }));
-  const said = await screen.findByText('You already have a workspace named "Alpha".');
+  const said = await screen.findByText('You already created a workspace named "Alpha".');
   expect(said.id).toBe("workspace-name-error");
   expect(field.getAttribute("aria-invalid")).toBe("true");
   fireEvent.change(field, { target: { value: "Gamma" } });
-  expect(screen.queryByText('You already have a workspace named "Alpha".')).toBeNull();
+  expect(screen.queryByText('You already created a workspace named "Alpha".')).toBeNull();
 });

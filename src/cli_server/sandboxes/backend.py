@@ -7,6 +7,7 @@ about a backend, so later backends fit without changing them.
 from __future__ import annotations
 
 import signal
+from base64 import b64encode
 from collections.abc import Callable, Coroutine
 from enum import StrEnum
 from functools import wraps
@@ -105,6 +106,12 @@ def tail_lines(text: str, *, cut: bool) -> LogTail:
     if len(lines) > LOG_TAIL_LINES:
         lines, cut = lines[-LOG_TAIL_LINES:], True
     return LogTail(tuple(lines), cut)
+
+
+def secret_forms(password: str) -> list[str]:
+    """The opencode password as it may be printed: itself, and in the Basic credential the
+    proxy sends (``opencode:<password>`` in base64)."""
+    return [password, b64encode(f"opencode:{password}".encode()).decode()] if password else []
 
 
 def redact(lines: list[str], secrets: list[str]) -> list[str]:

@@ -59,6 +59,7 @@ from cli_server.sandboxes.backend import (
     deferred,
     exit_reason,
     redact,
+    secret_forms,
     tail_lines,
 )
 from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes, check_disk_quota, image_of
@@ -381,15 +382,15 @@ class DockerBackend:
             return LogTail((), False)
         raw = container.logs(stdout=True, stderr=True, tail=LOG_TAIL_LINES + 1)
         environment = (container.attrs.get("Config") or {}).get("Env") or []
-        secrets = [
-            entry.partition("=")[2]
-            for entry in environment
-            if entry.partition("=")[0] in ("OPENCODE_SERVER_PASSWORD", "ANTHROPIC_API_KEY")
-        ]
-        tail = tail_lines(raw.decode("utf-8", "replace"), cut=False)
+        variables = dict(entry.partition("=")[::2] for entry in environment)
+        password = variables.get("OPENCODE_SERVER_PASSWORD", "")
+        secrets = [*secret_forms(password), variables.get("ANTHROPIC_API_KEY", "")]
+        # Blanked whole, before the tail is cut: a cut must not leave half a secret behind.
+        (text,) = redact([raw.decode("utf-8", "replace")], secrets)
+        tail = tail_lines(text, cut=False)
         lines = list(tail.lines)
         truncated = tail.truncated or len(lines) > LOG_TAIL_LINES
-        return LogTail(tuple(redact(lines[-LOG_TAIL_LINES:], secrets)), truncated)
+        return LogTail(tuple(lines[-LOG_TAIL_LINES:]), truncated)
 
     def _thd_remove_container(self, sandbox_id: str) -> None:
         import docker.errors

@@ -21,7 +21,13 @@ from cli_server.auth.tokens import new_token, token_hash
 from cli_server.db.pool import Database, Row, Transaction
 from cli_server.errors import ApiError, Conflict, NameTaken, NotFound, ServiceUnavailable
 from cli_server.roles import Role
-from cli_server.sandboxes.backend import BackendError, SandboxBackend, SandboxSpec, redact
+from cli_server.sandboxes.backend import (
+    BackendError,
+    SandboxBackend,
+    SandboxSpec,
+    redact,
+    secret_forms,
+)
 from cli_server.sandboxes.model import (
     OCCUPYING,
     PAUSABLE,
@@ -117,10 +123,15 @@ class SandboxManager:
         secret = await self._db.query(
             "SELECT opencode_password FROM sandboxes WHERE id = %s", (sandbox_id,)
         )
-        tail = await self._backend.logs(sandbox_id)
+        try:
+            tail = await self._backend.logs(sandbox_id)
+        except BackendError as e:
+            raise ServiceUnavailable(
+                f"the sandbox's log cannot be read now: {e}", code="logs_unavailable"
+            ) from None
         lines = list(tail.lines)
         if secret:
-            lines = redact(lines, [secret[0]["opencode_password"]])
+            lines = redact(lines, secret_forms(secret[0]["opencode_password"]))
         return {"lines": lines, "truncated": tail.truncated}
 
     # -- transitions ---------------------------------------------------------------------------

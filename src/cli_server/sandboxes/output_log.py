@@ -41,17 +41,26 @@ class OutputLog:
         if newline:
             self._append(complete + newline)
         if len(self._partial) > _LONGEST_LINE:
-            self.flush()
+            # Written in pieces; blanked first and a secret's length short of the end kept
+            # back, so no piece ends in the first half of a secret.
+            data = self._blank(self._partial)
+            keep = max((len(s.encode()) for s in self.secrets if s), default=1) - 1
+            self._partial = data[len(data) - keep :] if keep else b""
+            self._append(data[: len(data) - keep] + b"\n")
 
     def flush(self) -> None:
         if self._partial:
             partial, self._partial = self._partial, b""
             self._append(partial + b"\n")
 
-    def _append(self, data: bytes) -> None:
+    def _blank(self, data: bytes) -> bytes:
         for secret in self.secrets:
             if secret:
                 data = data.replace(secret.encode(), b"[redacted]")
+        return data
+
+    def _append(self, data: bytes) -> None:
+        data = self._blank(data)
         try:
             if self.path.exists() and self.path.stat().st_size + len(data) > self.limit:
                 self.path.replace(self.path.with_name(self.path.name + ".1"))

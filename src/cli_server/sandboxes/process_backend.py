@@ -61,6 +61,7 @@ from cli_server.sandboxes.backend import (
     deferred,
     exit_reason,
     redact,
+    secret_forms,
 )
 from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes
 from cli_server.sandboxes.egress import EgressPolicy
@@ -312,7 +313,8 @@ class ProcessBackend:
 
     def _output_log(self, spec: SandboxSpec) -> OutputLog:
         """Where this run's opencode output goes; its secrets never reach the file."""
-        return OutputLog(self._sandbox_dir(spec.id) / LOG_NAME, (spec.password, spec.proxy_token))
+        secrets = (*secret_forms(spec.password), spec.proxy_token)
+        return OutputLog(self._sandbox_dir(spec.id) / LOG_NAME, secrets)
 
     @deferred
     async def logs(self, sandbox_id: str) -> LogTail:

@@ -157,7 +157,10 @@ async def register(
     if response.code != 201 or not isinstance(body, dict) or "tunnel_token" not in body:
         error = body.get("error") if isinstance(body, dict) else None
         message = error.get("message") if isinstance(error, dict) else None
-        raise AgentError(f"registration failed ({response.code}): {message or 'no details'}")
+        hint = ""
+        if response.code == 409 and isinstance(error, dict) and error.get("code") == "name_taken":
+            hint = "; the code still works: run again with another --name"
+        raise AgentError(f"registration failed ({response.code}): {message or 'no details'}{hint}")
     return Credentials(
         server=server,
         sandbox_id=body["sandbox_id"],

@@ -55,7 +55,8 @@ class LocalAgents:
         }
 
     async def register(self, code: str, name: str, use_server_key: bool) -> dict[str, Any]:
-        """A new local sandbox for the code's workspace; the code is burnt either way."""
+        """A new local sandbox for the code's workspace. An unknown, expired or unauthorized
+        code is burnt; a taken name (409) rolls back and leaves the code usable."""
 
         async def work(tx: Transaction) -> dict[str, Any] | None:
             used = await tx.one(

@@ -60,7 +60,6 @@ async def test_lifecycle(app: Running) -> None:
         "short_id",
         "created_by",
         "started_at",
-        "last_active_at",
         "paused_by",
     }
     sid = made.body["id"]

@@ -52,6 +52,7 @@ from cli_server.sandboxes.monitor import IdleMonitor, Reconciler
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.process_backend import ANTHROPIC_PORT, Limits, ProcessBackend
 from cli_server.services import OrderedMultiService, PeriodicService
+from cli_server.sso.providers import SsoProviders
 from cli_server.threads import ThreadPoolService
 from cli_server.tunnel.agents import LocalAgents
 from cli_server.tunnel.hub import TunnelHub
@@ -64,6 +65,7 @@ from cli_server.web.request import BoundedRequest, QuietSandboxSite
 from cli_server.web.sandboxes_api import SandboxesAPI, WorkspaceSandboxesAPI
 from cli_server.web.session import SessionCookies
 from cli_server.web.site import MainSite
+from cli_server.web.sso_api import SsoAPI
 from cli_server.web.workspaces_api import WorkspacesAPI
 from cli_server.workspaces import Workspaces
 
@@ -220,6 +222,7 @@ def build(
     limits: AuthLimits | None = None,
     on_fatal: Any = None,
     backend: Any = None,
+    sign_ins: Any = None,
 ) -> Server:
     root = OrderedMultiService(reactor)
 
@@ -256,6 +259,7 @@ def build(
         reactor, limits.registrations_per_address, limits.registration_window
     )
     auth = AuthAPI(accounts, cookies, logins, registrations, sandbox_access, config.registration)
+    sso_providers = SsoProviders.of(config, reactor)
     opencode = OpencodeClient(reactor)
     activity = ActivityRecorder(db, reactor)
     usage = UsageStore(db)
@@ -393,6 +397,13 @@ def build(
             agents,
             config.origin,
             config.registration,
+        ),
+        sso=SsoAPI(
+            sso_providers,
+            sign_ins or _sign_ins(db, accounts, config),
+            accounts,
+            cookies,
+            config.secure_cookies,
         ),
     )
 
@@ -566,3 +577,10 @@ def docker_anthropic_url(config: ServerConfig) -> str:
             port = int(parts[1])
             break
     return f"http://host.docker.internal:{port}/proxy/anthropic/v1"
+
+
+def _sign_ins(db: Any, accounts: Accounts, config: ServerConfig) -> Any:
+    """Who a single sign-on signs in (``sso.claims.SignIns``): the account side's identities."""
+    from cli_server.sso.identities import Identities  # type: ignore[import-not-found,unused-ignore]
+
+    return Identities(db, config.registration)

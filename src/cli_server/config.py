@@ -214,6 +214,7 @@ class ServerConfig:
     # peers whose X-Forwarded-For / Forwarded name the client (client_address.py)
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     registration: str = "open"  # open, invite or closed (parse_registration)
+    password_login: bool = True  # off: sign-in by single sign-on only (--password-login)
     # Secrets: only from the environment (a command line is visible to every local user).
     anthropic_api_key: str | None = field(default=None, repr=False)
     anthropic_auth_token: str | None = field(default=None, repr=False)

@@ -52,6 +52,7 @@ from cli_server.sandboxes.monitor import IdleMonitor, Reconciler
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.process_backend import ANTHROPIC_PORT, Limits, ProcessBackend
 from cli_server.services import OrderedMultiService, PeriodicService
+from cli_server.sso.identities import Identities
 from cli_server.threads import ThreadPoolService
 from cli_server.tunnel.agents import LocalAgents
 from cli_server.tunnel.hub import TunnelHub
@@ -189,6 +190,8 @@ class Server:
     tunnels: TunnelHub
     stream_relay: StreamRelay
     anthropic_door: Any = None  # (sandbox_id, netns or None) -> (IListeningPort, port)
+    accounts: Accounts | None = None
+    identities: Identities | None = None  # who a single sign-on signs in (sso.claims.SignIns)
 
 
 def buildServer(config: ServerConfig, reactor: Any) -> IService:
@@ -255,7 +258,17 @@ def build(
     registrations = FailureLimiter(
         reactor, limits.registrations_per_address, limits.registration_window
     )
-    auth = AuthAPI(accounts, cookies, logins, registrations, sandbox_access, config.registration)
+    identities = Identities(db, config.registration)
+    auth = AuthAPI(
+        accounts,
+        cookies,
+        logins,
+        registrations,
+        sandbox_access,
+        config.registration,
+        identities,
+        config.password_login,
+    )
     opencode = OpencodeClient(reactor)
     activity = ActivityRecorder(db, reactor)
     usage = UsageStore(db)
@@ -508,6 +521,8 @@ def build(
         tunnels,
         relay,
         door,
+        accounts,
+        identities,
     )
 
 

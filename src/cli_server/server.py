@@ -52,6 +52,7 @@ from cli_server.sandboxes.monitor import IdleMonitor, Reconciler
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.process_backend import ANTHROPIC_PORT, Limits, ProcessBackend
 from cli_server.services import OrderedMultiService, PeriodicService
+from cli_server.sso.identities import Identities
 from cli_server.sso.providers import SsoProviders
 from cli_server.threads import ThreadPoolService
 from cli_server.tunnel.agents import LocalAgents
@@ -191,6 +192,8 @@ class Server:
     tunnels: TunnelHub
     stream_relay: StreamRelay
     anthropic_door: Any = None  # (sandbox_id, netns or None) -> (IListeningPort, port)
+    accounts: Accounts | None = None
+    identities: Identities | None = None  # who a single sign-on signs in (sso.claims.SignIns)
 
 
 def buildServer(config: ServerConfig, reactor: Any) -> IService:
@@ -258,8 +261,19 @@ def build(
     registrations = FailureLimiter(
         reactor, limits.registrations_per_address, limits.registration_window
     )
-    auth = AuthAPI(accounts, cookies, logins, registrations, sandbox_access, config.registration)
     sso_providers = SsoProviders.of(config, reactor)
+    identities = Identities(db, config.registration, sso_providers.labels())
+    auth = AuthAPI(
+        accounts,
+        cookies,
+        logins,
+        registrations,
+        sandbox_access,
+        config.registration,
+        identities,
+        config.password_login,
+        providers=sso_providers.public_list,
+    )
     opencode = OpencodeClient(reactor)
     activity = ActivityRecorder(db, reactor)
     usage = UsageStore(db)
@@ -400,7 +414,7 @@ def build(
         ),
         sso=SsoAPI(
             sso_providers,
-            sign_ins or _sign_ins(db, accounts, config),
+            sign_ins or identities,
             accounts,
             cookies,
             config.secure_cookies,
@@ -519,6 +533,8 @@ def build(
         tunnels,
         relay,
         door,
+        accounts,
+        identities,
     )
 
 
@@ -577,10 +593,3 @@ def docker_anthropic_url(config: ServerConfig) -> str:
             port = int(parts[1])
             break
     return f"http://host.docker.internal:{port}/proxy/anthropic/v1"
-
-
-def _sign_ins(db: Any, accounts: Accounts, config: ServerConfig) -> Any:
-    """Who a single sign-on signs in (``sso.claims.SignIns``): the account side's identities."""
-    from cli_server.sso.identities import Identities  # type: ignore[import-not-found,unused-ignore]
-
-    return Identities(db, config.registration)

@@ -61,6 +61,9 @@ class SsoProviders:
             for name, p in self.by_name.items()
         ]
 
+    def labels(self) -> dict[str, str]:
+        return {name: p.label for name, p in self.by_name.items()}
+
     def domain_allowed(self, email: str | None) -> bool:
         if not self.allowed_domains:
             return True

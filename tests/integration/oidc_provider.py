@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from http.cookiejar import CookieJar
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import pytest
@@ -111,7 +111,7 @@ class Browser:
         self.base = base
         self.jar = CookieJar()
         pool = HTTPConnectionPool(reactor, persistent=False)
-        self.http = HTTPClient(Agent(reactor, pool=pool), cookiejar=self.jar)
+        self.http = HTTPClient(Agent(reactor, pool=pool), cookiejar=cast(Any, self.jar))
 
     def ours(self, url: str) -> str:
         if url.startswith(ORIGIN):

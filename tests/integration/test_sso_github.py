@@ -4,7 +4,7 @@ email counts; usernames come from the login, a taken one gets a suffix."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import pytest
@@ -35,7 +35,7 @@ async def gh(db_url: str) -> AsyncIterator[WithGithub]:
     from twisted.internet import reactor
 
     github = FakeGithub()
-    port: Any = reactor.listenTCP(0, Site(github), interface="127.0.0.1")
+    port: Any = reactor.listenTCP(0, cast(Any, Site(github)), interface="127.0.0.1")
     url = f"http://127.0.0.1:{port.getHost().port}"
     config = attrs.evolve(
         server_config(db_url),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from base64 import urlsafe_b64encode
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from joserfc import jwt
@@ -30,7 +30,7 @@ OTHER = RSAKey.generate_key(2048, parameters={"kid": "k2"})
 
 
 def token(key: RSAKey = KEY, alg: str = "RS256", **changes: Any) -> str:
-    claims = {"iss": ISSUER, "aud": CLIENT, "sub": "s1", "nonce": NONCE}
+    claims: dict[str, Any] = {"iss": ISSUER, "aud": CLIENT, "sub": "s1", "nonce": NONCE}
     claims |= {"exp": int(NOW) + 300, "iat": int(NOW) - 10, **changes}
     claims = {k: v for k, v in claims.items() if v is not None}
     return jwt.encode({"alg": alg, "kid": key.kid}, claims, key)
@@ -168,12 +168,7 @@ def test_unknown_key_refreshes_the_key_set_at_most_once_a_minute() -> None:
     clock = Clock()
     clock.advance(NOW)
     http = KeysHttp()
-    provider = OidcProvider(
-        OidcLogin(ISSUER, CLIENT, "secret"),
-        http,
-        clock,
-        "https://cli/cb",  # type: ignore[arg-type]
-    )
+    provider = OidcProvider(OidcLogin(ISSUER, CLIENT, "secret"), cast(Any, http), clock, "cb")
 
     def check(value: str) -> Deferred[dict[str, Any]]:
         return Deferred.fromCoroutine(provider._verify(value, NONCE))

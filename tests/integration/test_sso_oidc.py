@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
+from twisted.logger import formatEvent, globalLogPublisher
 
 from cli_server.config import OidcLogin
 
@@ -73,8 +74,20 @@ async def test_sign_in_end_to_end(sso: Running, oidc_provider: OidcProvider) -> 
     flow = next(c for c in b.jar if c.name == "cli_sso")
     assert flow.has_nonstandard_attr("HttpOnly")
     callback = await b.at_provider(start, "alice-sub")
-    code, location, _ = await b.get(callback)
+    said: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        said.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        code, location, _ = await b.get(callback)
+    finally:
+        globalLogPublisher.removeObserver(observe)
     assert (code, location) == (303, "/workspaces")
+    assert any("single sign-on: alice signed in with oidc" in line for line in said)
+    secrets = [query_of(callback)["code"][0], sent["state"][0], sent["nonce"][0], CLIENT_SECRET]
+    assert not [s for s in secrets if any(s in line for line in said)], said
     assert b.cookie("cli_session") and not b.cookie("cli_sso")
     code, me = await b.me()
     assert code == 200 and me["username"] == "alice" and me["email"] == "alice@example.com"

@@ -241,3 +241,19 @@ def test_bad_or_partial_settings_fail_in_one_line(environ: dict[str, str], said:
     message = str(caught.value)
     assert said in message and "\n" not in message
     assert "s3cret" not in message
+
+
+def test_a_provider_that_does_not_answer_is_down_after_the_timeout() -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    from cli_server.sso.http import ProviderDown, ProviderHttp
+
+    reactor = MemoryReactorClock()
+    http = ProviderHttp(reactor, timeout=5.0)
+    d = Deferred.fromCoroutine(http.get_json("http://127.0.0.1:9/.well-known/x"))
+    reactor.advance(4.9)
+    assert not d.called
+    reactor.advance(0.2)
+    failure = failure_of(d)
+    failure.trap(ProviderDown)
+    assert "GET http://127.0.0.1:9/.well-known/x" in str(failure.value)

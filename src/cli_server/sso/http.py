@@ -9,13 +9,26 @@ from typing import Any
 from attrs import define
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, TimeoutError
-from twisted.internet.error import ConnectError, ConnectionClosed
+from twisted.internet.error import (
+    ConnectError,
+    ConnectingCancelledError,
+    ConnectionClosed,
+    DNSLookupError,
+)
 from twisted.web.client import HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
 
 from cli_server.quiet import quiet_agent
 
-_UNREACHABLE = (TimeoutError, CancelledError, ConnectError, ConnectionClosed, ResponseFailed)
+_UNREACHABLE = (
+    TimeoutError,
+    CancelledError,
+    ConnectError,
+    ConnectingCancelledError,  # (the timeout, while still connecting)
+    DNSLookupError,
+    ConnectionClosed,
+    ResponseFailed,
+)
 _MOST_BYTES = 1024 * 1024  # discovery, keys, tokens and profiles are a few KiB
 
 

@@ -53,6 +53,7 @@ from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.process_backend import ANTHROPIC_PORT, Limits, ProcessBackend
 from cli_server.services import OrderedMultiService, PeriodicService
 from cli_server.sso.identities import Identities
+from cli_server.sso.providers import SsoProviders
 from cli_server.threads import ThreadPoolService
 from cli_server.tunnel.agents import LocalAgents
 from cli_server.tunnel.hub import TunnelHub
@@ -65,6 +66,7 @@ from cli_server.web.request import BoundedRequest, QuietSandboxSite
 from cli_server.web.sandboxes_api import SandboxesAPI, WorkspaceSandboxesAPI
 from cli_server.web.session import SessionCookies
 from cli_server.web.site import MainSite
+from cli_server.web.sso_api import SsoAPI
 from cli_server.web.workspaces_api import WorkspacesAPI
 from cli_server.workspaces import Workspaces
 
@@ -223,6 +225,7 @@ def build(
     limits: AuthLimits | None = None,
     on_fatal: Any = None,
     backend: Any = None,
+    sign_ins: Any = None,
 ) -> Server:
     root = OrderedMultiService(reactor)
 
@@ -258,7 +261,9 @@ def build(
     registrations = FailureLimiter(
         reactor, limits.registrations_per_address, limits.registration_window
     )
-    identities = Identities(db, config.registration)
+    sso_providers = SsoProviders.of(config, reactor)
+    labels = {p["name"]: p["label"] for p in sso_providers.public_list()}
+    identities = Identities(db, config.registration, labels)
     auth = AuthAPI(
         accounts,
         cookies,
@@ -268,6 +273,7 @@ def build(
         config.registration,
         identities,
         config.password_login,
+        sso_providers.public_list,
     )
     opencode = OpencodeClient(reactor)
     activity = ActivityRecorder(db, reactor)
@@ -406,6 +412,13 @@ def build(
             agents,
             config.origin,
             config.registration,
+        ),
+        sso=SsoAPI(
+            sso_providers,
+            sign_ins or identities,
+            accounts,
+            cookies,
+            config.secure_cookies,
         ),
     )
 

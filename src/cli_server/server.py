@@ -262,7 +262,8 @@ def build(
         reactor, limits.registrations_per_address, limits.registration_window
     )
     sso_providers = SsoProviders.of(config, reactor)
-    identities = Identities(db, config.registration, sso_providers.labels())
+    labels = {p["name"]: p["label"] for p in sso_providers.public_list()}
+    identities = Identities(db, config.registration, labels)
     auth = AuthAPI(
         accounts,
         cookies,
@@ -272,7 +273,7 @@ def build(
         config.registration,
         identities,
         config.password_login,
-        providers=sso_providers.public_list,
+        sso_providers.public_list,
     )
     opencode = OpencodeClient(reactor)
     activity = ActivityRecorder(db, reactor)

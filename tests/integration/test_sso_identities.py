@@ -12,6 +12,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
 from cli_server.accounts import User
+from cli_server.config import GithubLogin
 from cli_server.db.embedded import EmbeddedPostgres
 from cli_server.db.migrations import load_migrations, migrate
 from cli_server.db.pool import Database
@@ -369,15 +370,19 @@ async def test_password_users_have_password(app: Running) -> None:
 async def test_password_login_off(db_url: str) -> None:
     """Sign-in by single sign-on only: password login and registration are refused with a
     reason; the sign-in screen is told; a password no longer counts as a way in."""
-    config = attrs.evolve(server_config(db_url), password_login=False)
+    github = GithubLogin("client-id", "client-secret")
+    config = attrs.evolve(server_config(db_url), password_login=False, github=github)
     app = await start_server(db_url, config=config)
     try:
         client = app.client()
+        assert (await client.call("GET", "/api/auth/providers")).body == [
+            {"name": "github", "label": "GitHub", "login_url": "/api/auth/oidc/github/login"}
+        ]
         reg = await client.call(
             "POST", "/api/auth/register", {"username": "ivan", "password": PASSWORD}
         )
         assert (reg.code, reg.error_code) == (403, "password_login_off")
-        assert "only" in reg.body["error"]["message"]
+        assert reg.body["error"]["message"] == "this server signs people in with GitHub only"
         login = await client.call(
             "POST", "/api/auth/login", {"username": "ivan", "password": PASSWORD}
         )
@@ -385,8 +390,12 @@ async def test_password_login_off(db_url: str) -> None:
         assert (await client.call("GET", "/api/auth/registration")).body["password_login"] is False
         rows = await app.db.query("SELECT count(*) AS n FROM users")
         assert rows[0]["n"] == 0
-        sso = await sso_browser(app, claims("j1", "jo@example.com", username="jo"))
+        sso = await sso_browser(
+            app, claims("j1", "jo@example.com", username="jo", provider="github")
+        )
         assert sso.user.is_admin
+        listed = (await sso.call("GET", "/api/auth/identities")).body
+        assert [i["label"] for i in listed] == ["GitHub"]
         assert (await sso.call("PUT", "/api/auth/password", {"new_password": PASSWORD})).code == 204
         only = (await sso.call("GET", "/api/auth/identities")).body[0]["id"]
         last = await sso.call("DELETE", f"/api/auth/identities/{only}")

@@ -36,7 +36,7 @@ try {
   await withPage({ width: 1200, height: 800 }, "light", async (page) => {
     await page.goto(base);
     await ssoButton(page).waitFor();
-    await page.screenshot({ path: join(shots, "sso-signin.png") });
+    await page.screenshot({ path: join(shots, "sso-oidc-signin.png") });
     await ssoButton(page).click();
     // The provider's own pages (oidc-provider's development login and consent).
     await page.locator("input[name=login]").fill("journey-user");
@@ -52,14 +52,15 @@ try {
   });
 
   for (const [viewport, scheme, name] of [
-    [{ width: 1200, height: 800 }, "light", "sso-error"],
-    [{ width: 390, height: 844 }, "dark", "sso-error-phone-dark"],
+    [{ width: 1200, height: 800 }, "light", "sso-denied"],
+    [{ width: 390, height: 844 }, "dark", "sso-denied-phone-dark"],
   ]) {
     await withPage(viewport, scheme, async (page) => {
       await page.goto(base);
       await ssoButton(page).click();
       await page.getByRole("link", { name: "[ Cancel ]" }).click();
       await page.getByText("The sign-in was cancelled at the provider.").waitFor();
+      await ssoButton(page).waitFor(); // (and it may be tried again from here)
       if (new URL(page.url()).origin !== new URL(base).origin) throw new Error(`on ${page.url()}`);
       await page.screenshot({ path: join(shots, `${name}.png`) });
       console.log(`cancelled at the provider: the sign-in screen says so (${name})`);

@@ -334,9 +334,20 @@ async def test_routes_bad_input_and_authorization(sso: Running) -> None:
     ):
         code, _, body = await b.get(sso.base + path)
         assert code == 404 and "provider_not_found" in body, path
-    # Linking needs a signed-in user.
+    # Linking needs a signed-in user, and starts from our own pages only.
     code, location, body = await b.get(f"{sso.base}/api/auth/oidc/oidc/login?link=1")
     assert code == 401 and location is None
+    api = sso.client()
+    await api.register_and_login("linker")
+    for came_from in ("cross-site", "same-site"):
+        reply = await api.call(
+            "GET", "/api/auth/oidc/oidc/login?link=1", headers={"sec-fetch-site": came_from}
+        )
+        assert (reply.code, reply.error_code) == (403, "bad_origin"), came_from
+    reply = await api.call(
+        "GET", "/api/auth/oidc/oidc/login?link=1", headers={"sec-fetch-site": "same-origin"}
+    )
+    assert reply.code == 302
     code, _, _ = await b.get(f"{sso.base}/api/auth/oidc/oidc/login")
     reply = await b.http.post(f"{sso.base}/api/auth/oidc/oidc/login", timeout=15)
     assert reply.code == 405

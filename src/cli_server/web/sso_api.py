@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from cli_server.db.pool import DatabaseUnavailable
-from cli_server.errors import ApiError, NotFound
+from cli_server.errors import ApiError, Forbidden, NotFound
 from cli_server.sso.claims import SignInRefused, SignIns
 from cli_server.sso.flow import LIFETIME, safe_return_to
 from cli_server.sso.http import ProviderDown, ProviderError
@@ -53,6 +53,12 @@ class SsoAPI:
         chosen = self._provider(provider)
         link_to = None
         if _arg(request, b"link") in ("1", "true"):
+            # Only from our own pages: another site (a sandbox subdomain too) sending a
+            # signed-in browser here could link whatever identity that browser holds at the
+            # provider. Browsers say where a navigation came from in Sec-Fetch-Site.
+            came_from = request.getHeader(b"sec-fetch-site")
+            if came_from is not None and came_from not in (b"same-origin", b"none"):
+                raise Forbidden("linking starts from this site's account page", code="bad_origin")
             link_to = (await self._cookies.user(request)).id  # signed out: 401
         default = "/account" if link_to else "/"
         return_to = safe_return_to(_arg(request, b"return_to"), default)

@@ -8,6 +8,7 @@ from base64 import urlsafe_b64encode
 from pathlib import Path
 from typing import Any, cast
 
+import attrs
 import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
@@ -257,3 +258,64 @@ def test_a_provider_that_does_not_answer_is_down_after_the_timeout() -> None:
     failure = failure_of(d)
     failure.trap(ProviderDown)
     assert "GET http://127.0.0.1:9/.well-known/x" in str(failure.value)
+
+
+class TokenHttp(KeysHttp):
+    """Also the token endpoint: answers with ``id_token`` and records what was posted."""
+
+    def __init__(self, id_token: str) -> None:
+        super().__init__()
+        self.id_token = id_token
+        self.posted: dict[str, str] = {}
+
+    async def post_form(self, url: str, form: dict[str, str], headers: Any = None) -> Any:
+        self.posted = form
+        return {"access_token": "at", "token_type": "Bearer", "id_token": self.id_token}
+
+
+@pytest.mark.parametrize(
+    "said, verified, groups",
+    [
+        ({"email_verified": True, "roles": ["dev", 7, "ops"]}, True, ("dev", "ops")),
+        ({"email_verified": "true", "roles": "dev"}, False, ()),  # (only JSON true counts)
+        ({}, False, ()),
+    ],
+)
+def test_claims_from_the_code_exchange(
+    said: dict[str, Any], verified: bool, groups: tuple[str, ...]
+) -> None:
+    clock = Clock()
+    clock.advance(NOW)
+    http = TokenHttp(token(email="a@example.com", preferred_username="ann", **said))
+    settings = OidcLogin(ISSUER, CLIENT, "secret", groups_claim="roles")
+    provider = OidcProvider(settings, cast(Any, http), clock, "https://cli/cb")
+    pending = PendingSignIns(clock).begin("oidc", "/", None)[1]
+    pending = attrs.evolve(pending, nonce=NONCE)
+    claims = result_of(Deferred.fromCoroutine(provider.claims("the-code", pending)))
+    assert (claims.subject, claims.email, claims.preferred_username) == (
+        "s1",
+        "a@example.com",
+        "ann",
+    )
+    assert claims.email_verified is verified and claims.groups == groups
+    assert http.posted["code_verifier"] == pending.verifier
+    assert http.posted["redirect_uri"] == "https://cli/cb" and http.posted["code"] == "the-code"
+    url = result_of(Deferred.fromCoroutine(provider.authorize_url(pending)))
+    assert f"nonce={NONCE}" in url and f"code_challenge={pending.challenge}" in url
+
+
+def test_github_and_its_test_urls_from_the_environment() -> None:
+    environ = {
+        "GITHUB_CLIENT_ID": "id",
+        "GITHUB_CLIENT_SECRET": "gs",
+        "GITHUB_URL": "http://127.0.0.1:9000/",
+        "GITHUB_API_URL": "http://127.0.0.1:9000/api",
+    }
+    github = options(environ).config().github
+    assert github is not None
+    assert (github.web_url, github.api_url) == (
+        "http://127.0.0.1:9000",
+        "http://127.0.0.1:9000/api",
+    )
+    with pytest.raises(usage.UsageError, match="GITHUB_API_URL: "):
+        options({**environ, "GITHUB_API_URL": "not a url"})

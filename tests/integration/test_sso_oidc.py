@@ -7,12 +7,12 @@ response (``/_test/tamper`` in oidc/provider.mjs): real codes, real PKCE, a forg
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import pytest
 import pytest_twisted
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 
 from cli_server.config import OidcLogin
 
@@ -76,9 +76,10 @@ async def test_sign_in_end_to_end(sso: Running, oidc_provider: OidcProvider) -> 
     callback = await b.at_provider(start, "alice-sub")
     said: list[str] = []
 
-    def observe(event: dict[str, Any]) -> None:
+    def collect(event: dict[str, Any]) -> None:
         said.append(formatEvent(event))
 
+    observe = cast(ILogObserver, collect)
     globalLogPublisher.addObserver(observe)
     try:
         code, location, _ = await b.get(callback)

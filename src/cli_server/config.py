@@ -331,6 +331,13 @@ class ServerConfig:
                 "accepted only through its own door, so calls through that URL are refused; "
                 "unset it to give sandboxes their doors"
             )
+        if self.sso_redirect_base_url and self.sso_redirect_base_url != self.origin:
+            # The callback sets the session cookie on the host it is served from.
+            said.append(
+                f"OIDC_REDIRECT_BASE_URL is {self.sso_redirect_base_url}, not this server's "
+                f"own {self.origin}: single sign-on signs browsers in there, so it must reach "
+                "this server under the name users open"
+            )
         if not (self.anthropic_api_key or self.anthropic_auth_token):
             said.append(
                 "Claude is not set up: neither ANTHROPIC_API_KEY nor ANTHROPIC_AUTH_TOKEN is "

@@ -217,6 +217,7 @@ def test_settings_of_single_sign_on(tmp_path: Path) -> None:
     assert config.sso_allowed_domains == ("example.com", "corp.example")
     assert config.sso_redirect_base_url == "https://cli.example"
     assert not config.password_login
+    assert any("OIDC_REDIRECT_BASE_URL is https://cli.example" in w for w in config.warnings())
 
 
 @pytest.mark.parametrize(

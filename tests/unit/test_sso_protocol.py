@@ -320,3 +320,28 @@ def test_github_and_its_test_urls_from_the_environment() -> None:
     )
     with pytest.raises(usage.UsageError, match="GITHUB_API_URL: "):
         options({**environ, "GITHUB_API_URL": "not a url"})
+
+
+def test_discovery_of_another_issuer_or_unusable_keys_is_a_provider_error() -> None:
+    class Lying(KeysHttp):
+        def __init__(self, issuer: str, keys: Any) -> None:
+            super().__init__()
+            self.issuer, self.answer = issuer, keys
+
+        async def get_json(self, url: str, headers: Any = None) -> Any:
+            found = await super().get_json(url, headers)
+            if url.endswith("openid-configuration"):
+                return {**found, "issuer": self.issuer}
+            return self.answer
+
+    clock = Clock()
+    clock.advance(NOW)
+    for issuer, keys, why in [
+        ("https://evil.example", {"keys": []}, "another issuer"),
+        (ISSUER, {"keys": [{"kty": "nonsense"}]}, "key set is unusable"),
+    ]:
+        http = Lying(issuer, keys)
+        provider = OidcProvider(OidcLogin(ISSUER, CLIENT, "s"), cast(Any, http), clock, "cb")
+        failure = failure_of(Deferred.fromCoroutine(provider._verify(token(), NONCE)))
+        failure.trap(ProviderError)
+        assert why in str(failure.value)

@@ -427,3 +427,31 @@ async def test_migration_keeps_existing_users(postgres: EmbeddedPostgres) -> Non
         db.close()
         await server.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         server.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_input_changes_nothing(app: Running) -> None:
+    """A first password or an unlink with a bad body or id: 400 naming the field (or 404 for
+    an id), and the account keeps no password and its identity."""
+    sso = await sso_browser(app, claims("k1", "kim@example.com", username="kim"))
+    cases: list[tuple[Any, int, str]] = [
+        ({"new_password": 12345678}, 400, "new_password"),
+        ({"new_password": ["a" * 9]}, 400, "new_password"),
+        ({"current_password": 5, "new_password": "long enough"}, 400, "current_password"),
+        ({"current_password": None, "new_password": "x" * 2000}, 400, "new_password"),
+        ({}, 400, "new_password"),
+    ]
+    for body, status, field in cases:
+        said = await sso.call("PUT", "/api/auth/password", body)
+        assert (said.code, said.body["error"].get("field")) == (status, field), body
+    raw = await sso.api.call(
+        "PUT",
+        "/api/auth/password",
+        raw=b"{not json",
+        headers={"Cookie": f"cli_session={sso.token}", "Content-Type": "application/json"},
+    )
+    assert (raw.code, raw.body["error"]["field"]) == (400, "body")
+    for bad in ("%00", "1" * 300, "..%2f..%2fusers"):
+        assert (await sso.call("DELETE", f"/api/auth/identities/{bad}")).code == 404
+    assert (await user_row(app, sso.user.id))["no_password"]
+    assert await identities_of(app, sso.user.id) == [("oidc", "k1")]

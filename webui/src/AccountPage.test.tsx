@@ -242,3 +242,21 @@ test("no password yet: set one without a current password", async () => {
   });
   expect(put?.[1]?.body).toBe(JSON.stringify({ new_password: "a new password" }));
 });
+
+test("no providers and no identities: no sign-in methods section", async () => {
+  const fetch = serve((url) => {
+    if (url.endsWith("/api/auth/identities")) return json(200, []);
+    if (url.endsWith("/api/auth/providers")) return json(200, []);
+    if (url.endsWith("/api/auth/me")) return json(200, { ...alice, has_password: true });
+    return json(200, { mode: "open", first: false, password_login: true });
+  });
+  render(<AccountPage user={alice} />);
+  await screen.findByRole("region", { name: "Where you are signed in" });
+  await vi.waitFor(() =>
+    expect(fetch.mock.calls.some(([url]) => String(url).endsWith("/api/auth/providers"))).toBe(
+      true,
+    ),
+  );
+  expect(screen.queryByRole("region", { name: "Sign-in methods" })).toBeNull();
+  expect(screen.getByRole("heading", { name: "Change password" })).toBeTruthy();
+});

@@ -97,6 +97,9 @@ function SignInMethods({ hasPassword, setHasPassword }: MethodsProps) {
   const linkedLabel = providers.find((p) => p.name === landed.linked)?.label ?? landed.linked;
   const linkable = providers.filter((p) => !identities?.some((i) => i.provider === p.name));
 
+  // A server without single sign-on, for an account without identities: nothing to show.
+  if (!providers.length && !identities?.length && !landed.linked && !landed.error && !error)
+    return null;
   return (
     <section className="card stack" aria-labelledby="methods-heading">
       <h2 id="methods-heading">Sign-in methods</h2>

@@ -9,7 +9,7 @@
 // "accounts": a refused sign-in lands on the sign-in screen with a sentence (the address
 // cleaned), one button per provider; an account made by a provider cannot unlink its only
 // way in, sets a first password without a current one, then may unlink; back from a link,
-// the page says so. "sso-only": no password form, only the providers' buttons.
+// the page says so, and a refused link is said there. "sso-only": no password form, only the providers' buttons.
 // Screenshots desktop and phone; with DARK_SHOTS=dir, dark-scheme ones there too.
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -124,6 +124,15 @@ async function accountsScenario() {
     await page.goto(`${base}/account?linked=oidc`);
     await page.getByRole("status").filter({ hasText: "Keycloak linked" }).waitFor();
     expect(new URL(page.url()).search === "", "the address bar forgot it");
+
+    // A refused link lands signed in on /?sso_error=: the account page says why.
+    await page.goto(`${base}/?sso_error=identity_taken`);
+    await page
+      .getByRole("alert")
+      .filter({ hasText: "already linked to another account" })
+      .waitFor();
+    expect(new URL(page.url()).pathname === "/account", "moved to the account page");
+    expect(new URL(page.url()).search === "", "the code left the address bar");
     await ctx.close();
   });
 }

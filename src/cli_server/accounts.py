@@ -249,6 +249,15 @@ class Accounts:
         )
         return bool(rows and rows[0]["has"])
 
+    async def signed_in_within(self, token: str, seconds: float) -> bool:
+        """Whether the session of ``token`` was opened in the last ``seconds``."""
+        rows = await self._db.query(
+            "SELECT 1 FROM sessions WHERE token_hash = %s"
+            " AND created_at > now() - make_interval(secs => %s)",
+            (token_hash(token), seconds),
+        )
+        return bool(rows)
+
     async def set_first_password(self, user_id: str, password: str) -> bool:
         """A password for an account that had none (one made by single sign-on); False if it
         has one by now (then only a change that knows the current one may replace it)."""

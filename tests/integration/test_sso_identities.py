@@ -337,6 +337,12 @@ async def test_first_password_then_unlink(app: Running) -> None:
     assert (
         await app.client().call("PUT", "/api/auth/password", {"new_password": PASSWORD})
     ).code == 401
+    # A session opened long ago (perhaps stolen) may not choose the password.
+    await app.db.execute("UPDATE sessions SET created_at = now() - interval '16 minutes'")
+    stale = await sso.call("PUT", "/api/auth/password", {"new_password": PASSWORD})
+    assert (stale.code, stale.error_code) == (403, "sign_in_again")
+    assert (await sso.call("GET", "/api/auth/me")).body["has_password"] is False
+    await app.db.execute("UPDATE sessions SET created_at = now() - interval '14 minutes'")
     assert (await sso.call("PUT", "/api/auth/password", {"new_password": PASSWORD})).code == 204
     assert (await sso.call("GET", "/api/auth/me")).body["has_password"] is True
     # Now the current password is required again, and checked.

@@ -39,6 +39,9 @@ _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 USERNAME_RULE = "3-32 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
 PASSWORD_RULE = "at least 8 characters"
+# A first password (an account made by single sign-on) needs a sign-in this recent: a stolen
+# older session must not turn into a password of the thief's choosing.
+FRESH_SIGN_IN = 15 * 60.0
 
 
 @define(frozen=True)
@@ -174,6 +177,14 @@ class AuthAPI:
         if current is None:
             if await self._accounts.has_password(user.id):
                 raise BadRequest("current_password is required", field="current_password")
+            token = self._cookies.token(request)
+            assert token is not None  # (a user was found from it)
+            if not await self._accounts.signed_in_within(token, FRESH_SIGN_IN):
+                raise Forbidden(
+                    "sign out and sign in again with your provider, then set a password "
+                    "within 15 minutes",
+                    code="sign_in_again",
+                )
             if not await self._accounts.set_first_password(user.id, new):
                 raise Conflict(
                     "this account has a password now; give it as current_password",

@@ -249,6 +249,12 @@ function PasswordForm({ hasPassword, onFirstSet }: PasswordProps) {
     <form className="card stack" onSubmit={submit} aria-labelledby="password-heading" noValidate>
       <h2 id="password-heading">{hasPassword ? "Change password" : "Set a password"}</h2>
       {hasPassword && input("current_password", "Current password", current, setCurrent)}
+      {!hasPassword && (
+        <p className="small muted">
+          Within 15 minutes of signing in through your provider: an older session may not choose a
+          password.
+        </p>
+      )}
       {input("new_password", "New password", next, setNext)}
       {input("repeat", "Repeat the new password", repeat, setRepeat)}
       <Alert message={general} />

@@ -20,7 +20,7 @@ SIGNUP_LINK_SECONDS = 7 * 86400
 SEEN_EVERY = 60
 USER_AGENT_LENGTH = 200
 # Every registration takes this lock: "is this the first user?" is decided by one at a time.
-_REGISTRATION_LOCK = 0x636C6972_6567  # "clireg"
+REGISTRATION_LOCK = 0x636C6972_6567  # "clireg"
 
 _USER_COLUMNS = "u.id, u.username, u.email, u.created_at, u.is_admin"
 
@@ -112,7 +112,7 @@ class Accounts:
         password_hash = await self._passwords.hash(password)
 
         async def work(tx: Transaction) -> User:
-            await tx.execute("SELECT pg_advisory_xact_lock(%s)", (_REGISTRATION_LOCK,))
+            await tx.execute("SELECT pg_advisory_xact_lock(%s)", (REGISTRATION_LOCK,))
             first = await tx.one("SELECT 1 FROM users LIMIT 1") is None
             link_id = None
             if not first and mode == "closed":
@@ -216,6 +216,58 @@ class Accounts:
             },
         )
         return token if rows else None
+
+    async def open_trusted_session(
+        self, user_id: str, user_agent: str | None = None, address: str | None = None
+    ) -> str | None:
+        """A session token for a user a sign-in provider vouched for (``sso.identities``
+        decided who), or None if the account is disabled or gone."""
+        token = new_token()
+        rows = await self._db.query(
+            "WITH opened AS (INSERT INTO sessions"
+            "  (id, token_hash, user_id, expires_at, user_agent, address)"
+            "  SELECT %(id)s, %(token)s, u.id, now() + make_interval(secs => %(life)s),"
+            "  %(agent)s, %(address)s FROM users u"
+            "  WHERE u.id = %(user)s AND u.disabled_at IS NULL"
+            "  RETURNING user_id)"
+            " UPDATE users SET last_seen_at = now() WHERE id IN (SELECT user_id FROM opened)"
+            " RETURNING id",
+            {
+                "id": str(uuid.uuid4()),
+                "token": token_hash(token),
+                "life": self._session_lifetime,
+                "agent": (user_agent or "")[:USER_AGENT_LENGTH] or None,
+                "address": address,
+                "user": user_id,
+            },
+        )
+        return token if rows else None
+
+    async def has_password(self, user_id: str) -> bool:
+        rows = await self._db.query(
+            "SELECT password_hash IS NOT NULL AS has FROM users WHERE id = %s", (user_id,)
+        )
+        return bool(rows and rows[0]["has"])
+
+    async def signed_in_within(self, token: str, seconds: float) -> bool:
+        """Whether the session of ``token`` was opened in the last ``seconds``."""
+        rows = await self._db.query(
+            "SELECT 1 FROM sessions WHERE token_hash = %s"
+            " AND created_at > now() - make_interval(secs => %s)",
+            (token_hash(token), seconds),
+        )
+        return bool(rows)
+
+    async def set_first_password(self, user_id: str, password: str) -> bool:
+        """A password for an account that had none (one made by single sign-on); False if it
+        has one by now (then only a change that knows the current one may replace it)."""
+        password_hash = await self._passwords.hash(password)
+        rows = await self._db.query(
+            "UPDATE users SET password_hash = %s WHERE id = %s AND password_hash IS NULL"
+            " RETURNING id",
+            (password_hash, user_id),
+        )
+        return bool(rows)
 
     async def session_user(self, token: str) -> User | None:
         # One round trip; the update writes only when last_seen_at is a minute old. It touches

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -169,6 +170,84 @@ def parse_registration(text: str) -> str:
     return value
 
 
+def parse_base_url(text: str) -> str:
+    """An http(s) URL without query or fragment, its trailing ``/`` removed: the issuer of an
+    OpenID provider, or where the browser reaches this server (``OIDC_REDIRECT_BASE_URL``)."""
+    value = text.strip().rstrip("/")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is no number
+    except ValueError:
+        raise ValueError(f"{text!r} is not a URL such as https://example.com") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{text!r} is not an http(s) URL such as https://example.com")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{text!r} must have no query, fragment or credentials")
+    return value
+
+
+def parse_on_off(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("on", "off"):
+        raise ValueError(f"{text!r} is neither on nor off")
+    return value == "on"
+
+
+def parse_scopes(text: str) -> tuple[str, ...]:
+    scopes = tuple(dict.fromkeys(text.replace(",", " ").split()))
+    if "openid" not in scopes:
+        raise ValueError(f"{text!r} lacks the openid scope (e.g. openid email profile)")
+    return scopes
+
+
+def parse_email_domains(text: str) -> tuple[str, ...]:
+    """Comma-separated email domains (``example.com``); empty: any."""
+    domains = parse_direct_members(text)
+    if "*" in domains:
+        raise ValueError("list email domains such as example.com; leave it empty for any")
+    return domains
+
+
+def read_secret(environ: Mapping[str, str], name: str) -> str | None:
+    """A secret from ``NAME``, or from the file ``NAME_FILE`` names (a mounted Kubernetes
+    Secret); not both. The file's trailing newline is not part of the secret."""
+    path = environ.get(f"{name}_FILE")
+    if not path:
+        return environ.get(name) or None
+    if environ.get(name):
+        raise ValueError(f"{name} and {name}_FILE are both set; keep one")
+    try:
+        value = Path(path).read_text("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        raise ValueError(f"{name}_FILE: cannot read {path} ({why})") from None
+    if not value:
+        raise ValueError(f"{name}_FILE: {path} is empty")
+    return value
+
+
+@frozen
+class GithubLogin:
+    """Sign-in with GitHub (an OAuth app). The URLs are GitHub's; tests point them elsewhere."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+    web_url: str = "https://github.com"  # authorize and token endpoints
+    api_url: str = "https://api.github.com"
+
+
+@frozen
+class OidcLogin:
+    """Sign-in with an OpenID Connect provider found by discovery from its issuer URL."""
+
+    issuer: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    name: str = "Single sign-on"  # the sign-in button's label
+    scopes: tuple[str, ...] = ("openid", "email", "profile")
+    groups_claim: str | None = None
+
+
 def default_max_sandboxes() -> int:
     """About 0.5 GiB per opencode, leaving a quarter of the memory to everything else."""
     try:
@@ -214,6 +293,13 @@ class ServerConfig:
     # peers whose X-Forwarded-For / Forwarded name the client (client_address.py)
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     registration: str = "open"  # open, invite or closed (parse_registration)
+    # Single sign-on: the providers configured, where they send the browser back to (None:
+    # ``origin``), whose email domains may sign in (empty: any), and whether passwords still may.
+    github: GithubLogin | None = None
+    oidc: OidcLogin | None = None
+    sso_redirect_base_url: str | None = None
+    sso_allowed_domains: tuple[str, ...] = ()
+    password_login: bool = True
     # Secrets: only from the environment (a command line is visible to every local user).
     anthropic_api_key: str | None = field(default=None, repr=False)
     anthropic_auth_token: str | None = field(default=None, repr=False)
@@ -244,6 +330,13 @@ class ServerConfig:
                 "ANTHROPIC_PROXY_URL is set with the process backend: a sandbox's token is "
                 "accepted only through its own door, so calls through that URL are refused; "
                 "unset it to give sandboxes their doors"
+            )
+        if self.sso_redirect_base_url and self.sso_redirect_base_url != self.origin:
+            # The callback sets the session cookie on the host it is served from.
+            said.append(
+                f"OIDC_REDIRECT_BASE_URL is {self.sso_redirect_base_url}, not this server's "
+                f"own {self.origin}: single sign-on signs browsers in there, so it must reach "
+                "this server under the name users open"
             )
         if not (self.anthropic_api_key or self.anthropic_auth_token):
             said.append(

@@ -52,6 +52,8 @@ from cli_server.sandboxes.monitor import IdleMonitor, Reconciler
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.process_backend import ANTHROPIC_PORT, Limits, ProcessBackend
 from cli_server.services import OrderedMultiService, PeriodicService
+from cli_server.sso.identities import Identities
+from cli_server.sso.providers import SsoProviders
 from cli_server.threads import ThreadPoolService
 from cli_server.tunnel.agents import LocalAgents
 from cli_server.tunnel.hub import TunnelHub
@@ -64,6 +66,7 @@ from cli_server.web.request import BoundedRequest, QuietSandboxSite
 from cli_server.web.sandboxes_api import SandboxesAPI, WorkspaceSandboxesAPI
 from cli_server.web.session import SessionCookies
 from cli_server.web.site import MainSite
+from cli_server.web.sso_api import SsoAPI
 from cli_server.web.workspaces_api import WorkspacesAPI
 from cli_server.workspaces import Workspaces
 
@@ -189,6 +192,8 @@ class Server:
     tunnels: TunnelHub
     stream_relay: StreamRelay
     anthropic_door: Any = None  # (sandbox_id, netns or None) -> (IListeningPort, port)
+    accounts: Accounts | None = None
+    identities: Identities | None = None  # who a single sign-on signs in (sso.claims.SignIns)
 
 
 def buildServer(config: ServerConfig, reactor: Any) -> IService:
@@ -220,6 +225,7 @@ def build(
     limits: AuthLimits | None = None,
     on_fatal: Any = None,
     backend: Any = None,
+    sign_ins: Any = None,
 ) -> Server:
     root = OrderedMultiService(reactor)
 
@@ -255,7 +261,20 @@ def build(
     registrations = FailureLimiter(
         reactor, limits.registrations_per_address, limits.registration_window
     )
-    auth = AuthAPI(accounts, cookies, logins, registrations, sandbox_access, config.registration)
+    sso_providers = SsoProviders.of(config, reactor)
+    labels = {p["name"]: p["label"] for p in sso_providers.public_list()}
+    identities = Identities(db, config.registration, labels)
+    auth = AuthAPI(
+        accounts,
+        cookies,
+        logins,
+        registrations,
+        sandbox_access,
+        config.registration,
+        identities,
+        config.password_login,
+        sso_providers.public_list,
+    )
     opencode = OpencodeClient(reactor)
     activity = ActivityRecorder(db, reactor)
     usage = UsageStore(db)
@@ -394,6 +413,13 @@ def build(
             config.origin,
             config.registration,
         ),
+        sso=SsoAPI(
+            sso_providers,
+            sign_ins or identities,
+            accounts,
+            cookies,
+            config.secure_cookies,
+        ),
     )
 
     async def say_who_registers_first() -> None:
@@ -508,6 +534,8 @@ def build(
         tunnels,
         relay,
         door,
+        accounts,
+        identities,
     )
 
 

@@ -98,7 +98,8 @@ test("a changed password is sent once and confirmed", async () => {
 test("sessions: this device is marked, another one is revoked by its id", async () => {
   const fetch = serve(() => Promise.resolve(new Response(null, { status: 204 })));
   render(<AccountPage user={alice} />);
-  const items = await screen.findAllByRole("listitem");
+  const listed = await screen.findByRole("region", { name: "Where you are signed in" });
+  const items = await within(listed).findAllByRole("listitem");
   expect(items).toHaveLength(2);
   const [here, phone] = items as [HTMLElement, HTMLElement];
   expect(within(here).getByText("This device")).toBeTruthy();
@@ -126,4 +127,136 @@ test("browser names from User-Agent strings", () => {
   expect(browserName("Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0) Chrome/140 Edg/140")).toBe(
     "Edge on macOS",
   );
+});
+
+// Sign-in methods (issue 20).
+
+const github = { name: "github", label: "GitHub", login_url: "/api/auth/oidc/github/login" };
+const keycloak = { name: "oidc", label: "Keycloak", login_url: "/api/auth/oidc/oidc/login" };
+const linkedGithub = {
+  id: "i-gh",
+  provider: "github",
+  label: "GitHub",
+  email: "alice@example.com",
+  created_at: now,
+  last_used_at: now,
+};
+
+/** The account page's server: ``me`` says ``hasPassword``; ``identities`` listed. */
+function methods(hasPassword: boolean, identities: unknown[], passwordLogin = true) {
+  return serve((url, init) => {
+    const method = init?.method ?? "GET";
+    if (url.endsWith("/api/auth/me")) return json(200, { ...alice, has_password: hasPassword });
+    if (url.endsWith("/api/auth/identities")) return json(200, identities);
+    if (url.endsWith("/api/auth/providers")) return json(200, [github, keycloak]);
+    if (url.endsWith("/api/auth/registration"))
+      return json(200, { mode: "open", first: false, password_login: passwordLogin });
+    if (method === "DELETE" || method === "PUT")
+      return Promise.resolve(new Response(null, { status: 204 }));
+    return json(404, {});
+  });
+}
+
+function methodsSection() {
+  return screen.findByRole("region", { name: "Sign-in methods" });
+}
+
+test("the only way in cannot be unlinked, and says why", async () => {
+  methods(false, [linkedGithub]);
+  render(<AccountPage user={{ ...alice, has_password: false }} />);
+  const section = await methodsSection();
+  const unlink = await within(section).findByRole("button", { name: "Unlink GitHub" });
+  expect(unlink).toHaveProperty("disabled", true);
+  const why = document.getElementById(unlink.getAttribute("aria-describedby") ?? "");
+  expect(why?.textContent).toContain("This is your only way to sign in");
+  expect(within(section).getByText(/Not set: you sign in through a provider/)).toBeTruthy();
+  expect(within(section).getByText(/alice@example.com/)).toBeTruthy();
+  // Keycloak is not linked yet: its button links it and comes back here.
+  const link = within(section).getByRole("link", { name: "Link Keycloak" });
+  expect(link.getAttribute("href")).toBe(
+    "/api/auth/oidc/oidc/login?link=1&return_to=%2Faccount%3Flinked%3Doidc",
+  );
+  expect(within(section).queryByRole("link", { name: "Link GitHub" })).toBeNull();
+});
+
+test("with a password, an identity can be unlinked", async () => {
+  const fetch = methods(true, [linkedGithub]);
+  render(<AccountPage user={alice} />);
+  const section = await methodsSection();
+  const unlink = await within(section).findByRole("button", { name: "Unlink GitHub" });
+  expect(unlink).toHaveProperty("disabled", false);
+  fireEvent.click(unlink);
+  await vi.waitFor(() =>
+    expect(
+      fetch.mock.calls.some(
+        ([url, init]) =>
+          String(url).endsWith("/api/auth/identities/i-gh") && init?.method === "DELETE",
+      ),
+    ).toBe(true),
+  );
+});
+
+test("password login off: a password is no way in, so the last identity stays", async () => {
+  methods(true, [linkedGithub], false);
+  render(<AccountPage user={alice} />);
+  const section = await methodsSection();
+  await within(section).findByText("This server signs people in through its providers only.");
+  const unlink = within(section).getByRole("button", { name: "Unlink GitHub" });
+  expect(unlink).toHaveProperty("disabled", true);
+});
+
+test("back from linking: said once, the address cleaned", async () => {
+  window.history.replaceState(null, "", "/account?linked=github");
+  methods(true, [linkedGithub]);
+  render(<AccountPage user={alice} />);
+  expect(await screen.findByText("GitHub linked: you can now sign in with it.")).toBeTruthy();
+  expect(window.location.pathname + window.location.search).toBe("/account");
+});
+
+test("back from a refused link: the reason in words", async () => {
+  window.history.replaceState(null, "", "/account?sso_error=identity_taken");
+  methods(true, []);
+  render(<AccountPage user={alice} />);
+  expect((await screen.findByRole("alert")).textContent).toBe(
+    "This identity is already linked to another account.",
+  );
+  expect(window.location.search).toBe("");
+});
+
+test("no password yet: set one without a current password", async () => {
+  const fetch = methods(false, [linkedGithub]);
+  render(<AccountPage user={{ ...alice, has_password: false }} />);
+  await screen.findByRole("heading", { name: "Set a password" });
+  expect(screen.queryByLabelText("Current password")).toBeNull();
+  fill("New password", "a new password");
+  fill("Repeat the new password", "a new password");
+  fireEvent.click(screen.getByRole("button", { name: "Set password" }));
+  expect(
+    await screen.findByText(
+      "Password set: you can also sign in with your username and this password.",
+    ),
+  ).toBeTruthy();
+  expect(screen.getByRole("heading", { name: "Change password" })).toBeTruthy();
+  const put = fetch.mock.calls.find(([url, init]) => {
+    return String(url).endsWith("/api/auth/password") && init?.method === "PUT";
+  });
+  expect(put?.[1]?.body).toBe(JSON.stringify({ new_password: "a new password" }));
+});
+
+test("no providers and no identities: no sign-in methods section", async () => {
+  const fetch = serve((url) => {
+    if (url.endsWith("/api/auth/identities")) return json(200, []);
+    if (url.endsWith("/api/auth/providers")) return json(200, []);
+    if (url.endsWith("/api/auth/me")) return json(200, { ...alice, has_password: true });
+    return json(200, { mode: "open", first: false, password_login: true });
+  });
+  render(<AccountPage user={alice} />);
+  await screen.findByRole("region", { name: "Where you are signed in" });
+  await vi.waitFor(() =>
+    expect(fetch.mock.calls.some(([url]) => String(url).endsWith("/api/auth/providers"))).toBe(
+      true,
+    ),
+  );
+  expect(screen.queryByRole("region", { name: "Sign-in methods" })).toBeNull();
+  expect(screen.getByRole("heading", { name: "Change password" })).toBeTruthy();
 });

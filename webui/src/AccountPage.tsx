@@ -1,5 +1,17 @@
 import { type FormEvent, useCallback, useEffect, useState } from "react";
-import { ApiError, accountsApi, ago, describe, type Session, type User } from "./api";
+import {
+  ApiError,
+  accountsApi,
+  ago,
+  api,
+  describe,
+  type Identity,
+  type Provider,
+  type Session,
+  ssoApi,
+  type User,
+} from "./api";
+import { linkUrl, ssoErrorSentence, takeFromQuery } from "./sso";
 import { Alert } from "./useAction";
 
 interface Props {
@@ -8,8 +20,10 @@ interface Props {
 
 type Field = "current_password" | "new_password" | "repeat";
 
-/** The signed-in user's own account: password and sessions (routed at /account). */
+/** The signed-in user's own account: sign-in methods, password and sessions (routed at
+ * /account). */
 export function AccountPage({ user }: Props) {
+  const [hasPassword, setHasPassword] = useState(user.has_password !== false);
   return (
     <section aria-labelledby="account-heading" className="account-page">
       <h1 id="account-heading">Account</h1>
@@ -17,38 +31,173 @@ export function AccountPage({ user }: Props) {
         Signed in as <strong>{user.username}</strong>
         {user.is_admin ? " — the administrator of this server" : ""}.
       </p>
-      <PasswordForm />
+      <SignInMethods hasPassword={hasPassword} setHasPassword={setHasPassword} />
+      <PasswordForm hasPassword={hasPassword} onFirstSet={() => setHasPassword(true)} />
       <Sessions />
     </section>
   );
 }
 
-function PasswordForm() {
+interface MethodsProps {
+  hasPassword: boolean;
+  setHasPassword: (has: boolean) => void;
+}
+
+/** How this user signs in: a password, identities at providers (unlink, never the last way
+ * in), and the providers they may still link. */
+function SignInMethods({ hasPassword, setHasPassword }: MethodsProps) {
+  const [identities, setIdentities] = useState<Identity[] | null>(null);
+  const [providers, setProviders] = useState<Provider[]>([]);
+  const [passwordLogin, setPasswordLogin] = useState(true);
+  const [error, setError] = useState<string | null>(null);
+  // Back from a provider: "linked" or why not, said once (the address bar forgets it).
+  const [landed] = useState(() => {
+    const { linked, sso_error } = takeFromQuery("linked", "sso_error");
+    return { linked, error: sso_error ? ssoErrorSentence(sso_error) : null };
+  });
+
+  const load = useCallback(async () => {
+    try {
+      setIdentities(await ssoApi.identities());
+    } catch (e) {
+      setError(describe(e));
+    }
+    api
+      .me()
+      .then((me) => {
+        if (typeof me?.has_password === "boolean") setHasPassword(me.has_password);
+      })
+      .catch(() => undefined);
+  }, [setHasPassword]);
+
+  useEffect(() => {
+    void load();
+    api
+      .providers()
+      .then((list) => setProviders(Array.isArray(list) ? list : []))
+      .catch(() => setProviders([]));
+    accountsApi
+      .registration()
+      .then((said) => setPasswordLogin(said?.password_login !== false))
+      .catch(() => undefined);
+  }, [load]);
+
+  async function unlink(identity: Identity) {
+    setError(null);
+    try {
+      await ssoApi.unlink(identity.id);
+    } catch (e) {
+      setError(describe(e));
+    }
+    await load();
+  }
+
+  const passwordCounts = hasPassword && passwordLogin;
+  const lastWayIn = (identities?.length ?? 0) <= 1 && !passwordCounts;
+  const linkedLabel = providers.find((p) => p.name === landed.linked)?.label ?? landed.linked;
+  const linkable = providers.filter((p) => !identities?.some((i) => i.provider === p.name));
+
+  // A server without single sign-on, for an account without identities: nothing to show.
+  if (!providers.length && !identities?.length && !landed.linked && !landed.error && !error)
+    return null;
+  return (
+    <section className="card stack" aria-labelledby="methods-heading">
+      <h2 id="methods-heading">Sign-in methods</h2>
+      {landed.linked && !landed.error && (
+        <p className="ok" role="status">
+          {linkedLabel} linked: you can now sign in with it.
+        </p>
+      )}
+      <Alert message={landed.error} />
+      {identities === null && !error && <p className="muted">Loading…</p>}
+      <ul className="plain methods">
+        <li>
+          <div className="grow">
+            <strong>Password</strong>
+            <p className="small muted">
+              {!passwordLogin
+                ? "This server signs people in through its providers only."
+                : hasPassword
+                  ? "Set. Change it below."
+                  : "Not set: you sign in through a provider. Set one below to sign in without it."}
+            </p>
+          </div>
+        </li>
+        {identities?.map((i) => (
+          <li key={i.id}>
+            <div className="grow">
+              <strong>{i.label}</strong>
+              <p className="small muted">
+                {i.email ? `${i.email} · ` : ""}linked {ago(i.created_at)} · last used{" "}
+                {ago(i.last_used_at)}
+              </p>
+              {lastWayIn && (
+                <p id={`unlink-${i.id}-why`} className="small muted">
+                  This is your only way to sign in: set a password or link another provider before
+                  unlinking it.
+                </p>
+              )}
+            </div>
+            <button
+              type="button"
+              className="danger"
+              disabled={lastWayIn}
+              aria-label={`Unlink ${i.label}`}
+              aria-describedby={lastWayIn ? `unlink-${i.id}-why` : undefined}
+              onClick={() => void unlink(i)}
+            >
+              Unlink
+            </button>
+          </li>
+        ))}
+      </ul>
+      {linkable.length > 0 && (
+        <div className="link-buttons">
+          {linkable.map((p) => (
+            <a key={p.name} className="button" href={linkUrl(p)}>
+              {`Link ${p.label}`}
+            </a>
+          ))}
+        </div>
+      )}
+      <Alert message={error} />
+    </section>
+  );
+}
+
+interface PasswordProps {
+  hasPassword: boolean;
+  onFirstSet: () => void;
+}
+
+function PasswordForm({ hasPassword, onFirstSet }: PasswordProps) {
   const [current, setCurrent] = useState("");
   const [next, setNext] = useState("");
   const [repeat, setRepeat] = useState("");
   const [errors, setErrors] = useState<Partial<Record<Field, string>>>({});
   const [general, setGeneral] = useState<string | null>(null);
-  const [done, setDone] = useState(false);
+  const [done, setDone] = useState<"changed" | "set" | null>(null);
   const [busy, setBusy] = useState(false);
 
   async function submit(event: FormEvent) {
     event.preventDefault();
-    setDone(false);
+    setDone(null);
     setGeneral(null);
     const found: Partial<Record<Field, string>> = {};
-    if (!current) found.current_password = "Enter your current password.";
+    if (hasPassword && !current) found.current_password = "Enter your current password.";
     if (next.length < 8) found.new_password = "The new password needs at least 8 characters.";
     else if (repeat !== next) found.repeat = "This does not match the new password.";
     setErrors(found);
     if (Object.keys(found).length) return;
     setBusy(true);
     try {
-      await accountsApi.changePassword(current, next);
+      if (hasPassword) await accountsApi.changePassword(current, next);
+      else await ssoApi.setFirstPassword(next);
+      if (!hasPassword) onFirstSet();
       setCurrent("");
       setNext("");
       setRepeat("");
-      setDone(true);
+      setDone(hasPassword ? "changed" : "set");
     } catch (e) {
       if (e instanceof ApiError && e.code === "wrong_password")
         setErrors({ current_password: "That is not your current password." });
@@ -98,19 +247,27 @@ function PasswordForm() {
 
   return (
     <form className="card stack" onSubmit={submit} aria-labelledby="password-heading" noValidate>
-      <h2 id="password-heading">Change password</h2>
-      {input("current_password", "Current password", current, setCurrent)}
+      <h2 id="password-heading">{hasPassword ? "Change password" : "Set a password"}</h2>
+      {hasPassword && input("current_password", "Current password", current, setCurrent)}
+      {!hasPassword && (
+        <p className="small muted">
+          Within 15 minutes of signing in through your provider: an older session may not choose a
+          password.
+        </p>
+      )}
       {input("new_password", "New password", next, setNext)}
       {input("repeat", "Repeat the new password", repeat, setRepeat)}
       <Alert message={general} />
       {done && (
         <p className="ok" role="status">
-          Password changed. Your other sessions were signed out.
+          {done === "changed"
+            ? "Password changed. Your other sessions were signed out."
+            : "Password set: you can also sign in with your username and this password."}
         </p>
       )}
       <div className="row">
         <button type="submit" className="primary" disabled={busy}>
-          {busy ? "Changing…" : "Change password"}
+          {busy ? "Changing…" : hasPassword ? "Change password" : "Set password"}
         </button>
       </div>
     </form>

@@ -15,12 +15,19 @@ export function App() {
   useEffect(() => {
     api
       .me()
-      .then(setUser)
+      .then((me) => {
+        // A refused link lands signed in with ?sso_error=: the account page says why.
+        if (me && new URLSearchParams(window.location.search).has("sso_error")) {
+          window.history.replaceState(null, "", `/account${window.location.search}`);
+          navigate({ page: "account" }, { replace: true });
+        }
+        setUser(me);
+      })
       .catch((e: unknown) => {
         if (e instanceof ApiError && e.status === 401) setUser(null);
         else setUser(null);
       });
-  }, []);
+  }, [navigate]);
 
   if (user === undefined) {
     return (

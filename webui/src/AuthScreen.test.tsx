@@ -30,13 +30,67 @@ test("a failed login shows the server's message and stays on the form", async ()
   expect(login?.[1]?.body).toBe(JSON.stringify({ username: "alice", password: "nope-nope" }));
 });
 
-test("OIDC buttons appear only when the server lists providers", async () => {
-  vi.spyOn(globalThis, "fetch").mockImplementation(() =>
-    reply(200, [{ name: "GitHub", login_url: "/api/auth/oidc/github/login" }]),
+test("a sign-in button per provider the server lists, back to this page", async () => {
+  window.history.replaceState(null, "", "/w/123");
+  vi.spyOn(globalThis, "fetch").mockImplementation((input) =>
+    String(input).endsWith("/providers")
+      ? reply(200, [
+          { name: "github", label: "GitHub", login_url: "/api/auth/oidc/github/login" },
+          { name: "oidc", label: "Keycloak", login_url: "/api/auth/oidc/oidc/login" },
+        ])
+      : reply(200, registration("open")),
   );
   render(<AuthScreen onSignedIn={() => undefined} />);
-  const link = await screen.findByRole("link", { name: "Continue with GitHub" });
-  expect(link.getAttribute("href")).toBe("/api/auth/oidc/github/login");
+  const github = await screen.findByRole("link", { name: "Sign in with GitHub" });
+  expect(github.getAttribute("href")).toBe("/api/auth/oidc/github/login?return_to=%2Fw%2F123");
+  const keycloak = screen.getByRole("link", { name: "Sign in with Keycloak" });
+  expect(keycloak.getAttribute("href")).toBe("/api/auth/oidc/oidc/login?return_to=%2Fw%2F123");
+  expect(screen.getByLabelText("Password")).toBeTruthy(); // (password login still on)
+  window.history.replaceState(null, "", "/");
+});
+
+test("no providers: no sign-in buttons", async () => {
+  vi.spyOn(globalThis, "fetch").mockImplementation((input) =>
+    String(input).endsWith("/providers") ? reply(200, []) : reply(200, registration("open")),
+  );
+  render(<AuthScreen onSignedIn={() => undefined} />);
+  await screen.findByRole("button", { name: "New here? Create an account" });
+  expect(screen.queryByRole("link")).toBeNull();
+});
+
+test("password login off: only the providers' buttons, no form, no sign-up", async () => {
+  vi.spyOn(globalThis, "fetch").mockImplementation((input) =>
+    String(input).endsWith("/providers")
+      ? reply(200, [{ name: "github", label: "GitHub", login_url: "/api/auth/oidc/github/login" }])
+      : reply(200, { ...registration("open"), password_login: false }),
+  );
+  render(<AuthScreen onSignedIn={() => undefined} />);
+  await screen.findByRole("link", { name: "Sign in with GitHub" });
+  await vi.waitFor(() => expect(screen.queryByLabelText("Password")).toBeNull());
+  expect(screen.queryByLabelText("Username")).toBeNull();
+  expect(screen.queryByRole("button", { name: "Sign in" })).toBeNull();
+  expect(screen.queryByRole("button", { name: "New here? Create an account" })).toBeNull();
+});
+
+test("back from a refused sign-in: the reason in words, then the address is clean", async () => {
+  window.history.replaceState(null, "", "/?sso_error=account_exists&keep=1");
+  vi.spyOn(globalThis, "fetch").mockImplementation(() => reply(200, []));
+  render(<AuthScreen onSignedIn={() => undefined} />);
+  expect((await screen.findByRole("alert")).textContent).toBe(
+    "An account with your email address already exists. Sign in with its password, then link this provider on your account page.",
+  );
+  expect(window.location.search).toBe("?keep=1");
+  window.history.replaceState(null, "", "/");
+});
+
+test("an unknown refusal code gets the general sentence", async () => {
+  window.history.replaceState(null, "", "/?sso_error=server_error");
+  vi.spyOn(globalThis, "fetch").mockImplementation(() => reply(200, []));
+  render(<AuthScreen onSignedIn={() => undefined} />);
+  expect((await screen.findByRole("alert")).textContent).toBe(
+    "The sign-in did not work. Please try again, or ask your administrator.",
+  );
+  expect(window.location.search).toBe("");
 });
 
 function registration(mode: string, first = false) {

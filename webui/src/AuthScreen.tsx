@@ -4,9 +4,11 @@ import {
   api,
   describe,
   inviteFromLocation,
+  type Provider,
   type Registration,
   type User,
 } from "./api";
+import { signInUrl, ssoErrorSentence, takeFromQuery } from "./sso";
 import { Alert } from "./useAction";
 
 interface Props {
@@ -20,9 +22,14 @@ export function AuthScreen({ onSignedIn }: Props) {
   const [password, setPassword] = useState("");
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
-  const [providers, setProviders] = useState<{ name: string; login_url: string }[]>([]);
+  const [providers, setProviders] = useState<Provider[]>([]);
   const [registration, setRegistration] = useState<Registration | null>(null);
   const [asked, setAsked] = useState(false); // (no toggle flickers in before the answer)
+  // Back from a provider that did not sign us in: say why once, then forget it.
+  const [ssoError] = useState(() => {
+    const code = takeFromQuery("sso_error").sso_error;
+    return code ? ssoErrorSentence(code) : null;
+  });
 
   useEffect(() => {
     api
@@ -39,7 +46,9 @@ export function AuthScreen({ onSignedIn }: Props) {
   // Who may create an account from here: anyone (open), whoever holds a sign-up link
   // (invite), nobody (closed); and, while there are no accounts, the first person.
   const how = registration?.mode ?? "open";
-  const mayRegister = registration?.first || how === "open" || (how === "invite" && !!invite);
+  const passwords = registration?.password_login !== false; // (off: providers only)
+  const mayRegister =
+    passwords && (registration?.first || how === "open" || (how === "invite" && !!invite));
   const registering = mode === "register" && mayRegister;
 
   async function submit(event: FormEvent) {
@@ -64,6 +73,31 @@ export function AuthScreen({ onSignedIn }: Props) {
       <form className="card auth" onSubmit={submit} aria-labelledby="auth-title">
         <h1 id="auth-title">{registering ? "Create an account" : "Sign in to cli-server"}</h1>
         <p className="muted">opencode in your browser, for your whole team.</p>
+        <Alert message={ssoError} />
+        {providers.length > 0 && (
+          <div className="sso-buttons">
+            {providers.map((p) => (
+              <a
+                key={p.name}
+                className="button sso"
+                href={signInUrl(p, window.location.pathname || "/")}
+              >
+                Sign in with {p.label}
+              </a>
+            ))}
+          </div>
+        )}
+        {asked && !passwords && providers.length === 0 && (
+          <p className="notice" role="note">
+            This server signs people in through single sign-on only, and no provider is set up yet.
+            Ask your administrator.
+          </p>
+        )}
+        {passwords && providers.length > 0 && (
+          <p className="divider" aria-hidden="true">
+            <span>or</span>
+          </p>
+        )}
         {registering && registration?.first && (
           <p className="notice" role="note">
             No accounts yet: this first one becomes the administrator of this server.
@@ -74,51 +108,50 @@ export function AuthScreen({ onSignedIn }: Props) {
             You were invited: choose a username and password to create your account.
           </p>
         )}
-        <label>
-          Username
-          <input
-            name="username"
-            autoComplete="username"
-            required
-            value={username}
-            aria-describedby={registering ? "username-rule" : undefined}
-            onChange={(e) => setUsername(e.target.value)}
-          />
-        </label>
-        {registering && (
-          <p id="username-rule" className="small muted">
-            {registration?.username_rule ??
-              "Username: 3-32 characters: letters, digits, '.', '_' or '-'."}
-          </p>
+        {passwords && (
+          <>
+            <label>
+              Username
+              <input
+                name="username"
+                autoComplete="username"
+                required
+                value={username}
+                aria-describedby={registering ? "username-rule" : undefined}
+                onChange={(e) => setUsername(e.target.value)}
+              />
+            </label>
+            {registering && (
+              <p id="username-rule" className="small muted">
+                {registration?.username_rule ??
+                  "Username: 3-32 characters: letters, digits, '.', '_' or '-'."}
+              </p>
+            )}
+            <label>
+              Password
+              <input
+                name="password"
+                type="password"
+                autoComplete={registering ? "new-password" : "current-password"}
+                required
+                minLength={registering ? 8 : undefined}
+                value={password}
+                aria-describedby={registering ? "password-rule" : undefined}
+                onChange={(e) => setPassword(e.target.value)}
+              />
+            </label>
+            {registering && (
+              <p id="password-rule" className="small muted">
+                {registration?.password_rule ?? "Password: at least 8 characters."}
+              </p>
+            )}
+            <Alert message={error} />
+            <button type="submit" className="primary" disabled={busy}>
+              {busy ? "Please wait…" : registering ? "Create account" : "Sign in"}
+            </button>
+          </>
         )}
-        <label>
-          Password
-          <input
-            name="password"
-            type="password"
-            autoComplete={registering ? "new-password" : "current-password"}
-            required
-            minLength={registering ? 8 : undefined}
-            value={password}
-            aria-describedby={registering ? "password-rule" : undefined}
-            onChange={(e) => setPassword(e.target.value)}
-          />
-        </label>
-        {registering && (
-          <p id="password-rule" className="small muted">
-            {registration?.password_rule ?? "Password: at least 8 characters."}
-          </p>
-        )}
-        <Alert message={error} />
-        <button type="submit" className="primary" disabled={busy}>
-          {busy ? "Please wait…" : registering ? "Create account" : "Sign in"}
-        </button>
-        {providers.map((p) => (
-          <a key={p.name} className="button" href={p.login_url}>
-            Continue with {p.name}
-          </a>
-        ))}
-        {!asked ? null : mayRegister ? (
+        {!asked || !passwords ? null : mayRegister ? (
           <button
             type="button"
             className="link"

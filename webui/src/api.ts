@@ -13,6 +13,8 @@ export interface User {
   email: string | null;
   /** The instance admin (the first registered user) has the users page. */
   is_admin?: boolean;
+  /** False for an account made by single sign-on that has not set a password. */
+  has_password?: boolean;
 }
 export interface Workspace {
   id: string;
@@ -153,7 +155,7 @@ export const api = {
   register: (username: string, password: string) =>
     call<User>("POST", "/api/auth/register", { username, password }),
   logout: () => call<void>("POST", "/api/auth/logout"),
-  providers: () => call<{ name: string; login_url: string }[]>("GET", "/api/auth/providers"),
+  providers: () => call<Provider[]>("GET", "/api/auth/providers"),
   workspaces: () => call<Workspace[]>("GET", "/api/workspaces"),
   createWorkspace: (name: string) => call<Workspace>("POST", "/api/workspaces", { name }),
   deleteWorkspace: (id: string) => call<void>("DELETE", `/api/workspaces/${id}`),
@@ -209,6 +211,8 @@ export interface Registration {
   first: boolean;
   username_rule: string;
   password_rule: string;
+  /** False: this server signs people in through its providers only. */
+  password_login?: boolean;
 }
 /** One of the signed-in user's login sessions (never its token). */
 export interface Session {
@@ -286,3 +290,29 @@ export function ago(moment: string, now: number = Date.now()): string {
   }
   return "just now";
 }
+
+// Single sign-on (issue 20).
+
+/** A configured sign-in provider: "Sign in with {label}" goes to ``login_url``. */
+export interface Provider {
+  name: string;
+  label: string;
+  login_url: string;
+}
+/** One of the signed-in user's linked sign-ins at a provider. */
+export interface Identity {
+  id: string;
+  provider: string;
+  label: string;
+  email: string | null;
+  created_at: string;
+  last_used_at: string;
+}
+
+export const ssoApi = {
+  identities: () => call<Identity[]>("GET", "/api/auth/identities"),
+  unlink: (id: string) => call<void>("DELETE", `/api/auth/identities/${id}`),
+  /** The first password of an account made by single sign-on (it has no current one). */
+  setFirstPassword: (newPassword: string) =>
+    call<void>("PUT", "/api/auth/password", { new_password: newPassword }),
+};

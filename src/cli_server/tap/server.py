@@ -13,21 +13,28 @@ from twisted.python import usage
 
 from cli_server.client_address import parse_trusted_proxies
 from cli_server.config import (
+    GithubLogin,
+    OidcLogin,
     ServerConfig,
     default_data_dir,
     default_max_sandboxes,
     parse_backend,
     parse_base_domain,
     parse_base_scheme,
+    parse_base_url,
     parse_cpus,
     parse_db_url,
     parse_direct_members,
     parse_docker_firewall,
     parse_duration,
+    parse_email_domains,
+    parse_on_off,
     parse_positive_int,
     parse_quota,
     parse_registration,
+    parse_scopes,
     parse_size,
+    read_secret,
 )
 from cli_server.sandboxes.egress import parse_allow
 
@@ -200,6 +207,44 @@ SETTINGS: dict[str, Setting] = {
         "Who may create an account: open (anyone), invite (with a one-time sign-up link from"
         " the instance admin) or closed (nobody). The first account, the admin, always may.",
     ),
+    # Single sign-on. Client secrets come only from the environment: GITHUB_CLIENT_SECRET,
+    # OIDC_CLIENT_SECRET, or the files GITHUB_CLIENT_SECRET_FILE, OIDC_CLIENT_SECRET_FILE name.
+    "oidc-redirect-base-url": Setting(
+        "OIDC_REDIRECT_BASE_URL",
+        parse_base_url,
+        None,
+        "Where browsers reach this server, for the providers' callback URLs.",
+        "BASE_SCHEME://BASE_DOMAIN",
+    ),
+    "github-client-id": Setting(
+        "GITHUB_CLIENT_ID", str.strip, None, "GitHub OAuth app's client id (sign in with GitHub)."
+    ),
+    "oidc-issuer-url": Setting(
+        "OIDC_ISSUER_URL", parse_base_url, None, "OpenID Connect provider's issuer URL."
+    ),
+    "oidc-client-id": Setting(
+        "OIDC_CLIENT_ID", str.strip, None, "Client id registered at the OpenID provider."
+    ),
+    "oidc-name": Setting("OIDC_NAME", str.strip, "Single sign-on", "OpenID sign-in button label."),
+    "oidc-scopes": Setting(
+        "OIDC_SCOPES", parse_scopes, "openid email profile", "Scopes asked of the OpenID provider."
+    ),
+    "oidc-allowed-domains": Setting(
+        "OIDC_ALLOWED_DOMAINS",
+        parse_email_domains,
+        None,
+        "Comma-separated email domains that may sign in with GitHub or OpenID.",
+        "any",
+    ),
+    "oidc-groups-claim": Setting(
+        "OIDC_GROUPS_CLAIM", str.strip, None, "ID token claim listing the user's groups."
+    ),
+    "password-login": Setting(
+        "PASSWORD_LOGIN",
+        parse_on_off,
+        "on",
+        "on, or off: sign in only through GitHub or OpenID (one must be configured).",
+    ),
 }
 
 
@@ -256,6 +301,7 @@ class Options(usage.Options):
         if self["max-sandboxes"] is None:
             self["max-sandboxes"] = default_max_sandboxes()
         self._checkListen()
+        self._checkSignIn()
         if self["backend"] == "docker":
             if not self["agent-image"]:
                 raise usage.UsageError(
@@ -305,6 +351,55 @@ class Options(usage.Options):
             "--workspace-disk-size=off --sandbox-home-size=off to run without them"
         )
 
+    def _checkSignIn(self) -> None:
+        """Single sign-on is all or nothing per provider: a half-configured one fails here."""
+        try:
+            github_secret = read_secret(self._environ, "GITHUB_CLIENT_SECRET")
+            oidc_secret = read_secret(self._environ, "OIDC_CLIENT_SECRET")
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        self["github"] = self["oidc"] = None
+        if self["github-client-id"] or github_secret:
+            if not (self["github-client-id"] and github_secret):
+                missing = "GITHUB_CLIENT_SECRET" if github_secret is None else "GITHUB_CLIENT_ID"
+                raise usage.UsageError(
+                    f"{missing}: sign-in with GitHub needs both GITHUB_CLIENT_ID and "
+                    "GITHUB_CLIENT_SECRET (or GITHUB_CLIENT_SECRET_FILE)"
+                )
+            urls = {}
+            for key, env in (("web_url", "GITHUB_URL"), ("api_url", "GITHUB_API_URL")):
+                if self._environ.get(env):  # (not in --help: only tests use another GitHub)
+                    try:
+                        urls[key] = parse_base_url(self._environ[env])
+                    except ValueError as e:
+                        raise usage.UsageError(f"{env}: {e}") from None
+            self["github"] = GithubLogin(self["github-client-id"], github_secret, **urls)
+        oidc = {
+            "OIDC_ISSUER_URL": self["oidc-issuer-url"],
+            "OIDC_CLIENT_ID": self["oidc-client-id"],
+            "OIDC_CLIENT_SECRET": oidc_secret,
+        }
+        if any(oidc.values()):
+            absent = [name for name, value in oidc.items() if not value]
+            if absent:
+                raise usage.UsageError(
+                    f"{absent[0]}: OpenID sign-in needs OIDC_ISSUER_URL, OIDC_CLIENT_ID and "
+                    "OIDC_CLIENT_SECRET (or OIDC_CLIENT_SECRET_FILE)"
+                )
+            self["oidc"] = OidcLogin(
+                self["oidc-issuer-url"],
+                self["oidc-client-id"],
+                oidc_secret or "",
+                name=self["oidc-name"] or "Single sign-on",
+                scopes=self["oidc-scopes"],
+                groups_claim=self["oidc-groups-claim"] or None,
+            )
+        if not self["password-login"] and not (self["github"] or self["oidc"]):
+            raise usage.UsageError(
+                "--password-login: off needs a sign-in provider (GITHUB_CLIENT_ID/SECRET or "
+                "OIDC_ISSUER_URL/CLIENT_ID/CLIENT_SECRET), or nobody could sign in"
+            )
+
     def _checkListen(self) -> None:
         from twisted.internet.endpoints import serverFromString
         from twisted.internet.testing import MemoryReactor
@@ -347,6 +442,11 @@ class Options(usage.Options):
             egress_allow=self["egress-allow"] or (),
             trusted_proxies=self["trusted-proxies"] or (),
             registration=self["registration"],
+            github=self["github"],
+            oidc=self["oidc"],
+            sso_redirect_base_url=self["oidc-redirect-base-url"],
+            sso_allowed_domains=self["oidc-allowed-domains"] or (),
+            password_login=self["password-login"],
             anthropic_api_key=self._environ.get("ANTHROPIC_API_KEY") or None,
             anthropic_auth_token=self._environ.get("ANTHROPIC_AUTH_TOKEN") or None,
         )

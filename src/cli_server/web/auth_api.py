@@ -1,11 +1,13 @@
-"""``/api/auth``: register, log in and out, who am I, one's password and sessions."""
+"""``/api/auth``: register, log in and out, who am I, one's password, sessions and sign-in
+methods (identities at single sign-on providers)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
-from attrs import define
+from attrs import define, field
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
@@ -18,8 +20,16 @@ from cli_server.auth.ratelimit import (
     LoginGuard,
     wait_in_words,
 )
-from cli_server.errors import BadRequest, Forbidden, NotFound, TooManyRequests, Unauthorized
+from cli_server.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+)
 from cli_server.proxy.access import SandboxAccess
+from cli_server.sso.identities import Identities
 from cli_server.web.body import read_json_object, required_text, text_field
 from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content
@@ -29,6 +39,9 @@ _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 USERNAME_RULE = "3-32 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
 PASSWORD_RULE = "at least 8 characters"
+# A first password (an account made by single sign-on) needs a sign-in this recent: a stolen
+# older session must not turn into a password of the thief's choosing.
+FRESH_SIGN_IN = 15 * 60.0
 
 
 @define(frozen=True)
@@ -69,13 +82,26 @@ class AuthAPI:
     _registrations: FailureLimiter
     _sandbox_access: SandboxAccess
     _registration: str = "open"  # open, invite or closed (config.parse_registration)
+    _identities: Identities | None = None
+    _password_login: bool = True  # off: single sign-on only (--password-login off)
+    # The configured sign-in providers: [{"name", "label", "login_url"}]
+    _providers: Callable[[], list[dict[str, str]]] = field(default=lambda: [])
 
     app = Klein()
     install_json_errors(app)
 
+    def _check_password_login(self) -> None:
+        if not self._password_login:
+            labels = [p["label"] for p in self._providers()]
+            names = " or ".join(labels) if labels else "single sign-on"
+            raise Forbidden(
+                f"this server signs people in with {names} only", code="password_login_off"
+            )
+
     @app.route("/register", methods=["POST"])
     async def register(self, request: IRequest) -> bytes:
         self._cookies.check_origin(request)
+        self._check_password_login()
         body = read_json_object(request)
         username = required_text(body, "username", max_length=32, min_length=3)
         if not _USERNAME.match(username):
@@ -105,12 +131,14 @@ class AuthAPI:
                 "first": not await self._accounts.has_users(),
                 "username_rule": f"Username: {USERNAME_RULE}.",
                 "password_rule": f"Password: {PASSWORD_RULE}.",
+                "password_login": self._password_login,
             },
         )
 
     @app.route("/login", methods=["POST"])
     async def login(self, request: IRequest) -> bytes:
         self._cookies.check_origin(request)
+        self._check_password_login()
         body = read_json_object(request)
         username = required_text(body, "username", max_length=254)
         password = required_text(body, "password", max_length=1024, strip=False)
@@ -128,7 +156,7 @@ class AuthAPI:
         if token is None:  # the password changed (or the account was disabled) meanwhile
             raise Unauthorized("wrong username or password", code="invalid_credentials")
         self._cookies.set(request, token)
-        return json_response(request, login.user.to_json())
+        return json_response(request, {**login.user.to_json(), "has_password": True})
 
     def _check_guard(self, account: str, address: str) -> None:
         waiting = self._logins.retry_after(account, address)
@@ -139,12 +167,30 @@ class AuthAPI:
     @app.route("/password", methods=["PUT"])
     async def change_password(self, request: IRequest) -> bytes:
         """A new password; the user's other sessions and all sandbox sessions end. A wrong
-        current password counts as a failed login, so this is no way around the guard."""
+        current password counts as a failed login, so this is no way around the guard. An
+        account made by single sign-on, which has none, sets its first one without it."""
         self._cookies.check_origin(request)
         user = await self._cookies.user(request)
         body = read_json_object(request)
-        current = required_text(body, "current_password", max_length=1024, strip=False)
+        current = text_field(body, "current_password", max_length=1024, strip=False, required=False)
         new = _new_password(body, "new_password")
+        if current is None:
+            if await self._accounts.has_password(user.id):
+                raise BadRequest("current_password is required", field="current_password")
+            token = self._cookies.token(request)
+            assert token is not None  # (a user was found from it)
+            if not await self._accounts.signed_in_within(token, FRESH_SIGN_IN):
+                raise Forbidden(
+                    "sign out and sign in again with your provider, then set a password "
+                    "within 15 minutes",
+                    code="sign_in_again",
+                )
+            if not await self._accounts.set_first_password(user.id, new):
+                raise Conflict(
+                    "this account has a password now; give it as current_password",
+                    code="password_already_set",
+                )
+            return no_content(request)
         account, address = user.username.lower(), _address(request)
         self._check_guard(account, address)
         if not await self._accounts.check_password(user.id, current):
@@ -193,11 +239,30 @@ class AuthAPI:
     @app.route("/me", methods=["GET"])
     async def me(self, request: IRequest) -> bytes:
         user = await self._cookies.user(request)
-        return json_response(request, user.to_json())
+        has_password = await self._accounts.has_password(user.id)
+        return json_response(request, {**user.to_json(), "has_password": has_password})
 
     @app.route("/providers", methods=["GET"])
     def providers(self, request: IRequest) -> bytes:
-        return json_response(request, [])  # OIDC providers arrive with the OIDC issue
+        return json_response(request, self._providers())
+
+    @app.route("/identities", methods=["GET"])
+    async def identities(self, request: IRequest) -> bytes:
+        """The caller's own linked sign-ins."""
+        user = await self._cookies.user(request)
+        listed = await self._identities.listed(user.id) if self._identities else []
+        return json_response(request, [i.to_json() for i in listed])
+
+    @app.route("/identities/<identity_id>", methods=["DELETE"])
+    async def unlink_identity(self, request: IRequest, identity_id: str) -> bytes:
+        """Unlinks one of the caller's identities; never their last way to sign in."""
+        self._cookies.check_origin(request)
+        user = await self._cookies.user(request)
+        iid = parse_id(identity_id, "identity")
+        if self._identities is None:
+            raise NotFound("no such identity", code="identity_not_found")
+        await self._identities.unlink(user.id, iid, password_counts=self._password_login)
+        return no_content(request)
 
 
 def _limit(limiter: FailureLimiter, key: str, message: str) -> None:

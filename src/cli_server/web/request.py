@@ -335,7 +335,7 @@ class _Redacted:
         return getattr(self._request, name)
 
 
-_CREDENTIALS = frozenset({b"token", b"ticket", b"auth_token", b"code"})
+_CREDENTIALS = frozenset({b"token", b"ticket", b"auth_token", b"code", b"state"})
 
 
 def _redact(query: bytes) -> bytes:

@@ -19,6 +19,7 @@ from cli_server.web.auth_api import AuthAPI
 from cli_server.web.invitations_api import InvitationsAPI
 from cli_server.web.responses import error_body, install_json_errors, json_response
 from cli_server.web.sandboxes_api import SandboxesAPI
+from cli_server.web.sso_api import SsoAPI
 from cli_server.web.webui import WebUI
 from cli_server.web.workspaces_api import WorkspacesAPI
 
@@ -39,6 +40,7 @@ class MainSite:
     _invitations: InvitationsAPI | None = None
     _claude: ClaudeSetup | None = None
     _admin: AdminAPI | None = None
+    _sso: SsoAPI | None = None
 
     app = Klein()
     install_json_errors(app)
@@ -74,6 +76,12 @@ class MainSite:
             # answers 405 for a wrong method rather than 404.
             req.postpath.append(b"")
         return app.resource()
+
+    @app.route("/api/auth/oidc", branch=True, strict_slashes=False, methods=_ALL)
+    def sso(self, request: IRequest) -> IResource:
+        if self._sso is None:
+            raise NotFound("no such sign-in provider", code="provider_not_found")
+        return self._mount(request, self._sso.app)
 
     @app.route("/api/auth", branch=True, strict_slashes=False, methods=_ALL)
     def auth(self, request: IRequest) -> IResource:

@@ -1,0 +1,71 @@
+"""The sign-in providers this server is configured with, and what the sign-in screen shows."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from attrs import define, field
+
+from cli_server.config import ServerConfig
+from cli_server.sso.claims import Claims
+from cli_server.sso.flow import Pending, PendingSignIns
+from cli_server.sso.github import GithubProvider
+from cli_server.sso.http import ProviderHttp
+from cli_server.sso.oidc import OidcProvider
+
+
+class Provider(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def label(self) -> str: ...
+
+    async def authorize_url(self, pending: Pending) -> str: ...
+
+    async def claims(self, code: str, pending: Pending) -> Claims: ...
+
+
+def callback_url(base: str, provider: str) -> str:
+    return f"{base}/api/auth/oidc/{provider}/callback"
+
+
+@define(eq=False)
+class SsoProviders:
+    """``public_list()`` answers ``GET /api/auth/providers``; ``password_login`` belongs in
+    ``GET /api/auth/registration``."""
+
+    by_name: dict[str, Provider]
+    allowed_domains: tuple[str, ...] = ()
+    password_login: bool = True
+    pending: PendingSignIns | None = field(default=None)
+
+    @classmethod
+    def of(cls, config: ServerConfig, reactor: Any) -> SsoProviders:
+        http = ProviderHttp(reactor)
+        base = config.sso_redirect_base_url or config.origin
+        found: dict[str, Provider] = {}
+        if config.github is not None:
+            found["github"] = GithubProvider(config.github, http, callback_url(base, "github"))
+        if config.oidc is not None:
+            found["oidc"] = OidcProvider(config.oidc, http, reactor, callback_url(base, "oidc"))
+        pending = PendingSignIns(reactor)
+        return cls(found, config.sso_allowed_domains, config.password_login, pending)
+
+    def get(self, name: str) -> Provider | None:
+        return self.by_name.get(name)
+
+    def public_list(self) -> list[dict[str, str]]:
+        return [
+            {"name": name, "label": p.label, "login_url": f"/api/auth/oidc/{name}/login"}
+            for name, p in self.by_name.items()
+        ]
+
+    def labels(self) -> dict[str, str]:
+        return {name: p.label for name, p in self.by_name.items()}
+
+    def domain_allowed(self, email: str | None) -> bool:
+        if not self.allowed_domains:
+            return True
+        domain = (email or "").rpartition("@")[2].lower()
+        return bool(domain) and domain in self.allowed_domains

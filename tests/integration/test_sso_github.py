@@ -145,3 +145,24 @@ async def test_github_down(gh: WithGithub) -> None:
     api = gh.app.client()
     await api.register_and_login("still-works")
     assert (await api.call("GET", "/api/auth/me")).code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_second_github_account_with_the_same_address_does_not_take_the_first(
+    gh: WithGithub,
+) -> None:
+    """An address that passed to another GitHub account (a recycled mailbox) is not the
+    person who signed in with it first."""
+    first = GithubUser(
+        1001, "vera", "V", [{"email": "v@example.com", "primary": True, "verified": True}]
+    )
+    browser_1, _ = await sign_in(gh, first)
+    vera = (await browser_1.me())[1]
+    second = GithubUser(
+        2002, "mallory", "M", [{"email": "v@example.com", "primary": True, "verified": True}]
+    )
+    browser_2, location = await sign_in(gh, second)
+    assert location == "/?sso_error=account_exists"
+    code, _ = await browser_2.me()
+    assert code == 401
+    assert (await browser_1.me())[1]["id"] == vera["id"]

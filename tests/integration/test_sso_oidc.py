@@ -247,6 +247,26 @@ async def test_linking_both_ways_and_an_identity_taken(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_stale_session_cannot_link_an_identity(
+    sso: Running, oidc_provider: OidcProvider
+) -> None:
+    """A stolen session of any age linking its thief's identity would be a way in that
+    outlives a password change: linking needs a sign-in of the last 15 minutes."""
+    oidc_provider.account("thief-sub", email="thief@example.com", email_verified=True)
+    victim = browser(sso)
+    for path, body in (
+        ("/api/auth/register", {"username": "victor", "password": "password123"}),
+        ("/api/auth/login", {"username": "victor", "password": "password123"}),
+    ):
+        reply = await victim.http.post(f"{sso.base}{path}", json=body, timeout=15)
+        assert reply.code in (200, 201)
+    await sso.db.execute("UPDATE sessions SET created_at = now() - interval '1 day'")
+    assert landing(await victim.start("oidc", "?link=1")) == "sign_in_again"
+    code, _, body = await victim.get(f"{sso.base}/api/auth/identities")
+    assert code == 200 and body.strip() == "[]"
+
+
+@pytest_twisted.ensureDeferred
 async def test_allowed_domains(db_url: str, oidc_provider: OidcProvider) -> None:
     config = oidc_config(db_url, oidc_provider.issuer, sso_allowed_domains=("example.com",))
     app = await start_server(db_url, config=config)

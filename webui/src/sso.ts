@@ -17,6 +17,9 @@ const SENTENCES: Record<string, string> = {
   identity_taken: "This identity is already linked to another account.",
   account_disabled: "This account is disabled. Ask your administrator.",
   registration_closed: "This server does not create new accounts. Ask your administrator.",
+  sign_in_again:
+    "For your safety, sign in again (sign out, then in) before linking a provider to your account.",
+  busy: "Too many sign-ins are under way right now. Wait a minute and try again.",
 };
 const FALLBACK = "The sign-in did not work. Please try again, or ask your administrator.";
 

@@ -47,6 +47,8 @@ REFUSALS = {
     "identity_taken": "this identity is already linked to another account",
     "account_disabled": "this account is disabled; ask your administrator",
     "registration_closed": "this server does not create new accounts; ask your administrator",
+    "sign_in_again": "for your safety, sign in again before linking a provider",
+    "busy": "too many sign-ins are under way; wait a minute and try again",
 }
 
 

@@ -41,14 +41,20 @@ class PendingSignIns:
 
     _clock: IReactorTime
     lifetime: float = LIFETIME
-    most: int = 10_000  # a flood of /login calls evicts the oldest, never grows without end
+    most: int = 10_000  # in all: past it new sign-ins wait, none under way is evicted
+    per_address: int = 20  # from one client address: a flood cannot fill the table
     _by_id: dict[str, Pending] = field(factory=dict)
+    _address_of: dict[str, str] = field(factory=dict)
 
-    def begin(self, provider: str, return_to: str, link_to: str | None) -> tuple[str, Pending]:
-        """The cookie value and what it stands for."""
+    def begin(
+        self, provider: str, return_to: str, link_to: str | None, address: str = ""
+    ) -> tuple[str, Pending] | None:
+        """The cookie value and what it stands for; None while too many are under way (in
+        all, or from ``address``)."""
         self.prune()
-        while len(self._by_id) >= self.most:
-            del self._by_id[next(iter(self._by_id))]
+        mine = sum(1 for a in self._address_of.values() if a == address)
+        if len(self._by_id) >= self.most or mine >= self.per_address:
+            return None
         pending = Pending(
             provider,
             secrets.token_urlsafe(32),
@@ -60,23 +66,38 @@ class PendingSignIns:
         )
         cookie = secrets.token_urlsafe(32)
         self._by_id[cookie] = pending
+        self._address_of[cookie] = address
         return cookie, pending
 
     def finish(self, cookie: str | None, provider: str, state: str | None) -> Pending | None:
-        """The sign-in this callback completes, or None; either way it cannot come again."""
-        pending = self._by_id.pop(cookie, None) if cookie else None
-        if pending is None or state is None or pending.expires <= self._clock.seconds():
+        """The sign-in this callback completes, or None. A completed or expired one cannot come
+        again; a callback with the wrong state leaves it alone (else any page could cancel a
+        sign-in under way by sending the browser to the callback with a made-up state)."""
+        pending = self._by_id.get(cookie) if cookie else None
+        if pending is None or state is None:
+            return None
+        if pending.expires <= self._clock.seconds():
+            self._forget(cookie)
             return None
         if pending.provider != provider or not hmac.compare_digest(
             pending.state.encode(), state.encode("utf-8", "replace")
         ):
             return None
+        self._forget(cookie)
         return pending
+
+    def cancel(self, cookie: str) -> None:
+        self._forget(cookie)
+
+    def _forget(self, cookie: str | None) -> None:
+        if cookie:
+            self._by_id.pop(cookie, None)
+            self._address_of.pop(cookie, None)
 
     def prune(self) -> None:
         now = self._clock.seconds()
         for cookie in [c for c, p in self._by_id.items() if p.expires <= now]:
-            del self._by_id[cookie]
+            self._forget(cookie)
 
 
 def safe_return_to(value: str | None, default: str = "/") -> str:

@@ -167,6 +167,15 @@ class Identities:
                     raise _refused("account_exists")
                 if owner["disabled_at"] is not None:
                     raise _refused("account_disabled")
+                # The account already has its own identity at this provider: a second one
+                # with the same address is someone the address passed on to (a recycled
+                # mailbox, an address moved between accounts), not this person.
+                other = await tx.one(
+                    "SELECT 1 FROM identities WHERE user_id = %s AND provider = %s",
+                    (owner["id"], claims.provider),
+                )
+                if other is not None:
+                    raise _refused("account_exists")
                 await _add_identity(tx, str(owner["id"]), claims, email)
                 return User.from_row(owner)
         first = await tx.one("SELECT 1 FROM users LIMIT 1") is None

@@ -21,6 +21,7 @@ from cli_server.sso.claims import SignInRefused, SignIns
 from cli_server.sso.flow import LIFETIME, safe_return_to
 from cli_server.sso.http import ProviderDown, ProviderError
 from cli_server.sso.providers import Provider, SsoProviders
+from cli_server.web.auth_api import FRESH_SIGN_IN
 from cli_server.web.responses import install_json_errors
 from cli_server.web.session import SessionCookies
 
@@ -60,15 +61,24 @@ class SsoAPI:
             if came_from is not None and came_from not in (b"same-origin", b"none"):
                 raise Forbidden("linking starts from this site's account page", code="bad_origin")
             link_to = (await self._cookies.user(request)).id  # signed out: 401
+            # A stolen session of any age must not add its thief's identity: that would be a
+            # way in that outlives a password change. Like setting a first password, linking
+            # needs a sign-in of the last few minutes.
+            token = self._cookies.token(request)
+            if token is None or not await self._accounts.signed_in_within(token, FRESH_SIGN_IN):
+                return self._land(request, provider, "sign_in_again", "stale session")
         default = "/account" if link_to else "/"
         return_to = safe_return_to(_arg(request, b"return_to"), default)
         pending_signins = self._providers.pending
         assert pending_signins is not None
-        cookie, pending = pending_signins.begin(provider, return_to, link_to)
+        begun = pending_signins.begin(provider, return_to, link_to, _address(request))
+        if begun is None:
+            return self._land(request, provider, "busy", "too many sign-ins under way")
+        cookie, pending = begun
         try:
             url = await chosen.authorize_url(pending)
         except (ProviderDown, ProviderError) as e:
-            pending_signins.finish(cookie, provider, pending.state)  # (forget it)
+            pending_signins.cancel(cookie)
             code = "provider_down" if isinstance(e, ProviderDown) else "provider_error"
             return self._land(request, provider, code, str(e))
         req: Any = request

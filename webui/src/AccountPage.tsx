@@ -10,6 +10,7 @@ type Field = "current_password" | "new_password" | "repeat";
 
 /** The signed-in user's own account: password and sessions (routed at /account). */
 export function AccountPage({ user }: Props) {
+  const [changes, setChanges] = useState(0);
   return (
     <section aria-labelledby="account-heading" className="account-page">
       <h1 id="account-heading">Account</h1>
@@ -17,13 +18,14 @@ export function AccountPage({ user }: Props) {
         Signed in as <strong>{user.username}</strong>
         {user.is_admin ? " — the administrator of this server" : ""}.
       </p>
-      <PasswordForm />
-      <Sessions />
+      {/* A password change signs the other sessions out: the list is read again after it. */}
+      <PasswordForm onChanged={() => setChanges((n) => n + 1)} />
+      <Sessions reloadKey={changes} />
     </section>
   );
 }
 
-function PasswordForm() {
+function PasswordForm({ onChanged }: { onChanged: () => void }) {
   const [current, setCurrent] = useState("");
   const [next, setNext] = useState("");
   const [repeat, setRepeat] = useState("");
@@ -49,6 +51,7 @@ function PasswordForm() {
       setNext("");
       setRepeat("");
       setDone(true);
+      onChanged();
     } catch (e) {
       if (e instanceof ApiError && e.code === "wrong_password")
         setErrors({ current_password: "That is not your current password." });
@@ -117,7 +120,7 @@ function PasswordForm() {
   );
 }
 
-function Sessions() {
+function Sessions({ reloadKey }: { reloadKey: number }) {
   const [sessions, setSessions] = useState<Session[] | null>(null);
   const [error, setError] = useState<string | null>(null);
 
@@ -130,8 +133,9 @@ function Sessions() {
   }, []);
 
   useEffect(() => {
+    void reloadKey;
     void load();
-  }, [load]);
+  }, [load, reloadKey]);
 
   async function revoke(session: Session) {
     setError(null);

@@ -9,6 +9,7 @@ import {
   type WorkspaceDetail,
   workspaceDetail,
 } from "./api";
+import { ServerClaudeBanner } from "./ClaudeBanner";
 import { ConfirmDialog } from "./Confirm";
 import { Invitations } from "./Invitations";
 import { Link } from "./Link";
@@ -218,6 +219,7 @@ export function Dashboard({ user, route, navigate, onSignedOut }: Props) {
         <Alert message={error} />
       </nav>
       <main className="content">
+        {user.is_admin && <ServerClaudeBanner />}
         {gone && (
           <div className="banner" role="alert">
             <span>{gone}</span>
@@ -325,7 +327,7 @@ function WorkspaceView({ workspace, tab, user, navigate, onLeft, onDeleted }: Vi
         </Link>
       </div>
       {tab === "sandboxes" ? (
-        <Sandboxes workspace={workspace} />
+        <Sandboxes workspace={workspace} isAdmin={user.is_admin} />
       ) : (
         <Members workspace={workspace} me={user} onLeft={onLeft} />
       )}

@@ -31,9 +31,10 @@ const TITLE: Record<string, string> = {
 interface Props {
   workspace: Workspace;
   pollMs?: number;
+  isAdmin?: boolean;
 }
 
-export function Sandboxes({ workspace, pollMs = 2000 }: Props) {
+export function Sandboxes({ workspace, pollMs = 2000, isAdmin = false }: Props) {
   const [sandboxes, setSandboxes] = useState<Sandbox[] | null>(null);
   const [name, setName] = useState("");
   const [ticks, setTicks] = useState(0);
@@ -99,7 +100,7 @@ export function Sandboxes({ workspace, pollMs = 2000 }: Props) {
 
   return (
     <section aria-label="Sandboxes">
-      <Usage workspace={workspace} refreshKey={Math.floor(ticks / 5)} />
+      <Usage workspace={workspace} refreshKey={Math.floor(ticks / 5)} isAdmin={isAdmin} />
       {canChange && (
         <form onSubmit={create} className="row">
           <label className="grow">

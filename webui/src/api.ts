@@ -209,6 +209,8 @@ export interface Registration {
   first: boolean;
   username_rule: string;
   password_rule: string;
+  /** This server's version (a local agent's laptop needs the same). */
+  version?: string;
 }
 /** One of the signed-in user's login sessions (never its token). */
 export interface Session {

@@ -10,6 +10,7 @@ from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
+from cli_server._version import __version__
 from cli_server.accounts import Accounts
 from cli_server.auth.ratelimit import (
     Backoff,
@@ -105,6 +106,8 @@ class AuthAPI:
                 "first": not await self._accounts.has_users(),
                 "username_rule": f"Username: {USERNAME_RULE}.",
                 "password_rule": f"Password: {PASSWORD_RULE}.",
+                # (a local agent's laptop needs the same version: the dialog names it)
+                "version": __version__.public(),
             },
         )
 

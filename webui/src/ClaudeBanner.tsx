@@ -25,8 +25,8 @@ export function ClaudeBanner({ claude, role, isAdmin = false }: Props) {
   if (!atLeast(role, "maintainer")) {
     return (
       <p className="claude-note" role="note">
-        Claude is not available yet — ask the administrator of this server (the person who runs
-        it). Until then, prompts in opencode fail.
+        Claude is not available yet — ask the administrator of this server (the person who runs it).
+        Until then, prompts in opencode fail.
       </p>
     );
   }

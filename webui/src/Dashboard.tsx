@@ -185,7 +185,10 @@ export function Dashboard({ user, route, navigate, onSignedOut }: Props) {
                 className={w.id === wanted ? "nav active" : "nav"}
                 aria-current={w.id === wanted ? "page" : undefined}
               >
-                <span className="nav-name">{w.name}</span> <span className="badge">{w.role}</span>
+                <span className="nav-name" title={w.name}>
+                  {w.name}
+                </span>{" "}
+                <span className="badge">{w.role}</span>
               </Link>
             </li>
           ))}
@@ -327,7 +330,7 @@ function WorkspaceView({ workspace, tab, user, navigate, onLeft, onDeleted }: Vi
         </Link>
       </div>
       {tab === "sandboxes" ? (
-        <Sandboxes workspace={workspace} isAdmin={user.is_admin} />
+        <Sandboxes workspace={workspace} isAdmin={!!user.is_admin} />
       ) : (
         <Members workspace={workspace} me={user} onLeft={onLeft} />
       )}

@@ -1,6 +1,6 @@
 import { fireEvent, render, screen, waitFor, within } from "@testing-library/react";
 import { afterEach, expect, test, vi } from "vitest";
-import type { Member, User, Workspace } from "./api";
+import type { Member, PendingInvitation, User, Workspace } from "./api";
 import { Members } from "./Members";
 
 const me: User = { id: "a", username: "alice", email: null };
@@ -43,9 +43,7 @@ test("the only owner is offered neither Leave nor another role, and is told why"
   expect(screen.getByRole("combobox", { name: "Role of bob" })).toBeTruthy();
   expect(screen.getByRole("button", { name: "Remove bob" })).toBeTruthy();
   // The reason sits in the only owner's own row, not under the table.
-  expect(screen.getByText(/You are the only owner/).closest("tr")?.textContent).toContain(
-    "alice",
-  );
+  expect(screen.getByText(/You are the only owner/).closest("tr")?.textContent).toContain("alice");
 });
 
 test("with a second owner, Leave is offered", async () => {
@@ -92,9 +90,7 @@ test("moving through roles with the keyboard asks nothing until Change role", as
   const select = await screen.findByRole("combobox", { name: "Role of bob" });
   for (const role of ["maintainer", "guest", "owner", "maintainer"])
     fireEvent.change(select, { target: { value: role } });
-  expect(screen.queryByRole("dialog", { hidden: true })?.hasAttribute("open") ?? false).toBe(
-    false,
-  );
+  expect(screen.queryByRole("dialog", { hidden: true })?.hasAttribute("open") ?? false).toBe(false);
   expect((select as HTMLSelectElement).value).toBe("maintainer");
   expect(calls.some((c) => c.startsWith("PUT"))).toBe(false);
   // Cancel puts the select back; choosing the current role offers no button.
@@ -109,7 +105,7 @@ test("moving through roles with the keyboard asks nothing until Change role", as
 
 test("the invitation notice goes once the invited person is a member", async () => {
   let members: Member[] = [alice];
-  let invited: unknown[] = [];
+  let invited: PendingInvitation[] = [];
   vi.spyOn(globalThis, "fetch").mockImplementation((input, init) => {
     const url = String(input);
     if (init?.method === "POST") {

@@ -244,8 +244,8 @@ export function Members({ workspace, me, onLeft }: Props) {
                   {last &&
                     (isMe ? (
                       <p className="hint owner-only">
-                        You are the only owner, so you cannot leave or step down: make someone
-                        else an owner first.
+                        You are the only owner, so you cannot leave or step down: make someone else
+                        an owner first.
                       </p>
                     ) : (
                       <span className="muted small-note"> the only owner</span>

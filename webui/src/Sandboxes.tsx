@@ -208,8 +208,7 @@ function SandboxCard({ sandbox: s, canChange, onOpen, act }: CardProps) {
   const idlePaused = s.status === "paused" && s.paused_by?.kind === "idle";
   if (s.last_activity_at && !s.is_local && !idlePaused)
     facts.push(<When key="active" iso={s.last_activity_at} now={now} prefix="Last active" />);
-  const openable =
-    s.status === "running" || (canChange && !s.is_local && WAKEABLE.has(s.status));
+  const openable = s.status === "running" || (canChange && !s.is_local && WAKEABLE.has(s.status));
   return (
     <li className="card sandbox" data-status={s.status}>
       <div className="row between">
@@ -339,8 +338,7 @@ function PausedLine({ sandbox: s, now }: { sandbox: Sandbox; now: number }) {
   if (by?.kind === "idle") {
     const idle = idleFor(s);
     who = idle ? `Paused after ${idle} idle` : "Paused for idleness";
-  }
-  else if (by?.kind === "user") who = `Paused by ${by.username ?? "a former member"}`;
+  } else if (by?.kind === "user") who = `Paused by ${by.username ?? "a former member"}`;
   return (
     <p className="muted small paused-by">
       {s.paused_at ? <When iso={s.paused_at} now={now} prefix={who} /> : who}

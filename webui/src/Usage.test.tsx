@@ -1,7 +1,7 @@
 import { act, fireEvent, render, screen, within } from "@testing-library/react";
 import { afterEach, expect, test, vi } from "vitest";
 import type { UsageReport, Workspace } from "./api";
-import { SEEN_KEY, START_COMMAND, ServerClaudeBanner } from "./ClaudeBanner";
+import { SEEN_KEY, ServerClaudeBanner, START_COMMAND } from "./ClaudeBanner";
 import { parseBudget, Usage } from "./Usage";
 
 const NOT_SET_UP =
@@ -113,9 +113,7 @@ test("the administrator sees the banner from /readyz, with no workspace at all",
   const fetch = vi
     .spyOn(globalThis, "fetch")
     .mockImplementation(() =>
-      Promise.resolve(
-        new Response(JSON.stringify({ status: "ready", claude: "not configured" })),
-      ),
+      Promise.resolve(new Response(JSON.stringify({ status: "ready", claude: "not configured" }))),
     );
   render(<ServerClaudeBanner />);
   const banner = await screen.findByRole("region", { name: /not set up/ });

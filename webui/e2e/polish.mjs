@@ -21,7 +21,7 @@ const TIMEOUT = 60_000;
 const PASSWORD = "correct horse battery";
 const DESKTOP = { width: 1200, height: 800 };
 const PHONE = { width: 390, height: 844 };
-const WORKSPACE = "Platform team for the payments rewrite";
+const WORKSPACE = "Customer Success Automation Experiments";
 
 function expect(condition, message) {
   if (!condition) throw new Error(message);
@@ -102,40 +102,41 @@ try {
     await phone.close();
   }
 
-  // A long workspace name wraps in the sidebar, its whole name in the title.
+  // A long workspace name wraps to two lines in the sidebar, its whole name in the title.
   await page.getByLabel("New workspace").fill(WORKSPACE);
   await page.getByRole("button", { name: "Create workspace" }).click();
   await page.getByRole("heading", { name: WORKSPACE }).waitFor();
   const name = page.locator("nav.sidebar .nav-name").first();
   expect((await name.getAttribute("title")) === WORKSPACE, "no title on the sidebar name");
-  const cut = await name.evaluate((node) => node.scrollHeight > node.clientHeight + 1);
-  expect(!cut, "the workspace name is cut in the sidebar");
   await page.screenshot({ path: join(shots, "sidebar-long-name.png") });
+  // Two lines of it show before the rest is cut (one line at 1280 px cut "Platform te…").
+  const shown = await name.evaluate((node) => node.clientHeight);
+  expect(shown > 30, `the sidebar shows the name in ${shown}px: one line`);
 
-  // Invite bo; the notice goes once bo accepted and shows in the members table.
+  // Invite bob; the notice goes once bob accepted and shows in the members table.
   const bos = await context();
   const bo = await bos.newPage();
-  await signUp(bo, "bo");
+  await signUp(bo, "bob");
   await page.getByRole("tab", { name: "Members" }).click();
-  await page.getByPlaceholder("Username to add").fill("bo");
+  await page.getByPlaceholder("Username to add").fill("bob");
   await page.getByRole("button", { name: "Add member" }).click();
-  const notice = page.getByRole("status").filter({ hasText: "Invited bo" });
+  const notice = page.getByRole("status").filter({ hasText: "Invited bob" });
   await notice.waitFor();
   await bo.reload();
   await bo.getByRole("button", { name: `Accept the invitation to ${WORKSPACE}` }).click();
   await bo.getByRole("heading", { name: WORKSPACE }).waitFor();
   const members = page.getByRole("table").first();
-  await members.getByRole("cell", { name: "bo", exact: true }).waitFor({ timeout: 15_000 });
+  await members.getByRole("cell", { name: "bob", exact: true }).waitFor({ timeout: 15_000 });
   await notice.waitFor({ state: "detached" });
   // Keyboard: arrows move through the roles, nothing asks until Change role.
-  const role = page.getByRole("combobox", { name: "Role of bo" });
+  const role = page.getByRole("combobox", { name: "Role of bob" });
   await role.focus();
   await page.keyboard.press("ArrowDown");
   await page.keyboard.press("ArrowDown");
   expect((await page.getByRole("dialog").count()) === 0, "an arrow key opened the dialog");
-  await page.getByRole("button", { name: "Change the role of bo" }).waitFor();
+  await page.getByRole("button", { name: "Change the role of bob" }).waitFor();
   await page.screenshot({ path: join(shots, "members-change-role.png") });
-  await page.getByRole("button", { name: "Keep the role of bo" }).click();
+  await page.getByRole("button", { name: "Keep the role of bob" }).click();
   expect((await role.inputValue()) === "developer", "Cancel kept the chosen role");
   await page.getByText("You are the only owner").waitFor();
   const ownerRow = page.locator("tr", { hasText: "You are the only owner" });

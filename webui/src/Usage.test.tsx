@@ -58,7 +58,7 @@ test("the how-to is open the first time, folded once it was seen", async () => {
   const first = render(<Usage workspace={workspace("owner")} refreshKey={0} />);
   const open = await screen.findByRole("region", { name: /not set up/ });
   expect(open.querySelector("details")?.open).toBe(true);
-  expect(window.localStorage.getItem(SEEN_KEY)).not.toBeNull();
+  await vi.waitFor(() => expect(window.localStorage.getItem(SEEN_KEY)).not.toBeNull());
   first.unmount();
   render(<Usage workspace={workspace("owner")} refreshKey={0} />);
   const folded = await screen.findByRole("region", { name: /not set up/ });

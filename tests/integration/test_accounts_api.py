@@ -10,6 +10,7 @@ import attrs
 import pytest_twisted
 from twisted.internet.defer import gatherResults
 
+from cli_server._version import __version__
 from cli_server.db.embedded import EmbeddedPostgres
 from cli_server.db.migrations import load_migrations, migrate
 from cli_server.db.pool import Database
@@ -244,6 +245,7 @@ async def test_registration_open_is_the_default(app: Running) -> None:
     """Open: anyone registers; only the first account is the admin, and says so."""
     said = await app.client().call("GET", "/api/auth/registration")
     assert said.body["mode"] == "open"
+    assert said.body["version"] == __version__.public()
     assert (await register(app.client(), "first")).body["is_admin"] is True
     second = await register(app.client(), "second", invite="ignored here")
     assert second.code == 201 and second.body["is_admin"] is False

@@ -135,11 +135,15 @@ async function openScenario() {
     await page.getByLabel("Repeat the new password").fill("a brand new password");
     await page.getByRole("button", { name: "Change password" }).click();
     await page.getByRole("status").filter({ hasText: "Password changed" }).waitFor();
+    // The list is read again: only this device is left, with no Revoke.
+    await page.waitForFunction(() => document.querySelectorAll("li.session").length === 1);
+    expect((await page.getByRole("button", { name: /^Revoke/ }).count()) === 0, "stale Revoke");
 
-    // The other browser's next action lands on the sign-in screen.
+    // The other browser's next action lands on the sign-in screen, which says why.
     await other.getByLabel("New workspace").fill("After the change");
     await other.getByRole("button", { name: "Create workspace" }).click();
     await signInScreen(other);
+    await other.getByText("You were signed out: your session ended on another device").waitFor();
     await signIn(other, "alice", "a brand new password");
 
     // This browser kept its session; the list now has this device and the new sign-in.

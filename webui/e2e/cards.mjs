@@ -162,6 +162,13 @@ try {
     .locator(".crash-reason")
     .filter({ hasText: "opencode was killed by signal 9 (SIGKILL)" })
     .waitFor();
+  // A crash is restarted, not "resumed"; Open would restart it too.
+  await card.getByRole("button", { name: "Restart" }).waitFor();
+  expect(
+    (await card.getByRole("button", { name: "Open" }).getAttribute("title")) ===
+      "Restarts it, then opens it",
+    "Open on a crashed card",
+  );
   await card.getByRole("button", { name: "Logs" }).click();
   const log = card.locator("pre.log");
   await log.filter({ hasText: "opencode server listening" }).waitFor();

@@ -205,8 +205,15 @@ try {
     await page.getByText("What can each role do?").click();
     await shot(page, "members-roles");
 
-    // Demote bob: asked first, naming who and what changes.
-    await page.getByRole("combobox", { name: "Role of bob" }).selectOption("guest");
+    // Demote bob: arrow keys move through the roles without asking; Change role asks first,
+    // naming who and what changes.
+    const bobRole = page.getByRole("combobox", { name: "Role of bob" });
+    await bobRole.focus();
+    await page.keyboard.press("ArrowDown");
+    await page.keyboard.press("ArrowUp");
+    expect((await page.getByRole("dialog").count()) === 0, "an arrow key asked to confirm");
+    await bobRole.selectOption("guest");
+    await page.getByRole("button", { name: "Change the role of bob" }).click();
     const dialog = page.getByRole("dialog");
     await dialog.getByText(`Change bob's role in "Beta" from developer to guest?`).waitFor();
     await dialog.getByText("Read-only").waitFor();

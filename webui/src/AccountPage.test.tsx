@@ -260,3 +260,37 @@ test("no providers and no identities: no sign-in methods section", async () => {
   expect(screen.queryByRole("region", { name: "Sign-in methods" })).toBeNull();
   expect(screen.getByRole("heading", { name: "Change password" })).toBeTruthy();
 });
+
+/** The server after a password change or a revoke: only this device's session is left. */
+function serveShrinking() {
+  let list = sessions;
+  return vi.spyOn(globalThis, "fetch").mockImplementation((input, init) => {
+    const url = String(input);
+    const method = init?.method ?? "GET";
+    if (url.endsWith("/api/auth/sessions") && method === "GET") return json(200, list);
+    if (method === "GET") return json(200, url.endsWith("/api/auth/me") ? alice : []);
+    list = sessions.filter((s) => s.current);
+    return Promise.resolve(new Response(null, { status: 204 }));
+  });
+}
+
+test("after a password change the other sessions are gone from the list", async () => {
+  serveShrinking();
+  render(<AccountPage user={alice} />);
+  expect(await screen.findAllByRole("listitem")).toHaveLength(2);
+  fill("Current password", "old password");
+  fill("New password", "a new password");
+  fill("Repeat the new password", "a new password");
+  fireEvent.click(screen.getByRole("button", { name: "Change password" }));
+  await screen.findByText("Password changed. Your other sessions were signed out.");
+  await vi.waitFor(() => expect(screen.getAllByRole("listitem")).toHaveLength(1));
+  expect(screen.queryByRole("button", { name: /^Revoke/ })).toBeNull();
+});
+
+test("a revoked session leaves the list", async () => {
+  serveShrinking();
+  render(<AccountPage user={alice} />);
+  fireEvent.click(await screen.findByRole("button", { name: "Revoke Safari on iPhone session" }));
+  await vi.waitFor(() => expect(screen.getAllByRole("listitem")).toHaveLength(1));
+  expect(screen.queryByText("Safari on iPhone")).toBeNull();
+});

@@ -24,6 +24,7 @@ type Field = "current_password" | "new_password" | "repeat";
  * /account). */
 export function AccountPage({ user }: Props) {
   const [hasPassword, setHasPassword] = useState(user.has_password !== false);
+  const [changes, setChanges] = useState(0);
   return (
     <section aria-labelledby="account-heading" className="account-page">
       <h1 id="account-heading">Account</h1>
@@ -32,8 +33,13 @@ export function AccountPage({ user }: Props) {
         {user.is_admin ? " — the administrator of this server" : ""}.
       </p>
       <SignInMethods hasPassword={hasPassword} setHasPassword={setHasPassword} />
-      <PasswordForm hasPassword={hasPassword} onFirstSet={() => setHasPassword(true)} />
-      <Sessions />
+      {/* A password change signs the other sessions out: the list is read again after it. */}
+      <PasswordForm
+        hasPassword={hasPassword}
+        onFirstSet={() => setHasPassword(true)}
+        onChanged={() => setChanges((n) => n + 1)}
+      />
+      <Sessions reloadKey={changes} />
     </section>
   );
 }
@@ -168,9 +174,10 @@ function SignInMethods({ hasPassword, setHasPassword }: MethodsProps) {
 interface PasswordProps {
   hasPassword: boolean;
   onFirstSet: () => void;
+  onChanged: () => void;
 }
 
-function PasswordForm({ hasPassword, onFirstSet }: PasswordProps) {
+function PasswordForm({ hasPassword, onFirstSet, onChanged }: PasswordProps) {
   const [current, setCurrent] = useState("");
   const [next, setNext] = useState("");
   const [repeat, setRepeat] = useState("");
@@ -198,6 +205,7 @@ function PasswordForm({ hasPassword, onFirstSet }: PasswordProps) {
       setNext("");
       setRepeat("");
       setDone(hasPassword ? "changed" : "set");
+      onChanged();
     } catch (e) {
       if (e instanceof ApiError && e.code === "wrong_password")
         setErrors({ current_password: "That is not your current password." });
@@ -274,7 +282,7 @@ function PasswordForm({ hasPassword, onFirstSet }: PasswordProps) {
   );
 }
 
-function Sessions() {
+function Sessions({ reloadKey }: { reloadKey: number }) {
   const [sessions, setSessions] = useState<Session[] | null>(null);
   const [error, setError] = useState<string | null>(null);
 
@@ -287,8 +295,9 @@ function Sessions() {
   }, []);
 
   useEffect(() => {
+    void reloadKey;
     void load();
-  }, [load]);
+  }, [load, reloadKey]);
 
   async function revoke(session: Session) {
     setError(null);

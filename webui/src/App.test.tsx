@@ -1,6 +1,7 @@
-import { render, screen } from "@testing-library/react";
+import { act, render, screen } from "@testing-library/react";
 import { afterEach, expect, test, vi } from "vitest";
-import { App } from "./App";
+import { App, SESSION_ENDED } from "./App";
+import { api } from "./api";
 
 function json(status: number, body: unknown) {
   return Promise.resolve(new Response(JSON.stringify(body), { status }));
@@ -27,4 +28,47 @@ test("signed in and back from a refused link: the account page says why", async 
     "This identity is already linked to another account.",
   );
   expect(window.location.pathname + window.location.search).toBe("/account");
+});
+
+/** A server whose session is valid until ``end()``: then every call answers 401. */
+function serve() {
+  let ended = false;
+  vi.spyOn(globalThis, "fetch").mockImplementation((input) => {
+    const url = String(input);
+    if (ended)
+      return Promise.resolve(
+        new Response(JSON.stringify({ error: { code: "unauthorized", message: "sign in" } }), {
+          status: 401,
+        }),
+      );
+    let body: unknown = [];
+    if (url === "/api/auth/me") body = { id: "u", username: "alice", email: null };
+    if (url === "/api/auth/registration")
+      body = { mode: "open", first: false, username_rule: "", password_rule: "" };
+    return Promise.resolve(new Response(JSON.stringify(body)));
+  });
+  return () => {
+    ended = true;
+  };
+}
+
+test("a session that ended elsewhere lands on sign-in with the reason", async () => {
+  window.history.replaceState(null, "", "/account");
+  const end = serve();
+  render(<App />);
+  await screen.findByRole("heading", { name: "Account" });
+  end();
+  await act(async () => {
+    await api.workspaces().catch(() => undefined);
+  });
+  expect(await screen.findByText(SESSION_ENDED)).toBeTruthy();
+  expect(screen.getByRole("heading", { name: "Sign in to cli-server" })).toBeTruthy();
+});
+
+test("a visitor who was never signed in sees no such reason", async () => {
+  const end = serve();
+  end();
+  render(<App />);
+  await screen.findByRole("heading", { name: "Sign in to cli-server" });
+  expect(screen.queryByText(SESSION_ENDED)).toBeNull();
 });

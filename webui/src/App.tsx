@@ -1,16 +1,31 @@
-import { useEffect, useState } from "react";
+import { useEffect, useRef, useState } from "react";
 import { AuthScreen } from "./AuthScreen";
 import { ApiError, api, onSessionEnded, type User } from "./api";
 import { Dashboard } from "./Dashboard";
 import { useRoute } from "./route";
+
+export const SESSION_ENDED =
+  "You were signed out: your session ended on another device or your password changed.";
 
 export function App() {
   const [user, setUser] = useState<User | null | undefined>(undefined);
   // The address survives signing in: a shared link opens its screen once the user is in.
   const [route, navigate] = useRoute();
 
+  // Why the sign-in screen shows, when a session this tab was using ended.
+  const [ended, setEnded] = useState(false);
+
   // A 401 anywhere means the session ended elsewhere (revoked, password changed, disabled).
-  useEffect(() => onSessionEnded(() => setUser(null)), []);
+  const signedIn = useRef(false);
+  signedIn.current = !!user;
+  useEffect(
+    () =>
+      onSessionEnded(() => {
+        if (signedIn.current) setEnded(true);
+        setUser(null);
+      }),
+    [],
+  );
 
   useEffect(() => {
     api
@@ -36,7 +51,16 @@ export function App() {
       </main>
     );
   }
-  if (user === null) return <AuthScreen onSignedIn={setUser} />;
+  if (user === null)
+    return (
+      <AuthScreen
+        onSignedIn={(signedIn) => {
+          setEnded(false);
+          setUser(signedIn);
+        }}
+        notice={ended ? SESSION_ENDED : null}
+      />
+    );
   return (
     <Dashboard
       user={user}

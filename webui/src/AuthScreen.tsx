@@ -13,9 +13,11 @@ import { Alert } from "./useAction";
 
 interface Props {
   onSignedIn: (user: User) => void;
+  /** Why this screen shows, e.g. a session that ended elsewhere. */
+  notice?: string | null;
 }
 
-export function AuthScreen({ onSignedIn }: Props) {
+export function AuthScreen({ onSignedIn, notice = null }: Props) {
   const [invite] = useState(() => inviteFromLocation());
   const [mode, setMode] = useState<"login" | "register">(invite ? "register" : "login");
   const [username, setUsername] = useState("");
@@ -73,6 +75,11 @@ export function AuthScreen({ onSignedIn }: Props) {
       <form className="card auth" onSubmit={submit} aria-labelledby="auth-title">
         <h1 id="auth-title">{registering ? "Create an account" : "Sign in to cli-server"}</h1>
         <p className="muted">opencode in your browser, for your whole team.</p>
+        {notice && (
+          <p className="notice" role="status">
+            {notice}
+          </p>
+        )}
         <Alert message={ssoError} />
         {providers.length > 0 && (
           <div className="sso-buttons">

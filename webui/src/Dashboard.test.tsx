@@ -127,3 +127,35 @@ test("a workspace name already in use is said next to the name field", async () 
   fireEvent.change(field, { target: { value: "Gamma" } });
   expect(screen.queryByText('You already created a workspace named "Alpha".')).toBeNull();
 });
+
+test("a workspace's full name is the title of its sidebar link (names wrap, then cut)", async () => {
+  const long = { ...alpha, name: "Platform team for the payments rewrite" };
+  serve(() => [long]);
+  render(<Routed />);
+  const nav = await screen.findByRole("navigation", { name: "Workspaces" });
+  const name = await vi.waitFor(() => {
+    const found = nav.querySelector(".nav-name");
+    if (!found) throw new Error("no link yet");
+    return found;
+  });
+  expect(name.getAttribute("title")).toBe("Platform team for the payments rewrite");
+});
+
+test("the administrator sees the Claude banner with no workspace at all", async () => {
+  window.localStorage.clear();
+  vi.spyOn(globalThis, "fetch").mockImplementation((input) => {
+    const url = String(input);
+    const body = url === "/readyz" ? { status: "ready", claude: "not configured" } : [];
+    return Promise.resolve(new Response(JSON.stringify(body)));
+  });
+  render(
+    <Dashboard
+      user={{ ...user, is_admin: true }}
+      route={{ page: "home" }}
+      navigate={() => undefined}
+      onSignedOut={() => undefined}
+    />,
+  );
+  await screen.findByRole("region", { name: "Claude is not set up on this server" });
+  expect(screen.getByText(/Welcome, bob/)).toBeTruthy();
+});

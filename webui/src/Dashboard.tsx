@@ -9,6 +9,7 @@ import {
   type WorkspaceDetail,
   workspaceDetail,
 } from "./api";
+import { ServerClaudeBanner } from "./ClaudeBanner";
 import { ConfirmDialog } from "./Confirm";
 import { Invitations } from "./Invitations";
 import { Link } from "./Link";
@@ -184,7 +185,10 @@ export function Dashboard({ user, route, navigate, onSignedOut }: Props) {
                 className={w.id === wanted ? "nav active" : "nav"}
                 aria-current={w.id === wanted ? "page" : undefined}
               >
-                <span className="nav-name">{w.name}</span> <span className="badge">{w.role}</span>
+                <span className="nav-name" title={w.name}>
+                  {w.name}
+                </span>{" "}
+                <span className="badge">{w.role}</span>
               </Link>
             </li>
           ))}
@@ -218,6 +222,7 @@ export function Dashboard({ user, route, navigate, onSignedOut }: Props) {
         <Alert message={error} />
       </nav>
       <main className="content">
+        {user.is_admin && <ServerClaudeBanner />}
         {gone && (
           <div className="banner" role="alert">
             <span>{gone}</span>
@@ -325,7 +330,7 @@ function WorkspaceView({ workspace, tab, user, navigate, onLeft, onDeleted }: Vi
         </Link>
       </div>
       {tab === "sandboxes" ? (
-        <Sandboxes workspace={workspace} />
+        <Sandboxes workspace={workspace} isAdmin={!!user.is_admin} />
       ) : (
         <Members workspace={workspace} me={user} onLeft={onLeft} />
       )}

@@ -17,8 +17,8 @@ afterEach(() => {
 
 test("the dialog shows install, opencode and connect steps, each copyable", async () => {
   vi.setSystemTime(new Date("2026-11-28T09:50:00Z"));
-  vi.spyOn(globalThis, "fetch").mockResolvedValue(
-    new Response(JSON.stringify(code), { status: 201 }),
+  vi.spyOn(globalThis, "fetch").mockImplementation(() =>
+    Promise.resolve(new Response(JSON.stringify(code), { status: 201 })),
   );
   const writeText = vi.fn((_: string) => Promise.resolve());
   Object.defineProperty(navigator, "clipboard", { value: { writeText }, configurable: true });
@@ -60,5 +60,63 @@ test("the dialog shows install, opencode and connect steps, each copyable", asyn
       ),
     );
     expect(within(dialog).getAllByText("Copied to the clipboard.")).toHaveLength(1);
+  }
+});
+
+/** The code for the agent-code call, the registration answer (with the version) otherwise. */
+function serveWithVersion() {
+  vi.setSystemTime(new Date("2026-11-28T09:50:00Z"));
+  vi.spyOn(globalThis, "fetch").mockImplementation((input) =>
+    Promise.resolve(
+      String(input).endsWith("/agent-code")
+        ? new Response(JSON.stringify(code), { status: 201 })
+        : new Response(JSON.stringify({ mode: "open", first: false, version: "26.11.0.dev0" })),
+    ),
+  );
+}
+
+function screenLike(small: boolean) {
+  const matchMedia = vi.fn((query: string) => ({ matches: small && query.length > 0 }));
+  Object.defineProperty(window, "matchMedia", { value: matchMedia, configurable: true });
+}
+
+test("the laptop's copy of cli-server: this server's version, and whom to ask", async () => {
+  serveWithVersion();
+  render(<LocalAgentButton workspaceId="w" />);
+  fireEvent.click(screen.getByRole("button", { name: "Connect a local agent" }));
+  const dialog = screen.getByRole("dialog", { name: "Connect a local agent" });
+  await within(dialog).findByText("26.11.0.dev0");
+  expect(dialog.textContent).toContain(
+    "the same version of cli-server as this server (26.11.0.dev0) — ask your administrator for the source.",
+  );
+  // The help under the steps is normal-size text.
+  const footer = within(dialog).getByText(/reconnects with the saved credentials/);
+  expect(footer.className).not.toContain("small");
+});
+
+test("phones: the name field does not take focus (no keyboard over the steps)", async () => {
+  screenLike(true);
+  try {
+    serveWithVersion();
+    render(<LocalAgentButton workspaceId="w" />);
+    fireEvent.click(screen.getByRole("button", { name: "Connect a local agent" }));
+    const field = screen.getByLabelText("Laptop name");
+    await within(screen.getByRole("dialog")).findByText(/--code AbC-123_xyz/);
+    expect(document.activeElement).not.toBe(field);
+  } finally {
+    Reflect.deleteProperty(window, "matchMedia");
+  }
+});
+
+test("desktops: the name field takes focus", async () => {
+  screenLike(false);
+  try {
+    serveWithVersion();
+    render(<LocalAgentButton workspaceId="w" />);
+    fireEvent.click(screen.getByRole("button", { name: "Connect a local agent" }));
+    expect(document.activeElement).toBe(screen.getByLabelText("Laptop name"));
+    await within(screen.getByRole("dialog")).findByText(/--code AbC-123_xyz/);
+  } finally {
+    Reflect.deleteProperty(window, "matchMedia");
   }
 });

@@ -1,5 +1,5 @@
 import { type KeyboardEvent, useCallback, useEffect, useId, useRef, useState } from "react";
-import { type AgentCode, api, describe } from "./api";
+import { type AgentCode, accountsApi, api, describe } from "./api";
 import { Alert } from "./useAction";
 import "./claude.css";
 
@@ -39,6 +39,27 @@ function clock(iso: string): string {
 function countdown(ms: number): string {
   const seconds = Math.max(0, Math.ceil(ms / 1000));
   return `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, "0")}`;
+}
+
+/** A phone or tablet: a coarse pointer or a narrow screen. */
+export function touchOrSmall(): boolean {
+  if (typeof window.matchMedia !== "function") return false;
+  return (
+    window.matchMedia("(pointer: coarse)").matches ||
+    window.matchMedia("(max-width: 640px)").matches
+  );
+}
+
+/** This server's version, for the laptop's matching copy of cli-server. */
+function useServerVersion(): string | null {
+  const [version, setVersion] = useState<string | null>(null);
+  useEffect(() => {
+    accountsApi
+      .registration()
+      .then((said) => setVersion(typeof said?.version === "string" ? said.version : null))
+      .catch(() => undefined);
+  }, []);
+  return version;
 }
 
 /** A command in a copyable block: its Copy button, and what copying did. */
@@ -100,6 +121,7 @@ export function LocalAgentButton({ workspaceId, onClosed }: Props) {
 function LocalAgentDialog({ workspaceId, onClose }: { workspaceId: string; onClose: () => void }) {
   const dialog = useRef<HTMLDialogElement>(null);
   const nameInput = useRef<HTMLInputElement>(null);
+  const version = useServerVersion();
   const titleId = useId();
   const [grant, setGrant] = useState<AgentCode | null>(null);
   const [busy, setBusy] = useState(false);
@@ -139,7 +161,9 @@ function LocalAgentDialog({ workspaceId, onClose }: { workspaceId: string; onClo
     } else {
       node.setAttribute("open", "");
     }
-    nameInput.current?.focus();
+    // On phones and tablets a focused field pops the keyboard over the steps: focus it only
+    // where there is a fine pointer and room.
+    if (!touchOrSmall()) nameInput.current?.focus();
     return () => {
       if (typeof node.close === "function" && node.open) node.close();
     };
@@ -206,19 +230,26 @@ function LocalAgentDialog({ workspaceId, onClose }: { workspaceId: string; onClo
         out to this server, so the laptop needs no open port.
       </p>
       <p>
-        The laptop needs Python 3.11 or newer, <strong>opencode</strong> installed, and a clone of
-        cli-server (the same version as this server).
+        The laptop needs Python 3.11 or newer, <strong>opencode</strong> installed, and a copy of
+        the same version of cli-server as this server
+        {version ? (
+          <>
+            {" "}
+            (<strong className="server-version">{version}</strong>)
+          </>
+        ) : null}{" "}
+        — ask your administrator for the source.
       </p>
       <ol className="steps">
         <li>
-          <p>Install the agent, once, next to your clone of cli-server:</p>
+          <p>Install the agent, once, from the folder that holds that copy (./cli-server):</p>
           <Command
             label="install command"
             text={INSTALL}
             copied={said("install")}
             onCopy={(node) => void copy("install", INSTALL, node)}
           />
-          <p className="muted small">
+          <p className="muted">
             There is no lighter agent-only package yet: this installs the server's libraries too,
             into its own virtualenv, and uses only the agent.
           </p>
@@ -274,7 +305,7 @@ function LocalAgentDialog({ workspaceId, onClose }: { workspaceId: string; onClo
           {expired && <p className="warning">This code has expired.</p>}
         </li>
       </ol>
-      <p className="muted small">
+      <p>
         The sandbox shows up here as <em>local</em> and <em>running</em>. Later,{" "}
         <code>{AGENT_HOME}/bin/twistd -n cli-agent</code> reconnects with the saved credentials (in{" "}
         <code>~/.cli-server/agent.json</code>), no code needed.

@@ -27,13 +27,21 @@ type Pending =
   | { kind: "remove"; member: Member }
   | null;
 
+/** What adding someone did; an invitation's notice lasts while it is pending. */
+interface Notice {
+  username: string;
+  invited: boolean;
+}
+
 /** Errors shown next to the control that caused them: "add", or a member's or invitation's id. */
 type Errors = Record<string, string>;
 
 export function Members({ workspace, me, onLeft }: Props) {
   const [members, setMembers] = useState<Member[] | null>(null);
   const [pending, setPending] = useState<PendingInvitation[]>([]);
-  const [notice, setNotice] = useState<string | null>(null);
+  const [notice, setNotice] = useState<Notice | null>(null);
+  // Roles chosen in a member's select, not yet confirmed with Change role.
+  const [drafts, setDrafts] = useState<Record<string, Role>>({});
   const [username, setUsername] = useState("");
   const [role, setRole] = useState<Role>("developer");
   const [asking, setAsking] = useState<Pending>(null);
@@ -76,15 +84,19 @@ export function Members({ workspace, me, onLeft }: Props) {
   async function add(event: FormEvent) {
     event.preventDefault();
     setNotice(null);
+    let added: Notice | null = null;
     await act("add", async () => {
-      const added = await api.addMember(workspace.id, username, role);
+      const answer = await api.addMember(workspace.id, username, role);
       setUsername("");
-      setNotice(
-        added.status === "invited"
-          ? `Invited ${added.username}: they join once they accept.`
-          : `${added.username} is now a member.`,
-      );
+      added = { username: answer.username, invited: answer.status === "invited" };
     });
+    // (after the lists were read again: the invitation is in them by now)
+    setNotice(added);
+  }
+
+  /** Clears a role chosen in ``member``'s select. */
+  function dropDraft(member: Member) {
+    setDrafts(({ [member.user_id]: _, ...rest }) => rest);
   }
 
   function confirm() {
@@ -92,6 +104,7 @@ export function Members({ workspace, me, onLeft }: Props) {
     setAsking(null);
     if (change === null) return;
     const { member } = change;
+    dropDraft(member);
     if (change.kind === "role")
       void act(member.user_id, () => api.setRole(workspace.id, member.user_id, change.role));
     else
@@ -103,6 +116,15 @@ export function Members({ workspace, me, onLeft }: Props) {
 
   const list = members ?? [];
   const askingIsMe = asking?.member.user_id === me.id;
+  // "Invited bob" goes once bob accepted (a member now) or the invitation is gone.
+  let shownNotice: string | null = null;
+  if (notice && !notice.invited) shownNotice = `${notice.username} is now a member.`;
+  else if (
+    notice &&
+    pending.some((p) => p.username === notice.username) &&
+    !list.some((m) => m.username === notice.username)
+  )
+    shownNotice = `Invited ${notice.username}: they join once they accept.`;
   return (
     <section aria-label="Members">
       {canAdd && (
@@ -142,9 +164,9 @@ export function Members({ workspace, me, onLeft }: Props) {
             <span className="role-name">{role}:</span> {ROLE_HELP[role]}
           </p>
           <Alert message={errors.add ?? null} />
-          {notice && !errors.add && (
+          {shownNotice && !errors.add && (
             <p className="notice" role="status">
-              {notice}
+              {shownNotice}
             </p>
           )}
         </form>
@@ -173,23 +195,61 @@ export function Members({ workspace, me, onLeft }: Props) {
                 </td>
                 <td>
                   {isOwner && !last ? (
-                    <select
-                      aria-label={`Role of ${m.username}`}
-                      value={m.role}
-                      onChange={(e) =>
-                        setAsking({ kind: "role", member: m, role: e.target.value as Role })
-                      }
-                    >
-                      {roleChoices(m, list).map((r) => (
-                        <option key={r} value={r}>
-                          {r}
-                        </option>
-                      ))}
-                    </select>
+                    // Choosing a role (arrow keys move through them) changes nothing yet:
+                    // Change role asks for the confirmation.
+                    <span className="row tight">
+                      <select
+                        aria-label={`Role of ${m.username}`}
+                        value={drafts[m.user_id] ?? m.role}
+                        onChange={(e) =>
+                          setDrafts((all) => ({ ...all, [m.user_id]: e.target.value as Role }))
+                        }
+                      >
+                        {roleChoices(m, list).map((r) => (
+                          <option key={r} value={r}>
+                            {r}
+                          </option>
+                        ))}
+                      </select>
+                      {drafts[m.user_id] !== undefined && drafts[m.user_id] !== m.role && (
+                        <>
+                          <button
+                            type="button"
+                            className="primary small"
+                            aria-label={`Change the role of ${m.username}`}
+                            onClick={() =>
+                              setAsking({
+                                kind: "role",
+                                member: m,
+                                role: drafts[m.user_id] ?? m.role,
+                              })
+                            }
+                          >
+                            Change role
+                          </button>
+                          <button
+                            type="button"
+                            className="small"
+                            aria-label={`Keep the role of ${m.username}`}
+                            onClick={() => dropDraft(m)}
+                          >
+                            Cancel
+                          </button>
+                        </>
+                      )}
+                    </span>
                   ) : (
                     <span className="badge">{m.role}</span>
                   )}
-                  {last && <span className="muted small-note"> the only owner</span>}
+                  {last &&
+                    (isMe ? (
+                      <p className="hint owner-only">
+                        You are the only owner, so you cannot leave or step down: make someone else
+                        an owner first.
+                      </p>
+                    ) : (
+                      <span className="muted small-note"> the only owner</span>
+                    ))}
                   <Alert message={errors[m.user_id] ?? null} />
                 </td>
                 <td className="end">
@@ -209,7 +269,6 @@ export function Members({ workspace, me, onLeft }: Props) {
           })}
         </tbody>
       </table>
-      {isOwner && list.length > 0 && ownerOnlyNote(list, me)}
       {canAdd && pending.length > 0 && (
         <table className="members pending" aria-label="Pending invitations">
           <thead>
@@ -296,16 +355,5 @@ export function Members({ workspace, me, onLeft }: Props) {
         )}
       </ConfirmDialog>
     </section>
-  );
-}
-
-/** Why the only owner has no Leave button and no role select. */
-function ownerOnlyNote(members: Member[], me: User) {
-  const mine = members.find((m) => m.user_id === me.id);
-  if (!mine || !isLastOwner(mine, members)) return null;
-  return (
-    <p className="hint">
-      You are the only owner, so you cannot leave or step down: make someone else an owner first.
-    </p>
   );
 }

@@ -97,7 +97,9 @@ test("developers see every control; failed sandboxes show their error", async ()
   await screen.findByText("alpha");
   expect(screen.getByRole("button", { name: "New sandbox" })).toBeTruthy();
   expect(screen.getByRole("button", { name: "Pause" })).toBeTruthy();
-  expect(screen.getByRole("button", { name: "Resume" })).toBeTruthy();
+  // A crashed sandbox is restarted (the same call as resume), not "resumed".
+  expect(screen.getByRole("button", { name: "Restart" })).toBeTruthy();
+  expect(screen.queryByRole("button", { name: "Resume" })).toBeNull();
   expect(screen.getAllByRole("button", { name: "Delete" })).toHaveLength(3);
   expect(screen.getByText("opencode did not become healthy (HTTP 500)")).toBeTruthy();
   expect(screen.getByText("Starting…")).toBeTruthy();
@@ -107,16 +109,27 @@ test("guests see no mutating controls, only Open", async () => {
   serve(sandboxes);
   render(<Sandboxes workspace={workspace("guest")} pollMs={60_000} />);
   await screen.findByText("alpha");
-  for (const name of ["New sandbox", "Pause", "Resume", "Delete", "Connect a local agent"]) {
+  for (const name of [
+    "New sandbox",
+    "Pause",
+    "Resume",
+    "Restart",
+    "Delete",
+    "Connect a local agent",
+  ]) {
     expect(screen.queryByRole("button", { name })).toBeNull();
   }
-  expect(screen.getAllByRole("button", { name: "Open" })).toHaveLength(3);
+  const opens = screen.getAllByRole("button", { name: "Open" }) as HTMLButtonElement[];
+  expect(opens.map((b) => b.disabled)).toEqual([false, true, true]);
+  // A guest cannot wake the crashed one: Open says who can.
+  expect(opens[1]?.title).toBe("It crashed: a developer of this workspace can restart it");
 });
 
 test("an empty workspace says what to do next", async () => {
   serve([]);
   render(<Sandboxes workspace={workspace("owner")} pollMs={60_000} />);
   expect(await screen.findByText("No sandboxes yet.")).toBeTruthy();
+  expect(screen.getByText("Name one above: it starts opencode in a few seconds.")).toBeTruthy();
   expect((await screen.findByText("1.2K of 5K tokens")).tagName).toBe("STRONG");
   expect(screen.getByRole("button", { name: "Remove budget" })).toBeTruthy();
 });
@@ -306,6 +319,7 @@ test("a paused card says who paused it, or after how long idle", async () => {
     ...card,
     status: "paused",
     started_at: null,
+    last_activity_at: "2026-12-06T11:00:00Z",
     paused_at: "2026-12-06T11:30:00Z",
     paused_by: { kind: "idle", idle_minutes: 30 },
   };
@@ -394,4 +408,60 @@ test("a crashed card says why; developers read its log, guests have no Logs", as
   render(<Sandboxes workspace={workspace("guest")} pollMs={60_000} />);
   await screen.findByText("web");
   expect(screen.queryByRole("button", { name: "Logs" })).toBeNull();
+});
+
+test("idle under a minute is said in seconds, and the pause tells when (no 'last active')", async () => {
+  vi.useFakeTimers({ shouldAdvanceTime: true });
+  vi.setSystemTime(new Date("2026-12-06T12:00:20Z"));
+  const quick: Sandbox = {
+    ...card,
+    status: "paused",
+    started_at: null,
+    last_activity_at: "2026-12-06T11:59:45Z",
+    paused_at: "2026-12-06T12:00:15Z",
+    paused_by: { kind: "idle", idle_minutes: 1 },
+  };
+  answer([quick]);
+  render(<Sandboxes workspace={workspace("developer")} pollMs={60_000} />);
+  const item = (await screen.findByText("web")).closest("li") as HTMLElement;
+  expect(item.textContent).toContain("Paused after 30 s idle just now");
+  expect(item.textContent).not.toContain("1 min idle");
+  expect(item.textContent).not.toContain("Last active");
+});
+
+test("Open on a paused sandbox resumes it, then opens it", async () => {
+  const paused: Sandbox = {
+    ...card,
+    status: "paused",
+    paused_at: "2026-12-06T11:30:00Z",
+    paused_by: { kind: "user", username: "bob" },
+  };
+  const calls: string[] = [];
+  const fetch = answer([paused], {
+    [`POST /api/sandboxes/${card.id}/resume`]: () =>
+      new Response(JSON.stringify({ ...paused, status: "resuming" })),
+    [`POST /api/sandboxes/${card.id}/open`]: () =>
+      new Response(JSON.stringify({ url: "http://oc-x.localhost/open?t=1" })),
+  });
+  const tab = { location: { href: "" }, close: vi.fn() };
+  vi.spyOn(window, "open").mockReturnValue(tab as unknown as Window);
+  render(<Sandboxes workspace={workspace("developer")} pollMs={60_000} />);
+  const item = (await screen.findByText("web")).closest("li") as HTMLElement;
+  const open = within(item).getByRole("button", { name: "Open" }) as HTMLButtonElement;
+  expect(open.disabled).toBe(false);
+  expect(open.title).toBe("Resumes it, then opens it");
+  fireEvent.click(open);
+  await vi.waitFor(() => expect(tab.location.href).toBe("http://oc-x.localhost/open?t=1"));
+  for (const [input, init] of fetch.mock.calls)
+    if (init?.method === "POST") calls.push(String(input));
+  expect(calls).toEqual([`/api/sandboxes/${card.id}/resume`, `/api/sandboxes/${card.id}/open`]);
+});
+
+test("guests: Open on a paused sandbox is disabled and says why", async () => {
+  answer([{ ...card, status: "paused", paused_by: { kind: "user", username: "bob" } }]);
+  render(<Sandboxes workspace={workspace("guest")} pollMs={60_000} />);
+  const item = (await screen.findByText("web")).closest("li") as HTMLElement;
+  const open = within(item).getByRole("button", { name: "Open" }) as HTMLButtonElement;
+  expect(open.disabled).toBe(true);
+  expect(open.title).toBe("It is paused: a developer of this workspace can resume it");
 });

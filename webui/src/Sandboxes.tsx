@@ -27,13 +27,16 @@ const LABEL: Record<string, string> = {
 const TITLE: Record<string, string> = {
   offline: "the agent is not connected",
 };
+/** Open wakes these first (developers and up): resume, then the subdomain's page waits. */
+const WAKEABLE = new Set(["paused", "failed"]);
 
 interface Props {
   workspace: Workspace;
   pollMs?: number;
+  isAdmin?: boolean;
 }
 
-export function Sandboxes({ workspace, pollMs = 2000 }: Props) {
+export function Sandboxes({ workspace, pollMs = 2000, isAdmin = false }: Props) {
   const [sandboxes, setSandboxes] = useState<Sandbox[] | null>(null);
   const [name, setName] = useState("");
   const [ticks, setTicks] = useState(0);
@@ -88,6 +91,15 @@ export function Sandboxes({ workspace, pollMs = 2000 }: Props) {
     // one-time link once the server has minted it.
     const tab = window.open("about:blank", "_blank");
     try {
+      if (canChange && !sandbox.is_local && WAKEABLE.has(sandbox.status)) {
+        try {
+          await api.resume(sandbox.id);
+        } catch (e) {
+          // Someone else resumed it a moment ago: open it all the same.
+          if (!(e instanceof ApiError && e.status === 409)) throw e;
+        }
+        void load();
+      }
       const { url } = await api.open(sandbox.id);
       if (tab) tab.location.href = url;
       else window.location.href = url;
@@ -99,7 +111,7 @@ export function Sandboxes({ workspace, pollMs = 2000 }: Props) {
 
   return (
     <section aria-label="Sandboxes">
-      <Usage workspace={workspace} refreshKey={Math.floor(ticks / 5)} />
+      <Usage workspace={workspace} refreshKey={Math.floor(ticks / 5)} isAdmin={isAdmin} />
       {canChange && (
         <form onSubmit={create} className="row">
           <label className="grow">
@@ -136,7 +148,7 @@ export function Sandboxes({ workspace, pollMs = 2000 }: Props) {
           <p>No sandboxes yet.</p>
           <p className="muted">
             {canChange
-              ? "Name one above: it starts opencode in about two seconds."
+              ? "Name one above: it starts opencode in a few seconds."
               : "A developer of this workspace can start one."}
           </p>
         </div>
@@ -192,8 +204,11 @@ function SandboxCard({ sandbox: s, canChange, onOpen, act }: CardProps) {
         Up {span(Math.max(0, now - Date.parse(s.started_at)))}
       </span>,
     );
-  if (s.last_activity_at && !s.is_local)
+  // (an idle pause says when in its own line: "last active" would repeat it, rounded)
+  const idlePaused = s.status === "paused" && s.paused_by?.kind === "idle";
+  if (s.last_activity_at && !s.is_local && !idlePaused)
     facts.push(<When key="active" iso={s.last_activity_at} now={now} prefix="Last active" />);
+  const openable = s.status === "running" || (canChange && !s.is_local && WAKEABLE.has(s.status));
   return (
     <li className="card sandbox" data-status={s.status}>
       <div className="row between">
@@ -244,7 +259,8 @@ function SandboxCard({ sandbox: s, canChange, onOpen, act }: CardProps) {
         <button
           type="button"
           className="primary"
-          disabled={s.status !== "running"}
+          disabled={!openable}
+          title={openTitle(s, canChange)}
           onClick={onOpen}
         >
           Open
@@ -254,9 +270,9 @@ function SandboxCard({ sandbox: s, canChange, onOpen, act }: CardProps) {
             Pause
           </button>
         )}
-        {canChange && !s.is_local && (s.status === "paused" || s.status === "failed") && (
+        {canChange && !s.is_local && WAKEABLE.has(s.status) && (
           <button type="button" onClick={() => void act(() => api.resume(s.id))}>
-            Resume
+            {s.status === "failed" ? "Restart" : "Resume"}
           </button>
         )}
         {canChange && !s.is_local && (
@@ -288,12 +304,41 @@ function SandboxCard({ sandbox: s, canChange, onOpen, act }: CardProps) {
   );
 }
 
+/** Why Open does what it does, or why it cannot. */
+function openTitle(s: Sandbox, canChange: boolean): string | undefined {
+  if (s.status === "running") return undefined;
+  if (WAKEABLE.has(s.status) && !s.is_local) {
+    if (canChange)
+      return s.status === "failed" ? "Restarts it, then opens it" : "Resumes it, then opens it";
+    return s.status === "failed"
+      ? "It crashed: a developer of this workspace can restart it"
+      : "It is paused: a developer of this workspace can resume it";
+  }
+  if (MOVING.has(s.status)) return `${LABEL[s.status]} — it opens once running`;
+  return TITLE[s.status];
+}
+
+/** "30 s" under a minute, "4 min" after: how long a sandbox sat idle before its pause. */
+export function idleFor(s: Sandbox): string | null {
+  if (s.paused_at && s.last_activity_at) {
+    const seconds = Math.max(
+      1,
+      Math.round((Date.parse(s.paused_at) - Date.parse(s.last_activity_at)) / 1000),
+    );
+    return seconds < 60 ? `${seconds} s` : `${Math.round(seconds / 60)} min`;
+  }
+  if (s.paused_by?.kind === "idle" && s.paused_by.idle_minutes)
+    return `${s.paused_by.idle_minutes} min`;
+  return null;
+}
+
 function PausedLine({ sandbox: s, now }: { sandbox: Sandbox; now: number }) {
   const by = s.paused_by;
   let who = "Paused";
-  if (by?.kind === "idle")
-    who = by.idle_minutes ? `Paused after ${by.idle_minutes} min idle` : "Paused for idleness";
-  else if (by?.kind === "user") who = `Paused by ${by.username ?? "a former member"}`;
+  if (by?.kind === "idle") {
+    const idle = idleFor(s);
+    who = idle ? `Paused after ${idle} idle` : "Paused for idleness";
+  } else if (by?.kind === "user") who = `Paused by ${by.username ?? "a former member"}`;
   return (
     <p className="muted small paused-by">
       {s.paused_at ? <When iso={s.paused_at} now={now} prefix={who} /> : who}

@@ -1,6 +1,7 @@
-import { fireEvent, render, screen, within } from "@testing-library/react";
+import { act, fireEvent, render, screen, within } from "@testing-library/react";
 import { afterEach, expect, test, vi } from "vitest";
 import type { UsageReport, Workspace } from "./api";
+import { SEEN_KEY, ServerClaudeBanner, START_COMMAND } from "./ClaudeBanner";
 import { parseBudget, Usage } from "./Usage";
 
 const NOT_SET_UP =
@@ -35,21 +36,52 @@ afterEach(() => {
   vi.restoreAllMocks();
 });
 
-test("owners see what to set and where when Claude is not set up", async () => {
+test("owners see whom to ask and what that person does, on one line first", async () => {
+  window.localStorage.clear();
   serve(report(null, false));
   render(<Usage workspace={workspace("owner")} refreshKey={0} />);
   const banner = await screen.findByRole("region", { name: "Claude is not set up on this server" });
-  expect(banner.textContent).toContain(
-    "The administrator sets ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN) in the server's environment and restarts it.",
+  expect(banner.querySelector(".claude-summary")?.textContent).toContain(
+    "ask the administrator of this server",
   );
-  expect(within(banner).getByText(/twistd -n cli-server/).textContent).toContain(
-    "ANTHROPIC_API_KEY=",
-  );
+  expect(banner.textContent).not.toContain("workspace owner");
+  const command = within(banner).getByText(/twistd -n cli-server/);
+  expect(command.textContent).toBe(START_COMMAND);
+  expect(command.textContent).toContain(".venv/bin/twistd");
   expect(banner.textContent).toContain("Claude in sandboxes: the Anthropic proxy");
   expect(screen.queryByRole("note")).toBeNull();
 });
 
-test("maintainers see the banner too; developers and guests a short neutral note", async () => {
+test("the how-to is open the first time, folded once it was seen", async () => {
+  window.localStorage.clear();
+  serve(report(null, false));
+  const first = render(<Usage workspace={workspace("owner")} refreshKey={0} />);
+  const open = await screen.findByRole("region", { name: /not set up/ });
+  expect(open.querySelector("details")?.open).toBe(true);
+  await vi.waitFor(() => expect(window.localStorage.getItem(SEEN_KEY)).not.toBeNull());
+  first.unmount();
+  render(<Usage workspace={workspace("owner")} refreshKey={0} />);
+  const folded = await screen.findByRole("region", { name: /not set up/ });
+  expect(folded.querySelector("details")?.open).toBe(false);
+  expect(within(folded).getByText("What the administrator does").tagName).toBe("SUMMARY");
+});
+
+test("on a phone the how-to starts folded", async () => {
+  window.localStorage.clear();
+  const small = vi.fn((query: string) => ({ matches: query.includes("max-width") }));
+  Object.defineProperty(window, "matchMedia", { value: small, configurable: true });
+  try {
+    serve(report(null, false));
+    render(<Usage workspace={workspace("maintainer")} refreshKey={0} />);
+    const banner = await screen.findByRole("region", { name: /not set up/ });
+    expect(banner.querySelector("details")?.open).toBe(false);
+    expect(window.localStorage.getItem(SEEN_KEY)).toBeNull();
+  } finally {
+    Reflect.deleteProperty(window, "matchMedia");
+  }
+});
+
+test("maintainers see the banner too; developers and guests a short note naming the administrator", async () => {
   for (const role of ["maintainer", "developer", "guest"] as const) {
     serve(report(null, false));
     const { unmount } = render(<Usage workspace={workspace(role)} refreshKey={0} />);
@@ -59,13 +91,54 @@ test("maintainers see the banner too; developers and guests a short neutral note
     } else {
       expect(screen.queryByRole("region", { name: /not set up/ })).toBeNull();
       expect(screen.getByRole("note").textContent).toContain(
-        "Claude is not available yet — ask the workspace owner.",
+        "Claude is not available yet — ask the administrator of this server",
       );
       expect(screen.getByRole("note").textContent).not.toContain("ANTHROPIC");
     }
     unmount();
     vi.restoreAllMocks();
   }
+});
+
+test("the administrator's banner is at the top of the dashboard, not in the workspace", async () => {
+  serve(report(null, false));
+  render(<Usage workspace={workspace("owner")} refreshKey={0} isAdmin />);
+  await screen.findByText(/Claude this month/);
+  expect(screen.queryByRole("region")).toBeNull();
+  expect(screen.queryByRole("note")).toBeNull();
+});
+
+test("the administrator sees the banner from /readyz, with no workspace at all", async () => {
+  window.localStorage.clear();
+  const fetch = vi
+    .spyOn(globalThis, "fetch")
+    .mockImplementation(() =>
+      Promise.resolve(new Response(JSON.stringify({ status: "ready", claude: "not configured" }))),
+    );
+  render(<ServerClaudeBanner />);
+  const banner = await screen.findByRole("region", { name: /not set up/ });
+  expect(String(fetch.mock.calls[0]?.[0])).toBe("/readyz");
+  expect(banner.textContent).toContain("you, who run this server");
+  expect(within(banner).getByText(START_COMMAND)).toBeTruthy();
+});
+
+test("a configured server gives the administrator no banner", async () => {
+  const said = vi.fn(() => ({ status: "ready", claude: "configured" }));
+  vi.spyOn(globalThis, "fetch").mockImplementation(() =>
+    Promise.resolve(new Response(JSON.stringify(said()))),
+  );
+  render(<ServerClaudeBanner />);
+  await vi.waitFor(() => expect(said).toHaveBeenCalled());
+  await act(async () => undefined);
+  expect(screen.queryByRole("region")).toBeNull();
+});
+
+test("members without the budget field hear of no budget once", async () => {
+  serve(report(null, true));
+  render(<Usage workspace={workspace("developer")} refreshKey={0} />);
+  await screen.findByText(/Claude this month/);
+  expect(screen.getByText("No monthly budget. Owners can set one.")).toBeTruthy();
+  expect(document.body.textContent?.match(/no monthly budget/gi)).toHaveLength(1);
 });
 
 test("a configured server shows no banner", async () => {

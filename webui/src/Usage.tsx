@@ -29,10 +29,12 @@ export function parseBudget(text: string): { value: number } | { problem: string
 interface Props {
   workspace: Workspace;
   refreshKey: number;
+  /** The instance admin has the Claude banner at the top of the dashboard already. */
+  isAdmin?: boolean;
 }
 
 /** This month's Claude usage of the workspace, its monthly budget, and whether Claude is set up. */
-export function Usage({ workspace, refreshKey }: Props) {
+export function Usage({ workspace, refreshKey, isAdmin = false }: Props) {
   const [report, setReport] = useState<UsageReport | null>(null);
   // What the owner is typing; null while they are not editing (the field shows the budget).
   const [draft, setDraft] = useState<string | null>(null);
@@ -92,11 +94,11 @@ export function Usage({ workspace, refreshKey }: Props) {
 
   return (
     <div className="usage">
-      <ClaudeBanner claude={report.claude} role={workspace.role} />
+      <ClaudeBanner claude={report.claude} role={workspace.role} isAdmin={isAdmin} />
       <p className="usage-line" aria-live="polite">
         Claude this month: <strong>{summary}</strong> ({exact.format(report.month.requests)}{" "}
         {report.month.requests === 1 ? "request" : "requests"})
-        {cap === null ? " · no monthly budget" : ""}
+        {cap === null && owner ? " · no monthly budget" : ""}
       </p>
       {cap !== null && (
         <div

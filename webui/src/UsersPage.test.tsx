@@ -136,3 +136,19 @@ test("in invite mode the admin creates a sign-up link and sees its URL", async (
   expect(await screen.findByText("http://localhost/#invite=TOKEN123")).toBeTruthy();
   expect(screen.getByText(/Registration is by invitation/)).toBeTruthy();
 });
+
+test("the admin's own row offers no password reset, and says where to change it", async () => {
+  serve();
+  render(<UsersPage user={admin} />);
+  await screen.findByText("bob@example.com");
+  expect(
+    within(row("admin")).queryByRole("button", { name: "Reset password", hidden: true }),
+  ).toBeNull();
+  expect(row("admin").textContent).toContain("Change your own password on your account page.");
+  expect(
+    within(row("admin")).getByRole("link", { name: "account page" }).getAttribute("href"),
+  ).toBe("/account");
+  expect(
+    within(row("bob")).getAllByRole("button", { name: "Reset password", hidden: true }).length,
+  ).toBeGreaterThan(0);
+});

@@ -134,13 +134,20 @@ export function UsersPage({ user }: Props) {
                         onConfirm={() => void act(u, () => accountsApi.disableUser(u.id))}
                       />
                     ))}
-                  <ConfirmButton
-                    label="Reset password"
-                    className="secondary"
-                    question={`Give ${u.username} a new temporary password? Their current password stops working and they are signed out everywhere.`}
-                    confirmLabel="Reset password"
-                    onConfirm={() => void reset(u)}
-                  />
+                  {u.id === user.id ? (
+                    // (a reset would sign the admin out everywhere; the server refuses it)
+                    <p className="small muted own-row">
+                      Change your own password on your <a href="/account">account page</a>.
+                    </p>
+                  ) : (
+                    <ConfirmButton
+                      label="Reset password"
+                      className="secondary"
+                      question={`Give ${u.username} a new temporary password? Their current password stops working and they are signed out everywhere.`}
+                      confirmLabel="Reset password"
+                      onConfirm={() => void reset(u)}
+                    />
+                  )}
                   {rowError?.id === u.id && (
                     <p className="error small" role="alert">
                       {rowError.message}

@@ -213,6 +213,8 @@ export interface Registration {
   password_rule: string;
   /** False: this server signs people in through its providers only. */
   password_login?: boolean;
+  /** This server's version (a local agent's laptop needs the same). */
+  version?: string;
 }
 /** One of the signed-in user's login sessions (never its token). */
 export interface Session {

@@ -12,6 +12,7 @@ from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
+from cli_server._version import __version__
 from cli_server.accounts import Accounts
 from cli_server.auth.ratelimit import (
     Backoff,
@@ -132,6 +133,8 @@ class AuthAPI:
                 "username_rule": f"Username: {USERNAME_RULE}.",
                 "password_rule": f"Password: {PASSWORD_RULE}.",
                 "password_login": self._password_login,
+                # (a local agent's laptop needs the same version: the dialog names it)
+                "version": __version__.public(),
             },
         )
 

@@ -169,6 +169,15 @@ def parse_registration(text: str) -> str:
     return value
 
 
+def parse_access_log(text: str) -> str:
+    """Which requests the access log lists: ``all``, ``changes`` (all but the successful API
+    reads an open dashboard makes every few seconds) or ``off``."""
+    value = text.strip().lower()
+    if value not in ("all", "changes", "off"):
+        raise ValueError(f"{text!r} is not an access-log mode (all, changes or off)")
+    return value
+
+
 def default_max_sandboxes() -> int:
     """About 0.5 GiB per opencode, leaving a quarter of the memory to everything else."""
     try:
@@ -214,6 +223,7 @@ class ServerConfig:
     # peers whose X-Forwarded-For / Forwarded name the client (client_address.py)
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     registration: str = "open"  # open, invite or closed (parse_registration)
+    access_log: str = "changes"  # all, changes or off (parse_access_log)
     # Secrets: only from the environment (a command line is visible to every local user).
     anthropic_api_key: str | None = field(default=None, repr=False)
     anthropic_auth_token: str | None = field(default=None, repr=False)

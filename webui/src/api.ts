@@ -286,3 +286,6 @@ export function ago(moment: string, now: number = Date.now()): string {
   }
   return "just now";
 }
+
+/** One sandbox, for a member of its workspace (404 otherwise): GET /api/sandboxes/{id}. */
+export const sandboxDetail = (id: string) => call<Sandbox>("GET", `/api/sandboxes/${id}`);

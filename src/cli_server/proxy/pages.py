@@ -52,6 +52,7 @@ def page(
     dashboard: str,
     refresh: int | None = None,
     resume: bool = False,
+    then: str | None = None,
 ) -> bytes:
     request.setResponseCode(status)
     for name, value in PAGE_HEADERS:
@@ -61,15 +62,25 @@ def page(
         # sends ``Origin: null``, which only fetch metadata can place, and browsers send none
         # over plain http (but to localhost). The page's URL still reaches nobody else.
         request.setHeader(b"referrer-policy", b"same-origin")
-    return page_html(title, text, dashboard=dashboard, refresh=refresh, resume=resume)
+    return page_html(title, text, dashboard=dashboard, refresh=refresh, resume=resume, then=then)
 
 
 def page_html(
-    title: str, text: str, *, dashboard: str, refresh: int | None = None, resume: bool = False
+    title: str,
+    text: str,
+    *,
+    dashboard: str,
+    refresh: int | None = None,
+    resume: bool = False,
+    then: str | None = None,
 ) -> bytes:
-    head = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
+    """``then``: where the reload and Resume lead (a path of this origin; default this page)."""
+    target = f";url={escape(then)}" if then else ""
+    head = f'<meta http-equiv="refresh" content="{refresh}{target}">' if refresh else ""
+    after = f'<input type="hidden" name="next" value="{escape(then)}">' if then else ""
     action = (
-        '<form method="post" action="/_cli/resume"><button type="submit">Resume</button></form>'
+        f'<form method="post" action="/_cli/resume">{after}'
+        '<button type="submit">Resume</button></form>'
         if resume
         else ""
     )

@@ -145,6 +145,8 @@ class SandboxSite(Resource):
         token = self._cookie.read(request)
         access = await self._access.lookup(token, sandbox_id) if token else None
         if access is None:
+            if _navigation(request):
+                return self._to_open_page(request, sandbox_id)
             return self._revoked(request)
         if path == _RESUME_PATH:
             return await self._resume(request, access)
@@ -237,6 +239,17 @@ class SandboxSite(Resource):
             "Your access here has ended or was never granted.",
         )
 
+    def _to_open_page(self, request: Any, sandbox_id: str) -> None:
+        """A browser sent here without a session of ours (a shared link, a bookmark, a
+        session that ended): to the dashboard's page that opens this sandbox for its
+        members, after signing in there if need be. A fixed address: never an open redirect."""
+        self._cookie.clear_doubles(request, self._base_host)
+        request.setResponseCode(303)
+        request.setHeader(b"location", f"{self._dashboard}open/{sandbox_id}".encode("ascii"))
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"referrer-policy", b"no-referrer")
+        self._finish(request, b"")
+
     def _not_found(self, request: Any) -> None:
         self._page(request, 404, "No such sandbox", "It does not exist, or you may not see it.")
 
@@ -246,7 +259,8 @@ class SandboxSite(Resource):
             text = f"{access.error[:300].rstrip('.')}. {text}"
         can_resume = status in ("paused", "failed") and access.role >= Role.DEVELOPER
         refresh = None if status in ("paused", "failed") else 3
-        self._page(request, 503, title, text, refresh=refresh, resume=can_resume)
+        then = _after_start(request.uri, access)
+        self._page(request, 503, title, text, refresh=refresh, resume=can_resume, then=then)
 
     async def _redeem(self, request: Any, sandbox_id: str) -> None:
         request.setHeader(b"referrer-policy", b"no-referrer")
@@ -302,9 +316,37 @@ class SandboxSite(Resource):
         except ApiError as e:
             return self._page(request, e.status, "Cannot resume", e.message)
         self._access.status_changed(access.sandbox_id)
+        asked = (request.args.get(b"next") or [b"/"])[0]
         request.setResponseCode(303)
-        request.setHeader(b"location", b"/")
+        request.setHeader(b"location", _after_start(asked, access).encode("ascii"))
         self._finish(request, b"")
+
+
+def _navigation(request: Any) -> bool:
+    """A browser loading a page (a link followed, an address typed), not a script's request:
+    only those may be redirected; a fetch, event stream or WebSocket gets its 401."""
+    if request.method not in _GUEST_METHODS or _upgrade(request):
+        return False
+    mode: bytes | None = request.getHeader(b"sec-fetch-mode")
+    if mode is not None:
+        return mode.lower() == b"navigate"
+    accept: bytes = request.getHeader(b"accept") or b""
+    return b"text/html" in accept.lower()  # (a browser that sends no fetch metadata)
+
+
+def _after_start(uri: bytes, access: Access) -> str:
+    """Where a started or resumed sandbox's page leads: the address asked for, but the bare
+    home page of a cloud sandbox becomes the landing (opencode on the workspace disk)."""
+    try:
+        path = uri.decode("ascii")
+    except UnicodeDecodeError:
+        path = "/"
+    # (a path of this origin only: not "//host", not "/\\host", nothing a header cannot carry)
+    if not path.startswith("/") or path[1:2] in ("/", "\\") or not path.isprintable():
+        path = "/"
+    if path == "/" and not access.is_local:
+        return _LAND_PATH.decode("ascii")
+    return path
 
 
 def _upgrade(request: Any) -> bool:

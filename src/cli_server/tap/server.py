@@ -16,6 +16,7 @@ from cli_server.config import (
     ServerConfig,
     default_data_dir,
     default_max_sandboxes,
+    parse_access_log,
     parse_backend,
     parse_base_domain,
     parse_base_scheme,
@@ -200,6 +201,13 @@ SETTINGS: dict[str, Setting] = {
         "Who may create an account: open (anyone), invite (with a one-time sign-up link from"
         " the instance admin) or closed (nobody). The first account, the admin, always may.",
     ),
+    "access-log": Setting(
+        "ACCESS_LOG",
+        parse_access_log,
+        "changes",
+        "Which main-site requests are access-logged: all, changes (all but successful"
+        " GET/HEAD requests to /api/, which open dashboards make every few seconds) or off.",
+    ),
 }
 
 
@@ -347,6 +355,7 @@ class Options(usage.Options):
             egress_allow=self["egress-allow"] or (),
             trusted_proxies=self["trusted-proxies"] or (),
             registration=self["registration"],
+            access_log=self["access-log"],
             anthropic_api_key=self._environ.get("ANTHROPIC_API_KEY") or None,
             anthropic_auth_token=self._environ.get("ANTHROPIC_AUTH_TOKEN") or None,
         )

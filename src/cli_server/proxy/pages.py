@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from html import escape
+from urllib.parse import quote
 
 from twisted.web.iweb import IRequest
 
@@ -77,10 +78,9 @@ def page_html(
     """``then``: where the reload and Resume lead (a path of this origin; default this page)."""
     target = f";url={escape(then)}" if then else ""
     head = f'<meta http-equiv="refresh" content="{refresh}{target}">' if refresh else ""
-    after = f'<input type="hidden" name="next" value="{escape(then)}">' if then else ""
+    after = escape("/_cli/resume" + (f"?next={quote(then, safe='/')}" if then else ""))
     action = (
-        f'<form method="post" action="/_cli/resume">{after}'
-        '<button type="submit">Resume</button></form>'
+        f'<form method="post" action="{after}"><button type="submit">Resume</button></form>'
         if resume
         else ""
     )

@@ -316,7 +316,9 @@ class SandboxSite(Resource):
         except ApiError as e:
             return self._page(request, e.status, "Cannot resume", e.message)
         self._access.status_changed(access.sandbox_id)
-        asked = (request.args.get(b"next") or [b"/"])[0]
+        # (in the form's action: a sandbox request's body streams to opencode, unread here)
+        query = parse_qs(request.uri.partition(b"?")[2].decode("latin-1"))
+        asked = (query.get("next") or ["/"])[0].encode("utf-8")
         request.setResponseCode(303)
         request.setHeader(b"location", _after_start(asked, access).encode("ascii"))
         self._finish(request, b"")

@@ -120,7 +120,19 @@ _LANDING_SCRIPT = """
     if (!Array.isArray(v.list)) v.list = [];
     localStorage.setItem(key, JSON.stringify(v));
     var b64 = btoa(dir).replace(/\\+/g, "-").replace(/\\//g, "_").replace(/=+$/, "");
-    location.replace("/" + b64 + "/session");
+    var home = "/" + b64 + "/session";
+    if (!%(read_only)s) return location.replace(home);
+    // A guest cannot prompt: the project's latest session to read, if it has one.
+    fetch("/session", { credentials: "same-origin", headers: { accept: "application/json" } })
+      .then(function (r) { return r.ok ? r.json() : []; })
+      .then(function (list) {
+        var top = (Array.isArray(list) ? list : []).filter(function (s) {
+          return s && typeof s.id === "string" && !s.parentID;
+        }).sort(function (a, b) {
+          return ((b.time || {}).updated || 0) - ((a.time || {}).updated || 0);
+        })[0];
+        location.replace(top ? home + "/" + encodeURIComponent(top.id) : home);
+      }, function () { location.replace(home); });
   } catch (e) {
     location.replace("/");
   }
@@ -128,9 +140,13 @@ _LANDING_SCRIPT = """
 """
 
 
-def landing_html(directory: str = WORKSPACE_DIRECTORY) -> bytes:
-    """The page a sandbox link lands on: opens opencode on ``directory`` (see above)."""
-    script = _LANDING_SCRIPT % {"directory": json.dumps(directory)}
+def landing_html(directory: str = WORKSPACE_DIRECTORY, *, read_only: bool = False) -> bytes:
+    """The page a sandbox link lands on: opens opencode on ``directory`` (see above); for a
+    guest (``read_only``) on the project's latest session rather than a new one's prompt."""
+    script = _LANDING_SCRIPT % {
+        "directory": json.dumps(directory),
+        "read_only": json.dumps(read_only),
+    }
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         f"<title>Opening…</title><style>{_STYLE}</style></head><body><main>"

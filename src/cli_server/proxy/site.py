@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -38,6 +39,12 @@ from cli_server.sandboxes.manager import SandboxManager
 _GUEST_METHODS = (b"GET", b"HEAD")
 _AUTH_PATH = b"/_cli/auth"
 _RESUME_PATH = b"/_cli/resume"
+_GUEST_REFUSAL = json.dumps(
+    {
+        "name": "Forbidden",
+        "data": {"message": "You are a guest in this workspace: opencode is read-only for you."},
+    }
+).encode()
 _LAND_PATH = b"/_cli/open"  # where a sandbox link lands once signed in (landing_html)
 
 
@@ -154,6 +161,8 @@ class SandboxSite(Resource):
             return self._land(request, access)
         upgrade = _upgrade(request)
         if access.role < Role.DEVELOPER and (request.method not in _GUEST_METHODS or upgrade):
+            if request.method not in _GUEST_METHODS and not _navigation(request):
+                return self._guest_refused(request)  # (opencode's own request: in its words)
             return self._page(
                 request,
                 403,
@@ -239,6 +248,13 @@ class SandboxSite(Resource):
             "Your access here has ended or was never granted.",
         )
 
+    def _guest_refused(self, request: Any) -> None:
+        """403 in opencode's error shape (``{name, data: {message}}``), for its UI to show."""
+        request.setResponseCode(403)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        self._finish(request, _GUEST_REFUSAL)
+
     def _to_open_page(self, request: Any, sandbox_id: str) -> None:
         """A browser sent here without a session of ours (a shared link, a bookmark, a
         session that ended): to the dashboard's page that opens this sandbox for its
@@ -301,7 +317,7 @@ class SandboxSite(Resource):
             return self._finish(request, b"")
         for name, value in PAGE_HEADERS:
             request.setHeader(name, value)
-        self._finish(request, landing_html())
+        self._finish(request, landing_html(read_only=access.role < Role.DEVELOPER))
 
     async def _signed_in(self, request: Any, sandbox_id: str) -> Access | None:
         """The request's valid session of this sandbox's subdomain, if it has one."""

@@ -4,6 +4,7 @@ the dashboard's /open/<id>, scripts get 401, and Resume or a reload lands in the
 
 from __future__ import annotations
 
+import json
 from html import escape
 from urllib.parse import quote
 
@@ -110,3 +111,30 @@ async def test_resume_and_reload_land_in_the_work(proxy: Proxy) -> None:  # noqa
         assert refresh in resuming.body, resuming.body
         backend.release()
         await wait_status(owner, proxy.sandbox, "running")
+
+
+@pytest_twisted.ensureDeferred
+async def test_guests_land_on_reading_and_are_refused_in_words(proxy: Proxy) -> None:  # noqa: F811
+    """The landing asks for the project's sessions for a guest (the latest one to read), and
+    opens a new session for a developer; a guest's script write gets opencode's error shape,
+    a guest's form post the page."""
+    dev, guest = await proxy.open("developer"), await proxy.open("guest")
+    as_dev = await proxy.visit("/_cli/open", cookie=dev, headers=NAVIGATE)
+    as_guest = await proxy.visit("/_cli/open", cookie=guest, headers=NAVIGATE)
+    assert as_dev.code == as_guest.code == 200
+    assert b"if (!false) return location.replace(home);" in as_dev.body, as_dev.body
+    assert b"if (!true) return location.replace(home);" in as_guest.body, as_guest.body
+    assert as_dev.body != as_guest.body
+    origin = {"Origin": f"http://{proxy.host()}", "Sec-Fetch-Mode": "cors"}
+    refused = await proxy.visit("/session", "POST", cookie=guest, headers=origin, body={})
+    assert refused.code == 403, refused
+    assert refused.headers.getRawHeaders("content-type") == ["application/json"]
+    body = refused.body if isinstance(refused.body, dict) else json.loads(refused.body)
+    assert body == {
+        "name": "Forbidden",
+        "data": {"message": "You are a guest in this workspace: opencode is read-only for you."},
+    }
+    form = {"Origin": f"http://{proxy.host()}", **NAVIGATE}
+    page = await proxy.visit("/session", "POST", cookie=guest, headers=form, body={})
+    assert page.code == 403 and b"Read-only access" in page.body, page
+    assert proxy.upstream.seen == []

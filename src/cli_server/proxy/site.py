@@ -161,7 +161,7 @@ class SandboxSite(Resource):
             return self._land(request, access)
         upgrade = _upgrade(request)
         if access.role < Role.DEVELOPER and (request.method not in _GUEST_METHODS or upgrade):
-            if request.method not in _GUEST_METHODS and not _navigation(request):
+            if not upgrade and not _page_load(request):
                 return self._guest_refused(request)  # (opencode's own request: in its words)
             return self._page(
                 request,
@@ -343,8 +343,11 @@ class SandboxSite(Resource):
 def _navigation(request: Any) -> bool:
     """A browser loading a page (a link followed, an address typed), not a script's request:
     only those may be redirected; a fetch, event stream or WebSocket gets its 401."""
-    if request.method not in _GUEST_METHODS or _upgrade(request):
-        return False
+    return request.method in _GUEST_METHODS and not _upgrade(request) and _page_load(request)
+
+
+def _page_load(request: Any) -> bool:
+    """The browser shows the answer as a page (a navigation, a form sent), of any method."""
     mode: bytes | None = request.getHeader(b"sec-fetch-mode")
     if mode is not None:
         return mode.lower() == b"navigate"

@@ -193,6 +193,10 @@ try {
   await other.waitForURL(`${base}/open/${sandboxId}`);
   await other.getByRole("button", { name: "Resume and open" }).waitFor();
   await other.screenshot({ path: join(shots, "open-link-paused.png") });
+  await other.setViewportSize({ width: 390, height: 844 });
+  await other.emulateMedia({ colorScheme: "dark" });
+  await other.screenshot({ path: join(shots, "open-link-paused-phone-dark.png") });
+  await other.setViewportSize(DESKTOP);
   await other.getByRole("button", { name: "Resume and open" }).click();
   await inOpencode(other);
   console.log("paused sandbox resumed and opened");

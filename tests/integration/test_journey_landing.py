@@ -53,6 +53,7 @@ def test_shared_link_journey(data_dir: Path) -> None:
     for line in (
         "member opened the shared link",
         "signed-out visitor signed in and opened the link",
+        "guest prompt refused in opencode's own words",
         "guest landed on the latest session",
         "paused sandbox resumed and opened",
     ):

@@ -166,8 +166,15 @@ try {
       refused.body.data.message.includes("read-only"),
     `a guest's POST /session: ${JSON.stringify(refused)}`,
   );
-  await carol.page.waitForTimeout(1000); // let opencode's UI finish painting
+  // Prompting anyway: opencode's own UI says why not (our 403, in its error shape).
+  const prompt = carol.page.getByRole("textbox").last();
+  await prompt.click();
+  await prompt.pressSequentially("hello");
+  await carol.page.keyboard.press("Enter");
+  await carol.page.getByText("Failed to send prompt").waitFor();
+  await carol.page.getByText(/You are a guest in this workspace: opencode is read-only/).waitFor();
   await carol.page.screenshot({ path: join(shots, "guest-opencode.png") });
+  console.log("guest prompt refused in opencode's own words");
   console.log(`guest landed on the latest session (${guestSeen.at(-1)})`);
 
   // Paused: bob's open page offers Resume and open; the guest's says she cannot.

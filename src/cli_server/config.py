@@ -248,6 +248,15 @@ class OidcLogin:
     groups_claim: str | None = None
 
 
+def parse_access_log(text: str) -> str:
+    """Which requests the access log lists: ``all``, ``changes`` (all but the successful API
+    reads an open dashboard makes every few seconds) or ``off``."""
+    value = text.strip().lower()
+    if value not in ("all", "changes", "off"):
+        raise ValueError(f"{text!r} is not an access-log mode (all, changes or off)")
+    return value
+
+
 def default_max_sandboxes() -> int:
     """About 0.5 GiB per opencode, leaving a quarter of the memory to everything else."""
     try:
@@ -300,6 +309,7 @@ class ServerConfig:
     sso_redirect_base_url: str | None = None
     sso_allowed_domains: tuple[str, ...] = ()
     password_login: bool = True
+    access_log: str = "changes"  # all, changes or off (parse_access_log)
     # Secrets: only from the environment (a command line is visible to every local user).
     anthropic_api_key: str | None = field(default=None, repr=False)
     anthropic_auth_token: str | None = field(default=None, repr=False)

@@ -492,6 +492,7 @@ def build(
         requestFactory=BoundedRequest,
     )
     web.displayTracebacks = False
+    web.access_log = config.access_log
     # (before the listeners: stopped after them, so nothing is handed to it while it stops)
     relay = StreamRelay(reactor, metrics.relayed_streams)
     relay.setName("stream-relay")

@@ -330,3 +330,23 @@ class RegistrationOptionTests(SynchronousTestCase):
             self.assertTrue(error.startswith(f"{source}: "), error)
             self.assertIn("is not a registration mode (open, invite or closed)", error)
             self.assertNotIn("\n", error)
+
+
+class AccessLogOptionTests(SynchronousTestCase):
+    def test_default_option_and_environment(self) -> None:
+        """changes out of the box; --access-log or ACCESS_LOG, any case, say otherwise."""
+        self.assertEqual(parse([]).config().access_log, "changes")
+        self.assertEqual(parse([], {"ACCESS_LOG": "ALL"}).config().access_log, "all")
+        config = parse(["--access-log", "off"], {"ACCESS_LOG": "all"}).config()
+        self.assertEqual(config.access_log, "off")
+
+    def test_bad_value(self) -> None:
+        """Anything else fails at start with one line naming the modes."""
+        for argv, environ, source in [
+            (["--access-log", "some"], {}, "--access-log"),
+            ([], {"ACCESS_LOG": "yes"}, "ACCESS_LOG"),
+        ]:
+            error = str(self.assertRaises(usage.UsageError, parse, argv, environ))
+            self.assertTrue(error.startswith(f"{source}: "), error)
+            self.assertIn("is not an access-log mode (all, changes or off)", error)
+            self.assertNotIn("\n", error)

@@ -318,3 +318,6 @@ export const ssoApi = {
   setFirstPassword: (newPassword: string) =>
     call<void>("PUT", "/api/auth/password", { new_password: newPassword }),
 };
+
+/** One sandbox, for a member of its workspace (404 otherwise): GET /api/sandboxes/{id}. */
+export const sandboxDetail = (id: string) => call<Sandbox>("GET", `/api/sandboxes/${id}`);

@@ -59,3 +59,14 @@ test("only a plain left click stays in the page", () => {
   expect(isPlainClick({ ...plain, shiftKey: true })).toBe(false);
   expect(isPlainClick({ ...plain, button: 1 })).toBe(false);
 });
+
+test("a sandbox's open page round-trips and is titled", () => {
+  const id = "5e19d6c8-5340-490f-8b60-d32be3ee5eec";
+  const open: Route = { page: "open", sandboxId: id };
+  expect(parseRoute(`/open/${id}`)).toEqual(open);
+  expect(parseRoute(`/open/${id}/`)).toEqual(open);
+  expect(formatRoute(open)).toBe(`/open/${id}`);
+  expect(parseRoute("/open")).toEqual({ page: "unknown", path: "/open" });
+  expect(parseRoute(`/open/${id}/more`)).toEqual({ page: "unknown", path: `/open/${id}/more` });
+  expect(titleFor(open, null)).toBe("Opening a sandbox — cli-server");
+});

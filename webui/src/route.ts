@@ -8,6 +8,7 @@ export type Route =
   | { page: "workspace"; workspaceId: string; tab: Tab }
   | { page: "account" }
   | { page: "users" }
+  | { page: "open"; sandboxId: string }
   | { page: "unknown"; path: string };
 
 export function parseRoute(pathname: string): Route {
@@ -26,6 +27,8 @@ export function parseRoute(pathname: string): Route {
     return { page: "workspace", workspaceId: second, tab: "members" };
   if (first === "account" && parts.length === 1) return { page: "account" };
   if (first === "admin" && second === "users" && parts.length === 2) return { page: "users" };
+  // A sandbox's shared address sends a browser without a session there to here (proxy/site.py).
+  if (first === "open" && second && parts.length === 2) return { page: "open", sandboxId: second };
   return { page: "unknown", path: pathname };
 }
 
@@ -41,6 +44,8 @@ export function formatRoute(route: Route): string {
       return "/account";
     case "users":
       return "/admin/users";
+    case "open":
+      return `/open/${encodeURIComponent(route.sandboxId)}`;
     case "unknown":
       return route.path;
   }
@@ -62,6 +67,8 @@ export function titleFor(route: Route, workspaceName: string | null): string {
       return `Account${suffix}`;
     case "users":
       return `Users${suffix}`;
+    case "open":
+      return `Opening a sandbox${suffix}`;
     case "unknown":
       return `Page not found${suffix}`;
   }

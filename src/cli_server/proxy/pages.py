@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from html import escape
+from urllib.parse import quote
 
 from twisted.web.iweb import IRequest
 
@@ -52,6 +53,7 @@ def page(
     dashboard: str,
     refresh: int | None = None,
     resume: bool = False,
+    then: str | None = None,
 ) -> bytes:
     request.setResponseCode(status)
     for name, value in PAGE_HEADERS:
@@ -61,15 +63,24 @@ def page(
         # sends ``Origin: null``, which only fetch metadata can place, and browsers send none
         # over plain http (but to localhost). The page's URL still reaches nobody else.
         request.setHeader(b"referrer-policy", b"same-origin")
-    return page_html(title, text, dashboard=dashboard, refresh=refresh, resume=resume)
+    return page_html(title, text, dashboard=dashboard, refresh=refresh, resume=resume, then=then)
 
 
 def page_html(
-    title: str, text: str, *, dashboard: str, refresh: int | None = None, resume: bool = False
+    title: str,
+    text: str,
+    *,
+    dashboard: str,
+    refresh: int | None = None,
+    resume: bool = False,
+    then: str | None = None,
 ) -> bytes:
-    head = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
+    """``then``: where the reload and Resume lead (a path of this origin; default this page)."""
+    target = f";url={escape(then)}" if then else ""
+    head = f'<meta http-equiv="refresh" content="{refresh}{target}">' if refresh else ""
+    after = escape("/_cli/resume" + (f"?next={quote(then, safe='/')}" if then else ""))
     action = (
-        '<form method="post" action="/_cli/resume"><button type="submit">Resume</button></form>'
+        f'<form method="post" action="{after}"><button type="submit">Resume</button></form>'
         if resume
         else ""
     )
@@ -109,7 +120,19 @@ _LANDING_SCRIPT = """
     if (!Array.isArray(v.list)) v.list = [];
     localStorage.setItem(key, JSON.stringify(v));
     var b64 = btoa(dir).replace(/\\+/g, "-").replace(/\\//g, "_").replace(/=+$/, "");
-    location.replace("/" + b64 + "/session");
+    var home = "/" + b64 + "/session";
+    if (!%(read_only)s) return location.replace(home);
+    // A guest cannot prompt: the project's latest session to read, if it has one.
+    fetch("/session", { credentials: "same-origin", headers: { accept: "application/json" } })
+      .then(function (r) { return r.ok ? r.json() : []; })
+      .then(function (list) {
+        var top = (Array.isArray(list) ? list : []).filter(function (s) {
+          return s && typeof s.id === "string" && !s.parentID;
+        }).sort(function (a, b) {
+          return ((b.time || {}).updated || 0) - ((a.time || {}).updated || 0);
+        })[0];
+        location.replace(top ? home + "/" + encodeURIComponent(top.id) : home);
+      }, function () { location.replace(home); });
   } catch (e) {
     location.replace("/");
   }
@@ -117,9 +140,13 @@ _LANDING_SCRIPT = """
 """
 
 
-def landing_html(directory: str = WORKSPACE_DIRECTORY) -> bytes:
-    """The page a sandbox link lands on: opens opencode on ``directory`` (see above)."""
-    script = _LANDING_SCRIPT % {"directory": json.dumps(directory)}
+def landing_html(directory: str = WORKSPACE_DIRECTORY, *, read_only: bool = False) -> bytes:
+    """The page a sandbox link lands on: opens opencode on ``directory`` (see above); for a
+    guest (``read_only``) on the project's latest session rather than a new one's prompt."""
+    script = _LANDING_SCRIPT % {
+        "directory": json.dumps(directory),
+        "read_only": json.dumps(read_only),
+    }
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         f"<title>Opening…</title><style>{_STYLE}</style></head><body><main>"

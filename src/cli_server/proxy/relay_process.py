@@ -217,9 +217,11 @@ class Relay:
 
 
 def main() -> None:
-    # Ctrl-C at a terminal reaches the whole process group: the server stops in order and
-    # closes our control socket, which is when we stop.
+    # Ctrl-C at a terminal, or a service manager's SIGTERM to the whole process group, reaches
+    # us too: the server stops in order and closes our control socket, which is when we stop
+    # (and it would take dying first for a crash, restarting us while it shuts down).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Two descriptors per connection: as many as the system lets us have.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = 1 << 20 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)

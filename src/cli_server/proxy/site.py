@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -38,6 +39,12 @@ from cli_server.sandboxes.manager import SandboxManager
 _GUEST_METHODS = (b"GET", b"HEAD")
 _AUTH_PATH = b"/_cli/auth"
 _RESUME_PATH = b"/_cli/resume"
+_GUEST_REFUSAL = json.dumps(
+    {
+        "name": "Forbidden",
+        "data": {"message": "You are a guest in this workspace: opencode is read-only for you."},
+    }
+).encode()
 _LAND_PATH = b"/_cli/open"  # where a sandbox link lands once signed in (landing_html)
 
 
@@ -145,6 +152,8 @@ class SandboxSite(Resource):
         token = self._cookie.read(request)
         access = await self._access.lookup(token, sandbox_id) if token else None
         if access is None:
+            if _navigation(request):
+                return self._to_open_page(request, sandbox_id)
             return self._revoked(request)
         if path == _RESUME_PATH:
             return await self._resume(request, access)
@@ -152,6 +161,8 @@ class SandboxSite(Resource):
             return self._land(request, access)
         upgrade = _upgrade(request)
         if access.role < Role.DEVELOPER and (request.method not in _GUEST_METHODS or upgrade):
+            if not upgrade and not _page_load(request):
+                return self._guest_refused(request)  # (opencode's own request: in its words)
             return self._page(
                 request,
                 403,
@@ -237,6 +248,24 @@ class SandboxSite(Resource):
             "Your access here has ended or was never granted.",
         )
 
+    def _guest_refused(self, request: Any) -> None:
+        """403 in opencode's error shape (``{name, data: {message}}``), for its UI to show."""
+        request.setResponseCode(403)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        self._finish(request, _GUEST_REFUSAL)
+
+    def _to_open_page(self, request: Any, sandbox_id: str) -> None:
+        """A browser sent here without a session of ours (a shared link, a bookmark, a
+        session that ended): to the dashboard's page that opens this sandbox for its
+        members, after signing in there if need be. A fixed address: never an open redirect."""
+        self._cookie.clear_doubles(request, self._base_host)
+        request.setResponseCode(303)
+        request.setHeader(b"location", f"{self._dashboard}open/{sandbox_id}".encode("ascii"))
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"referrer-policy", b"no-referrer")
+        self._finish(request, b"")
+
     def _not_found(self, request: Any) -> None:
         self._page(request, 404, "No such sandbox", "It does not exist, or you may not see it.")
 
@@ -246,7 +275,8 @@ class SandboxSite(Resource):
             text = f"{access.error[:300].rstrip('.')}. {text}"
         can_resume = status in ("paused", "failed") and access.role >= Role.DEVELOPER
         refresh = None if status in ("paused", "failed") else 3
-        self._page(request, 503, title, text, refresh=refresh, resume=can_resume)
+        then = _after_start(request.uri, access)
+        self._page(request, 503, title, text, refresh=refresh, resume=can_resume, then=then)
 
     async def _redeem(self, request: Any, sandbox_id: str) -> None:
         request.setHeader(b"referrer-policy", b"no-referrer")
@@ -287,7 +317,7 @@ class SandboxSite(Resource):
             return self._finish(request, b"")
         for name, value in PAGE_HEADERS:
             request.setHeader(name, value)
-        self._finish(request, landing_html())
+        self._finish(request, landing_html(read_only=access.role < Role.DEVELOPER))
 
     async def _signed_in(self, request: Any, sandbox_id: str) -> Access | None:
         """The request's valid session of this sandbox's subdomain, if it has one."""
@@ -302,9 +332,42 @@ class SandboxSite(Resource):
         except ApiError as e:
             return self._page(request, e.status, "Cannot resume", e.message)
         self._access.status_changed(access.sandbox_id)
+        # (in the form's action: a sandbox request's body streams to opencode, unread here)
+        query = parse_qs(request.uri.partition(b"?")[2].decode("latin-1"))
+        asked = (query.get("next") or ["/"])[0].encode("utf-8")
         request.setResponseCode(303)
-        request.setHeader(b"location", b"/")
+        request.setHeader(b"location", _after_start(asked, access).encode("ascii"))
         self._finish(request, b"")
+
+
+def _navigation(request: Any) -> bool:
+    """A browser loading a page (a link followed, an address typed), not a script's request:
+    only those may be redirected; a fetch, event stream or WebSocket gets its 401."""
+    return request.method in _GUEST_METHODS and not _upgrade(request) and _page_load(request)
+
+
+def _page_load(request: Any) -> bool:
+    """The browser shows the answer as a page (a navigation, a form sent), of any method."""
+    mode: bytes | None = request.getHeader(b"sec-fetch-mode")
+    if mode is not None:
+        return mode.lower() == b"navigate"
+    accept: bytes = request.getHeader(b"accept") or b""
+    return b"text/html" in accept.lower()  # (a browser that sends no fetch metadata)
+
+
+def _after_start(uri: bytes, access: Access) -> str:
+    """Where a started or resumed sandbox's page leads: the address asked for, but the bare
+    home page of a cloud sandbox becomes the landing (opencode on the workspace disk)."""
+    try:
+        path = uri.decode("ascii")
+    except UnicodeDecodeError:
+        path = "/"
+    # (a path of this origin only: not "//host", not "/\\host", nothing a header cannot carry)
+    if not path.startswith("/") or path[1:2] in ("/", "\\") or not path.isprintable():
+        path = "/"
+    if path == "/" and not access.is_local:
+        return _LAND_PATH.decode("ascii")
+    return path
 
 
 def _upgrade(request: Any) -> bool:

@@ -712,12 +712,8 @@ class ProcessBackend:
                 oom=self._oom_killed(sandbox_id),
                 via_init=live.slirp is not None,  # (bubblewrap)
             )
-            self._log.warn(
-                "sandbox {sandbox_id}: {why}: {tail}",
-                sandbox_id=sandbox_id,
-                why=why,
-                tail=live.sandbox_proto.tail(),
-            )
+            # (the reason is the exit status or signal; its last output is the log panel's)
+            self._log.warn("sandbox {sandbox_id}: {why}", sandbox_id=sandbox_id, why=why)
             if live.sandbox_proto.log is not None:
                 live.sandbox_proto.log.note(why)
             if self.on_exit is not None:

@@ -18,6 +18,7 @@ from cli_server.config import (
     ServerConfig,
     default_data_dir,
     default_max_sandboxes,
+    parse_access_log,
     parse_backend,
     parse_base_domain,
     parse_base_scheme,
@@ -245,6 +246,13 @@ SETTINGS: dict[str, Setting] = {
         "on",
         "on, or off: sign in only through GitHub or OpenID (one must be configured).",
     ),
+    "access-log": Setting(
+        "ACCESS_LOG",
+        parse_access_log,
+        "changes",
+        "Which main-site requests are access-logged: all, changes (all but successful"
+        " GET/HEAD requests to /api/, which open dashboards make every few seconds) or off.",
+    ),
 }
 
 
@@ -447,6 +455,7 @@ class Options(usage.Options):
             sso_redirect_base_url=self["oidc-redirect-base-url"],
             sso_allowed_domains=self["oidc-allowed-domains"] or (),
             password_login=self["password-login"],
+            access_log=self["access-log"],
             anthropic_api_key=self._environ.get("ANTHROPIC_API_KEY") or None,
             anthropic_auth_token=self._environ.get("ANTHROPIC_AUTH_TOKEN") or None,
         )

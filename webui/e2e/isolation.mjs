@@ -86,7 +86,7 @@ try {
       await page.waitForTimeout(250);
     }
     const [resumed] = await Promise.all([
-      page.waitForResponse((r) => r.url().endsWith("/_cli/resume")),
+      page.waitForResponse((r) => new URL(r.url()).pathname === "/_cli/resume"),
       button.click(),
     ]);
     report.resume = resumed.status();

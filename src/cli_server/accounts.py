@@ -195,33 +195,20 @@ class Accounts:
     ) -> str | None:
         """A session token, or None if the password changed or the account was disabled
         since ``login`` was checked (a login racing a password change must not outlive it)."""
-        token = new_token()
-        rows = await self._db.query(
-            "WITH opened AS (INSERT INTO sessions"
-            "  (id, token_hash, user_id, expires_at, user_agent, address)"
-            "  SELECT %(id)s, %(token)s, u.id, now() + make_interval(secs => %(life)s),"
-            "  %(agent)s, %(address)s FROM users u"
-            "  WHERE u.id = %(user)s AND u.password_hash = %(hash)s AND u.disabled_at IS NULL"
-            "  RETURNING user_id)"
-            " UPDATE users SET last_seen_at = now() WHERE id IN (SELECT user_id FROM opened)"
-            " RETURNING id",
-            {
-                "id": str(uuid.uuid4()),
-                "token": token_hash(token),
-                "life": self._session_lifetime,
-                "agent": (user_agent or "")[:USER_AGENT_LENGTH] or None,
-                "address": address,
-                "user": login.user.id,
-                "hash": login.checked_hash,
-            },
-        )
-        return token if rows else None
+        return await self._open(login.user.id, user_agent, address, login.checked_hash)
 
     async def open_trusted_session(
         self, user_id: str, user_agent: str | None = None, address: str | None = None
     ) -> str | None:
         """A session token for a user a sign-in provider vouched for (``sso.identities``
         decided who), or None if the account is disabled or gone."""
+        return await self._open(user_id, user_agent, address, None)
+
+    async def _open(
+        self, user_id: str, user_agent: str | None, address: str | None, checked_hash: str | None
+    ) -> str | None:
+        """Written only while the account is enabled (and, with ``checked_hash``, still has
+        that password): the check and the insert are one statement."""
         token = new_token()
         rows = await self._db.query(
             "WITH opened AS (INSERT INTO sessions"
@@ -229,6 +216,7 @@ class Accounts:
             "  SELECT %(id)s, %(token)s, u.id, now() + make_interval(secs => %(life)s),"
             "  %(agent)s, %(address)s FROM users u"
             "  WHERE u.id = %(user)s AND u.disabled_at IS NULL"
+            "  AND (%(hash)s::text IS NULL OR u.password_hash = %(hash)s)"
             "  RETURNING user_id)"
             " UPDATE users SET last_seen_at = now() WHERE id IN (SELECT user_id FROM opened)"
             " RETURNING id",
@@ -239,6 +227,7 @@ class Accounts:
                 "agent": (user_agent or "")[:USER_AGENT_LENGTH] or None,
                 "address": address,
                 "user": user_id,
+                "hash": checked_hash,
             },
         )
         return token if rows else None

@@ -69,16 +69,7 @@ class SessionCookies:
         )
 
     def clear(self, request: IRequest) -> None:
-        req: Any = request
-        req.addCookie(
-            self.name,
-            b"",
-            path=b"/",
-            max_age="0",
-            httpOnly=True,
-            secure=self._secure,
-            sameSite="lax",
-        )
+        expire_cookie(request, self.name, secure=self._secure)
 
     def check_origin(self, request: IRequest) -> None:
         """Refuse a state change whose ``Origin`` is some other site.
@@ -104,3 +95,9 @@ class SessionCookies:
 def _cookie_headers(request: IRequest) -> list[bytes]:
     """Every Cookie header: ``getCookie`` reads only the last of a name, hiding a second."""
     return list(request.requestHeaders.getRawHeaders(b"cookie", []))
+
+
+def expire_cookie(request: IRequest, name: bytes, *, secure: bool) -> None:
+    """Tell the browser to drop our cookie ``name`` (set with these same attributes)."""
+    req: Any = request
+    req.addCookie(name, b"", path=b"/", max_age="0", httpOnly=True, secure=secure, sameSite="lax")

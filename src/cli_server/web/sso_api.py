@@ -23,7 +23,7 @@ from cli_server.sso.http import ProviderDown, ProviderError
 from cli_server.sso.providers import Provider, SsoProviders
 from cli_server.web.auth_api import FRESH_SIGN_IN
 from cli_server.web.responses import install_json_errors
-from cli_server.web.session import SessionCookies
+from cli_server.web.session import SessionCookies, expire_cookie
 
 log = Logger()
 
@@ -154,16 +154,7 @@ class SsoAPI:
         return _redirect(request, 303, pending.return_to)
 
     def _clear_flow_cookie(self, request: IRequest) -> None:
-        req: Any = request
-        req.addCookie(
-            self._flow_cookie,
-            b"",
-            path=b"/",
-            max_age="0",
-            httpOnly=True,
-            secure=self._secure,
-            sameSite="lax",
-        )
+        expire_cookie(request, self._flow_cookie, secure=self._secure)
 
     def _land(self, request: IRequest, provider: str, code: str, why: str) -> bytes:
         log.info(

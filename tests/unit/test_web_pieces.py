@@ -11,6 +11,7 @@ from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 
 from cli_server.errors import BadRequest, Forbidden, PayloadTooLarge, UnsupportedMediaType
 from cli_server.web.body import read_json_object, text_field
+from cli_server.web.request import api_read
 from cli_server.web.session import SessionCookies
 
 
@@ -141,3 +142,22 @@ class SessionCookieTests(SynchronousTestCase):
         self.assertEqual(cookies.token(alone), "mine")
         cookies._clear_doubles(alone)
         self.assertEqual(alone.cookies, [])
+
+
+class AccessLogReadsTests(SynchronousTestCase):
+    """Which requests ``--access-log changes`` leaves out: API answers with data only."""
+
+    def _request(self, method: bytes, path: bytes, code: int) -> Request:
+        request = Request(DummyChannel())
+        request.method, request.path, request.code = method, path, code
+        return request
+
+    def test_api_reads_with_data_are_left_out_redirects_and_failures_are_not(self) -> None:
+        self.assertTrue(api_read(self._request(b"GET", b"/api/workspaces", 200)))
+        self.assertTrue(api_read(self._request(b"HEAD", b"/api/auth/me", 304)))
+        # A sign-in's callback is a GET that signs someone in: it answers 303, and is logged.
+        self.assertFalse(api_read(self._request(b"GET", b"/api/auth/oidc/oidc/callback", 303)))
+        self.assertFalse(api_read(self._request(b"GET", b"/api/sandboxes/x", 404)))
+        self.assertFalse(api_read(self._request(b"POST", b"/api/workspaces", 201)))
+        self.assertFalse(api_read(self._request(b"GET", b"/apiary", 200)))
+        self.assertFalse(api_read(self._request(b"GET", b"/w/1", 200)))

@@ -350,11 +350,13 @@ def _redact(query: bytes) -> bytes:
 
 
 def api_read(request: http.Request) -> bool:
-    """A successful GET or HEAD of the REST API: changes nothing, so says nothing new."""
+    """A GET or HEAD of the REST API answered with its data (200, or 304): changes nothing, so
+    says nothing new. Redirects stay in the log: a sign-in's callback is a GET that answers
+    303, and it is worth a line."""
     return (
         request.method in (b"GET", b"HEAD")
         and (request.path == b"/api" or request.path.startswith(b"/api/"))
-        and request.code < 400
+        and request.code in (200, 304)
     )
 
 

@@ -6,53 +6,48 @@ land in docs/screenshots (card-*.png, opencode-project.png, sandbox-crashed-page
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
 
-from .daemon import Daemon
 from .helpers import needs_isolation
+from .journeys import WEBUI, browser_env, journey_argv, origin, require_web_ui, running_daemon
 from .sandbox_shell import opencode_pid
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @needs_isolation
 def test_sandbox_cards_journey(data_dir: Path) -> None:
-    assert (ROOT / "src/cli_server/webui_dist/index.html").exists(), (
-        "the web UI is not built: npm run build -w webui"
-    )
-    chromium = shutil.which("chromium")
-    assert chromium, "chromium is required: apt-get install chromium"
-    server = Daemon(data_dir)
-    server.start()
-    began = time.monotonic()
-    journey = subprocess.Popen(
-        [
-            "node",
-            "e2e/cards.mjs",
-            f"http://localhost:{server.port}",
-            str(ROOT / "docs/screenshots"),
-        ],
-        cwd=ROOT / "webui",
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={
-            "PATH": "/usr/bin:/bin:/usr/local/bin",
-            "CHROMIUM": chromium,
-            "HOME": str(data_dir.parent),
-        },
-    )
+    require_web_ui()
+    with running_daemon(data_dir) as server:
+        began = time.monotonic()
+        journey = subprocess.Popen(
+            journey_argv("cards.mjs", origin(server)),
+            cwd=WEBUI,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=browser_env(data_dir.parent),
+        )
+        code, said, errors, killed = _answer_kills(journey, data_dir)
+    print(f"\n{''.join(said)}(browser run {time.monotonic() - began:.1f} s)")
+    assert code == 0, "".join(said)[-3000:] + errors[-3000:]
+    assert len(killed) == 1, said
+    assert any(line.startswith("crash shown") for line in said), said
+
+
+def _answer_kills(
+    journey: subprocess.Popen[str], data_dir: Path
+) -> tuple[int, list[str], str, list[str]]:
+    """Reads the journey to its end, SIGKILLing the opencode of each ``KILL <id>`` it asks
+    for; returns its exit code, its lines, its stderr and the sandboxes killed."""
     # Bounded: whatever the journey does, it is killed after this.
     watchdog = threading.Timer(600, journey.kill)
     watchdog.start()
     said: list[str] = []
-    killed = []
+    killed: list[str] = []
     try:
         assert journey.stdout is not None and journey.stdin is not None
         for line in journey.stdout:
@@ -71,8 +66,4 @@ def test_sandbox_cards_journey(data_dir: Path) -> None:
         if journey.poll() is None:
             journey.kill()
             journey.wait()
-        server.stop()
-    print(f"\n{''.join(said)}(browser run {time.monotonic() - began:.1f} s)")
-    assert code == 0, "".join(said)[-3000:] + errors[-3000:]
-    assert len(killed) == 1, said
-    assert any(line.startswith("crash shown") for line in said), said
+    return code, said, errors, killed

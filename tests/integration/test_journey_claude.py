@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -17,33 +16,18 @@ import pytest
 
 from .daemon import Daemon, twistd
 from .helpers import needs_isolation, remove_dir, scratch_dir
-
-ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "docs" / "screenshots"
+from .journeys import origin, require_web_ui, run_journey
 
 
 def _journey(phase: str, server: Daemon, home: Path) -> str:
-    chromium = shutil.which("chromium")
-    assert chromium, "chromium is required: apt-get install chromium"
-    began = time.monotonic()
-    result = subprocess.run(
-        ["node", "e2e/claude.mjs", phase, f"http://localhost:{server.port}", str(SHOTS)],
-        cwd=ROOT / "webui",
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"PATH": "/usr/bin:/bin:/usr/local/bin", "CHROMIUM": chromium, "HOME": str(home)},
-    )
-    print(f"\n{result.stdout}(browser run {phase}: {time.monotonic() - began:.1f} s)")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
+    return run_journey("claude.mjs", origin(server), phase, home=home, timeout=300)
 
 
 @needs_isolation
 def test_claude_budget_and_local_agent_in_a_browser(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert (ROOT / "src/cli_server/webui_dist/index.html").exists(), "build the web UI first"
+    require_web_ui()
     for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     laptop = scratch_dir("cli-test-laptop-")

@@ -5,46 +5,14 @@ asking for the name; roles explained; the phone drawer. Screenshots land in docs
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 from pathlib import Path
 
-from .daemon import Daemon
 from .helpers import needs_isolation
-
-ROOT = Path(__file__).resolve().parents[2]
+from .journeys import origin, require_web_ui, run_journey, running_daemon
 
 
 @needs_isolation
 def test_dashboard_journeys(data_dir: Path) -> None:
-    assert (ROOT / "src/cli_server/webui_dist/index.html").exists(), (
-        "the web UI is not built: npm run build -w webui"
-    )
-    chromium = shutil.which("chromium")
-    assert chromium, "chromium is required: apt-get install chromium"
-    server = Daemon(data_dir)
-    server.start()
-    try:
-        began = time.monotonic()
-        result = subprocess.run(
-            [
-                "node",
-                "e2e/dashboard.mjs",
-                f"http://localhost:{server.port}",
-                str(ROOT / "docs" / "screenshots"),
-            ],
-            cwd=ROOT / "webui",
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env={
-                "PATH": "/usr/bin:/bin:/usr/local/bin",
-                "CHROMIUM": chromium,
-                "HOME": str(data_dir.parent),
-            },
-        )
-        print(f"\n{result.stdout}(browser run {time.monotonic() - began:.1f} s)")
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    finally:
-        server.stop()
+    require_web_ui()
+    with running_daemon(data_dir) as server:
+        run_journey("dashboard.mjs", origin(server), home=data_dir.parent)

@@ -6,26 +6,19 @@ at the provider lands on the sign-in screen with a sentence. Screenshots in docs
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from .daemon import Daemon
+from .journeys import require_web_ui, run_journey
 from .oidc_provider import CLIENT_ID, CLIENT_SECRET, start_oidc_provider
 
-ROOT = Path(__file__).resolve().parents[2]
 LABEL = "Company login"
 
 
 def test_sso_journey(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert (ROOT / "src/cli_server/webui_dist/index.html").exists(), (
-        "the web UI is not built: npm run build -w webui"
-    )
-    chromium = shutil.which("chromium")
-    assert chromium, "chromium is required: apt-get install chromium"
+    require_web_ui()
     server = Daemon(data_dir)
     origin = f"http://localhost:{server.port}"
     provider = start_oidc_provider([f"{origin}/api/auth/oidc/oidc/callback"])
@@ -43,17 +36,7 @@ def test_sso_journey(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         server.start()
         status, listed = server.request("GET", "/api/auth/providers")
         assert status == 200 and listed[0]["label"] == LABEL
-        began = time.monotonic()
-        result = subprocess.run(
-            ["node", "e2e/sso.mjs", origin, str(ROOT / "docs" / "screenshots"), LABEL],
-            cwd=ROOT / "webui",
-            capture_output=True,
-            text=True,
-            timeout=180,
-            env={"PATH": "/usr/bin:/bin:/usr/local/bin", "CHROMIUM": chromium},
-        )
-        print(f"\n{result.stdout}(browser run {time.monotonic() - began:.1f} s)")
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        run_journey("sso.mjs", origin, LABEL, timeout=180)
     finally:
         server.stop()
         provider.stop()

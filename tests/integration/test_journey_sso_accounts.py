@@ -7,11 +7,6 @@ provider's side of the journey is the protocol tests'). Screenshots land in docs
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import time
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -23,29 +18,12 @@ from cli_server.sso.claims import Claims
 
 from .conftest import server_config, start_server, stop_server
 from .helpers import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
+from .journeys import require_web_ui, run_journey
 
 
 def browse(base: str, scenario: str, session: str | None = None) -> str:
-    chromium = shutil.which("chromium")
-    assert chromium, "chromium is required: apt-get install chromium"
-    env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "CHROMIUM": chromium, "HOME": "/tmp"}
-    if session:
-        env["SESSION"] = session
-    if os.environ.get("DARK_SHOTS"):
-        env["DARK_SHOTS"] = os.environ["DARK_SHOTS"]
-    began = time.monotonic()
-    result = subprocess.run(
-        ["node", "e2e/sso-accounts.mjs", base, str(ROOT / "docs" / "screenshots"), scenario],
-        cwd=ROOT / "webui",
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return f"{result.stdout}(browser run {time.monotonic() - began:.1f} s)"
+    env = {"SESSION": session} if session else None
+    return run_journey("sso-accounts.mjs", base, scenario, env=env, home="/tmp", timeout=300)
 
 
 def configured(db_url: str, port: int, **changes: Any) -> ServerConfig:
@@ -61,7 +39,7 @@ def configured(db_url: str, port: int, **changes: Any) -> ServerConfig:
 
 @pytest_twisted.ensureDeferred
 async def test_sso_account_journeys(db_url: str) -> None:
-    assert (ROOT / "src/cli_server/webui_dist/index.html").exists(), "build the web UI first"
+    require_web_ui()
     port = free_port()
     app = await start_server(db_url, config=configured(db_url, port), port=port)
     try:
@@ -71,8 +49,7 @@ async def test_sso_account_journeys(db_url: str) -> None:
         )
         token = await app.server.accounts.open_trusted_session(erin.id, "journey", "127.0.0.1")
         assert token is not None
-        said = await deferToThread(browse, f"http://localhost:{port}", "accounts", token)
-        print(said)
+        await deferToThread(browse, f"http://localhost:{port}", "accounts", token)
         rows = await app.db.query(
             "SELECT password_hash IS NOT NULL AS has_password FROM users WHERE id = %s",
             (erin.id,),
@@ -89,6 +66,6 @@ async def test_sso_only_sign_in_screen(db_url: str) -> None:
     config = configured(db_url, port, password_login=False)
     app = await start_server(db_url, config=config, port=port)
     try:
-        print(await deferToThread(browse, f"http://localhost:{port}", "sso-only"))
+        await deferToThread(browse, f"http://localhost:{port}", "sso-only")
     finally:
         await stop_server(app)

@@ -11,78 +11,24 @@
 // link from the users page creates an account, once. Screenshots of the
 // account page, the users page and the closed sign-in screen, desktop and phone; with
 // DARK_SHOTS=dir, dark-scheme ones there too (for looking, not for docs/).
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
-import { launchChromium } from "./chromium.mjs";
+import {
+  expect,
+  journey,
+  newContext,
+  PASSWORD,
+  register,
+  shoot,
+  shot,
+  signIn,
+  start,
+  timings,
+} from "./common.mjs";
 
-const [base, shots = "screenshots", scenario = "open"] = process.argv.slice(2);
-if (!base) {
-  console.error("usage: node e2e/accounts.mjs BASE_URL [SCREENSHOT_DIR] [open|closed|invite]");
-  process.exit(2);
-}
-mkdirSync(shots, { recursive: true });
-const dark = process.env.DARK_SHOTS;
-if (dark) mkdirSync(dark, { recursive: true });
-const PASSWORD = "correct horse battery";
-const TIMEOUT = 30_000;
-const DESKTOP = { width: 1200, height: 800 };
-const PHONE = { width: 390, height: 844 };
-const timings = [];
-
-const browser = await launchChromium();
-
-async function context(viewport = DESKTOP, colorScheme = "light") {
-  const made = await browser.newContext({ viewport, colorScheme });
-  made.setDefaultTimeout(TIMEOUT);
-  return made;
-}
-
-async function journey(name, work) {
-  const t = Date.now();
-  await work();
-  timings.push(`${name}: ${((Date.now() - t) / 1000).toFixed(1)} s`);
-}
-
-function expect(condition, what) {
-  if (!condition) throw new Error(`expected: ${what}`);
-}
-
-/** Screenshots of what `show(page)` opens, at desktop and phone width (and dark, if asked). */
-async function shoot(name, signIn, show) {
-  const variants = [
-    [shots, DESKTOP, "light", name],
-    [shots, PHONE, "light", `${name}-phone`],
-  ];
-  if (dark) {
-    variants.push([dark, DESKTOP, "dark", name], [dark, PHONE, "dark", `${name}-phone`]);
-  }
-  for (const [dir, viewport, scheme, file] of variants) {
-    const ctx = await context(viewport, scheme);
-    const page = await ctx.newPage();
-    if (signIn) await signIn(page);
-    await show(page);
-    await page.screenshot({ path: join(dir, `${file}.png`), fullPage: true });
-    await ctx.close();
-  }
-}
-
-async function register(page, username) {
-  await page.goto(base);
-  await page.getByRole("button", { name: "New here? Create an account" }).click();
-  await page.getByLabel("Username").fill(username);
-  await page.getByLabel("Password").fill(PASSWORD);
-  await page.getByText("Password: at least 8 characters.").waitFor(); // rules before submitting
-  await page.getByRole("button", { name: "Create account" }).click();
-  await page.locator("summary[aria-label='Account menu']").waitFor();
-}
-
-async function signIn(page, username, password = PASSWORD) {
-  await page.goto(base);
-  await page.getByLabel("Username").fill(username);
-  await page.getByLabel("Password").fill(password);
-  await page.getByRole("button", { name: "Sign in" }).click();
-  await page.locator("summary[aria-label='Account menu']").waitFor();
-}
+const { base, args, browser } = await start({
+  usage: "[open|closed|invite]",
+  defaults: ["open"],
+});
+const [scenario] = args;
 
 async function signInScreen(page) {
   await page.getByRole("heading", { name: "Sign in to cli-server" }).waitFor();
@@ -95,14 +41,14 @@ async function openFromMenu(page, link) {
 
 async function openScenario() {
   await journey("a password change signs the user's other browser out", async () => {
-    const here = await context();
-    const there = await context();
+    const here = await newContext();
+    const there = await newContext();
     const page = await here.newPage();
     await page.goto(base);
     await page.getByRole("button", { name: "New here? Create an account" }).click();
     await page.getByText("No accounts yet: this first one becomes the administrator").waitFor();
-    await page.screenshot({ path: join(shots, "signup-first.png") });
-    await register(page, "alice"); // the first account: the admin
+    await shot(page, "signup-first");
+    await register(page, "alice", { rulesFirst: true }); // the first account: the admin
     const other = await there.newPage();
     await signIn(other, "alice");
 
@@ -161,12 +107,12 @@ async function openScenario() {
   });
 
   await journey("the admin disables a user; their open dashboard is signed out", async () => {
-    const admin = await context();
-    const user = await context();
+    const admin = await newContext();
+    const user = await newContext();
     const page = await admin.newPage();
     await signIn(page, "alice", "a brand new password");
     const bob = await user.newPage();
-    await register(bob, "bob");
+    await register(bob, "bob", { rulesFirst: true });
     await bob.getByLabel("New workspace").fill("Bob's team");
     await bob.getByRole("button", { name: "Create workspace" }).click();
     await bob.getByRole("heading", { name: "Bob's team" }).waitFor();
@@ -201,7 +147,7 @@ async function openScenario() {
     const temporary = (await row.locator("pre.temporary-password").textContent())?.trim();
     expect(temporary && temporary.length >= 12, "a temporary password shown");
     await row.getByRole("button", { name: "Copy" }).waitFor();
-    await page.screenshot({ path: join(shots, "users-reset.png") });
+    await shot(page, "users-reset");
     await signIn(bob, "bob", temporary);
     await admin.close();
     await user.close();
@@ -209,11 +155,13 @@ async function openScenario() {
 
   await journey("screenshots: account page and users page", async () => {
     const asAlice = (page) => signIn(page, "alice", "a brand new password");
-    await shoot("account", asAlice, async (page) => {
+    await shoot("account", async (page) => {
+      await asAlice(page);
       await page.goto(`${base}/account`);
       await page.locator("li.session").first().waitFor();
     });
-    await shoot("users", asAlice, async (page) => {
+    await shoot("users", async (page) => {
+      await asAlice(page);
       await page.goto(`${base}/admin/users`);
       await page.locator("tr[data-username='bob']").waitFor();
       await page.getByText("Registration is open").waitFor();
@@ -223,7 +171,7 @@ async function openScenario() {
 
 async function closedScenario() {
   await journey("registration closed: the sign-in screen says so, offers no sign-up", async () => {
-    const ctx = await context();
+    const ctx = await newContext();
     const page = await ctx.newPage();
     await page.goto(base);
     await page
@@ -236,7 +184,7 @@ async function closedScenario() {
     await signIn(page, "alice", "a brand new password"); // signing in still works
     await ctx.close();
   });
-  await shoot("signin-closed", null, async (page) => {
+  await shoot("signin-closed", async (page) => {
     await page.goto(base);
     await page.getByText("Registration is closed").waitFor();
   });
@@ -244,7 +192,7 @@ async function closedScenario() {
 
 async function inviteScenario() {
   await journey("registration by invite: the admin's sign-up link creates an account", async () => {
-    const admin = await context();
+    const admin = await newContext();
     const page = await admin.newPage();
     await page.goto(base);
     await page.getByText("New accounts need a sign-up link").waitFor();
@@ -258,9 +206,9 @@ async function inviteScenario() {
     await page.getByRole("button", { name: "Create sign-up link" }).click();
     const url = (await page.locator("pre.signup-url").textContent())?.trim() ?? "";
     expect(url.includes("/#invite="), `a sign-up link (${url})`);
-    await page.screenshot({ path: join(shots, "users-invite.png") });
+    await shot(page, "users-invite");
 
-    const newcomer = await context();
+    const newcomer = await newContext();
     const join_ = await newcomer.newPage();
     // The link names the server's configured origin; open its path on the address under test.
     await join_.goto(base + new URL(url).pathname + new URL(url).hash);
@@ -272,7 +220,7 @@ async function inviteScenario() {
     expect(!join_.url().includes("invite="), "the token left the address bar");
 
     // The link worked once.
-    const again = await (await context()).newPage();
+    const again = await (await newContext()).newPage();
     await again.goto(base + new URL(url).pathname + new URL(url).hash);
     await again.getByLabel("Username").fill("dave");
     await again.getByLabel("Password").fill(PASSWORD);

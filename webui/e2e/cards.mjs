@@ -7,41 +7,23 @@
 // The crash needs the driver's help: this prints "KILL <sandbox id>" and waits for a line on
 // stdin once that sandbox's opencode has been SIGKILLed (tests/integration/test_journey_cards.py).
 // Exits non-zero on the first failed expectation.
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { launchChromium } from "./chromium.mjs";
+import {
+  cardOf,
+  DESKTOP,
+  expect,
+  failed,
+  newContext,
+  PHONE,
+  secondsSince,
+  shot,
+  register as signUp,
+  start,
+} from "./common.mjs";
 
-const [base, shots = "screenshots"] = process.argv.slice(2);
-if (!base) {
-  console.error("usage: node e2e/cards.mjs BASE_URL [SCREENSHOT_DIR]");
-  process.exit(2);
-}
-mkdirSync(shots, { recursive: true });
-const TIMEOUT = 60_000;
-const DESKTOP = { width: 1200, height: 800 };
-const PHONE = { width: 390, height: 844 };
-const input = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-
-function expect(condition, message) {
-  if (!condition) throw new Error(message);
-}
-
-const browser = await launchChromium();
+const { base, browser } = await start({ timeout: 60_000 });
 const started = Date.now();
-
-async function signUp(page, username) {
-  await page.goto(base);
-  await page.getByRole("button", { name: "New here? Create an account" }).click();
-  await page.getByLabel("Username").fill(username);
-  await page.getByLabel("Password").fill("correct horse battery");
-  await page.getByRole("button", { name: "Create account" }).click();
-  await page.locator("summary[aria-label='Account menu']").waitFor();
-}
-
-function cardOf(page, name) {
-  return page.locator("li.sandbox", { hasText: name });
-}
+const input = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 
 /** The card as the other three ways of looking at it show it: dark, phone, phone dark. */
 async function shootEverywhere(context, name, state, withLogs = false) {
@@ -53,8 +35,7 @@ async function shootEverywhere(context, name, state, withLogs = false) {
     ["-phone-dark", PHONE, "dark"],
   ];
   for (const [suffix, viewport, colorScheme] of looks) {
-    const other = await browser.newContext({ storageState, viewport, colorScheme });
-    other.setDefaultTimeout(TIMEOUT);
+    const other = await newContext(viewport, colorScheme, { storageState });
     try {
       const page = await other.newPage();
       await page.goto(base);
@@ -65,7 +46,7 @@ async function shootEverywhere(context, name, state, withLogs = false) {
         await card.locator("pre.log").filter({ hasText: "opencode" }).waitFor();
       }
       await card.scrollIntoViewIfNeeded();
-      await page.screenshot({ path: join(shots, `card-${state}${suffix}.png`) });
+      await shot(page, `card-${state}${suffix}`);
     } finally {
       await other.close();
     }
@@ -73,8 +54,7 @@ async function shootEverywhere(context, name, state, withLogs = false) {
 }
 
 try {
-  const context = await browser.newContext({ viewport: DESKTOP });
-  context.setDefaultTimeout(TIMEOUT);
+  const context = await newContext();
   await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: base });
   const page = await context.newPage();
   await signUp(page, "dana");
@@ -106,7 +86,7 @@ try {
     (await page.getByPlaceholder("Name a new sandbox").getAttribute("aria-invalid")) === "true",
     "the name field is not marked invalid",
   );
-  await page.screenshot({ path: join(shots, "card-name-taken.png") });
+  await shot(page, "card-name-taken");
   await page.getByPlaceholder("Name a new sandbox").fill("");
 
   // The copyable link: the sandbox's own address, copied, and the button says so.
@@ -134,7 +114,7 @@ try {
   const where = await tab.evaluate(async () => (await fetch("/path")).json());
   expect(where.directory === "/data/disk0", `opencode works in ${where.directory}`);
   await tab.waitForTimeout(1000); // let opencode's UI finish painting (never networkidle)
-  await tab.screenshot({ path: join(shots, "opencode-project.png") });
+  await shot(tab, "opencode-project");
   // The same link again (used up), signed in: straight back to the work, not an error.
   expect(ticketUrl, "no sandbox link was followed");
   await tab.goto(ticketUrl);
@@ -182,14 +162,12 @@ try {
   await crashed.goto(link);
   await crashed.getByRole("heading", { name: "This sandbox crashed" }).waitFor();
   await crashed.getByText("opencode was killed by signal 9 (SIGKILL)").waitFor();
-  await crashed.screenshot({ path: join(shots, "sandbox-crashed-page.png") });
+  await shot(crashed, "sandbox-crashed-page");
   await crashed.close();
   await context.close();
-  console.log(`cards journey: ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  console.log(`cards journey: ${secondsSince(started)} s`);
 } catch (error) {
-  console.error(error);
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-  process.exit(process.exitCode ?? 0);
+  await failed(error);
 }
+await browser.close();
+process.exit(0);

@@ -1,36 +1,30 @@
 // Browser journeys for Claude's setup, the budget and the local agent dialog, in headless
 // Chromium against a real `twistd cli-server` started WITHOUT Anthropic credentials.
 //
-//   node e2e/claude.mjs ui BASE_URL SCREENSHOT_DIR      (prints "CONNECT <json>" at the end)
-//   node e2e/claude.mjs local BASE_URL SCREENSHOT_DIR   (after the agent ran that command)
+//   node e2e/claude.mjs BASE_URL SCREENSHOT_DIR ui      (prints "CONNECT <json>" at the end)
+//   node e2e/claude.mjs BASE_URL SCREENSHOT_DIR local   (after the agent ran that command)
 //
 // Exits non-zero on the first failed expectation.
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
-import { launchChromium } from "./chromium.mjs";
+import {
+  cardOf,
+  expect as check,
+  newContext as context,
+  DESKTOP,
+  failed,
+  PHONE,
+  register,
+  shot,
+  signIn,
+  start,
+} from "./common.mjs";
 
-const [phase, base, shots = "screenshots"] = process.argv.slice(2);
-if (!base || !["ui", "local"].includes(phase)) {
-  console.error("usage: node e2e/claude.mjs ui|local BASE_URL [SCREENSHOT_DIR]");
-  process.exit(2);
-}
-mkdirSync(shots, { recursive: true });
-const TIMEOUT = 30_000;
-const PASSWORD = "correct horse battery";
+const { browser, args, base } = await start({
+  usage: "ui|local",
+  defaults: [""],
+  valid: ([phase]) => ["ui", "local"].includes(phase),
+});
+const [phase] = args;
 const WORKSPACE = "Claude team";
-const DESKTOP = { width: 1200, height: 800 };
-const PHONE = { width: 390, height: 844 };
-const browser = await launchChromium();
-
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-}
-
-async function context() {
-  const made = await browser.newContext({ viewport: DESKTOP });
-  made.setDefaultTimeout(TIMEOUT);
-  return made;
-}
 
 /** Desktop and phone, light and dark: "name", "name-dark", "name-phone", "name-phone-dark". */
 async function shots4(page, name, { phone = true, fullPage = true } = {}) {
@@ -38,31 +32,14 @@ async function shots4(page, name, { phone = true, fullPage = true } = {}) {
     await page.emulateMedia({ colorScheme: scheme });
     const suffix = scheme === "dark" ? "-dark" : "";
     await page.setViewportSize(DESKTOP);
-    await page.screenshot({ path: join(shots, `${name}${suffix}.png`) });
+    await shot(page, `${name}${suffix}`);
     if (phone) {
       await page.setViewportSize(PHONE);
-      await page.screenshot({ path: join(shots, `${name}-phone${suffix}.png`), fullPage });
+      await shot(page, `${name}-phone${suffix}`, { fullPage });
     }
   }
   await page.emulateMedia({ colorScheme: "light" });
   await page.setViewportSize(DESKTOP);
-}
-
-async function register(page, username) {
-  await page.goto(base);
-  await page.getByRole("button", { name: "New here? Create an account" }).click();
-  await page.getByLabel("Username").fill(username);
-  await page.getByLabel("Password").fill(PASSWORD);
-  await page.getByRole("button", { name: "Create account" }).click();
-  await page.locator("summary[aria-label='Account menu']").waitFor();
-}
-
-async function signIn(page, username) {
-  await page.goto(base);
-  await page.getByLabel("Username").fill(username);
-  await page.getByLabel("Password").fill(PASSWORD);
-  await page.getByRole("button", { name: "Sign in" }).click();
-  await page.locator("summary[aria-label='Account menu']").waitFor();
 }
 
 async function ui() {
@@ -179,19 +156,17 @@ async function local() {
   const page = await owners.newPage();
   await signIn(page, "olive");
   await page.getByRole("heading", { name: WORKSPACE }).waitFor();
-  const card = page.locator("li.sandbox", { hasText: "my-laptop" });
+  const card = cardOf(page, "my-laptop");
   await card.getByText("local", { exact: true }).waitFor();
   await card.getByRole("status").filter({ hasText: "Running" }).waitFor();
-  await page.screenshot({ path: join(shots, "agent-connected.png") });
+  await shot(page, "agent-connected");
   await owners.close();
 }
 
 try {
   await (phase === "ui" ? ui() : local());
 } catch (error) {
-  console.error(`E2E FAILED: ${error?.stack ?? error}`);
-  await browser.close();
-  process.exit(1);
+  await failed(error);
 }
 await browser.close();
 console.log(`claude journeys (${phase}) passed`);

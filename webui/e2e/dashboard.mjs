@@ -3,57 +3,31 @@
 // the phone drawer; screenshots light and dark.
 //
 //   node e2e/dashboard.mjs http://localhost:8080 ../docs/screenshots
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
-import { launchChromium } from "./chromium.mjs";
+import {
+  expect,
+  failed,
+  journey,
+  newContext,
+  PHONE,
+  register,
+  shot as screenshot,
+  secondsSince,
+  start,
+  timings,
+} from "./common.mjs";
 
-const [base, shots = "screenshots"] = process.argv.slice(2);
-if (!base) {
-  console.error("usage: node e2e/dashboard.mjs BASE_URL [SCREENSHOT_DIR]");
-  process.exit(2);
-}
-mkdirSync(shots, { recursive: true });
 const started = Date.now();
-const timings = [];
-const TIMEOUT = 30_000;
+const { base, browser } = await start();
 // Open dashboards poll every 5 s; a change must show within 10 s.
 const LIVE = 10_000;
-const PASSWORD = "correct horse battery";
-
-const browser = await launchChromium();
-
-function expect(condition, message) {
-  if (!condition) throw new Error(message);
-}
-
-async function newContext(viewport = { width: 1200, height: 800 }) {
-  const context = await browser.newContext({ viewport });
-  context.setDefaultTimeout(TIMEOUT);
-  return context;
-}
-
-async function journey(name, work) {
-  const t = Date.now();
-  await work();
-  timings.push(`${name}: ${((Date.now() - t) / 1000).toFixed(1)} s`);
-}
 
 /** The screen in the light and the dark scheme. */
 async function shot(page, name) {
   await page.emulateMedia({ colorScheme: "light" });
-  await page.screenshot({ path: join(shots, `${name}.png`) });
+  await screenshot(page, name);
   await page.emulateMedia({ colorScheme: "dark" });
-  await page.screenshot({ path: join(shots, `${name}-dark.png`) });
+  await screenshot(page, `${name}-dark`);
   await page.emulateMedia({ colorScheme: "light" });
-}
-
-async function register(page, username) {
-  await page.goto(base);
-  await page.getByRole("button", { name: "New here? Create an account" }).click();
-  await page.getByLabel("Username").fill(username);
-  await page.getByLabel("Password").fill(PASSWORD);
-  await page.getByRole("button", { name: "Create account" }).click();
-  await page.locator("summary[aria-label='Account menu']").waitFor();
 }
 
 async function call(context, method, path, data) {
@@ -284,11 +258,7 @@ try {
   });
 
   await journey("phone: the workspace list folds behind a toggle", async () => {
-    const phone = await browser.newContext({
-      viewport: { width: 390, height: 844 },
-      storageState: await alice.storageState(),
-    });
-    phone.setDefaultTimeout(TIMEOUT);
+    const phone = await newContext(PHONE, undefined, { storageState: await alice.storageState() });
     try {
       const small = await phone.newPage();
       await small.goto(`${base}/w/${alpha.id}`);
@@ -309,10 +279,8 @@ try {
     }
   });
 } catch (error) {
-  console.error(`E2E FAILED: ${error?.stack ?? error}`);
-  await browser.close();
-  process.exit(1);
+  await failed(error);
 }
 await browser.close();
 console.log(timings.join("\n"));
-console.log(`all dashboard journeys passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+console.log(`all dashboard journeys passed in ${secondsSince(started)} s`);

@@ -4,57 +4,34 @@
 //   node e2e/journeys.mjs http://localhost:8080 ../docs/screenshots
 //
 // Exits non-zero on the first failed expectation. Saves screenshots of the main screens.
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
-import { launchChromium } from "./chromium.mjs";
+import {
+  cardOf,
+  failed,
+  newContext,
+  PHONE,
+  register,
+  secondsSince,
+  shot,
+  signIn,
+  start,
+  statusOf,
+  journey as timed,
+  timings,
+} from "./common.mjs";
 
-const [base, shots = "screenshots"] = process.argv.slice(2);
-if (!base) {
-  console.error("usage: node e2e/journeys.mjs BASE_URL [SCREENSHOT_DIR]");
-  process.exit(2);
-}
-mkdirSync(shots, { recursive: true });
 const started = Date.now();
-const timings = [];
-const TIMEOUT = 60_000;
+const { base, browser } = await start({ timeout: 60_000 });
 
-const browser = await launchChromium();
-
+/** A timed journey in a fresh desktop context. */
 async function journey(name, work) {
-  const t = Date.now();
-  const context = await browser.newContext({ viewport: { width: 1200, height: 800 } });
-  context.setDefaultTimeout(TIMEOUT);
-  try {
-    await work(context);
-  } finally {
-    await context.close();
-  }
-  timings.push(`${name}: ${((Date.now() - t) / 1000).toFixed(1)} s`);
-}
-
-async function shot(page, name) {
-  await page.screenshot({ path: join(shots, `${name}.png`) });
-}
-
-async function register(page, username) {
-  await page.goto(base);
-  await page.getByRole("button", { name: "New here? Create an account" }).click();
-  await page.getByLabel("Username").fill(username);
-  await page.getByLabel("Password").fill("correct horse battery");
-  await page.getByRole("button", { name: "Create account" }).click();
-  await page.locator("summary[aria-label='Account menu']").waitFor();
-}
-
-async function signIn(page, username) {
-  await page.goto(base);
-  await page.getByLabel("Username").fill(username);
-  await page.getByLabel("Password").fill("correct horse battery");
-  await page.getByRole("button", { name: "Sign in" }).click();
-  await page.locator("summary[aria-label='Account menu']").waitFor();
-}
-
-function statusOf(page, name) {
-  return page.locator("li.sandbox", { hasText: name }).getByRole("status");
+  await timed(name, async () => {
+    const context = await newContext();
+    try {
+      await work(context);
+    } finally {
+      await context.close();
+    }
+  });
 }
 
 try {
@@ -112,7 +89,7 @@ try {
     await statusOf(page, "api-refactor").filter({ hasText: "Running" }).waitFor();
     await shot(page, "sandbox-running");
 
-    const card = page.locator("li.sandbox", { hasText: "api-refactor" });
+    const card = cardOf(page, "api-refactor");
     await card.getByRole("button", { name: "Pause" }).click();
     await statusOf(page, "api-refactor").filter({ hasText: "Paused" }).waitFor();
     await card.getByRole("button", { name: "Resume" }).click();
@@ -212,16 +189,14 @@ try {
 
   await journey("phone width", async (context) => {
     const page = await context.newPage();
-    await page.setViewportSize({ width: 390, height: 844 });
+    await page.setViewportSize(PHONE);
     await signIn(page, "alice");
     await page.getByRole("heading", { name: "Platform team" }).waitFor();
     await shot(page, "phone");
   });
 } catch (error) {
-  console.error(`E2E FAILED: ${error?.stack ?? error}`);
-  await browser.close();
-  process.exit(1);
+  await failed(error);
 }
 await browser.close();
 console.log(timings.join("\n"));
-console.log(`all journeys passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+console.log(`all journeys passed in ${secondsSince(started)} s`);

@@ -7,39 +7,29 @@
 //   node e2e/landing.mjs http://localhost:8080 ../docs/screenshots
 //
 // Exits non-zero on the first failed expectation.
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
-import { launchChromium } from "./chromium.mjs";
+import {
+  cardOf,
+  DESKTOP,
+  expect,
+  newContext,
+  PASSWORD,
+  PHONE,
+  register,
+  secondsSince,
+  shot,
+  signIn,
+  start,
+} from "./common.mjs";
 
-const [base, shots = "screenshots"] = process.argv.slice(2);
-if (!base) {
-  console.error("usage: node e2e/landing.mjs BASE_URL [SCREENSHOT_DIR]");
-  process.exit(2);
-}
-mkdirSync(shots, { recursive: true });
-const TIMEOUT = 60_000;
-const DESKTOP = { width: 1200, height: 800 };
-const PASSWORD = "correct horse battery";
+const { base, browser } = await start({ timeout: 60_000 });
+const started = Date.now();
 const IN_OPENCODE =
   /^http:\/\/oc-[0-9a-f-]{36}\.localhost:\d+\/(new-session|[A-Za-z0-9_-]+\/session)/;
 
-function expect(condition, message) {
-  if (!condition) throw new Error(message);
-}
-
-const browser = await launchChromium();
-const started = Date.now();
-
 async function person(username) {
-  const context = await browser.newContext({ viewport: DESKTOP });
-  context.setDefaultTimeout(TIMEOUT);
+  const context = await newContext();
   const page = await context.newPage();
-  await page.goto(base);
-  await page.getByRole("button", { name: "New here? Create an account" }).click();
-  await page.getByLabel("Username").fill(username);
-  await page.getByLabel("Password").fill(PASSWORD);
-  await page.getByRole("button", { name: "Create account" }).click();
-  await page.locator("summary[aria-label='Account menu']").waitFor();
+  await register(page, username);
   return { context, page };
 }
 
@@ -85,7 +75,7 @@ try {
   }
   await alice.page.getByPlaceholder("Name a new sandbox").fill("shared");
   await alice.page.getByRole("button", { name: "New sandbox" }).click();
-  const card = alice.page.locator("li.sandbox", { hasText: "shared" });
+  const card = cardOf(alice.page, "shared");
   await card.getByRole("status").filter({ hasText: "Running" }).waitFor();
   const link = await card.getByLabel("Link to shared").inputValue();
   const sandboxId = /oc-([0-9a-f-]{36})\./.exec(link)?.[1];
@@ -108,13 +98,12 @@ try {
   expect((await bob.page.textContent("body"))?.includes("healthy"), "no health answer");
 
   // A signed-out visitor: the sign-in screen first, kept address, then the work.
-  const visitor = await browser.newContext({ viewport: DESKTOP });
-  visitor.setDefaultTimeout(TIMEOUT);
+  const visitor = await newContext();
   const stranger = await visitor.newPage();
   await stranger.goto(link);
   await stranger.waitForURL(`${base}/open/${sandboxId}`);
   await stranger.getByRole("heading", { name: "Sign in to cli-server" }).waitFor();
-  await stranger.screenshot({ path: join(shots, "open-link-sign-in.png") });
+  await shot(stranger, "open-link-sign-in");
   await stranger.getByLabel("Username").fill("bob");
   await stranger.getByLabel("Password").fill(PASSWORD);
   await stranger.getByRole("button", { name: "Sign in" }).click();
@@ -127,7 +116,7 @@ try {
   await dave.page
     .getByText("This sandbox does not exist or you are not a member of its workspace.")
     .waitFor();
-  await dave.page.screenshot({ path: join(shots, "open-link-not-member.png") });
+  await shot(dave.page, "open-link-not-member");
 
   // bob starts a session (opencode's own API), for the guest to read.
   const made = await bob.page.evaluate(async () => {
@@ -150,7 +139,7 @@ try {
   try {
     await carol.page.getByText("Shared notes").first().waitFor();
   } finally {
-    await carol.page.screenshot({ path: join(shots, "guest-opencode.png") });
+    await shot(carol.page, "guest-opencode");
   }
   const refused = await carol.page.evaluate(async () => {
     const r = await fetch("/session", {
@@ -173,7 +162,7 @@ try {
   await carol.page.keyboard.press("Enter");
   await carol.page.getByText("Failed to send prompt").waitFor();
   await carol.page.getByText(/You are a guest in this workspace: opencode is read-only/).waitFor();
-  await carol.page.screenshot({ path: join(shots, "guest-opencode.png") });
+  await shot(carol.page, "guest-opencode");
   console.log("guest prompt refused in opencode's own words");
   console.log(`guest landed on the latest session (${guestSeen.at(-1)})`);
 
@@ -188,26 +177,21 @@ try {
     "a guest is offered Resume",
   );
   // (bob on another browser: signed in on the dashboard, never on the sandbox)
-  const laptop = await browser.newContext({ viewport: DESKTOP });
-  laptop.setDefaultTimeout(TIMEOUT);
+  const laptop = await newContext();
   const other = await laptop.newPage();
-  await other.goto(base);
-  await other.getByLabel("Username").fill("bob");
-  await other.getByLabel("Password").fill(PASSWORD);
-  await other.getByRole("button", { name: "Sign in" }).click();
-  await other.locator("summary[aria-label='Account menu']").waitFor();
+  await signIn(other, "bob");
   await other.goto(link);
   await other.waitForURL(`${base}/open/${sandboxId}`);
   await other.getByRole("button", { name: "Resume and open" }).waitFor();
-  await other.screenshot({ path: join(shots, "open-link-paused.png") });
-  await other.setViewportSize({ width: 390, height: 844 });
+  await shot(other, "open-link-paused");
+  await other.setViewportSize(PHONE);
   await other.emulateMedia({ colorScheme: "dark" });
-  await other.screenshot({ path: join(shots, "open-link-paused-phone-dark.png") });
+  await shot(other, "open-link-paused-phone-dark");
   await other.setViewportSize(DESKTOP);
   await other.getByRole("button", { name: "Resume and open" }).click();
   await inOpencode(other);
   console.log("paused sandbox resumed and opened");
-  console.log(`landing journey passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  console.log(`landing journey passed in ${secondsSince(started)} s`);
 } finally {
   await browser.close();
 }

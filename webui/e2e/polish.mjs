@@ -7,51 +7,22 @@
 //   node e2e/polish.mjs http://localhost:8080 ../docs/screenshots
 //
 // Exits non-zero on the first failed expectation.
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
-import { launchChromium } from "./chromium.mjs";
+import {
+  cardOf,
+  newContext as context,
+  expect,
+  failed,
+  PHONE,
+  secondsSince,
+  shot,
+  signIn,
+  register as signUp,
+  start,
+} from "./common.mjs";
 
-const [base, shots = "screenshots"] = process.argv.slice(2);
-if (!base) {
-  console.error("usage: node e2e/polish.mjs BASE_URL [SCREENSHOT_DIR]");
-  process.exit(2);
-}
-mkdirSync(shots, { recursive: true });
-const TIMEOUT = 60_000;
-const PASSWORD = "correct horse battery";
-const DESKTOP = { width: 1200, height: 800 };
-const PHONE = { width: 390, height: 844 };
-const WORKSPACE = "Customer Success Automation Experiments";
-
-function expect(condition, message) {
-  if (!condition) throw new Error(message);
-}
-
-const browser = await launchChromium();
+const { browser } = await start({ timeout: 60_000 });
 const started = Date.now();
-
-async function context(viewport = DESKTOP, colorScheme = "light") {
-  const made = await browser.newContext({ viewport, colorScheme });
-  made.setDefaultTimeout(TIMEOUT);
-  return made;
-}
-
-async function signUp(page, username) {
-  await page.goto(base);
-  await page.getByRole("button", { name: "New here? Create an account" }).click();
-  await page.getByLabel("Username").fill(username);
-  await page.getByLabel("Password").fill(PASSWORD);
-  await page.getByRole("button", { name: "Create account" }).click();
-  await page.locator("summary[aria-label='Account menu']").waitFor();
-}
-
-async function signIn(page, username) {
-  await page.goto(base);
-  await page.getByLabel("Username").fill(username);
-  await page.getByLabel("Password").fill(PASSWORD);
-  await page.getByRole("button", { name: "Sign in" }).click();
-  await page.locator("summary[aria-label='Account menu']").waitFor();
-}
+const WORKSPACE = "Customer Success Automation Experiments";
 
 /** The banner's command is one unbroken line that scrolls, whatever the width. */
 async function commandOnOneLine(page) {
@@ -77,7 +48,7 @@ try {
   );
   expect(await banner.locator("details").evaluate((d) => d.open), "the how-to starts closed");
   await commandOnOneLine(page);
-  await page.screenshot({ path: join(shots, "claude-banner-admin.png") });
+  await shot(page, "claude-banner-admin");
   // Seen once: the next visit shows only the summary line.
   await page.reload();
   await banner.waitFor();
@@ -96,7 +67,7 @@ try {
     const height = await folded.evaluate((node) => node.getBoundingClientRect().height);
     expect(height < 200, `the phone banner is ${height}px tall`);
     const suffix = scheme === "dark" ? "-dark" : "";
-    await small.screenshot({ path: join(shots, `claude-banner-admin-phone${suffix}.png`) });
+    await shot(small, `claude-banner-admin-phone${suffix}`);
     await folded.locator("summary").click();
     await commandOnOneLine(small);
     await phone.close();
@@ -108,7 +79,7 @@ try {
   await page.getByRole("heading", { name: WORKSPACE }).waitFor();
   const name = page.locator("nav.sidebar .nav-name").first();
   expect((await name.getAttribute("title")) === WORKSPACE, "no title on the sidebar name");
-  await page.screenshot({ path: join(shots, "sidebar-long-name.png") });
+  await shot(page, "sidebar-long-name");
   // Two lines of it show before the rest is cut (one line at 1280 px cut "Platform te…").
   const shown = await name.evaluate((node) => node.clientHeight);
   expect(shown > 30, `the sidebar shows the name in ${shown}px: one line`);
@@ -135,7 +106,7 @@ try {
   await page.keyboard.press("ArrowDown");
   expect((await page.getByRole("dialog").count()) === 0, "an arrow key opened the dialog");
   await page.getByRole("button", { name: "Change the role of bob" }).waitFor();
-  await page.screenshot({ path: join(shots, "members-change-role.png") });
+  await shot(page, "members-change-role");
   await page.getByRole("button", { name: "Keep the role of bob" }).click();
   expect((await role.inputValue()) === "developer", "Cancel kept the chosen role");
   await page.getByText("You are the only owner").waitFor();
@@ -144,21 +115,21 @@ try {
     (await ownerRow.getByText("ada").count()) === 1,
     "the only-owner note is not in ada's row",
   );
-  await page.screenshot({ path: join(shots, "members.png") });
+  await shot(page, "members");
 
   // Open on a paused sandbox resumes it and opens it.
   await page.getByRole("tab", { name: "Sandboxes" }).click();
   await page.getByText("Name one above: it starts opencode in a few seconds.").waitFor();
   await page.getByPlaceholder("Name a new sandbox").fill("web");
   await page.getByRole("button", { name: "New sandbox" }).click();
-  const card = page.locator("li.sandbox", { hasText: "web" });
+  const card = cardOf(page, "web");
   await card.getByRole("status").filter({ hasText: "Running" }).waitFor();
   await card.getByRole("button", { name: "Pause" }).click();
   await card.getByRole("status").filter({ hasText: "Paused" }).waitFor();
   const open = card.getByRole("button", { name: "Open" });
   expect(!(await open.isDisabled()), "Open is disabled on a paused sandbox");
   expect((await open.getAttribute("title")) === "Resumes it, then opens it", "Open's title");
-  await page.screenshot({ path: join(shots, "card-paused-open.png") });
+  await shot(page, "card-paused-open");
   const [tab] = await Promise.all([admin.waitForEvent("page"), open.click()]);
   await tab.waitForURL(/^http:\/\/oc-[0-9a-f-]+\.localhost:\d+\//);
   await card.getByRole("status").filter({ hasText: "Running" }).waitFor();
@@ -166,11 +137,9 @@ try {
   await tab.close();
   await bos.close();
   await admin.close();
-  console.log(`polish journey: ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  console.log(`polish journey: ${secondsSince(started)} s`);
 } catch (error) {
-  console.error(error);
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-  process.exit(process.exitCode ?? 0);
+  await failed(error);
 }
+await browser.close();
+process.exit(0);

@@ -11,59 +11,24 @@
 // way in, sets a first password without a current one, then may unlink; back from a link,
 // the page says so, and a refused link is said there. "sso-only": no password form, only the providers' buttons.
 // Screenshots desktop and phone; with DARK_SHOTS=dir, dark-scheme ones there too.
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
-import { launchChromium } from "./chromium.mjs";
+import { DESKTOP, expect, journey, newContext, shoot, start, timings } from "./common.mjs";
 
-const [base, shots = "screenshots", scenario = "accounts"] = process.argv.slice(2);
-if (!base) {
-  console.error("usage: node e2e/sso-accounts.mjs BASE_URL [SCREENSHOT_DIR] [accounts|sso-only]");
-  process.exit(2);
-}
-mkdirSync(shots, { recursive: true });
-const dark = process.env.DARK_SHOTS;
-if (dark) mkdirSync(dark, { recursive: true });
+const { base, args, browser } = await start({
+  usage: "[accounts|sso-only]",
+  defaults: ["accounts"],
+});
+const [scenario] = args;
 const session = process.env.SESSION;
-const TIMEOUT = 30_000;
-const DESKTOP = { width: 1200, height: 800 };
-const PHONE = { width: 390, height: 844 };
-const timings = [];
-
-const browser = await launchChromium();
 
 async function context(viewport = DESKTOP, colorScheme = "light", signedIn = false) {
-  const made = await browser.newContext({ viewport, colorScheme });
-  made.setDefaultTimeout(TIMEOUT);
-  if (signedIn) await made.addCookies([{ name: "cli_session", value: session, url: base }]);
+  const made = await newContext(viewport, colorScheme);
+  if (signedIn) await signedInAs(made);
   return made;
 }
 
-async function journey(name, work) {
-  const t = Date.now();
-  await work();
-  timings.push(`${name}: ${((Date.now() - t) / 1000).toFixed(1)} s`);
-}
-
-function expect(condition, what) {
-  if (!condition) throw new Error(`expected: ${what}`);
-}
-
-/** Screenshots of what `show(page)` opens, at desktop and phone width (and dark, if asked). */
-async function shoot(name, signedIn, show) {
-  const variants = [
-    [shots, DESKTOP, "light", name],
-    [shots, PHONE, "light", `${name}-phone`],
-  ];
-  if (dark) {
-    variants.push([dark, DESKTOP, "dark", name], [dark, PHONE, "dark", `${name}-phone`]);
-  }
-  for (const [dir, viewport, scheme, file] of variants) {
-    const ctx = await context(viewport, scheme, signedIn);
-    const page = await ctx.newPage();
-    await show(page);
-    await page.screenshot({ path: join(dir, `${file}.png`), fullPage: true });
-    await ctx.close();
-  }
+/** The session the driver made, as a cookie. */
+async function signedInAs(ctx) {
+  await ctx.addCookies([{ name: "cli_session", value: session, url: base }]);
 }
 
 async function refusedSignIn(page) {
@@ -86,7 +51,7 @@ async function accountsScenario() {
     await page.getByLabel("Password").waitFor(); // (password login is on here)
     await ctx.close();
   });
-  await shoot("sso-signin", false, refusedSignIn);
+  await shoot("sso-signin", refusedSignIn);
 
   const methods = (page) => page.getByRole("region", { name: "Sign-in methods" });
   async function accountPage(page) {
@@ -94,7 +59,7 @@ async function accountsScenario() {
     await methods(page).getByRole("button", { name: "Unlink GitHub" }).waitFor();
     await page.getByRole("heading", { name: "Set a password" }).waitFor();
   }
-  await shoot("sso-account", true, accountPage);
+  await shoot("sso-account", accountPage, signedInAs);
 
   await journey("the only way in stays; a first password; then unlink", async () => {
     const ctx = await context(DESKTOP, "light", true);
@@ -153,7 +118,7 @@ async function ssoOnlyScenario() {
     expect((await page.getByRole("button", { name: "Sign in" }).count()) === 0, "no form");
     await ctx.close();
   });
-  await shoot("sso-only-signin", false, async (page) => {
+  await shoot("sso-only-signin", async (page) => {
     await signInScreen(page);
     await page.getByLabel("Password").waitFor({ state: "detached" });
   });

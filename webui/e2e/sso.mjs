@@ -5,22 +5,16 @@
 //
 // 1. the sign-in screen's button -> the provider's login and consent -> the dashboard,
 //    signed in; 2. cancelled at the provider -> back on the sign-in screen, which says so.
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
-import { launchChromium } from "./chromium.mjs";
+import { DESKTOP, newContext, PHONE, shot, start } from "./common.mjs";
 
-const [base, shots = "screenshots", label = "Single sign-on"] = process.argv.slice(2);
-if (!base) {
-  console.error("usage: node e2e/sso.mjs BASE_URL [SCREENSHOT_DIR] [BUTTON_LABEL]");
-  process.exit(2);
-}
-mkdirSync(shots, { recursive: true });
-const TIMEOUT = 30_000;
-const browser = await launchChromium();
+const { base, args, browser } = await start({
+  usage: "[BUTTON_LABEL]",
+  defaults: ["Single sign-on"],
+});
+const [label] = args;
 
 async function withPage(viewport, colorScheme, work) {
-  const context = await browser.newContext({ viewport, colorScheme });
-  context.setDefaultTimeout(TIMEOUT);
+  const context = await newContext(viewport, colorScheme);
   try {
     await work(await context.newPage());
   } finally {
@@ -33,10 +27,10 @@ function ssoButton(page) {
 }
 
 try {
-  await withPage({ width: 1200, height: 800 }, "light", async (page) => {
+  await withPage(DESKTOP, "light", async (page) => {
     await page.goto(base);
     await ssoButton(page).waitFor();
-    await page.screenshot({ path: join(shots, "sso-oidc-signin.png") });
+    await shot(page, "sso-oidc-signin");
     await ssoButton(page).click();
     // The provider's own pages (oidc-provider's development login and consent).
     await page.locator("input[name=login]").fill("journey-user");
@@ -52,8 +46,8 @@ try {
   });
 
   for (const [viewport, scheme, name] of [
-    [{ width: 1200, height: 800 }, "light", "sso-denied"],
-    [{ width: 390, height: 844 }, "dark", "sso-denied-phone-dark"],
+    [DESKTOP, "light", "sso-denied"],
+    [PHONE, "dark", "sso-denied-phone-dark"],
   ]) {
     await withPage(viewport, scheme, async (page) => {
       await page.goto(base);
@@ -62,7 +56,7 @@ try {
       await page.getByText("The sign-in was cancelled at the provider.").waitFor();
       await ssoButton(page).waitFor(); // (and it may be tried again from here)
       if (new URL(page.url()).origin !== new URL(base).origin) throw new Error(`on ${page.url()}`);
-      await page.screenshot({ path: join(shots, `${name}.png`) });
+      await shot(page, name);
       console.log(`cancelled at the provider: the sign-in screen says so (${name})`);
     });
   }

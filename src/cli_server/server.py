@@ -424,7 +424,7 @@ def build(
 
     async def say_who_registers_first() -> None:
         admins = await accounts.admins()
-        if not await accounts.has_users():
+        if not admins and not await accounts.has_users():
             Logger().info(
                 "no accounts yet: the first one registered becomes the instance admin "
                 "(registration: {mode})",

@@ -260,11 +260,8 @@ class SandboxSite(Resource):
         session that ended): to the dashboard's page that opens this sandbox for its
         members, after signing in there if need be. A fixed address: never an open redirect."""
         self._cookie.clear_doubles(request, self._base_host)
-        request.setResponseCode(303)
-        request.setHeader(b"location", f"{self._dashboard}open/{sandbox_id}".encode("ascii"))
-        request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"referrer-policy", b"no-referrer")
-        self._finish(request, b"")
+        self._see_other(request, f"{self._dashboard}open/{sandbox_id}".encode("ascii"))
 
     def _not_found(self, request: Any) -> None:
         self._page(request, 404, "No such sandbox", "It does not exist, or you may not see it.")
@@ -302,8 +299,11 @@ class SandboxSite(Resource):
         self._to_landing(request)
 
     def _to_landing(self, request: Any) -> None:
+        self._see_other(request, _LAND_PATH)  # fixed: never an open redirect
+
+    def _see_other(self, request: Any, location: bytes) -> None:
         request.setResponseCode(303)
-        request.setHeader(b"location", _LAND_PATH)  # fixed: never an open redirect
+        request.setHeader(b"location", location)
         request.setHeader(b"cache-control", b"no-store")
         self._finish(request, b"")
 
@@ -311,10 +311,7 @@ class SandboxSite(Resource):
         """Into the work: a cloud sandbox's opencode on its workspace disk (landing_html);
         a local one's (its directory is on the laptop) at its home page."""
         if access.is_local:
-            request.setResponseCode(303)
-            request.setHeader(b"location", b"/")
-            request.setHeader(b"cache-control", b"no-store")
-            return self._finish(request, b"")
+            return self._see_other(request, b"/")
         for name, value in PAGE_HEADERS:
             request.setHeader(name, value)
         self._finish(request, landing_html(read_only=access.role < Role.DEVELOPER))
@@ -335,9 +332,7 @@ class SandboxSite(Resource):
         # (in the form's action: a sandbox request's body streams to opencode, unread here)
         query = parse_qs(request.uri.partition(b"?")[2].decode("latin-1"))
         asked = (query.get("next") or ["/"])[0].encode("utf-8")
-        request.setResponseCode(303)
-        request.setHeader(b"location", _after_start(asked, access).encode("ascii"))
-        self._finish(request, b"")
+        self._see_other(request, _after_start(asked, access).encode("ascii"))
 
 
 def _navigation(request: Any) -> bool:

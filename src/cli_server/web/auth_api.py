@@ -33,6 +33,7 @@ from cli_server.proxy.access import SandboxAccess
 from cli_server.sso.identities import Identities
 from cli_server.web.body import read_json_object, required_text, text_field
 from cli_server.web.ids import parse_id
+from cli_server.web.request import client_host
 from cli_server.web.responses import install_json_errors, json_response, no_content
 from cli_server.web.session import SessionCookies
 
@@ -112,7 +113,7 @@ class AuthAPI:
         if email is not None and not _EMAIL.match(email):
             raise BadRequest("email must look like name@example.com", field="email")
         invite = text_field(body, "invite", max_length=200, required=False)
-        address = _address(request)
+        address = client_host(request)
         _limit(self._registrations, address, "too many registrations from this address")
         # Every attempt counts, taken names too: registering is also a way to probe names.
         self._registrations.failed(address)
@@ -145,7 +146,7 @@ class AuthAPI:
         body = read_json_object(request)
         username = required_text(body, "username", max_length=254)
         password = required_text(body, "password", max_length=1024, strip=False)
-        account, address = username.lower(), _address(request)
+        account, address = username.lower(), client_host(request)
         self._check_guard(account, address)
         login = await self._accounts.authenticate(username, password)
         if login is None:
@@ -194,7 +195,7 @@ class AuthAPI:
                     code="password_already_set",
                 )
             return no_content(request)
-        account, address = user.username.lower(), _address(request)
+        account, address = user.username.lower(), client_host(request)
         self._check_guard(account, address)
         if not await self._accounts.check_password(user.id, current):
             self._logins.failed(account, address)
@@ -279,8 +280,3 @@ def _new_password(body: dict[str, Any], field: str) -> str:
     if password is None or len(password) < 8:
         raise BadRequest(f"{field} must be {PASSWORD_RULE}", field=field)
     return password
-
-
-def _address(request: IRequest) -> str:
-    peer: Any = request.getClientAddress()  # behind --trusted-proxies: the forwarded client
-    return str(getattr(peer, "host", "unix"))

@@ -392,3 +392,9 @@ class QuietSandboxSite(server.Site):
         if self.access_log == "changes" and api_read(request):
             return  # (an open dashboard polls: its reads would be most of the log)
         super().log(request)
+
+
+def client_host(request: Any) -> str:
+    """The client's address as text (behind --trusted-proxies: the forwarded client, see
+    ``Request.getClientAddress``); "unix" for a UNIX-socket peer."""
+    return str(getattr(request.getClientAddress(), "host", "unix"))

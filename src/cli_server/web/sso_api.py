@@ -22,6 +22,7 @@ from cli_server.sso.flow import LIFETIME, safe_return_to
 from cli_server.sso.http import ProviderDown, ProviderError
 from cli_server.sso.providers import Provider, SsoProviders
 from cli_server.web.auth_api import FRESH_SIGN_IN
+from cli_server.web.request import client_host
 from cli_server.web.responses import install_json_errors
 from cli_server.web.session import SessionCookies, expire_cookie
 
@@ -71,7 +72,7 @@ class SsoAPI:
         return_to = safe_return_to(_arg(request, b"return_to"), default)
         pending_signins = self._providers.pending
         assert pending_signins is not None
-        begun = pending_signins.begin(provider, return_to, link_to, _address(request))
+        begun = pending_signins.begin(provider, return_to, link_to, client_host(request))
         if begun is None:
             return self._land(request, provider, "busy", "too many sign-ins under way")
         cookie, pending = begun
@@ -140,7 +141,7 @@ class SsoAPI:
         if pending.link_to is None:
             agent = request.getHeader(b"user-agent")
             session = await self._accounts.open_trusted_session(
-                user.id, agent.decode("utf-8", "replace") if agent else None, _address(request)
+                user.id, agent.decode("utf-8", "replace") if agent else None, client_host(request)
             )
             if session is None:
                 return self._land(request, provider, "account_disabled", "the account is disabled")
@@ -179,8 +180,3 @@ def _arg(request: IRequest, name: bytes) -> str | None:
         return None  # (absent, or repeated: a repeated state or code is no answer)
     value: bytes = values[0]
     return value.decode("utf-8", "replace")
-
-
-def _address(request: IRequest) -> str:
-    peer: Any = request.getClientAddress()  # behind --trusted-proxies: the forwarded client
-    return str(getattr(peer, "host", "unix"))

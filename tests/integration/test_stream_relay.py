@@ -62,8 +62,9 @@ class Lease:
         sock.close()
 
 
-GRANT = Grant(b"h", (b"c=1",), b"Basic eA==", b"127.0.0.1", b"http", b"s1")
-FIRST = b"GET /a HTTP/1.1\r\nHost: h\r\nCookie: c=1\r\n\r\n"
+H = b"oc-0b6f1a3e-1111-4222-8333-444455556666.localhost"
+GRANT = Grant(H, (b"c=1",), b"Basic eA==", b"127.0.0.1", b"http", b"s1", b"localhost", 2)
+FIRST = b"GET /a HTTP/1.1\r\nHost: " + H + b"\r\nCookie: c=1\r\n\r\n"
 WHOSE = Whose("u", "w", "s1")
 
 
@@ -137,7 +138,7 @@ async def test_the_relay_serves_a_keep_alive_connection_and_gives_it_back() -> N
             await wait_until(reactor, lambda: browser.received.endswith(b"hi"), timeout=5)
             browser.received = b""
         assert relay.carrying == 1
-        other = b"GET /c HTTP/1.1\r\nHost: h\r\nCookie: c=2\r\n\r\n"  # another session
+        other = b"GET /c HTTP/1.1\r\nHost: " + H + b"\r\nCookie: c=2\r\n\r\n"  # another session
         browser.transport.write(other)  # type: ignore[union-attr]
         await wait_until(reactor, lambda: bool(lease.backs), timeout=5)
         assert lease.backs == [(other, Back.ASK)] and relay.carrying == 0

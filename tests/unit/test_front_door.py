@@ -700,6 +700,8 @@ def test_a_get_goes_to_the_relay_process_with_its_connection_and_what_follows() 
         b"10.1.2.3",
         b"http",
         SID.encode(),
+        b"localhost",
+        2,
     )
     assert seconds == 1.0 and whose == Whose("u", "w", SID)
     assert data == get(b"/a") + b"GET /b HTTP/1.1\r\n"  # the request, and what came after

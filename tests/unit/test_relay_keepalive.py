@@ -21,9 +21,11 @@ from cli_server.proxy.relay_wire import (
     read_activity,
 )
 
-HOST = b"oc-s1.localhost:8080"
+HOST = b"oc-0b6f1a3e-1111-4222-8333-444455556666.localhost:8080"
 COOKIE = b"cli_sandbox=tok; theme=dark"
-GRANT = Grant(HOST, (COOKIE,), b"Basic b3BlbmNvZGU6cHc=", b"10.1.2.3", b"http", b"s1")
+GRANT = Grant(
+    HOST, (COOKIE,), b"Basic b3BlbmNvZGU6cHc=", b"10.1.2.3", b"http", b"s1", b"localhost", 2
+)
 
 
 def get(path: bytes = b"/x", *extra: bytes, cookie: bytes = COOKIE, host: bytes = HOST) -> bytes:

@@ -15,12 +15,12 @@ from typing import Any
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred
 
+from cli_server.proxy import rules
 from cli_server.proxy.access import Access, SandboxAccess
 from cli_server.proxy.endpoints import RunningEndpoints
-from cli_server.proxy.hosts import sandbox_for_host
 from cli_server.proxy.hygiene import clean_query, plain_upstream_headers
 from cli_server.proxy.live import LiveStreams, Whose
-from cli_server.proxy.request_head import MEMO_BLOCK, RequestHead, cookie_value
+from cli_server.proxy.request_head import MEMO_BLOCK, RequestHead
 from cli_server.proxy.stream_relay import StreamRelay
 from cli_server.proxy.upstream import UpstreamPool
 from cli_server.roles import Role
@@ -84,12 +84,16 @@ class FastPath:
         if self.clock is None:
             self.clock = self.access.clock
 
+    @property
+    def listener(self) -> rules.Listener:
+        return rules.Listener(self.scheme, self.base_host, self.cookie_name)
+
     def route(self, head: RequestHead) -> Route | None | Deferred[Route | None]:
-        """Where to send ``head``, or None for SandboxSite. Answers at once, without a
-        Deferred, when the session and the sandbox's address are known here, as they are for
-        all but about one request a second."""
-        if head.path.startswith(b"/_cli/") or head.cross_origin(self.scheme):
-            return None  # (SandboxSite refuses a request from another origin, with its page)
+        """Where to send ``head``, or None for SandboxSite (whatever ``rules.decide`` does not
+        forward to a sandbox here). Answers at once, without a Deferred, when the session and
+        the sandbox's address are known here, as they are for all but about one request a
+        second."""
+        asked = head.asked
         key = (head.host, head.cookies)
         recent = self._recent.get(key)
         if recent is not None:
@@ -99,11 +103,11 @@ class FastPath:
                 and 0 <= self.clock.seconds() - since < span
                 and self.endpoints.cached(route.sandbox_id) == route.endpoint
             ):
-                return route if self._may(route.role, head) else None
-        _, sandbox_id = sandbox_for_host(head.host, self.base_host)
-        if sandbox_id is None:
+                return route if self.forwards(asked, route.role) else None
+        sandbox_id = rules.screen(asked, self.listener)
+        if not isinstance(sandbox_id, str):
             return None
-        token = cookie_value(head.cookies, self.cookie_name)
+        token = rules.session_token(asked, self.listener)
         if token is None:
             return None
         access = self.access.cached(token, sandbox_id)
@@ -115,15 +119,21 @@ class FastPath:
     def _generation(self) -> int:
         return self.access.generation + self.endpoints.generation
 
-    @staticmethod
-    def _may(role: Role, head: RequestHead) -> bool:
-        return role >= Role.DEVELOPER or head.method == b"GET"  # else the read-only page
+    def forwards(self, asked: rules.Asked, role: Role) -> bool:
+        """Whether the rulebook sends ``asked`` to a running cloud sandbox, for ``role``."""
+        return isinstance(
+            rules.decide(asked, self.listener, rules.Session(role, "running", False)), rules.Forward
+        )
 
     def _allowed(
         self, access: Access | None, head: RequestHead, key: _Key, generation: int
     ) -> Route | None | Deferred[Route | None]:
-        if access is None or access.status != "running" or access.is_local:
+        if access is None:
             return None
+        session = rules.Session(access.role, access.status, access.is_local)
+        verdict = rules.decide(head.asked, self.listener, session)
+        if not isinstance(verdict, rules.Forward) or verdict.local:
+            return None  # (unless the status changes, the role does not matter: no memo)
         endpoint = self.endpoints.cached(access.sandbox_id)
         if endpoint is None:
             found = self.endpoints.get(access.sandbox_id)
@@ -155,7 +165,7 @@ class FastPath:
             if len(self._recent) >= 4096:
                 self._recent.clear()
             self._recent[key] = (route, self.clock.seconds(), self.grant_seconds(route), generation)
-        return route if self._may(access.role, head) else None
+        return route
 
     def used(self, route: Route) -> None:
         self.activity.touch(route.sandbox_id)
@@ -192,7 +202,7 @@ class FastPath:
         ):
             return None
         seconds = self.grant_seconds(route)
-        token = cookie_value(head.cookies, self.cookie_name)
+        token = rules.session_token(head.asked, self.listener)
         if seconds >= MEMO_SECONDS or not refresh or token is None:
             return seconds if seconds > 0 else None
         # The session's cached answer runs out within the second: read it again now, rather

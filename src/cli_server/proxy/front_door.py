@@ -287,6 +287,8 @@ class FrontDoor(Protocol):
             self._peer,
             self._fast.scheme,
             route.sandbox_id.encode(),
+            self._fast.base_host,
+            int(route.role),
         )
         seconds = self._fast.grant_seconds(route)
         lease = _Lease(self._fast, factory, head, route)

@@ -27,10 +27,12 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Protocol
 
+from cli_server.proxy import rules
 from cli_server.proxy.answer import LAST_CHUNK, AnswerReader, Framing, Read, reframe
-from cli_server.proxy.hygiene import clean_query, plain_upstream_headers
+from cli_server.proxy.hygiene import plain_upstream_headers
 from cli_server.proxy.relay_wire import Back, Grant
-from cli_server.proxy.request_head import MAX_HEAD, head_end, parse_head
+from cli_server.proxy.request_head import MAX_HEAD, RequestHead, head_end, parse_head
+from cli_server.roles import Role
 
 # As the front door's: for the sandbox to begin its answer, and for the browser's next request.
 TIMEOUT = 120.0
@@ -183,16 +185,16 @@ class KeptConnection:
         head = parse_head(buffer[:size], 0) if size <= MAX_HEAD else None
         grant = self.grant
         now = self.loop.clock()
+        verdict = self._decide(head) if head is not None else None
         if (
             head is None
+            or not isinstance(verdict, rules.Forward)
             or head.method != b"GET"
             or head.host != grant.host
             or head.cookies != grant.cookies
-            or head.path.startswith(b"/_cli/")
-            or head.cross_origin(grant.scheme)  # (the server answers it: 403)
             or (not self.first and now >= self.until)
         ):
-            self.give_back(Back.ASK)
+            self.give_back(Back.ASK)  # (the server answers what the rules refuse)
             return
         if self.until - now < RENEW_BEFORE and not self.renewing:
             self.renewing = True
@@ -213,7 +215,15 @@ class KeptConnection:
         self.due = now + TIMEOUT
         self.first = False
         self.reader.begin(self)
-        self._send_sandbox(b"GET %s HTTP/1.1\r\n%s" % (clean_query(head.target), self._headers))
+        self._send_sandbox(b"GET %s HTTP/1.1\r\n%s" % (verdict.target, self._headers))
+
+    def _decide(self, head: RequestHead) -> rules.Verdict:
+        """The rulebook's verdict on ``head`` for the grant's session (it was granted for a
+        running cloud sandbox; a status change ends the grant)."""
+        grant = self.grant
+        listener = rules.Listener(grant.scheme, grant.base_host, b"")
+        session = rules.Session(Role(grant.role), "running", False)
+        return rules.decide(head.asked, listener, session)
 
     def renewed(self, until: float) -> None:
         """The grant now holds until then: renewed, or over (the connection goes back with

@@ -60,8 +60,9 @@ def unpack_fields(data: bytes) -> list[bytes]:
 
 
 class Grant(NamedTuple):
-    """Which requests on a connection the relay process may relay itself: GETs with no body
-    for this Host with these Cookie headers, exactly; it sends them with this credential."""
+    """Which requests on a connection the relay process may relay itself: those
+    ``rules.decide`` forwards for a session with this role, for this Host with these Cookie
+    headers, exactly; it sends them with this credential."""
 
     host: bytes
     cookies: tuple[bytes, ...]
@@ -69,12 +70,23 @@ class Grant(NamedTuple):
     peer: bytes  # the browser's address, for X-Forwarded-For
     scheme: bytes  # for X-Forwarded-Proto
     sandbox_id: bytes  # whose activity its requests count as
+    base_host: bytes  # the listener's base domain (``rules.Listener``)
+    role: int  # the session's role (``roles.Role``)
 
 
 def keep_message(conn_id: int, until: float, grant: Grant, data: bytes) -> bytes:
     """``K``: ``data`` is what the browser sent that was not used yet, its next request first;
     ``until`` is on CLOCK_MONOTONIC (``time.monotonic``), which both processes read."""
-    fields = [grant.host, grant.authorization, grant.peer, grant.scheme, grant.sandbox_id, data]
+    fields = [
+        grant.host,
+        grant.authorization,
+        grant.peer,
+        grant.scheme,
+        grant.sandbox_id,
+        grant.base_host,
+        b"%d" % grant.role,
+        data,
+    ]
     return KEEP.pack(b"K", conn_id, until) + pack_fields([*fields, *grant.cookies])
 
 
@@ -85,15 +97,13 @@ def read_keep(msg: bytes) -> tuple[int, float, Grant, bytes]:
     except struct.error as e:
         raise ValueError(str(e)) from e
     fields = unpack_fields(msg[KEEP.size :])
-    if len(fields) < 6:
+    if len(fields) < 8 or not fields[6].isdigit():
         raise ValueError("a grant without its fields")
-    host, authorization, peer, scheme, sandbox_id, data, *cookies = fields
-    return (
-        conn_id,
-        until,
-        Grant(host, tuple(cookies), authorization, peer, scheme, sandbox_id),
-        data,
+    host, authorization, peer, scheme, sandbox_id, base_host, role, data, *cookies = fields
+    grant = Grant(
+        host, tuple(cookies), authorization, peer, scheme, sandbox_id, base_host, int(role)
     )
+    return conn_id, until, grant, data
 
 
 def activity_message(counts: dict[bytes, int]) -> bytes:

@@ -13,7 +13,8 @@ import re
 
 from attrs import frozen
 
-from cli_server.proxy.hygiene import cross_origin, only, session_token
+from cli_server.proxy import rules
+from cli_server.proxy.hygiene import only, session_token
 
 MAX_HEAD = 16 * 1024  # as twisted.web's limit on a request's headers (it refuses more)
 # Methods a browser's fetch sends with no body or a Content-Length one. HEAD is left to
@@ -69,10 +70,19 @@ class RequestHead:
     def cookies(self) -> tuple[bytes, ...]:
         return self.fields.cookies
 
-    def cross_origin(self, scheme: bytes) -> bool:
-        """Whether a page of another origin sent this (``hygiene.cross_origin``)."""
-        own = scheme + b"://" + self.fields.host
-        return cross_origin(self.method, False, self.fields.origin, self.fields.fetch_site, own)
+    @property
+    def asked(self) -> rules.Asked:
+        """What the rulebook reads of this request."""
+        fields = self.fields
+        return rules.Asked(
+            fields.host,
+            self.method,
+            self.target,
+            False,  # (a plain head has no Upgrade)
+            fields.origin,
+            fields.fetch_site,
+            fields.cookies,
+        )
 
 
 def head_end(buffer: bytes) -> int:

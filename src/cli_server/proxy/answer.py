@@ -3,9 +3,9 @@
 ``AnswerReader`` reads one answer at a time from a keep-alive sandbox connection with
 httptools (llhttp, Node's parser, in C) and tells its ``client`` what it found;
 ``reframe`` is what the browser gets of the answer's head (``clean_upgrade_answer`` of a
-WebSocket upgrade's). All are pure (no Twisted): the
-front door (``upstream.py``) and the relay process (``relay_keepalive.py``) read answers
-with them, so the two never differ.
+WebSocket upgrade's). All are pure (no Twisted): the relay
+workers (``relay/connection.py``) read answers with them, and the WebSocket splice cleans
+its 101 with the same header rule (``hygiene.kept_answer_header``) as twisted.web's path.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""A strict reader of the HTTP/1.1 request heads the proxy's fast path takes.
+"""A strict reader of the HTTP/1.1 request heads the relay workers take.
 
-The fast path (``front_door.py``) handles the common request only: HTTP/1.1, a plain method,
-an origin-form target, no body or a ``Content-Length`` one, no upgrade. Anything else, and
-anything even slightly malformed, reads as None here and goes to twisted.web, which answers
-it as it always has. Being strict is what keeps two parsers from disagreeing about where a
-request ends (request smuggling): this one never guesses.
+The router (``router.py``) and the relay workers handle the common request only: HTTP/1.1, a
+plain method, an origin-form target, no body or a ``Content-Length`` one, no upgrade.
+Anything else, and anything even slightly malformed, reads as None here and goes to
+twisted.web, which answers it as it always has. Being strict is what keeps two parsers from
+disagreeing about where a request ends (request smuggling): this one never guesses.
 """
 
 from __future__ import annotations

@@ -1,26 +1,23 @@
-"""Keep-alive browser connections served by the relay process, request after request.
+"""A browser's keep-alive connection served by a relay worker, request after request.
 
-The front door routes a request (session, role, sandbox status, address) and, when it is a
-GET with no body on a plain TCP connection, sends the browser's socket here with the sandbox
-connection it had picked and a ``Grant``. From then on this process relays the requests on
-that connection itself, as long as each is covered by the grant: a plain head (read by
-``request_head.py``, as the front door reads it), a GET with no body, the same Host and
-Cookie headers, not one of our ``/_cli/`` paths, not sent by a page of another origin
-(``hygiene.cross_origin``: a CORS read from another sandbox), and the grant not run out (it
-holds as long as the front door would trust its own cached routing: at most a second). Anything else
-goes back to the server with every byte not yet used (``Back.ASK``), where the front door takes
-it up as a new connection. While a connection is in use, the server renews its grant; a
-revocation cuts it at once; a status change of its sandbox ends the grant.
+The router routes a request (session, role, sandbox status, address) and, when the rulebook
+forwards it to a cloud sandbox and its head is plain, sends the browser's socket here with a
+``Grant``. From then on the worker relays the requests on that connection itself, over a
+sandbox connection it opens (or reuses, ``Loop.take_idle``), as long as each is covered by the
+grant: a plain head (``request_head.py``, as the router reads it) with no body or a
+``Content-Length`` one up to the grant's cap, the same Host and Cookie headers, and what
+``rules.decide`` forwards for the grant's role; and the grant not run out (it holds as long as
+the server would trust its own cached routing: at most a second). Anything else goes back to
+the server with every byte not yet used (``Back.ASK``). While a connection is in use, the
+server renews its grant; a revocation cuts it at once; a status change of its sandbox ends
+the grant.
 
-Per request that is a few microseconds of Python around four system calls, where Twisted's
-reactor spends about seventy; event streams (``/event``) run here too, for as long as they
-last.
-
-Only the standard library, attrs and httptools: the relay process imports this.
+Only the standard library and httptools: the workers import this.
 """
 
 from __future__ import annotations
 
+import errno
 import select
 import socket
 from collections.abc import Callable
@@ -30,19 +27,24 @@ from typing import Protocol
 from cli_server.proxy import rules
 from cli_server.proxy.answer import LAST_CHUNK, AnswerReader, Framing, Read, reframe
 from cli_server.proxy.hygiene import plain_upstream_headers
-from cli_server.proxy.relay_wire import Back, Grant
+from cli_server.proxy.relay.wire import Back, Grant
 from cli_server.proxy.request_head import MAX_HEAD, RequestHead, head_end, parse_head
 from cli_server.roles import Role
 
-# As the front door's: for the sandbox to begin its answer, and for the browser's next request.
+# As the server's: for the sandbox to begin its answer, and for the browser's next request.
 TIMEOUT = 120.0
+CONNECT_TIMEOUT = 10.0
 # A connection in use asks the server to renew its grant this long before it runs out.
 RENEW_BEFORE = 0.5
+# Methods that may be sent again when a sandbox dropped the request unanswered (with no
+# body), as twisted.web's client does.
+_IDEMPOTENT = frozenset({b"GET", b"OPTIONS", b"DELETE"})
 
 
 class _State(Enum):
     IDLE = "idle"  # between requests
-    ASKED = "asked"  # a request went to the sandbox; no answer yet
+    CONNECTING = "connecting"  # a request waits for its sandbox connection
+    ASKED = "asked"  # it went to the sandbox (its body may still be coming); no answer yet
     ANSWERING = "answering"  # its answer is being relayed
 
 
@@ -51,8 +53,11 @@ class _Then(Enum):
     BACK = "back"  # give it back to the server once what waits is written
 
 
+Address = tuple[str, int]
+
+
 class Loop(Protocol):
-    """What a connection needs of the relay's loop."""
+    """What a connection needs of its worker's loop."""
 
     poll: select.epoll
     clock: Callable[[], float]
@@ -63,7 +68,7 @@ class Loop(Protocol):
     def detach(self, fd: int) -> None: ...
 
     def ended(self, conn: KeptConnection) -> None:
-        """``conn`` closed both its sockets: tell the server."""
+        """``conn`` closed the browser's socket: tell the server."""
 
     def hand_back(self, conn: KeptConnection, why: Back, data: bytes) -> None:
         """Send the browser's socket to the server (the loop closes it then)."""
@@ -74,6 +79,12 @@ class Loop(Protocol):
     def renew(self, conn: KeptConnection) -> None:
         """Ask the server to renew ``conn``'s grant (it answers with ``renewed``)."""
 
+    def take_idle(self, address: Address) -> socket.socket | None:
+        """A kept-alive sandbox connection to ``address`` nobody uses, if there is one."""
+
+    def give_idle(self, address: Address, sock: socket.socket) -> None:
+        """A sandbox connection that may carry another request (the loop may close it)."""
+
 
 class KeptConnection:
     __slots__ = (
@@ -81,12 +92,17 @@ class KeptConnection:
         "browser",
         "sandbox",
         "grant",
+        "address",
         "until",
         "buffer",
         "reader",
         "state",
         "framing",
         "raw",
+        "head",
+        "body_left",
+        "sent",
+        "repeatable",
         "close",
         "then",
         "out",
@@ -100,6 +116,8 @@ class KeptConnection:
         "_masks",
         "_block",
         "_headers",
+        "_listener",
+        "_session",
     )
 
     def __init__(
@@ -107,20 +125,24 @@ class KeptConnection:
         loop: Loop,
         conn_id: int,
         browser: socket.socket,
-        sandbox: socket.socket,
         grant: Grant,
         until: float,
         data: bytes,
     ) -> None:
         self.loop, self.id, self.grant = loop, conn_id, grant
+        self.address: Address = (grant.address.decode("ascii"), grant.port)
         self.browser = browser
-        self.sandbox: socket.socket | None = sandbox  # None once it is closed
+        self.sandbox: socket.socket | None = None  # opened for the first request
         self.until = until  # the grant holds until then (CLOCK_MONOTONIC, as the server's)
         self.buffer = data  # what the browser sent that is not used yet
         self.reader = AnswerReader()
         self.state = _State.IDLE
         self.framing = Framing.NONE
-        self.raw = b""  # the request in flight as the browser sent it
+        self.raw = b""  # the request in flight's head as the browser sent it
+        self.head: bytes = b""  # ... and as the sandbox gets it
+        self.body_left = 0  # its body bytes still to pass on
+        self.sent = False  # any of it went to the sandbox
+        self.repeatable = False  # it may be sent again
         self.close = False  # the browser's connection ends with this answer
         self.then: _Then | None = None
         self.out: list[bytes] = []  # for the browser
@@ -133,26 +155,35 @@ class KeptConnection:
         self._masks: dict[int, int | None] = {}  # fd: what epoll watches (None: not there)
         self._block = b""  # the last header block seen, and what the sandbox gets for it
         self._headers = b""
-        for sock, handler in ((browser, self.from_browser), (sandbox, self.from_sandbox)):
-            sock.setblocking(False)
-            loop.attach(sock.fileno(), self, handler)
-            self._masks[sock.fileno()] = None
+        self._listener = rules.Listener(grant.scheme, grant.base_host, b"")
+        # (granted for a running cloud sandbox; a status change ends the grant)
+        self._session = rules.Session(Role(grant.role), "running", False)
+        browser.setblocking(False)
+        self._add(browser, self.from_browser)
         self._watch()  # (then the loop lists it, and calls next_request)
+
+    def _add(self, sock: socket.socket, handler: Callable[[int], None]) -> None:
+        self.loop.attach(sock.fileno(), self, handler)
+        self._masks[sock.fileno()] = None
 
     # what epoll watches
 
     def _watch(self) -> None:
-        """Reading the browser while its unused bytes are few; writing it while something
-        waits; the sandbox always (an idle one that closes is noticed) unless the browser is
-        behind; writing the sandbox while a request waits."""
-        reading = len(self.buffer) <= MAX_HEAD
+        """Reading the browser while its unused bytes are few and the sandbox takes its
+        upload; writing it while something waits; the sandbox always (an idle one that
+        closes is noticed) unless the browser is behind; writing it while a request waits
+        (or its connection is being made)."""
+        reading = len(self.buffer) <= MAX_HEAD and not (self.body_left and self.to_sandbox)
         self._set(
             self.browser, (select.EPOLLIN if reading else 0) | (select.EPOLLOUT if self.out else 0)
         )
         if self.sandbox is not None:
-            wanted = None if self.blocked else select.EPOLLIN
-            if self.to_sandbox:
-                wanted = (wanted or 0) | select.EPOLLOUT
+            if self.state is _State.CONNECTING:
+                wanted: int | None = select.EPOLLOUT
+            else:
+                wanted = None if self.blocked else select.EPOLLIN
+                if self.to_sandbox:
+                    wanted = (wanted or 0) | select.EPOLLOUT
             self._set(self.sandbox, wanted)
 
     def _set(self, sock: socket.socket, mask: int | None) -> None:
@@ -182,14 +213,13 @@ class KeptConnection:
             if len(buffer) > MAX_HEAD or b"\n\n" in buffer or b"\n\r\n" in buffer:
                 self.give_back(Back.ASK)  # twisted.web reads (or refuses) such a head
             return
-        head = parse_head(buffer[:size], 0) if size <= MAX_HEAD else None
         grant = self.grant
+        head = parse_head(buffer[:size], grant.max_body) if size <= MAX_HEAD else None
         now = self.loop.clock()
         verdict = self._decide(head) if head is not None else None
         if (
             head is None
             or not isinstance(verdict, rules.Forward)
-            or head.method != b"GET"
             or head.host != grant.host
             or head.cookies != grant.cookies
             or (not self.first and now >= self.until)
@@ -210,20 +240,58 @@ class KeptConnection:
                 grant.scheme,
             )
         self.raw, self.buffer = buffer[:size], buffer[size:]
+        self.head = b"%s %s HTTP/1.1\r\n%s" % (head.method, verdict.target, self._headers)
+        self.body_left = head.content_length
+        self.repeatable = head.method in _IDEMPOTENT and not head.content_length
         self.close = head.close
-        self.state = _State.ASKED
-        self.due = now + TIMEOUT
-        self.first = False
-        self.reader.begin(self)
-        self._send_sandbox(b"GET %s HTTP/1.1\r\n%s" % (verdict.target, self._headers))
+        self.first = self.sent = False
+        if self.sandbox is None and not self._open():
+            return
+        self._start()
 
     def _decide(self, head: RequestHead) -> rules.Verdict:
-        """The rulebook's verdict on ``head`` for the grant's session (it was granted for a
-        running cloud sandbox; a status change ends the grant)."""
-        grant = self.grant
-        listener = rules.Listener(grant.scheme, grant.base_host, b"")
-        session = rules.Session(Role(grant.role), "running", False)
-        return rules.decide(head.asked, listener, session)
+        return rules.decide(head.asked, self._listener, self._session)
+
+    def _open(self) -> bool:
+        """A sandbox connection for the request: a kept-alive one, or a new one (connected
+        without waiting: ``_connected`` sends once it is up). False if none can be had
+        (the connection has gone back to the server)."""
+        self.reader = AnswerReader()  # (one per sandbox connection: llhttp ends with it)
+        sock = self.loop.take_idle(self.address)
+        if sock is not None:
+            self.sandbox = sock
+            self._add(sock, self.from_sandbox)
+            return True
+        try:
+            sock = socket.socket(socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET)
+        except OSError:
+            self._unanswered()
+            return False
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sandbox = sock
+        self._add(sock, self.from_sandbox)
+        code = sock.connect_ex(self.address)
+        if code not in (0, errno.EINPROGRESS):
+            self._unanswered()
+            return False
+        if code:
+            self.state = _State.CONNECTING
+            self.due = self.loop.clock() + CONNECT_TIMEOUT
+            self._watch()
+            return False
+        return True
+
+    def _start(self) -> None:
+        """Sends the request, with what of its body is here."""
+        part = self.buffer[: self.body_left]
+        self.buffer = self.buffer[len(part) :]
+        self.body_left -= len(part)
+        self.state = _State.ASKED
+        self.due = self.loop.clock() + TIMEOUT
+        self.reader.begin(self)
+        self.sent = True
+        self._send_sandbox(self.head + part)
 
     def renewed(self, until: float) -> None:
         """The grant now holds until then: renewed, or over (the connection goes back with
@@ -249,9 +317,14 @@ class KeptConnection:
     def from_sandbox(self, events: int) -> None:
         if self.sandbox is None:
             return
+        if self.state is _State.CONNECTING:
+            self._connected()
+            return
         if events & select.EPOLLOUT and self.to_sandbox:
             if not self._send_sandbox(self.to_sandbox):
                 return
+            if not self.to_sandbox and self.body_left:
+                self._watch()  # (the upload may go on: read the browser again)
         if not events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
             return
         try:
@@ -275,40 +348,49 @@ class KeptConnection:
         if read is Read.ENDED:
             if self.framing is Framing.CHUNKED:
                 self.out.append(LAST_CHUNK)
-            if not self.reader.reusable:
+            if not self.reader.reusable or self.body_left:
                 self._drop_sandbox()
             self._answered()
             return
         self.write()
 
+    def _connected(self) -> None:
+        assert self.sandbox is not None
+        if self.sandbox.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self._unanswered()  # refused, unreachable: the server asks the backend again
+            return
+        self._start()
+
     def sandbox_lost(self, clean: bool = True) -> None:
         """The sandbox closed its connection (``clean``), or broke it."""
         state = self.state
         self._drop_sandbox()
-        if state is _State.ASKED:
+        if state in (_State.ASKED, _State.CONNECTING):
             self._unanswered()
         elif state is _State.ANSWERING and self.framing is Framing.UNTIL_CLOSE and clean:
             self.out.append(LAST_CHUNK)  # that is how such a body ends
             self._answered()
         elif state is _State.ANSWERING:
             self._finish(_Then.CLOSE)  # cut short
-        else:
-            self._finish(_Then.BACK)  # idle: the server finds a new one for what comes
+        # (idle: the next request opens another)
 
     def _unanswered(self) -> None:
-        """No answer (or not HTTP): the server tries this GET itself, on another connection."""
+        """No answer (or not HTTP). A request the sandbox may get again goes back whole, for
+        the server to try (it asks the backend where the sandbox is now); one that may not is
+        answered by the server with its page."""
         self._drop_sandbox()
-        self.buffer = self.raw + self.buffer
         self.state = _State.IDLE
-        self.give_back(Back.DROPPED)
+        if self.repeatable or not self.sent:
+            self.buffer = self.raw + self.buffer
+            self.give_back(Back.DROPPED)
+        else:
+            self.give_back(Back.FAILED)
 
     def _answered(self) -> None:
         self.state = _State.IDLE
         self.due = self.loop.clock() + TIMEOUT
-        if self.close:
-            self._finish(_Then.CLOSE)
-        elif self.sandbox is None:
-            self._finish(_Then.BACK)
+        if self.close or self.body_left:
+            self._finish(_Then.CLOSE)  # (answered before its upload ended: the rest is unread)
         else:
             self.write()
 
@@ -316,13 +398,16 @@ class KeptConnection:
         self.then = then
         self.write()
 
-    def _drop_sandbox(self) -> None:
+    def _drop_sandbox(self, keep: bool = False) -> None:
         sandbox, self.sandbox = self.sandbox, None
         if sandbox is not None:
             self._set(sandbox, None)
             self.loop.detach(sandbox.fileno())
             self._masks.pop(sandbox.fileno(), None)
-            sandbox.close()
+            if keep:
+                self.loop.give_idle(self.address, sandbox)
+            else:
+                sandbox.close()
         self.to_sandbox = b""
 
     # the answer, as an AnswerReader's client
@@ -334,7 +419,8 @@ class KeptConnection:
         self.state = _State.ANSWERING
         self.loop.relayed(self.grant.sandbox_id)  # (one the sandbox answers is activity)
         self.framing = answer.framing
-        self.out.append(answer.lines + (b"connection: close\r\n\r\n" if self.close else b"\r\n"))
+        close = self.close or self.body_left > 0
+        self.out.append(answer.lines + (b"connection: close\r\n\r\n" if close else b"\r\n"))
         return answer.framing
 
     def response_body(self, data: bytes) -> None:
@@ -390,6 +476,15 @@ class KeptConnection:
         if not data:
             self.close_both()  # the browser left
             return
+        if self.body_left and self.state is not _State.CONNECTING:
+            part = data[: self.body_left]
+            self.body_left -= len(part)
+            data = data[len(part) :]
+            if self.sandbox is not None and self.state is _State.ASKED:
+                self.due = self.loop.clock() + TIMEOUT  # an upload may be slow, not stalled
+                if not self._send_sandbox(self.to_sandbox + part):
+                    return
+            # (else the answer came, or the sandbox went: the rest of the upload is dropped)
         self.buffer += data
         if self.state is _State.IDLE:
             self.next_request()
@@ -401,7 +496,9 @@ class KeptConnection:
     def expired(self, now: float) -> None:
         if self.then is not None or now < self.due:
             return
-        if self.state is _State.ASKED:
+        if self.state is _State.CONNECTING:
+            self._unanswered()
+        elif self.state is _State.ASKED:
             self._drop_sandbox()
             self.give_back(Back.TIMED_OUT)
         elif self.state is _State.IDLE and not self.out:
@@ -411,18 +508,25 @@ class KeptConnection:
     def give_back(self, why: Back) -> None:
         """The browser's socket and what it sent go back to the server."""
         self.done = True
-        self._drop_sandbox()
+        self._release()
         self._set(self.browser, None)
         self.loop.detach(self.browser.fileno())
-        data, self.buffer = (b"" if why is Back.TIMED_OUT else self.buffer), b""
+        keep = why in (Back.ASK, Back.DROPPED)
+        data, self.buffer = (self.buffer if keep else b""), b""
         self.loop.hand_back(self, why, data)
 
     def close_both(self) -> None:
         if self.done:
             return
         self.done = True
-        self._drop_sandbox()
+        self._release()
         self._set(self.browser, None)
         self.loop.detach(self.browser.fileno())
         self.browser.close()
         self.loop.ended(self)
+
+    def _release(self) -> None:
+        """The sandbox connection, idle and fit for another request, goes to the loop's pool;
+        else it closes."""
+        idle = self.state is _State.IDLE and not self.to_sandbox
+        self._drop_sandbox(keep=idle and self.sandbox is not None)

@@ -1,11 +1,9 @@
-"""Which requests the front door relays itself, and what it sends the sandbox.
+"""Which requests the router gives a relay worker, and for how long their grant holds.
 
-A request qualifies when its head is plain (``request_head.py``), its Host names a sandbox,
-its path is not one of ours (``/_cli/...``), no page of another origin sent it
-(``hygiene.cross_origin``), its cookie holds a live session whose role
-allows the method, and the sandbox runs on a backend here (not a laptop's tunnel). Every
-other request, including every one that ends in a page of ours, goes to ``SandboxSite``.
-The header hygiene is ``hygiene.py``'s, as on every path.
+A request qualifies when its head is plain (``request_head.py``), ``rules.decide`` forwards
+it for the session its cookie names, and the sandbox runs on a backend here (not a laptop's
+tunnel). Every other request, including every one that ends in a page of ours, goes to
+``SandboxSite``.
 """
 
 from __future__ import annotations
@@ -18,11 +16,9 @@ from twisted.internet.defer import Deferred
 from cli_server.proxy import rules
 from cli_server.proxy.access import Access, SandboxAccess
 from cli_server.proxy.endpoints import RunningEndpoints
-from cli_server.proxy.hygiene import clean_query, plain_upstream_headers
 from cli_server.proxy.live import LiveStreams, Whose
-from cli_server.proxy.request_head import MEMO_BLOCK, RequestHead
-from cli_server.proxy.stream_relay import StreamRelay
-from cli_server.proxy.upstream import UpstreamPool
+from cli_server.proxy.request_head import RequestHead
+from cli_server.proxy.workers import RelayWorkers
 from cli_server.roles import Role
 from cli_server.sandboxes.activity import ActivityRecorder
 from cli_server.sandboxes.backend import Endpoint
@@ -50,27 +46,22 @@ MEMO_SECONDS = 1.0
 
 
 @define(eq=False)
-class FastPath:
+class Routes:
     access: SandboxAccess
     endpoints: RunningEndpoints
     activity: ActivityRecorder
-    pool: UpstreamPool
     base_host: bytes
     scheme: bytes
     cookie_name: bytes
     dashboard: str
     metrics: Any = None
-    # For the sandbox to begin answering once the upload is in, and for an idle browser
-    # connection's next request (or a head to arrive whole).
+    # For a head to arrive whole (and its session to be found).
     timeout: float = 120.0
     clock: Any = None  # IReactorTime; the access cache's when None
-    relay: StreamRelay | None = None  # serves keep-alive connections from a GET on, if there
-    live: LiveStreams | None = None  # event streams relayed here, cut on revocation
+    workers: RelayWorkers | None = None  # carry the connections routed here, if there
+    live: LiveStreams | None = None  # what revocations cut (``revoked``)
     _counted: Any = field(default=None, init=False)
     _relayed: int = field(default=0, init=False)  # not yet added to the metric
-    # The headers a sandbox gets are a pure function of the browser's header block, the
-    # credential and the peer: worked out once per distinct block (bounded).
-    _headers: dict[tuple[bytes, bytes, bytes], bytes] = field(factory=dict, init=False)
     # Routes just found, by the headers that found them: for a second, and only while
     # nothing was forgotten in the session and endpoint caches since (revocations, status
     # changes and failed forwards all forget), so they are never staler than those caches.
@@ -167,12 +158,8 @@ class FastPath:
             self._recent[key] = (route, self.clock.seconds(), self.grant_seconds(route), generation)
         return route
 
-    def used(self, route: Route) -> None:
-        self.activity.touch(route.sandbox_id)
-        self._relayed += 1
-
     def relayed(self, sandbox_id: str, count: int) -> None:
-        """Requests the relay process relayed for this sandbox (it says so once a second)."""
+        """Requests the relay workers relayed for this sandbox (it says so once a second)."""
         self.activity.touch(sandbox_id)
         self._relayed += count
 
@@ -217,7 +204,7 @@ class FastPath:
         return self._renewal(head, granted, False)
 
     def grant_seconds(self, route: Route) -> float:
-        """How long the relay process may serve further requests with ``route``: as long as
+        """How long a relay worker may serve further requests with ``route``: as long as
         a route found now would be remembered here."""
         return min(MEMO_SECONDS, route.fresh_until - float(self.clock.seconds()))
 
@@ -226,24 +213,6 @@ class FastPath:
             self._counted.inc(self._relayed)
         self._relayed = 0
 
-    def failed(self, route: Route) -> None:
-        """The sandbox did not answer: it may have moved; ask the backend next time."""
-        self.failed_sandbox(route.sandbox_id)
-
     def failed_sandbox(self, sandbox_id: str) -> None:
+        """The sandbox did not answer: it may have moved; ask the backend next time."""
         self.endpoints.forget(sandbox_id)
-
-    def upstream_head(self, head: RequestHead, route: Route, peer: bytes) -> bytes:
-        """``head`` as the sandbox gets it: see ``forward.upstream_headers``."""
-        line = b"%s %s HTTP/1.1\r\n" % (head.method, clean_query(head.target))
-        key = (head.block, route.authorization, peer)
-        headers = self._headers.get(key)
-        if headers is None:
-            headers = plain_upstream_headers(
-                head.fields.headers, head.cookies, head.host, route.authorization, peer, self.scheme
-            )
-            if len(head.block) <= MEMO_BLOCK:
-                if len(self._headers) >= 1024:
-                    self._headers.clear()
-                self._headers[key] = headers
-        return line + headers

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from cli_server.proxy import hygiene
 from cli_server.proxy.hosts import sandbox_for_host
@@ -34,9 +35,9 @@ class Listener:
     cookie_name: bytes  # the subdomain's session cookie
 
 
-@dataclass(frozen=True)
-class Asked:
-    """The facts of a request the rules read, as the browser sent them."""
+class Asked(NamedTuple):
+    """The facts of a request the rules read, as the browser sent them. (A tuple: one is
+    made per request, in the workers too.)"""
 
     host: bytes
     method: bytes

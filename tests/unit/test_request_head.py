@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from cli_server.proxy.request_head import cookie_value, head_end, parse_head
+from cli_server.proxy.hygiene import session_token
+from cli_server.proxy.request_head import head_end, parse_head
 
 HOST = b"Host: oc-x.localhost\r\n"
 LIMIT = 1 << 20
@@ -30,8 +31,8 @@ def test_a_plain_head_is_read() -> None:
     assert parsed.host == b"oc-x.localhost:8080" and parsed.content_length == 5
     assert parsed.close and parsed.size == len(raw)
     assert parsed.cookies == (b"a=1; cli_sandbox=tok", b"b=2")
-    assert cookie_value(parsed.cookies, b"cli_sandbox") == "tok"
-    assert cookie_value(parsed.cookies, b"other") is None
+    assert session_token(parsed.cookies, b"cli_sandbox") == "tok"
+    assert session_token(parsed.cookies, b"other") is None
 
 
 @pytest.mark.parametrize(

@@ -328,38 +328,29 @@ def test_a_slow_session_lookup_waits_then_routes() -> None:
     assert d.workers.served[0][2] == get() + b"GET /next" + b"x" * 17000
 
 
-def test_a_remembered_route_dies_with_a_revocation_and_keeps_the_guest_rule() -> None:
+def test_routes_follow_the_session_and_address_caches() -> None:
+    """Nothing is remembered beyond the caches (``access.py``, ``endpoints.py``): a role,
+    an address or a status they now hold decides the next route."""
     d = door()
     routes = d.router.factory.routes
     d.send(get(b"/1"))
     head = d.workers.served[0][-1].head
-    d.access.role = Role.GUEST  # a role change revokes: the caches forget
-    d.access.generation += 1
-    assert routes.route(head) is not None  # asked again: a guest may read
+    d.access.role = Role.GUEST  # (a role change revokes: the caches hold the new one)
+    assert routes.route(head) is not None  # a guest may read
     assert routes.route(routes_head(post())) is None  # ... but not write (the page)
+    d.access.role = Role.DEVELOPER
+    d.endpoints.endpoint = Endpoint("127.0.0.1", 41001)  # restarted on another port
+    route = routes.route(head)
+    assert route is not None and not isinstance(route, Deferred)
+    assert route.endpoint.port == 41001
+    d.access.status = "paused"
+    assert routes.route(head) is None  # SandboxSite's status page
 
 
 def routes_head(raw: bytes) -> Any:
     from cli_server.proxy.request_head import parse_head
 
     return parse_head(raw[: raw.index(b"\r\n\r\n") + 4], MAX_SANDBOX_BODY)
-
-
-def test_a_remembered_route_lasts_a_second_at_most() -> None:
-    d = door()
-    routes = d.router.factory.routes
-    d.send(get(b"/1"))
-    d.access.status = "paused"  # changed elsewhere (another replica): no forget() here
-    d.clock.advance(0.5)
-    assert routes.route(d.workers.served[0][-1].head) is not None  # still the remembered one
-    d.clock.advance(0.6)
-    assert routes.route(d.workers.served[0][-1].head) is None  # looked up again: paused
-    d.access.status = "running"
-    d.endpoints.endpoint = Endpoint("127.0.0.1", 41001)  # restarted on another port
-    assert routes.route(d.workers.served[0][-1].head).endpoint.port == 41001
-    d.access.status = "paused"  # (seen only by a fresh lookup)
-    d.clock.rightNow -= 3600  # the wall clock stepped back an hour
-    assert routes.route(d.workers.served[0][-1].head) is None
 
 
 def test_an_idle_connection_with_no_whole_head_is_closed() -> None:

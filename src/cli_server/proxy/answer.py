@@ -143,7 +143,6 @@ class Reframed:
 
     lines: bytes  # status line and header lines, without Connection or the blank line
     framing: Framing
-    event_stream: bool  # text/event-stream
 
 
 def reframe(code: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> Reframed:
@@ -151,12 +150,9 @@ def reframe(code: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> Ref
     ``hygiene.ANSWER_HEADERS``), its body to be sent with a Content-Length or chunked."""
     out = [b"HTTP/1.1 %d %s\r\n" % (code, reason), ANSWER_LINES]
     chunked = length = None
-    event_stream = False
     for name, value in headers:
         lower = name.lower()
-        if lower == b"content-type":
-            event_stream = value[:17].lower() == b"text/event-stream"
-        elif lower in _FRAMING_OR_HOP:
+        if lower in _FRAMING_OR_HOP:
             if lower == b"transfer-encoding":  # (llhttp: chunked if it is the last coding)
                 chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
             elif lower == b"content-length":
@@ -178,11 +174,7 @@ def reframe(code: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> Ref
         framing = Framing.UNTIL_CLOSE
     if framing is Framing.CHUNKED or framing is Framing.UNTIL_CLOSE:
         out.append(b"transfer-encoding: chunked\r\n")
-    return Reframed(b"".join(out), framing, event_stream)
-
-
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
+    return Reframed(b"".join(out), framing)
 
 
 LAST_CHUNK = b"0\r\n\r\n"

@@ -14,7 +14,7 @@ import re
 from attrs import frozen
 
 from cli_server.proxy import rules
-from cli_server.proxy.hygiene import only, session_token
+from cli_server.proxy.hygiene import only
 
 MAX_HEAD = 16 * 1024  # as twisted.web's limit on a request's headers (it refuses more)
 # Methods a browser's fetch sends with no body or a Content-Length one. HEAD is left to
@@ -165,9 +165,3 @@ def read_fields(block: bytes) -> Fields | None:
         return None
     size = int(length) if length is not None else 0
     return Fields(tuple(headers), host, size, close, tuple(cookies), only(origins), only(sites))
-
-
-def cookie_value(cookies: tuple[bytes, ...], name: bytes) -> str | None:
-    """The session cookie ``name`` if the request carries it once (``hygiene.session_token``,
-    as SandboxSite reads it, so both paths accept the same sessions)."""
-    return session_token(cookies, name)

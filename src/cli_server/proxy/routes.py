@@ -41,8 +41,7 @@ class Route:
         return Whose(self.user_id, self.workspace_id, self.sandbox_id)
 
 
-_Key = tuple[bytes, tuple[bytes, ...]]  # Host and Cookie headers
-MEMO_SECONDS = 1.0
+GRANT_SECONDS = 1.0  # at most: a grant is renewed while its connection is in use
 
 
 @define(eq=False)
@@ -62,11 +61,6 @@ class Routes:
     live: LiveStreams | None = None  # what revocations cut (``revoked``)
     _counted: Any = field(default=None, init=False)
     _relayed: int = field(default=0, init=False)  # not yet added to the metric
-    # Routes just found, by the headers that found them: for a second, and only while
-    # nothing was forgotten in the session and endpoint caches since (revocations, status
-    # changes and failed forwards all forget), so they are never staler than those caches.
-    # (route, when, for how long, generation); a clock stepped back makes an entry stale
-    _recent: dict[_Key, tuple[Route, float, float, int]] = field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.metrics is not None:
@@ -81,67 +75,38 @@ class Routes:
 
     def route(self, head: RequestHead) -> Route | None | Deferred[Route | None]:
         """Where to send ``head``, or None for SandboxSite (whatever ``rules.decide`` does not
-        forward to a sandbox here). Answers at once, without a Deferred, when the session and
-        the sandbox's address are known here, as they are for all but about one request a
-        second."""
-        asked = head.asked
-        key = (head.host, head.cookies)
-        recent = self._recent.get(key)
-        if recent is not None:
-            route, since, span, generation = recent
-            if (
-                generation == self._generation()
-                and 0 <= self.clock.seconds() - since < span
-                and self.endpoints.cached(route.sandbox_id) == route.endpoint
-            ):
-                return route if self.forwards(asked, route.role) else None
-        sandbox_id = rules.screen(asked, self.listener)
+        forward to a cloud sandbox). Answers at once, without a Deferred, when the session
+        and the sandbox's address are in their caches (``access.py``, ``endpoints.py``), so a
+        route is never staler than those."""
+        sandbox_id = rules.screen(head.asked, self.listener)
         if not isinstance(sandbox_id, str):
             return None
-        token = rules.session_token(asked, self.listener)
+        token = rules.session_token(head.asked, self.listener)
         if token is None:
             return None
         access = self.access.cached(token, sandbox_id)
         if access is None:
-            lookup = self.access.lookup(token, sandbox_id)
-            return lookup.addCallback(self._allowed, head, key, self._generation())
-        return self._allowed(access, head, key, self._generation())
-
-    def _generation(self) -> int:
-        return self.access.generation + self.endpoints.generation
-
-    def forwards(self, asked: rules.Asked, role: Role) -> bool:
-        """Whether the rulebook sends ``asked`` to a running cloud sandbox, for ``role``."""
-        return isinstance(
-            rules.decide(asked, self.listener, rules.Session(role, "running", False)), rules.Forward
-        )
+            return self.access.lookup(token, sandbox_id).addCallback(self._allowed, head)
+        return self._allowed(access, head)
 
     def _allowed(
-        self, access: Access | None, head: RequestHead, key: _Key, generation: int
+        self, access: Access | None, head: RequestHead
     ) -> Route | None | Deferred[Route | None]:
         if access is None:
             return None
         session = rules.Session(access.role, access.status, access.is_local)
         verdict = rules.decide(head.asked, self.listener, session)
         if not isinstance(verdict, rules.Forward) or verdict.local:
-            return None  # (unless the status changes, the role does not matter: no memo)
+            return None
         endpoint = self.endpoints.cached(access.sandbox_id)
         if endpoint is None:
-            found = self.endpoints.get(access.sandbox_id)
-            return found.addCallback(self._found, access, head, key, generation)
-        return self._found(endpoint, access, head, key, generation)
+            return self.endpoints.get(access.sandbox_id).addCallback(self._found, access)
+        return self._found(endpoint, access)
 
-    def _found(
-        self,
-        endpoint: Endpoint | None,
-        access: Access,
-        head: RequestHead,
-        key: _Key,
-        generation: int,
-    ) -> Route | None:
+    def _found(self, endpoint: Endpoint | None, access: Access) -> Route | None:
         if endpoint is None:
             return None
-        route = Route(
+        return Route(
             access.sandbox_id,
             endpoint,
             basic_auth(access.password),
@@ -151,12 +116,6 @@ class Routes:
             access.revocations,
             self.access.fresh_until(access),
         )
-        # (only if nothing was forgotten while we looked, and for keys of a sane size)
-        if generation == self._generation() and sum(map(len, key[1])) <= 4096:
-            if len(self._recent) >= 4096:
-                self._recent.clear()
-            self._recent[key] = (route, self.clock.seconds(), self.grant_seconds(route), generation)
-        return route
 
     def relayed(self, sandbox_id: str, count: int) -> None:
         """Requests the relay workers relayed for this sandbox (it says so once a second)."""
@@ -190,7 +149,7 @@ class Routes:
             return None
         seconds = self.grant_seconds(route)
         token = rules.session_token(head.asked, self.listener)
-        if seconds >= MEMO_SECONDS or not refresh or token is None:
+        if seconds >= GRANT_SECONDS or not refresh or token is None:
             return seconds if seconds > 0 else None
         # The session's cached answer runs out within the second: read it again now, rather
         # than let the grant lapse and every connection it covers come back at once.
@@ -200,13 +159,12 @@ class Routes:
     def _refreshed(
         self, _: object, head: RequestHead, granted: Route
     ) -> float | None | Deferred[float | None]:
-        self._recent.pop((head.host, head.cookies), None)  # (it remembers the old answer)
         return self._renewal(head, granted, False)
 
     def grant_seconds(self, route: Route) -> float:
-        """How long a relay worker may serve further requests with ``route``: as long as
-        a route found now would be remembered here."""
-        return min(MEMO_SECONDS, route.fresh_until - float(self.clock.seconds()))
+        """How long a relay worker may serve further requests with ``route``: a second at
+        most, and no longer than the session cache trusts what it was found with."""
+        return min(GRANT_SECONDS, route.fresh_until - float(self.clock.seconds()))
 
     def _count(self) -> None:
         if self._counted is not None and self._relayed:

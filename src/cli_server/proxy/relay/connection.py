@@ -87,37 +87,10 @@ class Loop(Protocol):
 
 
 class KeptConnection:
-    __slots__ = (
-        "id",
-        "browser",
-        "sandbox",
-        "grant",
-        "address",
-        "until",
-        "buffer",
-        "reader",
-        "state",
-        "framing",
-        "raw",
-        "head",
-        "body_left",
-        "sent",
-        "repeatable",
-        "close",
-        "then",
-        "out",
-        "to_sandbox",
-        "due",
-        "first",
-        "renewing",
-        "blocked",
-        "loop",
-        "done",
-        "_masks",
-        "_block",
-        "_headers",
-        "_listener",
-        "_session",
+    __slots__ = tuple(
+        """id browser sandbox grant address until buffer reader state framing raw head
+        body_left sent repeatable close then out to_sandbox due first renewing blocked loop
+        done _masks _block _headers _listener _session""".split()
     )
 
     def __init__(
@@ -427,7 +400,7 @@ class KeptConnection:
         if self.framing is Framing.LENGTH:
             self.out.append(data)
         else:
-            self.out.append(b"%x\r\n%s\r\n" % (len(data), data))  # (chunk(), inlined: per event)
+            self.out.append(b"%x\r\n%s\r\n" % (len(data), data))  # (chunked, per event)
 
     # the browser's side
 

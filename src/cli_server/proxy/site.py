@@ -26,7 +26,6 @@ from cli_server.proxy.hygiene import (
     clearing_cookies,
     cookie_values,
     only,
-    session_token,
 )
 from cli_server.proxy.live import LiveStreams, Whose
 from cli_server.proxy.pages import PAGE_HEADERS, STATUS_TEXT, landing_html, page
@@ -43,6 +42,16 @@ _GUEST_REFUSAL = json.dumps(
     }
 ).encode()
 _LAND_PATH = b"/_cli/open"  # where a sandbox link lands once signed in (landing_html)
+_PAGES = {  # status, title, text
+    rules.Why.BAD_TARGET: (400, "Bad request", "That address cannot be served."),
+    rules.Why.NOT_FOUND: (404, "No such sandbox", "It does not exist, or you may not see it."),
+    rules.Why.CROSS_ORIGIN: (403, "Not allowed", "Another site's page cannot act on this sandbox."),
+    rules.Why.READ_ONLY: (
+        403,
+        "Read-only access",
+        "Guests can look, but not prompt, type or change anything.",
+    ),
+}
 
 
 @define(eq=False)
@@ -55,10 +64,6 @@ class SandboxCookie:
     @property
     def name(self) -> bytes:
         return b"__Host-cli_sandbox" if self.secure else b"cli_sandbox"
-
-    def read(self, request: Any) -> str | None:
-        """The session, if the request carries its cookie once (``hygiene.session_token``)."""
-        return session_token(request.requestHeaders.getRawHeaders(b"cookie", []), self.name)
 
     def clear_doubles(self, request: Any, base_host: bytes) -> None:
         """A request with more than one of our cookies (one tossed by another sandbox's page
@@ -233,29 +238,16 @@ class SandboxSite(Resource):
     ) -> None:
         """The page ``rules.decide`` chose instead of the sandbox's answer."""
         why = verdict.why if isinstance(verdict, rules.Page) else rules.Why.NOT_FOUND
-        if why is rules.Why.BAD_TARGET:
-            self._page(request, 400, "Bad request", "That address cannot be served.")
-        elif why is rules.Why.CROSS_ORIGIN:
-            self._page(
-                request, 403, "Not allowed", "Another site's page cannot act on this sandbox."
-            )
-        elif why is rules.Why.SIGN_IN and verdict.sandbox_id is not None:
+        if why is rules.Why.SIGN_IN and verdict.sandbox_id is not None:
             self._to_open_page(request, verdict.sandbox_id)
         elif why is rules.Why.SIGNED_OUT:
             self._revoked(request)
-        elif why is rules.Why.READ_ONLY:
-            self._page(
-                request,
-                403,
-                "Read-only access",
-                "Guests can look, but not prompt, type or change anything.",
-            )
         elif why is rules.Why.READ_ONLY_API:
             self._guest_refused(request)
         elif why is rules.Why.NOT_RUNNING and access is not None:
             self._status_page(request, access.status, access)
         else:
-            self._not_found(request)
+            self._page(request, *_PAGES.get(why, _PAGES[rules.Why.NOT_FOUND]))
 
     def _revoked(self, request: Any) -> None:
         self._cookie.clear_doubles(request, self._base_host)
@@ -283,7 +275,7 @@ class SandboxSite(Resource):
         self._see_other(request, f"{self._dashboard}open/{sandbox_id}".encode("ascii"))
 
     def _not_found(self, request: Any) -> None:
-        self._page(request, 404, "No such sandbox", "It does not exist, or you may not see it.")
+        self._page(request, *_PAGES[rules.Why.NOT_FOUND])
 
     def _status_page(self, request: Any, status: str, access: Access) -> None:
         title, text = STATUS_TEXT.get(status, ("Unavailable", "Try again in a moment."))
@@ -337,7 +329,7 @@ class SandboxSite(Resource):
 
     async def _signed_in(self, request: Any, sandbox_id: str) -> Access | None:
         """The request's valid session of this sandbox's subdomain, if it has one."""
-        token = self._cookie.read(request)
+        token = rules.session_token(self._asked(request), self._listener)
         return await self._access.lookup(token, sandbox_id) if token else None
 
     async def _resume(self, request: Any, access: Access) -> None:

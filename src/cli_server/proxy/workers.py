@@ -206,8 +206,9 @@ class RelayWorkers(Service):
 
 
 @define(eq=False)
-class _Worker:
-    """One worker process: its control socket, and what waits to be said to it."""
+class _Worker(ProcessProtocol):
+    """One worker process: its control socket, what waits to be said to it, and what it
+    says on stderr (our log) and when it ends."""
 
     workers: RelayWorkers
     index: int
@@ -237,7 +238,7 @@ class _Worker:
         fds = {0: "w", 1: "r", 2: "r", 3: theirs.fileno()}
         try:
             self._process = self._reactor.spawnProcess(
-                _Child(self), sys.executable, argv, env=env, childFDs=fds
+                self, sys.executable, argv, env=env, childFDs=fds
             )
         except OSError:
             self._log.failure("starting a relay worker; requests go to twisted.web")
@@ -296,7 +297,11 @@ class _Worker:
             self.control.close()
             self.control = None
 
-    def process_ended(self, reason: Failure) -> None:
+    def errReceived(self, data: bytes) -> None:
+        text = data.decode(errors="replace").rstrip()
+        self._log.warn("relay worker {n}: {text}", n=self.index, text=text)
+
+    def processEnded(self, reason: Failure) -> None:
         self.control_lost()
         self.workers.worker_ended(self)
         self._process = None
@@ -392,17 +397,3 @@ class _Reports:
 
     def logPrefix(self) -> str:
         return "relay-worker"
-
-
-class _Child(ProcessProtocol):
-    _log = Logger()
-
-    def __init__(self, worker: _Worker) -> None:
-        self._worker = worker
-
-    def errReceived(self, data: bytes) -> None:
-        text = data.decode(errors="replace").rstrip()
-        self._log.warn("relay worker {n}: {text}", n=self._worker.index, text=text)
-
-    def processEnded(self, reason: Failure) -> None:
-        self._worker.process_ended(reason)

@@ -3,7 +3,7 @@
 The router routes a request (session, role, sandbox status, address) and, when the rulebook
 forwards it to a cloud sandbox and its head is plain, sends the browser's socket here with a
 ``Grant``. From then on the worker relays the requests on that connection itself, over a
-sandbox connection it opens (or reuses, ``Loop.take_idle``), as long as each is covered by the
+sandbox connection it opens (or reuses, ``Worker.take_idle``), as long as each is covered by the
 grant: a plain head (``request_head.py``, as the router reads it) with no body or a
 ``Content-Length`` one up to the grant's cap, the same Host and Cookie headers, and what
 ``rules.decide`` forwards for the grant's role; and the grant not run out (it holds as long as
@@ -22,7 +22,7 @@ import select
 import socket
 from collections.abc import Callable
 from enum import Enum
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from cli_server.proxy import rules
 from cli_server.proxy.answer import LAST_CHUNK, AnswerReader, Framing, Read, reframe
@@ -30,6 +30,9 @@ from cli_server.proxy.hygiene import plain_upstream_headers
 from cli_server.proxy.relay.wire import Back, Grant
 from cli_server.proxy.request_head import MAX_HEAD, RequestHead, head_end, parse_head
 from cli_server.roles import Role
+
+if TYPE_CHECKING:
+    from cli_server.proxy.relay.worker import Worker
 
 # As the server's: for the sandbox to begin its answer, and for the browser's next request.
 TIMEOUT = 120.0
@@ -56,36 +59,6 @@ class _Then(Enum):
 Address = tuple[str, int]
 
 
-class Loop(Protocol):
-    """What a connection needs of its worker's loop."""
-
-    poll: select.epoll
-    clock: Callable[[], float]
-
-    def attach(self, fd: int, conn: KeptConnection, handler: Callable[[int], None]) -> None:
-        """Events on ``fd`` go to ``handler`` (one of ``conn``'s)."""
-
-    def detach(self, fd: int) -> None: ...
-
-    def ended(self, conn: KeptConnection) -> None:
-        """``conn`` closed the browser's socket: tell the server."""
-
-    def hand_back(self, conn: KeptConnection, why: Back, data: bytes) -> None:
-        """Send the browser's socket to the server (the loop closes it then)."""
-
-    def relayed(self, sandbox_id: bytes) -> None:
-        """One request relayed for this sandbox."""
-
-    def renew(self, conn: KeptConnection) -> None:
-        """Ask the server to renew ``conn``'s grant (it answers with ``renewed``)."""
-
-    def take_idle(self, address: Address) -> socket.socket | None:
-        """A kept-alive sandbox connection to ``address`` nobody uses, if there is one."""
-
-    def give_idle(self, address: Address, sock: socket.socket) -> None:
-        """A sandbox connection that may carry another request (the loop may close it)."""
-
-
 class KeptConnection:
     __slots__ = tuple(
         """id browser sandbox grant address until buffer reader state framing raw head
@@ -95,7 +68,7 @@ class KeptConnection:
 
     def __init__(
         self,
-        loop: Loop,
+        loop: Worker,
         conn_id: int,
         browser: socket.socket,
         grant: Grant,

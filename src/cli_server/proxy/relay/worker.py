@@ -177,7 +177,7 @@ class Worker:
         # (bytes may have arrived between the server's last read and now: epoll reports
         # them, since it reports a socket's state, not its changes)
 
-    # what a kept connection tells (connection.Loop)
+    # what a kept connection asks of its loop
 
     def take_idle(self, address: Address) -> socket.socket | None:
         idle = self._idle.get(address)

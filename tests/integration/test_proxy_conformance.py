@@ -36,6 +36,7 @@ from .conformance_upstream import ANSWER, KEPT_COOKIE, Hostile, Seen, serve_host
 from .conftest import TEMPLATE, Running, _reactor, server_config, start_server, stop_server
 from .helpers import Api, remove_dir, scratch_dir, wait_until
 from .test_sandboxes_api import team, wait_status
+from .test_tunnel import Laptop
 
 BASE = "localhost:8080"  # the configured base domain (scheme http), on both listeners
 MAIN_ORIGIN = b"http://" + BASE.encode()
@@ -54,6 +55,11 @@ class Path:
         return f"{self.carrier}-{self.listener}-{self.sandbox}"
 
     @property
+    def key(self) -> str:
+        """The sandbox it reaches: the running cloud one, or the laptop's."""
+        return "local" if self.sandbox == "local" else "running"
+
+    @property
     def upgrade(self) -> bool:
         return self.carrier == "ws"
 
@@ -62,7 +68,13 @@ class Path:
         return b"POST" if self.carrier in ("length", "chunked") else b"GET"
 
 
-PATHS = [Path(c, li) for li in ("plain", "tls") for c in ("relay", "length", "chunked", "ws")]
+PATHS = [
+    Path(c, li, sb)
+    for sb in ("cloud", "local")
+    for li in ("plain", "tls")
+    for c in ("relay", "length", "chunked", "ws")
+]
+CLOUD_PATHS = [p for p in PATHS if p.sandbox == "cloud"]
 HTTP_PATHS = [p for p in PATHS if not p.upgrade]
 BODY = b'{"title": "\xc3\xa9t\xc3\xa9", "n": 1}'
 METHODS = [b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS"]
@@ -138,6 +150,7 @@ async def world(postgres: EmbeddedPostgres) -> AsyncIterator[World]:
     await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
     db_url = postgres.dsn.replace("dbname=cli_server", f"dbname={name}")
     root = scratch_dir("cli-test-conformance-")
+    laptop: Laptop | None = None
     hostile, hostile_port = serve_hostile(reactor)
     backend = StoppingBackend(serve_at=hostile_port.getHost().port, hostile=hostile)
     app = await start_server(db_url, backend=backend, config=server_config(db_url))
@@ -158,7 +171,8 @@ async def world(postgres: EmbeddedPostgres) -> AsyncIterator[World]:
             sandboxes[key] = made.body["id"]
             await wait_status(creator, made.body["id"], status)
 
-        for key in ("running", "other", "paused", *(f"pause-{s}" for s in STREAMS)):
+        pausing = [f"pause-{s}" for s in STREAMS if s.endswith("cloud")]
+        for key in ("running", "other", "paused", *pausing):
             await make(key, owner, wid, "running")
         await owner.call("POST", f"/api/sandboxes/{sandboxes['paused']}/pause")
         await wait_status(owner, sandboxes["paused"], "paused")
@@ -174,6 +188,22 @@ async def world(postgres: EmbeddedPostgres) -> AsyncIterator[World]:
         w.cookies["outsider", "elsewhere"] = await w.open(
             people["outsider"], sandboxes["elsewhere"]
         )
+        # A laptop: a real cli-agent process whose "opencode" is the hostile upstream too.
+        laptop = Laptop(root, app.base, f"http://127.0.0.1:{hostile_port.getHost().port}")
+        code = await owner.call("POST", f"/api/workspaces/{wid}/agent-code")
+        assert code.code == 201, code
+        laptop.register(code.body["code"])
+
+        async def joined() -> bool:
+            listed = await owner.call("GET", f"/api/workspaces/{wid}/sandboxes")
+            local = [s for s in listed.body if s["is_local"] and s["status"] == "running"]
+            if local:
+                sandboxes["local"] = local[0]["id"]
+            return bool(local)
+
+        await wait_until(reactor, joined, timeout=30)
+        for who in ("owner", "maintainer", "developer", "guest"):
+            w.cookies[who, "local"] = await w.open(people[who], sandboxes["local"])
         backend.hold()  # (its start waits until the end of the module)
         made = await owner.call("POST", f"/api/workspaces/{wid}/sandboxes", {"name": "creating"})
         sandboxes["creating"] = made.body["id"]
@@ -181,6 +211,8 @@ async def world(postgres: EmbeddedPostgres) -> AsyncIterator[World]:
         w.ports = {"plain": app.port.getHost().port, "tls": tls.getHost().port}
         yield w
     finally:
+        if laptop is not None:
+            laptop.kill()
         backend.release()
         await tls.stopListening()
         await stop_server(app)
@@ -276,9 +308,10 @@ async def run_cell(
     cookie: bytes | None,
     headers: list[tuple[bytes, bytes]] | None = None,
     expect: Expect,
-    sandbox: str = "running",
+    sandbox: str | None = None,
 ) -> None:
     method = method or path.default_method
+    sandbox = sandbox or path.key
     host = w.host(sandbox)
     if headers is None:
         headers = [(b"Origin", w.own_origin(sandbox))]
@@ -379,17 +412,17 @@ def cell_id(*parts: Any) -> str:
 ROLES = ["owner", "maintainer", "developer", "guest", "outsider", "signed-out", "two-cookies"]
 
 
-def _role_cookie(w: World, role: str) -> bytes | None:
+def _role_cookie(w: World, role: str, key: str) -> bytes | None:
     if role == "signed-out":
         return b"theirs=ok"
     if role == "two-cookies":
         return b"cli_sandbox=%s; cli_sandbox=%s" % (
-            w.cookies["developer", "running"].encode(),
-            w.cookies["guest", "running"].encode(),
+            w.cookies["developer", key].encode(),
+            w.cookies["guest", key].encode(),
         )
     if role == "outsider":  # a session of theirs, for a sandbox of their own workspace
         return session_cookie(w.cookies["outsider", "elsewhere"])
-    return session_cookie(w.cookies[role, "running"])
+    return session_cookie(w.cookies[role, key])
 
 
 def _guest_expect(path: Path, method: bytes, target: bytes) -> Expect:
@@ -416,7 +449,9 @@ async def test_role(world: World, path: Path, role: str) -> None:
         expect = _guest_expect(path, path.default_method, target)
     else:
         expect = Expect("page", 401)
-    await run_cell(world, path, cookie=_role_cookie(world, role), target=target, expect=expect)
+    await run_cell(
+        world, path, cookie=_role_cookie(world, role, path.key), target=target, expect=expect
+    )
 
 
 def _methods(path: Path) -> list[bytes]:
@@ -440,7 +475,7 @@ async def test_method(world: World, path: Path, role: str, method: bytes) -> Non
         expect = Expect(FORWARD, target=target)
     else:
         expect = _guest_expect(path, method, target)
-    cookie = session_cookie(world.cookies[role, "running"])
+    cookie = session_cookie(world.cookies[role, path.key])
     await run_cell(world, path, method=method, cookie=cookie, target=target, expect=expect)
 
 
@@ -449,8 +484,8 @@ STATUSES = ["running", "paused", "creating", "failed"]
 
 @pytest.mark.parametrize(
     ("path", "status"),
-    [(p, s) for p in PATHS for s in STATUSES],
-    ids=[cell_id(p, s) for p in PATHS for s in STATUSES],
+    [(p, s) for p in CLOUD_PATHS for s in STATUSES],
+    ids=[cell_id(p, s) for p in CLOUD_PATHS for s in STATUSES],
 )
 @pytest_twisted.ensureDeferred
 async def test_status(world: World, path: Path, status: str) -> None:
@@ -492,7 +527,7 @@ async def test_credential_parameters(world: World, path: Path, query: str) -> No
     """Credential parameters never reach the sandbox, in any case or encoding; innocent
     parameters are kept byte for byte."""
     sent, forwarded = QUERIES[query]
-    cookie = session_cookie(world.cookies["developer", "running"])
+    cookie = session_cookie(world.cookies["developer", path.key])
     await run_cell(
         world, path, cookie=cookie, target=sent, expect=Expect(FORWARD, target=forwarded)
     )
@@ -502,9 +537,9 @@ async def test_credential_parameters(world: World, path: Path, query: str) -> No
 ORIGINS = ["own", "other-sandbox", "main-site", "null", "null-same-origin", "none", "same-site"]
 
 
-def _origin_headers(w: World, origin: str) -> list[tuple[bytes, bytes]]:
+def _origin_headers(w: World, origin: str, key: str) -> list[tuple[bytes, bytes]]:
     return {
-        "own": [(b"Origin", w.own_origin())],
+        "own": [(b"Origin", w.own_origin(key))],
         "other-sandbox": [(b"Origin", w.own_origin("other"))],
         "main-site": [(b"Origin", MAIN_ORIGIN)],
         "null": [(b"Origin", b"null")],
@@ -551,29 +586,36 @@ async def test_origin(world: World, path: Path, origin: str, method: bytes) -> N
         world,
         path,
         method=method,
-        cookie=session_cookie(world.cookies["developer", "running"]),
+        cookie=session_cookie(world.cookies["developer", path.key]),
         target=target,
-        headers=_origin_headers(world, origin),
+        headers=_origin_headers(world, origin, path.key),
         expect=expect,
     )
 
 
 # Revocation while a stream is open
 
+# (listener, header that changes the engine, sandbox); None: a WebSocket
 STREAMS = {
-    "events-relay-plain": ("plain", b""),  # a GET with no body: the relay process
-    "events-frontdoor-tls": ("tls", b""),  # the same on TLS: the front door
-    "events-web-plain": ("plain", b"TE: trailers\r\n"),  # not plain: twisted.web
-    "ws-plain": ("plain", None),
-    "ws-tls": ("tls", None),
+    "events-relay-plain-cloud": ("plain", b"", "cloud"),  # no body: the relay process
+    "events-frontdoor-tls-cloud": ("tls", b"", "cloud"),  # the same on TLS: the front door
+    "events-web-plain-cloud": ("plain", b"TE: trailers\r\n", "cloud"),  # twisted.web's
+    "ws-plain-cloud": ("plain", None, "cloud"),
+    "ws-tls-cloud": ("tls", None, "cloud"),
+    "events-plain-local": ("plain", b"", "local"),  # the tunnel
+    "events-tls-local": ("tls", b"", "local"),
+    "ws-plain-local": ("plain", None, "local"),
+    "ws-tls-local": ("tls", None, "local"),
 }
 TRIGGERS = ["member-removed", "role-changed", "password-changed", "sandbox-paused"]
+# (a laptop's sandbox is not paused from here: it runs while its agent does)
+REVOCATION_CELLS = [
+    (s, t) for s in STREAMS for t in TRIGGERS if not (s.endswith("local") and "paused" in t)
+]
 
 
 @pytest.mark.parametrize(
-    ("stream", "trigger"),
-    [(s, t) for s in STREAMS for t in TRIGGERS],
-    ids=[cell_id(s, t) for s in STREAMS for t in TRIGGERS],
+    ("stream", "trigger"), REVOCATION_CELLS, ids=[cell_id(s, t) for s, t in REVOCATION_CELLS]
 )
 @pytest_twisted.ensureDeferred
 async def test_revocation_mid_stream(world: World, stream: str, trigger: str) -> None:
@@ -586,12 +628,12 @@ async def test_revocation_mid_stream(world: World, stream: str, trigger: str) ->
     username = "m" + uuid.uuid4().hex[:10]
     await member.register_and_login(username)
     uid = await owner.add_member(w.workspace, member, "developer")
-    sandbox_id = w.sandboxes["running"]
+    listener, extra, kind = STREAMS[stream]
+    sandbox_id = w.sandboxes["local" if kind == "local" else "running"]
     if trigger == "sandbox-paused":  # (a sandbox of its own, as it stays paused)
         sandbox_id = w.sandboxes[f"pause-{stream}"]
     token = await w.open(member, sandbox_id)
-    listener, extra = STREAMS[stream]
-    path = Path("ws" if extra is None else "relay", listener)
+    path = Path("ws" if extra is None else "relay", listener, kind)
     host = f"oc-{sandbox_id}.{BASE}".encode()
     request, _ = build(
         path,
@@ -641,6 +683,7 @@ async def test_revocation_mid_stream(world: World, stream: str, trigger: str) ->
         await _within(reactor, browser.closed, 3.0, "the browser's connection was not cut")
         await wait_until(reactor, lambda: connection not in w.hostile.open, timeout=3)
         took = time.monotonic() - began
+        print(f"\n{stream}/{trigger}: cut {took * 1000:.0f} ms after asking for the change")
         assert took < 3.0, took
         assert _carried(seen) == carried or not path.upgrade  # nothing after the cut
         assert len(w.hostile.seen) == 1

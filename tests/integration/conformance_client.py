@@ -6,10 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.internet.ssl import CertificateOptions
+from twisted.internet.ssl import Certificate, CertificateOptions, optionsForClientTLS
+from twisted.web.client import Agent
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+from .conftest import Running
+from .helpers import Api
 
 
 @attrs.define
@@ -120,3 +127,39 @@ async def connect(reactor: Any, port: int, tls: bool) -> Browser:
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
     await connectProtocol(endpoint, browser)
     return browser
+
+
+@implementer(IPolicyForHTTPS)
+@attrs.frozen
+class TrustOurCertificate:
+    """The test's self-signed certificate (for ``localhost``), whatever address is dialled."""
+
+    certificate: Certificate
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        return optionsForClientTLS("localhost", trustRoot=self.certificate)
+
+
+@attrs.define(eq=False)
+class TlsApi(Api):
+    """An API client over TLS: the only way a ``Secure`` session cookie is sent back."""
+
+    policy: TrustOurCertificate | None = None
+
+    @property
+    def http(self) -> HTTPClient:
+        agent = Agent(self.reactor, contextFactory=self.policy, pool=self.pool)
+        jar: Any = self.jar  # (treq's stubs ask for its own jar type; any CookieJar works)
+        return HTTPClient(agent, cookiejar=jar)
+
+
+class OverTls(Running):
+    """A running server whose API clients use its TLS listener."""
+
+    def __init__(self, running: Running, port: int, policy: TrustOurCertificate) -> None:
+        super().__init__(running.server, running.port, running.reactor)
+        self.base = f"https://127.0.0.1:{port}"
+        self.policy = policy
+
+    def client(self) -> Api:
+        return TlsApi(self.reactor, self.base, self.pool, policy=self.policy)

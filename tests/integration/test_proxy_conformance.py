@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import os
+import pathlib
 import subprocess
 import time
 import uuid
@@ -25,21 +26,21 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.ssl import Certificate
 
 from cli_server.db.embedded import EmbeddedPostgres
 from cli_server.db.pool import Database
 from cli_server.sandboxes.opencode import basic_auth
 from cli_server.testing import FakeBackend
 
-from .conformance_client import Answer, Browser, connect
+from .conformance_client import Answer, Browser, OverTls, TrustOurCertificate, connect
 from .conformance_upstream import ANSWER, KEPT_COOKIE, Hostile, Seen, serve_hostile
 from .conftest import TEMPLATE, Running, _reactor, server_config, start_server, stop_server
 from .helpers import Api, remove_dir, scratch_dir, wait_until
 from .test_sandboxes_api import team, wait_status
 from .test_tunnel import Laptop
 
-BASE = "localhost:8080"  # the configured base domain (scheme http), on both listeners
-MAIN_ORIGIN = b"http://" + BASE.encode()
+BASE = "localhost:8080"  # the configured base domain, on both listeners
 
 
 @attrs.frozen
@@ -103,12 +104,27 @@ class World:
     sandboxes: dict[str, str]  # running, paused, creating, failed, elsewhere
     cookies: dict[tuple[str, str], str]  # (who, sandbox key) -> cli_sandbox value
     ports: dict[str, int]  # plain, tls
+    scheme: bytes  # the configured one: https behind a TLS proxy, or TLS here; or plain http
+
+    @property
+    def cookie_name(self) -> bytes:
+        return b"__Host-cli_sandbox" if self.scheme == b"https" else b"cli_sandbox"
+
+    @property
+    def main_origin(self) -> bytes:
+        return self.scheme + b"://" + BASE.encode()
+
+    def session_cookie(self, token: str) -> bytes:
+        """Our session next to a cookie of the sandbox's own and a main-site one that must
+        go."""
+        ours = self.cookie_name + b"=" + token.encode()
+        return ours + b"; theirs=ok; cli_session=main-site-session; __Host-cli_session=main"
 
     def host(self, key: str = "running") -> bytes:
         return f"oc-{self.sandboxes[key]}.{BASE}".encode()
 
     def own_origin(self, key: str = "running") -> bytes:
-        return b"http://" + self.host(key)
+        return self.scheme + b"://" + self.host(key)
 
     async def password(self, sandbox_id: str) -> str:
         (row,) = await self.app.db.query(
@@ -134,16 +150,19 @@ def _self_signed(root: Any) -> tuple[str, str]:
     key, cert = root / "key.pem", root / "cert.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
-        + ["-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        + ["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"]
+        + ["-keyout", str(key), "-out", str(cert)],
         check=True,
         capture_output=True,
     )
     return str(key), str(cert)
 
 
-@pytest_twisted.async_yield_fixture(scope="module")
-async def world(postgres: EmbeddedPostgres) -> AsyncIterator[World]:
-    """One server with a plain and a TLS listener, on a database of this module's own."""
+@pytest_twisted.async_yield_fixture(scope="module", params=["http", "https"])
+async def world(request: Any, postgres: EmbeddedPostgres) -> AsyncIterator[World]:
+    """One server with a plain and a TLS listener, on a database of its own, configured for
+    ``http`` or for ``https`` (its plain listener then stands behind a TLS proxy)."""
+    scheme: str = request.param
     reactor = _reactor()
     admin = Database(reactor, postgres.dsn)
     name = "t_" + uuid.uuid4().hex[:16]
@@ -153,13 +172,19 @@ async def world(postgres: EmbeddedPostgres) -> AsyncIterator[World]:
     laptop: Laptop | None = None
     hostile, hostile_port = serve_hostile(reactor)
     backend = StoppingBackend(serve_at=hostile_port.getHost().port, hostile=hostile)
-    app = await start_server(db_url, backend=backend, config=server_config(db_url))
+    config = attrs.evolve(server_config(db_url), base_scheme=scheme)
+    app = await start_server(db_url, backend=backend, config=config)
     key, cert = _self_signed(root)
     tls = await serverFromString(
         reactor, f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
     ).listen(app.server.front_door)
+    # (an https server's Secure cookies come back only over TLS: its API is used there)
+    api = app
+    if scheme == "https":
+        trust = TrustOurCertificate(Certificate.loadPEM(pathlib.Path(cert).read_bytes()))
+        api = OverTls(app, tls.getHost().port, trust)
     try:
-        people, wid = await team(app)
+        people, wid = await team(api)
         owner = people["owner"]
         sandboxes: dict[str, str] = {}
 
@@ -180,7 +205,7 @@ async def world(postgres: EmbeddedPostgres) -> AsyncIterator[World]:
         await make("elsewhere", people["outsider"], theirs["id"], "running")
         backend.fail_next = "the FAKE backend fails this start"
         await make("failed", owner, wid, "failed")
-        w = World(app, hostile, backend, people, wid, sandboxes, {}, {})
+        w = World(api, hostile, backend, people, wid, sandboxes, {}, {}, scheme.encode())
         for who in ("owner", "maintainer", "developer", "guest"):
             w.cookies[who, "running"] = await w.open(people[who], sandboxes["running"])
         for key in ("paused", "failed"):
@@ -278,11 +303,6 @@ def build(
     return b"\r\n".join(lines) + b"\r\n\r\n", body
 
 
-def session_cookie(token: str) -> bytes:
-    """Our session next to a cookie of the sandbox's own and a main-site one that must go."""
-    return b"cli_sandbox=" + token.encode() + b"; theirs=ok; cli_session=main-site-session"
-
-
 # Running a cell
 
 
@@ -349,11 +369,15 @@ async def _forwarded(
     password = await w.password(w.sandboxes[sandbox])
     assert seen.values(b"authorization") == [basic_auth(password)], seen.block
     assert seen.values(b"x-forwarded-for") == [b"127.0.0.1"]
-    assert seen.values(b"x-forwarded-proto") == [b"http"]
+    assert seen.values(b"x-forwarded-proto") == [w.scheme]
     assert seen.values(b"x-forwarded-host") == [host]
     for name in (b"forwarded", b"x-real-ip", b"proxy-authorization"):
         assert not seen.values(name), (name, seen.block)
-    assert b"main-site-session" not in seen.block and b"browser-credential" not in seen.block
+    assert (
+        b"main-site-session" not in seen.block
+        and b"=main" not in seen.block
+        and b"browser-credential" not in seen.block
+    )
     assert b"6.6.6.6" not in seen.block and b"evil.example" not in seen.block
     assert seen.body == body
     # What reached the browser: the sandbox's answer, with nothing that acts beyond it.
@@ -392,7 +416,7 @@ def _refused(w: World, answer: Answer, expect: Expect) -> None:
         assert not name.startswith(b"access-control-")
         assert name not in (b"clear-site-data", b"alt-svc")
         if name == b"set-cookie":  # only ours, expiring doubled session cookies
-            assert value.startswith(b"cli_sandbox=; ") and b"Max-Age=0" in value, value
+            assert value.startswith(w.cookie_name + b"=; ") and b"Max-Age=0" in value, value
     content_type = b"".join(answer.values(b"content-type"))
     if expect.kind == "page":
         assert content_type.startswith(b"text/html"), answer
@@ -416,13 +440,15 @@ def _role_cookie(w: World, role: str, key: str) -> bytes | None:
     if role == "signed-out":
         return b"theirs=ok"
     if role == "two-cookies":
-        return b"cli_sandbox=%s; cli_sandbox=%s" % (
+        return b"%s=%s; %s=%s" % (
+            w.cookie_name,
             w.cookies["developer", key].encode(),
+            w.cookie_name,
             w.cookies["guest", key].encode(),
         )
     if role == "outsider":  # a session of theirs, for a sandbox of their own workspace
-        return session_cookie(w.cookies["outsider", "elsewhere"])
-    return session_cookie(w.cookies[role, key])
+        return w.session_cookie(w.cookies["outsider", "elsewhere"])
+    return w.session_cookie(w.cookies[role, key])
 
 
 def _guest_expect(path: Path, method: bytes, target: bytes) -> Expect:
@@ -475,7 +501,7 @@ async def test_method(world: World, path: Path, role: str, method: bytes) -> Non
         expect = Expect(FORWARD, target=target)
     else:
         expect = _guest_expect(path, method, target)
-    cookie = session_cookie(world.cookies[role, path.key])
+    cookie = world.session_cookie(world.cookies[role, path.key])
     await run_cell(world, path, method=method, cookie=cookie, target=target, expect=expect)
 
 
@@ -493,7 +519,7 @@ async def test_status(world: World, path: Path, status: str) -> None:
     upgrade included."""
     target = b"/s?x=1"
     expect = Expect(FORWARD, target=target) if status == "running" else Expect("page", 503)
-    cookie = session_cookie(world.cookies["developer", status])
+    cookie = world.session_cookie(world.cookies["developer", status])
     await run_cell(world, path, cookie=cookie, target=target, expect=expect, sandbox=status)
 
 
@@ -527,7 +553,7 @@ async def test_credential_parameters(world: World, path: Path, query: str) -> No
     """Credential parameters never reach the sandbox, in any case or encoding; innocent
     parameters are kept byte for byte."""
     sent, forwarded = QUERIES[query]
-    cookie = session_cookie(world.cookies["developer", path.key])
+    cookie = world.session_cookie(world.cookies["developer", path.key])
     await run_cell(
         world, path, cookie=cookie, target=sent, expect=Expect(FORWARD, target=forwarded)
     )
@@ -541,7 +567,7 @@ def _origin_headers(w: World, origin: str, key: str) -> list[tuple[bytes, bytes]
     return {
         "own": [(b"Origin", w.own_origin(key))],
         "other-sandbox": [(b"Origin", w.own_origin("other"))],
-        "main-site": [(b"Origin", MAIN_ORIGIN)],
+        "main-site": [(b"Origin", w.main_origin)],
         "null": [(b"Origin", b"null")],
         "null-same-origin": [(b"Origin", b"null"), (b"Sec-Fetch-Site", b"same-origin")],
         "none": [],
@@ -586,7 +612,7 @@ async def test_origin(world: World, path: Path, origin: str, method: bytes) -> N
         world,
         path,
         method=method,
-        cookie=session_cookie(world.cookies["developer", path.key]),
+        cookie=world.session_cookie(world.cookies["developer", path.key]),
         target=target,
         headers=_origin_headers(world, origin, path.key),
         expect=expect,
@@ -640,8 +666,8 @@ async def test_revocation_mid_stream(world: World, stream: str, trigger: str) ->
         host,
         b"GET",
         b"/events?x=1",
-        session_cookie(token),
-        [(b"Origin", b"http://" + host)],
+        w.session_cookie(token),
+        [(b"Origin", w.scheme + b"://" + host)],
     )
     if extra:
         request = request[:-2] + extra + b"\r\n"

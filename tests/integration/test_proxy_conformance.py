@@ -329,7 +329,10 @@ async def run_cell(
     headers: list[tuple[bytes, bytes]] | None = None,
     expect: Expect,
     sandbox: str | None = None,
+    before: bytes | None = None,
 ) -> None:
+    """One request on a new connection (after ``before`` and its answer, if given), then
+    the checks of both sides."""
     method = method or path.default_method
     sandbox = sandbox or path.key
     host = w.host(sandbox)
@@ -339,6 +342,11 @@ async def run_cell(
     w.hostile.reset()
     browser = await w.browser(path)
     try:
+        if before is not None:  # (the same connection carried a sandbox request already)
+            browser.send(before)
+            first = await browser.answer()
+            assert first.status == 200 and len(w.hostile.seen) == 1, first
+            w.hostile.reset()
         browser.send(request)
         answer = await browser.answer(head_request=method == b"HEAD")
         if expect.kind == FORWARD:
@@ -589,7 +597,7 @@ def _origin_passes(origin: str, method: bytes, upgrade: bool) -> bool:
 ORIGIN_CELLS = [
     (p, o, m)
     for p in PATHS
-    for m in ([b"GET", b"POST"] if p.carrier == "relay" else [p.default_method])
+    for m in (METHODS if p.carrier == "relay" else [p.default_method])
     for o in ORIGINS
 ]
 
@@ -741,3 +749,62 @@ async def _within(reactor: Any, d: Deferred[None], seconds: float, why: str) -> 
         await waited
     except Exception as e:
         raise AssertionError(why) from e
+
+
+# A second request on a kept-alive connection: whoever carries the connection by then (the
+# relay process, after a GET on the plain listener) decides it afresh, with the same rules.
+# (role, method, carrier, origin, target, expected kind, status)
+FOLLOW_UPS: dict[str, tuple[str, bytes, str, str, bytes, str, int]] = {
+    "same-get": ("developer", b"GET", "relay", "own", b"/f?x=1", FORWARD, 200),
+    "credentials": ("developer", b"GET", "relay", "own", b"/f?x=1&Token=SECRET1", FORWARD, 200),
+    "head": ("developer", b"HEAD", "relay", "own", b"/f?x=1", FORWARD, 200),
+    "post": ("developer", b"POST", "length", "own", b"/f?x=1", FORWARD, 200),
+    "chunked": ("developer", b"PUT", "chunked", "own", b"/f?x=1", FORWARD, 200),
+    "websocket": ("developer", b"GET", "ws", "own", b"/f?x=1", FORWARD, 101),
+    "guest-get": ("guest", b"GET", "relay", "own", b"/f?x=1", FORWARD, 200),
+    "guest-delete": ("guest", b"DELETE", "relay", "own", b"/f?x=1", "json", 403),
+    "guest-websocket": ("guest", b"GET", "ws", "own", b"/f?x=1", "page", 403),
+    "other-origin": ("developer", b"GET", "relay", "other-sandbox", b"/f?x=1", "page", 403),
+    "null-origin-post": ("developer", b"POST", "length", "null", b"/f?x=1", "page", 403),
+    "signed-out": ("signed-out", b"GET", "relay", "own", b"/f?x=1", "page", 401),
+    "two-cookies": ("two-cookies", b"GET", "relay", "own", b"/f?x=1", "page", 401),
+}
+FOLLOW_UP_CELLS = [
+    (Path("relay", li, sb), f)
+    for sb in ("cloud", "local")
+    for li in ("plain", "tls")
+    for f in FOLLOW_UPS
+]
+
+
+@pytest.mark.parametrize(
+    ("first", "follow_up"),
+    FOLLOW_UP_CELLS,
+    ids=[cell_id(p, "keep-alive", f) for p, f in FOLLOW_UP_CELLS],
+)
+@pytest_twisted.ensureDeferred
+async def test_keep_alive_follow_up(world: World, first: Path, follow_up: str) -> None:
+    """After a developer's GET, the next request on the same connection (another session,
+    method, origin, an upgrade) gets what it would get on a connection of its own."""
+    w = world
+    role, method, carrier, origin, target, kind, status = FOLLOW_UPS[follow_up]
+    host = w.host(first.key)
+    before, _ = build(
+        first,
+        host,
+        b"GET",
+        b"/first",
+        w.session_cookie(w.cookies["developer", first.key]),
+        [(b"Origin", w.own_origin(first.key))],
+    )
+    expect = Expect(kind, status, target=target.replace(b"&Token=SECRET1", b""))
+    await run_cell(
+        w,
+        Path(carrier, first.listener, first.sandbox),
+        method=method,
+        target=target,
+        cookie=_role_cookie(w, role, first.key),
+        headers=_origin_headers(w, origin, first.key),
+        expect=expect,
+        before=before,
+    )

@@ -149,7 +149,8 @@ class World:
 def _self_signed(root: Any) -> tuple[str, str]:
     key, cert = root / "key.pem", root / "cert.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+        + ["-nodes", "-days", "1"]
         + ["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"]
         + ["-keyout", str(key), "-out", str(cert)],
         check=True,

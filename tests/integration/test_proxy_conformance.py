@@ -105,6 +105,7 @@ class World:
     cookies: dict[tuple[str, str], str]  # (who, sandbox key) -> cli_sandbox value
     ports: dict[str, int]  # plain, tls
     scheme: bytes  # the configured one: https behind a TLS proxy, or TLS here; or plain http
+    passwords: dict[str, str] = attrs.field(factory=dict)  # opencode's, by sandbox
 
     @property
     def cookie_name(self) -> bytes:
@@ -127,10 +128,12 @@ class World:
         return self.scheme + b"://" + self.host(key)
 
     async def password(self, sandbox_id: str) -> str:
-        (row,) = await self.app.db.query(
-            "SELECT opencode_password FROM sandboxes WHERE id = %s", (sandbox_id,)
-        )
-        return str(row["opencode_password"])
+        if sandbox_id not in self.passwords:
+            (row,) = await self.app.db.query(
+                "SELECT opencode_password FROM sandboxes WHERE id = %s", (sandbox_id,)
+            )
+            self.passwords[sandbox_id] = str(row["opencode_password"])
+        return self.passwords[sandbox_id]
 
     async def open(self, who: Api, sandbox_id: str) -> str:
         """A subdomain session for ``who`` through the ticket flow: the cli_sandbox value."""
@@ -427,7 +430,10 @@ def _refused(w: World, answer: Answer, expect: Expect) -> None:
         if name == b"set-cookie":  # only ours, expiring doubled session cookies
             assert value.startswith(w.cookie_name + b"=; ") and b"Max-Age=0" in value, value
     content_type = b"".join(answer.values(b"content-type"))
-    if expect.kind == "page":
+    if expect.kind == "redirect":  # to the dashboard's page that opens the sandbox
+        assert answer.values(b"location") == [expect.target], answer
+        assert answer.values(b"referrer-policy") == [b"no-referrer"]
+    elif expect.kind == "page":
         assert content_type.startswith(b"text/html"), answer
         assert answer.values(b"x-frame-options") == [b"DENY"]
     else:
@@ -808,4 +814,42 @@ async def test_keep_alive_follow_up(world: World, first: Path, follow_up: str) -
         headers=_origin_headers(w, origin, first.key),
         expect=expect,
         before=before,
+    )
+
+
+# A page load, not a script's request: the signed-out browser is sent to the dashboard's
+# page that opens the sandbox; a guest's form gets the read-only page. (path, role, method)
+NAVIGATION_CELLS = [
+    (p, role, m)
+    for p in HTTP_PATHS
+    for role, methods in (("signed-out", [b"GET", b"HEAD"]), ("guest", [b"POST", b"PUT"]))
+    for m in methods
+    if p.carrier == "relay" or m not in (b"GET", b"HEAD")
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "role", "method"),
+    NAVIGATION_CELLS,
+    ids=[cell_id(p, "navigate", r, m.decode()) for p, r, m in NAVIGATION_CELLS],
+)
+@pytest_twisted.ensureDeferred
+async def test_navigation(world: World, path: Path, role: str, method: bytes) -> None:
+    """Pages the browser shows: a fixed redirect for the signed-out (never an open one), the
+    read-only page for a guest's form; nothing forwarded."""
+    w = world
+    sandbox_id = w.sandboxes[path.key]
+    if role == "signed-out":
+        dashboard = w.scheme + b"://" + BASE.encode() + b"/open/" + sandbox_id.encode()
+        expect = Expect("redirect", 303, target=dashboard)
+    else:
+        expect = Expect("page", 403)
+    await run_cell(
+        w,
+        path,
+        method=method,
+        target=b"//evil.example/n?next=https://evil.example",
+        cookie=_role_cookie(w, role, path.key),
+        headers=[(b"Origin", w.own_origin(path.key)), (b"Sec-Fetch-Mode", b"navigate")],
+        expect=expect,
     )

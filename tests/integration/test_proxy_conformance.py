@@ -173,7 +173,7 @@ async def world(request: Any, postgres: EmbeddedPostgres) -> AsyncIterator[World
     await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
     db_url = postgres.dsn.replace("dbname=cli_server", f"dbname={name}")
     root = scratch_dir("cli-test-conformance-")
-    laptop: Laptop | None = None
+    laptops: list[Laptop] = []
     hostile, hostile_port = serve_hostile(reactor)
     backend = StoppingBackend(serve_at=hostile_port.getHost().port, hostile=hostile)
     config = attrs.evolve(server_config(db_url), base_scheme=scheme)
@@ -217,22 +217,17 @@ async def world(request: Any, postgres: EmbeddedPostgres) -> AsyncIterator[World
         w.cookies["outsider", "elsewhere"] = await w.open(
             people["outsider"], sandboxes["elsewhere"]
         )
-        # A laptop: a real cli-agent process whose "opencode" is the hostile upstream too.
-        laptop = Laptop(root, app.base, f"http://127.0.0.1:{hostile_port.getHost().port}")
-        code = await owner.call("POST", f"/api/workspaces/{wid}/agent-code")
-        assert code.code == 201, code
-        laptop.register(code.body["code"])
-
-        async def joined() -> bool:
-            listed = await owner.call("GET", f"/api/workspaces/{wid}/sandboxes")
-            local = [s for s in listed.body if s["is_local"] and s["status"] == "running"]
-            if local:
-                sandboxes["local"] = local[0]["id"]
-            return bool(local)
-
-        await wait_until(reactor, joined, timeout=30)
+        # Laptops: real cli-agent processes whose "opencode" is the hostile upstream too; the
+        # second one leaves, so its sandbox is offline.
+        hostile_url = f"http://127.0.0.1:{hostile_port.getHost().port}"
+        for key in ("local", "offline"):
+            laptops.append(Laptop(root / key, app.base, hostile_url))
+            sandboxes[key] = await _join(owner, wid, laptops[-1], set(sandboxes.values()))
         for who in ("owner", "maintainer", "developer", "guest"):
             w.cookies[who, "local"] = await w.open(people[who], sandboxes["local"])
+        w.cookies["developer", "offline"] = await w.open(people["developer"], sandboxes["offline"])
+        laptops[-1].kill()
+        await wait_status(owner, sandboxes["offline"], "offline")
         backend.hold()  # (its start waits until the end of the module)
         made = await owner.call("POST", f"/api/workspaces/{wid}/sandboxes", {"name": "creating"})
         sandboxes["creating"] = made.body["id"]
@@ -240,7 +235,7 @@ async def world(request: Any, postgres: EmbeddedPostgres) -> AsyncIterator[World
         w.ports = {"plain": app.port.getHost().port, "tls": tls.getHost().port}
         yield w
     finally:
-        if laptop is not None:
+        for laptop in laptops:
             laptop.kill()
         backend.release()
         await tls.stopListening()
@@ -249,6 +244,27 @@ async def world(request: Any, postgres: EmbeddedPostgres) -> AsyncIterator[World
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.close()
         remove_dir(root)
+
+
+async def _join(owner: Api, workspace: str, laptop: Laptop, known: set[str]) -> str:
+    """Registers ``laptop`` with a new code; the id of the local sandbox it brings."""
+    laptop.root.mkdir()
+    code = await owner.call("POST", f"/api/workspaces/{workspace}/agent-code")
+    assert code.code == 201, code
+    laptop.register(code.body["code"], "--name", laptop.root.name)  # (names are unique)
+    found: list[str] = []
+
+    async def joined() -> bool:
+        listed = await owner.call("GET", f"/api/workspaces/{workspace}/sandboxes")
+        found[:] = [
+            s["id"]
+            for s in listed.body
+            if s["is_local"] and s["status"] == "running" and s["id"] not in known
+        ]
+        return bool(found)
+
+    await wait_until(_reactor(), joined, timeout=30)
+    return found[0]
 
 
 # Building requests
@@ -521,19 +537,23 @@ async def test_method(world: World, path: Path, role: str, method: bytes) -> Non
 
 
 STATUSES = ["running", "paused", "creating", "failed"]
+STATUS_CELLS = [(p, s) for p in CLOUD_PATHS for s in STATUSES] + [
+    (p, s) for p in PATHS if p.sandbox == "local" for s in ("local", "offline")
+]
 
 
 @pytest.mark.parametrize(
     ("path", "status"),
-    [(p, s) for p in CLOUD_PATHS for s in STATUSES],
-    ids=[cell_id(p, s) for p in CLOUD_PATHS for s in STATUSES],
+    STATUS_CELLS,
+    ids=[cell_id(p, "running" if s == "local" else s) for p, s in STATUS_CELLS],
 )
 @pytest_twisted.ensureDeferred
 async def test_status(world: World, path: Path, status: str) -> None:
     """A sandbox that is not running shows our status page; nothing is forwarded, an
     upgrade included."""
     target = b"/s?x=1"
-    expect = Expect(FORWARD, target=target) if status == "running" else Expect("page", 503)
+    running = status in ("running", "local")
+    expect = Expect(FORWARD, target=target) if running else Expect("page", 503)
     cookie = world.session_cookie(world.cookies["developer", status])
     await run_cell(world, path, cookie=cookie, target=target, expect=expect, sandbox=status)
 

@@ -3,11 +3,14 @@ every path a request can travel, to a FAKE hostile sandbox that records exactly 
 it; each cell asserts both what the sandbox got and what the browser got.
 
 A path is the request's shape, which is what decides the engine that carries it today (see
-docs/performance.md): a GET with no body on a keep-alive connection (the relay process on
-the plain listener), a ``Content-Length`` body (the front door), a chunked body or a HEAD
-(twisted.web), a WebSocket upgrade (the splice); each on the plain listener and on a TLS
-listener (where the front door carries what the relay process would). The dimensions are
-varied one at a time over the others' safe defaults, plus the pairs that matter.
+docs/performance.md): no body on a keep-alive connection (``relay``: a GET goes to the relay
+process on the plain listener, a HEAD to twisted.web, other methods to the front door), a
+``Content-Length`` body (the front door), a chunked body (twisted.web), a WebSocket upgrade
+(the splice); each on the plain listener and on a TLS listener (where the front door carries
+what the relay process would), to a cloud sandbox and to a laptop's (a real cli-agent, over
+the tunnel: twisted.web). The whole module runs under a server configured for http and one
+for https. The dimensions are varied one at a time over the others' safe defaults, plus the
+pairs that matter; the ids read as the cell (``https-relay-plain-cloud/guest/POST``).
 """
 
 from __future__ import annotations
@@ -101,7 +104,7 @@ class World:
     backend: FakeBackend
     people: dict[str, Api]
     workspace: str
-    sandboxes: dict[str, str]  # running, paused, creating, failed, elsewhere
+    sandboxes: dict[str, str]  # by status (cloud), local, offline, other, elsewhere, pause-*
     cookies: dict[tuple[str, str], str]  # (who, sandbox key) -> cli_sandbox value
     ports: dict[str, int]  # plain, tls
     scheme: bytes  # the configured one: https behind a TLS proxy, or TLS here; or plain http

@@ -184,7 +184,7 @@ async def world(request: Any, postgres: EmbeddedPostgres) -> AsyncIterator[World
     key, cert = _self_signed(root)
     tls = await serverFromString(
         reactor, f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
-    ).listen(app.server.front_door)
+    ).listen(app.server.router)
     # (an https server's Secure cookies come back only over TLS: its API is used there)
     api = app
     if scheme == "https":

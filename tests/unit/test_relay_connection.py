@@ -188,7 +188,9 @@ def test_a_request_the_grant_does_not_cover_goes_back_with_its_bytes() -> None:
         get(b"/_cli/auth?ticket=t"),  # ours
         b"POST /x HTTP/1.1\r\nHost: " + HOST + b"\r\nContent-Length: 1001\r\n\r\nx",  # too big
         b"HEAD /x HTTP/1.1\r\nHost: " + HOST + b"\r\n\r\n",
-        get(b"/x", b"Upgrade: websocket", b"Connection: upgrade"),
+        get(b"/x", b"Upgrade: h2c", b"Connection: upgrade"),
+        # a terminal opened by a page of another site
+        get(b"/x", b"Upgrade: websocket", b"Connection: upgrade", b"Sec-Fetch-Site: same-site"),
         b"GET /x HTTP/1.1\nHost: x\n\n",  # not strict
         # a page of another sandbox reading this one (CORS): the server answers it, 403
         get(b"/x", b"Origin: http://oc-s2.localhost:8080"),
@@ -589,3 +591,49 @@ def test_importing_the_worker_loads_no_twisted() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+TERMINAL = get(
+    b"/pty/1/connect?token=secret",
+    b"Upgrade: websocket",
+    b"Connection: Upgrade",
+    b"Sec-WebSocket-Key: a2V5",
+    b"Origin: http://" + HOST,
+)
+
+
+def test_a_websocket_is_spliced_with_its_101_cleaned_and_no_time_limit() -> None:
+    k = Kept(TERMINAL)
+    head = k.upstream()
+    assert head.startswith(b"GET /pty/1/connect HTTP/1.1\r\n") and b"secret" not in head
+    assert b"Sec-WebSocket-Key: a2V5\r\n" in head and b"tok" not in head
+    assert head.endswith(b"connection: Upgrade\r\nupgrade: websocket\r\n\r\n")
+    got = k.answer(
+        b"HTTP/1.1 100 Continue\r\n\r\n"  # (interim: dropped)
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Set-Cookie: cli_sandbox=evil; Domain=localhost\r\nSet-Cookie: ok=1\r\n"
+        b"Access-Control-Allow-Origin: *\r\n\r\nframe-1"
+    )
+    assert got == (
+        b"HTTP/1.1 101 Switching Protocols\r\n" + CORP + b"Upgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSet-Cookie: ok=1\r\n\r\nframe-1"
+    )
+    k.browser.sendall(b"typed")
+    assert k.upstream() == b"typed"
+    assert k.answer(b"frame-2") == b"frame-2"
+    k.now += 1000  # (a terminal has no time limit; its use counts as activity)
+    k.relay.tick()
+    assert k.relay.carrying == 1 and read_activity(k.report(b"A")[0]) == {"s1": 2}
+    k.sandbox.close()
+    assert k.got() == b"" and _closed(k.browser)
+    assert k.report()[0] == b"E" + ID.pack(7)
+
+
+def test_an_upgrade_the_sandbox_refuses_passes_cleaned_and_ends() -> None:
+    k = Kept(TERMINAL)
+    k.upstream()
+    got = k.answer(
+        b"HTTP/1.1 403 Forbidden\r\nSet-Cookie: CLI_SANDBOX=x\r\nContent-Length: 4\r\n\r\nnope"
+    )
+    assert got == b"HTTP/1.1 403 Forbidden\r\n" + CORP + b"Content-Length: 4\r\n\r\n"
+    assert _closed(k.browser) and _closed(k.sandbox)

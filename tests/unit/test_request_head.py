@@ -35,6 +35,14 @@ def test_a_plain_head_is_read() -> None:
     assert session_token(parsed.cookies, b"other") is None
 
 
+def test_a_websocket_upgrade_is_read_as_one() -> None:
+    raw = head(HOST.strip(), b"Upgrade: WebSocket", b"Connection: keep-alive, Upgrade")
+    parsed = parse_head(raw, LIMIT)
+    assert parsed is not None and parsed.fields.upgrade and parsed.asked.upgrade
+    plain = parse_head(head(HOST.strip()), LIMIT)
+    assert plain is not None and not plain.asked.upgrade
+
+
 @pytest.mark.parametrize(
     "raw",
     [
@@ -54,8 +62,17 @@ def test_a_plain_head_is_read() -> None:
         head(HOST.strip(), b"no colon"),
         head(HOST.strip(), HOST.strip()),  # two Hosts
         head(b"X: no host"),
-        head(HOST.strip(), b"Upgrade: websocket", b"Connection: Upgrade"),
+        head(HOST.strip(), b"Upgrade: h2c", b"Connection: Upgrade"),
+        head(HOST.strip(), b"Upgrade: websocket"),  # half an upgrade
+        head(HOST.strip(), b"Upgrade: websocket", b"Upgrade: websocket", b"Connection: upgrade"),
         head(HOST.strip(), b"Connection: upgrade"),
+        head(
+            HOST.strip(),
+            b"Upgrade: websocket",
+            b"Connection: Upgrade",
+            b"Content-Length: 1",
+            start=b"POST /a HTTP/1.1",
+        ),
         head(HOST.strip(), b"Expect: 100-continue"),
         head(HOST.strip(), b"TE: trailers"),
         head(HOST.strip(), start=b"GET /a HTTP/1.0"),

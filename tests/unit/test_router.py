@@ -236,6 +236,7 @@ def test_uploads_and_same_origin_state_changes_go_to_a_worker() -> None:
         post(),
         get(b"/x", OWN),
         get().replace(b"GET ", b"DELETE ", 1),
+        get(b"/pty/1/connect", b"Upgrade: websocket", b"Connection: Upgrade", OWN),
     ]:
         d = door()
         d.send(raw)
@@ -251,7 +252,8 @@ def test_what_no_worker_may_carry_goes_to_twisted_web_byte_for_byte() -> None:
         get(b"/_cli/open"),
         b"HEAD / HTTP/1.1\r\nHost: " + HOST + b"\r\n\r\n",
         b"GET / HTTP/1.0\r\nHost: " + HOST + b"\r\n\r\n",
-        get(b"/pty/1/connect", b"Upgrade: websocket", b"Connection: Upgrade"),
+        get(b"/pty/1/connect", b"Upgrade: h2c", b"Connection: Upgrade"),
+        get(b"/pty/1", b"Upgrade: websocket", b"Connection: Upgrade", b"Origin: http://x"),
         b"POST / HTTP/1.1\r\nHost: " + HOST + b"\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: "
         + HOST
@@ -296,6 +298,10 @@ def test_what_no_worker_may_carry_goes_to_twisted_web_byte_for_byte() -> None:
     guest = door(role=Role.GUEST)
     guest.send(get())
     assert len(guest.workers.served) == 1  # (a guest reads)
+    guest = door(role=Role.GUEST)
+    terminal = get(b"/pty/1/connect", b"Upgrade: websocket", b"Connection: Upgrade", OWN)
+    guest.send(terminal)
+    assert guest.handed == [terminal]  # (but types nothing: the read-only page)
 
 
 def test_without_a_worker_or_a_plain_socket_twisted_web_carries_it() -> None:
@@ -466,7 +472,7 @@ def test_a_connection_in_use_keeps_its_grant_across_the_session_cache_by_the_clo
                 if msg[:1] == b"R":
                     renewed = lease.renew()
                     more = renewed.result if isinstance(renewed, Deferred) else renewed
-                    assert more is not None
+                    assert isinstance(more, float)
                     k.control.send(RENEWED.pack(b"G", 7, k.now + more))
                     renewals += 1
         except BlockingIOError:

@@ -180,6 +180,15 @@ def reframe(code: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> Ref
 LAST_CHUNK = b"0\r\n\r\n"
 
 
+def status_of(head: bytes) -> int | None:
+    """The status code of an ``HTTP/1.1 NNN ...`` head (``clean_upgrade_answer`` checks the
+    rest of it)."""
+    code = head[9:12]
+    if len(code) != 3 or not code.isdigit() or head[12:13] not in (b" ", b"\r"):
+        return None
+    return int(code)
+
+
 def clean_upgrade_answer(raw: bytes) -> bytes | None:
     """The head of a sandbox's answer to a WebSocket upgrade (``raw``, through the blank
     line) as the browser gets it: every header kept as sent (a 101 needs its Upgrade and

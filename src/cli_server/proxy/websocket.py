@@ -18,7 +18,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
-from cli_server.proxy.answer import clean_upgrade_answer
+from cli_server.proxy.answer import clean_upgrade_answer, status_of
 from cli_server.proxy.hygiene import clean_query
 from cli_server.proxy.request_head import MAX_HEAD, head_end
 from cli_server.proxy.takeover import hand_over
@@ -58,7 +58,7 @@ class _Side(Protocol):
                 if len(buffered) > MAX_HEAD or b"\n\n" in buffered:
                     self._abort()
                 return b""
-            status = _status(buffered)
+            status = status_of(buffered)
             cleaned = clean_upgrade_answer(buffered[:end]) if end <= MAX_HEAD else None
             if status is None or cleaned is None:
                 self._abort()  # not a head we can read line by line: not for us
@@ -105,15 +105,6 @@ class _Side(Protocol):
             self.on_lost()
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.loseConnection()
-
-
-def _status(head: bytes) -> int | None:
-    """The status code of an ``HTTP/1.1 NNN ...`` head (``clean_upgrade_answer`` checks the
-    rest of it)."""
-    code = head[9:12]
-    if len(code) != 3 or not code.isdigit() or head[12:13] not in (b" ", b"\r"):
-        return None
-    return int(code)
 
 
 def _head(request: Any, headers: Headers) -> bytes:

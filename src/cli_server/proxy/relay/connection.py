@@ -25,7 +25,15 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from cli_server.proxy import rules
-from cli_server.proxy.answer import LAST_CHUNK, AnswerReader, Framing, Read, reframe
+from cli_server.proxy.answer import (
+    LAST_CHUNK,
+    AnswerReader,
+    Framing,
+    Read,
+    clean_upgrade_answer,
+    reframe,
+    status_of,
+)
 from cli_server.proxy.hygiene import plain_upstream_headers
 from cli_server.proxy.relay.wire import Back, Grant
 from cli_server.proxy.request_head import MAX_HEAD, RequestHead, head_end, parse_head
@@ -49,11 +57,11 @@ class _State(Enum):
     CONNECTING = "connecting"  # a request waits for its sandbox connection
     ASKED = "asked"  # it went to the sandbox (its body may still be coming); no answer yet
     ANSWERING = "answering"  # its answer is being relayed
+    SPLICED = "spliced"  # a WebSocket: bytes both ways, as they come, until either side ends
 
 
 class _Then(Enum):
     CLOSE = "close"  # close the browser's connection once what waits is written
-    BACK = "back"  # give it back to the server once what waits is written
 
 
 Address = tuple[str, int]
@@ -63,7 +71,7 @@ class KeptConnection:
     __slots__ = tuple(
         """id browser sandbox grant address until buffer reader state framing raw head
         body_left sent repeatable close then out to_sandbox due first renewing blocked loop
-        done _masks _block _headers _listener _session""".split()
+        done upgrade answer active _masks _block _headers _listener _session""".split()
     )
 
     def __init__(
@@ -98,6 +106,9 @@ class KeptConnection:
         self.renewing = False  # the server was asked to renew the grant, and has not answered
         self.blocked = False  # the browser is behind: the sandbox is not read meanwhile
         self.done = False  # closed, or given back
+        self.upgrade = False  # the request in flight asks for a WebSocket
+        self.answer = b""  # ... and the head of its answer, until it is whole
+        self.active = False  # a WebSocket's bytes moved since the last tick
         self._masks: dict[int, int | None] = {}  # fd: what epoll watches (None: not there)
         self._block = b""  # the last header block seen, and what the sandbox gets for it
         self._headers = b""
@@ -119,7 +130,8 @@ class KeptConnection:
         upload; writing it while something waits; the sandbox always (an idle one that
         closes is noticed) unless the browser is behind; writing it while a request waits
         (or its connection is being made)."""
-        reading = len(self.buffer) <= MAX_HEAD and not (self.body_left and self.to_sandbox)
+        streaming = self.body_left or self.state is _State.SPLICED
+        reading = len(self.buffer) <= MAX_HEAD and not (streaming and self.to_sandbox)
         self._set(
             self.browser, (select.EPOLLIN if reading else 0) | (select.EPOLLOUT if self.out else 0)
         )
@@ -187,6 +199,9 @@ class KeptConnection:
             )
         self.raw, self.buffer = buffer[:size], buffer[size:]
         self.head = b"%s %s HTTP/1.1\r\n%s" % (head.method, verdict.target, self._headers)
+        self.upgrade, self.answer = head.fields.upgrade, b""
+        if self.upgrade:  # (hop by hop: the hygiene drops them, an upgrade needs them)
+            self.head = self.head[:-2] + b"connection: Upgrade\r\nupgrade: websocket\r\n\r\n"
         self.body_left = head.content_length
         self.repeatable = head.method in _IDEMPOTENT and not head.content_length
         self.close = head.close
@@ -269,7 +284,7 @@ class KeptConnection:
         if events & select.EPOLLOUT and self.to_sandbox:
             if not self._send_sandbox(self.to_sandbox):
                 return
-            if not self.to_sandbox and self.body_left:
+            if not self.to_sandbox and (self.body_left or self.state is _State.SPLICED):
                 self._watch()  # (the upload may go on: read the browser again)
         if not events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
             return
@@ -282,6 +297,14 @@ class KeptConnection:
             return
         if not data or self.state is _State.IDLE:
             self.sandbox_lost()  # (an idle connection that talks is not one to reuse either)
+            return
+        if self.state is _State.SPLICED:
+            self.active = True
+            self.out.append(data)
+            self.write()
+            return
+        if self.upgrade:
+            self._upgrade_answer(self.answer + data)
             return
         read = self.reader.feed(data)
         if read is Read.BROKEN:
@@ -300,6 +323,39 @@ class KeptConnection:
             return
         self.write()
 
+    def _upgrade_answer(self, buffered: bytes) -> None:
+        """The answer to an upgrade, read whole: interim heads are dropped, a 101 passes
+        cleaned (``answer.clean_upgrade_answer``: the rule of every answer) and the splice
+        begins; any other answer's head passes cleaned and the connection ends after it, so
+        no byte after a head nobody cleaned reaches the browser."""
+        while True:
+            end = head_end(buffered)
+            if end < 0:
+                self.answer = buffered
+                if len(buffered) > MAX_HEAD or b"\n\n" in buffered:
+                    self._drop_sandbox()
+                    self._finish(_Then.CLOSE)  # not a head we can read line by line
+                return
+            code = status_of(buffered)
+            cleaned = clean_upgrade_answer(buffered[:end]) if end <= MAX_HEAD else None
+            if code is None or cleaned is None:
+                self._drop_sandbox()
+                self._finish(_Then.CLOSE)
+                return
+            buffered = buffered[end:]
+            if code >= 200 or code == 101:
+                self.loop.relayed(self.grant.sandbox_id)
+                self.answer = b""
+                self.out.append(cleaned)
+                if code == 101:
+                    self.state = _State.SPLICED
+                    self.out.append(buffered)
+                    self.write()
+                else:
+                    self._drop_sandbox()
+                    self._finish(_Then.CLOSE)
+                return
+
     def _connected(self) -> None:
         assert self.sandbox is not None
         if self.sandbox.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
@@ -316,8 +372,8 @@ class KeptConnection:
         elif state is _State.ANSWERING and self.framing is Framing.UNTIL_CLOSE and clean:
             self.out.append(LAST_CHUNK)  # that is how such a body ends
             self._answered()
-        elif state is _State.ANSWERING:
-            self._finish(_Then.CLOSE)  # cut short
+        elif state in (_State.ANSWERING, _State.SPLICED):
+            self._finish(_Then.CLOSE)  # cut short, or a WebSocket that ended
         # (idle: the next request opens another)
 
     def _unanswered(self) -> None:
@@ -403,8 +459,6 @@ class KeptConnection:
                 self._watch()
         if self.then is _Then.CLOSE:
             self.close_both()
-        elif self.then is _Then.BACK:
-            self.give_back(Back.ASK)
         elif self.state is _State.IDLE and self.buffer:
             self.next_request()
 
@@ -421,6 +475,11 @@ class KeptConnection:
             data = b""
         if not data:
             self.close_both()  # the browser left
+            return
+        if self.state is _State.SPLICED:
+            self.active = True
+            if self.sandbox is not None and self._send_sandbox(self.to_sandbox + data):
+                self._watch()
             return
         if self.body_left and self.state is not _State.CONNECTING:
             part = data[: self.body_left]

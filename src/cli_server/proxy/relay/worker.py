@@ -105,6 +105,9 @@ class Worker:
         self._tick_at = now + 1.0
         for conn in list(self._kept.values()):
             self._guard(conn, conn.expired, now)
+            if conn.active:  # (a terminal in use is activity, as requests are)
+                conn.active = False
+                self.relayed(conn.grant.sandbox_id)
         if self._relayed:
             counts, self._relayed = self._relayed, {}
             self._report(activity_message(counts))

@@ -85,7 +85,8 @@ async def _fingerprint(app: Running) -> dict[str, Any]:
     for table in tables:
         name = table["tablename"]
         found = await app.db.query(
-            f"SELECT coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '') AS all_rows FROM \"{name}\" t"
+            "SELECT coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '') AS all_rows"
+            f' FROM "{name}" t'
         )
         rows[name] = found[0]["all_rows"]
     return rows

@@ -101,6 +101,7 @@ async def test_accounts_fire_user_revoked_after_commit(app: Running) -> None:
     guest = people["guest"]
     assert guest.user is not None
     token = next(c.value for c in guest.jar if c.name == "cli_session")
+    assert token is not None
     await accounts.close_session(token)
     await accounts.close_session(token)  # (gone already: nobody to tell)
     assert witness.seen[2:] == [("user_revoked", guest.user["id"], 0, False)]

@@ -50,7 +50,9 @@ class HelloTimeoutTests(SynchronousTestCase):
         # (Autobahn's own handshake timers run on the global reactor: off, this test is about
         # ours, which runs on the hub's clock)
         factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
-        self.protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        assert protocol is not None
+        self.protocol = protocol
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
         self.protocol.makeConnection(self.transport)
         self.protocol.dataReceived(HANDSHAKE)

@@ -13,6 +13,7 @@ from cli_server.auth.passwords import Passwords
 from cli_server.auth.tokens import new_token, token_hash
 from cli_server.db.pool import Database, Row, Transaction
 from cli_server.errors import Conflict, Forbidden
+from cli_server.events import Events
 from cli_server.json import iso
 
 SIGNUP_LINK_SECONDS = 7 * 86400
@@ -94,6 +95,8 @@ class Accounts:
     _passwords: Passwords
     _clock: IReactorTime
     _session_lifetime: float
+    # Told of every revocation, once it is committed (the proxy's sessions end with it).
+    _events: Events = field(factory=Events)
 
     @property
     def passwords(self) -> Passwords:
@@ -176,7 +179,8 @@ class Accounts:
         return await self._passwords.verify(rows[0]["password_hash"] if rows else None, password)
 
     async def set_password(self, user_id: str, password: str, keep_token: str | None) -> None:
-        """A new password; every session of the user ends but ``keep_token``'s."""
+        """A new password; every session of the user ends but ``keep_token``'s, and every
+        sandbox session (``Events.user_revoked``)."""
         password_hash = await self._passwords.hash(password)
         keep = token_hash(keep_token) if keep_token else b""
 
@@ -189,6 +193,7 @@ class Accounts:
             )
 
         await self._db.transaction(work)
+        await self._events.user_revoked(user_id)
 
     async def open_session(
         self, login: Login, user_agent: str | None = None, address: str | None = None
@@ -297,17 +302,24 @@ class Accounts:
         self, user_id: str, session_id: str, current_token: str
     ) -> str | None:
         """Ends one of the user's sessions: "current" if it was ``current_token``'s, "other",
-        or None if they have none with that id."""
+        or None if they have none with that id. Sandbox sessions are not tied to one login,
+        so all of the user's end with it."""
         rows = await self._db.query(
             "DELETE FROM sessions WHERE id = %s AND user_id = %s RETURNING token_hash",
             (session_id, user_id),
         )
         if not rows:
             return None
+        await self._events.user_revoked(user_id)
         return "current" if bytes(rows[0]["token_hash"]) == token_hash(current_token) else "other"
 
     async def close_session(self, token: str) -> None:
-        await self._db.execute("DELETE FROM sessions WHERE token_hash = %s", (token_hash(token),))
+        """A logout: the session ends, and the user's sandbox sessions with it."""
+        rows = await self._db.query(
+            "DELETE FROM sessions WHERE token_hash = %s RETURNING user_id", (token_hash(token),)
+        )
+        for row in rows:
+            await self._events.user_revoked(str(row["user_id"]))
 
     async def purge_expired_sessions(self) -> None:
         await self._db.execute("DELETE FROM sessions WHERE expires_at <= now()")

@@ -10,12 +10,13 @@ import secrets
 import uuid
 from typing import Any
 
-from attrs import define
+from attrs import define, field
 
 from cli_server.auth.passwords import Passwords
 from cli_server.auth.tokens import new_token, token_hash
 from cli_server.db.pool import Database, Transaction
 from cli_server.errors import Conflict, NotFound
+from cli_server.events import Events
 from cli_server.json import iso
 
 _NO_USER = "no such user"
@@ -25,6 +26,7 @@ _NO_USER = "no such user"
 class InstanceAdmin:
     _db: Database
     _passwords: Passwords
+    _events: Events = field(factory=Events)
 
     async def users(self) -> list[dict[str, Any]]:
         rows = await self._db.query(
@@ -47,8 +49,8 @@ class InstanceAdmin:
         ]
 
     async def set_disabled(self, admin_id: str, user_id: str, disabled: bool) -> None:
-        """Disabling ends every session and unused sandbox ticket of the user at once (the
-        caller ends their sandbox sessions, which live in this process's cache too)."""
+        """Disabling ends every session and unused sandbox ticket of the user at once, then
+        everything else (``Events.user_disabled``: sandbox sessions, local agents)."""
         if disabled and user_id == admin_id:
             raise Conflict("you cannot disable your own account", code="own_account")
 
@@ -64,6 +66,8 @@ class InstanceAdmin:
                 await _end_sessions(tx, user_id)
 
         await self._db.transaction(work)
+        if disabled:
+            await self._events.user_disabled(user_id)
 
     async def reset_password(self, user_id: str) -> str:
         """A new random password (shown once to the admin, never stored in clear); the user's
@@ -80,6 +84,7 @@ class InstanceAdmin:
             await _end_sessions(tx, user_id)
 
         await self._db.transaction(work)
+        await self._events.user_revoked(user_id)
         return password
 
     async def create_signup_link(self, admin_id: str, lifetime: float) -> tuple[str, str]:

@@ -30,7 +30,9 @@ from cli_server.config import ServerConfig
 from cli_server.db.embedded import EmbeddedPostgres, EmbeddedPostgresError, Supervisor
 from cli_server.db.migrations import migrate
 from cli_server.db.pool import Database, DatabaseUnavailable
+from cli_server.events import Events
 from cli_server.instance_admin import InstanceAdmin
+from cli_server.listeners import AgentsListener, AnthropicListener, ProxyListener
 from cli_server.metrics import Metrics
 from cli_server.proxy.access import SandboxAccess
 from cli_server.proxy.endpoints import RunningEndpoints
@@ -252,7 +254,10 @@ def build(
 
     sandbox_access = SandboxAccess(db, reactor, config.session_lifetime)
     limits = limits or AuthLimits()
-    accounts = Accounts(db, passwords or Passwords(hashing.run), reactor, config.session_lifetime)
+    events = Events()  # revocations and status changes, fired by the domain (subscribers below)
+    accounts = Accounts(
+        db, passwords or Passwords(hashing.run), reactor, config.session_lifetime, events
+    )
     cookies = SessionCookies(
         accounts, config.secure_cookies, config.session_lifetime, config.origin
     )
@@ -268,7 +273,6 @@ def build(
         cookies,
         logins,
         registrations,
-        sandbox_access,
         config.registration,
         identities,
         config.password_login,
@@ -340,15 +344,15 @@ def build(
             egress_allow=config.egress_allow,
         )
         backend.check_limits()
-    workspaces = Workspaces(db, config.direct_members, max_owned=config.max_workspaces_per_user)
+    workspaces = Workspaces(
+        db, config.direct_members, max_owned=config.max_workspaces_per_user, events=events
+    )
     urls = SandboxUrls(config.base_scheme, config.base_domain)
     # Only the docker backend's answer costs anything (engine calls); the process backend's is
     # free and exact, so it is asked every time.
     endpoints = RunningEndpoints(backend, reactor, ttl=1.0 if config.backend == "docker" else 0.0)
 
-    def status_changed(sandbox_id: str) -> None:
-        sandbox_access.status_changed(sandbox_id)
-        anthropic.status_changed(sandbox_id)
+    def forget(sandbox_id: str) -> None:
         endpoints.forget(sandbox_id)
         relay.expire(sandbox_id)  # (the relay is built below, before anything can change)
 
@@ -358,7 +362,7 @@ def build(
         workspaces,
         config.max_sandboxes,
         urls.home,
-        status_changed,
+        events,
         max_per_workspace=config.max_sandboxes_per_workspace,
         max_per_user=config.max_sandboxes_per_user,
         max_stored_per_workspace=config.max_sandboxes_stored_per_workspace,
@@ -371,11 +375,13 @@ def build(
     tunnels = TunnelHub(db, reactor, tunnel_changed, activity.touch, metrics)
     manager.tunnels = tunnels
     backend.on_exit = manager.exited  # a sandbox whose opencode dies is failed at once
-    manager.on_delete = sandbox_access.revoke_sandbox
     agents = LocalAgents(
         db, workspaces, config.origin, config.origin.rstrip("/") + "/proxy/anthropic/v1"
     )
     agents.on_revoke = tunnels.revoke
+    events.subscribe(ProxyListener(sandbox_access, forget))
+    events.subscribe(AgentsListener(agents))
+    events.subscribe(AnthropicListener(anthropic))
     database.after_migrate.append(tunnels.mark_all_offline)
     sandboxes = SandboxService(manager, backend, tunnels)
     sandboxes.setName("sandboxes")
@@ -392,8 +398,7 @@ def build(
             workspaces,
             cookies,
             manager,
-            WorkspaceSandboxesAPI(manager, cookies),
-            sandbox_access,
+            WorkspaceSandboxesAPI(manager),
             usage,
             agents,
             claude,
@@ -405,10 +410,8 @@ def build(
         invitations=InvitationsAPI(workspaces, cookies),
         claude=claude,
         admin=AdminAPI(
-            InstanceAdmin(db, accounts.passwords),
+            InstanceAdmin(db, accounts.passwords, events),
             cookies,
-            sandbox_access,
-            agents,
             config.origin,
             config.registration,
         ),

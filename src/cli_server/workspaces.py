@@ -7,10 +7,11 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg2.errors
-from attrs import define
+from attrs import define, field
 
 from cli_server.db.pool import Database, Row, Transaction
 from cli_server.errors import Conflict, Forbidden, NameTaken, NotFound
+from cli_server.events import Events
 from cli_server.json import iso
 from cli_server.roles import Role
 
@@ -100,6 +101,8 @@ class Workspaces:
     # Each workspace may hold disk images on the host (its files, its sandboxes' homes), kept
     # while paused: one account must not make them without end (None: no limit).
     _max_owned: int | None = None
+    # Told when someone's role changes or they stop being a member, once committed.
+    _events: Events = field(factory=Events)
 
     async def list_for(self, user_id: str) -> list[dict[str, Any]]:
         rows = await self._db.query(
@@ -203,11 +206,16 @@ class Workspaces:
     async def delete(self, workspace_id: str, actor_id: str) -> None:
         await self.require(workspace_id, actor_id, Role.OWNER)
 
-        async def work(tx: Transaction) -> None:
+        async def work(tx: Transaction) -> list[Row]:
             await _authorize(tx, workspace_id, actor_id, Role.OWNER)
+            members = await tx.query(
+                "SELECT user_id FROM workspace_members WHERE workspace_id = %s", (workspace_id,)
+            )
             await tx.execute("DELETE FROM workspaces WHERE id = %s", (workspace_id,))
+            return members
 
-        await self._db.transaction(work)
+        for member in await self._db.transaction(work):
+            await self._events.member_changed(str(member["user_id"]), workspace_id)
 
     async def members(self, workspace_id: str, actor_id: str) -> list[dict[str, Any]]:
         await self.role_of(workspace_id, actor_id)
@@ -439,6 +447,7 @@ class Workspaces:
 
         row = await self._db.transaction(work)
         assert row is not None
+        await self._events.member_changed(user_id, workspace_id)
         return member_json(row)
 
     async def remove_member(self, workspace_id: str, actor_id: str, user_id: str) -> None:
@@ -458,6 +467,7 @@ class Workspaces:
             await _drop_invitations_beyond(tx, workspace_id, user_id, None)
 
         await self._db.transaction(work)
+        await self._events.member_changed(user_id, workspace_id)
 
 
 def _check(role: Role | None, at_least: Role, why: str | None = None) -> Role:

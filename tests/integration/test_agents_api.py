@@ -5,7 +5,6 @@ endpoint, with in-process Autobahn clients standing in for agents, well-behaved 
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -453,15 +452,14 @@ async def test_a_garbage_peer_cannot_disturb_another_tunnel(app: Running) -> Non
 async def test_a_silent_peer_is_closed_after_the_hello_timeout(
     app: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Through the real server: closed with 4002, and the sandbox stays offline. When it is
+    closed, by the hub's clock, is tests/unit/test_tunnel_hello.py's to prove."""
     monkeypatch.setattr(hub, "HELLO_TIMEOUT", 0.5)
     people, wid = await team(app)
     sid, token = await local_sandbox(app, people["developer"], wid)
-    began = time.monotonic()
     peer = await dial(app, sid, token)
     assert peer.did_open
     assert await closed(peer, timeout=5) == 4002
-    took = time.monotonic() - began
-    assert 0.4 < took < 3, took
     assert peer.goaways == ["protocol"] and not peer.of_type("welcome")
     assert app.server.tunnels.count == 0
     assert await status_of(people["owner"], sid) == "offline"

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from cli_server.auth.tokens import new_token, token_hash
 from cli_server.db.pool import Database, Row, Transaction
 from cli_server.errors import ApiError, Conflict, NameTaken, NotFound, ServiceUnavailable
+from cli_server.events import Events
 from cli_server.roles import Role
 from cli_server.sandboxes.backend import (
     BackendError,
@@ -59,9 +60,9 @@ class SandboxManager:
     _workspaces: Workspaces
     _max_sandboxes: int
     _url_for: Any = None  # (sandbox_id) -> str: its subdomain
-    _on_change: Any = None  # (sandbox_id) -> None: drop what the proxy cached about it
+    # Told of each status change and delete (the proxy drops what it cached, ends sessions).
+    _events: Events = field(factory=Events)
     tunnels: Any = None  # TunnelHub: deleting a local sandbox revokes its agent's tunnel
-    on_delete: Any = None  # (sandbox_id) -> None: its sessions end, and what they have open
     # Fair shares of --max-sandboxes: one workspace or one account cannot take every slot
     # (None: no limit but the server's).
     _max_per_workspace: int | None = None
@@ -151,8 +152,8 @@ class SandboxManager:
             f" RETURNING {SANDBOX_COLUMNS}",
             (*args, sandbox_id, [s.value for s in allowed]),
         )
-        if rows and self._on_change is not None:
-            self._on_change(sandbox_id)
+        if rows:
+            await self._events.sandbox_status_changed(sandbox_id)
         return rows[0] if rows else None
 
     async def _occupied(self, tx: Transaction, workspace_id: str, user_id: str) -> None:
@@ -262,8 +263,7 @@ class SandboxManager:
         resumed = await self._begin_resume(sandbox_id, actor_id)
         if resumed is None:
             raise InvalidState((await self._row(sandbox_id))["status"], "resume")
-        if self._on_change is not None:
-            self._on_change(sandbox_id)
+        await self._events.sandbox_status_changed(sandbox_id)
         self._background(sandbox_id, self._start(sandbox_id, Status.RESUMING))
         return self.to_json(resumed)
 
@@ -300,10 +300,8 @@ class SandboxManager:
             await self._db.execute("DELETE FROM sandboxes WHERE id = %s", (sandbox_id,))
             if is_local and self.tunnels is not None:
                 self.tunnels.revoke(sandbox_id)
-            if self._on_change is not None:
-                self._on_change(sandbox_id)
-            if self.on_delete is not None:
-                self.on_delete(sandbox_id)
+            await self._events.sandbox_status_changed(sandbox_id)
+            await self._events.sandbox_deleted(sandbox_id)
         self._log.info("sandbox {sandbox_id} deleted", sandbox_id=sandbox_id)
 
     async def delete_workspace(self, workspace_id: str, actor_id: str) -> None:

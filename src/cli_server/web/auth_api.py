@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from cli_server._version import __version__
-from cli_server.accounts import Accounts
+from cli_server.accounts import Accounts, User
 from cli_server.auth.ratelimit import (
     Backoff,
     FailureLimiter,
@@ -29,12 +29,12 @@ from cli_server.errors import (
     TooManyRequests,
     Unauthorized,
 )
-from cli_server.proxy.access import SandboxAccess
 from cli_server.sso.identities import Identities
 from cli_server.web.body import read_json_object, required_text, text_field
 from cli_server.web.ids import parse_id
 from cli_server.web.request import client_host
 from cli_server.web.responses import install_json_errors, json_response, no_content
+from cli_server.web.routes import route
 from cli_server.web.session import SessionCookies
 
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$")
@@ -82,7 +82,6 @@ class AuthAPI:
     _cookies: SessionCookies
     _logins: LoginGuard
     _registrations: FailureLimiter
-    _sandbox_access: SandboxAccess
     _registration: str = "open"  # open, invite or closed (config.parse_registration)
     _identities: Identities | None = None
     _password_login: bool = True  # off: single sign-on only (--password-login off)
@@ -92,6 +91,10 @@ class AuthAPI:
     app = Klein()
     install_json_errors(app)
 
+    @property
+    def cookies(self) -> SessionCookies:
+        return self._cookies
+
     def _check_password_login(self) -> None:
         if not self._password_login:
             labels = [p["label"] for p in self._providers()]
@@ -100,9 +103,8 @@ class AuthAPI:
                 f"this server signs people in with {names} only", code="password_login_off"
             )
 
-    @app.route("/register", methods=["POST"])
+    @route(app, "/register", methods=["POST"], public=True)
     async def register(self, request: IRequest) -> bytes:
-        self._cookies.check_origin(request)
         self._check_password_login()
         body = read_json_object(request)
         username = required_text(body, "username", max_length=32, min_length=3)
@@ -122,7 +124,7 @@ class AuthAPI:
         )
         return json_response(request, user.to_json(), 201)
 
-    @app.route("/registration", methods=["GET"])
+    @route(app, "/registration", methods=["GET"], public=True)
     async def registration(self, request: IRequest) -> bytes:
         """What the sign-in screen shows before anyone submits anything; ``first`` while
         there are no accounts (the next one, the admin, may register whatever the mode)."""
@@ -139,9 +141,8 @@ class AuthAPI:
             },
         )
 
-    @app.route("/login", methods=["POST"])
+    @route(app, "/login", methods=["POST"], public=True)
     async def login(self, request: IRequest) -> bytes:
-        self._cookies.check_origin(request)
         self._check_password_login()
         body = read_json_object(request)
         username = required_text(body, "username", max_length=254)
@@ -168,13 +169,11 @@ class AuthAPI:
             wait, why = waiting
             raise TooManyRequests(f"{why}; try again in {wait_in_words(wait)}", retry_after=wait)
 
-    @app.route("/password", methods=["PUT"])
-    async def change_password(self, request: IRequest) -> bytes:
+    @route(app, "/password", methods=["PUT"])
+    async def change_password(self, request: IRequest, user: User) -> bytes:
         """A new password; the user's other sessions and all sandbox sessions end. A wrong
         current password counts as a failed login, so this is no way around the guard. An
         account made by single sign-on, which has none, sets its first one without it."""
-        self._cookies.check_origin(request)
-        user = await self._cookies.user(request)
         body = read_json_object(request)
         current = text_field(body, "current_password", max_length=1024, strip=False, required=False)
         new = _new_password(body, "new_password")
@@ -201,67 +200,55 @@ class AuthAPI:
             self._logins.failed(account, address)
             raise Forbidden("the current password is wrong", code="wrong_password")
         await self._accounts.set_password(user.id, new, keep_token=self._cookies.token(request))
-        await self._sandbox_access.revoke_user(user.id)
         return no_content(request)
 
-    @app.route("/sessions", methods=["GET"])
-    async def sessions(self, request: IRequest) -> bytes:
-        user = await self._cookies.user(request)
+    @route(app, "/sessions", methods=["GET"])
+    async def sessions(self, request: IRequest, user: User) -> bytes:
         token = self._cookies.token(request)
         assert token is not None  # (a user was found from it)
         listed = await self._accounts.sessions(user.id, token)
         return json_response(request, [s.to_json() for s in listed])
 
-    @app.route("/sessions/<session_id>", methods=["DELETE"])
-    async def revoke_session(self, request: IRequest, session_id: str) -> bytes:
+    @route(app, "/sessions/<session_id>", methods=["DELETE"])
+    async def revoke_session(self, request: IRequest, user: User, session_id: str) -> bytes:
         """Signs one of the caller's sessions out (the current one too: that is a logout).
         Sandbox sessions are not tied to one login, so all of the user's end with it."""
-        self._cookies.check_origin(request)
-        user = await self._cookies.user(request)
         sid = parse_id(session_id, "session")
         token = self._cookies.token(request)
         assert token is not None  # (a user was found from it)
         closed = await self._accounts.close_session_by_id(user.id, sid, token)
         if closed is None:
             raise NotFound("no such session", code="session_not_found")
-        await self._sandbox_access.revoke_user(user.id)
         if closed == "current":
             self._cookies.clear(request)
         return no_content(request)
 
-    @app.route("/logout", methods=["POST"])
-    async def logout(self, request: IRequest) -> bytes:
-        self._cookies.check_origin(request)
-        user = await self._cookies.user(request)
+    @route(app, "/logout", methods=["POST"])
+    async def logout(self, request: IRequest, user: User) -> bytes:
         token = self._cookies.token(request)
         assert token is not None
         await self._accounts.close_session(token)
-        await self._sandbox_access.revoke_user(user.id)
         self._cookies.clear(request)
         return no_content(request)
 
-    @app.route("/me", methods=["GET"])
-    async def me(self, request: IRequest) -> bytes:
-        user = await self._cookies.user(request)
+    @route(app, "/me", methods=["GET"])
+    async def me(self, request: IRequest, user: User) -> bytes:
         has_password = await self._accounts.has_password(user.id)
         return json_response(request, {**user.to_json(), "has_password": has_password})
 
-    @app.route("/providers", methods=["GET"])
+    @route(app, "/providers", methods=["GET"], public=True)
     def providers(self, request: IRequest) -> bytes:
         return json_response(request, self._providers())
 
-    @app.route("/identities", methods=["GET"])
-    async def identities(self, request: IRequest) -> bytes:
+    @route(app, "/identities", methods=["GET"])
+    async def identities(self, request: IRequest, user: User) -> bytes:
         """The caller's own linked sign-ins."""
-        user = await self._cookies.user(request)
         listed = await self._identities.listed(user.id) if self._identities else []
         return json_response(request, [i.to_json() for i in listed])
 
-    @app.route("/identities/<identity_id>", methods=["DELETE"])
-    async def unlink_identity(self, request: IRequest, identity_id: str) -> bytes:
+    @route(app, "/identities/<identity_id>", methods=["DELETE"])
+    async def unlink_identity(self, request: IRequest, user: User, identity_id: str) -> bytes:
         """Unlinks one of the caller's identities; never their last way to sign in."""
-        self._cookies.check_origin(request)
-        user = await self._cookies.user(request)
         iid = parse_id(identity_id, "identity")
         if self._identities is None:
             raise NotFound("no such identity", code="identity_not_found")

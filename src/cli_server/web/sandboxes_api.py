@@ -6,6 +6,7 @@ from attrs import define
 from klein import Klein
 from twisted.web.iweb import IRequest
 
+from cli_server.accounts import User
 from cli_server.proxy.access import SandboxAccess
 from cli_server.proxy.urls import SandboxUrls
 from cli_server.roles import Role
@@ -13,24 +14,22 @@ from cli_server.sandboxes.manager import SandboxManager
 from cli_server.web.body import read_json_object, required_text
 from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content
+from cli_server.web.routes import route
 from cli_server.web.session import SessionCookies
 
 
 @define(eq=False)
 class WorkspaceSandboxesAPI:
-    """Mounted under ``/api/workspaces/<wid>/sandboxes`` by the workspaces app."""
+    """Mounted under ``/api/workspaces/<wid>/sandboxes`` by the workspaces app, whose
+    route declarations check the Origin and find the user."""
 
     _manager: SandboxManager
-    _cookies: SessionCookies
 
-    async def list(self, request: IRequest, workspace_id: str) -> bytes:
-        user = await self._cookies.user(request)
+    async def list(self, request: IRequest, user: User, workspace_id: str) -> bytes:
         wid = parse_id(workspace_id, "workspace")
         return json_response(request, await self._manager.list(wid, user.id))
 
-    async def create(self, request: IRequest, workspace_id: str) -> bytes:
-        self._cookies.check_origin(request)
-        user = await self._cookies.user(request)
+    async def create(self, request: IRequest, user: User, workspace_id: str) -> bytes:
         wid = parse_id(workspace_id, "workspace")
         await self._manager.workspaces.role_of(wid, user.id)
         name = required_text(read_json_object(request), "name", max_length=100)
@@ -49,45 +48,35 @@ class SandboxesAPI:
     app = Klein()
     install_json_errors(app)
 
-    @app.route("/<sandbox_id>", methods=["GET"])
-    async def get_sandbox(self, request: IRequest, sandbox_id: str) -> bytes:
-        user = await self._cookies.user(request)
+    @route(app, "/<sandbox_id>", methods=["GET"])
+    async def get_sandbox(self, request: IRequest, user: User, sandbox_id: str) -> bytes:
         sid = parse_id(sandbox_id, "sandbox")
         return json_response(request, await self._manager.get(sid, user.id))
 
-    @app.route("/<sandbox_id>", methods=["DELETE"])
-    async def delete_sandbox(self, request: IRequest, sandbox_id: str) -> bytes:
-        self._cookies.check_origin(request)
-        user = await self._cookies.user(request)
+    @route(app, "/<sandbox_id>", methods=["DELETE"])
+    async def delete_sandbox(self, request: IRequest, user: User, sandbox_id: str) -> bytes:
         await self._manager.delete(parse_id(sandbox_id, "sandbox"), user.id)
         return no_content(request)
 
-    @app.route("/<sandbox_id>/pause", methods=["POST"])
-    async def pause_sandbox(self, request: IRequest, sandbox_id: str) -> bytes:
-        self._cookies.check_origin(request)
-        user = await self._cookies.user(request)
+    @route(app, "/<sandbox_id>/pause", methods=["POST"])
+    async def pause_sandbox(self, request: IRequest, user: User, sandbox_id: str) -> bytes:
         sid = parse_id(sandbox_id, "sandbox")
         return json_response(request, await self._manager.pause(sid, user.id))
 
-    @app.route("/<sandbox_id>/resume", methods=["POST"])
-    async def resume_sandbox(self, request: IRequest, sandbox_id: str) -> bytes:
-        self._cookies.check_origin(request)
-        user = await self._cookies.user(request)
+    @route(app, "/<sandbox_id>/resume", methods=["POST"])
+    async def resume_sandbox(self, request: IRequest, user: User, sandbox_id: str) -> bytes:
         sid = parse_id(sandbox_id, "sandbox")
         return json_response(request, await self._manager.resume(sid, user.id))
 
-    @app.route("/<sandbox_id>/logs", methods=["GET"])
-    async def sandbox_logs(self, request: IRequest, sandbox_id: str) -> bytes:
+    @route(app, "/<sandbox_id>/logs", methods=["GET"])
+    async def sandbox_logs(self, request: IRequest, user: User, sandbox_id: str) -> bytes:
         """The tail of the sandbox's opencode output (developers and up)."""
-        user = await self._cookies.user(request)
         sid = parse_id(sandbox_id, "sandbox")
         return json_response(request, await self._manager.logs(sid, user.id))
 
-    @app.route("/<sandbox_id>/open", methods=["POST"])
-    async def open_sandbox(self, request: IRequest, sandbox_id: str) -> bytes:
+    @route(app, "/<sandbox_id>/open", methods=["POST"])
+    async def open_sandbox(self, request: IRequest, user: User, sandbox_id: str) -> bytes:
         """A one-time link that signs the caller in on the sandbox's own subdomain."""
-        self._cookies.check_origin(request)
-        user = await self._cookies.user(request)
         sid = parse_id(sandbox_id, "sandbox")
         await self._manager.authorized(sid, user.id, Role.GUEST)
         ticket = await self._access.mint_ticket(user.id, sid)

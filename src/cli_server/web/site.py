@@ -18,7 +18,9 @@ from cli_server.web.agents_api import AgentsAPI
 from cli_server.web.auth_api import AuthAPI
 from cli_server.web.invitations_api import InvitationsAPI
 from cli_server.web.responses import error_body, install_json_errors, json_response
+from cli_server.web.routes import route
 from cli_server.web.sandboxes_api import SandboxesAPI
+from cli_server.web.session import SessionCookies
 from cli_server.web.sso_api import SsoAPI
 from cli_server.web.webui import WebUI
 from cli_server.web.workspaces_api import WorkspacesAPI
@@ -45,12 +47,17 @@ class MainSite:
     app = Klein()
     install_json_errors(app)
 
-    @app.route("/healthz", methods=["GET", "HEAD"])
+    @property
+    def _cookies(self) -> SessionCookies:
+        """(for ``route``: the Origin rule of the state-changing routes mounted here)"""
+        return self._auth.cookies
+
+    @route(app, "/healthz", methods=["GET", "HEAD"], public=True)
     def healthz(self, request: IRequest) -> bytes:
         """Liveness: the process runs and the reactor turns."""
         return json_response(request, {"status": "ok"})
 
-    @app.route("/readyz", methods=["GET", "HEAD"])
+    @route(app, "/readyz", methods=["GET", "HEAD"], public=True)
     async def readyz(self, request: IRequest) -> bytes:
         """Readiness: started, and PostgreSQL answers now."""
         if not self._ready():
@@ -77,47 +84,47 @@ class MainSite:
             req.postpath.append(b"")
         return app.resource()
 
-    @app.route("/api/auth/oidc", branch=True, strict_slashes=False, methods=_ALL)
+    @route(app, "/api/auth/oidc", branch=True, strict_slashes=False, methods=_ALL, public=True)
     def sso(self, request: IRequest) -> IResource:
         if self._sso is None:
             raise NotFound("no such sign-in provider", code="provider_not_found")
         return self._mount(request, self._sso.app)
 
-    @app.route("/api/auth", branch=True, strict_slashes=False, methods=_ALL)
+    @route(app, "/api/auth", branch=True, strict_slashes=False, methods=_ALL, public=True)
     def auth(self, request: IRequest) -> IResource:
         return self._mount(request, self._auth.app)
 
-    @app.route("/api/workspaces", branch=True, strict_slashes=False, methods=_ALL)
+    @route(app, "/api/workspaces", branch=True, strict_slashes=False, methods=_ALL, public=True)
     def workspaces(self, request: IRequest) -> IResource:
         return self._mount(request, self._workspaces.app)
 
-    @app.route("/api/invitations", branch=True, strict_slashes=False, methods=_ALL)
+    @route(app, "/api/invitations", branch=True, strict_slashes=False, methods=_ALL, public=True)
     def invitations(self, request: IRequest) -> IResource:
         if self._invitations is None:
             raise NotFound("no such API route")
         return self._mount(request, self._invitations.app)
 
-    @app.route("/api/admin", branch=True, strict_slashes=False, methods=_ALL)
+    @route(app, "/api/admin", branch=True, strict_slashes=False, methods=_ALL, public=True)
     def admin(self, request: IRequest) -> IResource:
         if self._admin is None:
             raise NotFound("no such API route")
         return self._mount(request, self._admin.app)
 
-    @app.route("/api/sandboxes", branch=True, strict_slashes=False, methods=_ALL)
+    @route(app, "/api/sandboxes", branch=True, strict_slashes=False, methods=_ALL, public=True)
     def sandboxes(self, request: IRequest) -> IResource:
         return self._mount(request, self._sandboxes.app)
 
-    @app.route("/api/agent/register", methods=["POST"])
+    @route(app, "/api/agent/register", methods=["POST"], public=True)
     async def register_agent(self, request: IRequest) -> bytes:
         self._require_ready()
         return await self._agents.register(request)
 
-    @app.route("/api/tunnel/<sandbox_id>", methods=["GET"])
+    @route(app, "/api/tunnel/<sandbox_id>", methods=["GET"], public=True)
     async def tunnel(self, request: IRequest, sandbox_id: str) -> IResource | bytes:
         self._require_ready()
         return await self._agents.tunnel(request, sandbox_id)
 
-    @app.route("/metrics", methods=["GET"])
+    @route(app, "/metrics", methods=["GET"], public=True)
     def metrics(self, request: IRequest) -> bytes:
         """Prometheus text, for scrapers on this host only (it counts sandboxes)."""
         peer: Any = request.getClientAddress()
@@ -128,14 +135,14 @@ class MainSite:
         request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
         return bytes(self._metrics.render())
 
-    @app.route("/proxy/anthropic", branch=True, methods=_ALL)
+    @route(app, "/proxy/anthropic", branch=True, methods=_ALL, public=True)
     def anthropic_proxy(self, request: IRequest) -> IResource:
         return self._anthropic
 
-    @app.route("/", branch=True, methods=["GET", "HEAD"])
+    @route(app, "/", branch=True, methods=["GET", "HEAD"], public=True)
     def web_ui(self, request: IRequest) -> IResource:
         return self._ui
 
-    @app.route("/api", branch=True, methods=_ALL)
+    @route(app, "/api", branch=True, methods=_ALL, public=True)
     def unknown_api(self, request: IRequest) -> bytes:
         raise NotFound("no such API route")

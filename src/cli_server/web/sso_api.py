@@ -24,6 +24,7 @@ from cli_server.sso.providers import Provider, SsoProviders
 from cli_server.web.auth_api import FRESH_SIGN_IN
 from cli_server.web.request import client_host
 from cli_server.web.responses import install_json_errors
+from cli_server.web.routes import route
 from cli_server.web.session import SessionCookies, expire_cookie
 
 log = Logger()
@@ -50,7 +51,7 @@ class SsoAPI:
             raise NotFound("no such sign-in provider", code="provider_not_found")
         return provider
 
-    @app.route("/<provider>/login", methods=["GET"])
+    @route(app, "/<provider>/login", methods=["GET"], public=True)
     async def login(self, request: IRequest, provider: str) -> bytes:
         chosen = self._provider(provider)
         link_to = None
@@ -94,7 +95,7 @@ class SsoAPI:
         )
         return _redirect(request, 302, url)
 
-    @app.route("/<provider>/callback", methods=["GET"])
+    @route(app, "/<provider>/callback", methods=["GET"], public=True)
     async def callback(self, request: IRequest, provider: str) -> bytes:
         self._provider(provider)
         request.setHeader(b"referrer-policy", b"no-referrer")  # (the URL carries the code)

@@ -6,16 +6,17 @@ from attrs import define
 from klein import Klein
 from twisted.web.iweb import IRequest
 
+from cli_server.accounts import User
 from cli_server.anthropic.setup import ClaudeSetup
 from cli_server.anthropic.usage import UsageStore
 from cli_server.errors import BadRequest
-from cli_server.proxy.access import SandboxAccess
 from cli_server.roles import ROLE_NAMES, Role
 from cli_server.sandboxes.manager import SandboxManager
 from cli_server.tunnel.agents import LocalAgents
 from cli_server.web.body import read_json_object, required_text
 from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content
+from cli_server.web.routes import route
 from cli_server.web.sandboxes_api import WorkspaceSandboxesAPI
 from cli_server.web.session import SessionCookies
 from cli_server.workspaces import Workspaces
@@ -70,7 +71,6 @@ class WorkspacesAPI:
     _cookies: SessionCookies
     _manager: SandboxManager
     _sandboxes: WorkspaceSandboxesAPI
-    _access: SandboxAccess
     _usage: UsageStore
     _agents: LocalAgents
     _claude: ClaudeSetup = ClaudeSetup(False)
@@ -78,47 +78,38 @@ class WorkspacesAPI:
     app = Klein()
     install_json_errors(app)
 
-    @app.route("/", methods=["GET"], strict_slashes=False)
-    async def list_workspaces(self, request: IRequest) -> bytes:
-        user = await self._cookies.user(request)
+    @route(app, "/", methods=["GET"], strict_slashes=False)
+    async def list_workspaces(self, request: IRequest, user: User) -> bytes:
         return json_response(request, await self._workspaces.list_for(user.id))
 
-    @app.route("/", methods=["POST"], strict_slashes=False)
-    async def create_workspace(self, request: IRequest) -> bytes:
-        self._cookies.check_origin(request)
-        user = await self._cookies.user(request)
+    @route(app, "/", methods=["POST"], strict_slashes=False)
+    async def create_workspace(self, request: IRequest, user: User) -> bytes:
         name = required_text(read_json_object(request), "name", max_length=100)
         return json_response(request, await self._workspaces.create(user.id, name), 201)
 
-    @app.route("/<workspace_id>", methods=["GET"])
-    async def get_workspace(self, request: IRequest, workspace_id: str) -> bytes:
-        user = await self._cookies.user(request)
+    @route(app, "/<workspace_id>", methods=["GET"])
+    async def get_workspace(self, request: IRequest, user: User, workspace_id: str) -> bytes:
         wid = parse_id(workspace_id, "workspace")
         workspace = await self._workspaces.get(wid, user.id)
         # What the delete confirmation names: the sandboxes (and running ones) that go with it.
         workspace["sandbox_counts"] = await self._workspaces.sandbox_counts(wid)
         return json_response(request, workspace)
 
-    @app.route("/<workspace_id>", methods=["DELETE"])
-    async def delete_workspace(self, request: IRequest, workspace_id: str) -> bytes:
-        self._cookies.check_origin(request)
-        user = await self._cookies.user(request)
+    @route(app, "/<workspace_id>", methods=["DELETE"])
+    async def delete_workspace(self, request: IRequest, user: User, workspace_id: str) -> bytes:
         await self._manager.delete_workspace(parse_id(workspace_id, "workspace"), user.id)
         return no_content(request)
 
-    @app.route("/<workspace_id>/members", methods=["GET"])
-    async def list_members(self, request: IRequest, workspace_id: str) -> bytes:
-        user = await self._cookies.user(request)
+    @route(app, "/<workspace_id>/members", methods=["GET"])
+    async def list_members(self, request: IRequest, user: User, workspace_id: str) -> bytes:
         wid = parse_id(workspace_id, "workspace")
         return json_response(request, await self._workspaces.members(wid, user.id))
 
-    @app.route("/<workspace_id>/members", methods=["POST"])
-    async def add_member(self, request: IRequest, workspace_id: str) -> bytes:
+    @route(app, "/<workspace_id>/members", methods=["POST"])
+    async def add_member(self, request: IRequest, user: User, workspace_id: str) -> bytes:
         """Invite someone (201 ``{"status": "invited", "invitation_id"}``; 200 when the same
         invitation was pending already), or add them where the operator allows direct adds
         (``{"status": "member"}``)."""
-        self._cookies.check_origin(request)
-        user = await self._cookies.user(request)
         wid = parse_id(workspace_id, "workspace")
         await self._workspaces.role_of(wid, user.id)
         body = read_json_object(request)
@@ -127,59 +118,51 @@ class WorkspacesAPI:
         answer, created = await self._workspaces.add_member(wid, user.id, username, role)
         return json_response(request, answer, 201 if created else 200)
 
-    @app.route("/<workspace_id>/invitations", methods=["GET"])
-    async def list_invitations(self, request: IRequest, workspace_id: str) -> bytes:
+    @route(app, "/<workspace_id>/invitations", methods=["GET"])
+    async def list_invitations(self, request: IRequest, user: User, workspace_id: str) -> bytes:
         """Pending invitations, for owners and maintainers."""
-        user = await self._cookies.user(request)
         wid = parse_id(workspace_id, "workspace")
         return json_response(request, await self._workspaces.pending(wid, user.id))
 
-    @app.route("/<workspace_id>/members/<member_id>", methods=["PUT"])
-    async def update_member(self, request: IRequest, workspace_id: str, member_id: str) -> bytes:
-        self._cookies.check_origin(request)
-        user = await self._cookies.user(request)
+    @route(app, "/<workspace_id>/members/<member_id>", methods=["PUT"])
+    async def update_member(
+        self, request: IRequest, user: User, workspace_id: str, member_id: str
+    ) -> bytes:
         wid = parse_id(workspace_id, "workspace")
         await self._workspaces.role_of(wid, user.id)
         mid = parse_id(member_id, "member")
         role = parse_role(read_json_object(request))
         member = await self._workspaces.set_role(wid, user.id, mid, role)
-        await self._access.revoke_member(mid, wid)
-        await self._agents.member_changed(mid, wid)
         return json_response(request, member)
 
-    @app.route("/<workspace_id>/members/<member_id>", methods=["DELETE"])
-    async def remove_member(self, request: IRequest, workspace_id: str, member_id: str) -> bytes:
-        self._cookies.check_origin(request)
-        user = await self._cookies.user(request)
+    @route(app, "/<workspace_id>/members/<member_id>", methods=["DELETE"])
+    async def remove_member(
+        self, request: IRequest, user: User, workspace_id: str, member_id: str
+    ) -> bytes:
         wid = parse_id(workspace_id, "workspace")
         await self._workspaces.role_of(wid, user.id)
         mid = parse_id(member_id, "member")
         await self._workspaces.remove_member(wid, user.id, mid)
-        await self._access.revoke_member(mid, wid)
-        await self._agents.member_changed(mid, wid)
         return no_content(request)
 
-    @app.route("/<workspace_id>/sandboxes", methods=["GET"], strict_slashes=False)
-    async def list_sandboxes(self, request: IRequest, workspace_id: str) -> bytes:
-        return await self._sandboxes.list(request, workspace_id)
+    @route(app, "/<workspace_id>/sandboxes", methods=["GET"], strict_slashes=False)
+    async def list_sandboxes(self, request: IRequest, user: User, workspace_id: str) -> bytes:
+        return await self._sandboxes.list(request, user, workspace_id)
 
-    @app.route("/<workspace_id>/sandboxes", methods=["POST"], strict_slashes=False)
-    async def create_sandbox(self, request: IRequest, workspace_id: str) -> bytes:
-        return await self._sandboxes.create(request, workspace_id)
+    @route(app, "/<workspace_id>/sandboxes", methods=["POST"], strict_slashes=False)
+    async def create_sandbox(self, request: IRequest, user: User, workspace_id: str) -> bytes:
+        return await self._sandboxes.create(request, user, workspace_id)
 
-    @app.route("/<workspace_id>/agent-code", methods=["POST"])
-    async def agent_code(self, request: IRequest, workspace_id: str) -> bytes:
+    @route(app, "/<workspace_id>/agent-code", methods=["POST"])
+    async def agent_code(self, request: IRequest, user: User, workspace_id: str) -> bytes:
         """A one-time code (10 minutes) with which a laptop's agent joins the workspace."""
-        self._cookies.check_origin(request)
-        user = await self._cookies.user(request)
         wid = parse_id(workspace_id, "workspace")
         return json_response(request, await self._agents.mint_code(wid, user.id), 201)
 
-    @app.route("/<workspace_id>/usage", methods=["GET"])
-    async def usage(self, request: IRequest, workspace_id: str) -> bytes:
+    @route(app, "/<workspace_id>/usage", methods=["GET"])
+    async def usage(self, request: IRequest, user: User, workspace_id: str) -> bytes:
         """This month's Anthropic token usage, by sandbox, model and day, the budget, and
         whether Claude is set up on this server at all (``claude``)."""
-        user = await self._cookies.user(request)
         wid = parse_id(workspace_id, "workspace")
         await self._workspaces.role_of(wid, user.id)
         return json_response(request, await self._report(wid))
@@ -187,11 +170,9 @@ class WorkspacesAPI:
     async def _report(self, wid: str) -> dict[str, object]:
         return {**await self._usage.report(wid), "claude": self._claude.report()}
 
-    @app.route("/<workspace_id>/budget", methods=["PUT"])
-    async def set_budget(self, request: IRequest, workspace_id: str) -> bytes:
+    @route(app, "/<workspace_id>/budget", methods=["PUT"])
+    async def set_budget(self, request: IRequest, user: User, workspace_id: str) -> bytes:
         """Owners set a monthly token budget (null: none)."""
-        self._cookies.check_origin(request)
-        user = await self._cookies.user(request)
         wid = parse_id(workspace_id, "workspace")
         await self._workspaces.require(wid, user.id, Role.OWNER)
         value = parse_budget(read_json_object(request))

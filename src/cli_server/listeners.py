@@ -1,0 +1,81 @@
+"""Who hears the domain's events (``events.Listener``): the proxy's sessions and streams,
+local agents' tunnels, and the Anthropic proxy's calls."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from attrs import define
+
+from cli_server.anthropic.proxy import AnthropicProxy
+from cli_server.proxy.access import SandboxAccess
+from cli_server.tunnel.agents import LocalAgents
+
+
+@define(eq=False)
+class ProxyListener:
+    """Sandbox sessions end and their open connections are cut; a changed sandbox's cached
+    status (and, through ``forget``, what else the proxy keeps about it) is dropped."""
+
+    _access: SandboxAccess
+    _forget: Callable[[str], None] = lambda sandbox_id: None
+
+    async def user_revoked(self, user_id: str) -> None:
+        await self._access.revoke_user(user_id)
+
+    async def user_disabled(self, user_id: str) -> None:
+        await self._access.revoke_user(user_id)
+
+    async def member_changed(self, user_id: str, workspace_id: str) -> None:
+        await self._access.revoke_member(user_id, workspace_id)
+
+    async def sandbox_deleted(self, sandbox_id: str) -> None:
+        self._access.revoke_sandbox(sandbox_id)
+
+    async def sandbox_status_changed(self, sandbox_id: str) -> None:
+        self._access.status_changed(sandbox_id)
+        self._forget(sandbox_id)
+
+
+@define(eq=False)
+class AgentsListener:
+    """A local agent whose registrant may no longer run it stops (its tunnel closes)."""
+
+    _agents: LocalAgents
+
+    async def user_revoked(self, user_id: str) -> None:
+        pass  # (the account may still run its agents: that needs no session)
+
+    async def user_disabled(self, user_id: str) -> None:
+        await self._agents.account_disabled(user_id)
+
+    async def member_changed(self, user_id: str, workspace_id: str) -> None:
+        await self._agents.member_changed(user_id, workspace_id)
+
+    async def sandbox_deleted(self, sandbox_id: str) -> None:
+        pass  # (the manager closes a deleted local sandbox's tunnel itself)
+
+    async def sandbox_status_changed(self, sandbox_id: str) -> None:
+        pass
+
+
+@define(eq=False)
+class AnthropicListener:
+    """A sandbox that stopped or went away: its Anthropic calls under way are cut."""
+
+    _anthropic: AnthropicProxy
+
+    async def user_revoked(self, user_id: str) -> None:
+        pass
+
+    async def user_disabled(self, user_id: str) -> None:
+        pass  # (its agents' tokens are cleared by ``AgentsListener``)
+
+    async def member_changed(self, user_id: str, workspace_id: str) -> None:
+        pass
+
+    async def sandbox_deleted(self, sandbox_id: str) -> None:
+        pass  # (a delete is also a status change)
+
+    async def sandbox_status_changed(self, sandbox_id: str) -> None:
+        self._anthropic.status_changed(sandbox_id)

@@ -1,0 +1,94 @@
+"""How an API route is declared: the Origin rule and the caller are part of the declaration.
+
+``route(app, path, methods=[...])`` declares a Klein route whose handler receives the
+signed-in ``User`` after the request: ``handler(self, request, user, **path_args)``. Every
+method that may change state (all but GET, HEAD, OPTIONS) passes the same-origin rule
+first, on every route, public ones too; so a state-changing route cannot be declared
+without it. ``public=True`` routes (login, register, health, single sign-on...) get no user:
+``handler(self, request, **path_args)``.
+
+The instance the app belongs to holds the ``SessionCookies`` as ``_cookies``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from functools import wraps
+from typing import Any, Protocol
+
+from attrs import frozen
+from klein import Klein
+from twisted.web.iweb import IRequest
+
+from cli_server.web.session import SessionCookies
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+Handler = Callable[..., Any]
+
+
+class HasSession(Protocol):
+    """What an API class offers the routes declared on its app."""
+
+    @property
+    def _cookies(self) -> SessionCookies: ...
+
+
+@frozen
+class Declaration:
+    """One route as declared: what ``declared`` answers for the app's url map."""
+
+    endpoint: str
+    path: str
+    methods: tuple[str, ...]
+    public: bool
+
+
+# By ``id(app)``: Klein apps compare by value (unhashable); ours are class attributes, alive
+# as long as the process.
+_declared: dict[int, list[Declaration]] = {}
+
+
+def declared(app: Klein) -> dict[str, Declaration]:
+    """The routes of ``app`` declared with ``route``, by Klein endpoint name (a branch route's
+    second rule, ``<name>_branch``, is listed under that name too)."""
+    found: dict[str, Declaration] = {}
+    for declaration in _declared.get(id(app), []):
+        found[declaration.endpoint] = declaration
+        found[declaration.endpoint + "_branch"] = declaration
+    return found
+
+
+def route(
+    app: Klein,
+    path: str,
+    *,
+    methods: Sequence[str],
+    public: bool = False,
+    **options: Any,
+) -> Callable[[Handler], Handler]:
+    """Declare ``path`` on ``app`` (``options`` go to Klein: ``branch``, ``strict_slashes``)."""
+    allowed = tuple(m.upper() for m in methods)
+
+    def declare(handler: Handler) -> Handler:
+        @wraps(handler)
+        async def guarded(self: HasSession, request: IRequest, *args: Any, **kwargs: Any) -> Any:
+            cookies = self._cookies
+            cookies.check_origin(request)  # (a no-op for GET, HEAD and OPTIONS)
+            if public:
+                answer = handler(self, request, *args, **kwargs)
+            else:
+                user = await cookies.user(request)
+                answer = handler(self, request, user, *args, **kwargs)
+            if inspect.isawaitable(answer):
+                return await answer
+            return answer
+
+        app.route(path, methods=list(allowed), **options)(guarded)
+        _declared.setdefault(id(app), []).append(
+            Declaration(handler.__name__, path, allowed, public)
+        )
+        return guarded
+
+    return declare

@@ -354,7 +354,10 @@ def build(
 
     def forget(sandbox_id: str) -> None:
         endpoints.forget(sandbox_id)
-        relay.expire(sandbox_id)  # (the relay is built below, before anything can change)
+        # A sandbox whose status changed (paused, failed, stopped, deleted; one that starts
+        # has nothing open) keeps nothing open through the proxy: its connections are cut,
+        # in twisted.web and in every relay worker, as a revocation's are.
+        sandbox_access.revoke_sandbox(sandbox_id)
 
     manager = SandboxManager(
         db,

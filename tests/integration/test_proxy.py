@@ -401,6 +401,27 @@ async def test_event_streams_are_carried_by_the_relay_workers(proxy: Proxy) -> N
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_paused_sandbox_keeps_no_stream_open_on_any_path(proxy: Proxy) -> None:
+    """A status change away from running (here: a pause) cuts what the sandbox has open,
+    carried by a relay worker or by twisted.web alike, as a revocation does (this FAKE
+    sandbox would tick on: only the cut ends them)."""
+    reactor, relay = _reactor(), proxy.app.server.relay_workers
+    cookie = await proxy.open("developer")
+    await wait_until(reactor, lambda: relay.ready, timeout=10)
+    carried = await _stream(proxy, "/ticks", cookie)
+    served = await _stream(proxy, "/ticks", cookie, "Expect: 100-continue\r\n")  # twisted.web
+    for stream in (carried, served):
+        await wait_until(reactor, lambda s=stream: s.received.count(b"data: tick") >= 2, timeout=10)
+    assert relay.carrying == 1
+    paused = await proxy.people["developer"].call("POST", f"/api/sandboxes/{proxy.sandbox}/pause")
+    assert paused.code == 200, paused
+    for stream in (carried, served):
+        await stream.closed  # cut, with no ending chunk
+        assert not stream.received.endswith(b"0\r\n\r\n")
+    await wait_until(reactor, lambda: relay.carrying == 0, timeout=10)
+
+
+@pytest_twisted.ensureDeferred
 async def test_slow_reader_is_backpressured(proxy: Proxy) -> None:
     """A client that stops reading pauses its upstream instead of growing our memory, and
     other requests are served meanwhile."""

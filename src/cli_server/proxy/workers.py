@@ -139,9 +139,9 @@ class RelayWorkers(Service):
                 worker.send(b"X" + b"".join(ID.pack(i) for i in ids[start : start + 500]))
 
     def expire(self, sandbox_id: str) -> None:
-        """The sandbox's status changed: grants for it are over, so each connection comes
-        back with its next request and is routed afresh (a request or stream under way
-        goes on; a sandbox that stops ends it anyway)."""
+        """Grants for the sandbox are over: each connection comes back with its next request
+        and is routed afresh (a request or stream under way goes on). A status change does
+        more: it cuts them (``cut``, through ``SandboxAccess.revoke_sandbox``)."""
         for conn_id, carried in self._carried.items():
             if carried.whose.sandbox_id == sandbox_id:
                 carried.worker.send(RENEWED.pack(b"G", conn_id, 0.0))

@@ -9,8 +9,7 @@ grant: a plain head (``request_head.py``, as the router reads it) with no body o
 ``rules.decide`` forwards for the grant's role; and the grant not run out (it holds as long as
 the server would trust its own cached routing: at most a second). Anything else goes back to
 the server with every byte not yet used (``Back.ASK``). While a connection is in use, the
-server renews its grant; a revocation cuts it at once; a status change of its sandbox ends
-the grant.
+server renews its grant; a revocation or a status change of its sandbox cuts it at once.
 
 Only the standard library and httptools: the workers import this.
 """
@@ -113,7 +112,7 @@ class KeptConnection:
         self._block = b""  # the last header block seen, and what the sandbox gets for it
         self._headers = b""
         self._listener = rules.Listener(grant.scheme, grant.base_host, b"")
-        # (granted for a running cloud sandbox; a status change ends the grant)
+        # (granted for a running cloud sandbox; a status change cuts the connection)
         self._session = rules.Session(Role(grant.role), "running", False)
         browser.setblocking(False)
         self._add(browser, self.from_browser)

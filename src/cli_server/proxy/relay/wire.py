@@ -6,7 +6,7 @@ From the server:
   (``Grant``) saying which requests it may take and where the sandbox is.
 - ``X``: cut these (their session was revoked).
 - ``G``: a connection's grant now holds until then: longer (answering an ``R``), or already
-  over (0: not renewed, or its sandbox's status changed).
+  over (0: not renewed, or ended by the server).
 
 From the worker:
 - ``E``: a connection ended.

@@ -9,7 +9,8 @@ body (twisted.web), a WebSocket upgrade (``ws``: a relay worker, or twisted.web'
 TLS); each on the plain listener and on a TLS listener (where twisted.web carries everything),
 to a cloud sandbox and to a laptop's (a real cli-agent, over the tunnel: twisted.web). The
 whole module runs under a server configured for http and one for https. The dimensions are
-varied one at a time over the others' safe defaults, plus the pairs that matter; the ids read as the cell (``https-relay-plain-cloud/guest/POST``).
+varied one at a time over the others' safe defaults, plus the pairs that matter; the ids
+read as the cell (``https-relay-plain-cloud/guest/POST``).
 """
 
 from __future__ import annotations

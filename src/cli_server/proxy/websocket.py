@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -141,9 +141,8 @@ async def splice(
     transport, request.channel.transport = request.channel.transport, None
     hand_over(transport, browser)
     browser.makeConnection(transport)
-    producer = getattr(transport, "_networkProducer", None)
-    if producer is not None:
-        producer.resumeProducing()  # twisted.web paused reading while it served the request
+    if IPushProducer.providedBy(transport):
+        transport.resumeProducing()  # (twisted.web may have paused reading while it served)
     assert upstream.transport is not None
     upstream.transport.write(_head(request, headers))
     browser.flush_to(upstream)

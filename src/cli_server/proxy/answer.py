@@ -17,6 +17,7 @@ import httptools
 from attrs import frozen
 
 from cli_server.proxy.hygiene import ANSWER_LINES, HOP_BY_HOP, kept_answer_header
+from cli_server.proxy.request_head import MAX_HEAD, head_end
 
 
 class Framing(Enum):
@@ -178,6 +179,28 @@ def reframe(code: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> Ref
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+def upgrade_answer(buffered: bytes) -> tuple[int | None, bytes, bytes]:
+    """Reads the answer to a WebSocket upgrade from what the sandbox sent so far: interim
+    heads (``100``, ``103``) are dropped; a ``101`` or a final head comes back cleaned
+    (``clean_upgrade_answer``), with the bytes after it: (status, cleaned head, rest). While
+    the head is incomplete: (None, b"", what was read); if it cannot be read line by line,
+    or is too long: (-1, b"", b"") (the connection must end: no byte after a head nobody
+    cleaned may reach the browser)."""
+    while True:
+        end = head_end(buffered)
+        if end < 0:
+            if len(buffered) > MAX_HEAD or b"\n\n" in buffered:
+                return -1, b"", b""
+            return None, b"", buffered
+        code = status_of(buffered)
+        cleaned = clean_upgrade_answer(buffered[:end]) if end <= MAX_HEAD else None
+        if code is None or cleaned is None:
+            return -1, b"", b""
+        buffered = buffered[end:]
+        if code == 101 or code >= 200:
+            return code, cleaned, buffered
 
 
 def status_of(head: bytes) -> int | None:

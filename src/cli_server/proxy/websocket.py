@@ -18,9 +18,8 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
-from cli_server.proxy.answer import clean_upgrade_answer, status_of
+from cli_server.proxy.answer import upgrade_answer
 from cli_server.proxy.hygiene import clean_query
-from cli_server.proxy.request_head import MAX_HEAD, head_end
 from cli_server.proxy.takeover import hand_over
 from cli_server.quiet import connect_quietly
 
@@ -47,31 +46,22 @@ class _Side(Protocol):
         self._send(data)
 
     def _answer_head(self, buffered: bytes) -> bytes:
-        """Reads the answer's heads: interim ones (``100``, ``103``) are dropped, a ``101``
-        passes cleaned and the splice begins; any other answer passes cleaned and the
-        connection ends after it, so no byte after a head nobody cleaned reaches the browser.
+        """Reads the answer's head (``answer.upgrade_answer``): a ``101`` passes cleaned and
+        the splice begins; any other answer passes cleaned and the connection ends after it.
         Returns what to relay now (the cleaned 101 and what follows it)."""
-        while True:
-            end = head_end(buffered)
-            if end <= 0:
-                self._head = buffered
-                if len(buffered) > MAX_HEAD or b"\n\n" in buffered:
-                    self._abort()
-                return b""
-            status = status_of(buffered)
-            cleaned = clean_upgrade_answer(buffered[:end]) if end <= MAX_HEAD else None
-            if status is None or cleaned is None:
-                self._abort()  # not a head we can read line by line: not for us
-                return b""
-            buffered = buffered[end:]
-            if status == 101:
-                self._head = None
-                return cleaned + buffered
-            if status >= 200:
-                self._head, self._ended = None, True
-                self._send(cleaned)
-                self._close_both()
-                return b""
+        code, cleaned, rest = upgrade_answer(buffered)
+        if code is None:
+            self._head = rest
+        elif code < 0:
+            self._abort()  # not a head we can read line by line: not for us
+        elif code == 101:
+            self._head = None
+            return cleaned + rest
+        else:
+            self._head, self._ended = None, True
+            self._send(cleaned)
+            self._close_both()
+        return b""
 
     def _send(self, data: bytes) -> None:
         if not data:

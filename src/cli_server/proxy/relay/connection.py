@@ -29,9 +29,8 @@ from cli_server.proxy.answer import (
     AnswerReader,
     Framing,
     Read,
-    clean_upgrade_answer,
     reframe,
-    status_of,
+    upgrade_answer,
 )
 from cli_server.proxy.hygiene import plain_upstream_headers
 from cli_server.proxy.relay.wire import Back, Grant
@@ -323,37 +322,22 @@ class KeptConnection:
         self.write()
 
     def _upgrade_answer(self, buffered: bytes) -> None:
-        """The answer to an upgrade, read whole: interim heads are dropped, a 101 passes
-        cleaned (``answer.clean_upgrade_answer``: the rule of every answer) and the splice
-        begins; any other answer's head passes cleaned and the connection ends after it, so
-        no byte after a head nobody cleaned reaches the browser."""
-        while True:
-            end = head_end(buffered)
-            if end < 0:
-                self.answer = buffered
-                if len(buffered) > MAX_HEAD or b"\n\n" in buffered:
-                    self._drop_sandbox()
-                    self._finish(_Then.CLOSE)  # not a head we can read line by line
-                return
-            code = status_of(buffered)
-            cleaned = clean_upgrade_answer(buffered[:end]) if end <= MAX_HEAD else None
-            if code is None or cleaned is None:
-                self._drop_sandbox()
-                self._finish(_Then.CLOSE)
-                return
-            buffered = buffered[end:]
-            if code >= 200 or code == 101:
-                self.loop.relayed(self.grant.sandbox_id)
-                self.answer = b""
-                self.out.append(cleaned)
-                if code == 101:
-                    self.state = _State.SPLICED
-                    self.out.append(buffered)
-                    self.write()
-                else:
-                    self._drop_sandbox()
-                    self._finish(_Then.CLOSE)
-                return
+        """The answer to an upgrade (``answer.upgrade_answer``): a 101 passes cleaned and the
+        splice begins; any other answer's head passes cleaned and the connection ends."""
+        code, cleaned, rest = upgrade_answer(buffered)
+        if code is None:
+            self.answer = rest
+            return
+        self.answer = b""
+        if code == 101:
+            self.state = _State.SPLICED
+        else:
+            self._drop_sandbox()
+            self.then = _Then.CLOSE
+        if code > 0:
+            self.loop.relayed(self.grant.sandbox_id)
+            self.out += (cleaned, rest) if code == 101 else (cleaned,)
+        self.write()
 
     def _connected(self) -> None:
         assert self.sandbox is not None

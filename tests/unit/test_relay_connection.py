@@ -629,6 +629,13 @@ def test_a_websocket_is_spliced_with_its_101_cleaned_and_no_time_limit() -> None
     assert k.report()[0] == b"E" + ID.pack(7)
 
 
+def test_bytes_sent_before_the_101_reach_the_sandbox_after_it() -> None:
+    k = Kept(TERMINAL + b"early")
+    assert k.upstream().endswith(b"\r\n\r\n")  # (the head alone: no frame before the 101)
+    k.answer(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+    assert k.upstream() == b"early"
+
+
 def test_an_upgrade_the_sandbox_refuses_passes_cleaned_and_ends() -> None:
     k = Kept(TERMINAL)
     k.upstream()

@@ -331,6 +331,9 @@ class KeptConnection:
         self.answer = b""
         if code == 101:
             self.state = _State.SPLICED
+            if self.buffer:  # (what the browser sent after its upgrade request)
+                early, self.buffer = self.buffer, b""
+                self._send_sandbox(early)
         else:
             self._drop_sandbox()
             self.then = _Then.CLOSE

@@ -114,6 +114,17 @@ def parse_positive_int(text: str) -> int:
     return value
 
 
+def parse_workers(text: str) -> int:
+    """``--proxy-workers``: how many relay workers (0: none, twisted.web carries everything)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number of workers") from None
+    if not 0 <= value <= 256:
+        raise ValueError(f"{text!r} must be from 0 (no workers) to 256")
+    return value
+
+
 def parse_size(text: str) -> int:
     """``512m``, ``2g``, ``1.5G`` or plain bytes."""
     value = text.strip().lower().removesuffix("b").removesuffix("i")
@@ -310,6 +321,7 @@ class ServerConfig:
     sso_allowed_domains: tuple[str, ...] = ()
     password_login: bool = True
     access_log: str = "changes"  # all, changes or off (parse_access_log)
+    proxy_workers: int = 1  # relay worker processes (parse_workers); tap's default: the CPUs
     # Secrets: only from the environment (a command line is visible to every local user).
     anthropic_api_key: str | None = field(default=None, repr=False)
     anthropic_auth_token: str | None = field(default=None, repr=False)

@@ -36,14 +36,13 @@ from cli_server.listeners import AgentsListener, AnthropicListener, ProxyListene
 from cli_server.metrics import Metrics
 from cli_server.proxy.access import SandboxAccess
 from cli_server.proxy.endpoints import RunningEndpoints
-from cli_server.proxy.fast_path import FastPath
 from cli_server.proxy.forward import Forwarder
-from cli_server.proxy.front_door import FrontDoorFactory
 from cli_server.proxy.live import LiveStreams
+from cli_server.proxy.router import RouterFactory
+from cli_server.proxy.routes import Routes
 from cli_server.proxy.site import SandboxCookie, SandboxSite
-from cli_server.proxy.stream_relay import StreamRelay
-from cli_server.proxy.upstream import UpstreamPool
 from cli_server.proxy.urls import SandboxUrls
+from cli_server.proxy.workers import RelayWorkers
 from cli_server.sandboxes.activity import ActivityRecorder
 from cli_server.sandboxes.backend import SandboxBackend
 from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes
@@ -183,8 +182,8 @@ class Server:
     """The built service tree plus the pieces tests and siblings reach into."""
 
     root: OrderedMultiService
-    site: Site  # twisted.web's, behind the front door
-    front_door: FrontDoorFactory  # what the listening ports serve
+    site: Site  # twisted.web's, behind the router
+    router: RouterFactory  # what the listening ports serve
     database: DatabaseService
     manager: SandboxManager
     backend: Any
@@ -192,7 +191,7 @@ class Server:
     proxy_access: SandboxAccess
     anthropic: AnthropicProxy
     tunnels: TunnelHub
-    stream_relay: StreamRelay
+    relay_workers: RelayWorkers
     anthropic_door: Any = None  # (sandbox_id, netns or None) -> (IListeningPort, port)
     accounts: Accounts | None = None
     identities: Identities | None = None  # who a single sign-on signs in (sso.claims.SignIns)
@@ -355,7 +354,10 @@ def build(
 
     def forget(sandbox_id: str) -> None:
         endpoints.forget(sandbox_id)
-        relay.expire(sandbox_id)  # (the relay is built below, before anything can change)
+        # A sandbox whose status changed (paused, failed, stopped, deleted; one that starts
+        # has nothing open) keeps nothing open through the proxy: its connections are cut,
+        # in twisted.web and in every relay worker, as a revocation's are.
+        sandbox_access.revoke_sandbox(sandbox_id)
 
     manager = SandboxManager(
         db,
@@ -497,8 +499,8 @@ def build(
     web.displayTracebacks = False
     web.access_log = config.access_log
     # (before the listeners: stopped after them, so nothing is handed to it while it stops)
-    relay = StreamRelay(reactor, metrics.relayed_streams)
-    relay.setName("stream-relay")
+    relay = RelayWorkers(reactor, config.proxy_workers, metrics.relayed_streams)
+    relay.setName("relay-workers")
     relay.setServiceParent(root)
 
     def cut_streams(**match: str) -> None:
@@ -506,29 +508,28 @@ def build(
         relay.cut(**match)
 
     sandbox_access.cut_streams = cut_streams
-    fast = FastPath(
+    routes = Routes(
         sandbox_access,
         endpoints,
         activity,
-        UpstreamPool(reactor),
         urls.base_host,
         config.base_scheme.encode(),
         sandbox_cookie.name,
         urls.dashboard,
         metrics,
-        relay=relay,
+        workers=relay if config.proxy_workers else None,
         live=live,
     )
-    relay.on_relayed = fast.relayed  # (what the relay process relayed counts as activity)
-    front_door = FrontDoorFactory(web, fast, reactor)
+    relay.on_relayed = routes.relayed  # (what the workers relayed counts as activity)
+    router = RouterFactory(web, routes, reactor)
     for n, description in enumerate(config.listen):
-        listener = StreamServerEndpointService(serverFromString(reactor, description), front_door)
+        listener = StreamServerEndpointService(serverFromString(reactor, description), router)
         listener.setName(f"http-{n}")
         listener.setServiceParent(root)
     return Server(
         root,
         web,
-        front_door,
+        router,
         database,
         manager,
         backend,

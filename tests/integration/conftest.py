@@ -164,7 +164,7 @@ async def start_server(
     server.root.startService()
     if wait_ready:
         await wait_until(reactor, lambda: server.database.ready)
-    listening = reactor.listenTCP(port, server.front_door, interface="127.0.0.1")
+    listening = reactor.listenTCP(port, server.router, interface="127.0.0.1")
     return Running(server, listening, reactor)
 
 

@@ -625,7 +625,7 @@ async def test_docker_tokens_work_only_from_their_own_container(
         hosts = engine.docker("exec", f"cli-sbx-{a}", "cat", "/etc/hosts")
         (gateway,) = [ln.split()[0] for ln in hosts.splitlines() if "host.docker.internal" in ln]
         # the server's listener where containers reach it (the host's side of their bridge)
-        gateway_port = reactor.listenTCP(port, app.server.front_door, interface=gateway)
+        gateway_port = reactor.listenTCP(port, app.server.router, interface=gateway)
         token_a, token_b = _container_token(engine, a), _container_token(engine, b)
 
         def from_(container: str, token: str) -> Any:

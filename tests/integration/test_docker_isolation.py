@@ -157,7 +157,7 @@ async def _guarded(db_url: str, engine: Engine, disk_root: Path | None = None) -
     config = attrs.evolve(server_config(db_url), backend="docker")
     app = await start_server(db_url, config=config, backend=backend)
     # The door as a real deployment has it: the server's port on every host address.
-    public = reactor.listenTCP(door, app.server.front_door, interface="0.0.0.0")
+    public = reactor.listenTCP(door, app.server.router, interface="0.0.0.0")
     return Guarded(app, engine, backend, pool, *await team(app), door=door, public=public)
 
 

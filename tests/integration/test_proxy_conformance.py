@@ -2,15 +2,15 @@
 every path a request can travel, to a FAKE hostile sandbox that records exactly what reaches
 it; each cell asserts both what the sandbox got and what the browser got.
 
-A path is the request's shape, which is what decides the engine that carries it today (see
-docs/performance.md): no body on a keep-alive connection (``relay``: a GET goes to the relay
-process on the plain listener, a HEAD to twisted.web, other methods to the front door), a
-``Content-Length`` body (the front door), a chunked body (twisted.web), a WebSocket upgrade
-(the splice); each on the plain listener and on a TLS listener (where the front door carries
-what the relay process would), to a cloud sandbox and to a laptop's (a real cli-agent, over
-the tunnel: twisted.web). The whole module runs under a server configured for http and one
-for https. The dimensions are varied one at a time over the others' safe defaults, plus the
-pairs that matter; the ids read as the cell (``https-relay-plain-cloud/guest/POST``).
+A path is the request's shape, which is what decides the engine that carries it (see
+docs/architecture.md): no body on a keep-alive connection (``relay``: a relay worker on the
+plain listener, a HEAD twisted.web), a ``Content-Length`` body (a relay worker), a chunked
+body (twisted.web), a WebSocket upgrade (``ws``: a relay worker, or twisted.web's splice on
+TLS); each on the plain listener and on a TLS listener (where twisted.web carries everything),
+to a cloud sandbox and to a laptop's (a real cli-agent, over the tunnel: twisted.web). The
+whole module runs under a server configured for http and one for https. The dimensions are
+varied one at a time over the others' safe defaults, plus the pairs that matter; the ids
+read as the cell (``https-relay-plain-cloud/guest/POST``).
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ async def world(request: Any, postgres: EmbeddedPostgres) -> AsyncIterator[World
     key, cert = _self_signed(root)
     tls = await serverFromString(
         reactor, f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
-    ).listen(app.server.front_door)
+    ).listen(app.server.router)
     # (an https server's Secure cookies come back only over TLS: its API is used there)
     api = app
     if scheme == "https":
@@ -661,8 +661,8 @@ async def test_origin(world: World, path: Path, origin: str, method: bytes) -> N
 
 # (listener, header that changes the engine, sandbox); None: a WebSocket
 STREAMS = {
-    "events-relay-plain-cloud": ("plain", b"", "cloud"),  # no body: the relay process
-    "events-frontdoor-tls-cloud": ("tls", b"", "cloud"),  # the same on TLS: the front door
+    "events-relay-plain-cloud": ("plain", b"", "cloud"),  # no body: a relay worker
+    "events-web-tls-cloud": ("tls", b"", "cloud"),  # the same on TLS: twisted.web
     "events-web-plain-cloud": ("plain", b"TE: trailers\r\n", "cloud"),  # twisted.web's
     "ws-plain-cloud": ("plain", None, "cloud"),
     "ws-tls-cloud": ("tls", None, "cloud"),
@@ -781,8 +781,8 @@ async def _within(reactor: Any, d: Deferred[None], seconds: float, why: str) -> 
         raise AssertionError(why) from e
 
 
-# A second request on a kept-alive connection: whoever carries the connection by then (the
-# relay process, after a GET on the plain listener) decides it afresh, with the same rules.
+# A second request on a kept-alive connection: whoever carries the connection by then (a
+# relay worker, after a GET on the plain listener) decides it afresh, with the same rules.
 # (role, method, carrier, origin, target, expected kind, status)
 FOLLOW_UPS: dict[str, tuple[str, bytes, str, str, bytes, str, int]] = {
     "same-get": ("developer", b"GET", "relay", "own", b"/f?x=1", FORWARD, 200),

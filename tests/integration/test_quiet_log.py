@@ -20,10 +20,12 @@ KILLED = "opencode was killed by signal 9 (SIGKILL)"
 
 def _stop_group(server: Daemon) -> None:
     """SIGTERM to the server's whole process group, as a terminal or service manager sends;
-    the relay process first (which of them acts on it first is otherwise a race)."""
+    the relay workers first (which of them acts on it first is otherwise a race)."""
     assert server.proc is not None
-    (relay,) = [p for p in descendants(server.proc.pid) if "relay_process" in cmdline(p)]
-    os.kill(relay, signal.SIGTERM)
+    workers = [p for p in descendants(server.proc.pid) if "proxy.relay.worker" in cmdline(p)]
+    assert workers
+    for relay in workers:
+        os.kill(relay, signal.SIGTERM)
     time.sleep(0.3)  # (less than the relay's first restart delay, 1 s)
     os.killpg(server.proc.pid, signal.SIGTERM)
     server.proc.wait(30)

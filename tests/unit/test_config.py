@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import attrs
@@ -88,6 +89,7 @@ class OptionsTests(SynchronousTestCase):
                 "CLI_SERVER_DATA": "/srv/cli",
                 "SESSION_LIFETIME": "12h",
                 "MAX_SANDBOXES": "8",
+                "PROXY_WORKERS": "1",
             },
         ).config()
         self.assertEqual(
@@ -121,6 +123,18 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(config.base_scheme, "http")
         self.assertEqual(config.listen, ("tcp:9000", "unix:/tmp/cli.sock"))
         self.assertEqual(config.data_dir, Path("/var/tmp/x"))
+
+    def test_proxy_workers(self) -> None:
+        """One relay worker per CPU by default; 0 is none; a bad count stops the start with
+        one line naming the option."""
+        self.assertEqual(parse([]).config().proxy_workers, os.cpu_count() or 1)
+        self.assertEqual(parse(["--proxy-workers", "0"]).config().proxy_workers, 0)
+        self.assertEqual(parse([], {"PROXY_WORKERS": "3"}).config().proxy_workers, 3)
+        for bad in ("-1", "two", "257", ""):
+            with self.assertRaises(usage.UsageError) as caught:
+                parse(["--proxy-workers", bad])
+            self.assertIn("--proxy-workers", str(caught.exception))
+            self.assertNotIn("\n", str(caught.exception))
 
     def test_sandbox_settings(self) -> None:
         """Backend, capacity and idleness come from options or the original's env vars."""

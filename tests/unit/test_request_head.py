@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from cli_server.proxy.request_head import cookie_value, head_end, parse_head
+from cli_server.proxy.hygiene import session_token
+from cli_server.proxy.request_head import head_end, parse_head
 
 HOST = b"Host: oc-x.localhost\r\n"
 LIMIT = 1 << 20
@@ -30,8 +31,16 @@ def test_a_plain_head_is_read() -> None:
     assert parsed.host == b"oc-x.localhost:8080" and parsed.content_length == 5
     assert parsed.close and parsed.size == len(raw)
     assert parsed.cookies == (b"a=1; cli_sandbox=tok", b"b=2")
-    assert cookie_value(parsed.cookies, b"cli_sandbox") == "tok"
-    assert cookie_value(parsed.cookies, b"other") is None
+    assert session_token(parsed.cookies, b"cli_sandbox") == "tok"
+    assert session_token(parsed.cookies, b"other") is None
+
+
+def test_a_websocket_upgrade_is_read_as_one() -> None:
+    raw = head(HOST.strip(), b"Upgrade: WebSocket", b"Connection: keep-alive, Upgrade")
+    parsed = parse_head(raw, LIMIT)
+    assert parsed is not None and parsed.fields.upgrade and parsed.asked.upgrade
+    plain = parse_head(head(HOST.strip()), LIMIT)
+    assert plain is not None and not plain.asked.upgrade
 
 
 @pytest.mark.parametrize(
@@ -53,8 +62,17 @@ def test_a_plain_head_is_read() -> None:
         head(HOST.strip(), b"no colon"),
         head(HOST.strip(), HOST.strip()),  # two Hosts
         head(b"X: no host"),
-        head(HOST.strip(), b"Upgrade: websocket", b"Connection: Upgrade"),
+        head(HOST.strip(), b"Upgrade: h2c", b"Connection: Upgrade"),
+        head(HOST.strip(), b"Upgrade: websocket"),  # half an upgrade
+        head(HOST.strip(), b"Upgrade: websocket", b"Upgrade: websocket", b"Connection: upgrade"),
         head(HOST.strip(), b"Connection: upgrade"),
+        head(
+            HOST.strip(),
+            b"Upgrade: websocket",
+            b"Connection: Upgrade",
+            b"Content-Length: 1",
+            start=b"POST /a HTTP/1.1",
+        ),
         head(HOST.strip(), b"Expect: 100-continue"),
         head(HOST.strip(), b"TE: trailers"),
         head(HOST.strip(), start=b"GET /a HTTP/1.0"),

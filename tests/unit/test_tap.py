@@ -34,7 +34,7 @@ class MakeServiceTests(SynchronousTestCase):
                 "reconciler",
                 "idle-monitor",
                 "metrics",
-                "stream-relay",
+                "relay-workers",
                 "http-0",
                 "http-1",
             ],

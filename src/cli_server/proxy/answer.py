@@ -3,9 +3,9 @@
 ``AnswerReader`` reads one answer at a time from a keep-alive sandbox connection with
 httptools (llhttp, Node's parser, in C) and tells its ``client`` what it found;
 ``reframe`` is what the browser gets of the answer's head (``clean_upgrade_answer`` of a
-WebSocket upgrade's). All are pure (no Twisted): the
-front door (``upstream.py``) and the relay process (``relay_keepalive.py``) read answers
-with them, so the two never differ.
+WebSocket upgrade's). All are pure (no Twisted): the relay
+workers (``relay/connection.py``) read answers with them, and the WebSocket splice cleans
+its 101 with the same header rule (``hygiene.kept_answer_header``) as twisted.web's path.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import httptools
 from attrs import frozen
 
 from cli_server.proxy.hygiene import ANSWER_LINES, HOP_BY_HOP, kept_answer_header
+from cli_server.proxy.request_head import MAX_HEAD, head_end
 
 
 class Framing(Enum):
@@ -143,7 +144,6 @@ class Reframed:
 
     lines: bytes  # status line and header lines, without Connection or the blank line
     framing: Framing
-    event_stream: bool  # text/event-stream
 
 
 def reframe(code: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> Reframed:
@@ -151,12 +151,9 @@ def reframe(code: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> Ref
     ``hygiene.ANSWER_HEADERS``), its body to be sent with a Content-Length or chunked."""
     out = [b"HTTP/1.1 %d %s\r\n" % (code, reason), ANSWER_LINES]
     chunked = length = None
-    event_stream = False
     for name, value in headers:
         lower = name.lower()
-        if lower == b"content-type":
-            event_stream = value[:17].lower() == b"text/event-stream"
-        elif lower in _FRAMING_OR_HOP:
+        if lower in _FRAMING_OR_HOP:
             if lower == b"transfer-encoding":  # (llhttp: chunked if it is the last coding)
                 chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
             elif lower == b"content-length":
@@ -178,14 +175,41 @@ def reframe(code: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> Ref
         framing = Framing.UNTIL_CLOSE
     if framing is Framing.CHUNKED or framing is Framing.UNTIL_CLOSE:
         out.append(b"transfer-encoding: chunked\r\n")
-    return Reframed(b"".join(out), framing, event_stream)
-
-
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
+    return Reframed(b"".join(out), framing)
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+def upgrade_answer(buffered: bytes) -> tuple[int | None, bytes, bytes]:
+    """Reads the answer to a WebSocket upgrade from what the sandbox sent so far: interim
+    heads (``100``, ``103``) are dropped; a ``101`` or a final head comes back cleaned
+    (``clean_upgrade_answer``), with the bytes after it: (status, cleaned head, rest). While
+    the head is incomplete: (None, b"", what was read); if it cannot be read line by line,
+    or is too long: (-1, b"", b"") (the connection must end: no byte after a head nobody
+    cleaned may reach the browser)."""
+    while True:
+        end = head_end(buffered)
+        if end < 0:
+            if len(buffered) > MAX_HEAD or b"\n\n" in buffered:
+                return -1, b"", b""
+            return None, b"", buffered
+        code = status_of(buffered)
+        cleaned = clean_upgrade_answer(buffered[:end]) if end <= MAX_HEAD else None
+        if code is None or cleaned is None:
+            return -1, b"", b""
+        buffered = buffered[end:]
+        if code == 101 or code >= 200:
+            return code, cleaned, buffered
+
+
+def status_of(head: bytes) -> int | None:
+    """The status code of an ``HTTP/1.1 NNN ...`` head (``clean_upgrade_answer`` checks the
+    rest of it)."""
+    code = head[9:12]
+    if len(code) != 3 or not code.isdigit() or head[12:13] not in (b" ", b"\r"):
+        return None
+    return int(code)
 
 
 def clean_upgrade_answer(raw: bytes) -> bytes | None:

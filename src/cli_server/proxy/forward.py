@@ -29,11 +29,10 @@ from zope.interface import implementer
 from cli_server.nodelay import NoDelayEndpoint
 from cli_server.proxy.hygiene import (
     ANSWER_HEADERS,
-    DROPPED_REQUEST,
     HOP_BY_HOP,
-    clean_cookie_header,
     clean_query,
     kept_answer_header,
+    plain_upstream_headers,
 )
 from cli_server.quiet import QuietEndpoint
 from cli_server.sandboxes.backend import Endpoint
@@ -42,22 +41,24 @@ from cli_server.web.streamed_body import StreamedBody
 
 
 def upstream_headers(request: IRequest, password: str, scheme: bytes) -> Headers:
-    """The browser's headers minus hop-by-hop, credentials and spoofable forwarding headers,
-    plus opencode's Basic credential and forwarding headers we set ourselves."""
+    """What the sandbox gets of the browser's headers: ``hygiene.plain_upstream_headers``'s
+    block (the one request rule, as the relay workers send it), as ``Headers`` for Agent
+    (which frames the body itself: no Content-Length)."""
+    raw = request.requestHeaders
+    peer = str(getattr(request.getClientAddress(), "host", "")).encode()
+    block = plain_upstream_headers(
+        [(name, value) for name, values in raw.getAllRawHeaders() for value in values],
+        tuple(raw.getRawHeaders(b"cookie", [])),
+        request.getHeader(b"host") or b"",
+        basic_auth(password),
+        peer,
+        scheme,
+    )
     headers = Headers()
-    for name, values in request.requestHeaders.getAllRawHeaders():
-        if name.lower() not in DROPPED_REQUEST:
-            headers.setRawHeaders(name, values)
-    cookie = clean_cookie_header(request.requestHeaders.getRawHeaders(b"cookie", []))
-    if cookie:
-        headers.setRawHeaders(b"cookie", [cookie])
-    headers.setRawHeaders(b"authorization", [basic_auth(password)])
-    peer: Any = request.getClientAddress()
-    headers.setRawHeaders(b"x-forwarded-for", [str(getattr(peer, "host", "")).encode()])
-    headers.setRawHeaders(b"x-forwarded-proto", [scheme])
-    host = request.getHeader(b"host")
-    if host:
-        headers.setRawHeaders(b"x-forwarded-host", [host])
+    for line in block[:-4].split(b"\r\n"):
+        name, _, value = line.partition(b": ")
+        if name.lower() != b"content-length":
+            headers.addRawHeader(name, value)
     return headers
 
 

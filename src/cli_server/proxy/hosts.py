@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _SANDBOX_LABEL = re.compile(rb"^oc-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
 
@@ -14,6 +15,7 @@ def host_without_port(host: bytes) -> bytes:
     return host.rsplit(b":", 1)[0] if host.count(b":") == 1 else host
 
 
+@lru_cache(maxsize=4096)  # (asked for every proxied request, by a handful of hosts)
 def sandbox_for_host(host: bytes | None, base_host: bytes) -> tuple[bool, str | None]:
     """(is a sandbox host, sandbox id or None if the label is malformed).
 

@@ -1,8 +1,8 @@
 """What a sandbox may and may not see of a browser's request, and a browser of its answer.
 
-Pure functions of bytes, with no Twisted: the twisted.web path (``forward.py``), the front
-door (``fast_path.py``) and the relay process (``relay_keepalive.py``) all clean requests with
-these, so the three never differ about what a sandbox gets.
+Pure functions of bytes, with no Twisted: the twisted.web path (``forward.py``, which
+converts to ``Headers`` where it must) and the relay workers (``relay/connection.py``) both
+clean requests and answers with these, so they never differ about what a sandbox gets.
 """
 
 from __future__ import annotations

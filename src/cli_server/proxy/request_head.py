@@ -1,10 +1,11 @@
-"""A strict reader of the HTTP/1.1 request heads the proxy's fast path takes.
+"""A strict reader of the HTTP/1.1 request heads the relay workers take.
 
-The fast path (``front_door.py``) handles the common request only: HTTP/1.1, a plain method,
-an origin-form target, no body or a ``Content-Length`` one, no upgrade. Anything else, and
-anything even slightly malformed, reads as None here and goes to twisted.web, which answers
-it as it always has. Being strict is what keeps two parsers from disagreeing about where a
-request ends (request smuggling): this one never guesses.
+The router (``router.py``) and the relay workers handle the common request only: HTTP/1.1, a
+plain method, an origin-form target, no body or a ``Content-Length`` one, or a plain
+WebSocket upgrade (a GET with one ``Upgrade: websocket`` and ``Connection: upgrade``).
+Anything else, and anything even slightly malformed, reads as None here and goes to
+twisted.web, which answers it as it always has. Being strict is what keeps two parsers from
+disagreeing about where a request ends (request smuggling): this one never guesses.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import re
 
 from attrs import frozen
 
-from cli_server.proxy.hygiene import cross_origin, only, session_token
+from cli_server.proxy import rules
+from cli_server.proxy.hygiene import only
 
 MAX_HEAD = 16 * 1024  # as twisted.web's limit on a request's headers (it refuses more)
 # Methods a browser's fetch sends with no body or a Content-Length one. HEAD is left to
@@ -25,7 +27,7 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_BYTE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
 # Headers after which the request is not one the fast path relays as it is.
-_NOT_PLAIN = frozenset({b"transfer-encoding", b"upgrade", b"expect", b"te"})
+_NOT_PLAIN = frozenset({b"transfer-encoding", b"expect", b"te"})
 
 
 @frozen
@@ -39,6 +41,7 @@ class Fields:
     cookies: tuple[bytes, ...]
     origin: bytes | None = None  # b"" when sent more than once (see hygiene.only)
     fetch_site: bytes | None = None  # Sec-Fetch-Site, the same way
+    upgrade: bool = False  # a WebSocket upgrade (``Upgrade: websocket``, Connection: upgrade)
 
 
 @frozen
@@ -69,10 +72,19 @@ class RequestHead:
     def cookies(self) -> tuple[bytes, ...]:
         return self.fields.cookies
 
-    def cross_origin(self, scheme: bytes) -> bool:
-        """Whether a page of another origin sent this (``hygiene.cross_origin``)."""
-        own = scheme + b"://" + self.fields.host
-        return cross_origin(self.method, False, self.fields.origin, self.fields.fetch_site, own)
+    @property
+    def asked(self) -> rules.Asked:
+        """What the rulebook reads of this request."""
+        fields = self.fields
+        return rules.Asked(
+            fields.host,
+            self.method,
+            self.target,
+            fields.upgrade,
+            fields.origin,
+            fields.fetch_site,
+            fields.cookies,
+        )
 
 
 def head_end(buffer: bytes) -> int:
@@ -108,6 +120,8 @@ def parse_head(raw: bytes, max_body: int) -> RequestHead | None:
             _KNOWN[block] = fields
     if fields is None or fields.content_length > max_body:
         return None
+    if fields.upgrade and (method != b"GET" or fields.content_length):
+        return None
     return RequestHead(method, target, block, fields, len(raw))
 
 
@@ -123,6 +137,8 @@ def read_fields(block: bytes) -> Fields | None:
     cookies: list[bytes] = []
     origins: list[bytes] = []
     sites: list[bytes] = []
+    upgrades: list[bytes] = []
+    upgrade = False  # Connection: upgrade
     for line in block[:-4].split(b"\r\n") if block != b"\r\n" else ():
         name, colon, value = line.partition(b":")
         if not colon or not _TOKEN.match(name):
@@ -141,9 +157,10 @@ def read_fields(block: bytes) -> Fields | None:
             length = value
         elif lower == b"connection":
             tokens = {t.strip().lower() for t in value.split(b",")}
-            if b"upgrade" in tokens:
-                return None
+            upgrade = upgrade or b"upgrade" in tokens
             close = close or b"close" in tokens
+        elif lower == b"upgrade":
+            upgrades.append(value.lower())
         elif lower == b"cookie":
             cookies.append(value)
         elif lower == b"origin":
@@ -151,13 +168,9 @@ def read_fields(block: bytes) -> Fields | None:
         elif lower == b"sec-fetch-site":
             sites.append(value)
         headers.append((name, value))
-    if host is None:
-        return None
+    if host is None or ((upgrade or upgrades) and not (upgrade and upgrades == [b"websocket"])):
+        return None  # (an upgrade to anything else, or half of one: twisted.web's)
     size = int(length) if length is not None else 0
-    return Fields(tuple(headers), host, size, close, tuple(cookies), only(origins), only(sites))
-
-
-def cookie_value(cookies: tuple[bytes, ...], name: bytes) -> str | None:
-    """The session cookie ``name`` if the request carries it once (``hygiene.session_token``,
-    as SandboxSite reads it, so both paths accept the same sessions)."""
-    return session_token(cookies, name)
+    return Fields(
+        tuple(headers), host, size, close, tuple(cookies), only(origins), only(sites), upgrade
+    )

@@ -13,6 +13,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from cli_server.errors import ApiError
+from cli_server.proxy import rules
 from cli_server.proxy.access import Access, SandboxAccess
 from cli_server.proxy.endpoints import RunningEndpoints
 from cli_server.proxy.forward import (
@@ -21,13 +22,10 @@ from cli_server.proxy.forward import (
     through_tunnel,
     upstream_headers,
 )
-from cli_server.proxy.hosts import sandbox_for_host
 from cli_server.proxy.hygiene import (
     clearing_cookies,
     cookie_values,
-    cross_origin,
     only,
-    session_token,
 )
 from cli_server.proxy.live import LiveStreams, Whose
 from cli_server.proxy.pages import PAGE_HEADERS, STATUS_TEXT, landing_html, page
@@ -36,8 +34,6 @@ from cli_server.roles import Role
 from cli_server.sandboxes.activity import ActivityRecorder
 from cli_server.sandboxes.manager import SandboxManager
 
-_GUEST_METHODS = (b"GET", b"HEAD")
-_AUTH_PATH = b"/_cli/auth"
 _RESUME_PATH = b"/_cli/resume"
 _GUEST_REFUSAL = json.dumps(
     {
@@ -46,6 +42,16 @@ _GUEST_REFUSAL = json.dumps(
     }
 ).encode()
 _LAND_PATH = b"/_cli/open"  # where a sandbox link lands once signed in (landing_html)
+_PAGES = {  # status, title, text
+    rules.Why.BAD_TARGET: (400, "Bad request", "That address cannot be served."),
+    rules.Why.NOT_FOUND: (404, "No such sandbox", "It does not exist, or you may not see it."),
+    rules.Why.CROSS_ORIGIN: (403, "Not allowed", "Another site's page cannot act on this sandbox."),
+    rules.Why.READ_ONLY: (
+        403,
+        "Read-only access",
+        "Guests can look, but not prompt, type or change anything.",
+    ),
+}
 
 
 @define(eq=False)
@@ -58,10 +64,6 @@ class SandboxCookie:
     @property
     def name(self) -> bytes:
         return b"__Host-cli_sandbox" if self.secure else b"cli_sandbox"
-
-    def read(self, request: Any) -> str | None:
-        """The session, if the request carries its cookie once (``hygiene.session_token``)."""
-        return session_token(request.requestHeaders.getRawHeaders(b"cookie", []), self.name)
 
     def clear_doubles(self, request: Any, base_host: bytes) -> None:
         """A request with more than one of our cookies (one tossed by another sandbox's page
@@ -106,6 +108,10 @@ class SandboxSite(Resource):
     def __attrs_post_init__(self) -> None:
         Resource.__init__(self)
 
+    @property
+    def _listener(self) -> rules.Listener:
+        return rules.Listener(self._scheme, self._base_host, self._cookie.name)
+
     def render(self, request: Any) -> Any:
         d = Deferred.fromCoroutine(self._handle(request))
         d.addErrback(self._failed, request)
@@ -134,43 +140,42 @@ class SandboxSite(Resource):
     def _page(self, request: Any, status: int, title: str, text: str, **kw: Any) -> None:
         self._finish(request, page(request, status, title, text, dashboard=self._dashboard, **kw))
 
+    def _asked(self, request: Any) -> rules.Asked:
+        headers = request.requestHeaders
+        return rules.Asked(
+            request.getHeader(b"host") or b"",
+            request.method,
+            request.uri,
+            _upgrade(request),
+            only(headers.getRawHeaders(b"origin", [])),
+            only(headers.getRawHeaders(b"sec-fetch-site", [])),
+            tuple(headers.getRawHeaders(b"cookie", [])),
+            _page_load(request),
+        )
+
     async def _handle(self, request: Any) -> None:
-        is_sandbox, sandbox_id = sandbox_for_host(request.getHeader(b"host"), self._base_host)
-        if not request.uri.startswith(b"/"):  # absolute-URI request lines are not for us
-            return self._page(request, 400, "Bad request", "That address cannot be served.")
-        if sandbox_id is None:
-            return self._not_found(request)
-        if self._cross_origin(request):
-            return self._page(
-                request, 403, "Not allowed", "Another site's page cannot act on this sandbox."
-            )
+        asked = self._asked(request)
+        screened = rules.screen(asked, self._listener)
+        if isinstance(screened, rules.Page):
+            return self._refused(request, screened, None)
         if getattr(request, "body_too_large", False):
             return self._page(request, 413, "Too large", "That upload is larger than 64 MiB.")
-        path = request.path
-        if path == _AUTH_PATH:
-            return await self._redeem(request, sandbox_id)
-        token = self._cookie.read(request)
-        access = await self._access.lookup(token, sandbox_id) if token else None
-        if access is None:
-            if _navigation(request):
-                return self._to_open_page(request, sandbox_id)
-            return self._revoked(request)
-        if path == _RESUME_PATH:
-            return await self._resume(request, access)
-        if path == _LAND_PATH:
-            return self._land(request, access)
-        upgrade = _upgrade(request)
-        if access.role < Role.DEVELOPER and (request.method not in _GUEST_METHODS or upgrade):
-            if not upgrade and not _page_load(request):
-                return self._guest_refused(request)  # (opencode's own request: in its words)
-            return self._page(
-                request,
-                403,
-                "Read-only access",
-                "Guests can look, but not prompt, type or change anything.",
-            )
-        if access.status != "running":
-            return self._status_page(request, access.status, access)
+        if isinstance(screened, rules.Ours):
+            return await self._redeem(request, screened.sandbox_id)
+        token = rules.session_token(asked, self._listener)
+        access = await self._access.lookup(token, screened) if token else None
+        session = rules.Session(access.role, access.status, access.is_local) if access else None
+        verdict = rules.decide(asked, self._listener, session)
+        if isinstance(verdict, rules.Ours) and access is not None:
+            if verdict.path == _RESUME_PATH:
+                return await self._resume(request, access)
+            if verdict.path == _LAND_PATH:
+                return self._land(request, access)
+            return self._not_found(request)
+        if not isinstance(verdict, rules.Forward):
+            return self._refused(request, verdict, access)
+        assert access is not None  # (decide forwards only with a session)
+        sandbox_id, upgrade = verdict.sandbox_id, asked.upgrade
         if access.is_local:
             if self._tunnels is None or self._tunnels.session(sandbox_id) is None:
                 return self._status_page(request, "offline", access)
@@ -228,15 +233,21 @@ class SandboxSite(Resource):
             self._endpoints.forget(sandbox_id)  # it may have moved: ask the backend next time
             self._status_page(request, "starting", access)
 
-    def _cross_origin(self, request: Any) -> bool:
-        headers = request.requestHeaders
-        return cross_origin(
-            request.method,
-            _upgrade(request),
-            only(headers.getRawHeaders(b"origin", [])),
-            only(headers.getRawHeaders(b"sec-fetch-site", [])),
-            self._scheme + b"://" + (request.getHeader(b"host") or b""),
-        )
+    def _refused(
+        self, request: Any, verdict: rules.Page | rules.Ours, access: Access | None
+    ) -> None:
+        """The page ``rules.decide`` chose instead of the sandbox's answer."""
+        why = verdict.why if isinstance(verdict, rules.Page) else rules.Why.NOT_FOUND
+        if why is rules.Why.SIGN_IN and verdict.sandbox_id is not None:
+            self._to_open_page(request, verdict.sandbox_id)
+        elif why is rules.Why.SIGNED_OUT:
+            self._revoked(request)
+        elif why is rules.Why.READ_ONLY_API:
+            self._guest_refused(request)
+        elif why is rules.Why.NOT_RUNNING and access is not None:
+            self._status_page(request, access.status, access)
+        else:
+            self._page(request, *_PAGES.get(why, _PAGES[rules.Why.NOT_FOUND]))
 
     def _revoked(self, request: Any) -> None:
         self._cookie.clear_doubles(request, self._base_host)
@@ -264,7 +275,7 @@ class SandboxSite(Resource):
         self._see_other(request, f"{self._dashboard}open/{sandbox_id}".encode("ascii"))
 
     def _not_found(self, request: Any) -> None:
-        self._page(request, 404, "No such sandbox", "It does not exist, or you may not see it.")
+        self._page(request, *_PAGES[rules.Why.NOT_FOUND])
 
     def _status_page(self, request: Any, status: str, access: Access) -> None:
         title, text = STATUS_TEXT.get(status, ("Unavailable", "Try again in a moment."))
@@ -318,7 +329,7 @@ class SandboxSite(Resource):
 
     async def _signed_in(self, request: Any, sandbox_id: str) -> Access | None:
         """The request's valid session of this sandbox's subdomain, if it has one."""
-        token = self._cookie.read(request)
+        token = rules.session_token(self._asked(request), self._listener)
         return await self._access.lookup(token, sandbox_id) if token else None
 
     async def _resume(self, request: Any, access: Access) -> None:
@@ -333,12 +344,6 @@ class SandboxSite(Resource):
         query = parse_qs(request.uri.partition(b"?")[2].decode("latin-1"))
         asked = (query.get("next") or ["/"])[0].encode("utf-8")
         self._see_other(request, _after_start(asked, access).encode("ascii"))
-
-
-def _navigation(request: Any) -> bool:
-    """A browser loading a page (a link followed, an address typed), not a script's request:
-    only those may be redirected; a fetch, event stream or WebSocket gets its 401."""
-    return request.method in _GUEST_METHODS and not _upgrade(request) and _page_load(request)
 
 
 def _page_load(request: Any) -> bool:

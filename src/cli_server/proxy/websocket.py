@@ -13,14 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
-from cli_server.proxy.answer import clean_upgrade_answer
+from cli_server.proxy.answer import upgrade_answer
 from cli_server.proxy.hygiene import clean_query
-from cli_server.proxy.request_head import MAX_HEAD, head_end
 from cli_server.proxy.takeover import hand_over
 from cli_server.quiet import connect_quietly
 
@@ -47,31 +46,22 @@ class _Side(Protocol):
         self._send(data)
 
     def _answer_head(self, buffered: bytes) -> bytes:
-        """Reads the answer's heads: interim ones (``100``, ``103``) are dropped, a ``101``
-        passes cleaned and the splice begins; any other answer passes cleaned and the
-        connection ends after it, so no byte after a head nobody cleaned reaches the browser.
+        """Reads the answer's head (``answer.upgrade_answer``): a ``101`` passes cleaned and
+        the splice begins; any other answer passes cleaned and the connection ends after it.
         Returns what to relay now (the cleaned 101 and what follows it)."""
-        while True:
-            end = head_end(buffered)
-            if end <= 0:
-                self._head = buffered
-                if len(buffered) > MAX_HEAD or b"\n\n" in buffered:
-                    self._abort()
-                return b""
-            status = _status(buffered)
-            cleaned = clean_upgrade_answer(buffered[:end]) if end <= MAX_HEAD else None
-            if status is None or cleaned is None:
-                self._abort()  # not a head we can read line by line: not for us
-                return b""
-            buffered = buffered[end:]
-            if status == 101:
-                self._head = None
-                return cleaned + buffered
-            if status >= 200:
-                self._head, self._ended = None, True
-                self._send(cleaned)
-                self._close_both()
-                return b""
+        code, cleaned, rest = upgrade_answer(buffered)
+        if code is None:
+            self._head = rest
+        elif code < 0:
+            self._abort()  # not a head we can read line by line: not for us
+        elif code == 101:
+            self._head = None
+            return cleaned + rest
+        else:
+            self._head, self._ended = None, True
+            self._send(cleaned)
+            self._close_both()
+        return b""
 
     def _send(self, data: bytes) -> None:
         if not data:
@@ -105,15 +95,6 @@ class _Side(Protocol):
             self.on_lost()
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.loseConnection()
-
-
-def _status(head: bytes) -> int | None:
-    """The status code of an ``HTTP/1.1 NNN ...`` head (``clean_upgrade_answer`` checks the
-    rest of it)."""
-    code = head[9:12]
-    if len(code) != 3 or not code.isdigit() or head[12:13] not in (b" ", b"\r"):
-        return None
-    return int(code)
 
 
 def _head(request: Any, headers: Headers) -> bytes:
@@ -150,9 +131,8 @@ async def splice(
     transport, request.channel.transport = request.channel.transport, None
     hand_over(transport, browser)
     browser.makeConnection(transport)
-    producer = getattr(transport, "_networkProducer", None)
-    if producer is not None:
-        producer.resumeProducing()  # twisted.web paused reading while it served the request
+    if IPushProducer.providedBy(transport):
+        transport.resumeProducing()  # (twisted.web may have paused reading while it served)
     assert upstream.transport is not None
     upstream.transport.write(_head(request, headers))
     browser.flush_to(upstream)

@@ -35,6 +35,7 @@ from cli_server.config import (
     parse_registration,
     parse_scopes,
     parse_size,
+    parse_workers,
     read_secret,
 )
 from cli_server.sandboxes.egress import parse_allow
@@ -93,6 +94,14 @@ SETTINGS: dict[str, Setting] = {
         None,
         "Most sandboxes running at once.",
         "0.5 GiB each within 3/4 of the memory",
+    ),
+    "proxy-workers": Setting(
+        "PROXY_WORKERS",
+        parse_workers,
+        None,
+        "Relay worker processes carrying sandbox connections (0: none, the server carries"
+        " every request itself).",
+        "the number of CPUs",
     ),
     "max-sandboxes-per-workspace": Setting(
         "MAX_SANDBOXES_PER_WORKSPACE",
@@ -308,6 +317,8 @@ class Options(usage.Options):
             self["data-dir"] = default_data_dir()
         if self["max-sandboxes"] is None:
             self["max-sandboxes"] = default_max_sandboxes()
+        if self["proxy-workers"] is None:
+            self["proxy-workers"] = os.cpu_count() or 1
         self._checkListen()
         self._checkSignIn()
         if self["backend"] == "docker":
@@ -456,6 +467,7 @@ class Options(usage.Options):
             sso_allowed_domains=self["oidc-allowed-domains"] or (),
             password_login=self["password-login"],
             access_log=self["access-log"],
+            proxy_workers=self["proxy-workers"],
             anthropic_api_key=self._environ.get("ANTHROPIC_API_KEY") or None,
             anthropic_auth_token=self._environ.get("ANTHROPIC_AUTH_TOKEN") or None,
         )

@@ -1,20 +1,21 @@
-"""The relay process: serves keep-alive browser connections for the front door.
+"""A relay worker: serves keep-alive browser connections the router granted it.
 
 Relaying through Twisted's reactor costs tens of microseconds of CPU per request or event,
 most of it dispatch; at thousands of small requests a second, or hundreds of event streams,
-that is the server's whole core, and everything else queues behind it. This process runs a
-plain epoll loop instead, on its own core. A browser's keep-alive connection comes here with
-its next request once the front door has routed it (``K``, see ``relay_keepalive.py``), and
-is served request after request while its grant covers them (renewed by the server while it
-is in use: ``R``, ``G``), event streams included, with flow control (while the browser is
-behind, the sandbox is not read); then it goes back (``B``).
+that is the server's whole core, and everything else queues behind it. Each worker runs a
+plain epoll loop instead, on a core of its own. A browser's keep-alive connection comes here
+with its next request once the router has routed it (``K``, see ``connection.py``), and is
+served request after request while its grant covers them (renewed by the server while it is
+in use: ``R``, ``G``), event streams and uploads included, with flow control both ways; then
+it goes back (``B``). The worker opens its own sandbox connections and keeps those that may
+carry another request, for a few seconds, for any of its connections to the same address.
+Workers share nothing: the server is the one authority over every grant.
 
-Messages are described in ``relay_wire.py``. Run as
-``python -m cli_server.proxy.relay_process FD``; FD is one end of a ``SOCK_SEQPACKET`` pair.
-The loop ends when the server's end closes, so the relay never outlives the server; its
-connections close with it.
+Messages are described in ``wire.py``. Run as ``python -m cli_server.proxy.relay.worker FD``;
+FD is one end of a ``SOCK_SEQPACKET`` pair. The loop ends when the server's end closes, so a
+worker never outlives the server; its connections close with it.
 
-Only the standard library, attrs and httptools: it starts in a fraction of a second.
+Only the standard library and httptools (no Twisted): it starts in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -29,14 +30,16 @@ import time
 import traceback
 from collections.abc import Callable
 
-from cli_server.proxy.relay_keepalive import KeptConnection
-from cli_server.proxy.relay_wire import BACK, ID, RENEWED, Back, activity_message, read_keep
+from cli_server.proxy.relay.connection import Address, KeptConnection
+from cli_server.proxy.relay.wire import BACK, ID, RENEWED, Back, activity_message, read_keep
 
 _READ = select.EPOLLIN
 _READ_WRITE = select.EPOLLIN | select.EPOLLOUT
+IDLE_SECONDS = 2.0  # how long a sandbox connection nobody uses is kept
+IDLE_MAX = 64  # per address
 
 
-class Relay:
+class Worker:
     def __init__(self, control: socket.socket, clock: Callable[[], float] = time.monotonic) -> None:
         control.setblocking(False)  # (a server that reads slowly must not stop every connection)
         self._control = control
@@ -49,6 +52,8 @@ class Relay:
         # each connection's two sockets: the connection, and what handles their events
         self._by_fd: dict[int, tuple[KeptConnection, Callable[[int], None]]] = {}
         self._relayed: dict[bytes, int] = {}  # requests per sandbox since the last report
+        # sandbox connections that may carry another request, and since when, per address
+        self._idle: dict[Address, list[tuple[socket.socket, float]]] = {}
         self._tick_at = clock() + 1.0
 
     def run(self) -> None:
@@ -59,6 +64,9 @@ class Relay:
         finally:
             for conn in list(self._kept.values()):
                 conn.close_both()
+            for idle in self._idle.values():
+                for sock, _ in idle:
+                    sock.close()
 
     def step(self, timeout: float) -> bool:
         """One wait and what it brought; False once the server is gone."""
@@ -97,9 +105,21 @@ class Relay:
         self._tick_at = now + 1.0
         for conn in list(self._kept.values()):
             self._guard(conn, conn.expired, now)
+            if conn.active:  # (a terminal in use is activity, as requests are)
+                conn.active = False
+                self.relayed(conn.grant.sandbox_id)
         if self._relayed:
             counts, self._relayed = self._relayed, {}
             self._report(activity_message(counts))
+        for address, idle in list(self._idle.items()):
+            kept = [(sock, since) for sock, since in idle if now - since < IDLE_SECONDS]
+            for sock, since in idle:
+                if now - since >= IDLE_SECONDS:
+                    sock.close()
+            if kept:
+                self._idle[address] = kept
+            else:
+                del self._idle[address]
 
     @property
     def carrying(self) -> int:
@@ -109,7 +129,7 @@ class Relay:
 
     def _control_message(self) -> bool:
         try:
-            msg, fds, _, _ = socket.recv_fds(self._control, 1 << 18, 2)
+            msg, fds, _, _ = socket.recv_fds(self._control, 1 << 18, 1)
         except BlockingIOError:
             return True
         except OSError:
@@ -140,14 +160,14 @@ class Relay:
             conn_id, until, grant, data = read_keep(msg)
         except ValueError:
             conn_id = -1
-        if conn_id < 0 or len(socks) != 2:
+        if conn_id < 0 or len(socks) != 1:
             for sock in socks:
                 sock.close()
             if len(msg) >= 1 + ID.size:  # (out of descriptors, or garbled: it ends here)
                 self._report(b"E" + msg[1 : 1 + ID.size])
             return
         try:
-            conn = KeptConnection(self, conn_id, socks[0], socks[1], grant, until, data)
+            conn = KeptConnection(self, conn_id, socks[0], grant, until, data)
         except Exception:
             traceback.print_exc()
             for sock in socks:
@@ -160,7 +180,27 @@ class Relay:
         # (bytes may have arrived between the server's last read and now: epoll reports
         # them, since it reports a socket's state, not its changes)
 
-    # what a kept connection tells (relay_keepalive.Loop)
+    # what a kept connection asks of its loop
+
+    def take_idle(self, address: Address) -> socket.socket | None:
+        idle = self._idle.get(address)
+        while idle:
+            sock, _ = idle.pop()
+            try:
+                sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return sock  # quiet, as an idle connection should be
+            except OSError:
+                pass
+            sock.close()  # closed by the sandbox meanwhile, or talking out of turn
+        return None
+
+    def give_idle(self, address: Address, sock: socket.socket) -> None:
+        idle = self._idle.setdefault(address, [])
+        if len(idle) >= IDLE_MAX:
+            sock.close()
+        else:
+            idle.append((sock, self.clock()))
 
     def attach(self, fd: int, conn: KeptConnection, handler: Callable[[int], None]) -> None:
         self._by_fd[fd] = (conn, handler)
@@ -231,7 +271,7 @@ def main() -> None:
         except (ValueError, OSError):
             pass  # (fs.nr_open is lower: what we have will do)
     control = socket.socket(fileno=int(sys.argv[1]))
-    Relay(control).run()
+    Worker(control).run()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""Keep-alive connections served by the relay process's loop, driven step by step over real
-socket pairs with a hand-moved clock (no child process: ``test_stream_relay.py`` starts the
-real one)."""
+"""Keep-alive connections served by a relay worker's loop, driven step by step over real
+sockets (the sandbox: a listening socket on 127.0.0.1 the worker connects to itself) with a
+hand-moved clock (no child process: ``test_relay_workers.py`` starts real ones)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import struct
 
 import pytest
 
-from cli_server.proxy.relay_keepalive import KeptConnection
-from cli_server.proxy.relay_process import Relay
-from cli_server.proxy.relay_wire import (
+from cli_server.proxy.relay.connection import KeptConnection
+from cli_server.proxy.relay.wire import (
     BACK,
     ID,
     RENEWED,
@@ -20,10 +19,23 @@ from cli_server.proxy.relay_wire import (
     keep_message,
     read_activity,
 )
+from cli_server.proxy.relay.worker import Worker
 
-HOST = b"oc-s1.localhost:8080"
+HOST = b"oc-0b6f1a3e-1111-4222-8333-444455556666.localhost:8080"
 COOKIE = b"cli_sandbox=tok; theme=dark"
-GRANT = Grant(HOST, (COOKIE,), b"Basic b3BlbmNvZGU6cHc=", b"10.1.2.3", b"http", b"s1")
+GRANT = Grant(
+    HOST,
+    (COOKIE,),
+    b"Basic b3BlbmNvZGU6cHc=",
+    b"10.1.2.3",
+    b"http",
+    b"s1",
+    b"localhost",
+    2,
+    b"127.0.0.1",
+    0,  # (each test's listening socket's)
+    1000,
+)
 
 
 def get(path: bytes = b"/x", *extra: bytes, cookie: bytes = COOKIE, host: bytes = HOST) -> bytes:
@@ -36,22 +48,44 @@ CORP = b"cross-origin-resource-policy: same-origin\r\n"  # on every sandbox answ
 
 
 class Kept:
-    """A relay serving one browser connection: ``browser`` and ``sandbox`` are the far ends
-    of its two sockets, ``control`` the server's end."""
+    """A worker serving one browser connection: ``browser`` is the far end of its socket,
+    ``sandbox`` the sandbox's end of the connection the worker opened (the latest),
+    ``control`` the server's end."""
 
     def __init__(self, first: bytes = b"", seconds: float = 1.0) -> None:
         self.now = 100.0
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.relay = Relay(theirs, clock=lambda: self.now)
+        self.relay = Worker(theirs, clock=lambda: self.now)
+        self.listening = socket.create_server(("127.0.0.1", 0))
+        self.listening.settimeout(5)
         self.browser, browser_near = socket.socketpair()
-        self.sandbox, sandbox_near = socket.socketpair()
-        for far in (self.browser, self.sandbox, self.control):
+        for far in (self.browser, self.control):
             far.settimeout(5)
-        message = keep_message(7, self.now + seconds, GRANT, first or get())
-        socket.send_fds(self.control, [message], [browser_near.fileno(), sandbox_near.fileno()])
-        browser_near.close()  # (the relay has its own copies now, as from the server)
-        sandbox_near.close()
+        self._sandbox: socket.socket | None = None
+        grant = GRANT._replace(port=self.listening.getsockname()[1])
+        message = keep_message(7, self.now + seconds, grant, first or get())
+        socket.send_fds(self.control, [message], [browser_near.fileno()])
+        browser_near.close()  # (the worker has its own copy now, as from the server)
         self.turn()
+
+    @property
+    def sandbox(self) -> socket.socket:
+        if self._sandbox is None:
+            self._sandbox = self.accept()
+        return self._sandbox
+
+    @property
+    def port(self) -> int:
+        port: int = self.listening.getsockname()[1]
+        return port
+
+    def accept(self) -> socket.socket:
+        """The next connection the worker opened to the sandbox."""
+        self.turn()
+        self._sandbox, _ = self.listening.accept()
+        self._sandbox.settimeout(5)
+        self.turn()
+        return self._sandbox
 
     def turn(self) -> None:
         for _ in range(4):
@@ -72,7 +106,7 @@ class Kept:
         return self.got()
 
     def report(self, kinds: bytes = b"BE") -> tuple[bytes, list[int]]:
-        """The relay's next message to the server of these kinds (see relay_wire.py): by
+        """The relay's next message to the server of these kinds (see wire.py): by
         default a connection that ended or comes back, not activity or renewals."""
         self.turn()
         while True:
@@ -152,9 +186,11 @@ def test_a_request_the_grant_does_not_cover_goes_back_with_its_bytes() -> None:
         get(cookie=b"cli_sandbox=other"),  # another session
         get(host=b"oc-s2.localhost:8080"),  # another sandbox
         get(b"/_cli/auth?ticket=t"),  # ours
-        b"POST /x HTTP/1.1\r\nHost: " + HOST + b"\r\nContent-Length: 1\r\n\r\nx",
+        b"POST /x HTTP/1.1\r\nHost: " + HOST + b"\r\nContent-Length: 1001\r\n\r\nx",  # too big
         b"HEAD /x HTTP/1.1\r\nHost: " + HOST + b"\r\n\r\n",
-        get(b"/x", b"Upgrade: websocket", b"Connection: upgrade"),
+        get(b"/x", b"Upgrade: h2c", b"Connection: upgrade"),
+        # a terminal opened by a page of another site
+        get(b"/x", b"Upgrade: websocket", b"Connection: upgrade", b"Sec-Fetch-Site: same-site"),
         b"GET /x HTTP/1.1\nHost: x\n\n",  # not strict
         # a page of another sandbox reading this one (CORS): the server answers it, 403
         get(b"/x", b"Origin: http://oc-s2.localhost:8080"),
@@ -167,7 +203,10 @@ def test_a_request_the_grant_does_not_cover_goes_back_with_its_bytes() -> None:
         k.browser.sendall(request)
         why, data, sock = k.back()
         assert why is Back.ASK and data == request
-        assert k.upstream() == b"" and _closed(k.sandbox)  # its sandbox connection is closed
+        assert k.upstream() == b""  # its sandbox connection waits, idle, for another request
+        assert [s.getpeername() for s, _ in k.relay._idle[("127.0.0.1", k.port)]] == [
+            k.sandbox.getsockname()
+        ]
         sock.sendall(b"still the browser's")  # the same connection, now the server's
         assert k.browser.recv(100) == b"still the browser's"
 
@@ -186,7 +225,7 @@ def test_a_refused_request_sent_with_a_relayed_one_goes_back_once_that_one_is_an
         assert k.answer(OK).endswith(b"hi")
         why, data, _ = k.back()
         assert why is Back.ASK and data == refused
-        assert k.upstream() == b"" and _closed(k.sandbox)
+        assert k.upstream() == b"" and not _closed(k.sandbox)  # (kept for another)
 
 
 def test_same_origin_reads_are_relayed_and_sandbox_cookies_and_cors_grants_are_not() -> None:
@@ -231,17 +270,39 @@ def test_a_request_the_sandbox_drops_goes_back_for_the_server_to_try() -> None:
     assert why is Back.DROPPED and data == get(b"/a") + b"GET /b"
 
 
-def test_a_sandbox_that_closes_between_requests_sends_the_connection_back() -> None:
+def test_a_sandbox_connection_that_closes_between_requests_is_replaced() -> None:
     k = Kept()
     k.upstream()
     k.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
-    why, data, _ = k.back()  # (not reused: the server finds another for what comes)
-    assert why is Back.ASK and data == b""
-    k = Kept()
-    k.upstream()
+    assert _closed(k.sandbox)
+    k.browser.sendall(get(b"/b"))
+    k.accept()  # a new one, for the next request
+    assert k.upstream().startswith(b"GET /b ")
     k.answer(OK)
     k.sandbox.close()  # an idle keep-alive connection the sandbox ended
-    assert k.back()[0] is Back.ASK
+    k.turn()
+    k.browser.sendall(get(b"/c"))
+    k.accept()
+    assert k.upstream().startswith(b"GET /c ") and k.relay.carrying == 1
+
+
+def test_a_sandbox_that_cannot_be_reached_sends_the_request_back_whole() -> None:
+    """Nothing listens at the grant's address: the server tries the request itself (and asks
+    the backend where the sandbox is now)."""
+    k = Kept.__new__(Kept)
+    k.now = 100.0
+    k.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    k.relay = Worker(theirs, clock=lambda: k.now)
+    k.browser, near = socket.socketpair()
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    message = keep_message(7, k.now + 1, GRANT._replace(port=port), get(b"/a"))
+    socket.send_fds(k.control, [message], [near.fileno()])
+    near.close()
+    k.turn()
+    why, data, _ = k.back()
+    assert why is Back.DROPPED and data == get(b"/a")
 
 
 def test_a_silent_sandbox_times_out_and_an_idle_browser_is_closed() -> None:
@@ -261,7 +322,10 @@ def test_a_silent_sandbox_times_out_and_an_idle_browser_is_closed() -> None:
     k.now += 121
     k.relay.tick()
     assert k.report()[0] == b"E" + ID.pack(7)
-    assert _closed(k.browser) and _closed(k.sandbox)
+    assert _closed(k.browser) and not _closed(k.sandbox)  # (kept a while, for another)
+    k.now += 2
+    k.relay.tick()
+    assert _closed(k.sandbox) and k.relay._idle == {}
 
 
 def test_a_streamed_answer_has_no_time_limit_and_is_chunked_again() -> None:
@@ -285,7 +349,7 @@ def test_an_answer_ended_by_its_close_is_chunked_and_ends_cleanly() -> None:
     assert k.answer(b"HTTP/1.1 200 OK\r\n\r\nabc").endswith(b"\r\n\r\n3\r\nabc\r\n")
     k.sandbox.close()
     assert k.got() == b"0\r\n\r\n"
-    assert k.back()[0] is Back.ASK  # the browser's connection goes on, with the server
+    assert k.relay.carrying == 1  # the browser's connection goes on
 
 
 def test_an_answer_cut_short_closes_the_browser_without_an_ending() -> None:
@@ -360,7 +424,7 @@ def test_a_bug_on_one_connection_closes_that_connection_not_the_relay(
     monkeypatch.setattr(KeptConnection, "next_request", broken)
     k.browser.sendall(get(b"/y"))
     assert k.report()[0] == b"E" + ID.pack(7)  # closed, reported, and the loop goes on
-    assert _closed(k.browser) and _closed(k.sandbox) and k.relay.step(0)
+    assert _closed(k.browser) and k.relay.step(0)
     assert "RuntimeError: a bug" in capsys.readouterr().err  # (the server logs our stderr)
 
 
@@ -446,3 +510,137 @@ def test_reports_wait_for_a_server_that_reads_slowly() -> None:
     for _ in range(sent):
         assert k.report()[0] == b"E" + ID.pack(0)
     assert k.report()[0] == b"E" + ID.pack(7) and k.relay._reports == []
+
+
+def post(body: bytes, length: int | None = None, path: bytes = b"/x") -> bytes:
+    size = len(body) if length is None else length
+    return get(b"/x", b"Content-Length: %d" % size).replace(b"GET /x", b"POST " + path) + body
+
+
+def test_an_upload_streams_to_the_sandbox_as_it_arrives() -> None:
+    k = Kept(post(b"abc", 600))
+    first = k.upstream()
+    assert first.startswith(b"POST /x HTTP/1.1\r\n") and first.endswith(b"\r\n\r\nabc")
+    assert b"Content-Length: 600\r\n" in first
+    k.browser.sendall(b"d" * 300)
+    assert k.upstream() == b"d" * 300
+    k.browser.sendall(b"e" * 297 + get(b"/next"))  # the rest, and the next request
+    assert k.upstream() == b"e" * 297  # (the next one waits for this one's answer)
+    assert k.answer(OK).endswith(b"\r\n\r\nhi")
+    assert k.upstream().startswith(b"GET /next ")
+    k.answer(OK)
+    k.now += 1.5
+    k.relay.tick()
+    assert read_activity(k.report(b"A")[0]) == {"s1": 2}
+
+
+def test_an_answer_before_the_upload_ends_closes_the_connection() -> None:
+    k = Kept(post(b"abc", 100))
+    k.upstream()
+    assert k.answer(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n").endswith(
+        b"connection: close\r\n\r\n"
+    )
+    assert _closed(k.browser) and _closed(k.sandbox)
+
+
+def test_an_upload_the_sandbox_drops_is_answered_by_the_server_not_sent_again() -> None:
+    k = Kept(post(b"abc"))
+    assert k.upstream().endswith(b"\r\n\r\nabc")
+    k.sandbox.close()
+    why, data, _ = k.back()
+    assert why is Back.FAILED and data == b""
+
+
+def test_a_guest_may_read_but_its_writes_go_to_the_server() -> None:
+    """The grant's role is the rulebook's: a guest's POST goes back (the server answers it
+    with its read-only refusal), its GETs are relayed."""
+    k = Kept.__new__(Kept)
+    k.now = 100.0
+    k.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    k.relay = Worker(theirs, clock=lambda: k.now)
+    k.listening = socket.create_server(("127.0.0.1", 0))
+    k.listening.settimeout(5)
+    k._sandbox = None
+    k.browser, near = socket.socketpair()
+    guest = GRANT._replace(port=k.port, role=1)
+    socket.send_fds(k.control, [keep_message(7, k.now + 1, guest, get())], [near.fileno()])
+    near.close()
+    assert k.upstream().startswith(b"GET /x ")
+    k.answer(OK)
+    k.browser.sendall(post(b"x"))
+    assert k.back()[:2] == (Back.ASK, post(b"x"))
+
+
+def test_importing_the_worker_loads_no_twisted() -> None:
+    """The worker is a plain loop: a fresh interpreter that imports it (as its process
+    does) has loaded no Twisted module, nor zope.interface."""
+    import os
+    import subprocess
+    import sys
+
+    import cli_server
+
+    code = (
+        "import sys, cli_server.proxy.relay.worker; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('twisted', 'zope')))"
+    )
+    src = os.path.dirname(os.path.dirname(cli_server.__file__))
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": src}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+TERMINAL = get(
+    b"/pty/1/connect?token=secret",
+    b"Upgrade: websocket",
+    b"Connection: Upgrade",
+    b"Sec-WebSocket-Key: a2V5",
+    b"Origin: http://" + HOST,
+)
+
+
+def test_a_websocket_is_spliced_with_its_101_cleaned_and_no_time_limit() -> None:
+    k = Kept(TERMINAL)
+    head = k.upstream()
+    assert head.startswith(b"GET /pty/1/connect HTTP/1.1\r\n") and b"secret" not in head
+    assert b"Sec-WebSocket-Key: a2V5\r\n" in head and b"tok" not in head
+    assert head.endswith(b"connection: Upgrade\r\nupgrade: websocket\r\n\r\n")
+    got = k.answer(
+        b"HTTP/1.1 100 Continue\r\n\r\n"  # (interim: dropped)
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Set-Cookie: cli_sandbox=evil; Domain=localhost\r\nSet-Cookie: ok=1\r\n"
+        b"Access-Control-Allow-Origin: *\r\n\r\nframe-1"
+    )
+    assert got == (
+        b"HTTP/1.1 101 Switching Protocols\r\n" + CORP + b"Upgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSet-Cookie: ok=1\r\n\r\nframe-1"
+    )
+    k.browser.sendall(b"typed")
+    assert k.upstream() == b"typed"
+    assert k.answer(b"frame-2") == b"frame-2"
+    k.now += 1000  # (a terminal has no time limit; its use counts as activity)
+    k.relay.tick()
+    assert k.relay.carrying == 1 and read_activity(k.report(b"A")[0]) == {"s1": 2}
+    k.sandbox.close()
+    assert k.got() == b"" and _closed(k.browser)
+    assert k.report()[0] == b"E" + ID.pack(7)
+
+
+def test_bytes_sent_before_the_101_reach_the_sandbox_after_it() -> None:
+    k = Kept(TERMINAL + b"early")
+    assert k.upstream().endswith(b"\r\n\r\n")  # (the head alone: no frame before the 101)
+    k.answer(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+    assert k.upstream() == b"early"
+
+
+def test_an_upgrade_the_sandbox_refuses_passes_cleaned_and_ends() -> None:
+    k = Kept(TERMINAL)
+    k.upstream()
+    got = k.answer(
+        b"HTTP/1.1 403 Forbidden\r\nSet-Cookie: CLI_SANDBOX=x\r\nContent-Length: 4\r\n\r\nnope"
+    )
+    assert got == b"HTTP/1.1 403 Forbidden\r\n" + CORP + b"Content-Length: 4\r\n\r\n"
+    assert _closed(k.browser) and _closed(k.sandbox)

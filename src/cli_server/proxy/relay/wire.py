@@ -1,14 +1,14 @@
-"""The messages between the server and its relay process (``SOCK_SEQPACKET``: one message
+"""The messages between the server and each relay worker (``SOCK_SEQPACKET``: one message
 per send, descriptors alongside with ``SCM_RIGHTS``).
 
 From the server:
-- ``K`` keep-alive connection: a browser connection from its next request on, with the
-  sandbox connection to serve it and a grant (``Grant``) saying which requests it may take.
+- ``K`` keep-alive connection: a browser connection from its next request on, with a grant
+  (``Grant``) saying which requests it may take and where the sandbox is.
 - ``X``: cut these (their session was revoked).
 - ``G``: a connection's grant now holds until then: longer (answering an ``R``), or already
-  over (0: not renewed, or its sandbox's status changed).
+  over (0: not renewed, or ended by the server).
 
-From the relay process:
+From the worker:
 - ``E``: a connection ended.
 - ``B``: a connection comes back to the server (``Back`` says why), with the browser's
   socket and the bytes it sent that were not used.
@@ -16,7 +16,7 @@ From the relay process:
 - ``R``: renew this connection's grant (asked half a second before it runs out, by a
   connection in use, so that its requests do not wait for the server).
 
-Only the standard library: the relay process imports this.
+Only the standard library: the workers import this.
 """
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ class Back(IntEnum):
     """Why a connection comes back to the server."""
 
     ASK = 0  # a request the grant does not cover: the server routes it as any other
-    DROPPED = 1  # the sandbox dropped the request unanswered: the server tries it itself
+    DROPPED = 1  # the sandbox dropped the request unanswered (or could not be reached):
+    # the server tries it itself
     TIMED_OUT = 2  # the sandbox did not begin its answer in time: the server says so
+    FAILED = 3  # the sandbox dropped a request that may not be sent twice: the server says so
 
 
 def pack_fields(fields: list[bytes]) -> bytes:
@@ -60,8 +62,9 @@ def unpack_fields(data: bytes) -> list[bytes]:
 
 
 class Grant(NamedTuple):
-    """Which requests on a connection the relay process may relay itself: GETs with no body
-    for this Host with these Cookie headers, exactly; it sends them with this credential."""
+    """Which requests on a connection a worker may relay itself: those ``rules.decide``
+    forwards for a session with this role, for this Host with these Cookie headers, exactly,
+    with bodies up to ``max_body``; it sends them to this address with this credential."""
 
     host: bytes
     cookies: tuple[bytes, ...]
@@ -69,13 +72,26 @@ class Grant(NamedTuple):
     peer: bytes  # the browser's address, for X-Forwarded-For
     scheme: bytes  # for X-Forwarded-Proto
     sandbox_id: bytes  # whose activity its requests count as
+    base_host: bytes  # the listener's base domain (``rules.Listener``)
+    role: int  # the session's role (``roles.Role``)
+    address: bytes  # the sandbox's opencode: its IP address
+    port: int
+    max_body: int
+
+
+_NUMBERS = ("role", "port", "max_body")
 
 
 def keep_message(conn_id: int, until: float, grant: Grant, data: bytes) -> bytes:
     """``K``: ``data`` is what the browser sent that was not used yet, its next request first;
     ``until`` is on CLOCK_MONOTONIC (``time.monotonic``), which both processes read."""
-    fields = [grant.host, grant.authorization, grant.peer, grant.scheme, grant.sandbox_id, data]
-    return KEEP.pack(b"K", conn_id, until) + pack_fields([*fields, *grant.cookies])
+    fields: list[bytes] = []
+    for value in grant:  # (the cookies, a tuple, go last)
+        if isinstance(value, int):
+            fields.append(b"%d" % value)
+        elif isinstance(value, bytes):
+            fields.append(value)
+    return KEEP.pack(b"K", conn_id, until) + pack_fields([*fields, data, *grant.cookies])
 
 
 def read_keep(msg: bytes) -> tuple[int, float, Grant, bytes]:
@@ -85,15 +101,14 @@ def read_keep(msg: bytes) -> tuple[int, float, Grant, bytes]:
     except struct.error as e:
         raise ValueError(str(e)) from e
     fields = unpack_fields(msg[KEEP.size :])
-    if len(fields) < 6:
+    names = [name for name in Grant._fields if name != "cookies"]
+    if len(fields) < len(names) + 1:
         raise ValueError("a grant without its fields")
-    host, authorization, peer, scheme, sandbox_id, data, *cookies = fields
-    return (
-        conn_id,
-        until,
-        Grant(host, tuple(cookies), authorization, peer, scheme, sandbox_id),
-        data,
-    )
+    values: dict[str, object] = dict(zip(names, fields, strict=False))
+    for name in _NUMBERS:
+        values[name] = int(fields[names.index(name)])  # (ValueError if not a number)
+    values["cookies"] = tuple(fields[len(names) + 1 :])
+    return conn_id, until, Grant(**values), fields[len(names)]  # type: ignore[arg-type]
 
 
 def activity_message(counts: dict[bytes, int]) -> bytes:

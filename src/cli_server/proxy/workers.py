@@ -1,0 +1,399 @@
+"""The server's side of the relay workers: child processes, one per core by default, that
+carry the browser connections the router grants them.
+
+See ``relay/worker.py`` for why. ``RelayWorkers`` starts the workers, sends each browser
+connection with a grant to the one carrying fewest (``serve``), lets Twisted forget it
+(``let_go``), renews grants and takes connections back when a worker asks, counts what they
+relayed as activity, sends every cut and expiry to every worker, and starts a worker again if
+it dies (what it carried dies with it; browsers reconnect). While no worker is ready, or a
+socket is not plain TCP (TLS), requests go to twisted.web: the workers are an optimisation,
+never needed. Workers share nothing; the server is the one authority over grants.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+from typing import Protocol as Interface
+
+from attrs import define, field
+from twisted.application.service import Service
+from twisted.internet import error
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IDelayedCall, IReadDescriptor
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.tcp import Connection
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from cli_server.proxy.live import Whose
+from cli_server.proxy.relay.wire import BACK, ID, RENEWED, Back, Grant, keep_message, read_activity
+
+_ENV = ("PATH", "PYTHONPATH", "LANG", "LC_ALL")  # what a worker needs of ours: no secrets
+
+
+class Lease(Interface):
+    """What the router keeps of a connection it gave a worker."""
+
+    def renew(self) -> float | None | Deferred[float | None]:
+        """Seconds more the grant may hold, or None: not renewed."""
+
+    def take_back(self, sock: socket.socket, data: bytes, why: Back, sandbox_id: str) -> None:
+        """The connection comes back: its socket, the bytes not used, why."""
+
+
+def plain_tcp(transport: Any) -> bool:
+    """A plain (not TLS) TCP connection that is open: its socket may go to a worker."""
+    return bool(
+        isinstance(transport, Connection)
+        and not getattr(transport, "TLS", False)
+        and transport.connected
+        and not transport.disconnecting
+    )
+
+
+@define(eq=False)
+class _Carried:
+    worker: _Worker
+    whose: Whose
+    lease: Lease
+
+
+@define(eq=False)
+class RelayWorkers(Service):
+    reactor: Any  # IReactorCore, IReactorProcess, IReactorFDSet, IReactorTime
+    count: int = 1
+    gauge: Any = None  # Prometheus gauge of what is carried, if metrics are on
+    # Told of the requests a worker relayed: sandbox id, how many since it last told.
+    on_relayed: Callable[[str, int], None] | None = None
+    stop_timeout: float = 5.0
+    monotonic: Callable[[], float] = time.monotonic  # the clock grants are given on, as theirs
+    _log = Logger()
+    _workers: list[_Worker] = field(factory=list, init=False)
+    _null: int = field(default=-1, init=False)  # /dev/null, what let_go points sockets at
+    _next_id: int = field(default=0, init=False)
+    _carried: dict[int, _Carried] = field(factory=dict, init=False)
+
+    def startService(self) -> None:
+        super().startService()
+        # (opened once: dup2 needs no free descriptor, so letting go cannot fail on EMFILE)
+        self._null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        self._workers = [_Worker(self, n) for n in range(self.count)]
+        for worker in self._workers:
+            worker.start()
+
+    @property
+    def ready(self) -> bool:
+        return any(worker.control is not None for worker in self._workers)
+
+    @property
+    def carrying(self) -> int:
+        return len(self._carried)
+
+    def serve(
+        self, browser: Any, grant: Grant, seconds: float, data: bytes, whose: Whose, lease: Lease
+    ) -> bool:
+        """Sends a browser connection, from its next request on (``data`` holds it), to the
+        worker carrying fewest, with a grant for ``seconds``; True if it has it now. The
+        caller then forgets it and calls ``let_go``. ``lease`` renews the grant while the
+        connection is in use, and takes it back."""
+        ready = [w for w in self._workers if w.control is not None]
+        if not ready or not plain_tcp(browser):
+            return False
+        worker = min(ready, key=lambda w: w.carrying)
+        assert worker.control is not None
+        self._next_id += 1
+        message = keep_message(self._next_id, self.monotonic() + seconds, grant, data)
+        try:
+            socket.send_fds(worker.control, [message], [browser.getHandle().fileno()])
+        except OSError:  # (BlockingIOError: the worker is behind; twisted.web serves it)
+            return False
+        self._carried[self._next_id] = _Carried(worker, whose, lease)
+        worker.carrying += 1
+        self._count()
+        return True
+
+    def let_go(self, transport: Any) -> None:
+        """Twisted forgets a connection whose socket a worker now has, without closing it
+        for the worker: a shutdown() here would end the worker's connection too."""
+        self.reactor.removeReader(transport)
+        self.reactor.removeWriter(transport)
+        # Our descriptor now names /dev/null instead of the socket (the worker has its own):
+        # Twisted's shutdown() on it fails harmlessly, its close() closes that.
+        os.dup2(self._null, transport.getHandle().fileno(), inheritable=False)
+        transport.connectionLost(Failure(error.ConnectionDone("carried by a relay worker")))
+
+    def cut(self, **match: str) -> None:
+        """Ends carried connections whose fields equal ``match`` (a revoked session's)."""
+        for worker in self._workers:
+            ids = [
+                i for i, c in self._carried.items() if c.worker is worker and c.whose.matches(match)
+            ]
+            for start in range(0, len(ids), 500):  # (a message is at most a few KiB)
+                worker.send(b"X" + b"".join(ID.pack(i) for i in ids[start : start + 500]))
+
+    def expire(self, sandbox_id: str) -> None:
+        """Grants for the sandbox are over: each connection comes back with its next request
+        and is routed afresh (a request or stream under way goes on). A status change does
+        more: it cuts them (``cut``, through ``SandboxAccess.revoke_sandbox``)."""
+        for conn_id, carried in self._carried.items():
+            if carried.whose.sandbox_id == sandbox_id:
+                carried.worker.send(RENEWED.pack(b"G", conn_id, 0.0))
+
+    def ended(self, conn_id: int) -> _Carried | None:
+        carried = self._carried.pop(conn_id, None)
+        if carried is not None:
+            carried.worker.carrying -= 1
+            self._count()
+        return carried
+
+    def came_back(self, conn_id: int, why: Back, sock: socket.socket, data: bytes) -> None:
+        carried = self.ended(conn_id)
+        if carried is None:
+            sock.close()
+            return
+        try:
+            carried.lease.take_back(sock, data, why, carried.whose.sandbox_id)
+        except Exception:
+            self._log.failure("taking a connection back from a relay worker")
+            sock.close()
+
+    def renew(self, conn_id: int) -> None:
+        """A worker asks for a longer grant for a connection in use."""
+        carried = self._carried.get(conn_id)
+        try:
+            seconds = carried.lease.renew() if carried is not None else None
+        except Exception:
+            self._log.failure("renewing a grant")
+            seconds = None
+        if isinstance(seconds, Deferred):
+            seconds.addErrback(lambda f: self._log.failure("renewing a grant", f))
+            seconds.addCallback(self._renewed, conn_id, carried)
+        else:
+            self._renewed(seconds, conn_id, carried)
+
+    def _renewed(self, seconds: float | None, conn_id: int, carried: _Carried | None) -> None:
+        if carried is None or self._carried.get(conn_id) is not carried:
+            return  # (it ended meanwhile)
+        until = self.monotonic() + seconds if seconds is not None else 0.0
+        carried.worker.send(RENEWED.pack(b"G", conn_id, until), retry=False)
+
+    def relayed(self, counts: dict[str, int]) -> None:
+        if self.on_relayed is not None:
+            for sandbox_id, count in counts.items():
+                self.on_relayed(sandbox_id, count)
+
+    def worker_ended(self, worker: _Worker) -> None:
+        for conn_id in [i for i, c in self._carried.items() if c.worker is worker]:
+            self.ended(conn_id)
+
+    def _count(self) -> None:
+        if self.gauge is not None:
+            self.gauge.set(len(self._carried))
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        if self._null >= 0:
+            os.close(self._null)
+            self._null = -1
+        return DeferredList([worker.stop() for worker in self._workers])
+
+
+@define(eq=False)
+class _Worker(ProcessProtocol):
+    """One worker process: its control socket, what waits to be said to it, and what it
+    says on stderr (our log) and when it ends."""
+
+    workers: RelayWorkers
+    index: int
+    control: socket.socket | None = None
+    carrying: int = 0
+    _reports: _Reports | None = None
+    _process: Any = None
+    _ended: Deferred[None] | None = None
+    _restart: IDelayedCall | None = None
+    _backoff: float = 1.0
+    _started_at: float = 0.0
+    _outbox: list[bytes] = field(factory=list)  # cuts for the worker to take
+    _retry: IDelayedCall | None = None
+    _stuck_since: float | None = None  # cuts waiting since
+    _log = Logger()
+
+    @property
+    def _reactor(self) -> Any:
+        return self.workers.reactor
+
+    def start(self) -> None:
+        self._restart = None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
+        env = {name: os.environ[name] for name in _ENV if name in os.environ}
+        argv = [sys.executable, "-m", "cli_server.proxy.relay.worker", "3"]
+        fds = {0: "w", 1: "r", 2: "r", 3: theirs.fileno()}
+        try:
+            self._process = self._reactor.spawnProcess(
+                self, sys.executable, argv, env=env, childFDs=fds
+            )
+        except OSError:
+            self._log.failure("starting a relay worker; requests go to twisted.web")
+            ours.close()
+            return
+        finally:
+            theirs.close()
+        self._ended = Deferred()
+        self._started_at = self._reactor.seconds()
+        self.control = ours
+        self._reports = _Reports(ours, self.workers, self)
+        self._reactor.addReader(self._reports)
+
+    def send(self, message: bytes, retry: bool = True) -> None:
+        """Cuts and expiries go out in order; those the worker cannot take yet are tried
+        again shortly, for a few seconds: then the worker is stopped, and every connection
+        with it, so that a revocation always wins. (A renewal is not retried: the grant
+        runs out, and the connection comes back.)"""
+        if not retry:
+            if not self._outbox and self.control is not None:
+                try:
+                    self.control.send(message)
+                except OSError:
+                    pass
+            return
+        self._outbox.append(message)
+        if self._retry is None:
+            self._send_outbox()
+
+    def _send_outbox(self) -> None:
+        self._retry = None
+        while self._outbox and self.control is not None:
+            try:
+                self.control.send(self._outbox[0])
+            except BlockingIOError:
+                now = self._reactor.seconds()
+                if self._stuck_since is None:
+                    self._stuck_since = now
+                if now - self._stuck_since < 5.0:
+                    self._retry = self._reactor.callLater(0.05, self._send_outbox)
+                    return
+                self._log.warn("relay worker {n} takes no cuts: stopping it", n=self.index)
+                self._kill()
+                break
+            except OSError:
+                break  # the worker is gone, and its connections with it
+            del self._outbox[0]
+        self._outbox.clear()
+        self._stuck_since = None
+
+    def control_lost(self) -> None:
+        if self._reports is not None:
+            self._reactor.removeReader(self._reports)
+            self._reports = None
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+
+    def errReceived(self, data: bytes) -> None:
+        text = data.decode(errors="replace").rstrip()
+        self._log.warn("relay worker {n}: {text}", n=self.index, text=text)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.control_lost()
+        self.workers.worker_ended(self)
+        self._process = None
+        ended, self._ended = self._ended, None
+        if ended is not None:
+            ended.callback(None)
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        self._outbox.clear()
+        if self.workers.running:
+            if self._reactor.seconds() - self._started_at > 60:
+                self._backoff = 1.0  # (it ran well: this is not a crash loop)
+            self._log.warn(
+                "relay worker {n} exited ({reason}); starting it again in {delay:.0f} s",
+                n=self.index,
+                reason=reason.getErrorMessage(),
+                delay=self._backoff,
+            )
+            self._restart = self._reactor.callLater(self._backoff, self.start)
+            self._backoff = min(self._backoff * 2, 60.0)
+
+    def stop(self) -> Deferred[None]:
+        for call in (self._restart, self._retry):
+            if call is not None and call.active():
+                call.cancel()
+        self._restart = self._retry = None
+        ended = self._ended
+        if ended is None:
+            return succeed(None)
+        self.control_lost()  # the worker sees its end close, closes its connections and exits
+        kill = self._reactor.callLater(self.workers.stop_timeout, self._kill)
+        return ended.addBoth(lambda _: kill.cancel() if kill.active() else None)
+
+    def _kill(self) -> None:
+        if self._process is not None:
+            try:
+                self._process.signalProcess("KILL")
+            except error.ProcessExitedAlready:
+                pass
+
+
+@implementer(IReadDescriptor)
+class _Reports:
+    """A worker's messages: what ended, what came back, what was relayed."""
+
+    _log = Logger()
+
+    def __init__(self, sock: socket.socket, workers: RelayWorkers, worker: _Worker) -> None:
+        self._sock, self._workers, self._worker = sock, workers, worker
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def doRead(self) -> Any:
+        for _ in range(1000):  # (a bounded batch per reactor turn)
+            try:
+                msg, fds, _, _ = socket.recv_fds(self._sock, 1 << 18, 1, socket.MSG_CMSG_CLOEXEC)
+            except BlockingIOError:
+                return None
+            except OSError:
+                return CONNECTION_LOST
+            if not msg:
+                return CONNECTION_DONE
+            try:
+                self._message(msg, fds)
+            except ValueError:
+                self._log.warn("a relay worker said something we do not understand")
+        return None
+
+    def _message(self, msg: bytes, fds: list[int]) -> None:
+        kind = msg[:1]
+        if kind == b"B" and len(msg) >= BACK.size and len(fds) == 1:
+            _, conn_id, why = BACK.unpack_from(msg)
+            if why in set(Back):
+                sock = socket.socket(fileno=fds[0])
+                self._workers.came_back(conn_id, Back(why), sock, msg[BACK.size :])
+                return
+        for fd in fds:
+            os.close(fd)
+        if kind == b"R" and len(msg) == 1 + ID.size:
+            self._workers.renew(ID.unpack_from(msg, 1)[0])
+        elif kind in (b"B", b"E") and len(msg) >= 1 + ID.size:
+            # (a B without its socket, say at EMFILE: that connection is lost; it ends here)
+            self._workers.ended(ID.unpack_from(msg, 1)[0])
+        elif kind == b"A":
+            self._workers.relayed(read_activity(msg))
+        else:
+            raise ValueError(kind)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._worker.control_lost()
+
+    def logPrefix(self) -> str:
+        return "relay-worker"

@@ -1,0 +1,489 @@
+"""Contract tests of the k8s backend against a FAKE Kubernetes API server (kmock's emulator):
+the real ``kubernetes`` client on our bounded pool, the tests playing the agent-sandbox
+controller (they set status and conditions). A FAKE sandbox (upstream.py) stands in for opencode
+at the address the "controller" reports."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import jsonschema
+import kmock
+import pytest
+import pytest_twisted
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from cli_server.sandboxes.backend import BackendError, Endpoint, SandboxSpec, State
+from cli_server.sandboxes.k8s_backend import K8sBackend, K8sSettings
+from cli_server.sandboxes.k8s_objects import PodSettings
+from cli_server.sandboxes.opencode import OpencodeClient
+from cli_server.threads import ThreadPoolService
+
+from .conftest import FAKE_KEY, _reactor, server_config, start_server, stop_server
+from .fake_kubernetes import NAMESPACE, FakeKubernetes, sandbox_schema
+from .helpers import remove_dir, scratch_dir, wait_until
+
+INSTANCE = "test-instance"
+SANDBOXES = kmock.resource("agents.x-k8s.io/v1beta1/sandboxes")
+CLAIMS = kmock.resource("v1/persistentvolumeclaims")
+
+
+class Healthy(Resource):
+    """A FAKE opencode: answers its health check (the backend's last step of a start)."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        return b'{"healthy": true, "version": "fake"}'
+
+
+@attrs.define
+class Cluster:
+    fake: FakeKubernetes
+    kubeconfig: Path
+    pool: ThreadPoolService
+    port: int  # where the stand-in opencode listens
+    backends: list[K8sBackend] = attrs.field(factory=list)
+
+    def backend(self, timeout: float = 2.0, start_timeout: float = 10.0) -> K8sBackend:
+        pod = PodSettings(
+            image="registry.example/cli-server-sandbox:1",
+            anthropic_url="http://cli-server.cli.svc:8080/proxy/anthropic/v1",
+            resources={"limits": {"memory": "1Gi", "cpu": "1"}},
+            runtime_class="gvisor",
+            storage_class="fast",
+            workspace_access_mode="ReadWriteMany",
+        )
+        settings = K8sSettings(
+            pod,
+            kubeconfig=str(self.kubeconfig),
+            timeout=timeout,
+            start_timeout=start_timeout,
+            watch_round=1.0,
+            port=self.port,
+        )
+        backend = K8sBackend(
+            self.pool.run, settings, INSTANCE, OpencodeClient(_reactor()), health_timeout=5.0
+        )
+        self.backends.append(backend)
+        return backend
+
+
+def _cluster(versions: tuple[str, ...] = ("v1beta1",)) -> Iterator[Cluster]:
+    reactor = _reactor()
+    fake = FakeKubernetes(versions)
+    directory = scratch_dir("cli-test-k8s-")
+    pool = ThreadPoolService(reactor, "k8s-test", 8)
+    pool.startService()
+    listening = reactor.listenTCP(0, Site(Healthy()), interface="127.0.0.1")
+    try:
+        yield Cluster(fake, fake.kubeconfig(directory), pool, listening.getHost().port)
+    finally:
+        listening.stopListening()
+        pool.stopService()
+        fake.stop()
+        remove_dir(directory)
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    yield from _cluster()
+
+
+@pytest.fixture
+def alpha_cluster() -> Iterator[Cluster]:
+    yield from _cluster(("v1alpha1",))
+
+
+def spec(sandbox_id: str | None = None, token: str = "proxy-token-1") -> SandboxSpec:
+    return SandboxSpec(sandbox_id or str(uuid.uuid4()), "w-" + uuid.uuid4().hex[:8], "pw-1", token)
+
+
+async def started(cluster: Cluster, backend: K8sBackend, s: SandboxSpec) -> Endpoint:
+    """Start, and play the controller: once the Sandbox is submitted, report it Ready."""
+    reactor = _reactor()
+    d = backend.start(s)
+    name = f"cli-sbx-{s.id}"
+    await wait_until(reactor, lambda: name in cluster.fake.objects("sandboxes"), timeout=10)
+    await wait_until(
+        reactor,
+        lambda: cluster.fake.objects("sandboxes")[name]["spec"].get("operatingMode") != "Suspended",
+        timeout=10,
+    )
+    cluster.fake.make_ready(name, "127.0.0.1", ["10.1.2.3"])
+    endpoint: Endpoint = await d
+    return endpoint
+
+
+def validate(obj: dict[str, Any], version: str = "v1beta1") -> None:
+    jsonschema.validate(obj, sandbox_schema(version))
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_ready_address(cluster: Cluster) -> None:
+    """Create -> Ready -> the reported address; the objects are valid and hold no real key."""
+    backend = cluster.backend()
+    s = spec()
+    t0 = time.monotonic()
+    d = backend.start(s)
+    name = f"cli-sbx-{s.id}"
+    await wait_until(_reactor(), lambda: name in cluster.fake.objects("sandboxes"), timeout=10)
+    submitted = time.monotonic() - t0
+    calls_to_submit = backend.calls
+    cluster.fake.make_ready(name, "127.0.0.1", ["10.1.2.3"])
+    endpoint = await d
+    assert endpoint == Endpoint("127.0.0.1", cluster.port)
+    print(
+        f"\nk8s: create -> Sandbox submitted in {submitted * 1000:.0f} ms, {calls_to_submit} calls"
+    )
+
+    sandbox = cluster.fake.objects("sandboxes")[name]
+    validate(sandbox)
+    assert sandbox["spec"]["operatingMode"] == "Running"
+    assert sandbox["metadata"]["labels"]["cli-server/instance"] == INSTANCE
+    assert sandbox["metadata"]["labels"]["cli-server/sandbox"] == s.id
+    assert sandbox["metadata"]["labels"]["cli-server/workspace"] == s.workspace_id
+    pod = sandbox["spec"]["podTemplate"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["runtimeClassName"] == "gvisor"
+    assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 1000
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["image"] == "registry.example/cli-server-sandbox:1"
+    assert container["resources"] == {"limits": {"memory": "1Gi", "cpu": "1"}}
+    assert container["ports"][0]["containerPort"] == 4096
+    env = {e["name"]: e for e in container["env"]}
+    assert env["ANTHROPIC_BASE_URL"]["value"] == "http://cli-server.cli.svc:8080/proxy/anthropic/v1"
+    for variable in ("OPENCODE_SERVER_PASSWORD", "ANTHROPIC_API_KEY"):
+        assert "value" not in env[variable]
+        assert env[variable]["valueFrom"]["secretKeyRef"]["name"] == name
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]}
+    assert claims[mounts["/data/disk0"]] == f"cli-ws-{s.workspace_id}"
+    assert claims[mounts["/home/opencode"]] == f"cli-home-{s.id}"
+    text = json.dumps(sandbox)
+    assert s.password not in text and s.proxy_token not in text and FAKE_KEY not in text
+
+    secret = cluster.fake.secret_values(name)
+    assert secret == {"opencode-password": s.password, "anthropic-token": s.proxy_token}
+    assert FAKE_KEY not in json.dumps(cluster.fake.objects("secrets"))
+    pvcs = cluster.fake.objects("persistentvolumeclaims")
+    assert pvcs[f"cli-ws-{s.workspace_id}"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert pvcs[f"cli-ws-{s.workspace_id}"]["spec"]["storageClassName"] == "fast"
+    assert pvcs[f"cli-home-{s.id}"]["spec"]["resources"]["requests"]["storage"] == "5Gi"
+
+    observed = await backend.describe(s.id)
+    assert observed.state is State.RUNNING and observed.endpoint == endpoint
+    assert await backend.source_addresses(s.id) == frozenset({"10.1.2.3"})
+    assert await backend.list_owned() == [s.id]
+
+
+@pytest_twisted.ensureDeferred
+async def test_service_name_else_pod_address(cluster: Cluster) -> None:
+    """The address is status.serviceFQDN when set, else the pod's IP."""
+    backend = cluster.backend()
+    s = spec()
+    d = backend.start(s)
+    name = f"cli-sbx-{s.id}"
+    await wait_until(_reactor(), lambda: name in cluster.fake.objects("sandboxes"), timeout=10)
+    cluster.fake.make_ready(name, None, ["127.0.0.1"])
+    assert await d == Endpoint("127.0.0.1", cluster.port)
+    cluster.fake.make_ready(name, "localhost", ["127.0.0.1"])
+    assert (await backend.describe(s.id)).endpoint == Endpoint("localhost", cluster.port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_pause_resume_keeps_home(cluster: Cluster) -> None:
+    """Pause = Suspended with the HOME claim kept; resume = Running with the new token."""
+    backend = cluster.backend()
+    s = spec()
+    name = f"cli-sbx-{s.id}"
+    await started(cluster, backend, s)
+    before = backend.calls
+    await backend.stop(s.id)
+    pause_calls = backend.calls - before
+    sandbox = cluster.fake.objects("sandboxes")[name]
+    assert sandbox["spec"]["operatingMode"] == "Suspended"
+    validate(sandbox)
+    home = cluster.fake.objects("persistentvolumeclaims")[f"cli-home-{s.id}"]
+    cluster.fake.patch("sandboxes", name, lambda o: o.update(status={}))  # the pod is gone
+    assert (await backend.describe(s.id)).state is State.STOPPED
+
+    again = SandboxSpec(s.id, s.workspace_id, s.password, "proxy-token-2")
+    before = backend.calls
+    await started(cluster, backend, again)
+    resume_calls = backend.calls - before
+    print(f"\nk8s: pause {pause_calls} calls, resume {resume_calls} calls")
+    assert cluster.fake.objects("sandboxes")[name]["spec"]["operatingMode"] == "Running"
+    assert cluster.fake.objects("persistentvolumeclaims")[f"cli-home-{s.id}"] == home
+    assert cluster.fake.secret_values(name)["anthropic-token"] == "proxy-token-2"
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_removes_object_secret_and_claim(cluster: Cluster) -> None:
+    backend = cluster.backend()
+    s = spec()
+    await started(cluster, backend, s)
+    before = backend.calls
+    await backend.delete(s.id)
+    print(f"\nk8s: delete {backend.calls - before} calls")
+    assert f"cli-sbx-{s.id}" not in cluster.fake.objects("sandboxes")
+    assert f"cli-sbx-{s.id}" not in cluster.fake.objects("secrets")
+    claims = cluster.fake.objects("persistentvolumeclaims")
+    assert f"cli-home-{s.id}" not in claims and f"cli-ws-{s.workspace_id}" in claims
+    assert (await backend.describe(s.id)).state is State.MISSING
+    assert await backend.list_owned() == []
+    await backend.delete_workspace(s.workspace_id)
+    assert f"cli-ws-{s.workspace_id}" not in cluster.fake.objects("persistentvolumeclaims")
+
+
+@pytest_twisted.ensureDeferred
+async def test_adoption_after_restart(cluster: Cluster) -> None:
+    """A new server process (a new backend, same instance) finds its running sandbox."""
+    s = spec()
+    endpoint = await started(cluster, cluster.backend(), s)
+    later = cluster.backend()
+    assert await later.list_owned() == [s.id]
+    observed = await later.describe(s.id)
+    assert observed.state is State.RUNNING and observed.endpoint == endpoint
+    assert await later.source_addresses(s.id) == frozenset({"10.1.2.3"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_foreign_objects_untouched(cluster: Cluster) -> None:
+    """Objects without our instance label are never listed, changed or deleted."""
+    backend = cluster.backend()
+    mine = spec()
+    await started(cluster, backend, mine)
+    other = str(uuid.uuid4())
+    foreign = {
+        "apiVersion": "agents.x-k8s.io/v1beta1",
+        "kind": "Sandbox",
+        "metadata": {
+            "name": f"cli-sbx-{other}",
+            "namespace": NAMESPACE,
+            "labels": {"cli-server/instance": "someone-else", "cli-server/sandbox": other},
+        },
+        "spec": {"podTemplate": {"spec": {"containers": []}}, "operatingMode": "Running"},
+    }
+    cluster.fake.put("sandboxes", "v1beta1", f"cli-sbx-{other}", foreign)
+    claim = {"metadata": {"name": f"cli-home-{other}", "namespace": NAMESPACE}, "spec": {}}
+    cluster.fake.put("persistentvolumeclaims", "v1", f"cli-home-{other}", claim)
+    assert await backend.list_owned() == [mine.id]
+    assert (await backend.describe(other)).state is State.MISSING
+    await backend.stop(other)
+    await backend.delete(other)
+    assert cluster.fake.objects("sandboxes")[f"cli-sbx-{other}"] == foreign
+    assert cluster.fake.objects("persistentvolumeclaims")[f"cli-home-{other}"] == claim
+    with pytest.raises(BackendError, match="not made by this server"):
+        await backend.start(SandboxSpec(other, "w", "pw", "t"))
+    assert cluster.fake.objects("sandboxes")[f"cli-sbx-{other}"] == foreign
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleted_behind_our_back_or_unready(cluster: Cluster) -> None:
+    """A Sandbox deleted by someone else is stopped (HOME kept: the reconciler pauses it); one
+    whose Ready turned False is stopped with the cluster's reason (the reconciler fails it)."""
+    backend = cluster.backend()
+    s = spec()
+    await started(cluster, backend, s)
+    cluster.fake.make_not_ready(f"cli-sbx-{s.id}", "PodFailed", "container opencode OOMKilled")
+    observed = await backend.describe(s.id)
+    assert observed.state is State.STOPPED
+    assert observed.exit == "PodFailed: container opencode OOMKilled"
+    cluster.fake.remove("sandboxes", f"cli-sbx-{s.id}")
+    observed = await backend.describe(s.id)
+    assert observed.state is State.STOPPED and observed.exit is None
+    await backend.stop(s.id)  # (what the reconciler does next: nothing to suspend)
+    assert await backend.list_owned() == [s.id]
+
+
+@pytest_twisted.ensureDeferred
+async def test_never_ready_fails_with_the_reason(cluster: Cluster) -> None:
+    backend = cluster.backend(start_timeout=2.0)
+    s = spec()
+    name = f"cli-sbx-{s.id}"
+    d = backend.start(s)
+    await wait_until(_reactor(), lambda: name in cluster.fake.objects("sandboxes"), timeout=10)
+    cluster.fake.make_not_ready(name, "ImagePullBackOff", 'Back-off pulling image "x"')
+    with pytest.raises(BackendError) as caught:
+        await d
+    assert str(caught.value) == (
+        'the sandbox did not become ready in 2s: ImagePullBackOff: Back-off pulling image "x"'
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_never_ready_reason_from_events(cluster: Cluster) -> None:
+    backend = cluster.backend(start_timeout=1.0)
+    s = spec()
+    name = f"cli-sbx-{s.id}"
+    event = {
+        "metadata": {"name": "e1", "namespace": NAMESPACE},
+        "involvedObject": {"name": name},
+        "type": "Warning",
+        "reason": "FailedScheduling",
+        "message": "0/3 nodes are available: 3 Insufficient memory.",
+    }
+    cluster.fake.put("events", "v1", "e1", event)
+    with pytest.raises(BackendError, match="FailedScheduling: 0/3 nodes are available"):
+        await backend.start(s)
+
+
+@pytest.mark.parametrize(
+    "failure, expected",
+    [
+        ((SANDBOXES, 403), "the Kubernetes API forbids it (RBAC: see the chart's Role): no"),
+        ((CLAIMS, 422), "the Kubernetes API rejected the object as invalid: no"),
+        ((SANDBOXES, 409), "the Kubernetes API reports a conflict: no"),
+        ((CLAIMS, 404), "the Kubernetes API has no such object or resource: no"),
+        ((CLAIMS, "hang"), "the Kubernetes API did not answer within 1s"),
+    ],
+    ids=["403", "422", "409", "404", "timeout"],
+)
+@pytest_twisted.ensureDeferred
+async def test_api_errors_are_readable(cluster: Cluster, failure: Any, expected: str) -> None:
+    criteria, status = failure
+    if status == "hang":
+        cluster.fake.hang(criteria, 3.0)
+    else:
+        cluster.fake.answer(criteria, status, "no")
+    backend = cluster.backend(timeout=1.0)
+    with pytest.raises(BackendError) as caught:
+        await backend.start(spec())
+    assert str(caught.value) == expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreachable_and_unserved() -> None:
+    """No API server at all; a cluster without the Sandbox resource."""
+    reactor = _reactor()
+    pool = ThreadPoolService(reactor, "k8s-test", 2)
+    pool.startService()
+    directory = scratch_dir("cli-test-k8s-")
+    fake = FakeKubernetes(versions=())
+    try:
+        config = fake.kubeconfig(directory)
+        pod = PodSettings("img", "http://s/v1", {})
+        backend = K8sBackend(
+            pool.run,
+            K8sSettings(pod, kubeconfig=str(config), timeout=1.0),
+            INSTANCE,
+            OpencodeClient(reactor),
+        )
+        with pytest.raises(BackendError, match="serves no Sandbox resource"):
+            await backend.start(spec())
+        fake.stop()
+        down = K8sBackend(
+            pool.run,
+            K8sSettings(pod, kubeconfig=str(config), timeout=1.0),
+            INSTANCE,
+            OpencodeClient(reactor),
+        )
+        with pytest.raises(BackendError, match="the Kubernetes API server is unreachable"):
+            await down.start(spec())
+        with pytest.raises(BackendError, match="unreachable"):
+            await down.list_owned()
+    finally:
+        pool.stopService()
+        remove_dir(directory)
+
+
+@pytest_twisted.ensureDeferred
+async def test_v1alpha1_only(alpha_cluster: Cluster) -> None:
+    """Where only v1alpha1 is served (found by discovery): replicas 1, pause = replicas 0."""
+    backend = alpha_cluster.backend()
+    s = spec()
+    name = f"cli-sbx-{s.id}"
+    d = backend.start(s)
+    await wait_until(
+        _reactor(), lambda: name in alpha_cluster.fake.objects("sandboxes"), timeout=10
+    )
+    alpha_cluster.fake.make_ready(name, "127.0.0.1", ["127.0.0.1"])
+    await d
+    sandbox = alpha_cluster.fake.objects("sandboxes")[name]
+    assert sandbox["apiVersion"] == "agents.x-k8s.io/v1alpha1"
+    assert sandbox["spec"]["replicas"] == 1 and "operatingMode" not in sandbox["spec"]
+    validate(sandbox, "v1alpha1")
+    await backend.stop(s.id)
+    assert alpha_cluster.fake.objects("sandboxes")[name]["spec"]["replicas"] == 0
+    assert (await backend.describe(s.id)).state is State.STOPPED
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconcile_500_sandboxes(cluster: Cluster) -> None:
+    """What the reconciler asks of the backend, with 500 of our sandboxes in the fake."""
+    backend = cluster.backend(timeout=10.0)
+    template = None
+    s = spec()
+    await started(cluster, backend, s)
+    template = cluster.fake.objects("sandboxes")[f"cli-sbx-{s.id}"]
+    ids = [str(uuid.uuid4()) for _ in range(499)]
+    for sandbox_id in ids:
+        obj = json.loads(json.dumps(template).replace(s.id, sandbox_id))
+        obj["metadata"]["namespace"] = NAMESPACE
+        cluster.fake.put("sandboxes", "v1beta1", f"cli-sbx-{sandbox_id}", obj)
+    t0 = time.monotonic()
+    before = backend.calls
+    owned = await backend.list_owned()
+    observed = [await backend.describe(i) for i in owned]
+    took = time.monotonic() - t0
+    print(f"\nk8s: reconcile of 500 sandboxes: {took:.2f}s, {backend.calls - before} calls")
+    assert len(owned) == 500 and all(o.state is State.RUNNING for o in observed)
+
+
+@pytest_twisted.async_yield_fixture
+async def k8s_app(db_url: str, cluster: Cluster) -> AsyncIterator[Any]:
+    backend = cluster.backend(start_timeout=10.0)
+    config = attrs.evolve(server_config(db_url), backend="k8s")
+    app = await start_server(db_url, config=config, backend=backend)
+    yield app, backend
+    await stop_server(app)
+
+
+@pytest_twisted.ensureDeferred
+async def test_through_the_api(k8s_app: Any, cluster: Cluster) -> None:
+    """The whole server on the k8s backend: running once the controller says Ready; a
+    forbidden start is ``failed`` with a readable message, and the server keeps serving."""
+    from .test_sandboxes_api import team
+
+    app, _ = k8s_app
+    reactor = _reactor()
+    people, wid = await team(app)
+    dev = people["developer"]
+    made = (await dev.call("POST", f"/api/workspaces/{wid}/sandboxes", {"name": "k"})).body
+    name = f"cli-sbx-{made['id']}"
+    await wait_until(reactor, lambda: name in cluster.fake.objects("sandboxes"), timeout=10)
+    cluster.fake.make_ready(name, "127.0.0.1", ["127.0.0.1"])
+
+    async def status(sandbox_id: str) -> str:
+        return str((await dev.call("GET", f"/api/sandboxes/{sandbox_id}")).body["status"])
+
+    async def running() -> bool:
+        return await status(made["id"]) == "running"
+
+    await wait_until(reactor, running, timeout=10)
+    opened = await dev.call("GET", f"/api/sandboxes/{made['id']}")
+    assert opened.code == 200
+
+    cluster.fake.answer(SANDBOXES, 403, 'sandboxes is forbidden: User "system:serviceaccount"')
+    second = (await dev.call("POST", f"/api/workspaces/{wid}/sandboxes", {"name": "k2"})).body
+
+    async def failed() -> bool:
+        return await status(second["id"]) == "failed"
+
+    await wait_until(reactor, failed, timeout=10)
+    body = (await dev.call("GET", f"/api/sandboxes/{second['id']}")).body
+    assert body["error"].startswith("the Kubernetes API forbids it (RBAC")
+    assert (await people["anonymous"].call("GET", "/healthz")).code == 200

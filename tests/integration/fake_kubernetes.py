@@ -61,8 +61,10 @@ class FakeKubernetes:
             await self._server.__aexit__(None, None, None)
             await self.emulator.__aexit__(None, None, None)
 
-        self._on_loop(stop())
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        try:
+            self._on_loop(stop(), timeout=30)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
 
@@ -144,23 +146,29 @@ class FakeKubernetes:
 
     # -- the controller's part ------------------------------------------------------------------
 
-    def make_ready(self, name: str, fqdn: str | None, pod_ips: list[str]) -> None:
-        def ready(obj: dict[str, Any]) -> None:
-            status: dict[str, Any] = {
-                "conditions": [_condition("Ready", "True", "DependenciesReady", "pod is ready")],
-                "podIPs": pod_ips,
-            }
-            if fqdn:
-                status["serviceFQDN"] = fqdn
-            obj["status"] = status
+    def set_status(self, name: str, status: dict[str, Any]) -> None:
+        """PATCH the Sandbox's status subresource over HTTP, as the controller does (so that
+        watches see a MODIFIED event)."""
+        from kubernetes import client
 
-        self.patch("sandboxes", name, ready)
+        configuration = client.Configuration()
+        configuration.host = self.url
+        api = client.CustomObjectsApi(client.ApiClient(configuration))
+        api.patch_namespaced_custom_object_status(
+            GROUP, self.versions[0], NAMESPACE, "sandboxes", name, {"status": status}
+        )
+
+    def make_ready(self, name: str, fqdn: str | None, pod_ips: list[str]) -> None:
+        status: dict[str, Any] = {
+            "conditions": [_condition("Ready", "True", "DependenciesReady", "pod is ready")],
+            "podIPs": pod_ips,
+        }
+        if fqdn:
+            status["serviceFQDN"] = fqdn
+        self.set_status(name, status)
 
     def make_not_ready(self, name: str, reason: str, message: str) -> None:
-        def not_ready(obj: dict[str, Any]) -> None:
-            obj["status"] = {"conditions": [_condition("Ready", "False", reason, message)]}
-
-        self.patch("sandboxes", name, not_ready)
+        self.set_status(name, {"conditions": [_condition("Ready", "False", reason, message)]})
 
     # -- failures -------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 import jsonschema
 import kmock
+import kubernetes_validate
 import pytest
 import pytest_twisted
 from twisted.web.resource import Resource
@@ -31,6 +32,7 @@ from .fake_kubernetes import NAMESPACE, FakeKubernetes, sandbox_schema
 from .helpers import remove_dir, scratch_dir, wait_until
 
 INSTANCE = "test-instance"
+K8S = "1.35.0"  # the Kubernetes version objects are validated for
 SANDBOXES = kmock.resource("agents.x-k8s.io/v1beta1/sandboxes")
 CLAIMS = kmock.resource("v1/persistentvolumeclaims")
 
@@ -67,7 +69,7 @@ class Cluster:
             kubeconfig=str(self.kubeconfig),
             timeout=timeout,
             start_timeout=start_timeout,
-            watch_round=1.0,
+            watch_round=30.0,  # (Ready must come through the watch, not a re-read)
             port=self.port,
         )
         backend = K8sBackend(
@@ -138,11 +140,25 @@ async def test_create_ready_address(cluster: Cluster) -> None:
     await wait_until(_reactor(), lambda: name in cluster.fake.objects("sandboxes"), timeout=10)
     submitted = time.monotonic() - t0
     calls_to_submit = backend.calls
+    t1 = time.monotonic()
     cluster.fake.make_ready(name, "127.0.0.1", ["10.1.2.3"])
     endpoint = await d
+    noticed = time.monotonic() - t1
+    assert noticed < 5.0  # the watch saw it (a watch round lasts 30 s)
     assert endpoint == Endpoint("127.0.0.1", cluster.port)
+    calls_to_ready = backend.calls
+    warm = spec()
+    t0 = time.monotonic()
+    again = backend.start(warm)
+    warm_name = f"cli-sbx-{warm.id}"
+    await wait_until(_reactor(), lambda: warm_name in cluster.fake.objects("sandboxes"))
+    warm_submitted = time.monotonic() - t0
+    cluster.fake.make_ready(warm_name, "127.0.0.1", ["10.1.2.4"])
+    await again
     print(
-        f"\nk8s: create -> Sandbox submitted in {submitted * 1000:.0f} ms, {calls_to_submit} calls"
+        f"\nk8s: create -> Sandbox submitted in {submitted * 1000:.0f} ms (first, "
+        f"{calls_to_submit} calls incl. discovery), {warm_submitted * 1000:.0f} ms (next); "
+        f"Ready -> running in {noticed * 1000:.0f} ms; {calls_to_ready} calls to running"
     )
 
     sandbox = cluster.fake.objects("sandboxes")[name]
@@ -175,6 +191,13 @@ async def test_create_ready_address(cluster: Cluster) -> None:
     text = json.dumps(sandbox)
     assert s.password not in text and s.proxy_token not in text and FAKE_KEY not in text
 
+    # the pod template, Secret and claims are valid for Kubernetes 1.35 (strict)
+    template = {"metadata": {"name": "t"}, "template": sandbox["spec"]["podTemplate"]}
+    kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate", **template}, K8S, True)
+    for plural in ("secrets", "persistentvolumeclaims"):
+        for obj in cluster.fake.objects(plural).values():
+            kubernetes_validate.validate(obj, K8S, strict=True)
+
     secret = cluster.fake.secret_values(name)
     assert secret == {"opencode-password": s.password, "anthropic-token": s.proxy_token}
     assert FAKE_KEY not in json.dumps(cluster.fake.objects("secrets"))
@@ -186,7 +209,7 @@ async def test_create_ready_address(cluster: Cluster) -> None:
     observed = await backend.describe(s.id)
     assert observed.state is State.RUNNING and observed.endpoint == endpoint
     assert await backend.source_addresses(s.id) == frozenset({"10.1.2.3"})
-    assert await backend.list_owned() == [s.id]
+    assert await backend.list_owned() == sorted([s.id, warm.id])
 
 
 @pytest_twisted.ensureDeferred
@@ -217,7 +240,7 @@ async def test_pause_resume_keeps_home(cluster: Cluster) -> None:
     assert sandbox["spec"]["operatingMode"] == "Suspended"
     validate(sandbox)
     home = cluster.fake.objects("persistentvolumeclaims")[f"cli-home-{s.id}"]
-    cluster.fake.patch("sandboxes", name, lambda o: o.update(status={}))  # the pod is gone
+    cluster.fake.set_status(name, {"conditions": [], "podIPs": []})  # the pod is gone
     assert (await backend.describe(s.id)).state is State.STOPPED
 
     again = SandboxSpec(s.id, s.workspace_id, s.password, "proxy-token-2")
@@ -487,3 +510,82 @@ async def test_through_the_api(k8s_app: Any, cluster: Cluster) -> None:
     body = (await dev.call("GET", f"/api/sandboxes/{second['id']}")).body
     assert body["error"].startswith("the Kubernetes API forbids it (RBAC")
     assert (await people["anonymous"].call("GET", "/healthz")).code == 200
+
+
+def test_twistd_on_the_k8s_backend(data_dir: Path) -> None:
+    """A real ``twistd cli-server --backend k8s`` against the fake: it finds the Sandbox
+    resource, submits a sandbox's objects with its options, runs it once the "controller"
+    reports it Ready (a FAKE opencode answers at the pod address, port 4096), and deletes
+    its objects again."""
+    import http.server
+    import random
+    import threading
+
+    from .daemon import Daemon
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"healthy": true}'
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    pod_ip = f"127.0.{random.randrange(1, 255)}.{random.randrange(2, 255)}"  # (port 4096 free)
+    opencode = http.server.ThreadingHTTPServer((pod_ip, 4096), Health)
+    threading.Thread(target=opencode.serve_forever, daemon=True).start()
+    fake = FakeKubernetes()
+    data_dir.mkdir(parents=True)
+    server = Daemon(
+        data_dir,
+        "--backend=k8s",
+        "--agent-image=registry.example/sandbox:2",
+        f"--kubeconfig={fake.kubeconfig(data_dir.parent)}",
+        "--runtime-class=gvisor",
+        "--k8s-instance=daemon-test",
+        "--in-cluster-url=http://cli.cli.svc:8080",
+    )
+    try:
+        server.start()
+        assert server.request("GET", "/readyz")[0] == 200
+        credentials = {"username": "alice", "password": "correct horse"}
+        assert server.request("POST", "/api/auth/register", credentials)[0] == 201
+        assert server.request("POST", "/api/auth/login", credentials)[0] == 200
+        _, workspace = server.request("POST", "/api/workspaces", {"name": "w"})
+        wid = workspace["id"]
+        sid = server.request("POST", f"/api/workspaces/{wid}/sandboxes", {"name": "s"})[1]["id"]
+        name = f"cli-sbx-{sid}"
+        deadline = time.monotonic() + 30
+        while name not in fake.objects("sandboxes"):
+            assert time.monotonic() < deadline, "no Sandbox was submitted"
+            time.sleep(0.1)
+        sandbox = fake.objects("sandboxes")[name]
+        validate(sandbox)
+        assert sandbox["metadata"]["labels"]["cli-server/instance"] == "daemon-test"
+        pod = sandbox["spec"]["podTemplate"]["spec"]
+        assert pod["runtimeClassName"] == "gvisor"
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert env["ANTHROPIC_BASE_URL"] == "http://cli.cli.svc:8080/proxy/anthropic/v1"
+        assert pod["containers"][0]["image"] == "registry.example/sandbox:2"
+        fake.make_ready(name, None, [pod_ip])
+        while server.request("GET", f"/api/sandboxes/{sid}")[1]["status"] != "running":
+            assert time.monotonic() < deadline, server.log.read_text()[-3000:]
+            time.sleep(0.2)
+        assert server.request("DELETE", f"/api/sandboxes/{sid}")[0] == 204
+        assert name not in fake.objects("sandboxes")
+        assert name not in fake.objects("secrets")
+        assert f"cli-home-{sid}" not in fake.objects("persistentvolumeclaims")
+        assert f"cli-ws-{wid}" in fake.objects("persistentvolumeclaims")
+        assert server.request("DELETE", f"/api/workspaces/{wid}")[0] == 204
+        assert f"cli-ws-{wid}" not in fake.objects("persistentvolumeclaims")
+        log = server.log.read_text()
+        assert "k8s backend: Sandbox v1beta1 objects in namespace sandboxes" in log
+    finally:
+        server.stop()
+        fake.stop()
+        opencode.shutdown()
+        opencode.server_close()

@@ -179,6 +179,7 @@ class K8sBackend:
         """Create; False if it exists already (409)."""
         from kubernetes.client.exceptions import ApiException
 
+        body["metadata"]["namespace"] = self._namespace
         try:
             self._thd_call(f, *args, body)
         except ApiException as e:

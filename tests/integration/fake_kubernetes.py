@@ -187,6 +187,16 @@ class FakeKubernetes:
 
         self._on_loop(add())
 
+    def serve_log(self, pod: str, text: str) -> None:
+        """The pod's log, as the kubelet would serve it through the API server."""
+        kmock = self._kmock
+
+        async def add() -> None:
+            path = f"get /api/v1/namespaces/{NAMESPACE}/pods/{pod}/log"
+            self.emulator[path] << kmock.headers({"Content-Type": "text/plain"}) << text.encode()
+
+        self._on_loop(add())
+
     def hang(self, criteria: Any, seconds: float) -> None:
         """Requests matching ``criteria`` get no answer for ``seconds``."""
 

@@ -272,6 +272,24 @@ async def test_delete_removes_object_secret_and_claim(cluster: Cluster) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_logs_with_secrets_blanked(cluster: Cluster) -> None:
+    """The pod's log tail, with its password (plain and as a Basic credential) and token
+    blanked; a paused sandbox (no pod) has none."""
+    from base64 import b64encode
+
+    backend = cluster.backend()
+    s = spec()
+    await started(cluster, backend, s)
+    basic = b64encode(f"opencode:{s.password}".encode()).decode()
+    cluster.fake.serve_log(
+        f"cli-sbx-{s.id}", f"listening on 4096\npw={s.password} {basic} {s.proxy_token}\n"
+    )
+    tail = await backend.logs(s.id)
+    assert tail.lines == ("listening on 4096", "pw=[redacted] [redacted] [redacted]")
+    assert (await backend.logs(str(uuid.uuid4()))).lines == ()
+
+
+@pytest_twisted.ensureDeferred
 async def test_adoption_after_restart(cluster: Cluster) -> None:
     """A new server process (a new backend, same instance) finds its running sandbox."""
     s = spec()

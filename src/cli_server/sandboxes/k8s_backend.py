@@ -231,7 +231,9 @@ class K8sBackend:
                 raise BackendError(f"Sandbox {name} is still being deleted; try again shortly")
         else:
             patch = objects.running_patch(version, True)
-            patch["spec"]["podTemplate"] = body["spec"]["podTemplate"]  # today's settings
+            template = body["spec"]["podTemplate"]  # today's settings (a merge patch:
+            template["spec"].setdefault("runtimeClassName", None)  # null removes a key)
+            patch["spec"]["podTemplate"] = template
             self._thd_call(
                 custom.patch_namespaced_custom_object,
                 objects.GROUP,
@@ -430,11 +432,10 @@ class K8sBackend:
                 return LogTail((), False)
             raise
         secret = self._thd_get(core.read_namespaced_secret, name, self._namespace) or {}
-        data = secret.get("data") or {}
-        password = _decoded(data.get("opencode-password"))
-        (text,) = redact(
-            [str(text)], [*secret_forms(password), _decoded(data.get("anthropic-token"))]
-        )
+        values = {k: _decoded(v) for k, v in (secret.get("data") or {}).items()}
+        values.update(secret.get("string_data") or {})  # (a server that echoes stringData)
+        password = values.get("opencode-password", "")
+        (text,) = redact([str(text)], [*secret_forms(password), values.get("anthropic-token", "")])
         tail = tail_lines(text, cut=False)
         lines = list(tail.lines)
         return LogTail(

@@ -149,16 +149,19 @@ async def test_create_ready_address(cluster: Cluster) -> None:
     calls_to_ready = backend.calls
     warm = spec()
     t0 = time.monotonic()
+    warm_before = backend.calls
     again = backend.start(warm)
     warm_name = f"cli-sbx-{warm.id}"
     await wait_until(_reactor(), lambda: warm_name in cluster.fake.objects("sandboxes"))
     warm_submitted = time.monotonic() - t0
     cluster.fake.make_ready(warm_name, "127.0.0.1", ["10.1.2.4"])
     await again
+    warm_calls = backend.calls - warm_before
     print(
         f"\nk8s: create -> Sandbox submitted in {submitted * 1000:.0f} ms (first, "
         f"{calls_to_submit} calls incl. discovery), {warm_submitted * 1000:.0f} ms (next); "
-        f"Ready -> running in {noticed * 1000:.0f} ms; {calls_to_ready} calls to running"
+        f"Ready -> running in {noticed * 1000:.0f} ms; calls to running: {calls_to_ready} "
+        f"(first), {warm_calls} (next)"
     )
 
     sandbox = cluster.fake.objects("sandboxes")[name]

@@ -612,7 +612,7 @@ def k8s_backend(config: ServerConfig, reactor: Any, root: Any, opencode: Opencod
     )
     settings = K8sSettings(pod, config.sandbox_namespace, config.kubeconfig)
     instance = config.k8s_instance or instance_id(config.data_dir)
-    backend = K8sBackend(pool.run, settings, instance, opencode)
+    backend = K8sBackend(pool.run, settings, instance, opencode, reactor)
     K8sPreparation(backend).setServiceParent(root)
     return backend
 

@@ -55,7 +55,9 @@ class Cluster:
     port: int  # where the stand-in opencode listens
     backends: list[K8sBackend] = attrs.field(factory=list)
 
-    def backend(self, timeout: float = 2.0, start_timeout: float = 10.0) -> K8sBackend:
+    def backend(
+        self, timeout: float = 2.0, start_timeout: float = 10.0, snapshot_ttl: float = 2.0
+    ) -> K8sBackend:
         pod = PodSettings(
             image="registry.example/cli-server-sandbox:1",
             anthropic_url="http://cli-server.cli.svc:8080/proxy/anthropic/v1",
@@ -71,9 +73,15 @@ class Cluster:
             start_timeout=start_timeout,
             watch_round=30.0,  # (Ready must come through the watch, not a re-read)
             port=self.port,
+            snapshot_ttl=snapshot_ttl,
         )
         backend = K8sBackend(
-            self.pool.run, settings, INSTANCE, OpencodeClient(_reactor()), health_timeout=5.0
+            self.pool.run,
+            settings,
+            INSTANCE,
+            OpencodeClient(_reactor()),
+            _reactor(),
+            health_timeout=5.0,
         )
         self.backends.append(backend)
         return backend
@@ -425,6 +433,7 @@ async def test_unreachable_and_unserved() -> None:
             K8sSettings(pod, kubeconfig=str(config), timeout=1.0),
             INSTANCE,
             OpencodeClient(reactor),
+            reactor,
         )
         with pytest.raises(BackendError, match="serves no Sandbox resource"):
             await backend.start(spec())
@@ -434,6 +443,7 @@ async def test_unreachable_and_unserved() -> None:
             K8sSettings(pod, kubeconfig=str(config), timeout=1.0),
             INSTANCE,
             OpencodeClient(reactor),
+            reactor,
         )
         with pytest.raises(BackendError, match="the Kubernetes API server is unreachable"):
             await down.start(spec())
@@ -485,6 +495,27 @@ async def test_reconcile_500_sandboxes(cluster: Cluster) -> None:
     took = time.monotonic() - t0
     print(f"\nk8s: reconcile of 500 sandboxes: {took:.2f}s, {backend.calls - before} calls")
     assert len(owned) == 500 and all(o.state is State.RUNNING for o in observed)
+    assert backend.calls - before <= 3  # one listing serves every describe
+
+
+@pytest_twisted.ensureDeferred
+async def test_listing_never_hides_a_change(cluster: Cluster) -> None:
+    """describe() answers "running" from a listing up to 2 s old; our own stop is seen at once,
+    and whatever else a listing says is read again from the object."""
+    backend = cluster.backend(snapshot_ttl=60.0)  # (a slow machine must not renew it)
+    s = spec()
+    name = f"cli-sbx-{s.id}"
+    await started(cluster, backend, s)
+    assert (await backend.describe(s.id)).state is State.RUNNING  # (lists)
+    await backend.stop(s.id)
+    assert (await backend.describe(s.id)).state is State.STOPPED
+    cluster.fake.patch("sandboxes", name, lambda o: o["spec"].update(operatingMode="Running"))
+    assert (await backend.describe(s.id)).state is State.RUNNING  # (the listing is re-read)
+    before = backend.calls
+    cluster.fake.make_not_ready(name, "PodFailed", "evicted")
+    observed = await backend.describe(s.id)  # (the listing still says suspended: read again)
+    assert observed.state is State.STOPPED and observed.exit == "PodFailed: evicted"
+    assert backend.calls - before == 1
 
 
 @pytest_twisted.async_yield_fixture

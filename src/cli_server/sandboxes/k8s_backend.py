@@ -28,6 +28,8 @@ from typing import Any
 
 from attrs import define, field, frozen
 from twisted.application.service import Service
+from twisted.internet.defer import DeferredLock
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from cli_server.sandboxes import k8s_objects as objects
@@ -60,6 +62,9 @@ class K8sSettings:
     start_timeout: float = 600.0  # to Ready (an image pull may take minutes)
     watch_round: float = 30.0  # each watch ends after this and the object is read again
     port: int = objects.PORT  # where opencode listens in the pod (tests move it)
+    # describe() answers "running" from one listing of all our Sandboxes this young (anything
+    # else it confirms by reading the object): a sweep over N sandboxes costs one call, not N.
+    snapshot_ttl: float = 2.0
 
 
 @define(eq=False)
@@ -68,6 +73,7 @@ class K8sBackend:
     _settings: K8sSettings
     _instance: str  # this deployment's id, on every label
     _opencode_client: OpencodeClient
+    _clock: IReactorTime
     _health_timeout: float = 120.0  # after Ready, until opencode answers
     on_exit: ExitListener | None = field(default=None, init=False)  # (the reconciler finds exits)
     _api: Any = field(default=None, init=False)
@@ -76,6 +82,10 @@ class K8sBackend:
     _api_lock: threading.Lock = field(factory=threading.Lock, init=False)
     _sources: dict[str, frozenset[str]] = field(factory=dict, init=False)
     calls: int = field(default=0, init=False)  # API requests made (for measurements)
+    _snapshot: dict[str, dict[str, Any]] | None = field(default=None, init=False)
+    _snapshot_at: float = field(default=0.0, init=False)
+    _snapshot_lock: DeferredLock = field(factory=DeferredLock, init=False)
+    _changes: int = field(default=0, init=False)  # our own starts, stops and deletes
     _log = Logger()
     name = "k8s"
     survives_restart = True
@@ -393,6 +403,25 @@ class K8sBackend:
             objects.workspace_claim(workspace_id),
         )
 
+    def _thd_our_sandboxes(self) -> dict[str, dict[str, Any]]:
+        """Our Sandbox objects by sandbox id (label-selected, and checked again)."""
+        found = self._thd_call(
+            self._thd_custom().list_namespaced_custom_object,
+            objects.GROUP,
+            self._thd_served_version(),
+            self._namespace,
+            objects.PLURAL,
+            label_selector=f"{objects.INSTANCE_LABEL}={self._instance}",
+        )
+        mine = {}
+        for item in found.get("items") or []:
+            sandbox_id = ((item.get("metadata") or {}).get("labels") or {}).get(
+                objects.SANDBOX_LABEL
+            )
+            if sandbox_id and objects.ours(item, self._instance):
+                mine[str(sandbox_id)] = item
+        return mine
+
     def _thd_owned(self) -> list[str]:
         """Sandbox ids of our Sandboxes and HOME claims (label-selected, and checked again)."""
         selector = f"{objects.INSTANCE_LABEL}={self._instance}"
@@ -457,15 +486,36 @@ class K8sBackend:
         except Exception as e:
             raise BackendError(readable(e, self._settings.timeout)) from e
 
+    def _changed(self) -> None:
+        """Our own change: the listing describe() answers from is out of date."""
+        self._changes += 1
+        self._snapshot = None
+
+    async def _listing(self) -> dict[str, dict[str, Any]]:
+        """All our Sandboxes, listed at most once per ``snapshot_ttl`` (callers share it)."""
+        async with self._snapshot_lock:
+            now = self._clock.seconds()
+            if self._snapshot is not None and now - self._snapshot_at < self._settings.snapshot_ttl:
+                return self._snapshot
+            changes = self._changes
+            listed: dict[str, dict[str, Any]] = await self._api_call(self._thd_our_sandboxes)
+            if changes == self._changes:  # (not if we changed something while it was listed)
+                self._snapshot, self._snapshot_at = listed, now
+            return listed
+
     @deferred
     async def start(self, spec: SandboxSpec) -> Endpoint:
         self._sources.pop(spec.id, None)
-        await self._api_call(
-            self._thd_start, spec.id, spec.workspace_id, spec.password, spec.proxy_token
-        )
-        host, ips = await self._api_call(
-            self._thd_wait_ready, spec.id, self._settings.start_timeout
-        )
+        self._changed()
+        try:
+            await self._api_call(
+                self._thd_start, spec.id, spec.workspace_id, spec.password, spec.proxy_token
+            )
+            host, ips = await self._api_call(
+                self._thd_wait_ready, spec.id, self._settings.start_timeout
+            )
+        finally:
+            self._changed()
         self._sources[spec.id] = frozenset(ips)
         endpoint = Endpoint(host, self._settings.port)
         await self._opencode_client.wait_healthy(
@@ -476,12 +526,20 @@ class K8sBackend:
     @deferred
     async def stop(self, sandbox_id: str) -> None:
         self._sources.pop(sandbox_id, None)
-        await self._api_call(self._thd_stop, sandbox_id)
+        self._changed()
+        try:
+            await self._api_call(self._thd_stop, sandbox_id)
+        finally:
+            self._changed()
 
     @deferred
     async def delete(self, sandbox_id: str) -> None:
         self._sources.pop(sandbox_id, None)
-        await self._api_call(self._thd_delete, sandbox_id)
+        self._changed()
+        try:
+            await self._api_call(self._thd_delete, sandbox_id)
+        finally:
+            self._changed()
 
     @deferred
     async def delete_workspace(self, workspace_id: str) -> None:
@@ -489,6 +547,14 @@ class K8sBackend:
 
     @deferred
     async def describe(self, sandbox_id: str) -> Observed:
+        listed = (await self._listing()).get(sandbox_id)
+        if listed is not None and not objects.suspended(listed) and objects.ready(listed):
+            host = objects.address(listed)
+            if host is not None:
+                ips = (listed.get("status") or {}).get("podIPs") or []
+                self._sources[sandbox_id] = frozenset(map(str, ips))
+                return Observed(State.RUNNING, Endpoint(host, self._settings.port))
+        # Anything but running is confirmed by reading the object (the listing may be old).
         state, host, ips, why = await self._api_call(self._thd_state, sandbox_id)
         if state == "running" and host is not None:
             self._sources[sandbox_id] = frozenset(ips)

@@ -18,6 +18,7 @@ import kmock
 import kubernetes_validate
 import pytest
 import pytest_twisted
+from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -38,11 +39,17 @@ CLAIMS = kmock.resource("v1/persistentvolumeclaims")
 
 
 class Healthy(Resource):
-    """A FAKE opencode: answers its health check (the backend's last step of a start)."""
+    """A FAKE opencode: answers its health check (the backend's last step of a start) and
+    every other GET the same way, keeping each request's Authorization."""
 
     isLeaf = True
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[bytes, bytes | None]] = []
+
     def render_GET(self, request: Any) -> bytes:
+        self.seen.append((request.uri, request.getHeader(b"authorization")))
         request.setHeader(b"content-type", b"application/json")
         return b'{"healthy": true, "version": "fake"}'
 
@@ -53,6 +60,7 @@ class Cluster:
     kubeconfig: Path
     pool: ThreadPoolService
     port: int  # where the stand-in opencode listens
+    opencode: Healthy
     backends: list[K8sBackend] = attrs.field(factory=list)
 
     def backend(
@@ -93,9 +101,10 @@ def _cluster(versions: tuple[str, ...] = ("v1beta1",)) -> Iterator[Cluster]:
     directory = scratch_dir("cli-test-k8s-")
     pool = ThreadPoolService(reactor, "k8s-test", 8)
     pool.startService()
-    listening = reactor.listenTCP(0, Site(Healthy()), interface="127.0.0.1")
+    opencode = Healthy()
+    listening = reactor.listenTCP(0, Site(opencode), interface="127.0.0.1")
     try:
-        yield Cluster(fake, fake.kubeconfig(directory), pool, listening.getHost().port)
+        yield Cluster(fake, fake.kubeconfig(directory), pool, listening.getHost().port, opencode)
     finally:
         listening.stopListening()
         pool.stopService()
@@ -520,11 +529,27 @@ async def test_listing_never_hides_a_change(cluster: Cluster) -> None:
 
 @pytest_twisted.async_yield_fixture
 async def k8s_app(db_url: str, cluster: Cluster) -> AsyncIterator[Any]:
+    from .fake_anthropic import serve as serve_fake_anthropic
+
     backend = cluster.backend(start_timeout=10.0)
-    config = attrs.evolve(server_config(db_url), backend="k8s")
+    anthropic, anthropic_port = serve_fake_anthropic(_reactor())
+    config = attrs.evolve(
+        server_config(db_url),
+        backend="k8s",
+        anthropic_api_key=FAKE_KEY,
+        anthropic_base_url=f"http://127.0.0.1:{anthropic_port.getHost().port}",
+    )
     app = await start_server(db_url, config=config, backend=backend)
-    yield app, backend
+    yield app, anthropic
     await stop_server(app)
+    await anthropic_port.stopListening()
+
+
+async def _moved(app: Any, sandbox_id: str) -> bool:
+    """Whether the backend has seen the sandbox's pod move to 10.9.9.9."""
+    backend = app.server.backend
+    await backend.describe(sandbox_id)
+    return bool(await backend.source_addresses(sandbox_id) == frozenset({"10.9.9.9"}))
 
 
 @pytest_twisted.ensureDeferred
@@ -533,7 +558,7 @@ async def test_through_the_api(k8s_app: Any, cluster: Cluster) -> None:
     forbidden start is ``failed`` with a readable message, and the server keeps serving."""
     from .test_sandboxes_api import team
 
-    app, _ = k8s_app
+    app = k8s_app[0]
     reactor = _reactor()
     people, wid = await team(app)
     dev = people["developer"]
@@ -549,8 +574,34 @@ async def test_through_the_api(k8s_app: Any, cluster: Cluster) -> None:
         return await status(made["id"]) == "running"
 
     await wait_until(reactor, running, timeout=10)
-    opened = await dev.call("GET", f"/api/sandboxes/{made['id']}")
-    assert opened.code == 200
+    # the subdomain proxy reaches the pod's address with opencode's credential
+    from cli_server.sandboxes.opencode import basic_auth
+
+    from .test_proxy import Proxy
+
+    proxy = Proxy(app, None, people, wid, made["id"])
+    cookie = await proxy.open("developer")
+    reply = await proxy.visit("/session?x=1", cookie=cookie)
+    assert reply.code == 200 and reply.body["healthy"] is True
+    (row,) = await app.db.query("SELECT opencode_password FROM sandboxes")
+    assert cluster.opencode.seen[-1] == (b"/session?x=1", basic_auth(row["opencode_password"]))
+
+    # the Anthropic proxy takes the sandbox's token from its pod's address only (127.0.0.1
+    # here), and replaces it with the real key
+    anthropic = k8s_app[1]
+    token = cluster.fake.secret_values(name)["anthropic-token"]
+    message = {"model": "claude-sonnet-4-6", "max_tokens": 5, "messages": []}
+    answer = await dev.call(
+        "POST", "/proxy/anthropic/v1/messages", message, headers={"x-api-key": token}
+    )
+    assert answer.code == 200, answer
+    assert anthropic.seen[-1]["headers"]["x-api-key"] == [FAKE_KEY]
+    cluster.fake.make_ready(name, "127.0.0.1", ["10.9.9.9"])  # (a new pod elsewhere)
+    await wait_until(reactor, lambda: Deferred.fromCoroutine(_moved(app, made["id"])))
+    answer = await dev.call(
+        "POST", "/proxy/anthropic/v1/messages", message, headers={"x-api-key": token}
+    )
+    assert answer.code == 401
 
     cluster.fake.answer(SANDBOXES, 403, 'sandboxes is forbidden: User "system:serviceaccount"')
     second = (await dev.call("POST", f"/api/workspaces/{wid}/sandboxes", {"name": "k2"})).body

@@ -128,7 +128,7 @@ def test_renders_valid_manifests(helm_bin: Path, case: str) -> None:
     kinds = {d["kind"] for d in docs}
     env = server_env(docs)
     if case == "defaults":
-        assert env["BACKEND"] == "docker" and "Role" not in kinds
+        assert env["BACKEND"] == "docker" and not find(docs, "Role", "cli-server")
         assert "CustomResourceDefinition" in kinds  # agentSandbox.install defaults to true
     if case == "k8s-gvisor":
         assert env["BACKEND"] == "k8s" and env["SANDBOX_RUNTIME_CLASS"] == "gvisor"
@@ -214,6 +214,47 @@ def test_sandbox_network_policy(helm_bin: Path) -> None:
     closed = render(helm_bin, merged(K8S, {"networkPolicy": {"internetEgress": False}}))
     (policy,) = find(closed, "NetworkPolicy", "cli-server-sandboxes")
     assert len(policy["spec"]["egress"]) == 2
+
+
+def test_agent_sandbox_controller_matches_the_crd(helm_bin: Path) -> None:
+    """The CRD's conversion webhook reaches the controller the chart installs; the CRD stays
+    on uninstall (deleting it would delete every Sandbox)."""
+    docs = render(helm_bin, {})
+    (crd,) = find(docs, "CustomResourceDefinition")
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    webhook = crd["spec"]["conversion"]["webhook"]["clientConfig"]["service"]
+    (service,) = find(docs, "Service", webhook["name"])
+    assert service["metadata"]["namespace"] == webhook["namespace"]
+    assert service["spec"]["ports"][0]["port"] == webhook.get("port", 443)
+    (controller,) = find(docs, "Deployment", "agent-sandbox-controller")
+    assert controller["metadata"]["namespace"] == webhook["namespace"]
+    labels = controller["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    (container,) = controller["spec"]["template"]["spec"]["containers"]
+    assert container["ports"][0]["containerPort"] == service["spec"]["ports"][0]["targetPort"]
+    assert f"--webhook-namespace={webhook['namespace']}" in container["args"]
+    assert not find(render(helm_bin, {"agentSandbox": {"install": False}}), "Namespace")
+
+
+def test_sandbox_pods_match_the_network_policy(helm_bin: Path) -> None:
+    """The labels the backend puts on sandbox pods (with the instance the chart gives it) are
+    what the sandbox NetworkPolicy selects; its server rule selects the server's pods."""
+    from cli_server.sandboxes.k8s_objects import PodSettings, pod_template
+
+    docs = render(helm_bin, K8S)
+    env = server_env(docs)
+    template = pod_template(env["K8S_INSTANCE"], "s", "w", PodSettings("i", "u", {}))
+    (policy,) = find(docs, "NetworkPolicy", "cli-server-sandboxes")
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector.items() <= template["metadata"]["labels"].items()
+    (deployment,) = find(docs, "Deployment", "cli-server")
+    server_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for rule in (policy["spec"]["ingress"][0]["from"][0], policy["spec"]["egress"][1]["to"][0]):
+        assert rule["podSelector"]["matchLabels"].items() <= server_labels.items()
+        assert rule["namespaceSelector"]["matchLabels"] == {
+            "kubernetes.io/metadata.name": NAMESPACE
+        }
+    assert template["spec"]["containers"][0]["ports"][0]["containerPort"] == 4096
 
 
 def _leaves(tree: dict[str, Any], prefix: str = "") -> Iterator[str]:
@@ -374,4 +415,4 @@ def test_role_is_least_privilege(helm_bin: Path) -> None:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
         assert "resourceNames" not in rule or rule["resourceNames"]
     assert granted == backend_grants()
-    assert not find(render(helm_bin, {}), "Role")  # the docker backend needs none
+    assert not find(render(helm_bin, {}), "Role", sa)  # the docker backend needs none

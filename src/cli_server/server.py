@@ -595,6 +595,9 @@ def k8s_backend(config: ServerConfig, reactor: Any, root: Any, opencode: Opencod
     pool = ThreadPoolService(reactor, "kubernetes", 8)
     pool.setName("kubernetes-threads")
     pool.setServiceParent(root)
+    waits = ThreadPoolService(reactor, "kubernetes-waits", 32)  # starts waiting for Ready
+    waits.setName("kubernetes-wait-threads")
+    waits.setServiceParent(root)
     cpus = f"{config.sandbox_cpus:g}"
     resources = config.sandbox_resources or {
         "limits": {"memory": quantity(config.sandbox_memory), "cpu": cpus}
@@ -612,7 +615,7 @@ def k8s_backend(config: ServerConfig, reactor: Any, root: Any, opencode: Opencod
     )
     settings = K8sSettings(pod, config.sandbox_namespace, config.kubeconfig)
     instance = config.k8s_instance or instance_id(config.data_dir)
-    backend = K8sBackend(pool.run, settings, instance, opencode, reactor)
+    backend = K8sBackend(pool.run, settings, instance, opencode, reactor, wait_run=waits.run)
     K8sPreparation(backend).setServiceParent(root)
     return backend
 

@@ -59,6 +59,7 @@ class Cluster:
     fake: FakeKubernetes
     kubeconfig: Path
     pool: ThreadPoolService
+    waits: ThreadPoolService  # (starts waiting for Ready)
     port: int  # where the stand-in opencode listens
     opencode: Healthy
     backends: list[K8sBackend] = attrs.field(factory=list)
@@ -89,6 +90,7 @@ class Cluster:
             INSTANCE,
             OpencodeClient(_reactor()),
             _reactor(),
+            wait_run=self.waits.run,
             health_timeout=5.0,
         )
         self.backends.append(backend)
@@ -99,15 +101,20 @@ def _cluster(versions: tuple[str, ...] = ("v1beta1",)) -> Iterator[Cluster]:
     reactor = _reactor()
     fake = FakeKubernetes(versions)
     directory = scratch_dir("cli-test-k8s-")
-    pool = ThreadPoolService(reactor, "k8s-test", 8)
+    pool = ThreadPoolService(reactor, "k8s-test", 2)
     pool.startService()
+    waits = ThreadPoolService(reactor, "k8s-test-waits", 8)
+    waits.startService()
     opencode = Healthy()
     listening = reactor.listenTCP(0, Site(opencode), interface="127.0.0.1")
     try:
-        yield Cluster(fake, fake.kubeconfig(directory), pool, listening.getHost().port, opencode)
+        yield Cluster(
+            fake, fake.kubeconfig(directory), pool, waits, listening.getHost().port, opencode
+        )
     finally:
         listening.stopListening()
         pool.stopService()
+        waits.stopService()
         fake.stop()
         remove_dir(directory)
 
@@ -482,6 +489,27 @@ async def test_v1alpha1_only(alpha_cluster: Cluster) -> None:
     await backend.stop(s.id)
     assert alpha_cluster.fake.objects("sandboxes")[name]["spec"]["replicas"] == 0
     assert (await backend.describe(s.id)).state is State.STOPPED
+
+
+@pytest_twisted.ensureDeferred
+async def test_waits_never_hold_up_other_calls(cluster: Cluster) -> None:
+    """Three starts waiting for Ready (more than the API pool's 2 threads) leave the pool
+    free: describing a running sandbox still answers at once."""
+    backend = cluster.backend()
+    running = spec()
+    await started(cluster, backend, running)
+    waiting = [spec() for _ in range(3)]
+    starts = [backend.start(s) for s in waiting]
+    for s in waiting:
+        name = f"cli-sbx-{s.id}"
+        await wait_until(_reactor(), lambda n=name: n in cluster.fake.objects("sandboxes"))
+    observed = await backend.describe(running.id)
+    assert observed.state is State.RUNNING
+    assert not any(d.called for d in starts)
+    for s in waiting:
+        cluster.fake.make_ready(f"cli-sbx-{s.id}", "127.0.0.1", ["127.0.0.1"])
+    for d in starts:
+        await d
 
 
 @pytest_twisted.ensureDeferred

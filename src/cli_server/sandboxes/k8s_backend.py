@@ -74,6 +74,9 @@ class K8sBackend:
     _instance: str  # this deployment's id, on every label
     _opencode_client: OpencodeClient
     _clock: IReactorTime
+    # Waits for Ready hold a thread for minutes (an image pull): on a pool of their own, so
+    # they never hold up other calls (the proxy's, the reconciler's). None: ``_run``.
+    _wait_run: Runner | None = None
     _health_timeout: float = 120.0  # after Ready, until opencode answers
     on_exit: ExitListener | None = field(default=None, init=False)  # (the reconciler finds exits)
     _api: Any = field(default=None, init=False)
@@ -477,10 +480,10 @@ class K8sBackend:
 
     # -- reactor side ---------------------------------------------------------------------------
 
-    async def _api_call(self, f: Any, *args: Any) -> Any:
+    async def _api_call(self, f: Any, *args: Any, run: Runner | None = None) -> Any:
         """Run on the pool; API failures become readable BackendErrors."""
         try:
-            return await self._run(f, *args)
+            return await (run or self._run)(f, *args)
         except BackendError:
             raise
         except Exception as e:
@@ -512,7 +515,7 @@ class K8sBackend:
                 self._thd_start, spec.id, spec.workspace_id, spec.password, spec.proxy_token
             )
             host, ips = await self._api_call(
-                self._thd_wait_ready, spec.id, self._settings.start_timeout
+                self._thd_wait_ready, spec.id, self._settings.start_timeout, run=self._wait_run
             )
         finally:
             self._changed()

@@ -18,7 +18,8 @@ import yaml
 
 NAMESPACE = "sandboxes"
 GROUP = "agents.x-k8s.io"
-CRD = Path(__file__).resolve().parents[3] / "shared" / "reference" / "k8s"
+# the Sandbox CRD, as the chart installs it (agent-sandbox's, unchanged)
+CRD = Path(__file__).resolve().parents[2] / "charts" / "cli-server" / "files"
 
 
 class FakeKubernetes:

@@ -317,6 +317,25 @@ async def test_logs_with_secrets_blanked(cluster: Cluster) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_start_of_a_running_sandbox_recreates_it(cluster: Cluster) -> None:
+    """A start that finds its Sandbox running (a crash between start and record) makes it
+    anew, so that its pod reads this start's token."""
+    backend = cluster.backend()
+    s = spec()
+    name = f"cli-sbx-{s.id}"
+    await started(cluster, backend, s)
+    again = SandboxSpec(s.id, s.workspace_id, s.password, "proxy-token-3")
+    d = backend.start(again)
+    await wait_until(
+        _reactor(), lambda: not (cluster.fake.objects("sandboxes")[name].get("status"))
+    )
+    cluster.fake.make_ready(name, "127.0.0.1", ["10.1.2.5"])
+    await d
+    assert cluster.fake.secret_values(name)["anthropic-token"] == "proxy-token-3"
+    assert await backend.source_addresses(s.id) == frozenset({"10.1.2.5"})
+
+
+@pytest_twisted.ensureDeferred
 async def test_adoption_after_restart(cluster: Cluster) -> None:
     """A new server process (a new backend, same instance) finds its running sandbox."""
     s = spec()

@@ -230,6 +230,11 @@ class K8sBackend:
             # Running from an earlier start (a crash between start and record): its pod
             # holds an older token, so it is made anew; nothing of value lives in it.
             self._thd_delete_sandbox(sandbox_id)
+            deadline = time.monotonic() + self._settings.timeout
+            while self._thd_get_sandbox(sandbox_id) is not None:  # (its pod goes first)
+                if time.monotonic() > deadline:
+                    raise BackendError(f"Sandbox {name} is still being deleted; try again")
+                time.sleep(0.5)
             found = None
         body = objects.sandbox(version, self._instance, sandbox_id, workspace_id, pod)
         if found is None:
@@ -241,7 +246,7 @@ class K8sBackend:
                 ns,
                 objects.PLURAL,
             ):
-                raise BackendError(f"Sandbox {name} is still being deleted; try again shortly")
+                raise BackendError(f"Sandbox {name} is still being deleted; try again")
         else:
             patch = objects.running_patch(version, True)
             template = body["spec"]["podTemplate"]  # today's settings (a merge patch:

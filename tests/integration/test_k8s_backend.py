@@ -326,9 +326,12 @@ async def test_start_of_a_running_sandbox_recreates_it(cluster: Cluster) -> None
     await started(cluster, backend, s)
     again = SandboxSpec(s.id, s.workspace_id, s.password, "proxy-token-3")
     d = backend.start(again)
-    await wait_until(
-        _reactor(), lambda: not (cluster.fake.objects("sandboxes")[name].get("status"))
-    )
+
+    def recreated() -> bool:  # (for a moment there is none)
+        found = cluster.fake.objects("sandboxes")
+        return name in found and not found[name].get("status")
+
+    await wait_until(_reactor(), recreated)
     cluster.fake.make_ready(name, "127.0.0.1", ["10.1.2.5"])
     await d
     assert cluster.fake.secret_values(name)["anthropic-token"] == "proxy-token-3"

@@ -2,7 +2,8 @@
 
 Every API call goes through the blocking official ``kubernetes`` client on our own bounded
 thread pool (``_thd_*`` methods: plain values in and out, a timeout on every call, no logging
-there). The objects themselves are built in k8s_objects.py.
+there); waits for Ready, which take minutes, on a second one. The objects themselves are built
+in k8s_objects.py.
 
 - Start (create and resume alike): the workspace claim and the sandbox's HOME claim are made
   if missing; its Secret is written with this run's Anthropic proxy token; the Sandbox is
@@ -13,6 +14,7 @@ there). The objects themselves are built in k8s_objects.py.
   claims stay, so opencode's sessions survive. The served version is found by discovery.
 - Everything we create carries ``cli-server/instance=<id>``; listing, adoption and deletion
   touch only those, never foreign objects. Sandboxes keep running across a server restart.
+  ``describe`` answers "running" from one shared listing at most ``snapshot_ttl`` old.
 - API errors (403, 404, 409, 422, timeouts, an unreachable server) become BackendErrors with
   a readable message: the sandbox is ``failed`` with it, and the server keeps serving.
 """

@@ -341,7 +341,8 @@ class ServerConfig:
     runtime_class: str | None = None
     storage_class: str | None = None
     workspace_access_mode: str = "ReadWriteOnce"
-    sandbox_resources: dict[str, Any] | None = None  # None: limits from memory and cpus
+    # None: limits from memory and cpus (a dict: left out of the config's hash)
+    sandbox_resources: dict[str, Any] | None = field(default=None, hash=False)
     k8s_instance: str | None = None  # None: this data directory's instance id
     in_cluster_url: str = "http://cli-server:8080"  # the server's Service, as pods reach it
     # Secrets: only from the environment (a command line is visible to every local user).

@@ -742,3 +742,55 @@ def test_twistd_on_the_k8s_backend(data_dir: Path) -> None:
         fake.stop()
         opencode.shutdown()
         opencode.server_close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconciler_with_500_sandboxes(k8s_app: Any, cluster: Cluster) -> None:
+    """The real reconciler over 500 running rows and 500 Sandboxes in the fake: one sweep
+    leaves the Ready ones running, fails the ones whose Ready turned False (with the reason)
+    and pauses the ones deleted behind our back; timed."""
+    from cli_server.sandboxes.monitor import Reconciler
+
+    from .test_sandboxes_api import team
+
+    app = k8s_app[0]
+    backend = app.server.backend
+    _, wid = await team(app)
+    ids = [str(uuid.uuid4()) for _ in range(500)]
+    await app.db.execute(
+        "INSERT INTO sandboxes (id, workspace_id, name, status, backend, opencode_password)"
+        " SELECT i, %s, i::text, 'running', 'k8s', 'pw' FROM unnest(%s::uuid[]) AS i",
+        (wid, ids),
+    )
+    s = SandboxSpec(ids[0], wid, "pw", "t")
+    await started(cluster, backend, s)
+    template = cluster.fake.objects("sandboxes")[f"cli-sbx-{s.id}"]
+    for sandbox_id in ids[1:]:
+        obj = json.loads(json.dumps(template).replace(s.id, sandbox_id))
+        cluster.fake.put("sandboxes", "v1beta1", f"cli-sbx-{sandbox_id}", obj)
+        claim = {
+            "metadata": {"name": f"cli-home-{sandbox_id}", "labels": obj["metadata"]["labels"]}
+        }
+        cluster.fake.put("persistentvolumeclaims", "v1", f"cli-home-{sandbox_id}", claim)
+    for sandbox_id in ids[1:11]:
+        cluster.fake.make_not_ready(f"cli-sbx-{sandbox_id}", "PodFailed", "OOMKilled")
+    for sandbox_id in ids[11:16]:
+        cluster.fake.remove("sandboxes", f"cli-sbx-{sandbox_id}")
+    reconciler = Reconciler(app.db, backend, app.server.manager)
+    before = backend.calls
+    t0 = time.monotonic()
+    await reconciler.sweep()
+    took = time.monotonic() - t0
+    print(
+        f"\nk8s: a reconciler sweep over 500 sandboxes: {took:.2f}s, {backend.calls - before} calls"
+    )
+    rows = await app.db.query("SELECT id, status, error FROM sandboxes")
+    status = {str(r["id"]): (r["status"], r["error"]) for r in rows}
+    assert all(status[i] == ("failed", "PodFailed: OOMKilled") for i in ids[1:11])
+    assert all(status[i][0] == "paused" for i in ids[11:16])
+    assert all(status[i] == ("running", None) for i in [ids[0], *ids[16:]])
+    # the failed ones were suspended; nothing was deleted
+    assert cluster.fake.objects("sandboxes")[f"cli-sbx-{ids[1]}"]["spec"]["operatingMode"] == (
+        "Suspended"
+    )
+    assert len(cluster.fake.objects("sandboxes")) == 495

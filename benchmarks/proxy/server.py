@@ -1,15 +1,23 @@
 """cli-server for the benchmark: the real service tree (embedded PostgreSQL, API, proxy) with
 a FAKE backend whose sandboxes "run" at the benchmark's upstream ports. Prints one JSON line
-with the port, the sandboxes' hosts and a sandbox cookie for each, then serves."""
+with the port, the sandboxes' hosts and a sandbox cookie for each, then serves.
+
+    python server.py PORT UPSTREAM_PORT... [--proxy-workers N]
+
+``--proxy-workers N`` sets the server's relay workers where this version of cli-server has
+that setting (``ServerConfig.proxy_workers``), and stops with an error where it has not;
+without it the server runs with its defaults."""
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
-import sys
+import shutil
 import tempfile
 from pathlib import Path
 
+import attrs
 from twisted.internet import defer, reactor
 
 from cli_server.config import ServerConfig
@@ -31,7 +39,15 @@ class PortsBackend(FakeBackend):
         return defer.succeed(self.running[spec.id])
 
 
-async def setup(port: int, upstreams: list[int]) -> None:
+def proxy_workers_setting(workers: int | None) -> dict[str, int]:
+    if workers is None:
+        return {}
+    if "proxy_workers" not in attrs.fields_dict(ServerConfig):
+        raise SystemExit("this cli-server has no proxy_workers setting (--proxy-workers)")
+    return {"proxy_workers": workers}
+
+
+async def setup(port: int, upstreams: list[int], workers: int | None) -> None:
     data = Path(tempfile.mkdtemp(prefix="cli-bench-proxy-"))
     data.chmod(0o711)
     config = ServerConfig(
@@ -42,11 +58,13 @@ async def setup(port: int, upstreams: list[int]) -> None:
         base_scheme="http",
         session_lifetime=86400.0,
         max_sandboxes=100,
+        **proxy_workers_setting(workers),
     )
     server = build(config, reactor, backend=PortsBackend(upstreams))
     gc.freeze()  # as buildServer (twistd's) does
     server.root.startService()
     reactor.addSystemEventTrigger("before", "shutdown", server.root.stopService)
+    reactor.addSystemEventTrigger("after", "shutdown", shutil.rmtree, data, True)
     while not server.database.ready:
         await defer.Deferred.fromCoroutine(_sleep(0.05))
     from http.cookiejar import CookieJar
@@ -87,7 +105,11 @@ async def _sleep(seconds: float) -> None:
 
 
 if __name__ == "__main__":
-    port, upstreams = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
-    d = defer.Deferred.fromCoroutine(setup(port, upstreams))
+    ap = argparse.ArgumentParser()
+    ap.add_argument("port", type=int)
+    ap.add_argument("upstreams", type=int, nargs="+")
+    ap.add_argument("--proxy-workers", type=int)
+    args = ap.parse_args()
+    d = defer.Deferred.fromCoroutine(setup(args.port, args.upstreams, args.proxy_workers))
     d.addErrback(lambda f: (f.printTraceback(), reactor.stop()))
     reactor.run()

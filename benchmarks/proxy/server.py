@@ -6,13 +6,15 @@ with the port, the sandboxes' hosts and a sandbox cookie for each, then serves.
 
 ``--proxy-workers N`` sets the server's relay workers where this version of cli-server has
 that setting (``ServerConfig.proxy_workers``), and stops with an error where it has not;
-without it the server runs with its defaults."""
+without it the server runs with the daemon's defaults (one relay worker per CPU, where it has
+the setting)."""
 
 from __future__ import annotations
 
 import argparse
 import gc
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -40,14 +42,16 @@ class PortsBackend(FakeBackend):
 
 
 def proxy_workers_setting(workers: int | None) -> dict[str, int]:
-    if workers is None:
-        return {}
+    """The relay workers where this cli-server has them: N, or as ``twistd cli-server``
+    defaults (one per CPU; the config class's own default is not the daemon's)."""
     if "proxy_workers" not in attrs.fields_dict(ServerConfig):
-        raise SystemExit("this cli-server has no proxy_workers setting (--proxy-workers)")
-    return {"proxy_workers": workers}
+        if workers is not None:
+            raise SystemExit("this cli-server has no proxy_workers setting (--proxy-workers)")
+        return {}
+    return {"proxy_workers": workers if workers is not None else os.cpu_count() or 1}
 
 
-async def setup(port: int, upstreams: list[int], workers: int | None) -> None:
+async def setup(port: int, upstreams: list[int], settings: dict[str, int]) -> None:
     data = Path(tempfile.mkdtemp(prefix="cli-bench-proxy-"))
     data.chmod(0o711)
     config = ServerConfig(
@@ -58,7 +62,7 @@ async def setup(port: int, upstreams: list[int], workers: int | None) -> None:
         base_scheme="http",
         session_lifetime=86400.0,
         max_sandboxes=100,
-        **proxy_workers_setting(workers),
+        **settings,
     )
     server = build(config, reactor, backend=PortsBackend(upstreams))
     gc.freeze()  # as buildServer (twistd's) does
@@ -110,6 +114,7 @@ if __name__ == "__main__":
     ap.add_argument("upstreams", type=int, nargs="+")
     ap.add_argument("--proxy-workers", type=int)
     args = ap.parse_args()
-    d = defer.Deferred.fromCoroutine(setup(args.port, args.upstreams, args.proxy_workers))
+    settings = proxy_workers_setting(args.proxy_workers)
+    d = defer.Deferred.fromCoroutine(setup(args.port, args.upstreams, settings))
     d.addErrback(lambda f: (f.printTraceback(), reactor.stop()))
     reactor.run()

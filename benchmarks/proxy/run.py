@@ -147,8 +147,8 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def tree_rss_mib(pid: int) -> float:
-    """RSS of ``pid`` and all its descendants (cli-server's relay workers; nginx's workers)."""
+def tree(pid: int) -> set[int]:
+    """``pid`` and all its descendants."""
     parents: dict[int, int] = {}
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -157,14 +157,54 @@ def tree_rss_mib(pid: int) -> float:
             except OSError:
                 continue
             parents[int(proc.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    tree, frontier = {pid}, [pid]
+    found, frontier = {pid}, [pid]
     while frontier:
         parent = frontier.pop()
         for child, its_parent in parents.items():
-            if its_parent == parent and child not in tree:
-                tree.add(child)
+            if its_parent == parent and child not in found:
+                found.add(child)
                 frontier.append(child)
-    return sum(rss_kib(p) for p in tree) / 1024
+    return found
+
+
+def tree_rss_mib(pid: int) -> float:
+    """RSS of ``pid`` and all its descendants (cli-server's relay workers; nginx's workers)."""
+    return sum(rss_kib(p) for p in tree(pid)) / 1024
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+class OthersCpu:
+    """The CPU used on this machine by processes other than this benchmark's, in cores: a
+    shared machine's bursts land on some targets and not others, so each round says how
+    busy the rest of the machine was."""
+
+    def __init__(self, procs: list[subprocess.Popen[Any]]) -> None:
+        self.procs = procs
+        self.at = self.sample()
+
+    def sample(self) -> tuple[float, float, float]:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        busy = sum(int(x) for i, x in enumerate(fields) if i not in (3, 4)) / TICK
+        ours = sum(
+            resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+            for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        )
+        for proc in self.procs:
+            for pid in tree(proc.pid):
+                try:
+                    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                ours += sum(int(x) for x in stat[11:15]) / TICK  # u, s, children's u, s
+        return time.monotonic(), busy, ours
+
+    def cores(self) -> float:
+        """Since the last call."""
+        (t0, busy0, ours0), self.at = self.at, self.sample()
+        t1, busy1, ours1 = self.at
+        return max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (t1 - t0)
 
 
 def sse_client(port: int, headers: dict[str, str], streams: int, last: str) -> list[str]:
@@ -319,6 +359,10 @@ def summarize(rounds: list[dict[str, Any]], names: list[str], args: argparse.Nam
         )
     cpu = max(r[n]["sse"]["cpu_share"] for r in rounds for n in names)
     print(f"\nSSE client CPU: at most {cpu:.2f} s per s measured (1.0 would be saturated)")
+    print(
+        "other processes on this machine, in cores, per round: "
+        + ", ".join(f"{r['others_cores']:.2f}" for r in rounds)
+    )
     for name in names:
         if not name.startswith("cli-server"):
             continue
@@ -406,9 +450,10 @@ def main() -> None:
         for name, (port, _, hdrs, _, _) in targets.items():  # warm-up, not counted
             wrk(f"http://127.0.0.1:{port}/small", hdrs, 1, 50)
         rounds: list[dict[str, Any]] = []
+        others = OthersCpu(procs)
         for n in range(args.repeat):
             order = names[n % len(names) :] + names[: n % len(names)]
-            row: dict[str, dict[str, Any]] = {name: {} for name in names}
+            row: dict[str, Any] = {name: {} for name in names}
             # Memory first: freed by the stream tests, memory the allocators keep would be
             # counted in "before" and reused by the idle streams.
             for name in order:
@@ -427,7 +472,13 @@ def main() -> None:
             for name in order:
                 _, port, _, shdrs, _ = targets[name]
                 row[name]["ws"] = asyncio.run(ws_echo(port, shdrs, args.ws_rounds))
+            row["others_cores"] = others.cores()
             rounds.append(row)
+            print(
+                f"round {n + 1}: other processes used {row['others_cores']:.2f} cores",
+                file=sys.stderr,
+                flush=True,
+            )
             for name in names[1:]:
                 print(
                     f"round {n + 1} {name}: small GET {row[name]['small']['rps']:.0f} req/s "

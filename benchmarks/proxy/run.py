@@ -327,7 +327,8 @@ def summarize(rounds: list[dict[str, Any]], names: list[str], args: argparse.Nam
     print(
         f"\n{len(rounds)} interleaved rounds; wrk -t2 -c50 (100 B) / -c10 (1 MiB), "
         f"{args.seconds} s each; {args.streams} SSE streams (an event each every "
-        f"{args.sse_interval * 1000:.0f} ms, spread), {args.seconds} s; {args.ws_rounds} "
+        f"{args.sse_interval * 1000:.0f} ms, {'all at once' if args.sse_burst else 'spread'}), "
+        f"{args.seconds} s; {args.ws_rounds} "
         f"WebSocket echoes; {args.idle_streams} idle event streams.\n"
         "Medians (memory: the largest round):\n"
     )
@@ -398,6 +399,12 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=1000, help="concurrent SSE streams (1000)")
     ap.add_argument("--sse-interval", type=float, default=0.1, help="s between events (0.1)")
     ap.add_argument(
+        "--sse-burst",
+        action="store_true",
+        help="every stream's event at the same moment (a stress test), not spread over the "
+        "interval",
+    )
+    ap.add_argument(
         "--idle-streams", type=int, help="idle event streams for the memory test (= --streams)"
     )
     ap.add_argument("--ws-rounds", type=int, default=2000, help="WebSocket echoes (2000)")
@@ -425,7 +432,13 @@ def main() -> None:
     try:
         streams = free_port()
         upstream = subprocess.Popen(
-            [sys.executable, str(HERE / "upstream.py"), str(streams), str(args.sse_interval)],
+            [
+                sys.executable,
+                str(HERE / "upstream.py"),
+                str(streams),
+                str(args.sse_interval),
+                "1" if args.sse_burst else "20",
+            ],
             start_new_session=True,
         )
         procs.append(upstream)

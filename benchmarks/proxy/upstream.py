@@ -3,13 +3,14 @@ over one epoll loop of the standard library, cheap enough to hold thousands of s
 without being what is measured (the Twisted server it replaces stamped 500 events at once
 and then spent milliseconds writing them, so the last stream's latency was its own).
 
-    python upstream.py PORT [INTERVAL]
+    python upstream.py PORT [INTERVAL [SLOTS]]
 
 ``GET /sse``: an event stream, one event every INTERVAL seconds (0.1) per stream, the
-streams spread evenly over the interval, each event carrying the time it is written
-(stamped just before its ``send``). ``GET /sse?idle=1``: a stream that says hello and
-then nothing (the memory test's idle streams). ``GET /ws``: WebSocket echo. Anything else:
-404. Plain files come from a separate nginx.
+streams spread evenly over the interval (over SLOTS moments, 20; 1: all at once), each
+event carrying the time it is written (stamped just before its ``send``).
+``GET /sse?idle=1``: a stream that says hello and then nothing (the memory test's idle
+streams). ``GET /ws``: WebSocket echo. Anything else: 404. Plain files come from a separate
+nginx.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import socket
 import sys
 import time
 
-SLOTS = 20  # the interval is cut into this many slots; stream n ticks in slot n % SLOTS
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC175B11"
 SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
@@ -44,18 +44,19 @@ class Conn:
 
 
 class Upstream:
-    def __init__(self, port: int, interval: float) -> None:
+    def __init__(self, port: int, interval: float, slots: int) -> None:
         self.selector = selectors.EpollSelector()
         self.listener = socket.create_server(("127.0.0.1", port), backlog=4096)
         self.listener.setblocking(False)
         self.selector.register(self.listener, selectors.EVENT_READ)
         self.interval = interval
-        self.slots: list[set[Conn]] = [set() for _ in range(SLOTS)]
+        # the interval is cut into slots; stream n ticks in slot n % len(slots)
+        self.slots: list[set[Conn]] = [set() for _ in range(slots)]
         self.next_slot = 0
         self.assigned = 0
 
     def run(self) -> None:
-        slot_len = self.interval / SLOTS
+        slot_len = self.interval / len(self.slots)
         due = time.monotonic()
         while True:
             timeout = max(0.0, due - time.monotonic())
@@ -70,7 +71,7 @@ class Upstream:
                     self.readable(conn)
             while time.monotonic() >= due:
                 self.tick(self.slots[self.next_slot])
-                self.next_slot = (self.next_slot + 1) % SLOTS
+                self.next_slot = (self.next_slot + 1) % len(self.slots)
                 due += slot_len
 
     def accept(self) -> None:
@@ -113,7 +114,7 @@ class Upstream:
             conn.kind = "idle" if b"idle=1" in query else "sse"
             self.send(conn, SSE_HEAD + chunk(b": hello\n\n"))
             if conn.kind == "sse":
-                self.slots[self.assigned % SLOTS].add(conn)
+                self.slots[self.assigned % len(self.slots)].add(conn)
                 self.assigned += 1
         elif path == b"/ws" and b"sec-websocket-key" in headers:
             accept = base64.b64encode(
@@ -201,4 +202,5 @@ class Upstream:
 
 if __name__ == "__main__":
     interval = float(sys.argv[2]) if len(sys.argv) > 2 else 0.1
-    Upstream(int(sys.argv[1]), interval).run()
+    slots = int(sys.argv[3]) if len(sys.argv) > 3 else 20
+    Upstream(int(sys.argv[1]), interval, slots).run()

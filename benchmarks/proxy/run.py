@@ -168,8 +168,17 @@ def tree(pid: int) -> set[int]:
 
 
 def tree_rss_mib(pid: int) -> float:
-    """RSS of ``pid`` and all its descendants (cli-server's relay workers; nginx's workers)."""
-    return sum(rss_kib(p) for p in tree(pid)) / 1024
+    """RSS of ``pid`` and its descendants (cli-server's relay workers; nginx's workers) but
+    the embedded PostgreSQL's, whose RSS grows as it touches its shared buffers."""
+    total = 0
+    for each in tree(pid):
+        try:
+            if Path(f"/proc/{each}/comm").read_text().strip() == "postgres":
+                continue
+        except OSError:
+            continue
+        total += rss_kib(each)
+    return total / 1024
 
 
 TICK = os.sysconf("SC_CLK_TCK")

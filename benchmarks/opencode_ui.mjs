@@ -1,8 +1,9 @@
 // Loads opencode's UI in headless Chromium, for benchmarks/opencode_ui.py: reads the plan (JSON:
 // rounds, targets with url and a cookie or headers) on stdin, prints one JSON line per load.
-// Loaded: the load event has fired, opencode's session search box is in the document and, for
-// QUIET_MS, no request but an event stream has been pending; the time is the latest of the
-// three moments (load event end, search box seen, last response end) from the navigation's start.
+// Loaded ("ms"): the load event has fired, opencode's session search box is in the document
+// and, for QUIET_MS, no request but an event stream has been pending; the time is the latest
+// of the load event's end, the search box's appearance and the last response's end, from the
+// navigation's start.
 import { launchChromium } from "../webui/e2e/chromium.mjs";
 
 const QUIET_MS = 500;
@@ -54,11 +55,12 @@ async function load(context, url) {
   const result = await page.evaluate(() => {
     const nav = performance.getEntriesByType("navigation")[0];
     const resources = performance.getEntriesByType("resource");
-    const ends = resources.map((r) => r.responseEnd);
     const bytes = [nav, ...resources].reduce((sum, r) => sum + (r.transferSize ?? 0), 0);
+    const last = resources.reduce((a, b) => (b.responseEnd > a.responseEnd ? b : a), nav);
     return {
-      ms: Math.max(nav.loadEventEnd, window.__searchSeen, ...ends) - nav.startTime,
+      ms: Math.max(nav.loadEventEnd, window.__searchSeen, last.responseEnd) - nav.startTime,
       load_ms: nav.loadEventEnd - nav.startTime,
+      last: new URL(last.name).pathname,
       search_ms: window.__searchSeen - nav.startTime,
       requests: resources.length + 1,
       kib: bytes / 1024,

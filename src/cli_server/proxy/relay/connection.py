@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import select
 import socket
-from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -65,11 +64,23 @@ class _Then(Enum):
 Address = tuple[str, int]
 
 
+def _set(poll: select.epoll, sock: socket.socket, now: int | None, mask: int | None) -> int | None:
+    """Has epoll watch ``mask`` of ``sock`` (None: not at all) instead of ``now``."""
+    if mask is None:
+        poll.unregister(sock)
+    elif now is None:
+        poll.register(sock, mask)
+    else:
+        poll.modify(sock, mask)
+    return mask
+
+
 class KeptConnection:
     __slots__ = tuple(
-        """id browser sandbox grant address until buffer reader state framing raw head
-        body_left sent repeatable close then out to_sandbox due first renewing blocked loop
-        done upgrade answer active _masks _block _headers _listener _session""".split()
+        """id browser sandbox grant address until buffer reader state framing body_left sent
+        repeatable close then out to_sandbox due first renewing blocked loop done upgrade
+        answer active _browser_mask _sandbox_mask _block _headers _listener _session
+        _last""".split()
     )
 
     def __init__(
@@ -90,8 +101,6 @@ class KeptConnection:
         self.reader = AnswerReader()
         self.state = _State.IDLE
         self.framing = Framing.NONE
-        self.raw = b""  # the request in flight's head as the browser sent it
-        self.head: bytes = b""  # ... and as the sandbox gets it
         self.body_left = 0  # its body bytes still to pass on
         self.sent = False  # any of it went to the sandbox
         self.repeatable = False  # it may be sent again
@@ -107,19 +116,21 @@ class KeptConnection:
         self.upgrade = False  # the request in flight asks for a WebSocket
         self.answer = b""  # ... and the head of its answer, until it is whole
         self.active = False  # a WebSocket's bytes moved since the last tick
-        self._masks: dict[int, int | None] = {}  # fd: what epoll watches (None: not there)
+        # what epoll watches of each socket (None: not there)
+        self._browser_mask: int | None = None
+        self._sandbox_mask: int | None = None
         self._block = b""  # the last header block seen, and what the sandbox gets for it
         self._headers = b""
+        # The request in flight (or the last one): its head as the browser sent it, read, and
+        # as the sandbox gets it. A browser (or a poll) often sends the same request again,
+        # which then needs no reading (all of it is a pure function of the head and grant).
+        self._last: tuple[bytes, RequestHead, bytes] | None = None
         self._listener = rules.Listener(grant.scheme, grant.base_host, b"")
         # (granted for a running cloud sandbox; a status change cuts the connection)
         self._session = rules.Session(Role(grant.role), "running", False)
         browser.setblocking(False)
-        self._add(browser, self.from_browser)
+        loop.attach(browser.fileno(), self, self.from_browser)
         self._watch()  # (then the loop lists it, and calls next_request)
-
-    def _add(self, sock: socket.socket, handler: Callable[[int], None]) -> None:
-        self.loop.attach(sock.fileno(), self, handler)
-        self._masks[sock.fileno()] = None
 
     # what epoll watches
 
@@ -130,9 +141,9 @@ class KeptConnection:
         (or its connection is being made)."""
         streaming = self.body_left or self.state is _State.SPLICED
         reading = len(self.buffer) <= MAX_HEAD and not (streaming and self.to_sandbox)
-        self._set(
-            self.browser, (select.EPOLLIN if reading else 0) | (select.EPOLLOUT if self.out else 0)
-        )
+        mask = (select.EPOLLIN if reading else 0) | (select.EPOLLOUT if self.out else 0)
+        if mask != self._browser_mask:
+            self._browser_mask = _set(self.loop.poll, self.browser, self._browser_mask, mask)
         if self.sandbox is not None:
             if self.state is _State.CONNECTING:
                 wanted: int | None = select.EPOLLOUT
@@ -140,21 +151,8 @@ class KeptConnection:
                 wanted = None if self.blocked else select.EPOLLIN
                 if self.to_sandbox:
                     wanted = (wanted or 0) | select.EPOLLOUT
-            self._set(self.sandbox, wanted)
-
-    def _set(self, sock: socket.socket, mask: int | None) -> None:
-        fd = sock.fileno()
-        now = self._masks.get(fd)
-        if mask == now:
-            return
-        poll = self.loop.poll
-        if mask is None:
-            poll.unregister(fd)
-        elif now is None:
-            poll.register(fd, mask)
-        else:
-            poll.modify(fd, mask)
-        self._masks[fd] = mask
+            if wanted != self._sandbox_mask:
+                self._sandbox_mask = _set(self.loop.poll, self.sandbox, self._sandbox_mask, wanted)
 
     # requests
 
@@ -169,22 +167,42 @@ class KeptConnection:
             if len(buffer) > MAX_HEAD or b"\n\n" in buffer or b"\n\r\n" in buffer:
                 self.give_back(Back.ASK)  # twisted.web reads (or refuses) such a head
             return
-        grant = self.grant
-        head = parse_head(buffer[:size], grant.max_body) if size <= MAX_HEAD else None
         now = self.loop.clock()
-        verdict = self._decide(head) if head is not None else None
-        if (
-            head is None
-            or not isinstance(verdict, rules.Forward)
-            or head.host != grant.host
-            or head.cookies != grant.cookies
-            or (not self.first and now >= self.until)
-        ):
-            self.give_back(Back.ASK)  # (the server answers what the rules refuse)
+        if not self.first and now >= self.until:
+            self.give_back(Back.ASK)  # (the server routes it afresh)
             return
+        raw = buffer[:size]
+        last = self._last
+        if last is None or last[0] != raw:
+            last = self._take(raw)
+            if last is None:
+                self.give_back(Back.ASK)  # (the server answers what the rules refuse)
+                return
+            self._last = last
         if self.until - now < RENEW_BEFORE and not self.renewing:
             self.renewing = True
             self.loop.renew(self)
+        head = last[1]
+        self.buffer = buffer[size:]
+        self.upgrade, self.answer = head.fields.upgrade, b""
+        self.body_left = head.fields.content_length
+        self.repeatable = head.method in _IDEMPOTENT and not self.body_left
+        self.close = head.fields.close
+        self.first = self.sent = False
+        if self.sandbox is None and not self._open():
+            return
+        self._start()
+
+    def _take(self, raw: bytes) -> tuple[bytes, RequestHead, bytes] | None:
+        """A request head the grant covers (``raw``), read, and as the sandbox gets it; None
+        if the grant does not cover it."""
+        grant = self.grant
+        head = parse_head(raw, grant.max_body) if len(raw) <= MAX_HEAD else None
+        if head is None or head.host != grant.host or head.cookies != grant.cookies:
+            return None
+        verdict = rules.decide(head.asked, self._listener, self._session)
+        if not isinstance(verdict, rules.Forward):
+            return None
         if head.block != self._block:
             self._block = head.block
             self._headers = plain_upstream_headers(
@@ -195,21 +213,10 @@ class KeptConnection:
                 grant.peer,
                 grant.scheme,
             )
-        self.raw, self.buffer = buffer[:size], buffer[size:]
-        self.head = b"%s %s HTTP/1.1\r\n%s" % (head.method, verdict.target, self._headers)
-        self.upgrade, self.answer = head.fields.upgrade, b""
-        if self.upgrade:  # (hop by hop: the hygiene drops them, an upgrade needs them)
-            self.head = self.head[:-2] + b"connection: Upgrade\r\nupgrade: websocket\r\n\r\n"
-        self.body_left = head.content_length
-        self.repeatable = head.method in _IDEMPOTENT and not head.content_length
-        self.close = head.close
-        self.first = self.sent = False
-        if self.sandbox is None and not self._open():
-            return
-        self._start()
-
-    def _decide(self, head: RequestHead) -> rules.Verdict:
-        return rules.decide(head.asked, self._listener, self._session)
+        upstream = b"%s %s HTTP/1.1\r\n%s" % (head.method, verdict.target, self._headers)
+        if head.fields.upgrade:  # (hop by hop: the hygiene drops them, an upgrade needs them)
+            upstream = upstream[:-2] + b"connection: Upgrade\r\nupgrade: websocket\r\n\r\n"
+        return raw, head, upstream
 
     def _open(self) -> bool:
         """A sandbox connection for the request: a kept-alive one, or a new one (connected
@@ -218,8 +225,7 @@ class KeptConnection:
         self.reader = AnswerReader()  # (one per sandbox connection: llhttp ends with it)
         sock = self.loop.take_idle(self.address)
         if sock is not None:
-            self.sandbox = sock
-            self._add(sock, self.from_sandbox)
+            self._attach(sock)
             return True
         try:
             sock = socket.socket(socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET)
@@ -228,8 +234,7 @@ class KeptConnection:
             return False
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sandbox = sock
-        self._add(sock, self.from_sandbox)
+        self._attach(sock)
         code = sock.connect_ex(self.address)
         if code not in (0, errno.EINPROGRESS):
             self._unanswered()
@@ -241,6 +246,10 @@ class KeptConnection:
             return False
         return True
 
+    def _attach(self, sock: socket.socket) -> None:
+        self.sandbox, self._sandbox_mask = sock, None
+        self.loop.attach(sock.fileno(), self, self.from_sandbox)
+
     def _start(self) -> None:
         """Sends the request, with what of its body is here."""
         part = self.buffer[: self.body_left]
@@ -250,7 +259,8 @@ class KeptConnection:
         self.due = self.loop.clock() + TIMEOUT
         self.reader.begin(self)
         self.sent = True
-        self._send_sandbox(self.head + part)
+        assert self._last is not None
+        self._send_sandbox(self._last[2] + part)
 
     def renewed(self, until: float) -> None:
         """The grant now holds until then: renewed, or over (the connection goes back with
@@ -369,7 +379,8 @@ class KeptConnection:
         self._drop_sandbox()
         self.state = _State.IDLE
         if self.repeatable or not self.sent:
-            self.buffer = self.raw + self.buffer
+            assert self._last is not None
+            self.buffer = self._last[0] + self.buffer
             self.give_back(Back.DROPPED)
         else:
             self.give_back(Back.FAILED)
@@ -389,9 +400,10 @@ class KeptConnection:
     def _drop_sandbox(self, keep: bool = False) -> None:
         sandbox, self.sandbox = self.sandbox, None
         if sandbox is not None:
-            self._set(sandbox, None)
+            if self._sandbox_mask is not None:
+                self.loop.poll.unregister(sandbox)
+                self._sandbox_mask = None
             self.loop.detach(sandbox.fileno())
-            self._masks.pop(sandbox.fileno(), None)
             if keep:
                 self.loop.give_idle(self.address, sandbox)
             else:
@@ -500,8 +512,7 @@ class KeptConnection:
         """The browser's socket and what it sent go back to the server."""
         self.done = True
         self._release()
-        self._set(self.browser, None)
-        self.loop.detach(self.browser.fileno())
+        self._forget_browser()
         keep = why in (Back.ASK, Back.DROPPED)
         data, self.buffer = (self.buffer if keep else b""), b""
         self.loop.hand_back(self, why, data)
@@ -511,10 +522,15 @@ class KeptConnection:
             return
         self.done = True
         self._release()
-        self._set(self.browser, None)
-        self.loop.detach(self.browser.fileno())
+        self._forget_browser()
         self.browser.close()
         self.loop.ended(self)
+
+    def _forget_browser(self) -> None:
+        if self._browser_mask is not None:
+            self.loop.poll.unregister(self.browser)
+            self._browser_mask = None
+        self.loop.detach(self.browser.fileno())
 
     def _release(self) -> None:
         """The sandbox connection, idle and fit for another request, goes to the loop's pool;

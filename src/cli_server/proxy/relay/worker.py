@@ -20,6 +20,7 @@ Only the standard library and httptools (no Twisted): it starts in a fraction of
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 import select
@@ -70,8 +71,9 @@ class Worker:
 
     def step(self, timeout: float) -> bool:
         """One wait and what it brought; False once the server is gone."""
+        control = self._control.fileno()
         for fd, events in self.poll.poll(timeout):
-            if fd == self._control.fileno():
+            if fd == control:
                 if events & select.EPOLLOUT:
                     self._send_reports()
                 if events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
@@ -81,7 +83,10 @@ class Worker:
             entry = self._by_fd.get(fd)
             if entry is None:
                 continue  # (closed earlier in this batch)
-            self._guard(entry[0], entry[1], events)
+            try:
+                entry[1](events)
+            except Exception:
+                self._failed(entry[0])
         return True
 
     def _guard(self, conn: KeptConnection, call: Callable[..., None], *args: object) -> None:
@@ -271,6 +276,8 @@ def main() -> None:
         except (ValueError, OSError):
             pass  # (fs.nr_open is lower: what we have will do)
     control = socket.socket(fileno=int(sys.argv[1]))
+    # What is loaded now lives as long as we do: the collector need not look at it again.
+    gc.freeze()
     Worker(control).run()
 
 

@@ -16,6 +16,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 
+from cli_server.proxy.relay.wire import RENEWED
+from cli_server.proxy.workers import RelayWorkers
 from cli_server.testing import FakeBackend
 
 from .conftest import Running, _reactor, server_config, start_server, stop_server
@@ -476,7 +478,7 @@ async def test_a_keep_alive_connection_moves_between_the_relay_workers_and_the_s
     await ask("POST /p HTTP/1.1\r\nContent-Length: 2\r\n", b"{}")  # relayed there too
     assert list(relay._carried) == [first] and proxy.upstream.seen[-1]["body"] == "{}"
 
-    relay.expire(proxy.sandbox)  # (as a status change does)
+    _end_grant(relay, first)
     await ask("GET /after HTTP/1.1\r\n")  # back, routed afresh, and given again
     assert list(relay._carried) not in ([], [first])
     client.received = b""
@@ -485,6 +487,12 @@ async def test_a_keep_alive_connection_moves_between_the_relay_workers_and_the_s
     assert relay.carrying == 0  # twisted.web's from now on
     await ask("GET /last HTTP/1.1\r\n")
     assert relay.carrying == 0 and not client.closed.called
+
+
+def _end_grant(relay: RelayWorkers, conn_id: int) -> None:
+    """Ends a connection's grant early (as a renewal refused does): its next request comes
+    back to the server, which routes it afresh."""
+    relay._carried[conn_id].worker.send(RENEWED.pack(b"G", conn_id, 0.0))
 
 
 def _answers(data: bytes) -> list[tuple[int, bytes, bytes]]:
@@ -587,7 +595,7 @@ async def test_refused_requests_on_a_relayed_connection_are_answered_and_never_r
     [first] = list(relay._carried)
     assert await ask(client, ("POST /b HTTP/1.1", "", b"{}")) == [200]  # relayed there too
     assert list(relay._carried) == [first]
-    relay.expire(proxy.sandbox)  # (as a status change does: the grant ends)
+    _end_grant(relay, first)
     assert await ask(client, ("GET /c HTTP/1.1", "", b"")) == [200]
     [again] = list(relay._carried)  # handed over again
     assert again != first

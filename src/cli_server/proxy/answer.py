@@ -30,7 +30,7 @@ class Framing(Enum):
 class Read(Enum):
     MORE = "more"  # the answer goes on
     ENDED = "ended"  # it is complete: ``reusable`` says whether another may follow
-    BROKEN = "broken"  # not HTTP (or a callback failed: ``error``): the connection must end
+    BROKEN = "broken"  # not HTTP (or a callback failed): the connection must end
 
 
 class AnswerSink(Protocol):
@@ -49,38 +49,29 @@ class AnswerReader:
 
     def __init__(self) -> None:
         self.client: AnswerSink | None = None
-        self.received = False  # any byte of an answer to the current request
-        self.error: BaseException | None = None  # what a callback raised, if BROKEN
         self._parser = httptools.HttpResponseParser(self)
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
         self._framing = Framing.NONE
         self._in_head = False  # between a message's start and its headers' end (no trailers)
-        self._answered = False  # the final (not 1xx) head is in
+        self.answered = False  # the final (not 1xx) head is in
         self._ended = False  # the final answer is complete
         self._extra = False  # bytes after it: the connection is not reused
         self._keep_alive = False
 
     def begin(self, client: AnswerSink) -> None:
         """A request went out on behalf of ``client``: its answer goes there."""
-        self.client, self.received = client, False
-        self._answered = self._ended = self._extra = False
+        self.client = client
+        self.answered = self._ended = self._extra = False
 
     def feed(self, data: bytes) -> Read:
-        self.received = True
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as e:
+        except httptools.HttpParserError:
             if not self._ended:
-                callback = isinstance(e, httptools.HttpParserCallbackError)
-                self.error = e.__context__ if callback else None
                 return Read.BROKEN
             self._extra = True  # garbage after a whole answer: that answer still stands
         return Read.ENDED if self._ended else Read.MORE
-
-    @property
-    def answered(self) -> bool:
-        return self._answered
 
     @property
     def reusable(self) -> bool:
@@ -114,7 +105,7 @@ class AnswerReader:
             if code == 101:  # we never ask for an upgrade here
                 raise UnaskedUpgrade()
             return  # 100 Continue, 103 Early Hints: informational, not relayed
-        self._answered = True
+        self.answered = True
         assert self.client is not None
         self._framing = self.client.response_head(code, reason or b"-", headers)
 
@@ -123,7 +114,7 @@ class AnswerReader:
             self.client.response_body(data)
 
     def on_message_complete(self) -> None:
-        if self._answered and not self._ended:
+        if self.answered and not self._ended:
             self._ended = True
             # (asked now: once feed_data returns, the parser has moved on to the next message)
             keep = self._framing is not Framing.UNTIL_CLOSE and self._parser.should_keep_alive()

@@ -122,15 +122,12 @@ class Routes:
         self.activity.touch(sandbox_id)
         self._relayed += count
 
-    def renewal(self, head: RequestHead, granted: Route) -> float | None | Deferred[float | None]:
+    def renewal(
+        self, head: RequestHead, granted: Route, refresh: bool = True
+    ) -> float | None | Deferred[float | None]:
         """Seconds more a grant given with ``granted`` for ``head``'s connection may hold:
         while ``head`` would be routed the same way now (same session, sandbox, address and
         credential, nothing revoked since), else None."""
-        return self._renewal(head, granted, True)
-
-    def _renewal(
-        self, head: RequestHead, granted: Route, refresh: bool
-    ) -> float | None | Deferred[float | None]:
         routing = self.route(head)
         if isinstance(routing, Deferred):
             return routing.addCallback(self._renewed, head, granted, refresh)
@@ -159,7 +156,7 @@ class Routes:
     def _refreshed(
         self, _: object, head: RequestHead, granted: Route
     ) -> float | None | Deferred[float | None]:
-        return self._renewal(head, granted, False)
+        return self.renewal(head, granted, False)
 
     def grant_seconds(self, route: Route) -> float:
         """How long a relay worker may serve further requests with ``route``: a second at

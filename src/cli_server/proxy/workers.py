@@ -138,14 +138,6 @@ class RelayWorkers(Service):
             for start in range(0, len(ids), 500):  # (a message is at most a few KiB)
                 worker.send(b"X" + b"".join(ID.pack(i) for i in ids[start : start + 500]))
 
-    def expire(self, sandbox_id: str) -> None:
-        """Grants for the sandbox are over: each connection comes back with its next request
-        and is routed afresh (a request or stream under way goes on). A status change does
-        more: it cuts them (``cut``, through ``SandboxAccess.revoke_sandbox``)."""
-        for conn_id, carried in self._carried.items():
-            if carried.whose.sandbox_id == sandbox_id:
-                carried.worker.send(RENEWED.pack(b"G", conn_id, 0.0))
-
     def ended(self, conn_id: int) -> _Carried | None:
         carried = self._carried.pop(conn_id, None)
         if carried is not None:

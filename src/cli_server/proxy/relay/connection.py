@@ -198,7 +198,7 @@ class KeptConnection:
         if the grant does not cover it."""
         grant = self.grant
         head = parse_head(raw, grant.max_body) if len(raw) <= MAX_HEAD else None
-        if head is None or head.host != grant.host or head.cookies != grant.cookies:
+        if head is None or head.fields.host != grant.host or head.fields.cookies != grant.cookies:
             return None
         verdict = rules.decide(head.asked, self._listener, self._session)
         if not isinstance(verdict, rules.Forward):
@@ -207,8 +207,8 @@ class KeptConnection:
             self._block = head.block
             self._headers = plain_upstream_headers(
                 head.fields.headers,
-                head.cookies,
-                head.host,
+                head.fields.cookies,
+                head.fields.host,
                 grant.authorization,
                 grant.peer,
                 grant.scheme,

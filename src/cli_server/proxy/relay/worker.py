@@ -168,8 +168,8 @@ class Worker:
         if conn_id < 0 or len(socks) != 1:
             for sock in socks:
                 sock.close()
-            if len(msg) >= 1 + ID.size:  # (out of descriptors, or garbled: it ends here)
-                self._report(b"E" + msg[1 : 1 + ID.size])
+            if conn_id >= 0:  # (out of descriptors: it ends here)
+                self._report(b"E" + ID.pack(conn_id))
             return
         try:
             conn = KeptConnection(self, conn_id, socks[0], grant, until, data)

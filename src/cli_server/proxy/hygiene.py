@@ -10,30 +10,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import unquote_to_bytes
 
-HOP_BY_HOP = {
-    b"connection",
-    b"keep-alive",
-    b"proxy-authenticate",
-    b"proxy-authorization",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-    b"proxy-connection",
-}
+HOP_BY_HOP = set(
+    b"connection keep-alive proxy-authenticate proxy-authorization te trailer"
+    b" transfer-encoding upgrade proxy-connection".split()
+)
 # Credentials of ours that must never reach a sandbox, in any form.
 OUR_COOKIES = {b"cli_session", b"__Host-cli_session", b"cli_sandbox", b"__Host-cli_sandbox"}
 CREDENTIAL_PARAMS = {b"auth_token", b"ticket", b"token"}
-DROPPED_REQUEST = HOP_BY_HOP | {
-    b"authorization",
-    b"cookie",
-    b"forwarded",
-    b"x-forwarded-for",
-    b"x-forwarded-host",
-    b"x-forwarded-proto",
-    b"x-real-ip",
-    b"content-length",
-}
+DROPPED_REQUEST = HOP_BY_HOP | set(
+    b"authorization cookie forwarded x-forwarded-for x-forwarded-host x-forwarded-proto"
+    b" x-real-ip content-length".split()
+)
 
 
 def clean_query(uri: bytes) -> bytes:

@@ -171,7 +171,6 @@ class SandboxSite(Resource):
                 return await self._resume(request, access)
             if verdict.path == _LAND_PATH:
                 return self._land(request, access)
-            return self._not_found(request)
         if not isinstance(verdict, rules.Forward):
             return self._refused(request, verdict, access)
         assert access is not None  # (decide forwards only with a session)
@@ -274,9 +273,6 @@ class SandboxSite(Resource):
         request.setHeader(b"referrer-policy", b"no-referrer")
         self._see_other(request, f"{self._dashboard}open/{sandbox_id}".encode("ascii"))
 
-    def _not_found(self, request: Any) -> None:
-        self._page(request, *_PAGES[rules.Why.NOT_FOUND])
-
     def _status_page(self, request: Any, status: str, access: Access) -> None:
         title, text = STATUS_TEXT.get(status, ("Unavailable", "Try again in a moment."))
         if status == "failed" and access.error:
@@ -292,12 +288,11 @@ class SandboxSite(Resource):
         ticket = (query.get("ticket") or [""])[0]
         token = await self._access.redeem(ticket, sandbox_id) if ticket else None
         if token is None:
-            signed_in = await self._signed_in(request, sandbox_id)
-            if signed_in is not None:
-                # A used or expired link (reloaded, from history) while already signed in
-                # here: the work, not an error. The ticket grants nothing; the cookie does.
-                return self._to_landing(request)
-            request.setHeader(b"referrer-policy", b"no-referrer")
+            # A used or expired link (reloaded, from history) while already signed in here:
+            # the work, not an error. The ticket grants nothing; the cookie does.
+            session = rules.session_token(self._asked(request), self._listener)
+            if session and await self._access.lookup(session, sandbox_id) is not None:
+                return self._see_other(request, _LAND_PATH)
             return self._page(
                 request,
                 401,
@@ -307,10 +302,7 @@ class SandboxSite(Resource):
             )
         self._cookie.clear_doubles(request, self._base_host)  # (before: ours comes last)
         self._cookie.write(request, token)
-        self._to_landing(request)
-
-    def _to_landing(self, request: Any) -> None:
-        self._see_other(request, _LAND_PATH)  # fixed: never an open redirect
+        self._see_other(request, _LAND_PATH)  # (fixed, as every redirect here: never an open one)
 
     def _see_other(self, request: Any, location: bytes) -> None:
         request.setResponseCode(303)
@@ -326,11 +318,6 @@ class SandboxSite(Resource):
         for name, value in PAGE_HEADERS:
             request.setHeader(name, value)
         self._finish(request, landing_html(read_only=access.role < Role.DEVELOPER))
-
-    async def _signed_in(self, request: Any, sandbox_id: str) -> Access | None:
-        """The request's valid session of this sandbox's subdomain, if it has one."""
-        token = rules.session_token(self._asked(request), self._listener)
-        return await self._access.lookup(token, sandbox_id) if token else None
 
     async def _resume(self, request: Any, access: Access) -> None:
         if request.method != b"POST":  # (its origin is checked as every request's)

@@ -57,10 +57,6 @@ class _State(Enum):
     SPLICED = "spliced"  # a WebSocket: bytes both ways, as they come, until either side ends
 
 
-class _Then(Enum):
-    CLOSE = "close"  # close the browser's connection once what waits is written
-
-
 Address = tuple[str, int]
 
 
@@ -78,7 +74,7 @@ def _set(poll: select.epoll, sock: socket.socket, now: int | None, mask: int | N
 class KeptConnection:
     __slots__ = tuple(
         """id browser sandbox grant address until buffer reader state framing body_left sent
-        repeatable close then out to_sandbox due first renewing blocked loop done upgrade
+        repeatable close closing out to_sandbox due first renewing blocked loop done upgrade
         answer active _browser_mask _sandbox_mask _block _headers _listener _session
         _last""".split()
     )
@@ -105,7 +101,7 @@ class KeptConnection:
         self.sent = False  # any of it went to the sandbox
         self.repeatable = False  # it may be sent again
         self.close = False  # the browser's connection ends with this answer
-        self.then: _Then | None = None
+        self.closing = False  # the browser's connection closes once what waits is written
         self.out: list[bytes] = []  # for the browser
         self.to_sandbox = b""  # what the sandbox's socket did not take yet
         self.due = 0.0  # when the idle browser or the silent sandbox has waited too long
@@ -159,7 +155,7 @@ class KeptConnection:
     def next_request(self) -> None:
         """Takes up the next request, if its head is whole and the grant covers it; else the
         connection goes back to the server."""
-        if self.state is not _State.IDLE or self.then is not None or self.out:
+        if self.state is not _State.IDLE or self.closing or self.out:
             return
         buffer = self.buffer
         size = head_end(buffer)
@@ -290,10 +286,8 @@ class KeptConnection:
             self._connected()
             return
         if events & select.EPOLLOUT and self.to_sandbox:
-            if not self._send_sandbox(self.to_sandbox):
+            if not self._send_sandbox(self.to_sandbox):  # (and the upload may go on)
                 return
-            if not self.to_sandbox and (self.body_left or self.state is _State.SPLICED):
-                self._watch()  # (the upload may go on: read the browser again)
         if not events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
             return
         try:
@@ -318,7 +312,7 @@ class KeptConnection:
         if read is Read.BROKEN:
             if self.reader.answered:
                 self._drop_sandbox()
-                self._finish(_Then.CLOSE)  # cut short: the browser must not take it as whole
+                self._finish()  # cut short: the browser must not take it as whole
             else:
                 self._unanswered()
             return
@@ -346,7 +340,7 @@ class KeptConnection:
                 self._send_sandbox(early)
         else:
             self._drop_sandbox()
-            self.then = _Then.CLOSE
+            self.closing = True
         if code > 0:
             self.loop.relayed(self.grant.sandbox_id)
             self.out += (cleaned, rest) if code == 101 else (cleaned,)
@@ -369,7 +363,7 @@ class KeptConnection:
             self.out.append(LAST_CHUNK)  # that is how such a body ends
             self._answered()
         elif state in (_State.ANSWERING, _State.SPLICED):
-            self._finish(_Then.CLOSE)  # cut short, or a WebSocket that ended
+            self._finish()  # cut short, or a WebSocket that ended
         # (idle: the next request opens another)
 
     def _unanswered(self) -> None:
@@ -389,12 +383,12 @@ class KeptConnection:
         self.state = _State.IDLE
         self.due = self.loop.clock() + TIMEOUT
         if self.close or self.body_left:
-            self._finish(_Then.CLOSE)  # (answered before its upload ended: the rest is unread)
+            self._finish()  # (answered before its upload ended: the rest is unread)
         else:
             self.write()
 
-    def _finish(self, then: _Then) -> None:
-        self.then = then
+    def _finish(self) -> None:
+        self.closing = True
         self.write()
 
     def _drop_sandbox(self, keep: bool = False) -> None:
@@ -453,9 +447,9 @@ class KeptConnection:
                 return
         if self.blocked:  # (what epoll watches changes only then: not once per event)
             self.blocked = False
-            if self.then is None:
+            if not self.closing:
                 self._watch()
-        if self.then is _Then.CLOSE:
+        if self.closing:
             self.close_both()
         elif self.state is _State.IDLE and self.buffer:
             self.next_request()
@@ -476,8 +470,8 @@ class KeptConnection:
             return
         if self.state is _State.SPLICED:
             self.active = True
-            if self.sandbox is not None and self._send_sandbox(self.to_sandbox + data):
-                self._watch()
+            if self.sandbox is not None:
+                self._send_sandbox(self.to_sandbox + data)
             return
         if self.body_left and self.state is not _State.CONNECTING:
             part = data[: self.body_left]
@@ -497,7 +491,7 @@ class KeptConnection:
     # the connection
 
     def expired(self, now: float) -> None:
-        if self.then is not None or now < self.due:
+        if self.closing or now < self.due:
             return
         if self.state is _State.CONNECTING:
             self._unanswered()

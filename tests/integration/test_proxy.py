@@ -308,7 +308,7 @@ async def test_streaming_and_activity(proxy: Proxy) -> None:
     reactor = _reactor()
     recent: list[bool] = []
 
-    async def recorded() -> None:  # (the relay process reports what it relayed each second)
+    async def recorded() -> None:  # (each relay worker reports what it relayed each second)
         (row,) = await proxy.app.db.query(
             "SELECT last_activity_at > now() - interval '1 minute' AS recent FROM sandboxes"
         )

@@ -40,7 +40,7 @@ async def open_sandbox(real: Real, sandbox_id: str) -> str:
 @pytest_twisted.ensureDeferred
 async def test_opencode_through_the_proxy(real: Real) -> None:
     """The UI and its assets load, health answers, /event says server.connected (served by
-    the relay process), a session is created, and the terminal WebSocket runs a command inside
+    a relay worker), a session is created, and the terminal WebSocket runs a command inside
     the sandbox; logging out ends both the event stream and the terminal."""
     reactor = _reactor()
     sid, _ = await real.create("a", "web")

@@ -185,22 +185,15 @@ def upgrade_answer(buffered: bytes) -> tuple[int | None, bytes, bytes]:
             if len(buffered) > MAX_HEAD or b"\n\n" in buffered:
                 return -1, b"", b""
             return None, b"", buffered
-        code = status_of(buffered)
+        code = buffered[9:12]  # (of ``HTTP/1.1 NNN``: clean_upgrade_answer checks the rest)
         cleaned = clean_upgrade_answer(buffered[:end]) if end <= MAX_HEAD else None
-        if code is None or cleaned is None:
+        if len(code) != 3 or not code.isdigit() or buffered[12:13] not in (b" ", b"\r"):
+            cleaned = None
+        if cleaned is None:
             return -1, b"", b""
         buffered = buffered[end:]
-        if code == 101 or code >= 200:
-            return code, cleaned, buffered
-
-
-def status_of(head: bytes) -> int | None:
-    """The status code of an ``HTTP/1.1 NNN ...`` head (``clean_upgrade_answer`` checks the
-    rest of it)."""
-    code = head[9:12]
-    if len(code) != 3 or not code.isdigit() or head[12:13] not in (b" ", b"\r"):
-        return None
-    return int(code)
+        if int(code) == 101 or int(code) >= 200:
+            return int(code), cleaned, buffered
 
 
 def clean_upgrade_answer(raw: bytes) -> bytes | None:

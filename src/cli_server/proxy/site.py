@@ -28,7 +28,7 @@ from cli_server.proxy.hygiene import (
     only,
 )
 from cli_server.proxy.live import LiveStreams, Whose
-from cli_server.proxy.pages import PAGE_HEADERS, STATUS_TEXT, landing_html, page
+from cli_server.proxy.pages import PAGE_HEADERS, STATUS_TEXT, landing_html, page_html
 from cli_server.proxy.websocket import splice
 from cli_server.roles import Role
 from cli_server.sandboxes.activity import ActivityRecorder
@@ -120,16 +120,7 @@ class SandboxSite(Resource):
     def _failed(self, failure: Any, request: Any) -> None:
         self._log.failure("proxying {uri}", failure, uri=request.uri)
         if not request.finished and not request.startedWriting and request.channel:
-            self._finish(
-                request,
-                page(
-                    request,
-                    502,
-                    "Something went wrong",
-                    "The sandbox could not be reached.",
-                    dashboard=self._dashboard,
-                ),
-            )
+            self._page(request, 502, "Something went wrong", "The sandbox could not be reached.")
 
     def _finish(self, request: Any, body: bytes) -> None:
         if request.finished or request.channel is None:
@@ -138,7 +129,15 @@ class SandboxSite(Resource):
         request.finish()
 
     def _page(self, request: Any, status: int, title: str, text: str, **kw: Any) -> None:
-        self._finish(request, page(request, status, title, text, dashboard=self._dashboard, **kw))
+        request.setResponseCode(status)
+        for name, value in PAGE_HEADERS:
+            request.setHeader(name, value)
+        if kw.get("resume"):
+            # The Resume form must carry this page's Origin: from a no-referrer page a browser
+            # sends ``Origin: null``, which only fetch metadata can place, and browsers send
+            # none over plain http (but to localhost). The page's URL still reaches nobody else.
+            request.setHeader(b"referrer-policy", b"same-origin")
+        self._finish(request, page_html(title, text, dashboard=self._dashboard, **kw))
 
     def _asked(self, request: Any) -> rules.Asked:
         headers = request.requestHeaders

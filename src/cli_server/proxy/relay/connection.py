@@ -1,15 +1,10 @@
-"""A browser's keep-alive connection served by a relay worker, request after request.
-
-The router routes a request (session, role, sandbox status, address) and, when the rulebook
-forwards it to a cloud sandbox and its head is plain, sends the browser's socket here with a
-``Grant``. From then on the worker relays the requests on that connection itself, over a
-sandbox connection it opens (or reuses, ``Worker.take_idle``), as long as each is covered by the
-grant: a plain head (``request_head.py``, as the router reads it) with no body or a
-``Content-Length`` one up to the grant's cap, the same Host and Cookie headers, and what
-``rules.decide`` forwards for the grant's role; and the grant not run out (it holds as long as
-the server would trust its own cached routing: at most a second). Anything else goes back to
-the server with every byte not yet used (``Back.ASK``). While a connection is in use, the
-server renews its grant; a revocation or a status change of its sandbox cuts it at once.
+"""A browser's keep-alive connection served by a relay worker, request after request
+(``worker.py`` says how it comes and goes), over a sandbox connection it opens or reuses
+(``Worker.take_idle``), while each request is covered by the grant: a plain head
+(``request_head.py``, as the router reads it) with no body or a ``Content-Length`` one up to
+the grant's cap, the same Host and Cookie headers, what ``rules.decide`` forwards for the
+grant's role, and the grant not run out. Anything else goes back to the server with every
+byte not yet used (``Back.ASK``).
 
 Only the standard library and httptools: the workers import this.
 """
@@ -504,9 +499,7 @@ class KeptConnection:
 
     def give_back(self, why: Back) -> None:
         """The browser's socket and what it sent go back to the server."""
-        self.done = True
-        self._release()
-        self._forget_browser()
+        self._end()
         keep = why in (Back.ASK, Back.DROPPED)
         data, self.buffer = (self.buffer if keep else b""), b""
         self.loop.hand_back(self, why, data)
@@ -514,20 +507,17 @@ class KeptConnection:
     def close_both(self) -> None:
         if self.done:
             return
-        self.done = True
-        self._release()
-        self._forget_browser()
+        self._end()
         self.browser.close()
         self.loop.ended(self)
 
-    def _forget_browser(self) -> None:
+    def _end(self) -> None:
+        """The sandbox's connection, idle and fit for another request, goes to the loop's
+        pool, else it closes; the loop forgets both."""
+        self.done = True
+        idle = self.state is _State.IDLE and not self.to_sandbox
+        self._drop_sandbox(keep=idle and self.sandbox is not None)
         if self._browser_mask is not None:
             self.loop.poll.unregister(self.browser)
             self._browser_mask = None
         self.loop.detach(self.browser.fileno())
-
-    def _release(self) -> None:
-        """The sandbox connection, idle and fit for another request, goes to the loop's pool;
-        else it closes."""
-        idle = self.state is _State.IDLE and not self.to_sandbox
-        self._drop_sandbox(keep=idle and self.sandbox is not None)

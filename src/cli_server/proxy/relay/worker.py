@@ -117,13 +117,9 @@ class Worker:
             counts, self._relayed = self._relayed, {}
             self._report(activity_message(counts))
         for address, idle in list(self._idle.items()):
-            kept = [(sock, since) for sock, since in idle if now - since < IDLE_SECONDS]
-            for sock, since in idle:
-                if now - since >= IDLE_SECONDS:
-                    sock.close()
-            if kept:
-                self._idle[address] = kept
-            else:
+            while idle and now - idle[0][1] >= IDLE_SECONDS:  # (the oldest come first)
+                idle.pop(0)[0].close()
+            if not idle:
                 del self._idle[address]
 
     @property

@@ -249,7 +249,6 @@ class SandboxSite(Resource):
 
     def _revoked(self, request: Any) -> None:
         self._cookie.clear_doubles(request, self._base_host)
-        request.setHeader(b"referrer-policy", b"no-referrer")
         self._page(
             request,
             401,

@@ -122,10 +122,6 @@ class Worker:
             if not idle:
                 del self._idle[address]
 
-    @property
-    def carrying(self) -> int:
-        return len(self._kept)
-
     # the server
 
     def _control_message(self) -> bool:

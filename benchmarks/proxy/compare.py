@@ -27,7 +27,7 @@ from wrk import wrk  # noqa: E402  (benchmarks/wrk.py, shared by the benchmark s
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import start_nginx, stop  # noqa: E402  (the benchmark beside this one)
+from run import start_files, stop  # noqa: E402  (the benchmark beside this one)
 
 
 def run_version(src: str, files: int, seconds: int) -> dict[str, float]:
@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seconds", type=int, default=8)
     args = ap.parse_args()
-    work, nginx, (files, _, _) = start_nginx("cli-compare-")
+    work, nginx, files = start_files("cli-compare-")
     results: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
     try:
         time.sleep(0.5)

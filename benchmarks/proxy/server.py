@@ -1,15 +1,25 @@
 """cli-server for the benchmark: the real service tree (embedded PostgreSQL, API, proxy) with
 a FAKE backend whose sandboxes "run" at the benchmark's upstream ports. Prints one JSON line
-with the port, the sandboxes' hosts and a sandbox cookie for each, then serves."""
+with the port, the sandboxes' hosts and a sandbox cookie for each, then serves.
+
+    python server.py PORT UPSTREAM_PORT... [--proxy-workers N]
+
+``--proxy-workers N`` sets the server's relay workers where this version of cli-server has
+that setting (``ServerConfig.proxy_workers``), and stops with an error where it has not;
+without it the server runs with the daemon's defaults (one relay worker per CPU, where it has
+the setting)."""
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
-import sys
+import os
+import shutil
 import tempfile
 from pathlib import Path
 
+import attrs
 from twisted.internet import defer, reactor
 
 from cli_server.config import ServerConfig
@@ -31,7 +41,17 @@ class PortsBackend(FakeBackend):
         return defer.succeed(self.running[spec.id])
 
 
-async def setup(port: int, upstreams: list[int]) -> None:
+def proxy_workers_setting(workers: int | None) -> dict[str, int]:
+    """The relay workers where this cli-server has them: N, or as ``twistd cli-server``
+    defaults (one per CPU; the config class's own default is not the daemon's)."""
+    if "proxy_workers" not in attrs.fields_dict(ServerConfig):
+        if workers is not None:
+            raise SystemExit("this cli-server has no proxy_workers setting (--proxy-workers)")
+        return {}
+    return {"proxy_workers": workers if workers is not None else os.cpu_count() or 1}
+
+
+async def setup(port: int, upstreams: list[int], settings: dict[str, int]) -> None:
     data = Path(tempfile.mkdtemp(prefix="cli-bench-proxy-"))
     data.chmod(0o711)
     config = ServerConfig(
@@ -42,11 +62,13 @@ async def setup(port: int, upstreams: list[int]) -> None:
         base_scheme="http",
         session_lifetime=86400.0,
         max_sandboxes=100,
+        **settings,
     )
     server = build(config, reactor, backend=PortsBackend(upstreams))
     gc.freeze()  # as buildServer (twistd's) does
     server.root.startService()
     reactor.addSystemEventTrigger("before", "shutdown", server.root.stopService)
+    reactor.addSystemEventTrigger("after", "shutdown", shutil.rmtree, data, True)
     while not server.database.ready:
         await defer.Deferred.fromCoroutine(_sleep(0.05))
     from http.cookiejar import CookieJar
@@ -87,7 +109,12 @@ async def _sleep(seconds: float) -> None:
 
 
 if __name__ == "__main__":
-    port, upstreams = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
-    d = defer.Deferred.fromCoroutine(setup(port, upstreams))
+    ap = argparse.ArgumentParser()
+    ap.add_argument("port", type=int)
+    ap.add_argument("upstreams", type=int, nargs="+")
+    ap.add_argument("--proxy-workers", type=int)
+    args = ap.parse_args()
+    settings = proxy_workers_setting(args.proxy_workers)
+    d = defer.Deferred.fromCoroutine(setup(args.port, args.upstreams, settings))
     d.addErrback(lambda f: (f.printTraceback(), reactor.stop()))
     reactor.run()

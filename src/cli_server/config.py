@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from attrs import field, frozen
@@ -89,11 +90,35 @@ def default_data_dir() -> Path:
 
 def parse_backend(text: str) -> str:
     value = text.strip().lower()
-    if value in ("process", "docker"):
+    if value in ("process", "docker", "k8s"):
         return value
-    if value == "k8s":
-        raise ValueError("the k8s backend is not available in this release; use process or docker")
     raise ValueError(f"{text!r} is not a backend (process, docker, k8s)")
+
+
+def parse_access_mode(text: str) -> str:
+    value = text.strip()
+    modes = ("ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod")
+    if value not in modes:
+        raise ValueError(f"{text!r} is not an access mode ({', '.join(modes)})")
+    return value
+
+
+def parse_resources(text: str) -> dict[str, Any]:
+    """A pod's ResourceRequirements as JSON: ``{"limits": {"memory": "1Gi", "cpu": "1"}}``."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise ValueError(f'{text!r} is not JSON such as {{"limits": {{"cpu": "1"}}}}') from None
+    if not isinstance(value, dict) or set(value) - {"limits", "requests"}:
+        raise ValueError("give an object with limits and/or requests")
+    for part in value.values():
+        if not isinstance(part, dict) or not all(
+            isinstance(v, str | int | float) for v in part.values()
+        ):
+            raise ValueError("limits and requests map resource names to quantities")
+    return {k: {n: str(q) for n, q in v.items()} for k, v in value.items()}
 
 
 def parse_docker_firewall(text: str) -> bool:
@@ -322,6 +347,16 @@ class ServerConfig:
     password_login: bool = True
     access_log: str = "changes"  # all, changes or off (parse_access_log)
     proxy_workers: int = 1  # relay worker processes (parse_workers); tap's default: the CPUs
+    # --backend k8s (k8s_backend.py): where the cluster is and what sandbox pods get
+    kubeconfig: str | None = None  # None: in-cluster, else KUBECONFIG / ~/.kube/config
+    sandbox_namespace: str | None = None  # None: the server pod's namespace
+    runtime_class: str | None = None
+    storage_class: str | None = None
+    workspace_access_mode: str = "ReadWriteOnce"
+    # None: limits from memory and cpus (a dict: left out of the config's hash)
+    sandbox_resources: dict[str, Any] | None = field(default=None, hash=False)
+    k8s_instance: str | None = None  # None: this data directory's instance id
+    in_cluster_url: str = "http://cli-server:8080"  # the server's Service, as pods reach it
     # Secrets: only from the environment (a command line is visible to every local user).
     anthropic_api_key: str | None = field(default=None, repr=False)
     anthropic_auth_token: str | None = field(default=None, repr=False)

@@ -330,6 +330,8 @@ def build(
             quotas=DiskQuotas.on(reactor),
         )
         DockerPreparation(backend).setServiceParent(root)
+    if backend is None and config.backend == "k8s":
+        backend = k8s_backend(config, reactor, root, opencode)
     if backend is None:
         backend = ProcessBackend(
             reactor,
@@ -350,7 +352,9 @@ def build(
     urls = SandboxUrls(config.base_scheme, config.base_domain)
     # Only the docker backend's answer costs anything (engine calls); the process backend's is
     # free and exact, so it is asked every time.
-    endpoints = RunningEndpoints(backend, reactor, ttl=1.0 if config.backend == "docker" else 0.0)
+    endpoints = RunningEndpoints(
+        backend, reactor, ttl=1.0 if config.backend in ("docker", "k8s") else 0.0
+    )
 
     def forget(sandbox_id: str) -> None:
         endpoints.forget(sandbox_id)
@@ -585,6 +589,39 @@ def instance_id(data_dir: Path) -> str:
         with contextlib.suppress(OSError):  # (never made, or a directory that is not one)
             draft.unlink()
     return made
+
+
+def k8s_backend(config: ServerConfig, reactor: Any, root: Any, opencode: OpencodeClient) -> Any:
+    """The k8s backend on its own bounded pool (a start holds a thread while it waits)."""
+    from cli_server.sandboxes.k8s_backend import K8sBackend, K8sPreparation, K8sSettings
+    from cli_server.sandboxes.k8s_objects import PodSettings, quantity
+
+    pool = ThreadPoolService(reactor, "kubernetes", 8)
+    pool.setName("kubernetes-threads")
+    pool.setServiceParent(root)
+    waits = ThreadPoolService(reactor, "kubernetes-waits", 32)  # starts waiting for Ready
+    waits.setName("kubernetes-wait-threads")
+    waits.setServiceParent(root)
+    cpus = f"{config.sandbox_cpus:g}"
+    resources = config.sandbox_resources or {
+        "limits": {"memory": quantity(config.sandbox_memory), "cpu": cpus}
+    }
+    proxy = config.anthropic_proxy_url or config.in_cluster_url + "/proxy/anthropic"
+    pod = PodSettings(
+        image=config.agent_image or "",
+        anthropic_url=proxy.rstrip("/") + ("" if proxy.rstrip("/").endswith("/v1") else "/v1"),
+        resources=resources,
+        runtime_class=config.runtime_class,
+        storage_class=config.storage_class,
+        workspace_access_mode=config.workspace_access_mode,
+        workspace_size=quantity(config.workspace_disk_size),
+        home_size=quantity(config.sandbox_home_size),
+    )
+    settings = K8sSettings(pod, config.sandbox_namespace, config.kubeconfig)
+    instance = config.k8s_instance or instance_id(config.data_dir)
+    backend = K8sBackend(pool.run, settings, instance, opencode, reactor, wait_run=waits.run)
+    K8sPreparation(backend).setServiceParent(root)
+    return backend
 
 
 def docker_anthropic_url(config: ServerConfig) -> str:

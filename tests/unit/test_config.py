@@ -216,12 +216,45 @@ class OptionsTests(SynchronousTestCase):
                 {},
                 "--agent-image: the docker backend needs a sandbox image",
             ),
-            (["--backend", "k8s"], {}, "--backend: the k8s backend is not available"),
+            (["--backend", "k8s"], {}, "--agent-image: the k8s backend needs a sandbox image"),
+            (
+                ["--backend", "k8s", "--agent-image", "i", "--sandbox-resources", "[1]"],
+                {},
+                "--sandbox-resources: give an object with limits and/or requests",
+            ),
+            (
+                ["--backend", "k8s", "--agent-image", "i"],
+                {"WORKSPACE_DISK_ACCESS_MODE": "rwx"},
+                "WORKSPACE_DISK_ACCESS_MODE: 'rwx' is not an access mode",
+            ),
             (["--backend", "vm"], {}, "--backend: 'vm' is not a backend"),
         ]
         for argv, environ, message in cases:
             error = self.assertRaises(usage.UsageError, parse, argv, environ)
             self.assertIn(message, str(error))
+
+
+class KubernetesOptionsTests(SynchronousTestCase):
+    def test_k8s_options(self) -> None:
+        """The k8s backend's options reach the config; defaults where unset."""
+        config = parse(
+            ["--backend", "k8s", "--agent-image", "img:1", "--runtime-class", "gvisor"],
+            {
+                "SANDBOX_NAMESPACE": "sbx",
+                "SANDBOX_RESOURCES": '{"limits": {"memory": "1Gi", "cpu": 1}}',
+                "K8S_INSTANCE": "cli",
+                "IN_CLUSTER_URL": "http://cli.ns.svc:8080",
+            },
+        ).config()
+        self.assertEqual(config.backend, "k8s")
+        self.assertEqual(config.sandbox_namespace, "sbx")
+        self.assertEqual(config.runtime_class, "gvisor")
+        self.assertEqual(config.sandbox_resources, {"limits": {"memory": "1Gi", "cpu": "1"}})
+        self.assertEqual(config.k8s_instance, "cli")
+        self.assertEqual(config.in_cluster_url, "http://cli.ns.svc:8080")
+        self.assertEqual(config.workspace_access_mode, "ReadWriteOnce")
+        self.assertIsNone(config.kubeconfig)
+        self.assertIsNone(config.storage_class)
 
 
 class TenancyOptionsTests(SynchronousTestCase):

@@ -543,6 +543,23 @@ def test_an_answer_before_the_upload_ends_closes_the_connection() -> None:
     assert _closed(k.browser) and _closed(k.sandbox)
 
 
+def test_an_upload_that_ends_while_its_answer_streams_leaves_nothing_out_of_step() -> None:
+    """The rest of an upload that arrives after its answer began is not sent: the sandbox
+    still waits for it, so bytes of a next request would be read as that body, and a
+    request hidden in them would reach the sandbox unchecked. Both connections end with
+    the answer; nothing more reaches the sandbox, and its connection is not kept."""
+    k = Kept(post(b"", 40))
+    assert k.upstream().endswith(b"\r\n\r\n")  # the head, none of the body yet
+    head = k.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+    assert head.endswith(b"connection: close\r\n\r\nab")
+    hidden = b"POST /session/x/message HTTP/1.1\r\nHost: h\r\n\r\n"
+    k.browser.sendall(b"x" * 40 + get(b"/next", b"X-Pad: " + hidden))
+    assert k.upstream() == b""  # (the body's rest is dropped, the next request waits)
+    assert k.answer(b"cd") == b"cd"
+    k.turn()
+    assert _closed(k.browser) and _closed(k.sandbox)
+
+
 def test_an_upload_the_sandbox_drops_is_answered_by_the_server_not_sent_again() -> None:
     k = Kept(post(b"abc"))
     assert k.upstream().endswith(b"\r\n\r\nabc")

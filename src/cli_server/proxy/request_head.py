@@ -78,6 +78,7 @@ _KNOWN: dict[bytes, Fields | None] = {}
 _UNKNOWN: Fields | None = Fields((), b"", 0, False, ())  # (a sentinel)
 _KNOWN_MAX = 1024  # entries of at most MEMO_BLOCK bytes: a few MiB at worst
 MEMO_BLOCK = 2048
+_NO_BODY = frozenset({b"GET", b"HEAD", b"OPTIONS"})  # methods whose bodies mean nothing
 
 
 def parse_head(raw: bytes, max_body: int) -> RequestHead | None:
@@ -99,7 +100,9 @@ def parse_head(raw: bytes, max_body: int) -> RequestHead | None:
             _KNOWN[block] = fields
     if fields is None or fields.content_length > max_body:
         return None
-    if fields.upgrade and (method != b"GET" or fields.content_length):
+    if fields.content_length and method in _NO_BODY:
+        return None  # (legal, but no browser sends one: twisted.web carries the odd case)
+    if fields.upgrade and method != b"GET":
         return None
     return RequestHead(method, target, block, fields)
 

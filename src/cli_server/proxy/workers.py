@@ -23,6 +23,7 @@ from typing import Protocol as Interface
 from attrs import define, field
 from twisted.application.service import Service
 from twisted.internet import error
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReadDescriptor
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
@@ -49,9 +50,11 @@ class Lease(Interface):
 
 
 def plain_tcp(transport: Any) -> bool:
-    """A plain (not TLS) TCP connection that is open: its socket may go to a worker."""
+    """A plain (not TLS) TCP connection that is open: its socket may go to a worker. (Not a
+    unix socket's: a worker names the browser by its IP address.)"""
     return bool(
         isinstance(transport, Connection)
+        and isinstance(transport.getPeer(), IPv4Address | IPv6Address)
         and not getattr(transport, "TLS", False)
         and transport.connected
         and not transport.disconnecting

@@ -19,6 +19,7 @@ from cli_server.config import (
     default_data_dir,
     default_max_sandboxes,
     parse_access_log,
+    parse_access_mode,
     parse_backend,
     parse_base_domain,
     parse_base_scheme,
@@ -33,6 +34,7 @@ from cli_server.config import (
     parse_positive_int,
     parse_quota,
     parse_registration,
+    parse_resources,
     parse_scopes,
     parse_size,
     parse_workers,
@@ -184,7 +186,7 @@ SETTINGS: dict[str, Setting] = {
         "sandboxes off the host and private networks; off: log them for the operator.",
     ),
     "agent-image": Setting(
-        "AGENT_IMAGE", str, None, "Sandbox image for --backend docker (required there)."
+        "AGENT_IMAGE", str, None, "Sandbox image for --backend docker or k8s (required there)."
     ),
     "anthropic-base-url": Setting(
         "ANTHROPIC_BASE_URL",
@@ -262,6 +264,58 @@ SETTINGS: dict[str, Setting] = {
         "Which main-site requests are access-logged: all, changes (all but successful"
         " GET/HEAD requests to /api/, which open dashboards make every few seconds) or off.",
     ),
+    # --backend k8s
+    "kubeconfig": Setting(
+        "KUBECONFIG",
+        str,
+        None,
+        "Kubeconfig file for --backend k8s.",
+        "in-cluster credentials, else ~/.kube/config",
+    ),
+    "sandbox-namespace": Setting(
+        "SANDBOX_NAMESPACE",
+        str.strip,
+        None,
+        "Namespace of the k8s backend's sandboxes.",
+        "the server pod's namespace",
+    ),
+    "runtime-class": Setting(
+        "SANDBOX_RUNTIME_CLASS", str.strip, None, "RuntimeClass of sandbox pods, e.g. gvisor."
+    ),
+    "storage-class": Setting(
+        "STORAGE_CLASS_NAME",
+        str.strip,
+        None,
+        "StorageClass of the k8s backend's volume claims.",
+        "the cluster's default",
+    ),
+    "workspace-disk-access-mode": Setting(
+        "WORKSPACE_DISK_ACCESS_MODE",
+        parse_access_mode,
+        "ReadWriteOnce",
+        "Access mode of each workspace's claim: ReadWriteMany where the storage class has it"
+        " (sandboxes of one workspace on several nodes need it).",
+    ),
+    "sandbox-resources": Setting(
+        "SANDBOX_RESOURCES",
+        parse_resources,
+        None,
+        'Sandbox pods\' resources as JSON, e.g. {"limits": {"memory": "1Gi", "cpu": "1"}}.',
+        "limits of --sandbox-memory and --sandbox-cpus",
+    ),
+    "k8s-instance": Setting(
+        "K8S_INSTANCE",
+        str.strip,
+        None,
+        "Label value marking this deployment's Kubernetes objects (same on every replica).",
+        "this data directory's instance id",
+    ),
+    "in-cluster-url": Setting(
+        "IN_CLUSTER_URL",
+        parse_base_url,
+        "http://cli-server:8080",
+        "The server's Service URL as sandbox pods reach it (the Anthropic proxy's base).",
+    ),
 }
 
 
@@ -327,6 +381,8 @@ class Options(usage.Options):
                     "--agent-image: the docker backend needs a sandbox image, e.g. the one "
                     "docker/build-offline-image prints [env AGENT_IMAGE]"
                 )
+        elif self["backend"] == "k8s":
+            self._checkKubernetes()
         elif self._preflight:
             self._checkHost()
 
@@ -349,6 +405,16 @@ class Options(usage.Options):
                 "pass --allow-unisolated to run them without isolation"
             )
         self._checkDiskQuota()
+
+    def _checkKubernetes(self) -> None:
+        if not self["agent-image"]:
+            raise usage.UsageError(
+                "--agent-image: the k8s backend needs a sandbox image (docker/Dockerfile.sandbox,"
+                " pushed where the cluster pulls from) [env AGENT_IMAGE]"
+            )
+        for name in ("workspace-disk-size", "sandbox-home-size"):
+            if not self[name]:
+                raise usage.UsageError(f"--{name}: the k8s backend's volume claims need a size")
 
     def _checkDiskQuota(self) -> None:
         """Quotas need root and loop devices: refused without them, unless turned off; with
@@ -468,6 +534,14 @@ class Options(usage.Options):
             password_login=self["password-login"],
             access_log=self["access-log"],
             proxy_workers=self["proxy-workers"],
+            kubeconfig=self["kubeconfig"],
+            sandbox_namespace=self["sandbox-namespace"] or None,
+            runtime_class=self["runtime-class"] or None,
+            storage_class=self["storage-class"] or None,
+            workspace_access_mode=self["workspace-disk-access-mode"],
+            sandbox_resources=self["sandbox-resources"],
+            k8s_instance=self["k8s-instance"] or None,
+            in_cluster_url=self["in-cluster-url"],
             anthropic_api_key=self._environ.get("ANTHROPIC_API_KEY") or None,
             anthropic_auth_token=self._environ.get("ANTHROPIC_AUTH_TOKEN") or None,
         )

@@ -314,8 +314,8 @@ class KeptConnection:
         if read is Read.ENDED:
             if self.framing is Framing.CHUNKED:
                 self.out.append(LAST_CHUNK)
-            if not self.reader.reusable or self.body_left:
-                self._drop_sandbox()
+            if not self.reader.reusable or self.close:
+                self._drop_sandbox()  # (or out of step: see ``response_head``)
             self._answered()
             return
         self.write()
@@ -377,8 +377,8 @@ class KeptConnection:
     def _answered(self) -> None:
         self.state = _State.IDLE
         self.due = self.loop.clock() + TIMEOUT
-        if self.close or self.body_left:
-            self._finish()  # (answered before its upload ended: the rest is unread)
+        if self.close:
+            self._finish()
         else:
             self.write()
 
@@ -408,8 +408,12 @@ class KeptConnection:
         self.state = _State.ANSWERING
         self.loop.relayed(self.grant.sandbox_id)  # (one the sandbox answers is activity)
         self.framing = answer.framing
-        close = self.close or self.body_left > 0
-        self.out.append(answer.lines + (b"connection: close\r\n\r\n" if close else b"\r\n"))
+        # An answer that begins before its request was all sent (the upload's rest unread,
+        # or not yet written) leaves the sandbox expecting bytes this request will never
+        # send: neither connection may carry another request, or the next one's bytes would
+        # be read as this one's body, and a request hidden in them would pass unchecked.
+        self.close = self.close or self.body_left > 0 or bool(self.to_sandbox)
+        self.out.append(answer.lines + (b"connection: close\r\n\r\n" if self.close else b"\r\n"))
         return answer.framing
 
     def response_body(self, data: bytes) -> None:

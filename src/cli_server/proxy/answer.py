@@ -14,7 +14,6 @@ from enum import Enum
 from typing import Protocol
 
 import httptools
-from attrs import frozen
 
 from cli_server.proxy.hygiene import ANSWER_LINES, HOP_BY_HOP, kept_answer_header
 from cli_server.proxy.request_head import MAX_HEAD, head_end
@@ -129,17 +128,11 @@ class UnaskedUpgrade(Exception):
 _FRAMING_OR_HOP = frozenset(HOP_BY_HOP | {b"content-length"})
 
 
-@frozen
-class Reframed:
-    """An answer's head as the browser gets it."""
-
-    lines: bytes  # status line and header lines, without Connection or the blank line
-    framing: Framing
-
-
-def reframe(code: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> Reframed:
-    """The sandbox's head minus hop-by-hop headers, unsafe cookies and CORS grants (plus ours,
-    ``hygiene.ANSWER_HEADERS``), its body to be sent with a Content-Length or chunked."""
+def reframe(code: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, Framing]:
+    """The sandbox's head as the browser gets it (status line and header lines, without
+    Connection or the blank line): minus hop-by-hop headers, unsafe cookies and CORS grants
+    (plus ours, ``hygiene.ANSWER_HEADERS``), its body to be sent with a Content-Length or
+    chunked (the framing)."""
     out = [b"HTTP/1.1 %d %s\r\n" % (code, reason), ANSWER_LINES]
     chunked = length = None
     for name, value in headers:
@@ -166,7 +159,7 @@ def reframe(code: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> Ref
         framing = Framing.UNTIL_CLOSE
     if framing is Framing.CHUNKED or framing is Framing.UNTIL_CLOSE:
         out.append(b"transfer-encoding: chunked\r\n")
-    return Reframed(b"".join(out), framing)
+    return b"".join(out), framing
 
 
 LAST_CHUNK = b"0\r\n\r\n"

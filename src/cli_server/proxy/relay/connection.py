@@ -404,17 +404,16 @@ class KeptConnection:
     def response_head(
         self, code: int, reason: bytes, headers: list[tuple[bytes, bytes]]
     ) -> Framing:
-        answer = reframe(code, reason, headers)
+        lines, self.framing = reframe(code, reason, headers)
         self.state = _State.ANSWERING
         self.loop.relayed(self.grant.sandbox_id)  # (one the sandbox answers is activity)
-        self.framing = answer.framing
         # An answer that begins before its request was all sent (the upload's rest unread,
         # or not yet written) leaves the sandbox expecting bytes this request will never
         # send: neither connection may carry another request, or the next one's bytes would
         # be read as this one's body, and a request hidden in them would pass unchecked.
         self.close = self.close or self.body_left > 0 or bool(self.to_sandbox)
-        self.out.append(answer.lines + (b"connection: close\r\n\r\n" if self.close else b"\r\n"))
-        return answer.framing
+        self.out.append(lines + (b"connection: close\r\n\r\n" if self.close else b"\r\n"))
+        return self.framing
 
     def response_body(self, data: bytes) -> None:
         if self.framing is Framing.LENGTH:

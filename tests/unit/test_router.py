@@ -172,6 +172,7 @@ def door(
         b"http",
         b"cli_sandbox",
         "http://localhost:8080/",
+        clock,
         workers=workers,  # type: ignore[arg-type]
         live=live,
     )

@@ -74,6 +74,3 @@ class LiveStreams:
             if whose.matches(match):
                 del self._open[handle]
                 end()
-
-    def __len__(self) -> int:
-        return len(self._open)

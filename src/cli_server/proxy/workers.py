@@ -95,10 +95,6 @@ class RelayWorkers(Service):
     def ready(self) -> bool:
         return any(worker.control is not None for worker in self._workers)
 
-    @property
-    def carrying(self) -> int:
-        return len(self._carried)
-
     def serve(
         self, browser: Any, grant: Grant, seconds: float, data: bytes, whose: Whose, lease: Lease
     ) -> bool:

@@ -17,9 +17,11 @@ HOP_BY_HOP = set(
 # Credentials of ours that must never reach a sandbox, in any form.
 OUR_COOKIES = {b"cli_session", b"__Host-cli_session", b"cli_sandbox", b"__Host-cli_sandbox"}
 CREDENTIAL_PARAMS = {b"auth_token", b"ticket", b"token"}
+# What a sandbox never gets of a request's headers (we set ours instead). Its Content-Length
+# is kept: a plain head's body is forwarded as it is (twisted.web's client frames its own).
 DROPPED_REQUEST = HOP_BY_HOP | set(
     b"authorization cookie forwarded x-forwarded-for x-forwarded-host x-forwarded-proto"
-    b" x-real-ip content-length".split()
+    b" x-real-ip".split()
 )
 
 
@@ -163,10 +165,6 @@ def clearing_cookies(name: bytes, domain: bytes, path: bytes, secure: bool) -> l
     return out
 
 
-# A plain head (request_head.py) keeps its Content-Length: its body is forwarded as it is.
-DROPPED_PLAIN = DROPPED_REQUEST - {b"content-length"}
-
-
 def plain_upstream_headers(
     headers: Iterable[tuple[bytes, bytes]],
     cookies: tuple[bytes, ...],
@@ -179,7 +177,7 @@ def plain_upstream_headers(
     hygiene as ``forward.upstream_headers``, written as bytes."""
     out: list[bytes] = []
     for name, value in headers:
-        if name.lower() not in DROPPED_PLAIN:
+        if name.lower() not in DROPPED_REQUEST:
             out += (name, b": ", value, b"\r\n")
     cookie = clean_cookie_header(cookies) if cookies else None
     if cookie:

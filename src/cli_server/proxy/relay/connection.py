@@ -253,11 +253,6 @@ class KeptConnection:
         assert self._last is not None
         self._send_sandbox(self._last[2] + part)
 
-    def renewed(self, until: float) -> None:
-        """The grant now holds until then: renewed, or over (the connection goes back with
-        its next request)."""
-        self.until, self.renewing = until, False
-
     def _send_sandbox(self, data: bytes) -> bool:
         """False if the sandbox's connection broke (``sandbox_lost`` has dealt with it)."""
         assert self.sandbox is not None

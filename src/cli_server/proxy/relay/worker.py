@@ -142,8 +142,8 @@ class Worker:
         if kind == b"G" and len(msg) == RENEWED.size:
             _, conn_id, until = RENEWED.unpack(msg)
             conn = self._kept.get(conn_id)
-            if conn is not None:
-                self._guard(conn, conn.renewed, until)
+            if conn is not None:  # (renewed, or over: it goes back with its next request)
+                conn.until, conn.renewing = until, False
         elif kind == b"X":
             for (conn_id,) in ID.iter_unpack(msg[1 : 1 + (len(msg) - 1) // 8 * 8]):
                 conn = self._kept.get(conn_id)

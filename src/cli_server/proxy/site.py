@@ -237,11 +237,19 @@ class SandboxSite(Resource):
         """The page ``rules.decide`` chose instead of the sandbox's answer."""
         why = verdict.why if isinstance(verdict, rules.Page) else rules.Why.NOT_FOUND
         if why is rules.Why.SIGN_IN and verdict.sandbox_id is not None:
-            self._to_open_page(request, verdict.sandbox_id)
+            # A browser sent here without a session of ours (a shared link, a bookmark, a
+            # session that ended): to the dashboard's page that opens this sandbox for its
+            # members, after signing in there if need be. A fixed address: no open redirect.
+            self._cookie.clear_doubles(request, self._base_host)
+            request.setHeader(b"referrer-policy", b"no-referrer")
+            self._see_other(request, f"{self._dashboard}open/{verdict.sandbox_id}".encode("ascii"))
         elif why is rules.Why.SIGNED_OUT:
             self._revoked(request)
-        elif why is rules.Why.READ_ONLY_API:
-            self._guest_refused(request)
+        elif why is rules.Why.READ_ONLY_API:  # (in opencode's error shape, for its UI to show)
+            request.setResponseCode(403)
+            request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"cache-control", b"no-store")
+            self._finish(request, _GUEST_REFUSAL)
         elif why is rules.Why.NOT_RUNNING and access is not None:
             self._status_page(request, access.status, access)
         else:
@@ -255,21 +263,6 @@ class SandboxSite(Resource):
             "Open this sandbox from the dashboard",
             "Your access here has ended or was never granted.",
         )
-
-    def _guest_refused(self, request: Any) -> None:
-        """403 in opencode's error shape (``{name, data: {message}}``), for its UI to show."""
-        request.setResponseCode(403)
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
-        self._finish(request, _GUEST_REFUSAL)
-
-    def _to_open_page(self, request: Any, sandbox_id: str) -> None:
-        """A browser sent here without a session of ours (a shared link, a bookmark, a
-        session that ended): to the dashboard's page that opens this sandbox for its
-        members, after signing in there if need be. A fixed address: never an open redirect."""
-        self._cookie.clear_doubles(request, self._base_host)
-        request.setHeader(b"referrer-policy", b"no-referrer")
-        self._see_other(request, f"{self._dashboard}open/{sandbox_id}".encode("ascii"))
 
     def _status_page(self, request: Any, status: str, access: Access) -> None:
         title, text = STATUS_TEXT.get(status, ("Unavailable", "Try again in a moment."))

@@ -49,18 +49,6 @@ class Lease(Interface):
         """The connection comes back: its socket, the bytes not used, why."""
 
 
-def plain_tcp(transport: Any) -> bool:
-    """A plain (not TLS) TCP connection that is open: its socket may go to a worker. (Not a
-    unix socket's: a worker names the browser by its IP address.)"""
-    return bool(
-        isinstance(transport, Connection)
-        and isinstance(transport.getPeer(), IPv4Address | IPv6Address)
-        and not getattr(transport, "TLS", False)
-        and transport.connected
-        and not transport.disconnecting
-    )
-
-
 @define(eq=False)
 class _Carried:
     worker: _Worker
@@ -103,7 +91,16 @@ class RelayWorkers(Service):
         caller then forgets it and calls ``let_go``. ``lease`` renews the grant while the
         connection is in use, and takes it back."""
         ready = [w for w in self._workers if w.control is not None]
-        if not ready or not plain_tcp(browser):
+        # Only a plain (not TLS) TCP connection that is open, and not a unix socket's (a
+        # worker names the browser by its IP address).
+        if (
+            not ready
+            or not isinstance(browser, Connection)
+            or not isinstance(browser.getPeer(), IPv4Address | IPv6Address)
+            or getattr(browser, "TLS", False)
+            or not browser.connected
+            or browser.disconnecting
+        ):
             return False
         worker = min(ready, key=lambda w: w.carrying)
         assert worker.control is not None

@@ -211,7 +211,7 @@ class KeptConnection:
 
     def _open(self) -> bool:
         """A sandbox connection for the request: a kept-alive one, or a new one (connected
-        without waiting: ``_connected`` sends once it is up). False if none can be had
+        without waiting: ``from_sandbox`` sends once it is up). False if none can be had
         (the connection has gone back to the server)."""
         self.reader = AnswerReader()  # (one per sandbox connection: llhttp ends with it)
         sock = self.loop.take_idle(self.address)
@@ -273,7 +273,10 @@ class KeptConnection:
         if self.sandbox is None:
             return
         if self.state is _State.CONNECTING:
-            self._connected()
+            if self.sandbox.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                self._unanswered()  # refused, unreachable: the server asks the backend again
+            else:
+                self._start()
             return
         if events & select.EPOLLOUT and self.to_sandbox:
             if not self._send_sandbox(self.to_sandbox):  # (and the upload may go on)
@@ -335,13 +338,6 @@ class KeptConnection:
             self.loop.relayed(self.grant.sandbox_id)
             self.out += (cleaned, rest) if code == 101 else (cleaned,)
         self.write()
-
-    def _connected(self) -> None:
-        assert self.sandbox is not None
-        if self.sandbox.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-            self._unanswered()  # refused, unreachable: the server asks the backend again
-            return
-        self._start()
 
     def sandbox_lost(self, clean: bool = True) -> None:
         """The sandbox closed its connection (``clean``), or broke it."""

@@ -150,12 +150,7 @@ class Routes:
         # The session's cached answer runs out within the second: read it again now, rather
         # than let the grant lapse and every connection it covers come back at once.
         again = self.access.refresh(token, granted.sandbox_id)
-        return again.addCallback(self._refreshed, head, granted)
-
-    def _refreshed(
-        self, _: object, head: RequestHead, granted: Route
-    ) -> float | None | Deferred[float | None]:
-        return self.renewal(head, granted, False)
+        return again.addCallback(lambda _: self.renewal(head, granted, False))
 
     def grant_seconds(self, route: Route) -> float:
         """How long a relay worker may serve further requests with ``route``: a second at

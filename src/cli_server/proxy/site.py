@@ -168,8 +168,13 @@ class SandboxSite(Resource):
         if isinstance(verdict, rules.Ours) and access is not None:
             if verdict.path == _RESUME_PATH:
                 return await self._resume(request, access)
-            if verdict.path == _LAND_PATH:
-                return self._land(request, access)
+            if verdict.path == _LAND_PATH and access.is_local:
+                return self._see_other(request, b"/")  # (its directory is on the laptop)
+            if verdict.path == _LAND_PATH:  # into opencode on the workspace disk
+                for name, value in PAGE_HEADERS:
+                    request.setHeader(name, value)
+                page = landing_html(read_only=access.role < Role.DEVELOPER)
+                return self._finish(request, page)
         if not isinstance(verdict, rules.Forward):
             return self._refused(request, verdict, access)
         assert access is not None  # (decide forwards only with a session)
@@ -300,15 +305,6 @@ class SandboxSite(Resource):
         request.setHeader(b"location", location)
         request.setHeader(b"cache-control", b"no-store")
         self._finish(request, b"")
-
-    def _land(self, request: Any, access: Access) -> None:
-        """Into the work: a cloud sandbox's opencode on its workspace disk (landing_html);
-        a local one's (its directory is on the laptop) at its home page."""
-        if access.is_local:
-            return self._see_other(request, b"/")
-        for name, value in PAGE_HEADERS:
-            request.setHeader(name, value)
-        self._finish(request, landing_html(read_only=access.role < Role.DEVELOPER))
 
     async def _resume(self, request: Any, access: Access) -> None:
         if request.method != b"POST":  # (its origin is checked as every request's)

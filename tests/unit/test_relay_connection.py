@@ -262,6 +262,27 @@ def test_the_grant_runs_out_but_the_first_request_is_always_served() -> None:
     assert k.back()[0] is Back.ASK
 
 
+def test_the_same_request_again_is_relayed_as_before_while_the_grant_holds() -> None:
+    """A repeated head is not read again (the connection remembers what it made of it), but
+    each one is still relayed cleaned, counted, and checked against the grant's time; a new
+    target with the same header block is read and cleaned as its own."""
+    k = Kept(get(b"/poll?token=secret"))
+    first = k.upstream()
+    assert first.startswith(b"GET /poll HTTP/1.1\r\n") and b"secret" not in first
+    k.answer(OK)
+    for _ in range(2):
+        k.browser.sendall(get(b"/poll?token=secret"))
+        assert k.upstream() == first
+        assert k.answer(OK).endswith(b"\r\n\r\nhi")
+    k.browser.sendall(get(b"/other?ticket=t&a=1"))
+    assert k.upstream() == first.replace(b"GET /poll ", b"GET /other?a=1 ")
+    k.answer(OK)
+    k.now += 1.0  # the grant ran out: the same head again goes back to the server
+    k.browser.sendall(get(b"/poll?token=secret"))
+    why, data, _ = k.back()
+    assert why is Back.ASK and data == get(b"/poll?token=secret")
+
+
 def test_a_request_the_sandbox_drops_goes_back_for_the_server_to_try() -> None:
     k = Kept(get(b"/a") + b"GET /b")
     k.upstream()

@@ -47,7 +47,7 @@ class Metrics:
         )
         self.relayed_streams = Gauge(
             "cli_relayed_streams",
-            "Event streams and keep-alive connections the relay process carries now",
+            "Browser connections the relay workers carry now (all workers together)",
             registry=self.registry,
         )
 

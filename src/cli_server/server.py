@@ -520,6 +520,7 @@ def build(
         config.base_scheme.encode(),
         sandbox_cookie.name,
         urls.dashboard,
+        reactor,
         metrics,
         workers=relay if config.proxy_workers else None,
         live=live,

@@ -16,6 +16,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 
+from cli_server.proxy.relay.wire import RENEWED
+from cli_server.proxy.workers import RelayWorkers
 from cli_server.testing import FakeBackend
 
 from .conftest import Running, _reactor, server_config, start_server, stop_server
@@ -306,7 +308,7 @@ async def test_streaming_and_activity(proxy: Proxy) -> None:
     reactor = _reactor()
     recent: list[bool] = []
 
-    async def recorded() -> None:  # (the relay process reports what it relayed each second)
+    async def recorded() -> None:  # (each relay worker reports what it relayed each second)
         (row,) = await proxy.app.db.query(
             "SELECT last_activity_at > now() - interval '1 minute' AS recent FROM sandboxes"
         )
@@ -364,33 +366,33 @@ async def test_event_streams_are_carried_by_the_relay_workers(proxy: Proxy) -> N
     head, _, body = finite.received.partition(b"\r\n\r\n")
     assert b"connection: close" not in head and b"transfer-encoding: chunked" in head
     assert body == b"d\r\ndata: first\n\n\r\ne\r\ndata: second\n\n\r\n0\r\n\r\n"
-    assert relay.carrying == 1  # the connection, waiting for its next request there
+    assert len(relay._carried) == 1  # the connection, waiting for its next request there
     finite.received = b""
     head = f"GET /next HTTP/1.1\r\nHost: {proxy.host()}\r\nCookie: cli_sandbox={cookie}\r\n"
     finite.transport.write(head.encode() + b"\r\n")  # type: ignore[union-attr]
     await wait_until(reactor, lambda: b'"uri": "/next"' in finite.received, timeout=10)
     assert finite.received.startswith(b"HTTP/1.1 200 OK\r\n")
     finite.transport.loseConnection()  # type: ignore[union-attr]
-    await wait_until(reactor, lambda: relay.carrying == 0, timeout=10)
+    await wait_until(reactor, lambda: len(relay._carried) == 0, timeout=10)
 
     ticking = await _stream(proxy, "/ticks", cookie)
     # (a head the router leaves to twisted.web: that path's streams are cut too)
     slow_path = await _stream(proxy, "/ticks", cookie, "Expect: 100-continue\r\n")
     for stream in (ticking, slow_path):
         await wait_until(reactor, lambda s=stream: s.received.count(b"data: tick") >= 3, timeout=10)
-    assert relay.carrying == 1 and proxy.upstream.ticking == 2
+    assert len(relay._carried) == 1 and proxy.upstream.ticking == 2
     await proxy.people["developer"].call("POST", "/api/auth/logout")
     for stream in (ticking, slow_path):
         await stream.closed  # cut by the revocation, with no ending chunk
         assert not stream.received.endswith(b"0\r\n\r\n")
     await wait_until(reactor, lambda: proxy.upstream.ticking == 0, timeout=10)
-    await wait_until(reactor, lambda: relay.carrying == 0, timeout=10)
+    await wait_until(reactor, lambda: len(relay._carried) == 0, timeout=10)
     # Deleting the sandbox ends its streams too (this fake sandbox would tick on).
     ticking = await _stream(proxy, "/ticks", await proxy.open("owner"))
-    await wait_until(reactor, lambda: relay.carrying == 1, timeout=10)
+    await wait_until(reactor, lambda: len(relay._carried) == 1, timeout=10)
     await proxy.people["owner"].call("DELETE", f"/api/sandboxes/{proxy.sandbox}")
     await ticking.closed
-    await wait_until(reactor, lambda: relay.carrying == 0, timeout=10)
+    await wait_until(reactor, lambda: len(relay._carried) == 0, timeout=10)
 
     children = [w._process.pid for w in relay._workers]
     await stop_server(proxy.app)
@@ -412,13 +414,13 @@ async def test_a_paused_sandbox_keeps_no_stream_open_on_any_path(proxy: Proxy) -
     served = await _stream(proxy, "/ticks", cookie, "Expect: 100-continue\r\n")  # twisted.web
     for stream in (carried, served):
         await wait_until(reactor, lambda s=stream: s.received.count(b"data: tick") >= 2, timeout=10)
-    assert relay.carrying == 1
+    assert len(relay._carried) == 1
     paused = await proxy.people["developer"].call("POST", f"/api/sandboxes/{proxy.sandbox}/pause")
     assert paused.code == 200, paused
     for stream in (carried, served):
         await stream.closed  # cut, with no ending chunk
         assert not stream.received.endswith(b"0\r\n\r\n")
-    await wait_until(reactor, lambda: relay.carrying == 0, timeout=10)
+    await wait_until(reactor, lambda: len(relay._carried) == 0, timeout=10)
 
 
 @pytest_twisted.ensureDeferred
@@ -476,15 +478,21 @@ async def test_a_keep_alive_connection_moves_between_the_relay_workers_and_the_s
     await ask("POST /p HTTP/1.1\r\nContent-Length: 2\r\n", b"{}")  # relayed there too
     assert list(relay._carried) == [first] and proxy.upstream.seen[-1]["body"] == "{}"
 
-    relay.expire(proxy.sandbox)  # (as a status change does)
+    _end_grant(relay, first)
     await ask("GET /after HTTP/1.1\r\n")  # back, routed afresh, and given again
     assert list(relay._carried) not in ([], [first])
     client.received = b""
     client.transport.write(b"HEAD /h HTTP/1.1\r\n" + head.encode() + b"\r\n")  # type: ignore[union-attr]
     await wait_until(reactor, lambda: client.received.startswith(b"HTTP/1.1 200"), timeout=10)
-    assert relay.carrying == 0  # twisted.web's from now on
+    assert len(relay._carried) == 0  # twisted.web's from now on
     await ask("GET /last HTTP/1.1\r\n")
-    assert relay.carrying == 0 and not client.closed.called
+    assert len(relay._carried) == 0 and not client.closed.called
+
+
+def _end_grant(relay: RelayWorkers, conn_id: int) -> None:
+    """Ends a connection's grant early (as a renewal refused does): its next request comes
+    back to the server, which routes it afresh."""
+    relay._carried[conn_id].worker.send(RENEWED.pack(b"G", conn_id, 0.0))
 
 
 def _answers(data: bytes) -> list[tuple[int, bytes, bytes]]:
@@ -572,7 +580,7 @@ async def test_refused_requests_on_a_relayed_connection_are_answered_and_never_r
     assert list(relay._carried) == [carried]  # relayed there: it never came back
     await deferLater(reactor, 0.5)  # (as a page would, some time later)
     assert await ask(client, ("GET /three HTTP/1.1", foreign, b"")) == [403]
-    assert relay.carrying == 0  # given back, and refused here
+    assert len(relay._carried) == 0  # given back, and refused here
     assert await ask(client, ("POST /four HTTP/1.1", foreign, b"{}")) == [403]
     assert await ask(client, ("GET /five HTTP/1.1", "", b"")) == [200]
     # (a fetch that says it came from another site, with no Origin, is refused the same)
@@ -587,13 +595,13 @@ async def test_refused_requests_on_a_relayed_connection_are_answered_and_never_r
     [first] = list(relay._carried)
     assert await ask(client, ("POST /b HTTP/1.1", "", b"{}")) == [200]  # relayed there too
     assert list(relay._carried) == [first]
-    relay.expire(proxy.sandbox)  # (as a status change does: the grant ends)
+    _end_grant(relay, first)
     assert await ask(client, ("GET /c HTTP/1.1", "", b"")) == [200]
     [again] = list(relay._carried)  # handed over again
     assert again != first
     refused = ("GET /d HTTP/1.1", foreign, b"")
     assert await ask(client, ("GET /e HTTP/1.1", "", b""), refused) == [200, 403]
-    assert relay.carrying == 0
+    assert len(relay._carried) == 0
     assert await ask(client, ("GET /f HTTP/1.1", "", b"")) == [200]
     assert await ask(client, ("POST /g HTTP/1.1", foreign, b"{}")) == [403]
     assert not client.closed.called

@@ -40,7 +40,7 @@ async def open_sandbox(real: Real, sandbox_id: str) -> str:
 @pytest_twisted.ensureDeferred
 async def test_opencode_through_the_proxy(real: Real) -> None:
     """The UI and its assets load, health answers, /event says server.connected (served by
-    the relay process), a session is created, and the terminal WebSocket runs a command inside
+    a relay worker), a session is created, and the terminal WebSocket runs a command inside
     the sandbox; logging out ends both the event stream and the terminal."""
     reactor = _reactor()
     sid, _ = await real.create("a", "web")
@@ -68,7 +68,7 @@ async def test_opencode_through_the_proxy(real: Real) -> None:
         f"GET /event HTTP/1.1\r\nHost: {host}\r\nCookie: cli_sandbox={cookie}\r\n\r\n".encode()
     )
     await wait_until(reactor, lambda: b"server.connected" in events.received, timeout=15)
-    await wait_until(reactor, lambda: real.app.server.relay_workers.carrying == 1, timeout=15)
+    await wait_until(reactor, lambda: len(real.app.server.relay_workers._carried) == 1, timeout=15)
 
     pty = await get("/pty", "POST", {})
     assert pty.code == 200, pty
@@ -87,7 +87,7 @@ async def test_opencode_through_the_proxy(real: Real) -> None:
     await real.owner.call("POST", "/api/auth/logout")
     for cut in (events.closed, wire.closed):
         await cut.addTimeout(10, reactor)
-    await wait_until(reactor, lambda: real.app.server.relay_workers.carrying == 0, timeout=10)
+    await wait_until(reactor, lambda: len(real.app.server.relay_workers._carried) == 0, timeout=10)
 
 
 @pytest_twisted.ensureDeferred

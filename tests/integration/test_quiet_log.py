@@ -41,7 +41,7 @@ def _requests(log: str, method: str, path: str) -> list[str]:
 def test_reads_crash_and_shutdown_stay_out_of_the_log(data_dir: Path) -> None:
     """By default: API reads that succeed are not access-logged, while changes, failures and
     pages are; a SIGKILLed opencode is logged with its signal alone; SIGTERM to the process
-    group stops the server without restarting its relay process."""
+    group stops the server without restarting its relay workers."""
     server = Daemon(data_dir)
     server.start()
     try:

@@ -111,12 +111,12 @@ async def test_a_worker_streams_is_cut_comes_back_when_killed_and_ends_with_the_
         second, ours_2 = await tcp_pair(0)
         assert relay.serve(ours_2.transport, grant, 5.0, FIRST, WHOSE, lease)
         relay.let_go(ours_2.transport)
-        assert relay.carrying == 2 and [w.carrying for w in relay._workers] == [1, 1]
+        assert len(relay._carried) == 2 and [w.carrying for w in relay._workers] == [1, 1]
         relay.cut(user_id="u")  # to every worker
         await browser.closed
         await second.closed
         await sandbox.closed
-        await wait_until(reactor, lambda: relay.carrying == 0, timeout=5)
+        await wait_until(reactor, lambda: len(relay._carried) == 0, timeout=5)
         assert not browser.received.endswith(b"0\r\n\r\n")  # cut: no ending
 
         first = relay._workers[0]._process.pid
@@ -170,11 +170,11 @@ async def test_a_worker_serves_a_keep_alive_connection_and_gives_it_back() -> No
             sandbox.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")  # type: ignore[union-attr]
             await wait_until(reactor, lambda: browser.received.endswith(b"hi"), timeout=5)
             browser.received = b""
-        assert relay.carrying == 1 and len(sandboxes) == 1  # one sandbox connection, kept
+        assert len(relay._carried) == 1 and len(sandboxes) == 1  # one sandbox connection, kept
         other = b"GET /c HTTP/1.1\r\nHost: " + H + b"\r\nCookie: c=2\r\n\r\n"  # another session
         browser.transport.write(other)  # type: ignore[union-attr]
         await wait_until(reactor, lambda: bool(lease.backs), timeout=5)
-        assert lease.backs == [(other, Back.ASK)] and relay.carrying == 0
+        assert lease.backs == [(other, Back.ASK)] and len(relay._carried) == 0
         await wait_until(reactor, lambda: browser.received == b"the server again", timeout=5)
         await wait_until(reactor, lambda: sum(n for _, n in relayed) == 3, timeout=5)
         await sandbox.closed  # (kept by the worker for another connection: 2 s, then closed)

@@ -119,7 +119,7 @@ class Kept:
         msg, fds = self.report()
         assert msg[:1] == b"B" and len(fds) == 1, msg
         _, conn_id, why = BACK.unpack_from(msg)
-        assert conn_id == 7 and self.relay.carrying == 0
+        assert conn_id == 7 and len(self.relay._kept) == 0
         return Back(why), msg[BACK.size :], socket.socket(fileno=fds[0])
 
 
@@ -166,7 +166,7 @@ def test_requests_are_relayed_cleaned_one_after_another_and_counted() -> None:
         k.browser.sendall(get(b"/n%d" % n))
         assert k.upstream().startswith(b"GET /n%d HTTP/1.1\r\n" % n)
         assert k.answer(OK).endswith(b"\r\n\r\nhi")
-    assert k.relay.carrying == 1
+    assert len(k.relay._kept) == 1
     k.now += 1.5
     k.relay.tick()
     msg, _ = k.report(b"A")
@@ -262,6 +262,27 @@ def test_the_grant_runs_out_but_the_first_request_is_always_served() -> None:
     assert k.back()[0] is Back.ASK
 
 
+def test_the_same_request_again_is_relayed_as_before_while_the_grant_holds() -> None:
+    """A repeated head is not read again (the connection remembers what it made of it), but
+    each one is still relayed cleaned, counted, and checked against the grant's time; a new
+    target with the same header block is read and cleaned as its own."""
+    k = Kept(get(b"/poll?token=secret"))
+    first = k.upstream()
+    assert first.startswith(b"GET /poll HTTP/1.1\r\n") and b"secret" not in first
+    k.answer(OK)
+    for _ in range(2):
+        k.browser.sendall(get(b"/poll?token=secret"))
+        assert k.upstream() == first
+        assert k.answer(OK).endswith(b"\r\n\r\nhi")
+    k.browser.sendall(get(b"/other?ticket=t&a=1"))
+    assert k.upstream() == first.replace(b"GET /poll ", b"GET /other?a=1 ")
+    k.answer(OK)
+    k.now += 1.0  # the grant ran out: the same head again goes back to the server
+    k.browser.sendall(get(b"/poll?token=secret"))
+    why, data, _ = k.back()
+    assert why is Back.ASK and data == get(b"/poll?token=secret")
+
+
 def test_a_request_the_sandbox_drops_goes_back_for_the_server_to_try() -> None:
     k = Kept(get(b"/a") + b"GET /b")
     k.upstream()
@@ -283,7 +304,7 @@ def test_a_sandbox_connection_that_closes_between_requests_is_replaced() -> None
     k.turn()
     k.browser.sendall(get(b"/c"))
     k.accept()
-    assert k.upstream().startswith(b"GET /c ") and k.relay.carrying == 1
+    assert k.upstream().startswith(b"GET /c ") and len(k.relay._kept) == 1
 
 
 def test_a_sandbox_that_cannot_be_reached_sends_the_request_back_whole() -> None:
@@ -310,7 +331,7 @@ def test_a_silent_sandbox_times_out_and_an_idle_browser_is_closed() -> None:
     k.upstream()
     k.now += 119
     k.relay.tick()
-    assert k.relay.carrying == 1
+    assert len(k.relay._kept) == 1
     k.now += 2
     k.relay.tick()
     why, data, _ = k.back()
@@ -349,7 +370,7 @@ def test_an_answer_ended_by_its_close_is_chunked_and_ends_cleanly() -> None:
     assert k.answer(b"HTTP/1.1 200 OK\r\n\r\nabc").endswith(b"\r\n\r\n3\r\nabc\r\n")
     k.sandbox.close()
     assert k.got() == b"0\r\n\r\n"
-    assert k.relay.carrying == 1  # the browser's connection goes on
+    assert len(k.relay._kept) == 1  # the browser's connection goes on
 
 
 def test_an_answer_cut_short_closes_the_browser_without_an_ending() -> None:
@@ -441,7 +462,7 @@ def test_a_connection_in_use_has_its_grant_renewed_before_it_runs_out() -> None:
     assert k.report(b"R")[0] == b"R" + ID.pack(7)
     k.answer(OK)
     k.browser.sendall(get(b"/c"))
-    assert k.upstream().startswith(b"GET /c ") and k.relay.carrying == 1
+    assert k.upstream().startswith(b"GET /c ") and len(k.relay._kept) == 1
     k.control.send(RENEWED.pack(b"G", 7, k.now + 1.0))
     k.answer(OK)
     k.now += 0.7  # past the first grant, within the renewed one
@@ -460,7 +481,7 @@ def test_unknown_messages_are_ignored_and_the_relay_ends_with_the_server() -> No
     k.upstream()
     k.control.send(b"?")  # nothing it knows
     k.turn()
-    assert k.relay.carrying == 1
+    assert len(k.relay._kept) == 1
     k.control.close()
     assert not k.relay.step(0)
     k.relay.run()  # (returns at once: the server is gone) and closes what it carried
@@ -488,7 +509,7 @@ def test_a_sandbox_that_resets_while_the_browser_is_slow_is_not_read_until_it_ca
     assert sum(map(len, conn.out)) == waiting
     for _ in range(10_000):  # the browser reads: the answer ends, without its last chunk
         got = k.got()  # (an answer ended by its close: a reset is not such an end)
-        if k.relay.carrying == 0:
+        if len(k.relay._kept) == 0:
             break
     assert not got.endswith(b"0\r\n\r\n") and _closed(k.browser)
     assert k.report()[0] == b"E" + ID.pack(7)
@@ -506,7 +527,7 @@ def test_reports_wait_for_a_server_that_reads_slowly() -> None:
             break
     k.control.send(b"X" + ID.pack(7))
     k.turn()  # the cut happens; its report waits instead of blocking the relay
-    assert k.relay.carrying == 0 and len(k.relay._reports) == 1
+    assert len(k.relay._kept) == 0 and len(k.relay._reports) == 1
     for _ in range(sent):
         assert k.report()[0] == b"E" + ID.pack(0)
     assert k.report()[0] == b"E" + ID.pack(7) and k.relay._reports == []
@@ -640,7 +661,7 @@ def test_a_websocket_is_spliced_with_its_101_cleaned_and_no_time_limit() -> None
     assert k.answer(b"frame-2") == b"frame-2"
     k.now += 1000  # (a terminal has no time limit; its use counts as activity)
     k.relay.tick()
-    assert k.relay.carrying == 1 and read_activity(k.report(b"A")[0]) == {"s1": 2}
+    assert len(k.relay._kept) == 1 and read_activity(k.report(b"A")[0]) == {"s1": 2}
     k.sandbox.close()
     assert k.got() == b"" and _closed(k.browser)
     assert k.report()[0] == b"E" + ID.pack(7)

@@ -27,12 +27,12 @@ def test_a_plain_head_is_read() -> None:
     )
     parsed = parse_head(raw, LIMIT)
     assert parsed is not None
-    assert (parsed.method, parsed.target, parsed.path) == (b"POST", b"/a?b=c", b"/a")
-    assert parsed.host == b"oc-x.localhost:8080" and parsed.content_length == 5
-    assert parsed.close and parsed.size == len(raw)
-    assert parsed.cookies == (b"a=1; cli_sandbox=tok", b"b=2")
-    assert session_token(parsed.cookies, b"cli_sandbox") == "tok"
-    assert session_token(parsed.cookies, b"other") is None
+    assert (parsed.method, parsed.target, parsed.asked.path) == (b"POST", b"/a?b=c", b"/a")
+    assert parsed.fields.host == b"oc-x.localhost:8080" and parsed.fields.content_length == 5
+    assert parsed.fields.close
+    assert parsed.fields.cookies == (b"a=1; cli_sandbox=tok", b"b=2")
+    assert session_token(parsed.fields.cookies, b"cli_sandbox") == "tok"
+    assert session_token(parsed.fields.cookies, b"other") is None
 
 
 def test_a_websocket_upgrade_is_read_as_one() -> None:

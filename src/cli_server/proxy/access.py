@@ -90,10 +90,6 @@ class SandboxAccess:
         )
         return token if opened else None
 
-    @property
-    def clock(self) -> IReactorTime:
-        return self._clock
-
     def fresh_until(self, access: Access) -> float:
         """When the cache stops trusting ``access``."""
         return access.fetched_at + self._ttl

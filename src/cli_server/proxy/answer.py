@@ -14,7 +14,6 @@ from enum import Enum
 from typing import Protocol
 
 import httptools
-from attrs import frozen
 
 from cli_server.proxy.hygiene import ANSWER_LINES, HOP_BY_HOP, kept_answer_header
 from cli_server.proxy.request_head import MAX_HEAD, head_end
@@ -30,7 +29,7 @@ class Framing(Enum):
 class Read(Enum):
     MORE = "more"  # the answer goes on
     ENDED = "ended"  # it is complete: ``reusable`` says whether another may follow
-    BROKEN = "broken"  # not HTTP (or a callback failed: ``error``): the connection must end
+    BROKEN = "broken"  # not HTTP (or a callback failed): the connection must end
 
 
 class AnswerSink(Protocol):
@@ -49,38 +48,29 @@ class AnswerReader:
 
     def __init__(self) -> None:
         self.client: AnswerSink | None = None
-        self.received = False  # any byte of an answer to the current request
-        self.error: BaseException | None = None  # what a callback raised, if BROKEN
         self._parser = httptools.HttpResponseParser(self)
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
         self._framing = Framing.NONE
         self._in_head = False  # between a message's start and its headers' end (no trailers)
-        self._answered = False  # the final (not 1xx) head is in
+        self.answered = False  # the final (not 1xx) head is in
         self._ended = False  # the final answer is complete
         self._extra = False  # bytes after it: the connection is not reused
         self._keep_alive = False
 
     def begin(self, client: AnswerSink) -> None:
         """A request went out on behalf of ``client``: its answer goes there."""
-        self.client, self.received = client, False
-        self._answered = self._ended = self._extra = False
+        self.client = client
+        self.answered = self._ended = self._extra = False
 
     def feed(self, data: bytes) -> Read:
-        self.received = True
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as e:
+        except httptools.HttpParserError:
             if not self._ended:
-                callback = isinstance(e, httptools.HttpParserCallbackError)
-                self.error = e.__context__ if callback else None
                 return Read.BROKEN
             self._extra = True  # garbage after a whole answer: that answer still stands
         return Read.ENDED if self._ended else Read.MORE
-
-    @property
-    def answered(self) -> bool:
-        return self._answered
 
     @property
     def reusable(self) -> bool:
@@ -114,7 +104,7 @@ class AnswerReader:
             if code == 101:  # we never ask for an upgrade here
                 raise UnaskedUpgrade()
             return  # 100 Continue, 103 Early Hints: informational, not relayed
-        self._answered = True
+        self.answered = True
         assert self.client is not None
         self._framing = self.client.response_head(code, reason or b"-", headers)
 
@@ -123,7 +113,7 @@ class AnswerReader:
             self.client.response_body(data)
 
     def on_message_complete(self) -> None:
-        if self._answered and not self._ended:
+        if self.answered and not self._ended:
             self._ended = True
             # (asked now: once feed_data returns, the parser has moved on to the next message)
             keep = self._framing is not Framing.UNTIL_CLOSE and self._parser.should_keep_alive()
@@ -138,17 +128,11 @@ class UnaskedUpgrade(Exception):
 _FRAMING_OR_HOP = frozenset(HOP_BY_HOP | {b"content-length"})
 
 
-@frozen
-class Reframed:
-    """An answer's head as the browser gets it."""
-
-    lines: bytes  # status line and header lines, without Connection or the blank line
-    framing: Framing
-
-
-def reframe(code: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> Reframed:
-    """The sandbox's head minus hop-by-hop headers, unsafe cookies and CORS grants (plus ours,
-    ``hygiene.ANSWER_HEADERS``), its body to be sent with a Content-Length or chunked."""
+def reframe(code: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, Framing]:
+    """The sandbox's head as the browser gets it (status line and header lines, without
+    Connection or the blank line): minus hop-by-hop headers, unsafe cookies and CORS grants
+    (plus ours, ``hygiene.ANSWER_HEADERS``), its body to be sent with a Content-Length or
+    chunked (the framing)."""
     out = [b"HTTP/1.1 %d %s\r\n" % (code, reason), ANSWER_LINES]
     chunked = length = None
     for name, value in headers:
@@ -175,7 +159,7 @@ def reframe(code: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> Ref
         framing = Framing.UNTIL_CLOSE
     if framing is Framing.CHUNKED or framing is Framing.UNTIL_CLOSE:
         out.append(b"transfer-encoding: chunked\r\n")
-    return Reframed(b"".join(out), framing)
+    return b"".join(out), framing
 
 
 LAST_CHUNK = b"0\r\n\r\n"
@@ -194,22 +178,15 @@ def upgrade_answer(buffered: bytes) -> tuple[int | None, bytes, bytes]:
             if len(buffered) > MAX_HEAD or b"\n\n" in buffered:
                 return -1, b"", b""
             return None, b"", buffered
-        code = status_of(buffered)
+        code = buffered[9:12]  # (of ``HTTP/1.1 NNN``: clean_upgrade_answer checks the rest)
         cleaned = clean_upgrade_answer(buffered[:end]) if end <= MAX_HEAD else None
-        if code is None or cleaned is None:
+        if len(code) != 3 or not code.isdigit() or buffered[12:13] not in (b" ", b"\r"):
+            cleaned = None
+        if cleaned is None:
             return -1, b"", b""
         buffered = buffered[end:]
-        if code == 101 or code >= 200:
-            return code, cleaned, buffered
-
-
-def status_of(head: bytes) -> int | None:
-    """The status code of an ``HTTP/1.1 NNN ...`` head (``clean_upgrade_answer`` checks the
-    rest of it)."""
-    code = head[9:12]
-    if len(code) != 3 or not code.isdigit() or head[12:13] not in (b" ", b"\r"):
-        return None
-    return int(code)
+        if int(code) == 101 or int(code) >= 200:
+            return int(code), cleaned, buffered
 
 
 def clean_upgrade_answer(raw: bytes) -> bytes | None:

@@ -27,7 +27,6 @@ class RunningEndpoints:
     # The waiters of the lookup in flight per sandbox; forget() detaches the list, so a request
     # after a status change never joins a lookup that began before it.
     _asking: dict[str, list[Deferred[Endpoint | None]]] = field(factory=dict, init=False)
-    generation: int = field(default=0, init=False)  # counts forget() calls
 
     def cached(self, sandbox_id: str) -> Endpoint | None:
         """The endpoint, if it is known without asking the backend (else ask ``get``): from a
@@ -62,7 +61,6 @@ class RunningEndpoints:
     def forget(self, sandbox_id: str) -> None:
         """The sandbox changed status, or did not answer: ask the backend next time. A lookup
         already on its way still answers its own waiters but is not remembered."""
-        self.generation += 1
         self._known.pop(sandbox_id, None)
         self._asking.pop(sandbox_id, None)
 

@@ -10,30 +10,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import unquote_to_bytes
 
-HOP_BY_HOP = {
-    b"connection",
-    b"keep-alive",
-    b"proxy-authenticate",
-    b"proxy-authorization",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-    b"proxy-connection",
-}
+HOP_BY_HOP = set(
+    b"connection keep-alive proxy-authenticate proxy-authorization te trailer"
+    b" transfer-encoding upgrade proxy-connection".split()
+)
 # Credentials of ours that must never reach a sandbox, in any form.
 OUR_COOKIES = {b"cli_session", b"__Host-cli_session", b"cli_sandbox", b"__Host-cli_sandbox"}
 CREDENTIAL_PARAMS = {b"auth_token", b"ticket", b"token"}
-DROPPED_REQUEST = HOP_BY_HOP | {
-    b"authorization",
-    b"cookie",
-    b"forwarded",
-    b"x-forwarded-for",
-    b"x-forwarded-host",
-    b"x-forwarded-proto",
-    b"x-real-ip",
-    b"content-length",
-}
+# What a sandbox never gets of a request's headers (we set ours instead). Its Content-Length
+# is kept: a plain head's body is forwarded as it is (twisted.web's client frames its own).
+DROPPED_REQUEST = HOP_BY_HOP | set(
+    b"authorization cookie forwarded x-forwarded-for x-forwarded-host x-forwarded-proto"
+    b" x-real-ip".split()
+)
 
 
 def clean_query(uri: bytes) -> bytes:
@@ -176,10 +165,6 @@ def clearing_cookies(name: bytes, domain: bytes, path: bytes, secure: bool) -> l
     return out
 
 
-# A plain head (request_head.py) keeps its Content-Length: its body is forwarded as it is.
-DROPPED_PLAIN = DROPPED_REQUEST - {b"content-length"}
-
-
 def plain_upstream_headers(
     headers: Iterable[tuple[bytes, bytes]],
     cookies: tuple[bytes, ...],
@@ -192,7 +177,7 @@ def plain_upstream_headers(
     hygiene as ``forward.upstream_headers``, written as bytes."""
     out: list[bytes] = []
     for name, value in headers:
-        if name.lower() not in DROPPED_PLAIN:
+        if name.lower() not in DROPPED_REQUEST:
             out += (name, b": ", value, b"\r\n")
     cookie = clean_cookie_header(cookies) if cookies else None
     if cookie:

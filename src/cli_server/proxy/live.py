@@ -3,7 +3,7 @@
 A request is checked when it starts; a terminal (WebSocket) or an event stream then runs for
 hours. When a session is revoked (logout, removal from the workspace, a role change, the
 sandbox deleted), ``SandboxAccess`` cuts what that session has open here, as the relay
-process does for the connections it carries.
+workers do for the connections they carry.
 
 A connection is listed only once it is open, some time after its session was read (a
 connection to the sandbox, its answer's head); a revocation in between would find nothing
@@ -74,6 +74,3 @@ class LiveStreams:
             if whose.matches(match):
                 del self._open[handle]
                 end()
-
-    def __len__(self) -> int:
-        return len(self._open)

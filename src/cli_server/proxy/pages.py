@@ -6,8 +6,6 @@ import json
 from html import escape
 from urllib.parse import quote
 
-from twisted.web.iweb import IRequest
-
 _STYLE = (
     "body{font:16px/1.5 system-ui,sans-serif;margin:0;display:grid;place-items:center;"
     "min-height:100vh;background:#f6f7f9;color:#1d2330}"
@@ -42,28 +40,6 @@ PAGE_HEADERS = (
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
 )
-
-
-def page(
-    request: IRequest,
-    status: int,
-    title: str,
-    text: str,
-    *,
-    dashboard: str,
-    refresh: int | None = None,
-    resume: bool = False,
-    then: str | None = None,
-) -> bytes:
-    request.setResponseCode(status)
-    for name, value in PAGE_HEADERS:
-        request.setHeader(name, value)
-    if resume:
-        # The Resume form must carry this page's Origin: from a no-referrer page a browser
-        # sends ``Origin: null``, which only fetch metadata can place, and browsers send none
-        # over plain http (but to localhost). The page's URL still reaches nobody else.
-        request.setHeader(b"referrer-policy", b"same-origin")
-    return page_html(title, text, dashboard=dashboard, refresh=refresh, resume=resume, then=then)
 
 
 def page_html(

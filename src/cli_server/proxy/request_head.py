@@ -50,27 +50,6 @@ class RequestHead:
     target: bytes
     block: bytes  # the header lines as sent, blank line included
     fields: Fields
-    size: int  # bytes of the head, blank line included
-
-    @property
-    def path(self) -> bytes:
-        return self.target.partition(b"?")[0]
-
-    @property
-    def host(self) -> bytes:
-        return self.fields.host
-
-    @property
-    def content_length(self) -> int:
-        return self.fields.content_length
-
-    @property
-    def close(self) -> bool:
-        return self.fields.close
-
-    @property
-    def cookies(self) -> tuple[bytes, ...]:
-        return self.fields.cookies
 
     @property
     def asked(self) -> rules.Asked:
@@ -125,7 +104,7 @@ def parse_head(raw: bytes, max_body: int) -> RequestHead | None:
         return None  # (legal, but no browser sends one: twisted.web carries the odd case)
     if fields.upgrade and method != b"GET":
         return None
-    return RequestHead(method, target, block, fields, len(raw))
+    return RequestHead(method, target, block, fields)
 
 
 def read_fields(block: bytes) -> Fields | None:

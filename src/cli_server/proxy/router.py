@@ -146,8 +146,8 @@ class Router(Protocol):
         if live is not None and live.revoked(route.whose, route.revocations):
             return False  # (this request was let in before; the connection is not)
         grant = Grant(
-            head.host,
-            head.cookies,
+            head.fields.host,
+            head.fields.cookies,
             route.authorization,
             self._peer,
             self._routes.scheme,

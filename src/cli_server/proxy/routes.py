@@ -12,6 +12,7 @@ from typing import Any
 
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 
 from cli_server.proxy import rules
 from cli_server.proxy.access import Access, SandboxAccess
@@ -53,10 +54,10 @@ class Routes:
     scheme: bytes
     cookie_name: bytes
     dashboard: str
+    clock: IReactorTime  # the session cache's
     metrics: Any = None
     # For a head to arrive whole (and its session to be found).
     timeout: float = 120.0
-    clock: Any = None  # IReactorTime; the access cache's when None
     workers: RelayWorkers | None = None  # carry the connections routed here, if there
     live: LiveStreams | None = None  # what revocations cut (``revoked``)
     _counted: Any = field(default=None, init=False)
@@ -66,8 +67,6 @@ class Routes:
         if self.metrics is not None:
             self._counted = self.metrics.proxied.labels("http")
             self.metrics.flush_before_render(self._count)
-        if self.clock is None:
-            self.clock = self.access.clock
 
     @property
     def listener(self) -> rules.Listener:
@@ -122,15 +121,12 @@ class Routes:
         self.activity.touch(sandbox_id)
         self._relayed += count
 
-    def renewal(self, head: RequestHead, granted: Route) -> float | None | Deferred[float | None]:
+    def renewal(
+        self, head: RequestHead, granted: Route, refresh: bool = True
+    ) -> float | None | Deferred[float | None]:
         """Seconds more a grant given with ``granted`` for ``head``'s connection may hold:
         while ``head`` would be routed the same way now (same session, sandbox, address and
         credential, nothing revoked since), else None."""
-        return self._renewal(head, granted, True)
-
-    def _renewal(
-        self, head: RequestHead, granted: Route, refresh: bool
-    ) -> float | None | Deferred[float | None]:
         routing = self.route(head)
         if isinstance(routing, Deferred):
             return routing.addCallback(self._renewed, head, granted, refresh)
@@ -154,17 +150,12 @@ class Routes:
         # The session's cached answer runs out within the second: read it again now, rather
         # than let the grant lapse and every connection it covers come back at once.
         again = self.access.refresh(token, granted.sandbox_id)
-        return again.addCallback(self._refreshed, head, granted)
-
-    def _refreshed(
-        self, _: object, head: RequestHead, granted: Route
-    ) -> float | None | Deferred[float | None]:
-        return self._renewal(head, granted, False)
+        return again.addCallback(lambda _: self.renewal(head, granted, False))
 
     def grant_seconds(self, route: Route) -> float:
         """How long a relay worker may serve further requests with ``route``: a second at
         most, and no longer than the session cache trusts what it was found with."""
-        return min(GRANT_SECONDS, route.fresh_until - float(self.clock.seconds()))
+        return min(GRANT_SECONDS, route.fresh_until - self.clock.seconds())
 
     def _count(self) -> None:
         if self._counted is not None and self._relayed:

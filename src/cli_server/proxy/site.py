@@ -28,7 +28,7 @@ from cli_server.proxy.hygiene import (
     only,
 )
 from cli_server.proxy.live import LiveStreams, Whose
-from cli_server.proxy.pages import PAGE_HEADERS, STATUS_TEXT, landing_html, page
+from cli_server.proxy.pages import PAGE_HEADERS, STATUS_TEXT, landing_html, page_html
 from cli_server.proxy.websocket import splice
 from cli_server.roles import Role
 from cli_server.sandboxes.activity import ActivityRecorder
@@ -120,16 +120,7 @@ class SandboxSite(Resource):
     def _failed(self, failure: Any, request: Any) -> None:
         self._log.failure("proxying {uri}", failure, uri=request.uri)
         if not request.finished and not request.startedWriting and request.channel:
-            self._finish(
-                request,
-                page(
-                    request,
-                    502,
-                    "Something went wrong",
-                    "The sandbox could not be reached.",
-                    dashboard=self._dashboard,
-                ),
-            )
+            self._page(request, 502, "Something went wrong", "The sandbox could not be reached.")
 
     def _finish(self, request: Any, body: bytes) -> None:
         if request.finished or request.channel is None:
@@ -138,7 +129,15 @@ class SandboxSite(Resource):
         request.finish()
 
     def _page(self, request: Any, status: int, title: str, text: str, **kw: Any) -> None:
-        self._finish(request, page(request, status, title, text, dashboard=self._dashboard, **kw))
+        request.setResponseCode(status)
+        for name, value in PAGE_HEADERS:
+            request.setHeader(name, value)
+        if kw.get("resume"):
+            # The Resume form must carry this page's Origin: from a no-referrer page a browser
+            # sends ``Origin: null``, which only fetch metadata can place, and browsers send
+            # none over plain http (but to localhost). The page's URL still reaches nobody else.
+            request.setHeader(b"referrer-policy", b"same-origin")
+        self._finish(request, page_html(title, text, dashboard=self._dashboard, **kw))
 
     def _asked(self, request: Any) -> rules.Asked:
         headers = request.requestHeaders
@@ -169,9 +168,13 @@ class SandboxSite(Resource):
         if isinstance(verdict, rules.Ours) and access is not None:
             if verdict.path == _RESUME_PATH:
                 return await self._resume(request, access)
-            if verdict.path == _LAND_PATH:
-                return self._land(request, access)
-            return self._not_found(request)
+            if verdict.path == _LAND_PATH and access.is_local:
+                return self._see_other(request, b"/")  # (its directory is on the laptop)
+            if verdict.path == _LAND_PATH:  # into opencode on the workspace disk
+                for name, value in PAGE_HEADERS:
+                    request.setHeader(name, value)
+                page = landing_html(read_only=access.role < Role.DEVELOPER)
+                return self._finish(request, page)
         if not isinstance(verdict, rules.Forward):
             return self._refused(request, verdict, access)
         assert access is not None  # (decide forwards only with a session)
@@ -239,11 +242,19 @@ class SandboxSite(Resource):
         """The page ``rules.decide`` chose instead of the sandbox's answer."""
         why = verdict.why if isinstance(verdict, rules.Page) else rules.Why.NOT_FOUND
         if why is rules.Why.SIGN_IN and verdict.sandbox_id is not None:
-            self._to_open_page(request, verdict.sandbox_id)
+            # A browser sent here without a session of ours (a shared link, a bookmark, a
+            # session that ended): to the dashboard's page that opens this sandbox for its
+            # members, after signing in there if need be. A fixed address: no open redirect.
+            self._cookie.clear_doubles(request, self._base_host)
+            request.setHeader(b"referrer-policy", b"no-referrer")
+            self._see_other(request, f"{self._dashboard}open/{verdict.sandbox_id}".encode("ascii"))
         elif why is rules.Why.SIGNED_OUT:
             self._revoked(request)
-        elif why is rules.Why.READ_ONLY_API:
-            self._guest_refused(request)
+        elif why is rules.Why.READ_ONLY_API:  # (in opencode's error shape, for its UI to show)
+            request.setResponseCode(403)
+            request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"cache-control", b"no-store")
+            self._finish(request, _GUEST_REFUSAL)
         elif why is rules.Why.NOT_RUNNING and access is not None:
             self._status_page(request, access.status, access)
         else:
@@ -251,31 +262,12 @@ class SandboxSite(Resource):
 
     def _revoked(self, request: Any) -> None:
         self._cookie.clear_doubles(request, self._base_host)
-        request.setHeader(b"referrer-policy", b"no-referrer")
         self._page(
             request,
             401,
             "Open this sandbox from the dashboard",
             "Your access here has ended or was never granted.",
         )
-
-    def _guest_refused(self, request: Any) -> None:
-        """403 in opencode's error shape (``{name, data: {message}}``), for its UI to show."""
-        request.setResponseCode(403)
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
-        self._finish(request, _GUEST_REFUSAL)
-
-    def _to_open_page(self, request: Any, sandbox_id: str) -> None:
-        """A browser sent here without a session of ours (a shared link, a bookmark, a
-        session that ended): to the dashboard's page that opens this sandbox for its
-        members, after signing in there if need be. A fixed address: never an open redirect."""
-        self._cookie.clear_doubles(request, self._base_host)
-        request.setHeader(b"referrer-policy", b"no-referrer")
-        self._see_other(request, f"{self._dashboard}open/{sandbox_id}".encode("ascii"))
-
-    def _not_found(self, request: Any) -> None:
-        self._page(request, *_PAGES[rules.Why.NOT_FOUND])
 
     def _status_page(self, request: Any, status: str, access: Access) -> None:
         title, text = STATUS_TEXT.get(status, ("Unavailable", "Try again in a moment."))
@@ -292,12 +284,11 @@ class SandboxSite(Resource):
         ticket = (query.get("ticket") or [""])[0]
         token = await self._access.redeem(ticket, sandbox_id) if ticket else None
         if token is None:
-            signed_in = await self._signed_in(request, sandbox_id)
-            if signed_in is not None:
-                # A used or expired link (reloaded, from history) while already signed in
-                # here: the work, not an error. The ticket grants nothing; the cookie does.
-                return self._to_landing(request)
-            request.setHeader(b"referrer-policy", b"no-referrer")
+            # A used or expired link (reloaded, from history) while already signed in here:
+            # the work, not an error. The ticket grants nothing; the cookie does.
+            session = rules.session_token(self._asked(request), self._listener)
+            if session and await self._access.lookup(session, sandbox_id) is not None:
+                return self._see_other(request, _LAND_PATH)
             return self._page(
                 request,
                 401,
@@ -307,30 +298,13 @@ class SandboxSite(Resource):
             )
         self._cookie.clear_doubles(request, self._base_host)  # (before: ours comes last)
         self._cookie.write(request, token)
-        self._to_landing(request)
-
-    def _to_landing(self, request: Any) -> None:
-        self._see_other(request, _LAND_PATH)  # fixed: never an open redirect
+        self._see_other(request, _LAND_PATH)  # (fixed, as every redirect here: never an open one)
 
     def _see_other(self, request: Any, location: bytes) -> None:
         request.setResponseCode(303)
         request.setHeader(b"location", location)
         request.setHeader(b"cache-control", b"no-store")
         self._finish(request, b"")
-
-    def _land(self, request: Any, access: Access) -> None:
-        """Into the work: a cloud sandbox's opencode on its workspace disk (landing_html);
-        a local one's (its directory is on the laptop) at its home page."""
-        if access.is_local:
-            return self._see_other(request, b"/")
-        for name, value in PAGE_HEADERS:
-            request.setHeader(name, value)
-        self._finish(request, landing_html(read_only=access.role < Role.DEVELOPER))
-
-    async def _signed_in(self, request: Any, sandbox_id: str) -> Access | None:
-        """The request's valid session of this sandbox's subdomain, if it has one."""
-        token = rules.session_token(self._asked(request), self._listener)
-        return await self._access.lookup(token, sandbox_id) if token else None
 
     async def _resume(self, request: Any, access: Access) -> None:
         if request.method != b"POST":  # (its origin is checked as every request's)

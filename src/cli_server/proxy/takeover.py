@@ -1,5 +1,5 @@
 """Giving a live connection to another protocol (twisted.web → a WebSocket splice, or the
-proxy's front door → twisted.web)."""
+router → twisted.web)."""
 
 from __future__ import annotations
 

@@ -18,11 +18,7 @@ class SandboxUrls:
 
     @property
     def base_host(self) -> bytes:
-        return (
-            self.base_domain.rsplit(":", 1)[0].encode()
-            if ":" in self.base_domain
-            else (self.base_domain.encode())
-        )
+        return self.base_domain.rsplit(":", 1)[0].encode()
 
     @property
     def dashboard(self) -> str:

@@ -4,7 +4,7 @@ carry the browser connections the router grants them.
 See ``relay/worker.py`` for why. ``RelayWorkers`` starts the workers, sends each browser
 connection with a grant to the one carrying fewest (``serve``), lets Twisted forget it
 (``let_go``), renews grants and takes connections back when a worker asks, counts what they
-relayed as activity, sends every cut and expiry to every worker, and starts a worker again if
+relayed as activity, sends every cut to the workers, and starts a worker again if
 it dies (what it carried dies with it; browsers reconnect). While no worker is ready, or a
 socket is not plain TCP (TLS), requests go to twisted.web: the workers are an optimisation,
 never needed. Workers share nothing; the server is the one authority over grants.
@@ -49,18 +49,6 @@ class Lease(Interface):
         """The connection comes back: its socket, the bytes not used, why."""
 
 
-def plain_tcp(transport: Any) -> bool:
-    """A plain (not TLS) TCP connection that is open: its socket may go to a worker. (Not a
-    unix socket's: a worker names the browser by its IP address.)"""
-    return bool(
-        isinstance(transport, Connection)
-        and isinstance(transport.getPeer(), IPv4Address | IPv6Address)
-        and not getattr(transport, "TLS", False)
-        and transport.connected
-        and not transport.disconnecting
-    )
-
-
 @define(eq=False)
 class _Carried:
     worker: _Worker
@@ -95,10 +83,6 @@ class RelayWorkers(Service):
     def ready(self) -> bool:
         return any(worker.control is not None for worker in self._workers)
 
-    @property
-    def carrying(self) -> int:
-        return len(self._carried)
-
     def serve(
         self, browser: Any, grant: Grant, seconds: float, data: bytes, whose: Whose, lease: Lease
     ) -> bool:
@@ -107,7 +91,16 @@ class RelayWorkers(Service):
         caller then forgets it and calls ``let_go``. ``lease`` renews the grant while the
         connection is in use, and takes it back."""
         ready = [w for w in self._workers if w.control is not None]
-        if not ready or not plain_tcp(browser):
+        # Only a plain (not TLS) TCP connection that is open, and not a unix socket's (a
+        # worker names the browser by its IP address).
+        if (
+            not ready
+            or not isinstance(browser, Connection)
+            or not isinstance(browser.getPeer(), IPv4Address | IPv6Address)
+            or getattr(browser, "TLS", False)
+            or not browser.connected
+            or browser.disconnecting
+        ):
             return False
         worker = min(ready, key=lambda w: w.carrying)
         assert worker.control is not None
@@ -140,14 +133,6 @@ class RelayWorkers(Service):
             ]
             for start in range(0, len(ids), 500):  # (a message is at most a few KiB)
                 worker.send(b"X" + b"".join(ID.pack(i) for i in ids[start : start + 500]))
-
-    def expire(self, sandbox_id: str) -> None:
-        """Grants for the sandbox are over: each connection comes back with its next request
-        and is routed afresh (a request or stream under way goes on). A status change does
-        more: it cuts them (``cut``, through ``SandboxAccess.revoke_sandbox``)."""
-        for conn_id, carried in self._carried.items():
-            if carried.whose.sandbox_id == sandbox_id:
-                carried.worker.send(RENEWED.pack(b"G", conn_id, 0.0))
 
     def ended(self, conn_id: int) -> _Carried | None:
         carried = self._carried.pop(conn_id, None)
@@ -185,7 +170,7 @@ class RelayWorkers(Service):
         if carried is None or self._carried.get(conn_id) is not carried:
             return  # (it ended meanwhile)
         until = self.monotonic() + seconds if seconds is not None else 0.0
-        carried.worker.send(RENEWED.pack(b"G", conn_id, until), retry=False)
+        carried.worker.send(RENEWED.pack(b"G", conn_id, until))
 
     def relayed(self, counts: dict[str, int]) -> None:
         if self.on_relayed is not None:
@@ -208,24 +193,26 @@ class RelayWorkers(Service):
         return DeferredList([worker.stop() for worker in self._workers])
 
 
+@implementer(IReadDescriptor)
 @define(eq=False)
 class _Worker(ProcessProtocol):
-    """One worker process: its control socket, what waits to be said to it, and what it
-    says on stderr (our log) and when it ends."""
+    """One worker process: its control socket (what it says there: what ended, what came
+    back, what was relayed), what waits to be said to it, and what it says on stderr (our
+    log) and when it ends."""
 
     workers: RelayWorkers
     index: int
     control: socket.socket | None = None
     carrying: int = 0
-    _reports: _Reports | None = None
+    _reading: bool = False  # the control socket, in the reactor
     _process: Any = None
     _ended: Deferred[None] | None = None
     _restart: IDelayedCall | None = None
     _backoff: float = 1.0
     _started_at: float = 0.0
-    _outbox: list[bytes] = field(factory=list)  # cuts for the worker to take
+    _outbox: list[bytes] = field(factory=list)  # messages for the worker to take
     _retry: IDelayedCall | None = None
-    _stuck_since: float | None = None  # cuts waiting since
+    _stuck_since: float | None = None  # messages waiting since
     _log = Logger()
 
     @property
@@ -252,21 +239,13 @@ class _Worker(ProcessProtocol):
         self._ended = Deferred()
         self._started_at = self._reactor.seconds()
         self.control = ours
-        self._reports = _Reports(ours, self.workers, self)
-        self._reactor.addReader(self._reports)
+        self._reading = True
+        self._reactor.addReader(self)
 
-    def send(self, message: bytes, retry: bool = True) -> None:
-        """Cuts and expiries go out in order; those the worker cannot take yet are tried
-        again shortly, for a few seconds: then the worker is stopped, and every connection
-        with it, so that a revocation always wins. (A renewal is not retried: the grant
-        runs out, and the connection comes back.)"""
-        if not retry:
-            if not self._outbox and self.control is not None:
-                try:
-                    self.control.send(message)
-                except OSError:
-                    pass
-            return
+    def send(self, message: bytes) -> None:
+        """Messages go out in order; those the worker cannot take yet are tried again
+        shortly, for a few seconds: then the worker is stopped, and every connection with
+        it, so that a revocation always wins."""
         self._outbox.append(message)
         if self._retry is None:
             self._send_outbox()
@@ -283,7 +262,7 @@ class _Worker(ProcessProtocol):
                 if now - self._stuck_since < 5.0:
                     self._retry = self._reactor.callLater(0.05, self._send_outbox)
                     return
-                self._log.warn("relay worker {n} takes no cuts: stopping it", n=self.index)
+                self._log.warn("relay worker {n} takes no messages: stopping it", n=self.index)
                 self._kill()
                 break
             except OSError:
@@ -293,9 +272,9 @@ class _Worker(ProcessProtocol):
         self._stuck_since = None
 
     def control_lost(self) -> None:
-        if self._reports is not None:
-            self._reactor.removeReader(self._reports)
-            self._reports = None
+        if self._reading:
+            self._reactor.removeReader(self)
+            self._reading = False
         if self.control is not None:
             self.control.close()
             self.control = None
@@ -346,23 +325,12 @@ class _Worker(ProcessProtocol):
             except error.ProcessExitedAlready:
                 pass
 
-
-@implementer(IReadDescriptor)
-class _Reports:
-    """A worker's messages: what ended, what came back, what was relayed."""
-
-    _log = Logger()
-
-    def __init__(self, sock: socket.socket, workers: RelayWorkers, worker: _Worker) -> None:
-        self._sock, self._workers, self._worker = sock, workers, worker
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
     def doRead(self) -> Any:
         for _ in range(1000):  # (a bounded batch per reactor turn)
+            if self.control is None:
+                return None  # (stopped meanwhile)
             try:
-                msg, fds, _, _ = socket.recv_fds(self._sock, 1 << 18, 1, socket.MSG_CMSG_CLOEXEC)
+                msg, fds, _, _ = socket.recv_fds(self.control, 1 << 18, 1, socket.MSG_CMSG_CLOEXEC)
             except BlockingIOError:
                 return None
             except OSError:
@@ -372,7 +340,7 @@ class _Reports:
             try:
                 self._message(msg, fds)
             except ValueError:
-                self._log.warn("a relay worker said something we do not understand")
+                self._log.warn("relay worker {n} said something we do not understand", n=self.index)
         return None
 
     def _message(self, msg: bytes, fds: list[int]) -> None:
@@ -381,22 +349,25 @@ class _Reports:
             _, conn_id, why = BACK.unpack_from(msg)
             if why in set(Back):
                 sock = socket.socket(fileno=fds[0])
-                self._workers.came_back(conn_id, Back(why), sock, msg[BACK.size :])
+                self.workers.came_back(conn_id, Back(why), sock, msg[BACK.size :])
                 return
         for fd in fds:
             os.close(fd)
         if kind == b"R" and len(msg) == 1 + ID.size:
-            self._workers.renew(ID.unpack_from(msg, 1)[0])
+            self.workers.renew(ID.unpack_from(msg, 1)[0])
         elif kind in (b"B", b"E") and len(msg) >= 1 + ID.size:
             # (a B without its socket, say at EMFILE: that connection is lost; it ends here)
-            self._workers.ended(ID.unpack_from(msg, 1)[0])
+            self.workers.ended(ID.unpack_from(msg, 1)[0])
         elif kind == b"A":
-            self._workers.relayed(read_activity(msg))
+            self.workers.relayed(read_activity(msg))
         else:
             raise ValueError(kind)
 
+    def fileno(self) -> int:
+        return self.control.fileno() if self.control is not None else -1
+
     def connectionLost(self, reason: Failure) -> None:
-        self._worker.control_lost()
+        self.control_lost()
 
     def logPrefix(self) -> str:
         return "relay-worker"

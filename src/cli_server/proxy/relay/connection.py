@@ -1,15 +1,10 @@
-"""A browser's keep-alive connection served by a relay worker, request after request.
-
-The router routes a request (session, role, sandbox status, address) and, when the rulebook
-forwards it to a cloud sandbox and its head is plain, sends the browser's socket here with a
-``Grant``. From then on the worker relays the requests on that connection itself, over a
-sandbox connection it opens (or reuses, ``Worker.take_idle``), as long as each is covered by the
-grant: a plain head (``request_head.py``, as the router reads it) with no body or a
-``Content-Length`` one up to the grant's cap, the same Host and Cookie headers, and what
-``rules.decide`` forwards for the grant's role; and the grant not run out (it holds as long as
-the server would trust its own cached routing: at most a second). Anything else goes back to
-the server with every byte not yet used (``Back.ASK``). While a connection is in use, the
-server renews its grant; a revocation or a status change of its sandbox cuts it at once.
+"""A browser's keep-alive connection served by a relay worker, request after request
+(``worker.py`` says how it comes and goes), over a sandbox connection it opens or reuses
+(``Worker.take_idle``), while each request is covered by the grant: a plain head
+(``request_head.py``, as the router reads it) with no body or a ``Content-Length`` one up to
+the grant's cap, the same Host and Cookie headers, what ``rules.decide`` forwards for the
+grant's role, and the grant not run out. Anything else goes back to the server with every
+byte not yet used (``Back.ASK``).
 
 Only the standard library and httptools: the workers import this.
 """
@@ -19,7 +14,6 @@ from __future__ import annotations
 import errno
 import select
 import socket
-from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -58,18 +52,26 @@ class _State(Enum):
     SPLICED = "spliced"  # a WebSocket: bytes both ways, as they come, until either side ends
 
 
-class _Then(Enum):
-    CLOSE = "close"  # close the browser's connection once what waits is written
-
-
 Address = tuple[str, int]
+
+
+def _set(poll: select.epoll, sock: socket.socket, now: int | None, mask: int | None) -> int | None:
+    """Has epoll watch ``mask`` of ``sock`` (None: not at all) instead of ``now``."""
+    if mask is None:
+        poll.unregister(sock)
+    elif now is None:
+        poll.register(sock, mask)
+    else:
+        poll.modify(sock, mask)
+    return mask
 
 
 class KeptConnection:
     __slots__ = tuple(
-        """id browser sandbox grant address until buffer reader state framing raw head
-        body_left sent repeatable close then out to_sandbox due first renewing blocked loop
-        done upgrade answer active _masks _block _headers _listener _session""".split()
+        """id browser sandbox grant address until buffer reader state framing body_left sent
+        repeatable close closing out to_sandbox due first renewing blocked loop done upgrade
+        answer active _browser_mask _sandbox_mask _block _headers _listener _session
+        _last""".split()
     )
 
     def __init__(
@@ -90,13 +92,11 @@ class KeptConnection:
         self.reader = AnswerReader()
         self.state = _State.IDLE
         self.framing = Framing.NONE
-        self.raw = b""  # the request in flight's head as the browser sent it
-        self.head: bytes = b""  # ... and as the sandbox gets it
         self.body_left = 0  # its body bytes still to pass on
         self.sent = False  # any of it went to the sandbox
         self.repeatable = False  # it may be sent again
         self.close = False  # the browser's connection ends with this answer
-        self.then: _Then | None = None
+        self.closing = False  # the browser's connection closes once what waits is written
         self.out: list[bytes] = []  # for the browser
         self.to_sandbox = b""  # what the sandbox's socket did not take yet
         self.due = 0.0  # when the idle browser or the silent sandbox has waited too long
@@ -107,19 +107,21 @@ class KeptConnection:
         self.upgrade = False  # the request in flight asks for a WebSocket
         self.answer = b""  # ... and the head of its answer, until it is whole
         self.active = False  # a WebSocket's bytes moved since the last tick
-        self._masks: dict[int, int | None] = {}  # fd: what epoll watches (None: not there)
+        # what epoll watches of each socket (None: not there)
+        self._browser_mask: int | None = None
+        self._sandbox_mask: int | None = None
         self._block = b""  # the last header block seen, and what the sandbox gets for it
         self._headers = b""
+        # The request in flight (or the last one): its head as the browser sent it, read, and
+        # as the sandbox gets it. A browser (or a poll) often sends the same request again,
+        # which then needs no reading (all of it is a pure function of the head and grant).
+        self._last: tuple[bytes, RequestHead, bytes] | None = None
         self._listener = rules.Listener(grant.scheme, grant.base_host, b"")
         # (granted for a running cloud sandbox; a status change cuts the connection)
         self._session = rules.Session(Role(grant.role), "running", False)
         browser.setblocking(False)
-        self._add(browser, self.from_browser)
+        loop.attach(browser.fileno(), self, self.from_browser)
         self._watch()  # (then the loop lists it, and calls next_request)
-
-    def _add(self, sock: socket.socket, handler: Callable[[int], None]) -> None:
-        self.loop.attach(sock.fileno(), self, handler)
-        self._masks[sock.fileno()] = None
 
     # what epoll watches
 
@@ -130,9 +132,9 @@ class KeptConnection:
         (or its connection is being made)."""
         streaming = self.body_left or self.state is _State.SPLICED
         reading = len(self.buffer) <= MAX_HEAD and not (streaming and self.to_sandbox)
-        self._set(
-            self.browser, (select.EPOLLIN if reading else 0) | (select.EPOLLOUT if self.out else 0)
-        )
+        mask = (select.EPOLLIN if reading else 0) | (select.EPOLLOUT if self.out else 0)
+        if mask != self._browser_mask:
+            self._browser_mask = _set(self.loop.poll, self.browser, self._browser_mask, mask)
         if self.sandbox is not None:
             if self.state is _State.CONNECTING:
                 wanted: int | None = select.EPOLLOUT
@@ -140,28 +142,15 @@ class KeptConnection:
                 wanted = None if self.blocked else select.EPOLLIN
                 if self.to_sandbox:
                     wanted = (wanted or 0) | select.EPOLLOUT
-            self._set(self.sandbox, wanted)
-
-    def _set(self, sock: socket.socket, mask: int | None) -> None:
-        fd = sock.fileno()
-        now = self._masks.get(fd)
-        if mask == now:
-            return
-        poll = self.loop.poll
-        if mask is None:
-            poll.unregister(fd)
-        elif now is None:
-            poll.register(fd, mask)
-        else:
-            poll.modify(fd, mask)
-        self._masks[fd] = mask
+            if wanted != self._sandbox_mask:
+                self._sandbox_mask = _set(self.loop.poll, self.sandbox, self._sandbox_mask, wanted)
 
     # requests
 
     def next_request(self) -> None:
         """Takes up the next request, if its head is whole and the grant covers it; else the
         connection goes back to the server."""
-        if self.state is not _State.IDLE or self.then is not None or self.out:
+        if self.state is not _State.IDLE or self.closing or self.out:
             return
         buffer = self.buffer
         size = head_end(buffer)
@@ -169,57 +158,65 @@ class KeptConnection:
             if len(buffer) > MAX_HEAD or b"\n\n" in buffer or b"\n\r\n" in buffer:
                 self.give_back(Back.ASK)  # twisted.web reads (or refuses) such a head
             return
-        grant = self.grant
-        head = parse_head(buffer[:size], grant.max_body) if size <= MAX_HEAD else None
         now = self.loop.clock()
-        verdict = self._decide(head) if head is not None else None
-        if (
-            head is None
-            or not isinstance(verdict, rules.Forward)
-            or head.host != grant.host
-            or head.cookies != grant.cookies
-            or (not self.first and now >= self.until)
-        ):
-            self.give_back(Back.ASK)  # (the server answers what the rules refuse)
+        if not self.first and now >= self.until:
+            self.give_back(Back.ASK)  # (the server routes it afresh)
             return
+        raw = buffer[:size]
+        last = self._last
+        if last is None or last[0] != raw:
+            last = self._take(raw)
+            if last is None:
+                self.give_back(Back.ASK)  # (the server answers what the rules refuse)
+                return
+            self._last = last
         if self.until - now < RENEW_BEFORE and not self.renewing:
             self.renewing = True
             self.loop.renew(self)
-        if head.block != self._block:
-            self._block = head.block
-            self._headers = plain_upstream_headers(
-                head.fields.headers,
-                head.cookies,
-                head.host,
-                grant.authorization,
-                grant.peer,
-                grant.scheme,
-            )
-        self.raw, self.buffer = buffer[:size], buffer[size:]
-        self.head = b"%s %s HTTP/1.1\r\n%s" % (head.method, verdict.target, self._headers)
+        head = last[1]
+        self.buffer = buffer[size:]
         self.upgrade, self.answer = head.fields.upgrade, b""
-        if self.upgrade:  # (hop by hop: the hygiene drops them, an upgrade needs them)
-            self.head = self.head[:-2] + b"connection: Upgrade\r\nupgrade: websocket\r\n\r\n"
-        self.body_left = head.content_length
-        self.repeatable = head.method in _IDEMPOTENT and not head.content_length
-        self.close = head.close
+        self.body_left = head.fields.content_length
+        self.repeatable = head.method in _IDEMPOTENT and not self.body_left
+        self.close = head.fields.close
         self.first = self.sent = False
         if self.sandbox is None and not self._open():
             return
         self._start()
 
-    def _decide(self, head: RequestHead) -> rules.Verdict:
-        return rules.decide(head.asked, self._listener, self._session)
+    def _take(self, raw: bytes) -> tuple[bytes, RequestHead, bytes] | None:
+        """A request head the grant covers (``raw``), read, and as the sandbox gets it; None
+        if the grant does not cover it."""
+        grant = self.grant
+        head = parse_head(raw, grant.max_body) if len(raw) <= MAX_HEAD else None
+        if head is None or head.fields.host != grant.host or head.fields.cookies != grant.cookies:
+            return None
+        verdict = rules.decide(head.asked, self._listener, self._session)
+        if not isinstance(verdict, rules.Forward):
+            return None
+        if head.block != self._block:
+            self._block = head.block
+            self._headers = plain_upstream_headers(
+                head.fields.headers,
+                head.fields.cookies,
+                head.fields.host,
+                grant.authorization,
+                grant.peer,
+                grant.scheme,
+            )
+        upstream = b"%s %s HTTP/1.1\r\n%s" % (head.method, verdict.target, self._headers)
+        if head.fields.upgrade:  # (hop by hop: the hygiene drops them, an upgrade needs them)
+            upstream = upstream[:-2] + b"connection: Upgrade\r\nupgrade: websocket\r\n\r\n"
+        return raw, head, upstream
 
     def _open(self) -> bool:
         """A sandbox connection for the request: a kept-alive one, or a new one (connected
-        without waiting: ``_connected`` sends once it is up). False if none can be had
+        without waiting: ``from_sandbox`` sends once it is up). False if none can be had
         (the connection has gone back to the server)."""
         self.reader = AnswerReader()  # (one per sandbox connection: llhttp ends with it)
         sock = self.loop.take_idle(self.address)
         if sock is not None:
-            self.sandbox = sock
-            self._add(sock, self.from_sandbox)
+            self._attach(sock)
             return True
         try:
             sock = socket.socket(socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET)
@@ -228,8 +225,7 @@ class KeptConnection:
             return False
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sandbox = sock
-        self._add(sock, self.from_sandbox)
+        self._attach(sock)
         code = sock.connect_ex(self.address)
         if code not in (0, errno.EINPROGRESS):
             self._unanswered()
@@ -241,6 +237,10 @@ class KeptConnection:
             return False
         return True
 
+    def _attach(self, sock: socket.socket) -> None:
+        self.sandbox, self._sandbox_mask = sock, None
+        self.loop.attach(sock.fileno(), self, self.from_sandbox)
+
     def _start(self) -> None:
         """Sends the request, with what of its body is here."""
         part = self.buffer[: self.body_left]
@@ -250,12 +250,8 @@ class KeptConnection:
         self.due = self.loop.clock() + TIMEOUT
         self.reader.begin(self)
         self.sent = True
-        self._send_sandbox(self.head + part)
-
-    def renewed(self, until: float) -> None:
-        """The grant now holds until then: renewed, or over (the connection goes back with
-        its next request)."""
-        self.until, self.renewing = until, False
+        assert self._last is not None
+        self._send_sandbox(self._last[2] + part)
 
     def _send_sandbox(self, data: bytes) -> bool:
         """False if the sandbox's connection broke (``sandbox_lost`` has dealt with it)."""
@@ -277,13 +273,14 @@ class KeptConnection:
         if self.sandbox is None:
             return
         if self.state is _State.CONNECTING:
-            self._connected()
+            if self.sandbox.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                self._unanswered()  # refused, unreachable: the server asks the backend again
+            else:
+                self._start()
             return
         if events & select.EPOLLOUT and self.to_sandbox:
-            if not self._send_sandbox(self.to_sandbox):
+            if not self._send_sandbox(self.to_sandbox):  # (and the upload may go on)
                 return
-            if not self.to_sandbox and (self.body_left or self.state is _State.SPLICED):
-                self._watch()  # (the upload may go on: read the browser again)
         if not events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
             return
         try:
@@ -308,7 +305,7 @@ class KeptConnection:
         if read is Read.BROKEN:
             if self.reader.answered:
                 self._drop_sandbox()
-                self._finish(_Then.CLOSE)  # cut short: the browser must not take it as whole
+                self._finish()  # cut short: the browser must not take it as whole
             else:
                 self._unanswered()
             return
@@ -336,18 +333,11 @@ class KeptConnection:
                 self._send_sandbox(early)
         else:
             self._drop_sandbox()
-            self.then = _Then.CLOSE
+            self.closing = True
         if code > 0:
             self.loop.relayed(self.grant.sandbox_id)
             self.out += (cleaned, rest) if code == 101 else (cleaned,)
         self.write()
-
-    def _connected(self) -> None:
-        assert self.sandbox is not None
-        if self.sandbox.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-            self._unanswered()  # refused, unreachable: the server asks the backend again
-            return
-        self._start()
 
     def sandbox_lost(self, clean: bool = True) -> None:
         """The sandbox closed its connection (``clean``), or broke it."""
@@ -359,7 +349,7 @@ class KeptConnection:
             self.out.append(LAST_CHUNK)  # that is how such a body ends
             self._answered()
         elif state in (_State.ANSWERING, _State.SPLICED):
-            self._finish(_Then.CLOSE)  # cut short, or a WebSocket that ended
+            self._finish()  # cut short, or a WebSocket that ended
         # (idle: the next request opens another)
 
     def _unanswered(self) -> None:
@@ -369,7 +359,8 @@ class KeptConnection:
         self._drop_sandbox()
         self.state = _State.IDLE
         if self.repeatable or not self.sent:
-            self.buffer = self.raw + self.buffer
+            assert self._last is not None
+            self.buffer = self._last[0] + self.buffer
             self.give_back(Back.DROPPED)
         else:
             self.give_back(Back.FAILED)
@@ -378,20 +369,21 @@ class KeptConnection:
         self.state = _State.IDLE
         self.due = self.loop.clock() + TIMEOUT
         if self.close:
-            self._finish(_Then.CLOSE)
+            self._finish()
         else:
             self.write()
 
-    def _finish(self, then: _Then) -> None:
-        self.then = then
+    def _finish(self) -> None:
+        self.closing = True
         self.write()
 
     def _drop_sandbox(self, keep: bool = False) -> None:
         sandbox, self.sandbox = self.sandbox, None
         if sandbox is not None:
-            self._set(sandbox, None)
+            if self._sandbox_mask is not None:
+                self.loop.poll.unregister(sandbox)
+                self._sandbox_mask = None
             self.loop.detach(sandbox.fileno())
-            self._masks.pop(sandbox.fileno(), None)
             if keep:
                 self.loop.give_idle(self.address, sandbox)
             else:
@@ -403,17 +395,16 @@ class KeptConnection:
     def response_head(
         self, code: int, reason: bytes, headers: list[tuple[bytes, bytes]]
     ) -> Framing:
-        answer = reframe(code, reason, headers)
+        lines, self.framing = reframe(code, reason, headers)
         self.state = _State.ANSWERING
         self.loop.relayed(self.grant.sandbox_id)  # (one the sandbox answers is activity)
-        self.framing = answer.framing
         # An answer that begins before its request was all sent (the upload's rest unread,
         # or not yet written) leaves the sandbox expecting bytes this request will never
         # send: neither connection may carry another request, or the next one's bytes would
         # be read as this one's body, and a request hidden in them would pass unchecked.
         self.close = self.close or self.body_left > 0 or bool(self.to_sandbox)
-        self.out.append(answer.lines + (b"connection: close\r\n\r\n" if self.close else b"\r\n"))
-        return answer.framing
+        self.out.append(lines + (b"connection: close\r\n\r\n" if self.close else b"\r\n"))
+        return self.framing
 
     def response_body(self, data: bytes) -> None:
         if self.framing is Framing.LENGTH:
@@ -445,9 +436,9 @@ class KeptConnection:
                 return
         if self.blocked:  # (what epoll watches changes only then: not once per event)
             self.blocked = False
-            if self.then is None:
+            if not self.closing:
                 self._watch()
-        if self.then is _Then.CLOSE:
+        if self.closing:
             self.close_both()
         elif self.state is _State.IDLE and self.buffer:
             self.next_request()
@@ -468,8 +459,8 @@ class KeptConnection:
             return
         if self.state is _State.SPLICED:
             self.active = True
-            if self.sandbox is not None and self._send_sandbox(self.to_sandbox + data):
-                self._watch()
+            if self.sandbox is not None:
+                self._send_sandbox(self.to_sandbox + data)
             return
         if self.body_left and self.state is not _State.CONNECTING:
             part = data[: self.body_left]
@@ -489,7 +480,7 @@ class KeptConnection:
     # the connection
 
     def expired(self, now: float) -> None:
-        if self.then is not None or now < self.due:
+        if self.closing or now < self.due:
             return
         if self.state is _State.CONNECTING:
             self._unanswered()
@@ -502,10 +493,7 @@ class KeptConnection:
 
     def give_back(self, why: Back) -> None:
         """The browser's socket and what it sent go back to the server."""
-        self.done = True
-        self._release()
-        self._set(self.browser, None)
-        self.loop.detach(self.browser.fileno())
+        self._end()
         keep = why in (Back.ASK, Back.DROPPED)
         data, self.buffer = (self.buffer if keep else b""), b""
         self.loop.hand_back(self, why, data)
@@ -513,15 +501,17 @@ class KeptConnection:
     def close_both(self) -> None:
         if self.done:
             return
-        self.done = True
-        self._release()
-        self._set(self.browser, None)
-        self.loop.detach(self.browser.fileno())
+        self._end()
         self.browser.close()
         self.loop.ended(self)
 
-    def _release(self) -> None:
-        """The sandbox connection, idle and fit for another request, goes to the loop's pool;
-        else it closes."""
+    def _end(self) -> None:
+        """The sandbox's connection, idle and fit for another request, goes to the loop's
+        pool, else it closes; the loop forgets both."""
+        self.done = True
         idle = self.state is _State.IDLE and not self.to_sandbox
         self._drop_sandbox(keep=idle and self.sandbox is not None)
+        if self._browser_mask is not None:
+            self.loop.poll.unregister(self.browser)
+            self._browser_mask = None
+        self.loop.detach(self.browser.fileno())

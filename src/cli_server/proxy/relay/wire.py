@@ -21,15 +21,14 @@ Only the standard library: the workers import this.
 
 from __future__ import annotations
 
+import marshal
 import struct
 from enum import IntEnum
 from typing import NamedTuple
 
-KEEP = struct.Struct("!cQd")  # b"K", connection id, until when its grant holds
 BACK = struct.Struct("!cQB")  # b"B", connection id, why (Back)
 RENEWED = struct.Struct("!cQd")  # b"G", connection id, until when its grant holds now (or 0)
 ID = struct.Struct("!Q")
-_LENGTH = struct.Struct("!I")
 
 
 class Back(IntEnum):
@@ -40,25 +39,6 @@ class Back(IntEnum):
     # the server tries it itself
     TIMED_OUT = 2  # the sandbox did not begin its answer in time: the server says so
     FAILED = 3  # the sandbox dropped a request that may not be sent twice: the server says so
-
-
-def pack_fields(fields: list[bytes]) -> bytes:
-    return b"".join(_LENGTH.pack(len(f)) + f for f in fields)
-
-
-def unpack_fields(data: bytes) -> list[bytes]:
-    """The fields of ``pack_fields``; ValueError if ``data`` is not such a list."""
-    fields, at = [], 0
-    while at < len(data):
-        if at + _LENGTH.size > len(data):
-            raise ValueError("a field's length is cut short")
-        (size,) = _LENGTH.unpack_from(data, at)
-        at += _LENGTH.size
-        if at + size > len(data):
-            raise ValueError("a field is cut short")
-        fields.append(data[at : at + size])
-        at += size
-    return fields
 
 
 class Grant(NamedTuple):
@@ -79,42 +59,39 @@ class Grant(NamedTuple):
     max_body: int
 
 
-_NUMBERS = ("role", "port", "max_body")
+_TYPES = (bytes, tuple, bytes, bytes, bytes, bytes, bytes, int, bytes, int, int)  # Grant's
 
 
 def keep_message(conn_id: int, until: float, grant: Grant, data: bytes) -> bytes:
     """``K``: ``data`` is what the browser sent that was not used yet, its next request first;
-    ``until`` is on CLOCK_MONOTONIC (``time.monotonic``), which both processes read."""
-    fields: list[bytes] = []
-    for value in grant:  # (the cookies, a tuple, go last)
-        if isinstance(value, int):
-            fields.append(b"%d" % value)
-        elif isinstance(value, bytes):
-            fields.append(value)
-    return KEEP.pack(b"K", conn_id, until) + pack_fields([*fields, data, *grant.cookies])
+    ``until`` is on CLOCK_MONOTONIC (``time.monotonic``), which both processes read. (In
+    ``marshal``'s format: both ends are this Python, and the server is the only writer.)"""
+    return b"K" + marshal.dumps((conn_id, until, tuple(grant), data))
 
 
 def read_keep(msg: bytes) -> tuple[int, float, Grant, bytes]:
     """ValueError unless ``msg`` is a ``K`` message."""
     try:
-        _, conn_id, until = KEEP.unpack_from(msg)
-    except struct.error as e:
+        conn_id, until, fields, data = marshal.loads(msg[1:])
+        grant = Grant(*fields)
+    except (EOFError, TypeError, ValueError) as e:
         raise ValueError(str(e)) from e
-    fields = unpack_fields(msg[KEEP.size :])
-    names = [name for name in Grant._fields if name != "cookies"]
-    if len(fields) < len(names) + 1:
-        raise ValueError("a grant without its fields")
-    values: dict[str, object] = dict(zip(names, fields, strict=False))
-    for name in _NUMBERS:
-        values[name] = int(fields[names.index(name)])  # (ValueError if not a number)
-    values["cookies"] = tuple(fields[len(names) + 1 :])
-    return conn_id, until, Grant(**values), fields[len(names)]  # type: ignore[arg-type]
+    fields = (conn_id, until, data, *grant, *grant.cookies)
+    if not all(
+        map(isinstance, fields, (int, float, bytes, *_TYPES, *(bytes,) * len(grant.cookies)))
+    ):
+        raise ValueError("a grant with fields of the wrong types")
+    return conn_id, until, grant, data
 
 
 def activity_message(counts: dict[bytes, int]) -> bytes:
-    return b"A" + pack_fields([f for sandbox, n in counts.items() for f in (sandbox, b"%d" % n)])
+    return b"A" + marshal.dumps(counts)
 
 
 def read_activity(msg: bytes) -> dict[str, int]:
-    fields = unpack_fields(msg[1:])
-    return {fields[i].decode(): int(fields[i + 1]) for i in range(0, len(fields) - 1, 2)}
+    """ValueError unless ``msg`` is an ``A`` message."""
+    try:
+        counts = marshal.loads(msg[1:])
+        return {sandbox.decode(): int(n) for sandbox, n in counts.items()}
+    except (AttributeError, EOFError, TypeError, ValueError) as e:
+        raise ValueError(str(e)) from e

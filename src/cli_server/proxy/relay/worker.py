@@ -20,6 +20,7 @@ Only the standard library and httptools (no Twisted): it starts in a fraction of
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 import select
@@ -70,8 +71,9 @@ class Worker:
 
     def step(self, timeout: float) -> bool:
         """One wait and what it brought; False once the server is gone."""
+        control = self._control.fileno()
         for fd, events in self.poll.poll(timeout):
-            if fd == self._control.fileno():
+            if fd == control:
                 if events & select.EPOLLOUT:
                     self._send_reports()
                 if events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
@@ -81,7 +83,10 @@ class Worker:
             entry = self._by_fd.get(fd)
             if entry is None:
                 continue  # (closed earlier in this batch)
-            self._guard(entry[0], entry[1], events)
+            try:
+                entry[1](events)
+            except Exception:
+                self._failed(entry[0])
         return True
 
     def _guard(self, conn: KeptConnection, call: Callable[..., None], *args: object) -> None:
@@ -112,18 +117,10 @@ class Worker:
             counts, self._relayed = self._relayed, {}
             self._report(activity_message(counts))
         for address, idle in list(self._idle.items()):
-            kept = [(sock, since) for sock, since in idle if now - since < IDLE_SECONDS]
-            for sock, since in idle:
-                if now - since >= IDLE_SECONDS:
-                    sock.close()
-            if kept:
-                self._idle[address] = kept
-            else:
+            while idle and now - idle[0][1] >= IDLE_SECONDS:  # (the oldest come first)
+                idle.pop(0)[0].close()
+            if not idle:
                 del self._idle[address]
-
-    @property
-    def carrying(self) -> int:
-        return len(self._kept)
 
     # the server
 
@@ -145,8 +142,8 @@ class Worker:
         if kind == b"G" and len(msg) == RENEWED.size:
             _, conn_id, until = RENEWED.unpack(msg)
             conn = self._kept.get(conn_id)
-            if conn is not None:
-                self._guard(conn, conn.renewed, until)
+            if conn is not None:  # (renewed, or over: it goes back with its next request)
+                conn.until, conn.renewing = until, False
         elif kind == b"X":
             for (conn_id,) in ID.iter_unpack(msg[1 : 1 + (len(msg) - 1) // 8 * 8]):
                 conn = self._kept.get(conn_id)
@@ -163,8 +160,8 @@ class Worker:
         if conn_id < 0 or len(socks) != 1:
             for sock in socks:
                 sock.close()
-            if len(msg) >= 1 + ID.size:  # (out of descriptors, or garbled: it ends here)
-                self._report(b"E" + msg[1 : 1 + ID.size])
+            if conn_id >= 0:  # (out of descriptors: it ends here)
+                self._report(b"E" + ID.pack(conn_id))
             return
         try:
             conn = KeptConnection(self, conn_id, socks[0], grant, until, data)
@@ -271,6 +268,8 @@ def main() -> None:
         except (ValueError, OSError):
             pass  # (fs.nr_open is lower: what we have will do)
     control = socket.socket(fileno=int(sys.argv[1]))
+    # What is loaded now lives as long as we do: the collector need not look at it again.
+    gc.freeze()
     Worker(control).run()
 
 

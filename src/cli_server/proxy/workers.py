@@ -170,7 +170,9 @@ class RelayWorkers(Service):
         if carried is None or self._carried.get(conn_id) is not carried:
             return  # (it ended meanwhile)
         until = self.monotonic() + seconds if seconds is not None else 0.0
-        carried.worker.send(RENEWED.pack(b"G", conn_id, until))
+        # Only to a worker that keeps up: a renewal must never queue ahead of a cut. One
+        # not sent lets the grant lapse; the connection's next request comes back here.
+        carried.worker.send(RENEWED.pack(b"G", conn_id, until), unless_behind=True)
 
     def relayed(self, counts: dict[str, int]) -> None:
         if self.on_relayed is not None:
@@ -242,10 +244,13 @@ class _Worker(ProcessProtocol):
         self._reading = True
         self._reactor.addReader(self)
 
-    def send(self, message: bytes) -> None:
+    def send(self, message: bytes, unless_behind: bool = False) -> None:
         """Messages go out in order; those the worker cannot take yet are tried again
-        shortly, for a few seconds: then the worker is stopped, and every connection with
-        it, so that a revocation always wins."""
+        shortly: a worker that takes none for a few seconds is stopped, and every
+        connection with it, so that a revocation always wins. (``unless_behind``: not
+        sent at all while others wait.)"""
+        if unless_behind and self._outbox:
+            return
         self._outbox.append(message)
         if self._retry is None:
             self._send_outbox()
@@ -268,6 +273,7 @@ class _Worker(ProcessProtocol):
             except OSError:
                 break  # the worker is gone, and its connections with it
             del self._outbox[0]
+            self._stuck_since = None  # (it takes messages: slow is not stuck)
         self._outbox.clear()
         self._stuck_since = None
 

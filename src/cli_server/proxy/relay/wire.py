@@ -12,7 +12,8 @@ From the worker:
 - ``E``: a connection ended.
 - ``B``: a connection comes back to the server (``Back`` says why), with the browser's
   socket and the bytes it sent that were not used.
-- ``A``: requests relayed per sandbox since the last ``A``, for the idle monitor and metrics.
+- ``A``: requests relayed per sandbox since the last ``A``, for the idle monitor and metrics
+  (JSON: the server never unmarshals what a worker wrote).
 - ``R``: renew this connection's grant (asked half a second before it runs out, by a
   connection in use, so that its requests do not wait for the server).
 
@@ -21,6 +22,7 @@ Only the standard library: the workers import this.
 
 from __future__ import annotations
 
+import json
 import marshal
 import struct
 from enum import IntEnum
@@ -85,13 +87,21 @@ def read_keep(msg: bytes) -> tuple[int, float, Grant, bytes]:
 
 
 def activity_message(counts: dict[bytes, int]) -> bytes:
-    return b"A" + marshal.dumps(counts)
+    return b"A" + json.dumps({k.decode("ascii"): n for k, n in counts.items()}).encode()
+
+
+_MAX_COUNT = 1 << 32
 
 
 def read_activity(msg: bytes) -> dict[str, int]:
-    """ValueError unless ``msg`` is an ``A`` message."""
+    """ValueError unless ``msg`` is an ``A`` message. (JSON, checked here: the server reads
+    what a worker, the process that parses browsers' and sandboxes' bytes, wrote.)"""
     try:
-        counts = marshal.loads(msg[1:])
-        return {sandbox.decode(): int(n) for sandbox, n in counts.items()}
-    except (AttributeError, EOFError, TypeError, ValueError) as e:
+        counts = json.loads(msg[1:])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(str(e)) from e
+    if not isinstance(counts, dict) or not all(
+        len(k) <= 64 and type(n) is int and 0 <= n < _MAX_COUNT for k, n in counts.items()
+    ):
+        raise ValueError("activity of the wrong shape")
+    return counts

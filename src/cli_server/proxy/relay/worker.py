@@ -38,6 +38,7 @@ _READ = select.EPOLLIN
 _READ_WRITE = select.EPOLLIN | select.EPOLLOUT
 IDLE_SECONDS = 2.0  # how long a sandbox connection nobody uses is kept
 IDLE_MAX = 64  # per address
+CONTROL_BATCH = 256  # the server's messages read at most per turn of the loop
 
 
 class Worker:
@@ -77,8 +78,14 @@ class Worker:
                 if events & select.EPOLLOUT:
                     self._send_reports()
                 if events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
-                    if not self._control_message():
-                        return False
+                    # (all that waits, within reason: a cut must not queue behind a step
+                    # per message while the server's outbox fills)
+                    for _ in range(CONTROL_BATCH):
+                        read = self._control_message()
+                        if read is None:
+                            break
+                        if not read:
+                            return False
                 continue
             entry = self._by_fd.get(fd)
             if entry is None:
@@ -124,11 +131,12 @@ class Worker:
 
     # the server
 
-    def _control_message(self) -> bool:
+    def _control_message(self) -> bool | None:
+        """False: the server is gone; None: nothing more waits."""
         try:
             msg, fds, _, _ = socket.recv_fds(self._control, 1 << 18, 1)
         except BlockingIOError:
-            return True
+            return None
         except OSError:
             return False
         if not msg:

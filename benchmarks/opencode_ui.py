@@ -43,7 +43,7 @@ from local_api import free_port  # noqa: E402  (benchmarks/local_api.py, shared)
 from sandbox_lifecycle import Client, sandbox_cookie  # noqa: E402  (the benchmark beside it)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "proxy"))
-from run import OthersCpu  # noqa: E402  (benchmarks/proxy/run.py)
+from run import OthersCpu, tree  # noqa: E402  (benchmarks/proxy/run.py)
 
 HERE = Path(__file__).resolve().parent
 
@@ -61,25 +61,6 @@ def require_tools(chromium: str) -> None:
             "playwright-core is missing: `npm ci` in webui/, then link webui/node_modules as "
             "node_modules at the checkout's root (or npm install playwright-core there)"
         )
-
-
-def descendants(pid: int) -> set[int]:
-    parents: dict[int, int] = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                stat = (proc / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(proc.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    tree, frontier = {pid}, [pid]
-    while frontier:
-        parent = frontier.pop()
-        for child, its_parent in parents.items():
-            if its_parent == parent and child not in tree:
-                tree.add(child)
-                frontier.append(child)
-    return tree - {pid}
 
 
 def loopback_listeners(pid: int) -> list[int]:
@@ -106,7 +87,7 @@ def opencode_direct(server_pid: int) -> tuple[int, str]:
     (its environment holds the password) and what listens for it on 127.0.0.1 (slirp4netns's
     forward with the isolated process backend, opencode itself without isolation)."""
     password, ports = "", []
-    for pid in descendants(server_pid):
+    for pid in tree(server_pid) - {server_pid}:
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             name = Path(argv[0].decode()).name

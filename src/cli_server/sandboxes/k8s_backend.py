@@ -25,6 +25,8 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -501,6 +503,17 @@ class K8sBackend:
         self._changes += 1
         self._snapshot = None
 
+    @contextmanager
+    def _changing(self, sandbox_id: str) -> Iterator[None]:
+        """Our own change to a sandbox: its pod's addresses are forgotten, and the listing
+        ``describe`` answers from is out of date before it and again once it is done."""
+        self._sources.pop(sandbox_id, None)
+        self._changed()
+        try:
+            yield
+        finally:
+            self._changed()
+
     async def _listing(self) -> dict[str, dict[str, Any]]:
         """All our Sandboxes, listed at most once per ``snapshot_ttl`` (callers share it)."""
         async with self._snapshot_lock:
@@ -515,17 +528,13 @@ class K8sBackend:
 
     @deferred
     async def start(self, spec: SandboxSpec) -> Endpoint:
-        self._sources.pop(spec.id, None)
-        self._changed()
-        try:
+        with self._changing(spec.id):
             await self._api_call(
                 self._thd_start, spec.id, spec.workspace_id, spec.password, spec.proxy_token
             )
             host, ips = await self._api_call(
                 self._thd_wait_ready, spec.id, self._settings.start_timeout, run=self._wait_run
             )
-        finally:
-            self._changed()
         self._sources[spec.id] = frozenset(ips)
         endpoint = Endpoint(host, self._settings.port)
         await self._opencode_client.wait_healthy(
@@ -535,21 +544,13 @@ class K8sBackend:
 
     @deferred
     async def stop(self, sandbox_id: str) -> None:
-        self._sources.pop(sandbox_id, None)
-        self._changed()
-        try:
+        with self._changing(sandbox_id):
             await self._api_call(self._thd_stop, sandbox_id)
-        finally:
-            self._changed()
 
     @deferred
     async def delete(self, sandbox_id: str) -> None:
-        self._sources.pop(sandbox_id, None)
-        self._changed()
-        try:
+        with self._changing(sandbox_id):
             await self._api_call(self._thd_delete, sandbox_id)
-        finally:
-            self._changed()
 
     @deferred
     async def delete_workspace(self, workspace_id: str) -> None:

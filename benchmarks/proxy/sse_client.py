@@ -57,6 +57,16 @@ def open_streams(
     return selector, pending, errors
 
 
+def receive(sock: socket.socket) -> bytes | None:
+    """What arrived (b"": the stream ended or broke), or None: nothing yet."""
+    try:
+        return sock.recv(65536)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
 def hold(port: int, host: str, cookie: str, streams: int) -> None:
     selector, pending, errors = open_streams(port, host, cookie, streams, "/sse?idle=1")
     waiting = set(pending)
@@ -64,12 +74,9 @@ def hold(port: int, host: str, cookie: str, streams: int) -> None:
     while waiting and time.monotonic() < deadline:
         for key, _ in selector.select(timeout=1.0):
             sock: socket.socket = key.fileobj  # type: ignore[assignment]
-            try:
-                data = sock.recv(65536)
-            except BlockingIOError:
+            data = receive(sock)
+            if data is None:
                 continue
-            except OSError:
-                data = b""
             if not data or b" 200 " not in data.split(b"\r\n", 1)[0]:
                 errors += 1
             selector.unregister(sock)
@@ -92,12 +99,9 @@ def latency(port: int, host: str, cookie: str, streams: int, seconds: float) -> 
             cpu_start = cpu_seconds()
         for key, _ in selector.select(timeout=1.0):
             sock: socket.socket = key.fileobj  # type: ignore[assignment]
-            try:
-                data = sock.recv(65536)
-            except BlockingIOError:
+            data = receive(sock)
+            if data is None:
                 continue
-            except OSError:
-                data = b""
             now = time.time()
             if not data:
                 errors += 1

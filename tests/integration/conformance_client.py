@@ -15,6 +15,7 @@ from twisted.web.client import Agent
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from .conformance_upstream import dechunk
 from .conftest import Running
 from .helpers import Api
 
@@ -93,19 +94,11 @@ def parse_answer(data: bytes, head_request: bool, ended: bool) -> tuple[Answer, 
         return answer, rest
     te = b",".join(answer.values(b"transfer-encoding")).lower()
     if b"chunked" in te:
-        body = b""
-        while True:
-            size_end = rest.find(b"\r\n")
-            if size_end < 0:
-                return None
-            size = int(rest[:size_end].split(b";")[0], 16)
-            if len(rest) < size_end + 2 + size + 2:
-                return None
-            body += rest[size_end + 2 : size_end + 2 + size]
-            rest = rest[size_end + 2 + size + 2 :]
-            if size == 0:
-                answer.body = body
-                return answer, rest
+        whole = dechunk(rest)
+        if whole is None:
+            return None
+        answer.body, rest = whole
+        return answer, rest
     length = answer.values(b"content-length")
     if length:
         n = int(length[0])

@@ -158,6 +158,23 @@ class _Answering(Protocol):
         )
 
 
+def dechunk(data: bytes) -> tuple[bytes, bytes] | None:
+    """A chunked body at the start of ``data``, decoded, and what follows it; None until
+    its last chunk is in."""
+    body = b""
+    while True:
+        size_end = data.find(b"\r\n")
+        if size_end < 0:
+            return None
+        size = int(data[:size_end].split(b";")[0], 16)
+        if len(data) < size_end + 2 + size + 2:
+            return None
+        body += data[size_end + 2 : size_end + 2 + size]
+        data = data[size_end + 2 + size + 2 :]
+        if size == 0:
+            return body, data
+
+
 def _take_request(buffer: bytes) -> tuple[Seen, bytes] | None:
     """The first whole request in ``buffer`` and what follows it, or None while incomplete."""
     end = buffer.find(b"\r\n\r\n")
@@ -168,19 +185,11 @@ def _take_request(buffer: bytes) -> tuple[Seen, bytes] | None:
     rest = buffer[end + 4 :]
     length = seen.values(b"content-length")
     if b"chunked" in b",".join(seen.values(b"transfer-encoding")).lower():
-        body = b""
-        while True:
-            size_end = rest.find(b"\r\n")
-            if size_end < 0:
-                return None
-            size = int(rest[:size_end].split(b";")[0], 16)
-            if len(rest) < size_end + 2 + size + 2:
-                return None
-            body += rest[size_end + 2 : size_end + 2 + size]
-            rest = rest[size_end + 2 + size + 2 :]
-            if size == 0:
-                seen.body = body
-                return seen, rest
+        whole = dechunk(rest)
+        if whole is None:
+            return None
+        seen.body, rest = whole
+        return seen, rest
     if length:
         n = int(length[0])
         if len(rest) < n:

@@ -147,6 +147,15 @@ class SandboxBackend(Protocol):
     def describe(self, sandbox_id: str) -> Deferred[Observed]:
         """What the backend sees now."""
 
+    def preview_endpoint(self, sandbox_id: str, port: int) -> Deferred[Endpoint | None]:
+        """Where the server reaches ``port`` inside the running sandbox (a preview: a dev
+        server the agent started), or None when the sandbox is not running. Nothing need
+        listen there yet: connecting then fails, and the proxy says so."""
+
+    def listening_ports(self, sandbox_id: str) -> Deferred[list[int]]:
+        """Preview ports (``PREVIEW_PORTS``) something listens on in the sandbox now, opencode's
+        own excluded; empty when the backend cannot see them cheaply (users type one)."""
+
     def logs(self, sandbox_id: str) -> Deferred[LogTail]:
         """The end of the sandbox's opencode output, its secrets blanked; empty if none."""
 
@@ -155,6 +164,14 @@ class SandboxBackend(Protocol):
 
     def close(self) -> Deferred[None]:
         """Server shutdown: stop every running sandbox, keeping their state."""
+
+
+# The ports a preview may open: unprivileged ones; opencode's own is refused by the rules.
+PREVIEW_PORTS = range(1024, 65536)
+
+
+class PortNotShared(Exception):
+    """A local sandbox's laptop does not share this port (its agent's ``--allow-port``)."""
 
 
 class BackendError(Exception):

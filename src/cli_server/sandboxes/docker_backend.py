@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 
 from attrs import define, field
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from cli_server.sandboxes import docker_firewall
@@ -592,6 +593,13 @@ class DockerBackend:
         await self._engine(self._thd_remove_volume, f"cli-ws-{workspace_id}")
         if self._settings.disk_root is not None:
             await self._detach(self._disk_dir("workspaces", workspace_id), removing=True)
+
+    # Placeholders until issue 22's backend work lands (previews).
+    def preview_endpoint(self, sandbox_id: str, port: int) -> Deferred[Endpoint | None]:
+        return succeed(None)
+
+    def listening_ports(self, sandbox_id: str) -> Deferred[list[int]]:
+        return succeed([])
 
     @deferred
     async def describe(self, sandbox_id: str) -> Observed:

@@ -32,7 +32,7 @@ from typing import Any
 
 from attrs import define, field, frozen
 from twisted.application.service import Service
-from twisted.internet.defer import DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -555,6 +555,13 @@ class K8sBackend:
     @deferred
     async def delete_workspace(self, workspace_id: str) -> None:
         await self._api_call(self._thd_delete_workspace, workspace_id)
+
+    # Placeholders until issue 22's backend work lands (previews).
+    def preview_endpoint(self, sandbox_id: str, port: int) -> Deferred[Endpoint | None]:
+        return succeed(None)
+
+    def listening_ports(self, sandbox_id: str) -> Deferred[list[int]]:
+        return succeed([])
 
     @deferred
     async def describe(self, sandbox_id: str) -> Observed:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from attrs import Factory, define, field, frozen
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
@@ -790,6 +790,13 @@ class ProcessBackend:
         """Where a running sandbox answers, known here without waiting (the proxy's hot path)."""
         live = self._live.get(sandbox_id)
         return Endpoint("127.0.0.1", live.port) if live is not None else None
+
+    # Placeholders until issue 22's backend work lands (previews).
+    def preview_endpoint(self, sandbox_id: str, port: int) -> Deferred[Endpoint | None]:
+        return succeed(None)
+
+    def listening_ports(self, sandbox_id: str) -> Deferred[list[int]]:
+        return succeed([])
 
     @deferred
     async def describe(self, sandbox_id: str) -> Observed:

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cli_server.db.pool import Database, DatabaseUnavailable
+from cli_server.sandboxes.backend import PortNotShared
 from cli_server.tunnel.carrier import SessionCarrier
 from cli_server.tunnel.frames import MAX_MESSAGE
 from cli_server.tunnel.mux import Session, Stream, TunnelAddress
@@ -61,8 +62,13 @@ class TunnelHub:
     def count(self) -> int:
         return len(self._live)
 
-    def endpoint(self, sandbox_id: str) -> IStreamClientEndpoint:
-        return TunnelEndpoint(self, sandbox_id)
+    def endpoint(self, sandbox_id: str, port: int | None = None) -> IStreamClientEndpoint:
+        """Streams to the laptop's opencode (``port`` None) or to a port it shares."""
+        return TunnelEndpoint(self, sandbox_id, port)
+
+    def allowed_ports(self, sandbox_id: str) -> tuple[int, ...]:
+        """The ports the sandbox's connected agent shares (its ``--allow-port``)."""
+        return ()  # placeholder until issue 22's tunnel work lands
 
     def resource(self, sandbox_id: str) -> WebSocketResource:
         """The WebSocket resource for one authenticated agent connection."""
@@ -249,8 +255,11 @@ class TunnelEndpoint:
 
     _hub: TunnelHub
     _sandbox_id: str
+    _port: int | None = None  # a shared port of the laptop's, else its opencode
 
     def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        if self._port is not None:  # placeholder until issue 22's tunnel work lands
+            return fail(PortNotShared(f"port {self._port} is not shared by this laptop"))
         session = self._hub.session(self._sandbox_id)
         if session is None:
             return fail(ConnectError("the agent of this local sandbox is not connected"))

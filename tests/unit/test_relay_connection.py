@@ -52,7 +52,7 @@ class Kept:
     ``sandbox`` the sandbox's end of the connection the worker opened (the latest),
     ``control`` the server's end."""
 
-    def __init__(self, first: bytes = b"", seconds: float = 1.0) -> None:
+    def __init__(self, first: bytes = b"", seconds: float = 1.0, grant: Grant = GRANT) -> None:
         self.now = 100.0
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.relay = Worker(theirs, clock=lambda: self.now)
@@ -62,7 +62,7 @@ class Kept:
         for far in (self.browser, self.control):
             far.settimeout(5)
         self._sandbox: socket.socket | None = None
-        grant = GRANT._replace(port=self.listening.getsockname()[1])
+        grant = grant._replace(port=self.listening.getsockname()[1])
         message = keep_message(7, self.now + seconds, grant, first or get())
         socket.send_fds(self.control, [message], [browser_near.fileno()])
         browser_near.close()  # (the worker has its own copy now, as from the server)
@@ -682,3 +682,98 @@ def test_an_upgrade_the_sandbox_refuses_passes_cleaned_and_ends() -> None:
     )
     assert got == b"HTTP/1.1 403 Forbidden\r\n" + CORP + b"Content-Length: 4\r\n\r\n"
     assert _closed(k.browser) and _closed(k.sandbox)
+
+
+SID = b"0b6f1a3e-1111-4222-8333-444455556666"
+PREVIEW_HOST = b"oc-" + SID + b"-p5173.localhost:8080"
+PREVIEW = GRANT._replace(host=PREVIEW_HOST, authorization=b"", preview=5173)
+
+
+def test_a_preview_is_relayed_with_no_credential_at_all() -> None:
+    """A preview's grant has no credential: its requests (a WebSocket for hot reload too)
+    reach the dev server with no Authorization, neither opencode's nor the browser's."""
+    k = Kept(
+        get(b"/src/main.ts?token=secret", b"Authorization: Basic YnJvd3Nlcg==", host=PREVIEW_HOST),
+        grant=PREVIEW,
+    )
+    head = k.upstream()
+    assert head.startswith(b"GET /src/main.ts HTTP/1.1\r\n")
+    assert b"authorization" not in head.lower() and b"Basic" not in head, head
+    assert b"secret" not in head and b"tok" not in head and b"cookie: theme=dark\r\n" in head
+    assert b"x-forwarded-host: " + PREVIEW_HOST + b"\r\n" in head
+    assert k.answer(OK).endswith(b"\r\n\r\nhi")
+    hmr = get(
+        b"/?token=x",
+        b"Upgrade: websocket",
+        b"Connection: Upgrade",
+        b"Sec-WebSocket-Key: a2V5",
+        b"Sec-WebSocket-Protocol: vite-hmr",
+        b"Origin: http://" + PREVIEW_HOST,
+        host=PREVIEW_HOST,
+    )
+    k.browser.sendall(hmr)
+    head = k.upstream()
+    assert b"authorization" not in head.lower() and b"Sec-WebSocket-Protocol: vite-hmr" in head
+    k.answer(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+    k.browser.sendall(b"ping")
+    assert k.upstream() == b"ping"
+
+
+def test_a_preview_connection_carries_requests_for_its_own_port_only() -> None:
+    """A keep-alive connection granted for ``oc-X-p5173`` hands back, unsent, a request for
+    opencode's ``oc-X``, for another port of X, or for the same port of another sandbox."""
+    other = b"oc-0b6f1a3e-1111-4222-8333-999999999999"
+    for host in (
+        HOST,  # opencode's own origin: it would need the credential
+        b"oc-" + SID + b"-p8000.localhost:8080",
+        other + b"-p5173.localhost:8080",
+        b"oc-" + SID + b"-p5173.localhost:8081",
+        b"oc-" + SID + b"-p05173.localhost:8080",
+    ):
+        k = Kept(get(host=PREVIEW_HOST), grant=PREVIEW)
+        k.upstream()
+        k.answer(OK)
+        k.browser.sendall(get(b"/y", host=host))
+        why, data, _ = k.back()
+        assert why is Back.ASK and data == get(b"/y", host=host), host
+        assert k.upstream() == b""
+
+
+def test_a_grant_that_would_carry_a_credential_to_a_preview_relays_nothing() -> None:
+    """Whatever the server sends, a worker never sends a credential to a preview port, nor
+    relays a preview with a grant for another port (or for opencode): the request goes back
+    to the server, unsent."""
+    for grant in (
+        PREVIEW._replace(authorization=GRANT.authorization),
+        PREVIEW._replace(preview=8000),
+        PREVIEW._replace(preview=0),
+        GRANT._replace(preview=5173),  # opencode's Host with a preview's grant
+    ):
+        first = get(host=grant.host)
+        k = Kept(first, grant=grant)
+        why, data, _ = k.back()
+        assert why is Back.ASK and data == first, grant
+        k.turn()
+        k.listening.settimeout(0.05)
+        with pytest.raises(TimeoutError):
+            k.listening.accept()  # the worker never even connected
+
+
+def test_nothing_listening_on_a_preview_port_sends_the_request_back_whole() -> None:
+    """A dev server not started yet: the connection is refused, and the server gets the
+    request back unsent, to answer with its "nothing is listening" page."""
+    k = Kept.__new__(Kept)
+    k.now = 100.0
+    k.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    k.relay = Worker(theirs, clock=lambda: k.now)
+    k.browser, near = socket.socketpair()
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    first = get(b"/x", b"Content-Length: 6", host=PREVIEW_HOST).replace(b"GET", b"POST") + b"form=1"
+    message = keep_message(7, k.now + 1, PREVIEW._replace(port=port), first)
+    socket.send_fds(k.control, [message], [near.fileno()])
+    near.close()
+    k.turn()
+    why, data, _ = k.back()
+    assert why is Back.DROPPED and data == first

@@ -2,8 +2,9 @@
 (``worker.py`` says how it comes and goes), over a sandbox connection it opens or reuses
 (``Worker.take_idle``), while each request is covered by the grant: a plain head
 (``request_head.py``, as the router reads it) with no body or a ``Content-Length`` one up to
-the grant's cap, the same Host and Cookie headers, what ``rules.decide`` forwards for the
-grant's role, and the grant not run out. Anything else goes back to the server with every
+the grant's cap, the same Host and Cookie headers (so a preview's connection, granted for
+``oc-{id}-p{port}``, carries requests for that port only), what ``rules.decide`` forwards for
+the grant's role, and the grant not run out. Anything else goes back to the server with every
 byte not yet used (``Back.ASK``).
 
 Only the standard library and httptools: the workers import this.
@@ -193,6 +194,10 @@ class KeptConnection:
             return None
         verdict = rules.decide(head.asked, self._listener, self._session)
         if not isinstance(verdict, rules.Forward):
+            return None
+        # A preview's grant covers its own port only, and never carries opencode's credential
+        # to it (the server grants none; this worker refuses one it would send there).
+        if verdict.port != (grant.preview or None) or (verdict.port and grant.authorization):
             return None
         if head.block != self._block:
             self._block = head.block

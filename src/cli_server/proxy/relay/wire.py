@@ -56,12 +56,15 @@ class Grant(NamedTuple):
     sandbox_id: bytes  # whose activity its requests count as
     base_host: bytes  # the listener's base domain (``rules.Listener``)
     role: int  # the session's role (``roles.Role``)
-    address: bytes  # the sandbox's opencode: its IP address
+    address: bytes  # its IP address: the sandbox's opencode, or the previewed port's
     port: int
     max_body: int
+    # The port a preview's Host names (``oc-{id}-p{port}``), or 0 for opencode's: a
+    # preview's requests go with no credential (``authorization`` empty) and only to it.
+    preview: int = 0
 
 
-_TYPES = (bytes, tuple, bytes, bytes, bytes, bytes, bytes, int, bytes, int, int)  # Grant's
+_TYPES = (bytes, tuple, bytes, bytes, bytes, bytes, bytes, int, bytes, int, int, int)  # Grant's
 
 
 def keep_message(conn_id: int, until: float, grant: Grant, data: bytes) -> bytes:

@@ -44,28 +44,33 @@ class FakeAccess:
     fetched: float = 0.0  # when sessions were read (as the cache's timestamps)
     refreshed: int = 0
     local: bool = False
+    port: int | None = None  # the origin TOKEN's session is for: a preview's port, or None
 
     def fresh_until(self, access: Access) -> float:
         return access.fetched_at + 2.0
 
-    def _access(self, token: str, sandbox_id: str) -> Access | None:
-        if token != TOKEN or sandbox_id != SID:
+    def _access(self, token: str, sandbox_id: str, port: int | None) -> Access | None:
+        if token != TOKEN or sandbox_id != SID or port != self.port:
             return None
-        return Access("u", SID, "w", self.role, self.status, self.local, "pw", self.fetched)
+        return Access(
+            "u", SID, "w", self.role, self.status, self.local, "pw", self.fetched, port=port
+        )
 
-    def refresh(self, token: str, sandbox_id: str) -> Deferred[None]:
+    def refresh(self, token: str, sandbox_id: str, port: int | None = None) -> Deferred[None]:
         self.refreshed += 1
         self.fetched = self.clock.seconds()
         return succeed(None)
 
-    def cached(self, token: str, sandbox_id: str) -> Access | None:
-        return None if self.slow else self._access(token, sandbox_id)
+    def cached(self, token: str, sandbox_id: str, port: int | None = None) -> Access | None:
+        return None if self.slow else self._access(token, sandbox_id, port)
 
-    def lookup(self, token: str, sandbox_id: str) -> Deferred[Access | None]:
+    def lookup(
+        self, token: str, sandbox_id: str, port: int | None = None
+    ) -> Deferred[Access | None]:
         d: Deferred[Access | None] = Deferred()
         self.waiting.append(d)
         d.callback(None) if not self.slow else None
-        d.addCallback(lambda _: self._access(token, sandbox_id))
+        d.addCallback(lambda _: self._access(token, sandbox_id, port))
         return d
 
 
@@ -74,12 +79,13 @@ class FakeEndpoints:
     endpoint: Endpoint | None = HERE
     forgotten: list[str] = field(factory=list)
     generation: int = 0
+    previews: dict[int, Endpoint] = field(factory=dict)  # where each previewed port is
 
-    def cached(self, sandbox_id: str) -> Endpoint | None:
-        return self.endpoint
+    def cached(self, sandbox_id: str, port: int | None = None) -> Endpoint | None:
+        return self.endpoint if port is None else self.previews.get(port)
 
-    def get(self, sandbox_id: str) -> Deferred[Endpoint | None]:
-        return succeed(self.endpoint)
+    def get(self, sandbox_id: str, port: int | None = None) -> Deferred[Endpoint | None]:
+        return succeed(self.cached(sandbox_id, port))
 
     def forget(self, sandbox_id: str) -> None:
         self.forgotten.append(sandbox_id)
@@ -186,9 +192,12 @@ def door(
 
 
 def get(
-    path: bytes = b"/x", *extra: bytes, cookie: bytes = b"cli_sandbox=" + TOKEN.encode()
+    path: bytes = b"/x",
+    *extra: bytes,
+    cookie: bytes = b"cli_sandbox=" + TOKEN.encode(),
+    host: bytes = HOST,
 ) -> bytes:
-    lines = [b"GET " + path + b" HTTP/1.1", b"Host: " + HOST]
+    lines = [b"GET " + path + b" HTTP/1.1", b"Host: " + host]
     if cookie:
         lines.append(b"Cookie: " + cookie)
     return b"\r\n".join([*lines, *extra]) + b"\r\n\r\n"
@@ -482,3 +491,83 @@ def test_a_connection_in_use_keeps_its_grant_across_the_session_cache_by_the_clo
             k.control.settimeout(5)
         assert len(k.relay._kept) == 1, n  # never back
     assert renewals == 4 and d.access.refreshed == 2  # (read again as each 2 s ran out)
+
+
+PREVIEW_HOST = f"oc-{SID}-p5173.localhost:8080".encode()
+DEV_SERVER = Endpoint("127.0.0.1", 45173)
+
+
+def test_a_preview_goes_to_a_worker_with_no_credential_for_its_own_port() -> None:
+    """A preview's session routes its requests (a page, an upload, hot reload's WebSocket)
+    to a worker like opencode's, granted with no credential, to the previewed port's address,
+    for that port only."""
+    for raw in [
+        get(b"/", host=PREVIEW_HOST),
+        get(b"/", b"Content-Length: 2", host=PREVIEW_HOST).replace(b"GET", b"POST") + b"{}",
+        get(
+            b"/",
+            b"Upgrade: websocket",
+            b"Connection: Upgrade",
+            b"Origin: http://" + PREVIEW_HOST,
+            host=PREVIEW_HOST,
+        ),
+    ]:
+        d = door(port=5173)
+        d.endpoints.previews[5173] = DEV_SERVER
+        d.send(raw)
+        [(grant, seconds, data, whose, lease)] = d.workers.served
+        assert grant == Grant(
+            PREVIEW_HOST,
+            (b"cli_sandbox=" + TOKEN.encode(),),
+            b"",  # never opencode's Basic credential
+            b"10.1.2.3",
+            b"http",
+            SID.encode(),
+            b"localhost",
+            int(Role.DEVELOPER),
+            b"127.0.0.1",
+            45173,
+            MAX_SANDBOX_BODY,
+            5173,
+        )
+        assert whose == Whose("u", "w", SID) and data == raw and lease.route.port == 5173
+        assert lease.renew() == 1.0
+
+
+def test_a_preview_session_routes_nothing_for_another_origin() -> None:
+    """A session made on the preview of 5173 opens neither opencode's address nor another
+    port's; nor does opencode's session open a preview: twisted.web answers them all (its
+    page), and no worker is granted anything."""
+    cases = [
+        (5173, get(b"/")),  # opencode's address
+        (5173, get(b"/", host=f"oc-{SID}-p8000.localhost:8080".encode())),
+        (None, get(b"/", host=PREVIEW_HOST)),
+    ]
+    for port, raw in cases:
+        d = door(port=port)
+        d.endpoints.previews.update({5173: DEV_SERVER, 8000: DEV_SERVER})
+        d.send(raw)
+        assert d.workers.served == [] and d.handed == [raw], raw
+
+
+def test_a_preview_whose_address_is_not_known_goes_to_twisted_web() -> None:
+    """No address for the port (the sandbox stopped meanwhile): SandboxSite says so."""
+    d = door(port=5173)
+    d.send(get(b"/", host=PREVIEW_HOST))
+    assert d.workers.served == [] and d.handed == [get(b"/", host=PREVIEW_HOST)]
+
+
+def test_a_preview_grant_ends_when_its_port_moves_or_is_revoked() -> None:
+    live = LiveStreams(Clock())
+    d = door(live=live, port=5173)
+    d.endpoints.previews[5173] = DEV_SERVER
+    d.send(get(b"/", host=PREVIEW_HOST))
+    lease = d.workers.served[0][-1]
+    assert lease.renew() == 1.0
+    d.endpoints.previews[5173] = Endpoint("127.0.0.1", 45174)  # forwarded elsewhere now
+    assert lease.renew() is None
+    d.endpoints.previews[5173] = DEV_SERVER
+    d.endpoints.endpoint = None  # (opencode's address plays no part in a preview's grant)
+    assert lease.renew() == 1.0
+    live.cut(1, sandbox_id=SID)  # the sandbox paused, say: its previews are cut too
+    assert lease.renew() is None

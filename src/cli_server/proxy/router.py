@@ -4,7 +4,8 @@ It reads a connection's first request head itself (``request_head.py``, strict) 
 ``Routes`` (``rules.decide``, the session, the sandbox's address) where it goes. A request
 forwarded to a cloud sandbox, on a plain TCP connection, goes with its connection to a relay
 worker, which serves it from then on while its requests are like that one
-(``relay/connection.py``). Every other connection (the main site, tickets, pages of ours,
+(``relay/connection.py``); a preview's too (``oc-{id}-p{port}``), granted with no credential
+and for its own port only. Every other connection (the main site, tickets, pages of ours,
 TLS, local agents, WebSocket upgrades, anything unusual, or no worker ready) is handed with
 every byte of that request to twisted.web's channel for good, and ``HostDispatcher`` serves
 it; ``SandboxSite`` forwards its sandbox requests with ``forward.py``. Nothing is relayed
@@ -157,6 +158,7 @@ class Router(Protocol):
             route.endpoint.host.encode(),
             route.endpoint.port,
             MAX_SANDBOX_BODY,
+            route.port or 0,
         )
         seconds = self._routes.grant_seconds(route)
         lease = _Lease(self._routes, factory, head, route)

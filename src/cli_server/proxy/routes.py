@@ -3,7 +3,8 @@
 A request qualifies when its head is plain (``request_head.py``), ``rules.decide`` forwards
 it for the session its cookie names, and the sandbox runs on a backend here (not a laptop's
 tunnel). Every other request, including every one that ends in a page of ours, goes to
-``SandboxSite``.
+``SandboxSite``. A preview (``oc-{id}-p{port}``) qualifies the same way, with its own session
+and address, and with no credential: opencode's is for opencode's address only.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from cli_server.proxy import rules
 from cli_server.proxy.access import Access, SandboxAccess
 from cli_server.proxy.endpoints import RunningEndpoints
+from cli_server.proxy.hosts import Place
 from cli_server.proxy.live import LiveStreams, Whose
 from cli_server.proxy.request_head import RequestHead
 from cli_server.proxy.workers import RelayWorkers
@@ -30,12 +32,13 @@ from cli_server.sandboxes.opencode import basic_auth
 class Route:
     sandbox_id: str
     endpoint: Endpoint
-    authorization: bytes  # opencode's Basic credential, as a header value
+    authorization: bytes  # opencode's Basic credential, as a header value; b"" for a preview
     role: Role
     user_id: str
     workspace_id: str
     revocations: int  # revocations counted when its session was read (see live.py)
     fresh_until: float = 0.0  # when the session cache stops trusting what it was found with
+    port: int | None = None  # the previewed port; None: opencode's address
 
     @property
     def whose(self) -> Whose:
@@ -77,15 +80,15 @@ class Routes:
         forward to a cloud sandbox). Answers at once, without a Deferred, when the session
         and the sandbox's address are in their caches (``access.py``, ``endpoints.py``), so a
         route is never staler than those."""
-        sandbox_id = rules.screen(head.asked, self.listener)
-        if not isinstance(sandbox_id, str):
+        place = rules.screen(head.asked, self.listener)
+        if not isinstance(place, Place):
             return None
         token = rules.session_token(head.asked, self.listener)
         if token is None:
             return None
-        access = self.access.cached(token, sandbox_id)
+        access = self.access.cached(token, place.sandbox_id, place.port)
         if access is None:
-            return self.access.lookup(token, sandbox_id).addCallback(self._allowed, head)
+            return self.access.lookup(token, *place).addCallback(self._allowed, head)
         return self._allowed(access, head)
 
     def _allowed(
@@ -97,23 +100,27 @@ class Routes:
         verdict = rules.decide(head.asked, self.listener, session)
         if not isinstance(verdict, rules.Forward) or verdict.local:
             return None
-        endpoint = self.endpoints.cached(access.sandbox_id)
+        port = verdict.port
+        endpoint = self.endpoints.cached(access.sandbox_id, port)
         if endpoint is None:
-            return self.endpoints.get(access.sandbox_id).addCallback(self._found, access)
-        return self._found(endpoint, access)
+            return self.endpoints.get(access.sandbox_id, port).addCallback(
+                self._found, access, port
+            )
+        return self._found(endpoint, access, port)
 
-    def _found(self, endpoint: Endpoint | None, access: Access) -> Route | None:
+    def _found(self, endpoint: Endpoint | None, access: Access, port: int | None) -> Route | None:
         if endpoint is None:
             return None
         return Route(
             access.sandbox_id,
             endpoint,
-            basic_auth(access.password),
+            basic_auth(access.password) if port is None else b"",
             access.role,
             access.user_id,
             access.workspace_id,
             access.revocations,
             self.access.fresh_until(access),
+            port,
         )
 
     def relayed(self, sandbox_id: str, count: int) -> None:
@@ -138,6 +145,7 @@ class Routes:
         if (
             route is None
             or route.whose != granted.whose
+            or route.port != granted.port
             or route.endpoint != granted.endpoint
             or route.authorization != granted.authorization
             or (self.live is not None and self.live.revoked(granted.whose, granted.revocations))
@@ -149,7 +157,7 @@ class Routes:
             return seconds if seconds > 0 else None
         # The session's cached answer runs out within the second: read it again now, rather
         # than let the grant lapse and every connection it covers come back at once.
-        again = self.access.refresh(token, granted.sandbox_id)
+        again = self.access.refresh(token, granted.sandbox_id, granted.port)
         return again.addCallback(lambda _: self.renewal(head, granted, False))
 
     def grant_seconds(self, route: Route) -> float:

@@ -2,12 +2,14 @@
 a FAKE backend whose sandboxes "run" at the benchmark's upstream ports. Prints one JSON line
 with the port, the sandboxes' hosts and a sandbox cookie for each, then serves.
 
-    python server.py PORT UPSTREAM_PORT... [--proxy-workers N]
+    python server.py PORT UPSTREAM_PORT... [--proxy-workers N] [--previews]
 
 ``--proxy-workers N`` sets the server's relay workers where this version of cli-server has
 that setting (``ServerConfig.proxy_workers``), and stops with an error where it has not;
 without it the server runs with the daemon's defaults (one relay worker per CPU, where it has
-the setting)."""
+the setting). With ``--previews`` each sandbox also gets a preview of its upstream's port
+(``oc-{id}-p{port}``, which the FAKE backend places at 127.0.0.1:port): the JSON line then
+lists a "previews" host and cookie per sandbox too."""
 
 from __future__ import annotations
 
@@ -40,6 +42,11 @@ class PortsBackend(FakeBackend):
         self.running[spec.id] = Endpoint("127.0.0.1", port)
         return defer.succeed(self.running[spec.id])
 
+    def preview_endpoint(self, sandbox_id: str, port: int):  # type: ignore[no-untyped-def]
+        """A port of a sandbox is that port on the loopback (the upstreams')."""
+        running = sandbox_id in self.running
+        return defer.succeed(Endpoint("127.0.0.1", port) if running else None)
+
 
 def proxy_workers_setting(workers: int | None) -> dict[str, int]:
     """The relay workers where this cli-server has them: N, or as ``twistd cli-server``
@@ -51,7 +58,9 @@ def proxy_workers_setting(workers: int | None) -> dict[str, int]:
     return {"proxy_workers": workers if workers is not None else os.cpu_count() or 1}
 
 
-async def setup(port: int, upstreams: list[int], settings: dict[str, int]) -> None:
+async def setup(
+    port: int, upstreams: list[int], settings: dict[str, int], previews: bool = False
+) -> None:
     data = Path(tempfile.mkdtemp(prefix="cli-bench-proxy-"))
     data.chmod(0o711)
     config = ServerConfig(
@@ -83,7 +92,18 @@ async def setup(port: int, upstreams: list[int], settings: dict[str, int]) -> No
     )
     await http.post(base + "/api/auth/login", json={"username": "bench", "password": "benchmark1"})
     wid = (await (await http.post(base + "/api/workspaces", json={"name": "b"})).json())["id"]
-    out = []
+
+    async def session(sandbox_id: str, host: str, body: dict[str, int] | None) -> str:
+        """A subdomain session through the ticket flow: the cookie the redemption sets."""
+        where = f"{base}/api/sandboxes/{sandbox_id}/open"
+        opened = await (http.post(where) if body is None else http.post(where, json=body))
+        url = (await opened.json())["url"]
+        redeemed = await http.get(
+            base + url.split(host, 1)[1], headers={"Host": host}, allow_redirects=False
+        )
+        return str(redeemed.headers.getRawHeaders("set-cookie")[0].split(";")[0])
+
+    out, shown = [], []
     for n in range(len(upstreams)):
         made = await (
             await http.post(f"{base}/api/workspaces/{wid}/sandboxes", json={"name": f"s{n}"})
@@ -92,14 +112,13 @@ async def setup(port: int, upstreams: list[int], settings: dict[str, int]) -> No
             "status"
         ] != "running":
             await defer.Deferred.fromCoroutine(_sleep(0.05))
-        url = (await (await http.post(f"{base}/api/sandboxes/{made['id']}/open")).json())["url"]
         host = f"oc-{made['id']}.localhost:{port}"
-        redeemed = await http.get(
-            base + url.split(host, 1)[1], headers={"Host": host}, allow_redirects=False
-        )
-        cookie = redeemed.headers.getRawHeaders("set-cookie")[0].split(";")[0]
-        out.append({"host": host, "cookie": cookie})
-    print(json.dumps({"sandboxes": out}), flush=True)
+        out.append({"host": host, "cookie": await session(made["id"], host, None)})
+        if previews:
+            host = f"oc-{made['id']}-p{upstreams[n]}.localhost:{port}"
+            cookie = await session(made["id"], host, {"port": upstreams[n]})
+            shown.append({"host": host, "cookie": cookie})
+    print(json.dumps({"sandboxes": out, "previews": shown}), flush=True)
 
 
 async def _sleep(seconds: float) -> None:
@@ -113,8 +132,9 @@ if __name__ == "__main__":
     ap.add_argument("port", type=int)
     ap.add_argument("upstreams", type=int, nargs="+")
     ap.add_argument("--proxy-workers", type=int)
+    ap.add_argument("--previews", action="store_true")
     args = ap.parse_args()
     settings = proxy_workers_setting(args.proxy_workers)
-    d = defer.Deferred.fromCoroutine(setup(args.port, args.upstreams, settings))
+    d = defer.Deferred.fromCoroutine(setup(args.port, args.upstreams, settings, args.previews))
     d.addErrback(lambda f: (f.printTraceback(), reactor.stop()))
     reactor.run()

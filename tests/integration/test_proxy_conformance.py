@@ -7,8 +7,10 @@ docs/architecture.md): no body on a keep-alive connection (``relay``: a relay wo
 plain listener, a HEAD twisted.web), a ``Content-Length`` body (a relay worker), a chunked
 body (twisted.web), a WebSocket upgrade (``ws``: a relay worker, or twisted.web's splice on
 TLS); each on the plain listener and on a TLS listener (where twisted.web carries everything),
-to a cloud sandbox and to a laptop's (a real cli-agent, over the tunnel: twisted.web). The
-whole module runs under a server configured for http and one for https. The dimensions are
+to a cloud sandbox, to a laptop's (a real cli-agent, over the tunnel: twisted.web) and to a
+preview of a port in the cloud sandbox (``oc-{id}-p{port}``: its own origin and session, the
+same engines, and never opencode's credential). The whole module runs under a server
+configured for http and one for https. The dimensions are
 varied one at a time over the others' safe defaults, plus the pairs that matter; the ids
 read as the cell (``https-relay-plain-cloud/guest/POST``).
 """
@@ -19,6 +21,7 @@ import base64
 import datetime
 import os
 import pathlib
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -31,12 +34,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.ssl import Certificate
 
 from cli_server.db.embedded import EmbeddedPostgres
 from cli_server.db.pool import Database
+from cli_server.sandboxes.backend import Endpoint
 from cli_server.sandboxes.opencode import basic_auth
 from cli_server.testing import FakeBackend
 
@@ -48,6 +52,15 @@ from .test_sandboxes_api import team, wait_status
 from .test_tunnel import Laptop
 
 BASE = "localhost:8080"  # the configured base domain, on both listeners
+PREVIEW_PORT = 5173  # the port previewed in a sandbox (the FAKE backend: the hostile upstream)
+SILENT_PORT = 5999  # a port nothing listens on in any sandbox
+# Preview keys: (the sandbox's key, the previewed port)
+PREVIEWS = {
+    "preview": ("running", PREVIEW_PORT),
+    "preview-silent": ("running", SILENT_PORT),
+    "preview-other": ("other", PREVIEW_PORT),
+    **{f"preview-{s}": (s, PREVIEW_PORT) for s in ("paused", "creating", "failed")},
+}
 
 
 @attrs.frozen
@@ -56,7 +69,7 @@ class Path:
 
     carrier: str  # relay | length | chunked | ws
     listener: str  # plain | tls
-    sandbox: str = "cloud"
+    sandbox: str = "cloud"  # cloud | local | preview (of a port in the cloud one)
 
     @property
     def name(self) -> str:
@@ -64,8 +77,9 @@ class Path:
 
     @property
     def key(self) -> str:
-        """The sandbox it reaches: the running cloud one, or the laptop's."""
-        return "local" if self.sandbox == "local" else "running"
+        """The sandbox it reaches: the running cloud one, the laptop's, or a port's preview in
+        the cloud one."""
+        return {"local": "local", "preview": "preview"}.get(self.sandbox, "running")
 
     @property
     def upgrade(self) -> bool:
@@ -84,6 +98,11 @@ PATHS = [
 ]
 CLOUD_PATHS = [p for p in PATHS if p.sandbox == "cloud"]
 HTTP_PATHS = [p for p in PATHS if not p.upgrade]
+# The preview's paths: the same engines as the cloud sandbox's (a relay worker on the plain
+# listener, twisted.web otherwise), their cells where the preview differs from opencode's.
+PREVIEW_PATHS = [
+    Path(c, li, "preview") for li in ("plain", "tls") for c in ("relay", "length", "chunked", "ws")
+]
 BODY = b'{"title": "\xc3\xa9t\xc3\xa9", "n": 1}'
 METHODS = [b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS"]
 
@@ -94,11 +113,20 @@ class StoppingBackend(FakeBackend):
     connections there, as a stopped opencode's end."""
 
     hostile: Hostile | None = None
+    nobody: int = 0  # a port nothing listens on: where SILENT_PORT's previews are
 
     def stop(self, sandbox_id: str) -> Deferred[None]:
         if self.hostile is not None:
             self.hostile.stop(f"oc-{sandbox_id}.{BASE}".encode())
+            self.hostile.stop(f"oc-{sandbox_id}-p{PREVIEW_PORT}.{BASE}".encode())
         return super().stop(sandbox_id)
+
+    def preview_endpoint(self, sandbox_id: str, port: int) -> Deferred[Endpoint | None]:
+        """A running sandbox's ports are the hostile upstream, but SILENT_PORT."""
+        running = self.running.get(sandbox_id)
+        if running is None:
+            return succeed(None)
+        return succeed(Endpoint("127.0.0.1", self.nobody if port == SILENT_PORT else running.port))
 
 
 @attrs.define
@@ -129,7 +157,13 @@ class World:
         return ours + b"; theirs=ok; cli_session=main-site-session; __Host-cli_session=main"
 
     def host(self, key: str = "running") -> bytes:
+        if key in PREVIEWS:
+            sandbox, port = PREVIEWS[key]
+            return f"oc-{self.sandboxes[sandbox]}-p{port}.{BASE}".encode()
         return f"oc-{self.sandboxes[key]}.{BASE}".encode()
+
+    def sandbox_id(self, key: str) -> str:
+        return self.sandboxes[PREVIEWS[key][0] if key in PREVIEWS else key]
 
     def own_origin(self, key: str = "running") -> bytes:
         return self.scheme + b"://" + self.host(key)
@@ -142,11 +176,13 @@ class World:
             self.passwords[sandbox_id] = str(row["opencode_password"])
         return self.passwords[sandbox_id]
 
-    async def open(self, who: Api, sandbox_id: str) -> str:
-        """A subdomain session for ``who`` through the ticket flow: the cli_sandbox value."""
-        made = await who.call("POST", f"/api/sandboxes/{sandbox_id}/open")
+    async def open(self, who: Api, sandbox_id: str, port: int | None = None) -> str:
+        """A subdomain session for ``who`` through the ticket flow (on the preview of
+        ``port``, if given): the cli_sandbox value."""
+        body = None if port is None else {"port": port}
+        made = await who.call("POST", f"/api/sandboxes/{sandbox_id}/open", body)
         assert made.code == 200, made
-        host = f"oc-{sandbox_id}.{BASE}"
+        host = f"oc-{sandbox_id}.{BASE}" if port is None else f"oc-{sandbox_id}-p{port}.{BASE}"
         path = made.body["url"].split(host, 1)[1]
         reply = await self.app.client().call("GET", path, headers={"Host": host})
         assert reply.code == 303, reply
@@ -197,7 +233,10 @@ async def world(request: Any, postgres: EmbeddedPostgres) -> AsyncIterator[World
     root = scratch_dir("cli-test-conformance-")
     laptops: list[Laptop] = []
     hostile, hostile_port = serve_hostile(reactor)
-    backend = StoppingBackend(serve_at=hostile_port.getHost().port, hostile=hostile)
+    with socket.socket() as unused:  # (bound, never listening: connections are refused)
+        unused.bind(("127.0.0.1", 0))
+        nobody = unused.getsockname()[1]
+    backend = StoppingBackend(serve_at=hostile_port.getHost().port, hostile=hostile, nobody=nobody)
     config = attrs.evolve(server_config(db_url), base_scheme=scheme)
     app = await start_server(db_url, backend=backend, config=config)
     key, cert = _self_signed(root)
@@ -222,7 +261,7 @@ async def world(request: Any, postgres: EmbeddedPostgres) -> AsyncIterator[World
             sandboxes[key] = made.body["id"]
             await wait_status(creator, made.body["id"], status)
 
-        pausing = [f"pause-{s}" for s in STREAMS if s.endswith("cloud")]
+        pausing = [f"pause-{s}" for s in STREAMS if not s.endswith("local")]
         for key in ("running", "other", "paused", *pausing):
             await make(key, owner, wid, "running")
         await owner.call("POST", f"/api/sandboxes/{sandboxes['paused']}/pause")
@@ -236,6 +275,15 @@ async def world(request: Any, postgres: EmbeddedPostgres) -> AsyncIterator[World
             w.cookies[who, "running"] = await w.open(people[who], sandboxes["running"])
         for key in ("paused", "failed"):
             w.cookies["developer", key] = await w.open(people["developer"], sandboxes[key])
+        for who in ("owner", "maintainer", "developer", "guest"):  # previews: their own sessions
+            w.cookies[who, "preview"] = await w.open(
+                people[who], sandboxes["running"], PREVIEW_PORT
+            )
+        for key in ("preview-silent", "preview-other", "preview-paused", "preview-failed"):
+            sandbox, port = PREVIEWS[key]
+            w.cookies["developer", key] = await w.open(
+                people["developer"], sandboxes[sandbox], port
+            )
         w.cookies["outsider", "elsewhere"] = await w.open(
             people["outsider"], sandboxes["elsewhere"]
         )
@@ -254,6 +302,9 @@ async def world(request: Any, postgres: EmbeddedPostgres) -> AsyncIterator[World
         made = await owner.call("POST", f"/api/workspaces/{wid}/sandboxes", {"name": "creating"})
         sandboxes["creating"] = made.body["id"]
         w.cookies["developer", "creating"] = await w.open(people["developer"], made.body["id"])
+        w.cookies["developer", "preview-creating"] = await w.open(
+            people["developer"], made.body["id"], PREVIEW_PORT
+        )
         w.ports = {"plain": app.port.getHost().port, "tls": tls.getHost().port}
         yield w
     finally:
@@ -393,6 +444,8 @@ async def run_cell(
         answer = await browser.answer(head_request=method == b"HEAD")
         if expect.kind == FORWARD:
             await _forwarded(w, path, browser, answer, method, expect, host, body, sandbox)
+            if path.sandbox == "preview":
+                await _carried_by(w, _engine(path, method))
         else:
             _refused(w, answer, expect)
     finally:
@@ -416,8 +469,12 @@ async def _forwarded(
     assert seen.line == b"%s %s HTTP/1.1" % (method, expect.target), seen.line
     assert seen.values(b"host") == [host]
     assert seen.values(b"cookie") == [b"theirs=ok"], seen.block
-    password = await w.password(w.sandboxes[sandbox])
-    assert seen.values(b"authorization") == [basic_auth(password)], seen.block
+    password = await w.password(w.sandbox_id(sandbox))
+    if sandbox in PREVIEWS:  # a preview never gets a credential: opencode's is for opencode
+        assert not seen.values(b"authorization"), seen.block
+        assert basic_auth(password) not in seen.block and password.encode() not in seen.block
+    else:
+        assert seen.values(b"authorization") == [basic_auth(password)], seen.block
     assert seen.values(b"x-forwarded-for") == [b"127.0.0.1"]
     assert seen.values(b"x-forwarded-proto") == [w.scheme]
     assert seen.values(b"x-forwarded-host") == [host]
@@ -448,6 +505,25 @@ async def _forwarded(
         assert answer.body == b""
     else:
         assert answer.body == ANSWER + b" " + seen.line
+
+
+def _engine(path: Path, method: bytes) -> str:
+    """Which engine carries a forwarded request (docs/architecture.md): a relay worker on the
+    plain listener, but a HEAD, a chunked body or a body on a method whose body means nothing;
+    twisted.web on TLS and for a laptop's sandbox."""
+    plain = path.listener == "plain" and path.sandbox != "local" and path.carrier != "chunked"
+    odd = method == b"HEAD" or (path.carrier == "length" and method in (b"GET", b"OPTIONS"))
+    return "worker" if plain and not odd else "web"
+
+
+async def _carried_by(w: World, engine: str) -> None:
+    """The cell's connection, still open, is a relay worker's (or none is: twisted.web's)."""
+    workers = w.app.server.relay_workers
+    wanted = 1 if engine == "worker" else 0  # (earlier cells' connections are closed by now)
+    try:
+        await wait_until(_reactor(), lambda: len(workers._carried) == wanted, timeout=5)
+    except TimeoutError:
+        raise AssertionError((engine, len(workers._carried))) from None
 
 
 def _clean_answer(answer: Answer) -> None:
@@ -512,11 +588,10 @@ def _guest_expect(path: Path, method: bytes, target: bytes) -> Expect:
     return Expect("json", 403)
 
 
-@pytest.mark.parametrize(
-    ("path", "role"),
-    [(p, r) for p in PATHS for r in ROLES],
-    ids=[cell_id(p, r) for p in PATHS for r in ROLES],
-)
+ROLE_CELLS = [(p, r) for p in PATHS + PREVIEW_PATHS for r in ROLES]
+
+
+@pytest.mark.parametrize(("path", "role"), ROLE_CELLS, ids=[cell_id(p, r) for p, r in ROLE_CELLS])
 @pytest_twisted.ensureDeferred
 async def test_role(world: World, path: Path, role: str) -> None:
     """Members' requests reach the sandbox; a guest's only if they only read; a session for
@@ -537,7 +612,13 @@ def _methods(path: Path) -> list[bytes]:
     return METHODS if path.carrier == "relay" else [m for m in METHODS if m != b"HEAD"]
 
 
-METHOD_CELLS = [(p, r, m) for p in HTTP_PATHS for r in ("developer", "guest") for m in _methods(p)]
+# (a preview's: on the plain listener, where a relay worker carries what it may)
+METHOD_CELLS = [
+    (p, r, m)
+    for p in HTTP_PATHS + [p for p in PREVIEW_PATHS if not p.upgrade and p.listener == "plain"]
+    for r in ("developer", "guest")
+    for m in _methods(p)
+]
 
 
 @pytest.mark.parametrize(
@@ -559,22 +640,33 @@ async def test_method(world: World, path: Path, role: str, method: bytes) -> Non
 
 
 STATUSES = ["running", "paused", "creating", "failed"]
-STATUS_CELLS = [(p, s) for p in CLOUD_PATHS for s in STATUSES] + [
-    (p, s) for p in PATHS if p.sandbox == "local" for s in ("local", "offline")
-]
+STATUS_CELLS = (
+    [(p, s) for p in CLOUD_PATHS for s in STATUSES]
+    + [(p, s) for p in PATHS if p.sandbox == "local" for s in ("local", "offline")]
+    + [
+        (p, "preview" if s == "running" else f"preview-{s}")
+        for p in PREVIEW_PATHS
+        if p.carrier in ("relay", "ws")
+        for s in STATUSES
+    ]
+)
+
+
+def _status_name(key: str) -> str:
+    return "running" if key in ("local", "preview") else key.removeprefix("preview-")
 
 
 @pytest.mark.parametrize(
     ("path", "status"),
     STATUS_CELLS,
-    ids=[cell_id(p, "running" if s == "local" else s) for p, s in STATUS_CELLS],
+    ids=[cell_id(p, _status_name(s)) for p, s in STATUS_CELLS],
 )
 @pytest_twisted.ensureDeferred
 async def test_status(world: World, path: Path, status: str) -> None:
     """A sandbox that is not running shows our status page; nothing is forwarded, an
     upgrade included."""
     target = b"/s?x=1"
-    running = status in ("running", "local")
+    running = _status_name(status) == "running"
     expect = Expect(FORWARD, target=target) if running else Expect("page", 503)
     cookie = world.session_cookie(world.cookies["developer", status])
     await run_cell(world, path, cookie=cookie, target=target, expect=expect, sandbox=status)
@@ -600,10 +692,11 @@ QUERIES = {
 }
 
 
+QUERY_CELLS = [(p, q) for p in PATHS + PREVIEW_PATHS for q in QUERIES]
+
+
 @pytest.mark.parametrize(
-    ("path", "query"),
-    [(p, q) for p in PATHS for q in QUERIES],
-    ids=[cell_id(p, q) for p in PATHS for q in QUERIES],
+    ("path", "query"), QUERY_CELLS, ids=[cell_id(p, q) for p, q in QUERY_CELLS]
 )
 @pytest_twisted.ensureDeferred
 async def test_credential_parameters(world: World, path: Path, query: str) -> None:
@@ -629,6 +722,9 @@ def _origin_headers(w: World, origin: str, key: str) -> list[tuple[bytes, bytes]
         "null-same-origin": [(b"Origin", b"null"), (b"Sec-Fetch-Site", b"same-origin")],
         "none": [],
         "same-site": [(b"Sec-Fetch-Site", b"same-site")],  # no Origin
+        # a preview's neighbours: the same sandbox's opencode, another port's preview
+        "opencode": [(b"Origin", w.own_origin("running"))],
+        "other-port": [(b"Origin", w.own_origin("preview-silent"))],
     }[origin]
 
 
@@ -648,7 +744,7 @@ ORIGIN_CELLS = [
     for p in PATHS
     for m in (METHODS if p.carrier == "relay" else [p.default_method])
     for o in ORIGINS
-]
+] + [(p, o, p.default_method) for p in PREVIEW_PATHS for o in [*ORIGINS, "opencode", "other-port"]]
 
 
 @pytest.mark.parametrize(
@@ -689,6 +785,9 @@ STREAMS = {
     "events-tls-local": ("tls", b"", "local"),
     "ws-plain-local": ("plain", None, "local"),
     "ws-tls-local": ("tls", None, "local"),
+    "events-relay-plain-preview": ("plain", b"", "preview"),  # a port's preview: a worker
+    "events-web-tls-preview": ("tls", b"", "preview"),
+    "ws-plain-preview": ("plain", None, "preview"),  # (a dev server's hot reload)
 }
 TRIGGERS = ["member-removed", "role-changed", "password-changed", "sandbox-paused"]
 # (a laptop's sandbox is not paused from here: it runs while its agent does)
@@ -715,9 +814,10 @@ async def test_revocation_mid_stream(world: World, stream: str, trigger: str) ->
     sandbox_id = w.sandboxes["local" if kind == "local" else "running"]
     if trigger == "sandbox-paused":  # (a sandbox of its own, as it stays paused)
         sandbox_id = w.sandboxes[f"pause-{stream}"]
-    token = await w.open(member, sandbox_id)
+    port = PREVIEW_PORT if kind == "preview" else None
+    token = await w.open(member, sandbox_id, port)
     path = Path("ws" if extra is None else "relay", listener, kind)
-    host = f"oc-{sandbox_id}.{BASE}".encode()
+    host = f"oc-{sandbox_id}{'' if port is None else f'-p{port}'}.{BASE}".encode()
     request, _ = build(
         path,
         host,
@@ -863,7 +963,7 @@ async def test_keep_alive_follow_up(world: World, first: Path, follow_up: str) -
 # page that opens the sandbox; a guest's form gets the read-only page. (path, role, method)
 NAVIGATION_CELLS = [
     (p, role, m)
-    for p in HTTP_PATHS
+    for p in HTTP_PATHS + [p for p in PREVIEW_PATHS if not p.upgrade]
     for role, methods in (("signed-out", [b"GET", b"HEAD"]), ("guest", [b"POST", b"PUT"]))
     for m in methods
     if p.carrier == "relay" or m not in (b"GET", b"HEAD")
@@ -880,9 +980,11 @@ async def test_navigation(world: World, path: Path, role: str, method: bytes) ->
     """Pages the browser shows: a fixed redirect for the signed-out (never an open one), the
     read-only page for a guest's form; nothing forwarded."""
     w = world
-    sandbox_id = w.sandboxes[path.key]
+    sandbox_id = w.sandbox_id(path.key)
     if role == "signed-out":
         dashboard = w.scheme + b"://" + BASE.encode() + b"/open/" + sandbox_id.encode()
+        if path.sandbox == "preview":  # (back to the same port once signed in)
+            dashboard += b"?port=%d" % PREVIEW_PORT
         expect = Expect("redirect", 303, target=dashboard)
     else:
         expect = Expect("page", 403)
@@ -895,3 +997,89 @@ async def test_navigation(world: World, path: Path, role: str, method: bytes) ->
         headers=[(b"Origin", w.own_origin(path.key)), (b"Sec-Fetch-Mode", b"navigate")],
         expect=expect,
     )
+
+
+# A preview's keep-alive connection: after a developer's GET on the preview of PREVIEW_PORT,
+# a next request for another origin (the same sandbox's opencode, another port, the same port
+# of another sandbox) is decided afresh by the server, as on a connection of its own: the
+# preview's session opens none of them, and opencode's own session gets opencode's answer
+# with opencode's credential. (host key, cookie's key, method, carrier, expected kind, status)
+PREVIEW_FOLLOW_UPS: dict[str, tuple[str, str, bytes, str, str, int]] = {
+    "same-get": ("preview", "preview", b"GET", "relay", FORWARD, 200),
+    "post": ("preview", "preview", b"POST", "length", FORWARD, 200),
+    "websocket": ("preview", "preview", b"GET", "ws", FORWARD, 101),
+    "opencode-host": ("running", "preview", b"GET", "relay", "page", 401),
+    "opencode-host-upgrade": ("running", "preview", b"GET", "ws", "page", 401),
+    "other-port-host": ("preview-silent", "preview", b"GET", "relay", "page", 401),
+    "other-sandbox-host": ("preview-other", "preview", b"GET", "relay", "page", 401),
+    "opencode-session": ("running", "running", b"GET", "relay", FORWARD, 200),
+}
+PREVIEW_FOLLOW_UP_CELLS = [(li, f) for li in ("plain", "tls") for f in PREVIEW_FOLLOW_UPS]
+
+
+@pytest.mark.parametrize(
+    ("listener", "follow_up"),
+    PREVIEW_FOLLOW_UP_CELLS,
+    ids=[cell_id(f"relay-{li}-preview", "keep-alive", f) for li, f in PREVIEW_FOLLOW_UP_CELLS],
+)
+@pytest_twisted.ensureDeferred
+async def test_preview_keep_alive_follow_up(world: World, listener: str, follow_up: str) -> None:
+    """A connection a preview's request opened (a relay worker's, on the plain listener)
+    carries that preview only: each other origin's request on it is routed afresh, and never
+    reaches the sandbox with the preview's session or opencode's credential."""
+    w = world
+    key, cookie_key, method, carrier, kind, status = PREVIEW_FOLLOW_UPS[follow_up]
+    first = Path("relay", listener, "preview")
+    before, _ = build(
+        first,
+        w.host("preview"),
+        b"GET",
+        b"/first",
+        w.session_cookie(w.cookies["developer", "preview"]),
+        [(b"Origin", w.own_origin("preview"))],
+    )
+    await run_cell(
+        w,
+        Path(carrier, listener, "cloud" if key == "running" else "preview"),
+        method=method,
+        target=b"/f?x=1",
+        cookie=w.session_cookie(w.cookies["developer", cookie_key]),
+        headers=[(b"Origin", w.own_origin(key))],
+        expect=Expect(kind, status, target=b"/f?x=1"),
+        sandbox=key,
+        before=before,
+    )
+
+
+NOTHING_LISTENING_CELLS = [p for p in PREVIEW_PATHS if p.carrier in ("relay", "length", "ws")]
+
+
+@pytest.mark.parametrize(
+    "path",
+    NOTHING_LISTENING_CELLS,
+    ids=[cell_id(p, "nothing-listening") for p in NOTHING_LISTENING_CELLS],
+)
+@pytest_twisted.ensureDeferred
+async def test_preview_of_a_port_nothing_listens_on(world: World, path: Path) -> None:
+    """A port nothing listens on yet (the dev server not started): our status page, which
+    refreshes itself, on every engine (a relay worker gives the refused request back to the
+    server, which answers as twisted.web does)."""
+    w = world
+    request, _ = build(
+        path,
+        w.host("preview-silent"),
+        path.default_method,
+        b"/",
+        w.session_cookie(w.cookies["developer", "preview-silent"]),
+        [(b"Origin", w.own_origin("preview-silent"))],
+    )
+    w.hostile.reset()
+    browser = await w.browser(path)
+    try:
+        browser.send(request)
+        answer = await browser.answer()
+    finally:
+        browser.close()
+    _refused(w, answer, Expect("page", 503))
+    assert b"Nothing is listening on %d" % SILENT_PORT in answer.body, answer.body[:400]
+    assert b"refresh" in answer.body.lower()

@@ -163,7 +163,7 @@ class Door:
 def door(
     workers: FakeWorkers | None = None,
     live: LiveStreams | None = None,
-    replay: tuple[bytes, Back] | None = None,
+    replay: tuple[bytes, Back] | tuple[bytes, Back, int | None] | None = None,
     site: Any = None,
     **access: Any,
 ) -> Door:
@@ -185,7 +185,7 @@ def door(
     site = FakeSite() if site is None else site
     router = Router(routes, site, None, clock)
     router.factory = RouterFactory(site, routes, clock)
-    router.replay = replay
+    router.replay = replay if replay is None or len(replay) == 3 else (*replay, None)
     browser = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 5555))
     router.makeConnection(browser)
     return Door(router, browser, workers, site, fake_access, endpoints, clock)
@@ -388,6 +388,10 @@ def test_a_connection_back_from_a_worker_takes_up_where_it_left_off() -> None:
     assert d.got().startswith(b"HTTP/1.1 504 ") and d.browser.disconnecting
     d = door(replay=(b"", Back.FAILED))  # an upload the sandbox dropped: not sent twice
     assert d.got().startswith(b"HTTP/1.1 503 ") and d.browser.disconnecting
+    assert b"Starting your sandbox" in d.got()
+    d = door(replay=(b"", Back.FAILED, 5173))  # ... by a preview's dev server: SandboxSite's page
+    assert d.got().startswith(b"HTTP/1.1 503 ") and d.browser.disconnecting
+    assert b"Nothing is listening on 5173 yet" in d.got() and b'http-equiv="refresh"' in d.got()
 
 
 def test_a_refused_request_a_worker_gave_back_goes_to_twisted_web() -> None:
@@ -431,7 +435,7 @@ def test_a_connection_back_from_a_worker_unanswered_makes_the_sandbox_asked_agai
     for why in (Back.TIMED_OUT, Back.DROPPED, Back.FAILED, Back.ASK):
         a, b = socket.socketpair()
         factory.take_back(a, b"", why, SID)
-        assert adopted[-1] == (socket.AF_UNIX, (b"", why))
+        assert adopted[-1] == (socket.AF_UNIX, (b"", why, None))
         assert factory._replay is None and a.fileno() == -1  # (the reactor has its own)
         b.close()
     assert d.endpoints.forgotten == [SID] * 3  # (not for a request the grant did not cover)
@@ -571,3 +575,25 @@ def test_a_preview_grant_ends_when_its_port_moves_or_is_revoked() -> None:
     assert lease.renew() == 1.0
     live.cut(1, sandbox_id=SID)  # the sandbox paused, say: its previews are cut too
     assert lease.renew() is None
+
+
+def test_a_preview_connection_a_worker_could_not_serve_comes_back_with_its_port() -> None:
+    """A preview's dev server that dropped a request unanswered: the connection comes back
+    with the preview's port, for the page to say nothing is listening on it."""
+    from attrs import evolve
+
+    d = door(port=5173)
+    d.endpoints.previews[5173] = DEV_SERVER
+    d.send(get(b"/", host=PREVIEW_HOST))
+    adopted: list[Any] = []
+
+    class Reactor:
+        def adoptStreamConnection(self, fd: int, family: int, factory: Any) -> None:
+            adopted.append(factory._replay)
+
+    lease = d.workers.served[0][-1]
+    factory = RouterFactory(FakeSite(), d.router.factory.routes, Reactor())
+    a, b = socket.socketpair()
+    evolve(lease, factory=factory).take_back(a, b"", Back.FAILED, SID)
+    b.close()
+    assert adopted == [(b"", Back.FAILED, 5173)] and d.endpoints.forgotten == [SID]

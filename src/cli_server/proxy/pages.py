@@ -34,6 +34,16 @@ STATUS_TEXT = {
 }
 
 
+def not_listening(port: int) -> tuple[str, str]:
+    """The title and text of a preview's page when nothing answers on its port (with a
+    refresh: the dev server may start any moment)."""
+    return (
+        f"Nothing is listening on {port} yet",
+        f"Nothing is listening on {port} in this sandbox yet. Start the app there"
+        " (on any address of the sandbox); this page reloads by itself.",
+    )
+
+
 PAGE_HEADERS = (
     (b"content-type", b"text/html; charset=utf-8"),
     (b"cache-control", b"no-store"),

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 
 from cli_server.client_address import TrustedProxies
 from cli_server.nodelay import no_delay
-from cli_server.proxy.pages import PAGE_HEADERS, STATUS_TEXT, page_html
+from cli_server.proxy.pages import PAGE_HEADERS, STATUS_TEXT, not_listening, page_html
 from cli_server.proxy.relay.wire import Back, Grant
 from cli_server.proxy.request_head import MAX_HEAD, RequestHead, head_end, parse_head
 from cli_server.proxy.routes import Route, Routes
@@ -50,7 +50,7 @@ class _Lease:
         return self.routes.renewal(self.head, self.route)
 
     def take_back(self, sock: socket.socket, data: bytes, why: Back, sandbox_id: str) -> None:
-        self.factory.take_back(sock, data, why, sandbox_id)
+        self.factory.take_back(sock, data, why, sandbox_id, self.route.port)
 
 
 def _ip(host: str) -> bool:
@@ -75,20 +75,22 @@ class Router(Protocol):
         # Whether the connection may go to a worker: not when it just came back from one
         # unanswered (see ``RouterFactory.take_back``): twisted.web tries it then.
         self._may_pass = True
-        self.replay: tuple[bytes, Back] | None = None  # what it brought back from there
+        # What it brought back from there, and the preview port it was granted for (if any).
+        self.replay: tuple[bytes, Back, int | None] | None = None
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
         self._peer = str(getattr(self.transport.getPeer(), "host", "")).encode()  # type: ignore[union-attr]
         self._timer = self._reactor.callLater(self._routes.timeout, self._expired)
         if self.replay is not None:
-            data, why = self.replay
+            data, why, port = self.replay
             self.replay = None
             if why is Back.TIMED_OUT:
                 self._page(504, "The sandbox is not answering", "It took too long. Try again.")
                 return
-            if why is Back.FAILED:
-                self._page(503, *STATUS_TEXT["starting"], refresh=3)  # as SandboxSite says it
+            if why is Back.FAILED:  # (as SandboxSite says it)
+                text = STATUS_TEXT["starting"] if port is None else not_listening(port)
+                self._page(503, *text, refresh=3)
                 return
             self._may_pass = why is not Back.DROPPED
             self.dataReceived(data)
@@ -213,7 +215,7 @@ class RouterFactory(Factory):
 
     def __init__(self, site: Any, routes: Routes, reactor: Any) -> None:
         self.site, self.routes, self._reactor = site, routes, reactor
-        self._replay: tuple[bytes, Back] | None = None  # for the connection being taken back
+        self._replay: tuple[bytes, Back, int | None] | None = None  # (the one being taken back)
 
     def startFactory(self) -> None:
         self.site.doStart()
@@ -227,12 +229,15 @@ class RouterFactory(Factory):
         router.replay, self._replay = self._replay, None
         return router
 
-    def take_back(self, sock: socket.socket, data: bytes, why: Back, sandbox_id: str) -> None:
+    def take_back(
+        self, sock: socket.socket, data: bytes, why: Back, sandbox_id: str, port: int | None = None
+    ) -> None:
         """A connection a worker served comes back: a Router takes it up as a new one,
-        starting with ``data``, the bytes the browser sent that were not used."""
+        starting with ``data``, the bytes the browser sent that were not used (``port``: the
+        preview port it was granted for)."""
         if why is not Back.ASK:
             self.routes.failed_sandbox(sandbox_id)  # it may have moved: ask the backend next time
-        self._replay = (data, why)
+        self._replay = (data, why, port)
         try:
             sock.setblocking(False)
             self._reactor.adoptStreamConnection(sock.fileno(), sock.family, self)

@@ -31,7 +31,13 @@ from cli_server.proxy.hygiene import (
     only,
 )
 from cli_server.proxy.live import LiveStreams, Whose
-from cli_server.proxy.pages import PAGE_HEADERS, STATUS_TEXT, landing_html, page_html
+from cli_server.proxy.pages import (
+    PAGE_HEADERS,
+    STATUS_TEXT,
+    landing_html,
+    not_listening,
+    page_html,
+)
 from cli_server.proxy.websocket import splice
 from cli_server.roles import Role
 from cli_server.sandboxes.activity import ActivityRecorder
@@ -232,14 +238,7 @@ class SandboxSite(Resource):
         if not ok and access.is_local and self._tunnels.session(sandbox_id) is None:
             self._status_page(request, "offline", access)  # the agent left meanwhile
         elif not ok and port is not None:
-            self._page(
-                request,
-                503,
-                f"Nothing is listening on {port} yet",
-                f"Nothing is listening on {port} in this sandbox yet. Start the app there"
-                " (on any address of the sandbox); this page reloads by itself.",
-                refresh=3,
-            )
+            self._page(request, 503, *not_listening(port), refresh=3)
         elif not ok and access.is_local:
             self._page(
                 request,

@@ -15,7 +15,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from .conftest import Running, _reactor, server_config, start_server, stop_server
 from .helpers import Api, Wire, free_port, wait_until
-from .test_sandboxes_api import team, wait_status
+from .test_sandboxes_api import team as team_of
+from .test_sandboxes_api import wait_status
+from .test_tunnel import Laptop, Team, team  # noqa: F401  (a fixture: a server for agents)
 from .upstream import DevServer, PreviewBackend, Recorder, serve, serve_dev_server
 
 VITE = 5173  # a port with a dev server on it
@@ -122,7 +124,7 @@ async def previews(db_url: str) -> AsyncIterator[Previews]:
         closed=free_port(),
     )
     app = await start_server(db_url, backend=backend, config=server_config(db_url))
-    people, wid = await team(app)
+    people, wid = await team_of(app)
     made = await people["owner"].call("POST", f"/api/workspaces/{wid}/sandboxes", {"name": "p"})
     await wait_status(people["owner"], made.body["id"], "running")
     yield Previews(app, opencode, dev, backend, people, wid, made.body["id"])
@@ -358,3 +360,43 @@ async def test_revocation_cuts_an_open_preview_websocket(previews: Previews) -> 
     await wait_status(people["owner"], previews.sandbox, "paused")
     page = await previews.visit("/", cookie=cookie)
     assert page.code == 503 and b"paused" in page.body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_laptop_port_its_agent_does_not_share_is_a_page(team: Team) -> None:  # noqa: F811
+    """A local sandbox's preview goes through its agent's tunnel, and only to ports the laptop
+    user allowed: this agent runs without --allow-port, so port 5173 is a page saying so,
+    while opencode (a FAKE one on the laptop) is still reached."""
+    reactor = _reactor()
+    laptop_opencode, listening = serve(reactor)
+    laptop = Laptop(team.root, team.base, f"http://127.0.0.1:{listening.getHost().port}")
+    try:
+        laptop.register(await team.code())
+        await team.wait_status("running")
+        sandbox_id = (await team.local_sandbox())["id"]
+        opened = await team.owner.call("POST", f"/api/sandboxes/{sandbox_id}/open", {"port": VITE})
+        host = f"oc-{sandbox_id}-p{VITE}.localhost:{team.port}"
+        redeemed = await team.app.client().call(
+            "GET", opened.body["url"].split(host, 1)[1], headers={"Host": host}
+        )
+        assert redeemed.code == 303, redeemed
+        cookie = redeemed.headers.getRawHeaders("set-cookie")[0].split(";")[0]
+        page = await team.app.client().call("GET", "/", headers={"Host": host, "Cookie": cookie})
+        assert page.code == 403, page
+        assert (
+            b"Port 5173 is not shared by this laptop: its agent runs without --allow-port 5173."
+            in page.body
+        )
+        _, opencode_cookie = await team.open(sandbox_id)
+        home = await team.app.client().call(
+            "GET",
+            "/echo",
+            headers={
+                "Host": f"oc-{sandbox_id}.localhost:{team.port}",
+                "Cookie": f"cli_sandbox={opencode_cookie}",
+            },
+        )
+        assert home.code == 200 and laptop_opencode.seen[-1]["uri"] == "/echo"
+    finally:
+        laptop.kill()
+        await listening.stopListening()

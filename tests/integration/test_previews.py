@@ -215,7 +215,8 @@ async def test_guests_only_read_a_preview(previews: Previews) -> None:
     before = len(previews.dev.recorder.seen)
     own = {"Origin": f"http://{previews.host()}"}
     for method in ("POST", "PUT", "PATCH", "DELETE"):
-        assert (await previews.visit("/x", method, cookie=guest, body={}, headers=own)).code == 403
+        refusal = await previews.visit("/x", method, cookie=guest, body={}, headers=own)
+        assert refusal.code == 403 and "previews are read-only" in json.dumps(refusal.body)
     await refused(await previews.socket(guest))
     assert len(previews.dev.recorder.seen) == before and not previews.dev.sockets.handshakes
     developer = await previews.open("developer")
@@ -333,12 +334,19 @@ async def test_revocation_cuts_an_open_preview_websocket(previews: Previews) -> 
         await echoed(wire, b"ping")
         return wire
 
-    wire = await opened("developer")
+    async def recent() -> bool:
+        (row,) = await previews.app.db.query(
+            "SELECT last_activity_at > now() - interval '1 minute' AS recent FROM sandboxes"
+        )
+        return bool(row["recent"])
+
+    cookie = await previews.open("developer")
+    assert not await recent()  # (opening is no activity)
+    wire = await previews.socket(cookie)
+    await wait_until(reactor, lambda: b"\r\n\r\n" in wire.received, timeout=10)
+    await echoed(wire, b"ping")
     await wait_until(reactor, lambda: previews.dev.sockets.open == 1, timeout=10)
-    (row,) = await previews.app.db.query(
-        "SELECT last_activity_at > now() - interval '1 minute' AS recent FROM sandboxes"
-    )
-    assert row["recent"]
+    await wait_until(reactor, recent, timeout=10)
     await people["developer"].call("POST", "/api/auth/logout")
     await wire.closed
     await wait_until(reactor, lambda: previews.dev.sockets.open == 0, timeout=10)

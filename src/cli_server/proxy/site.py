@@ -50,6 +50,12 @@ _GUEST_REFUSAL = json.dumps(
         "data": {"message": "You are a guest in this workspace: opencode is read-only for you."},
     }
 ).encode()
+_GUEST_PREVIEW_REFUSAL = json.dumps(
+    {
+        "name": "Forbidden",
+        "data": {"message": "You are a guest in this workspace: previews are read-only for you."},
+    }
+).encode()
 _LAND_PATH = b"/_cli/open"  # where a sandbox link lands once signed in (landing_html)
 _PAGES = {  # status, title, text
     rules.Why.BAD_TARGET: (400, "Bad request", "That address cannot be served."),
@@ -273,7 +279,8 @@ class SandboxSite(Resource):
             request.setResponseCode(403)
             request.setHeader(b"content-type", b"application/json")
             request.setHeader(b"cache-control", b"no-store")
-            self._finish(request, _GUEST_REFUSAL)
+            is_preview = isinstance(verdict, rules.Page) and verdict.port is not None
+            self._finish(request, _GUEST_PREVIEW_REFUSAL if is_preview else _GUEST_REFUSAL)
         elif why is rules.Why.NOT_RUNNING and access is not None:
             self._status_page(request, access.status, access)
         elif why is rules.Why.NOT_FOUND and isinstance(verdict, rules.Page) and verdict.detail:

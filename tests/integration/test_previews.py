@@ -373,7 +373,14 @@ async def test_revocation_cuts_an_open_preview_websocket(previews: Previews) -> 
     await wire.closed
     await wait_status(people["owner"], previews.sandbox, "paused")
     page = await previews.visit("/", cookie=cookie)
-    assert page.code == 503 and b"paused" in page.body
+    assert page.code == 503 and b"paused" in page.body and b"/_cli/resume" in page.body
+    resumed = await previews.visit(
+        "/_cli/resume", "POST", cookie=cookie, headers={"Origin": f"http://{previews.host()}"}
+    )
+    assert resumed.code == 303 and resumed.headers.getRawHeaders("location") == ["/"]
+    await wait_status(people["owner"], previews.sandbox, "running")
+    assert (await previews.visit("/again", cookie=cookie)).code == 200  # (the app, not opencode)
+    assert previews.dev.recorder.seen[-1]["uri"] == "/again"
 
 
 @pytest_twisted.ensureDeferred

@@ -314,16 +314,21 @@ def test_what_no_worker_may_carry_goes_to_twisted_web_byte_for_byte() -> None:
     assert guest.handed == [terminal]  # (but types nothing: the read-only page)
 
 
-def test_previews_go_to_twisted_web_until_the_workers_carry_them() -> None:
-    """A request for a preview (``oc-{id}-p{port}``), with a session or without, a good port or
-    a bad one, is handed to twisted.web byte for byte: its session is never looked up here,
-    and no worker is given it."""
-    for port in (b"5173", b"4096", b"80", b"abc"):
+def test_a_preview_of_a_port_that_cannot_be_previewed_goes_to_twisted_web() -> None:
+    """A preview address with a bad port (opencode's own 4096, 80, not a number) is handed to
+    twisted.web byte for byte (its page says why): its session is never looked up here, and
+    no worker is given it; a good port's request with opencode's session goes there too."""
+    for port in (b"4096", b"80", b"abc", b"05173"):
         preview = get().replace(HOST, f"oc-{SID}-p".encode() + port + b".localhost:8080")
-        d = door()
+        d = door(port=5173)
         d.send(preview)
         assert d.handed == [preview] and d.workers.served == [], port
         assert d.access.waiting == []
+    preview = get().replace(HOST, PREVIEW_HOST)
+    d = door()  # (the session is opencode's)
+    d.endpoints.previews[5173] = DEV_SERVER
+    d.send(preview)
+    assert d.handed == [preview] and d.workers.served == []
 
 
 def test_without_a_worker_or_a_plain_socket_twisted_web_carries_it() -> None:

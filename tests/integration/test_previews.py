@@ -329,7 +329,8 @@ async def test_nothing_listening_is_a_page_that_reloads(previews: Previews) -> N
 @pytest_twisted.ensureDeferred
 async def test_revocation_cuts_an_open_preview_websocket(previews: Previews) -> None:
     """Logout, a role change and a pause each cut a preview's open WebSocket, as they cut
-    opencode's terminal; the preview's traffic keeps the sandbox awake meanwhile."""
+    opencode's terminal, and a member's removal their event stream; the preview's traffic
+    keeps the sandbox awake meanwhile."""
     reactor, people = _reactor(), previews.people
     await previews.app.db.execute("UPDATE sandboxes SET last_activity_at = now() - interval '1h'")
     previews.app.server.activity._written.clear()
@@ -364,6 +365,21 @@ async def test_revocation_cuts_an_open_preview_websocket(previews: Previews) -> 
     )
     await wire.closed
     await wait_until(reactor, lambda: previews.dev.sockets.open == 0, timeout=10)
+
+    # A guest's event stream (guests read) ends when the guest is removed.
+    guest = await previews.open("guest")
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", previews.app.port.getHost().port)
+    stream = await connectProtocol(endpoint, Wire())
+    stream.transport.write(  # type: ignore[union-attr]
+        f"GET /ticks HTTP/1.1\r\nHost: {previews.host()}\r\n"
+        f"Cookie: cli_sandbox={guest}\r\n\r\n".encode()
+    )
+    stream.closed.addTimeout(20, reactor)
+    await wait_until(reactor, lambda: stream.received.count(b"data: tick") >= 2, timeout=10)
+    guest_id = people["guest"].user["id"]  # type: ignore[index]
+    await people["owner"].call("DELETE", f"/api/workspaces/{previews.workspace}/members/{guest_id}")
+    await stream.closed
+    await wait_until(reactor, lambda: previews.dev.recorder.ticking == 0, timeout=10)
 
     cookie = await previews.open("owner")
     wire = await previews.socket(cookie)

@@ -10,6 +10,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from cli_server.tunnel.agent import AgentError, TunnelAgent, check_url, default_config_path
+from cli_server.tunnel.shared_ports import check_not_opencode, parse_ports
 
 
 class Options(usage.Options):
@@ -44,7 +45,17 @@ class Options(usage.Options):
         ],
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self["allow-port"] = []
+
+    def opt_allow_port(self, ports: str) -> None:
+        """Share these ports of this machine's 127.0.0.1 with the workspace as previews, e.g.
+        5173,8000 (repeatable; for this run only; none by default)."""
+        self["allow-port"].append(ports)
+
     def postOptions(self) -> None:
+        self._allowed_ports()
         try:
             for option in ("server", "opencode-url"):
                 if self[option] is not None:
@@ -67,6 +78,16 @@ class Options(usage.Options):
             )
         self["config"] = config.absolute()
 
+    def _allowed_ports(self) -> None:
+        try:
+            self["allow-port"] = parse_ports(self["allow-port"])
+            if self["opencode-url"] is not None:  # (else the saved one, checked at start)
+                check_not_opencode(
+                    self["allow-port"], check_url("--opencode-url", self["opencode-url"])
+                )
+        except (ValueError, AgentError) as e:
+            raise usage.UsageError(str(e)) from None
+
 
 def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
@@ -83,5 +104,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         code=options["code"],
         name=options["name"],
         use_server_key=bool(options["use-server-key"]),
+        allowed_ports=options["allow-port"],
         on_fatal=exit_with_error(reactor),
     )

@@ -37,6 +37,7 @@ from cli_server.nodelay import no_delay
 from cli_server.tunnel.carrier import SessionCarrier
 from cli_server.tunnel.frames import MAX_MESSAGE
 from cli_server.tunnel.mux import Session, Stream
+from cli_server.tunnel.shared_ports import LoopbackEndpoint, check_not_opencode
 
 STABLE_AFTER = 30.0  # a connection that lasted this long resets the backoff
 CONNECT_TIMEOUT = 10.0
@@ -269,6 +270,36 @@ class OpencodeConnector:
         d.addCallbacks(connected, failed)
 
 
+@define(eq=False)
+class PortConnector:
+    """Connects a stream that names a port to that port on this machine's loopback if its
+    user shares it (``--allow-port``), and refuses it otherwise, whatever the server asked."""
+
+    _reactor: Any
+    _ports: frozenset[int]
+    _log = Logger()
+
+    def accept(self, session: Session, stream: Stream) -> None:
+        port = stream.port
+        if port not in self._ports:
+            self._log.warn("refused the server a stream to port {port}: not shared", port=port)
+            stream.reset(f"port {port} is not shared by this laptop (--allow-port)")
+            return
+        side = _ToTunnel(stream)
+
+        def connected(_: object) -> None:
+            if stream.closed:
+                assert side.transport is not None
+                side.transport.loseConnection()
+                return
+            session.accept_stream(stream, _ToOpencode(side))
+
+        def failed(f: Failure) -> None:
+            stream.reset(f"nothing is listening on port {port} on the agent's machine")
+
+        connectProtocol(LoopbackEndpoint(self._reactor, port), side).addCallbacks(connected, failed)
+
+
 class TunnelClientFactory(WebSocketClientFactory):
     def __init__(self, agent: TunnelAgent, credentials: Credentials) -> None:
         super().__init__(
@@ -340,6 +371,7 @@ class TunnelAgent(Service):
     backoff: Backoff = field(factory=Backoff)
     ping_interval: float = 15.0
     dead_after: float = 45.0
+    allowed_ports: tuple[int, ...] = ()  # --allow-port: shared for this run only
     credentials: Credentials | None = field(default=None, init=False)
     _client: ClientService | None = field(default=None, init=False)
     _connector: OpencodeConnector | None = field(default=None, init=False)
@@ -400,6 +432,10 @@ class TunnelAgent(Service):
             if self._opencode_url and self._opencode_url != credentials.opencode_url:
                 credentials = evolve(credentials, opencode_url=self._opencode_url)
                 credentials.save(self._config_path)
+        try:
+            check_not_opencode(self.allowed_ports, credentials.opencode_url)
+        except ValueError as e:
+            raise AgentError(str(e)) from None
         self.credentials = credentials
         self._connector = OpencodeConnector(
             client_endpoint(self._reactor, credentials.opencode_url), credentials.opencode_url
@@ -417,16 +453,25 @@ class TunnelAgent(Service):
             name=credentials.name,
             url=credentials.opencode_url,
         )
+        if self.allowed_ports:
+            self._log.info(
+                "sharing ports {ports} of this machine's loopback with the workspace",
+                ports=", ".join(str(p) for p in self.allowed_ports),
+            )
         if self.running:
             self._client.startService()
 
     def new_session(self, send: Callable[[bytes], None], close: Any) -> Session:
         assert self.credentials is not None and self._connector is not None
         connector = self._connector
+        ports = PortConnector(self._reactor, frozenset(self.allowed_ports))
         session: Session
 
         def accept(stream: Stream) -> None:
-            connector.accept(session, stream)
+            if stream.port is None:
+                connector.accept(session, stream)
+            else:
+                ports.accept(session, stream)
 
         session = Session(
             self._reactor,
@@ -436,6 +481,7 @@ class TunnelAgent(Service):
             label=self.credentials.sandbox_id,
             accept=accept,
             agent_name=f"cli-agent/{__version__.public()}",
+            ports=self.allowed_ports,
             ping_interval=self.ping_interval,
             dead_after=self.dead_after,
         )

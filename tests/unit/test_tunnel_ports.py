@@ -9,13 +9,14 @@ The two sessions are connected back to back in memory.
 from __future__ import annotations
 
 import json
+import random
 from collections import deque
 from pathlib import Path
 from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectError, ConnectionDone
+from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
 from twisted.internet.error import ConnectionRefusedError as TCPConnectionRefused
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -399,3 +400,41 @@ def test_an_agent_sharing_nothing_sends_a_version_1_compatible_hello(tmp_path: P
     hello = laptop.agent_sent[0]
     assert set(hello.fields) == {"versions", "agent"}
     assert hello["versions"] == [1, 2]
+
+
+def closed_as_tcp_closes(protocol: Protocol, transport: StringTransport, reason: Exception) -> None:
+    """What a real TCP connection does when it closes: stop its producer, then tell its
+    protocol (twisted.internet.tcp.Connection.connectionLost, in that order)."""
+    if transport.producer is not None:
+        transport.producer.stopProducing()
+    protocol.connectionLost(Failure(reason))
+
+
+def test_a_reply_followed_by_a_close_arrives_whole(tmp_path: Path) -> None:
+    """An HTTP/1.0 dev server writes its reply and closes at once, while most of it still
+    waits for credit: every byte reaches the server, then a clean end."""
+    laptop = Laptop(tmp_path, (8000,))
+    d = connect(laptop, 8000)
+    server, transport = laptop.answer()
+    client = result_of(d)
+    reply = random.Random(2).randbytes(3 * 512 * 1024 + 5)
+    server.dataReceived(reply)
+    closed_as_tcp_closes(server, transport, ConnectionDone())
+    laptop.pump()
+    assert bytes(client.received) == reply
+    assert len(client.lost) == 1 and client.lost[0].check(ConnectionDone)
+    assert "reset" not in [f.type for f in laptop.agent_sent]
+
+
+def test_a_local_connection_reset_is_not_a_clean_end(tmp_path: Path) -> None:
+    """A dev server that crashes mid-reply: the server's side sees the stream cut, not a
+    complete-looking short reply."""
+    laptop = Laptop(tmp_path, (8000,))
+    d = connect(laptop, 8000)
+    server, transport = laptop.answer()
+    client = result_of(d)
+    server.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart")
+    closed_as_tcp_closes(server, transport, ConnectionLost())
+    laptop.pump()
+    assert len(client.lost) == 1 and not client.lost[0].check(ConnectionDone)
+    assert [f.type for f in laptop.agent_sent if f.stream] == ["opened", "data", "reset"]

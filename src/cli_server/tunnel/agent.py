@@ -26,11 +26,12 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from cli_server._version import __version__
 from cli_server.nodelay import no_delay
@@ -208,7 +209,29 @@ class _ToTunnel(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
         self.stream.unregisterProducer()
-        self.stream.loseConnection()
+        if reason.check(ConnectionDone):
+            self.stream.loseConnection()  # what is still buffered goes first
+        else:
+            self.stream.abortConnection()  # (a reset: a cut reply must not look complete)
+
+
+@implementer(IPushProducer)
+@frozen
+class _Reader:
+    """The stream as the producer of the local connection. The connection stops its
+    producer when it closes: that must not reset the stream, whose last bytes (a reply
+    followed by a close, as HTTP/1.0 servers do) are still on their way to the server."""
+
+    stream: Stream
+
+    def pauseProducing(self) -> None:
+        self.stream.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.stream.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass  # (_ToTunnel.connectionLost ends the stream, cleanly or not)
 
 
 class _ToOpencode(Protocol):
@@ -219,7 +242,8 @@ class _ToOpencode(Protocol):
 
     def connectionMade(self) -> None:
         opencode: Any = self.opencode.transport
-        opencode.registerProducer(self.transport, True)
+        stream: Any = self.transport
+        opencode.registerProducer(_Reader(stream), True)
 
     def dataReceived(self, data: bytes) -> None:
         assert self.opencode.transport is not None

@@ -1,7 +1,8 @@
 """Ports a laptop shares through the tunnel (``--allow-port``): a real `twistd cli-agent`
 process, the real in-process server, and a small dev server on the laptop's 127.0.0.1 (plain
 HTTP, a 3 MiB download and a WebSocket echo). The server side connects through the hub's
-endpoint, the seam the preview proxy uses."""
+endpoint, the seam the preview proxy uses, and end to end through the preview address
+``oc-{id}-p{port}``."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 import pytest_twisted
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.internet.endpoints import TCP4ServerEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.error import ConnectError
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -210,3 +211,65 @@ async def test_a_port_not_allowed_is_refused_by_the_server_and_by_the_agent(
         pass
     else:
         raise AssertionError("a port shared by an earlier run was let through")
+
+
+async def preview_session(on: Team, sandbox_id: str, port: int) -> tuple[str, str]:
+    """The preview's Host and a session cookie on it, through the Open link for ``port``."""
+    link = await on.owner.call("POST", f"/api/sandboxes/{sandbox_id}/open", {"port": port})
+    assert link.code == 200, link
+    host = f"oc-{sandbox_id}-p{port}.localhost:{on.port}"
+    path = link.body["url"].split(host, 1)[1]
+    reply = await on.app.client().call("GET", path, headers={"Host": host})
+    assert reply.code == 303, reply
+    assert reply.headers.getRawHeaders("location") == ["/"]
+    cookie = reply.headers.getRawHeaders("set-cookie")[0].split(";")[0].split("=", 1)[1]
+    return host, str(cookie)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_local_preview_end_to_end(
+    team: Team,  # noqa: F811
+    laptop: dict[str, Any],
+) -> None:
+    """Through ``oc-{id}-p{port}``: the shared port's page and a WebSocket echo reach the
+    dev server on the laptop; a port not shared answers the "not shared" page and its dev
+    server never hears of it."""
+    reactor = _reactor()
+    sandbox_id = laptop["id"]
+    page, port = laptop["allowed"]
+    other, other_port = laptop["other"]
+    client = team.app.client()
+
+    host, cookie = await preview_session(team, sandbox_id, port)
+    headers = {"Host": host, "Cookie": f"cli_sandbox={cookie}"}
+    reply = await client.call("GET", "/", headers=headers)
+    assert reply.code == 200, reply
+    assert reply.body == b"hello from the allowed port"
+    big = await client.call("GET", "/big", headers=headers)
+    assert big.code == 200 and hashlib.sha256(big.body).digest() == hashlib.sha256(BIG).digest()
+
+    wire = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", team.port), Wire())
+    assert wire.transport is not None
+    wire.transport.write(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\n"
+            f"Cookie: cli_sandbox={cookie}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        ).encode()
+    )
+    await wait_until(reactor, lambda: b"\r\n\r\n" in wire.received, timeout=10)
+    assert wire.received.startswith(b"HTTP/1.1 101"), wire.received[:300]
+    wire.received = wire.received.partition(b"\r\n\r\n")[2]
+    wire.transport.write(frame(b"hot reload"))
+    echo = bytes([0x81, len(b"echo: hot reload")]) + b"echo: hot reload"
+    await wait_until(reactor, lambda: echo in wire.received, timeout=10)
+    wire.transport.loseConnection()
+    await wire.closed
+
+    other_host, other_cookie = await preview_session(team, sandbox_id, other_port)
+    refused = await client.call(
+        "GET", "/", headers={"Host": other_host, "Cookie": f"cli_sandbox={other_cookie}"}
+    )
+    assert refused.code == 403, refused
+    assert f"Port {other_port} is not shared".encode() in refused.body
+    assert other.hits == 0

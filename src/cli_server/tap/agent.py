@@ -10,7 +10,6 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from cli_server.tunnel.agent import AgentError, TunnelAgent, check_url, default_config_path
-from cli_server.tunnel.shared_ports import check_not_opencode, parse_ports
 
 
 class Options(usage.Options):
@@ -45,17 +44,7 @@ class Options(usage.Options):
         ],
     ]
 
-    def __init__(self) -> None:
-        super().__init__()
-        self["allow-port"] = []
-
-    def opt_allow_port(self, ports: str) -> None:
-        """Share these ports of this machine's 127.0.0.1 with the workspace as previews, e.g.
-        5173,8000 (repeatable; for this run only; none by default)."""
-        self["allow-port"].append(ports)
-
     def postOptions(self) -> None:
-        self._allowed_ports()
         try:
             for option in ("server", "opencode-url"):
                 if self[option] is not None:
@@ -77,15 +66,21 @@ class Options(usage.Options):
                 "CODE --name NAME (the dashboard's 'Connect a local agent' shows the command)"
             )
         self["config"] = config.absolute()
+        self._allowed_ports()
+
+    def opt_allow_port(self, ports: str) -> None:
+        """Share these ports of this machine's 127.0.0.1 with the workspace as previews, e.g.
+        5173,8000 (repeatable; for this run only; none by default)."""
+        self.setdefault("allow-port", []).append(ports)
 
     def _allowed_ports(self) -> None:
+        from cli_server.tunnel.shared_ports import check_not_opencode, parse_ports
+
         try:
-            self["allow-port"] = parse_ports(self["allow-port"])
+            self["allow-port"] = parse_ports(self.get("allow-port", []))
             if self["opencode-url"] is not None:  # (else the saved one, checked at start)
-                check_not_opencode(
-                    self["allow-port"], check_url("--opencode-url", self["opencode-url"])
-                )
-        except (ValueError, AgentError) as e:
+                check_not_opencode(self["allow-port"], self["opencode-url"])
+        except ValueError as e:
             raise usage.UsageError(str(e)) from None
 
 

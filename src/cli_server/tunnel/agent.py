@@ -456,10 +456,6 @@ class TunnelAgent(Service):
             if self._opencode_url and self._opencode_url != credentials.opencode_url:
                 credentials = evolve(credentials, opencode_url=self._opencode_url)
                 credentials.save(self._config_path)
-        try:
-            check_not_opencode(self.allowed_ports, credentials.opencode_url)
-        except ValueError as e:
-            raise AgentError(str(e)) from None
         self.credentials = credentials
         self._connector = OpencodeConnector(
             client_endpoint(self._reactor, credentials.opencode_url), credentials.opencode_url
@@ -477,13 +473,21 @@ class TunnelAgent(Service):
             name=credentials.name,
             url=credentials.opencode_url,
         )
-        if self.allowed_ports:
-            self._log.info(
-                "sharing ports {ports} of this machine's loopback with the workspace",
-                ports=", ".join(str(p) for p in self.allowed_ports),
-            )
+        self._share_ports(credentials.opencode_url)
         if self.running:
             self._client.startService()
+
+    def _share_ports(self, opencode_url: str) -> None:
+        if not self.allowed_ports:
+            return
+        try:
+            check_not_opencode(self.allowed_ports, opencode_url)
+        except ValueError as e:
+            raise AgentError(str(e)) from None
+        self._log.info(
+            "sharing ports {ports} of this machine's loopback with the workspace",
+            ports=", ".join(str(p) for p in self.allowed_ports),
+        )
 
     def new_session(self, send: Callable[[bytes], None], close: Any) -> Session:
         assert self.credentials is not None and self._connector is not None

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import os
 import random
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,7 +26,7 @@ from cli_server.sandboxes.backend import PortNotShared
 from cli_server.tunnel.hub import TunnelHub
 
 from .conftest import _reactor
-from .helpers import Wire, wait_until
+from .helpers import Api, Wire, wait_until
 from .test_proxy_opencode import frame
 from .test_tunnel import Laptop, Team, team  # noqa: F401  (the fixture)
 from .upstream import serve
@@ -265,6 +266,19 @@ async def test_a_local_preview_end_to_end(
     await wait_until(reactor, lambda: echo in wire.received, timeout=10)
     wire.transport.loseConnection()
     await wire.closed
+
+    # the preview path's overhead, for the record: small GETs through it vs straight to it
+    direct = Api(reactor, f"http://127.0.0.1:{port}", team.app.pool)  # (same pool kind)
+    timings = {}
+    for name, call in (
+        ("direct", lambda: direct.call("GET", "/")),
+        ("preview through the tunnel", lambda: client.call("GET", "/", headers=headers)),
+    ):
+        began = time.monotonic()
+        for _ in range(100):
+            assert (await call()).code == 200
+        timings[name] = (time.monotonic() - began) / 100 * 1000
+    print(f"\nsmall GET, mean of 100: {', '.join(f'{k} {v:.2f} ms' for k, v in timings.items())}")
 
     other_host, other_cookie = await preview_session(team, sandbox_id, other_port)
     refused = await client.call(

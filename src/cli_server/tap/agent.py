@@ -15,7 +15,8 @@ from cli_server.tunnel.agent import AgentError, TunnelAgent, check_url, default_
 class Options(usage.Options):
     synopsis = (
         "--server URL --code CODE --name NAME [--opencode-url URL]  (first time)\n"
-        "       twistd -n cli-agent [--opencode-url URL]  (afterwards)"
+        "       twistd -n cli-agent [--opencode-url URL]  (afterwards)\n"
+        "       add --allow-port 5173,8000 to share those ports of this machine as previews"
     )
     longdesc = (
         "Connects the opencode running on this machine (opencode serve) to a cli-server "

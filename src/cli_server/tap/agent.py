@@ -70,8 +70,7 @@ class Options(usage.Options):
         self._allowed_ports()
 
     def opt_allow_port(self, ports: str) -> None:
-        """Share these ports of this machine's 127.0.0.1 with the workspace as previews, e.g.
-        5173,8000 (repeatable; for this run only; none by default)."""
+        """Share ports of 127.0.0.1 here as previews, e.g. 5173,8000 (repeatable; this run only)."""
         self.setdefault("allow-port", []).append(ports)
 
     def _allowed_ports(self) -> None:

@@ -20,7 +20,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.error import ConnectError
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 
 from cli_server.sandboxes.backend import PortNotShared
 from cli_server.tunnel.hub import TunnelHub
@@ -47,19 +47,30 @@ class Page(Resource):
         self.name = name
         self.hits = 0
 
-    def render_GET(self, request: Any) -> bytes:
+    def render_GET(self, request: Any) -> Any:
         self.hits += 1
         if request.path == b"/big":
             return BIG
+        if request.path == b"/events":  # one event now, the stream open until the client goes
+            request.setHeader(b"content-type", b"text/event-stream")
+            request.write(b"data: first\n\n")
+            return NOT_DONE_YET
         return f"hello from {self.name}".encode()
+
+    def render_POST(self, request: Any) -> bytes:
+        self.hits += 1
+        return b"got " + hashlib.sha256(request.content.read()).hexdigest().encode()
 
 
 async def dev_server(name: str) -> tuple[Page, Any]:
-    """A dev server on the laptop's loopback: / and /big, and a WebSocket echo at /ws."""
+    """A dev server on the laptop's loopback: / and /big, an event stream at /events, POST
+    /form, and a WebSocket echo at /ws."""
     page = Page(name)
     root = Resource()
     root.putChild(b"", page)
     root.putChild(b"big", page)
+    root.putChild(b"events", page)
+    root.putChild(b"form", page)
     factory = WebSocketServerFactory()
     factory.protocol = Echo
     root.putChild(b"ws", WebSocketResource(factory))
@@ -266,6 +277,22 @@ async def test_a_local_preview_end_to_end(
     await wait_until(reactor, lambda: echo in wire.received, timeout=10)
     wire.transport.loseConnection()
     await wire.closed
+
+    posted = os.urandom(100_000)
+    form = await client.call(
+        "POST", "/form", raw=posted, headers={**headers, "Origin": f"http://{host}"}
+    )
+    assert form.code == 200, form
+    assert form.body == b"got " + hashlib.sha256(posted).hexdigest().encode()
+
+    events = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", team.port), Wire())
+    assert events.transport is not None
+    events.transport.write(
+        f"GET /events HTTP/1.1\r\nHost: {host}\r\nCookie: cli_sandbox={cookie}\r\n\r\n".encode()
+    )
+    await wait_until(reactor, lambda: b"data: first\n\n" in events.received, timeout=10)
+    assert events.received.startswith(b"HTTP/1.1 200")
+    events.transport.abortConnection()
 
     # the preview path's overhead, for the record: small GETs through it vs straight to it
     direct = Api(reactor, f"http://127.0.0.1:{port}", team.app.pool)  # (same pool kind)

@@ -1,0 +1,126 @@
+"""Which CAs the agent trusts, and one-line explanations of a failed TLS handshake.
+
+A custom bundle (``--ca-file``, else ``SSL_CERT_FILE``) replaces the default trust, as
+curl's ``--cacert`` does; without one, OpenSSL's system store is used (or the platform's
+``default_ca_file`` where OpenSSL has none to find). The same trust serves the registration
+calls and the tunnel's WebSocket.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from attrs import field, frozen
+from OpenSSL import SSL
+from service_identity.exceptions import VerificationError
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
+from twisted.python.failure import Failure
+
+from cli_server.tunnel.agent_error import AgentError
+
+_PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+def read_bundle(path: Path, source: str) -> tuple[Certificate, ...]:
+    """The certificates of a PEM bundle (unreadable or empty: AgentError)."""
+    try:
+        text = path.read_bytes()
+    except OSError as e:
+        raise AgentError(f"{source} {path}: cannot read it ({e.strerror})") from None
+    certificates = []
+    for block in _PEM.findall(text):
+        try:
+            certificates.append(Certificate.loadPEM(block))
+        except SSL.Error:
+            raise AgentError(f"{source} {path}: a certificate in it is damaged") from None
+    if not certificates:
+        raise AgentError(f"{source} {path}: no PEM certificate in it (-----BEGIN CERTIFICATE-----)")
+    return tuple(certificates)
+
+
+@frozen
+class Trust:
+    """The CAs that may sign the server's certificate."""
+
+    ca_file: Path | None = None
+    source: str = ""  # what named ca_file: "--ca-file", "SSL_CERT_FILE" or "" (the default)
+    _certificates: tuple[Certificate, ...] = field(default=(), repr=False, eq=False)
+
+    @classmethod
+    def choose(
+        cls, ca_file: str | None, environ: Mapping[str, str], default: Path | None = None
+    ) -> Trust:
+        """``--ca-file``, else ``SSL_CERT_FILE``, else ``default`` (None: OpenSSL's store)."""
+        if ca_file:
+            path, source = Path(ca_file).expanduser(), "--ca-file"
+        elif environ.get("SSL_CERT_FILE"):
+            path, source = Path(environ["SSL_CERT_FILE"]), "SSL_CERT_FILE"
+        elif default is not None:
+            path, source = default, "the default CA bundle"
+        else:
+            return cls()
+        return cls(path, source)
+
+    def read(self) -> Trust:
+        """This trust with its bundle read (before dialling an https server, so a wrong
+        bundle stops the agent with one line rather than failing every attempt)."""
+        if self.ca_file is None or self._certificates:
+            return self
+        return Trust(self.ca_file, self.source, read_bundle(self.ca_file, self.source))
+
+    def for_host(self, host: str) -> IOpenSSLClientConnectionCreator:
+        if not self._certificates:
+            return optionsForClientTLS(host)
+        root = trustRootFromCertificates(list(self._certificates))
+        return optionsForClientTLS(host, trustRoot=root)
+
+    def hint(self) -> str:
+        if self.ca_file is None:
+            return (
+                "if the server uses a private CA, pass --ca-file with that CA's PEM file "
+                "(or set SSL_CERT_FILE)"
+            )
+        return f"check that {self.ca_file} ({self.source}) holds the CA that signed it"
+
+
+def causes(error: BaseException) -> Iterator[BaseException]:
+    """An error and those it wraps (treq's ResponseNeverReceived and friends keep a list)."""
+    yield error
+    for reason in getattr(error, "reasons", None) or []:
+        if isinstance(reason, Failure) and reason.value is not None:
+            yield from causes(reason.value)
+
+
+def explain_tls(error: BaseException, host: str, trust: Trust) -> str | None:
+    """One line saying what went wrong in a TLS handshake with ``host`` and what to try, or
+    None if ``error`` is not about TLS."""
+    for cause in causes(error):
+        if isinstance(cause, VerificationError):
+            return (
+                f"the server's certificate is not valid for the host name {host!r}: use the "
+                "name the certificate was made for in --server (an IP address works only if "
+                "the certificate lists it)"
+            )
+        if isinstance(cause, SSL.Error):
+            said = " ".join(str(part) for part in _flat(cause.args))
+            if "certificate verify failed" in said:
+                return (
+                    f"the server's certificate (at {host}) is not signed by a CA this agent "
+                    f"trusts; {trust.hint()}"
+                )
+            if "wrong version number" in said or "packet length too long" in said:
+                return f"{host} did not answer TLS: does --server start with http:// there?"
+            return f"the TLS handshake with {host} failed ({said or type(cause).__name__})"
+    return None
+
+
+def _flat(value: object) -> Iterator[object]:
+    # (pyOpenSSL's errors are lists of (library, function, reason) tuples)
+    if isinstance(value, list | tuple):
+        for item in value:
+            yield from _flat(item)
+    elif value:
+        yield value

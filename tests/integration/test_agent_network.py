@@ -87,8 +87,10 @@ class _Upstream(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None and self.client.transport is not None
-        self.transport.registerProducer(self.client.transport, True)  # type: ignore[arg-type]
-        self.client.transport.registerProducer(self.transport, True)  # type: ignore[arg-type]
+        mine: Any = self.transport
+        theirs: Any = self.client.transport
+        mine.registerProducer(theirs, True)
+        theirs.registerProducer(mine, True)
 
     def dataReceived(self, data: bytes) -> None:
         assert self.client.transport is not None

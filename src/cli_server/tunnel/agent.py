@@ -87,13 +87,19 @@ class Credentials:
 
     def save(self, path: Path, files: PrivateFiles | None = None) -> None:
         files = files or current().files
-        files.make_dir(path.parent)
-        files.write(path, json.dumps(asdict(self), indent=2) + "\n")
+        try:
+            files.make_dir(path.parent)
+            files.write(path, json.dumps(asdict(self), indent=2) + "\n")
+        except OSError as e:
+            raise AgentError(f"cannot save the credentials in {path}: {e}") from None
 
 
 def write_private(path: Path, text: str, files: PrivateFiles | None = None) -> None:
     """Write a file only its owner can read, replacing any old one atomically."""
-    (files or current().files).write(path, text)
+    try:
+        (files or current().files).write(path, text)
+    except OSError as e:
+        raise AgentError(f"cannot write {path}: {e}") from None
 
 
 def check_url(option: str, url: str) -> str:

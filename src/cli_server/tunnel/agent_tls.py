@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from attrs import field, frozen
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from service_identity.exceptions import VerificationError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
@@ -34,7 +34,7 @@ def read_bundle(path: Path, source: str) -> tuple[Certificate, ...]:
     for block in _PEM.findall(text):
         try:
             certificates.append(Certificate.loadPEM(block))
-        except SSL.Error:
+        except (SSL.Error, crypto.Error, ValueError):
             raise AgentError(f"{source} {path}: a certificate in it is damaged") from None
     if not certificates:
         raise AgentError(f"{source} {path}: no PEM certificate in it (-----BEGIN CERTIFICATE-----)")

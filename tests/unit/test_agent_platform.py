@@ -6,6 +6,7 @@ when it stops."""
 from __future__ import annotations
 
 import json
+import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from twisted.python import usage
 from zope.interface import implementer
 
 import cli_server.tunnel.agent as agent_module
+from cli_server import cli
 from cli_server.tap.agent import Options, makeService
 from cli_server.tunnel.agent import AgentError, Credentials, TunnelAgent
 from cli_server.tunnel.agent_platform import (
@@ -268,3 +270,44 @@ def test_stopping_says_goodbye_on_the_tunnel(tmp_path: Path) -> None:
     goaways = [decode(m) for m in sent]
     assert [(f.type, f["code"]) for f in goaways] == [("goaway", "stopping")]
     assert closes == [(4000, "stopping")]
+
+
+def test_windows_twistd_gets_no_pidfile_option() -> None:
+    """Windows' twistd has no --pidfile (it would refuse the whole command line)."""
+    assert cli.twistd_argv(["agent", "connect", "--code", "C"], posix=False) == [
+        *["twistd", "--nodaemon", "cli-agent", "--code", "C"]
+    ]
+    assert cli.twistd_argv(["serve"], posix=True) == [
+        *["twistd", "--nodaemon", "--pidfile=", "cli-server"]
+    ]
+
+
+AGENT_PATH = [
+    "cli.py",
+    "nodelay.py",
+    "tap/agent.py",
+    "tunnel/agent.py",
+    "tunnel/agent_error.py",
+    "tunnel/agent_network.py",
+    "tunnel/agent_proxy.py",
+    "tunnel/agent_tls.py",
+    "tunnel/carrier.py",
+    "tunnel/frames.py",
+    "tunnel/mux.py",
+]
+POSIX_ONLY = re.compile(
+    r"\bos\.(f?chmod|f?chown|getuid|geteuid|getgid|setsid|killpg|fork|umask)\b"
+    r"|\bsignal\.SIG(HUP|USR1|USR2|CHLD|QUIT)\b"
+    r"|^\s*(import|from) (fcntl|pwd|grp|termios|resource)\b",
+    re.M,
+)
+
+
+@pytest.mark.parametrize("name", AGENT_PATH)
+def test_no_posix_only_calls_on_the_agents_path(name: str) -> None:
+    """Only agent_platform.py may do what Windows cannot; the rest of the agent's modules
+    ask it."""
+    source = (Path(cli.__file__).parent / name).read_text()
+    assert POSIX_ONLY.findall(source) == []
+    platform = (Path(cli.__file__).parent / "tunnel" / "agent_platform.py").read_text()
+    assert {found[0] for found in POSIX_ONLY.findall(platform)} == {"chmod", "fchmod"}

@@ -25,6 +25,7 @@ from twisted.web.client import ResponseNeverReceived
 
 from cli_server.tunnel.agent import AgentError, TunnelClientProtocol
 from cli_server.tunnel.agent_network import CONNECT_TIMEOUT, Network
+from cli_server.tunnel.agent_platform import windows_store
 from cli_server.tunnel.agent_proxy import ProxyError, bypassed, proxy_for
 from cli_server.tunnel.agent_tls import Trust, explain_tls
 
@@ -216,7 +217,7 @@ def test_proxy_unreachable() -> None:
 # -- trust ------------------------------------------------------------------------------------
 
 
-def write_ca(path: Path) -> Path:
+def ca_certificate() -> x509.Certificate:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
     cert = (
@@ -229,7 +230,12 @@ def write_ca(path: Path) -> Path:
         .not_valid_after(datetime.datetime(2100, 1, 1))
         .sign(key, hashes.SHA256())
     )
-    path.write_bytes(b"# a comment\n" + cert.public_bytes(serialization.Encoding.PEM) * 2)
+    return cert
+
+
+def write_ca(path: Path) -> Path:
+    pem = ca_certificate().public_bytes(serialization.Encoding.PEM)
+    path.write_bytes(b"# a comment\n" + pem * 2)
     return path
 
 
@@ -246,6 +252,21 @@ def test_a_bundle_is_read(tmp_path: Path) -> None:
     assert len(trust._certificates) == 2
     assert trust.read() is trust
     assert trust.for_host("cli.example.com") is not None
+
+
+def test_windows_trusts_its_certificate_store() -> None:
+    """Where OpenSSL cannot read the system's store (Windows), its DER certificates are
+    loaded, skipping what does not parse; --ca-file and SSL_CERT_FILE still come first."""
+    der = ca_certificate().public_bytes(serialization.Encoding.DER)
+    trust = Trust.choose(None, {}, None, store=lambda: [der, b"not a certificate"])
+    assert trust.custom and Network(trust).special("https://cli.example.com")
+    loaded = trust.read()
+    assert (len(loaded._certificates), loaded.source) == (1, "the system's store")
+    assert Trust.choose(None, {"SSL_CERT_FILE": "/e.pem"}, None, store=lambda: [der]) == Trust(
+        Path("/e.pem"), "SSL_CERT_FILE"
+    )
+    assert not Trust().custom and not Network().special("https://cli.example.com")
+    assert windows_store() == []  # (here: the ssl module has no Windows store to list)
 
 
 @pytest.mark.parametrize(

@@ -103,7 +103,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     from cli_server.tunnel.agent_tls import Trust
 
     platform = options.platform
-    trust = Trust.choose(options["ca-file"], os.environ, platform.default_ca_file)
+    trust = Trust.choose(
+        options["ca-file"], os.environ, platform.default_ca_file, platform.system_store
+    )
     root = MultiService()
     agent = TunnelAgent(
         reactor,

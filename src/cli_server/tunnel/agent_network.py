@@ -46,7 +46,7 @@ class Network:
 
     def special(self, url: str) -> bool:
         """Whether ``url`` needs more than a default HTTP client (a proxy or a CA bundle)."""
-        return self.trust.ca_file is not None or proxy_for(url, self.environ) is not None
+        return self.trust.custom or proxy_for(url, self.environ) is not None
 
     def http_agent(self, reactor: Any) -> IAgent:
         pool = HTTPConnectionPool(reactor, persistent=False)

@@ -121,6 +121,7 @@ class Platform:
     files: PrivateFiles
     stop_signals: tuple[str, ...]
     default_ca_file: Path | None = None  # when OpenSSL has no system store to find
+    system_store: Callable[[], list[bytes]] | None = None  # DER certificates (Windows)
     install_signal: Callable[[str, Callable[[], None]], None] = install_signal
 
     def config_path(self) -> Path:
@@ -145,21 +146,42 @@ def windows(home: Path, environ: Mapping[str, str], **kw: Any) -> Platform:
     return Platform("win32", home, own, files, ("SIGINT", "SIGBREAK"), **kw)
 
 
-def _certifi_bundle() -> Path | None:
-    # the OpenSSL inside pyOpenSSL's macOS and Windows wheels finds no system CAs
+SERVER_AUTH = "1.3.6.1.5.5.7.3.1"  # the extended key usage "TLS server authentication"
+
+
+def windows_store() -> list[bytes]:
+    """The Windows certificate store's CAs trusted for servers (as the ssl module loads them
+    for its default context), so a corporate CA installed there is trusted here too."""
+    import ssl
+
+    enumerate_store = getattr(ssl, "enum_certificates", None)  # (only on Windows)
+    if enumerate_store is None:
+        return []
+    found = []
+    for store in ("ROOT", "CA"):
+        for der, encoding, usage in enumerate_store(store):
+            if encoding == "x509_asn" and (usage is True or SERVER_AUTH in usage):
+                found.append(der)
+    return found
+
+
+def macos_bundle() -> Path | None:
+    """The OpenSSL inside the macOS wheels looks for no system CAs: certifi's bundle if it
+    is installed, else the one macOS keeps in /etc/ssl/cert.pem."""
     try:
         import certifi
     except ImportError:
-        return None
+        system = Path("/etc/ssl/cert.pem")
+        return system if system.exists() else None
     return Path(certifi.where())
 
 
 def current() -> Platform:
     home = Path.home()
     if sys.platform == "win32":
-        return windows(home, os.environ, default_ca_file=_certifi_bundle())
+        return windows(home, os.environ, system_store=windows_store)
     if sys.platform == "darwin":
-        return posix("darwin", home, default_ca_file=_certifi_bundle())
+        return posix("darwin", home, default_ca_file=macos_bundle())
     return posix(sys.platform, home)
 
 

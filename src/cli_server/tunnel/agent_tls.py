@@ -9,10 +9,10 @@ calls and the tunnel's WebSocket.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 from OpenSSL import SSL, crypto
 from service_identity.exceptions import VerificationError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
@@ -48,28 +48,48 @@ class Trust:
     ca_file: Path | None = None
     source: str = ""  # what named ca_file: "--ca-file", "SSL_CERT_FILE" or "" (the default)
     _certificates: tuple[Certificate, ...] = field(default=(), repr=False, eq=False)
+    # the system's store as DER certificates, where OpenSSL cannot read it itself (Windows)
+    _store: Callable[[], list[bytes]] | None = field(default=None, repr=False, eq=False)
 
     @classmethod
     def choose(
-        cls, ca_file: str | None, environ: Mapping[str, str], default: Path | None = None
+        cls,
+        ca_file: str | None,
+        environ: Mapping[str, str],
+        default: Path | None = None,
+        store: Callable[[], list[bytes]] | None = None,
     ) -> Trust:
-        """``--ca-file``, else ``SSL_CERT_FILE``, else ``default`` (None: OpenSSL's store)."""
+        """``--ca-file``, else ``SSL_CERT_FILE``, else ``default``, else ``store``, else
+        OpenSSL's own default paths."""
         if ca_file:
-            path, source = Path(ca_file).expanduser(), "--ca-file"
-        elif environ.get("SSL_CERT_FILE"):
-            path, source = Path(environ["SSL_CERT_FILE"]), "SSL_CERT_FILE"
-        elif default is not None:
-            path, source = default, "the default CA bundle"
-        else:
-            return cls()
-        return cls(path, source)
+            return cls(Path(ca_file).expanduser(), "--ca-file")
+        if environ.get("SSL_CERT_FILE"):
+            return cls(Path(environ["SSL_CERT_FILE"]), "SSL_CERT_FILE")
+        if default is not None:
+            return cls(default, "the default CA bundle")
+        return cls(store=store)
+
+    @property
+    def custom(self) -> bool:
+        """Whether connections need this trust rather than OpenSSL's default paths."""
+        return self.ca_file is not None or self._store is not None
 
     def read(self) -> Trust:
-        """This trust with its bundle read (before dialling an https server, so a wrong
-        bundle stops the agent with one line rather than failing every attempt)."""
-        if self.ca_file is None or self._certificates:
+        """This trust with its certificates loaded (before dialling an https server, so a
+        wrong bundle stops the agent with one line rather than failing every attempt)."""
+        if self._certificates:
             return self
-        return Trust(self.ca_file, self.source, read_bundle(self.ca_file, self.source))
+        if self.ca_file is not None:
+            return evolve(self, certificates=read_bundle(self.ca_file, self.source))
+        if self._store is not None:
+            loaded = []
+            for der in self._store():
+                try:
+                    loaded.append(Certificate.load(der, crypto.FILETYPE_ASN1))
+                except (crypto.Error, ValueError):
+                    continue  # (a store may hold what OpenSSL cannot parse; skip it)
+            return evolve(self, certificates=tuple(loaded), source="the system's store")
+        return self
 
     def for_host(self, host: str) -> IOpenSSLClientConnectionCreator:
         if not self._certificates:

@@ -23,8 +23,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseNeverReceived
 
-from cli_server.tunnel.agent import AgentError, TunnelClientProtocol
-from cli_server.tunnel.agent_network import CONNECT_TIMEOUT, Network
+from cli_server.tunnel.agent import AgentError, TunnelAgent, TunnelClientProtocol
+from cli_server.tunnel.agent_network import CONNECT_TIMEOUT, Network, ReportingEndpoint
 from cli_server.tunnel.agent_platform import windows_store
 from cli_server.tunnel.agent_proxy import ProxyError, bypassed, proxy_for
 from cli_server.tunnel.agent_tls import Trust, explain_tls
@@ -355,3 +355,13 @@ def test_the_tunnels_failed_handshake_reaches_the_agent() -> None:
     assert len(agent.calls) == 1
     assert agent.calls[0].startswith("the server's certificate is not valid for the host name")
     failure_of(protocol.welcomed)
+
+
+def test_no_proxy_password_in_any_repr(tmp_path: Path) -> None:
+    """ClientService logs its endpoint's repr on every retry: nothing on the way shows the
+    proxy's password (or the rest of the environment)."""
+    network = Network(environ={**PROXY_ENV, "ANTHROPIC_API_KEY": "sk-secret"})
+    agent = TunnelAgent(MemoryReactorClock(), tmp_path / "agent.json", network=network)
+    endpoint = ReportingEndpoint(network.endpoint(MemoryReactorClock(), "https://h"), print)
+    for shown in (repr(network), repr(agent), repr(endpoint)):
+        assert "p%40ss" not in shown and SECRET not in shown and "sk-secret" not in shown

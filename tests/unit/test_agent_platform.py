@@ -311,3 +311,16 @@ def test_no_posix_only_calls_on_the_agents_path(name: str) -> None:
     assert POSIX_ONLY.findall(source) == []
     platform = (Path(cli.__file__).parent / "tunnel" / "agent_platform.py").read_text()
     assert {found[0] for found in POSIX_ONLY.findall(platform)} == {"chmod", "fchmod"}
+
+
+def test_the_env_file_hint_fits_the_shell(tmp_path: Path) -> None:
+    """anthropic.env is loaded with sh on Linux and macOS, with PowerShell on Windows."""
+    env = Path("/home/ana/.cli-server/anthropic.env")
+    assert posix("linux", tmp_path).with_env_file(env, "opencode serve") == (
+        "set -a; . '/home/ana/.cli-server/anthropic.env'; set +a; opencode serve"
+    )
+    line = on_windows(tmp_path).with_env_file(env, "opencode serve")
+    assert line == (
+        "Get-Content '/home/ana/.cli-server/anthropic.env' | ForEach-Object { $n, $v = $_ "
+        "-split '=', 2; Set-Item \"env:$n\" $v }; opencode serve"
+    )

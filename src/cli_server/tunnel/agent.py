@@ -413,8 +413,8 @@ class TunnelAgent(Service):
                 )
                 self._log.info(
                     "opencode here may use the server's Anthropic key while this agent is "
-                    "connected: start it with 'set -a; . {env}; set +a; opencode serve'",
-                    env=str(env),
+                    "connected: start it with '{command}'",
+                    command=self._platform.with_env_file(env, "opencode serve"),
                 )
         else:
             credentials = Credentials.load(self._config_path)

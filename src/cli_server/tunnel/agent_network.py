@@ -25,7 +25,8 @@ CONNECT_TIMEOUT = 10.0
 @frozen
 class Network:
     trust: Trust = field(factory=Trust)
-    environ: Mapping[str, str] = field(factory=dict)  # for the proxy variables
+    # the proxy variables (kept out of repr: a proxy's password, and whatever else is there)
+    environ: Mapping[str, str] = field(factory=dict, repr=False)
     timeout: float = CONNECT_TIMEOUT
 
     def endpoint(self, reactor: Any, url: str) -> IStreamClientEndpoint:
@@ -78,7 +79,7 @@ class ReportingEndpoint:
     """Tells ``report`` why a connection attempt failed (``ClientService`` only retries)."""
 
     _endpoint: IStreamClientEndpoint
-    _report: Callable[[Failure], None]
+    _report: Callable[[Failure], None] = field(repr=False)  # (ClientService logs our repr)
 
     def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         def failed(failure: Failure) -> Failure:

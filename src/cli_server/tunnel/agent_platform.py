@@ -124,6 +124,15 @@ class Platform:
     system_store: Callable[[], list[bytes]] | None = None  # DER certificates (Windows)
     install_signal: Callable[[str, Callable[[], None]], None] = install_signal
 
+    def with_env_file(self, env: Path, command: str) -> str:
+        """A shell line that runs ``command`` with the variables of ``env`` (NAME=value lines)."""
+        if self.name == "win32":  # PowerShell
+            return (
+                f"Get-Content '{env}' | ForEach-Object {{ $n, $v = $_ -split '=', 2; "
+                f'Set-Item "env:$n" $v }}; {command}'
+            )
+        return f"set -a; . '{env}'; set +a; {command}"
+
     def config_path(self) -> Path:
         """The original's path if that file exists (or the platform has no place of its
         own), else the platform's place."""

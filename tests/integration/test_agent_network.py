@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from .conftest import _reactor
@@ -354,6 +355,14 @@ async def test_signals_stop_the_agent_cleanly(team: Team) -> None:  # noqa: F811
     sandbox offline at once (the agent said goodbye), not after the 45 s dead-peer timeout."""
     recorder, upstream = serve(_reactor())
     laptop = NetLaptop(team.root, team.base, f"http://127.0.0.1:{upstream.getHost().port}")
+    heard: list[str] = []
+
+    def hub_said(event: dict[str, Any]) -> None:
+        if "disconnected (" in event.get("log_format", ""):
+            heard.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(hub_said)
+    goodbye = "disconnected (goaway stopping: the agent on the laptop was stopped)"
     try:
         laptop.register(await team.code())
         await team.wait_status("running")
@@ -361,6 +370,7 @@ async def test_signals_stop_the_agent_cleanly(team: Team) -> None:  # noqa: F811
         assert await laptop.exited(timeout=10) == 0
         assert await team.wait_status("offline", timeout=5) < 5
         assert "cli-agent stops: SIGINT received; closing the tunnel" in laptop.logs()
+        assert [line.split(" ", 3)[-1] for line in heard] == [goodbye]
 
         laptop.command = "cli-server"
         laptop.start()
@@ -370,6 +380,8 @@ async def test_signals_stop_the_agent_cleanly(team: Team) -> None:  # noqa: F811
         assert await laptop.exited(timeout=10) == 0
         assert await team.wait_status("offline", timeout=5) < 5
         assert "cli-agent stops: SIGTERM received; closing the tunnel" in laptop.logs()
+        assert [line.split(" ", 3)[-1] for line in heard] == [goodbye] * 2
     finally:
+        globalLogPublisher.removeObserver(hub_said)
         laptop.kill()
         await upstream.stopListening()

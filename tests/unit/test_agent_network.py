@@ -23,7 +23,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseNeverReceived
 
-from cli_server.tunnel.agent import AgentError, TunnelAgent, TunnelClientProtocol
+from cli_server.tunnel.agent import AgentError, Credentials, TunnelAgent, TunnelClientProtocol
 from cli_server.tunnel.agent_network import CONNECT_TIMEOUT, Network, ReportingEndpoint
 from cli_server.tunnel.agent_platform import windows_store
 from cli_server.tunnel.agent_proxy import ProxyError, bypassed, proxy_for
@@ -365,3 +365,31 @@ def test_no_proxy_password_in_any_repr(tmp_path: Path) -> None:
     endpoint = ReportingEndpoint(network.endpoint(MemoryReactorClock(), "https://h"), print)
     for shown in (repr(network), repr(agent), repr(endpoint)):
         assert "p%40ss" not in shown and SECRET not in shown and "sk-secret" not in shown
+
+
+@pytest.mark.parametrize("scheme", ["https", "http"])
+def test_a_bad_ca_file_stops_the_agent_before_it_dials(tmp_path: Path, scheme: str) -> None:
+    """An https server: the bundle is read first, and a wrong one is one fatal line with no
+    connection attempt. An http server needs no bundle, so it is not read."""
+    config = tmp_path / "agent.json"
+    Credentials(
+        server=f"{scheme}://cli.example.com",
+        sandbox_id="sb-1",
+        workspace_id="ws-1",
+        tunnel_token="t",
+        name="laptop",
+        opencode_url="http://127.0.0.1:4096",
+    ).save(config)
+    reactor = MemoryReactorClock()
+    fatal: list[str] = []
+    missing = tmp_path / "missing.pem"
+    network = Network(Trust(missing, "--ca-file"))
+    agent = TunnelAgent(reactor, config, on_fatal=fatal.append, network=network)
+    agent.startService()
+    if scheme == "https":
+        assert fatal == [f"--ca-file {missing}: cannot read it (No such file or directory)"]
+        assert reactor.tcpClients == []
+    else:
+        assert fatal == []
+        assert len(reactor.tcpClients) == 1
+        agent.stopService()

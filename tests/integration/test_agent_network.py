@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -366,8 +367,10 @@ async def test_signals_stop_the_agent_cleanly(team: Team) -> None:  # noqa: F811
     try:
         laptop.register(await team.code())
         await team.wait_status("running")
+        began = time.monotonic()
         laptop.signal(signal.SIGINT)
         assert await laptop.exited(timeout=10) == 0
+        print(f"\nSIGINT to exit: {time.monotonic() - began:.2f} s")
         assert await team.wait_status("offline", timeout=5) < 5
         assert "cli-agent stops: SIGINT received; closing the tunnel" in laptop.logs()
         assert [line.split(" ", 3)[-1] for line in heard] == [goodbye]
@@ -376,8 +379,10 @@ async def test_signals_stop_the_agent_cleanly(team: Team) -> None:  # noqa: F811
         laptop.start()
         await team.wait_status("running")
         await through_the_tunnel(team, recorder)
+        began = time.monotonic()
         laptop.signal(signal.SIGTERM)
         assert await laptop.exited(timeout=10) == 0
+        print(f"SIGTERM to exit: {time.monotonic() - began:.2f} s")
         assert await team.wait_status("offline", timeout=5) < 5
         assert "cli-agent stops: SIGTERM received; closing the tunnel" in laptop.logs()
         assert [line.split(" ", 3)[-1] for line in heard] == [goodbye] * 2

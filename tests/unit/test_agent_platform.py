@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import stat
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from cli_server.tunnel.agent_platform import (
     StopOnSignals,
     WindowsFiles,
     posix,
+    run_command,
     windows,
 )
 from cli_server.tunnel.frames import decode
@@ -324,3 +326,14 @@ def test_the_env_file_hint_fits_the_shell(tmp_path: Path) -> None:
         "Get-Content '/home/ana/.cli-server/anthropic.env' | ForEach-Object { $n, $v = $_ "
         "-split '=', 2; Set-Item \"env:$n\" $v }; opencode serve"
     )
+
+
+def test_run_command_reports_failures_in_one_line(tmp_path: Path) -> None:
+    """What WindowsFiles runs icacls and whoami with, tried here with Python itself."""
+    assert run_command([sys.executable, "-c", "print('S-1-5-21')"]) == "S-1-5-21\n"
+    with pytest.raises(OSError) as raised:
+        run_command([sys.executable, "-c", "import sys; sys.stderr.write('denied\\n'); exit(5)"])
+    assert str(raised.value) == f"{sys.executable} failed (5): denied"
+    with pytest.raises(OSError) as raised:
+        run_command([str(tmp_path / "no-such-icacls")])
+    assert str(raised.value).startswith(f"{tmp_path / 'no-such-icacls'} could not run: ")

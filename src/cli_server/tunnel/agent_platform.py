@@ -60,8 +60,15 @@ class PosixFiles:
 def run_command(argv: list[str]) -> str:
     """Run a short system command and return what it printed; a failure raises OSError."""
     try:
+        # (errors="replace": Windows prints in the console's code page, and only the ASCII
+        # SID and exit status matter)
         done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=ICACLS_TIMEOUT, check=False
+            argv,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=ICACLS_TIMEOUT,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError) as e:
         raise OSError(f"{argv[0]} could not run: {e}") from None

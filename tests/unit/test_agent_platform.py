@@ -25,6 +25,7 @@ from zope.interface import implementer
 import cli_server.tunnel.agent as agent_module
 from cli_server import cli
 from cli_server.tap.agent import Options, makeService
+from cli_server.threads import ThreadPoolService
 from cli_server.tunnel.agent import AgentError, Credentials, TunnelAgent
 from cli_server.tunnel.agent_platform import (
     Platform,
@@ -256,6 +257,9 @@ def test_makeservice_wires_the_agent_and_the_signals(tmp_path: Path) -> None:
     root: Any = makeService(options, reactor=MemoryReactorClock())
     assert isinstance(root.getServiceNamed("agent"), TunnelAgent)
     assert isinstance(root.getServiceNamed("signals"), StopOnSignals)
+    # the pool that saves the credentials (icacls on Windows) starts first and stops last
+    assert [service.name for service in root] == ["files", "agent", "signals"]
+    assert isinstance(root.getServiceNamed("files"), ThreadPoolService)
 
 
 def test_stopping_says_goodbye_on_the_tunnel(tmp_path: Path) -> None:

@@ -97,6 +97,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor as globalReactor
 
         reactor = globalReactor
+    from cli_server.threads import ThreadPoolService
     from cli_server.tunnel.agent import exit_with_error
     from cli_server.tunnel.agent_network import Network
     from cli_server.tunnel.agent_platform import StopOnSignals
@@ -107,6 +108,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         options["ca-file"], os.environ, platform.default_ca_file, platform.system_store
     )
     root = MultiService()
+    files = ThreadPoolService(reactor, "cli-agent-files", 1)  # (started before the agent)
+    files.setName("files")
+    files.setServiceParent(root)
     agent = TunnelAgent(
         reactor,
         options["config"],
@@ -118,6 +122,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         on_fatal=exit_with_error(reactor),
         platform=platform,
         network=Network(trust, dict(os.environ)),
+        runner=files.run,
     )
     agent.setName("agent")
     agent.setServiceParent(root)

@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 
 from cli_server._version import __version__
 from cli_server.nodelay import no_delay
+from cli_server.threads import Runner, synchronous_runner
 from cli_server.tunnel.agent_error import AgentError as AgentError
 from cli_server.tunnel.agent_network import CONNECT_TIMEOUT as CONNECT_TIMEOUT
 from cli_server.tunnel.agent_network import Network, ReportingEndpoint
@@ -359,6 +360,8 @@ class TunnelAgent(Service):
     _on_fatal: Callable[[str], None] | None = None
     _platform: Platform = field(factory=current)
     _network: Network = field(factory=Network)
+    # saving runs commands on Windows (icacls): off the reactor thread in the daemon
+    _runner: Runner = synchronous_runner
     backoff: Backoff = field(factory=Backoff)
     ping_interval: float = 15.0
     dead_after: float = 45.0
@@ -396,7 +399,7 @@ class TunnelAgent(Service):
                 self._use_server_key,
                 self._network,
             )
-            credentials.save(self._config_path, self._platform.files)
+            await self._runner(credentials.save, self._config_path, self._platform.files)
             self._log.info(
                 "registered as local sandbox {name} ({sandbox_id}); credentials saved in {path}",
                 name=credentials.name,
@@ -405,7 +408,8 @@ class TunnelAgent(Service):
             )
             if credentials.anthropic:
                 env = self._config_path.with_name("anthropic.env")
-                write_private(
+                await self._runner(
+                    write_private,
                     env,
                     f"ANTHROPIC_BASE_URL={credentials.anthropic['base_url']}\n"
                     f"ANTHROPIC_API_KEY={credentials.anthropic['api_key']}\n",
@@ -426,7 +430,7 @@ class TunnelAgent(Service):
                 )
             if self._opencode_url and self._opencode_url != credentials.opencode_url:
                 credentials = evolve(credentials, opencode_url=self._opencode_url)
-                credentials.save(self._config_path, self._platform.files)
+                await self._runner(credentials.save, self._config_path, self._platform.files)
         self.credentials = credentials
         self._connector = OpencodeConnector(
             client_endpoint(self._reactor, credentials.opencode_url), credentials.opencode_url

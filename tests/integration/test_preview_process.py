@@ -3,20 +3,27 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest_twisted
 import treq
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from cli_server.sandboxes.backend import Endpoint
 
 from .conftest import Real, _reactor
-from .helpers import needs_isolation, wait_until
+from .helpers import Wire, needs_isolation, wait_until
 from .sandbox_shell import can_connect, run_inside
+from .test_previews import frame
 
 DEV_PORT = 8000
+VITE = 5173
+DEV_SERVER = Path(__file__).with_name("sandbox_dev_server.py")
 
 
 def serve_inside(pid: int, port: int) -> None:
@@ -110,3 +117,168 @@ async def test_preview_of_a_real_dev_server(real: Real) -> None:
     refused = await real.owner.call("GET", f"/api/sandboxes/{a}/ports")
     assert (refused.code, refused.error_code) == (409, "invalid_state"), refused.body
     assert refused.body["error"]["sandbox_status"] == "paused"
+
+
+class Echoes(Wire):
+    """A WebSocket client's raw connection that tells at once when an echo has arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._awaited: tuple[bytes, Deferred[None]] | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if self._awaited is not None and self._awaited[0] in self.received:
+            done, self._awaited = self._awaited[1], None
+            done.callback(None)
+
+    async def echo(self, text: bytes) -> None:
+        """Send ``text`` in a masked frame; return once its unmasked echo is back."""
+        self.received = b""
+        arrived: Deferred[None] = Deferred()
+        arrived.addTimeout(10, _reactor())
+        self._awaited = (bytes([0x81, len(text)]) + text, arrived)
+        self.transport.write(frame(text))  # type: ignore[union-attr]
+        await arrived
+
+
+def preview_host(sandbox_id: str, port: int) -> str:
+    return f"oc-{sandbox_id}-p{port}.localhost:8080"
+
+
+async def open_preview(real: Real, sandbox_id: str, port: int) -> str:
+    """Open the preview as the dashboard's button does: its session cookie's value."""
+    reply = await real.owner.call("POST", f"/api/sandboxes/{sandbox_id}/open", {"port": port})
+    assert reply.code == 200, reply
+    prefix = f"http://{preview_host(sandbox_id, port)}"
+    assert reply.body["url"].startswith(prefix), reply.body
+    redeemed = await real.app.client().call(
+        "GET", reply.body["url"][len(prefix) :], headers={"Host": preview_host(sandbox_id, port)}
+    )
+    assert redeemed.code == 303, redeemed
+    (cookie,) = redeemed.headers.getRawHeaders("set-cookie")
+    return str(cookie.split(";")[0].split("=", 1)[1])
+
+
+async def preview_socket(real: Real, host: str, cookie: str) -> Echoes:
+    endpoint = TCP4ClientEndpoint(_reactor(), "127.0.0.1", real.app.port.getHost().port)
+    wire = await connectProtocol(endpoint, Echoes())
+    head = (
+        f"GET /ws HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\n"
+        f"Cookie: cli_sandbox={cookie}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    wire.transport.write(head.encode())  # type: ignore[union-attr]
+    wire.closed.addTimeout(30, _reactor())
+    await wait_until(_reactor(), lambda: b"\r\n\r\n" in wire.received, timeout=10)
+    assert wire.received.startswith(b"HTTP/1.1 101"), wire.received[:200]
+    return wire
+
+
+async def direct_socket(endpoint: Endpoint, host: str) -> Echoes:
+    wire = await connectProtocol(
+        TCP4ClientEndpoint(_reactor(), endpoint.host, endpoint.port), Echoes()
+    )
+    head = (
+        f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    wire.transport.write(head.encode())  # type: ignore[union-attr]
+    wire.closed.addTimeout(30, _reactor())
+    await wait_until(_reactor(), lambda: b"\r\n\r\n" in wire.received, timeout=10)
+    return wire
+
+
+async def median_ms(rounds: int, once: Any) -> float:
+    times = []
+    for _ in range(rounds):
+        began = time.perf_counter()
+        await once()
+        times.append((time.perf_counter() - began) * 1000)
+    return sorted(times)[len(times) // 2]
+
+
+@needs_isolation
+@pytest_twisted.ensureDeferred
+async def test_a_real_dev_server_through_its_preview_address(real: Real) -> None:
+    """A dev server started in a real sandbox, used through ``oc-{id}-p{port}``: its page, an
+    asset, a POST, an event stream and a WebSocket echo, with no opencode credential and none
+    of our cookies reaching it; a pause cuts the open WebSocket. Prints the preview path's
+    overhead against the forward used directly (medians)."""
+    sid, _ = await real.create("a", "dev")
+    inside = real.pid(sid)
+    script = DEV_SERVER.read_text()
+    started = run_inside(
+        inside,
+        f"cat > /tmp/dev.py <<'EOF'\n{script}EOF\n"
+        f"setsid python3 /tmp/dev.py {VITE} >/dev/null 2>&1 </dev/null &",
+    )
+    assert started.returncode == 0, started.stderr
+
+    async def listening() -> bool:
+        return VITE in await real.backend.listening_ports(sid)
+
+    await wait_until(_reactor(), listening, timeout=20, step=0.1)
+    host = preview_host(sid, VITE)
+    cookie = await open_preview(real, sid, VITE)
+    browser = real.app.client()
+    ours = {"Host": host, "Cookie": f"cli_sandbox={cookie}; cli_session=main; theme=dark"}
+
+    page = await browser.call("GET", "/", headers=ours)
+    assert page.code == 200 and b"made in the sandbox" in page.body
+    asset = await browser.call("GET", "/app.js", headers=ours)
+    assert asset.code == 200 and asset.headers.getRawHeaders("content-type") == [
+        "application/javascript"
+    ]
+    posted = await browser.call(
+        "POST", "/save?token=steal", {"name": "é"}, headers={**ours, "Origin": f"http://{host}"}
+    )
+    assert posted.code == 200 and json.loads(posted.body["body"]) == {"name": "é"}
+    seen = await browser.call(
+        "GET", "/headers", headers={**ours, "Authorization": "Basic c3RlYWw6c3RlYWw="}
+    )
+    (row,) = await real.app.db.query(
+        "SELECT opencode_password FROM sandboxes WHERE id = %s", (sid,)
+    )
+    everything = json.dumps([seen.body, posted.body])
+    for secret in (row["opencode_password"], "steal", "main", cookie, "c3RlYWw6c3RlYWw="):
+        assert secret not in everything
+    assert "theme=dark" in everything
+    events = await browser.call("GET", "/events", headers=ours)
+    assert events.code == 200 and events.body == b"data: tick 0\n\ndata: tick 1\n\ndata: tick 2\n\n"
+
+    wire = await preview_socket(real, host, cookie)
+    await wire.echo(b"hello")
+    await wire.echo(b"again")
+
+    # The overhead of the preview path, against the sandbox's forward used directly.
+    direct = await real.backend.preview_endpoint(sid, VITE)
+    assert direct is not None
+    url = f"http://{direct.host}:{direct.port}/app.js"
+
+    async def direct_get() -> None:
+        response = await treq.get(url, headers={"Host": host}, reactor=_reactor())
+        await treq.content(response)
+
+    async def preview_get() -> None:
+        reply = await browser.call("GET", "/app.js", headers=ours)
+        assert reply.code == 200
+
+    get_direct = await median_ms(100, direct_get)
+    get_preview = await median_ms(100, preview_get)
+    plain = await direct_socket(direct, host)
+    echo_direct = await median_ms(100, lambda: plain.echo(b"ping"))
+    echo_preview = await median_ms(100, lambda: wire.echo(b"ping"))
+    plain.transport.loseConnection()  # type: ignore[union-attr]
+    print(
+        f"\npreview overhead (real sandbox, medians of 100): small GET {get_preview:.2f} ms "
+        f"vs {get_direct:.2f} ms direct; WebSocket echo {echo_preview:.2f} ms vs "
+        f"{echo_direct:.2f} ms direct"
+    )
+
+    # A pause revokes the preview: the open WebSocket ends, the address answers no more.
+    assert (await real.owner.call("POST", f"/api/sandboxes/{sid}/pause")).code == 200
+    await wire.closed
+    await real.wait(sid, "paused")
+    after = await browser.call("GET", "/", headers=ours)
+    assert after.code == 503 and b"paused" in after.body

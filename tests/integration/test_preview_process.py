@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from cli_server.sandboxes.backend import Endpoint
+from cli_server.sandboxes.process_backend import ANTHROPIC_PORT
 
 from .conftest import Real, _reactor
 from .helpers import Wire, needs_isolation, wait_until
@@ -22,18 +23,19 @@ from .sandbox_shell import can_connect, run_inside
 from .test_previews import frame
 
 DEV_PORT = 8000
+LOOPBACK_PORT = 5174
 VITE = 5173
 DEV_SERVER = Path(__file__).with_name("sandbox_dev_server.py")
 
 
-def serve_inside(pid: int, port: int) -> None:
+def serve_inside(pid: int, port: int, bind: str = "0.0.0.0") -> None:
     """Start ``python3 -m http.server`` in the sandbox, as an agent would, in the background
     (it dies with the sandbox), with a page of its own in the workspace disk."""
     started = run_inside(
         pid,
         "mkdir -p /data/disk0/site && echo '<h1>made in the sandbox</h1>' > "
         "/data/disk0/site/index.html && cd /data/disk0/site || exit 1\n"
-        f"setsid python3 -m http.server {port} >/dev/null 2>&1 </dev/null &",
+        f"setsid python3 -m http.server {port} --bind {bind} >/dev/null 2>&1 </dev/null &",
     )
     assert started.returncode == 0, started.stderr
 
@@ -93,6 +95,28 @@ async def test_preview_of_a_real_dev_server(real: Real) -> None:
     assert host_listeners(first.port) == {"0100007F"}  # the host's loopback only
     code, body = await fetch(first)
     assert code == 200 and b"made in the sandbox" in body
+
+    # A dev server on the sandbox's loopback only (as Vite's default is) is reached too.
+    serve_inside(real.pid(a), LOOPBACK_PORT, bind="127.0.0.1")
+
+    async def both_listed() -> bool:
+        return await real.backend.listening_ports(a) == [LOOPBACK_PORT, DEV_PORT]
+
+    await wait_until(_reactor(), both_listed, timeout=20, step=0.1)
+    local = await real.backend.preview_endpoint(a, LOOPBACK_PORT)
+    assert local is not None and host_listeners(local.port) == {"0100007F"}
+    code, body = await fetch(local)
+    assert code == 200 and b"made in the sandbox" in body
+
+    # The Anthropic door on that loopback is no preview: the forward finds nothing there.
+    door = await real.backend.preview_endpoint(a, ANTHROPIC_PORT)
+    assert door is not None
+    try:
+        await fetch(door)
+    except Exception as e:
+        print(f"\nthe door's port through a preview: {type(e).__name__}")
+    else:
+        raise AssertionError("the Anthropic door answered through a preview")
 
     # A port nothing listens on yet still has a forward; connecting there fails.
     idle = await real.backend.preview_endpoint(a, 5173)

@@ -69,7 +69,8 @@ async def fetch(endpoint: Endpoint, path: str = "/") -> tuple[int, bytes]:
 @pytest_twisted.ensureDeferred
 async def test_preview_of_a_real_dev_server(real: Real) -> None:
     """The dev server's port is listed and reached from the host through one forward on
-    127.0.0.1; another sandbox can reach neither it nor the forward; a pause ends it."""
+    127.0.0.1; another sandbox can reach neither it nor the forward; a pause ends it, and a
+    server's stop ends them all."""
     a, _ = await real.create("a", "dev")
     b, _ = await real.create("b", "other")
     assert await real.backend.listening_ports(a) == []  # opencode's own port is not listed
@@ -141,6 +142,13 @@ async def test_preview_of_a_real_dev_server(real: Real) -> None:
     refused = await real.owner.call("GET", f"/api/sandboxes/{a}/ports")
     assert (refused.code, refused.error_code) == (409, "invalid_state"), refused.body
     assert refused.body["error"]["sandbox_status"] == "paused"
+
+    # A server stopping ends every forward with its sandboxes: a restarted server finds none.
+    kept = await real.backend.preview_endpoint(b, DEV_PORT)
+    assert kept is not None and host_listeners(kept.port) == {"0100007F"}
+    await real.backend.close()
+    assert host_listeners(kept.port) == set()
+    assert await real.backend.preview_endpoint(b, DEV_PORT) is None
 
 
 class Echoes(Wire):

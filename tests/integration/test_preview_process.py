@@ -183,6 +183,17 @@ class Echoes(Wire):
         await arrived
 
 
+def start_dev_server(pid: int) -> None:
+    """sandbox_dev_server.py on port VITE in the sandbox, in the background."""
+    script = DEV_SERVER.read_text()
+    started = run_inside(
+        pid,
+        f"cat > /tmp/dev.py <<'EOF'\n{script}EOF\n"
+        f"setsid python3 /tmp/dev.py {VITE} >/dev/null 2>&1 </dev/null &",
+    )
+    assert started.returncode == 0, started.stderr
+
+
 def preview_host(sandbox_id: str, port: int) -> str:
     return f"oc-{sandbox_id}-p{port}.localhost:8080"
 
@@ -244,17 +255,11 @@ async def median_ms(rounds: int, once: Any) -> float:
 async def test_a_real_dev_server_through_its_preview_address(real: Real) -> None:
     """A dev server started in a real sandbox, used through ``oc-{id}-p{port}``: its page, an
     asset, a POST, an event stream and a WebSocket echo, with no opencode credential and none
-    of our cookies reaching it; a pause cuts the open WebSocket. Prints the preview path's
-    overhead against the forward used directly (medians)."""
+    of our cookies reaching it; a pause cuts the open WebSocket, and after a resume the
+    preview works again. Prints the preview path's overhead against the forward used
+    directly (medians)."""
     sid, _ = await real.create("a", "dev")
-    inside = real.pid(sid)
-    script = DEV_SERVER.read_text()
-    started = run_inside(
-        inside,
-        f"cat > /tmp/dev.py <<'EOF'\n{script}EOF\n"
-        f"setsid python3 /tmp/dev.py {VITE} >/dev/null 2>&1 </dev/null &",
-    )
-    assert started.returncode == 0, started.stderr
+    start_dev_server(real.pid(sid))
 
     async def listening() -> bool:
         return VITE in await real.backend.listening_ports(sid)
@@ -323,3 +328,12 @@ async def test_a_real_dev_server_through_its_preview_address(real: Real) -> None
     await real.wait(sid, "paused")
     after = await browser.call("GET", "/", headers=ours)
     assert after.code == 503 and b"paused" in after.body
+
+    # Resumed, with its dev server started again: the preview works through a new forward.
+    assert (await real.owner.call("POST", f"/api/sandboxes/{sid}/resume")).code == 200
+    await real.wait(sid, "running")
+    start_dev_server(real.pid(sid))
+    await wait_until(_reactor(), listening, timeout=20, step=0.1)
+    cookie = await open_preview(real, sid, VITE)
+    page = await browser.call("GET", "/", headers={"Host": host, "Cookie": f"cli_sandbox={cookie}"})
+    assert page.code == 200 and b"made in the sandbox" in page.body

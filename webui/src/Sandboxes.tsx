@@ -10,6 +10,7 @@ import {
 } from "./api";
 import { ConfirmButton } from "./Confirm";
 import { LocalAgentButton } from "./LocalAgent";
+import { Previews } from "./Previews";
 import { Usage } from "./Usage";
 import { Alert, useAction } from "./useAction";
 import { absolute, ago, span } from "./when";
@@ -33,10 +34,17 @@ const WAKEABLE = new Set(["paused", "failed"]);
 interface Props {
   workspace: Workspace;
   pollMs?: number;
+  /** How often a running card reads its listening ports again (see Previews). */
+  previewPollMs?: number;
   isAdmin?: boolean;
 }
 
-export function Sandboxes({ workspace, pollMs = 2000, isAdmin = false }: Props) {
+export function Sandboxes({
+  workspace,
+  pollMs = 2000,
+  previewPollMs = 5000,
+  isAdmin = false,
+}: Props) {
   const [sandboxes, setSandboxes] = useState<Sandbox[] | null>(null);
   const [name, setName] = useState("");
   const [ticks, setTicks] = useState(0);
@@ -161,6 +169,7 @@ export function Sandboxes({ workspace, pollMs = 2000, isAdmin = false }: Props) 
             canChange={canChange}
             onOpen={() => void open(s)}
             act={act}
+            previewPollMs={previewPollMs}
           />
         ))}
       </ul>
@@ -173,6 +182,7 @@ interface CardProps {
   canChange: boolean;
   onOpen: () => void;
   act: (work: () => Promise<unknown>) => Promise<void>;
+  previewPollMs: number;
 }
 
 function When({ iso, now, prefix }: { iso: string; now: number; prefix: string }) {
@@ -186,7 +196,7 @@ function When({ iso, now, prefix }: { iso: string; now: number; prefix: string }
   );
 }
 
-function SandboxCard({ sandbox: s, canChange, onOpen, act }: CardProps) {
+function SandboxCard({ sandbox: s, canChange, onOpen, act, previewPollMs }: CardProps) {
   const now = Date.now();
   const [logsOpen, setLogsOpen] = useState(false);
   const facts: ReactElement[] = [];
@@ -298,6 +308,7 @@ function SandboxCard({ sandbox: s, canChange, onOpen, act }: CardProps) {
           />
         )}
       </div>
+      {s.status === "running" && <Previews sandbox={s} pollMs={previewPollMs} />}
       {/* (keyed by status: a crash or restart reads the log again) */}
       {logsOpen && <LogPanel key={s.status} sandbox={s} />}
     </li>

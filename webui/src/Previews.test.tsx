@@ -201,3 +201,16 @@ test("ports that cannot be read: says so, and a port can still be typed", async 
   await screen.findByText("Its ports could not be listed: Busy");
   expect(screen.getByRole("textbox", { name: "Port of web to open" })).toBeTruthy();
 });
+
+test("a sandbox that stopped a moment ago (409) is not reported as an error", async () => {
+  const fetch = vi.spyOn(globalThis, "fetch").mockResolvedValue(
+    new Response(JSON.stringify({ error: { code: "invalid_state", message: "it is paused" } }), {
+      status: 409,
+    }),
+  );
+  render(<Previews sandbox={sandbox} pollMs={60_000} />);
+  await vi.waitFor(() => expect(fetch).toHaveBeenCalledTimes(1));
+  await act(() => Promise.resolve());
+  expect(screen.queryByText(/could not be listed/)).toBeNull();
+  expect(screen.getByText("Looking for listening ports…")).toBeTruthy();
+});

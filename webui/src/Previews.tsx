@@ -1,7 +1,7 @@
 // A running sandbox's previews: the ports its dev servers listen on, each opened in a new tab
 // at its own address, oc-{id}-p{port}.{base domain}, signed in there by a one-time link.
 import { type FormEvent, useCallback, useEffect, useRef, useState } from "react";
-import { api, describe, type Ports, type Sandbox } from "./api";
+import { ApiError, api, describe, type Ports, type Sandbox } from "./api";
 import { useVisiblePoll } from "./poll";
 
 /** The port opencode itself serves on: its own subdomain, never a preview. */
@@ -81,7 +81,8 @@ export function Previews({ sandbox, pollMs = 5000 }: Props) {
       setPorts(found);
       setListError(null);
     } catch (e) {
-      setListError(describe(e));
+      // (409: it stopped running a moment ago; the card follows at its next read)
+      if (!(e instanceof ApiError && e.status === 409)) setListError(describe(e));
     } finally {
       busy.current = false;
     }

@@ -1,0 +1,114 @@
+"""The previews journey (webui/e2e/previews.mjs) in headless Chromium against a real
+`twistd cli-server` with a real process-backend sandbox: a dev server started inside the
+sandbox is listed on its card, Copy link gives its address, Open shows its page (stylesheet and
+fetch included) in a new tab, and a browser without a session there goes through the dashboard
+and back. Screenshots land in docs/screenshots (preview.png, preview-app.png)."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from .helpers import needs_isolation
+from .journeys import WEBUI, browser_env, journey_argv, origin, require_web_ui, running_daemon
+from .sandbox_shell import opencode_pid, run_inside
+
+PORT = 5173
+
+# A small app as a dev server would serve it: a page, its stylesheet, a script that fetches.
+SITE = {
+    "index.html": """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Sandbox app</title>
+<link rel="stylesheet" href="style.css"></head>
+<body><main><h1>Hello from the sandbox</h1><p id="said">loading…</p></main>
+<script src="app.js"></script></body></html>
+""",
+    "style.css": """body { font: 18px/1.5 system-ui, sans-serif; margin: 3rem; }
+h1 { color: #3056d3; }
+""",
+    "app.js": """fetch("data.json").then((r) => r.json()).then((d) => {
+  document.getElementById("said").textContent = `data.json says: ${d.message}`;
+});
+""",
+    "data.json": '{"message": "served from inside the sandbox"}\n',
+}
+
+
+def start_dev_server(pid: int) -> int:
+    """Writes ``SITE`` to the workspace disk and starts ``python3 -m http.server`` on ``PORT``
+    inside the sandbox of opencode ``pid``, as its user; its pid there, once it listens."""
+    writes = "\n".join(
+        f"cat > /data/disk0/preview-site/{name} <<'CLI_EOF'\n{body}CLI_EOF"
+        for name, body in SITE.items()
+    )
+    script = f"""set -e
+mkdir -p /data/disk0/preview-site
+{writes}
+cd /data/disk0/preview-site
+nohup python3 -m http.server {PORT} >/dev/null 2>&1 </dev/null &
+echo $!
+for _ in $(seq 100); do
+  (exec 3<>/dev/tcp/127.0.0.1/{PORT}) 2>/dev/null && exit 0
+  sleep 0.1
+done
+echo "nothing listens on {PORT}" >&2
+exit 1
+"""
+    result = run_inside(pid, script)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return int(result.stdout.split()[0])
+
+
+@needs_isolation
+def test_previews_journey(data_dir: Path) -> None:
+    require_web_ui()
+    with running_daemon(data_dir) as server:
+        began = time.monotonic()
+        journey = subprocess.Popen(
+            journey_argv("previews.mjs", origin(server)),
+            cwd=WEBUI,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=browser_env(data_dir.parent),
+        )
+        code, said, errors = _serve_when_asked(journey, data_dir)
+    print(f"\n{''.join(said)}(browser run {time.monotonic() - began:.1f} s)")
+    assert code == 0, "".join(said)[-3000:] + errors[-3000:]
+    assert any(line.startswith(f"port {PORT} listed") for line in said), said
+    assert any(line.startswith("preview rendered") for line in said), said
+
+
+def _serve_when_asked(journey: subprocess.Popen[str], data_dir: Path) -> tuple[int, list[str], str]:
+    """Reads the journey to its end, starting the dev server in the sandbox of each
+    ``SERVE <id>`` it asks for (and stopping it at the end); returns its exit code, its lines
+    and its stderr."""
+    # Bounded: whatever the journey does, it is killed after this.
+    watchdog = threading.Timer(600, journey.kill)
+    watchdog.start()
+    said: list[str] = []
+    servers: list[tuple[int, int]] = []  # (opencode's pid, the dev server's pid inside)
+    try:
+        assert journey.stdout is not None and journey.stdin is not None
+        for line in journey.stdout:
+            said.append(line)
+            if line.startswith("SERVE "):
+                sandbox_id = line.split()[1]
+                root_pid = int((data_dir / "sandboxes" / sandbox_id / "pid").read_text())
+                pid = opencode_pid(root_pid)
+                servers.append((pid, start_dev_server(pid)))
+                journey.stdin.write("served\n")
+                journey.stdin.flush()
+        code = journey.wait(timeout=30)
+        errors = journey.stderr.read() if journey.stderr is not None else ""
+    finally:
+        watchdog.cancel()
+        if journey.poll() is None:
+            journey.kill()
+            journey.wait()
+        for pid, inside in servers:  # (the sandbox's end would stop it too)
+            run_inside(pid, f"kill {inside} 2>/dev/null || true")
+    return code, said, errors

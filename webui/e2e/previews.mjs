@@ -8,6 +8,7 @@
 // Starting the dev server needs the driver's help: this prints "SERVE <sandbox id>" and waits
 // for a line on stdin once it listens on 5173 inside that sandbox
 // (tests/integration/test_journey_previews.py). Exits non-zero on the first failed expectation.
+import { join } from "node:path";
 import { createInterface } from "node:readline";
 import {
   cardOf,
@@ -21,7 +22,7 @@ import {
 } from "./common.mjs";
 
 const PORT = 5173;
-const { base, browser } = await start({ timeout: 60_000 });
+const { base, shots, browser } = await start({ timeout: 60_000 });
 const started = Date.now();
 const input = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 
@@ -40,9 +41,9 @@ try {
   await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: base });
   const page = await context.newPage();
   await signUp(page, "pia");
-  await page.getByLabel("New workspace").fill("Previews");
+  await page.getByLabel("New workspace").fill("Web team");
   await page.getByRole("button", { name: "Create workspace" }).click();
-  await page.getByRole("heading", { name: "Previews" }).waitFor();
+  await page.getByRole("heading", { name: "Web team" }).waitFor();
   await page.getByPlaceholder("Name a new sandbox").fill("app");
   await page.getByRole("button", { name: "New sandbox" }).click();
   const card = cardOf(page, "app");
@@ -72,12 +73,12 @@ try {
   console.log(`port ${PORT} listed ${secondsSince(servedAt)} s after the dev server started`);
   const address = link.replace(`oc-${id}.`, `oc-${id}-p${PORT}.`);
   await previews.getByText(address, { exact: true }).waitFor();
+  await card.scrollIntoViewIfNeeded();
+  await card.screenshot({ path: join(shots, "preview.png") });
   await previews.getByRole("button", { name: `Copy link to port ${PORT}` }).click();
   await previews.getByText("Link copied").waitFor();
   const copied = await page.evaluate(() => navigator.clipboard.readText());
   expect(copied === address, `clipboard holds ${copied}, not ${address}`);
-  await card.scrollIntoViewIfNeeded();
-  await shot(page, "preview");
 
   // Open: a new tab, through the one-time link, to the preview's own address.
   const clicked = Date.now();

@@ -169,12 +169,13 @@ def plain_upstream_headers(
     headers: Iterable[tuple[bytes, bytes]],
     cookies: tuple[bytes, ...],
     host: bytes,
-    authorization: bytes,
+    authorization: bytes | None,
     peer: bytes,
     scheme: bytes,
 ) -> bytes:
     """A plain head's header block as the sandbox gets it, blank line included: the same
-    hygiene as ``forward.upstream_headers``, written as bytes."""
+    hygiene as ``forward.upstream_headers``, written as bytes. ``authorization`` is opencode's
+    credential; a preview port gets none (None or b""): no Authorization header at all."""
     out: list[bytes] = []
     for name, value in headers:
         if name.lower() not in DROPPED_REQUEST:
@@ -182,10 +183,10 @@ def plain_upstream_headers(
     cookie = clean_cookie_header(cookies) if cookies else None
     if cookie:
         out += (b"cookie: ", cookie, b"\r\n")
+    if authorization:
+        out += (b"authorization: ", authorization, b"\r\n")
     out += (
-        b"authorization: ",
-        authorization,
-        b"\r\nx-forwarded-for: ",
+        b"x-forwarded-for: ",
         peer,
         b"\r\nx-forwarded-proto: ",
         scheme,

@@ -86,7 +86,7 @@ try {
   await tab.waitForURL(address);
   await appRendered(tab);
   console.log(`preview rendered ${secondsSince(clicked)} s after Open`);
-  await shot(tab, "preview-app");
+  await shot(tab, "preview-app", { clip: { x: 0, y: 0, width: 720, height: 200 } });
   await tab.close();
 
   // A browser signed in to the dashboard only: the address sends it there and back.

@@ -85,6 +85,10 @@ try {
   const [tab] = await Promise.all([context.waitForEvent("page"), open.click()]);
   await tab.waitForURL(address);
   await appRendered(tab);
+  expect(
+    await tab.evaluate(() => window.opener === null),
+    "the preview can reach the dashboard's tab through window.opener",
+  );
   console.log(`preview rendered ${secondsSince(clicked)} s after Open`);
   await shot(tab, "preview-app", { clip: { x: 0, y: 0, width: 720, height: 200 } });
   await tab.close();

@@ -49,7 +49,7 @@ function posts(fetch: ReturnType<typeof serve>): unknown[] {
 }
 
 function fakeTab() {
-  const tab = { location: { href: "" }, close: vi.fn() };
+  const tab = { location: { href: "" }, close: vi.fn(), opener: window as Window | null };
   const open = vi.spyOn(window, "open").mockReturnValue(tab as unknown as Window);
   return { tab, open };
 }
@@ -98,6 +98,8 @@ test("listening ports: Open opens the one-time link in a new tab, Copy link the 
   expect(open).toHaveBeenCalledWith("about:blank", "_blank");
   await vi.waitFor(() => expect(tab.location.href).toBe(LINK));
   expect(posts(fetch)).toEqual([{ port: 5173 }]);
+  // What the sandbox serves cannot reach back to (and navigate) the dashboard's tab.
+  expect(tab.opener).toBeNull();
 
   fireEvent.click(within(region).getByRole("button", { name: "Copy link to port 8000" }));
   await within(region).findByText("Link copied");

@@ -36,9 +36,11 @@ export function previewUrl(sandboxUrl: string | null, port: number): string | nu
 }
 
 /** Opens ``url()``'s answer in a new tab: the tab first (browsers allow that only during the
- * click), then its address once the server has minted the one-time link. */
+ * click), then its address once the server has minted the one-time link. The tab loses its
+ * ``opener``: what a sandbox serves must not be able to navigate the dashboard's tab. */
 export async function openInNewTab(url: () => Promise<string>): Promise<void> {
   const tab = window.open("about:blank", "_blank");
+  if (tab) tab.opener = null;
   try {
     const target = await url();
     if (tab) tab.location.href = target;

@@ -447,7 +447,7 @@ test("Open on a paused sandbox resumes it, then opens it", async () => {
     [`POST /api/sandboxes/${card.id}/open`]: () =>
       new Response(JSON.stringify({ url: "http://oc-x.localhost/open?t=1" })),
   });
-  const tab = { location: { href: "" }, close: vi.fn() };
+  const tab = { location: { href: "" }, close: vi.fn(), opener: window as Window | null };
   vi.spyOn(window, "open").mockReturnValue(tab as unknown as Window);
   render(<Sandboxes workspace={workspace("developer")} pollMs={60_000} />);
   const item = (await screen.findByText("web")).closest("li") as HTMLElement;
@@ -459,6 +459,7 @@ test("Open on a paused sandbox resumes it, then opens it", async () => {
   for (const [input, init] of fetch.mock.calls)
     if (init?.method === "POST") calls.push(String(input));
   expect(calls).toEqual([`/api/sandboxes/${card.id}/resume`, `/api/sandboxes/${card.id}/open`]);
+  expect(tab.opener).toBeNull(); // (opencode's tab cannot navigate the dashboard's)
 });
 
 test("guests: Open on a paused sandbox is disabled and says why", async () => {

@@ -10,7 +10,7 @@ import {
 } from "./api";
 import { ConfirmButton } from "./Confirm";
 import { LocalAgentButton } from "./LocalAgent";
-import { Previews } from "./Previews";
+import { openInNewTab, Previews } from "./Previews";
 import { Usage } from "./Usage";
 import { Alert, useAction } from "./useAction";
 import { absolute, ago, span } from "./when";
@@ -95,24 +95,20 @@ export function Sandboxes({
   }
 
   async function open(sandbox: Sandbox) {
-    // Open the tab first (browsers allow that only during the click), then send it to the
-    // one-time link once the server has minted it.
-    const tab = window.open("about:blank", "_blank");
     try {
-      if (canChange && !sandbox.is_local && WAKEABLE.has(sandbox.status)) {
-        try {
-          await api.resume(sandbox.id);
-        } catch (e) {
-          // Someone else resumed it a moment ago: open it all the same.
-          if (!(e instanceof ApiError && e.status === 409)) throw e;
+      await openInNewTab(async () => {
+        if (canChange && !sandbox.is_local && WAKEABLE.has(sandbox.status)) {
+          try {
+            await api.resume(sandbox.id);
+          } catch (e) {
+            // Someone else resumed it a moment ago: open it all the same.
+            if (!(e instanceof ApiError && e.status === 409)) throw e;
+          }
+          void load();
         }
-        void load();
-      }
-      const { url } = await api.open(sandbox.id);
-      if (tab) tab.location.href = url;
-      else window.location.href = url;
+        return (await api.open(sandbox.id)).url;
+      });
     } catch (e) {
-      tab?.close();
       setError(describe(e));
     }
   }

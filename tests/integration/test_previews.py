@@ -6,16 +6,24 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
 import pytest_twisted
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.web.server import Site
 
 from .conftest import Running, _reactor, server_config, start_server, stop_server
 from .helpers import Api, Wire, free_port, wait_until
-from .test_sandboxes_api import team, wait_status
+from .test_isolation_browser import BASE, ROOT, Hostile, Upgrades
+from .test_sandboxes_api import team as team_of
+from .test_sandboxes_api import wait_status
+from .test_tunnel import Laptop, Team, team  # noqa: F401  (a fixture: a server for agents)
 from .upstream import DevServer, PreviewBackend, Recorder, serve, serve_dev_server
 
 VITE = 5173  # a port with a dev server on it
@@ -122,7 +130,7 @@ async def previews(db_url: str) -> AsyncIterator[Previews]:
         closed=free_port(),
     )
     app = await start_server(db_url, backend=backend, config=server_config(db_url))
-    people, wid = await team(app)
+    people, wid = await team_of(app)
     made = await people["owner"].call("POST", f"/api/workspaces/{wid}/sandboxes", {"name": "p"})
     await wait_status(people["owner"], made.body["id"], "running")
     yield Previews(app, opencode, dev, backend, people, wid, made.body["id"])
@@ -213,7 +221,8 @@ async def test_guests_only_read_a_preview(previews: Previews) -> None:
     before = len(previews.dev.recorder.seen)
     own = {"Origin": f"http://{previews.host()}"}
     for method in ("POST", "PUT", "PATCH", "DELETE"):
-        assert (await previews.visit("/x", method, cookie=guest, body={}, headers=own)).code == 403
+        refusal = await previews.visit("/x", method, cookie=guest, body={}, headers=own)
+        assert refusal.code == 403 and "previews are read-only" in json.dumps(refusal.body)
     await refused(await previews.socket(guest))
     assert len(previews.dev.recorder.seen) == before and not previews.dev.sockets.handshakes
     developer = await previews.open("developer")
@@ -320,7 +329,8 @@ async def test_nothing_listening_is_a_page_that_reloads(previews: Previews) -> N
 @pytest_twisted.ensureDeferred
 async def test_revocation_cuts_an_open_preview_websocket(previews: Previews) -> None:
     """Logout, a role change and a pause each cut a preview's open WebSocket, as they cut
-    opencode's terminal; the preview's traffic keeps the sandbox awake meanwhile."""
+    opencode's terminal, and a member's removal their event stream; the preview's traffic
+    keeps the sandbox awake meanwhile."""
     reactor, people = _reactor(), previews.people
     await previews.app.db.execute("UPDATE sandboxes SET last_activity_at = now() - interval '1h'")
     previews.app.server.activity._written.clear()
@@ -331,12 +341,19 @@ async def test_revocation_cuts_an_open_preview_websocket(previews: Previews) -> 
         await echoed(wire, b"ping")
         return wire
 
-    wire = await opened("developer")
+    async def recent() -> bool:
+        (row,) = await previews.app.db.query(
+            "SELECT last_activity_at > now() - interval '1 minute' AS recent FROM sandboxes"
+        )
+        return bool(row["recent"])
+
+    cookie = await previews.open("developer")
+    assert not await recent()  # (opening is no activity)
+    wire = await previews.socket(cookie)
+    await wait_until(reactor, lambda: b"\r\n\r\n" in wire.received, timeout=10)
+    await echoed(wire, b"ping")
     await wait_until(reactor, lambda: previews.dev.sockets.open == 1, timeout=10)
-    (row,) = await previews.app.db.query(
-        "SELECT last_activity_at > now() - interval '1 minute' AS recent FROM sandboxes"
-    )
-    assert row["recent"]
+    await wait_until(reactor, recent, timeout=10)
     await people["developer"].call("POST", "/api/auth/logout")
     await wire.closed
     await wait_until(reactor, lambda: previews.dev.sockets.open == 0, timeout=10)
@@ -349,6 +366,21 @@ async def test_revocation_cuts_an_open_preview_websocket(previews: Previews) -> 
     await wire.closed
     await wait_until(reactor, lambda: previews.dev.sockets.open == 0, timeout=10)
 
+    # A guest's event stream (guests read) ends when the guest is removed.
+    guest = await previews.open("guest")
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", previews.app.port.getHost().port)
+    stream = await connectProtocol(endpoint, Wire())
+    stream.transport.write(  # type: ignore[union-attr]
+        f"GET /ticks HTTP/1.1\r\nHost: {previews.host()}\r\n"
+        f"Cookie: cli_sandbox={guest}\r\n\r\n".encode()
+    )
+    stream.closed.addTimeout(20, reactor)
+    await wait_until(reactor, lambda: stream.received.count(b"data: tick") >= 2, timeout=10)
+    guest_id = people["guest"].user["id"]  # type: ignore[index]
+    await people["owner"].call("DELETE", f"/api/workspaces/{previews.workspace}/members/{guest_id}")
+    await stream.closed
+    await wait_until(reactor, lambda: previews.dev.recorder.ticking == 0, timeout=10)
+
     cookie = await previews.open("owner")
     wire = await previews.socket(cookie)
     await wait_until(reactor, lambda: b"\r\n\r\n" in wire.received, timeout=10)
@@ -357,4 +389,124 @@ async def test_revocation_cuts_an_open_preview_websocket(previews: Previews) -> 
     await wire.closed
     await wait_status(people["owner"], previews.sandbox, "paused")
     page = await previews.visit("/", cookie=cookie)
-    assert page.code == 503 and b"paused" in page.body
+    assert page.code == 503 and b"paused" in page.body and b"/_cli/resume" in page.body
+    resumed = await previews.visit(
+        "/_cli/resume", "POST", cookie=cookie, headers={"Origin": f"http://{previews.host()}"}
+    )
+    assert resumed.code == 303 and resumed.headers.getRawHeaders("location") == ["/"]
+    await wait_status(people["owner"], previews.sandbox, "running")
+    assert (await previews.visit("/again", cookie=cookie)).code == 200  # (the app, not opencode)
+    assert previews.dev.recorder.seen[-1]["uri"] == "/again"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_laptop_port_its_agent_does_not_share_is_a_page(team: Team) -> None:  # noqa: F811
+    """A local sandbox's preview goes through its agent's tunnel, and only to ports the laptop
+    user allowed: this agent runs without --allow-port, so port 5173 is a page saying so,
+    while opencode (a FAKE one on the laptop) is still reached."""
+    reactor = _reactor()
+    laptop_opencode, listening = serve(reactor)
+    laptop = Laptop(team.root, team.base, f"http://127.0.0.1:{listening.getHost().port}")
+    try:
+        laptop.register(await team.code())
+        await team.wait_status("running")
+        sandbox_id = (await team.local_sandbox())["id"]
+        opened = await team.owner.call("POST", f"/api/sandboxes/{sandbox_id}/open", {"port": VITE})
+        host = f"oc-{sandbox_id}-p{VITE}.localhost:{team.port}"
+        redeemed = await team.app.client().call(
+            "GET", opened.body["url"].split(host, 1)[1], headers={"Host": host}
+        )
+        assert redeemed.code == 303, redeemed
+        cookie = redeemed.headers.getRawHeaders("set-cookie")[0].split(";")[0]
+        page = await team.app.client().call("GET", "/", headers={"Host": host, "Cookie": cookie})
+        assert page.code == 403, page
+        assert (
+            b"Port 5173 is not shared by this laptop: its agent runs without --allow-port 5173."
+            in page.body
+        )
+        _, opencode_cookie = await team.open(sandbox_id)
+        home = await team.app.client().call(
+            "GET",
+            "/echo",
+            headers={
+                "Host": f"oc-{sandbox_id}.localhost:{team.port}",
+                "Cookie": f"cli_sandbox={opencode_cookie}",
+            },
+        )
+        assert home.code == 200 and laptop_opencode.seen[-1]["uri"] == "/echo"
+    finally:
+        laptop.kill()
+        await listening.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_preview_page_cannot_act_on_its_sandboxs_opencode_in_chromium(
+    db_url: str,
+) -> None:
+    """Real Chromium, the victim signed in on the main site, opencode's origin and the preview
+    of port 5173 of the same sandbox, whose dev server is hostile (it serves the attacker's
+    page): the preview's page POSTs to opencode (no-cors fetch and a form), opens its terminal
+    WebSocket and reads it with CORS; opencode sees none of it. Cookies that opencode's 101
+    tries to set for the parent domain or with our names are not stored; the main site still
+    knows the victim; opencode's own page keeps working."""
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is required: apt-get install chromium"
+    reactor = _reactor()
+    recorder, upgraded = Hostile(reactor), list[Any]()
+    site = Site(recorder)
+    factory = Factory.forProtocol(lambda: Upgrades(recorder, site, upgraded))
+    upstream = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    port = free_port()
+    config = attrs.evolve(server_config(db_url), base_domain=f"{BASE}:{port}")
+    where = upstream.getHost().port
+    backend = PreviewBackend(serve_at=where, previews={VITE: where})
+    app = await start_server(db_url, backend=backend, config=config, port=port)
+    try:
+        victim = app.client()
+        await victim.register_and_login("victim", "correct horse battery")
+        wid = (await victim.call("POST", "/api/workspaces", {"name": "w"})).body["id"]
+        made = await victim.call("POST", f"/api/workspaces/{wid}/sandboxes", {"name": "s"})
+        sid = made.body["id"]
+        await wait_status(victim, sid, "running")
+        opening = f"/api/sandboxes/{sid}/open"
+        plan = {
+            "base": f"http://{BASE}:{port}",
+            "a": (await victim.call("POST", opening, {"port": VITE})).body["url"],
+            "b": (await victim.call("POST", opening)).body["url"],
+            "bId": sid,
+            "username": "victim",
+            "password": "correct horse battery",
+        }
+        assert plan["a"].startswith(f"http://oc-{sid}-p{VITE}.{BASE}:{port}/_cli/auth?ticket=")
+        run: Deferred[tuple[bytes, bytes, int]] = getProcessOutputAndValue(
+            "node",
+            ["e2e/isolation.mjs", json.dumps(plan)],
+            env={"PATH": "/usr/bin:/bin:/usr/local/bin", "CHROMIUM": chromium, "HOME": "/tmp"},
+            path=os.path.join(ROOT, "webui"),
+            reactor=reactor,
+        )
+        out, err, code = await run
+        assert code == 0, (out + err).decode()[-3000:]
+        report = json.loads(out.decode().strip().splitlines()[-1])
+        opencode_host = f"oc-{sid}.{BASE}:{port}"
+        on_opencode = [
+            (s["method"], s["uri"])
+            for s in recorder.seen
+            if s["headers"]["host"] == [opencode_host]
+        ]
+        assert not [uri for _, uri in on_opencode if "attack" in uri], on_opencode
+        statuses = {uri: status for _, uri, status in report["statuses"]}
+        assert statuses["/session?attack=fetch"] == 403, report
+        assert statuses["/session?attack=form"] == 403, report
+        assert report["attack"]["ws"] == "refused" and report["attack"]["cors"] == "blocked"
+        assert report["own"] == {"post": 200, "ws": "open"}, report
+        assert not [c for c in report["cookies"] if "evil" in c], report["cookies"]
+        assert report["me"] == [200, "victim"]
+        previewed = [s for s in recorder.seen if s["headers"]["host"] != [opencode_host]]
+        assert previewed and all("authorization" not in s["headers"] for s in previewed)
+        assert report["paused"] == 200 and report["resume"] == 303, report
+    finally:
+        for transport in upgraded:
+            transport.abortConnection()
+        await stop_server(app)
+        await upstream.stopListening()

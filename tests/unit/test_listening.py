@@ -20,6 +20,8 @@ TCP = HEADER + (
     "   3: 6402000A:1435 08080808:01BB 01 00000000:00000000 00:00000000 00000000  1000 0 4 1\n"
     # 0.0.0.0:80 LISTEN: privileged, never a preview
     "   4: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0 0 5 1\n"
+    # 127.0.0.11:37087 LISTEN: a container engine's resolver
+    "   5: 0B00007F:90DF 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0 0 8 1\n"
 )
 TCP6 = HEADER + (
     # [::]:5173 LISTEN (Vite), [::]:8000 LISTEN again (dual stack)
@@ -33,7 +35,8 @@ TCP6 = HEADER + (
 
 def test_listening_rows_only() -> None:
     """LISTEN rows are read, connections are not; the header and bad lines are skipped."""
-    assert listening_in(TCP) == {4096, 8000, 4097, 80}
+    assert listening_in(TCP) == {4096, 8000, 4097, 80, 37087}
+    assert listening_in(TCP, hidden=["127.0.0.11"]) == {4096, 8000, 4097, 80}
     assert listening_in(TCP6) == {5173, 8000}
     assert listening_in("") == set()
 
@@ -42,8 +45,14 @@ def test_preview_ports_of_a_namespace(tmp_path: Path) -> None:
     """Both tables, sorted, once each, within the preview range, the excluded left out."""
     (tmp_path / "tcp").write_text(TCP)
     (tmp_path / "tcp6").write_text(TCP6)
-    assert listening_ports(tmp_path, PREVIEW_PORTS, (4096, 4097)) == [5173, 8000]
-    assert listening_ports(tmp_path, PREVIEW_PORTS) == [4096, 4097, 5173, 8000]
+    assert listening_ports(tmp_path, PREVIEW_PORTS, (4096, 4097), ["127.0.0.11"]) == [5173, 8000]
+    assert listening_ports(tmp_path, PREVIEW_PORTS, hidden=["127.0.0.11"]) == [
+        4096,
+        4097,
+        5173,
+        8000,
+    ]
+    assert 37087 in listening_ports(tmp_path, PREVIEW_PORTS)
 
 
 def test_a_process_gone_lists_nothing(tmp_path: Path) -> None:

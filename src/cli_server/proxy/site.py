@@ -24,7 +24,6 @@ from cli_server.proxy.forward import (
     through_tunnel,
     upstream_headers,
 )
-from cli_server.proxy.hosts import Place, place_for_host
 from cli_server.proxy.hygiene import (
     clearing_cookies,
     cookie_values,
@@ -42,6 +41,12 @@ _GUEST_REFUSAL = json.dumps(
     {
         "name": "Forbidden",
         "data": {"message": "You are a guest in this workspace: opencode is read-only for you."},
+    }
+).encode()
+_GUEST_PREVIEW_REFUSAL = json.dumps(
+    {
+        "name": "Forbidden",
+        "data": {"message": "You are a guest in this workspace: previews are read-only for you."},
     }
 ).encode()
 _LAND_PATH = b"/_cli/open"  # where a sandbox link lands once signed in (landing_html)
@@ -274,7 +279,8 @@ class SandboxSite(Resource):
             request.setResponseCode(403)
             request.setHeader(b"content-type", b"application/json")
             request.setHeader(b"cache-control", b"no-store")
-            self._finish(request, _GUEST_REFUSAL)
+            is_preview = isinstance(verdict, rules.Page) and verdict.port is not None
+            self._finish(request, _GUEST_PREVIEW_REFUSAL if is_preview else _GUEST_REFUSAL)
         elif why is rules.Why.NOT_RUNNING and access is not None:
             self._status_page(request, access.status, access)
         elif why is rules.Why.NOT_FOUND and isinstance(verdict, rules.Page) and verdict.detail:
@@ -306,7 +312,7 @@ class SandboxSite(Resource):
             text = f"{access.error[:300].rstrip('.')}. {text}"
         can_resume = status in ("paused", "failed") and access.role >= Role.DEVELOPER
         refresh = None if status in ("paused", "failed") else 3
-        then = _after_start(request.uri, access, self._port_of(request))
+        then = _after_start(request.uri, access)
         self._page(request, 503, title, text, refresh=refresh, resume=can_resume, then=then)
 
     async def _redeem(self, request: Any, sandbox_id: str, port: int | None) -> None:
@@ -349,13 +355,8 @@ class SandboxSite(Resource):
         # (in the form's action: a sandbox request's body streams to opencode, unread here)
         query = parse_qs(request.uri.partition(b"?")[2].decode("latin-1"))
         asked = (query.get("next") or ["/"])[0].encode("utf-8")
-        then = _after_start(asked, access, self._port_of(request))
+        then = _after_start(asked, access)
         self._see_other(request, then.encode("ascii"))
-
-    def _port_of(self, request: Any) -> int | None:
-        """The preview port the request's Host names (None: opencode's address)."""
-        place = place_for_host(request.getHeader(b"host"), self._base_host)
-        return place.port if isinstance(place, Place) else None
 
 
 def _page_load(request: Any) -> bool:
@@ -367,7 +368,7 @@ def _page_load(request: Any) -> bool:
     return b"text/html" in accept.lower()  # (a browser that sends no fetch metadata)
 
 
-def _after_start(uri: bytes, access: Access, port: int | None) -> str:
+def _after_start(uri: bytes, access: Access) -> str:
     """Where a started or resumed sandbox's page leads: the address asked for, but the bare
     home page of a cloud sandbox's opencode becomes the landing (on the workspace disk)."""
     try:
@@ -377,7 +378,7 @@ def _after_start(uri: bytes, access: Access, port: int | None) -> str:
     # (a path of this origin only: not "//host", not "/\\host", nothing a header cannot carry)
     if not path.startswith("/") or path[1:2] in ("/", "\\") or not path.isprintable():
         path = "/"
-    if path == "/" and not access.is_local and port is None:
+    if path == "/" and not access.is_local and access.port is None:
         return _LAND_PATH.decode("ascii")
     return path
 

@@ -73,6 +73,7 @@ from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.threads import Runner
 
 GUEST_PORT = 4096
+ENGINE_DNS = "127.0.0.11"  # the engine's resolver in a container: its TCP port is no preview
 LABEL = "cli-server"
 SCRATCH = ("/tmp", "/var/tmp")  # writable, in memory; everything else but the volumes is not
 
@@ -698,7 +699,8 @@ def _container_ports(pid: int, container_id: str) -> list[int] | None:
         return None
     if container_id not in cgroup:
         return None
-    return listening_ports(Path(f"/proc/{pid}/net"), PREVIEW_PORTS, (GUEST_PORT,))
+    net = Path(f"/proc/{pid}/net")
+    return listening_ports(net, PREVIEW_PORTS, (GUEST_PORT,), hidden=(ENGINE_DNS,))
 
 
 def _remove_disk(directory: Path) -> None:

@@ -78,6 +78,22 @@ SANDBOX_ACCOUNT = "cli-sandbox"
 GUEST_PORT = 4096
 ANTHROPIC_PORT = 4097  # the Anthropic proxy's door, on the sandbox's own loopback
 SLIRP_DNS = "10.0.2.3"  # slirp4netns's resolver, the one private address a sandbox may use
+SLIRP_GUEST = "10.0.2.100"  # the sandbox's own address, where slirp4netns's forwards arrive
+# Dev servers listen on localhost by default (Vite does): a preview's forwarded connection is
+# passed on to the sandbox's loopback, which also serves those listening on every address.
+# Only slirp4netns's forwards arrive at the sandbox's address from outside; opencode's own
+# forward is left as it is, and the Anthropic door (on that loopback) stays out of reach.
+_LOOPBACK_PREVIEWS = f"""
+table ip cli_previews
+delete table ip cli_previews
+table ip cli_previews {{
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    iifname "tap0" ip daddr {SLIRP_GUEST} tcp dport != {{ {GUEST_PORT}, {ANTHROPIC_PORT} }} \\
+      dnat to 127.0.0.1
+  }}
+}}
+"""
 ARGS_FD = 3  # bubblewrap reads its --setenv arguments from this descriptor
 SECCOMP_FD = 4  # and its seccomp filter from this one
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -469,16 +485,22 @@ class ProcessBackend:
         return EgressPolicy(allow=self._egress_allow).on_this_host()
 
     async def _limit_egress(self, box: Path, netns: Path) -> None:
-        """Load the egress rules into the sandbox's namespace before anything runs in it."""
+        """Load the egress rules into the sandbox's namespace before anything runs in it,
+        with the previews' way to its loopback (the kernel takes packets for 127.0.0.1 from
+        an interface other than lo only with route_localnet, set in this namespace alone)."""
         rules = box / "egress.nft"
         rules.unlink(missing_ok=True)
         descriptor = os.open(rules, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as out:
-            out.write(self.egress_policy().nft_ruleset(dns=[SLIRP_DNS]))
+            out.write(self.egress_policy().nft_ruleset(dns=[SLIRP_DNS]) + _LOOPBACK_PREVIEWS)
         try:
             await self._must("nsenter", [f"--net={netns}", _which("nft"), "-f", str(rules)])
         finally:
             rules.unlink(missing_ok=True)
+        await self._must(
+            "nsenter",
+            [f"--net={netns}", _which("sysctl"), "-qw", "net.ipv4.conf.all.route_localnet=1"],
+        )
 
     async def _must(self, tool: str, args: list[str]) -> None:
         result = await run_process(

@@ -1,8 +1,9 @@
 """The previews journey (webui/e2e/previews.mjs) in headless Chromium against a real
 `twistd cli-server` with a real process-backend sandbox: a dev server started inside the
 sandbox is listed on its card, Copy link gives its address, Open shows its page (stylesheet and
-fetch included) in a new tab, and a browser without a session there goes through the dashboard
-and back. Screenshots land in docs/screenshots (preview.png, preview-app.png)."""
+fetch included) in a new tab, a second one answers a POST, an event stream and a WebSocket echo
+from the page, and a browser without a session there goes through the dashboard and back.
+Screenshots land in docs/screenshots (preview.png, preview-app.png)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from .helpers import needs_isolation
 from .journeys import WEBUI, browser_env, journey_argv, origin, require_web_ui, running_daemon
 from .sandbox_shell import opencode_pid, run_inside
 
-PORT = 5173
+PORT = 5173  # the page: python3 -m http.server
+LIVE_PORT = 8000  # an event stream, a POST and a WebSocket echo: sandbox_dev_server.py
+DEV_SERVER = Path(__file__).with_name("sandbox_dev_server.py")
 
 # A small app as a dev server would serve it: a page, its stylesheet, a script that fetches.
 SITE = {
@@ -36,12 +39,14 @@ h1 { color: #3056d3; }
 }
 
 
-def start_dev_server(pid: int) -> int:
-    """Writes ``SITE`` to the workspace disk and starts ``python3 -m http.server`` on ``PORT``
-    inside the sandbox of opencode ``pid``, as its user; its pid there, once it listens."""
+def start_dev_servers(pid: int) -> list[int]:
+    """Writes ``SITE`` and the dev server to the workspace disk, then starts
+    ``python3 -m http.server`` on ``PORT`` and ``sandbox_dev_server.py`` on ``LIVE_PORT``
+    inside the sandbox of opencode ``pid``, as its user; their pids there, once they listen."""
+    files = {**SITE, "dev_server.py": DEV_SERVER.read_text()}
     writes = "\n".join(
         f"cat > /data/disk0/preview-site/{name} <<'CLI_EOF'\n{body}CLI_EOF"
-        for name, body in SITE.items()
+        for name, body in files.items()
     )
     script = f"""set -e
 mkdir -p /data/disk0/preview-site
@@ -49,16 +54,20 @@ mkdir -p /data/disk0/preview-site
 cd /data/disk0/preview-site
 nohup python3 -m http.server {PORT} >/dev/null 2>&1 </dev/null &
 echo $!
-for _ in $(seq 100); do
-  (exec 3<>/dev/tcp/127.0.0.1/{PORT}) 2>/dev/null && exit 0
-  sleep 0.1
+nohup python3 dev_server.py {LIVE_PORT} >/dev/null 2>&1 </dev/null &
+echo $!
+for port in {PORT} {LIVE_PORT}; do
+  for _ in $(seq 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && continue 2
+    sleep 0.1
+  done
+  echo "nothing listens on $port" >&2
+  exit 1
 done
-echo "nothing listens on {PORT}" >&2
-exit 1
 """
     result = run_inside(pid, script)
     assert result.returncode == 0, result.stdout + result.stderr
-    return int(result.stdout.split()[0])
+    return [int(word) for word in result.stdout.split()]
 
 
 @needs_isolation
@@ -80,6 +89,7 @@ def test_previews_journey(data_dir: Path) -> None:
     assert code == 0, "".join(said)[-3000:] + errors[-3000:]
     assert any(line.startswith(f"port {PORT} listed") for line in said), said
     assert any(line.startswith("preview rendered") for line in said), said
+    assert any(line.startswith("live preview") for line in said), said
 
 
 def _serve_when_asked(journey: subprocess.Popen[str], data_dir: Path) -> tuple[int, list[str], str]:
@@ -99,7 +109,7 @@ def _serve_when_asked(journey: subprocess.Popen[str], data_dir: Path) -> tuple[i
                 sandbox_id = line.split()[1]
                 root_pid = int((data_dir / "sandboxes" / sandbox_id / "pid").read_text())
                 pid = opencode_pid(root_pid)
-                servers.append((pid, start_dev_server(pid)))
+                servers += [(pid, inside) for inside in start_dev_servers(pid)]
                 journey.stdin.write("served\n")
                 journey.stdin.flush()
         code = journey.wait(timeout=30)

@@ -1,12 +1,13 @@
 // Previews in headless Chromium against a real cli-server with a real process-backend sandbox:
 // a dev server started inside it shows on its card, Copy link gives its address, Open opens
-// it in a new tab where the page, its stylesheet and a fetch all come through, and a browser
-// with no session there is sent by the address through the dashboard and back.
+// it in a new tab where the page, its stylesheet and a fetch all come through, a live app's
+// WebSocket, POST and event stream work from its page, and a browser with no session there is
+// sent by the address through the dashboard and back.
 //
 //   node e2e/previews.mjs http://localhost:8080 ../docs/screenshots
 //
 // Starting the dev server needs the driver's help: this prints "SERVE <sandbox id>" and waits
-// for a line on stdin once it listens on 5173 inside that sandbox
+// for a line on stdin once dev servers listen on 5173 and 8000 inside that sandbox
 // (tests/integration/test_journey_previews.py). Exits non-zero on the first failed expectation.
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -21,7 +22,8 @@ import {
   start,
 } from "./common.mjs";
 
-const PORT = 5173;
+const PORT = 5173; // a page with its stylesheet and a fetch (python3 -m http.server)
+const LIVE_PORT = 8000; // an event stream, a POST and a WebSocket echo (sandbox_dev_server.py)
 const { base, shots, browser } = await start({ timeout: 60_000 });
 const started = Date.now();
 const input = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
@@ -73,6 +75,7 @@ try {
   console.log(`port ${PORT} listed ${secondsSince(servedAt)} s after the dev server started`);
   const address = link.replace(`oc-${id}.`, `oc-${id}-p${PORT}.`);
   await previews.getByText(address, { exact: true }).waitFor();
+  await previews.getByRole("button", { name: `Open port ${LIVE_PORT}` }).waitFor();
   await card.scrollIntoViewIfNeeded();
   await card.screenshot({ path: join(shots, "preview.png") });
   await previews.getByRole("button", { name: `Copy link to port ${PORT}` }).click();
@@ -92,6 +95,49 @@ try {
   console.log(`preview rendered ${secondsSince(clicked)} s after Open`);
   await shot(tab, "preview-app", { clip: { x: 0, y: 0, width: 720, height: 200 } });
   await tab.close();
+
+  // A live app: an event stream, a POST and a WebSocket echo, from the preview's own page.
+  const liveAddress = link.replace(`oc-${id}.`, `oc-${id}-p${LIVE_PORT}.`);
+  const [live] = await Promise.all([
+    context.waitForEvent("page"),
+    previews.getByRole("button", { name: `Open port ${LIVE_PORT}` }).click(),
+  ]);
+  await live.waitForURL(liveAddress);
+  await live.getByRole("heading", { name: "made in the sandbox" }).waitFor();
+  await live.waitForFunction(() => document.title === "asset loaded");
+  const talked = Date.now();
+  const got = await live.evaluate(async () => {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const echo = await new Promise((resolve, reject) => {
+      const socket = new WebSocket(`${scheme}://${location.host}/ws`);
+      socket.onopen = () => socket.send("hello over the preview");
+      socket.onmessage = (event) => {
+        resolve(event.data);
+        socket.close();
+      };
+      socket.onerror = () => reject(new Error("the WebSocket failed"));
+    });
+    const posted = await (await fetch("/form", { method: "POST", body: "a form's body" })).json();
+    const events = await new Promise((resolve) => {
+      const seen = [];
+      const stream = new EventSource("/events");
+      stream.onmessage = (event) => {
+        seen.push(event.data);
+        if (seen.length === 3) {
+          stream.close();
+          resolve(seen);
+        }
+      };
+    });
+    return { echo, posted: posted.body, events };
+  });
+  expect(got.echo === "hello over the preview", `the WebSocket echoed ${got.echo}`);
+  expect(got.posted === "a form's body", `the POST arrived as ${got.posted}`);
+  expect(got.events.join() === "tick 0,tick 1,tick 2", `the events were ${got.events}`);
+  console.log(
+    `live preview: a WebSocket echo, a POST and an event stream from the page in ${secondsSince(talked)} s`,
+  );
+  await live.close();
 
   // A browser signed in to the dashboard only: the address sends it there and back.
   const { cookies } = await context.storageState();

@@ -113,9 +113,9 @@ export function Previews({ sandbox, pollMs = 5000 }: Props) {
   return (
     <section className="previews" aria-labelledby={headingId}>
       <div className="row between tight">
-        <h3 id={headingId} className="previews-heading">
+        <h2 id={headingId} className="previews-heading">
           Previews
-        </h3>
+        </h2>
         {sharedOnly && <span className="muted small">shared by the laptop (--allow-port)</span>}
       </div>
       {shown.length > 0 && (

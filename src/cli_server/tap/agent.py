@@ -15,7 +15,8 @@ from cli_server.tunnel.agent import AgentError, TunnelAgent, check_url, default_
 class Options(usage.Options):
     synopsis = (
         "--server URL --code CODE --name NAME [--opencode-url URL]  (first time)\n"
-        "       twistd -n cli-agent [--opencode-url URL]  (afterwards)"
+        "       twistd -n cli-agent [--opencode-url URL]  (afterwards)\n"
+        "       add --allow-port 5173,8000 to share those ports of this machine as previews"
     )
     longdesc = (
         "Connects the opencode running on this machine (opencode serve) to a cli-server "
@@ -66,6 +67,21 @@ class Options(usage.Options):
                 "CODE --name NAME (the dashboard's 'Connect a local agent' shows the command)"
             )
         self["config"] = config.absolute()
+        self._allowed_ports()
+
+    def opt_allow_port(self, ports: str) -> None:
+        """Share ports of 127.0.0.1 here as previews, e.g. 5173,8000 (repeatable; this run only)."""
+        self.setdefault("allow-port", []).append(ports)
+
+    def _allowed_ports(self) -> None:
+        from cli_server.tunnel.shared_ports import check_not_opencode, parse_ports
+
+        try:
+            self["allow-port"] = parse_ports(self.get("allow-port", []))
+            if self["opencode-url"] is not None:  # (else the saved one, checked at start)
+                check_not_opencode(self["allow-port"], self["opencode-url"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -83,5 +99,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         code=options["code"],
         name=options["name"],
         use_server_key=bool(options["use-server-key"]),
+        allowed_ports=options["allow-port"],
         on_fatal=exit_with_error(reactor),
     )

@@ -26,17 +26,19 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from cli_server._version import __version__
 from cli_server.nodelay import no_delay
 from cli_server.tunnel.carrier import SessionCarrier
 from cli_server.tunnel.frames import MAX_MESSAGE
 from cli_server.tunnel.mux import Session, Stream
+from cli_server.tunnel.shared_ports import LoopbackEndpoint, check_not_opencode
 
 STABLE_AFTER = 30.0  # a connection that lasted this long resets the backoff
 CONNECT_TIMEOUT = 10.0
@@ -207,7 +209,29 @@ class _ToTunnel(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
         self.stream.unregisterProducer()
-        self.stream.loseConnection()
+        if reason.check(ConnectionDone):
+            self.stream.loseConnection()  # what is still buffered goes first
+        else:
+            self.stream.abortConnection()  # (a reset: a cut reply must not look complete)
+
+
+@implementer(IPushProducer)
+@frozen
+class _Reader:
+    """The stream as the producer of the local connection. The connection stops its
+    producer when it closes: that must not reset the stream, whose last bytes (a reply
+    followed by a close, as HTTP/1.0 servers do) are still on their way to the server."""
+
+    stream: Stream
+
+    def pauseProducing(self) -> None:
+        self.stream.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.stream.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass  # (_ToTunnel.connectionLost ends the stream, cleanly or not)
 
 
 class _ToOpencode(Protocol):
@@ -218,7 +242,8 @@ class _ToOpencode(Protocol):
 
     def connectionMade(self) -> None:
         opencode: Any = self.opencode.transport
-        opencode.registerProducer(self.transport, True)
+        stream: Any = self.transport
+        opencode.registerProducer(_Reader(stream), True)
 
     def dataReceived(self, data: bytes) -> None:
         assert self.opencode.transport is not None
@@ -267,6 +292,36 @@ class OpencodeConnector:
             stream.reset(f"opencode is not reachable on the agent's machine ({self._url})")
 
         d.addCallbacks(connected, failed)
+
+
+@define(eq=False)
+class PortConnector:
+    """Connects a stream that names a port to that port on this machine's loopback if its
+    user shares it (``--allow-port``), and refuses it otherwise, whatever the server asked."""
+
+    _reactor: Any
+    _ports: frozenset[int]
+    _log = Logger()
+
+    def accept(self, session: Session, stream: Stream) -> None:
+        port = stream.port
+        if port not in self._ports:
+            self._log.warn("refused the server a stream to port {port}: not shared", port=port)
+            stream.reset(f"port {port} is not shared by this laptop (--allow-port)")
+            return
+        side = _ToTunnel(stream)
+
+        def connected(_: object) -> None:
+            if stream.closed:
+                assert side.transport is not None
+                side.transport.loseConnection()
+                return
+            session.accept_stream(stream, _ToOpencode(side))
+
+        def failed(f: Failure) -> None:
+            stream.reset(f"nothing is listening on port {port} on the agent's machine")
+
+        connectProtocol(LoopbackEndpoint(self._reactor, port), side).addCallbacks(connected, failed)
 
 
 class TunnelClientFactory(WebSocketClientFactory):
@@ -340,6 +395,7 @@ class TunnelAgent(Service):
     backoff: Backoff = field(factory=Backoff)
     ping_interval: float = 15.0
     dead_after: float = 45.0
+    allowed_ports: tuple[int, ...] = ()  # --allow-port: shared for this run only
     credentials: Credentials | None = field(default=None, init=False)
     _client: ClientService | None = field(default=None, init=False)
     _connector: OpencodeConnector | None = field(default=None, init=False)
@@ -417,16 +473,33 @@ class TunnelAgent(Service):
             name=credentials.name,
             url=credentials.opencode_url,
         )
+        self._share_ports(credentials.opencode_url)
         if self.running:
             self._client.startService()
+
+    def _share_ports(self, opencode_url: str) -> None:
+        if not self.allowed_ports:
+            return
+        try:
+            check_not_opencode(self.allowed_ports, opencode_url)
+        except ValueError as e:
+            raise AgentError(str(e)) from None
+        self._log.info(
+            "sharing ports {ports} of this machine's loopback with the workspace",
+            ports=", ".join(str(p) for p in self.allowed_ports),
+        )
 
     def new_session(self, send: Callable[[bytes], None], close: Any) -> Session:
         assert self.credentials is not None and self._connector is not None
         connector = self._connector
+        ports = PortConnector(self._reactor, frozenset(self.allowed_ports))
         session: Session
 
         def accept(stream: Stream) -> None:
-            connector.accept(session, stream)
+            if stream.port is None:
+                connector.accept(session, stream)
+            else:
+                ports.accept(session, stream)
 
         session = Session(
             self._reactor,
@@ -436,6 +509,7 @@ class TunnelAgent(Service):
             label=self.credentials.sandbox_id,
             accept=accept,
             agent_name=f"cli-agent/{__version__.public()}",
+            ports=self.allowed_ports,
             ping_interval=self.ping_interval,
             dead_after=self.dead_after,
         )

@@ -3,17 +3,31 @@
 sandbox is listed on its card, Copy link gives its address, Open shows its page (stylesheet and
 fetch included) in a new tab, a second one answers a POST, an event stream and a WebSocket echo
 from the page, and a browser without a session there goes through the dashboard and back.
-Screenshots land in docs/screenshots (preview.png, preview-app.png)."""
+The same for a local sandbox (webui/e2e/previews-local.mjs): a real `twistd cli-agent` shares
+one port of the laptop and not another. Screenshots land in docs/screenshots (preview.png,
+preview-app.png, preview-local.png)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from .helpers import needs_isolation
-from .journeys import WEBUI, browser_env, journey_argv, origin, require_web_ui, running_daemon
+from .daemon import twistd
+from .helpers import free_port, needs_isolation, remove_dir, scratch_dir
+from .journeys import (
+    WEBUI,
+    browser_env,
+    journey_argv,
+    origin,
+    require_web_ui,
+    run_journey,
+    running_daemon,
+)
 from .sandbox_shell import opencode_pid, run_inside
 
 PORT = 5173  # the page: python3 -m http.server
@@ -122,3 +136,97 @@ def _serve_when_asked(journey: subprocess.Popen[str], data_dir: Path) -> tuple[i
         for pid, inside in servers:  # (the sandbox's end would stop it too)
             run_inside(pid, f"kill {inside} 2>/dev/null || true")
     return code, said, errors
+
+
+@contextmanager
+def laptop_servers(root: Path, count: int) -> Iterator[list[int]]:
+    """``count`` small web servers on this machine's 127.0.0.1, as a laptop's dev servers (the
+    first serves a page that says where it is); their ports."""
+    site = root / "site"
+    site.mkdir()
+    (site / "index.html").write_text(
+        '<!doctype html><title>Laptop app</title><h1 lang="en">Hello from the laptop</h1>'
+    )
+    ports = []
+    while len(ports) < count:  # distinct, and never opencode's 4096
+        port = free_port()
+        if port not in ports and port != 4096:
+            ports.append(port)
+    servers = [
+        subprocess.Popen(
+            ["python3", "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+            cwd=site,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]
+    try:
+        yield ports
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait(10)
+
+
+@needs_isolation
+def test_local_previews_journey(data_dir: Path) -> None:
+    require_web_ui()
+    root = scratch_dir("cli-test-laptop-")
+    agent: subprocess.Popen[bytes] | None = None
+    try:
+        with (
+            laptop_servers(root, 3) as (shared, other, opencode),
+            running_daemon(data_dir) as server,
+        ):
+            account = {"username": "lena", "password": "correct horse battery"}
+            assert server.request("POST", "/api/auth/register", account)[0] == 201
+            assert server.request("POST", "/api/auth/login", account)[0] == 200
+            status, workspace = server.request("POST", "/api/workspaces", {"name": "Laptops"})
+            assert status == 201, workspace
+            status, made = server.request("POST", f"/api/workspaces/{workspace['id']}/agent-code")
+            assert status == 201, made
+            agent = subprocess.Popen(
+                [
+                    twistd(),
+                    "-n",
+                    "--pidfile=",
+                    f"--logfile={root / 'agent.log'}",
+                    "cli-agent",
+                    *("--server", server.base, "--code", made["code"], "--name", "laptop"),
+                    *("--opencode-url", f"http://127.0.0.1:{opencode}"),
+                    *("--allow-port", str(shared)),
+                ],
+                cwd=root,
+                env={**os.environ, "HOME": str(root / "home")},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            deadline = time.monotonic() + 60
+            while True:
+                listed = server.request("GET", f"/api/workspaces/{workspace['id']}/sandboxes")[1]
+                if any(s["is_local"] and s["status"] == "running" for s in listed):
+                    break
+                assert agent.poll() is None, (root / "agent.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, (root / "agent.log").read_text()[-3000:]
+                time.sleep(0.2)
+            printed = run_journey(
+                "previews-local.mjs",
+                origin(server),
+                "lena",
+                str(shared),
+                str(other),
+                home=data_dir.parent,
+                timeout=300,
+            )
+            assert "local preview rendered" in printed, printed
+    finally:
+        if agent is not None:
+            agent.terminate()
+            try:
+                agent.wait(15)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait(5)
+        remove_dir(root)

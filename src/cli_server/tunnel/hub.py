@@ -139,7 +139,11 @@ class TunnelHub:
             return  # replaced or revoked already
         del self._live[sandbox_id]
         self._addresses.pop(session, None)
-        self._log.info("tunnel for {sandbox_id} disconnected", sandbox_id=sandbox_id)
+        self._log.info(
+            "tunnel for {sandbox_id} disconnected ({why})",
+            sandbox_id=sandbox_id,
+            why=f"goaway {session.goaway[0]}: {session.goaway[1]}" if session.goaway else "closed",
+        )
         self._record(sandbox_id)
 
     def touch(self, sandbox_id: str) -> None:

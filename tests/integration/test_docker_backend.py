@@ -325,7 +325,8 @@ async def test_network_mode(db_url: str, engine: Engine) -> None:
 @pytest_twisted.ensureDeferred
 async def test_docker_preview(world: DockerWorld) -> None:
     """A dev server in a container: listed, reached from the host at the container's address
-    on our network, not from another sandbox; a pause ends it."""
+    on our network and through its preview address, not from another sandbox; a pause ends
+    it."""
     import treq
 
     from .helpers import wait_until
@@ -359,6 +360,18 @@ async def test_docker_preview(world: DockerWorld) -> None:
     got.addTimeout(10, _reactor())
     response = await got
     assert response.code == 200 and b"made inside" in await treq.content(response)
+
+    # Through the preview address, as a browser: a one-time link, then the page.
+    host = f"oc-{a}-p8000.localhost:8080"
+    opened = await world.people["guest"].call("POST", f"/api/sandboxes/{a}/open", {"port": 8000})
+    assert opened.code == 200 and opened.body["url"].startswith(f"http://{host}/"), opened
+    browser = world.app.client()
+    path = opened.body["url"].split(host, 1)[1]
+    redeemed = await browser.call("GET", path, headers={"Host": host})
+    assert redeemed.code == 303, redeemed
+    cookie = redeemed.headers.getRawHeaders("set-cookie")[0].split(";")[0]
+    page = await browser.call("GET", "/index.html", headers={"Host": host, "Cookie": cookie})
+    assert page.code == 200 and b"made inside" in page.body, page
 
     def fetch_from(sid: str) -> int:
         script = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w 3 {address} 8000"

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest_twisted
 
 from cli_server.testing import FakeBackend
+from cli_server.tunnel import frames
 
 from .conftest import Running
-from .test_agents_api import connected, local_sandbox
+from .test_agents_api import dial, local_sandbox, received
 from .test_sandboxes_api import team, wait_status
 
 
@@ -42,19 +43,23 @@ async def test_members_see_a_running_sandboxs_ports(app: Running) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_a_local_sandbox_answers_its_shared_ports(app: Running) -> None:
-    """A local sandbox lists what its laptop shares (``shared_only``), once its agent is
-    connected; offline, it answers 409."""
+    """A local sandbox lists the ports its laptop shares (its agent's ``--allow-port``, in
+    its hello), sorted, with ``shared_only``; offline, it answers 409."""
     people, wid = await team(app)
     sid, token = await local_sandbox(app, people["developer"], wid)
     offline = await people["guest"].call("GET", f"/api/sandboxes/{sid}/ports")
     assert (offline.code, offline.body["error"]["sandbox_status"]) == (409, "offline")
 
-    peer = await connected(app, sid, token)
+    peer = await dial(app, sid, token)
+    assert peer.did_open, "the WebSocket handshake failed"
+    peer.send(frames.encode("hello", versions=[2], agent="test", ports=[8000, 5173]))
+    await received(peer, "welcome")
     try:
         await wait_status(people["guest"], sid, "running")
         reply = await people["guest"].call("GET", f"/api/sandboxes/{sid}/ports")
-        shared = sorted(app.server.tunnels.allowed_ports(sid))
-        assert reply.code == 200
-        assert reply.body == {"ports": shared, "listed": True, "shared_only": True}
+        assert (reply.code, reply.body) == (
+            200,
+            {"ports": [5173, 8000], "listed": True, "shared_only": True},
+        )
     finally:
         peer.transport.loseConnection()

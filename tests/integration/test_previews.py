@@ -500,6 +500,7 @@ async def test_a_preview_page_cannot_act_on_its_sandboxs_opencode_in_chromium(
         assert statuses["/session?attack=form"] == 403, report
         assert report["attack"]["ws"] == "refused" and report["attack"]["cors"] == "blocked"
         assert report["own"] == {"post": 200, "ws": "open"}, report
+        assert report["framed"] == [], report  # framing refused (the frame shows an error)
         assert not [c for c in report["cookies"] if "evil" in c], report["cookies"]
         assert report["me"] == [200, "victim"]
         previewed = [s for s in recorder.seen if s["headers"]["host"] != [opencode_host]]

@@ -131,7 +131,10 @@ def test_cors_grants_are_dropped_from_sandbox_answers() -> None:
     assert not kept_answer_header(b"clear-site-data", b'"cookies"')
     assert not kept_answer_header(b"alt-svc", b'h2="elsewhere.example:443"')
     assert kept_answer_header(b"content-type", b"text/html")
-    assert ANSWER_HEADERS == ((b"cross-origin-resource-policy", b"same-origin"),)
+    assert ANSWER_HEADERS == (
+        (b"cross-origin-resource-policy", b"same-origin"),
+        (b"content-security-policy", b"frame-ancestors 'self'"),
+    )
 
 
 @pytest.mark.parametrize(
@@ -181,6 +184,7 @@ def test_the_head_of_a_websocket_answer_keeps_its_upgrade_and_loses_unsafe_cooki
     )
     assert clean_upgrade_answer(head) == (
         b"HTTP/1.1 101 Switching Protocols\r\ncross-origin-resource-policy: same-origin\r\n"
+        b"content-security-policy: frame-ancestors 'self'\r\n"
         b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSet-Cookie: mine=1\r\n\r\n"
     )

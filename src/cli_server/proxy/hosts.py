@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 _UUID = rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-_SANDBOX_LABEL = re.compile(rb"^oc-(" + _UUID + rb")(?:-p([^.]*))?$")
+_SANDBOX_LABEL = re.compile(rb"oc-(" + _UUID + rb")(?:-p([^.]*))?")
 
 # The ports a preview may open (``backend.PREVIEW_PORTS``): unprivileged ones, but opencode's
 # own inside a sandbox, which only the opencode address reaches (with its credential).
@@ -59,7 +59,7 @@ def place_for_host(host: bytes | None, base_host: bytes) -> Place | str | None:
     suffix = b"." + base_host
     if not name.endswith(suffix):
         return None
-    match = _SANDBOX_LABEL.match(name[: -len(suffix)])
+    match = _SANDBOX_LABEL.fullmatch(name[: -len(suffix)])
     if match is None:
         return ""  # (no sandbox's name: the plain not-found page)
     sandbox_id, port = match.group(1).decode(), match.group(2)

@@ -84,8 +84,14 @@ def kept_answer_header(lower: bytes, value: bytes) -> bool:
     return not lower.startswith(b"access-control-") and lower not in _DROPPED_ANSWER
 
 
-# Added to every sandbox answer: no page of another origin may even embed what it says.
-ANSWER_HEADERS = ((b"cross-origin-resource-policy", b"same-origin"),)
+# Added to every sandbox answer: no page of another origin may even embed what it says, nor
+# frame it (sandbox and preview origins are same-site, so a framed opencode would carry its
+# session cookie under a hostile page). Browsers apply every CSP header given, so the
+# sandbox's own policy still holds.
+ANSWER_HEADERS = (
+    (b"cross-origin-resource-policy", b"same-origin"),
+    (b"content-security-policy", b"frame-ancestors 'self'"),
+)
 ANSWER_LINES = b"".join(name + b": " + value + b"\r\n" for name, value in ANSWER_HEADERS)
 
 # Requests that change nothing, as browsers send them without an Origin of their own.

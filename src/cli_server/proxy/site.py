@@ -207,7 +207,10 @@ class SandboxSite(Resource):
             if running is None:
                 return self._status_page(request, "starting", access)
             endpoint = running
-        self._activity.touch(sandbox_id)
+        if port is None:
+            self._activity.touch(sandbox_id)
+        # (a preview counts once its app answers: an open "nothing is listening" page, which
+        # reloads itself, must not keep a sandbox awake for ever)
         if self._metrics is not None:
             self._metrics.proxied.labels("websocket" if upgrade else "http").inc()
         # Listed until it ends, for revocation to cut (a terminal, an event stream, a download)
@@ -240,6 +243,10 @@ class SandboxSite(Resource):
                     live.remove(handle)
         else:
             ok = await self._forwarder.forward(request, endpoint, password, self._scheme)
+        if ok and port is not None:
+            self._activity.touch(sandbox_id)
+        if not ok and not access.is_local:
+            self._endpoints.forget(sandbox_id)  # it may have moved: ask the backend next time
         if not ok and access.is_local and self._tunnels.session(sandbox_id) is None:
             self._status_page(request, "offline", access)  # the agent left meanwhile
         elif not ok and port is not None:
@@ -254,7 +261,6 @@ class SandboxSite(Resource):
                 refresh=5,
             )
         elif not ok:
-            self._endpoints.forget(sandbox_id)  # it may have moved: ask the backend next time
             self._status_page(request, "starting", access)
 
     def _refused(

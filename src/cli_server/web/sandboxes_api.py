@@ -76,6 +76,12 @@ class SandboxesAPI:
         sid = parse_id(sandbox_id, "sandbox")
         return json_response(request, await self._manager.logs(sid, user.id))
 
+    @route(app, "/<sandbox_id>/ports", methods=["GET"])
+    async def sandbox_ports(self, request: IRequest, user: User, sandbox_id: str) -> bytes:
+        """The ports a preview may open now (any member)."""
+        sid = parse_id(sandbox_id, "sandbox")
+        return json_response(request, await self._manager.ports(sid, user.id))
+
     @route(app, "/<sandbox_id>/open", methods=["POST"])
     async def open_sandbox(self, request: IRequest, user: User, sandbox_id: str) -> bytes:
         """A one-time link that signs the caller in on the sandbox's own subdomain, or with a

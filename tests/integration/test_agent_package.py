@@ -136,12 +136,9 @@ def _through_the_proxy(server: Daemon, sandbox_id: str) -> bytes:
 def _connect_end_to_end(server: Daemon, work: Path, agent: list[str], env: dict[str, str]) -> None:
     """Register with a code, serve the laptop's page through the tunnel, and see the agent's
     release on the local sandbox."""
-    assert server.request(
-        "POST", "/api/auth/register", {"username": "owner", "password": "password123"}
-    )[0] in (201, 409)
-    assert server.request(
-        "POST", "/api/auth/login", {"username": "owner", "password": "password123"}
-    )[0] == 200
+    account = {"username": "owner", "password": "password123"}
+    assert server.request("POST", "/api/auth/register", account)[0] == 201
+    assert server.request("POST", "/api/auth/login", account)[0] == 200
     workspace = server.request("POST", "/api/workspaces", {"name": "laptops"})[1]["id"]
     code = server.request("POST", f"/api/workspaces/{workspace}/agent-code")[1]["code"]
     opencode = FakeOpencode(work / "opencode")
@@ -201,9 +198,7 @@ def test_wheel_alone_is_the_agent(built: Path, work: Path, data_dir: Path) -> No
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", str(wheel)], check=True, timeout=600
-    )
+    subprocess.run([str(python), "-m", "pip", "install", "-q", str(wheel)], check=True, timeout=600)
     probe = f"""
 import importlib.util, json, sys
 import cli_server.tap.agent, cli_server.cli

@@ -196,9 +196,13 @@ def test_wheel_alone_is_the_agent(built: Path, work: Path, data_dir: Path) -> No
     `cli-server agent connect` joins a real server and serves through the tunnel."""
     (wheel,) = built.glob(f"cli_server-{VERSION}-py3-none-any.whl")
     venv = work / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    # (without the tests' PYTHONPATH: pip would take the checkout for an installed copy)
+    alone = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120, env=alone)
     python = venv / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", str(wheel)], check=True, timeout=600)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", str(wheel)], check=True, timeout=600, env=alone
+    )
     probe = f"""
 import importlib.util, json, sys
 import cli_server.tap.agent, cli_server.cli
@@ -214,17 +218,24 @@ print(json.dumps({{
 """
     seen = json.loads(
         subprocess.run(
-            [str(python), "-c", probe], cwd=work, capture_output=True, text=True, check=True
+            [str(python), "-c", probe],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            check=True,
+            env=alone,
         ).stdout
     )
     assert seen["loaded"] == [] and seen["installed"] == [], seen
     assert {"cli-server", "cli-agent"} <= set(seen["makers"])
 
     script = venv / "bin" / "cli-server"
-    version = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    version = subprocess.run([str(script), "--version"], capture_output=True, text=True, env=alone)
     assert version.stdout == f"cli-server {VERSION}\n"
     for argv in ([str(script), "serve"], [str(venv / "bin" / "twistd"), "-n", "cli-server"]):
-        refused = subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=60)
+        refused = subprocess.run(
+            argv, cwd=work, capture_output=True, text=True, timeout=60, env=alone
+        )
         assert refused.returncode != 0
         assert "pip install 'cli-server[server]'" in refused.stderr, refused.stderr
         assert "Traceback" not in refused.stderr, refused.stderr

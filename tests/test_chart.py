@@ -188,8 +188,9 @@ def test_server_pod_hardening(helm_bin: Path) -> None:
 
 
 def test_sandbox_network_policy(helm_bin: Path) -> None:
-    """Sandbox pods: ingress from the server only on 4096; egress to DNS, the server and the
-    internet without cluster ranges and the metadata address."""
+    """Sandbox pods: ingress from the server only, on 4096 and the preview ports (1024 and
+    up, never privileged ones); egress to DNS, the server and the internet without cluster
+    ranges and the metadata address."""
     docs = render(helm_bin, merged(K8S, {"sandbox": {"namespace": "sbx"}}))
     (policy,) = find(docs, "NetworkPolicy", "cli-server-sandboxes")
     assert policy["metadata"]["namespace"] == "sbx"
@@ -198,7 +199,7 @@ def test_sandbox_network_policy(helm_bin: Path) -> None:
         "cli-server/instance": "cli-server.cli",
     }
     (ingress,) = policy["spec"]["ingress"]
-    assert ingress["ports"] == [{"port": 4096, "protocol": "TCP"}]
+    assert ingress["ports"] == [{"port": 1024, "endPort": 65535, "protocol": "TCP"}]
     assert ingress["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == (
         "server"
     )

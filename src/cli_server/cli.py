@@ -8,6 +8,7 @@ Both run in the foreground without a pid file, so a server and an agent can shar
 
 from __future__ import annotations
 
+import os
 import sys
 
 from cli_server._version import __version__
@@ -18,12 +19,14 @@ _USAGE = """usage: cli-server serve [server options]      (twistd -n cli-server 
        cli-server --version"""
 
 
-def twistd_argv(argv: list[str]) -> list[str] | None:
-    """The twistd command line for ours, or None if ours is not understood."""
+def twistd_argv(argv: list[str], posix: bool = os.name == "posix") -> list[str] | None:
+    """The twistd command line for ours, or None if ours is not understood. (Windows' twistd
+    has no --pidfile: it never writes one.)"""
+    twistd = ["twistd", "--nodaemon", *(["--pidfile="] if posix else [])]
     if argv[:1] == ["serve"]:
-        return ["twistd", "--nodaemon", "--pidfile=", "cli-server", *argv[1:]]
+        return [*twistd, "cli-server", *argv[1:]]
     if argv[:2] == ["agent", "connect"]:
-        return ["twistd", "--nodaemon", "--pidfile=", "cli-agent", *argv[2:]]
+        return [*twistd, "cli-agent", *argv[2:]]
     return None
 
 

@@ -45,6 +45,7 @@ class FakeBackend:
     exits: dict[str, str] = field(factory=dict)  # what describe() says of a crash, if told
     output: dict[str, list[str]] = field(factory=dict)  # what logs() answers, if told
     logs_fail: str | None = None  # logs() fails with this, as an unreachable engine would
+    listening: dict[str, list[int]] = field(factory=dict)  # what listening_ports() answers
 
     def hold(self) -> None:
         self._gate = Deferred()
@@ -114,6 +115,10 @@ class FakeBackend:
 
     def endpoint_now(self, sandbox_id: str) -> Endpoint | None:
         return self.running.get(sandbox_id)
+
+    @deferred
+    async def listening_ports(self, sandbox_id: str) -> list[int]:
+        return self.listening.get(sandbox_id, []) if sandbox_id in self.running else []
 
     @deferred
     async def describe(self, sandbox_id: str) -> Observed:

@@ -320,3 +320,68 @@ async def test_network_mode(db_url: str, engine: Engine) -> None:
         await stop_server(app)
         pool.stopService()
         engine.docker("network", "rm", "cli-test-net")
+
+
+@pytest_twisted.ensureDeferred
+async def test_docker_preview(world: DockerWorld) -> None:
+    """A dev server in a container: listed, reached from the host at the container's address
+    on our network and through its preview address, not from another sandbox; a pause ends
+    it."""
+    import treq
+
+    from .helpers import wait_until
+
+    a, b = await _create(world, "dev"), await _create(world, "other")
+    await _wait(world, a, "running")
+    await _wait(world, b, "running")
+    assert await world.backend.listening_ports(a) == []  # opencode's own port is not listed
+    world.engine.docker("exec", f"cli-sbx-{a}", "sh", "-c", "echo made inside > /tmp/index.html")
+    world.engine.docker(
+        "exec", "-d", f"cli-sbx-{a}", "/bin/busybox", "httpd", "-f", "-p", "8000", "-h", "/tmp"
+    )
+
+    async def listed() -> bool:
+        return await world.backend.listening_ports(a) == [8000]
+
+    await wait_until(_reactor(), listed, timeout=20, step=0.1)
+    assert world.backend.lists_ports
+    ports = await world.people["guest"].call("GET", f"/api/sandboxes/{a}/ports")
+    assert (ports.code, ports.body) == (200, {"ports": [8000], "listed": True})
+
+    address = world.engine.docker(
+        "inspect",
+        "--format",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        f"cli-sbx-{a}",
+    ).strip()
+    endpoint = await world.backend.preview_endpoint(a, 8000)
+    assert endpoint is not None and (endpoint.host, endpoint.port) == (address, 8000)
+    got = treq.get(f"http://{address}:8000/index.html", reactor=_reactor())
+    got.addTimeout(10, _reactor())
+    response = await got
+    assert response.code == 200 and b"made inside" in await treq.content(response)
+
+    # Through the preview address, as a browser: a one-time link, then the page.
+    host = f"oc-{a}-p8000.localhost:8080"
+    opened = await world.people["guest"].call("POST", f"/api/sandboxes/{a}/open", {"port": 8000})
+    assert opened.code == 200 and opened.body["url"].startswith(f"http://{host}/"), opened
+    browser = world.app.client()
+    path = opened.body["url"].split(host, 1)[1]
+    redeemed = await browser.call("GET", path, headers={"Host": host})
+    assert redeemed.code == 303, redeemed
+    cookie = redeemed.headers.getRawHeaders("set-cookie")[0].split(";")[0]
+    page = await browser.call("GET", "/index.html", headers={"Host": host, "Cookie": cookie})
+    assert page.code == 200 and b"made inside" in page.body, page
+
+    def fetch_from(sid: str) -> int:
+        script = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w 3 {address} 8000"
+        done = world.engine.attempt(["docker", "exec", f"cli-sbx-{sid}", "sh", "-c", script])
+        return done.returncode
+
+    assert fetch_from(a) == 0  # (the check can succeed)
+    assert fetch_from(b) != 0  # no traffic between sandboxes
+
+    await world.people["developer"].call("POST", f"/api/sandboxes/{a}/pause")
+    await _wait(world, a, "paused")
+    assert await world.backend.preview_endpoint(a, 8000) is None
+    assert await world.backend.listening_ports(a) == []

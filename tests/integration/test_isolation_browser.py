@@ -236,6 +236,7 @@ async def test_a_page_on_one_sandbox_cannot_act_on_another_in_chromium(attack: A
     assert report["attack"]["ws"] == "refused" and report["attack"]["cors"] == "blocked"
 
     assert report["own"] == {"post": 200, "ws": "open"}, report
+    assert report["framed"] == [], report  # framing refused (the frame shows an error)
     assert ("POST", "/session?own=1") in on_b and ("GET", "/pty/own/connect") in on_b
     assert not [c for c in report["cookies"] if "evil" in c], report["cookies"]
     assert f"kept=1@oc-{attack.b}.{BASE}" in report["cookies"]

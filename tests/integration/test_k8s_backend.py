@@ -254,6 +254,28 @@ async def test_service_name_else_pod_address(cluster: Cluster) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_preview_at_the_pods_address(cluster: Cluster) -> None:
+    """A preview is the pod's own address (IPv4 first) and the port, not the Service's name
+    (which may carry opencode's port only); the name where no pod address is reported; none
+    once paused. Ports are not listed (users type one)."""
+    backend = cluster.backend(snapshot_ttl=0.0)  # (each call sees the status just set)
+    s = spec()
+    name = f"cli-sbx-{s.id}"
+    await started(cluster, backend, s)
+    assert await backend.preview_endpoint(s.id, 5173) == Endpoint("10.1.2.3", 5173)
+    cluster.fake.make_ready(name, "sbx.example.svc", ["fd00::7", "10.1.2.4"])
+    assert await backend.preview_endpoint(s.id, 8000) == Endpoint("10.1.2.4", 8000)
+    cluster.fake.make_ready(name, "sbx.example.svc", [])
+    assert await backend.preview_endpoint(s.id, 8000) == Endpoint("sbx.example.svc", 8000)
+    assert await backend.listening_ports(s.id) == []
+    assert backend.lists_ports is False
+
+    await backend.stop(s.id)
+    cluster.fake.set_status(name, {"conditions": [], "podIPs": []})  # the pod is gone
+    assert await backend.preview_endpoint(s.id, 8000) is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_pause_resume_keeps_home(cluster: Cluster) -> None:
     """Pause = Suspended with the HOME claim kept; resume = Running with the new token."""
     backend = cluster.backend()

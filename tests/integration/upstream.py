@@ -7,11 +7,18 @@ import random
 from hashlib import sha256
 from typing import Any
 
+from attrs import define, field
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
+
+from cli_server.sandboxes.backend import Endpoint
+from cli_server.testing import FakeBackend
 
 
 class Recorder(Resource):
@@ -123,3 +130,74 @@ def serve(reactor: Any) -> tuple[Recorder, Any]:
     recorder = Recorder(reactor)
     port = reactor.listenTCP(0, Site(recorder), interface="127.0.0.1")
     return recorder, port
+
+
+class Echo(WebSocketServerProtocol):
+    """A dev server's hot-reload socket: echoes each message; its handshake's headers are
+    kept, and its 101 sets a cookie for the parent domain (dropped) and one for itself."""
+
+    opened = False
+
+    def onConnect(self, request: Any) -> tuple[None, dict[str, list[str]]]:
+        self.factory.handshakes.append(request.headers)
+        return None, {"Set-Cookie": ["hmr=1; Domain=localhost", "vite=2; Path=/"]}
+
+    def onOpen(self) -> None:
+        self.opened = True
+        self.factory.open += 1
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.sendMessage(payload, isBinary)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self.opened:
+            self.opened = False
+            self.factory.open -= 1
+
+
+class _EchoFactory(WebSocketServerFactory):
+    protocol = Echo
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__(reactor=reactor)
+        self.handshakes: list[dict[str, str]] = []
+        self.open = 0  # sockets open now
+
+
+class DevServer(Resource):
+    """A FAKE dev server in a sandbox (a preview's port): ``/ws`` echoes WebSocket messages,
+    every other path is a ``Recorder``'s."""
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__()
+        self.recorder = Recorder(reactor)
+        self.sockets = _EchoFactory(reactor)
+        self.putChild(b"ws", WebSocketResource(self.sockets))
+
+    def getChild(self, path: bytes, request: Any) -> Resource:
+        return self.recorder
+
+
+def serve_dev_server(reactor: Any) -> tuple[DevServer, Any]:
+    server = DevServer(reactor)
+    port = reactor.listenTCP(0, Site(server), interface="127.0.0.1")
+    return server, port
+
+
+@define(eq=False)
+class PreviewBackend(FakeBackend):
+    """A FAKE backend whose sandboxes' preview ports are test servers on the host: port N in
+    a running sandbox is ``previews[N]`` here, else ``closed`` (where nothing listens)."""
+
+    previews: dict[int, int] = field(factory=dict)
+    closed: int = 9  # (discard: nothing listens there on a test machine)
+    asked: list[tuple[str, int]] = field(factory=list)
+
+    def preview_endpoint(self, sandbox_id: str, port: int) -> Deferred[Endpoint | None]:
+        self.asked.append((sandbox_id, port))
+        if sandbox_id not in self.running:
+            return succeed(None)
+        return succeed(Endpoint("127.0.0.1", self.previews.get(port, self.closed)))
+
+    def listening_ports(self, sandbox_id: str) -> Deferred[list[int]]:
+        return succeed(sorted(self.previews) if sandbox_id in self.running else [])

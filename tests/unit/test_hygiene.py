@@ -13,6 +13,7 @@ from cli_server.proxy.hygiene import (
     cross_origin,
     kept_answer_header,
     only,
+    plain_upstream_headers,
     safe_set_cookie,
     session_token,
 )
@@ -130,7 +131,10 @@ def test_cors_grants_are_dropped_from_sandbox_answers() -> None:
     assert not kept_answer_header(b"clear-site-data", b'"cookies"')
     assert not kept_answer_header(b"alt-svc", b'h2="elsewhere.example:443"')
     assert kept_answer_header(b"content-type", b"text/html")
-    assert ANSWER_HEADERS == ((b"cross-origin-resource-policy", b"same-origin"),)
+    assert ANSWER_HEADERS == (
+        (b"cross-origin-resource-policy", b"same-origin"),
+        (b"content-security-policy", b"frame-ancestors 'self'"),
+    )
 
 
 @pytest.mark.parametrize(
@@ -180,6 +184,7 @@ def test_the_head_of_a_websocket_answer_keeps_its_upgrade_and_loses_unsafe_cooki
     )
     assert clean_upgrade_answer(head) == (
         b"HTTP/1.1 101 Switching Protocols\r\ncross-origin-resource-policy: same-origin\r\n"
+        b"content-security-policy: frame-ancestors 'self'\r\n"
         b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSet-Cookie: mine=1\r\n\r\n"
     )
@@ -192,3 +197,22 @@ def test_the_head_of_a_websocket_answer_keeps_its_upgrade_and_loses_unsafe_cooki
         b"HTTP/1.0 101 OK\r\n\r\n",
     ]:
         assert clean_upgrade_answer(bad) is None, bad
+
+
+@pytest.mark.parametrize("authorization", [None, b""])
+def test_a_preview_port_gets_no_authorization_at_all(authorization: bytes | None) -> None:
+    """opencode's credential is never sent to a preview's port: no Authorization, not the
+    browser's, not ours; our cookies are gone as on opencode's address."""
+    block = plain_upstream_headers(
+        [(b"Authorization", b"Basic b3BlbmNvZGU6cHc="), (b"Accept", b"*/*")],
+        (b"__Host-cli_sandbox=tok; __Host-cli_session=main; theme=dark",),
+        b"oc-x-p5173.example.org",
+        authorization,
+        b"127.0.0.1",
+        b"https",
+    )
+    assert b"authorization" not in block.lower() and b"cli_" not in block
+    assert block.startswith(b"Accept: */*\r\ncookie: theme=dark\r\n")
+    assert block.endswith(b"x-forwarded-host: oc-x-p5173.example.org\r\n\r\n")
+    opencode = plain_upstream_headers([], (), b"h", b"Basic Y3JlZA==", b"::1", b"http")
+    assert b"\r\nauthorization: Basic Y3JlZA==\r\n" in b"\r\n" + opencode

@@ -22,10 +22,16 @@ class ScriptedBackend:
     """describe() answers only when the test says so: one pending Deferred per call."""
 
     calls: list[Deferred[Observed]] = field(factory=list)
+    previews: list[tuple[int, Deferred[Endpoint | None]]] = field(factory=list)
 
     def describe(self, sandbox_id: str) -> Deferred[Observed]:
         d: Deferred[Observed] = Deferred()
         self.calls.append(d)
+        return d
+
+    def preview_endpoint(self, sandbox_id: str, port: int) -> Deferred[Endpoint | None]:
+        d: Deferred[Endpoint | None] = Deferred()
+        self.previews.append((port, d))
         return d
 
 
@@ -136,3 +142,20 @@ def test_a_malformed_backend_answer_fails_its_waiters_and_the_next_request_asks_
     assert failure_of(first).check(AttributeError)
     cache.get("s")
     assert len(backend.calls) == 2
+
+
+def test_previews_are_remembered_per_port_and_forgotten_with_their_sandbox() -> None:
+    """A preview's address comes from ``preview_endpoint`` and is kept per (sandbox, port),
+    apart from opencode's; a status change forgets them all."""
+    cache, backend, _ = _cache()
+    opencode, vite, api = cache.get("s"), cache.get("s", 5173), cache.get("s", 8000)
+    assert [port for port, _ in backend.previews] == [5173, 8000] and len(backend.calls) == 1
+    backend.calls[0].callback(Observed(State.RUNNING, HERE))
+    backend.previews[0][1].callback(Endpoint("10.0.0.2", 5173))
+    backend.previews[1][1].callback(None)  # (not running: nothing is remembered)
+    assert result_of(opencode) == HERE and result_of(api) is None
+    assert result_of(vite) == Endpoint("10.0.0.2", 5173)
+    assert cache.cached("s", 5173) == Endpoint("10.0.0.2", 5173) and cache.cached("s") == HERE
+    assert cache.cached("s", 8000) is None
+    cache.forget("s")
+    assert cache.cached("s", 5173) is None and cache.cached("s") is None

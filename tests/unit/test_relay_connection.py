@@ -44,7 +44,8 @@ def get(path: bytes = b"/x", *extra: bytes, cookie: bytes = COOKIE, host: bytes 
 
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
-CORP = b"cross-origin-resource-policy: same-origin\r\n"  # on every sandbox answer
+# on every sandbox answer
+CORP = b"cross-origin-resource-policy: same-origin\r\ncontent-security-policy: frame-ancestors 'self'\r\n"
 
 
 class Kept:

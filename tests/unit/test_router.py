@@ -305,6 +305,18 @@ def test_what_no_worker_may_carry_goes_to_twisted_web_byte_for_byte() -> None:
     assert guest.handed == [terminal]  # (but types nothing: the read-only page)
 
 
+def test_previews_go_to_twisted_web_until_the_workers_carry_them() -> None:
+    """A request for a preview (``oc-{id}-p{port}``), with a session or without, a good port or
+    a bad one, is handed to twisted.web byte for byte: its session is never looked up here,
+    and no worker is given it."""
+    for port in (b"5173", b"4096", b"80", b"abc"):
+        preview = get().replace(HOST, f"oc-{SID}-p".encode() + port + b".localhost:8080")
+        d = door()
+        d.send(preview)
+        assert d.handed == [preview] and d.workers.served == [], port
+        assert d.access.waiting == []
+
+
 def test_without_a_worker_or_a_plain_socket_twisted_web_carries_it() -> None:
     for workers in [FakeWorkers(ready=False), FakeWorkers(keep=False)]:
         d = door(workers)

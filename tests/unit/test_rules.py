@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from cli_server.proxy.hosts import PORT_RULE, Place
 from cli_server.proxy.rules import (
     Asked,
     Forward,
@@ -33,6 +34,17 @@ def ask(method: bytes = b"GET", target: bytes = b"/x", **kw: object) -> Asked:
     fields: dict[str, object] = {"host": HOST, "method": method, "target": target}
     fields.update(kw)
     return Asked(**fields)  # type: ignore[arg-type]
+
+
+def preview_host(port: str) -> bytes:
+    return f"oc-{SID}-p{port}.example.org".encode()
+
+
+PREVIEW_OWN = b"https://" + preview_host("5173")
+
+
+def preview(method: bytes = b"GET", target: bytes = b"/x", **kw: object) -> Asked:
+    return ask(method, target, **{"host": preview_host("5173"), **kw})
 
 
 TABLE: list[tuple[str, Asked, Session | None, Verdict]] = [
@@ -166,6 +178,114 @@ TABLE: list[tuple[str, Asked, Session | None, Verdict]] = [
     ("a malformed sandbox name", ask(host=b"oc-nope.example.org"), DEV, Page(Why.NOT_FOUND)),
     ("another domain", ask(host=b"example.com"), DEV, Page(Why.NOT_FOUND)),
     ("an absolute-form target", ask(target=b"http://x/"), DEV, Page(Why.BAD_TARGET)),
+    # Previews: a port of the sandbox, its own origin, opencode's rules.
+    ("a preview's GET", preview(), DEV, Forward(SID, b"/x", False, 5173)),
+    (
+        "a preview's POST from its own page",
+        preview(b"POST", origin=PREVIEW_OWN),
+        DEV,
+        Forward(SID, b"/x", False, 5173),
+    ),
+    (
+        "a preview's hot reload (WebSocket) from its own page",
+        preview(upgrade=True, origin=PREVIEW_OWN),
+        DEV,
+        Forward(SID, b"/x", False, 5173),
+    ),
+    (
+        "a preview loses credential parameters too",
+        preview(target=b"/x?ticket=t&q=1"),
+        DEV,
+        Forward(SID, b"/x?q=1", False, 5173),
+    ),
+    (
+        "a local sandbox's preview goes through the tunnel",
+        preview(),
+        Session(Role.OWNER, "running", True),
+        Forward(SID, b"/x", True, 5173),
+    ),
+    (
+        "opencode's page writes to the preview: another origin",
+        preview(b"POST", origin=OWN),
+        DEV,
+        Page(Why.CROSS_ORIGIN, SID, port=5173),
+    ),
+    (
+        "the preview's page writes to opencode: another origin",
+        ask(b"POST", origin=PREVIEW_OWN),
+        DEV,
+        Page(Why.CROSS_ORIGIN, SID),
+    ),
+    (
+        "another port's page opens a WebSocket to the preview",
+        preview(upgrade=True, origin=b"https://oc-" + SID.encode() + b"-p8000.example.org"),
+        DEV,
+        Page(Why.CROSS_ORIGIN, SID, port=5173),
+    ),
+    ("a guest reads a preview", preview(), GUEST, Forward(SID, b"/x", False, 5173)),
+    (
+        "a guest's write to a preview",
+        preview(b"POST", origin=PREVIEW_OWN),
+        GUEST,
+        Page(Why.READ_ONLY_API, SID, port=5173),
+    ),
+    (
+        "a guest's WebSocket to a preview",
+        preview(upgrade=True, origin=PREVIEW_OWN),
+        GUEST,
+        Page(Why.READ_ONLY, SID, port=5173),
+    ),
+    (
+        "a paused sandbox's preview",
+        preview(),
+        Session(Role.OWNER, "paused", False),
+        Page(Why.NOT_RUNNING, SID, "paused", port=5173),
+    ),
+    (
+        "no session on a preview, a navigation",
+        preview(page_load=True),
+        None,
+        Page(Why.SIGN_IN, SID, port=5173),
+    ),
+    ("no session on a preview, a fetch", preview(), None, Page(Why.SIGNED_OUT, SID, port=5173)),
+    (
+        "a preview's ticket path",
+        preview(target=b"/_cli/auth?ticket=t"),
+        None,
+        Ours(SID, b"/_cli/auth", 5173),
+    ),
+    (
+        "opencode's own port is not a preview",
+        preview(host=preview_host("4096")),
+        DEV,
+        Page(Why.NOT_FOUND, detail=f"Port 4096 cannot be previewed: {PORT_RULE}."),
+    ),
+    (
+        "a privileged port",
+        preview(host=preview_host("80")),
+        DEV,
+        Page(Why.NOT_FOUND, detail=f"Port 80 cannot be previewed: {PORT_RULE}."),
+    ),
+    (
+        "a port too large",
+        preview(host=preview_host("65536")),
+        DEV,
+        Page(Why.NOT_FOUND, detail=f"Port 65536 cannot be previewed: {PORT_RULE}."),
+    ),
+    (
+        "a port with a leading zero",
+        preview(host=preview_host("05173")),
+        None,
+        Page(
+            Why.NOT_FOUND, detail="Port 05173 cannot be previewed: write it without leading zeros."
+        ),
+    ),
+    (
+        "not a number",
+        preview(host=preview_host("abc")),
+        DEV,
+        Page(Why.NOT_FOUND, detail=f"'abc' is not a port: {PORT_RULE}."),
+    ),
 ]
 
 
@@ -177,7 +297,8 @@ def test_decide(case: str, asked: Asked, session: Session | None, verdict: Verdi
 
 def test_screen_needs_no_session() -> None:
     """The part of the decision taken before the session is read: the sandbox, or its page."""
-    assert screen(ask(), LISTENER) == SID
+    assert screen(ask(), LISTENER) == Place(SID)
+    assert screen(preview(), LISTENER) == Place(SID, 5173)
     assert screen(ask(origin=b"https://evil.example"), LISTENER) == Page(Why.CROSS_ORIGIN, SID)
     assert screen(ask(target=b"/_cli/auth"), LISTENER) == Ours(SID, b"/_cli/auth")
 

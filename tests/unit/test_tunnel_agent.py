@@ -854,7 +854,7 @@ class Tunnel:
         self.server.start()
         self.agent.start()
         self.pump()
-        assert self.server.version == self.agent.version == 1
+        assert self.server.version == self.agent.version == 2
 
     def _agent_send(self, message: bytes) -> None:
         self.agent_sent.append(decode(message))

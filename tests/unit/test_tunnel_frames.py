@@ -31,6 +31,7 @@ texts = st.text(max_size=60)
 json_ints = st.integers(min_value=-(2**63), max_value=2**63)
 stream_ids = st.integers(min_value=1, max_value=MAX_STREAM_ID)
 windows = st.integers(min_value=1, max_value=MAX_WINDOW)
+ports = st.integers(min_value=1024, max_value=65535)
 
 
 def _frame(type: str, stream: int = 0, payload: bytes = b"", **fields: Any) -> Frame:
@@ -47,7 +48,14 @@ valid_frames: st.SearchStrategy[Frame] = st.one_of(
     st.builds(lambda n: _frame("ping", n=n), json_ints),
     st.builds(lambda n: _frame("pong", n=n), json_ints),
     st.builds(lambda c, m: _frame("goaway", code=c, message=m), texts, texts),
+    st.builds(
+        lambda v, a, p: _frame("hello", versions=v, agent=a, ports=p),
+        st.lists(json_ints, max_size=20),
+        texts,
+        st.lists(ports, max_size=64, unique=True),
+    ),
     st.builds(lambda s, w: _frame("open", s, window=w), stream_ids, windows),
+    st.builds(lambda s, w, p: _frame("open", s, window=w, port=p), stream_ids, windows, ports),
     st.builds(lambda s, w: _frame("opened", s, window=w), stream_ids, windows),
     st.builds(lambda s, p: _frame("data", s, p), stream_ids, st.binary(max_size=MAX_PAYLOAD)),
     st.builds(lambda s, n: _frame("credit", s, n=n), stream_ids, windows),
@@ -176,6 +184,7 @@ json_values = st.recursive(
 )
 field_names = st.sampled_from(
     ["versions", "agent", "version", "sandbox_id", "n", "code", "message", "window", "reason"]
+    + ["ports", "port"]
 )
 
 

@@ -173,7 +173,7 @@ class Pair:
             self.server.start()
             self.agent.start()
             self.pump()
-            assert self.server.version == self.agent.version == 1
+            assert self.server.version == self.agent.version == 2
 
     def _accept(self, stream: Stream) -> None:
         if self.mode == "accept":
@@ -253,7 +253,7 @@ class PairTestCase(SynchronousTestCase):
 
 class HandshakeTests(PairTestCase):
     def test_hello_welcome(self) -> None:
-        """The agent says hello, the server welcomes it; both agree on version 1."""
+        """The agent says hello, the server welcomes it; both agree on version 2."""
         pair = self.pair(start=False)
         self.assertNoResult(pair.server.ready)
         pair.server.start()
@@ -263,19 +263,20 @@ class HandshakeTests(PairTestCase):
         pair.pump()
         self.assertIs(result_of(pair.server.ready), pair.server)
         self.assertIs(result_of(pair.agent.ready), pair.agent)
-        self.assertEqual((pair.server.version, pair.agent.version), (1, 1))
+        self.assertEqual((pair.server.version, pair.agent.version), (2, 2))
         assert pair.server.hello is not None
         self.assertEqual(pair.server.hello["agent"], "test-agent")
-        self.assertEqual(pair.a.frames("hello")[0]["versions"], [1])
+        self.assertEqual(pair.a.frames("hello")[0]["versions"], [1, 2])
+        self.assertNotIn("ports", pair.a.frames("hello")[0].fields)  # (none shared)
         welcome = pair.s.frames("welcome")
-        self.assertEqual([(f["version"], f["sandbox_id"]) for f in welcome], [(1, "sb-1")])
+        self.assertEqual([(f["version"], f["sandbox_id"]) for f in welcome], [(2, "sb-1")])
         self.assertEqual(pair.s.closes + pair.a.closes, [])
 
     def test_server_refuses_unknown_versions(self) -> None:
         """A hello without a version in common: goaway "version", close, no ready."""
         pair = self.pair(start=False)
         pair.server.start()
-        pair.a.send(encode("hello", versions=[2, 7], agent="future-agent"))
+        pair.a.send(encode("hello", versions=[3, 7], agent="future-agent"))
         pair.pump()
         self.assertEqual([f["code"] for f in pair.s.frames("goaway")], ["version"])
         self.assertEqual(pair.s.closes, [(4002, "version")])
@@ -285,13 +286,13 @@ class HandshakeTests(PairTestCase):
         self.assertRaises(ConnectError, pair.server.open_stream)
         assert pair.agent.goaway is not None
         self.assertEqual(pair.agent.goaway[0], "version")
-        self.assertIn("1", pair.agent.goaway[1])
+        self.assertIn("1, 2", pair.agent.goaway[1])
 
     def test_agent_refuses_unknown_version(self) -> None:
         """A welcome with a version the agent did not offer: goaway "version", close."""
         pair = self.pair(start=False)
         pair.agent.start()
-        pair.s.send(encode("welcome", version=2, sandbox_id="sb-1"))
+        pair.s.send(encode("welcome", version=3, sandbox_id="sb-1"))
         pair.pump()
         self.assertEqual(pair.a.closes, [(4002, "version")])
         self.assertEqual([f["code"] for f in pair.a.frames("goaway")], ["version"])

@@ -93,11 +93,11 @@ try {
   const link = await card.getByLabel("Link to web").inputValue();
   expect(/^http:\/\/oc-[0-9a-f-]{36}\.localhost:\d+\/$/.test(link), `link is ${link}`);
   expect(link.includes(shortId), "the link is not this sandbox's");
-  await card.getByRole("button", { name: "Copy link" }).click();
+  await card.getByRole("button", { name: "Copy link", exact: true }).click();
   await card.getByRole("button", { name: "Copied" }).waitFor();
   const copied = await page.evaluate(() => navigator.clipboard.readText());
   expect(copied === link, `clipboard holds ${copied}, not ${link}`);
-  await card.getByRole("button", { name: "Copy link" }).waitFor(); // back after a moment
+  await card.getByRole("button", { name: "Copy link", exact: true }).waitFor(); // back after a moment
   await shootEverywhere(context, "web", "running");
 
   // Open lands in the work: opencode's app on the workspace disk, /data/disk0.
@@ -107,7 +107,7 @@ try {
   });
   const [tab] = await Promise.all([
     context.waitForEvent("page"),
-    card.getByRole("button", { name: "Open" }).click(),
+    card.getByRole("button", { name: "Open", exact: true }).click(),
   ]);
   await tab.waitForURL(/^http:\/\/oc-[0-9a-f-]+\.localhost:\d+\/new-session/);
   await tab.getByText("disk0", { exact: true }).first().waitFor();
@@ -145,7 +145,7 @@ try {
   // A crash is restarted, not "resumed"; Open would restart it too.
   await card.getByRole("button", { name: "Restart" }).waitFor();
   expect(
-    (await card.getByRole("button", { name: "Open" }).getAttribute("title")) ===
+    (await card.getByRole("button", { name: "Open", exact: true }).getAttribute("title")) ===
       "Restarts it, then opens it",
     "Open on a crashed card",
   );

@@ -70,6 +70,25 @@ try {
   await page.waitForFunction(() => window.done === true);
   report.own = await page.evaluate(() => window.results);
   report.cookies = (await context.cookies()).map((c) => `${c.name}=${c.value}@${c.domain}`);
+
+  // A's page frames B's (clickjacking under B's same-site session cookie): every sandbox
+  // answer refuses to be framed by another origin, so the frame never shows B's page.
+  await page.goto(`${a}/framing-host`);
+  await page.evaluate(
+    (target) =>
+      new Promise((done) => {
+        const frame = document.createElement("iframe");
+        frame.onload = () => done();
+        setTimeout(done, 5_000);
+        frame.src = target;
+        document.body.appendChild(frame);
+      }),
+    `${b}/own.html?framed=1`,
+  );
+  report.framed = page
+    .frames()
+    .map((f) => f.url())
+    .filter((url) => url.startsWith(b));
   const me = await api("GET", "/api/auth/me");
   report.me = [me[0], me[1] && me[1].username];
 

@@ -97,7 +97,7 @@ try {
 
     const [tab] = await Promise.all([
       context.waitForEvent("page"),
-      card.getByRole("button", { name: "Open" }).click(),
+      card.getByRole("button", { name: "Open", exact: true }).click(),
     ]);
     await tab.waitForURL(/^http:\/\/oc-[0-9a-f-]+\.localhost:\d+\//);
     await tab.waitForLoadState("load");

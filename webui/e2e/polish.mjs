@@ -126,7 +126,7 @@ try {
   await card.getByRole("status").filter({ hasText: "Running" }).waitFor();
   await card.getByRole("button", { name: "Pause" }).click();
   await card.getByRole("status").filter({ hasText: "Paused" }).waitFor();
-  const open = card.getByRole("button", { name: "Open" });
+  const open = card.getByRole("button", { name: "Open", exact: true });
   expect(!(await open.isDisabled()), "Open is disabled on a paused sandbox");
   expect((await open.getAttribute("title")) === "Resumes it, then opens it", "Open's title");
   await shot(page, "card-paused-open");

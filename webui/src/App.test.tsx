@@ -72,3 +72,29 @@ test("a visitor who was never signed in sees no such reason", async () => {
   await screen.findByRole("heading", { name: "Sign in to cli-server" });
   expect(screen.queryByText(SESSION_ENDED)).toBeNull();
 });
+
+test("a preview's address sent here (/open/<id>?port=N) opens that port once signed in", async () => {
+  const ID = "5e19d6c8-5340-490f-8b60-d32be3ee5eec";
+  window.history.replaceState(null, "", `/open/${ID}?port=5173`);
+  const replace = vi.fn();
+  vi.spyOn(window, "location", "get").mockReturnValue({ ...window.location, replace });
+  const fetch = vi.spyOn(globalThis, "fetch").mockImplementation((input, init) => {
+    const url = String(input);
+    if (url === "/api/auth/me") return json(200, { id: "u", username: "alice", email: null });
+    if (url === `/api/sandboxes/${ID}`)
+      return json(200, { id: ID, workspace_id: "w", name: "web", status: "running" });
+    if (url === `/api/sandboxes/${ID}/open` && init?.method === "POST")
+      return json(200, { url: `http://oc-${ID}-p5173.localhost/_cli/auth?ticket=t` });
+    return json(200, []);
+  });
+  try {
+    render(<App />);
+    await vi.waitFor(() =>
+      expect(replace).toHaveBeenCalledWith(`http://oc-${ID}-p5173.localhost/_cli/auth?ticket=t`),
+    );
+    const open = fetch.mock.calls.find(([, init]) => init?.method === "POST");
+    expect(JSON.parse(String(open?.[1]?.body))).toEqual({ port: 5173 });
+  } finally {
+    sessionStorage.clear();
+  }
+});

@@ -14,7 +14,7 @@ import { ConfirmDialog } from "./Confirm";
 import { Invitations } from "./Invitations";
 import { Link } from "./Link";
 import { Members } from "./Members";
-import { OpenSandbox } from "./OpenSandbox";
+import { OpenSandbox, portParam } from "./OpenSandbox";
 import { useVisiblePoll } from "./poll";
 import { type Navigate, type Route, titleFor } from "./route";
 import { Sandboxes } from "./Sandboxes";
@@ -235,7 +235,12 @@ export function Dashboard({ user, route, navigate, onSignedOut }: Props) {
         {route.page === "account" && <AccountPage user={user} />}
         {route.page === "users" && <UsersPage user={user} />}
         {route.page === "open" && (
-          <OpenSandbox sandboxId={route.sandboxId} workspaces={workspaces} navigate={go} />
+          <OpenSandbox
+            sandboxId={route.sandboxId}
+            workspaces={workspaces}
+            navigate={go}
+            port={portParam()}
+          />
         )}
         {route.page === "unknown" && (
           <div className="empty">

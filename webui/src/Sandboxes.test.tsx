@@ -62,9 +62,11 @@ function serve(list: Sandbox[] | (() => Sandbox[]), codes: AgentCode[] = []) {
     }
     const body = url.endsWith("/usage")
       ? { month: { requests: 3, total_tokens: 1234 }, monthly_token_budget: 5000 }
-      : typeof list === "function"
-        ? list()
-        : list;
+      : url.endsWith("/ports")
+        ? { ports: [], listed: true }
+        : typeof list === "function"
+          ? list()
+          : list;
     return Promise.resolve(new Response(JSON.stringify(body)));
   });
 }
@@ -274,6 +276,8 @@ function answer(list: Sandbox[], routes: Record<string, () => Response> = {}) {
     const url = String(input);
     const key = `${init?.method ?? "GET"} ${url}`;
     if (routes[key]) return Promise.resolve(routes[key]());
+    if (url.endsWith("/ports"))
+      return Promise.resolve(new Response(JSON.stringify({ ports: [], listed: true })));
     if (url.endsWith("/usage"))
       return Promise.resolve(
         new Response(
@@ -456,7 +460,7 @@ test("Open on a paused sandbox resumes it, then opens it", async () => {
     [`POST /api/sandboxes/${card.id}/open`]: () =>
       new Response(JSON.stringify({ url: "http://oc-x.localhost/open?t=1" })),
   });
-  const tab = { location: { href: "" }, close: vi.fn() };
+  const tab = { location: { href: "" }, close: vi.fn(), opener: window as Window | null };
   vi.spyOn(window, "open").mockReturnValue(tab as unknown as Window);
   render(<Sandboxes workspace={workspace("developer")} pollMs={60_000} />);
   const item = (await screen.findByText("web")).closest("li") as HTMLElement;
@@ -468,6 +472,7 @@ test("Open on a paused sandbox resumes it, then opens it", async () => {
   for (const [input, init] of fetch.mock.calls)
     if (init?.method === "POST") calls.push(String(input));
   expect(calls).toEqual([`/api/sandboxes/${card.id}/resume`, `/api/sandboxes/${card.id}/open`]);
+  expect(tab.opener).toBeNull(); // (opencode's tab cannot navigate the dashboard's)
 });
 
 test("guests: Open on a paused sandbox is disabled and says why", async () => {
@@ -477,4 +482,19 @@ test("guests: Open on a paused sandbox is disabled and says why", async () => {
   const open = within(item).getByRole("button", { name: "Open" }) as HTMLButtonElement;
   expect(open.disabled).toBe(true);
   expect(open.title).toBe("It is paused: a developer of this workspace can resume it");
+});
+
+test("a running card has its Previews; a paused one has none", async () => {
+  answer([card, { ...card, id: "p1", name: "sleepy", status: "paused" }], {
+    [`GET /api/sandboxes/${card.id}/ports`]: () =>
+      new Response(JSON.stringify({ ports: [5173], listed: true })),
+  });
+  render(<Sandboxes workspace={workspace("guest")} pollMs={60_000} previewPollMs={60_000} />);
+  const running = (await screen.findByText("web")).closest("li") as HTMLElement;
+  const previews = within(running).getByRole("region", { name: "Previews" });
+  expect(await within(previews).findByRole("button", { name: "Open port 5173" })).toBeTruthy();
+  // The card's own Open is still the only button named exactly "Open" that is not a port's.
+  expect(within(running).getAllByRole("button", { name: "Open" })).toHaveLength(1);
+  const paused = screen.getByText("sleepy").closest("li") as HTMLElement;
+  expect(within(paused).queryByRole("region", { name: "Previews" })).toBeNull();
 });

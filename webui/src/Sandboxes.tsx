@@ -10,6 +10,7 @@ import {
 } from "./api";
 import { ConfirmButton } from "./Confirm";
 import { LocalAgentButton } from "./LocalAgent";
+import { openInNewTab, Previews } from "./Previews";
 import { Usage } from "./Usage";
 import { Alert, useAction } from "./useAction";
 import { absolute, ago, span } from "./when";
@@ -33,10 +34,17 @@ const WAKEABLE = new Set(["paused", "failed"]);
 interface Props {
   workspace: Workspace;
   pollMs?: number;
+  /** How often a running card reads its listening ports again (see Previews). */
+  previewPollMs?: number;
   isAdmin?: boolean;
 }
 
-export function Sandboxes({ workspace, pollMs = 2000, isAdmin = false }: Props) {
+export function Sandboxes({
+  workspace,
+  pollMs = 2000,
+  previewPollMs = 5000,
+  isAdmin = false,
+}: Props) {
   const [sandboxes, setSandboxes] = useState<Sandbox[] | null>(null);
   const [name, setName] = useState("");
   const [ticks, setTicks] = useState(0);
@@ -87,24 +95,20 @@ export function Sandboxes({ workspace, pollMs = 2000, isAdmin = false }: Props) 
   }
 
   async function open(sandbox: Sandbox) {
-    // Open the tab first (browsers allow that only during the click), then send it to the
-    // one-time link once the server has minted it.
-    const tab = window.open("about:blank", "_blank");
     try {
-      if (canChange && !sandbox.is_local && WAKEABLE.has(sandbox.status)) {
-        try {
-          await api.resume(sandbox.id);
-        } catch (e) {
-          // Someone else resumed it a moment ago: open it all the same.
-          if (!(e instanceof ApiError && e.status === 409)) throw e;
+      await openInNewTab(async () => {
+        if (canChange && !sandbox.is_local && WAKEABLE.has(sandbox.status)) {
+          try {
+            await api.resume(sandbox.id);
+          } catch (e) {
+            // Someone else resumed it a moment ago: open it all the same.
+            if (!(e instanceof ApiError && e.status === 409)) throw e;
+          }
+          void load();
         }
-        void load();
-      }
-      const { url } = await api.open(sandbox.id);
-      if (tab) tab.location.href = url;
-      else window.location.href = url;
+        return (await api.open(sandbox.id)).url;
+      });
     } catch (e) {
-      tab?.close();
       setError(describe(e));
     }
   }
@@ -161,6 +165,7 @@ export function Sandboxes({ workspace, pollMs = 2000, isAdmin = false }: Props) 
             canChange={canChange}
             onOpen={() => void open(s)}
             act={act}
+            previewPollMs={previewPollMs}
           />
         ))}
       </ul>
@@ -173,6 +178,7 @@ interface CardProps {
   canChange: boolean;
   onOpen: () => void;
   act: (work: () => Promise<unknown>) => Promise<void>;
+  previewPollMs: number;
 }
 
 function When({ iso, now, prefix }: { iso: string; now: number; prefix: string }) {
@@ -186,7 +192,7 @@ function When({ iso, now, prefix }: { iso: string; now: number; prefix: string }
   );
 }
 
-function SandboxCard({ sandbox: s, canChange, onOpen, act }: CardProps) {
+function SandboxCard({ sandbox: s, canChange, onOpen, act, previewPollMs }: CardProps) {
   const now = Date.now();
   const [logsOpen, setLogsOpen] = useState(false);
   const facts: ReactElement[] = [];
@@ -303,6 +309,7 @@ function SandboxCard({ sandbox: s, canChange, onOpen, act }: CardProps) {
           />
         )}
       </div>
+      {s.status === "running" && <Previews sandbox={s} pollMs={previewPollMs} />}
       {/* (keyed by status: a crash or restart reads the log again) */}
       {logsOpen && <LogPanel key={s.status} sandbox={s} />}
     </li>

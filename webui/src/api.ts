@@ -92,6 +92,14 @@ export interface SandboxLogs {
   lines: string[];
   truncated: boolean;
 }
+/** The ports a sandbox listens on, for its previews (GET /api/sandboxes/{id}/ports). */
+export interface Ports {
+  ports: number[];
+  /** False: the backend cannot see its listening sockets, so a port is typed in instead. */
+  listed: boolean;
+  /** A local sandbox: only these ports, the ones its laptop allowed, are shared. */
+  shared_only?: boolean;
+}
 /** A one-time code that lets a laptop's cli-agent join a workspace as a local sandbox. */
 export interface AgentCode {
   code: string;
@@ -187,7 +195,14 @@ export const api = {
   resume: (id: string) => call<Sandbox>("POST", `/api/sandboxes/${id}/resume`),
   deleteSandbox: (id: string) => call<void>("DELETE", `/api/sandboxes/${id}`),
   agentCode: (id: string) => call<AgentCode>("POST", `/api/workspaces/${id}/agent-code`),
-  open: (id: string) => call<{ url: string }>("POST", `/api/sandboxes/${id}/open`),
+  /** A one-time link to the sandbox's opencode, or (``port`` given) to that port's preview. */
+  open: (id: string, port?: number) =>
+    call<{ url: string }>(
+      "POST",
+      `/api/sandboxes/${id}/open`,
+      port === undefined ? undefined : { port },
+    ),
+  ports: (id: string) => call<Ports>("GET", `/api/sandboxes/${id}/ports`),
   sandboxLogs: (id: string) => call<SandboxLogs>("GET", `/api/sandboxes/${id}/logs`),
   usage: (id: string) => call<UsageReport>("GET", `/api/workspaces/${id}/usage`),
   setBudget: (id: string, monthlyTokens: number | null) =>

@@ -1,9 +1,11 @@
 """Who may use a sandbox's subdomain: one-time tickets and per-(user, sandbox) sessions.
 
 The main session never leaves the main origin. ``POST /api/sandboxes/{id}/open`` mints a
-ticket (single use, 60 s, bound to the user and the sandbox); the subdomain redeems it for a
-session of its own, kept in a host-only cookie. Only hashes of tickets and sessions are
-stored. Sessions die with logout, removal from the workspace, a role change and the sandbox.
+ticket (single use, 60 s, bound to the user, the sandbox and the port: None for opencode's
+address, a number for a preview's); that origin redeems it for a session of its own, kept in
+a host-only cookie, which no other origin (another port, opencode's) accepts. Only hashes of
+tickets and sessions are stored. Sessions die with logout, removal from the workspace, a role
+change and the sandbox.
 
 Every proxied request needs the caller's role and the sandbox's status and password; a short
 cache (``ttl`` seconds, dropped at once on revocation in this process) keeps the database
@@ -40,6 +42,11 @@ class Access:
     fetched_at: float
     revocations: int = 0  # SandboxAccess.revocations when it was read (see live.py)
     error: str | None = None  # why a failed sandbox failed
+    port: int | None = None  # the preview port the session is for; None: opencode's
+
+    def serves(self, sandbox_id: str, port: int | None) -> bool:
+        """Whether the session is one of this origin's (sandbox and port)."""
+        return self.sandbox_id == sandbox_id and self.port == port
 
     def __repr__(self) -> str:  # the password stays out of logs
         return f"Access(user_id={self.user_id!r}, sandbox_id={self.sandbox_id!r})"
@@ -61,32 +68,34 @@ class SandboxAccess:
     # Sessions being read again ahead of time (``refresh``), and who waits for each.
     _refreshing: dict[bytes, list[Deferred[None]]] = field(factory=dict, init=False)
 
-    async def mint_ticket(self, user_id: str, sandbox_id: str) -> str:
+    async def mint_ticket(self, user_id: str, sandbox_id: str, port: int | None = None) -> str:
         ticket = new_token()
         await self._db.execute(
-            "INSERT INTO sandbox_tickets (ticket_hash, user_id, sandbox_id, expires_at)"
-            " VALUES (%s, %s, %s, now() + make_interval(secs => %s))",
-            (token_hash(ticket), user_id, sandbox_id, TICKET_SECONDS),
+            "INSERT INTO sandbox_tickets (ticket_hash, user_id, sandbox_id, port, expires_at)"
+            " VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s))",
+            (token_hash(ticket), user_id, sandbox_id, port, TICKET_SECONDS),
         )
         return ticket
 
-    async def redeem(self, ticket: str, sandbox_id: str) -> str | None:
+    async def redeem(self, ticket: str, sandbox_id: str, port: int | None = None) -> str | None:
         """A new session token for the ticket's user, if the ticket is fresh, unused and for
-        this sandbox. Redeeming burns the ticket even when the answer is no."""
+        this sandbox and port. Redeeming burns the ticket even when the answer is no."""
         rows = await self._db.query(
-            "UPDATE sandbox_tickets SET used_at = now() WHERE ticket_hash = %s"
-            " AND used_at IS NULL RETURNING user_id, sandbox_id, expires_at > now() AS fresh",
+            "UPDATE sandbox_tickets SET used_at = now() WHERE ticket_hash = %s AND used_at IS"
+            " NULL RETURNING user_id, sandbox_id, port, expires_at > now() AS fresh",
             (token_hash(ticket),),
         )
         if not rows or not rows[0]["fresh"] or str(rows[0]["sandbox_id"]) != sandbox_id:
             return None
+        if rows[0]["port"] != port:
+            return None
         token = new_token()
         # (only for an account still enabled: a ticket minted just before a disable is void)
         opened = await self._db.query(
-            "INSERT INTO sandbox_sessions (token_hash, user_id, sandbox_id, expires_at)"
-            " SELECT %s, u.id, %s, now() + make_interval(secs => %s) FROM users u"
+            "INSERT INTO sandbox_sessions (token_hash, user_id, sandbox_id, port, expires_at)"
+            " SELECT %s, u.id, %s, %s, now() + make_interval(secs => %s) FROM users u"
             " WHERE u.id = %s AND u.disabled_at IS NULL RETURNING user_id",
-            (token_hash(token), sandbox_id, self._session_lifetime, str(rows[0]["user_id"])),
+            (token_hash(token), sandbox_id, port, self._session_lifetime, str(rows[0]["user_id"])),
         )
         return token if opened else None
 
@@ -94,21 +103,24 @@ class SandboxAccess:
         """When the cache stops trusting ``access``."""
         return access.fetched_at + self._ttl
 
-    def cached(self, token: str, sandbox_id: str) -> Access | None:
-        """The session's fresh cached answer for this sandbox, if there is one (else ask
-        ``lookup``)."""
+    def cached(self, token: str, sandbox_id: str, port: int | None = None) -> Access | None:
+        """The session's fresh cached answer for this sandbox and port, if there is one (else
+        ask ``lookup``)."""
         cached = self._fresh(token_hash(token))
-        return cached if cached is not None and cached.sandbox_id == sandbox_id else None
+        return cached if cached is not None and cached.serves(sandbox_id, port) else None
 
-    def lookup(self, token: str, sandbox_id: str) -> Deferred[Access | None]:
-        """Fires at once (no database) while the session's cached answer is fresh."""
+    def lookup(
+        self, token: str, sandbox_id: str, port: int | None = None
+    ) -> Deferred[Access | None]:
+        """The session, if it is one of this sandbox's and port's (None: opencode's address).
+        Fires at once (no database) while the session's cached answer is fresh."""
         key = token_hash(token)
         cached = self._fresh(key)
         if cached is not None:
-            return succeed(cached if cached.sandbox_id == sandbox_id else None)
-        return Deferred.fromCoroutine(self._fetch(key, sandbox_id))
+            return succeed(cached if cached.serves(sandbox_id, port) else None)
+        return Deferred.fromCoroutine(self._fetch(key, sandbox_id, port))
 
-    def refresh(self, token: str, sandbox_id: str) -> Deferred[None]:
+    def refresh(self, token: str, sandbox_id: str, port: int | None = None) -> Deferred[None]:
         """Reads the session again now, before its cached answer runs out (so that what
         was granted on it can be renewed without a gap); one read at a time per session.
         Fires when the cache has the new answer (``cached``), or the read failed (the next
@@ -125,7 +137,7 @@ class SandboxAccess:
             for waiter in self._refreshing.pop(key, []):
                 waiter.callback(None)
 
-        Deferred.fromCoroutine(self._fetch(key, sandbox_id)).addBoth(done)
+        Deferred.fromCoroutine(self._fetch(key, sandbox_id, port)).addBoth(done)
         return mine
 
     def _fresh(self, key: bytes) -> Access | None:
@@ -135,11 +147,11 @@ class SandboxAccess:
             return cached
         return None
 
-    async def _fetch(self, key: bytes, sandbox_id: str) -> Access | None:
+    async def _fetch(self, key: bytes, sandbox_id: str, port: int | None) -> Access | None:
         now, generation, revocations = self._clock.seconds(), self.generation, self.revocations
         rows = await self._db.query(
             "SELECT ss.user_id, s.id AS sandbox_id, s.workspace_id, m.role, s.status,"
-            " s.is_local, s.opencode_password, s.error FROM sandbox_sessions ss"
+            " s.is_local, s.opencode_password, s.error, ss.port FROM sandbox_sessions ss"
             " JOIN sandboxes s ON s.id = ss.sandbox_id"
             " JOIN workspace_members m ON m.workspace_id = s.workspace_id"
             "  AND m.user_id = ss.user_id"
@@ -162,12 +174,13 @@ class SandboxAccess:
             now,
             revocations,
             row.get("error"),
+            row.get("port"),
         )
         if generation == self.generation:  # (a revocation while we asked: don't keep this)
             if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[key] = access
-        return access if access.sandbox_id == sandbox_id else None
+        return access if access.serves(sandbox_id, port) else None
 
     def forget(self, **match: Any) -> None:
         """Drop cached sessions whose fields equal ``match`` (e.g. user_id=...)."""

@@ -40,17 +40,18 @@ from cli_server.sandboxes.opencode import basic_auth
 from cli_server.web.streamed_body import StreamedBody
 
 
-def upstream_headers(request: IRequest, password: str, scheme: bytes) -> Headers:
+def upstream_headers(request: IRequest, password: str | None, scheme: bytes) -> Headers:
     """What the sandbox gets of the browser's headers: ``hygiene.plain_upstream_headers``'s
     block (the one request rule, as the relay workers send it), as ``Headers`` for Agent
-    (which frames the body itself: no Content-Length)."""
+    (which frames the body itself: no Content-Length). ``password`` is opencode's; a preview
+    port gets None, and with it no Authorization at all."""
     raw = request.requestHeaders
     peer = str(getattr(request.getClientAddress(), "host", "")).encode()
     block = plain_upstream_headers(
         [(name, value) for name, values in raw.getAllRawHeaders() for value in values],
         tuple(raw.getRawHeaders(b"cookie", [])),
         request.getHeader(b"host") or b"",
-        basic_auth(password),
+        basic_auth(password) if password is not None else None,
         peer,
         scheme,
     )
@@ -161,8 +162,11 @@ class Forwarder:
         agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor, tunnels), pool=pool)
         return cls(reactor, pool, cooperator, agent)
 
-    async def forward(self, request: Any, endpoint: Endpoint, password: str, scheme: bytes) -> bool:
-        """Send ``request`` on and stream the response; False if the sandbox did not answer."""
+    async def forward(
+        self, request: Any, endpoint: Endpoint, password: str | None, scheme: bytes
+    ) -> bool:
+        """Send ``request`` on and stream the response; False if the sandbox did not answer.
+        ``password``: opencode's, None for a preview port (which never gets it)."""
         agent = self._agent
         url = f"http://{endpoint.host}:{endpoint.port}".encode() + clean_query(request.uri)
         if request.finished or request.channel is None:
@@ -210,14 +214,19 @@ class Forwarder:
 TUNNEL_SUFFIX = ".tunnel"
 
 
-def through_tunnel(sandbox_id: str) -> Endpoint:
-    """A local sandbox's address: reached over its agent's tunnel, not over TCP."""
-    return Endpoint(sandbox_id + TUNNEL_SUFFIX, 80)
+_TUNNEL_OPENCODE = 80  # (below every preview port: the laptop's opencode, not a port of it)
+
+
+def through_tunnel(sandbox_id: str, port: int | None = None) -> Endpoint:
+    """A local sandbox's address, reached over its agent's tunnel, not over TCP: its opencode
+    (``port`` None) or a port of the laptop it shares."""
+    return Endpoint(sandbox_id + TUNNEL_SUFFIX, _TUNNEL_OPENCODE if port is None else port)
 
 
 def client_endpoint(reactor: Any, endpoint: Endpoint, tunnels: Any) -> IStreamClientEndpoint:
     if endpoint.host.endswith(TUNNEL_SUFFIX) and tunnels is not None:
-        return tunnels.endpoint(endpoint.host.removesuffix(TUNNEL_SUFFIX))  # type: ignore[no-any-return]
+        port = None if endpoint.port == _TUNNEL_OPENCODE else endpoint.port
+        return tunnels.endpoint(endpoint.host.removesuffix(TUNNEL_SUFFIX), port)  # type: ignore[no-any-return]
     return NoDelayEndpoint(TCP4ClientEndpoint(reactor, endpoint.host, endpoint.port, timeout=10))
 
 

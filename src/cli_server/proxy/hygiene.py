@@ -84,8 +84,14 @@ def kept_answer_header(lower: bytes, value: bytes) -> bool:
     return not lower.startswith(b"access-control-") and lower not in _DROPPED_ANSWER
 
 
-# Added to every sandbox answer: no page of another origin may even embed what it says.
-ANSWER_HEADERS = ((b"cross-origin-resource-policy", b"same-origin"),)
+# Added to every sandbox answer: no page of another origin may even embed what it says, nor
+# frame it (sandbox and preview origins are same-site, so a framed opencode would carry its
+# session cookie under a hostile page). Browsers apply every CSP header given, so the
+# sandbox's own policy still holds.
+ANSWER_HEADERS = (
+    (b"cross-origin-resource-policy", b"same-origin"),
+    (b"content-security-policy", b"frame-ancestors 'self'"),
+)
 ANSWER_LINES = b"".join(name + b": " + value + b"\r\n" for name, value in ANSWER_HEADERS)
 
 # Requests that change nothing, as browsers send them without an Origin of their own.
@@ -169,12 +175,13 @@ def plain_upstream_headers(
     headers: Iterable[tuple[bytes, bytes]],
     cookies: tuple[bytes, ...],
     host: bytes,
-    authorization: bytes,
+    authorization: bytes | None,
     peer: bytes,
     scheme: bytes,
 ) -> bytes:
     """A plain head's header block as the sandbox gets it, blank line included: the same
-    hygiene as ``forward.upstream_headers``, written as bytes."""
+    hygiene as ``forward.upstream_headers``, written as bytes. ``authorization`` is opencode's
+    credential; a preview port gets none (None or b""): no Authorization header at all."""
     out: list[bytes] = []
     for name, value in headers:
         if name.lower() not in DROPPED_REQUEST:
@@ -182,10 +189,10 @@ def plain_upstream_headers(
     cookie = clean_cookie_header(cookies) if cookies else None
     if cookie:
         out += (b"cookie: ", cookie, b"\r\n")
+    if authorization:
+        out += (b"authorization: ", authorization, b"\r\n")
     out += (
-        b"authorization: ",
-        authorization,
-        b"\r\nx-forwarded-for: ",
+        b"x-forwarded-for: ",
         peer,
         b"\r\nx-forwarded-proto: ",
         scheme,

@@ -3,7 +3,8 @@
 A request qualifies when its head is plain (``request_head.py``), ``rules.decide`` forwards
 it for the session its cookie names, and the sandbox runs on a backend here (not a laptop's
 tunnel). Every other request, including every one that ends in a page of ours, goes to
-``SandboxSite``.
+``SandboxSite``; so, for now, does every request for a preview (``oc-{id}-p{port}``), which the
+relay workers do not carry yet.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from cli_server.proxy import rules
 from cli_server.proxy.access import Access, SandboxAccess
 from cli_server.proxy.endpoints import RunningEndpoints
+from cli_server.proxy.hosts import Place
 from cli_server.proxy.live import LiveStreams, Whose
 from cli_server.proxy.request_head import RequestHead
 from cli_server.proxy.workers import RelayWorkers
@@ -77,9 +79,10 @@ class Routes:
         forward to a cloud sandbox). Answers at once, without a Deferred, when the session
         and the sandbox's address are in their caches (``access.py``, ``endpoints.py``), so a
         route is never staler than those."""
-        sandbox_id = rules.screen(head.asked, self.listener)
-        if not isinstance(sandbox_id, str):
+        place = rules.screen(head.asked, self.listener)
+        if not isinstance(place, Place) or place.port is not None:
             return None
+        sandbox_id = place.sandbox_id
         token = rules.session_token(head.asked, self.listener)
         if token is None:
             return None

@@ -1,4 +1,6 @@
-"""``oc-{id}.{base_domain}``: browser auth, status pages, and the proxy to opencode."""
+"""``oc-{id}.{base_domain}``: browser auth, status pages, and the proxy to opencode; and the
+same for ``oc-{id}-p{port}.{base_domain}``, a preview of a port in the sandbox, which never
+gets opencode's credential."""
 
 from __future__ import annotations
 
@@ -39,6 +41,12 @@ _GUEST_REFUSAL = json.dumps(
     {
         "name": "Forbidden",
         "data": {"message": "You are a guest in this workspace: opencode is read-only for you."},
+    }
+).encode()
+_GUEST_PREVIEW_REFUSAL = json.dumps(
+    {
+        "name": "Forbidden",
+        "data": {"message": "You are a guest in this workspace: previews are read-only for you."},
     }
 ).encode()
 _LAND_PATH = b"/_cli/open"  # where a sandbox link lands once signed in (landing_html)
@@ -160,16 +168,17 @@ class SandboxSite(Resource):
         if getattr(request, "body_too_large", False):
             return self._page(request, 413, "Too large", "That upload is larger than 64 MiB.")
         if isinstance(screened, rules.Ours):
-            return await self._redeem(request, screened.sandbox_id)
+            return await self._redeem(request, screened.sandbox_id, screened.port)
         token = rules.session_token(asked, self._listener)
-        access = await self._access.lookup(token, screened) if token else None
+        sandbox_id, port = screened
+        access = await self._access.lookup(token, sandbox_id, port) if token else None
         session = rules.Session(access.role, access.status, access.is_local) if access else None
         verdict = rules.decide(asked, self._listener, session)
         if isinstance(verdict, rules.Ours) and access is not None:
             if verdict.path == _RESUME_PATH:
                 return await self._resume(request, access)
-            if verdict.path == _LAND_PATH and access.is_local:
-                return self._see_other(request, b"/")  # (its directory is on the laptop)
+            if verdict.path == _LAND_PATH and (access.is_local or port is not None):
+                return self._see_other(request, b"/")  # (on the laptop; or not opencode)
             if verdict.path == _LAND_PATH:  # into opencode on the workspace disk
                 for name, value in PAGE_HEADERS:
                     request.setHeader(name, value)
@@ -179,16 +188,23 @@ class SandboxSite(Resource):
             return self._refused(request, verdict, access)
         assert access is not None  # (decide forwards only with a session)
         sandbox_id, upgrade = verdict.sandbox_id, asked.upgrade
+        # opencode's credential goes to opencode only, never to a preview's port
+        password = access.password if port is None else None
         if access.is_local:
             if self._tunnels is None or self._tunnels.session(sandbox_id) is None:
                 return self._status_page(request, "offline", access)
-            endpoint = through_tunnel(sandbox_id)
+            if port is not None and port not in self._tunnels.allowed_ports(sandbox_id):
+                return self._not_shared(request, port)
+            endpoint = through_tunnel(sandbox_id, port)
         else:
-            running = await self._endpoints.get(sandbox_id)
+            running = await self._endpoints.get(sandbox_id, port)
             if running is None:
                 return self._status_page(request, "starting", access)
             endpoint = running
-        self._activity.touch(sandbox_id)
+        if port is None:
+            self._activity.touch(sandbox_id)
+        # (a preview counts once its app answers: an open "nothing is listening" page, which
+        # reloads itself, must not keep a sandbox awake for ever)
         if self._metrics is not None:
             self._metrics.proxied.labels("websocket" if upgrade else "http").inc()
         # Listed until it ends, for revocation to cut (a terminal, an event stream, a download)
@@ -206,7 +222,7 @@ class SandboxSite(Resource):
             # once the head is relayed, while the body may stream for hours)
             request.notifyFinish().addBoth(lambda _: live.remove(handle))
         if upgrade:
-            headers = upstream_headers(request, access.password, self._scheme)
+            headers = upstream_headers(request, password, self._scheme)
             side = await splice(
                 self._reactor,
                 request,
@@ -220,9 +236,22 @@ class SandboxSite(Resource):
                 if side.lost:
                     live.remove(handle)
         else:
-            ok = await self._forwarder.forward(request, endpoint, access.password, self._scheme)
+            ok = await self._forwarder.forward(request, endpoint, password, self._scheme)
+        if ok and port is not None:
+            self._activity.touch(sandbox_id)
+        if not ok and not access.is_local:
+            self._endpoints.forget(sandbox_id)  # it may have moved: ask the backend next time
         if not ok and access.is_local and self._tunnels.session(sandbox_id) is None:
             self._status_page(request, "offline", access)  # the agent left meanwhile
+        elif not ok and port is not None:
+            self._page(
+                request,
+                503,
+                f"Nothing is listening on {port} yet",
+                f"Nothing is listening on {port} in this sandbox yet. Start the app there"
+                " (on any address of the sandbox); this page reloads by itself.",
+                refresh=3,
+            )
         elif not ok and access.is_local:
             self._page(
                 request,
@@ -233,7 +262,6 @@ class SandboxSite(Resource):
                 refresh=5,
             )
         elif not ok:
-            self._endpoints.forget(sandbox_id)  # it may have moved: ask the backend next time
             self._status_page(request, "starting", access)
 
     def _refused(
@@ -245,20 +273,35 @@ class SandboxSite(Resource):
             # A browser sent here without a session of ours (a shared link, a bookmark, a
             # session that ended): to the dashboard's page that opens this sandbox for its
             # members, after signing in there if need be. A fixed address: no open redirect.
+            # A preview's brings the user back to its port (the page opens that again).
             self._cookie.clear_doubles(request, self._base_host)
             request.setHeader(b"referrer-policy", b"no-referrer")
-            self._see_other(request, f"{self._dashboard}open/{verdict.sandbox_id}".encode("ascii"))
+            query = "" if verdict.port is None else f"?port={verdict.port}"
+            opener = f"{self._dashboard}open/{verdict.sandbox_id}{query}"
+            self._see_other(request, opener.encode("ascii"))
         elif why is rules.Why.SIGNED_OUT:
             self._revoked(request)
         elif why is rules.Why.READ_ONLY_API:  # (in opencode's error shape, for its UI to show)
             request.setResponseCode(403)
             request.setHeader(b"content-type", b"application/json")
             request.setHeader(b"cache-control", b"no-store")
-            self._finish(request, _GUEST_REFUSAL)
+            is_preview = isinstance(verdict, rules.Page) and verdict.port is not None
+            self._finish(request, _GUEST_PREVIEW_REFUSAL if is_preview else _GUEST_REFUSAL)
         elif why is rules.Why.NOT_RUNNING and access is not None:
             self._status_page(request, access.status, access)
+        elif why is rules.Why.NOT_FOUND and isinstance(verdict, rules.Page) and verdict.detail:
+            self._page(request, 404, "No such address", verdict.detail)
         else:
             self._page(request, *_PAGES.get(why, _PAGES[rules.Why.NOT_FOUND]))
+
+    def _not_shared(self, request: Any, port: int) -> None:
+        self._page(
+            request,
+            403,
+            f"Port {port} is not shared",
+            f"Port {port} is not shared by this laptop: its agent runs without --allow-port"
+            f" {port}.",
+        )
 
     def _revoked(self, request: Any) -> None:
         self._cookie.clear_doubles(request, self._base_host)
@@ -278,17 +321,18 @@ class SandboxSite(Resource):
         then = _after_start(request.uri, access)
         self._page(request, 503, title, text, refresh=refresh, resume=can_resume, then=then)
 
-    async def _redeem(self, request: Any, sandbox_id: str) -> None:
+    async def _redeem(self, request: Any, sandbox_id: str, port: int | None) -> None:
         request.setHeader(b"referrer-policy", b"no-referrer")
         query = parse_qs(request.uri.partition(b"?")[2].decode("latin-1"))
         ticket = (query.get("ticket") or [""])[0]
-        token = await self._access.redeem(ticket, sandbox_id) if ticket else None
+        token = await self._access.redeem(ticket, sandbox_id, port) if ticket else None
+        landing = _LAND_PATH if port is None else b"/"  # (a preview: the app's own page)
         if token is None:
             # A used or expired link (reloaded, from history) while already signed in here:
             # the work, not an error. The ticket grants nothing; the cookie does.
             session = rules.session_token(self._asked(request), self._listener)
-            if session and await self._access.lookup(session, sandbox_id) is not None:
-                return self._see_other(request, _LAND_PATH)
+            if session and await self._access.lookup(session, sandbox_id, port) is not None:
+                return self._see_other(request, landing)
             return self._page(
                 request,
                 401,
@@ -298,7 +342,7 @@ class SandboxSite(Resource):
             )
         self._cookie.clear_doubles(request, self._base_host)  # (before: ours comes last)
         self._cookie.write(request, token)
-        self._see_other(request, _LAND_PATH)  # (fixed, as every redirect here: never an open one)
+        self._see_other(request, landing)  # (fixed, as every redirect here: never an open one)
 
     def _see_other(self, request: Any, location: bytes) -> None:
         request.setResponseCode(303)
@@ -317,7 +361,8 @@ class SandboxSite(Resource):
         # (in the form's action: a sandbox request's body streams to opencode, unread here)
         query = parse_qs(request.uri.partition(b"?")[2].decode("latin-1"))
         asked = (query.get("next") or ["/"])[0].encode("utf-8")
-        self._see_other(request, _after_start(asked, access).encode("ascii"))
+        then = _after_start(asked, access)
+        self._see_other(request, then.encode("ascii"))
 
 
 def _page_load(request: Any) -> bool:
@@ -331,7 +376,7 @@ def _page_load(request: Any) -> bool:
 
 def _after_start(uri: bytes, access: Access) -> str:
     """Where a started or resumed sandbox's page leads: the address asked for, but the bare
-    home page of a cloud sandbox becomes the landing (opencode on the workspace disk)."""
+    home page of a cloud sandbox's opencode becomes the landing (on the workspace disk)."""
     try:
         path = uri.decode("ascii")
     except UnicodeDecodeError:
@@ -339,7 +384,7 @@ def _after_start(uri: bytes, access: Access) -> str:
     # (a path of this origin only: not "//host", not "/\\host", nothing a header cannot carry)
     if not path.startswith("/") or path[1:2] in ("/", "\\") or not path.isprintable():
         path = "/"
-    if path == "/" and not access.is_local:
+    if path == "/" and not access.is_local and access.port is None:
         return _LAND_PATH.decode("ascii")
     return path
 

@@ -1,4 +1,4 @@
-"""The public addresses of sandboxes."""
+"""The public addresses of sandboxes and of their previews."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ class SandboxUrls:
     scheme: str
     base_domain: str  # host[:port]
 
-    def home(self, sandbox_id: str) -> str:
-        return f"{self.scheme}://oc-{sandbox_id}.{self.base_domain}/"
+    def home(self, sandbox_id: str, port: int | None = None) -> str:
+        """opencode's address (``port`` None), or the preview of ``port`` in the sandbox."""
+        label = f"oc-{sandbox_id}" if port is None else f"oc-{sandbox_id}-p{port}"
+        return f"{self.scheme}://{label}.{self.base_domain}/"
 
-    def opener(self, sandbox_id: str, ticket: str) -> str:
-        return f"{self.home(sandbox_id)}_cli/auth?ticket={ticket}"
+    def opener(self, sandbox_id: str, ticket: str, port: int | None = None) -> str:
+        return f"{self.home(sandbox_id, port)}_cli/auth?ticket={ticket}"
 
     @property
     def base_host(self) -> bytes:

@@ -12,7 +12,9 @@ All engine calls go through the blocking ``docker`` SDK on our own bounded threa
 - opencode's port is published on 127.0.0.1 only, at a port the engine picks; the address is
   re-read after every start. The containers sit on a bridge network of our own with
   inter-container traffic disabled, so a sandbox cannot reach another sandbox's ports (the
-  engine's default bridge allows that). ``host.docker.internal`` is that network's gateway,
+  engine's default bridge allows that). A preview (any other port) is reached at the
+  container's own address on that network: the server must be beside the engine, or on
+  ``--docker-network``. ``host.docker.internal`` is that network's gateway,
   where our Anthropic proxy is reached.
 - Egress (docker_firewall.py): before every start the host's firewall is told that our bridge
   reaches the internet and, of the host, only the Anthropic door; private, link-local and
@@ -44,12 +46,12 @@ from urllib.parse import urlsplit
 
 from attrs import define, field
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from cli_server.sandboxes import docker_firewall
 from cli_server.sandboxes.backend import (
     LOG_TAIL_LINES,
+    PREVIEW_PORTS,
     BackendError,
     Endpoint,
     ExitListener,
@@ -66,10 +68,12 @@ from cli_server.sandboxes.backend import (
 from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes, check_disk_quota, image_of
 from cli_server.sandboxes.docker_firewall import EgressRules
 from cli_server.sandboxes.egress import EgressPolicy
+from cli_server.sandboxes.listening import listening_ports
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.threads import Runner
 
 GUEST_PORT = 4096
+ENGINE_DNS = "127.0.0.11"  # the engine's resolver in a container: its TCP port is no preview
 LABEL = "cli-server"
 SCRATCH = ("/tmp", "/var/tmp")  # writable, in memory; everything else but the volumes is not
 
@@ -130,6 +134,8 @@ class DockerBackend:
     _seccomp_checked: bool = field(default=False, init=False)
     _quota_why_not: str | None = field(default=None, init=False)  # decided once, at first use
     _quota_decided: bool = field(default=False, init=False)
+    # Whether this server saw a container's ports (the engine's processes in its view).
+    lists_ports: bool = field(default=True, init=False)
     _log = Logger()
     name = "docker"
     survives_restart = True
@@ -343,6 +349,25 @@ class DockerBackend:
         if not bindings:
             raise BackendError("the engine published no port for opencode")
         return "127.0.0.1", int(bindings[0]["HostPort"])
+
+    def _thd_inside(self, sandbox_id: str) -> tuple[str, int, str] | None:
+        """A running container's (address on its network, main process id as the engine's
+        host numbers it, container id); None when it is not running."""
+        import docker.errors
+
+        try:
+            container = self._thd_client().containers.get(f"cli-sbx-{sandbox_id}")
+        except docker.errors.NotFound:
+            return None
+        if container.status != "running":
+            return None
+        network = self._settings.network or f"cli-sandboxes-{self._instance}"
+        networks = container.attrs["NetworkSettings"].get("Networks") or {}
+        ip = (networks.get(network) or {}).get("IPAddress")
+        if not ip:
+            raise BackendError(f"the sandbox has no address on {network}")
+        pid = int((container.attrs.get("State") or {}).get("Pid") or 0)
+        return str(ip), pid, str(container.id)
 
     def _thd_state(self, sandbox_id: str) -> tuple[str, tuple[str, int] | None, str | None]:
         import docker.errors
@@ -594,12 +619,24 @@ class DockerBackend:
         if self._settings.disk_root is not None:
             await self._detach(self._disk_dir("workspaces", workspace_id), removing=True)
 
-    # Placeholders until issue 22's backend work lands (previews).
-    def preview_endpoint(self, sandbox_id: str, port: int) -> Deferred[Endpoint | None]:
-        return succeed(None)
+    @deferred
+    async def preview_endpoint(self, sandbox_id: str, port: int) -> Endpoint | None:
+        """The container's address and ``port``: the host reaches its bridge directly (the
+        firewall lets answers to the host's own connections back), while other containers
+        cannot (no inter-container traffic on our network)."""
+        inside = await self._engine(self._thd_inside, sandbox_id)
+        return Endpoint(inside[0], port) if inside is not None else None
 
-    def listening_ports(self, sandbox_id: str) -> Deferred[list[int]]:
-        return succeed([])
+    @deferred
+    async def listening_ports(self, sandbox_id: str) -> list[int]:
+        """Read from the container's network tables where this server sees the engine's
+        processes (the same host and process namespace); otherwise none are known."""
+        inside = await self._engine(self._thd_inside, sandbox_id)
+        if inside is None:
+            return []
+        ports: list[int] | None = await self._run(_container_ports, inside[1], inside[2])
+        self.lists_ports = ports is not None
+        return ports or []
 
     @deferred
     async def describe(self, sandbox_id: str) -> Observed:
@@ -650,6 +687,20 @@ class DockerPreparation(Service):
     def startService(self) -> None:
         super().startService()
         self._backend.prepare()
+
+
+def _container_ports(pid: int, container_id: str) -> list[int] | None:
+    """The preview ports listening in the container whose main process the engine numbers
+    ``pid``, if this host's process of that number is it (its cgroup names the container:
+    a server in a namespace of its own must not read some other process's ports); else None."""
+    try:
+        cgroup = Path(f"/proc/{pid}/cgroup").read_text() if pid else ""
+    except OSError:
+        return None
+    if container_id not in cgroup:
+        return None
+    net = Path(f"/proc/{pid}/net")
+    return listening_ports(net, PREVIEW_PORTS, (GUEST_PORT,), hidden=(ENGINE_DNS,))
 
 
 def _remove_disk(directory: Path) -> None:

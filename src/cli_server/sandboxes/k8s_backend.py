@@ -95,6 +95,7 @@ class K8sBackend:
     _changes: int = field(default=0, init=False)  # our own starts, stops and deletes
     _log = Logger()
     name = "k8s"
+    lists_ports = False  # (see listening_ports)
     survives_restart = True
 
     # -- thread side ------------------------------------------------------------------------
@@ -556,11 +557,19 @@ class K8sBackend:
     async def delete_workspace(self, workspace_id: str) -> None:
         await self._api_call(self._thd_delete_workspace, workspace_id)
 
-    # Placeholders until issue 22's backend work lands (previews).
-    def preview_endpoint(self, sandbox_id: str, port: int) -> Deferred[Endpoint | None]:
-        return succeed(None)
+    @deferred
+    async def preview_endpoint(self, sandbox_id: str, port: int) -> Endpoint | None:
+        """The pod's own address and ``port`` (its Service may carry opencode's port only;
+        the chart's NetworkPolicy admits the server on every preview port)."""
+        observed = await self.describe(sandbox_id)
+        if observed.state is not State.RUNNING or observed.endpoint is None:
+            return None
+        ips = sorted(self._sources.get(sandbox_id, frozenset()))  # what describe() saw
+        v4 = [ip for ip in ips if ":" not in ip]
+        return Endpoint((v4 or ips or [observed.endpoint.host])[0], port)
 
     def listening_ports(self, sandbox_id: str) -> Deferred[list[int]]:
+        """Unknown without running a command in the pod: users type the port."""
         return succeed([])
 
     @deferred

@@ -139,6 +139,25 @@ class SandboxManager:
             lines = redact(lines, secret_forms(secret[0]["opencode_password"]))
         return {"lines": lines, "truncated": tail.truncated}
 
+    async def ports(self, sandbox_id: str, actor_id: str) -> dict[str, Any]:
+        """The preview ports of a running sandbox, for any member: those listening in a cloud
+        sandbox (``listed`` false where its backend cannot see them: users type one), or
+        those a local sandbox's laptop shares."""
+        row = await self.authorized(sandbox_id, actor_id, Role.GUEST)
+        if row["status"] != Status.RUNNING.value:
+            raise InvalidState(row["status"], "list the ports of")
+        if row["is_local"]:
+            shared = self.tunnels.allowed_ports(sandbox_id) if self.tunnels is not None else ()
+            return {"ports": sorted(shared), "listed": True, "shared_only": True}
+        try:
+            ports = await self._backend.listening_ports(sandbox_id)
+        except BackendError as e:
+            raise ServiceUnavailable(
+                f"the sandbox's ports cannot be read now: {e}", code="ports_unavailable"
+            ) from None
+        # A backend says whether it could look (docker finds out at its first look).
+        return {"ports": ports, "listed": bool(getattr(self._backend, "lists_ports", True))}
+
     # -- transitions ---------------------------------------------------------------------------
 
     async def _transition(

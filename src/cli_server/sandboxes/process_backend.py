@@ -3,6 +3,8 @@
 Per sandbox, as root:
 - a network namespace of its own (a bind-mounted nsfs file), with slirp4netns giving it a
   user-mode uplink and one forward from 127.0.0.1:<port> on the host to port 4096 inside;
+  a preview adds one more forward per port asked for, also on the host's 127.0.0.1 only,
+  which lives as long as that slirp4netns (so a stop, a pause or a server restart ends it);
   ``--disable-host-loopback`` keeps the host's loopback services (our API, PostgreSQL) out
   of reach, and other sandboxes live in other namespaces;
 - an nftables table in that namespace, loaded before anything runs there: the sandbox
@@ -41,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from attrs import Factory, define, field, frozen
-from twisted.internet.defer import Deferred, TimeoutError, succeed
+from twisted.internet.defer import Deferred, DeferredLock, TimeoutError, succeed
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
@@ -51,6 +53,7 @@ from cli_server.networks import Network
 from cli_server.process import run_process
 from cli_server.sandboxes import seccomp
 from cli_server.sandboxes.backend import (
+    PREVIEW_PORTS,
     BackendError,
     Endpoint,
     ExitListener,
@@ -65,6 +68,7 @@ from cli_server.sandboxes.backend import (
 )
 from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes
 from cli_server.sandboxes.egress import EgressPolicy
+from cli_server.sandboxes.listening import listening_ports
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.output_log import LOG_NAME, OutputLog, read_tail
 from cli_server.sandboxes.unixjson import unix_json_call
@@ -74,6 +78,22 @@ SANDBOX_ACCOUNT = "cli-sandbox"
 GUEST_PORT = 4096
 ANTHROPIC_PORT = 4097  # the Anthropic proxy's door, on the sandbox's own loopback
 SLIRP_DNS = "10.0.2.3"  # slirp4netns's resolver, the one private address a sandbox may use
+SLIRP_GUEST = "10.0.2.100"  # the sandbox's own address, where slirp4netns's forwards arrive
+# Dev servers listen on localhost by default (Vite does): a preview's forwarded connection is
+# passed on to the sandbox's loopback, which also serves those listening on every address.
+# Only slirp4netns's forwards arrive at the sandbox's address from outside; opencode's own
+# forward is left as it is, and the Anthropic door (on that loopback) stays out of reach.
+_LOOPBACK_PREVIEWS = f"""
+table ip cli_previews
+delete table ip cli_previews
+table ip cli_previews {{
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    iifname "tap0" ip daddr {SLIRP_GUEST} tcp dport != {{ {GUEST_PORT}, {ANTHROPIC_PORT} }} \\
+      dnat to 127.0.0.1
+  }}
+}}
+"""
 ARGS_FD = 3  # bubblewrap reads its --setenv arguments from this descriptor
 SECCOMP_FD = 4  # and its seccomp filter from this one
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -206,6 +226,10 @@ class _Live:
     sandbox_proto: _Watched
     slirp: Any  # None when unisolated
     slirp_proto: _Watched | None
+    # previews: port inside -> its forward's port on the host's 127.0.0.1, added on first use
+    # (under the lock: two requests at once add one forward)
+    forwards: dict[int, int] = Factory(dict)
+    forwarding: DeferredLock = Factory(DeferredLock)
 
 
 @define(eq=False)
@@ -337,6 +361,23 @@ class ProcessBackend:
         live: _Live | None = None
         try:
             await _within(self._reactor, slirp_proto.ready, 10, "slirp4netns did not start")
+            port = await self._forward(box, GUEST_PORT)
+            sandbox, proto = self._spawn_sandbox(spec, box, netns, opencode, anthropic)
+            live = _Live(port, sandbox, proto, slirp, slirp_proto)
+            return await self._until_healthy(spec, live)
+        except BaseException:
+            if live is None:
+                _signal(slirp, "KILL")
+            await self._stop_live(spec.id)
+            await self._teardown(spec.id)
+            raise
+
+    async def _forward(self, box: Path, guest_port: int) -> int:
+        """Have the sandbox's slirp4netns forward a free port of the host's 127.0.0.1 (never
+        another address) to ``guest_port`` inside; that host port. A port taken between our
+        pick and slirp's bind is picked again."""
+        refused = None
+        for _ in range(3):
             port = _free_port()
             reply = await unix_json_call(
                 self._reactor,
@@ -347,22 +388,15 @@ class ProcessBackend:
                         "proto": "tcp",
                         "host_addr": "127.0.0.1",
                         "host_port": port,
-                        "guest_port": GUEST_PORT,
+                        "guest_port": guest_port,
                     },
                 },
                 timeout=5,
             )
-            if "error" in reply:
-                raise BackendError(f"port forward refused: {reply['error']}")
-            sandbox, proto = self._spawn_sandbox(spec, box, netns, opencode, anthropic)
-            live = _Live(port, sandbox, proto, slirp, slirp_proto)
-            return await self._until_healthy(spec, live)
-        except BaseException:
-            if live is None:
-                _signal(slirp, "KILL")
-            await self._stop_live(spec.id)
-            await self._teardown(spec.id)
-            raise
+            refused = reply.get("error")
+            if refused is None:
+                return port
+        raise BackendError(f"port forward refused: {refused}")
 
     async def _start_unisolated(self, spec: SandboxSpec, box: Path, opencode: Path) -> Endpoint:
         """--allow-unisolated: opencode as a plain process on a loopback port, no namespaces."""
@@ -451,16 +485,22 @@ class ProcessBackend:
         return EgressPolicy(allow=self._egress_allow).on_this_host()
 
     async def _limit_egress(self, box: Path, netns: Path) -> None:
-        """Load the egress rules into the sandbox's namespace before anything runs in it."""
+        """Load the egress rules into the sandbox's namespace before anything runs in it,
+        with the previews' way to its loopback (the kernel takes packets for 127.0.0.1 from
+        an interface other than lo only with route_localnet, set in this namespace alone)."""
         rules = box / "egress.nft"
         rules.unlink(missing_ok=True)
         descriptor = os.open(rules, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as out:
-            out.write(self.egress_policy().nft_ruleset(dns=[SLIRP_DNS]))
+            out.write(self.egress_policy().nft_ruleset(dns=[SLIRP_DNS]) + _LOOPBACK_PREVIEWS)
         try:
             await self._must("nsenter", [f"--net={netns}", _which("nft"), "-f", str(rules)])
         finally:
             rules.unlink(missing_ok=True)
+        await self._must(
+            "nsenter",
+            [f"--net={netns}", _which("sysctl"), "-qw", "net.ipv4.conf.all.route_localnet=1"],
+        )
 
     async def _must(self, tool: str, args: list[str]) -> None:
         result = await run_process(
@@ -791,12 +831,38 @@ class ProcessBackend:
         live = self._live.get(sandbox_id)
         return Endpoint("127.0.0.1", live.port) if live is not None else None
 
-    # Placeholders until issue 22's backend work lands (previews).
-    def preview_endpoint(self, sandbox_id: str, port: int) -> Deferred[Endpoint | None]:
-        return succeed(None)
+    @deferred
+    async def preview_endpoint(self, sandbox_id: str, port: int) -> Endpoint | None:
+        """The host end of the sandbox's forward to ``port``, added on first use and reused
+        while its slirp4netns lives. Nothing of this host is a preview: unisolated sandboxes,
+        which share the host's loopback, have none."""
+        live = self._live.get(sandbox_id)
+        if live is None:
+            return None
+        if live.slirp is None:
+            raise BackendError("previews need isolated sandboxes (not --allow-unisolated)")
+        async with live.forwarding:
+            if self._live.get(sandbox_id) is not live:  # stopped while we waited
+                return None
+            if port not in live.forwards:
+                forward = await self._forward(self._sandbox_dir(sandbox_id), port)
+                if self._live.get(sandbox_id) is not live:
+                    return None
+                live.forwards[port] = forward
+            return Endpoint("127.0.0.1", live.forwards[port])
+
+    @property
+    def lists_ports(self) -> bool:
+        return self._isolated  # (unisolated sandboxes have no previews)
 
     def listening_ports(self, sandbox_id: str) -> Deferred[list[int]]:
-        return succeed([])
+        """Read through the sandbox's outer bubblewrap, which sits in its network namespace;
+        opencode and the Anthropic door are not previews."""
+        live = self._live.get(sandbox_id)
+        if live is None or live.slirp is None or live.sandbox.pid is None:
+            return succeed([])
+        net = Path(f"/proc/{live.sandbox.pid}/net")
+        return succeed(listening_ports(net, PREVIEW_PORTS, (GUEST_PORT, ANTHROPIC_PORT)))
 
     @deferred
     async def describe(self, sandbox_id: str) -> Observed:

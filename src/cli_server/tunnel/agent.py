@@ -24,22 +24,27 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.endpoints import connectProtocol
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from cli_server._version import __version__
 from cli_server.nodelay import no_delay
+from cli_server.threads import Runner, synchronous_runner
+from cli_server.tunnel.agent_error import AgentError as AgentError
+from cli_server.tunnel.agent_network import CONNECT_TIMEOUT as CONNECT_TIMEOUT
+from cli_server.tunnel.agent_network import Network, ReportingEndpoint
+from cli_server.tunnel.agent_platform import Platform, PrivateFiles, current
 from cli_server.tunnel.carrier import SessionCarrier
 from cli_server.tunnel.frames import MAX_MESSAGE
 from cli_server.tunnel.mux import Session, Stream
+from cli_server.tunnel.shared_ports import LoopbackEndpoint, check_not_opencode
 
 STABLE_AFTER = 30.0  # a connection that lasted this long resets the backoff
-CONNECT_TIMEOUT = 10.0
 _FATAL_GOAWAY = {
     "revoked": "this local sandbox was deleted from its workspace; register again with a new "
     "code (--code)",
@@ -48,12 +53,8 @@ _FATAL_GOAWAY = {
 }
 
 
-class AgentError(Exception):
-    """Something the user must fix; the message is one line that says what."""
-
-
-def default_config_path() -> Path:
-    return Path.home() / ".cli-server" / "agent.json"
+def default_config_path(platform: Platform | None = None) -> Path:
+    return (platform or current()).config_path()
 
 
 @frozen(repr=False)
@@ -87,20 +88,21 @@ class Credentials:
         except (OSError, ValueError, TypeError) as e:
             raise AgentError(f"cannot read {path}: {e}; register again with --code") from None
 
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o700)
-        write_private(path, json.dumps(asdict(self), indent=2) + "\n")
+    def save(self, path: Path, files: PrivateFiles | None = None) -> None:
+        files = files or current().files
+        try:
+            files.make_dir(path.parent)
+            files.write(path, json.dumps(asdict(self), indent=2) + "\n")
+        except OSError as e:
+            raise AgentError(f"cannot save the credentials in {path}: {e}") from None
 
 
-def write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str, files: PrivateFiles | None = None) -> None:
     """Write a file only its owner can read, replacing any old one atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # (an old leftover .tmp keeps its mode through O_CREAT)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        (files or current().files).write(path, text)
+    except OSError as e:
+        raise AgentError(f"cannot write {path}: {e}") from None
 
 
 def check_url(option: str, url: str) -> str:
@@ -122,32 +124,43 @@ def tunnel_url(server: str, sandbox_id: str) -> str:
     return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}/api/tunnel/{sandbox_id}"
 
 
-def client_endpoint(reactor: Any, url: str) -> IStreamClientEndpoint:
-    parts = urlsplit(url)
-    secure = parts.scheme in ("https", "wss")
-    host = parts.hostname or ""
-    port = parts.port or (443 if secure else 80)
-    tcp = HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
-    if secure:
-        return wrapClientTLS(optionsForClientTLS(host), tcp)
-    return tcp
+def client_endpoint(
+    reactor: Any, url: str, network: Network | None = None
+) -> IStreamClientEndpoint:
+    """TCP (TLS for https/wss) to ``url``; through ``network``'s proxy and trust if given."""
+    return (network or Network()).endpoint(reactor, url)
 
 
 async def register(
-    reactor: Any, server: str, code: str, name: str, opencode_url: str, use_server_key: bool
+    reactor: Any,
+    server: str,
+    code: str,
+    name: str,
+    opencode_url: str,
+    use_server_key: bool,
+    network: Network | None = None,
 ) -> Credentials:
     """Trade a one-time code for a local sandbox and its tunnel token."""
+    network = network or Network()
+    # (treq's own client when nothing is special, which is what the unit tests stub)
+    via: dict[str, Any] = {"agent": network.http_agent(reactor)} if network.special(server) else {}
     try:
         response = await treq.post(
             server + "/api/agent/register",
             json={"code": code, "name": name, "use_server_key": use_server_key},
             timeout=30,
             reactor=reactor,
+            **via,
         )
         body = await response.json() if response.code != 204 else {}
     except ValueError:
         raise AgentError(f"{server} did not answer like a cli-server; check --server") from None
+    except AgentError:
+        raise
     except Exception as e:
+        explained = network.explain(e, server)
+        if explained is not None:
+            raise AgentError(f"cannot register with {server}: {explained}") from None
         raise AgentError(f"cannot reach the server at {server}: {e}") from None
     if response.code == 401:
         raise AgentError(
@@ -207,7 +220,29 @@ class _ToTunnel(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
         self.stream.unregisterProducer()
-        self.stream.loseConnection()
+        if reason.check(ConnectionDone):
+            self.stream.loseConnection()  # what is still buffered goes first
+        else:
+            self.stream.abortConnection()  # (a reset: a cut reply must not look complete)
+
+
+@implementer(IPushProducer)
+@frozen
+class _Reader:
+    """The stream as the producer of the local connection. The connection stops its
+    producer when it closes: that must not reset the stream, whose last bytes (a reply
+    followed by a close, as HTTP/1.0 servers do) are still on their way to the server."""
+
+    stream: Stream
+
+    def pauseProducing(self) -> None:
+        self.stream.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.stream.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass  # (_ToTunnel.connectionLost ends the stream, cleanly or not)
 
 
 class _ToOpencode(Protocol):
@@ -218,7 +253,8 @@ class _ToOpencode(Protocol):
 
     def connectionMade(self) -> None:
         opencode: Any = self.opencode.transport
-        opencode.registerProducer(self.transport, True)
+        stream: Any = self.transport
+        opencode.registerProducer(_Reader(stream), True)
 
     def dataReceived(self, data: bytes) -> None:
         assert self.opencode.transport is not None
@@ -269,6 +305,36 @@ class OpencodeConnector:
         d.addCallbacks(connected, failed)
 
 
+@define(eq=False)
+class PortConnector:
+    """Connects a stream that names a port to that port on this machine's loopback if its
+    user shares it (``--allow-port``), and refuses it otherwise, whatever the server asked."""
+
+    _reactor: Any
+    _ports: frozenset[int]
+    _log = Logger()
+
+    def accept(self, session: Session, stream: Stream) -> None:
+        port = stream.port
+        if port not in self._ports:
+            self._log.warn("refused the server a stream to port {port}: not shared", port=port)
+            stream.reset(f"port {port} is not shared by this laptop (--allow-port)")
+            return
+        side = _ToTunnel(stream)
+
+        def connected(_: object) -> None:
+            if stream.closed:
+                assert side.transport is not None
+                side.transport.loseConnection()
+                return
+            session.accept_stream(stream, _ToOpencode(side))
+
+        def failed(f: Failure) -> None:
+            stream.reset(f"nothing is listening on port {port} on the agent's machine")
+
+        connectProtocol(LoopbackEndpoint(self._reactor, port), side).addCallbacks(connected, failed)
+
+
 class TunnelClientFactory(WebSocketClientFactory):
     def __init__(self, agent: TunnelAgent, credentials: Credentials) -> None:
         super().__init__(
@@ -294,6 +360,11 @@ class TunnelClientProtocol(SessionCarrier, WebSocketClientProtocol):  # type: ig
     def __init__(self) -> None:
         super().__init__()
         self.welcomed: Deferred[None] = Deferred()
+        self.lost: Failure | None = None
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self.lost = reason  # (Autobahn's onClose does not say why, e.g. which TLS check failed)
+        super().connectionLost(reason)
 
     def onOpen(self) -> None:
         session = self.factory.agent.new_session(self.send_frame, self.close_tunnel)
@@ -317,7 +388,12 @@ class TunnelClientProtocol(SessionCarrier, WebSocketClientProtocol):  # type: ig
         line = getattr(self, "http_status_line", None)
         if isinstance(line, str) and len(line.split()) > 1 and line.split()[1].isdigit():
             status = int(line.split()[1])
-        why = reason or (f"HTTP {status}" if status and status != 101 else "connection lost")
+        explained = self.factory.agent.explain(self.lost) if self.lost is not None else None
+        why = (
+            explained
+            or reason
+            or (f"HTTP {status}" if status and status != 101 else "connection lost")
+        )
         self.factory.agent.disconnected(
             session.goaway if session else None, status, why, was_up=self.welcomed.called
         )
@@ -337,13 +413,19 @@ class TunnelAgent(Service):
     _name: str | None = None
     _use_server_key: bool = False
     _on_fatal: Callable[[str], None] | None = None
+    _platform: Platform = field(factory=current)
+    _network: Network = field(factory=Network)
+    # saving runs commands on Windows (icacls): off the reactor thread in the daemon
+    _runner: Runner = synchronous_runner
     backoff: Backoff = field(factory=Backoff)
     ping_interval: float = 15.0
     dead_after: float = 45.0
+    allowed_ports: tuple[int, ...] = ()  # --allow-port: shared for this run only
     credentials: Credentials | None = field(default=None, init=False)
     _client: ClientService | None = field(default=None, init=False)
     _connector: OpencodeConnector | None = field(default=None, init=False)
     _up_since: float | None = field(default=None, init=False)
+    _session: Session | None = field(default=None, init=False)
     _log = Logger()
 
     def startService(self) -> None:
@@ -362,6 +444,7 @@ class TunnelAgent(Service):
         if self._code:
             if not self._server or not self._name:
                 raise AgentError("--code needs --server and --name")
+            self._read_trust(self._server)
             opencode_url = self._opencode_url or "http://127.0.0.1:4096"
             credentials = await register(
                 self._reactor,
@@ -370,8 +453,9 @@ class TunnelAgent(Service):
                 self._name,
                 opencode_url,
                 self._use_server_key,
+                self._network,
             )
-            credentials.save(self._config_path)
+            await self._runner(credentials.save, self._config_path, self._platform.files)
             self._log.info(
                 "registered as local sandbox {name} ({sandbox_id}); credentials saved in {path}",
                 name=credentials.name,
@@ -380,18 +464,21 @@ class TunnelAgent(Service):
             )
             if credentials.anthropic:
                 env = self._config_path.with_name("anthropic.env")
-                write_private(
+                await self._runner(
+                    write_private,
                     env,
                     f"ANTHROPIC_BASE_URL={credentials.anthropic['base_url']}\n"
                     f"ANTHROPIC_API_KEY={credentials.anthropic['api_key']}\n",
+                    self._platform.files,
                 )
                 self._log.info(
                     "opencode here may use the server's Anthropic key while this agent is "
-                    "connected: start it with 'set -a; . {env}; set +a; opencode serve'",
-                    env=str(env),
+                    "connected: start it with '{command}'",
+                    command=self._platform.with_env_file(env, "opencode serve"),
                 )
         else:
             credentials = Credentials.load(self._config_path)
+            self._read_trust(credentials.server)
             if self._server and self._server != credentials.server:
                 raise AgentError(
                     f"{self._config_path} belongs to {credentials.server}; pass --code to "
@@ -399,13 +486,16 @@ class TunnelAgent(Service):
                 )
             if self._opencode_url and self._opencode_url != credentials.opencode_url:
                 credentials = evolve(credentials, opencode_url=self._opencode_url)
-                credentials.save(self._config_path)
+                await self._runner(credentials.save, self._config_path, self._platform.files)
         self.credentials = credentials
         self._connector = OpencodeConnector(
             client_endpoint(self._reactor, credentials.opencode_url), credentials.opencode_url
         )
         self._client = ClientService(
-            client_endpoint(self._reactor, credentials.server),
+            ReportingEndpoint(
+                client_endpoint(self._reactor, credentials.server, self._network),
+                self._dial_failed,
+            ),
             TunnelClientFactory(self, credentials),
             retryPolicy=self.backoff,
             clock=self._reactor,
@@ -417,16 +507,33 @@ class TunnelAgent(Service):
             name=credentials.name,
             url=credentials.opencode_url,
         )
+        self._share_ports(credentials.opencode_url)
         if self.running:
             self._client.startService()
+
+    def _share_ports(self, opencode_url: str) -> None:
+        if not self.allowed_ports:
+            return
+        try:
+            check_not_opencode(self.allowed_ports, opencode_url)
+        except ValueError as e:
+            raise AgentError(str(e)) from None
+        self._log.info(
+            "sharing ports {ports} of this machine's loopback with the workspace",
+            ports=", ".join(str(p) for p in self.allowed_ports),
+        )
 
     def new_session(self, send: Callable[[bytes], None], close: Any) -> Session:
         assert self.credentials is not None and self._connector is not None
         connector = self._connector
+        ports = PortConnector(self._reactor, frozenset(self.allowed_ports))
         session: Session
 
         def accept(stream: Stream) -> None:
-            connector.accept(session, stream)
+            if stream.port is None:
+                connector.accept(session, stream)
+            else:
+                ports.accept(session, stream)
 
         session = Session(
             self._reactor,
@@ -436,12 +543,32 @@ class TunnelAgent(Service):
             label=self.credentials.sandbox_id,
             accept=accept,
             agent_name=f"cli-agent/{__version__.public()}",
+            ports=self.allowed_ports,
             ping_interval=self.ping_interval,
             dead_after=self.dead_after,
         )
         return session
 
+    def _read_trust(self, server: str) -> None:
+        if urlsplit(server).scheme == "https":
+            self._network = evolve(self._network, trust=self._network.trust.read())
+
+    def explain(self, failure: Failure) -> str | None:
+        """One line for a TLS or proxy failure on the way to the server, else None."""
+        server = self.credentials.server if self.credentials else (self._server or "")
+        if failure.value is None:
+            return None
+        return self._network.explain(failure.value, server)
+
+    def _dial_failed(self, failure: Failure) -> None:
+        if self.running:
+            self._log.info(
+                "could not connect ({why}); will retry",
+                why=self.explain(failure) or failure.getErrorMessage(),
+            )
+
     def connected(self, session: Session) -> None:
+        self._session = session
         self._up_since = self._reactor.seconds()
         self._log.info(
             "connected: the browser reaches this opencode at {server} (tunnel protocol {v})",
@@ -452,6 +579,7 @@ class TunnelAgent(Service):
     def disconnected(
         self, goaway: tuple[str, str] | None, status: int | None, why: str, was_up: bool
     ) -> None:
+        self._session = None
         if was_up and self._up_since is not None:
             if self._reactor.seconds() - self._up_since >= STABLE_AFTER:
                 self.backoff.reset()
@@ -482,6 +610,9 @@ class TunnelAgent(Service):
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
+        if self._session is not None:
+            # the server shows the sandbox offline at once, not after the dead-peer timeout
+            self._session.say_goodbye("stopping", "the agent on the laptop was stopped")
         if self._client is not None and self._client.running:
             d: Deferred[None] = self._client.stopService()
             return d

@@ -1,9 +1,14 @@
-"""The tunnel's frame codec (protocol version 1; see docs/tunnel.md).
+"""The tunnel's frame codec (protocol versions 1 and 2; see docs/tunnel.md).
 
 Every WebSocket binary message is one frame: ``[4-byte big-endian header length][JSON
 header][raw payload]``. The header is a JSON object with ``t`` (the frame type), ``s`` (the
 stream id; 0 for frames about the whole tunnel) and the type's own fields. Only ``data``
 frames carry a payload. Anything malformed raises ``ProtocolError``, never anything else.
+
+Version 2 adds two optional fields: ``ports`` in ``hello`` (the ports the agent shares) and
+``port`` in ``open`` (connect the stream to that shared port instead of opencode). A hello
+without ``ports`` is a version-1 hello, so an agent that shares nothing still talks to a
+version-1 server.
 """
 
 from __future__ import annotations
@@ -14,8 +19,11 @@ from typing import Any
 
 from attrs import field, frozen
 
-VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
+PORTS_VERSION = 2  # the first version whose tunnels carry shared ports
+SHARED_PORTS = range(1024, 65536)  # (the preview ports; the agent refuses opencode's own)
+MAX_SHARED_PORTS = 64
 MAX_PAYLOAD = 16 * 1024
 MAX_MESSAGE = 32 * 1024 - 1
 MAX_HEADER = 4096
@@ -39,6 +47,8 @@ _FIELDS: dict[str, dict[str, type]] = {
     "end": {},
     "reset": {"reason": str},
 }
+# type -> {field: python type} that may be left out (version 2's additions).
+_OPTIONAL: dict[str, dict[str, type]] = {"hello": {"ports": list}, "open": {"port": int}}
 TUNNEL_TYPES = frozenset({"hello", "welcome", "ping", "pong", "goaway"})
 
 
@@ -118,9 +128,12 @@ def _decode(message: bytes) -> Frame:
     if (stream == 0) != (type in TUNNEL_TYPES):
         raise ProtocolError(f"{type} frame on the wrong stream")
     wanted = _FIELDS[type]
-    if set(header) != set(wanted):
+    optional = _OPTIONAL.get(type, {})
+    if not set(wanted) <= set(header) <= set(wanted) | set(optional):
         raise ProtocolError(f"{type} frame with wrong fields")
-    for name, kind in wanted.items():
+    for name, kind in {**wanted, **optional}.items():
+        if name not in header:
+            continue
         value = header[name]
         if kind is int and not _is_int(value):
             raise ProtocolError(f"{type}.{name} is not an integer")
@@ -137,7 +150,19 @@ def _decode(message: bytes) -> Frame:
         raise ProtocolError("bad credit")
     if type == "hello" and not all(_is_int(v) for v in header["versions"]):
         raise ProtocolError("bad version list")
+    if type == "hello" and "ports" in header and not _is_port_list(header["ports"]):
+        raise ProtocolError("bad port list")
+    if type == "open" and "port" in header and header["port"] not in SHARED_PORTS:
+        raise ProtocolError("bad port")
     return Frame(type, stream, header, payload)
+
+
+def _is_port_list(ports: list[Any]) -> bool:
+    return (
+        len(ports) <= MAX_SHARED_PORTS
+        and all(_is_int(p) and p in SHARED_PORTS for p in ports)
+        and len(set(ports)) == len(ports)
+    )
 
 
 def _is_int(value: Any) -> bool:

@@ -77,8 +77,10 @@ class TunnelHub:
         return TunnelEndpoint(self, sandbox_id, port)
 
     def allowed_ports(self, sandbox_id: str) -> tuple[int, ...]:
-        """The ports the sandbox's connected agent shares (its ``--allow-port``)."""
-        return ()  # placeholder until issue 22's tunnel work lands
+        """The ports the sandbox's connected agent shares (its ``--allow-port``), in order;
+        none while it is offline."""
+        session = self._live.get(sandbox_id)
+        return () if session is None else tuple(sorted(session.shared_ports))
 
     def resource(self, sandbox_id: str) -> WebSocketResource:
         """The WebSocket resource for one authenticated agent connection."""
@@ -132,8 +134,12 @@ class TunnelHub:
             )
             old.connection_lost()
         agent = session.hello["agent"] if session.hello is not None else "?"
+        ports = ", ".join(str(p) for p in sorted(session.shared_ports)) or "none"
         self._log.info(
-            "tunnel for {sandbox_id} connected ({agent})", sandbox_id=sandbox_id, agent=agent
+            "tunnel for {sandbox_id} connected ({agent}; shared ports: {ports})",
+            sandbox_id=sandbox_id,
+            agent=agent,
+            ports=ports,
         )
         if session.version is not None:
             warning = outdated(agent, session.version, self.current_protocol)
@@ -149,7 +155,11 @@ class TunnelHub:
             return  # replaced or revoked already
         del self._live[sandbox_id]
         self._addresses.pop(session, None)
-        self._log.info("tunnel for {sandbox_id} disconnected", sandbox_id=sandbox_id)
+        self._log.info(
+            "tunnel for {sandbox_id} disconnected ({why})",
+            sandbox_id=sandbox_id,
+            why=f"goaway {session.goaway[0]}: {session.goaway[1]}" if session.goaway else "closed",
+        )
         self._record(sandbox_id)
 
     def touch(self, sandbox_id: str) -> None:
@@ -274,11 +284,12 @@ class TunnelEndpoint:
     _port: int | None = None  # a shared port of the laptop's, else its opencode
 
     def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
-        if self._port is not None:  # placeholder until issue 22's tunnel work lands
-            return fail(PortNotShared(f"port {self._port} is not shared by this laptop"))
         session = self._hub.session(self._sandbox_id)
         if session is None:
             return fail(ConnectError("the agent of this local sandbox is not connected"))
+        if self._port is not None and self._port not in session.shared_ports:
+            # (refused here, before the laptop is asked; the agent would refuse it too)
+            return fail(PortNotShared(f"port {self._port} is not shared by this laptop"))
 
         def attach(stream: Stream) -> IProtocol:
             protocol = factory.buildProtocol(TunnelAddress(self._sandbox_id, stream.id))
@@ -290,4 +301,4 @@ class TunnelEndpoint:
 
         # (a session still in the hub may be past its hello or already lost: open_stream
         # refuses those with ConnectError too)
-        return maybeDeferred(session.open_stream).addCallback(attach)
+        return maybeDeferred(session.open_stream, port=self._port).addCallback(attach)

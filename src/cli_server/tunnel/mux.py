@@ -35,8 +35,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from cli_server.sandboxes.backend import PortNotShared
 from cli_server.tunnel.frames import (
     MAX_PAYLOAD,
+    PORTS_VERSION,
     SUPPORTED_VERSIONS,
     Frame,
     ProtocolError,
@@ -66,6 +68,7 @@ class Stream:
 
     def __init__(self, session: Session, stream_id: int, peer_window: int) -> None:
         self.id = stream_id
+        self.port: int | None = None  # a port the agent shares, else its opencode
         self.protocol: IProtocol | None = None
         self.closed = False
         self.disconnecting = False
@@ -266,6 +269,8 @@ class Session:
     ``send`` sends one binary message; ``close`` ends the connection (with a WebSocket close
     code and reason). The server opens streams (``open_stream``); the agent accepts them
     (``accept`` is called with each new stream, and must ``accept_stream`` or ``reset`` it).
+    ``shared_ports``: the ports the agent shares, as its hello announced them (on the agent,
+    ``ports``; on the server, empty until the hello, and for agents of version 1).
     """
 
     def __init__(
@@ -278,6 +283,7 @@ class Session:
         label: str = "tunnel",
         accept: Callable[[Stream], None] | None = None,
         agent_name: str = "cli-agent",
+        ports: tuple[int, ...] = (),
         window: int = WINDOW,
         ping_interval: float = 15.0,
         dead_after: float = 45.0,
@@ -290,6 +296,7 @@ class Session:
         self.ready: Deferred[Session] = Deferred()  # fires after hello/welcome, never fails
         self.goaway: tuple[str, str] | None = None  # what the peer said when it hung up
         self.hello: Frame | None = None
+        self.shared_ports: frozenset[int] = frozenset(ports)
         self._clock = clock
         self._close = close
         self._is_server = is_server
@@ -323,7 +330,12 @@ class Session:
         self._last_heard = self._clock.seconds()
         self._pings.start(self._ping_interval, now=False)
         if not self._is_server:
-            self.send(encode("hello", versions=list(SUPPORTED_VERSIONS), agent=self._agent_name))
+            # (no ``ports`` when none are shared: a version-1 server takes that hello)
+            ports: dict[str, Any] = (
+                {"ports": sorted(self.shared_ports)} if self.shared_ports else {}
+            )
+            versions = list(SUPPORTED_VERSIONS)
+            self.send(encode("hello", versions=versions, agent=self._agent_name, **ports))
 
     # -- sending data fairly -----------------------------------------------------------------
 
@@ -372,10 +384,15 @@ class Session:
 
     # -- the server's side -----------------------------------------------------------------
 
-    def open_stream(self, timeout: float = OPEN_TIMEOUT) -> Deferred[Stream]:
-        """A new stream, connected by the agent to its opencode."""
+    def open_stream(
+        self, timeout: float = OPEN_TIMEOUT, port: int | None = None
+    ) -> Deferred[Stream]:
+        """A new stream, connected by the agent to its opencode, or to ``port`` if it shares
+        that port (the agent checks again: it has the last word)."""
         if not self._is_server or self.version is None or self._lost:
             raise ConnectError("the tunnel is not connected")
+        if port is not None and port not in self.shared_ports:
+            raise PortNotShared(f"port {port} is not shared by this local sandbox's agent")
         self._last_id += 1
         stream_id = self._last_id
         stream = Stream(self, stream_id, peer_window=0)
@@ -383,7 +400,8 @@ class Session:
         d: Deferred[Stream] = Deferred(lambda _: self._open_cancelled(stream_id))
         timer = self._clock.callLater(timeout, self._open_timed_out, stream_id)
         self._opening[stream_id] = (d, timer)
-        self.send(encode("open", stream_id, window=self.window))
+        where: dict[str, Any] = {} if port is None else {"port": port}
+        self.send(encode("open", stream_id, window=self.window, **where))
         return d
 
     def _open_timed_out(self, stream_id: int) -> None:
@@ -464,6 +482,7 @@ class Session:
             return self.send(encode("reset", frame.stream, reason="stream id reused"))
         self._last_id = frame.stream
         stream = Stream(self, frame.stream, peer_window=frame["window"])
+        stream.port = frame.fields.get("port")
         self._streams[frame.stream] = stream
         self._accept(stream)
 
@@ -484,6 +503,8 @@ class Session:
                 return self.fail("version", f"this server speaks tunnel protocol {wanted}")
             self.version = max(common)
             self.hello = frame
+            if self.version >= PORTS_VERSION:
+                self.shared_ports = frozenset(frame.fields.get("ports", ()))
             self.send(encode("welcome", version=self.version, sandbox_id=self.label))
             self.ready.callback(self)
         elif frame.type == "welcome" and not self._is_server and self.version is None:

@@ -7,7 +7,9 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 
 from cli_server.accounts import User
+from cli_server.errors import BadRequest
 from cli_server.proxy.access import SandboxAccess
+from cli_server.proxy.hosts import PORT_RULE, port_refusal
 from cli_server.proxy.urls import SandboxUrls
 from cli_server.roles import Role
 from cli_server.sandboxes.manager import SandboxManager
@@ -74,10 +76,42 @@ class SandboxesAPI:
         sid = parse_id(sandbox_id, "sandbox")
         return json_response(request, await self._manager.logs(sid, user.id))
 
+    @route(app, "/<sandbox_id>/ports", methods=["GET"])
+    async def sandbox_ports(self, request: IRequest, user: User, sandbox_id: str) -> bytes:
+        """The ports a preview may open now (any member)."""
+        sid = parse_id(sandbox_id, "sandbox")
+        return json_response(request, await self._manager.ports(sid, user.id))
+
     @route(app, "/<sandbox_id>/open", methods=["POST"])
     async def open_sandbox(self, request: IRequest, user: User, sandbox_id: str) -> bytes:
-        """A one-time link that signs the caller in on the sandbox's own subdomain."""
+        """A one-time link that signs the caller in on the sandbox's own subdomain, or with a
+        body ``{"port": N}`` on the preview of port N in it (its own origin and session)."""
         sid = parse_id(sandbox_id, "sandbox")
+        port = _preview_port(request)
         await self._manager.authorized(sid, user.id, Role.GUEST)
-        ticket = await self._access.mint_ticket(user.id, sid)
-        return json_response(request, {"url": self._urls.opener(sid, ticket)})
+        ticket = await self._access.mint_ticket(user.id, sid, port)
+        return json_response(request, {"url": self._urls.opener(sid, ticket, port)})
+
+
+def _preview_port(request: IRequest) -> int | None:
+    """The port an Open asks for: none (no body, or no ``port``) is opencode's address."""
+    content = request.content
+    if content is None:
+        return None
+    raw = content.read()
+    content.seek(0)
+    if not raw.strip():
+        return None
+    body = read_json_object(request)
+    extra = sorted(set(body) - {"port"})
+    if extra:
+        raise BadRequest(f"unknown field {extra[0][:40]!r}: only 'port' is taken", field=extra[0])
+    if "port" not in body:
+        return None
+    port = body["port"]
+    if type(port) is not int:  # (not a bool, not 5173.0, not "5173")
+        raise BadRequest(f"port must be a whole number: {PORT_RULE}", field="port")
+    why = port_refusal(str(port))
+    if why is not None:
+        raise BadRequest(why, field="port")
+    return port

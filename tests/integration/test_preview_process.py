@@ -1,0 +1,339 @@
+"""Previews on the real process backend: a real dev server inside a real sandbox, seen by
+``listening_ports``, reached through ``preview_endpoint``'s forward, and by nobody else."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+import treq
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+from cli_server.sandboxes.backend import Endpoint
+from cli_server.sandboxes.process_backend import ANTHROPIC_PORT
+
+from .conftest import Real, _reactor
+from .helpers import Wire, needs_isolation, wait_until
+from .sandbox_shell import can_connect, run_inside
+from .test_previews import frame
+
+DEV_PORT = 8000
+LOOPBACK_PORT = 5174
+VITE = 5173
+DEV_SERVER = Path(__file__).with_name("sandbox_dev_server.py")
+
+
+def serve_inside(pid: int, port: int, bind: str = "0.0.0.0") -> None:
+    """Start ``python3 -m http.server`` in the sandbox, as an agent would, in the background
+    (it dies with the sandbox), with a page of its own in the workspace disk."""
+    started = run_inside(
+        pid,
+        "mkdir -p /data/disk0/site && echo '<h1>made in the sandbox</h1>' > "
+        "/data/disk0/site/index.html && cd /data/disk0/site || exit 1\n"
+        f"setsid python3 -m http.server {port} --bind {bind} >/dev/null 2>&1 </dev/null &",
+    )
+    assert started.returncode == 0, started.stderr
+
+
+def host_listeners(port: int) -> set[str]:
+    """The host's local addresses (as the kernel's tables write them) listening on ``port``."""
+    found = set()
+    for name in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]:
+            fields = line.split()
+            address, _, hex_port = fields[1].rpartition(":")
+            if fields[3] == "0A" and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+def connects(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(3)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def fetch(endpoint: Endpoint, path: str = "/") -> tuple[int, bytes]:
+    d = treq.get(f"http://{endpoint.host}:{endpoint.port}{path}", reactor=_reactor())
+    d.addTimeout(10, _reactor())
+    response = await d
+    return response.code, await treq.content(response)
+
+
+async def answers_nothing(endpoint: Endpoint | None) -> bool:
+    """Whether an HTTP request to ``endpoint`` gets no answer at all (slirp4netns accepts,
+    then closes when nothing in the sandbox takes the connection)."""
+    assert endpoint is not None
+    try:
+        await fetch(endpoint)
+    except Exception:
+        return True
+    return False
+
+
+@needs_isolation
+@pytest_twisted.ensureDeferred
+async def test_preview_of_a_real_dev_server(real: Real) -> None:
+    """The dev server's port is listed and reached from the host through one forward on
+    127.0.0.1; another sandbox can reach neither it nor the forward; a pause ends it, and a
+    server's stop ends them all."""
+    a, _ = await real.create("a", "dev")
+    b, _ = await real.create("b", "other")
+    assert await real.backend.listening_ports(a) == []  # opencode's own port is not listed
+
+    serve_inside(real.pid(a), DEV_PORT)
+
+    async def listed() -> bool:
+        return DEV_PORT in await real.backend.listening_ports(a)
+
+    await wait_until(_reactor(), listed, timeout=20, step=0.1)
+    assert await real.backend.listening_ports(a) == [DEV_PORT]
+    assert await real.backend.listening_ports(b) == []
+    ports = await real.owner.call("GET", f"/api/sandboxes/{a}/ports")
+    assert ports.code == 200 and ports.body == {"ports": [DEV_PORT], "listed": True}
+
+    # Two requests at once make one forward, reused afterwards.
+    first, second = await gatherResults(
+        [real.backend.preview_endpoint(a, DEV_PORT), real.backend.preview_endpoint(a, DEV_PORT)]
+    )
+    assert first is not None and first == second
+    assert await real.backend.preview_endpoint(a, DEV_PORT) == first
+    assert first.host == "127.0.0.1" and first != real.backend.endpoint_now(a)
+    assert host_listeners(first.port) == {"0100007F"}  # the host's loopback only
+    code, body = await fetch(first)
+    assert code == 200 and b"made in the sandbox" in body
+
+    # A dev server on the sandbox's loopback only (as Vite's default is) is reached too.
+    serve_inside(real.pid(a), LOOPBACK_PORT, bind="127.0.0.1")
+
+    async def both_listed() -> bool:
+        return await real.backend.listening_ports(a) == [LOOPBACK_PORT, DEV_PORT]
+
+    await wait_until(_reactor(), both_listed, timeout=20, step=0.1)
+    local = await real.backend.preview_endpoint(a, LOOPBACK_PORT)
+    assert local is not None and host_listeners(local.port) == {"0100007F"}
+    code, body = await fetch(local)
+    assert code == 200 and b"made in the sandbox" in body
+
+    # The Anthropic door on that loopback is no preview: the forward finds nothing there.
+    assert await answers_nothing(await real.backend.preview_endpoint(a, ANTHROPIC_PORT))
+
+    # A port nothing listens on in the sandbox has a forward that answers nothing, even where
+    # the host itself listens on that port (our own API's): a preview never reaches the host.
+    idle = await real.backend.preview_endpoint(a, 5173)
+    assert idle is not None and idle.port != first.port
+    assert await answers_nothing(idle)
+    assert await answers_nothing(
+        await real.backend.preview_endpoint(a, real.app.port.getHost().port)
+    )
+
+    # Sandbox b reaches neither a's forward on the host nor a's dev server.
+    inside_b = real.pid(b)
+    for host, port in [
+        ("127.0.0.1", first.port),
+        ("10.0.2.2", first.port),
+        ("10.0.2.2", DEV_PORT),
+        ("10.0.2.100", DEV_PORT),  # a's own address in its namespace: not b's network
+    ]:
+        assert not can_connect(inside_b, host, port), (host, port)
+    assert can_connect(real.pid(a), "127.0.0.1", DEV_PORT)  # (the check can succeed)
+
+    assert (await real.owner.call("POST", f"/api/sandboxes/{a}/pause")).code == 200
+    await real.wait(a, "paused")
+    assert not connects(first.port) and host_listeners(first.port) == set()
+    assert await real.backend.preview_endpoint(a, DEV_PORT) is None
+    assert await real.backend.listening_ports(a) == []
+    refused = await real.owner.call("GET", f"/api/sandboxes/{a}/ports")
+    assert (refused.code, refused.error_code) == (409, "invalid_state"), refused.body
+    assert refused.body["error"]["sandbox_status"] == "paused"
+
+    # A server stopping ends every forward with its sandboxes: a restarted server finds none.
+    kept = await real.backend.preview_endpoint(b, DEV_PORT)
+    assert kept is not None and host_listeners(kept.port) == {"0100007F"}
+    await real.backend.close()
+    assert host_listeners(kept.port) == set()
+    assert await real.backend.preview_endpoint(b, DEV_PORT) is None
+
+
+class Echoes(Wire):
+    """A WebSocket client's raw connection that tells at once when an echo has arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._awaited: tuple[bytes, Deferred[None]] | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if self._awaited is not None and self._awaited[0] in self.received:
+            done, self._awaited = self._awaited[1], None
+            done.callback(None)
+
+    async def echo(self, text: bytes) -> None:
+        """Send ``text`` in a masked frame; return once its unmasked echo is back."""
+        self.received = b""
+        arrived: Deferred[None] = Deferred()
+        arrived.addTimeout(10, _reactor())
+        self._awaited = (bytes([0x81, len(text)]) + text, arrived)
+        self.transport.write(frame(text))  # type: ignore[union-attr]
+        await arrived
+
+
+def start_dev_server(pid: int) -> None:
+    """sandbox_dev_server.py on port VITE in the sandbox, in the background."""
+    script = DEV_SERVER.read_text()
+    started = run_inside(
+        pid,
+        f"cat > /tmp/dev.py <<'EOF'\n{script}EOF\n"
+        f"setsid python3 /tmp/dev.py {VITE} >/dev/null 2>&1 </dev/null &",
+    )
+    assert started.returncode == 0, started.stderr
+
+
+def preview_host(sandbox_id: str, port: int) -> str:
+    return f"oc-{sandbox_id}-p{port}.localhost:8080"
+
+
+async def open_preview(real: Real, sandbox_id: str, port: int) -> str:
+    """Open the preview as the dashboard's button does: its session cookie's value."""
+    reply = await real.owner.call("POST", f"/api/sandboxes/{sandbox_id}/open", {"port": port})
+    assert reply.code == 200, reply
+    prefix = f"http://{preview_host(sandbox_id, port)}"
+    assert reply.body["url"].startswith(prefix), reply.body
+    redeemed = await real.app.client().call(
+        "GET", reply.body["url"][len(prefix) :], headers={"Host": preview_host(sandbox_id, port)}
+    )
+    assert redeemed.code == 303, redeemed
+    (cookie,) = redeemed.headers.getRawHeaders("set-cookie")
+    return str(cookie.split(";")[0].split("=", 1)[1])
+
+
+async def preview_socket(real: Real, host: str, cookie: str) -> Echoes:
+    endpoint = TCP4ClientEndpoint(_reactor(), "127.0.0.1", real.app.port.getHost().port)
+    wire = await connectProtocol(endpoint, Echoes())
+    head = (
+        f"GET /ws HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\n"
+        f"Cookie: cli_sandbox={cookie}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    wire.transport.write(head.encode())  # type: ignore[union-attr]
+    wire.closed.addTimeout(30, _reactor())
+    await wait_until(_reactor(), lambda: b"\r\n\r\n" in wire.received, timeout=10)
+    assert wire.received.startswith(b"HTTP/1.1 101"), wire.received[:200]
+    return wire
+
+
+async def direct_socket(endpoint: Endpoint, host: str) -> Echoes:
+    wire = await connectProtocol(
+        TCP4ClientEndpoint(_reactor(), endpoint.host, endpoint.port), Echoes()
+    )
+    head = (
+        f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    wire.transport.write(head.encode())  # type: ignore[union-attr]
+    wire.closed.addTimeout(30, _reactor())
+    await wait_until(_reactor(), lambda: b"\r\n\r\n" in wire.received, timeout=10)
+    return wire
+
+
+async def median_ms(rounds: int, once: Any) -> float:
+    times = []
+    for _ in range(rounds):
+        began = time.perf_counter()
+        await once()
+        times.append((time.perf_counter() - began) * 1000)
+    return sorted(times)[len(times) // 2]
+
+
+@needs_isolation
+@pytest_twisted.ensureDeferred
+async def test_a_real_dev_server_through_its_preview_address(real: Real) -> None:
+    """A dev server started in a real sandbox, used through ``oc-{id}-p{port}``: its page, an
+    asset, a POST, an event stream and a WebSocket echo, with no opencode credential and none
+    of our cookies reaching it; a pause cuts the open WebSocket, and after a resume the
+    preview works again. Prints the preview path's overhead against the forward used
+    directly (medians)."""
+    sid, _ = await real.create("a", "dev")
+    start_dev_server(real.pid(sid))
+
+    async def listening() -> bool:
+        return VITE in await real.backend.listening_ports(sid)
+
+    await wait_until(_reactor(), listening, timeout=20, step=0.1)
+    host = preview_host(sid, VITE)
+    cookie = await open_preview(real, sid, VITE)
+    browser = real.app.client()
+    ours = {"Host": host, "Cookie": f"cli_sandbox={cookie}; cli_session=main; theme=dark"}
+
+    page = await browser.call("GET", "/", headers=ours)
+    assert page.code == 200 and b"made in the sandbox" in page.body
+    asset = await browser.call("GET", "/app.js", headers=ours)
+    assert asset.code == 200 and asset.headers.getRawHeaders("content-type") == [
+        "application/javascript"
+    ]
+    posted = await browser.call(
+        "POST", "/save?token=steal", {"name": "é"}, headers={**ours, "Origin": f"http://{host}"}
+    )
+    assert posted.code == 200 and json.loads(posted.body["body"]) == {"name": "é"}
+    seen = await browser.call(
+        "GET", "/headers", headers={**ours, "Authorization": "Basic c3RlYWw6c3RlYWw="}
+    )
+    (row,) = await real.app.db.query(
+        "SELECT opencode_password FROM sandboxes WHERE id = %s", (sid,)
+    )
+    everything = json.dumps([seen.body, posted.body])
+    for secret in (row["opencode_password"], "steal", "main", cookie, "c3RlYWw6c3RlYWw="):
+        assert secret not in everything
+    assert "theme=dark" in everything
+    events = await browser.call("GET", "/events", headers=ours)
+    assert events.code == 200 and events.body == b"data: tick 0\n\ndata: tick 1\n\ndata: tick 2\n\n"
+
+    wire = await preview_socket(real, host, cookie)
+    await wire.echo(b"hello")
+    await wire.echo(b"again")
+
+    # The overhead of the preview path, against the sandbox's forward used directly.
+    direct = await real.backend.preview_endpoint(sid, VITE)
+    assert direct is not None
+    url = f"http://{direct.host}:{direct.port}/app.js"
+
+    async def direct_get() -> None:
+        response = await treq.get(url, headers={"Host": host}, reactor=_reactor())
+        await treq.content(response)
+
+    async def preview_get() -> None:
+        reply = await browser.call("GET", "/app.js", headers=ours)
+        assert reply.code == 200
+
+    get_direct = await median_ms(100, direct_get)
+    get_preview = await median_ms(100, preview_get)
+    plain = await direct_socket(direct, host)
+    echo_direct = await median_ms(100, lambda: plain.echo(b"ping"))
+    echo_preview = await median_ms(100, lambda: wire.echo(b"ping"))
+    plain.transport.loseConnection()  # type: ignore[union-attr]
+    print(
+        f"\npreview overhead (real sandbox, medians of 100): small GET {get_preview:.2f} ms "
+        f"vs {get_direct:.2f} ms direct; WebSocket echo {echo_preview:.2f} ms vs "
+        f"{echo_direct:.2f} ms direct"
+    )
+
+    # A pause revokes the preview: the open WebSocket ends, the address answers no more.
+    assert (await real.owner.call("POST", f"/api/sandboxes/{sid}/pause")).code == 200
+    await wire.closed
+    await real.wait(sid, "paused")
+    after = await browser.call("GET", "/", headers=ours)
+    assert after.code == 503 and b"paused" in after.body
+
+    # Resumed, with its dev server started again: the preview works through a new forward.
+    assert (await real.owner.call("POST", f"/api/sandboxes/{sid}/resume")).code == 200
+    await real.wait(sid, "running")
+    start_dev_server(real.pid(sid))
+    await wait_until(_reactor(), listening, timeout=20, step=0.1)
+    cookie = await open_preview(real, sid, VITE)
+    page = await browser.call("GET", "/", headers={"Host": host, "Cookie": f"cli_sandbox={cookie}"})
+    assert page.code == 200 and b"made in the sandbox" in page.body

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     if args is None:
         print(_USAGE, file=sys.stderr)
         raise SystemExit(2)
-    if args[3] == "cli-server":
+    if given[:1] == ["serve"]:
         require_server()
     from twisted.scripts.twistd import run
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from cli_server._version import __version__
+from cli_server.tunnel.frames import VERSION as PROTOCOL
 
 from .daemon import Daemon
 from .helpers import free_port, remove_dir, scratch_dir
@@ -176,7 +177,7 @@ def _connect_end_to_end(server: Daemon, work: Path, agent: list[str], env: dict[
         _wait("the local sandbox runs", running)
         sandbox = local()
         assert sandbox is not None
-        assert sandbox["agent"] == {"version": VERSION, "protocol": 1, "warning": None}
+        assert sandbox["agent"] == {"version": VERSION, "protocol": PROTOCOL, "warning": None}
         assert b"FAKE opencode on the laptop" in _through_the_proxy(server, str(sandbox["id"]))
         assert (work / "home" / ".cli-server" / "agent.json").exists()
     finally:

@@ -21,7 +21,13 @@ from cli_server.extras import SERVER_MODULES, missing_server_modules, require_se
 SRC = Path(__file__).resolve().parents[2] / "src"
 # What `pip install cli-server` installs (setup.cfg's install_requires), by top-level module,
 # with what those bring (twisted[tls]'s TLS stack, treq's requests, ...).
-AGENT_DEPENDENCIES = {"twisted", "autobahn", "treq", "attrs", "incremental", "zope"}
+AGENT_DEPENDENCIES = {"twisted", "autobahn", "treq", "attrs", "incremental", "zope"} | {
+    "OpenSSL",  # twisted[tls]
+    "service_identity",
+    "idna",
+    "cryptography",
+    "certifi",  # the CA bundle of macOS installs (setup.cfg), imported only if present
+}
 # Where the agent starts: its tap, its CLI, and the twisted plugin twistd scans.
 AGENT_ENTRIES = ("cli_server.tap.agent", "cli_server.cli", "twisted.plugins.cli_server_plugins")
 

@@ -10,7 +10,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from cli_server._version import __version__
-from cli_server.tunnel.frames import decode, encode
+from cli_server.tunnel.frames import SUPPORTED_VERSIONS, VERSION, decode, encode
 from cli_server.tunnel.hub import TunnelHub
 
 
@@ -69,35 +69,35 @@ class AgentVersionTests(SynchronousTestCase):
         return [e for e in events if e["log_level"] == LogLevel.warn]
 
     def test_a_current_agent_gets_no_warning(self) -> None:
-        warned = self.connect(f"cli-agent/{__version__.public()}", [1])
+        warned = self.connect(f"cli-agent/{__version__.public()}", list(SUPPORTED_VERSIONS))
         self.assertEqual(warned, [])
         self.assertEqual(
             self.hub.agent("sb"),
-            {"version": __version__.public(), "protocol": 1, "warning": None},
+            {"version": __version__.public(), "protocol": VERSION, "warning": None},
         )
         self.assertIsNone(self.hub.agent("other"))
 
     def test_an_older_release_is_named(self) -> None:
-        warned = self.connect("cli-agent/1.2.3", [1])
+        warned = self.connect("cli-agent/1.2.3", [VERSION])
         shown = self.hub.agent("sb")
         assert shown is not None
-        self.assertEqual((shown["version"], shown["protocol"]), ("1.2.3", 1))
+        self.assertEqual((shown["version"], shown["protocol"]), ("1.2.3", VERSION))
         self.assertIn("cli-server 1.2.3, older than this server's", shown["warning"])
         self.assertEqual(len(warned), 1)
         self.assertIn("1.2.3", formatEvent(warned[0]))
 
     def test_an_older_protocol_is_named(self) -> None:
-        """An agent whose best protocol is older than the server's current one still works,
-        and the warning says which protocol it speaks."""
-        self.hub.current_protocol = 2
+        """An agent whose best protocol is older than the server's current one still works
+        (protocol 1: no shared ports), and the warning says which protocol it speaks."""
         warned = self.connect(f"cli-agent/{__version__.public()}", [1])
         shown = self.hub.agent("sb")
         assert shown is not None
-        self.assertIn("tunnel protocol 1, older than this server's 2", shown["warning"])
+        self.assertEqual(shown["protocol"], 1)
+        self.assertIn(f"tunnel protocol 1, older than this server's {VERSION}", shown["warning"])
         self.assertIn("tunnel protocol 1", formatEvent(warned[0]))
 
     def test_an_unknown_agent_name_is_not_guessed(self) -> None:
-        self.assertEqual(self.connect("someone-else/0.1", [1]), [])
+        self.assertEqual(self.connect("someone-else/0.1", [VERSION]), [])
         shown = self.hub.agent("sb")
         assert shown is not None
         self.assertEqual((shown["version"], shown["warning"]), (None, None))

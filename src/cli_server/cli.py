@@ -1,7 +1,8 @@
 """The ``cli-server`` command, for people who know the original's spelling.
 
 ``cli-server serve [options]`` runs ``twistd -n cli-server [options]``;
-``cli-server agent connect [options]`` runs ``twistd -n cli-agent [options]``.
+``cli-server agent connect [options]`` runs ``twistd -n cli-agent [options]``;
+``cli-server --version`` prints the version.
 Both run in the foreground without a pid file, so a server and an agent can share a directory.
 """
 
@@ -10,8 +11,12 @@ from __future__ import annotations
 import os
 import sys
 
+from cli_server._version import __version__
+from cli_server.extras import require_server
+
 _USAGE = """usage: cli-server serve [server options]      (twistd -n cli-server --help)
-       cli-server agent connect [agent options]  (twistd -n cli-agent --help)"""
+       cli-server agent connect [agent options]  (twistd -n cli-agent --help)
+       cli-server --version"""
 
 
 def twistd_argv(argv: list[str], posix: bool = os.name == "posix") -> list[str] | None:
@@ -26,10 +31,16 @@ def twistd_argv(argv: list[str], posix: bool = os.name == "posix") -> list[str] 
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = twistd_argv(sys.argv[1:] if argv is None else argv)
+    given = sys.argv[1:] if argv is None else argv
+    if given in (["--version"], ["version"]):
+        print(f"cli-server {__version__.public()}")
+        return
+    args = twistd_argv(given)
     if args is None:
         print(_USAGE, file=sys.stderr)
         raise SystemExit(2)
+    if given[:1] == ["serve"]:
+        require_server()
     from twisted.scripts.twistd import run
 
     sys.argv = args

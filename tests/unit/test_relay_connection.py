@@ -44,8 +44,7 @@ def get(path: bytes = b"/x", *extra: bytes, cookie: bytes = COOKIE, host: bytes 
 
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
-# on every sandbox answer
-CORP = (
+CORP = (  # on every sandbox answer
     b"cross-origin-resource-policy: same-origin\r\n"
     b"content-security-policy: frame-ancestors 'self'\r\n"
 )

@@ -1,13 +1,16 @@
-"""The hub's bookkeeping that needs no database: revocation wins over a late attach."""
+"""The hub's bookkeeping that needs no database: revocation wins over a late attach; an
+outdated agent is named."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from cli_server.tunnel.frames import decode
+from cli_server._version import __version__
+from cli_server.tunnel.frames import SUPPORTED_VERSIONS, VERSION, decode, encode
 from cli_server.tunnel.hub import TunnelHub
 
 
@@ -38,3 +41,63 @@ class RevokedTests(SynchronousTestCase):
         self.clock.advance(61)
         self.hub.revoke("other")  # (pruning happens on the next revocation)
         self.assertNotIn("sb", self.hub._revoked)
+
+
+class _Database:
+    """Stands in for the pool: the status writes the hub makes on attach."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, Any]] = []
+
+    async def execute(self, sql: str, args: Any = None) -> None:
+        self.writes.append((sql, args))
+
+
+class AgentVersionTests(SynchronousTestCase):
+    """The server warns, in its log and on the local sandbox, about an agent older than it."""
+
+    def setUp(self) -> None:
+        self.db = _Database()
+        self.hub = TunnelHub(self.db, Clock())  # type: ignore[arg-type]
+
+    def connect(self, agent: str, versions: list[int]) -> list[dict[str, Any]]:
+        session = self.hub.new_session("sb", lambda data: None, lambda code, why: None)
+        session.message_received(encode("hello", versions=versions, agent=agent))
+        with capturedLogs() as events:
+            self.hub.attach("sb", session)
+        self.assertEqual(len(self.db.writes), 1)  # (running)
+        return [e for e in events if e["log_level"] == LogLevel.warn]
+
+    def test_a_current_agent_gets_no_warning(self) -> None:
+        warned = self.connect(f"cli-agent/{__version__.public()}", list(SUPPORTED_VERSIONS))
+        self.assertEqual(warned, [])
+        self.assertEqual(
+            self.hub.agent("sb"),
+            {"version": __version__.public(), "protocol": VERSION, "warning": None},
+        )
+        self.assertIsNone(self.hub.agent("other"))
+
+    def test_an_older_release_is_named(self) -> None:
+        warned = self.connect("cli-agent/1.2.3", [VERSION])
+        shown = self.hub.agent("sb")
+        assert shown is not None
+        self.assertEqual((shown["version"], shown["protocol"]), ("1.2.3", VERSION))
+        self.assertIn("cli-server 1.2.3, older than this server's", shown["warning"])
+        self.assertEqual(len(warned), 1)
+        self.assertIn("1.2.3", formatEvent(warned[0]))
+
+    def test_an_older_protocol_is_named(self) -> None:
+        """An agent whose best protocol is older than the server's current one still works
+        (protocol 1: no shared ports), and the warning says which protocol it speaks."""
+        warned = self.connect(f"cli-agent/{__version__.public()}", [1])
+        shown = self.hub.agent("sb")
+        assert shown is not None
+        self.assertEqual(shown["protocol"], 1)
+        self.assertIn(f"tunnel protocol 1, older than this server's {VERSION}", shown["warning"])
+        self.assertIn("tunnel protocol 1", formatEvent(warned[0]))
+
+    def test_an_unknown_agent_name_is_not_guessed(self) -> None:
+        self.assertEqual(self.connect("someone-else/0.1", [VERSION]), [])
+        shown = self.hub.agent("sb")
+        assert shown is not None
+        self.assertEqual((shown["version"], shown["warning"]), (None, None))

@@ -374,6 +374,19 @@ test("a name in use is said next to the name field", async () => {
   expect(screen.queryByText(/already exists/)).toBeNull();
 });
 
+test("a local sandbox whose agent is older than the server says to upgrade it", async () => {
+  const warning = "this agent is cli-server 1.2.3, older than this server's 26.11.0: upgrade it";
+  serve(() => [
+    { ...local, status: "running", agent: { version: "1.2.3", protocol: 1, warning } },
+    { ...local, id: "l2", name: "current", status: "running", agent: null },
+  ]);
+  render(<Sandboxes workspace={workspace("owner")} pollMs={60_000} />);
+  const old = (await screen.findByText("ana-laptop")).closest("li") as HTMLElement;
+  expect(old.querySelector(".agent-warning")?.textContent).toBe(`Outdated agent: ${warning}`);
+  const current = screen.getByText("current").closest("li") as HTMLElement;
+  expect(current.querySelector(".agent-warning")).toBeNull();
+});
+
 test("a crashed card says why; developers read its log, guests have no Logs", async () => {
   const crashed: Sandbox = {
     ...card,

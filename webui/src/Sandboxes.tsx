@@ -255,6 +255,11 @@ function SandboxCard({ sandbox: s, canChange, onOpen, act, previewPollMs }: Card
           Its agent is not connected; it comes back when the laptop reconnects.
         </p>
       )}
+      {s.is_local && s.agent?.warning && (
+        <p className="error small agent-warning">
+          <strong>Outdated agent:</strong> {s.agent.warning}
+        </p>
+      )}
       {s.usage && s.usage.tokens_this_month > 0 && (
         <p className="muted small">
           {s.usage.tokens_this_month.toLocaleString("en")} tokens this month

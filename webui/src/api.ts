@@ -74,6 +74,14 @@ export interface Sandbox {
   last_activity_at?: string | null;
   paused_at?: string | null;
   paused_by?: PausedBy | null;
+  /** A local sandbox's connected agent (null while none is); warning: it is older than us. */
+  agent?: AgentInfo | null;
+}
+/** What a local sandbox's agent runs, and a sentence when it is older than the server. */
+export interface AgentInfo {
+  version: string | null;
+  protocol: number;
+  warning: string | null;
 }
 /** Who paused a paused sandbox: idleness (after how many minutes) or a person. */
 export type PausedBy =

@@ -80,7 +80,11 @@ class SandboxManager:
     # -- reading -------------------------------------------------------------------------------
 
     def to_json(self, row: Row) -> dict[str, Any]:
-        return sandbox_json(row, self._url_for(str(row["id"])) if self._url_for else None)
+        shown = sandbox_json(row, self._url_for(str(row["id"])) if self._url_for else None)
+        if row["is_local"] and self.tunnels is not None:
+            # its connected agent's release, and a warning when it is older than ours
+            shown["agent"] = self.tunnels.agent(str(row["id"]))
+        return shown
 
     async def list(self, workspace_id: str, actor_id: str) -> list[dict[str, Any]]:
         await self._workspaces.role_of(workspace_id, actor_id)

@@ -26,8 +26,9 @@ from zope.interface import implementer
 from cli_server.db.pool import Database, DatabaseUnavailable
 from cli_server.sandboxes.backend import PortNotShared
 from cli_server.tunnel.carrier import SessionCarrier
-from cli_server.tunnel.frames import MAX_MESSAGE
+from cli_server.tunnel.frames import MAX_MESSAGE, VERSION
 from cli_server.tunnel.mux import Session, Stream, TunnelAddress
+from cli_server.tunnel.versions import agent_json, outdated
 
 HELLO_TIMEOUT = 10.0
 _REMEMBER_REVOKED = 60.0  # longer than a token check can take before its connection opens
@@ -42,6 +43,7 @@ class TunnelHub:
     _metrics: Any = None
     ping_interval: float = 15.0
     dead_after: float = 45.0
+    current_protocol: int = VERSION  # agents speaking an older one are warned about
     _live: dict[str, Session] = field(factory=dict, init=False)
     _pending: dict[str, set[Session]] = field(factory=dict, init=False)  # open, no hello yet
     _revoked: dict[str, tuple[float, str]] = field(factory=dict, init=False)  # when, why
@@ -57,6 +59,14 @@ class TunnelHub:
         come from there too); None while it has none."""
         session = self._live.get(sandbox_id)
         return None if session is None else self._addresses.get(session)
+
+    def agent(self, sandbox_id: str) -> dict[str, Any] | None:
+        """The connected agent's release and protocol, with a warning if it is outdated;
+        None while none is connected."""
+        session = self._live.get(sandbox_id)
+        if session is None or session.hello is None or session.version is None:
+            return None
+        return agent_json(session.hello["agent"], session.version, self.current_protocol)
 
     @property
     def count(self) -> int:
@@ -131,6 +141,12 @@ class TunnelHub:
             agent=agent,
             ports=ports,
         )
+        if session.version is not None:
+            warning = outdated(agent, session.version, self.current_protocol)
+            if warning is not None:
+                self._log.warn(
+                    "tunnel for {sandbox_id}: {warning}", sandbox_id=sandbox_id, warning=warning
+                )
         self._record(sandbox_id)
 
     def detach(self, sandbox_id: str, session: Session) -> None:

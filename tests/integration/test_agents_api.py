@@ -476,10 +476,10 @@ async def test_an_unknown_protocol_version_is_refused(app: Running) -> None:
     assert "speaks tunnel protocol 1" in peer.of_type("goaway")[0]["message"]
     assert app.server.tunnels.count == 0
     assert await status_of(people["owner"], sid) == "offline"
-    # An agent that also speaks 1 gets the highest version in common.
+    # An agent that also speaks versions we know gets the highest one in common.
     newer = await dial(app, sid, token)
     newer.hello([99, 1, 2])
-    assert (await received(newer, "welcome"))["version"] == 1
+    assert (await received(newer, "welcome"))["version"] == 2
 
 
 @pytest_twisted.ensureDeferred

@@ -254,25 +254,55 @@ async def test_service_name_else_pod_address(cluster: Cluster) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_preview_at_the_pods_address(cluster: Cluster) -> None:
-    """A preview is the pod's own address (IPv4 first) and the port, not the Service's name
-    (which may carry opencode's port only); the name where no pod address is reported; none
-    once paused. Ports are not listed (users type one)."""
-    backend = cluster.backend(snapshot_ttl=0.0)  # (each call sees the status just set)
+async def test_preview_at_the_service_name(cluster: Cluster) -> None:
+    """A preview is the Sandbox's Service name (headless: it resolves to this sandbox's ready
+    pod alone, on any port) and the port, from the shared listing; none once paused. Ports
+    are not listed (users type one)."""
+    backend = cluster.backend(snapshot_ttl=60.0)
     s = spec()
     name = f"cli-sbx-{s.id}"
     await started(cluster, backend, s)
-    assert await backend.preview_endpoint(s.id, 5173) == Endpoint("10.1.2.3", 5173)
-    cluster.fake.make_ready(name, "sbx.example.svc", ["fd00::7", "10.1.2.4"])
-    assert await backend.preview_endpoint(s.id, 8000) == Endpoint("10.1.2.4", 8000)
-    cluster.fake.make_ready(name, "sbx.example.svc", [])
-    assert await backend.preview_endpoint(s.id, 8000) == Endpoint("sbx.example.svc", 8000)
+    assert cluster.fake.objects("sandboxes")[name]["spec"]["service"] is True
+    assert await backend.preview_endpoint(s.id, 5173) == Endpoint("127.0.0.1", 5173)
+    before = backend.calls
+    assert await backend.preview_endpoint(s.id, 8000) == Endpoint("127.0.0.1", 8000)
+    assert backend.calls == before  # (the name is the sandbox's own: the listing serves)
     assert await backend.listening_ports(s.id) == []
     assert backend.lists_ports is False
 
     await backend.stop(s.id)
     cluster.fake.set_status(name, {"conditions": [], "podIPs": []})  # the pod is gone
     assert await backend.preview_endpoint(s.id, 8000) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_preview_without_a_service_reads_the_pods_address_now(cluster: Cluster) -> None:
+    """Without a Service name the preview goes to the pod's address (IPv4 first) as the object
+    says it now, never as the listing (up to snapshot_ttl old) said: a new pod has a new
+    address, and the old one may already be another team's pod's."""
+    backend = cluster.backend(snapshot_ttl=60.0)  # (the listing stays old for the whole test)
+    s = spec()
+    name = f"cli-sbx-{s.id}"
+    d = backend.start(s)
+    await wait_until(_reactor(), lambda: name in cluster.fake.objects("sandboxes"), timeout=10)
+    cluster.fake.make_ready(name, None, ["127.0.0.1"])
+    await d
+    assert (await backend.describe(s.id)).endpoint == Endpoint("127.0.0.1", cluster.port)
+    cluster.fake.make_ready(name, None, ["fd00::7", "10.1.2.4"])  # evicted; a new pod
+    listed_before = backend.calls
+    assert await backend.preview_endpoint(s.id, 8000) == Endpoint("10.1.2.4", 8000)
+    assert backend.calls - listed_before == 1  # one read of the object, every time
+    cluster.fake.make_ready(name, None, ["fd00::7"])
+    assert await backend.preview_endpoint(s.id, 8000) == Endpoint("fd00::7", 8000)
+    # The pod is gone and its address free for the next pod: the listing still says it
+    # runs at 127.0.0.1, the object does not.
+    cluster.fake.set_status(name, {"conditions": [], "podIPs": []})
+    assert (await backend.describe(s.id)).endpoint == Endpoint("127.0.0.1", cluster.port)
+    assert await backend.preview_endpoint(s.id, 8000) is None
+    cluster.fake.make_ready(name, None, [])  # (Ready without an address yet)
+    assert await backend.preview_endpoint(s.id, 8000) is None
+    cluster.fake.make_ready(name, "sbx.example.svc", ["10.1.2.5"])  # the Service came
+    assert await backend.preview_endpoint(s.id, 8000) == Endpoint("sbx.example.svc", 8000)
 
 
 @pytest_twisted.ensureDeferred
@@ -297,7 +327,8 @@ async def test_pause_resume_keeps_home(cluster: Cluster) -> None:
     await started(cluster, backend, again)
     resume_calls = backend.calls - before
     print(f"\nk8s: pause {pause_calls} calls, resume {resume_calls} calls")
-    assert cluster.fake.objects("sandboxes")[name]["spec"]["operatingMode"] == "Running"
+    resumed = cluster.fake.objects("sandboxes")[name]["spec"]
+    assert resumed["operatingMode"] == "Running" and resumed["service"] is True
     assert cluster.fake.objects("persistentvolumeclaims")[f"cli-home-{s.id}"] == home
     assert cluster.fake.secret_values(name)["anthropic-token"] == "proxy-token-2"
 

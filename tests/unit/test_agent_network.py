@@ -100,6 +100,40 @@ def test_proxy_urls_we_cannot_use(value: str, words: str) -> None:
     assert words in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "http://u:12s/cr3t@proxy.corp:3128",  # an unencoded "/" in the password
+        "http://u:s3cr?t@proxy.corp:3128",
+        "http://u:s3cr#t@proxy.corp:3128",
+        "http://proxy.corp:3128/path",
+        "http://proxy.corp:3128/?q=1",
+    ],
+)
+def test_a_proxy_url_with_more_than_host_and_port_is_refused(value: str) -> None:
+    """Anything after the port is refused (it usually means a password with an unencoded
+    / ? or #, whose rest would be taken for the host): one line that names the variable and
+    the fix, and shows nothing of the value."""
+    with pytest.raises(AgentError) as raised:
+        proxy_for("https://a.example", {"HTTPS_PROXY": value})
+    said = str(raised.value)
+    assert said == (
+        "HTTPS_PROXY: give the proxy as http://host:port, with nothing after the port; a / ? # "
+        "or @ in the user or password must be %-encoded (%2F %3F %23 %40)"
+    )
+    assert proxy_for("https://a.example", {"HTTPS_PROXY": "http://u:12s%2Fcr3t@p:3128/"}) == (
+        proxy_for("https://a.example", {"HTTPS_PROXY": "p:3128"})
+    )
+
+
+@pytest.mark.parametrize("value", ["http://[bad", "http://u:s3cr3t@[::1:3128"])
+def test_a_proxy_url_that_is_no_url_is_one_line(value: str) -> None:
+    """What urllib refuses with a ValueError is one AgentError line, without the value."""
+    with pytest.raises(AgentError) as raised:
+        proxy_for("https://a.example", {"HTTPS_PROXY": value})
+    assert str(raised.value) == "HTTPS_PROXY: not a URL; give the proxy as http://host:port"
+
+
 # -- the CONNECT tunnel ---------------------------------------------------------------------------
 
 
@@ -185,6 +219,21 @@ def test_a_407_says_what_to_fix(environ: dict[str, str], hint: str) -> None:
     )
     assert transport.disconnecting or getattr(transport, "aborted", False)
     assert inner.transport is None
+
+
+def test_a_hostile_refusal_is_printable_and_short() -> None:
+    """A proxy's refusal reaches the agent's one-line error (and its log) as printable ASCII
+    only, at most 100 characters of it: no escape codes, line breaks, bells or filler."""
+    _, d, _, protocol, _ = through_proxy("https://cli.example.com")
+    reason = b"403 \x1b[2J\x1b]0;owned\x07Forbidden\nX-Injected: 1\x00\xff" + b"A" * 15000
+    protocol.dataReceived(b"HTTP/1.1 " + reason + b"\r\nVia: x\r\n\r\n")
+    said = str(failure_of(d).value)
+    prefix = "the proxy http://proxy.corp:3128 (HTTPS_PROXY) refused CONNECT cli.example.com:443: "
+    assert said.startswith(prefix)
+    status = said[len(prefix) :]
+    assert status.startswith("403 [2J]0;ownedForbidden X-Injected: 1AAAA")
+    assert status.endswith("A...") and len(status) == 100
+    assert all(" " <= c <= "~" for c in said)
 
 
 def test_proxy_hangs_up_or_says_nothing() -> None:

@@ -6,6 +6,7 @@ when it stops."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import stat
 import sys
@@ -28,6 +29,7 @@ from cli_server.tap.agent import Options, makeService
 from cli_server.threads import ThreadPoolService
 from cli_server.tunnel.agent import AgentError, Credentials, TunnelAgent
 from cli_server.tunnel.agent_platform import (
+    EXCLUSIVE,
     Platform,
     PosixFiles,
     StopOnSignals,
@@ -42,6 +44,8 @@ from cli_server.tunnel.mux import Session
 from .test_tunnel_agent import ANSWER, CREDENTIALS, SERVER, FakeServer
 
 SID = "S-1-5-21-1004336348-1177238915-682003330-1001"
+WHOAMI = "C:\\Windows\\System32\\whoami.exe"
+ICACLS = "C:\\Windows\\System32\\icacls.exe"
 
 
 class Commands:
@@ -56,7 +60,7 @@ class Commands:
         self.ran.append(argv)
         if self.fail and argv[0] == self.fail:
             raise OSError(f"{argv[0]} failed (5): Access is denied.")
-        return self.whoami if argv[0] == "whoami" else "processed 1 files\r\n"
+        return self.whoami if argv[0].endswith("\\whoami.exe") else "processed 1 files\r\n"
 
 
 def on_windows(tmp_path: Path, commands: Commands | None = None, **kw: Any) -> Platform:
@@ -126,22 +130,44 @@ def test_windows_restricts_with_icacls_not_modes(tmp_path: Path) -> None:
     CREDENTIALS.save(path, platform.files)
     tmp = path.with_name("agent.json.tmp")
     once = [
-        ["icacls", str(path.parent), "/inheritance:r", "/grant:r", f"*{SID}:(OI)(CI)(F)"],
-        ["icacls", str(tmp), "/inheritance:r", "/grant:r", f"*{SID}:(F)"],
+        [ICACLS, str(path.parent), "/inheritance:r", "/grant:r", f"*{SID}:(OI)(CI)(F)"],
+        [ICACLS, str(tmp), "/inheritance:r", "/grant:r", f"*{SID}:(F)"],
     ]
-    assert commands.ran == [["whoami", "/user", "/fo", "csv", "/nh"], *once, *once]
+    assert commands.ran == [[WHOAMI, "/user", "/fo", "csv", "/nh"], *once, *once]
     assert Credentials.load(path) == CREDENTIALS
     assert sorted(p.name for p in path.parent.iterdir()) == ["agent.json"]
 
 
 def test_windows_refusal_is_one_clear_line(tmp_path: Path) -> None:
-    platform = on_windows(tmp_path, Commands(fail="icacls"))
+    platform = on_windows(tmp_path, Commands(fail=ICACLS))
     path = platform.config_path()
     with pytest.raises(AgentError) as raised:
         CREDENTIALS.save(path, platform.files)
     assert str(raised.value) == (
-        f"cannot save the credentials in {path}: icacls failed (5): Access is denied."
+        f"cannot save the credentials in {path}: {ICACLS} failed (5): Access is denied."
     )
+
+
+def test_windows_runs_its_tools_from_system32_by_full_path(tmp_path: Path) -> None:
+    """whoami and icacls are never looked up in the current directory or PATH (where a
+    planted whoami.exe would be found first): %SystemRoot%\\System32, from the environment
+    the platform was given (any spelling of the name), else C:\\Windows."""
+    files = windows(tmp_path, {"SYSTEMROOT": "D:\\WINNT"}).files
+    assert isinstance(files, WindowsFiles)
+    assert files.program("icacls.exe") == "D:\\WINNT\\System32\\icacls.exe"
+    files = windows(tmp_path, {"SystemRoot": "E:\\Win"}).files
+    assert isinstance(files, WindowsFiles)
+    assert files.program("whoami.exe") == "E:\\Win\\System32\\whoami.exe"
+    files = windows(tmp_path, {"APPDATA": str(tmp_path)}).files
+    assert isinstance(files, WindowsFiles)
+    assert files.program("whoami.exe") == WHOAMI
+    commands = Commands()
+    root = WindowsFiles(commands, system_root="D:\\WINNT")
+    root.restrict(tmp_path / "agent.json", directory=False)
+    assert [argv[0] for argv in commands.ran] == [
+        "D:\\WINNT\\System32\\whoami.exe",
+        "D:\\WINNT\\System32\\icacls.exe",
+    ]
 
 
 def test_windows_whoami_without_a_sid(tmp_path: Path) -> None:
@@ -156,6 +182,31 @@ def test_posix_files_keep_modes(tmp_path: Path) -> None:
     CREDENTIALS.save(path, PosixFiles())
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_posix_write_never_follows_a_planted_link(tmp_path: Path) -> None:
+    """A link planted where the temp file goes (to a file the attacker wants overwritten, or
+    to where they want one made) is removed, not followed: the credentials land in a new
+    file of mode 0600, and the link's target is untouched or never made."""
+    path = tmp_path / "d" / "agent.json"
+    path.parent.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    nowhere = tmp_path / "made-by-us"
+    for target in (victim, nowhere):
+        (path.parent / "agent.json.tmp").symlink_to(target)
+        CREDENTIALS.save(path, PosixFiles())
+        assert Credentials.load(path) == CREDENTIALS
+        assert not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert sorted(p.name for p in path.parent.iterdir()) == ["agent.json"]
+    assert victim.read_text() == "keep me" and not nowhere.exists()
+
+
+def test_posix_write_opens_exclusively_without_following_links() -> None:
+    """Between the removal and the open a link planted again is refused (O_EXCL fails on any
+    existing name, a link included; O_NOFOLLOW where the platform has it)."""
+    assert EXCLUSIVE & os.O_EXCL and EXCLUSIVE & os.O_CREAT and not EXCLUSIVE & os.O_TRUNC
+    assert EXCLUSIVE & getattr(os, "O_NOFOLLOW", 0) == getattr(os, "O_NOFOLLOW", 0)
 
 
 def test_registration_on_windows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -183,7 +234,7 @@ def test_registration_on_windows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert fatal == []
     folder = platform.config_path().parent
     assert sorted(p.name for p in folder.iterdir()) == ["agent.json", "anthropic.env"]
-    restricted = [argv[1] for argv in commands.ran if argv[0] == "icacls"]
+    restricted = [argv[1] for argv in commands.ran if argv[0] == ICACLS]
     assert restricted == [
         str(folder),
         str(folder / "agent.json.tmp"),

@@ -25,6 +25,9 @@ class BuilderTests(SynchronousTestCase):
         alpha = objects.sandbox("v1alpha1", "i", "s", "w", POD)
         self.assertEqual(beta["spec"]["operatingMode"], "Running")
         self.assertEqual(alpha["spec"]["replicas"], 1)
+        # agent-sandbox 0.5 makes the (headless) Service, and so serviceFQDN, only if asked
+        self.assertIs(beta["spec"]["service"], True)
+        self.assertIs(alpha["spec"]["service"], True)
         self.assertEqual(
             objects.running_patch("v1beta1", False), {"spec": {"operatingMode": "Suspended"}}
         )
@@ -57,6 +60,10 @@ class StatusTests(SynchronousTestCase):
         self.assertEqual(objects.address(both), "x.ns.svc.cluster.local")
         self.assertEqual(objects.address({"status": {"podIPs": ["10.0.0.1"]}}), "10.0.0.1")
         self.assertIsNone(objects.address({}))
+        self.assertEqual(objects.service_name(both), "x.ns.svc.cluster.local")
+        self.assertIsNone(objects.service_name({"status": {"serviceFQDN": ""}}))
+        self.assertEqual(objects.pod_addresses(both), ["10.0.0.1"])
+        self.assertEqual(objects.pod_addresses({"status": {"podIPs": None}}), [])
 
     def test_not_ready_reason(self) -> None:
         condition = {"type": "Ready", "status": "False", "reason": "R", "message": "m"}

@@ -10,6 +10,8 @@ in k8s_objects.py.
   created, or set Running if it was Suspended (a Sandbox found running already is recreated:
   its pod holds an older token). Then we wait for its Ready condition (a watch, in rounds,
   re-reading the object between them) and take ``status.serviceFQDN``, else its pod's address.
+- Previews go to the same Service name (headless: the pod itself, on any port); without one,
+  to the pod's address read afresh, never from the shared listing.
 - Pause: ``operatingMode: Suspended`` (``replicas: 0`` where only v1alpha1 is served); the
   claims stay, so opencode's sessions survive. The served version is found by discovery.
 - Everything we create carries ``cli-server/instance=<id>``; listing, adoption and deletion
@@ -254,6 +256,7 @@ class K8sBackend:
                 raise BackendError(f"Sandbox {name} is still being deleted; try again")
         else:
             patch = objects.running_patch(version, True)
+            patch["spec"]["service"] = True  # (one made before we asked for its Service)
             template = body["spec"]["podTemplate"]  # today's settings (a merge patch:
             template["spec"].setdefault("runtimeClassName", None)  # null removes a key)
             patch["spec"]["podTemplate"] = template
@@ -559,14 +562,26 @@ class K8sBackend:
 
     @deferred
     async def preview_endpoint(self, sandbox_id: str, port: int) -> Endpoint | None:
-        """The pod's own address and ``port`` (its Service may carry opencode's port only;
-        the chart's NetworkPolicy admits the server on every preview port)."""
-        observed = await self.describe(sandbox_id)
-        if observed.state is not State.RUNNING or observed.endpoint is None:
+        """The sandbox's Service name and ``port``: the Service is headless, so its name
+        resolves to the sandbox's ready pod itself, on any port (the chart's NetworkPolicy
+        admits the server on every preview port), and never to another sandbox's pod.
+
+        A preview carries no credential, yet must not reach another team's pod, and a pod's
+        address is handed to the next pod once it is gone. So without a Service name, the pod's
+        address comes from the object read now, never from the listing (up to
+        ``snapshot_ttl`` old) that ``describe`` answers from."""
+        listed = (await self._listing()).get(sandbox_id)
+        if listed is not None and _running(listed) and objects.service_name(listed):
+            return Endpoint(str(objects.service_name(listed)), port)
+        found = await self._api_call(self._thd_get_sandbox, sandbox_id)
+        if found is None or not objects.ours(found, self._instance) or not _running(found):
             return None
-        ips = sorted(self._sources.get(sandbox_id, frozenset()))  # what describe() saw
+        name = objects.service_name(found)
+        if name is not None:
+            return Endpoint(name, port)
+        ips = sorted(objects.pod_addresses(found))
         v4 = [ip for ip in ips if ":" not in ip]
-        return Endpoint((v4 or ips or [observed.endpoint.host])[0], port)
+        return Endpoint((v4 or ips)[0], port) if ips else None
 
     def listening_ports(self, sandbox_id: str) -> Deferred[list[int]]:
         """Unknown without running a command in the pod: users type the port."""
@@ -639,6 +654,10 @@ class K8sPreparation(Service):
     def startService(self) -> None:
         super().startService()
         self._backend.prepare()
+
+
+def _running(obj: dict[str, Any]) -> bool:
+    return not objects.suspended(obj) and objects.ready(obj)
 
 
 def readable(error: Exception, timeout: float) -> str:

@@ -198,7 +198,12 @@ def pod_template(
 def sandbox(
     version: str, instance: str, sandbox_id: str, workspace_id: str, pod: PodSettings
 ) -> dict[str, Any]:
-    spec: dict[str, Any] = {"podTemplate": pod_template(instance, sandbox_id, workspace_id, pod)}
+    spec: dict[str, Any] = {
+        "podTemplate": pod_template(instance, sandbox_id, workspace_id, pod),
+        # A headless Service of the Sandbox's name (agent-sandbox 0.5 makes one only when
+        # asked): status.serviceFQDN, whose name resolves to this sandbox's ready pod alone.
+        "service": True,
+    }
     if version == "v1alpha1":
         spec["replicas"] = 1
     else:
@@ -239,13 +244,20 @@ def ready(obj: dict[str, Any]) -> bool:
     return found is not None and found.get("status") == "True"
 
 
+def service_name(obj: dict[str, Any]) -> str | None:
+    """The name of the Sandbox's headless Service (``status.serviceFQDN``), if it has one."""
+    found = (obj.get("status") or {}).get("serviceFQDN")
+    return str(found) if found else None
+
+
+def pod_addresses(obj: dict[str, Any]) -> list[str]:
+    return [str(ip) for ip in (obj.get("status") or {}).get("podIPs") or []]
+
+
 def address(obj: dict[str, Any]) -> str | None:
     """Where the server reaches the sandbox: its Service's name, else its pod's address."""
-    status = obj.get("status") or {}
-    if status.get("serviceFQDN"):
-        return str(status["serviceFQDN"])
-    ips = status.get("podIPs") or []
-    return str(ips[0]) if ips else None
+    ips = pod_addresses(obj)
+    return service_name(obj) or (ips[0] if ips else None)
 
 
 def not_ready_reason(obj: dict[str, Any] | None, events: list[dict[str, Any]]) -> str:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any, Protocol
 
 from attrs import define, field, frozen
@@ -30,6 +30,9 @@ from twisted.logger import Logger
 
 CONFIG_NAME = "agent.json"
 ICACLS_TIMEOUT = 10.0
+SYSTEM_ROOT = "C:\\Windows"  # when the environment has no SystemRoot
+# (no O_NOFOLLOW on Windows, where PosixFiles is not used)
+EXCLUSIVE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 
 
 class PrivateFiles(Protocol):
@@ -50,8 +53,10 @@ class PosixFiles:
 
     def write(self, path: Path, text: str) -> None:
         tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)  # (an old leftover .tmp keeps its mode through O_CREAT)
+        tmp.unlink(missing_ok=True)  # (a leftover, or a link planted there: only it goes)
+        # A new file or nothing: a link planted again meanwhile is refused, never followed.
+        fd = os.open(tmp, EXCLUSIVE, 0o600)
+        os.fchmod(fd, 0o600)  # (the umask may have cut the mode further)
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -83,15 +88,22 @@ class WindowsFiles:
     """NTFS has no modes (``os.chmod`` only flips the read-only flag), so the file's access
     list is replaced: inherited entries removed (``icacls /inheritance:r``) and one entry left
     that gives the current user, named by SID from ``whoami /user``, full control. The temp
-    file is restricted before ``os.replace`` moves it in place, and a move keeps its list."""
+    file is restricted before ``os.replace`` moves it in place, and a move keeps its list.
+    Both programs are run from ``%SystemRoot%\\System32`` by full path, never looked up in
+    the current directory or ``PATH``."""
 
     _run: Callable[[list[str]], str] = run_command
+    _system_root: str = SYSTEM_ROOT
     _sid: str | None = field(default=None, init=False)
+
+    def program(self, name: str) -> str:
+        return str(PureWindowsPath(self._system_root, "System32", name))
 
     def user_sid(self) -> str:
         if self._sid is None:
             # one CSV line: "machine\user","S-1-5-21-..."
-            line = self._run(["whoami", "/user", "/fo", "csv", "/nh"]).strip()
+            whoami = [self.program("whoami.exe"), "/user", "/fo", "csv", "/nh"]
+            line = self._run(whoami).strip()
             sid = line.rsplit(",", 1)[-1].strip().strip('"')
             if not sid.startswith("S-"):
                 raise OSError(f"whoami /user gave no SID: {line!r}")
@@ -100,7 +112,7 @@ class WindowsFiles:
 
     def restrict(self, path: Path, directory: bool) -> None:
         grant = f"*{self.user_sid()}:" + ("(OI)(CI)(F)" if directory else "(F)")
-        self._run(["icacls", str(path), "/inheritance:r", "/grant:r", grant])
+        self._run([self.program("icacls.exe"), str(path), "/inheritance:r", "/grant:r", grant])
 
     def make_dir(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
@@ -157,7 +169,9 @@ def posix(name: str, home: Path, **kw: Any) -> Platform:
 def windows(home: Path, environ: Mapping[str, str], **kw: Any) -> Platform:
     appdata = environ.get("APPDATA")
     own = Path(appdata) / "cli-server" if appdata else home / "AppData" / "Roaming" / "cli-server"
-    files = kw.pop("files", None) or WindowsFiles()
+    # (Windows' own environment names are case-insensitive; a Mapping given here may not be)
+    root = next((v for k, v in environ.items() if k.upper() == "SYSTEMROOT" and v), SYSTEM_ROOT)
+    files = kw.pop("files", None) or WindowsFiles(system_root=root)
     # SIGBREAK: Ctrl-Break, and what a console service wrapper sends to stop us
     return Platform("win32", home, own, files, ("SIGINT", "SIGBREAK"), **kw)
 

@@ -31,6 +31,7 @@ from zope.interface import implementer
 from cli_server.tunnel.agent_error import AgentError
 
 MAX_ANSWER = 16 * 1024  # the proxy's answer to CONNECT, head only
+MAX_SHOWN = 100  # characters of the proxy's own words in our one-line messages
 
 
 class ProxyError(AgentError):
@@ -49,6 +50,13 @@ class Proxy:
         return f"http://{host}:{self.port}"
 
     __repr__ = __str__
+
+
+def shown(text: str, limit: int = MAX_SHOWN) -> str:
+    """What a proxy said, fit for a one-line message and a terminal: printable ASCII only
+    (no escape codes, line breaks or bells from a hostile proxy), at most ``limit`` long."""
+    kept = " ".join("".join(c for c in text if " " <= c <= "~" or c in "\t\r\n").split())
+    return kept if len(kept) <= limit else kept[: limit - 3] + "..."
 
 
 def _variable(environ: Mapping[str, str], scheme: str) -> tuple[str, str] | None:
@@ -93,9 +101,20 @@ def proxy_for(url: str, environ: Mapping[str, str]) -> Proxy | None:
     if found is None or bypassed(parts.hostname or "", environ):
         return None
     name, value = found
-    proxy = urlsplit(value if "://" in value else "http://" + value)
-    if proxy.scheme != "http" or not proxy.hostname:
+    # (no message quotes the value: it may hold the proxy's password)
+    try:
+        proxy = urlsplit(value if "://" in value else "http://" + value)
+        hostname = proxy.hostname
+    except ValueError:
+        raise AgentError(f"{name}: not a URL; give the proxy as http://host:port") from None
+    if proxy.scheme != "http" or not hostname:
         raise AgentError(f"{name}: give the proxy as http://host:port (only http:// proxies work)")
+    if proxy.path not in ("", "/") or proxy.query or proxy.fragment:
+        # e.g. an unencoded "/" in the password: the rest would be taken for host and port
+        raise AgentError(
+            f"{name}: give the proxy as http://host:port, with nothing after the port; a / ? # "
+            "or @ in the user or password must be %-encoded (%2F %3F %23 %40)"
+        )
     try:
         port = proxy.port or 80
     except ValueError:
@@ -104,7 +123,7 @@ def proxy_for(url: str, environ: Mapping[str, str]) -> Proxy | None:
     if proxy.username is not None:
         pair = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}"
         authorization = b"Basic " + base64.b64encode(pair.encode())
-    return Proxy(proxy.hostname, port, name, authorization)
+    return Proxy(hostname, port, name, authorization)
 
 
 class _Connect(Protocol):
@@ -163,7 +182,7 @@ class _Connect(Protocol):
         status, rest = self._answer[:end].split(b"\r\n", 1)[0], self._answer[end + 4 :]
         words = status.decode("latin-1").split(" ", 2)
         if len(words) < 2 or not words[0].startswith("HTTP/") or not words[1].startswith("2"):
-            return self._refused(" ".join(words[1:]) or status.decode("latin-1"))
+            return self._refused(shown(" ".join(words[1:]) or status.decode("latin-1")))
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -87,8 +87,8 @@ class SandboxesAPI:
         """A one-time link that signs the caller in on the sandbox's own subdomain, or with a
         body ``{"port": N}`` on the preview of port N in it (its own origin and session)."""
         sid = parse_id(sandbox_id, "sandbox")
+        await self._manager.authorized(sid, user.id, Role.GUEST)  # (a stranger learns nothing)
         port = _preview_port(request)
-        await self._manager.authorized(sid, user.id, Role.GUEST)
         ticket = await self._access.mint_ticket(user.id, sid, port)
         return json_response(request, {"url": self._urls.opener(sid, ticket, port)})
 

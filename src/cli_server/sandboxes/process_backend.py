@@ -4,7 +4,12 @@ Per sandbox, as root:
 - a network namespace of its own (a bind-mounted nsfs file), with slirp4netns giving it a
   user-mode uplink and one forward from 127.0.0.1:<port> on the host to port 4096 inside;
   a preview adds one more forward per port asked for, also on the host's 127.0.0.1 only,
-  which lives as long as that slirp4netns (so a stop, a pause or a server restart ends it);
+  which lives as long as that slirp4netns (so a stop, a pause or a server restart ends it)
+  or until newer ones push it out: at most ``MAX_FORWARDS`` per sandbox, and only for a port
+  something listens on in the sandbox at that moment (a host port taken by a listener is one
+  the kernel no longer gives to the server's own outgoing connections, so a member opening
+  port after port must not use them up); forwards take host ports outside the kernel's range
+  for outgoing connections where it leaves enough;
   ``--disable-host-loopback`` keeps the host's loopback services (our API, PostgreSQL) out
   of reach, and other sandboxes live in other namespaces;
 - an nftables table in that namespace, loaded before anything runs there: the sandbox
@@ -34,11 +39,13 @@ slirp4netns ``--exit-fd`` on a pipe we hold, so even a SIGKILLed server leaves n
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
 import stat
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Container, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +80,7 @@ from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.output_log import LOG_NAME, OutputLog, read_tail
 from cli_server.sandboxes.unixjson import unix_json_call
 from cli_server.system_accounts import SystemAccount, ensure_system_account
+from cli_server.threads import Runner, synchronous_runner
 
 SANDBOX_ACCOUNT = "cli-sandbox"
 GUEST_PORT = 4096
@@ -94,6 +102,11 @@ table ip cli_previews {{
   }}
 }}
 """
+MAX_FORWARDS = 16  # preview forwards per sandbox; the least recently used goes first
+# What a preview of a port nothing listens on gets: TCP port 0 is never listened on, so
+# connecting is refused at once and the proxy shows its "nothing is listening" page.
+NOT_LISTENING = Endpoint("127.0.0.1", 0)
+_RESTING = 30.0  # seconds a removed forward's host port is not given to another forward
 ARGS_FD = 3  # bubblewrap reads its --setenv arguments from this descriptor
 SECCOMP_FD = 4  # and its seccomp filter from this one
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -219,6 +232,12 @@ def _slirp_watch() -> _Watched:
     return _Watched("slirp4netns", lambda fd, data: fd == 3)  # it writes to --ready-fd=3
 
 
+@frozen
+class _Forward:
+    host_port: int  # on the host's 127.0.0.1
+    id: int  # slirp4netns's, for remove_hostfwd
+
+
 @define(eq=False)
 class _Live:
     port: int
@@ -226,9 +245,9 @@ class _Live:
     sandbox_proto: _Watched
     slirp: Any  # None when unisolated
     slirp_proto: _Watched | None
-    # previews: port inside -> its forward's port on the host's 127.0.0.1, added on first use
+    # previews: port inside -> its forward, added on first use, least recently used first
     # (under the lock: two requests at once add one forward)
-    forwards: dict[int, int] = Factory(dict)
+    forwards: OrderedDict[int, _Forward] = Factory(OrderedDict)
     forwarding: DeferredLock = Factory(DeferredLock)
 
 
@@ -255,10 +274,15 @@ class ProcessBackend:
         default=Factory(lambda self: DiskQuotas.on(self._reactor), takes_self=True)
     )
     _cgroup_root: Path = _CGROUP_ROOT
+    # runs the blocking reads of /proc (the server passes a bounded pool's)
+    _threads: Runner = synchronous_runner
     _live: dict[str, _Live] = field(factory=dict, init=False)
     # workspace id -> sandboxes started since its disk was mounted; unmounted when none is left
     _disk_users: dict[str, set[str]] = field(factory=dict, init=False)
     _doors: dict[str, Any] = field(factory=dict, init=False)
+    # host port -> when its forward was removed: a request that picked that forward a moment
+    # before must not reach another sandbox's forward on the same port
+    _resting: dict[int, float] = field(factory=dict, init=False)
     on_exit: ExitListener | None = field(default=None, init=False)
     _unlimited_said: bool = field(default=False, init=False)
     name = "process"
@@ -361,7 +385,7 @@ class ProcessBackend:
         live: _Live | None = None
         try:
             await _within(self._reactor, slirp_proto.ready, 10, "slirp4netns did not start")
-            port = await self._forward(box, GUEST_PORT)
+            port = (await self._forward(box, GUEST_PORT)).host_port
             sandbox, proto = self._spawn_sandbox(spec, box, netns, opencode, anthropic)
             live = _Live(port, sandbox, proto, slirp, slirp_proto)
             return await self._until_healthy(spec, live)
@@ -372,13 +396,17 @@ class ProcessBackend:
             await self._teardown(spec.id)
             raise
 
-    async def _forward(self, box: Path, guest_port: int) -> int:
+    async def _forward(self, box: Path, guest_port: int) -> _Forward:
         """Have the sandbox's slirp4netns forward a free port of the host's 127.0.0.1 (never
-        another address) to ``guest_port`` inside; that host port. A port taken between our
-        pick and slirp's bind is picked again."""
+        another address) to ``guest_port`` inside. A port taken between our pick and slirp's
+        bind is picked again."""
+        now = self._reactor.seconds()
+        for port, since in list(self._resting.items()):
+            if not 0 <= now - since < _RESTING:
+                del self._resting[port]
         refused = None
         for _ in range(3):
-            port = _free_port()
+            port = _forward_port(self._resting)
             reply = await unix_json_call(
                 self._reactor,
                 str(box / "slirp.sock"),
@@ -395,8 +423,20 @@ class ProcessBackend:
             )
             refused = reply.get("error")
             if refused is None:
-                return port
+                return _Forward(port, int(reply.get("return", {}).get("id", -1)))
         raise BackendError(f"port forward refused: {refused}")
+
+    async def _unforward(self, box: Path, forward: _Forward) -> None:
+        """Remove one of the sandbox's forwards; its host port rests a while."""
+        reply = await unix_json_call(
+            self._reactor,
+            str(box / "slirp.sock"),
+            {"execute": "remove_hostfwd", "arguments": {"id": forward.id}},
+            timeout=5,
+        )
+        if reply.get("error") is not None:
+            raise BackendError(f"port forward not removed: {reply['error']}")
+        self._resting[forward.host_port] = self._reactor.seconds()
 
     async def _start_unisolated(self, spec: SandboxSpec, box: Path, opencode: Path) -> Endpoint:
         """--allow-unisolated: opencode as a plain process on a loopback port, no namespaces."""
@@ -766,6 +806,8 @@ class ProcessBackend:
         live = self._live.pop(sandbox_id, None)
         if live is None:
             return
+        for forward in live.forwards.values():  # (they end with its slirp4netns)
+            self._resting[forward.host_port] = self._reactor.seconds()
         await self._terminate(live.sandbox, live.sandbox_proto, grace=10)
         if live.slirp is not None and live.slirp_proto is not None:
             await self._terminate(live.slirp, live.slirp_proto, grace=5)
@@ -833,9 +875,10 @@ class ProcessBackend:
 
     @deferred
     async def preview_endpoint(self, sandbox_id: str, port: int) -> Endpoint | None:
-        """The host end of the sandbox's forward to ``port``, added on first use and reused
-        while its slirp4netns lives. Nothing of this host is a preview: unisolated sandboxes,
-        which share the host's loopback, have none."""
+        """The host end of the sandbox's forward to ``port``, added on first use if something
+        listens on it (else ``NOT_LISTENING``) and reused while its slirp4netns lives, unless
+        ``MAX_FORWARDS`` newer ones pushed it out. Nothing of this host is a preview:
+        unisolated sandboxes, which share the host's loopback, have none."""
         live = self._live.get(sandbox_id)
         if live is None:
             return None
@@ -844,25 +887,37 @@ class ProcessBackend:
         async with live.forwarding:
             if self._live.get(sandbox_id) is not live:  # stopped while we waited
                 return None
-            if port not in live.forwards:
-                forward = await self._forward(self._sandbox_dir(sandbox_id), port)
-                if self._live.get(sandbox_id) is not live:
-                    return None
-                live.forwards[port] = forward
-            return Endpoint("127.0.0.1", live.forwards[port])
+            known = live.forwards.get(port)
+            if known is not None:
+                live.forwards.move_to_end(port)
+                return Endpoint("127.0.0.1", known.host_port)
+            if port not in await self.listening_ports(sandbox_id):
+                return NOT_LISTENING if self._live.get(sandbox_id) is live else None
+            box = self._sandbox_dir(sandbox_id)
+            while len(live.forwards) >= MAX_FORWARDS and self._live.get(sandbox_id) is live:
+                oldest, forward = next(iter(live.forwards.items()))
+                await self._unforward(box, forward)
+                del live.forwards[oldest]
+            if self._live.get(sandbox_id) is not live:
+                return None
+            forward = await self._forward(box, port)
+            if self._live.get(sandbox_id) is not live:
+                return None
+            live.forwards[port] = forward
+            return Endpoint("127.0.0.1", forward.host_port)
 
     @property
     def lists_ports(self) -> bool:
         return self._isolated  # (unisolated sandboxes have no previews)
 
     def listening_ports(self, sandbox_id: str) -> Deferred[list[int]]:
-        """Read through the sandbox's outer bubblewrap, which sits in its network namespace;
-        opencode and the Anthropic door are not previews."""
+        """Read through the sandbox's outer bubblewrap, which sits in its network namespace,
+        on the thread pool; opencode and the Anthropic door are not previews."""
         live = self._live.get(sandbox_id)
         if live is None or live.slirp is None or live.sandbox.pid is None:
             return succeed([])
         net = Path(f"/proc/{live.sandbox.pid}/net")
-        return succeed(listening_ports(net, PREVIEW_PORTS, (GUEST_PORT, ANTHROPIC_PORT)))
+        return self._threads(listening_ports, net, PREVIEW_PORTS, (GUEST_PORT, ANTHROPIC_PORT))
 
     @deferred
     async def describe(self, sandbox_id: str) -> Observed:
@@ -913,6 +968,41 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def forward_ports(port_range: str) -> range:
+    """Where forwards take their host ports, given the kernel's ``ip_local_port_range``: above
+    it (no port there is ever one of the server's outgoing connections'), if that leaves a
+    thousand; else the whole unprivileged range."""
+    try:
+        low, high = (int(n) for n in port_range.split())
+    except ValueError:
+        return range(1024, 65536)
+    above = range(max(high + 1, 1024), 65536)
+    return above if len(above) >= 1000 and low <= high else range(1024, 65536)
+
+
+def _forward_port(resting: Container[int]) -> int:
+    """A port of the host's 127.0.0.1 free now for a forward, ``resting`` ones left out; one
+    the kernel picks if none turns up."""
+    try:
+        wanted = forward_ports(_PORT_RANGE.read_text())
+    except OSError:
+        wanted = range(1024, 65536)
+    for _ in range(64):
+        port = random.choice(wanted)
+        if port in resting:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    return _free_port()
 
 
 def _signal(transport: Any, sig: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,9 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from cli_server.process import ProcessResult
 from cli_server.sandboxes.backend import BackendError, Endpoint
+from cli_server.sandboxes.forward_guard import ForwardGuard, ruleset, table_name
 from cli_server.sandboxes.listening import listening_ports
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.process_backend import (
@@ -30,6 +32,9 @@ from cli_server.sandboxes.process_backend import (
 class _Process:
     pid = 4242
 
+    def signalProcess(self, signal: str) -> None:
+        pass
+
 
 class _Listening:
     """The thread pool's runner, answering reads of a sandbox's ports with ``ports``."""
@@ -44,23 +49,48 @@ class _Listening:
         return succeed(list(self.ports))
 
 
+class _Nft:
+    """nft played by hand: records its arguments (and the ruleset of ``-f``), then answers."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+        self.rulesets: list[str] = []
+        self.code = 0
+
+    async def __call__(self, args: Sequence[str]) -> ProcessResult:
+        self.calls.append(tuple(args))
+        if args[0] == "-f":
+            self.rulesets.append(Path(args[1]).read_text())
+        return ProcessResult(("nft", *args), self.code, "Error: no" if self.code else "")
+
+    def elements(self, verb: str) -> list[str]:
+        return [c[-1] for c in self.calls if c[:2] == (verb, "element")]
+
+
 def _backend(
-    reactor: MemoryReactorClock, *, isolated: bool = True, listening: _Listening | None = None
+    reactor: MemoryReactorClock,
+    *,
+    isolated: bool = True,
+    listening: _Listening | None = None,
+    nft: _Nft | None = None,
 ) -> ProcessBackend:
+    data = Path(tempfile.mkdtemp())
     return ProcessBackend(
         reactor,
-        Path(tempfile.mkdtemp()),
+        data,
         Path("/bin/true"),
         OpencodeClient(reactor),
         account=None,
         isolated=isolated,
         threads=listening or _Listening(list(range(1024, 65536))),
+        guard=ForwardGuard(nft or _Nft(), "cli_forwards_test", data / "forwards.nft"),
     )
 
 
 def _running(backend: ProcessBackend, sandbox_id: str, *, slirp: bool = True) -> _Live:
     watched = _Watched("opencode", lambda fd, data: False)
-    live = _Live(40000, _Process(), watched, _Process() if slirp else None, None)
+    slirp_watched = _Watched("slirp4netns", lambda fd, data: False) if slirp else None
+    live = _Live(40000, _Process(), watched, _Process() if slirp else None, slirp_watched)
     backend._live[sandbox_id] = live
     return live
 
@@ -228,3 +258,71 @@ class PreviewForwardTests(SynchronousTestCase):
         )
         self.assertNotIn(host_port, range(low, high + 1) if 65535 - high >= 1000 else ())
         self.assertEqual(self.successResultOf(pending).port, host_port)
+
+
+class ForwardGuardTests(SynchronousTestCase):
+    def test_ruleset_admits_our_uid_only(self) -> None:
+        """One table per data directory; to the set's ports on 127.0.0.1, any other uid's
+        connection is reset."""
+        self.assertEqual(table_name(Path("/a")), table_name(Path("/a")))
+        self.assertNotEqual(table_name(Path("/a")), table_name(Path("/b")))
+        rules = ruleset("cli_forwards_x", 0)
+        self.assertIn("delete table ip cli_forwards_x", rules)  # (a crashed run's replaced)
+        self.assertIn("hook output", rules)
+        self.assertIn(
+            "ip daddr 127.0.0.1 tcp dport @ports meta skuid != 0 reject with tcp reset", rules
+        )
+
+    def test_each_forward_guarded_before_it_listens_until_it_is_gone(self) -> None:
+        """The table is made once, each forward's host port joins the set before slirp4netns
+        is asked for it and leaves it when refused, evicted or stopped; the server's stop
+        deletes the table."""
+        reactor = MemoryReactorClock()
+        nft = _Nft()
+        backend = _backend(reactor, nft=nft)
+        live = _running(backend, "s-1")
+        pending = backend.preview_endpoint("s-1", 8000)
+        self.assertEqual(len(nft.rulesets), 1)
+        self.assertIn("meta skuid != ", nft.rulesets[0])
+        (added,) = nft.elements("add")
+        request = _answer(reactor, {"error": {"desc": "slirp_add_hostfwd failed"}})
+        self.assertEqual(added, f"{{ {request['arguments']['host_port']} }}")
+        self.assertEqual(nft.elements("delete"), [added])  # refused: released
+        request = _answer(reactor, {"return": {"id": 2}})
+        first = self.successResultOf(pending).port
+        self.assertEqual(request["arguments"]["host_port"], first)
+        self.assertEqual(nft.elements("add")[-1], f"{{ {first} }}")
+
+        for n in range(MAX_FORWARDS):  # the last one pushes out 8000's
+            more = backend.preview_endpoint("s-1", 2000 + n)
+            if n == MAX_FORWARDS - 1:
+                _answer(reactor, {"return": {}})
+            _answer(reactor, {"return": {"id": 10 + n}})
+            self.successResultOf(more)
+        self.assertEqual(nft.elements("delete")[-1], f"{{ {first} }}")
+        self.assertEqual(len(nft.rulesets), 1)
+
+        # opencode dies; once its slirp4netns has ended, the forwards' ports leave the set
+        ports = sorted(f.host_port for f in live.forwards.values())
+        backend._exited("s-1", live)
+        self.assertEqual(nft.elements("delete")[-1], f"{{ {first} }}")  # (not yet)
+        assert live.slirp_proto is not None
+        live.slirp_proto.ended.callback(None)
+        self.assertEqual(nft.elements("delete")[-1], "{ " + ", ".join(map(str, ports)) + " }")
+        self.successResultOf(backend._guard.release([first]))  # (not in the set: no call)
+        calls = len(nft.calls)
+        self.successResultOf(backend.close())
+        self.assertEqual(nft.calls[calls:], [("delete", "table", "ip", "cli_forwards_test")])
+
+    def test_nft_refusing_fails_the_preview(self) -> None:
+        """No guard, no forward: nft's failure is the preview's, and slirp4netns is not asked."""
+        reactor = MemoryReactorClock()
+        nft = _Nft()
+        nft.code = 1
+        backend = _backend(reactor, nft=nft)
+        _running(backend, "s-1")
+        failing = backend.preview_endpoint("s-1", 8000)
+        self.assertIn(
+            "nft -f failed", self.failureResultOf(failing, BackendError).getErrorMessage()
+        )
+        self.assertEqual(reactor.unixClients, [])

@@ -75,6 +75,7 @@ from cli_server.sandboxes.backend import (
 )
 from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes
 from cli_server.sandboxes.egress import EgressPolicy
+from cli_server.sandboxes.forward_guard import ForwardGuard
 from cli_server.sandboxes.listening import listening_ports
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.output_log import LOG_NAME, OutputLog, read_tail
@@ -276,6 +277,12 @@ class ProcessBackend:
     _cgroup_root: Path = _CGROUP_ROOT
     # runs the blocking reads of /proc (the server passes a bounded pool's)
     _threads: Runner = synchronous_runner
+    # the host's rule that only our uid connects to the forwards
+    _guard: ForwardGuard = field(
+        default=Factory(
+            lambda self: ForwardGuard.on(self._reactor, self._data_dir), takes_self=True
+        )
+    )
     _live: dict[str, _Live] = field(factory=dict, init=False)
     # workspace id -> sandboxes started since its disk was mounted; unmounted when none is left
     _disk_users: dict[str, set[str]] = field(factory=dict, init=False)
@@ -407,23 +414,29 @@ class ProcessBackend:
         refused = None
         for _ in range(3):
             port = _forward_port(self._resting)
-            reply = await unix_json_call(
-                self._reactor,
-                str(box / "slirp.sock"),
-                {
-                    "execute": "add_hostfwd",
-                    "arguments": {
-                        "proto": "tcp",
-                        "host_addr": "127.0.0.1",
-                        "host_port": port,
-                        "guest_port": guest_port,
+            await self._guard.admit_only_us(port)  # (before the forward listens)
+            try:
+                reply = await unix_json_call(
+                    self._reactor,
+                    str(box / "slirp.sock"),
+                    {
+                        "execute": "add_hostfwd",
+                        "arguments": {
+                            "proto": "tcp",
+                            "host_addr": "127.0.0.1",
+                            "host_port": port,
+                            "guest_port": guest_port,
+                        },
                     },
-                },
-                timeout=5,
-            )
+                    timeout=5,
+                )
+            except BaseException:
+                await self._guard.release([port])
+                raise
             refused = reply.get("error")
             if refused is None:
                 return _Forward(port, int(reply.get("return", {}).get("id", -1)))
+            await self._guard.release([port])
         raise BackendError(f"port forward refused: {refused}")
 
     async def _unforward(self, box: Path, forward: _Forward) -> None:
@@ -437,6 +450,7 @@ class ProcessBackend:
         if reply.get("error") is not None:
             raise BackendError(f"port forward not removed: {reply['error']}")
         self._resting[forward.host_port] = self._reactor.seconds()
+        await self._guard.release([forward.host_port])
 
     async def _start_unisolated(self, spec: SandboxSpec, box: Path, opencode: Path) -> Endpoint:
         """--allow-unisolated: opencode as a plain process on a loopback port, no namespaces."""
@@ -785,6 +799,13 @@ class ProcessBackend:
             del self._live[sandbox_id]
             if live.slirp is not None:
                 _signal(live.slirp, "TERM")
+            if live.slirp_proto is not None:
+
+                def gone(result: object) -> object:
+                    self._forwards_gone(sandbox_id, live)
+                    return result
+
+                live.slirp_proto.ended.addBoth(gone)
             ended = live.sandbox_proto.reason
             why = exit_reason(
                 getattr(ended, "exitCode", None),
@@ -806,11 +827,23 @@ class ProcessBackend:
         live = self._live.pop(sandbox_id, None)
         if live is None:
             return
-        for forward in live.forwards.values():  # (they end with its slirp4netns)
-            self._resting[forward.host_port] = self._reactor.seconds()
         await self._terminate(live.sandbox, live.sandbox_proto, grace=10)
         if live.slirp is not None and live.slirp_proto is not None:
             await self._terminate(live.slirp, live.slirp_proto, grace=5)
+            await self._forwards_gone(sandbox_id, live)
+
+    def _forwards_gone(self, sandbox_id: str, live: _Live) -> Deferred[None]:
+        """Its slirp4netns has ended: its forwards' host ports are anyone's again."""
+        now = self._reactor.seconds()
+        for forward in live.forwards.values():
+            self._resting[forward.host_port] = now
+        ports = [live.port, *(f.host_port for f in live.forwards.values())]
+        released = Deferred.fromCoroutine(self._guard.release(ports))
+        return released.addErrback(
+            lambda f: self._log.warn(
+                "sandbox {sandbox_id}: {why}", sandbox_id=sandbox_id, why=f.value
+            )
+        )
 
     async def _terminate(self, transport: Any, watched: _Watched, grace: float) -> None:
         """SIGTERM, and SIGKILL if it has not exited after ``grace`` seconds."""
@@ -940,6 +973,7 @@ class ProcessBackend:
         for sandbox_id in list(self._live):
             await self._stop_live(sandbox_id)
             await self._teardown(sandbox_id)
+        await self._guard.close()
         self._disk_users.clear()
         await self._quotas.detach_all(self._data_dir)
 

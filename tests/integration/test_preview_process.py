@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from cli_server.sandboxes.backend import Endpoint
+from cli_server.sandboxes.forward_guard import table_name
 from cli_server.sandboxes.process_backend import ANTHROPIC_PORT, MAX_FORWARDS, NOT_LISTENING
 
 from .conftest import Real, _reactor
@@ -164,6 +167,68 @@ async def test_preview_of_a_real_dev_server(real: Real) -> None:
 
 
 MANY_PORTS = Path(__file__).with_name("sandbox_many_ports.py")
+NOBODY = 65534
+
+
+def nobody_connects(port: int) -> int:
+    """connect()'s error number for another local account (nobody) trying 127.0.0.1:port."""
+    probe = (
+        "import socket; s = socket.socket(); s.settimeout(3); "
+        f"print(s.connect_ex(('127.0.0.1', {port})))"
+    )
+    done = subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        + ["/usr/bin/python3", "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    return int(done.stdout)
+
+
+def guarded_ports(data_dir: Path) -> set[int] | None:
+    """The host ports in the server's nftables set; None when its table is gone."""
+    listed = subprocess.run(
+        ["nft", "-j", "list", "set", "ip", table_name(data_dir), "ports"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    if listed.returncode != 0:
+        return None
+    (entry,) = [e["set"] for e in json.loads(listed.stdout)["nftables"] if "set" in e]
+    return set(entry.get("elem", []))
+
+
+@needs_isolation
+@pytest_twisted.ensureDeferred
+async def test_only_the_server_connects_to_forwards(real: Real) -> None:
+    """Another local account (nobody) is refused at once on a preview's forward and on
+    opencode's, which the server (root) reaches; a pause takes their ports out of the host's
+    rule, and the server's stop deletes its table."""
+    sid, _ = await real.create("a", "guarded")
+    serve_inside(real.pid(sid), DEV_PORT)
+
+    async def listed() -> bool:
+        return DEV_PORT in await real.backend.listening_ports(sid)
+
+    await wait_until(_reactor(), listed, timeout=20, step=0.1)
+    preview = await real.backend.preview_endpoint(sid, DEV_PORT)
+    opencode = real.backend.endpoint_now(sid)
+    assert preview is not None and preview != NOT_LISTENING and opencode is not None
+    assert guarded_ports(real.data_dir) == {preview.port, opencode.port}
+    for port in (preview.port, opencode.port):
+        assert nobody_connects(port) == errno.ECONNREFUSED, port
+        assert connects(port)
+    code, body = await fetch(preview)
+    assert code == 200 and b"made in the sandbox" in body
+
+    assert (await real.owner.call("POST", f"/api/sandboxes/{sid}/pause")).code == 200
+    await real.wait(sid, "paused")
+    assert guarded_ports(real.data_dir) == set()
+    await real.backend.close()
+    assert guarded_ports(real.data_dir) is None
 
 
 @needs_isolation

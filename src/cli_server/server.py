@@ -333,9 +333,6 @@ def build(
     if backend is None and config.backend == "k8s":
         backend = k8s_backend(config, reactor, root, opencode)
     if backend is None:
-        reads = ThreadPoolService(reactor, "proc-reads", 2)  # sandboxes' listening ports
-        reads.setName("proc-reads")
-        reads.setServiceParent(root)
         backend = ProcessBackend(
             reactor,
             config.data_dir,
@@ -347,7 +344,7 @@ def build(
             limits=Limits(config.sandbox_memory, config.sandbox_pids),
             disk_sizes=DiskSizes(config.workspace_disk_size, config.sandbox_home_size),
             egress_allow=config.egress_allow,
-            threads=reads.run,
+            threads=hashing.run,  # (reads of sandboxes' listening ports: short, bounded)
         )
         backend.check_limits()
     workspaces = Workspaces(

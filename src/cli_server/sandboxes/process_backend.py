@@ -9,7 +9,8 @@ Per sandbox, as root:
   something listens on in the sandbox at that moment (a host port taken by a listener is one
   the kernel no longer gives to the server's own outgoing connections, so a member opening
   port after port must not use them up); forwards take host ports outside the kernel's range
-  for outgoing connections where it leaves enough;
+  for outgoing connections where it leaves enough, and only the server's uid may connect to
+  them (a host nftables rule, see forward_guard.py);
   ``--disable-host-loopback`` keeps the host's loopback services (our API, PostgreSQL) out
   of reach, and other sandboxes live in other namespaces;
 - an nftables table in that namespace, loaded before anything runs there: the sandbox

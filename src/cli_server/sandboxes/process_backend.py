@@ -391,6 +391,7 @@ class ProcessBackend:
         anthropic = self._open_door(spec.id, netns)
         slirp, slirp_proto = self._spawn_slirp(box, netns)
         live: _Live | None = None
+        port = None
         try:
             await _within(self._reactor, slirp_proto.ready, 10, "slirp4netns did not start")
             port = (await self._forward(box, GUEST_PORT)).host_port
@@ -400,6 +401,8 @@ class ProcessBackend:
         except BaseException:
             if live is None:
                 _signal(slirp, "KILL")
+                if port is not None:  # (else _stop_live releases it)
+                    await self._guard.release([port])
             await self._stop_live(spec.id)
             await self._teardown(spec.id)
             raise

@@ -326,3 +326,13 @@ class ForwardGuardTests(SynchronousTestCase):
             "nft -f failed", self.failureResultOf(failing, BackendError).getErrorMessage()
         )
         self.assertEqual(reactor.unixClients, [])
+
+    def test_a_table_gone_already_does_not_fail_the_stop(self) -> None:
+        """Another server on the same data directory deleted the table: the stop goes on."""
+        nft = _Nft()
+        guard = ForwardGuard(nft, "cli_forwards_test", Path(tempfile.mkdtemp()) / "f.nft")
+        self.successResultOf(Deferred.fromCoroutine(guard.admit_only_us(61234)))
+        nft.code = 1
+        self.successResultOf(Deferred.fromCoroutine(guard.close()))
+        self.assertEqual(nft.calls[-1], ("delete", "table", "ip", "cli_forwards_test"))
+        self.flushLoggedErrors()

@@ -21,6 +21,7 @@ from pathlib import Path
 from attrs import Factory, define, field
 from twisted.internet.defer import DeferredLock
 from twisted.internet.interfaces import IReactorProcess
+from twisted.logger import Logger
 
 from cli_server.process import ProcessResult, run_process
 from cli_server.sandboxes.backend import BackendError
@@ -59,6 +60,7 @@ class ForwardGuard:
     _created: bool = field(default=False, init=False)
     _ports: set[int] = field(factory=set, init=False)  # in the set now
     _lock: DeferredLock = field(factory=DeferredLock, init=False)  # one nft at a time
+    _log = Logger()
 
     @classmethod
     def on(cls, reactor: IReactorProcess, data_dir: Path) -> ForwardGuard:
@@ -109,4 +111,7 @@ class ForwardGuard:
             if self._created:
                 self._created = False
                 self._ports.clear()
-                await self._nft("delete", "table", "ip", self._table)
+                try:
+                    await self._nft("delete", "table", "ip", self._table)
+                except BackendError as e:  # (gone already: a later server on our data dir)
+                    self._log.warn("{why}", why=e)

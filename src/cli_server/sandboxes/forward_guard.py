@@ -53,6 +53,8 @@ table ip {table} {{
 
 @define(eq=False)
 class ForwardGuard:
+    """The server's table of guarded forward ports; see the module docstring."""
+
     _run: Run
     _table: str
     _rules_file: Path  # where the ruleset is written for ``nft -f`` (then removed)

@@ -344,6 +344,7 @@ def build(
             limits=Limits(config.sandbox_memory, config.sandbox_pids),
             disk_sizes=DiskSizes(config.workspace_disk_size, config.sandbox_home_size),
             egress_allow=config.egress_allow,
+            threads=hashing.run,  # (reads of sandboxes' listening ports: short, bounded)
         )
         backend.check_limits()
     workspaces = Workspaces(

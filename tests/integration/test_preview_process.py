@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,8 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from cli_server.sandboxes.backend import Endpoint
-from cli_server.sandboxes.process_backend import ANTHROPIC_PORT
+from cli_server.sandboxes.forward_guard import table_name
+from cli_server.sandboxes.process_backend import ANTHROPIC_PORT, MAX_FORWARDS, NOT_LISTENING
 
 from .conftest import Real, _reactor
 from .helpers import Wire, needs_isolation, wait_until
@@ -120,17 +123,14 @@ async def test_preview_of_a_real_dev_server(real: Real) -> None:
     code, body = await fetch(local)
     assert code == 200 and b"made in the sandbox" in body
 
-    # The Anthropic door on that loopback is no preview: the forward finds nothing there.
-    assert await answers_nothing(await real.backend.preview_endpoint(a, ANTHROPIC_PORT))
-
-    # A port nothing listens on in the sandbox has a forward that answers nothing, even where
-    # the host itself listens on that port (our own API's): a preview never reaches the host.
-    idle = await real.backend.preview_endpoint(a, 5173)
-    assert idle is not None and idle.port != first.port
-    assert await answers_nothing(idle)
-    assert await answers_nothing(
-        await real.backend.preview_endpoint(a, real.app.port.getHost().port)
-    )
+    # The Anthropic door on that loopback is no preview, nor is a port nothing listens on in
+    # the sandbox, even where the host itself listens on it (our own API's): no forward, an
+    # endpoint that refuses at once (the proxy's "nothing is listening" page).
+    forwards = set(real.backend._live[a].forwards)
+    for port in (ANTHROPIC_PORT, VITE, real.app.port.getHost().port):
+        assert await real.backend.preview_endpoint(a, port) == NOT_LISTENING
+        assert await answers_nothing(NOT_LISTENING)
+    assert set(real.backend._live[a].forwards) == forwards == {DEV_PORT, LOOPBACK_PORT}
 
     # Sandbox b reaches neither a's forward on the host nor a's dev server.
     inside_b = real.pid(b)
@@ -153,11 +153,130 @@ async def test_preview_of_a_real_dev_server(real: Real) -> None:
     assert refused.body["error"]["sandbox_status"] == "paused"
 
     # A server stopping ends every forward with its sandboxes: a restarted server finds none.
+    serve_inside(inside_b, DEV_PORT)
+
+    async def listed_in_b() -> bool:
+        return DEV_PORT in await real.backend.listening_ports(b)
+
+    await wait_until(_reactor(), listed_in_b, timeout=20, step=0.1)
     kept = await real.backend.preview_endpoint(b, DEV_PORT)
     assert kept is not None and host_listeners(kept.port) == {"0100007F"}
     await real.backend.close()
     assert host_listeners(kept.port) == set()
     assert await real.backend.preview_endpoint(b, DEV_PORT) is None
+
+
+MANY_PORTS = Path(__file__).with_name("sandbox_many_ports.py")
+NOBODY = 65534
+
+
+def nobody_connects(port: int) -> int:
+    """connect()'s error number for another local account (nobody) trying 127.0.0.1:port."""
+    probe = (
+        "import socket; s = socket.socket(); s.settimeout(3); "
+        f"print(s.connect_ex(('127.0.0.1', {port})))"
+    )
+    done = subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        + ["/usr/bin/python3", "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    return int(done.stdout)
+
+
+def guarded_ports(data_dir: Path) -> set[int] | None:
+    """The host ports in the server's nftables set; None when its table is gone."""
+    listed = subprocess.run(
+        ["nft", "-j", "list", "set", "ip", table_name(data_dir), "ports"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    if listed.returncode != 0:
+        return None
+    (entry,) = [e["set"] for e in json.loads(listed.stdout)["nftables"] if "set" in e]
+    return set(entry.get("elem", []))
+
+
+@needs_isolation
+@pytest_twisted.ensureDeferred
+async def test_only_the_server_connects_to_forwards(real: Real) -> None:
+    """Another local account (nobody) is refused at once on a preview's forward and on
+    opencode's, which the server (root) reaches; a pause takes their ports out of the host's
+    rule, and the server's stop deletes its table."""
+    sid, _ = await real.create("a", "guarded")
+    serve_inside(real.pid(sid), DEV_PORT)
+
+    async def listed() -> bool:
+        return DEV_PORT in await real.backend.listening_ports(sid)
+
+    await wait_until(_reactor(), listed, timeout=20, step=0.1)
+    preview = await real.backend.preview_endpoint(sid, DEV_PORT)
+    opencode = real.backend.endpoint_now(sid)
+    assert preview is not None and preview != NOT_LISTENING and opencode is not None
+    assert guarded_ports(real.data_dir) == {preview.port, opencode.port}
+    for port in (preview.port, opencode.port):
+        assert nobody_connects(port) == errno.ECONNREFUSED, port
+        assert connects(port)
+    code, body = await fetch(preview)
+    assert code == 200 and b"made in the sandbox" in body
+
+    assert (await real.owner.call("POST", f"/api/sandboxes/{sid}/pause")).code == 200
+    await real.wait(sid, "paused")
+    assert guarded_ports(real.data_dir) == set()
+    await real.backend.close()
+    assert guarded_ports(real.data_dir) is None
+
+
+@needs_isolation
+@pytest_twisted.ensureDeferred
+async def test_forwards_per_sandbox_are_capped(real: Real) -> None:
+    """A sandbox listening on more ports than ``MAX_FORWARDS`` has no more forwards than that
+    on the host, however many are opened: the least recently used one is removed (nothing
+    listens on its host port any more) and the others keep working; host ports lie above
+    the kernel's range for outgoing connections."""
+    sid, _ = await real.create("a", "many")
+    ports = list(range(9000, 9000 + MAX_FORWARDS + 4))
+    started = run_inside(
+        real.pid(sid),
+        f"cat > /tmp/many.py <<'EOF'\n{MANY_PORTS.read_text()}EOF\n"
+        f"setsid python3 /tmp/many.py {ports[0]} {len(ports)} >/dev/null 2>&1 </dev/null &",
+    )
+    assert started.returncode == 0, started.stderr
+
+    async def all_listening() -> bool:
+        return await real.backend.listening_ports(sid) == ports
+
+    await wait_until(_reactor(), all_listening, timeout=20, step=0.1)
+    low, high = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    opened: dict[int, Endpoint] = {}
+    for port in ports:
+        endpoint = await real.backend.preview_endpoint(sid, port)
+        assert endpoint is not None and endpoint != NOT_LISTENING
+        if 65535 - high >= 1000:
+            assert not low <= endpoint.port <= high
+        opened[port] = endpoint
+        if port == ports[0]:  # (used again below, so never the least recently used)
+            continue
+        assert await real.backend.preview_endpoint(sid, ports[0]) == opened[ports[0]]
+    evicted = ports[1:5]  # the four least recently used
+    kept = [p for p in ports if p not in evicted]
+    assert len(kept) == MAX_FORWARDS
+    for port in evicted:
+        assert host_listeners(opened[port].port) == set() and not connects(opened[port].port)
+    for port in kept:
+        assert host_listeners(opened[port].port) == {"0100007F"}
+        code, body = await fetch(opened[port])
+        assert code == 200 and body == f"port {port}".encode(), (port, body)
+    # Opened again, an evicted port gets a new forward (on another host port) that works.
+    again = await real.backend.preview_endpoint(sid, evicted[0])
+    assert again is not None and again.port != opened[evicted[0]].port
+    code, body = await fetch(again)
+    assert code == 200 and body == f"port {evicted[0]}".encode()
+    assert len(real.backend._live[sid].forwards) == MAX_FORWARDS
 
 
 class Echoes(Wire):
@@ -292,6 +411,16 @@ async def test_a_real_dev_server_through_its_preview_address(real: Real) -> None
     assert "theme=dark" in everything
     events = await browser.call("GET", "/events", headers=ours)
     assert events.code == 200 and events.body == b"data: tick 0\n\ndata: tick 1\n\ndata: tick 2\n\n"
+
+    # A port nothing listens on: the proxy's page, and no forward for it.
+    idle_cookie = await open_preview(real, sid, 5999)
+    idle = await browser.call(
+        "GET",
+        "/",
+        headers={"Host": preview_host(sid, 5999), "Cookie": f"cli_sandbox={idle_cookie}"},
+    )
+    assert idle.code == 503 and b"Nothing is listening on 5999" in idle.body, idle.body
+    assert 5999 not in real.backend._live[sid].forwards
 
     wire = await preview_socket(real, host, cookie)
     await wire.echo(b"hello")

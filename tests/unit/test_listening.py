@@ -60,3 +60,14 @@ def test_a_process_gone_lists_nothing(tmp_path: Path) -> None:
     assert listening_ports(tmp_path / "gone", PREVIEW_PORTS) == []
     (tmp_path / "tcp6").write_text(TCP6)  # one table is enough
     assert listening_ports(tmp_path, PREVIEW_PORTS) == [5173, 8000]
+
+
+def test_a_huge_table_is_read_to_a_bound(tmp_path: Path) -> None:
+    """A table beyond the byte bound is read up to it only: the rows past it are not seen."""
+    listener = TCP.splitlines(keepends=True)[2]  # 127.0.0.1:8000 LISTEN
+    late = listener.replace(":1F40", ":1435")  # 127.0.0.1:5173 LISTEN, after the bound
+    (tmp_path / "tcp").write_text(HEADER + listener * 100 + late)
+    assert listening_ports(tmp_path, PREVIEW_PORTS, limit=len(HEADER) + 50 * len(listener)) == [
+        8000
+    ]
+    assert listening_ports(tmp_path, PREVIEW_PORTS) == [5173, 8000]

@@ -4,7 +4,13 @@ Per sandbox, as root:
 - a network namespace of its own (a bind-mounted nsfs file), with slirp4netns giving it a
   user-mode uplink and one forward from 127.0.0.1:<port> on the host to port 4096 inside;
   a preview adds one more forward per port asked for, also on the host's 127.0.0.1 only,
-  which lives as long as that slirp4netns (so a stop, a pause or a server restart ends it);
+  which lives as long as that slirp4netns (so a stop, a pause or a server restart ends it)
+  or until newer ones push it out: at most ``MAX_FORWARDS`` per sandbox, and only for a port
+  something listens on in the sandbox at that moment (a host port taken by a listener is one
+  the kernel no longer gives to the server's own outgoing connections, so a member opening
+  port after port must not use them up); forwards take host ports outside the kernel's range
+  for outgoing connections where it leaves enough, and only the server's uid may connect to
+  them (a host nftables rule, see forward_guard.py);
   ``--disable-host-loopback`` keeps the host's loopback services (our API, PostgreSQL) out
   of reach, and other sandboxes live in other namespaces;
 - an nftables table in that namespace, loaded before anything runs there: the sandbox
@@ -34,11 +40,13 @@ slirp4netns ``--exit-fd`` on a pipe we hold, so even a SIGKILLed server leaves n
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
 import stat
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Container, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,11 +76,13 @@ from cli_server.sandboxes.backend import (
 )
 from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes
 from cli_server.sandboxes.egress import EgressPolicy
+from cli_server.sandboxes.forward_guard import ForwardGuard
 from cli_server.sandboxes.listening import listening_ports
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.output_log import LOG_NAME, OutputLog, read_tail
 from cli_server.sandboxes.unixjson import unix_json_call
 from cli_server.system_accounts import SystemAccount, ensure_system_account
+from cli_server.threads import Runner, synchronous_runner
 
 SANDBOX_ACCOUNT = "cli-sandbox"
 GUEST_PORT = 4096
@@ -94,6 +104,11 @@ table ip cli_previews {{
   }}
 }}
 """
+MAX_FORWARDS = 16  # preview forwards per sandbox; the least recently used goes first
+# What a preview of a port nothing listens on gets: TCP port 0 is never listened on, so
+# connecting is refused at once and the proxy shows its "nothing is listening" page.
+NOT_LISTENING = Endpoint("127.0.0.1", 0)
+_RESTING = 30.0  # seconds a removed forward's host port is not given to another forward
 ARGS_FD = 3  # bubblewrap reads its --setenv arguments from this descriptor
 SECCOMP_FD = 4  # and its seccomp filter from this one
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -219,6 +234,12 @@ def _slirp_watch() -> _Watched:
     return _Watched("slirp4netns", lambda fd, data: fd == 3)  # it writes to --ready-fd=3
 
 
+@frozen
+class _Forward:
+    host_port: int  # on the host's 127.0.0.1
+    id: int  # slirp4netns's, for remove_hostfwd
+
+
 @define(eq=False)
 class _Live:
     port: int
@@ -226,9 +247,9 @@ class _Live:
     sandbox_proto: _Watched
     slirp: Any  # None when unisolated
     slirp_proto: _Watched | None
-    # previews: port inside -> its forward's port on the host's 127.0.0.1, added on first use
+    # previews: port inside -> its forward, added on first use, least recently used first
     # (under the lock: two requests at once add one forward)
-    forwards: dict[int, int] = Factory(dict)
+    forwards: OrderedDict[int, _Forward] = Factory(OrderedDict)
     forwarding: DeferredLock = Factory(DeferredLock)
 
 
@@ -255,10 +276,21 @@ class ProcessBackend:
         default=Factory(lambda self: DiskQuotas.on(self._reactor), takes_self=True)
     )
     _cgroup_root: Path = _CGROUP_ROOT
+    # runs the blocking reads of /proc (the server passes a bounded pool's)
+    _threads: Runner = synchronous_runner
+    # the host's rule that only our uid connects to the forwards
+    _guard: ForwardGuard = field(
+        default=Factory(
+            lambda self: ForwardGuard.on(self._reactor, self._data_dir), takes_self=True
+        )
+    )
     _live: dict[str, _Live] = field(factory=dict, init=False)
     # workspace id -> sandboxes started since its disk was mounted; unmounted when none is left
     _disk_users: dict[str, set[str]] = field(factory=dict, init=False)
     _doors: dict[str, Any] = field(factory=dict, init=False)
+    # host port -> when its forward was removed: a request that picked that forward a moment
+    # before must not reach another sandbox's forward on the same port
+    _resting: dict[int, float] = field(factory=dict, init=False)
     on_exit: ExitListener | None = field(default=None, init=False)
     _unlimited_said: bool = field(default=False, init=False)
     name = "process"
@@ -359,44 +391,70 @@ class ProcessBackend:
         anthropic = self._open_door(spec.id, netns)
         slirp, slirp_proto = self._spawn_slirp(box, netns)
         live: _Live | None = None
+        port = None
         try:
             await _within(self._reactor, slirp_proto.ready, 10, "slirp4netns did not start")
-            port = await self._forward(box, GUEST_PORT)
+            port = (await self._forward(box, GUEST_PORT)).host_port
             sandbox, proto = self._spawn_sandbox(spec, box, netns, opencode, anthropic)
             live = _Live(port, sandbox, proto, slirp, slirp_proto)
             return await self._until_healthy(spec, live)
         except BaseException:
             if live is None:
                 _signal(slirp, "KILL")
+                if port is not None:  # (else _stop_live releases it)
+                    await self._guard.release([port])
             await self._stop_live(spec.id)
             await self._teardown(spec.id)
             raise
 
-    async def _forward(self, box: Path, guest_port: int) -> int:
+    async def _forward(self, box: Path, guest_port: int) -> _Forward:
         """Have the sandbox's slirp4netns forward a free port of the host's 127.0.0.1 (never
-        another address) to ``guest_port`` inside; that host port. A port taken between our
-        pick and slirp's bind is picked again."""
+        another address) to ``guest_port`` inside. A port taken between our pick and slirp's
+        bind is picked again."""
+        now = self._reactor.seconds()
+        for port, since in list(self._resting.items()):
+            if not 0 <= now - since < _RESTING:
+                del self._resting[port]
         refused = None
         for _ in range(3):
-            port = _free_port()
-            reply = await unix_json_call(
-                self._reactor,
-                str(box / "slirp.sock"),
-                {
-                    "execute": "add_hostfwd",
-                    "arguments": {
-                        "proto": "tcp",
-                        "host_addr": "127.0.0.1",
-                        "host_port": port,
-                        "guest_port": guest_port,
+            port = _forward_port(self._resting)
+            await self._guard.admit_only_us(port)  # (before the forward listens)
+            try:
+                reply = await unix_json_call(
+                    self._reactor,
+                    str(box / "slirp.sock"),
+                    {
+                        "execute": "add_hostfwd",
+                        "arguments": {
+                            "proto": "tcp",
+                            "host_addr": "127.0.0.1",
+                            "host_port": port,
+                            "guest_port": guest_port,
+                        },
                     },
-                },
-                timeout=5,
-            )
+                    timeout=5,
+                )
+            except BaseException:
+                await self._guard.release([port])
+                raise
             refused = reply.get("error")
             if refused is None:
-                return port
+                return _Forward(port, int(reply.get("return", {}).get("id", -1)))
+            await self._guard.release([port])
         raise BackendError(f"port forward refused: {refused}")
+
+    async def _unforward(self, box: Path, forward: _Forward) -> None:
+        """Remove one of the sandbox's forwards; its host port rests a while."""
+        reply = await unix_json_call(
+            self._reactor,
+            str(box / "slirp.sock"),
+            {"execute": "remove_hostfwd", "arguments": {"id": forward.id}},
+            timeout=5,
+        )
+        if reply.get("error") is not None:
+            raise BackendError(f"port forward not removed: {reply['error']}")
+        self._resting[forward.host_port] = self._reactor.seconds()
+        await self._guard.release([forward.host_port])
 
     async def _start_unisolated(self, spec: SandboxSpec, box: Path, opencode: Path) -> Endpoint:
         """--allow-unisolated: opencode as a plain process on a loopback port, no namespaces."""
@@ -745,6 +803,13 @@ class ProcessBackend:
             del self._live[sandbox_id]
             if live.slirp is not None:
                 _signal(live.slirp, "TERM")
+            if live.slirp_proto is not None:
+
+                def gone(result: object) -> object:
+                    self._forwards_gone(sandbox_id, live)
+                    return result
+
+                live.slirp_proto.ended.addBoth(gone)
             ended = live.sandbox_proto.reason
             why = exit_reason(
                 getattr(ended, "exitCode", None),
@@ -769,6 +834,20 @@ class ProcessBackend:
         await self._terminate(live.sandbox, live.sandbox_proto, grace=10)
         if live.slirp is not None and live.slirp_proto is not None:
             await self._terminate(live.slirp, live.slirp_proto, grace=5)
+            await self._forwards_gone(sandbox_id, live)
+
+    def _forwards_gone(self, sandbox_id: str, live: _Live) -> Deferred[None]:
+        """Its slirp4netns has ended: its forwards' host ports are anyone's again."""
+        now = self._reactor.seconds()
+        for forward in live.forwards.values():
+            self._resting[forward.host_port] = now
+        ports = [live.port, *(f.host_port for f in live.forwards.values())]
+        released = Deferred.fromCoroutine(self._guard.release(ports))
+        return released.addErrback(
+            lambda f: self._log.warn(
+                "sandbox {sandbox_id}: {why}", sandbox_id=sandbox_id, why=f.value
+            )
+        )
 
     async def _terminate(self, transport: Any, watched: _Watched, grace: float) -> None:
         """SIGTERM, and SIGKILL if it has not exited after ``grace`` seconds."""
@@ -833,9 +912,10 @@ class ProcessBackend:
 
     @deferred
     async def preview_endpoint(self, sandbox_id: str, port: int) -> Endpoint | None:
-        """The host end of the sandbox's forward to ``port``, added on first use and reused
-        while its slirp4netns lives. Nothing of this host is a preview: unisolated sandboxes,
-        which share the host's loopback, have none."""
+        """The host end of the sandbox's forward to ``port``, added on first use if something
+        listens on it (else ``NOT_LISTENING``) and reused while its slirp4netns lives, unless
+        ``MAX_FORWARDS`` newer ones pushed it out. Nothing of this host is a preview:
+        unisolated sandboxes, which share the host's loopback, have none."""
         live = self._live.get(sandbox_id)
         if live is None:
             return None
@@ -844,25 +924,37 @@ class ProcessBackend:
         async with live.forwarding:
             if self._live.get(sandbox_id) is not live:  # stopped while we waited
                 return None
-            if port not in live.forwards:
-                forward = await self._forward(self._sandbox_dir(sandbox_id), port)
-                if self._live.get(sandbox_id) is not live:
-                    return None
-                live.forwards[port] = forward
-            return Endpoint("127.0.0.1", live.forwards[port])
+            known = live.forwards.get(port)
+            if known is not None:
+                live.forwards.move_to_end(port)
+                return Endpoint("127.0.0.1", known.host_port)
+            if port not in await self.listening_ports(sandbox_id):
+                return NOT_LISTENING if self._live.get(sandbox_id) is live else None
+            box = self._sandbox_dir(sandbox_id)
+            while len(live.forwards) >= MAX_FORWARDS and self._live.get(sandbox_id) is live:
+                oldest, forward = next(iter(live.forwards.items()))
+                await self._unforward(box, forward)
+                del live.forwards[oldest]
+            if self._live.get(sandbox_id) is not live:
+                return None
+            forward = await self._forward(box, port)
+            if self._live.get(sandbox_id) is not live:
+                return None
+            live.forwards[port] = forward
+            return Endpoint("127.0.0.1", forward.host_port)
 
     @property
     def lists_ports(self) -> bool:
         return self._isolated  # (unisolated sandboxes have no previews)
 
     def listening_ports(self, sandbox_id: str) -> Deferred[list[int]]:
-        """Read through the sandbox's outer bubblewrap, which sits in its network namespace;
-        opencode and the Anthropic door are not previews."""
+        """Read through the sandbox's outer bubblewrap, which sits in its network namespace,
+        on the thread pool; opencode and the Anthropic door are not previews."""
         live = self._live.get(sandbox_id)
         if live is None or live.slirp is None or live.sandbox.pid is None:
             return succeed([])
         net = Path(f"/proc/{live.sandbox.pid}/net")
-        return succeed(listening_ports(net, PREVIEW_PORTS, (GUEST_PORT, ANTHROPIC_PORT)))
+        return self._threads(listening_ports, net, PREVIEW_PORTS, (GUEST_PORT, ANTHROPIC_PORT))
 
     @deferred
     async def describe(self, sandbox_id: str) -> Observed:
@@ -885,6 +977,7 @@ class ProcessBackend:
         for sandbox_id in list(self._live):
             await self._stop_live(sandbox_id)
             await self._teardown(sandbox_id)
+        await self._guard.close()
         self._disk_users.clear()
         await self._quotas.detach_all(self._data_dir)
 
@@ -913,6 +1006,41 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def forward_ports(port_range: str) -> range:
+    """Where forwards take their host ports, given the kernel's ``ip_local_port_range``: above
+    it (no port there is ever one of the server's outgoing connections'), if that leaves a
+    thousand; else the whole unprivileged range."""
+    try:
+        low, high = (int(n) for n in port_range.split())
+    except ValueError:
+        return range(1024, 65536)
+    above = range(max(high + 1, 1024), 65536)
+    return above if len(above) >= 1000 and low <= high else range(1024, 65536)
+
+
+def _forward_port(resting: Container[int]) -> int:
+    """A port of the host's 127.0.0.1 free now for a forward, ``resting`` ones left out; one
+    the kernel picks if none turns up."""
+    try:
+        wanted = forward_ports(_PORT_RANGE.read_text())
+    except OSError:
+        wanted = range(1024, 65536)
+    for _ in range(64):
+        port = random.choice(wanted)
+        if port in resting:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    return _free_port()
 
 
 def _signal(transport: Any, sig: str) -> None:

@@ -22,19 +22,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from local_api import free_port  # noqa: E402
-from run import HERE, OthersCpu, start_files, stop, wait_listening, ws_echo  # noqa: E402
+from run import (  # noqa: E402
+    HERE,
+    OthersCpu,
+    start_files,
+    stop,
+    wait_listening,
+    write_results,
+    ws_echo,
+)
 from wrk import wrk  # noqa: E402
 
 
@@ -113,19 +119,7 @@ def main() -> None:
                 flush=True,
             )
         summarize(rounds, names, args)
-        args.json.write_text(
-            json.dumps(
-                {
-                    "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                    "args": vars(args),
-                    "cpus": os.cpu_count(),
-                    "rounds": rounds,
-                },
-                indent=1,
-                default=str,
-            )
-        )
-        print(f"\nresults: {args.json}")
+        write_results(args, rounds)
     finally:
         stop(procs, work)
 

@@ -332,6 +332,23 @@ def median_of(rounds: list[dict[str, Any]], target: str, measure: str, key: str)
     return statistics.median(r[target][measure][key] for r in rounds)
 
 
+def write_results(args: argparse.Namespace, rounds: list[dict[str, Any]]) -> None:
+    """Every round, with the arguments and the machine's CPU count, to ``args.json``."""
+    args.json.write_text(
+        json.dumps(
+            {
+                "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "args": vars(args),
+                "cpus": os.cpu_count(),
+                "rounds": rounds,
+            },
+            indent=1,
+            default=str,
+        )
+    )
+    print(f"\nresults: {args.json}")
+
+
 def summarize(rounds: list[dict[str, Any]], names: list[str], args: argparse.Namespace) -> None:
     print(
         f"\n{len(rounds)} interleaved rounds; wrk -t2 -c50 (100 B) / -c10 (1 MiB), "
@@ -512,19 +529,7 @@ def main() -> None:
                     flush=True,
                 )
         summarize(rounds, names, args)
-        args.json.write_text(
-            json.dumps(
-                {
-                    "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                    "args": vars(args),
-                    "cpus": os.cpu_count(),
-                    "rounds": rounds,
-                },
-                indent=1,
-                default=str,
-            )
-        )
-        print(f"\nresults: {args.json}")
+        write_results(args, rounds)
     finally:
         stop(procs, work)
 

@@ -3,6 +3,7 @@
 import { type FormEvent, useCallback, useEffect, useRef, useState } from "react";
 import { ApiError, api, describe, type Ports, type Sandbox } from "./api";
 import { useVisiblePoll } from "./poll";
+import { useCopy } from "./useCopy";
 
 /** The port opencode itself serves on: its own subdomain, never a preview. */
 export const OPENCODE_PORT = 4096;
@@ -211,22 +212,8 @@ function PreviewRow({
 }
 
 function CopyButton({ text, label }: { text: string; label: string }) {
-  const [copied, setCopied] = useState<"yes" | "no" | null>(null);
-  useEffect(() => {
-    if (copied === null) return;
-    const timer = setTimeout(() => setCopied(null), 2000);
-    return () => clearTimeout(timer);
-  }, [copied]);
-
-  async function copy() {
-    try {
-      await navigator.clipboard.writeText(text);
-      setCopied("yes");
-    } catch {
-      // No clipboard here (an insecure origin, a refusal): the address is shown beside it.
-      setCopied("no");
-    }
-  }
+  // (with no clipboard, the address is shown beside the button)
+  const [copied, copy] = useCopy(text);
 
   return (
     <>

@@ -13,6 +13,7 @@ import { LocalAgentButton } from "./LocalAgent";
 import { openInNewTab, Previews } from "./Previews";
 import { Usage } from "./Usage";
 import { Alert, useAction } from "./useAction";
+import { useCopy } from "./useCopy";
 import { absolute, ago, span } from "./when";
 
 const MOVING = new Set(["creating", "resuming", "pausing"]);
@@ -359,24 +360,9 @@ function PausedLine({ sandbox: s, now }: { sandbox: Sandbox; now: number }) {
 }
 
 function CopyLink({ url, name }: { url: string; name: string }) {
-  const [copied, setCopied] = useState<"yes" | "no" | null>(null);
   const input = useRef<HTMLInputElement>(null);
-  useEffect(() => {
-    if (copied === null) return;
-    const timer = setTimeout(() => setCopied(null), 2000);
-    return () => clearTimeout(timer);
-  }, [copied]);
-
-  async function copy() {
-    try {
-      await navigator.clipboard.writeText(url);
-      setCopied("yes");
-    } catch {
-      // No clipboard here (an insecure origin, a refusal): select it for Ctrl+C instead.
-      input.current?.select();
-      setCopied("no");
-    }
-  }
+  // (with no clipboard, the address is selected for Ctrl+C instead)
+  const [copied, copy] = useCopy(url, () => input.current?.select());
 
   return (
     <div className="row tight copy-link">

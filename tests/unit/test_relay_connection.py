@@ -313,6 +313,13 @@ def test_a_sandbox_connection_that_closes_between_requests_is_replaced() -> None
 def test_a_sandbox_that_cannot_be_reached_sends_the_request_back_whole() -> None:
     """Nothing listens at the grant's address: the server tries the request itself (and asks
     the backend where the sandbox is now)."""
+    why, data = _granted_where_nothing_listens(GRANT, get(b"/a"))
+    assert why is Back.DROPPED and data == get(b"/a")
+
+
+def _granted_where_nothing_listens(grant: Grant, first: bytes) -> tuple[Back, bytes]:
+    """A connection granted to an address nothing listens at, with ``first`` read already:
+    what the worker gives back to the server."""
     k = Kept.__new__(Kept)
     k.now = 100.0
     k.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -321,12 +328,12 @@ def test_a_sandbox_that_cannot_be_reached_sends_the_request_back_whole() -> None
     closed = socket.create_server(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()
-    message = keep_message(7, k.now + 1, GRANT._replace(port=port), get(b"/a"))
+    message = keep_message(7, k.now + 1, grant._replace(port=port), first)
     socket.send_fds(k.control, [message], [near.fileno()])
     near.close()
     k.turn()
     why, data, _ = k.back()
-    assert why is Back.DROPPED and data == get(b"/a")
+    return why, data
 
 
 def test_a_silent_sandbox_times_out_and_an_idle_browser_is_closed() -> None:
@@ -765,18 +772,6 @@ def test_a_grant_that_would_carry_a_credential_to_a_preview_relays_nothing() -> 
 def test_nothing_listening_on_a_preview_port_sends_the_request_back_whole() -> None:
     """A dev server not started yet: the connection is refused, and the server gets the
     request back unsent, to answer with its "nothing is listening" page."""
-    k = Kept.__new__(Kept)
-    k.now = 100.0
-    k.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    k.relay = Worker(theirs, clock=lambda: k.now)
-    k.browser, near = socket.socketpair()
-    closed = socket.create_server(("127.0.0.1", 0))
-    port = closed.getsockname()[1]
-    closed.close()
     first = get(b"/x", b"Content-Length: 6", host=PREVIEW_HOST).replace(b"GET", b"POST") + b"form=1"
-    message = keep_message(7, k.now + 1, PREVIEW._replace(port=port), first)
-    socket.send_fds(k.control, [message], [near.fileno()])
-    near.close()
-    k.turn()
-    why, data, _ = k.back()
+    why, data = _granted_where_nothing_listens(PREVIEW, first)
     assert why is Back.DROPPED and data == first

@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -64,6 +65,45 @@ def run_journey(
     print(f"\n{result.stdout}(browser run {label}: {time.monotonic() - began:.1f} s)")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
+
+
+def converse(
+    script: str, base_url: str, home: Path, answer: Callable[[str], str | None]
+) -> tuple[int, list[str], str]:
+    """Runs a journey that asks the test for things by lines of its own: each line goes to
+    ``answer``, and what it returns (None: nothing) goes back to the journey as a line. Killed
+    after 600 s whatever it does; prints what it said and how long it took; returns its exit
+    code, its lines and its stderr."""
+    began = time.monotonic()
+    journey = subprocess.Popen(
+        journey_argv(script, base_url),
+        cwd=WEBUI,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=browser_env(home),
+    )
+    watchdog = threading.Timer(600, journey.kill)
+    watchdog.start()
+    said: list[str] = []
+    try:
+        assert journey.stdout is not None and journey.stdin is not None
+        for line in journey.stdout:
+            said.append(line)
+            reply = answer(line)
+            if reply is not None:
+                journey.stdin.write(reply + "\n")
+                journey.stdin.flush()
+        code = journey.wait(timeout=30)
+        errors = journey.stderr.read() if journey.stderr is not None else ""
+    finally:
+        watchdog.cancel()
+        if journey.poll() is None:
+            journey.kill()
+            journey.wait()
+    print(f"\n{''.join(said)}(browser run {script}: {time.monotonic() - began:.1f} s)")
+    return code, said, errors
 
 
 @contextmanager

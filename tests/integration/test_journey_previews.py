@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,9 +19,7 @@ from pathlib import Path
 from .daemon import twistd
 from .helpers import free_port, needs_isolation, remove_dir, scratch_dir
 from .journeys import (
-    WEBUI,
-    browser_env,
-    journey_argv,
+    converse,
     origin,
     require_web_ui,
     run_journey,
@@ -87,55 +84,28 @@ done
 @needs_isolation
 def test_previews_journey(data_dir: Path) -> None:
     require_web_ui()
+    servers: list[tuple[int, int]] = []  # (opencode's pid, the dev server's pid inside)
+
+    def serve(line: str) -> str | None:
+        """Starts the dev servers in the sandbox of each ``SERVE <id>`` the journey asks for."""
+        if not line.startswith("SERVE "):
+            return None
+        sandbox_id = line.split()[1]
+        root_pid = int((data_dir / "sandboxes" / sandbox_id / "pid").read_text())
+        pid = opencode_pid(root_pid)
+        servers.extend((pid, inside) for inside in start_dev_servers(pid))
+        return "served"
+
     with running_daemon(data_dir) as server:
-        began = time.monotonic()
-        journey = subprocess.Popen(
-            journey_argv("previews.mjs", origin(server)),
-            cwd=WEBUI,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=browser_env(data_dir.parent),
-        )
-        code, said, errors = _serve_when_asked(journey, data_dir)
-    print(f"\n{''.join(said)}(browser run {time.monotonic() - began:.1f} s)")
+        try:
+            code, said, errors = converse("previews.mjs", origin(server), data_dir.parent, serve)
+        finally:
+            for pid, inside in servers:  # (the sandbox's end would stop them too)
+                run_inside(pid, f"kill {inside} 2>/dev/null || true")
     assert code == 0, "".join(said)[-3000:] + errors[-3000:]
     assert any(line.startswith(f"port {PORT} listed") for line in said), said
     assert any(line.startswith("preview rendered") for line in said), said
     assert any(line.startswith("live preview") for line in said), said
-
-
-def _serve_when_asked(journey: subprocess.Popen[str], data_dir: Path) -> tuple[int, list[str], str]:
-    """Reads the journey to its end, starting the dev server in the sandbox of each
-    ``SERVE <id>`` it asks for (and stopping it at the end); returns its exit code, its lines
-    and its stderr."""
-    # Bounded: whatever the journey does, it is killed after this.
-    watchdog = threading.Timer(600, journey.kill)
-    watchdog.start()
-    said: list[str] = []
-    servers: list[tuple[int, int]] = []  # (opencode's pid, the dev server's pid inside)
-    try:
-        assert journey.stdout is not None and journey.stdin is not None
-        for line in journey.stdout:
-            said.append(line)
-            if line.startswith("SERVE "):
-                sandbox_id = line.split()[1]
-                root_pid = int((data_dir / "sandboxes" / sandbox_id / "pid").read_text())
-                pid = opencode_pid(root_pid)
-                servers += [(pid, inside) for inside in start_dev_servers(pid)]
-                journey.stdin.write("served\n")
-                journey.stdin.flush()
-        code = journey.wait(timeout=30)
-        errors = journey.stderr.read() if journey.stderr is not None else ""
-    finally:
-        watchdog.cancel()
-        if journey.poll() is None:
-            journey.kill()
-            journey.wait()
-        for pid, inside in servers:  # (the sandbox's end would stop it too)
-            run_inside(pid, f"kill {inside} 2>/dev/null || true")
-    return code, said, errors
 
 
 @contextmanager

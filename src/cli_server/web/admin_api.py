@@ -29,24 +29,24 @@ class AdminAPI:
     app = Klein()
     install_json_errors(app)
 
-    @route(app, "/users", methods=["GET"])
+    @route(app, "/users", methods=["GET"], scope="admin")
     async def users(self, request: IRequest, user: User) -> bytes:
         _the_admin(user)
         return json_response(request, await self._admin.users())
 
-    @route(app, "/users/<user_id>/disable", methods=["POST"])
+    @route(app, "/users/<user_id>/disable", methods=["POST"], scope="admin")
     async def disable(self, request: IRequest, user: User, user_id: str) -> bytes:
         admin = _the_admin(user)
         await self._admin.set_disabled(admin.id, parse_id(user_id, "user"), True)
         return no_content(request)
 
-    @route(app, "/users/<user_id>/enable", methods=["POST"])
+    @route(app, "/users/<user_id>/enable", methods=["POST"], scope="admin")
     async def enable(self, request: IRequest, user: User, user_id: str) -> bytes:
         admin = _the_admin(user)
         await self._admin.set_disabled(admin.id, parse_id(user_id, "user"), False)
         return no_content(request)
 
-    @route(app, "/users/<user_id>/password", methods=["POST"])
+    @route(app, "/users/<user_id>/password", methods=["POST"], scope="admin")
     async def reset_password(self, request: IRequest, user: User, user_id: str) -> bytes:
         """A temporary password, in this answer only; the user's sessions end."""
         admin = _the_admin(user)
@@ -59,7 +59,7 @@ class AdminAPI:
         password = await self._admin.reset_password(uid)
         return json_response(request, {"password": password})
 
-    @route(app, "/signup-links", methods=["POST"])
+    @route(app, "/signup-links", methods=["POST"], scope="admin")
     async def create_signup_link(self, request: IRequest, user: User) -> bytes:
         admin = _the_admin(user)
         token, expires_at = await self._admin.create_signup_link(admin.id, SIGNUP_LINK_SECONDS)
@@ -70,12 +70,12 @@ class AdminAPI:
             request, {"url": url, "expires_at": expires_at, "mode": self._registration}, 201
         )
 
-    @route(app, "/signup-links", methods=["GET"])
+    @route(app, "/signup-links", methods=["GET"], scope="admin")
     async def signup_links(self, request: IRequest, user: User) -> bytes:
         _the_admin(user)
         return json_response(request, await self._admin.signup_links())
 
-    @route(app, "/signup-links/<link_id>", methods=["DELETE"])
+    @route(app, "/signup-links/<link_id>", methods=["DELETE"], scope="admin")
     async def revoke_signup_link(self, request: IRequest, user: User, link_id: str) -> bytes:
         _the_admin(user)
         await self._admin.revoke_signup_link(parse_id(link_id, "signup_link"))

@@ -169,7 +169,7 @@ class AuthAPI:
             wait, why = waiting
             raise TooManyRequests(f"{why}; try again in {wait_in_words(wait)}", retry_after=wait)
 
-    @route(app, "/password", methods=["PUT"])
+    @route(app, "/password", methods=["PUT"], scope="session")
     async def change_password(self, request: IRequest, user: User) -> bytes:
         """A new password; the user's other sessions and all sandbox sessions end. A wrong
         current password counts as a failed login, so this is no way around the guard. An
@@ -202,14 +202,14 @@ class AuthAPI:
         await self._accounts.set_password(user.id, new, keep_token=self._cookies.token(request))
         return no_content(request)
 
-    @route(app, "/sessions", methods=["GET"])
+    @route(app, "/sessions", methods=["GET"], scope="session")
     async def sessions(self, request: IRequest, user: User) -> bytes:
         token = self._cookies.token(request)
         assert token is not None  # (a user was found from it)
         listed = await self._accounts.sessions(user.id, token)
         return json_response(request, [s.to_json() for s in listed])
 
-    @route(app, "/sessions/<session_id>", methods=["DELETE"])
+    @route(app, "/sessions/<session_id>", methods=["DELETE"], scope="session")
     async def revoke_session(self, request: IRequest, user: User, session_id: str) -> bytes:
         """Signs one of the caller's sessions out (the current one too: that is a logout).
         Sandbox sessions are not tied to one login, so all of the user's end with it."""
@@ -223,7 +223,7 @@ class AuthAPI:
             self._cookies.clear(request)
         return no_content(request)
 
-    @route(app, "/logout", methods=["POST"])
+    @route(app, "/logout", methods=["POST"], scope="session")
     async def logout(self, request: IRequest, user: User) -> bytes:
         token = self._cookies.token(request)
         assert token is not None
@@ -240,13 +240,13 @@ class AuthAPI:
     def providers(self, request: IRequest) -> bytes:
         return json_response(request, self._providers())
 
-    @route(app, "/identities", methods=["GET"])
+    @route(app, "/identities", methods=["GET"], scope="session")
     async def identities(self, request: IRequest, user: User) -> bytes:
         """The caller's own linked sign-ins."""
         listed = await self._identities.listed(user.id) if self._identities else []
         return json_response(request, [i.to_json() for i in listed])
 
-    @route(app, "/identities/<identity_id>", methods=["DELETE"])
+    @route(app, "/identities/<identity_id>", methods=["DELETE"], scope="session")
     async def unlink_identity(self, request: IRequest, user: User, identity_id: str) -> bytes:
         """Unlinks one of the caller's identities; never their last way to sign in."""
         iid = parse_id(identity_id, "identity")

@@ -7,15 +7,22 @@ first, on every route, public ones too; so a state-changing route cannot be decl
 without it. ``public=True`` routes (login, register, health, single sign-on...) get no user:
 ``handler(self, request, **path_args)``.
 
+The declaration also says what the route is for the API document and for API tokens:
+``scope`` is the least token scope that may call it (``read`` for safe methods and ``write``
+for the others unless declared; ``admin`` for the instance admin's and the token routes;
+``session`` for what only a signed-in browser may do, such as changing the password), and
+``body`` / ``answers`` are the JSON Schemas of the request body and of each status's answer
+(``web.schemas``).
+
 The instance the app belongs to holds the ``SessionCookies`` as ``_cookies``.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import wraps
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from attrs import frozen
 from klein import Klein
@@ -26,6 +33,8 @@ from cli_server.web.session import SessionCookies
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 Handler = Callable[..., Any]
+Scope = Literal["read", "write", "admin", "session"]
+Schema = Mapping[str, Any]  # a JSON Schema (draft 2020-12, as OpenAPI 3.1 uses)
 
 
 class HasSession(Protocol):
@@ -43,6 +52,10 @@ class Declaration:
     path: str
     methods: tuple[str, ...]
     public: bool
+    scope: Scope
+    summary: str
+    body: Schema | None
+    answers: Mapping[int, Schema | None]
 
 
 # By ``id(app)``: Klein apps compare by value (unhashable); ours are class attributes, alive
@@ -66,10 +79,17 @@ def route(
     *,
     methods: Sequence[str],
     public: bool = False,
+    scope: Scope | None = None,
+    body: Schema | None = None,
+    answers: Mapping[int, Schema | None] | None = None,
     **options: Any,
 ) -> Callable[[Handler], Handler]:
-    """Declare ``path`` on ``app`` (``options`` go to Klein: ``branch``, ``strict_slashes``)."""
+    """Declare ``path`` on ``app`` (``options`` go to Klein: ``branch``, ``strict_slashes``).
+
+    ``answers`` maps each success status to its body's schema (``None``: no body).
+    """
     allowed = tuple(m.upper() for m in methods)
+    least: Scope = scope or ("read" if set(allowed) <= SAFE_METHODS else "write")
 
     def declare(handler: Handler) -> Handler:
         @wraps(handler)
@@ -87,7 +107,16 @@ def route(
 
         app.route(path, methods=list(allowed), **options)(guarded)
         _declared.setdefault(id(app), []).append(
-            Declaration(handler.__name__, path, allowed, public)
+            Declaration(
+                handler.__name__,
+                path,
+                allowed,
+                public,
+                least,
+                inspect.getdoc(handler) or "",
+                body,
+                dict(answers or {}),
+            )
         )
         return guarded
 

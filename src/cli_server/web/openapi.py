@@ -81,6 +81,29 @@ def operations(apps: Iterable[MountedApp]) -> Iterator[tuple[MountedApp, str, st
                 yield mounted, path, method.lower(), declaration
 
 
+def problems(apps: Sequence[MountedApp]) -> list[str]:
+    """What keeps the document from describing every REST route, one sentence each: a route
+    without a success answer or a docstring, an operation id used twice, or an entry of
+    ``NOT_REST`` that is no route of MainSite."""
+    found: list[str] = []
+    ids: dict[str, str] = {}
+    for _, path, method, declaration in operations(apps):
+        where = f"{method.upper()} {path} ({declaration.endpoint})"
+        if not any(200 <= status < 400 for status in declaration.answers):
+            found.append(f"{where}: declare its answers, e.g. route(..., answers={{200: ...}})")
+        if not declaration.summary.strip():
+            found.append(f"{where}: write a docstring; its first sentence is the summary")
+        operation_id = _operation_id(declaration, method)
+        if ids.setdefault(operation_id, where) != where:
+            found.append(f"{where}: operation id {operation_id!r} taken by {ids[operation_id]}")
+    for site in (m for m in apps if m.prefix == ""):
+        routes = declared(site.app)
+        found += [
+            f"NOT_REST names {n!r}, no route of MainSite" for n in NOT_REST if n not in routes
+        ]
+    return found
+
+
 def _openapi_path(pattern: str) -> str:
     """Klein's ``/a/<b>/<int:c>/`` as OpenAPI's ``/a/{b}/{c}`` (no trailing slash: the
     routes that have one take the path without it too)."""
@@ -154,7 +177,7 @@ def _operation(
 ) -> dict[str, Any]:
     summary, description = _summary(declaration.summary)
     operation: dict[str, Any] = {
-        "operationId": declaration.endpoint,
+        "operationId": _operation_id(declaration, method),
         "tags": [mounted.tag],
         "summary": summary,
     }
@@ -192,6 +215,12 @@ def _operation(
         )
         operation["x-token-scope"] = declaration.scope
     return operation
+
+
+def _operation_id(declaration: Declaration, method: str) -> str:
+    """The endpoint's name; with its method when it declares several (HEAD aside)."""
+    methods = [m for m in declaration.methods if m != "HEAD" or "GET" not in declaration.methods]
+    return declaration.endpoint if len(methods) == 1 else f"{declaration.endpoint}_{method}"
 
 
 def _summary(docstring: str) -> tuple[str, str | None]:

@@ -142,9 +142,10 @@ class WorkspacesAPI:
         answers={200: MEMBER_ADDED, 201: MEMBER_ADDED, 409: ERROR},
     )
     async def add_member(self, request: IRequest, user: User, workspace_id: str) -> bytes:
-        """Invite someone (201 ``{"status": "invited", "invitation_id"}``; 200 when the same
-        invitation was pending already), or add them where the operator allows direct adds
-        (``{"status": "member"}``)."""
+        """Invites someone (maintainers and up; only owners invite owners): 201
+        ``{"status": "invited", "invitation_id"}``, 200 when the same invitation was pending
+        already; or adds them where the operator allows direct adds (``{"status": "member"}``).
+        ``role`` defaults to developer."""
         wid = parse_id(workspace_id, "workspace")
         await self._workspaces.role_of(wid, user.id)
         body = read_json_object(request)
@@ -224,7 +225,8 @@ class WorkspacesAPI:
 
     @route(app, "/<workspace_id>/agent-code", methods=["POST"], answers={201: AGENT_CODE})
     async def agent_code(self, request: IRequest, user: User, workspace_id: str) -> bytes:
-        """A one-time code (10 minutes) with which a laptop's agent joins the workspace."""
+        """A one-time code (10 minutes; developers and up) with which a laptop's agent joins
+        the workspace (``POST /api/agent/register``)."""
         wid = parse_id(workspace_id, "workspace")
         return json_response(request, await self._agents.mint_code(wid, user.id), 201)
 

@@ -4,6 +4,7 @@ documented status and a body its schema accepts; documented errors match ``Error
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -248,3 +249,45 @@ def test_a_wrong_answer_is_caught() -> None:
             document.check("GET", "/api/things/1", status, body, "application/json")
     with pytest.raises(AssertionError, match="not in the API document"):
         document.check("GET", "/api/other", 200, good, "application/json")
+
+
+def _fill(path: str, ids: dict[str, str]) -> str:
+    return re.sub(r"\{([a-z_]+)\}", lambda m: ids.get(m.group(1), str(uuid.uuid4())), path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_operation_refuses_as_documented(server: Running) -> None:
+    """Signed out, every operation that needs credentials answers 401; every body that is
+    not a JSON object, or not JSON at all, answers 400 naming ``body`` or 415; each status
+    documented for its operation, each body an ``Error``."""
+    app, document = server, await _document(server)
+    owner = await _signed_in(app, document, "olga")
+    assert owner.user is not None
+    wid = (await _ok(owner, "POST", "/api/workspaces", {"name": "w"}, 201))["id"]
+    sid = (await _ok(owner, "POST", f"/api/workspaces/{wid}/sandboxes", {"name": "s"}, 201))["id"]
+    uid = str(owner.user["id"])
+    ids = {"workspace_id": wid, "sandbox_id": sid, "member_id": uid, "user_id": uid}
+    anonymous = _client(app, document)
+    operations = [
+        (path, method.upper(), operation)
+        for path, item in document.document["paths"].items()
+        for method, operation in item.items()
+    ]
+    signed_out = [(p, m) for p, m, op in operations if "security" in op]
+    assert len(signed_out) > 35
+    for path, method in signed_out:
+        reply = await anonymous.call(method, _fill(path, ids), {} if method != "GET" else None)
+        assert (reply.code, reply.error_code) == (401, "unauthorized"), (method, path, reply)
+    with_body = [(p, m) for p, m, op in operations if "requestBody" in op]
+    assert len(with_body) >= 10
+    for path, method in with_body:
+        where = _fill(path, ids)
+        not_object = await owner.call(method, where, [])
+        assert (not_object.code, not_object.body["error"].get("field")) == (400, "body"), (
+            method,
+            path,
+            not_object,
+        )
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        not_json = await owner.call(method, where, raw=b"a=1", headers=form)
+        assert not_json.code == 415, (method, path, not_json)

@@ -4,6 +4,7 @@ documented status and a body its schema accepts; documented errors match ``Error
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -16,7 +17,9 @@ from jsonschema import Draft202012Validator
 
 from cli_server.config import GithubLogin
 from cli_server.sso.claims import Claims
+from cli_server.web.openapi import api_document
 from cli_server.web.schemas import ERROR
+from cli_server.web.site import APPS
 
 from .api_document import ApiDocument
 from .conftest import Running, server_config, start_server, stop_server
@@ -40,6 +43,8 @@ async def _document(app: Running) -> ApiDocument:
     assert fetched.code == 200 and fetched.headers.getRawHeaders(b"content-type") == [
         b"application/json; charset=utf-8"
     ]
+    # the document the declarations make, as built once when the server started
+    assert fetched.body == json.loads(json.dumps(api_document(APPS)))
     return ApiDocument(fetched.body)
 
 

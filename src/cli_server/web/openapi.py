@@ -43,7 +43,7 @@ END = "<!-- END GENERATED API REFERENCE -->"
 REGENERATE = "python -m cli_server.web.openapi --write docs/api.md"
 
 _ARGUMENT = re.compile(r"<(?:[a-z_]+:)?([a-z_]+)>")
-_ORDER = ("get", "post", "put", "patch", "delete")
+_ORDER = ("get", "head", "options", "post", "put", "patch", "delete")
 _COOKIE = "sessionCookie"
 _BEARER = "bearerAuth"
 
@@ -66,7 +66,7 @@ def operations(apps: Iterable[MountedApp]) -> Iterator[tuple[MountedApp, str, st
     declared rule of each app, once (HEAD goes with GET), but those of ``NOT_REST``."""
     for mounted in apps:
         names = declared(mounted.app)
-        seen = set()
+        seen: set[str] = set()
         for rule in mounted.app.url_map.iter_rules():
             declaration = names[rule.endpoint]
             if declaration.endpoint in seen or (
@@ -299,8 +299,9 @@ def markdown(document: Mapping[str, Any]) -> str:
         "",
         "## Reference",
         "",
-        f"OpenAPI {document['openapi']}, cli-server {document['info']['version']}: "
-        "`GET /api/openapi.json` serves this document as JSON. **Scope** is the least token "
+        # (not the version: a release would make this part stale)
+        f"OpenAPI {document['openapi']}: `GET /api/openapi.json` serves the document this "
+        "reference is rendered from, as JSON. **Scope** is the least token "
         "scope an operation takes (`session`: a signed-in browser only; `public`: no "
         "credentials).",
         "",

@@ -4,7 +4,10 @@ non-public operation with its security and token scope, and docs/api.md rendered
 
 from __future__ import annotations
 
+import io
+import json
 import re
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from cli_server.web.openapi import (
     NOT_REST,
     REGENERATE,
     api_document,
+    main,
     markdown,
     operations,
     problems,
@@ -245,3 +249,30 @@ class ReferenceTests(SynchronousTestCase):
                 self.assertIn(f"#### `{method.upper()} {path}`", rendered)
         for name in document["components"]["schemas"]:
             self.assertIn(f"#### {name}\n", rendered)
+
+
+class CommandTests(SynchronousTestCase):
+    def test_write_replaces_only_the_generated_part(self) -> None:
+        """``--write`` replaces what is between the markers, keeps the rest, and says whether
+        it changed anything; ``--markdown`` prints the same reference."""
+        path = Path(self.mktemp())
+        path.write_text(f"# Hand-written\n\nKept.\n\n{BEGIN}\nold\n{END}\n\nAfter.\n")
+        printed = io.StringIO()
+        with redirect_stdout(printed):
+            main(["--write", str(path)])
+            main(["--write", str(path)])
+        self.assertEqual(printed.getvalue(), f"{path}: updated\n{path}: up to date\n")
+        text = path.read_text()
+        wanted = markdown(api_document(APPS))
+        self.assertEqual(text, f"# Hand-written\n\nKept.\n\n{wanted}\nAfter.\n")
+        reference = io.StringIO()
+        with redirect_stdout(reference):
+            main(["--markdown"])
+        self.assertEqual(reference.getvalue(), wanted)
+
+    def test_prints_the_document(self) -> None:
+        """With no option it prints the document as JSON."""
+        printed = io.StringIO()
+        with redirect_stdout(printed):
+            main([])
+        self.assertEqual(json.loads(printed.getvalue()), json.loads(json.dumps(api_document(APPS))))

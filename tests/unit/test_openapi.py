@@ -127,6 +127,21 @@ class DocumentTests(SynchronousTestCase):
         scopes = {d.scope for d in declarations.values() if not d.public}
         self.assertEqual(scopes, {"read", "write", "admin", "session"})
 
+    def test_parameters(self) -> None:
+        """Path arguments are required path parameters (ids as UUIDs); declared query
+        parameters are optional query parameters with their descriptions."""
+        login = self.document["paths"]["/api/auth/oidc/{provider}/login"]["get"]
+        self.assertEqual(
+            [(p["name"], p["in"], p["required"]) for p in login["parameters"]],
+            [("provider", "path", True), ("return_to", "query", False), ("link", "query", False)],
+        )
+        self.assertIn("link the identity", login["parameters"][2]["description"])
+        member = self.document["paths"]["/api/workspaces/{workspace_id}/members/{member_id}"]
+        self.assertEqual(
+            [p["schema"] for p in member["put"]["parameters"]],
+            [{"type": "string", "format": "uuid"}] * 2,
+        )
+
     def test_session_cookie_name_over_https(self) -> None:
         """The document names the cookie the server sets: ``__Host-cli_session`` over https."""
         secure = api_document(APPS, cookie="__Host-cli_session")

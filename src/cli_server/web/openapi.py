@@ -192,6 +192,17 @@ def _operation(
         }
         for name in re.findall(r"\{([a-z_]+)\}", path)
     ]
+    query = declaration.query or {}
+    for name, schema in query.get("properties", {}).items():
+        parameter = {
+            "name": name,
+            "in": "query",
+            "required": name in query.get("required", ()),
+            "schema": _with_refs({k: v for k, v in schema.items() if k != "description"}, names),
+        }
+        if "description" in schema:
+            parameter["description"] = schema["description"]
+        parameters.append(parameter)
     if parameters:
         operation["parameters"] = parameters
     body = declaration.body
@@ -343,6 +354,15 @@ def _markdown_operation(path: str, method: str, operation: Mapping[str, Any]) ->
     if errors:
         facts.append("errors " + ", ".join(errors))
     lines = [f"#### `{method.upper()} {path}`", "", about.replace("``", "`"), "", *_facts(facts)]
+    query = [p for p in operation.get("parameters", ()) if p["in"] == "query"]
+    if query:
+        lines += ["Query parameters:", "", "| name | type | |", "|---|---|---|"]
+        for parameter in query:
+            notes = ["required" if parameter["required"] else "optional"]
+            notes += [parameter["description"]] if "description" in parameter else []
+            shown = _type_name(parameter["schema"])
+            lines.append(f"| `{parameter['name']}` | {shown} | {'; '.join(notes)} |")
+        lines.append("")
     body = operation.get("requestBody")
     if body is not None:
         schema = body["content"]["application/json"]["schema"]

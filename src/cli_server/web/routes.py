@@ -14,6 +14,8 @@ for the others unless declared; ``admin`` for the instance admin's and the token
 ``body`` / ``answers`` are the JSON Schemas of the request body and of each status's answer
 (``web.schemas``): every success status, and the error statuses particular to the route (409,
 429...) with ``ERROR``; the API document adds those every route of its kind may answer.
+``query`` is the schema of the query parameters a route reads (an object of strings; a route
+that refuses bad ones lists its 400).
 
 The instance the app belongs to holds the ``SessionCookies`` as ``_cookies``.
 """
@@ -57,6 +59,7 @@ class Declaration:
     summary: str
     body: Schema | None
     answers: Mapping[int, Schema | None]
+    query: Schema | None = None
 
 
 # By ``id(app)``: Klein apps compare by value (unhashable); ours are class attributes, alive
@@ -83,6 +86,7 @@ def route(
     scope: Scope | None = None,
     body: Schema | None = None,
     answers: Mapping[int, Schema | None] | None = None,
+    query: Schema | None = None,
     **options: Any,
 ) -> Callable[[Handler], Handler]:
     """Declare ``path`` on ``app`` (``options`` go to Klein: ``branch``, ``strict_slashes``).
@@ -117,6 +121,7 @@ def route(
                 inspect.getdoc(handler) or "",
                 body,
                 dict(answers or {}),
+                query=query,
             )
         )
         return guarded

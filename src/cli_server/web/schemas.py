@@ -138,6 +138,21 @@ IDENTITY: Schema = answer(
     }
 )
 
+SSO_LOGIN_QUERY: Schema = obj(
+    {},
+    {
+        "return_to": {**TEXT, "description": "a path of this site to land on afterwards"},
+        "link": {**TEXT, "description": "1 or true: link the identity to the signed-in account"},
+    },
+)
+SSO_CALLBACK_QUERY: Schema = obj(
+    {},
+    {
+        "state": {**TEXT, "description": "the state this server gave the provider"},
+        "code": {**TEXT, "description": "the provider's authorization code"},
+        "error": {**TEXT, "description": "the provider's refusal"},
+    },
+)
 REGISTER_BODY: Schema = obj(
     {"username": text(min=3, max=32), "password": text(min=8, max=1024)},
     {"email": nullable(text(max=254)), "invite": nullable(text(max=200))},

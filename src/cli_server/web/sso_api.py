@@ -25,7 +25,7 @@ from cli_server.web.auth_api import FRESH_SIGN_IN
 from cli_server.web.request import client_host
 from cli_server.web.responses import install_json_errors
 from cli_server.web.routes import route
-from cli_server.web.schemas import ERROR, NO_BODY
+from cli_server.web.schemas import ERROR, NO_BODY, SSO_CALLBACK_QUERY, SSO_LOGIN_QUERY
 from cli_server.web.session import SessionCookies, expire_cookie
 
 log = Logger()
@@ -57,6 +57,7 @@ class SsoAPI:
         "/<provider>/login",
         methods=["GET"],
         public=True,
+        query=SSO_LOGIN_QUERY,
         answers={302: NO_BODY, 303: NO_BODY, 401: ERROR, 403: ERROR},
     )
     async def sso_login(self, request: IRequest, provider: str) -> bytes:
@@ -105,7 +106,14 @@ class SsoAPI:
         )
         return _redirect(request, 302, url)
 
-    @route(app, "/<provider>/callback", methods=["GET"], public=True, answers={303: NO_BODY})
+    @route(
+        app,
+        "/<provider>/callback",
+        methods=["GET"],
+        public=True,
+        query=SSO_CALLBACK_QUERY,
+        answers={303: NO_BODY},
+    )
     async def sso_callback(self, request: IRequest, provider: str) -> bytes:
         """The provider's redirect back: signs in (or links) and redirects (303) to the
         page asked for, or to ``/?sso_error=<code>``."""

@@ -102,6 +102,11 @@ class SessionCookies:
         """
         if request.method in _SAFE_METHODS:
             return
+        if bearer_credential(request) is not None:
+            # A token request (a mount's branch sees it before the route's guard does): no
+            # browser adds Authorization to a request of another origin without CORS, which
+            # we never grant, so no page of another origin can make one.
+            return
         raw = request.getHeader(b"origin")
         if raw is None:
             return  # not a browser, or a same-origin navigation of an old browser

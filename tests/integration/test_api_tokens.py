@@ -367,6 +367,14 @@ async def test_a_workspace_token_sees_only_its_workspace(app: Running) -> None:
     (row,) = await app.db.query("SELECT id FROM api_tokens WHERE name = 'all of them'")
     assert (await manage("DELETE", f"/api/auth/tokens/{row['id']}")).code == 404
     assert (await _as(app, unrestricted)("GET", "/api/auth/me")).code == 200
+    # Revoking the token that made one revokes that one too.
+    (maker,) = await app.db.query(
+        "SELECT id FROM api_tokens WHERE made_by IS NULL AND expires_at < now() + interval '6 days'"
+    )
+    assert (await bob.call("DELETE", f"/api/auth/tokens/{maker['id']}")).code == 204
+    made_by_it = _as(app, narrowed.body["token"])
+    assert (await made_by_it("GET", f"/api/workspaces/{a}")).code == 401
+    assert (await call("GET", f"/api/workspaces/{a}")).code == 200
 
 
 def _exp(days: float) -> dict[str, str]:
@@ -441,6 +449,9 @@ async def test_a_token_is_no_session_cookie(app: Running) -> None:
     alice = app.client()
     await alice.register_and_login("alice")
     token = await _token(alice, "admin")
+    # Nor is a session a token.
+    (session,) = [c.value for c in alice.jar if c.name == "cli_session"]
+    assert session and (await _as(app, session)("GET", "/api/auth/me")).code == 401
     for name in ("cli_session", "__Host-cli_session"):
         reply = await app.client().call(
             "GET", "/api/auth/me", headers={"Cookie": f"{name}={token}"}
@@ -533,6 +544,8 @@ async def test_not_accepted_on_sandbox_or_preview_subdomains(proxy: Proxy) -> No
             )
             assert reply.code != 200 and reply.code < 500, (host, method, reply)
     assert len(proxy.upstream.seen) == seen
+    as_cookie = await proxy.visit("/echo", cookie=token)
+    assert as_cookie.code != 200 and len(proxy.upstream.seen) == seen, as_cookie
     cookie = await proxy.open("owner")
     through = await proxy.visit("/echo", cookie=cookie, headers=bearer)
     assert through.code == 200

@@ -4,7 +4,8 @@ secret is stored (``auth.tokens``), and a request finds its token by that hash.
 
 A token is its user, narrowed: the user's role in each workspace still decides every call, a
 token's ``admin`` scope makes no one the instance admin, and a token made with a token never
-reaches further (scope, workspace, expiry) than the token that made it.
+reaches further (scope, workspace, expiry) than the token that made it, nor outlives its
+revocation.
 """
 
 from __future__ import annotations
@@ -196,8 +197,8 @@ class ApiTokens:
                 )
             row = await tx.one(
                 "INSERT INTO api_tokens"
-                " (id, user_id, name, scope, workspace_id, token_hash, expires_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                " (id, user_id, name, scope, workspace_id, token_hash, expires_at, made_by)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
                 f" RETURNING {_COLUMNS}",
                 (
                     str(uuid.uuid4()),
@@ -207,6 +208,7 @@ class ApiTokens:
                     workspace_id,
                     token_hash(secret),
                     expires_at,
+                    grant.id if grant is not None else None,
                 ),
             )
             assert row is not None
@@ -227,13 +229,16 @@ class ApiTokens:
         return [ApiToken.from_row(r) for r in rows]
 
     async def revoke(self, caller: User, token_id: str) -> None:
-        """Ends one of the caller's tokens at once (404 if they have none with that id, or
-        it is beyond the workspace of the token calling)."""
+        """Ends one of the caller's tokens at once, and every token made with it (404 if
+        they have none with that id, or it is beyond the workspace of the token calling)."""
         only = caller.token.workspace_id if caller.token else None
         rows = await self._db.query(
-            "UPDATE api_tokens SET revoked_at = now() WHERE id = %(id)s AND user_id = %(user)s"
-            " AND revoked_at IS NULL AND (%(only)s::uuid IS NULL OR workspace_id = %(only)s)"
-            " RETURNING id",
+            "WITH RECURSIVE family AS ("
+            "  SELECT id FROM api_tokens WHERE id = %(id)s AND user_id = %(user)s"
+            "  AND revoked_at IS NULL AND (%(only)s::uuid IS NULL OR workspace_id = %(only)s)"
+            "  UNION SELECT t.id FROM api_tokens t JOIN family f ON t.made_by = f.id)"
+            " UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now())"
+            " WHERE id IN (SELECT id FROM family) RETURNING id",
             {"id": token_id, "user": caller.id, "only": only},
         )
         if not rows:

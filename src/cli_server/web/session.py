@@ -103,9 +103,10 @@ class SessionCookies:
         if request.method in _SAFE_METHODS:
             return
         if bearer_credential(request) is not None:
-            # A token request (a mount's branch sees it before the route's guard does): no
-            # browser adds Authorization to a request of another origin without CORS, which
-            # we never grant, so no page of another origin can make one.
+            # A token request (a mount's branch sees it before the route's guard): no cookie
+            # authenticates it (the guard reads none on it), and this rule keeps other sites
+            # from using a browser's cookies; a page cannot add Authorization to a request to
+            # another origin without a CORS grant, which the API never gives.
             return
         raw = request.getHeader(b"origin")
         if raw is None:

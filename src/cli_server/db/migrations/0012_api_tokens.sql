@@ -12,6 +12,9 @@ CREATE TABLE api_tokens (
     created_at   timestamptz NOT NULL DEFAULT now(),
     expires_at   timestamptz NOT NULL,
     last_used_at timestamptz,                 -- written at most once a minute
-    revoked_at   timestamptz
+    revoked_at   timestamptz,
+    -- the token that made this one, if a token did: revoking it revokes what it made
+    made_by      uuid REFERENCES api_tokens (id) ON DELETE CASCADE
 );
 CREATE INDEX api_tokens_user_id ON api_tokens (user_id);
+CREATE INDEX api_tokens_made_by ON api_tokens (made_by) WHERE made_by IS NOT NULL;

@@ -116,6 +116,16 @@ async def test_create_list_revoke(app: Running) -> None:
     assert me.code == 200 and me.body["username"] == "alice"
     used = (await alice.call("GET", "/api/auth/tokens")).body[0]["last_used_at"]
     assert used is not None
+    # The last use is written at most once a minute; after that, again.
+    assert (await _as(app, secret)("GET", "/api/auth/me")).code == 200
+    assert (await alice.call("GET", "/api/auth/tokens")).body[0]["last_used_at"] == used
+    await app.db.execute("UPDATE api_tokens SET last_used_at = last_used_at - interval '61 s'")
+    assert (await _as(app, secret)("GET", "/api/auth/me")).code == 200
+    assert (await alice.call("GET", "/api/auth/tokens")).body[0]["last_used_at"] != used
+    # Signing out is a browser's business: the token goes on working.
+    assert (await alice.call("POST", "/api/auth/logout")).code == 204
+    assert (await _as(app, secret)("GET", "/api/auth/me")).code == 200
+    await alice.call("POST", "/api/auth/login", {"username": "alice", "password": "password123"})
     assert (await alice.call("DELETE", f"/api/auth/tokens/{made.body['id']}")).code == 204
     gone = await _as(app, secret)("GET", "/api/auth/me")
     assert gone.code == 401 and gone.error_code == "invalid_token"
@@ -482,10 +492,17 @@ async def test_the_token_is_never_logged(app: Running) -> None:
         assert (await call("POST", "/api/workspaces", {"name": "n"})).code == 403
         assert (await _as(app, token + "x")("GET", "/api/workspaces")).code == 401
         assert (await call("GET", "/api/sandboxes/not-an-id")).code == 404
+        # Never taken from a URL (and never logged from one, nor from a Referer).
+        in_url = await app.client().call(
+            "GET", f"/api/auth/me?token={token}&access_token={token}", headers={"Referer": token}
+        )
+        assert (in_url.code, in_url.error_code) == (401, "unauthorized")
+        assert (await app.client().call("GET", f"/api/x/{token}")).code == 404
     finally:
         globalLogPublisher.removeObserver(observe)
     logged = access.getvalue()
     assert '"GET /api/workspaces HTTP/1.1" 401' in logged, logged
+    assert "/api/x/cli_pat_redacted" in logged, logged
     assert token[8:] not in logged
     assert not [e for e in events if token[8:] in e]
 

@@ -11,9 +11,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest_twisted
+from jsonschema import Draft202012Validator
 from twisted.logger import globalLogPublisher
 
 from cli_server.auth.api_tokens import covers
+from cli_server.web.auth_api import AuthAPI
 from cli_server.web.bearer import WORKSPACE_ARGUMENTS
 from cli_server.web.routes import declared
 
@@ -51,6 +53,16 @@ def _as(app: Running, token: str, **headers: str) -> Any:
         )
 
     return call
+
+
+def _conforms(schema: Any, value: Any) -> None:
+    errors = [e.message for e in Draft202012Validator(schema).iter_errors(value)]
+    assert not errors, (errors, value)
+
+
+def _sent(reply: Reply) -> dict[str, Any]:
+    """The body a token was created with, as the API echoes it (the secret left out)."""
+    return {k: reply.body[k] for k in ("name", "scope", "workspace_id", "expires_at")}
 
 
 def _declared_routes() -> list[tuple[str, str, str, bool]]:
@@ -104,12 +116,18 @@ async def test_create_list_revoke(app: Running) -> None:
         "expires_at",
         "last_used_at",
     }
+    routes = declared(AuthAPI.app)
+    made_with = _sent(made)
+    _conforms(routes["create_token"].body, made_with)
+    _conforms(routes["create_token"].answers[201], made.body)
     secret = made.body["token"]
     assert secret.startswith("cli_pat_") and len(secret) == 8 + 43
     assert made.body["last_used_at"] is None and made.body["workspace_id"] == wid
     assert made.body["scope"] == "write" and made.body["name"] == "deploy"
     listed = await alice.call("GET", "/api/auth/tokens")
     assert listed.code == 200 and [t["id"] for t in listed.body] == [made.body["id"]]
+    _conforms(routes["list_tokens"].answers[200], listed.body)
+    assert made_with["expires_at"] == expires
     assert secret not in json.dumps(listed.body) and "token" not in listed.body[0]
     assert listed.body[0]["last_used_at"] is None
     me = await _as(app, secret)("GET", "/api/auth/me")

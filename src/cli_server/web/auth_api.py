@@ -36,7 +36,7 @@ from cli_server.web.ids import parse_id
 from cli_server.web.request import client_host
 from cli_server.web.responses import install_json_errors, json_response, no_content
 from cli_server.web.routes import route
-from cli_server.web.schemas import ERROR, TEXT, TIMESTAMP, array, obj
+from cli_server.web.schemas import TEXT, TIMESTAMP, array, obj
 from cli_server.web.session import SessionCookies
 
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$")
@@ -44,17 +44,17 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 USERNAME_RULE = "3-32 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
 PASSWORD_RULE = "at least 8 characters"
 _NULLABLE_TEXT = {"type": ["string", "null"]}
-TOKEN: Mapping[str, Any] = obj(
-    {
-        "id": TEXT,
-        "name": TEXT,
-        "scope": {"enum": list(SCOPES)},
-        "workspace_id": _NULLABLE_TEXT,
-        "created_at": TIMESTAMP,
-        "expires_at": TIMESTAMP,
-        "last_used_at": {"type": ["string", "null"], "format": "date-time"},
-    }
-)
+_TOKEN_PROPERTIES: dict[str, Any] = {
+    "id": TEXT,
+    "name": TEXT,
+    "scope": {"enum": list(SCOPES)},
+    "workspace_id": _NULLABLE_TEXT,
+    "created_at": TIMESTAMP,
+    "expires_at": TIMESTAMP,
+    "last_used_at": {"type": ["string", "null"], "format": "date-time"},
+}
+TOKEN = obj(_TOKEN_PROPERTIES)
+MADE_TOKEN = obj({**_TOKEN_PROPERTIES, "token": TEXT})  # (the secret: in this answer only)
 NEW_TOKEN: Mapping[str, Any] = {
     **obj(
         {"name": TEXT, "scope": {"enum": list(SCOPES)}, "expires_at": TIMESTAMP},
@@ -290,7 +290,7 @@ class AuthAPI:
         scope="admin",
         across_workspaces=True,
         body=NEW_TOKEN,
-        answers={201: {**TOKEN, "properties": {**TOKEN["properties"], "token": TEXT}}},
+        answers={201: MADE_TOKEN},
     )
     async def create_token(self, request: IRequest, user: User) -> bytes:
         """A personal API token; its secret (``token``) is in this answer only."""
@@ -328,7 +328,7 @@ class AuthAPI:
         methods=["DELETE"],
         scope="admin",
         across_workspaces=True,
-        answers={204: None, 404: ERROR},
+        answers={204: None},
     )
     async def revoke_token(self, request: IRequest, user: User, token_id: str) -> bytes:
         """Revokes one of the caller's tokens at once."""

@@ -566,12 +566,16 @@ async def test_not_accepted_by_the_anthropic_proxy(world: World) -> None:  # noq
 @pytest_twisted.ensureDeferred
 async def test_not_accepted_on_sandbox_or_preview_subdomains(proxy: Proxy) -> None:  # noqa: F811
     """The owner's admin token on opencode's and a preview's subdomain: no session there,
-    nothing reaches the sandbox; beside a real sandbox session it is stripped, never
-    forwarded."""
+    nothing reaches the sandbox; it cannot mint an Open link either; beside a real sandbox
+    session it is stripped, never forwarded."""
     owner = proxy.people["owner"]
     token = await _token(owner, "admin")
     seen = len(proxy.upstream.seen)
     bearer = {"Authorization": f"Bearer {token}"}
+    # Nor may a token mint the one-time link that signs a browser in there.
+    for body in (None, {"port": 3000}):
+        opened = await _as(proxy.app, token)("POST", f"/api/sandboxes/{proxy.sandbox}/open", body)
+        assert (opened.code, opened.error_code) == (403, "session_only"), opened
     for host in (proxy.host(), f"oc-{proxy.sandbox}-p3000.localhost:8080"):
         for method in ("GET", "POST"):
             reply = await proxy.app.client().call(

@@ -200,7 +200,7 @@ async def test_bad_bodies_name_the_field(app: Running) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_stored_hashed_and_never_shown_again(app: Running) -> None:
-    """The row holds the secret's SHA-256 and nothing else of it."""
+    """The row holds the secret's SHA-256 and nothing else of it; it goes with its user."""
     alice = app.client()
     await alice.register_and_login("alice")
     secret = await _token(alice, "read")
@@ -208,6 +208,10 @@ async def test_stored_hashed_and_never_shown_again(app: Running) -> None:
     assert bytes(row["token_hash"]) == hashlib.sha256(secret.encode()).digest()
     assert secret not in row["everything"] and secret[8:] not in row["everything"]
     assert secret not in json.dumps((await alice.call("GET", "/api/auth/tokens")).body)
+    # An account deleted (there is no API for it; an operator's SQL) takes its tokens along.
+    await app.db.execute("DELETE FROM users WHERE username = 'alice'")
+    assert await app.db.query("SELECT 1 FROM api_tokens") == []
+    assert (await _as(app, secret)("GET", "/api/auth/me")).code == 401
 
 
 @pytest_twisted.ensureDeferred

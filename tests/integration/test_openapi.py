@@ -8,6 +8,7 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import attrs
@@ -159,6 +160,19 @@ async def test_every_operation_answers_as_documented(server: Running) -> None:
     await _ok(root, "POST", "/api/admin/signup-links", status=201)
     link = (await _ok(root, "GET", "/api/admin/signup-links"))[0]["id"]
     await _ok(root, "DELETE", f"/api/admin/signup-links/{link}", status=204)
+
+    # Personal API tokens: made, used, listed, revoked.
+    expires = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+    wanted = {"name": "ci", "scope": "write", "expires_at": expires}
+    token = await _ok(root, "POST", "/api/auth/tokens", wanted, 201)
+    scripted = _client(app, document)
+    bearer = {"Authorization": f"Bearer {token['token']}"}
+    listed = await scripted.call("GET", f"/api/workspaces/{wid}/sandboxes", headers=bearer)
+    assert listed.code == 200 and sid in [s["id"] for s in listed.body], listed
+    assert [t["id"] for t in await _ok(root, "GET", "/api/auth/tokens")] == [token["id"]]
+    await _ok(root, "DELETE", f"/api/auth/tokens/{token['id']}", status=204)
+    gone = await scripted.call("GET", f"/api/workspaces/{wid}/sandboxes", headers=bearer)
+    assert (gone.code, gone.error_code) == (401, "invalid_token"), gone
 
     # Deletions, and signing out.
     await _ok(root, "DELETE", f"/api/sandboxes/{sid}", status=204)

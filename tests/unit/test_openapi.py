@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
+import tempfile
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -270,7 +272,9 @@ class CommandTests(SynchronousTestCase):
     def test_write_replaces_only_the_generated_part(self) -> None:
         """``--write`` replaces what is between the markers, keeps the rest, and says whether
         it changed anything; ``--markdown`` prints the same reference."""
-        path = Path(self.mktemp())
+        scratch = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, scratch)
+        path = scratch / "api.md"
         path.write_text(f"# Hand-written\n\nKept.\n\n{BEGIN}\nold\n{END}\n\nAfter.\n")
         printed = io.StringIO()
         with redirect_stdout(printed):

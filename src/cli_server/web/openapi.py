@@ -159,8 +159,13 @@ def api_document(apps: Sequence[MountedApp], *, cookie: str = "cli_session") -> 
                     "description": (
                         "A personal API token (POST /api/auth/tokens) in "
                         "`Authorization: Bearer`. An operation takes it when its "
-                        "`x-token-scope` is within the token's scope (read < write < admin); "
-                        "`session` operations take the session cookie only."
+                        "`x-token-scope` is within the token's scope (read < write < admin), "
+                        "else 403; `session` operations take the session cookie only. A token "
+                        "restricted to one workspace reaches nothing of another (404, as for "
+                        "an unknown id); an operation whose path names no workspace, sandbox "
+                        "or invitation takes it only when marked `x-across-workspaces` (a "
+                        "list then shows only its workspace), else 403. Never accepted on "
+                        "sandbox subdomains, the tunnel or the Anthropic proxy."
                     ),
                 },
             },
@@ -225,6 +230,8 @@ def _operation(
             [{_COOKIE: []}] if declaration.scope == "session" else [{_COOKIE: []}, {_BEARER: []}]
         )
         operation["x-token-scope"] = declaration.scope
+        if declaration.across_workspaces:
+            operation["x-across-workspaces"] = True
     return operation
 
 
@@ -247,8 +254,8 @@ def _answers(path: str, method: str, declaration: Declaration) -> dict[int, Sche
     error = schemas.ERROR
     if not declaration.public:
         answers.setdefault(401, error)  # signed out
-    if method.upper() not in SAFE_METHODS or declaration.scope == "admin":
-        answers.setdefault(403, error)  # a foreign Origin; a role or account too low
+    if method.upper() not in SAFE_METHODS or not declaration.public:
+        answers.setdefault(403, error)  # a foreign Origin; a role or token scope too low
     if "{" in path:
         answers.setdefault(404, error)  # an unknown id, or another workspace's
     if declaration.body is not None:

@@ -17,6 +17,11 @@ for the others unless declared; ``admin`` for the instance admin's and the token
 ``query`` is the schema of the query parameters a route reads (an object of strings; a route
 that refuses bad ones lists its 400).
 
+A request with ``Authorization: Bearer`` is an API token's (``web.bearer``): no cookie is read
+and the Origin rule does not apply; a token restricted to one workspace may call a route whose
+path names no workspace, sandbox or invitation only if it is declared ``across_workspaces``
+(its handler then shows such a caller nothing of other workspaces, ``User.reaches``).
+
 The instance the app belongs to holds the ``SessionCookies`` as ``_cookies``.
 """
 
@@ -59,6 +64,7 @@ class Declaration:
     summary: str
     body: Schema | None
     answers: Mapping[int, Schema | None]
+    across_workspaces: bool = False
     query: Schema | None = None
 
 
@@ -86,6 +92,7 @@ def route(
     scope: Scope | None = None,
     body: Schema | None = None,
     answers: Mapping[int, Schema | None] | None = None,
+    across_workspaces: bool = False,
     query: Schema | None = None,
     **options: Any,
 ) -> Callable[[Handler], Handler]:
@@ -100,11 +107,11 @@ def route(
         @wraps(handler)
         async def guarded(self: HasSession, request: IRequest, *args: Any, **kwargs: Any) -> Any:
             cookies = self._cookies
-            cookies.check_origin(request)  # (a no-op for GET, HEAD and OPTIONS)
             if public:
+                cookies.check_origin(request)  # (a no-op for GET, HEAD and OPTIONS)
                 answer = handler(self, request, *args, **kwargs)
             else:
-                user = await cookies.user(request)
+                user = await cookies.caller(request, least, across_workspaces, kwargs)
                 answer = handler(self, request, user, *args, **kwargs)
             if inspect.isawaitable(answer):
                 return await answer
@@ -121,6 +128,7 @@ def route(
                 inspect.getdoc(handler) or "",
                 body,
                 dict(answers or {}),
+                across_workspaces=across_workspaces,
                 query=query,
             )
         )

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from cli_server.auth.api_tokens import NAME_LENGTH as TOKEN_NAME_LENGTH
+from cli_server.auth.api_tokens import SCOPES as TOKEN_SCOPES
 from cli_server.proxy.hosts import FIRST_PORT, LAST_PORT, OPENCODE_PORT
 from cli_server.roles import ROLE_NAMES
 from cli_server.sandboxes.model import Status
@@ -162,6 +164,34 @@ PASSWORD_BODY: Schema = obj(
     {"new_password": text(min=8, max=1024)},
     {"current_password": nullable(text(max=1024))},
 )
+
+# -- personal API tokens --------------------------------------------------------------------
+
+TOKEN_SCOPE: Schema = {"type": "string", "enum": list(TOKEN_SCOPES)}
+_API_TOKEN_FIELDS: dict[str, Schema] = {
+    "id": ID,
+    "name": TEXT,
+    "scope": TOKEN_SCOPE,
+    "workspace_id": {**nullable(ID), "description": "the one workspace it reaches (null: all)"},
+    "created_at": TIMESTAMP,
+    "expires_at": TIMESTAMP,
+    "last_used_at": nullable(TIMESTAMP),
+}
+API_TOKEN: Schema = answer(_API_TOKEN_FIELDS)
+NEW_API_TOKEN: Schema = answer(
+    {**_API_TOKEN_FIELDS, "token": {**TEXT, "description": "the secret, in this answer only"}}
+)
+API_TOKEN_BODY: Schema = {
+    **obj(
+        {
+            "name": text(min=1, max=TOKEN_NAME_LENGTH),
+            "scope": TOKEN_SCOPE,
+            "expires_at": {**TIMESTAMP, "description": "with a time zone; at most a year ahead"},
+        },
+        {"workspace_id": {**nullable(ID), "description": "one workspace (null or left out: all)"}},
+    ),
+    "additionalProperties": False,
+}
 
 # -- the instance admin ---------------------------------------------------------------------
 

@@ -381,6 +381,13 @@ class Workspaces:
             raise _no_invitation()
         return workspace_json(joined)
 
+    async def invitation_workspace(self, invitation_id: str) -> str | None:
+        """The workspace an invitation is for (None: no such invitation), for the audit log."""
+        rows = await self._db.query(
+            "SELECT workspace_id FROM workspace_invitations WHERE id = %s", (invitation_id,)
+        )
+        return str(rows[0]["workspace_id"]) if rows else None
+
     async def decline(self, invitation_id: str, user_id: str) -> None:
         rows = await self._db.query(
             "DELETE FROM workspace_invitations WHERE id = %s AND user_id = %s RETURNING id",

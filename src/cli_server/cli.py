@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from importlib import import_module
 
 from cli_server._version import __version__
 from cli_server.extras import require_server
@@ -39,9 +40,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if given[:1] == ["audit"]:
         require_server()
-        from cli_server.audit_cli import main as audit
-
-        audit(given[1:])
+        # (by name, as twistd finds the server: the agent-only install never imports it)
+        import_module("cli_server.audit_cli").main(given[1:])
         return
     args = twistd_argv(given)
     if args is None:

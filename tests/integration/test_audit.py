@@ -18,11 +18,21 @@ import pytest
 import pytest_twisted
 
 from cli_server.audit import ACTIONS as ACTION_NAMES
+from cli_server.config import OidcLogin
 
 from .conftest import Running, _reactor, server_config, start_server, stop_server
 from .helpers import Api, wait_until
+from .oidc_provider import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    Browser,
+    OidcProvider,
+    oidc_provider,
+    query_of,
+)
 
 pytestmark = pytest.mark.integration
+__all__ = ["oidc_provider"]  # (the fixture, imported for this module)
 
 PASSWORD = "correct-horse-battery"
 FORWARDED = "203.0.113.7"  # the client a trusted proxy (127.0.0.1) says it forwarded for
@@ -357,3 +367,55 @@ def test_cli_audit_reads_the_database(db_url: str) -> None:
     assert "auth.sign_in" in table and "user0" in table and "192.0.2.1" in table
     assert "workspace.created" not in table
     assert audit("--json", "--since", "2999-01-01T00:00:00Z") == ""
+
+
+@pytest_twisted.async_yield_fixture
+async def sso(db_url: str, oidc_provider: OidcProvider) -> AsyncIterator[Running]:
+    config = attrs.evolve(
+        server_config(db_url), oidc=OidcLogin(oidc_provider.issuer, CLIENT_ID, CLIENT_SECRET)
+    )
+    running = await start_server(db_url, config=config)
+    yield running
+    await stop_server(running)
+
+
+@pytest_twisted.ensureDeferred
+async def test_single_sign_on_rows(sso: Running, oidc_provider: OidcProvider) -> None:
+    """Linking, signing in, a refused sign-in and unlinking, against a real OpenID provider:
+    a row each, and no code or state of the flow in any."""
+    oidc_provider.account("frank-sub", email="frank@example.com", email_verified=True)
+    linker = Browser(sso.reactor, sso.base)
+    for step in ("register", "login"):
+        reply = await linker.http.post(
+            f"{sso.base}/api/auth/{step}",
+            json={"username": "frank", "password": PASSWORD},
+            timeout=15,
+        )
+        assert reply.code in (200, 201)
+    frank = (await linker.me())[1]["id"]
+    assert await linker.sign_in("frank-sub", query="?link=1") == "/account"
+    elsewhere = Browser(sso.reactor, sso.base)
+    callback = await elsewhere.at_provider(await elsewhere.start("oidc"), "frank-sub")
+    flow = query_of(callback)
+    code, location, _ = await elsewhere.get(callback)
+    assert code == 303 and location == "/"
+    denied = Browser(sso.reactor, sso.base)
+    refused = await denied.at_provider(await denied.start("oidc"), "frank-sub", deny=True)
+    code, location, _ = await denied.get(refused)
+    assert code == 303 and location == "/?sso_error=denied"
+    listed = await linker.http.get(f"{sso.base}/api/auth/identities", timeout=15)
+    identity = json.loads(await listed.content())[0]["id"]
+    unlinked = await linker.http.delete(f"{sso.base}/api/auth/identities/{identity}", timeout=15)
+    assert unlinked.code == 204
+    found = await rows(sso)
+    seen = [(r["action"], r["details"].get("method"), str(r["actor_id"])) for r in found]
+    assert ("auth.identity_linked", "oidc", frank) in seen
+    assert ("auth.sign_in", "oidc", frank) in seen
+    assert ("auth.sign_in_failed", "oidc", "None") in seen
+    failed = next(r for r in found if r["action"] == "auth.sign_in_failed")
+    assert failed["details"]["reason"] == "denied" and failed["address"] == "127.0.0.1"
+    unlink = next(r for r in found if r["action"] == "auth.identity_unlinked")
+    assert (str(unlink["actor_id"]), unlink["target_name"]) == (frank, "oidc")
+    dump = json.dumps(found, default=str)
+    for secret in [*flow["code"], *flow["state"], PASSWORD]:
+        assert secret not in dump

@@ -1,8 +1,10 @@
 """The audit log: who did what, when, from where (table ``audit_log``, append-only).
 
 ``AuditLog.record`` writes one row: in the caller's transaction when it passes ``tx`` (the row
-then stands or falls with the change), else right after the change was committed. Names are
-copied as they are at that moment, so a row still says who and what once they are gone.
+then stands or falls with the change), else right after the change was committed. A ``Note``
+is a row the web layer prepares (who, from where, what) and hands to a domain method, which
+writes it in the transaction of its change. Names are copied as they are at that moment, so
+a row still says who and what once they are gone.
 
 Never a secret: ``details`` is a small object of facts (a role, a port, a provider's name), and
 ``record`` refuses keys that name a secret (passwords, tokens, tickets, cookies, codes).
@@ -18,7 +20,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from attrs import define, frozen
+from attrs import define, evolve, field, frozen
 from twisted.logger import Logger, LogLevel
 
 from cli_server.db.pool import Database, Row, Transaction
@@ -106,6 +108,30 @@ _NAMES = {
 _WORKSPACE_OF = {
     "sandbox": "(SELECT workspace_id FROM sandboxes WHERE id::text = %(target_id)s)",
 }
+
+
+@frozen
+class Note:
+    """A row to write in the transaction of the change it tells of (``write``); the domain
+    method adds what only it knows (the new id, the action it took, a name before a delete)."""
+
+    log: AuditLog
+    action: Action
+    actor: Actor
+    workspace_id: str | None = None
+    target: Target | None = None
+    details: Mapping[str, Any] = field(factory=dict)
+
+    async def write(self, tx: Transaction, **known: Any) -> None:
+        note = evolve(self, **known)
+        await note.log.record(
+            note.action,
+            note.actor,
+            workspace_id=note.workspace_id,
+            target=note.target,
+            details=note.details,
+            tx=tx,
+        )
 
 
 @frozen
@@ -268,11 +294,6 @@ class AuditLog:
         if not rows:
             return Target("sandbox", sandbox_id), None
         return Target("sandbox", sandbox_id, rows[0]["name"]), str(rows[0]["workspace_id"])
-
-    async def workspace(self, workspace_id: str) -> Target:
-        """A workspace as a target: read before it is deleted."""
-        rows = await self._db.query("SELECT name FROM workspaces WHERE id = %s", (workspace_id,))
-        return Target("workspace", workspace_id, rows[0]["name"] if rows else None)
 
     async def entries(self, query: Query) -> Page:
         """A page of entries, newest first; ``next`` is set when older ones remain."""

@@ -18,6 +18,7 @@ import pytest
 import pytest_twisted
 
 from cli_server.audit import ACTIONS as ACTION_NAMES
+from cli_server.audit import Action, Actor, AuditLog, Note, SecretInDetails
 from cli_server.config import OidcLogin
 
 from .conftest import Running, _reactor, server_config, start_server, stop_server
@@ -419,3 +420,28 @@ async def test_single_sign_on_rows(sso: Running, oidc_provider: OidcProvider) ->
     dump = json.dumps(found, default=str)
     for secret in [*flow["code"], *flow["state"], PASSWORD]:
         assert secret not in dump
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_row_and_the_change_commit_together(app: Running) -> None:
+    """A row written in the change's transaction: when it cannot be written the change does
+    not happen; a refused change leaves no row."""
+    owner = await user(app, "owner")
+    uid = str(owner.user["id"])
+    workspaces = app.server.manager.workspaces
+    bad = Note(
+        AuditLog(app.db), Action.WORKSPACE_CREATED, Actor(uid, "owner"), details={"token": "t"}
+    )
+    with pytest.raises(SecretInDetails):
+        await workspaces.create(uid, "Never", bad)
+    assert await workspaces.list_for(uid) == []
+    made = await owner.call("POST", "/api/workspaces", {"name": "Team"})
+    wid = made.body["id"]
+    guest = await user(app, "guest")
+    await owner.add_member(wid, guest, "guest")
+    before = len(await rows(app))
+    refused = await guest.call("DELETE", f"/api/workspaces/{wid}/members/{owner.user['id']}")
+    assert refused.code == 403
+    refused = await guest.call("PUT", f"/api/workspaces/{wid}/budget", {"monthly_tokens": 5})
+    assert refused.code == 403
+    assert len(await rows(app)) == before

@@ -19,6 +19,7 @@ from cli_server.audit import (
     Actor,
     AuditLog,
     Entry,
+    Note,
     Query,
     SecretInDetails,
     Target,
@@ -321,3 +322,34 @@ class RetentionOptionTests(SynchronousTestCase):
             with self.assertRaises(usage.UsageError) as caught:
                 self.parse(["--audit-retention-days", value], {})
             self.assertIn("--audit-retention-days", str(caught.exception))
+
+
+class NoteTests(SynchronousTestCase):
+    def test_written_in_the_transaction_with_what_the_domain_knows(self) -> None:
+        """A note goes to the transaction it is given; the domain's values win over the
+        caller's (the action it took, the id it made)."""
+
+        class Tx:
+            def __init__(self) -> None:
+                self.sent: list[tuple[str, Any]] = []
+
+            async def execute(self, sql: str, args: Any = ()) -> int:
+                self.sent.append((sql, args))
+                return 1
+
+        db = RecordingDatabase()
+        note = Note(
+            AuditLog(cast(Database, db)),
+            Action.MEMBER_INVITED,
+            Actor(UID, "alice", "192.0.2.1"),
+            workspace_id=WID,
+            details={"role": "guest"},
+        )
+        tx = Tx()
+        done(note.write(cast(Any, tx), action=Action.MEMBER_ADDED, target=Target("user", "u2")))
+        self.assertEqual(db.sent, [])  # (nothing outside the transaction)
+        [(sql, args)] = tx.sent
+        self.assertIn("INSERT INTO audit_log", sql)
+        self.assertEqual(args["action"], "member.added")
+        self.assertEqual((args["workspace_id"], args["target_id"]), (WID, "u2"))
+        self.assertEqual(args["details"], '{"role":"guest"}')

@@ -14,7 +14,7 @@ from cli_server.accounts import SIGNUP_LINK_SECONDS, User
 from cli_server.audit import Action, AuditLog, Target
 from cli_server.errors import Conflict, Forbidden
 from cli_server.instance_admin import InstanceAdmin
-from cli_server.web.audit_api import record
+from cli_server.web.audit_api import note, record
 from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content
 from cli_server.web.routes import route
@@ -29,9 +29,6 @@ class AdminAPI:
     _registration: str = "open"
     _audit: AuditLog | None = None
 
-    async def _record(self, request: IRequest, admin: User, action: Action, target: Target) -> None:
-        await record(self._audit, request, admin, action, target=target)
-
     app = Klein()
     install_json_errors(app)
 
@@ -44,16 +41,16 @@ class AdminAPI:
     async def disable(self, request: IRequest, user: User, user_id: str) -> bytes:
         admin = _the_admin(user)
         uid = parse_id(user_id, "user")
-        await self._admin.set_disabled(admin.id, uid, True)
-        await self._record(request, admin, Action.USER_DISABLED, Target("user", uid))
+        noted = note(self._audit, request, admin, Action.USER_DISABLED)
+        await self._admin.set_disabled(admin.id, uid, True, noted)
         return no_content(request)
 
     @route(app, "/users/<user_id>/enable", methods=["POST"], scope="admin")
     async def enable(self, request: IRequest, user: User, user_id: str) -> bytes:
         admin = _the_admin(user)
         uid = parse_id(user_id, "user")
-        await self._admin.set_disabled(admin.id, uid, False)
-        await self._record(request, admin, Action.USER_ENABLED, Target("user", uid))
+        noted = note(self._audit, request, admin, Action.USER_ENABLED)
+        await self._admin.set_disabled(admin.id, uid, False, noted)
         return no_content(request)
 
     @route(app, "/users/<user_id>/password", methods=["POST"], scope="admin")
@@ -66,8 +63,8 @@ class AdminAPI:
                 "change your own password on your account page, with your current one",
                 code="own_account",
             )
-        password = await self._admin.reset_password(uid)
-        await self._record(request, admin, Action.PASSWORD_RESET, Target("user", uid))
+        noted = note(self._audit, request, admin, Action.PASSWORD_RESET)
+        password = await self._admin.reset_password(uid, noted)
         return json_response(request, {"password": password})
 
     @route(app, "/signup-links", methods=["POST"], scope="admin")
@@ -93,7 +90,8 @@ class AdminAPI:
         admin = _the_admin(user)
         lid = parse_id(link_id, "signup_link")
         await self._admin.revoke_signup_link(lid)
-        await self._record(request, admin, Action.SIGNUP_LINK_REVOKED, Target("signup_link", lid))
+        target = Target("signup_link", lid)
+        await record(self._audit, request, admin, Action.SIGNUP_LINK_REVOKED, target=target)
         return no_content(request)
 
 

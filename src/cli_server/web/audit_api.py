@@ -11,7 +11,7 @@ from typing import Any
 from twisted.web.iweb import IRequest
 
 from cli_server.accounts import User
-from cli_server.audit import ACTIONS, MAX_LIMIT, Action, Actor, AuditLog, Query, Target
+from cli_server.audit import ACTIONS, MAX_LIMIT, Action, Actor, AuditLog, Note, Query, Target
 from cli_server.errors import BadRequest
 from cli_server.web.request import client_host
 from cli_server.web.schemas import INTEGER, TIMESTAMP, obj
@@ -61,6 +61,22 @@ async def record(
         target=target,
         details=details,
     )
+
+
+def note(
+    audit: AuditLog | None,
+    request: IRequest,
+    user: User,
+    action: Action,
+    *,
+    workspace_id: str | None = None,
+    target: Target | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> Note | None:
+    """A row for a domain method to write in the transaction of its change (None: no log)."""
+    if audit is None:
+        return None
+    return Note(audit, action, actor_of(request, user), workspace_id, target, dict(details or {}))
 
 
 def _arg(request: IRequest, name: str) -> str | None:

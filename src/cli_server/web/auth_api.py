@@ -31,7 +31,7 @@ from cli_server.errors import (
     Unauthorized,
 )
 from cli_server.sso.identities import Identities
-from cli_server.web.audit_api import record
+from cli_server.web.audit_api import note, record
 from cli_server.web.body import read_json_object, required_text, text_field
 from cli_server.web.ids import parse_id
 from cli_server.web.request import client_host
@@ -217,23 +217,22 @@ class AuthAPI:
                     "this account has a password now; give it as current_password",
                     code="password_already_set",
                 )
-            await self._password_changed(request, user, first=True)
+            target = Target("user", user.id, user.username)
+            details = {"first": True}
+            await record(
+                self._audit, request, user, Action.PASSWORD_CHANGED, target=target, details=details
+            )
             return no_content(request)
         account, address = user.username.lower(), client_host(request)
         self._check_guard(account, address)
         if not await self._accounts.check_password(user.id, current):
             self._logins.failed(account, address)
             raise Forbidden("the current password is wrong", code="wrong_password")
-        await self._accounts.set_password(user.id, new, keep_token=self._cookies.token(request))
-        await self._password_changed(request, user, first=False)
+        details = {"first": False}
+        noted = note(self._audit, request, user, Action.PASSWORD_CHANGED, details=details)
+        keep = self._cookies.token(request)
+        await self._accounts.set_password(user.id, new, keep_token=keep, note=noted)
         return no_content(request)
-
-    async def _password_changed(self, request: IRequest, user: User, *, first: bool) -> None:
-        target = Target("user", user.id, user.username)
-        details = {"first": first}
-        await record(
-            self._audit, request, user, Action.PASSWORD_CHANGED, target=target, details=details
-        )
 
     @route(app, "/sessions", methods=["GET"], scope="session")
     async def sessions(self, request: IRequest, user: User) -> bytes:

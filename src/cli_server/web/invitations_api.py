@@ -11,7 +11,7 @@ from twisted.web.iweb import IRequest
 
 from cli_server.accounts import User
 from cli_server.audit import Action, AuditLog, Target
-from cli_server.web.audit_api import record
+from cli_server.web.audit_api import note, record
 from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content
 from cli_server.web.routes import route
@@ -25,10 +25,6 @@ class InvitationsAPI:
     _cookies: SessionCookies
     _audit: AuditLog | None = None
 
-    async def _workspace_of(self, invitation_id: str) -> str | None:
-        """(read before the invitation is used up)"""
-        return await self._workspaces.invitation_workspace(invitation_id)
-
     app = Klein()
     install_json_errors(app)
 
@@ -40,23 +36,14 @@ class InvitationsAPI:
     async def accept(self, request: IRequest, user: User, invitation_id: str) -> bytes:
         """Join the workspace; answers it as GET /api/workspaces/{id} would."""
         iid = parse_id(invitation_id, "invitation")
-        joined = await self._workspaces.accept(iid, user.id)
-        await record(
-            self._audit,
-            request,
-            user,
-            Action.INVITATION_ACCEPTED,
-            workspace_id=joined["id"],
-            target=Target("invitation", iid, user.username),
-            details={"role": joined["role"]},
-        )
-        return json_response(request, joined)
+        target = Target("invitation", iid, user.username)
+        noted = note(self._audit, request, user, Action.INVITATION_ACCEPTED, target=target)
+        return json_response(request, await self._workspaces.accept(iid, user.id, noted))
 
     @route(app, "/<invitation_id>/decline", methods=["POST"])
     async def decline(self, request: IRequest, user: User, invitation_id: str) -> bytes:
         iid = parse_id(invitation_id, "invitation")
-        wid = await self._workspace_of(iid)
-        await self._workspaces.decline(iid, user.id)
+        wid = await self._workspaces.decline(iid, user.id)
         target = Target("invitation", iid, user.username)
         await record(
             self._audit, request, user, Action.INVITATION_DECLINED, workspace_id=wid, target=target
@@ -67,10 +54,7 @@ class InvitationsAPI:
     async def revoke(self, request: IRequest, user: User, invitation_id: str) -> bytes:
         """The inviter or an owner withdraws it (the invitee declines)."""
         iid = parse_id(invitation_id, "invitation")
-        wid = await self._workspace_of(iid)
-        await self._workspaces.revoke(iid, user.id)
         target = Target("invitation", iid)
-        await record(
-            self._audit, request, user, Action.INVITATION_REVOKED, workspace_id=wid, target=target
-        )
+        noted = note(self._audit, request, user, Action.INVITATION_REVOKED, target=target)
+        await self._workspaces.revoke(iid, user.id, noted)
         return no_content(request)

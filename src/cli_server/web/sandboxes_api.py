@@ -14,7 +14,7 @@ from cli_server.proxy.hosts import PORT_RULE, port_refusal
 from cli_server.proxy.urls import SandboxUrls
 from cli_server.roles import Role
 from cli_server.sandboxes.manager import SandboxManager
-from cli_server.web.audit_api import record
+from cli_server.web.audit_api import note, record
 from cli_server.web.body import read_json_object, required_text
 from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content
@@ -38,12 +38,8 @@ class WorkspaceSandboxesAPI:
         wid = parse_id(workspace_id, "workspace")
         await self._manager.workspaces.role_of(wid, user.id)
         name = required_text(read_json_object(request), "name", max_length=100)
-        made = await self._manager.create(wid, user.id, name)
-        target = Target("sandbox", made["id"], made["name"])
-        await record(
-            self._audit, request, user, Action.SANDBOX_CREATED, workspace_id=wid, target=target
-        )
-        return json_response(request, made, 201)
+        noted = note(self._audit, request, user, Action.SANDBOX_CREATED)
+        return json_response(request, await self._manager.create(wid, user.id, name, noted), 201)
 
 
 @define(eq=False)

@@ -9,12 +9,12 @@ from twisted.web.iweb import IRequest
 from cli_server.accounts import User
 from cli_server.anthropic.setup import ClaudeSetup
 from cli_server.anthropic.usage import UsageStore
-from cli_server.audit import Action, AuditLog, Target
+from cli_server.audit import Action, AuditLog
 from cli_server.errors import BadRequest
 from cli_server.roles import ROLE_NAMES, Role
 from cli_server.sandboxes.manager import SandboxManager
 from cli_server.tunnel.agents import LocalAgents
-from cli_server.web.audit_api import PAGE, parse_query, record
+from cli_server.web.audit_api import PAGE, note, parse_query, record
 from cli_server.web.body import read_json_object, required_text
 from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content
@@ -88,17 +88,8 @@ class WorkspacesAPI:
     @route(app, "/", methods=["POST"], strict_slashes=False)
     async def create_workspace(self, request: IRequest, user: User) -> bytes:
         name = required_text(read_json_object(request), "name", max_length=100)
-        made = await self._workspaces.create(user.id, name)
-        target = Target("workspace", made["id"], made["name"])
-        await record(
-            self._audit,
-            request,
-            user,
-            Action.WORKSPACE_CREATED,
-            workspace_id=made["id"],
-            target=target,
-        )
-        return json_response(request, made, 201)
+        noted = note(self._audit, request, user, Action.WORKSPACE_CREATED)
+        return json_response(request, await self._workspaces.create(user.id, name, noted), 201)
 
     @route(app, "/<workspace_id>", methods=["GET"])
     async def get_workspace(self, request: IRequest, user: User, workspace_id: str) -> bytes:
@@ -111,11 +102,8 @@ class WorkspacesAPI:
     @route(app, "/<workspace_id>", methods=["DELETE"])
     async def delete_workspace(self, request: IRequest, user: User, workspace_id: str) -> bytes:
         wid = parse_id(workspace_id, "workspace")
-        target = await self._audit.workspace(wid) if self._audit else None
-        await self._manager.delete_workspace(wid, user.id)
-        await record(
-            self._audit, request, user, Action.WORKSPACE_DELETED, workspace_id=wid, target=target
-        )
+        noted = note(self._audit, request, user, Action.WORKSPACE_DELETED)
+        await self._manager.delete_workspace(wid, user.id, noted)
         return no_content(request)
 
     @route(app, "/<workspace_id>/members", methods=["GET"])
@@ -133,16 +121,11 @@ class WorkspacesAPI:
         body = read_json_object(request)
         username = required_text(body, "username", max_length=254)
         role = parse_role(body, default=Role.DEVELOPER)
-        answer, created = await self._workspaces.add_member(wid, user.id, username, role)
-        if answer.get("status") == "member":
-            action, target = Action.MEMBER_ADDED, Target("user", answer["user_id"], username)
-        else:
-            action = Action.MEMBER_INVITED
-            target = Target("invitation", answer["invitation_id"], username)
         details = {"role": role.label}
-        await record(
-            self._audit, request, user, action, workspace_id=wid, target=target, details=details
+        noted = note(
+            self._audit, request, user, Action.MEMBER_INVITED, workspace_id=wid, details=details
         )
+        answer, created = await self._workspaces.add_member(wid, user.id, username, role, noted)
         return json_response(request, answer, 201 if created else 200)
 
     @route(app, "/<workspace_id>/invitations", methods=["GET"])
@@ -159,16 +142,8 @@ class WorkspacesAPI:
         await self._workspaces.role_of(wid, user.id)
         mid = parse_id(member_id, "member")
         role = parse_role(read_json_object(request))
-        member = await self._workspaces.set_role(wid, user.id, mid, role)
-        await record(
-            self._audit,
-            request,
-            user,
-            Action.MEMBER_ROLE_CHANGED,
-            workspace_id=wid,
-            target=Target("user", mid, member["username"]),
-            details={"role": role.label},
-        )
+        noted = note(self._audit, request, user, Action.MEMBER_ROLE_CHANGED, workspace_id=wid)
+        member = await self._workspaces.set_role(wid, user.id, mid, role, noted)
         return json_response(request, member)
 
     @route(app, "/<workspace_id>/members/<member_id>", methods=["DELETE"])
@@ -178,17 +153,11 @@ class WorkspacesAPI:
         wid = parse_id(workspace_id, "workspace")
         await self._workspaces.role_of(wid, user.id)
         mid = parse_id(member_id, "member")
-        await self._workspaces.remove_member(wid, user.id, mid)
         details = {"left": mid == user.id}
-        await record(
-            self._audit,
-            request,
-            user,
-            Action.MEMBER_REMOVED,
-            workspace_id=wid,
-            target=Target("user", mid),
-            details=details,
+        noted = note(
+            self._audit, request, user, Action.MEMBER_REMOVED, workspace_id=wid, details=details
         )
+        await self._workspaces.remove_member(wid, user.id, mid, noted)
         return no_content(request)
 
     @route(app, "/<workspace_id>/sandboxes", methods=["GET"], strict_slashes=False)
@@ -224,16 +193,11 @@ class WorkspacesAPI:
         wid = parse_id(workspace_id, "workspace")
         await self._workspaces.require(wid, user.id, Role.OWNER)
         value = parse_budget(read_json_object(request))
-        await self._workspaces.set_budget(wid, user.id, value)
-        await record(
-            self._audit,
-            request,
-            user,
-            Action.BUDGET_CHANGED,
-            workspace_id=wid,
-            target=Target("workspace", wid),
-            details={"budget": value},
+        details = {"budget": value}
+        noted = note(
+            self._audit, request, user, Action.BUDGET_CHANGED, workspace_id=wid, details=details
         )
+        await self._workspaces.set_budget(wid, user.id, value, noted)
         return json_response(request, await self._report(wid))
 
     @route(

@@ -104,6 +104,7 @@ test("a refusal is shown", async () => {
 
 test("details in words", () => {
   expect(detailText(entry(1, { details: { role: "guest" } }))).toBe("as guest");
+  expect(detailText(entry(1, { details: { role: "guest", was: "owner" } }))).toBe("owner → guest");
   expect(detailText(entry(1, { details: { budget: 2000000 } }))).toBe("budget 2,000,000");
   expect(detailText(entry(1, { details: { budget: null } }))).toBe("no budget");
   expect(detailText(entry(1))).toBe("");

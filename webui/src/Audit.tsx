@@ -31,7 +31,8 @@ const PAGE = 50;
 export function detailText(entry: AuditEntry): string {
   const d = entry.details;
   const parts: string[] = [];
-  if (typeof d.role === "string") parts.push(`as ${d.role}`);
+  if (typeof d.role === "string")
+    parts.push(typeof d.was === "string" ? `${d.was} → ${d.role}` : `as ${d.role}`);
   if (typeof d.port === "number") parts.push(`port ${d.port}`);
   if ("budget" in d)
     parts.push(d.budget === null ? "no budget" : `budget ${Number(d.budget).toLocaleString("en")}`);

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from ipaddress import ip_network
 from typing import Any
@@ -20,6 +21,7 @@ import pytest_twisted
 from cli_server.audit import ACTIONS as ACTION_NAMES
 from cli_server.audit import Action, Actor, AuditLog, Note, SecretInDetails
 from cli_server.config import OidcLogin
+from cli_server.db.embedded import EmbeddedPostgres
 
 from .conftest import Running, _reactor, server_config, start_server, stop_server
 from .helpers import Api, wait_until
@@ -445,3 +447,48 @@ async def test_the_row_and_the_change_commit_together(app: Running) -> None:
     refused = await guest.call("PUT", f"/api/workspaces/{wid}/budget", {"monthly_tokens": 5})
     assert refused.code == 403
     assert len(await rows(app)) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_cli_audit_reads_the_embedded_database_of_a_data_dir(
+    postgres: EmbeddedPostgres,
+) -> None:
+    """``cli-server audit --data-dir``: the running embedded PostgreSQL of that directory
+    (the test cluster's own ``cli_server`` database, migrated here), left running."""
+    from cli_server.db.migrations import migrate
+    from cli_server.db.pool import Database
+
+    db = Database(_reactor(), postgres.dsn)
+    await migrate(db)
+    db.close()
+    marker = f"operator-{uuid.uuid4().hex[:8]}"
+    conn = psycopg2.connect(postgres.dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO audit_log (actor_name, action, address) VALUES (%s, 'auth.sign_in',"
+            " '192.0.2.9')",
+            (marker,),
+        )
+    conn.close()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli_server.cli",
+            "audit",
+            "--data-dir",
+            str(postgres.pgdata.parent),
+            "--actor",
+            marker,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    [entry] = [json.loads(line) for line in done.stdout.splitlines()]
+    assert (entry["actor_name"], entry["address"]) == (marker, "192.0.2.9")
+    assert postgres.postmaster() is not None  # (a running server's database stays up)

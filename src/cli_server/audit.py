@@ -99,14 +99,15 @@ class Target:
     name: str | None = None
 
 
-# How a target's name (and, for a sandbox, its workspace) is read when the row is written.
+# How a target's name (and, for a sandbox, its workspace) is read when the row is written
+# (by primary key: ``target_uuid`` is the target's id when it is a UUID, else NULL).
 _NAMES = {
-    "workspace": "(SELECT name FROM workspaces WHERE id::text = %(target_id)s)",
-    "sandbox": "(SELECT name FROM sandboxes WHERE id::text = %(target_id)s)",
-    "user": "(SELECT username FROM users WHERE id::text = %(target_id)s)",
+    "workspace": "(SELECT name FROM workspaces WHERE id = %(target_uuid)s::uuid)",
+    "sandbox": "(SELECT name FROM sandboxes WHERE id = %(target_uuid)s::uuid)",
+    "user": "(SELECT username FROM users WHERE id = %(target_uuid)s::uuid)",
 }
 _WORKSPACE_OF = {
-    "sandbox": "(SELECT workspace_id FROM sandboxes WHERE id::text = %(target_id)s)",
+    "sandbox": "(SELECT workspace_id FROM sandboxes WHERE id = %(target_uuid)s::uuid)",
 }
 
 
@@ -257,6 +258,7 @@ class AuditLog:
             "workspace_id": workspace_id,
             "target_type": kind,
             "target_id": target.id if target else None,
+            "target_uuid": target.id if target and is_uuid(target.id) else None,
             "target_name": target.name if target else None,
             "address": actor.address,
             "details": checked_details(details),

@@ -492,3 +492,26 @@ async def test_cli_audit_reads_the_embedded_database_of_a_data_dir(
     [entry] = [json.loads(line) for line in done.stdout.splitlines()]
     assert (entry["actor_name"], entry["address"]) == (marker, "192.0.2.9")
     assert postgres.postmaster() is not None  # (a running server's database stays up)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_direct_add_is_member_added(db_url: str) -> None:
+    """Where the operator allows direct adds, the row says the member was added, not invited."""
+    config = attrs.evolve(server_config(db_url), direct_members=("*",))
+    running = await start_server(db_url, config=config)
+    try:
+        owner = await user(running, "owner")
+        dev = await user(running, "dev")
+        made = await owner.call("POST", "/api/workspaces", {"name": "Team"})
+        wid = made.body["id"]
+        added = await owner.call(
+            "POST", f"/api/workspaces/{wid}/members", {"username": "dev", "role": "developer"}
+        )
+        assert added.code == 201 and added.body["status"] == "member"
+        [row] = await rows(running, "action = 'member.added'")
+        assert (str(row["actor_id"]), str(row["workspace_id"])) == (owner.user["id"], wid)
+        assert (row["target_id"], row["target_name"]) == (dev.user["id"], "dev")
+        assert row["details"] == {"role": "developer"}
+        assert await rows(running, "action = 'member.invited'") == []
+    finally:
+        await stop_server(running)

@@ -174,6 +174,14 @@ async def test_every_operation_answers_as_documented(server: Running) -> None:
     gone = await scripted.call("GET", f"/api/workspaces/{wid}/sandboxes", headers=bearer)
     assert (gone.code, gone.error_code) == (401, "invalid_token"), gone
 
+    # The audit log of the workspace, all of it and filtered.
+    page = await _ok(root, "GET", f"/api/workspaces/{wid}/audit")
+    assert page["entries"], page
+    since = page["entries"][-1]["at"].replace("+", "%2B")
+    await _ok(
+        root, "GET", f"/api/workspaces/{wid}/audit?action=member.invited&limit=2&since={since}"
+    )
+
     # Deletions, and signing out.
     await _ok(root, "DELETE", f"/api/sandboxes/{sid}", status=204)
     await _ok(root, "DELETE", f"/api/workspaces/{wid}/members/{bob_id}", status=204)

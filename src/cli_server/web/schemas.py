@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from cli_server.audit import ACTIONS as AUDIT_ACTIONS
+from cli_server.audit import MAX_LIMIT as AUDIT_MAX_LIMIT
 from cli_server.auth.api_tokens import NAME_LENGTH as TOKEN_NAME_LENGTH
 from cli_server.auth.api_tokens import SCOPES as TOKEN_SCOPES
 from cli_server.proxy.hosts import FIRST_PORT, LAST_PORT, OPENCODE_PORT
@@ -348,6 +350,47 @@ AGENT_ANTHROPIC: Schema = answer({"base_url": TEXT, "api_key": TEXT})
 AGENT_REGISTRATION: Schema = answer(
     {"sandbox_id": ID, "workspace_id": ID, "tunnel_token": TEXT, "name": TEXT},
     {"anthropic": AGENT_ANTHROPIC},
+)
+
+# -- the audit log --------------------------------------------------------------------------
+
+AUDIT_ACTION: Schema = {"type": "string", "enum": list(AUDIT_ACTIONS)}
+AUDIT_ENTRY: Schema = answer(
+    {
+        "id": {"type": "integer", "minimum": 1},
+        "at": TIMESTAMP,
+        "actor_id": {**nullable(ID), "description": "null: nobody signed in, or the server"},
+        "actor_name": nullable(TEXT),
+        "action": AUDIT_ACTION,
+        "workspace_id": nullable(ID),
+        "target_type": nullable(TEXT),
+        "target_id": nullable(TEXT),
+        "target_name": nullable(TEXT),
+        "address": {**nullable(TEXT), "description": "where the request came from"},
+        "details": {"type": "object", "description": "what else the action says; no secret"},
+    }
+)
+AUDIT_PAGE: Schema = answer(
+    {
+        "entries": array(AUDIT_ENTRY),
+        "next": {**nullable(INTEGER), "description": "``before`` of the next (older) page"},
+    }
+)
+AUDIT_QUERY: Schema = obj(
+    {},
+    {
+        "action": AUDIT_ACTION,
+        "actor": {**text(min=1, max=254), "description": "a user's id or name"},
+        "since": {**TIMESTAMP, "description": "entries at or after this time"},
+        "until": {**TIMESTAMP, "description": "entries before this time"},
+        "before": {"type": "integer", "minimum": 1, "description": "entries older than this id"},
+        "limit": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": AUDIT_MAX_LIMIT,
+            "description": "entries per page (default 50)",
+        },
+    },
 )
 
 # -- the server -----------------------------------------------------------------------------

@@ -361,7 +361,7 @@ class AuthAPI:
         scope="admin",
         across_workspaces=True,
         body=API_TOKEN_BODY,
-        answers={201: NEW_API_TOKEN},
+        answers={201: NEW_API_TOKEN, 404: ERROR},
     )
     async def create_token(self, request: IRequest, user: User) -> bytes:
         """A personal API token; its secret (``token``) is in this answer only."""

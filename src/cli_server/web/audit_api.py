@@ -38,7 +38,8 @@ PAGE = obj({"entries": {"type": "array", "items": ENTRY}, "next": {"type": ["int
 def actor_of(request: IRequest, user: User | None) -> Actor:
     if user is None:
         return Actor(None, None, client_host(request))
-    return Actor(user.id, user.username, client_host(request))
+    via = f"api_token {user.token.id}" if user.token is not None else None
+    return Actor(user.id, user.username, client_host(request), via=via)
 
 
 async def record(

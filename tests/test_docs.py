@@ -184,9 +184,7 @@ def rows(text: str) -> list[list[str]]:
 def documented_options(heading: str) -> dict[str, list[str]]:
     """``--option`` -> its row, for the options a section's table lists in its first column."""
     table = rows(section(CONFIGURATION.read_text("utf-8"), heading))
-    return {
-        name: row for row in table for name in re.findall(r"`(--[a-z0-9-]+)", row[0])
-    }
+    return {name: row for row in table for name in re.findall(r"`(--[a-z0-9-]+)", row[0])}
 
 
 def long_options(options: Any) -> set[str]:
@@ -249,11 +247,8 @@ def test_every_cli_command_is_documented() -> None:
         re.split(r"\s+[\[(]", line.strip().removeprefix("usage:").strip())[0]
         for line in cli._USAGE.splitlines()
     }
-    documented = {
-        CODE_NAME.match(row[0]).group(1).split(" [")[0]  # type: ignore[union-attr]
-        for row in rows(section(CONFIGURATION.read_text("utf-8"), COMMAND_TABLE))
-        if CODE_NAME.match(row[0])
-    }
+    table = rows(section(CONFIGURATION.read_text("utf-8"), COMMAND_TABLE))
+    documented = {name.split(" [")[0] for row in table for name in CODE_NAME.findall(row[0])}
     missing = sorted(commands - documented)
     assert not missing, (
         f"docs/configuration.md's '{COMMAND_TABLE}' table lacks {missing}; add a row "

@@ -203,6 +203,11 @@ class OptionsTests(SynchronousTestCase):
             ([], {"BASE_SCHEME": "ftp"}, "BASE_SCHEME: 'ftp' must be http or https"),
             (["--session-lifetime", "0"], {}, "--session-lifetime: '0' must be longer than zero"),
             (["--listen", "bogus:1"], {}, "--listen 'bogus:1'"),
+            (
+                ["--listen", "ssl:8443:privateKey=/nonexistent/key.pem"],
+                {},
+                "--listen 'ssl:8443:privateKey=/nonexistent/key.pem': [Errno 2]",
+            ),
             (["--db-url", "nonsense"], {}, "--db-url: not a PostgreSQL connection string"),
             (
                 ["--db-url", "postgres://cli:secret@db:5432/cli"],

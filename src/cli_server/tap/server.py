@@ -492,7 +492,7 @@ class Options(usage.Options):
         for description in self["listen"]:
             try:
                 serverFromString(MemoryReactor(), description)
-            except (ValueError, TypeError, KeyError) as e:
+            except (ValueError, TypeError, KeyError, OSError) as e:  # (OSError: a missing key file)
                 raise usage.UsageError(f"--listen {description!r}: {e}") from None
 
     def config(self) -> ServerConfig:

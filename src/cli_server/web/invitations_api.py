@@ -25,9 +25,10 @@ class InvitationsAPI:
     app = Klein()
     install_json_errors(app)
 
-    @route(app, "/", methods=["GET"], strict_slashes=False)
+    @route(app, "/", methods=["GET"], strict_slashes=False, across_workspaces=True)
     async def list_invitations(self, request: IRequest, user: User) -> bytes:
-        return json_response(request, await self._workspaces.invitations_for(user.id))
+        listed = await self._workspaces.invitations_for(user.id)
+        return json_response(request, [i for i in listed if user.reaches(i["workspace_id"])])
 
     @route(app, "/<invitation_id>/accept", methods=["POST"])
     async def accept(self, request: IRequest, user: User, invitation_id: str) -> bytes:

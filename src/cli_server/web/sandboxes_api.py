@@ -82,7 +82,9 @@ class SandboxesAPI:
         sid = parse_id(sandbox_id, "sandbox")
         return json_response(request, await self._manager.ports(sid, user.id))
 
-    @route(app, "/<sandbox_id>/open", methods=["POST"])
+    # A browser's only (no API token): the link signs into the subdomain, where tokens are
+    # never accepted, with a session that a token's revocation would not end.
+    @route(app, "/<sandbox_id>/open", methods=["POST"], scope="session")
     async def open_sandbox(self, request: IRequest, user: User, sandbox_id: str) -> bytes:
         """A one-time link that signs the caller in on the sandbox's own subdomain, or with a
         body ``{"port": N}`` on the preview of port N in it (its own origin and session)."""

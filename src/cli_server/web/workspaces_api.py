@@ -78,9 +78,10 @@ class WorkspacesAPI:
     app = Klein()
     install_json_errors(app)
 
-    @route(app, "/", methods=["GET"], strict_slashes=False)
+    @route(app, "/", methods=["GET"], strict_slashes=False, across_workspaces=True)
     async def list_workspaces(self, request: IRequest, user: User) -> bytes:
-        return json_response(request, await self._workspaces.list_for(user.id))
+        listed = await self._workspaces.list_for(user.id)
+        return json_response(request, [w for w in listed if user.reaches(w["id"])])
 
     @route(app, "/", methods=["POST"], strict_slashes=False)
     async def create_workspace(self, request: IRequest, user: User) -> bytes:

@@ -246,6 +246,7 @@ def build(
     hashing.setName("threads")
     hashing.setServiceParent(root)
 
+    host: str | None = None  # set below for a backend whose sandboxes only this host reaches
     embedded = None
     if config.db_url:
         dsn = config.db_url
@@ -378,6 +379,7 @@ def build(
             threads=hashing.run,  # (reads of sandboxes' listening ports: short, bounded)
         )
         backend.check_limits()
+        host = replica.hostname  # (its sandboxes are reached from this host only)
     workspaces = Workspaces(
         db, config.direct_members, max_owned=config.max_workspaces_per_user, events=events
     )
@@ -413,6 +415,7 @@ def build(
 
     tunnels = TunnelHub(db, reactor, tunnel_changed, activity.touch, metrics)
     manager.tunnels = tunnels
+    manager.host = host
     backend.on_exit = manager.exited  # a sandbox whose opencode dies is failed at once
     agents = LocalAgents(
         db, workspaces, config.origin, config.origin.rstrip("/") + "/proxy/anthropic/v1"

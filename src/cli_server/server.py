@@ -270,7 +270,7 @@ def build(
         socket.gethostname(),
         str(config.data_dir),
         config.advertise_url,
-        config.backend if backend is None else getattr(backend, "name", config.backend),
+        config.backend if backend is None else "injected",  # (tests': never per host)
         embedded is not None,
     )
     registry = Registry(db, replica)

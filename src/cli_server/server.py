@@ -265,6 +265,8 @@ def build(
         supervisor.setName("database-supervisor")
         supervisor.setServiceParent(root)
 
+    labelled = backend is None and config.backend in ("docker", "k8s")
+    backend_instance = (config.k8s_instance or instance_id(config.data_dir)) if labelled else None
     replica = Replica(
         uuid.uuid4().hex[:12],
         socket.gethostname(),
@@ -272,6 +274,7 @@ def build(
         config.advertise_url,
         config.backend if backend is None else "injected",  # (tests': never per host)
         embedded is not None,
+        backend_instance,
     )
     registry = Registry(db, replica)
     joining = RegistryService(registry, reactor)
@@ -357,7 +360,7 @@ def build(
         backend = DockerBackend(
             engine.run,
             settings,
-            instance_id(config.data_dir),
+            backend_instance or instance_id(config.data_dir),
             opencode,
             quotas=DiskQuotas.on(reactor),
         )

@@ -14,11 +14,19 @@ from cli_server.tap.server import Options
 
 
 def _me(backend: str = "k8s", embedded: bool = False, host: str = "h1") -> Replica:
-    return Replica("me", host, "/var/lib/cli-server", "http://h1:8080", backend, embedded)
+    return Replica("me", host, "/var/lib/cli-server", "http://h1:8080", backend, embedded, "rel")
 
 
-def _row(backend: str = "k8s", embedded: bool = False, host: str = "h2") -> dict[str, Any]:
-    return {"id": "other", "hostname": host, "backend": backend, "embedded_db": embedded}
+def _row(
+    backend: str = "k8s", embedded: bool = False, host: str = "h2", instance: str = "rel"
+) -> dict[str, Any]:
+    return {
+        "id": "other",
+        "hostname": host,
+        "backend": backend,
+        "embedded_db": embedded,
+        "backend_instance": instance,
+    }
 
 
 class RefusalTests(SynchronousTestCase):
@@ -52,6 +60,14 @@ class RefusalTests(SynchronousTestCase):
         why = refusal(_me("process"), [_row("process", host="h1")])
         assert why is not None
         self.assertIn("child processes of one server", why)
+
+    def test_one_label_for_the_sandboxes_of_all_replicas(self) -> None:
+        """Replicas labelling their sandboxes apart would each reconcile the other's away."""
+        why = refusal(_me("docker"), [_row("docker", instance="a1b2")])
+        assert why is not None
+        self.assertIn("labels its docker sandboxes 'a1b2', this one 'rel'", why)
+        self.assertIn("K8S_INSTANCE", why)
+        self.assertIsNone(refusal(_me("docker"), [_row("docker")]))
 
 
 class AdvertiseUrlTests(SynchronousTestCase):

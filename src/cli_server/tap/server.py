@@ -316,7 +316,8 @@ SETTINGS: dict[str, Setting] = {
         "K8S_INSTANCE",
         str.strip,
         None,
-        "Label value marking this deployment's Kubernetes objects (same on every replica).",
+        "Label value marking this deployment's sandboxes, Kubernetes objects or docker"
+        " containers (the same on every replica).",
         "this data directory's instance id",
     ),
     "in-cluster-url": Setting(

@@ -7,14 +7,18 @@ backend that works with any number of replicas without a container engine on the
 
 from __future__ import annotations
 
+import http.server
+import random
 import re
 import signal
 import socket
 import statistics
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pytest
@@ -136,6 +140,69 @@ def test_one_leader_and_failover_when_it_is_killed(
             if d.proc is not None and d.proc.poll() is None:
                 d.stop()
     assert replicas_table(db_url) == []  # clean stops leave the registry
+
+
+class _IdleOpencode(http.server.BaseHTTPRequestHandler):
+    """A sandbox's opencode that is healthy and whose agent does nothing."""
+
+    def do_GET(self) -> None:
+        body = b"{}" if self.path.startswith("/session/status") else b'{"healthy": true}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_the_successor_runs_the_idle_monitor(
+    data_dir: Path, db_url: str, kubernetes: FakeKubernetes
+) -> None:
+    """The leader dies just after a sandbox started: the next leader pauses it once idle, as
+    if nothing happened (the idle monitor carries on within its period)."""
+    pod_ip = f"127.0.{random.randrange(1, 255)}.{random.randrange(2, 255)}"
+    opencode = http.server.ThreadingHTTPServer((pod_ip, 4096), _IdleOpencode)
+    threading.Thread(target=opencode.serve_forever, daemon=True).start()
+    root = data_dir.parent
+    daemons = [replica(root, f"r{i}", kubernetes, db_url) for i in range(2)]
+    try:
+        for d in daemons:
+            d.start()
+        leader = wait_for_one_leader(daemons)
+        (other,) = [d for d in daemons if d is not leader]
+        credentials = {"username": "alice", "password": "correct horse"}
+        assert other.request("POST", "/api/auth/register", credentials)[0] == 201
+        assert other.request("POST", "/api/auth/login", credentials)[0] == 200
+        wid = other.request("POST", "/api/workspaces", {"name": "w"})[1]["id"]
+        sid = other.request("POST", f"/api/workspaces/{wid}/sandboxes", {"name": "s"})[1]["id"]
+        name = f"cli-sbx-{sid}"
+        deadline = time.monotonic() + 30
+        while name not in kubernetes.objects("sandboxes"):
+            assert time.monotonic() < deadline, "no Sandbox was submitted"
+            time.sleep(0.05)
+        kubernetes.make_ready(name, None, [pod_ip])
+        while other.request("GET", f"/api/sandboxes/{sid}")[1]["status"] != "running":
+            assert time.monotonic() < deadline, other.log.read_text()[-3000:]
+            time.sleep(0.05)
+        running_at = time.monotonic()
+        leader.stop(signal.SIGKILL)
+        assert wait_for_one_leader([other]) is other
+        while other.request("GET", f"/api/sandboxes/{sid}")[1]["status"] != "paused":
+            assert time.monotonic() < deadline, other.log.read_text()[-3000:]
+            time.sleep(0.05)
+        paused_after = time.monotonic() - running_at
+        print(f"\nidle sandbox paused {paused_after:.2f}s after it ran (idle timeout 4s)")
+        # idle timeout, plus one idle-monitor period, plus slack for a loaded test host
+        assert paused_after < 4.0 + 1.0 + 2.0
+        assert "paused after 4s idle" in other.log.read_text()
+    finally:
+        for d in daemons:
+            if d.proc is not None and d.proc.poll() is None:
+                d.stop()
+        opencode.shutdown()
+        opencode.server_close()
 
 
 def test_a_replica_refuses_another_ones_embedded_database(

@@ -427,7 +427,13 @@ def build(
     events.subscribe(ProxyListener(sandbox_access, forget))
     events.subscribe(AgentsListener(agents))
     events.subscribe(AnthropicListener(anthropic))
-    database.after_migrate.append(tunnels.mark_all_offline)
+
+    async def release_stale_tunnels() -> None:
+        # (only alone: the others' agents are connected to them)
+        if registry.alone:
+            await tunnels.mark_all_offline()
+
+    database.after_migrate.append(release_stale_tunnels)
     sandboxes = SandboxService(manager, backend, tunnels)
     sandboxes.setName("sandboxes")
     sandboxes.setServiceParent(root)

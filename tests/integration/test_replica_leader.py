@@ -16,6 +16,7 @@ import statistics
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,10 @@ import pytest
 import pytest_twisted
 
 from cli_server.db.embedded import EmbeddedPostgres
+from cli_server.db.pool import Database
+from cli_server.workspaces import Workspaces
 
-from .conftest import Running
+from .conftest import Running, server_config, start_server, stop_server
 from .daemon import Daemon
 from .fake_kubernetes import FakeKubernetes
 
@@ -271,3 +274,34 @@ async def test_a_lone_server_leads_and_says_so(app: Running) -> None:
     assert f"{named} 1.0" in text
     assert me.backend == "injected"  # (a test's FAKE backend: several may share a database)
     assert [r["id"] for r in await app.server.registry.live()] == [me.id]
+
+
+@pytest_twisted.ensureDeferred
+async def test_tunnels_are_released_at_start_only_by_a_lone_replica(db_url: str) -> None:
+    """A replica starting next to live ones leaves the local sandboxes their agents hold
+    through the others; alone, it knows none is connected."""
+    first = await start_server(db_url)
+    db = first.db
+    user = str(uuid.uuid4())
+    await db.execute("INSERT INTO users (id, username) VALUES (%s, 'u')", (user,))
+    workspace = (await Workspaces(db).create(user, "w"))["id"]
+    local = str(uuid.uuid4())
+    await db.execute(
+        "INSERT INTO sandboxes (id, workspace_id, name, status, is_local, backend, created_by,"
+        " opencode_password) VALUES (%s, %s, 'laptop', 'running', true, 'local', %s, 'x')",
+        (local, workspace, user),
+    )
+
+    async def status(db: Database) -> str:
+        (row,) = await db.query("SELECT status FROM sandboxes WHERE id = %s", (local,))
+        return str(row["status"])
+
+    second = await start_server(db_url, config=server_config(db_url, "/nonexistent-second"))
+    assert second.server.registry is not None and not second.server.registry.alone
+    assert await status(second.db) == "running"
+    await stop_server(second)
+    await stop_server(first)
+    third = await start_server(db_url)
+    assert third.server.registry is not None and third.server.registry.alone
+    assert await status(third.db) == "offline"
+    await stop_server(third)

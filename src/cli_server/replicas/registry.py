@@ -80,6 +80,9 @@ class Registry:
     _db: Database
     me: Replica
     _expiry: float = EXPIRY_SECONDS
+    # No other live replica when this one joined: what the table says is connected to a
+    # replica (local agents' tunnels) is stale.
+    alone: bool = field(default=False, init=False)
     _log = Logger()
 
     async def join(self) -> None:
@@ -98,6 +101,7 @@ class Registry:
             why = refusal(self.me, others)
             if why is None:
                 await self._insert(tx)
+                self.alone = not others
             return why
 
         why = await self._db.transaction(work)

@@ -8,7 +8,7 @@ from typing import Any
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from cli_server.config import default_advertise_url
+from cli_server.config import default_advertise_url, parse_advertise_url
 from cli_server.replicas.registry import Replica, refusal
 from cli_server.tap.server import Options
 
@@ -96,6 +96,14 @@ class AdvertiseUrlTests(SynchronousTestCase):
             parsed(["--advertise-url", "https://r1.internal"], {"ADVERTISE_URL": "http://x:1"}),
             "https://r1.internal",
         )
+
+    def test_a_bare_ipv6_pod_address_is_bracketed(self) -> None:
+        """The chart's http://$(POD_IP):8080 works on IPv6 clusters too."""
+        self.assertEqual(parse_advertise_url("http://fd00::1:8080"), "http://[fd00::1]:8080")
+        self.assertEqual(parse_advertise_url("http://[fd00::1]:8080/"), "http://[fd00::1]:8080")
+        self.assertEqual(parse_advertise_url("http://10.0.0.7:8080"), "http://10.0.0.7:8080")
+        with self.assertRaises(ValueError):
+            parse_advertise_url("http://fd00::zz:8080")
 
     def test_bad_values_fail_in_one_line(self) -> None:
         for bad in ("r1:8080", "ftp://r1", "http://u:p@r1:8080", "http://r1:port"):

@@ -21,6 +21,7 @@ from cli_server.config import (
     default_max_sandboxes,
     parse_access_log,
     parse_access_mode,
+    parse_advertise_url,
     parse_backend,
     parse_base_domain,
     parse_base_scheme,
@@ -215,7 +216,7 @@ SETTINGS: dict[str, Setting] = {
     ),
     "advertise-url": Setting(
         "ADVERTISE_URL",
-        parse_base_url,
+        parse_advertise_url,
         None,
         "Where the other replicas of this server reach this one (several replicas on one"
         " database).",

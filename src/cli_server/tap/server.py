@@ -16,10 +16,12 @@ from cli_server.config import (
     GithubLogin,
     OidcLogin,
     ServerConfig,
+    default_advertise_url,
     default_data_dir,
     default_max_sandboxes,
     parse_access_log,
     parse_access_mode,
+    parse_advertise_url,
     parse_backend,
     parse_base_domain,
     parse_base_scheme,
@@ -212,6 +214,14 @@ SETTINGS: dict[str, Setting] = {
     "anthropic-proxy-url": Setting(
         "ANTHROPIC_PROXY_URL", str, None, "URL sandboxes use for the server's Anthropic proxy."
     ),
+    "advertise-url": Setting(
+        "ADVERTISE_URL",
+        parse_advertise_url,
+        None,
+        "Where the other replicas of this server reach this one (several replicas on one"
+        " database).",
+        "http://<hostname>:<port of the first TCP --listen>",
+    ),
     "registration": Setting(
         "REGISTRATION",
         parse_registration,
@@ -307,7 +317,8 @@ SETTINGS: dict[str, Setting] = {
         "K8S_INSTANCE",
         str.strip,
         None,
-        "Label value marking this deployment's Kubernetes objects (same on every replica).",
+        "Label value marking this deployment's sandboxes, Kubernetes objects or docker"
+        " containers (the same on every replica).",
         "this data directory's instance id",
     ),
     "in-cluster-url": Setting(
@@ -369,6 +380,8 @@ class Options(usage.Options):
             )
         if self["data-dir"] is None:
             self["data-dir"] = default_data_dir()
+        if self["advertise-url"] is None:
+            self["advertise-url"] = default_advertise_url(self["listen"])
         if self["max-sandboxes"] is None:
             self["max-sandboxes"] = default_max_sandboxes()
         if self["proxy-workers"] is None:
@@ -542,6 +555,7 @@ class Options(usage.Options):
             sandbox_resources=self["sandbox-resources"],
             k8s_instance=self["k8s-instance"] or None,
             in_cluster_url=self["in-cluster-url"],
+            advertise_url=self["advertise-url"],
             anthropic_api_key=self._environ.get("ANTHROPIC_API_KEY") or None,
             anthropic_auth_token=self._environ.get("ANTHROPIC_AUTH_TOKEN") or None,
         )

@@ -29,10 +29,11 @@ from cli_server.client_address import TrustedProxies
 from cli_server.config import ServerConfig
 from cli_server.db.embedded import EmbeddedPostgres, EmbeddedPostgresError, Supervisor
 from cli_server.db.migrations import migrate
+from cli_server.db.notify import ListeningConnection
 from cli_server.db.pool import Database, DatabaseUnavailable
-from cli_server.events import Events
+from cli_server.events import Events, Listener
 from cli_server.instance_admin import InstanceAdmin
-from cli_server.listeners import AgentsListener, AnthropicListener, ProxyListener
+from cli_server.listeners import AgentsListener, AnthropicListener, DeletedTunnels, ProxyListener
 from cli_server.metrics import Metrics
 from cli_server.proxy.access import SandboxAccess
 from cli_server.proxy.endpoints import RunningEndpoints
@@ -43,6 +44,7 @@ from cli_server.proxy.routes import Routes
 from cli_server.proxy.site import SandboxCookie, SandboxSite
 from cli_server.proxy.urls import SandboxUrls
 from cli_server.proxy.workers import RelayWorkers
+from cli_server.replica_events import CHANNEL, EventTable, ReplicaEvents
 from cli_server.sandboxes.activity import ActivityRecorder
 from cli_server.sandboxes.backend import SandboxBackend
 from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes
@@ -252,6 +254,20 @@ def build(
         supervisor.setName("database-supervisor")
         supervisor.setServiceParent(root)
 
+    # What another replica fired reaches this one's subscribers through ``local``.
+    local = Events()
+    bus: ReplicaEvents | None = None
+    if embedded is None:  # (embedded PostgreSQL serves one replica: nobody to tell)
+        bus = ReplicaEvents(
+            reactor,
+            EventTable(db, reactor),
+            ListeningConnection(reactor, dsn, CHANNEL),
+            local,
+            begin_at_start=False,
+        )
+        bus.setName("replica-events")
+        bus.setServiceParent(root)  # (after the database: stopped before it)
+        database.after_migrate.append(bus.begin)
     sandbox_access = SandboxAccess(db, reactor, config.session_lifetime)
     limits = limits or AuthLimits()
     events = Events()  # revocations and status changes, fired by the domain (subscribers below)
@@ -379,6 +395,8 @@ def build(
     def tunnel_changed(sandbox_id: str) -> None:
         sandbox_access.status_changed(sandbox_id)
         anthropic.status_changed(sandbox_id)
+        if bus is not None:
+            bus.tell_others("sandbox_status_changed", sandbox_id=sandbox_id)
 
     tunnels = TunnelHub(db, reactor, tunnel_changed, activity.touch, metrics)
     manager.tunnels = tunnels
@@ -387,9 +405,17 @@ def build(
         db, workspaces, config.origin, config.origin.rstrip("/") + "/proxy/anthropic/v1"
     )
     agents.on_revoke = tunnels.revoke
-    events.subscribe(ProxyListener(sandbox_access, forget))
-    events.subscribe(AgentsListener(agents))
-    events.subscribe(AnthropicListener(anthropic))
+    subscribers: list[Listener] = [
+        ProxyListener(sandbox_access, forget),
+        AgentsListener(agents),
+        AnthropicListener(anthropic),
+    ]
+    for subscriber in subscribers:
+        events.subscribe(subscriber)
+        local.subscribe(subscriber)
+    local.subscribe(DeletedTunnels(tunnels))
+    if bus is not None:
+        events.subscribe(bus)  # (last: this replica has heard it before the others do)
     database.after_migrate.append(tunnels.mark_all_offline)
     sandboxes = SandboxService(manager, backend, tunnels)
     sandboxes.setName("sandboxes")

@@ -24,7 +24,7 @@ from cli_server.anthropic.proxy import AnthropicProxy, Upstream
 from cli_server.anthropic.setup import ClaudeSetup
 from cli_server.anthropic.usage import UsageStore
 from cli_server.auth.passwords import Passwords
-from cli_server.auth.ratelimit import FailureLimiter
+from cli_server.auth.ratelimit import Failures
 from cli_server.client_address import TrustedProxies
 from cli_server.config import ServerConfig
 from cli_server.db.embedded import EmbeddedPostgres, EmbeddedPostgresError, Supervisor
@@ -277,10 +277,9 @@ def build(
     cookies = SessionCookies(
         accounts, config.secure_cookies, config.session_lifetime, config.origin
     )
-    logins = limits.guard(reactor)
-    registrations = FailureLimiter(
-        reactor, limits.registrations_per_address, limits.registration_window
-    )
+    failures = Failures(db)  # (in the database: every replica counts the same failures)
+    logins = limits.guard(failures, reactor)
+    registrations = limits.registrations(failures, reactor)
     sso_providers = SsoProviders.of(config, reactor)
     labels = {p["name"]: p["label"] for p in sso_providers.public_list()}
     identities = Identities(db, config.registration, labels)
@@ -494,10 +493,10 @@ def build(
     )
 
     async def housekeeping() -> None:
-        logins.prune()
-        registrations.prune()
         activity.prune()
         if database.ready:
+            await logins.prune()
+            await registrations.prune()
             await accounts.purge_expired_sessions()
             await sandbox_access.purge_expired()
             await agents.purge_expired()

@@ -393,3 +393,30 @@ async def test_nothing_lost_across_a_postgresql_restart(replicas: Cluster) -> No
     print(f"revocation delivered across a PostgreSQL restart: {took * 1000:.0f} ms")
     log = replicas.b.log.read_text()
     assert "listening for the other replicas' events failed" in log
+
+
+def test_login_and_registration_failures_count_on_every_replica(replicas: Cluster) -> None:
+    """Wrong passwords for one account from one address, alternately through A and B: the
+    sixth meets the delay that five failures earn, wherever it lands. Registrations from one
+    address likewise count together."""
+    signed_in(replicas, "victim")
+    guesser = Browser()
+    wrong = {"username": "victim", "password": "not the password"}
+    for n in range(5):
+        at = (replicas.a, replicas.b)[n % 2]
+        code, body = guesser.call(at, "POST", "/api/auth/login", wrong)
+        assert code == 401, (n, body)
+    code, body = guesser.call(replicas.b, "POST", "/api/auth/login", wrong)
+    assert code == 429, body
+    assert "too many failed logins for this account from this address" in body["error"]["message"]
+    made = 1  # ("victim")
+    while made < 20:
+        at = (replicas.a, replicas.b)[made % 2]
+        credentials = {"username": f"person{made}", "password": PASSWORD}
+        assert Browser().call(at, "POST", "/api/auth/register", credentials)[0] == 201
+        made += 1
+    for at in (replicas.a, replicas.b):
+        code, body = Browser().call(
+            at, "POST", "/api/auth/register", {"username": "onetoomany", "password": PASSWORD}
+        )
+        assert code == 429, body

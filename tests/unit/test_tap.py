@@ -29,6 +29,7 @@ class MakeServiceTests(SynchronousTestCase):
             [
                 "threads",
                 "database",
+                "replica-events",
                 "sandboxes",
                 "housekeeping",
                 "reconciler",

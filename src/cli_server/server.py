@@ -374,6 +374,11 @@ def build(
 
     def forget(sandbox_id: str) -> None:
         endpoints.forget(sandbox_id)
+        # (what the backend remembers of it, e.g. its pod's addresses: the change may have
+        # been made through another replica, which told us through the replica events)
+        backend_forget = getattr(backend, "forget", None)
+        if backend_forget is not None:
+            backend_forget(sandbox_id)
         # A sandbox whose status changed (paused, failed, stopped, deleted; one that starts
         # has nothing open) keeps nothing open through the proxy: its connections are cut,
         # in twisted.web and in every relay worker, as a revocation's are.

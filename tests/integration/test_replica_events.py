@@ -420,3 +420,29 @@ def test_login_and_registration_failures_count_on_every_replica(replicas: Cluste
             at, "POST", "/api/auth/register", {"username": "onetoomany", "password": PASSWORD}
         )
         assert code == 429, body
+
+
+def test_pause_on_a_reaches_b_s_caches(replicas: Cluster) -> None:
+    """A pause through A: the stream open through B ends within 1 s, and B's next request
+    finds the sandbox not running (its cached session, status and address were dropped)."""
+    owner, _ = signed_in(replicas, "owner")
+    _, sid = replicas.sandbox(owner)
+    cookie = replicas.sandbox_cookie(owner, sid, replicas.b)
+    stream = replicas.stream(sid, cookie, replicas.b)
+    sent = time.monotonic()
+    code, paused = owner.call(replicas.a, "POST", f"/api/sandboxes/{sid}/pause")
+    assert code == 200, paused
+    assert closed_at(stream) - sent < 1.0
+    deadline = time.monotonic() + 10
+    while owner.call(replicas.a, "GET", f"/api/sandboxes/{sid}")[1]["status"] != "paused":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    conn = http.client.HTTPConnection("127.0.0.1", replicas.b.port, timeout=10)
+    try:
+        conn.request("GET", "/", headers={"Host": replicas.host(sid), "Cookie": cookie})
+        response = conn.getresponse()
+        page = response.read()
+    finally:
+        conn.close()
+    assert b"healthy" not in page, page[:200]  # (not opencode's answer)
+    assert b"paused" in page.lower(), page[:300]

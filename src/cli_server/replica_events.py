@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from attrs import define, field
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
@@ -241,7 +241,7 @@ class ReplicaEvents(Service):
         self.connected = False
         reading = self._reading
         if reading is None:
-            return Deferred.fromCoroutine(_nothing())
+            return succeed(None)
         waiting: Deferred[None] = Deferred()
         reading.addBoth(lambda _: waiting.callback(None))  # (a delivery under way ends)
         return waiting
@@ -348,7 +348,3 @@ class ReplicaEvents(Service):
 def _fire(d: Deferred[None]) -> None:
     if not d.called:
         d.callback(None)
-
-
-async def _nothing() -> None:
-    pass

@@ -329,8 +329,9 @@ def test_logout_on_a_cuts_streams_and_terminals_on_b(replicas: Cluster) -> None:
 
 
 def test_member_removal_and_sandbox_deletion_on_a_cut_b(replicas: Cluster) -> None:
-    """A member removed through A loses the stream open through B; then the sandbox deleted
-    through A ends the owner's stream through B."""
+    """A member's role changed through A ends their stream open through B; removed through
+    A, they lose the one they opened again; then the sandbox deleted through A ends the
+    owner's stream through B."""
     owner, _ = signed_in(replicas, "owner")
     member, member_id = signed_in(replicas, "member", at=replicas.b)
     wid, sid = replicas.sandbox(owner)
@@ -341,6 +342,13 @@ def test_member_removal_and_sandbox_deletion_on_a_cut_b(replicas: Cluster) -> No
         {"username": "member", "role": "developer"},
     )
     assert (code, added["status"]) == (201, "member"), added
+    theirs = replicas.stream(sid, replicas.sandbox_cookie(member, sid, replicas.b), replicas.b)
+    sent = time.monotonic()
+    code, changed = owner.call(
+        replicas.a, "PUT", f"/api/workspaces/{wid}/members/{member_id}", {"role": "guest"}
+    )
+    assert code == 200, changed
+    assert closed_at(theirs) - sent < 1.0
     theirs = replicas.stream(sid, replicas.sandbox_cookie(member, sid, replicas.b), replicas.b)
     mine = replicas.stream(sid, replicas.sandbox_cookie(owner, sid, replicas.b), replicas.b)
     sent = time.monotonic()

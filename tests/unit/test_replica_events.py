@@ -365,3 +365,37 @@ class SettledTests(SynchronousTestCase):
         clock.advance(5.0)
         settled.advance()
         self.assertEqual(settled.floor, 4)
+
+
+@define(eq=False)
+class Tunnels:
+    """The tunnel hub's part that ``DeletedTunnels`` uses: which tunnels are held here."""
+
+    held: set[str] = field(factory=set)
+    revoked: list[str] = field(factory=list)
+
+    def session(self, sandbox_id: str) -> object | None:
+        return object() if sandbox_id in self.held else None
+
+    def revoke(self, sandbox_id: str) -> None:
+        self.revoked.append(sandbox_id)
+        self.held.discard(sandbox_id)
+
+
+class DeletedTunnelsTests(SynchronousTestCase):
+    def test_a_tunnel_held_here_closes_when_its_sandbox_is_deleted_elsewhere(self) -> None:
+        """Only the replica holding the tunnel closes it; other events leave tunnels alone."""
+        from cli_server.listeners import DeletedTunnels
+
+        tunnels = Tunnels(held={"here"})
+        listener = DeletedTunnels(tunnels)  # type: ignore[arg-type]
+        for event in (
+            listener.user_revoked("u"),
+            listener.user_disabled("u"),
+            listener.member_changed("u", "w"),
+            listener.sandbox_status_changed("here"),
+            listener.sandbox_deleted("elsewhere"),
+            listener.sandbox_deleted("here"),
+        ):
+            self.successResultOf(Deferred.fromCoroutine(event))
+        self.assertEqual(tunnels.revoked, ["here"])

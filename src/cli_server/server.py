@@ -27,15 +27,16 @@ from cli_server.anthropic.setup import ClaudeSetup
 from cli_server.anthropic.usage import UsageStore
 from cli_server.auth.api_tokens import ApiTokens
 from cli_server.auth.passwords import Passwords
-from cli_server.auth.ratelimit import FailureLimiter
+from cli_server.auth.ratelimit import Failures
 from cli_server.client_address import TrustedProxies
 from cli_server.config import ServerConfig
 from cli_server.db.embedded import EmbeddedPostgres, EmbeddedPostgresError, Supervisor
 from cli_server.db.migrations import migrate
+from cli_server.db.notify import ListeningConnection
 from cli_server.db.pool import Database, DatabaseUnavailable
-from cli_server.events import Events
+from cli_server.events import Events, Listener
 from cli_server.instance_admin import InstanceAdmin
-from cli_server.listeners import AgentsListener, AnthropicListener, ProxyListener
+from cli_server.listeners import AgentsListener, AnthropicListener, DeletedTunnels, ProxyListener
 from cli_server.metrics import Metrics
 from cli_server.proxy.access import SandboxAccess
 from cli_server.proxy.endpoints import RunningEndpoints
@@ -46,6 +47,7 @@ from cli_server.proxy.routes import Routes
 from cli_server.proxy.site import SandboxCookie, SandboxSite
 from cli_server.proxy.urls import SandboxUrls
 from cli_server.proxy.workers import RelayWorkers
+from cli_server.replica_events import CHANNEL, EventTable, ReplicaEvents
 from cli_server.replicas.leader import Leadership
 from cli_server.replicas.registry import (
     HEARTBEAT_SECONDS,
@@ -287,6 +289,20 @@ def build(
     leadership.setName("leadership")
     leadership.setServiceParent(root)
 
+    # What another replica fired reaches this one's subscribers through ``local``.
+    local = Events()
+    bus: ReplicaEvents | None = None
+    if embedded is None:  # (embedded PostgreSQL serves one replica: nobody to tell)
+        bus = ReplicaEvents(
+            reactor,
+            EventTable(db, reactor),
+            ListeningConnection(reactor, dsn, CHANNEL),
+            local,
+            begin_at_start=False,
+        )
+        bus.setName("replica-events")
+        bus.setServiceParent(root)  # (after the database: stopped before it)
+        database.after_migrate.append(bus.begin)
     sandbox_access = SandboxAccess(db, reactor, config.session_lifetime)
     limits = limits or AuthLimits()
     events = Events()  # revocations and status changes, fired by the domain (subscribers below)
@@ -301,10 +317,9 @@ def build(
         config.origin,
         TokenGuard(api_tokens),
     )
-    logins = limits.guard(reactor)
-    registrations = FailureLimiter(
-        reactor, limits.registrations_per_address, limits.registration_window
-    )
+    failures = Failures(db)  # (in the database: every replica counts the same failures)
+    logins = limits.guard(failures, reactor)
+    registrations = limits.registrations(failures, reactor)
     sso_providers = SsoProviders.of(config, reactor)
     labels = {p["name"]: p["label"] for p in sso_providers.public_list()}
     identities = Identities(db, config.registration, labels)
@@ -403,6 +418,11 @@ def build(
 
     def forget(sandbox_id: str) -> None:
         endpoints.forget(sandbox_id)
+        # (what the backend remembers of it, e.g. its pod's addresses: the change may have
+        # been made through another replica, which told us through the replica events)
+        backend_forget = getattr(backend, "forget", None)
+        if backend_forget is not None:
+            backend_forget(sandbox_id)
         # A sandbox whose status changed (paused, failed, stopped, deleted; one that starts
         # has nothing open) keeps nothing open through the proxy: its connections are cut,
         # in twisted.web and in every relay worker, as a revocation's are.
@@ -423,6 +443,8 @@ def build(
     def tunnel_changed(sandbox_id: str) -> None:
         sandbox_access.status_changed(sandbox_id)
         anthropic.status_changed(sandbox_id)
+        if bus is not None:
+            bus.tell_others("sandbox_status_changed", sandbox_id=sandbox_id)
 
     tunnels = TunnelHub(db, reactor, tunnel_changed, activity.touch, metrics)
     manager.tunnels = tunnels
@@ -442,6 +464,18 @@ def build(
             await tunnels.mark_all_offline()
 
     database.after_migrate.append(release_stale_tunnels)
+    subscribers: list[Listener] = [
+        ProxyListener(sandbox_access, forget),
+        AgentsListener(agents),
+        AnthropicListener(anthropic),
+    ]
+    for subscriber in subscribers:
+        events.subscribe(subscriber)
+        local.subscribe(subscriber)
+    local.subscribe(DeletedTunnels(tunnels))
+    if bus is not None:
+        events.subscribe(bus)  # (last: this replica has heard it before the others do)
+    database.after_migrate.append(tunnels.mark_all_offline)
     sandboxes = SandboxService(manager, backend, tunnels)
     sandboxes.setName("sandboxes")
     sandboxes.setServiceParent(root)
@@ -523,10 +557,10 @@ def build(
     )
 
     async def housekeeping() -> None:
-        logins.prune()
-        registrations.prune()
         activity.prune()
         if database.ready:
+            await logins.prune()
+            await registrations.prune()
             await accounts.purge_expired_sessions()
             await api_tokens.purge_ended()
             await sandbox_access.purge_expired()

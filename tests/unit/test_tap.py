@@ -31,6 +31,7 @@ class MakeServiceTests(SynchronousTestCase):
                 "database",
                 "replica-registry",
                 "leadership",
+                "replica-events",
                 "sandboxes",
                 "housekeeping",
                 "reconciler",

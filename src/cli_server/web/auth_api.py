@@ -18,6 +18,7 @@ from cli_server.auth.api_tokens import NAME_LENGTH, SCOPES, ApiTokens, parse_exp
 from cli_server.auth.ratelimit import (
     Backoff,
     FailureLimiter,
+    FailureStore,
     KnownAddresses,
     LoginGuard,
     wait_in_words,
@@ -84,17 +85,28 @@ class AuthLimits:
     registrations_per_address: int = 20
     registration_window: float = 60 * 60.0
 
-    def guard(self, clock: IReactorTime) -> LoginGuard:
-        def backoff(free: int) -> Backoff:
+    def guard(self, store: FailureStore, clock: IReactorTime) -> LoginGuard:
+        def backoff(kind: str, free: int) -> Backoff:
             return Backoff(
-                clock, free, self.login_first_wait, self.login_longest_wait, self.login_window
+                store,
+                clock,
+                kind,
+                free,
+                self.login_first_wait,
+                self.login_longest_wait,
+                self.login_window,
             )
 
         return LoginGuard(
-            backoff(self.login_failures_per_pair),
-            backoff(self.login_failures_per_user),
-            backoff(self.login_failures_per_address),
-            KnownAddresses(clock, self.known_address_for),
+            backoff("login-pair", self.login_failures_per_pair),
+            backoff("login-account", self.login_failures_per_user),
+            backoff("login-address", self.login_failures_per_address),
+            KnownAddresses(store, clock, self.known_address_for),
+        )
+
+    def registrations(self, store: FailureStore, clock: IReactorTime) -> FailureLimiter:
+        return FailureLimiter(
+            store, clock, "registration", self.registrations_per_address, self.registration_window
         )
 
 
@@ -139,9 +151,9 @@ class AuthAPI:
             raise BadRequest("email must look like name@example.com", field="email")
         invite = text_field(body, "invite", max_length=200, required=False)
         address = client_host(request)
-        _limit(self._registrations, address, "too many registrations from this address")
+        await _limit(self._registrations, address, "too many registrations from this address")
         # Every attempt counts, taken names too: registering is also a way to probe names.
-        self._registrations.failed(address)
+        await self._registrations.failed(address)
         user = await self._accounts.register(
             username, password, email or None, self._registration, invite
         )
@@ -171,12 +183,12 @@ class AuthAPI:
         username = required_text(body, "username", max_length=254)
         password = required_text(body, "password", max_length=1024, strip=False)
         account, address = username.lower(), client_host(request)
-        self._check_guard(account, address)
+        await self._check_guard(account, address)
         login = await self._accounts.authenticate(username, password)
         if login is None:
-            self._logins.failed(account, address)
+            await self._logins.failed(account, address)
             raise Unauthorized("wrong username or password", code="invalid_credentials")
-        self._logins.succeeded(account, address)
+        await self._logins.succeeded(account, address)
         agent = request.getHeader(b"user-agent")
         token = await self._accounts.open_session(
             login, agent.decode("utf-8", "replace") if agent else None, address
@@ -186,8 +198,8 @@ class AuthAPI:
         self._cookies.set(request, token)
         return json_response(request, {**login.user.to_json(), "has_password": True})
 
-    def _check_guard(self, account: str, address: str) -> None:
-        waiting = self._logins.retry_after(account, address)
+    async def _check_guard(self, account: str, address: str) -> None:
+        waiting = await self._logins.retry_after(account, address)
         if waiting is not None:
             wait, why = waiting
             raise TooManyRequests(f"{why}; try again in {wait_in_words(wait)}", retry_after=wait)
@@ -218,9 +230,9 @@ class AuthAPI:
                 )
             return no_content(request)
         account, address = user.username.lower(), client_host(request)
-        self._check_guard(account, address)
+        await self._check_guard(account, address)
         if not await self._accounts.check_password(user.id, current):
-            self._logins.failed(account, address)
+            await self._logins.failed(account, address)
             raise Forbidden("the current password is wrong", code="wrong_password")
         await self._accounts.set_password(user.id, new, keep_token=self._cookies.token(request))
         return no_content(request)
@@ -336,8 +348,8 @@ class AuthAPI:
         return no_content(request)
 
 
-def _limit(limiter: FailureLimiter, key: str, message: str) -> None:
-    wait = limiter.retry_after(key)
+async def _limit(limiter: FailureLimiter, key: str, message: str) -> None:
+    wait = await limiter.retry_after(key)
     if wait is not None:
         raise TooManyRequests(f"{message}; try again in {wait_in_words(wait)}", retry_after=wait)
 

@@ -47,7 +47,7 @@ from cli_server.proxy.routes import Routes
 from cli_server.proxy.site import SandboxCookie, SandboxSite
 from cli_server.proxy.urls import SandboxUrls
 from cli_server.proxy.workers import RelayWorkers
-from cli_server.replica_events import CHANNEL, EventTable, ReplicaEvents
+from cli_server.replicas.events import CHANNEL, EventTable, ReplicaEvents
 from cli_server.replicas.leader import Leadership
 from cli_server.replicas.registry import (
     HEARTBEAT_SECONDS,

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cli_server.db.pool import DatabaseUnavailable, Row
 from cli_server.events import Events
-from cli_server.replica_events import ReplicaEvents, Settled
+from cli_server.replicas.events import ReplicaEvents, Settled
 
 
 @define(eq=False)

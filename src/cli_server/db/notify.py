@@ -15,10 +15,10 @@ from attrs import define, field
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from cli_server.db.pool import DatabaseUnavailable, _close_quietly, _Connection, _first_line
+from cli_server.db.pool import DatabaseUnavailable, WatchedConnection, close_quietly, first_line
 
 
-class _Listening(_Connection):
+class _Listening(WatchedConnection):
     """Tells ``on_lost`` when the server closes it while it sits listening."""
 
     on_lost: Callable[[], None] | None = None
@@ -49,8 +49,8 @@ class ListeningConnection:
             # (a channel name is an identifier, not a value: it is ours, never a caller's)
             await self._timed(conn.runOperation(f"LISTEN {self._channel}"))
         except Exception as e:
-            _close_quietly(conn)
-            raise DatabaseUnavailable(f"cannot LISTEN on PostgreSQL: {_first_line(e)}") from e
+            close_quietly(conn)
+            raise DatabaseUnavailable(f"cannot LISTEN on PostgreSQL: {first_line(e)}") from e
         conn.on_lost = lost
         self._conn = conn
 
@@ -62,13 +62,13 @@ class ListeningConnection:
         try:
             await self._timed(conn.runQuery("SELECT 1"))
         except Exception as e:
-            raise DatabaseUnavailable(f"the listening connection failed: {_first_line(e)}") from e
+            raise DatabaseUnavailable(f"the listening connection failed: {first_line(e)}") from e
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.on_lost = None
-            _close_quietly(conn)
+            close_quietly(conn)
 
     def _timed(self, d: Deferred[Any]) -> Deferred[Any]:
         d.addTimeout(self._timeout, self._reactor)

@@ -457,6 +457,82 @@ async def test_invalid_tokens_get_one_401(app: Running) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_new_password_ends_every_token(app: Running) -> None:
+    """A token minted with a stolen session is gone once the owner changes the password, the
+    admin resets it, or an account made by single sign-on sets its first one: the thief is
+    left with nothing (the tokens made with those tokens too)."""
+    admin = app.client()
+    await admin.register_and_login("root")
+    alice = app.client()
+    await alice.register_and_login("alice")
+    thief = app.client()
+    for cookie in alice.jar:
+        thief.jar.set_cookie(cookie)
+    stolen = await _token(thief, "admin")
+    child = await _token(_Client(app, stolen), "write", name="child", expires_at=_in(20))
+    other = await _token(admin, "read")
+    changed = await alice.call(
+        "PUT",
+        "/api/auth/password",
+        {"current_password": "password123", "new_password": "newpassword456"},
+    )
+    assert changed.code == 204
+    for token in (stolen, child):
+        gone = await _as(app, token)("GET", "/api/auth/me")
+        assert (gone.code, gone.error_code) == (401, "invalid_token")
+    assert (await alice.call("GET", "/api/auth/tokens")).body == []
+    # The admin's reset ends the tokens too.
+    again = await _token(alice, "write")
+    assert alice.user is not None
+    reset = await admin.call("POST", f"/api/admin/users/{alice.user['id']}/password")
+    assert reset.code == 200
+    assert (await _as(app, again)("GET", "/api/auth/me")).code == 401
+    # So does a first password (an account that had none, as single sign-on makes them).
+    newcomer = app.client()
+    await newcomer.register_and_login("carol")
+    last = await _token(newcomer, "read")
+    await app.db.execute("UPDATE users SET password_hash = NULL WHERE username = 'carol'")
+    first = await newcomer.call("PUT", "/api/auth/password", {"new_password": "carolpassword1"})
+    assert first.code == 204, first
+    assert (await _as(app, last)("GET", "/api/auth/me")).code == 401
+    # Nobody else's token is touched.
+    assert (await _as(app, other)("GET", "/api/auth/me")).code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_browser_makes_tokens_only_soon_after_signing_in(app: Running) -> None:
+    """A session older than 15 minutes is refused (403 ``sign_in_again``): a stolen cookie
+    alone mints no token. A token making a token needs no sign-in."""
+    alice = app.client()
+    await alice.register_and_login("alice")
+    parent = await _token(alice, "admin")
+    await app.db.execute("UPDATE sessions SET created_at = now() - interval '16 minutes'")
+    stale = await alice.call(
+        "POST", "/api/auth/tokens", {"name": "late", "scope": "read", "expires_at": _in(3)}
+    )
+    assert (stale.code, stale.error_code) == (403, "sign_in_again")
+    assert "sign in again" in stale.body["error"]["message"]
+    (count,) = await app.db.query("SELECT count(*) AS n FROM api_tokens")
+    assert count["n"] == 1
+    by_token = await _token(_Client(app, parent), "read", name="by-token", expires_at=_in(20))
+    assert by_token.startswith("cli_pat_")
+    # Listing and revoking need no fresh sign-in.
+    assert (await alice.call("GET", "/api/auth/tokens")).code == 200
+    await app.db.execute("UPDATE sessions SET created_at = now() - interval '14 minutes'")
+    assert (await _token(alice, "read", name="fresh")).startswith("cli_pat_")
+
+
+class _Client:
+    """What ``_token`` needs of a client, calling with ``token`` only."""
+
+    def __init__(self, app: Running, token: str) -> None:
+        self._call = _as(app, token)
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        return self._call(method, path, body)
+
+
+@pytest_twisted.ensureDeferred
 async def test_cookies_are_ignored_on_a_token_request(app: Running) -> None:
     """A token request acts as the token's user even beside another user's session cookie;
     a foreign Origin does not matter to it (no cookie involved)."""

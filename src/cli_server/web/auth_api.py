@@ -64,8 +64,9 @@ NEW_TOKEN: Mapping[str, Any] = {
     "additionalProperties": False,
 }
 _TOKEN_FIELDS = frozenset(NEW_TOKEN["properties"])
-# A first password (an account made by single sign-on) needs a sign-in this recent: a stolen
-# older session must not turn into a password of the thief's choosing.
+# A first password (an account made by single sign-on) and an API token made from a browser
+# need a sign-in this recent: a stolen older session must not turn into a credential of the
+# thief's choosing.
 FRESH_SIGN_IN = 15 * 60.0
 
 
@@ -305,8 +306,18 @@ class AuthAPI:
         answers={201: MADE_TOKEN},
     )
     async def create_token(self, request: IRequest, user: User) -> bytes:
-        """A personal API token; its secret (``token``) is in this answer only."""
+        """A personal API token; its secret (``token``) is in this answer only. From a
+        browser, only within 15 minutes of signing in: a stolen cookie alone mints none."""
         tokens = self._api_tokens()
+        if user.token is None:
+            session = self._cookies.token(request)
+            assert session is not None  # (a user was found from it)
+            if not await self._accounts.signed_in_within(session, FRESH_SIGN_IN):
+                raise Forbidden(
+                    "to create an API token, sign out and sign in again, then create it "
+                    "within 15 minutes",
+                    code="sign_in_again",
+                )
         body = read_json_object(request)
         extra = sorted(set(body) - _TOKEN_FIELDS)
         if extra:

@@ -11,9 +11,10 @@ from attrs import define
 from twisted.web.iweb import IRequest
 
 from cli_server.accounts import Accounts, User
+from cli_server.auth.api_tokens import InvalidToken
 from cli_server.errors import Forbidden, Unauthorized
 from cli_server.proxy.hygiene import clearing_cookies, cookie_values, session_token
-from cli_server.web.bearer import InvalidToken, TokenGuard, bearer_credential
+from cli_server.web.bearer import TokenGuard, bearer_credential
 
 _SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
 

@@ -644,7 +644,8 @@ async def test_the_token_is_never_logged(app: Running) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_not_accepted_on_the_tunnel_or_agent_registration(app: Running) -> None:
-    """The tunnel takes only its agent's token; registration only a one-time code."""
+    """The tunnel takes only its agent's token; registration only a one-time code; and no
+    token mints a code (the agent would outlive the token's revocation)."""
     alice = app.client()
     await alice.register_and_login("alice")
     token = await _token(alice, "admin")
@@ -661,6 +662,11 @@ async def test_not_accepted_on_the_tunnel_or_agent_registration(app: Running) ->
     assert (tunnel.code, tunnel.error_code) == (401, "invalid_tunnel_token"), tunnel
     registered = await call("POST", "/api/agent/register", {"code": token, "name": "laptop"})
     assert registered.code == 401, registered
+    write = await _token(alice, "write", wid, name="ci")
+    for secret in (token, write):
+        code = await _as(app, secret)("POST", f"/api/workspaces/{wid}/agent-code")
+        assert (code.code, code.error_code) == (403, "session_only"), code
+    assert await app.db.query("SELECT 1 FROM agent_codes") == []
     assert await app.db.query("SELECT 1 FROM sandboxes WHERE is_local") == []
 
 

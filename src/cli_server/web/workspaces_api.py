@@ -154,7 +154,9 @@ class WorkspacesAPI:
     async def create_sandbox(self, request: IRequest, user: User, workspace_id: str) -> bytes:
         return await self._sandboxes.create(request, user, workspace_id)
 
-    @route(app, "/<workspace_id>/agent-code", methods=["POST"])
+    # A browser's only (no API token): the agent it registers holds a tunnel token and may
+    # hold an Anthropic key, neither of which a token's revocation would end.
+    @route(app, "/<workspace_id>/agent-code", methods=["POST"], scope="session")
     async def agent_code(self, request: IRequest, user: User, workspace_id: str) -> bytes:
         """A one-time code (10 minutes) with which a laptop's agent joins the workspace."""
         wid = parse_id(workspace_id, "workspace")

@@ -589,6 +589,29 @@ async def test_cookies_are_ignored_on_a_token_request(app: Running) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_public_routes_keep_the_origin_rule_whatever_the_bearer(app: Running) -> None:
+    """Login and registration from another site are refused (403 ``bad_origin``) even with
+    an ``Authorization: Bearer`` header, bogus or valid: only a route that then requires a
+    valid token skips the rule, and there a bogus one gets 401."""
+    alice = app.client()
+    await alice.register_and_login("alice")
+    token = await _token(alice, "admin")
+    for bearer in ("Bearer x", f"Bearer {token}"):
+        headers = {"Authorization": bearer, "Origin": FOREIGN}
+        for path, body in (
+            ("/api/auth/login", {"username": "alice", "password": "password123"}),
+            ("/api/auth/register", {"username": "mallory", "password": "password123"}),
+        ):
+            reply = await app.client().call("POST", path, body, headers=headers)
+            assert (reply.code, reply.error_code) == (403, "bad_origin"), (bearer, path, reply)
+            assert not reply.headers.getRawHeaders("set-cookie"), reply
+        bogus = await alice.call("POST", "/api/workspaces", {"name": "x"}, headers=headers)
+        expected = (401, "invalid_token") if bearer == "Bearer x" else (201, None)
+        assert (bogus.code, bogus.error_code) == expected, bogus
+    assert await app.db.query("SELECT 1 FROM users WHERE username = 'mallory'") == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_token_is_no_session_cookie(app: Running) -> None:
     """The token's value as the session cookie authenticates nobody."""
     alice = app.client()
@@ -633,11 +656,15 @@ async def test_the_token_is_never_logged(app: Running) -> None:
         )
         assert (in_url.code, in_url.error_code) == (401, "unauthorized")
         assert (await app.client().call("GET", f"/api/x/{token}")).code == 404
+        # Percent-encoded, as a URL decoder would still read it.
+        encoded = "".join(f"%{ord(c):02X}" for c in token)
+        assert (await app.client().call("GET", f"/api/y/{encoded}")).code == 404
     finally:
         globalLogPublisher.removeObserver(observe)
     logged = access.getvalue()
     assert '"GET /api/workspaces HTTP/1.1" 401' in logged, logged
     assert "/api/x/cli_pat_redacted" in logged, logged
+    assert "/api/y/cli_pat_redacted" in logged and encoded[-24:] not in logged, logged
     assert token[8:] not in logged
     assert not [e for e in events if token[8:] in e]
 

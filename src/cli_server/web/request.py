@@ -324,7 +324,8 @@ def for_sandbox(request: Any, site: Any) -> bool:
 
 class _Redacted:
     """A request as the access log sees it: credential query parameters blanked out, and any
-    API token (``cli_pat_...``) in the path or the Referer, where someone pasted one."""
+    API token (``cli_pat_...``, percent-encoded or not) in the path or the Referer, where
+    someone pasted one."""
 
     def __init__(self, request: http.Request) -> None:
         self._request = request
@@ -341,7 +342,21 @@ class _Redacted:
         return getattr(self._request, name)
 
 
-_API_TOKEN = re.compile(rb"cli_pat_[A-Za-z0-9_-]+")
+def _either(char: str) -> str:
+    """``char`` as itself or percent-encoded (either case of hex digit)."""
+    code = f"{ord(char):02x}"
+    return f"(?:{re.escape(char)}|%{code[0]}[{code[1]}{code[1].upper()}])"
+
+
+# A token as written or percent-encoded in part or whole: a URL decoder would find it in
+# either, so the log must not keep either.
+_ENCODED_TOKEN_CHAR = r"%(?:2[dD]|3[0-9]|4[1-9a-fA-F]|5[0-9aAfF]|6[1-9a-fA-F]|7[0-9aA])"
+_API_TOKEN = re.compile(
+    "".join(_either(c) for c in "cli_pat_").encode()
+    + rb"(?:[A-Za-z0-9_-]|"
+    + _ENCODED_TOKEN_CHAR.encode()
+    + rb")+"
+)
 
 
 _CREDENTIALS = frozenset({b"token", b"ticket", b"auth_token", b"code", b"state"})

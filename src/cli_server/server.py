@@ -454,9 +454,6 @@ def build(
         db, workspaces, config.origin, config.origin.rstrip("/") + "/proxy/anthropic/v1"
     )
     agents.on_revoke = tunnels.revoke
-    events.subscribe(ProxyListener(sandbox_access, forget))
-    events.subscribe(AgentsListener(agents))
-    events.subscribe(AnthropicListener(anthropic))
 
     async def release_stale_tunnels() -> None:
         # (only alone: the others' agents are connected to them)
@@ -475,7 +472,6 @@ def build(
     local.subscribe(DeletedTunnels(tunnels))
     if bus is not None:
         events.subscribe(bus)  # (last: this replica has heard it before the others do)
-    database.after_migrate.append(tunnels.mark_all_offline)
     sandboxes = SandboxService(manager, backend, tunnels)
     sandboxes.setName("sandboxes")
     sandboxes.setServiceParent(root)

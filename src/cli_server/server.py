@@ -30,6 +30,7 @@ from cli_server.config import ServerConfig
 from cli_server.db.embedded import EmbeddedPostgres, EmbeddedPostgresError, Supervisor
 from cli_server.db.migrations import migrate
 from cli_server.db.pool import Database, DatabaseUnavailable
+from cli_server.drain import Drain
 from cli_server.events import Events
 from cli_server.instance_admin import InstanceAdmin
 from cli_server.listeners import AgentsListener, AnthropicListener, ProxyListener
@@ -195,6 +196,7 @@ class Server:
     anthropic_door: Any = None  # (sandbox_id, netns or None) -> (IListeningPort, port)
     accounts: Accounts | None = None
     identities: Identities | None = None  # who a single sign-on signs in (sso.claims.SignIns)
+    drain: Drain | None = None  # what SIGTERM does first
 
 
 def buildServer(config: ServerConfig, reactor: Any) -> IService:
@@ -228,7 +230,8 @@ def build(
     backend: Any = None,
     sign_ins: Any = None,
 ) -> Server:
-    root = OrderedMultiService(reactor)
+    # (a stop's first step, the drain, takes up to --drain-timeout)
+    root = OrderedMultiService(reactor, step_timeout=max(30.0, config.drain_timeout + 10.0))
 
     hashing = ThreadPoolService(reactor, "password-hashing", 2)
     hashing.setName("threads")
@@ -398,6 +401,7 @@ def build(
     idle = IdleMonitor(db, backend, manager, opencode, activity, config.idle_timeout, reactor)
     database.after_migrate.append(reconciler.sweep)
 
+    draining = [False]  # (the drain, built below, says so)
     site = MainSite(
         db,
         anthropic,
@@ -430,6 +434,7 @@ def build(
             cookies,
             config.secure_cookies,
         ),
+        draining=lambda: draining[0],
     )
 
     async def say_who_registers_first() -> None:
@@ -528,10 +533,30 @@ def build(
     )
     relay.on_relayed = routes.relayed  # (what the workers relayed counts as activity)
     router = RouterFactory(web, routes, reactor)
+    listeners = []
     for n, description in enumerate(config.listen):
         listener = StreamServerEndpointService(serverFromString(reactor, description), router)
         listener.setName(f"http-{n}")
         listener.setServiceParent(root)
+        listeners.append(listener)
+
+    def begin_draining() -> None:
+        draining[0] = True
+        web.requests.draining = True
+
+    # (added last: stopped first, while everything it waits for still works)
+    drain = Drain(
+        reactor,
+        config.drain_timeout,
+        listeners,
+        [router, web.requests],
+        relay if config.proxy_workers else None,
+        tunnels.close_all,
+        [live.end_all, web.requests.close_lasting],
+        begin_draining,
+    )
+    drain.setName("drain")
+    drain.setServiceParent(root)
     return Server(
         root,
         web,
@@ -547,6 +572,7 @@ def build(
         door,
         accounts,
         identities,
+        drain,
     )
 
 

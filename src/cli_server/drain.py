@@ -78,8 +78,7 @@ class Drain(Service):
                 break
             if self._clock.seconds() - began >= self.timeout:
                 self._log.warn(
-                    "stopping: {left} request(s) still under way after {timeout:g} s; "
-                    "closing them",
+                    "stopping: {left} request(s) still under way after {timeout:g} s; closing them",
                     left=left,
                     timeout=self.timeout,
                 )

@@ -107,15 +107,18 @@ def nginx_site(ports: Sequence[int], listen: str) -> str:
 
 
 class _Opencode(BaseHTTPRequestHandler):
-    """opencode's part: health, any page, and ``/event`` (an event stream, one event every
-    ``EVERY`` seconds, chunked) until the client or the test goes."""
+    """opencode's part: health, any page, ``/slow?s=N`` (answers after N seconds), and
+    ``/event`` (an event stream, one event every ``EVERY`` seconds, chunked) until the
+    client or the test goes."""
 
     protocol_version = "HTTP/1.1"
     server: _OpencodeServer
     EVERY = 0.2
 
     def do_GET(self) -> None:
-        if self.path.startswith("/event"):
+        if self.path.startswith("/slow"):  # answers after ?s= seconds
+            self.server.stopping.wait(float(self.path.partition("?s=")[2] or 1))
+        elif self.path.startswith("/event"):
             self.send_response(200)
             self.send_header("content-type", "text/event-stream")
             self.send_header("transfer-encoding", "chunked")
@@ -152,7 +155,9 @@ class FakeOpencode:
     """A FAKE opencode at a pod's address (127.x.y.z:4096, free on the loopback /8)."""
 
     def __init__(self) -> None:
-        self.ip = f"127.{random.randrange(1, 255)}.{random.randrange(1, 255)}.{random.randrange(2, 255)}"
+        self.ip = (
+            f"127.{random.randrange(1, 255)}.{random.randrange(1, 255)}.{random.randrange(2, 255)}"
+        )
         self._server = _OpencodeServer((self.ip, OPENCODE_PORT), _Opencode)
         self._server.stopping = threading.Event()
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -376,3 +381,53 @@ class Replicas:
         """Which replica nginx's ``X-Upstream`` (its last ``host:port``) names."""
         port = int(upstream.split(",")[-1].strip().rsplit(":", 1)[1])
         return [server.port for server in self.servers].index(port)
+
+
+class EventStream:
+    """A browser's event stream (``/event``) on a sandbox's subdomain: its events as they
+    come, and whether it ended."""
+
+    def __init__(self, port: int, host: str, cookie: str, timeout: float = 10.0) -> None:
+        self._connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        self._connection.request("GET", "/event", headers={"Host": host, "Cookie": cookie})
+        self.response = self._connection.getresponse()
+        self._buffer = b""
+        self.ended_at: float | None = None
+
+    @property
+    def upstream(self) -> str:
+        """nginx's X-Upstream: the replica that serves it."""
+        return str(self.response.headers.get("x-upstream", ""))
+
+    def events(self, count: int, timeout: float = 10.0) -> list[Any]:
+        """The next ``count`` events; fewer if the stream ends first."""
+        found: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while len(found) < count and time.monotonic() < deadline:
+            while b"\n\n" in self._buffer and len(found) < count:
+                event, self._buffer = self._buffer.split(b"\n\n", 1)
+                found.append(json.loads(event.removeprefix(b"data: ")))
+            if len(found) < count and not self._read():
+                break
+        return found
+
+    def _read(self) -> bool:
+        try:
+            data = self.response.read1(65536)
+        except (http.client.IncompleteRead, OSError):
+            data = b""
+        if not data:
+            self.ended_at = time.monotonic()
+        self._buffer += data
+        return bool(data)
+
+    def wait_end(self, timeout: float = 30.0) -> bool:
+        """Reads (and drops) events until the stream ends; whether it did in time."""
+        deadline = time.monotonic() + timeout
+        while self.ended_at is None and time.monotonic() < deadline:
+            self._read()
+            self._buffer = b""
+        return self.ended_at is not None
+
+    def close(self) -> None:
+        self._connection.close()

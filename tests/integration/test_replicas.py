@@ -6,8 +6,10 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import shutil
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -135,3 +137,82 @@ def test_sigterm_drains_requests_under_way_and_closes_streams_last(replicas: Rep
     for connection in (probe, slow):
         connection.close()
     stream.close()
+
+
+def _wrk_figures(text: str) -> dict[str, float]:
+    """What wrk printed: requests, failures (non-2xx/3xx answers and socket errors), and
+    the slowest request in seconds."""
+    requests = re.search(r"(\d+) requests in", text)
+    assert requests is not None, text
+    failures = 0
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if non_2xx is not None:
+        failures += int(non_2xx.group(1))
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
+    if errors is not None:
+        failures += sum(int(n) for n in errors.groups())
+    slowest = re.search(r"Latency\s+\S+\s+\S+\s+([0-9.]+)(us|ms|s)\b", text)
+    assert slowest is not None, text
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0}[slowest.group(2)]
+    return {
+        "requests": int(requests.group(1)),
+        "failures": failures,
+        "slowest": float(slowest.group(1)) * scale,
+    }
+
+
+def test_a_rolling_restart_under_load_fails_no_request(replicas: Replicas) -> None:
+    """wrk keeps a running sandbox's subdomain busy through nginx (8 connections, a valid
+    sandbox session) while each replica in turn is stopped (SIGTERM), waited for and started
+    again: not one request fails."""
+    wrk = shutil.which("wrk")
+    assert wrk is not None, "wrk is not installed (apt-get install nginx wrk)"
+    alice = replicas.user("alice")
+    sid = replicas.running_sandbox(alice)
+    cookie = replicas.open(alice, sid, via=None, redeem=None)
+    assert replicas.get(sid, "/session", cookie).status == 200
+    argv = [
+        wrk,
+        "-t1",
+        "-c8",
+        "-d600s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-H",
+        f"Host: {replicas.host(sid)}",
+        "-H",
+        f"Cookie: {cookie}",
+        f"http://127.0.0.1:{replicas.nginx.port}/session",
+    ]
+    load = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    drains: list[float] = []
+    stops: list[float] = []
+    starts: list[float] = []
+    try:
+        time.sleep(2)
+        for server in replicas.servers:
+            began = time.monotonic()
+            assert server.stop(signal.SIGTERM, timeout=60) in ORDERLY
+            stops.append(time.monotonic() - began)
+            drained = re.findall(r"drained in ([0-9.]+) s", server.log.read_text())
+            drains.append(float(drained[-1]))
+            starts.append(server.start())
+            time.sleep(1)
+        time.sleep(2)
+    finally:
+        load.send_signal(signal.SIGINT)
+        output, _ = load.communicate(timeout=30)
+    text = output.decode()
+    figures = _wrk_figures(text)
+    print(text)
+    print(
+        f"rolling restart: {figures['requests']:.0f} requests, {figures['failures']:.0f} failed,"
+        f" slowest {figures['slowest']:.3f} s; drain per replica {drains} s;"
+        f" SIGTERM to exit {[round(s, 2) for s in stops]} s;"
+        f" start to ready {[round(s, 2) for s in starts]} s"
+    )
+    assert figures["requests"] > 100
+    assert figures["failures"] == 0, text

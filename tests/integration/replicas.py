@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-from .daemon import Daemon, processes_mentioning
+from .daemon import Daemon, clean_env, processes_mentioning, twistd
 from .fake_kubernetes import FakeKubernetes
 from .helpers import free_port
 
@@ -431,3 +431,41 @@ class EventStream:
 
     def close(self) -> None:
         self._connection.close()
+
+
+class Agent:
+    """A real `twistd cli-agent` on the "laptop", dialling the replicas through nginx."""
+
+    def __init__(self, root: Path, replicas: Replicas, code: str) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.log = root / "agent.log"
+        self.proc = subprocess.Popen(
+            [
+                twistd(),
+                "-n",
+                "--pidfile=",
+                f"--logfile={self.log}",
+                "cli-agent",
+                f"--server=http://127.0.0.1:{replicas.nginx.port}",
+                f"--code={code}",
+                "--name=laptop",
+                f"--opencode-url=http://{replicas.opencode.ip}:{OPENCODE_PORT}",
+                f"--config={root / 'agent.json'}",
+            ],
+            env={**clean_env(), "HOME": str(root)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def logs(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)

@@ -17,7 +17,7 @@ import pytest
 
 from .daemon import processes_mentioning
 from .helpers import remove_dir, scratch_dir
-from .replicas import EventStream, Replicas, call
+from .replicas import Agent, EventStream, Replicas, call
 
 # twistd re-raises SIGTERM after its orderly shutdown
 ORDERLY = (0, -signal.SIGTERM)
@@ -216,3 +216,54 @@ def test_a_rolling_restart_under_load_fails_no_request(replicas: Replicas) -> No
     )
     assert figures["requests"] > 100
     assert figures["failures"] == 0, text
+
+
+def _holding(replicas: Replicas, sandbox_id: str, skip: int | None = None) -> int | None:
+    """The replica whose log says the sandbox's tunnel connected (last), or None."""
+    line = f"tunnel for {sandbox_id} connected"
+    for n, server in enumerate(replicas.servers):
+        if n != skip and server.log.exists() and line in server.log.read_text():
+            return n
+    return None
+
+
+def test_an_agent_told_restarting_reconnects_at_once_elsewhere(replicas: Replicas) -> None:
+    """A real agent's tunnel, through nginx, on one replica; SIGTERM there: the agent is told
+    ``goaway restarting`` and its tunnel is up on another replica at once (no backoff)."""
+    alice = replicas.user("alice")
+    workspace = replicas.api(0, "POST", "/api/workspaces", alice, {"name": "laptops"}).json()
+    code = replicas.api(0, "POST", f"/api/workspaces/{workspace['id']}/agent-code", alice, {})
+    assert code.status in (200, 201), code.body
+    agent = Agent(replicas.root / "laptop", replicas, code.json()["code"])
+    try:
+        deadline = time.monotonic() + 60
+        sid = None
+        while sid is None:
+            assert time.monotonic() < deadline, agent.logs()[-3000:]
+            found = re.search(r"registered as local sandbox laptop \(([0-9a-f-]+)\)", agent.logs())
+            sid = found.group(1) if found else None
+            time.sleep(0.1)
+        holder = None
+        while holder is None:
+            assert time.monotonic() < deadline, agent.logs()[-3000:]
+            holder = _holding(replicas, sid)
+            time.sleep(0.05)
+        server = replicas.servers[holder]
+        assert server.proc is not None
+        began = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        elsewhere = None
+        while elsewhere is None:
+            assert time.monotonic() < began + 10, agent.logs()[-3000:]
+            elsewhere = _holding(replicas, sid, skip=holder)
+            time.sleep(0.01)
+        moved = time.monotonic() - began
+        assert server.proc.wait(30) in ORDERLY
+        logs = agent.logs()
+        assert "the server is stopping" in logs, logs[-3000:]
+        assert moved < 2.0, f"the agent took {moved:.2f} s to come back"
+        state = replicas.api(elsewhere, "GET", f"/api/sandboxes/{sid}", alice).json()
+        assert state["status"] == "running", state
+        print(f"agent's tunnel up on another replica {moved:.3f} s after SIGTERM")
+    finally:
+        agent.stop()

@@ -1,6 +1,6 @@
 """Several replicas behind one hostname, for real: N `twistd cli-server` processes on loopback
 (each its own port and data dir; one PostgreSQL, one ``--base-domain``) behind a real nginx
-from Debian, configured as docs/replicas.md tells an operator to (round robin, WebSockets,
+from Debian, configured as docs/architecture.md tells an operator to (round robin, WebSockets,
 no buffering, the next replica on a refused connection or a 503).
 
 The backend is ``k8s`` against the FAKE Kubernetes API (``fake_kubernetes.py``), which every
@@ -60,7 +60,7 @@ http {{
 }}
 """
 
-# The part docs/replicas.md shows (the same text: a test compares them).
+# The part docs/architecture.md shows (the same text: a test compares them).
 SITE = """\
     # WebSockets (terminals, local agents' tunnels): pass the upgrade on, else close.
     map $http_upgrade $connection_upgrade {{

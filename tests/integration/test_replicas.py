@@ -12,12 +12,13 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from .daemon import processes_mentioning
 from .helpers import remove_dir, scratch_dir
-from .replicas import Agent, EventStream, Replicas, call
+from .replicas import Agent, EventStream, Replicas, call, nginx_site
 
 # twistd re-raises SIGTERM after its orderly shutdown
 ORDERLY = (0, -signal.SIGTERM)
@@ -32,6 +33,14 @@ def replicas(db_url: str) -> Iterator[Replicas]:
             yield running
     finally:
         remove_dir(root)
+
+
+def test_the_documented_nginx_site_is_the_tested_one() -> None:
+    """docs/architecture.md shows operators the nginx site these tests run behind."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
+    shown = re.search(r"```nginx\n(.*?)```", text, re.S)
+    assert shown is not None
+    assert shown.group(1) == nginx_site([8081, 8082, 8083], "80")
 
 
 def test_a_sandbox_made_on_one_replica_opens_on_the_others(replicas: Replicas) -> None:

@@ -401,7 +401,7 @@ def build(
     idle = IdleMonitor(db, backend, manager, opencode, activity, config.idle_timeout, reactor)
     database.after_migrate.append(reconciler.sweep)
 
-    draining = [False]  # (the drain, built below, says so)
+    drain: Drain  # (built below, with the listeners it stops)
     site = MainSite(
         db,
         anthropic,
@@ -434,7 +434,7 @@ def build(
             cookies,
             config.secure_cookies,
         ),
-        draining=lambda: draining[0],
+        draining=lambda: drain.draining,
     )
 
     async def say_who_registers_first() -> None:
@@ -541,8 +541,7 @@ def build(
         listeners.append(listener)
 
     def begin_draining() -> None:
-        draining[0] = True
-        web.requests.draining = True
+        web.requests.draining = True  # (answers say ``connection: close``)
 
     # (added last: stopped first, while everything it waits for still works)
     drain = Drain(

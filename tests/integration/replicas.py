@@ -49,7 +49,8 @@ pid {root}/nginx.pid;
 error_log {root}/error.log info;
 events {{ worker_connections 4096; }}
 http {{
-    access_log {root}/access.log;
+    log_format timed '$msec $status $request_time "$upstream_addr" "$upstream_status"';
+    access_log {root}/access.log timed;
     client_body_temp_path {root}/tmp/body;
     proxy_temp_path {root}/tmp/proxy;
     fastcgi_temp_path {root}/tmp/fastcgi;
@@ -148,7 +149,11 @@ class _Opencode(BaseHTTPRequestHandler):
 
 class _OpencodeServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 1024  # (the default 5 drops connections under load: 1 s retries)
     stopping: threading.Event
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # (a client that left: nothing to say)
 
 
 class FakeOpencode:
@@ -213,6 +218,12 @@ class Nginx:
             except OSError:
                 time.sleep(0.05)
         raise AssertionError("nginx did not listen")
+
+    def slowest(self, count: int = 5) -> list[str]:
+        """The slowest requests in the access log: when (epoch seconds), status, seconds,
+        the replicas tried and their answers."""
+        lines = (self.root / "access.log").read_text().splitlines()
+        return sorted(lines, key=lambda line: -float(line.split()[2]))[:count]
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -200,15 +200,19 @@ def test_a_rolling_restart_under_load_fails_no_request(replicas: Replicas) -> No
     drains: list[float] = []
     stops: list[float] = []
     starts: list[float] = []
+    timeline: list[str] = []
     try:
         time.sleep(2)
-        for server in replicas.servers:
+        for n, server in enumerate(replicas.servers):
+            timeline.append(f"{time.time():.3f} SIGTERM to replica {n} ({server.port})")
             began = time.monotonic()
             assert server.stop(signal.SIGTERM, timeout=60) in ORDERLY
             stops.append(time.monotonic() - began)
             drained = re.findall(r"drained in ([0-9.]+) s", server.log.read_text())
             drains.append(float(drained[-1]))
+            timeline.append(f"{time.time():.3f} replica {n} stopped; starting it")
             starts.append(server.start())
+            timeline.append(f"{time.time():.3f} replica {n} ready")
             time.sleep(1)
         time.sleep(2)
     finally:
@@ -217,6 +221,8 @@ def test_a_rolling_restart_under_load_fails_no_request(replicas: Replicas) -> No
     text = output.decode()
     figures = _wrk_figures(text)
     print(text)
+    print("\n".join(timeline))
+    print("slowest through nginx:", *replicas.nginx.slowest(), sep="\n  ")
     print(
         f"rolling restart: {figures['requests']:.0f} requests, {figures['failures']:.0f} failed,"
         f" slowest {figures['slowest']:.3f} s; drain per replica {drains} s;"

@@ -18,7 +18,7 @@ import pytest
 
 from .daemon import processes_mentioning
 from .helpers import remove_dir, scratch_dir
-from .replicas import Agent, EventStream, Replicas, call, nginx_site
+from .replicas import Agent, EventStream, Replicas, alive, call, children, nginx_site
 
 # twistd re-raises SIGTERM after its orderly shutdown
 ORDERLY = (0, -signal.SIGTERM)
@@ -113,6 +113,8 @@ def test_sigterm_drains_requests_under_way_and_closes_streams_last(replicas: Rep
     slow = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
     slow.request("GET", "/slow?s=2", headers={"Host": replicas.host(sid), "Cookie": cookie})
     time.sleep(0.3)  # (under way at the sandbox)
+    workers = children(server.proc.pid)
+    assert workers, "no relay worker"
 
     began = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
@@ -139,6 +141,7 @@ def test_sigterm_drains_requests_under_way_and_closes_streams_last(replicas: Rep
     drained = re.search(r"drained in ([0-9.]+) s", log)
     assert drained is not None, log[-3000:]
     assert processes_mentioning(str(server.data_dir)) == []
+    assert not [pid for pid in workers if alive(pid)], "a relay worker outlived its server"
     print(
         f"refused new connections after {refused_after:.3f} s; drained in"
         f" {drained.group(1)} s; process gone {stopped:.2f} s after SIGTERM"

@@ -285,3 +285,33 @@ def test_an_agent_told_restarting_reconnects_at_once_elsewhere(replicas: Replica
         print(f"agent's tunnel up on another replica {moved:.3f} s after SIGTERM")
     finally:
         agent.stop()
+
+
+def test_the_drain_is_bounded_by_its_timeout(db_url: str) -> None:
+    """A request longer than ``--drain-timeout`` does not hold the stop: the replica exits
+    in order about that long after SIGTERM, cutting it, and says so."""
+    root = scratch_dir("cli-test-replicas-")
+    try:
+        with Replicas(root, db_url, 1, "--drain-timeout=1s") as one:
+            one.start()
+            alice = one.user("alice")
+            sid = one.running_sandbox(alice)
+            cookie = one.open(alice, sid, via=0, redeem=0)
+            server = one.servers[0]
+            assert server.proc is not None
+            slow = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
+            slow.request("GET", "/slow?s=10", headers={"Host": one.host(sid), "Cookie": cookie})
+            time.sleep(0.3)
+            began = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            assert server.proc.wait(30) in ORDERLY
+            stopped = time.monotonic() - began
+            with pytest.raises((http.client.HTTPException, OSError)):
+                slow.getresponse().read()
+            slow.close()
+            assert 1.0 <= stopped < 5.0, stopped
+            log = server.log.read_text()
+            assert "1 request(s) still under way after 1 s; closing them" in log, log[-3000:]
+            print(f"--drain-timeout=1s: process gone {stopped:.2f} s after SIGTERM")
+    finally:
+        remove_dir(root)

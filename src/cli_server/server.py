@@ -34,7 +34,6 @@ from cli_server.db.embedded import EmbeddedPostgres, EmbeddedPostgresError, Supe
 from cli_server.db.migrations import migrate
 from cli_server.db.notify import ListeningConnection
 from cli_server.db.pool import Database, DatabaseUnavailable
-from cli_server.drain import Drain
 from cli_server.events import Events, Listener
 from cli_server.instance_admin import InstanceAdmin
 from cli_server.listeners import AgentsListener, AnthropicListener, DeletedTunnels, ProxyListener
@@ -48,6 +47,7 @@ from cli_server.proxy.routes import Routes
 from cli_server.proxy.site import SandboxCookie, SandboxSite
 from cli_server.proxy.urls import SandboxUrls
 from cli_server.proxy.workers import RelayWorkers
+from cli_server.replicas.drain import Drain
 from cli_server.replicas.events import CHANNEL, EventTable, ReplicaEvents
 from cli_server.replicas.leader import Leadership
 from cli_server.replicas.registry import (

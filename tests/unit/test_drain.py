@@ -13,9 +13,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from cli_server.drain import Drain
 from cli_server.proxy.relay.wire import DRAIN, DRAINING
 from cli_server.proxy.workers import RelayWorkers, _Worker
+from cli_server.replicas.drain import Drain
 from cli_server.tunnel.agent import Backoff
 from cli_server.web.request import OpenRequests, lasting
 from cli_server.web.site import MainSite

@@ -222,6 +222,19 @@ def parse_base_url(text: str) -> str:
     return value
 
 
+def default_advertise_url(listen: tuple[str, ...] | list[str]) -> str | None:
+    """``http://<hostname>:<port>`` of the first TCP listener; None with no TCP listener."""
+    import socket
+
+    for description in listen:
+        parts = description.split(":")
+        if parts[0] in ("tcp", "tcp6") and len(parts) > 1 and parts[1].isdigit():
+            return f"http://{socket.gethostname()}:{parts[1]}"
+        if parts[0].isdigit():  # (a bare port is a TCP one)
+            return f"http://{socket.gethostname()}:{parts[0]}"
+    return None
+
+
 def parse_on_off(text: str) -> bool:
     value = text.strip().lower()
     if value not in ("on", "off"):
@@ -357,6 +370,7 @@ class ServerConfig:
     sandbox_resources: dict[str, Any] | None = field(default=None, hash=False)
     k8s_instance: str | None = None  # None: this data directory's instance id
     in_cluster_url: str = "http://cli-server:8080"  # the server's Service, as pods reach it
+    advertise_url: str | None = None  # where the other replicas reach this one (None: nowhere)
     # Secrets: only from the environment (a command line is visible to every local user).
     anthropic_api_key: str | None = field(default=None, repr=False)
     anthropic_auth_token: str | None = field(default=None, repr=False)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 import sys
+import uuid
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,14 @@ from cli_server.proxy.routes import Routes
 from cli_server.proxy.site import SandboxCookie, SandboxSite
 from cli_server.proxy.urls import SandboxUrls
 from cli_server.proxy.workers import RelayWorkers
+from cli_server.replicas.leader import Leadership
+from cli_server.replicas.registry import (
+    HEARTBEAT_SECONDS,
+    Registry,
+    RegistryService,
+    Replica,
+    ReplicaRefused,
+)
 from cli_server.sandboxes.activity import ActivityRecorder
 from cli_server.sandboxes.backend import SandboxBackend
 from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes
@@ -119,7 +129,7 @@ class DatabaseService(Service):
         if failure.check(CancelledError):
             return
         message = failure.getErrorMessage()
-        if failure.check(EmbeddedPostgresError, OSError):
+        if failure.check(EmbeddedPostgresError, OSError, ReplicaRefused):
             self._log.error("start-up failed: {message}", message=message)
         else:
             self._log.failure("start-up failed: {message}", failure, message=message)
@@ -195,6 +205,8 @@ class Server:
     anthropic_door: Any = None  # (sandbox_id, netns or None) -> (IListeningPort, port)
     accounts: Accounts | None = None
     identities: Identities | None = None  # who a single sign-on signs in (sso.claims.SignIns)
+    leadership: Leadership | None = None
+    registry: Registry | None = None
 
 
 def buildServer(config: ServerConfig, reactor: Any) -> IService:
@@ -234,6 +246,7 @@ def build(
     hashing.setName("threads")
     hashing.setServiceParent(root)
 
+    host: str | None = None  # set below for a backend whose sandboxes only this host reaches
     embedded = None
     if config.db_url:
         dsn = config.db_url
@@ -251,6 +264,23 @@ def build(
         )
         supervisor.setName("database-supervisor")
         supervisor.setServiceParent(root)
+
+    replica = Replica(
+        uuid.uuid4().hex[:12],
+        socket.gethostname(),
+        str(config.data_dir),
+        config.advertise_url,
+        config.backend if backend is None else "injected",  # (tests': never per host)
+        embedded is not None,
+    )
+    registry = Registry(db, replica)
+    joining = RegistryService(registry, reactor)
+    joining.setName("replica-registry")
+    joining.setServiceParent(root)
+    database.after_migrate.append(joining.join)  # (first: a refused replica does nothing)
+    leadership = Leadership(reactor, db.dedicated, f"{replica.id}@{replica.hostname}")
+    leadership.setName("leadership")
+    leadership.setServiceParent(root)
 
     sandbox_access = SandboxAccess(db, reactor, config.session_lifetime)
     limits = limits or AuthLimits()
@@ -288,6 +318,8 @@ def build(
             config.anthropic_base_url, config.anthropic_api_key, config.anthropic_auth_token
         )
     metrics = Metrics()
+    metrics.replica(replica.id, replica.hostname, replica.backend)
+    metrics.flush_before_render(lambda: metrics.leader.set(int(leadership.leading)))
 
     async def sources(sandbox_id: str, is_local: bool) -> Collection[str]:
         """Where a sandbox's Anthropic calls may come from on the main listener: a local
@@ -347,6 +379,7 @@ def build(
             threads=hashing.run,  # (reads of sandboxes' listening ports: short, bounded)
         )
         backend.check_limits()
+        host = replica.hostname  # (its sandboxes are reached from this host only)
     workspaces = Workspaces(
         db, config.direct_members, max_owned=config.max_workspaces_per_user, events=events
     )
@@ -382,6 +415,7 @@ def build(
 
     tunnels = TunnelHub(db, reactor, tunnel_changed, activity.touch, metrics)
     manager.tunnels = tunnels
+    manager.host = host
     backend.on_exit = manager.exited  # a sandbox whose opencode dies is failed at once
     agents = LocalAgents(
         db, workspaces, config.origin, config.origin.rstrip("/") + "/proxy/anthropic/v1"
@@ -396,7 +430,10 @@ def build(
     sandboxes.setServiceParent(root)
     reconciler = Reconciler(db, backend, manager)
     idle = IdleMonitor(db, backend, manager, opencode, activity, config.idle_timeout, reactor)
-    database.after_migrate.append(reconciler.sweep)
+    # Once per cluster, on the leader (taking the lead runs them at once: the reconciler first).
+    reconcile = leadership.when_leading(reconciler.sweep)
+    idle_sweep = leadership.when_leading(idle.sweep)
+    database.after_migrate.append(leadership.attempt)
 
     site = MainSite(
         db,
@@ -451,6 +488,7 @@ def build(
     database.after_migrate.append(say_who_registers_first)
     sandbox_cookie = SandboxCookie(config.secure_cookies, config.session_lifetime)
     live = LiveStreams(reactor)  # terminals and event streams open in this process
+    metrics.flush_before_render(lambda: metrics.live_streams.set(live.open_count()))
     proxy = SandboxSite(
         sandbox_access,
         manager,
@@ -484,11 +522,15 @@ def build(
 
         return run
 
+    idle_period = min(60.0, config.idle_timeout / 4)
     for name, interval, job in [
         ("housekeeping", 600.0, housekeeping),
-        ("reconciler", 30.0, when_ready(reconciler.sweep)),
-        ("idle-monitor", min(60.0, config.idle_timeout / 4), when_ready(idle.sweep)),
+        ("reconciler", 30.0, when_ready(reconcile)),
+        ("idle-monitor", idle_period, when_ready(idle_sweep)),
         ("metrics", 15.0, when_ready(lambda: metrics.refresh(db))),
+        # (a dead leader's successor takes over within one idle-monitor period)
+        ("leader-election", min(5.0, idle_period), when_ready(leadership.attempt)),
+        ("replica-heartbeat", HEARTBEAT_SECONDS, when_ready(registry.heartbeat)),
     ]:
         periodic = PeriodicService(reactor, interval, job, name)
         periodic.setName(name)
@@ -547,6 +589,8 @@ def build(
         door,
         accounts,
         identities,
+        leadership,
+        registry,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import attrs
@@ -101,6 +102,7 @@ class OptionsTests(SynchronousTestCase):
                 base_domain="code.example.com",
                 base_scheme="https",
                 session_lifetime=43200.0,
+                advertise_url=f"http://{socket.gethostname()}:8080",
             ),
         )
         self.assertTrue(config.secure_cookies)

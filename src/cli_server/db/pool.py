@@ -87,6 +87,11 @@ class Database:
             raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {_first_line(e)}") from e
         return conn
 
+    async def dedicated(self) -> _Connection:
+        """A connection of its own, outside the pool and its bound (a session's advisory lock
+        lasts as long as the connection that took it); the caller closes it."""
+        return await self._connect()
+
     async def _with_connection(self, use: Callable[[_Connection], Awaitable[T]]) -> T:
         if self._closed:
             raise DatabaseUnavailable("the database pool is closed")

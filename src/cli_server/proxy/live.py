@@ -60,6 +60,9 @@ class LiveStreams:
             return False  # (none since: the common case, without a scan)
         return any(n > seen and whose.matches(match) for _, n, match in self._revoked)
 
+    def open_count(self) -> int:
+        return len(self._open)
+
     def remove(self, handle: int | None) -> None:
         if handle is not None:
             self._open.pop(handle, None)

@@ -16,6 +16,7 @@ from cli_server.config import (
     GithubLogin,
     OidcLogin,
     ServerConfig,
+    default_advertise_url,
     default_data_dir,
     default_max_sandboxes,
     parse_access_log,
@@ -212,6 +213,14 @@ SETTINGS: dict[str, Setting] = {
     "anthropic-proxy-url": Setting(
         "ANTHROPIC_PROXY_URL", str, None, "URL sandboxes use for the server's Anthropic proxy."
     ),
+    "advertise-url": Setting(
+        "ADVERTISE_URL",
+        parse_base_url,
+        None,
+        "Where the other replicas of this server reach this one (several replicas on one"
+        " database).",
+        "http://<hostname>:<port of the first TCP --listen>",
+    ),
     "registration": Setting(
         "REGISTRATION",
         parse_registration,
@@ -369,6 +378,8 @@ class Options(usage.Options):
             )
         if self["data-dir"] is None:
             self["data-dir"] = default_data_dir()
+        if self["advertise-url"] is None:
+            self["advertise-url"] = default_advertise_url(self["listen"])
         if self["max-sandboxes"] is None:
             self["max-sandboxes"] = default_max_sandboxes()
         if self["proxy-workers"] is None:
@@ -542,6 +553,7 @@ class Options(usage.Options):
             sandbox_resources=self["sandbox-resources"],
             k8s_instance=self["k8s-instance"] or None,
             in_cluster_url=self["in-cluster-url"],
+            advertise_url=self["advertise-url"],
             anthropic_api_key=self._environ.get("ANTHROPIC_API_KEY") or None,
             anthropic_auth_token=self._environ.get("ANTHROPIC_AUTH_TOKEN") or None,
         )

@@ -360,6 +360,7 @@ class ServerConfig:
     password_login: bool = True
     access_log: str = "changes"  # all, changes or off (parse_access_log)
     proxy_workers: int = 1  # relay worker processes (parse_workers); tap's default: the CPUs
+    drain_timeout: float = 30.0  # on SIGTERM: how long in-flight requests may take to finish
     # --backend k8s (k8s_backend.py): where the cluster is and what sandbox pods get
     kubeconfig: str | None = None  # None: in-cluster, else KUBECONFIG / ~/.kube/config
     sandbox_namespace: str | None = None  # None: the server pod's namespace

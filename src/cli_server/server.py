@@ -32,6 +32,7 @@ from cli_server.config import ServerConfig
 from cli_server.db.embedded import EmbeddedPostgres, EmbeddedPostgresError, Supervisor
 from cli_server.db.migrations import migrate
 from cli_server.db.pool import Database, DatabaseUnavailable
+from cli_server.drain import Drain
 from cli_server.events import Events
 from cli_server.instance_admin import InstanceAdmin
 from cli_server.listeners import AgentsListener, AnthropicListener, ProxyListener
@@ -207,6 +208,7 @@ class Server:
     identities: Identities | None = None  # who a single sign-on signs in (sso.claims.SignIns)
     leadership: Leadership | None = None
     registry: Registry | None = None
+    drain: Drain | None = None  # what SIGTERM does first
 
 
 def buildServer(config: ServerConfig, reactor: Any) -> IService:
@@ -240,7 +242,8 @@ def build(
     backend: Any = None,
     sign_ins: Any = None,
 ) -> Server:
-    root = OrderedMultiService(reactor)
+    # (a stop's first step, the drain, takes up to --drain-timeout)
+    root = OrderedMultiService(reactor, step_timeout=max(30.0, config.drain_timeout + 10.0))
 
     hashing = ThreadPoolService(reactor, "password-hashing", 2)
     hashing.setName("threads")
@@ -435,6 +438,7 @@ def build(
     idle_sweep = leadership.when_leading(idle.sweep)
     database.after_migrate.append(leadership.attempt)
 
+    draining = [False]  # (the drain, built below, says so)
     site = MainSite(
         db,
         anthropic,
@@ -467,6 +471,7 @@ def build(
             cookies,
             config.secure_cookies,
         ),
+        draining=lambda: draining[0],
     )
 
     async def say_who_registers_first() -> None:
@@ -570,10 +575,30 @@ def build(
     )
     relay.on_relayed = routes.relayed  # (what the workers relayed counts as activity)
     router = RouterFactory(web, routes, reactor)
+    listeners = []
     for n, description in enumerate(config.listen):
         listener = StreamServerEndpointService(serverFromString(reactor, description), router)
         listener.setName(f"http-{n}")
         listener.setServiceParent(root)
+        listeners.append(listener)
+
+    def begin_draining() -> None:
+        draining[0] = True
+        web.requests.draining = True
+
+    # (added last: stopped first, while everything it waits for still works)
+    drain = Drain(
+        reactor,
+        config.drain_timeout,
+        listeners,
+        [router, web.requests],
+        relay if config.proxy_workers else None,
+        tunnels.close_all,
+        [live.end_all, web.requests.close_lasting],
+        begin_draining,
+    )
+    drain.setName("drain")
+    drain.setServiceParent(root)
     return Server(
         root,
         web,
@@ -591,6 +616,7 @@ def build(
         identities,
         leadership,
         registry,
+        drain,
     )
 
 

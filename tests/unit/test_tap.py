@@ -41,6 +41,7 @@ class MakeServiceTests(SynchronousTestCase):
                 "relay-workers",
                 "http-0",
                 "http-1",
+                "drain",  # (last: SIGTERM stops it first)
             ],
         )
         self.assertEqual(reactor.tcpServers, [])  # nothing bound before start

@@ -166,6 +166,12 @@ SETTINGS: dict[str, Setting] = {
     "idle-timeout": Setting(
         "IDLE_TIMEOUT", parse_duration, "30m", "Pause a sandbox after this long without activity."
     ),
+    "drain-timeout": Setting(
+        "DRAIN_TIMEOUT",
+        parse_duration,
+        "30s",
+        "On SIGTERM, how long in-flight requests may take to finish before the replica stops.",
+    ),
     "docker-url": Setting(
         "DOCKER_HOST",
         str,
@@ -545,6 +551,7 @@ class Options(usage.Options):
             password_login=self["password-login"],
             access_log=self["access-log"],
             proxy_workers=self["proxy-workers"],
+            drain_timeout=self["drain-timeout"],
             kubeconfig=self["kubeconfig"],
             sandbox_namespace=self["sandbox-namespace"] or None,
             runtime_class=self["runtime-class"] or None,

@@ -163,12 +163,22 @@ class Forwarder:
         return cls(reactor, pool, cooperator, agent)
 
     async def forward(
-        self, request: Any, endpoint: Endpoint, password: str | None, scheme: bytes
+        self,
+        request: Any,
+        endpoint: Endpoint,
+        password: str | None,
+        scheme: bytes,
+        *,
+        target: bytes | None = None,
+        headers: Headers | None = None,
     ) -> bool:
         """Send ``request`` on and stream the response; False if the sandbox did not answer.
-        ``password``: opencode's, None for a preview port (which never gets it)."""
+        ``password``: opencode's, None for a preview port (which never gets it). ``target``
+        and ``headers``, when given, are sent instead of the cleaned request's own (the
+        internal channel between replicas: cleaned already, or to be passed on as they are)."""
         agent = self._agent
-        url = f"http://{endpoint.host}:{endpoint.port}".encode() + clean_query(request.uri)
+        path = clean_query(request.uri) if target is None else target
+        url = f"http://{endpoint.host}:{endpoint.port}".encode() + path
         if request.finished or request.channel is None:
             return True  # the browser left before we got here
         body = getattr(request, "streamed_body", None)
@@ -178,7 +188,9 @@ class Forwarder:
             if content.tell() or request.method in (b"POST", b"PUT", b"PATCH"):
                 content.seek(0)
                 body = FileBodyProducer(content, cooperator=self._cooperator)
-        d = agent.request(request.method, url, upstream_headers(request, password, scheme), body)
+        if headers is None:
+            headers = upstream_headers(request, password, scheme)
+        d = agent.request(request.method, url, headers, body)
         if isinstance(body, StreamedBody):
             # (the client's Deferred waits for the whole body: time the answer, not the upload)
             def start_timing(_: object) -> None:

@@ -563,6 +563,7 @@ class Options(usage.Options):
             advertise_url=self["advertise-url"],
             anthropic_api_key=self._environ.get("ANTHROPIC_API_KEY") or None,
             anthropic_auth_token=self._environ.get("ANTHROPIC_AUTH_TOKEN") or None,
+            internal_secret=self._environ.get("INTERNAL_SECRET") or None,
         )
 
 

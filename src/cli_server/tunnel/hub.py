@@ -7,7 +7,7 @@ One live tunnel per sandbox: a new connection with the same credentials replaces
 when it runs, so a quick disconnect/reconnect can never leave the wrong word behind.
 
 Tunnels live in this process's memory. With several replicas, ``holders`` records in the
-database which replica holds each one (the others relay to it, ``proxy/relay_client.py``), and
+database which replica holds each one (the others relay to it, ``proxy/replica_relay.py``), and
 the status writes go through it, so an old tunnel's end on one replica never makes offline a
 sandbox whose agent moved to another.
 """

@@ -222,6 +222,25 @@ def parse_base_url(text: str) -> str:
     return value
 
 
+def parse_advertise_url(text: str) -> str:
+    """An http(s) base URL; a bare IPv6 host (the chart's ``http://$(POD_IP):8080`` on an
+    IPv6 cluster) gets its brackets."""
+    import ipaddress
+
+    value = text.strip()
+    scheme, sep, rest = value.partition("://")
+    netloc, slash, path = rest.partition("/")
+    host, colon, port = netloc.rpartition(":")
+    if sep and colon and "[" not in netloc and host.count(":") >= 2:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            pass
+        else:
+            value = f"{scheme}://[{host}]:{port}{slash}{path}"
+    return parse_base_url(value)
+
+
 def default_advertise_url(listen: tuple[str, ...] | list[str]) -> str | None:
     """``http://<hostname>:<port>`` of the first TCP listener; None with no TCP listener."""
     import socket

@@ -270,6 +270,8 @@ def build(
         supervisor.setName("database-supervisor")
         supervisor.setServiceParent(root)
 
+    labelled = backend is None and config.backend in ("docker", "k8s")
+    backend_instance = (config.k8s_instance or instance_id(config.data_dir)) if labelled else None
     replica = Replica(
         uuid.uuid4().hex[:12],
         socket.gethostname(),
@@ -277,6 +279,7 @@ def build(
         config.advertise_url,
         config.backend if backend is None else "injected",  # (tests': never per host)
         embedded is not None,
+        backend_instance,
     )
     registry = Registry(db, replica)
     joining = RegistryService(registry, reactor)
@@ -362,7 +365,7 @@ def build(
         backend = DockerBackend(
             engine.run,
             settings,
-            instance_id(config.data_dir),
+            backend_instance or instance_id(config.data_dir),
             opencode,
             quotas=DiskQuotas.on(reactor),
         )
@@ -432,7 +435,13 @@ def build(
     events.subscribe(ProxyListener(sandbox_access, forget))
     events.subscribe(AgentsListener(agents))
     events.subscribe(AnthropicListener(anthropic))
-    database.after_migrate.append(tunnels.mark_all_offline)
+
+    async def release_stale_tunnels() -> None:
+        # (only alone: the others' agents are connected to them)
+        if registry.alone:
+            await tunnels.mark_all_offline()
+
+    database.after_migrate.append(release_stale_tunnels)
     sandboxes = SandboxService(manager, backend, tunnels)
     sandboxes.setName("sandboxes")
     sandboxes.setServiceParent(root)

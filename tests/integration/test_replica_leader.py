@@ -7,22 +7,29 @@ backend that works with any number of replicas without a container engine on the
 
 from __future__ import annotations
 
+import http.server
+import random
 import re
 import signal
 import socket
 import statistics
+import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pytest
 import pytest_twisted
 
 from cli_server.db.embedded import EmbeddedPostgres
+from cli_server.db.pool import Database
+from cli_server.workspaces import Workspaces
 
-from .conftest import Running
+from .conftest import Running, server_config, start_server, stop_server
 from .daemon import Daemon
 from .fake_kubernetes import FakeKubernetes
 
@@ -138,6 +145,69 @@ def test_one_leader_and_failover_when_it_is_killed(
     assert replicas_table(db_url) == []  # clean stops leave the registry
 
 
+class _IdleOpencode(http.server.BaseHTTPRequestHandler):
+    """A sandbox's opencode that is healthy and whose agent does nothing."""
+
+    def do_GET(self) -> None:
+        body = b"{}" if self.path.startswith("/session/status") else b'{"healthy": true}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_the_successor_runs_the_idle_monitor(
+    data_dir: Path, db_url: str, kubernetes: FakeKubernetes
+) -> None:
+    """The leader dies just after a sandbox started: the next leader pauses it once idle, as
+    if nothing happened (the idle monitor carries on within its period)."""
+    pod_ip = f"127.0.{random.randrange(1, 255)}.{random.randrange(2, 255)}"
+    opencode = http.server.ThreadingHTTPServer((pod_ip, 4096), _IdleOpencode)
+    threading.Thread(target=opencode.serve_forever, daemon=True).start()
+    root = data_dir.parent
+    daemons = [replica(root, f"r{i}", kubernetes, db_url) for i in range(2)]
+    try:
+        for d in daemons:
+            d.start()
+        leader = wait_for_one_leader(daemons)
+        (other,) = [d for d in daemons if d is not leader]
+        credentials = {"username": "alice", "password": "correct horse"}
+        assert other.request("POST", "/api/auth/register", credentials)[0] == 201
+        assert other.request("POST", "/api/auth/login", credentials)[0] == 200
+        wid = other.request("POST", "/api/workspaces", {"name": "w"})[1]["id"]
+        sid = other.request("POST", f"/api/workspaces/{wid}/sandboxes", {"name": "s"})[1]["id"]
+        name = f"cli-sbx-{sid}"
+        deadline = time.monotonic() + 30
+        while name not in kubernetes.objects("sandboxes"):
+            assert time.monotonic() < deadline, "no Sandbox was submitted"
+            time.sleep(0.05)
+        kubernetes.make_ready(name, None, [pod_ip])
+        while other.request("GET", f"/api/sandboxes/{sid}")[1]["status"] != "running":
+            assert time.monotonic() < deadline, other.log.read_text()[-3000:]
+            time.sleep(0.05)
+        running_at = time.monotonic()
+        leader.stop(signal.SIGKILL)
+        assert wait_for_one_leader([other]) is other
+        while other.request("GET", f"/api/sandboxes/{sid}")[1]["status"] != "paused":
+            assert time.monotonic() < deadline, other.log.read_text()[-3000:]
+            time.sleep(0.05)
+        paused_after = time.monotonic() - running_at
+        print(f"\nidle sandbox paused {paused_after:.2f}s after it ran (idle timeout 4s)")
+        # idle timeout, plus one idle-monitor period, plus slack for a loaded test host
+        assert paused_after < 4.0 + 1.0 + 2.0
+        assert "paused after 4s idle" in other.log.read_text()
+    finally:
+        for d in daemons:
+            if d.proc is not None and d.proc.poll() is None:
+                d.stop()
+        opencode.shutdown()
+        opencode.server_close()
+
+
 def test_a_replica_refuses_another_ones_embedded_database(
     data_dir: Path, kubernetes: FakeKubernetes
 ) -> None:
@@ -204,3 +274,34 @@ async def test_a_lone_server_leads_and_says_so(app: Running) -> None:
     assert f"{named} 1.0" in text
     assert me.backend == "injected"  # (a test's FAKE backend: several may share a database)
     assert [r["id"] for r in await app.server.registry.live()] == [me.id]
+
+
+@pytest_twisted.ensureDeferred
+async def test_tunnels_are_released_at_start_only_by_a_lone_replica(db_url: str) -> None:
+    """A replica starting next to live ones leaves the local sandboxes their agents hold
+    through the others; alone, it knows none is connected."""
+    first = await start_server(db_url)
+    db = first.db
+    user = str(uuid.uuid4())
+    await db.execute("INSERT INTO users (id, username) VALUES (%s, 'u')", (user,))
+    workspace = (await Workspaces(db).create(user, "w"))["id"]
+    local = str(uuid.uuid4())
+    await db.execute(
+        "INSERT INTO sandboxes (id, workspace_id, name, status, is_local, backend, created_by,"
+        " opencode_password) VALUES (%s, %s, 'laptop', 'running', true, 'local', %s, 'x')",
+        (local, workspace, user),
+    )
+
+    async def status(db: Database) -> str:
+        (row,) = await db.query("SELECT status FROM sandboxes WHERE id = %s", (local,))
+        return str(row["status"])
+
+    second = await start_server(db_url, config=server_config(db_url, "/nonexistent-second"))
+    assert second.server.registry is not None and not second.server.registry.alone
+    assert await status(second.db) == "running"
+    await stop_server(second)
+    await stop_server(first)
+    third = await start_server(db_url)
+    assert third.server.registry is not None and third.server.registry.alone
+    assert await status(third.db) == "offline"
+    await stop_server(third)

@@ -8,17 +8,25 @@ from typing import Any
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from cli_server.config import default_advertise_url
+from cli_server.config import default_advertise_url, parse_advertise_url
 from cli_server.replicas.registry import Replica, refusal
 from cli_server.tap.server import Options
 
 
 def _me(backend: str = "k8s", embedded: bool = False, host: str = "h1") -> Replica:
-    return Replica("me", host, "/var/lib/cli-server", "http://h1:8080", backend, embedded)
+    return Replica("me", host, "/var/lib/cli-server", "http://h1:8080", backend, embedded, "rel")
 
 
-def _row(backend: str = "k8s", embedded: bool = False, host: str = "h2") -> dict[str, Any]:
-    return {"id": "other", "hostname": host, "backend": backend, "embedded_db": embedded}
+def _row(
+    backend: str = "k8s", embedded: bool = False, host: str = "h2", instance: str = "rel"
+) -> dict[str, Any]:
+    return {
+        "id": "other",
+        "hostname": host,
+        "backend": backend,
+        "embedded_db": embedded,
+        "backend_instance": instance,
+    }
 
 
 class RefusalTests(SynchronousTestCase):
@@ -53,6 +61,14 @@ class RefusalTests(SynchronousTestCase):
         assert why is not None
         self.assertIn("child processes of one server", why)
 
+    def test_one_label_for_the_sandboxes_of_all_replicas(self) -> None:
+        """Replicas labelling their sandboxes apart would each reconcile the other's away."""
+        why = refusal(_me("docker"), [_row("docker", instance="a1b2")])
+        assert why is not None
+        self.assertIn("labels its docker sandboxes 'a1b2', this one 'rel'", why)
+        self.assertIn("K8S_INSTANCE", why)
+        self.assertIsNone(refusal(_me("docker"), [_row("docker")]))
+
 
 class AdvertiseUrlTests(SynchronousTestCase):
     def test_default_is_the_first_tcp_listener(self) -> None:
@@ -80,6 +96,14 @@ class AdvertiseUrlTests(SynchronousTestCase):
             parsed(["--advertise-url", "https://r1.internal"], {"ADVERTISE_URL": "http://x:1"}),
             "https://r1.internal",
         )
+
+    def test_a_bare_ipv6_pod_address_is_bracketed(self) -> None:
+        """The chart's http://$(POD_IP):8080 works on IPv6 clusters too."""
+        self.assertEqual(parse_advertise_url("http://fd00::1:8080"), "http://[fd00::1]:8080")
+        self.assertEqual(parse_advertise_url("http://[fd00::1]:8080/"), "http://[fd00::1]:8080")
+        self.assertEqual(parse_advertise_url("http://10.0.0.7:8080"), "http://10.0.0.7:8080")
+        with self.assertRaises(ValueError):
+            parse_advertise_url("http://fd00::zz:8080")
 
     def test_bad_values_fail_in_one_line(self) -> None:
         for bad in ("r1:8080", "ftp://r1", "http://u:p@r1:8080", "http://r1:port"):

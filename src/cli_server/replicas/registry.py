@@ -33,6 +33,7 @@ class Replica:
     advertise_url: str | None
     backend: str
     embedded_db: bool
+    backend_instance: str | None = None  # docker and k8s: the label on the objects it makes
 
 
 def refusal(me: Replica, others: Sequence[Row]) -> str | None:
@@ -49,6 +50,13 @@ def refusal(me: Replica, others: Sequence[Row]) -> str | None:
             return (
                 f"{where} runs this database embedded (single-replica); give every replica "
                 "--db-url (DATABASE_URL) of one external PostgreSQL"
+            )
+        theirs = other.get("backend_instance")
+        if other["backend"] == me.backend and theirs != me.backend_instance:
+            return (
+                f"{where} labels its {me.backend} sandboxes {theirs!r}, this one "
+                f"{me.backend_instance!r}: each would take the other's sandboxes for gone; give "
+                "every replica the same K8S_INSTANCE (--k8s-instance)"
             )
         if "process" in (me.backend, other["backend"]) and other["hostname"] != me.hostname:
             return (
@@ -72,6 +80,9 @@ class Registry:
     _db: Database
     me: Replica
     _expiry: float = EXPIRY_SECONDS
+    # No other live replica when this one joined: what the table says is connected to a
+    # replica (local agents' tunnels) is stale.
+    alone: bool = field(default=False, init=False)
     _log = Logger()
 
     async def join(self) -> None:
@@ -90,6 +101,7 @@ class Registry:
             why = refusal(self.me, others)
             if why is None:
                 await self._insert(tx)
+                self.alone = not others
             return why
 
         why = await self._db.transaction(work)
@@ -128,9 +140,17 @@ class Registry:
     async def _insert(self, tx: Transaction) -> None:
         me = self.me
         await tx.execute(
-            "INSERT INTO replicas (id, hostname, instance, advertise_url, backend, embedded_db)"
-            " VALUES (%s, %s, %s, %s, %s, %s)",
-            (me.id, me.hostname, me.instance, me.advertise_url, me.backend, me.embedded_db),
+            "INSERT INTO replicas (id, hostname, instance, advertise_url, backend,"
+            " backend_instance, embedded_db) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (
+                me.id,
+                me.hostname,
+                me.instance,
+                me.advertise_url,
+                me.backend,
+                me.backend_instance,
+                me.embedded_db,
+            ),
         )
 
     async def _expire(self, tx: Transaction) -> None:

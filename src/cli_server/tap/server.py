@@ -21,6 +21,7 @@ from cli_server.config import (
     default_max_sandboxes,
     parse_access_log,
     parse_access_mode,
+    parse_advertise_url,
     parse_backend,
     parse_base_domain,
     parse_base_scheme,
@@ -221,7 +222,7 @@ SETTINGS: dict[str, Setting] = {
     ),
     "advertise-url": Setting(
         "ADVERTISE_URL",
-        parse_base_url,
+        parse_advertise_url,
         None,
         "Where the other replicas of this server reach this one (several replicas on one"
         " database).",
@@ -322,7 +323,8 @@ SETTINGS: dict[str, Setting] = {
         "K8S_INSTANCE",
         str.strip,
         None,
-        "Label value marking this deployment's Kubernetes objects (same on every replica).",
+        "Label value marking this deployment's sandboxes, Kubernetes objects or docker"
+        " containers (the same on every replica).",
         "this data directory's instance id",
     ),
     "in-cluster-url": Setting(

@@ -7,6 +7,7 @@ CREATE TABLE replicas (
     instance text NOT NULL,  -- its data directory: the same replica after a restart
     advertise_url text,  -- where the other replicas reach it
     backend text NOT NULL,
+    backend_instance text,  -- the label on its docker or k8s objects: one per deployment
     embedded_db boolean NOT NULL,  -- it runs this database itself, under its data dir
     started_at timestamptz NOT NULL DEFAULT now(),
     heartbeat_at timestamptz NOT NULL DEFAULT now()

@@ -437,9 +437,9 @@ def build(
     events.subscribe(AnthropicListener(anthropic))
 
     async def release_stale_tunnels() -> None:
-        # (only alone: the others' agents are connected to them)
-        if registry.alone:
-            await tunnels.mark_all_offline()
+        # (next to live replicas too: tunnel_holders says which tunnels they hold, and only
+        # those of replicas gone are released)
+        await tunnels.mark_all_offline()
 
     database.after_migrate.append(release_stale_tunnels)
     sandboxes = SandboxService(manager, backend, tunnels)

@@ -452,7 +452,7 @@ def build(
     idle_sweep = leadership.when_leading(idle.sweep)
     database.after_migrate.append(leadership.attempt)
 
-    draining = [False]  # (the drain, built below, says so)
+    drain: Drain  # (built below, with the listeners it stops)
     site = MainSite(
         db,
         anthropic,
@@ -485,7 +485,7 @@ def build(
             cookies,
             config.secure_cookies,
         ),
-        draining=lambda: draining[0],
+        draining=lambda: drain.draining,
     )
 
     async def say_who_registers_first() -> None:
@@ -607,8 +607,7 @@ def build(
         listeners.append(listener)
 
     def begin_draining() -> None:
-        draining[0] = True
-        web.requests.draining = True
+        web.requests.draining = True  # (answers say ``connection: close``)
 
     # (added last: stopped first, while everything it waits for still works)
     drain = Drain(

@@ -1,6 +1,6 @@
 """Several replicas behind one hostname, for real: N `twistd cli-server` processes on loopback
 (each its own port and data dir; one PostgreSQL, one ``--base-domain``) behind a real nginx
-from Debian, configured as docs/replicas.md tells an operator to (round robin, WebSockets,
+from Debian, configured as docs/architecture.md tells an operator to (round robin, WebSockets,
 no buffering, the next replica on a refused connection or a 503).
 
 The backend is ``k8s`` against the FAKE Kubernetes API (``fake_kubernetes.py``), which every
@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-from .daemon import Daemon, processes_mentioning
+from .daemon import Daemon, clean_env, processes_mentioning, twistd
 from .fake_kubernetes import FakeKubernetes
 from .helpers import free_port
 
@@ -49,7 +49,8 @@ pid {root}/nginx.pid;
 error_log {root}/error.log info;
 events {{ worker_connections 4096; }}
 http {{
-    access_log {root}/access.log;
+    log_format timed '$msec $status $request_time "$upstream_addr" "$upstream_status"';
+    access_log {root}/access.log timed;
     client_body_temp_path {root}/tmp/body;
     proxy_temp_path {root}/tmp/proxy;
     fastcgi_temp_path {root}/tmp/fastcgi;
@@ -60,7 +61,7 @@ http {{
 }}
 """
 
-# The part docs/replicas.md shows (the same text: a test compares them).
+# The part docs/architecture.md shows (the same text: a test compares them).
 SITE = """\
     # WebSockets (terminals, local agents' tunnels): pass the upgrade on, else close.
     map $http_upgrade $connection_upgrade {{
@@ -148,7 +149,11 @@ class _Opencode(BaseHTTPRequestHandler):
 
 class _OpencodeServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 1024  # (the default 5 drops connections under load: 1 s retries)
     stopping: threading.Event
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # (a client that left: nothing to say)
 
 
 class FakeOpencode:
@@ -214,6 +219,12 @@ class Nginx:
                 time.sleep(0.05)
         raise AssertionError("nginx did not listen")
 
+    def slowest(self, count: int = 5) -> list[str]:
+        """The slowest requests in the access log: when (epoch seconds), status, seconds,
+        the replicas tried and their answers."""
+        lines = (self.root / "access.log").read_text().splitlines()
+        return sorted(lines, key=lambda line: -float(line.split()[2]))[:count]
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -223,6 +234,29 @@ class Nginx:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (a replica's relay workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 class Answer:
@@ -431,3 +465,41 @@ class EventStream:
 
     def close(self) -> None:
         self._connection.close()
+
+
+class Agent:
+    """A real `twistd cli-agent` on the "laptop", dialling the replicas through nginx."""
+
+    def __init__(self, root: Path, replicas: Replicas, code: str) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.log = root / "agent.log"
+        self.proc = subprocess.Popen(
+            [
+                twistd(),
+                "-n",
+                "--pidfile=",
+                f"--logfile={self.log}",
+                "cli-agent",
+                f"--server=http://127.0.0.1:{replicas.nginx.port}",
+                f"--code={code}",
+                "--name=laptop",
+                f"--opencode-url=http://{replicas.opencode.ip}:{OPENCODE_PORT}",
+                f"--config={root / 'agent.json'}",
+            ],
+            env={**clean_env(), "HOME": str(root)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def logs(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)

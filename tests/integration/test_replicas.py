@@ -12,12 +12,13 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from .daemon import processes_mentioning
 from .helpers import remove_dir, scratch_dir
-from .replicas import EventStream, Replicas, call
+from .replicas import Agent, EventStream, Replicas, alive, call, children, nginx_site
 
 # twistd re-raises SIGTERM after its orderly shutdown
 ORDERLY = (0, -signal.SIGTERM)
@@ -32,6 +33,14 @@ def replicas(db_url: str) -> Iterator[Replicas]:
             yield running
     finally:
         remove_dir(root)
+
+
+def test_the_documented_nginx_site_is_the_tested_one() -> None:
+    """docs/architecture.md shows operators the nginx site these tests run behind."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
+    shown = re.search(r"```nginx\n(.*?)```", text, re.S)
+    assert shown is not None
+    assert shown.group(1) == nginx_site([8081, 8082, 8083], "80")
 
 
 def test_a_sandbox_made_on_one_replica_opens_on_the_others(replicas: Replicas) -> None:
@@ -104,6 +113,8 @@ def test_sigterm_drains_requests_under_way_and_closes_streams_last(replicas: Rep
     slow = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
     slow.request("GET", "/slow?s=2", headers={"Host": replicas.host(sid), "Cookie": cookie})
     time.sleep(0.3)  # (under way at the sandbox)
+    workers = children(server.proc.pid)
+    assert workers, "no relay worker"
 
     began = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
@@ -130,6 +141,7 @@ def test_sigterm_drains_requests_under_way_and_closes_streams_last(replicas: Rep
     drained = re.search(r"drained in ([0-9.]+) s", log)
     assert drained is not None, log[-3000:]
     assert processes_mentioning(str(server.data_dir)) == []
+    assert not [pid for pid in workers if alive(pid)], "a relay worker outlived its server"
     print(
         f"refused new connections after {refused_after:.3f} s; drained in"
         f" {drained.group(1)} s; process gone {stopped:.2f} s after SIGTERM"
@@ -191,15 +203,19 @@ def test_a_rolling_restart_under_load_fails_no_request(replicas: Replicas) -> No
     drains: list[float] = []
     stops: list[float] = []
     starts: list[float] = []
+    timeline: list[str] = []
     try:
         time.sleep(2)
-        for server in replicas.servers:
+        for n, server in enumerate(replicas.servers):
+            timeline.append(f"{time.time():.3f} SIGTERM to replica {n} ({server.port})")
             began = time.monotonic()
             assert server.stop(signal.SIGTERM, timeout=60) in ORDERLY
             stops.append(time.monotonic() - began)
             drained = re.findall(r"drained in ([0-9.]+) s", server.log.read_text())
             drains.append(float(drained[-1]))
+            timeline.append(f"{time.time():.3f} replica {n} stopped; starting it")
             starts.append(server.start())
+            timeline.append(f"{time.time():.3f} replica {n} ready")
             time.sleep(1)
         time.sleep(2)
     finally:
@@ -208,6 +224,8 @@ def test_a_rolling_restart_under_load_fails_no_request(replicas: Replicas) -> No
     text = output.decode()
     figures = _wrk_figures(text)
     print(text)
+    print("\n".join(timeline))
+    print("slowest through nginx:", *replicas.nginx.slowest(), sep="\n  ")
     print(
         f"rolling restart: {figures['requests']:.0f} requests, {figures['failures']:.0f} failed,"
         f" slowest {figures['slowest']:.3f} s; drain per replica {drains} s;"
@@ -216,3 +234,84 @@ def test_a_rolling_restart_under_load_fails_no_request(replicas: Replicas) -> No
     )
     assert figures["requests"] > 100
     assert figures["failures"] == 0, text
+
+
+def _holding(replicas: Replicas, sandbox_id: str, skip: int | None = None) -> int | None:
+    """The replica whose log says the sandbox's tunnel connected (last), or None."""
+    line = f"tunnel for {sandbox_id} connected"
+    for n, server in enumerate(replicas.servers):
+        if n != skip and server.log.exists() and line in server.log.read_text():
+            return n
+    return None
+
+
+def test_an_agent_told_restarting_reconnects_at_once_elsewhere(replicas: Replicas) -> None:
+    """A real agent's tunnel, through nginx, on one replica; SIGTERM there: the agent is told
+    ``goaway restarting`` and its tunnel is up on another replica at once (no backoff)."""
+    alice = replicas.user("alice")
+    workspace = replicas.api(0, "POST", "/api/workspaces", alice, {"name": "laptops"}).json()
+    code = replicas.api(0, "POST", f"/api/workspaces/{workspace['id']}/agent-code", alice, {})
+    assert code.status in (200, 201), code.body
+    agent = Agent(replicas.root / "laptop", replicas, code.json()["code"])
+    try:
+        deadline = time.monotonic() + 60
+        sid = None
+        while sid is None:
+            assert time.monotonic() < deadline, agent.logs()[-3000:]
+            found = re.search(r"registered as local sandbox laptop \(([0-9a-f-]+)\)", agent.logs())
+            sid = found.group(1) if found else None
+            time.sleep(0.1)
+        holder = None
+        while holder is None:
+            assert time.monotonic() < deadline, agent.logs()[-3000:]
+            holder = _holding(replicas, sid)
+            time.sleep(0.05)
+        server = replicas.servers[holder]
+        assert server.proc is not None
+        began = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        elsewhere = None
+        while elsewhere is None:
+            assert time.monotonic() < began + 10, agent.logs()[-3000:]
+            elsewhere = _holding(replicas, sid, skip=holder)
+            time.sleep(0.01)
+        moved = time.monotonic() - began
+        assert server.proc.wait(30) in ORDERLY
+        logs = agent.logs()
+        assert "the server is stopping" in logs, logs[-3000:]
+        assert moved < 2.0, f"the agent took {moved:.2f} s to come back"
+        state = replicas.api(elsewhere, "GET", f"/api/sandboxes/{sid}", alice).json()
+        assert state["status"] == "running", state
+        print(f"agent's tunnel up on another replica {moved:.3f} s after SIGTERM")
+    finally:
+        agent.stop()
+
+
+def test_the_drain_is_bounded_by_its_timeout(db_url: str) -> None:
+    """A request longer than ``--drain-timeout`` does not hold the stop: the replica exits
+    in order about that long after SIGTERM, cutting it, and says so."""
+    root = scratch_dir("cli-test-replicas-")
+    try:
+        with Replicas(root, db_url, 1, "--drain-timeout=1s") as one:
+            one.start()
+            alice = one.user("alice")
+            sid = one.running_sandbox(alice)
+            cookie = one.open(alice, sid, via=0, redeem=0)
+            server = one.servers[0]
+            assert server.proc is not None
+            slow = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
+            slow.request("GET", "/slow?s=10", headers={"Host": one.host(sid), "Cookie": cookie})
+            time.sleep(0.3)
+            began = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            assert server.proc.wait(30) in ORDERLY
+            stopped = time.monotonic() - began
+            with pytest.raises((http.client.HTTPException, OSError)):
+                slow.getresponse().read()
+            slow.close()
+            assert 1.0 <= stopped < 5.0, stopped
+            log = server.log.read_text()
+            assert "1 request(s) still under way after 1 s; closing them" in log, log[-3000:]
+            print(f"--drain-timeout=1s: process gone {stopped:.2f} s after SIGTERM")
+    finally:
+        remove_dir(root)

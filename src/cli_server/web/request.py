@@ -277,7 +277,8 @@ class BoundedRequest(server.Request):
 
     def write(self, data: bytes) -> None:
         requests = self._open_in
-        if not self.startedWriting and requests is not None and requests.draining:
+        draining = requests is not None and requests.draining and self.channel is not None
+        if not self.startedWriting and draining:
             # The server stops: this connection carries no other request.
             self.channel.persistent = False
             self.setHeader(b"connection", b"close")

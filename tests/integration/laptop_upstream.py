@@ -106,21 +106,30 @@ class _Laptop(BaseHTTPRequestHandler):
 class LaptopUpstream(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self) -> None:
+    def __init__(self, preview: bool = True) -> None:
         super().__init__(("127.0.0.1", 0), _Laptop)
         self.stopping = threading.Event()
         self.paths: list[str] = []
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
         self._thread.start()
+        # a dev server on another port of the laptop, which its agent may share
+        self.preview: LaptopUpstream | None = LaptopUpstream(False) if preview else None
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # (a browser that hangs up mid-stream is no error here)
+
+    @property
+    def preview_port(self) -> int:
+        assert self.preview is not None
+        return int(self.preview.server_address[1])
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
 
     def stop(self) -> None:
+        if self.preview is not None:
+            self.preview.stop()
         self.stopping.set()
         self.shutdown()
         self.server_close()

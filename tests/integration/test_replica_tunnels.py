@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg2
 import pytest
@@ -70,7 +71,8 @@ def cluster(db_url: str) -> Iterator[tuple[Replicas, LaptopUpstream, Agent]]:
     finally:
         agent.kill()
         laptop.stop()
-        remove_dir(root) if not os.environ.get("KEEP_REPLICAS") else None
+        if not os.environ.get("KEEP_REPLICAS"):  # (set it to read the replicas' logs after)
+            remove_dir(root)
 
 
 def _wait(what: str, test: Any, timeout: float) -> float:
@@ -159,6 +161,8 @@ def test_an_agent_on_one_replica_serves_through_the_others(
         "laptop",
         "--opencode-url",
         laptop.url,
+        "--allow-port",
+        str(laptop.preview_port),
     )
 
     def sandbox() -> dict[str, Any]:
@@ -175,6 +179,20 @@ def test_an_agent_on_one_replica_serves_through_the_others(
     others = [n for n in range(3) if n != b]
     cookie = replicas.open(alice, sid, via=others[0], redeem=others[1])
     _serves_all(replicas, laptop, sid, cookie, others)
+
+    # a preview of the shared port, through the replicas not holding the tunnel
+    shared = laptop.preview_port
+    opened = replicas.api(others[0], "POST", f"/api/sandboxes/{sid}/open", alice, {"port": shared})
+    assert opened.status == 200, opened.body
+    url = urlsplit(opened.json()["url"])
+    preview = call(replicas.servers[others[1]].port, "GET", f"{url.path}?{url.query}", url.netloc)
+    assert preview.status in (302, 303), (preview.status, preview.body[:300])
+    for n in others:
+        page = call(replicas.servers[n].port, "GET", "/p", url.netloc, cookie=preview.cookie())
+        assert page.status == 200, (n, page.status, page.body[:300])
+        assert page.json() == {"laptop": True, "path": "/p", "host": url.netloc}
+    unshared = url.netloc.replace(f"-p{shared}.", "-p5999.")
+    assert call(replicas.servers[others[0]].port, "GET", "/", unshared).status != 200
 
     # -- the channel refuses everyone else ------------------------------------------------
     b_port = replicas.servers[b].port

@@ -10,8 +10,9 @@ answer comes back through this replica's answer hygiene, as any sandbox's answer
 Where the channel listens: a path (``/_cli-relay/``) of the main listener, the one the
 advertise URL names, so no second port has to be opened between replicas and reached by the
 load balancer's health checks. It is taken only on a host that is not a sandbox's subdomain
-(``HostDispatcher``), and refused with 403 unless signed with the replicas' shared key; the
-sandboxes' own door to the server (the Anthropic proxy's listener) serves nothing else.
+(``HostDispatcher``), and refused with 403 unless signed with the replicas' shared key: a
+docker or k8s sandbox reaching the main listener (for the Anthropic proxy) gets that 403, and a
+process sandbox's door to the server (``anthropic/listener.py``) serves nothing else.
 """
 
 from __future__ import annotations

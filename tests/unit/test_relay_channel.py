@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from cli_server.proxy.forward import client_endpoint
 from cli_server.replicas import channel
 from cli_server.replicas.holders import holder_address
+from cli_server.sandboxes.backend import Endpoint
 
 SANDBOX = "0b6c2f0e-3d4f-4a51-9c1e-2d7f6a8b9c01"
 KEY = b"k" * 32
@@ -114,3 +118,11 @@ class AdvertiseUrlTests(SynchronousTestCase):
         self.assertEqual(holder_address("http://pod-a"), ("pod-a", 80))
         self.assertIsNone(holder_address(None))
         self.assertIsNone(holder_address("https://pod-a:8443"))
+        self.assertEqual(holder_address("http://[fd00::1]:8080"), ("fd00::1", 8080))
+
+    def test_an_ipv6_holder_is_reached_over_ipv6(self) -> None:
+        reactor = MemoryReactorClock()
+        for host in ("fd00::1", "10.0.0.5"):
+            endpoint = client_endpoint(reactor, Endpoint(host, 8080), None)
+            endpoint.connect(Factory.forProtocol(Protocol))
+            self.assertEqual(reactor.tcpClients[-1][:2], (host, 8080))

@@ -14,7 +14,7 @@ from typing import Any
 
 from attrs import define
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
@@ -178,7 +178,8 @@ class Forwarder:
         internal channel between replicas: cleaned already, or to be passed on as they are)."""
         agent = self._agent
         path = clean_query(request.uri) if target is None else target
-        url = f"http://{endpoint.host}:{endpoint.port}".encode() + path
+        host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host  # (IPv6)
+        url = f"http://{host}:{endpoint.port}".encode() + path
         if request.finished or request.channel is None:
             return True  # the browser left before we got here
         body = getattr(request, "streamed_body", None)
@@ -239,6 +240,10 @@ def client_endpoint(reactor: Any, endpoint: Endpoint, tunnels: Any) -> IStreamCl
     if endpoint.host.endswith(TUNNEL_SUFFIX) and tunnels is not None:
         port = None if endpoint.port == _TUNNEL_OPENCODE else endpoint.port
         return tunnels.endpoint(endpoint.host.removesuffix(TUNNEL_SUFFIX), port)  # type: ignore[no-any-return]
+    if ":" in endpoint.host:  # (an IPv6 address: a replica's, advertised as one)
+        return NoDelayEndpoint(
+            TCP6ClientEndpoint(reactor, endpoint.host, endpoint.port, timeout=10)
+        )
     return NoDelayEndpoint(TCP4ClientEndpoint(reactor, endpoint.host, endpoint.port, timeout=10))
 
 

@@ -406,6 +406,7 @@ class ServerConfig:
     # Secrets: only from the environment (a command line is visible to every local user).
     anthropic_api_key: str | None = field(default=None, repr=False)
     anthropic_auth_token: str | None = field(default=None, repr=False)
+    internal_secret: str | None = field(default=None, repr=False)  # INTERNAL_SECRET
 
     @property
     def origin(self) -> str:

@@ -43,6 +43,7 @@ from cli_server.proxy.access import SandboxAccess
 from cli_server.proxy.endpoints import RunningEndpoints
 from cli_server.proxy.forward import Forwarder
 from cli_server.proxy.live import LiveStreams
+from cli_server.proxy.replica_relay import InternalChannel, Keyring, ReplicaRelay
 from cli_server.proxy.router import RouterFactory
 from cli_server.proxy.routes import Routes
 from cli_server.proxy.site import SandboxCookie, SandboxSite
@@ -50,6 +51,7 @@ from cli_server.proxy.urls import SandboxUrls
 from cli_server.proxy.workers import RelayWorkers
 from cli_server.replicas.drain import Drain
 from cli_server.replicas.events import CHANNEL, EventTable, ReplicaEvents
+from cli_server.replicas.holders import TunnelHolders
 from cli_server.replicas.leader import Leadership
 from cli_server.replicas.registry import (
     HEARTBEAT_SECONDS,
@@ -453,6 +455,9 @@ def build(
             bus.tell_others("sandbox_status_changed", sandbox_id=sandbox_id)
 
     tunnels = TunnelHub(db, reactor, tunnel_changed, activity.touch, metrics)
+    tunnels.holders = TunnelHolders(db, replica.id, reactor.seconds)
+    keyring = Keyring()  # the internal channel's, shared by the replicas through the database
+    database.after_migrate.append(lambda: keyring.load(db, config.internal_secret))
     manager.tunnels = tunnels
     manager.host = host
     backend.on_exit = manager.exited  # a sandbox whose opencode dies is failed at once
@@ -462,12 +467,9 @@ def build(
     agents.on_revoke = tunnels.revoke
     agents.audit = audit
 
-    async def release_stale_tunnels() -> None:
-        # (only alone: the others' agents are connected to them)
-        if registry.alone:
-            await tunnels.mark_all_offline()
-
-    database.after_migrate.append(release_stale_tunnels)
+    # (next to live replicas too: tunnel_holders says which tunnels they hold, and only those
+    # of replicas gone are released)
+    database.after_migrate.append(tunnels.mark_all_offline)
     subscribers: list[Listener] = [
         ProxyListener(sandbox_access, forget),
         AgentsListener(agents),
@@ -562,6 +564,15 @@ def build(
         metrics,
         tunnels,
         live=live,
+        relay=ReplicaRelay(tunnels.holders, keyring, reactor),
+    )
+    internal = InternalChannel(
+        keyring,
+        tunnels,
+        Forwarder.create(reactor, tunnels),
+        reactor,
+        urls.dashboard,
+        activity.touch,
     )
 
     async def housekeeping() -> None:
@@ -592,12 +603,13 @@ def build(
         # (a dead leader's successor takes over within one idle-monitor period)
         ("leader-election", min(5.0, idle_period), when_ready(leadership.attempt)),
         ("replica-heartbeat", HEARTBEAT_SECONDS, when_ready(registry.heartbeat)),
+        ("tunnel-holders", HEARTBEAT_SECONDS, when_ready(tunnels.sweep_holders)),
     ]:
         periodic = PeriodicService(reactor, interval, job, name)
         periodic.setName(name)
         periodic.setServiceParent(root)
 
-    root_resource = HostDispatcher(site.app.resource(), proxy, urls.base_host)
+    root_resource = HostDispatcher(site.app.resource(), proxy, urls.base_host, internal)
     web = QuietSandboxSite(
         root_resource,
         urls.base_host,

@@ -39,6 +39,7 @@ class MakeServiceTests(SynchronousTestCase):
                 "metrics",
                 "leader-election",
                 "replica-heartbeat",
+                "tunnel-holders",
                 "relay-workers",
                 "http-0",
                 "http-1",

@@ -391,6 +391,8 @@ class Options(usage.Options):
                 "--db-url: a password on the command line is visible to every local user; "
                 "pass the URL in DATABASE_URL, or the password in a PGPASSFILE"
             )
+        if 0 < len(self._environ.get("INTERNAL_SECRET", "")) < 32:  # (signs replicas' requests)
+            raise usage.UsageError("INTERNAL_SECRET: use at least 32 random characters")
         if self["data-dir"] is None:
             self["data-dir"] = default_data_dir()
         if self["advertise-url"] is None:
@@ -573,6 +575,7 @@ class Options(usage.Options):
             advertise_url=self["advertise-url"],
             anthropic_api_key=self._environ.get("ANTHROPIC_API_KEY") or None,
             anthropic_auth_token=self._environ.get("ANTHROPIC_AUTH_TOKEN") or None,
+            internal_secret=self._environ.get("INTERNAL_SECRET") or None,
         )
 
 

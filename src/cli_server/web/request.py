@@ -21,6 +21,7 @@ from twisted.web import http, server
 from cli_server.client_address import TrustedProxies
 from cli_server.nodelay import no_delay
 from cli_server.proxy.hosts import sandbox_for_host
+from cli_server.replicas.channel import PREFIX as INTERNAL_PREFIX
 from cli_server.web.streamed_body import StreamedBody
 
 MAX_BODY = 1024 * 1024  # the API's JSON bodies
@@ -105,7 +106,7 @@ class BoundedRequest(server.Request):
         path = getattr(channel, "_path", None) or b""
         if length == 0:
             return
-        if self._for_sandbox():
+        if self._for_sandbox() or path.startswith(INTERNAL_PREFIX):  # (relayed: streamed too)
             line = self._line()
             if line is None:
                 self._cap = MAX_SANDBOX_BODY  # (a twisted.web without these: buffer, capped)

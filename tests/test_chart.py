@@ -172,6 +172,11 @@ def test_renders_valid_manifests(helm_bin: Path, case: str) -> None:
         assert env["ADVERTISE_URL"] == "http://$(POD_IP):8080"
         names = [e["name"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]]
         assert names.index("POD_IP") < names.index("ADVERTISE_URL")  # (defined before use)
+        # a rolling restart: the pod's grace outlasts the drain and the preStop pause
+        pod = deployment["spec"]["template"]["spec"]
+        assert env["DRAIN_TIMEOUT"] == "30s"
+        assert pod["terminationGracePeriodSeconds"] >= 30 + 5 + 10
+        assert pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
     else:
         assert not find(docs, "PodDisruptionBudget")
     if case == "sso":
@@ -348,6 +353,7 @@ CHANGES: dict[str, tuple[dict[str, Any], Any]] = {
     "gateway.enabled": ({}, True),
     "gateway.parentRefs": ({"gateway": {"enabled": True}}, [{"name": "other"}]),
     "replicaCount": ({}, 3),
+    "drainTimeoutSeconds": ({}, 120),
     "existingSecret": ({}, "mine"),
     "oidc.redirectBaseUrl": ({}, "https://cli.example.com"),
     "oidc.github.enabled": ({"oidc": {"github": {"clientId": "a", "clientSecret": "b"}}}, True),

@@ -25,6 +25,7 @@ from cli_server.anthropic.listener import adopt, listen_in_netns, proxy_site
 from cli_server.anthropic.proxy import AnthropicProxy, Upstream
 from cli_server.anthropic.setup import ClaudeSetup
 from cli_server.anthropic.usage import UsageStore
+from cli_server.audit import AuditLog
 from cli_server.auth.api_tokens import ApiTokens
 from cli_server.auth.passwords import Passwords
 from cli_server.auth.ratelimit import Failures
@@ -42,12 +43,15 @@ from cli_server.proxy.access import SandboxAccess
 from cli_server.proxy.endpoints import RunningEndpoints
 from cli_server.proxy.forward import Forwarder
 from cli_server.proxy.live import LiveStreams
+from cli_server.proxy.replica_relay import InternalChannel, Keyring, ReplicaRelay
 from cli_server.proxy.router import RouterFactory
 from cli_server.proxy.routes import Routes
 from cli_server.proxy.site import SandboxCookie, SandboxSite
 from cli_server.proxy.urls import SandboxUrls
 from cli_server.proxy.workers import RelayWorkers
+from cli_server.replicas.drain import Drain
 from cli_server.replicas.events import CHANNEL, EventTable, ReplicaEvents
+from cli_server.replicas.holders import TunnelHolders
 from cli_server.replicas.leader import Leadership
 from cli_server.replicas.registry import (
     HEARTBEAT_SECONDS,
@@ -211,6 +215,7 @@ class Server:
     identities: Identities | None = None  # who a single sign-on signs in (sso.claims.SignIns)
     leadership: Leadership | None = None
     registry: Registry | None = None
+    drain: Drain | None = None  # what SIGTERM does first
 
 
 def buildServer(config: ServerConfig, reactor: Any) -> IService:
@@ -244,7 +249,8 @@ def build(
     backend: Any = None,
     sign_ins: Any = None,
 ) -> Server:
-    root = OrderedMultiService(reactor)
+    # (a stop's first step, the drain, takes up to --drain-timeout)
+    root = OrderedMultiService(reactor, step_timeout=max(30.0, config.drain_timeout + 10.0))
 
     hashing = ThreadPoolService(reactor, "password-hashing", 2)
     hashing.setName("threads")
@@ -306,6 +312,7 @@ def build(
     sandbox_access = SandboxAccess(db, reactor, config.session_lifetime)
     limits = limits or AuthLimits()
     events = Events()  # revocations and status changes, fired by the domain (subscribers below)
+    audit = AuditLog(db)
     accounts = Accounts(
         db, passwords or Passwords(hashing.run), reactor, config.session_lifetime, events
     )
@@ -333,6 +340,7 @@ def build(
         config.password_login,
         sso_providers.public_list,
         api_tokens,
+        audit=audit,
     )
     opencode = OpencodeClient(reactor)
     activity = ActivityRecorder(db, reactor)
@@ -447,6 +455,9 @@ def build(
             bus.tell_others("sandbox_status_changed", sandbox_id=sandbox_id)
 
     tunnels = TunnelHub(db, reactor, tunnel_changed, activity.touch, metrics)
+    tunnels.holders = TunnelHolders(db, replica.id, reactor.seconds)
+    keyring = Keyring()  # the internal channel's, shared by the replicas through the database
+    database.after_migrate.append(lambda: keyring.load(db, config.internal_secret))
     manager.tunnels = tunnels
     manager.host = host
     backend.on_exit = manager.exited  # a sandbox whose opencode dies is failed at once
@@ -454,16 +465,11 @@ def build(
         db, workspaces, config.origin, config.origin.rstrip("/") + "/proxy/anthropic/v1"
     )
     agents.on_revoke = tunnels.revoke
-    events.subscribe(ProxyListener(sandbox_access, forget))
-    events.subscribe(AgentsListener(agents))
-    events.subscribe(AnthropicListener(anthropic))
+    agents.audit = audit
 
-    async def release_stale_tunnels() -> None:
-        # (only alone: the others' agents are connected to them)
-        if registry.alone:
-            await tunnels.mark_all_offline()
-
-    database.after_migrate.append(release_stale_tunnels)
+    # (next to live replicas too: tunnel_holders says which tunnels they hold, and only those
+    # of replicas gone are released)
+    database.after_migrate.append(tunnels.mark_all_offline)
     subscribers: list[Listener] = [
         ProxyListener(sandbox_access, forget),
         AgentsListener(agents),
@@ -475,7 +481,6 @@ def build(
     local.subscribe(DeletedTunnels(tunnels))
     if bus is not None:
         events.subscribe(bus)  # (last: this replica has heard it before the others do)
-    database.after_migrate.append(tunnels.mark_all_offline)
     sandboxes = SandboxService(manager, backend, tunnels)
     sandboxes.setName("sandboxes")
     sandboxes.setServiceParent(root)
@@ -486,6 +491,7 @@ def build(
     idle_sweep = leadership.when_leading(idle.sweep)
     database.after_migrate.append(leadership.attempt)
 
+    drain: Drain  # (built below, with the listeners it stops)
     site = MainSite(
         db,
         anthropic,
@@ -494,22 +500,24 @@ def build(
             workspaces,
             cookies,
             manager,
-            WorkspaceSandboxesAPI(manager),
+            WorkspaceSandboxesAPI(manager, audit=audit),
             usage,
             agents,
             claude,
+            audit=audit,
         ),
-        SandboxesAPI(manager, cookies, sandbox_access, urls),
+        SandboxesAPI(manager, cookies, sandbox_access, urls, audit=audit),
         AgentsAPI(agents, tunnels),
         lambda: database.ready,
         metrics=metrics,
-        invitations=InvitationsAPI(workspaces, cookies),
+        invitations=InvitationsAPI(workspaces, cookies, audit=audit),
         claude=claude,
         admin=AdminAPI(
             InstanceAdmin(db, accounts.passwords, events),
             cookies,
             config.origin,
             config.registration,
+            audit=audit,
         ),
         sso=SsoAPI(
             sso_providers,
@@ -517,7 +525,9 @@ def build(
             accounts,
             cookies,
             config.secure_cookies,
+            audit=audit,
         ),
+        draining=lambda: drain.draining,
     )
 
     async def say_who_registers_first() -> None:
@@ -554,6 +564,15 @@ def build(
         metrics,
         tunnels,
         live=live,
+        relay=ReplicaRelay(tunnels.holders, keyring, reactor),
+    )
+    internal = InternalChannel(
+        keyring,
+        tunnels,
+        Forwarder.create(reactor, tunnels),
+        reactor,
+        urls.dashboard,
+        activity.touch,
     )
 
     async def housekeeping() -> None:
@@ -566,6 +585,7 @@ def build(
             await sandbox_access.purge_expired()
             await agents.purge_expired()
             await workspaces.purge_expired_invitations()
+            await audit.purge(config.audit_retention_days)
 
     def when_ready(job: Any) -> Any:
         async def run() -> None:
@@ -583,12 +603,13 @@ def build(
         # (a dead leader's successor takes over within one idle-monitor period)
         ("leader-election", min(5.0, idle_period), when_ready(leadership.attempt)),
         ("replica-heartbeat", HEARTBEAT_SECONDS, when_ready(registry.heartbeat)),
+        ("tunnel-holders", HEARTBEAT_SECONDS, when_ready(tunnels.sweep_holders)),
     ]:
         periodic = PeriodicService(reactor, interval, job, name)
         periodic.setName(name)
         periodic.setServiceParent(root)
 
-    root_resource = HostDispatcher(site.app.resource(), proxy, urls.base_host)
+    root_resource = HostDispatcher(site.app.resource(), proxy, urls.base_host, internal)
     web = QuietSandboxSite(
         root_resource,
         urls.base_host,
@@ -622,10 +643,29 @@ def build(
     )
     relay.on_relayed = routes.relayed  # (what the workers relayed counts as activity)
     router = RouterFactory(web, routes, reactor)
+    listeners = []
     for n, description in enumerate(config.listen):
         listener = StreamServerEndpointService(serverFromString(reactor, description), router)
         listener.setName(f"http-{n}")
         listener.setServiceParent(root)
+        listeners.append(listener)
+
+    def begin_draining() -> None:
+        web.requests.draining = True  # (answers say ``connection: close``)
+
+    # (added last: stopped first, while everything it waits for still works)
+    drain = Drain(
+        reactor,
+        config.drain_timeout,
+        listeners,
+        [router, web.requests],
+        relay if config.proxy_workers else None,
+        tunnels.close_all,
+        [live.end_all, web.requests.close_lasting],
+        begin_draining,
+    )
+    drain.setName("drain")
+    drain.setServiceParent(root)
     return Server(
         root,
         web,
@@ -643,6 +683,7 @@ def build(
         identities,
         leadership,
         registry,
+        drain,
     )
 
 

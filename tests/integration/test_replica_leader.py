@@ -291,6 +291,11 @@ async def test_tunnels_are_released_at_start_only_by_a_lone_replica(db_url: str)
         " opencode_password) VALUES (%s, %s, 'laptop', 'running', true, 'local', %s, 'x')",
         (local, workspace, user),
     )
+    assert first.server.registry is not None  # (its agent's tunnel is held by the first)
+    await db.execute(
+        "INSERT INTO tunnel_holders (sandbox_id, replica_id) VALUES (%s, %s)",
+        (local, first.server.registry.me.id),
+    )
 
     async def status(db: Database) -> str:
         (row,) = await db.query("SELECT status FROM sandboxes WHERE id = %s", (local,))

@@ -138,6 +138,16 @@ class OptionsTests(SynchronousTestCase):
             self.assertIn("--proxy-workers", str(caught.exception))
             self.assertNotIn("\n", str(caught.exception))
 
+    def test_internal_secret(self) -> None:
+        """INTERNAL_SECRET, from the environment only, never shown; a short one is refused."""
+        secret = "s" * 40
+        config = parse([], {"INTERNAL_SECRET": secret}).config()
+        self.assertEqual(config.internal_secret, secret)
+        self.assertNotIn(secret, repr(config))
+        self.assertIsNone(parse([]).config().internal_secret)
+        error = self.assertRaises(usage.UsageError, parse, [], {"INTERNAL_SECRET": "short"})
+        self.assertEqual(str(error), "INTERNAL_SECRET: use at least 32 random characters")
+
     def test_sandbox_settings(self) -> None:
         """Backend, capacity and idleness come from options or the original's env vars."""
         config = parse(

@@ -39,9 +39,11 @@ class MakeServiceTests(SynchronousTestCase):
                 "metrics",
                 "leader-election",
                 "replica-heartbeat",
+                "tunnel-holders",
                 "relay-workers",
                 "http-0",
                 "http-1",
+                "drain",  # (last: SIGTERM stops it first)
             ],
         )
         self.assertEqual(reactor.tcpServers, [])  # nothing bound before start

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from attrs import define, frozen
 from twisted.internet.interfaces import IReactorTime
 
+from cli_server.audit import Note, Target
 from cli_server.auth.tokens import token_hash
 from cli_server.db.pool import Database, Row, Transaction
 from cli_server.errors import BadRequest, Conflict, NotFound, Unauthorized
@@ -173,6 +174,7 @@ class ApiTokens:
         scope: TokenScope,
         workspace_id: str | None,
         expires_at: datetime,
+        note: Note | None = None,
     ) -> tuple[ApiToken, str]:
         """A new token of ``caller``'s and its secret (returned here only). ``workspace_id``
         must be one of the caller's workspaces (else 404, as for any workspace not theirs).
@@ -247,6 +249,10 @@ class ApiTokens:
                 ),
             )
             assert row is not None
+            if note is not None:
+                target = Target("api_token", str(row["id"]), name)
+                details = {"scope": scope, "expires_at": iso(expires_at)}
+                await note.write(tx, workspace_id=workspace_id, target=target, details=details)
             return row
 
         return ApiToken.from_row(await self._db.transaction(work)), secret
@@ -263,16 +269,17 @@ class ApiTokens:
         )
         return [ApiToken.from_row(r) for r in rows]
 
-    async def revoke(self, caller: User, token_id: str) -> None:
+    async def revoke(self, caller: User, token_id: str) -> int:
         """Ends one of the caller's tokens at once, and every token made with it (404 if
-        they have none with that id, or it is beyond the workspace of the token calling)."""
+        they have none with that id, or it is beyond the workspace of the token calling).
+        How many tokens it ended."""
         only = caller.token.workspace_id if caller.token else None
 
-        async def work(tx: Transaction) -> bool:
+        async def work(tx: Transaction) -> int:
             # The user's row first, as ``create`` locks it: a child being made meanwhile is
             # committed before this looks for the family, or sees its maker revoked.
             await tx.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (caller.id,))
-            revoked = await tx.execute(
+            return await tx.execute(
                 "WITH RECURSIVE family AS ("
                 "  SELECT id FROM api_tokens WHERE id = %(id)s AND user_id = %(user)s"
                 "  AND revoked_at IS NULL"
@@ -282,10 +289,11 @@ class ApiTokens:
                 " WHERE id IN (SELECT id FROM family)",
                 {"id": token_id, "user": caller.id, "only": only},
             )
-            return revoked > 0
 
-        if not await self._db.transaction(work):
+        revoked = await self._db.transaction(work)
+        if not revoked:
             raise NotFound("no such token", code="token_not_found")
+        return revoked
 
     async def authenticate(self, secret: str) -> tuple[Row, Grant] | None:
         """The user's row and the grant of a valid token (existing, unrevoked, unexpired, its

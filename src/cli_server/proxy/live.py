@@ -77,3 +77,9 @@ class LiveStreams:
             if whose.matches(match):
                 del self._open[handle]
                 end()
+
+    def end_all(self) -> None:
+        """Ends every connection listed (a stopping server, once nothing else is in flight)."""
+        open_now, self._open = self._open, {}
+        for _, end in open_now.values():
+            end()

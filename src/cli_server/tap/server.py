@@ -37,6 +37,7 @@ from cli_server.config import (
     parse_quota,
     parse_registration,
     parse_resources,
+    parse_retention_days,
     parse_scopes,
     parse_size,
     parse_workers,
@@ -167,6 +168,12 @@ SETTINGS: dict[str, Setting] = {
     "idle-timeout": Setting(
         "IDLE_TIMEOUT", parse_duration, "30m", "Pause a sandbox after this long without activity."
     ),
+    "drain-timeout": Setting(
+        "DRAIN_TIMEOUT",
+        parse_duration,
+        "30s",
+        "On SIGTERM, how long in-flight requests may take to finish before the replica stops.",
+    ),
     "docker-url": Setting(
         "DOCKER_HOST",
         str,
@@ -274,6 +281,12 @@ SETTINGS: dict[str, Setting] = {
         "Which main-site requests are access-logged: all, changes (all but successful"
         " GET/HEAD requests to /api/, which open dashboards make every few seconds) or off.",
     ),
+    "audit-retention-days": Setting(
+        "AUDIT_RETENTION_DAYS",
+        parse_retention_days,
+        "365",
+        "Days the audit log keeps an entry; 0 keeps them for ever.",
+    ),
     # --backend k8s
     "kubeconfig": Setting(
         "KUBECONFIG",
@@ -378,6 +391,8 @@ class Options(usage.Options):
                 "--db-url: a password on the command line is visible to every local user; "
                 "pass the URL in DATABASE_URL, or the password in a PGPASSFILE"
             )
+        if 0 < len(self._environ.get("INTERNAL_SECRET", "")) < 32:  # (signs replicas' requests)
+            raise usage.UsageError("INTERNAL_SECRET: use at least 32 random characters")
         if self["data-dir"] is None:
             self["data-dir"] = default_data_dir()
         if self["advertise-url"] is None:
@@ -546,7 +561,9 @@ class Options(usage.Options):
             sso_allowed_domains=self["oidc-allowed-domains"] or (),
             password_login=self["password-login"],
             access_log=self["access-log"],
+            audit_retention_days=self["audit-retention-days"],
             proxy_workers=self["proxy-workers"],
+            drain_timeout=self["drain-timeout"],
             kubeconfig=self["kubeconfig"],
             sandbox_namespace=self["sandbox-namespace"] or None,
             runtime_class=self["runtime-class"] or None,
@@ -558,6 +575,7 @@ class Options(usage.Options):
             advertise_url=self["advertise-url"],
             anthropic_api_key=self._environ.get("ANTHROPIC_API_KEY") or None,
             anthropic_auth_token=self._environ.get("ANTHROPIC_AUTH_TOKEN") or None,
+            internal_secret=self._environ.get("INTERNAL_SECRET") or None,
         )
 
 

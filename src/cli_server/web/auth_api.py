@@ -13,7 +13,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from cli_server._version import __version__
-from cli_server.accounts import Accounts, User
+from cli_server.accounts import AccountDisabled, Accounts, User
+from cli_server.audit import Action, Actor, AuditLog, Target
 from cli_server.auth.api_tokens import NAME_LENGTH, SCOPES, ApiTokens, parse_expiry, parse_scope
 from cli_server.auth.ratelimit import (
     Backoff,
@@ -32,6 +33,7 @@ from cli_server.errors import (
     Unauthorized,
 )
 from cli_server.sso.identities import Identities
+from cli_server.web.audit_api import note, record
 from cli_server.web.body import read_json_object, required_text, text_field
 from cli_server.web.ids import parse_id
 from cli_server.web.request import client_host
@@ -123,6 +125,7 @@ class AuthAPI:
     # The configured sign-in providers: [{"name", "label", "login_url"}]
     _providers: Callable[[], list[dict[str, str]]] = field(default=lambda: [])
     _tokens: ApiTokens | None = None  # personal API tokens (None: /tokens answers 404)
+    _audit: AuditLog | None = None
 
     app = Klein()
     install_json_errors(app)
@@ -185,9 +188,14 @@ class AuthAPI:
         password = required_text(body, "password", max_length=1024, strip=False)
         account, address = username.lower(), client_host(request)
         await self._check_guard(account, address)
-        login = await self._accounts.authenticate(username, password)
+        try:
+            login = await self._accounts.authenticate(username, password)
+        except AccountDisabled:
+            await self._failed_sign_in(username, address, "account_disabled")
+            raise
         if login is None:
             await self._logins.failed(account, address)
+            await self._failed_sign_in(username, address, "invalid_credentials")
             raise Unauthorized("wrong username or password", code="invalid_credentials")
         await self._logins.succeeded(account, address)
         agent = request.getHeader(b"user-agent")
@@ -197,7 +205,23 @@ class AuthAPI:
         if token is None:  # the password changed (or the account was disabled) meanwhile
             raise Unauthorized("wrong username or password", code="invalid_credentials")
         self._cookies.set(request, token)
+        await record(
+            self._audit,
+            request,
+            login.user,
+            Action.SIGN_IN,
+            target=Target("user", login.user.id, login.user.username),
+            details={"method": "password"},
+        )
         return json_response(request, {**login.user.to_json(), "has_password": True})
+
+    async def _failed_sign_in(self, username: str, address: str, reason: str) -> None:
+        if self._audit is not None:
+            await self._audit.record(
+                Action.SIGN_IN_FAILED,
+                Actor(None, username, address, claimed=True),
+                details={"method": "password", "reason": reason},
+            )
 
     async def _check_guard(self, account: str, address: str) -> None:
         waiting = await self._logins.retry_after(account, address)
@@ -229,13 +253,21 @@ class AuthAPI:
                     "this account has a password now; give it as current_password",
                     code="password_already_set",
                 )
+            target = Target("user", user.id, user.username)
+            details = {"first": True}
+            await record(
+                self._audit, request, user, Action.PASSWORD_CHANGED, target=target, details=details
+            )
             return no_content(request)
         account, address = user.username.lower(), client_host(request)
         await self._check_guard(account, address)
         if not await self._accounts.check_password(user.id, current):
             await self._logins.failed(account, address)
             raise Forbidden("the current password is wrong", code="wrong_password")
-        await self._accounts.set_password(user.id, new, keep_token=self._cookies.token(request))
+        details = {"first": False}
+        noted = note(self._audit, request, user, Action.PASSWORD_CHANGED, details=details)
+        keep = self._cookies.token(request)
+        await self._accounts.set_password(user.id, new, keep_token=keep, note=noted)
         return no_content(request)
 
     @route(app, "/sessions", methods=["GET"], scope="session")
@@ -257,6 +289,8 @@ class AuthAPI:
             raise NotFound("no such session", code="session_not_found")
         if closed == "current":
             self._cookies.clear(request)
+        action = Action.SIGN_OUT if closed == "current" else Action.SESSION_REVOKED
+        await record(self._audit, request, user, action, target=Target("session", sid))
         return no_content(request)
 
     @route(app, "/logout", methods=["POST"], scope="session")
@@ -265,6 +299,7 @@ class AuthAPI:
         assert token is not None
         await self._accounts.close_session(token)
         self._cookies.clear(request)
+        await record(self._audit, request, user, Action.SIGN_OUT, target=Target("user", user.id))
         return no_content(request)
 
     @route(app, "/me", methods=["GET"], across_workspaces=True)
@@ -288,7 +323,10 @@ class AuthAPI:
         iid = parse_id(identity_id, "identity")
         if self._identities is None:
             raise NotFound("no such identity", code="identity_not_found")
+        providers = {i.id: i.provider for i in await self._identities.listed(user.id)}
         await self._identities.unlink(user.id, iid, password_counts=self._password_login)
+        target = Target("identity", iid, providers.get(iid))
+        await record(self._audit, request, user, Action.IDENTITY_UNLINKED, target=target)
         return no_content(request)
 
     def _api_tokens(self) -> ApiTokens:
@@ -329,7 +367,8 @@ class AuthAPI:
             raise BadRequest("workspace_id must be a workspace's id, or null", field="workspace_id")
         workspace_id = parse_id(workspace, "workspace") if workspace is not None else None
         expires_at = parse_expiry(body.get("expires_at"), tokens.now())
-        made, secret = await tokens.create(user, name, scope, workspace_id, expires_at)
+        noted = note(self._audit, request, user, Action.TOKEN_CREATED)
+        made, secret = await tokens.create(user, name, scope, workspace_id, expires_at, noted)
         return json_response(request, {**made.to_json(), "token": secret}, 201)
 
     @route(
@@ -355,7 +394,13 @@ class AuthAPI:
     )
     async def revoke_token(self, request: IRequest, user: User, token_id: str) -> bytes:
         """Revokes one of the caller's tokens at once."""
-        await self._api_tokens().revoke(user, parse_id(token_id, "token"))
+        tid = parse_id(token_id, "token")
+        revoked = await self._api_tokens().revoke(user, tid)
+        details = {"revoked": revoked}  # (with the tokens made with it)
+        target = Target("api_token", tid)
+        await record(
+            self._audit, request, user, Action.TOKEN_REVOKED, target=target, details=details
+        )
         return no_content(request)
 
 

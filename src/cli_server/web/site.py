@@ -43,6 +43,7 @@ class MainSite:
     _claude: ClaudeSetup | None = None
     _admin: AdminAPI | None = None
     _sso: SsoAPI | None = None
+    _draining: Any = None  # () -> bool: the server stops (SIGTERM); the balancer takes it out
 
     app = Klein()
     install_json_errors(app)
@@ -59,7 +60,9 @@ class MainSite:
 
     @route(app, "/readyz", methods=["GET", "HEAD"], public=True)
     async def readyz(self, request: IRequest) -> bytes:
-        """Readiness: started, and PostgreSQL answers now."""
+        """Readiness: started, not stopping, and PostgreSQL answers now."""
+        if self._draining is not None and self._draining():
+            return json_response(request, {"status": "draining"}, 503)
         if not self._ready():
             return json_response(request, error_body("starting", "still starting"), 503)
         await self._db.ping()  # DatabaseUnavailable -> 503

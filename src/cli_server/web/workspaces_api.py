@@ -9,10 +9,12 @@ from twisted.web.iweb import IRequest
 from cli_server.accounts import User
 from cli_server.anthropic.setup import ClaudeSetup
 from cli_server.anthropic.usage import UsageStore
+from cli_server.audit import Action, AuditLog
 from cli_server.errors import BadRequest
 from cli_server.roles import ROLE_NAMES, Role
 from cli_server.sandboxes.manager import SandboxManager
 from cli_server.tunnel.agents import LocalAgents
+from cli_server.web.audit_api import PAGE, note, parse_query, record
 from cli_server.web.body import read_json_object, required_text
 from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content
@@ -74,6 +76,7 @@ class WorkspacesAPI:
     _usage: UsageStore
     _agents: LocalAgents
     _claude: ClaudeSetup = ClaudeSetup(False)
+    _audit: AuditLog | None = None
 
     app = Klein()
     install_json_errors(app)
@@ -86,7 +89,8 @@ class WorkspacesAPI:
     @route(app, "/", methods=["POST"], strict_slashes=False)
     async def create_workspace(self, request: IRequest, user: User) -> bytes:
         name = required_text(read_json_object(request), "name", max_length=100)
-        return json_response(request, await self._workspaces.create(user.id, name), 201)
+        noted = note(self._audit, request, user, Action.WORKSPACE_CREATED)
+        return json_response(request, await self._workspaces.create(user.id, name, noted), 201)
 
     @route(app, "/<workspace_id>", methods=["GET"])
     async def get_workspace(self, request: IRequest, user: User, workspace_id: str) -> bytes:
@@ -98,7 +102,9 @@ class WorkspacesAPI:
 
     @route(app, "/<workspace_id>", methods=["DELETE"])
     async def delete_workspace(self, request: IRequest, user: User, workspace_id: str) -> bytes:
-        await self._manager.delete_workspace(parse_id(workspace_id, "workspace"), user.id)
+        wid = parse_id(workspace_id, "workspace")
+        noted = note(self._audit, request, user, Action.WORKSPACE_DELETED)
+        await self._manager.delete_workspace(wid, user.id, noted)
         return no_content(request)
 
     @route(app, "/<workspace_id>/members", methods=["GET"])
@@ -116,7 +122,11 @@ class WorkspacesAPI:
         body = read_json_object(request)
         username = required_text(body, "username", max_length=254)
         role = parse_role(body, default=Role.DEVELOPER)
-        answer, created = await self._workspaces.add_member(wid, user.id, username, role)
+        details = {"role": role.label}
+        noted = note(
+            self._audit, request, user, Action.MEMBER_INVITED, workspace_id=wid, details=details
+        )
+        answer, created = await self._workspaces.add_member(wid, user.id, username, role, noted)
         return json_response(request, answer, 201 if created else 200)
 
     @route(app, "/<workspace_id>/invitations", methods=["GET"])
@@ -133,7 +143,8 @@ class WorkspacesAPI:
         await self._workspaces.role_of(wid, user.id)
         mid = parse_id(member_id, "member")
         role = parse_role(read_json_object(request))
-        member = await self._workspaces.set_role(wid, user.id, mid, role)
+        noted = note(self._audit, request, user, Action.MEMBER_ROLE_CHANGED, workspace_id=wid)
+        member = await self._workspaces.set_role(wid, user.id, mid, role, noted)
         return json_response(request, member)
 
     @route(app, "/<workspace_id>/members/<member_id>", methods=["DELETE"])
@@ -143,7 +154,11 @@ class WorkspacesAPI:
         wid = parse_id(workspace_id, "workspace")
         await self._workspaces.role_of(wid, user.id)
         mid = parse_id(member_id, "member")
-        await self._workspaces.remove_member(wid, user.id, mid)
+        details = {"left": mid == user.id}
+        noted = note(
+            self._audit, request, user, Action.MEMBER_REMOVED, workspace_id=wid, details=details
+        )
+        await self._workspaces.remove_member(wid, user.id, mid, noted)
         return no_content(request)
 
     @route(app, "/<workspace_id>/sandboxes", methods=["GET"], strict_slashes=False)
@@ -160,7 +175,9 @@ class WorkspacesAPI:
     async def agent_code(self, request: IRequest, user: User, workspace_id: str) -> bytes:
         """A one-time code (10 minutes) with which a laptop's agent joins the workspace."""
         wid = parse_id(workspace_id, "workspace")
-        return json_response(request, await self._agents.mint_code(wid, user.id), 201)
+        minted = await self._agents.mint_code(wid, user.id)
+        await record(self._audit, request, user, Action.AGENT_CODE_CREATED, workspace_id=wid)
+        return json_response(request, minted, 201)
 
     @route(app, "/<workspace_id>/usage", methods=["GET"])
     async def usage(self, request: IRequest, user: User, workspace_id: str) -> bytes:
@@ -179,5 +196,26 @@ class WorkspacesAPI:
         wid = parse_id(workspace_id, "workspace")
         await self._workspaces.require(wid, user.id, Role.OWNER)
         value = parse_budget(read_json_object(request))
-        await self._workspaces.set_budget(wid, user.id, value)
+        details = {"budget": value}
+        noted = note(
+            self._audit, request, user, Action.BUDGET_CHANGED, workspace_id=wid, details=details
+        )
+        await self._workspaces.set_budget(wid, user.id, value, noted)
         return json_response(request, await self._report(wid))
+
+    @route(
+        app,
+        "/<workspace_id>/audit",
+        methods=["GET"],
+        answers={200: PAGE},
+    )
+    async def audit(self, request: IRequest, user: User, workspace_id: str) -> bytes:
+        """The workspace's audit log, newest first, for owners and maintainers. Filters
+        ``action``, ``actor`` (user id or name), ``since`` and ``until`` (ISO 8601); pages of
+        ``limit`` (at most 200) entries, the next one with ``before`` = the answer's ``next``."""
+        wid = parse_id(workspace_id, "workspace")
+        await self._workspaces.require(wid, user.id, Role.MAINTAINER)
+        query = parse_query(request, wid)
+        if self._audit is None:
+            return json_response(request, {"entries": [], "next": None})
+        return json_response(request, (await self._audit.entries(query)).to_json())

@@ -20,15 +20,13 @@ from __future__ import annotations
 from typing import Any
 
 from attrs import define, field
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
 from cli_server.proxy.forward import Forwarder, client_endpoint, through_tunnel
 from cli_server.proxy.hygiene import HOP_BY_HOP, clean_query
+from cli_server.proxy.later import AnsweredLater
 from cli_server.proxy.pages import PAGE_HEADERS, STATUS_TEXT, not_listening, page_html
 from cli_server.proxy.websocket import splice
 from cli_server.replicas import channel
@@ -82,7 +80,7 @@ class ReplicaRelay:
 
 
 @define(eq=False)
-class InternalChannel(Resource):
+class InternalChannel(AnsweredLater):
     """The holder's end: signed requests into the tunnels held here, nothing else."""
 
     _keyring: Keyring
@@ -93,21 +91,10 @@ class InternalChannel(Resource):
     _on_data: Any = None  # (sandbox_id) -> None: activity
     # (made with the key, once it is known; it remembers the nonces seen)
     _verifier: channel.Verifier | None = field(default=None, init=False)
-    isLeaf = True
-    _log = Logger()
+    _doing = "relaying {uri}"
 
     def __attrs_post_init__(self) -> None:
         Resource.__init__(self)
-
-    def render(self, request: Any) -> Any:
-        d = Deferred.fromCoroutine(self._handle(request))
-        d.addErrback(self._failed, request)
-        return NOT_DONE_YET
-
-    def _failed(self, failure: Any, request: Any) -> None:
-        self._log.failure("relaying {uri}", failure, uri=request.uri)
-        if not request.finished and not request.startedWriting and request.channel:
-            self._page(request, 502, "Something went wrong", "The sandbox could not be reached.")
 
     async def _handle(self, request: Any) -> None:
         key = self._keyring.key

@@ -9,10 +9,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from attrs import define
-from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
 from cli_server.errors import ApiError
 from cli_server.proxy import rules
@@ -29,6 +26,7 @@ from cli_server.proxy.hygiene import (
     cookie_values,
     only,
 )
+from cli_server.proxy.later import AnsweredLater
 from cli_server.proxy.live import LiveStreams, Whose
 from cli_server.proxy.pages import (
     PAGE_HEADERS,
@@ -101,7 +99,7 @@ class SandboxCookie:
 
 
 @define(eq=False)
-class SandboxSite(Resource):
+class SandboxSite(AnsweredLater):
     """Serves every request whose Host is a sandbox subdomain (see HostDispatcher)."""
 
     _access: SandboxAccess
@@ -118,8 +116,7 @@ class SandboxSite(Resource):
     _tunnels: Any = None  # TunnelHub: how local sandboxes are reached
     live: LiveStreams | None = None  # what runs here, cut when its session is revoked
     relay: ReplicaRelay | None = None  # to the replica holding a local sandbox's tunnel
-    isLeaf = True
-    _log = Logger()
+    _doing = "proxying {uri}"
 
     def __attrs_post_init__(self) -> None:
         Resource.__init__(self)
@@ -127,16 +124,6 @@ class SandboxSite(Resource):
     @property
     def _listener(self) -> rules.Listener:
         return rules.Listener(self._scheme, self._base_host, self._cookie.name)
-
-    def render(self, request: Any) -> Any:
-        d = Deferred.fromCoroutine(self._handle(request))
-        d.addErrback(self._failed, request)
-        return NOT_DONE_YET
-
-    def _failed(self, failure: Any, request: Any) -> None:
-        self._log.failure("proxying {uri}", failure, uri=request.uri)
-        if not request.finished and not request.startedWriting and request.channel:
-            self._page(request, 502, "Something went wrong", "The sandbox could not be reached.")
 
     def _finish(self, request: Any, body: bytes) -> None:
         if request.finished or request.channel is None:

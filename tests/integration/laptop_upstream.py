@@ -62,21 +62,7 @@ class _Laptop(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _events(self) -> None:
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.send_header("transfer-encoding", "chunked")
-        self.end_headers()
-        n = 0
-        while not self.server.stopping.is_set():
-            event = f"data: {json.dumps({'n': n})}\n\n".encode()
-            try:
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
-                self.wfile.flush()
-            except OSError:
-                break
-            n += 1
-            self.server.stopping.wait(0.1)
-        self.close_connection = True
+        stream_events(self, self.server.stopping, 0.1)
 
     def _websocket(self) -> None:
         key = (self.headers.get("sec-websocket-key") or "").encode()
@@ -134,6 +120,26 @@ class LaptopUpstream(ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
         self._thread.join(10)
+
+
+def stream_events(handler: BaseHTTPRequestHandler, stopping: threading.Event, every: float) -> None:
+    """An event stream of ``{"n": 0}``, ``{"n": 1}``... every ``every`` seconds, chunked,
+    until the server stops or the client goes; then the connection closes."""
+    handler.send_response(200)
+    handler.send_header("content-type", "text/event-stream")
+    handler.send_header("transfer-encoding", "chunked")
+    handler.end_headers()
+    n = 0
+    while not stopping.is_set():
+        event = f"data: {json.dumps({'n': n})}\n\n".encode()
+        try:
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+            handler.wfile.flush()
+        except OSError:
+            break
+        n += 1
+        stopping.wait(every)
+    handler.close_connection = True
 
 
 def frame(opcode: int, payload: bytes, masked: bool = True) -> bytes:

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 from .daemon import Daemon, clean_env, processes_mentioning, twistd
 from .fake_kubernetes import FakeKubernetes
 from .helpers import free_port
+from .laptop_upstream import stream_events
 
 OPENCODE_PORT = 4096  # where the k8s backend expects opencode in a pod
 
@@ -120,22 +121,7 @@ class _Opencode(BaseHTTPRequestHandler):
         if self.path.startswith("/slow"):  # answers after ?s= seconds
             self.server.stopping.wait(float(self.path.partition("?s=")[2] or 1))
         elif self.path.startswith("/event"):
-            self.send_response(200)
-            self.send_header("content-type", "text/event-stream")
-            self.send_header("transfer-encoding", "chunked")
-            self.end_headers()
-            n = 0
-            while not self.server.stopping.is_set():
-                event = f"data: {json.dumps({'n': n})}\n\n".encode()
-                try:
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
-                    self.wfile.flush()
-                except OSError:
-                    return
-                n += 1
-                self.server.stopping.wait(self.EVERY)
-            self.close_connection = True
-            return
+            return stream_events(self, self.server.stopping, self.EVERY)
         body = json.dumps({"healthy": True, "path": self.path}).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")

@@ -88,6 +88,7 @@ MATRIX: dict[str, dict[str, Any]] = {
     "external-postgresql": merged(K8S, {"database": {"url": "postgres://u:p@db:5432/cli"}}),
     "existing-secret": merged(K8S, {"existingSecret": "mine", "postgresql": {"enabled": False}}),
     "replicas-3": merged(K8S, {"replicaCount": 3, "database": {"url": "postgres://db/cli"}}),
+    "replicas-3-docker": {"replicaCount": 3, "docker": {"host": "tcp://dind:2375"}},
     "sso": {
         "oidc": {
             "redirectBaseUrl": "https://cli.example.com",
@@ -158,15 +159,52 @@ def test_renders_valid_manifests(helm_bin: Path, case: str) -> None:
     if case == "existing-secret":
         assert not find(docs, "Secret") and not find(docs, "StatefulSet")
         assert env["DATABASE_URL"]["secretKeyRef"]["name"] == "mine"
-    if case == "replicas-3":
+    if case.startswith("replicas-3"):
         (deployment,) = find(docs, "Deployment", "cli-server")
         assert deployment["spec"]["replicas"] == 3
-        assert find(docs, "PodDisruptionBudget")
+        (pdb,) = find(docs, "PodDisruptionBudget")
+        assert pdb["spec"]["maxUnavailable"] == 1
+        assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+        assert not find(docs, "StatefulSet", "cli-server")  # (the server keeps no per-pod state)
+        # every replica: the same label on the sandboxes, its own address for the others
+        assert env["K8S_INSTANCE"] == "cli-server.cli"
+        assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+        assert env["ADVERTISE_URL"] == "http://$(POD_IP):8080"
+        names = [e["name"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]]
+        assert names.index("POD_IP") < names.index("ADVERTISE_URL")  # (defined before use)
+        # a rolling restart: the pod's grace outlasts the drain and the preStop pause
+        pod = deployment["spec"]["template"]["spec"]
+        assert env["DRAIN_TIMEOUT"] == "30s"
+        assert pod["terminationGracePeriodSeconds"] >= 30 + 5 + 10
+        assert pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
     else:
         assert not find(docs, "PodDisruptionBudget")
     if case == "sso":
         assert env["GITHUB_CLIENT_ID"] == "gh" and env["OIDC_CLIENT_ID"] == "c"
         assert env["OIDC_REDIRECT_BASE_URL"] == "https://cli.example.com"
+
+
+def test_replicas_need_a_shared_database(helm_bin: Path) -> None:
+    """Several replicas without one PostgreSQL for all: refused, saying what to set."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump(
+            merged(
+                BASE,
+                K8S,
+                {"replicaCount": 2, "postgresql": {"enabled": False}, "database": {"url": ""}},
+            ),
+            f,
+        )
+        f.flush()
+        result = subprocess.run(
+            [str(helm_bin), "template", "cli-server", str(CHART), "-n", NAMESPACE, "-f", f.name],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode != 0
+    assert "replicaCount > 1 needs one PostgreSQL shared by every replica" in result.stderr
+    assert "set database.url, or postgresql.enabled=true" in result.stderr
 
 
 def test_server_pod_hardening(helm_bin: Path) -> None:
@@ -182,7 +220,7 @@ def test_server_pod_hardening(helm_bin: Path) -> None:
     secrets = {
         name: ref["secretKeyRef"]["key"]
         for name, ref in server_env(docs).items()
-        if isinstance(ref, dict)
+        if isinstance(ref, dict) and "secretKeyRef" in ref
     }
     assert secrets["ANTHROPIC_API_KEY"] == "anthropic-api-key"  # never a literal value
 
@@ -315,6 +353,7 @@ CHANGES: dict[str, tuple[dict[str, Any], Any]] = {
     "gateway.enabled": ({}, True),
     "gateway.parentRefs": ({"gateway": {"enabled": True}}, [{"name": "other"}]),
     "replicaCount": ({}, 3),
+    "drainTimeoutSeconds": ({}, 120),
     "existingSecret": ({}, "mine"),
     "oidc.redirectBaseUrl": ({}, "https://cli.example.com"),
     "oidc.github.enabled": ({"oidc": {"github": {"clientId": "a", "clientSecret": "b"}}}, True),

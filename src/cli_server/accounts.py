@@ -10,6 +10,7 @@ from attrs import define, field, frozen
 from twisted.internet.interfaces import IReactorTime
 
 from cli_server.audit import Note, Target
+from cli_server.auth.api_tokens import revoke_all
 from cli_server.auth.passwords import Passwords
 from cli_server.auth.tokens import new_token, token_hash
 from cli_server.db.pool import Database, Row, Transaction
@@ -192,8 +193,8 @@ class Accounts:
     async def set_password(
         self, user_id: str, password: str, keep_token: str | None, note: Note | None = None
     ) -> None:
-        """A new password; every session of the user ends but ``keep_token``'s, and every
-        sandbox session (``Events.user_revoked``)."""
+        """A new password; every session of the user ends but ``keep_token``'s, every API
+        token, and every sandbox session (``Events.user_revoked``)."""
         password_hash = await self._passwords.hash(password)
         keep = token_hash(keep_token) if keep_token else b""
 
@@ -204,6 +205,8 @@ class Accounts:
             await tx.execute(
                 "DELETE FROM sessions WHERE user_id = %s AND token_hash <> %s", (user_id, keep)
             )
+            # (a token minted with a stolen session must not outlive the change)
+            await revoke_all(tx, user_id)
             if note is not None:
                 await note.write(tx, target=Target("user", user_id))
 
@@ -269,14 +272,20 @@ class Accounts:
 
     async def set_first_password(self, user_id: str, password: str) -> bool:
         """A password for an account that had none (one made by single sign-on); False if it
-        has one by now (then only a change that knows the current one may replace it)."""
+        has one by now (then only a change that knows the current one may replace it). Every
+        API token of the user ends, as with any new password."""
         password_hash = await self._passwords.hash(password)
-        rows = await self._db.query(
-            "UPDATE users SET password_hash = %s WHERE id = %s AND password_hash IS NULL"
-            " RETURNING id",
-            (password_hash, user_id),
-        )
-        return bool(rows)
+
+        async def work(tx: Transaction) -> bool:
+            changed = await tx.execute(
+                "UPDATE users SET password_hash = %s WHERE id = %s AND password_hash IS NULL",
+                (password_hash, user_id),
+            )
+            if changed:
+                await revoke_all(tx, user_id)
+            return bool(changed)
+
+        return await self._db.transaction(work)
 
     async def session_user(self, token: str) -> User | None:
         # One round trip; the update writes only when last_seen_at is a minute old. It touches

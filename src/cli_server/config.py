@@ -233,6 +233,38 @@ def parse_base_url(text: str) -> str:
     return value
 
 
+def parse_advertise_url(text: str) -> str:
+    """An http(s) base URL; a bare IPv6 host (the chart's ``http://$(POD_IP):8080`` on an
+    IPv6 cluster) gets its brackets."""
+    import ipaddress
+
+    value = text.strip()
+    scheme, sep, rest = value.partition("://")
+    netloc, slash, path = rest.partition("/")
+    host, colon, port = netloc.rpartition(":")
+    if sep and colon and "[" not in netloc and host.count(":") >= 2:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            pass
+        else:
+            value = f"{scheme}://[{host}]:{port}{slash}{path}"
+    return parse_base_url(value)
+
+
+def default_advertise_url(listen: tuple[str, ...] | list[str]) -> str | None:
+    """``http://<hostname>:<port>`` of the first TCP listener; None with no TCP listener."""
+    import socket
+
+    for description in listen:
+        parts = description.split(":")
+        if parts[0] in ("tcp", "tcp6") and len(parts) > 1 and parts[1].isdigit():
+            return f"http://{socket.gethostname()}:{parts[1]}"
+        if parts[0].isdigit():  # (a bare port is a TCP one)
+            return f"http://{socket.gethostname()}:{parts[0]}"
+    return None
+
+
 def parse_on_off(text: str) -> bool:
     value = text.strip().lower()
     if value not in ("on", "off"):
@@ -359,6 +391,7 @@ class ServerConfig:
     access_log: str = "changes"  # all, changes or off (parse_access_log)
     audit_retention_days: int = 365  # 0: the audit log is never purged
     proxy_workers: int = 1  # relay worker processes (parse_workers); tap's default: the CPUs
+    drain_timeout: float = 30.0  # on SIGTERM: how long in-flight requests may take to finish
     # --backend k8s (k8s_backend.py): where the cluster is and what sandbox pods get
     kubeconfig: str | None = None  # None: in-cluster, else KUBECONFIG / ~/.kube/config
     sandbox_namespace: str | None = None  # None: the server pod's namespace
@@ -369,9 +402,11 @@ class ServerConfig:
     sandbox_resources: dict[str, Any] | None = field(default=None, hash=False)
     k8s_instance: str | None = None  # None: this data directory's instance id
     in_cluster_url: str = "http://cli-server:8080"  # the server's Service, as pods reach it
+    advertise_url: str | None = None  # where the other replicas reach this one (None: nowhere)
     # Secrets: only from the environment (a command line is visible to every local user).
     anthropic_api_key: str | None = field(default=None, repr=False)
     anthropic_auth_token: str | None = field(default=None, repr=False)
+    internal_secret: str | None = field(default=None, repr=False)  # INTERNAL_SECRET
 
     @property
     def origin(self) -> str:

@@ -78,7 +78,7 @@ class InstanceAdmin:
 
     async def reset_password(self, user_id: str, note: Note | None = None) -> str:
         """A new random password (shown once to the admin, never stored in clear); the user's
-        sessions end."""
+        sessions and API tokens end."""
         password = secrets.token_urlsafe(12)
         password_hash = await self._passwords.hash(password)
 
@@ -89,6 +89,7 @@ class InstanceAdmin:
             if not changed:
                 raise NotFound(_NO_USER, code="user_not_found")
             await _end_sessions(tx, user_id)
+            await revoke_all(tx, user_id)
             if note is not None:
                 await note.write(tx, target=Target("user", user_id))
 

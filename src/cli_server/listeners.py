@@ -10,6 +10,7 @@ from attrs import define
 from cli_server.anthropic.proxy import AnthropicProxy
 from cli_server.proxy.access import SandboxAccess
 from cli_server.tunnel.agents import LocalAgents
+from cli_server.tunnel.hub import TunnelHub
 
 
 @define(eq=False)
@@ -79,3 +80,27 @@ class AnthropicListener:
 
     async def sandbox_status_changed(self, sandbox_id: str) -> None:
         self._anthropic.status_changed(sandbox_id)
+
+
+@define(eq=False)
+class DeletedTunnels:
+    """A local sandbox deleted on another replica: its tunnel, if it is held here, closes (on
+    the replica that deleted it, the manager closes it itself)."""
+
+    _tunnels: TunnelHub
+
+    async def user_revoked(self, user_id: str) -> None:
+        pass
+
+    async def user_disabled(self, user_id: str) -> None:
+        pass
+
+    async def member_changed(self, user_id: str, workspace_id: str) -> None:
+        pass
+
+    async def sandbox_deleted(self, sandbox_id: str) -> None:
+        if self._tunnels.session(sandbox_id) is not None:
+            self._tunnels.revoke(sandbox_id)
+
+    async def sandbox_status_changed(self, sandbox_id: str) -> None:
+        pass

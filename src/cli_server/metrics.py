@@ -20,6 +20,9 @@ class Metrics:
     sandboxes: Gauge = field(init=False)
     tunnels: Gauge = field(init=False)
     relayed_streams: Gauge = field(init=False)
+    leader: Gauge = field(init=False)
+    live_streams: Gauge = field(init=False)
+    replica_info: Gauge = field(init=False)
     # Counts kept elsewhere as plain integers (on hot paths), added in before each scrape.
     _flushes: list[Callable[[], None]] = field(factory=list, init=False)
 
@@ -50,6 +53,27 @@ class Metrics:
             "Browser connections the relay workers carry now (all workers together)",
             registry=self.registry,
         )
+
+        self.leader = Gauge(
+            "cli_leader",
+            "1 while this replica leads the periodic work (idle monitor, reconciler)",
+            registry=self.registry,
+        )
+        self.live_streams = Gauge(
+            "cli_live_streams",
+            "Terminals and event streams this process carries itself (not the relay workers)",
+            registry=self.registry,
+        )
+        self.replica_info = Gauge(
+            "cli_replica_info",
+            "This replica: its id in the replica registry, its host and its backend",
+            ["replica", "hostname", "backend"],
+            registry=self.registry,
+        )
+
+    def replica(self, replica_id: str, hostname: str, backend: str) -> None:
+        """Names this process, so each scrape says which replica answered it."""
+        self.replica_info.labels(replica_id, hostname, backend).set(1)
 
     async def refresh(self, db: Database) -> None:
         """Counts that live in the database, read on a timer rather than at scrape time."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 import sys
+import uuid
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -26,25 +28,38 @@ from cli_server.anthropic.usage import UsageStore
 from cli_server.audit import AuditLog
 from cli_server.auth.api_tokens import ApiTokens
 from cli_server.auth.passwords import Passwords
-from cli_server.auth.ratelimit import FailureLimiter
+from cli_server.auth.ratelimit import Failures
 from cli_server.client_address import TrustedProxies
 from cli_server.config import ServerConfig
 from cli_server.db.embedded import EmbeddedPostgres, EmbeddedPostgresError, Supervisor
 from cli_server.db.migrations import migrate
+from cli_server.db.notify import ListeningConnection
 from cli_server.db.pool import Database, DatabaseUnavailable
-from cli_server.events import Events
+from cli_server.events import Events, Listener
 from cli_server.instance_admin import InstanceAdmin
-from cli_server.listeners import AgentsListener, AnthropicListener, ProxyListener
+from cli_server.listeners import AgentsListener, AnthropicListener, DeletedTunnels, ProxyListener
 from cli_server.metrics import Metrics
 from cli_server.proxy.access import SandboxAccess
 from cli_server.proxy.endpoints import RunningEndpoints
 from cli_server.proxy.forward import Forwarder
 from cli_server.proxy.live import LiveStreams
+from cli_server.proxy.replica_relay import InternalChannel, Keyring, ReplicaRelay
 from cli_server.proxy.router import RouterFactory
 from cli_server.proxy.routes import Routes
 from cli_server.proxy.site import SandboxCookie, SandboxSite
 from cli_server.proxy.urls import SandboxUrls
 from cli_server.proxy.workers import RelayWorkers
+from cli_server.replicas.drain import Drain
+from cli_server.replicas.events import CHANNEL, EventTable, ReplicaEvents
+from cli_server.replicas.holders import TunnelHolders
+from cli_server.replicas.leader import Leadership
+from cli_server.replicas.registry import (
+    HEARTBEAT_SECONDS,
+    Registry,
+    RegistryService,
+    Replica,
+    ReplicaRefused,
+)
 from cli_server.sandboxes.activity import ActivityRecorder
 from cli_server.sandboxes.backend import SandboxBackend
 from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes
@@ -122,7 +137,7 @@ class DatabaseService(Service):
         if failure.check(CancelledError):
             return
         message = failure.getErrorMessage()
-        if failure.check(EmbeddedPostgresError, OSError):
+        if failure.check(EmbeddedPostgresError, OSError, ReplicaRefused):
             self._log.error("start-up failed: {message}", message=message)
         else:
             self._log.failure("start-up failed: {message}", failure, message=message)
@@ -198,6 +213,9 @@ class Server:
     anthropic_door: Any = None  # (sandbox_id, netns or None) -> (IListeningPort, port)
     accounts: Accounts | None = None
     identities: Identities | None = None  # who a single sign-on signs in (sso.claims.SignIns)
+    leadership: Leadership | None = None
+    registry: Registry | None = None
+    drain: Drain | None = None  # what SIGTERM does first
 
 
 def buildServer(config: ServerConfig, reactor: Any) -> IService:
@@ -231,12 +249,14 @@ def build(
     backend: Any = None,
     sign_ins: Any = None,
 ) -> Server:
-    root = OrderedMultiService(reactor)
+    # (a stop's first step, the drain, takes up to --drain-timeout)
+    root = OrderedMultiService(reactor, step_timeout=max(30.0, config.drain_timeout + 10.0))
 
     hashing = ThreadPoolService(reactor, "password-hashing", 2)
     hashing.setName("threads")
     hashing.setServiceParent(root)
 
+    host: str | None = None  # set below for a backend whose sandboxes only this host reaches
     embedded = None
     if config.db_url:
         dsn = config.db_url
@@ -255,6 +275,40 @@ def build(
         supervisor.setName("database-supervisor")
         supervisor.setServiceParent(root)
 
+    labelled = backend is None and config.backend in ("docker", "k8s")
+    backend_instance = (config.k8s_instance or instance_id(config.data_dir)) if labelled else None
+    replica = Replica(
+        uuid.uuid4().hex[:12],
+        socket.gethostname(),
+        str(config.data_dir),
+        config.advertise_url,
+        config.backend if backend is None else "injected",  # (tests': never per host)
+        embedded is not None,
+        backend_instance,
+    )
+    registry = Registry(db, replica)
+    joining = RegistryService(registry, reactor)
+    joining.setName("replica-registry")
+    joining.setServiceParent(root)
+    database.after_migrate.append(joining.join)  # (first: a refused replica does nothing)
+    leadership = Leadership(reactor, db.dedicated, f"{replica.id}@{replica.hostname}")
+    leadership.setName("leadership")
+    leadership.setServiceParent(root)
+
+    # What another replica fired reaches this one's subscribers through ``local``.
+    local = Events()
+    bus: ReplicaEvents | None = None
+    if embedded is None:  # (embedded PostgreSQL serves one replica: nobody to tell)
+        bus = ReplicaEvents(
+            reactor,
+            EventTable(db, reactor),
+            ListeningConnection(reactor, dsn, CHANNEL),
+            local,
+            begin_at_start=False,
+        )
+        bus.setName("replica-events")
+        bus.setServiceParent(root)  # (after the database: stopped before it)
+        database.after_migrate.append(bus.begin)
     sandbox_access = SandboxAccess(db, reactor, config.session_lifetime)
     limits = limits or AuthLimits()
     events = Events()  # revocations and status changes, fired by the domain (subscribers below)
@@ -270,10 +324,9 @@ def build(
         config.origin,
         TokenGuard(api_tokens),
     )
-    logins = limits.guard(reactor)
-    registrations = FailureLimiter(
-        reactor, limits.registrations_per_address, limits.registration_window
-    )
+    failures = Failures(db)  # (in the database: every replica counts the same failures)
+    logins = limits.guard(failures, reactor)
+    registrations = limits.registrations(failures, reactor)
     sso_providers = SsoProviders.of(config, reactor)
     labels = {p["name"]: p["label"] for p in sso_providers.public_list()}
     identities = Identities(db, config.registration, labels)
@@ -299,6 +352,8 @@ def build(
             config.anthropic_base_url, config.anthropic_api_key, config.anthropic_auth_token
         )
     metrics = Metrics()
+    metrics.replica(replica.id, replica.hostname, replica.backend)
+    metrics.flush_before_render(lambda: metrics.leader.set(int(leadership.leading)))
 
     async def sources(sandbox_id: str, is_local: bool) -> Collection[str]:
         """Where a sandbox's Anthropic calls may come from on the main listener: a local
@@ -336,7 +391,7 @@ def build(
         backend = DockerBackend(
             engine.run,
             settings,
-            instance_id(config.data_dir),
+            backend_instance or instance_id(config.data_dir),
             opencode,
             quotas=DiskQuotas.on(reactor),
         )
@@ -358,6 +413,7 @@ def build(
             threads=hashing.run,  # (reads of sandboxes' listening ports: short, bounded)
         )
         backend.check_limits()
+        host = replica.hostname  # (its sandboxes are reached from this host only)
     workspaces = Workspaces(
         db, config.direct_members, max_owned=config.max_workspaces_per_user, events=events
     )
@@ -370,6 +426,11 @@ def build(
 
     def forget(sandbox_id: str) -> None:
         endpoints.forget(sandbox_id)
+        # (what the backend remembers of it, e.g. its pod's addresses: the change may have
+        # been made through another replica, which told us through the replica events)
+        backend_forget = getattr(backend, "forget", None)
+        if backend_forget is not None:
+            backend_forget(sandbox_id)
         # A sandbox whose status changed (paused, failed, stopped, deleted; one that starts
         # has nothing open) keeps nothing open through the proxy: its connections are cut,
         # in twisted.web and in every relay worker, as a revocation's are.
@@ -390,26 +451,47 @@ def build(
     def tunnel_changed(sandbox_id: str) -> None:
         sandbox_access.status_changed(sandbox_id)
         anthropic.status_changed(sandbox_id)
+        if bus is not None:
+            bus.tell_others("sandbox_status_changed", sandbox_id=sandbox_id)
 
     tunnels = TunnelHub(db, reactor, tunnel_changed, activity.touch, metrics)
+    tunnels.holders = TunnelHolders(db, replica.id, reactor.seconds)
+    keyring = Keyring()  # the internal channel's, shared by the replicas through the database
+    database.after_migrate.append(lambda: keyring.load(db, config.internal_secret))
     manager.tunnels = tunnels
+    manager.host = host
     backend.on_exit = manager.exited  # a sandbox whose opencode dies is failed at once
     agents = LocalAgents(
         db, workspaces, config.origin, config.origin.rstrip("/") + "/proxy/anthropic/v1"
     )
     agents.on_revoke = tunnels.revoke
     agents.audit = audit
-    events.subscribe(ProxyListener(sandbox_access, forget))
-    events.subscribe(AgentsListener(agents))
-    events.subscribe(AnthropicListener(anthropic))
+
+    # (next to live replicas too: tunnel_holders says which tunnels they hold, and only those
+    # of replicas gone are released)
     database.after_migrate.append(tunnels.mark_all_offline)
+    subscribers: list[Listener] = [
+        ProxyListener(sandbox_access, forget),
+        AgentsListener(agents),
+        AnthropicListener(anthropic),
+    ]
+    for subscriber in subscribers:
+        events.subscribe(subscriber)
+        local.subscribe(subscriber)
+    local.subscribe(DeletedTunnels(tunnels))
+    if bus is not None:
+        events.subscribe(bus)  # (last: this replica has heard it before the others do)
     sandboxes = SandboxService(manager, backend, tunnels)
     sandboxes.setName("sandboxes")
     sandboxes.setServiceParent(root)
     reconciler = Reconciler(db, backend, manager)
     idle = IdleMonitor(db, backend, manager, opencode, activity, config.idle_timeout, reactor)
-    database.after_migrate.append(reconciler.sweep)
+    # Once per cluster, on the leader (taking the lead runs them at once: the reconciler first).
+    reconcile = leadership.when_leading(reconciler.sweep)
+    idle_sweep = leadership.when_leading(idle.sweep)
+    database.after_migrate.append(leadership.attempt)
 
+    drain: Drain  # (built below, with the listeners it stops)
     site = MainSite(
         db,
         anthropic,
@@ -445,6 +527,7 @@ def build(
             config.secure_cookies,
             audit=audit,
         ),
+        draining=lambda: drain.draining,
     )
 
     async def say_who_registers_first() -> None:
@@ -466,6 +549,7 @@ def build(
     database.after_migrate.append(say_who_registers_first)
     sandbox_cookie = SandboxCookie(config.secure_cookies, config.session_lifetime)
     live = LiveStreams(reactor)  # terminals and event streams open in this process
+    metrics.flush_before_render(lambda: metrics.live_streams.set(live.open_count()))
     proxy = SandboxSite(
         sandbox_access,
         manager,
@@ -480,13 +564,22 @@ def build(
         metrics,
         tunnels,
         live=live,
+        relay=ReplicaRelay(tunnels.holders, keyring, reactor),
+    )
+    internal = InternalChannel(
+        keyring,
+        tunnels,
+        Forwarder.create(reactor, tunnels),
+        reactor,
+        urls.dashboard,
+        activity.touch,
     )
 
     async def housekeeping() -> None:
-        logins.prune()
-        registrations.prune()
         activity.prune()
         if database.ready:
+            await logins.prune()
+            await registrations.prune()
             await accounts.purge_expired_sessions()
             await api_tokens.purge_ended()
             await sandbox_access.purge_expired()
@@ -501,17 +594,22 @@ def build(
 
         return run
 
+    idle_period = min(60.0, config.idle_timeout / 4)
     for name, interval, job in [
         ("housekeeping", 600.0, housekeeping),
-        ("reconciler", 30.0, when_ready(reconciler.sweep)),
-        ("idle-monitor", min(60.0, config.idle_timeout / 4), when_ready(idle.sweep)),
+        ("reconciler", 30.0, when_ready(reconcile)),
+        ("idle-monitor", idle_period, when_ready(idle_sweep)),
         ("metrics", 15.0, when_ready(lambda: metrics.refresh(db))),
+        # (a dead leader's successor takes over within one idle-monitor period)
+        ("leader-election", min(5.0, idle_period), when_ready(leadership.attempt)),
+        ("replica-heartbeat", HEARTBEAT_SECONDS, when_ready(registry.heartbeat)),
+        ("tunnel-holders", HEARTBEAT_SECONDS, when_ready(tunnels.sweep_holders)),
     ]:
         periodic = PeriodicService(reactor, interval, job, name)
         periodic.setName(name)
         periodic.setServiceParent(root)
 
-    root_resource = HostDispatcher(site.app.resource(), proxy, urls.base_host)
+    root_resource = HostDispatcher(site.app.resource(), proxy, urls.base_host, internal)
     web = QuietSandboxSite(
         root_resource,
         urls.base_host,
@@ -545,10 +643,29 @@ def build(
     )
     relay.on_relayed = routes.relayed  # (what the workers relayed counts as activity)
     router = RouterFactory(web, routes, reactor)
+    listeners = []
     for n, description in enumerate(config.listen):
         listener = StreamServerEndpointService(serverFromString(reactor, description), router)
         listener.setName(f"http-{n}")
         listener.setServiceParent(root)
+        listeners.append(listener)
+
+    def begin_draining() -> None:
+        web.requests.draining = True  # (answers say ``connection: close``)
+
+    # (added last: stopped first, while everything it waits for still works)
+    drain = Drain(
+        reactor,
+        config.drain_timeout,
+        listeners,
+        [router, web.requests],
+        relay if config.proxy_workers else None,
+        tunnels.close_all,
+        [live.end_all, web.requests.close_lasting],
+        begin_draining,
+    )
+    drain.setName("drain")
+    drain.setServiceParent(root)
     return Server(
         root,
         web,
@@ -564,6 +681,9 @@ def build(
         door,
         accounts,
         identities,
+        leadership,
+        registry,
+        drain,
     )
 
 

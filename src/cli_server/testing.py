@@ -7,6 +7,7 @@ from typing import Any
 from attrs import define, field
 from twisted.internet.defer import Deferred
 
+from cli_server.auth.ratelimit import Count
 from cli_server.sandboxes.backend import (
     BackendError,
     Endpoint,
@@ -155,3 +156,41 @@ class FakeAgentStatus:
         if endpoint.port in self.broken:
             raise BackendError("opencode did not answer")
         return endpoint.port in self.working
+
+
+@define(eq=False)
+class MemoryFailures:
+    """Failed logins and registrations counted in memory (FAKE: ``ratelimit.Failures`` keeps
+    them in PostgreSQL for every replica); the same answers, for tests of the rules."""
+
+    counts: dict[tuple[str, str], Count] = field(factory=dict)
+    seen: dict[tuple[str, str], float] = field(factory=dict)  # (account, address) -> when
+
+    async def record(self, kind: str, key: str, now: float, forget_after: float, keep: int) -> None:
+        old = self.counts.get((kind, key))
+        count = 1 if old is None or old.last <= now - forget_after else old.count + 1
+        stamps = ((*old.stamps, now) if old is not None else (now,))[-keep:] if keep else ()
+        self.counts[(kind, key)] = Count(count, now, stamps)
+
+    async def get(self, kind: str, key: str) -> Count | None:
+        return self.counts.get((kind, key))
+
+    async def clear(self, kind: str, key: str) -> None:
+        self.counts.pop((kind, key), None)
+
+    async def prune(self, kind: str, before: float) -> None:
+        for k in [k for k, c in self.counts.items() if k[0] == kind and c.last <= before]:
+            del self.counts[k]
+
+    async def saw(self, account: str, address: str, now: float, keep: int) -> None:
+        self.seen[(account, address)] = max(now, self.seen.get((account, address), now))
+        mine = sorted((t, a) for (who, a), t in self.seen.items() if who == account)
+        for _, gone in mine[: max(0, len(mine) - keep)]:
+            del self.seen[(account, gone)]
+
+    async def seen_at(self, account: str, address: str) -> float | None:
+        return self.seen.get((account, address))
+
+    async def prune_addresses(self, before: float) -> None:
+        for k in [k for k, t in self.seen.items() if t <= before]:
+            del self.seen[k]

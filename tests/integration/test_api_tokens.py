@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest_twisted
 from jsonschema import Draft202012Validator
+from twisted.internet.defer import gatherResults
 from twisted.logger import globalLogPublisher
 
 from cli_server.auth.api_tokens import covers
@@ -457,6 +458,118 @@ async def test_invalid_tokens_get_one_401(app: Running) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_new_password_ends_every_token(app: Running) -> None:
+    """A token minted with a stolen session is gone once the owner changes the password, the
+    admin resets it, or an account made by single sign-on sets its first one: the thief is
+    left with nothing (the tokens made with those tokens too)."""
+    admin = app.client()
+    await admin.register_and_login("root")
+    alice = app.client()
+    await alice.register_and_login("alice")
+    thief = app.client()
+    for cookie in alice.jar:
+        thief.jar.set_cookie(cookie)
+    stolen = await _token(thief, "admin")
+    child = await _token(_Client(app, stolen), "write", name="child", expires_at=_in(20))
+    other = await _token(admin, "read")
+    changed = await alice.call(
+        "PUT",
+        "/api/auth/password",
+        {"current_password": "password123", "new_password": "newpassword456"},
+    )
+    assert changed.code == 204
+    for token in (stolen, child):
+        gone = await _as(app, token)("GET", "/api/auth/me")
+        assert (gone.code, gone.error_code) == (401, "invalid_token")
+    assert (await alice.call("GET", "/api/auth/tokens")).body == []
+    # The admin's reset ends the tokens too.
+    again = await _token(alice, "write")
+    assert alice.user is not None
+    reset = await admin.call("POST", f"/api/admin/users/{alice.user['id']}/password")
+    assert reset.code == 200
+    assert (await _as(app, again)("GET", "/api/auth/me")).code == 401
+    # So does a first password (an account that had none, as single sign-on makes them).
+    newcomer = app.client()
+    await newcomer.register_and_login("carol")
+    last = await _token(newcomer, "read")
+    await app.db.execute("UPDATE users SET password_hash = NULL WHERE username = 'carol'")
+    first = await newcomer.call("PUT", "/api/auth/password", {"new_password": "carolpassword1"})
+    assert first.code == 204, first
+    assert (await _as(app, last)("GET", "/api/auth/me")).code == 401
+    # Nobody else's token is touched.
+    assert (await _as(app, other)("GET", "/api/auth/me")).code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_browser_makes_tokens_only_soon_after_signing_in(app: Running) -> None:
+    """A session older than 15 minutes is refused (403 ``sign_in_again``): a stolen cookie
+    alone mints no token. A token making a token needs no sign-in."""
+    alice = app.client()
+    await alice.register_and_login("alice")
+    parent = await _token(alice, "admin")
+    await app.db.execute("UPDATE sessions SET created_at = now() - interval '16 minutes'")
+    stale = await alice.call(
+        "POST", "/api/auth/tokens", {"name": "late", "scope": "read", "expires_at": _in(3)}
+    )
+    assert (stale.code, stale.error_code) == (403, "sign_in_again")
+    assert "sign in again" in stale.body["error"]["message"]
+    (count,) = await app.db.query("SELECT count(*) AS n FROM api_tokens")
+    assert count["n"] == 1
+    by_token = await _token(_Client(app, parent), "read", name="by-token", expires_at=_in(20))
+    assert by_token.startswith("cli_pat_")
+    # Listing and revoking need no fresh sign-in.
+    assert (await alice.call("GET", "/api/auth/tokens")).code == 200
+    await app.db.execute("UPDATE sessions SET created_at = now() - interval '14 minutes'")
+    assert (await _token(alice, "read", name="fresh")).startswith("cli_pat_")
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_child_escapes_its_makers_revocation(app: Running) -> None:
+    """Tokens being made with a token while it is revoked: each is refused (401) or revoked
+    with its maker; none outlives it (the review saw 82 of 90 escape)."""
+    alice = app.client()
+    await alice.register_and_login("alice")
+    outcomes: list[int] = []
+    for round_ in range(5):
+        made = await alice.call(
+            "POST",
+            "/api/auth/tokens",
+            {"name": f"parent{round_}", "scope": "admin", "expires_at": _in(30)},
+        )
+        parent = _as(app, made.body["token"])
+        children = [
+            parent(
+                "POST",
+                "/api/auth/tokens",
+                {"name": f"child{round_}-{i}", "scope": "admin", "expires_at": _in(20)},
+            )
+            for i in range(6)
+        ]
+        revoked = alice.call("DELETE", f"/api/auth/tokens/{made.body['id']}")
+        *answers, revoke = await gatherResults([*children, revoked])
+        assert revoke.code == 204
+        for answer in answers:
+            assert answer.code in (201, 401), answer
+            outcomes.append(answer.code)
+            if answer.code == 201:
+                after = await _as(app, answer.body["token"])("GET", "/api/auth/me")
+                assert (after.code, after.error_code) == (401, "invalid_token")
+    (alive,) = await app.db.query("SELECT count(*) AS n FROM api_tokens WHERE revoked_at IS NULL")
+    assert alive["n"] == 0
+    assert len(outcomes) == 30
+
+
+class _Client:
+    """What ``_token`` needs of a client, calling with ``token`` only."""
+
+    def __init__(self, app: Running, token: str) -> None:
+        self._call = _as(app, token)
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        return self._call(method, path, body)
+
+
+@pytest_twisted.ensureDeferred
 async def test_cookies_are_ignored_on_a_token_request(app: Running) -> None:
     """A token request acts as the token's user even beside another user's session cookie;
     a foreign Origin does not matter to it (no cookie involved)."""
@@ -473,6 +586,29 @@ async def test_cookies_are_ignored_on_a_token_request(app: Running) -> None:
         "POST", "/api/workspaces", {"name": "y"}, headers={"Origin": FOREIGN}
     )
     assert (refused.code, refused.error_code) == (403, "bad_origin")
+
+
+@pytest_twisted.ensureDeferred
+async def test_public_routes_keep_the_origin_rule_whatever_the_bearer(app: Running) -> None:
+    """Login and registration from another site are refused (403 ``bad_origin``) even with
+    an ``Authorization: Bearer`` header, bogus or valid: only a route that then requires a
+    valid token skips the rule, and there a bogus one gets 401."""
+    alice = app.client()
+    await alice.register_and_login("alice")
+    token = await _token(alice, "admin")
+    for bearer in ("Bearer x", f"Bearer {token}"):
+        headers = {"Authorization": bearer, "Origin": FOREIGN}
+        for path, body in (
+            ("/api/auth/login", {"username": "alice", "password": "password123"}),
+            ("/api/auth/register", {"username": "mallory", "password": "password123"}),
+        ):
+            reply = await app.client().call("POST", path, body, headers=headers)
+            assert (reply.code, reply.error_code) == (403, "bad_origin"), (bearer, path, reply)
+            assert not reply.headers.getRawHeaders("set-cookie"), reply
+        bogus = await alice.call("POST", "/api/workspaces", {"name": "x"}, headers=headers)
+        expected = (401, "invalid_token") if bearer == "Bearer x" else (201, None)
+        assert (bogus.code, bogus.error_code) == expected, bogus
+    assert await app.db.query("SELECT 1 FROM users WHERE username = 'mallory'") == []
 
 
 @pytest_twisted.ensureDeferred
@@ -520,18 +656,23 @@ async def test_the_token_is_never_logged(app: Running) -> None:
         )
         assert (in_url.code, in_url.error_code) == (401, "unauthorized")
         assert (await app.client().call("GET", f"/api/x/{token}")).code == 404
+        # Percent-encoded, as a URL decoder would still read it.
+        encoded = "".join(f"%{ord(c):02X}" for c in token)
+        assert (await app.client().call("GET", f"/api/y/{encoded}")).code == 404
     finally:
         globalLogPublisher.removeObserver(observe)
     logged = access.getvalue()
     assert '"GET /api/workspaces HTTP/1.1" 401' in logged, logged
     assert "/api/x/cli_pat_redacted" in logged, logged
+    assert "/api/y/cli_pat_redacted" in logged and encoded[-24:] not in logged, logged
     assert token[8:] not in logged
     assert not [e for e in events if token[8:] in e]
 
 
 @pytest_twisted.ensureDeferred
 async def test_not_accepted_on_the_tunnel_or_agent_registration(app: Running) -> None:
-    """The tunnel takes only its agent's token; registration only a one-time code."""
+    """The tunnel takes only its agent's token; registration only a one-time code; and no
+    token mints a code (the agent would outlive the token's revocation)."""
     alice = app.client()
     await alice.register_and_login("alice")
     token = await _token(alice, "admin")
@@ -548,6 +689,11 @@ async def test_not_accepted_on_the_tunnel_or_agent_registration(app: Running) ->
     assert (tunnel.code, tunnel.error_code) == (401, "invalid_tunnel_token"), tunnel
     registered = await call("POST", "/api/agent/register", {"code": token, "name": "laptop"})
     assert registered.code == 401, registered
+    write = await _token(alice, "write", wid, name="ci")
+    for secret in (token, write):
+        code = await _as(app, secret)("POST", f"/api/workspaces/{wid}/agent-code")
+        assert (code.code, code.error_code) == (403, "session_only"), code
+    assert await app.db.query("SELECT 1 FROM agent_codes") == []
     assert await app.db.query("SELECT 1 FROM sandboxes WHERE is_local") == []
 
 

@@ -214,3 +214,33 @@ async def test_an_exit_nobody_asked_for_fails_the_sandbox_at_once(world: World) 
     await world.manager.drain()
     (row,) = await world.db.query("SELECT status, error FROM sandboxes WHERE id = %s", (dying,))
     assert (row["status"], row["error"]) == ("running", None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sandboxes_of_another_host_are_left_alone(world: World) -> None:
+    """A backend whose sandboxes only their host reaches (process): each start records the
+    host, and a server on another host neither reconciles nor pauses them."""
+    world.manager.host = "here"
+    ours, theirs, starting = await world.sandbox(), await world.sandbox(), await world.sandbox()
+    (row,) = await world.db.query("SELECT host FROM sandboxes WHERE id = %s", (ours,))
+    assert row["host"] == "here"
+    await world.db.execute(
+        "UPDATE sandboxes SET host = 'elsewhere' WHERE id = ANY(%s::uuid[])", ([theirs, starting],)
+    )
+    await world.db.execute("UPDATE sandboxes SET status = 'creating' WHERE id = %s", (starting,))
+    for sid in (ours, theirs, starting):
+        world.backend.crash(sid)  # (not running on this host)
+    await world.reconciler.sweep()
+    assert await world.status(ours) == "paused"
+    assert await world.status(theirs) == "running"
+    assert await world.status(starting) == "creating"
+
+    idle = await world.sandbox()
+    await world.db.execute("UPDATE sandboxes SET status = 'running' WHERE id = %s", (theirs,))
+    world.clock.advance(IDLE + 1)
+    await world.idle.sweep()
+    await world.manager.drain()
+    assert await world.status(idle) == "paused"
+    assert await world.status(theirs) == "running"
+    await world.manager.paused_by_shutdown()
+    assert await world.status(theirs) == "running"

@@ -19,7 +19,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cli_server.accounts import Accounts, User
 from cli_server.anthropic.usage import UsageStore
-from cli_server.auth.ratelimit import FailureLimiter
 from cli_server.db.pool import Row
 from cli_server.errors import NotFound
 from cli_server.events import Events
@@ -27,7 +26,7 @@ from cli_server.proxy.access import SandboxAccess
 from cli_server.proxy.urls import SandboxUrls
 from cli_server.roles import Role
 from cli_server.sandboxes.manager import SandboxManager
-from cli_server.testing import FakeBackend
+from cli_server.testing import FakeBackend, MemoryFailures
 from cli_server.tunnel.agents import LocalAgents
 from cli_server.web.auth_api import AuthAPI, AuthLimits
 from cli_server.web.sandboxes_api import SandboxesAPI, WorkspaceSandboxesAPI
@@ -155,8 +154,8 @@ class RouteTests(SynchronousTestCase):
             "auth": AuthAPI(
                 accounts,
                 cookies,
-                AuthLimits().guard(clock),
-                FailureLimiter(clock, 20, 3600.0),
+                AuthLimits().guard(MemoryFailures(), clock),
+                AuthLimits().registrations(MemoryFailures(), clock),
             ).app,
         }
 

@@ -17,6 +17,7 @@ from cli_server.accounts import User
 from cli_server.auth.api_tokens import (
     ApiTokens,
     Grant,
+    InvalidToken,
     a_year_after,
     covers,
     looks_like_token,
@@ -26,7 +27,7 @@ from cli_server.auth.api_tokens import (
 )
 from cli_server.auth.tokens import token_hash
 from cli_server.errors import BadRequest, Forbidden, NotFound
-from cli_server.web.bearer import InvalidToken, TokenGuard, bearer_credential
+from cli_server.web.bearer import TokenGuard, bearer_credential
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 WS_A = "0b6f1a3e-2222-4222-8333-444455556666"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import attrs
@@ -101,6 +102,7 @@ class OptionsTests(SynchronousTestCase):
                 base_domain="code.example.com",
                 base_scheme="https",
                 session_lifetime=43200.0,
+                advertise_url=f"http://{socket.gethostname()}:8080",
             ),
         )
         self.assertTrue(config.secure_cookies)
@@ -135,6 +137,16 @@ class OptionsTests(SynchronousTestCase):
                 parse(["--proxy-workers", bad])
             self.assertIn("--proxy-workers", str(caught.exception))
             self.assertNotIn("\n", str(caught.exception))
+
+    def test_internal_secret(self) -> None:
+        """INTERNAL_SECRET, from the environment only, never shown; a short one is refused."""
+        secret = "s" * 40
+        config = parse([], {"INTERNAL_SECRET": secret}).config()
+        self.assertEqual(config.internal_secret, secret)
+        self.assertNotIn(secret, repr(config))
+        self.assertIsNone(parse([]).config().internal_secret)
+        error = self.assertRaises(usage.UsageError, parse, [], {"INTERNAL_SECRET": "short"})
+        self.assertEqual(str(error), "INTERNAL_SECRET: use at least 32 random characters")
 
     def test_sandbox_settings(self) -> None:
         """Backend, capacity and idleness come from options or the original's env vars."""
@@ -203,6 +215,11 @@ class OptionsTests(SynchronousTestCase):
             ([], {"BASE_SCHEME": "ftp"}, "BASE_SCHEME: 'ftp' must be http or https"),
             (["--session-lifetime", "0"], {}, "--session-lifetime: '0' must be longer than zero"),
             (["--listen", "bogus:1"], {}, "--listen 'bogus:1'"),
+            (
+                ["--listen", "ssl:8443:privateKey=/nonexistent/key.pem"],
+                {},
+                "--listen 'ssl:8443:privateKey=/nonexistent/key.pem': [Errno 2]",
+            ),
             (["--db-url", "nonsense"], {}, "--db-url: not a PostgreSQL connection string"),
             (
                 ["--db-url", "postgres://cli:secret@db:5432/cli"],

@@ -29,14 +29,21 @@ class MakeServiceTests(SynchronousTestCase):
             [
                 "threads",
                 "database",
+                "replica-registry",
+                "leadership",
+                "replica-events",
                 "sandboxes",
                 "housekeeping",
                 "reconciler",
                 "idle-monitor",
                 "metrics",
+                "leader-election",
+                "replica-heartbeat",
+                "tunnel-holders",
                 "relay-workers",
                 "http-0",
                 "http-1",
+                "drain",  # (last: SIGTERM stops it first)
             ],
         )
         self.assertEqual(reactor.tcpServers, [])  # nothing bound before start

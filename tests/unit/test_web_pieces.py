@@ -11,7 +11,7 @@ from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 
 from cli_server.errors import BadRequest, Forbidden, PayloadTooLarge, UnsupportedMediaType
 from cli_server.web.body import read_json_object, text_field
-from cli_server.web.request import api_read
+from cli_server.web.request import api_read, redacting_log_formatter
 from cli_server.web.session import SessionCookies
 
 
@@ -118,6 +118,15 @@ class SessionCookieTests(SynchronousTestCase):
         ]:
             req = request(headers={b"origin": origin, b"host": b"localhost:8080"})
             self.assertRaises(Forbidden, cookies.check_origin, req)
+        # An Authorization header changes nothing here: only a route's guard, requiring a
+        # valid token instead, lets a token request by (public routes never do).
+        for bearer in (b"Bearer x", b"Bearer cli_pat_" + b"a" * 43, b"bearer"):
+            req = request(headers={b"origin": b"http://evil.example", b"authorization": bearer})
+            self.assertRaises(Forbidden, cookies.check_origin, req)
+            # A mount hands a token request on to its app, whose route needs a valid token.
+            cookies.check_origin(req, mount=True)
+        foreign = request(headers={b"origin": b"http://evil.example"})
+        self.assertRaises(Forbidden, cookies.check_origin, foreign, mount=True)
 
     def test_two_session_cookies_are_nobody_and_are_cleared(self) -> None:
         """One cookie tossed next to ours (for the parent domain, say): neither counts, and
@@ -161,3 +170,24 @@ class AccessLogReadsTests(SynchronousTestCase):
         self.assertFalse(api_read(self._request(b"POST", b"/api/workspaces", 201)))
         self.assertFalse(api_read(self._request(b"GET", b"/apiary", 200)))
         self.assertFalse(api_read(self._request(b"GET", b"/w/1", 200)))
+
+    def test_api_tokens_are_redacted_encoded_or_not(self) -> None:
+        """A token pasted in the path or the Referer, as written or percent-encoded (in part
+        or whole, either hex case): the line keeps none of it."""
+        token = "cli_pat_" + "Ab-_9" * 8 + "xyz"
+        forms = [
+            token,
+            "%63li%5Fpat%5F" + token[8:],
+            "".join(f"%{ord(c):02X}" for c in token),
+            "".join(f"%{ord(c):02x}" for c in token),
+            token[:10] + "".join(f"%{ord(c):02x}" for c in token[10:]),
+        ]
+        for form in forms:
+            request = Request(DummyChannel())
+            request.method, request.uri, request.clientproto = b"GET", b"/x/" + form.encode(), b""
+            request.requestHeaders.setRawHeaders(b"referer", [b"http://h/?q=" + form.encode()])
+            line = redacting_log_formatter("now", request)
+            self.assertIn("/x/cli_pat_redacted", line)
+            self.assertIn("q=cli_pat_redacted", line)
+            self.assertNotIn(form[-12:], line)
+            self.assertNotIn(token[-12:], line)

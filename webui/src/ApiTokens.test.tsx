@@ -1,6 +1,6 @@
 import { fireEvent, render, screen, within } from "@testing-library/react";
 import { afterEach, expect, test, vi } from "vitest";
-import { ApiTokens, expiresIn } from "./ApiTokens";
+import { ApiTokens, expiresIn, SIGN_IN_AGAIN } from "./ApiTokens";
 import type { ApiToken, Workspace } from "./api";
 
 const DAY = 86_400_000;
@@ -95,6 +95,21 @@ test("a refused field is shown next to it", async () => {
   fireEvent.click(screen.getByRole("button", { name: "Create token" }));
   const error = await screen.findByText(/at most a year/);
   expect(error.id).toBe("token-expires_at-error");
+});
+
+test("a session too old to make a token is told to sign out and in again", async () => {
+  serve((url, init) =>
+    url.endsWith("/api/auth/tokens") && init?.method === "POST"
+      ? json(403, { error: { code: "sign_in_again", message: "sign out and sign in again" } })
+      : undefined,
+  );
+  render(<ApiTokens />);
+  await screen.findByText("ci");
+  expect(screen.getByText(/revokes them all/)).toBeTruthy();
+  fireEvent.change(screen.getByLabelText("Token name"), { target: { value: "x" } });
+  fireEvent.click(screen.getByRole("button", { name: "Create token" }));
+  expect(await screen.findByText(SIGN_IN_AGAIN)).toBeTruthy();
+  expect(screen.queryByTestId("new-token")).toBeNull();
 });
 
 test("revoking asks first, then deletes by id", async () => {

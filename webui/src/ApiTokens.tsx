@@ -26,6 +26,10 @@ const SCOPES: [TokenScope, string][] = [
   ["admin", "admin — also manage tokens (and, for the administrator, the users page)"],
 ];
 type Field = "name" | "scope" | "workspace_id" | "expires_at";
+// The server makes a token only for a browser that signed in within the last 15 minutes.
+export const SIGN_IN_AGAIN =
+  "For your safety, tokens are made only within 15 minutes of signing in. Sign out, sign in " +
+  "again, and create the token then.";
 
 /** "in 3 days", "expired": how long a token has left. */
 export function expiresIn(moment: string, now: number = Date.now()): string {
@@ -85,7 +89,8 @@ export function ApiTokens() {
       <p className="small muted">
         A token lets a script call the API as you: send it as{" "}
         <code>Authorization: Bearer &lt;token&gt;</code>. Your role in each workspace still applies.
-        Tokens are not signed out by signing out; revoke them here.
+        Signing out leaves tokens working; revoke them here. Changing your password (or an
+        administrator resetting it) revokes them all.
       </p>
       <TokenForm
         workspaces={workspaces}
@@ -155,7 +160,8 @@ function TokenForm({ workspaces, onMade }: FormProps) {
       onMade(answer.name, answer.token);
     } catch (e) {
       const field = e instanceof ApiError ? (e.field as Field | undefined) : undefined;
-      if (field && ["name", "scope", "workspace_id", "expires_at"].includes(field))
+      if (e instanceof ApiError && e.code === "sign_in_again") setGeneral(SIGN_IN_AGAIN);
+      else if (field && ["name", "scope", "workspace_id", "expires_at"].includes(field))
         setErrors({ [field]: describe(e) });
       else setGeneral(describe(e));
     } finally {

@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from cli_server.audit import Note, Target
 from cli_server.auth.tokens import token_hash
 from cli_server.db.pool import Database, Row, Transaction
-from cli_server.errors import BadRequest, Conflict, NotFound
+from cli_server.errors import BadRequest, Conflict, NotFound, Unauthorized
 from cli_server.json import iso
 
 if TYPE_CHECKING:
@@ -91,6 +91,21 @@ def a_year_after(moment: datetime) -> datetime:
         return moment.replace(year=moment.year + 1)
     except ValueError:
         return moment.replace(year=moment.year + 1, day=28)
+
+
+class InvalidToken(Unauthorized):
+    """One answer for every token that does not work, whatever was wrong with it."""
+
+    code = "invalid_token"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this API token is not valid: it is unknown, expired or revoked, or its account "
+            "is disabled"
+        )
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="cli-server", error="invalid_token"'}
 
 
 @frozen
@@ -190,6 +205,16 @@ class ApiTokens:
             )
             if user is None:
                 raise NotFound("no such user", code="user_not_found")
+            if grant is not None:
+                # (a revocation of the maker locks the same row first: a child made now is
+                # either refused here or ended with its maker, never left behind)
+                maker = await tx.one(
+                    "SELECT 1 FROM api_tokens WHERE id = %s AND revoked_at IS NULL"
+                    " AND expires_at > now()",
+                    (grant.id,),
+                )
+                if maker is None:
+                    raise InvalidToken()
             if workspace_id is not None:
                 member = await tx.one(
                     "SELECT 1 FROM workspace_members WHERE workspace_id = %s AND user_id = %s",
@@ -246,20 +271,29 @@ class ApiTokens:
 
     async def revoke(self, caller: User, token_id: str) -> int:
         """Ends one of the caller's tokens at once, and every token made with it (404 if
-        they have none with that id, or it is beyond the workspace of the token calling)."""
+        they have none with that id, or it is beyond the workspace of the token calling).
+        How many tokens it ended."""
         only = caller.token.workspace_id if caller.token else None
-        rows = await self._db.query(
-            "WITH RECURSIVE family AS ("
-            "  SELECT id FROM api_tokens WHERE id = %(id)s AND user_id = %(user)s"
-            "  AND revoked_at IS NULL AND (%(only)s::uuid IS NULL OR workspace_id = %(only)s)"
-            "  UNION SELECT t.id FROM api_tokens t JOIN family f ON t.made_by = f.id)"
-            " UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now())"
-            " WHERE id IN (SELECT id FROM family) RETURNING id",
-            {"id": token_id, "user": caller.id, "only": only},
-        )
-        if not rows:
+
+        async def work(tx: Transaction) -> int:
+            # The user's row first, as ``create`` locks it: a child being made meanwhile is
+            # committed before this looks for the family, or sees its maker revoked.
+            await tx.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (caller.id,))
+            return await tx.execute(
+                "WITH RECURSIVE family AS ("
+                "  SELECT id FROM api_tokens WHERE id = %(id)s AND user_id = %(user)s"
+                "  AND revoked_at IS NULL"
+                "  AND (%(only)s::uuid IS NULL OR workspace_id = %(only)s)"
+                "  UNION SELECT t.id FROM api_tokens t JOIN family f ON t.made_by = f.id)"
+                " UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now())"
+                " WHERE id IN (SELECT id FROM family)",
+                {"id": token_id, "user": caller.id, "only": only},
+            )
+
+        revoked = await self._db.transaction(work)
+        if not revoked:
             raise NotFound("no such token", code="token_not_found")
-        return len(rows)
+        return revoked
 
     async def authenticate(self, secret: str) -> tuple[Row, Grant] | None:
         """The user's row and the grant of a valid token (existing, unrevoked, unexpired, its

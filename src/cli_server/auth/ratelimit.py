@@ -1,102 +1,185 @@
-"""Counting failures per key in a sliding window, e.g. failed logins per username and address."""
+"""Counting failed logins and registrations, for all replicas at once.
+
+The counts live in PostgreSQL (``Failures``: atomic upserts, so N replicas give no more tries
+than one), and times are the server's clock (``clock.seconds()``, wall time). The rules are
+the classes here: a sliding window (``FailureLimiter``), progressive delays (``Backoff``) and
+the addresses an account logged in from (``KnownAddresses``), put together by ``LoginGuard``.
+"""
 
 from __future__ import annotations
 
 import math
-from collections import deque
+from typing import Protocol
 
-from attrs import define, field
+from attrs import define, frozen
 from twisted.internet.interfaces import IReactorTime
+
+from cli_server.db.pool import Database
+
+
+@frozen
+class Count:
+    """One key's failures: how many in a row, the last one's time, and the latest times (as
+    many as a window needs, oldest first)."""
+
+    count: int
+    last: float
+    stamps: tuple[float, ...] = ()
+
+
+class FailureStore(Protocol):
+    """Where failures are counted (``Failures``; an in-memory one in the unit tests)."""
+
+    async def record(self, kind: str, key: str, now: float, forget_after: float, keep: int) -> None:
+        """One more failure: ``count`` starts again at 1 if the last was ``forget_after``
+        seconds ago or more; ``stamps`` keeps the latest ``keep`` times."""
+
+    async def get(self, kind: str, key: str) -> Count | None: ...
+
+    async def clear(self, kind: str, key: str) -> None: ...
+
+    async def prune(self, kind: str, before: float) -> None:
+        """Drops keys whose last failure is at ``before`` or earlier."""
+
+    async def saw(self, account: str, address: str, now: float, keep: int) -> None:
+        """A login of ``account`` from ``address`` worked; only its latest ``keep`` stay."""
+
+    async def seen_at(self, account: str, address: str) -> float | None: ...
+
+    async def prune_addresses(self, before: float) -> None: ...
+
+
+@define(eq=False)
+class Failures:
+    """``auth_failures`` and ``login_addresses``: shared by every replica of the database."""
+
+    _db: Database
+
+    async def record(self, kind: str, key: str, now: float, forget_after: float, keep: int) -> None:
+        await self._db.execute(
+            "INSERT INTO auth_failures AS f (kind, key, count, last_at, stamps)"
+            " VALUES (%(kind)s, %(key)s, 1, %(now)s,"
+            "  CASE WHEN %(keep)s > 0 THEN ARRAY[%(now)s::float8] ELSE '{}' END)"
+            " ON CONFLICT (kind, key) DO UPDATE SET"
+            "  count = CASE WHEN f.last_at <= %(now)s - %(forget)s THEN 1 ELSE f.count + 1 END,"
+            "  last_at = %(now)s,"
+            "  stamps = CASE WHEN %(keep)s > 0 THEN (f.stamps || %(now)s::float8)"
+            "   [greatest(1, cardinality(f.stamps) + 2 - %(keep)s):] ELSE '{}' END",
+            {"kind": kind, "key": _text(key), "now": now, "forget": forget_after, "keep": keep},
+        )
+
+    async def get(self, kind: str, key: str) -> Count | None:
+        rows = await self._db.query(
+            "SELECT count, last_at, stamps FROM auth_failures WHERE kind = %s AND key = %s",
+            (kind, _text(key)),
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return Count(int(row["count"]), float(row["last_at"]), tuple(row["stamps"] or ()))
+
+    async def clear(self, kind: str, key: str) -> None:
+        await self._db.execute(
+            "DELETE FROM auth_failures WHERE kind = %s AND key = %s", (kind, _text(key))
+        )
+
+    async def prune(self, kind: str, before: float) -> None:
+        await self._db.execute(
+            "DELETE FROM auth_failures WHERE kind = %s AND last_at <= %s", (kind, before)
+        )
+
+    async def saw(self, account: str, address: str, now: float, keep: int) -> None:
+        await self._db.execute(
+            "WITH seen AS (INSERT INTO login_addresses (account, address, seen_at)"
+            " VALUES (%(account)s, %(address)s, %(now)s) ON CONFLICT (account, address)"
+            " DO UPDATE SET seen_at = greatest(login_addresses.seen_at, %(now)s))"
+            " DELETE FROM login_addresses WHERE account = %(account)s AND address <> %(address)s"
+            " AND address NOT IN (SELECT address FROM login_addresses WHERE account = %(account)s"
+            "  AND address <> %(address)s ORDER BY seen_at DESC LIMIT %(others)s)",
+            {
+                "account": _text(account),
+                "address": _text(address),
+                "now": now,
+                "others": max(0, keep - 1),
+            },
+        )
+
+    async def seen_at(self, account: str, address: str) -> float | None:
+        rows = await self._db.query(
+            "SELECT seen_at FROM login_addresses WHERE account = %s AND address = %s",
+            (_text(account), _text(address)),
+        )
+        return float(rows[0]["seen_at"]) if rows else None
+
+    async def prune_addresses(self, before: float) -> None:
+        await self._db.execute("DELETE FROM login_addresses WHERE seen_at <= %s", (before,))
 
 
 @define(eq=False)
 class FailureLimiter:
-    """Allows ``limit`` failures per key within ``window`` seconds.
+    """Allows ``limit`` failures per key within ``window`` seconds (a sliding window)."""
 
-    Memory stays bounded: each key keeps at most ``limit`` timestamps and ``prune()`` drops keys
-    whose window has passed. State is per process; with several replicas each one limits alone.
-    """
-
+    _store: FailureStore
     _clock: IReactorTime
+    _kind: str
     _limit: int
     _window: float
-    _failures: dict[str, deque[float]] = field(factory=dict, init=False)
 
-    def retry_after(self, key: str) -> int | None:
+    async def retry_after(self, key: str) -> int | None:
         """Seconds until ``key`` may try again, or None if it may try now."""
-        stamps = self._failures.get(key)
-        if not stamps:
+        found = await self._store.get(self._kind, key)
+        if found is None:
             return None
         now = self._clock.seconds()
-        while stamps and stamps[0] <= now - self._window:
-            stamps.popleft()
-        if len(stamps) < self._limit:
-            if not stamps:
-                del self._failures[key]
+        recent = [t for t in found.stamps[-self._limit :] if t > now - self._window]
+        if len(recent) < self._limit:
             return None
-        return max(1, math.ceil(stamps[0] + self._window - now))
+        return max(1, math.ceil(recent[0] + self._window - now))
 
-    def failed(self, key: str) -> None:
-        stamps = self._failures.setdefault(key, deque(maxlen=self._limit))
-        stamps.append(self._clock.seconds())
+    async def failed(self, key: str) -> None:
+        await self._store.record(self._kind, key, self._clock.seconds(), self._window, self._limit)
 
-    def forget(self, key: str) -> None:
-        self._failures.pop(key, None)
+    async def forget(self, key: str) -> None:
+        await self._store.clear(self._kind, key)
 
-    def prune(self) -> None:
-        cutoff = self._clock.seconds() - self._window
-        for key in [k for k, s in self._failures.items() if not s or s[-1] <= cutoff]:
-            del self._failures[key]
+    async def prune(self) -> None:
+        await self._store.prune(self._kind, self._clock.seconds() - self._window)
 
 
 @define(eq=False)
 class Backoff:
     """Progressive delays per key: ``free`` failures pass, then each failure makes the key wait
     twice as long as the one before (``first_wait`` seconds, at most ``longest_wait``). A key
-    is forgotten ``memory`` seconds after its last failure, or by ``forget``.
+    is forgotten ``memory`` seconds after its last failure, or by ``forget``."""
 
-    Memory stays bounded: past ``max_keys`` keys the oldest failures are dropped first.
-    """
-
+    _store: FailureStore
     _clock: IReactorTime
+    _kind: str
     _free: int
     _first_wait: float = 1.0
     _longest_wait: float = 15 * 60.0
     _memory: float = 60 * 60.0
-    _max_keys: int = 100_000
-    _failures: dict[str, tuple[int, float]] = field(factory=dict, init=False)  # count, last
 
-    def retry_after(self, key: str) -> int | None:
+    async def retry_after(self, key: str) -> int | None:
         """Seconds until ``key`` may try again, or None if it may try now."""
-        found = self._failures.get(key)
+        found = await self._store.get(self._kind, key)
         if found is None:
             return None
-        count, last = found
         now = self._clock.seconds()
-        if now - last >= self._memory:
-            del self._failures[key]
+        if now - found.last >= self._memory or found.count < self._free:
             return None
-        if count < self._free:
-            return None
-        wait = min(self._first_wait * 2 ** (count - self._free), self._longest_wait)
-        left = last + wait - now
+        wait = min(self._first_wait * 2 ** (found.count - self._free), self._longest_wait)
+        left = found.last + wait - now
         return max(1, math.ceil(left)) if left > 0 else None
 
-    def failed(self, key: str) -> None:
-        count, _ = self._failures.pop(key, (0, 0.0))
-        self._failures[key] = (count + 1, self._clock.seconds())  # (re-inserted: newest last)
-        if len(self._failures) > self._max_keys:
-            self.prune()
-            while len(self._failures) > self._max_keys:
-                del self._failures[next(iter(self._failures))]
+    async def failed(self, key: str) -> None:
+        await self._store.record(self._kind, key, self._clock.seconds(), self._memory, 0)
 
-    def forget(self, key: str) -> None:
-        self._failures.pop(key, None)
+    async def forget(self, key: str) -> None:
+        await self._store.clear(self._kind, key)
 
-    def prune(self) -> None:
-        cutoff = self._clock.seconds() - self._memory
-        for key in [k for k, (_, last) in self._failures.items() if last <= cutoff]:
-            del self._failures[key]
+    async def prune(self) -> None:
+        await self._store.prune(self._kind, self._clock.seconds() - self._memory)
 
 
 @define(eq=False)
@@ -104,34 +187,20 @@ class KnownAddresses:
     """Addresses each account logged in from successfully, kept ``keep`` seconds (at most
     ``per_account`` per account, the most recent)."""
 
+    _store: FailureStore
     _clock: IReactorTime
     _keep: float = 30 * 86400.0
     _per_account: int = 8
-    _max_accounts: int = 100_000
-    _seen: dict[str, dict[str, float]] = field(factory=dict, init=False)
 
-    def knows(self, account: str, address: str) -> bool:
-        when = self._seen.get(account, {}).get(address)
+    async def knows(self, account: str, address: str) -> bool:
+        when = await self._store.seen_at(account, address)
         return when is not None and self._clock.seconds() - when < self._keep
 
-    def add(self, account: str, address: str) -> None:
-        addresses = self._seen.pop(account, {})
-        addresses.pop(address, None)
-        addresses[address] = self._clock.seconds()
-        while len(addresses) > self._per_account:
-            del addresses[next(iter(addresses))]
-        self._seen[account] = addresses
-        while len(self._seen) > self._max_accounts:
-            del self._seen[next(iter(self._seen))]
+    async def add(self, account: str, address: str) -> None:
+        await self._store.saw(account, address, self._clock.seconds(), self._per_account)
 
-    def prune(self) -> None:
-        cutoff = self._clock.seconds() - self._keep
-        for account in list(self._seen):
-            addresses = {a: t for a, t in self._seen[account].items() if t > cutoff}
-            if addresses:
-                self._seen[account] = addresses
-            else:
-                del self._seen[account]
+    async def prune(self) -> None:
+        await self._store.prune_addresses(self._clock.seconds() - self._keep)
 
 
 @define(eq=False)
@@ -151,33 +220,37 @@ class LoginGuard:
     _address: Backoff
     _known: KnownAddresses
 
-    def retry_after(self, account: str, address: str) -> tuple[int, str] | None:
+    async def retry_after(self, account: str, address: str) -> tuple[int, str] | None:
         """(seconds, why) if this login must wait, else None."""
         checks = [(self._pair, _pair(account, address), "for this account from this address")]
-        if not self._known.knows(account, address):
+        if not await self._known.knows(account, address):
             checks += [
                 (self._account, account, "for this account"),
                 (self._address, address, "from this address"),
             ]
-        waits = [(w, why) for limiter, key, why in checks if (w := limiter.retry_after(key))]
+        waits = []
+        for limiter, key, why in checks:
+            wait = await limiter.retry_after(key)
+            if wait:
+                waits.append((wait, why))
         if not waits:
             return None
         wait, why = max(waits)
         return wait, f"too many failed logins {why}"
 
-    def failed(self, account: str, address: str) -> None:
-        self._pair.failed(_pair(account, address))
-        self._account.failed(account)
-        self._address.failed(address)
+    async def failed(self, account: str, address: str) -> None:
+        await self._pair.failed(_pair(account, address))
+        await self._account.failed(account)
+        await self._address.failed(address)
 
-    def succeeded(self, account: str, address: str) -> None:
-        self._pair.forget(_pair(account, address))
-        self._known.add(account, address)
+    async def succeeded(self, account: str, address: str) -> None:
+        await self._pair.forget(_pair(account, address))
+        await self._known.add(account, address)
 
-    def prune(self) -> None:
+    async def prune(self) -> None:
         for limiter in (self._pair, self._account, self._address):
-            limiter.prune()
-        self._known.prune()
+            await limiter.prune()
+        await self._known.prune()
 
 
 def wait_in_words(seconds: int) -> str:
@@ -189,6 +262,11 @@ def wait_in_words(seconds: int) -> str:
     else:
         amount, unit = math.ceil(seconds / 3600), "hour"
     return f"{amount} {unit}{'' if amount == 1 else 's'}"
+
+
+def _text(key: str) -> str:
+    """A key as PostgreSQL text, which holds no NUL: escaped, one way only."""
+    return key.replace("\\", "\\\\").replace("\0", "\\0")
 
 
 def _pair(account: str, address: str) -> str:

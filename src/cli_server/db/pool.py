@@ -29,7 +29,7 @@ class DatabaseUnavailable(Exception):
     """PostgreSQL did not answer (down, restarting, unreachable or too slow)."""
 
 
-class _Connection(txpostgres.Connection):  # type: ignore[misc]
+class WatchedConnection(txpostgres.Connection):  # type: ignore[misc]
     """A connection that notices when the server goes away while it sits idle.
 
     txpostgres watches idle connections for NOTIFY; when the server closes one, psycopg2's
@@ -68,7 +68,7 @@ class Database:
     _size: int = 8
     _connect_timeout: float = 5.0
     _query_timeout: float = 30.0
-    _idle: list[_Connection] = field(factory=list, init=False)
+    _idle: list[WatchedConnection] = field(factory=list, init=False)
     _slots: DeferredSemaphore = field(init=False)
     _closed: bool = field(default=False, init=False)
     _log = Logger()
@@ -76,29 +76,34 @@ class Database:
     def __attrs_post_init__(self) -> None:
         self._slots = DeferredSemaphore(self._size)
 
-    async def _connect(self) -> _Connection:
-        conn = _Connection(reactor=self._reactor)
+    async def _connect(self) -> WatchedConnection:
+        conn = WatchedConnection(reactor=self._reactor)
         d = conn.connect(self._dsn, cursor_factory=psycopg2.extras.RealDictCursor)
         d.addTimeout(self._connect_timeout, self._reactor)
         try:
             await d
         except Exception as e:
-            _close_quietly(conn)
-            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {_first_line(e)}") from e
+            close_quietly(conn)
+            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {first_line(e)}") from e
         return conn
 
-    async def _with_connection(self, use: Callable[[_Connection], Awaitable[T]]) -> T:
+    async def dedicated(self) -> WatchedConnection:
+        """A connection of its own, outside the pool and its bound (a session's advisory lock
+        lasts as long as the connection that took it); the caller closes it."""
+        return await self._connect()
+
+    async def _with_connection(self, use: Callable[[WatchedConnection], Awaitable[T]]) -> T:
         if self._closed:
             raise DatabaseUnavailable("the database pool is closed")
         await self._slots.acquire()
-        conn: _Connection | None = None
+        conn: WatchedConnection | None = None
         try:
             while self._idle:
                 candidate = self._idle.pop()
                 if candidate.usable():
                     conn = candidate
                     break
-                _close_quietly(candidate)
+                close_quietly(candidate)
             if conn is None:
                 conn = await self._connect()
             try:
@@ -106,18 +111,18 @@ class Database:
             except BaseException as e:
                 if isinstance(e, CancelledError) or _is_unavailable(e):
                     # A cancelled query leaves the connection mid-protocol; do not reuse it.
-                    _close_quietly(conn)
+                    close_quietly(conn)
                     conn = None
                 if isinstance(e, CancelledError | DatabaseUnavailable) or not _is_unavailable(e):
                     raise
-                raise DatabaseUnavailable(f"PostgreSQL failed: {_first_line(e)}") from e
+                raise DatabaseUnavailable(f"PostgreSQL failed: {first_line(e)}") from e
             return result
         finally:
             if conn is not None:
                 if conn.usable() and not self._closed:
                     self._idle.append(conn)
                 else:
-                    _close_quietly(conn)
+                    close_quietly(conn)
             self._slots.release()
 
     def _timed(self, d: Deferred[T]) -> Deferred[T]:
@@ -127,7 +132,7 @@ class Database:
     async def query(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
         """Run one statement that returns rows, in its own transaction."""
 
-        async def use(conn: _Connection) -> list[Row]:
+        async def use(conn: WatchedConnection) -> list[Row]:
             rows = await self._timed(conn.runQuery(sql, args))
             return [dict(r) for r in rows]
 
@@ -136,7 +141,7 @@ class Database:
     async def execute(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> None:
         """Run one statement that returns nothing, in its own transaction."""
 
-        async def use(conn: _Connection) -> None:
+        async def use(conn: WatchedConnection) -> None:
             await self._timed(conn.runOperation(sql, args))
 
         await self._with_connection(use)
@@ -144,7 +149,7 @@ class Database:
     async def transaction(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
         """Run ``work`` in one transaction: committed if it returns, rolled back if it raises."""
 
-        async def use(conn: _Connection) -> T:
+        async def use(conn: WatchedConnection) -> T:
             def interaction(cursor: Any) -> Deferred[T]:
                 return Deferred.fromCoroutine(_call(work, Transaction(cursor)))
 
@@ -159,7 +164,7 @@ class Database:
     def close(self) -> None:
         self._closed = True
         while self._idle:
-            _close_quietly(self._idle.pop())
+            close_quietly(self._idle.pop())
 
 
 async def _call(work: Callable[[Transaction], Awaitable[T]], tx: Transaction) -> T:
@@ -185,7 +190,7 @@ class Transaction:
         return int(self._cursor.rowcount)
 
 
-def _close_quietly(conn: _Connection) -> None:
+def close_quietly(conn: WatchedConnection) -> None:
     try:
         raw = conn._connection
         if raw is not None and not raw.closed:
@@ -194,6 +199,6 @@ def _close_quietly(conn: _Connection) -> None:
         pass
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]

@@ -14,7 +14,7 @@ from typing import Any
 
 from attrs import define
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
@@ -163,12 +163,23 @@ class Forwarder:
         return cls(reactor, pool, cooperator, agent)
 
     async def forward(
-        self, request: Any, endpoint: Endpoint, password: str | None, scheme: bytes
+        self,
+        request: Any,
+        endpoint: Endpoint,
+        password: str | None,
+        scheme: bytes,
+        *,
+        target: bytes | None = None,
+        headers: Headers | None = None,
     ) -> bool:
         """Send ``request`` on and stream the response; False if the sandbox did not answer.
-        ``password``: opencode's, None for a preview port (which never gets it)."""
+        ``password``: opencode's, None for a preview port (which never gets it). ``target``
+        and ``headers``, when given, are sent instead of the cleaned request's own (the
+        internal channel between replicas: cleaned already, or to be passed on as they are)."""
         agent = self._agent
-        url = f"http://{endpoint.host}:{endpoint.port}".encode() + clean_query(request.uri)
+        path = clean_query(request.uri) if target is None else target
+        host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host  # (IPv6)
+        url = f"http://{host}:{endpoint.port}".encode() + path
         if request.finished or request.channel is None:
             return True  # the browser left before we got here
         body = getattr(request, "streamed_body", None)
@@ -178,7 +189,9 @@ class Forwarder:
             if content.tell() or request.method in (b"POST", b"PUT", b"PATCH"):
                 content.seek(0)
                 body = FileBodyProducer(content, cooperator=self._cooperator)
-        d = agent.request(request.method, url, upstream_headers(request, password, scheme), body)
+        if headers is None:
+            headers = upstream_headers(request, password, scheme)
+        d = agent.request(request.method, url, headers, body)
         if isinstance(body, StreamedBody):
             # (the client's Deferred waits for the whole body: time the answer, not the upload)
             def start_timing(_: object) -> None:
@@ -227,6 +240,10 @@ def client_endpoint(reactor: Any, endpoint: Endpoint, tunnels: Any) -> IStreamCl
     if endpoint.host.endswith(TUNNEL_SUFFIX) and tunnels is not None:
         port = None if endpoint.port == _TUNNEL_OPENCODE else endpoint.port
         return tunnels.endpoint(endpoint.host.removesuffix(TUNNEL_SUFFIX), port)  # type: ignore[no-any-return]
+    if ":" in endpoint.host:  # (an IPv6 address: a replica's, advertised as one)
+        return NoDelayEndpoint(
+            TCP6ClientEndpoint(reactor, endpoint.host, endpoint.port, timeout=10)
+        )
     return NoDelayEndpoint(TCP4ClientEndpoint(reactor, endpoint.host, endpoint.port, timeout=10))
 
 

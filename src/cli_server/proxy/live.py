@@ -60,6 +60,9 @@ class LiveStreams:
             return False  # (none since: the common case, without a scan)
         return any(n > seen and whose.matches(match) for _, n, match in self._revoked)
 
+    def open_count(self) -> int:
+        return len(self._open)
+
     def remove(self, handle: int | None) -> None:
         if handle is not None:
             self._open.pop(handle, None)
@@ -74,3 +77,9 @@ class LiveStreams:
             if whose.matches(match):
                 del self._open[handle]
                 end()
+
+    def end_all(self) -> None:
+        """Ends every connection listed (a stopping server, once nothing else is in flight)."""
+        open_now, self._open = self._open, {}
+        for _, end in open_now.values():
+            end()

@@ -79,6 +79,8 @@ class Router(Protocol):
         self.replay: tuple[bytes, Back, int | None] | None = None
 
     def connectionMade(self) -> None:
+        if isinstance(self.factory, RouterFactory):
+            self.factory.routing.add(self)
         no_delay(self.transport)
         self._peer = str(getattr(self.transport.getPeer(), "host", "")).encode()  # type: ignore[union-attr]
         self._timer = self._reactor.callLater(self._routes.timeout, self._expired)
@@ -120,6 +122,10 @@ class Router(Protocol):
             routing.addErrback(lambda f: self._log.failure("routing", f))
         else:
             self._routed(routing, head)
+
+    @property
+    def started(self) -> bool:
+        return bool(self._buffer) or self._head is not None
 
     def _route_failed(self, failure: Failure) -> None:
         self._log.failure("routing", failure)
@@ -199,6 +205,8 @@ class Router(Protocol):
             self.transport.loseConnection()  # type: ignore[union-attr]  # no head, or no route
 
     def _done(self) -> None:
+        if isinstance(self.factory, RouterFactory):
+            self.factory.routing.discard(self)
         self._gone = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -215,7 +223,15 @@ class RouterFactory(Factory):
 
     def __init__(self, site: Any, routes: Routes, reactor: Any) -> None:
         self.site, self.routes, self._reactor = site, routes, reactor
+        self.routing: set[Router] = set()  # connections not yet handed on or closed
         self._replay: tuple[bytes, Back, int | None] | None = None  # (the one being taken back)
+
+    @property
+    def in_flight(self) -> int:
+        """Connections whose first request is being read or routed (a stopping server
+        waits for them: they go to twisted.web or a worker, or close); not those that sent
+        nothing yet (a browser's spare connection)."""
+        return sum(1 for router in self.routing if router.started)
 
     def startFactory(self) -> None:
         self.site.doStart()

@@ -9,10 +9,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from attrs import define
-from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
 from cli_server.errors import ApiError
 from cli_server.proxy import rules
@@ -29,6 +26,7 @@ from cli_server.proxy.hygiene import (
     cookie_values,
     only,
 )
+from cli_server.proxy.later import AnsweredLater
 from cli_server.proxy.live import LiveStreams, Whose
 from cli_server.proxy.pages import (
     PAGE_HEADERS,
@@ -37,6 +35,7 @@ from cli_server.proxy.pages import (
     not_listening,
     page_html,
 )
+from cli_server.proxy.replica_relay import ReplicaRelay
 from cli_server.proxy.websocket import splice
 from cli_server.roles import Role
 from cli_server.sandboxes.activity import ActivityRecorder
@@ -100,7 +99,7 @@ class SandboxCookie:
 
 
 @define(eq=False)
-class SandboxSite(Resource):
+class SandboxSite(AnsweredLater):
     """Serves every request whose Host is a sandbox subdomain (see HostDispatcher)."""
 
     _access: SandboxAccess
@@ -116,8 +115,8 @@ class SandboxSite(Resource):
     _metrics: Any = None
     _tunnels: Any = None  # TunnelHub: how local sandboxes are reached
     live: LiveStreams | None = None  # what runs here, cut when its session is revoked
-    isLeaf = True
-    _log = Logger()
+    relay: ReplicaRelay | None = None  # to the replica holding a local sandbox's tunnel
+    _doing = "proxying {uri}"
 
     def __attrs_post_init__(self) -> None:
         Resource.__init__(self)
@@ -125,16 +124,6 @@ class SandboxSite(Resource):
     @property
     def _listener(self) -> rules.Listener:
         return rules.Listener(self._scheme, self._base_host, self._cookie.name)
-
-    def render(self, request: Any) -> Any:
-        d = Deferred.fromCoroutine(self._handle(request))
-        d.addErrback(self._failed, request)
-        return NOT_DONE_YET
-
-    def _failed(self, failure: Any, request: Any) -> None:
-        self._log.failure("proxying {uri}", failure, uri=request.uri)
-        if not request.finished and not request.startedWriting and request.channel:
-            self._page(request, 502, "Something went wrong", "The sandbox could not be reached.")
 
     def _finish(self, request: Any, body: bytes) -> None:
         if request.finished or request.channel is None:
@@ -196,12 +185,18 @@ class SandboxSite(Resource):
         sandbox_id, upgrade = verdict.sandbox_id, asked.upgrade
         # opencode's credential goes to opencode only, never to a preview's port
         password = access.password if port is None else None
+        holder = None  # another replica holding the tunnel: relayed there, decided here
         if access.is_local:
             if self._tunnels is None or self._tunnels.session(sandbox_id) is None:
-                return self._status_page(request, "offline", access)
-            if port is not None and port not in self._tunnels.allowed_ports(sandbox_id):
+                if self.relay is not None:
+                    holder = await self.relay.holder(sandbox_id)
+                if holder is None:
+                    return self._status_page(request, "offline", access)
+                endpoint = through_tunnel(sandbox_id, port)  # (replaced below)
+            elif port is not None and port not in self._tunnels.allowed_ports(sandbox_id):
                 return self._not_shared(request, port)
-            endpoint = through_tunnel(sandbox_id, port)
+            else:
+                endpoint = through_tunnel(sandbox_id, port)
         else:
             running = await self._endpoints.get(sandbox_id, port)
             if running is None:
@@ -227,14 +222,20 @@ class SandboxSite(Resource):
             # (fires when the answer is complete or the connection is lost; forward() returns
             # once the head is relayed, while the body may stream for hours)
             request.notifyFinish().addBoth(lambda _: live.remove(handle))
+        target = relayed = None
+        if holder is not None and self.relay is not None:
+            endpoint, target, relayed = self.relay.prepare(
+                request, holder, sandbox_id, port, upstream_headers(request, password, self._scheme)
+            )
         if upgrade:
-            headers = upstream_headers(request, password, self._scheme)
+            headers = relayed or upstream_headers(request, password, self._scheme)
             side = await splice(
                 self._reactor,
                 request,
                 client_endpoint(self._reactor, endpoint, self._tunnels),
                 headers,
                 lambda: self._activity.touch(sandbox_id),
+                target=target,
             )
             ok = side is not None
             if live is not None and side is not None:  # (the request never finishes now)
@@ -242,12 +243,24 @@ class SandboxSite(Resource):
                 if side.lost:
                     live.remove(handle)
         else:
-            ok = await self._forwarder.forward(request, endpoint, password, self._scheme)
+            ok = await self._forwarder.forward(
+                request, endpoint, password, self._scheme, target=target, headers=relayed
+            )
         if ok and port is not None:
             self._activity.touch(sandbox_id)
         if not ok and not access.is_local:
             self._endpoints.forget(sandbox_id)  # it may have moved: ask the backend next time
-        if not ok and access.is_local and self._tunnels.session(sandbox_id) is None:
+        if not ok and holder is not None and self.relay is not None:
+            self.relay.forget(sandbox_id)  # the next try asks who holds it now
+            self._page(
+                request,
+                502,
+                "The agent's server is not answering",
+                "The server this laptop's agent is connected to did not answer; the agent "
+                "reconnects to another one by itself.",
+                refresh=3,
+            )
+        elif not ok and access.is_local and self._tunnels.session(sandbox_id) is None:
             self._status_page(request, "offline", access)  # the agent left meanwhile
         elif not ok and port is not None:
             self._page(request, 503, *not_listening(port), refresh=3)

@@ -97,8 +97,9 @@ class _Side(Protocol):
             self.peer.transport.loseConnection()
 
 
-def _head(request: Any, headers: Headers) -> bytes:
-    lines = [request.method + b" " + clean_query(request.uri) + b" HTTP/1.1"]
+def _head(request: Any, headers: Headers, target: bytes | None = None) -> bytes:
+    path = clean_query(request.uri) if target is None else target
+    lines = [request.method + b" " + path + b" HTTP/1.1"]
     for name, values in headers.getAllRawHeaders():
         lines += [name + b": " + v for v in values]
     for name in (b"connection", b"upgrade"):
@@ -114,9 +115,10 @@ async def splice(
     headers: Headers,
     on_data: Callable[[], None],
     timeout: float = 10.0,
+    target: bytes | None = None,
 ) -> _Side | None:
     """Connect the browser's connection to the sandbox; returns the browser's side, or None
-    if the sandbox is unreachable."""
+    if the sandbox is unreachable. ``target``: sent instead of the request's cleaned own."""
     upstream = _Side(on_data, answer=True)
     try:
         connecting = connect_quietly(endpoint, upstream)
@@ -134,7 +136,7 @@ async def splice(
     if IPushProducer.providedBy(transport):
         transport.resumeProducing()  # (twisted.web may have paused reading while it served)
     assert upstream.transport is not None
-    upstream.transport.write(_head(request, headers))
+    upstream.transport.write(_head(request, headers, target))
     browser.flush_to(upstream)
     upstream.flush_to(browser)
     other: Any = upstream.transport

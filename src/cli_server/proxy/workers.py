@@ -34,7 +34,17 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cli_server.proxy.live import Whose
-from cli_server.proxy.relay.wire import BACK, ID, RENEWED, Back, Grant, keep_message, read_activity
+from cli_server.proxy.relay.wire import (
+    BACK,
+    DRAIN,
+    DRAINING,
+    ID,
+    RENEWED,
+    Back,
+    Grant,
+    keep_message,
+    read_activity,
+)
 
 _ENV = ("PATH", "PYTHONPATH", "LANG", "LC_ALL")  # what a worker needs of ours: no secrets
 
@@ -70,6 +80,7 @@ class RelayWorkers(Service):
     _null: int = field(default=-1, init=False)  # /dev/null, what let_go points sockets at
     _next_id: int = field(default=0, init=False)
     _carried: dict[int, _Carried] = field(factory=dict, init=False)
+    _drains: int = field(default=0, init=False)  # the number of the last drain asked
 
     def startService(self) -> None:
         super().startService()
@@ -111,6 +122,7 @@ class RelayWorkers(Service):
         except OSError:  # (BlockingIOError: the worker is behind; twisted.web serves it)
             return False
         self._carried[self._next_id] = _Carried(worker, whose, lease)
+        worker.given = self._drains  # (only its answer to a later drain covers this one)
         worker.carrying += 1
         self._count()
         return True
@@ -133,6 +145,19 @@ class RelayWorkers(Service):
             ]
             for start in range(0, len(ids), 500):  # (a message is at most a few KiB)
                 worker.send(b"X" + b"".join(ID.pack(i) for i in ids[start : start + 500]))
+
+    def drain(self) -> None:
+        """The server stops: each worker closes its idle connections, and the others after
+        their answers, and says how many requests it still carries; asked again (each
+        call) until ``in_flight`` is 0. Event streams and WebSockets go on until ``stop``."""
+        self._drains += 1
+        for worker in self._workers:
+            worker.send(DRAIN.pack(b"D", self._drains))
+
+    @property
+    def in_flight(self) -> int:
+        """Workers not yet done with their requests, as their last answers to ``drain`` say."""
+        return sum(1 for worker in self._workers if not worker.drained)
 
     def ended(self, conn_id: int) -> _Carried | None:
         carried = self._carried.pop(conn_id, None)
@@ -215,7 +240,14 @@ class _Worker(ProcessProtocol):
     _outbox: list[bytes] = field(factory=list)  # messages for the worker to take
     _retry: IDelayedCall | None = None
     _stuck_since: float | None = None  # messages waiting since
+    given: int = 0  # the drain asked last when this worker was given a connection
+    _quiet: int = -1  # the last drain it answered with no request in flight, or -1
     _log = Logger()
+
+    @property
+    def drained(self) -> bool:
+        """No request in flight since the last connection it was given (or no process)."""
+        return self.control is None or self._quiet > self.given
 
     @property
     def _reactor(self) -> Any:
@@ -359,7 +391,10 @@ class _Worker(ProcessProtocol):
                 return
         for fd in fds:
             os.close(fd)
-        if kind == b"R" and len(msg) == 1 + ID.size:
+        if kind == b"d" and len(msg) == DRAINING.size:
+            _, number, busy = DRAINING.unpack(msg)
+            self._quiet = number if busy == 0 else -1
+        elif kind == b"R" and len(msg) == 1 + ID.size:
             self.workers.renew(ID.unpack_from(msg, 1)[0])
         elif kind in (b"B", b"E") and len(msg) >= 1 + ID.size:
             # (a B without its socket, say at EMFILE: that connection is lost; it ends here)

@@ -488,6 +488,11 @@ class DockerBackend:
         except Exception as e:
             raise BackendError(f"Docker engine: {_short(e)}") from e
 
+    def forget(self, sandbox_id: str) -> None:
+        """The sandbox changed status, maybe through another replica: its addresses are asked
+        of the engine again."""
+        self._sources.pop(sandbox_id, None)
+
     async def source_addresses(self, sandbox_id: str) -> frozenset[str]:
         """The running container's addresses: the Anthropic proxy takes the sandbox's token
         only from there. Asked of the engine once per start (addresses change at each)."""

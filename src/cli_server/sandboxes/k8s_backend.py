@@ -507,6 +507,12 @@ class K8sBackend:
         self._changes += 1
         self._snapshot = None
 
+    def forget(self, sandbox_id: str) -> None:
+        """The sandbox changed status, maybe through another replica: its pod's addresses and
+        the listing ``describe`` answers from are read again."""
+        self._sources.pop(sandbox_id, None)
+        self._changed()
+
     @contextmanager
     def _changing(self, sandbox_id: str) -> Iterator[None]:
         """Our own change to a sandbox: its pod's addresses are forgotten, and the listing

@@ -64,6 +64,9 @@ class SandboxManager:
     # Told of each status change and delete (the proxy drops what it cached, ends sessions).
     _events: Events = field(factory=Events)
     tunnels: Any = None  # TunnelHub: deleting a local sandbox revokes its agent's tunnel
+    # The host whose backend runs sandboxes on it alone (process): recorded at each start, so
+    # a server on another host leaves them alone. None: any replica reaches them.
+    host: str | None = None
     # Fair shares of --max-sandboxes: one workspace or one account cannot take every slot
     # (None: no limit but the server's).
     _max_per_workspace: int | None = None
@@ -386,8 +389,8 @@ class SandboxManager:
             return  # deleted or moved on meanwhile
         token = new_token()
         await self._db.execute(
-            "UPDATE sandboxes SET proxy_token_hash = %s WHERE id = %s",
-            (token_hash(token), sandbox_id),
+            "UPDATE sandboxes SET proxy_token_hash = %s, host = %s WHERE id = %s",
+            (token_hash(token), self.host, sandbox_id),
         )
         spec = SandboxSpec(
             sandbox_id, str(rows[0]["workspace_id"]), rows[0]["opencode_password"], token
@@ -475,8 +478,9 @@ class SandboxManager:
         await self._db.execute(
             "UPDATE sandboxes SET status = 'paused', paused_at = now(), updated_at = now(),"
             " paused_kind = NULL, paused_by = NULL"
-            " WHERE status = 'running' AND NOT is_local AND backend = %s",
-            (self._backend.name,),
+            " WHERE status = 'running' AND NOT is_local AND backend = %s"
+            " AND (host IS NULL OR host = %s)",
+            (self._backend.name, self.host),
         )
 
     async def drain(self) -> None:

@@ -45,8 +45,9 @@ class IdleMonitor:
         cutoff = self._clock.seconds() - self._idle_timeout
         rows = await self._db.query(
             "SELECT id, opencode_password FROM sandboxes WHERE status = 'running'"
-            " AND NOT is_local AND last_activity_at < to_timestamp(%s)",
-            (cutoff,),
+            " AND NOT is_local AND last_activity_at < to_timestamp(%s)"
+            " AND (host IS NULL OR host = %s)",  # (another host's: out of reach)
+            (cutoff, self._manager.host),
         )
         for row in rows:
             await self._consider(str(row["id"]), row["opencode_password"])
@@ -102,8 +103,9 @@ class Reconciler:
 
     async def _sweep(self) -> None:
         rows = await self._db.query(
-            "SELECT id, status FROM sandboxes WHERE NOT is_local AND backend = %s",
-            (self._backend.name,),
+            "SELECT id, status FROM sandboxes WHERE NOT is_local AND backend = %s"
+            " AND (host IS NULL OR host = %s)",  # (another host's: out of reach)
+            (self._backend.name, self._manager.host),
         )
         known = set()
         for row in rows:

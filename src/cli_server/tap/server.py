@@ -16,10 +16,12 @@ from cli_server.config import (
     GithubLogin,
     OidcLogin,
     ServerConfig,
+    default_advertise_url,
     default_data_dir,
     default_max_sandboxes,
     parse_access_log,
     parse_access_mode,
+    parse_advertise_url,
     parse_backend,
     parse_base_domain,
     parse_base_scheme,
@@ -166,6 +168,12 @@ SETTINGS: dict[str, Setting] = {
     "idle-timeout": Setting(
         "IDLE_TIMEOUT", parse_duration, "30m", "Pause a sandbox after this long without activity."
     ),
+    "drain-timeout": Setting(
+        "DRAIN_TIMEOUT",
+        parse_duration,
+        "30s",
+        "On SIGTERM, how long in-flight requests may take to finish before the replica stops.",
+    ),
     "docker-url": Setting(
         "DOCKER_HOST",
         str,
@@ -212,6 +220,14 @@ SETTINGS: dict[str, Setting] = {
     ),
     "anthropic-proxy-url": Setting(
         "ANTHROPIC_PROXY_URL", str, None, "URL sandboxes use for the server's Anthropic proxy."
+    ),
+    "advertise-url": Setting(
+        "ADVERTISE_URL",
+        parse_advertise_url,
+        None,
+        "Where the other replicas of this server reach this one (several replicas on one"
+        " database).",
+        "http://<hostname>:<port of the first TCP --listen>",
     ),
     "registration": Setting(
         "REGISTRATION",
@@ -314,7 +330,8 @@ SETTINGS: dict[str, Setting] = {
         "K8S_INSTANCE",
         str.strip,
         None,
-        "Label value marking this deployment's Kubernetes objects (same on every replica).",
+        "Label value marking this deployment's sandboxes, Kubernetes objects or docker"
+        " containers (the same on every replica).",
         "this data directory's instance id",
     ),
     "in-cluster-url": Setting(
@@ -374,8 +391,12 @@ class Options(usage.Options):
                 "--db-url: a password on the command line is visible to every local user; "
                 "pass the URL in DATABASE_URL, or the password in a PGPASSFILE"
             )
+        if 0 < len(self._environ.get("INTERNAL_SECRET", "")) < 32:  # (signs replicas' requests)
+            raise usage.UsageError("INTERNAL_SECRET: use at least 32 random characters")
         if self["data-dir"] is None:
             self["data-dir"] = default_data_dir()
+        if self["advertise-url"] is None:
+            self["advertise-url"] = default_advertise_url(self["listen"])
         if self["max-sandboxes"] is None:
             self["max-sandboxes"] = default_max_sandboxes()
         if self["proxy-workers"] is None:
@@ -499,7 +520,7 @@ class Options(usage.Options):
         for description in self["listen"]:
             try:
                 serverFromString(MemoryReactor(), description)
-            except (ValueError, TypeError, KeyError) as e:
+            except (ValueError, TypeError, KeyError, OSError) as e:  # (OSError: a missing key file)
                 raise usage.UsageError(f"--listen {description!r}: {e}") from None
 
     def config(self) -> ServerConfig:
@@ -542,6 +563,7 @@ class Options(usage.Options):
             access_log=self["access-log"],
             audit_retention_days=self["audit-retention-days"],
             proxy_workers=self["proxy-workers"],
+            drain_timeout=self["drain-timeout"],
             kubeconfig=self["kubeconfig"],
             sandbox_namespace=self["sandbox-namespace"] or None,
             runtime_class=self["runtime-class"] or None,
@@ -550,8 +572,10 @@ class Options(usage.Options):
             sandbox_resources=self["sandbox-resources"],
             k8s_instance=self["k8s-instance"] or None,
             in_cluster_url=self["in-cluster-url"],
+            advertise_url=self["advertise-url"],
             anthropic_api_key=self._environ.get("ANTHROPIC_API_KEY") or None,
             anthropic_auth_token=self._environ.get("ANTHROPIC_AUTH_TOKEN") or None,
+            internal_secret=self._environ.get("INTERNAL_SECRET") or None,
         )
 
 

@@ -194,8 +194,12 @@ class Backoff:
     initial: float = 1.0
     maximum: float = 60.0
     failures: int = 0
+    _now: bool = False  # the next attempt goes at once (see ``at_once``)
 
     def __call__(self, attempt: int) -> float:
+        if self._now:
+            self._now = False
+            return 0.0
         delay = min(self.maximum, self.initial * 2.0**self.failures)
         if delay < self.maximum:  # (2.0 ** 1024 overflows: stop counting at the cap)
             self.failures += 1
@@ -203,6 +207,12 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+    def at_once(self) -> None:
+        """The server said it restarts: another replica (through the load balancer) takes
+        us now, so the next attempt waits for nothing; later ones back off as before."""
+        self.reset()
+        self._now = True
 
 
 class _ToTunnel(Protocol):
@@ -595,6 +605,8 @@ class TunnelAgent(Service):
             )
         if not self.running:
             return
+        if goaway is not None and goaway[0] == "restarting":
+            self.backoff.at_once()
         detail = f"{goaway[1]}" if goaway else why
         if was_up:
             self._log.warn("disconnected from the server ({why}); reconnecting", why=detail)

@@ -6,8 +6,10 @@ One live tunnel per sandbox: a new connection with the same credentials replaces
 ``offline`` otherwise; each status write is serialised per sandbox and writes what is true
 when it runs, so a quick disconnect/reconnect can never leave the wrong word behind.
 
-Tunnels live in this process's memory. With several replicas, the proxy must reach the
-replica that holds a sandbox's tunnel; that routing is future work (DESIGN.md).
+Tunnels live in this process's memory. With several replicas, ``holders`` records in the
+database which replica holds each one (the others relay to it, ``proxy/replica_relay.py``), and
+the status writes go through it, so an old tunnel's end on one replica never makes offline a
+sandbox whose agent moved to another.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cli_server.db.pool import Database, DatabaseUnavailable
+from cli_server.replicas.holders import TunnelHolders
 from cli_server.sandboxes.backend import PortNotShared
 from cli_server.tunnel.carrier import SessionCarrier
 from cli_server.tunnel.frames import MAX_MESSAGE, VERSION
@@ -44,6 +47,7 @@ class TunnelHub:
     ping_interval: float = 15.0
     dead_after: float = 45.0
     current_protocol: int = VERSION  # agents speaking an older one are warned about
+    holders: TunnelHolders | None = None  # with several replicas: who holds which tunnel
     _live: dict[str, Session] = field(factory=dict, init=False)
     _pending: dict[str, set[Session]] = field(factory=dict, init=False)  # open, no hello yet
     _revoked: dict[str, tuple[float, str]] = field(factory=dict, init=False)  # when, why
@@ -192,8 +196,27 @@ class TunnelHub:
         self._addresses.clear()
         self._gauge()
 
+    @property
+    def live_ids(self) -> list[str]:
+        return list(self._live)
+
+    async def sweep_holders(self) -> None:
+        """Every few seconds: our tunnels' rows, and the dead replicas' released."""
+        if self.holders is None:
+            return
+        for sandbox_id in await self.holders.sweep(self.live_ids):
+            self._log.info(
+                "tunnel of {sandbox_id} released: its replica stopped", sandbox_id=sandbox_id
+            )
+            if self._on_change is not None:
+                self._on_change(sandbox_id)
+
     async def mark_all_offline(self) -> None:
-        """At start nothing is connected yet, whatever the table says after a crash."""
+        """At start nothing is connected yet, whatever the table says after a crash (but
+        tunnels other live replicas hold)."""
+        if self.holders is not None:
+            await self.holders.settle_at_start()
+            return
         await self._db.execute(
             "UPDATE sandboxes SET status = 'offline', updated_at = now()"
             " WHERE is_local AND status <> 'offline'"
@@ -211,16 +234,22 @@ class TunnelHub:
             async with lock:
                 live = sandbox_id in self._live
                 try:
-                    await self._db.execute(
-                        "UPDATE sandboxes SET status = %s, error = NULL, updated_at = now()"
-                        + (", last_activity_at = now()" if live else "")
-                        + " WHERE id = %s AND is_local AND status <> %s",
-                        (
-                            "running" if live else "offline",
-                            sandbox_id,
-                            "running" if live else "offline",
-                        ),
-                    )
+                    if self.holders is not None:
+                        if live:
+                            await self.holders.hold(sandbox_id)
+                        else:
+                            await self.holders.release(sandbox_id)
+                    else:
+                        await self._db.execute(
+                            "UPDATE sandboxes SET status = %s, error = NULL, updated_at = now()"
+                            + (", last_activity_at = now()" if live else "")
+                            + " WHERE id = %s AND is_local AND status <> %s",
+                            (
+                                "running" if live else "offline",
+                                sandbox_id,
+                                "running" if live else "offline",
+                            ),
+                        )
                 except DatabaseUnavailable:
                     self._log.warn("tunnel status of {sandbox_id} not saved", sandbox_id=sandbox_id)
             if not lock.locked and not lock.waiting:

@@ -19,6 +19,7 @@ from cli_server.auth.api_tokens import NAME_LENGTH, ApiTokens, parse_expiry, par
 from cli_server.auth.ratelimit import (
     Backoff,
     FailureLimiter,
+    FailureStore,
     KnownAddresses,
     LoginGuard,
     wait_in_words,
@@ -62,8 +63,9 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 USERNAME_RULE = "3-32 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
 PASSWORD_RULE = "at least 8 characters"
 _TOKEN_FIELDS = frozenset(API_TOKEN_BODY["properties"])
-# A first password (an account made by single sign-on) needs a sign-in this recent: a stolen
-# older session must not turn into a password of the thief's choosing.
+# A first password (an account made by single sign-on) and an API token made from a browser
+# need a sign-in this recent: a stolen older session must not turn into a credential of the
+# thief's choosing.
 FRESH_SIGN_IN = 15 * 60.0
 
 
@@ -83,17 +85,28 @@ class AuthLimits:
     registrations_per_address: int = 20
     registration_window: float = 60 * 60.0
 
-    def guard(self, clock: IReactorTime) -> LoginGuard:
-        def backoff(free: int) -> Backoff:
+    def guard(self, store: FailureStore, clock: IReactorTime) -> LoginGuard:
+        def backoff(kind: str, free: int) -> Backoff:
             return Backoff(
-                clock, free, self.login_first_wait, self.login_longest_wait, self.login_window
+                store,
+                clock,
+                kind,
+                free,
+                self.login_first_wait,
+                self.login_longest_wait,
+                self.login_window,
             )
 
         return LoginGuard(
-            backoff(self.login_failures_per_pair),
-            backoff(self.login_failures_per_user),
-            backoff(self.login_failures_per_address),
-            KnownAddresses(clock, self.known_address_for),
+            backoff("login-pair", self.login_failures_per_pair),
+            backoff("login-account", self.login_failures_per_user),
+            backoff("login-address", self.login_failures_per_address),
+            KnownAddresses(store, clock, self.known_address_for),
+        )
+
+    def registrations(self, store: FailureStore, clock: IReactorTime) -> FailureLimiter:
+        return FailureLimiter(
+            store, clock, "registration", self.registrations_per_address, self.registration_window
         )
 
 
@@ -148,9 +161,9 @@ class AuthAPI:
             raise BadRequest("email must look like name@example.com", field="email")
         invite = text_field(body, "invite", max_length=200, required=False)
         address = client_host(request)
-        _limit(self._registrations, address, "too many registrations from this address")
+        await _limit(self._registrations, address, "too many registrations from this address")
         # Every attempt counts, taken names too: registering is also a way to probe names.
-        self._registrations.failed(address)
+        await self._registrations.failed(address)
         user = await self._accounts.register(
             username, password, email or None, self._registration, invite
         )
@@ -188,17 +201,17 @@ class AuthAPI:
         username = required_text(body, "username", max_length=254)
         password = required_text(body, "password", max_length=1024, strip=False)
         account, address = username.lower(), client_host(request)
-        self._check_guard(account, address)
+        await self._check_guard(account, address)
         try:
             login = await self._accounts.authenticate(username, password)
         except AccountDisabled:
             await self._failed_sign_in(username, address, "account_disabled")
             raise
         if login is None:
-            self._logins.failed(account, address)
+            await self._logins.failed(account, address)
             await self._failed_sign_in(username, address, "invalid_credentials")
             raise Unauthorized("wrong username or password", code="invalid_credentials")
-        self._logins.succeeded(account, address)
+        await self._logins.succeeded(account, address)
         agent = request.getHeader(b"user-agent")
         token = await self._accounts.open_session(
             login, agent.decode("utf-8", "replace") if agent else None, address
@@ -224,8 +237,8 @@ class AuthAPI:
                 details={"method": "password", "reason": reason},
             )
 
-    def _check_guard(self, account: str, address: str) -> None:
-        waiting = self._logins.retry_after(account, address)
+    async def _check_guard(self, account: str, address: str) -> None:
+        waiting = await self._logins.retry_after(account, address)
         if waiting is not None:
             wait, why = waiting
             raise TooManyRequests(f"{why}; try again in {wait_in_words(wait)}", retry_after=wait)
@@ -268,9 +281,9 @@ class AuthAPI:
             )
             return no_content(request)
         account, address = user.username.lower(), client_host(request)
-        self._check_guard(account, address)
+        await self._check_guard(account, address)
         if not await self._accounts.check_password(user.id, current):
-            self._logins.failed(account, address)
+            await self._logins.failed(account, address)
             raise Forbidden("the current password is wrong", code="wrong_password")
         details = {"first": False}
         noted = note(self._audit, request, user, Action.PASSWORD_CHANGED, details=details)
@@ -364,8 +377,18 @@ class AuthAPI:
         answers={201: NEW_API_TOKEN, 404: ERROR},
     )
     async def create_token(self, request: IRequest, user: User) -> bytes:
-        """A personal API token; its secret (``token``) is in this answer only."""
+        """A personal API token; its secret (``token``) is in this answer only. From a
+        browser, only within 15 minutes of signing in: a stolen cookie alone mints none."""
         tokens = self._api_tokens()
+        if user.token is None:
+            session = self._cookies.token(request)
+            assert session is not None  # (a user was found from it)
+            if not await self._accounts.signed_in_within(session, FRESH_SIGN_IN):
+                raise Forbidden(
+                    "to create an API token, sign out and sign in again, then create it "
+                    "within 15 minutes",
+                    code="sign_in_again",
+                )
         body = read_json_object(request)
         extra = sorted(set(body) - _TOKEN_FIELDS)
         if extra:
@@ -414,8 +437,8 @@ class AuthAPI:
         return no_content(request)
 
 
-def _limit(limiter: FailureLimiter, key: str, message: str) -> None:
-    wait = limiter.retry_after(key)
+async def _limit(limiter: FailureLimiter, key: str, message: str) -> None:
+    wait = await limiter.retry_after(key)
     if wait is not None:
         raise TooManyRequests(f"{message}; try again in {wait_in_words(wait)}", retry_after=wait)
 

@@ -18,8 +18,8 @@ from attrs import define, evolve
 from twisted.web.iweb import IRequest
 
 from cli_server.accounts import User
-from cli_server.auth.api_tokens import ApiTokens, Grant, covers
-from cli_server.errors import Forbidden, NotFound, Unauthorized
+from cli_server.auth.api_tokens import ApiTokens, Grant, InvalidToken, covers
+from cli_server.errors import Forbidden, NotFound
 from cli_server.web.ids import parse_id
 
 # Path arguments naming something that belongs to one workspace, and what a 404 calls it.
@@ -28,19 +28,6 @@ WORKSPACE_ARGUMENTS = {
     "sandbox_id": "sandbox",
     "invitation_id": "invitation",
 }
-
-
-class InvalidToken(Unauthorized):
-    code = "invalid_token"
-
-    def __init__(self) -> None:
-        super().__init__(
-            "this API token is not valid: it is unknown, expired or revoked, or its account "
-            "is disabled"
-        )
-
-    def headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": 'Bearer realm="cli-server", error="invalid_token"'}
 
 
 def bearer_credential(request: IRequest) -> str | None:

@@ -7,6 +7,7 @@ from typing import Any
 from twisted.web.resource import IResource, Resource
 
 from cli_server.proxy.hosts import sandbox_for_host
+from cli_server.replicas.channel import PREFIX as INTERNAL_PREFIX
 
 
 class HostDispatcher(Resource):
@@ -18,12 +19,23 @@ class HostDispatcher(Resource):
 
     isLeaf = True
 
-    def __init__(self, main: IResource, sandboxes: IResource, base_host: bytes) -> None:
+    def __init__(
+        self,
+        main: IResource,
+        sandboxes: IResource,
+        base_host: bytes,
+        internal: IResource | None = None,
+    ) -> None:
         super().__init__()
         self._main = main
         self._sandboxes = sandboxes
         self._base_host = base_host
+        self._internal = internal  # the channel between replicas (proxy/replica_relay.py)
 
     def render(self, request: Any) -> Any:
         is_sandbox, _ = sandbox_for_host(request.getHeader(b"host"), self._base_host)
-        return (self._sandboxes if is_sandbox else self._main).render(request)
+        if is_sandbox:
+            return self._sandboxes.render(request)  # (never the channel: sandboxes' own hosts)
+        if self._internal is not None and request.path.startswith(INTERNAL_PREFIX):
+            return self._internal.render(request)
+        return self._main.render(request)

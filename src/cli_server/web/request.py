@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from collections.abc import Hashable
 from functools import partial
 from io import BytesIO
@@ -20,6 +21,7 @@ from twisted.web import http, server
 from cli_server.client_address import TrustedProxies
 from cli_server.nodelay import no_delay
 from cli_server.proxy.hosts import sandbox_for_host
+from cli_server.replicas.channel import PREFIX as INTERNAL_PREFIX
 from cli_server.web.streamed_body import StreamedBody
 
 MAX_BODY = 1024 * 1024  # the API's JSON bodies
@@ -91,15 +93,20 @@ class BoundedRequest(server.Request):
     _body_done = False
     _refusal: tuple[int, str, str] | None = None  # (status, code, message) once refused
     _source_key: Hashable | None = None
+    _open_in: OpenRequests | None = None  # the site's, from its headers to its end
 
     def gotLength(self, length: int | None) -> None:
         # (not twisted.web's: it opens a temporary file for a body over 100 kB)
         self.content = BytesIO()
         channel: Any = self.channel
+        requests = getattr(getattr(channel, "site", None), "requests", None)
+        if isinstance(requests, OpenRequests):
+            self._open_in = requests
+            requests.opened(self)
         path = getattr(channel, "_path", None) or b""
         if length == 0:
             return
-        if self._for_sandbox():
+        if self._for_sandbox() or path.startswith(INTERNAL_PREFIX):  # (relayed: streamed too)
             line = self._line()
             if line is None:
                 self._cap = MAX_SANDBOX_BODY  # (a twisted.web without these: buffer, capped)
@@ -270,6 +277,12 @@ class BoundedRequest(server.Request):
         return self._early and not self._body_done and self.channel is not None
 
     def write(self, data: bytes) -> None:
+        requests = self._open_in
+        draining = requests is not None and requests.draining and self.channel is not None
+        if not self.startedWriting and draining:
+            # The server stops: this connection carries no other request.
+            self.channel.persistent = False
+            self.setHeader(b"connection", b"close")
         if not self.startedWriting and self._answering_early():
             # Answered before the whole body came (an error page, an early reply): this
             # connection cannot carry another request, and says so.
@@ -288,11 +301,17 @@ class BoundedRequest(server.Request):
             channel.dataReceived = _discard
             channel.loseConnection = partial(_lingering_close, channel, channel.loseConnection)
         self._release()
+        self._closed()
         super().finish()
 
     def connectionLost(self, reason: Failure) -> None:
         self._release()
+        self._closed()
         super().connectionLost(reason)
+
+    def _closed(self) -> None:
+        if self._open_in is not None:
+            self._open_in.closed(self)
 
 
 def _discard(data: bytes) -> None:
@@ -324,7 +343,8 @@ def for_sandbox(request: Any, site: Any) -> bool:
 
 class _Redacted:
     """A request as the access log sees it: credential query parameters blanked out, and any
-    API token (``cli_pat_...``) in the path or the Referer, where someone pasted one."""
+    API token (``cli_pat_...``, percent-encoded or not) in the path or the Referer, where
+    someone pasted one."""
 
     def __init__(self, request: http.Request) -> None:
         self._request = request
@@ -341,7 +361,21 @@ class _Redacted:
         return getattr(self._request, name)
 
 
-_API_TOKEN = re.compile(rb"cli_pat_[A-Za-z0-9_-]+")
+def _either(char: str) -> str:
+    """``char`` as itself or percent-encoded (either case of hex digit)."""
+    code = f"{ord(char):02x}"
+    return f"(?:{re.escape(char)}|%{code[0]}[{code[1]}{code[1].upper()}])"
+
+
+# A token as written or percent-encoded in part or whole: a URL decoder would find it in
+# either, so the log must not keep either.
+_ENCODED_TOKEN_CHAR = r"%(?:2[dD]|3[0-9]|4[1-9a-fA-F]|5[0-9aAfF]|6[1-9a-fA-F]|7[0-9aA])"
+_API_TOKEN = re.compile(
+    "".join(_either(c) for c in "cli_pat_").encode()
+    + rb"(?:[A-Za-z0-9_-]|"
+    + _ENCODED_TOKEN_CHAR.encode()
+    + rb")+"
+)
 
 
 _CREDENTIALS = frozenset({b"token", b"ticket", b"auth_token", b"code", b"state"})
@@ -374,6 +408,41 @@ def redacting_log_formatter(timestamp: str, request: http.Request) -> str:
     return line
 
 
+def lasting(request: Any) -> bool:
+    """A request that lasts for hours once answered: a WebSocket (a terminal, a tunnel) or an
+    event stream. A stopping server closes these last and waits for the others."""
+    if request.requestHeaders.hasHeader(b"upgrade"):
+        return True
+    kind = request.responseHeaders.getRawHeaders(b"content-type") or [b""]
+    return bool(kind[0].lower().startswith(b"text/event-stream"))
+
+
+@define(eq=False)
+class OpenRequests:
+    """The requests twisted.web serves now (from their headers to their end), for a stopping
+    server to wait for (``in_flight``) and then to close what lasts (``close_lasting``)."""
+
+    _open: weakref.WeakSet[http.Request] = field(factory=weakref.WeakSet, init=False)
+    draining: bool = False  # answers say ``connection: close``
+
+    def opened(self, request: http.Request) -> None:
+        self._open.add(request)
+
+    def closed(self, request: http.Request) -> None:
+        self._open.discard(request)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(1 for request in list(self._open) if not lasting(request))
+
+    def close_lasting(self) -> None:
+        for request in list(self._open):
+            channel: Any = request.channel
+            transport = getattr(channel, "transport", None)
+            if transport is not None:
+                transport.loseConnection()
+
+
 class QuietSandboxSite(server.Site):
     """Access-logs the main site only (a sandbox's UI makes hundreds of asset, event and
     terminal requests per minute, and logging each would cost more than proxying it), and
@@ -392,6 +461,7 @@ class QuietSandboxSite(server.Site):
         super().__init__(resource, logFormatter=redacting_log_formatter, **kwargs)
         self.base_host = base_host
         self.trusted_proxies = trusted_proxies or TrustedProxies()
+        self.requests = OpenRequests()
 
     access_log = "changes"  # all, changes or off (config.parse_access_log)
 

@@ -17,10 +17,12 @@ for the others unless declared; ``admin`` for the instance admin's and the token
 ``query`` is the schema of the query parameters a route reads (an object of strings; a route
 that refuses bad ones lists its 400).
 
-A request with ``Authorization: Bearer`` is an API token's (``web.bearer``): no cookie is read
-and the Origin rule does not apply; a token restricted to one workspace may call a route whose
-path names no workspace, sandbox or invitation only if it is declared ``across_workspaces``
-(its handler then shows such a caller nothing of other workspaces, ``User.reaches``).
+On a route that is not public, a request with ``Authorization: Bearer`` is an API token's
+(``web.bearer``): no cookie is read and the Origin rule does not apply, the token being
+required instead; public routes apply the Origin rule to every request. A token restricted to
+one workspace may call a route whose path names no workspace, sandbox or invitation only if
+it is declared ``across_workspaces`` (its handler then shows such a caller nothing of other
+workspaces, ``User.reaches``).
 
 The instance the app belongs to holds the ``SessionCookies`` as ``_cookies``.
 """
@@ -108,7 +110,9 @@ def route(
         async def guarded(self: HasSession, request: IRequest, *args: Any, **kwargs: Any) -> Any:
             cookies = self._cookies
             if public:
-                cookies.check_origin(request)  # (a no-op for GET, HEAD and OPTIONS)
+                # (a no-op for GET, HEAD and OPTIONS; a branch leaves a token request to the
+                # mounted app's routes)
+                cookies.check_origin(request, mount=bool(options.get("branch")))
                 answer = handler(self, request, *args, **kwargs)
             else:
                 user = await cookies.caller(request, least, across_workspaces, kwargs)

@@ -11,9 +11,10 @@ from attrs import define
 from twisted.web.iweb import IRequest
 
 from cli_server.accounts import Accounts, User
+from cli_server.auth.api_tokens import InvalidToken
 from cli_server.errors import Forbidden, Unauthorized
 from cli_server.proxy.hygiene import clearing_cookies, cookie_values, session_token
-from cli_server.web.bearer import InvalidToken, TokenGuard, bearer_credential
+from cli_server.web.bearer import TokenGuard, bearer_credential
 
 _SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
 
@@ -97,19 +98,19 @@ class SessionCookies:
     def clear(self, request: IRequest) -> None:
         expire_cookie(request, self.name, secure=self._secure)
 
-    def check_origin(self, request: IRequest) -> None:
+    def check_origin(self, request: IRequest, mount: bool = False) -> None:
         """Refuse a state change whose ``Origin`` is some other site.
 
         Sandbox subdomains are same-site with us, so SameSite cookies alone do not stop a page
         in a sandbox from posting to the API; browsers always send ``Origin`` on such requests.
+        A token request skips it only where a valid token is then required: ``caller`` (no
+        cookie read there), and a ``mount`` (a branch handing the request to an app whose
+        routes apply this rule or need the token). Public routes (login, register...) apply
+        it whatever the headers.
         """
         if request.method in _SAFE_METHODS:
             return
-        if bearer_credential(request) is not None:
-            # A token request (a mount's branch sees it before the route's guard): no cookie
-            # authenticates it (the guard reads none on it), and this rule keeps other sites
-            # from using a browser's cookies; a page cannot add Authorization to a request to
-            # another origin without a CORS grant, which the API never gives.
+        if mount and bearer_credential(request) is not None:
             return
         raw = request.getHeader(b"origin")
         if raw is None:

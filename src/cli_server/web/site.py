@@ -84,6 +84,7 @@ class MainSite:
     _claude: ClaudeSetup | None = None
     _admin: AdminAPI | None = None
     _sso: SsoAPI | None = None
+    _draining: Any = None  # () -> bool: the server stops (SIGTERM); the balancer takes it out
 
     # Built once, at start: the declarations do not change while the process runs.
     _document: bytes = field(init=False)
@@ -93,7 +94,10 @@ class MainSite:
 
     @_document.default
     def _build_document(self) -> bytes:
-        return dumps(api_document(APPS, cookie=self._auth.cookies.name.decode("ascii")))
+        auth: Any = self._auth  # (a site built for a test may have none)
+        cookies = getattr(auth, "cookies", None)
+        name = cookies.name.decode("ascii") if cookies is not None else "cli_session"
+        return dumps(api_document(APPS, cookie=name))
 
     @property
     def _cookies(self) -> SessionCookies:
@@ -113,7 +117,9 @@ class MainSite:
         answers={200: READINESS, 503: ERROR},
     )
     async def readyz(self, request: IRequest) -> bytes:
-        """Readiness: started, and PostgreSQL answers now."""
+        """Readiness: started, not stopping, and PostgreSQL answers now."""
+        if self._draining is not None and self._draining():
+            return json_response(request, {"status": "draining"}, 503)
         if not self._ready():
             return json_response(request, error_body("starting", "still starting"), 503)
         await self._db.ping()  # DatabaseUnavailable -> 503

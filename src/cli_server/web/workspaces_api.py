@@ -248,7 +248,15 @@ class WorkspacesAPI:
         background."""
         return await self._sandboxes.create(request, user, workspace_id)
 
-    @route(app, "/<workspace_id>/agent-code", methods=["POST"], answers={201: AGENT_CODE})
+    # A browser's only (no API token): the agent it registers holds a tunnel token and may
+    # hold an Anthropic key, neither of which a token's revocation would end.
+    @route(
+        app,
+        "/<workspace_id>/agent-code",
+        methods=["POST"],
+        scope="session",
+        answers={201: AGENT_CODE},
+    )
     async def agent_code(self, request: IRequest, user: User, workspace_id: str) -> bytes:
         """A one-time code (10 minutes; developers and up) with which a laptop's agent joins
         the workspace (``POST /api/agent/register``)."""

@@ -71,7 +71,7 @@ class KeptConnection:
     __slots__ = tuple(
         """id browser sandbox grant address until buffer reader state framing body_left sent
         repeatable close closing out to_sandbox due first renewing blocked loop done upgrade
-        answer active _browser_mask _sandbox_mask _block _headers _listener _session
+        answer active streaming _browser_mask _sandbox_mask _block _headers _listener _session
         _last""".split()
     )
 
@@ -108,6 +108,7 @@ class KeptConnection:
         self.upgrade = False  # the request in flight asks for a WebSocket
         self.answer = b""  # ... and the head of its answer, until it is whole
         self.active = False  # a WebSocket's bytes moved since the last tick
+        self.streaming = False  # its answer is an event stream (it lasts: not in flight)
         # what epoll watches of each socket (None: not there)
         self._browser_mask: int | None = None
         self._sandbox_mask: int | None = None
@@ -179,8 +180,8 @@ class KeptConnection:
         self.upgrade, self.answer = head.fields.upgrade, b""
         self.body_left = head.fields.content_length
         self.repeatable = head.method in _IDEMPOTENT and not self.body_left
-        self.close = head.fields.close
-        self.first = self.sent = False
+        self.close = head.fields.close or self.loop.draining  # (a stopping server: the last)
+        self.first = self.sent = self.streaming = False
         if self.sandbox is None and not self._open():
             return
         self._start()
@@ -402,6 +403,10 @@ class KeptConnection:
     ) -> Framing:
         lines, self.framing = reframe(code, reason, headers)
         self.state = _State.ANSWERING
+        self.streaming = any(
+            name.lower() == b"content-type" and value.lower().startswith(b"text/event-stream")
+            for name, value in headers
+        )
         self.loop.relayed(self.grant.sandbox_id)  # (one the sandbox answers is activity)
         # An answer that begins before its request was all sent (the upload's rest unread,
         # or not yet written) leaves the sandbox expecting bytes this request will never
@@ -483,6 +488,22 @@ class KeptConnection:
             self._watch()
 
     # the connection
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether a request is under way (a stopping server waits for it); event streams
+        and WebSockets last for hours and are not waited for."""
+        if self.done or self.state is _State.SPLICED or self.streaming:
+            return False
+        return self.state is not _State.IDLE or bool(self.out) or bool(self.buffer)
+
+    def drain(self) -> None:
+        """The server stops: closes now if idle, else after the answer under way."""
+        if self.done:
+            return
+        self.close = True
+        if self.state is _State.IDLE and not self.out and not self.buffer:
+            self.close_both()
 
     def expired(self, now: float) -> None:
         if self.closing or now < self.due:

@@ -7,6 +7,8 @@ From the server:
 - ``X``: cut these (their session was revoked).
 - ``G``: a connection's grant now holds until then: longer (answering an ``R``), or already
   over (0: not renewed, or ended by the server).
+- ``D`` drain (the server is stopping; numbered): idle connections close now, the others
+  after their answer; asked again until the worker says it is done.
 
 From the worker:
 - ``E``: a connection ended.
@@ -14,6 +16,8 @@ From the worker:
   socket and the bytes it sent that were not used.
 - ``A``: requests relayed per sandbox since the last ``A``, for the idle monitor and metrics
   (JSON: the server never unmarshals what a worker wrote).
+- ``d``: answering a ``D``: how many connections still carry a request (event streams and
+  WebSockets are not counted: they are closed last, when the worker stops).
 - ``R``: renew this connection's grant (asked half a second before it runs out, by a
   connection in use, so that its requests do not wait for the server).
 
@@ -31,6 +35,8 @@ from typing import NamedTuple
 BACK = struct.Struct("!cQB")  # b"B", connection id, why (Back)
 RENEWED = struct.Struct("!cQd")  # b"G", connection id, until when its grant holds now (or 0)
 ID = struct.Struct("!Q")
+DRAIN = struct.Struct("!cQ")  # b"D", its number
+DRAINING = struct.Struct("!cQQ")  # b"d", the number of the D it answers, requests in flight
 
 
 class Back(IntEnum):

@@ -32,7 +32,16 @@ import traceback
 from collections.abc import Callable
 
 from cli_server.proxy.relay.connection import Address, KeptConnection
-from cli_server.proxy.relay.wire import BACK, ID, RENEWED, Back, activity_message, read_keep
+from cli_server.proxy.relay.wire import (
+    BACK,
+    DRAIN,
+    DRAINING,
+    ID,
+    RENEWED,
+    Back,
+    activity_message,
+    read_keep,
+)
 
 _READ = select.EPOLLIN
 _READ_WRITE = select.EPOLLIN | select.EPOLLOUT
@@ -57,6 +66,7 @@ class Worker:
         # sandbox connections that may carry another request, and since when, per address
         self._idle: dict[Address, list[tuple[socket.socket, float]]] = {}
         self._tick_at = clock() + 1.0
+        self.draining = False  # the server stops: each connection ends after its answer
 
     def run(self) -> None:
         try:
@@ -152,12 +162,24 @@ class Worker:
             conn = self._kept.get(conn_id)
             if conn is not None:  # (renewed, or over: it goes back with its next request)
                 conn.until, conn.renewing = until, False
+        elif kind == b"D" and len(msg) == DRAIN.size:
+            self._drain(DRAIN.unpack(msg)[1])
         elif kind == b"X":
             for (conn_id,) in ID.iter_unpack(msg[1 : 1 + (len(msg) - 1) // 8 * 8]):
                 conn = self._kept.get(conn_id)
                 if conn is not None:
                     self._guard(conn, conn.close_both)
         return True
+
+    def _drain(self, number: int) -> None:
+        """The server stops: connections end after their answers (event streams and
+        WebSockets go on until the server closes us); says how many requests are in flight."""
+        if not self.draining:
+            self.draining = True
+            for conn in list(self._kept.values()):
+                self._guard(conn, conn.drain)
+        busy = sum(1 for conn in self._kept.values() if conn.in_flight)
+        self._report(DRAINING.pack(b"d", number, busy))
 
     def _keep(self, msg: bytes, fds: list[int]) -> None:
         socks = [socket.socket(fileno=fd) for fd in fds]

@@ -1,0 +1,37 @@
+"""A twisted.web leaf whose answer comes later, from a coroutine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+
+class AnsweredLater(Resource):
+    """``render`` runs ``_handle``; should it fail before the answer began, the browser gets
+    the 502 page (``_page``) rather than a hung request, and the failure is logged as
+    ``_doing``."""
+
+    isLeaf = True
+    _doing = "answering {uri}"
+    _log = Logger()
+
+    def render(self, request: Any) -> Any:
+        d = Deferred.fromCoroutine(self._handle(request))
+        d.addErrback(self._failed, request)
+        return NOT_DONE_YET
+
+    def _failed(self, failure: Failure, request: Any) -> None:
+        self._log.failure(self._doing, failure, uri=request.uri)
+        if not request.finished and not request.startedWriting and request.channel:
+            self._page(request, 502, "Something went wrong", "The sandbox could not be reached.")
+
+    async def _handle(self, request: Any) -> None:
+        raise NotImplementedError
+
+    def _page(self, request: Any, status: int, title: str, text: str, **kw: Any) -> None:
+        raise NotImplementedError

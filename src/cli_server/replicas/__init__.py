@@ -1,0 +1,1 @@
+"""Several replicas on one PostgreSQL: who leads the periodic work, and who is alive."""

@@ -1,0 +1,350 @@
+"""The domain's events heard by every replica: written to PostgreSQL, announced by NOTIFY.
+
+``Events`` fans an event out in this process. ``ReplicaEvents`` is one more subscriber: it
+writes the event to ``replica_events`` and NOTIFYs the row's id (ids and names only, never a
+secret). Every replica LISTENs on a dedicated connection, reads the rows after the last one it
+settled and hands each to its own subscribers (``local``), except its own rows: it delivered
+those when it fired them.
+
+Nothing is missed across a dropped listening connection: after reconnecting (bounded backoff)
+it reads every row after the last it settled before it waits again. A heartbeat on the
+listening connection finds a silent link, and reads too, so a lost NOTIFY costs at most one
+heartbeat. Ids are taken at insert and committed in any order, so an id missing below one
+already seen is waited for (``gap_wait``) before it is given up as rolled back.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from attrs import define, field
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger, LogLevel
+
+from cli_server.db.pool import Database, Row, Transaction
+from cli_server.events import Listener
+
+CHANNEL = "cli_replica_events"
+KINDS = frozenset(
+    {"user_revoked", "user_disabled", "member_changed", "sandbox_deleted", "sandbox_status_changed"}
+)
+_BATCH = 500  # rows per read
+
+
+class Feed(Protocol):
+    """The listening side (``db.notify.ListeningConnection``)."""
+
+    async def listen(self, heard: Callable[[], None], lost: Callable[[], None]) -> None: ...
+
+    async def check(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Store(Protocol):
+    """The table (``EventTable``)."""
+
+    async def newest(self) -> int: ...
+
+    async def after(self, settled: int, limit: int) -> list[Row]: ...
+
+    async def add(self, origin: str, kind: str, payload: dict[str, str]) -> None: ...
+
+
+def new_origin() -> str:
+    """This process's name on the rows it writes: new at every start."""
+    return secrets.token_hex(8)
+
+
+@define(eq=False)
+class EventTable:
+    """``replica_events``: an insert and its NOTIFY commit together; rows older than ``keep``
+    seconds are pruned by whoever inserts (at most once per ``prune_every``)."""
+
+    _db: Database
+    _clock: IReactorTime
+    _keep: float = 600.0
+    _prune_every: float = 60.0
+    _pruned_at: float | None = field(default=None, init=False)
+
+    async def newest(self) -> int:
+        rows = await self._db.query("SELECT coalesce(max(id), 0) AS id FROM replica_events")
+        return int(rows[0]["id"])
+
+    async def after(self, settled: int, limit: int) -> list[Row]:
+        return await self._db.query(
+            "SELECT id, origin, kind, payload FROM replica_events WHERE id > %s"
+            " ORDER BY id LIMIT %s",
+            (settled, limit),
+        )
+
+    async def add(self, origin: str, kind: str, payload: dict[str, str]) -> None:
+        now = self._clock.seconds()
+        prune = self._pruned_at is None or now - self._pruned_at >= self._prune_every
+
+        async def work(tx: Transaction) -> None:
+            await tx.execute(
+                "WITH made AS (INSERT INTO replica_events (origin, kind, payload)"
+                " VALUES (%s, %s, %s::jsonb) RETURNING id)"
+                " SELECT pg_notify(%s, id::text) FROM made",
+                (origin, kind, json.dumps(payload), CHANNEL),
+            )
+            if prune:
+                await tx.execute(
+                    "DELETE FROM replica_events WHERE at < now() - make_interval(secs => %s)",
+                    (self._keep,),
+                )
+
+        await self._db.transaction(work)
+        if prune:
+            self._pruned_at = now
+
+
+@define(eq=False)
+class Settled:
+    """Which ids are dealt with: all up to ``floor``, and ``above`` it. A missing id below
+    one seen is waited for ``gap_wait`` seconds (its transaction may commit late), then given
+    up (it rolled back)."""
+
+    _clock: IReactorTime
+    floor: int = 0
+    _gap_wait: float = 10.0
+    _above: set[int] = field(factory=set, init=False)
+    _gaps: dict[int, float] = field(factory=dict, init=False)  # missing id -> noticed at
+
+    def take(self, rows: list[Row]) -> list[Row]:
+        """The rows not dealt with yet, in id order; they count as dealt with from now."""
+        now = self._clock.seconds()
+        new = [r for r in rows if int(r["id"]) > self.floor and int(r["id"]) not in self._above]
+        new.sort(key=lambda r: int(r["id"]))
+        for row in new:
+            self._above.add(int(row["id"]))
+            self._gaps.pop(int(row["id"]), None)
+        top = max(self._above, default=self.floor)
+        for missing in range(self.floor + 1, top):
+            if missing not in self._above:
+                self._gaps.setdefault(missing, now)
+        self.advance()
+        return new
+
+    def advance(self) -> None:
+        """Moves the floor over every id dealt with and every gap waited for long enough."""
+        now = self._clock.seconds()
+        while True:
+            next_id = self.floor + 1
+            if next_id in self._above:
+                self._above.discard(next_id)
+            elif next_id in self._gaps and now - self._gaps[next_id] >= self._gap_wait:
+                del self._gaps[next_id]
+            else:
+                return
+            self.floor = next_id
+
+    @property
+    def waiting(self) -> int:
+        """Ids still waited for."""
+        return len(self._gaps)
+
+
+@define(eq=False)
+class ReplicaEvents(Service):
+    """Publishes this replica's events (as an ``events.Listener``) and delivers the other
+    replicas' to ``local``.
+
+    ``startService`` starts the listening loop: connect and LISTEN, read what came after the
+    last settled id (the newest at the first start), then read again on each NOTIFY and each
+    ``heartbeat``; a failed heartbeat or a connection the server closed reconnects after
+    ``first_retry`` seconds, doubling up to ``longest_retry``.
+    """
+
+    _clock: IReactorTime
+    _store: Store
+    _feed: Feed
+    _local: Listener
+    origin: str = field(factory=new_origin)
+    _heartbeat: float = 5.0
+    _first_retry: float = 0.5
+    _longest_retry: float = 10.0
+    _gap_wait: float = 10.0
+    _begin_at_start: bool = True  # else at ``begin`` (once the table exists)
+    _begun: bool = field(default=False, init=False)
+    settled: Settled | None = field(default=None, init=False)
+    connected: bool = field(default=False, init=False)
+    _loop: Deferred[None] | None = field(default=None, init=False)
+    _wake: Deferred[None] | None = field(default=None, init=False)
+    _lost: bool = field(default=False, init=False)
+    _reading: Deferred[None] | None = field(default=None, init=False)
+    _again: bool = field(default=False, init=False)
+    _log = Logger()
+
+    # -- publishing: this replica's events, for the others
+
+    async def user_revoked(self, user_id: str) -> None:
+        await self._store.add(self.origin, "user_revoked", {"user_id": user_id})
+
+    async def user_disabled(self, user_id: str) -> None:
+        await self._store.add(self.origin, "user_disabled", {"user_id": user_id})
+
+    async def member_changed(self, user_id: str, workspace_id: str) -> None:
+        await self._store.add(
+            self.origin, "member_changed", {"user_id": user_id, "workspace_id": workspace_id}
+        )
+
+    async def sandbox_deleted(self, sandbox_id: str) -> None:
+        await self._store.add(self.origin, "sandbox_deleted", {"sandbox_id": sandbox_id})
+
+    async def sandbox_status_changed(self, sandbox_id: str) -> None:
+        await self._store.add(self.origin, "sandbox_status_changed", {"sandbox_id": sandbox_id})
+
+    def tell_others(self, kind: str, **payload: str) -> None:
+        """For a change this replica already dealt with itself another way (a tunnel came or
+        went): only the others hear it. A failure is logged."""
+        d = Deferred.fromCoroutine(self._store.add(self.origin, kind, payload))
+        d.addErrback(
+            lambda f: self._log.failure(
+                "telling the other replicas of {kind} failed", f, kind=kind, level=LogLevel.warn
+            )
+        )
+
+    # -- listening: the other replicas' events, for this one
+
+    def startService(self) -> None:
+        super().startService()
+        if self._begin_at_start:
+            self._begin()
+
+    async def begin(self) -> None:
+        """Starts listening, if the service runs (e.g. once migrations made the table)."""
+        if self.running:
+            self._begin()
+
+    def _begin(self) -> None:
+        if self._begun:
+            return
+        self._begun = True
+        self._loop = Deferred.fromCoroutine(self._listen_loop())
+        self._loop.addErrback(lambda f: f.trap(CancelledError))
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        loop, self._loop = self._loop, None
+        self._begun = False
+        if loop is not None:
+            loop.cancel()
+        self._feed.close()
+        self.connected = False
+        reading = self._reading
+        if reading is None:
+            return succeed(None)
+        waiting: Deferred[None] = Deferred()
+        reading.addBoth(lambda _: waiting.callback(None))  # (a delivery under way ends)
+        return waiting
+
+    async def _listen_loop(self) -> None:
+        delay = self._first_retry
+        while self.running:
+            try:
+                self._lost = False
+                await self._feed.listen(self._heard, self._on_lost)
+                if self.settled is None:  # first start: from the newest row on
+                    self.settled = Settled(self._clock, await self._store.newest(), self._gap_wait)
+                self.connected = True
+                self._log.info("listening for the other replicas' events")
+                delay = self._first_retry
+                self.read()  # (what came while we were away)
+                while await self._sleep(self._heartbeat):
+                    await self._feed.check()
+                    self.read()
+            except CancelledError:
+                raise
+            except Exception as e:
+                self._log.warn(
+                    "listening for the other replicas' events failed ({why}); retrying in {delay}s",
+                    why=e,
+                    delay=delay,
+                )
+            else:
+                self._log.warn(
+                    "the listening connection closed; reconnecting in {delay}s", delay=delay
+                )
+            self.connected = False
+            self._feed.close()
+            await deferLater(self._clock, delay)
+            delay = min(delay * 2, self._longest_retry)
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Until ``seconds`` pass (True) or the connection is lost (False)."""
+        wake: Deferred[None] = Deferred()
+        self._wake = wake
+        call: IDelayedCall = self._clock.callLater(seconds, _fire, wake)
+        try:
+            if not self._lost:
+                await wake
+        finally:
+            self._wake = None
+            if call.active():
+                call.cancel()
+        return not self._lost
+
+    def _heard(self) -> None:
+        self.read()
+
+    def _on_lost(self) -> None:
+        self._lost = True
+        wake = self._wake
+        if wake is not None and not wake.called:
+            wake.callback(None)
+
+    def read(self) -> None:
+        """Reads and delivers the rows not settled yet; a read already under way reads
+        again when it is done, so nothing announced meanwhile waits for the next NOTIFY."""
+        if self._reading is not None:
+            self._again = True
+            return
+        reading = Deferred.fromCoroutine(self._read())
+        self._reading = reading
+
+        def done(_: object) -> None:
+            self._reading = None
+
+        reading.addBoth(done)
+
+    async def _read(self) -> None:
+        settled = self.settled
+        if settled is None:
+            return
+        while True:
+            self._again = False
+            try:
+                rows = await self._store.after(settled.floor, _BATCH)
+            except Exception as e:
+                self._log.warn("reading the other replicas' events failed: {why}", why=e)
+                return  # (the next heartbeat or NOTIFY reads again from the same place)
+            for row in settled.take(rows):
+                if row["origin"] != self.origin:
+                    await self._deliver(row)
+            if len(rows) < _BATCH and not self._again:
+                return
+
+    async def _deliver(self, row: Row) -> None:
+        kind, payload = row["kind"], row["payload"]
+        if kind not in KINDS or not isinstance(payload, dict):
+            self._log.warn("ignoring an event this replica does not know: {kind}", kind=kind)
+            return
+        call: Callable[..., Any] = getattr(self._local, kind)
+        try:
+            await call(**payload)
+        except Exception:
+            # (``Events`` logged each subscriber's failure; the others still heard it)
+            self._log.warn("delivering {kind} from another replica failed", kind=kind)
+
+
+def _fire(d: Deferred[None]) -> None:
+    if not d.called:
+        d.callback(None)

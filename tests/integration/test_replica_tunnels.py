@@ -1,0 +1,268 @@
+"""A local agent's tunnel served from every replica: three real `twistd cli-server` behind a
+real nginx (``replicas.py``) on one PostgreSQL, and a real `twistd -n cli-agent` whose
+"opencode" is a real local upstream (``laptop_upstream.py``). The agent lands on one replica
+(B); a page, an upload, an event stream and a WebSocket reach it through the two others, over
+the internal channel. Killing B moves the agent; killing its new replica and the agent too
+leaves the tunnel to the survivor to release."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg2
+import pytest
+
+from cli_server.replicas import channel
+
+from .daemon import twistd
+from .helpers import remove_dir, scratch_dir
+from .laptop_upstream import LaptopUpstream, websocket_echo
+from .replicas import EventStream, Replicas, call
+
+
+class Agent:
+    """``twistd -n cli-agent`` with its own HOME, killed at the end."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.proc: Any = None
+        self.runs = 0
+
+    def start(self, *args: str) -> None:
+        import subprocess
+
+        self.runs += 1
+        self.proc = subprocess.Popen(
+            [twistd(), "-n", "--pidfile=", f"--logfile={self.root}/agent-{self.runs}.log"]
+            + ["cli-agent", *args],
+            env={**os.environ, "HOME": str(self.root / "home")},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=self.root,
+            start_new_session=True,
+        )
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def cluster(db_url: str) -> Iterator[tuple[Replicas, LaptopUpstream, Agent]]:
+    root = scratch_dir("cli-test-replica-tunnels-")
+    laptop = LaptopUpstream()
+    agent = Agent(root)
+    try:
+        with Replicas(root, db_url) as replicas:
+            for server in replicas.servers:
+                server.extra = (*server.extra, f"--advertise-url={server.base}")
+            replicas.start()
+            yield replicas, laptop, agent
+            agent.kill()
+    finally:
+        agent.kill()
+        laptop.stop()
+        if not os.environ.get("KEEP_REPLICAS"):  # (set it to read the replicas' logs after)
+            remove_dir(root)
+
+
+def _wait(what: str, test: Any, timeout: float) -> float:
+    began = time.monotonic()
+    while not test():
+        assert time.monotonic() - began < timeout, f"not within {timeout} s: {what}"
+        time.sleep(0.1)
+    return time.monotonic() - began
+
+
+def _holder(db_url: str, sandbox_id: str) -> str | None:
+    """The advertise URL of the replica holding the tunnel, per the database."""
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT r.advertise_url FROM tunnel_holders h JOIN replicas r ON r.id = h.replica_id"
+            " WHERE h.sandbox_id = %s",
+            (sandbox_id,),
+        )
+        row = cur.fetchone()
+    return None if row is None else str(row[0])
+
+
+def _key(db_url: str) -> bytes:
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT value FROM instance_secrets WHERE name = 'internal_channel'")
+        row = cur.fetchone()
+    assert row is not None
+    return str(row[0]).encode()
+
+
+def _send(port: int, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> Any:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(method, path, body=body or None, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def _serves_all(
+    replicas: Replicas, laptop: LaptopUpstream, sid: str, cookie: str, via: list[int]
+) -> None:
+    """A page, an upload, an event stream and a WebSocket through each replica of ``via``."""
+    host = replicas.host(sid)
+    for n in via:
+        port = replicas.servers[n].port
+        page = replicas.get(sid, f"/page?from={n}", cookie, n=n)
+        assert page.status == 200, (n, page.status, page.body[:300])
+        assert page.json() == {"laptop": True, "path": f"/page?from={n}", "host": host}
+        upload = os.urandom(4 * 2**20)
+        status, body = _send(
+            port,
+            "POST",
+            "/upload",
+            {"Host": host, "Cookie": cookie, "Origin": f"http://{host}"},
+            upload,
+        )
+        assert status == 200, (n, status, body[:300])
+        assert b'"sha256": "%s"' % hashlib.sha256(upload).hexdigest().encode() in body
+        stream = EventStream(port, host, cookie)
+        try:
+            assert stream.response.status == 200
+            assert [e["n"] for e in stream.events(3)] == [0, 1, 2]
+        finally:
+            stream.close()
+        status, echo = websocket_echo(port, host, cookie, b"hello from replica %d" % n)
+        assert (status, echo) == (101, b"hello from replica %d" % n)
+
+
+def test_an_agent_on_one_replica_serves_through_the_others(
+    cluster: tuple[Replicas, LaptopUpstream, Agent], db_url: str
+) -> None:
+    replicas, laptop, agent = cluster
+    alice = replicas.user("alice")
+    workspace = replicas.api(None, "POST", "/api/workspaces", alice, {"name": "w"}).json()
+    code = replicas.api(None, "POST", f"/api/workspaces/{workspace['id']}/agent-code", alice, {})
+    assert code.status in (200, 201), code.body
+    server = f"http://127.0.0.1:{replicas.nginx.port}"
+    agent.start(
+        "--server",
+        server,
+        "--code",
+        code.json()["code"],
+        "--name",
+        "laptop",
+        "--opencode-url",
+        laptop.url,
+        "--allow-port",
+        str(laptop.preview_port),
+    )
+
+    def sandbox() -> dict[str, Any]:
+        listed = replicas.api(None, "GET", f"/api/workspaces/{workspace['id']}/sandboxes", alice)
+        data = listed.json()
+        items = data if isinstance(data, list) else data.get("sandboxes", [])
+        found = [s for s in items if s["name"] == "laptop"]
+        return found[0] if found else {}
+
+    _wait("the agent connected", lambda: sandbox().get("status") == "running", 60)
+    sid = str(sandbox()["id"])
+    ports = {server.base: n for n, server in enumerate(replicas.servers)}
+    b = ports[_holder(db_url, sid) or ""]
+    others = [n for n in range(3) if n != b]
+    cookie = replicas.open(alice, sid, via=others[0], redeem=others[1])
+    _serves_all(replicas, laptop, sid, cookie, others)
+
+    # a preview of the shared port, through the replicas not holding the tunnel
+    shared = laptop.preview_port
+    opened = replicas.api(others[0], "POST", f"/api/sandboxes/{sid}/open", alice, {"port": shared})
+    assert opened.status == 200, opened.body
+    url = urlsplit(opened.json()["url"])
+    preview = call(replicas.servers[others[1]].port, "GET", f"{url.path}?{url.query}", url.netloc)
+    assert preview.status in (302, 303), (preview.status, preview.body[:300])
+    for n in others:
+        page = call(replicas.servers[n].port, "GET", "/p", url.netloc, cookie=preview.cookie())
+        assert page.status == 200, (n, page.status, page.body[:300])
+        assert page.json() == {"laptop": True, "path": "/p", "host": url.netloc}
+    unshared = url.netloc.replace(f"-p{shared}.", "-p5999.")
+    assert call(replicas.servers[others[0]].port, "GET", "/", unshared).status != 200
+
+    # -- the channel refuses everyone else ------------------------------------------------
+    b_port = replicas.servers[b].port
+    target = channel.Target(sid, None, b"/page?direct")
+    path = channel.internal_path(target).decode()
+    direct = {"Host": f"127.0.0.1:{b_port}"}
+    assert _send(b_port, "GET", path, direct)[0] == 403  # unsigned
+    forged = dict(channel.sign(b"x" * 43, b"GET", target, replicas.host(sid).encode(), time.time()))
+    headers = {**direct, **{k.decode(): v.decode() for k, v in forged.items()}}
+    assert _send(b_port, "GET", path, headers)[0] == 403  # another key
+    signed = dict(
+        channel.sign(_key(db_url), b"GET", target, replicas.host(sid).encode(), time.time())
+    )
+    headers = {**direct, **{k.decode(): v.decode() for k, v in signed.items()}}
+    # from a sandbox's host name the channel is not even routed: the sandbox's own pages
+    status, body = _send(b_port, "GET", path, {**headers, "Host": replicas.host(sid)})
+    assert status != 403 and status != 200 and b"laptop" not in body, (status, body[:200])
+    status, body = _send(b_port, "GET", path, headers)
+    assert status == 200 and b'"path": "/page?direct"' in body  # the same, signed: served
+    assert _send(b_port, "GET", path, headers)[0] == 403  # and never twice
+    assert laptop.paths.count("/page?direct") == 1
+    assert not any(p.startswith("/_cli-relay") for p in laptop.paths)
+
+    # -- B dies: the agent moves, the sandbox is running again ----------------------------
+    assert replicas.servers[b].proc is not None
+    replicas.servers[b].proc.send_signal(signal.SIGKILL)
+    replicas.servers[b].proc.wait(10)
+    killed = time.monotonic()
+
+    def moved() -> bool:
+        holder = _holder(db_url, sid)
+        return holder is not None and ports[holder] != b
+
+    _wait("the agent reconnected to another replica", moved, 60)
+    print(f"\nagent on another replica {time.monotonic() - killed:.1f} s after B died")
+    assert replicas.api(others[0], "GET", f"/api/sandboxes/{sid}", alice).json()["status"] == (
+        "running"
+    )
+    _wait(
+        "a page through both survivors",
+        lambda: all(replicas.get(sid, "/page", cookie, n=n).status == 200 for n in others),
+        30,
+    )
+    _serves_all(replicas, laptop, sid, cookie, others)
+
+    # -- the agent and its new replica die: the last one releases the tunnel ---------------
+    c = ports[_holder(db_url, sid) or ""]
+    (last,) = [n for n in others if n != c]
+    # (C first: an agent that stops on a live replica is released there at once)
+    assert replicas.servers[c].proc is not None
+    replicas.servers[c].proc.send_signal(signal.SIGKILL)
+    agent.kill()
+    replicas.servers[c].proc.wait(10)
+    killed = time.monotonic()
+
+    def status_now() -> str:
+        return str(replicas.api(last, "GET", f"/api/sandboxes/{sid}", alice).json()["status"])
+
+    assert status_now() == "running"  # (C's heartbeat has not expired yet)
+    took = _wait("the dead replica's tunnel released", lambda: status_now() == "offline", 60)
+    print(f"tunnel of a dead replica released (offline) {took:.1f} s after it died")
+    assert _holder(db_url, sid) is None
+    page = replicas.get(sid, "/page", cookie, n=last)
+    assert page.status == 503 and b"offline" in page.body.lower()
+    log = replicas.servers[last].log.read_text(errors="replace")
+    assert log.count(f"tunnel of {sid} released") == 1
+    # the agent comes back (to the last replica, through nginx): running, served
+    agent.start("--server", server)
+    _wait("the agent back", lambda: status_now() == "running", 60)
+    assert replicas.get(sid, "/page", cookie, n=last).status == 200
+    assert (
+        call(replicas.nginx.port, "GET", "/page", replicas.host(sid), cookie=cookie).status == 200
+    )

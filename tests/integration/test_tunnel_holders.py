@@ -1,0 +1,77 @@
+"""Who holds a tunnel, in the real database: a newer holder is never released by an older
+one's end, and a dead replica's tunnels are released once, by one survivor."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest_twisted
+
+from cli_server.db.pool import Database
+from cli_server.replicas.holders import Holder, TunnelHolders
+from cli_server.workspaces import Workspaces
+
+from .conftest import _reactor
+
+
+async def _setup(db: Database) -> str:
+    user = str(uuid.uuid4())
+    await db.execute("INSERT INTO users (id, username) VALUES (%s, 'u')", (user,))
+    workspace = (await Workspaces(db).create(user, "w"))["id"]
+    local = str(uuid.uuid4())
+    await db.execute(
+        "INSERT INTO sandboxes (id, workspace_id, name, status, is_local, backend, created_by,"
+        " opencode_password) VALUES (%s, %s, 'laptop', 'offline', true, 'local', %s, 'x')",
+        (local, workspace, user),
+    )
+    for name in ("a", "b", "c"):
+        await db.execute(
+            "INSERT INTO replicas (id, hostname, instance, advertise_url, backend, embedded_db)"
+            " VALUES (%s, 'h', %s, %s, 'docker', false)",
+            (name, name, f"http://10.0.0.{ord(name) - 96}:8080"),
+        )
+    return local
+
+
+@pytest_twisted.ensureDeferred
+async def test_holding_and_releasing(db_url: str) -> None:
+    reactor = _reactor()
+    db = Database(reactor, db_url)
+    try:
+        sid = await _setup(db)
+        a, b, c = (TunnelHolders(db, name, reactor.seconds) for name in ("a", "b", "c"))
+
+        async def status() -> str:
+            (row,) = await db.query("SELECT status FROM sandboxes WHERE id = %s", (sid,))
+            return str(row["status"])
+
+        await a.hold(sid)
+        assert await status() == "running"
+        assert await c.holder(sid) == Holder("a", "10.0.0.1", 8080)
+        assert await a.holder(sid) is None  # (held here: not relayed)
+        await b.hold(sid)  # the agent moved to b
+        assert not await a.release(sid)  # a's old tunnel ends: nothing changes
+        assert await status() == "running"
+        c.forget(sid)
+        assert await c.holder(sid) == Holder("b", "10.0.0.2", 8080)
+        assert await b.release(sid)
+        assert await status() == "offline"
+        c.forget(sid)  # (else c trusts what it found for a second)
+        assert await c.holder(sid) is None
+
+        # b holds it again and dies (its heartbeat expires): one survivor releases it, once
+        await b.hold(sid)
+        await db.execute(
+            "UPDATE replicas SET heartbeat_at = now() - interval '1 hour' WHERE id = 'b'"
+        )
+        c.forget(sid)
+        assert await c.holder(sid) is None  # (a dead replica is not relayed to)
+        assert await a.sweep([]) == [sid]
+        assert await c.sweep([]) == []
+        assert await status() == "offline"
+        # a tunnel live on c that lost its row (say, to such a race) is said again
+        assert await c.sweep([sid]) == []
+        assert await status() == "running"
+        assert await a.holder(sid) == Holder("c", "10.0.0.3", 8080)
+    finally:
+        db.close()

@@ -1,0 +1,36 @@
+"""The whole database as one comparable value: equal fingerprints, unchanged database.
+
+Used by the tests that prove a refused request changed nothing (a foreign Origin, a fuzzed
+request answered 4xx)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+from cli_server.db.pool import Database
+
+# Bookkeeping a request may write however it is answered, listed with why.
+CALLER_BOOKKEEPING: Mapping[str, Collection[str]] = {
+    # Any signed-in request refreshes its session's last use (once a minute at most).
+    "sessions": ("last_seen_at",),
+}
+
+
+async def fingerprint(
+    db: Database, ignoring: Mapping[str, Collection[str]] | None = None
+) -> dict[str, str]:
+    """Every row of every table, as text, by table; ``ignoring`` leaves out these columns
+    of these tables."""
+    tables = await db.query(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
+    )
+    parts, args = [], []
+    for table in tables:
+        name = table["tablename"]
+        parts.append(
+            "SELECT %s AS name, coalesce(string_agg(r, E'\\n' ORDER BY r), '') AS all_rows"
+            f' FROM (SELECT (to_jsonb(t) - %s::text[])::text AS r FROM "{name}" t) rows'
+        )
+        args += [name, list((ignoring or {}).get(name, ()))]
+    found = await db.query(" UNION ALL ".join(parts), tuple(args))
+    return {row["name"]: row["all_rows"] for row in found}

@@ -99,6 +99,8 @@ class Api:
     pool: HTTPConnectionPool
     jar: CookieJar = field(factory=CookieJar)
     user: dict[str, Any] | None = None
+    # An api_document.ApiDocument: every answer is checked against the server's document.
+    document: Any = None
 
     @property
     def http(self) -> HTTPClient:
@@ -139,6 +141,9 @@ class Api:
             parsed = json.loads(content) if content else None
         except ValueError:
             parsed = content
+        if self.document is not None:
+            ctype = response.headers.getRawHeaders(b"content-type", [b""])[0].decode()
+            self.document.check(method, path, response.code, parsed, ctype)
         return Reply(response.code, parsed, response.headers)
 
     async def register_and_login(self, username: str, password: str = "password123") -> None:

@@ -11,29 +11,15 @@ import pytest_twisted
 from klein import Klein
 
 import cli_server.web
-from cli_server.web.admin_api import AdminAPI
-from cli_server.web.auth_api import AuthAPI
-from cli_server.web.invitations_api import InvitationsAPI
 from cli_server.web.routes import SAFE_METHODS, declared
-from cli_server.web.sandboxes_api import SandboxesAPI
-from cli_server.web.site import MainSite
-from cli_server.web.sso_api import SsoAPI
-from cli_server.web.workspaces_api import WorkspacesAPI
+from cli_server.web.site import APPS
 
 from .conftest import Running
 from .fingerprint import fingerprint
 from .helpers import Api
 
-# Where MainSite mounts each app (MainSite's own routes are at the root).
-MOUNTS: list[tuple[str, Klein]] = [
-    ("", MainSite.app),
-    ("/api/auth", AuthAPI.app),
-    ("/api/auth/oidc", SsoAPI.app),
-    ("/api/workspaces", WorkspacesAPI.app),
-    ("/api/invitations", InvitationsAPI.app),
-    ("/api/admin", AdminAPI.app),
-    ("/api/sandboxes", SandboxesAPI.app),
-]
+# Where MainSite mounts each app (MainSite's own routes are at the root): one table, in src.
+MOUNTS: list[tuple[str, Klein]] = [(mount.prefix, mount.app) for mount in APPS]
 FOREIGN = "http://evil.example"
 _ARGUMENT = re.compile(r"<(?:[a-z]+:)?([a-z_]+)>")
 

@@ -16,6 +16,15 @@ from cli_server.instance_admin import InstanceAdmin
 from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content
 from cli_server.web.routes import route
+from cli_server.web.schemas import (
+    ADMIN_USER,
+    ERROR,
+    NEW_SIGNUP_LINK,
+    NO_BODY,
+    SIGNUP_LINK,
+    TEMPORARY_PASSWORD,
+    array,
+)
 from cli_server.web.session import SessionCookies
 
 
@@ -29,24 +38,39 @@ class AdminAPI:
     app = Klein()
     install_json_errors(app)
 
-    @route(app, "/users", methods=["GET"], scope="admin")
+    @route(app, "/users", methods=["GET"], scope="admin", answers={200: array(ADMIN_USER)})
     async def users(self, request: IRequest, user: User) -> bytes:
+        """Every account of the instance, disabled ones too, with when each was last seen."""
         _the_admin(user)
         return json_response(request, await self._admin.users())
 
-    @route(app, "/users/<user_id>/disable", methods=["POST"], scope="admin")
+    @route(
+        app,
+        "/users/<user_id>/disable",
+        methods=["POST"],
+        scope="admin",
+        answers={204: NO_BODY, 409: ERROR},
+    )
     async def disable(self, request: IRequest, user: User, user_id: str) -> bytes:
+        """Disables an account: its sessions, sandbox sessions and local agents end at once."""
         admin = _the_admin(user)
         await self._admin.set_disabled(admin.id, parse_id(user_id, "user"), True)
         return no_content(request)
 
-    @route(app, "/users/<user_id>/enable", methods=["POST"], scope="admin")
+    @route(app, "/users/<user_id>/enable", methods=["POST"], scope="admin", answers={204: NO_BODY})
     async def enable(self, request: IRequest, user: User, user_id: str) -> bytes:
+        """Enables a disabled account again (its user signs in anew)."""
         admin = _the_admin(user)
         await self._admin.set_disabled(admin.id, parse_id(user_id, "user"), False)
         return no_content(request)
 
-    @route(app, "/users/<user_id>/password", methods=["POST"], scope="admin")
+    @route(
+        app,
+        "/users/<user_id>/password",
+        methods=["POST"],
+        scope="admin",
+        answers={200: TEMPORARY_PASSWORD, 409: ERROR},
+    )
     async def reset_password(self, request: IRequest, user: User, user_id: str) -> bytes:
         """A temporary password, in this answer only; the user's sessions end."""
         admin = _the_admin(user)
@@ -59,8 +83,9 @@ class AdminAPI:
         password = await self._admin.reset_password(uid)
         return json_response(request, {"password": password})
 
-    @route(app, "/signup-links", methods=["POST"], scope="admin")
+    @route(app, "/signup-links", methods=["POST"], scope="admin", answers={201: NEW_SIGNUP_LINK})
     async def create_signup_link(self, request: IRequest, user: User) -> bytes:
+        """A one-time sign-up link (7 days), for the invite registration mode."""
         admin = _the_admin(user)
         token, expires_at = await self._admin.create_signup_link(admin.id, SIGNUP_LINK_SECONDS)
         # In the fragment: browsers never send it, so the token stays out of access logs
@@ -70,13 +95,27 @@ class AdminAPI:
             request, {"url": url, "expires_at": expires_at, "mode": self._registration}, 201
         )
 
-    @route(app, "/signup-links", methods=["GET"], scope="admin")
+    @route(
+        app,
+        "/signup-links",
+        methods=["GET"],
+        scope="admin",
+        answers={200: array(SIGNUP_LINK)},
+    )
     async def signup_links(self, request: IRequest, user: User) -> bytes:
+        """The sign-up links not yet expired, and those used (by whom)."""
         _the_admin(user)
         return json_response(request, await self._admin.signup_links())
 
-    @route(app, "/signup-links/<link_id>", methods=["DELETE"], scope="admin")
+    @route(
+        app,
+        "/signup-links/<link_id>",
+        methods=["DELETE"],
+        scope="admin",
+        answers={204: NO_BODY},
+    )
     async def revoke_signup_link(self, request: IRequest, user: User, link_id: str) -> bytes:
+        """Revokes an unused sign-up link."""
         _the_admin(user)
         await self._admin.revoke_signup_link(parse_id(link_id, "signup_link"))
         return no_content(request)

@@ -35,6 +35,20 @@ from cli_server.web.ids import parse_id
 from cli_server.web.request import client_host
 from cli_server.web.responses import install_json_errors, json_response, no_content
 from cli_server.web.routes import route
+from cli_server.web.schemas import (
+    ERROR,
+    IDENTITY,
+    LOGIN_BODY,
+    ME,
+    NO_BODY,
+    PASSWORD_BODY,
+    PROVIDER,
+    REGISTER_BODY,
+    REGISTRATION,
+    SESSION,
+    USER,
+    array,
+)
 from cli_server.web.session import SessionCookies
 
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$")
@@ -103,8 +117,17 @@ class AuthAPI:
                 f"this server signs people in with {names} only", code="password_login_off"
             )
 
-    @route(app, "/register", methods=["POST"], public=True)
+    @route(
+        app,
+        "/register",
+        methods=["POST"],
+        public=True,
+        body=REGISTER_BODY,
+        answers={201: USER, 403: ERROR, 409: ERROR, 429: ERROR},
+    )
     async def register(self, request: IRequest) -> bytes:
+        """Creates an account; the first one is the instance admin. ``invite``: a sign-up
+        link's token, where the registration mode asks for one."""
         self._check_password_login()
         body = read_json_object(request)
         username = required_text(body, "username", max_length=32, min_length=3)
@@ -124,7 +147,7 @@ class AuthAPI:
         )
         return json_response(request, user.to_json(), 201)
 
-    @route(app, "/registration", methods=["GET"], public=True)
+    @route(app, "/registration", methods=["GET"], public=True, answers={200: REGISTRATION})
     async def registration(self, request: IRequest) -> bytes:
         """What the sign-in screen shows before anyone submits anything; ``first`` while
         there are no accounts (the next one, the admin, may register whatever the mode)."""
@@ -141,8 +164,16 @@ class AuthAPI:
             },
         )
 
-    @route(app, "/login", methods=["POST"], public=True)
+    @route(
+        app,
+        "/login",
+        methods=["POST"],
+        public=True,
+        body=LOGIN_BODY,
+        answers={200: ME, 401: ERROR, 429: ERROR},
+    )
     async def login(self, request: IRequest) -> bytes:
+        """Signs in with a username and password: the session cookie comes with the answer."""
         self._check_password_login()
         body = read_json_object(request)
         username = required_text(body, "username", max_length=254)
@@ -169,7 +200,14 @@ class AuthAPI:
             wait, why = waiting
             raise TooManyRequests(f"{why}; try again in {wait_in_words(wait)}", retry_after=wait)
 
-    @route(app, "/password", methods=["PUT"], scope="session")
+    @route(
+        app,
+        "/password",
+        methods=["PUT"],
+        scope="session",
+        body=PASSWORD_BODY,
+        answers={204: NO_BODY, 409: ERROR, 429: ERROR},
+    )
     async def change_password(self, request: IRequest, user: User) -> bytes:
         """A new password; the user's other sessions and all sandbox sessions end. A wrong
         current password counts as a failed login, so this is no way around the guard. An
@@ -202,14 +240,17 @@ class AuthAPI:
         await self._accounts.set_password(user.id, new, keep_token=self._cookies.token(request))
         return no_content(request)
 
-    @route(app, "/sessions", methods=["GET"], scope="session")
+    @route(app, "/sessions", methods=["GET"], scope="session", answers={200: array(SESSION)})
     async def sessions(self, request: IRequest, user: User) -> bytes:
+        """The caller's sessions (never their tokens), the current one marked."""
         token = self._cookies.token(request)
         assert token is not None  # (a user was found from it)
         listed = await self._accounts.sessions(user.id, token)
         return json_response(request, [s.to_json() for s in listed])
 
-    @route(app, "/sessions/<session_id>", methods=["DELETE"], scope="session")
+    @route(
+        app, "/sessions/<session_id>", methods=["DELETE"], scope="session", answers={204: NO_BODY}
+    )
     async def revoke_session(self, request: IRequest, user: User, session_id: str) -> bytes:
         """Signs one of the caller's sessions out (the current one too: that is a logout).
         Sandbox sessions are not tied to one login, so all of the user's end with it."""
@@ -223,30 +264,39 @@ class AuthAPI:
             self._cookies.clear(request)
         return no_content(request)
 
-    @route(app, "/logout", methods=["POST"], scope="session")
+    @route(app, "/logout", methods=["POST"], scope="session", answers={204: NO_BODY})
     async def logout(self, request: IRequest, user: User) -> bytes:
+        """Signs the current session out, on the server too."""
         token = self._cookies.token(request)
         assert token is not None
         await self._accounts.close_session(token)
         self._cookies.clear(request)
         return no_content(request)
 
-    @route(app, "/me", methods=["GET"])
+    @route(app, "/me", methods=["GET"], answers={200: ME})
     async def me(self, request: IRequest, user: User) -> bytes:
+        """The signed-in user, and whether the account has a password."""
         has_password = await self._accounts.has_password(user.id)
         return json_response(request, {**user.to_json(), "has_password": has_password})
 
-    @route(app, "/providers", methods=["GET"], public=True)
+    @route(app, "/providers", methods=["GET"], public=True, answers={200: array(PROVIDER)})
     def providers(self, request: IRequest) -> bytes:
+        """The single sign-on providers this server offers, with their login URLs."""
         return json_response(request, self._providers())
 
-    @route(app, "/identities", methods=["GET"], scope="session")
+    @route(app, "/identities", methods=["GET"], scope="session", answers={200: array(IDENTITY)})
     async def identities(self, request: IRequest, user: User) -> bytes:
         """The caller's own linked sign-ins."""
         listed = await self._identities.listed(user.id) if self._identities else []
         return json_response(request, [i.to_json() for i in listed])
 
-    @route(app, "/identities/<identity_id>", methods=["DELETE"], scope="session")
+    @route(
+        app,
+        "/identities/<identity_id>",
+        methods=["DELETE"],
+        scope="session",
+        answers={204: NO_BODY, 409: ERROR},
+    )
     async def unlink_identity(self, request: IRequest, user: User, identity_id: str) -> bytes:
         """Unlinks one of the caller's identities; never their last way to sign in."""
         iid = parse_id(identity_id, "identity")

@@ -13,6 +13,7 @@ from cli_server.accounts import User
 from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content
 from cli_server.web.routes import route
+from cli_server.web.schemas import INVITATION, NO_BODY, WORKSPACE, array
 from cli_server.web.session import SessionCookies
 from cli_server.workspaces import Workspaces
 
@@ -25,22 +26,24 @@ class InvitationsAPI:
     app = Klein()
     install_json_errors(app)
 
-    @route(app, "/", methods=["GET"], strict_slashes=False)
-    async def list_invitations(self, request: IRequest, user: User) -> bytes:
+    @route(app, "/", methods=["GET"], strict_slashes=False, answers={200: array(INVITATION)})
+    async def my_invitations(self, request: IRequest, user: User) -> bytes:
+        """The caller's pending invitations: which workspace, who invited, which role."""
         return json_response(request, await self._workspaces.invitations_for(user.id))
 
-    @route(app, "/<invitation_id>/accept", methods=["POST"])
+    @route(app, "/<invitation_id>/accept", methods=["POST"], answers={200: WORKSPACE})
     async def accept(self, request: IRequest, user: User, invitation_id: str) -> bytes:
         """Join the workspace; answers it as GET /api/workspaces/{id} would."""
         iid = parse_id(invitation_id, "invitation")
         return json_response(request, await self._workspaces.accept(iid, user.id))
 
-    @route(app, "/<invitation_id>/decline", methods=["POST"])
+    @route(app, "/<invitation_id>/decline", methods=["POST"], answers={204: NO_BODY})
     async def decline(self, request: IRequest, user: User, invitation_id: str) -> bytes:
+        """Declines an invitation; it is gone."""
         await self._workspaces.decline(parse_id(invitation_id, "invitation"), user.id)
         return no_content(request)
 
-    @route(app, "/<invitation_id>", methods=["DELETE"])
+    @route(app, "/<invitation_id>", methods=["DELETE"], answers={204: NO_BODY})
     async def revoke(self, request: IRequest, user: User, invitation_id: str) -> bytes:
         """The inviter or an owner withdraws it (the invitee declines)."""
         await self._workspaces.revoke(parse_id(invitation_id, "invitation"), user.id)

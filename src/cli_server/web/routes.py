@@ -12,7 +12,8 @@ The declaration also says what the route is for the API document and for API tok
 for the others unless declared; ``admin`` for the instance admin's and the token routes;
 ``session`` for what only a signed-in browser may do, such as changing the password), and
 ``body`` / ``answers`` are the JSON Schemas of the request body and of each status's answer
-(``web.schemas``).
+(``web.schemas``): every success status, and the error statuses particular to the route (409,
+429...) with ``ERROR``; the API document adds those every route of its kind may answer.
 
 The instance the app belongs to holds the ``SessionCookies`` as ``_cookies``.
 """

@@ -17,6 +17,15 @@ from cli_server.web.body import read_json_object, required_text
 from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content
 from cli_server.web.routes import route
+from cli_server.web.schemas import (
+    ERROR,
+    LINK,
+    NO_BODY,
+    OPEN_BODY,
+    SANDBOX,
+    SANDBOX_LOGS,
+    SANDBOX_PORTS,
+)
 from cli_server.web.session import SessionCookies
 
 
@@ -50,39 +59,51 @@ class SandboxesAPI:
     app = Klein()
     install_json_errors(app)
 
-    @route(app, "/<sandbox_id>", methods=["GET"])
+    @route(app, "/<sandbox_id>", methods=["GET"], answers={200: SANDBOX})
     async def get_sandbox(self, request: IRequest, user: User, sandbox_id: str) -> bytes:
+        """One sandbox of a workspace the caller is a member of."""
         sid = parse_id(sandbox_id, "sandbox")
         return json_response(request, await self._manager.get(sid, user.id))
 
-    @route(app, "/<sandbox_id>", methods=["DELETE"])
+    @route(app, "/<sandbox_id>", methods=["DELETE"], answers={204: NO_BODY})
     async def delete_sandbox(self, request: IRequest, user: User, sandbox_id: str) -> bytes:
+        """Deletes a sandbox (developers and up): its process and home go, the
+        workspace disk stays; a local one's agent is revoked."""
         await self._manager.delete(parse_id(sandbox_id, "sandbox"), user.id)
         return no_content(request)
 
-    @route(app, "/<sandbox_id>/pause", methods=["POST"])
+    @route(app, "/<sandbox_id>/pause", methods=["POST"], answers={200: SANDBOX, 409: ERROR})
     async def pause_sandbox(self, request: IRequest, user: User, sandbox_id: str) -> bytes:
+        """Pauses a running sandbox (developers and up): ``pausing`` now, ``paused``
+        soon after."""
         sid = parse_id(sandbox_id, "sandbox")
         return json_response(request, await self._manager.pause(sid, user.id))
 
-    @route(app, "/<sandbox_id>/resume", methods=["POST"])
+    @route(app, "/<sandbox_id>/resume", methods=["POST"], answers={200: SANDBOX, 409: ERROR})
     async def resume_sandbox(self, request: IRequest, user: User, sandbox_id: str) -> bytes:
+        """Resumes a paused or failed sandbox (developers and up): ``resuming`` now,
+        ``running`` soon after."""
         sid = parse_id(sandbox_id, "sandbox")
         return json_response(request, await self._manager.resume(sid, user.id))
 
-    @route(app, "/<sandbox_id>/logs", methods=["GET"])
+    @route(
+        app,
+        "/<sandbox_id>/logs",
+        methods=["GET"],
+        answers={200: SANDBOX_LOGS, 403: ERROR, 409: ERROR},
+    )
     async def sandbox_logs(self, request: IRequest, user: User, sandbox_id: str) -> bytes:
         """The tail of the sandbox's opencode output (developers and up)."""
         sid = parse_id(sandbox_id, "sandbox")
         return json_response(request, await self._manager.logs(sid, user.id))
 
-    @route(app, "/<sandbox_id>/ports", methods=["GET"])
+    @route(app, "/<sandbox_id>/ports", methods=["GET"], answers={200: SANDBOX_PORTS, 409: ERROR})
     async def sandbox_ports(self, request: IRequest, user: User, sandbox_id: str) -> bytes:
         """The ports a preview may open now (any member)."""
         sid = parse_id(sandbox_id, "sandbox")
         return json_response(request, await self._manager.ports(sid, user.id))
 
-    @route(app, "/<sandbox_id>/open", methods=["POST"])
+    @route(app, "/<sandbox_id>/open", methods=["POST"], body=OPEN_BODY, answers={200: LINK})
     async def open_sandbox(self, request: IRequest, user: User, sandbox_id: str) -> bytes:
         """A one-time link that signs the caller in on the sandbox's own subdomain, or with a
         body ``{"port": N}`` on the preview of port N in it (its own origin and session)."""

@@ -25,6 +25,7 @@ from cli_server.web.auth_api import FRESH_SIGN_IN
 from cli_server.web.request import client_host
 from cli_server.web.responses import install_json_errors
 from cli_server.web.routes import route
+from cli_server.web.schemas import ERROR, NO_BODY
 from cli_server.web.session import SessionCookies, expire_cookie
 
 log = Logger()
@@ -51,8 +52,17 @@ class SsoAPI:
             raise NotFound("no such sign-in provider", code="provider_not_found")
         return provider
 
-    @route(app, "/<provider>/login", methods=["GET"], public=True)
-    async def login(self, request: IRequest, provider: str) -> bytes:
+    @route(
+        app,
+        "/<provider>/login",
+        methods=["GET"],
+        public=True,
+        answers={302: NO_BODY, 303: NO_BODY, 401: ERROR, 403: ERROR},
+    )
+    async def sso_login(self, request: IRequest, provider: str) -> bytes:
+        """Starts single sign-on with ``provider``: redirects to it (302). ``?return_to=``
+        a path of this site to land on; ``?link=1`` links the identity to the signed-in
+        account instead."""
         chosen = self._provider(provider)
         link_to = None
         if _arg(request, b"link") in ("1", "true"):
@@ -95,8 +105,10 @@ class SsoAPI:
         )
         return _redirect(request, 302, url)
 
-    @route(app, "/<provider>/callback", methods=["GET"], public=True)
-    async def callback(self, request: IRequest, provider: str) -> bytes:
+    @route(app, "/<provider>/callback", methods=["GET"], public=True, answers={303: NO_BODY})
+    async def sso_callback(self, request: IRequest, provider: str) -> bytes:
+        """The provider's redirect back: signs in (or links) and redirects (303) to the
+        page asked for, or to ``/?sso_error=<code>``."""
         self._provider(provider)
         request.setHeader(b"referrer-policy", b"no-referrer")  # (the URL carries the code)
         try:

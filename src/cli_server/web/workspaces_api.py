@@ -18,6 +18,23 @@ from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content
 from cli_server.web.routes import route
 from cli_server.web.sandboxes_api import WorkspaceSandboxesAPI
+from cli_server.web.schemas import (
+    AGENT_CODE,
+    BUDGET_BODY,
+    ERROR,
+    MEMBER,
+    MEMBER_ADDED,
+    MEMBER_BODY,
+    NAME_BODY,
+    NO_BODY,
+    PENDING_INVITATION,
+    ROLE_BODY,
+    SANDBOX,
+    USAGE,
+    WORKSPACE,
+    WORKSPACE_DETAIL,
+    array,
+)
 from cli_server.web.session import SessionCookies
 from cli_server.workspaces import Workspaces
 
@@ -78,38 +95,57 @@ class WorkspacesAPI:
     app = Klein()
     install_json_errors(app)
 
-    @route(app, "/", methods=["GET"], strict_slashes=False)
+    @route(app, "/", methods=["GET"], strict_slashes=False, answers={200: array(WORKSPACE)})
     async def list_workspaces(self, request: IRequest, user: User) -> bytes:
+        """The workspaces the caller is a member of, with the caller's role in each."""
         return json_response(request, await self._workspaces.list_for(user.id))
 
-    @route(app, "/", methods=["POST"], strict_slashes=False)
+    @route(
+        app,
+        "/",
+        methods=["POST"],
+        strict_slashes=False,
+        body=NAME_BODY,
+        answers={201: WORKSPACE, 409: ERROR},
+    )
     async def create_workspace(self, request: IRequest, user: User) -> bytes:
+        """Creates a workspace; the caller becomes its owner."""
         name = required_text(read_json_object(request), "name", max_length=100)
         return json_response(request, await self._workspaces.create(user.id, name), 201)
 
-    @route(app, "/<workspace_id>", methods=["GET"])
+    @route(app, "/<workspace_id>", methods=["GET"], answers={200: WORKSPACE_DETAIL})
     async def get_workspace(self, request: IRequest, user: User, workspace_id: str) -> bytes:
+        """One workspace, with how many sandboxes it has and how many run."""
         wid = parse_id(workspace_id, "workspace")
         workspace = await self._workspaces.get(wid, user.id)
         # What the delete confirmation names: the sandboxes (and running ones) that go with it.
         workspace["sandbox_counts"] = await self._workspaces.sandbox_counts(wid)
         return json_response(request, workspace)
 
-    @route(app, "/<workspace_id>", methods=["DELETE"])
+    @route(app, "/<workspace_id>", methods=["DELETE"], answers={204: NO_BODY})
     async def delete_workspace(self, request: IRequest, user: User, workspace_id: str) -> bytes:
+        """Deletes a workspace (owners): its sandboxes first, then its disk."""
         await self._manager.delete_workspace(parse_id(workspace_id, "workspace"), user.id)
         return no_content(request)
 
-    @route(app, "/<workspace_id>/members", methods=["GET"])
+    @route(app, "/<workspace_id>/members", methods=["GET"], answers={200: array(MEMBER)})
     async def list_members(self, request: IRequest, user: User, workspace_id: str) -> bytes:
+        """The workspace's members and their roles."""
         wid = parse_id(workspace_id, "workspace")
         return json_response(request, await self._workspaces.members(wid, user.id))
 
-    @route(app, "/<workspace_id>/members", methods=["POST"])
+    @route(
+        app,
+        "/<workspace_id>/members",
+        methods=["POST"],
+        body=MEMBER_BODY,
+        answers={200: MEMBER_ADDED, 201: MEMBER_ADDED, 409: ERROR},
+    )
     async def add_member(self, request: IRequest, user: User, workspace_id: str) -> bytes:
-        """Invite someone (201 ``{"status": "invited", "invitation_id"}``; 200 when the same
-        invitation was pending already), or add them where the operator allows direct adds
-        (``{"status": "member"}``)."""
+        """Invites someone (maintainers and up; only owners invite owners): 201
+        ``{"status": "invited", "invitation_id"}``, 200 when the same invitation was pending
+        already; or adds them where the operator allows direct adds (``{"status": "member"}``).
+        ``role`` defaults to developer."""
         wid = parse_id(workspace_id, "workspace")
         await self._workspaces.role_of(wid, user.id)
         body = read_json_object(request)
@@ -118,16 +154,28 @@ class WorkspacesAPI:
         answer, created = await self._workspaces.add_member(wid, user.id, username, role)
         return json_response(request, answer, 201 if created else 200)
 
-    @route(app, "/<workspace_id>/invitations", methods=["GET"])
+    @route(
+        app,
+        "/<workspace_id>/invitations",
+        methods=["GET"],
+        answers={200: array(PENDING_INVITATION), 403: ERROR},
+    )
     async def list_invitations(self, request: IRequest, user: User, workspace_id: str) -> bytes:
         """Pending invitations, for owners and maintainers."""
         wid = parse_id(workspace_id, "workspace")
         return json_response(request, await self._workspaces.pending(wid, user.id))
 
-    @route(app, "/<workspace_id>/members/<member_id>", methods=["PUT"])
+    @route(
+        app,
+        "/<workspace_id>/members/<member_id>",
+        methods=["PUT"],
+        body=ROLE_BODY,
+        answers={200: MEMBER, 409: ERROR},
+    )
     async def update_member(
         self, request: IRequest, user: User, workspace_id: str, member_id: str
     ) -> bytes:
+        """Changes a member's role (owners); the last owner cannot be demoted."""
         wid = parse_id(workspace_id, "workspace")
         await self._workspaces.role_of(wid, user.id)
         mid = parse_id(member_id, "member")
@@ -135,31 +183,54 @@ class WorkspacesAPI:
         member = await self._workspaces.set_role(wid, user.id, mid, role)
         return json_response(request, member)
 
-    @route(app, "/<workspace_id>/members/<member_id>", methods=["DELETE"])
+    @route(
+        app,
+        "/<workspace_id>/members/<member_id>",
+        methods=["DELETE"],
+        answers={204: NO_BODY, 409: ERROR},
+    )
     async def remove_member(
         self, request: IRequest, user: User, workspace_id: str, member_id: str
     ) -> bytes:
+        """Removes a member (owners), or leaves (anyone, themself); never the last owner."""
         wid = parse_id(workspace_id, "workspace")
         await self._workspaces.role_of(wid, user.id)
         mid = parse_id(member_id, "member")
         await self._workspaces.remove_member(wid, user.id, mid)
         return no_content(request)
 
-    @route(app, "/<workspace_id>/sandboxes", methods=["GET"], strict_slashes=False)
+    @route(
+        app,
+        "/<workspace_id>/sandboxes",
+        methods=["GET"],
+        strict_slashes=False,
+        answers={200: array(SANDBOX)},
+    )
     async def list_sandboxes(self, request: IRequest, user: User, workspace_id: str) -> bytes:
+        """The workspace's sandboxes."""
         return await self._sandboxes.list(request, user, workspace_id)
 
-    @route(app, "/<workspace_id>/sandboxes", methods=["POST"], strict_slashes=False)
+    @route(
+        app,
+        "/<workspace_id>/sandboxes",
+        methods=["POST"],
+        strict_slashes=False,
+        body=NAME_BODY,
+        answers={201: SANDBOX, 409: ERROR},
+    )
     async def create_sandbox(self, request: IRequest, user: User, workspace_id: str) -> bytes:
+        """Creates a sandbox (developers and up): ``creating`` now, it starts in the
+        background."""
         return await self._sandboxes.create(request, user, workspace_id)
 
-    @route(app, "/<workspace_id>/agent-code", methods=["POST"])
+    @route(app, "/<workspace_id>/agent-code", methods=["POST"], answers={201: AGENT_CODE})
     async def agent_code(self, request: IRequest, user: User, workspace_id: str) -> bytes:
-        """A one-time code (10 minutes) with which a laptop's agent joins the workspace."""
+        """A one-time code (10 minutes; developers and up) with which a laptop's agent joins
+        the workspace (``POST /api/agent/register``)."""
         wid = parse_id(workspace_id, "workspace")
         return json_response(request, await self._agents.mint_code(wid, user.id), 201)
 
-    @route(app, "/<workspace_id>/usage", methods=["GET"])
+    @route(app, "/<workspace_id>/usage", methods=["GET"], answers={200: USAGE})
     async def usage(self, request: IRequest, user: User, workspace_id: str) -> bytes:
         """This month's Anthropic token usage, by sandbox, model and day, the budget, and
         whether Claude is set up on this server at all (``claude``)."""
@@ -170,7 +241,7 @@ class WorkspacesAPI:
     async def _report(self, wid: str) -> dict[str, object]:
         return {**await self._usage.report(wid), "claude": self._claude.report()}
 
-    @route(app, "/<workspace_id>/budget", methods=["PUT"])
+    @route(app, "/<workspace_id>/budget", methods=["PUT"], body=BUDGET_BODY, answers={200: USAGE})
     async def set_budget(self, request: IRequest, user: User, workspace_id: str) -> bytes:
         """Owners set a monthly token budget (null: none)."""
         wid = parse_id(workspace_id, "workspace")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg2.errors
 from attrs import define, field, frozen
@@ -15,6 +15,9 @@ from cli_server.db.pool import Database, Row, Transaction
 from cli_server.errors import Conflict, Forbidden
 from cli_server.events import Events
 from cli_server.json import iso
+
+if TYPE_CHECKING:
+    from cli_server.auth.api_tokens import Grant
 
 SIGNUP_LINK_SECONDS = 7 * 86400
 # A session's last_seen_at is written at most this often: reading a session stays a read.
@@ -33,6 +36,13 @@ class User:
     email: str | None
     created_at: str
     is_admin: bool = False
+    # A request made with an API token: what the token allows (never in API output).
+    token: Grant | None = None
+
+    def reaches(self, workspace_id: str) -> bool:
+        """Whether this caller may see the workspace at all (a token restricted to another
+        one may not; the role still decides what they may do in it)."""
+        return self.token is None or self.token.workspace_id in (None, workspace_id)
 
     @classmethod
     def from_row(cls, row: Row) -> User:

@@ -12,6 +12,7 @@ from typing import Any
 
 from attrs import define, field
 
+from cli_server.auth.api_tokens import revoke_all
 from cli_server.auth.passwords import Passwords
 from cli_server.auth.tokens import new_token, token_hash
 from cli_server.db.pool import Database, Transaction
@@ -49,7 +50,8 @@ class InstanceAdmin:
         ]
 
     async def set_disabled(self, admin_id: str, user_id: str, disabled: bool) -> None:
-        """Disabling ends every session and unused sandbox ticket of the user at once, then
+        """Disabling ends every session, API token and unused sandbox ticket of the user at
+        once, then
         everything else (``Events.user_disabled``: sandbox sessions, local agents)."""
         if disabled and user_id == admin_id:
             raise Conflict("you cannot disable your own account", code="own_account")
@@ -64,6 +66,7 @@ class InstanceAdmin:
                 raise NotFound(_NO_USER, code="user_not_found")
             if disabled:
                 await _end_sessions(tx, user_id)
+                await revoke_all(tx, user_id)  # (enabling the account again revives none)
 
         await self._db.transaction(work)
         if disabled:

@@ -23,6 +23,7 @@ from cli_server.anthropic.listener import adopt, listen_in_netns, proxy_site
 from cli_server.anthropic.proxy import AnthropicProxy, Upstream
 from cli_server.anthropic.setup import ClaudeSetup
 from cli_server.anthropic.usage import UsageStore
+from cli_server.auth.api_tokens import ApiTokens
 from cli_server.auth.passwords import Passwords
 from cli_server.auth.ratelimit import FailureLimiter
 from cli_server.client_address import TrustedProxies
@@ -61,6 +62,7 @@ from cli_server.tunnel.hub import TunnelHub
 from cli_server.web.admin_api import AdminAPI
 from cli_server.web.agents_api import AgentsAPI
 from cli_server.web.auth_api import AuthAPI, AuthLimits
+from cli_server.web.bearer import TokenGuard
 from cli_server.web.dispatch import HostDispatcher
 from cli_server.web.invitations_api import InvitationsAPI
 from cli_server.web.request import BoundedRequest, QuietSandboxSite
@@ -258,8 +260,13 @@ def build(
     accounts = Accounts(
         db, passwords or Passwords(hashing.run), reactor, config.session_lifetime, events
     )
+    api_tokens = ApiTokens(db, reactor)
     cookies = SessionCookies(
-        accounts, config.secure_cookies, config.session_lifetime, config.origin
+        accounts,
+        config.secure_cookies,
+        config.session_lifetime,
+        config.origin,
+        TokenGuard(api_tokens),
     )
     logins = limits.guard(reactor)
     registrations = FailureLimiter(
@@ -277,6 +284,7 @@ def build(
         identities,
         config.password_login,
         sso_providers.public_list,
+        api_tokens,
     )
     opencode = OpencodeClient(reactor)
     activity = ActivityRecorder(db, reactor)
@@ -473,6 +481,7 @@ def build(
         activity.prune()
         if database.ready:
             await accounts.purge_expired_sessions()
+            await api_tokens.purge_ended()
             await sandbox_access.purge_expired()
             await agents.purge_expired()
             await workspaces.purge_expired_invitations()

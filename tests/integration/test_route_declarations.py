@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
+
 import pytest_twisted
 from klein import Klein
 

@@ -1,4 +1,5 @@
 import { type FormEvent, useCallback, useEffect, useState } from "react";
+import { ApiTokens } from "./ApiTokens";
 import {
   ApiError,
   accountsApi,
@@ -20,8 +21,8 @@ interface Props {
 
 type Field = "current_password" | "new_password" | "repeat";
 
-/** The signed-in user's own account: sign-in methods, password and sessions (routed at
- * /account). */
+/** The signed-in user's own account: sign-in methods, password, sessions and API tokens
+ * (routed at /account). */
 export function AccountPage({ user }: Props) {
   const [hasPassword, setHasPassword] = useState(user.has_password !== false);
   const [changes, setChanges] = useState(0);
@@ -40,6 +41,7 @@ export function AccountPage({ user }: Props) {
         onChanged={() => setChanges((n) => n + 1)}
       />
       <Sessions reloadKey={changes} />
+      <ApiTokens />
     </section>
   );
 }

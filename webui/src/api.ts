@@ -342,5 +342,34 @@ export const ssoApi = {
     call<void>("PUT", "/api/auth/password", { new_password: newPassword }),
 };
 
+// Personal API tokens (issue 24).
+
+export type TokenScope = "read" | "write" | "admin";
+/** One of the signed-in user's API tokens (never its secret). */
+export interface ApiToken {
+  id: string;
+  name: string;
+  scope: TokenScope;
+  /** Restricted to this workspace; null: every workspace of the user. */
+  workspace_id: string | null;
+  created_at: string;
+  expires_at: string;
+  last_used_at: string | null;
+}
+export interface NewToken {
+  name: string;
+  scope: TokenScope;
+  workspace_id: string | null;
+  expires_at: string;
+}
+
+export const tokensApi = {
+  list: () => call<ApiToken[]>("GET", "/api/auth/tokens"),
+  /** The answer carries the secret (``token``): the only time the server shows it. */
+  create: (token: NewToken) =>
+    call<ApiToken & { token: string }>("POST", "/api/auth/tokens", token),
+  revoke: (id: string) => call<void>("DELETE", `/api/auth/tokens/${id}`),
+};
+
 /** One sandbox, for a member of its workspace (404 otherwise): GET /api/sandboxes/{id}. */
 export const sandboxDetail = (id: string) => call<Sandbox>("GET", `/api/sandboxes/${id}`);

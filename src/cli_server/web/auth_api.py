@@ -1,10 +1,10 @@
-"""``/api/auth``: register, log in and out, who am I, one's password, sessions and sign-in
-methods (identities at single sign-on providers)."""
+"""``/api/auth``: register, log in and out, who am I, one's password, sessions, sign-in
+methods (identities at single sign-on providers) and personal API tokens."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from attrs import define, field
@@ -14,6 +14,7 @@ from twisted.web.iweb import IRequest
 
 from cli_server._version import __version__
 from cli_server.accounts import Accounts, User
+from cli_server.auth.api_tokens import NAME_LENGTH, SCOPES, ApiTokens, parse_expiry, parse_scope
 from cli_server.auth.ratelimit import (
     Backoff,
     FailureLimiter,
@@ -46,8 +47,11 @@ from cli_server.web.schemas import (
     REGISTER_BODY,
     REGISTRATION,
     SESSION,
+    TEXT,
+    TIMESTAMP,
     USER,
     array,
+    obj,
 )
 from cli_server.web.session import SessionCookies
 
@@ -55,6 +59,26 @@ _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 USERNAME_RULE = "3-32 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
 PASSWORD_RULE = "at least 8 characters"
+_NULLABLE_TEXT = {"type": ["string", "null"]}
+TOKEN: Mapping[str, Any] = obj(
+    {
+        "id": TEXT,
+        "name": TEXT,
+        "scope": {"enum": list(SCOPES)},
+        "workspace_id": _NULLABLE_TEXT,
+        "created_at": TIMESTAMP,
+        "expires_at": TIMESTAMP,
+        "last_used_at": {"type": ["string", "null"], "format": "date-time"},
+    }
+)
+NEW_TOKEN: Mapping[str, Any] = {
+    **obj(
+        {"name": TEXT, "scope": {"enum": list(SCOPES)}, "expires_at": TIMESTAMP},
+        {"workspace_id": _NULLABLE_TEXT},
+    ),
+    "additionalProperties": False,
+}
+_TOKEN_FIELDS = frozenset(NEW_TOKEN["properties"])
 # A first password (an account made by single sign-on) needs a sign-in this recent: a stolen
 # older session must not turn into a password of the thief's choosing.
 FRESH_SIGN_IN = 15 * 60.0
@@ -101,6 +125,7 @@ class AuthAPI:
     _password_login: bool = True  # off: single sign-on only (--password-login off)
     # The configured sign-in providers: [{"name", "label", "login_url"}]
     _providers: Callable[[], list[dict[str, str]]] = field(default=lambda: [])
+    _tokens: ApiTokens | None = None  # personal API tokens (None: /tokens answers 404)
 
     app = Klein()
     install_json_errors(app)
@@ -273,7 +298,7 @@ class AuthAPI:
         self._cookies.clear(request)
         return no_content(request)
 
-    @route(app, "/me", methods=["GET"], answers={200: ME})
+    @route(app, "/me", methods=["GET"], across_workspaces=True, answers={200: ME})
     async def me(self, request: IRequest, user: User) -> bytes:
         """The signed-in user, and whether the account has a password."""
         has_password = await self._accounts.has_password(user.id)
@@ -303,6 +328,63 @@ class AuthAPI:
         if self._identities is None:
             raise NotFound("no such identity", code="identity_not_found")
         await self._identities.unlink(user.id, iid, password_counts=self._password_login)
+        return no_content(request)
+
+    def _api_tokens(self) -> ApiTokens:
+        if self._tokens is None:
+            raise NotFound("no such API route")
+        return self._tokens
+
+    @route(
+        app,
+        "/tokens",
+        methods=["POST"],
+        scope="admin",
+        across_workspaces=True,
+        body=NEW_TOKEN,
+        answers={201: {**TOKEN, "properties": {**TOKEN["properties"], "token": TEXT}}},
+    )
+    async def create_token(self, request: IRequest, user: User) -> bytes:
+        """A personal API token; its secret (``token``) is in this answer only."""
+        tokens = self._api_tokens()
+        body = read_json_object(request)
+        extra = sorted(set(body) - _TOKEN_FIELDS)
+        if extra:
+            raise BadRequest(f"unknown field {extra[0][:40]!r}", field=extra[0][:40])
+        name = required_text(body, "name", max_length=NAME_LENGTH)
+        scope = parse_scope(body.get("scope"))
+        workspace = body.get("workspace_id")
+        if workspace is not None and not isinstance(workspace, str):
+            raise BadRequest("workspace_id must be a workspace's id, or null", field="workspace_id")
+        workspace_id = parse_id(workspace, "workspace") if workspace is not None else None
+        expires_at = parse_expiry(body.get("expires_at"), tokens.now())
+        made, secret = await tokens.create(user, name, scope, workspace_id, expires_at)
+        return json_response(request, {**made.to_json(), "token": secret}, 201)
+
+    @route(
+        app,
+        "/tokens",
+        methods=["GET"],
+        scope="admin",
+        across_workspaces=True,
+        answers={200: array(TOKEN)},
+    )
+    async def list_tokens(self, request: IRequest, user: User) -> bytes:
+        """The caller's tokens (never their secrets), with when each was last used."""
+        listed = await self._api_tokens().listed(user)
+        return json_response(request, [t.to_json() for t in listed])
+
+    @route(
+        app,
+        "/tokens/<token_id>",
+        methods=["DELETE"],
+        scope="admin",
+        across_workspaces=True,
+        answers={204: None, 404: ERROR},
+    )
+    async def revoke_token(self, request: IRequest, user: User, token_id: str) -> bytes:
+        """Revokes one of the caller's tokens at once."""
+        await self._api_tokens().revoke(user, parse_id(token_id, "token"))
         return no_content(request)
 
 

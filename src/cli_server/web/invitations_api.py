@@ -26,10 +26,18 @@ class InvitationsAPI:
     app = Klein()
     install_json_errors(app)
 
-    @route(app, "/", methods=["GET"], strict_slashes=False, answers={200: array(INVITATION)})
+    @route(
+        app,
+        "/",
+        methods=["GET"],
+        strict_slashes=False,
+        across_workspaces=True,
+        answers={200: array(INVITATION)},
+    )
     async def my_invitations(self, request: IRequest, user: User) -> bytes:
         """The caller's pending invitations: which workspace, who invited, which role."""
-        return json_response(request, await self._workspaces.invitations_for(user.id))
+        listed = await self._workspaces.invitations_for(user.id)
+        return json_response(request, [i for i in listed if user.reaches(i["workspace_id"])])
 
     @route(app, "/<invitation_id>/accept", methods=["POST"], answers={200: WORKSPACE})
     async def accept(self, request: IRequest, user: User, invitation_id: str) -> bytes:

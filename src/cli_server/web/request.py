@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Hashable
 from functools import partial
 from io import BytesIO
@@ -322,17 +323,25 @@ def for_sandbox(request: Any, site: Any) -> bool:
 
 
 class _Redacted:
-    """A request as the access log sees it: credential query parameters blanked out."""
+    """A request as the access log sees it: credential query parameters blanked out, and any
+    API token (``cli_pat_...``) in the path or the Referer, where someone pasted one."""
 
     def __init__(self, request: http.Request) -> None:
         self._request = request
         path, sep, query = request.uri.partition(b"?")
         if sep:
             query = _redact(query)
-        self.uri = path + sep + query
+        self.uri = _API_TOKEN.sub(b"cli_pat_redacted", path + sep + query)
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        value = self._request.getHeader(name)
+        return _API_TOKEN.sub(b"cli_pat_redacted", value) if value is not None else None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._request, name)
+
+
+_API_TOKEN = re.compile(rb"cli_pat_[A-Za-z0-9_-]+")
 
 
 _CREDENTIALS = frozenset({b"token", b"ticket", b"auth_token", b"code", b"state"})

@@ -14,6 +14,11 @@ for the others unless declared; ``admin`` for the instance admin's and the token
 ``body`` / ``answers`` are the JSON Schemas of the request body and of each status's answer
 (``web.schemas``): every success status, and the error statuses particular to the route (409,
 429...) with ``ERROR``; the API document adds those every route of its kind may answer.
+A request with ``Authorization: Bearer`` is an API token's (``web.bearer``):
+no cookie is read and the Origin rule does not apply; a token restricted to one workspace may
+call a route whose path names no workspace, sandbox or invitation only if it is declared
+``across_workspaces`` (its handler then shows such a caller nothing of other workspaces,
+``User.reaches``).
 
 The instance the app belongs to holds the ``SessionCookies`` as ``_cookies``.
 """
@@ -57,6 +62,7 @@ class Declaration:
     summary: str
     body: Schema | None
     answers: Mapping[int, Schema | None]
+    across_workspaces: bool = False
 
 
 # By ``id(app)``: Klein apps compare by value (unhashable); ours are class attributes, alive
@@ -83,6 +89,7 @@ def route(
     scope: Scope | None = None,
     body: Schema | None = None,
     answers: Mapping[int, Schema | None] | None = None,
+    across_workspaces: bool = False,
     **options: Any,
 ) -> Callable[[Handler], Handler]:
     """Declare ``path`` on ``app`` (``options`` go to Klein: ``branch``, ``strict_slashes``).
@@ -96,11 +103,11 @@ def route(
         @wraps(handler)
         async def guarded(self: HasSession, request: IRequest, *args: Any, **kwargs: Any) -> Any:
             cookies = self._cookies
-            cookies.check_origin(request)  # (a no-op for GET, HEAD and OPTIONS)
             if public:
+                cookies.check_origin(request)  # (a no-op for GET, HEAD and OPTIONS)
                 answer = handler(self, request, *args, **kwargs)
             else:
-                user = await cookies.user(request)
+                user = await cookies.caller(request, least, across_workspaces, kwargs)
                 answer = handler(self, request, user, *args, **kwargs)
             if inspect.isawaitable(answer):
                 return await answer
@@ -117,6 +124,7 @@ def route(
                 inspect.getdoc(handler) or "",
                 body,
                 dict(answers or {}),
+                across_workspaces,
             )
         )
         return guarded

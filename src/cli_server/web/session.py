@@ -1,7 +1,9 @@
-"""Who is calling: the session cookie, and the same-origin rule for state changes."""
+"""Who is calling: the session cookie (or an API token, ``web.bearer``), and the same-origin
+rule for state changes."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -11,6 +13,7 @@ from twisted.web.iweb import IRequest
 from cli_server.accounts import Accounts, User
 from cli_server.errors import Forbidden, Unauthorized
 from cli_server.proxy.hygiene import clearing_cookies, cookie_values, session_token
+from cli_server.web.bearer import InvalidToken, TokenGuard, bearer_credential
 
 _SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
 
@@ -27,6 +30,8 @@ class SessionCookies:
     _secure: bool
     _lifetime: float
     _origin: str
+    # API tokens (``Authorization: Bearer``); without it every token request gets 401.
+    _tokens: TokenGuard | None = None
 
     @property
     def name(self) -> bytes:
@@ -35,6 +40,24 @@ class SessionCookies:
     def token(self, request: IRequest) -> str | None:
         """The session, if the request carries its cookie once (``hygiene.session_token``)."""
         return session_token(_cookie_headers(request), self.name)
+
+    async def caller(
+        self,
+        request: IRequest,
+        needed: str,
+        across_workspaces: bool = False,
+        path_args: Mapping[str, Any] | None = None,
+    ) -> User:
+        """Who calls a route that needs a token scope of ``needed``: a token request is its
+        token's user (its cookies unread, the Origin rule moot); any other, the session's
+        user once the Origin rule let it through."""
+        secret = bearer_credential(request)
+        if secret is None:
+            self.check_origin(request)
+            return await self.user(request)
+        if not secret or self._tokens is None:
+            raise InvalidToken()
+        return await self._tokens.user(secret, needed, across_workspaces, path_args or {})
 
     async def user(self, request: IRequest) -> User:
         token = self.token(request)
@@ -78,6 +101,12 @@ class SessionCookies:
         in a sandbox from posting to the API; browsers always send ``Origin`` on such requests.
         """
         if request.method in _SAFE_METHODS:
+            return
+        if bearer_credential(request) is not None:
+            # A token request (a mount's branch sees it before the route's guard): no cookie
+            # authenticates it (the guard reads none on it), and this rule keeps other sites
+            # from using a browser's cookies; a page cannot add Authorization to a request to
+            # another origin without a CORS grant, which the API never gives.
             return
         raw = request.getHeader(b"origin")
         if raw is None:

@@ -95,10 +95,18 @@ class WorkspacesAPI:
     app = Klein()
     install_json_errors(app)
 
-    @route(app, "/", methods=["GET"], strict_slashes=False, answers={200: array(WORKSPACE)})
+    @route(
+        app,
+        "/",
+        methods=["GET"],
+        strict_slashes=False,
+        across_workspaces=True,
+        answers={200: array(WORKSPACE)},
+    )
     async def list_workspaces(self, request: IRequest, user: User) -> bytes:
         """The workspaces the caller is a member of, with the caller's role in each."""
-        return json_response(request, await self._workspaces.list_for(user.id))
+        listed = await self._workspaces.list_for(user.id)
+        return json_response(request, [w for w in listed if user.reaches(w["id"])])
 
     @route(
         app,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import attrs
@@ -154,6 +155,13 @@ async def test_every_operation_answers_as_documented(server: Running) -> None:
     await _ok(root, "POST", "/api/admin/signup-links", status=201)
     link = (await _ok(root, "GET", "/api/admin/signup-links"))[0]["id"]
     await _ok(root, "DELETE", f"/api/admin/signup-links/{link}", status=204)
+
+    # Personal API tokens (the routes merged from the tokens work).
+    expires = (datetime.now(UTC) + timedelta(days=30)).isoformat().replace("+00:00", "Z")
+    made = {"name": "ci", "scope": "read", "expires_at": expires}
+    token = await _ok(root, "POST", "/api/auth/tokens", made, 201)
+    assert [t["id"] for t in await _ok(root, "GET", "/api/auth/tokens")] == [token["id"]]
+    await _ok(root, "DELETE", f"/api/auth/tokens/{token['id']}", status=204)
 
     # Deletions, and signing out.
     await _ok(root, "DELETE", f"/api/sandboxes/{sid}", status=204)

@@ -13,6 +13,8 @@ from cli_server.db.pool import Database
 CALLER_BOOKKEEPING: Mapping[str, Collection[str]] = {
     # Any signed-in request refreshes its session's last use (once a minute at most).
     "sessions": ("last_seen_at",),
+    # Any request with an API token refreshes the token's last use the same way.
+    "api_tokens": ("last_used_at",),
 }
 
 

@@ -21,8 +21,8 @@ CALLER_BOOKKEEPING: Mapping[str, Collection[str]] = {
 async def fingerprint(
     db: Database, ignoring: Mapping[str, Collection[str]] | None = None
 ) -> dict[str, str]:
-    """Every row of every table, as text, by table; ``ignoring`` leaves out these columns
-    of these tables."""
+    """A digest of every row of every table, by table; ``ignoring`` leaves out these
+    columns of these tables."""
     tables = await db.query(
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
     )
@@ -30,7 +30,7 @@ async def fingerprint(
     for table in tables:
         name = table["tablename"]
         parts.append(
-            "SELECT %s AS name, coalesce(string_agg(r, E'\\n' ORDER BY r), '') AS all_rows"
+            "SELECT %s AS name, md5(coalesce(string_agg(r, E'\\n' ORDER BY r), '')) AS all_rows"
             f' FROM (SELECT (to_jsonb(t) - %s::text[])::text AS r FROM "{name}" t) rows'
         )
         args += [name, list((ignoring or {}).get(name, ()))]

@@ -233,6 +233,9 @@ class Fuzz:
     checking: float = 0.0  # seconds spent waiting for the database's fingerprint
     before: dict[str, str] = attrs.field(factory=dict)
 
+    def __attrs_post_init__(self) -> None:
+        self.http.trust_env = False  # (no proxy from the environment between us and loopback)
+
     def on_reactor(self, work: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
         return blockingCallFromThread(
             self.world.app.reactor, lambda: Deferred.fromCoroutine(work())

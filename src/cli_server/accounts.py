@@ -9,6 +9,7 @@ import psycopg2.errors
 from attrs import define, field, frozen
 from twisted.internet.interfaces import IReactorTime
 
+from cli_server.audit import Note, Target
 from cli_server.auth.passwords import Passwords
 from cli_server.auth.tokens import new_token, token_hash
 from cli_server.db.pool import Database, Row, Transaction
@@ -188,7 +189,9 @@ class Accounts:
         rows = await self._db.query("SELECT password_hash FROM users WHERE id = %s", (user_id,))
         return await self._passwords.verify(rows[0]["password_hash"] if rows else None, password)
 
-    async def set_password(self, user_id: str, password: str, keep_token: str | None) -> None:
+    async def set_password(
+        self, user_id: str, password: str, keep_token: str | None, note: Note | None = None
+    ) -> None:
         """A new password; every session of the user ends but ``keep_token``'s, and every
         sandbox session (``Events.user_revoked``)."""
         password_hash = await self._passwords.hash(password)
@@ -201,6 +204,8 @@ class Accounts:
             await tx.execute(
                 "DELETE FROM sessions WHERE user_id = %s AND token_hash <> %s", (user_id, keep)
             )
+            if note is not None:
+                await note.write(tx, target=Target("user", user_id))
 
         await self._db.transaction(work)
         await self._events.user_revoked(user_id)

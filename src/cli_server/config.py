@@ -129,6 +129,17 @@ def parse_docker_firewall(text: str) -> bool:
     raise ValueError(f"{text!r} is neither auto nor off")
 
 
+def parse_retention_days(text: str) -> int:
+    """``--audit-retention-days``: whole days the audit log keeps; 0 keeps it for ever."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number of days") from None
+    if not 0 <= value <= 36500:
+        raise ValueError(f"{text!r} must be from 0 (keep for ever) to 36500 days")
+    return value
+
+
 def parse_positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -346,6 +357,7 @@ class ServerConfig:
     sso_allowed_domains: tuple[str, ...] = ()
     password_login: bool = True
     access_log: str = "changes"  # all, changes or off (parse_access_log)
+    audit_retention_days: int = 365  # 0: the audit log is never purged
     proxy_workers: int = 1  # relay worker processes (parse_workers); tap's default: the CPUs
     # --backend k8s (k8s_backend.py): where the cluster is and what sandbox pods get
     kubeconfig: str | None = None  # None: in-cluster, else KUBECONFIG / ~/.kube/config

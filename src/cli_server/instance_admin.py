@@ -12,6 +12,7 @@ from typing import Any
 
 from attrs import define, field
 
+from cli_server.audit import Note, Target
 from cli_server.auth.api_tokens import revoke_all
 from cli_server.auth.passwords import Passwords
 from cli_server.auth.tokens import new_token, token_hash
@@ -49,10 +50,11 @@ class InstanceAdmin:
             for r in rows
         ]
 
-    async def set_disabled(self, admin_id: str, user_id: str, disabled: bool) -> None:
+    async def set_disabled(
+        self, admin_id: str, user_id: str, disabled: bool, note: Note | None = None
+    ) -> None:
         """Disabling ends every session, API token and unused sandbox ticket of the user at
-        once, then
-        everything else (``Events.user_disabled``: sandbox sessions, local agents)."""
+        once, then everything else (``Events.user_disabled``: sandbox sessions, local agents)."""
         if disabled and user_id == admin_id:
             raise Conflict("you cannot disable your own account", code="own_account")
 
@@ -67,12 +69,14 @@ class InstanceAdmin:
             if disabled:
                 await _end_sessions(tx, user_id)
                 await revoke_all(tx, user_id)  # (enabling the account again revives none)
+            if note is not None:
+                await note.write(tx, target=Target("user", user_id))
 
         await self._db.transaction(work)
         if disabled:
             await self._events.user_disabled(user_id)
 
-    async def reset_password(self, user_id: str) -> str:
+    async def reset_password(self, user_id: str, note: Note | None = None) -> str:
         """A new random password (shown once to the admin, never stored in clear); the user's
         sessions end."""
         password = secrets.token_urlsafe(12)
@@ -85,6 +89,8 @@ class InstanceAdmin:
             if not changed:
                 raise NotFound(_NO_USER, code="user_not_found")
             await _end_sessions(tx, user_id)
+            if note is not None:
+                await note.write(tx, target=Target("user", user_id))
 
         await self._db.transaction(work)
         await self._events.user_revoked(user_id)

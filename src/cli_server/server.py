@@ -23,6 +23,7 @@ from cli_server.anthropic.listener import adopt, listen_in_netns, proxy_site
 from cli_server.anthropic.proxy import AnthropicProxy, Upstream
 from cli_server.anthropic.setup import ClaudeSetup
 from cli_server.anthropic.usage import UsageStore
+from cli_server.audit import AuditLog
 from cli_server.auth.api_tokens import ApiTokens
 from cli_server.auth.passwords import Passwords
 from cli_server.auth.ratelimit import FailureLimiter
@@ -257,6 +258,7 @@ def build(
     sandbox_access = SandboxAccess(db, reactor, config.session_lifetime)
     limits = limits or AuthLimits()
     events = Events()  # revocations and status changes, fired by the domain (subscribers below)
+    audit = AuditLog(db)
     accounts = Accounts(
         db, passwords or Passwords(hashing.run), reactor, config.session_lifetime, events
     )
@@ -285,6 +287,7 @@ def build(
         config.password_login,
         sso_providers.public_list,
         api_tokens,
+        audit=audit,
     )
     opencode = OpencodeClient(reactor)
     activity = ActivityRecorder(db, reactor)
@@ -395,6 +398,7 @@ def build(
         db, workspaces, config.origin, config.origin.rstrip("/") + "/proxy/anthropic/v1"
     )
     agents.on_revoke = tunnels.revoke
+    agents.audit = audit
     events.subscribe(ProxyListener(sandbox_access, forget))
     events.subscribe(AgentsListener(agents))
     events.subscribe(AnthropicListener(anthropic))
@@ -414,22 +418,24 @@ def build(
             workspaces,
             cookies,
             manager,
-            WorkspaceSandboxesAPI(manager),
+            WorkspaceSandboxesAPI(manager, audit=audit),
             usage,
             agents,
             claude,
+            audit=audit,
         ),
-        SandboxesAPI(manager, cookies, sandbox_access, urls),
+        SandboxesAPI(manager, cookies, sandbox_access, urls, audit=audit),
         AgentsAPI(agents, tunnels),
         lambda: database.ready,
         metrics=metrics,
-        invitations=InvitationsAPI(workspaces, cookies),
+        invitations=InvitationsAPI(workspaces, cookies, audit=audit),
         claude=claude,
         admin=AdminAPI(
             InstanceAdmin(db, accounts.passwords, events),
             cookies,
             config.origin,
             config.registration,
+            audit=audit,
         ),
         sso=SsoAPI(
             sso_providers,
@@ -437,6 +443,7 @@ def build(
             accounts,
             cookies,
             config.secure_cookies,
+            audit=audit,
         ),
     )
 
@@ -485,6 +492,7 @@ def build(
             await sandbox_access.purge_expired()
             await agents.purge_expired()
             await workspaces.purge_expired_invitations()
+            await audit.purge(config.audit_retention_days)
 
     def when_ready(job: Any) -> Any:
         async def run() -> None:

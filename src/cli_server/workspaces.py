@@ -9,6 +9,7 @@ from typing import Any
 import psycopg2.errors
 from attrs import define, field
 
+from cli_server.audit import Action, Note, Target
 from cli_server.db.pool import Database, Row, Transaction
 from cli_server.errors import Conflict, Forbidden, NameTaken, NotFound
 from cli_server.events import Events
@@ -110,7 +111,7 @@ class Workspaces:
         )
         return [workspace_json(r) for r in rows]
 
-    async def create(self, user_id: str, name: str) -> dict[str, Any]:
+    async def create(self, user_id: str, name: str, note: Note | None = None) -> dict[str, Any]:
         workspace_id = str(uuid.uuid4())
 
         async def work(tx: Transaction) -> Row | None:
@@ -125,6 +126,9 @@ class Workspaces:
                 " VALUES (%s, %s, 'owner')",
                 (workspace_id, user_id),
             )
+            if note is not None:
+                target = Target("workspace", workspace_id, name)
+                await note.write(tx, workspace_id=workspace_id, target=target)
             return await tx.one(
                 _WORKSPACE_FOR_MEMBER + " WHERE w.id = %s AND m.user_id = %s",
                 (workspace_id, user_id),
@@ -192,7 +196,11 @@ class Workspaces:
         return {"total": int(rows[0]["total"]), "running": int(rows[0]["running"])}
 
     async def set_budget(
-        self, workspace_id: str, actor_id: str, monthly_tokens: int | None
+        self,
+        workspace_id: str,
+        actor_id: str,
+        monthly_tokens: int | None,
+        note: Note | None = None,
     ) -> None:
         async def work(tx: Transaction) -> None:
             await _authorize(tx, workspace_id, actor_id, Role.OWNER)
@@ -200,10 +208,12 @@ class Workspaces:
                 "UPDATE workspaces SET monthly_token_budget = %s WHERE id = %s",
                 (monthly_tokens, workspace_id),
             )
+            if note is not None:
+                await note.write(tx, target=Target("workspace", workspace_id))
 
         await self._db.transaction(work)
 
-    async def delete(self, workspace_id: str, actor_id: str) -> None:
+    async def delete(self, workspace_id: str, actor_id: str, note: Note | None = None) -> None:
         await self.require(workspace_id, actor_id, Role.OWNER)
 
         async def work(tx: Transaction) -> list[Row]:
@@ -211,6 +221,10 @@ class Workspaces:
             members = await tx.query(
                 "SELECT user_id FROM workspace_members WHERE workspace_id = %s", (workspace_id,)
             )
+            if note is not None:  # (named while it still is)
+                named = await tx.one("SELECT name FROM workspaces WHERE id = %s", (workspace_id,))
+                target = Target("workspace", workspace_id, named["name"] if named else None)
+                await note.write(tx, workspace_id=workspace_id, target=target)
             await tx.execute("DELETE FROM workspaces WHERE id = %s", (workspace_id,))
             return members
 
@@ -226,7 +240,12 @@ class Workspaces:
         return [member_json(r) for r in rows]
 
     async def add_member(
-        self, workspace_id: str, actor_id: str, username: str, role: Role
+        self,
+        workspace_id: str,
+        actor_id: str,
+        username: str,
+        role: Role,
+        note: Note | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Invite ``username`` (or add them, where the operator allows direct adds).
 
@@ -245,8 +264,8 @@ class Workspaces:
             raise NotFound("no user has that username", code="user_not_found")
         user_id = str(users[0]["id"])
         if self._direct(users[0]["actor_email"], users[0]["email"]):
-            return await self._add_directly(workspace_id, actor_id, user_id, role), True
-        return await self._invite(workspace_id, actor_id, user_id, role)
+            return await self._add_directly(workspace_id, actor_id, user_id, role, note), True
+        return await self._invite(workspace_id, actor_id, user_id, role, note)
 
     def _direct(self, actor_email: str | None, invitee_email: str | None) -> bool:
         if "*" in self._direct_members:
@@ -259,7 +278,7 @@ class Workspaces:
         )
 
     async def _add_directly(
-        self, workspace_id: str, actor_id: str, user_id: str, role: Role
+        self, workspace_id: str, actor_id: str, user_id: str, role: Role, note: Note | None
     ) -> dict[str, Any]:
         async def work(tx: Transaction) -> Row | None:
             await _authorize(tx, workspace_id, actor_id, *_invite_rule(role))
@@ -274,6 +293,8 @@ class Workspaces:
                 "DELETE FROM workspace_invitations WHERE workspace_id = %s AND user_id = %s",
                 (workspace_id, user_id),
             )
+            if note is not None:
+                await note.write(tx, action=Action.MEMBER_ADDED, target=Target("user", user_id))
             return await tx.one(
                 _MEMBERS + " WHERE m.workspace_id = %s AND m.user_id = %s",
                 (workspace_id, user_id),
@@ -284,7 +305,7 @@ class Workspaces:
         return {"status": "member", **member_json(row)}
 
     async def _invite(
-        self, workspace_id: str, actor_id: str, user_id: str, role: Role
+        self, workspace_id: str, actor_id: str, user_id: str, role: Role, note: Note | None
     ) -> tuple[dict[str, Any], bool]:
         async def work(tx: Transaction) -> tuple[Row, Row | None]:
             await _authorize(tx, workspace_id, actor_id, *_invite_rule(role))
@@ -313,7 +334,11 @@ class Workspaces:
                 ),
             )
             assert made is not None
-            return made, await tx.one(_INVITATIONS + " AND i.id = %s", (made["id"],))
+            pending = await tx.one(_INVITATIONS + " AND i.id = %s", (made["id"],))
+            if note is not None and pending is not None:
+                target = Target("invitation", str(made["id"]), pending["username"])
+                await note.write(tx, action=Action.MEMBER_INVITED, target=target)
+            return made, pending
 
         made, pending = await self._db.transaction(work)
         assert pending is not None
@@ -335,7 +360,9 @@ class Workspaces:
         )
         return [pending_json(r) for r in rows]
 
-    async def accept(self, invitation_id: str, user_id: str) -> dict[str, Any]:
+    async def accept(
+        self, invitation_id: str, user_id: str, note: Note | None = None
+    ) -> dict[str, Any]:
         """The invitee joins with the invited role, if its sender could still send it; the
         invitation is used up either way."""
         found = await self._db.query(
@@ -368,6 +395,9 @@ class Workspaces:
                 " ON CONFLICT DO NOTHING",
                 (workspace_id, user_id, invitation["role"]),
             )
+            if note is not None:
+                details = {"role": invitation["role"]}
+                await note.write(tx, workspace_id=workspace_id, details=details)
             return await tx.one(
                 _WORKSPACE_FOR_MEMBER + " WHERE w.id = %s AND m.user_id = %s",
                 (workspace_id, user_id),
@@ -381,15 +411,18 @@ class Workspaces:
             raise _no_invitation()
         return workspace_json(joined)
 
-    async def decline(self, invitation_id: str, user_id: str) -> None:
+    async def decline(self, invitation_id: str, user_id: str) -> str:
+        """Returns the workspace it was for."""
         rows = await self._db.query(
-            "DELETE FROM workspace_invitations WHERE id = %s AND user_id = %s RETURNING id",
+            "DELETE FROM workspace_invitations WHERE id = %s AND user_id = %s"
+            " RETURNING workspace_id",
             (invitation_id, user_id),
         )
         if not rows:
             raise _no_invitation()
+        return str(rows[0]["workspace_id"])
 
-    async def revoke(self, invitation_id: str, actor_id: str) -> None:
+    async def revoke(self, invitation_id: str, actor_id: str, note: Note | None = None) -> None:
         """The invitee declines; the inviter or an owner withdraws. Anyone else: 404, or 403
         for a maintainer who did not send it."""
         rows = await self._db.query(
@@ -415,6 +448,8 @@ class Workspaces:
                 if role < Role.OWNER and str(invitation["invited_by"]) != actor_id:
                     raise Forbidden("only the one who invited or an owner can revoke an invitation")
             await tx.execute("DELETE FROM workspace_invitations WHERE id = %s", (invitation_id,))
+            if note is not None:
+                await note.write(tx, workspace_id=workspace_id)
 
         try:
             await self._db.transaction(work)
@@ -426,7 +461,7 @@ class Workspaces:
         await self._db.execute("DELETE FROM workspace_invitations WHERE expires_at <= now()")
 
     async def set_role(
-        self, workspace_id: str, actor_id: str, user_id: str, role: Role
+        self, workspace_id: str, actor_id: str, user_id: str, role: Role, note: Note | None = None
     ) -> dict[str, Any]:
         await self.require(workspace_id, actor_id, Role.OWNER)
 
@@ -440,6 +475,9 @@ class Workspaces:
                 (role.label, workspace_id, user_id),
             )
             await _drop_invitations_beyond(tx, workspace_id, user_id, role)
+            if note is not None:
+                details = {"role": role.label, "was": current.label}
+                await note.write(tx, target=Target("user", user_id), details=details)
             return await tx.one(
                 _MEMBERS + " WHERE m.workspace_id = %s AND m.user_id = %s",
                 (workspace_id, user_id),
@@ -450,7 +488,9 @@ class Workspaces:
         await self._events.member_changed(user_id, workspace_id)
         return member_json(row)
 
-    async def remove_member(self, workspace_id: str, actor_id: str, user_id: str) -> None:
+    async def remove_member(
+        self, workspace_id: str, actor_id: str, user_id: str, note: Note | None = None
+    ) -> None:
         """Owners remove anyone; every member may leave."""
         needed = Role.GUEST if actor_id == user_id else Role.OWNER
         await self.require(workspace_id, actor_id, needed)
@@ -465,6 +505,8 @@ class Workspaces:
                 (workspace_id, user_id),
             )
             await _drop_invitations_beyond(tx, workspace_id, user_id, None)
+            if note is not None:
+                await note.write(tx, target=Target("user", user_id))
 
         await self._db.transaction(work)
         await self._events.member_changed(user_id, workspace_id)

@@ -11,9 +11,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest_twisted
+from jsonschema import Draft202012Validator
 from twisted.logger import globalLogPublisher
 
 from cli_server.auth.api_tokens import covers
+from cli_server.web.auth_api import AuthAPI
 from cli_server.web.bearer import WORKSPACE_ARGUMENTS
 from cli_server.web.routes import declared
 
@@ -52,6 +54,16 @@ def _as(app: Running, token: str, **headers: str) -> Any:
         )
 
     return call
+
+
+def _conforms(schema: Any, value: Any) -> None:
+    errors = [e.message for e in Draft202012Validator(schema).iter_errors(value)]
+    assert not errors, (errors, value)
+
+
+def _sent(reply: Reply) -> dict[str, Any]:
+    """The body a token was created with, as the API echoes it (the secret left out)."""
+    return {k: reply.body[k] for k in ("name", "scope", "workspace_id", "expires_at")}
 
 
 def _declared_routes() -> list[tuple[str, str, str, bool]]:
@@ -105,12 +117,18 @@ async def test_create_list_revoke(app: Running) -> None:
         "expires_at",
         "last_used_at",
     }
+    routes = declared(AuthAPI.app)
+    made_with = _sent(made)
+    _conforms(routes["create_token"].body, made_with)
+    _conforms(routes["create_token"].answers[201], made.body)
     secret = made.body["token"]
     assert secret.startswith("cli_pat_") and len(secret) == 8 + 43
     assert made.body["last_used_at"] is None and made.body["workspace_id"] == wid
     assert made.body["scope"] == "write" and made.body["name"] == "deploy"
     listed = await alice.call("GET", "/api/auth/tokens")
     assert listed.code == 200 and [t["id"] for t in listed.body] == [made.body["id"]]
+    _conforms(routes["list_tokens"].answers[200], listed.body)
+    assert made_with["expires_at"] == expires
     assert secret not in json.dumps(listed.body) and "token" not in listed.body[0]
     assert listed.body[0]["last_used_at"] is None
     me = await _as(app, secret)("GET", "/api/auth/me")
@@ -183,7 +201,7 @@ async def test_bad_bodies_name_the_field(app: Running) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_stored_hashed_and_never_shown_again(app: Running) -> None:
-    """The row holds the secret's SHA-256 and nothing else of it."""
+    """The row holds the secret's SHA-256 and nothing else of it; it goes with its user."""
     alice = app.client()
     await alice.register_and_login("alice")
     secret = await _token(alice, "read")
@@ -191,6 +209,10 @@ async def test_stored_hashed_and_never_shown_again(app: Running) -> None:
     assert bytes(row["token_hash"]) == hashlib.sha256(secret.encode()).digest()
     assert secret not in row["everything"] and secret[8:] not in row["everything"]
     assert secret not in json.dumps((await alice.call("GET", "/api/auth/tokens")).body)
+    # An account deleted (there is no API for it; an operator's SQL) takes its tokens along.
+    await app.db.execute("DELETE FROM users WHERE username = 'alice'")
+    assert await app.db.query("SELECT 1 FROM api_tokens") == []
+    assert (await _as(app, secret)("GET", "/api/auth/me")).code == 401
 
 
 @pytest_twisted.ensureDeferred
@@ -549,12 +571,16 @@ async def test_not_accepted_by_the_anthropic_proxy(world: World) -> None:  # noq
 @pytest_twisted.ensureDeferred
 async def test_not_accepted_on_sandbox_or_preview_subdomains(proxy: Proxy) -> None:  # noqa: F811
     """The owner's admin token on opencode's and a preview's subdomain: no session there,
-    nothing reaches the sandbox; beside a real sandbox session it is stripped, never
-    forwarded."""
+    nothing reaches the sandbox; it cannot mint an Open link either; beside a real sandbox
+    session it is stripped, never forwarded."""
     owner = proxy.people["owner"]
     token = await _token(owner, "admin")
     seen = len(proxy.upstream.seen)
     bearer = {"Authorization": f"Bearer {token}"}
+    # Nor may a token mint the one-time link that signs a browser in there.
+    for body in (None, {"port": 3000}):
+        opened = await _as(proxy.app, token)("POST", f"/api/sandboxes/{proxy.sandbox}/open", body)
+        assert (opened.code, opened.error_code) == (403, "session_only"), opened
     for host in (proxy.host(), f"oc-{proxy.sandbox}-p3000.localhost:8080"):
         for method in ("GET", "POST"):
             reply = await proxy.app.client().call(

@@ -4,6 +4,7 @@ documented status and a body its schema accepts; documented errors match ``Error
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -17,7 +18,9 @@ from jsonschema import Draft202012Validator
 
 from cli_server.config import GithubLogin
 from cli_server.sso.claims import Claims
+from cli_server.web.openapi import api_document
 from cli_server.web.schemas import ERROR
+from cli_server.web.site import APPS
 
 from .api_document import ApiDocument
 from .conftest import Running, server_config, start_server, stop_server
@@ -41,6 +44,8 @@ async def _document(app: Running) -> ApiDocument:
     assert fetched.code == 200 and fetched.headers.getRawHeaders(b"content-type") == [
         b"application/json; charset=utf-8"
     ]
+    # the document the declarations make, as built once when the server started
+    assert fetched.body == json.loads(json.dumps(api_document(APPS)))
     return ApiDocument(fetched.body)
 
 
@@ -156,12 +161,26 @@ async def test_every_operation_answers_as_documented(server: Running) -> None:
     link = (await _ok(root, "GET", "/api/admin/signup-links"))[0]["id"]
     await _ok(root, "DELETE", f"/api/admin/signup-links/{link}", status=204)
 
-    # Personal API tokens (the routes merged from the tokens work).
-    expires = (datetime.now(UTC) + timedelta(days=30)).isoformat().replace("+00:00", "Z")
-    made = {"name": "ci", "scope": "read", "expires_at": expires}
-    token = await _ok(root, "POST", "/api/auth/tokens", made, 201)
+    # Personal API tokens: made, used, listed, revoked.
+    expires = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+    wanted = {"name": "ci", "scope": "write", "expires_at": expires}
+    token = await _ok(root, "POST", "/api/auth/tokens", wanted, 201)
+    scripted = _client(app, document)
+    bearer = {"Authorization": f"Bearer {token['token']}"}
+    listed = await scripted.call("GET", f"/api/workspaces/{wid}/sandboxes", headers=bearer)
+    assert listed.code == 200 and sid in [s["id"] for s in listed.body], listed
     assert [t["id"] for t in await _ok(root, "GET", "/api/auth/tokens")] == [token["id"]]
     await _ok(root, "DELETE", f"/api/auth/tokens/{token['id']}", status=204)
+    gone = await scripted.call("GET", f"/api/workspaces/{wid}/sandboxes", headers=bearer)
+    assert (gone.code, gone.error_code) == (401, "invalid_token"), gone
+
+    # The audit log of the workspace, all of it and filtered.
+    page = await _ok(root, "GET", f"/api/workspaces/{wid}/audit")
+    assert page["entries"], page
+    since = page["entries"][-1]["at"].replace("+", "%2B")
+    await _ok(
+        root, "GET", f"/api/workspaces/{wid}/audit?action=member.invited&limit=2&since={since}"
+    )
 
     # Deletions, and signing out.
     await _ok(root, "DELETE", f"/api/sandboxes/{sid}", status=204)

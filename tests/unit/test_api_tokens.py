@@ -15,9 +15,9 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from cli_server.accounts import User
 from cli_server.auth.api_tokens import (
-    MAX_LIFETIME,
     ApiTokens,
     Grant,
+    a_year_after,
     covers,
     looks_like_token,
     new_secret,
@@ -67,16 +67,20 @@ def test_scope_order() -> None:
 
 
 def test_expiry_rules() -> None:
-    """ISO 8601 with a time zone, in the future, at most a year (366 days) ahead."""
+    """ISO 8601 with a time zone, in the future, at most a year ahead."""
     assert parse_expiry("2027-01-05T12:00:00Z", NOW) == datetime(2027, 1, 5, 12, tzinfo=UTC)
     assert parse_expiry("2027-01-05T14:00:00+02:00", NOW) == datetime(2027, 1, 5, 12, tzinfo=UTC)
-    assert parse_expiry((NOW + MAX_LIFETIME).isoformat(), NOW) == NOW + MAX_LIFETIME
+    next_year = datetime(2027, 12, 6, 12, 0, tzinfo=UTC)
+    assert a_year_after(NOW) == next_year
+    assert parse_expiry(next_year.isoformat(), NOW) == next_year
+    leap = datetime(2028, 2, 29, 9, tzinfo=UTC)
+    assert a_year_after(leap) == datetime(2029, 2, 28, 9, tzinfo=UTC)
     for bad in (
         "2027-01-05T12:00:00",  # no zone
         "2027-01-05",  # a date has none either
         "next week",
         "",
-        (NOW + MAX_LIFETIME + timedelta(seconds=1)).isoformat(),
+        (next_year + timedelta(seconds=1)).isoformat(),
         NOW.isoformat(),  # not after now
         (NOW - timedelta(days=1)).isoformat(),
         1893456000,

@@ -4,7 +4,12 @@ non-public operation with its security and token scope, and docs/api.md rendered
 
 from __future__ import annotations
 
+import io
+import json
 import re
+import shutil
+import tempfile
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,7 @@ from cli_server.web.openapi import (
     NOT_REST,
     REGENERATE,
     api_document,
+    main,
     markdown,
     operations,
     problems,
@@ -123,6 +129,21 @@ class DocumentTests(SynchronousTestCase):
                     self.assertIn(method.upper(), SAFE_METHODS)
         scopes = {d.scope for d in declarations.values() if not d.public}
         self.assertEqual(scopes, {"read", "write", "admin", "session"})
+
+    def test_parameters(self) -> None:
+        """Path arguments are required path parameters (ids as UUIDs); declared query
+        parameters are optional query parameters with their descriptions."""
+        login = self.document["paths"]["/api/auth/oidc/{provider}/login"]["get"]
+        self.assertEqual(
+            [(p["name"], p["in"], p["required"]) for p in login["parameters"]],
+            [("provider", "path", True), ("return_to", "query", False), ("link", "query", False)],
+        )
+        self.assertIn("link the identity", login["parameters"][2]["description"])
+        member = self.document["paths"]["/api/workspaces/{workspace_id}/members/{member_id}"]
+        self.assertEqual(
+            [p["schema"] for p in member["put"]["parameters"]],
+            [{"type": "string", "format": "uuid"}] * 2,
+        )
 
     def test_session_cookie_name_over_https(self) -> None:
         """The document names the cookie the server sets: ``__Host-cli_session`` over https."""
@@ -262,3 +283,32 @@ class ReferenceTests(SynchronousTestCase):
                 self.assertIn(f"#### `{method.upper()} {path}`", rendered)
         for name in document["components"]["schemas"]:
             self.assertIn(f"#### {name}\n", rendered)
+
+
+class CommandTests(SynchronousTestCase):
+    def test_write_replaces_only_the_generated_part(self) -> None:
+        """``--write`` replaces what is between the markers, keeps the rest, and says whether
+        it changed anything; ``--markdown`` prints the same reference."""
+        scratch = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, scratch)
+        path = scratch / "api.md"
+        path.write_text(f"# Hand-written\n\nKept.\n\n{BEGIN}\nold\n{END}\n\nAfter.\n")
+        printed = io.StringIO()
+        with redirect_stdout(printed):
+            main(["--write", str(path)])
+            main(["--write", str(path)])
+        self.assertEqual(printed.getvalue(), f"{path}: updated\n{path}: up to date\n")
+        text = path.read_text()
+        wanted = markdown(api_document(APPS))
+        self.assertEqual(text, f"# Hand-written\n\nKept.\n\n{wanted}\nAfter.\n")
+        reference = io.StringIO()
+        with redirect_stdout(reference):
+            main(["--markdown"])
+        self.assertEqual(reference.getvalue(), wanted)
+
+    def test_prints_the_document(self) -> None:
+        """With no option it prints the document as JSON."""
+        printed = io.StringIO()
+        with redirect_stdout(printed):
+            main([])
+        self.assertEqual(json.loads(printed.getvalue()), json.loads(json.dumps(api_document(APPS))))

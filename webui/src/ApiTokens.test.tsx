@@ -82,7 +82,7 @@ test("a refused field is shown next to it", async () => {
       ? json(400, {
           error: {
             code: "invalid_request",
-            message: "expires_at can be at most a year (366 days) ahead",
+            message: "expires_at can be at most a year ahead",
             field: "expires_at",
           },
         })

@@ -1,8 +1,10 @@
 import { type FormEvent, useCallback, useEffect, useRef, useState } from "react";
 import { AccountPage } from "./AccountPage";
+import { Audit } from "./Audit";
 import {
   ApiError,
   api,
+  atLeast,
   describe,
   type User,
   type Workspace,
@@ -16,7 +18,7 @@ import { Link } from "./Link";
 import { Members } from "./Members";
 import { OpenSandbox, portParam } from "./OpenSandbox";
 import { useVisiblePoll } from "./poll";
-import { type Navigate, type Route, titleFor } from "./route";
+import { type Navigate, type Route, type Tab, titleFor } from "./route";
 import { Sandboxes } from "./Sandboxes";
 import { UsersPage } from "./UsersPage";
 import { Alert } from "./useAction";
@@ -291,7 +293,7 @@ export function Dashboard({ user, route, navigate, onSignedOut }: Props) {
 
 interface ViewProps {
   workspace: Workspace;
-  tab: "sandboxes" | "members";
+  tab: Tab;
   user: User;
   navigate: Navigate;
   onLeft: () => void;
@@ -299,11 +301,12 @@ interface ViewProps {
 }
 
 function WorkspaceView({ workspace, tab, user, navigate, onLeft, onDeleted }: ViewProps) {
-  const tabRoute = (t: "sandboxes" | "members"): Route => ({
+  const tabRoute = (t: Tab): Route => ({
     page: "workspace",
     workspaceId: workspace.id,
     tab: t,
   });
+  const mayAudit = atLeast(workspace.role, "maintainer");
   return (
     <>
       <div className="row between">
@@ -337,12 +340,25 @@ function WorkspaceView({ workspace, tab, user, navigate, onLeft, onDeleted }: Vi
         >
           Members
         </Link>
+        {mayAudit && (
+          <Link
+            to={tabRoute("audit")}
+            navigate={navigate}
+            role="tab"
+            aria-selected={tab === "audit"}
+          >
+            Audit
+          </Link>
+        )}
       </div>
-      {tab === "sandboxes" ? (
-        <Sandboxes workspace={workspace} isAdmin={!!user.is_admin} />
-      ) : (
-        <Members workspace={workspace} me={user} onLeft={onLeft} />
-      )}
+      {tab === "sandboxes" && <Sandboxes workspace={workspace} isAdmin={!!user.is_admin} />}
+      {tab === "members" && <Members workspace={workspace} me={user} onLeft={onLeft} />}
+      {tab === "audit" &&
+        (mayAudit ? (
+          <Audit workspace={workspace} />
+        ) : (
+          <p className="note">Only owners and maintainers see the workspace's audit log.</p>
+        ))}
     </>
   );
 }

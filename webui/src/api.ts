@@ -209,6 +209,45 @@ export const api = {
     call<UsageReport>("PUT", `/api/workspaces/${id}/budget`, { monthly_tokens: monthlyTokens }),
 };
 
+/** One row of a workspace's audit log (GET /api/workspaces/{id}/audit). */
+export interface AuditEntry {
+  id: number;
+  at: string;
+  actor_id: string | null;
+  actor_name: string | null;
+  action: string;
+  workspace_id: string | null;
+  target_type: string | null;
+  target_id: string | null;
+  target_name: string | null;
+  address: string | null;
+  details: Record<string, unknown>;
+}
+
+export interface AuditPage {
+  entries: AuditEntry[];
+  next: number | null;
+}
+
+export interface AuditFilter {
+  action?: string;
+  actor?: string;
+  before?: number | undefined;
+  limit?: number;
+}
+
+export const auditApi = {
+  /** A page of the workspace's audit log, newest first (owners and maintainers). */
+  page: (workspaceId: string, filter: AuditFilter = {}) => {
+    const query = new URLSearchParams();
+    for (const [name, value] of Object.entries(filter)) {
+      if (value !== undefined && value !== "") query.set(name, String(value));
+    }
+    const text = query.toString();
+    return call<AuditPage>("GET", `/api/workspaces/${workspaceId}/audit${text ? `?${text}` : ""}`);
+  },
+};
+
 export function describe(error: unknown): string {
   if (error instanceof ApiError) {
     if (error.status === 403 && error.code === "forbidden")

@@ -9,6 +9,7 @@ test.each<[string, Route]>([
   [`/w/${W}`, { page: "workspace", workspaceId: W, tab: "sandboxes" }],
   [`/w/${W}/`, { page: "workspace", workspaceId: W, tab: "sandboxes" }],
   [`/w/${W}/members`, { page: "workspace", workspaceId: W, tab: "members" }],
+  [`/w/${W}/audit`, { page: "workspace", workspaceId: W, tab: "audit" }],
   ["/account", { page: "account" }],
   ["/admin/users", { page: "users" }],
   [`/w/${W}/nope`, { page: "unknown", path: `/w/${W}/nope` }],
@@ -24,6 +25,7 @@ test.each<Route>([
   { page: "home" },
   { page: "workspace", workspaceId: W, tab: "sandboxes" },
   { page: "workspace", workspaceId: W, tab: "members" },
+  { page: "workspace", workspaceId: W, tab: "audit" },
   { page: "account" },
   { page: "users" },
 ])("formatRoute and parseRoute round-trip %j", (route) => {
@@ -46,6 +48,9 @@ test("titles name the workspace and the tab, then the product", () => {
   expect(titleFor(members, "Platform team")).toBe("Platform team · Members — cli-server");
   expect(titleFor(sandboxes, "Platform team")).toBe("Platform team · Sandboxes — cli-server");
   expect(titleFor(sandboxes, null)).toBe("Workspace not found — cli-server");
+  expect(titleFor({ page: "workspace", workspaceId: W, tab: "audit" }, "Platform team")).toBe(
+    "Platform team · Audit — cli-server",
+  );
   expect(titleFor({ page: "account" }, null)).toBe("Account — cli-server");
   expect(titleFor({ page: "users" }, null)).toBe("Users — cli-server");
   expect(titleFor({ page: "home" }, null)).toBe("cli-server");

@@ -2,7 +2,7 @@
 // Back and Forward work, and a copied link opens the same screen after sign-in.
 import { useCallback, useEffect, useState } from "react";
 
-export type Tab = "sandboxes" | "members";
+export type Tab = "sandboxes" | "members" | "audit";
 export type Route =
   | { page: "home" }
   | { page: "workspace"; workspaceId: string; tab: Tab }
@@ -23,8 +23,8 @@ export function parseRoute(pathname: string): Route {
   if (parts.length === 0) return { page: "home" };
   if (first === "w" && second && parts.length === 2)
     return { page: "workspace", workspaceId: second, tab: "sandboxes" };
-  if (first === "w" && second && parts.length === 3 && third === "members")
-    return { page: "workspace", workspaceId: second, tab: "members" };
+  if (first === "w" && second && parts.length === 3 && (third === "members" || third === "audit"))
+    return { page: "workspace", workspaceId: second, tab: third };
   if (first === "account" && parts.length === 1) return { page: "account" };
   if (first === "admin" && second === "users" && parts.length === 2) return { page: "users" };
   // A sandbox's shared address sends a browser without a session there to here (proxy/site.py).
@@ -38,7 +38,7 @@ export function formatRoute(route: Route): string {
       return "/";
     case "workspace": {
       const base = `/w/${encodeURIComponent(route.workspaceId)}`;
-      return route.tab === "members" ? `${base}/members` : base;
+      return route.tab === "sandboxes" ? base : `${base}/${route.tab}`;
     }
     case "account":
       return "/account";
@@ -52,6 +52,11 @@ export function formatRoute(route: Route): string {
 }
 
 export const APP_NAME = "cli-server";
+const TAB_TITLES: Record<Tab, string> = {
+  sandboxes: "Sandboxes",
+  members: "Members",
+  audit: "Audit",
+};
 
 /** The page title: most specific first, the product last, e.g. "Platform team · Members —
  * cli-server". ``workspaceName`` is null while unknown or not accessible. */
@@ -62,7 +67,7 @@ export function titleFor(route: Route, workspaceName: string | null): string {
       return APP_NAME;
     case "workspace":
       if (workspaceName === null) return `Workspace not found${suffix}`;
-      return `${workspaceName} · ${route.tab === "members" ? "Members" : "Sandboxes"}${suffix}`;
+      return `${workspaceName} · ${TAB_TITLES[route.tab]}${suffix}`;
     case "account":
       return `Account${suffix}`;
     case "users":

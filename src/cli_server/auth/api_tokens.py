@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from attrs import define, frozen
@@ -35,7 +35,6 @@ _RANK = {"read": 0, "write": 1, "admin": 2, "session": 3}
 # Secret scanners look for this prefix; the rest is 32 random bytes, URL-safe base64.
 PREFIX = "cli_pat_"
 _FORMAT = re.compile(r"^cli_pat_[A-Za-z0-9_-]{43}$")
-MAX_LIFETIME = timedelta(days=366)  # a year, a leap year's too
 MAX_ACTIVE_PER_USER = 50
 NAME_LENGTH = 100
 # A token's last_used_at is written at most this often: using a token stays a read.
@@ -77,9 +76,20 @@ def parse_expiry(value: object, now: datetime) -> datetime:
         raise BadRequest(f"expires_at needs a time zone: {rule}", field="expires_at")
     if moment <= now:
         raise BadRequest("expires_at must be in the future", field="expires_at")
-    if moment > now + MAX_LIFETIME:
-        raise BadRequest("expires_at can be at most a year (366 days) ahead", field="expires_at")
+    if moment > a_year_after(now):
+        raise BadRequest(
+            "expires_at can be at most a year ahead (this date and time next year)",
+            field="expires_at",
+        )
     return moment.astimezone(UTC)
+
+
+def a_year_after(moment: datetime) -> datetime:
+    """The same date and time next year (from 29 February: the 28th)."""
+    try:
+        return moment.replace(year=moment.year + 1)
+    except ValueError:
+        return moment.replace(year=moment.year + 1, day=28)
 
 
 @frozen

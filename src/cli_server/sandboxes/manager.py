@@ -17,6 +17,7 @@ from attrs import define, field
 from twisted.internet.defer import Deferred, DeferredLock, gatherResults
 from twisted.logger import Logger
 
+from cli_server.audit import Note, Target
 from cli_server.auth.tokens import new_token, token_hash
 from cli_server.db.pool import Database, Row, Transaction
 from cli_server.errors import ApiError, Conflict, NameTaken, NotFound, ServiceUnavailable
@@ -231,13 +232,18 @@ class SandboxManager:
 
     # -- operations ----------------------------------------------------------------------------
 
-    async def create(self, workspace_id: str, actor_id: str, name: str) -> dict[str, Any]:
+    async def create(
+        self, workspace_id: str, actor_id: str, name: str, note: Note | None = None
+    ) -> dict[str, Any]:
         await self._workspaces.require(workspace_id, actor_id, Role.DEVELOPER)
         sandbox_id = str(uuid.uuid4())
 
         async def work(tx: Transaction) -> Row | None:
             await self._occupied(tx, workspace_id, actor_id)  # (takes the capacity lock)
             await self._stored(tx, workspace_id)
+            if note is not None:
+                target = Target("sandbox", sandbox_id, name)
+                await note.write(tx, workspace_id=workspace_id, target=target)
             return await tx.one(
                 "INSERT INTO sandboxes (id, workspace_id, name, status, backend, created_by,"
                 " started_by, opencode_password) VALUES (%s, %s, %s, 'creating', %s, %s, %s, %s)"
@@ -327,7 +333,9 @@ class SandboxManager:
             await self._events.sandbox_deleted(sandbox_id)
         self._log.info("sandbox {sandbox_id} deleted", sandbox_id=sandbox_id)
 
-    async def delete_workspace(self, workspace_id: str, actor_id: str) -> None:
+    async def delete_workspace(
+        self, workspace_id: str, actor_id: str, note: Note | None = None
+    ) -> None:
         """Sandboxes first (their processes stop), then the row, then the shared disk."""
         await self._workspaces.require(workspace_id, actor_id, Role.OWNER)
         rows = await self._db.query(
@@ -335,7 +343,7 @@ class SandboxManager:
         )
         for row in rows:
             await self._delete(str(row["id"]), row["is_local"])
-        await self._workspaces.delete(workspace_id, actor_id)
+        await self._workspaces.delete(workspace_id, actor_id, note)
         await self._backend.delete_workspace(workspace_id)
 
     def _cloud_only(self, row: Row, verb: str) -> None:

@@ -35,6 +35,7 @@ from cli_server.config import (
     parse_quota,
     parse_registration,
     parse_resources,
+    parse_retention_days,
     parse_scopes,
     parse_size,
     parse_workers,
@@ -263,6 +264,12 @@ SETTINGS: dict[str, Setting] = {
         "changes",
         "Which main-site requests are access-logged: all, changes (all but successful"
         " GET/HEAD requests to /api/, which open dashboards make every few seconds) or off.",
+    ),
+    "audit-retention-days": Setting(
+        "AUDIT_RETENTION_DAYS",
+        parse_retention_days,
+        "365",
+        "Days the audit log keeps an entry; 0 keeps them for ever.",
     ),
     # --backend k8s
     "kubeconfig": Setting(
@@ -533,6 +540,7 @@ class Options(usage.Options):
             sso_allowed_domains=self["oidc-allowed-domains"] or (),
             password_login=self["password-login"],
             access_log=self["access-log"],
+            audit_retention_days=self["audit-retention-days"],
             proxy_workers=self["proxy-workers"],
             kubeconfig=self["kubeconfig"],
             sandbox_namespace=self["sandbox-namespace"] or None,

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg2.errors
 from attrs import define
 
+from cli_server.audit import Action, Actor, AuditLog, Target
 from cli_server.auth.tokens import new_token, token_hash
 from cli_server.db.pool import Database, Transaction
 from cli_server.errors import NameTaken, Unauthorized
@@ -39,6 +40,7 @@ class LocalAgents:
     _server_url: str  # what the agent passes as --server (shown in the UI's command)
     _anthropic_url: str  # the Anthropic proxy as the laptop reaches it, ending in /v1
     on_revoke: Any = None  # (sandbox_id, why) -> None: close its tunnel for good
+    audit: AuditLog | None = None
 
     async def mint_code(self, workspace_id: str, actor_id: str) -> dict[str, Any]:
         await self._workspaces.require(workspace_id, actor_id, Role.DEVELOPER)
@@ -54,7 +56,9 @@ class LocalAgents:
             "server_url": self._server_url,
         }
 
-    async def register(self, code: str, name: str, use_server_key: bool) -> dict[str, Any]:
+    async def register(
+        self, code: str, name: str, use_server_key: bool, address: str | None = None
+    ) -> dict[str, Any]:
         """A new local sandbox for the code's workspace. An unknown, expired or unauthorized
         code is burnt; a taken name (409) rolls back and leaves the code usable."""
 
@@ -99,6 +103,15 @@ class LocalAgents:
             }
             if proxy_token:
                 answer["anthropic"] = {"base_url": self._anthropic_url, "api_key": proxy_token}
+            if self.audit is not None:  # (the code's creator registered it, from this address)
+                await self.audit.record(
+                    Action.AGENT_REGISTERED,
+                    Actor(str(used["created_by"]), None, address),
+                    workspace_id=str(used["workspace_id"]),
+                    target=Target("sandbox", sandbox_id, name),
+                    details={"claude_from_server": use_server_key},
+                    tx=tx,
+                )
             return answer
 
         try:
@@ -152,6 +165,13 @@ class LocalAgents:
             )
             if self.on_revoke is not None:
                 self.on_revoke(str(row["id"]), why)
+            if self.audit is not None:
+                await self.audit.record(
+                    Action.AGENT_REVOKED,
+                    Actor.system(),
+                    target=Target("sandbox", str(row["id"])),
+                    details={"reason": why},
+                )
 
     async def purge_expired(self) -> None:
         await self._db.execute(

@@ -11,8 +11,10 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 
 from cli_server.accounts import SIGNUP_LINK_SECONDS, User
+from cli_server.audit import Action, AuditLog, Target
 from cli_server.errors import Conflict, Forbidden
 from cli_server.instance_admin import InstanceAdmin
+from cli_server.web.audit_api import note, record
 from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content
 from cli_server.web.routes import route
@@ -34,6 +36,7 @@ class AdminAPI:
     _cookies: SessionCookies
     _origin: str  # the main site's, for the sign-up links' URLs
     _registration: str = "open"
+    _audit: AuditLog | None = None
 
     app = Klein()
     install_json_errors(app)
@@ -54,14 +57,18 @@ class AdminAPI:
     async def disable(self, request: IRequest, user: User, user_id: str) -> bytes:
         """Disables an account: its sessions, sandbox sessions and local agents end at once."""
         admin = _the_admin(user)
-        await self._admin.set_disabled(admin.id, parse_id(user_id, "user"), True)
+        uid = parse_id(user_id, "user")
+        noted = note(self._audit, request, admin, Action.USER_DISABLED)
+        await self._admin.set_disabled(admin.id, uid, True, noted)
         return no_content(request)
 
     @route(app, "/users/<user_id>/enable", methods=["POST"], scope="admin", answers={204: NO_BODY})
     async def enable(self, request: IRequest, user: User, user_id: str) -> bytes:
         """Enables a disabled account again (its user signs in anew)."""
         admin = _the_admin(user)
-        await self._admin.set_disabled(admin.id, parse_id(user_id, "user"), False)
+        uid = parse_id(user_id, "user")
+        noted = note(self._audit, request, admin, Action.USER_ENABLED)
+        await self._admin.set_disabled(admin.id, uid, False, noted)
         return no_content(request)
 
     @route(
@@ -80,7 +87,8 @@ class AdminAPI:
                 "change your own password on your account page, with your current one",
                 code="own_account",
             )
-        password = await self._admin.reset_password(uid)
+        noted = note(self._audit, request, admin, Action.PASSWORD_RESET)
+        password = await self._admin.reset_password(uid, noted)
         return json_response(request, {"password": password})
 
     @route(app, "/signup-links", methods=["POST"], scope="admin", answers={201: NEW_SIGNUP_LINK})
@@ -88,6 +96,8 @@ class AdminAPI:
         """A one-time sign-up link (7 days), for the invite registration mode."""
         admin = _the_admin(user)
         token, expires_at = await self._admin.create_signup_link(admin.id, SIGNUP_LINK_SECONDS)
+        details = {"expires_at": expires_at}
+        await record(self._audit, request, admin, Action.SIGNUP_LINK_CREATED, details=details)
         # In the fragment: browsers never send it, so the token stays out of access logs
         # and Referer headers.
         url = f"{self._origin.rstrip('/')}/#invite={token}"
@@ -116,8 +126,11 @@ class AdminAPI:
     )
     async def revoke_signup_link(self, request: IRequest, user: User, link_id: str) -> bytes:
         """Revokes an unused sign-up link."""
-        _the_admin(user)
-        await self._admin.revoke_signup_link(parse_id(link_id, "signup_link"))
+        admin = _the_admin(user)
+        lid = parse_id(link_id, "signup_link")
+        await self._admin.revoke_signup_link(lid)
+        target = Target("signup_link", lid)
+        await record(self._audit, request, admin, Action.SIGNUP_LINK_REVOKED, target=target)
         return no_content(request)
 
 

@@ -19,6 +19,7 @@ from cli_server.tunnel.agents import LocalAgents
 from cli_server.tunnel.hub import TunnelHub
 from cli_server.web.body import read_json_object, required_text
 from cli_server.web.ids import parse_id
+from cli_server.web.request import client_host
 from cli_server.web.responses import json_response
 
 
@@ -45,7 +46,7 @@ class AgentsAPI:
         use_server_key = body.get("use_server_key", False)
         if not isinstance(use_server_key, bool):
             raise BadRequest("use_server_key must be true or false", field="use_server_key")
-        answer = await self._agents.register(code, name, use_server_key)
+        answer = await self._agents.register(code, name, use_server_key, client_host(request))
         return json_response(request, answer, 201)
 
     async def tunnel(self, request: IRequest, sandbox_id: str) -> IResource | bytes:

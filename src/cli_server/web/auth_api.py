@@ -4,7 +4,7 @@ methods (identities at single sign-on providers) and personal API tokens."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from attrs import define, field
@@ -13,8 +13,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from cli_server._version import __version__
-from cli_server.accounts import Accounts, User
-from cli_server.auth.api_tokens import NAME_LENGTH, SCOPES, ApiTokens, parse_expiry, parse_scope
+from cli_server.accounts import AccountDisabled, Accounts, User
+from cli_server.audit import Action, Actor, AuditLog, Target
+from cli_server.auth.api_tokens import NAME_LENGTH, ApiTokens, parse_expiry, parse_scope
 from cli_server.auth.ratelimit import (
     Backoff,
     FailureLimiter,
@@ -31,27 +32,28 @@ from cli_server.errors import (
     Unauthorized,
 )
 from cli_server.sso.identities import Identities
+from cli_server.web.audit_api import note, record
 from cli_server.web.body import read_json_object, required_text, text_field
 from cli_server.web.ids import parse_id
 from cli_server.web.request import client_host
 from cli_server.web.responses import install_json_errors, json_response, no_content
 from cli_server.web.routes import route
 from cli_server.web.schemas import (
+    API_TOKEN,
+    API_TOKEN_BODY,
     ERROR,
     IDENTITY,
     LOGIN_BODY,
     ME,
+    NEW_API_TOKEN,
     NO_BODY,
     PASSWORD_BODY,
     PROVIDER,
     REGISTER_BODY,
     REGISTRATION,
     SESSION,
-    TEXT,
-    TIMESTAMP,
     USER,
     array,
-    obj,
 )
 from cli_server.web.session import SessionCookies
 
@@ -59,26 +61,7 @@ _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 USERNAME_RULE = "3-32 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
 PASSWORD_RULE = "at least 8 characters"
-_NULLABLE_TEXT = {"type": ["string", "null"]}
-TOKEN: Mapping[str, Any] = obj(
-    {
-        "id": TEXT,
-        "name": TEXT,
-        "scope": {"enum": list(SCOPES)},
-        "workspace_id": _NULLABLE_TEXT,
-        "created_at": TIMESTAMP,
-        "expires_at": TIMESTAMP,
-        "last_used_at": {"type": ["string", "null"], "format": "date-time"},
-    }
-)
-NEW_TOKEN: Mapping[str, Any] = {
-    **obj(
-        {"name": TEXT, "scope": {"enum": list(SCOPES)}, "expires_at": TIMESTAMP},
-        {"workspace_id": _NULLABLE_TEXT},
-    ),
-    "additionalProperties": False,
-}
-_TOKEN_FIELDS = frozenset(NEW_TOKEN["properties"])
+_TOKEN_FIELDS = frozenset(API_TOKEN_BODY["properties"])
 # A first password (an account made by single sign-on) needs a sign-in this recent: a stolen
 # older session must not turn into a password of the thief's choosing.
 FRESH_SIGN_IN = 15 * 60.0
@@ -126,6 +109,7 @@ class AuthAPI:
     # The configured sign-in providers: [{"name", "label", "login_url"}]
     _providers: Callable[[], list[dict[str, str]]] = field(default=lambda: [])
     _tokens: ApiTokens | None = None  # personal API tokens (None: /tokens answers 404)
+    _audit: AuditLog | None = None
 
     app = Klein()
     install_json_errors(app)
@@ -205,9 +189,14 @@ class AuthAPI:
         password = required_text(body, "password", max_length=1024, strip=False)
         account, address = username.lower(), client_host(request)
         self._check_guard(account, address)
-        login = await self._accounts.authenticate(username, password)
+        try:
+            login = await self._accounts.authenticate(username, password)
+        except AccountDisabled:
+            await self._failed_sign_in(username, address, "account_disabled")
+            raise
         if login is None:
             self._logins.failed(account, address)
+            await self._failed_sign_in(username, address, "invalid_credentials")
             raise Unauthorized("wrong username or password", code="invalid_credentials")
         self._logins.succeeded(account, address)
         agent = request.getHeader(b"user-agent")
@@ -217,7 +206,23 @@ class AuthAPI:
         if token is None:  # the password changed (or the account was disabled) meanwhile
             raise Unauthorized("wrong username or password", code="invalid_credentials")
         self._cookies.set(request, token)
+        await record(
+            self._audit,
+            request,
+            login.user,
+            Action.SIGN_IN,
+            target=Target("user", login.user.id, login.user.username),
+            details={"method": "password"},
+        )
         return json_response(request, {**login.user.to_json(), "has_password": True})
+
+    async def _failed_sign_in(self, username: str, address: str, reason: str) -> None:
+        if self._audit is not None:
+            await self._audit.record(
+                Action.SIGN_IN_FAILED,
+                Actor(None, username, address, claimed=True),
+                details={"method": "password", "reason": reason},
+            )
 
     def _check_guard(self, account: str, address: str) -> None:
         waiting = self._logins.retry_after(account, address)
@@ -256,13 +261,21 @@ class AuthAPI:
                     "this account has a password now; give it as current_password",
                     code="password_already_set",
                 )
+            target = Target("user", user.id, user.username)
+            details = {"first": True}
+            await record(
+                self._audit, request, user, Action.PASSWORD_CHANGED, target=target, details=details
+            )
             return no_content(request)
         account, address = user.username.lower(), client_host(request)
         self._check_guard(account, address)
         if not await self._accounts.check_password(user.id, current):
             self._logins.failed(account, address)
             raise Forbidden("the current password is wrong", code="wrong_password")
-        await self._accounts.set_password(user.id, new, keep_token=self._cookies.token(request))
+        details = {"first": False}
+        noted = note(self._audit, request, user, Action.PASSWORD_CHANGED, details=details)
+        keep = self._cookies.token(request)
+        await self._accounts.set_password(user.id, new, keep_token=keep, note=noted)
         return no_content(request)
 
     @route(app, "/sessions", methods=["GET"], scope="session", answers={200: array(SESSION)})
@@ -287,6 +300,8 @@ class AuthAPI:
             raise NotFound("no such session", code="session_not_found")
         if closed == "current":
             self._cookies.clear(request)
+        action = Action.SIGN_OUT if closed == "current" else Action.SESSION_REVOKED
+        await record(self._audit, request, user, action, target=Target("session", sid))
         return no_content(request)
 
     @route(app, "/logout", methods=["POST"], scope="session", answers={204: NO_BODY})
@@ -296,6 +311,7 @@ class AuthAPI:
         assert token is not None
         await self._accounts.close_session(token)
         self._cookies.clear(request)
+        await record(self._audit, request, user, Action.SIGN_OUT, target=Target("user", user.id))
         return no_content(request)
 
     @route(app, "/me", methods=["GET"], across_workspaces=True, answers={200: ME})
@@ -327,7 +343,10 @@ class AuthAPI:
         iid = parse_id(identity_id, "identity")
         if self._identities is None:
             raise NotFound("no such identity", code="identity_not_found")
+        providers = {i.id: i.provider for i in await self._identities.listed(user.id)}
         await self._identities.unlink(user.id, iid, password_counts=self._password_login)
+        target = Target("identity", iid, providers.get(iid))
+        await record(self._audit, request, user, Action.IDENTITY_UNLINKED, target=target)
         return no_content(request)
 
     def _api_tokens(self) -> ApiTokens:
@@ -341,8 +360,8 @@ class AuthAPI:
         methods=["POST"],
         scope="admin",
         across_workspaces=True,
-        body=NEW_TOKEN,
-        answers={201: {**TOKEN, "properties": {**TOKEN["properties"], "token": TEXT}}},
+        body=API_TOKEN_BODY,
+        answers={201: NEW_API_TOKEN, 404: ERROR},
     )
     async def create_token(self, request: IRequest, user: User) -> bytes:
         """A personal API token; its secret (``token``) is in this answer only."""
@@ -367,7 +386,7 @@ class AuthAPI:
         methods=["GET"],
         scope="admin",
         across_workspaces=True,
-        answers={200: array(TOKEN)},
+        answers={200: array(API_TOKEN)},
     )
     async def list_tokens(self, request: IRequest, user: User) -> bytes:
         """The caller's tokens (never their secrets), with when each was last used."""
@@ -380,7 +399,7 @@ class AuthAPI:
         methods=["DELETE"],
         scope="admin",
         across_workspaces=True,
-        answers={204: None, 404: ERROR},
+        answers={204: NO_BODY},
     )
     async def revoke_token(self, request: IRequest, user: User, token_id: str) -> bytes:
         """Revokes one of the caller's tokens at once."""

@@ -10,6 +10,8 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 
 from cli_server.accounts import User
+from cli_server.audit import Action, AuditLog, Target
+from cli_server.web.audit_api import note, record
 from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content
 from cli_server.web.routes import route
@@ -22,6 +24,7 @@ from cli_server.workspaces import Workspaces
 class InvitationsAPI:
     _workspaces: Workspaces
     _cookies: SessionCookies
+    _audit: AuditLog | None = None
 
     app = Klein()
     install_json_errors(app)
@@ -43,16 +46,26 @@ class InvitationsAPI:
     async def accept(self, request: IRequest, user: User, invitation_id: str) -> bytes:
         """Join the workspace; answers it as GET /api/workspaces/{id} would."""
         iid = parse_id(invitation_id, "invitation")
-        return json_response(request, await self._workspaces.accept(iid, user.id))
+        target = Target("invitation", iid, user.username)
+        noted = note(self._audit, request, user, Action.INVITATION_ACCEPTED, target=target)
+        return json_response(request, await self._workspaces.accept(iid, user.id, noted))
 
     @route(app, "/<invitation_id>/decline", methods=["POST"], answers={204: NO_BODY})
     async def decline(self, request: IRequest, user: User, invitation_id: str) -> bytes:
         """Declines an invitation; it is gone."""
-        await self._workspaces.decline(parse_id(invitation_id, "invitation"), user.id)
+        iid = parse_id(invitation_id, "invitation")
+        wid = await self._workspaces.decline(iid, user.id)
+        target = Target("invitation", iid, user.username)
+        await record(
+            self._audit, request, user, Action.INVITATION_DECLINED, workspace_id=wid, target=target
+        )
         return no_content(request)
 
     @route(app, "/<invitation_id>", methods=["DELETE"], answers={204: NO_BODY})
     async def revoke(self, request: IRequest, user: User, invitation_id: str) -> bytes:
         """The inviter or an owner withdraws it (the invitee declines)."""
-        await self._workspaces.revoke(parse_id(invitation_id, "invitation"), user.id)
+        iid = parse_id(invitation_id, "invitation")
+        target = Target("invitation", iid)
+        noted = note(self._audit, request, user, Action.INVITATION_REVOKED, target=target)
+        await self._workspaces.revoke(iid, user.id, noted)
         return no_content(request)

@@ -21,7 +21,6 @@ from klein import Klein
 
 from cli_server._version import __version__
 from cli_server.web import schemas
-from cli_server.web.bearer import WORKSPACE_ARGUMENTS
 from cli_server.web.routes import SAFE_METHODS, Declaration, Schema, declared
 
 # MainSite's routes that are not operations of the REST API, and why. Every other declared
@@ -44,7 +43,7 @@ END = "<!-- END GENERATED API REFERENCE -->"
 REGENERATE = "python -m cli_server.web.openapi --write docs/api.md"
 
 _ARGUMENT = re.compile(r"<(?:[a-z_]+:)?([a-z_]+)>")
-_ORDER = ("get", "post", "put", "patch", "delete")
+_ORDER = ("get", "head", "options", "post", "put", "patch", "delete")
 _COOKIE = "sessionCookie"
 _BEARER = "bearerAuth"
 
@@ -67,7 +66,7 @@ def operations(apps: Iterable[MountedApp]) -> Iterator[tuple[MountedApp, str, st
     declared rule of each app, once (HEAD goes with GET), but those of ``NOT_REST``."""
     for mounted in apps:
         names = declared(mounted.app)
-        seen = set()
+        seen: set[str] = set()
         for rule in mounted.app.url_map.iter_rules():
             declaration = names[rule.endpoint]
             if declaration.endpoint in seen or (
@@ -160,8 +159,13 @@ def api_document(apps: Sequence[MountedApp], *, cookie: str = "cli_session") -> 
                     "description": (
                         "A personal API token (POST /api/auth/tokens) in "
                         "`Authorization: Bearer`. An operation takes it when its "
-                        "`x-token-scope` is within the token's scope (read < write < admin); "
-                        "`session` operations take the session cookie only."
+                        "`x-token-scope` is within the token's scope (read < write < admin), "
+                        "else 403; `session` operations take the session cookie only. A token "
+                        "restricted to one workspace reaches nothing of another (404, as for "
+                        "an unknown id); an operation whose path names no workspace, sandbox "
+                        "or invitation takes it only when marked `x-across-workspaces` (a "
+                        "list then shows only its workspace), else 403. Never accepted on "
+                        "sandbox subdomains, the tunnel or the Anthropic proxy."
                     ),
                 },
             },
@@ -193,6 +197,17 @@ def _operation(
         }
         for name in re.findall(r"\{([a-z_]+)\}", path)
     ]
+    query = declaration.query or {}
+    for name, schema in query.get("properties", {}).items():
+        parameter = {
+            "name": name,
+            "in": "query",
+            "required": name in query.get("required", ()),
+            "schema": _with_refs({k: v for k, v in schema.items() if k != "description"}, names),
+        }
+        if "description" in schema:
+            parameter["description"] = schema["description"]
+        parameters.append(parameter)
     if parameters:
         operation["parameters"] = parameters
     body = declaration.body
@@ -215,6 +230,8 @@ def _operation(
             [{_COOKIE: []}] if declaration.scope == "session" else [{_COOKIE: []}, {_BEARER: []}]
         )
         operation["x-token-scope"] = declaration.scope
+        if declaration.across_workspaces:
+            operation["x-across-workspaces"] = True
     return operation
 
 
@@ -237,14 +254,8 @@ def _answers(path: str, method: str, declaration: Declaration) -> dict[int, Sche
     error = schemas.ERROR
     if not declaration.public:
         answers.setdefault(401, error)  # signed out
-    if method.upper() not in SAFE_METHODS or declaration.scope in ("admin", "session"):
-        # a foreign Origin; a role or account too low; a token's scope too narrow, or any
-        # token on what only a signed-in browser may do
-        answers.setdefault(403, error)
-    elif not (declaration.public or declaration.across_workspaces) and not any(
-        "{" + argument + "}" in path for argument in WORKSPACE_ARGUMENTS
-    ):
-        answers.setdefault(403, error)  # a token of one workspace, on a route about none
+    if method.upper() not in SAFE_METHODS or not declaration.public:
+        answers.setdefault(403, error)  # a foreign Origin; a role or token scope too low
     if "{" in path:
         answers.setdefault(404, error)  # an unknown id, or another workspace's
     if declaration.body is not None:
@@ -306,8 +317,9 @@ def markdown(document: Mapping[str, Any]) -> str:
         "",
         "## Reference",
         "",
-        f"OpenAPI {document['openapi']}, cli-server {document['info']['version']}: "
-        "`GET /api/openapi.json` serves this document as JSON. **Scope** is the least token "
+        # (not the version: a release would make this part stale)
+        f"OpenAPI {document['openapi']}: `GET /api/openapi.json` serves the document this "
+        "reference is rendered from, as JSON. **Scope** is the least token "
         "scope an operation takes (`session`: a signed-in browser only; `public`: no "
         "credentials).",
         "",
@@ -349,6 +361,15 @@ def _markdown_operation(path: str, method: str, operation: Mapping[str, Any]) ->
     if errors:
         facts.append("errors " + ", ".join(errors))
     lines = [f"#### `{method.upper()} {path}`", "", about.replace("``", "`"), "", *_facts(facts)]
+    query = [p for p in operation.get("parameters", ()) if p["in"] == "query"]
+    if query:
+        lines += ["Query parameters:", "", "| name | type | |", "|---|---|---|"]
+        for parameter in query:
+            notes = ["required" if parameter["required"] else "optional"]
+            notes += [parameter["description"]] if "description" in parameter else []
+            shown = _type_name(parameter["schema"])
+            lines.append(f"| `{parameter['name']}` | {shown} | {'; '.join(notes)} |")
+        lines.append("")
     body = operation.get("requestBody")
     if body is not None:
         schema = body["content"]["application/json"]["schema"]

@@ -14,11 +14,13 @@ for the others unless declared; ``admin`` for the instance admin's and the token
 ``body`` / ``answers`` are the JSON Schemas of the request body and of each status's answer
 (``web.schemas``): every success status, and the error statuses particular to the route (409,
 429...) with ``ERROR``; the API document adds those every route of its kind may answer.
-A request with ``Authorization: Bearer`` is an API token's (``web.bearer``):
-no cookie is read and the Origin rule does not apply; a token restricted to one workspace may
-call a route whose path names no workspace, sandbox or invitation only if it is declared
-``across_workspaces`` (its handler then shows such a caller nothing of other workspaces,
-``User.reaches``).
+``query`` is the schema of the query parameters a route reads (an object of strings; a route
+that refuses bad ones lists its 400).
+
+A request with ``Authorization: Bearer`` is an API token's (``web.bearer``): no cookie is read
+and the Origin rule does not apply; a token restricted to one workspace may call a route whose
+path names no workspace, sandbox or invitation only if it is declared ``across_workspaces``
+(its handler then shows such a caller nothing of other workspaces, ``User.reaches``).
 
 The instance the app belongs to holds the ``SessionCookies`` as ``_cookies``.
 """
@@ -63,6 +65,7 @@ class Declaration:
     body: Schema | None
     answers: Mapping[int, Schema | None]
     across_workspaces: bool = False
+    query: Schema | None = None
 
 
 # By ``id(app)``: Klein apps compare by value (unhashable); ours are class attributes, alive
@@ -90,6 +93,7 @@ def route(
     body: Schema | None = None,
     answers: Mapping[int, Schema | None] | None = None,
     across_workspaces: bool = False,
+    query: Schema | None = None,
     **options: Any,
 ) -> Callable[[Handler], Handler]:
     """Declare ``path`` on ``app`` (``options`` go to Klein: ``branch``, ``strict_slashes``).
@@ -124,7 +128,8 @@ def route(
                 inspect.getdoc(handler) or "",
                 body,
                 dict(answers or {}),
-                across_workspaces,
+                across_workspaces=across_workspaces,
+                query=query,
             )
         )
         return guarded

@@ -7,12 +7,14 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 
 from cli_server.accounts import User
+from cli_server.audit import Action, AuditLog, Target
 from cli_server.errors import BadRequest
 from cli_server.proxy.access import SandboxAccess
 from cli_server.proxy.hosts import PORT_RULE, port_refusal
 from cli_server.proxy.urls import SandboxUrls
 from cli_server.roles import Role
 from cli_server.sandboxes.manager import SandboxManager
+from cli_server.web.audit_api import note, record
 from cli_server.web.body import read_json_object, required_text
 from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content
@@ -35,6 +37,7 @@ class WorkspaceSandboxesAPI:
     route declarations check the Origin and find the user."""
 
     _manager: SandboxManager
+    _audit: AuditLog | None = None
 
     async def list(self, request: IRequest, user: User, workspace_id: str) -> bytes:
         wid = parse_id(workspace_id, "workspace")
@@ -44,7 +47,8 @@ class WorkspaceSandboxesAPI:
         wid = parse_id(workspace_id, "workspace")
         await self._manager.workspaces.role_of(wid, user.id)
         name = required_text(read_json_object(request), "name", max_length=100)
-        return json_response(request, await self._manager.create(wid, user.id, name), 201)
+        noted = note(self._audit, request, user, Action.SANDBOX_CREATED)
+        return json_response(request, await self._manager.create(wid, user.id, name, noted), 201)
 
 
 @define(eq=False)
@@ -55,6 +59,19 @@ class SandboxesAPI:
     _cookies: SessionCookies
     _access: SandboxAccess
     _urls: SandboxUrls
+    _audit: AuditLog | None = None
+
+    async def _record(
+        self, request: IRequest, user: User, action: Action, sandbox_id: str, **details: object
+    ) -> None:
+        await record(
+            self._audit,
+            request,
+            user,
+            action,
+            target=Target("sandbox", sandbox_id),
+            details=details,
+        )
 
     app = Klein()
     install_json_errors(app)
@@ -69,7 +86,12 @@ class SandboxesAPI:
     async def delete_sandbox(self, request: IRequest, user: User, sandbox_id: str) -> bytes:
         """Deletes a sandbox (developers and up): its process and home go, the
         workspace disk stays; a local one's agent is revoked."""
-        await self._manager.delete(parse_id(sandbox_id, "sandbox"), user.id)
+        sid = parse_id(sandbox_id, "sandbox")
+        target, wid = await self._audit.sandbox(sid) if self._audit else (None, None)
+        await self._manager.delete(sid, user.id)
+        await record(
+            self._audit, request, user, Action.SANDBOX_DELETED, workspace_id=wid, target=target
+        )
         return no_content(request)
 
     @route(app, "/<sandbox_id>/pause", methods=["POST"], answers={200: SANDBOX, 409: ERROR})
@@ -77,14 +99,18 @@ class SandboxesAPI:
         """Pauses a running sandbox (developers and up): ``pausing`` now, ``paused``
         soon after."""
         sid = parse_id(sandbox_id, "sandbox")
-        return json_response(request, await self._manager.pause(sid, user.id))
+        paused = await self._manager.pause(sid, user.id)
+        await self._record(request, user, Action.SANDBOX_PAUSED, sid)
+        return json_response(request, paused)
 
     @route(app, "/<sandbox_id>/resume", methods=["POST"], answers={200: SANDBOX, 409: ERROR})
     async def resume_sandbox(self, request: IRequest, user: User, sandbox_id: str) -> bytes:
         """Resumes a paused or failed sandbox (developers and up): ``resuming`` now,
         ``running`` soon after."""
         sid = parse_id(sandbox_id, "sandbox")
-        return json_response(request, await self._manager.resume(sid, user.id))
+        resumed = await self._manager.resume(sid, user.id)
+        await self._record(request, user, Action.SANDBOX_RESUMED, sid)
+        return json_response(request, resumed)
 
     @route(
         app,
@@ -103,7 +129,16 @@ class SandboxesAPI:
         sid = parse_id(sandbox_id, "sandbox")
         return json_response(request, await self._manager.ports(sid, user.id))
 
-    @route(app, "/<sandbox_id>/open", methods=["POST"], body=OPEN_BODY, answers={200: LINK})
+    # A browser's only (no API token): the link signs into the subdomain, where tokens are
+    # never accepted, with a session that a token's revocation would not end.
+    @route(
+        app,
+        "/<sandbox_id>/open",
+        methods=["POST"],
+        scope="session",
+        body=OPEN_BODY,
+        answers={200: LINK},
+    )
     async def open_sandbox(self, request: IRequest, user: User, sandbox_id: str) -> bytes:
         """A one-time link that signs the caller in on the sandbox's own subdomain, or with a
         body ``{"port": N}`` on the preview of port N in it (its own origin and session)."""
@@ -111,6 +146,7 @@ class SandboxesAPI:
         await self._manager.authorized(sid, user.id, Role.GUEST)  # (a stranger learns nothing)
         port = _preview_port(request)
         ticket = await self._access.mint_ticket(user.id, sid, port)
+        await self._record(request, user, Action.SANDBOX_OPENED, sid, port=port)
         return json_response(request, {"url": self._urls.opener(sid, ticket, port)})
 
 

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from cli_server.audit import ACTIONS as AUDIT_ACTIONS
+from cli_server.audit import MAX_LIMIT as AUDIT_MAX_LIMIT
+from cli_server.auth.api_tokens import NAME_LENGTH as TOKEN_NAME_LENGTH
+from cli_server.auth.api_tokens import SCOPES as TOKEN_SCOPES
 from cli_server.proxy.hosts import FIRST_PORT, LAST_PORT, OPENCODE_PORT
 from cli_server.roles import ROLE_NAMES
 from cli_server.sandboxes.model import Status
@@ -138,6 +142,21 @@ IDENTITY: Schema = answer(
     }
 )
 
+SSO_LOGIN_QUERY: Schema = obj(
+    {},
+    {
+        "return_to": {**TEXT, "description": "a path of this site to land on afterwards"},
+        "link": {**TEXT, "description": "1 or true: link the identity to the signed-in account"},
+    },
+)
+SSO_CALLBACK_QUERY: Schema = obj(
+    {},
+    {
+        "state": {**TEXT, "description": "the state this server gave the provider"},
+        "code": {**TEXT, "description": "the provider's authorization code"},
+        "error": {**TEXT, "description": "the provider's refusal"},
+    },
+)
 REGISTER_BODY: Schema = obj(
     {"username": text(min=3, max=32), "password": text(min=8, max=1024)},
     {"email": nullable(text(max=254)), "invite": nullable(text(max=200))},
@@ -147,6 +166,34 @@ PASSWORD_BODY: Schema = obj(
     {"new_password": text(min=8, max=1024)},
     {"current_password": nullable(text(max=1024))},
 )
+
+# -- personal API tokens --------------------------------------------------------------------
+
+TOKEN_SCOPE: Schema = {"type": "string", "enum": list(TOKEN_SCOPES)}
+_API_TOKEN_FIELDS: dict[str, Schema] = {
+    "id": ID,
+    "name": TEXT,
+    "scope": TOKEN_SCOPE,
+    "workspace_id": {**nullable(ID), "description": "the one workspace it reaches (null: all)"},
+    "created_at": TIMESTAMP,
+    "expires_at": TIMESTAMP,
+    "last_used_at": nullable(TIMESTAMP),
+}
+API_TOKEN: Schema = answer(_API_TOKEN_FIELDS)
+NEW_API_TOKEN: Schema = answer(
+    {**_API_TOKEN_FIELDS, "token": {**TEXT, "description": "the secret, in this answer only"}}
+)
+API_TOKEN_BODY: Schema = {
+    **obj(
+        {
+            "name": text(min=1, max=TOKEN_NAME_LENGTH),
+            "scope": TOKEN_SCOPE,
+            "expires_at": {**TIMESTAMP, "description": "with a time zone; at most a year ahead"},
+        },
+        {"workspace_id": {**nullable(ID), "description": "one workspace (null or left out: all)"}},
+    ),
+    "additionalProperties": False,
+}
 
 # -- the instance admin ---------------------------------------------------------------------
 
@@ -303,6 +350,47 @@ AGENT_ANTHROPIC: Schema = answer({"base_url": TEXT, "api_key": TEXT})
 AGENT_REGISTRATION: Schema = answer(
     {"sandbox_id": ID, "workspace_id": ID, "tunnel_token": TEXT, "name": TEXT},
     {"anthropic": AGENT_ANTHROPIC},
+)
+
+# -- the audit log --------------------------------------------------------------------------
+
+AUDIT_ACTION: Schema = {"type": "string", "enum": list(AUDIT_ACTIONS)}
+AUDIT_ENTRY: Schema = answer(
+    {
+        "id": {"type": "integer", "minimum": 1},
+        "at": TIMESTAMP,
+        "actor_id": {**nullable(ID), "description": "null: nobody signed in, or the server"},
+        "actor_name": nullable(TEXT),
+        "action": AUDIT_ACTION,
+        "workspace_id": nullable(ID),
+        "target_type": nullable(TEXT),
+        "target_id": nullable(TEXT),
+        "target_name": nullable(TEXT),
+        "address": {**nullable(TEXT), "description": "where the request came from"},
+        "details": {"type": "object", "description": "what else the action says; no secret"},
+    }
+)
+AUDIT_PAGE: Schema = answer(
+    {
+        "entries": array(AUDIT_ENTRY),
+        "next": {**nullable(INTEGER), "description": "``before`` of the next (older) page"},
+    }
+)
+AUDIT_QUERY: Schema = obj(
+    {},
+    {
+        "action": AUDIT_ACTION,
+        "actor": {**text(min=1, max=254), "description": "a user's id or name"},
+        "since": {**TIMESTAMP, "description": "entries at or after this time"},
+        "until": {**TIMESTAMP, "description": "entries before this time"},
+        "before": {"type": "integer", "minimum": 1, "description": "entries older than this id"},
+        "limit": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": AUDIT_MAX_LIMIT,
+            "description": "entries per page (default 50)",
+        },
+    },
 )
 
 # -- the server -----------------------------------------------------------------------------

@@ -38,7 +38,10 @@ class SessionCookies:
         return b"__Host-cli_session" if self._secure else b"cli_session"
 
     def token(self, request: IRequest) -> str | None:
-        """The session, if the request carries its cookie once (``hygiene.session_token``)."""
+        """The session, if the request carries its cookie once (``hygiene.session_token``);
+        never for a token request, whose cookies count for nothing."""
+        if bearer_credential(request) is not None:
+            return None
         return session_token(_cookie_headers(request), self.name)
 
     async def caller(

@@ -187,7 +187,9 @@ class MainSite:
         self._require_ready()
         return await self._agents.tunnel(request, sandbox_id)
 
-    @route(app, "/metrics", methods=["GET"], public=True, answers={200: PROMETHEUS_TEXT})
+    @route(
+        app, "/metrics", methods=["GET"], public=True, answers={200: PROMETHEUS_TEXT, 404: ERROR}
+    )
     def metrics(self, request: IRequest) -> bytes:
         """Prometheus text, for scrapers on this host only (it counts sandboxes)."""
         peer: Any = request.getClientAddress()

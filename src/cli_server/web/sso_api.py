@@ -15,17 +15,19 @@ from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from cli_server.audit import Action, AuditLog, Target
 from cli_server.db.pool import DatabaseUnavailable
 from cli_server.errors import ApiError, Forbidden, NotFound
 from cli_server.sso.claims import SignInRefused, SignIns
 from cli_server.sso.flow import LIFETIME, safe_return_to
 from cli_server.sso.http import ProviderDown, ProviderError
 from cli_server.sso.providers import Provider, SsoProviders
+from cli_server.web.audit_api import record
 from cli_server.web.auth_api import FRESH_SIGN_IN
 from cli_server.web.request import client_host
 from cli_server.web.responses import install_json_errors
 from cli_server.web.routes import route
-from cli_server.web.schemas import ERROR, NO_BODY
+from cli_server.web.schemas import ERROR, NO_BODY, SSO_CALLBACK_QUERY, SSO_LOGIN_QUERY
 from cli_server.web.session import SessionCookies, expire_cookie
 
 log = Logger()
@@ -38,6 +40,7 @@ class SsoAPI:
     _accounts: Any  # accounts.Accounts: open_trusted_session(user_id, user_agent, address)
     _cookies: SessionCookies
     _secure: bool
+    _audit: AuditLog | None = None
 
     app = Klein()
     install_json_errors(app)
@@ -57,6 +60,7 @@ class SsoAPI:
         "/<provider>/login",
         methods=["GET"],
         public=True,
+        query=SSO_LOGIN_QUERY,
         answers={302: NO_BODY, 303: NO_BODY, 401: ERROR, 403: ERROR},
     )
     async def sso_login(self, request: IRequest, provider: str) -> bytes:
@@ -78,21 +82,21 @@ class SsoAPI:
             # needs a sign-in of the last few minutes.
             token = self._cookies.token(request)
             if token is None or not await self._accounts.signed_in_within(token, FRESH_SIGN_IN):
-                return self._land(request, provider, "sign_in_again", "stale session")
+                return await self._land(request, provider, "sign_in_again", "stale session")
         default = "/account" if link_to else "/"
         return_to = safe_return_to(_arg(request, b"return_to"), default)
         pending_signins = self._providers.pending
         assert pending_signins is not None
         begun = pending_signins.begin(provider, return_to, link_to, client_host(request))
         if begun is None:
-            return self._land(request, provider, "busy", "too many sign-ins under way")
+            return await self._land(request, provider, "busy", "too many sign-ins under way")
         cookie, pending = begun
         try:
             url = await chosen.authorize_url(pending)
         except (ProviderDown, ProviderError) as e:
             pending_signins.cancel(cookie)
             code = "provider_down" if isinstance(e, ProviderDown) else "provider_error"
-            return self._land(request, provider, code, str(e))
+            return await self._land(request, provider, code, str(e))
         req: Any = request
         req.addCookie(
             self._flow_cookie,
@@ -105,7 +109,14 @@ class SsoAPI:
         )
         return _redirect(request, 302, url)
 
-    @route(app, "/<provider>/callback", methods=["GET"], public=True, answers={303: NO_BODY})
+    @route(
+        app,
+        "/<provider>/callback",
+        methods=["GET"],
+        public=True,
+        query=SSO_CALLBACK_QUERY,
+        answers={303: NO_BODY},
+    )
     async def sso_callback(self, request: IRequest, provider: str) -> bytes:
         """The provider's redirect back: signs in (or links) and redirects (303) to the
         page asked for, or to ``/?sso_error=<code>``."""
@@ -114,13 +125,13 @@ class SsoAPI:
         try:
             return await self._callback(request, provider)
         except SignInRefused as e:
-            return self._land(request, provider, e.code, e.message)
+            return await self._land(request, provider, e.code, e.message)
         except ProviderDown as e:
-            return self._land(request, provider, "provider_down", str(e))
+            return await self._land(request, provider, "provider_down", str(e))
         except ProviderError as e:
-            return self._land(request, provider, "provider_error", str(e))
+            return await self._land(request, provider, "provider_error", str(e))
         except (ApiError, DatabaseUnavailable) as e:
-            return self._land(request, provider, "server_error", type(e).__name__)
+            return await self._land(request, provider, "server_error", type(e).__name__)
 
     async def _callback(self, request: IRequest, provider: str) -> bytes:
         chosen = self._provider(provider)
@@ -136,20 +147,26 @@ class SsoAPI:
         error = _arg(request, b"error")
         if error is not None:
             why = "denied" if error == "access_denied" else "provider_error"
-            return self._land(request, provider, why, f"the provider said {error[:40]!r}")
+            return await self._land(request, provider, why, f"the provider said {error[:40]!r}")
         if pending is None:
-            return self._land(request, provider, "bad_state", "no sign-in matches this callback")
+            return await self._land(
+                request, provider, "bad_state", "no sign-in matches this callback"
+            )
         code = _arg(request, b"code")
         if not code:
-            return self._land(request, provider, "provider_error", "the callback has no code")
+            return await self._land(request, provider, "provider_error", "the callback has no code")
         if pending.link_to is not None:
             token = self._cookies.token(request)
             user = await self._accounts.session_user(token) if token else None
             if user is None or user.id != pending.link_to:
-                return self._land(request, provider, "bad_state", "the linking user signed out")
+                return await self._land(
+                    request, provider, "bad_state", "the linking user signed out"
+                )
         claims = await chosen.claims(code, pending)
         if not self._providers.domain_allowed(claims.email if claims.email_verified else None):
-            return self._land(request, provider, "domain_not_allowed", "email domain not allowed")
+            return await self._land(
+                request, provider, "domain_not_allowed", "email domain not allowed"
+            )
         user = await self._sign_ins.sign_in(claims, pending.link_to)
         if pending.link_to is None:
             agent = request.getHeader(b"user-agent")
@@ -157,8 +174,15 @@ class SsoAPI:
                 user.id, agent.decode("utf-8", "replace") if agent else None, client_host(request)
             )
             if session is None:
-                return self._land(request, provider, "account_disabled", "the account is disabled")
+                return await self._land(
+                    request, provider, "account_disabled", "the account is disabled"
+                )
             self._cookies.set(request, session)
+        action = Action.IDENTITY_LINKED if pending.link_to else Action.SIGN_IN
+        target = Target("user", user.id, user.username)
+        await record(
+            self._audit, request, user, action, target=target, details={"method": provider}
+        )
         log.info(
             "single sign-on: {user} {how} with {provider}",
             user=user.username,
@@ -170,13 +194,15 @@ class SsoAPI:
     def _clear_flow_cookie(self, request: IRequest) -> None:
         expire_cookie(request, self._flow_cookie, secure=self._secure)
 
-    def _land(self, request: IRequest, provider: str, code: str, why: str) -> bytes:
+    async def _land(self, request: IRequest, provider: str, code: str, why: str) -> bytes:
         log.info(
             "single sign-on with {provider} refused ({code}): {why}",
             provider=provider,
             code=code,
             why=why,
         )
+        details = {"method": provider, "reason": code}
+        await record(self._audit, request, None, Action.SIGN_IN_FAILED, details=details)
         return _redirect(request, 303, "/?sso_error=" + quote(code, safe=""))
 
 

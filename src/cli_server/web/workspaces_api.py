@@ -9,10 +9,12 @@ from twisted.web.iweb import IRequest
 from cli_server.accounts import User
 from cli_server.anthropic.setup import ClaudeSetup
 from cli_server.anthropic.usage import UsageStore
+from cli_server.audit import Action, AuditLog
 from cli_server.errors import BadRequest
 from cli_server.roles import ROLE_NAMES, Role
 from cli_server.sandboxes.manager import SandboxManager
 from cli_server.tunnel.agents import LocalAgents
+from cli_server.web.audit_api import note, parse_query, record
 from cli_server.web.body import read_json_object, required_text
 from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content
@@ -20,6 +22,8 @@ from cli_server.web.routes import route
 from cli_server.web.sandboxes_api import WorkspaceSandboxesAPI
 from cli_server.web.schemas import (
     AGENT_CODE,
+    AUDIT_PAGE,
+    AUDIT_QUERY,
     BUDGET_BODY,
     ERROR,
     MEMBER,
@@ -91,6 +95,7 @@ class WorkspacesAPI:
     _usage: UsageStore
     _agents: LocalAgents
     _claude: ClaudeSetup = ClaudeSetup(False)
+    _audit: AuditLog | None = None
 
     app = Klein()
     install_json_errors(app)
@@ -119,7 +124,8 @@ class WorkspacesAPI:
     async def create_workspace(self, request: IRequest, user: User) -> bytes:
         """Creates a workspace; the caller becomes its owner."""
         name = required_text(read_json_object(request), "name", max_length=100)
-        return json_response(request, await self._workspaces.create(user.id, name), 201)
+        noted = note(self._audit, request, user, Action.WORKSPACE_CREATED)
+        return json_response(request, await self._workspaces.create(user.id, name, noted), 201)
 
     @route(app, "/<workspace_id>", methods=["GET"], answers={200: WORKSPACE_DETAIL})
     async def get_workspace(self, request: IRequest, user: User, workspace_id: str) -> bytes:
@@ -133,7 +139,9 @@ class WorkspacesAPI:
     @route(app, "/<workspace_id>", methods=["DELETE"], answers={204: NO_BODY})
     async def delete_workspace(self, request: IRequest, user: User, workspace_id: str) -> bytes:
         """Deletes a workspace (owners): its sandboxes first, then its disk."""
-        await self._manager.delete_workspace(parse_id(workspace_id, "workspace"), user.id)
+        wid = parse_id(workspace_id, "workspace")
+        noted = note(self._audit, request, user, Action.WORKSPACE_DELETED)
+        await self._manager.delete_workspace(wid, user.id, noted)
         return no_content(request)
 
     @route(app, "/<workspace_id>/members", methods=["GET"], answers={200: array(MEMBER)})
@@ -159,7 +167,11 @@ class WorkspacesAPI:
         body = read_json_object(request)
         username = required_text(body, "username", max_length=254)
         role = parse_role(body, default=Role.DEVELOPER)
-        answer, created = await self._workspaces.add_member(wid, user.id, username, role)
+        details = {"role": role.label}
+        noted = note(
+            self._audit, request, user, Action.MEMBER_INVITED, workspace_id=wid, details=details
+        )
+        answer, created = await self._workspaces.add_member(wid, user.id, username, role, noted)
         return json_response(request, answer, 201 if created else 200)
 
     @route(
@@ -188,7 +200,8 @@ class WorkspacesAPI:
         await self._workspaces.role_of(wid, user.id)
         mid = parse_id(member_id, "member")
         role = parse_role(read_json_object(request))
-        member = await self._workspaces.set_role(wid, user.id, mid, role)
+        noted = note(self._audit, request, user, Action.MEMBER_ROLE_CHANGED, workspace_id=wid)
+        member = await self._workspaces.set_role(wid, user.id, mid, role, noted)
         return json_response(request, member)
 
     @route(
@@ -204,7 +217,11 @@ class WorkspacesAPI:
         wid = parse_id(workspace_id, "workspace")
         await self._workspaces.role_of(wid, user.id)
         mid = parse_id(member_id, "member")
-        await self._workspaces.remove_member(wid, user.id, mid)
+        details = {"left": mid == user.id}
+        noted = note(
+            self._audit, request, user, Action.MEMBER_REMOVED, workspace_id=wid, details=details
+        )
+        await self._workspaces.remove_member(wid, user.id, mid, noted)
         return no_content(request)
 
     @route(
@@ -236,7 +253,9 @@ class WorkspacesAPI:
         """A one-time code (10 minutes; developers and up) with which a laptop's agent joins
         the workspace (``POST /api/agent/register``)."""
         wid = parse_id(workspace_id, "workspace")
-        return json_response(request, await self._agents.mint_code(wid, user.id), 201)
+        minted = await self._agents.mint_code(wid, user.id)
+        await record(self._audit, request, user, Action.AGENT_CODE_CREATED, workspace_id=wid)
+        return json_response(request, minted, 201)
 
     @route(app, "/<workspace_id>/usage", methods=["GET"], answers={200: USAGE})
     async def usage(self, request: IRequest, user: User, workspace_id: str) -> bytes:
@@ -255,5 +274,27 @@ class WorkspacesAPI:
         wid = parse_id(workspace_id, "workspace")
         await self._workspaces.require(wid, user.id, Role.OWNER)
         value = parse_budget(read_json_object(request))
-        await self._workspaces.set_budget(wid, user.id, value)
+        details = {"budget": value}
+        noted = note(
+            self._audit, request, user, Action.BUDGET_CHANGED, workspace_id=wid, details=details
+        )
+        await self._workspaces.set_budget(wid, user.id, value, noted)
         return json_response(request, await self._report(wid))
+
+    @route(
+        app,
+        "/<workspace_id>/audit",
+        methods=["GET"],
+        query=AUDIT_QUERY,
+        answers={200: AUDIT_PAGE, 400: ERROR},
+    )
+    async def audit(self, request: IRequest, user: User, workspace_id: str) -> bytes:
+        """The workspace's audit log, newest first, for owners and maintainers. Filters
+        ``action``, ``actor`` (user id or name), ``since`` and ``until`` (ISO 8601); pages of
+        ``limit`` (at most 200) entries, the next one with ``before`` = the answer's ``next``."""
+        wid = parse_id(workspace_id, "workspace")
+        await self._workspaces.require(wid, user.id, Role.MAINTAINER)
+        query = parse_query(request, wid)
+        if self._audit is None:
+            return json_response(request, {"entries": [], "next": None})
+        return json_response(request, (await self._audit.entries(query)).to_json())

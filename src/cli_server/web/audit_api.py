@@ -1,0 +1,112 @@
+"""The audit log on the web side: who the caller is for a row (their address as
+``client_host`` sees it: behind trusted proxies, the forwarded client), and the reading of
+``GET /api/workspaces/{id}/audit``'s filters and answer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from twisted.web.iweb import IRequest
+
+from cli_server.accounts import User
+from cli_server.audit import ACTIONS, MAX_LIMIT, Action, Actor, AuditLog, Note, Query, Target
+from cli_server.errors import BadRequest
+from cli_server.web.request import client_host
+
+
+def actor_of(request: IRequest, user: User | None) -> Actor:
+    if user is None:
+        return Actor(None, None, client_host(request))
+    return Actor(user.id, user.username, client_host(request))
+
+
+async def record(
+    audit: AuditLog | None,
+    request: IRequest,
+    user: User | None,
+    action: Action,
+    *,
+    workspace_id: str | None = None,
+    target: Target | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> None:
+    """One row for what ``user`` (None: nobody signed in) just did through ``request``."""
+    if audit is None:
+        return
+    await audit.record(
+        action,
+        actor_of(request, user),
+        workspace_id=workspace_id,
+        target=target,
+        details=details,
+    )
+
+
+def note(
+    audit: AuditLog | None,
+    request: IRequest,
+    user: User,
+    action: Action,
+    *,
+    workspace_id: str | None = None,
+    target: Target | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> Note | None:
+    """A row for a domain method to write in the transaction of its change (None: no log)."""
+    if audit is None:
+        return None
+    return Note(audit, action, actor_of(request, user), workspace_id, target, dict(details or {}))
+
+
+def _arg(request: IRequest, name: str) -> str | None:
+    values = (request.args or {}).get(name.encode("ascii"))
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequest(f"{name} is given more than once", field=name)
+    value: bytes = values[0]
+    return value.decode("utf-8", "replace").strip() or None
+
+
+def _moment(request: IRequest, name: str) -> datetime | None:
+    text = _arg(request, name)
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        raise BadRequest(
+            f"{name} must be an ISO 8601 time such as 2026-01-31T12:00:00Z", field=name
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _whole(request: IRequest, name: str, low: int, high: int) -> int | None:
+    text = _arg(request, name)
+    if text is None:
+        return None
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise BadRequest(f"{name} must be a whole number from {low} to {high}", field=name)
+    return int(text)
+
+
+def parse_query(request: IRequest, workspace_id: str | None) -> Query:
+    """The filters of a listing: ``action``, ``actor`` (user id or name), ``since`` and
+    ``until`` (ISO 8601), ``before`` (an entry id: the cursor) and ``limit`` (at most 200)."""
+    action = _arg(request, "action")
+    if action is not None and action not in ACTIONS:
+        raise BadRequest(f"action must be one of {', '.join(ACTIONS)}", field="action")
+    actor = _arg(request, "actor")
+    if actor is not None and len(actor) > 254:
+        raise BadRequest("actor must be a user id or a user name", field="actor")
+    return Query(
+        workspace_id=workspace_id,
+        action=action,
+        actor=actor,
+        since=_moment(request, "since"),
+        until=_moment(request, "until"),
+        before=_whole(request, "before", 1, 2**63 - 1),
+        limit=_whole(request, "limit", 1, MAX_LIMIT) or 50,
+    )

@@ -60,6 +60,8 @@ class Action(StrEnum):
     PASSWORD_RESET = "admin.password_reset"
     SIGNUP_LINK_CREATED = "admin.signup_link_created"
     SIGNUP_LINK_REVOKED = "admin.signup_link_revoked"
+    TOKEN_CREATED = "token.created"
+    TOKEN_REVOKED = "token.revoked"
 
 
 ACTIONS = tuple(a.value for a in Action)
@@ -83,6 +85,8 @@ class Actor:
     address: str | None = None
     # A failed sign-in: find the account the name belongs to, if there is one.
     claimed: bool = False
+    # What the caller used, when not a browser session: "api_token <id>" (never its secret).
+    via: str | None = None
 
     @classmethod
     def system(cls) -> Actor:
@@ -105,6 +109,7 @@ _NAMES = {
     "workspace": "(SELECT name FROM workspaces WHERE id = %(target_uuid)s::uuid)",
     "sandbox": "(SELECT name FROM sandboxes WHERE id = %(target_uuid)s::uuid)",
     "user": "(SELECT username FROM users WHERE id = %(target_uuid)s::uuid)",
+    "api_token": "(SELECT name FROM api_tokens WHERE id = %(target_uuid)s::uuid)",
 }
 _WORKSPACE_OF = {
     "sandbox": "(SELECT workspace_id FROM sandboxes WHERE id = %(target_uuid)s::uuid)",
@@ -261,7 +266,9 @@ class AuditLog:
             "target_uuid": target.id if target and is_uuid(target.id) else None,
             "target_name": target.name if target else None,
             "address": actor.address,
-            "details": checked_details(details),
+            "details": checked_details(
+                {**(details or {}), "via": actor.via} if actor.via else details
+            ),
         }
         name = _NAMES.get(kind or "", "NULL")
         workspace = _WORKSPACE_OF.get(kind or "", "NULL")

@@ -31,7 +31,7 @@ class ApiDocument:
 
     document: dict[str, Any]
     called: set[str] = field(factory=set)
-    _registry: Registry = field(init=False)  # type: ignore[type-arg]
+    _registry: Registry[Any] = field(init=False)
     _templates: list[tuple[re.Pattern[str], str]] = field(init=False)
 
     def __attrs_post_init__(self) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from ipaddress import ip_network
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -152,8 +153,24 @@ async def act_everything(app: Running) -> Story:
         "PUT", f"/api/workspaces/{wid}/members/{dev.user['id']}", {"role": "guest"}
     )
     assert demoted.code == 200
-    budget = await owner.call("PUT", f"/api/workspaces/{wid}/budget", {"monthly_tokens": 1000})
-    assert budget.code == 200
+    # an API token of the owner's for this workspace, used once, then revoked
+    expires = (datetime.now(UTC) + timedelta(days=30)).isoformat().replace("+00:00", "Z")
+    token = await owner.call(
+        "POST",
+        "/api/auth/tokens",
+        {"name": "ci", "scope": "write", "workspace_id": wid, "expires_at": expires},
+    )
+    assert token.code == 201, token
+    secrets.append(token.body["token"])
+    budget = await app.client().call(
+        "PUT",
+        f"/api/workspaces/{wid}/budget",
+        {"monthly_tokens": 1000},
+        headers={"Authorization": f"Bearer {token.body['token']}"},
+    )
+    assert budget.code == 200, budget
+    gone = await owner.call("DELETE", f"/api/auth/tokens/{token.body['id']}")
+    assert gone.code == 204
     changed = await guest.call(
         "PUT",
         "/api/auth/password",
@@ -212,7 +229,11 @@ async def test_a_row_per_action(proxied: Running) -> None:
     one(
         "workspace.deleted", actor_id=owner, workspace_id=story.gone_workspace, target_name="Doomed"
     )
-    one("workspace.budget_changed", actor_id=owner, workspace_id=wid)
+    budget = one("workspace.budget_changed", actor_id=owner, workspace_id=wid)
+    made = one("token.created", actor_id=owner, workspace_id=wid, target_name="ci")
+    assert made["details"]["scope"] == "write"
+    assert budget["details"]["via"] == f"api_token {made['target_id']}"
+    one("token.revoked", actor_id=owner, target_id=made["target_id"], target_name="ci")
     one("member.invited", actor_id=owner, workspace_id=wid, target_name="dev")
     one("invitation.accepted", actor_id=dev, workspace_id=wid)
     one("invitation.declined", actor_id=guest, workspace_id=wid)

@@ -108,4 +108,7 @@ test("details in words", () => {
   expect(detailText(entry(1, { details: { budget: 2000000 } }))).toBe("budget 2,000,000");
   expect(detailText(entry(1, { details: { budget: null } }))).toBe("no budget");
   expect(detailText(entry(1))).toBe("");
+  expect(detailText(entry(1, { details: { budget: 5000, via: "api_token t1" } }))).toBe(
+    "budget 5,000, (with an API token)",
+  );
 });

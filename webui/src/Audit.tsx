@@ -23,6 +23,8 @@ export const ACTION_LABELS: Record<string, string> = {
   "agent.code_created": "made an agent code",
   "agent.registered": "registered the local agent",
   "agent.revoked": "revoked the local agent",
+  "token.created": "made the API token",
+  "token.revoked": "revoked the API token",
 };
 
 const PAGE = 50;
@@ -38,6 +40,7 @@ export function detailText(entry: AuditEntry): string {
     parts.push(d.budget === null ? "no budget" : `budget ${Number(d.budget).toLocaleString("en")}`);
   if (d.left === true) parts.push("(left)");
   if (typeof d.reason === "string") parts.push(d.reason);
+  if (typeof d.via === "string" && d.via.startsWith("api_token")) parts.push("(with an API token)");
   return parts.join(", ");
 }
 

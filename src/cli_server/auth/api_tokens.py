@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from attrs import define, frozen
 from twisted.internet.interfaces import IReactorTime
 
+from cli_server.audit import Note, Target
 from cli_server.auth.tokens import token_hash
 from cli_server.db.pool import Database, Row, Transaction
 from cli_server.errors import BadRequest, Conflict, NotFound
@@ -158,6 +159,7 @@ class ApiTokens:
         scope: TokenScope,
         workspace_id: str | None,
         expires_at: datetime,
+        note: Note | None = None,
     ) -> tuple[ApiToken, str]:
         """A new token of ``caller``'s and its secret (returned here only). ``workspace_id``
         must be one of the caller's workspaces (else 404, as for any workspace not theirs).
@@ -222,6 +224,10 @@ class ApiTokens:
                 ),
             )
             assert row is not None
+            if note is not None:
+                target = Target("api_token", str(row["id"]), name)
+                details = {"scope": scope, "expires_at": iso(expires_at)}
+                await note.write(tx, workspace_id=workspace_id, target=target, details=details)
             return row
 
         return ApiToken.from_row(await self._db.transaction(work)), secret
@@ -238,7 +244,7 @@ class ApiTokens:
         )
         return [ApiToken.from_row(r) for r in rows]
 
-    async def revoke(self, caller: User, token_id: str) -> None:
+    async def revoke(self, caller: User, token_id: str) -> int:
         """Ends one of the caller's tokens at once, and every token made with it (404 if
         they have none with that id, or it is beyond the workspace of the token calling)."""
         only = caller.token.workspace_id if caller.token else None
@@ -253,6 +259,7 @@ class ApiTokens:
         )
         if not rows:
             raise NotFound("no such token", code="token_not_found")
+        return len(rows)
 
     async def authenticate(self, secret: str) -> tuple[Row, Grant] | None:
         """The user's row and the grant of a valid token (existing, unrevoked, unexpired, its

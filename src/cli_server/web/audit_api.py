@@ -19,7 +19,8 @@ from cli_server.web.request import client_host
 def actor_of(request: IRequest, user: User | None) -> Actor:
     if user is None:
         return Actor(None, None, client_host(request))
-    return Actor(user.id, user.username, client_host(request))
+    via = f"api_token {user.token.id}" if user.token is not None else None
+    return Actor(user.id, user.username, client_host(request), via=via)
 
 
 async def record(

@@ -375,7 +375,8 @@ class AuthAPI:
         scope = parse_scope(body.get("scope"))
         workspace_id = _workspace_field(body.get("workspace_id"))
         expires_at = parse_expiry(body.get("expires_at"), tokens.now())
-        made, secret = await tokens.create(user, name, scope, workspace_id, expires_at)
+        noted = note(self._audit, request, user, Action.TOKEN_CREATED)
+        made, secret = await tokens.create(user, name, scope, workspace_id, expires_at, noted)
         return json_response(request, {**made.to_json(), "token": secret}, 201)
 
     @route(
@@ -401,7 +402,13 @@ class AuthAPI:
     )
     async def revoke_token(self, request: IRequest, user: User, token_id: str) -> bytes:
         """Revokes one of the caller's tokens at once."""
-        await self._api_tokens().revoke(user, parse_id(token_id, "token"))
+        tid = parse_id(token_id, "token")
+        revoked = await self._api_tokens().revoke(user, tid)
+        details = {"revoked": revoked}  # (with the tokens made with it)
+        target = Target("api_token", tid)
+        await record(
+            self._audit, request, user, Action.TOKEN_REVOKED, target=target, details=details
+        )
         return no_content(request)
 
 

@@ -21,6 +21,7 @@ from klein import Klein
 
 from cli_server._version import __version__
 from cli_server.web import schemas
+from cli_server.web.bearer import WORKSPACE_ARGUMENTS
 from cli_server.web.routes import SAFE_METHODS, Declaration, Schema, declared
 
 # MainSite's routes that are not operations of the REST API, and why. Every other declared
@@ -254,8 +255,14 @@ def _answers(path: str, method: str, declaration: Declaration) -> dict[int, Sche
     error = schemas.ERROR
     if not declaration.public:
         answers.setdefault(401, error)  # signed out
-    if method.upper() not in SAFE_METHODS or not declaration.public:
-        answers.setdefault(403, error)  # a foreign Origin; a role or token scope too low
+    if method.upper() not in SAFE_METHODS or declaration.scope in ("admin", "session"):
+        # a foreign Origin; a role or account too low; a token's scope too narrow, or any
+        # token on what only a signed-in browser may do
+        answers.setdefault(403, error)
+    elif not (declaration.public or declaration.across_workspaces) and not any(
+        "{" + argument + "}" in path for argument in WORKSPACE_ARGUMENTS
+    ):
+        answers.setdefault(403, error)  # a token of one workspace, on a route about none
     if "{" in path:
         answers.setdefault(404, error)  # an unknown id, or another workspace's
     if declaration.body is not None:

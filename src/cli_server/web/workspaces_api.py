@@ -286,7 +286,7 @@ class WorkspacesAPI:
         "/<workspace_id>/audit",
         methods=["GET"],
         query=AUDIT_QUERY,
-        answers={200: AUDIT_PAGE, 400: ERROR},
+        answers={200: AUDIT_PAGE, 400: ERROR, 403: ERROR},
     )
     async def audit(self, request: IRequest, user: User, workspace_id: str) -> bytes:
         """The workspace's audit log, newest first, for owners and maintainers. Filters

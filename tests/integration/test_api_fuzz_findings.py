@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
 
 import pytest_twisted
 
@@ -36,3 +37,20 @@ async def test_a_token_for_a_malformed_workspace_id_is_a_bad_body(app: Running) 
     reply = await owner.call("POST", "/api/auth/tokens", unknown)
     assert (reply.code, reply.error_code) == (404, "workspace_not_found"), reply
     assert await fingerprint(app.db) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_audit_times_out_of_postgresql_range_are_no_server_error(app: Running) -> None:
+    """``GET /api/workspaces/{id}/audit?since=0355-07-31T15:02:46.944140+21:15`` answered 500:
+    Python takes that offset, PostgreSQL does not. Any ISO 8601 time Python reads is an instant
+    (200); one off the calendar once in UTC is a bad query (400 naming it)."""
+    owner = app.client()
+    await owner.register_and_login("owner")
+    made = await owner.call("POST", "/api/workspaces", {"name": "w"})
+    wid = made.body["id"]
+    for since in ("0355-07-31T15:02:46.944140+21:15", "2026-01-31T12:00:00-23:59"):
+        reply = await owner.call("GET", f"/api/workspaces/{wid}/audit?since={quote(since)}")
+        assert reply.code == 200, (since, reply)
+    for until in ("0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"):
+        reply = await owner.call("GET", f"/api/workspaces/{wid}/audit?until={quote(until)}")
+        assert (reply.code, reply.body["error"]["field"]) == (400, "until"), (until, reply)

@@ -77,11 +77,15 @@ def _moment(request: IRequest, name: str) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "+"))
-    except ValueError:
+        # In UTC: PostgreSQL takes no offset beyond 15:59 (Python takes up to 23:59), and an
+        # instant off either end of the calendar overflows here rather than in the database.
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise BadRequest(
             f"{name} must be an ISO 8601 time such as 2026-01-31T12:00:00Z", field=name
         ) from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _whole(request: IRequest, name: str, low: int, high: int) -> int | None:

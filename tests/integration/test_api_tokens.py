@@ -162,8 +162,9 @@ async def test_create_list_revoke(app: Running) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_bad_bodies_name_the_field(app: Running) -> None:
-    """Bad name, scope, date (not ISO 8601, no zone, past, over a year), extra fields: 400
-    naming the field; a workspace not the caller's: 404. Nothing is stored."""
+    """Bad name, scope, date (not ISO 8601, no zone, past, over a year), workspace id (not
+    one), extra fields: 400 naming the field; a workspace not the caller's: 404. Nothing is
+    stored."""
     alice, bob = app.client(), app.client()
     await alice.register_and_login("alice")
     await bob.register_and_login("bob")
@@ -185,7 +186,7 @@ async def test_bad_bodies_name_the_field(app: Running) -> None:
         ({**good, "admin": True}, 400, "admin"),
         ({**good, "workspace_id": 7}, 400, "workspace_id"),
         ({**good, "workspace_id": theirs}, 404, None),
-        ({**good, "workspace_id": "not-an-id"}, 404, None),
+        ({**good, "workspace_id": "not-an-id"}, 400, "workspace_id"),
     ]
     for body, status, field in cases:
         reply = await alice.call("POST", "/api/auth/tokens", body)

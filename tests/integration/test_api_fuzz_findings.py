@@ -54,3 +54,20 @@ async def test_audit_times_out_of_postgresql_range_are_no_server_error(app: Runn
     for until in ("0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"):
         reply = await owner.call("GET", f"/api/workspaces/{wid}/audit?until={quote(until)}")
         assert (reply.code, reply.body["error"]["field"]) == (400, "until"), (until, reply)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_audit_actor_with_a_control_character_is_a_bad_query(app: Running) -> None:
+    """``GET /api/workspaces/{id}/audit?actor=r%C2%82%00%C3%ADw`` answered 500: PostgreSQL
+    refuses a NUL in text. No user id or name has a control character: 400 naming ``actor``;
+    a name with letters of any script still filters."""
+    owner = app.client()
+    await owner.register_and_login("owner")
+    wid = (await owner.call("POST", "/api/workspaces", {"name": "w"})).body["id"]
+    for actor in ("r%C2%82%00%C3%ADw", "%00", "a%0Ab", "%C2%82"):
+        reply = await owner.call("GET", f"/api/workspaces/{wid}/audit?actor={actor}")
+        assert (reply.code, reply.body["error"]["field"]) == (400, "actor"), (actor, reply)
+    named = await owner.call("GET", f"/api/workspaces/{wid}/audit?actor={quote('owner')}")
+    assert named.code == 200 and named.body["entries"], named
+    other = await owner.call("GET", f"/api/workspaces/{wid}/audit?actor={quote('zoë')}")
+    assert other.code == 200 and other.body["entries"] == [], other

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -88,6 +89,10 @@ def _moment(request: IRequest, name: str) -> datetime | None:
         ) from None
 
 
+def _has_control(text: str) -> bool:
+    return any(unicodedata.category(ch) == "Cc" for ch in text)
+
+
 def _whole(request: IRequest, name: str, low: int, high: int) -> int | None:
     text = _arg(request, name)
     if text is None:
@@ -104,7 +109,8 @@ def parse_query(request: IRequest, workspace_id: str | None) -> Query:
     if action is not None and action not in ACTIONS:
         raise BadRequest(f"action must be one of {', '.join(ACTIONS)}", field="action")
     actor = _arg(request, "actor")
-    if actor is not None and len(actor) > 254:
+    # (no control characters: PostgreSQL refuses a NUL in text, and no name has one)
+    if actor is not None and (len(actor) > 254 or _has_control(actor)):
         raise BadRequest("actor must be a user id or a user name", field="actor")
     return Query(
         workspace_id=workspace_id,

@@ -365,6 +365,8 @@ def _markdown_operation(path: str, method: str, operation: Mapping[str, Any]) ->
         else:
             answers.append(f"{status} {what}")
     facts = [f"scope `{scope}`", "answers " + ", ".join(answers)]
+    if operation.get("x-across-workspaces"):
+        facts.insert(1, "a workspace's token sees only its workspace")
     if errors:
         facts.append("errors " + ", ".join(errors))
     lines = [f"#### `{method.upper()} {path}`", "", about.replace("``", "`"), "", *_facts(facts)]

@@ -268,10 +268,11 @@ class Fuzz:
             arguments = [p.name for p in operation.path_parameters]
             # (only an argument the document constrains, e.g. a uuid, can be sent invalid)
             checked = [p for p in operation.path_parameters if len(p.optimized_schema) > 1]
+            queried = [q for q in operation.query if len(q.optimized_schema) > 1]
             plan = [(GenerationMode.POSITIVE, True, REAL if arguments else REAL + MADE_UP)]
             if arguments:
                 plan.append((GenerationMode.POSITIVE, False, MADE_UP))
-            if len(operation.body):  # (an invalid body, to the world's ids)
+            if len(operation.body) or queried:  # (an invalid body or query, to real ids)
                 plan.append((GenerationMode.NEGATIVE, True, INVALID))
             elif checked:  # (ids that are no uuid)
                 plan.append((GenerationMode.NEGATIVE, False, INVALID))

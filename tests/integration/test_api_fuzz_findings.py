@@ -71,3 +71,18 @@ async def test_an_audit_actor_with_a_control_character_is_a_bad_query(app: Runni
     assert named.code == 200 and named.body["entries"], named
     other = await owner.call("GET", f"/api/workspaces/{wid}/audit?actor={quote('zoë')}")
     assert other.code == 200 and other.body["entries"] == [], other
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_empty_audit_filter_is_refused_as_documented(app: Running) -> None:
+    """``GET /api/workspaces/{id}/audit?actor=`` answered 200 as if no actor were given, but
+    the document says a given ``actor`` has at least one character: 400 naming it (the web UI
+    leaves empty filters out)."""
+    owner = app.client()
+    await owner.register_and_login("owner")
+    wid = (await owner.call("POST", "/api/workspaces", {"name": "w"})).body["id"]
+    for query in ("actor=", "action=", "since=%20", "limit="):
+        reply = await owner.call("GET", f"/api/workspaces/{wid}/audit?{query}")
+        field = query.split("=")[0]
+        assert (reply.code, reply.body["error"]["field"]) == (400, field), (query, reply)
+    assert (await owner.call("GET", f"/api/workspaces/{wid}/audit")).code == 200

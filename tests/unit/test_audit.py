@@ -240,6 +240,8 @@ class RouteQueryTests(SynchronousTestCase):
             (b"limit", b"201"),
             (b"before", b"-1"),
             (b"since", b"last tuesday"),
+            (b"actor", b""),
+            (b"until", b"  "),
         ):
             with self.assertRaises(BadRequest) as caught:
                 parse_query(request({name: [value]}), WID)

@@ -69,7 +69,10 @@ def _arg(request: IRequest, name: str) -> str | None:
     if len(values) > 1:
         raise BadRequest(f"{name} is given more than once", field=name)
     value: bytes = values[0]
-    return value.decode("utf-8", "replace").strip() or None
+    text = value.decode("utf-8", "replace").strip()
+    if not text:  # (as documented: a filter given is never empty; leave it out for none)
+        raise BadRequest(f"{name} is empty: leave it out to filter nothing by it", field=name)
+    return text
 
 
 def _moment(request: IRequest, name: str) -> datetime | None:

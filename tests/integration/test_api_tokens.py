@@ -21,10 +21,11 @@ from cli_server.web.bearer import WORKSPACE_ARGUMENTS
 from cli_server.web.routes import declared
 
 from .conftest import Running
+from .fingerprint import fingerprint
 from .helpers import Api, Reply
 from .test_anthropic_proxy import World, world  # noqa: F401 (the fixture)
 from .test_proxy import Proxy, proxy  # noqa: F401 (the fixture)
-from .test_route_declarations import _ARGUMENT, FOREIGN, MOUNTS, _fill, _fingerprint, _world
+from .test_route_declarations import _ARGUMENT, FOREIGN, MOUNTS, _fill, _world
 
 REFUSED_BY_TOKEN = {"insufficient_scope", "session_only", "invalid_token", "token_workspace"}
 
@@ -162,8 +163,9 @@ async def test_create_list_revoke(app: Running) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_bad_bodies_name_the_field(app: Running) -> None:
-    """Bad name, scope, date (not ISO 8601, no zone, past, over a year), extra fields: 400
-    naming the field; a workspace not the caller's: 404. Nothing is stored."""
+    """Bad name, scope, date (not ISO 8601, no zone, past, over a year), workspace id (not
+    one), extra fields: 400 naming the field; a workspace not the caller's: 404. Nothing is
+    stored."""
     alice, bob = app.client(), app.client()
     await alice.register_and_login("alice")
     await bob.register_and_login("bob")
@@ -185,7 +187,7 @@ async def test_bad_bodies_name_the_field(app: Running) -> None:
         ({**good, "admin": True}, 400, "admin"),
         ({**good, "workspace_id": 7}, 400, "workspace_id"),
         ({**good, "workspace_id": theirs}, 404, None),
-        ({**good, "workspace_id": "not-an-id"}, 404, None),
+        ({**good, "workspace_id": "not-an-id"}, 400, "workspace_id"),
     ]
     for body, status, field in cases:
         reply = await alice.call("POST", "/api/auth/tokens", body)
@@ -227,7 +229,7 @@ async def test_scope_matrix_over_every_declared_route(app: Running) -> None:
     await _used_once(app, *tokens.values())
     routes = _declared_routes()
     assert {scope for _, _, scope, _ in routes} == {"read", "write", "admin", "session"}
-    before = await _fingerprint(app)
+    before = await fingerprint(app.db)
     wrong, refused, let_through = [], 0, 0
     for method, pattern, needed, _ in routes:
         path = _fill(pattern, ids)
@@ -248,7 +250,7 @@ async def test_scope_matrix_over_every_declared_route(app: Running) -> None:
                 let_through += 1
     assert not wrong, "\n".join(wrong)
     assert refused > 30 and let_through > 20, (refused, let_through)
-    assert await _fingerprint(app) == before
+    assert await fingerprint(app.db) == before
 
 
 @pytest_twisted.ensureDeferred
@@ -331,7 +333,7 @@ async def test_a_workspace_token_reaches_nothing_of_another_workspace(app: Runni
     two = await _two_workspaces(app)
     token = await _token(two["admin"], "admin", two["a"])
     await _used_once(app, token)
-    before = await _fingerprint(app)
+    before = await fingerprint(app.db)
     wrong, walked = [], 0
     for method, pattern, needed, across in _declared_routes():
         path = _fill(pattern, two["ids_b"])
@@ -354,7 +356,7 @@ async def test_a_workspace_token_reaches_nothing_of_another_workspace(app: Runni
             wrong.append(f"{method} {path}: {reply.code} {reply.body} (expected {expected})")
     assert not wrong, "\n".join(wrong)
     assert walked > 30, walked
-    assert await _fingerprint(app) == before
+    assert await fingerprint(app.db) == before
 
 
 @pytest_twisted.ensureDeferred

@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
-from typing import Any
 
 import pytest_twisted
 from klein import Klein
@@ -17,6 +16,7 @@ from cli_server.web.routes import SAFE_METHODS, declared
 from cli_server.web.site import APPS
 
 from .conftest import Running
+from .fingerprint import fingerprint
 from .helpers import Api
 
 # Where MainSite mounts each app (MainSite's own routes are at the root): one table, in src.
@@ -62,22 +62,6 @@ def _fill(pattern: str, ids: dict[str, str]) -> str:
     return _ARGUMENT.sub(lambda m: ids.get(m.group(1), "x"), pattern)
 
 
-async def _fingerprint(app: Running) -> dict[str, Any]:
-    """Every row of every table, as text: equal fingerprints, unchanged database."""
-    tables = await app.db.query(
-        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
-    )
-    rows = {}
-    for table in tables:
-        name = table["tablename"]
-        found = await app.db.query(
-            "SELECT coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '') AS all_rows"
-            f' FROM "{name}" t'
-        )
-        rows[name] = found[0]["all_rows"]
-    return rows
-
-
 async def _world(app: Running) -> tuple[Api, dict[str, str]]:
     """The instance admin owning a workspace with a member, a sandbox, a pending invitation,
     a sign-up link; real ids for every path argument, so a request let through would act."""
@@ -117,7 +101,7 @@ async def test_state_changes_refuse_a_foreign_origin(app: Running) -> None:
     """Every state-changing method of every route, signed in as the admin and owner of
     everything it names: 403 ``bad_origin``, and not one row of the database changed."""
     admin, ids = await _world(app)
-    before = await _fingerprint(app)
+    before = await fingerprint(app.db)
     unsafe = [(m, p) for m, p, _ in _routes() if m not in SAFE_METHODS]
     assert len(unsafe) > 25  # (the walk found the API, not an empty map)
     wrong = []
@@ -127,13 +111,13 @@ async def test_state_changes_refuse_a_foreign_origin(app: Running) -> None:
         if (reply.code, reply.error_code) != (403, "bad_origin"):
             wrong.append(f"{method} {path}: {reply.code} {reply.body}")
     assert not wrong, "\n".join(wrong)
-    assert await _fingerprint(app) == before
+    assert await fingerprint(app.db) == before
     # (the fingerprint does see a change: the same request from our own origin makes one)
     own = await admin.call(
         "POST", "/api/workspaces", {"name": "n"}, headers={"Origin": "http://localhost:8080"}
     )
     assert own.code == 201
-    assert await _fingerprint(app) != before
+    assert await fingerprint(app.db) != before
 
 
 @pytest_twisted.ensureDeferred

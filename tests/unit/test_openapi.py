@@ -23,6 +23,7 @@ from twisted.web.iweb import IRequest
 from cli_server._version import __version__
 from cli_server.errors import BadRequest, NameTaken
 from cli_server.sandboxes.manager import InvalidState
+from cli_server.web.bearer import WORKSPACE_ARGUMENTS
 from cli_server.web.openapi import (
     BEGIN,
     END,
@@ -168,6 +169,22 @@ class DocumentTests(SynchronousTestCase):
                     with self.subTest(operation=f"{method} {path}", status=status):
                         schema = responses[status]["content"]["application/json"]["schema"]
                         self.assertEqual(schema, error)
+
+    def test_token_refusals_are_documented(self) -> None:
+        """A token is refused with 403 on what only a signed-in browser may do (``session``)
+        and, restricted to one workspace, on a route about none: those operations document
+        403, reads too (the fuzz test found ``GET /api/auth/sessions`` answering an
+        undocumented 403 to a token)."""
+        for _, path, method, declaration in operations(APPS):
+            about_one = any(f"{{{a}}}" in path for a in WORKSPACE_ARGUMENTS)
+            refused = declaration.scope == "session" or not (
+                declaration.public or declaration.across_workspaces or about_one
+            )
+            if refused:
+                with self.subTest(operation=f"{method} {path}"):
+                    self.assertIn("403", self.document["paths"][path][method]["responses"])
+        sessions = self.document["paths"]["/api/auth/sessions"]["get"]
+        self.assertIn("403", sessions["responses"])
 
     def test_error_schema_is_what_the_server_writes(self) -> None:
         """What ``install_json_errors`` writes for each kind of error validates against

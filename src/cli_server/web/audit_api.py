@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -68,7 +69,10 @@ def _arg(request: IRequest, name: str) -> str | None:
     if len(values) > 1:
         raise BadRequest(f"{name} is given more than once", field=name)
     value: bytes = values[0]
-    return value.decode("utf-8", "replace").strip() or None
+    text = value.decode("utf-8", "replace").strip()
+    if not text:  # (as documented: a filter given is never empty; leave it out for none)
+        raise BadRequest(f"{name} is empty: leave it out to filter nothing by it", field=name)
+    return text
 
 
 def _moment(request: IRequest, name: str) -> datetime | None:
@@ -77,11 +81,19 @@ def _moment(request: IRequest, name: str) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "+"))
-    except ValueError:
+        # In UTC: PostgreSQL takes no offset beyond 15:59 (Python takes up to 23:59), and an
+        # instant off either end of the calendar overflows here rather than in the database.
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise BadRequest(
             f"{name} must be an ISO 8601 time such as 2026-01-31T12:00:00Z", field=name
         ) from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _has_control(text: str) -> bool:
+    return any(unicodedata.category(ch) == "Cc" for ch in text)
 
 
 def _whole(request: IRequest, name: str, low: int, high: int) -> int | None:
@@ -100,7 +112,8 @@ def parse_query(request: IRequest, workspace_id: str | None) -> Query:
     if action is not None and action not in ACTIONS:
         raise BadRequest(f"action must be one of {', '.join(ACTIONS)}", field="action")
     actor = _arg(request, "actor")
-    if actor is not None and len(actor) > 254:
+    # (no control characters: PostgreSQL refuses a NUL in text, and no name has one)
+    if actor is not None and (len(actor) > 254 or _has_control(actor)):
         raise BadRequest("actor must be a user id or a user name", field="actor")
     return Query(
         workspace_id=workspace_id,

@@ -4,6 +4,7 @@ methods (identities at single sign-on providers) and personal API tokens."""
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -395,10 +396,7 @@ class AuthAPI:
             raise BadRequest(f"unknown field {extra[0][:40]!r}", field=extra[0][:40])
         name = required_text(body, "name", max_length=NAME_LENGTH)
         scope = parse_scope(body.get("scope"))
-        workspace = body.get("workspace_id")
-        if workspace is not None and not isinstance(workspace, str):
-            raise BadRequest("workspace_id must be a workspace's id, or null", field="workspace_id")
-        workspace_id = parse_id(workspace, "workspace") if workspace is not None else None
+        workspace_id = _workspace_field(body.get("workspace_id"))
         expires_at = parse_expiry(body.get("expires_at"), tokens.now())
         noted = note(self._audit, request, user, Action.TOKEN_CREATED)
         made, secret = await tokens.create(user, name, scope, workspace_id, expires_at, noted)
@@ -441,6 +439,21 @@ async def _limit(limiter: FailureLimiter, key: str, message: str) -> None:
     wait = await limiter.retry_after(key)
     if wait is not None:
         raise TooManyRequests(f"{message}; try again in {wait_in_words(wait)}", retry_after=wait)
+
+
+def _workspace_field(value: object) -> str | None:
+    """A token's ``workspace_id``: a malformed one is a bad body (400 naming the field), not
+    an unknown workspace (404 is for a well-formed id of no workspace of the caller's)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            pass
+    raise BadRequest(
+        "workspace_id must be a workspace's id (a UUID), or null", field="workspace_id"
+    )
 
 
 def _new_password(body: dict[str, Any], field: str) -> str:

@@ -1,6 +1,6 @@
 import { fireEvent, render, screen, within } from "@testing-library/react";
 import { afterEach, expect, test, vi } from "vitest";
-import { Audit, detailText } from "./Audit";
+import { ACTION_LABELS, Audit, detailText } from "./Audit";
 import type { AuditEntry, AuditPage, Workspace } from "./api";
 
 const workspace: Workspace = {
@@ -111,4 +111,49 @@ test("details in words", () => {
   expect(detailText(entry(1, { details: { budget: 5000, via: "api_token t1" } }))).toBe(
     "budget 5,000, (with an API token)",
   );
+});
+
+test("the filter offers actions in words, grouped by what they act on", async () => {
+  serve([{ entries: [entry(1)], next: null }]);
+  render(<Audit workspace={workspace} />);
+  await screen.findByRole("table");
+  const what = screen.getByLabelText("What");
+  const options = within(what).getAllByRole("option");
+  expect(options.map((o) => o.textContent)).toContain("Sandbox deleted");
+  for (const option of options) expect(option.textContent).not.toMatch(/\w\.\w/);
+  expect(
+    what.querySelector("optgroup[label='Sandboxes'] option[value='sandbox.deleted']"),
+  ).not.toBeNull();
+  // Every action the table names can be chosen in the filter.
+  const offered = options.map((o) => (o as HTMLOptionElement).value).filter((v) => v);
+  expect(offered.sort()).toEqual(Object.keys(ACTION_LABELS).sort());
+});
+
+test("a filter with no matches offers to show everything again", async () => {
+  const asked = serve([
+    { entries: [entry(1)], next: null },
+    { entries: [], next: null },
+    { entries: [entry(1)], next: null },
+  ]);
+  render(<Audit workspace={workspace} />);
+  await screen.findByRole("table");
+  fireEvent.change(screen.getByLabelText("What"), { target: { value: "sandbox.paused" } });
+  fireEvent.click(screen.getByRole("button", { name: "Filter" }));
+  fireEvent.click(await screen.findByRole("button", { name: "Show everything" }));
+  await screen.findByRole("table");
+  expect(asked[2]).toBe("/api/workspaces/w1/audit?limit=50");
+  expect((screen.getByLabelText("What") as HTMLSelectElement).value).toBe("");
+});
+
+test("an empty log says what will show up in it", async () => {
+  serve([{ entries: [], next: null }]);
+  render(<Audit workspace={workspace} />);
+  expect((await screen.findByText(/Nothing recorded yet/)).textContent).toContain("sandboxes");
+});
+
+test("the time of a row is also said in words", async () => {
+  const at = new Date(Date.now() - 5 * 60_000).toISOString();
+  serve([{ entries: [entry(1, { at })], next: null }]);
+  render(<Audit workspace={workspace} />);
+  await screen.findByText("(5 min ago)");
 });

@@ -1,7 +1,7 @@
 import { type FormEvent, useCallback, useEffect, useId, useState } from "react";
 import { type AuditEntry, auditApi, describe, type Workspace } from "./api";
 import { Alert } from "./useAction";
-import { absolute } from "./when";
+import { absolute, ago } from "./when";
 
 /** The actions a workspace's log holds, in the words the table uses. */
 export const ACTION_LABELS: Record<string, string> = {
@@ -26,6 +26,55 @@ export const ACTION_LABELS: Record<string, string> = {
   "token.created": "made the API token",
   "token.revoked": "revoked the API token",
 };
+
+/** The filter's choices, grouped by what they act on, in words ("Sandbox deleted"). */
+export const ACTION_GROUPS: [string, [string, string][]][] = [
+  [
+    "Workspace",
+    [
+      ["workspace.created", "Workspace created"],
+      ["workspace.deleted", "Workspace deleted"],
+      ["workspace.budget_changed", "Budget changed"],
+    ],
+  ],
+  [
+    "Members",
+    [
+      ["member.invited", "Member invited"],
+      ["member.added", "Member added"],
+      ["member.role_changed", "Role changed"],
+      ["member.removed", "Member removed"],
+      ["invitation.accepted", "Invitation accepted"],
+      ["invitation.declined", "Invitation declined"],
+      ["invitation.revoked", "Invitation withdrawn"],
+    ],
+  ],
+  [
+    "Sandboxes",
+    [
+      ["sandbox.created", "Sandbox created"],
+      ["sandbox.paused", "Sandbox paused"],
+      ["sandbox.resumed", "Sandbox resumed"],
+      ["sandbox.deleted", "Sandbox deleted"],
+      ["sandbox.opened", "Sandbox opened"],
+    ],
+  ],
+  [
+    "Local agents",
+    [
+      ["agent.code_created", "Agent code made"],
+      ["agent.registered", "Agent registered"],
+      ["agent.revoked", "Agent revoked"],
+    ],
+  ],
+  [
+    "API tokens",
+    [
+      ["token.created", "Token made"],
+      ["token.revoked", "Token revoked"],
+    ],
+  ],
+];
 
 const PAGE = 50;
 
@@ -101,16 +150,29 @@ export function Audit({ workspace }: Props) {
     void load(chosen);
   }
 
+  function showEverything() {
+    const none = { action: "", actor: "" };
+    setAction("");
+    setActor("");
+    setApplied(none);
+    void load(none);
+  }
+
+  const now = Date.now();
   return (
     <section className="audit" aria-label="Audit log">
       <form className="row audit-filter" onSubmit={filter}>
         <label htmlFor={actionId}>What</label>
         <select id={actionId} value={action} onChange={(e) => setAction(e.target.value)}>
           <option value="">Everything</option>
-          {Object.keys(ACTION_LABELS).map((name) => (
-            <option key={name} value={name}>
-              {name}
-            </option>
+          {ACTION_GROUPS.map(([group, actions]) => (
+            <optgroup key={group} label={group}>
+              {actions.map(([name, words]) => (
+                <option key={name} value={name}>
+                  {words}
+                </option>
+              ))}
+            </optgroup>
           ))}
         </select>
         <label htmlFor={actorId}>Who</label>
@@ -127,41 +189,51 @@ export function Audit({ workspace }: Props) {
       <Alert message={error} />
       {entries !== null && entries.length === 0 && (
         <p className="note">
-          {applied.action || applied.actor
-            ? "Nothing matches this filter."
-            : "Nothing recorded yet."}
+          {applied.action || applied.actor ? (
+            <>
+              Nothing matches this filter.{" "}
+              <button type="button" className="link" onClick={showEverything}>
+                Show everything
+              </button>
+            </>
+          ) : (
+            "Nothing recorded yet. Sign-ins, member changes and sandboxes started, paused or deleted show up here."
+          )}
         </p>
       )}
       {entries !== null && entries.length > 0 && (
-        <table className="audit-log">
-          <thead>
-            <tr>
-              <th scope="col">When</th>
-              <th scope="col">Who</th>
-              <th scope="col">What</th>
-              <th scope="col">Target</th>
-              <th scope="col">From</th>
-            </tr>
-          </thead>
-          <tbody>
-            {entries.map((e) => (
-              <tr key={e.id}>
-                <td>
-                  <time dateTime={e.at} title={e.at}>
-                    {absolute(e.at)}
-                  </time>
-                </td>
-                <td>{who(e)}</td>
-                <td title={e.action}>
-                  {ACTION_LABELS[e.action] ?? e.action}
-                  {detailText(e) && <span className="audit-details"> {detailText(e)}</span>}
-                </td>
-                <td>{target(e)}</td>
-                <td>{e.address ?? ""}</td>
+        <div className="audit-scroll">
+          <table className="audit-log">
+            <thead>
+              <tr>
+                <th scope="col">When</th>
+                <th scope="col">Who</th>
+                <th scope="col">What</th>
+                <th scope="col">Target</th>
+                <th scope="col">From</th>
               </tr>
-            ))}
-          </tbody>
-        </table>
+            </thead>
+            <tbody>
+              {entries.map((e) => (
+                <tr key={e.id}>
+                  <td>
+                    <time dateTime={e.at} title={e.at}>
+                      {absolute(e.at)}
+                    </time>
+                    <span className="audit-details"> ({ago(e.at, now)})</span>
+                  </td>
+                  <td>{who(e)}</td>
+                  <td title={e.action}>
+                    {ACTION_LABELS[e.action] ?? e.action}
+                    {detailText(e) && <span className="audit-details"> {detailText(e)}</span>}
+                  </td>
+                  <td>{target(e)}</td>
+                  <td>{e.address ?? ""}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
       )}
       {next !== null && (
         <button type="button" disabled={busy} onClick={() => void load(applied, next)}>

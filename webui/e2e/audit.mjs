@@ -2,7 +2,8 @@
 // developer creates and deletes a sandbox, and the owner answers "who deleted that sandbox?"
 // on the Audit tab (who, what, which sandbox, when, from where); the action filter narrows to
 // deletions and says when nothing matches; "Load more" pages; the tab fits 1280 and 640 px
-// windows; a developer and a guest have no tab and the API refuses them.
+// windows; a developer and a guest have no tab and the API refuses them. Screenshots: audit.png
+// and api-tokens.png (the owner's account page with a new token's secret).
 //
 //   node e2e/audit.mjs http://localhost:8080 ../docs/screenshots
 import { expect, failed, newContext, register, secondsSince, shot, start } from "./common.mjs";
@@ -120,7 +121,6 @@ try {
   await page.setViewportSize({ width: 640, height: 800 });
   await deleted.waitFor();
   expect(!(await overflows(page)), "the tab fits a 640 px window");
-  await shot(page, "audit-narrow");
 
   // Neither a developer nor a guest has the tab, and the API refuses them.
   for (const { page: theirs, context } of [dev, guest]) {
@@ -132,6 +132,20 @@ try {
     const status = await statusOfCall(context, "GET", `/api/workspaces/${workspace.id}/audit`);
     expect(status === 403, `the audit route answers 403, not ${status}`);
   }
+  // The owner's API tokens page, a new token's secret shown once (worthless: a test server).
+  await page.setViewportSize({ width: 1280, height: 800 });
+  await page.locator("summary[aria-label='Account menu']").click();
+  await page.getByRole("link", { name: "Account" }).click();
+  const tokens = page.getByRole("region", { name: "API tokens" });
+  await tokens.getByLabel("Token name").fill("audit export");
+  await tokens.getByLabel("Scope").selectOption("read");
+  await tokens.getByRole("button", { name: "Create token" }).click();
+  await tokens.getByTestId("new-token").waitFor();
+  await tokens.scrollIntoViewIfNeeded();
+  await shot(page, "api-tokens");
+  await tokens.getByRole("button", { name: "Done" }).click();
+  await tokens.locator("li.token", { hasText: "audit export" }).waitFor();
+
   for (const { context } of [owner, dev, guest]) await context.close();
   console.log(`audit journey: ${secondsSince(started)} s`);
 } catch (error) {

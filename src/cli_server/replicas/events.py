@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from attrs import define, field
@@ -52,7 +52,8 @@ class Store(Protocol):
 
     async def newest(self) -> int: ...
 
-    async def after(self, settled: int, limit: int) -> list[Row]: ...
+    async def after(self, above: int, limit: int, also: Sequence[int] = ()) -> list[Row]:
+        """The first ``limit`` rows, in id order, with an id above ``above`` or in ``also``."""
 
     async def add(self, origin: str, kind: str, payload: dict[str, str]) -> None: ...
 
@@ -77,11 +78,11 @@ class EventTable:
         rows = await self._db.query("SELECT coalesce(max(id), 0) AS id FROM replica_events")
         return int(rows[0]["id"])
 
-    async def after(self, settled: int, limit: int) -> list[Row]:
+    async def after(self, above: int, limit: int, also: Sequence[int] = ()) -> list[Row]:
         return await self._db.query(
-            "SELECT id, origin, kind, payload FROM replica_events WHERE id > %s"
-            " ORDER BY id LIMIT %s",
-            (settled, limit),
+            "SELECT id, origin, kind, payload FROM replica_events"
+            " WHERE id > %s OR id = ANY(%s::bigint[]) ORDER BY id LIMIT %s",
+            (above, list(also), limit),
         )
 
     async def add(self, origin: str, kind: str, payload: dict[str, str]) -> None:
@@ -150,6 +151,16 @@ class Settled:
     def waiting(self) -> int:
         """Ids still waited for."""
         return len(self._gaps)
+
+    @property
+    def top(self) -> int:
+        """The highest id dealt with."""
+        return max(self._above, default=self.floor)
+
+    @property
+    def missing(self) -> list[int]:
+        """The ids below ``top`` still waited for, lowest first."""
+        return sorted(self._gaps)
 
 
 @define(eq=False)
@@ -322,7 +333,9 @@ class ReplicaEvents(Service):
         while True:
             self._again = False
             try:
-                rows = await self._store.after(settled.floor, _BATCH)
+                # (only what is not taken yet: the ids waited for and those above the
+                # highest taken; every row read is new, so each round makes progress)
+                rows = await self._store.after(settled.top, _BATCH, settled.missing)
             except Exception as e:
                 self._log.warn("reading the other replicas' events failed: {why}", why=e)
                 return  # (the next heartbeat or NOTIFY reads again from the same place)

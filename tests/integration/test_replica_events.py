@@ -454,3 +454,27 @@ def test_pause_on_a_reaches_b_s_caches(replicas: Cluster) -> None:
         conn.close()
     assert b"healthy" not in page, page[:200]  # (not opencode's answer)
     assert b"paused" in page.lower(), page[:300]
+
+
+def test_a_revocation_whose_write_fails_reaches_b_once_the_table_heals(
+    replicas: Cluster,
+) -> None:
+    """The insert into replica_events fails (a constraint added for the test stands in for a
+    full disk or a lock timeout): the logout on A still answers 204 (A's own cut is done);
+    once the table can be written again, A writes the event and B cuts the stream."""
+    owner, _ = signed_in(replicas, "owner")
+    _, sid = replicas.sandbox(owner)
+    stream = replicas.stream(sid, replicas.sandbox_cookie(owner, sid, replicas.b), replicas.b)
+    with psycopg2.connect(replicas.dsn) as conn, conn.cursor() as cursor:
+        cursor.execute("ALTER TABLE replica_events ADD CONSTRAINT down CHECK (false) NOT VALID")
+    try:
+        assert owner.call(replicas.a, "POST", "/api/auth/logout")[0] == 204
+        stream.settimeout(2.0)
+        assert stream.recv(65536), "B cut the stream before the event could be written"
+    finally:
+        with psycopg2.connect(replicas.dsn) as conn, conn.cursor() as cursor:
+            cursor.execute("ALTER TABLE replica_events DROP CONSTRAINT down")
+    healed = time.monotonic()
+    took = closed_at(stream, timeout=15.0) - healed
+    print(f"revocation delivered {took * 1000:.0f} ms after the table could be written again")
+    assert "the unwritten events are written" in replicas.a.log.read_text()

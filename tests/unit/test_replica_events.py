@@ -192,24 +192,44 @@ class ReplicaEventsTests(SynchronousTestCase):
         )
         self.successResultOf(other.stopService())
 
-    def test_local_delivery_survives_a_failed_write(self) -> None:
-        """The table cannot be written: the local subscribers still heard the revocation,
-        and the failure reaches whoever fired it (as any subscriber's failure does)."""
+    def test_a_failed_write_is_kept_and_written_when_the_table_heals(self) -> None:
+        """The table cannot be written: the local subscribers heard the revocation and whoever
+        fired it is answered (the cut here is done); the event, and those fired after it, are
+        written in order once the table can be written again, and another replica hears
+        them."""
         events = Events()
         events.subscribe(self.heard)
         events.subscribe(self.bus)
+        there = Heard()
+        other = self.make(there, origin="other", switch=Switch())
+        other.startService()
+        self.start()
         self.table.failing = True
         with capturedLogs() as logged:
-            failure = self.failureResultOf(
-                Deferred.fromCoroutine(events.user_revoked("u")), DatabaseUnavailable
-            )
-        self.assertIsNotNone(failure)
-        self.assertEqual(self.heard.said, [("user_revoked", "u")])
-        failures = [e for e in logged if e.get("log_failure") is not None]
-        self.assertEqual(
-            [(e["listener"], e["event"]) for e in failures], [("ReplicaEvents", "user_revoked")]
-        )
-        self.flushLoggedErrors(DatabaseUnavailable)
+            self.successResultOf(Deferred.fromCoroutine(events.user_revoked("u")))
+            self.successResultOf(Deferred.fromCoroutine(events.sandbox_deleted("s")))
+            self.assertEqual(self.heard.said, [("user_revoked", "u"), ("sandbox_deleted", "s")])
+            self.assertEqual(self.bus.unwritten, 2)
+            self.clock.pump([0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0])  # (the waits, bounded)
+        self.assertEqual(self.table.rows, [])
+        self.assertIn(10.0, [e.get("delay") for e in logged])  # (the longest wait)
+        self.table.failing = False
+        self.clock.advance(10.0)
+        self.assertEqual(self.bus.unwritten, 0)
+        self.assertEqual([r["kind"] for r in self.table.rows], ["user_revoked", "sandbox_deleted"])
+        other._heard()
+        self.assertEqual(there.said, [("user_revoked", "u"), ("sandbox_deleted", "s")])
+        self.successResultOf(other.stopService())
+
+    def test_stop_gives_up_the_unwritten_events(self) -> None:
+        """Stopping with events unwritten ends the retries (and says so)."""
+        self.start()
+        self.table.failing = True
+        self.bus.tell_others("sandbox_status_changed", sandbox_id="s")
+        self.assertEqual(self.bus.unwritten, 1)
+        with capturedLogs() as logged:
+            self.stop()
+        self.assertTrue(any(e.get("count") == 1 for e in logged))
 
     def test_catch_up_after_the_connection_drops(self) -> None:
         """Rows written while the listening connection was down (their NOTIFY went nowhere)

@@ -6,6 +6,10 @@ secret). Every replica LISTENs on a dedicated connection, reads the rows after t
 settled and hands each to its own subscribers (``local``), except its own rows: it delivered
 those when it fired them.
 
+A write that fails (the database away, a lock timeout) does not fail whoever fired the event:
+the local subscribers heard it already, so the event is kept in memory, in order, and written
+again after ``first_retry`` seconds, doubling up to ``longest_retry``, until it is written.
+
 Nothing is missed across a dropped listening connection: after reconnecting (bounded backoff)
 it reads every row after the last it settled before it waits again. A heartbeat on the
 listening connection finds a silent link, and reads too, so a lost NOTIFY costs at most one
@@ -25,7 +29,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 
 from cli_server.db.pool import Database, Row, Transaction
 from cli_server.events import Listener
@@ -35,6 +39,7 @@ KINDS = frozenset(
     {"user_revoked", "user_disabled", "member_changed", "sandbox_deleted", "sandbox_status_changed"}
 )
 _BATCH = 500  # rows per read
+_BACKLOG = 10_000  # events kept for writing again while the table cannot be written
 
 
 class Feed(Protocol):
@@ -192,36 +197,81 @@ class ReplicaEvents(Service):
     _lost: bool = field(default=False, init=False)
     _reading: Deferred[None] | None = field(default=None, init=False)
     _again: bool = field(default=False, init=False)
+    _backlog: list[tuple[str, dict[str, str]]] = field(factory=list, init=False)
+    _writing: Deferred[None] | None = field(default=None, init=False)
     _log = Logger()
 
     # -- publishing: this replica's events, for the others
 
     async def user_revoked(self, user_id: str) -> None:
-        await self._store.add(self.origin, "user_revoked", {"user_id": user_id})
+        await self._publish("user_revoked", {"user_id": user_id})
 
     async def user_disabled(self, user_id: str) -> None:
-        await self._store.add(self.origin, "user_disabled", {"user_id": user_id})
+        await self._publish("user_disabled", {"user_id": user_id})
 
     async def member_changed(self, user_id: str, workspace_id: str) -> None:
-        await self._store.add(
-            self.origin, "member_changed", {"user_id": user_id, "workspace_id": workspace_id}
-        )
+        await self._publish("member_changed", {"user_id": user_id, "workspace_id": workspace_id})
 
     async def sandbox_deleted(self, sandbox_id: str) -> None:
-        await self._store.add(self.origin, "sandbox_deleted", {"sandbox_id": sandbox_id})
+        await self._publish("sandbox_deleted", {"sandbox_id": sandbox_id})
 
     async def sandbox_status_changed(self, sandbox_id: str) -> None:
-        await self._store.add(self.origin, "sandbox_status_changed", {"sandbox_id": sandbox_id})
+        await self._publish("sandbox_status_changed", {"sandbox_id": sandbox_id})
 
     def tell_others(self, kind: str, **payload: str) -> None:
         """For a change this replica already dealt with itself another way (a tunnel came or
-        went): only the others hear it. A failure is logged."""
-        d = Deferred.fromCoroutine(self._store.add(self.origin, kind, payload))
-        d.addErrback(
-            lambda f: self._log.failure(
-                "telling the other replicas of {kind} failed", f, kind=kind, level=LogLevel.warn
-            )
-        )
+        went): only the others hear it."""
+        Deferred.fromCoroutine(self._publish(kind, payload))
+
+    @property
+    def unwritten(self) -> int:
+        """Events fired here that the other replicas cannot read yet (the writes failed)."""
+        return len(self._backlog)
+
+    async def _publish(self, kind: str, payload: dict[str, str]) -> None:
+        """Writes the event now, or keeps it to write again (never raises)."""
+        if not self._backlog:
+            try:
+                await self._store.add(self.origin, kind, payload)
+                return
+            except Exception as e:
+                self._log.warn(
+                    "telling the other replicas of {kind} failed ({why}); trying again",
+                    kind=kind,
+                    why=e,
+                )
+        if len(self._backlog) >= _BACKLOG:
+            dropped, _ = self._backlog.pop(0)
+            self._log.error("too many events unwritten: {kind} dropped", kind=dropped)
+        self._backlog.append((kind, payload))
+        if self._writing is None:
+            writing = Deferred.fromCoroutine(self._write_backlog())
+            self._writing = writing
+            writing.addErrback(lambda f: f.trap(CancelledError))
+
+    async def _write_backlog(self) -> None:
+        """Writes the kept events in order, waiting longer after each failure (bounded)."""
+        delay = self._first_retry
+        try:
+            while self._backlog:
+                await deferLater(self._clock, delay)
+                kind, payload = self._backlog[0]
+                try:
+                    await self._store.add(self.origin, kind, payload)
+                except Exception as e:
+                    delay = min(delay * 2, self._longest_retry)
+                    self._log.warn(
+                        "{count} events still unwritten ({why}); trying again in {delay}s",
+                        count=len(self._backlog),
+                        why=e,
+                        delay=delay,
+                    )
+                    continue
+                self._backlog.pop(0)
+                delay = 0.0  # (the table can be written again: the rest at once)
+            self._log.info("the unwritten events are written")
+        finally:
+            self._writing = None
 
     # -- listening: the other replicas' events, for this one
 
@@ -244,6 +294,10 @@ class ReplicaEvents(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        writing = self._writing
+        if writing is not None:
+            self._log.warn("stopping with {count} events unwritten", count=len(self._backlog))
+            writing.cancel()
         loop, self._loop = self._loop, None
         self._begun = False
         if loop is not None:

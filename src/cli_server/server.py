@@ -638,6 +638,8 @@ def build(
         relay.cut(**match)
 
     sandbox_access.cut_streams = cut_streams
+    if bus is not None:
+        bus.forget_everything = sandbox_access.revoke_everything
     routes = Routes(
         sandbox_access,
         endpoints,

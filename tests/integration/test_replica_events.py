@@ -34,6 +34,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from cli_server.db.embedded import EmbeddedPostgres
+from cli_server.db.pool import Database
+from cli_server.replicas.events import EventTable
 
 from .conftest import _reactor
 from .daemon import Daemon
@@ -263,6 +265,8 @@ class Cluster:
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
                 " AND pid <> pg_backend_pid() AND query IN ('LISTEN cli_replica_events',"
                 " 'SELECT 1') AND backend_type = 'client backend'"
+                # (the leader's lock connection says SELECT 1 too; it names itself)
+                " AND application_name NOT LIKE 'cli-server %%'"
             )
             return [row[0] for row in cursor.fetchall()]
 
@@ -478,3 +482,24 @@ def test_a_revocation_whose_write_fails_reaches_b_once_the_table_heals(
     took = closed_at(stream, timeout=15.0) - healed
     print(f"revocation delivered {took * 1000:.0f} ms after the table could be written again")
     assert "the unwritten events are written" in replicas.a.log.read_text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_table_answers_what_the_bus_asks(db_url: str) -> None:
+    """``EventTable`` on PostgreSQL: rows above an id or among the ids waited for, in order;
+    the highest id taken stays known after its rows are pruned."""
+    db = Database(_reactor(), db_url)  # (a migrated database of its own)
+    try:
+        table = EventTable(db, _reactor())
+        await db.execute("DELETE FROM replica_events")
+        start = await table.taken()
+        for n in range(4):
+            await table.add("other", "user_revoked", {"user_id": f"u{n}"})
+        rows = await table.after(start + 3, 10, [start + 1])
+        assert [r["id"] - start for r in rows] == [1, 4]
+        assert rows[1]["payload"] == {"user_id": "u3"}
+        assert await table.newest() == await table.taken() == start + 4
+        await db.execute("DELETE FROM replica_events")
+        assert (await table.newest(), await table.taken()) == (0, start + 4)
+    finally:
+        db.close()

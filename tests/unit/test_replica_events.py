@@ -41,6 +41,9 @@ class Table:
     async def newest(self) -> int:
         return max((int(r["id"]) for r in self.visible()), default=0)
 
+    async def taken(self) -> int:
+        return self.next_id - 1
+
     async def after(self, above: int, limit: int, also: Sequence[int] = ()) -> list[Row]:
         self.reads += 1
         if self.failing:
@@ -326,6 +329,63 @@ class ReplicaEventsTests(SynchronousTestCase):
         self.assertEqual(self.table.reads - reads, 3)
         self.assertEqual(self.heard.said[-1], ("user_revoked", "late"))
         self.assertEqual((self.bus.settled.floor, self.bus.settled.waiting), (701, 0))
+
+    def away(self, seconds: float) -> None:
+        """The listening connection drops and stays away ``seconds``, then comes back."""
+        self.switch.drop()
+        self.switch.up = False
+        self.clock.pump([10.0] * int(seconds // 10))
+        self.switch.up = True
+        self.clock.advance(10.0)
+        self.assertTrue(self.bus.connected)
+
+    def test_a_long_outage_with_rows_pruned_unread_forgets_everything(self) -> None:
+        """Away longer than rows are kept, and the first row read is not the next id (the
+        ones before it were pruned): everything counts as changed, once; the rows left are
+        delivered as usual."""
+        forgotten: list[None] = []
+        self.bus.forget_everything = lambda: forgotten.append(None)
+        self.start()
+        self.table.insert("other", "user_revoked", {"user_id": "seen"})
+        self.switch.notify()
+        with capturedLogs() as logged:
+            self.away(400.0)
+            self.assertEqual(forgotten, [])  # (nothing written meanwhile)
+            self.away(400.0)
+            pruned = self.table.insert("other", "user_revoked", {"user_id": "pruned"})
+            self.table.insert("other", "user_disabled", {"user_id": "left"})
+            self.table.rows = [r for r in self.table.rows if r["id"] != pruned]
+            self.away(400.0)
+        self.assertEqual(forgotten, [None])
+        self.assertTrue(any("pruned unread" in str(e.get("log_format")) for e in logged))
+        self.assertEqual(self.heard.said, [("user_revoked", "seen"), ("user_disabled", "left")])
+        self.clock.advance(5.0)  # (the next heartbeat's read is an ordinary one)
+        self.assertEqual(forgotten, [None])
+
+    def test_a_long_outage_with_every_row_pruned_forgets_everything(self) -> None:
+        """Away that long and every row written meanwhile is gone (the ids were taken): the
+        same."""
+        forgotten: list[None] = []
+        self.bus.forget_everything = lambda: forgotten.append(None)
+        self.start()
+        self.switch.drop()
+        self.table.insert("other", "user_revoked", {"user_id": "pruned"})
+        self.table.insert("other", "user_revoked", {"user_id": "pruned too"})
+        self.table.rows = []
+        self.away(400.0)
+        self.assertEqual(forgotten, [None])
+        self.assertEqual(self.heard.said, [])
+
+    def test_a_short_outage_or_a_rolled_back_id_forgets_nothing(self) -> None:
+        """A gap after an outage shorter than half the keep is an ordinary gap."""
+        forgotten: list[None] = []
+        self.bus.forget_everything = lambda: forgotten.append(None)
+        self.start()
+        self.table.insert("other", "user_revoked", {"user_id": "rolled-back"}, hide=True)
+        self.table.insert("other", "user_revoked", {"user_id": "after"})
+        self.away(200.0)
+        self.assertEqual(forgotten, [])
+        self.assertEqual(self.heard.said, [("user_revoked", "after")])
 
     def test_notify_during_a_read_reads_again(self) -> None:
         """A NOTIFY while a delivery is under way is not lost: the read goes round again."""

@@ -15,6 +15,12 @@ it reads every row after the last it settled before it waits again. A heartbeat 
 listening connection finds a silent link, and reads too, so a lost NOTIFY costs at most one
 heartbeat. Ids are taken at insert and committed in any order, so an id missing below one
 already seen is waited for (``gap_wait``) before it is given up as rolled back.
+
+Rows are pruned after ``KEEP`` seconds. A replica that could not read for long enough that
+rows it never read may be gone (the first row it reads is not the next id, or none is left)
+cannot know what it missed: it takes everything as changed (``forget_everything``: every
+cached session dropped, every proxied connection cut; browsers reconnect and are checked
+again).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ KINDS = frozenset(
 )
 _BATCH = 500  # rows per read
 _BACKLOG = 10_000  # events kept for writing again while the table cannot be written
+KEEP = 600.0  # seconds a row stays in the table
 
 
 class Feed(Protocol):
@@ -56,6 +63,9 @@ class Store(Protocol):
     """The table (``EventTable``)."""
 
     async def newest(self) -> int: ...
+
+    async def taken(self) -> int:
+        """The highest id ever taken, whether its row committed, rolled back or was pruned."""
 
     async def after(self, above: int, limit: int, also: Sequence[int] = ()) -> list[Row]:
         """The first ``limit`` rows, in id order, with an id above ``above`` or in ``also``."""
@@ -75,12 +85,18 @@ class EventTable:
 
     _db: Database
     _clock: IReactorTime
-    _keep: float = 600.0
+    _keep: float = KEEP
     _prune_every: float = 60.0
     _pruned_at: float | None = field(default=None, init=False)
 
     async def newest(self) -> int:
         rows = await self._db.query("SELECT coalesce(max(id), 0) AS id FROM replica_events")
+        return int(rows[0]["id"])
+
+    async def taken(self) -> int:
+        rows = await self._db.query(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS id FROM replica_events_id_seq"
+        )
         return int(rows[0]["id"])
 
     async def after(self, above: int, limit: int, also: Sequence[int] = ()) -> list[Row]:
@@ -189,6 +205,10 @@ class ReplicaEvents(Service):
     _longest_retry: float = 10.0
     _gap_wait: float = 10.0
     _begin_at_start: bool = True  # else at ``begin`` (once the table exists)
+    _keep: float = KEEP  # (the table's: rows older may be gone)
+    # Called when events may have been missed for good (see the module's docstring).
+    forget_everything: Callable[[], None] = field(default=lambda: None)
+    _read_at: float | None = field(default=None, init=False)  # the last read that worked
     _begun: bool = field(default=False, init=False)
     settled: Settled | None = field(default=None, init=False)
     connected: bool = field(default=False, init=False)
@@ -386,13 +406,27 @@ class ReplicaEvents(Service):
             return
         while True:
             self._again = False
+            began = self._clock.seconds()
+            # (rows pruned unread are possible only after half the keep: margin for clocks)
+            gone = began - self._read_at if self._read_at is not None else 0.0
+            away = gone >= self._keep / 2
+            top = settled.top
             try:
                 # (only what is not taken yet: the ids waited for and those above the
                 # highest taken; every row read is new, so each round makes progress)
-                rows = await self._store.after(settled.top, _BATCH, settled.missing)
+                rows = await self._store.after(top, _BATCH, settled.missing)
+                taken = await self._store.taken() if away else top
             except Exception as e:
                 self._log.warn("reading the other replicas' events failed: {why}", why=e)
                 return  # (the next heartbeat or NOTIFY reads again from the same place)
+            self._read_at = began
+            if away and _skipped(top, rows, taken):
+                self._log.warn(
+                    "events of the other replicas may have been pruned unread (no read for "
+                    "{away:.0f}s): every cached session is dropped and every connection cut",
+                    away=gone,
+                )
+                self.forget_everything()
             for row in settled.take(rows):
                 if row["origin"] != self.origin:
                     await self._deliver(row)
@@ -410,6 +444,13 @@ class ReplicaEvents(Service):
         except Exception:
             # (``Events`` logged each subscriber's failure; the others still heard it)
             self._log.warn("delivering {kind} from another replica failed", kind=kind)
+
+
+def _skipped(top: int, rows: list[Row], taken: int) -> bool:
+    """Whether ids just above ``top`` are missing from what was read (pruned, maybe; a
+    rolled-back one looks the same, and costs a needless cut)."""
+    above = [int(r["id"]) for r in rows if int(r["id"]) > top]
+    return min(above) > top + 1 if above else taken > top
 
 
 def _fire(d: Deferred[None]) -> None:

@@ -100,8 +100,8 @@ class Failures:
         return _count(rows[0])
 
     async def release(self, kind: str, key: str, at: float) -> None:
-        # (one statement: the row is read and written under its lock; ``p`` is the first
-        # position of ``at``, and the newest time left is the last one unless ``at`` was it)
+        # (one statement: the row is read and written under its lock; the first occurrence of
+        # ``at`` goes, and the newest time left is the last one unless ``at`` was it)
         await self._db.execute(
             "UPDATE auth_failures SET count = greatest(count - 1, 0),"
             " stamps = stamps[:array_position(stamps, %(at)s::float8) - 1]"

@@ -484,8 +484,18 @@ def build(
     sandboxes = SandboxService(manager, backend, tunnels)
     sandboxes.setName("sandboxes")
     sandboxes.setServiceParent(root)
-    reconciler = Reconciler(db, backend, manager)
-    idle = IdleMonitor(db, backend, manager, opencode, activity, config.idle_timeout, reactor)
+    # (leadership is asked again before each sandbox: a deposed leader stops within one)
+    reconciler = Reconciler(db, backend, manager, lambda: leadership.leading)
+    idle = IdleMonitor(
+        db,
+        backend,
+        manager,
+        opencode,
+        activity,
+        config.idle_timeout,
+        reactor,
+        lambda: leadership.leading,
+    )
     # Once per cluster, on the leader (taking the lead runs them at once: the reconciler first).
     reconcile = leadership.when_leading(reconciler.sweep)
     idle_sweep = leadership.when_leading(idle.sweep)
@@ -628,6 +638,8 @@ def build(
         relay.cut(**match)
 
     sandbox_access.cut_streams = cut_streams
+    if bus is not None:
+        bus.forget_everything = sandbox_access.revoke_everything
     routes = Routes(
         sandbox_access,
         endpoints,

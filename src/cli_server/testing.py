@@ -166,11 +166,23 @@ class MemoryFailures:
     counts: dict[tuple[str, str], Count] = field(factory=dict)
     seen: dict[tuple[str, str], float] = field(factory=dict)  # (account, address) -> when
 
-    async def record(self, kind: str, key: str, now: float, forget_after: float, keep: int) -> None:
+    async def record(
+        self, kind: str, key: str, now: float, forget_after: float, keep: int
+    ) -> Count:
         old = self.counts.get((kind, key))
         count = 1 if old is None or old.last <= now - forget_after else old.count + 1
         stamps = ((*old.stamps, now) if old is not None else (now,))[-keep:] if keep else ()
         self.counts[(kind, key)] = Count(count, now, stamps)
+        return self.counts[(kind, key)]
+
+    async def release(self, kind: str, key: str, at: float) -> None:
+        old = self.counts.get((kind, key))
+        if old is None or at not in old.stamps:
+            return
+        stamps = list(old.stamps)
+        del stamps[stamps.index(at)]
+        last = stamps[-1] if stamps else old.last
+        self.counts[(kind, key)] = Count(max(old.count - 1, 0), last, tuple(stamps))
 
     async def get(self, kind: str, key: str) -> Count | None:
         return self.counts.get((kind, key))

@@ -6,6 +6,7 @@ from typing import Any
 
 import attrs
 import pytest_twisted
+from twisted.internet.defer import DeferredList
 
 from cli_server.auth.tokens import token_hash
 from cli_server.client_address import parse_trusted_proxies
@@ -198,6 +199,43 @@ async def test_guessing_slows_the_attacker_and_never_locks_out_the_owner(db_url:
             assert (await _login(running, f"nobody{n}", "guess-guess", nat)).code == 401
         assert (await _login(running, "colleague", "password123", nat)).code == 200
         assert (await _login(running, "owner", "password123", nat)).code == 429  # (sprayed)
+    finally:
+        await stop_server(running)
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_passwords_at_once_get_the_free_tries_only(db_url: str) -> None:
+    """Thirty wrong passwords sent at once (as over several replicas, every check pending
+    while the others arrive): five are checked, the rest answer 429 and count for nothing;
+    then the right password from there waits too. Changing the password is held to the
+    same count."""
+    limits = AuthLimits(registrations_per_address=100, login_first_wait=60.0)
+    running = await start_server(db_url, limits=limits)
+    try:
+        user = {"username": "owner", "password": "password123"}
+        assert (await running.client().call("POST", "/api/auth/register", user)).code == 201
+        wrong = {"username": "owner", "password": "guess-guess"}
+        answers = await DeferredList(
+            [running.client().call("POST", "/api/auth/login", wrong) for _ in range(30)],
+            fireOnOneErrback=True,
+        )
+        codes = sorted(answer.code for _, answer in answers)
+        assert codes == [401] * 5 + [429] * 25, codes
+        (pair,) = await running.db.query(
+            "SELECT count FROM auth_failures WHERE kind = 'login-pair'"
+        )
+        assert pair["count"] == 5
+        assert (await running.client().call("POST", "/api/auth/login", user)).code == 429
+
+        other = running.client()
+        await other.register_and_login("other")
+        change = {"current_password": "guess-guess", "new_password": "password456"}
+        changes = await DeferredList(
+            [other.call("PUT", "/api/auth/password", change) for _ in range(12)],
+            fireOnOneErrback=True,
+        )
+        codes = sorted(answer.code for _, answer in changes)
+        assert codes == [403] * 5 + [429] * 7, codes
     finally:
         await stop_server(running)
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredList
 
-from cli_server.auth.ratelimit import Failures, FailureStore
+from cli_server.auth.ratelimit import Count, Failures, FailureStore
 from cli_server.db.pool import Database
 from cli_server.testing import MemoryFailures
 
@@ -37,6 +37,12 @@ async def play(store: FailureStore) -> list[Any]:
     seen.append([await store.get("login-address", k) for k in ("old", "new")])
     await store.prune_addresses(53.5)
     seen.append([await store.seen_at("carol", a) for a in "abcd"])
+    for t in (300.0, 301.0, 302.0):  # attempts counted in advance, then given back
+        seen.append(await store.record("login-account", "erin", t, 60.0, 4))
+    await store.release("login-account", "erin", 302.0)  # the newest: the last goes back
+    await store.release("login-account", "erin", 300.0)  # an older one: the last stays
+    await store.release("login-account", "erin", 299.0)  # a time not kept: nothing
+    seen.append(await store.get("login-account", "erin"))
     return seen
 
 
@@ -44,7 +50,8 @@ async def play(store: FailureStore) -> list[Any]:
 async def test_postgres_counts_as_memory_does(db_url: str) -> None:
     """Windows keep the latest times, counts start again after the memory, keys with a NUL
     or a backslash stay apart, a login keeps an account's latest addresses only, prunes
-    drop what is old: the same in PostgreSQL as in memory."""
+    drop what is old, a failure given back is un-counted: the same in PostgreSQL as in
+    memory."""
     db = Database(_reactor(), db_url)  # (a migrated database of its own)
     try:
         expected = await play(MemoryFailures())
@@ -55,6 +62,8 @@ async def test_postgres_counts_as_memory_does(db_url: str) -> None:
         assert expected[4] == [None, 53.0, None, 54.0]
         assert expected[5][0] is None and expected[5][1] is not None
         assert expected[6] == [None, None, None, 54.0]
+        assert expected[9] == Count(3, 302.0, (300.0, 301.0, 302.0))
+        assert expected[10] == Count(1, 301.0, (301.0,))
     finally:
         db.close()
 

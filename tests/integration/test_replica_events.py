@@ -34,6 +34,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from cli_server.db.embedded import EmbeddedPostgres
+from cli_server.db.pool import Database
+from cli_server.replicas.events import EventTable
 
 from .conftest import _reactor
 from .daemon import Daemon
@@ -263,6 +265,8 @@ class Cluster:
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
                 " AND pid <> pg_backend_pid() AND query IN ('LISTEN cli_replica_events',"
                 " 'SELECT 1') AND backend_type = 'client backend'"
+                # (the leader's lock connection says SELECT 1 too; it names itself)
+                " AND application_name NOT LIKE 'cli-server %%'"
             )
             return [row[0] for row in cursor.fetchall()]
 
@@ -454,3 +458,47 @@ def test_pause_on_a_reaches_b_s_caches(replicas: Cluster) -> None:
         conn.close()
     assert b"healthy" not in page, page[:200]  # (not opencode's answer)
     assert b"paused" in page.lower(), page[:300]
+
+
+def test_a_revocation_whose_write_fails_reaches_b_once_the_table_heals(
+    replicas: Cluster,
+) -> None:
+    """The insert into replica_events fails (a constraint added for the test stands in for a
+    full disk or a lock timeout): the logout on A still answers 204 (A's own cut is done);
+    once the table can be written again, A writes the event and B cuts the stream."""
+    owner, _ = signed_in(replicas, "owner")
+    _, sid = replicas.sandbox(owner)
+    stream = replicas.stream(sid, replicas.sandbox_cookie(owner, sid, replicas.b), replicas.b)
+    with psycopg2.connect(replicas.dsn) as conn, conn.cursor() as cursor:
+        cursor.execute("ALTER TABLE replica_events ADD CONSTRAINT down CHECK (false) NOT VALID")
+    try:
+        assert owner.call(replicas.a, "POST", "/api/auth/logout")[0] == 204
+        stream.settimeout(2.0)
+        assert stream.recv(65536), "B cut the stream before the event could be written"
+    finally:
+        with psycopg2.connect(replicas.dsn) as conn, conn.cursor() as cursor:
+            cursor.execute("ALTER TABLE replica_events DROP CONSTRAINT down")
+    healed = time.monotonic()
+    took = closed_at(stream, timeout=15.0) - healed
+    print(f"revocation delivered {took * 1000:.0f} ms after the table could be written again")
+    assert "the unwritten events are written" in replicas.a.log.read_text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_table_answers_what_the_bus_asks(replicas: Cluster) -> None:
+    """``EventTable`` on PostgreSQL: rows above an id or among the ids waited for, in order;
+    the highest id taken stays known after its rows are pruned."""
+    db = Database(_reactor(), replicas.dsn)
+    try:
+        table = EventTable(db, _reactor())
+        start = await table.taken()
+        for n in range(4):  # (the replicas hear them: revocations of users nobody is)
+            await table.add("test", "user_revoked", {"user_id": str(uuid.uuid4())})
+        rows = await table.after(start + 3, 10, [start + 1])
+        assert [r["id"] - start for r in rows] == [1, 4]
+        assert rows[1]["origin"] == "test" and set(rows[1]["payload"]) == {"user_id"}
+        assert await table.newest() == await table.taken() == start + 4
+        await db.execute("DELETE FROM replica_events WHERE id > %s", (start,))
+        assert await table.newest() <= start and await table.taken() == start + 4
+    finally:
+        db.close()

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from cli_server.replicas.leader import LEADER_LOCK_KEY, Leadership
+from cli_server.sandboxes.backend import Observed, State
+from cli_server.sandboxes.model import Status
+from cli_server.sandboxes.monitor import IdleMonitor, Reconciler
 
 
 class _Gone(Exception):
@@ -209,3 +213,91 @@ class LeadershipTests(SynchronousTestCase):
         self.attempt(a)
         self.assertTrue(a.leading)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class _Sandboxes:
+    """The sandboxes table, the manager and the backend as the idle monitor and the
+    reconciler see them; ``act`` is called on each action (the test cuts the lead there)."""
+
+    host = None
+    name = "fake"
+
+    def __init__(self, act: Callable[[], None]) -> None:
+        self.act = act
+        self.done: list[tuple[str, str]] = []
+
+    async def query(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return [
+            {"id": f"s{n}", "opencode_password": "secret", "status": "creating"} for n in range(3)
+        ]
+
+    def busy(self, sandbox_id: str) -> bool:
+        return False
+
+    async def describe(self, sandbox_id: str) -> Observed:
+        return Observed(State.STOPPED)
+
+    async def stop(self, sandbox_id: str) -> None:
+        pass
+
+    async def list_owned(self) -> list[str]:
+        return ["orphan1", "orphan2"]
+
+    async def delete(self, sandbox_id: str) -> None:
+        self.done.append(("delete", sandbox_id))
+        self.act()
+
+    async def pause_idle(self, sandbox_id: str) -> bool:
+        self.done.append(("pause", sandbox_id))
+        self.act()
+        return True
+
+    async def force(self, sandbox_id: str, was: Status, to: Status, error: str | None) -> bool:
+        self.done.append(("force", sandbox_id))
+        self.act()
+        return True
+
+
+class DeposedLeaderTests(SynchronousTestCase):
+    """A leader that loses its lock's connection mid-sweep stops within one sandbox."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.server = _Server()
+        self.leader = _replica(self.server, self.clock, "a")
+        self.successResultOf(Deferred.fromCoroutine(self.leader.attempt()))
+        self.assertTrue(self.leader.leading)
+        self.sandboxes = _Sandboxes(self.lose)
+
+    def lose(self) -> None:
+        self.server.sessions[-1].broken = True  # (the lock's connection is gone)
+
+    def test_the_idle_monitor_stops_after_the_sandbox_in_hand(self) -> None:
+        """Three idle sandboxes; the lead is lost while pausing the first: the others stay."""
+        s = self.sandboxes
+        monitor = IdleMonitor(s, s, s, s, s, 60.0, self.clock, lambda: self.leader.leading)
+        with capturedLogs():
+            self.successResultOf(Deferred.fromCoroutine(monitor.sweep()))
+        self.assertEqual(s.done, [("pause", "s0")])
+        self.assertFalse(self.leader.leading)
+
+    def test_the_reconciler_stops_after_the_sandbox_in_hand(self) -> None:
+        """Three rows to repair and two orphans; the lead is lost on the first repair:
+        nothing else is repaired and no orphan is removed."""
+        s = self.sandboxes
+        reconciler = Reconciler(s, s, s, lambda: self.leader.leading)
+        with capturedLogs():
+            self.successResultOf(Deferred.fromCoroutine(reconciler.sweep()))
+        self.assertEqual(s.done, [("force", "s0")])
+
+    def test_a_leader_sweeps_everything(self) -> None:
+        """Still leading: every sandbox is dealt with (the check stops nothing else)."""
+        s = _Sandboxes(lambda: None)
+        reconciler = Reconciler(s, s, s, lambda: self.leader.leading)
+        with capturedLogs():
+            self.successResultOf(Deferred.fromCoroutine(reconciler.sweep()))
+        self.assertEqual(
+            s.done,
+            [("force", "s0"), ("force", "s1"), ("force", "s2")]
+            + [("delete", "orphan1"), ("delete", "orphan2")],
+        )

@@ -12,10 +12,13 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from cli_server.auth.ratelimit import (
+    Attempt,
     Backoff,
+    Count,
     FailureLimiter,
     KnownAddresses,
     LoginGuard,
+    Wait,
     wait_in_words,
 )
 from cli_server.testing import MemoryFailures
@@ -40,10 +43,10 @@ class FailureLimiterTests(SynchronousTestCase):
     def test_blocks_after_limit_until_window_passes(self) -> None:
         """The limit-th failure blocks; Retry-After counts down to the oldest failure's expiry."""
         for _ in range(2):
-            now(self.limiter.failed("alice"))
+            self.assertIsNone(now(self.limiter.take("alice")))
             self.assertIsNone(now(self.limiter.retry_after("alice")))
         self.clock.advance(10)
-        now(self.limiter.failed("alice"))
+        self.assertIsNone(now(self.limiter.take("alice")))
         self.assertEqual(now(self.limiter.retry_after("alice")), 50)
         self.clock.advance(49.5)
         self.assertEqual(now(self.limiter.retry_after("alice")), 1)
@@ -53,7 +56,7 @@ class FailureLimiterTests(SynchronousTestCase):
     def test_keys_are_independent_and_forget_clears(self) -> None:
         """One key's failures do not block another; forget() resets a key."""
         for _ in range(3):
-            now(self.limiter.failed("alice"))
+            now(self.limiter.take("alice"))
         self.assertIsNone(now(self.limiter.retry_after("bob")))
         now(self.limiter.forget("alice"))
         self.assertIsNone(now(self.limiter.retry_after("alice")))
@@ -61,9 +64,9 @@ class FailureLimiterTests(SynchronousTestCase):
     def test_prune_bounds_memory(self) -> None:
         """Keys whose failures are all older than the window are dropped."""
         for n in range(100):
-            now(self.limiter.failed(f"user{n}"))
+            now(self.limiter.take(f"user{n}"))
         self.clock.advance(61)
-        now(self.limiter.failed("fresh"))
+        now(self.limiter.take("fresh"))
         now(self.limiter.prune())
         self.assertEqual(list(self.store.counts), [("registration", "fresh")])
 
@@ -83,11 +86,15 @@ def _guard(clock: Clock) -> LoginGuard:
 
 
 def _try(guard: LoginGuard, clock: Clock, account: str, address: str) -> bool:
-    """One wrong password if allowed now; False if it had to wait."""
-    if now(guard.retry_after(account, address)) is not None:
-        return False
-    now(guard.failed(account, address))
-    return True
+    """One wrong password if allowed now (it stays counted); False if it had to wait."""
+    return isinstance(now(guard.attempt(account, address)), Attempt)
+
+
+def _login(guard: LoginGuard, account: str, address: str) -> None:
+    """The right password, from ``address``."""
+    attempt = now(guard.attempt(account, address))
+    assert isinstance(attempt, Attempt)
+    now(guard.succeeded(attempt))
 
 
 class BackoffTests(SynchronousTestCase):
@@ -97,13 +104,13 @@ class BackoffTests(SynchronousTestCase):
         backoff = Backoff(MemoryFailures(), clock, "login-pair", 3, 1.0, 10.0, 3600.0)
         for _ in range(3):
             self.assertIsNone(now(backoff.retry_after("k")))
-            now(backoff.failed("k"))
+            self.assertIsNone(now(backoff.take("k"))[0])
         waits = []
         for _ in range(6):
             waits.append(now(backoff.retry_after("k")))
             clock.advance(waits[-1] or 0)
             self.assertIsNone(now(backoff.retry_after("k")))
-            now(backoff.failed("k"))
+            self.assertIsNone(now(backoff.take("k"))[0])
         self.assertEqual(waits, [1, 2, 4, 8, 10, 10])
         now(backoff.forget("k"))
         self.assertIsNone(now(backoff.retry_after("k")))
@@ -114,9 +121,9 @@ class BackoffTests(SynchronousTestCase):
         store = MemoryFailures()
         backoff = Backoff(store, clock, "login-pair", 1, 1.0, 10.0, 60.0)
         for n in range(25):
-            now(backoff.failed(f"k{n}"))
+            now(backoff.take(f"k{n}"))
         clock.advance(61)
-        now(backoff.failed("fresh"))
+        now(backoff.take("fresh"))
         now(backoff.prune())
         self.assertEqual(list(store.counts), [("login-pair", "fresh")])
 
@@ -125,10 +132,10 @@ class BackoffTests(SynchronousTestCase):
         clock = Clock()
         backoff = Backoff(MemoryFailures(), clock, "login-pair", 2, 1.0, 10.0, 60.0)
         for _ in range(4):
-            now(backoff.failed("k"))
+            now(backoff.take("k"))
         self.assertIsNotNone(now(backoff.retry_after("k")))
         clock.advance(60)
-        now(backoff.failed("k"))
+        now(backoff.take("k"))
         self.assertIsNone(now(backoff.retry_after("k")))
 
 
@@ -138,7 +145,7 @@ class LoginGuardTests(SynchronousTestCase):
         thousands; the owner, from the address they used before, logs in at any moment."""
         clock = Clock()
         guard = _guard(clock)
-        now(guard.succeeded(OWNER, HOME))
+        _login(guard, OWNER, HOME)
         tries = 0
         for _ in range(3600):  # the attacker tries every second for an hour
             tries += _try(guard, clock, OWNER, ATTACKER)
@@ -152,7 +159,7 @@ class LoginGuardTests(SynchronousTestCase):
         while the owner's known address passes."""
         clock = Clock()
         guard = _guard(clock)
-        now(guard.succeeded(OWNER, HOME))
+        _login(guard, OWNER, HOME)
         for n in range(20):
             self.assertTrue(_try(guard, clock, OWNER, f"203.0.113.{n}"))
         waiting = now(guard.retry_after(OWNER, "203.0.113.200"))
@@ -166,7 +173,7 @@ class LoginGuardTests(SynchronousTestCase):
         there before still can; new names there are slowed only past the address's limit."""
         clock = Clock()
         guard = _guard(clock)
-        now(guard.succeeded("alice", HOME))
+        _login(guard, "alice", HOME)
         for n in range(20):
             self.assertTrue(_try(guard, clock, f"user{n}", HOME))
         self.assertIsNone(now(guard.retry_after("alice", HOME)))
@@ -182,7 +189,7 @@ class LoginGuardTests(SynchronousTestCase):
         """Knowing an address never excuses guessing from it; success there clears the pair."""
         clock = Clock()
         guard = _guard(clock)
-        now(guard.succeeded(OWNER, HOME))
+        _login(guard, OWNER, HOME)
         for _ in range(5):
             self.assertTrue(_try(guard, clock, OWNER, HOME))
         self.assertEqual(
@@ -190,7 +197,7 @@ class LoginGuardTests(SynchronousTestCase):
             (1, "too many failed logins for this account from this address"),
         )
         clock.advance(1)
-        now(guard.succeeded(OWNER, HOME))
+        _login(guard, OWNER, HOME)
         self.assertIsNone(now(guard.retry_after(OWNER, HOME)))
 
     def test_known_addresses_expire_and_are_bounded(self) -> None:
@@ -205,6 +212,57 @@ class LoginGuardTests(SynchronousTestCase):
         self.assertFalse(now(known.knows(OWNER, "c")))
         now(known.prune())
         self.assertEqual(store.seen, {})
+
+
+class AttemptTests(SynchronousTestCase):
+    """An attempt is counted before its password is checked: attempts at once (their checks
+    all pending) get the free tries and no more; a refused one counts for nothing."""
+
+    def test_attempts_at_once_get_the_free_tries_only(self) -> None:
+        """Sixty attempts taken before any password is checked: five pass, the rest must
+        wait; after the wait, one more passes (the refused ones did not count)."""
+        clock = Clock()
+        guard = _guard(clock)
+        taken = [now(guard.attempt(OWNER, ATTACKER)) for _ in range(60)]
+        self.assertEqual(sum(isinstance(t, Attempt) for t in taken), 5)
+        self.assertEqual(
+            {(t.seconds, t.why) for t in taken if isinstance(t, Wait)},
+            {(1, "too many failed logins for this account from this address")},
+        )
+        clock.advance(1)
+        self.assertTrue(_try(guard, clock, OWNER, ATTACKER))
+        self.assertFalse(_try(guard, clock, OWNER, ATTACKER))
+
+    def test_a_success_gives_its_attempt_back(self) -> None:
+        """A right password from a new address is no failure for the account or the address;
+        it clears the pair and makes the address known."""
+        clock = Clock()
+        store = MemoryFailures()
+        guard = AuthLimits().guard(store, clock)
+        _try(guard, clock, OWNER, ATTACKER)
+        _login(guard, OWNER, HOME)
+        self.assertEqual(store.counts[("login-account", OWNER)].count, 1)
+        self.assertEqual(store.counts[("login-address", HOME)].count, 0)
+        self.assertNotIn(("login-pair", f"{OWNER}\0{HOME}"), store.counts)
+        self.assertTrue(now(KnownAddresses(store, clock).knows(OWNER, HOME)))
+
+    def test_given_back_restores_the_last_time(self) -> None:
+        """Giving back the newest attempt leaves the key's last failure at the one before."""
+        clock = Clock()
+        store = MemoryFailures()
+        backoff = Backoff(store, clock, "login-pair", 1, 1.0, 10.0, 60.0)
+        now(backoff.take("k"))
+        clock.advance(5)
+        wait, taken = now(backoff.take("k"))
+        self.assertIsNone(wait)
+        clock.advance(0.5)
+        wait, refused = now(backoff.take("k"))
+        self.assertEqual(wait, 2)
+        now(backoff.give_back(refused))
+        self.assertEqual(store.counts[("login-pair", "k")], Count(2, 5.0, (0.0, 5.0)))
+        now(backoff.give_back(taken))
+        now(backoff.give_back(taken))  # (twice: the time is no longer kept, nothing happens)
+        self.assertEqual(store.counts[("login-pair", "k")], Count(1, 0.0, (0.0,)))
 
 
 class WaitInWordsTests(SynchronousTestCase):
@@ -232,7 +290,7 @@ class WaitInWordsTests(SynchronousTestCase):
 
         clock = Clock()
         limiter = FailureLimiter(MemoryFailures(), clock, "registration", 1, 900.0)
-        now(limiter.failed("203.0.113.9"))
+        self.assertIsNone(now(limiter.take("203.0.113.9")))
         error = failure_of(Deferred.fromCoroutine(_limit(limiter, "203.0.113.9", "too many"))).value
         assert isinstance(error, TooManyRequests)
         self.assertEqual(error.message, "too many; try again in 15 minutes")

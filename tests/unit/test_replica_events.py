@@ -5,7 +5,7 @@ local delivery of a revocation when writing it for the others fails."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from attrs import define, field
@@ -41,11 +41,14 @@ class Table:
     async def newest(self) -> int:
         return max((int(r["id"]) for r in self.visible()), default=0)
 
-    async def after(self, settled: int, limit: int) -> list[Row]:
+    async def taken(self) -> int:
+        return self.next_id - 1
+
+    async def after(self, above: int, limit: int, also: Sequence[int] = ()) -> list[Row]:
         self.reads += 1
         if self.failing:
             raise DatabaseUnavailable("down")
-        return [r for r in self.visible() if r["id"] > settled][:limit]
+        return [r for r in self.visible() if r["id"] > above or r["id"] in also][:limit]
 
     async def add(self, origin: str, kind: str, payload: dict[str, str]) -> None:
         if self.failing:
@@ -192,24 +195,44 @@ class ReplicaEventsTests(SynchronousTestCase):
         )
         self.successResultOf(other.stopService())
 
-    def test_local_delivery_survives_a_failed_write(self) -> None:
-        """The table cannot be written: the local subscribers still heard the revocation,
-        and the failure reaches whoever fired it (as any subscriber's failure does)."""
+    def test_a_failed_write_is_kept_and_written_when_the_table_heals(self) -> None:
+        """The table cannot be written: the local subscribers heard the revocation and whoever
+        fired it is answered (the cut here is done); the event, and those fired after it, are
+        written in order once the table can be written again, and another replica hears
+        them."""
         events = Events()
         events.subscribe(self.heard)
         events.subscribe(self.bus)
+        there = Heard()
+        other = self.make(there, origin="other", switch=Switch())
+        other.startService()
+        self.start()
         self.table.failing = True
         with capturedLogs() as logged:
-            failure = self.failureResultOf(
-                Deferred.fromCoroutine(events.user_revoked("u")), DatabaseUnavailable
-            )
-        self.assertIsNotNone(failure)
-        self.assertEqual(self.heard.said, [("user_revoked", "u")])
-        failures = [e for e in logged if e.get("log_failure") is not None]
-        self.assertEqual(
-            [(e["listener"], e["event"]) for e in failures], [("ReplicaEvents", "user_revoked")]
-        )
-        self.flushLoggedErrors(DatabaseUnavailable)
+            self.successResultOf(Deferred.fromCoroutine(events.user_revoked("u")))
+            self.successResultOf(Deferred.fromCoroutine(events.sandbox_deleted("s")))
+            self.assertEqual(self.heard.said, [("user_revoked", "u"), ("sandbox_deleted", "s")])
+            self.assertEqual(self.bus.unwritten, 2)
+            self.clock.pump([0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0])  # (the waits, bounded)
+        self.assertEqual(self.table.rows, [])
+        self.assertIn(10.0, [e.get("delay") for e in logged])  # (the longest wait)
+        self.table.failing = False
+        self.clock.advance(10.0)
+        self.assertEqual(self.bus.unwritten, 0)
+        self.assertEqual([r["kind"] for r in self.table.rows], ["user_revoked", "sandbox_deleted"])
+        other._heard()
+        self.assertEqual(there.said, [("user_revoked", "u"), ("sandbox_deleted", "s")])
+        self.successResultOf(other.stopService())
+
+    def test_stop_gives_up_the_unwritten_events(self) -> None:
+        """Stopping with events unwritten ends the retries (and says so)."""
+        self.start()
+        self.table.failing = True
+        self.bus.tell_others("sandbox_status_changed", sandbox_id="s")
+        self.assertEqual(self.bus.unwritten, 1)
+        with capturedLogs() as logged:
+            self.stop()
+        self.assertTrue(any(e.get("count") == 1 for e in logged))
 
     def test_catch_up_after_the_connection_drops(self) -> None:
         """Rows written while the listening connection was down (their NOTIFY went nowhere)
@@ -286,6 +309,83 @@ class ReplicaEventsTests(SynchronousTestCase):
         self.assertEqual(self.bus.settled.floor, 0)
         self.clock.advance(1.0)  # (the heartbeat at 10 s reads and settles)
         self.assertEqual(self.bus.settled.floor, 2)
+
+    def test_a_gap_below_many_rows_costs_two_reads(self) -> None:
+        """One id not committed yet below more than a batch of rows: one read takes the first
+        batch, the next the rest (and the missing id, were it there), and the read stops; the
+        rows past the first batch are delivered at once, not after the gap's wait."""
+        self.start()
+        self.table.insert("other", "user_revoked", {"user_id": "late"}, hide=True)
+        for n in range(700):
+            self.table.insert("other", "sandbox_status_changed", {"sandbox_id": f"s{n}"})
+        reads = self.table.reads
+        self.switch.notify()
+        self.assertEqual(self.table.reads - reads, 2)
+        self.assertEqual(len(self.heard.said), 700)
+        assert self.bus.settled is not None
+        self.assertEqual((self.bus.settled.floor, self.bus.settled.waiting), (0, 1))
+        self.table.hidden.clear()
+        self.switch.notify()
+        self.assertEqual(self.table.reads - reads, 3)
+        self.assertEqual(self.heard.said[-1], ("user_revoked", "late"))
+        self.assertEqual((self.bus.settled.floor, self.bus.settled.waiting), (701, 0))
+
+    def away(self, seconds: float) -> None:
+        """The listening connection drops and stays away ``seconds``, then comes back."""
+        self.switch.drop()
+        self.switch.up = False
+        self.clock.pump([10.0] * int(seconds // 10))
+        self.switch.up = True
+        self.clock.advance(10.0)
+        self.assertTrue(self.bus.connected)
+
+    def test_a_long_outage_with_rows_pruned_unread_forgets_everything(self) -> None:
+        """Away longer than rows are kept, and the first row read is not the next id (the
+        ones before it were pruned): everything counts as changed, once; the rows left are
+        delivered as usual."""
+        forgotten: list[None] = []
+        self.bus.forget_everything = lambda: forgotten.append(None)
+        self.start()
+        self.table.insert("other", "user_revoked", {"user_id": "seen"})
+        self.switch.notify()
+        with capturedLogs() as logged:
+            self.away(400.0)
+            self.assertEqual(forgotten, [])  # (nothing written meanwhile)
+            self.away(400.0)
+            pruned = self.table.insert("other", "user_revoked", {"user_id": "pruned"})
+            self.table.insert("other", "user_disabled", {"user_id": "left"})
+            self.table.rows = [r for r in self.table.rows if r["id"] != pruned]
+            self.away(400.0)
+        self.assertEqual(forgotten, [None])
+        self.assertTrue(any("pruned unread" in str(e.get("log_format")) for e in logged))
+        self.assertEqual(self.heard.said, [("user_revoked", "seen"), ("user_disabled", "left")])
+        self.clock.advance(5.0)  # (the next heartbeat's read is an ordinary one)
+        self.assertEqual(forgotten, [None])
+
+    def test_a_long_outage_with_every_row_pruned_forgets_everything(self) -> None:
+        """Away that long and every row written meanwhile is gone (the ids were taken): the
+        same."""
+        forgotten: list[None] = []
+        self.bus.forget_everything = lambda: forgotten.append(None)
+        self.start()
+        self.switch.drop()
+        self.table.insert("other", "user_revoked", {"user_id": "pruned"})
+        self.table.insert("other", "user_revoked", {"user_id": "pruned too"})
+        self.table.rows = []
+        self.away(400.0)
+        self.assertEqual(forgotten, [None])
+        self.assertEqual(self.heard.said, [])
+
+    def test_a_short_outage_or_a_rolled_back_id_forgets_nothing(self) -> None:
+        """A gap after an outage shorter than half the keep is an ordinary gap."""
+        forgotten: list[None] = []
+        self.bus.forget_everything = lambda: forgotten.append(None)
+        self.start()
+        self.table.insert("other", "user_revoked", {"user_id": "rolled-back"}, hide=True)
+        self.table.insert("other", "user_revoked", {"user_id": "after"})
+        self.away(200.0)
+        self.assertEqual(forgotten, [])
+        self.assertEqual(self.heard.said, [("user_revoked", "after")])
 
     def test_notify_during_a_read_reads_again(self) -> None:
         """A NOTIFY while a delivery is under way is not lost: the read goes round again."""

@@ -1,9 +1,14 @@
 """Counting failed logins and registrations, for all replicas at once.
 
-The counts live in PostgreSQL (``Failures``: atomic upserts, so N replicas give no more tries
-than one), and times are the server's clock (``clock.seconds()``, wall time). The rules are
-the classes here: a sliding window (``FailureLimiter``), progressive delays (``Backoff``) and
-the addresses an account logged in from (``KnownAddresses``), put together by ``LoginGuard``.
+The counts live in PostgreSQL (``Failures``), and times are the server's clock
+(``clock.seconds()``, wall time). The rules are the classes here: a sliding window
+(``FailureLimiter``), progressive delays (``Backoff``) and the addresses an account logged in
+from (``KnownAddresses``), put together by ``LoginGuard``.
+
+An attempt is counted as a failure before it is tried (``take``: one atomic upsert that answers
+the new count), and decided on what the key held just before it; a refused attempt, or one that
+did not fail after all, is given back. So attempts made at once, on any number of replicas,
+get no more tries than the same attempts one after the other.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Protocol
 from attrs import define, frozen
 from twisted.internet.interfaces import IReactorTime
 
-from cli_server.db.pool import Database
+from cli_server.db.pool import Database, Row
 
 
 @frozen
@@ -27,12 +32,34 @@ class Count:
     stamps: tuple[float, ...] = ()
 
 
+# Times kept per key beyond what a rule reads, so that attempts taken at once can be given
+# back (a refused attempt counts for nothing). Past this many at once, the oldest of them stay
+# counted: more waiting for whoever sends them, never less.
+_SLACK = 64
+
+
+@frozen
+class Taken:
+    """One attempt counted as a failure at ``at``, before its outcome was known."""
+
+    kind: str
+    key: str
+    at: float
+
+
 class FailureStore(Protocol):
     """Where failures are counted (``Failures``; an in-memory one in the unit tests)."""
 
-    async def record(self, kind: str, key: str, now: float, forget_after: float, keep: int) -> None:
-        """One more failure: ``count`` starts again at 1 if the last was ``forget_after``
-        seconds ago or more; ``stamps`` keeps the latest ``keep`` times."""
+    async def record(
+        self, kind: str, key: str, now: float, forget_after: float, keep: int
+    ) -> Count:
+        """One more failure, atomically; answers the key's count with it. ``count`` starts
+        again at 1 if the last was ``forget_after`` seconds ago or more; ``stamps`` keeps the
+        latest ``keep`` times."""
+
+    async def release(self, kind: str, key: str, at: float) -> None:
+        """Un-counts the failure recorded at ``at`` (nothing if its time is no longer kept);
+        ``last`` becomes the newest time left."""
 
     async def get(self, kind: str, key: str) -> Count | None: ...
 
@@ -55,8 +82,10 @@ class Failures:
 
     _db: Database
 
-    async def record(self, kind: str, key: str, now: float, forget_after: float, keep: int) -> None:
-        await self._db.execute(
+    async def record(
+        self, kind: str, key: str, now: float, forget_after: float, keep: int
+    ) -> Count:
+        rows = await self._db.query(
             "INSERT INTO auth_failures AS f (kind, key, count, last_at, stamps)"
             " VALUES (%(kind)s, %(key)s, 1, %(now)s,"
             "  CASE WHEN %(keep)s > 0 THEN ARRAY[%(now)s::float8] ELSE '{}' END)"
@@ -64,8 +93,26 @@ class Failures:
             "  count = CASE WHEN f.last_at <= %(now)s - %(forget)s THEN 1 ELSE f.count + 1 END,"
             "  last_at = %(now)s,"
             "  stamps = CASE WHEN %(keep)s > 0 THEN (f.stamps || %(now)s::float8)"
-            "   [greatest(1, cardinality(f.stamps) + 2 - %(keep)s):] ELSE '{}' END",
+            "   [greatest(1, cardinality(f.stamps) + 2 - %(keep)s):] ELSE '{}' END"
+            " RETURNING count, last_at, stamps",
             {"kind": kind, "key": _text(key), "now": now, "forget": forget_after, "keep": keep},
+        )
+        return _count(rows[0])
+
+    async def release(self, kind: str, key: str, at: float) -> None:
+        # (one statement: the row is read and written under its lock; the first occurrence of
+        # ``at`` goes, and the newest time left is the last one unless ``at`` was it)
+        await self._db.execute(
+            "UPDATE auth_failures SET count = greatest(count - 1, 0),"
+            " stamps = stamps[:array_position(stamps, %(at)s::float8) - 1]"
+            "  || stamps[array_position(stamps, %(at)s::float8) + 1:],"
+            " last_at = CASE"
+            "  WHEN array_position(stamps, %(at)s::float8) < cardinality(stamps)"
+            "   THEN stamps[cardinality(stamps)]"
+            "  WHEN cardinality(stamps) > 1 THEN stamps[cardinality(stamps) - 1]"
+            "  ELSE last_at END"
+            " WHERE kind = %(kind)s AND key = %(key)s AND %(at)s::float8 = ANY(stamps)",
+            {"kind": kind, "key": _text(key), "at": at},
         )
 
     async def get(self, kind: str, key: str) -> Count | None:
@@ -73,10 +120,7 @@ class Failures:
             "SELECT count, last_at, stamps FROM auth_failures WHERE kind = %s AND key = %s",
             (kind, _text(key)),
         )
-        if not rows:
-            return None
-        row = rows[0]
-        return Count(int(row["count"]), float(row["last_at"]), tuple(row["stamps"] or ()))
+        return _count(rows[0]) if rows else None
 
     async def clear(self, kind: str, key: str) -> None:
         await self._db.execute(
@@ -127,17 +171,25 @@ class FailureLimiter:
 
     async def retry_after(self, key: str) -> int | None:
         """Seconds until ``key`` may try again, or None if it may try now."""
-        found = await self._store.get(self._kind, key)
+        return self._wait(await self._store.get(self._kind, key), self._clock.seconds())
+
+    async def take(self, key: str) -> int | None:
+        """Counts an attempt of ``key`` now; if it had to wait, it is given back and the
+        answer is the seconds to wait (else None: it stays counted)."""
+        now = self._clock.seconds()
+        after = await self._store.record(self._kind, key, now, self._window, self._limit + _SLACK)
+        wait = self._wait(_before(after), now)
+        if wait is not None:
+            await self._store.release(self._kind, key, now)
+        return wait
+
+    def _wait(self, found: Count | None, now: float) -> int | None:
         if found is None:
             return None
-        now = self._clock.seconds()
         recent = [t for t in found.stamps[-self._limit :] if t > now - self._window]
         if len(recent) < self._limit:
             return None
         return max(1, math.ceil(recent[0] + self._window - now))
-
-    async def failed(self, key: str) -> None:
-        await self._store.record(self._kind, key, self._clock.seconds(), self._window, self._limit)
 
     async def forget(self, key: str) -> None:
         await self._store.clear(self._kind, key)
@@ -162,18 +214,26 @@ class Backoff:
 
     async def retry_after(self, key: str) -> int | None:
         """Seconds until ``key`` may try again, or None if it may try now."""
-        found = await self._store.get(self._kind, key)
+        return self._wait(await self._store.get(self._kind, key), self._clock.seconds())
+
+    async def take(self, key: str) -> tuple[int | None, Taken]:
+        """Counts an attempt of ``key`` now, as a failure; answers the seconds it had to wait
+        (None: it may try) with what to ``give_back`` if it is refused or does not fail."""
+        now = self._clock.seconds()
+        after = await self._store.record(self._kind, key, now, self._memory, _SLACK)
+        return self._wait(_before(after), now), Taken(self._kind, key, now)
+
+    async def give_back(self, taken: Taken) -> None:
+        await self._store.release(taken.kind, taken.key, taken.at)
+
+    def _wait(self, found: Count | None, now: float) -> int | None:
         if found is None:
             return None
-        now = self._clock.seconds()
         if now - found.last >= self._memory or found.count < self._free:
             return None
         wait = min(self._first_wait * 2 ** (found.count - self._free), self._longest_wait)
         left = found.last + wait - now
         return max(1, math.ceil(left)) if left > 0 else None
-
-    async def failed(self, key: str) -> None:
-        await self._store.record(self._kind, key, self._clock.seconds(), self._memory, 0)
 
     async def forget(self, key: str) -> None:
         await self._store.clear(self._kind, key)
@@ -203,6 +263,24 @@ class KnownAddresses:
         await self._store.prune_addresses(self._clock.seconds() - self._keep)
 
 
+@frozen
+class Wait:
+    """A login refused for now: for ``seconds``, and why."""
+
+    seconds: int
+    why: str
+
+
+@frozen
+class Attempt:
+    """A login attempt already counted as failed (under each of its keys) while its password
+    is checked; ``LoginGuard.succeeded`` or ``give_back`` undo that."""
+
+    account: str
+    address: str
+    held: tuple[tuple[Backoff, Taken], ...]
+
+
 @define(eq=False)
 class LoginGuard:
     """Failed logins slow whoever guesses without locking the rightful user out.
@@ -221,36 +299,76 @@ class LoginGuard:
     _known: KnownAddresses
 
     async def retry_after(self, account: str, address: str) -> tuple[int, str] | None:
-        """(seconds, why) if this login must wait, else None."""
-        checks = [(self._pair, _pair(account, address), "for this account from this address")]
-        if not await self._known.knows(account, address):
-            checks += [
-                (self._account, account, "for this account"),
-                (self._address, address, "from this address"),
-            ]
+        """(seconds, why) if a login now would have to wait, else None (counts nothing)."""
         waits = []
-        for limiter, key, why in checks:
-            wait = await limiter.retry_after(key)
+        for limiter, key, why, checked in await self._keys(account, address):
+            wait = await limiter.retry_after(key) if checked else None
             if wait:
                 waits.append((wait, why))
-        if not waits:
-            return None
-        wait, why = max(waits)
-        return wait, f"too many failed logins {why}"
+        return _longest(waits)
 
-    async def failed(self, account: str, address: str) -> None:
-        await self._pair.failed(_pair(account, address))
-        await self._account.failed(account)
-        await self._address.failed(address)
+    async def attempt(self, account: str, address: str) -> Attempt | Wait:
+        """Counts a login attempt as failed before its password is checked, or refuses it
+        (counting nothing) if it must wait."""
+        held, waits = [], []
+        for limiter, key, why, checked in await self._keys(account, address):
+            wait, taken = await limiter.take(key)
+            held.append((limiter, taken))
+            if wait and checked:
+                waits.append((wait, why))
+        refused = _longest(waits)
+        if refused is not None:
+            await self.give_back(Attempt(account, address, tuple(held)))
+            return Wait(*refused)
+        return Attempt(account, address, tuple(held))
 
-    async def succeeded(self, account: str, address: str) -> None:
-        await self._pair.forget(_pair(account, address))
-        await self._known.add(account, address)
+    async def succeeded(self, attempt: Attempt) -> None:
+        """The password was right: the pair's failures are forgotten, the attempt is not a
+        failure for the account or the address, and the address is known from now on."""
+        await self._pair.forget(_pair(attempt.account, attempt.address))
+        for limiter, taken in attempt.held:
+            if limiter is not self._pair:
+                await limiter.give_back(taken)
+        await self._known.add(attempt.account, attempt.address)
+
+    async def give_back(self, attempt: Attempt) -> None:
+        """The attempt counts for nothing after all."""
+        for limiter, taken in attempt.held:
+            await limiter.give_back(taken)
+
+    async def _keys(self, account: str, address: str) -> list[tuple[Backoff, str, str, bool]]:
+        """Every key a failure counts under, and whether its limit applies to this login
+        (the account's and the address's do not where the account logged in before)."""
+        new = not await self._known.knows(account, address)
+        return [
+            (self._pair, _pair(account, address), "for this account from this address", True),
+            (self._account, account, "for this account", new),
+            (self._address, address, "from this address", new),
+        ]
 
     async def prune(self) -> None:
         for limiter in (self._pair, self._account, self._address):
             await limiter.prune()
         await self._known.prune()
+
+
+def _before(after: Count) -> Count | None:
+    """What a key held just before the failure ``record`` answered ``after`` for."""
+    if after.count <= 1:
+        return None
+    stamps = after.stamps[:-1]
+    return Count(after.count - 1, stamps[-1] if stamps else after.last, stamps)
+
+
+def _longest(waits: list[tuple[int, str]]) -> tuple[int, str] | None:
+    if not waits:
+        return None
+    wait, why = max(waits)
+    return wait, f"too many failed logins {why}"
+
+
+def _count(row: Row) -> Count:
+    return Count(int(row["count"]), float(row["last_at"]), tuple(row["stamps"] or ()))
 
 
 def wait_in_words(seconds: int) -> str:

@@ -213,6 +213,12 @@ class SandboxAccess:
         self.forget(sandbox_id=sandbox_id)
         self._cut(sandbox_id=sandbox_id)
 
+    def revoke_everything(self) -> None:
+        """Revocations may have been missed: nothing cached is trusted, every connection is
+        cut (each browser reconnects and its session is read again)."""
+        self.forget()
+        self._cut()
+
     def _cut(self, **match: str) -> None:
         self.revocations += 1
         if self.cut_streams is not None:

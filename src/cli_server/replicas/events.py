@@ -6,18 +6,28 @@ secret). Every replica LISTENs on a dedicated connection, reads the rows after t
 settled and hands each to its own subscribers (``local``), except its own rows: it delivered
 those when it fired them.
 
+A write that fails (the database away, a lock timeout) does not fail whoever fired the event:
+the local subscribers heard it already, so the event is kept in memory, in order, and written
+again after ``first_retry`` seconds, doubling up to ``longest_retry``, until it is written.
+
 Nothing is missed across a dropped listening connection: after reconnecting (bounded backoff)
 it reads every row after the last it settled before it waits again. A heartbeat on the
 listening connection finds a silent link, and reads too, so a lost NOTIFY costs at most one
 heartbeat. Ids are taken at insert and committed in any order, so an id missing below one
 already seen is waited for (``gap_wait``) before it is given up as rolled back.
+
+Rows are pruned after ``KEEP`` seconds. A replica that could not read for long enough that
+rows it never read may be gone (the first row it reads is not the next id, or none is left)
+cannot know what it missed: it takes everything as changed (``forget_everything``: every
+cached session dropped, every proxied connection cut; browsers reconnect and are checked
+again).
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from attrs import define, field
@@ -25,7 +35,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 
 from cli_server.db.pool import Database, Row, Transaction
 from cli_server.events import Listener
@@ -35,6 +45,8 @@ KINDS = frozenset(
     {"user_revoked", "user_disabled", "member_changed", "sandbox_deleted", "sandbox_status_changed"}
 )
 _BATCH = 500  # rows per read
+_BACKLOG = 10_000  # events kept for writing again while the table cannot be written
+KEEP = 600.0  # seconds a row stays in the table
 
 
 class Feed(Protocol):
@@ -52,7 +64,11 @@ class Store(Protocol):
 
     async def newest(self) -> int: ...
 
-    async def after(self, settled: int, limit: int) -> list[Row]: ...
+    async def taken(self) -> int:
+        """The highest id ever taken, whether its row committed, rolled back or was pruned."""
+
+    async def after(self, above: int, limit: int, also: Sequence[int] = ()) -> list[Row]:
+        """The first ``limit`` rows, in id order, with an id above ``above`` or in ``also``."""
 
     async def add(self, origin: str, kind: str, payload: dict[str, str]) -> None: ...
 
@@ -69,7 +85,7 @@ class EventTable:
 
     _db: Database
     _clock: IReactorTime
-    _keep: float = 600.0
+    _keep: float = KEEP
     _prune_every: float = 60.0
     _pruned_at: float | None = field(default=None, init=False)
 
@@ -77,11 +93,17 @@ class EventTable:
         rows = await self._db.query("SELECT coalesce(max(id), 0) AS id FROM replica_events")
         return int(rows[0]["id"])
 
-    async def after(self, settled: int, limit: int) -> list[Row]:
+    async def taken(self) -> int:
+        rows = await self._db.query(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS id FROM replica_events_id_seq"
+        )
+        return int(rows[0]["id"])
+
+    async def after(self, above: int, limit: int, also: Sequence[int] = ()) -> list[Row]:
         return await self._db.query(
-            "SELECT id, origin, kind, payload FROM replica_events WHERE id > %s"
-            " ORDER BY id LIMIT %s",
-            (settled, limit),
+            "SELECT id, origin, kind, payload FROM replica_events"
+            " WHERE id > %s OR id = ANY(%s::bigint[]) ORDER BY id LIMIT %s",
+            (above, list(also), limit),
         )
 
     async def add(self, origin: str, kind: str, payload: dict[str, str]) -> None:
@@ -151,6 +173,16 @@ class Settled:
         """Ids still waited for."""
         return len(self._gaps)
 
+    @property
+    def top(self) -> int:
+        """The highest id dealt with."""
+        return max(self._above, default=self.floor)
+
+    @property
+    def missing(self) -> list[int]:
+        """The ids below ``top`` still waited for, lowest first."""
+        return sorted(self._gaps)
+
 
 @define(eq=False)
 class ReplicaEvents(Service):
@@ -173,6 +205,10 @@ class ReplicaEvents(Service):
     _longest_retry: float = 10.0
     _gap_wait: float = 10.0
     _begin_at_start: bool = True  # else at ``begin`` (once the table exists)
+    _keep: float = KEEP  # (the table's: rows older may be gone)
+    # Called when events may have been missed for good (see the module's docstring).
+    forget_everything: Callable[[], None] = field(default=lambda: None)
+    _read_at: float | None = field(default=None, init=False)  # the last read that worked
     _begun: bool = field(default=False, init=False)
     settled: Settled | None = field(default=None, init=False)
     connected: bool = field(default=False, init=False)
@@ -181,36 +217,81 @@ class ReplicaEvents(Service):
     _lost: bool = field(default=False, init=False)
     _reading: Deferred[None] | None = field(default=None, init=False)
     _again: bool = field(default=False, init=False)
+    _backlog: list[tuple[str, dict[str, str]]] = field(factory=list, init=False)
+    _writing: Deferred[None] | None = field(default=None, init=False)
     _log = Logger()
 
     # -- publishing: this replica's events, for the others
 
     async def user_revoked(self, user_id: str) -> None:
-        await self._store.add(self.origin, "user_revoked", {"user_id": user_id})
+        await self._publish("user_revoked", {"user_id": user_id})
 
     async def user_disabled(self, user_id: str) -> None:
-        await self._store.add(self.origin, "user_disabled", {"user_id": user_id})
+        await self._publish("user_disabled", {"user_id": user_id})
 
     async def member_changed(self, user_id: str, workspace_id: str) -> None:
-        await self._store.add(
-            self.origin, "member_changed", {"user_id": user_id, "workspace_id": workspace_id}
-        )
+        await self._publish("member_changed", {"user_id": user_id, "workspace_id": workspace_id})
 
     async def sandbox_deleted(self, sandbox_id: str) -> None:
-        await self._store.add(self.origin, "sandbox_deleted", {"sandbox_id": sandbox_id})
+        await self._publish("sandbox_deleted", {"sandbox_id": sandbox_id})
 
     async def sandbox_status_changed(self, sandbox_id: str) -> None:
-        await self._store.add(self.origin, "sandbox_status_changed", {"sandbox_id": sandbox_id})
+        await self._publish("sandbox_status_changed", {"sandbox_id": sandbox_id})
 
     def tell_others(self, kind: str, **payload: str) -> None:
         """For a change this replica already dealt with itself another way (a tunnel came or
-        went): only the others hear it. A failure is logged."""
-        d = Deferred.fromCoroutine(self._store.add(self.origin, kind, payload))
-        d.addErrback(
-            lambda f: self._log.failure(
-                "telling the other replicas of {kind} failed", f, kind=kind, level=LogLevel.warn
-            )
-        )
+        went): only the others hear it."""
+        Deferred.fromCoroutine(self._publish(kind, payload))
+
+    @property
+    def unwritten(self) -> int:
+        """Events fired here that the other replicas cannot read yet (the writes failed)."""
+        return len(self._backlog)
+
+    async def _publish(self, kind: str, payload: dict[str, str]) -> None:
+        """Writes the event now, or keeps it to write again (never raises)."""
+        if not self._backlog:
+            try:
+                await self._store.add(self.origin, kind, payload)
+                return
+            except Exception as e:
+                self._log.warn(
+                    "telling the other replicas of {kind} failed ({why}); trying again",
+                    kind=kind,
+                    why=e,
+                )
+        if len(self._backlog) >= _BACKLOG:
+            dropped, _ = self._backlog.pop(0)
+            self._log.error("too many events unwritten: {kind} dropped", kind=dropped)
+        self._backlog.append((kind, payload))
+        if self._writing is None:
+            writing = Deferred.fromCoroutine(self._write_backlog())
+            self._writing = writing
+            writing.addErrback(lambda f: f.trap(CancelledError))
+
+    async def _write_backlog(self) -> None:
+        """Writes the kept events in order, waiting longer after each failure (bounded)."""
+        delay = self._first_retry
+        try:
+            while self._backlog:
+                await deferLater(self._clock, delay)
+                kind, payload = self._backlog[0]
+                try:
+                    await self._store.add(self.origin, kind, payload)
+                except Exception as e:
+                    delay = min(delay * 2, self._longest_retry)
+                    self._log.warn(
+                        "{count} events still unwritten ({why}); trying again in {delay}s",
+                        count=len(self._backlog),
+                        why=e,
+                        delay=delay,
+                    )
+                    continue
+                self._backlog.pop(0)
+                delay = 0.0  # (the table can be written again: the rest at once)
+            self._log.info("the unwritten events are written")
+        finally:
+            self._writing = None
 
     # -- listening: the other replicas' events, for this one
 
@@ -233,6 +314,10 @@ class ReplicaEvents(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        writing = self._writing
+        if writing is not None:
+            self._log.warn("stopping with {count} events unwritten", count=len(self._backlog))
+            writing.cancel()
         loop, self._loop = self._loop, None
         self._begun = False
         if loop is not None:
@@ -321,11 +406,27 @@ class ReplicaEvents(Service):
             return
         while True:
             self._again = False
+            began = self._clock.seconds()
+            # (rows pruned unread are possible only after half the keep: margin for clocks)
+            gone = began - self._read_at if self._read_at is not None else 0.0
+            away = gone >= self._keep / 2
+            top = settled.top
             try:
-                rows = await self._store.after(settled.floor, _BATCH)
+                # (only what is not taken yet: the ids waited for and those above the
+                # highest taken; every row read is new, so each round makes progress)
+                rows = await self._store.after(top, _BATCH, settled.missing)
+                taken = await self._store.taken() if away else top
             except Exception as e:
                 self._log.warn("reading the other replicas' events failed: {why}", why=e)
                 return  # (the next heartbeat or NOTIFY reads again from the same place)
+            self._read_at = began
+            if away and _skipped(top, rows, taken):
+                self._log.warn(
+                    "events of the other replicas may have been pruned unread (no read for "
+                    "{away:.0f}s): every cached session is dropped and every connection cut",
+                    away=gone,
+                )
+                self.forget_everything()
             for row in settled.take(rows):
                 if row["origin"] != self.origin:
                     await self._deliver(row)
@@ -343,6 +444,13 @@ class ReplicaEvents(Service):
         except Exception:
             # (``Events`` logged each subscriber's failure; the others still heard it)
             self._log.warn("delivering {kind} from another replica failed", kind=kind)
+
+
+def _skipped(top: int, rows: list[Row], taken: int) -> bool:
+    """Whether ids just above ``top`` are missing from what was read (pruned, maybe; a
+    rolled-back one looks the same, and costs a needless cut)."""
+    above = [int(r["id"]) for r in rows if int(r["id"]) > top]
+    return min(above) > top + 1 if above else taken > top
 
 
 def _fire(d: Deferred[None]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from attrs import define
@@ -13,6 +14,10 @@ from cli_server.sandboxes.activity import ActivityRecorder
 from cli_server.sandboxes.backend import BackendError, Endpoint, SandboxBackend, State
 from cli_server.sandboxes.manager import SandboxManager
 from cli_server.sandboxes.model import Status
+
+
+def _always() -> bool:
+    return True
 
 
 class AgentStatus(Protocol):
@@ -29,6 +34,9 @@ class IdleMonitor:
     for the timeout. Before pausing, we ask opencode ``GET /session/status``: a busy session
     counts as activity, so a long task is never cut off. If opencode cannot answer, we do not
     pause on a guess; the reconciler deals with dead processes.
+
+    ``leading`` is asked before each sandbox: a replica that stopped leading mid-sweep stops
+    there (another one may be sweeping already).
     """
 
     _db: Database
@@ -38,6 +46,7 @@ class IdleMonitor:
     _activity: ActivityRecorder
     _idle_timeout: float
     _clock: IReactorTime
+    _leading: Callable[[], bool] = _always
     _log = Logger()
 
     async def sweep(self) -> None:
@@ -50,6 +59,8 @@ class IdleMonitor:
             (cutoff, self._manager.host),
         )
         for row in rows:
+            if not self._leading():
+                return
             await self._consider(str(row["id"]), row["opencode_password"])
 
     async def _consider(self, sandbox_id: str, password: str) -> None:
@@ -87,11 +98,14 @@ class Reconciler:
       it ended (a container that died; the process backend reports deaths as they happen,
       ``SandboxBackend.on_exit``), else paused — HOME and the workspace disk are intact;
     - backend state with no row: deleted.
+
+    ``leading`` is asked before each repair and each removal, as in ``IdleMonitor``.
     """
 
     _db: Database
     _backend: SandboxBackend
     _manager: SandboxManager
+    _leading: Callable[[], bool] = _always
     _log = Logger()
 
     async def sweep(self) -> None:
@@ -111,9 +125,13 @@ class Reconciler:
         for row in rows:
             sandbox_id, status = str(row["id"]), Status(row["status"])
             known.add(sandbox_id)
+            if not self._leading():
+                return
             if not self._manager.busy(sandbox_id):
                 await self._repair(sandbox_id, status)
         for sandbox_id in await self._backend.list_owned():
+            if not self._leading():
+                return
             if sandbox_id not in known and not self._manager.busy(sandbox_id):
                 self._log.info(
                     "removing sandbox {sandbox_id}: it has no row", sandbox_id=sandbox_id

@@ -18,11 +18,13 @@ from cli_server.accounts import AccountDisabled, Accounts, User
 from cli_server.audit import Action, Actor, AuditLog, Target
 from cli_server.auth.api_tokens import NAME_LENGTH, ApiTokens, parse_expiry, parse_scope
 from cli_server.auth.ratelimit import (
+    Attempt,
     Backoff,
     FailureLimiter,
     FailureStore,
     KnownAddresses,
     LoginGuard,
+    Wait,
     wait_in_words,
 )
 from cli_server.errors import (
@@ -162,9 +164,8 @@ class AuthAPI:
             raise BadRequest("email must look like name@example.com", field="email")
         invite = text_field(body, "invite", max_length=200, required=False)
         address = client_host(request)
-        await _limit(self._registrations, address, "too many registrations from this address")
         # Every attempt counts, taken names too: registering is also a way to probe names.
-        await self._registrations.failed(address)
+        await _limit(self._registrations, address, "too many registrations from this address")
         user = await self._accounts.register(
             username, password, email or None, self._registration, invite
         )
@@ -201,18 +202,18 @@ class AuthAPI:
         body = read_json_object(request)
         username = required_text(body, "username", max_length=254)
         password = required_text(body, "password", max_length=1024, strip=False)
-        account, address = username.lower(), client_host(request)
-        await self._check_guard(account, address)
+        attempt = _allowed(await self._logins.attempt(username.lower(), client_host(request)))
+        address = attempt.address
         try:
             login = await self._accounts.authenticate(username, password)
         except AccountDisabled:
+            await self._logins.give_back(attempt)
             await self._failed_sign_in(username, address, "account_disabled")
             raise
-        if login is None:
-            await self._logins.failed(account, address)
+        if login is None:  # (the attempt stays counted as failed)
             await self._failed_sign_in(username, address, "invalid_credentials")
             raise Unauthorized("wrong username or password", code="invalid_credentials")
-        await self._logins.succeeded(account, address)
+        await self._logins.succeeded(attempt)
         agent = request.getHeader(b"user-agent")
         token = await self._accounts.open_session(
             login, agent.decode("utf-8", "replace") if agent else None, address
@@ -237,12 +238,6 @@ class AuthAPI:
                 Actor(None, username, address, claimed=True),
                 details={"method": "password", "reason": reason},
             )
-
-    async def _check_guard(self, account: str, address: str) -> None:
-        waiting = await self._logins.retry_after(account, address)
-        if waiting is not None:
-            wait, why = waiting
-            raise TooManyRequests(f"{why}; try again in {wait_in_words(wait)}", retry_after=wait)
 
     @route(
         app,
@@ -281,11 +276,10 @@ class AuthAPI:
                 self._audit, request, user, Action.PASSWORD_CHANGED, target=target, details=details
             )
             return no_content(request)
-        account, address = user.username.lower(), client_host(request)
-        await self._check_guard(account, address)
+        attempt = _allowed(await self._logins.attempt(user.username.lower(), client_host(request)))
         if not await self._accounts.check_password(user.id, current):
-            await self._logins.failed(account, address)
             raise Forbidden("the current password is wrong", code="wrong_password")
+        await self._logins.succeeded(attempt)
         details = {"first": False}
         noted = note(self._audit, request, user, Action.PASSWORD_CHANGED, details=details)
         keep = self._cookies.token(request)
@@ -436,7 +430,8 @@ class AuthAPI:
 
 
 async def _limit(limiter: FailureLimiter, key: str, message: str) -> None:
-    wait = await limiter.retry_after(key)
+    """Counts an attempt of ``key``, or refuses it with 429."""
+    wait = await limiter.take(key)
     if wait is not None:
         raise TooManyRequests(f"{message}; try again in {wait_in_words(wait)}", retry_after=wait)
 
@@ -454,6 +449,14 @@ def _workspace_field(value: object) -> str | None:
     raise BadRequest(
         "workspace_id must be a workspace's id (a UUID), or null", field="workspace_id"
     )
+
+
+def _allowed(attempt: Attempt | Wait) -> Attempt:
+    """The login attempt, counted; or 429 if it must wait."""
+    if isinstance(attempt, Wait):
+        why, wait = attempt.why, attempt.seconds
+        raise TooManyRequests(f"{why}; try again in {wait_in_words(wait)}", retry_after=wait)
+    return attempt
 
 
 def _new_password(body: dict[str, Any], field: str) -> str:

@@ -9,7 +9,8 @@ when it runs, so a quick disconnect/reconnect can never leave the wrong word beh
 Tunnels live in this process's memory. With several replicas, ``holders`` records in the
 database which replica holds each one (the others relay to it, ``proxy/replica_relay.py``), and
 the status writes go through it, so an old tunnel's end on one replica never makes offline a
-sandbox whose agent moved to another.
+sandbox whose agent moved to another. The newest tunnel wins there too: the replica whose row
+another took (its agent's credentials connected there since) closes its own as replaced.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class TunnelHub:
     _revoked: dict[str, tuple[float, str]] = field(factory=dict, init=False)  # when, why
     _locks: dict[str, DeferredLock] = field(factory=dict, init=False)
     _addresses: dict[Session, str] = field(factory=dict, init=False)  # live tunnels' peers
+    # the live tunnels whose row this replica took (a row lost later was taken by a newer one)
+    _held: dict[str, Session] = field(factory=dict, init=False)
     _log = Logger()
 
     def session(self, sandbox_id: str) -> Session | None:
@@ -183,6 +186,7 @@ class TunnelHub:
         live = self._live.pop(sandbox_id, None)
         if live is not None:
             self._addresses.pop(live, None)
+        self._held.pop(sandbox_id, None)
         self._gauge()
         for session in [*sessions, *([live] if live is not None else [])]:
             session.say_goodbye("revoked", why, 4003)
@@ -194,6 +198,7 @@ class TunnelHub:
             session.say_goodbye("restarting", "the server is stopping", 4001)
         self._live.clear()
         self._addresses.clear()
+        self._held.clear()
         self._gauge()
 
     @property
@@ -204,12 +209,47 @@ class TunnelHub:
         """Every few seconds: our tunnels' rows, and the dead replicas' released."""
         if self.holders is None:
             return
-        for sandbox_id in await self.holders.sweep(self.live_ids):
+        held = {}
+        for sandbox_id, session in self._live.items():
+            if self._held.get(sandbox_id) is session:
+                held[sandbox_id] = session
+            elif sandbox_id not in self._locks:
+                self._record(sandbox_id)  # (its row never got written: take it now)
+        swept = await self.holders.sweep(held)
+        for sandbox_id in swept.released:
             self._log.info(
                 "tunnel of {sandbox_id} released: its replica stopped", sandbox_id=sandbox_id
             )
             if self._on_change is not None:
                 self._on_change(sandbox_id)
+        for sandbox_id in swept.lost:
+            self._replaced_elsewhere(sandbox_id, held[sandbox_id])
+
+    async def check_holder(self, sandbox_id: str) -> None:
+        """Another replica changed the sandbox's status: if it took the row of our tunnel,
+        a newer one landed there, and ours is closed as replaced."""
+        session = self._live.get(sandbox_id)
+        if self.holders is None or session is None or self._held.get(sandbox_id) is not session:
+            return
+        if await self.holders.held_elsewhere(sandbox_id):
+            self._replaced_elsewhere(sandbox_id, session)
+
+    def _replaced_elsewhere(self, sandbox_id: str, session: Session) -> None:
+        if self._live.get(sandbox_id) is not session:
+            return  # (ended or replaced here meanwhile)
+        del self._live[sandbox_id]
+        self._addresses.pop(session, None)
+        self._held.pop(sandbox_id, None)
+        self._log.info(
+            "tunnel for {sandbox_id} replaced by a newer one on another replica",
+            sandbox_id=sandbox_id,
+        )
+        # (the agent stops on "replaced": it must not come back and take the row again)
+        session.say_goodbye(
+            "replaced", "another agent connected with this sandbox's credentials", 4009
+        )
+        session.connection_lost()
+        self._record(sandbox_id)  # (releases nothing: the row is the other replica's)
 
     async def mark_all_offline(self) -> None:
         """At start nothing is connected yet, whatever the table says after a crash (but
@@ -232,12 +272,15 @@ class TunnelHub:
 
         async def write() -> None:
             async with lock:
-                live = sandbox_id in self._live
+                session = self._live.get(sandbox_id)
+                live = session is not None
                 try:
                     if self.holders is not None:
-                        if live:
+                        if session is not None:
                             await self.holders.hold(sandbox_id)
+                            self._held[sandbox_id] = session
                         else:
+                            self._held.pop(sandbox_id, None)
                             await self.holders.release(sandbox_id)
                     else:
                         await self._db.execute(

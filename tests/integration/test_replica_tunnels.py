@@ -340,3 +340,22 @@ def test_the_newest_tunnel_wins_across_replicas(
             agent.proc.send_signal(signal.SIGCONT)
         second.kill()
         remove_dir(root)
+
+
+def test_every_replica_shows_a_local_sandbox_s_ports_and_agent(
+    cluster: tuple[Replicas, LaptopUpstream, Agent], db_url: str
+) -> None:
+    """The laptop's shared ports and its agent's release, as the holder knows them, through
+    each replica (those that do not hold the tunnel read them from ``tunnel_holders``)."""
+    replicas, laptop, agent = cluster
+    alice, sid, b, others = _joined(replicas, laptop, agent, db_url)
+    held = replicas.api(b, "GET", f"/api/sandboxes/{sid}", alice).json()["agent"]
+    assert held is not None and held["version"] and held["protocol"] >= 1, held
+    for n in [b, *others]:
+        ports = replicas.api(n, "GET", f"/api/sandboxes/{sid}/ports", alice)
+        assert ports.status == 200, (n, ports.body)
+        assert ports.json() == {"ports": [laptop.preview_port], "listed": True, "shared_only": True}
+        assert replicas.api(n, "GET", f"/api/sandboxes/{sid}", alice).json()["agent"] == held
+        workspace = replicas.api(n, "GET", f"/api/sandboxes/{sid}", alice).json()["workspace_id"]
+        listed = replicas.api(n, "GET", f"/api/workspaces/{workspace}/sandboxes", alice).json()
+        assert [s["agent"] for s in listed] == [held]

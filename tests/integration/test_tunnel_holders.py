@@ -9,7 +9,7 @@ import uuid
 import pytest_twisted
 
 from cli_server.db.pool import Database
-from cli_server.replicas.holders import Holder, Swept, TunnelHolders
+from cli_server.replicas.holders import Details, Holder, Swept, TunnelHolders
 from cli_server.workspaces import Workspaces
 
 from .conftest import _reactor
@@ -67,11 +67,11 @@ async def test_holding_and_releasing(db_url: str) -> None:
         )
         c.forget(sid)
         assert await c.holder(sid) is None  # (a dead replica is not relayed to)
-        assert await a.sweep([]) == Swept([sid], [])
-        assert await c.sweep([]) == Swept([], [])
+        assert await a.sweep({}) == Swept([sid], [])
+        assert await c.sweep({}) == Swept([], [])
         assert await status() == "offline"
         # a tunnel held on c that lost its row (say, to such a race) is said again
-        assert await c.sweep([sid]) == Swept([], [])
+        assert await c.sweep({sid: Details()}) == Swept([], [])
         assert await status() == "running"
         assert await a.holder(sid) == Holder("c", "10.0.0.3", 8080)
     finally:
@@ -94,13 +94,17 @@ async def test_a_sweep_never_takes_a_row_back(db_url: str) -> None:
             )
             return str(row["replica_id"])
 
-        await a.hold(sid)
+        await a.hold(sid, Details((5173,), "cli-agent/26.1.0", 1))
         assert not await a.held_elsewhere(sid)
-        await b.hold(sid)
+        await b.hold(sid, Details((3000, 5173), "cli-agent/26.2.0", 1))
         assert await a.held_elsewhere(sid) and not await b.held_elsewhere(sid)
+        # what the holder knows of its agent, for the others (the newest tunnel's)
+        assert await a.details([sid, str(uuid.uuid4())]) == {
+            sid: Details((3000, 5173), "cli-agent/26.2.0", 1)
+        }
         for _ in range(3):
-            assert await a.sweep([sid]) == Swept([], [sid])
-            assert await b.sweep([sid]) == Swept([], [])
+            assert await a.sweep({sid: Details()}) == Swept([], [sid])
+            assert await b.sweep({sid: Details()}) == Swept([], [])
             assert await holder() == "b"
         # a's old tunnel ends: the sandbox stays running on b
         assert not await a.release(sid)
@@ -110,7 +114,9 @@ async def test_a_sweep_never_takes_a_row_back(db_url: str) -> None:
         await db.execute(
             "UPDATE replicas SET heartbeat_at = now() - interval '1 hour' WHERE id = 'b'"
         )
-        assert await a.sweep([sid]) == Swept([], [])
+        assert await a.details([sid]) == {}  # (a dead holder's details are not shown)
+        assert await a.sweep({sid: Details((5173,), "cli-agent/26.1.0", 1)}) == Swept([], [])
         assert await holder() == "a"
+        assert await b.details([sid]) == {sid: Details((5173,), "cli-agent/26.1.0", 1)}
     finally:
         db.close()

@@ -13,7 +13,7 @@ survivor does it once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
 from attrs import define, field, frozen
@@ -46,6 +46,15 @@ def holder_address(url: str | None) -> tuple[str, int] | None:
 
 
 @frozen
+class Details:
+    """What the holder knows of a tunnel's agent, for the replicas that do not hold it."""
+
+    ports: tuple[int, ...] = ()  # the ports its laptop shares
+    agent: str | None = None  # its release name, from its hello
+    protocol: int | None = None
+
+
+@frozen
 class Swept:
     released: list[str]  # sandboxes of replicas gone, now offline
     lost: list[str]  # tunnels held here whose row another replica took: replaced there
@@ -59,15 +68,18 @@ class TunnelHolders:
     _expiry: float = EXPIRY_SECONDS
     _known: dict[str, tuple[Holder | None, float]] = field(factory=dict, init=False)
 
-    async def hold(self, sandbox_id: str) -> None:
+    async def hold(self, sandbox_id: str, details: Details = Details()) -> None:
         """The tunnel landed here: the row is ours, and the sandbox is running."""
 
         async def work(tx: Transaction) -> None:
             await tx.execute(
-                "INSERT INTO tunnel_holders (sandbox_id, replica_id) VALUES (%s, %s)"
+                "INSERT INTO tunnel_holders (sandbox_id, replica_id, shared_ports, agent,"
+                " protocol) VALUES (%s, %s, %s, %s, %s)"
                 " ON CONFLICT (sandbox_id) DO UPDATE"
-                " SET replica_id = EXCLUDED.replica_id, since = now()",
-                (sandbox_id, self._replica_id),
+                " SET replica_id = EXCLUDED.replica_id, since = now(),"
+                " shared_ports = EXCLUDED.shared_ports, agent = EXCLUDED.agent,"
+                " protocol = EXCLUDED.protocol",
+                (sandbox_id, self._replica_id, *_columns(details)),
             )
             await tx.execute(
                 "UPDATE sandboxes SET status = 'running', error = NULL, updated_at = now(),"
@@ -115,6 +127,24 @@ class TunnelHolders:
         self._known[sandbox_id] = (found, now)
         return found
 
+    async def details(self, sandbox_ids: Iterable[str]) -> dict[str, Details]:
+        """What the live holders of these sandboxes' tunnels know of their agents."""
+        wanted = list(sandbox_ids)
+        if not wanted:
+            return {}
+        rows = await self._db.query(
+            "SELECT h.sandbox_id, h.shared_ports, h.agent, h.protocol FROM tunnel_holders h"
+            " JOIN replicas r ON r.id = h.replica_id"
+            f" WHERE h.sandbox_id = ANY(%(ids)s::uuid[]) AND {_LIVE}",
+            {"ids": wanted, "expiry": self._expiry},
+        )
+        return {
+            str(row["sandbox_id"]): Details(
+                tuple(sorted(row["shared_ports"] or ())), row["agent"], row["protocol"]
+            )
+            for row in rows
+        }
+
     def forget(self, sandbox_id: str) -> None:
         self._known.pop(sandbox_id, None)
 
@@ -126,13 +156,13 @@ class TunnelHolders:
         )
         return bool(rows)
 
-    async def sweep(self, held_here: Iterable[str]) -> Swept:
+    async def sweep(self, held_here: Mapping[str, Details]) -> Swept:
         """Every few seconds, on every replica: release the rows of replicas whose heartbeat
         expired (their sandboxes go offline, by exactly one survivor), then say again that the
         tunnels held here are running and ours, if their row was lost (to the database's
         absence, or released as if this replica were gone). A row another live replica holds
         is never taken back: its tunnel is newer, and ours is ``lost``."""
-        mine = list(held_here)
+        mine = dict(held_here)
 
         async def work(tx: Transaction) -> Swept:
             rows = await tx.query(
@@ -145,11 +175,11 @@ class TunnelHolders:
                 {"me": self._replica_id, "expiry": self._expiry},
             )
             lost = []
-            for sandbox_id in mine:
+            for sandbox_id, details in mine.items():
                 await tx.execute(
-                    "INSERT INTO tunnel_holders (sandbox_id, replica_id) VALUES (%s, %s)"
-                    " ON CONFLICT (sandbox_id) DO NOTHING",
-                    (sandbox_id, self._replica_id),
+                    "INSERT INTO tunnel_holders (sandbox_id, replica_id, shared_ports, agent,"
+                    " protocol) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (sandbox_id) DO NOTHING",
+                    (sandbox_id, self._replica_id, *_columns(details)),
                 )
                 held = await tx.one(
                     "SELECT replica_id FROM tunnel_holders WHERE sandbox_id = %s", (sandbox_id,)
@@ -173,9 +203,13 @@ class TunnelHolders:
     async def settle_at_start(self) -> None:
         """At start nothing is connected here: release the rows of replicas gone (an earlier
         life of this one included), and local sandboxes no live replica holds are offline."""
-        await self.sweep(())
+        await self.sweep({})
         await self._db.execute(
             "UPDATE sandboxes s SET status = 'offline', updated_at = now()"
             " WHERE s.is_local AND s.status <> 'offline'"
             " AND NOT EXISTS (SELECT 1 FROM tunnel_holders h WHERE h.sandbox_id = s.id)"
         )
+
+
+def _columns(details: Details) -> tuple[list[int], str | None, int | None]:
+    return list(details.ports), details.agent, details.protocol

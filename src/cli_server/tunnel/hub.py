@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cli_server.db.pool import Database, DatabaseUnavailable
-from cli_server.replicas.holders import TunnelHolders
+from cli_server.replicas.holders import Details, TunnelHolders
 from cli_server.sandboxes.backend import PortNotShared
 from cli_server.tunnel.carrier import SessionCarrier
 from cli_server.tunnel.frames import MAX_MESSAGE, VERSION
@@ -74,6 +74,25 @@ class TunnelHub:
         if session is None or session.hello is None or session.version is None:
             return None
         return agent_json(session.hello["agent"], session.version, self.current_protocol)
+
+    async def agents(self, sandbox_ids: list[str]) -> dict[str, dict[str, Any] | None]:
+        """``agent`` of each sandbox, whichever replica holds its tunnel."""
+        found: dict[str, dict[str, Any] | None] = {i: self.agent(i) for i in sandbox_ids}
+        elsewhere = [i for i in sandbox_ids if i not in self._live]
+        if self.holders is not None and elsewhere:
+            for sandbox_id, details in (await self.holders.details(elsewhere)).items():
+                if details.agent is not None and details.protocol is not None:
+                    found[sandbox_id] = agent_json(
+                        details.agent, details.protocol, self.current_protocol
+                    )
+        return found
+
+    async def shared_ports(self, sandbox_id: str) -> tuple[int, ...]:
+        """``allowed_ports``, whichever replica holds the sandbox's tunnel."""
+        if sandbox_id in self._live or self.holders is None:
+            return self.allowed_ports(sandbox_id)
+        details = (await self.holders.details([sandbox_id])).get(sandbox_id)
+        return () if details is None else details.ports
 
     @property
     def count(self) -> int:
@@ -215,7 +234,7 @@ class TunnelHub:
                 held[sandbox_id] = session
             elif sandbox_id not in self._locks:
                 self._record(sandbox_id)  # (its row never got written: take it now)
-        swept = await self.holders.sweep(held)
+        swept = await self.holders.sweep({i: _details(s) for i, s in held.items()})
         for sandbox_id in swept.released:
             self._log.info(
                 "tunnel of {sandbox_id} released: its replica stopped", sandbox_id=sandbox_id
@@ -277,7 +296,7 @@ class TunnelHub:
                 try:
                     if self.holders is not None:
                         if session is not None:
-                            await self.holders.hold(sandbox_id)
+                            await self.holders.hold(sandbox_id, _details(session))
                             self._held[sandbox_id] = session
                         else:
                             self._held.pop(sandbox_id, None)
@@ -303,6 +322,15 @@ class TunnelHub:
         Deferred.fromCoroutine(write()).addErrback(
             lambda f: self._log.failure("saving tunnel status", f)
         )
+
+
+def _details(session: Session) -> Details:
+    agent = session.hello.fields.get("agent") if session.hello is not None else None
+    return Details(
+        tuple(sorted(session.shared_ports)),
+        agent if isinstance(agent, str) else None,
+        session.version,
+    )
 
 
 class TunnelServerFactory(WebSocketServerFactory):

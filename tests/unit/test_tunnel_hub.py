@@ -12,6 +12,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from cli_server._version import __version__
+from cli_server.db.pool import DatabaseUnavailable
 from cli_server.replicas.holders import Details, Swept
 from cli_server.tunnel.frames import SUPPORTED_VERSIONS, VERSION, decode, encode
 from cli_server.tunnel.hub import TunnelHub
@@ -128,6 +129,8 @@ class _Holders:
         return False  # (another replica's row: not ours to delete)
 
     async def held_elsewhere(self, sandbox_id: str) -> bool:
+        if self.holder == "away":
+            raise DatabaseUnavailable("down")
         return self.holder not in (None, "here")
 
     async def sweep(self, held_here: Mapping[str, Details]) -> Swept:
@@ -176,6 +179,13 @@ class ReplacedElsewhereTests(SynchronousTestCase):
         goaway = decode(self.sent[-1])
         self.assertEqual((goaway.type, goaway["code"]), ("goaway", "replaced"))
         self.assertEqual((self.holders.released, self.holders.holder), (1, "other"))
+
+    def test_without_the_database_the_tunnel_stays(self) -> None:
+        self.connect()
+        self.holders.holder = "away"
+        self.done(self.hub.check_holder("sb"))  # (the next sweep will know)
+        self.assertIsNotNone(self.hub.session("sb"))
+        self.assertEqual(self.closes, [])
 
     def test_a_sweep_reports_it_too_and_never_takes_the_row(self) -> None:
         self.connect()

@@ -229,7 +229,7 @@ class TunnelHub:
         if self.holders is None:
             return
         held = {}
-        for sandbox_id, session in self._live.items():
+        for sandbox_id, session in list(self._live.items()):
             if self._held.get(sandbox_id) is session:
                 held[sandbox_id] = session
             elif sandbox_id not in self._locks:
@@ -250,7 +250,11 @@ class TunnelHub:
         session = self._live.get(sandbox_id)
         if self.holders is None or session is None or self._held.get(sandbox_id) is not session:
             return
-        if await self.holders.held_elsewhere(sandbox_id):
+        try:
+            elsewhere = await self.holders.held_elsewhere(sandbox_id)
+        except DatabaseUnavailable:
+            return  # (the next sweep finds it)
+        if elsewhere:
             self._replaced_elsewhere(sandbox_id, session)
 
     def _replaced_elsewhere(self, sandbox_id: str, session: Session) -> None:

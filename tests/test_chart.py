@@ -207,6 +207,23 @@ def test_replicas_need_a_shared_database(helm_bin: Path) -> None:
     assert "set database.url, or postgresql.enabled=true" in result.stderr
 
 
+def test_the_internal_secret_comes_from_a_secret(helm_bin: Path) -> None:
+    """INTERNAL_SECRET: from the chart's Secret when given, from existingSecret's key when
+    there is one (optional: without it the replicas share one through the database), never
+    written into the pod spec; unset by default."""
+    assert "INTERNAL_SECRET" not in server_env(render(helm_bin, {}))
+    docs = render(helm_bin, {"internalSecret": "shared-by-the-replicas"})
+    ref = {"name": "cli-server", "key": "internal-secret", "optional": False}
+    assert server_env(docs)["INTERNAL_SECRET"] == {"secretKeyRef": ref}
+    (secret,) = find(docs, "Secret", "cli-server")
+    assert secret["stringData"]["internal-secret"] == "shared-by-the-replicas"
+    (deployment,) = find(docs, "Deployment", "cli-server")
+    assert "shared-by-the-replicas" not in yaml.safe_dump(deployment)
+    mine = merged(K8S, {"existingSecret": "mine", "postgresql": {"enabled": False}})
+    ref = {"name": "mine", "key": "internal-secret", "optional": True}
+    assert server_env(render(helm_bin, mine))["INTERNAL_SECRET"] == {"secretKeyRef": ref}
+
+
 def test_server_pod_hardening(helm_bin: Path) -> None:
     docs = render(helm_bin, K8S)
     (deployment,) = find(docs, "Deployment", "cli-server")
@@ -355,6 +372,7 @@ CHANGES: dict[str, tuple[dict[str, Any], Any]] = {
     "replicaCount": ({}, 3),
     "drainTimeoutSeconds": ({}, 120),
     "existingSecret": ({}, "mine"),
+    "internalSecret": ({}, "shared-by-the-replicas"),
     "oidc.redirectBaseUrl": ({}, "https://cli.example.com"),
     "oidc.github.enabled": ({"oidc": {"github": {"clientId": "a", "clientSecret": "b"}}}, True),
     "oidc.github.clientId": (GITHUB, "z"),

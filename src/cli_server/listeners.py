@@ -85,7 +85,8 @@ class AnthropicListener:
 @define(eq=False)
 class DeletedTunnels:
     """A local sandbox deleted on another replica: its tunnel, if it is held here, closes (on
-    the replica that deleted it, the manager closes it itself)."""
+    the replica that deleted it, the manager closes it itself). One whose status another
+    replica changed may have a newer tunnel there: ours, then, closes as replaced."""
 
     _tunnels: TunnelHub
 
@@ -103,4 +104,4 @@ class DeletedTunnels:
             self._tunnels.revoke(sandbox_id)
 
     async def sandbox_status_changed(self, sandbox_id: str) -> None:
-        pass
+        await self._tunnels.check_holder(sandbox_id)

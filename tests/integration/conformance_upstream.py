@@ -13,8 +13,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 
-# What a sandbox says that the proxy must keep from the browser, and one cookie it may set.
+# What a sandbox says that the proxy must keep from the browser, one cookie it may set and a
+# policy of its own that must hold beside ours.
 KEPT_COOKIE = b"kept=1; Path=/"
+SANDBOX_CSP = b"script-src 'self'"
 HOSTILE_HEADERS = (
     (b"Set-Cookie", KEPT_COOKIE),
     (b"Set-Cookie", b"wide=1; Domain=localhost; Path=/"),
@@ -30,6 +32,7 @@ HOSTILE_HEADERS = (
     (b"Clear-Site-Data", b'"*"'),
     (b"Alt-Svc", b'h3=":443"; ma=86400'),
     (b"Cross-Origin-Resource-Policy", b"cross-origin"),
+    (b"Content-Security-Policy", SANDBOX_CSP),
     (b"X-Sandbox", b"answered"),
 )
 ANSWER = b"SANDBOX-ANSWER"  # begins every body the sandbox sends

@@ -45,7 +45,7 @@ from cli_server.sandboxes.opencode import basic_auth
 from cli_server.testing import FakeBackend
 
 from .conformance_client import Answer, Browser, OverTls, TrustOurCertificate, connect
-from .conformance_upstream import ANSWER, KEPT_COOKIE, Hostile, Seen, serve_hostile
+from .conformance_upstream import ANSWER, KEPT_COOKIE, SANDBOX_CSP, Hostile, Seen, serve_hostile
 from .conftest import TEMPLATE, Running, _reactor, server_config, start_server, stop_server
 from .helpers import Api, remove_dir, scratch_dir, wait_until
 from .test_sandboxes_api import team, wait_status
@@ -532,6 +532,9 @@ def _clean_answer(answer: Answer) -> None:
         assert not name.startswith(b"access-control-"), answer.headers
         assert name not in (b"clear-site-data", b"alt-svc"), answer.headers
     assert answer.values(b"cross-origin-resource-policy") == [b"same-origin"], answer.headers
+    # Browsers apply every policy given: ours is added, the sandbox's own is kept.
+    policies = sorted(answer.values(b"content-security-policy"))
+    assert policies == [b"frame-ancestors 'self'", SANDBOX_CSP], answer.headers
 
 
 def _refused(w: World, answer: Answer, expect: Expect) -> None:

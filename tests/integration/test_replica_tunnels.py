@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -266,3 +267,95 @@ def test_an_agent_on_one_replica_serves_through_the_others(
     assert (
         call(replicas.nginx.port, "GET", "/page", replicas.host(sid), cookie=cookie).status == 200
     )
+
+
+def _joined(
+    replicas: Replicas, laptop: LaptopUpstream, agent: Agent, db_url: str
+) -> tuple[str, str, int, list[int]]:
+    """An agent joined through nginx: alice's cookie, the sandbox, the replica holding its
+    tunnel and the two others."""
+    alice = replicas.user("alice")
+    workspace = replicas.api(None, "POST", "/api/workspaces", alice, {"name": "w"}).json()
+    code = replicas.api(None, "POST", f"/api/workspaces/{workspace['id']}/agent-code", alice, {})
+    assert code.status in (200, 201), code.body
+    agent.start(
+        *("--server", f"http://127.0.0.1:{replicas.nginx.port}", "--code", code.json()["code"]),
+        *("--name", "laptop", "--opencode-url", laptop.url),
+        *("--allow-port", str(laptop.preview_port)),
+    )
+    listed = f"/api/workspaces/{workspace['id']}/sandboxes"
+
+    def running() -> list[Any]:
+        return [
+            s for s in replicas.api(None, "GET", listed, alice).json() if s["status"] == "running"
+        ]
+
+    _wait("the agent connected", lambda: bool(running()), 60)
+    sid = str(running()[0]["id"])
+    ports = {server.base: n for n, server in enumerate(replicas.servers)}
+    b = ports[_holder(db_url, sid) or ""]
+    return alice, sid, b, [n for n in range(3) if n != b]
+
+
+def test_the_newest_tunnel_wins_across_replicas(
+    cluster: tuple[Replicas, LaptopUpstream, Agent], db_url: str
+) -> None:
+    """The same agent's credentials connect to C while its first tunnel, on B, is half-open
+    (the agent stopped, its socket not closed): C's tunnel takes over for good, B's closes as
+    replaced, and the first agent, once it runs again, stops instead of fighting back."""
+    replicas, laptop, agent = cluster
+    alice, sid, b, (a, c) = _joined(replicas, laptop, agent, db_url)
+    cookie = replicas.open(alice, sid, via=a, redeem=c)
+    root = scratch_dir("cli-test-second-agent-")
+    second = Agent(root)
+    try:
+        shutil.copytree(agent.root / "home", root / "home")  # (a copied agent.json)
+        saved = root / "home" / ".cli-server" / "agent.json"
+        nginx = f"http://127.0.0.1:{replicas.nginx.port}"
+        saved.write_text(saved.read_text().replace(nginx, replicas.servers[c].base))
+        agent.proc.send_signal(signal.SIGSTOP)
+        second.start("--server", replicas.servers[c].base, "--opencode-url", laptop.url)
+        _wait("C took the tunnel", lambda: _holder(db_url, sid) == replicas.servers[c].base, 30)
+        # Longer than two sweeps of every replica: the row stays C's, A relays there at once.
+        ended = time.monotonic() + 12
+        while time.monotonic() < ended:
+            assert _holder(db_url, sid) == replicas.servers[c].base
+            began = time.monotonic()
+            page = call(replicas.servers[a].port, "GET", "/page", replicas.host(sid), cookie=cookie)
+            assert page.status == 200, (page.status, page.body[:300])
+            assert time.monotonic() - began < 2
+            time.sleep(0.5)
+        log = replicas.servers[b].log.read_text(errors="replace")
+        assert f"tunnel for {sid} replaced by a newer one on another replica" in log
+        agent.proc.send_signal(signal.SIGCONT)
+        agent.proc.wait(30)  # (it reads the goodbye it was sent, and stops)
+        first = (agent.root / f"agent-{agent.runs}.log").read_text(errors="replace")
+        assert "another agent connected with the same credentials; this one stops" in first
+        assert second.proc.poll() is None
+        assert _holder(db_url, sid) == replicas.servers[c].base
+        status = replicas.api(b, "GET", f"/api/sandboxes/{sid}", alice).json()["status"]
+        assert status == "running"
+    finally:
+        if agent.proc is not None and agent.proc.poll() is None:
+            agent.proc.send_signal(signal.SIGCONT)
+        second.kill()
+        remove_dir(root)
+
+
+def test_every_replica_shows_a_local_sandbox_s_ports_and_agent(
+    cluster: tuple[Replicas, LaptopUpstream, Agent], db_url: str
+) -> None:
+    """The laptop's shared ports and its agent's release, as the holder knows them, through
+    each replica (those that do not hold the tunnel read them from ``tunnel_holders``)."""
+    replicas, laptop, agent = cluster
+    alice, sid, b, others = _joined(replicas, laptop, agent, db_url)
+    held = replicas.api(b, "GET", f"/api/sandboxes/{sid}", alice).json()["agent"]
+    assert held is not None and held["version"] and held["protocol"] >= 1, held
+    for n in [b, *others]:
+        ports = replicas.api(n, "GET", f"/api/sandboxes/{sid}/ports", alice)
+        assert ports.status == 200, (n, ports.body)
+        assert ports.json() == {"ports": [laptop.preview_port], "listed": True, "shared_only": True}
+        assert replicas.api(n, "GET", f"/api/sandboxes/{sid}", alice).json()["agent"] == held
+        workspace = replicas.api(n, "GET", f"/api/sandboxes/{sid}", alice).json()["workspace_id"]
+        listed = replicas.api(n, "GET", f"/api/workspaces/{workspace}/sandboxes", alice).json()
+        assert [s["agent"] for s in listed] == [held]

@@ -85,6 +85,18 @@ class InternalChannelTests(SynchronousTestCase):
         self.assertEqual(self.render(_request(self.path, good)).responseCode, 503)  # offline
         self.assertEqual(self.render(_request(self.path, good)).responseCode, 403)  # replayed
 
+    def test_a_full_nonce_table_is_busy_not_forbidden(self) -> None:
+        # (memory is bounded within the window: beyond it a good request waits, 503)
+        self.channel._verifier = channel.Verifier(KEY, self.clock.seconds, limit=1)  # noqa: SLF001
+        self.assertIn(b"offline", b"".join(self.render(_request(self.path, self.signed())).written))
+        self.clock.advance(1)
+        busy = self.render(_request(self.path, self.signed()))
+        self.assertEqual(busy.responseCode, 503)
+        self.assertIn(b"Busy", b"".join(busy.written))
+        self.clock.advance(2 * channel.WINDOW + 1)
+        request = self.render(_request(self.path, self.signed()))
+        self.assertIn(b"offline", b"".join(request.written))
+
     def test_nothing_before_the_key_is_known(self) -> None:
         self.keyring.key = None
         request = self.render(_request(self.path, self.signed()))

@@ -473,6 +473,7 @@ class Tunnels:
 
     held: set[str] = field(factory=set)
     revoked: list[str] = field(factory=list)
+    checked: list[str] = field(factory=list)
 
     def session(self, sandbox_id: str) -> object | None:
         return object() if sandbox_id in self.held else None
@@ -480,6 +481,9 @@ class Tunnels:
     def revoke(self, sandbox_id: str) -> None:
         self.revoked.append(sandbox_id)
         self.held.discard(sandbox_id)
+
+    async def check_holder(self, sandbox_id: str) -> None:
+        self.checked.append(sandbox_id)  # (whether another replica took its row: the hub's)
 
 
 class DeletedTunnelsTests(SynchronousTestCase):
@@ -499,3 +503,4 @@ class DeletedTunnelsTests(SynchronousTestCase):
         ):
             self.successResultOf(Deferred.fromCoroutine(event))
         self.assertEqual(tunnels.revoked, ["here"])
+        self.assertEqual(tunnels.checked, ["here"])  # (a status change may be a newer tunnel)

@@ -212,7 +212,7 @@ class Forwarder:
         request.setResponseCode(response.code, response.phrase)
         copy_response_headers(response, request, kept_answer_header)
         for name, value in ANSWER_HEADERS:
-            request.responseHeaders.setRawHeaders(name, [value])
+            request.responseHeaders.addRawHeader(name, value)  # (a CSP adds to the sandbox's)
         known = isinstance(response.length, int)  # else UNKNOWN_LENGTH: chunked or until close
         if known and response.length:
             request.setHeader(b"content-length", str(response.length).encode())

@@ -103,6 +103,8 @@ class InternalChannel(AnsweredLater):
         if self._verifier is None:
             self._verifier = channel.Verifier(key, self._reactor.seconds)
         checked = self._verifier.check(request.method, request.uri, request.getHeader)
+        if checked == channel.BUSY:  # (memory is bounded: refuse until nonces expire)
+            return self._page(request, 503, "Busy", "Try again in a moment.", refresh=3)
         if isinstance(checked, str):
             peer = getattr(request.getClientAddress(), "host", "?")
             self._log.warn("internal channel: refused {peer} ({why})", peer=peer, why=checked)

@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections import deque
 from collections.abc import Callable
 
 from attrs import define, field, frozen
@@ -35,6 +36,7 @@ SIGNATURE = b"x-cli-relay-signature"
 HEADERS = (HOST, TIME, NONCE, SIGNATURE)
 _OPENCODE = b"opencode"  # the port segment that names the laptop's opencode, not a port
 _MAX_NONCES = 200_000  # beyond this many in one window, refuse rather than forget one
+BUSY = "too many requests in one window"  # the one refusal that is not the requester's fault
 _SANDBOX_ID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -96,7 +98,12 @@ class Verifier:
     _key: bytes
     _seconds: Callable[[], float]
     _window: float = WINDOW
-    _seen: dict[bytes, float] = field(factory=dict, init=False)  # nonce -> when it expires
+    _limit: int = _MAX_NONCES
+    # The nonces remembered, and the same in the order they expire (they are added with a
+    # constant lifetime, so that is the order they came in): forgetting costs only the
+    # expired ones, never a pass over all of them.
+    _seen: set[bytes] = field(factory=set, init=False)
+    _expiries: deque[tuple[float, bytes]] = field(factory=deque, init=False)
 
     def check(
         self, method: bytes, path: bytes, header: Callable[[bytes], bytes | None]
@@ -120,14 +127,19 @@ class Verifier:
         self._forget(now)
         if nonce in self._seen:
             return "replayed"
-        if len(self._seen) >= _MAX_NONCES:
-            return "too many requests in one window"
-        self._seen[nonce] = now + 2 * self._window
+        if len(self._seen) >= self._limit:
+            return BUSY
+        self._seen.add(nonce)
+        self._expiries.append((now + 2 * self._window, nonce))
         return target
 
+    def remembered(self) -> int:
+        return len(self._seen)
+
     def _forget(self, now: float) -> None:
-        if len(self._seen) > 1024 or (self._seen and next(iter(self._seen.values())) < now):
-            self._seen = {n: t for n, t in self._seen.items() if t >= now}
+        expiries = self._expiries
+        while expiries and expiries[0][0] < now:
+            self._seen.discard(expiries.popleft()[1])
 
 
 async def shared_key(db: Database, configured: str | None) -> bytes:

@@ -1,16 +1,19 @@
 """Which replica holds each local sandbox's tunnel, in ``tunnel_holders``.
 
 A tunnel that lands here takes the row (whoever held it before) and the sandbox is
-``running``, in one transaction; its end releases the row only if it is still this replica's
-(an agent that moved to another replica must not be made offline by its old tunnel's end) and
-only then says ``offline``. A replica that dies cannot release its rows: the survivors release
-the rows of every replica whose heartbeat expired, and the sandbox goes ``offline`` in the
-same statement, so exactly one survivor does it once.
+``running``, in one transaction: the newest tunnel wins, across replicas as within one. The
+replica that lost the row hears it (``sandbox_status_changed`` from the others, and its own
+sweep) and closes its older tunnel as replaced; nothing ever takes a row back. A tunnel's end
+releases the row only if it is still this replica's (an agent that moved to another replica
+must not be made offline by its old tunnel's end) and only then says ``offline``. A replica
+that dies cannot release its rows: the survivors release the rows of every replica whose
+heartbeat expired, and the sandbox goes ``offline`` in the same statement, so exactly one
+survivor does it once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
 from attrs import define, field, frozen
@@ -42,6 +45,21 @@ def holder_address(url: str | None) -> tuple[str, int] | None:
     return parts.hostname, parts.port or 80
 
 
+@frozen
+class Details:
+    """What the holder knows of a tunnel's agent, for the replicas that do not hold it."""
+
+    ports: tuple[int, ...] = ()  # the ports its laptop shares
+    agent: str | None = None  # its release name, from its hello
+    protocol: int | None = None
+
+
+@frozen
+class Swept:
+    released: list[str]  # sandboxes of replicas gone, now offline
+    lost: list[str]  # tunnels held here whose row another replica took: replaced there
+
+
 @define(eq=False)
 class TunnelHolders:
     _db: Database
@@ -50,15 +68,18 @@ class TunnelHolders:
     _expiry: float = EXPIRY_SECONDS
     _known: dict[str, tuple[Holder | None, float]] = field(factory=dict, init=False)
 
-    async def hold(self, sandbox_id: str) -> None:
+    async def hold(self, sandbox_id: str, details: Details = Details()) -> None:
         """The tunnel landed here: the row is ours, and the sandbox is running."""
 
         async def work(tx: Transaction) -> None:
             await tx.execute(
-                "INSERT INTO tunnel_holders (sandbox_id, replica_id) VALUES (%s, %s)"
+                "INSERT INTO tunnel_holders (sandbox_id, replica_id, shared_ports, agent,"
+                " protocol) VALUES (%s, %s, %s, %s, %s)"
                 " ON CONFLICT (sandbox_id) DO UPDATE"
-                " SET replica_id = EXCLUDED.replica_id, since = now()",
-                (sandbox_id, self._replica_id),
+                " SET replica_id = EXCLUDED.replica_id, since = now(),"
+                " shared_ports = EXCLUDED.shared_ports, agent = EXCLUDED.agent,"
+                " protocol = EXCLUDED.protocol",
+                (sandbox_id, self._replica_id, *_columns(details)),
             )
             await tx.execute(
                 "UPDATE sandboxes SET status = 'running', error = NULL, updated_at = now(),"
@@ -106,32 +127,44 @@ class TunnelHolders:
         self._known[sandbox_id] = (found, now)
         return found
 
+    async def details(self, sandbox_ids: Iterable[str]) -> dict[str, Details]:
+        """What the live holders of these sandboxes' tunnels know of their agents."""
+        wanted = list(sandbox_ids)
+        if not wanted:
+            return {}
+        rows = await self._db.query(
+            "SELECT h.sandbox_id, h.shared_ports, h.agent, h.protocol FROM tunnel_holders h"
+            " JOIN replicas r ON r.id = h.replica_id"
+            f" WHERE h.sandbox_id = ANY(%(ids)s::uuid[]) AND {_LIVE}",
+            {"ids": wanted, "expiry": self._expiry},
+        )
+        return {
+            str(row["sandbox_id"]): Details(
+                tuple(sorted(row["shared_ports"] or ())), row["agent"], row["protocol"]
+            )
+            for row in rows
+        }
+
     def forget(self, sandbox_id: str) -> None:
         self._known.pop(sandbox_id, None)
 
-    async def sweep(self, live_here: Iterable[str]) -> list[str]:
-        """Every few seconds, on every replica: say again that the tunnels live here are
-        running and ours (a row lost to a race, or to the database's absence, comes back), and
-        release the rows of replicas whose heartbeat expired (their sandboxes go offline, by
-        exactly one survivor). Returns the sandboxes released."""
-        mine = list(live_here)
+    async def held_elsewhere(self, sandbox_id: str) -> bool:
+        """Whether another replica has taken the sandbox's row (a newer tunnel landed there)."""
+        rows = await self._db.query(
+            "SELECT 1 FROM tunnel_holders WHERE sandbox_id = %s AND replica_id <> %s",
+            (sandbox_id, self._replica_id),
+        )
+        return bool(rows)
 
-        async def work(tx: Transaction) -> list[str]:
-            for sandbox_id in mine:
-                held = await tx.one(
-                    "SELECT replica_id FROM tunnel_holders WHERE sandbox_id = %s", (sandbox_id,)
-                )
-                if held is None or held["replica_id"] != self._replica_id:
-                    await tx.execute(
-                        "INSERT INTO tunnel_holders (sandbox_id, replica_id) VALUES (%s, %s)"
-                        " ON CONFLICT (sandbox_id) DO UPDATE SET replica_id = EXCLUDED.replica_id",
-                        (sandbox_id, self._replica_id),
-                    )
-                await tx.execute(
-                    "UPDATE sandboxes SET status = 'running', updated_at = now()"
-                    " WHERE id = %s AND is_local AND status <> 'running'",
-                    (sandbox_id,),
-                )
+    async def sweep(self, held_here: Mapping[str, Details]) -> Swept:
+        """Every few seconds, on every replica: release the rows of replicas whose heartbeat
+        expired (their sandboxes go offline, by exactly one survivor), then say again that the
+        tunnels held here are running and ours, if their row was lost (to the database's
+        absence, or released as if this replica were gone). A row another live replica holds
+        is never taken back: its tunnel is newer, and ours is ``lost``."""
+        mine = dict(held_here)
+
+        async def work(tx: Transaction) -> Swept:
             rows = await tx.query(
                 "WITH dead AS (DELETE FROM tunnel_holders h WHERE h.replica_id <> %(me)s AND"
                 f" NOT EXISTS (SELECT 1 FROM replicas r WHERE r.id = h.replica_id AND {_LIVE})"
@@ -141,16 +174,42 @@ class TunnelHolders:
                 " AND status <> 'offline' RETURNING id",
                 {"me": self._replica_id, "expiry": self._expiry},
             )
-            return [str(row["id"]) for row in rows]
+            lost = []
+            for sandbox_id, details in mine.items():
+                await tx.execute(
+                    "INSERT INTO tunnel_holders (sandbox_id, replica_id, shared_ports, agent,"
+                    " protocol) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (sandbox_id) DO NOTHING",
+                    (sandbox_id, self._replica_id, *_columns(details)),
+                )
+                held = await tx.one(
+                    "SELECT replica_id FROM tunnel_holders WHERE sandbox_id = %s", (sandbox_id,)
+                )
+                if held is not None and held["replica_id"] != self._replica_id:
+                    lost.append(sandbox_id)
+                    continue
+                await tx.execute(
+                    "UPDATE sandboxes SET status = 'running', updated_at = now()"
+                    " WHERE id = %s AND is_local AND status <> 'running'",
+                    (sandbox_id,),
+                )
+            released = [str(row["id"]) for row in rows if str(row["id"]) not in mine]
+            return Swept(released, lost)
 
-        return await self._db.transaction(work)
+        swept = await self._db.transaction(work)
+        for sandbox_id in swept.lost:
+            self._known.pop(sandbox_id, None)
+        return swept
 
     async def settle_at_start(self) -> None:
         """At start nothing is connected here: release the rows of replicas gone (an earlier
         life of this one included), and local sandboxes no live replica holds are offline."""
-        await self.sweep(())
+        await self.sweep({})
         await self._db.execute(
             "UPDATE sandboxes s SET status = 'offline', updated_at = now()"
             " WHERE s.is_local AND s.status <> 'offline'"
             " AND NOT EXISTS (SELECT 1 FROM tunnel_holders h WHERE h.sandbox_id = s.id)"
         )
+
+
+def _columns(details: Details) -> tuple[list[int], str | None, int | None]:
+    return list(details.ports), details.agent, details.protocol

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import psycopg2.errors
@@ -83,12 +83,26 @@ class SandboxManager:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def to_json(self, row: Row) -> dict[str, Any]:
+    def to_json(
+        self, row: Row, agents: Mapping[str, dict[str, Any] | None] | None = None
+    ) -> dict[str, Any]:
+        """``agents``: the local sandboxes' agents wherever their tunnels are held
+        (``_agents``); without them, those connected here."""
         shown = sandbox_json(row, self._url_for(str(row["id"])) if self._url_for else None)
         if row["is_local"] and self.tunnels is not None:
             # its connected agent's release, and a warning when it is older than ours
-            shown["agent"] = self.tunnels.agent(str(row["id"]))
+            sandbox_id = str(row["id"])
+            shown["agent"] = (
+                agents.get(sandbox_id) if agents is not None else self.tunnels.agent(sandbox_id)
+            )
         return shown
+
+    async def _agents(self, rows: Iterable[Row]) -> dict[str, dict[str, Any] | None]:
+        local = [str(r["id"]) for r in rows if r["is_local"]]
+        if not local or self.tunnels is None:
+            return {}
+        agents: dict[str, dict[str, Any] | None] = await self.tunnels.agents(local)
+        return agents
 
     async def list(self, workspace_id: str, actor_id: str) -> list[dict[str, Any]]:
         await self._workspaces.role_of(workspace_id, actor_id)
@@ -97,7 +111,8 @@ class SandboxManager:
             " ORDER BY created_at, id",
             (workspace_id,),
         )
-        return [self.to_json(r) for r in rows]
+        agents = await self._agents(rows)
+        return [self.to_json(r, agents) for r in rows]
 
     async def _row(self, sandbox_id: str) -> Row:
         rows = await self._db.query(
@@ -117,7 +132,8 @@ class SandboxManager:
         return row
 
     async def get(self, sandbox_id: str, actor_id: str) -> dict[str, Any]:
-        return self.to_json(await self.authorized(sandbox_id, actor_id, Role.GUEST))
+        row = await self.authorized(sandbox_id, actor_id, Role.GUEST)
+        return self.to_json(row, await self._agents([row]))
 
     async def logs(self, sandbox_id: str, actor_id: str) -> dict[str, Any]:
         """The tail of the sandbox's opencode output, for developers and up; its own secrets
@@ -151,7 +167,8 @@ class SandboxManager:
         if row["status"] != Status.RUNNING.value:
             raise InvalidState(row["status"], "list the ports of")
         if row["is_local"]:
-            shared = self.tunnels.allowed_ports(sandbox_id) if self.tunnels is not None else ()
+            # (from the database where another replica holds the tunnel)
+            shared = await self.tunnels.shared_ports(sandbox_id) if self.tunnels is not None else ()
             return {"ports": sorted(shared), "listed": True, "shared_only": True}
         try:
             ports = await self._backend.listening_ports(sandbox_id)

@@ -9,7 +9,8 @@ when it runs, so a quick disconnect/reconnect can never leave the wrong word beh
 Tunnels live in this process's memory. With several replicas, ``holders`` records in the
 database which replica holds each one (the others relay to it, ``proxy/replica_relay.py``), and
 the status writes go through it, so an old tunnel's end on one replica never makes offline a
-sandbox whose agent moved to another.
+sandbox whose agent moved to another. The newest tunnel wins there too: the replica whose row
+another took (its agent's credentials connected there since) closes its own as replaced.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cli_server.db.pool import Database, DatabaseUnavailable
-from cli_server.replicas.holders import TunnelHolders
+from cli_server.replicas.holders import Details, TunnelHolders
 from cli_server.sandboxes.backend import PortNotShared
 from cli_server.tunnel.carrier import SessionCarrier
 from cli_server.tunnel.frames import MAX_MESSAGE, VERSION
@@ -53,6 +54,8 @@ class TunnelHub:
     _revoked: dict[str, tuple[float, str]] = field(factory=dict, init=False)  # when, why
     _locks: dict[str, DeferredLock] = field(factory=dict, init=False)
     _addresses: dict[Session, str] = field(factory=dict, init=False)  # live tunnels' peers
+    # the live tunnels whose row this replica took (a row lost later was taken by a newer one)
+    _held: dict[str, Session] = field(factory=dict, init=False)
     _log = Logger()
 
     def session(self, sandbox_id: str) -> Session | None:
@@ -71,6 +74,25 @@ class TunnelHub:
         if session is None or session.hello is None or session.version is None:
             return None
         return agent_json(session.hello["agent"], session.version, self.current_protocol)
+
+    async def agents(self, sandbox_ids: list[str]) -> dict[str, dict[str, Any] | None]:
+        """``agent`` of each sandbox, whichever replica holds its tunnel."""
+        found: dict[str, dict[str, Any] | None] = {i: self.agent(i) for i in sandbox_ids}
+        elsewhere = [i for i in sandbox_ids if i not in self._live]
+        if self.holders is not None and elsewhere:
+            for sandbox_id, details in (await self.holders.details(elsewhere)).items():
+                if details.agent is not None and details.protocol is not None:
+                    found[sandbox_id] = agent_json(
+                        details.agent, details.protocol, self.current_protocol
+                    )
+        return found
+
+    async def shared_ports(self, sandbox_id: str) -> tuple[int, ...]:
+        """``allowed_ports``, whichever replica holds the sandbox's tunnel."""
+        if sandbox_id in self._live or self.holders is None:
+            return self.allowed_ports(sandbox_id)
+        details = (await self.holders.details([sandbox_id])).get(sandbox_id)
+        return () if details is None else details.ports
 
     @property
     def count(self) -> int:
@@ -183,6 +205,7 @@ class TunnelHub:
         live = self._live.pop(sandbox_id, None)
         if live is not None:
             self._addresses.pop(live, None)
+        self._held.pop(sandbox_id, None)
         self._gauge()
         for session in [*sessions, *([live] if live is not None else [])]:
             session.say_goodbye("revoked", why, 4003)
@@ -194,6 +217,7 @@ class TunnelHub:
             session.say_goodbye("restarting", "the server is stopping", 4001)
         self._live.clear()
         self._addresses.clear()
+        self._held.clear()
         self._gauge()
 
     @property
@@ -204,12 +228,51 @@ class TunnelHub:
         """Every few seconds: our tunnels' rows, and the dead replicas' released."""
         if self.holders is None:
             return
-        for sandbox_id in await self.holders.sweep(self.live_ids):
+        held = {}
+        for sandbox_id, session in list(self._live.items()):
+            if self._held.get(sandbox_id) is session:
+                held[sandbox_id] = session
+            elif sandbox_id not in self._locks:
+                self._record(sandbox_id)  # (its row never got written: take it now)
+        swept = await self.holders.sweep({i: _details(s) for i, s in held.items()})
+        for sandbox_id in swept.released:
             self._log.info(
                 "tunnel of {sandbox_id} released: its replica stopped", sandbox_id=sandbox_id
             )
             if self._on_change is not None:
                 self._on_change(sandbox_id)
+        for sandbox_id in swept.lost:
+            self._replaced_elsewhere(sandbox_id, held[sandbox_id])
+
+    async def check_holder(self, sandbox_id: str) -> None:
+        """Another replica changed the sandbox's status: if it took the row of our tunnel,
+        a newer one landed there, and ours is closed as replaced."""
+        session = self._live.get(sandbox_id)
+        if self.holders is None or session is None or self._held.get(sandbox_id) is not session:
+            return
+        try:
+            elsewhere = await self.holders.held_elsewhere(sandbox_id)
+        except DatabaseUnavailable:
+            return  # (the next sweep finds it)
+        if elsewhere:
+            self._replaced_elsewhere(sandbox_id, session)
+
+    def _replaced_elsewhere(self, sandbox_id: str, session: Session) -> None:
+        if self._live.get(sandbox_id) is not session:
+            return  # (ended or replaced here meanwhile)
+        del self._live[sandbox_id]
+        self._addresses.pop(session, None)
+        self._held.pop(sandbox_id, None)
+        self._log.info(
+            "tunnel for {sandbox_id} replaced by a newer one on another replica",
+            sandbox_id=sandbox_id,
+        )
+        # (the agent stops on "replaced": it must not come back and take the row again)
+        session.say_goodbye(
+            "replaced", "another agent connected with this sandbox's credentials", 4009
+        )
+        session.connection_lost()
+        self._record(sandbox_id)  # (releases nothing: the row is the other replica's)
 
     async def mark_all_offline(self) -> None:
         """At start nothing is connected yet, whatever the table says after a crash (but
@@ -232,12 +295,15 @@ class TunnelHub:
 
         async def write() -> None:
             async with lock:
-                live = sandbox_id in self._live
+                session = self._live.get(sandbox_id)
+                live = session is not None
                 try:
                     if self.holders is not None:
-                        if live:
-                            await self.holders.hold(sandbox_id)
+                        if session is not None:
+                            await self.holders.hold(sandbox_id, _details(session))
+                            self._held[sandbox_id] = session
                         else:
+                            self._held.pop(sandbox_id, None)
                             await self.holders.release(sandbox_id)
                     else:
                         await self._db.execute(
@@ -260,6 +326,15 @@ class TunnelHub:
         Deferred.fromCoroutine(write()).addErrback(
             lambda f: self._log.failure("saving tunnel status", f)
         )
+
+
+def _details(session: Session) -> Details:
+    agent = session.hello.fields.get("agent") if session.hello is not None else None
+    return Details(
+        tuple(sorted(session.shared_ports)),
+        agent if isinstance(agent, str) else None,
+        session.version,
+    )
 
 
 class TunnelServerFactory(WebSocketServerFactory):

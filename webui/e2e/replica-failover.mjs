@@ -1,0 +1,165 @@
+// opencode's own UI losing the replica that carries its event stream, in headless Chromium:
+// signed in through the load balancer, the sandbox opened with its one-time link, the UI loads
+// and its event stream (`/global/event`, a streamed fetch) is live. The script says which
+// replica serves that stream (`KILL <nginx X-Upstream>`) and waits for a line once the driver
+// (tests/integration/test_replica_ui_failover.py) has SIGKILLed it. Then the UI must open the
+// stream again by itself, a session created from the page must arrive on it as an event, and a
+// navigation must load the UI again. Exits non-zero on the first failed expectation.
+//
+//   node e2e/replica-failover.mjs BASE_URL SCREENSHOT_DIR   (stdin: USERNAME, then SANDBOX_ID)
+import { createInterface } from "node:readline";
+import { expect, failed, newContext, secondsSince, shot, signIn, start } from "./common.mjs";
+
+const { browser } = await start({ timeout: 30_000 });
+const input = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+async function ask(what) {
+  console.log(`ASK ${what}`);
+  const { value, done } = await input.next();
+  expect(!done, `no ${what} on stdin`);
+  return value.trim();
+}
+
+/** Polls `test` every 100 ms until it holds, for at most `ms`; what it returned last. */
+async function until(what, test, ms) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const got = await test();
+    if (got) return got;
+    expect(Date.now() < deadline, `not within ${ms / 1000} s: ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+// Counts what arrives on every event stream the page opens: opencode's UI reads
+// `/global/event` with fetch, so the page's fetch hands it a copy that notes each chunk.
+function countEvents() {
+  window.__streams = [];
+  const original = window.fetch;
+  window.fetch = async (...args) => {
+    const response = await original(...args);
+    const url = String(args[0]?.url ?? args[0]);
+    if (!new URL(url, location.href).pathname.endsWith("/event") || !response.body) {
+      return response;
+    }
+    const stream = { status: response.status, text: "", ended: false };
+    window.__streams.push(stream);
+    const decoder = new TextDecoder();
+    const noted = response.body.pipeThrough(
+      new TransformStream({
+        transform(chunk, out) {
+          stream.text += decoder.decode(chunk, { stream: true });
+          out.enqueue(chunk);
+        },
+        flush() {
+          stream.ended = true;
+        },
+      }),
+    );
+    return new Response(noted, {
+      status: response.status,
+      statusText: response.statusText,
+      headers: response.headers,
+    });
+  };
+}
+
+const streams = (page) => page.evaluate(() => window.__streams.map((s) => ({ ...s })));
+
+try {
+  const username = await ask("username");
+  const sandbox = await ask("sandbox");
+  const context = await newContext();
+  await context.addInitScript(countEvents);
+  const page = await context.newPage();
+  const eventRequests = [];
+  page.on("response", (response) => {
+    if (new URL(response.url()).pathname === "/global/event") {
+      eventRequests.push({ status: response.status(), upstream: response.headers()["x-upstream"] });
+    }
+  });
+  await signIn(page, username);
+  const opened = await page.evaluate(async (id) => {
+    const answer = await fetch(`/api/sandboxes/${id}/open`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: "{}",
+    });
+    return { status: answer.status, body: await answer.json() };
+  }, sandbox);
+  expect(opened.status === 200, `open: ${JSON.stringify(opened)}`);
+  const loading = Date.now();
+  await page.goto(opened.body.url);
+  await page.waitForURL((url) => url.hostname.startsWith(`oc-${sandbox}.`));
+  await page.getByText("Create a session to get started").waitFor({ timeout: 60_000 });
+  const first = await until(
+    "the UI's event stream is live",
+    async () => (await streams(page)).find((s) => s.status === 200 && s.text.includes("data:")),
+    30_000,
+  );
+  expect(first, "no live event stream");
+  console.log(`opencode's UI and its event stream live ${secondsSince(loading)} s after the link`);
+  const live = eventRequests.filter((r) => r.status === 200);
+  const upstream = live[live.length - 1].upstream;
+  expect(upstream, "no X-Upstream on the event stream");
+
+  const before = eventRequests.length;
+  const opensBefore = (await streams(page)).length;
+  console.log(`KILL ${upstream}`);
+  expect((await ask("killed")) === "killed", "the driver did not kill the replica");
+  const killed = Date.now();
+
+  // The UI opens its event stream again by itself, through a surviving replica.
+  const again = await until(
+    "a new event stream answered 200",
+    async () => (await streams(page)).slice(opensBefore).find((s) => s.status === 200),
+    60_000,
+  );
+  expect(again, "no new event stream");
+  const reopened = secondsSince(killed);
+  const newUpstreams = eventRequests.slice(before).map((r) => `${r.status} ${r.upstream}`);
+  console.log(`event stream reopened ${reopened} s after the kill: ${newUpstreams.join("; ")}`);
+
+  // Events arrive on it again: a session created from the page is announced there.
+  const created = await until(
+    "a session created from the page",
+    () =>
+      page.evaluate(async () => {
+        const answer = await fetch("/session", {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ title: "after the failover" }),
+        });
+        return answer.ok ? (await answer.json()).id : null;
+      }),
+    30_000,
+  );
+  await until(
+    "the new session's event on the reopened stream",
+    async () =>
+      (await streams(page))
+        .slice(opensBefore)
+        .some((s) => s.status === 200 && s.text.includes(created)),
+    30_000,
+  );
+  console.log(`events flow again ${secondsSince(killed)} s after the kill (session ${created})`);
+
+  // And the UI still works: a fresh navigation loads it, and its event stream is live again.
+  await page.reload();
+  await page.getByText("Projects").first().waitFor({ timeout: 60_000 });
+  await until(
+    "the reloaded page's event stream is live",
+    async () => (await streams(page)).some((s) => s.status === 200 && s.text.includes("data:")),
+    30_000,
+  );
+  expect((await page.title()) === "OpenCode", `title ${await page.title()}`);
+  console.log(`UI reloaded, its stream live ${secondsSince(killed)} s after the kill`);
+  await shot(page, "replica-failover");
+  console.log(
+    `event requests: ${eventRequests.length} (${eventRequests.length - before} after the kill)`,
+  );
+  await context.close();
+} catch (error) {
+  await failed(error);
+}
+await browser.close();
+process.exit(0);

@@ -143,17 +143,71 @@ try {
   );
   console.log(`events flow again ${secondsSince(killed)} s after the kill (session ${created})`);
 
-  // And the UI still works: a fresh navigation loads it, and its event stream is live again.
-  await page.reload();
-  await page.getByText("Projects").first().waitFor({ timeout: 60_000 });
-  await until(
-    "the reloaded page's event stream is live",
-    async () => (await streams(page)).some((s) => s.status === 200 && s.text.includes("data:")),
+  // The terminal (opencode's PTY WebSocket, Ctrl+` on a session's page): opened, then its
+  // replica killed; what the UI does then is reported.
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("Network.enable");
+  const sockets = [];
+  cdp.on("Network.webSocketCreated", ({ requestId, url }) => {
+    if (new URL(url).pathname.startsWith("/pty/")) sockets.push({ requestId, url, at: Date.now() });
+  });
+  cdp.on("Network.webSocketHandshakeResponseReceived", ({ requestId, response }) => {
+    const socket = sockets.find((s) => s.requestId === requestId);
+    if (socket)
+      Object.assign(socket, {
+        status: response.status,
+        upstream: response.headers["X-Upstream"] ?? response.headers["x-upstream"],
+      });
+  });
+  cdp.on("Network.webSocketFrameReceived", ({ requestId }) => {
+    const socket = sockets.find((s) => s.requestId === requestId);
+    if (socket) socket.frames = (socket.frames ?? 0) + 1;
+  });
+  cdp.on("Network.webSocketFrameError", ({ requestId, errorMessage }) => {
+    const socket = sockets.find((s) => s.requestId === requestId);
+    if (socket) socket.error = errorMessage;
+  });
+  cdp.on("Network.webSocketClosed", ({ requestId }) => {
+    const socket = sockets.find((s) => s.requestId === requestId);
+    if (socket) socket.closed = Date.now();
+  });
+  const session = await page.evaluate(
+    async (id) => (await (await fetch(`/session/${id}`)).json()).directory,
+    created,
+  );
+  const dir = Buffer.from(session).toString("base64url");
+  await page.goto(new URL(`/${dir}/session/${created}`, page.url()).href);
+  // (a navigation through the survivors: the UI still loads)
+  await page.getByRole("button", { name: "Send" }).waitFor({ timeout: 60_000 });
+  console.log(`a session's page loaded ${secondsSince(killed)} s after the first kill`);
+  await page.keyboard.press("Control+Backquote");
+  const terminal = await until(
+    "a terminal WebSocket with output",
+    () => sockets.find((s) => s.status === 101 && s.frames > 0),
     30_000,
   );
-  expect((await page.title()) === "OpenCode", `title ${await page.title()}`);
-  console.log(`UI reloaded, its stream live ${secondsSince(killed)} s after the kill`);
+  console.log(`terminal open: ${terminal.url.split("?")[0]} via ${terminal.upstream}`);
   await shot(page, "replica-failover");
+  console.log(`KILL ${terminal.upstream}`);
+  expect((await ask("killed")) === "killed", "the driver did not kill the terminal's replica");
+  const cut = Date.now();
+  await until("the terminal's WebSocket closed", () => terminal.closed, 30_000);
+  console.log(`terminal WebSocket closed ${secondsSince(cut)} s after the kill`);
+  const ptyAgain = await until(
+    "a new terminal WebSocket",
+    () =>
+      sockets.find((s) => s !== terminal && s.status === 101) ??
+      (Date.now() - cut > 20_000 ? "none" : null),
+    30_000,
+  );
+  console.log(
+    `after the kill: ${JSON.stringify(sockets.map(({ url, status, upstream, frames, closed, error }) => ({ path: new URL(url).pathname, status, upstream, frames, error, closed: !!closed })))}`,
+  );
+  console.log(
+    `terminal reopened: ${ptyAgain === "none" ? "no (20 s)" : `yes, ${secondsSince(cut)} s`}`,
+  );
+  const retries = sockets.filter((s) => s !== terminal).length;
+  expect(retries > 0, "the UI did not try to reopen its terminal");
   console.log(
     `event requests: ${eventRequests.length} (${eventRequests.length - before} after the kill)`,
   );

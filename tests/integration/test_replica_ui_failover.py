@@ -3,7 +3,9 @@ nginx (``replicas.py``) on one PostgreSQL, a real `twistd -n cli-agent` serving 
 `opencode serve`, and headless Chromium (``webui/e2e/replica-failover.mjs``) signed in through
 nginx with opencode's UI open on the sandbox's subdomain. The replica that carries the UI's
 event stream is SIGKILLed; the UI reopens the stream by itself through the survivors, events
-arrive on it again and a reload works."""
+arrive on it again and a session's page loads. Then the replica carrying the session's terminal
+(the PTY WebSocket) is SIGKILLed: the UI tries to reopen it by itself (asserted); whether it
+gets it back depends on the agent's tunnel being back before the UI stops retrying (printed)."""
 
 from __future__ import annotations
 

@@ -3,8 +3,11 @@
 // and its event stream (`/global/event`, a streamed fetch) is live. The script says which
 // replica serves that stream (`KILL <nginx X-Upstream>`) and waits for a line once the driver
 // (tests/integration/test_replica_ui_failover.py) has SIGKILLed it. Then the UI must open the
-// stream again by itself, a session created from the page must arrive on it as an event, and a
-// navigation must load the UI again. Exits non-zero on the first failed expectation.
+// stream again by itself, a session created from the page must arrive on it as an event, and
+// the session's page must load. Then its terminal (Ctrl+`) is opened, its replica killed the
+// same way (`KILL`), and the UI must try to reopen it; whether it did is printed. The
+// screenshot (replica-failover.png) is the session and terminal after the first failover.
+// Exits non-zero on the first failed expectation.
 //
 //   node e2e/replica-failover.mjs BASE_URL SCREENSHOT_DIR   (stdin: USERNAME, then SANDBOX_ID)
 import { createInterface } from "node:readline";

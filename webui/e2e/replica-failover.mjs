@@ -22,13 +22,17 @@ async function ask(what) {
   return value.trim();
 }
 
-/** Polls `test` every 100 ms until it holds, for at most `ms`; what it returned last. */
+/** Polls `test` every 100 ms until it holds, for at most `ms`; what it returned last. `what`
+ * (or what it resolves to) names it when it never holds. */
 async function until(what, test, ms) {
   const deadline = Date.now() + ms;
   for (;;) {
     const got = await test();
     if (got) return got;
-    expect(Date.now() < deadline, `not within ${ms / 1000} s: ${what}`);
+    if (Date.now() >= deadline) {
+      const said = typeof what === "function" ? await what() : what;
+      throw new Error(`not within ${ms / 1000} s: ${said}`);
+    }
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
 }
@@ -136,8 +140,12 @@ try {
       }),
     30_000,
   );
+  const seen = async () =>
+    JSON.stringify(
+      (await streams(page)).map((s) => ({ ...s, text: s.text.slice(0, 160), size: s.text.length })),
+    );
   await until(
-    "the new session's event on the reopened stream",
+    async () => `the new session's event on the reopened stream; streams: ${await seen()}`,
     async () =>
       (await streams(page))
         .slice(opensBefore)

@@ -191,7 +191,20 @@ try {
   // (a navigation through the survivors: the UI still loads)
   await page.getByRole("button", { name: "Send" }).waitFor({ timeout: 60_000 });
   console.log(`a session's page loaded ${secondsSince(killed)} s after the first kill`);
-  await page.keyboard.press("Control+Backquote");
+  // (the shortcut may come before the page listens: pressed again while no terminal opened)
+  let pressed = 0;
+  await until(
+    "a terminal WebSocket opened",
+    async () => {
+      if (sockets.length > 0) return true;
+      if (Date.now() - pressed > 5_000) {
+        await page.keyboard.press("Control+Backquote");
+        pressed = Date.now();
+      }
+      return false;
+    },
+    30_000,
+  );
   const terminal = await until(
     "a terminal WebSocket with output",
     () => sockets.find((s) => s.status === 101 && s.frames > 0),

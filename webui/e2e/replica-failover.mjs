@@ -142,7 +142,11 @@ try {
   );
   const seen = async () =>
     JSON.stringify(
-      (await streams(page)).map((s) => ({ ...s, text: s.text.slice(0, 160), size: s.text.length })),
+      (await streams(page)).map((s) => ({
+        status: s.status,
+        size: s.text.length,
+        types: [...s.text.matchAll(/"type":"([^"]+)"/g)].map((m) => m[1]),
+      })),
     );
   await until(
     async () => `the new session's event on the reopened stream; streams: ${await seen()}`,

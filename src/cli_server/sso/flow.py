@@ -55,8 +55,9 @@ def cookie_hash(cookie: str) -> str:
     return hashlib.sha256(cookie.encode("utf-8", "replace")).hexdigest()
 
 
-# One statement checks both caps and inserts: concurrent sign-ins can pass them by no more
-# than the number of inserts in flight at that moment.
+# Sign-ins begin one at a time across replicas (a short transaction each), so a flood
+# cannot pass the caps.
+_BEGIN_LOCK = 0x63_6C_69_73_73_6F  # "clisso"
 _INSERT = """
 INSERT INTO pending_sign_ins
     (cookie_hash, provider, state, verifier, nonce, return_to, link_to, address, expires_at)
@@ -87,7 +88,8 @@ class PendingSignIns:
         """The cookie value and what it stands for; None while too many are under way (in
         all, or from ``address``)."""
         now = self._clock.seconds()
-        pending = new_pending(provider, return_to, link_to, now + self.lifetime)
+        # (to the microsecond, as PostgreSQL keeps it)
+        pending = new_pending(provider, return_to, link_to, round(now + self.lifetime, 6))
         cookie = secrets.token_urlsafe(32)
         args = {
             "key": cookie_hash(cookie),
@@ -105,6 +107,7 @@ class PendingSignIns:
         }
 
         async def insert(tx: Transaction) -> int:
+            await tx.execute("SELECT pg_advisory_xact_lock(%s)", (_BEGIN_LOCK,))
             await tx.execute(_PRUNE, (now,))
             return await tx.execute(_INSERT, args)
 
@@ -125,13 +128,14 @@ class PendingSignIns:
             # FOR UPDATE: of two callbacks with one cookie, the second waits, then finds nothing.
             row = await tx.one(
                 "SELECT provider, state, verifier, nonce, return_to, link_to,"
-                " extract(epoch FROM expires_at) AS expires"
+                " extract(epoch FROM expires_at) AS expires,"
+                " expires_at <= to_timestamp(%s) AS expired"
                 " FROM pending_sign_ins WHERE cookie_hash = %s FOR UPDATE",
-                (key,),
+                (now, key),
             )
             if row is None:
                 return None
-            if float(row["expires"]) <= now:
+            if row["expired"]:
                 await tx.execute(_FORGET, (key,))
                 return None
             if row["provider"] != provider or not hmac.compare_digest(

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import secrets
 
-from attrs import define, frozen
+from attrs import define, evolve, frozen
 from authlib.oauth2.rfc7636 import create_s256_code_challenge  # type: ignore[import-untyped]
 from twisted.internet.interfaces import IReactorTime
 
@@ -67,6 +67,7 @@ WHERE (SELECT count(*) FROM pending_sign_ins WHERE expires_at > to_timestamp(%(n
           < %(most)s
   AND (SELECT count(*) FROM pending_sign_ins
        WHERE address = %(address)s AND expires_at > to_timestamp(%(now)s)) < %(per_address)s
+RETURNING extract(epoch FROM expires_at) AS expires
 """
 _PRUNE = "DELETE FROM pending_sign_ins WHERE expires_at <= to_timestamp(%s)"
 _FORGET = "DELETE FROM pending_sign_ins WHERE cookie_hash = %s"
@@ -88,8 +89,7 @@ class PendingSignIns:
         """The cookie value and what it stands for; None while too many are under way (in
         all, or from ``address``)."""
         now = self._clock.seconds()
-        # (to the microsecond, as PostgreSQL keeps it)
-        pending = new_pending(provider, return_to, link_to, round(now + self.lifetime, 6))
+        pending = new_pending(provider, return_to, link_to, now + self.lifetime)
         cookie = secrets.token_urlsafe(32)
         args = {
             "key": cookie_hash(cookie),
@@ -106,14 +106,16 @@ class PendingSignIns:
             "per_address": self.per_address,
         }
 
-        async def insert(tx: Transaction) -> int:
+        async def insert(tx: Transaction) -> Row | None:
             await tx.execute("SELECT pg_advisory_xact_lock(%s)", (_BEGIN_LOCK,))
             await tx.execute(_PRUNE, (now,))
-            return await tx.execute(_INSERT, args)
+            return await tx.one(_INSERT, args)
 
-        if not await self._db.transaction(insert):
+        row = await self._db.transaction(insert)
+        if row is None:
             return None
-        return cookie, pending
+        # (the expiry to the microsecond, as PostgreSQL keeps it)
+        return cookie, evolve(pending, expires=float(row["expires"]))
 
     async def finish(self, cookie: str | None, provider: str, state: str | None) -> Pending | None:
         """The sign-in this callback completes, or None. A completed or expired one cannot come

@@ -327,7 +327,7 @@ def build(
     failures = Failures(db)  # (in the database: every replica counts the same failures)
     logins = limits.guard(failures, reactor)
     registrations = limits.registrations(failures, reactor)
-    sso_providers = SsoProviders.of(config, reactor)
+    sso_providers = SsoProviders.of(config, reactor, db)
     labels = {p["name"]: p["label"] for p in sso_providers.public_list()}
     identities = Identities(db, config.registration, labels)
     auth = AuthAPI(
@@ -590,6 +590,8 @@ def build(
         if database.ready:
             await logins.prune()
             await registrations.prune()
+            if sso_providers.pending is not None:
+                await sso_providers.pending.prune()
             await accounts.purge_expired_sessions()
             await api_tokens.purge_ended()
             await sandbox_access.purge_expired()

@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from twisted.python import usage
 
 from cli_server.config import OidcLogin
-from cli_server.sso.flow import Pending, PendingSignIns, safe_return_to
+from cli_server.sso.flow import cookie_hash, new_pending, safe_return_to
 from cli_server.sso.github import primary_verified_email
 from cli_server.sso.http import ProviderError
 from cli_server.sso.oidc import OidcProvider, UnknownKey, verify_id_token
@@ -88,47 +88,13 @@ def test_symmetric_and_none_algorithms_are_refused() -> None:
         verify(jwt.encode({"alg": "HS256", "kid": "k1"}, {"sub": "s1"}, secret))
 
 
-def test_pending_sign_ins_are_single_use_bound_and_expire() -> None:
-    clock = Clock()
-    pending = PendingSignIns(clock)
-    cookie, p = begun(pending.begin("oidc", "/x", None))
+def test_a_pending_sign_in_is_fresh_and_keyed_by_a_hash() -> None:
+    """What a sign-in keeps (single use, caps, expiry in the database: integration tests)."""
+    p, q = new_pending("oidc", "/x", None, NOW), new_pending("oidc", "/x", None, NOW)
     digest = urlsafe_b64encode(hashlib.sha256(p.verifier.encode()).digest()).rstrip(b"=")
     assert p.challenge == digest.decode() and 43 <= len(p.verifier) <= 128
-    assert pending.finish(cookie, "oidc", p.state) == p
-    assert pending.finish(cookie, "oidc", p.state) is None  # replayed
-    cookie, p = begun(pending.begin("oidc", "/", None))
-    # A made-up state is refused and cancels nothing: any page could send the browser there.
-    assert pending.finish(cookie, "oidc", p.state + "x") is None
-    assert pending.finish(cookie, "oidc", p.state) == p
-    cookie, p = begun(pending.begin("oidc", "/", None))
-    assert pending.finish(cookie, "github", p.state) is None  # another provider's callback
-    other_cookie, other = begun(pending.begin("oidc", "/", None))
-    cookie, p = begun(pending.begin("oidc", "/", None))
-    assert pending.finish(other_cookie, "oidc", p.state) is None  # swapped cookie
-    assert pending.finish(None, "oidc", p.state) is None
-    cookie, p = begun(pending.begin("oidc", "/", "user-1"))
-    clock.advance(600)
-    assert pending.finish(cookie, "oidc", p.state) is None  # expired
-
-
-def test_a_flood_of_sign_ins_evicts_none_under_way() -> None:
-    """Past the caps new sign-ins wait; one client address cannot take the table."""
-    clock = Clock()
-    small = PendingSignIns(clock, most=3, per_address=2)
-    cookie, p = begun(small.begin("oidc", "/", None, "198.51.100.7"))
-    assert small.begin("oidc", "/", None, "203.0.113.9") is not None
-    assert small.begin("oidc", "/", None, "203.0.113.9") is not None
-    assert small.begin("oidc", "/", None, "203.0.113.9") is None  # that address's share
-    assert small.begin("oidc", "/", None, "192.0.2.1") is None  # the whole table
-    assert small.finish(cookie, "oidc", p.state) == p  # the first one still completes
-    assert small.begin("oidc", "/", None, "192.0.2.1") is not None
-    clock.advance(600)
-    assert small.begin("oidc", "/", None, "203.0.113.9") is not None  # expired ones leave
-
-
-def begun(started: tuple[str, Pending] | None) -> tuple[str, Pending]:
-    assert started is not None
-    return started
+    assert len({p.state, p.verifier, p.nonce, q.state, q.verifier, q.nonce}) == 6
+    assert cookie_hash("c") == hashlib.sha256(b"c").hexdigest() != "c"
 
 
 @pytest.mark.parametrize(
@@ -306,8 +272,7 @@ def test_claims_from_the_code_exchange(
     http = TokenHttp(token(email="a@example.com", preferred_username="ann", **said))
     settings = OidcLogin(ISSUER, CLIENT, "secret", groups_claim="roles")
     provider = OidcProvider(settings, cast(Any, http), clock, "https://cli/cb")
-    pending = begun(PendingSignIns(clock).begin("oidc", "/", None))[1]
-    pending = attrs.evolve(pending, nonce=NONCE)
+    pending = attrs.evolve(new_pending("oidc", "/", None, NOW + 600), nonce=NONCE)
     claims = result_of(Deferred.fromCoroutine(provider.claims("the-code", pending)))
     assert (claims.subject, claims.email, claims.preferred_username) == (
         "s1",

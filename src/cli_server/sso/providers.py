@@ -7,6 +7,7 @@ from typing import Any, Protocol
 from attrs import define, field
 
 from cli_server.config import ServerConfig
+from cli_server.db.pool import Database
 from cli_server.sso.claims import Claims
 from cli_server.sso.flow import Pending, PendingSignIns
 from cli_server.sso.github import GithubProvider
@@ -41,7 +42,7 @@ class SsoProviders:
     pending: PendingSignIns | None = field(default=None)
 
     @classmethod
-    def of(cls, config: ServerConfig, reactor: Any) -> SsoProviders:
+    def of(cls, config: ServerConfig, reactor: Any, db: Database) -> SsoProviders:
         http = ProviderHttp(reactor)
         base = config.sso_redirect_base_url or config.origin
         found: dict[str, Provider] = {}
@@ -49,7 +50,7 @@ class SsoProviders:
             found["github"] = GithubProvider(config.github, http, callback_url(base, "github"))
         if config.oidc is not None:
             found["oidc"] = OidcProvider(config.oidc, http, reactor, callback_url(base, "oidc"))
-        pending = PendingSignIns(reactor)
+        pending = PendingSignIns(db, reactor)
         return cls(found, config.sso_allowed_domains, config.password_login, pending)
 
     def get(self, name: str) -> Provider | None:

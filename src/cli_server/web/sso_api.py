@@ -87,14 +87,14 @@ class SsoAPI:
         return_to = safe_return_to(_arg(request, b"return_to"), default)
         pending_signins = self._providers.pending
         assert pending_signins is not None
-        begun = pending_signins.begin(provider, return_to, link_to, client_host(request))
+        begun = await pending_signins.begin(provider, return_to, link_to, client_host(request))
         if begun is None:
             return await self._land(request, provider, "busy", "too many sign-ins under way")
         cookie, pending = begun
         try:
             url = await chosen.authorize_url(pending)
         except (ProviderDown, ProviderError) as e:
-            pending_signins.cancel(cookie)
+            await pending_signins.cancel(cookie)
             code = "provider_down" if isinstance(e, ProviderDown) else "provider_error"
             return await self._land(request, provider, code, str(e))
         req: Any = request
@@ -139,7 +139,7 @@ class SsoAPI:
         self._clear_flow_cookie(request)
         pending_signins = self._providers.pending
         assert pending_signins is not None
-        pending = pending_signins.finish(
+        pending = await pending_signins.finish(
             cookie.decode("ascii", "replace") if cookie else None,
             provider,
             _arg(request, b"state"),

@@ -29,7 +29,7 @@ from cli_server.audit_cli import AuditOptions, read, table
 from cli_server.db.pool import Database
 from cli_server.errors import BadRequest
 from cli_server.tap.server import Options
-from cli_server.web.audit_api import parse_query
+from cli_server.web.auditing import parse_query
 
 WID = "9d1c4f53-5d57-4a8e-8a53-1a3e2f0c9b11"
 UID = "0b7c5a4e-8f61-4f3a-9d2e-53c1e0a4b6d2"

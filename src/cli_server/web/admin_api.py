@@ -14,7 +14,7 @@ from cli_server.accounts import SIGNUP_LINK_SECONDS, User
 from cli_server.audit import Action, AuditLog, Target
 from cli_server.errors import Conflict, Forbidden
 from cli_server.instance_admin import InstanceAdmin
-from cli_server.web.audit_api import note, record
+from cli_server.web.auditing import note, record
 from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content
 from cli_server.web.routes import route

@@ -36,7 +36,7 @@ from cli_server.errors import (
     Unauthorized,
 )
 from cli_server.sso.identities import Identities
-from cli_server.web.audit_api import note, record
+from cli_server.web.auditing import note, record
 from cli_server.web.body import read_json_object, required_text, text_field
 from cli_server.web.ids import parse_id
 from cli_server.web.request import client_host

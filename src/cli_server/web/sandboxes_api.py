@@ -14,7 +14,7 @@ from cli_server.proxy.hosts import PORT_RULE, port_refusal
 from cli_server.proxy.urls import SandboxUrls
 from cli_server.roles import Role
 from cli_server.sandboxes.manager import SandboxManager
-from cli_server.web.audit_api import note, record
+from cli_server.web.auditing import note, record
 from cli_server.web.body import read_json_object, required_text
 from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content

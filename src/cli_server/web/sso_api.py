@@ -22,7 +22,7 @@ from cli_server.sso.claims import SignInRefused, SignIns
 from cli_server.sso.flow import LIFETIME, safe_return_to
 from cli_server.sso.http import ProviderDown, ProviderError
 from cli_server.sso.providers import Provider, SsoProviders
-from cli_server.web.audit_api import record
+from cli_server.web.auditing import record
 from cli_server.web.auth_api import FRESH_SIGN_IN
 from cli_server.web.request import client_host
 from cli_server.web.responses import install_json_errors

@@ -14,7 +14,7 @@ from cli_server.errors import BadRequest
 from cli_server.roles import ROLE_NAMES, Role
 from cli_server.sandboxes.manager import SandboxManager
 from cli_server.tunnel.agents import LocalAgents
-from cli_server.web.audit_api import note, parse_query, record
+from cli_server.web.auditing import note, parse_query, record
 from cli_server.web.body import read_json_object, required_text
 from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content

@@ -34,8 +34,7 @@ from typing import Any
 
 from tests.integration.helpers import remove_dir, scratch_dir
 from tests.integration.laptop_upstream import LaptopUpstream
-from tests.integration.replicas import Replicas
-from tests.integration.test_replica_tunnels import Agent, _holder
+from tests.integration.replicas import Agent, Replicas, tunnel_holder
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
@@ -94,14 +93,7 @@ def measure(args: argparse.Namespace, root: Path, dsn: str) -> dict[str, Any]:
                 server.extra = (*server.extra, f"--advertise-url={server.base}")
             replicas.start()
             alice = replicas.user("alice")
-            workspace = replicas.api(None, "POST", "/api/workspaces", alice, {"name": "w"}).json()
-            code = replicas.api(
-                None, "POST", f"/api/workspaces/{workspace['id']}/agent-code", alice, {}
-            ).json()["code"]
-            server = f"http://127.0.0.1:{replicas.nginx.port}"
-            agent.start(
-                "--server", server, "--code", code, "--name", "laptop", "--opencode-url", laptop.url
-            )
+            workspace = agent.join(replicas, alice, laptop.url)
             deadline = time.monotonic() + 60
             sid = None
             while sid is None:
@@ -112,7 +104,7 @@ def measure(args: argparse.Namespace, root: Path, dsn: str) -> dict[str, Any]:
                 ).json()
                 items = listed if isinstance(listed, list) else listed.get("sandboxes", [])
                 sid = next((s["id"] for s in items if s["status"] == "running"), None)
-            owner_url = _holder(dsn, sid)
+            owner_url = tunnel_holder(dsn, sid)
             owner = next(n for n, s in enumerate(replicas.servers) if s.base == owner_url)
             other = 1 - owner
             cookie = replicas.open(alice, sid, via=other, redeem=other)

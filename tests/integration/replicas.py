@@ -35,6 +35,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg2
+
 from .daemon import Daemon, clean_env, processes_mentioning, twistd
 from .fake_kubernetes import FakeKubernetes
 from .helpers import free_port
@@ -454,38 +456,65 @@ class EventStream:
 
 
 class Agent:
-    """A real `twistd cli-agent` on the "laptop", dialling the replicas through nginx."""
+    """A real `twistd cli-agent` on the "laptop", with its own HOME under ``root``; each
+    ``start`` is a new process with its own log (``agent-N.log``)."""
 
-    def __init__(self, root: Path, replicas: Replicas, code: str) -> None:
+    def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
-        self.log = root / "agent.log"
+        self.root = root
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.runs = 0
+
+    def start(self, *args: str) -> None:
+        self.runs += 1
         self.proc = subprocess.Popen(
-            [
-                twistd(),
-                "-n",
-                "--pidfile=",
-                f"--logfile={self.log}",
-                "cli-agent",
-                f"--server=http://127.0.0.1:{replicas.nginx.port}",
-                f"--code={code}",
-                "--name=laptop",
-                f"--opencode-url=http://{replicas.opencode.ip}:{OPENCODE_PORT}",
-                f"--config={root / 'agent.json'}",
-            ],
-            env={**clean_env(), "HOME": str(root)},
+            [twistd(), "-n", "--pidfile=", f"--logfile={self.root}/agent-{self.runs}.log"]
+            + ["cli-agent", *args],
+            env={**clean_env(), "HOME": str(self.root / "home")},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            cwd=self.root,
             start_new_session=True,
         )
 
+    def join(self, replicas: Replicas, user: str, opencode_url: str, *more: str) -> Any:
+        """Registered with a code of a new workspace of ``user``'s and started, dialling the
+        replicas through nginx: the workspace."""
+        workspace = replicas.api(None, "POST", "/api/workspaces", user, {"name": "w"}).json()
+        code = replicas.api(None, "POST", f"/api/workspaces/{workspace['id']}/agent-code", user, {})
+        assert code.status in (200, 201), code.body
+        self.start(
+            *("--server", f"http://127.0.0.1:{replicas.nginx.port}", "--code", code.json()["code"]),
+            *("--name", "laptop", "--opencode-url", opencode_url, *more),
+        )
+        return workspace
+
     def logs(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
+        log = self.root / f"agent-{self.runs}.log"
+        return log.read_text(errors="replace") if log.exists() else ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        """SIGTERM, as a laptop's user stopping it; killed if it does not go."""
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+                self.kill()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def tunnel_holder(db_url: str, sandbox_id: str) -> str | None:
+    """The advertise URL of the replica holding the sandbox's tunnel, per the database."""
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT r.advertise_url FROM tunnel_holders h JOIN replicas r ON r.id = h.replica_id"
+            " WHERE h.sandbox_id = %s",
+            (sandbox_id,),
+        )
+        row = cur.fetchone()
+    return None if row is None else str(row[0])

@@ -14,7 +14,6 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,38 +22,9 @@ import pytest
 
 from cli_server.replicas import channel
 
-from .daemon import twistd
 from .helpers import remove_dir, scratch_dir
 from .laptop_upstream import LaptopUpstream, websocket_echo
-from .replicas import EventStream, Replicas, call
-
-
-class Agent:
-    """``twistd -n cli-agent`` with its own HOME, killed at the end."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.proc: Any = None
-        self.runs = 0
-
-    def start(self, *args: str) -> None:
-        import subprocess
-
-        self.runs += 1
-        self.proc = subprocess.Popen(
-            [twistd(), "-n", "--pidfile=", f"--logfile={self.root}/agent-{self.runs}.log"]
-            + ["cli-agent", *args],
-            env={**os.environ, "HOME": str(self.root / "home")},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=self.root,
-            start_new_session=True,
-        )
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+from .replicas import Agent, EventStream, Replicas, call, tunnel_holder
 
 
 @pytest.fixture
@@ -82,18 +52,6 @@ def _wait(what: str, test: Any, timeout: float) -> float:
         assert time.monotonic() - began < timeout, f"not within {timeout} s: {what}"
         time.sleep(0.1)
     return time.monotonic() - began
-
-
-def _holder(db_url: str, sandbox_id: str) -> str | None:
-    """The advertise URL of the replica holding the tunnel, per the database."""
-    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT r.advertise_url FROM tunnel_holders h JOIN replicas r ON r.id = h.replica_id"
-            " WHERE h.sandbox_id = %s",
-            (sandbox_id,),
-        )
-        row = cur.fetchone()
-    return None if row is None else str(row[0])
 
 
 def _key(db_url: str) -> bytes:
@@ -149,22 +107,8 @@ def test_an_agent_on_one_replica_serves_through_the_others(
 ) -> None:
     replicas, laptop, agent = cluster
     alice = replicas.user("alice")
-    workspace = replicas.api(None, "POST", "/api/workspaces", alice, {"name": "w"}).json()
-    code = replicas.api(None, "POST", f"/api/workspaces/{workspace['id']}/agent-code", alice, {})
-    assert code.status in (200, 201), code.body
+    workspace = agent.join(replicas, alice, laptop.url, "--allow-port", str(laptop.preview_port))
     server = f"http://127.0.0.1:{replicas.nginx.port}"
-    agent.start(
-        "--server",
-        server,
-        "--code",
-        code.json()["code"],
-        "--name",
-        "laptop",
-        "--opencode-url",
-        laptop.url,
-        "--allow-port",
-        str(laptop.preview_port),
-    )
 
     def sandbox() -> dict[str, Any]:
         listed = replicas.api(None, "GET", f"/api/workspaces/{workspace['id']}/sandboxes", alice)
@@ -176,7 +120,7 @@ def test_an_agent_on_one_replica_serves_through_the_others(
     _wait("the agent connected", lambda: sandbox().get("status") == "running", 60)
     sid = str(sandbox()["id"])
     ports = {server.base: n for n, server in enumerate(replicas.servers)}
-    b = ports[_holder(db_url, sid) or ""]
+    b = ports[tunnel_holder(db_url, sid) or ""]
     others = [n for n in range(3) if n != b]
     cookie = replicas.open(alice, sid, via=others[0], redeem=others[1])
     _serves_all(replicas, laptop, sid, cookie, others)
@@ -224,7 +168,7 @@ def test_an_agent_on_one_replica_serves_through_the_others(
     killed = time.monotonic()
 
     def moved() -> bool:
-        holder = _holder(db_url, sid)
+        holder = tunnel_holder(db_url, sid)
         return holder is not None and ports[holder] != b
 
     _wait("the agent reconnected to another replica", moved, 60)
@@ -240,7 +184,7 @@ def test_an_agent_on_one_replica_serves_through_the_others(
     _serves_all(replicas, laptop, sid, cookie, others)
 
     # -- the agent and its new replica die: the last one releases the tunnel ---------------
-    c = ports[_holder(db_url, sid) or ""]
+    c = ports[tunnel_holder(db_url, sid) or ""]
     (last,) = [n for n in others if n != c]
     # (C first: an agent that stops on a live replica is released there at once)
     assert replicas.servers[c].proc is not None
@@ -255,7 +199,7 @@ def test_an_agent_on_one_replica_serves_through_the_others(
     assert status_now() == "running"  # (C's heartbeat has not expired yet)
     took = _wait("the dead replica's tunnel released", lambda: status_now() == "offline", 60)
     print(f"tunnel of a dead replica released (offline) {took:.1f} s after it died")
-    assert _holder(db_url, sid) is None
+    assert tunnel_holder(db_url, sid) is None
     page = replicas.get(sid, "/page", cookie, n=last)
     assert page.status == 503 and b"offline" in page.body.lower()
     log = replicas.servers[last].log.read_text(errors="replace")
@@ -275,14 +219,7 @@ def _joined(
     """An agent joined through nginx: alice's cookie, the sandbox, the replica holding its
     tunnel and the two others."""
     alice = replicas.user("alice")
-    workspace = replicas.api(None, "POST", "/api/workspaces", alice, {"name": "w"}).json()
-    code = replicas.api(None, "POST", f"/api/workspaces/{workspace['id']}/agent-code", alice, {})
-    assert code.status in (200, 201), code.body
-    agent.start(
-        *("--server", f"http://127.0.0.1:{replicas.nginx.port}", "--code", code.json()["code"]),
-        *("--name", "laptop", "--opencode-url", laptop.url),
-        *("--allow-port", str(laptop.preview_port)),
-    )
+    workspace = agent.join(replicas, alice, laptop.url, "--allow-port", str(laptop.preview_port))
     listed = f"/api/workspaces/{workspace['id']}/sandboxes"
 
     def running() -> list[Any]:
@@ -293,7 +230,7 @@ def _joined(
     _wait("the agent connected", lambda: bool(running()), 60)
     sid = str(running()[0]["id"])
     ports = {server.base: n for n, server in enumerate(replicas.servers)}
-    b = ports[_holder(db_url, sid) or ""]
+    b = ports[tunnel_holder(db_url, sid) or ""]
     return alice, sid, b, [n for n in range(3) if n != b]
 
 
@@ -315,11 +252,13 @@ def test_the_newest_tunnel_wins_across_replicas(
         saved.write_text(saved.read_text().replace(nginx, replicas.servers[c].base))
         agent.proc.send_signal(signal.SIGSTOP)
         second.start("--server", replicas.servers[c].base, "--opencode-url", laptop.url)
-        _wait("C took the tunnel", lambda: _holder(db_url, sid) == replicas.servers[c].base, 30)
+        _wait(
+            "C took the tunnel", lambda: tunnel_holder(db_url, sid) == replicas.servers[c].base, 30
+        )
         # Longer than two sweeps of every replica: the row stays C's, A relays there at once.
         ended = time.monotonic() + 12
         while time.monotonic() < ended:
-            assert _holder(db_url, sid) == replicas.servers[c].base
+            assert tunnel_holder(db_url, sid) == replicas.servers[c].base
             began = time.monotonic()
             page = call(replicas.servers[a].port, "GET", "/page", replicas.host(sid), cookie=cookie)
             assert page.status == 200, (page.status, page.body[:300])
@@ -329,10 +268,10 @@ def test_the_newest_tunnel_wins_across_replicas(
         assert f"tunnel for {sid} replaced by a newer one on another replica" in log
         agent.proc.send_signal(signal.SIGCONT)
         agent.proc.wait(30)  # (it reads the goodbye it was sent, and stops)
-        first = (agent.root / f"agent-{agent.runs}.log").read_text(errors="replace")
+        first = agent.logs()
         assert "another agent connected with the same credentials; this one stops" in first
         assert second.proc.poll() is None
-        assert _holder(db_url, sid) == replicas.servers[c].base
+        assert tunnel_holder(db_url, sid) == replicas.servers[c].base
         status = replicas.api(b, "GET", f"/api/sandboxes/{sid}", alice).json()["status"]
         assert status == "running"
     finally:

@@ -19,8 +19,7 @@ import pytest
 
 from .helpers import remove_dir, scratch_dir
 from .journeys import converse, require_web_ui
-from .replicas import Replicas
-from .test_replica_tunnels import Agent, _holder
+from .replicas import Agent, Replicas, tunnel_holder
 from .test_tunnel import start_opencode
 
 
@@ -58,20 +57,8 @@ def test_opencode_ui_reconnects_its_event_stream_after_its_replica_dies(
     replicas, agent, opencode_url = cluster
     began = time.monotonic()
     alice = replicas.user("alice")
-    workspace = replicas.api(None, "POST", "/api/workspaces", alice, {"name": "w"}).json()
-    code = replicas.api(None, "POST", f"/api/workspaces/{workspace['id']}/agent-code", alice, {})
-    assert code.status in (200, 201), code.body
+    workspace = agent.join(replicas, alice, opencode_url)
     server = f"http://127.0.0.1:{replicas.nginx.port}"
-    agent.start(
-        "--server",
-        server,
-        "--code",
-        code.json()["code"],
-        "--name",
-        "laptop",
-        "--opencode-url",
-        opencode_url,
-    )
 
     def sandbox() -> dict[str, Any]:
         listed = replicas.api(None, "GET", f"/api/workspaces/{workspace['id']}/sandboxes", alice)
@@ -92,7 +79,7 @@ def test_opencode_ui_reconnects_its_event_stream_after_its_replica_dies(
             return sid
         if line.startswith("KILL "):
             n = replicas.replica_at(line.removeprefix("KILL ").strip())
-            held.append(_holder(db_url, sid) == replicas.servers[n].base)
+            held.append(tunnel_holder(db_url, sid) == replicas.servers[n].base)
             proc = replicas.servers[n].proc
             assert proc is not None
             proc.send_signal(signal.SIGKILL)

@@ -18,7 +18,16 @@ import pytest
 
 from .daemon import processes_mentioning
 from .helpers import remove_dir, scratch_dir
-from .replicas import Agent, EventStream, Replicas, alive, call, children, nginx_site
+from .replicas import (
+    OPENCODE_PORT,
+    Agent,
+    EventStream,
+    Replicas,
+    alive,
+    call,
+    children,
+    nginx_site,
+)
 
 # twistd re-raises SIGTERM after its orderly shutdown
 ORDERLY = (0, -signal.SIGTERM)
@@ -249,10 +258,8 @@ def test_an_agent_told_restarting_reconnects_at_once_elsewhere(replicas: Replica
     """A real agent's tunnel, through nginx, on one replica; SIGTERM there: the agent is told
     ``goaway restarting`` and its tunnel is up on another replica at once (no backoff)."""
     alice = replicas.user("alice")
-    workspace = replicas.api(0, "POST", "/api/workspaces", alice, {"name": "laptops"}).json()
-    code = replicas.api(0, "POST", f"/api/workspaces/{workspace['id']}/agent-code", alice, {})
-    assert code.status in (200, 201), code.body
-    agent = Agent(replicas.root / "laptop", replicas, code.json()["code"])
+    agent = Agent(replicas.root / "laptop")
+    agent.join(replicas, alice, f"http://{replicas.opencode.ip}:{OPENCODE_PORT}")
     try:
         deadline = time.monotonic() + 60
         sid = None

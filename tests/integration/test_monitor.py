@@ -330,10 +330,18 @@ async def test_transitions_record_and_clear_their_replica(world: World) -> None:
     await world.manager.drain()
     assert (await world.status(made), await worked_by(made)) == ("running", None)
 
-    await world.manager.pause(made, world.user)
-    assert await worked_by(made) == "me"
+    await world.manager.pause(made, world.user)  # (the FAKE stop is instant: not seen mid-way)
     await world.manager.drain()
     assert (await world.status(made), await worked_by(made)) == ("paused", None)
+
+    world.backend.hold()
+    await world.manager.resume(made, world.user)
+    assert await worked_by(made) == "me"
+    world.backend.release()
+    await world.manager.drain()
+    assert (await world.status(made), await worked_by(made)) == ("running", None)
+    await world.manager.pause(made, world.user)
+    await world.manager.drain()
 
     world.backend.fail_next = "no capacity"
     await world.manager.resume(made, world.user)

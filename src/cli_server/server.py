@@ -460,6 +460,7 @@ def build(
     database.after_migrate.append(lambda: keyring.load(db, config.internal_secret))
     manager.tunnels = tunnels
     manager.host = host
+    manager.replica = replica.id  # (its rows mid-transition: left alone by the leader)
     backend.on_exit = manager.exited  # a sandbox whose opencode dies is failed at once
     agents = LocalAgents(
         db, workspaces, config.origin, config.origin.rstrip("/") + "/proxy/anthropic/v1"

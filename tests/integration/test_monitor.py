@@ -244,3 +244,106 @@ async def test_sandboxes_of_another_host_are_left_alone(world: World) -> None:
     assert await world.status(theirs) == "running"
     await world.manager.paused_by_shutdown()
     assert await world.status(theirs) == "running"
+
+
+async def _replica(db: Database, silent_for: float) -> str:
+    """A replica row in the registry that last heartbeat ``silent_for`` seconds ago."""
+    replica = uuid.uuid4().hex[:12]
+    await db.execute(
+        "INSERT INTO replicas (id, hostname, instance, backend, embedded_db, heartbeat_at)"
+        " VALUES (%s, 'elsewhere', %s, 'fake', false, now() - make_interval(secs => %s))",
+        (replica, f"/data/{replica}", silent_for),
+    )
+    return replica
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconciler_leaves_another_live_replicas_work_alone(world: World) -> None:
+    """A sandbox a live replica is creating, resuming or pausing is that replica's: the
+    leader neither fails, forces nor pauses it; once that replica's heartbeat has expired
+    (it died mid-transition) the row is repaired as after a crash."""
+    world.manager.replica = "leader"
+    busy, dead = await _replica(world.db, 0), await _replica(world.db, 3600)
+    creating, resuming, pausing = [
+        await world.sandbox(s) for s in ("creating", "resuming", "pausing")
+    ]
+    running = await world.sandbox()
+    orphaned = await world.sandbox("creating")
+    for sid in (creating, resuming, pausing, running, orphaned):
+        world.backend.crash(sid)  # (not running yet: the other replica is still at it)
+    await world.db.execute(
+        "UPDATE sandboxes SET worked_by = %s WHERE id = ANY(%s::uuid[])",
+        (busy, [creating, resuming, pausing, running]),
+    )
+    await world.db.execute("UPDATE sandboxes SET worked_by = %s WHERE id = %s", (dead, orphaned))
+    await world.reconciler.sweep()
+    assert [await world.status(s) for s in (creating, resuming, pausing, running)] == [
+        "creating",
+        "resuming",
+        "pausing",
+        "running",
+    ]
+    assert not {("stop", s) for s in (creating, resuming, pausing)} & set(world.backend.calls)
+    (row,) = await world.db.query(
+        "SELECT status, error, worked_by FROM sandboxes WHERE id = %s", (orphaned,)
+    )
+    assert (row["status"], row["worked_by"]) == ("failed", None)
+    assert "start was interrupted" in row["error"]
+
+    # The idle monitor too leaves what another live replica works on.
+    idle = await world.sandbox()
+    world.clock.advance(IDLE + 1)
+    await world.idle.sweep()
+    await world.manager.drain()
+    assert await world.status(idle) == "paused"
+    assert await world.status(running) == "running"
+
+    # That replica dies: its rows are repaired by the next sweep.
+    await world.db.execute(
+        "UPDATE replicas SET heartbeat_at = now() - interval '1 hour' WHERE id = %s", (busy,)
+    )
+    await world.reconciler.sweep()
+    assert [await world.status(s) for s in (creating, resuming, pausing, running)] == [
+        "failed",
+        "paused",
+        "paused",
+        "paused",
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_transitions_record_and_clear_their_replica(world: World) -> None:
+    """Each background transition names this replica on the row while it runs and clears it
+    in the statement that ends it, success or failure."""
+    world.manager.replica = "me"
+
+    async def worked_by(sandbox_id: str) -> str | None:
+        (row,) = await world.db.query(
+            "SELECT worked_by FROM sandboxes WHERE id = %s", (sandbox_id,)
+        )
+        return row["worked_by"]  # type: ignore[no-any-return]
+
+    world.backend.hold()
+    made = str((await world.manager.create(world.workspace, world.user, "held"))["id"])
+    assert await worked_by(made) == "me"
+    world.backend.release()
+    await world.manager.drain()
+    assert (await world.status(made), await worked_by(made)) == ("running", None)
+
+    await world.manager.pause(made, world.user)  # (the FAKE stop is instant: not seen mid-way)
+    await world.manager.drain()
+    assert (await world.status(made), await worked_by(made)) == ("paused", None)
+
+    world.backend.hold()
+    await world.manager.resume(made, world.user)
+    assert await worked_by(made) == "me"
+    world.backend.release()
+    await world.manager.drain()
+    assert (await world.status(made), await worked_by(made)) == ("running", None)
+    await world.manager.pause(made, world.user)
+    await world.manager.drain()
+
+    world.backend.fail_next = "no capacity"
+    await world.manager.resume(made, world.user)
+    await world.manager.drain()
+    assert (await world.status(made), await worked_by(made)) == ("failed", None)

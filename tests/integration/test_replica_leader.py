@@ -8,6 +8,7 @@ backend that works with any number of replicas without a container engine on the
 from __future__ import annotations
 
 import http.server
+import json
 import random
 import re
 import signal
@@ -203,6 +204,107 @@ def test_the_successor_runs_the_idle_monitor(
     finally:
         for d in daemons:
             if d.proc is not None and d.proc.poll() is None:
+                d.stop()
+        opencode.shutdown()
+        opencode.server_close()
+
+
+def _wait(what: str, done: Any, daemon: Daemon, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"{what}:\n{daemon.log.read_text()[-3000:]}"
+        time.sleep(0.05)
+
+
+def _sql(db_url: str, statement: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cursor:
+        cursor.execute(statement, args)
+        rows = cursor.fetchall() if cursor.description else []
+    conn.close()
+    return rows
+
+
+def test_the_leader_leaves_another_replicas_start_alone(
+    data_dir: Path, db_url: str, kubernetes: FakeKubernetes
+) -> None:
+    """Replica B is starting a sandbox (its Sandbox not Ready yet) when the leader A sweeps:
+    A leaves it `creating` and it becomes `running` through B; a `creating` row whose replica
+    died is repaired by the same sweep."""
+    pod_ip = f"127.0.{random.randrange(1, 255)}.{random.randrange(2, 255)}"
+    opencode = http.server.ThreadingHTTPServer((pod_ip, 4096), _IdleOpencode)
+    threading.Thread(target=opencode.serve_forever, daemon=True).start()
+    root = data_dir.parent
+    a = replica(root, "a", kubernetes, db_url)
+    b = replica(root, "b", kubernetes, db_url)
+    try:
+        a.start()
+        assert wait_for_one_leader([a]) is a
+        b.start()
+        credentials = {"username": "alice", "password": "correct horse"}
+        assert b.request("POST", "/api/auth/register", credentials)[0] == 201
+        assert b.request("POST", "/api/auth/login", credentials)[0] == 200
+        user = b.request("GET", "/api/auth/me")[1]["id"]
+        wid = b.request("POST", "/api/workspaces", {"name": "w"})[1]["id"]
+        sid = b.request("POST", f"/api/workspaces/{wid}/sandboxes", {"name": "s"})[1]["id"]
+        name = f"cli-sbx-{sid}"
+        _wait("no Sandbox was submitted", lambda: name in kubernetes.objects("sandboxes"), b)
+
+        # A replica that died starting a sandbox, and a Sandbox with no row: the sweep's
+        # last step removes it, so its absence says the sweep is over.
+        orphan, stray = str(uuid.uuid4()), str(uuid.uuid4())
+        _sql(
+            db_url,
+            "INSERT INTO replicas (id, hostname, instance, backend, embedded_db, heartbeat_at)"
+            " VALUES ('gone', 'elsewhere', '/srv', 'k8s', false, now() - interval '1 hour');"
+            " INSERT INTO sandboxes (id, workspace_id, name, status, backend, created_by,"
+            " opencode_password, worked_by) VALUES (%s, %s, 'orphan', 'creating', 'k8s', %s,"
+            " 'x', 'gone')",
+            (orphan, wid, user),
+        )
+        template = kubernetes.objects("sandboxes")[name]
+        kubernetes.put(
+            "sandboxes",
+            "v1beta1",
+            f"cli-sbx-{stray}",
+            json.loads(json.dumps(template).replace(sid, stray)),
+        )
+
+        # B holds still (its start in flight) while A is made to take the lead again, which
+        # runs the reconciler at once.
+        assert b.proc is not None
+        b.proc.send_signal(signal.SIGSTOP)
+        try:
+            _sql(
+                db_url,
+                "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_stat_activity s"
+                " ON s.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted"
+                " AND s.application_name LIKE 'cli-server %%'",
+            )
+            leads = "now leads the periodic work"
+            _wait("A did not lead again", lambda: a.log.read_text().count(leads) >= 2, a)
+            _wait(
+                "A's sweep did not finish",
+                lambda: f"cli-sbx-{stray}" not in kubernetes.objects("sandboxes"),
+                a,
+            )
+        finally:
+            b.proc.send_signal(signal.SIGCONT)
+        statuses = dict(_sql(db_url, "SELECT id::text, status FROM sandboxes"))
+        assert statuses == {sid: "creating", orphan: "failed"}, a.log.read_text()[-3000:]
+        assert name in kubernetes.objects("sandboxes")
+        assert f"sandbox {sid}:" not in a.log.read_text()
+
+        kubernetes.make_ready(name, None, [pod_ip])
+        _wait(
+            "B's sandbox did not run",
+            lambda: b.request("GET", f"/api/sandboxes/{sid}")[1]["status"] == "running",
+            b,
+        )
+        assert _sql(db_url, "SELECT worked_by FROM sandboxes WHERE id = %s", (sid,)) == [(None,)]
+    finally:
+        for d in (a, b):
+            if d.proc is not None and d.proc.poll() is None:
+                d.proc.send_signal(signal.SIGCONT)
                 d.stop()
         opencode.shutdown()
         opencode.server_close()

@@ -220,16 +220,21 @@ class _Sandboxes:
     reconciler see them; ``act`` is called on each action (the test cuts the lead there)."""
 
     host = None
+    replica = None
     name = "fake"
 
-    def __init__(self, act: Callable[[], None]) -> None:
+    def __init__(self, act: Callable[[], None], elsewhere: frozenset[str] = frozenset()) -> None:
         self.act = act
+        self.elsewhere = elsewhere  # rows another live replica is working on
         self.done: list[tuple[str, str]] = []
 
     async def query(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        return [
-            {"id": f"s{n}", "opencode_password": "secret", "status": "creating"} for n in range(3)
+        rows = [
+            {"id": f"s{n}", "opencode_password": "secret", "status": "creating"}
+            | {"elsewhere": f"s{n}" in self.elsewhere}
+            for n in range(3)
         ]
+        return rows
 
     def busy(self, sandbox_id: str) -> bool:
         return False
@@ -289,6 +294,19 @@ class DeposedLeaderTests(SynchronousTestCase):
         with capturedLogs():
             self.successResultOf(Deferred.fromCoroutine(reconciler.sweep()))
         self.assertEqual(s.done, [("force", "s0")])
+
+    def test_another_replicas_work_is_left_alone(self) -> None:
+        """A row the query marks as worked on by another live replica is not repaired, and
+        its backend object is not taken for an orphan."""
+        s = _Sandboxes(lambda: None, elsewhere=frozenset({"s1"}))
+        s.list_owned = self._owned  # type: ignore[method-assign]
+        reconciler = Reconciler(s, s, s, lambda: self.leader.leading)
+        with capturedLogs():
+            self.successResultOf(Deferred.fromCoroutine(reconciler.sweep()))
+        self.assertEqual(s.done, [("force", "s0"), ("force", "s2"), ("delete", "orphan1")])
+
+    async def _owned(self) -> list[str]:
+        return ["s1", "orphan1"]
 
     def test_a_leader_sweeps_everything(self) -> None:
         """Still leading: every sandbox is dealt with (the check stops nothing else)."""

@@ -67,6 +67,9 @@ class SandboxManager:
     # The host whose backend runs sandboxes on it alone (process): recorded at each start, so
     # a server on another host leaves them alone. None: any replica reaches them.
     host: str | None = None
+    # This replica's id (the registry's), recorded on each row it takes into a transition so
+    # the leader's reconciler on another replica leaves that row alone. None: one process.
+    replica: str | None = None
     # Fair shares of --max-sandboxes: one workspace or one account cannot take every slot
     # (None: no limit but the server's).
     _max_per_workspace: int | None = None
@@ -266,7 +269,8 @@ class SandboxManager:
                 await note.write(tx, workspace_id=workspace_id, target=target)
             return await tx.one(
                 "INSERT INTO sandboxes (id, workspace_id, name, status, backend, created_by,"
-                " started_by, opencode_password) VALUES (%s, %s, %s, 'creating', %s, %s, %s, %s)"
+                " started_by, opencode_password, worked_by)"
+                " VALUES (%s, %s, %s, 'creating', %s, %s, %s, %s, %s)"
                 f" RETURNING {SANDBOX_COLUMNS}",
                 (
                     sandbox_id,
@@ -276,6 +280,7 @@ class SandboxManager:
                     actor_id,
                     actor_id,
                     secrets.token_urlsafe(32),
+                    self.replica,
                 ),
             )
 
@@ -299,7 +304,12 @@ class SandboxManager:
         row = await self.authorized(sandbox_id, actor_id, Role.DEVELOPER)
         self._cloud_only(row, "pause")
         paused = await self._transition(
-            sandbox_id, PAUSABLE, Status.PAUSING, paused_kind="user", paused_by=actor_id
+            sandbox_id,
+            PAUSABLE,
+            Status.PAUSING,
+            paused_kind="user",
+            paused_by=actor_id,
+            worked_by=self.replica,
         )
         if paused is None:
             raise InvalidState((await self._row(sandbox_id))["status"], "pause")
@@ -328,8 +338,9 @@ class SandboxManager:
             await self._occupied(tx, str(current["workspace_id"]), actor_id)
             return await tx.one(
                 "UPDATE sandboxes SET status = 'resuming', error = NULL, updated_at = now(),"
-                f" started_by = %s WHERE id = %s AND status = ANY(%s) RETURNING {SANDBOX_COLUMNS}",
-                (actor_id, sandbox_id, [s.value for s in RESUMABLE]),
+                " started_by = %s, worked_by = %s WHERE id = %s AND status = ANY(%s)"
+                f" RETURNING {SANDBOX_COLUMNS}",
+                (actor_id, self.replica, sandbox_id, [s.value for s in RESUMABLE]),
             )
 
         return await self._db.transaction(work)
@@ -424,7 +435,9 @@ class SandboxManager:
                 error=message,
             )
             await self._cleanup(sandbox_id)
-            await self._transition(sandbox_id, [expected], Status.FAILED, error=message[:1000])
+            await self._transition(
+                sandbox_id, [expected], Status.FAILED, error=message[:1000], worked_by=None
+            )
             return
         running = await self._transition(
             sandbox_id,
@@ -436,6 +449,7 @@ class SandboxManager:
             started_at=_NOW,
             paused_kind=None,
             paused_by=None,
+            worked_by=None,
         )
         if running is None:  # deleted while starting
             await self._cleanup(sandbox_id)
@@ -455,10 +469,16 @@ class SandboxManager:
         except Exception as e:
             self._log.failure("pausing sandbox {sandbox_id}", sandbox_id=sandbox_id)
             await self._transition(
-                sandbox_id, [Status.PAUSING], Status.FAILED, error=f"pause failed: {e}"[:1000]
+                sandbox_id,
+                [Status.PAUSING],
+                Status.FAILED,
+                error=f"pause failed: {e}"[:1000],
+                worked_by=None,
             )
             return
-        await self._transition(sandbox_id, [Status.PAUSING], Status.PAUSED, paused_at=_NOW)
+        await self._transition(
+            sandbox_id, [Status.PAUSING], Status.PAUSED, paused_at=_NOW, worked_by=None
+        )
 
     def exited(self, sandbox_id: str, why: str) -> None:
         """The backend saw a running sandbox's opencode end by itself (the backend's
@@ -476,14 +496,18 @@ class SandboxManager:
 
     async def pause_idle(self, sandbox_id: str) -> bool:
         """The idle monitor's pause: only from running; True if it paused."""
-        if await self._transition(sandbox_id, PAUSABLE, Status.PAUSING, paused_kind="idle") is None:
+        pausing = await self._transition(
+            sandbox_id, PAUSABLE, Status.PAUSING, paused_kind="idle", worked_by=self.replica
+        )
+        if pausing is None:
             return False
         self._background(sandbox_id, self._stop(sandbox_id))
         return True
 
     async def force(self, sandbox_id: str, was: Status, to: Status, error: str | None) -> bool:
-        """The reconciler's transition: compare-and-set from exactly ``was``."""
-        columns: dict[str, Any] = {"error": error}
+        """The reconciler's transition: compare-and-set from exactly ``was``; whoever worked
+        on the sandbox before is done with it."""
+        columns: dict[str, Any] = {"error": error, "worked_by": None}
         if to is Status.PAUSED:
             columns.update(paused_at=_NOW, paused_kind=None, paused_by=None)
         elif to is Status.RUNNING:

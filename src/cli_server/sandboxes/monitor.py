@@ -10,6 +10,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from cli_server.db.pool import Database
+from cli_server.replicas.registry import EXPIRY_SECONDS
 from cli_server.sandboxes.activity import ActivityRecorder
 from cli_server.sandboxes.backend import BackendError, Endpoint, SandboxBackend, State
 from cli_server.sandboxes.manager import SandboxManager
@@ -18,6 +19,16 @@ from cli_server.sandboxes.model import Status
 
 def _always() -> bool:
     return True
+
+
+# Whether another live replica is taking the row through a transition (args: this replica's
+# id, the registry's expiry). A row whose worker died (its heartbeat expired) is fair game
+# again; this replica's own work is ``manager.busy``'s to tell.
+_WORKED_ELSEWHERE = (
+    "(worked_by IS NOT NULL AND worked_by IS DISTINCT FROM %s AND EXISTS (SELECT 1 FROM"
+    " replicas r WHERE r.id = sandboxes.worked_by"
+    " AND r.heartbeat_at > now() - make_interval(secs => %s)))"
+)
 
 
 class AgentStatus(Protocol):
@@ -55,8 +66,9 @@ class IdleMonitor:
         rows = await self._db.query(
             "SELECT id, opencode_password FROM sandboxes WHERE status = 'running'"
             " AND NOT is_local AND last_activity_at < to_timestamp(%s)"
-            " AND (host IS NULL OR host = %s)",  # (another host's: out of reach)
-            (cutoff, self._manager.host),
+            " AND (host IS NULL OR host = %s)"  # (another host's: out of reach)
+            f" AND NOT {_WORKED_ELSEWHERE}",
+            (cutoff, self._manager.host, self._manager.replica, EXPIRY_SECONDS),
         )
         for row in rows:
             if not self._leading():
@@ -99,6 +111,8 @@ class Reconciler:
       ``SandboxBackend.on_exit``), else paused — HOME and the workspace disk are intact;
     - backend state with no row: deleted.
 
+    Rows another live replica is taking through a transition (``worked_by``) are its own.
+
     ``leading`` is asked before each repair and each removal, as in ``IdleMonitor``.
     """
 
@@ -117,9 +131,10 @@ class Reconciler:
 
     async def _sweep(self) -> None:
         rows = await self._db.query(
-            "SELECT id, status FROM sandboxes WHERE NOT is_local AND backend = %s"
+            f"SELECT id, status, {_WORKED_ELSEWHERE} AS elsewhere FROM sandboxes"
+            " WHERE NOT is_local AND backend = %s"
             " AND (host IS NULL OR host = %s)",  # (another host's: out of reach)
-            (self._backend.name, self._manager.host),
+            (self._manager.replica, EXPIRY_SECONDS, self._backend.name, self._manager.host),
         )
         known = set()
         for row in rows:
@@ -127,7 +142,7 @@ class Reconciler:
             known.add(sandbox_id)
             if not self._leading():
                 return
-            if not self._manager.busy(sandbox_id):
+            if not row["elsewhere"] and not self._manager.busy(sandbox_id):
                 await self._repair(sandbox_id, status)
         for sandbox_id in await self._backend.list_owned():
             if not self._leading():

@@ -44,6 +44,13 @@ def not_listening(port: int) -> tuple[str, str]:
     )
 
 
+# A local sandbox whose agent is connected but whose opencode did not answer (with a refresh).
+OPENCODE_SILENT = (
+    "opencode is not answering",
+    "The agent is connected, but opencode on its machine did not answer. "
+    "Is 'opencode serve' running there?",
+)
+
 PAGE_HEADERS = (
     (b"content-type", b"text/html; charset=utf-8"),
     (b"cache-control", b"no-store"),

@@ -27,7 +27,13 @@ from twisted.web.resource import Resource
 from cli_server.proxy.forward import Forwarder, client_endpoint, through_tunnel
 from cli_server.proxy.hygiene import HOP_BY_HOP, clean_query
 from cli_server.proxy.later import AnsweredLater
-from cli_server.proxy.pages import PAGE_HEADERS, STATUS_TEXT, not_listening, page_html
+from cli_server.proxy.pages import (
+    OPENCODE_SILENT,
+    PAGE_HEADERS,
+    STATUS_TEXT,
+    not_listening,
+    page_html,
+)
 from cli_server.proxy.websocket import splice
 from cli_server.replicas import channel
 from cli_server.replicas.holders import Holder, TunnelHolders
@@ -147,14 +153,7 @@ class InternalChannel(AnsweredLater):
         elif port is not None:
             self._page(request, 503, *not_listening(port), refresh=3)
         else:
-            self._page(
-                request,
-                502,
-                "opencode is not answering",
-                "The agent is connected, but opencode on its machine did not answer. "
-                "Is 'opencode serve' running there?",
-                refresh=5,
-            )
+            self._page(request, 502, *OPENCODE_SILENT, refresh=5)
 
     def _touch(self, sandbox_id: str) -> None:
         if self._on_data is not None:

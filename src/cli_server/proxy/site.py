@@ -29,6 +29,7 @@ from cli_server.proxy.hygiene import (
 from cli_server.proxy.later import AnsweredLater
 from cli_server.proxy.live import LiveStreams, Whose
 from cli_server.proxy.pages import (
+    OPENCODE_SILENT,
     PAGE_HEADERS,
     STATUS_TEXT,
     landing_html,
@@ -265,14 +266,7 @@ class SandboxSite(AnsweredLater):
         elif not ok and port is not None:
             self._page(request, 503, *not_listening(port), refresh=3)
         elif not ok and access.is_local:
-            self._page(
-                request,
-                502,
-                "opencode is not answering",
-                "The agent is connected, but opencode on its machine did not answer. "
-                "Is 'opencode serve' running there?",
-                refresh=5,
-            )
+            self._page(request, 502, *OPENCODE_SILENT, refresh=5)
         elif not ok:
             self._status_page(request, "starting", access)
 

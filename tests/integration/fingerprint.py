@@ -9,6 +9,8 @@ from collections.abc import Collection, Mapping
 
 from cli_server.db.pool import Database
 
+# What changes with no request at all: every replica heartbeats its registry row every 5 s.
+HEARTBEATS: Mapping[str, Collection[str]] = {"replicas": ("heartbeat_at",)}
 # Bookkeeping a request may write however it is answered, listed with why.
 CALLER_BOOKKEEPING: Mapping[str, Collection[str]] = {
     # Any signed-in request refreshes its session's last use (once a minute at most).
@@ -20,6 +22,9 @@ CALLER_BOOKKEEPING: Mapping[str, Collection[str]] = {
 NOT_REFUSALS: Mapping[str, str] = {
     # a refused sign-in (or password change) is recorded in the audit log: that is its point
     "audit_log": "action <> 'auth.sign_in_failed'",
+    # a refused sign-in, password change or registration counts against the limits (counted
+    # before the password is checked, so concurrent guesses get no extra tries)
+    "auth_failures": "false",
 }
 
 
@@ -29,8 +34,9 @@ async def fingerprint(
     rows: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """A digest of every row of every table, by table; ``ignoring`` leaves out these
-    columns of these tables, ``rows`` counts only the rows of a table matching its condition
-    (SQL, written here in the tests)."""
+    columns of these tables (and the heartbeats, always), ``rows`` counts only the rows of a
+    table matching its condition (SQL, written here in the tests)."""
+    ignoring = {**HEARTBEATS, **(ignoring or {})}
     tables = await db.query(
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
     )
@@ -43,6 +49,6 @@ async def fingerprint(
             f' FROM (SELECT (to_jsonb(t) - %s::text[])::text AS r FROM "{name}" t'
             f" WHERE {where}) rows"
         )
-        args += [name, list((ignoring or {}).get(name, ()))]
+        args += [name, list(ignoring.get(name, ()))]
     found = await db.query(" UNION ALL ".join(parts), tuple(args))
     return {row["name"]: row["all_rows"] for row in found}

@@ -146,9 +146,9 @@ COMPUTED_VARIABLES = {
     "OIDC_CLIENT_SECRET_FILE": "cli_server/config.py",
     "GITHUB_URL": "cli_server/tap/server.py",
     "GITHUB_API_URL": "cli_server/tap/server.py",
-    "HTTPS_PROXY": "cli_server/tunnel/agent_proxy.py",
-    "HTTP_PROXY": "cli_server/tunnel/agent_proxy.py",
-    "SYSTEMROOT": "cli_server/tunnel/agent_platform.py",
+    "HTTPS_PROXY": "cli_server/agent/http_proxy.py",
+    "HTTP_PROXY": "cli_server/agent/http_proxy.py",
+    "SYSTEMROOT": "cli_server/agent/machine.py",
 }
 # Read, but not settings of ours: where programs are found, as for any program.
 NOT_SETTINGS = {"PATH"}
@@ -319,7 +319,7 @@ def test_every_environment_variable_is_documented() -> None:
 
 
 def test_every_metric_is_documented() -> None:
-    from cli_server.metrics import Metrics
+    from cli_server.plumbing.metrics import Metrics
 
     exported = {
         f"{family.name}_total" if family.type == "counter" else family.name

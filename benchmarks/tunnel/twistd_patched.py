@@ -15,7 +15,7 @@ import sys
 
 from twisted.scripts.twistd import run
 
-import cli_server.tunnel.agent as agent
+import cli_server.agent.service as agent
 import cli_server.tunnel.frames as frames
 import cli_server.tunnel.hub as hub
 import cli_server.tunnel.mux as mux

@@ -19,9 +19,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 from twisted.python import usage
 
-from cli_server.audit import ACTIONS, MAX_LIMIT, AuditLog, Entry, Query
 from cli_server.config import default_data_dir, parse_db_url
 from cli_server.db.pool import Database, DatabaseUnavailable
+from cli_server.domain.audit import ACTIONS, MAX_LIMIT, AuditLog, Entry, Query
 
 
 def _moment(text: str) -> datetime:

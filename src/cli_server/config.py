@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from attrs import field, frozen
 
-from cli_server.networks import Network
+from cli_server.plumbing.networks import Network
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

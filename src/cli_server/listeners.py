@@ -9,8 +9,8 @@ from attrs import define
 
 from cli_server.anthropic.proxy import AnthropicProxy
 from cli_server.proxy.access import SandboxAccess
-from cli_server.tunnel.agents import LocalAgents
 from cli_server.tunnel.hub import TunnelHub
+from cli_server.tunnel.registrations import LocalAgents
 
 
 @define(eq=False)

@@ -20,25 +20,28 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.server import Site
 
-from cli_server.accounts import Accounts
 from cli_server.anthropic.listener import adopt, listen_in_netns, proxy_site
 from cli_server.anthropic.proxy import AnthropicProxy, Upstream
 from cli_server.anthropic.setup import ClaudeSetup
 from cli_server.anthropic.usage import UsageStore
-from cli_server.audit import AuditLog
 from cli_server.auth.api_tokens import ApiTokens
 from cli_server.auth.passwords import Passwords
 from cli_server.auth.ratelimit import Failures
-from cli_server.client_address import TrustedProxies
 from cli_server.config import ServerConfig
 from cli_server.db.embedded import EmbeddedPostgres, EmbeddedPostgresError, Supervisor
 from cli_server.db.migrations import migrate
 from cli_server.db.notify import ListeningConnection
 from cli_server.db.pool import Database, DatabaseUnavailable
-from cli_server.events import Events, Listener
-from cli_server.instance_admin import InstanceAdmin
+from cli_server.domain.accounts import Accounts
+from cli_server.domain.audit import AuditLog
+from cli_server.domain.events import Events, Listener
+from cli_server.domain.instance_admin import InstanceAdmin
+from cli_server.domain.workspaces import Workspaces
 from cli_server.listeners import AgentsListener, AnthropicListener, DeletedTunnels, ProxyListener
-from cli_server.metrics import Metrics
+from cli_server.plumbing.client_address import TrustedProxies
+from cli_server.plumbing.metrics import Metrics
+from cli_server.plumbing.services import OrderedMultiService, PeriodicService
+from cli_server.plumbing.threads import ThreadPoolService
 from cli_server.proxy.access import SandboxAccess
 from cli_server.proxy.endpoints import RunningEndpoints
 from cli_server.proxy.forward import Forwarder
@@ -69,25 +72,23 @@ from cli_server.sandboxes.manager import SandboxManager
 from cli_server.sandboxes.monitor import IdleMonitor, Reconciler
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.process_backend import ANTHROPIC_PORT, Limits, ProcessBackend
-from cli_server.services import OrderedMultiService, PeriodicService
 from cli_server.sso.identities import Identities
 from cli_server.sso.providers import SsoProviders
-from cli_server.threads import ThreadPoolService
-from cli_server.tunnel.agents import LocalAgents
 from cli_server.tunnel.hub import TunnelHub
+from cli_server.tunnel.registrations import LocalAgents
 from cli_server.web.admin_api import AdminAPI
 from cli_server.web.agents_api import AgentsAPI
 from cli_server.web.auth_api import AuthAPI, AuthLimits
 from cli_server.web.bearer import TokenGuard
 from cli_server.web.dispatch import HostDispatcher
 from cli_server.web.invitations_api import InvitationsAPI
-from cli_server.web.request import BoundedRequest, QuietSandboxSite
+from cli_server.web.request import BoundedRequest
 from cli_server.web.sandboxes_api import SandboxesAPI, WorkspaceSandboxesAPI
+from cli_server.web.serving import QuietSandboxSite
 from cli_server.web.session import SessionCookies
 from cli_server.web.site import MainSite
 from cli_server.web.sso_api import SsoAPI
 from cli_server.web.workspaces_api import WorkspacesAPI
-from cli_server.workspaces import Workspaces
 
 
 @define(eq=False)

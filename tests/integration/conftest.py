@@ -21,11 +21,11 @@ from cli_server.config import ServerConfig
 from cli_server.db.embedded import EmbeddedPostgres
 from cli_server.db.migrations import migrate
 from cli_server.db.pool import Database
+from cli_server.plumbing.threads import synchronous_runner
 from cli_server.sandboxes.backend import Endpoint
 from cli_server.sandboxes.process_backend import ProcessBackend
 from cli_server.server import Server, build
 from cli_server.testing import FakeBackend
-from cli_server.threads import synchronous_runner
 from cli_server.web.auth_api import AuthLimits
 
 from .docker_engine import Engine, private_engine

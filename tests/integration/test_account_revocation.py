@@ -11,8 +11,8 @@ import attrs
 import pytest_twisted
 from twisted.internet.defer import maybeDeferred
 
-from cli_server.accounts import Accounts
 from cli_server.auth.passwords import Passwords, cheap_hasher
+from cli_server.domain.accounts import Accounts
 
 from .conftest import FAKE_KEY, Running, _reactor, server_config, start_server, stop_server
 from .fake_anthropic import serve as serve_fake_anthropic

@@ -453,7 +453,7 @@ async def test_a_silent_peer_is_closed_after_the_hello_timeout(
     app: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Through the real server: closed with 4002, and the sandbox stays offline. When it is
-    closed, by the hub's clock, is tests/unit/test_tunnel_hello.py's to prove."""
+    closed, by the hub's clock, is tests/unit/tunnel/test_hello.py's to prove."""
     monkeypatch.setattr(hub, "HELLO_TIMEOUT", 0.5)
     people, wid = await team(app)
     sid, token = await local_sandbox(app, people["developer"], wid)

@@ -19,10 +19,10 @@ from twisted.internet.threads import deferToThread
 
 from cli_server.anthropic.usage import UsageStore
 from cli_server.auth.tokens import new_token
-from cli_server.client_address import parse_trusted_proxies
+from cli_server.plumbing.client_address import parse_trusted_proxies
+from cli_server.plumbing.threads import ThreadPoolService
 from cli_server.sandboxes.docker_backend import DockerBackend, DockerSettings
 from cli_server.sandboxes.opencode import OpencodeClient
-from cli_server.threads import ThreadPoolService
 
 from .conftest import Real, Running, _reactor, server_config, start_server, stop_server
 from .docker_engine import Engine, needs_dockerd

@@ -19,10 +19,10 @@ import psycopg2
 import pytest
 import pytest_twisted
 
-from cli_server.audit import ACTIONS as ACTION_NAMES
-from cli_server.audit import Action, Actor, AuditLog, Note, SecretInDetails
 from cli_server.config import OidcLogin
 from cli_server.db.embedded import EmbeddedPostgres
+from cli_server.domain.audit import ACTIONS as ACTION_NAMES
+from cli_server.domain.audit import Action, Actor, AuditLog, Note, SecretInDetails
 
 from .conftest import Running, _reactor, server_config, start_server, stop_server
 from .helpers import Api, wait_until
@@ -341,7 +341,7 @@ async def test_the_route_roles_filters_and_pages(app: Running) -> None:
 @pytest_twisted.ensureDeferred
 async def test_the_purge_keeps_recent_rows(app: Running) -> None:
     """Rows older than the retention go; newer ones stay; 0 keeps everything."""
-    from cli_server.audit import AuditLog
+    from cli_server.domain.audit import AuditLog
 
     await user(app, "owner")
     audit = AuditLog(app.db)

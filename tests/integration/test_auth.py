@@ -9,7 +9,7 @@ import pytest_twisted
 from twisted.internet.defer import DeferredList
 
 from cli_server.auth.tokens import token_hash
-from cli_server.client_address import parse_trusted_proxies
+from cli_server.plumbing.client_address import parse_trusted_proxies
 from cli_server.web.auth_api import AuthLimits
 
 from .conftest import Running, server_config, start_server, stop_server
@@ -58,7 +58,7 @@ async def test_sessions_expire(app: Running) -> None:
     me = await client.call("GET", "/api/auth/me")
     assert (me.code, me.error_code) == (401, "unauthorized")
     assert len(await app.db.query("SELECT 1 FROM sessions")) == 1
-    from cli_server.accounts import Accounts
+    from cli_server.domain.accounts import Accounts
 
     accounts = Accounts(app.db, None, None, 60.0)  # type: ignore[arg-type]
     await accounts.purge_expired_sessions()

@@ -14,7 +14,7 @@ import attrs
 import pytest_twisted
 from twisted.internet.task import deferLater
 
-from cli_server.client_address import parse_trusted_proxies
+from cli_server.plumbing.client_address import parse_trusted_proxies
 from cli_server.testing import FakeBackend
 
 from .conftest import Real, _reactor, server_config, start_server, stop_server

@@ -14,9 +14,9 @@ from twisted.internet.threads import deferToThread
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from cli_server.plumbing.threads import ThreadPoolService
 from cli_server.sandboxes.docker_backend import DockerBackend, DockerSettings
 from cli_server.sandboxes.opencode import OpencodeClient
-from cli_server.threads import ThreadPoolService
 
 from .conftest import Running, _reactor, server_config, start_server, stop_server
 from .docker_engine import Engine, needs_dockerd

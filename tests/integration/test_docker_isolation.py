@@ -29,12 +29,12 @@ from twisted.logger import globalLogPublisher
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from cli_server.plumbing.threads import ThreadPoolService
 from cli_server.sandboxes import docker_firewall
 from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes, image_of
 from cli_server.sandboxes.docker_backend import DockerBackend, DockerSettings
 from cli_server.sandboxes.egress import EgressPolicy
 from cli_server.sandboxes.opencode import OpencodeClient
-from cli_server.threads import ThreadPoolService
 
 from .conftest import _reactor, server_config, start_server, stop_server
 from .docker_engine import Engine, needs_dockerd

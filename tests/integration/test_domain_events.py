@@ -12,16 +12,16 @@ import pytest_twisted
 from attrs import define, field
 from twisted.internet.defer import maybeDeferred
 
-from cli_server.accounts import Accounts
 from cli_server.auth.passwords import Passwords, cheap_hasher
 from cli_server.db.pool import Database
-from cli_server.errors import Forbidden
-from cli_server.events import Events
-from cli_server.instance_admin import InstanceAdmin
-from cli_server.roles import Role
+from cli_server.domain.accounts import Accounts
+from cli_server.domain.errors import Forbidden
+from cli_server.domain.events import Events
+from cli_server.domain.instance_admin import InstanceAdmin
+from cli_server.domain.roles import Role
+from cli_server.domain.workspaces import Workspaces
 from cli_server.sandboxes.manager import SandboxManager
 from cli_server.testing import FakeBackend
-from cli_server.workspaces import Workspaces
 
 from .conftest import Running, _reactor
 from .test_sandboxes_api import team, wait_status

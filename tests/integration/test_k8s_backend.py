@@ -22,11 +22,11 @@ from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from cli_server.plumbing.threads import ThreadPoolService
 from cli_server.sandboxes.backend import BackendError, Endpoint, SandboxSpec, State
 from cli_server.sandboxes.k8s_backend import K8sBackend, K8sSettings
 from cli_server.sandboxes.k8s_objects import PodSettings
 from cli_server.sandboxes.opencode import OpencodeClient
-from cli_server.threads import ThreadPoolService
 
 from .conftest import FAKE_KEY, _reactor, server_config, start_server, stop_server
 from .fake_kubernetes import NAMESPACE, FakeKubernetes, sandbox_schema

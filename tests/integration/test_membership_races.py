@@ -21,7 +21,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
-from cli_server.workspaces import Workspaces
+from cli_server.domain.workspaces import Workspaces
 
 from .conftest import Running, server_config, start_server, stop_server
 from .helpers import Api, Reply

@@ -11,11 +11,11 @@ from attrs import define
 from twisted.internet.task import Clock
 
 from cli_server.db.pool import Database
+from cli_server.domain.workspaces import Workspaces
 from cli_server.sandboxes.activity import ActivityRecorder
 from cli_server.sandboxes.manager import SandboxManager
 from cli_server.sandboxes.monitor import IdleMonitor, Reconciler
 from cli_server.testing import FakeAgentStatus, FakeBackend
-from cli_server.workspaces import Workspaces
 
 from .conftest import _reactor
 

@@ -15,8 +15,8 @@ import pytest_twisted
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 
+from cli_server.proxy import upload as streamed_body
 from cli_server.testing import FakeBackend
-from cli_server.web import streamed_body
 
 from .conftest import _reactor, server_config, start_server, stop_server
 from .test_proxy import Proxy

@@ -28,7 +28,7 @@ import pytest_twisted
 
 from cli_server.db.embedded import EmbeddedPostgres
 from cli_server.db.pool import Database
-from cli_server.workspaces import Workspaces
+from cli_server.domain.workspaces import Workspaces
 
 from .conftest import Running, server_config, start_server, stop_server
 from .daemon import Daemon

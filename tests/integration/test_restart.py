@@ -132,7 +132,7 @@ def test_binaries_copied_when_hidden(data_dir: Path) -> None:
     import pwd
 
     from cli_server.db.embedded import _DB_USER, _public_copy, _wheel_bin_dir
-    from cli_server.system_accounts import ensure_system_account
+    from cli_server.plumbing.system_accounts import ensure_system_account
 
     data_dir.mkdir(parents=True)
     copied = _public_copy(_wheel_bin_dir(), data_dir)

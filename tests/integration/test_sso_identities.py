@@ -11,11 +11,11 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
-from cli_server.accounts import User
 from cli_server.config import GithubLogin
 from cli_server.db.embedded import EmbeddedPostgres
 from cli_server.db.migrations import load_migrations, migrate
 from cli_server.db.pool import Database
+from cli_server.domain.accounts import User
 from cli_server.sso.claims import Claims, SignInRefused
 from cli_server.sso.identities import Identities
 from cli_server.web.auth_api import _USERNAME

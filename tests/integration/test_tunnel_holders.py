@@ -9,8 +9,8 @@ import uuid
 import pytest_twisted
 
 from cli_server.db.pool import Database
+from cli_server.domain.workspaces import Workspaces
 from cli_server.replicas.holders import Details, Holder, Swept, TunnelHolders
-from cli_server.workspaces import Workspaces
 
 from .conftest import _reactor
 

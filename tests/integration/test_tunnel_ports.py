@@ -22,8 +22,8 @@ from twisted.internet.error import ConnectError
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from cli_server.sandboxes.backend import PortNotShared
 from cli_server.tunnel.hub import TunnelHub
+from cli_server.tunnel.shared_ports import PortNotShared
 
 from .conftest import _reactor
 from .helpers import Api, Wire, wait_until

@@ -20,7 +20,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from cli_server.anthropic.proxy import AnthropicProxy, anthropic_error
-from cli_server.web.request import IDLE_TIMEOUT
+from cli_server.plumbing.timeouts import IDLE_TIMEOUT
 
 SANDBOX_PORT = 4097
 _CLONE_NEWNET = 0x40000000

@@ -43,9 +43,9 @@ from cli_server.anthropic.setup import NOT_CONFIGURED
 from cli_server.anthropic.usage import Usage, UsageMeter, UsageStore
 from cli_server.auth.tokens import token_hash
 from cli_server.db.pool import Database, DatabaseUnavailable
+from cli_server.plumbing.quiet import quiet_agent
 from cli_server.proxy.forward import Relay, copy_response_headers
 from cli_server.proxy.hygiene import HOP_BY_HOP
-from cli_server.quiet import quiet_agent
 from cli_server.sandboxes.activity import ActivityRecorder
 
 PREFIX = b"/proxy/anthropic"

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from attrs import define, frozen
 from twisted.internet.interfaces import IReactorTime
 
-from cli_server.audit import Note, Target
 from cli_server.auth.tokens import token_hash
 from cli_server.db.pool import Database, Row, Transaction
-from cli_server.errors import BadRequest, Conflict, NotFound, Unauthorized
-from cli_server.json import iso
+from cli_server.domain.audit import Note, Target
+from cli_server.domain.errors import BadRequest, Conflict, NotFound, Unauthorized
+from cli_server.plumbing.encoding import iso
 
 if TYPE_CHECKING:
-    from cli_server.accounts import User
+    from cli_server.domain.accounts import User
 
 TokenScope = Literal["read", "write", "admin"]
 SCOPES: tuple[TokenScope, ...] = ("read", "write", "admin")

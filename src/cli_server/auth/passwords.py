@@ -6,7 +6,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from attrs import define, field
 
-from cli_server.threads import Runner
+from cli_server.plumbing.threads import Runner
 
 
 def cheap_hasher() -> PasswordHasher:

@@ -21,8 +21,8 @@ from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from cli_server.process import ProcessResult, run_process
-from cli_server.system_accounts import SystemAccount, ensure_system_account
+from cli_server.plumbing.process import ProcessResult, run_process
+from cli_server.plumbing.system_accounts import SystemAccount, ensure_system_account
 
 DB_NAME = "cli_server"
 _DB_USER = "cli-server-db"  # system account the cluster runs as when we are root

@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from cli_server.auth.tokens import new_token, token_hash
 from cli_server.db.pool import Database
-from cli_server.roles import Role
+from cli_server.domain.roles import Role
 
 TICKET_SECONDS = 60
 

@@ -26,7 +26,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IRequest, IResponse
 from zope.interface import implementer
 
-from cli_server.nodelay import NoDelayEndpoint
+from cli_server.plumbing.nodelay import NoDelayEndpoint
+from cli_server.plumbing.quiet import QuietEndpoint
 from cli_server.proxy.hygiene import (
     ANSWER_HEADERS,
     HOP_BY_HOP,
@@ -34,10 +35,9 @@ from cli_server.proxy.hygiene import (
     kept_answer_header,
     plain_upstream_headers,
 )
-from cli_server.quiet import QuietEndpoint
+from cli_server.proxy.upload import StreamedBody
 from cli_server.sandboxes.backend import Endpoint
 from cli_server.sandboxes.opencode import basic_auth
-from cli_server.web.streamed_body import StreamedBody
 
 
 def upstream_headers(request: IRequest, password: str | None, scheme: bytes) -> Headers:

@@ -25,14 +25,14 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from cli_server.client_address import TrustedProxies
-from cli_server.nodelay import no_delay
+from cli_server.plumbing.client_address import TrustedProxies
+from cli_server.plumbing.nodelay import no_delay
 from cli_server.proxy.pages import PAGE_HEADERS, STATUS_TEXT, not_listening, page_html
 from cli_server.proxy.relay.wire import Back, Grant
 from cli_server.proxy.request_head import MAX_HEAD, RequestHead, head_end, parse_head
 from cli_server.proxy.routes import Route, Routes
 from cli_server.proxy.takeover import hand_over
-from cli_server.web.request import MAX_SANDBOX_BODY
+from cli_server.proxy.upload import MAX_SANDBOX_BODY
 
 
 @frozen

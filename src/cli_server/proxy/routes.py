@@ -15,6 +15,7 @@ from attrs import define, field, frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from cli_server.domain.roles import Role
 from cli_server.proxy import rules
 from cli_server.proxy.access import Access, SandboxAccess
 from cli_server.proxy.endpoints import RunningEndpoints
@@ -22,7 +23,6 @@ from cli_server.proxy.hosts import Place
 from cli_server.proxy.live import LiveStreams, Whose
 from cli_server.proxy.request_head import RequestHead
 from cli_server.proxy.workers import RelayWorkers
-from cli_server.roles import Role
 from cli_server.sandboxes.activity import ActivityRecorder
 from cli_server.sandboxes.backend import Endpoint
 from cli_server.sandboxes.opencode import basic_auth

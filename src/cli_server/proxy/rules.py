@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple
 
+from cli_server.domain.roles import Role
 from cli_server.proxy import hygiene
 from cli_server.proxy.hosts import Place, place_for_host
 from cli_server.proxy.hygiene import clean_query, cross_origin
-from cli_server.roles import Role
 
 # What a guest may send: reads, never an upgrade (a terminal types).
 GUEST_METHODS = frozenset({b"GET", b"HEAD"})

@@ -11,7 +11,8 @@ from urllib.parse import parse_qs
 from attrs import define
 from twisted.web.resource import Resource
 
-from cli_server.errors import ApiError
+from cli_server.domain.errors import ApiError
+from cli_server.domain.roles import Role
 from cli_server.proxy import rules
 from cli_server.proxy.access import Access, SandboxAccess
 from cli_server.proxy.endpoints import RunningEndpoints
@@ -38,7 +39,6 @@ from cli_server.proxy.pages import (
 )
 from cli_server.proxy.replica_relay import ReplicaRelay
 from cli_server.proxy.websocket import splice
-from cli_server.roles import Role
 from cli_server.sandboxes.activity import ActivityRecorder
 from cli_server.sandboxes.manager import SandboxManager
 

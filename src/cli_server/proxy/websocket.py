@@ -18,10 +18,10 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
+from cli_server.plumbing.quiet import connect_quietly
 from cli_server.proxy.answer import upgrade_answer
 from cli_server.proxy.hygiene import clean_query
 from cli_server.proxy.takeover import hand_over
-from cli_server.quiet import connect_quietly
 
 
 class _Side(Protocol):

@@ -38,7 +38,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from cli_server.db.pool import Database, Row, Transaction
-from cli_server.events import Listener
+from cli_server.domain.events import Listener
 
 CHANNEL = "cli_replica_events"
 KINDS = frozenset(

@@ -170,9 +170,5 @@ class SandboxBackend(Protocol):
 PREVIEW_PORTS = range(1024, 65536)
 
 
-class PortNotShared(Exception):
-    """A local sandbox's laptop does not share this port (its agent's ``--allow-port``)."""
-
-
 class BackendError(Exception):
     """A backend could not do what was asked; the message is shown to users as ``error``."""

@@ -29,7 +29,7 @@ from attrs import define, field, frozen
 from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 
-from cli_server.process import ProcessResult, ProcessTimedOut, run_process
+from cli_server.plumbing.process import ProcessResult, ProcessTimedOut, run_process
 from cli_server.sandboxes.backend import BackendError
 
 TOOLS = ("mkfs.ext4", "e2fsck", "resize2fs", "losetup", "mount", "umount")

@@ -48,6 +48,7 @@ from attrs import define, field
 from twisted.application.service import Service
 from twisted.logger import Logger
 
+from cli_server.plumbing.threads import Runner
 from cli_server.sandboxes import docker_firewall
 from cli_server.sandboxes.backend import (
     LOG_TAIL_LINES,
@@ -70,7 +71,6 @@ from cli_server.sandboxes.docker_firewall import EgressRules
 from cli_server.sandboxes.egress import EgressPolicy
 from cli_server.sandboxes.listening import listening_ports
 from cli_server.sandboxes.opencode import OpencodeClient
-from cli_server.threads import Runner
 
 GUEST_PORT = 4096
 ENGINE_DNS = "127.0.0.11"  # the engine's resolver in a container: its TCP port is no preview

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from attrs import frozen
 
-from cli_server.networks import Network
+from cli_server.plumbing.networks import Network
 
 Run = Callable[..., "subprocess.CompletedProcess[str]"]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from attrs import evolve, field, frozen
 
-from cli_server.networks import Address, Network, parse_networks
+from cli_server.plumbing.networks import Address, Network, parse_networks
 
 # Never the internet: a sandbox has no business there unless the operator says so.
 ALWAYS_DENIED: tuple[Network, ...] = tuple(

@@ -23,7 +23,7 @@ from twisted.internet.defer import DeferredLock
 from twisted.internet.interfaces import IReactorProcess
 from twisted.logger import Logger
 
-from cli_server.process import ProcessResult, run_process
+from cli_server.plumbing.process import ProcessResult, run_process
 from cli_server.sandboxes.backend import BackendError
 
 Run = Callable[[Sequence[str]], Awaitable[ProcessResult]]  # runs nft with these arguments

@@ -38,6 +38,7 @@ from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from cli_server.plumbing.threads import Runner
 from cli_server.sandboxes import k8s_objects as objects
 from cli_server.sandboxes.backend import (
     LOG_TAIL_LINES,
@@ -54,7 +55,6 @@ from cli_server.sandboxes.backend import (
     tail_lines,
 )
 from cli_server.sandboxes.opencode import OpencodeClient
-from cli_server.threads import Runner
 
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 

@@ -17,12 +17,13 @@ from attrs import define, field
 from twisted.internet.defer import Deferred, DeferredLock, gatherResults
 from twisted.logger import Logger
 
-from cli_server.audit import Note, Target
 from cli_server.auth.tokens import new_token, token_hash
 from cli_server.db.pool import Database, Row, Transaction
-from cli_server.errors import ApiError, Conflict, NameTaken, NotFound, ServiceUnavailable
-from cli_server.events import Events
-from cli_server.roles import Role
+from cli_server.domain.audit import Note, Target
+from cli_server.domain.errors import ApiError, Conflict, NameTaken, NotFound, ServiceUnavailable
+from cli_server.domain.events import Events
+from cli_server.domain.roles import Role
+from cli_server.domain.workspaces import Workspaces
 from cli_server.sandboxes.backend import (
     BackendError,
     SandboxBackend,
@@ -38,7 +39,6 @@ from cli_server.sandboxes.model import (
     Status,
     sandbox_json,
 )
-from cli_server.workspaces import Workspaces
 
 _CAPACITY_LOCK = 0x63617061  # "capa": serialises capacity checks across servers
 

@@ -6,7 +6,7 @@ from enum import StrEnum
 from typing import Any
 
 from cli_server.db.pool import Row
-from cli_server.json import iso
+from cli_server.plumbing.encoding import iso
 
 
 class Status(StrEnum):

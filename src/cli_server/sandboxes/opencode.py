@@ -14,7 +14,7 @@ from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
 
-from cli_server.quiet import quiet_agent
+from cli_server.plumbing.quiet import quiet_agent
 from cli_server.sandboxes.backend import BackendError, Endpoint
 
 

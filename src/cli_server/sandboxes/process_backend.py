@@ -57,8 +57,10 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from cli_server.networks import Network
-from cli_server.process import run_process
+from cli_server.plumbing.networks import Network
+from cli_server.plumbing.process import run_process
+from cli_server.plumbing.system_accounts import SystemAccount, ensure_system_account
+from cli_server.plumbing.threads import Runner, synchronous_runner
 from cli_server.sandboxes import seccomp
 from cli_server.sandboxes.backend import (
     PREVIEW_PORTS,
@@ -81,8 +83,6 @@ from cli_server.sandboxes.listening import listening_ports
 from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sandboxes.output_log import LOG_NAME, OutputLog, read_tail
 from cli_server.sandboxes.unixjson import unix_json_call
-from cli_server.system_accounts import SystemAccount, ensure_system_account
-from cli_server.threads import Runner, synchronous_runner
 
 SANDBOX_ACCOUNT = "cli-sandbox"
 GUEST_PORT = 4096

@@ -10,7 +10,7 @@ from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
-from cli_server.quiet import connect_quietly
+from cli_server.plumbing.quiet import connect_quietly
 
 
 class _OneShot(Protocol):

@@ -11,8 +11,8 @@ from typing import Protocol
 
 from attrs import frozen
 
-from cli_server.accounts import User
-from cli_server.errors import Forbidden
+from cli_server.domain.accounts import User
+from cli_server.domain.errors import Forbidden
 
 
 @frozen

@@ -18,7 +18,7 @@ from twisted.internet.error import (
 from twisted.web.client import HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
 
-from cli_server.quiet import quiet_agent
+from cli_server.plumbing.quiet import quiet_agent
 
 _UNREACHABLE = (
     TimeoutError,

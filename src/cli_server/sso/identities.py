@@ -17,10 +17,10 @@ from typing import Any
 
 from attrs import define, field, frozen
 
-from cli_server.accounts import REGISTRATION_LOCK, User
 from cli_server.db.pool import Database, Row, Transaction
-from cli_server.errors import Conflict, NotFound
-from cli_server.json import iso
+from cli_server.domain.accounts import REGISTRATION_LOCK, User
+from cli_server.domain.errors import Conflict, NotFound
+from cli_server.plumbing.encoding import iso
 from cli_server.sso.claims import REFUSALS, Claims, SignInRefused
 
 # (the rule of web.auth_api's _USERNAME: 3-32 of [A-Za-z0-9_.-], starting with one of [A-Za-z0-9])

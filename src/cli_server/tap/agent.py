@@ -10,8 +10,8 @@ from typing import Any
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
-from cli_server.tunnel.agent import AgentError, TunnelAgent, check_url, default_config_path
-from cli_server.tunnel.agent_platform import Platform, current
+from cli_server.agent.machine import Platform, current
+from cli_server.agent.service import AgentError, TunnelAgent, check_url, default_config_path
 
 
 class Options(usage.Options):
@@ -113,11 +113,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor as globalReactor
 
         reactor = globalReactor
-    from cli_server.threads import ThreadPoolService
-    from cli_server.tunnel.agent import exit_with_error
-    from cli_server.tunnel.agent_network import Network
-    from cli_server.tunnel.agent_platform import StopOnSignals
-    from cli_server.tunnel.agent_tls import Trust
+    from cli_server.agent.machine import StopOnSignals
+    from cli_server.agent.network import Network
+    from cli_server.agent.service import exit_with_error
+    from cli_server.agent.tls import Trust
+    from cli_server.plumbing.threads import ThreadPoolService
 
     platform = options.platform
     trust = Trust.choose(

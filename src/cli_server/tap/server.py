@@ -11,7 +11,6 @@ from attrs import frozen
 from twisted.application.service import IService
 from twisted.python import usage
 
-from cli_server.client_address import parse_trusted_proxies
 from cli_server.config import (
     GithubLogin,
     OidcLogin,
@@ -43,6 +42,7 @@ from cli_server.config import (
     parse_workers,
     read_secret,
 )
+from cli_server.plumbing.client_address import parse_trusted_proxies
 from cli_server.sandboxes.egress import parse_allow
 
 

@@ -28,10 +28,10 @@ from zope.interface import implementer
 
 from cli_server.db.pool import Database, DatabaseUnavailable
 from cli_server.replicas.holders import Details, TunnelHolders
-from cli_server.sandboxes.backend import PortNotShared
 from cli_server.tunnel.carrier import SessionCarrier
 from cli_server.tunnel.frames import MAX_MESSAGE, VERSION
 from cli_server.tunnel.mux import Session, Stream, TunnelAddress
+from cli_server.tunnel.shared_ports import PortNotShared
 from cli_server.tunnel.versions import agent_json, outdated
 
 HELLO_TIMEOUT = 10.0

@@ -35,7 +35,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from cli_server.sandboxes.backend import PortNotShared
 from cli_server.tunnel.frames import (
     MAX_PAYLOAD,
     PORTS_VERSION,
@@ -45,6 +44,7 @@ from cli_server.tunnel.frames import (
     decode,
     encode,
 )
+from cli_server.tunnel.shared_ports import PortNotShared
 
 WINDOW = 512 * 1024  # per stream and direction; enough for >100 MB/s on a LAN
 _CREDIT_BATCH = WINDOW // 4  # grant credit in batches, not per frame

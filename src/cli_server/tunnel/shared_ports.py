@@ -30,6 +30,10 @@ from cli_server.tunnel.frames import MAX_SHARED_PORTS, SHARED_PORTS
 CONNECT_TIMEOUT = 10.0
 
 
+class PortNotShared(Exception):
+    """A local sandbox's laptop does not share this port (its agent's ``--allow-port``)."""
+
+
 def parse_ports(values: Iterable[str]) -> tuple[int, ...]:
     """``["5173,8000", "3000"]`` -> ``(3000, 5173, 8000)``; ValueError with a line that
     says what is wrong."""

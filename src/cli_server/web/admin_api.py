@@ -10,10 +10,10 @@ from attrs import define
 from klein import Klein
 from twisted.web.iweb import IRequest
 
-from cli_server.accounts import SIGNUP_LINK_SECONDS, User
-from cli_server.audit import Action, AuditLog, Target
-from cli_server.errors import Conflict, Forbidden
-from cli_server.instance_admin import InstanceAdmin
+from cli_server.domain.accounts import SIGNUP_LINK_SECONDS, User
+from cli_server.domain.audit import Action, AuditLog, Target
+from cli_server.domain.errors import Conflict, Forbidden
+from cli_server.domain.instance_admin import InstanceAdmin
 from cli_server.web.auditing import note, record
 from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content

@@ -14,9 +14,9 @@ from attrs import define
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
-from cli_server.errors import BadRequest, Unauthorized
-from cli_server.tunnel.agents import LocalAgents
+from cli_server.domain.errors import BadRequest, Unauthorized
 from cli_server.tunnel.hub import TunnelHub
+from cli_server.tunnel.registrations import LocalAgents
 from cli_server.web.body import read_json_object, required_text
 from cli_server.web.ids import parse_id
 from cli_server.web.request import client_host

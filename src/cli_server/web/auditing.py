@@ -11,9 +11,9 @@ from typing import Any
 
 from twisted.web.iweb import IRequest
 
-from cli_server.accounts import User
-from cli_server.audit import ACTIONS, MAX_LIMIT, Action, Actor, AuditLog, Note, Query, Target
-from cli_server.errors import BadRequest
+from cli_server.domain.accounts import User
+from cli_server.domain.audit import ACTIONS, MAX_LIMIT, Action, Actor, AuditLog, Note, Query, Target
+from cli_server.domain.errors import BadRequest
 from cli_server.web.request import client_host
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.web.iweb import IRequest
 
-from cli_server.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from cli_server.domain.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 
 def read_json_object(request: IRequest) -> dict[str, Any]:

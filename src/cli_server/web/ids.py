@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from cli_server.errors import NotFound
+from cli_server.domain.errors import NotFound
 
 
 def parse_id(text: str, what: str) -> str:

@@ -9,15 +9,15 @@ from attrs import define
 from klein import Klein
 from twisted.web.iweb import IRequest
 
-from cli_server.accounts import User
-from cli_server.audit import Action, AuditLog, Target
+from cli_server.domain.accounts import User
+from cli_server.domain.audit import Action, AuditLog, Target
+from cli_server.domain.workspaces import Workspaces
 from cli_server.web.auditing import note, record
 from cli_server.web.ids import parse_id
 from cli_server.web.responses import install_json_errors, json_response, no_content
 from cli_server.web.routes import route
 from cli_server.web.schemas import INVITATION, NO_BODY, WORKSPACE, array
 from cli_server.web.session import SessionCookies
-from cli_server.workspaces import Workspaces
 
 
 @define(eq=False)

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import re
-import weakref
 from collections.abc import Hashable
 from functools import partial
 from io import BytesIO
 from ipaddress import ip_network
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 from attrs import define, field
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -18,17 +15,16 @@ from twisted.internet.interfaces import IAddress, ITCPTransport
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
-from cli_server.client_address import TrustedProxies
-from cli_server.nodelay import no_delay
+from cli_server.plumbing.client_address import TrustedProxies
+from cli_server.plumbing.nodelay import no_delay
 from cli_server.proxy.hosts import sandbox_for_host
+from cli_server.proxy.upload import MAX_SANDBOX_BODY, StreamedBody
 from cli_server.replicas.channel import PREFIX as INTERNAL_PREFIX
-from cli_server.web.streamed_body import StreamedBody
+from cli_server.web.open_requests import OpenRequests
 
 MAX_BODY = 1024 * 1024  # the API's JSON bodies
-MAX_SANDBOX_BODY = 64 * 1024 * 1024  # uploads through a sandbox's proxy
 MAX_ANTHROPIC_BODY = 32 * 1024 * 1024  # prompts with images and long contexts
 MAX_BODIES_IN_MEMORY = 256 * 1024 * 1024  # every body being received or served, together
-IDLE_TIMEOUT = 60  # seconds a connection may send nothing (mid-body too) before it is closed
 LINGER = 2.0  # seconds we read and drop the rest of a refused body before closing
 
 _ANTHROPIC_PATH = b"/proxy/anthropic/"
@@ -339,138 +335,6 @@ def for_sandbox(request: Any, site: Any) -> bool:
     if base_host is None:  # (a site built without one, in tests)
         return (host or b"").lower().startswith(b"oc-")
     return sandbox_for_host(host, base_host)[0]
-
-
-class _Redacted:
-    """A request as the access log sees it: credential query parameters blanked out, and any
-    API token (``cli_pat_...``, percent-encoded or not) in the path or the Referer, where
-    someone pasted one."""
-
-    def __init__(self, request: http.Request) -> None:
-        self._request = request
-        path, sep, query = request.uri.partition(b"?")
-        if sep:
-            query = _redact(query)
-        self.uri = _API_TOKEN.sub(b"cli_pat_redacted", path + sep + query)
-
-    def getHeader(self, name: bytes) -> bytes | None:
-        value = self._request.getHeader(name)
-        return _API_TOKEN.sub(b"cli_pat_redacted", value) if value is not None else None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._request, name)
-
-
-def _either(char: str) -> str:
-    """``char`` as itself or percent-encoded (either case of hex digit)."""
-    code = f"{ord(char):02x}"
-    return f"(?:{re.escape(char)}|%{code[0]}[{code[1]}{code[1].upper()}])"
-
-
-# A token as written or percent-encoded in part or whole: a URL decoder would find it in
-# either, so the log must not keep either.
-_ENCODED_TOKEN_CHAR = r"%(?:2[dD]|3[0-9]|4[1-9a-fA-F]|5[0-9aAfF]|6[1-9a-fA-F]|7[0-9aA])"
-_API_TOKEN = re.compile(
-    "".join(_either(c) for c in "cli_pat_").encode()
-    + rb"(?:[A-Za-z0-9_-]|"
-    + _ENCODED_TOKEN_CHAR.encode()
-    + rb")+"
-)
-
-
-_CREDENTIALS = frozenset({b"token", b"ticket", b"auth_token", b"code", b"state"})
-
-
-def _redact(query: bytes) -> bytes:
-    """Blanks credential parameters, their names compared as a query parser decodes them
-    (``%74oken=`` is ``token=`` to ``parse_qs``, so the tunnel accepts it)."""
-    parts = query.split(b"&")
-    for i, part in enumerate(parts):
-        name, eq, _ = part.partition(b"=")
-        if eq and unquote_to_bytes(name.replace(b"+", b" ")).lower() in _CREDENTIALS:
-            parts[i] = name + b"=redacted"
-    return b"&".join(parts)
-
-
-def api_read(request: http.Request) -> bool:
-    """A GET or HEAD of the REST API answered with its data (200, or 304): changes nothing, so
-    says nothing new. Redirects stay in the log: a sign-in's callback is a GET that answers
-    303, and it is worth a line."""
-    return (
-        request.method in (b"GET", b"HEAD")
-        and (request.path == b"/api" or request.path.startswith(b"/api/"))
-        and request.code in (200, 304)
-    )
-
-
-def redacting_log_formatter(timestamp: str, request: http.Request) -> str:
-    line: str = http.combinedLogFormatter(timestamp, _Redacted(request))
-    return line
-
-
-def lasting(request: Any) -> bool:
-    """A request that lasts for hours once answered: a WebSocket (a terminal, a tunnel) or an
-    event stream. A stopping server closes these last and waits for the others."""
-    if request.requestHeaders.hasHeader(b"upgrade"):
-        return True
-    kind = request.responseHeaders.getRawHeaders(b"content-type") or [b""]
-    return bool(kind[0].lower().startswith(b"text/event-stream"))
-
-
-@define(eq=False)
-class OpenRequests:
-    """The requests twisted.web serves now (from their headers to their end), for a stopping
-    server to wait for (``in_flight``) and then to close what lasts (``close_lasting``)."""
-
-    _open: weakref.WeakSet[http.Request] = field(factory=weakref.WeakSet, init=False)
-    draining: bool = False  # answers say ``connection: close``
-
-    def opened(self, request: http.Request) -> None:
-        self._open.add(request)
-
-    def closed(self, request: http.Request) -> None:
-        self._open.discard(request)
-
-    @property
-    def in_flight(self) -> int:
-        return sum(1 for request in list(self._open) if not lasting(request))
-
-    def close_lasting(self) -> None:
-        for request in list(self._open):
-            channel: Any = request.channel
-            transport = getattr(channel, "transport", None)
-            if transport is not None:
-                transport.loseConnection()
-
-
-class QuietSandboxSite(server.Site):
-    """Access-logs the main site only (a sandbox's UI makes hundreds of asset, event and
-    terminal requests per minute, and logging each would cost more than proxying it), and
-    never a credential in a query string (the tunnel accepts ``?token=``)."""
-
-    noisy = False  # (no "Starting factory" lines: the start-up line says where we listen)
-
-    def __init__(
-        self,
-        resource: Any,
-        base_host: bytes | None = None,
-        trusted_proxies: TrustedProxies | None = None,
-        **kwargs: Any,
-    ) -> None:
-        kwargs.setdefault("timeout", IDLE_TIMEOUT)
-        super().__init__(resource, logFormatter=redacting_log_formatter, **kwargs)
-        self.base_host = base_host
-        self.trusted_proxies = trusted_proxies or TrustedProxies()
-        self.requests = OpenRequests()
-
-    access_log = "changes"  # all, changes or off (config.parse_access_log)
-
-    def log(self, request: http.Request) -> None:
-        if self.access_log == "off" or for_sandbox(request, self):
-            return
-        if self.access_log == "changes" and api_read(request):
-            return  # (an open dashboard polls: its reads would be most of the log)
-        super().log(request)
 
 
 def client_host(request: Any) -> str:

@@ -12,8 +12,8 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
 from cli_server.db.pool import DatabaseUnavailable
-from cli_server.errors import ApiError
-from cli_server.json import dumps
+from cli_server.domain.errors import ApiError
+from cli_server.plumbing.encoding import dumps
 
 _log = Logger(namespace="cli_server.web")
 

@@ -6,13 +6,13 @@ from attrs import define
 from klein import Klein
 from twisted.web.iweb import IRequest
 
-from cli_server.accounts import User
-from cli_server.audit import Action, AuditLog, Target
-from cli_server.errors import BadRequest
+from cli_server.domain.accounts import User
+from cli_server.domain.audit import Action, AuditLog, Target
+from cli_server.domain.errors import BadRequest
+from cli_server.domain.roles import Role
 from cli_server.proxy.access import SandboxAccess
 from cli_server.proxy.hosts import PORT_RULE, port_refusal
 from cli_server.proxy.urls import SandboxUrls
-from cli_server.roles import Role
 from cli_server.sandboxes.manager import SandboxManager
 from cli_server.web.auditing import note, record
 from cli_server.web.body import read_json_object, required_text

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from cli_server.audit import ACTIONS as AUDIT_ACTIONS
-from cli_server.audit import MAX_LIMIT as AUDIT_MAX_LIMIT
 from cli_server.auth.api_tokens import NAME_LENGTH as TOKEN_NAME_LENGTH
 from cli_server.auth.api_tokens import SCOPES as TOKEN_SCOPES
+from cli_server.domain.audit import ACTIONS as AUDIT_ACTIONS
+from cli_server.domain.audit import MAX_LIMIT as AUDIT_MAX_LIMIT
+from cli_server.domain.roles import ROLE_NAMES
 from cli_server.proxy.hosts import FIRST_PORT, LAST_PORT, OPENCODE_PORT
-from cli_server.roles import ROLE_NAMES
 from cli_server.sandboxes.model import Status
 from cli_server.web.routes import Schema
 

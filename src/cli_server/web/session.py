@@ -10,9 +10,9 @@ from urllib.parse import urlsplit
 from attrs import define
 from twisted.web.iweb import IRequest
 
-from cli_server.accounts import Accounts, User
 from cli_server.auth.api_tokens import InvalidToken
-from cli_server.errors import Forbidden, Unauthorized
+from cli_server.domain.accounts import Accounts, User
+from cli_server.domain.errors import Forbidden, Unauthorized
 from cli_server.proxy.hygiene import clearing_cookies, cookie_values, session_token
 from cli_server.web.bearer import TokenGuard, bearer_credential
 

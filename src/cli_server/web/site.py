@@ -11,9 +11,9 @@ from twisted.web.resource import IResource
 
 from cli_server.anthropic.setup import ClaudeSetup
 from cli_server.db.pool import Database
-from cli_server.errors import NotFound, ServiceUnavailable
-from cli_server.json import dumps
-from cli_server.metrics import Metrics
+from cli_server.domain.errors import NotFound, ServiceUnavailable
+from cli_server.plumbing.encoding import dumps
+from cli_server.plumbing.metrics import Metrics
 from cli_server.web.admin_api import AdminAPI
 from cli_server.web.agents_api import AgentsAPI
 from cli_server.web.auth_api import AuthAPI

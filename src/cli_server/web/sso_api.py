@@ -15,9 +15,9 @@ from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from cli_server.audit import Action, AuditLog, Target
 from cli_server.db.pool import DatabaseUnavailable
-from cli_server.errors import ApiError, Forbidden, NotFound
+from cli_server.domain.audit import Action, AuditLog, Target
+from cli_server.domain.errors import ApiError, Forbidden, NotFound
 from cli_server.sso.claims import SignInRefused, SignIns
 from cli_server.sso.flow import LIFETIME, safe_return_to
 from cli_server.sso.http import ProviderDown, ProviderError

@@ -6,14 +6,15 @@ from attrs import define
 from klein import Klein
 from twisted.web.iweb import IRequest
 
-from cli_server.accounts import User
 from cli_server.anthropic.setup import ClaudeSetup
 from cli_server.anthropic.usage import UsageStore
-from cli_server.audit import Action, AuditLog
-from cli_server.errors import BadRequest
-from cli_server.roles import ROLE_NAMES, Role
+from cli_server.domain.accounts import User
+from cli_server.domain.audit import Action, AuditLog
+from cli_server.domain.errors import BadRequest
+from cli_server.domain.roles import ROLE_NAMES, Role
+from cli_server.domain.workspaces import Workspaces
 from cli_server.sandboxes.manager import SandboxManager
-from cli_server.tunnel.agents import LocalAgents
+from cli_server.tunnel.registrations import LocalAgents
 from cli_server.web.auditing import note, parse_query, record
 from cli_server.web.body import read_json_object, required_text
 from cli_server.web.ids import parse_id
@@ -40,7 +41,6 @@ from cli_server.web.schemas import (
     array,
 )
 from cli_server.web.session import SessionCookies
-from cli_server.workspaces import Workspaces
 
 
 def parse_role(body: dict[str, object], default: Role | None = None) -> Role:

@@ -18,6 +18,7 @@ import socket
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from cli_server.domain.roles import Role
 from cli_server.proxy import rules
 from cli_server.proxy.answer import (
     LAST_CHUNK,
@@ -30,7 +31,6 @@ from cli_server.proxy.answer import (
 from cli_server.proxy.hygiene import plain_upstream_headers
 from cli_server.proxy.relay.wire import Back, Grant
 from cli_server.proxy.request_head import MAX_HEAD, RequestHead, head_end, parse_head
-from cli_server.roles import Role
 
 if TYPE_CHECKING:
     from cli_server.proxy.relay.worker import Worker

@@ -188,7 +188,7 @@ class SandboxService(Service):
             self._tunnels.close_all()  # agents reconnect when we are back
         await self._manager.drain()
         await self._backend.close()
-        if getattr(self._backend, "survives_restart", False):
+        if self._backend.survives_restart:
             return  # its sandboxes keep running; the next start adopts them
         try:
             await self._manager.paused_by_shutdown()
@@ -362,8 +362,8 @@ def build(
         if is_local:
             address = tunnels.address(sandbox_id)
             return (address,) if address else ()
-        addresses = getattr(backend, "source_addresses", None)
-        return await addresses(sandbox_id) if addresses is not None else ()
+        found: Collection[str] = await backend.source_addresses(sandbox_id)
+        return found
 
     anthropic = AnthropicProxy(db, reactor, upstream, usage, activity, metrics, sources)
 
@@ -429,9 +429,7 @@ def build(
         endpoints.forget(sandbox_id)
         # (what the backend remembers of it, e.g. its pod's addresses: the change may have
         # been made through another replica, which told us through the replica events)
-        backend_forget = getattr(backend, "forget", None)
-        if backend_forget is not None:
-            backend_forget(sandbox_id)
+        backend.forget(sandbox_id)
         # A sandbox whose status changed (paused, failed, stopped, deleted; one that starts
         # has nothing open) keeps nothing open through the proxy: its connections are cut,
         # in twisted.web and in every relay worker, as a revocation's are.

@@ -9,6 +9,7 @@ from twisted.internet.defer import Deferred
 
 from cli_server.auth.ratelimit import Count
 from cli_server.sandboxes.backend import (
+    BackendDefaults,
     BackendError,
     Endpoint,
     ExitListener,
@@ -21,7 +22,7 @@ from cli_server.sandboxes.backend import (
 
 
 @define(eq=False)
-class FakeBackend:
+class FakeBackend(BackendDefaults):
     """An in-memory sandbox backend (FAKE: no processes). Starts can be held or made to fail.
 
     ``hold()`` makes the next starts wait until ``release()``; ``fail_next`` makes the next
@@ -113,6 +114,8 @@ class FakeBackend:
     async def delete_workspace(self, workspace_id: str) -> None:
         self.calls.append(("delete_workspace", workspace_id))
         self.disks.discard(workspace_id)
+
+    knows_endpoints = True
 
     def endpoint_now(self, sandbox_id: str) -> Endpoint | None:
         return self.running.get(sandbox_id)

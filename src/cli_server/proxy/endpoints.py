@@ -35,10 +35,8 @@ class RunningEndpoints:
     def cached(self, sandbox_id: str, port: int | None = None) -> Endpoint | None:
         """The endpoint, if it is known without asking the backend (else ask ``get``): from a
         backend that knows its own exactly (``endpoint_now``), or a fresh remembered answer."""
-        now = getattr(self._backend, "endpoint_now", None)
-        if now is not None and port is None:
-            endpoint: Endpoint | None = now(sandbox_id)
-            return endpoint
+        if port is None and self._backend.knows_endpoints:
+            return self._backend.endpoint_now(sandbox_id)
         return self._fresh((sandbox_id, port))
 
     def get(self, sandbox_id: str, port: int | None = None) -> Deferred[Endpoint | None]:

@@ -14,7 +14,7 @@ from functools import wraps
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 from attrs import frozen
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -132,6 +132,31 @@ class SandboxBackend(Protocol):
     # (the reconciler finds those). Never called for a stop, pause or delete we asked for.
     on_exit: ExitListener | None
 
+    @property
+    def survives_restart(self) -> bool:
+        """Its sandboxes keep running while the server is down (the next start adopts them),
+        so a stopping server leaves them be."""
+
+    @property
+    def lists_ports(self) -> bool:
+        """``listening_ports`` answers for real (else users type a preview's port)."""
+
+    @property
+    def knows_endpoints(self) -> bool:
+        """``endpoint_now`` answers exactly, at no cost (the proxy asks it every time)."""
+
+    def endpoint_now(self, sandbox_id: str) -> Endpoint | None:
+        """Where a running sandbox answers, known without waiting (the proxy's hot path);
+        None: not running. Asked only of a backend that ``knows_endpoints``."""
+
+    def source_addresses(self, sandbox_id: str) -> Deferred[frozenset[str]]:
+        """The addresses a running sandbox's Anthropic calls may come from on the server's
+        main listener; empty: none (its calls come through a door of its own)."""
+
+    def forget(self, sandbox_id: str) -> None:
+        """The sandbox changed status, maybe through another replica: drop what is remembered
+        of it (addresses, listings)."""
+
     def start(self, spec: SandboxSpec) -> Deferred[Endpoint]:
         """Create or resume the sandbox and wait until opencode answers."""
 
@@ -164,6 +189,31 @@ class SandboxBackend(Protocol):
 
     def close(self) -> Deferred[None]:
         """Server shutdown: stop every running sandbox, keeping their state."""
+
+
+class BackendDefaults:
+    """The optional capabilities' answers for a backend that has none of its own."""
+
+    @property
+    def survives_restart(self) -> bool:
+        return False
+
+    @property
+    def lists_ports(self) -> bool:
+        return True
+
+    @property
+    def knows_endpoints(self) -> bool:
+        return False
+
+    def endpoint_now(self, sandbox_id: str) -> Endpoint | None:
+        return None
+
+    def source_addresses(self, sandbox_id: str) -> Deferred[frozenset[str]]:
+        return succeed(frozenset())
+
+    def forget(self, sandbox_id: str) -> None:
+        pass
 
 
 # The ports a preview may open: unprivileged ones; opencode's own is refused by the rules.

@@ -53,6 +53,7 @@ from cli_server.sandboxes import docker_firewall
 from cli_server.sandboxes.backend import (
     LOG_TAIL_LINES,
     PREVIEW_PORTS,
+    BackendDefaults,
     BackendError,
     Endpoint,
     ExitListener,
@@ -114,7 +115,7 @@ class DockerSettings:
 
 
 @define(eq=False)
-class DockerBackend:
+class DockerBackend(BackendDefaults):
     _run: Runner
     _settings: DockerSettings
     _instance: str  # this server's id, on every label
@@ -493,6 +494,7 @@ class DockerBackend:
         of the engine again."""
         self._sources.pop(sandbox_id, None)
 
+    @deferred
     async def source_addresses(self, sandbox_id: str) -> frozenset[str]:
         """The running container's addresses: the Anthropic proxy takes the sandbox's token
         only from there. Asked of the engine once per start (addresses change at each)."""

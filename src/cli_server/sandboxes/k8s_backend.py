@@ -42,6 +42,7 @@ from cli_server.plumbing.threads import Runner
 from cli_server.sandboxes import k8s_objects as objects
 from cli_server.sandboxes.backend import (
     LOG_TAIL_LINES,
+    BackendDefaults,
     BackendError,
     Endpoint,
     ExitListener,
@@ -74,7 +75,7 @@ class K8sSettings:
 
 
 @define(eq=False)
-class K8sBackend:
+class K8sBackend(BackendDefaults):
     _run: Runner
     _settings: K8sSettings
     _instance: str  # this deployment's id, on every label
@@ -610,6 +611,7 @@ class K8sBackend:
         self._sources.pop(sandbox_id, None)
         return Observed(State.STOPPED if state == "stopped" else State.MISSING, exit=why)
 
+    @deferred
     async def source_addresses(self, sandbox_id: str) -> frozenset[str]:
         """The pod's addresses: the Anthropic proxy takes the sandbox's token only from there."""
         known = self._sources.get(sandbox_id)

@@ -180,7 +180,7 @@ class SandboxManager:
                 f"the sandbox's ports cannot be read now: {e}", code="ports_unavailable"
             ) from None
         # A backend says whether it could look (docker finds out at its first look).
-        return {"ports": ports, "listed": bool(getattr(self._backend, "lists_ports", True))}
+        return {"ports": ports, "listed": self._backend.lists_ports}
 
     # -- transitions ---------------------------------------------------------------------------
 

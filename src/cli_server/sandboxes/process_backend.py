@@ -64,6 +64,7 @@ from cli_server.plumbing.threads import Runner, synchronous_runner
 from cli_server.sandboxes import seccomp
 from cli_server.sandboxes.backend import (
     PREVIEW_PORTS,
+    BackendDefaults,
     BackendError,
     Endpoint,
     ExitListener,
@@ -254,7 +255,7 @@ class _Live:
 
 
 @define(eq=False)
-class ProcessBackend:
+class ProcessBackend(BackendDefaults):
     """Sandboxes as local processes; see the module docstring."""
 
     _reactor: Any
@@ -904,6 +905,8 @@ class ProcessBackend:
         self._disk_users.pop(workspace_id, None)
         await self._quotas.detach(self._disk(workspace_id), lazy=True)
         shutil.rmtree(self._data_dir / "workspaces" / workspace_id, ignore_errors=True)
+
+    knows_endpoints = True
 
     def endpoint_now(self, sandbox_id: str) -> Endpoint | None:
         """Where a running sandbox answers, known here without waiting (the proxy's hot path)."""

@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from cli_server.proxy.endpoints import RunningEndpoints
-from cli_server.sandboxes.backend import Endpoint, Observed, State
+from cli_server.sandboxes.backend import BackendDefaults, Endpoint, Observed, State
 from tests.unit.deferreds import failure_of, result_of
 
 HERE = Endpoint("127.0.0.1", 40001)
@@ -17,7 +17,7 @@ MOVED = Endpoint("127.0.0.1", 40002)
 
 
 @define
-class ScriptedBackend:
+class ScriptedBackend(BackendDefaults):
     """describe() answers only when the test says so: one pending Deferred per call."""
 
     calls: list[Deferred[Observed]] = field(factory=list)

@@ -7,7 +7,6 @@ from typing import Any
 
 import docker.errors
 from attrs import define, field
-from twisted.internet.defer import Deferred
 
 from cli_server.plumbing.threads import synchronous_runner
 from cli_server.sandboxes.docker_backend import DockerBackend, DockerSettings
@@ -67,7 +66,7 @@ def _backend(client: FakeClient) -> DockerBackend:
 
 
 def _sources(backend: DockerBackend, sandbox_id: str) -> frozenset[str]:
-    d = Deferred.fromCoroutine(backend.source_addresses(sandbox_id))
+    d = backend.source_addresses(sandbox_id)
     found: list[frozenset[str]] = []
     d.addCallback(found.append)
     assert found, "the fake engine answers at once"

@@ -22,6 +22,7 @@ from typing import Any
 
 from attrs import define, field, frozen
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
@@ -383,7 +384,9 @@ class AnthropicProxy(Resource):
         body = None
         if content is not None and not content.closed:
             content.seek(0)
-            body = FileBodyProducer(content)
+            # (read on our reactor, as the sandbox proxy's Forwarder does: not the global one)
+            on_reactor = Cooperator(scheduler=lambda f: self._reactor.callLater(0, f))
+            body = FileBodyProducer(content, cooperator=on_reactor)
         url = self._upstream.base_url.rstrip("/").encode() + rest
         d = self._agent.request(request.method, url, headers, body)
         d.addTimeout(self._header_timeout, self._reactor)

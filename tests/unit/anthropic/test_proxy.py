@@ -11,10 +11,11 @@ that the key shows up neither in an answer nor in the log.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
@@ -163,6 +164,7 @@ class Answer:
 
     def __init__(self, transport: StringTransport) -> None:
         self.transport = transport
+        self.hang_up: Callable[[], None] = lambda: None  # the sandbox closes its connection
 
     @property
     def raw(self) -> bytes:
@@ -254,7 +256,9 @@ class World:
         channel.makeConnection(transport)
         channel.dataReceived(b"\r\n".join(lines) + b"\r\n\r\n" + (body or b""))
         self.pump()
-        return Answer(transport)
+        answer = Answer(transport)
+        answer.hang_up = lambda: channel.connectionLost(Failure(ConnectionDone()))
+        return answer
 
     def pump(self) -> None:
         """Connect the proxy's new upstream connections to the fake, and move bytes."""
@@ -578,6 +582,39 @@ class FailureTests(SynchronousTestCase):
         self.assertTrue(answer.closed)
         [(_sandbox, usage)] = world.budgets.settled
         self.assertEqual((usage.input_tokens, usage.output_tokens), (30, 100))
+
+    def test_a_sandbox_that_hangs_up_mid_reply_is_charged_its_worst_case(self) -> None:
+        """The caller leaving mid-stream stops the upstream call; the hold is settled at the
+        worst case for what was not seen (Anthropic may still bill the output)."""
+        world = World(budget=10_000)
+        world.fake.hold = True
+        world.fake.content_type = b"text/event-stream"
+        answer = world.call()
+        world.fake.held[0].write(sse(START))
+        world.pump()
+        self.assertEqual(world.budgets.settled, [])
+        answer.hang_up()
+        world.pump()
+        self.assertEqual(world.budgets.holds, {})
+        [(_sandbox, usage)] = world.budgets.settled
+        self.assertEqual((usage.input_tokens, usage.output_tokens), (30, 100))
+
+    def test_a_local_sandbox_s_token_needs_its_tunnel(self) -> None:
+        """A laptop's sandbox's token works while its agent's tunnel is up (its source
+        addresses exist) and not once the tunnel is gone."""
+        world = World()
+        world.db.rows["sbx-1"]["is_local"] = True
+        self.assertEqual(world.call().code, 200)
+        world.sources = ()
+        self.assertEqual(world.call().code, 401)
+
+    def test_counting_tokens_is_free_and_holds_nothing(self) -> None:
+        """``count_tokens`` passes without a hold and is not charged to the budget."""
+        world = World(budget=10_000)
+        world.fake.answer = b'{"input_tokens": 12}'
+        answer = world.call(b"/v1/messages/count_tokens")
+        self.assertEqual(answer.json(), {"input_tokens": 12})
+        self.assertEqual((world.budgets.holds, world.budgets.settled), ({}, []))
 
     def test_a_paused_sandbox_s_running_call_is_cut(self) -> None:
         """``status_changed`` for a sandbox no longer live closes its calls in flight; a

@@ -1,0 +1,319 @@
+"""The in-process kit of the REST API's unit tests: the real Klein routes over ``StubTreq``.
+
+The route objects and the domain's code (``Workspaces.require``, ``SandboxManager``'s
+authorization, ``Accounts``' queries, the events fired after a change) are the real ones; only
+what would touch PostgreSQL is in memory: who holds which session (``FakeAccounts``: a session
+is its user's name), who holds which role (``FakeWorkspaces``), which sandbox exists
+(``FakeManager``), and a database that answers each query from the rows a test gives it and
+records every statement and transaction it is asked for (``RecordingDatabase``). Against real
+SQL the same matrix is tests/integration/test_authorization.py.
+
+Each test module lists the operations it covers (``COVERS``: OpenAPI operation ids);
+test_route_coverage.py checks that every operation of the API document is in one of them.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from argon2 import PasswordHasher
+from attrs import define, field, frozen
+from jsonschema import Draft202012Validator
+from klein import Klein
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import IResource
+
+from cli_server.auth.passwords import Passwords
+from cli_server.db.pool import Row
+from cli_server.domain.accounts import Accounts, User
+from cli_server.domain.errors import NotFound
+from cli_server.domain.events import Events
+from cli_server.domain.roles import Role
+from cli_server.domain.workspaces import Workspaces
+from cli_server.sandboxes.manager import SandboxManager
+from cli_server.testing import FakeBackend
+from cli_server.web.routes import declared
+from cli_server.web.session import SessionCookies
+
+ORIGIN = "http://localhost:8080"
+FOREIGN = "http://oc-1234.localhost:8080"  # a sandbox's page: same site, another origin
+WORKSPACE = "11111111-1111-4111-8111-111111111111"
+SANDBOX = "22222222-2222-4222-8222-222222222222"
+UNKNOWN = "33333333-3333-4333-8333-333333333333"  # a well-formed id of nothing
+CREATED = "2026-01-01T00:00:00Z"
+PEOPLE = {
+    name: User(f"00000000-0000-4000-8000-00000000000{n}", name, None, CREATED, name == "admin")
+    for n, name in enumerate(["owner", "developer", "guest", "stranger", "admin"], start=1)
+}
+ROLES = {
+    PEOPLE["owner"].id: Role.OWNER,
+    PEOPLE["developer"].id: Role.DEVELOPER,
+    PEOPLE["guest"].id: Role.GUEST,
+}
+WRITES = ("INSERT", "UPDATE", "DELETE", "WITH", "transaction")
+
+Rows = Sequence[Row] | Callable[[Any], Sequence[Row]]
+
+
+@define(eq=False)
+class RecordingDatabase:
+    """A FAKE ``db.pool.Database``: records each statement (its first word) and transaction it
+    is asked for. A query answers the rows of the first entry of ``rows`` whose key is a piece
+    of its SQL (rows, or a function of the query's arguments), else none; a transaction runs
+    nothing and answers ``row``."""
+
+    row: Any = None
+    rows: dict[str, Rows] = field(factory=dict)
+    asked: list[str] = field(factory=list)
+
+    def _answer(self, sql: str, args: Any) -> list[Row]:
+        for piece, rows in self.rows.items():
+            if piece in sql:
+                return list(rows(args) if callable(rows) else rows)
+        return []
+
+    async def transaction(self, work: Any) -> Any:
+        self.asked.append("transaction")
+        return self.row
+
+    async def query(self, sql: str, args: Any = ()) -> list[Row]:
+        self.asked.append(sql.split()[0])
+        return self._answer(sql, args)
+
+    async def execute(self, sql: str, args: Any = ()) -> None:
+        self.asked.append(sql.split()[0])
+
+    async def ping(self) -> None:
+        self.asked.append("ping")
+
+    @property
+    def writes(self) -> list[str]:
+        """What was asked that may change something (reads left out)."""
+        return [a for a in self.asked if a in WRITES]
+
+
+class FakeAccounts(Accounts):
+    """Sessions are the users' names (``PEOPLE``); the rest is the real code over the
+    recording database."""
+
+    async def session_user(self, token: str) -> User | None:
+        return PEOPLE.get(token)
+
+
+class FakeWorkspaces(Workspaces):
+    """One workspace, whose roles are ``ROLES``; the rest is the real domain code."""
+
+    async def role_of(self, workspace_id: str, user_id: str) -> Role:
+        role = ROLES.get(user_id) if workspace_id == WORKSPACE else None
+        if role is None:
+            raise NotFound("no such workspace", code="workspace_not_found")
+        return role
+
+
+WHEN = datetime(2026, 1, 1, tzinfo=UTC)  # what PostgreSQL gives for a timestamptz
+SANDBOX_ROW: Row = {
+    "id": SANDBOX,
+    "workspace_id": WORKSPACE,
+    "name": "box",
+    "is_local": False,
+    "status": "running",
+    "error": None,
+    "created_at": WHEN,
+    "last_activity_at": WHEN,
+    "paused_at": None,
+    "created_by_name": "owner",
+}
+
+
+class FakeManager(SandboxManager):
+    """One running cloud sandbox, ``SANDBOX`` in ``WORKSPACE``."""
+
+    async def _row(self, sandbox_id: str) -> Row:
+        if sandbox_id != SANDBOX:
+            raise NotFound("no such sandbox", code="sandbox_not_found")
+        return dict(SANDBOX_ROW)
+
+
+@define(eq=False)
+class Heard:
+    """An ``events.Listener`` that writes down what it hears."""
+
+    said: list[tuple[str, ...]] = field(factory=list)
+
+    async def user_revoked(self, user_id: str) -> None:
+        self.said.append(("user_revoked", user_id))
+
+    async def user_disabled(self, user_id: str) -> None:
+        self.said.append(("user_disabled", user_id))
+
+    async def member_changed(self, user_id: str, workspace_id: str) -> None:
+        self.said.append(("member_changed", user_id, workspace_id))
+
+    async def sandbox_deleted(self, sandbox_id: str) -> None:
+        self.said.append(("sandbox_deleted", sandbox_id))
+
+    async def sandbox_status_changed(self, sandbox_id: str) -> None:
+        self.said.append(("sandbox_status_changed", sandbox_id))
+
+
+async def run_here(work: Callable[..., Any], *args: Any) -> Any:
+    """A ``Passwords`` runner that hashes on the spot (no thread pool)."""
+    return work(*args)
+
+
+@define(eq=False)
+class World:
+    """What the API classes are built from: a clock, the recording database, events heard,
+    the real accounts, cookies and domain objects over it."""
+
+    clock: Clock = field(factory=Clock)
+    db: RecordingDatabase = field(factory=RecordingDatabase)
+    heard: Heard = field(factory=Heard)
+    events: Events = field(factory=Events)
+    # Cheap Argon2 parameters: the route tests check routes, not the hash's cost.
+    passwords: Passwords = field(
+        factory=lambda: Passwords(run_here, PasswordHasher(time_cost=1, memory_cost=64, parallelism=1))
+    )
+
+    def __attrs_post_init__(self) -> None:
+        self.events.subscribe(self.heard)
+
+    @property
+    def database(self) -> Any:
+        """The recording database, where a ``db.pool.Database`` is wanted."""
+        return self.db
+
+    def accounts(self) -> FakeAccounts:
+        return FakeAccounts(self.database, self.passwords, self.clock, 3600.0, self.events)
+
+    def cookies(self, accounts: Accounts | None = None) -> SessionCookies:
+        return SessionCookies(accounts or self.accounts(), False, 3600.0, ORIGIN)
+
+    def workspaces(self) -> FakeWorkspaces:
+        return FakeWorkspaces(self.database, events=self.events)
+
+    def manager(self, workspaces: Workspaces | None = None) -> FakeManager:
+        return FakeManager(
+            self.database, FakeBackend(), workspaces or self.workspaces(), 10, None, self.events
+        )
+
+
+@frozen
+class Answer:
+    """One response: its status, its JSON body (None when empty) and its headers."""
+
+    status: int
+    body: Any
+    headers: Mapping[bytes, Sequence[bytes]]
+
+    def header(self, name: bytes) -> bytes | None:
+        values = self.headers.get(name.lower())
+        return values[0] if values else None
+
+    @property
+    def code(self) -> str:
+        """The error code of a refusal."""
+        code: str = self.body["error"]["code"]
+        return code
+
+
+def send(
+    resource: IResource,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    who: str | None = None,
+    origin: str | None = ORIGIN,
+    headers: Mapping[str, str] | None = None,
+    data: bytes | None = None,
+    case: SynchronousTestCase,
+) -> Answer:
+    """One request to ``resource`` as ``who`` (a session cookie; signed out: None) from
+    ``origin``, with ``body`` as JSON (or ``data`` as given), and its answer."""
+    client: Any = StubTreq(resource)  # (its verbs are made at run time)
+    sent = dict(headers or {})
+    if who is not None:
+        sent.setdefault("Cookie", f"cli_session={who}")
+    if origin is not None:
+        sent["Origin"] = origin
+    if body is not None:
+        sent.setdefault("Content-Type", "application/json")
+        data = json.dumps(body).encode()
+    answer = client.request(method, ORIGIN + path, data=data, headers=sent, allow_redirects=False)
+    client.flush()
+    response = case.successResultOf(answer)
+    content = case.successResultOf(response.content())
+    raw = {k.lower(): v for k, v in response.headers.getAllRawHeaders()}
+    try:
+        parsed = json.loads(content) if content else None
+    except ValueError:
+        parsed = content
+    return Answer(response.code, parsed, raw)
+
+
+class RouteCase(SynchronousTestCase):
+    """The checks every API's tests make: an answer as declared, a refusal that changed
+    nothing."""
+
+    world: World
+    api_class: type  # the API class under test (its ``app`` holds the declarations)
+    api: Any  # its instance
+
+    def call(self, method: str, path: str, body: Any = None, **options: Any) -> Answer:
+        return send(self.api.app.resource(), method, path, body, case=self, **options)
+
+    def answered(
+        self, endpoint: str, status: int, method: str, path: str, body: Any = None, **options: Any
+    ) -> Answer:
+        """The answer of a request that must succeed with ``status``, its body valid against
+        the schema ``endpoint`` declares for that status."""
+        answer = self.call(method, path, body, **options)
+        self.assertEqual(answer.status, status, answer.body)
+        declaration = declared(self.api_class.app)[endpoint]
+        self.assertIn(status, declaration.answers, f"{endpoint} declares no {status}")
+        schema = declaration.answers[status]
+        if schema is None:
+            self.assertIsNone(answer.body)
+        else:
+            errors = [e.message for e in Draft202012Validator(schema).iter_errors(answer.body)]
+            self.assertEqual(errors, [], f"{endpoint}'s {status} answer: {answer.body}")
+        return answer
+
+    def refused(
+        self, method: str, path: str, body: Any = None, who: str | None = None, **options: Any
+    ) -> Answer:
+        """A refused request, which must have asked the database for no change and fired no
+        event."""
+        before = len(self.world.db.asked)
+        heard = len(self.world.heard.said)
+        answer = self.call(method, path, body, who=who, **options)
+        self.assertGreaterEqual(answer.status, 400, answer.body)
+        changes = [a for a in self.world.db.asked[before:] if a in WRITES]
+        self.assertEqual(changes, [], f"{method} {path} as {who}")
+        self.assertEqual(self.world.heard.said[heard:], [], f"{method} {path} as {who}")
+        return answer
+
+    def assert_matrix(
+        self, method: str, path: str, body: Any, cells: Mapping[str | None, Any], **options: Any
+    ) -> None:
+        """Each caller's refusal: (status, code) or (status, code, field)."""
+        for who, expected in cells.items():
+            answer = self.refused(method, path, body, who, **options)
+            error = answer.body["error"]
+            got = (answer.status, error["code"]) + (
+                (error.get("field"),) if len(expected) == 3 else ()
+            )
+            self.assertEqual(got, expected, f"{method} {path} as {who}: {error}")
+
+    def assert_foreign_origin_refused(self, method: str, path: str, body: Any = None) -> None:
+        """A state change from another origin is refused before anything else, signed in or
+        out, member or not."""
+        for who in ("owner", "stranger", None):
+            answer = self.refused(method, path, body, who, origin=FOREIGN)
+            self.assertEqual((answer.status, answer.code), (403, "bad_origin"), (path, who))

@@ -130,13 +130,17 @@ SANDBOX_ROW: Row = {
 }
 
 
+@define(eq=False)
 class FakeManager(SandboxManager):
-    """One running cloud sandbox, ``SANDBOX`` in ``WORKSPACE``."""
+    """One sandbox, ``SANDBOX`` in ``WORKSPACE``: its row is ``row`` (a running cloud one
+    unless a test changes it); the rest is the real manager over the recording database."""
+
+    row: Row = field(factory=lambda: dict(SANDBOX_ROW), kw_only=True)
 
     async def _row(self, sandbox_id: str) -> Row:
         if sandbox_id != SANDBOX:
             raise NotFound("no such sandbox", code="sandbox_not_found")
-        return dict(SANDBOX_ROW)
+        return dict(self.row)
 
 
 @define(eq=False)
@@ -171,8 +175,9 @@ class World:
     """What the API classes are built from: a clock, the recording database, events heard,
     the real accounts, cookies and domain objects over it."""
 
+    row: Any = None  # what the database's transactions answer
     clock: Clock = field(factory=Clock)
-    db: RecordingDatabase = field(factory=RecordingDatabase)
+    db: RecordingDatabase = field(init=False)
     heard: Heard = field(factory=Heard)
     events: Events = field(factory=Events)
     # Cheap Argon2 parameters: the route tests check routes, not the hash's cost.
@@ -181,6 +186,7 @@ class World:
     )
 
     def __attrs_post_init__(self) -> None:
+        self.db = RecordingDatabase(self.row)
         self.events.subscribe(self.heard)
 
     @property
@@ -197,9 +203,16 @@ class World:
     def workspaces(self) -> FakeWorkspaces:
         return FakeWorkspaces(self.database, events=self.events)
 
-    def manager(self, workspaces: Workspaces | None = None) -> FakeManager:
+    def manager(
+        self, workspaces: Workspaces | None = None, backend: FakeBackend | None = None
+    ) -> FakeManager:
         return FakeManager(
-            self.database, FakeBackend(), workspaces or self.workspaces(), 10, None, self.events
+            self.database,
+            backend or FakeBackend(),
+            workspaces or self.workspaces(),
+            10,
+            None,
+            self.events,
         )
 
 

@@ -26,7 +26,8 @@ from klein import Klein
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.resource import IResource
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
 
 from cli_server.auth.passwords import Passwords
 from cli_server.db.pool import Row
@@ -36,9 +37,11 @@ from cli_server.domain.events import Events
 from cli_server.domain.roles import Role
 from cli_server.domain.workspaces import Workspaces
 from cli_server.sandboxes.manager import SandboxManager
-from cli_server.testing import FakeBackend
+from cli_server.testing import FakeBackend, MemoryFailures
+from cli_server.web.auth_api import AuthAPI, AuthLimits
 from cli_server.web.routes import declared
 from cli_server.web.session import SessionCookies
+from cli_server.web.site import MainSite
 
 ORIGIN = "http://localhost:8080"
 FOREIGN = "http://oc-1234.localhost:8080"  # a sandbox's page: same site, another origin
@@ -330,3 +333,53 @@ class RouteCase(SynchronousTestCase):
         for who in ("owner", "stranger", None):
             answer = self.refused(method, path, body, who, origin=FOREIGN)
             self.assertEqual((answer.status, answer.code), (403, "bad_origin"), (path, who))
+
+
+class Said(Resource):
+    """A leaf that answers every request with ``text``."""
+
+    isLeaf = True
+
+    def __init__(self, text: bytes) -> None:
+        super().__init__()
+        self.text = text
+
+    def render(self, request: IRequest) -> bytes:
+        return self.text
+
+
+@define(eq=False)
+class FakeHub:
+    """Stands in for ``tunnel.hub.TunnelHub``: the resource it hands a tunnel to says which
+    sandbox it is for."""
+
+    opened: list[str] = field(factory=list)
+
+    def resource(self, sandbox_id: str) -> IResource:
+        self.opened.append(sandbox_id)
+        return Said(f"tunnel of {sandbox_id}".encode())
+
+
+def main_site(world: World, agents: Any = None, **options: Any) -> MainSite:
+    """The main site over ``world``: its own routes are what the tests drive (health,
+    readiness, metrics, the API document, local agents); the areas it mounts are the real
+    apps, built over the same fakes but unused here."""
+    accounts = world.accounts()
+    cookies = world.cookies(accounts)
+    auth = AuthAPI(
+        accounts,
+        cookies,
+        AuthLimits().guard(MemoryFailures(), world.clock),
+        AuthLimits().registrations(MemoryFailures(), world.clock),
+    )
+    unused: Any = None  # (the mounted areas: their own tests drive them)
+    return MainSite(
+        world.database,
+        Said(b"the Anthropic proxy"),
+        auth,
+        unused,
+        unused,
+        agents,
+        options.pop("ready", lambda: True),
+        **options,
+    )

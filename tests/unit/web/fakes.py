@@ -231,6 +231,10 @@ class Answer:
         values = self.headers.get(name.lower())
         return values[0] if values else None
 
+    def cookies(self) -> list[str]:
+        """Every ``Set-Cookie`` of the answer."""
+        return [v.decode() for v in self.headers.get(b"set-cookie", [])]
+
     @property
     def code(self) -> str:
         """The error code of a refusal."""

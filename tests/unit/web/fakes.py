@@ -15,15 +15,15 @@ test_route_coverage.py checks that every operation of the API document is in one
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
 from attrs import define, field, frozen
 from jsonschema import Draft202012Validator
-from klein import Klein
 from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import IRequest
@@ -58,8 +58,12 @@ ROLES = {
     PEOPLE["developer"].id: Role.DEVELOPER,
     PEOPLE["guest"].id: Role.GUEST,
 }
+# Who is refused what: caller (a session; None signed out) -> (status, code[, field]).
+Cells = dict[str | None, tuple[Any, ...]]
+SIGNED_OUT: Cells = {None: (401, "unauthorized")}
 WRITES = ("INSERT", "UPDATE", "DELETE", "WITH", "transaction")
 
+T = TypeVar("T")
 Rows = Sequence[Row] | Callable[[Any], Sequence[Row]]
 
 
@@ -168,9 +172,9 @@ class Heard:
         self.said.append(("sandbox_status_changed", sandbox_id))
 
 
-async def run_here(work: Callable[..., Any], *args: Any) -> Any:
+def run_here(f: Callable[..., T], *args: Any) -> Deferred[T]:
     """A ``Passwords`` runner that hashes on the spot (no thread pool)."""
-    return work(*args)
+    return succeed(f(*args))
 
 
 @define(eq=False)
@@ -185,7 +189,9 @@ class World:
     events: Events = field(factory=Events)
     # Cheap Argon2 parameters: the route tests check routes, not the hash's cost.
     passwords: Passwords = field(
-        factory=lambda: Passwords(run_here, PasswordHasher(time_cost=1, memory_cost=64, parallelism=1))
+        factory=lambda: Passwords(
+            run_here, PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
+        )
     )
 
     def __attrs_post_init__(self) -> None:
@@ -282,7 +288,7 @@ class RouteCase(SynchronousTestCase):
     nothing."""
 
     world: World
-    api_class: type  # the API class under test (its ``app`` holds the declarations)
+    api_class: Any  # the API class under test (its ``app`` holds the declarations)
     api: Any  # its instance
 
     def call(self, method: str, path: str, body: Any = None, **options: Any) -> Answer:

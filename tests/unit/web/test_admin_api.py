@@ -68,14 +68,18 @@ class AdminTests(RouteCase):
         """GET /users: every account, with whether it is disabled."""
         self.assert_admin_only("GET", "/users")
         answer = self.answered("users", 200, "GET", "/users", who="admin")
-        self.assertEqual([(u["username"], u["disabled"]) for u in answer.body], [("developer", False)])
+        self.assertEqual(
+            [(u["username"], u["disabled"]) for u in answer.body], [("developer", False)]
+        )
 
     def test_disable(self) -> None:
         """POST /users/{id}/disable: 204 and the user's revocation event; never one's own
         account (409); a malformed id is an unknown user."""
         path = f"/users/{DEVELOPER}/disable"
         self.assert_admin_only("POST", path)
-        self.assert_matrix("POST", "/users/nobody/disable", None, {"admin": (404, "user_not_found")})
+        self.assert_matrix(
+            "POST", "/users/nobody/disable", None, {"admin": (404, "user_not_found")}
+        )
         self.assert_matrix("POST", f"/users/{ADMIN}/disable", None, {"admin": (409, "own_account")})
         self.answered("disable", 204, "POST", path, who="admin")
         self.assertEqual(self.world.db.writes, ["transaction"])
@@ -95,7 +99,9 @@ class AdminTests(RouteCase):
         end; the admin's own account is refused (409)."""
         path = f"/users/{DEVELOPER}/password"
         self.assert_admin_only("POST", path)
-        self.assert_matrix("POST", f"/users/{ADMIN}/password", None, {"admin": (409, "own_account")})
+        self.assert_matrix(
+            "POST", f"/users/{ADMIN}/password", None, {"admin": (409, "own_account")}
+        )
         answer = self.answered("reset_password", 200, "POST", path, who="admin")
         self.assertGreaterEqual(len(answer.body["password"]), 12)
         self.assertEqual(self.world.heard.said, [("user_revoked", DEVELOPER)])

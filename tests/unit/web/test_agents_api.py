@@ -4,6 +4,8 @@ sandbox's token to the tunnel hub."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from cli_server.tunnel.registrations import LocalAgents
 from cli_server.web.agents_api import AgentsAPI
 from cli_server.web.site import MainSite
@@ -41,14 +43,16 @@ class AgentRouteTests(RouteCase):
         self.ready = True
         db = self.world.database
         agents = LocalAgents(db, self.world.workspaces(), ORIGIN, ORIGIN + "/proxy/anthropic/v1")
-        hub: object = self.hub
-        self.api = main_site(self.world, AgentsAPI(agents, hub), ready=lambda: self.ready)  # type: ignore[arg-type]
+        hub: Any = self.hub  # (a FakeHub where a TunnelHub is wanted)
+        self.api = main_site(self.world, AgentsAPI(agents, hub), ready=lambda: self.ready)
 
     def test_register(self) -> None:
         """A good code: 201 with the sandbox and its tunnel token (the registration is one
         transaction); no browser session is needed, and none is read."""
         self.world.db.row = REGISTERED
-        answer = self.answered("register_agent", 201, "POST", "/api/agent/register", BODY, origin=None)
+        answer = self.answered(
+            "register_agent", 201, "POST", "/api/agent/register", BODY, origin=None
+        )
         self.assertEqual(answer.body, REGISTERED)
         self.assertEqual(self.world.db.writes, ["transaction"])
 
@@ -89,7 +93,11 @@ class AgentRouteTests(RouteCase):
             (f"/api/tunnel/{SANDBOX}", {"Upgrade": "websocket"}, (401, "invalid_tunnel_token")),
             (f"/api/tunnel/{UNKNOWN}", token, (401, "invalid_tunnel_token")),
             ("/api/tunnel/x", token, (404, "sandbox_not_found")),
-            (f"/api/tunnel/{SANDBOX}", {"Authorization": "Bearer secret"}, (400, "invalid_request")),
+            (
+                f"/api/tunnel/{SANDBOX}",
+                {"Authorization": "Bearer secret"},
+                (400, "invalid_request"),
+            ),
         ]:
             answer = self.refused("GET", path, headers=headers)
             self.assertEqual((answer.status, answer.code), expected, path)

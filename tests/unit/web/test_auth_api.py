@@ -13,7 +13,7 @@ from cli_server.auth.tokens import token_hash
 from cli_server.sso.identities import Identities
 from cli_server.testing import MemoryFailures
 from cli_server.web.auth_api import AuthAPI, AuthLimits
-from tests.unit.web.fakes import PEOPLE, UNKNOWN, WHEN, Answer, RouteCase, World
+from tests.unit.web.fakes import PEOPLE, SIGNED_OUT, UNKNOWN, WHEN, Answer, RouteCase, World
 
 COVERS = frozenset(
     {
@@ -60,11 +60,11 @@ TOKEN_ROW = {
     "expires_at": WHEN.replace(year=2027),
     "last_used_at": None,
 }
-SIGNED_OUT = {None: (401, "unauthorized")}
 
 
 class AuthRouteTests(RouteCase):
     api_class = AuthAPI
+    hash: str  # the guest's password, hashed
 
     def setUp(self) -> None:
         self.world = World()
@@ -149,7 +149,9 @@ class AuthRouteTests(RouteCase):
         wrong one is 401 and, repeated, 429; none of it is asked of anyone but the guard."""
         body = {"username": "guest", "password": PASSWORD}
         self.assert_foreign_origin_refused("POST", "/login", body)
-        self.assert_matrix("POST", "/login", {"username": "guest"}, {None: (400, "invalid_request", "password")})
+        self.assert_matrix(
+            "POST", "/login", {"username": "guest"}, {None: (400, "invalid_request", "password")}
+        )
         answer = self.answered("login", 200, "POST", "/login", body)
         self.assertEqual((answer.body["username"], answer.body["has_password"]), ("guest", True))
         self.assertIn("cli_session=", self.set_cookie(answer))
@@ -232,7 +234,9 @@ class AuthRouteTests(RouteCase):
         answer = self.answered("identities", 200, "GET", "/identities", who="guest")
         self.assertEqual([i["label"] for i in answer.body], ["GitHub"])
         self.api = self.auth(identities=None)
-        self.assertEqual(self.answered("identities", 200, "GET", "/identities", who="guest").body, [])
+        self.assertEqual(
+            self.answered("identities", 200, "GET", "/identities", who="guest").body, []
+        )
 
     def test_unlink_identity(self) -> None:
         """DELETE /identities/{id}: a malformed id is 404; without single sign-on every id

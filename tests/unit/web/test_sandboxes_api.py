@@ -8,7 +8,7 @@ from cli_server.proxy.urls import SandboxUrls
 from cli_server.sandboxes.backend import Endpoint
 from cli_server.testing import FakeBackend
 from cli_server.web.sandboxes_api import SandboxesAPI
-from tests.unit.web.fakes import SANDBOX, SANDBOX_ROW, UNKNOWN, RouteCase, World
+from tests.unit.web.fakes import SANDBOX, SANDBOX_ROW, SIGNED_OUT, UNKNOWN, Cells, RouteCase, World
 
 COVERS = frozenset(
     {
@@ -21,8 +21,7 @@ COVERS = frozenset(
         "open_sandbox",
     }
 )
-SIGNED_OUT = {None: (401, "unauthorized")}
-NON_MEMBER = {"stranger": (404, "sandbox_not_found")}
+NON_MEMBER: Cells = {"stranger": (404, "sandbox_not_found")}
 
 
 class SandboxRouteTests(RouteCase):

@@ -17,9 +17,7 @@ class SiteRouteTests(RouteCase):
         self.world = World()
         self.ready = True
         self.draining = False
-        self.api = main_site(
-            self.world, ready=lambda: self.ready, draining=lambda: self.draining
-        )
+        self.api = main_site(self.world, ready=lambda: self.ready, draining=lambda: self.draining)
 
     def test_healthz(self) -> None:
         """GET /healthz: always ok while the process runs, started or not."""

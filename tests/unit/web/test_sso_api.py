@@ -124,7 +124,10 @@ class SsoRouteTests(RouteCase):
         self.world.db.row = None  # (the pending sign-ins are full)
         self.landed(self.answered("sso_login", 303, "GET", "/fake/login"), "busy")
         self.world.db.row = {"expires": 1e12}
-        for failure, code in [(ProviderDown("down"), "provider_down"), (ProviderError("no"), "provider_error")]:
+        for failure, code in [
+            (ProviderDown("down"), "provider_down"),
+            (ProviderError("no"), "provider_error"),
+        ]:
             self.provider.fail = failure
             answer = self.answered("sso_login", 303, "GET", "/fake/login")
             self.landed(answer, code)

@@ -13,9 +13,11 @@ from tests.unit.web.fakes import (
     PEOPLE,
     SANDBOX,
     SANDBOX_ROW,
+    SIGNED_OUT,
     UNKNOWN,
     WHEN,
     WORKSPACE,
+    Cells,
     RouteCase,
     World,
 )
@@ -54,8 +56,7 @@ NO_USAGE = dict.fromkeys(
     ["requests", "input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens"]
 )
 # Who is refused what on routes for members of at least ``role``.
-SIGNED_OUT = {None: (401, "unauthorized")}
-NON_MEMBER = {"stranger": (404, "workspace_not_found")}
+NON_MEMBER: Cells = {"stranger": (404, "workspace_not_found")}
 
 
 class WorkspaceRouteTests(RouteCase):
@@ -142,7 +143,12 @@ class WorkspaceRouteTests(RouteCase):
             "DELETE",
             path,
             None,
-            {**SIGNED_OUT, **NON_MEMBER, "guest": (403, "forbidden"), "developer": (403, "forbidden")},
+            {
+                **SIGNED_OUT,
+                **NON_MEMBER,
+                "guest": (403, "forbidden"),
+                "developer": (403, "forbidden"),
+            },
         )
         self.assert_matrix("DELETE", "/x", None, {"owner": (404, "workspace_not_found")})
         self.world.db.row = [{"user_id": DEVELOPER}]  # (the members the transaction found)
@@ -186,7 +192,9 @@ class WorkspaceRouteTests(RouteCase):
             answer = self.answered(
                 "add_member", status, "POST", path, {"username": "newcomer"}, who="owner"
             )
-            self.assertEqual((answer.body["status"], answer.body["invitation_id"]), ("invited", UNKNOWN))
+            self.assertEqual(
+                (answer.body["status"], answer.body["invitation_id"]), ("invited", UNKNOWN)
+            )
 
     def test_list_invitations(self) -> None:
         """GET /{w}/invitations: owners and maintainers."""
@@ -257,7 +265,9 @@ class WorkspaceRouteTests(RouteCase):
         )
         self.assert_matrix("POST", path, {}, {"developer": (400, "invalid_request", "name")})
         self.world.db.row = {**SANDBOX_ROW, "status": "creating"}
-        answer = self.answered("create_sandbox", 201, "POST", path, {"name": "box"}, who="developer")
+        answer = self.answered(
+            "create_sandbox", 201, "POST", path, {"name": "box"}, who="developer"
+        )
         self.assertEqual(answer.body["status"], "creating")
         self.assertEqual(self.world.db.writes[0], "transaction")
 

@@ -3,10 +3,11 @@
 The route objects and the domain's code (``Workspaces.require``, ``SandboxManager``'s
 authorization, ``Accounts``' queries, the events fired after a change) are the real ones; only
 what would touch PostgreSQL is in memory: who holds which session (``FakeAccounts``: a session
-is its user's name), who holds which role (``FakeWorkspaces``), which sandbox exists
-(``FakeManager``), and a database that answers each query from the rows a test gives it and
-records every statement and transaction it is asked for (``RecordingDatabase``). Against real
-SQL the same matrix is tests/integration/test_authorization.py.
+is its user's name), who holds which role (``FakeWorkspaces``), and a database that answers
+each query from the rows a test gives it (the one sandbox's row among them) and records every
+statement and transaction it is asked for (``RecordingDatabase``); a transaction runs nothing
+and answers what the test says. Against real SQL the same matrix is
+tests/integration/test_authorization.py.
 
 Each test module lists the operations it covers (``COVERS``: OpenAPI operation ids);
 test_route_coverage.py checks that every operation of the API document is in one of them.
@@ -37,6 +38,7 @@ from cli_server.domain.events import Events
 from cli_server.domain.roles import Role
 from cli_server.domain.workspaces import Workspaces
 from cli_server.sandboxes.manager import SandboxManager
+from cli_server.sandboxes.model import SANDBOX_COLUMNS
 from cli_server.testing import FakeBackend, MemoryFailures
 from cli_server.web.auth_api import AuthAPI, AuthLimits
 from cli_server.web.routes import declared
@@ -138,19 +140,6 @@ SANDBOX_ROW: Row = {
 
 
 @define(eq=False)
-class FakeManager(SandboxManager):
-    """One sandbox, ``SANDBOX`` in ``WORKSPACE``: its row is ``row`` (a running cloud one
-    unless a test changes it); the rest is the real manager over the recording database."""
-
-    row: Row = field(factory=lambda: dict(SANDBOX_ROW), kw_only=True)
-
-    async def _row(self, sandbox_id: str) -> Row:
-        if sandbox_id != SANDBOX:
-            raise NotFound("no such sandbox", code="sandbox_not_found")
-        return dict(self.row)
-
-
-@define(eq=False)
 class Heard:
     """An ``events.Listener`` that writes down what it hears."""
 
@@ -183,6 +172,9 @@ class World:
     the real accounts, cookies and domain objects over it."""
 
     row: Any = None  # what the database's transactions answer
+    # The one sandbox, ``SANDBOX`` in ``WORKSPACE`` (a running cloud one unless a test says
+    # otherwise): what the database answers for its row.
+    sandbox: Row = field(factory=lambda: dict(SANDBOX_ROW))
     clock: Clock = field(factory=Clock)
     db: RecordingDatabase = field(init=False)
     heard: Heard = field(factory=Heard)
@@ -196,6 +188,9 @@ class World:
 
     def __attrs_post_init__(self) -> None:
         self.db = RecordingDatabase(self.row)
+        self.db.rows[f"SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE id = %s"] = lambda args: (
+            [dict(self.sandbox)] if args[0] == SANDBOX else []
+        )
         self.events.subscribe(self.heard)
 
     @property
@@ -214,8 +209,8 @@ class World:
 
     def manager(
         self, workspaces: Workspaces | None = None, backend: FakeBackend | None = None
-    ) -> FakeManager:
-        return FakeManager(
+    ) -> SandboxManager:
+        return SandboxManager(
             self.database,
             backend or FakeBackend(),
             workspaces or self.workspaces(),

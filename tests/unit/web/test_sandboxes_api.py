@@ -98,7 +98,7 @@ class SandboxRouteTests(RouteCase):
 
     def test_local_sandboxes_follow_their_agent(self) -> None:
         """A local sandbox is not paused, resumed or asked for logs here: 409."""
-        self.manager.row = {**SANDBOX_ROW, "is_local": True}
+        self.world.sandbox = {**SANDBOX_ROW, "is_local": True}
         for method, action in [("POST", "/pause"), ("POST", "/resume"), ("GET", "/logs")]:
             answer = self.refused(method, f"/{SANDBOX}{action}", None, "developer")
             self.assertEqual(answer.status, 409, action)
@@ -123,7 +123,7 @@ class SandboxRouteTests(RouteCase):
         self.backend.listening[SANDBOX] = [5173]
         answer = self.answered("sandbox_ports", 200, "GET", path, who="guest")
         self.assertEqual(answer.body["ports"], [5173])
-        self.manager.row = {**SANDBOX_ROW, "status": "paused"}
+        self.world.sandbox = {**SANDBOX_ROW, "status": "paused"}
         answer = self.refused("GET", path, None, "guest")
         self.assertEqual((answer.status, answer.code), (409, "invalid_state"))
 

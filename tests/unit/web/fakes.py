@@ -41,6 +41,7 @@ from cli_server.sandboxes.manager import SandboxManager
 from cli_server.sandboxes.model import SANDBOX_COLUMNS
 from cli_server.testing import FakeBackend, MemoryFailures
 from cli_server.web.auth_api import AuthAPI, AuthLimits
+from cli_server.web.bearer import TokenGuard
 from cli_server.web.routes import declared
 from cli_server.web.session import SessionCookies
 from cli_server.web.site import MainSite
@@ -201,8 +202,11 @@ class World:
     def accounts(self) -> FakeAccounts:
         return FakeAccounts(self.database, self.passwords, self.clock, 3600.0, self.events)
 
-    def cookies(self, accounts: Accounts | None = None) -> SessionCookies:
-        return SessionCookies(accounts or self.accounts(), False, 3600.0, ORIGIN)
+    def cookies(
+        self, accounts: Accounts | None = None, tokens: TokenGuard | None = None
+    ) -> SessionCookies:
+        """The session cookies (and, with ``tokens``, API tokens) of the main site."""
+        return SessionCookies(accounts or self.accounts(), False, 3600.0, ORIGIN, tokens)
 
     def workspaces(self) -> FakeWorkspaces:
         return FakeWorkspaces(self.database, events=self.events)

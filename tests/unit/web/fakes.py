@@ -30,21 +30,31 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
+from cli_server.anthropic.usage import UsageStore
+from cli_server.auth.api_tokens import ApiTokens
 from cli_server.auth.passwords import Passwords
 from cli_server.db.pool import Row
 from cli_server.domain.accounts import Accounts, User
 from cli_server.domain.errors import NotFound
 from cli_server.domain.events import Events
+from cli_server.domain.instance_admin import InstanceAdmin
 from cli_server.domain.roles import Role
 from cli_server.domain.workspaces import Workspaces
+from cli_server.proxy.access import SandboxAccess
+from cli_server.proxy.urls import SandboxUrls
 from cli_server.sandboxes.manager import SandboxManager
 from cli_server.sandboxes.model import SANDBOX_COLUMNS
 from cli_server.testing import FakeBackend, MemoryFailures
+from cli_server.tunnel.registrations import LocalAgents
+from cli_server.web.admin_api import AdminAPI
 from cli_server.web.auth_api import AuthAPI, AuthLimits
 from cli_server.web.bearer import TokenGuard
+from cli_server.web.invitations_api import InvitationsAPI
 from cli_server.web.routes import declared
+from cli_server.web.sandboxes_api import SandboxesAPI, WorkspaceSandboxesAPI
 from cli_server.web.session import SessionCookies
 from cli_server.web.site import MainSite
+from cli_server.web.workspaces_api import WorkspacesAPI
 
 ORIGIN = "http://localhost:8080"
 FOREIGN = "http://oc-1234.localhost:8080"  # a sandbox's page: same site, another origin
@@ -392,3 +402,36 @@ def main_site(world: World, agents: Any = None, **options: Any) -> MainSite:
         options.pop("ready", lambda: True),
         **options,
     )
+
+
+def areas(world: World, tokens: TokenGuard | None = None) -> dict[str, IResource]:
+    """Every area the main site mounts (single sign-on, all public, aside), by prefix: the
+    real apps over ``world``, with API tokens checked by ``tokens``."""
+    db, clock = world.database, world.clock
+    accounts = world.accounts()
+    cookies = world.cookies(accounts, tokens)
+    workspaces = world.workspaces()
+    manager = world.manager(workspaces)
+    apis: dict[str, Any] = {
+        "/api/auth": AuthAPI(
+            accounts,
+            cookies,
+            AuthLimits().guard(MemoryFailures(), clock),
+            AuthLimits().registrations(MemoryFailures(), clock),
+            tokens=ApiTokens(db, clock),
+        ),
+        "/api/workspaces": WorkspacesAPI(
+            workspaces,
+            cookies,
+            manager,
+            WorkspaceSandboxesAPI(manager),
+            UsageStore(db),
+            LocalAgents(db, workspaces, ORIGIN, ORIGIN + "/proxy/anthropic/v1"),
+        ),
+        "/api/invitations": InvitationsAPI(workspaces, cookies),
+        "/api/admin": AdminAPI(InstanceAdmin(db, world.passwords), cookies, ORIGIN),
+        "/api/sandboxes": SandboxesAPI(
+            manager, cookies, SandboxAccess(db, clock, 3600.0), SandboxUrls("http", "x")
+        ),
+    }
+    return {prefix: api.app.resource() for prefix, api in apis.items()}

@@ -7,31 +7,17 @@ writes nothing (but the token's own last-use mark) and fires no event."""
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.resource import IResource
 
-from cli_server.anthropic.usage import UsageStore
 from cli_server.auth.api_tokens import ApiTokens
 from cli_server.auth.tokens import token_hash
-from cli_server.domain.instance_admin import InstanceAdmin
-from cli_server.proxy.access import SandboxAccess
-from cli_server.proxy.urls import SandboxUrls
-from cli_server.testing import MemoryFailures
-from cli_server.tunnel.registrations import LocalAgents
-from cli_server.web.admin_api import AdminAPI
-from cli_server.web.auth_api import AuthAPI, AuthLimits
 from cli_server.web.bearer import TokenGuard
-from cli_server.web.invitations_api import InvitationsAPI
 from cli_server.web.openapi import operations
 from cli_server.web.routes import Declaration
-from cli_server.web.sandboxes_api import SandboxesAPI, WorkspaceSandboxesAPI
 from cli_server.web.site import MOUNTS, Mount
-from cli_server.web.workspaces_api import WorkspacesAPI
 from tests.unit.web.fakes import (
     FOREIGN,
-    ORIGIN,
     PEOPLE,
     SANDBOX,
     UNKNOWN,
@@ -40,6 +26,7 @@ from tests.unit.web.fakes import (
     WRITES,
     Answer,
     World,
+    areas,
     send,
 )
 
@@ -76,38 +63,9 @@ class TokenRefusalTests(SynchronousTestCase):
                 "SELECT workspace_id FROM sandboxes WHERE id": [{"workspace_id": WORKSPACE}],
             }
         )
-        self.apps = self.build()
-
-    def build(self) -> dict[str, IResource]:
-        """Every area the main site mounts (single sign-on, all public, aside), by prefix."""
-        world, db, clock = self.world, self.world.database, self.world.clock
-        accounts = world.accounts()
-        cookies = world.cookies(accounts, TokenGuard(ApiTokens(db, clock)))
-        workspaces = world.workspaces()
-        manager = world.manager(workspaces)
-        apis: dict[str, Any] = {
-            "/api/auth": AuthAPI(
-                accounts,
-                cookies,
-                AuthLimits().guard(MemoryFailures(), clock),
-                AuthLimits().registrations(MemoryFailures(), clock),
-                tokens=ApiTokens(db, clock),
-            ),
-            "/api/workspaces": WorkspacesAPI(
-                workspaces,
-                cookies,
-                manager,
-                WorkspaceSandboxesAPI(manager),
-                UsageStore(db),
-                LocalAgents(db, workspaces, ORIGIN, ORIGIN + "/proxy/anthropic/v1"),
-            ),
-            "/api/invitations": InvitationsAPI(workspaces, cookies),
-            "/api/admin": AdminAPI(InstanceAdmin(db, world.passwords), cookies, ORIGIN),
-            "/api/sandboxes": SandboxesAPI(
-                manager, cookies, SandboxAccess(db, clock, 3600.0), SandboxUrls("http", "x")
-            ),
-        }
-        return {prefix: api.app.resource() for prefix, api in apis.items()}
+        world = self.world
+        tokens = TokenGuard(ApiTokens(world.database, world.clock))
+        self.apps = areas(world, tokens)
 
     def each(self) -> list[tuple[Mount, str, str, Declaration]]:
         """(area, method, path with ids filled in, declaration) of every token route."""

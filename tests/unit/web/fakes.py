@@ -285,10 +285,14 @@ def send(
     response = case.successResultOf(answer)
     content = case.successResultOf(response.content())
     raw = {k.lower(): v for k, v in response.headers.getAllRawHeaders()}
-    try:
-        parsed = json.loads(content) if content else None
-    except ValueError:
-        parsed = content
+    kind = (raw.get(b"content-type") or [b""])[0]
+    parsed: Any = content
+    if kind.startswith(b"text/plain"):
+        parsed = content.decode("utf-8")  # (the metrics page)
+    elif not content:
+        parsed = None
+    elif kind.startswith(b"application/json"):
+        parsed = json.loads(content)
     return Answer(response.code, parsed, raw)
 
 

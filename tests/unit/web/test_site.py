@@ -41,12 +41,11 @@ class SiteRouteTests(RouteCase):
     def test_metrics(self) -> None:
         """GET /metrics: Prometheus text for this host's scrapers; through a proxy (an
         ``X-Forwarded-For``), an unknown route."""
-        answer = self.call("GET", "/metrics")
-        self.assertEqual(answer.status, 200)
+        answer = self.answered("metrics", 200, "GET", "/metrics")
         self.assertEqual(
             answer.header(b"content-type"), b"text/plain; version=0.0.4; charset=utf-8"
         )
-        self.assertIn(b"# TYPE", answer.body)
+        self.assertIn("# TYPE", answer.body)
         answer = self.refused("GET", "/metrics", headers={"X-Forwarded-For": "203.0.113.9"})
         self.assertEqual((answer.status, answer.code), (404, "not_found"))
 

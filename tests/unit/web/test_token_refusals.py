@@ -78,7 +78,8 @@ class TokenRefusalTests(SynchronousTestCase):
                 r"\{(\w+)\}", lambda m: ARGUMENTS.get(m.group(1), UNKNOWN), path
             ).removeprefix(mounted.prefix)
             found.append((mounted, method.upper(), filled or "/", declaration))
-        self.assertEqual(len(found), 43)  # (54 but the main site's, sign-on's and 4 public)
+        # (43 of today's 54: all but the main site's own, sign-on's and four public ones)
+        self.assertGreaterEqual(len(found), 43)
         return found
 
     def refused(self, mounted: Mount, method: str, path: str, secret: str) -> Answer:

@@ -5,7 +5,7 @@ authorization, ``Accounts``' queries, the events fired after a change) are the r
 what would touch PostgreSQL is in memory: who holds which session (``FakeAccounts``: a session
 is its user's name), who holds which role (``FakeWorkspaces``), and a database that answers
 each query from the rows a test gives it (the one sandbox's row among them) and records every
-statement and transaction it is asked for (``RecordingDatabase``); a transaction runs nothing
+statement and transaction it is asked for (``FakeDatabase``); a transaction runs nothing
 and answers what the test says. Against real SQL the same matrix is
 tests/integration/test_authorization.py.
 
@@ -81,7 +81,7 @@ Rows = Sequence[Row] | Callable[[Any], Sequence[Row]]
 
 
 @define(eq=False)
-class RecordingDatabase:
+class FakeDatabase:
     """A FAKE ``db.pool.Database``: records each statement (its first word) and transaction it
     is asked for. A query answers the rows of the first entry of ``rows`` whose key is a piece
     of its SQL (rows, or a function of the query's arguments), else none; a transaction runs
@@ -187,7 +187,7 @@ class World:
     # otherwise): what the database answers for its row.
     sandbox: Row = field(factory=lambda: dict(SANDBOX_ROW))
     clock: Clock = field(factory=Clock)
-    db: RecordingDatabase = field(init=False)
+    db: FakeDatabase = field(init=False)
     heard: Heard = field(factory=Heard)
     events: Events = field(factory=Events)
     # Cheap Argon2 parameters: the route tests check routes, not the hash's cost.
@@ -198,7 +198,7 @@ class World:
     )
 
     def __attrs_post_init__(self) -> None:
-        self.db = RecordingDatabase(self.row)
+        self.db = FakeDatabase(self.row)
         self.db.rows[f"SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE id = %s"] = lambda args: (
             [dict(self.sandbox)] if args[0] == SANDBOX else []
         )

@@ -823,6 +823,7 @@ class ProcessBackend(BackendDefaults):
 
                 live.slirp_proto.ended.addBoth(gone)
             ended = live.sandbox_proto.reason
+            # (probes of Twisted's exception: ProcessTerminated has both, ProcessDone only a 0)
             why = exit_reason(
                 getattr(ended, "exitCode", None),
                 getattr(ended, "signal", None),

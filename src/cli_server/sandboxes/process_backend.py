@@ -823,7 +823,7 @@ class ProcessBackend(BackendDefaults):
 
                 live.slirp_proto.ended.addBoth(gone)
             ended = live.sandbox_proto.reason
-            # (probes of Twisted's exception: ProcessTerminated has both, ProcessDone only a 0)
+            # (probed: a BaseException, ProcessDone or ProcessTerminated, or None if not told)
             why = exit_reason(
                 getattr(ended, "exitCode", None),
                 getattr(ended, "signal", None),

@@ -280,6 +280,8 @@ class ProcessBackend(BackendDefaults):
     _egress_allow: tuple[Network, ...] = ()  # --egress-allow: private ranges a sandbox may reach
     _start_timeout: float = 60.0
     _disk_sizes: DiskSizes = field(factory=DiskSizes)  # 0: a plain directory, no quota
+    # (the same reactor unless given: attrs cannot check these defaults, the server's reactor
+    # provides IReactorProcess and IReactorUNIX)
     _processes: ProcessReactor = field(default=Factory(lambda self: self._reactor, takes_self=True))
     _unix: IReactorUNIX = field(default=Factory(lambda self: self._reactor, takes_self=True))
     _quotas: DiskQuotas = field(

@@ -13,15 +13,18 @@ import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.task import react
 from twisted.python import usage
 
 from cli_server.config import default_data_dir, parse_db_url
 from cli_server.db.pool import Database, DatabaseUnavailable
 from cli_server.domain.audit import ACTIONS, MAX_LIMIT, AuditLog, Entry, Query
+from cli_server.plumbing.process import ProcessReactor
 
 
 def _moment(text: str) -> datetime:
@@ -109,20 +112,24 @@ def table(entries: list[Entry]) -> str:
     )
 
 
-async def read(reactor: Any, options: AuditOptions, out: TextIO) -> None:
+async def read(
+    clock: IReactorTime, processes: ProcessReactor, options: AuditOptions, out: TextIO
+) -> None:
+    """Print the entries ``options`` asks for; ``clock`` times the queries, ``processes`` runs
+    the embedded database if it must be started (both the reactor)."""
     from cli_server.db.embedded import EmbeddedPostgres
 
     embedded, started = None, False
     dsn = options["db-url"]
     if dsn is None:
-        embedded = EmbeddedPostgres(options["data-dir"] or default_data_dir(), reactor)
+        embedded = EmbeddedPostgres(options["data-dir"] or default_data_dir(), processes)
         if not (embedded.pgdata / "PG_VERSION").exists():
             raise SystemExit(f"cli-server audit: no database under {embedded.pgdata}")
         if embedded.postmaster() is None:
             await embedded.start()  # (the server is not running: start it for this read)
             started = True
         dsn = embedded.dsn
-    db = Database(reactor, dsn)
+    db = Database(clock, dsn)
     try:
         page = await AuditLog(db).entries(options.query())
     finally:
@@ -146,9 +153,10 @@ def main(argv: list[str]) -> None:
         print(f"cli-server audit: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
-    async def run(reactor: Any) -> None:
+    # (react's reactor is the global one, a PosixReactorBase: a clock and a process spawner)
+    async def run(reactor: PosixReactorBase) -> None:
         try:
-            await read(reactor, options, sys.stdout)
+            await read(reactor, reactor, options, sys.stdout)
         except DatabaseUnavailable as e:
             print(f"cli-server audit: {e}", file=sys.stderr)
             raise SystemExit(1) from None

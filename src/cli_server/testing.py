@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from attrs import define, field
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort
 
 from cli_server.auth.ratelimit import Count
 from cli_server.sandboxes.backend import (
     BackendDefaults,
     BackendError,
+    Door,
     Endpoint,
     ExitListener,
     LogTail,
@@ -37,10 +37,10 @@ class FakeBackend(BackendDefaults):
     calls: list[tuple[str, str]] = field(factory=list)
     fail_next: str | None = None
     serve_at: int | None = None  # every sandbox "runs" at this port (e.g. a recording server)
-    # (sandbox_id, None) -> (IListeningPort, port): opens each running sandbox an Anthropic
-    # proxy door on the host's loopback, as the process backend does when unisolated
-    door: Any = None
-    doors: dict[str, tuple[Any, int]] = field(factory=dict)
+    # opens each running sandbox an Anthropic proxy door on the host's loopback (called with
+    # netns None), as the process backend does when unisolated
+    door: Door | None = None
+    doors: dict[str, tuple[IListeningPort, int]] = field(factory=dict)
     _gate: Deferred[None] | None = None
     _next_port: int = 20000
     on_exit: ExitListener | None = None

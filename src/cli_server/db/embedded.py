@@ -15,13 +15,13 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from cli_server.plumbing.process import ProcessResult, run_process
+from cli_server.plumbing.process import ProcessReactor, ProcessResult, run_process
 from cli_server.plumbing.system_accounts import SystemAccount, ensure_system_account
 
 DB_NAME = "cli_server"
@@ -91,7 +91,7 @@ class EmbeddedPostgres:
     """One PostgreSQL cluster under ``<data_dir>/postgres``, reached over a unix socket only."""
 
     _data_dir: Path
-    _reactor: Any
+    _reactor: ProcessReactor  # runs initdb, pg_ctl and friends
     _timeout: float = 60.0
     _account: SystemAccount | None = field(default=None, init=False)
     _socket_dir: Path = field(init=False)

@@ -9,13 +9,15 @@ silent link is found out too. It never reconnects by itself: its owner decides w
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TypeVar
 
 from attrs import define, field
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from cli_server.db.pool import DatabaseUnavailable, WatchedConnection, close_quietly, first_line
+
+T = TypeVar("T")
 
 
 class _Listening(WatchedConnection):
@@ -70,6 +72,6 @@ class ListeningConnection:
             conn.on_lost = None
             close_quietly(conn)
 
-    def _timed(self, d: Deferred[Any]) -> Deferred[Any]:
+    def _timed(self, d: Deferred[T]) -> Deferred[T]:
         d.addTimeout(self._timeout, self._reactor)
         return d

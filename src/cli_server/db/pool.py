@@ -8,18 +8,21 @@ back, the next request simply opens a fresh connection.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg2
 import psycopg2.extras
 from attrs import define, field
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, TimeoutError
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from txpostgres import txpostgres
 
 T = TypeVar("T")
 Row = dict[str, Any]
+# A statement's parameters: positional (%s) or named (%(name)s), adapted by psycopg2
+Params = Sequence[object] | Mapping[str, object]
 
 # SQLSTATE classes that mean "the server or the link is gone", not "your query is wrong".
 _UNAVAILABLE_SQLSTATES = ("08", "53", "57P")
@@ -63,7 +66,9 @@ def _is_unavailable(error: BaseException) -> bool:
 class Database:
     """Queries and transactions with a bound on connections and on time."""
 
-    _reactor: Any
+    # timeouts; txpostgres also adds its connections' sockets as readers (IReactorFDSet):
+    # the server's reactor, which is both
+    _reactor: IReactorTime
     _dsn: str
     _size: int = 8
     _connect_timeout: float = 5.0
@@ -129,7 +134,7 @@ class Database:
         d.addTimeout(self._query_timeout, self._reactor)
         return d
 
-    async def query(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
+    async def query(self, sql: str, args: Params = ()) -> list[Row]:
         """Run one statement that returns rows, in its own transaction."""
 
         async def use(conn: WatchedConnection) -> list[Row]:
@@ -138,7 +143,7 @@ class Database:
 
         return await self._with_connection(use)
 
-    async def execute(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> None:
+    async def execute(self, sql: str, args: Params = ()) -> None:
         """Run one statement that returns nothing, in its own transaction."""
 
         async def use(conn: WatchedConnection) -> None:
@@ -150,7 +155,7 @@ class Database:
         """Run ``work`` in one transaction: committed if it returns, rolled back if it raises."""
 
         async def use(conn: WatchedConnection) -> T:
-            def interaction(cursor: Any) -> Deferred[T]:
+            def interaction(cursor: txpostgres.Cursor) -> Deferred[T]:
                 return Deferred.fromCoroutine(_call(work, Transaction(cursor)))
 
             result: T = await self._timed(conn.runInteraction(interaction))
@@ -175,17 +180,17 @@ async def _call(work: Callable[[Transaction], Awaitable[T]], tx: Transaction) ->
 class Transaction:
     """The statements of one transaction; rows come back as dicts."""
 
-    _cursor: Any
+    _cursor: txpostgres.Cursor  # (txpostgres is untyped: its names are Any to mypy)
 
-    async def query(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
+    async def query(self, sql: str, args: Params = ()) -> list[Row]:
         await self._cursor.execute(sql, args)
         return [dict(r) for r in self._cursor.fetchall()]
 
-    async def one(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
+    async def one(self, sql: str, args: Params = ()) -> Row | None:
         rows = await self.query(sql, args)
         return rows[0] if rows else None
 
-    async def execute(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> int:
+    async def execute(self, sql: str, args: Params = ()) -> int:
         await self._cursor.execute(sql, args)
         return int(self._cursor.rowcount)
 

@@ -128,6 +128,7 @@ class Note:
     target: Target | None = None
     details: Mapping[str, Any] = field(factory=dict)
 
+    # (Any: each keyword is one of Note's fields, of that field's type; evolve checks the names)
     async def write(self, tx: Transaction, **known: Any) -> None:
         note = evolve(self, **known)
         await note.log.record(
@@ -208,14 +209,14 @@ class Page:
         return {"entries": [e.to_json() for e in self.entries], "next": self.next}
 
 
-def _text(value: Any) -> str | None:
+def _text(value: object) -> str | None:
     return None if value is None else str(value)
 
 
 def checked_details(details: Mapping[str, Any] | None) -> str:
     """``details`` as JSON, refusing keys that name a secret (at any depth)."""
 
-    def check(value: Any) -> None:
+    def check(value: object) -> None:
         if isinstance(value, Mapping):
             for key, inner in value.items():
                 if _SECRET_KEY.search(str(key)):

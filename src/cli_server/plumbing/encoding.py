@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json as _json
 from datetime import UTC, datetime
-from typing import Any
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -14,5 +13,6 @@ def iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def dumps(value: Any) -> bytes:
+def dumps(value: object) -> bytes:
+    """A JSON value (dicts, lists, strings, numbers, booleans, None) as compact UTF-8."""
     return _json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

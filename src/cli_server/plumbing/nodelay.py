@@ -7,16 +7,23 @@ on Linux). Twisted leaves TCP_NODELAY off, so we set it on the connections we re
 
 from __future__ import annotations
 
-from typing import Any
-
 from attrs import define
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+    ITransport,
+)
 from zope.interface import implementer
 
 
-def no_delay(transport: Any) -> None:
-    """Set TCP_NODELAY on ``transport``, or on the TCP connection under a TLS one."""
+def no_delay(transport: ITransport | None) -> None:
+    """Set TCP_NODELAY on ``transport``, or on the TCP connection under a TLS one.
+
+    The probes are of Twisted's transports, which say what they are only by their attributes:
+    a TCP one has ``setTcpNoDelay`` (``ITCPTransport``), a TLS one wraps another in
+    ``transport``."""
     for _ in range(3):
         if transport is None:
             return

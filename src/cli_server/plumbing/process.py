@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import AnyStr, Protocol
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IDelayedCall, IProcessProtocol, IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
@@ -21,6 +22,29 @@ class ProcessResult:
 
 class ProcessTimedOut(Exception):
     pass
+
+
+class ProcessReactor(Protocol):
+    """What running a helper program needs of the reactor: ``IReactorProcess.spawnProcess``
+    and ``IReactorTime.callLater`` (for its deadline). Twisted's interfaces are nominal and
+    cannot be combined in one annotation, hence this protocol; every real reactor fits it."""
+
+    def spawnProcess(
+        self,
+        processProtocol: IProcessProtocol,
+        executable: bytes | str,
+        args: Sequence[bytes | str],
+        env: Mapping[AnyStr, AnyStr] | None = None,
+        path: None | bytes | str = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        usePTY: bool = False,
+        childFDs: Mapping[int, int | str] | None = None,
+    ) -> IProcessTransport: ...
+
+    def callLater(
+        self, delay: float, callable: Callable[..., object], *args: object, **kwargs: object
+    ) -> IDelayedCall: ...
 
 
 class _Collector(ProcessProtocol):
@@ -42,7 +66,7 @@ class _Collector(ProcessProtocol):
 
 
 async def run_process(
-    reactor: Any,
+    reactor: ProcessReactor,
     argv: Sequence[str],
     *,
     timeout: float,

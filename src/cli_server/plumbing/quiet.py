@@ -7,23 +7,49 @@ makes goes through ``QuietEndpoint``, which turns ``noisy`` off on the factory i
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from attrs import field, frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
     IAddress,
+    IConnector,
+    IDelayedCall,
     IProtocol,
     IProtocolFactory,
     IStreamClientEndpoint,
 )
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import ClientFactory, Factory
 from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
 P = TypeVar("P", bound=IProtocol)
+
+
+class ClientReactor(Protocol):
+    """What our HTTP clients' connections need of the reactor: ``IReactorTCP.connectTCP``
+    (``HostnameEndpoint``), ``IReactorTime`` for connection timeouts and the pool's idle
+    connections. (``HostnameEndpoint`` also asks it for ``IReactorPluggableNameResolver``,
+    which every real reactor provides.) Twisted's interfaces cannot be combined in one
+    annotation, hence this protocol."""
+
+    def connectTCP(
+        self,
+        host: str,
+        port: int,
+        factory: ClientFactory,
+        timeout: float = 30.0,
+        bindAddress: tuple[str, int] | None = None,
+    ) -> IConnector: ...
+
+    def callLater(
+        self, delay: float, callable: Callable[..., object], *args: object, **kwargs: object
+    ) -> IDelayedCall: ...
+
+    def seconds(self) -> float: ...
 
 
 @implementer(IStreamClientEndpoint)
@@ -42,7 +68,7 @@ class QuietEndpoint:
 class QuietEndpoints:
     """What ``Agent`` connects to by default (TCP, TLS for https), quietly."""
 
-    _reactor: Any  # HostnameEndpoint needs IReactorTCP, IReactorTime and a resolver
+    _reactor: ClientReactor
     _connect_timeout: float
     _tls: IPolicyForHTTPS = field(factory=BrowserLikePolicyForHTTPS)
 
@@ -55,7 +81,7 @@ class QuietEndpoints:
         return QuietEndpoint(endpoint)
 
 
-def quiet_agent(reactor: Any, pool: HTTPConnectionPool, connect_timeout: float) -> Agent:
+def quiet_agent(reactor: ClientReactor, pool: HTTPConnectionPool, connect_timeout: float) -> Agent:
     agent: Agent = Agent.usingEndpointFactory(
         reactor, QuietEndpoints(reactor, connect_timeout), pool
     )
@@ -70,6 +96,8 @@ class _OneShot(Factory):
     def __init__(self, protocol: IProtocol) -> None:
         self._protocol = protocol
 
+    # (Any: Factory's annotation wants its own protocol type, a twisted Protocol; ours is any
+    # IProtocol the caller hands us)
     def buildProtocol(self, addr: IAddress | None) -> Any:
         return self._protocol
 

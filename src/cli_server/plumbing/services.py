@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from attrs import define, field
 from twisted.application.service import MultiService, Service
@@ -36,7 +35,7 @@ class OrderedMultiService(MultiService):
         for child in reversed(list(self)):
             if not child.running:
                 continue
-            d: Deferred[Any] = maybeDeferred(child.stopService)
+            d: Deferred[object] = maybeDeferred(child.stopService)  # (a Deferred, or None)
             d.addTimeout(self._step_timeout, self._clock)
             try:
                 await d
@@ -74,7 +73,7 @@ class PeriodicService(Service):
         )
         return d
 
-    def stopService(self) -> Deferred[Any] | None:
+    def stopService(self) -> Deferred[LoopingCall] | None:
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from attrs import define, field
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -17,10 +18,10 @@ R = TypeVar("R")
 class Runner(Protocol):
     """Runs ``f(*args)`` somewhere and returns a Deferred of its result."""
 
-    def __call__(self, f: Callable[..., R], *args: Any) -> Deferred[R]: ...
+    def __call__(self, f: Callable[..., R], *args: object) -> Deferred[R]: ...
 
 
-def synchronous_runner(f: Callable[..., R], *args: Any) -> Deferred[R]:
+def synchronous_runner(f: Callable[..., R], *args: object) -> Deferred[R]:
     """For tests: same contract as a pool runner, no threads."""
     return maybeDeferred(f, *args)
 
@@ -33,7 +34,7 @@ class ThreadPoolService(Service):
     hashing or SDK calls would stall.
     """
 
-    _reactor: Any
+    _reactor: IReactorFromThreads  # where a finished call's result is delivered
     _pool_name: str
     _max_threads: int = 2
     _pool: ThreadPool = field(init=False)
@@ -49,5 +50,5 @@ class ThreadPoolService(Service):
         super().stopService()
         self._pool.stop()
 
-    def run(self, f: Callable[..., R], *args: Any) -> Deferred[R]:
+    def run(self, f: Callable[..., R], *args: object) -> Deferred[R]:
         return deferToThreadPool(self._reactor, self._pool, f, *args)

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 from attrs import define, field
 from twisted.application.service import Service
@@ -438,7 +438,8 @@ class ReplicaEvents(Service):
         if kind not in KINDS or not isinstance(payload, dict):
             self._log.warn("ignoring an event this replica does not know: {kind}", kind=kind)
             return
-        call: Callable[..., Any] = getattr(self._local, kind)
+        # (by name: ``kind`` is one of KINDS, each a method of Listener)
+        call: Callable[..., Awaitable[object]] = getattr(self._local, kind)
         try:
             await call(**payload)
         except Exception:

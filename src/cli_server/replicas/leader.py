@@ -9,8 +9,8 @@ the lock. Work that must run once per cluster is wrapped in ``when_leading``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Protocol, TypeVar
 
 from attrs import define, field
 from twisted.application.service import Service
@@ -28,14 +28,20 @@ _KEEPALIVES = (
 )
 
 
+T = TypeVar("T")
+
+# A row as a cursor returns it: a dict from our cursors, a tuple from a plain one
+LockRow = Mapping[str, object] | Sequence[object]
+
+
 class LockConnection(Protocol):
     """A database connection of its own, outside the pool (a txpostgres one in production)."""
 
-    def runQuery(self, sql: str, args: Sequence[Any] = ()) -> Deferred[Any]: ...
+    def runQuery(self, sql: str, args: Sequence[object] = ()) -> Deferred[list[LockRow]]: ...
 
     def usable(self) -> bool: ...
 
-    def close(self) -> Any: ...
+    def close(self) -> object: ...  # (txpostgres': a Deferred, not waited for)
 
 
 @define(eq=False)
@@ -149,7 +155,7 @@ class Leadership(Service):
             except Exception:
                 pass  # (already closed)
 
-    def _timed(self, d: Deferred[Any]) -> Deferred[Any]:
+    def _timed(self, d: Deferred[T]) -> Deferred[T]:
         d.addTimeout(self._timeout, self._clock)
         return d
 
@@ -168,9 +174,9 @@ async def _awaited(connect: Callable[[], Awaitable[LockConnection]]) -> LockConn
     return await connect()
 
 
-def _first(row: Any) -> Any:
+def _first(row: LockRow) -> object:
     """The first column of a row (a dict from our cursors, a tuple from a plain one)."""
-    return next(iter(row.values())) if isinstance(row, dict) else row[0]
+    return next(iter(row.values())) if isinstance(row, Mapping) else row[0]
 
 
 def _why(error: BaseException) -> str:

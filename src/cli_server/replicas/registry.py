@@ -4,13 +4,13 @@ cannot work (embedded PostgreSQL and the process backend are single-replica)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from attrs import define, field, frozen
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from cli_server.db.pool import Database, DatabaseUnavailable, Row, Transaction
 
@@ -187,6 +187,6 @@ class RegistryService(Service):
             self.joined = False
             await self._registry.leave()
 
-    def _unregistered(self, failure: Any) -> None:
+    def _unregistered(self, failure: Failure) -> None:
         why = failure.value if failure.check(DatabaseUnavailable) else failure.getErrorMessage()
         self._log.warn("could not leave the replica registry ({why}); the row expires", why=why)

@@ -11,13 +11,20 @@ from base64 import b64encode
 from collections.abc import Callable, Coroutine
 from enum import StrEnum
 from functools import wraps
+from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IListeningPort
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+# The Anthropic proxy's door into one sandbox (the server opens it, a backend asks for it):
+# (sandbox_id, its network namespace or None for the host's loopback) -> the listener, taking
+# only that sandbox's token, and its port
+Door = Callable[[str, Path | None], tuple[IListeningPort, int]]
 
 
 def deferred(f: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Deferred[T]]:

@@ -23,13 +23,12 @@ import os
 import shutil
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from attrs import define, field, frozen
 from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 
-from cli_server.plumbing.process import ProcessResult, ProcessTimedOut, run_process
+from cli_server.plumbing.process import ProcessReactor, ProcessResult, ProcessTimedOut, run_process
 from cli_server.sandboxes.backend import BackendError
 
 TOOLS = ("mkfs.ext4", "e2fsck", "resize2fs", "losetup", "mount", "umount")
@@ -138,7 +137,7 @@ class DiskQuotas:
     _log = Logger()
 
     @classmethod
-    def on(cls, reactor: Any) -> DiskQuotas:
+    def on(cls, reactor: ProcessReactor) -> DiskQuotas:
         """Run the tools as child processes of ``reactor``, each with a deadline."""
 
         async def run(argv: Sequence[str], timeout: float) -> ProcessResult:

@@ -41,7 +41,7 @@ import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from attrs import define, field
@@ -72,6 +72,11 @@ from cli_server.sandboxes.docker_firewall import EgressRules
 from cli_server.sandboxes.egress import EgressPolicy
 from cli_server.sandboxes.listening import listening_ports
 from cli_server.sandboxes.opencode import OpencodeClient
+
+# The docker SDK is untyped (no py.typed, no stubs): its client and the engine's JSON answers are
+# Any in this module, and only those; the Twisted side (the runner, its Deferreds) is typed.
+
+R = TypeVar("R")
 
 GUEST_PORT = 4096
 ENGINE_DNS = "127.0.0.11"  # the engine's resolver in a container: its TCP port is no preview
@@ -480,7 +485,7 @@ class DockerBackend(BackendDefaults):
             "HOME": "/home/opencode",
         }
 
-    async def _engine(self, f: Any, *args: Any) -> Any:
+    async def _engine(self, f: Callable[..., R], *args: object) -> R:
         """Run an engine call on the pool; engine failures become readable BackendErrors."""
         try:
             return await self._run(f, *args)

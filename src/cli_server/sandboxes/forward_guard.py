@@ -20,10 +20,9 @@ from pathlib import Path
 
 from attrs import Factory, define, field
 from twisted.internet.defer import DeferredLock
-from twisted.internet.interfaces import IReactorProcess
 from twisted.logger import Logger
 
-from cli_server.plumbing.process import ProcessResult, run_process
+from cli_server.plumbing.process import ProcessReactor, ProcessResult, run_process
 from cli_server.sandboxes.backend import BackendError
 
 Run = Callable[[Sequence[str]], Awaitable[ProcessResult]]  # runs nft with these arguments
@@ -65,7 +64,7 @@ class ForwardGuard:
     _log = Logger()
 
     @classmethod
-    def on(cls, reactor: IReactorProcess, data_dir: Path) -> ForwardGuard:
+    def on(cls, reactor: ProcessReactor, data_dir: Path) -> ForwardGuard:
         async def run(args: Sequence[str]) -> ProcessResult:
             nft = shutil.which("nft", path=_PATH)
             if nft is None:

@@ -27,10 +27,10 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from attrs import define, field, frozen
 from twisted.application.service import Service
@@ -56,6 +56,12 @@ from cli_server.sandboxes.backend import (
     tail_lines,
 )
 from cli_server.sandboxes.opencode import OpencodeClient
+
+# The kubernetes SDK is not type-checked here (follow_imports = skip): its clients, API methods
+# and answers are Any in this module, and only those; the Twisted side (the runners, their
+# Deferreds, the clock) is typed.
+
+R = TypeVar("R")
 
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -126,7 +132,7 @@ class K8sBackend(BackendDefaults):
             self._api = client.ApiClient(configuration)
             return self._api
 
-    def _thd_call(self, f: Any, *args: Any, **kwargs: Any) -> Any:
+    def _thd_call(self, f: Callable[..., R], *args: object, **kwargs: object) -> R:
         self.calls += 1
         return f(*args, _request_timeout=self._settings.timeout, **kwargs)
 
@@ -157,7 +163,7 @@ class K8sBackend(BackendDefaults):
             response.read()
             group = api.response_deserialize(response, {"200": "object"}).data or {}
         except Exception as e:
-            if getattr(e, "status", None) == 404:
+            if getattr(e, "status", None) == 404:  # (the SDK's errors: ApiException's)
                 raise BackendError(
                     "the cluster serves no Sandbox resource (agents.x-k8s.io): install the "
                     "agent-sandbox controller (the chart's agentSandbox.install)"
@@ -184,7 +190,7 @@ class K8sBackend(BackendDefaults):
         )
         return found
 
-    def _thd_get(self, f: Any, *args: Any) -> Any:
+    def _thd_get(self, f: Callable[..., Any], *args: object) -> dict[str, Any] | None:
         """The object, or None if there is none."""
         from kubernetes.client.exceptions import ApiException
 
@@ -194,9 +200,11 @@ class K8sBackend(BackendDefaults):
             if e.status == 404:
                 return None
             raise
-        return found.to_dict() if hasattr(found, "to_dict") else found
+        # (a core API's model has to_dict; a custom object comes as a dict already)
+        as_dict: dict[str, Any] = found.to_dict() if hasattr(found, "to_dict") else found
+        return as_dict
 
-    def _thd_create(self, f: Any, body: dict[str, Any], *args: Any) -> bool:
+    def _thd_create(self, f: Callable[..., object], body: dict[str, Any], *args: object) -> bool:
         """Create; False if it exists already (409)."""
         from kubernetes.client.exceptions import ApiException
 
@@ -386,7 +394,9 @@ class K8sBackend(BackendDefaults):
             if e.status != 404:
                 raise
 
-    def _thd_delete_core(self, read: Any, delete: Any, name: str) -> None:
+    def _thd_delete_core(
+        self, read: Callable[..., object], delete: Callable[..., object], name: str
+    ) -> None:
         """Delete a core object if it is ours (a foreign one of that name stays)."""
         from kubernetes.client.exceptions import ApiException
 
@@ -494,7 +504,7 @@ class K8sBackend(BackendDefaults):
 
     # -- reactor side ---------------------------------------------------------------------------
 
-    async def _api_call(self, f: Any, *args: Any, run: Runner | None = None) -> Any:
+    async def _api_call(self, f: Callable[..., R], *args: object, run: Runner | None = None) -> R:
         """Run on the pool; API failures become readable BackendErrors."""
         try:
             return await (run or self._run)(f, *args)
@@ -717,7 +727,8 @@ def _short(error: object) -> str:
     return text.splitlines()[0][:300]
 
 
-def _decoded(value: Any) -> str:
+def _decoded(value: str | None) -> str:
+    """A Secret's base64 value as text (empty if absent or not base64)."""
     import base64
 
     if not value:

@@ -76,7 +76,9 @@ def ours(obj: dict[str, Any], instance: str) -> bool:
     return bool(found.get(INSTANCE_LABEL) == instance)
 
 
-def secret(instance: str, sandbox_id: str, workspace_id: str, password: str, token: str) -> Any:
+def secret(
+    instance: str, sandbox_id: str, workspace_id: str, password: str, token: str
+) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Final
 
 import psycopg2.errors
 from attrs import define, field
@@ -60,7 +60,7 @@ class SandboxManager:
     _backend: SandboxBackend
     _workspaces: Workspaces
     _max_sandboxes: int
-    _url_for: Any = None  # (sandbox_id) -> str: its subdomain
+    _url_for: Callable[[str], str] | None = None  # (sandbox_id) -> its subdomain's URL
     # Told of each status change and delete (the proxy drops what it cached, ends sessions).
     _events: Events = field(factory=Events)
     tunnels: Any = None  # TunnelHub: deleting a local sandbox revokes its agent's tunnel
@@ -185,11 +185,11 @@ class SandboxManager:
     # -- transitions ---------------------------------------------------------------------------
 
     async def _transition(
-        self, sandbox_id: str, allowed: Iterable[Status], to: Status, **columns: Any
+        self, sandbox_id: str, allowed: Iterable[Status], to: Status, **columns: object
     ) -> Row | None:
         """Compare-and-set the status; None if the sandbox was not in ``allowed``."""
         sets = ["status = %s", "updated_at = now()"]
-        args: list[Any] = [to.value]
+        args: list[object] = [to.value]
         for name, value in columns.items():
             sets.append(f"{name} = now()" if value is _NOW else f"{name} = %s")
             if value is not _NOW:
@@ -391,7 +391,7 @@ class SandboxManager:
         lock = self._locks.get(sandbox_id)
         return lock is not None and lock.locked
 
-    def _background(self, sandbox_id: str, work: Any) -> None:
+    def _background(self, sandbox_id: str, work: Awaitable[object]) -> None:
         async def locked() -> None:
             async with self._lock(sandbox_id):
                 await work
@@ -507,7 +507,7 @@ class SandboxManager:
     async def force(self, sandbox_id: str, was: Status, to: Status, error: str | None) -> bool:
         """The reconciler's transition: compare-and-set from exactly ``was``; whoever worked
         on the sandbox before is done with it."""
-        columns: dict[str, Any] = {"error": error, "worked_by": None}
+        columns: dict[str, object] = {"error": error, "worked_by": None}
         if to is Status.PAUSED:
             columns.update(paused_at=_NOW, paused_kind=None, paused_by=None)
         elif to is Status.RUNNING:
@@ -534,4 +534,4 @@ class _Now:
     """Marker for "set this column to now()" in _transition."""
 
 
-_NOW: Any = _Now()
+_NOW: Final = _Now()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from attrs import define
 from twisted.internet.interfaces import IReactorTime
@@ -189,5 +189,5 @@ class Reconciler:
             )
 
 
-def _why(error: Any) -> str:
+def _why(error: BaseException) -> str:
     return str(error) or type(error).__name__

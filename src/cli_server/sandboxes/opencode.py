@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 from base64 import b64encode
-from typing import Any
 
-from attrs import define
+from attrs import Factory, define, field
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, TimeoutError
 from twisted.internet.error import ConnectError, ConnectionClosed
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
 
-from cli_server.plumbing.quiet import quiet_agent
+from cli_server.plumbing.quiet import ClientReactor, quiet_agent
 from cli_server.sandboxes.backend import BackendError, Endpoint
 
 
@@ -26,13 +26,18 @@ def basic_auth(password: str) -> bytes:
 class OpencodeClient:
     """Short, bounded requests. Connections are not kept: these calls are rare."""
 
-    _reactor: Any
+    _reactor: IReactorTime  # timeouts and retries
+    # what connects to opencode: by default the same reactor (the server's is both)
+    _connections: ClientReactor = field(
+        default=Factory(lambda self: self._reactor, takes_self=True)
+    )
 
     async def get_json(
         self, endpoint: Endpoint, password: str, path: str, timeout: float = 2.0
-    ) -> tuple[int, Any]:
-        pool = HTTPConnectionPool(self._reactor, persistent=False)
-        http = HTTPClient(quiet_agent(self._reactor, pool, timeout))
+    ) -> tuple[int, object]:
+        """The status code and the JSON body (None if empty or unreadable)."""
+        pool = HTTPConnectionPool(self._connections, persistent=False)
+        http = HTTPClient(quiet_agent(self._connections, pool, timeout))
         url = f"http://{endpoint.host}:{endpoint.port}{path}"
         d = http.get(url, headers=Headers({b"authorization": [basic_auth(password)]}))
         d.addTimeout(timeout, self._reactor)

@@ -48,17 +48,22 @@ import stat
 from collections import OrderedDict
 from collections.abc import Callable, Container, Mapping
 from pathlib import Path
-from typing import Any
 
 from attrs import Factory, define, field, frozen
 from twisted.internet.defer import Deferred, DeferredLock, TimeoutError, succeed
 from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProcessTransport,
+    IReactorTime,
+    IReactorUNIX,
+)
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cli_server.plumbing.networks import Network
-from cli_server.plumbing.process import run_process
+from cli_server.plumbing.process import ProcessReactor, run_process
 from cli_server.plumbing.system_accounts import SystemAccount, ensure_system_account
 from cli_server.plumbing.threads import Runner, synchronous_runner
 from cli_server.sandboxes import seccomp
@@ -66,6 +71,7 @@ from cli_server.sandboxes.backend import (
     PREVIEW_PORTS,
     BackendDefaults,
     BackendError,
+    Door,
     Endpoint,
     ExitListener,
     LogTail,
@@ -244,9 +250,9 @@ class _Forward:
 @define(eq=False)
 class _Live:
     port: int
-    sandbox: Any  # IProcessTransport
+    sandbox: IProcessTransport
     sandbox_proto: _Watched
-    slirp: Any  # None when unisolated
+    slirp: IProcessTransport | None  # None when unisolated
     slirp_proto: _Watched | None
     # previews: port inside -> its forward, added on first use, least recently used first
     # (under the lock: two requests at once add one forward)
@@ -258,14 +264,15 @@ class _Live:
 class ProcessBackend(BackendDefaults):
     """Sandboxes as local processes; see the module docstring."""
 
-    _reactor: Any
+    # the clock (deadlines, resting ports); by default also what spawns the processes and
+    # connects to slirp4netns' API socket (``processes``, ``unix``): the server's reactor is all
+    _reactor: IReactorTime
     _data_dir: Path
     _opencode: Path
     _opencode_client: OpencodeClient
     _env: Mapping[str, str] = field(factory=dict)  # extra environment for every sandbox
-    # (sandbox_id, netns or None) -> (IListeningPort, port): the Anthropic proxy's door into
-    # a sandbox, taking only that sandbox's token
-    _door: Any = None
+    # the Anthropic proxy's door into a sandbox, taking only that sandbox's token
+    _door: Door | None = None
     _anthropic_url: str | None = None  # ANTHROPIC_PROXY_URL: overrides the door's address
     _limits: Limits = field(factory=Limits)
     _account: SystemAccount | None = field(factory=sandbox_account)
@@ -273,8 +280,12 @@ class ProcessBackend(BackendDefaults):
     _egress_allow: tuple[Network, ...] = ()  # --egress-allow: private ranges a sandbox may reach
     _start_timeout: float = 60.0
     _disk_sizes: DiskSizes = field(factory=DiskSizes)  # 0: a plain directory, no quota
+    # (the same reactor unless given: attrs cannot check these defaults, the server's reactor
+    # provides IReactorProcess and IReactorUNIX)
+    _processes: ProcessReactor = field(default=Factory(lambda self: self._reactor, takes_self=True))
+    _unix: IReactorUNIX = field(default=Factory(lambda self: self._reactor, takes_self=True))
     _quotas: DiskQuotas = field(
-        default=Factory(lambda self: DiskQuotas.on(self._reactor), takes_self=True)
+        default=Factory(lambda self: DiskQuotas.on(self._processes), takes_self=True)
     )
     _cgroup_root: Path = _CGROUP_ROOT
     # runs the blocking reads of /proc (the server passes a bounded pool's)
@@ -282,13 +293,13 @@ class ProcessBackend(BackendDefaults):
     # the host's rule that only our uid connects to the forwards
     _guard: ForwardGuard = field(
         default=Factory(
-            lambda self: ForwardGuard.on(self._reactor, self._data_dir), takes_self=True
+            lambda self: ForwardGuard.on(self._processes, self._data_dir), takes_self=True
         )
     )
     _live: dict[str, _Live] = field(factory=dict, init=False)
     # workspace id -> sandboxes started since its disk was mounted; unmounted when none is left
     _disk_users: dict[str, set[str]] = field(factory=dict, init=False)
-    _doors: dict[str, Any] = field(factory=dict, init=False)
+    _doors: dict[str, IListeningPort] = field(factory=dict, init=False)
     # host port -> when its forward was removed: a request that picked that forward a moment
     # before must not reach another sandbox's forward on the same port
     _resting: dict[int, float] = field(factory=dict, init=False)
@@ -422,6 +433,7 @@ class ProcessBackend(BackendDefaults):
             await self._guard.admit_only_us(port)  # (before the forward listens)
             try:
                 reply = await unix_json_call(
+                    self._unix,
                     self._reactor,
                     str(box / "slirp.sock"),
                     {
@@ -447,6 +459,7 @@ class ProcessBackend(BackendDefaults):
     async def _unforward(self, box: Path, forward: _Forward) -> None:
         """Remove one of the sandbox's forwards; its host port rests a while."""
         reply = await unix_json_call(
+            self._unix,
             self._reactor,
             str(box / "slirp.sock"),
             {"execute": "remove_hostfwd", "arguments": {"id": forward.id}},
@@ -469,7 +482,7 @@ class ProcessBackend(BackendDefaults):
         argv = [str(opencode), "serve", "--hostname", "127.0.0.1", "--port", str(port)]
         proto = _opencode_watch(self._output_log(spec))
         account = self._account
-        transport = self._reactor.spawnProcess(
+        transport = self._processes.spawnProcess(
             proto,
             argv[0],
             argv,
@@ -563,7 +576,7 @@ class ProcessBackend(BackendDefaults):
 
     async def _must(self, tool: str, args: list[str]) -> None:
         result = await run_process(
-            self._reactor,
+            self._processes,
             [_which(tool), *args],
             timeout=15,
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
@@ -571,7 +584,7 @@ class ProcessBackend(BackendDefaults):
         if result.code != 0:
             raise BackendError(f"{tool} failed: {result.output.strip()[-300:]}")
 
-    def _spawn_slirp(self, box: Path, netns: Path) -> tuple[Any, _Watched]:
+    def _spawn_slirp(self, box: Path, netns: Path) -> tuple[IProcessTransport, _Watched]:
         (box / "slirp.sock").unlink(missing_ok=True)
         proto = _slirp_watch()
         argv = [
@@ -590,7 +603,7 @@ class ProcessBackend(BackendDefaults):
             "tap0",
         ]
         # fd 4 is a pipe only we write to: when this process dies, slirp4netns sees EOF and exits.
-        transport = self._reactor.spawnProcess(
+        transport = self._processes.spawnProcess(
             proto, argv[0], argv, env={}, childFDs={0: "w", 1: "r", 2: "r", 3: "r", 4: "w"}
         )
         return transport, proto
@@ -709,14 +722,14 @@ class ProcessBackend(BackendDefaults):
 
     def _spawn_sandbox(
         self, spec: SandboxSpec, box: Path, netns: Path, opencode: Path, anthropic_url: str
-    ) -> tuple[Any, _Watched]:
+    ) -> tuple[IProcessTransport, _Watched]:
         proto = _opencode_watch(self._output_log(spec))
         argv = self._sandbox_argv(spec, box, netns, opencode, anthropic_url)
         args = _memory_file("bwrap-args", self._sandbox_args(spec, anthropic_url))
         try:
             rules = _memory_file("bwrap-seccomp", seccomp.sandbox_filter())
             try:
-                transport = self._reactor.spawnProcess(
+                transport = self._processes.spawnProcess(
                     proto,
                     argv[0],
                     argv,
@@ -812,6 +825,7 @@ class ProcessBackend(BackendDefaults):
 
                 live.slirp_proto.ended.addBoth(gone)
             ended = live.sandbox_proto.reason
+            # (probed: a BaseException, ProcessDone or ProcessTerminated, or None if not told)
             why = exit_reason(
                 getattr(ended, "exitCode", None),
                 getattr(ended, "signal", None),
@@ -850,7 +864,9 @@ class ProcessBackend(BackendDefaults):
             )
         )
 
-    async def _terminate(self, transport: Any, watched: _Watched, grace: float) -> None:
+    async def _terminate(
+        self, transport: IProcessTransport, watched: _Watched, grace: float
+    ) -> None:
         """SIGTERM, and SIGKILL if it has not exited after ``grace`` seconds."""
         _signal(transport, "TERM")
         try:
@@ -866,7 +882,7 @@ class ProcessBackend(BackendDefaults):
         netns = box / "netns"
         if netns.exists():
             if os.path.ismount(netns):
-                await run_process(self._reactor, [_which("umount"), str(netns)], timeout=15)
+                await run_process(self._processes, [_which("umount"), str(netns)], timeout=15)
             netns.unlink(missing_ok=True)
         (box / "slirp.sock").unlink(missing_ok=True)
         self._remove_cgroups(sandbox_id)
@@ -1046,27 +1062,27 @@ def _forward_port(resting: Container[int]) -> int:
     return _free_port()
 
 
-def _signal(transport: Any, sig: str) -> None:
+def _signal(transport: IProcessTransport, sig: str) -> None:
     try:
         transport.signalProcess(sig)
     except (ProcessExitedAlready, OSError):
         pass
 
 
-async def _within(reactor: Any, d: Deferred[Any], seconds: float, message: str) -> None:
+async def _within(clock: IReactorTime, d: Deferred[None], seconds: float, message: str) -> None:
     """Wait for a signal Deferred (fired once by a protocol) with a deadline.
 
     ``d`` itself is never cancelled: its protocol will fire it later, and a cancelled Deferred
     would then raise AlreadyCalledError inside the protocol.
     """
-    outcome: Deferred[Any] = Deferred()
+    outcome: Deferred[None] = Deferred()
 
-    def settle(result: Any) -> None:
+    def settle(result: None | Failure) -> None:
         if not outcome.called:
             outcome.callback(result)  # a Failure runs outcome's errbacks
 
     d.addBoth(settle)
-    outcome.addTimeout(seconds, reactor)
+    outcome.addTimeout(seconds, clock)
     try:
         await outcome
     except TimeoutError:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IReactorUNIX
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
@@ -38,13 +40,21 @@ class _OneShot(Protocol):
 
 
 async def unix_json_call(
-    reactor: Any, path: str, request: dict[str, Any], *, timeout: float
+    reactor: IReactorUNIX,
+    clock: IReactorTime,
+    path: str,
+    request: Mapping[str, object],
+    *,
+    timeout: float,
 ) -> dict[str, Any]:
+    """Send ``request`` to the socket at ``path``; its JSON object reply (or ``{"error": …}``).
+
+    ``reactor`` connects, ``clock`` bounds the connection and the reply (the same reactor)."""
     proto = _OneShot(json.dumps(request).encode())
     connecting = connect_quietly(UNIXClientEndpoint(reactor, path, timeout=timeout), proto)
-    connecting.addTimeout(timeout, reactor)
+    connecting.addTimeout(timeout, clock)
     await connecting
-    proto.reply.addTimeout(timeout, reactor)
+    proto.reply.addTimeout(timeout, clock)
     raw = await proto.reply
     try:
         reply = json.loads(raw)

@@ -299,7 +299,7 @@ class CliTests(SynchronousTestCase):
             return made[-1]
 
         self.patch(__import__("cli_server.audit_cli").audit_cli, "Database", pool)
-        done(read(None, options, out))
+        done(read(None, None, options, out))
         printed = out.getvalue().splitlines()
         self.assertEqual(len(printed), 2)
         self.assertIn('"target_name": "box 3"', printed[0])

@@ -55,7 +55,11 @@ async def unix_json_call(
     connecting.addTimeout(timeout, clock)
     await connecting
     proto.reply.addTimeout(timeout, clock)
-    raw = await proto.reply
+    try:
+        raw = await proto.reply
+    finally:
+        if proto.transport is not None:  # (a reply that never came: nobody reads the socket)
+            proto.transport.loseConnection()
     try:
         reply = json.loads(raw)
     except ValueError:

@@ -21,7 +21,7 @@ REQUEST = {"execute": "add_hostfwd", "arguments": {"host_port": 8080}}
 
 
 def call(reactor: MemoryReactorClock, timeout: float = 5.0) -> Deferred[dict[str, Any]]:
-    return Deferred.fromCoroutine(unix_json_call(reactor, PATH, REQUEST, timeout=timeout))
+    return Deferred.fromCoroutine(unix_json_call(reactor, reactor, PATH, REQUEST, timeout=timeout))
 
 
 def accept(reactor: MemoryReactorClock) -> tuple[IProtocol, StringTransport]:
@@ -97,12 +97,14 @@ def test_connect_timeout() -> None:
 
 
 def test_silent_server_times_out() -> None:
-    """A server that accepts but never answers fails the call after ``timeout`` seconds."""
+    """A server that accepts but never answers fails the call after ``timeout`` seconds, and
+    the connection is closed (not left open for a reply nobody waits for)."""
     reactor = MemoryReactorClock()
     d = call(reactor, timeout=2)
-    accept(reactor)
+    _protocol, transport = accept(reactor)
     reactor.advance(2)
     failure_of(d).trap(TimeoutError)
+    assert transport.disconnecting
 
 
 def test_refused_connection_fails() -> None:

@@ -20,7 +20,7 @@ class AnsweredLater(Resource):
     _doing = "answering {uri}"
     _log = Logger()
 
-    def render(self, request: Request) -> Any:
+    def render(self, request: Request) -> int:
         d = Deferred.fromCoroutine(self._handle(request))
         d.addErrback(self._failed, request)
         return NOT_DONE_YET

@@ -97,8 +97,15 @@ class _DoorSite(Site):
     one sandbox keeps at most ``MAX_CONNECTIONS`` open, so it cannot hold many bodies at
     once."""
 
-    only_anthropic = True
     noisy = False  # (one per sandbox start: no "Starting factory" lines for each)
+    # What its requests read of it (``web.request.RequestSite``): its bodies are prompts, in
+    # the shared budget (a test gives its own); no sandbox subdomains, no proxy trusted, and
+    # no drain waits for it.
+    only_anthropic = True
+    body_budget = None
+    base_host = None
+    trusted_proxies = None
+    requests = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("timeout", IDLE_TIMEOUT)

@@ -7,13 +7,14 @@ from collections.abc import Hashable
 from functools import partial
 from io import BytesIO
 from ipaddress import ip_network
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from attrs import define, field
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress, ITCPTransport
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.iweb import IRequest
 
 from cli_server.plumbing.client_address import TrustedProxies
 from cli_server.plumbing.nodelay import no_delay
@@ -66,6 +67,40 @@ BODIES = BodyBudget(
 )  # shared by the main site and the sandboxes' doors
 
 
+@runtime_checkable
+class RequestSite(Protocol):
+    """The site a ``BoundedRequest`` belongs to, as the request reads it: the main site
+    (``serving.QuietSandboxSite``) or a sandbox's door (``anthropic.listener``). A plain
+    twisted.web Site has none of this; its requests get the defaults (the shared budget, no
+    trusted proxy, no drain, sandbox hosts told by their "oc-" prefix)."""
+
+    @property
+    def base_host(self) -> bytes | None:
+        """The sandbox subdomains' base domain (None: told by their "oc-" prefix)."""
+
+    @property
+    def trusted_proxies(self) -> TrustedProxies | None:
+        """Whose X-Forwarded-For is believed."""
+
+    @property
+    def requests(self) -> OpenRequests | None:
+        """The requests open on it, which a drain waits for."""
+
+    @property
+    def only_anthropic(self) -> bool:
+        """A sandbox's door: its bodies are prompts, read whole and capped."""
+
+    @property
+    def body_budget(self) -> BodyBudget | None:
+        """Its bodies' budget; None: the shared ``BODIES``."""
+
+
+def request_site(site: object) -> RequestSite | None:
+    """``site`` as a RequestSite; None for a plain twisted.web Site (or none: a request whose
+    client left)."""
+    return site if isinstance(site, RequestSite) else None
+
+
 class BoundedRequest(server.Request):
     """Keeps a body in memory under its route's cap and the shared ``BodyBudget``; refuses one
     that would not fit as soon as that is known. Streams bodies sent to a sandbox's subdomain
@@ -95,8 +130,9 @@ class BoundedRequest(server.Request):
         # (not twisted.web's: it opens a temporary file for a body over 100 kB)
         self.content = BytesIO()
         channel: Any = self.channel
-        requests = getattr(getattr(channel, "site", None), "requests", None)
-        if isinstance(requests, OpenRequests):
+        site = self._site()
+        requests = site.requests if site is not None else None
+        if requests is not None:
             self._open_in = requests
             requests.opened(self)
         path = getattr(channel, "_path", None) or b""
@@ -125,16 +161,21 @@ class BoundedRequest(server.Request):
             return None
         return line  # type: ignore[return-value]
 
+    def _site(self) -> RequestSite | None:
+        # (the channel is None once the client left)
+        return request_site(getattr(self.channel, "site", None))
+
     def _budget(self) -> BodyBudget:
-        budget = getattr(getattr(self.channel, "site", None), "body_budget", None)
-        return budget if isinstance(budget, BodyBudget) else BODIES
+        site = self._site()
+        budget = site.body_budget if site is not None else None
+        return BODIES if budget is None else budget
 
     def _source(self) -> Hashable:
         """Whose bodies these are, for the budget's shares: a door's sandbox, else the client
         address (an IPv6 address by its /64, which one client usually has whole)."""
         if self._source_key is None:
-            site = getattr(self.channel, "site", None)
-            if getattr(site, "only_anthropic", False):
+            site = self._site()
+            if site is not None and site.only_anthropic:
                 self._source_key = ("door", id(site))
             else:
                 host = str(getattr(self.getClientAddress(), "host", ""))
@@ -147,8 +188,8 @@ class BoundedRequest(server.Request):
         return self._source_key
 
     def _for_sandbox(self) -> bool:
-        site = getattr(self.channel, "site", None)
-        if getattr(site, "only_anthropic", False):
+        site = self._site()
+        if site is not None and site.only_anthropic:
             return False  # a sandbox's door: its bodies are prompts, read whole and capped
         return for_sandbox(self, site)
 
@@ -247,10 +288,11 @@ class BoundedRequest(server.Request):
         """The peer, or the client a trusted proxy forwarded for: what the login limits, the
         access log and the sandboxes' X-Forwarded-For all see (``client_address``)."""
         peer: IAddress = super().getClientAddress()
-        trusted = getattr(getattr(self, "channel", None), "site", None)
-        trusted = getattr(trusted, "trusted_proxies", None)
-        host = getattr(peer, "host", None)
-        if not isinstance(trusted, TrustedProxies) or not isinstance(host, str):
+        # (the channel is None once the client left)
+        site = request_site(getattr(getattr(self, "channel", None), "site", None))
+        trusted = site.trusted_proxies if site is not None else None
+        host = getattr(peer, "host", None)  # (a UNIX socket's address has none)
+        if trusted is None or not isinstance(host, str):
             return peer
         if not trusted.trusts_peer(host):
             return peer
@@ -328,16 +370,17 @@ def _lingering_close(channel: Any, close: Any) -> None:
     channel.callLater(LINGER, close)
 
 
-def for_sandbox(request: Any, site: Any) -> bool:
+def for_sandbox(request: http.Request, site: object) -> bool:
     """Whether the request's Host is a sandbox subdomain, by the router's own rule."""
-    base_host = getattr(site, "base_host", None)
+    ours = request_site(site)
+    base_host = ours.base_host if ours is not None else None
     host = request.getHeader(b"host")
     if base_host is None:  # (a site built without one, in tests)
         return (host or b"").lower().startswith(b"oc-")
     return sandbox_for_host(host, base_host)[0]
 
 
-def client_host(request: Any) -> str:
+def client_host(request: IRequest) -> str:
     """The client's address as text (behind --trusted-proxies: the forwarded client, see
     ``Request.getClientAddress``); "unix" for a UNIX-socket peer."""
     return str(getattr(request.getClientAddress(), "host", "unix"))

@@ -10,7 +10,7 @@ from cli_server.plumbing.client_address import TrustedProxies
 from cli_server.plumbing.timeouts import IDLE_TIMEOUT
 from cli_server.web.access_log import api_read, redacting_log_formatter
 from cli_server.web.open_requests import OpenRequests
-from cli_server.web.request import for_sandbox
+from cli_server.web.request import BodyBudget, for_sandbox
 
 
 class QuietSandboxSite(server.Site):
@@ -19,6 +19,9 @@ class QuietSandboxSite(server.Site):
     never a credential in a query string (the tunnel accepts ``?token=``)."""
 
     noisy = False  # (no "Starting factory" lines: the start-up line says where we listen)
+    # (``request.RequestSite``: what its requests read of it)
+    only_anthropic = False
+    body_budget: BodyBudget | None = None  # the shared one (a test gives its own)
 
     def __init__(
         self,

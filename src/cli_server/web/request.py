@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from functools import partial
 from io import BytesIO
 from ipaddress import ip_network
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 from attrs import define, field
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IAddress, ITCPTransport
+from twisted.internet.interfaces import IAddress, IPushProducer, ITCPTransport
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.iweb import IRequest
@@ -129,7 +129,7 @@ class BoundedRequest(server.Request):
     def gotLength(self, length: int | None) -> None:
         # (not twisted.web's: it opens a temporary file for a body over 100 kB)
         self.content = BytesIO()
-        channel: Any = self.channel
+        channel = self.channel
         site = self._site()
         requests = site.requests if site is not None else None
         if requests is not None:
@@ -143,7 +143,8 @@ class BoundedRequest(server.Request):
             if line is None:
                 self._cap = MAX_SANDBOX_BODY  # (a twisted.web without these: buffer, capped)
                 return
-            self.streamed_body = StreamedBody(channel.transport, length)
+            # (a TCP or TLS connection: both pause, though TLS does not declare IPushProducer)
+            self.streamed_body = StreamedBody(cast(IPushProducer, channel.transport), length)
             self._early = True
             # Render in a turn of our own: never inside the channel's parsing of this connection.
             channel.callLater(0, partial(self._render_early, *line))
@@ -155,7 +156,7 @@ class BoundedRequest(server.Request):
             self._refuse_busy()
 
     def _line(self) -> tuple[bytes, bytes, bytes] | None:
-        channel: Any = self.channel
+        channel = self.channel
         line = tuple(getattr(channel, n, None) for n in ("_command", "_path", "_version"))
         if None in line:
             return None
@@ -235,11 +236,10 @@ class BoundedRequest(server.Request):
         assert self._refusal is not None
         status, code, message = self._refusal
         self._set_line(command, path, version)
-        channel: Any = self.channel
-        self.site = channel.site
+        self.site = self.channel.site  # type: ignore[attr-defined]  # (set by Site.buildProtocol)
         if self.path.startswith(_ANTHROPIC_PATH):  # in Anthropic's shape, for SDKs and opencode
             kind = "request_too_large" if status == 413 else "overloaded_error"
-            body: Any = {"type": "error", "error": {"type": kind, "message": message}}
+            body: dict[str, object] = {"type": "error", "error": {"type": kind, "message": message}}
         else:
             body = {"error": {"code": code, "message": message}}
         data = json.dumps(body).encode()
@@ -276,8 +276,7 @@ class BoundedRequest(server.Request):
         if not self._budget().take(self._source(), len(data)):
             return self._refuse_busy()
         self._received += len(data)
-        content: Any = self.content
-        content.write(data)
+        cast(BytesIO, self.content).write(data)  # (ours: made in gotLength)
 
     def _release(self) -> None:
         if self._received:
@@ -305,9 +304,9 @@ class BoundedRequest(server.Request):
         return (IPv6Address if ":" in client else IPv4Address)("TCP", client, 0)
 
     def process(self) -> None:
-        channel: Any = self.channel
-        if not getattr(channel, "no_delay", False):  # once per connection
-            channel.no_delay = True
+        channel = self.channel
+        if not getattr(channel, "no_delay", False):  # once per connection (our mark on it)
+            channel.no_delay = True  # type: ignore[attr-defined]
             no_delay(channel.transport)
         super().process()
 
@@ -330,14 +329,15 @@ class BoundedRequest(server.Request):
 
     def finish(self) -> None:
         if self._answering_early():
-            channel: Any = self.channel
+            channel = self.channel
             channel.persistent = False
             if self.streamed_body is not None:
                 self.streamed_body.stopProducing()
             # What the browser still sends is dropped: over TLS, data keeps arriving after
             # the channel's loseConnection, and the channel must not parse it as a request.
-            channel.dataReceived = _discard
-            channel.loseConnection = partial(_lingering_close, channel, channel.loseConnection)
+            channel.dataReceived = _discard  # type: ignore[method-assign]
+            close = partial(_lingering_close, channel, channel.loseConnection)
+            channel.loseConnection = close  # type: ignore[method-assign]
         self._release()
         self._closed()
         super().finish()
@@ -356,7 +356,7 @@ def _discard(data: bytes) -> None:
     pass
 
 
-def _lingering_close(channel: Any, close: Any) -> None:
+def _lingering_close(channel: http.HTTPChannel, close: Callable[[], None]) -> None:
     """Closes a connection answered before its body came so that the client sees the answer.
 
     Closing a TCP socket with unread data in it sends a reset, and the client's system drops

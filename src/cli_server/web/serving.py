@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.web import http, server
+from twisted.web.resource import IResource
 
 from cli_server.plumbing.client_address import TrustedProxies
 from cli_server.plumbing.timeouts import IDLE_TIMEOUT
@@ -25,10 +24,10 @@ class QuietSandboxSite(server.Site):
 
     def __init__(
         self,
-        resource: Any,
+        resource: IResource,
         base_host: bytes | None = None,
         trusted_proxies: TrustedProxies | None = None,
-        **kwargs: Any,
+        **kwargs: object,  # (twisted.web's Site: requestFactory, reactor, timeout...)
     ) -> None:
         kwargs.setdefault("timeout", IDLE_TIMEOUT)
         super().__init__(resource, logFormatter=redacting_log_formatter, **kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from attrs import define, field, frozen
@@ -77,14 +78,15 @@ class MainSite:
     _workspaces: WorkspacesAPI
     _sandboxes: SandboxesAPI
     _agents: AgentsAPI
-    _ready: Any  # () -> bool: start-up (database, migrations) finished
-    _metrics: Any = field(factory=lambda: Metrics())
+    _ready: Callable[[], bool]  # start-up (database, migrations) finished
+    _metrics: Metrics = field(factory=lambda: Metrics())
     _ui: IResource = field(factory=WebUI)
     _invitations: InvitationsAPI | None = None
     _claude: ClaudeSetup | None = None
     _admin: AdminAPI | None = None
     _sso: SsoAPI | None = None
-    _draining: Any = None  # () -> bool: the server stops (SIGTERM); the balancer takes it out
+    # Whether the server stops (SIGTERM): the balancer takes it out.
+    _draining: Callable[[], bool] | None = None
 
     # Built once, at start: the declarations do not change while the process runs.
     _document: bytes = field(init=False)
@@ -94,8 +96,8 @@ class MainSite:
 
     @_document.default
     def _build_document(self) -> bytes:
-        auth: Any = self._auth  # (a site built for a test may have none)
-        cookies = getattr(auth, "cookies", None)
+        # (a site built for a test may have no AuthAPI)
+        cookies: SessionCookies | None = getattr(self._auth, "cookies", None)
         name = cookies.name.decode("ascii") if cookies is not None else "cli_session"
         return dumps(api_document(APPS, cookie=name))
 
@@ -198,7 +200,7 @@ class MainSite:
     )
     def metrics(self, request: IRequest) -> bytes:
         """Prometheus text, for scrapers on this host only (it counts sandboxes)."""
-        peer: Any = request.getClientAddress()
+        peer = request.getClientAddress()  # (a UNIX socket's address has no host)
         if getattr(peer, "host", "") not in ("127.0.0.1", "::1") or request.getHeader(
             b"x-forwarded-for"
         ):

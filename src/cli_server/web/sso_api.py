@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from cli_server.db.pool import DatabaseUnavailable
+from cli_server.domain.accounts import Accounts
 from cli_server.domain.audit import Action, AuditLog, Target
 from cli_server.domain.errors import ApiError, Forbidden, NotFound
 from cli_server.sso.claims import SignInRefused, SignIns
@@ -37,7 +38,7 @@ log = Logger()
 class SsoAPI:
     _providers: SsoProviders
     _sign_ins: SignIns
-    _accounts: Any  # accounts.Accounts: open_trusted_session(user_id, user_agent, address)
+    _accounts: Accounts
     _cookies: SessionCookies
     _secure: bool
     _audit: AuditLog | None = None

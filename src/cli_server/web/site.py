@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import cast
 
 from attrs import define, field, frozen
 from klein import Klein
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
+from twisted.web.server import Request
 
 from cli_server.anthropic.setup import ClaudeSetup
 from cli_server.db.pool import Database
@@ -139,11 +140,12 @@ class MainSite:
     def _mount(self, request: IRequest, app: Klein) -> IResource:
         """Hand the rest of the path to a sub-app, once start-up has finished."""
         self._require_ready()
-        req: Any = request
-        if not req.postpath:
+        postpath = cast(Request, request).postpath  # (Klein serves twisted.web's requests)
+        assert postpath is not None  # (set while the resource tree is walked)
+        if not postpath:
             # "/api/workspaces" without a slash: let the sub-app see "/" so that werkzeug
             # answers 405 for a wrong method rather than 404.
-            req.postpath.append(b"")
+            postpath.append(b"")
         return app.resource()
 
     @route(app, SSO.prefix, branch=True, strict_slashes=False, methods=_ALL, public=True)

@@ -7,13 +7,14 @@ one line that names no code, token or state.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
 from urllib.parse import quote
 
 from attrs import define
 from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 
 from cli_server.db.pool import DatabaseUnavailable
 from cli_server.domain.accounts import Accounts
@@ -98,7 +99,7 @@ class SsoAPI:
             await pending_signins.cancel(cookie)
             code = "provider_down" if isinstance(e, ProviderDown) else "provider_error"
             return await self._land(request, provider, code, str(e))
-        req: Any = request
+        req = cast(Request, request)  # (Klein serves twisted.web's requests)
         req.addCookie(
             self._flow_cookie,
             cookie.encode("ascii"),

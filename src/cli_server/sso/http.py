@@ -4,7 +4,6 @@ an answer is ``ProviderDown`` and every answer we cannot use is ``ProviderError`
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from attrs import define
 from treq.client import HTTPClient
@@ -15,9 +14,11 @@ from twisted.internet.error import (
     ConnectionClosed,
     DNSLookupError,
 )
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.client import HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
 
+from cli_server.plumbing.encoding import JSON
 from cli_server.plumbing.quiet import quiet_agent
 
 _UNREACHABLE = (
@@ -42,20 +43,20 @@ class ProviderError(Exception):
 
 @define(eq=False)
 class ProviderHttp:
-    _reactor: Any  # IReactorTCP + IReactorTime
+    _reactor: IReactorTime  # (and IReactorTCP: quiet_agent connects with it)
     timeout: float = 10.0
 
-    async def get_json(self, url: str, headers: dict[bytes, bytes] | None = None) -> Any:
+    async def get_json(self, url: str, headers: dict[bytes, bytes] | None = None) -> JSON:
         return await self._request("GET", url, headers or {}, None)
 
     async def post_form(
         self, url: str, form: dict[str, str], headers: dict[bytes, bytes] | None = None
-    ) -> Any:
+    ) -> JSON:
         return await self._request("POST", url, headers or {}, form)
 
     async def _request(
         self, method: str, url: str, headers: dict[bytes, bytes], form: dict[str, str] | None
-    ) -> Any:
+    ) -> JSON:
         pool = HTTPConnectionPool(self._reactor, persistent=False)
         http = HTTPClient(quiet_agent(self._reactor, pool, self.timeout))
         sent = Headers({b"accept": [b"application/json"], b"user-agent": [b"cli-server"]})

@@ -202,6 +202,7 @@ class Forwarder:
         url = f"http://{host}:{endpoint.port}".encode() + path
         if request.finished or request.channel is None:
             return True  # the browser left before we got here
+        # (web.request.BoundedRequest streams a sandbox's upload; the proxy does not import web)
         body = getattr(request, "streamed_body", None)
         content = request.content
         if body is None and content is not None and not content.closed:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,5 +31,15 @@ class AnsweredLater(Resource):
     async def _handle(self, request: Request) -> None:
         raise NotImplementedError
 
-    def _page(self, request: Request, status: int, title: str, text: str, **kw: Any) -> None:
+    def _page(
+        self,
+        request: Request,
+        status: int,
+        title: str,
+        text: str,
+        *,
+        refresh: int | None = None,
+        resume: bool = False,
+        then: str | None = None,
+    ) -> None:
         raise NotImplementedError

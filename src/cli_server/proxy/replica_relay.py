@@ -18,7 +18,6 @@ process sandbox's door to the server (``anthropic/listener.py``) serves nothing 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
@@ -166,13 +165,26 @@ class InternalChannel(AnsweredLater):
         title, text = STATUS_TEXT["offline"]
         self._page(request, 503, title, text, refresh=3)
 
-    def _page(self, request: Request, status: int, title: str, text: str, **kw: Any) -> None:
+    def _page(
+        self,
+        request: Request,
+        status: int,
+        title: str,
+        text: str,
+        *,
+        refresh: int | None = None,
+        resume: bool = False,
+        then: str | None = None,
+    ) -> None:
         if request.finished or request.channel is None or request.startedWriting:
             return
         request.setResponseCode(status)
         for name, value in PAGE_HEADERS:
             request.setHeader(name, value)
-        request.write(page_html(title, text, dashboard=self._dashboard, **kw))
+        page = page_html(
+            title, text, dashboard=self._dashboard, refresh=refresh, resume=resume, then=then
+        )
+        request.write(page)
         request.finish()
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
 from urllib.parse import parse_qs
 
 from attrs import define
@@ -137,16 +136,29 @@ class SandboxSite(AnsweredLater):
         request.write(body)
         request.finish()
 
-    def _page(self, request: Request, status: int, title: str, text: str, **kw: Any) -> None:
+    def _page(
+        self,
+        request: Request,
+        status: int,
+        title: str,
+        text: str,
+        *,
+        refresh: int | None = None,
+        resume: bool = False,
+        then: str | None = None,
+    ) -> None:
         request.setResponseCode(status)
         for name, value in PAGE_HEADERS:
             request.setHeader(name, value)
-        if kw.get("resume"):
+        if resume:
             # The Resume form must carry this page's Origin: from a no-referrer page a browser
             # sends ``Origin: null``, which only fetch metadata can place, and browsers send
             # none over plain http (but to localhost). The page's URL still reaches nobody else.
             request.setHeader(b"referrer-policy", b"same-origin")
-        self._finish(request, page_html(title, text, dashboard=self._dashboard, **kw))
+        page = page_html(
+            title, text, dashboard=self._dashboard, refresh=refresh, resume=resume, then=then
+        )
+        self._finish(request, page)
 
     def _asked(self, request: Request) -> rules.Asked:
         headers = request.requestHeaders

@@ -150,7 +150,7 @@ class AnthropicProxy(Resource):
     _hold: float = 3600.0  # a budget hold outlives any call; a crashed server's runs out
     _free_calls_per_minute: float = 60.0  # counting tokens and listing models, per sandbox
     _free_calls: RateLimit = field(init=False)
-    _running: dict[str, set[Any]] = field(factory=dict, init=False)  # sandbox -> its calls
+    _running: dict[str, set[Request]] = field(factory=dict, init=False)  # sandbox -> its calls
     _agent: Agent = field(init=False)
     isLeaf = True
     _log = Logger()

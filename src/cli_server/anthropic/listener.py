@@ -13,11 +13,15 @@ import ctypes
 import os
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.internet.interfaces import IAddress
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request, Site
 
 from cli_server.anthropic.proxy import AnthropicProxy, anthropic_error
 from cli_server.plumbing.timeouts import IDLE_TIMEOUT
@@ -82,7 +86,7 @@ class _OnlyProxy(Resource):
         self._proxy = proxy
         self._sandbox_id = sandbox_id
 
-    def render(self, request: Any) -> Any:
+    def render(self, request: Request) -> bytes | int:
         if request.uri.startswith(b"/proxy/anthropic/"):
             return self._proxy.serve(request, self._sandbox_id)
         return anthropic_error(request, 404, "not_found_error", "only /proxy/anthropic/v1/")
@@ -97,33 +101,43 @@ class _DoorSite(Site):
     one sandbox keeps at most ``MAX_CONNECTIONS`` open, so it cannot hold many bodies at
     once."""
 
-    only_anthropic = True
     noisy = False  # (one per sandbox start: no "Starting factory" lines for each)
+    # What its requests read of it (``web.request.RequestSite``): its bodies are prompts, in
+    # the shared budget (a test gives its own); no sandbox subdomains, no proxy trusted, and
+    # no drain waits for it.
+    only_anthropic = True
+    body_budget = None
+    base_host = None
+    trusted_proxies = None
+    requests = None
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, resource: IResource, **kwargs: object) -> None:
         kwargs.setdefault("timeout", IDLE_TIMEOUT)
-        super().__init__(*args, **kwargs)
+        super().__init__(resource, **kwargs)
         self.open_connections = 0
 
-    def buildProtocol(self, addr: Any) -> Any:
+    # (Any: twisted.web's channel class, behind a private wrapper, is replaced in part below)
+    def buildProtocol(self, addr: IAddress | None) -> Any:
         if self.open_connections >= MAX_CONNECTIONS:
             return None  # (the port closes the new connection)
         protocol: Any = super().buildProtocol(addr)
         self.open_connections += 1
         lost = protocol.connectionLost
 
-        def connection_lost(reason: Any) -> None:
+        def connection_lost(reason: Failure) -> None:
             self.open_connections -= 1
             lost(reason)
 
         protocol.connectionLost = connection_lost
         return protocol
 
-    def log(self, request: Any) -> None:
+    def log(self, request: http.Request) -> None:
         """Sandboxes' model calls are metered, not access-logged."""
 
 
-def proxy_site(proxy: AnthropicProxy, request_factory: Any, sandbox_id: str) -> Site:
+def proxy_site(
+    proxy: AnthropicProxy, request_factory: Callable[..., Request], sandbox_id: str
+) -> Site:
     """The site behind one sandbox's door."""
     return _DoorSite(_OnlyProxy(proxy, sandbox_id), requestFactory=request_factory)
 

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from attrs import define, evolve, field, frozen
+
+from cli_server.plumbing.encoding import JSON
 
 if TYPE_CHECKING:
     from cli_server.anthropic.usage import Usage
@@ -124,7 +127,7 @@ def pulled_input(call: dict[str, Any]) -> str | None:
     return found
 
 
-def _in_blocks(blocks: Any, depth: int = 0) -> str | None:
+def _in_blocks(blocks: JSON, depth: int = 0) -> str | None:
     """The first content block (nested ones too: tool results, content sources) that names
     its content by reference instead of carrying it."""
     if isinstance(blocks, dict):
@@ -152,7 +155,7 @@ def _in_blocks(blocks: Any, depth: int = 0) -> str | None:
     return None
 
 
-def _named(value: Any, names: frozenset[str | None]) -> bool:
+def _named(value: JSON, names: frozenset[str | None]) -> bool:
     return (value is None or isinstance(value, str)) and value in names
 
 
@@ -172,7 +175,7 @@ SAFE_BETAS = frozenset(
 )
 
 
-def safe_betas(values: list[bytes]) -> bytes | None:
+def safe_betas(values: Iterable[bytes]) -> bytes | None:
     """The ``anthropic-beta`` header to send for the values a caller sent (None: none)."""
     names = (n.strip().decode("ascii", "replace") for v in values for n in v.split(b","))
     kept = sorted({n for n in names if n in SAFE_BETAS})

@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Collection
-from typing import Any
+from typing import Any, cast
 
-from attrs import define, field, frozen
+from attrs import Factory, define, field, frozen
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 
 from cli_server.anthropic.policy import (
     BadCall,
@@ -44,7 +45,8 @@ from cli_server.anthropic.setup import NOT_CONFIGURED
 from cli_server.anthropic.usage import Usage, UsageMeter, UsageStore
 from cli_server.auth.tokens import token_hash
 from cli_server.db.pool import Database, DatabaseUnavailable
-from cli_server.plumbing.quiet import quiet_agent
+from cli_server.plumbing.metrics import Metrics
+from cli_server.plumbing.quiet import ClientReactor, quiet_agent
 from cli_server.proxy.forward import Relay, copy_response_headers
 from cli_server.proxy.hygiene import HOP_BY_HOP
 from cli_server.sandboxes.activity import ActivityRecorder
@@ -88,7 +90,7 @@ class Upstream:
 class _FinishHeld:
     """A request whose ``finish`` waits for whoever holds it; everything else passes."""
 
-    def __init__(self, request: Any) -> None:
+    def __init__(self, request: Request) -> None:
         self.finish_wanted = False
         self._request = request
 
@@ -115,7 +117,7 @@ class _Caller:
     digest: bytes = field(repr=False)  # its token's hash
 
 
-def anthropic_error(request: Any, status: int, kind: str, message: str) -> bytes:
+def anthropic_error(request: Request, status: int, kind: str, message: str) -> bytes:
     """Errors in Anthropic's own shape, so SDKs and opencode show them properly."""
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
@@ -126,7 +128,7 @@ def plain_host(host: str) -> str:
     return host[7:] if host.startswith("::ffff:") else host  # (IPv4 on a dual-stack socket)
 
 
-def peer_host(request: Any) -> str | None:
+def peer_host(request: Request) -> str | None:
     """The TCP peer: never a forwarded address, which whoever connects can write (a trusted
     proxy's network may be the very one sandboxes share)."""
     channel = request.channel
@@ -137,35 +139,39 @@ def peer_host(request: Any) -> str | None:
 @define(eq=False)
 class AnthropicProxy(Resource):
     _db: Database
-    _reactor: Any
+    _reactor: IReactorTime  # timeouts, and the body's cooperator
     _upstream: Upstream | None
     _usage: UsageStore
     _activity: ActivityRecorder
-    _metrics: Any = None
+    _metrics: Metrics | None = None
     _sources: Sources = _nowhere
     _connect_timeout: float = 10.0
     _header_timeout: float = 600.0  # a long non-streaming answer takes minutes
     _silence_timeout: float = 300.0  # no byte for this long mid-reply: give up
     _hold: float = 3600.0  # a budget hold outlives any call; a crashed server's runs out
     _free_calls_per_minute: float = 60.0  # counting tokens and listing models, per sandbox
+    # The upstream connections: the same reactor (attrs cannot check this default's type).
+    _connections: ClientReactor = field(
+        default=Factory(lambda self: self._reactor, takes_self=True)
+    )
     _free_calls: RateLimit = field(init=False)
-    _running: dict[str, set[Any]] = field(factory=dict, init=False)  # sandbox -> its calls
+    _running: dict[str, set[Request]] = field(factory=dict, init=False)  # sandbox -> its calls
     _agent: Agent = field(init=False)
     isLeaf = True
     _log = Logger()
 
     def __attrs_post_init__(self) -> None:
         Resource.__init__(self)
-        pool = HTTPConnectionPool(self._reactor, persistent=True)
+        pool = HTTPConnectionPool(self._connections, persistent=True)
         pool.maxPersistentPerHost = 64
-        self._agent = quiet_agent(self._reactor, pool, self._connect_timeout)
+        self._agent = quiet_agent(self._connections, pool, self._connect_timeout)
         self._free_calls = RateLimit(self._free_calls_per_minute)
 
-    def render(self, request: Any) -> Any:
+    def render(self, request: Request) -> int:
         """The main listener's ``/proxy/anthropic``: no sandbox's door."""
         return self.serve(request, None)
 
-    def serve(self, request: Any, door: str | None) -> Any:
+    def serve(self, request: Request, door: str | None) -> int:
         """A call that came in through ``door`` (a sandbox id) or the main listener (None)."""
         d = Deferred.fromCoroutine(self._handle(request, door))
         d.addErrback(self._failed, request)
@@ -199,7 +205,7 @@ class AnthropicProxy(Resource):
             return True
         return bool(rows) and bool(await self._sources(sandbox_id, True))  # its tunnel is up
 
-    def _failed(self, failure: Failure, request: Any) -> None:
+    def _failed(self, failure: Failure, request: Request) -> None:
         if failure.check(DatabaseUnavailable):
             body = anthropic_error(request, 503, "api_error", "cli-server's database is down")
         else:
@@ -207,13 +213,13 @@ class AnthropicProxy(Resource):
             body = anthropic_error(request, 500, "api_error", "internal error in the proxy")
         self._finish(request, body)
 
-    def _finish(self, request: Any, body: bytes) -> None:
+    def _finish(self, request: Request, body: bytes) -> None:
         if not request.finished and request.channel is not None:
             if body:
                 request.write(body)
             request.finish()
 
-    async def _handle(self, request: Any, door: str | None) -> None:
+    async def _handle(self, request: Request, door: str | None) -> None:
         rest = request.uri[len(PREFIX) :] if request.uri.startswith(PREFIX + b"/") else b""
         if not allowed(request.method, rest):
             return self._finish(
@@ -247,7 +253,7 @@ class AnthropicProxy(Resource):
                 del self._running[caller.sandbox_id]
 
     @staticmethod
-    def _unknown(request: Any) -> bytes:
+    def _unknown(request: Request) -> bytes:
         return anthropic_error(
             request,
             401,
@@ -256,7 +262,7 @@ class AnthropicProxy(Resource):
             "with, from inside that sandbox (a sandbox must be running)",
         )
 
-    async def _admit(self, request: Any, rest: bytes, caller: _Caller) -> None:
+    async def _admit(self, request: Request, rest: bytes, caller: _Caller) -> None:
         """Everything between a good token and the call going out, then the call."""
         if getattr(request, "body_too_large", False):
             return self._finish(
@@ -298,7 +304,9 @@ class AnthropicProxy(Resource):
         usage: Usage | None = None
         # A spending call's reply ends only once its hold is settled: the caller's next call
         # must not find this one still holding the budget.
-        answer = _FinishHeld(request) if hold is not None else request
+        held_answer = _FinishHeld(request) if hold is not None else None
+        # (it stands in for the request: everything but ``finish`` passes through)
+        answer = request if held_answer is None else cast(Request, held_answer)
         try:
             # Whatever changed while we waited (for the budget above, for the database when
             # the token was checked) is seen here; what changes later cuts the call.
@@ -309,11 +317,11 @@ class AnthropicProxy(Resource):
         finally:
             if hold is not None:
                 await self._settle(hold, caller, usage or Usage())
-            if isinstance(answer, _FinishHeld) and answer.finish_wanted:
+            if held_answer is not None and held_answer.finish_wanted:
                 self._finish(request, b"")
 
     @staticmethod
-    def _spent(request: Any, budget: int | None) -> bytes:
+    def _spent(request: Request, budget: int | None) -> bytes:
         return anthropic_error(
             request,
             429,
@@ -332,7 +340,7 @@ class AnthropicProxy(Resource):
             )
 
     @staticmethod
-    def _body(request: Any) -> bytes:
+    def _body(request: Request) -> bytes:
         content = request.content
         if content is None or content.closed:
             return b""
@@ -340,7 +348,7 @@ class AnthropicProxy(Resource):
         body: bytes = content.read()
         return body
 
-    async def _caller(self, request: Any, door: str | None) -> _Caller | None:
+    async def _caller(self, request: Request, door: str | None) -> _Caller | None:
         token = request.getHeader(b"x-api-key")
         if token is None:
             auth = request.getHeader(b"authorization") or b""
@@ -366,7 +374,7 @@ class AnthropicProxy(Resource):
             return None
         return caller
 
-    async def _forward(self, request: Any, rest: bytes, held: Estimate | None) -> Usage | None:
+    async def _forward(self, request: Request, rest: bytes, held: Estimate | None) -> Usage | None:
         """Pass the call on; what it cost (None: no answer, so nothing)."""
         assert self._upstream is not None
         headers = Headers()

@@ -9,6 +9,7 @@ from attrs import define, field
 
 from cli_server.anthropic.policy import admits
 from cli_server.db.pool import Database, Transaction
+from cli_server.plumbing.encoding import JSON
 
 _MAX_JSON = 8 * 1024 * 1024  # a JSON reply larger than this is not metered (none are)
 
@@ -30,7 +31,7 @@ class Usage:
             + self.cache_read_tokens
         )
 
-    def take(self, usage: Any) -> None:
+    def take(self, usage: JSON) -> None:
         """Fold in a ``usage`` object; later numbers replace earlier ones (they are totals)."""
         if not isinstance(usage, dict):
             return

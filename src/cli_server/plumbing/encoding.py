@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json as _json
 from datetime import UTC, datetime
+from typing import Any
+
+# A JSON value as json.loads gives it (or json.dumps takes it): genuinely arbitrary, so Any.
+# Seams name it JSON to say so; everything else says what it holds.
+JSON = Any
 
 
 def iso(moment: datetime | None) -> str | None:

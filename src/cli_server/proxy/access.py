@@ -15,7 +15,6 @@ out of the hot path.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, succeed
@@ -182,7 +181,7 @@ class SandboxAccess:
             self._cache[key] = access
         return access if access.serves(sandbox_id, port) else None
 
-    def forget(self, **match: Any) -> None:
+    def forget(self, **match: object) -> None:
         """Drop cached sessions whose fields equal ``match`` (e.g. user_id=...)."""
         self.generation += 1
         for key, access in list(self._cache.items()):

@@ -11,10 +11,9 @@ Concurrent requests that find no fresh answer share one backend call. A preview'
 
 from __future__ import annotations
 
-from typing import Any
-
 from attrs import define, field
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 
 from cli_server.sandboxes.backend import Endpoint, SandboxBackend, State
 
@@ -24,7 +23,7 @@ _Key = tuple[str, int | None]
 @define(eq=False)
 class RunningEndpoints:
     _backend: SandboxBackend
-    _clock: Any  # IReactorTime
+    _clock: IReactorTime
     _ttl: float = 1.0
     # (sandbox, port): opencode's address with port None, else a preview's
     _known: dict[_Key, tuple[Endpoint, float]] = field(factory=dict, init=False)

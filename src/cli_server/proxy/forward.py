@@ -9,21 +9,28 @@ through as they arrive, without a timeout once the headers are in.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
-from typing import Any
+from typing import cast
 
 from attrs import define
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
+from twisted.web.client import URI, Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IRequest, IResponse
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from cli_server.plumbing.nodelay import NoDelayEndpoint
@@ -35,6 +42,7 @@ from cli_server.proxy.hygiene import (
     kept_answer_header,
     plain_upstream_headers,
 )
+from cli_server.proxy.takeover import client_channel
 from cli_server.proxy.upload import StreamedBody
 from cli_server.sandboxes.backend import Endpoint
 from cli_server.sandboxes.opencode import basic_auth
@@ -63,6 +71,17 @@ def upstream_headers(request: IRequest, password: str | None, scheme: bytes) -> 
     return headers
 
 
+class Tunnels(typing.Protocol):
+    """How local sandboxes are reached: the tunnel hub (``tunnel.hub.TunnelHub``), named here
+    by what the proxy uses of it so that the proxy does not import the tunnel's server."""
+
+    def endpoint(self, sandbox_id: str, port: int | None = None) -> IStreamClientEndpoint: ...
+
+    def session(self, sandbox_id: str) -> object | None: ...
+
+    def allowed_ports(self, sandbox_id: str) -> tuple[int, ...]: ...
+
+
 class Relay(Protocol):
     """Copies a response body to the client as it arrives; the upstream transport is the
     producer for the client's connection, so a slow reader pauses only its own upstream.
@@ -74,11 +93,11 @@ class Relay(Protocol):
 
     def __init__(
         self,
-        request: Any,
+        request: Request,
         *,
         tap: Callable[[bytes], None] | None = None,
         done: Deferred[None] | None = None,
-        reactor: Any = None,
+        reactor: IReactorTime | None = None,
         silence: float | None = None,
     ) -> None:
         self._request, self._tap, self._done = request, tap, done
@@ -87,21 +106,22 @@ class Relay(Protocol):
         self._gone = False
 
     def connectionMade(self) -> None:
-        if self._request.channel is None:
+        if client_channel(self._request) is None:
             # The client left between the upstream's headers and this body: nobody to copy to.
             self._abort()
             return
         self._request.registerProducer(self.transport, True)
         self._request.notifyFinish().addErrback(lambda _: self._abort())
         if self._silence is not None:
+            assert self._reactor is not None, "silence needs a reactor"
             self._timer = self._reactor.callLater(self._silence, self._silent)
 
     def _abort(self) -> None:
         """The client hung up: stop reading (and so abort) the upstream response."""
         self._gone = True
-        producer: Any = self.transport
-        if producer is not None:
-            producer.stopProducing()
+        if self.transport is not None:
+            # (Agent hands the body over a producer: ITransport does not say so)
+            cast(IPushProducer, self.transport).stopProducing()
 
     def _silent(self) -> None:
         self._abort()
@@ -131,7 +151,7 @@ class Relay(Protocol):
 
 
 def copy_response_headers(
-    response: IResponse, request: Any, keep: Callable[[bytes, bytes], bool] = lambda n, v: True
+    response: IResponse, request: Request, keep: Callable[[bytes, bytes], bool] = lambda n, v: True
 ) -> None:
     """The upstream's headers minus hop-by-hop ones, its Content-Length (we re-frame) and
     those ``keep`` (lower-case name, value) refuses."""
@@ -146,7 +166,7 @@ def copy_response_headers(
 
 @define(eq=False)
 class Forwarder:
-    _reactor: Any
+    _reactor: IReactorTime  # (its IReactorTCP connects: client_endpoint)
     _pool: HTTPConnectionPool
     _cooperator: Cooperator  # reads request bodies into the upstream, on our reactor
     _agent: Agent
@@ -154,7 +174,7 @@ class Forwarder:
     _log = Logger()
 
     @classmethod
-    def create(cls, reactor: Any, tunnels: Any = None) -> Forwarder:
+    def create(cls, reactor: IReactorTime, tunnels: Tunnels | None = None) -> Forwarder:
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 128  # one per concurrent browser request, reused
         pool.cachedConnectionTimeout = 60
@@ -164,7 +184,7 @@ class Forwarder:
 
     async def forward(
         self,
-        request: Any,
+        request: Request,
         endpoint: Endpoint,
         password: str | None,
         scheme: bytes,
@@ -182,6 +202,7 @@ class Forwarder:
         url = f"http://{host}:{endpoint.port}".encode() + path
         if request.finished or request.channel is None:
             return True  # the browser left before we got here
+        # (web.request.BoundedRequest streams a sandbox's upload; the proxy does not import web)
         body = getattr(request, "streamed_body", None)
         content = request.content
         if body is None and content is not None and not content.closed:
@@ -236,10 +257,14 @@ def through_tunnel(sandbox_id: str, port: int | None = None) -> Endpoint:
     return Endpoint(sandbox_id + TUNNEL_SUFFIX, _TUNNEL_OPENCODE if port is None else port)
 
 
-def client_endpoint(reactor: Any, endpoint: Endpoint, tunnels: Any) -> IStreamClientEndpoint:
+def client_endpoint(
+    reactor: IReactorTime, endpoint: Endpoint, tunnels: Tunnels | None
+) -> IStreamClientEndpoint:
+    """A sandbox's address as an endpoint: over its tunnel, or TCP (``reactor`` must be an
+    IReactorTCP too: TCP4ClientEndpoint takes it untyped)."""
     if endpoint.host.endswith(TUNNEL_SUFFIX) and tunnels is not None:
         port = None if endpoint.port == _TUNNEL_OPENCODE else endpoint.port
-        return tunnels.endpoint(endpoint.host.removesuffix(TUNNEL_SUFFIX), port)  # type: ignore[no-any-return]
+        return tunnels.endpoint(endpoint.host.removesuffix(TUNNEL_SUFFIX), port)
     if ":" in endpoint.host:  # (an IPv6 address: a replica's, advertised as one)
         return NoDelayEndpoint(
             TCP6ClientEndpoint(reactor, endpoint.host, endpoint.port, timeout=10)
@@ -252,12 +277,12 @@ class _Endpoints:
     """Sandbox addresses are IP literals (or tunnels); one endpoint object per address, no
     name lookups."""
 
-    def __init__(self, reactor: Any, tunnels: Any) -> None:
+    def __init__(self, reactor: IReactorTime, tunnels: Tunnels | None) -> None:
         self._reactor = reactor
         self._tunnels = tunnels
         self._known: dict[tuple[bytes, int], IStreamClientEndpoint] = {}
 
-    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         key = (uri.host, uri.port)
         endpoint = self._known.get(key)
         if endpoint is None:

@@ -7,7 +7,7 @@ clean requests and answers with these, so they never differ about what a sandbox
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from urllib.parse import unquote_to_bytes
 
 HOP_BY_HOP = set(
@@ -98,7 +98,7 @@ ANSWER_LINES = b"".join(name + b": " + value + b"\r\n" for name, value in ANSWER
 SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
 
-def only(values: list[bytes] | tuple[bytes, ...]) -> bytes | None:
+def only(values: Sequence[bytes]) -> bytes | None:
     """A header sent once: its value; sent more than once: b"" (matches no origin and no
     Sec-Fetch-Site, so a request that repeats one is refused); absent: None."""
     if not values:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 
 
 class AnsweredLater(Resource):
@@ -20,18 +18,28 @@ class AnsweredLater(Resource):
     _doing = "answering {uri}"
     _log = Logger()
 
-    def render(self, request: Any) -> Any:
+    def render(self, request: Request) -> int:
         d = Deferred.fromCoroutine(self._handle(request))
         d.addErrback(self._failed, request)
         return NOT_DONE_YET
 
-    def _failed(self, failure: Failure, request: Any) -> None:
+    def _failed(self, failure: Failure, request: Request) -> None:
         self._log.failure(self._doing, failure, uri=request.uri)
         if not request.finished and not request.startedWriting and request.channel:
             self._page(request, 502, "Something went wrong", "The sandbox could not be reached.")
 
-    async def _handle(self, request: Any) -> None:
+    async def _handle(self, request: Request) -> None:
         raise NotImplementedError
 
-    def _page(self, request: Any, status: int, title: str, text: str, **kw: Any) -> None:
+    def _page(
+        self,
+        request: Request,
+        status: int,
+        title: str,
+        text: str,
+        *,
+        refresh: int | None = None,
+        resume: bool = False,
+        then: str | None = None,
+    ) -> None:
         raise NotImplementedError

@@ -14,9 +14,9 @@ connection whose session was read before a matching one (a lower count) is refus
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from attrs import define, field, frozen
+from twisted.internet.interfaces import IReactorTime
 
 
 @frozen
@@ -39,7 +39,7 @@ REMEMBER_SECONDS = 300.0
 
 @define(eq=False)
 class LiveStreams:
-    _clock: Any  # IReactorTime
+    _clock: IReactorTime
     _open: dict[int, tuple[Whose, Callable[[], None]]] = field(factory=dict, init=False)
     _next: int = field(default=0, init=False)
     # (when, its number, whose): revocations of the last REMEMBER_SECONDS

@@ -17,14 +17,16 @@ process sandbox's door to the server (``anthropic/listener.py``) serves nothing 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
+from twisted.web.server import Request
 
-from cli_server.proxy.forward import Forwarder, client_endpoint, through_tunnel
+from cli_server.db.pool import Database
+from cli_server.proxy.forward import Forwarder, Tunnels, client_endpoint, through_tunnel
 from cli_server.proxy.hygiene import HOP_BY_HOP, clean_query
 from cli_server.proxy.later import AnsweredLater
 from cli_server.proxy.pages import (
@@ -50,7 +52,7 @@ class Keyring:
 
     key: bytes | None = None
 
-    async def load(self, db: Any, configured: str | None) -> None:
+    async def load(self, db: Database, configured: str | None) -> None:
         self.key = await channel.shared_key(db, configured)
 
 
@@ -71,7 +73,7 @@ class ReplicaRelay:
         self._holders.forget(sandbox_id)
 
     def prepare(
-        self, request: Any, holder: Holder, sandbox_id: str, port: int | None, cleaned: Headers
+        self, request: Request, holder: Holder, sandbox_id: str, port: int | None, cleaned: Headers
     ) -> tuple[Endpoint, bytes, Headers]:
         """Where to send the request, its internal target, and its signed headers
         (``cleaned``: what the sandbox would get of it here)."""
@@ -90,11 +92,11 @@ class InternalChannel(AnsweredLater):
     """The holder's end: signed requests into the tunnels held here, nothing else."""
 
     _keyring: Keyring
-    _tunnels: Any  # TunnelHub
+    _tunnels: Tunnels  # TunnelHub
     _forwarder: Forwarder
-    _reactor: Any
+    _reactor: IReactorTime  # (and IReactorTCP: WebSockets connect with it)
     _dashboard: str
-    _on_data: Any = None  # (sandbox_id) -> None: activity
+    _on_data: Callable[[str], None] | None = None  # (sandbox_id): activity
     # (made with the key, once it is known; it remembers the nonces seen)
     _verifier: channel.Verifier | None = field(default=None, init=False)
     _doing = "relaying {uri}"
@@ -102,7 +104,7 @@ class InternalChannel(AnsweredLater):
     def __attrs_post_init__(self) -> None:
         Resource.__init__(self)
 
-    async def _handle(self, request: Any) -> None:
+    async def _handle(self, request: Request) -> None:
         key = self._keyring.key
         if key is None:
             return self._page(request, 503, "Starting", "Try again in a moment.", refresh=3)
@@ -159,21 +161,34 @@ class InternalChannel(AnsweredLater):
         if self._on_data is not None:
             self._on_data(sandbox_id)
 
-    def _offline(self, request: Any) -> None:
+    def _offline(self, request: Request) -> None:
         title, text = STATUS_TEXT["offline"]
         self._page(request, 503, title, text, refresh=3)
 
-    def _page(self, request: Any, status: int, title: str, text: str, **kw: Any) -> None:
+    def _page(
+        self,
+        request: Request,
+        status: int,
+        title: str,
+        text: str,
+        *,
+        refresh: int | None = None,
+        resume: bool = False,
+        then: str | None = None,
+    ) -> None:
         if request.finished or request.channel is None or request.startedWriting:
             return
         request.setResponseCode(status)
         for name, value in PAGE_HEADERS:
             request.setHeader(name, value)
-        request.write(page_html(title, text, dashboard=self._dashboard, **kw))
+        page = page_html(
+            title, text, dashboard=self._dashboard, refresh=refresh, resume=resume, then=then
+        )
+        request.write(page)
         request.finish()
 
 
-def _passed_on(request: Any) -> Headers:
+def _passed_on(request: Request) -> Headers:
     """The relaying replica's cleaned headers, with the browser's Host back in place."""
     headers = Headers()
     for name, values in request.requestHeaders.getAllRawHeaders():

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Any
+import typing
+from collections.abc import Callable
+from typing import cast
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocolFactory, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.server import Site
 
 from cli_server.plumbing.client_address import TrustedProxies
 from cli_server.plumbing.nodelay import no_delay
@@ -62,10 +65,25 @@ def _ip(host: str) -> bool:
     return True
 
 
+class RouterReactor(typing.Protocol):
+    """What routing uses of the reactor: its clock (IReactorTime, for the head's deadline)
+    and IReactorSocket's adoption (a connection a worker gives back)."""
+
+    def callLater(
+        self, delay: float, callable: Callable[..., object], *args: object, **kw: object
+    ) -> IDelayedCall: ...
+
+    def adoptStreamConnection(
+        self, fileDescriptor: int, addressFamily: socket.AddressFamily, factory: IProtocolFactory
+    ) -> None: ...
+
+
 class Router(Protocol):
     _log = Logger()
 
-    def __init__(self, routes: Routes, site: Any, address: Any, reactor: Any) -> None:
+    def __init__(
+        self, routes: Routes, site: Site, address: IAddress | None, reactor: RouterReactor
+    ) -> None:
         self._routes, self._site, self._address, self._reactor = routes, site, address, reactor
         self._buffer = b""  # bytes read and not yet used: the first request's head, at least
         self._head: RequestHead | None = None  # being routed
@@ -148,6 +166,7 @@ class Router(Protocol):
             or not _ip(route.endpoint.host)
         ):
             return False
+        # (the main site's, web.site; a site without one trusts no proxy)
         trusted = getattr(self._site, "trusted_proxies", None)
         if isinstance(trusted, TrustedProxies) and trusted.trusts_peer(self._peer.decode()):
             return False  # a proxy's connection carries many clients; the grant names one
@@ -189,9 +208,12 @@ class Router(Protocol):
         """twisted.web serves this connection from now on, starting with what was read."""
         data, self._buffer = self._buffer, b""
         self._done()
-        transport: Any = self.transport
+        transport = self.transport
+        assert transport is not None
         if self._head is not None:
-            transport.resumeProducing()  # (if routing paused it)
+            cast(
+                IPushProducer, transport
+            ).resumeProducing()  # (a TCP or TLS connection's)  # (if routing paused it)
         channel = self._site.buildProtocol(self._address)
         hand_over(transport, channel)
         channel.makeConnection(transport)
@@ -221,7 +243,7 @@ class RouterFactory(Factory):
 
     noisy = False
 
-    def __init__(self, site: Any, routes: Routes, reactor: Any) -> None:
+    def __init__(self, site: Site, routes: Routes, reactor: RouterReactor) -> None:
         self.site, self.routes, self._reactor = site, routes, reactor
         self.routing: set[Router] = set()  # connections not yet handed on or closed
         self._replay: tuple[bytes, Back, int | None] | None = None  # (the one being taken back)
@@ -239,7 +261,7 @@ class RouterFactory(Factory):
     def stopFactory(self) -> None:
         self.site.doStop()
 
-    def buildProtocol(self, addr: Any) -> Router:
+    def buildProtocol(self, addr: IAddress | None) -> Router:
         router = Router(self.routes, self.site, addr, self._reactor)
         router.factory = self
         router.replay, self._replay = self._replay, None

@@ -9,13 +9,13 @@ and address, and with no credential: opencode's is for opencode's address only.
 
 from __future__ import annotations
 
-from typing import Any
-
 from attrs import define, field, frozen
+from prometheus_client import Counter
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from cli_server.domain.roles import Role
+from cli_server.plumbing.metrics import Metrics
 from cli_server.proxy import rules
 from cli_server.proxy.access import Access, SandboxAccess
 from cli_server.proxy.endpoints import RunningEndpoints
@@ -58,12 +58,12 @@ class Routes:
     cookie_name: bytes
     dashboard: str
     clock: IReactorTime  # the session cache's
-    metrics: Any = None
+    metrics: Metrics | None = None
     # For a head to arrive whole (and its session to be found).
     timeout: float = 120.0
     workers: RelayWorkers | None = None  # carry the connections routed here, if there
     live: LiveStreams | None = None  # what revocations cut (``revoked``)
-    _counted: Any = field(default=None, init=False)
+    _counted: Counter | None = field(default=None, init=False)  # (its "http" label)
     _relayed: int = field(default=0, init=False)  # not yet added to the metric
 
     def __attrs_post_init__(self) -> None:

@@ -5,19 +5,23 @@ gets opencode's credential."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
 from urllib.parse import parse_qs
 
 from attrs import define
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
+from twisted.web.server import Request
 
 from cli_server.domain.errors import ApiError
 from cli_server.domain.roles import Role
+from cli_server.plumbing.metrics import Metrics
 from cli_server.proxy import rules
 from cli_server.proxy.access import Access, SandboxAccess
 from cli_server.proxy.endpoints import RunningEndpoints
 from cli_server.proxy.forward import (
     Forwarder,
+    Tunnels,
     client_endpoint,
     through_tunnel,
     upstream_headers,
@@ -79,7 +83,7 @@ class SandboxCookie:
     def name(self) -> bytes:
         return b"__Host-cli_sandbox" if self.secure else b"cli_sandbox"
 
-    def clear_doubles(self, request: Any, base_host: bytes) -> None:
+    def clear_doubles(self, request: Request, base_host: bytes) -> None:
         """A request with more than one of our cookies (one tossed by another sandbox's page
         for the parent domain, say) is told to forget them all."""
         cookies = request.requestHeaders.getRawHeaders(b"cookie", [])
@@ -87,7 +91,7 @@ class SandboxCookie:
             for value in clearing_cookies(self.name, base_host, request.path, self.secure):
                 request.cookies.append(value)
 
-    def write(self, request: Any, token: str) -> None:
+    def write(self, request: Request, token: str) -> None:
         request.addCookie(
             self.name,
             token.encode("ascii"),
@@ -109,12 +113,12 @@ class SandboxSite(AnsweredLater):
     _activity: ActivityRecorder
     _forwarder: Forwarder
     _cookie: SandboxCookie
-    _reactor: Any
+    _reactor: IReactorTime  # (and IReactorTCP: WebSockets connect with it)
     _base_host: bytes
     _scheme: bytes
     _dashboard: str
-    _metrics: Any = None
-    _tunnels: Any = None  # TunnelHub: how local sandboxes are reached
+    _metrics: Metrics | None = None
+    _tunnels: Tunnels | None = None  # TunnelHub: how local sandboxes are reached
     live: LiveStreams | None = None  # what runs here, cut when its session is revoked
     relay: ReplicaRelay | None = None  # to the replica holding a local sandbox's tunnel
     _doing = "proxying {uri}"
@@ -126,24 +130,37 @@ class SandboxSite(AnsweredLater):
     def _listener(self) -> rules.Listener:
         return rules.Listener(self._scheme, self._base_host, self._cookie.name)
 
-    def _finish(self, request: Any, body: bytes) -> None:
+    def _finish(self, request: Request, body: bytes) -> None:
         if request.finished or request.channel is None:
             return
         request.write(body)
         request.finish()
 
-    def _page(self, request: Any, status: int, title: str, text: str, **kw: Any) -> None:
+    def _page(
+        self,
+        request: Request,
+        status: int,
+        title: str,
+        text: str,
+        *,
+        refresh: int | None = None,
+        resume: bool = False,
+        then: str | None = None,
+    ) -> None:
         request.setResponseCode(status)
         for name, value in PAGE_HEADERS:
             request.setHeader(name, value)
-        if kw.get("resume"):
+        if resume:
             # The Resume form must carry this page's Origin: from a no-referrer page a browser
             # sends ``Origin: null``, which only fetch metadata can place, and browsers send
             # none over plain http (but to localhost). The page's URL still reaches nobody else.
             request.setHeader(b"referrer-policy", b"same-origin")
-        self._finish(request, page_html(title, text, dashboard=self._dashboard, **kw))
+        page = page_html(
+            title, text, dashboard=self._dashboard, refresh=refresh, resume=resume, then=then
+        )
+        self._finish(request, page)
 
-    def _asked(self, request: Any) -> rules.Asked:
+    def _asked(self, request: Request) -> rules.Asked:
         headers = request.requestHeaders
         return rules.Asked(
             request.getHeader(b"host") or b"",
@@ -156,7 +173,7 @@ class SandboxSite(AnsweredLater):
             _page_load(request),
         )
 
-    async def _handle(self, request: Any) -> None:
+    async def _handle(self, request: Request) -> None:
         asked = self._asked(request)
         screened = rules.screen(asked, self._listener)
         if isinstance(screened, rules.Page):
@@ -217,7 +234,9 @@ class SandboxSite(AnsweredLater):
             if transport is None:
                 return None  # the browser left meanwhile
             whose = Whose(access.user_id, access.workspace_id, sandbox_id)
-            handle = live.add(whose, access.revocations, transport.abortConnection)
+            # (TCP, TLS and tunnel transports all have it; ITransport does not declare it)
+            abort: Callable[[], None] = getattr(transport, "abortConnection")  # noqa: B009
+            handle = live.add(whose, access.revocations, abort)
             if handle is None:
                 return self._revoked(request)
             # (fires when the answer is complete or the connection is lost; forward() returns
@@ -261,7 +280,11 @@ class SandboxSite(AnsweredLater):
                 "reconnects to another one by itself.",
                 refresh=3,
             )
-        elif not ok and access.is_local and self._tunnels.session(sandbox_id) is None:
+        elif (
+            not ok
+            and access.is_local
+            and (self._tunnels is None or self._tunnels.session(sandbox_id) is None)
+        ):
             self._status_page(request, "offline", access)  # the agent left meanwhile
         elif not ok and port is not None:
             self._page(request, 503, *not_listening(port), refresh=3)
@@ -271,7 +294,7 @@ class SandboxSite(AnsweredLater):
             self._status_page(request, "starting", access)
 
     def _refused(
-        self, request: Any, verdict: rules.Page | rules.Ours, access: Access | None
+        self, request: Request, verdict: rules.Page | rules.Ours, access: Access | None
     ) -> None:
         """The page ``rules.decide`` chose instead of the sandbox's answer."""
         why = verdict.why if isinstance(verdict, rules.Page) else rules.Why.NOT_FOUND
@@ -300,7 +323,7 @@ class SandboxSite(AnsweredLater):
         else:
             self._page(request, *_PAGES.get(why, _PAGES[rules.Why.NOT_FOUND]))
 
-    def _not_shared(self, request: Any, port: int) -> None:
+    def _not_shared(self, request: Request, port: int) -> None:
         self._page(
             request,
             403,
@@ -309,7 +332,7 @@ class SandboxSite(AnsweredLater):
             f" {port}.",
         )
 
-    def _revoked(self, request: Any) -> None:
+    def _revoked(self, request: Request) -> None:
         self._cookie.clear_doubles(request, self._base_host)
         self._page(
             request,
@@ -318,7 +341,7 @@ class SandboxSite(AnsweredLater):
             "Your access here has ended or was never granted.",
         )
 
-    def _status_page(self, request: Any, status: str, access: Access) -> None:
+    def _status_page(self, request: Request, status: str, access: Access) -> None:
         title, text = STATUS_TEXT.get(status, ("Unavailable", "Try again in a moment."))
         if status == "failed" and access.error:
             text = f"{access.error[:300].rstrip('.')}. {text}"
@@ -327,7 +350,7 @@ class SandboxSite(AnsweredLater):
         then = _after_start(request.uri, access)
         self._page(request, 503, title, text, refresh=refresh, resume=can_resume, then=then)
 
-    async def _redeem(self, request: Any, sandbox_id: str, port: int | None) -> None:
+    async def _redeem(self, request: Request, sandbox_id: str, port: int | None) -> None:
         request.setHeader(b"referrer-policy", b"no-referrer")
         query = parse_qs(request.uri.partition(b"?")[2].decode("latin-1"))
         ticket = (query.get("ticket") or [""])[0]
@@ -350,13 +373,13 @@ class SandboxSite(AnsweredLater):
         self._cookie.write(request, token)
         self._see_other(request, landing)  # (fixed, as every redirect here: never an open one)
 
-    def _see_other(self, request: Any, location: bytes) -> None:
+    def _see_other(self, request: Request, location: bytes) -> None:
         request.setResponseCode(303)
         request.setHeader(b"location", location)
         request.setHeader(b"cache-control", b"no-store")
         self._finish(request, b"")
 
-    async def _resume(self, request: Any, access: Access) -> None:
+    async def _resume(self, request: Request, access: Access) -> None:
         if request.method != b"POST":  # (its origin is checked as every request's)
             return self._page(request, 403, "Not allowed", "Use the Resume button.")
         try:
@@ -371,7 +394,7 @@ class SandboxSite(AnsweredLater):
         self._see_other(request, then.encode("ascii"))
 
 
-def _page_load(request: Any) -> bool:
+def _page_load(request: Request) -> bool:
     """The browser shows the answer as a page (a navigation, a form sent), of any method."""
     mode: bytes | None = request.getHeader(b"sec-fetch-mode")
     if mode is not None:
@@ -395,6 +418,6 @@ def _after_start(uri: bytes, access: Access) -> str:
     return path
 
 
-def _upgrade(request: Any) -> bool:
+def _upgrade(request: Request) -> bool:
     """A WebSocket upgrade (twisted.web reads the last Upgrade header, and so do we)."""
     return (request.getHeader(b"upgrade") or b"").lower() == b"websocket"

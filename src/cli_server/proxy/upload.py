@@ -9,9 +9,9 @@ we stop reading from the browser (its TCP window closes), so memory stays bounde
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
@@ -21,12 +21,12 @@ HIGH_WATER = 1024 * 1024  # buffered bytes at which we stop reading from the bro
 
 @implementer(IBodyProducer)
 class StreamedBody:
-    def __init__(self, network: Any, length: int | None) -> None:
+    def __init__(self, network: IPushProducer, length: int | None) -> None:
         self.length = UNKNOWN_LENGTH if length is None else length
         self._network = network  # the browser connection's transport (to pause reading)
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
-        self._consumer: Any = None
+        self._consumer: IConsumer | None = None
         self._done: Deferred[None] | None = None
         self._complete = False  # the browser sent all of it
         self._paused = False  # by the upstream connection
@@ -71,7 +71,7 @@ class StreamedBody:
 
     # -- IBodyProducer, for the upstream connection ----------------------------------------
 
-    def startProducing(self, consumer: Any) -> Deferred[None]:
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         self._consumer = consumer
         done: Deferred[None] = Deferred()
         self._done = done

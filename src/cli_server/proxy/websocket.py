@@ -10,13 +10,15 @@ so a slow peer slows only this pair.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
-from typing import Any
+from typing import cast
 
-from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
+from twisted.internet.interfaces import IPushProducer, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
+from twisted.web.server import Request
 
 from cli_server.plumbing.quiet import connect_quietly
 from cli_server.proxy.answer import upgrade_answer
@@ -97,7 +99,18 @@ class _Side(Protocol):
             self.peer.transport.loseConnection()
 
 
-def _head(request: Any, headers: Headers, target: bytes | None = None) -> bytes:
+class _Connection(typing.Protocol):
+    """Both ends of a splice, each the other's producer: TCP, TLS and tunnel transports all
+    have these, though a TLS layer declares neither IConsumer nor IPushProducer."""
+
+    def registerProducer(self, producer: _Connection, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
+    def pauseProducing(self) -> None: ...
+    def resumeProducing(self) -> None: ...
+    def stopProducing(self) -> None: ...
+
+
+def _head(request: Request, headers: Headers, target: bytes | None = None) -> bytes:
     path = clean_query(request.uri) if target is None else target
     lines = [request.method + b" " + path + b" HTTP/1.1"]
     for name, values in headers.getAllRawHeaders():
@@ -109,8 +122,8 @@ def _head(request: Any, headers: Headers, target: bytes | None = None) -> bytes:
 
 
 async def splice(
-    reactor: Any,
-    request: Any,
+    reactor: IReactorTime,
+    request: Request,
     endpoint: IStreamClientEndpoint,
     headers: Headers,
     on_data: Callable[[], None],
@@ -139,8 +152,9 @@ async def splice(
     upstream.transport.write(_head(request, headers, target))
     browser.flush_to(upstream)
     upstream.flush_to(browser)
-    other: Any = upstream.transport
-    transport.unregisterProducer()  # the HTTP channel was its producer until now
-    transport.registerProducer(other, True)
-    other.registerProducer(transport, True)
+    other = cast(_Connection, upstream.transport)
+    browser_side = cast(_Connection, transport)
+    browser_side.unregisterProducer()  # the HTTP channel was its producer until now
+    browser_side.registerProducer(other, True)
+    other.registerProducer(browser_side, True)
     return browser

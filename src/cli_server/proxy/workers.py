@@ -16,16 +16,22 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from typing import Protocol as Interface
 
 from attrs import define, field
+from prometheus_client import Gauge
 from twisted.application.service import Service
 from twisted.internet import error
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IDelayedCall, IReadDescriptor
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProcessTransport,
+    IReadDescriptor,
+    IWriteDescriptor,
+)
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.tcp import Connection
@@ -66,11 +72,38 @@ class _Carried:
     lease: Lease
 
 
+class WorkersReactor(Interface):
+    """What the workers use of the reactor: IReactorProcess (spawning), IReactorFDSet (their
+    control sockets, and letting go of a connection), IReactorTime (restarts, retries)."""
+
+    def spawnProcess(
+        self,
+        processProtocol: ProcessProtocol,
+        executable: str,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        *,
+        childFDs: Mapping[int, object] | None = None,
+    ) -> IProcessTransport: ...
+
+    def addReader(self, reader: IReadDescriptor) -> None: ...
+
+    def removeReader(self, reader: IReadDescriptor) -> None: ...
+
+    def removeWriter(self, writer: IWriteDescriptor) -> None: ...
+
+    def seconds(self) -> float: ...
+
+    def callLater(
+        self, delay: float, callable: Callable[..., object], *args: object, **kw: object
+    ) -> IDelayedCall: ...
+
+
 @define(eq=False)
 class RelayWorkers(Service):
-    reactor: Any  # IReactorCore, IReactorProcess, IReactorFDSet, IReactorTime
+    reactor: WorkersReactor
     count: int = 1
-    gauge: Any = None  # Prometheus gauge of what is carried, if metrics are on
+    gauge: Gauge | None = None  # Prometheus gauge of what is carried, if metrics are on
     # Told of the requests a worker relayed: sandbox id, how many since it last told.
     on_relayed: Callable[[str, int], None] | None = None
     stop_timeout: float = 5.0
@@ -95,7 +128,13 @@ class RelayWorkers(Service):
         return any(worker.control is not None for worker in self._workers)
 
     def serve(
-        self, browser: Any, grant: Grant, seconds: float, data: bytes, whose: Whose, lease: Lease
+        self,
+        browser: object,  # (a transport: only a plain TCP Connection is taken)
+        grant: Grant,
+        seconds: float,
+        data: bytes,
+        whose: Whose,
+        lease: Lease,
     ) -> bool:
         """Sends a browser connection, from its next request on (``data`` holds it), to the
         worker carrying fewest, with a grant for ``seconds``; True if it has it now. The
@@ -127,9 +166,10 @@ class RelayWorkers(Service):
         self._count()
         return True
 
-    def let_go(self, transport: Any) -> None:
+    def let_go(self, transport: object) -> None:
         """Twisted forgets a connection whose socket a worker now has, without closing it
         for the worker: a shutdown() here would end the worker's connection too."""
+        assert isinstance(transport, Connection)  # (``serve`` gives on only those)
         self.reactor.removeReader(transport)
         self.reactor.removeWriter(transport)
         # Our descriptor now names /dev/null instead of the socket (the worker has its own):
@@ -232,7 +272,7 @@ class _Worker(ProcessProtocol):
     control: socket.socket | None = None
     carrying: int = 0
     _reading: bool = False  # the control socket, in the reactor
-    _process: Any = None
+    _process: IProcessTransport | None = None
     _ended: Deferred[None] | None = None
     _restart: IDelayedCall | None = None
     _backoff: float = 1.0
@@ -250,7 +290,7 @@ class _Worker(ProcessProtocol):
         return self.control is None or self._quiet > self.given
 
     @property
-    def _reactor(self) -> Any:
+    def _reactor(self) -> WorkersReactor:
         return self.workers.reactor
 
     def start(self) -> None:
@@ -363,7 +403,8 @@ class _Worker(ProcessProtocol):
             except error.ProcessExitedAlready:
                 pass
 
-    def doRead(self) -> Any:
+    # (the reactor takes an exception as the reason it ends; IReadDescriptor says Failure)
+    def doRead(self) -> Exception | None:  # type: ignore[override]
         for _ in range(1000):  # (a bounded batch per reactor turn)
             if self.control is None:
                 return None  # (stopped meanwhile)

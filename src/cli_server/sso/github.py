@@ -3,12 +3,12 @@ primary email address only if GitHub says it is verified."""
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import urlencode
 
 from attrs import define
 
 from cli_server.config import GithubLogin
+from cli_server.plumbing.encoding import JSON
 from cli_server.sso.claims import Claims
 from cli_server.sso.flow import Pending
 from cli_server.sso.http import ProviderError, ProviderHttp
@@ -73,7 +73,7 @@ class GithubProvider:
         )
 
 
-def primary_verified_email(emails: Any) -> str | None:
+def primary_verified_email(emails: JSON) -> str | None:
     """The primary address if verified; another verified address is not the user's choice,
     and an unverified one proves nothing."""
     if not isinstance(emails, list):
@@ -86,5 +86,5 @@ def primary_verified_email(emails: Any) -> str | None:
     return None
 
 
-def _text(value: Any) -> str | None:
+def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None

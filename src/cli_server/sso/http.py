@@ -4,9 +4,8 @@ an answer is ``ProviderDown`` and every answer we cannot use is ``ProviderError`
 from __future__ import annotations
 
 import json
-from typing import Any
 
-from attrs import define
+from attrs import Factory, define, field
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, TimeoutError
 from twisted.internet.error import (
@@ -15,10 +14,12 @@ from twisted.internet.error import (
     ConnectionClosed,
     DNSLookupError,
 )
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.client import HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
 
-from cli_server.plumbing.quiet import quiet_agent
+from cli_server.plumbing.encoding import JSON
+from cli_server.plumbing.quiet import ClientReactor, quiet_agent
 
 _UNREACHABLE = (
     TimeoutError,
@@ -42,22 +43,26 @@ class ProviderError(Exception):
 
 @define(eq=False)
 class ProviderHttp:
-    _reactor: Any  # IReactorTCP + IReactorTime
+    _reactor: IReactorTime  # timeouts
     timeout: float = 10.0
+    # The provider connections: the same reactor (attrs cannot check this default's type).
+    _connections: ClientReactor = field(
+        default=Factory(lambda self: self._reactor, takes_self=True)
+    )
 
-    async def get_json(self, url: str, headers: dict[bytes, bytes] | None = None) -> Any:
+    async def get_json(self, url: str, headers: dict[bytes, bytes] | None = None) -> JSON:
         return await self._request("GET", url, headers or {}, None)
 
     async def post_form(
         self, url: str, form: dict[str, str], headers: dict[bytes, bytes] | None = None
-    ) -> Any:
+    ) -> JSON:
         return await self._request("POST", url, headers or {}, form)
 
     async def _request(
         self, method: str, url: str, headers: dict[bytes, bytes], form: dict[str, str] | None
-    ) -> Any:
-        pool = HTTPConnectionPool(self._reactor, persistent=False)
-        http = HTTPClient(quiet_agent(self._reactor, pool, self.timeout))
+    ) -> JSON:
+        pool = HTTPConnectionPool(self._connections, persistent=False)
+        http = HTTPClient(quiet_agent(self._connections, pool, self.timeout))
         sent = Headers({b"accept": [b"application/json"], b"user-agent": [b"cli-server"]})
         for name, value in headers.items():
             sent.setRawHeaders(name, [value])

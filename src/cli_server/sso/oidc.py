@@ -179,7 +179,7 @@ class OidcProvider:
         return keys
 
 
-def _text(value: Any) -> str | None:
+def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from attrs import define, field
+from twisted.internet.interfaces import IReactorTime
 
 from cli_server.config import ServerConfig
 from cli_server.db.pool import Database
@@ -42,7 +43,8 @@ class SsoProviders:
     pending: PendingSignIns | None = field(default=None)
 
     @classmethod
-    def of(cls, config: ServerConfig, reactor: Any, db: Database) -> SsoProviders:
+    def of(cls, config: ServerConfig, reactor: IReactorTime, db: Database) -> SsoProviders:
+        """(``reactor``: a clock, and the IReactorTCP the providers are reached with)"""
         http = ProviderHttp(reactor)
         base = config.sso_redirect_base_url or config.origin
         found: dict[str, Provider] = {}

@@ -108,6 +108,8 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
 
+# ``reactor``: the whole reactor (Any: it provides every interface, and Python has no
+# intersection type); each part it is given to names the interfaces it uses.
 def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor as globalReactor

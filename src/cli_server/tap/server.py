@@ -588,6 +588,8 @@ def _has_password(db_url: str) -> bool:
         return False  # (parse_db_url has already accepted it)
 
 
+# ``reactor``: the whole reactor (Any: it provides every interface, and Python has no
+# intersection type); each part it is given to names the interfaces it uses.
 def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor as globalReactor

@@ -7,7 +7,6 @@ project, and the access log never shows it).
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import parse_qs
 
 from attrs import define
@@ -28,8 +27,7 @@ def tunnel_token(request: IRequest) -> str | None:
     scheme, _, value = auth.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    req: Any = request
-    query = parse_qs(req.uri.partition(b"?")[2].decode("latin-1"))
+    query = parse_qs(request.uri.partition(b"?")[2].decode("latin-1"))
     tokens = query.get("token")
     return tokens[0] if tokens else None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import unicodedata
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.web.iweb import IRequest
 
@@ -79,7 +79,7 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _no_constant(name: str) -> Any:
+def _no_constant(name: str) -> NoReturn:
     raise _Refused(f"{name} is not JSON")
 
 
@@ -122,7 +122,11 @@ def text_field(
     return value
 
 
-def required_text(body: dict[str, Any], field: str, **kwargs: Any) -> str:
-    value = text_field(body, field, required=True, **kwargs)
+def required_text(
+    body: dict[str, Any], field: str, *, max_length: int, min_length: int = 1, strip: bool = True
+) -> str:
+    value = text_field(
+        body, field, required=True, max_length=max_length, min_length=min_length, strip=strip
+    )
     assert value is not None
     return value

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
 from cli_server.proxy.hosts import sandbox_for_host
@@ -32,10 +31,13 @@ class HostDispatcher(Resource):
         self._base_host = base_host
         self._internal = internal  # the channel between replicas (proxy/replica_relay.py)
 
-    def render(self, request: Any) -> Any:
+    def render(self, request: IRequest) -> bytes | int:
         is_sandbox, _ = sandbox_for_host(request.getHeader(b"host"), self._base_host)
         if is_sandbox:
-            return self._sandboxes.render(request)  # (never the channel: sandboxes' own hosts)
-        if self._internal is not None and request.path.startswith(INTERNAL_PREFIX):
-            return self._internal.render(request)
-        return self._main.render(request)
+            child = self._sandboxes  # (never the channel: sandboxes' own hosts)
+        elif self._internal is not None and request.path.startswith(INTERNAL_PREFIX):
+            child = self._internal
+        else:
+            child = self._main
+        answer: bytes | int = child.render(request)  # (IResource.render is not annotated)
+        return answer

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import weakref
-from typing import Any
 
 from attrs import define, field
 from twisted.web import http
 
 
-def lasting(request: Any) -> bool:
+def lasting(request: http.Request) -> bool:
     """A request that lasts for hours once answered: a WebSocket (a terminal, a tunnel) or an
     event stream. A stopping server closes these last and waits for the others."""
     if request.requestHeaders.hasHeader(b"upgrade"):
@@ -38,7 +37,7 @@ class OpenRequests:
 
     def close_lasting(self) -> None:
         for request in list(self._open):
-            channel: Any = request.channel
-            transport = getattr(channel, "transport", None)
+            # (the channel is None once the client left)
+            transport = getattr(request.channel, "transport", None)
             if transport is not None:
                 transport.loseConnection()

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from klein import Klein
 
 from cli_server._version import __version__
+from cli_server.plumbing.encoding import JSON
 from cli_server.web import schemas
 from cli_server.web.bearer import WORKSPACE_ARGUMENTS
 from cli_server.web.routes import SAFE_METHODS, Declaration, Schema, declared
@@ -288,7 +289,7 @@ def _schema_names() -> dict[int, tuple[str, Schema]]:
     return found
 
 
-def _with_refs(schema: Any, names: Mapping[int, tuple[str, Schema]], top: bool = False) -> Any:
+def _with_refs(schema: JSON, names: Mapping[int, tuple[str, Schema]], top: bool = False) -> JSON:
     """``schema`` with every named schema inside it (itself too, unless ``top``) as a $ref."""
     if not top and id(schema) in names:
         return {"$ref": f"#/components/schemas/{names[id(schema)][0]}"}
@@ -299,7 +300,7 @@ def _with_refs(schema: Any, names: Mapping[int, tuple[str, Schema]], top: bool =
     return schema
 
 
-def _used_components(paths: Any, names: Mapping[int, tuple[str, Schema]]) -> list[Schema]:
+def _used_components(paths: JSON, names: Mapping[int, tuple[str, Schema]]) -> list[Schema]:
     """The named schemas the operations refer to, and those they refer to, by name."""
     by_name = {name: schema for name, schema in names.values()}
     wanted: dict[str, Schema] = {}

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from functools import partial
 from io import BytesIO
 from ipaddress import ip_network
-from typing import Any
+from typing import Protocol, cast, runtime_checkable
 
 from attrs import define, field
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IAddress, ITCPTransport
+from twisted.internet.interfaces import IAddress, IPushProducer, ITCPTransport
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.iweb import IRequest
 
 from cli_server.plumbing.client_address import TrustedProxies
 from cli_server.plumbing.nodelay import no_delay
@@ -66,6 +67,40 @@ BODIES = BodyBudget(
 )  # shared by the main site and the sandboxes' doors
 
 
+@runtime_checkable
+class RequestSite(Protocol):
+    """The site a ``BoundedRequest`` belongs to, as the request reads it: the main site
+    (``serving.QuietSandboxSite``) or a sandbox's door (``anthropic.listener``). A plain
+    twisted.web Site has none of this; its requests get the defaults (the shared budget, no
+    trusted proxy, no drain, sandbox hosts told by their "oc-" prefix)."""
+
+    @property
+    def base_host(self) -> bytes | None:
+        """The sandbox subdomains' base domain (None: told by their "oc-" prefix)."""
+
+    @property
+    def trusted_proxies(self) -> TrustedProxies | None:
+        """Whose X-Forwarded-For is believed."""
+
+    @property
+    def requests(self) -> OpenRequests | None:
+        """The requests open on it, which a drain waits for."""
+
+    @property
+    def only_anthropic(self) -> bool:
+        """A sandbox's door: its bodies are prompts, read whole and capped."""
+
+    @property
+    def body_budget(self) -> BodyBudget | None:
+        """Its bodies' budget; None: the shared ``BODIES``."""
+
+
+def request_site(site: object) -> RequestSite | None:
+    """``site`` as a RequestSite; None for a plain twisted.web Site (or none: a request whose
+    client left)."""
+    return site if isinstance(site, RequestSite) else None
+
+
 class BoundedRequest(server.Request):
     """Keeps a body in memory under its route's cap and the shared ``BodyBudget``; refuses one
     that would not fit as soon as that is known. Streams bodies sent to a sandbox's subdomain
@@ -94,9 +129,10 @@ class BoundedRequest(server.Request):
     def gotLength(self, length: int | None) -> None:
         # (not twisted.web's: it opens a temporary file for a body over 100 kB)
         self.content = BytesIO()
-        channel: Any = self.channel
-        requests = getattr(getattr(channel, "site", None), "requests", None)
-        if isinstance(requests, OpenRequests):
+        channel = self.channel
+        site = self._site()
+        requests = site.requests if site is not None else None
+        if requests is not None:
             self._open_in = requests
             requests.opened(self)
         path = getattr(channel, "_path", None) or b""
@@ -107,7 +143,8 @@ class BoundedRequest(server.Request):
             if line is None:
                 self._cap = MAX_SANDBOX_BODY  # (a twisted.web without these: buffer, capped)
                 return
-            self.streamed_body = StreamedBody(channel.transport, length)
+            # (a TCP or TLS connection: both pause, though TLS does not declare IPushProducer)
+            self.streamed_body = StreamedBody(cast(IPushProducer, channel.transport), length)
             self._early = True
             # Render in a turn of our own: never inside the channel's parsing of this connection.
             channel.callLater(0, partial(self._render_early, *line))
@@ -119,22 +156,27 @@ class BoundedRequest(server.Request):
             self._refuse_busy()
 
     def _line(self) -> tuple[bytes, bytes, bytes] | None:
-        channel: Any = self.channel
+        channel = self.channel
         line = tuple(getattr(channel, n, None) for n in ("_command", "_path", "_version"))
         if None in line:
             return None
         return line  # type: ignore[return-value]
 
+    def _site(self) -> RequestSite | None:
+        # (the channel is None once the client left)
+        return request_site(getattr(self.channel, "site", None))
+
     def _budget(self) -> BodyBudget:
-        budget = getattr(getattr(self.channel, "site", None), "body_budget", None)
-        return budget if isinstance(budget, BodyBudget) else BODIES
+        site = self._site()
+        budget = site.body_budget if site is not None else None
+        return BODIES if budget is None else budget
 
     def _source(self) -> Hashable:
         """Whose bodies these are, for the budget's shares: a door's sandbox, else the client
         address (an IPv6 address by its /64, which one client usually has whole)."""
         if self._source_key is None:
-            site = getattr(self.channel, "site", None)
-            if getattr(site, "only_anthropic", False):
+            site = self._site()
+            if site is not None and site.only_anthropic:
                 self._source_key = ("door", id(site))
             else:
                 host = str(getattr(self.getClientAddress(), "host", ""))
@@ -147,8 +189,8 @@ class BoundedRequest(server.Request):
         return self._source_key
 
     def _for_sandbox(self) -> bool:
-        site = getattr(self.channel, "site", None)
-        if getattr(site, "only_anthropic", False):
+        site = self._site()
+        if site is not None and site.only_anthropic:
             return False  # a sandbox's door: its bodies are prompts, read whole and capped
         return for_sandbox(self, site)
 
@@ -194,11 +236,10 @@ class BoundedRequest(server.Request):
         assert self._refusal is not None
         status, code, message = self._refusal
         self._set_line(command, path, version)
-        channel: Any = self.channel
-        self.site = channel.site
+        self.site = self.channel.site  # type: ignore[attr-defined]  # (set by Site.buildProtocol)
         if self.path.startswith(_ANTHROPIC_PATH):  # in Anthropic's shape, for SDKs and opencode
             kind = "request_too_large" if status == 413 else "overloaded_error"
-            body: Any = {"type": "error", "error": {"type": kind, "message": message}}
+            body: dict[str, object] = {"type": "error", "error": {"type": kind, "message": message}}
         else:
             body = {"error": {"code": code, "message": message}}
         data = json.dumps(body).encode()
@@ -235,8 +276,7 @@ class BoundedRequest(server.Request):
         if not self._budget().take(self._source(), len(data)):
             return self._refuse_busy()
         self._received += len(data)
-        content: Any = self.content
-        content.write(data)
+        cast(BytesIO, self.content).write(data)  # (ours: made in gotLength)
 
     def _release(self) -> None:
         if self._received:
@@ -247,10 +287,11 @@ class BoundedRequest(server.Request):
         """The peer, or the client a trusted proxy forwarded for: what the login limits, the
         access log and the sandboxes' X-Forwarded-For all see (``client_address``)."""
         peer: IAddress = super().getClientAddress()
-        trusted = getattr(getattr(self, "channel", None), "site", None)
-        trusted = getattr(trusted, "trusted_proxies", None)
-        host = getattr(peer, "host", None)
-        if not isinstance(trusted, TrustedProxies) or not isinstance(host, str):
+        # (the channel is None once the client left)
+        site = request_site(getattr(getattr(self, "channel", None), "site", None))
+        trusted = site.trusted_proxies if site is not None else None
+        host = getattr(peer, "host", None)  # (a UNIX socket's address has none)
+        if trusted is None or not isinstance(host, str):
             return peer
         if not trusted.trusts_peer(host):
             return peer
@@ -263,9 +304,9 @@ class BoundedRequest(server.Request):
         return (IPv6Address if ":" in client else IPv4Address)("TCP", client, 0)
 
     def process(self) -> None:
-        channel: Any = self.channel
-        if not getattr(channel, "no_delay", False):  # once per connection
-            channel.no_delay = True
+        channel = self.channel
+        if not getattr(channel, "no_delay", False):  # once per connection (our mark on it)
+            channel.no_delay = True  # type: ignore[attr-defined]
             no_delay(channel.transport)
         super().process()
 
@@ -288,14 +329,15 @@ class BoundedRequest(server.Request):
 
     def finish(self) -> None:
         if self._answering_early():
-            channel: Any = self.channel
+            channel = self.channel
             channel.persistent = False
             if self.streamed_body is not None:
                 self.streamed_body.stopProducing()
             # What the browser still sends is dropped: over TLS, data keeps arriving after
             # the channel's loseConnection, and the channel must not parse it as a request.
-            channel.dataReceived = _discard
-            channel.loseConnection = partial(_lingering_close, channel, channel.loseConnection)
+            channel.dataReceived = _discard  # type: ignore[method-assign]
+            close = partial(_lingering_close, channel, channel.loseConnection)
+            channel.loseConnection = close  # type: ignore[method-assign]
         self._release()
         self._closed()
         super().finish()
@@ -314,7 +356,7 @@ def _discard(data: bytes) -> None:
     pass
 
 
-def _lingering_close(channel: Any, close: Any) -> None:
+def _lingering_close(channel: http.HTTPChannel, close: Callable[[], None]) -> None:
     """Closes a connection answered before its body came so that the client sees the answer.
 
     Closing a TCP socket with unread data in it sends a reset, and the client's system drops
@@ -328,16 +370,17 @@ def _lingering_close(channel: Any, close: Any) -> None:
     channel.callLater(LINGER, close)
 
 
-def for_sandbox(request: Any, site: Any) -> bool:
+def for_sandbox(request: http.Request, site: object) -> bool:
     """Whether the request's Host is a sandbox subdomain, by the router's own rule."""
-    base_host = getattr(site, "base_host", None)
+    ours = request_site(site)
+    base_host = ours.base_host if ours is not None else None
     host = request.getHeader(b"host")
     if base_host is None:  # (a site built without one, in tests)
         return (host or b"").lower().startswith(b"oc-")
     return sandbox_for_host(host, base_host)[0]
 
 
-def client_host(request: Any) -> str:
+def client_host(request: IRequest) -> str:
     """The client's address as text (behind --trusted-proxies: the forwarded client, see
     ``Request.getClientAddress``); "unix" for a UNIX-socket peer."""
     return str(getattr(request.getClientAddress(), "host", "unix"))

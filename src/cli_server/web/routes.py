@@ -96,7 +96,7 @@ def route(
     answers: Mapping[int, Schema | None] | None = None,
     across_workspaces: bool = False,
     query: Schema | None = None,
-    **options: Any,
+    **options: bool,
 ) -> Callable[[Handler], Handler]:
     """Declare ``path`` on ``app`` (``options`` go to Klein: ``branch``, ``strict_slashes``).
 

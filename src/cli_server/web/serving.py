@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.web import http, server
+from twisted.web.resource import IResource
 
 from cli_server.plumbing.client_address import TrustedProxies
 from cli_server.plumbing.timeouts import IDLE_TIMEOUT
 from cli_server.web.access_log import api_read, redacting_log_formatter
 from cli_server.web.open_requests import OpenRequests
-from cli_server.web.request import for_sandbox
+from cli_server.web.request import BodyBudget, for_sandbox
 
 
 class QuietSandboxSite(server.Site):
@@ -19,13 +18,16 @@ class QuietSandboxSite(server.Site):
     never a credential in a query string (the tunnel accepts ``?token=``)."""
 
     noisy = False  # (no "Starting factory" lines: the start-up line says where we listen)
+    # (``request.RequestSite``: what its requests read of it)
+    only_anthropic = False
+    body_budget: BodyBudget | None = None  # the shared one (a test gives its own)
 
     def __init__(
         self,
-        resource: Any,
+        resource: IResource,
         base_host: bytes | None = None,
         trusted_proxies: TrustedProxies | None = None,
-        **kwargs: Any,
+        **kwargs: object,  # (twisted.web's Site: requestFactory, reactor, timeout...)
     ) -> None:
         kwargs.setdefault("timeout", IDLE_TIMEOUT)
         super().__init__(resource, logFormatter=redacting_log_formatter, **kwargs)

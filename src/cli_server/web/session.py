@@ -4,11 +4,12 @@ rule for state changes."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from attrs import define
 from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 
 from cli_server.auth.api_tokens import InvalidToken
 from cli_server.domain.accounts import Accounts, User
@@ -76,7 +77,7 @@ class SessionCookies:
         a longer path by a page on another host). Neither counts; the browser is told to
         forget both, wherever they were set."""
         if len(cookie_values(_cookie_headers(request), self.name)) > 1:
-            req: Any = request
+            req = cast(Request, request)  # (Klein serves twisted.web's requests)
             host = urlsplit(self._origin).hostname or ""
             req.cookies.extend(
                 clearing_cookies(self.name, host.encode("ascii"), req.path, self._secure)
@@ -84,7 +85,7 @@ class SessionCookies:
 
     def set(self, request: IRequest, token: str) -> None:
         self._clear_doubles(request)  # (first: the new cookie, set after, is the one kept)
-        req: Any = request  # IRequest does not declare addCookie's keyword arguments
+        req = cast(Request, request)  # (twisted.web's: IRequest lacks addCookie's keywords)
         req.addCookie(
             self.name,
             token.encode("ascii"),
@@ -132,5 +133,5 @@ def _cookie_headers(request: IRequest) -> list[bytes]:
 
 def expire_cookie(request: IRequest, name: bytes, *, secure: bool) -> None:
     """Tell the browser to drop our cookie ``name`` (set with these same attributes)."""
-    req: Any = request
+    req = cast(Request, request)  # (Klein serves twisted.web's requests)
     req.addCookie(name, b"", path=b"/", max_age="0", httpOnly=True, secure=secure, sameSite="lax")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import cast
 
 from attrs import define, field, frozen
 from klein import Klein
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
+from twisted.web.server import Request
 
 from cli_server.anthropic.setup import ClaudeSetup
 from cli_server.db.pool import Database
@@ -77,14 +79,15 @@ class MainSite:
     _workspaces: WorkspacesAPI
     _sandboxes: SandboxesAPI
     _agents: AgentsAPI
-    _ready: Any  # () -> bool: start-up (database, migrations) finished
-    _metrics: Any = field(factory=lambda: Metrics())
+    _ready: Callable[[], bool]  # start-up (database, migrations) finished
+    _metrics: Metrics = field(factory=lambda: Metrics())
     _ui: IResource = field(factory=WebUI)
     _invitations: InvitationsAPI | None = None
     _claude: ClaudeSetup | None = None
     _admin: AdminAPI | None = None
     _sso: SsoAPI | None = None
-    _draining: Any = None  # () -> bool: the server stops (SIGTERM); the balancer takes it out
+    # Whether the server stops (SIGTERM): the balancer takes it out.
+    _draining: Callable[[], bool] | None = None
 
     # Built once, at start: the declarations do not change while the process runs.
     _document: bytes = field(init=False)
@@ -94,8 +97,8 @@ class MainSite:
 
     @_document.default
     def _build_document(self) -> bytes:
-        auth: Any = self._auth  # (a site built for a test may have none)
-        cookies = getattr(auth, "cookies", None)
+        # (a site built for a test may have no AuthAPI)
+        cookies: SessionCookies | None = getattr(self._auth, "cookies", None)
         name = cookies.name.decode("ascii") if cookies is not None else "cli_session"
         return dumps(api_document(APPS, cookie=name))
 
@@ -137,11 +140,12 @@ class MainSite:
     def _mount(self, request: IRequest, app: Klein) -> IResource:
         """Hand the rest of the path to a sub-app, once start-up has finished."""
         self._require_ready()
-        req: Any = request
-        if not req.postpath:
+        postpath = cast(Request, request).postpath  # (Klein serves twisted.web's requests)
+        assert postpath is not None  # (set while the resource tree is walked)
+        if not postpath:
             # "/api/workspaces" without a slash: let the sub-app see "/" so that werkzeug
             # answers 405 for a wrong method rather than 404.
-            req.postpath.append(b"")
+            postpath.append(b"")
         return app.resource()
 
     @route(app, SSO.prefix, branch=True, strict_slashes=False, methods=_ALL, public=True)
@@ -198,7 +202,7 @@ class MainSite:
     )
     def metrics(self, request: IRequest) -> bytes:
         """Prometheus text, for scrapers on this host only (it counts sandboxes)."""
-        peer: Any = request.getClientAddress()
+        peer = request.getClientAddress()  # (a UNIX socket's address has no host)
         if getattr(peer, "host", "") not in ("127.0.0.1", "::1") or request.getHeader(
             b"x-forwarded-for"
         ):

@@ -7,15 +7,17 @@ one line that names no code, token or state.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
 from urllib.parse import quote
 
 from attrs import define
 from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 
 from cli_server.db.pool import DatabaseUnavailable
+from cli_server.domain.accounts import Accounts
 from cli_server.domain.audit import Action, AuditLog, Target
 from cli_server.domain.errors import ApiError, Forbidden, NotFound
 from cli_server.sso.claims import SignInRefused, SignIns
@@ -37,7 +39,7 @@ log = Logger()
 class SsoAPI:
     _providers: SsoProviders
     _sign_ins: SignIns
-    _accounts: Any  # accounts.Accounts: open_trusted_session(user_id, user_agent, address)
+    _accounts: Accounts
     _cookies: SessionCookies
     _secure: bool
     _audit: AuditLog | None = None
@@ -97,7 +99,7 @@ class SsoAPI:
             await pending_signins.cancel(cookie)
             code = "provider_down" if isinstance(e, ProviderDown) else "provider_error"
             return await self._land(request, provider, code, str(e))
-        req: Any = request
+        req = cast(Request, request)  # (Klein serves twisted.web's requests)
         req.addCookie(
             self._flow_cookie,
             cookie.encode("ascii"),

@@ -6,8 +6,8 @@ from __future__ import annotations
 import mimetypes
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
 
+from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
 _CSP = (
@@ -32,10 +32,10 @@ class WebUI(Resource):
         super().__init__()
         self._root = (root or default_root()).resolve()
 
-    def render_HEAD(self, request: Any) -> Any:
+    def render_HEAD(self, request: IRequest) -> bytes:
         return self.render_GET(request)
 
-    def render_GET(self, request: Any) -> Any:
+    def render_GET(self, request: IRequest) -> bytes:
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"referrer-policy", b"same-origin")
         path = request.path.decode("utf-8", "replace")
@@ -45,7 +45,8 @@ class WebUI(Resource):
                 kind = mimetypes.guess_type(asset.name)[0] or "application/octet-stream"
                 request.setHeader(b"content-type", kind.encode())
                 request.setHeader(b"cache-control", b"public, max-age=31536000, immutable")
-                return asset.read_bytes()  # a few hundred KiB, hashed, read once per browser
+                data: bytes = asset.read_bytes()  # a few hundred KiB, hashed, read once per browser
+                return data
             request.setResponseCode(404)
             return b"not found"
         index = self._root / "index.html"

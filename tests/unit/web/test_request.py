@@ -15,10 +15,11 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
+from twisted.web.server import Site
 from zope.interface import implementer
 
 from cli_server.anthropic.listener import MAX_CONNECTIONS, _DoorSite
-from cli_server.web.request import LINGER, BodyBudget, BoundedRequest
+from cli_server.web.request import BODIES, LINGER, BodyBudget, BoundedRequest, request_site
 from cli_server.web.serving import QuietSandboxSite
 
 MIB = 1024 * 1024
@@ -262,3 +263,66 @@ def test_door_connection_cap() -> None:
     assert door.buildProtocol(address) is None
     protocols[0].connectionLost(Failure(ConnectionError("gone")))
     assert door.buildProtocol(address) is not None
+
+
+class _Recorder(Resource):
+    """A leaf that keeps the requests it renders and answers later."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rendered: list[BoundedRequest] = []
+
+    def render(self, request: Any) -> Any:
+        self.rendered.append(request)
+        return 1  # NOT_DONE_YET
+
+
+def test_our_sites_say_what_their_requests_read() -> None:
+    """The main site and a sandbox's door are ``RequestSite``s (their requests read their base
+    domain, trusted proxies, open requests, door flag and budget); a plain twisted.web Site is
+    not, and neither is a channel's missing site (the client left)."""
+    web, _ = site()
+    door = _DoorSite(Echo(), requestFactory=BoundedRequest, reactor=Clock())
+    assert request_site(web) is web
+    assert request_site(door) is door
+    assert request_site(Site(Echo())) is None
+    assert request_site(None) is None
+
+
+def test_the_main_site_tells_sandbox_hosts_by_its_base_domain() -> None:
+    """Only a subdomain of the site's own base domain streams its upload; an "oc-" host of
+    another domain is an API request, and its 100 MiB body is refused (413)."""
+    clock = Clock()
+    recorder = _Recorder()
+    web = QuietSandboxSite(recorder, b"example.test", requestFactory=BoundedRequest, reactor=clock)
+    protocol, transport = connect(web)
+    protocol.dataReceived(head("/upload", 100 * MIB, host="oc-abc.elsewhere.test") + b"u")
+    clock.advance(0)
+    assert recorder.rendered == []
+    assert status(transport) == 413
+
+
+def test_a_plain_site_gets_the_defaults() -> None:
+    """A plain twisted.web Site with our request class: a sandbox host is told by its "oc-"
+    prefix (its upload streams), and an API body is capped and counted in the shared
+    budget, which it gives back once answered."""
+    clock = Clock()
+    recorder = _Recorder()
+    plain = Site(recorder, requestFactory=BoundedRequest, reactor=clock)
+    protocol, _ = connect(plain)
+    protocol.dataReceived(head("/upload", 100 * MIB, host="oc-abc.anything.test") + b"u" * MIB)
+    clock.advance(0)
+    assert len(recorder.rendered) == 1
+    assert recorder.rendered[0].streamed_body is not None
+
+    held = BODIES.held
+    protocol, transport = connect(plain)
+    protocol.dataReceived(head("/api/x", 1000) + b"a" * 1000)
+    assert len(recorder.rendered) == 2
+    assert BODIES.held == held + 1000  # (the shared budget: the site has none of its own)
+    request = recorder.rendered[1]
+    request.write(b"{}")
+    request.finish()
+    assert BODIES.held == held

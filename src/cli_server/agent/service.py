@@ -13,7 +13,8 @@ import json
 import os
 import random
 import sys
-from collections.abc import Callable
+import typing
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,15 +22,18 @@ from urllib.parse import urlsplit
 import treq
 from attrs import asdict, define, evolve, field, frozen
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from treq.client import HTTPClient
 from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
+from twisted.internet.interfaces import IPushProducer, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.client import Agent
+from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
 from cli_server._version import __version__
@@ -131,28 +135,50 @@ def client_endpoint(
     return (network or Network()).endpoint(reactor, url)
 
 
+REGISTER_TIMEOUT = 30.0
+
+
+class HTTPPoster(typing.Protocol):
+    """What registration needs of an HTTP client: treq's ``post`` (a ``treq.client.HTTPClient``;
+    in tests a ``treq.testing.StubTreq`` over a fake server)."""
+
+    def post(self, url: str, *, json: object) -> Awaitable[IResponse]: ...
+
+
 async def register(
-    reactor: Any,
+    reactor: IReactorTime,
     server: str,
     code: str,
     name: str,
     opencode_url: str,
     use_server_key: bool,
     network: Network | None = None,
+    http: HTTPPoster | None = None,
 ) -> Credentials:
-    """Trade a one-time code for a local sandbox and its tunnel token."""
+    """Trade a one-time code for a local sandbox and its tunnel token.
+
+    ``http`` is the client for a server reached directly (default: treq's, on ``reactor``);
+    one behind a proxy or a CA bundle is reached through ``network``'s own agent instead."""
     network = network or Network()
-    # (treq's own client when nothing is special, which is what the unit tests stub)
-    via: dict[str, Any] = {"agent": network.http_agent(reactor)} if network.special(server) else {}
+    client: HTTPPoster
+    if network.special(server):
+        client = HTTPClient(network.http_agent(reactor))
+    else:
+        client = http or HTTPClient(Agent(reactor))
+
+    async def post() -> IResponse:
+        payload = {"code": code, "name": name, "use_server_key": use_server_key}
+        return await client.post(server + "/api/agent/register", json=payload)
+
     try:
-        response = await treq.post(
-            server + "/api/agent/register",
-            json={"code": code, "name": name, "use_server_key": use_server_key},
-            timeout=30,
-            reactor=reactor,
-            **via,
-        )
-        body = await response.json() if response.code != 204 else {}
+        posted = Deferred.fromCoroutine(post())
+        timer = reactor.callLater(REGISTER_TIMEOUT, posted.cancel)  # (as treq's timeout=)
+        try:
+            response = await posted
+        finally:
+            if timer.active():
+                timer.cancel()
+        body = await treq.json_content(response) if response.code != 204 else {}
     except ValueError:
         raise AgentError(f"{server} did not answer like a cli-server; check --server") from None
     except AgentError:
@@ -425,6 +451,7 @@ class TunnelAgent(Service):
     _on_fatal: Callable[[str], None] | None = None
     _platform: Platform = field(factory=current)
     _network: Network = field(factory=Network)
+    _http: HTTPPoster | None = None  # registration's client (default: treq's, on the reactor)
     # saving runs commands on Windows (icacls): off the reactor thread in the daemon
     _runner: Runner = synchronous_runner
     backoff: Backoff = field(factory=Backoff)
@@ -464,6 +491,7 @@ class TunnelAgent(Service):
                 opencode_url,
                 self._use_server_key,
                 self._network,
+                self._http,
             )
             await self._runner(credentials.save, self._config_path, self._platform.files)
             self._log.info(

@@ -16,7 +16,6 @@ import sys
 import typing
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import treq
@@ -28,7 +27,15 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IConsumer,
+    IProtocol,
+    IPushProducer,
+    IReactorCore,
+    IReactorTCP,
+    IStreamClientEndpoint,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -40,7 +47,7 @@ from cli_server._version import __version__
 from cli_server.agent.errors import AgentError as AgentError
 from cli_server.agent.machine import Platform, PrivateFiles, current
 from cli_server.agent.network import CONNECT_TIMEOUT as CONNECT_TIMEOUT
-from cli_server.agent.network import Network, ReportingEndpoint
+from cli_server.agent.network import IAgentReactor, Network, ReportingEndpoint
 from cli_server.plumbing.nodelay import no_delay
 from cli_server.plumbing.threads import Runner, synchronous_runner
 from cli_server.tunnel.carrier import SessionCarrier
@@ -129,7 +136,7 @@ def tunnel_url(server: str, sandbox_id: str) -> str:
 
 
 def client_endpoint(
-    reactor: Any, url: str, network: Network | None = None
+    reactor: IAgentReactor, url: str, network: Network | None = None
 ) -> IStreamClientEndpoint:
     """TCP (TLS for https/wss) to ``url``; through ``network``'s proxy and trust if given."""
     return (network or Network()).endpoint(reactor, url)
@@ -146,7 +153,7 @@ class HTTPPoster(typing.Protocol):
 
 
 async def register(
-    reactor: IReactorTime,
+    reactor: IAgentReactor,
     server: str,
     code: str,
     name: str,
@@ -288,8 +295,9 @@ class _ToOpencode(Protocol):
         self.opencode = opencode
 
     def connectionMade(self) -> None:
-        opencode: Any = self.opencode.transport
-        stream: Any = self.transport
+        # (opencode's TCP transport is a consumer too; our transport is the stream)
+        opencode = typing.cast(IConsumer, self.opencode.transport)
+        stream = typing.cast(Stream, self.transport)
         opencode.registerProducer(_Reader(stream), True)
 
     def dataReceived(self, data: bytes) -> None:
@@ -297,14 +305,16 @@ class _ToOpencode(Protocol):
         self.opencode.transport.write(data)
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
-        transport: Any = self.opencode.transport
+        transport = self.opencode.transport
         if transport is None:
             return
-        transport.unregisterProducer()
+        typing.cast(IConsumer, transport).unregisterProducer()  # (a TCP transport)
         if reason.check(ConnectionDone):
             transport.loseConnection()
         else:
-            transport.abortConnection()  # the browser went away: abort opencode's request
+            typing.cast(
+                ITCPTransport, transport
+            ).abortConnection()  # the browser went away: abort opencode's request
 
 
 @define(eq=False)
@@ -346,7 +356,7 @@ class PortConnector:
     """Connects a stream that names a port to that port on this machine's loopback if its
     user shares it (``--allow-port``), and refuses it otherwise, whatever the server asked."""
 
-    _reactor: Any
+    _reactor: IReactorTCP
     _ports: frozenset[int]
     _log = Logger()
 
@@ -441,7 +451,7 @@ class TunnelClientProtocol(SessionCarrier, WebSocketClientProtocol):  # type: ig
 class TunnelAgent(Service):
     """Keeps one tunnel to the server up, for as long as the server wants it."""
 
-    _reactor: Any
+    _reactor: IAgentReactor
     _config_path: Path
     _opencode_url: str | None = None
     _server: str | None = None
@@ -561,7 +571,9 @@ class TunnelAgent(Service):
             ports=", ".join(str(p) for p in self.allowed_ports),
         )
 
-    def new_session(self, send: Callable[[bytes], None], close: Any) -> Session:
+    def new_session(
+        self, send: Callable[[bytes], None], close: Callable[[int, str], None]
+    ) -> Session:
         assert self.credentials is not None and self._connector is not None
         connector = self._connector
         ports = PortConnector(self._reactor, frozenset(self.allowed_ports))
@@ -659,13 +671,12 @@ class TunnelAgent(Service):
         return None
 
 
-def _welcomed(protocol: Any) -> Deferred[None]:
+def _welcomed(protocol: IProtocol) -> Deferred[None]:
     """ClientService counts a connection as made once the server said welcome."""
-    welcomed: Deferred[None] = protocol.welcomed
-    return welcomed
+    return typing.cast(TunnelClientProtocol, protocol).welcomed  # (our factory's protocol)
 
 
-def exit_with_error(reactor: Any) -> Callable[[str], None]:
+def exit_with_error(reactor: IReactorCore) -> Callable[[str], None]:
     """Print one line, stop the reactor and exit with status 1 (twistd cannot set it)."""
 
     def fatal(message: str) -> None:

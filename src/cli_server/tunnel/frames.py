@@ -67,7 +67,7 @@ class Frame:
         return self.fields[name]
 
 
-def encode(type: str, stream: int = 0, payload: bytes = b"", **fields: Any) -> bytes:
+def encode(type: str, stream: int = 0, payload: bytes = b"", **fields: object) -> bytes:
     header = json.dumps({"t": type, "s": stream, **fields}, separators=(",", ":")).encode()
     if (
         len(header) > MAX_HEADER
@@ -165,5 +165,5 @@ def _is_port_list(ports: list[Any]) -> bool:
     )
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)

@@ -535,9 +535,11 @@ class TunnelAgent(Service):
             if self._opencode_url and self._opencode_url != credentials.opencode_url:
                 credentials = evolve(credentials, opencode_url=self._opencode_url)
                 await self._runner(credentials.save, self._config_path, self._platform.files)
-        self.credentials = credentials
-        self._connector = OpencodeConnector(
-            client_endpoint(self._reactor, credentials.opencode_url), credentials.opencode_url
+        self.set_up(
+            credentials,
+            OpencodeConnector(
+                client_endpoint(self._reactor, credentials.opencode_url), credentials.opencode_url
+            ),
         )
         self._client = ClientService(
             ReportingEndpoint(
@@ -558,6 +560,18 @@ class TunnelAgent(Service):
         self._share_ports(credentials.opencode_url)
         if self.running:
             self._client.startService()
+
+    def set_up(self, credentials: Credentials, connector: OpencodeConnector) -> None:
+        """Take ``credentials`` and send the streams of new sessions through ``connector``
+        (what start-up does before dialling; a test sets the agent up without dialling)."""
+        self.credentials = credentials
+        self._connector = connector
+
+    @property
+    def dialling(self) -> bool:
+        """Whether the agent keeps (re)connecting to the server: set up, and not stopped
+        for good."""
+        return self._client is not None and bool(self._client.running)
 
     def _share_ports(self, opencode_url: str) -> None:
         if not self.allowed_ports:

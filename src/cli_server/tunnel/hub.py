@@ -149,6 +149,11 @@ class TunnelHub:
             if not pending:
                 del self._pending[sandbox_id]
 
+    def remembers_revocation(self, sandbox_id: str) -> bool:
+        """Whether the hub still remembers that ``sandbox_id`` was revoked (for a minute,
+        forgotten at a later revocation)."""
+        return sandbox_id in self._revoked
+
     def attach(self, sandbox_id: str, session: Session, address: str | None = None) -> None:
         self._unpend(sandbox_id, session)
         if address is not None:

@@ -140,8 +140,7 @@ class RunningAgent:
 
     @property
     def retrying(self) -> bool:
-        client = self.agent._client
-        return client is not None and bool(client.running)
+        return self.agent.dialling
 
 
 @pytest.mark.parametrize(
@@ -865,8 +864,7 @@ class Tunnel:
         self.agent_sent: list[Frame] = []
         self.closes: list[tuple[int, str]] = []
         agent = TunnelAgent(self.clock, tmp_path / "agent.json")
-        agent.credentials = CREDENTIALS
-        agent._connector = self.connector
+        agent.set_up(CREDENTIALS, self.connector)
         self.agent = agent.new_session(self._agent_send, self._close)
         self.server = Session(
             self.clock, self.to_agent.append, self._close, is_server=True, label="sb-1"

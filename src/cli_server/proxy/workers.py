@@ -276,6 +276,11 @@ class _Worker(ProcessProtocol):
         self._reading = True
         self._reactor.addReader(self)
 
+    @property
+    def behind(self) -> int:
+        """How many messages wait for the worker to take them."""
+        return len(self._outbox)
+
     def send(self, message: bytes, unless_behind: bool = False) -> None:
         """Messages go out in order; those the worker cannot take yet are tried again
         shortly: a worker that takes none for a few seconds is stopped, and every

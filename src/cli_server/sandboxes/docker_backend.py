@@ -126,7 +126,8 @@ class DockerBackend(BackendDefaults):
     _firewall_refusal: Callable[[str], str | None] = docker_firewall.cannot_apply
     _quotas: DiskQuotas | None = None  # None: no volume quotas
     _quota_refusal: Callable[[], str | None] = check_disk_quota
-    _client: Any = field(default=None, init=False)
+    # the docker SDK's client (tests give fakes); made at first use from the settings if None
+    _client: Any = field(default=None, kw_only=True)
     _network_lock: threading.Lock = field(factory=threading.Lock, init=False)
     # Not called: a container that dies is found by the reconciler's next sweep.
     on_exit: ExitListener | None = field(default=None, init=False)

@@ -52,17 +52,18 @@ class DrainTests(SynchronousTestCase):
         self.log: list[str] = []
         self.web = Counter(1)
         self.workers = Workers(1)
+        listeners = [Listener(self.log), Listener(self.log)]
         self.drain = Drain(
             self.clock,
             30.0,
-            [Listener(self.log), Listener(self.log)],
+            listeners,
             [Counter(0), self.web],
             self.workers,
             lambda: self.log.append("goaway"),
             [lambda: self.log.append("close streams")],
             lambda: self.log.append("draining"),
         )
-        for listener in self.drain._listeners:
+        for listener in listeners:
             listener.startService()
         self.drain.startService()
 

@@ -267,12 +267,16 @@ class FakeEngine:
 
 
 def _backend(
-    url: str = "http://host.docker.internal:8080/proxy/anthropic/v1", **more: Any
+    url: str = "http://host.docker.internal:8080/proxy/anthropic/v1",
+    client: Any = None,
+    **more: Any,
 ) -> DockerBackend:
     from twisted.internet.testing import MemoryReactorClock
 
     settings = DockerSettings(None, "image", url, **more)
-    return DockerBackend(synchronous_runner, settings, "i", OpencodeClient(MemoryReactorClock()))
+    return DockerBackend(
+        synchronous_runner, settings, "i", OpencodeClient(MemoryReactorClock()), client=client
+    )
 
 
 class BackendSettingsTests(SynchronousTestCase):
@@ -307,13 +311,11 @@ class BackendSettingsTests(SynchronousTestCase):
         """An engine that applies no seccomp profile, or unconfined by default, runs no
         sandbox; the engine's default profile passes."""
         for options in ([], ["name=apparmor"], ["name=seccomp,profile=unconfined"]):
-            backend = _backend()
-            backend._client = FakeEngine(options)
+            backend = _backend(client=FakeEngine(options))
             with self.assertRaises(BackendError) as caught:
                 backend._thd_check_seccomp()
             self.assertIn("no seccomp profile", str(caught.exception))
-        backend = _backend()
-        backend._client = FakeEngine(["name=seccomp,profile=default", "name=cgroupns"])
+        backend = _backend(client=FakeEngine(["name=seccomp,profile=default", "name=cgroupns"]))
         backend._thd_check_seccomp()
 
     def test_turned_off(self) -> None:
@@ -409,8 +411,8 @@ class PrepareTests(SynchronousTestCase):
             OpencodeClient(MemoryReactorClock()),
             firewall_apply=lambda rules: self.fail("applied"),
             firewall_refusal=lambda bridge: "only root can change the host's firewall",
+            client=FakeClient(),
         )
-        backend._client = FakeClient()
         with capturedLogs() as events:
             self.successResultOf(backend.prepare())
         (event,) = events
@@ -428,8 +430,8 @@ class PrepareTests(SynchronousTestCase):
             OpencodeClient(MemoryReactorClock()),
             firewall_apply=written.append,
             firewall_refusal=lambda bridge: None,
+            client=FakeClient(),
         )
-        backend._client = FakeClient()
         self.successResultOf(backend.prepare())
         (rules,) = written
         self.assertEqual(

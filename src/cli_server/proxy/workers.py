@@ -94,6 +94,25 @@ class RelayWorkers(Service):
     def ready(self) -> bool:
         return any(worker.control is not None for worker in self._workers)
 
+    @property
+    def carried_count(self) -> int:
+        """How many browser connections the workers carry now."""
+        return len(self._carried)
+
+    def carried(self) -> list[int]:
+        """The ids of the browser connections the workers carry now, in the order given."""
+        return list(self._carried)
+
+    def carrier(self, conn_id: int) -> _Worker | None:
+        """The worker carrying connection ``conn_id``, if one does."""
+        carried = self._carried.get(conn_id)
+        return None if carried is None else carried.worker
+
+    @property
+    def workers(self) -> tuple[_Worker, ...]:
+        """The worker processes' protocols, in order (read-only: for tests and metrics)."""
+        return tuple(self._workers)
+
     def serve(
         self, browser: Any, grant: Grant, seconds: float, data: bytes, whose: Whose, lease: Lease
     ) -> bool:
@@ -243,6 +262,11 @@ class _Worker(ProcessProtocol):
     given: int = 0  # the drain asked last when this worker was given a connection
     _quiet: int = -1  # the last drain it answered with no request in flight, or -1
     _log = Logger()
+
+    @property
+    def pid(self) -> int | None:
+        """The worker process's id while it runs, else None."""
+        return None if self._process is None else int(self._process.pid)
 
     @property
     def drained(self) -> bool:

@@ -142,6 +142,11 @@ class DockerBackend(BackendDefaults):
     name = "docker"
     survives_restart = True
 
+    @property
+    def settings(self) -> DockerSettings:
+        """The settings this backend was made with."""
+        return self._settings
+
     # -- thread side ------------------------------------------------------------------------
 
     def _thd_client(self) -> Any:

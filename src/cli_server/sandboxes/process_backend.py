@@ -297,6 +297,11 @@ class ProcessBackend(BackendDefaults):
     name = "process"
     _log = Logger()
 
+    def live(self, sandbox_id: str) -> _Live | None:
+        """What runs here for ``sandbox_id`` (its processes and preview forwards), if it
+        runs (read-only: for tests and diagnostics)."""
+        return self._live.get(sandbox_id)
+
     # -- layout -------------------------------------------------------------------------------
 
     def _sandbox_dir(self, sandbox_id: str) -> Path:

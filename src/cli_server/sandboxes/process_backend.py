@@ -302,6 +302,11 @@ class ProcessBackend(BackendDefaults):
         runs (read-only: for tests and diagnostics)."""
         return self._live.get(sandbox_id)
 
+    def resting(self, host_port: int) -> bool:
+        """Whether ``host_port`` rests: its forward was removed moments ago, and no other
+        sandbox's forward takes it yet."""
+        return host_port in self._resting
+
     # -- layout -------------------------------------------------------------------------------
 
     def _sandbox_dir(self, sandbox_id: str) -> Path:

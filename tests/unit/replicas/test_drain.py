@@ -168,20 +168,24 @@ class ServerSideWorkerTests(SynchronousTestCase):
     def test_answers_count_only_for_connections_given_before_the_drain(self) -> None:
         workers = RelayWorkers(MemoryReactorClock(), 1)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)  # (as the server's end is)
         self.addCleanup(theirs.close)
         worker = _Worker(workers, 0, control=ours)
         workers._workers = [worker]
         workers.drain()
         assert theirs.recv(64) == DRAIN.pack(b"D", 1)
         assert workers.in_flight == 1  # no answer yet
-        worker._message(DRAINING.pack(b"d", 1, 2), [])
+        theirs.send(DRAINING.pack(b"d", 1, 2))
+        worker.doRead()
         assert workers.in_flight == 1  # two requests under way
-        worker._message(DRAINING.pack(b"d", 1, 0), [])
+        theirs.send(DRAINING.pack(b"d", 1, 0))
+        worker.doRead()
         assert workers.in_flight == 0
         worker.given = 1  # a connection given after the first drain was asked
         assert workers.in_flight == 1
         workers.drain()
-        worker._message(DRAINING.pack(b"d", 2, 0), [])
+        theirs.send(DRAINING.pack(b"d", 2, 0))
+        worker.doRead()
         assert workers.in_flight == 0
         worker.control_lost()  # (a worker that is gone carries nothing)
         worker.given = 5

@@ -526,7 +526,7 @@ class DockerBackend(BackendDefaults):
                 "up to that network's firewall",
                 network=self._settings.network,
             )
-        refused = self._quota_refused()
+        refused = self.quota_refused()
         if refused is not None and self._settings.disks != DiskSizes(0, 0):
             self._log.warn(
                 "docker backend: sandbox volumes have NO size limit ({why}); a sandbox can "
@@ -545,7 +545,7 @@ class DockerBackend(BackendDefaults):
 
     # -- volume quotas --------------------------------------------------------------------------
 
-    def _quota_refused(self) -> str | None:
+    def quota_refused(self) -> str | None:
         """Why volumes get no quota, or None when they do (decided once)."""
         if not self._quota_decided:
             self._quota_decided = True
@@ -565,7 +565,7 @@ class DockerBackend(BackendDefaults):
 
     async def _attach_disks(self, spec: SandboxSpec) -> dict[str, Path]:
         """Mount the sandbox's quota file systems; {volume name: directory} for those it has."""
-        if self._quota_refused() is not None or self._quotas is None:
+        if self.quota_refused() is not None or self._quotas is None:
             return {}
         sizes = self._settings.disks
         wanted = [

@@ -473,9 +473,9 @@ class QuotaDecisionTests(SynchronousTestCase):
         reason is kept for the start-up warning."""
         from cli_server.sandboxes.disk_quota import DiskSizes
 
-        self.assertIsNone(self._backend()._quota_refused())
-        self.assertIsNone(self._backend("unix:///run/docker.sock")._quota_refused())
-        self.assertIn("not on this host", self._backend("tcp://10.0.0.5:2376")._quota_refused())
-        self.assertIn("turned off", self._backend(sizes=DiskSizes(0, 0))._quota_refused())
+        self.assertIsNone(self._backend().quota_refused())
+        self.assertIsNone(self._backend("unix:///run/docker.sock").quota_refused())
+        self.assertIn("not on this host", self._backend("tcp://10.0.0.5:2376").quota_refused())
+        self.assertIn("turned off", self._backend(sizes=DiskSizes(0, 0)).quota_refused())
         refused = self._backend(refusal=lambda: "needs root")
-        self.assertEqual(refused._quota_refused(), "needs root")
+        self.assertEqual(refused.quota_refused(), "needs root")

@@ -4,8 +4,11 @@ relay workers' part over real socket pairs, and what a stopping server says on /
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -15,7 +18,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from cli_server.agent.service import Backoff
 from cli_server.proxy.relay.wire import DRAIN, DRAINING
-from cli_server.proxy.workers import RelayWorkers, _Worker
+from cli_server.proxy.workers import RelayWorkers
 from cli_server.replicas.drain import Drain
 from cli_server.web.open_requests import OpenRequests, lasting
 from cli_server.web.site import MainSite
@@ -161,17 +164,33 @@ class RelayWorkerDrainTests(SynchronousTestCase):
         assert b"data:1" in k.got()
 
 
+class Spawning(MemoryReactorClock):
+    """A reactor whose spawned workers are only their control sockets: the child's end
+    (its fd 3) is kept in ``children``, as the worker process would hold it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.children: list[socket.socket] = []
+
+    def spawnProcess(self, protocol: object, executable: str, args: object, **kw: Any) -> object:
+        child = socket.socket(fileno=os.dup(kw["childFDs"][3]))
+        self.children.append(child)
+        return SimpleNamespace(pid=4242, signalProcess=lambda name: None)
+
+
 class ServerSideWorkerTests(SynchronousTestCase):
     """``RelayWorkers.in_flight`` trusts only an answer to a drain asked after the worker's
     last connection was given."""
 
     def test_answers_count_only_for_connections_given_before_the_drain(self) -> None:
-        workers = RelayWorkers(MemoryReactorClock(), 1)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        ours.setblocking(False)  # (as the server's end is)
+        reactor = Spawning()
+        workers = RelayWorkers(reactor, 1)
+        workers.startService()
+        (theirs,) = reactor.children
         self.addCleanup(theirs.close)
-        worker = _Worker(workers, 0, control=ours)
-        workers._workers = [worker]
+        (worker,) = workers.workers
+        assert worker.control is not None
+        self.addCleanup(worker.control.close)
         workers.drain()
         assert theirs.recv(64) == DRAIN.pack(b"D", 1)
         assert workers.in_flight == 1  # no answer yet

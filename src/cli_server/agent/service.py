@@ -164,8 +164,9 @@ async def register(
 ) -> Credentials:
     """Trade a one-time code for a local sandbox and its tunnel token.
 
-    ``http`` is the client for a server reached directly (default: treq's, on ``reactor``);
-    one behind a proxy or a CA bundle is reached through ``network``'s own agent instead."""
+    ``http`` is the client for a server reached directly (default: a treq ``HTTPClient``
+    over an ``Agent`` on ``reactor``); one behind a proxy or a CA bundle is reached through
+    ``network``'s own agent instead. The request gives up after ``REGISTER_TIMEOUT``."""
     network = network or Network()
     client: HTTPPoster
     if network.special(server):
@@ -312,9 +313,8 @@ class _ToOpencode(Protocol):
         if reason.check(ConnectionDone):
             transport.loseConnection()
         else:
-            typing.cast(
-                ITCPTransport, transport
-            ).abortConnection()  # the browser went away: abort opencode's request
+            # the browser went away: abort opencode's request
+            typing.cast(ITCPTransport, transport).abortConnection()
 
 
 @define(eq=False)
@@ -461,7 +461,7 @@ class TunnelAgent(Service):
     _on_fatal: Callable[[str], None] | None = None
     _platform: Platform = field(factory=current)
     _network: Network = field(factory=Network)
-    _http: HTTPPoster | None = None  # registration's client (default: treq's, on the reactor)
+    _http: HTTPPoster | None = None  # registration's client (None: see ``register``)
     # saving runs commands on Windows (icacls): off the reactor thread in the daemon
     _runner: Runner = synchronous_runner
     backoff: Backoff = field(factory=Backoff)

@@ -300,20 +300,7 @@ class DockerBackend(BackendDefaults):
         return name, rules
 
     def _thd_doors(self, gateway: str | None) -> tuple[tuple[str, int], ...]:
-        """Where the Anthropic proxy is, as addresses: our gateway for host.docker.internal,
-        else what ANTHROPIC_PROXY_URL's name resolves to now (the host's public name, say;
-        looked up again at every start). A name that does not resolve opens nothing."""
-        if self._settings.door is None:
-            return ()
-        host, port = self._settings.door
-        if host == "host.docker.internal":
-            return ((gateway, port),) if gateway else ()
-        try:
-            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError):
-            return ()
-        # (an IPv6 link-local address comes with its scope, "%eth0", which rules cannot use)
-        return tuple(dict.fromkeys((str(info[4][0]).split("%")[0], port) for info in found))
+        return door_addresses(self._settings.door, gateway)
 
     def _thd_check_seccomp(self) -> None:
         """The engine's default seccomp profile is what refuses new user namespaces and other
@@ -675,6 +662,26 @@ class DockerBackend(BackendDefaults):
     @deferred
     async def check(self) -> None:
         await self._engine(self._thd_ping)
+
+
+def door_addresses(
+    door: tuple[str, int] | None, gateway: str | None
+) -> tuple[tuple[str, int], ...]:
+    """Where the Anthropic proxy is, as addresses: our ``gateway`` for host.docker.internal,
+    else what ANTHROPIC_PROXY_URL's name resolves to now (the host's public name, say;
+    looked up again at every start: blocking, so on a thread). A name that does not
+    resolve opens nothing."""
+    if door is None:
+        return ()
+    host, port = door
+    if host == "host.docker.internal":
+        return ((gateway, port),) if gateway else ()
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return ()
+    # (an IPv6 link-local address comes with its scope, "%eth0", which rules cannot use)
+    return tuple(dict.fromkeys((str(info[4][0]).split("%")[0], port) for info in found))
 
 
 def _container_exit(state: dict[str, Any]) -> str | None:

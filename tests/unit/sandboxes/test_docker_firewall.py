@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from cli_server.plumbing.threads import synchronous_runner
 from cli_server.sandboxes import docker_firewall
 from cli_server.sandboxes.backend import BackendError
-from cli_server.sandboxes.docker_backend import DockerBackend, DockerSettings
+from cli_server.sandboxes.docker_backend import DockerBackend, DockerSettings, door_addresses
 from cli_server.sandboxes.docker_firewall import EgressRules
 from cli_server.sandboxes.egress import EgressPolicy, attached_networks
 from cli_server.sandboxes.opencode import OpencodeClient
@@ -266,8 +266,11 @@ class FakeEngine:
         return {"SecurityOptions": self.security_options}
 
 
+DEFAULT_URL = "http://host.docker.internal:8080/proxy/anthropic/v1"
+
+
 def _backend(
-    url: str = "http://host.docker.internal:8080/proxy/anthropic/v1",
+    url: str = DEFAULT_URL,
     client: Any = None,
     **more: Any,
 ) -> DockerBackend:
@@ -283,16 +286,21 @@ class BackendSettingsTests(SynchronousTestCase):
     def test_doors(self) -> None:
         """The door: our gateway for host.docker.internal; else ANTHROPIC_PROXY_URL's
         address (a literal, or what its name resolves to), at its port."""
-        self.assertEqual(_backend()._thd_doors("172.18.0.1"), (("172.18.0.1", 8080),))
-        self.assertEqual(_backend()._thd_doors(None), ())
-        on_host = _backend("http://host.docker.internal/v1")
-        self.assertEqual(on_host._thd_doors("172.18.0.1"), (("172.18.0.1", 80),))
-        literal = _backend("https://192.0.2.2/proxy/anthropic/v1")
-        self.assertEqual(literal._thd_doors("172.18.0.1"), (("192.0.2.2", 443),))
-        named = _backend("http://localhost:8443/proxy/anthropic/v1")  # from /etc/hosts
-        self.assertIn(("127.0.0.1", 8443), named._thd_doors("172.18.0.1"))
-        nowhere = _backend("http://no-such-name.invalid:8080/proxy/anthropic/v1")
-        self.assertEqual(nowhere._thd_doors("172.18.0.1"), ())
+
+        def doors(gateway: str | None, url: str = DEFAULT_URL) -> Any:
+            return door_addresses(DockerSettings(None, "image", url).door, gateway)
+
+        self.assertEqual(doors("172.18.0.1"), (("172.18.0.1", 8080),))
+        self.assertEqual(doors(None), ())
+        self.assertEqual(
+            doors("172.18.0.1", "http://host.docker.internal/v1"), (("172.18.0.1", 80),)
+        )
+        literal = "https://192.0.2.2/proxy/anthropic/v1"
+        self.assertEqual(doors("172.18.0.1", literal), (("192.0.2.2", 443),))
+        named = "http://localhost:8443/proxy/anthropic/v1"  # from /etc/hosts
+        self.assertIn(("127.0.0.1", 8443), doors("172.18.0.1", named))
+        nowhere = "http://no-such-name.invalid:8080/proxy/anthropic/v1"
+        self.assertEqual(doors("172.18.0.1", nowhere), ())
 
     def test_door_elsewhere_passes_both_chains(self) -> None:
         """A proxy on another private address passes forwarding too; the host only at its

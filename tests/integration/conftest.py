@@ -233,7 +233,7 @@ class Real:
         return observed.endpoint, row["opencode_password"]
 
     def pid(self, sandbox_id: str) -> int:
-        return opencode_pid(self.backend._live[sandbox_id].sandbox.pid)
+        return opencode_pid(self.backend.live(sandbox_id).sandbox.pid)
 
 
 @asynccontextmanager

@@ -53,7 +53,7 @@ class World:
     async def fake_port_down(self) -> None:
         """The upstream stops answering (connections refused)."""
         await self.port.stopListening()
-        await self.app.server.anthropic._agent._pool.closeCachedConnections()
+        await self.app.server.anthropic.close_connections()
 
     def token_of(self, sandbox_id: str) -> str:
         return str(self.app.server.backend.specs[sandbox_id].proxy_token)

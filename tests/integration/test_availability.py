@@ -74,7 +74,8 @@ async def test_opencode_killed_inside_the_sandbox_is_failed_at_once(real: Real) 
     page = await _visit(real, sid, "/", cookie)
     assert page.code == 503 and b"This sandbox crashed" in page.body, page
     assert (
-        sid not in real.backend._live and not (real.data_dir / "sandboxes" / sid / "netns").exists()
+        real.backend.live(sid) is None
+        and not (real.data_dir / "sandboxes" / sid / "netns").exists()
     )
 
     assert (await real.owner.call("POST", f"/api/sandboxes/{sid}/resume")).code == 200

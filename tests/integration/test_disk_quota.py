@@ -279,7 +279,7 @@ async def test_restart_adopts_mounts_and_moves_old_data(scratch: Path) -> None:
     first, second = backend(), backend()
     try:
         await first.start(spec)
-        pid = opencode_pid(first._live[spec.id].sandbox.pid)
+        pid = opencode_pid(first.live(spec.id).sandbox.pid)
         moved = run_inside(
             pid, "cat /data/disk0/old-file /home/opencode/old-file; echo new > /data/disk0/new"
         )
@@ -288,11 +288,11 @@ async def test_restart_adopts_mounts_and_moves_old_data(scratch: Path) -> None:
         assert not (home.parent / "home.old").exists() and not (disk.parent / "disk.old").exists()
 
         # The server dies (SIGKILL): bubblewrap dies with it; the mounts stay in the host.
-        first._live[spec.id].sandbox.signalProcess(signal.SIGKILL)
-        await wait_until(reactor, lambda: spec.id not in first._live, timeout=15)
+        first.live(spec.id).sandbox.signalProcess(signal.SIGKILL)
+        await wait_until(reactor, lambda: first.live(spec.id) is None, timeout=15)
 
         await second.start(spec)
-        pid = opencode_pid(second._live[spec.id].sandbox.pid)
+        pid = opencode_pid(second.live(spec.id).sandbox.pid)
         assert run_inside(pid, "cat /data/disk0/new").stdout.strip() == "new"
         assert our_mounts(data).count(str(home)) == 1 and our_mounts(data).count(str(disk)) == 1
         assert len(loops_of(data)) == 2

@@ -220,7 +220,7 @@ async def test_reconciliation_and_adoption(world: DockerWorld, db_url: str) -> N
 
     world.engine.docker("kill", f"cli-sbx-{killed}")
     reconciler = world.app.server.root.getServiceNamed("reconciler")
-    await reconciler._job()
+    await reconciler.run_now()
     reply = await world.people["owner"].call("GET", f"/api/sandboxes/{killed}")
     assert (reply.body["status"], reply.body["error"]) == (
         "failed",

@@ -308,7 +308,7 @@ async def test_sandbox_reaches_internet_and_door_only(guarded: Guarded, outside:
         named = f"http://{lan[0]}:{w.door}/proxy/anthropic/v1"
         moved = DockerBackend(
             w.pool.run,
-            attrs.evolve(w.backend._settings, anthropic_url=named),
+            attrs.evolve(w.backend.settings, anthropic_url=named),
             INSTANCE,
             OpencodeClient(_reactor()),
         )
@@ -391,7 +391,7 @@ async def test_container_layer_cannot_fill_the_disk(guarded: Guarded) -> None:
     for path in ("/data/escape", "/home/escape", "/escape"):
         tried = w.engine.attempt(["docker", "exec", me, "busybox", "touch", path])
         assert tried.returncode != 0 and "Read-only file system" in tried.stderr, (path, tried)
-    scratch = w.backend._settings.scratch_bytes // 1024**2
+    scratch = w.backend.settings.scratch_bytes // 1024**2
     fill = w.engine.attempt(
         [
             "docker",
@@ -433,7 +433,7 @@ async def test_volumes_have_quotas(quota_world: Guarded) -> None:
     keep working. Files survive pause/resume (HOME unmounted while paused); deleting the
     sandbox and the workspace removes their images."""
     w = quota_world
-    root = w.backend._settings.disk_root
+    root = w.backend.settings.disk_root
     assert root is not None
     other = (await w.people["owner"].call("POST", "/api/workspaces", {"name": "other"})).body["id"]
     await w.people["owner"].add_member(other, w.people["developer"])

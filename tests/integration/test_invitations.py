@@ -224,7 +224,7 @@ async def test_expired_invitation_is_gone(app: Running) -> None:
     assert (await owner.call("GET", f"/api/workspaces/{wid}/invitations")).body == []
     assert (await late.call("POST", f"/api/invitations/{iid}/accept")).code == 404
     assert (await late.call("GET", f"/api/workspaces/{wid}")).code == 404
-    await app.server.root.getServiceNamed("housekeeping")._job()
+    await app.server.root.getServiceNamed("housekeeping").run_now()
     assert await app.db.query("SELECT id FROM workspace_invitations") == []
     fresh = await owner.call("POST", path, {"username": "late"})
     assert fresh.code == 201 and fresh.body["invitation_id"] != iid

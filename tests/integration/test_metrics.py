@@ -16,7 +16,7 @@ async def test_metrics(app: Running) -> None:
         await people["developer"].call("POST", f"/api/workspaces/{wid}/sandboxes", {"name": "m"})
     ).body["id"]
     await wait_status(people["developer"], sid, "running")
-    await app.server.root.getServiceNamed("metrics")._job()
+    await app.server.root.getServiceNamed("metrics").run_now()
     client = app.client()
     reply = await client.call("GET", "/metrics")
     assert reply.code == 200

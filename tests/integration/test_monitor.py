@@ -133,10 +133,10 @@ async def test_activity_defers_pausing_and_is_throttled(world: World) -> None:
     assert await world.status(sid) == "running"
     world.activity.touch(sid)
     world.activity.touch(sid)
-    assert list(world.activity._written) == [sid]
+    assert world.activity.remembered() == [sid]
     world.clock.advance(31)
     world.activity.prune()
-    assert world.activity._written == {}
+    assert world.activity.remembered() == []
 
 
 @pytest_twisted.ensureDeferred

@@ -126,11 +126,11 @@ async def test_preview_of_a_real_dev_server(real: Real) -> None:
     # The Anthropic door on that loopback is no preview, nor is a port nothing listens on in
     # the sandbox, even where the host itself listens on it (our own API's): no forward, an
     # endpoint that refuses at once (the proxy's "nothing is listening" page).
-    forwards = set(real.backend._live[a].forwards)
+    forwards = set(real.backend.live(a).forwards)
     for port in (ANTHROPIC_PORT, VITE, real.app.port.getHost().port):
         assert await real.backend.preview_endpoint(a, port) == NOT_LISTENING
         assert await answers_nothing(NOT_LISTENING)
-    assert set(real.backend._live[a].forwards) == forwards == {DEV_PORT, LOOPBACK_PORT}
+    assert set(real.backend.live(a).forwards) == forwards == {DEV_PORT, LOOPBACK_PORT}
 
     # Sandbox b reaches neither a's forward on the host nor a's dev server.
     inside_b = real.pid(b)
@@ -276,7 +276,7 @@ async def test_forwards_per_sandbox_are_capped(real: Real) -> None:
     assert again is not None and again.port != opened[evicted[0]].port
     code, body = await fetch(again)
     assert code == 200 and body == f"port {evicted[0]}".encode()
-    assert len(real.backend._live[sid].forwards) == MAX_FORWARDS
+    assert len(real.backend.live(sid).forwards) == MAX_FORWARDS
 
 
 class Echoes(Wire):
@@ -420,7 +420,7 @@ async def test_a_real_dev_server_through_its_preview_address(real: Real) -> None
         headers={"Host": preview_host(sid, 5999), "Cookie": f"cli_sandbox={idle_cookie}"},
     )
     assert idle.code == 503 and b"Nothing is listening on 5999" in idle.body, idle.body
-    assert 5999 not in real.backend._live[sid].forwards
+    assert 5999 not in real.backend.live(sid).forwards
 
     wire = await preview_socket(real, host, cookie)
     await wire.echo(b"hello")

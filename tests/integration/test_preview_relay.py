@@ -104,7 +104,7 @@ async def test_a_preview_is_carried_by_a_worker_uncredentialed_and_counts_as_act
         for n in range(3):  # one keep-alive connection, a worker's
             browser.transport.write(preview.get(b"/app/%d?token=secret" % n))  # type: ignore[union-attr]
             await _answer(browser, n + 1)
-        assert len(workers._carried) == 1
+        assert workers.carried_count == 1
         assert [s["uri"] for s in preview.upstream.seen] == ["/app/0", "/app/1", "/app/2"]
         for seen in preview.upstream.seen:
             assert "authorization" not in seen["headers"], seen
@@ -133,4 +133,4 @@ async def test_a_preview_is_carried_by_a_worker_uncredentialed_and_counts_as_act
     finally:
         browser.transport.loseConnection()  # type: ignore[union-attr]
         await browser.closed
-    await wait_until(reactor, lambda: len(workers._carried) == 0, timeout=5)
+    await wait_until(reactor, lambda: workers.carried_count == 0, timeout=5)

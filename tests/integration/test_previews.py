@@ -333,7 +333,7 @@ async def test_revocation_cuts_an_open_preview_websocket(previews: Previews) -> 
     keeps the sandbox awake meanwhile."""
     reactor, people = _reactor(), previews.people
     await previews.app.db.execute("UPDATE sandboxes SET last_activity_at = now() - interval '1h'")
-    previews.app.server.activity._written.clear()
+    previews.app.server.activity.forget()
 
     async def opened(who: str) -> Wire:
         wire = await previews.socket(await previews.open(who))

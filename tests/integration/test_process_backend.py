@@ -50,7 +50,7 @@ async def test_lifecycle_with_real_opencode(real: Real) -> None:
 
     agent_pid = real.pid(sid)
     session = await _post_json(endpoint, password, "/session", {"title": "kept"})
-    rss = _rss_mib(real.backend._live[sid].sandbox.pid)
+    rss = _rss_mib(real.backend.live(sid).sandbox.pid)
 
     assert (await real.owner.call("POST", f"/api/sandboxes/{sid}/pause")).code == 200
     await real.wait(sid, "paused")
@@ -173,7 +173,7 @@ async def test_unisolated_mode() -> None:
         endpoint = await backend.start(spec)
         assert endpoint.host == "127.0.0.1"
         assert (await client.get_json(endpoint, "pw", "/global/health"))[0] == 200
-        pid = backend._live[spec.id].sandbox.pid
+        pid = backend.live(spec.id).sandbox.pid
         await backend.stop(spec.id)
         assert not Path(f"/proc/{pid}").exists()
         assert (await backend.describe(spec.id)).state.value == "stopped"

@@ -354,14 +354,14 @@ async def test_memory_it_can_fill_is_bounded(real: Real) -> None:
     assert "root=1" in out and "dev=1" in out and "home-writable" in out, out
     assert out.count("Read-only file system") == 2, out
 
-    slirp = real.backend._live[sid].slirp.pid
+    slirp = real.backend.live(sid).slirp.pid
     status = Path(f"/proc/{slirp}/status").read_text()
     assert re.search(r"^Seccomp:\s+2$", status, re.MULTILINE), status
     assert re.search(r"^NoNewPrivs:\s+1$", status, re.MULTILINE), status
     assert not Path(f"/proc/{slirp}/root{real.data_dir}").exists()  # an empty root of its own
 
     groups = real.backend._cgroups(sid)
-    bwrap = real.backend._live[sid].sandbox.pid
+    bwrap = real.backend.live(sid).sandbox.pid
     joined = [g for g in groups if str(bwrap) in (g / "cgroup.procs").read_text().split()]
     assert joined == groups and groups, groups
     done = await real.owner.call("DELETE", f"/api/sandboxes/{sid}")

@@ -302,7 +302,7 @@ async def test_streaming_and_activity(proxy: Proxy) -> None:
     """SSE events arrive as they are sent; a 1 MiB body arrives whole; activity is recorded."""
     cookie = await proxy.open("developer")
     await proxy.app.db.execute("UPDATE sandboxes SET last_activity_at = now() - interval '1h'")
-    proxy.app.server.activity._written.clear()
+    proxy.app.server.activity.forget()
     big = await proxy.visit("/big", cookie=cookie)
     assert len(big.body) == 1024 * 1024
     reactor = _reactor()
@@ -366,37 +366,37 @@ async def test_event_streams_are_carried_by_the_relay_workers(proxy: Proxy) -> N
     head, _, body = finite.received.partition(b"\r\n\r\n")
     assert b"connection: close" not in head and b"transfer-encoding: chunked" in head
     assert body == b"d\r\ndata: first\n\n\r\ne\r\ndata: second\n\n\r\n0\r\n\r\n"
-    assert len(relay._carried) == 1  # the connection, waiting for its next request there
+    assert relay.carried_count == 1  # the connection, waiting for its next request there
     finite.received = b""
     head = f"GET /next HTTP/1.1\r\nHost: {proxy.host()}\r\nCookie: cli_sandbox={cookie}\r\n"
     finite.transport.write(head.encode() + b"\r\n")  # type: ignore[union-attr]
     await wait_until(reactor, lambda: b'"uri": "/next"' in finite.received, timeout=10)
     assert finite.received.startswith(b"HTTP/1.1 200 OK\r\n")
     finite.transport.loseConnection()  # type: ignore[union-attr]
-    await wait_until(reactor, lambda: len(relay._carried) == 0, timeout=10)
+    await wait_until(reactor, lambda: relay.carried_count == 0, timeout=10)
 
     ticking = await _stream(proxy, "/ticks", cookie)
     # (a head the router leaves to twisted.web: that path's streams are cut too)
     slow_path = await _stream(proxy, "/ticks", cookie, "Expect: 100-continue\r\n")
     for stream in (ticking, slow_path):
         await wait_until(reactor, lambda s=stream: s.received.count(b"data: tick") >= 3, timeout=10)
-    assert len(relay._carried) == 1 and proxy.upstream.ticking == 2
+    assert relay.carried_count == 1 and proxy.upstream.ticking == 2
     await proxy.people["developer"].call("POST", "/api/auth/logout")
     for stream in (ticking, slow_path):
         await stream.closed  # cut by the revocation, with no ending chunk
         assert not stream.received.endswith(b"0\r\n\r\n")
     await wait_until(reactor, lambda: proxy.upstream.ticking == 0, timeout=10)
-    await wait_until(reactor, lambda: len(relay._carried) == 0, timeout=10)
+    await wait_until(reactor, lambda: relay.carried_count == 0, timeout=10)
     # Deleting the sandbox ends its streams too (this fake sandbox would tick on).
     ticking = await _stream(proxy, "/ticks", await proxy.open("owner"))
-    await wait_until(reactor, lambda: len(relay._carried) == 1, timeout=10)
+    await wait_until(reactor, lambda: relay.carried_count == 1, timeout=10)
     await proxy.people["owner"].call("DELETE", f"/api/sandboxes/{proxy.sandbox}")
     await ticking.closed
-    await wait_until(reactor, lambda: len(relay._carried) == 0, timeout=10)
+    await wait_until(reactor, lambda: relay.carried_count == 0, timeout=10)
 
-    children = [w._process.pid for w in relay._workers]
+    children = [w.pid for w in relay.workers]
     await stop_server(proxy.app)
-    assert children and all(w._process is None for w in relay._workers)
+    assert children and all(w.pid is None for w in relay.workers)
     for child in children:
         with pytest.raises(ProcessLookupError):
             os.kill(child, 0)
@@ -414,13 +414,13 @@ async def test_a_paused_sandbox_keeps_no_stream_open_on_any_path(proxy: Proxy) -
     served = await _stream(proxy, "/ticks", cookie, "Expect: 100-continue\r\n")  # twisted.web
     for stream in (carried, served):
         await wait_until(reactor, lambda s=stream: s.received.count(b"data: tick") >= 2, timeout=10)
-    assert len(relay._carried) == 1
+    assert relay.carried_count == 1
     paused = await proxy.people["developer"].call("POST", f"/api/sandboxes/{proxy.sandbox}/pause")
     assert paused.code == 200, paused
     for stream in (carried, served):
         await stream.closed  # cut, with no ending chunk
         assert not stream.received.endswith(b"0\r\n\r\n")
-    await wait_until(reactor, lambda: len(relay._carried) == 0, timeout=10)
+    await wait_until(reactor, lambda: relay.carried_count == 0, timeout=10)
 
 
 @pytest_twisted.ensureDeferred
@@ -474,25 +474,27 @@ async def test_a_keep_alive_connection_moves_between_the_relay_workers_and_the_s
         assert client.received.startswith(b"HTTP/1.1 200 OK\r\n")
 
     await ask("GET /first HTTP/1.1\r\n")
-    [first] = list(relay._carried)
+    [first] = relay.carried()
     await ask("POST /p HTTP/1.1\r\nContent-Length: 2\r\n", b"{}")  # relayed there too
-    assert list(relay._carried) == [first] and proxy.upstream.seen[-1]["body"] == "{}"
+    assert relay.carried() == [first] and proxy.upstream.seen[-1]["body"] == "{}"
 
     _end_grant(relay, first)
     await ask("GET /after HTTP/1.1\r\n")  # back, routed afresh, and given again
-    assert list(relay._carried) not in ([], [first])
+    assert relay.carried() not in ([], [first])
     client.received = b""
     client.transport.write(b"HEAD /h HTTP/1.1\r\n" + head.encode() + b"\r\n")  # type: ignore[union-attr]
     await wait_until(reactor, lambda: client.received.startswith(b"HTTP/1.1 200"), timeout=10)
-    assert len(relay._carried) == 0  # twisted.web's from now on
+    assert relay.carried_count == 0  # twisted.web's from now on
     await ask("GET /last HTTP/1.1\r\n")
-    assert len(relay._carried) == 0 and not client.closed.called
+    assert relay.carried_count == 0 and not client.closed.called
 
 
 def _end_grant(relay: RelayWorkers, conn_id: int) -> None:
     """Ends a connection's grant early (as a renewal refused does): its next request comes
     back to the server, which routes it afresh."""
-    relay._carried[conn_id].worker.send(RENEWED.pack(b"G", conn_id, 0.0))
+    worker = relay.carrier(conn_id)
+    assert worker is not None
+    worker.send(RENEWED.pack(b"G", conn_id, 0.0))
 
 
 def _answers(data: bytes) -> list[tuple[int, bytes, bytes]]:
@@ -575,12 +577,12 @@ async def test_refused_requests_on_a_relayed_connection_are_answered_and_never_r
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", proxy.app.port.getHost().port)
     client = await connectProtocol(endpoint, Wire())
     assert await ask(client, ("GET /one HTTP/1.1", "", b"")) == [200]
-    [carried] = list(relay._carried)
+    [carried] = relay.carried()
     assert await ask(client, ("GET /two HTTP/1.1", "", b"")) == [200]
-    assert list(relay._carried) == [carried]  # relayed there: it never came back
+    assert relay.carried() == [carried]  # relayed there: it never came back
     await deferLater(reactor, 0.5)  # (as a page would, some time later)
     assert await ask(client, ("GET /three HTTP/1.1", foreign, b"")) == [403]
-    assert len(relay._carried) == 0  # given back, and refused here
+    assert relay.carried_count == 0  # given back, and refused here
     assert await ask(client, ("POST /four HTTP/1.1", foreign, b"{}")) == [403]
     assert await ask(client, ("GET /five HTTP/1.1", "", b"")) == [200]
     # (a fetch that says it came from another site, with no Origin, is refused the same)
@@ -592,16 +594,16 @@ async def test_refused_requests_on_a_relayed_connection_are_answered_and_never_r
 
     client = await connectProtocol(endpoint, Wire())
     assert await ask(client, ("GET /a HTTP/1.1", "", b"")) == [200]
-    [first] = list(relay._carried)
+    [first] = relay.carried()
     assert await ask(client, ("POST /b HTTP/1.1", "", b"{}")) == [200]  # relayed there too
-    assert list(relay._carried) == [first]
+    assert relay.carried() == [first]
     _end_grant(relay, first)
     assert await ask(client, ("GET /c HTTP/1.1", "", b"")) == [200]
-    [again] = list(relay._carried)  # handed over again
+    [again] = relay.carried()  # handed over again
     assert again != first
     refused = ("GET /d HTTP/1.1", foreign, b"")
     assert await ask(client, ("GET /e HTTP/1.1", "", b""), refused) == [200, 403]
-    assert len(relay._carried) == 0
+    assert relay.carried_count == 0
     assert await ask(client, ("GET /f HTTP/1.1", "", b"")) == [200]
     assert await ask(client, ("POST /g HTTP/1.1", foreign, b"{}")) == [403]
     assert not client.closed.called

@@ -521,9 +521,9 @@ async def _carried_by(w: World, engine: str) -> None:
     workers = w.app.server.relay_workers
     wanted = 1 if engine == "worker" else 0  # (earlier cells' connections are closed by now)
     try:
-        await wait_until(_reactor(), lambda: len(workers._carried) == wanted, timeout=5)
+        await wait_until(_reactor(), lambda: workers.carried_count == wanted, timeout=5)
     except TimeoutError:
-        raise AssertionError((engine, len(workers._carried))) from None
+        raise AssertionError((engine, workers.carried_count)) from None
 
 
 def _clean_answer(answer: Answer) -> None:

@@ -68,7 +68,7 @@ async def test_opencode_through_the_proxy(real: Real) -> None:
         f"GET /event HTTP/1.1\r\nHost: {host}\r\nCookie: cli_sandbox={cookie}\r\n\r\n".encode()
     )
     await wait_until(reactor, lambda: b"server.connected" in events.received, timeout=15)
-    await wait_until(reactor, lambda: len(real.app.server.relay_workers._carried) == 1, timeout=15)
+    await wait_until(reactor, lambda: real.app.server.relay_workers.carried_count == 1, timeout=15)
 
     pty = await get("/pty", "POST", {})
     assert pty.code == 200, pty
@@ -87,7 +87,7 @@ async def test_opencode_through_the_proxy(real: Real) -> None:
     await real.owner.call("POST", "/api/auth/logout")
     for cut in (events.closed, wire.closed):
         await cut.addTimeout(10, reactor)
-    await wait_until(reactor, lambda: len(real.app.server.relay_workers._carried) == 0, timeout=10)
+    await wait_until(reactor, lambda: real.app.server.relay_workers.carried_count == 0, timeout=10)
 
 
 @pytest_twisted.ensureDeferred

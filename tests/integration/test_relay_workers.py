@@ -111,29 +111,27 @@ async def test_a_worker_streams_is_cut_comes_back_when_killed_and_ends_with_the_
         second, ours_2 = await tcp_pair(0)
         assert relay.serve(ours_2.transport, grant, 5.0, FIRST, WHOSE, lease)
         relay.let_go(ours_2.transport)
-        assert len(relay._carried) == 2 and [w.carrying for w in relay._workers] == [1, 1]
+        assert relay.carried_count == 2 and [w.carrying for w in relay.workers] == [1, 1]
         relay.cut(user_id="u")  # to every worker
         await browser.closed
         await second.closed
         await sandbox.closed
-        await wait_until(reactor, lambda: len(relay._carried) == 0, timeout=5)
+        await wait_until(reactor, lambda: relay.carried_count == 0, timeout=5)
         assert not browser.received.endswith(b"0\r\n\r\n")  # cut: no ending
 
-        first = relay._workers[0]._process.pid
+        first = relay.workers[0].pid
         os.kill(first, signal.SIGKILL)
         await wait_until(
             reactor,
-            lambda: (
-                relay._workers[0]._process is not None and relay._workers[0]._process.pid != first
-            ),
+            lambda: relay.workers[0].pid is not None and relay.workers[0].pid != first,
             timeout=10,
         )
         assert relay.ready
     finally:
-        children = [w._process.pid for w in relay._workers if w._process is not None]
+        children = [w.pid for w in relay.workers if w.pid is not None]
         await relay.stopService()
         await listening.stopListening()
-    assert len(children) == 2 and all(w._process is None for w in relay._workers)
+    assert len(children) == 2 and all(w.pid is None for w in relay.workers)
     for child in children:
         with pytest.raises(ProcessLookupError):
             os.kill(child, 0)
@@ -170,11 +168,11 @@ async def test_a_worker_serves_a_keep_alive_connection_and_gives_it_back() -> No
             sandbox.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")  # type: ignore[union-attr]
             await wait_until(reactor, lambda: browser.received.endswith(b"hi"), timeout=5)
             browser.received = b""
-        assert len(relay._carried) == 1 and len(sandboxes) == 1  # one sandbox connection, kept
+        assert relay.carried_count == 1 and len(sandboxes) == 1  # one sandbox connection, kept
         other = b"GET /c HTTP/1.1\r\nHost: " + H + b"\r\nCookie: c=2\r\n\r\n"  # another session
         browser.transport.write(other)  # type: ignore[union-attr]
         await wait_until(reactor, lambda: bool(lease.backs), timeout=5)
-        assert lease.backs == [(other, Back.ASK)] and len(relay._carried) == 0
+        assert lease.backs == [(other, Back.ASK)] and relay.carried_count == 0
         await wait_until(reactor, lambda: browser.received == b"the server again", timeout=5)
         await wait_until(reactor, lambda: sum(n for _, n in relayed) == 3, timeout=5)
         await sandbox.closed  # (kept by the worker for another connection: 2 s, then closed)

@@ -151,9 +151,9 @@ class Team:
 
     async def restart(self) -> None:
         await stop_server(self.app)
-        self.app = await self._start()
+        self.app = await self.start()
 
-    async def _start(self) -> Running:
+    async def start(self) -> Running:
         return await start_server(self.db_url, config=self.config, port=self.port)
 
     @property
@@ -171,7 +171,7 @@ async def team(db_url: str) -> AsyncIterator[Team]:
     root = scratch_dir("cli-test-tunnel-")
     anthropic, anthropic_port = serve_fake_anthropic(_reactor())
     made = Team(None, free_port(), db_url, None, "", root, anthropic, anthropic_port)  # type: ignore[arg-type]
-    made.app = await made._start()
+    made.app = await made.start()
     made.owner = made.app.client()
     await made.owner.register_and_login("owner")
     made.workspace = (await made.owner.call("POST", "/api/workspaces", {"name": "t"})).body["id"]

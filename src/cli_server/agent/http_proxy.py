@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import ipaddress
 from collections.abc import Mapping
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from attrs import define, field, frozen
@@ -73,7 +72,7 @@ def bypassed(host: str, environ: Mapping[str, str]) -> bool:
     listed = environ.get("no_proxy") or environ.get("NO_PROXY") or ""
     host = host.lower().strip("[]")
     try:
-        address: Any = ipaddress.ip_address(host)
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
     except ValueError:
         address = None
     for entry in listed.replace(",", " ").split():

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path, PureWindowsPath
-from typing import Any, Protocol
+from typing import Protocol
 
 from attrs import define, field, frozen
 from twisted.application.service import Service
@@ -161,19 +161,49 @@ class Platform:
         return self.own_config_dir / CONFIG_NAME
 
 
-def posix(name: str, home: Path, **kw: Any) -> Platform:
+def posix(
+    name: str,
+    home: Path,
+    *,
+    default_ca_file: Path | None = None,
+    install_signal: Callable[[str, Callable[[], None]], None] = install_signal,
+) -> Platform:
     own = home / "Library" / "Application Support" / "cli-server" if name == "darwin" else None
-    return Platform(name, home, own, PosixFiles(), ("SIGINT", "SIGTERM", "SIGHUP"), **kw)
+    signals = ("SIGINT", "SIGTERM", "SIGHUP")
+    return Platform(
+        name,
+        home,
+        own,
+        PosixFiles(),
+        signals,
+        default_ca_file=default_ca_file,
+        install_signal=install_signal,
+    )
 
 
-def windows(home: Path, environ: Mapping[str, str], **kw: Any) -> Platform:
+def windows(
+    home: Path,
+    environ: Mapping[str, str],
+    *,
+    files: PrivateFiles | None = None,
+    system_store: Callable[[], list[bytes]] | None = None,
+    install_signal: Callable[[str, Callable[[], None]], None] = install_signal,
+) -> Platform:
     appdata = environ.get("APPDATA")
     own = Path(appdata) / "cli-server" if appdata else home / "AppData" / "Roaming" / "cli-server"
     # (Windows' own environment names are case-insensitive; a Mapping given here may not be)
     root = next((v for k, v in environ.items() if k.upper() == "SYSTEMROOT" and v), SYSTEM_ROOT)
-    files = kw.pop("files", None) or WindowsFiles(system_root=root)
+    files = files or WindowsFiles(system_root=root)
     # SIGBREAK: Ctrl-Break, and what a console service wrapper sends to stop us
-    return Platform("win32", home, own, files, ("SIGINT", "SIGBREAK"), **kw)
+    return Platform(
+        "win32",
+        home,
+        own,
+        files,
+        ("SIGINT", "SIGBREAK"),
+        system_store=system_store,
+        install_signal=install_signal,
+    )
 
 
 SERVER_AUTH = "1.3.6.1.5.5.7.3.1"  # the extended key usage "TLS server authentication"

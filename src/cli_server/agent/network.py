@@ -4,13 +4,18 @@ given. The tunnel's WebSocket and the registration call both go this way."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 from urllib.parse import urlsplit
 
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorTCP,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.python.failure import Failure
 from twisted.web.client import URI, Agent, HTTPConnectionPool
 from twisted.web.iweb import IAgent, IAgentEndpointFactory
@@ -22,6 +27,13 @@ from cli_server.agent.tls import Trust, causes, explain_tls
 CONNECT_TIMEOUT = 10.0
 
 
+class IAgentReactor(IReactorTime, IReactorTCP):
+    """The reactor as the agent uses it: timers (backoff, pings, timeouts) and TCP
+    connections (to the server, its proxy, opencode and shared ports). It adds nothing: it
+    names, for the type checker, the two roles any full reactor plays (the real one,
+    ``MemoryReactorClock`` in tests)."""
+
+
 @frozen
 class Network:
     trust: Trust = field(factory=Trust)
@@ -29,7 +41,7 @@ class Network:
     environ: Mapping[str, str] = field(factory=dict, repr=False)
     timeout: float = CONNECT_TIMEOUT
 
-    def endpoint(self, reactor: Any, url: str) -> IStreamClientEndpoint:
+    def endpoint(self, reactor: IAgentReactor, url: str) -> IStreamClientEndpoint:
         parts = urlsplit(url)
         secure = parts.scheme in ("https", "wss")
         host = parts.hostname or ""
@@ -49,7 +61,7 @@ class Network:
         """Whether ``url`` needs more than a default HTTP client (a proxy or a CA bundle)."""
         return self.trust.custom or proxy_for(url, self.environ) is not None
 
-    def http_agent(self, reactor: Any) -> IAgent:
+    def http_agent(self, reactor: IAgentReactor) -> IAgent:
         pool = HTTPConnectionPool(reactor, persistent=False)
         agent: IAgent = Agent.usingEndpointFactory(reactor, _Endpoints(self, reactor), pool=pool)
         return agent
@@ -67,7 +79,7 @@ class Network:
 @frozen
 class _Endpoints:
     _network: Network
-    _reactor: Any
+    _reactor: IAgentReactor
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         return self._network.endpoint(self._reactor, uri.toBytes().decode("ascii"))

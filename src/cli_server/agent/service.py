@@ -13,30 +13,41 @@ import json
 import os
 import random
 import sys
-from collections.abc import Callable
+import typing
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import treq
 from attrs import asdict, define, evolve, field, frozen
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from treq.client import HTTPClient
 from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IConsumer,
+    IProtocol,
+    IPushProducer,
+    IReactorCore,
+    IReactorTCP,
+    IStreamClientEndpoint,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.client import Agent
+from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
 from cli_server._version import __version__
 from cli_server.agent.errors import AgentError as AgentError
 from cli_server.agent.machine import Platform, PrivateFiles, current
 from cli_server.agent.network import CONNECT_TIMEOUT as CONNECT_TIMEOUT
-from cli_server.agent.network import Network, ReportingEndpoint
+from cli_server.agent.network import IAgentReactor, Network, ReportingEndpoint
 from cli_server.plumbing.nodelay import no_delay
 from cli_server.plumbing.threads import Runner, synchronous_runner
 from cli_server.tunnel.carrier import SessionCarrier
@@ -125,34 +136,57 @@ def tunnel_url(server: str, sandbox_id: str) -> str:
 
 
 def client_endpoint(
-    reactor: Any, url: str, network: Network | None = None
+    reactor: IAgentReactor, url: str, network: Network | None = None
 ) -> IStreamClientEndpoint:
     """TCP (TLS for https/wss) to ``url``; through ``network``'s proxy and trust if given."""
     return (network or Network()).endpoint(reactor, url)
 
 
+REGISTER_TIMEOUT = 30.0
+
+
+class HTTPPoster(typing.Protocol):
+    """What registration needs of an HTTP client: treq's ``post`` (a ``treq.client.HTTPClient``;
+    in tests a ``treq.testing.StubTreq`` over a fake server)."""
+
+    def post(self, url: str, *, json: object) -> Awaitable[IResponse]: ...
+
+
 async def register(
-    reactor: Any,
+    reactor: IAgentReactor,
     server: str,
     code: str,
     name: str,
     opencode_url: str,
     use_server_key: bool,
     network: Network | None = None,
+    http: HTTPPoster | None = None,
 ) -> Credentials:
-    """Trade a one-time code for a local sandbox and its tunnel token."""
+    """Trade a one-time code for a local sandbox and its tunnel token.
+
+    ``http`` is the client for a server reached directly (default: a treq ``HTTPClient``
+    over an ``Agent`` on ``reactor``); one behind a proxy or a CA bundle is reached through
+    ``network``'s own agent instead. The request gives up after ``REGISTER_TIMEOUT``."""
     network = network or Network()
-    # (treq's own client when nothing is special, which is what the unit tests stub)
-    via: dict[str, Any] = {"agent": network.http_agent(reactor)} if network.special(server) else {}
+    client: HTTPPoster
+    if network.special(server):
+        client = HTTPClient(network.http_agent(reactor))
+    else:
+        client = http or HTTPClient(Agent(reactor))
+
+    async def post() -> IResponse:
+        payload = {"code": code, "name": name, "use_server_key": use_server_key}
+        return await client.post(server + "/api/agent/register", json=payload)
+
     try:
-        response = await treq.post(
-            server + "/api/agent/register",
-            json={"code": code, "name": name, "use_server_key": use_server_key},
-            timeout=30,
-            reactor=reactor,
-            **via,
-        )
-        body = await response.json() if response.code != 204 else {}
+        posted = Deferred.fromCoroutine(post())
+        timer = reactor.callLater(REGISTER_TIMEOUT, posted.cancel)  # (as treq's timeout=)
+        try:
+            response = await posted
+        finally:
+            if timer.active():
+                timer.cancel()
+        body = await treq.json_content(response) if response.code != 204 else {}
     except ValueError:
         raise AgentError(f"{server} did not answer like a cli-server; check --server") from None
     except AgentError:
@@ -262,8 +296,9 @@ class _ToOpencode(Protocol):
         self.opencode = opencode
 
     def connectionMade(self) -> None:
-        opencode: Any = self.opencode.transport
-        stream: Any = self.transport
+        # (opencode's TCP transport is a consumer too; our transport is the stream)
+        opencode = typing.cast(IConsumer, self.opencode.transport)
+        stream = typing.cast(Stream, self.transport)
         opencode.registerProducer(_Reader(stream), True)
 
     def dataReceived(self, data: bytes) -> None:
@@ -271,14 +306,15 @@ class _ToOpencode(Protocol):
         self.opencode.transport.write(data)
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
-        transport: Any = self.opencode.transport
+        transport = self.opencode.transport
         if transport is None:
             return
-        transport.unregisterProducer()
+        typing.cast(IConsumer, transport).unregisterProducer()  # (a TCP transport)
         if reason.check(ConnectionDone):
             transport.loseConnection()
         else:
-            transport.abortConnection()  # the browser went away: abort opencode's request
+            # the browser went away: abort opencode's request
+            typing.cast(ITCPTransport, transport).abortConnection()
 
 
 @define(eq=False)
@@ -320,7 +356,7 @@ class PortConnector:
     """Connects a stream that names a port to that port on this machine's loopback if its
     user shares it (``--allow-port``), and refuses it otherwise, whatever the server asked."""
 
-    _reactor: Any
+    _reactor: IReactorTCP
     _ports: frozenset[int]
     _log = Logger()
 
@@ -415,7 +451,7 @@ class TunnelClientProtocol(SessionCarrier, WebSocketClientProtocol):  # type: ig
 class TunnelAgent(Service):
     """Keeps one tunnel to the server up, for as long as the server wants it."""
 
-    _reactor: Any
+    _reactor: IAgentReactor
     _config_path: Path
     _opencode_url: str | None = None
     _server: str | None = None
@@ -425,6 +461,7 @@ class TunnelAgent(Service):
     _on_fatal: Callable[[str], None] | None = None
     _platform: Platform = field(factory=current)
     _network: Network = field(factory=Network)
+    _http: HTTPPoster | None = None  # registration's client (None: see ``register``)
     # saving runs commands on Windows (icacls): off the reactor thread in the daemon
     _runner: Runner = synchronous_runner
     backoff: Backoff = field(factory=Backoff)
@@ -464,6 +501,7 @@ class TunnelAgent(Service):
                 opencode_url,
                 self._use_server_key,
                 self._network,
+                self._http,
             )
             await self._runner(credentials.save, self._config_path, self._platform.files)
             self._log.info(
@@ -497,9 +535,11 @@ class TunnelAgent(Service):
             if self._opencode_url and self._opencode_url != credentials.opencode_url:
                 credentials = evolve(credentials, opencode_url=self._opencode_url)
                 await self._runner(credentials.save, self._config_path, self._platform.files)
-        self.credentials = credentials
-        self._connector = OpencodeConnector(
-            client_endpoint(self._reactor, credentials.opencode_url), credentials.opencode_url
+        self.set_up(
+            credentials,
+            OpencodeConnector(
+                client_endpoint(self._reactor, credentials.opencode_url), credentials.opencode_url
+            ),
         )
         self._client = ClientService(
             ReportingEndpoint(
@@ -521,6 +561,18 @@ class TunnelAgent(Service):
         if self.running:
             self._client.startService()
 
+    def set_up(self, credentials: Credentials, connector: OpencodeConnector) -> None:
+        """Take ``credentials`` and send the streams of new sessions through ``connector``
+        (what start-up does before dialling; a test sets the agent up without dialling)."""
+        self.credentials = credentials
+        self._connector = connector
+
+    @property
+    def dialling(self) -> bool:
+        """Whether the agent keeps (re)connecting to the server: set up, and not stopped
+        for good."""
+        return self._client is not None and bool(self._client.running)
+
     def _share_ports(self, opencode_url: str) -> None:
         if not self.allowed_ports:
             return
@@ -533,7 +585,9 @@ class TunnelAgent(Service):
             ports=", ".join(str(p) for p in self.allowed_ports),
         )
 
-    def new_session(self, send: Callable[[bytes], None], close: Any) -> Session:
+    def new_session(
+        self, send: Callable[[bytes], None], close: Callable[[int, str], None]
+    ) -> Session:
         assert self.credentials is not None and self._connector is not None
         connector = self._connector
         ports = PortConnector(self._reactor, frozenset(self.allowed_ports))
@@ -631,13 +685,12 @@ class TunnelAgent(Service):
         return None
 
 
-def _welcomed(protocol: Any) -> Deferred[None]:
+def _welcomed(protocol: IProtocol) -> Deferred[None]:
     """ClientService counts a connection as made once the server said welcome."""
-    welcomed: Deferred[None] = protocol.welcomed
-    return welcomed
+    return typing.cast(TunnelClientProtocol, protocol).welcomed  # (our factory's protocol)
 
 
-def exit_with_error(reactor: Any) -> Callable[[str], None]:
+def exit_with_error(reactor: IReactorCore) -> Callable[[str], None]:
     """Print one line, stop the reactor and exit with status 1 (twistd cannot set it)."""
 
     def fatal(message: str) -> None:

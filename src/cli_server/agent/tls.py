@@ -70,6 +70,11 @@ class Trust:
         return cls(store=store)
 
     @property
+    def certificates(self) -> tuple[Certificate, ...]:
+        """The CA certificates read (none until ``read``, nor for OpenSSL's defaults)."""
+        return self._certificates
+
+    @property
     def custom(self) -> bool:
         """Whether connections need this trust rather than OpenSSL's default paths."""
         return self.ca_file is not None or self._store is not None

@@ -157,6 +157,7 @@ class AnthropicProxy(Resource):
     _free_calls: RateLimit = field(init=False)
     _running: dict[str, set[Request]] = field(factory=dict, init=False)  # sandbox -> its calls
     _agent: Agent = field(init=False)
+    _pool: HTTPConnectionPool = field(init=False)  # the agent's kept-alive connections
     isLeaf = True
     _log = Logger()
 
@@ -164,8 +165,14 @@ class AnthropicProxy(Resource):
         Resource.__init__(self)
         pool = HTTPConnectionPool(self._connections, persistent=True)
         pool.maxPersistentPerHost = 64
+        self._pool = pool
         self._agent = quiet_agent(self._connections, pool, self._connect_timeout)
         self._free_calls = RateLimit(self._free_calls_per_minute)
+
+    def close_connections(self) -> Deferred[None]:
+        """Close the kept-alive connections to the upstream (the next call dials afresh)."""
+        closed: Deferred[None] = self._pool.closeCachedConnections()
+        return closed
 
     def render(self, request: Request) -> int:
         """The main listener's ``/proxy/anthropic``: no sandbox's door."""

@@ -263,11 +263,12 @@ class Workspaces:
         if not users:
             raise NotFound("no user has that username", code="user_not_found")
         user_id = str(users[0]["id"])
-        if self._direct(users[0]["actor_email"], users[0]["email"]):
+        if self.adds_directly(users[0]["actor_email"], users[0]["email"]):
             return await self._add_directly(workspace_id, actor_id, user_id, role, note), True
         return await self._invite(workspace_id, actor_id, user_id, role, note)
 
-    def _direct(self, actor_email: str | None, invitee_email: str | None) -> bool:
+    def adds_directly(self, actor_email: str | None, invitee_email: str | None) -> bool:
+        """Whether the actor may add the invitee without an invitation (--direct-members)."""
         if "*" in self._direct_members:
             return True
         domain = email_domain(invitee_email)

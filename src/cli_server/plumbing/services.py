@@ -66,6 +66,10 @@ class PeriodicService(Service):
         self._loop.clock = self._clock
         self._done = self._loop.start(self._interval, now=False)
 
+    async def run_now(self) -> None:
+        """Run the job once, now, outside the schedule (its failure is the caller's)."""
+        await self._job()
+
     def _tick(self) -> Deferred[None]:
         d = Deferred.fromCoroutine(_await(self._job))
         d.addErrback(

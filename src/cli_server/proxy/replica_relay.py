@@ -99,6 +99,8 @@ class InternalChannel(AnsweredLater):
     _on_data: Callable[[str], None] | None = None  # (sandbox_id): activity
     # (made with the key, once it is known; it remembers the nonces seen)
     _verifier: channel.Verifier | None = field(default=None, init=False)
+    # how many nonces to remember in a window (None: the Verifier's own bound; tests lower it)
+    nonce_limit: int | None = field(default=None, kw_only=True)
     _doing = "relaying {uri}"
 
     def __attrs_post_init__(self) -> None:
@@ -109,7 +111,11 @@ class InternalChannel(AnsweredLater):
         if key is None:
             return self._page(request, 503, "Starting", "Try again in a moment.", refresh=3)
         if self._verifier is None:
-            self._verifier = channel.Verifier(key, self._reactor.seconds)
+            self._verifier = (
+                channel.Verifier(key, self._reactor.seconds)
+                if self.nonce_limit is None
+                else channel.Verifier(key, self._reactor.seconds, limit=self.nonce_limit)
+            )
         checked = self._verifier.check(request.method, request.uri, request.getHeader)
         if checked == channel.BUSY:  # (memory is bounded: refuse until nonces expire)
             return self._page(request, 503, "Busy", "Try again in a moment.", refresh=3)

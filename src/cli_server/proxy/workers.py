@@ -127,6 +127,25 @@ class RelayWorkers(Service):
     def ready(self) -> bool:
         return any(worker.control is not None for worker in self._workers)
 
+    @property
+    def carried_count(self) -> int:
+        """How many browser connections the workers carry now."""
+        return len(self._carried)
+
+    def carried(self) -> list[int]:
+        """The ids of the browser connections the workers carry now, in the order given."""
+        return list(self._carried)
+
+    def carrier(self, conn_id: int) -> _Worker | None:
+        """The worker carrying connection ``conn_id``, if one does."""
+        carried = self._carried.get(conn_id)
+        return None if carried is None else carried.worker
+
+    @property
+    def workers(self) -> tuple[_Worker, ...]:
+        """The worker processes' protocols, in order (read-only: for tests and metrics)."""
+        return tuple(self._workers)
+
     def serve(
         self,
         browser: object,  # (a transport: only a plain TCP Connection is taken)
@@ -285,6 +304,11 @@ class _Worker(ProcessProtocol):
     _log = Logger()
 
     @property
+    def pid(self) -> int | None:
+        """The worker process's id while it runs, else None."""
+        return None if self._process is None else int(self._process.pid)
+
+    @property
     def drained(self) -> bool:
         """No request in flight since the last connection it was given (or no process)."""
         return self.control is None or self._quiet > self.given
@@ -315,6 +339,11 @@ class _Worker(ProcessProtocol):
         self.control = ours
         self._reading = True
         self._reactor.addReader(self)
+
+    @property
+    def behind(self) -> int:
+        """How many messages wait for the worker to take them."""
+        return len(self._outbox)
 
     def send(self, message: bytes, unless_behind: bool = False) -> None:
         """Messages go out in order; those the worker cannot take yet are tried again

@@ -45,6 +45,15 @@ class ActivityRecorder:
             "UPDATE sandboxes SET last_activity_at = now() WHERE id = %s", (sandbox_id,)
         )
 
+    def remembered(self) -> list[str]:
+        """The sandboxes whose activity was written within the throttle (their next touch
+        waits), as far as ``prune`` has not forgotten them."""
+        return list(self._written)
+
+    def forget(self) -> None:
+        """Forget every write: the next touch of each sandbox writes at once."""
+        self._written.clear()
+
     def prune(self) -> None:
         cutoff = self._clock.seconds() - self._throttle
         for key in [k for k, t in self._written.items() if t <= cutoff]:

@@ -131,7 +131,8 @@ class DockerBackend(BackendDefaults):
     _firewall_refusal: Callable[[str], str | None] = docker_firewall.cannot_apply
     _quotas: DiskQuotas | None = None  # None: no volume quotas
     _quota_refusal: Callable[[], str | None] = check_disk_quota
-    _client: Any = field(default=None, init=False)
+    # the docker SDK's client (tests give fakes); made at first use from the settings if None
+    _client: Any = field(default=None, kw_only=True)
     _network_lock: threading.Lock = field(factory=threading.Lock, init=False)
     # Not called: a container that dies is found by the reconciler's next sweep.
     on_exit: ExitListener | None = field(default=None, init=False)
@@ -145,6 +146,11 @@ class DockerBackend(BackendDefaults):
     _log = Logger()
     name = "docker"
     survives_restart = True
+
+    @property
+    def settings(self) -> DockerSettings:
+        """The settings this backend was made with."""
+        return self._settings
 
     # -- thread side ------------------------------------------------------------------------
 
@@ -299,20 +305,7 @@ class DockerBackend(BackendDefaults):
         return name, rules
 
     def _thd_doors(self, gateway: str | None) -> tuple[tuple[str, int], ...]:
-        """Where the Anthropic proxy is, as addresses: our gateway for host.docker.internal,
-        else what ANTHROPIC_PROXY_URL's name resolves to now (the host's public name, say;
-        looked up again at every start). A name that does not resolve opens nothing."""
-        if self._settings.door is None:
-            return ()
-        host, port = self._settings.door
-        if host == "host.docker.internal":
-            return ((gateway, port),) if gateway else ()
-        try:
-            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError):
-            return ()
-        # (an IPv6 link-local address comes with its scope, "%eth0", which rules cannot use)
-        return tuple(dict.fromkeys((str(info[4][0]).split("%")[0], port) for info in found))
+        return door_addresses(self._settings.door, gateway)
 
     def _thd_check_seccomp(self) -> None:
         """The engine's default seccomp profile is what refuses new user namespaces and other
@@ -525,7 +518,7 @@ class DockerBackend(BackendDefaults):
                 "up to that network's firewall",
                 network=self._settings.network,
             )
-        refused = self._quota_refused()
+        refused = self.quota_refused()
         if refused is not None and self._settings.disks != DiskSizes(0, 0):
             self._log.warn(
                 "docker backend: sandbox volumes have NO size limit ({why}); a sandbox can "
@@ -544,7 +537,7 @@ class DockerBackend(BackendDefaults):
 
     # -- volume quotas --------------------------------------------------------------------------
 
-    def _quota_refused(self) -> str | None:
+    def quota_refused(self) -> str | None:
         """Why volumes get no quota, or None when they do (decided once)."""
         if not self._quota_decided:
             self._quota_decided = True
@@ -564,7 +557,7 @@ class DockerBackend(BackendDefaults):
 
     async def _attach_disks(self, spec: SandboxSpec) -> dict[str, Path]:
         """Mount the sandbox's quota file systems; {volume name: directory} for those it has."""
-        if self._quota_refused() is not None or self._quotas is None:
+        if self.quota_refused() is not None or self._quotas is None:
             return {}
         sizes = self._settings.disks
         wanted = [
@@ -674,6 +667,26 @@ class DockerBackend(BackendDefaults):
     @deferred
     async def check(self) -> None:
         await self._engine(self._thd_ping)
+
+
+def door_addresses(
+    door: tuple[str, int] | None, gateway: str | None
+) -> tuple[tuple[str, int], ...]:
+    """Where the Anthropic proxy is, as addresses: our ``gateway`` for host.docker.internal,
+    else what ANTHROPIC_PROXY_URL's name resolves to now (the host's public name, say;
+    looked up again at every start: blocking, so on a thread). A name that does not
+    resolve opens nothing."""
+    if door is None:
+        return ()
+    host, port = door
+    if host == "host.docker.internal":
+        return ((gateway, port),) if gateway else ()
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return ()
+    # (an IPv6 link-local address comes with its scope, "%eth0", which rules cannot use)
+    return tuple(dict.fromkeys((str(info[4][0]).split("%")[0], port) for info in found))
 
 
 def _container_exit(state: dict[str, Any]) -> str | None:

@@ -308,6 +308,16 @@ class ProcessBackend(BackendDefaults):
     name = "process"
     _log = Logger()
 
+    def live(self, sandbox_id: str) -> _Live | None:
+        """What runs here for ``sandbox_id`` (its processes and preview forwards), if it
+        runs (read-only: for tests and diagnostics)."""
+        return self._live.get(sandbox_id)
+
+    def resting(self, host_port: int) -> bool:
+        """Whether ``host_port`` rests: its forward was removed moments ago, and no other
+        sandbox's forward takes it yet."""
+        return host_port in self._resting
+
     # -- layout -------------------------------------------------------------------------------
 
     def _sandbox_dir(self, sandbox_id: str) -> Path:

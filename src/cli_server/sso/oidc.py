@@ -131,7 +131,7 @@ class OidcProvider:
         token = answer.get("id_token") if isinstance(answer, dict) else None
         if not isinstance(token, str):
             raise ProviderError("the token endpoint gave no ID token")
-        said = await self._verify(token, pending.nonce)
+        said = await self.verified_claims(token, pending.nonce)
         groups = said.get(self._settings.groups_claim) if self._settings.groups_claim else None
         email = said.get("email")
         return Claims(
@@ -146,7 +146,10 @@ class OidcProvider:
             else (),
         )
 
-    async def _verify(self, token: str, nonce: str) -> dict[str, Any]:
+    async def verified_claims(self, token: str, nonce: str) -> dict[str, Any]:
+        """The ID token's claims once its signature (by the issuer's current keys), issuer,
+        audience, nonce and times check out; a ProviderError otherwise."""
+
         def check(keys: KeySet) -> dict[str, Any]:
             return verify_id_token(
                 token,

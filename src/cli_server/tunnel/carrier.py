@@ -3,6 +3,7 @@ out as binary messages, and messages come in to it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -14,11 +15,14 @@ class SessionCarrier:
     """Mixed into an Autobahn WebSocket protocol (listed first among its bases)."""
 
     session: Session | None = None
+    # What the mixin uses of the Autobahn protocol it is mixed into. Autobahn leaves its
+    # protocol's transport untyped (a TCP or TLS transport, also the consumer of our
+    # session), so it is Any here, and only here.
     transport: Any
-    state: Any
-    sendMessage: Any
-    sendClose: Any
-    dropConnection: Any
+    state: int
+    sendMessage: Callable[..., None]
+    sendClose: Callable[[int, str], None]
+    dropConnection: Callable[..., None]
 
     def carry(self, session: Session) -> None:
         """Carry ``session``: it becomes the producer of our connection, so a full send buffer

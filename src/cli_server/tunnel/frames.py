@@ -67,7 +67,7 @@ class Frame:
         return self.fields[name]
 
 
-def encode(type: str, stream: int = 0, payload: bytes = b"", **fields: Any) -> bytes:
+def encode(type: str, stream: int = 0, payload: bytes = b"", **fields: object) -> bytes:
     header = json.dumps({"t": type, "s": stream, **fields}, separators=(",", ":")).encode()
     if (
         len(header) > MAX_HEADER
@@ -83,7 +83,7 @@ _DATA_HEAD = b'{"t":"data","s":'
 
 def decode(message: bytes) -> Frame:
     fast = _decode_data(message)
-    return fast if fast is not None else _decode(message)
+    return fast if fast is not None else decode_full(message)
 
 
 def _decode_data(message: bytes) -> Frame | None:
@@ -106,7 +106,9 @@ def _decode_data(message: bytes) -> Frame | None:
     return Frame("data", stream, {}, payload)
 
 
-def _decode(message: bytes) -> Frame:
+def decode_full(message: bytes) -> Frame:
+    """The full JSON path ``decode`` takes for all but the usual data frames (public so a
+    test can check that both paths agree)."""
     if len(message) < 4:
         raise ProtocolError("frame shorter than its length prefix")
     if len(message) > MAX_MESSAGE:
@@ -165,5 +167,5 @@ def _is_port_list(ports: list[Any]) -> bool:
     )
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)

@@ -15,6 +15,7 @@ another took (its agent's credentials connected there since) closes its own as r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from attrs import define, field
@@ -22,7 +23,13 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.defer import Deferred, DeferredLock, fail, maybeDeferred
 from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -41,7 +48,7 @@ _REMEMBER_REVOKED = 60.0  # longer than a token check can take before its connec
 @define(eq=False)
 class TunnelHub:
     _db: Database
-    clock: Any
+    clock: IReactorTime
     _on_change: Any = None  # (sandbox_id) -> None: drop what the proxy cached about it
     _on_data: Any = None  # (sandbox_id) -> None: activity
     _metrics: Any = None
@@ -120,7 +127,9 @@ class TunnelHub:
         )
         return WebSocketResource(factory)
 
-    def new_session(self, sandbox_id: str, send: Any, close: Any) -> Session:
+    def new_session(
+        self, sandbox_id: str, send: Callable[[bytes], None], close: Callable[[int, str], None]
+    ) -> Session:
         session = Session(
             self.clock,
             send,
@@ -139,6 +148,11 @@ class TunnelHub:
             pending.discard(session)
             if not pending:
                 del self._pending[sandbox_id]
+
+    def remembers_revocation(self, sandbox_id: str) -> bool:
+        """Whether the hub still remembers that ``sandbox_id`` was revoked (for a minute,
+        forgotten at a later revocation)."""
+        return sandbox_id in self._revoked
 
     def attach(self, sandbox_id: str, session: Session, address: str | None = None) -> None:
         self._unpend(sandbox_id, session)
@@ -348,7 +362,7 @@ class TunnelServerFactory(WebSocketServerFactory):
 # (type: ignore: Autobahn's own two bases disagree on ``peer`` once a mixin comes first)
 class TunnelServerProtocol(SessionCarrier, WebSocketServerProtocol):  # type: ignore[misc]
     factory: TunnelServerFactory
-    _hello_timer: Any = None
+    _hello_timer: IDelayedCall | None = None
 
     def onOpen(self) -> None:
         hub: TunnelHub = self.factory.hub

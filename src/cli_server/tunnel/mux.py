@@ -14,7 +14,7 @@ frame that cannot be parsed closes the tunnel. Pings both ways detect a dead pee
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from attrs import frozen
@@ -107,7 +107,7 @@ class Stream:
             self._producer_paused = True
             self._producer.pauseProducing()
 
-    def writeSequence(self, data: Any) -> None:
+    def writeSequence(self, data: Iterable[bytes]) -> None:
         for chunk in data:
             self.write(chunk)
 

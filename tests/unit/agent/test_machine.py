@@ -23,7 +23,6 @@ from twisted.logger import capturedLogs
 from twisted.python import usage
 from zope.interface import implementer
 
-import cli_server.agent.service as agent_module
 from cli_server import cli
 from cli_server.agent.machine import (
     EXCLUSIVE,
@@ -208,12 +207,11 @@ def test_posix_write_opens_exclusively_without_following_links() -> None:
     assert EXCLUSIVE & getattr(os, "O_NOFOLLOW", 0) == getattr(os, "O_NOFOLLOW", 0)
 
 
-def test_registration_on_windows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_registration_on_windows(tmp_path: Path) -> None:
     """A whole registration with the Windows platform: credentials and the proxy's env file
     land in %APPDATA%\\cli-server, each restricted with icacls."""
     anthropic = {"base_url": "http://server.example:8080/anthropic", "api_key": "sk-p"}
     stub = StubTreq(FakeServer(201, json.dumps({**ANSWER, "anthropic": anthropic}).encode()))
-    monkeypatch.setattr(agent_module, "treq", stub)
     commands = Commands()
     platform = on_windows(tmp_path, commands)
     reactor = MemoryReactorClock()
@@ -227,6 +225,7 @@ def test_registration_on_windows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         use_server_key=True,
         on_fatal=fatal.append,
         platform=platform,
+        http=stub,
     )
     agent.startService()
     stub.flush()

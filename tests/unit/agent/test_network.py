@@ -297,7 +297,7 @@ def test_trust_chooses_option_then_environment_then_default(tmp_path: Path) -> N
 
 def test_a_bundle_is_read(tmp_path: Path) -> None:
     trust = Trust.choose(str(write_ca(tmp_path / "ca.pem")), {}).read()
-    assert len(trust._certificates) == 2
+    assert len(trust.certificates) == 2
     assert trust.read() is trust
     assert trust.for_host("cli.example.com") is not None
 
@@ -309,7 +309,7 @@ def test_windows_trusts_its_certificate_store() -> None:
     trust = Trust.choose(None, {}, None, store=lambda: [der, b"not a certificate"])
     assert trust.custom and Network(trust).special("https://cli.example.com")
     loaded = trust.read()
-    assert (len(loaded._certificates), loaded.source) == (1, "the system's store")
+    assert (len(loaded.certificates), loaded.source) == (1, "the system's store")
     assert Trust.choose(None, {"SSL_CERT_FILE": "/e.pem"}, None, store=lambda: [der]) == Trust(
         Path("/e.pem"), "SSL_CERT_FILE"
     )

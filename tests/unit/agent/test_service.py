@@ -37,7 +37,6 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-import cli_server.agent.service as agent_module
 from cli_server import cli
 from cli_server.agent.service import (
     CONNECT_TIMEOUT,
@@ -141,8 +140,7 @@ class RunningAgent:
 
     @property
     def retrying(self) -> bool:
-        client = self.agent._client
-        return client is not None and bool(client.running)
+        return self.agent.dialling
 
 
 @pytest.mark.parametrize(
@@ -625,34 +623,31 @@ ANSWER = {
 }
 
 
-def registering(
-    monkeypatch: pytest.MonkeyPatch, server: FakeServer, use_server_key: bool = False
-) -> Deferred[Credentials]:
+def registering(server: FakeServer, use_server_key: bool = False) -> Deferred[Credentials]:
     stub = StubTreq(server)
-    monkeypatch.setattr(agent_module, "treq", stub)
     clock = Clock()
     d = Deferred.fromCoroutine(
-        register(clock, SERVER, "ABCD-1234", "laptop", OPENCODE, use_server_key)
+        register(clock, SERVER, "ABCD-1234", "laptop", OPENCODE, use_server_key, http=stub)
     )
     stub.flush()
     assert clock.getDelayedCalls() == []  # the request's timeout was cancelled
     return d
 
 
-def registration_error(monkeypatch: pytest.MonkeyPatch, server: FakeServer) -> str:
-    failure = failure_of(registering(monkeypatch, server))
+def registration_error(server: FakeServer) -> str:
+    failure = failure_of(registering(server))
     assert failure.check(AgentError), failure
     message = str(failure.value)
     assert "\n" not in message
     return message
 
 
-def test_register(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_register() -> None:
     """201 with the server's JSON becomes Credentials; the request says what the server
     reads."""
     anthropic = {"base_url": "http://server.example:8080/anthropic", "api_key": "sk-p"}
     server = FakeServer(201, json.dumps({**ANSWER, "anthropic": anthropic}).encode())
-    credentials = result_of(registering(monkeypatch, server, use_server_key=True))
+    credentials = result_of(registering(server, use_server_key=True))
     assert credentials == Credentials(
         server=SERVER,
         sandbox_id="sb-9",
@@ -671,16 +666,16 @@ def test_register(monkeypatch: pytest.MonkeyPatch) -> None:
     ]
 
 
-def test_register_refused_code(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_register_refused_code() -> None:
     body = {"error": {"code": "invalid_code", "message": "this code is unknown"}}
-    message = registration_error(monkeypatch, FakeServer(401, json.dumps(body).encode()))
+    message = registration_error(FakeServer(401, json.dumps(body).encode()))
     assert "expired" in message
     assert "new one from the dashboard" in message
 
 
-def test_register_other_errors_show_the_servers_message(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_register_other_errors_show_the_servers_message() -> None:
     body = {"error": {"code": "bad_request", "message": "name is too long"}}
-    message = registration_error(monkeypatch, FakeServer(400, json.dumps(body).encode()))
+    message = registration_error(FakeServer(400, json.dumps(body).encode()))
     assert message == "registration failed (400): name is too long"
 
 
@@ -693,26 +688,27 @@ def test_register_other_errors_show_the_servers_message(monkeypatch: pytest.Monk
         (500, {"error": None}),
     ],
 )
-def test_register_odd_json(monkeypatch: pytest.MonkeyPatch, code: int, body: Any) -> None:
-    message = registration_error(monkeypatch, FakeServer(code, json.dumps(body).encode()))
+def test_register_odd_json(code: int, body: Any) -> None:
+    message = registration_error(FakeServer(code, json.dumps(body).encode()))
     assert message == f"registration failed ({code}): no details"
 
 
 @pytest.mark.parametrize("code", [200, 401, 502])
-def test_register_not_a_cli_server(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+def test_register_not_a_cli_server(code: int) -> None:
     """An HTML page (a wrong URL, a captive portal) is not mistaken for an answer."""
     server = FakeServer(code, b"<html><body>Welcome</body></html>", b"text/html")
-    message = registration_error(monkeypatch, server)
+    message = registration_error(server)
     assert message == f"{SERVER} did not answer like a cli-server; check --server"
 
 
-def test_register_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_register_unreachable() -> None:
     class Unreachable:
         def post(self, url: str, **kwargs: Any) -> Deferred[Any]:
             return fail(TCPConnectionRefused("127.0.0.1", 8080))
 
-    monkeypatch.setattr(agent_module, "treq", Unreachable())
-    d = Deferred.fromCoroutine(register(Clock(), SERVER, "C", "laptop", OPENCODE, False))
+    d = Deferred.fromCoroutine(
+        register(Clock(), SERVER, "C", "laptop", OPENCODE, False, http=Unreachable())
+    )
     failure = failure_of(d)
     assert failure.check(AgentError)
     message = str(failure.value)
@@ -720,15 +716,38 @@ def test_register_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "refused" in message
 
 
+def test_register_gives_up_after_thirty_seconds() -> None:
+    """A server that never answers: the request is cancelled after 30 s and the agent says
+    it cannot reach the server (no timer is left behind)."""
+    asked: list[Deferred[Any]] = []
+
+    class Silent:
+        def post(self, url: str, **kwargs: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            asked.append(d)
+            return d
+
+    clock = Clock()
+    d = Deferred.fromCoroutine(
+        register(clock, SERVER, "C", "laptop", OPENCODE, False, http=Silent())
+    )
+    clock.advance(29)
+    assert not d.called and len(asked) == 1
+    clock.advance(1)
+    failure = failure_of(d)
+    assert failure.check(AgentError)
+    assert str(failure.value).startswith(f"cannot reach the server at {SERVER}: ")
+    assert clock.getDelayedCalls() == []
+
+
 # -- TunnelAgent start-up --------------------------------------------------------------------
 
 
-def test_agent_registers_then_dials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_agent_registers_then_dials(tmp_path: Path) -> None:
     """With a code the agent registers, saves the credentials (and the proxy's env file)
     privately, then dials the server."""
     anthropic = {"base_url": "http://server.example:8080/anthropic", "api_key": "sk-p"}
     stub = StubTreq(FakeServer(201, json.dumps({**ANSWER, "anthropic": anthropic}).encode()))
-    monkeypatch.setattr(agent_module, "treq", stub)
     reactor = MemoryReactorClock()
     config = tmp_path / "dot" / "agent.json"
     fatal: list[str] = []
@@ -740,6 +759,7 @@ def test_agent_registers_then_dials(monkeypatch: pytest.MonkeyPatch, tmp_path: P
         name="laptop",
         use_server_key=True,
         on_fatal=fatal.append,
+        http=stub,
     )
     agent.startService()
     stub.flush()
@@ -844,8 +864,7 @@ class Tunnel:
         self.agent_sent: list[Frame] = []
         self.closes: list[tuple[int, str]] = []
         agent = TunnelAgent(self.clock, tmp_path / "agent.json")
-        agent.credentials = CREDENTIALS
-        agent._connector = self.connector
+        agent.set_up(CREDENTIALS, self.connector)
         self.agent = agent.new_session(self._agent_send, self._close)
         self.server = Session(
             self.clock, self.to_agent.append, self._close, is_server=True, label="sb-1"

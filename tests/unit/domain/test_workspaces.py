@@ -12,7 +12,7 @@ NO_DATABASE: Any = None
 
 
 def direct(domains: tuple[str, ...], actor: str | None, invitee: str | None) -> bool:
-    return Workspaces(NO_DATABASE, domains)._direct(actor, invitee)
+    return Workspaces(NO_DATABASE, domains).adds_directly(actor, invitee)
 
 
 class DirectMembersTests(SynchronousTestCase):

@@ -87,7 +87,7 @@ class InternalChannelTests(SynchronousTestCase):
 
     def test_a_full_nonce_table_is_busy_not_forbidden(self) -> None:
         # (memory is bounded within the window: beyond it a good request waits, 503)
-        self.channel._verifier = channel.Verifier(KEY, self.clock.seconds, limit=1)  # noqa: SLF001
+        self.channel.nonce_limit = 1
         self.assertIn(b"offline", b"".join(self.render(_request(self.path, self.signed())).written))
         self.clock.advance(1)
         busy = self.render(_request(self.path, self.signed()))

@@ -446,14 +446,16 @@ def test_a_connection_back_from_a_worker_unanswered_makes_the_sandbox_asked_agai
 
     class Reactor:
         def adoptStreamConnection(self, fd: int, family: int, factory: Any) -> None:
-            adopted.append((family, factory._replay))
+            # (as a reactor does: the factory builds the connection's protocol)
+            adopted.append((family, factory.buildProtocol(None).replay))
 
     factory = RouterFactory(FakeSite(), d.router.factory.routes, Reactor())
     for why in (Back.TIMED_OUT, Back.DROPPED, Back.FAILED, Back.ASK):
         a, b = socket.socketpair()
         factory.take_back(a, b"", why, SID)
         assert adopted[-1] == (socket.AF_UNIX, (b"", why, None))
-        assert factory._replay is None and a.fileno() == -1  # (the reactor has its own)
+        assert factory.buildProtocol(None).replay is None  # (only the one taken back replays)
+        assert a.fileno() == -1  # (the reactor has its own)
         b.close()
     assert d.endpoints.forgotten == [SID] * 3  # (not for a request the grant did not cover)
 
@@ -510,7 +512,7 @@ def test_a_connection_in_use_keeps_its_grant_across_the_session_cache_by_the_clo
             pass
         finally:
             k.control.settimeout(5)
-        assert len(k.relay._kept) == 1, n  # never back
+        assert k.relay.kept_count == 1, n  # never back
     assert renewals == 4 and d.access.refreshed == 2  # (read again as each 2 s ran out)
 
 
@@ -606,7 +608,7 @@ def test_a_preview_connection_a_worker_could_not_serve_comes_back_with_its_port(
 
     class Reactor:
         def adoptStreamConnection(self, fd: int, family: int, factory: Any) -> None:
-            adopted.append(factory._replay)
+            adopted.append(factory.buildProtocol(None).replay)
 
     lease = d.workers.served[0][-1]
     factory = RouterFactory(FakeSite(), d.router.factory.routes, Reactor())

@@ -36,7 +36,7 @@ def _fill(worker: _Worker) -> int:
     sent = 0
     while True:
         worker.send(b"F%06d" % sent)
-        if worker._outbox:  # (the first one it could not take)
+        if worker.behind:  # (the first one it could not take)
             return sent
         sent += 1
 

@@ -4,8 +4,11 @@ relay workers' part over real socket pairs, and what a stopping server says on /
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -15,7 +18,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from cli_server.agent.service import Backoff
 from cli_server.proxy.relay.wire import DRAIN, DRAINING
-from cli_server.proxy.workers import RelayWorkers, _Worker
+from cli_server.proxy.workers import RelayWorkers
 from cli_server.replicas.drain import Drain
 from cli_server.web.open_requests import OpenRequests, lasting
 from cli_server.web.site import MainSite
@@ -52,17 +55,18 @@ class DrainTests(SynchronousTestCase):
         self.log: list[str] = []
         self.web = Counter(1)
         self.workers = Workers(1)
+        listeners = [Listener(self.log), Listener(self.log)]
         self.drain = Drain(
             self.clock,
             30.0,
-            [Listener(self.log), Listener(self.log)],
+            listeners,
             [Counter(0), self.web],
             self.workers,
             lambda: self.log.append("goaway"),
             [lambda: self.log.append("close streams")],
             lambda: self.log.append("draining"),
         )
-        for listener in self.drain._listeners:
+        for listener in listeners:
             listener.startService()
         self.drain.startService()
 
@@ -160,27 +164,47 @@ class RelayWorkerDrainTests(SynchronousTestCase):
         assert b"data:1" in k.got()
 
 
+class Spawning(MemoryReactorClock):
+    """A reactor whose spawned workers are only their control sockets: the child's end
+    (its fd 3) is kept in ``children``, as the worker process would hold it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.children: list[socket.socket] = []
+
+    def spawnProcess(self, protocol: object, executable: str, args: object, **kw: Any) -> object:
+        child = socket.socket(fileno=os.dup(kw["childFDs"][3]))
+        self.children.append(child)
+        return SimpleNamespace(pid=4242, signalProcess=lambda name: None)
+
+
 class ServerSideWorkerTests(SynchronousTestCase):
     """``RelayWorkers.in_flight`` trusts only an answer to a drain asked after the worker's
     last connection was given."""
 
     def test_answers_count_only_for_connections_given_before_the_drain(self) -> None:
-        workers = RelayWorkers(MemoryReactorClock(), 1)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        reactor = Spawning()
+        workers = RelayWorkers(reactor, 1)
+        workers.startService()
+        (theirs,) = reactor.children
         self.addCleanup(theirs.close)
-        worker = _Worker(workers, 0, control=ours)
-        workers._workers = [worker]
+        (worker,) = workers.workers
+        assert worker.control is not None
+        self.addCleanup(worker.control.close)
         workers.drain()
         assert theirs.recv(64) == DRAIN.pack(b"D", 1)
         assert workers.in_flight == 1  # no answer yet
-        worker._message(DRAINING.pack(b"d", 1, 2), [])
+        theirs.send(DRAINING.pack(b"d", 1, 2))
+        worker.doRead()
         assert workers.in_flight == 1  # two requests under way
-        worker._message(DRAINING.pack(b"d", 1, 0), [])
+        theirs.send(DRAINING.pack(b"d", 1, 0))
+        worker.doRead()
         assert workers.in_flight == 0
         worker.given = 1  # a connection given after the first drain was asked
         assert workers.in_flight == 1
         workers.drain()
-        worker._message(DRAINING.pack(b"d", 2, 0), [])
+        theirs.send(DRAINING.pack(b"d", 2, 0))
+        worker.doRead()
         assert workers.in_flight == 0
         worker.control_lost()  # (a worker that is gone carries nothing)
         worker.given = 5

@@ -183,8 +183,8 @@ class ReplicaEventsTests(SynchronousTestCase):
         self.start()
         self.successResultOf(Deferred.fromCoroutine(events.member_changed("u", "w")))
         self.successResultOf(Deferred.fromCoroutine(events.sandbox_status_changed("s")))
-        other._heard()  # (its NOTIFY)
-        self.bus._heard()  # (ours too: PostgreSQL tells every listener)
+        other.read()  # (its NOTIFY)
+        self.bus.read()  # (ours too: PostgreSQL tells every listener)
         self.assertEqual(
             self.heard.said, [("member_changed", "u", "w"), ("sandbox_status_changed", "s")]
         )
@@ -220,7 +220,7 @@ class ReplicaEventsTests(SynchronousTestCase):
         self.clock.advance(10.0)
         self.assertEqual(self.bus.unwritten, 0)
         self.assertEqual([r["kind"] for r in self.table.rows], ["user_revoked", "sandbox_deleted"])
-        other._heard()
+        other.read()
         self.assertEqual(there.said, [("user_revoked", "u"), ("sandbox_deleted", "s")])
         self.successResultOf(other.stopService())
 

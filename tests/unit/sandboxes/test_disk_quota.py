@@ -345,15 +345,18 @@ class BackendQuotaTests(SynchronousTestCase):
         self.data = Path(tempfile.mkdtemp())
         self.addCleanup(shutil.rmtree, self.data)
         self.data.chmod(0o755)
-        reactor = MemoryReactorClock()
         self.quotas = RecordingQuotas()
-        self.backend = ProcessBackend(
+        self.backend = self.make(DiskSizes(10 * 1024**3, 2 * 1024**3))
+
+    def make(self, sizes: DiskSizes) -> ProcessBackend:
+        reactor = MemoryReactorClock()
+        return ProcessBackend(
             reactor,
             self.data,
             Path("/bin/true"),
             OpencodeClient(reactor),
             account=SystemAccount(os.getuid(), os.getgid()),
-            disk_sizes=DiskSizes(10 * 1024**3, 2 * 1024**3),
+            disk_sizes=sizes,
             quotas=self.quotas,  # type: ignore[arg-type]
         )
 
@@ -385,7 +388,7 @@ class BackendQuotaTests(SynchronousTestCase):
 
     def test_no_quota(self) -> None:
         """Sizes of 0: plain directories, nothing attached."""
-        self.backend._disk_sizes = DiskSizes(0, 0)
+        self.backend = self.make(DiskSizes(0, 0))
         self.successResultOf(settle(self.backend._prepare(SandboxSpec("s", "w", "p", "t"))))
         self.assertEqual([c for c in self.quotas.calls if c[0] == "attach"], [])
 

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from cli_server.plumbing.threads import synchronous_runner
 from cli_server.sandboxes import docker_firewall
 from cli_server.sandboxes.backend import BackendError
-from cli_server.sandboxes.docker_backend import DockerBackend, DockerSettings
+from cli_server.sandboxes.docker_backend import DockerBackend, DockerSettings, door_addresses
 from cli_server.sandboxes.docker_firewall import EgressRules
 from cli_server.sandboxes.egress import EgressPolicy, attached_networks
 from cli_server.sandboxes.opencode import OpencodeClient
@@ -266,29 +266,41 @@ class FakeEngine:
         return {"SecurityOptions": self.security_options}
 
 
+DEFAULT_URL = "http://host.docker.internal:8080/proxy/anthropic/v1"
+
+
 def _backend(
-    url: str = "http://host.docker.internal:8080/proxy/anthropic/v1", **more: Any
+    url: str = DEFAULT_URL,
+    client: Any = None,
+    **more: Any,
 ) -> DockerBackend:
     from twisted.internet.testing import MemoryReactorClock
 
     settings = DockerSettings(None, "image", url, **more)
-    return DockerBackend(synchronous_runner, settings, "i", OpencodeClient(MemoryReactorClock()))
+    return DockerBackend(
+        synchronous_runner, settings, "i", OpencodeClient(MemoryReactorClock()), client=client
+    )
 
 
 class BackendSettingsTests(SynchronousTestCase):
     def test_doors(self) -> None:
         """The door: our gateway for host.docker.internal; else ANTHROPIC_PROXY_URL's
         address (a literal, or what its name resolves to), at its port."""
-        self.assertEqual(_backend()._thd_doors("172.18.0.1"), (("172.18.0.1", 8080),))
-        self.assertEqual(_backend()._thd_doors(None), ())
-        on_host = _backend("http://host.docker.internal/v1")
-        self.assertEqual(on_host._thd_doors("172.18.0.1"), (("172.18.0.1", 80),))
-        literal = _backend("https://192.0.2.2/proxy/anthropic/v1")
-        self.assertEqual(literal._thd_doors("172.18.0.1"), (("192.0.2.2", 443),))
-        named = _backend("http://localhost:8443/proxy/anthropic/v1")  # from /etc/hosts
-        self.assertIn(("127.0.0.1", 8443), named._thd_doors("172.18.0.1"))
-        nowhere = _backend("http://no-such-name.invalid:8080/proxy/anthropic/v1")
-        self.assertEqual(nowhere._thd_doors("172.18.0.1"), ())
+
+        def doors(gateway: str | None, url: str = DEFAULT_URL) -> Any:
+            return door_addresses(DockerSettings(None, "image", url).door, gateway)
+
+        self.assertEqual(doors("172.18.0.1"), (("172.18.0.1", 8080),))
+        self.assertEqual(doors(None), ())
+        self.assertEqual(
+            doors("172.18.0.1", "http://host.docker.internal/v1"), (("172.18.0.1", 80),)
+        )
+        literal = "https://192.0.2.2/proxy/anthropic/v1"
+        self.assertEqual(doors("172.18.0.1", literal), (("192.0.2.2", 443),))
+        named = "http://localhost:8443/proxy/anthropic/v1"  # from /etc/hosts
+        self.assertIn(("127.0.0.1", 8443), doors("172.18.0.1", named))
+        nowhere = "http://no-such-name.invalid:8080/proxy/anthropic/v1"
+        self.assertEqual(doors("172.18.0.1", nowhere), ())
 
     def test_door_elsewhere_passes_both_chains(self) -> None:
         """A proxy on another private address passes forwarding too; the host only at its
@@ -307,13 +319,11 @@ class BackendSettingsTests(SynchronousTestCase):
         """An engine that applies no seccomp profile, or unconfined by default, runs no
         sandbox; the engine's default profile passes."""
         for options in ([], ["name=apparmor"], ["name=seccomp,profile=unconfined"]):
-            backend = _backend()
-            backend._client = FakeEngine(options)
+            backend = _backend(client=FakeEngine(options))
             with self.assertRaises(BackendError) as caught:
                 backend._thd_check_seccomp()
             self.assertIn("no seccomp profile", str(caught.exception))
-        backend = _backend()
-        backend._client = FakeEngine(["name=seccomp,profile=default", "name=cgroupns"])
+        backend = _backend(client=FakeEngine(["name=seccomp,profile=default", "name=cgroupns"]))
         backend._thd_check_seccomp()
 
     def test_turned_off(self) -> None:
@@ -409,8 +419,8 @@ class PrepareTests(SynchronousTestCase):
             OpencodeClient(MemoryReactorClock()),
             firewall_apply=lambda rules: self.fail("applied"),
             firewall_refusal=lambda bridge: "only root can change the host's firewall",
+            client=FakeClient(),
         )
-        backend._client = FakeClient()
         with capturedLogs() as events:
             self.successResultOf(backend.prepare())
         (event,) = events
@@ -428,8 +438,8 @@ class PrepareTests(SynchronousTestCase):
             OpencodeClient(MemoryReactorClock()),
             firewall_apply=written.append,
             firewall_refusal=lambda bridge: None,
+            client=FakeClient(),
         )
-        backend._client = FakeClient()
         self.successResultOf(backend.prepare())
         (rules,) = written
         self.assertEqual(
@@ -471,9 +481,9 @@ class QuotaDecisionTests(SynchronousTestCase):
         reason is kept for the start-up warning."""
         from cli_server.sandboxes.disk_quota import DiskSizes
 
-        self.assertIsNone(self._backend()._quota_refused())
-        self.assertIsNone(self._backend("unix:///run/docker.sock")._quota_refused())
-        self.assertIn("not on this host", self._backend("tcp://10.0.0.5:2376")._quota_refused())
-        self.assertIn("turned off", self._backend(sizes=DiskSizes(0, 0))._quota_refused())
+        self.assertIsNone(self._backend().quota_refused())
+        self.assertIsNone(self._backend("unix:///run/docker.sock").quota_refused())
+        self.assertIn("not on this host", self._backend("tcp://10.0.0.5:2376").quota_refused())
+        self.assertIn("turned off", self._backend(sizes=DiskSizes(0, 0)).quota_refused())
         refused = self._backend(refusal=lambda: "needs root")
-        self.assertEqual(refused._quota_refused(), "needs root")
+        self.assertEqual(refused.quota_refused(), "needs root")

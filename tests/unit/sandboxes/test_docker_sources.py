@@ -60,9 +60,7 @@ def _networks(*pairs: tuple[str, str]) -> dict[str, Any]:
 
 def _backend(client: FakeClient) -> DockerBackend:
     settings = DockerSettings(None, "image", "http://host.docker.internal:1/v1")
-    backend = DockerBackend(synchronous_runner, settings, "instance", None)  # type: ignore[arg-type]
-    backend._client = client
-    return backend
+    return DockerBackend(synchronous_runner, settings, "instance", None, client=client)  # type: ignore[arg-type]
 
 
 def _sources(backend: DockerBackend, sandbox_id: str) -> frozenset[str]:

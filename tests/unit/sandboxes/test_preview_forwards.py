@@ -73,6 +73,7 @@ def _backend(
     isolated: bool = True,
     listening: _Listening | None = None,
     nft: _Nft | None = None,
+    guard: ForwardGuard | None = None,
 ) -> ProcessBackend:
     data = Path(tempfile.mkdtemp())
     return ProcessBackend(
@@ -83,7 +84,7 @@ def _backend(
         account=None,
         isolated=isolated,
         threads=listening or _Listening(list(range(1024, 65536))),
-        guard=ForwardGuard(nft or _Nft(), "cli_forwards_test", data / "forwards.nft"),
+        guard=guard or ForwardGuard(nft or _Nft(), "cli_forwards_test", data / "forwards.nft"),
     )
 
 
@@ -217,7 +218,7 @@ class PreviewForwardTests(SynchronousTestCase):
         self.assertEqual(len(reactor.unixClients), clients + 2)
         self.assertEqual(len(live.forwards), MAX_FORWARDS)
         self.assertNotIn(2001, live.forwards)
-        self.assertIn(hosts[2001], backend._resting)
+        self.assertTrue(backend.resting(hosts[2001]))
 
         # 2001 asked again: a new forward, pushing out 2002
         again = backend.preview_endpoint("s-1", 2001)
@@ -279,7 +280,8 @@ class ForwardGuardTests(SynchronousTestCase):
         deletes the table."""
         reactor = MemoryReactorClock()
         nft = _Nft()
-        backend = _backend(reactor, nft=nft)
+        guard = ForwardGuard(nft, "cli_forwards_test", Path(tempfile.mkdtemp()) / "forwards.nft")
+        backend = _backend(reactor, guard=guard)
         live = _running(backend, "s-1")
         pending = backend.preview_endpoint("s-1", 8000)
         self.assertEqual(len(nft.rulesets), 1)
@@ -309,7 +311,7 @@ class ForwardGuardTests(SynchronousTestCase):
         assert live.slirp_proto is not None
         live.slirp_proto.ended.callback(None)
         self.assertEqual(nft.elements("delete")[-1], "{ " + ", ".join(map(str, ports)) + " }")
-        self.successResultOf(backend._guard.release([first]))  # (not in the set: no call)
+        self.successResultOf(guard.release([first]))  # (not in the set: no call)
         calls = len(nft.calls)
         self.successResultOf(backend.close())
         self.assertEqual(nft.calls[calls:], [("delete", "table", "ip", "cli_forwards_test")])
@@ -319,7 +321,8 @@ class ForwardGuardTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         nft = _Nft()
         nft.code = 1
-        backend = _backend(reactor, nft=nft)
+        guard = ForwardGuard(nft, "cli_forwards_test", Path(tempfile.mkdtemp()) / "forwards.nft")
+        backend = _backend(reactor, guard=guard)
         _running(backend, "s-1")
         failing = backend.preview_endpoint("s-1", 8000)
         self.assertIn(

@@ -153,7 +153,7 @@ def test_unknown_key_refreshes_the_key_set_at_most_once_a_minute() -> None:
     provider = OidcProvider(OidcLogin(ISSUER, CLIENT, "secret"), cast(Any, http), clock, "cb")
 
     def check(value: str) -> Deferred[dict[str, Any]]:
-        return Deferred.fromCoroutine(provider._verify(value, NONCE))
+        return Deferred.fromCoroutine(provider.verified_claims(value, NONCE))
 
     assert result_of(check(token()))["sub"] == "s1" and http.fetched == 1
     http.keys = KeySet([OTHER])  # rotated
@@ -322,6 +322,6 @@ def test_discovery_of_another_issuer_or_unusable_keys_is_a_provider_error() -> N
     ]:
         http = Lying(issuer, keys)
         provider = OidcProvider(OidcLogin(ISSUER, CLIENT, "s"), cast(Any, http), clock, "cb")
-        failure = failure_of(Deferred.fromCoroutine(provider._verify(token(), NONCE)))
+        failure = failure_of(Deferred.fromCoroutine(provider.verified_claims(token(), NONCE)))
         failure.trap(ProviderError)
         assert why in str(failure.value)

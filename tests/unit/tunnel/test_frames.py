@@ -380,7 +380,7 @@ def _both(message: bytes) -> tuple[Any, Any]:
     from cli_server.tunnel import frames
 
     outcomes = []
-    for decoder in (frames.decode, frames._decode):
+    for decoder in (frames.decode, frames.decode_full):
         try:
             outcomes.append(decoder(message))
         except ProtocolError:

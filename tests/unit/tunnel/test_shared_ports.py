@@ -219,8 +219,8 @@ class Laptop:
         self.agent_sent: list[Frame] = []
         self.server_sent: list[Frame] = []
         agent = TunnelAgent(self.reactor, tmp_path / "agent.json", allowed_ports=ports)
-        agent.credentials = CREDENTIALS  # (what _start would set, without dialling the server)
-        agent._connector = OpencodeConnector(LoopbackEndpoint(self.reactor, 4096), OPENCODE)
+        # (what start-up would set, without dialling the server)
+        agent.set_up(CREDENTIALS, OpencodeConnector(LoopbackEndpoint(self.reactor, 4096), OPENCODE))
         self.agent = agent.new_session(self._agent_send, lambda code, why: None)
         self.server = self.hub.new_session(SANDBOX, self._server_send, lambda code, why: None)
         self.server.ready.addCallback(lambda _: self.hub.attach(SANDBOX, self.server))

@@ -207,6 +207,31 @@ class Worker:
         # (bytes may have arrived between the server's last read and now: epoll reports
         # them, since it reports a socket's state, not its changes)
 
+    # read-only views (for tests and debugging)
+
+    @property
+    def kept_count(self) -> int:
+        """How many browser connections this worker relays now."""
+        return len(self._kept)
+
+    def kept(self, conn_id: int) -> KeptConnection | None:
+        """The browser connection the server handed over as ``conn_id``, while relayed."""
+        return self._kept.get(conn_id)
+
+    def idle_sockets(self, address: Address) -> list[socket.socket]:
+        """The sandbox connections kept idle for another request to ``address``."""
+        return [sock for sock, _ in self._idle.get(address, [])]
+
+    @property
+    def idle_addresses(self) -> int:
+        """How many sandbox addresses have idle connections kept."""
+        return len(self._idle)
+
+    @property
+    def waiting_reports(self) -> int:
+        """Reports waiting for the server to read its end of the control socket."""
+        return len(self._reports)
+
     # what a kept connection asks of its loop
 
     def take_idle(self, address: Address) -> socket.socket | None:

@@ -53,12 +53,12 @@ CORP = (  # on every sandbox answer
 class Kept:
     """A worker serving one browser connection: ``browser`` is the far end of its socket,
     ``sandbox`` the sandbox's end of the connection the worker opened (the latest),
-    ``control`` the server's end."""
+    ``control`` the server's end of the control socket, ``relay_control`` the worker's."""
 
     def __init__(self, first: bytes = b"", seconds: float = 1.0, grant: Grant = GRANT) -> None:
         self.now = 100.0
-        self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.relay = Worker(theirs, clock=lambda: self.now)
+        self.control, self.relay_control = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.relay = Worker(self.relay_control, clock=lambda: self.now)
         self.listening = socket.create_server(("127.0.0.1", 0))
         self.listening.settimeout(5)
         self.browser, browser_near = socket.socketpair()
@@ -122,7 +122,7 @@ class Kept:
         msg, fds = self.report()
         assert msg[:1] == b"B" and len(fds) == 1, msg
         _, conn_id, why = BACK.unpack_from(msg)
-        assert conn_id == 7 and len(self.relay._kept) == 0
+        assert conn_id == 7 and self.relay.kept_count == 0
         return Back(why), msg[BACK.size :], socket.socket(fileno=fds[0])
 
 
@@ -169,7 +169,7 @@ def test_requests_are_relayed_cleaned_one_after_another_and_counted() -> None:
         k.browser.sendall(get(b"/n%d" % n))
         assert k.upstream().startswith(b"GET /n%d HTTP/1.1\r\n" % n)
         assert k.answer(OK).endswith(b"\r\n\r\nhi")
-    assert len(k.relay._kept) == 1
+    assert k.relay.kept_count == 1
     k.now += 1.5
     k.relay.tick()
     msg, _ = k.report(b"A")
@@ -207,7 +207,7 @@ def test_a_request_the_grant_does_not_cover_goes_back_with_its_bytes() -> None:
         why, data, sock = k.back()
         assert why is Back.ASK and data == request
         assert k.upstream() == b""  # its sandbox connection waits, idle, for another request
-        assert [s.getpeername() for s, _ in k.relay._idle[("127.0.0.1", k.port)]] == [
+        assert [s.getpeername() for s in k.relay.idle_sockets(("127.0.0.1", k.port))] == [
             k.sandbox.getsockname()
         ]
         sock.sendall(b"still the browser's")  # the same connection, now the server's
@@ -307,7 +307,7 @@ def test_a_sandbox_connection_that_closes_between_requests_is_replaced() -> None
     k.turn()
     k.browser.sendall(get(b"/c"))
     k.accept()
-    assert k.upstream().startswith(b"GET /c ") and len(k.relay._kept) == 1
+    assert k.upstream().startswith(b"GET /c ") and k.relay.kept_count == 1
 
 
 def test_a_sandbox_that_cannot_be_reached_sends_the_request_back_whole() -> None:
@@ -341,7 +341,7 @@ def test_a_silent_sandbox_times_out_and_an_idle_browser_is_closed() -> None:
     k.upstream()
     k.now += 119
     k.relay.tick()
-    assert len(k.relay._kept) == 1
+    assert k.relay.kept_count == 1
     k.now += 2
     k.relay.tick()
     why, data, _ = k.back()
@@ -356,7 +356,7 @@ def test_a_silent_sandbox_times_out_and_an_idle_browser_is_closed() -> None:
     assert _closed(k.browser) and not _closed(k.sandbox)  # (kept a while, for another)
     k.now += 2
     k.relay.tick()
-    assert _closed(k.sandbox) and k.relay._idle == {}
+    assert _closed(k.sandbox) and k.relay.idle_addresses == 0
 
 
 def test_a_streamed_answer_has_no_time_limit_and_is_chunked_again() -> None:
@@ -380,7 +380,7 @@ def test_an_answer_ended_by_its_close_is_chunked_and_ends_cleanly() -> None:
     assert k.answer(b"HTTP/1.1 200 OK\r\n\r\nabc").endswith(b"\r\n\r\n3\r\nabc\r\n")
     k.sandbox.close()
     assert k.got() == b"0\r\n\r\n"
-    assert len(k.relay._kept) == 1  # the browser's connection goes on
+    assert k.relay.kept_count == 1  # the browser's connection goes on
 
 
 def test_an_answer_cut_short_closes_the_browser_without_an_ending() -> None:
@@ -414,8 +414,10 @@ def test_a_slow_browser_stops_the_reading_of_its_sandbox() -> None:
             k.turn()
     except BlockingIOError:
         pass
-    conn = k.relay._kept[7]
-    assert conn.blocked and sent < 16 * 2**20  # the sandbox was stopped, not read on
+    conn = k.relay.kept(7)
+    assert (
+        conn is not None and conn.blocked and sent < 16 * 2**20
+    )  # the sandbox was stopped, not read on
     waiting = sum(map(len, conn.out))
     assert waiting <= 65536 + 100
     assert len(_drain(k.browser)) > 0
@@ -472,7 +474,7 @@ def test_a_connection_in_use_has_its_grant_renewed_before_it_runs_out() -> None:
     assert k.report(b"R")[0] == b"R" + ID.pack(7)
     k.answer(OK)
     k.browser.sendall(get(b"/c"))
-    assert k.upstream().startswith(b"GET /c ") and len(k.relay._kept) == 1
+    assert k.upstream().startswith(b"GET /c ") and k.relay.kept_count == 1
     k.control.send(RENEWED.pack(b"G", 7, k.now + 1.0))
     k.answer(OK)
     k.now += 0.7  # past the first grant, within the renewed one
@@ -491,7 +493,7 @@ def test_unknown_messages_are_ignored_and_the_relay_ends_with_the_server() -> No
     k.upstream()
     k.control.send(b"?")  # nothing it knows
     k.turn()
-    assert len(k.relay._kept) == 1
+    assert k.relay.kept_count == 1
     k.control.close()
     assert not k.relay.step(0)
     k.relay.run()  # (returns at once: the server is gone) and closes what it carried
@@ -504,7 +506,8 @@ def test_a_sandbox_that_resets_while_the_browser_is_slow_is_not_read_until_it_ca
     k.browser.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     k.sandbox.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
     k.sandbox.setblocking(False)
-    conn = k.relay._kept[7]
+    conn = k.relay.kept(7)
+    assert conn is not None
     for _ in range(100):
         try:
             k.sandbox.send(b"x" * 65536)
@@ -519,7 +522,7 @@ def test_a_sandbox_that_resets_while_the_browser_is_slow_is_not_read_until_it_ca
     assert sum(map(len, conn.out)) == waiting
     for _ in range(10_000):  # the browser reads: the answer ends, without its last chunk
         got = k.got()  # (an answer ended by its close: a reset is not such an end)
-        if len(k.relay._kept) == 0:
+        if k.relay.kept_count == 0:
             break
     assert not got.endswith(b"0\r\n\r\n") and _closed(k.browser)
     assert k.report()[0] == b"E" + ID.pack(7)
@@ -527,20 +530,20 @@ def test_a_sandbox_that_resets_while_the_browser_is_slow_is_not_read_until_it_ca
 
 def test_reports_wait_for_a_server_that_reads_slowly() -> None:
     k = Kept()
-    k.relay._control.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    k.relay_control.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     sent = 0
     while True:  # the server does not read: the relay's socket fills up
         try:
-            k.relay._control.send(b"E" + ID.pack(0))
+            k.relay_control.send(b"E" + ID.pack(0))
             sent += 1
         except BlockingIOError:
             break
     k.control.send(b"X" + ID.pack(7))
     k.turn()  # the cut happens; its report waits instead of blocking the relay
-    assert len(k.relay._kept) == 0 and len(k.relay._reports) == 1
+    assert k.relay.kept_count == 0 and k.relay.waiting_reports == 1
     for _ in range(sent):
         assert k.report()[0] == b"E" + ID.pack(0)
-    assert k.report()[0] == b"E" + ID.pack(7) and k.relay._reports == []
+    assert k.report()[0] == b"E" + ID.pack(7) and k.relay.waiting_reports == 0
 
 
 def post(body: bytes, length: int | None = None, path: bytes = b"/x") -> bytes:
@@ -602,17 +605,7 @@ def test_an_upload_the_sandbox_drops_is_answered_by_the_server_not_sent_again() 
 def test_a_guest_may_read_but_its_writes_go_to_the_server() -> None:
     """The grant's role is the rulebook's: a guest's POST goes back (the server answers it
     with its read-only refusal), its GETs are relayed."""
-    k = Kept.__new__(Kept)
-    k.now = 100.0
-    k.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    k.relay = Worker(theirs, clock=lambda: k.now)
-    k.listening = socket.create_server(("127.0.0.1", 0))
-    k.listening.settimeout(5)
-    k._sandbox = None
-    k.browser, near = socket.socketpair()
-    guest = GRANT._replace(port=k.port, role=1)
-    socket.send_fds(k.control, [keep_message(7, k.now + 1, guest, get())], [near.fileno()])
-    near.close()
+    k = Kept(grant=GRANT._replace(role=1))
     assert k.upstream().startswith(b"GET /x ")
     k.answer(OK)
     k.browser.sendall(post(b"x"))
@@ -671,7 +664,7 @@ def test_a_websocket_is_spliced_with_its_101_cleaned_and_no_time_limit() -> None
     assert k.answer(b"frame-2") == b"frame-2"
     k.now += 1000  # (a terminal has no time limit; its use counts as activity)
     k.relay.tick()
-    assert len(k.relay._kept) == 1 and read_activity(k.report(b"A")[0]) == {"s1": 2}
+    assert k.relay.kept_count == 1 and read_activity(k.report(b"A")[0]) == {"s1": 2}
     k.sandbox.close()
     assert k.got() == b"" and _closed(k.browser)
     assert k.report()[0] == b"E" + ID.pack(7)

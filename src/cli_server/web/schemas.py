@@ -400,6 +400,8 @@ READINESS: Schema = answer(
     {"status": {"const": "ready"}},
     {"claude": {"type": "string", "enum": ["configured", "not configured"]}},
 )
+# /readyz while a stopping replica drains (the load balancer's cue), else an ERROR
+DRAINING: Schema = answer({"status": {"const": "draining"}})
 OPENAPI_DOCUMENT: Schema = obj(
     {"openapi": TEXT, "info": {"type": "object"}, "paths": {"type": "object"}}
 )

@@ -27,11 +27,13 @@ from cli_server.web.sandboxes_api import SandboxesAPI
 from cli_server.web.schemas import (
     AGENT_REGISTER_BODY,
     AGENT_REGISTRATION,
+    DRAINING,
     ERROR,
     HEALTH,
     OPENAPI_DOCUMENT,
     PROMETHEUS_TEXT,
     READINESS,
+    one_of,
 )
 from cli_server.web.session import SessionCookies
 from cli_server.web.sso_api import SsoAPI
@@ -117,7 +119,7 @@ class MainSite:
         "/readyz",
         methods=["GET", "HEAD"],
         public=True,
-        answers={200: READINESS, 503: ERROR},
+        answers={200: READINESS, 503: one_of(DRAINING, ERROR)},
     )
     async def readyz(self, request: IRequest) -> bytes:
         """Readiness: started, not stopping, and PostgreSQL answers now."""

@@ -489,7 +489,7 @@ class Tunnels:
 class DeletedTunnelsTests(SynchronousTestCase):
     def test_a_tunnel_held_here_closes_when_its_sandbox_is_deleted_elsewhere(self) -> None:
         """Only the replica holding the tunnel closes it; other events leave tunnels alone."""
-        from cli_server.listeners import DeletedTunnels
+        from cli_server.compose.listeners import DeletedTunnels
 
         tunnels = Tunnels(held={"here"})
         listener = DeletedTunnels(tunnels)  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
 """Who hears the domain's events (``events.Listener``): the proxy's sessions and streams,
-local agents' tunnels, and the Anthropic proxy's calls."""
+local agents' tunnels, and the Anthropic proxy's calls; ``subscribe`` gives them to the
+domain's fan-out and to what other replicas fired."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from collections.abc import Callable
 from attrs import define
 
 from cli_server.anthropic.proxy import AnthropicProxy
+from cli_server.domain.events import Events, Listener
 from cli_server.proxy.access import SandboxAccess
+from cli_server.replicas.events import ReplicaEvents
 from cli_server.tunnel.hub import TunnelHub
 from cli_server.tunnel.registrations import LocalAgents
 
@@ -105,3 +108,28 @@ class DeletedTunnels:
 
     async def sandbox_status_changed(self, sandbox_id: str) -> None:
         await self._tunnels.check_holder(sandbox_id)
+
+
+def subscribe(
+    events: Events,
+    local: Events,
+    bus: ReplicaEvents | None,
+    access: SandboxAccess,
+    forget: Callable[[str], None],
+    agents: LocalAgents,
+    anthropic: AnthropicProxy,
+    tunnels: TunnelHub,
+) -> None:
+    """The domain's events (``events``) and those other replicas fired (``local``) reach the
+    same subscribers, in this order; this replica's reach the others last (``bus``)."""
+    subscribers: list[Listener] = [
+        ProxyListener(access, forget),
+        AgentsListener(agents),
+        AnthropicListener(anthropic),
+    ]
+    for subscriber in subscribers:
+        events.subscribe(subscriber)
+        local.subscribe(subscriber)
+    local.subscribe(DeletedTunnels(tunnels))
+    if bus is not None:
+        events.subscribe(bus)  # (last: this replica has heard it before the others do)

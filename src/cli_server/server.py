@@ -76,6 +76,7 @@ class Server:
     leadership: Leadership | None = None
     registry: Registry | None = None
     drain: Drain | None = None  # what SIGTERM does first
+    hooks: ServerHooks | None = None  # the events between its parts (compose.hooks)
 
 
 def buildServer(config: ServerConfig, reactor: Any) -> IService:
@@ -142,7 +143,7 @@ def build(
         hooks,
         doors.open,
         cluster.replica.hostname,
-        cluster.replica.instance,
+        cluster.replica.backend_instance,
         backend,
     )
     anthropic = build_anthropic(
@@ -274,4 +275,5 @@ def build(
         cluster.leadership,
         cluster.registry,
         drain,
+        hooks,
     )

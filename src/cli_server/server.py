@@ -23,7 +23,7 @@ from cli_server.compose.backends import Door, build_backends, labelled_instance
 from cli_server.compose.domain import build_domain, who_registers_first
 from cli_server.compose.drain import build_drain, build_listeners
 from cli_server.compose.hooks import ServerHooks
-from cli_server.compose.listeners import subscribe
+from cli_server.compose.listeners import hear_tunnels, subscribe
 from cli_server.compose.periodic import Housekeeping, build_periodic
 from cli_server.compose.proxy import build_proxy
 from cli_server.compose.replicas import build_replicas
@@ -149,14 +149,7 @@ def build(
     anthropic = build_anthropic(
         config, reactor, db, activity, metrics, tunnels.hub, backends.backend, doors
     )
-    # A local agent's tunnel came or went: what the proxies and the other replicas knew goes.
-    hooks.tunnel_changed.subscribe(access.status_changed)
-    hooks.tunnel_changed.subscribe(anthropic.proxy.status_changed)
-    if cluster.bus is not None:
-        bus = cluster.bus
-        hooks.tunnel_changed.subscribe(
-            lambda sandbox_id: bus.tell_others("sandbox_status_changed", sandbox_id=sandbox_id)
-        )
+    hear_tunnels(hooks, access, anthropic.proxy, cluster.bus)
     sandboxes = build_sandboxes(
         config,
         reactor,

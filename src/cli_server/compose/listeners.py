@@ -9,6 +9,7 @@ from collections.abc import Callable
 from attrs import define
 
 from cli_server.anthropic.proxy import AnthropicProxy
+from cli_server.compose.hooks import ServerHooks
 from cli_server.domain.events import Events, Listener
 from cli_server.proxy.access import SandboxAccess
 from cli_server.replicas.events import ReplicaEvents
@@ -133,3 +134,27 @@ def subscribe(
     local.subscribe(DeletedTunnels(tunnels))
     if bus is not None:
         events.subscribe(bus)  # (last: this replica has heard it before the others do)
+
+
+@define(eq=False)
+class TellOthers:
+    """A tunnel that came or went here: the other replicas drop what they cached of it."""
+
+    _bus: ReplicaEvents
+
+    def __call__(self, sandbox_id: str) -> None:
+        self._bus.tell_others("sandbox_status_changed", sandbox_id=sandbox_id)
+
+
+def hear_tunnels(
+    hooks: ServerHooks,
+    access: SandboxAccess,
+    anthropic: AnthropicProxy,
+    bus: ReplicaEvents | None,
+) -> None:
+    """A local agent's tunnel came or went (``hooks.tunnel_changed``): the proxy's cached
+    status, the Anthropic proxy's, then the other replicas'."""
+    hooks.tunnel_changed.subscribe(access.status_changed)
+    hooks.tunnel_changed.subscribe(anthropic.status_changed)
+    if bus is not None:
+        hooks.tunnel_changed.subscribe(TellOthers(bus))

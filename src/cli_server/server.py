@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from attrs import define
 from twisted.application.service import IService
@@ -26,6 +25,7 @@ from cli_server.compose.hooks import ServerHooks
 from cli_server.compose.listeners import hear_tunnels, subscribe
 from cli_server.compose.periodic import Housekeeping, build_periodic
 from cli_server.compose.proxy import build_proxy
+from cli_server.compose.reactor import IServerReactor
 from cli_server.compose.replicas import build_replicas
 from cli_server.compose.sandboxes import build_sandboxes
 from cli_server.compose.store import DatabaseService, build_store, database_service, exit_on_fatal
@@ -79,7 +79,7 @@ class Server:
     hooks: ServerHooks | None = None  # the events between its parts (compose.hooks)
 
 
-def buildServer(config: ServerConfig, reactor: Any) -> IService:
+def buildServer(config: ServerConfig, reactor: IServerReactor) -> IService:
     for warning in config.warnings():
         Logger().warn("{warning}", warning=warning)
     server = build(config, reactor, on_ready=announce(config))  # (ready right after it)
@@ -100,7 +100,7 @@ def announce(config: ServerConfig) -> Callable[[], Awaitable[None]]:
 
 def build(
     config: ServerConfig,
-    reactor: Any,  # the running reactor: each builder says which of its interfaces it uses
+    reactor: IServerReactor,  # (each builder says which of its interfaces it uses)
     *,
     passwords: Passwords | None = None,
     limits: AuthLimits | None = None,

@@ -18,27 +18,26 @@ from twisted.web.server import Site
 from cli_server.anthropic.proxy import AnthropicProxy
 from cli_server.auth.passwords import Passwords
 from cli_server.compose.anthropic import AnthropicDoors, build_anthropic
-from cli_server.compose.backends import Door, build_backends, labelled_instance
+from cli_server.compose.backends import Door, build_backends
 from cli_server.compose.domain import build_domain, who_registers_first
 from cli_server.compose.drain import build_drain, build_listeners
 from cli_server.compose.hooks import ServerHooks
 from cli_server.compose.listeners import hear_tunnels, subscribe
-from cli_server.compose.periodic import Housekeeping, build_periodic
+from cli_server.compose.periodic import build_periodic
 from cli_server.compose.proxy import build_proxy
 from cli_server.compose.reactor import IServerReactor
 from cli_server.compose.replicas import build_replicas
 from cli_server.compose.sandboxes import build_sandboxes
+from cli_server.compose.shared import build_shared
 from cli_server.compose.store import DatabaseService, build_store, database_service, exit_on_fatal
 from cli_server.compose.tunnel import build_tunnel
 from cli_server.compose.web import build_web
 from cli_server.config import ServerConfig
 from cli_server.domain.accounts import Accounts
-from cli_server.plumbing.metrics import Metrics
 from cli_server.plumbing.services import OrderedMultiService
 from cli_server.plumbing.threads import ThreadPoolService
 from cli_server.proxy.access import SandboxAccess
 from cli_server.proxy.router import RouterFactory
-from cli_server.proxy.urls import SandboxUrls
 from cli_server.proxy.workers import RelayWorkers
 from cli_server.replicas.drain import Drain, Draining
 from cli_server.replicas.leader import Leadership
@@ -46,7 +45,6 @@ from cli_server.replicas.registry import Registry
 from cli_server.sandboxes.activity import ActivityRecorder
 from cli_server.sandboxes.backend import SandboxBackend
 from cli_server.sandboxes.manager import SandboxManager
-from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.sso.claims import SignIns
 from cli_server.sso.identities import Identities
 from cli_server.tunnel.hub import TunnelHub
@@ -111,107 +109,32 @@ def build(
 ) -> Server:
     hooks = ServerHooks()  # between parts built in this order (see compose.hooks)
     draining = Draining()  # set by the drain, read by /readyz
-    hashing = ThreadPoolService(reactor, "password-hashing", 2)
+    hashing = ThreadPoolService(reactor, "password-hashing", 2)  # (and other short jobs)
     hashing.setName("threads")
     store = build_store(config, reactor)
     db = store.db
     access = SandboxAccess(db, reactor, config.session_lifetime, cut_streams=hooks.streams_cut)
-    cluster = build_replicas(
-        config,
-        reactor,
-        store,
-        config.backend if backend is None else "injected",  # (tests': never per host)
-        labelled_instance(config, backend),
-        forget_everything=access.revoke_everything,
-    )
+    cluster = build_replicas(config, reactor, store, backend, access.revoke_everything)
     domain = build_domain(config, reactor, db, hashing, passwords, limits, sign_ins)
-    metrics = Metrics()
-    metrics.replica(cluster.replica.id, cluster.replica.hostname, cluster.replica.backend)
-    metrics.flush_before_render(lambda: metrics.leader.set(int(cluster.leadership.leading)))
-    activity = ActivityRecorder(db, reactor)
-    opencode = OpencodeClient(reactor)
-    urls = SandboxUrls(config.base_scheme, config.base_domain)
-    tunnels = build_tunnel(
-        config, reactor, db, cluster, hooks, activity, metrics, domain.workspaces, domain.audit
-    )
+    shared = build_shared(config, reactor, db, cluster)
+    tunnels = build_tunnel(config, reactor, db, cluster, hooks, shared, domain)
     doors = AnthropicDoors(reactor)
     backends = build_backends(
-        config,
-        reactor,
-        opencode,
-        hashing,
-        hooks,
-        doors.open,
-        cluster.replica.hostname,
-        cluster.replica.backend_instance,
-        backend,
+        config, reactor, shared.opencode, hashing, hooks, doors.open, cluster.replica, backend
     )
-    anthropic = build_anthropic(
-        config, reactor, db, activity, metrics, tunnels.hub, backends.backend, doors
-    )
+    anthropic = build_anthropic(config, reactor, db, shared, tunnels.hub, backends.backend, doors)
     hear_tunnels(hooks, access, anthropic.proxy, cluster.bus)
     sandboxes = build_sandboxes(
-        config,
-        reactor,
-        db,
-        backends,
-        domain.workspaces,
-        urls,
-        domain.events,
-        tunnels.hub,
-        cluster,
-        hooks,
-        opencode,
-        activity,
+        config, reactor, db, backends, domain, tunnels.hub, cluster, hooks, shared
     )
-    proxy = build_proxy(
-        config,
-        reactor,
-        access,
-        backends.backend,
-        sandboxes.manager,
-        activity,
-        metrics,
-        tunnels,
-        urls,
-        hooks,
-    )
-    subscribe(
-        domain.events,
-        cluster.local,
-        cluster.bus,
-        access,
-        proxy.forget,
-        tunnels.agents,
-        anthropic.proxy,
-        tunnels.hub,
-    )
+    manager = sandboxes.manager
+    proxy = build_proxy(config, reactor, access, backends.backend, manager, shared, tunnels, hooks)
+    subscribe(domain.events, cluster, access, proxy.forget, tunnels, anthropic.proxy)
     web = build_web(
-        config,
-        reactor,
-        db,
-        domain,
-        anthropic,
-        sandboxes.manager,
-        access,
-        tunnels,
-        proxy,
-        urls,
-        metrics,
-        store.readiness,
-        draining,
+        config, reactor, store, domain, anthropic, manager, access, tunnels, proxy, shared, draining
     )
-    housekeeping = Housekeeping(config, store.readiness, activity, domain, access, tunnels.agents)
     periodic = build_periodic(
-        config,
-        reactor,
-        db,
-        store.readiness,
-        housekeeping,
-        sandboxes,
-        metrics,
-        cluster,
-        tunnels.hub,
+        config, reactor, store, domain, access, tunnels, sandboxes, shared, cluster
     )
     listeners = build_listeners(config, reactor, web)
     drain = build_drain(config, reactor, listeners, web, proxy, tunnels.hub, draining)
@@ -255,9 +178,9 @@ def build(
         web.site,
         web.router,
         database,
-        sandboxes.manager,
+        manager,
         backends.backend,
-        activity,
+        shared.activity,
         access,
         anthropic.proxy,
         tunnels.hub,

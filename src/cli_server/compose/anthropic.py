@@ -13,10 +13,9 @@ from cli_server.anthropic.listener import adopt, listen_in_netns, proxy_site
 from cli_server.anthropic.proxy import AnthropicProxy, Upstream
 from cli_server.anthropic.setup import ClaudeSetup
 from cli_server.anthropic.usage import UsageStore
+from cli_server.compose.shared import Shared
 from cli_server.config import ServerConfig
 from cli_server.db.pool import Database
-from cli_server.plumbing.metrics import Metrics
-from cli_server.sandboxes.activity import ActivityRecorder
 from cli_server.sandboxes.backend import SandboxBackend
 from cli_server.sandboxes.process_backend import ANTHROPIC_PORT
 from cli_server.tunnel.hub import TunnelHub
@@ -77,8 +76,7 @@ def build_anthropic(
     config: ServerConfig,
     reactor: IReactorTime,
     db: Database,
-    activity: ActivityRecorder,
-    metrics: Metrics,
+    shared: Shared,
     tunnels: TunnelHub,
     backend: SandboxBackend,
     doors: AnthropicDoors,
@@ -91,7 +89,13 @@ def build_anthropic(
         )
     usage = UsageStore(db)
     proxy = AnthropicProxy(
-        db, reactor, upstream, usage, activity, metrics, CallSources(tunnels, backend)
+        db,
+        reactor,
+        upstream,
+        usage,
+        shared.activity,
+        shared.metrics,
+        CallSources(tunnels, backend),
     )
     doors.serve(proxy)
     return Anthropic(proxy, usage, claude)

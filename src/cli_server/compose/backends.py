@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IListeningPort, IReactorTime
 from cli_server.compose.hooks import ServerHooks
 from cli_server.config import ServerConfig
 from cli_server.plumbing.threads import ThreadPoolService
+from cli_server.replicas.registry import Replica
 from cli_server.sandboxes.backend import SandboxBackend
 from cli_server.sandboxes.disk_quota import DiskQuotas, DiskSizes
 from cli_server.sandboxes.docker_backend import DockerBackend, DockerPreparation, DockerSettings
@@ -53,8 +54,7 @@ def build_backends(  # (its reactor also spawns processes: sandboxes, disk quota
     short_threads: ThreadPoolService,
     hooks: ServerHooks,
     door: Door,
-    hostname: str,
-    instance: str | None,
+    replica: Replica,
     injected: SandboxBackend | None,
 ) -> Backends:
     if injected is not None:
@@ -63,7 +63,8 @@ def build_backends(  # (its reactor also spawns processes: sandboxes, disk quota
         injected.on_exit = hooks.sandbox_exited
         return Backends(injected)
     if config.backend == "docker":
-        return docker_backend(config, reactor, opencode, instance or instance_id(config.data_dir))
+        instance = replica.backend_instance or instance_id(config.data_dir)
+        return docker_backend(config, reactor, opencode, instance)
     if config.backend == "k8s":
         return k8s_backend(config, reactor, opencode)
     backend = ProcessBackend(
@@ -81,7 +82,8 @@ def build_backends(  # (its reactor also spawns processes: sandboxes, disk quota
         on_exit=hooks.sandbox_exited,  # a sandbox whose opencode dies is failed at once
     )
     backend.check_limits()
-    return Backends(backend, host=hostname)  # (its sandboxes are reached from this host only)
+    # (its sandboxes are reached from this host only)
+    return Backends(backend, host=replica.hostname)
 
 
 def docker_backend(

@@ -5,11 +5,16 @@ domain's fan-out and to what other replicas fired."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from attrs import define
 
 from cli_server.anthropic.proxy import AnthropicProxy
 from cli_server.compose.hooks import ServerHooks
+
+if TYPE_CHECKING:
+    from cli_server.compose.replicas import Cluster
+    from cli_server.compose.tunnel import Tunnels
 from cli_server.domain.events import Events, Listener
 from cli_server.proxy.access import SandboxAccess
 from cli_server.replicas.events import ReplicaEvents
@@ -113,25 +118,25 @@ class DeletedTunnels:
 
 def subscribe(
     events: Events,
-    local: Events,
-    bus: ReplicaEvents | None,
+    cluster: Cluster,
     access: SandboxAccess,
     forget: Callable[[str], None],
-    agents: LocalAgents,
+    tunnels: Tunnels,
     anthropic: AnthropicProxy,
-    tunnels: TunnelHub,
 ) -> None:
-    """The domain's events (``events``) and those other replicas fired (``local``) reach the
-    same subscribers, in this order; this replica's reach the others last (``bus``)."""
+    """The domain's events (``events``) and those other replicas fired (``cluster.local``)
+    reach the same subscribers, in this order; this replica's reach the others last (the
+    cluster's bus)."""
+    local, bus = cluster.local, cluster.bus
     subscribers: list[Listener] = [
         ProxyListener(access, forget),
-        AgentsListener(agents),
+        AgentsListener(tunnels.agents),
         AnthropicListener(anthropic),
     ]
     for subscriber in subscribers:
         events.subscribe(subscriber)
         local.subscribe(subscriber)
-    local.subscribe(DeletedTunnels(tunnels))
+    local.subscribe(DeletedTunnels(tunnels.hub))
     if bus is not None:
         events.subscribe(bus)  # (last: this replica has heard it before the others do)
 

@@ -11,15 +11,14 @@ from twisted.internet.interfaces import IReactorTime
 from cli_server.compose.domain import Domain
 from cli_server.compose.replicas import Cluster
 from cli_server.compose.sandboxes import Sandboxes
-from cli_server.compose.store import Readiness
+from cli_server.compose.shared import Shared
+from cli_server.compose.store import Readiness, Store
+from cli_server.compose.tunnel import Tunnels
 from cli_server.config import ServerConfig
-from cli_server.db.pool import Database
-from cli_server.plumbing.metrics import Metrics
 from cli_server.plumbing.services import PeriodicService
 from cli_server.proxy.access import SandboxAccess
 from cli_server.replicas.registry import HEARTBEAT_SECONDS
 from cli_server.sandboxes.activity import ActivityRecorder
-from cli_server.tunnel.hub import TunnelHub
 from cli_server.tunnel.registrations import LocalAgents
 
 Job = Callable[[], Awaitable[None]]
@@ -68,14 +67,16 @@ class Housekeeping:
 def build_periodic(
     config: ServerConfig,
     reactor: IReactorTime,
-    db: Database,
-    ready: Readiness,
-    housekeeping: Housekeeping,
+    store: Store,
+    domain: Domain,
+    access: SandboxAccess,
+    tunnels: Tunnels,
     sandboxes: Sandboxes,
-    metrics: Metrics,
+    shared: Shared,
     cluster: Cluster,
-    hub: TunnelHub,
 ) -> list[PeriodicService]:
+    db, ready, metrics, hub = store.db, store.readiness, shared.metrics, tunnels.hub
+    housekeeping = Housekeeping(config, ready, shared.activity, domain, access, tunnels.agents)
     idle_period = min(60.0, config.idle_timeout / 4)
 
     async def refresh_metrics() -> None:

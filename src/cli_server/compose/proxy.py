@@ -8,9 +8,9 @@ from attrs import define
 from twisted.internet.interfaces import IReactorTime
 
 from cli_server.compose.hooks import ServerHooks
+from cli_server.compose.shared import Shared
 from cli_server.compose.tunnel import Tunnels
 from cli_server.config import ServerConfig
-from cli_server.plumbing.metrics import Metrics
 from cli_server.proxy.access import SandboxAccess
 from cli_server.proxy.endpoints import RunningEndpoints
 from cli_server.proxy.forward import Forwarder
@@ -18,9 +18,7 @@ from cli_server.proxy.live import LiveStreams
 from cli_server.proxy.replica_relay import InternalChannel, ReplicaRelay
 from cli_server.proxy.routes import Routes
 from cli_server.proxy.site import SandboxCookie, SandboxSite
-from cli_server.proxy.urls import SandboxUrls
 from cli_server.proxy.workers import RelayWorkers
-from cli_server.sandboxes.activity import ActivityRecorder
 from cli_server.sandboxes.backend import SandboxBackend
 from cli_server.sandboxes.manager import SandboxManager
 
@@ -62,12 +60,11 @@ def build_proxy(
     access: SandboxAccess,
     backend: SandboxBackend,
     manager: SandboxManager,
-    activity: ActivityRecorder,
-    metrics: Metrics,
+    shared: Shared,
     tunnels: Tunnels,
-    urls: SandboxUrls,
     hooks: ServerHooks,
 ) -> Proxy:
+    activity, metrics, urls = shared.activity, shared.metrics, shared.urls
     # Only the docker backend's answer costs anything (engine calls); the process backend's is
     # free and exact, so it is asked every time.
     endpoints = RunningEndpoints(

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from attrs import define
 from twisted.internet.interfaces import IReactorTime
 
+from cli_server.compose.backends import labelled_instance
 from cli_server.compose.store import Store
 from cli_server.config import ServerConfig
 from cli_server.db.notify import ListeningConnection
@@ -16,6 +17,7 @@ from cli_server.domain.events import Events
 from cli_server.replicas.events import CHANNEL, EventTable, ReplicaEvents
 from cli_server.replicas.leader import Leadership
 from cli_server.replicas.registry import Registry, RegistryService, Replica
+from cli_server.sandboxes.backend import SandboxBackend
 
 
 @define(frozen=True)
@@ -33,10 +35,10 @@ def build_replicas(
     config: ServerConfig,
     reactor: IReactorTime,
     store: Store,
-    backend_name: str,
-    backend_instance: str | None,
+    injected: SandboxBackend | None,
     forget_everything: Callable[[], None],
 ) -> Cluster:
+    backend_name = config.backend if injected is None else "injected"  # (tests': never per host)
     replica = Replica(
         uuid.uuid4().hex[:12],
         socket.gethostname(),
@@ -44,7 +46,7 @@ def build_replicas(
         config.advertise_url,
         backend_name,
         store.embedded is not None,
-        backend_instance,
+        labelled_instance(config, injected),
     )
     registry = Registry(store.db, replica)
     joining = RegistryService(registry, reactor)

@@ -11,18 +11,15 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from cli_server.compose.backends import Backends
+from cli_server.compose.domain import Domain
 from cli_server.compose.hooks import ServerHooks
 from cli_server.compose.replicas import Cluster
+from cli_server.compose.shared import Shared
 from cli_server.config import ServerConfig
 from cli_server.db.pool import Database, DatabaseUnavailable
-from cli_server.domain.events import Events
-from cli_server.domain.workspaces import Workspaces
-from cli_server.proxy.urls import SandboxUrls
-from cli_server.sandboxes.activity import ActivityRecorder
 from cli_server.sandboxes.backend import SandboxBackend
 from cli_server.sandboxes.manager import SandboxManager
 from cli_server.sandboxes.monitor import IdleMonitor, Reconciler
-from cli_server.sandboxes.opencode import OpencodeClient
 from cli_server.tunnel.hub import TunnelHub
 
 
@@ -65,23 +62,20 @@ def build_sandboxes(
     reactor: IReactorTime,
     db: Database,
     backends: Backends,
-    workspaces: Workspaces,
-    urls: SandboxUrls,
-    events: Events,
+    domain: Domain,
     tunnels: TunnelHub,
     cluster: Cluster,
     hooks: ServerHooks,
-    opencode: OpencodeClient,
-    activity: ActivityRecorder,
+    shared: Shared,
 ) -> Sandboxes:
     backend = backends.backend
     manager = SandboxManager(
         db,
         backend,
-        workspaces,
+        domain.workspaces,
         config.max_sandboxes,
-        urls.home,
-        events,
+        shared.urls.home,
+        domain.events,
         tunnels=tunnels,  # deleting a local sandbox revokes its agent's tunnel
         host=backends.host,
         replica=cluster.replica.id,  # (its rows mid-transition: left alone by the leader)
@@ -99,8 +93,8 @@ def build_sandboxes(
         db,
         backend,
         manager,
-        opencode,
-        activity,
+        shared.opencode,
+        shared.activity,
         config.idle_timeout,
         reactor,
         lambda: leadership.leading,

@@ -6,16 +6,14 @@ from __future__ import annotations
 from attrs import define
 from twisted.internet.interfaces import IReactorTime
 
+from cli_server.compose.domain import Domain
 from cli_server.compose.hooks import ServerHooks
 from cli_server.compose.replicas import Cluster
+from cli_server.compose.shared import Shared
 from cli_server.config import ServerConfig
 from cli_server.db.pool import Database
-from cli_server.domain.audit import AuditLog
-from cli_server.domain.workspaces import Workspaces
-from cli_server.plumbing.metrics import Metrics
 from cli_server.proxy.replica_relay import Keyring
 from cli_server.replicas.holders import TunnelHolders
-from cli_server.sandboxes.activity import ActivityRecorder
 from cli_server.tunnel.hub import TunnelHub
 from cli_server.tunnel.registrations import LocalAgents
 
@@ -34,26 +32,24 @@ def build_tunnel(
     db: Database,
     cluster: Cluster,
     hooks: ServerHooks,
-    activity: ActivityRecorder,
-    metrics: Metrics,
-    workspaces: Workspaces,
-    audit: AuditLog,
+    shared: Shared,
+    domain: Domain,
 ) -> Tunnels:
     holders = TunnelHolders(db, cluster.replica.id, reactor.seconds)
     hub = TunnelHub(
         db,
         reactor,
         hooks.tunnel_changed,  # (heard by the proxy, the Anthropic proxy, other replicas)
-        activity.touch,
-        metrics,
+        shared.activity.touch,
+        shared.metrics,
         holders=holders,
     )
     agents = LocalAgents(
         db,
-        workspaces,
+        domain.workspaces,
         config.origin,
         config.origin.rstrip("/") + "/proxy/anthropic/v1",
         on_revoke=hub.revoke,  # (a revoked registration's tunnel closes for good)
-        audit=audit,
+        audit=domain.audit,
     )
     return Tunnels(hub, holders, agents, Keyring())

@@ -10,16 +10,14 @@ from twisted.internet.interfaces import IReactorTime
 from cli_server.compose.anthropic import Anthropic
 from cli_server.compose.domain import Domain
 from cli_server.compose.proxy import Proxy
-from cli_server.compose.store import Readiness
+from cli_server.compose.shared import Shared
+from cli_server.compose.store import Store
 from cli_server.compose.tunnel import Tunnels
 from cli_server.config import ServerConfig
-from cli_server.db.pool import Database
 from cli_server.domain.instance_admin import InstanceAdmin
 from cli_server.plumbing.client_address import TrustedProxies
-from cli_server.plumbing.metrics import Metrics
 from cli_server.proxy.access import SandboxAccess
 from cli_server.proxy.router import RouterFactory
-from cli_server.proxy.urls import SandboxUrls
 from cli_server.replicas.drain import Draining
 from cli_server.sandboxes.manager import SandboxManager
 from cli_server.web.admin_api import AdminAPI
@@ -44,18 +42,17 @@ class Web:
 def build_web(
     config: ServerConfig,
     reactor: IReactorTime,
-    db: Database,
+    store: Store,
     domain: Domain,
     anthropic: Anthropic,
     manager: SandboxManager,
     access: SandboxAccess,
     tunnels: Tunnels,
     proxy: Proxy,
-    urls: SandboxUrls,
-    metrics: Metrics,
-    ready: Readiness,
+    shared: Shared,
     draining: Draining,
 ) -> Web:
+    db, urls = store.db, shared.urls
     audit, cookies, workspaces = domain.audit, domain.cookies, domain.workspaces
     main = MainSite(
         db,
@@ -73,8 +70,8 @@ def build_web(
         ),
         SandboxesAPI(manager, cookies, access, urls, audit=audit),
         AgentsAPI(tunnels.agents, tunnels.hub),
-        ready,
-        metrics=metrics,
+        store.readiness,
+        metrics=shared.metrics,
         invitations=InvitationsAPI(workspaces, cookies, audit=audit),
         claude=anthropic.claude,
         admin=AdminAPI(

@@ -5,16 +5,13 @@ domain's fan-out and to what other replicas fired."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from attrs import define
 
 from cli_server.anthropic.proxy import AnthropicProxy
 from cli_server.compose.hooks import ServerHooks
-
-if TYPE_CHECKING:
-    from cli_server.compose.replicas import Cluster
-    from cli_server.compose.tunnel import Tunnels
+from cli_server.compose.replicas import Cluster
+from cli_server.compose.tunnel import Tunnels
 from cli_server.domain.events import Events, Listener
 from cli_server.proxy.access import SandboxAccess
 from cli_server.replicas.events import ReplicaEvents

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import attrs
@@ -54,7 +56,9 @@ def failed(message: str) -> None:
 class BuildTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
-        self.data = Path(self.mktemp())
+        scratch = Path(tempfile.mkdtemp(prefix="compose-test-"))
+        self.addCleanup(shutil.rmtree, scratch, ignore_errors=True)
+        self.data = scratch / "data"  # (made by a build only where a backend needs it)
 
     def built(self, **changes: object) -> Server:
         return build(

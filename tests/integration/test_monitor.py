@@ -10,6 +10,7 @@ import pytest_twisted
 from attrs import define
 from twisted.internet.task import Clock
 
+from cli_server.compose.hooks import Hook
 from cli_server.db.pool import Database
 from cli_server.domain.workspaces import Workspaces
 from cli_server.sandboxes.activity import ActivityRecorder
@@ -60,9 +61,10 @@ async def world(db_url: str) -> AsyncIterator[World]:
     workspace = await Workspaces(db).create(user, "w")
     clock = Clock()
     clock.advance(time.time())  # the fake clock starts at the database's "now"
-    backend, agents = FakeBackend(), FakeAgentStatus()
+    exits: Hook[[str, str]] = Hook("sandbox_exited")  # (the backend is built first)
+    backend, agents = FakeBackend(on_exit=exits), FakeAgentStatus()
     manager = SandboxManager(db, backend, Workspaces(db), 100)
-    backend.on_exit = manager.exited
+    exits.subscribe(manager.exited)
     activity = ActivityRecorder(db, clock)
     yield World(
         db,

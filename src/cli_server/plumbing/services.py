@@ -27,6 +27,11 @@ class OrderedMultiService(MultiService):
         self._clock = clock
         self._step_timeout = step_timeout
 
+    @property
+    def step_timeout(self) -> float:
+        """Seconds each child is given to stop before the next one's turn."""
+        return self._step_timeout
+
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
         return Deferred.fromCoroutine(self._stop_children())

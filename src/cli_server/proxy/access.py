@@ -61,7 +61,7 @@ class SandboxAccess:
     # Counts forget() calls: what was cached from this object before a change is stale.
     generation: int = field(default=0, init=False)
     # Ends open connections (terminals, event streams) whose session was revoked.
-    cut_streams: Callable[..., None] | None = field(default=None, init=False)
+    cut_streams: Callable[..., None] | None = field(default=None, kw_only=True)
     # Counts revocations: a connection listed with a session read before one is refused.
     revocations: int = field(default=0, init=False)
     # Sessions being read again ahead of time (``refresh``), and who waits for each.

@@ -22,8 +22,8 @@ from typing import cast
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocolFactory, IPushProducer
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
@@ -74,7 +74,7 @@ class RouterReactor(typing.Protocol):
     ) -> IDelayedCall: ...
 
     def adoptStreamConnection(
-        self, fileDescriptor: int, addressFamily: socket.AddressFamily, factory: IProtocolFactory
+        self, fileDescriptor: int, addressFamily: socket.AddressFamily, factory: ServerFactory
     ) -> None: ...
 
 
@@ -238,7 +238,7 @@ class Router(Protocol):
         self._done()
 
 
-class RouterFactory(Factory):
+class RouterFactory(ServerFactory):
     """What each listening port serves: a Router per connection, over ``site``."""
 
     noisy = False

@@ -83,7 +83,7 @@ class WorkersReactor(Interface):
         args: list[str],
         env: dict[str, str] | None = None,
         *,
-        childFDs: Mapping[int, object] | None = None,
+        childFDs: Mapping[int, int | str] | None = None,
     ) -> IProcessTransport: ...
 
     def addReader(self, reader: IReadDescriptor) -> None: ...
@@ -323,7 +323,7 @@ class _Worker(ProcessProtocol):
         ours.setblocking(False)
         env = {name: os.environ[name] for name in _ENV if name in os.environ}
         argv = [sys.executable, "-m", "cli_server.proxy.relay.worker", "3"]
-        fds = {0: "w", 1: "r", 2: "r", 3: theirs.fileno()}
+        fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r", 3: theirs.fileno()}
         try:
             self._process = self._reactor.spawnProcess(
                 self, sys.executable, argv, env=env, childFDs=fds

@@ -38,6 +38,17 @@ class Drainable(InFlight, Protocol):
 
 
 @define(eq=False)
+class Draining:
+    """Whether this replica stops: made before the site that answers ``/readyz`` (which calls
+    it) and the ``Drain`` that sets it, and handed to both."""
+
+    now: bool = False
+
+    def __call__(self) -> bool:
+        return self.now
+
+
+@define(eq=False)
 class Drain(Service):
     _clock: IReactorTime
     timeout: float
@@ -48,9 +59,14 @@ class Drain(Service):
     _close_streams: Sequence[Callable[[], None]]  # what lasts, closed last
     _on_draining: Callable[[], None] = lambda: None  # e.g. twisted.web answers say close
     poll: float = 0.05  # how often the requests under way are counted
-    draining: bool = field(default=False, init=False)
+    flag: Draining = field(factory=Draining, kw_only=True)  # what /readyz reads
     drained_in: float | None = field(default=None, init=False)  # seconds, once stopped
     _log = Logger()
+
+    @property
+    def draining(self) -> bool:
+        """The stop has begun: ``/readyz`` answers 503."""
+        return self.flag.now
 
     def in_flight(self) -> int:
         counts = [serving.in_flight for serving in self._serving]
@@ -64,7 +80,7 @@ class Drain(Service):
 
     async def _drain(self) -> None:
         began = self._clock.seconds()
-        self.draining = True
+        self.flag.now = True
         self._on_draining()
         # Listening stops first: nothing new arrives (each step bounded by the tree's timeout).
         stopped = [maybeDeferred(listener.stopService) for listener in self._listeners]

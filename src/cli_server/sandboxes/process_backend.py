@@ -303,7 +303,8 @@ class ProcessBackend(BackendDefaults):
     # host port -> when its forward was removed: a request that picked that forward a moment
     # before must not reach another sandbox's forward on the same port
     _resting: dict[int, float] = field(factory=dict, init=False)
-    on_exit: ExitListener | None = field(default=None, init=False)
+    # Told when a sandbox's opencode ends by itself (the manager fails it at once).
+    on_exit: ExitListener | None = field(default=None, kw_only=True)
     _unlimited_said: bool = field(default=False, init=False)
     name = "process"
     _log = Logger()

@@ -27,15 +27,18 @@ class QuietSandboxSite(server.Site):
         resource: IResource,
         base_host: bytes | None = None,
         trusted_proxies: TrustedProxies | None = None,
+        *,
+        access_log: str = "changes",
+        display_tracebacks: bool = False,
         **kwargs: object,  # (twisted.web's Site: requestFactory, reactor, timeout...)
     ) -> None:
         kwargs.setdefault("timeout", IDLE_TIMEOUT)
         super().__init__(resource, logFormatter=redacting_log_formatter, **kwargs)
+        self.access_log = access_log  # all, changes or off (config.parse_access_log)
+        self.displayTracebacks = display_tracebacks
         self.base_host = base_host
         self.trusted_proxies = trusted_proxies or TrustedProxies()
         self.requests = OpenRequests()
-
-    access_log = "changes"  # all, changes or off (config.parse_access_log)
 
     def log(self, request: http.Request) -> None:
         if self.access_log == "off" or for_sandbox(request, self):

@@ -126,11 +126,18 @@ class ReplicaEventsTests(SynchronousTestCase):
         self.table = Table()
         self.switch = Switch()
         self.heard = Heard()
+        self.forgotten: list[None] = []
         self.bus = self.make(self.heard, origin="me")
 
     def make(self, local: Any, origin: str, switch: Switch | None = None) -> ReplicaEvents:
         return ReplicaEvents(
-            self.clock, self.table, switch or self.switch, local, origin=origin, gap_wait=10.0
+            self.clock,
+            self.table,
+            switch or self.switch,
+            local,
+            origin=origin,
+            gap_wait=10.0,
+            forget_everything=lambda: self.forgotten.append(None),
         )
 
     def start(self) -> None:
@@ -343,8 +350,7 @@ class ReplicaEventsTests(SynchronousTestCase):
         """Away longer than rows are kept, and the first row read is not the next id (the
         ones before it were pruned): everything counts as changed, once; the rows left are
         delivered as usual."""
-        forgotten: list[None] = []
-        self.bus.forget_everything = lambda: forgotten.append(None)
+        forgotten = self.forgotten  # (what the bus was given at construction heard)
         self.start()
         self.table.insert("other", "user_revoked", {"user_id": "seen"})
         self.switch.notify()
@@ -365,8 +371,7 @@ class ReplicaEventsTests(SynchronousTestCase):
     def test_a_long_outage_with_every_row_pruned_forgets_everything(self) -> None:
         """Away that long and every row written meanwhile is gone (the ids were taken): the
         same."""
-        forgotten: list[None] = []
-        self.bus.forget_everything = lambda: forgotten.append(None)
+        forgotten = self.forgotten  # (what the bus was given at construction heard)
         self.start()
         self.switch.drop()
         self.table.insert("other", "user_revoked", {"user_id": "pruned"})
@@ -378,8 +383,7 @@ class ReplicaEventsTests(SynchronousTestCase):
 
     def test_a_short_outage_or_a_rolled_back_id_forgets_nothing(self) -> None:
         """A gap after an outage shorter than half the keep is an ordinary gap."""
-        forgotten: list[None] = []
-        self.bus.forget_everything = lambda: forgotten.append(None)
+        forgotten = self.forgotten  # (what the bus was given at construction heard)
         self.start()
         self.table.insert("other", "user_revoked", {"user_id": "rolled-back"}, hide=True)
         self.table.insert("other", "user_revoked", {"user_id": "after"})
@@ -489,7 +493,7 @@ class Tunnels:
 class DeletedTunnelsTests(SynchronousTestCase):
     def test_a_tunnel_held_here_closes_when_its_sandbox_is_deleted_elsewhere(self) -> None:
         """Only the replica holding the tunnel closes it; other events leave tunnels alone."""
-        from cli_server.listeners import DeletedTunnels
+        from cli_server.compose.listeners import DeletedTunnels
 
         tunnels = Tunnels(held={"here"})
         listener = DeletedTunnels(tunnels)  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
 """Who hears the domain's events (``events.Listener``): the proxy's sessions and streams,
-local agents' tunnels, and the Anthropic proxy's calls."""
+local agents' tunnels, and the Anthropic proxy's calls; ``subscribe`` gives them to the
+domain's fan-out and to what other replicas fired."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ from collections.abc import Callable
 from attrs import define
 
 from cli_server.anthropic.proxy import AnthropicProxy
+from cli_server.compose.hooks import ServerHooks
+from cli_server.compose.replicas import Cluster
+from cli_server.compose.tunnel import Tunnels
+from cli_server.domain.events import Events, Listener
 from cli_server.proxy.access import SandboxAccess
+from cli_server.replicas.events import ReplicaEvents
 from cli_server.tunnel.hub import TunnelHub
 from cli_server.tunnel.registrations import LocalAgents
 
@@ -105,3 +111,52 @@ class DeletedTunnels:
 
     async def sandbox_status_changed(self, sandbox_id: str) -> None:
         await self._tunnels.check_holder(sandbox_id)
+
+
+def subscribe(
+    events: Events,
+    cluster: Cluster,
+    access: SandboxAccess,
+    forget: Callable[[str], None],
+    tunnels: Tunnels,
+    anthropic: AnthropicProxy,
+) -> None:
+    """The domain's events (``events``) and those other replicas fired (``cluster.local``)
+    reach the same subscribers, in this order; this replica's reach the others last (the
+    cluster's bus)."""
+    local, bus = cluster.local, cluster.bus
+    subscribers: list[Listener] = [
+        ProxyListener(access, forget),
+        AgentsListener(tunnels.agents),
+        AnthropicListener(anthropic),
+    ]
+    for subscriber in subscribers:
+        events.subscribe(subscriber)
+        local.subscribe(subscriber)
+    local.subscribe(DeletedTunnels(tunnels.hub))
+    if bus is not None:
+        events.subscribe(bus)  # (last: this replica has heard it before the others do)
+
+
+@define(eq=False)
+class TellOthers:
+    """A tunnel that came or went here: the other replicas drop what they cached of it."""
+
+    _bus: ReplicaEvents
+
+    def __call__(self, sandbox_id: str) -> None:
+        self._bus.tell_others("sandbox_status_changed", sandbox_id=sandbox_id)
+
+
+def hear_tunnels(
+    hooks: ServerHooks,
+    access: SandboxAccess,
+    anthropic: AnthropicProxy,
+    bus: ReplicaEvents | None,
+) -> None:
+    """A local agent's tunnel came or went (``hooks.tunnel_changed``): the proxy's cached
+    status, the Anthropic proxy's, then the other replicas'."""
+    hooks.tunnel_changed.subscribe(access.status_changed)
+    hooks.tunnel_changed.subscribe(anthropic.status_changed)
+    if bus is not None:
+        hooks.tunnel_changed.subscribe(TellOthers(bus))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_server.server import instance_id
+from cli_server.compose.backends import instance_id
 
 
 def test_made_once_then_kept(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from jsonschema import Draft202012Validator
 from twisted.internet.defer import gatherResults
 from twisted.logger import globalLogPublisher
 
-from cli_server.auth.api_tokens import covers
+from cli_server.domain.api_tokens import covers
 from cli_server.web.auth_api import AuthAPI
 from cli_server.web.bearer import WORKSPACE_ARGUMENTS
 from cli_server.web.routes import declared

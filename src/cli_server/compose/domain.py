@@ -9,12 +9,12 @@ from attrs import define
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from cli_server.auth.api_tokens import ApiTokens
 from cli_server.auth.passwords import Passwords
 from cli_server.auth.ratelimit import FailureLimiter, Failures, LoginGuard
 from cli_server.config import ServerConfig
 from cli_server.db.pool import Database
 from cli_server.domain.accounts import Accounts
+from cli_server.domain.api_tokens import ApiTokens
 from cli_server.domain.audit import AuditLog
 from cli_server.domain.events import Events
 from cli_server.domain.workspaces import Workspaces

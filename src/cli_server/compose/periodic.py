@@ -75,12 +75,12 @@ def build_periodic(
     shared: Shared,
     cluster: Cluster,
 ) -> list[PeriodicService]:
-    db, ready, metrics, hub = store.db, store.readiness, shared.metrics, tunnels.hub
+    ready, metrics, hub = store.readiness, shared.metrics, tunnels.hub
     housekeeping = Housekeeping(config, ready, shared.activity, domain, access, tunnels.agents)
     idle_period = min(60.0, config.idle_timeout / 4)
 
     async def refresh_metrics() -> None:
-        await metrics.refresh(db)
+        metrics.sandbox_counts(await sandboxes.manager.count_by_status())
 
     jobs: list[tuple[str, float, Job]] = [
         ("housekeeping", 600.0, housekeeping),

@@ -9,17 +9,17 @@ import psycopg2.errors
 from attrs import define, field, frozen
 from twisted.internet.interfaces import IReactorTime
 
-from cli_server.auth.api_tokens import revoke_all
 from cli_server.auth.passwords import Passwords
 from cli_server.auth.tokens import new_token, token_hash
 from cli_server.db.pool import Database, Row, Transaction
+from cli_server.domain.api_tokens import revoke_all
 from cli_server.domain.audit import Note, Target
 from cli_server.domain.errors import Conflict, Forbidden
 from cli_server.domain.events import Events
 from cli_server.plumbing.encoding import iso
 
 if TYPE_CHECKING:
-    from cli_server.auth.api_tokens import Grant
+    from cli_server.domain.api_tokens import Grant
 
 SIGNUP_LINK_SECONDS = 7 * 86400
 # A session's last_seen_at is written at most this often: reading a session stays a read.

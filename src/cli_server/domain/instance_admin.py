@@ -12,10 +12,10 @@ from typing import Any
 
 from attrs import define, field
 
-from cli_server.auth.api_tokens import revoke_all
 from cli_server.auth.passwords import Passwords
 from cli_server.auth.tokens import new_token, token_hash
 from cli_server.db.pool import Database, Transaction
+from cli_server.domain.api_tokens import revoke_all
 from cli_server.domain.audit import Note, Target
 from cli_server.domain.errors import Conflict, NotFound
 from cli_server.domain.events import Events

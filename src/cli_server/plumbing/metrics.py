@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from attrs import define, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-
-from cli_server.db.pool import Database
-from cli_server.sandboxes.model import Status
 
 
 @define(eq=False)
@@ -75,12 +72,11 @@ class Metrics:
         """Names this process, so each scrape says which replica answered it."""
         self.replica_info.labels(replica_id, hostname, backend).set(1)
 
-    async def refresh(self, db: Database) -> None:
-        """Counts that live in the database, read on a timer rather than at scrape time."""
-        rows = await db.query("SELECT status, count(*) AS n FROM sandboxes GROUP BY status")
-        counts = {r["status"]: r["n"] for r in rows}
-        for status in Status:
-            self.sandboxes.labels(status.value).set(counts.get(status.value, 0))
+    def sandbox_counts(self, counts: Mapping[str, int]) -> None:
+        """Sets ``cli_sandboxes`` per status (read from the database on a timer rather than at
+        scrape time; every status is named, 0 included, so no gauge sticks at an old value)."""
+        for status, n in counts.items():
+            self.sandboxes.labels(status).set(n)
 
     def flush_before_render(self, flush: Callable[[], None]) -> None:
         self._flushes.append(flush)

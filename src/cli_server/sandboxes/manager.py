@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import psycopg2.errors
 from attrs import define, field
@@ -43,6 +43,19 @@ from cli_server.sandboxes.model import (
 _CAPACITY_LOCK = 0x63617061  # "capa": serialises capacity checks across servers
 
 
+class LocalTunnels(Protocol):
+    """What the manager asks of the local agents' tunnels (``tunnel.hub.TunnelHub``; the
+    sandboxes layer does not import the tunnel's)."""
+
+    def agent(self, sandbox_id: str) -> dict[str, Any] | None: ...
+
+    async def agents(self, sandbox_ids: list[str]) -> dict[str, dict[str, Any] | None]: ...
+
+    async def shared_ports(self, sandbox_id: str) -> tuple[int, ...]: ...
+
+    def revoke(self, sandbox_id: str, why: str = ...) -> None: ...
+
+
 class InvalidState(Conflict):
     code = "invalid_state"
 
@@ -63,7 +76,7 @@ class SandboxManager:
     _url_for: Callable[[str], str] | None = None  # (sandbox_id) -> its subdomain's URL
     # Told of each status change and delete (the proxy drops what it cached, ends sessions).
     _events: Events = field(factory=Events)
-    tunnels: Any = None  # TunnelHub: deleting a local sandbox revokes its agent's tunnel
+    tunnels: LocalTunnels | None = None  # deleting a local sandbox revokes its agent's tunnel
     # The host whose backend runs sandboxes on it alone (process): recorded at each start, so
     # a server on another host leaves them alone. None: any replica reaches them.
     host: str | None = None
@@ -79,6 +92,12 @@ class SandboxManager:
     _locks: dict[str, DeferredLock] = field(factory=dict, init=False)
     _tasks: set[Deferred[None]] = field(factory=set, init=False)
     _log = Logger()
+
+    async def count_by_status(self) -> dict[str, int]:
+        """How many sandboxes are in each status, every status named (0 when none is)."""
+        rows = await self._db.query("SELECT status, count(*) AS n FROM sandboxes GROUP BY status")
+        counts = {r["status"]: int(r["n"]) for r in rows}
+        return {status.value: counts.get(status.value, 0) for status in Status}
 
     @property
     def workspaces(self) -> Workspaces:

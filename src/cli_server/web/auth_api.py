@@ -14,7 +14,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from cli_server._version import __version__
-from cli_server.auth.api_tokens import NAME_LENGTH, ApiTokens, parse_expiry, parse_scope
 from cli_server.auth.ratelimit import (
     Attempt,
     Backoff,
@@ -26,6 +25,7 @@ from cli_server.auth.ratelimit import (
     wait_in_words,
 )
 from cli_server.domain.accounts import AccountDisabled, Accounts, User
+from cli_server.domain.api_tokens import NAME_LENGTH, ApiTokens, parse_expiry, parse_scope
 from cli_server.domain.audit import Action, Actor, AuditLog, Target
 from cli_server.domain.errors import (
     BadRequest,

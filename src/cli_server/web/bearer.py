@@ -17,8 +17,8 @@ from typing import Any
 from attrs import define, evolve
 from twisted.web.iweb import IRequest
 
-from cli_server.auth.api_tokens import ApiTokens, Grant, InvalidToken, covers
 from cli_server.domain.accounts import User
+from cli_server.domain.api_tokens import ApiTokens, Grant, InvalidToken, covers
 from cli_server.domain.errors import Forbidden, NotFound
 from cli_server.web.ids import parse_id
 

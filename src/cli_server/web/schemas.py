@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cli_server.auth.api_tokens import NAME_LENGTH as TOKEN_NAME_LENGTH
-from cli_server.auth.api_tokens import SCOPES as TOKEN_SCOPES
+from cli_server.domain.api_tokens import NAME_LENGTH as TOKEN_NAME_LENGTH
+from cli_server.domain.api_tokens import SCOPES as TOKEN_SCOPES
 from cli_server.domain.audit import ACTIONS as AUDIT_ACTIONS
 from cli_server.domain.audit import MAX_LIMIT as AUDIT_MAX_LIMIT
 from cli_server.domain.roles import ROLE_NAMES

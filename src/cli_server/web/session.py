@@ -11,8 +11,8 @@ from attrs import define
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
-from cli_server.auth.api_tokens import InvalidToken
 from cli_server.domain.accounts import Accounts, User
+from cli_server.domain.api_tokens import InvalidToken
 from cli_server.domain.errors import Forbidden, Unauthorized
 from cli_server.proxy.hygiene import clearing_cookies, cookie_values, session_token
 from cli_server.web.bearer import TokenGuard, bearer_credential

@@ -1,28 +1,9 @@
 """The Prometheus registry: its own per instance, what a scrape shows, counts flushed in
-before rendering, and the sandbox gauge read from the database."""
+before rendering, and the sandbox gauge set from the manager's counts."""
 
 from __future__ import annotations
 
-from typing import Any, cast
-
-from twisted.internet.defer import Deferred
-
-from cli_server.db.pool import Database
 from cli_server.plumbing.metrics import Metrics
-from cli_server.sandboxes.model import Status
-from tests.unit.deferreds import result_of
-
-
-class StatusCounts:
-    """A database stand-in answering the status count query with fixed rows."""
-
-    def __init__(self, rows: list[dict[str, Any]]) -> None:
-        self.rows = rows
-        self.sent: list[str] = []
-
-    async def query(self, sql: str, args: Any = ()) -> list[dict[str, Any]]:
-        self.sent.append(sql)
-        return self.rows
 
 
 def lines(metrics: Metrics) -> list[str]:
@@ -71,17 +52,14 @@ def test_flushes_run_before_each_render() -> None:
     assert "cli_relayed_streams 5.0" in lines(m)
 
 
-def test_refresh_sets_every_status_even_absent_ones() -> None:
-    """Statuses the database has no rows for read 0, so a gauge never sticks at an old value."""
+def test_sandbox_counts_set_each_status_given() -> None:
+    """Each status's gauge reads what the last count said, 0 included."""
     m = Metrics()
-    db = StatusCounts([{"status": Status.RUNNING.value, "n": 4}])
-    result_of(Deferred.fromCoroutine(m.refresh(cast(Database, db))))
+    m.sandbox_counts({"running": 4, "paused": 0})
     got = lines(m)
-    assert f'cli_sandboxes{{status="{Status.RUNNING.value}"}} 4.0' in got
-    for status in Status:
-        if status is not Status.RUNNING:
-            assert f'cli_sandboxes{{status="{status.value}"}} 0.0' in got
-    db.rows = []
-    result_of(Deferred.fromCoroutine(m.refresh(cast(Database, db))))
-    assert f'cli_sandboxes{{status="{Status.RUNNING.value}"}} 0.0' in lines(m)
-    assert len(db.sent) == 2
+    assert 'cli_sandboxes{status="running"} 4.0' in got
+    assert 'cli_sandboxes{status="paused"} 0.0' in got
+    m.sandbox_counts({"running": 0, "paused": 1})
+    got = lines(m)
+    assert 'cli_sandboxes{status="running"} 0.0' in got
+    assert 'cli_sandboxes{status="paused"} 1.0' in got

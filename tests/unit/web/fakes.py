@@ -31,10 +31,10 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
 from cli_server.anthropic.usage import UsageStore
-from cli_server.auth.api_tokens import ApiTokens
 from cli_server.auth.passwords import Passwords
 from cli_server.db.pool import Row
 from cli_server.domain.accounts import Accounts, User
+from cli_server.domain.api_tokens import ApiTokens
 from cli_server.domain.errors import NotFound
 from cli_server.domain.events import Events
 from cli_server.domain.instance_admin import InstanceAdmin

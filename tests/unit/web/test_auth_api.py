@@ -8,8 +8,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from cli_server.auth.api_tokens import ApiTokens
 from cli_server.auth.tokens import token_hash
+from cli_server.domain.api_tokens import ApiTokens
 from cli_server.sso.identities import Identities
 from cli_server.testing import MemoryFailures
 from cli_server.web.auth_api import AuthAPI, AuthLimits

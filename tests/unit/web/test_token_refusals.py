@@ -10,8 +10,8 @@ import re
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from cli_server.auth.api_tokens import ApiTokens
 from cli_server.auth.tokens import token_hash
+from cli_server.domain.api_tokens import ApiTokens
 from cli_server.web.bearer import TokenGuard
 from cli_server.web.openapi import operations
 from cli_server.web.routes import Declaration

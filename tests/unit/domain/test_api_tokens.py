@@ -13,7 +13,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
-from cli_server.auth.api_tokens import (
+from cli_server.auth.tokens import token_hash
+from cli_server.domain.accounts import User
+from cli_server.domain.api_tokens import (
     ApiTokens,
     Grant,
     InvalidToken,
@@ -24,8 +26,6 @@ from cli_server.auth.api_tokens import (
     parse_expiry,
     parse_scope,
 )
-from cli_server.auth.tokens import token_hash
-from cli_server.domain.accounts import User
 from cli_server.domain.errors import BadRequest, Forbidden, NotFound
 from cli_server.web.bearer import TokenGuard, bearer_credential
 

@@ -48,6 +48,8 @@ class FakeBackend(BackendDefaults):
     output: dict[str, list[str]] = field(factory=dict)  # what logs() answers, if told
     logs_fail: str | None = None  # logs() fails with this, as an unreachable engine would
     listening: dict[str, list[int]] = field(factory=dict)  # what listening_ports() answers
+    # (sandbox_id, port) -> where preview_endpoint() says that port answers
+    previews: dict[tuple[str, int], Endpoint] = field(factory=dict)
 
     def hold(self) -> None:
         self._gate = Deferred()
@@ -119,6 +121,14 @@ class FakeBackend(BackendDefaults):
 
     def endpoint_now(self, sandbox_id: str) -> Endpoint | None:
         return self.running.get(sandbox_id)
+
+    @deferred
+    async def preview_endpoint(self, sandbox_id: str, port: int) -> Endpoint | None:
+        """Where a test said ``port`` answers (``previews``); None while not running."""
+        if sandbox_id not in self.running:
+            return None
+        # (else port 0, where a connection is refused: nothing listens, as a backend says)
+        return self.previews.get((sandbox_id, port), Endpoint("127.0.0.1", 0))
 
     @deferred
     async def listening_ports(self, sandbox_id: str) -> list[int]:

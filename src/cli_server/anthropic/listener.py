@@ -143,7 +143,11 @@ def proxy_site(
 
 
 def adopt(reactor: Any, sock: socket.socket, site: Site) -> Any:
-    """Serve an already-listening socket; returns the IListeningPort (stopListening to close)."""
+    """Serve an already-listening socket; returns the IListeningPort (stopListening to close).
+
+    (Any: ``IReactorSocket.adoptStreamPort`` is annotated with a ``ServerFactory`` generic
+    that twisted.web's ``Site`` does not satisfy for the type checker; the caller types what
+    it gets back.)"""
     port = reactor.adoptStreamPort(sock.fileno(), socket.AF_INET, site)
     sock.close()  # the reactor holds its own duplicate of the descriptor
     return port

@@ -225,12 +225,23 @@ def bounded(
     and otherwise blocks on a round trip to the server, then leaves ``d`` waiting for the
     server's answer: against a silent server ``d`` never fires and its caller holds its pool
     slot for good. Closing the connection takes its socket off the reactor and fails ``d``
-    (that failure is dropped here: the caller has had its answer)."""
-    answer: Deferred[T] = Deferred()
+    (that failure is dropped here: the caller has had its answer). Cancelling the answer
+    closes the connection the same way."""
+
+    given_up: list[bool] = []
+
+    def cancel(_: Deferred[T]) -> None:  # (a caller gave up: the same, with CancelledError)
+        given_up.append(True)  # (``d``'s failure, as the connection closes, is not the answer)
+        if timer.active():
+            timer.cancel()
+        close_quietly(conn)
+
+    answer: Deferred[T] = Deferred(cancel)
 
     def expire() -> None:
         # (the answer first: closing fails ``d`` at once, and that failure is not the answer)
-        answer.errback(DatabaseUnavailable(f"PostgreSQL did not answer within {seconds:g} s"))
+        if not answer.called:
+            answer.errback(DatabaseUnavailable(f"PostgreSQL did not answer within {seconds:g} s"))
         close_quietly(conn)
 
     timer = clock.callLater(seconds, expire)
@@ -238,7 +249,7 @@ def bounded(
     def done(result: T | Failure) -> None:
         if timer.active():
             timer.cancel()
-        if answer.called:
+        if answer.called or given_up:
             return
         if isinstance(result, Failure):
             answer.errback(result)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.testing import MemoryReactorClock
 
 from cli_server.db.pool import Database, DatabaseUnavailable
@@ -69,4 +69,21 @@ def test_query_a_silent_server_times_out(server: SilentServer) -> None:
     failure.trap(DatabaseUnavailable)
     assert str(failure.value) == "PostgreSQL did not answer within 30 s"
     assert reactor.getReaders() == [] and reactor.getWriters() == []
+    db.close()
+
+
+def test_cancelling_a_query_closes_its_connection(server: SilentServer) -> None:
+    """A caller that gives up on an unanswered query gets CancelledError at once; the
+    connection is closed and off the reactor, and its timeout no longer runs."""
+    reactor = MemoryReactorClock()
+    db = Database(reactor, server.dsn, size=1, connect_timeout=5.0, query_timeout=30.0)
+    d = Deferred.fromCoroutine(db.query("SELECT 1"))
+    pump(reactor)
+    server.answer_startup()
+    pump(reactor)
+    assert not d.called
+    d.cancel()
+    failure_of(d).trap(CancelledError)
+    assert reactor.getReaders() == [] and reactor.getWriters() == []
+    assert reactor.getDelayedCalls() == []
     db.close()

@@ -15,7 +15,13 @@ from attrs import define, field
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from cli_server.db.pool import DatabaseUnavailable, WatchedConnection, close_quietly, first_line
+from cli_server.db.pool import (
+    DatabaseUnavailable,
+    WatchedConnection,
+    bounded,
+    close_quietly,
+    first_line,
+)
 
 T = TypeVar("T")
 
@@ -46,10 +52,10 @@ class ListeningConnection:
         self.close()
         conn = _Listening(reactor=self._reactor)
         try:
-            await self._timed(conn.connect(self._dsn))
+            await self._timed(conn, conn.connect(self._dsn))
             conn.addNotifyObserver(lambda notify: heard())
             # (a channel name is an identifier, not a value: it is ours, never a caller's)
-            await self._timed(conn.runOperation(f"LISTEN {self._channel}"))
+            await self._timed(conn, conn.runOperation(f"LISTEN {self._channel}"))
         except Exception as e:
             close_quietly(conn)
             raise DatabaseUnavailable(f"cannot LISTEN on PostgreSQL: {first_line(e)}") from e
@@ -62,7 +68,7 @@ class ListeningConnection:
         if conn is None or not conn.usable():
             raise DatabaseUnavailable("the listening connection is closed")
         try:
-            await self._timed(conn.runQuery("SELECT 1"))
+            await self._timed(conn, conn.runQuery("SELECT 1"))
         except Exception as e:
             raise DatabaseUnavailable(f"the listening connection failed: {first_line(e)}") from e
 
@@ -72,6 +78,6 @@ class ListeningConnection:
             conn.on_lost = None
             close_quietly(conn)
 
-    def _timed(self, d: Deferred[T]) -> Deferred[T]:
-        d.addTimeout(self._timeout, self._reactor)
-        return d
+    def _timed(self, conn: _Listening, d: Deferred[T]) -> Deferred[T]:
+        """``d`` bounded by the timeout; past it ``conn`` is closed (see ``bounded``)."""
+        return bounded(conn, d, self._reactor, self._timeout)

@@ -17,6 +17,7 @@ from attrs import define, field
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from txpostgres import txpostgres
 
 T = TypeVar("T")
@@ -41,6 +42,26 @@ class WatchedConnection(txpostgres.Connection):  # type: ignore[misc]
     """
 
     broken = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._polling: set[txpostgres.Cursor] = set()  # cursors the reactor watches
+
+    def cursorRunning(self, cursor: txpostgres.Cursor) -> None:
+        super().cursorRunning(cursor)
+        self._polling.add(cursor)
+
+    def cursorFinished(self, cursor: txpostgres.Cursor) -> None:
+        self._polling.discard(cursor)
+        super().cursorFinished(cursor)
+
+    def close(self) -> None:
+        """Closed mid-query (a timeout), a cursor would stay on the reactor: txpostgres fails
+        its Deferred but leaves it there."""
+        for cursor in list(self._polling):
+            self.reactor.removeReader(cursor)
+            self.reactor.removeWriter(cursor)
+        super().close()
 
     def doRead(self) -> None:
         try:
@@ -84,9 +105,8 @@ class Database:
     async def _connect(self) -> WatchedConnection:
         conn = WatchedConnection(reactor=self._reactor)
         d = conn.connect(self._dsn, cursor_factory=psycopg2.extras.RealDictCursor)
-        d.addTimeout(self._connect_timeout, self._reactor)
         try:
-            await d
+            await bounded(conn, d, self._reactor, self._connect_timeout)
         except Exception as e:
             close_quietly(conn)
             raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {first_line(e)}") from e
@@ -130,15 +150,14 @@ class Database:
                     close_quietly(conn)
             self._slots.release()
 
-    def _timed(self, d: Deferred[T]) -> Deferred[T]:
-        d.addTimeout(self._query_timeout, self._reactor)
-        return d
+    def _timed(self, conn: WatchedConnection, d: Deferred[T]) -> Deferred[T]:
+        return bounded(conn, d, self._reactor, self._query_timeout)
 
     async def query(self, sql: str, args: Params = ()) -> list[Row]:
         """Run one statement that returns rows, in its own transaction."""
 
         async def use(conn: WatchedConnection) -> list[Row]:
-            rows = await self._timed(conn.runQuery(sql, args))
+            rows = await self._timed(conn, conn.runQuery(sql, args))
             return [dict(r) for r in rows]
 
         return await self._with_connection(use)
@@ -147,7 +166,7 @@ class Database:
         """Run one statement that returns nothing, in its own transaction."""
 
         async def use(conn: WatchedConnection) -> None:
-            await self._timed(conn.runOperation(sql, args))
+            await self._timed(conn, conn.runOperation(sql, args))
 
         await self._with_connection(use)
 
@@ -158,7 +177,7 @@ class Database:
             def interaction(cursor: txpostgres.Cursor) -> Deferred[T]:
                 return Deferred.fromCoroutine(_call(work, Transaction(cursor)))
 
-            result: T = await self._timed(conn.runInteraction(interaction))
+            result: T = await self._timed(conn, conn.runInteraction(interaction))
             return result
 
         return await self._with_connection(use)
@@ -193,6 +212,52 @@ class Transaction:
     async def execute(self, sql: str, args: Params = ()) -> int:
         await self._cursor.execute(sql, args)
         return int(self._cursor.rowcount)
+
+
+def bounded(
+    conn: WatchedConnection, d: Deferred[T], clock: IReactorTime, seconds: float
+) -> Deferred[T]:
+    """``d``, an operation on ``conn`` (connecting, a query), or ``DatabaseUnavailable`` once
+    ``seconds`` have passed without its answer; then ``conn`` is closed.
+
+    Not ``d.addTimeout``: that cancels ``d``, and txpostgres' canceller calls psycopg2's
+    ``cancel()``, which raises while connecting ("asynchronous connection attempt underway")
+    and otherwise blocks on a round trip to the server, then leaves ``d`` waiting for the
+    server's answer: against a silent server ``d`` never fires and its caller holds its pool
+    slot for good. Closing the connection takes its socket off the reactor and fails ``d``
+    (that failure is dropped here: the caller has had its answer). Cancelling the answer
+    closes the connection the same way."""
+
+    given_up: list[bool] = []
+
+    def cancel(_: Deferred[T]) -> None:  # (a caller gave up: the same, with CancelledError)
+        given_up.append(True)  # (``d``'s failure, as the connection closes, is not the answer)
+        if timer.active():
+            timer.cancel()
+        close_quietly(conn)
+
+    answer: Deferred[T] = Deferred(cancel)
+
+    def expire() -> None:
+        # (the answer first: closing fails ``d`` at once, and that failure is not the answer)
+        if not answer.called:
+            answer.errback(DatabaseUnavailable(f"PostgreSQL did not answer within {seconds:g} s"))
+        close_quietly(conn)
+
+    timer = clock.callLater(seconds, expire)
+
+    def done(result: T | Failure) -> None:
+        if timer.active():
+            timer.cancel()
+        if answer.called or given_up:
+            return
+        if isinstance(result, Failure):
+            answer.errback(result)
+        else:
+            answer.callback(result)
+
+    d.addBoth(done)
+    return answer
 
 
 def close_quietly(conn: WatchedConnection) -> None:

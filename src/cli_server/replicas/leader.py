@@ -14,9 +14,10 @@ from typing import Protocol, TypeVar
 
 from attrs import define, field
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
 
 # "cli-lead" in ASCII: one fixed key for every replica of every version.
 LEADER_LOCK_KEY = 0x636C692D6C656164
@@ -117,13 +118,13 @@ class Leadership(Service):
                 return
             self._conn = conn
             name = f"cli-server {self._name}"[:63]
-            await self._timed(
+            await self._answered(
                 conn.runQuery(f"SET application_name = %s; {_KEEPALIVES}; SELECT 1", (name,))
             )
         if self._leading:
-            await self._timed(self._conn.runQuery("SELECT 1"))
+            await self._answered(self._conn.runQuery("SELECT 1"))
             return
-        rows = await self._timed(
+        rows = await self._answered(
             self._conn.runQuery("SELECT pg_try_advisory_lock(%s) AS locked", (self._key,))
         )
         if rows and _first(rows[0]) and self.running:
@@ -158,6 +159,31 @@ class Leadership(Service):
     def _timed(self, d: Deferred[T]) -> Deferred[T]:
         d.addTimeout(self._timeout, self._clock)
         return d
+
+    def _answered(self, query: Deferred[T]) -> Deferred[T]:
+        """A query's rows, or ``TimeoutError`` after the timeout, without cancelling it:
+        txpostgres' canceller blocks on a round trip to the server (psycopg2's ``cancel()``)
+        and leaves the query waiting for its answer, so a silent server would hold the round
+        (and the lead) for good. The round's failure closes the connection instead, which
+        ends the query; its late failure is dropped."""
+        answer: Deferred[T] = Deferred()
+
+        def expire() -> None:
+            answer.errback(TimeoutError(f"no answer within {self._timeout:g} s"))
+
+        timer = self._clock.callLater(self._timeout, expire)
+
+        def done(result: T | Failure) -> None:
+            if not timer.active():
+                return  # (too late: the round has failed already)
+            timer.cancel()
+            if isinstance(result, Failure):
+                answer.errback(result)
+            else:
+                answer.callback(result)
+
+        query.addBoth(done)
+        return answer
 
     def stopService(self) -> None:
         """Let go at once, so another replica takes over at its next try."""

@@ -8,7 +8,7 @@ from base64 import b64encode
 from attrs import Factory, define, field
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, TimeoutError
-from twisted.internet.error import ConnectError, ConnectionClosed
+from twisted.internet.error import ConnectError, ConnectingCancelledError, ConnectionClosed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool, ResponseFailed
@@ -68,6 +68,7 @@ class OpencodeClient:
             except (
                 TimeoutError,
                 CancelledError,
+                ConnectingCancelledError,  # (a try whose connection hung, cut at its timeout)
                 ConnectError,
                 ConnectionClosed,
                 ResponseFailed,

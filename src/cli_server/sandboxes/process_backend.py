@@ -296,6 +296,8 @@ class ProcessBackend(BackendDefaults):
             lambda self: ForwardGuard.on(self._processes, self._data_dir), takes_self=True
         )
     )
+    # a free host port for a forward, the resting ones left out (a test passes a fixed order)
+    _pick_port: Callable[[Container[int]], int] = field(default=Factory(lambda: _forward_port))
     _live: dict[str, _Live] = field(factory=dict, init=False)
     # workspace id -> sandboxes started since its disk was mounted; unmounted when none is left
     _disk_users: dict[str, set[str]] = field(factory=dict, init=False)
@@ -440,7 +442,7 @@ class ProcessBackend(BackendDefaults):
                 del self._resting[port]
         refused = None
         for _ in range(3):
-            port = _forward_port(self._resting)
+            port = self._pick_port(self._resting)
             await self._guard.admit_only_us(port)  # (before the forward listens)
             try:
                 reply = await unix_json_call(

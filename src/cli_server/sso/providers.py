@@ -68,7 +68,13 @@ class SsoProviders:
         return {name: p.label for name, p in self.by_name.items()}
 
     def domain_allowed(self, email: str | None) -> bool:
+        """With allowed domains configured, only a well-formed address in one of them may sign
+        in: exactly one ``@``, something before it, an allowed domain after it. An OIDC
+        provider's ``email`` claim is any non-empty string it sends, so ``example.com`` alone
+        (or ``a@b@example.com``) can arrive here, and is refused."""
         if not self.allowed_domains:
             return True
-        domain = (email or "").rpartition("@")[2].lower()
-        return bool(domain) and domain in self.allowed_domains
+        local, at, domain = (email or "").partition("@")
+        if not at or not local or "@" in domain:
+            return False
+        return domain.lower() in self.allowed_domains

@@ -12,6 +12,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from cli_server.db.notify import ListeningConnection
 from cli_server.db.pool import DatabaseUnavailable
+from tests.unit.db.fake_postgres import SilentServer, pump
 from tests.unit.deferreds import failure_of
 
 CHANNEL = "cli_events"
@@ -47,3 +48,45 @@ def test_no_server_is_database_unavailable(tmp_path: Path) -> None:
     assert message.startswith("cannot LISTEN on PostgreSQL: connection to server on socket")
     assert "\n" not in message
     failure_of(Deferred.fromCoroutine(conn.check())).trap(DatabaseUnavailable)
+
+
+def test_listen_to_a_silent_server_times_out(tmp_path: Path) -> None:
+    """The server takes the connection and never answers: at the timeout ``listen`` fails with
+    DatabaseUnavailable, the callbacks are never called and the socket is off the reactor."""
+    server = SilentServer(tmp_path)
+    try:
+        reactor = MemoryReactorClock()
+        conn = ListeningConnection(reactor, server.dsn, CHANNEL, timeout=5.0)
+        d = Deferred.fromCoroutine(conn.listen(never, never))
+        pump(reactor)
+        reactor.advance(4.9)
+        assert not d.called
+        reactor.advance(0.1)
+        failure = failure_of(d)
+        failure.trap(DatabaseUnavailable)
+        assert str(failure.value) == (
+            "cannot LISTEN on PostgreSQL: PostgreSQL did not answer within 5 s"
+        )
+        assert reactor.getReaders() == [] and reactor.getWriters() == []
+    finally:
+        server.close()
+
+
+def test_listen_unanswered_after_connecting_times_out(tmp_path: Path) -> None:
+    """Connected, the server never answers the LISTEN: the same end at the timeout, with
+    nothing left on the reactor, and ``check`` then says the connection is closed."""
+    server = SilentServer(tmp_path)
+    try:
+        reactor = MemoryReactorClock()
+        conn = ListeningConnection(reactor, server.dsn, CHANNEL, timeout=5.0)
+        d = Deferred.fromCoroutine(conn.listen(never, never))
+        pump(reactor)
+        server.answer_startup()
+        pump(reactor)
+        assert not d.called
+        reactor.advance(5.0)
+        failure_of(d).trap(DatabaseUnavailable)
+        assert reactor.getReaders() == [] and reactor.getWriters() == []
+        failure_of(Deferred.fromCoroutine(conn.check())).trap(DatabaseUnavailable)
+    finally:
+        server.close()

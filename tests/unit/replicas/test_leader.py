@@ -46,14 +46,24 @@ class _Session:
         self.broken = False
         self.closed = False
         self.hang = False  # queries never answer (a network that went silent)
+        self.cancels: list[Deferred[Any]] = []  # unanswered queries someone tried to cancel
         self.queries: list[str] = []
+        self.waiting: list[Deferred[Any]] = []
+
+    def _cancel(self, d: Deferred[Any]) -> None:
+        self.cancels.append(d)
+        raise _Gone("cancel in progress")
 
     def runQuery(self, sql: str, args: Sequence[Any] = ()) -> Deferred[Any]:
         self.queries.append(sql)
         if self.broken or self.closed:
             return fail(_Gone("connection already closed"))
         if self.hang:
-            return Deferred()
+            # like txpostgres: cancelling asks the server (which is silent) and raises,
+            # leaving the query waiting; only closing the connection ends it
+            waiting: Deferred[Any] = Deferred(self._cancel)
+            self.waiting.append(waiting)
+            return waiting
         if "pg_try_advisory_lock" in sql:
             assert args == (LEADER_LOCK_KEY,)
             if self.server.holder is None:
@@ -67,6 +77,9 @@ class _Session:
     def close(self) -> None:
         self.closed = True
         self.server.end(self)
+        for waiting in self.waiting:
+            if not waiting.called:
+                waiting.errback(_Gone("connection closed"))
 
     def kill(self) -> None:
         """The server ended this session (or the link broke): the lock is free."""
@@ -158,6 +171,7 @@ class LeadershipTests(SynchronousTestCase):
         self.successResultOf(round_)
         self.assertFalse(a.leading)
         self.assertTrue(self.server.sessions[0].closed)
+        self.assertEqual(self.server.sessions[0].cancels, [])  # (closed, never cancelled)
         self.attempt(b)
         self.assertTrue(b.leading)
 

@@ -68,3 +68,32 @@ class OpencodeClientTests(SynchronousTestCase):
     def test_basic_auth(self) -> None:
         """opencode's server password goes as HTTP basic auth for the user ``opencode``."""
         self.assertEqual(basic_auth("secret"), b"Basic b3BlbmNvZGU6c2VjcmV0")
+
+    def test_retries_after_a_try_whose_connection_hangs(self) -> None:
+        """A try whose connection never completes is cut at its 1 s timeout (a
+        ``ConnectingCancelledError``) and the wait tries again: the next connection, which
+        answers healthy, ends it well before the overall deadline."""
+        clock, connections = Clock(), MemoryReactorClock()
+        client = OpencodeClient(clock, connections=connections)
+        d = Deferred.fromCoroutine(
+            client.wait_healthy(Endpoint("127.0.0.1", 41234), "pw", timeout=30.0)
+        )
+        connections.advance(1.0)  # (HostnameEndpoint's attempt starts on its reactor)
+        self.assertEqual(len(connections.tcpClients), 1)  # the first try: it never connects
+        clock.advance(1.0)  # its timeout: the connection attempt is cancelled
+        self.assertNoResult(d)
+        clock.advance(0.25)  # the pause between tries
+        connections.advance(1.0)
+        self.assertEqual(len(connections.tcpClients), 2)
+        host, port, factory, _, _ = connections.tcpClients[1]
+        transport = StringTransport()
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        protocol.makeConnection(transport)
+        self.assertTrue(transport.value().startswith(b"GET /global/health HTTP/1.1\r\n"))
+        body = b'{"healthy": true}'
+        protocol.dataReceived(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        self.assertIsNone(self.successResultOf(d))
+        self.assertLess(clock.seconds(), 30.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,21 @@ class _Nft:
         return [c[-1] for c in self.calls if c[:2] == (verb, "element")]
 
 
+class _Ports:
+    """Host ports for forwards in a fixed order, each handed out once: the real choice is
+    random and binds a socket to see a port free, which nothing in these fakes holds, so two
+    forwards could draw the same port."""
+
+    def __init__(self, first: int = 50000) -> None:
+        self.next = first
+
+    def __call__(self, resting: Container[int]) -> int:
+        while self.next in resting:
+            self.next += 1
+        self.next += 1
+        return self.next - 1
+
+
 def _backend(
     reactor: MemoryReactorClock,
     *,
@@ -74,8 +89,12 @@ def _backend(
     listening: _Listening | None = None,
     nft: _Nft | None = None,
     guard: ForwardGuard | None = None,
+    chosen_ports: bool = True,
 ) -> ProcessBackend:
+    """A process backend on fakes; its forwards' host ports come from ``_Ports`` unless
+    ``chosen_ports`` is false (the server's own choice)."""
     data = Path(tempfile.mkdtemp())
+    ports = {"pick_port": _Ports()} if chosen_ports else {}
     return ProcessBackend(
         reactor,
         data,
@@ -85,6 +104,7 @@ def _backend(
         isolated=isolated,
         threads=listening or _Listening(list(range(1024, 65536))),
         guard=guard or ForwardGuard(nft or _Nft(), "cli_forwards_test", data / "forwards.nft"),
+        **ports,
     )
 
 
@@ -250,7 +270,7 @@ class PreviewForwardTests(SynchronousTestCase):
         self.assertEqual(forward_ports("1024 65000"), range(1024, 65536))
         self.assertEqual(forward_ports("nonsense"), range(1024, 65536))
         reactor = MemoryReactorClock()
-        backend = _backend(reactor)
+        backend = _backend(reactor, chosen_ports=False)
         _running(backend, "s-1")
         pending = backend.preview_endpoint("s-1", 8000)
         host_port = _answer(reactor, {"return": {"id": 2}})["arguments"]["host_port"]

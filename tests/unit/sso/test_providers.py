@@ -110,12 +110,23 @@ def test_domain_allowed_without_a_list_admits_anyone() -> None:
 
 
 def test_domain_allowed_checks_the_domain_case_insensitively() -> None:
-    """Only the part after the last ``@`` counts, in any case; a missing email is refused."""
+    """Only the part after the ``@`` counts, in any case; a missing email is refused."""
     providers = SsoProviders({"x": cast(Provider, Named("X"))}, ("example.com",))
     assert providers.domain_allowed("alice@example.com")
     assert providers.domain_allowed("Alice@EXAMPLE.COM")
-    assert providers.domain_allowed("odd@name@example.com")
     assert not providers.domain_allowed("bob@example.com.evil.test")
     assert not providers.domain_allowed("bob@sub.example.com")
     assert not providers.domain_allowed("")
     assert not providers.domain_allowed(None)
+
+
+def test_domain_allowed_refuses_a_value_that_is_not_an_address() -> None:
+    """An OIDC ``email`` claim may be any string: with allowed domains, a bare domain, an
+    empty local part or a second ``@`` is not an address in that domain, and is refused."""
+    providers = SsoProviders({"x": cast(Provider, Named("X"))}, ("example.com",))
+    assert not providers.domain_allowed("example.com")
+    assert not providers.domain_allowed("EXAMPLE.COM")
+    assert not providers.domain_allowed("@example.com")
+    assert not providers.domain_allowed("odd@name@example.com")
+    assert not providers.domain_allowed("alice@")
+    assert providers.domain_allowed("alice@example.com")

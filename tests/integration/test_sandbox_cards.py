@@ -407,7 +407,7 @@ async def broken(db_url: str) -> AsyncIterator[Real]:
     )
     stand_in.chmod(0o755)
     try:
-        async with real_server(db_url, opencode_bin=str(stand_in)) as world:
+        async with real_server(db_url, opencode=stand_in) as world:
             yield world
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

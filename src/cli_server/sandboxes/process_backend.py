@@ -390,6 +390,13 @@ class ProcessBackend(BackendDefaults):
         runs (read-only: for tests and diagnostics)."""
         return self._live.get(sandbox_id)
 
+    def track(self, sandbox_id: str, live: _Live) -> None:
+        """From now on ``live`` runs ``sandbox_id`` here: what a start does once its processes
+        are spawned (public: a test stands in for a start with it). When its opencode ends
+        by itself, the sandbox is said failed (``on_exit``) and its slirp4netns stopped."""
+        self._live[sandbox_id] = live
+        live.sandbox_proto.ended.addCallback(lambda _: self._exited(sandbox_id, live))
+
     def resting(self, host_port: int) -> bool:
         """Whether ``host_port`` rests: its forward was removed moments ago, and no other
         sandbox's forward takes it yet."""
@@ -410,7 +417,11 @@ class ProcessBackend(BackendDefaults):
         if self._account is not None:
             os.chown(path, self._account.uid, self._account.gid)
 
-    async def _prepare(self, spec: SandboxSpec) -> Path:
+    async def prepare(self, spec: SandboxSpec) -> Path:
+        """A start's first step (public: tests make a sandbox's disks with it): the sandbox's
+        directory, its HOME and its workspace's disk, each under its quota where sizes are
+        set, owned by the sandbox account. Returns the sandbox's directory; ``stop`` and
+        ``delete`` release what it mounted."""
         for shared in (self._data_dir, self._data_dir / "sandboxes", self._data_dir / "workspaces"):
             shared.mkdir(parents=True, exist_ok=True)
             shared.chmod(shared.stat().st_mode | stat.S_IXOTH)  # enter, not list
@@ -476,7 +487,7 @@ class ProcessBackend(BackendDefaults):
         return read_tail(self._sandbox_dir(sandbox_id) / LOG_NAME)
 
     async def _start(self, spec: SandboxSpec) -> Endpoint:
-        box = await self._prepare(spec)
+        box = await self.prepare(spec)
         self._output_log(spec).note("opencode starting")
         await self._teardown(spec.id)  # leftovers of a crash: stale netns mount, cgroup
         opencode = publish_binary(self._opencode, self._data_dir)
@@ -587,8 +598,7 @@ class ProcessBackend(BackendDefaults):
 
     async def _until_healthy(self, spec: SandboxSpec, live: _Live) -> Endpoint:
         """Track a just-spawned opencode; wait for its "listening" line, then for health."""
-        self._live[spec.id] = live
-        live.sandbox_proto.ended.addCallback(lambda _: self._exited(spec.id, live))
+        self.track(spec.id, live)
         await _within(
             self._reactor,
             live.sandbox_proto.ready,

@@ -120,7 +120,8 @@ class _DoorSite(Site):
         super().__init__(resource, **kwargs)
         self.open_connections = 0
 
-    # (Any: twisted.web's channel class, behind a private wrapper, is replaced in part below)
+    # (Any: our RequestLineChannel, though Site declares twisted.web's private wrapper; its
+    # connectionLost is replaced below)
     def buildProtocol(self, addr: IAddress | None) -> Any:
         if self.open_connections >= MAX_CONNECTIONS:
             return None  # (the port closes the new connection)

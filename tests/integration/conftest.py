@@ -241,18 +241,19 @@ async def real_server(
     db_url: str,
     prefix: str = "cli-test-sbx-",
     stopped: Callable[[Path], None] | None = None,
+    opencode: Path | None = None,
     **settings: Any,
 ) -> AsyncIterator[Real]:
     """A server on the real process backend (``settings`` change its config), its owner with
     workspaces a and b; ``stopped(data_dir)`` checks what the server left once it has stopped,
-    before its scratch directory goes."""
+    before its scratch directory goes; ``opencode``: another binary than the real one."""
     root = scratch_dir(prefix)
     data_dir = root / "data"
     fake, fake_port = serve_fake_anthropic(_reactor())
     config = attrs.evolve(
         server_config(db_url),
         data_dir=data_dir,
-        opencode_bin=str(opencode_binary()),
+        opencode_bin=str(opencode or opencode_binary()),
         anthropic_api_key=FAKE_KEY,
         anthropic_base_url=f"http://127.0.0.1:{fake_port.getHost().port}",
         **settings,

@@ -10,7 +10,7 @@ import os
 import re
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,9 @@ from twisted.web.client import Agent
 
 from cli_server.sandboxes.egress import host_addresses
 from cli_server.sandboxes.opencode import basic_auth
-from cli_server.sandboxes.process_backend import Limits
 from cli_server.sandboxes.seccomp import highest_known_syscall
 
-from .conftest import Real, _reactor
+from .conftest import Real, _reactor, real_server
 from .helpers import needs_isolation, wait_until
 from .sandbox_shell import can_connect, run_inside
 
@@ -144,8 +143,7 @@ def _networks_to_attack() -> Iterator[tuple[int, str, str]]:
 async def test_sandbox_reaches_the_internet_but_not_the_host(real: Real) -> None:
     """From inside a sandbox: every address of this host, slirp's gateway, private and
     metadata addresses, and a neighbour on a public network this host is attached to are
-    refused; a public address beyond a router answers; the Anthropic door answers; an
-    allowed CIDR becomes reachable for sandboxes started after it is allowed."""
+    refused; a public address beyond a router answers; the Anthropic door answers."""
     with _networks_to_attack() as (port, public, neighbour):
         sid, _ = await real.create("a", "egress")
         inside = real.pid(sid)
@@ -176,12 +174,25 @@ async def test_sandbox_reaches_the_internet_but_not_the_host(real: Real) -> None
         )
         assert answer.stdout.startswith("HTTP/1."), answer
 
-        real.backend._egress_allow = (ipaddress.ip_network("10.213.7.0/24"),)
-        allowed, _ = await real.create("a", "allowed")
-        inside_allowed = real.pid(allowed)
+
+@pytest_twisted.async_yield_fixture
+async def allowing(db_url: str) -> AsyncIterator[Real]:
+    """A real server started with --egress-allow 10.213.7.0/24."""
+    allow = (ipaddress.ip_network("10.213.7.0/24"),)
+    async with real_server(db_url, egress_allow=allow) as world:
+        yield world
+
+
+@needs_isolation
+@pytest_twisted.ensureDeferred
+async def test_an_allowed_range_is_reachable(allowing: Real) -> None:
+    """A private range the server allows (--egress-allow) is reachable from a sandbox; the
+    metadata address still is not."""
+    with _networks_to_attack() as (port, _, _):
+        allowed, _ = await allowing.create("a", "allowed")
+        inside_allowed = allowing.pid(allowed)
         assert can_connect(inside_allowed, "10.213.7.1", port)
         assert not can_connect(inside_allowed, "169.254.169.254", port)
-        assert not can_connect(inside, "10.213.7.1", port)  # the first one's rules stand
 
 
 PROBE = r"""
@@ -324,15 +335,21 @@ async def test_kernel_surface(real: Real) -> None:
     assert health[0] == 200
 
 
+@pytest_twisted.async_yield_fixture
+async def bounded(db_url: str) -> AsyncIterator[Real]:
+    """A real server whose sandboxes may use 1 GiB."""
+    async with real_server(db_url, sandbox_memory=1024**3, sandbox_pids=512) as world:
+        yield world
+
+
 @needs_isolation
 @pytest_twisted.ensureDeferred
-async def test_memory_it_can_fill_is_bounded(real: Real) -> None:
+async def test_memory_it_can_fill_is_bounded(bounded: Real) -> None:
     """Inside a sandbox: writing past /tmp's size (a quarter of its memory) or /dev/shm's
     (an eighth) fails with ENOSPC; the root and /dev are read-only. Its slirp4netns runs
     under a seccomp filter of its own. Its cgroups go when it goes."""
-    real.backend._limits = Limits(memory_bytes=1024**3, pids=512)
-    sid, _ = await real.create("a", "bounded")
-    inside = real.pid(sid)
+    sid, _ = await bounded.create("a", "bounded")
+    inside = bounded.pid(sid)
     mib = 1024**2
     fill = run_inside(
         inside,
@@ -354,16 +371,16 @@ async def test_memory_it_can_fill_is_bounded(real: Real) -> None:
     assert "root=1" in out and "dev=1" in out and "home-writable" in out, out
     assert out.count("Read-only file system") == 2, out
 
-    slirp = real.backend.live(sid).slirp.pid
+    slirp = bounded.backend.live(sid).slirp.pid
     status = Path(f"/proc/{slirp}/status").read_text()
     assert re.search(r"^Seccomp:\s+2$", status, re.MULTILINE), status
     assert re.search(r"^NoNewPrivs:\s+1$", status, re.MULTILINE), status
-    assert not Path(f"/proc/{slirp}/root{real.data_dir}").exists()  # an empty root of its own
+    assert not Path(f"/proc/{slirp}/root{bounded.data_dir}").exists()  # an empty root of its own
 
-    groups = real.backend._cgroups(sid)
-    bwrap = real.backend.live(sid).sandbox.pid
+    groups = bounded.backend.cgroups.paths(sid)
+    bwrap = bounded.backend.live(sid).sandbox.pid
     joined = [g for g in groups if str(bwrap) in (g / "cgroup.procs").read_text().split()]
     assert joined == groups and groups, groups
-    done = await real.owner.call("DELETE", f"/api/sandboxes/{sid}")
+    done = await bounded.owner.call("DELETE", f"/api/sandboxes/{sid}")
     assert done.code == 204, done
     await wait_until(_reactor(), lambda: not any(g.exists() for g in groups), timeout=30)

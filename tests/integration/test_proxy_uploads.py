@@ -203,8 +203,8 @@ async def test_a_slow_upload_is_not_cut_by_the_answer_timeout(raw: Setup) -> Non
     upload, not from its start."""
     from twisted.internet.task import deferLater
 
-    forwarder = raw.proxy.app.server.site.resource._sandboxes._forwarder
-    forwarder._header_timeout = 0.5  # (uploads over 64 MiB, and local sandboxes)
+    forwarder = raw.proxy.app.server.site.resource.sandboxes.forwarder
+    forwarder.header_timeout = 0.5  # (uploads over 64 MiB, and local sandboxes)
     raw.proxy.app.server.router.routes.timeout = 0.5  # (the router waits that long for a head)
     body = os.urandom(4 * 64 * 1024)
     wire = await raw.send(len(body), b"")

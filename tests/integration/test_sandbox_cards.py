@@ -6,8 +6,10 @@ under bubblewrap for the crash and its log."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,10 +21,9 @@ from twisted.internet.defer import gatherResults
 from cli_server.db.embedded import EmbeddedPostgres
 from cli_server.db.migrations import load_migrations, migrate
 from cli_server.db.pool import Database
-from cli_server.sandboxes.process_backend import Limits
 from cli_server.testing import FakeBackend
 
-from .conftest import Real, _reactor, server_config, start_server, stop_server
+from .conftest import Real, _reactor, real_server, server_config, start_server, stop_server
 from .helpers import Api, needs_isolation, wait_until
 from .test_proxy import Proxy
 from .test_sandboxes_api import team, wait_status
@@ -337,16 +338,22 @@ async def test_real_opencode_works_on_the_disk_and_its_crash_is_told(real: Real)
     assert "opencode server listening" in on_disk and row["opencode_password"] not in on_disk
 
 
+@pytest_twisted.async_yield_fixture
+async def hungry(db_url: str) -> AsyncIterator[Real]:
+    """A real server whose sandboxes may use 512 MiB."""
+    async with real_server(db_url, sandbox_memory=512 * 1024**2, sandbox_pids=512) as world:
+        yield world
+
+
 @needs_isolation
 @pytest_twisted.ensureDeferred
-async def test_real_opencode_out_of_memory_is_told(real: Real) -> None:
+async def test_real_opencode_out_of_memory_is_told(hungry: Real) -> None:
     """The kernel's OOM killer ends opencode (made its first choice, and a process in its
     memory cgroup asks for more than the limit): the sandbox fails at once, saying so."""
-    real.backend._limits = Limits(memory_bytes=512 * 1024**2, pids=512)
-    sid, _ = await real.create("a", "hungry")
-    groups = real.backend._cgroups(sid)
+    sid, _ = await hungry.create("a", "hungry")
+    groups = hungry.backend.cgroups.paths(sid)
     memory = next(g for g in groups if "pids" not in g.parts)
-    Path(f"/proc/{real.pid(sid)}/oom_score_adj").write_text("1000")
+    Path(f"/proc/{hungry.pid(sid)}/oom_score_adj").write_text("1000")
     # (a host process, joined to the sandbox's memory cgroup before it allocates)
     hog = subprocess.Popen(
         [
@@ -361,18 +368,18 @@ async def test_real_opencode_out_of_memory_is_told(real: Real) -> None:
     try:
 
         async def failed() -> bool:
-            reply = await real.owner.call("GET", f"/api/sandboxes/{sid}")
+            reply = await hungry.owner.call("GET", f"/api/sandboxes/{sid}")
             return bool(reply.body["status"] == "failed")
 
         await wait_until(_reactor(), failed, timeout=30, step=0.1)
-        shown = (await real.owner.call("GET", f"/api/sandboxes/{sid}")).body
+        shown = (await hungry.owner.call("GET", f"/api/sandboxes/{sid}")).body
         assert shown["error"] == (
             "opencode ran out of memory (killed by the kernel's OOM killer)"
         ), shown
     finally:
         hog.kill()
         hog.wait(timeout=30)
-    logs = await real.owner.call("GET", f"/api/sandboxes/{sid}/logs")
+    logs = await hungry.owner.call("GET", f"/api/sandboxes/{sid}/logs")
     assert "--- opencode ran out of memory" in "\n".join(logs.body["lines"]), logs
     for group in groups:  # (the hog kept it from going with the sandbox)
         await wait_until(_reactor(), lambda g=group: _gone(g), timeout=30)
@@ -388,34 +395,44 @@ def _gone(group: Path) -> bool:
     return True
 
 
-@needs_isolation
-@pytest_twisted.ensureDeferred
-async def test_a_start_that_fails_is_in_the_log(real: Real) -> None:
-    """An opencode that cannot start (here a stand-in that prints its secrets, complains and
-    exits): the sandbox is failed with the reason, and the log holds what it wrote and why
-    the start failed; neither shows the secrets."""
-    broken = real.data_dir / "broken-opencode"
-    real.data_dir.mkdir(parents=True, exist_ok=True)
-    broken.write_text(
+@pytest_twisted.async_yield_fixture
+async def broken(db_url: str) -> AsyncIterator[Real]:
+    """A real server whose opencode is a stand-in that prints its secrets, complains and
+    exits."""
+    scratch = Path(tempfile.mkdtemp(prefix="cli-test-broken-"))
+    stand_in = scratch / "broken-opencode"
+    stand_in.write_text(
         '#!/bin/sh\necho "password $OPENCODE_SERVER_PASSWORD key $ANTHROPIC_API_KEY"\n'
         "echo 'config error: no such provider' >&2\nexit 3\n"
     )
-    broken.chmod(0o755)
-    real.backend._opencode = broken
-    made = await real.owner.call(
-        "POST", f"/api/workspaces/{real.workspaces['a']}/sandboxes", {"name": "broken"}
+    stand_in.chmod(0o755)
+    try:
+        async with real_server(db_url, opencode=stand_in) as world:
+            yield world
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@needs_isolation
+@pytest_twisted.ensureDeferred
+async def test_a_start_that_fails_is_in_the_log(broken: Real) -> None:
+    """An opencode that cannot start (here a stand-in that prints its secrets, complains and
+    exits): the sandbox is failed with the reason, and the log holds what it wrote and why
+    the start failed; neither shows the secrets."""
+    made = await broken.owner.call(
+        "POST", f"/api/workspaces/{broken.workspaces['a']}/sandboxes", {"name": "broken"}
     )
     assert made.code == 201, made
     sid = made.body["id"]
 
     async def failed() -> bool:
-        reply = await real.owner.call("GET", f"/api/sandboxes/{sid}")
+        reply = await broken.owner.call("GET", f"/api/sandboxes/{sid}")
         return bool(reply.body["status"] == "failed")
 
     await wait_until(_reactor(), failed, timeout=60, step=0.1)
-    shown = (await real.owner.call("GET", f"/api/sandboxes/{sid}")).body
+    shown = (await broken.owner.call("GET", f"/api/sandboxes/{sid}")).body
     assert "config error: no such provider" in shown["error"], shown
-    lines = (await real.owner.call("GET", f"/api/sandboxes/{sid}/logs")).body["lines"]
+    lines = (await broken.owner.call("GET", f"/api/sandboxes/{sid}/logs")).body["lines"]
     assert lines[0] == "--- opencode starting ---", lines
     assert "config error: no such provider" in lines, lines
     assert lines[-1].startswith("--- the start failed: opencode exited: "), lines

@@ -24,6 +24,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from cli_server.anthropic.proxy import AnthropicProxy, anthropic_error
+from cli_server.plumbing.request_line import RequestLineChannel
 from cli_server.plumbing.timeouts import IDLE_TIMEOUT
 
 SANDBOX_PORT = 4097
@@ -102,6 +103,9 @@ class _DoorSite(Site):
     once."""
 
     noisy = False  # (one per sandbox start: no "Starting factory" lines for each)
+    # (its requests learn their request line before the body; twisted.web types this as
+    # its private wrapper, which adds only HTTP/2 negotiation, and h2 is not installed)
+    protocol = RequestLineChannel  # type: ignore[assignment]
     # What its requests read of it (``web.request.RequestSite``): its bodies are prompts, in
     # the shared budget (a test gives its own); no sandbox subdomains, no proxy trusted, and
     # no drain waits for it.
@@ -116,7 +120,8 @@ class _DoorSite(Site):
         super().__init__(resource, **kwargs)
         self.open_connections = 0
 
-    # (Any: twisted.web's channel class, behind a private wrapper, is replaced in part below)
+    # (Any: our RequestLineChannel, though Site declares twisted.web's private wrapper; its
+    # connectionLost is replaced below)
     def buildProtocol(self, addr: IAddress | None) -> Any:
         if self.open_connections >= MAX_CONNECTIONS:
             return None  # (the port closes the new connection)

@@ -71,7 +71,8 @@ class WatchedConnection(txpostgres.Connection):  # type: ignore[misc]
             self.reactor.removeReader(self)
 
     def usable(self) -> bool:
-        return not self.broken and self._connection is not None and not self._connection.closed
+        raw = self.pollable()  # (txpostgres' public view of its psycopg2 connection)
+        return not self.broken and raw is not None and not raw.closed
 
 
 def _is_unavailable(error: BaseException) -> bool:
@@ -262,7 +263,7 @@ def bounded(
 
 def close_quietly(conn: WatchedConnection) -> None:
     try:
-        raw = conn._connection
+        raw = conn.pollable()  # (txpostgres' public view of its psycopg2 connection)
         if raw is not None and not raw.closed:
             conn.close()
     except Exception:

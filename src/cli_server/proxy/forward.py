@@ -170,7 +170,9 @@ class Forwarder:
     _pool: HTTPConnectionPool
     _cooperator: Cooperator  # reads request bodies into the upstream, on our reactor
     _agent: Agent
-    _header_timeout: float = 120.0
+    # how long an answer's head may take, from the end of the request's body (a test
+    # shortens it)
+    header_timeout: float = 120.0
     _log = Logger()
 
     @classmethod
@@ -217,11 +219,11 @@ class Forwarder:
             # (the client's Deferred waits for the whole body: time the answer, not the upload)
             def start_timing(_: object) -> None:
                 if not d.called:
-                    d.addTimeout(self._header_timeout, self._reactor)
+                    d.addTimeout(self.header_timeout, self._reactor)
 
             body.when_complete().addCallback(start_timing)
         else:
-            d.addTimeout(self._header_timeout, self._reactor)
+            d.addTimeout(self.header_timeout, self._reactor)
         request.notifyFinish().addErrback(lambda _: d.cancel() if not d.called else None)
         try:
             response: IResponse = await d

@@ -123,6 +123,11 @@ class SandboxSite(AnsweredLater):
     relay: ReplicaRelay | None = None  # to the replica holding a local sandbox's tunnel
     _doing = "proxying {uri}"
 
+    @property
+    def forwarder(self) -> Forwarder:
+        """What sends its requests on to the sandboxes (read-only: for tests)."""
+        return self._forwarder
+
     def __attrs_post_init__(self) -> None:
         Resource.__init__(self)
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 import shutil
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -254,9 +254,7 @@ class DockerBackend(BackendDefaults):
 
     def _thd_firewall_refusal(self, rules: EgressRules) -> str | None:
         """Why we do not write the rules ourselves, or None if we do."""
-        if not self._settings.firewall:
-            return "the docker firewall is turned off (--docker-firewall off)"
-        return self._firewall_refusal(rules.bridge)
+        return firewall_refusal(self._settings, rules.bridge, self._firewall_refusal)
 
     def _thd_isolated_network(self) -> tuple[str, EgressRules]:
         """Our bridge network without inter-container traffic, made on first use, and the
@@ -313,13 +311,9 @@ class DockerBackend(BackendDefaults):
         default) runs no sandbox of ours."""
         if self._seccomp_checked:
             return
-        options = self._thd_client().info().get("SecurityOptions") or []
-        seccomp = [o for o in options if "name=seccomp" in o]
-        if not seccomp or any("profile=unconfined" in o for o in seccomp):
-            raise BackendError(
-                "the Docker engine applies no seccomp profile to containers "
-                f"(its security options: {', '.join(options) or 'none'}); sandboxes need one"
-            )
+        why = seccomp_refusal(self._thd_client().info().get("SecurityOptions") or [])
+        if why is not None:
+            raise BackendError(why)
         self._seccomp_checked = True
 
     def _thd_prepare(self) -> tuple[str, str] | None:
@@ -667,6 +661,32 @@ class DockerBackend(BackendDefaults):
     @deferred
     async def check(self) -> None:
         await self._engine(self._thd_ping)
+
+
+def seccomp_refusal(security_options: Sequence[str]) -> str | None:
+    """Why an engine with these security options (``docker info``'s) runs no sandbox of
+    ours: it applies no seccomp profile to containers, or none by default (unconfined); None
+    when it applies one (its default profile refuses new user namespaces and other kernel
+    surface inside a container)."""
+    seccomp = [o for o in security_options if "name=seccomp" in o]
+    if not seccomp or any("profile=unconfined" in o for o in seccomp):
+        return (
+            "the Docker engine applies no seccomp profile to containers "
+            f"(its security options: {', '.join(security_options) or 'none'}); "
+            "sandboxes need one"
+        )
+    return None
+
+
+def firewall_refusal(
+    settings: DockerSettings, bridge: str, refusal: Callable[[str], str | None]
+) -> str | None:
+    """Why the server does not write the firewall rules of our network on ``bridge`` itself
+    (turned off in ``settings``, or ``refusal``'s reason: no iptables, no privilege...); None
+    when it does."""
+    if not settings.firewall:
+        return "the docker firewall is turned off (--docker-firewall off)"
+    return refusal(bridge)
 
 
 def door_addresses(

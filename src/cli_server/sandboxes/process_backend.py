@@ -46,7 +46,7 @@ import signal
 import socket
 import stat
 from collections import OrderedDict
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Container, Mapping, Sequence
 from pathlib import Path
 
 from attrs import Factory, define, field, frozen
@@ -261,6 +261,79 @@ class _Live:
 
 
 @define(eq=False)
+class Cgroups:
+    """The sandboxes' cgroups under ``root`` (v2's one group per sandbox, or v1's two, in
+    cli-server's own group), with ``limits`` written: the kernel bounds a sandbox's memory
+    and processes, and says when its OOM killer acted."""
+
+    root: Path
+    limits: Limits
+    _unlimited_said: bool = field(default=False, init=False)
+    _log = Logger(namespace="cli_server.sandboxes.process_backend.ProcessBackend")
+
+    def paths(self, sandbox_id: str) -> list[Path]:
+        """Where a sandbox's cgroups are (or would be): v2's one group, or v1's two."""
+        root = self.root
+        if (root / "cgroup.controllers").exists():
+            return [root / "cli-server" / sandbox_id]
+        return [root / c / "cli-server" / sandbox_id for c in ("memory", "pids")]
+
+    def make(self, sandbox_id: str) -> list[Path]:
+        """The sandbox's cgroups with its limits written; an empty list (said once) where the
+        machine does not let us make them."""
+        memory, pids = str(self.limits.memory_bytes), str(self.limits.pids)
+        groups = self.paths(sandbox_id)
+        try:
+            if len(groups) == 1:  # v2: our group's parent hands down both controllers
+                parent = groups[0].parent
+                parent.mkdir(exist_ok=True)
+                for delegating in (parent.parent, parent):
+                    (delegating / "cgroup.subtree_control").write_text("+memory +pids")
+                settings = [{"memory.max": memory, "memory.swap.max": "0", "pids.max": pids}]
+            else:
+                settings = [{"memory.limit_in_bytes": memory}, {"pids.max": pids}]
+            for group, values in zip(groups, settings, strict=True):
+                group.mkdir(parents=True, exist_ok=True)
+                for name, value in values.items():
+                    if name != "memory.swap.max" or (group / name).exists():
+                        (group / name).write_text(value)
+        except OSError as e:
+            self.remove(sandbox_id)
+            if not self._unlimited_said:
+                self._unlimited_said = True
+                self._log.warn(
+                    "sandboxes run WITHOUT memory and pids limits: cannot write their cgroup "
+                    "under {root} ({why})",
+                    root=self.root,
+                    why=e,
+                )
+            return []
+        return groups
+
+    def remove(self, sandbox_id: str) -> None:
+        """Removes the sandbox's groups (their processes gone); what cannot go stays."""
+        for group in self.paths(sandbox_id):
+            try:
+                group.rmdir()
+            except OSError:
+                pass
+
+    def oom_killed(self, sandbox_id: str) -> bool:
+        """Whether the kernel's OOM killer acted in the sandbox's memory cgroup."""
+        for group in self.paths(sandbox_id):
+            for events in ("memory.events", "memory.oom_control"):  # v2, v1
+                try:
+                    lines = (group / events).read_text().splitlines()
+                except OSError:
+                    continue
+                for line in lines:
+                    name, _, value = line.partition(" ")
+                    if name == "oom_kill" and value.strip().isdigit():
+                        return int(value) > 0
+        return False
+
+
+@define(eq=False)
 class ProcessBackend(BackendDefaults):
     """Sandboxes as local processes; see the module docstring."""
 
@@ -307,7 +380,11 @@ class ProcessBackend(BackendDefaults):
     _resting: dict[int, float] = field(factory=dict, init=False)
     # Told when a sandbox's opencode ends by itself (the manager fails it at once).
     on_exit: ExitListener | None = field(default=None, kw_only=True)
-    _unlimited_said: bool = field(default=False, init=False)
+    # the sandboxes' cgroups, with their limits (public: tests and diagnostics read them)
+    cgroups: Cgroups = field(
+        default=Factory(lambda self: Cgroups(self._cgroup_root, self._limits), takes_self=True),
+        init=False,
+    )
     name = "process"
     _log = Logger()
 
@@ -315,6 +392,13 @@ class ProcessBackend(BackendDefaults):
         """What runs here for ``sandbox_id`` (its processes and preview forwards), if it
         runs (read-only: for tests and diagnostics)."""
         return self._live.get(sandbox_id)
+
+    def track(self, sandbox_id: str, live: _Live) -> None:
+        """From now on ``live`` runs ``sandbox_id`` here: what a start does once its processes
+        are spawned (public: a test stands in for a start with it). When its opencode ends
+        by itself, the sandbox is said failed (``on_exit``) and its slirp4netns stopped."""
+        self._live[sandbox_id] = live
+        live.sandbox_proto.ended.addCallback(lambda _: self._exited(sandbox_id, live))
 
     def resting(self, host_port: int) -> bool:
         """Whether ``host_port`` rests: its forward was removed moments ago, and no other
@@ -336,7 +420,11 @@ class ProcessBackend(BackendDefaults):
         if self._account is not None:
             os.chown(path, self._account.uid, self._account.gid)
 
-    async def _prepare(self, spec: SandboxSpec) -> Path:
+    async def prepare(self, spec: SandboxSpec) -> Path:
+        """A start's first step (public: tests make a sandbox's disks with it): the sandbox's
+        directory, its HOME and its workspace's disk, each under its quota where sizes are
+        set, owned by the sandbox account. Returns the sandbox's directory; ``stop`` and
+        ``delete`` release what it mounted."""
         for shared in (self._data_dir, self._data_dir / "sandboxes", self._data_dir / "workspaces"):
             shared.mkdir(parents=True, exist_ok=True)
             shared.chmod(shared.stat().st_mode | stat.S_IXOTH)  # enter, not list
@@ -402,7 +490,7 @@ class ProcessBackend(BackendDefaults):
         return read_tail(self._sandbox_dir(sandbox_id) / LOG_NAME)
 
     async def _start(self, spec: SandboxSpec) -> Endpoint:
-        box = await self._prepare(spec)
+        box = await self.prepare(spec)
         self._output_log(spec).note("opencode starting")
         await self._teardown(spec.id)  # leftovers of a crash: stale netns mount, cgroup
         opencode = publish_binary(self._opencode, self._data_dir)
@@ -414,13 +502,13 @@ class ProcessBackend(BackendDefaults):
         await self._must("nsenter", [f"--net={netns}", "ip", "link", "set", "lo", "up"])
         await self._limit_egress(box, netns)
         anthropic = self._open_door(spec.id, netns)
-        slirp, slirp_proto = self._spawn_slirp(box, netns)
+        slirp, slirp_proto = self.spawn_slirp(box, netns)
         live: _Live | None = None
         port = None
         try:
             await _within(self._reactor, slirp_proto.ready, 10, "slirp4netns did not start")
             port = (await self._forward(box, GUEST_PORT)).host_port
-            sandbox, proto = self._spawn_sandbox(spec, box, netns, opencode, anthropic)
+            sandbox, proto = self.spawn_sandbox(spec, box, netns, opencode, anthropic)
             live = _Live(port, sandbox, proto, slirp, slirp_proto)
             return await self._until_healthy(spec, live)
         except BaseException:
@@ -489,7 +577,7 @@ class ProcessBackend(BackendDefaults):
         home = box / "home"
         anthropic = self._open_door(spec.id, None)
         env = {
-            **self._environment(spec, str(home), anthropic),
+            **self.environment(spec, anthropic, str(home)),
             "PATH": os.environ.get("PATH", "/usr/bin"),
         }
         argv = [str(opencode), "serve", "--hostname", "127.0.0.1", "--port", str(port)]
@@ -513,8 +601,7 @@ class ProcessBackend(BackendDefaults):
 
     async def _until_healthy(self, spec: SandboxSpec, live: _Live) -> Endpoint:
         """Track a just-spawned opencode; wait for its "listening" line, then for health."""
-        self._live[spec.id] = live
-        live.sandbox_proto.ended.addCallback(lambda _: self._exited(spec.id, live))
+        self.track(spec.id, live)
         await _within(
             self._reactor,
             live.sandbox_proto.ready,
@@ -545,7 +632,10 @@ class ProcessBackend(BackendDefaults):
         if door is not None:
             door.stopListening()
 
-    def _environment(self, spec: SandboxSpec, home: str, anthropic_url: str) -> dict[str, str]:
+    def environment(
+        self, spec: SandboxSpec, anthropic_url: str, home: str = "/home/opencode"
+    ) -> dict[str, str]:
+        """A sandbox's whole environment (its secrets included; nothing of the server's own)."""
         return {
             "HOME": home,
             "XDG_CONFIG_HOME": f"{home}/.config",
@@ -597,7 +687,9 @@ class ProcessBackend(BackendDefaults):
         if result.code != 0:
             raise BackendError(f"{tool} failed: {result.output.strip()[-300:]}")
 
-    def _spawn_slirp(self, box: Path, netns: Path) -> tuple[IProcessTransport, _Watched]:
+    def spawn_slirp(self, box: Path, netns: Path) -> tuple[IProcessTransport, _Watched]:
+        """Starts slirp4netns, as root, for the namespace ``netns``: the sandbox's uplink,
+        sandboxed itself (one step of ``start``; public for tests)."""
         (box / "slirp.sock").unlink(missing_ok=True)
         proto = _slirp_watch()
         argv = [
@@ -621,124 +713,23 @@ class ProcessBackend(BackendDefaults):
         )
         return transport, proto
 
-    def _sandbox_argv(
-        self, spec: SandboxSpec, box: Path, netns: Path, opencode: Path, anthropic_url: str
-    ) -> list[str]:
-        bwrap = [
-            _which("bwrap"),
-            "--unshare-user",
-            "--disable-userns",
-            "--unshare-pid",
-            "--unshare-ipc",
-            "--unshare-uts",
-            "--unshare-cgroup",
-            "--die-with-parent",
-            "--new-session",
-            "--cap-drop",
-            "ALL",
-            "--uid",
-            "1000",
-            "--gid",
-            "1000",
-            "--hostname",
-            "sandbox",
-            "--ro-bind",
-            "/usr",
-            "/usr",
-            "--symlink",
-            "usr/lib",
-            "/lib",
-            "--symlink",
-            "usr/lib64",
-            "/lib64",
-            "--symlink",
-            "usr/bin",
-            "/bin",
-            "--symlink",
-            "usr/sbin",
-            "/sbin",
-            "--ro-bind-try",
-            "/etc/ssl",
-            "/etc/ssl",
-            "--ro-bind-try",
-            "/etc/ca-certificates",
-            "/etc/ca-certificates",
-            "--ro-bind-try",
-            "/etc/resolv.conf",
-            "/etc/resolv.conf",
-            "--ro-bind-try",
-            "/etc/hosts",
-            "/etc/hosts",
-            "--ro-bind-try",
-            "/etc/localtime",
-            "/etc/localtime",
-            "--ro-bind-try",  # where Debian's cc, c++, editor... links point
-            "/etc/alternatives",
-            "/etc/alternatives",
-            "--proc",
-            "/proc",
-            "--dev",
-            "/dev",
-            # Memory the sandbox may fill, each with a bound (without one a tmpfs takes half
-            # the host's memory); the root and /dev are made read-only below.
-            "--size",
-            str(self._limits.shm_bytes),
-            "--tmpfs",
-            "/dev/shm",
-            "--size",
-            str(self._limits.tmp_bytes),
-            "--tmpfs",
-            "/tmp",
-            "--bind",
-            str(box / "home"),
-            "/home/opencode",
-            "--bind",
-            str(self._disk(spec.workspace_id)),
-            "/data/disk0",
-            "--ro-bind",
-            str(opencode),
-            "/opt/opencode/bin/opencode",
-            "--remount-ro",
-            "/dev",
-            "--remount-ro",
-            "/",
-            "--chdir",
-            "/data/disk0",
-            "--seccomp",
-            str(SECCOMP_FD),
-            "--clearenv",
-            "--args",  # the environment, secrets included, from a descriptor
-            str(ARGS_FD),
-            "/opt/opencode/bin/opencode",
-            "serve",
-            "--hostname",
-            "0.0.0.0",
-            "--port",
-            str(GUEST_PORT),
-        ]
-        enter = [_which("nsenter"), f"--net={netns}"]
-        if self._account is not None:
-            enter += ["-S", str(self._account.uid), "-G", str(self._account.gid)]
-        argv = enter + bwrap
-        cgroups = self._make_cgroups(spec.id)
-        if cgroups:
-            # Join the cgroups before exec, so no process of the sandbox ever runs outside them.
-            joins = " && ".join(f'echo $$ > "{c}/cgroup.procs"' for c in cgroups)
-            argv = ["/bin/sh", "-c", f'{joins} && exec "$@"', "sh", *argv]
-        return argv
-
-    def _sandbox_args(self, spec: SandboxSpec, anthropic_url: str) -> bytes:
-        """What bubblewrap reads from ARGS_FD: NUL-terminated ``--setenv NAME VALUE`` triples."""
-        env = self._environment(spec, "/home/opencode", anthropic_url)
-        words = [w for name, value in env.items() for w in ("--setenv", name, value)]
-        return b"".join(w.encode() + b"\0" for w in words)
-
-    def _spawn_sandbox(
+    def spawn_sandbox(
         self, spec: SandboxSpec, box: Path, netns: Path, opencode: Path, anthropic_url: str
     ) -> tuple[IProcessTransport, _Watched]:
+        """Starts the sandbox's opencode (``sandbox_argv``), handing bubblewrap its environment
+        and seccomp filter on descriptors closed here once the child has them; writes its pid
+        to ``box`` (one step of ``start``; public for tests)."""
         proto = _opencode_watch(self._output_log(spec))
-        argv = self._sandbox_argv(spec, box, netns, opencode, anthropic_url)
-        args = _memory_file("bwrap-args", self._sandbox_args(spec, anthropic_url))
+        argv = sandbox_argv(
+            box=box,
+            disk=self._disk(spec.workspace_id),
+            netns=netns,
+            opencode=opencode,
+            limits=self._limits,
+            account=self._account,
+            cgroups=self.cgroups.make(spec.id),
+        )
+        args = _memory_file("bwrap-args", bwrap_args(self.environment(spec, anthropic_url)))
         try:
             rules = _memory_file("bwrap-seccomp", seccomp.sandbox_filter())
             try:
@@ -757,71 +748,11 @@ class ProcessBackend(BackendDefaults):
         (box / "pid").write_text(str(transport.pid))
         return transport, proto
 
-    def _cgroups(self, sandbox_id: str) -> list[Path]:
-        """Where a sandbox's cgroups are (or would be): v2's one group, or v1's two."""
-        root = self._cgroup_root
-        if (root / "cgroup.controllers").exists():
-            return [root / "cli-server" / sandbox_id]
-        return [root / c / "cli-server" / sandbox_id for c in ("memory", "pids")]
-
-    def _make_cgroups(self, sandbox_id: str) -> list[Path]:
-        """The sandbox's cgroups with its limits written; an empty list (said once) where the
-        machine does not let us make them."""
-        memory, pids = str(self._limits.memory_bytes), str(self._limits.pids)
-        groups = self._cgroups(sandbox_id)
-        try:
-            if len(groups) == 1:  # v2: our group's parent hands down both controllers
-                parent = groups[0].parent
-                parent.mkdir(exist_ok=True)
-                for delegating in (parent.parent, parent):
-                    (delegating / "cgroup.subtree_control").write_text("+memory +pids")
-                settings = [{"memory.max": memory, "memory.swap.max": "0", "pids.max": pids}]
-            else:
-                settings = [{"memory.limit_in_bytes": memory}, {"pids.max": pids}]
-            for group, values in zip(groups, settings, strict=True):
-                group.mkdir(parents=True, exist_ok=True)
-                for name, value in values.items():
-                    if name != "memory.swap.max" or (group / name).exists():
-                        (group / name).write_text(value)
-        except OSError as e:
-            self._remove_cgroups(sandbox_id)
-            if not self._unlimited_said:
-                self._unlimited_said = True
-                self._log.warn(
-                    "sandboxes run WITHOUT memory and pids limits: cannot write their cgroup "
-                    "under {root} ({why})",
-                    root=self._cgroup_root,
-                    why=e,
-                )
-            return []
-        return groups
-
     def check_limits(self) -> None:
         """At server start: make and remove a probe group, so that a machine where limits
         cannot be written is said at once (the warning is given once)."""
-        if self._isolated and self._make_cgroups(".probe"):
-            self._remove_cgroups(".probe")
-
-    def _remove_cgroups(self, sandbox_id: str) -> None:
-        for group in self._cgroups(sandbox_id):
-            try:
-                group.rmdir()
-            except OSError:
-                pass
-
-    def _oom_killed(self, sandbox_id: str) -> bool:
-        """Whether the kernel's OOM killer acted in the sandbox's memory cgroup."""
-        for group in self._cgroups(sandbox_id):
-            for events in ("memory.events", "memory.oom_control"):  # v2, v1
-                try:
-                    lines = (group / events).read_text().splitlines()
-                except OSError:
-                    continue
-                for line in lines:
-                    name, _, value = line.partition(" ")
-                    if name == "oom_kill" and value.strip().isdigit():
-                        return int(value) > 0
-        return False
+        if self._isolated and self.cgroups.make(".probe"):
+            self.cgroups.remove(".probe")
 
     def _exited(self, sandbox_id: str, live: _Live) -> None:
         """opencode ended. A stop we asked for took it out of ``_live`` first, so reaching the
@@ -842,7 +773,7 @@ class ProcessBackend(BackendDefaults):
             why = exit_reason(
                 getattr(ended, "exitCode", None),
                 getattr(ended, "signal", None),
-                oom=self._oom_killed(sandbox_id),
+                oom=self.cgroups.oom_killed(sandbox_id),
                 via_init=live.slirp is not None,  # (bubblewrap)
             )
             # (the reason is the exit status or signal; its last output is the log panel's)
@@ -898,7 +829,7 @@ class ProcessBackend(BackendDefaults):
                 await run_process(self._processes, [_which("umount"), str(netns)], timeout=15)
             netns.unlink(missing_ok=True)
         (box / "slirp.sock").unlink(missing_ok=True)
-        self._remove_cgroups(sandbox_id)
+        self.cgroups.remove(sandbox_id)
 
     def _kill_leftover(self, box: Path) -> None:
         """A process recorded in the pid file that still runs our sandbox (after a crash)."""
@@ -1012,6 +943,130 @@ class ProcessBackend(BackendDefaults):
         await self._guard.close()
         self._disk_users.clear()
         await self._quotas.detach_all(self._data_dir)
+
+
+def sandbox_argv(
+    *,
+    box: Path,
+    disk: Path,
+    netns: Path,
+    opencode: Path,
+    limits: Limits,
+    account: SystemAccount | None,
+    cgroups: Sequence[Path],
+) -> list[str]:
+    """The command line that starts a sandbox's opencode: in its network namespace
+    (``netns``), as the sandbox ``account``, joined to its ``cgroups`` before exec, under
+    bubblewrap with ``box``'s home and the workspace's ``disk`` bound, its memory-backed
+    mounts bounded by ``limits``. The environment (secrets included) and the seccomp filter
+    are not in it: bubblewrap reads them from ``ARGS_FD`` and ``SECCOMP_FD``."""
+    bwrap = [
+        _which("bwrap"),
+        "--unshare-user",
+        "--disable-userns",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--uid",
+        "1000",
+        "--gid",
+        "1000",
+        "--hostname",
+        "sandbox",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+        "--symlink",
+        "usr/lib",
+        "/lib",
+        "--symlink",
+        "usr/lib64",
+        "/lib64",
+        "--symlink",
+        "usr/bin",
+        "/bin",
+        "--symlink",
+        "usr/sbin",
+        "/sbin",
+        "--ro-bind-try",
+        "/etc/ssl",
+        "/etc/ssl",
+        "--ro-bind-try",
+        "/etc/ca-certificates",
+        "/etc/ca-certificates",
+        "--ro-bind-try",
+        "/etc/resolv.conf",
+        "/etc/resolv.conf",
+        "--ro-bind-try",
+        "/etc/hosts",
+        "/etc/hosts",
+        "--ro-bind-try",
+        "/etc/localtime",
+        "/etc/localtime",
+        "--ro-bind-try",  # where Debian's cc, c++, editor... links point
+        "/etc/alternatives",
+        "/etc/alternatives",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        # Memory the sandbox may fill, each with a bound (without one a tmpfs takes half
+        # the host's memory); the root and /dev are made read-only below.
+        "--size",
+        str(limits.shm_bytes),
+        "--tmpfs",
+        "/dev/shm",
+        "--size",
+        str(limits.tmp_bytes),
+        "--tmpfs",
+        "/tmp",
+        "--bind",
+        str(box / "home"),
+        "/home/opencode",
+        "--bind",
+        str(disk),
+        "/data/disk0",
+        "--ro-bind",
+        str(opencode),
+        "/opt/opencode/bin/opencode",
+        "--remount-ro",
+        "/dev",
+        "--remount-ro",
+        "/",
+        "--chdir",
+        "/data/disk0",
+        "--seccomp",
+        str(SECCOMP_FD),
+        "--clearenv",
+        "--args",  # the environment, secrets included, from a descriptor
+        str(ARGS_FD),
+        "/opt/opencode/bin/opencode",
+        "serve",
+        "--hostname",
+        "0.0.0.0",
+        "--port",
+        str(GUEST_PORT),
+    ]
+    enter = [_which("nsenter"), f"--net={netns}"]
+    if account is not None:
+        enter += ["-S", str(account.uid), "-G", str(account.gid)]
+    argv = enter + bwrap
+    if cgroups:
+        # Join the cgroups before exec, so no process of the sandbox ever runs outside them.
+        joins = " && ".join(f'echo $$ > "{c}/cgroup.procs"' for c in cgroups)
+        argv = ["/bin/sh", "-c", f'{joins} && exec "$@"', "sh", *argv]
+    return argv
+
+
+def bwrap_args(environment: Mapping[str, str]) -> bytes:
+    """What bubblewrap reads from ARGS_FD: NUL-terminated ``--setenv NAME VALUE`` triples."""
+    words = [w for name, value in environment.items() for w in ("--setenv", name, value)]
+    return b"".join(w.encode() + b"\0" for w in words)
 
 
 def _which(tool: str) -> str:

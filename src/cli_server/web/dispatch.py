@@ -31,6 +31,11 @@ class HostDispatcher(Resource):
         self._base_host = base_host
         self._internal = internal  # the channel between replicas (proxy/replica_relay.py)
 
+    @property
+    def sandboxes(self) -> IResource:
+        """What serves the sandboxes' own hosts (read-only: for tests)."""
+        return self._sandboxes
+
     def render(self, request: IRequest) -> bytes | int:
         is_sandbox, _ = sandbox_for_host(request.getHeader(b"host"), self._base_host)
         if is_sandbox:

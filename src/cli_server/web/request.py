@@ -18,6 +18,7 @@ from twisted.web.iweb import IRequest
 
 from cli_server.plumbing.client_address import TrustedProxies
 from cli_server.plumbing.nodelay import no_delay
+from cli_server.plumbing.request_line import RequestLine
 from cli_server.proxy.hosts import sandbox_for_host
 from cli_server.proxy.upload import MAX_SANDBOX_BODY, StreamedBody
 from cli_server.replicas.channel import PREFIX as INTERNAL_PREFIX
@@ -125,6 +126,10 @@ class BoundedRequest(server.Request):
     _refusal: tuple[int, str, str] | None = None  # (status, code, message) once refused
     _source_key: Hashable | None = None
     _open_in: OpenRequests | None = None  # the site's, from its headers to its end
+    # (method, target, version) as soon as the request line is read, before the headers; set
+    # by ``plumbing.request_line.RequestLineChannel``, the channel of the sites that use this
+    # class (None on another channel: a sandbox's body is then buffered, capped)
+    request_line: RequestLine | None = None
 
     def gotLength(self, length: int | None) -> None:
         # (not twisted.web's: it opens a temporary file for a body over 100 kB)
@@ -135,11 +140,11 @@ class BoundedRequest(server.Request):
         if requests is not None:
             self._open_in = requests
             requests.opened(self)
-        path = getattr(channel, "_path", None) or b""
+        path = self.request_line[1] if self.request_line is not None else b""
         if length == 0:
             return
         if self._for_sandbox() or path.startswith(INTERNAL_PREFIX):  # (relayed: streamed too)
-            line = self._line()
+            line = self.request_line
             if line is None:
                 self._cap = MAX_SANDBOX_BODY  # (a twisted.web without these: buffer, capped)
                 return
@@ -154,13 +159,6 @@ class BoundedRequest(server.Request):
             self._refuse_too_large()
         elif not self._budget().has_room(self._source(), length or 1):  # (counted as they come)
             self._refuse_busy()
-
-    def _line(self) -> tuple[bytes, bytes, bytes] | None:
-        channel = self.channel
-        line = tuple(getattr(channel, n, None) for n in ("_command", "_path", "_version"))
-        if None in line:
-            return None
-        return line  # type: ignore[return-value]
 
     def _site(self) -> RequestSite | None:
         # (the channel is None once the client left)
@@ -225,7 +223,7 @@ class BoundedRequest(server.Request):
         self._refusal = (status, code, message)
         self._release()
         self.content = BytesIO()
-        line = self._line()
+        line = self.request_line
         if line is not None and not self._early:
             self._early = True
             self.channel.callLater(0, partial(self._answer_refusal, *line))

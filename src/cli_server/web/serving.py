@@ -6,6 +6,7 @@ from twisted.web import http, server
 from twisted.web.resource import IResource
 
 from cli_server.plumbing.client_address import TrustedProxies
+from cli_server.plumbing.request_line import RequestLineChannel
 from cli_server.plumbing.timeouts import IDLE_TIMEOUT
 from cli_server.web.access_log import api_read, redacting_log_formatter
 from cli_server.web.open_requests import OpenRequests
@@ -18,6 +19,9 @@ class QuietSandboxSite(server.Site):
     never a credential in a query string (the tunnel accepts ``?token=``)."""
 
     noisy = False  # (no "Starting factory" lines: the start-up line says where we listen)
+    # (its requests learn their request line before the body; twisted.web types this as
+    # its private wrapper, which adds only HTTP/2 negotiation, and h2 is not installed)
+    protocol = RequestLineChannel  # type: ignore[assignment]
     # (``request.RequestSite``: what its requests read of it)
     only_anthropic = False
     body_budget: BodyBudget | None = None  # the shared one (a test gives its own)

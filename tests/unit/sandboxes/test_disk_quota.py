@@ -358,13 +358,14 @@ class BackendQuotaTests(SynchronousTestCase):
             account=SystemAccount(os.getuid(), os.getgid()),
             disk_sizes=sizes,
             quotas=self.quotas,  # type: ignore[arg-type]
+            cgroup_root=self.data / "cgroup",  # (stop removes its cgroups: none here)
         )
 
     def test_mounted_before_start_and_released_by_the_last(self) -> None:
         """HOME and the workspace disk are attached, owned by the sandbox account; the disk is
         detached only when the last sandbox of its workspace stops; delete detaches lazily."""
         for sid in ("s1", "s2"):
-            self.successResultOf(settle(self.backend._prepare(SandboxSpec(sid, "w", "p", "t"))))
+            self.successResultOf(settle(self.backend.prepare(SandboxSpec(sid, "w", "p", "t"))))
         self.assertEqual(
             self.quotas.calls[:2],
             [
@@ -375,10 +376,10 @@ class BackendQuotaTests(SynchronousTestCase):
         home = self.data / "sandboxes" / "s1" / "home"
         self.assertEqual((home.stat().st_uid, home.stat().st_mode & 0o777), (os.getuid(), 0o700))
         self.quotas.calls.clear()
-        self.successResultOf(settle(self.backend._release("s1")))
+        self.successResultOf(self.backend.stop("s1"))
         self.assertEqual(self.quotas.calls, [("detach", "home", False)])
         self.quotas.calls.clear()
-        self.successResultOf(settle(self.backend._release("s2", removing=True)))
+        self.successResultOf(self.backend.delete("s2"))
         self.assertEqual(self.quotas.calls, [("detach", "home", True), ("detach", "disk", False)])
         self.quotas.calls.clear()
         self.successResultOf(self.backend.delete_workspace("w"))
@@ -389,7 +390,7 @@ class BackendQuotaTests(SynchronousTestCase):
     def test_no_quota(self) -> None:
         """Sizes of 0: plain directories, nothing attached."""
         self.backend = self.make(DiskSizes(0, 0))
-        self.successResultOf(settle(self.backend._prepare(SandboxSpec("s", "w", "p", "t"))))
+        self.successResultOf(settle(self.backend.prepare(SandboxSpec("s", "w", "p", "t"))))
         self.assertEqual([c for c in self.quotas.calls if c[0] == "attach"], [])
 
 

@@ -15,8 +15,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cli_server.plumbing.threads import synchronous_runner
 from cli_server.sandboxes import docker_firewall
-from cli_server.sandboxes.backend import BackendError
-from cli_server.sandboxes.docker_backend import DockerBackend, DockerSettings, door_addresses
+from cli_server.sandboxes.docker_backend import (
+    DockerBackend,
+    DockerSettings,
+    door_addresses,
+    firewall_refusal,
+    seccomp_refusal,
+)
 from cli_server.sandboxes.docker_firewall import EgressRules
 from cli_server.sandboxes.egress import EgressPolicy, attached_networks
 from cli_server.sandboxes.opencode import OpencodeClient
@@ -256,16 +261,6 @@ class WhoWritesTests(SynchronousTestCase):
         )
 
 
-@define
-class FakeEngine:
-    """Just enough of the docker SDK's client for the backend's checks."""
-
-    security_options: list[str]
-
-    def info(self) -> dict[str, Any]:
-        return {"SecurityOptions": self.security_options}
-
-
 DEFAULT_URL = "http://host.docker.internal:8080/proxy/anthropic/v1"
 
 
@@ -319,18 +314,19 @@ class BackendSettingsTests(SynchronousTestCase):
         """An engine that applies no seccomp profile, or unconfined by default, runs no
         sandbox; the engine's default profile passes."""
         for options in ([], ["name=apparmor"], ["name=seccomp,profile=unconfined"]):
-            backend = _backend(client=FakeEngine(options))
-            with self.assertRaises(BackendError) as caught:
-                backend._thd_check_seccomp()
-            self.assertIn("no seccomp profile", str(caught.exception))
-        backend = _backend(client=FakeEngine(["name=seccomp,profile=default", "name=cgroupns"]))
-        backend._thd_check_seccomp()
+            why = seccomp_refusal(options)
+            assert why is not None
+            self.assertIn("no seccomp profile", why)
+        self.assertIsNone(seccomp_refusal(["name=seccomp,profile=default", "name=cgroupns"]))
 
     def test_turned_off(self) -> None:
         """--docker-firewall off: the server never writes rules, and says so."""
-        backend = _backend(firewall=False)
-        why = backend._thd_firewall_refusal(_rules())
+        settings = _backend(firewall=False).settings
+        why = firewall_refusal(settings, "br-x", lambda bridge: None)
         self.assertIn("turned off", str(why))
+        on = _backend().settings
+        self.assertIsNone(firewall_refusal(on, "br-x", lambda bridge: None))
+        self.assertEqual(firewall_refusal(on, "br-x", lambda bridge: f"no {bridge}"), "no br-x")
 
 
 class OptionTests(SynchronousTestCase):

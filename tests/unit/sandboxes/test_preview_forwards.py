@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -109,10 +110,11 @@ def _backend(
 
 
 def _running(backend: ProcessBackend, sandbox_id: str, *, slirp: bool = True) -> _Live:
-    watched = _Watched("opencode", lambda fd, data: False)
+    watched = _Watched("opencode", lambda fd, data: b"listening" in data)
+    watched.childDataReceived(1, b"opencode server listening\n")  # (started)
     slirp_watched = _Watched("slirp4netns", lambda fd, data: False) if slirp else None
     live = _Live(40000, _Process(), watched, _Process() if slirp else None, slirp_watched)
-    backend._live[sandbox_id] = live
+    backend.track(sandbox_id, live)
     return live
 
 
@@ -176,7 +178,7 @@ class PreviewForwardTests(SynchronousTestCase):
         backend = _backend(reactor)
         live = _running(backend, "s-1")
         pending = backend.preview_endpoint("s-1", 8000)
-        del backend._live["s-1"]  # (what a stop does first)
+        backend.stop("s-1")  # (its first step: the sandbox is no longer tracked)
         _answer(reactor, {"return": {"id": 2}})
         self.assertIsNone(self.successResultOf(pending))
         self.assertEqual(live.forwards, {})
@@ -326,7 +328,7 @@ class ForwardGuardTests(SynchronousTestCase):
 
         # opencode dies; once its slirp4netns has ended, the forwards' ports leave the set
         ports = sorted(f.host_port for f in live.forwards.values())
-        backend._exited("s-1", live)
+        live.sandbox_proto.processEnded(Failure(ProcessTerminated(signal=9)))
         self.assertEqual(nft.elements("delete")[-1], f"{{ {first} }}")  # (not yet)
         assert live.slirp_proto is not None
         live.slirp_proto.ended.callback(None)

@@ -8,7 +8,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python import usage
@@ -22,8 +21,10 @@ from cli_server.sandboxes.process_backend import (
     SECCOMP_FD,
     Limits,
     ProcessBackend,
+    bwrap_args,
     check_isolation_tools,
     publish_binary,
+    sandbox_argv,
 )
 from cli_server.sandboxes.seccomp import SeccompError, sandbox_filter
 from cli_server.tap.server import Options
@@ -129,12 +130,14 @@ class ArgvTests(SynchronousTestCase):
         spec = SandboxSpec("s-1", "w-1", "the-password", "the-token")
         os.environ["SECRET_OF_THE_SERVER"] = "x"
         self.addCleanup(os.environ.pop, "SECRET_OF_THE_SERVER")
-        argv = backend._sandbox_argv(
-            spec,
-            data / "sandboxes" / "s-1",
-            data / "netns",
-            Path("/bin/true"),
-            "http://127.0.0.1:4097/p/v1",
+        argv = sandbox_argv(
+            box=data / "sandboxes" / "s-1",
+            disk=data / "workspaces" / "w-1" / "disk",
+            netns=data / "netns",
+            opencode=Path("/bin/true"),
+            limits=Limits(memory_bytes=1024**3),
+            account=SystemAccount(999, 999),
+            cgroups=backend.cgroups.make("s-1"),
         )
         joined = " ".join(argv)
         for flag in (
@@ -154,7 +157,7 @@ class ArgvTests(SynchronousTestCase):
         self.assertNotIn("the-password", joined)
         self.assertNotIn("the-token", joined)
         self.assertNotIn("--setenv", joined)
-        words = backend._sandbox_args(spec, "http://127.0.0.1:4097/p/v1").split(b"\0")
+        words = bwrap_args(backend.environment(spec, "http://127.0.0.1:4097/p/v1")).split(b"\0")
         self.assertEqual(words[-1], b"")
         triples = [tuple(words[i : i + 3]) for i in range(0, len(words) - 1, 3)]
         self.assertEqual({t[0] for t in triples}, {b"--setenv"})
@@ -195,7 +198,7 @@ class CgroupTests(SynchronousTestCase):
         root = Path(tempfile.mkdtemp())
         (root / "cgroup.controllers").write_text("cpu memory pids\n")
         backend = _backend(root)
-        (group,) = backend._make_cgroups("s-1")
+        (group,) = backend.cgroups.make("s-1")
         self.assertEqual(group, root / "cli-server" / "s-1")
         self.assertEqual((root / "cgroup.subtree_control").read_text(), "+memory +pids")
         self.assertEqual(
@@ -205,10 +208,10 @@ class CgroupTests(SynchronousTestCase):
         self.assertEqual((group / "pids.max").read_text(), "77")
         self.assertFalse((group / "memory.swap.max").exists())  # no swap accounting here
         (group / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
-        self.assertTrue(backend._oom_killed("s-1"))
+        self.assertTrue(backend.cgroups.oom_killed("s-1"))
         for name in ("memory.max", "pids.max", "memory.events"):
             (group / name).unlink()  # (a real cgroup's files go with it)
-        self.successResultOf(defer.ensureDeferred(backend._teardown("s-1")))
+        self.successResultOf(backend.stop("s-1"))  # (its teardown removes the group)
         self.assertFalse(group.exists())
         self.assertTrue((root / "cli-server").exists())
         with capturedLogs() as events:
@@ -221,11 +224,11 @@ class CgroupTests(SynchronousTestCase):
         for controller in ("memory", "pids"):
             (root / controller).mkdir()
         backend = _backend(root)
-        groups = backend._make_cgroups("s-1")
+        groups = backend.cgroups.make("s-1")
         self.assertEqual(groups, [root / "memory/cli-server/s-1", root / "pids/cli-server/s-1"])
         self.assertEqual((groups[0] / "memory.limit_in_bytes").read_text(), str(512 * 1024**2))
         self.assertEqual((groups[1] / "pids.max").read_text(), "77")
-        self.assertFalse(backend._oom_killed("s-1"))
+        self.assertFalse(backend.cgroups.oom_killed("s-1"))
 
     def test_no_cgroups_said_once(self) -> None:
         """Where no group can be made, the sandbox runs without one, nothing is left behind
@@ -236,13 +239,19 @@ class CgroupTests(SynchronousTestCase):
         backend = _backend(root)
         with capturedLogs() as events:
             backend.check_limits()  # at server start
-            self.assertEqual(backend._make_cgroups("s-1"), [])
-            self.assertEqual(backend._make_cgroups("s-2"), [])
+            self.assertEqual(backend.cgroups.make("s-1"), [])
+            self.assertEqual(backend.cgroups.make("s-2"), [])
         (event,) = events
         self.assertIn("WITHOUT memory and pids limits", formatEvent(event))
         self.assertEqual(os.listdir(root / "cli-server"), [])
-        argv = backend._sandbox_argv(
-            SandboxSpec("s-3", "w", "p", "t"), root, root / "netns", Path("/bin/true"), "u"
+        argv = sandbox_argv(
+            box=root,
+            disk=root / "disk",
+            netns=root / "netns",
+            opencode=Path("/bin/true"),
+            limits=Limits(),
+            account=None,
+            cgroups=backend.cgroups.make("s-3"),
         )
         self.assertTrue(argv[0].endswith("nsenter"), argv[:3])  # no cgroup join
 
@@ -278,7 +287,7 @@ class SpawnTests(SynchronousTestCase):
         box.mkdir(parents=True)
         spec = SandboxSpec("s-1", "w-1", "the-password", "the-token")
         before = set(os.listdir("/proc/self/fd"))
-        backend._spawn_sandbox(spec, box, data / "netns", Path("/bin/true"), "http://x/v1")
+        backend.spawn_sandbox(spec, box, data / "netns", Path("/bin/true"), "http://x/v1")
         self.assertEqual(set(os.listdir("/proc/self/fd")), before)
         ((argv, fds, held),) = reactor.spawned
         self.assertEqual(set(fds), {0, 1, 2, ARGS_FD, SECCOMP_FD})
@@ -293,7 +302,7 @@ class SpawnTests(SynchronousTestCase):
         reactor = _SpawnRecorder()
         backend = _backend(Path(tempfile.mkdtemp()), reactor)
         box = Path(tempfile.mkdtemp())
-        backend._spawn_slirp(box, box / "netns")
+        backend.spawn_slirp(box, box / "netns")
         ((argv, _, _),) = reactor.spawned
         self.assertIn("--enable-sandbox", argv)
         self.assertIn("--enable-seccomp", argv)

@@ -19,6 +19,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from cli_server.anthropic.listener import MAX_CONNECTIONS, _DoorSite
+from cli_server.plumbing.request_line import RequestLineChannel
 from cli_server.web.request import BODIES, LINGER, BodyBudget, BoundedRequest, request_site
 from cli_server.web.serving import QuietSandboxSite
 
@@ -305,12 +306,13 @@ def test_the_main_site_tells_sandbox_hosts_by_its_base_domain() -> None:
 
 
 def test_a_plain_site_gets_the_defaults() -> None:
-    """A plain twisted.web Site with our request class: a sandbox host is told by its "oc-"
-    prefix (its upload streams), and an API body is capped and counted in the shared
-    budget, which it gives back once answered."""
+    """A plain twisted.web Site with our request class (and channel): a sandbox host is told
+    by its "oc-" prefix (its upload streams), and an API body is capped and counted in the
+    shared budget, which it gives back once answered."""
     clock = Clock()
     recorder = _Recorder()
     plain = Site(recorder, requestFactory=BoundedRequest, reactor=clock)
+    plain.protocol = RequestLineChannel  # type: ignore[assignment]
     protocol, _ = connect(plain)
     protocol.dataReceived(head("/upload", 100 * MIB, host="oc-abc.anything.test") + b"u" * MIB)
     clock.advance(0)
@@ -326,3 +328,18 @@ def test_a_plain_site_gets_the_defaults() -> None:
     request.write(b"{}")
     request.finish()
     assert BODIES.held == held
+
+
+def test_without_our_channel_an_upload_waits_for_its_body() -> None:
+    """On twisted.web's own channel a request learns its line only once its body is in: a
+    sandbox's upload is then buffered (capped), not rendered while it arrives."""
+    clock = Clock()
+    recorder = _Recorder()
+    plain = Site(recorder, requestFactory=BoundedRequest, reactor=clock)
+    protocol, _ = connect(plain)
+    protocol.dataReceived(head("/upload", 2 * MIB, host="oc-abc.anything.test") + b"u" * MIB)
+    clock.advance(0)
+    assert recorder.rendered == []
+    protocol.dataReceived(b"u" * MIB)
+    assert len(recorder.rendered) == 1
+    assert recorder.rendered[0].streamed_body is None

@@ -65,9 +65,9 @@ def build_backends(  # (its reactor also spawns processes: sandboxes, disk quota
         return Backends(injected)
     if config.backend == "docker":
         instance = replica.backend_instance or instance_id(config.data_dir)
-        return docker_backend(config, reactor, opencode, instance)
+        return docker_backend(config, reactor, opencode, instance, hooks)
     if config.backend == "k8s":
-        return k8s_backend(config, reactor, opencode)
+        return k8s_backend(config, reactor, opencode, hooks)
     backend = ProcessBackend(
         reactor,
         config.data_dir,
@@ -88,7 +88,11 @@ def build_backends(  # (its reactor also spawns processes: sandboxes, disk quota
 
 
 def docker_backend(
-    config: ServerConfig, reactor: IServerReactor, opencode: OpencodeClient, instance: str
+    config: ServerConfig,
+    reactor: IServerReactor,
+    opencode: OpencodeClient,
+    instance: str,
+    hooks: ServerHooks,
 ) -> Backends:
     """The docker backend on its own pool of engine calls."""
     engine = ThreadPoolService(reactor, "docker", 4)
@@ -106,12 +110,19 @@ def docker_backend(
         disks=DiskSizes(config.workspace_disk_size, config.sandbox_home_size),
         disk_root=config.data_dir / "docker-disks",
     )
-    backend = DockerBackend(engine.run, settings, instance, opencode, quotas=DiskQuotas.on(reactor))
+    backend = DockerBackend(
+        engine.run,
+        settings,
+        instance,
+        opencode,
+        quotas=DiskQuotas.on(reactor),
+        on_exit=hooks.sandbox_exited,  # (unused: the reconciler finds a dead container)
+    )
     return Backends(backend, [engine, DockerPreparation(backend)])
 
 
 def k8s_backend(
-    config: ServerConfig, reactor: IServerReactor, opencode: OpencodeClient
+    config: ServerConfig, reactor: IServerReactor, opencode: OpencodeClient, hooks: ServerHooks
 ) -> Backends:
     """The k8s backend on its own bounded pool (a start holds a thread while it waits)."""
     from cli_server.sandboxes.k8s_backend import K8sBackend, K8sPreparation, K8sSettings
@@ -138,7 +149,15 @@ def k8s_backend(
     )
     settings = K8sSettings(pod, config.sandbox_namespace, config.kubeconfig)
     instance = config.k8s_instance or instance_id(config.data_dir)
-    backend = K8sBackend(pool.run, settings, instance, opencode, reactor, wait_run=waits.run)
+    backend = K8sBackend(
+        pool.run,
+        settings,
+        instance,
+        opencode,
+        reactor,
+        wait_run=waits.run,
+        on_exit=hooks.sandbox_exited,  # (unused: the reconciler finds a dead pod)
+    )
     return Backends(backend, [pool, waits, K8sPreparation(backend)])
 
 

@@ -135,7 +135,7 @@ class DockerBackend(BackendDefaults):
     _client: Any = field(default=None, kw_only=True)
     _network_lock: threading.Lock = field(factory=threading.Lock, init=False)
     # Not called: a container that dies is found by the reconciler's next sweep.
-    on_exit: ExitListener | None = field(default=None, init=False)
+    on_exit: ExitListener | None = field(default=None, kw_only=True)
     _sources: dict[str, frozenset[str]] = field(factory=dict, init=False)  # see source_addresses
     _firewall_lock: threading.Lock = field(factory=threading.Lock, init=False)
     _seccomp_checked: bool = field(default=False, init=False)

@@ -91,7 +91,8 @@ class K8sBackend(BackendDefaults):
     # they never hold up other calls (the proxy's, the reconciler's). None: ``_run``.
     _wait_run: Runner | None = None
     _health_timeout: float = 120.0  # after Ready, until opencode answers
-    on_exit: ExitListener | None = field(default=None, init=False)  # (the reconciler finds exits)
+    # (given, as every backend is; unused: the reconciler finds exits)
+    on_exit: ExitListener | None = field(default=None, kw_only=True)
     _api: Any = field(default=None, init=False)
     _namespace: str = field(default="", init=False)
     _version: str | None = field(default=None, init=False)

@@ -9,6 +9,7 @@ silent link is found out too. It never reconnects by itself: its owner decides w
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TypeVar
 
 from attrs import define, field
@@ -80,4 +81,4 @@ class ListeningConnection:
 
     def _timed(self, conn: _Listening, d: Deferred[T]) -> Deferred[T]:
         """``d`` bounded by the timeout; past it ``conn`` is closed (see ``bounded``)."""
-        return bounded(conn, d, self._reactor, self._timeout)
+        return bounded(d, self._reactor, self._timeout, partial(close_quietly, conn))

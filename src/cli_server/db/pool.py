@@ -9,6 +9,7 @@ back, the next request simply opens a fresh connection.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import psycopg2
@@ -107,7 +108,7 @@ class Database:
         conn = WatchedConnection(reactor=self._reactor)
         d = conn.connect(self._dsn, cursor_factory=psycopg2.extras.RealDictCursor)
         try:
-            await bounded(conn, d, self._reactor, self._connect_timeout)
+            await bounded(d, self._reactor, self._connect_timeout, partial(close_quietly, conn))
         except Exception as e:
             close_quietly(conn)
             raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {first_line(e)}") from e
@@ -152,7 +153,7 @@ class Database:
             self._slots.release()
 
     def _timed(self, conn: WatchedConnection, d: Deferred[T]) -> Deferred[T]:
-        return bounded(conn, d, self._reactor, self._query_timeout)
+        return bounded(d, self._reactor, self._query_timeout, partial(close_quietly, conn))
 
     async def query(self, sql: str, args: Params = ()) -> list[Row]:
         """Run one statement that returns rows, in its own transaction."""
@@ -216,10 +217,11 @@ class Transaction:
 
 
 def bounded(
-    conn: WatchedConnection, d: Deferred[T], clock: IReactorTime, seconds: float
+    d: Deferred[T], clock: IReactorTime, seconds: float, close: Callable[[], object]
 ) -> Deferred[T]:
-    """``d``, an operation on ``conn`` (connecting, a query), or ``DatabaseUnavailable`` once
-    ``seconds`` have passed without its answer; then ``conn`` is closed.
+    """``d``, an operation on a txpostgres connection (connecting, a query), or
+    ``DatabaseUnavailable`` once ``seconds`` have passed without its answer; then ``close``
+    closes that connection.
 
     Not ``d.addTimeout``: that cancels ``d``, and txpostgres' canceller calls psycopg2's
     ``cancel()``, which raises while connecting ("asynchronous connection attempt underway")
@@ -235,7 +237,7 @@ def bounded(
         given_up.append(True)  # (``d``'s failure, as the connection closes, is not the answer)
         if timer.active():
             timer.cancel()
-        close_quietly(conn)
+        close()
 
     answer: Deferred[T] = Deferred(cancel)
 
@@ -243,7 +245,7 @@ def bounded(
         # (the answer first: closing fails ``d`` at once, and that failure is not the answer)
         if not answer.called:
             answer.errback(DatabaseUnavailable(f"PostgreSQL did not answer within {seconds:g} s"))
-        close_quietly(conn)
+        close()
 
     timer = clock.callLater(seconds, expire)
 

@@ -14,10 +14,11 @@ from typing import Protocol, TypeVar
 
 from attrs import define, field
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
-from twisted.python.failure import Failure
+
+from cli_server.db.pool import bounded
 
 # "cli-lead" in ASCII: one fixed key for every replica of every version.
 LEADER_LOCK_KEY = 0x636C692D6C656164
@@ -161,29 +162,10 @@ class Leadership(Service):
         return d
 
     def _answered(self, query: Deferred[T]) -> Deferred[T]:
-        """A query's rows, or ``TimeoutError`` after the timeout, without cancelling it:
-        txpostgres' canceller blocks on a round trip to the server (psycopg2's ``cancel()``)
-        and leaves the query waiting for its answer, so a silent server would hold the round
-        (and the lead) for good. The round's failure closes the connection instead, which
-        ends the query; its late failure is dropped."""
-        answer: Deferred[T] = Deferred()
-
-        def expire() -> None:
-            answer.errback(TimeoutError(f"no answer within {self._timeout:g} s"))
-
-        timer = self._clock.callLater(self._timeout, expire)
-
-        def done(result: T | Failure) -> None:
-            if not timer.active():
-                return  # (too late: the round has failed already)
-            timer.cancel()
-            if isinstance(result, Failure):
-                answer.errback(result)
-            else:
-                answer.callback(result)
-
-        query.addBoth(done)
-        return answer
+        """A query's rows, or ``DatabaseUnavailable`` after the timeout, never by cancelling
+        it (``db.pool.bounded`` says why); then the connection is dropped, which ends the
+        query, and the round fails."""
+        return bounded(query, self._clock, self._timeout, self._drop)
 
     def stopService(self) -> None:
         """Let go at once, so another replica takes over at its next try."""

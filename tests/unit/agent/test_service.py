@@ -27,7 +27,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
 from twisted.internet.error import ConnectionRefusedError as TCPConnectionRefused
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, capturedLogs
@@ -56,6 +56,7 @@ from cli_server.tap.agent import Options
 from cli_server.tunnel.frames import Frame, decode
 from cli_server.tunnel.mux import OPEN_TIMEOUT, WINDOW, Session, Stream
 from tests.unit.deferreds import failure_of, result_of
+from tests.unit.streams import RecordingPeer
 
 SERVER = "http://server.example:8080"
 OPENCODE = "http://127.0.0.1:4096"
@@ -837,18 +838,7 @@ class FakeEndpoint:
         self.attempts[-1][1].errback(TCPConnectionRefused("127.0.0.1", 4096))
 
 
-class Browser(Protocol):
-    """The server's end of a stream (the proxied browser request)."""
-
-    def __init__(self) -> None:
-        self.received = bytearray()
-        self.lost: list[Failure] = []
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.lost.append(reason)
+Browser = RecordingPeer  # The server's end of a stream (the proxied browser request).
 
 
 class Tunnel:

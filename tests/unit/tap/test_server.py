@@ -6,6 +6,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from cli_server.tap.server import Options, makeService
+from tests.unit.compose.test_server import EXTERNAL
 
 
 class MakeServiceTests(SynchronousTestCase):
@@ -26,25 +27,7 @@ class MakeServiceTests(SynchronousTestCase):
         root = makeService(options, reactor=reactor)
         self.assertEqual(
             [s.name for s in root],
-            [
-                "threads",
-                "database",
-                "replica-registry",
-                "leadership",
-                "replica-events",
-                "sandboxes",
-                "housekeeping",
-                "reconciler",
-                "idle-monitor",
-                "metrics",
-                "leader-election",
-                "replica-heartbeat",
-                "tunnel-holders",
-                "relay-workers",
-                "http-0",
-                "http-1",
-                "drain",  # (last: SIGTERM stops it first)
-            ],
+            EXTERNAL,  # (the composition root's tree: the drain last, stopped first)
         )
         self.assertEqual(reactor.tcpServers, [])  # nothing bound before start
         root.getServiceNamed("http-0").startService()

@@ -18,7 +18,7 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
 from twisted.internet.error import ConnectionRefusedError as TCPConnectionRefused
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -36,6 +36,7 @@ from cli_server.tunnel.shared_ports import (
     parse_ports,
 )
 from tests.unit.deferreds import failure_of, result_of
+from tests.unit.streams import RecordingPeer
 
 SANDBOX = "sb-1"
 OPENCODE = "http://127.0.0.1:4096"
@@ -193,18 +194,7 @@ class RecordingDatabase:
         self.statements.append(sql)
 
 
-class Client(Protocol):
-    """The server's end of a stream (the proxy's request to the preview)."""
-
-    def __init__(self) -> None:
-        self.received = bytearray()
-        self.lost: list[Failure] = []
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.lost.append(reason)
+Client = RecordingPeer  # The server's end of a stream (the proxy's request to the preview).
 
 
 class Laptop:

@@ -362,6 +362,20 @@ class Replicas:
         assert login.status == 200, login.body
         return login.cookie()
 
+    def local_sandbox(self, cookie: str, workspace_id: str, timeout: float = 60.0) -> str:
+        """The id of the local sandbox ``laptop`` (``Agent.join``'s) in the workspace, once its
+        agent's tunnel is up (the API, through nginx, says it runs)."""
+        path = f"/api/workspaces/{workspace_id}/sandboxes"
+        deadline = time.monotonic() + timeout
+        while True:
+            data = self.api(None, "GET", path, cookie).json()
+            items = data if isinstance(data, list) else data.get("sandboxes", [])
+            found = [s for s in items if s["name"] == "laptop" and s["status"] == "running"]
+            if found:
+                return str(found[0]["id"])
+            assert time.monotonic() < deadline, f"not within {timeout} s: the agent connected"
+            time.sleep(0.1)
+
     def running_sandbox(self, cookie: str, n: int = 0, timeout: float = 30.0) -> str:
         """A workspace and a sandbox created on replica ``n``, made Ready at the FAKE
         opencode's address; its id once the API says it runs."""

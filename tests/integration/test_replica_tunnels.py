@@ -110,15 +110,7 @@ def test_an_agent_on_one_replica_serves_through_the_others(
     workspace = agent.join(replicas, alice, laptop.url, "--allow-port", str(laptop.preview_port))
     server = f"http://127.0.0.1:{replicas.nginx.port}"
 
-    def sandbox() -> dict[str, Any]:
-        listed = replicas.api(None, "GET", f"/api/workspaces/{workspace['id']}/sandboxes", alice)
-        data = listed.json()
-        items = data if isinstance(data, list) else data.get("sandboxes", [])
-        found = [s for s in items if s["name"] == "laptop"]
-        return found[0] if found else {}
-
-    _wait("the agent connected", lambda: sandbox().get("status") == "running", 60)
-    sid = str(sandbox()["id"])
+    sid = replicas.local_sandbox(alice, workspace["id"])
     ports = {server.base: n for n, server in enumerate(replicas.servers)}
     b = ports[tunnel_holder(db_url, sid) or ""]
     others = [n for n in range(3) if n != b]

@@ -60,15 +60,7 @@ def test_opencode_ui_reconnects_its_event_stream_after_its_replica_dies(
     workspace = agent.join(replicas, alice, opencode_url)
     server = f"http://127.0.0.1:{replicas.nginx.port}"
 
-    def sandbox() -> dict[str, Any]:
-        listed = replicas.api(None, "GET", f"/api/workspaces/{workspace['id']}/sandboxes", alice)
-        data = listed.json()
-        items = data if isinstance(data, list) else data.get("sandboxes", [])
-        found = [s for s in items if s["name"] == "laptop"]
-        return found[0] if found else {}
-
-    _wait("the agent connected", lambda: sandbox().get("status") == "running", 60)
-    sid = str(sandbox()["id"])
+    sid = replicas.local_sandbox(alice, workspace["id"])
     killed: list[int] = []
     held: list[bool] = []  # whether the killed replica also held the agent's tunnel
 
